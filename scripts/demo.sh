@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The main demo: a real mesh of smegd daemons in network namespaces.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/bootstrap.sh
+if [ ! -f src/smegmesh/testbed/demo.py ]; then
+  echo "demo: the daemon has not landed yet (issue 4); nothing to show." >&2
+  exit 1
+fi
+exec uv run --frozen python -m smegmesh.testbed.demo "$@"

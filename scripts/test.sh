@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The one test command: installs what is missing, then lint, type-check, tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/bootstrap.sh
+echo "== ruff"; uv run --frozen ruff check src tests bench
+echo "== ruff format --check"; uv run --frozen ruff format --check src tests bench
+echo "== mypy"; uv run --frozen mypy
+echo "== pytest"; uv run --frozen pytest -q -p no:cacheprovider "$@"
