@@ -1,0 +1,255 @@
+"""Request and response models of the local REST API (``/v1``) and its data types.
+
+The same models are the return types of :class:`smegmesh.daemon.service.NodeService`.
+JSON field names are snake_case; the prototype-compatible routes (``/api/v1/...``)
+use the ``Proto*`` models with the prototype's camelCase shapes.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from smegmesh.daemon.config import MeshOptions, Role
+
+__all__ = [
+    "ALIAS_RE",
+    "AliasRequest",
+    "DescriptionRequest",
+    "ErrorBody",
+    "ErrorResponse",
+    "GraphFormat",
+    "InviteRequest",
+    "InviteResponse",
+    "JoinRequest",
+    "MeshDetail",
+    "MeshIdResponse",
+    "MeshOptions",
+    "MeshSummary",
+    "NodeInfo",
+    "OkResponse",
+    "ProtoCreateRequest",
+    "ProtoJoinRequest",
+    "ProtoMesh",
+    "ProtoNode",
+    "ProtoRoute",
+    "ProtoStats",
+    "QueryResponse",
+    "RouteInfo",
+    "ServiceValueRequest",
+    "proto_mesh",
+]
+
+GraphFormat = Literal["dot", "svg", "png"]
+
+#: An alias is a DNS label (it is served as ALIAS.MESHID.smeg.).
+ALIAS_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+SERVICE_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$")
+
+MAX_INVITE_TTL_S = 365 * 86400
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------------- data
+
+
+class RouteInfo(_Model):
+    """A route advertised by a node: destination prefix and the meshes it crosses."""
+
+    destination: str = Field(description="IPv6 prefix, e.g. fd12:3456:789a:bc01::/64 or ::/0")
+    path: list[str] = Field(default_factory=list, description="Mesh ids the route crosses")
+
+
+class NodeInfo(_Model):
+    """One node of a mesh as seen by this daemon."""
+
+    public_key: str = Field(description="WireGuard public key (base64); the node id")
+    alias: str = ""
+    description: str = ""
+    role: Role
+    overlay_address: str = Field(description="IPv6 address of the node in the mesh")
+    wg_endpoint: str | None = Field(default=None, description="host:port of WireGuard (peers only)")
+    control_endpoint: str | None = Field(default=None, description="host:port of the control plane")
+    last_seen: float | None = Field(
+        default=None, description="Unix time the node was last heard of"
+    )
+    handshake_age_s: float | None = Field(
+        default=None,
+        description="Seconds since the last WireGuard handshake (None: never/not a wg peer)",
+    )
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+    keepalive_s: int = 0
+    allowed_ips: list[str] = Field(default_factory=list)
+    assigned_peer: str | None = Field(default=None, description="Public key of a client's peer")
+    routes: list[RouteInfo] = Field(default_factory=list)
+    services: dict[str, str] = Field(default_factory=dict)
+    is_self: bool = Field(default=False, description="True for this daemon's own record")
+
+
+class MeshSummary(_Model):
+    mesh_id: str
+    interface: str | None = Field(default=None, description="WireGuard interface of the mesh")
+    prefix: str = Field(description="The mesh's /64 ULA prefix")
+    role: Role = Field(description="This node's role in the mesh")
+    overlay_address: str = Field(description="This node's address in the mesh")
+    node_count: int
+
+
+class MeshDetail(_Model):
+    mesh_id: str
+    interface: str | None = None
+    prefix: str
+    self_key: str = Field(description="Public key of this node")
+    leader: str | None = Field(default=None, description="Public key of the current leader")
+    nodes: list[NodeInfo]
+
+
+# --------------------------------------------------------------------------- requests
+
+
+class JoinRequest(MeshOptions):
+    """Join a mesh with an invitation token, with optional per-mesh overrides."""
+
+    token: str = Field(min_length=1, description="Invitation token from `smegctl invite`")
+
+
+class InviteRequest(_Model):
+    ttl_s: int = Field(default=86400, gt=0, le=MAX_INVITE_TTL_S, description="Lifetime in seconds")
+    uses: int = Field(default=1, ge=1, le=1_000_000, description="How many joins the token admits")
+
+
+class AliasRequest(_Model):
+    alias: str = Field(description="DNS label: letters, digits, '-', at most 63 characters")
+
+    @field_validator("alias")
+    @classmethod
+    def _label(cls, v: str) -> str:
+        if not ALIAS_RE.match(v):
+            raise ValueError(
+                "must be a DNS label: letters, digits and '-', 1-63 characters, "
+                "not starting or ending with '-'"
+            )
+        return v
+
+
+class DescriptionRequest(_Model):
+    description: str = Field(max_length=1024)
+
+
+class ServiceValueRequest(_Model):
+    value: str = Field(max_length=1024)
+
+
+def check_service_key(key: str) -> str:
+    if not SERVICE_KEY_RE.match(key):
+        raise ValueError(
+            "service key must be 1-64 characters of letters, digits and . _ : / - "
+            "starting with a letter or digit"
+        )
+    return key
+
+
+# --------------------------------------------------------------------------- responses
+
+
+class MeshIdResponse(_Model):
+    mesh_id: str
+
+
+class InviteResponse(_Model):
+    token: str
+    mesh_id: str
+    ttl_s: int
+    uses: int
+
+
+class OkResponse(_Model):
+    ok: bool = True
+
+
+class QueryResponse(_Model):
+    result: Any
+
+
+class ErrorBody(_Model):
+    code: str
+    message: str
+
+
+class ErrorResponse(_Model):
+    error: ErrorBody
+
+
+# --------------------------------------------------------------------------- prototype
+
+
+class ProtoRoute(BaseModel):
+    prefix: str
+    path: list[str]
+
+
+class ProtoStats(BaseModel):
+    totalTransmit: int
+    totalReceived: int
+    keepaliveInterval: int
+    allowedIps: list[str]
+
+
+class ProtoNode(BaseModel):
+    alias: str
+    wgHost: str
+    wgEndpoint: str
+    endpoint: str
+    timestamp: int
+    description: str
+    publicKey: str
+    routes: list[ProtoRoute]
+    services: dict[str, str]
+    stats: ProtoStats
+
+
+class ProtoMesh(BaseModel):
+    meshid: str
+    nodes: dict[str, ProtoNode] = Field(description="Keyed by overlay address")
+
+
+class ProtoCreateRequest(BaseModel):
+    port: int | None = Field(default=None, ge=1024, lt=65535)
+
+
+class ProtoJoinRequest(BaseModel):
+    """The prototype's join, taking an invitation token instead of a bootstrap address."""
+
+    token: str = Field(min_length=1)
+    port: int | None = Field(default=None, ge=1024, lt=65535)
+    meshid: str | None = Field(default=None, description="Ignored: the token names the mesh")
+
+
+def proto_mesh(detail: MeshDetail) -> ProtoMesh:
+    """Convert a mesh into the prototype's JSON shape."""
+    nodes: dict[str, ProtoNode] = {}
+    for n in detail.nodes:
+        nodes[n.overlay_address] = ProtoNode(
+            alias=n.alias,
+            wgHost=n.overlay_address,
+            wgEndpoint=n.wg_endpoint or "",
+            endpoint=n.control_endpoint or "",
+            timestamp=int(n.last_seen or 0),
+            description=n.description,
+            publicKey=n.public_key,
+            routes=[ProtoRoute(prefix=r.destination, path=list(r.path)) for r in n.routes],
+            services=dict(n.services),
+            stats=ProtoStats(
+                totalTransmit=n.tx_bytes,
+                totalReceived=n.rx_bytes,
+                keepaliveInterval=n.keepalive_s * 1_000_000_000,
+                allowedIps=list(n.allowed_ips),
+            ),
+        )
+    return ProtoMesh(meshid=detail.mesh_id, nodes=nodes)

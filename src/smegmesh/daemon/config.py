@@ -1,0 +1,622 @@
+"""Configuration of the ``smegd`` daemon (SPEC §6).
+
+The YAML file uses the prototype's camelCase keys; the Python models expose
+snake_case attributes with the YAML key as alias (``Config.grpc_port`` is
+``gRPCPort``).  Every prototype key is accepted; unknown keys and bad values
+are errors (:class:`ConfigError`) whose one-line message names the key path and
+what is allowed.
+
+Entry point: :func:`load_config`.  Per-mesh overrides coming from the
+``new-mesh``/``join-mesh`` flags are :class:`MeshOptions`, merged over
+``baseConfiguration`` by :func:`resolve_mesh_settings`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "DEFAULT_CONTROL_SOCKET",
+    "DEFAULT_STATE_DIR",
+    "BaseConfiguration",
+    "Config",
+    "ConfigError",
+    "IpDiscovery",
+    "LogLevel",
+    "MeshOptions",
+    "MeshSettings",
+    "Role",
+    "WgBackend",
+    "load_config",
+    "parse_config",
+    "resolve_mesh_settings",
+    "split_host_port",
+]
+
+DEFAULT_CONFIG_PATH = "/etc/smegmesh/smegd.yaml"
+DEFAULT_STATE_DIR = "/var/lib/smegmesh"
+DEFAULT_CONTROL_SOCKET = "/run/smegmesh/smegd.sock"
+#: Persistent keepalive a client uses when ``keepAliveWg`` is not set: clients
+#: sit behind NAT and must keep the mapping to their assigned peer open.
+DEFAULT_CLIENT_KEEPALIVE = 25
+
+Role = Literal["peer", "client"]
+IpDiscovery = Literal["outgoing", "public"]
+WgBackend = Literal["auto", "kernel", "userspace", "memory"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+SKIP_CERT_WARNING = "node-to-node TLS is always verified; skipCertVerification is ignored"
+
+
+class ConfigError(Exception):
+    """A bad configuration. ``str(err)`` is a single line suitable for users."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """Split ``host:port`` / ``[v6]:port`` into ``(host, port)``.
+
+    Raises :class:`ValueError` with a user-facing message when malformed.
+    """
+    value = value.strip()
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0 or not value[end + 1 :].startswith(":"):
+            raise ValueError("must be host:port, IPv6 hosts in brackets like [::1]:8080")
+        host, port_s = value[1:end], value[end + 2 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} in brackets is not an IPv6 address") from None
+    else:
+        host, sep, port_s = value.rpartition(":")
+        if not sep or not host:
+            raise ValueError("must be host:port, e.g. 127.0.0.1:8080 or [::1]:8080")
+        if ":" in host:
+            raise ValueError("IPv6 hosts must be in brackets, e.g. [::1]:8080")
+    if not port_s.isdigit() or not 1 <= int(port_s) <= 65535:
+        raise ValueError(f"port must be an integer between 1 and 65535 (got {port_s!r})")
+    return host, int(port_s)
+
+
+def _host_port(value: str | None) -> str | None:
+    if value is None:
+        return None
+    split_host_port(value)
+    return value.strip()
+
+
+def _str_list(value: Any) -> Any:
+    """Accept a single command string where a list of commands is expected."""
+    if isinstance(value, str):
+        return [value]
+    return value
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        frozen=True,
+        str_strip_whitespace=True,
+    )
+
+
+# --------------------------------------------------------------------------- models
+
+
+class BaseConfiguration(_Model):
+    """Defaults for every mesh (``baseConfiguration``); mesh flags override them."""
+
+    ip_discovery: IpDiscovery = Field(
+        default="outgoing",
+        alias="ipDiscovery",
+        description="How the node finds the IP address it advertises as its endpoint: "
+        "'outgoing' = source address of the default route, 'public' = ask a public "
+        "IP echo service. Ignored when publicEndpoint is set.",
+    )
+    public_endpoint: str | None = Field(
+        default=None,
+        alias="publicEndpoint",
+        description="Host (or host:port) other nodes use to reach this node, instead "
+        "of discovering it. Peers only.",
+    )
+    role: Role = Field(
+        default="peer",
+        description="'peer' (reachable endpoint, forwards for its clients) or 'client' "
+        "(behind NAT, talks to one assigned peer).",
+    )
+    advertise_route: bool = Field(
+        default=False,
+        alias="advertiseRoute",
+        description="Advertise each of this node's meshes (and learned routes) into its "
+        "other meshes, bridging them.",
+    )
+    advertise_defaults: bool = Field(
+        default=False,
+        alias="advertiseDefaults",
+        description="Offer a default route (::/0) to the meshes of this node.",
+    )
+    keep_alive_wg: int | None = Field(
+        default=None,
+        alias="keepAliveWg",
+        ge=0,
+        le=65535,
+        description="WireGuard persistent keepalive in seconds, 0 = off. Unset: "
+        f"{DEFAULT_CLIENT_KEEPALIVE} for clients, off for peers.",
+    )
+    pre_up: list[str] = Field(
+        default_factory=list,
+        alias="preUp",
+        description="Shell commands run before a mesh interface is brought up "
+        "($IFNAME / %i is the interface name).",
+    )
+    post_up: list[str] = Field(default_factory=list, alias="postUp")
+    pre_down: list[str] = Field(default_factory=list, alias="preDown")
+    post_down: list[str] = Field(default_factory=list, alias="postDown")
+
+    _lists = field_validator("pre_up", "post_up", "pre_down", "post_down", mode="before")(_str_list)
+
+    @field_validator("public_endpoint")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is not None and not v:
+            raise ValueError("must be a non-empty host or host:port")
+        return v
+
+
+class Config(_Model):
+    """The whole ``smegd`` YAML file."""
+
+    # --- prototype keys -----------------------------------------------------
+    certificate_path: Path | None = Field(
+        default=None,
+        alias="certificatePath",
+        description="Optional extra CA-based TLS: this node's certificate (PEM). "
+        "Relative paths are resolved against the config file's directory.",
+    )
+    private_key_path: Path | None = Field(
+        default=None, alias="privateKeyPath", description="Private key for certificatePath (PEM)."
+    )
+    ca_certificate_path: Path | None = Field(
+        default=None,
+        alias="caCertificatePath",
+        description="CA that must have signed the certificates of other nodes (PEM).",
+    )
+    skip_cert_verification: bool = Field(
+        default=False,
+        alias="skipCertVerification",
+        description="Accepted for compatibility and ignored: node-to-node TLS is always "
+        "verified. Setting it adds a warning.",
+    )
+    timeout: float = Field(
+        default=5,
+        gt=0,
+        description="Seconds without an answer before a node-to-node call fails.",
+    )
+    grpc_port: int = Field(
+        default=4000,
+        alias="gRPCPort",
+        ge=1,
+        le=65535,
+        description="Port of the node-to-node control plane.",
+    )
+    stub_wg: bool = Field(
+        default=False,
+        alias="stubWg",
+        description="No WireGuard at all: control plane only (same as wgBackend: memory).",
+    )
+    sync_interval: float = Field(
+        default=2,
+        alias="syncInterval",
+        gt=0,
+        description="Seconds between gossip rounds while there are fresh changes.",
+    )
+    pull_interval: float = Field(
+        default=20,
+        alias="pullInterval",
+        gt=0,
+        description="Seconds between background anti-entropy pulls when idle.",
+    )
+    cluster_size: int = Field(
+        default=64,
+        alias="clusterSize",
+        ge=1,
+        description="Members per gossip cluster (members grouped by key order).",
+    )
+    inter_cluster_chance: float = Field(
+        default=0.15,
+        alias="interClusterChance",
+        ge=0,
+        le=1,
+        description="Probability that one gossip target is taken from another cluster.",
+    )
+    branch: int = Field(default=3, ge=1, description="Gossip targets per round.")
+    infection_count: int = Field(
+        default=3,
+        alias="infectionCount",
+        ge=1,
+        description="Rounds a node keeps gossiping after the last change it saw.",
+    )
+    heartbeat_interval: float = Field(
+        default=60,
+        alias="heartbeatInterval",
+        gt=0,
+        description="Seconds between the leader's refreshes; a node unheard of for 3x "
+        "this is pruned.",
+    )
+    log_level: LogLevel = Field(
+        default="info", alias="logLevel", description="debug, info, warning or error."
+    )
+    base_configuration: BaseConfiguration = Field(
+        default_factory=lambda: BaseConfiguration(),
+        alias="baseConfiguration",
+        description="Defaults for every mesh; new-mesh/join-mesh flags override them.",
+    )
+
+    # --- new keys -----------------------------------------------------------
+    state_dir: Path = Field(
+        default=Path(DEFAULT_STATE_DIR),
+        alias="stateDir",
+        description="Node identity (mode 0600) and persisted mesh state.",
+    )
+    control_socket: Path = Field(
+        default=Path(DEFAULT_CONTROL_SOCKET),
+        alias="controlSocket",
+        description="Unix socket of the local API (smegctl), mode 0600.",
+    )
+    control_socket_group: str | None = Field(
+        default=None,
+        alias="controlSocketGroup",
+        description="If set, the control socket is owned by this group with mode 0660.",
+    )
+    bind_address: str = Field(
+        default="::",
+        alias="bindAddress",
+        description="Address the node-to-node listener binds to (port: gRPCPort). "
+        "'::' = all addresses.",
+    )
+    wg_backend: WgBackend = Field(
+        default="auto",
+        alias="wgBackend",
+        description="WireGuard implementation: auto (kernel if available, else "
+        "wireguard-go), kernel, userspace (wireguard-go) or memory (none).",
+    )
+    wg_socket_dir: Path | None = Field(
+        default=None,
+        alias="wgSocketDir",
+        description="Directory of the userspace backend's UAPI sockets. Unset: "
+        "<stateDir>/wireguard, so several daemons on one machine never collide.",
+    )
+    api_listen: str | None = Field(
+        default=None,
+        alias="apiListen",
+        description="host:port of the TCP REST API (off when unset); needs apiToken.",
+    )
+    api_token: str | None = Field(
+        default=None,
+        alias="apiToken",
+        min_length=16,
+        description="Bearer token required by the TCP API (at least 16 characters).",
+    )
+    dns_listen: str | None = Field(
+        default=None,
+        alias="dnsListen",
+        description="host:port of the DNS server (UDP and TCP; off when unset).",
+    )
+    dns_ttl: int = Field(
+        default=30, alias="dnsTtl", ge=0, le=86400, description="TTL in seconds of DNS answers."
+    )
+    gc_horizon: float = Field(
+        default=86400,
+        alias="gcHorizon",
+        gt=0,
+        description="Seconds the record of a departed or pruned node (tombstone) is kept "
+        "before it is garbage-collected; must exceed 3 x heartbeatInterval.",
+    )
+
+    _warnings: list[str] = PrivateAttr(default_factory=list)
+
+    _hp = field_validator("api_listen", "dns_listen")(_host_port)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) else v
+
+    @field_validator("bind_address")
+    @classmethod
+    def _bind(cls, v: str) -> str:
+        v = v.strip("[]")
+        try:
+            ipaddress.ip_address(v)
+        except ValueError:
+            raise ValueError(
+                f"must be an IP address such as '::' or '0.0.0.0' (got {v!r})"
+            ) from None
+        return v
+
+    @field_validator(
+        "timeout", "sync_interval", "pull_interval", "heartbeat_interval", "gc_horizon"
+    )
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be a finite number of seconds")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        if self.api_listen is not None and not self.api_token:
+            raise ValueError("apiToken: required when apiListen is set (at least 16 characters)")
+        if self.stub_wg and "wg_backend" in self.model_fields_set and self.wg_backend != "memory":
+            raise ValueError(
+                f"wgBackend: {self.wg_backend!r} contradicts stubWg: true "
+                "(stubWg means 'memory'); remove one of them"
+            )
+        if self.gc_horizon <= 3 * self.heartbeat_interval:
+            raise ValueError(
+                f"gcHorizon: must be greater than 3 x heartbeatInterval "
+                f"({3 * self.heartbeat_interval:g} s)"
+            )
+        if (self.certificate_path is None) != (self.private_key_path is None):
+            raise ValueError("privateKeyPath: certificatePath and privateKeyPath go together")
+        if self.skip_cert_verification:
+            self._warnings.append(SKIP_CERT_WARNING)
+        return self
+
+    # --- derived values -----------------------------------------------------
+    @property
+    def warnings(self) -> list[str]:
+        """Non-fatal remarks about the configuration, for the log."""
+        return list(self._warnings)
+
+    @property
+    def effective_wg_backend(self) -> WgBackend:
+        return "memory" if self.stub_wg else self.wg_backend
+
+    @property
+    def effective_wg_socket_dir(self) -> Path:
+        return (
+            self.wg_socket_dir if self.wg_socket_dir is not None else self.state_dir / "wireguard"
+        )
+
+    @property
+    def api_listen_addr(self) -> tuple[str, int] | None:
+        return split_host_port(self.api_listen) if self.api_listen else None
+
+    @property
+    def dns_listen_addr(self) -> tuple[str, int] | None:
+        return split_host_port(self.dns_listen) if self.dns_listen else None
+
+
+# --------------------------------------------------------------------------- per mesh
+
+
+class MeshOptions(_Model):
+    """Per-mesh overrides (``new-mesh``/``join-mesh`` flags); ``None`` = use the base."""
+
+    wgport: int | None = Field(
+        default=None, ge=1, le=65535, description="WireGuard listen port (unset: first free one)."
+    )
+    endpoint: str | None = Field(
+        default=None, min_length=1, description="Host other nodes use to reach this node."
+    )
+    role: Role | None = None
+    keepalive: int | None = Field(
+        default=None, ge=0, le=65535, description="Persistent keepalive in seconds, 0 = off."
+    )
+    advertise_routes: bool | None = None
+    advertise_defaults: bool | None = None
+
+
+class MeshSettings(_Model):
+    """Concrete settings of one mesh: ``baseConfiguration`` with the flags applied."""
+
+    wg_port: int | None  # None: pick a free port
+    endpoint: str | None  # None: discover with ip_discovery
+    ip_discovery: IpDiscovery
+    role: Role
+    keepalive: int  # 0 = off
+    advertise_routes: bool
+    advertise_defaults: bool
+    pre_up: list[str]
+    post_up: list[str]
+    pre_down: list[str]
+    post_down: list[str]
+
+
+def resolve_mesh_settings(base: BaseConfiguration, opts: MeshOptions | None = None) -> MeshSettings:
+    """Merge per-mesh ``opts`` over ``base``."""
+    o = opts or MeshOptions()
+    role: Role = o.role if o.role is not None else base.role
+    keepalive = o.keepalive if o.keepalive is not None else base.keep_alive_wg
+    if keepalive is None:
+        keepalive = DEFAULT_CLIENT_KEEPALIVE if role == "client" else 0
+    return MeshSettings(
+        wg_port=o.wgport,
+        endpoint=o.endpoint if o.endpoint is not None else base.public_endpoint,
+        ip_discovery=base.ip_discovery,
+        role=role,
+        keepalive=keepalive,
+        advertise_routes=(
+            o.advertise_routes if o.advertise_routes is not None else base.advertise_route
+        ),
+        advertise_defaults=(
+            o.advertise_defaults if o.advertise_defaults is not None else base.advertise_defaults
+        ),
+        pre_up=list(base.pre_up),
+        post_up=list(base.post_up),
+        pre_down=list(base.pre_down),
+        post_down=list(base.post_down),
+    )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate mapping keys instead of keeping the last."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,
+)
+
+
+def _loc_str(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel]:
+    model: type[BaseModel] = Config
+    for part in loc:
+        if not isinstance(part, str):
+            continue
+        for name, f in model.model_fields.items():
+            if part in (name, f.alias):
+                ann = f.annotation
+                if isinstance(ann, type) and issubclass(ann, BaseModel):
+                    model = ann
+                break
+    return model
+
+
+def _describe(err: ErrorDetails) -> str:
+    loc = err["loc"]
+    typ = err["type"]
+    inp = err.get("input")
+    ctx = err.get("ctx") or {}
+    if typ == "extra_forbidden":
+        parent = loc[:-1]
+        model = _model_at(parent)
+        where = f" in {_loc_str(parent)}" if parent else ""
+        keys = [f.alias or n for n, f in model.model_fields.items()]
+        close = difflib.get_close_matches(str(loc[-1]), keys, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        allowed = ", ".join(sorted(keys))
+        return f"{_loc_str(loc)}: unknown key{where}{hint}; allowed keys: {allowed}"
+    if typ == "literal_error":
+        return f"{_loc_str(loc)}: must be one of {ctx.get('expected')} (got {inp!r})"
+    if typ == "value_error" and not loc:
+        # model-level check: the message starts with the key it is about
+        return str(ctx.get("error", err["msg"]))
+    got = f" (got {inp!r})" if not isinstance(inp, dict | list) else ""
+    msg = err["msg"]
+    if typ == "value_error":
+        msg = str(ctx.get("error", msg))
+    elif typ in ("int_type", "int_parsing", "int_from_float"):
+        msg = "must be an integer"
+    elif typ in ("float_type", "float_parsing"):
+        msg = "must be a number"
+    elif typ in ("bool_type", "bool_parsing"):
+        msg = "must be true or false"
+    elif typ in ("string_type",):
+        msg = "must be a string"
+    elif typ in ("list_type",):
+        msg = "must be a list of strings"
+    elif typ in ("model_type", "model_attributes_type", "dict_type"):
+        msg = "must be a mapping of keys"
+    else:
+        msg = msg[0].lower() + msg[1:] if msg else msg
+        msg = msg.replace("Input should be", "must be").replace("input should be", "must be")
+    return f"{_loc_str(loc)}: {msg}{got}"
+
+
+def parse_config(data: Any, base_dir: Path | None = None, source: str = "config") -> Config:
+    """Validate already-parsed YAML ``data``; relative cert paths resolve against ``base_dir``.
+
+    Certificate files must exist. Raises :class:`ConfigError`.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys")
+    try:
+        # YAML keys are the camelCase names only (by_name=False): snake_case is an error
+        cfg = Config.model_validate(data, by_alias=True, by_name=False)
+    except ValidationError as e:
+        errs = e.errors()
+        extra = f" (and {len(errs) - 1} more problem(s))" if len(errs) > 1 else ""
+        raise ConfigError(f"{source}: {_describe(errs[0])}{extra}") from None
+
+    updates: dict[str, Path] = {}
+    for attr, key in (
+        ("certificate_path", "certificatePath"),
+        ("private_key_path", "privateKeyPath"),
+        ("ca_certificate_path", "caCertificatePath"),
+    ):
+        p: Path | None = getattr(cfg, attr)
+        if p is None:
+            continue
+        p = p.expanduser()
+        if not p.is_absolute() and base_dir is not None:
+            p = base_dir / p
+        if not p.is_file():
+            raise ConfigError(f"{source}: {key}: file not found: {p}")
+        updates[attr] = p
+    if updates:
+        warnings = cfg.warnings
+        cfg = cfg.model_copy(update=updates)
+        cfg._warnings = warnings
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate the YAML file at ``path``. Raises :class:`ConfigError`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read: {e}") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = e.problem or e.context or "invalid YAML"
+        raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: YAML syntax error: {' '.join(str(e).split())}") from None
+    return parse_config(data, base_dir=path.resolve().parent, source=str(path))
