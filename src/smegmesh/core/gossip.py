@@ -1,0 +1,174 @@
+"""Gossip scheduling (SPEC §3): who to talk to, and when. Pure; time is an argument.
+
+Members are grouped into clusters of ``cluster_size`` by key order. A node
+holding *fresh* items (changed recently, its own or received) pushes them to
+``branch`` random members of its cluster -- one of them, with probability
+``inter_cluster_chance``, from another cluster -- right away when they arrive
+(triggered push) and then once every ``sync_interval`` for ``infection_count``
+rounds. A node with nothing fresh pulls (digest anti-entropy) from one random
+member every ``pull_interval``. Clients talk only to (up to two) peers.
+
+The scheduler decides; the caller builds and sends messages. It holds no
+mesh state itself: the current member list is passed in on every call.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class GossipParams:
+    sync_interval_ms: int = 2_000
+    pull_interval_ms: int = 20_000
+    cluster_size: int = 64
+    inter_cluster_chance: float = 0.15
+    branch: int = 3
+    infection_count: int = 3
+
+    def __post_init__(self) -> None:
+        if self.sync_interval_ms <= 0 or self.pull_interval_ms <= 0:
+            raise ValueError("gossip intervals must be positive")
+        if self.cluster_size < 1 or self.branch < 1 or self.infection_count < 0:
+            raise ValueError("clusterSize and branch must be >= 1, infectionCount >= 0")
+        if not 0.0 <= self.inter_cluster_chance <= 1.0:
+            raise ValueError("interClusterChance must be within [0, 1]")
+
+
+@dataclass(frozen=True, slots=True)
+class Round:
+    """What to do now: push ``keys`` to ``push_to``; pull from ``pull_from``."""
+
+    push_to: tuple[bytes, ...] = ()
+    keys: frozenset[bytes] = frozenset()
+    pull_from: bytes | None = None
+
+
+@dataclass(slots=True)
+class GossipScheduler:
+    """Per-mesh gossip timing for one node."""
+
+    self_key: bytes
+    params: GossipParams
+    rng: random.Random
+    #: key -> push rounds left for that item
+    _fresh: dict[bytes, int] = field(default_factory=dict)
+    _next_sync_ms: int | None = None
+    _next_pull_ms: int | None = None
+
+    # -- inputs -------------------------------------------------------------
+    def note_fresh(self, keys: Iterable[bytes]) -> None:
+        """Items for ``keys`` changed: gossip them for ``infection_count`` more rounds."""
+        for k in keys:
+            self._fresh[k] = self.params.infection_count
+
+    @property
+    def fresh_keys(self) -> frozenset[bytes]:
+        return frozenset(self._fresh)
+
+    # -- target selection ---------------------------------------------------
+    def clusters(self, members: Sequence[bytes]) -> list[list[bytes]]:
+        """Members (self included or not) sorted by key, cut into clusters."""
+        ordered = sorted(set(members) | {self.self_key})
+        size = self.params.cluster_size
+        return [ordered[i : i + size] for i in range(0, len(ordered), size)]
+
+    def targets(
+        self,
+        peers: Sequence[bytes],
+        *,
+        is_client: bool = False,
+        client_peers: Sequence[bytes] = (),
+        exclude: Iterable[bytes] = (),
+    ) -> tuple[bytes, ...]:
+        """Choose up to ``branch`` push targets.
+
+        ``peers`` are the live members other nodes can reach (not clients).
+        A client pushes only to ``client_peers`` (its assigned peer and a spare).
+        """
+        excluded = set(exclude) | {self.self_key}
+        if is_client:
+            return tuple(p for p in client_peers if p not in excluded)[:2]
+        clusters = self.clusters(peers)
+        mine: list[bytes] = []
+        others: list[bytes] = []
+        for cluster in clusters:
+            if self.self_key in cluster:
+                mine = [k for k in cluster if k not in excluded]
+            else:
+                others.extend(k for k in cluster if k not in excluded)
+        want = self.params.branch
+        chosen: list[bytes] = []
+        if others and (not mine or self.rng.random() < self.params.inter_cluster_chance):
+            chosen.append(self.rng.choice(others))
+        pool = [k for k in mine if k not in chosen]
+        take = min(want - len(chosen), len(pool))
+        chosen.extend(self.rng.sample(pool, take))
+        if len(chosen) < want and others:
+            rest = [k for k in others if k not in chosen]
+            chosen.extend(self.rng.sample(rest, min(want - len(chosen), len(rest))))
+        return tuple(chosen)
+
+    # -- timing ---------------------------------------------------------------
+    def triggered(
+        self,
+        keys: Iterable[bytes],
+        peers: Sequence[bytes],
+        *,
+        is_client: bool = False,
+        client_peers: Sequence[bytes] = (),
+        exclude: Iterable[bytes] = (),
+    ) -> Round:
+        """Fresh items just arrived: push them now (and mark them for later rounds)."""
+        ks = frozenset(keys)
+        if not ks:
+            return Round()
+        self.note_fresh(ks)
+        to = self.targets(peers, is_client=is_client, client_peers=client_peers, exclude=exclude)
+        return Round(push_to=to, keys=ks)
+
+    def tick(
+        self,
+        now_ms: int,
+        peers: Sequence[bytes],
+        *,
+        is_client: bool = False,
+        client_peers: Sequence[bytes] = (),
+    ) -> Round:
+        """Called often; returns the round due at ``now_ms`` (possibly empty)."""
+        p = self.params
+        if self._next_sync_ms is None:
+            # Desynchronise nodes that start together.
+            self._next_sync_ms = now_ms + self.rng.randrange(p.sync_interval_ms)
+            self._next_pull_ms = now_ms + self.rng.randrange(p.pull_interval_ms)
+        push_to: tuple[bytes, ...] = ()
+        keys: frozenset[bytes] = frozenset()
+        pull_from: bytes | None = None
+        if now_ms >= self._next_sync_ms:
+            self._next_sync_ms = now_ms + p.sync_interval_ms
+            if self._fresh:
+                keys = frozenset(self._fresh)
+                for k in list(self._fresh):
+                    left = self._fresh[k] - 1
+                    if left <= 0:
+                        del self._fresh[k]
+                    else:
+                        self._fresh[k] = left
+                push_to = self.targets(peers, is_client=is_client, client_peers=client_peers)
+                # A node that pushed has just talked; postpone its background pull.
+                assert self._next_pull_ms is not None
+                self._next_pull_ms = max(self._next_pull_ms, now_ms + p.sync_interval_ms)
+        assert self._next_pull_ms is not None
+        if now_ms >= self._next_pull_ms:
+            self._next_pull_ms = now_ms + p.pull_interval_ms
+            choice = self.targets(peers, is_client=is_client, client_peers=client_peers)
+            if choice:
+                pull_from = choice[0]
+        return Round(push_to=push_to, keys=keys, pull_from=pull_from)
+
+    def next_deadline(self) -> int | None:
+        """Earliest time ``tick`` has something to do (for the event loop / simulator)."""
+        times = [t for t in (self._next_sync_ms, self._next_pull_ms) if t is not None]
+        return min(times) if times else None

@@ -1,0 +1,229 @@
+"""Failure detection: SWIM-style probes with suspicion. Pure; time is an argument.
+
+SPEC §3 describes the prototype's scheme (a leader refreshes every
+``heartbeatInterval``; a node not heard from within 3 x heartbeat is pruned).
+Every node re-publishing itself each heartbeat costs O(N) traffic per node;
+instead each node probes one member per period (SWIM), so detection costs O(1)
+per node whatever the mesh size, and only deaths are disseminated:
+
+* every ``probe_interval`` a node pings the next member of a shuffled
+  round-robin list (so every member is probed at least once per N periods by
+  each node, and on average by one node each period);
+* no ack within ``probe_timeout``: ask ``indirect`` other members to ping it
+  (routes around one lossy link);
+* still nothing by the end of the period: the member is *suspect*; it is
+  probed again (direct and indirect) and anything heard from it clears the
+  suspicion;
+* suspect for ``suspicion`` ms: dead. The caller issues a signed prune that
+  gossip carries everywhere. A live node that sees itself pruned refutes it by
+  re-signing its record with a higher version, which the prune does not cover.
+
+Clients cannot be reached through NAT: they are not probed; each client pings
+its assigned peer every period, and that peer declares it dead when it has not
+been heard from for ``client_timeout``.
+
+``heartbeatInterval`` keeps its meaning as the failure-detection period:
+probe_interval = heartbeat / 2, suspicion = heartbeat, client_timeout =
+3 x heartbeat (the prototype's bound, as a backstop for clients).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class LivenessParams:
+    probe_interval_ms: int = 1_000
+    probe_timeout_ms: int = 400
+    indirect: int = 3
+    suspicion_ms: int = 2_000
+    client_timeout_ms: int = 6_000
+
+    @classmethod
+    def from_heartbeat(cls, heartbeat_ms: int, *, timeout_ms: int | None = None) -> LivenessParams:
+        probe = max(100, heartbeat_ms // 2)
+        ptimeout = min(timeout_ms if timeout_ms is not None else 400, probe * 2 // 5)
+        return cls(
+            probe_interval_ms=probe,
+            probe_timeout_ms=max(20, ptimeout),
+            suspicion_ms=heartbeat_ms,
+            client_timeout_ms=3 * heartbeat_ms,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Send a direct probe to ``target``; report the ack with ``on_ack``."""
+
+    target: bytes
+    probe_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class PingReq:
+    """Ask ``via`` to probe ``target`` for us; an ack comes back as ``on_ack``."""
+
+    via: bytes
+    target: bytes
+    probe_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Dead:
+    """``target`` failed detection: prune it."""
+
+    target: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Suspect:
+    """``target`` did not answer a full probe (informational, for status/metrics)."""
+
+    target: bytes
+
+
+Action = Ping | PingReq | Dead | Suspect
+
+
+@dataclass(slots=True)
+class _Probe:
+    target: bytes
+    probe_id: int
+    started_ms: int
+    indirect_sent: bool = False
+
+
+@dataclass(slots=True)
+class FailureDetector:
+    """Per-mesh failure detector for one node."""
+
+    self_key: bytes
+    params: LivenessParams
+    rng: random.Random
+    _order: list[bytes] = field(default_factory=list)
+    _probe: _Probe | None = None
+    _next_probe_ms: int | None = None
+    _next_id: int = 1
+    _suspect_since: dict[bytes, int] = field(default_factory=dict)
+    _last_heard: dict[bytes, int] = field(default_factory=dict)
+
+    # -- inputs ---------------------------------------------------------------
+    def heard_from(self, key: bytes, now_ms: int) -> None:
+        """Any authenticated message from ``key`` proves it alive."""
+        self._last_heard[key] = now_ms
+        self._suspect_since.pop(key, None)
+        if self._probe is not None and self._probe.target == key:
+            self._probe = None
+
+    def on_ack(self, target: bytes, probe_id: int, now_ms: int) -> None:
+        self.heard_from(target, now_ms)
+
+    def forget(self, key: bytes) -> None:
+        """``key`` left or was pruned: stop tracking it."""
+        self._suspect_since.pop(key, None)
+        self._last_heard.pop(key, None)
+        if key in self._order:
+            self._order.remove(key)
+        if self._probe is not None and self._probe.target == key:
+            self._probe = None
+
+    @property
+    def suspects(self) -> frozenset[bytes]:
+        return frozenset(self._suspect_since)
+
+    def last_heard(self, key: bytes) -> int | None:
+        return self._last_heard.get(key)
+
+    # -- the clock --------------------------------------------------------------
+    def tick(
+        self,
+        now_ms: int,
+        peers: Sequence[bytes],
+        *,
+        watched_clients: Iterable[bytes] = (),
+        probe_peers: bool = True,
+    ) -> list[Action]:
+        """Advance to ``now_ms``. ``peers``: live probe-able members (not self).
+
+        ``watched_clients``: clients assigned to this node (declared dead when
+        silent for ``client_timeout``). ``probe_peers`` is False on clients,
+        which only keep their peer's view of them fresh (the caller pings the
+        assigned peer every period).
+        """
+        p = self.params
+        out: list[Action] = []
+        live = set(peers)
+        live.discard(self.self_key)
+        for k in list(self._suspect_since):
+            if k not in live:
+                del self._suspect_since[k]
+        for k in live:
+            self._last_heard.setdefault(k, now_ms)
+        for c in watched_clients:
+            heard = self._last_heard.setdefault(c, now_ms)
+            if now_ms - heard >= p.client_timeout_ms:
+                out.append(Dead(c))
+                self.forget(c)
+        if not probe_peers:
+            return out
+
+        # Suspects that stayed silent for the whole suspicion window are dead.
+        for k, since in list(self._suspect_since.items()):
+            if now_ms - since >= p.suspicion_ms:
+                out.append(Dead(k))
+                self.forget(k)
+                live.discard(k)
+
+        probe = self._probe
+        if probe is not None and probe.target not in live:
+            self._probe = probe = None
+        if probe is not None:
+            age = now_ms - probe.started_ms
+            if not probe.indirect_sent and age >= p.probe_timeout_ms:
+                probe.indirect_sent = True
+                helpers = [k for k in live if k != probe.target]
+                for via in self.rng.sample(helpers, min(p.indirect, len(helpers))):
+                    out.append(PingReq(via, probe.target, probe.probe_id))
+            if age >= p.probe_interval_ms:
+                if probe.target not in self._suspect_since:
+                    self._suspect_since[probe.target] = probe.started_ms
+                    out.append(Suspect(probe.target))
+                self._probe = None
+
+        if self._next_probe_ms is None:
+            self._next_probe_ms = now_ms + self.rng.randrange(max(1, p.probe_interval_ms))
+        if now_ms >= self._next_probe_ms and self._probe is None and live:
+            self._next_probe_ms = now_ms + p.probe_interval_ms
+            target = self._next_target(live)
+            pid = self._next_id
+            self._next_id += 1
+            self._probe = _Probe(target, pid, now_ms)
+            out.append(Ping(target, pid))
+        return out
+
+    def _next_target(self, live: set[bytes]) -> bytes:
+        # Suspects are re-probed first: a suspicion must be confirmed or cleared.
+        for k in self._suspect_since:
+            if k in live and (self._probe is None or self._probe.target != k):
+                return k
+        while True:
+            if not self._order:
+                self._order = sorted(live)
+                self.rng.shuffle(self._order)
+            k = self._order.pop()
+            if k in live:
+                return k
+
+    def next_deadline(self) -> int | None:
+        times: list[int] = []
+        if self._next_probe_ms is not None:
+            times.append(self._next_probe_ms)
+        if self._probe is not None:
+            pr = self._probe
+            times.append(pr.started_ms + self.params.probe_timeout_ms)
+            times.append(pr.started_ms + self.params.probe_interval_ms)
+        times.extend(s + self.params.suspicion_ms for s in self._suspect_since.values())
+        return min(times) if times else None

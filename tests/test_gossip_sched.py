@@ -1,0 +1,66 @@
+"""Gossip scheduling: targets, triggered push, infection rounds, background pull."""
+
+from __future__ import annotations
+
+import random
+
+from smegmesh.core.gossip import GossipParams, GossipScheduler
+
+
+def keys(n: int) -> list[bytes]:
+    return [bytes([i // 256, i % 256]) + b"\0" * 30 for i in range(n)]
+
+
+def sched(me: bytes, **kw: object) -> GossipScheduler:
+    return GossipScheduler(me, GossipParams(**kw), random.Random(1))  # type: ignore[arg-type]
+
+
+def test_targets_stay_in_own_cluster_without_inter_cluster_chance() -> None:
+    ks = keys(200)
+    s = sched(ks[5], cluster_size=64, inter_cluster_chance=0.0, branch=3)
+    own = set(sorted(ks)[:64])
+    for _ in range(200):
+        t = s.targets(ks)
+        assert len(t) == 3 and len(set(t)) == 3
+        assert set(t) <= own and ks[5] not in t
+
+
+def test_inter_cluster_chance_one_always_reaches_another_cluster() -> None:
+    ks = keys(200)
+    s = sched(ks[5], cluster_size=64, inter_cluster_chance=1.0, branch=3)
+    own = set(sorted(ks)[:64])
+    for _ in range(100):
+        t = s.targets(ks)
+        assert len(t) == 3
+        assert sum(1 for k in t if k not in own) == 1
+
+
+def test_small_mesh_returns_everyone_it_can() -> None:
+    ks = keys(3)
+    s = sched(ks[0], branch=5)
+    assert set(s.targets(ks)) == {ks[1], ks[2]}
+
+
+def test_client_only_talks_to_its_peers() -> None:
+    ks = keys(50)
+    s = sched(ks[0])
+    assert s.targets(ks, is_client=True, client_peers=[ks[7], ks[9], ks[11]]) == (ks[7], ks[9])
+
+
+def test_fresh_items_pushed_for_infection_count_rounds_then_pull_resumes() -> None:
+    ks = keys(20)
+    s = sched(ks[0], sync_interval_ms=1000, pull_interval_ms=5000, infection_count=3, branch=2)
+    r = s.triggered([ks[3]], ks)
+    assert r.keys == {ks[3]} and len(r.push_to) == 2
+    pushes = 0
+    pulls = 0
+    for t in range(0, 30_000, 100):
+        rnd = s.tick(t, ks)
+        if rnd.push_to:
+            assert rnd.keys == {ks[3]}
+            pushes += 1
+        if rnd.pull_from is not None:
+            pulls += 1
+    assert pushes == 3
+    assert 4 <= pulls <= 7  # every 5 s once nothing is fresh
+    assert not s.fresh_keys

@@ -1,0 +1,90 @@
+"""SWIM-style failure detector: detection, indirect probes, suspicion, clients."""
+
+from __future__ import annotations
+
+import random
+
+from smegmesh.core.liveness import Dead, FailureDetector, LivenessParams, Ping, PingReq
+
+
+def keys(n: int) -> list[bytes]:
+    return [bytes([i]) * 32 for i in range(n)]
+
+
+PARAMS = LivenessParams(
+    probe_interval_ms=1000,
+    probe_timeout_ms=300,
+    indirect=3,
+    suspicion_ms=2000,
+    client_timeout_ms=6000,
+)
+
+
+def run(
+    fd: FailureDetector,
+    peers: list[bytes],
+    alive: set[bytes],
+    until_ms: int,
+    direct_ok: bool = True,
+    step: int = 10,
+) -> dict[bytes, int]:
+    """Drive the detector; live targets ack pings (only indirect ones if not direct_ok)."""
+    dead_at: dict[bytes, int] = {}
+    for now in range(0, until_ms, step):
+        live_peers = [p for p in peers if p not in dead_at]
+        for a in fd.tick(now, live_peers):
+            if isinstance(a, Ping) and a.target in alive and direct_ok:
+                fd.on_ack(a.target, a.probe_id, now)
+            elif isinstance(a, PingReq) and a.target in alive:
+                fd.on_ack(a.target, a.probe_id, now)
+            elif isinstance(a, Dead):
+                dead_at[a.target] = now
+    return dead_at
+
+
+def test_dead_member_declared_within_bounds_and_live_ones_never() -> None:
+    ks = keys(10)
+    me = ks[0]
+    fd = FailureDetector(me, PARAMS, random.Random(3))
+    alive = set(ks) - {ks[4]}
+    dead = run(fd, ks[1:], alive, 60_000)
+    assert set(dead) == {ks[4]}
+    # round robin over 9 members: probed within 9 periods, then suspicion
+    assert dead[ks[4]] <= 9 * 1000 + 1000 + 2000 + 50
+
+
+def test_indirect_acks_keep_a_member_alive_when_the_direct_path_fails() -> None:
+    ks = keys(6)
+    fd = FailureDetector(ks[0], PARAMS, random.Random(4))
+    dead = run(fd, ks[1:], set(ks), 30_000, direct_ok=False)
+    assert dead == {}
+
+
+def test_hearing_from_a_suspect_clears_it() -> None:
+    ks = keys(3)
+    fd = FailureDetector(ks[0], PARAMS, random.Random(5))
+    suspected = False
+    for now in range(0, 20_000, 10):
+        for a in fd.tick(now, ks[1:]):
+            if isinstance(a, Ping) and a.target == ks[1]:
+                fd.on_ack(ks[1], a.probe_id, now)
+            assert not isinstance(a, Dead) or a.target != ks[2] or not suspected
+        if fd.suspects:
+            suspected = True
+            fd.heard_from(ks[2], now)  # e.g. a gossip message arrived from it
+    assert suspected
+    assert not fd.suspects
+
+
+def test_silent_client_is_declared_dead_by_its_peer_only_after_client_timeout() -> None:
+    ks = keys(4)
+    fd = FailureDetector(ks[0], PARAMS, random.Random(6))
+    client = ks[3]
+    dead_at = None
+    for now in range(0, 10_000, 10):
+        if now < 2000:
+            fd.heard_from(client, now)
+        for a in fd.tick(now, [], watched_clients=[client]):
+            if isinstance(a, Dead):
+                dead_at = now
+    assert dead_at is not None and 2000 + 6000 - 20 <= dead_at <= 2000 + 6000 + 20
