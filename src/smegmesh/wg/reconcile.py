@@ -1,0 +1,181 @@
+"""Reconcile desired WireGuard + host configuration with the live system.
+
+:class:`Reconciler` keeps, per interface, a cache of the live state it last
+read or produced. ``apply`` diffs the desired state against that cache and
+applies only the difference, so a one-peer change costs one peer operation
+and no full ``get=1`` dump. The cache is dropped and the live state re-read in
+full on any error, when the backend reports a lost device (``check``) and at
+least every ``verify_interval`` seconds (``verify`` forces it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from smegmesh.core.wgconfig import HostConfig, HostStatus, InterfaceConfig, InterfaceStatus
+from smegmesh.core.wgdiff import (
+    HostOp,
+    WgOp,
+    apply_host_ops,
+    apply_ops,
+    diff_host,
+    diff_interface,
+)
+from smegmesh.net.host import HostBackend
+from smegmesh.wg.base import WgBackend
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReconcileResult:
+    interface: str
+    wg_ops: list[WgOp] = field(default_factory=list)
+    host_ops: list[HostOp] = field(default_factory=list)
+    created: bool = False  # the device was (re)created
+    full_read: bool = False  # live state was read from the system
+    retried: bool = False  # the first attempt failed and was redone from a full read
+    seconds: float = 0.0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.wg_ops or self.host_ops or self.created)
+
+
+@dataclass
+class _Cache:
+    wg: InterfaceStatus
+    host: HostStatus
+    read_at: float
+    desired_if: InterfaceConfig | None = None
+    desired_host: HostConfig | None = None
+
+
+class Reconciler:
+    """Applies desired state through a :class:`WgBackend` and a :class:`HostBackend`.
+
+    Thread-safe; meant to be called from one worker thread of the daemon.
+    """
+
+    def __init__(
+        self,
+        backend: WgBackend,
+        host: HostBackend,
+        *,
+        verify_interval: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.backend = backend
+        self.host = host
+        self.verify_interval = verify_interval
+        self.clock = clock
+        self._cache: dict[str, _Cache] = {}
+        self._lock = threading.RLock()
+
+    def interfaces(self) -> list[str]:
+        return list(self._cache)
+
+    def invalidate(self, name: str | None = None) -> None:
+        """Forget cached live state (of one interface, or all); next apply re-reads."""
+        with self._lock:
+            if name is None:
+                for c in self._cache.values():
+                    c.read_at = float("-inf")
+            elif name in self._cache:
+                self._cache[name].read_at = float("-inf")
+
+    def apply(self, desired_if: InterfaceConfig, desired_host: HostConfig) -> ReconcileResult:
+        """Make the interface and its host state match; only the diff is applied."""
+        if desired_host.interface != desired_if.name:
+            raise ValueError("desired_host.interface must equal desired_if.name")
+        with self._lock:
+            t0 = time.perf_counter()
+            try:
+                result = self._apply_once(desired_if, desired_host)
+            except Exception as exc:
+                log.warning(
+                    "reconcile %s failed (%s); retrying from a full read", desired_if.name, exc
+                )
+                self.invalidate(desired_if.name)
+                result = self._apply_once(desired_if, desired_host)
+                result.retried = True
+            result.seconds = time.perf_counter() - t0
+            return result
+
+    def _apply_once(self, want_if: InterfaceConfig, want_host: HostConfig) -> ReconcileResult:
+        name = want_if.name
+        res = ReconcileResult(name)
+        cache = self._cache.get(name)
+        now = self.clock()
+        if cache is None or now - cache.read_at >= self.verify_interval:
+            res.created = self.backend.ensure_interface(name)
+            cache = _Cache(self.backend.read(name), self.host.read(name), now)
+            self._cache[name] = cache
+            res.full_read = True
+        cache.desired_if, cache.desired_host = want_if, want_host
+        res.wg_ops = diff_interface(want_if, cache.wg)
+        if res.wg_ops:
+            # If applying fails the live state is unknown: a full read comes next time.
+            saved = cache.read_at
+            cache.read_at = float("-inf")
+            self.backend.apply(name, res.wg_ops)
+            cache.wg = apply_ops(cache.wg, res.wg_ops)
+            cache.read_at = saved
+        res.host_ops = diff_host(want_host, cache.host)
+        if res.host_ops:
+            saved = cache.read_at
+            cache.read_at = float("-inf")
+            self.host.apply(name, res.host_ops)
+            cache.host = apply_host_ops(cache.host, res.host_ops)
+            cache.read_at = saved
+        return res
+
+    def verify(self, name: str | None = None) -> list[ReconcileResult]:
+        """Re-read live state in full and re-apply the last desired state."""
+        with self._lock:
+            names = [name] if name is not None else list(self._cache)
+            out = []
+            for n in names:
+                cache = self._cache.get(n)
+                if cache is None or cache.desired_if is None or cache.desired_host is None:
+                    continue
+                self.invalidate(n)
+                out.append(self.apply(cache.desired_if, cache.desired_host))
+            return out
+
+    def check(self) -> list[ReconcileResult]:
+        """Health check of every interface (cheap when healthy): a device the
+        backend had to recreate gets its full desired state re-applied."""
+        with self._lock:
+            out = []
+            for n, cache in list(self._cache.items()):
+                try:
+                    lost = self.backend.check(n)
+                except Exception as exc:
+                    log.warning("health check of %s failed: %s", n, exc)
+                    lost = True
+                if lost:
+                    log.warning("interface %s was lost; re-applying its configuration", n)
+                    cache.read_at = float("-inf")
+                    if cache.desired_if is not None and cache.desired_host is not None:
+                        res = self.apply(cache.desired_if, cache.desired_host)
+                        res.created = True
+                        out.append(res)
+            return out
+
+    def remove(self, name: str) -> None:
+        """Remove the interface and everything we added for it."""
+        with self._lock:
+            self._cache.pop(name, None)
+            try:
+                self.host.remove(name)
+            finally:
+                self.backend.remove_interface(name)
+
+    def close(self) -> None:
+        with self._lock:
+            self._cache.clear()
