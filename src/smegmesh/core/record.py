@@ -1,0 +1,589 @@
+"""Signed node records and prunes: the items of the mesh state CRDT.
+
+Only a node writes its own :class:`NodeRecord`; it is signed with the node's
+Ed25519 key and the WireGuard key (node id) must be the Montgomery form of that
+signing key, so nobody can publish a record for another node. A
+:class:`Prune` is a signed statement by any member that every record of
+``target`` with ``version <= target_version`` is dead (failure detection).
+
+The signature covers ``TAG + msgpack(fields without signature)``; msgpack of
+ints, strings, bytes, bools, nil and arrays is canonical (shortest encoding),
+so the payload is a pure function of the field values.
+
+Versions are *hybrid*: :meth:`NodeRecord.evolve` uses
+``max(old.version + 1, now_ms)`` so a node that lost its counter (restored
+from an old backup) still publishes a version above what the mesh holds.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
+from typing import Any
+
+import msgpack
+
+from smegmesh.core.addressing import InvalidMeshId, overlay_address, validate_mesh_id
+from smegmesh.core.identity import NodeIdentity, verify_signature, x25519_matches_ed25519
+
+__all__ = [
+    "MAX_ADMITTED",
+    "MAX_INVITES",
+    "MAX_ROUTES",
+    "MAX_ROUTE_PATH",
+    "MAX_SERVICES",
+    "PRUNE_TAG",
+    "RECORD_TAG",
+    "Admission",
+    "InviteGrant",
+    "NodeRecord",
+    "Prune",
+    "RecordError",
+    "Role",
+    "RouteAdv",
+    "check_prune_fields",
+    "check_record_fields",
+    "prune_from_obj",
+    "record_from_obj",
+    "validate_prune",
+    "validate_record",
+]
+
+RECORD_TAG = b"smegmesh/record/v1\0"
+PRUNE_TAG = b"smegmesh/prune/v1\0"
+
+MAX_U63 = 2**63  # exclusive bound of versions and timestamps
+MAX_SERVICES = 16
+MAX_ROUTES = 64
+MAX_ROUTE_PATH = 16
+MAX_INVITES = 16
+MAX_ADMITTED = 64
+MAX_DESCRIPTION_BYTES = 256
+MAX_SERVICE_VALUE_BYTES = 256
+MAX_ENDPOINT_LEN = 261  # "[" + 45 + "]:" + 5 or 253 + ":" + 5
+
+_ALIAS_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_SERVICE_KEY_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_HOST_LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_PORT_RE = re.compile(r"[1-9][0-9]{0,4}")
+
+
+class Role(enum.StrEnum):
+    PEER = "peer"
+    CLIENT = "client"
+
+
+class RecordError(ValueError):
+    """A record or prune is malformed, forged or for another mesh."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class RouteAdv:
+    """An advertised route: destination prefix and the mesh ids it crossed."""
+
+    prefix: str  # canonical CIDR IPv6 network, e.g. "fd12:3456:789a:bc01::/64", "::/0"
+    path: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class InviteGrant:
+    """An invitation issued by the record's owner (hash of the secret token)."""
+
+    token_hash: bytes  # 16 bytes
+    expiry_ms: int
+    uses: int
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The record's owner admitted ``joiner`` (a WG key) with a token."""
+
+    token_hash: bytes  # 16 bytes
+    joiner: bytes  # 32 bytes
+
+
+def _services_tuple(
+    services: Mapping[str, str] | Iterable[tuple[str, str]],
+) -> tuple[tuple[str, str], ...]:
+    items = services.items() if isinstance(services, Mapping) else services
+    return tuple(sorted((str(k), str(v)) for k, v in items))
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    """What a node publishes about itself in one mesh. Build with :meth:`create`."""
+
+    mesh_id: str
+    wg_key: bytes
+    sign_key: bytes
+    version: int
+    timestamp_ms: int
+    role: Role
+    wg_endpoint: str | None
+    control_endpoint: str | None
+    tls_fp: bytes | None
+    address: str
+    alias: str
+    description: str
+    services: tuple[tuple[str, str], ...]
+    routes: tuple[RouteAdv, ...]
+    assigned_peer: bytes | None
+    invites: tuple[InviteGrant, ...]
+    admitted: tuple[Admission, ...]
+    left: bool
+    signature: bytes = field(repr=False)
+
+    @property
+    def key(self) -> bytes:
+        """The node id (WireGuard public key)."""
+        return self.wg_key
+
+    @property
+    def services_map(self) -> dict[str, str]:
+        return dict(self.services)
+
+    @classmethod
+    def create(
+        cls,
+        identity: NodeIdentity,
+        mesh_id: str,
+        *,
+        version: int,
+        now_ms: int,
+        role: Role = Role.PEER,
+        wg_endpoint: str | None = None,
+        control_endpoint: str | None = None,
+        tls_fp: bytes | None = None,
+        alias: str = "",
+        description: str = "",
+        services: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+        routes: Iterable[RouteAdv] = (),
+        assigned_peer: bytes | None = None,
+        invites: Iterable[InviteGrant] = (),
+        admitted: Iterable[Admission] = (),
+        left: bool = False,
+    ) -> NodeRecord:
+        """Build, check and sign a record (raises :class:`RecordError`)."""
+        unsigned = cls(
+            mesh_id=mesh_id,
+            wg_key=identity.wg_public_key,
+            sign_key=identity.sign_public_key,
+            version=version,
+            timestamp_ms=now_ms,
+            role=Role(role),
+            wg_endpoint=wg_endpoint,
+            control_endpoint=control_endpoint,
+            tls_fp=tls_fp,
+            address=str(overlay_address(mesh_id, identity.wg_public_key))
+            if isinstance(mesh_id, str)
+            else "",
+            alias=alias,
+            description=description,
+            services=_services_tuple(services),
+            routes=tuple(routes),
+            assigned_peer=assigned_peer,
+            invites=tuple(invites),
+            admitted=tuple(admitted),
+            left=left,
+            signature=b"",
+        )
+        check_record_fields(unsigned, mesh_id, check_signature_len=False)
+        return replace(unsigned, signature=identity.sign(unsigned.signed_payload()))
+
+    def evolve(self, identity: NodeIdentity, now_ms: int, **changes: Any) -> NodeRecord:
+        """A re-signed successor with ``version = max(version + 1, now_ms)``.
+
+        ``changes`` may set any content field (role, endpoints, alias, services,
+        routes, ...), not the keys, mesh id, address, version or signature.
+        """
+        if identity.wg_public_key != self.wg_key:
+            raise RecordError("wg_key", "evolve() needs the record owner's identity")
+        frozen = {"mesh_id", "wg_key", "sign_key", "address", "version", "timestamp_ms"}
+        bad = set(changes) & (frozen | {"signature"})
+        if bad:
+            raise RecordError(sorted(bad)[0], "cannot be changed by evolve()")
+        kwargs: dict[str, Any] = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in frozen and f.name != "signature"
+        }
+        kwargs.update(changes)
+        return NodeRecord.create(
+            identity,
+            self.mesh_id,
+            version=max(self.version + 1, now_ms),
+            now_ms=now_ms,
+            **kwargs,
+        )
+
+    def fields_obj(self) -> list[Any]:
+        """The msgpack-able list of all fields but the signature (canonical order)."""
+        return [
+            self.mesh_id,
+            self.wg_key,
+            self.sign_key,
+            self.version,
+            self.timestamp_ms,
+            str(self.role),
+            self.wg_endpoint,
+            self.control_endpoint,
+            self.tls_fp,
+            self.address,
+            self.alias,
+            self.description,
+            [[k, v] for k, v in self.services],
+            [[r.prefix, list(r.path)] for r in self.routes],
+            self.assigned_peer,
+            [[g.token_hash, g.expiry_ms, g.uses] for g in self.invites],
+            [[a.token_hash, a.joiner] for a in self.admitted],
+            self.left,
+        ]
+
+    def to_obj(self) -> list[Any]:
+        """Wire form: :meth:`fields_obj` followed by the signature."""
+        return [*self.fields_obj(), self.signature]
+
+    def signed_payload(self) -> bytes:
+        return self._payload
+
+    @cached_property
+    def _payload(self) -> bytes:
+        return RECORD_TAG + msgpack.packb(self.fields_obj(), use_bin_type=True)
+
+
+@dataclass(frozen=True)
+class Prune:
+    """Signed by ``by_*``: every record of ``target`` with version <= target_version is dead."""
+
+    mesh_id: str
+    target: bytes
+    target_version: int
+    by_wg_key: bytes
+    by_sign_key: bytes
+    timestamp_ms: int
+    signature: bytes = field(repr=False)
+
+    @property
+    def key(self) -> bytes:
+        """The node this prune is about."""
+        return self.target
+
+    @classmethod
+    def create(
+        cls,
+        identity: NodeIdentity,
+        mesh_id: str,
+        *,
+        target: bytes,
+        target_version: int,
+        now_ms: int,
+    ) -> Prune:
+        unsigned = cls(
+            mesh_id=mesh_id,
+            target=target,
+            target_version=target_version,
+            by_wg_key=identity.wg_public_key,
+            by_sign_key=identity.sign_public_key,
+            timestamp_ms=now_ms,
+            signature=b"",
+        )
+        check_prune_fields(unsigned, mesh_id, check_signature_len=False)
+        return replace(unsigned, signature=identity.sign(unsigned.signed_payload()))
+
+    def fields_obj(self) -> list[Any]:
+        return [
+            self.mesh_id,
+            self.target,
+            self.target_version,
+            self.by_wg_key,
+            self.by_sign_key,
+            self.timestamp_ms,
+        ]
+
+    def to_obj(self) -> list[Any]:
+        return [*self.fields_obj(), self.signature]
+
+    def signed_payload(self) -> bytes:
+        return self._payload
+
+    @cached_property
+    def _payload(self) -> bytes:
+        return PRUNE_TAG + msgpack.packb(self.fields_obj(), use_bin_type=True)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _fail(fieldname: str, msg: str) -> RecordError:
+    return RecordError(fieldname, msg)
+
+
+def _check_bytes(name: str, v: object, n: int, optional: bool = False) -> None:
+    if v is None and optional:
+        return
+    if type(v) is not bytes or len(v) != n:
+        raise _fail(name, f"must be {n} bytes")
+
+
+def _check_uint(name: str, v: object, bound: int = MAX_U63) -> None:
+    if type(v) is not int or not 0 <= v < bound:
+        raise _fail(name, f"must be an integer in [0, {bound})")
+
+
+def _check_mesh_id(v: object, expected: str) -> None:
+    if type(v) is not str:
+        raise _fail("mesh_id", "must be a string")
+    try:
+        validate_mesh_id(v)
+    except InvalidMeshId as e:
+        raise _fail("mesh_id", str(e)) from None
+    if v != expected:
+        raise _fail("mesh_id", f"record is for mesh {v!r}, not {expected!r}")
+
+
+def check_endpoint(s: object) -> str:
+    """Validate ``host:port`` / ``[v6]:port`` (host: IPv4 or DNS name)."""
+    if type(s) is not str or not s.isascii() or not 3 <= len(s) <= MAX_ENDPOINT_LEN:
+        raise ValueError("endpoint must be an ASCII 'host:port' or '[v6]:port'")
+    if s.startswith("["):
+        host, sep, port = s[1:].partition("]:")
+        if not sep:
+            raise ValueError("IPv6 endpoint must look like '[addr]:port'")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"invalid IPv6 address {host!r}") from None
+    else:
+        host, sep, port = s.rpartition(":")
+        if not sep or not host:
+            raise ValueError("endpoint must be 'host:port'")
+        if ":" in host:
+            raise ValueError("IPv6 endpoint must be bracketed: '[addr]:port'")
+        if len(host) > 253 or not all(_HOST_LABEL_RE.fullmatch(lab) for lab in host.split(".")):
+            raise ValueError(f"invalid host {host!r}")
+    if _PORT_RE.fullmatch(port) is None or not 1 <= int(port) <= 65535:
+        raise ValueError(f"invalid port {port!r}")
+    return s
+
+
+def _check_endpoint_field(name: str, v: object) -> None:
+    if v is None:
+        return
+    try:
+        check_endpoint(v)
+    except ValueError as e:
+        raise _fail(name, str(e)) from None
+
+
+def _check_route(i: int, r: object) -> None:
+    name = f"routes[{i}]"
+    if type(r) is not RouteAdv:
+        raise _fail(name, "must be a RouteAdv")
+    if type(r.prefix) is not str:
+        raise _fail(name, "prefix must be a string")
+    try:
+        net = ipaddress.IPv6Network(r.prefix, strict=True)
+    except ValueError as e:
+        raise _fail(name, f"invalid IPv6 prefix: {e}") from None
+    if str(net) != r.prefix:
+        raise _fail(name, f"prefix must be canonical ({net})")
+    if type(r.path) is not tuple or len(r.path) > MAX_ROUTE_PATH:
+        raise _fail(name, f"path must be a tuple of at most {MAX_ROUTE_PATH} mesh ids")
+    for m in r.path:
+        if type(m) is not str:
+            raise _fail(name, "path entries must be mesh ids")
+        try:
+            validate_mesh_id(m)
+        except InvalidMeshId as e:
+            raise _fail(name, str(e)) from None
+
+
+def check_record_fields(rec: NodeRecord, mesh_id: str, *, check_signature_len: bool = True) -> None:
+    """Every check of :func:`validate_record` except the signature itself."""
+    if type(rec) is not NodeRecord:
+        raise _fail("record", "not a NodeRecord")
+    _check_mesh_id(rec.mesh_id, mesh_id)
+    _check_bytes("wg_key", rec.wg_key, 32)
+    _check_bytes("sign_key", rec.sign_key, 32)
+    _check_uint("version", rec.version)
+    _check_uint("timestamp_ms", rec.timestamp_ms)
+    if not isinstance(rec.role, Role):
+        raise _fail("role", "must be 'peer' or 'client'")
+    _check_endpoint_field("wg_endpoint", rec.wg_endpoint)
+    _check_endpoint_field("control_endpoint", rec.control_endpoint)
+    _check_bytes("tls_fp", rec.tls_fp, 32, optional=True)
+    if type(rec.alias) is not str or (rec.alias and _ALIAS_RE.fullmatch(rec.alias) is None):
+        raise _fail("alias", "must be empty or a DNS label (1-63 of [a-z0-9-])")
+    if type(rec.description) is not str:
+        raise _fail("description", "must be a string")
+    if len(rec.description.encode("utf-8", "surrogatepass")) > MAX_DESCRIPTION_BYTES:
+        raise _fail("description", f"must be at most {MAX_DESCRIPTION_BYTES} UTF-8 bytes")
+    svc = rec.services
+    if type(svc) is not tuple or len(svc) > MAX_SERVICES:
+        raise _fail("services", f"at most {MAX_SERVICES} entries")
+    prev: str | None = None
+    for item in svc:
+        if type(item) is not tuple or len(item) != 2:
+            raise _fail("services", "entries must be (key, value) pairs")
+        k, v = item
+        if type(k) is not str or _SERVICE_KEY_RE.fullmatch(k) is None:
+            raise _fail("services", f"invalid key {k!r}: 1-64 of [A-Za-z0-9._-]")
+        if type(v) is not str or len(v.encode("utf-8", "surrogatepass")) > 256:
+            raise _fail("services", f"value of {k!r} must be a string of at most 256 bytes")
+        if prev is not None and k <= prev:
+            raise _fail("services", "keys must be unique and sorted")
+        prev = k
+    if type(rec.routes) is not tuple or len(rec.routes) > MAX_ROUTES:
+        raise _fail("routes", f"at most {MAX_ROUTES} routes")
+    for i, r in enumerate(rec.routes):
+        _check_route(i, r)
+    _check_bytes("assigned_peer", rec.assigned_peer, 32, optional=True)
+    if type(rec.invites) is not tuple or len(rec.invites) > MAX_INVITES:
+        raise _fail("invites", f"at most {MAX_INVITES} invites")
+    for g in rec.invites:
+        if type(g) is not InviteGrant:
+            raise _fail("invites", "entries must be InviteGrant")
+        _check_bytes("invites.token_hash", g.token_hash, 16)
+        _check_uint("invites.expiry_ms", g.expiry_ms)
+        _check_uint("invites.uses", g.uses, 2**32)
+    if type(rec.admitted) is not tuple or len(rec.admitted) > MAX_ADMITTED:
+        raise _fail("admitted", f"at most {MAX_ADMITTED} admissions")
+    for a in rec.admitted:
+        if type(a) is not Admission:
+            raise _fail("admitted", "entries must be Admission")
+        _check_bytes("admitted.token_hash", a.token_hash, 16)
+        _check_bytes("admitted.joiner", a.joiner, 32)
+    if type(rec.left) is not bool:
+        raise _fail("left", "must be a boolean")
+    if type(rec.address) is not str or rec.address != str(overlay_address(mesh_id, rec.wg_key)):
+        raise _fail("address", "does not match the mesh prefix and the node's key")
+    if not x25519_matches_ed25519(rec.wg_key, rec.sign_key):
+        raise _fail("wg_key", "is not the X25519 form of sign_key")
+    if check_signature_len:
+        _check_bytes("signature", rec.signature, 64)
+
+
+def validate_record(rec: NodeRecord, mesh_id: str) -> None:
+    """Raise :class:`RecordError` unless ``rec`` is a valid, authentic record of ``mesh_id``."""
+    check_record_fields(rec, mesh_id)
+    if not verify_signature(rec.sign_key, rec.signed_payload(), rec.signature):
+        raise _fail("signature", "invalid signature")
+
+
+def check_prune_fields(p: Prune, mesh_id: str, *, check_signature_len: bool = True) -> None:
+    """Every check of :func:`validate_prune` except the signature itself."""
+    if type(p) is not Prune:
+        raise _fail("prune", "not a Prune")
+    _check_mesh_id(p.mesh_id, mesh_id)
+    _check_bytes("target", p.target, 32)
+    _check_uint("target_version", p.target_version)
+    _check_bytes("by_wg_key", p.by_wg_key, 32)
+    _check_bytes("by_sign_key", p.by_sign_key, 32)
+    _check_uint("timestamp_ms", p.timestamp_ms)
+    if not x25519_matches_ed25519(p.by_wg_key, p.by_sign_key):
+        raise _fail("by_wg_key", "is not the X25519 form of by_sign_key")
+    if check_signature_len:
+        _check_bytes("signature", p.signature, 64)
+
+
+def validate_prune(p: Prune, mesh_id: str) -> None:
+    """Raise :class:`RecordError` unless ``p`` is a well-formed, authentic prune of ``mesh_id``."""
+    check_prune_fields(p, mesh_id)
+    if not verify_signature(p.by_sign_key, p.signed_payload(), p.signature):
+        raise _fail("signature", "invalid signature")
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _list(v: object, name: str) -> list[Any]:
+    if type(v) is not list:
+        raise _fail(name, "must be an array")
+    return v
+
+
+def record_from_obj(obj: object) -> NodeRecord:
+    """Build a record from its wire form (:meth:`NodeRecord.to_obj`).
+
+    Checks shapes and types only (raises :class:`RecordError`); call
+    :func:`validate_record` (or let :class:`~smegmesh.core.state.MeshState` do
+    it) before trusting the content.
+    """
+    o = _list(obj, "record")
+    if len(o) != 19:
+        raise _fail("record", "must have 19 fields")
+    try:
+        role = Role(o[5])
+    except (ValueError, TypeError):
+        raise _fail("role", "must be 'peer' or 'client'") from None
+    services = []
+    for s in _list(o[12], "services"):
+        s = _list(s, "services")
+        if len(s) != 2:
+            raise _fail("services", "entries must be [key, value]")
+        services.append((s[0], s[1]))
+    routes = []
+    for r in _list(o[13], "routes"):
+        r = _list(r, "routes")
+        if len(r) != 2:
+            raise _fail("routes", "entries must be [prefix, path]")
+        routes.append(RouteAdv(r[0], tuple(_list(r[1], "routes.path"))))
+    invites = []
+    for g in _list(o[15], "invites"):
+        g = _list(g, "invites")
+        if len(g) != 3:
+            raise _fail("invites", "entries must be [hash, expiry, uses]")
+        invites.append(InviteGrant(g[0], g[1], g[2]))
+    admitted = []
+    for a in _list(o[16], "admitted"):
+        a = _list(a, "admitted")
+        if len(a) != 2:
+            raise _fail("admitted", "entries must be [hash, joiner]")
+        admitted.append(Admission(a[0], a[1]))
+    rec = NodeRecord(
+        mesh_id=o[0],
+        wg_key=o[1],
+        sign_key=o[2],
+        version=o[3],
+        timestamp_ms=o[4],
+        role=role,
+        wg_endpoint=o[6],
+        control_endpoint=o[7],
+        tls_fp=o[8],
+        address=o[9],
+        alias=o[10],
+        description=o[11],
+        services=tuple(services),
+        routes=tuple(routes),
+        assigned_peer=o[14],
+        invites=tuple(invites),
+        admitted=tuple(admitted),
+        left=o[17],
+        signature=o[18],
+    )
+    mesh_id = rec.mesh_id
+    if type(mesh_id) is not str:
+        raise _fail("mesh_id", "must be a string")
+    check_record_fields(rec, mesh_id)
+    return rec
+
+
+def prune_from_obj(obj: object) -> Prune:
+    """Build a prune from its wire form (shapes and types checked, not the signature)."""
+    o = _list(obj, "prune")
+    if len(o) != 7:
+        raise _fail("prune", "must have 7 fields")
+    p = Prune(*o)
+    if type(p.mesh_id) is not str:
+        raise _fail("mesh_id", "must be a string")
+    check_prune_fields(p, p.mesh_id)
+    return p
