@@ -1,0 +1,344 @@
+"""Network-namespace test bed: nodes on a bridge, optional NAT, guaranteed teardown.
+
+Topology for ``Testbed(prefix)`` (every name starts with ``prefix``, so runs
+do not collide and a crashed run can be removed with :func:`cleanup_stale`)::
+
+    PREFIXbr (bridges)  br0 -- veth -- PREFIXn<i>:eth0  2001:db8:<bed>::<i>/64
+                        br1 -- veth -- PREFIXn<j>:eth0  2001:db8:<bed>:1::<j>/64  (NAT clients)
+    PREFIXrt (router)   eth0 on br0 2001:db8:<bed>::fe, eth1 on br1 2001:db8:<bed>:1::1,
+                        nftables masquerade of 2001:db8:<bed>:1::/64 leaving eth0
+
+The bridges live in their own namespace; nothing is created in the caller's
+namespace. Addresses are documentation prefixes only; ``bed`` is a 16-bit
+number derived from the prefix. Processes started with :meth:`Node.spawn` are
+tracked by PID; on teardown every process still inside one of our
+namespaces is killed (``ip netns pids``), then the namespaces are deleted.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import hashlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class TestbedError(Exception):
+    """Setting up the test bed failed."""
+
+
+def unique_prefix(base: str = "smt") -> str:
+    """A short random name prefix, e.g. ``smt3fa9``."""
+    return f"{base}{secrets.token_hex(2)}"
+
+
+def wait_until(
+    predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = ""
+) -> T:
+    """Poll ``predicate`` until it returns a truthy value (returned) or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:
+            last_exc = exc
+        if time.monotonic() >= deadline:
+            msg = f"timed out after {timeout:g}s waiting for {what or predicate}"
+            if last_exc is not None:
+                msg += f" (last error: {last_exc!r})"
+            raise TimeoutError(msg)
+        time.sleep(interval)
+
+
+def _sh(argv: Sequence[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=30)
+    if check and proc.returncode != 0:
+        raise TestbedError(f"{' '.join(argv)}: {proc.stderr.strip() or proc.returncode}")
+    return proc
+
+
+def list_netns() -> list[str]:
+    out = _sh(["ip", "netns", "list"], check=False).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def netns_pids(ns: str) -> list[int]:
+    out = _sh(["ip", "netns", "pids", ns], check=False).stdout
+    return [int(p) for p in out.split() if p.isdigit()]
+
+
+def _kill_pids(pids: Sequence[int], timeout: float = 2.0) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if _alive(p)]
+        if alive:
+            time.sleep(0.02)
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][:1] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def delete_netns(ns: str) -> None:
+    """Kill every process in ``ns`` and delete it."""
+    _kill_pids(netns_pids(ns))
+    _sh(["ip", "netns", "del", ns], check=False)
+
+
+def cleanup_stale(prefix: str) -> list[str]:
+    """Remove every namespace (and temp dir) whose name starts with ``prefix``."""
+    if len(prefix) < 3:
+        raise ValueError("refusing a prefix shorter than 3 characters")
+    removed = [ns for ns in list_netns() if ns.startswith(prefix)]
+    for ns in removed:
+        delete_netns(ns)
+    for entry in os.listdir("/tmp"):
+        if entry.startswith(f"{prefix}") and entry.endswith(".tb"):
+            shutil.rmtree(os.path.join("/tmp", entry), ignore_errors=True)
+    return removed
+
+
+@dataclass
+class Node:
+    """One machine: a network namespace with an underlay address."""
+
+    bed: Testbed
+    index: int
+    ns: str
+    address: str  # underlay IPv6 address without prefix length
+    nat: bool = False
+    procs: list[subprocess.Popen[Any]] = field(default_factory=list)
+
+    @property
+    def tmpdir(self) -> str:
+        path = os.path.join(self.bed.tmpdir, self.ns)
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    def wg_name(self, n: int = 0) -> str:
+        """A WireGuard interface name unique across the machine (≤ 15 chars)."""
+        return f"{self.bed.prefix}w{self.index}{'' if n == 0 else chr(ord('a') + n)}"
+
+    def run(
+        self, argv: Sequence[str], check: bool = True, timeout: float = 30.0
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            ["ip", "netns", "exec", self.ns, *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise TestbedError(
+                f"[{self.ns}] {' '.join(argv)} -> {proc.returncode}: {proc.stderr.strip()}"
+            )
+        return proc
+
+    def spawn(self, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
+        """Start a process in the namespace; it is killed on teardown."""
+        kw.setdefault("stdin", subprocess.DEVNULL)
+        kw.setdefault("start_new_session", True)
+        proc: subprocess.Popen[Any] = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, *argv], **kw
+        )
+        self.procs.append(proc)
+        return proc
+
+    def ping(self, address: str, count: int = 1, timeout: int = 1) -> bool:
+        return (
+            self.run(
+                ["ping", "-6", "-n", "-q", "-c", str(count), "-W", str(timeout), address],
+                check=False,
+                timeout=count * timeout + 5,
+            ).returncode
+            == 0
+        )
+
+
+class Testbed:
+    """Context manager building nodes as namespaces on a bridge; see module docstring."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, prefix: str | None = None) -> None:
+        self.prefix = prefix or unique_prefix()
+        if len(self.prefix) > 8:
+            raise ValueError("prefix must be at most 8 characters (interface names ≤ 15)")
+        self.bed = int.from_bytes(hashlib.sha256(self.prefix.encode()).digest()[:2], "big") or 1
+        self.nodes: list[Node] = []
+        self.bridge_ns = f"{self.prefix}br"
+        self.router_ns = f"{self.prefix}rt"
+        self.tmpdir = f"/tmp/{self.prefix}.tb"
+        self._namespaces: list[str] = []
+        self._router = False
+        self._closed = False
+
+    # ----------------------------------------------------------- addressing
+
+    @property
+    def public_net(self) -> str:
+        return f"2001:db8:{self.bed:x}::/64"
+
+    @property
+    def private_net(self) -> str:
+        return f"2001:db8:{self.bed:x}:1::/64"
+
+    # ---------------------------------------------------------------- setup
+
+    def __enter__(self) -> Testbed:
+        try:
+            self.setup()
+        except BaseException:
+            self.teardown()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.teardown()
+
+    def _add_ns(self, ns: str) -> None:
+        _sh(["ip", "netns", "add", ns])
+        self._namespaces.append(ns)
+        _sh(["ip", "-n", ns, "link", "set", "lo", "up"])
+
+    def setup(self) -> None:
+        os.makedirs(self.tmpdir, mode=0o700, exist_ok=True)
+        atexit.register(self.teardown)
+        self._add_ns(self.bridge_ns)
+        for br in ("br0", "br1"):
+            _sh(["ip", "-n", self.bridge_ns, "link", "add", br, "type", "bridge"])
+            _sh(["ip", "-n", self.bridge_ns, "link", "set", br, "up"])
+
+    def _plug(self, ns: str, port: str, bridge: str, ifname: str = "eth0") -> None:
+        _sh(
+            [
+                "ip", "-n", self.bridge_ns, "link", "add", port, "type", "veth",
+                "peer", "name", ifname, "netns", ns,
+            ]
+        )  # fmt: skip
+        _sh(["ip", "-n", self.bridge_ns, "link", "set", port, "master", bridge, "up"])
+        _sh(["ip", "-n", ns, "link", "set", ifname, "up"])
+
+    def _addr(self, ns: str, addr: str, dev: str = "eth0") -> None:
+        _sh(["ip", "-n", ns, "-6", "addr", "add", addr, "dev", dev, "nodad"])
+
+    def _ensure_router(self) -> None:
+        if self._router:
+            return
+        rt = self.router_ns
+        self._add_ns(rt)
+        self._plug(rt, "rt0", "br0", "eth0")
+        self._plug(rt, "rt1", "br1", "eth1")
+        self._addr(rt, f"2001:db8:{self.bed:x}::fe/64", "eth0")
+        self._addr(rt, f"2001:db8:{self.bed:x}:1::1/64", "eth1")
+        _sh(["ip", "netns", "exec", rt, "sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"])
+        ruleset = (
+            "table ip6 smtnat {\n"
+            " chain post {\n"
+            "  type nat hook postrouting priority srcnat; policy accept;\n"
+            f'  oifname "eth0" ip6 saddr {self.private_net} masquerade\n'
+            " }\n"
+            "}\n"
+        )
+        proc = subprocess.run(
+            ["ip", "netns", "exec", rt, "nft", "-f", "-"],
+            input=ruleset,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if proc.returncode != 0:
+            raise TestbedError(f"nft in {rt}: {proc.stderr.strip()}")
+        self._router = True
+
+    def add_node(self, nat: bool = False) -> Node:
+        """A new node; ``nat=True`` puts it behind the NAT66 router (a "client")."""
+        i = len(self.nodes) + 1
+        if i > 250:
+            raise TestbedError("at most 250 nodes per test bed")
+        ns = f"{self.prefix}n{i}"
+        self._add_ns(ns)
+        if nat:
+            self._ensure_router()
+            self._plug(ns, f"v{i}", "br1")
+            addr = f"2001:db8:{self.bed:x}:1::{i:x}"
+            self._addr(ns, f"{addr}/64")
+            _sh(
+                ["ip", "-n", ns, "-6", "route", "add", "default", "via",
+                 f"2001:db8:{self.bed:x}:1::1", "dev", "eth0"]
+            )  # fmt: skip
+        else:
+            self._plug(ns, f"v{i}", "br0")
+            addr = f"2001:db8:{self.bed:x}::{i:x}"
+            self._addr(ns, f"{addr}/64")
+        node = Node(self, i, ns, addr, nat)
+        self.nodes.append(node)
+        return node
+
+    def add_nodes(self, n: int, nat: bool = False) -> list[Node]:
+        return [self.add_node(nat) for _ in range(n)]
+
+    # ------------------------------------------------------------- teardown
+
+    def teardown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
+            atexit.unregister(self.teardown)
+        for node in self.nodes:
+            _kill_pids([p.pid for p in node.procs if p.poll() is None])
+            for p in node.procs:
+                with contextlib.suppress(Exception):
+                    p.wait(timeout=1)
+        for ns in reversed(self._namespaces):
+            delete_netns(ns)
+        # Whatever our prefix left behind (e.g. a namespace whose creation was interrupted).
+        for ns in list_netns():
+            if ns.startswith(self.prefix) and ns in {self.bridge_ns, self.router_ns} | {
+                f"{self.prefix}n{i}" for i in range(1, len(self.nodes) + 2)
+            }:
+                delete_netns(ns)
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+
+def environment_problem() -> str | None:
+    """Why netns tests cannot run here (None if they can)."""
+    if os.geteuid() != 0:
+        return "needs root (network namespaces)"
+    for tool in ("ip", "ping", "nft", "unshare"):
+        if shutil.which(tool) is None:
+            return f"{tool} not installed"
+    if shutil.which("wireguard-go") is None:
+        return "wireguard-go not installed (apt-get install --no-install-recommends wireguard-go)"
+    if not os.path.exists("/dev/net/tun"):
+        return "/dev/net/tun missing (userspace WireGuard needs TUN)"
+    probe = f"{unique_prefix('smp')}"
+    if _sh(["ip", "netns", "add", probe], check=False).returncode != 0:
+        return "cannot create network namespaces"
+    _sh(["ip", "netns", "del", probe], check=False)
+    return None

@@ -1,0 +1,163 @@
+"""Real WireGuard (wireguard-go) between network namespaces, driven by the reconciler."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from smegmesh.core.wgconfig import HostConfig, InterfaceConfig, PeerConfig, Route
+from smegmesh.core.wgdiff import public_key_of
+from smegmesh.net.host import HostNetwork
+from smegmesh.testbed.netns import Node, Testbed, wait_until
+from smegmesh.wg.reconcile import Reconciler, ReconcileResult
+from smegmesh.wg.userspace import UserspaceBackend
+
+pytestmark = pytest.mark.netns
+
+PORT = 51820
+
+
+@dataclass
+class WgNode:
+    node: Node
+    name: str
+    private_key: bytes
+    overlay: str
+    backend: UserspaceBackend
+    host: HostNetwork
+    rec: Reconciler
+
+    @property
+    def public_key(self) -> bytes:
+        return public_key_of(self.private_key)
+
+    def peer(self, extra: frozenset[str] = frozenset()) -> PeerConfig:
+        return PeerConfig(
+            self.public_key,
+            f"[{self.node.address}]:{PORT}",
+            frozenset({f"{self.overlay}/128"}) | extra,
+        )
+
+    def apply(
+        self,
+        peers: list[PeerConfig],
+        routes: frozenset[Route] = frozenset(),
+        forwarding: bool = False,
+    ) -> ReconcileResult:
+        return self.rec.apply(
+            InterfaceConfig(self.name, self.private_key, PORT, {p.public_key: p for p in peers}),
+            HostConfig(self.name, frozenset({f"{self.overlay}/64"}), routes, 1420, forwarding),
+        )
+
+
+@pytest.fixture
+def wgnodes(testbed: Testbed) -> Iterator[list[WgNode]]:
+    out: list[WgNode] = []
+    try:
+        for node in testbed.add_nodes(3):
+            backend = UserspaceBackend(socket_dir=os.path.join(node.tmpdir, "wg"), netns=node.ns)
+            host = HostNetwork(netns=node.ns)
+            out.append(
+                WgNode(
+                    node,
+                    node.wg_name(),
+                    os.urandom(32),
+                    f"fd00:5e:{testbed.bed:x}::{node.index:x}",
+                    backend,
+                    host,
+                    Reconciler(backend, host),
+                )
+            )
+        yield out
+    finally:
+        for n in out:
+            n.rec.close()
+            n.host.close()
+            n.backend.close()
+
+
+def full_mesh(nodes: list[WgNode]) -> None:
+    for n in nodes:
+        res = n.apply([m.peer() for m in nodes if m is not n])
+        assert res.created
+
+
+def test_three_nodes_ping_over_overlay(wgnodes: list[WgNode]) -> None:
+    full_mesh(wgnodes)
+    for n in wgnodes:
+        again = n.apply([m.peer() for m in wgnodes if m is not n])
+        assert not again.changed, again
+    for a in wgnodes:
+        for b in wgnodes:
+            if a is not b:
+                wait_until(lambda a=a, b=b: a.node.ping(b.overlay), 15, what=f"{a.name}->{b.name}")
+    # the UAPI sockets are in the per-node directories, not in /var/run/wireguard
+    for n in wgnodes:
+        assert os.path.exists(n.backend.socket_path(n.name))
+        assert n.backend.socket_path(n.name).startswith(n.node.tmpdir)
+        assert not os.path.exists(f"/var/run/wireguard/{n.name}.sock")
+
+
+def test_two_hop_route_through_forwarding_node(wgnodes: list[WgNode]) -> None:
+    a, b, c = wgnodes
+    b.apply([a.peer(), c.peer()], forwarding=True)
+    a.apply(
+        [b.peer(frozenset({f"{c.overlay}/128"}))],
+        routes=frozenset({Route(f"{c.overlay}/128", b.overlay)}),
+    )
+    c.apply(
+        [b.peer(frozenset({f"{a.overlay}/128"}))],
+        routes=frozenset({Route(f"{a.overlay}/128", b.overlay)}),
+    )
+    assert b.node.run(["sysctl", "-n", "net.ipv6.conf.all.forwarding"]).stdout.strip() == "1"
+    routes = a.node.run(["ip", "-6", "route", "show", "proto", str(0x5E)]).stdout
+    assert f"{c.overlay} via {b.overlay}" in routes
+    wait_until(lambda: a.node.ping(c.overlay), 15, what="A->C via B")
+    trace = a.host.read(a.name)
+    assert trace.routes == frozenset({Route(f"{c.overlay}/128", b.overlay)})
+
+
+def test_remove_peer_removes_it_and_its_routes(wgnodes: list[WgNode]) -> None:
+    a, b, c = wgnodes
+    full_mesh(wgnodes)
+    c_lan = Route("fd00:5e:ffff::/64", c.overlay)
+    a.apply(
+        [b.peer(), c.peer(frozenset({"fd00:5e:ffff::/64"}))],
+        routes=frozenset({c_lan}),
+    )
+    wait_until(lambda: a.node.ping(c.overlay), 15)
+    assert c_lan in a.host.read(a.name).routes
+    # a route that is not ours must survive
+    a.node.run(["ip", "-6", "route", "add", "fd00:5e:eeee::/64", "dev", a.name])
+    res = a.apply([b.peer()])
+    assert len(res.wg_ops) == 1 and len(res.host_ops) == 1
+    live = a.backend.read(a.name)
+    assert set(live.peers) == {b.public_key}
+    assert a.host.read(a.name).routes == frozenset()
+    shown = a.node.run(["ip", "-6", "route", "show", "dev", a.name]).stdout
+    assert "fd00:5e:ffff::" not in shown and "fd00:5e:eeee::/64" in shown
+    assert not a.node.ping(c.overlay)
+    assert a.node.ping(b.overlay, count=1, timeout=2) or wait_until(
+        lambda: a.node.ping(b.overlay), 10
+    )
+
+
+def test_killed_wireguard_go_is_detected_and_repaired(wgnodes: list[WgNode]) -> None:
+    a, b, _ = wgnodes
+    full_mesh(wgnodes)
+    wait_until(lambda: a.node.ping(b.overlay), 15)
+    assert a.rec.check() == []
+    pid = a.backend.pid(a.name)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    repaired = wait_until(a.rec.check, 5, what="check() to notice the dead process")
+    assert repaired[0].created
+    assert a.backend.pid(a.name) != pid
+    assert a.backend.restarts(a.name) == 1
+    assert len(a.backend.read(a.name).peers) == 2
+    wait_until(lambda: a.node.ping(b.overlay), 15, what="ping after repair")
+    assert not a.apply([m.peer() for m in wgnodes if m is not a]).changed
