@@ -14,6 +14,7 @@ Entry point: :func:`load_config`.  Per-mesh overrides coming from the
 from __future__ import annotations
 
 import difflib
+import importlib.metadata
 import ipaddress
 import math
 from pathlib import Path
@@ -35,6 +36,8 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "DEFAULT_CONTROL_SOCKET",
     "DEFAULT_STATE_DIR",
+    "SKIP_CERT_WARNING",
+    "VERSION",
     "BaseConfiguration",
     "Config",
     "ConfigError",
@@ -49,6 +52,17 @@ __all__ = [
     "resolve_mesh_settings",
     "split_host_port",
 ]
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("smegmesh")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - not installed
+        return "0+unknown"
+
+
+#: Version of the installed smegmesh package.
+VERSION = _version()
 
 DEFAULT_CONFIG_PATH = "/etc/smegmesh/smegd.yaml"
 DEFAULT_STATE_DIR = "/var/lib/smegmesh"

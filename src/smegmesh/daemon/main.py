@@ -1,0 +1,77 @@
+"""``smegd CONFIG.yaml``: argument handling of the daemon's entry point.
+
+Exit statuses: 0 ok (``--check``: config valid), 1 runtime failure, 2 bad
+arguments or bad configuration (one line on stderr: ``smegd: <reason>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from smegmesh.daemon.config import DEFAULT_CONFIG_PATH, VERSION, Config, ConfigError, load_config
+
+__all__ = ["main"]
+
+EXIT_RUNTIME = 1
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="smegd",
+        description="smegmesh daemon: joins WireGuard meshes, gossips their state with its "
+        "neighbours and keeps this node's WireGuard interfaces and routes in line with it. "
+        "Control it with smegctl.",
+        epilog=f"Example: smegd {DEFAULT_CONFIG_PATH}   |   smegd --check {DEFAULT_CONFIG_PATH}",
+    )
+    p.add_argument("config", metavar="CONFIG.yaml", help="configuration file (YAML)")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the configuration, print any warnings, and exit",
+    )
+    p.add_argument("--version", action="version", version=f"smegd {VERSION}")
+    return p
+
+
+def _err(msg: str) -> None:
+    sys.stderr.write(f"smegd: {msg}\n")
+    sys.stderr.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``smegd`` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        _err(str(e))
+        return EXIT_CONFIG
+    for w in config.warnings:
+        _err(f"warning: {w}")
+    if args.check:
+        sys.stdout.write(f"{args.config}: configuration OK\n")
+        return 0
+    return _run(config)
+
+
+def _run(config: Config) -> int:
+    try:
+        node = importlib.import_module("smegmesh.daemon.node")
+    except ModuleNotFoundError as e:
+        if e.name != "smegmesh.daemon.node":
+            raise
+        _err("daemon not implemented")
+        return EXIT_RUNTIME
+    try:
+        rc = node.run(config)
+    except KeyboardInterrupt:
+        return 0
+    return int(rc) if isinstance(rc, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
