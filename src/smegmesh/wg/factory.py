@@ -1,0 +1,67 @@
+"""Choosing a WireGuard backend (``wgBackend``: auto, kernel, userspace, memory)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from typing import Any
+
+from smegmesh.wg.base import BackendUnavailable, WgBackend
+
+INSTALL_HINT = "apt-get install --no-install-recommends wireguard-go wireguard-tools"
+KINDS = ("auto", "kernel", "userspace", "memory")
+
+
+def kernel_wireguard_available(netns: str | None = None) -> bool:
+    """True if ``ip link add ... type wireguard`` works (creates and deletes a probe link)."""
+    try:
+        from pyroute2 import IPRoute
+    except ImportError:  # pragma: no cover
+        return False
+    probe = f"smgprobe{os.getpid() % 10000}"
+    ipr: Any = IPRoute(netns=netns) if netns else IPRoute()
+    try:
+        ipr.link("add", ifname=probe, kind="wireguard")
+    except Exception:
+        return False
+    else:
+        with contextlib.suppress(Exception):
+            ipr.link("del", ifname=probe)
+        return True
+    finally:
+        ipr.close()
+
+
+def create_backend(
+    kind: str = "auto",
+    *,
+    socket_dir: str | None = None,
+    netns: str | None = None,
+    wireguard_go: str = "wireguard-go",
+) -> WgBackend:
+    """The backend for ``kind``; ``auto`` = kernel if it works, else userspace.
+
+    Raises :class:`BackendUnavailable` naming what to install.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"wgBackend must be one of {', '.join(KINDS)}, not {kind!r}")
+    if kind == "memory":
+        from smegmesh.wg.memory import MemoryBackend
+
+        return MemoryBackend()
+    if kind in ("auto", "kernel") and kernel_wireguard_available(netns):
+        from smegmesh.wg.kernel import KernelBackend
+
+        return KernelBackend(netns=netns)
+    if kind == "kernel":
+        raise BackendUnavailable(
+            "kernel WireGuard is not available (`ip link add ... type wireguard` fails); "
+            "load the wireguard module or use wgBackend: userspace"
+        )
+    if shutil.which(wireguard_go) is None:
+        what = "neither kernel WireGuard nor wireguard-go" if kind == "auto" else "no wireguard-go"
+        raise BackendUnavailable(f"{what} available; install: {INSTALL_HINT}")
+    from smegmesh.wg.userspace import UserspaceBackend
+
+    return UserspaceBackend(socket_dir=socket_dir, netns=netns, wireguard_go=wireguard_go)

@@ -1,0 +1,256 @@
+"""Kernel WireGuard through generic netlink (pyroute2 ``WireGuard``).
+
+Devices are links of kind ``wireguard``. Message building and dump parsing
+are pure functions (:func:`build_set_requests`, :func:`parse_dump`), unit
+tested without the module; the backend itself only moves them over netlink.
+A device dump may be split over several messages, with one peer's allowed IPs
+continued in the next message: :func:`parse_dump` merges by public key.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from smegmesh.core.wgconfig import InterfaceStatus, PeerStatus
+from smegmesh.core.wgdiff import (
+    AddPeer,
+    RemovePeer,
+    SetListenPort,
+    SetPrivateKey,
+    UpdatePeer,
+    WgOp,
+    public_key_of,
+)
+from smegmesh.wg.base import BackendUnavailable, InterfaceNotFound, WgError
+from smegmesh.wg.uapi import resolve_endpoint
+
+
+def _b64(key: bytes) -> str:
+    return base64.b64encode(key).decode()
+
+
+def _split_endpoint(endpoint: str) -> tuple[str, int]:
+    host, _, port = resolve_endpoint(endpoint).rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+@dataclass
+class SetRequest:
+    """Arguments of one ``pyroute2.WireGuard.set`` call."""
+
+    private_key: str | None = None  # base64
+    listen_port: int | None = None
+    peer: dict[str, Any] | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.private_key is not None:
+            out["private_key"] = self.private_key
+        if self.listen_port is not None:
+            out["listen_port"] = self.listen_port
+        if self.peer is not None:
+            out["peer"] = self.peer
+        return out
+
+
+def peer_dict(op: AddPeer | UpdatePeer | RemovePeer) -> dict[str, Any]:
+    """The pyroute2 peer structure for one peer operation."""
+    if isinstance(op, RemovePeer):
+        return {"public_key": _b64(op.public_key), "remove": True}
+    if isinstance(op, AddPeer):
+        p = op.peer
+        d: dict[str, Any] = {"public_key": _b64(p.public_key)}
+        if p.endpoint is not None:
+            d["endpoint_addr"], d["endpoint_port"] = _split_endpoint(p.endpoint)
+        d["persistent_keepalive"] = p.keepalive
+        d["replace_allowed_ips"] = True
+        d["allowed_ips"] = sorted(p.allowed_ips)
+        return d
+    d = {"public_key": _b64(op.public_key), "update_only": True}
+    if op.endpoint is not None:
+        d["endpoint_addr"], d["endpoint_port"] = _split_endpoint(op.endpoint)
+    if op.keepalive is not None:
+        d["persistent_keepalive"] = op.keepalive
+    if op.allowed_ips is not None:
+        d["replace_allowed_ips"] = True
+        d["allowed_ips"] = sorted(op.allowed_ips)
+    return d
+
+
+def build_set_requests(ops: Sequence[WgOp]) -> list[SetRequest]:
+    """One request for the device settings (if any), then one per peer op, in order."""
+    out: list[SetRequest] = []
+    dev = SetRequest()
+    for op in ops:
+        if isinstance(op, SetPrivateKey):
+            dev.private_key = _b64(op.private_key)
+        elif isinstance(op, SetListenPort):
+            dev.listen_port = op.listen_port
+        else:
+            if dev.private_key is not None or dev.listen_port is not None:
+                out.append(dev)
+                dev = SetRequest()
+            out.append(SetRequest(peer=peer_dict(op)))
+    if dev.private_key is not None or dev.listen_port is not None:
+        out.append(dev)
+    return out
+
+
+def _attr(msg: Any, name: str) -> Any:
+    return msg.get_attr(name)
+
+
+def _key(value: Any) -> bytes | None:
+    if value is None:
+        return None
+    raw = base64.b64decode(value)
+    return raw if any(raw) else None
+
+
+@dataclass
+class _PeerAcc:
+    key: bytes
+    endpoint: str | None = None
+    keepalive: int = 0
+    handshake: float | None = None
+    rx: int = 0
+    tx: int = 0
+    ips: set[str] = field(default_factory=set)
+
+
+def _endpoint_text(ep: Any) -> str | None:
+    if ep is None:
+        return None
+    addr, port = ep["addr"], ep["port"]
+    if addr is None:
+        return None
+    return f"[{addr}]:{port}" if ":" in str(addr) else f"{addr}:{port}"
+
+
+def parse_dump(name: str, messages: Iterable[Any]) -> InterfaceStatus:
+    """Merge the (possibly multi-part) ``WG_CMD_GET_DEVICE`` dump into one status."""
+    private_key: bytes | None = None
+    listen_port: int | None = None
+    peers: dict[bytes, _PeerAcc] = {}
+    for msg in messages:
+        pk = _key(_attr(msg, "WGDEVICE_A_PRIVATE_KEY"))
+        if pk is not None:
+            private_key = pk
+        port = _attr(msg, "WGDEVICE_A_LISTEN_PORT")
+        if port is not None:
+            listen_port = int(port)
+        for peer in _attr(msg, "WGDEVICE_A_PEERS") or ():
+            key = _key(peer.get_attr("WGPEER_A_PUBLIC_KEY"))
+            if key is None:
+                continue
+            acc = peers.get(key)
+            if acc is None:
+                acc = peers[key] = _PeerAcc(key)
+            ep = peer.get_attr("WGPEER_A_ENDPOINT")
+            if ep is not None:
+                acc.endpoint = _endpoint_text(ep)
+            ka = peer.get_attr("WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL")
+            if ka is not None:
+                acc.keepalive = int(ka)
+            hs = peer.get_attr("WGPEER_A_LAST_HANDSHAKE_TIME")
+            if hs is not None and (hs["tv_sec"] or hs["tv_nsec"]):
+                acc.handshake = hs["tv_sec"] + hs["tv_nsec"] / 1e9
+            rx = peer.get_attr("WGPEER_A_RX_BYTES")
+            if rx is not None:
+                acc.rx = int(rx)
+            tx = peer.get_attr("WGPEER_A_TX_BYTES")
+            if tx is not None:
+                acc.tx = int(tx)
+            for aip in peer.get_attr("WGPEER_A_ALLOWEDIPS") or ():
+                addr = aip.get("addr")
+                if addr:
+                    acc.ips.add(str(addr))
+    return InterfaceStatus(
+        name=name,
+        public_key=public_key_of(private_key) if private_key else None,
+        listen_port=listen_port,
+        peers={
+            k: PeerStatus(k, a.endpoint, frozenset(a.ips), a.keepalive, a.handshake, a.rx, a.tx)
+            for k, a in peers.items()
+        },
+        private_key=private_key,
+    )
+
+
+class KernelBackend:
+    """WireGuard devices in the kernel (needs the ``wireguard`` module)."""
+
+    kind = "kernel"
+
+    def __init__(self, netns: str | None = None) -> None:
+        self.netns = netns
+        self._lock = threading.RLock()
+        try:
+            from pyroute2 import IPRoute, WireGuard
+        except ImportError as exc:  # pragma: no cover - pyroute2 is a dependency
+            raise BackendUnavailable(f"pyroute2 missing: {exc}") from exc
+        self._ipr: Any = IPRoute(netns=netns) if netns else IPRoute()
+        try:
+            self._wg: Any = WireGuard(netns=netns) if netns else WireGuard()
+        except Exception as exc:
+            self._ipr.close()
+            raise BackendUnavailable(
+                f"kernel WireGuard unavailable ({exc}); load the wireguard module"
+            ) from exc
+        self._known: set[str] = set()
+
+    def _exists(self, name: str) -> bool:
+        return bool(self._ipr.link_lookup(ifname=name))
+
+    def ensure_interface(self, name: str) -> bool:
+        with self._lock:
+            self._known.add(name)
+            if self._exists(name):
+                return False
+            try:
+                self._ipr.link("add", ifname=name, kind="wireguard")
+            except Exception as exc:
+                raise WgError(f"cannot create wireguard device {name}: {exc}") from exc
+            return True
+
+    def read(self, name: str) -> InterfaceStatus:
+        with self._lock:
+            try:
+                return parse_dump(name, self._wg.info(name))
+            except Exception as exc:
+                if not self._exists(name):
+                    raise InterfaceNotFound(name) from exc
+                raise WgError(f"{name}: {exc}") from exc
+
+    def apply(self, name: str, ops: Sequence[WgOp]) -> None:
+        with self._lock:
+            for req in build_set_requests(ops):
+                try:
+                    self._wg.set(name, **req.kwargs())
+                except Exception as exc:
+                    raise WgError(f"{name}: set {req}: {exc}") from exc
+
+    def check(self, name: str) -> bool:
+        with self._lock:
+            if self._exists(name):
+                return False
+            self.ensure_interface(name)
+            return True
+
+    def remove_interface(self, name: str) -> None:
+        with self._lock:
+            self._known.discard(name)
+            if self._exists(name):
+                with contextlib.suppress(Exception):
+                    self._ipr.link("del", ifname=name)
+
+    def close(self) -> None:
+        with self._lock:
+            for obj in (self._wg, self._ipr):
+                with contextlib.suppress(Exception):
+                    obj.close()
