@@ -1,0 +1,86 @@
+"""Resolver set-up instructions (printed by ``smegctl dns-help``; also in docs/DNS.md)."""
+
+from __future__ import annotations
+
+__all__ = ["resolver_help"]
+
+_TEMPLATE = """\
+Pointing the system resolver at smegd's DNS server ({listen})
+================================================================
+
+smegd answers only for the `smeg.` zone (and the reverse `ip6.arpa.` zones
+of the meshes' /64 prefixes). Send just those names to it and leave every
+other name with your usual resolver.
+
+Check it works first:
+
+    dig @{dig_host} -p {port} ALIAS.MESHID.smeg AAAA
+
+systemd-resolved, per link (systemd >= 252.3 for a loopback server on a link;
+use the mesh's WireGuard interface, or any interface that stays up):
+
+    resolvectl dns IFACE {resolved_addr}
+    resolvectl domain IFACE '~smeg' '~d.f.ip6.arpa'
+    resolvectl default-route IFACE false
+
+  (`~` makes `smeg` a routing-only domain: only names under it go there;
+  `default-route false` keeps other names away from this server. The
+  setting is lost when the link goes away; set it again from a `postUp`
+  hook, e.g. `resolvectl dns "$IFACE" ...`.)
+
+systemd-resolved, globally (a drop-in, survives reboots):
+
+    # /etc/systemd/resolved.conf.d/smeg.conf
+    [Resolve]
+    DNS={resolved_addr}
+    Domains=~smeg ~d.f.ip6.arpa
+
+    systemctl restart systemd-resolved
+
+  (Caveat: resolved may also send names that match no routing domain to
+  a global DNS= server; smegd refuses those, or forwards them when a
+  forwarder is configured, so prefer the per-link form if you have one.)
+
+dnsmasq (e.g. NetworkManager's dns=dnsmasq, or a plain /etc/resolv.conf
+that points at a local dnsmasq):
+
+    # /etc/dnsmasq.d/smeg.conf
+    server=/smeg/{dnsmasq_addr}
+    server=/d.f.ip6.arpa/{dnsmasq_addr}
+
+unbound:
+
+    stub-zone:
+        name: "smeg."
+        stub-addr: {unbound_addr}
+    domain-insecure: "smeg."
+
+Plain /etc/resolv.conf cannot name a port, nor send only some domains to a
+server: run dnsmasq or unbound on 127.0.0.1:53 as above (they forward every
+other name to your usual upstream) and put "nameserver 127.0.0.1" in
+/etc/resolv.conf.
+"""
+
+
+def resolver_help(listen: str = "127.0.0.1:5353") -> str:
+    """Instructions for sending ``smeg.`` queries to a server listening on ``listen``.
+
+    ``listen`` is smegd's ``dnsListen`` value (``host:port`` or ``[v6]:port``).
+    """
+    from smegmesh.dns.server import parse_hostport
+
+    host, port = parse_hostport(listen, default_port=53)
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    v6 = ":" in host
+    bracketed = f"[{host}]" if v6 else host
+    return _TEMPLATE.format(
+        listen=listen,
+        dig_host=host,
+        port=port,
+        resolved_addr=f"{bracketed}:{port}",
+        dnsmasq_addr=f"{host}#{port}",
+        unbound_addr=f"{host}@{port}",
+    )

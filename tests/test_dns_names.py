@@ -1,0 +1,275 @@
+"""Pure resolution layer: smegmesh.dns.names."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from smegmesh.dns.names import (
+    AAAA,
+    ANY,
+    NS,
+    NXDOMAIN,
+    PTR,
+    REFUSED,
+    SOA,
+    TXT,
+    NameView,
+    NodeName,
+    node_id_prefix,
+    resolve,
+)
+
+A_TYPE = 1
+MX = 15
+
+
+def key(seed: str) -> bytes:
+    return hashlib.sha256(seed.encode()).digest()
+
+
+def addr(mesh: str, k: bytes) -> ipaddress.IPv6Address:
+    prefix = hashlib.sha256(mesh.encode()).digest()[:6]
+    iid = bytearray(hashlib.sha256(k).digest()[:8])
+    iid[0] &= 0xFD
+    return ipaddress.IPv6Address(b"\xfd" + prefix + b"\x01" + bytes(iid))
+
+
+def node(mesh: str, alias: str, seed: str) -> NodeName:
+    k = key(seed)
+    return NodeName(mesh, alias, k, addr(mesh, k))
+
+
+FOX = "happy-fox-1a"
+OWL = "blue-owl-2b"
+WEB1 = node(FOX, "web", "k-web1")
+DB = node(FOX, "db", "k-db")
+ANON = node(FOX, "", "k-anon")
+WEB2 = node(OWL, "web", "k-web2")
+DB_OWL = node(OWL, "db", "k-db")  # same node as DB, other mesh
+BAD_ALIAS = node(OWL, "has space", "k-bad")
+
+
+@pytest.fixture(scope="module")
+def view() -> NameView:
+    return NameView([WEB1, DB, ANON, WEB2, DB_OWL, BAD_ALIAS], serial=42)
+
+
+def aaaa(view: NameView, name: str) -> set[str]:
+    ans = resolve(view, name, AAAA)
+    assert ans.rcode == 0, (name, ans)
+    return {r.data for r in ans.answer if r.rtype == AAAA}
+
+
+def test_node_id_prefix_is_sha256_of_key() -> None:
+    k = key("x")
+    assert node_id_prefix(k) == hashlib.sha256(k).hexdigest()[:16]
+    try:
+        from smegmesh.core import addressing  # type: ignore[attr-defined]
+    except ImportError:
+        return
+    if hasattr(addressing, "node_id_prefix"):
+        assert addressing.node_id_prefix(k) == node_id_prefix(k)
+
+
+def test_alias_meshid(view: NameView) -> None:
+    ans = resolve(view, "db.happy-fox-1a.smeg.", AAAA, ttl=7)
+    assert ans.rcode == 0 and ans.authoritative
+    assert [(r.name, r.rtype, r.ttl, r.data) for r in ans.answer] == [
+        ("db.happy-fox-1a.smeg.", AAAA, 7, str(DB.address))
+    ]
+    assert aaaa(view, "web.blue-owl-2b.smeg") == {str(WEB2.address)}
+
+
+def test_prototype_order(view: NameView) -> None:
+    assert aaaa(view, "happy-fox-1a.db.smeg.") == {str(DB.address)}
+    assert aaaa(view, "blue-owl-2b.web.smeg.") == {str(WEB2.address)}
+    nid = node_id_prefix(ANON.wg_key)
+    assert aaaa(view, f"{FOX}.{nid}.smeg.") == {str(ANON.address)}
+
+
+def test_nodeid_forms(view: NameView) -> None:
+    for n in (WEB1, ANON, WEB2, BAD_ALIAS):
+        nid = node_id_prefix(n.wg_key)
+        assert aaaa(view, f"{nid}.{n.mesh_id}.smeg.") == {str(n.address)}
+    # NODEID.smeg. gives every address of the node.
+    assert aaaa(view, f"{node_id_prefix(DB.wg_key)}.smeg.") == {
+        str(DB.address),
+        str(DB_OWL.address),
+    }
+
+
+def test_case_insensitive_and_trailing_dot(view: NameView) -> None:
+    assert aaaa(view, "DB.Happy-Fox-1A.SMEG") == {str(DB.address)}
+    nid = node_id_prefix(ANON.wg_key).upper()
+    assert aaaa(view, f"{nid}.{FOX.upper()}.smeg.") == {str(ANON.address)}
+
+
+def test_short_alias_same_node_in_two_meshes_returns_all(view: NameView) -> None:
+    assert aaaa(view, "db.smeg.") == {str(DB.address), str(DB_OWL.address)}
+
+
+def test_ambiguous_short_alias_is_nodata_with_txt_hint(view: NameView) -> None:
+    ans = resolve(view, "web.smeg.", AAAA)
+    assert ans.rcode == 0 and ans.answer == ()
+    assert [r.rtype for r in ans.authority] == [SOA]
+    txt = resolve(view, "web.smeg.", TXT)
+    assert len(txt.answer) == 1
+    text = txt.answer[0].data
+    assert "ambiguous" in text
+    assert f"{node_id_prefix(WEB1.wg_key)}.{FOX}.smeg." in text
+    assert f"{node_id_prefix(WEB2.wg_key)}.{OWL}.smeg." in text
+    # The qualified names still work, and so does the name below it.
+    assert aaaa(view, "web.happy-fox-1a.smeg.") == {str(WEB1.address)}
+    assert aaaa(view, "happy-fox-1a.web.smeg.") == {str(WEB1.address)}
+
+
+def test_ambiguous_within_one_mesh() -> None:
+    a, b = node(FOX, "twin", "k-a"), node(FOX, "twin", "k-b")
+    v = NameView([a, b])
+    ans = resolve(v, "twin.happy-fox-1a.smeg.", AAAA)
+    assert ans.rcode == 0 and ans.answer == ()
+    assert aaaa(v, f"{node_id_prefix(a.wg_key)}.{FOX}.smeg.") == {str(a.address)}
+
+
+def test_nodata_for_other_types(view: NameView) -> None:
+    for qtype in (A_TYPE, MX, TXT, PTR):
+        ans = resolve(view, "db.happy-fox-1a.smeg.", qtype)
+        assert ans.rcode == 0 and ans.answer == ()
+        assert len(ans.authority) == 1
+        soa = ans.authority[0]
+        assert soa.rtype == SOA and soa.name == "smeg."
+        assert soa.data.split()[2] == "42"  # serial
+
+
+def test_mesh_id_is_an_empty_non_terminal(view: NameView) -> None:
+    ans = resolve(view, "happy-fox-1a.smeg.", AAAA)
+    assert ans.rcode == 0 and ans.answer == () and ans.authority
+
+
+def test_nxdomain(view: NameView) -> None:
+    for name in ("nope.smeg.", "nope.happy-fox-1a.smeg.", "a.db.happy-fox-1a.smeg.", "x.y.z.smeg"):
+        ans = resolve(view, name, AAAA)
+        assert ans.rcode == NXDOMAIN, name
+        assert [r.rtype for r in ans.authority] == [SOA]
+
+
+def test_outside_zone_refused(view: NameView) -> None:
+    for name in ("example.com.", "smeg.example.", "com.", ".", "1.0.0.127.in-addr.arpa."):
+        ans = resolve(view, name, AAAA)
+        assert ans.rcode == REFUSED and not ans.authoritative, name
+
+
+def test_apex_soa_ns(view: NameView) -> None:
+    soa = resolve(view, "smeg.", SOA)
+    assert [r.rtype for r in soa.answer] == [SOA]
+    assert soa.answer[0].data.startswith("smeg. hostmaster.smeg. 42 ")
+    ns = resolve(view, "SMEG", NS)
+    assert [(r.rtype, r.data) for r in ns.answer] == [(NS, "smeg.")]
+    anyq = resolve(view, "smeg.", ANY)
+    assert {r.rtype for r in anyq.answer} == {SOA, NS}
+    assert resolve(view, "smeg.", AAAA).answer == ()
+
+
+def rev(a: ipaddress.IPv6Address) -> str:
+    return a.reverse_pointer + "."
+
+
+def test_ptr(view: NameView) -> None:
+    ans = resolve(view, rev(DB.address), PTR)
+    assert [r.data for r in ans.answer] == ["db.happy-fox-1a.smeg."]
+    ans = resolve(view, rev(ANON.address).upper(), PTR)
+    assert [r.data for r in ans.answer] == [f"{node_id_prefix(ANON.wg_key)}.{FOX}.smeg."]
+    # An alias that is not a DNS label falls back to the node id.
+    ans = resolve(view, rev(BAD_ALIAS.address), PTR)
+    assert [r.data for r in ans.answer] == [f"{node_id_prefix(BAD_ALIAS.wg_key)}.{OWL}.smeg."]
+    # Ambiguous-in-the-mesh alias is not used either.
+    a, b = node(FOX, "twin", "k-a"), node(FOX, "twin", "k-b")
+    ans = resolve(NameView([a, b]), rev(a.address), PTR)
+    assert [r.data for r in ans.answer] == [f"{node_id_prefix(a.wg_key)}.{FOX}.smeg."]
+    # AAAA on a reverse name: NODATA.
+    assert resolve(view, rev(DB.address), AAAA).answer == ()
+
+
+def test_ptr_unknown(view: NameView) -> None:
+    unknown = ipaddress.IPv6Address(int(DB.address) ^ 1)
+    ans = resolve(view, rev(unknown), PTR)
+    assert ans.rcode == NXDOMAIN
+    assert ans.authority[0].name == rev(DB.address)[32:]
+    partial = rev(DB.address)[8:]  # 28 nibbles, inside the mesh /64
+    assert resolve(view, partial, PTR).rcode == 0
+    assert resolve(view, rev(DB.address)[32:], SOA).answer[0].rtype == SOA
+    foreign = ipaddress.IPv6Address("fd00::1")
+    assert resolve(view, rev(foreign), PTR).rcode == REFUSED
+
+
+def test_invalid_alias_not_published(view: NameView) -> None:
+    assert resolve(view, "has space.smeg.", AAAA).rcode == NXDOMAIN
+
+
+def test_nodeid_beats_alias() -> None:
+    a = node(FOX, "", "k-a")
+    nid = node_id_prefix(a.wg_key)
+    impostor = node(FOX, nid, "k-impostor")
+    v = NameView([impostor, a])
+    assert aaaa(v, f"{nid}.{FOX}.smeg.") == {str(a.address)}
+    assert aaaa(v, f"{nid}.smeg.") == {str(a.address)}
+
+
+def test_duplicate_entries_last_wins() -> None:
+    old = node(FOX, "old", "k")
+    new = node(FOX, "new", "k")
+    v = NameView([old, new])
+    assert len(v.nodes) == 1
+    assert resolve(v, "old.happy-fox-1a.smeg.", AAAA).rcode == NXDOMAIN
+    assert aaaa(v, "new.happy-fox-1a.smeg.") == {str(new.address)}
+
+
+def test_lookup_cost_does_not_grow_with_view() -> None:
+    nodes = [node(f"mesh-{i % 7}", f"host-{i}", f"k{i}") for i in range(3000)]
+    t0 = time.perf_counter()
+    big = NameView(nodes)
+    build = time.perf_counter() - t0
+    assert build < 2.0
+    assert len(big) > 3 * 3000
+    names = [f"host-{i}.mesh-{i % 7}.smeg." for i in range(0, 3000, 3)]
+    t0 = time.perf_counter()
+    for _ in range(10):
+        for name in names:
+            assert resolve(big, name, AAAA).answer
+    per_query = (time.perf_counter() - t0) / (10 * len(names))
+    assert per_query < 50e-6, per_query
+
+
+label = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(label, st.one_of(st.just(""), label), st.binary(min_size=32, max_size=32)),
+        max_size=20,
+    )
+)
+def test_every_node_resolves_and_ptr_round_trips(entries: list[tuple[str, str, bytes]]) -> None:
+    nodes = [NodeName(m, al, k, addr(m, k)) for m, al, k in entries]
+    v = NameView(nodes)
+    for n in v.nodes:
+        assert str(n.address) in aaaa(v, f"{node_id_prefix(n.wg_key)}.{n.mesh_id}.smeg.")
+        ptr = resolve(v, rev(n.address), PTR)
+        assert ptr.answer, n
+        for r in ptr.answer:
+            assert str(n.address) in aaaa(v, r.data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300), st.integers(min_value=0, max_value=65535))
+def test_resolve_never_raises(qname: str, qtype: int) -> None:
+    v = NameView([WEB1, DB, ANON])
+    ans = resolve(v, qname, qtype)
+    assert ans.rcode in (0, NXDOMAIN, REFUSED)
