@@ -50,7 +50,12 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-_out = Console(soft_wrap=False, highlight=False)
+
+def _console() -> Console:
+    """Console for tables: on a pipe never truncate (lines may be long, tools grep them)."""
+    if sys.stdout.isatty():
+        return Console(highlight=False)
+    return Console(highlight=False, width=1000, color_system=None)
 
 
 class CtlError(Exception):
@@ -430,7 +435,7 @@ def list_meshes(ctx: typer.Context, as_json: JsonOpt = False) -> None:
             return
         t = Table(box=None, pad_edge=False, header_style="bold")
         for col in ("MESH", "INTERFACE", "ROLE", "ADDRESS", "PREFIX", "NODES"):
-            t.add_column(col)
+            t.add_column(col, overflow="fold", min_width=len(col))
         for m in res:
             t.add_row(
                 m["mesh_id"],
@@ -440,7 +445,7 @@ def list_meshes(ctx: typer.Context, as_json: JsonOpt = False) -> None:
                 m["prefix"],
                 str(m["node_count"]),
             )
-        _out.print(t)
+        _console().print(t)
 
     _run(as_json, go)
 
@@ -455,7 +460,7 @@ def get_mesh(ctx: typer.Context, meshid: MeshIdOpt, as_json: JsonOpt = False) ->
             _print_json(res)
             return
         now = time.time()
-        _out.print(
+        _console().print(
             f"[bold]{res['mesh_id']}[/bold]  prefix {res['prefix']}"
             + (f"  interface {res['interface']}" if res.get("interface") else "")
         )
@@ -471,7 +476,7 @@ def get_mesh(ctx: typer.Context, meshid: MeshIdOpt, as_json: JsonOpt = False) ->
             "RX / TX",
             "KEY",
         ):
-            t.add_column(col, no_wrap=True)
+            t.add_column(col, overflow="fold", min_width=min(len(col), 9) or 1)
         for n in res["nodes"]:
             role = n["role"]
             if role == "client" and n.get("assigned_peer"):
@@ -487,7 +492,7 @@ def get_mesh(ctx: typer.Context, meshid: MeshIdOpt, as_json: JsonOpt = False) ->
                 f"{_bytes(n.get('rx_bytes', 0))} / {_bytes(n.get('tx_bytes', 0))}",
                 n["public_key"][:12] + "…",
             )
-        _out.print(t)
+        _console().print(t)
 
     _run(as_json, go)
 
