@@ -1,0 +1,453 @@
+"""Mesh state: a state-based CRDT of signed node records and prunes.
+
+Per node key the state holds
+
+* the record with the highest ``(version, signature)`` and
+* the prune with the highest ``(target_version, signature)``.
+
+Both are maxima of total orders, so :meth:`MeshState.merge` (per-key max of
+both) is commutative, associative and idempotent: a join-semilattice.
+Signatures break ties between different items with equal versions (which only
+an equivocating owner or pruner can produce), so all replicas pick the same
+item. A node is *live* iff its record is not ``left`` and
+``record.version > prune.target_version`` (or there is no prune).
+
+Validation is lazy and done once: cheap field checks first, then an item that
+would not change the state is dropped *without* verifying its signature (it
+cannot affect anything), and only winners are verified. Items already held
+(identical signature) are never verified again. :meth:`MeshState.merge` takes
+items from another ``MeshState``, which only ever holds validated items, and
+does not re-verify them.
+
+Digest tree
+-----------
+Every key has an *entry hash* ``sha256(key, record version+signature, prune
+target_version+signature)`` read as a 256-bit integer.  A fixed-fanout (16)
+tree over the key's leading nibbles keeps, for every non-empty node down to
+depth :data:`DEPTH`, the sum (mod 2^256) of the entry hashes below it and
+their count.  A change updates ``DEPTH + 1`` nodes (never O(N)); the root sum
+and count give :meth:`MeshState.digest`.  Sums (rather than XOR) keep equal
+entry hashes from cancelling.  The sync protocol (:mod:`smegmesh.core.sync`)
+descends this tree into differing nodes only.
+
+Garbage collection (the standard tombstone caveat)
+--------------------------------------------------
+Prunes and ``left`` records are tombstones; they must stay long enough to
+reach every replica. :meth:`MeshState.gc` drops ``left`` records and prunes
+(together with the records they kill) whose ``timestamp_ms`` is older than
+``now - horizon``. As with Cassandra's ``gc_grace_seconds``, a replica that
+was partitioned for longer than the horizon may still hold a killed record
+and could resurrect it. To prevent that, once a horizon is known (from the
+constructor or the last :meth:`gc`), :meth:`MeshState.apply` rejects
+(returns ``False``, no error) tombstones older than the horizon, and records
+older than the horizon for keys it has no record of (they are either killed
+records whose prune was collected, or stale). Consequence for callers: a live
+node must re-sign its record (``evolve``) well within the horizon, and the
+horizon must be far longer than the time for a change to reach everyone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from smegmesh.core.addressing import validate_mesh_id
+from smegmesh.core.identity import verify_many
+from smegmesh.core.record import (
+    NodeRecord,
+    Prune,
+    RecordError,
+    check_prune_fields,
+    check_record_fields,
+)
+
+__all__ = ["DEPTH", "FANOUT", "Item", "MeshState", "Verifier", "entry_hash"]
+
+Item = NodeRecord | Prune
+Verifier = Callable[[Sequence[tuple[bytes, bytes, bytes]]], list[bool]]
+
+FANOUT = 16
+DEPTH = 6  # tree levels below the root (nibbles of the key)
+_MOD = 1 << 256
+_MASK = _MOD - 1
+_ENTRY_TAG = b"smegmesh/entry/v1\0"
+
+
+def entry_hash(key: bytes, record: NodeRecord | None, prune: Prune | None) -> int:
+    """The 256-bit hash of what a replica holds for ``key`` (0 if nothing)."""
+    if record is None and prune is None:
+        return 0
+    h = hashlib.sha256(_ENTRY_TAG)
+    h.update(key)
+    if record is not None:
+        h.update(b"R" + record.version.to_bytes(8, "big") + record.signature)
+    if prune is not None:
+        h.update(b"P" + prune.target_version.to_bytes(8, "big") + prune.signature)
+    return int.from_bytes(h.digest(), "big")
+
+
+def _prefix(key: bytes, depth: int) -> int:
+    return int.from_bytes(key[:4], "big") >> (32 - 4 * depth)
+
+
+@dataclass(slots=True)
+class _Entry:
+    record: NodeRecord | None = None
+    prune: Prune | None = None
+    h: int = 0
+
+
+def _rec_wins(new: NodeRecord, cur: NodeRecord | None) -> bool:
+    return cur is None or (new.version, new.signature) > (cur.version, cur.signature)
+
+
+def _prune_wins(new: Prune, cur: Prune | None) -> bool:
+    return cur is None or (new.target_version, new.signature) > (
+        cur.target_version,
+        cur.signature,
+    )
+
+
+def _is_live(e: _Entry) -> bool:
+    r = e.record
+    return r is not None and not r.left and (e.prune is None or r.version > e.prune.target_version)
+
+
+class MeshState:
+    """The replicated state of one mesh (see the module docstring)."""
+
+    def __init__(
+        self,
+        mesh_id: str,
+        *,
+        verifier: Verifier = verify_many,
+        gc_horizon_ms: int | None = None,
+    ) -> None:
+        self.mesh_id = validate_mesh_id(mesh_id)
+        self._verifier = verifier
+        self._horizon: int | None = gc_horizon_ms
+        self._entries: dict[bytes, _Entry] = {}
+        # _levels[d][prefix] = [sum of entry hashes, count]
+        self._levels: list[dict[int, list[int]]] = [{} for _ in range(DEPTH + 1)]
+        self._buckets: dict[int, set[bytes]] = {}  # deepest level: prefix -> keys
+
+    # ------------------------------------------------------------------ queries
+
+    def __len__(self) -> int:
+        """Number of keys with a record or a prune."""
+        return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def keys(self) -> Iterator[bytes]:
+        return iter(self._entries)
+
+    def get(self, key: bytes) -> NodeRecord | None:
+        """The record held for ``key`` (live or not); see :meth:`is_live`."""
+        e = self._entries.get(key)
+        return None if e is None else e.record
+
+    def record(self, key: bytes) -> NodeRecord | None:
+        """Alias of :meth:`get`: the record held for ``key`` (live or not)."""
+        return self.get(key)
+
+    def live_record(self, key: bytes) -> NodeRecord | None:
+        """The record of ``key`` if the node is live, else None."""
+        e = self._entries.get(key)
+        return e.record if e is not None and _is_live(e) else None
+
+    def get_prune(self, key: bytes) -> Prune | None:
+        e = self._entries.get(key)
+        return None if e is None else e.prune
+
+    def is_live(self, key: bytes) -> bool:
+        e = self._entries.get(key)
+        return e is not None and _is_live(e)
+
+    def live_records(self) -> list[NodeRecord]:
+        """Records of live nodes (not left, not pruned), in key order."""
+        return [
+            e.record
+            for _, e in sorted(self._entries.items())
+            if e.record is not None and _is_live(e)
+        ]
+
+    def records(self) -> list[NodeRecord]:
+        """Every record held (including left and pruned ones), in key order."""
+        return [e.record for _, e in sorted(self._entries.items()) if e.record is not None]
+
+    def prunes(self) -> list[Prune]:
+        return [e.prune for _, e in sorted(self._entries.items()) if e.prune is not None]
+
+    def items_for(self, keys: Iterable[bytes]) -> list[Item]:
+        """Record then prune held for each of ``keys`` (unknown keys skipped)."""
+        out: list[Item] = []
+        for k in keys:
+            e = self._entries.get(k)
+            if e is None:
+                continue
+            if e.record is not None:
+                out.append(e.record)
+            if e.prune is not None:
+                out.append(e.prune)
+        return out
+
+    def all_items(self) -> list[Item]:
+        return self.items_for(sorted(self._entries))
+
+    def entry_hash_of(self, key: bytes) -> int:
+        e = self._entries.get(key)
+        return 0 if e is None else e.h
+
+    def versions_of(self, key: bytes) -> tuple[int, int]:
+        """``(record version + 1 or 0, prune target_version + 1 or 0)`` for ``key``."""
+        e = self._entries.get(key)
+        if e is None:
+            return (0, 0)
+        return (
+            0 if e.record is None else e.record.version + 1,
+            0 if e.prune is None else e.prune.target_version + 1,
+        )
+
+    # ------------------------------------------------------------------ digest tree
+
+    def root(self) -> tuple[int, int]:
+        """(sum of all entry hashes mod 2^256, number of keys)."""
+        return self.node(0, 0)
+
+    def node(self, depth: int, prefix: int) -> tuple[int, int]:
+        """(sum, count) of the tree node at ``depth`` with key prefix ``prefix``."""
+        n = self._levels[depth].get(prefix)
+        return (0, 0) if n is None else (n[0], n[1])
+
+    def digest(self) -> bytes:
+        """32-byte root digest: equal iff the states are equal (w.o.p.)."""
+        s, c = self.root()
+        return hashlib.sha256(
+            b"smegmesh/digest/v1\0" + s.to_bytes(32, "big") + c.to_bytes(8, "big")
+        ).digest()
+
+    def keys_under(self, depth: int, prefix: int) -> list[bytes]:
+        """Keys whose first ``depth`` nibbles are ``prefix``."""
+        if depth == 0:
+            return list(self._entries)
+        out: list[bytes] = []
+        self._collect(depth, prefix, out)
+        return out
+
+    def _collect(self, depth: int, prefix: int, out: list[bytes]) -> None:
+        if depth == DEPTH:
+            out.extend(self._buckets.get(prefix, ()))
+            return
+        nxt = self._levels[depth + 1]
+        base = prefix << 4
+        for c in range(FANOUT):
+            if base + c in nxt:
+                self._collect(depth + 1, base + c, out)
+
+    def _install(self, key: bytes, record: NodeRecord | None, prune: Prune | None) -> None:
+        e = self._entries.get(key)
+        old_h = 0 if e is None else e.h
+        new_h = entry_hash(key, record, prune)
+        existed = e is not None
+        exists = record is not None or prune is not None
+        if exists:
+            if e is None:
+                e = self._entries[key] = _Entry()
+            e.record, e.prune, e.h = record, prune, new_h
+        elif e is not None:
+            del self._entries[key]
+        dc = int(exists) - int(existed)
+        top = int.from_bytes(key[:4], "big")
+        for d in range(DEPTH + 1):
+            p = top >> (32 - 4 * d)
+            lvl = self._levels[d]
+            n = lvl.get(p)
+            if n is None:
+                n = lvl[p] = [0, 0]
+            n[0] = (n[0] - old_h + new_h) & _MASK
+            n[1] += dc
+            if n[1] == 0:
+                del lvl[p]
+        if dc:
+            p = top >> (32 - 4 * DEPTH)
+            if dc > 0:
+                self._buckets.setdefault(p, set()).add(key)
+            else:
+                b = self._buckets[p]
+                b.discard(key)
+                if not b:
+                    del self._buckets[p]
+
+    # ------------------------------------------------------------------ updates
+
+    def _too_old(self, item: Item, now_ms: int) -> bool:
+        if self._horizon is None:
+            return False
+        if item.timestamp_ms >= now_ms - self._horizon:
+            return False
+        if isinstance(item, Prune):
+            return True
+        return item.left or self.get(item.wg_key) is None
+
+    def _check(self, item: Item) -> bytes:
+        """Field checks (no signature); returns the item's node key."""
+        if type(item) is NodeRecord:
+            check_record_fields(item, self.mesh_id)
+            return item.wg_key
+        if type(item) is Prune:
+            check_prune_fields(item, self.mesh_id)
+            return item.target
+        raise RecordError("item", f"not a NodeRecord or Prune: {type(item).__name__}")
+
+    def _wins(self, item: Item) -> bool:
+        e = self._entries.get(item.key)
+        if isinstance(item, NodeRecord):
+            return _rec_wins(item, None if e is None else e.record)
+        return _prune_wins(item, None if e is None else e.prune)
+
+    def _put(self, item: Item) -> None:
+        e = self._entries.get(item.key)
+        rec = None if e is None else e.record
+        pr = None if e is None else e.prune
+        if isinstance(item, NodeRecord):
+            self._install(item.wg_key, item, pr)
+        else:
+            self._install(item.target, rec, item)
+
+    def apply(self, item: Item, now_ms: int) -> bool:
+        """Validate and merge one item; True if the state changed.
+
+        Raises :class:`RecordError` for an invalid item that would have changed
+        the state. Items that would not (older, or already held) return False
+        without a signature check.
+        """
+        self._check(item)
+        if not self._wins(item) or self._too_old(item, now_ms):
+            return False
+        if isinstance(item, NodeRecord):
+            job = (item.sign_key, item.signed_payload(), item.signature)
+        else:
+            job = (item.by_sign_key, item.signed_payload(), item.signature)
+        if not self._verifier([job])[0]:
+            raise RecordError("signature", "invalid signature")
+        self._put(item)
+        return True
+
+    def apply_many(
+        self, items: Iterable[Item], now_ms: int
+    ) -> tuple[set[bytes], list[RecordError]]:
+        """Validate and merge a batch (signatures verified in one verifier call).
+
+        Invalid items are skipped and returned as errors; returns the set of
+        changed keys. A forged item cannot mask a valid one of the same batch.
+        """
+        errors: list[RecordError] = []
+        pending: list[Item] = []
+        for it in items:
+            try:
+                self._check(it)
+            except RecordError as e:
+                errors.append(e)
+                continue
+            if self._wins(it) and not self._too_old(it, now_ms):
+                pending.append(it)
+        changed: set[bytes] = set()
+        while pending:
+            best: dict[tuple[bytes, bool], Item] = {}
+            for it in pending:
+                slot = (it.key, isinstance(it, NodeRecord))
+                cur = best.get(slot)
+                if cur is None or _better(it, cur):
+                    best[slot] = it
+            cands = list(best.values())
+            jobs = [
+                (c.sign_key, c.signed_payload(), c.signature)
+                if isinstance(c, NodeRecord)
+                else (c.by_sign_key, c.signed_payload(), c.signature)
+                for c in cands
+            ]
+            oks = self._verifier(jobs)
+            failed: set[tuple[bytes, bool]] = set()
+            for c, ok in zip(cands, oks, strict=True):
+                if ok:
+                    self._put(c)
+                    changed.add(c.key)
+                else:
+                    errors.append(RecordError("signature", "invalid signature"))
+                    failed.add((c.key, isinstance(c, NodeRecord)))
+            pending = [
+                it
+                for it in pending
+                if (it.key, isinstance(it, NodeRecord)) in failed
+                and all(it is not c for c in cands)
+                and self._wins(it)
+            ]
+        return changed, errors
+
+    def merge(self, other: MeshState) -> set[bytes]:
+        """Join ``other`` into this state; returns the keys that changed.
+
+        ``other`` holds only validated items, so signatures are not re-checked.
+        """
+        if other.mesh_id != self.mesh_id:
+            raise ValueError(f"cannot merge mesh {other.mesh_id!r} into {self.mesh_id!r}")
+        changed: set[bytes] = set()
+        for key, oe in other._entries.items():
+            e = self._entries.get(key)
+            rec = None if e is None else e.record
+            pr = None if e is None else e.prune
+            new_rec = oe.record if oe.record is not None and _rec_wins(oe.record, rec) else rec
+            new_pr = oe.prune if oe.prune is not None and _prune_wins(oe.prune, pr) else pr
+            if new_rec is not rec or new_pr is not pr:
+                self._install(key, new_rec, new_pr)
+                changed.add(key)
+        return changed
+
+    def gc(self, now_ms: int, horizon_ms: int) -> int:
+        """Drop tombstones older than ``now_ms - horizon_ms``; returns items dropped.
+
+        Drops ``left`` records and prunes, with the records the prunes kill.
+        Remembers the horizon for :meth:`apply` (see the module docstring).
+        """
+        if horizon_ms < 0:
+            raise ValueError("horizon must be >= 0")
+        self._horizon = horizon_ms
+        cutoff = now_ms - horizon_ms
+        dropped = 0
+        for key, e in list(self._entries.items()):
+            rec, pr = e.record, e.prune
+            if pr is not None and pr.timestamp_ms < cutoff:
+                pr = None
+                dropped += 1
+                if rec is not None and rec.version <= e.prune.target_version:  # type: ignore[union-attr]
+                    rec = None
+                    dropped += 1
+            if rec is not None and rec.left and rec.timestamp_ms < cutoff:
+                rec = None
+                dropped += 1
+            if rec is not e.record or pr is not e.prune:
+                self._install(key, rec, pr)
+        return dropped
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, MeshState):
+            return NotImplemented
+        return self.mesh_id == other.mesh_id and {k: e.h for k, e in self._entries.items()} == {
+            k: e.h for k, e in other._entries.items()
+        }
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"MeshState({self.mesh_id!r}, {len(self)} keys, digest={self.digest().hex()[:16]})"
+
+
+def _better(a: Item, b: Item) -> bool:
+    if isinstance(a, NodeRecord) and isinstance(b, NodeRecord):
+        return (a.version, a.signature) > (b.version, b.signature)
+    if isinstance(a, Prune) and isinstance(b, Prune):
+        return (a.target_version, a.signature) > (b.target_version, b.signature)
+    raise TypeError("compare items of one kind")
