@@ -1,0 +1,215 @@
+"""MeshState: semilattice laws, liveness, validation, digest, GC."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from smegmesh.core.identity import NodeIdentity
+from smegmesh.core.record import NodeRecord, Prune, RecordError
+from smegmesh.core.state import MeshState
+
+MESH = "amber-falcon-river-k7q2"
+IDS = [NodeIdentity.from_seed(random.Random(i).randbytes(32)) for i in range(6)]
+T0 = 1_000_000
+
+
+def _rec(i: int, version: int, left: bool = False, alias: str = "") -> NodeRecord:
+    return NodeRecord.create(
+        IDS[i], MESH, version=version, now_ms=T0 + version, left=left, alias=alias
+    )
+
+
+def _prune(by: int, target: int, tv: int) -> Prune:
+    return Prune.create(
+        IDS[by], MESH, target=IDS[target].wg_public_key, target_version=tv, now_ms=T0 + tv
+    )
+
+
+# A pool of pre-signed items (signing is slow): records with versions 1..3, two
+# "equivocating" records with equal versions, leaves and prunes.
+POOL: list[NodeRecord | Prune] = []
+for _i in range(4):
+    for _v in (1, 2, 3):
+        POOL.append(_rec(_i, _v))
+    POOL.append(_rec(_i, 2, alias="twin"))  # same version, different content
+    POOL.append(_rec(_i, 4, left=True))
+    POOL.append(_prune((_i + 1) % 4, _i, 2))
+    POOL.append(_prune((_i + 2) % 4, _i, 2))  # same target version, other pruner
+    POOL.append(_prune((_i + 1) % 4, _i, 3))
+
+items_st = st.lists(st.sampled_from(POOL), max_size=14)
+
+
+def build(items: list[NodeRecord | Prune]) -> MeshState:
+    s = MeshState(MESH)
+    for it in items:
+        s.apply(it, T0)
+    return s
+
+
+def merged(*states: MeshState) -> MeshState:
+    out = MeshState(MESH)
+    for s in states:
+        out.merge(s)
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(items_st, items_st)
+def test_merge_commutative(a: list[NodeRecord | Prune], b: list[NodeRecord | Prune]) -> None:
+    sa, sb = build(a), build(b)
+    ab, ba = merged(sa, sb), merged(sb, sa)
+    assert ab == ba and ab.digest() == ba.digest()
+
+
+@settings(max_examples=100, deadline=None)
+@given(items_st, items_st, items_st)
+def test_merge_associative(
+    a: list[NodeRecord | Prune], b: list[NodeRecord | Prune], c: list[NodeRecord | Prune]
+) -> None:
+    sa, sb, sc = build(a), build(b), build(c)
+    left = merged(sa, sb)
+    left.merge(sc)
+    bc = merged(sb, sc)
+    right = merged(sa)
+    right.merge(bc)
+    assert left == right and left.digest() == right.digest()
+
+
+@settings(max_examples=100, deadline=None)
+@given(items_st)
+def test_merge_idempotent_and_order_free(a: list[NodeRecord | Prune]) -> None:
+    sa = build(a)
+    before = sa.digest()
+    assert sa.merge(sa) == set()
+    copy = merged(sa)
+    assert copy.merge(sa) == set()
+    assert sa.digest() == before == copy.digest()
+    # applying the same items in any order gives the same state
+    shuffled = list(a)
+    random.Random(len(a)).shuffle(shuffled)
+    assert build(shuffled) == sa
+
+
+@settings(max_examples=150, deadline=None)
+@given(items_st, items_st)
+def test_digest_equal_iff_states_equal(
+    a: list[NodeRecord | Prune], b: list[NodeRecord | Prune]
+) -> None:
+    sa, sb = build(a), build(b)
+    same = {(type(i), i.signature) for i in sa.all_items()} == {
+        (type(i), i.signature) for i in sb.all_items()
+    }
+    assert (sa.digest() == sb.digest()) == same
+    assert (sa == sb) == same
+
+
+@settings(max_examples=100, deadline=None)
+@given(items_st)
+def test_incremental_tree_matches_rebuild(a: list[NodeRecord | Prune]) -> None:
+    s = build(a)
+    fresh = MeshState(MESH)
+    fresh.apply_many(s.all_items(), T0)
+    assert fresh.digest() == s.digest()
+    for d in range(3):
+        for p in range(16**d):
+            assert fresh.node(d, p) == s.node(d, p)
+    assert sorted(s.keys_under(0, 0)) == sorted(s.keys())
+
+
+def test_liveness_rules() -> None:
+    s = MeshState(MESH)
+    k = IDS[0].wg_public_key
+    assert s.apply(_rec(0, 2), T0)
+    assert s.is_live(k) and s.live_record(k) is not None
+    assert [r.wg_key for r in s.live_records()] == [k]
+    assert s.apply(_prune(1, 0, 2), T0)
+    assert not s.is_live(k) and s.live_record(k) is None and s.record(k) is not None
+    assert s.apply(_rec(0, 3), T0)  # refutes the prune
+    assert s.is_live(k)
+    assert s.apply(_rec(0, 4, left=True), T0)
+    assert not s.is_live(k) and s.live_records() == []
+    assert len(s.records()) == 1 and len(s.prunes()) == 1 and len(s) == 1
+
+
+def test_apply_return_values_and_old_items() -> None:
+    s = MeshState(MESH)
+    r2 = _rec(0, 2)
+    assert s.apply(r2, T0)
+    assert not s.apply(r2, T0)  # already held
+    assert not s.apply(_rec(0, 1), T0)  # older
+    assert s.get(IDS[0].wg_public_key) == r2
+
+
+def test_forged_items_rejected() -> None:
+    s = MeshState(MESH)
+    good = _rec(0, 2)
+    forged = dataclasses.replace(good, version=3)  # signature no longer matches
+    with pytest.raises(RecordError):
+        s.apply(forged, T0)
+    assert len(s) == 0
+    bad_sig = dataclasses.replace(good, signature=bytes(64))
+    with pytest.raises(RecordError):
+        s.apply(bad_sig, T0)
+    p = _prune(1, 0, 5)
+    with pytest.raises(RecordError):
+        s.apply(dataclasses.replace(p, target_version=6), T0)
+    with pytest.raises(RecordError):
+        s.apply(dataclasses.replace(p, by_sign_key=IDS[2].sign_public_key), T0)
+    with pytest.raises(RecordError):
+        MeshState("other").apply(good, T0)
+    with pytest.raises(RecordError):
+        s.apply("nope", T0)  # type: ignore[arg-type]
+    assert len(s) == 0 and s.digest() == MeshState(MESH).digest()
+
+
+def test_apply_many_forgery_cannot_mask_valid() -> None:
+    s = MeshState(MESH)
+    good = _rec(0, 2)
+    forged = dataclasses.replace(_rec(0, 3), signature=bytes(64))
+    changed, errors = s.apply_many([forged, good, dataclasses.replace(good, alias="BAD")], T0)
+    assert changed == {IDS[0].wg_public_key}
+    assert s.get(IDS[0].wg_public_key) == good
+    assert len(errors) == 2
+
+
+def test_merge_other_mesh_refused() -> None:
+    with pytest.raises(ValueError):
+        MeshState(MESH).merge(MeshState("other"))
+
+
+def test_gc() -> None:
+    s = MeshState(MESH)
+    for it in [_rec(0, 2), _prune(1, 0, 2), _rec(1, 3, left=True), _rec(2, 5), _prune(3, 2, 1)]:
+        s.apply(it, T0)
+    # everything has timestamp T0 + small; horizon cutoff at T0 + 100 drops tombstones
+    dropped = s.gc(now_ms=T0 + 1100, horizon_ms=1000)
+    # prune of 0 + killed record of 0, left record of 1, stale prune of 2
+    assert dropped == 4
+    assert IDS[0].wg_public_key not in s and IDS[1].wg_public_key not in s
+    assert s.is_live(IDS[2].wg_public_key) and s.get_prune(IDS[2].wg_public_key) is None
+    assert len(s) == 1
+    # after gc, apply rejects old tombstones and killed records (no error)
+    assert not s.apply(_prune(1, 0, 2), T0 + 1100)
+    assert not s.apply(_rec(0, 2), T0 + 1100)
+    assert not s.apply(_rec(1, 3, left=True), T0 + 1100)
+    # fresh items still accepted
+    assert s.apply(_rec(0, 200), T0 + 1100)
+    assert s.digest() == merged(s).digest()
+    with pytest.raises(ValueError):
+        s.gc(T0, -1)
+
+
+def test_many_keys_digest_tree() -> None:
+    s = MeshState(MESH)
+    items = [_rec(i, 1) for i in range(6)]
+    s.apply_many(items, T0)
+    total = sum(s.node(1, p)[1] for p in range(16))
+    assert total == 6 == s.root()[1]
+    for r in items:
+        assert r.wg_key in s.keys_under(3, int.from_bytes(r.wg_key[:2], "big") >> 4)
