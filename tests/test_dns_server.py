@@ -27,7 +27,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from smegmesh.dns import DnsServer, NameView, NodeName, node_id_prefix, parse_hostport
+from smegmesh.dns import (
+    DnsServer,
+    NameView,
+    NodeName,
+    node_id_prefix,
+    parse_hostport,
+    resolver_help,
+)
 
 
 def key(seed: str) -> bytes:
@@ -307,6 +314,7 @@ def test_forwarder(silent: bool) -> None:
         fwd = ServerThread(server)
         try:
             r = udp(fwd, "example.com.", "A")
+            assert r.flags & dns.flags.RA  # with a forwarder we do recurse
             if silent:
                 assert r.rcode() == dns.rcode.SERVFAIL
             else:
@@ -491,3 +499,21 @@ def test_dig_truncation_retries_over_tcp(srv: ServerThread) -> None:
     out = dig(srv, "+noedns", "big.smeg", "AAAA")
     assert "Truncated, retrying in TCP mode" in out
     assert "ANSWER: 60" in out
+
+
+def test_no_recursion_available_without_forwarder(srv: ServerThread) -> None:
+    assert not udp(srv, "db.smeg.").flags & dns.flags.RA
+
+
+def test_resolver_help() -> None:
+    text = resolver_help("127.0.0.1:5353")
+    assert "resolvectl dns IFACE 127.0.0.1:5353" in text
+    assert "DNS=127.0.0.1:5353" in text and "Domains=~smeg" in text
+    assert "server=/smeg/127.0.0.1#5353" in text
+    v6 = resolver_help("[::1]:5300")
+    assert "DNS=[::1]:5300" in v6 and "server=/smeg/::1#5300" in v6
+    # docs/DNS.md carries the same text.
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "DNS.md").read_text()
+    assert text in doc

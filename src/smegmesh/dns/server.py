@@ -50,6 +50,7 @@ _OPCODE = 0x7800
 _AA = 0x0400
 _TC = 0x0200
 _RD = 0x0100
+_RA = 0x0080
 _DO = 0x8000  # in the OPT ttl's low 16 bits
 _RCODE_FORMERR = 1
 _RCODE_SERVFAIL = 2
@@ -341,7 +342,11 @@ class DnsServer:
     # -- view ---------------------------------------------------------------
 
     def update(self, view: NameView) -> None:
-        """Atomically switch to ``view`` (visible to the next query)."""
+        """Atomically switch to ``view`` (visible to the next query).
+
+        Call it from the event loop's thread (e.g. from the daemon's state-change
+        callback), like every other method.
+        """
         self._provider = None
         self._view = view
         self._cache = {}
@@ -454,6 +459,8 @@ class DnsServer:
             return None
         msg = dns.message.Message(id=0)
         msg.flags = dns.flags.QR | (dns.flags.AA if ans.authoritative else 0)
+        if self.forwarder is not None:
+            msg.flags |= dns.flags.RA
         msg.set_rcode(dns.rcode.Rcode(ans.rcode))
         msg.question = [dns.rrset.RRset(qname, dns.rdataclass.IN, qtype)]
         msg.answer = _rrsets(ans.answer)
@@ -497,7 +504,9 @@ class DnsServer:
     def _answer_parsed(
         self, query: dns.message.Message, data: bytes, tcp: bool
     ) -> bytes | _Forward:
-        response = dns.message.make_response(query, our_payload=OUR_PAYLOAD)
+        response = dns.message.make_response(
+            query, recursion_available=self.forwarder is not None, our_payload=OUR_PAYLOAD
+        )
         if query.edns >= 0:
             response.ednsflags |= query.ednsflags & dns.flags.DO
         if query.opcode() != dns.opcode.QUERY:
@@ -582,10 +591,14 @@ class DnsServer:
                     log.debug("dns: forwarder %s failed: %r", self.forwarder, exc)
         if reply is None:
             self.stats.forward_failed += 1
-            response = dns.message.make_response(query, our_payload=OUR_PAYLOAD)
+            response = dns.message.make_response(
+                query, recursion_available=True, our_payload=OUR_PAYLOAD
+            )
             response.set_rcode(dns.rcode.SERVFAIL)
             return self._to_wire(response, query, tcp)
-        return _U16.pack(qid) + reply[2:]
+        # Through us the client got recursion: say so even if upstream did not.
+        flags = _U16.unpack_from(reply, 2)[0] | _RA
+        return _U16.pack(qid) + _U16.pack(flags) + reply[4:]
 
     async def _upstream(
         self, wire: bytes, query: dns.message.Message, upstream_id: int, tcp: bool
