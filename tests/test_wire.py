@@ -39,7 +39,7 @@ STEP = SyncStep(
 MESSAGES: list[object] = [
     REC,
     PRUNE,
-    SyncStart(MESH, 1, b"s" * 8, b"d" * 32, 3),
+    SyncStart(MESH, 1, b"s" * 8, b"d" * 16, 3),
     STEP,
     SyncEnd(MESH, 9),
     Push(MESH, (REC, PRUNE)),

@@ -70,6 +70,7 @@ _ALIAS_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _SERVICE_KEY_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _HOST_LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _PORT_RE = re.compile(r"[1-9][0-9]{0,4}")
+_CHECKED = "_smegmesh_checked"  # memo on the frozen object: mesh id it passed checks for
 
 
 class Role(enum.StrEnum):
@@ -411,6 +412,8 @@ def check_record_fields(rec: NodeRecord, mesh_id: str, *, check_signature_len: b
     """Every check of :func:`validate_record` except the signature itself."""
     if type(rec) is not NodeRecord:
         raise _fail("record", "not a NodeRecord")
+    if check_signature_len and rec.__dict__.get(_CHECKED) == mesh_id:
+        return  # this (immutable) object already passed for this mesh
     _check_mesh_id(rec.mesh_id, mesh_id)
     _check_bytes("wg_key", rec.wg_key, 32)
     _check_bytes("sign_key", rec.sign_key, 32)
@@ -470,6 +473,7 @@ def check_record_fields(rec: NodeRecord, mesh_id: str, *, check_signature_len: b
         raise _fail("wg_key", "is not the X25519 form of sign_key")
     if check_signature_len:
         _check_bytes("signature", rec.signature, 64)
+        rec.__dict__[_CHECKED] = mesh_id
 
 
 def validate_record(rec: NodeRecord, mesh_id: str) -> None:

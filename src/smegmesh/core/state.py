@@ -15,7 +15,8 @@ item. A node is *live* iff its record is not ``left`` and
 Validation is lazy and done once: cheap field checks first, then an item that
 would not change the state is dropped *without* verifying its signature (it
 cannot affect anything), and only winners are verified. Items already held
-(identical signature) are never verified again. :meth:`MeshState.merge` takes
+(identical signature) are never verified again, nor is an item *object* whose
+signature was already verified (noted on the frozen object itself). :meth:`MeshState.merge` takes
 items from another ``MeshState``, which only ever holds validated items, and
 does not re-verify them.
 
@@ -327,12 +328,10 @@ class MeshState:
         self._check(item)
         if not self._wins(item) or self._too_old(item, now_ms):
             return False
-        if isinstance(item, NodeRecord):
-            job = (item.sign_key, item.signed_payload(), item.signature)
-        else:
-            job = (item.by_sign_key, item.signed_payload(), item.signature)
-        if not self._verifier([job])[0]:
-            raise RecordError("signature", "invalid signature")
+        if not _sig_known_good(item):
+            if not self._verifier([_job(item)])[0]:
+                raise RecordError("signature", "invalid signature")
+            _mark_sig_good(item)
         self._put(item)
         return True
 
@@ -363,16 +362,15 @@ class MeshState:
                 if cur is None or _better(it, cur):
                     best[slot] = it
             cands = list(best.values())
-            jobs = [
-                (c.sign_key, c.signed_payload(), c.signature)
-                if isinstance(c, NodeRecord)
-                else (c.by_sign_key, c.signed_payload(), c.signature)
-                for c in cands
-            ]
-            oks = self._verifier(jobs)
+            unknown = [c for c in cands if not _sig_known_good(c)]
+            verdict = dict(
+                zip(map(id, unknown), self._verifier([_job(c) for c in unknown]), strict=True)
+            )
+            oks = [verdict.get(id(c), True) for c in cands]
             failed: set[tuple[bytes, bool]] = set()
             for c, ok in zip(cands, oks, strict=True):
                 if ok:
+                    _mark_sig_good(c)
                     self._put(c)
                     changed.add(c.key)
                 else:
@@ -382,7 +380,7 @@ class MeshState:
                 it
                 for it in pending
                 if (it.key, isinstance(it, NodeRecord)) in failed
-                and all(it is not c for c in cands)
+                and not any(it is c for c in cands)
                 and self._wins(it)
             ]
         return changed, errors
@@ -443,6 +441,26 @@ class MeshState:
 
     def __repr__(self) -> str:
         return f"MeshState({self.mesh_id!r}, {len(self)} keys, digest={self.digest().hex()[:16]})"
+
+
+def _job(item: Item) -> tuple[bytes, bytes, bytes]:
+    if isinstance(item, NodeRecord):
+        return (item.sign_key, item.signed_payload(), item.signature)
+    return (item.by_sign_key, item.signed_payload(), item.signature)
+
+
+# Items are frozen; once an item object's signature has been verified we note it
+# in the object itself, so the same object offered to many states (simulations,
+# several meshes' views) is verified only once per process.
+_SIG_OK = "_smegmesh_sig_ok"
+
+
+def _sig_known_good(item: Item) -> bool:
+    return item.__dict__.get(_SIG_OK) is True
+
+
+def _mark_sig_good(item: Item) -> None:
+    item.__dict__[_SIG_OK] = True
 
 
 def _better(a: Item, b: Item) -> bool:

@@ -58,6 +58,7 @@ __all__ = [
 
 HASH_LEN = 4
 SALT_LEN = 8
+DIGEST_LEN = 16  # of the 32-byte root digest, in SyncStart
 LEAF_MAX = 4
 SESSION_TIMEOUT_MS = 30_000
 MAX_STEP_NODES = 4096
@@ -157,9 +158,9 @@ class SyncSession:
         count_bytes: bool = True,
     ) -> SyncSession:
         if rng is None:
-            sid, salt = secrets.randbits(63), secrets.token_bytes(SALT_LEN)
+            sid, salt = secrets.randbits(32), secrets.token_bytes(SALT_LEN)
         else:
-            sid, salt = rng.getrandbits(63), rng.randbytes(SALT_LEN)
+            sid, salt = rng.getrandbits(32), rng.randbytes(SALT_LEN)
         return cls(state, sid, salt, True, now_ms, count_bytes=count_bytes)
 
     @staticmethod
@@ -174,10 +175,13 @@ class SyncSession:
         src: bytes,
         msg: SyncMessage,
         now_ms: int,
+        *,
+        count_bytes: bool = False,
     ) -> tuple[SyncMessage, SyncSession, set[bytes]]:
         """Responder side: answer ``msg`` from ``src``; keeps open sessions in ``sessions``.
 
-        Returns ``(reply, session, keys merged by this message)``. Finished
+        Returns ``(reply, session, keys merged by this message)``. Byte
+        counting (an extra encode per message) is off by default here. Finished
         sessions are removed from ``sessions``, and so are ones idle for
         :data:`SESSION_TIMEOUT_MS`.
         """
@@ -186,11 +190,11 @@ class SyncSession:
                 del sessions[k]
         slot = (src, msg.session_id)
         if isinstance(msg, SyncStart):
-            session = cls(state, msg.session_id, msg.salt, False, now_ms)
+            session = cls(state, msg.session_id, msg.salt, False, now_ms, count_bytes=count_bytes)
         else:
             found = sessions.get(slot)
             if found is None:  # unknown or expired: tell the initiator to stop
-                dead = cls(state, msg.session_id, b"", False, now_ms, done=True)
+                dead = cls(state, msg.session_id, b"", False, now_ms, done=True, count_bytes=False)
                 return SyncEnd(state.mesh_id, msg.session_id), dead, set()
             session = found
         reply, merged = session.receive(msg, now_ms)
@@ -208,7 +212,9 @@ class SyncSession:
         if not self.is_initiator:
             raise RuntimeError("only the initiator starts a session")
         s, n = self.state.root()
-        msg = SyncStart(self.state.mesh_id, self.session_id, self.salt, self.state.digest(), n)
+        msg = SyncStart(
+            self.state.mesh_id, self.session_id, self.salt, self.state.digest()[:DIGEST_LEN], n
+        )
         del s
         self._count_out(msg)
         return msg
@@ -254,7 +260,7 @@ class SyncSession:
         return m
 
     def _on_start(self, msg: SyncStart) -> SyncStep | None:
-        if msg.digest == self.state.digest():
+        if msg.digest == self.state.digest()[:DIGEST_LEN]:
             return None
         nodes: list[NodeHashes] = []
         leaves: list[Leaf] = []
@@ -394,7 +400,9 @@ def _node_ref(depth: object, prefix: object) -> tuple[int, int]:
 
 def _dec_start(b: Any) -> SyncStart:
     o = _arr(b, 5)
-    return SyncStart(_str(o[0]), _int(o[1]), _bin(o[2], SALT_LEN), _bin(o[3], 32), _int(o[4]))
+    return SyncStart(
+        _str(o[0]), _int(o[1]), _bin(o[2], SALT_LEN), _bin(o[3], DIGEST_LEN), _int(o[4])
+    )
 
 
 def _enc_step(m: SyncStep) -> list[Any]:
