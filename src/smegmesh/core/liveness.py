@@ -195,8 +195,11 @@ class FailureDetector:
 
         if self._next_probe_ms is None:
             self._next_probe_ms = now_ms + self.rng.randrange(max(1, p.probe_interval_ms))
-        if now_ms >= self._next_probe_ms and self._probe is None and live:
+        if now_ms >= self._next_probe_ms:
             self._next_probe_ms = now_ms + p.probe_interval_ms
+        else:
+            return out
+        if self._probe is None and live:
             target = self._next_target(live)
             pid = self._next_id
             self._next_id += 1
@@ -223,7 +226,8 @@ class FailureDetector:
             times.append(self._next_probe_ms)
         if self._probe is not None:
             pr = self._probe
-            times.append(pr.started_ms + self.params.probe_timeout_ms)
+            if not pr.indirect_sent:
+                times.append(pr.started_ms + self.params.probe_timeout_ms)
             times.append(pr.started_ms + self.params.probe_interval_ms)
         times.extend(s + self.params.suspicion_ms for s in self._suspect_since.values())
         return min(times) if times else None

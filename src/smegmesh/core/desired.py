@@ -1,0 +1,131 @@
+"""The desired WireGuard and host configuration of one mesh interface. Pure.
+
+Input: the mesh's live records, this node's identity/role and chosen routes.
+Output: an ``InterfaceConfig`` and a ``HostConfig`` for the reconciler.
+
+Rules (SPEC §2):
+
+* a peer gets one WireGuard peer entry per other live peer, with that peer's
+  overlay /128 plus the /128 of every client assigned to it (clients are
+  reached through their peer), and one entry per client assigned to itself;
+* a client gets exactly one entry, its assigned peer, with the whole mesh
+  prefix (and every routed prefix) as AllowedIPs and a persistent keepalive;
+* client assignment is rendezvous hashing of the client's key over the live
+  peers; a client publishes the peer it uses (``assigned_peer``) and everyone
+  honours that while the peer is live, falling back to the same hash otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from smegmesh.core.addressing import mesh_prefix
+from smegmesh.core.hashing import choose
+from smegmesh.core.record import NodeRecord, Role
+from smegmesh.core.wgconfig import HostConfig, InterfaceConfig, PeerConfig, Route
+
+DEFAULT_CLIENT_KEEPALIVE = 25
+
+
+def interface_name(mesh_id: str, prefix: str = "smeg") -> str:
+    """Stable interface name for a mesh: ``prefix`` + hash digits, at most 15 chars."""
+    digits = hashlib.sha256(mesh_id.encode()).hexdigest()
+    return (prefix + digits)[:15] if len(prefix) < 15 else prefix[:15]
+
+
+def assigned_peer(client: NodeRecord, live_peers: Mapping[bytes, NodeRecord]) -> bytes | None:
+    """The peer a client is reached through, as every node computes it."""
+    if client.assigned_peer is not None and client.assigned_peer in live_peers:
+        return client.assigned_peer
+    return choose(client.wg_key, live_peers.keys())
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayRoute:
+    """A routed destination reached through the member ``gateway`` (issue 8)."""
+
+    destination: str
+    gateway: bytes
+
+
+def desired_config(
+    *,
+    mesh_id: str,
+    self_key: bytes,
+    private_key: bytes,
+    role: Role,
+    listen_port: int | None,
+    records: Iterable[NodeRecord],
+    ifname: str,
+    keepalive: int = 0,
+    gateway_routes: Iterable[GatewayRoute] = (),
+    mtu: int = 1420,
+) -> tuple[InterfaceConfig, HostConfig]:
+    """Compute the interface and host configuration for one mesh."""
+    live = {r.wg_key: r for r in records if not r.left}
+    me = live.get(self_key)
+    peers = {k: r for k, r in live.items() if r.role == Role.PEER}
+    clients = {k: r for k, r in live.items() if r.role == Role.CLIENT}
+    prefix = str(mesh_prefix(mesh_id))
+    addr = me.address if me is not None else None
+    routes = list(gateway_routes)
+
+    wg_peers: dict[bytes, PeerConfig] = {}
+    host_routes: set[Route] = set()
+    if role == Role.CLIENT:
+        mine = None
+        if me is not None:
+            mine = assigned_peer(me, {k: r for k, r in peers.items() if k != self_key})
+        if mine is not None:
+            gw = peers[mine]
+            allowed = {prefix} | {r.destination for r in routes}
+            wg_peers[mine] = PeerConfig(
+                public_key=mine,
+                endpoint=gw.wg_endpoint,
+                allowed_ips=frozenset(allowed),
+                keepalive=keepalive or DEFAULT_CLIENT_KEEPALIVE,
+            )
+            for r in routes:
+                host_routes.add(Route(r.destination, None))
+    else:
+        allowed_by_peer: dict[bytes, set[str]] = {
+            k: {f"{r.address}/128"} for k, r in peers.items() if k != self_key
+        }
+        other_peers = {k: r for k, r in peers.items() if k != self_key}
+        for ck, c in clients.items():
+            if ck == self_key:
+                continue
+            via = assigned_peer(c, peers)
+            if via == self_key:
+                wg_peers[ck] = PeerConfig(
+                    public_key=ck, endpoint=None, allowed_ips=frozenset({f"{c.address}/128"})
+                )
+            elif via is not None and via in allowed_by_peer:
+                allowed_by_peer[via].add(f"{c.address}/128")
+        for r in routes:
+            if r.gateway in allowed_by_peer:
+                allowed_by_peer[r.gateway].add(r.destination)
+                gw_addr = other_peers[r.gateway].address
+                host_routes.add(Route(r.destination, gw_addr))
+        for k, allowed in allowed_by_peer.items():
+            rec = other_peers[k]
+            wg_peers[k] = PeerConfig(
+                public_key=k,
+                endpoint=rec.wg_endpoint,
+                allowed_ips=frozenset(allowed),
+                keepalive=keepalive,
+            )
+
+    iface = InterfaceConfig(
+        name=ifname, private_key=private_key, listen_port=listen_port, peers=wg_peers
+    )
+    host = HostConfig(
+        interface=ifname,
+        addresses=frozenset({f"{addr}/64"}) if addr else frozenset(),
+        routes=frozenset(host_routes),
+        mtu=mtu,
+        forwarding=role == Role.PEER,
+    )
+    return iface, host

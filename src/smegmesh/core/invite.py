@@ -1,0 +1,183 @@
+"""Invitation tokens (SPEC §4). Pure.
+
+A token is what ``smegctl invite`` prints and ``join-mesh --token`` takes::
+
+    smeg1.<base64url(msgpack([mesh_id, secret, expiry_ms, uses, bootstrap]))>
+
+``secret`` is 16 random bytes. Only its hash (``token_hash``) is published, in
+the issuing member's signed record as an ``InviteGrant`` (hash, expiry, uses),
+so *every* member can check a token presented to it, and no member's state
+leaks a usable token. A member that admits a joiner adds an ``Admission``
+(hash, joiner key) to its own record; a token is spent when the admissions
+for it, across all records, reach ``uses``. Admissions are gossiped like any
+other change, so two members admitting concurrently with the last use of a
+token can over-admit by the number of racing members: bounded, logged, and
+the price of having no central server.
+
+``bootstrap`` lists members to contact: (control endpoint "host:port", their
+TLS certificate SHA-256, their WireGuard public key). The fingerprint pins the
+TLS connection, so the joiner cannot be sent to an impostor.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import msgpack
+
+from smegmesh.core.addressing import validate_mesh_id
+from smegmesh.core.record import Admission, InviteGrant, NodeRecord
+
+PREFIX = "smeg1."
+MAX_TOKEN_CHARS = 2048
+
+
+class TokenError(ValueError):
+    """A token that cannot be parsed or is not acceptable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Bootstrap:
+    control_endpoint: str
+    tls_fp: bytes
+    wg_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    mesh_id: str
+    secret: bytes
+    expiry_ms: int
+    uses: int
+    bootstrap: tuple[Bootstrap, ...]
+
+    @property
+    def token_hash(self) -> bytes:
+        return token_hash(self.secret)
+
+    def grant(self) -> InviteGrant:
+        return InviteGrant(token_hash=self.token_hash, expiry_ms=self.expiry_ms, uses=self.uses)
+
+    def encode(self) -> str:
+        body = msgpack.packb(
+            [
+                self.mesh_id,
+                self.secret,
+                self.expiry_ms,
+                self.uses,
+                [[b.control_endpoint, b.tls_fp, b.wg_key] for b in self.bootstrap],
+            ],
+            use_bin_type=True,
+        )
+        return PREFIX + base64.urlsafe_b64encode(body).decode().rstrip("=")
+
+
+def token_hash(secret: bytes) -> bytes:
+    return hashlib.sha256(b"smegmesh/invite/v1\0" + secret).digest()[:16]
+
+
+def new_token(
+    mesh_id: str,
+    *,
+    now_ms: int,
+    ttl_ms: int,
+    uses: int,
+    bootstrap: Iterable[Bootstrap],
+    secret: bytes | None = None,
+) -> Token:
+    if ttl_ms <= 0:
+        raise TokenError("ttl must be positive")
+    if not 1 <= uses <= 1_000_000:
+        raise TokenError("uses must be between 1 and 1000000")
+    boots = tuple(bootstrap)
+    if not boots:
+        raise TokenError("a token needs at least one bootstrap endpoint")
+    return Token(
+        mesh_id=mesh_id,
+        secret=secret if secret is not None else secrets.token_bytes(16),
+        expiry_ms=now_ms + ttl_ms,
+        uses=uses,
+        bootstrap=boots[:4],
+    )
+
+
+def parse_token(text: str) -> Token:
+    """Parse a token string; every malformed input raises ``TokenError``."""
+    text = text.strip()
+    if len(text) > MAX_TOKEN_CHARS or not text.startswith(PREFIX):
+        raise TokenError("not a smegmesh invitation token (expected 'smeg1.…')")
+    raw = text[len(PREFIX) :]
+    try:
+        body = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+        obj = msgpack.unpackb(body, raw=False, strict_map_key=True, max_buffer_size=4096)
+    except (binascii.Error, ValueError, msgpack.ExtraData, msgpack.FormatError) as e:
+        raise TokenError("token is corrupted (bad encoding)") from e
+    except Exception as e:  # msgpack raises assorted types on hostile input
+        raise TokenError("token is corrupted") from e
+    if not (isinstance(obj, list) and len(obj) == 5):
+        raise TokenError("token is corrupted (bad structure)")
+    mesh_id, secret, expiry, uses, boots = obj
+    if not isinstance(mesh_id, str):
+        raise TokenError("token is corrupted (mesh id)")
+    try:
+        validate_mesh_id(mesh_id)
+    except ValueError as e:
+        raise TokenError(f"token names an invalid mesh id: {e}") from e
+    if not (isinstance(secret, bytes) and len(secret) == 16):
+        raise TokenError("token is corrupted (secret)")
+    if not (isinstance(expiry, int) and isinstance(uses, int) and expiry > 0 and uses > 0):
+        raise TokenError("token is corrupted (expiry/uses)")
+    if not (isinstance(boots, list) and 1 <= len(boots) <= 4):
+        raise TokenError("token is corrupted (bootstrap list)")
+    out: list[Bootstrap] = []
+    for b in boots:
+        if not (isinstance(b, list) and len(b) == 3):
+            raise TokenError("token is corrupted (bootstrap entry)")
+        ep, fp, key = b
+        if not (isinstance(ep, str) and 0 < len(ep) <= 300):
+            raise TokenError("token is corrupted (bootstrap endpoint)")
+        if not (
+            isinstance(fp, bytes) and len(fp) == 32 and isinstance(key, bytes) and len(key) == 32
+        ):
+            raise TokenError("token is corrupted (bootstrap key)")
+        out.append(Bootstrap(ep, fp, key))
+    return Token(mesh_id, secret, expiry, uses, tuple(out))
+
+
+def check_admission(
+    records: Iterable[NodeRecord], secret: bytes, joiner: bytes, now_ms: int
+) -> tuple[InviteGrant | None, str]:
+    """May a joiner presenting ``secret`` be admitted? Returns (grant, reason).
+
+    ``grant`` is None when refused; ``reason`` says why (for our logs only: the
+    joiner is told nothing beyond "refused").
+    """
+    h = token_hash(secret)
+    grant: InviteGrant | None = None
+    joiners: set[bytes] = set()
+    for r in records:
+        for g in r.invites:
+            if g.token_hash == h:
+                grant = g
+        for a in r.admitted:
+            if a.token_hash == h:
+                joiners.add(a.joiner)
+    used = len(joiners)
+    if grant is None:
+        return None, "unknown token"
+    if now_ms >= grant.expiry_ms:
+        return None, "token expired"
+    if joiner in joiners:
+        return grant, "ok (already admitted: a retry)"
+    if used >= grant.uses:
+        return None, "token used up"
+    return grant, "ok"
+
+
+def admission(secret: bytes, joiner: bytes) -> Admission:
+    return Admission(token_hash=token_hash(secret), joiner=joiner)

@@ -1,0 +1,478 @@
+"""One node's membership of one mesh: the protocol engine. Pure (sans-I/O).
+
+The daemon and the simulator both drive this class; neither contains protocol
+logic of its own. Inputs are method calls with the current time; outputs are
+``Call`` (send this request to that member; report the reply or the failure
+back with the given context) and ``Changed`` (these node keys changed: update
+WireGuard, DNS...).
+
+What it does:
+
+* owns this node's signed record (creates it, re-signs on change, refutes a
+  prune of itself by publishing a newer version);
+* gossip (``core.gossip``): triggered push of fresh items, infection rounds,
+  background pull through digest anti-entropy (``core.sync``);
+* failure detection (``core.liveness``): probes, suspicion, and a signed prune
+  when a member is dead; clients ping their assigned peer, which watches them;
+* admission of joiners holding a valid invitation (``core.invite``);
+* client assignment (``core.desired.assigned_peer``) and re-assignment when
+  the client's peer stops answering.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from smegmesh.core.desired import assigned_peer
+from smegmesh.core.gossip import GossipParams, GossipScheduler
+from smegmesh.core.hashing import ranked
+from smegmesh.core.identity import NodeIdentity
+from smegmesh.core.invite import Bootstrap, Token, admission, check_admission, new_token
+from smegmesh.core.liveness import (
+    Dead,
+    FailureDetector,
+    LivenessParams,
+)
+from smegmesh.core.liveness import (
+    Ping as ProbePing,
+)
+from smegmesh.core.liveness import (
+    PingReq as ProbePingReq,
+)
+from smegmesh.core.messages import Ack, JoinReply, JoinRequest, Ping, PingReq, Refusal
+from smegmesh.core.record import NodeRecord, Prune, RecordError, Role
+from smegmesh.core.state import MeshState
+from smegmesh.core.sync import Push, SyncSession
+
+Item = NodeRecord | Prune
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """Send ``msg`` to member ``to``; feed the reply to ``handle_reply(ctx, ...)``."""
+
+    to: bytes
+    msg: Any
+    ctx: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Changed:
+    """Mesh state changed for ``keys``."""
+
+    keys: frozenset[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Relay:
+    """Answer for a ``PingReq``: ping ``target`` and reply ``Ack(ok=...)``."""
+
+    target: bytes
+    msg: Ping
+
+
+Out = Call | Changed
+
+
+@dataclass(frozen=True, slots=True)
+class MeshSettings:
+    role: Role = Role.PEER
+    wg_endpoint: str | None = None
+    control_endpoint: str | None = None
+    tls_fp: bytes | None = None
+
+
+# Reply contexts -----------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class _PushCtx:
+    keys: frozenset[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class _ProbeCtx:
+    target: bytes
+    probe_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class _PeerPingCtx:
+    peer: bytes
+
+
+@dataclass(slots=True)
+class _SyncCtx:
+    session: SyncSession
+
+
+@dataclass
+class MeshNode:
+    identity: NodeIdentity
+    mesh_id: str
+    settings: MeshSettings
+    gossip: GossipParams
+    liveness: LivenessParams
+    rng: random.Random
+    state: MeshState | None = None
+    sessions_limit: int = 64
+    _sched: GossipScheduler = field(init=False)
+    _fd: FailureDetector = field(init=False)
+    _avoid: dict[bytes, int] = field(default_factory=dict)  # client: peers not answering
+    _peer_ping_due: int = 0
+    _peer_ping_inflight: bool = False
+    _peer_ping_failures: int = 0
+    _responders: dict[tuple[bytes, int], SyncSession] = field(default_factory=dict)
+    rejected: int = 0
+
+    def __post_init__(self) -> None:
+        if self.state is None:
+            self.state = MeshState(self.mesh_id)
+        self._sched = GossipScheduler(self.key, self.gossip, self.rng)
+        self._fd = FailureDetector(self.key, self.liveness, self.rng)
+
+    # -- views ------------------------------------------------------------------
+    @property
+    def key(self) -> bytes:
+        return self.identity.wg_public_key
+
+    @property
+    def mesh(self) -> MeshState:
+        assert self.state is not None
+        return self.state
+
+    @property
+    def record(self) -> NodeRecord | None:
+        return self.mesh.live_record(self.key)
+
+    def live_records(self) -> list[NodeRecord]:
+        return self.mesh.live_records()
+
+    def live_peers(self) -> dict[bytes, NodeRecord]:
+        return {r.wg_key: r for r in self.live_records() if r.role == Role.PEER}
+
+    def _reachable_peers(self) -> list[bytes]:
+        """Members other nodes can call: live peers with a control endpoint."""
+        return [
+            k
+            for k, r in self.live_peers().items()
+            if k != self.key and r.control_endpoint is not None
+        ]
+
+    def my_peer(self) -> bytes | None:
+        """For a client: the peer it is attached to."""
+        rec = self.record
+        if rec is None or rec.role != Role.CLIENT:
+            return None
+        return rec.assigned_peer
+
+    def my_clients(self) -> list[bytes]:
+        peers = self.live_peers()
+        return [
+            r.wg_key
+            for r in self.live_records()
+            if r.role == Role.CLIENT and assigned_peer(r, peers) == self.key
+        ]
+
+    @property
+    def suspects(self) -> frozenset[bytes]:
+        return self._fd.suspects
+
+    def last_heard(self, key: bytes) -> int | None:
+        return self._fd.last_heard(key)
+
+    # -- own record ---------------------------------------------------------------
+    def start(self, now_ms: int) -> list[Out]:
+        """Publish (or re-publish, after a restart) this node's record."""
+        s = self.settings
+        current = self.mesh.record(self.key)
+        fields: dict[str, Any] = {
+            "role": s.role,
+            "wg_endpoint": s.wg_endpoint if s.role == Role.PEER else None,
+            "control_endpoint": s.control_endpoint if s.role == Role.PEER else None,
+            "tls_fp": s.tls_fp,
+            "left": False,
+        }
+        if s.role == Role.CLIENT:
+            fields["assigned_peer"] = self._choose_peer(now_ms)
+        if current is None:
+            rec = NodeRecord.create(
+                self.identity, self.mesh_id, version=now_ms, now_ms=now_ms, **fields
+            )
+        else:
+            rec = current.evolve(self.identity, now_ms, **fields)
+        return self._publish(rec, now_ms)
+
+    def update_self(self, now_ms: int, **changes: Any) -> list[Out]:
+        """Change this node's record (alias, description, services, routes...)."""
+        current = self.mesh.record(self.key)
+        if current is None:
+            return self.start(now_ms)
+        return self._publish(current.evolve(self.identity, now_ms, **changes), now_ms)
+
+    def leave(self, now_ms: int) -> list[Out]:
+        """Publish the leave tombstone and push it to ``branch`` members."""
+        return self.update_self(now_ms, left=True)
+
+    def _publish(self, rec: NodeRecord, now_ms: int) -> list[Out]:
+        changed = self.mesh.apply(rec, now_ms)
+        out: list[Out] = []
+        if changed:
+            out.append(Changed(frozenset({self.key})))
+            out.extend(self._push_now({self.key}, exclude=()))
+        return out
+
+    def _choose_peer(self, now_ms: int) -> bytes | None:
+        peers = [k for k in self._reachable_peers() if self._avoid.get(k, 0) <= now_ms]
+        if not peers:
+            peers = self._reachable_peers()
+        order = ranked(self.key, peers)
+        return order[0] if order else None
+
+    # -- invitations --------------------------------------------------------------
+    def invite(
+        self, now_ms: int, *, ttl_ms: int, uses: int, bootstrap: Iterable[Bootstrap]
+    ) -> tuple[Token, list[Out]]:
+        token = new_token(
+            self.mesh_id, now_ms=now_ms, ttl_ms=ttl_ms, uses=uses, bootstrap=bootstrap
+        )
+        rec = self.mesh.record(self.key)
+        assert rec is not None, "start() first"
+        grants = [g for g in rec.invites if g.expiry_ms > now_ms][-15:]
+        grants.append(token.grant())
+        return token, self.update_self(now_ms, invites=tuple(grants))
+
+    def _admit(self, src: bytes, req: JoinRequest, now_ms: int) -> tuple[Any, list[Out]]:
+        grant, _reason = check_admission(self.live_records(), req.secret, src, now_ms)
+        if grant is None or req.record.wg_key != src:
+            return Refusal(self.mesh_id), []
+        try:
+            changed = self.mesh.apply(req.record, now_ms)
+        except RecordError:
+            return Refusal(self.mesh_id), []
+        out: list[Out] = []
+        if changed:
+            out.append(Changed(frozenset({src})))
+            out.extend(self._push_now({src}, exclude=(src,)))
+        rec = self.mesh.record(self.key)
+        assert rec is not None
+        adm = admission(req.secret, src)
+        if adm not in rec.admitted:
+            admitted = (*rec.admitted, adm)[-64:]
+            out.extend(self.update_self(now_ms, admitted=admitted))
+        self._fd.heard_from(src, now_ms)
+        return JoinReply(self.mesh_id, tuple(self.mesh.all_items())), out
+
+    # -- receiving items -------------------------------------------------------------
+    def _ingest(self, items: Iterable[Item], now_ms: int, src: bytes | None) -> list[Out]:
+        changed: set[bytes] = set()
+        for item in items:
+            try:
+                if self.mesh.apply(item, now_ms):
+                    changed.add(item.key)
+            except RecordError:
+                self.rejected += 1  # a peer's garbage: counted, never fatal
+        return self._on_changed(changed, now_ms, src)
+
+    def _on_changed(self, changed: set[bytes], now_ms: int, src: bytes | None) -> list[Out]:
+        """Common follow-up of any state change: liveness, refutation, push, reassignment."""
+        if not changed:
+            return []
+        out: list[Out] = [Changed(frozenset(changed))]
+        for k in changed:
+            if self.mesh.live_record(k) is None:
+                self._fd.forget(k)
+        # Refute a prune of ourselves: publish a version the prune does not cover.
+        if self.key in changed and self.mesh.live_record(self.key) is None:
+            own = self.mesh.record(self.key)
+            if own is not None and not own.left:
+                out.extend(self._publish(own.evolve(self.identity, now_ms), now_ms))
+        out.extend(self._push_now(changed, exclude=(src,) if src else ()))
+        if self.settings.role == Role.CLIENT:
+            out.extend(self._maybe_reassign(now_ms))
+        return out
+
+    def _push_now(self, keys: Iterable[bytes], exclude: Sequence[bytes]) -> list[Out]:
+        rnd = self._sched.triggered(
+            keys,
+            self._reachable_peers(),
+            is_client=self.settings.role == Role.CLIENT,
+            client_peers=self._client_targets(),
+            exclude=exclude,
+        )
+        return self._push_calls(rnd.push_to, rnd.keys)
+
+    def _push_calls(self, to: Iterable[bytes], keys: frozenset[bytes]) -> list[Out]:
+        targets = tuple(to)
+        if not targets or not keys:
+            return []
+        items = tuple(self.mesh.items_for(keys))
+        if not items:
+            return []
+        msg = Push(self.mesh_id, items)
+        return [Call(t, msg, _PushCtx(keys)) for t in targets]
+
+    def _client_targets(self) -> list[bytes]:
+        mine = self.my_peer()
+        peers = self._reachable_peers()
+        out = [mine] if mine is not None and mine in peers else []
+        for k in ranked(self.key, peers):
+            if k not in out and self._avoid.get(k, 0) <= 0:
+                out.append(k)
+            if len(out) >= 2:
+                break
+        return out
+
+    # -- clock ------------------------------------------------------------------------
+    def tick(self, now_ms: int) -> list[Out]:
+        out: list[Out] = []
+        is_client = self.settings.role == Role.CLIENT
+        peers = self._reachable_peers()
+        rnd = self._sched.tick(
+            now_ms, peers, is_client=is_client, client_peers=self._client_targets()
+        )
+        out.extend(self._push_calls(rnd.push_to, rnd.keys))
+        if rnd.pull_from is not None and len(self._responders) < self.sessions_limit:
+            session = SyncSession.initiator(self.mesh, now_ms, rng=self.rng)
+            out.append(Call(rnd.pull_from, session.start(), _SyncCtx(session)))
+        if is_client:
+            out.extend(self._client_tick(now_ms))
+        else:
+            for a in self._fd.tick(now_ms, peers, watched_clients=self.my_clients()):
+                if isinstance(a, ProbePing):
+                    out.append(
+                        Call(
+                            a.target,
+                            Ping(self.mesh_id, a.probe_id),
+                            _ProbeCtx(a.target, a.probe_id),
+                        )
+                    )
+                elif isinstance(a, ProbePingReq):
+                    out.append(
+                        Call(
+                            a.via,
+                            PingReq(self.mesh_id, a.target, a.probe_id),
+                            _ProbeCtx(a.target, a.probe_id),
+                        )
+                    )
+                elif isinstance(a, Dead):
+                    out.extend(self._declare_dead(a.target, now_ms))
+        return out
+
+    def _declare_dead(self, target: bytes, now_ms: int) -> list[Out]:
+        rec = self.mesh.record(target)
+        if rec is None or target == self.key:
+            return []
+        prune = Prune.create(
+            self.identity, self.mesh_id, target=target, target_version=rec.version, now_ms=now_ms
+        )
+        return self._ingest([prune], now_ms, None)
+
+    def _client_tick(self, now_ms: int) -> list[Out]:
+        """Clients ping their peer every probe period (it watches them) and move on failure."""
+        out = self._maybe_reassign(now_ms)
+        peer = self.my_peer()
+        if self._peer_ping_inflight or now_ms < self._peer_ping_due:
+            return out
+        if peer is None:
+            self._peer_ping_due = now_ms + self.liveness.probe_interval_ms
+            return out
+        self._peer_ping_due = now_ms + self.liveness.probe_interval_ms
+        self._peer_ping_inflight = True
+        out.append(Call(peer, Ping(self.mesh_id, 0), _PeerPingCtx(peer)))
+        return out
+
+    def _maybe_reassign(self, now_ms: int) -> list[Out]:
+        rec = self.mesh.record(self.key)
+        if rec is None or rec.left or rec.role != Role.CLIENT:
+            return []
+        current = rec.assigned_peer
+        live = self._reachable_peers()
+        if current is not None and current in live and self._avoid.get(current, 0) <= now_ms:
+            return []
+        best = self._choose_peer(now_ms)
+        if best == current:
+            return []
+        self._peer_ping_failures = 0
+        return self.update_self(now_ms, assigned_peer=best)
+
+    def next_deadline(self) -> int | None:
+        if self._sched.next_deadline() is None:
+            return 0  # never ticked: tick as soon as possible
+        times = [
+            t for t in (self._sched.next_deadline(), self._fd.next_deadline()) if t is not None
+        ]
+        if self.settings.role == Role.CLIENT:
+            if self.my_peer() is not None and not self._peer_ping_inflight:
+                times.append(self._peer_ping_due)
+            elif self.my_peer() is None:
+                times.append(self._peer_ping_due + self.liveness.probe_interval_ms)
+        return min(times) if times else None
+
+    # -- requests from other members ------------------------------------------------------
+    def is_member(self, key: bytes) -> bool:
+        return self.mesh.record(key) is not None
+
+    def handle_request(self, src: bytes, msg: Any, now_ms: int) -> tuple[Any, list[Out]]:
+        """A request from ``src`` (authenticated by the transport). Returns (reply, outs).
+
+        The reply may be a ``Relay`` (for ``PingReq``): the adapter pings the
+        target and answers ``Ack(ok)``. Non-members get a ``Refusal`` for
+        everything but a ``JoinRequest`` with a valid token.
+        """
+        if isinstance(msg, JoinRequest):
+            return self._admit(src, msg, now_ms)
+        if not self.is_member(src):
+            return Refusal(self.mesh_id), []
+        self._fd.heard_from(src, now_ms)
+        if isinstance(msg, Ping):
+            return Ack(self.mesh_id, msg.probe_id), []
+        if isinstance(msg, PingReq):
+            return Relay(msg.target, Ping(self.mesh_id, msg.probe_id)), []
+        if isinstance(msg, Push):
+            return Ack(self.mesh_id, 0), self._ingest(msg.items, now_ms, src)
+        if SyncSession.is_sync_message(msg):
+            reply, session, merged = SyncSession.respond(
+                self.mesh, self._responders, src, msg, now_ms
+            )
+            del session
+            return reply, self._on_changed(set(merged), now_ms, src)
+        return Refusal(self.mesh_id), []
+
+    # -- replies to our requests -------------------------------------------------------------
+    def handle_reply(self, to: bytes, ctx: Any, reply: Any, now_ms: int) -> list[Out]:
+        if isinstance(reply, Refusal):
+            return []
+        if not isinstance(ctx, _ProbeCtx):
+            self._fd.heard_from(to, now_ms)
+        if isinstance(ctx, _ProbeCtx):
+            if isinstance(reply, Ack) and reply.ok:
+                self._fd.on_ack(ctx.target, ctx.probe_id, now_ms)
+            return []
+        if isinstance(ctx, _PeerPingCtx):
+            self._peer_ping_inflight = False
+            self._peer_ping_failures = 0
+            return []
+        if isinstance(ctx, _SyncCtx):
+            if not SyncSession.is_sync_message(reply):
+                return []
+            nxt, merged = ctx.session.receive(reply, now_ms)
+            out = self._on_changed(set(merged), now_ms, to)
+            if nxt is not None:
+                out.append(Call(to, nxt, ctx))
+            return out
+        return []
+
+    def handle_failure(self, to: bytes, ctx: Any, now_ms: int) -> list[Out]:
+        if isinstance(ctx, _PeerPingCtx):
+            self._peer_ping_inflight = False
+            self._peer_ping_failures += 1
+            if (
+                self._peer_ping_failures * self.liveness.probe_interval_ms
+                >= self.liveness.suspicion_ms
+            ):
+                # Our peer is silent: avoid it for a while and move to the next one.
+                self._avoid[ctx.peer] = now_ms + 3 * self.liveness.suspicion_ms
+                return self._maybe_reassign(now_ms)
+        return []

@@ -1,0 +1,130 @@
+"""Node-to-node protocol messages of the mesh engine (beyond state sync).
+
+Every message names its mesh: one control port serves all of a node's meshes.
+Request -> reply pairs:
+
+* ``Ping`` -> ``Ack``            direct liveness probe (SWIM)
+* ``PingReq`` -> ``Ack``         indirect probe: the receiver pings ``target`` for us
+* ``Push`` -> ``Ack``            fresh items (gossip push), see ``core.sync``
+* ``JoinRequest`` -> ``JoinReply``  a new node presents its token and record
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from smegmesh.core.record import NodeRecord, Prune
+from smegmesh.core.wire import WireError, decode_item, encode_item, register
+
+Item = NodeRecord | Prune
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    mesh_id: str
+    probe_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class PingReq:
+    mesh_id: str
+    target: bytes
+    probe_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    mesh_id: str
+    probe_id: int
+    ok: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class JoinRequest:
+    mesh_id: str
+    secret: bytes
+    record: NodeRecord
+
+
+@dataclass(frozen=True, slots=True)
+class JoinReply:
+    mesh_id: str
+    items: tuple[Item, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Sent instead of a reply when a request is not allowed (carries no details)."""
+
+    mesh_id: str
+
+
+# Wire codecs (type codes 20-29) ---------------------------------------------------
+def _arr(v: object, n: int) -> list[Any]:
+    if type(v) is not list or len(v) != n:
+        raise WireError(f"expected an array of {n}")
+    return v
+
+
+def _str(v: object) -> str:
+    if type(v) is not str or len(v) > 63:
+        raise WireError("expected a mesh id string")
+    return v
+
+
+def _uint(v: object) -> int:
+    if type(v) is not int or not 0 <= v < 2**63:
+        raise WireError("expected a bounded non-negative integer")
+    return v
+
+
+def _bin(v: object, n: int) -> bytes:
+    if type(v) is not bytes or len(v) != n:
+        raise WireError(f"expected {n} bytes")
+    return v
+
+
+def _dec_ping(b: Any) -> Ping:
+    m, p = _arr(b, 2)
+    return Ping(_str(m), _uint(p))
+
+
+def _dec_pingreq(b: Any) -> PingReq:
+    m, t, p = _arr(b, 3)
+    return PingReq(_str(m), _bin(t, 32), _uint(p))
+
+
+def _dec_ack(b: Any) -> Ack:
+    m, p, ok = _arr(b, 3)
+    if type(ok) is not bool:
+        raise WireError("expected a boolean")
+    return Ack(_str(m), _uint(p), ok)
+
+
+def _dec_join(b: Any) -> JoinRequest:
+    m, secret, rec = _arr(b, 3)
+    item = decode_item(rec)
+    if not isinstance(item, NodeRecord):
+        raise WireError("join needs a node record")
+    return JoinRequest(_str(m), _bin(secret, 16), item)
+
+
+def _dec_join_reply(b: Any) -> JoinReply:
+    m, items = _arr(b, 2)
+    if type(items) is not list:
+        raise WireError("expected an item list")
+    return JoinReply(_str(m), tuple(decode_item(x) for x in items))
+
+
+def _dec_refusal(b: Any) -> Refusal:
+    (m,) = _arr(b, 1)
+    return Refusal(_str(m))
+
+
+register(20, Ping, lambda m: [m.mesh_id, m.probe_id], _dec_ping)
+register(21, PingReq, lambda m: [m.mesh_id, m.target, m.probe_id], _dec_pingreq)
+register(22, Ack, lambda m: [m.mesh_id, m.probe_id, m.ok], _dec_ack)
+register(23, JoinRequest, lambda m: [m.mesh_id, m.secret, encode_item(m.record)], _dec_join)
+register(24, JoinReply, lambda m: [m.mesh_id, [encode_item(i) for i in m.items]], _dec_join_reply)
+register(25, Refusal, lambda m: [m.mesh_id], _dec_refusal)
