@@ -517,3 +517,13 @@ def test_resolver_help() -> None:
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "DNS.md").read_text()
     assert text in doc
+
+
+def test_zone_transfer_refused(srv: ServerThread) -> None:
+    for rdtype in ("AXFR", "IXFR"):
+        q = dns.message.make_query("smeg.", rdtype)
+        r = dns.query.udp(q, srv.host, port=srv.port, timeout=3)
+        assert r.rcode() == dns.rcode.REFUSED
+    # ANY is answered (with what the name has).
+    r = udp(srv, "smeg.", "ANY")
+    assert {rrset.rdtype for rrset in r.answer} == {dns.rdatatype.SOA, dns.rdatatype.NS}

@@ -61,6 +61,9 @@ OUR_PAYLOAD = 1232
 _OPT_NO_DO = b"\x00" + _OPT.pack(41, OUR_PAYLOAD, 0, 0)
 _OPT_DO = b"\x00" + _OPT.pack(41, OUR_PAYLOAD, _DO, 0)
 
+# Question types the fast path leaves to _answer_parsed (refused or FORMERR there).
+_SPECIAL_QTYPES = frozenset({41, 249, 250, 251, 252})
+
 ViewSource = NameView | Callable[[], NameView]
 Forwarder = tuple[str, int]
 
@@ -414,6 +417,8 @@ class DnsServer:
         key = data[12:nend].lower() + data[nend : nend + 2]
         cached = self._cache.get(key)
         if cached is None:
+            if _U16.unpack_from(data, nend)[0] in _SPECIAL_QTYPES:
+                return self._slow(data, tcp)
             cached = self._render_miss(data, nend)
             if cached is None:
                 return _Forward(data)
