@@ -1,0 +1,79 @@
+"""Measurements taken from the ``Changed`` outputs of the simulated nodes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from smegmesh.core.state import MeshState
+
+__all__ = ["FalsePrunes", "Spread", "percentiles", "traffic_rates"]
+
+
+@dataclass
+class Spread:
+    """First time, per node, that ``cond(state)`` holds after a change of ``key`` at ``t0``.
+
+    Checked whenever a node reports ``Changed`` for ``key`` (conditions are
+    about that key only).
+    """
+
+    key: bytes
+    t0: int
+    cond: Callable[[MeshState], bool]
+    times: dict[int, int] = field(default_factory=dict)
+
+    def observe(self, node: int, keys: frozenset[bytes], now: int, state: MeshState) -> None:
+        if self.key in keys and node not in self.times and self.cond(state):
+            self.times[node] = now
+
+    def delays(self, among: Iterable[int]) -> list[int | None]:
+        return [(self.times[i] - self.t0) if i in self.times else None for i in among]
+
+    def summary(
+        self, among: Iterable[int], qs: tuple[float, ...] = (0.5, 0.99, 1.0)
+    ) -> dict[str, float | None]:
+        return percentiles(self.delays(among), qs)
+
+
+def percentiles(
+    delays: list[int | None], qs: tuple[float, ...] = (0.5, 0.99, 1.0)
+) -> dict[str, float | None]:
+    """Time (ms) by which a fraction q of the population was reached (None: never)."""
+    n = len(delays)
+    got = sorted(d for d in delays if d is not None)
+    out: dict[str, float | None] = {}
+    for q in qs:
+        need = max(1, math.ceil(q * n - 1e-9)) if n else 0
+        out[f"p{round(q * 100)}"] = float(got[need - 1]) if n and need <= len(got) else None
+    out["reached"] = len(got) / n if n else 1.0
+    return out
+
+
+@dataclass
+class FalsePrunes:
+    """Prunes of nodes that were alive when a replica applied them."""
+
+    events: list[tuple[int, int, int]] = field(default_factory=list)  # (time, replica, target)
+
+    @property
+    def targets(self) -> set[int]:
+        return {t for _, _, t in self.events}
+
+
+def traffic_rates(
+    tx: list[int], rx: list[int], nodes: Iterable[int], seconds: float
+) -> dict[str, float]:
+    """Control bytes per node per second over a window (tx = sent, tx+rx = total)."""
+    idx = list(nodes)
+    if not idx or seconds <= 0:
+        return {"tx_mean": 0.0, "tx_max": 0.0, "total_mean": 0.0, "total_max": 0.0}
+    txs = [tx[i] / seconds for i in idx]
+    tot = [(tx[i] + rx[i]) / seconds for i in idx]
+    return {
+        "tx_mean": sum(txs) / len(txs),
+        "tx_max": max(txs),
+        "total_mean": sum(tot) / len(tot),
+        "total_max": max(tot),
+    }

@@ -1,0 +1,211 @@
+"""Scenarios: steady, change, crash, join, churn, partition. Each returns a flat result dict.
+
+All times in the results are milliseconds of virtual time, relative to the
+event (change, crash, join); ``None`` means "not reached before the end".
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from smegmesh.core.gossip import GossipParams
+from smegmesh.core.liveness import LivenessParams
+from smegmesh.core.state import MeshState
+from smegmesh.sim.metrics import FalsePrunes, Spread, traffic_rates
+from smegmesh.sim.simulator import T0, NetParams, Simulator
+
+__all__ = ["SCENARIOS", "ScenarioConfig", "run_scenario"]
+
+SCENARIOS = ("steady", "change", "crash", "join", "churn", "partition")
+
+
+@dataclass(frozen=True)
+class ScenarioConfig:
+    nodes: int = 100
+    seconds: float = 30.0  # virtual seconds after warm-up (upper bound for event scenarios)
+    warmup: float = 3.0
+    seed: int = 1
+    net: NetParams = field(default_factory=NetParams)
+    gossip: GossipParams = field(default_factory=GossipParams)
+    liveness: LivenessParams = field(default_factory=LivenessParams)
+    byte_sample: int = 1
+    memo: bool = True
+    churn_per_min: float = 0.05  # churn: fraction of nodes crashing per minute
+    churn_downtime: float = 10.0  # churn: seconds a crashed node stays down
+    partition_seconds: float = 10.0
+
+
+def _attach(sim: Simulator, spreads: list[Spread], fp: FalsePrunes | None) -> None:
+    nodes = sim.nodes
+    by_key = sim.by_key
+
+    def obs(i: int, keys: frozenset[bytes], now: int) -> None:
+        st = nodes[i].node.mesh
+        for s in spreads:
+            s.observe(i, keys, now, st)
+        if fp is not None:
+            for k in keys:
+                j = by_key.get(k)
+                if j is None or j == i or not nodes[j].alive:
+                    continue
+                if st.live_record(k) is None:
+                    rec = st.record(k)
+                    if rec is not None and not rec.left:
+                        fp.events.append((now, i, j))
+
+    sim.observers.append(obs)
+
+
+def _stop_when(sim: Simulator, t_end: int, done: Any, step: int = 250) -> None:
+    while sim.now < t_end:
+        sim.run_until(min(t_end, sim.now + step))
+        if done():
+            return
+
+
+def run_scenario(name: str, cfg: ScenarioConfig) -> dict[str, Any]:
+    if name not in SCENARIOS:
+        raise ValueError(f"unknown scenario {name!r}")
+    wall0 = time.perf_counter()
+    spare = 1 if name == "join" else 0
+    sim = Simulator.steady(
+        cfg.nodes,
+        spare=spare,
+        seed=cfg.seed,
+        net=cfg.net,
+        gossip=cfg.gossip,
+        liveness=cfg.liveness,
+        byte_sample=cfg.byte_sample,
+        memo=cfg.memo,
+    )
+    pop = sim.population
+    assert pop is not None
+    wall_build = time.perf_counter() - wall0
+    fp = FalsePrunes()
+    spreads: list[Spread] = []
+    _attach(sim, spreads, fp)
+    warm = T0 + int(cfg.warmup * 1000)
+    end = warm + int(cfg.seconds * 1000)
+    sim.run_until(warm)
+    tx0, rx0 = list(sim.traffic.tx), list(sim.traffic.rx)
+    res: dict[str, Any] = {
+        "scenario": name,
+        "nodes": cfg.nodes,
+        "loss": cfg.net.loss,
+        "seed": cfg.seed,
+    }
+    subject = sim.rng.randrange(cfg.nodes)
+
+    if name == "change":
+        sn = sim.nodes[subject]
+        sim._outs(subject, sn.node.update_self(sim.now, description="changed"))
+        sim._reschedule(subject)
+        rec = sn.node.mesh.record(sn.key)
+        assert rec is not None
+        v = rec.version
+
+        def has(st: MeshState, k: bytes = sn.key, v: int = v) -> bool:
+            r = st.record(k)
+            return r is not None and r.version >= v
+
+        sp = Spread(sn.key, sim.now, has)
+        sp.times[subject] = sim.now
+        spreads.append(sp)
+        among = [x.index for x in sim.live()]
+        _stop_when(sim, end, lambda: len(sp.times) >= len(among))
+        res.update(_prefix("change_", sp.summary(among)))
+    elif name == "crash":
+        sn = sim.nodes[subject]
+        sim.crash(subject)
+
+        def gone(st: MeshState, k: bytes = sn.key) -> bool:
+            return st.live_record(k) is None
+
+        sp = Spread(sn.key, sim.now, gone)
+        spreads.append(sp)
+        among = [x.index for x in sim.live()]
+        _stop_when(sim, end, lambda: len(sp.times) >= len(among))
+        res.update(_prefix("prune_", sp.summary(among)))
+        res["detect_bound_ms"] = cfg.liveness.probe_interval_ms + cfg.liveness.suspicion_ms
+    elif name == "join":
+        j = sim.join(cfg.nodes)
+        jk = sim.nodes[j].key
+
+        def known(st: MeshState, k: bytes = jk) -> bool:
+            return st.live_record(k) is not None
+
+        sp = Spread(jk, sim.now, known)
+        spreads.append(sp)
+        among = [x.index for x in sim.live() if x.index != j]
+        _stop_when(sim, end, lambda: sum(1 for i in among if i in sp.times) >= len(among))
+        res.update(_prefix("join_", sp.summary(among)))
+    elif name == "churn":
+        down_ms = int(cfg.churn_downtime * 1000)
+        rate = cfg.churn_per_min * cfg.nodes / 60_000.0  # crashes per ms
+        t = sim.now
+        crashes = 0
+        while rate > 0:
+            t += max(1, int(sim.rng.expovariate(rate)))
+            if t >= end:
+                break
+            victim = sim.rng.randrange(cfg.nodes)
+
+            def crash(v: int = victim) -> None:
+                if sim.nodes[v].alive:
+                    sim.crash(v)
+                    sim.at(sim.now + down_ms, lambda: sim.restart(v))
+
+            sim.at(t, crash)
+            crashes += 1
+        sim.run_until(end)
+        res["crashes"] = crashes
+    elif name == "partition":
+        half = cfg.nodes // 2
+        sim.partition([0 if i < half else 1 for i in range(cfg.nodes)])
+        sn = sim.nodes[0]
+        sim._outs(0, sn.node.update_self(sim.now, description="during-partition"))
+        sim._reschedule(0)
+        sim.run_until(sim.now + int(cfg.partition_seconds * 1000))
+        sim.partition(None)
+        healed = sim.now
+        res["partition_ms"] = int(cfg.partition_seconds * 1000)
+        _stop_when(sim, end, sim.converged, step=500)
+        res["converged"] = sim.converged()
+        res["converge_ms_after_heal"] = (sim.now - healed) if res["converged"] else None
+        res["live_everywhere"] = (
+            all(x.node.mesh.live_record(y.key) is not None for x in sim.live() for y in sim.live())
+            if cfg.nodes <= 200
+            else None
+        )
+    else:  # steady
+        sim.run_until(end)
+
+    secs = (sim.now - warm) / 1000
+    tx = [
+        a - b
+        for a, b in zip(sim.traffic.tx, tx0 + [0] * (len(sim.traffic.tx) - len(tx0)), strict=True)
+    ]
+    rx = [
+        a - b
+        for a, b in zip(sim.traffic.rx, rx0 + [0] * (len(sim.traffic.rx) - len(rx0)), strict=True)
+    ]
+    res.update(_prefix("bps_", traffic_rates(tx, rx, range(cfg.nodes), secs)))
+    res["virtual_s"] = round(secs, 3)
+    res["false_prunes"] = len(fp.targets)
+    res["false_prune_obs"] = len(fp.events)
+    res["events"] = sim.events
+    res["msgs"] = sim.traffic.msgs
+    res["wall_build_s"] = round(wall_build, 2)
+    res["wall_s"] = round(time.perf_counter() - wall0, 2)
+    res["build_ids_s"] = round(pop.t_identities, 2)
+    res["build_records_s"] = round(pop.t_records, 2)
+    res["build_state_s"] = round(pop.t_state, 2)
+    res["converged"] = res.get("converged", sim.converged())
+    res["_sim"] = sim
+    return res
+
+
+def _prefix(p: str, d: dict[str, Any]) -> dict[str, Any]:
+    return {p + k: v for k, v in d.items()}
