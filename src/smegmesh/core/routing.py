@@ -1,0 +1,245 @@
+"""Inter-mesh routing: a path-vector protocol over node records (SPEC §2). Pure.
+
+Every node in several meshes can bridge them. What a node advertises in a mesh
+is the ``routes`` field of its own record there; what it learns is the
+``routes`` of the other live members. :func:`compute_routes` turns the live
+records of every mesh the node is in into (1) the adverts to publish in each
+mesh, (2) the routes to install on each mesh interface and (3) a display
+table. Running it again on the new records is one round of the protocol;
+withdrawal is implicit (a dead bridge's record, hence its adverts, vanish).
+
+Meaning of a path. A :class:`RouteAdv` ``(prefix, path)`` in a record that
+gateway ``G`` publishes in mesh ``M`` says: "send traffic for ``prefix`` to me;
+after leaving ``M`` it will cross the meshes ``path`` in that order". So
+``path[0]`` is a mesh ``G`` is in (not ``M``), ``path[-1]`` is the mesh owning
+the prefix (or, for ``::/0``, the mesh of the exit), and ``len(path)`` — the
+*path length* — is the number of meshes beyond ``M``. A mesh prefix advertised
+by a direct bridge has path ``(N,)`` (length 1); a default route offered by an
+exit has the empty path ``()`` (length 0: the traffic leaves the overlay at
+``G``). A bridge that learned ``(prefix, L)`` in mesh ``N`` re-advertises it
+into its other meshes as ``(prefix, (N, *L))``.
+
+Rules (see docs/ROUTING.md):
+
+* only **peers** are gateways: adverts in records of clients are ignored, and a
+  node advertises nothing into a mesh where it is a client, nor the prefix of
+  (or routes learned through) such a mesh — the assigned peer's WireGuard would
+  drop forwarded packets whose source is not the client's own /128;
+* a node accepts an advert only if its path contains none of its own meshes
+  (loop prevention), has no repeated mesh, its prefix is not one of its own
+  meshes' prefixes, and its prefix is either ``::/0`` or exactly the /64 of the
+  path's last mesh (nothing else can be routed; per-node routes never are);
+* ``::/0`` is accepted only with ``accept_defaults`` and never by a node that
+  offers defaults itself (two exits would otherwise point at each other);
+* per destination the shortest path wins; the tie among the gateways at that
+  length, *in all the node's peer meshes together*, is broken by rendezvous
+  hashing of the node's own key over ``gateway key + mesh id`` — traffic
+  spreads, and only the nodes using a gateway move when it dies;
+* on a mesh where the node is a client, all gateways are one candidate: the
+  assigned peer (a client's only WireGuard peer), which forwards by its own
+  choice. Client meshes are used only when no peer mesh offers the shortest
+  length: the hop to the assigned peer does not shorten the path, and this
+  rule is what prevents two nodes that are each other's assigned peers in two
+  meshes from bouncing packets between them;
+* with ``advertise_routes``, into each mesh ``M`` where it is a peer a node
+  advertises the /64 of each of its other peer meshes (path ``(N,)``) and each
+  route it selected through another peer mesh ``N`` (path ``(N, *learned)``);
+  never a route whose path contains ``M`` (split horizon) nor one longer than
+  :data:`~smegmesh.core.record.MAX_ROUTE_PATH`; at most
+  :data:`~smegmesh.core.record.MAX_ROUTES` adverts, shortest first;
+* with ``advertise_defaults``, ``::/0`` with path ``()`` into each peer mesh.
+
+Cost: one pass over every advert of every live record, then one rendezvous
+choice per destination — linear in records x routes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from smegmesh.core.addressing import mesh_prefix
+from smegmesh.core.desired import GatewayRoute, assigned_peer
+from smegmesh.core.hashing import choose, score
+from smegmesh.core.record import MAX_ROUTE_PATH, MAX_ROUTES, NodeRecord, Role, RouteAdv
+
+__all__ = [
+    "DEFAULT_ROUTE",
+    "RouteEntry",
+    "RoutingResult",
+    "compute_routes",
+]
+
+DEFAULT_ROUTE = "::/0"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteEntry:
+    """One selected route, for display (``smegctl routes``) and tests."""
+
+    destination: str
+    mesh_id: str  # the mesh (interface) the traffic leaves this node through
+    gateway: bytes  # the next hop in ``mesh_id`` (a client's: its assigned peer)
+    path: tuple[str, ...]  # meshes crossed after leaving ``mesh_id``
+    alternatives: int  # other gateways offering the same path length (any mesh)
+
+    @property
+    def length(self) -> int:
+        """Path length: number of meshes beyond ``mesh_id``."""
+        return len(self.path)
+
+
+@dataclass(frozen=True)
+class RoutingResult:
+    """Output of :func:`compute_routes`; every mapping has a key per mesh."""
+
+    #: the ``routes`` to put in this node's own record in each mesh
+    adverts: Mapping[str, tuple[RouteAdv, ...]]
+    #: per mesh, the routes to install (``desired_config(gateway_routes=...)``);
+    #: on a client mesh the gateway is the client's assigned peer
+    gateway_routes: Mapping[str, tuple[GatewayRoute, ...]]
+    #: per mesh where this node is a client, the routed destinations (AllowedIPs
+    #: of its one peer and kernel routes on the interface); empty on peer meshes
+    client_destinations: Mapping[str, tuple[str, ...]]
+    #: every selected route, sorted by destination
+    table: tuple[RouteEntry, ...]
+
+
+@dataclass(slots=True)
+class _Best:
+    length: int
+    # (candidate id, mesh, gateway, path); candidate id = gateway key + mesh id
+    cands: list[tuple[bytes, str, bytes, tuple[str, ...]]]
+    advertisers: set[tuple[str, bytes]]
+    client_slot: dict[str, int]  # client mesh -> its one index in cands
+
+
+def compute_routes(
+    self_key: bytes,
+    my_meshes: Mapping[str, Sequence[NodeRecord]],
+    *,
+    advertise_routes: bool,
+    advertise_defaults: bool,
+    accept_defaults: bool,
+    roles: Mapping[str, Role] | None = None,
+) -> RoutingResult:
+    """One routing computation for the node ``self_key``.
+
+    ``my_meshes`` maps every mesh the node is in to that mesh's live records
+    (records with ``left`` set are ignored; this node's own record may be
+    included and is skipped as a gateway). ``roles`` gives this node's role
+    per mesh; a mesh missing there takes the role of the node's own record in
+    it, else :attr:`Role.PEER`.
+    """
+    mesh_ids = sorted(my_meshes)
+    mine = set(mesh_ids)
+    prefix_cache: dict[str, str] = {}
+
+    def pfx(mesh_id: str) -> str:
+        p = prefix_cache.get(mesh_id)
+        if p is None:
+            p = prefix_cache[mesh_id] = str(mesh_prefix(mesh_id))
+        return p
+
+    own_prefixes = {pfx(m) for m in mesh_ids}
+
+    # This node's role and, on client meshes, its assigned peer.
+    role: dict[str, Role] = {}
+    via_peer: dict[str, bytes | None] = {}
+    for m in mesh_ids:
+        live = [r for r in my_meshes[m] if not r.left]
+        me = next((r for r in live if r.wg_key == self_key), None)
+        given = roles.get(m) if roles is not None else None
+        role[m] = given if given is not None else (me.role if me is not None else Role.PEER)
+        if role[m] == Role.CLIENT:
+            peers = {r.wg_key: r for r in live if r.role == Role.PEER and r.wg_key != self_key}
+            via_peer[m] = (
+                assigned_peer(me, peers) if me is not None else choose(self_key, peers.keys())
+            )
+    peer_meshes = [m for m in mesh_ids if role[m] == Role.PEER]
+
+    # 1. Candidate routes, keeping only the shortest per destination.
+    best: dict[str, _Best] = {}
+    for m in mesh_ids:
+        client_mesh = role[m] == Role.CLIENT
+        if client_mesh and via_peer[m] is None:
+            continue  # no peer to send anything through
+        for rec in my_meshes[m]:
+            if rec.left or rec.role != Role.PEER or rec.wg_key == self_key:
+                continue
+            for adv in rec.routes:
+                dest, path = adv.prefix, adv.path
+                if dest in own_prefixes:
+                    continue
+                if dest == DEFAULT_ROUTE:
+                    if not accept_defaults or advertise_defaults:
+                        continue
+                elif not path or pfx(path[-1]) != dest:
+                    continue
+                if len(set(path)) != len(path) or not mine.isdisjoint(path):
+                    continue
+                b = best.get(dest)
+                if b is not None and len(path) > b.length:
+                    continue
+                if b is None or len(path) < b.length:
+                    b = best[dest] = _Best(len(path), [], set(), {})
+                if (m, rec.wg_key) in b.advertisers:
+                    continue  # duplicate advert of the same route by one gateway
+                b.advertisers.add((m, rec.wg_key))
+                if client_mesh:
+                    gw = via_peer[m]
+                    assert gw is not None
+                    # all gateways of a client mesh are one candidate (keep the
+                    # smallest path so the display does not depend on record order)
+                    i = b.client_slot.get(m)
+                    if i is None:
+                        b.client_slot[m] = len(b.cands)
+                        b.cands.append((gw + m.encode(), m, gw, path))
+                    elif path < b.cands[i][3]:
+                        b.cands[i] = (gw + m.encode(), m, gw, path)
+                else:
+                    b.cands.append((rec.wg_key + m.encode(), m, rec.wg_key, path))
+
+    # 2. One rendezvous choice per destination.
+    table: list[RouteEntry] = []
+    gw_routes: dict[str, list[GatewayRoute]] = {m: [] for m in mesh_ids}
+    client_dests: dict[str, list[str]] = {m: [] for m in mesh_ids}
+    for dest in sorted(best):
+        b = best[dest]
+        # peer meshes first (see module doc: no forwarding loops through clients),
+        # then the highest score; ties (impossible in practice) by id, then path
+        _, m, gw, path = max(
+            b.cands,
+            key=lambda c: (role[c[1]] == Role.PEER, score(self_key, c[0]), c[0], c[3]),
+        )
+        table.append(RouteEntry(dest, m, gw, path, len(b.advertisers) - 1))
+        gw_routes[m].append(GatewayRoute(dest, gw))
+        if role[m] == Role.CLIENT:
+            client_dests[m].append(dest)
+
+    # 3. What to advertise into each mesh.
+    adverts: dict[str, tuple[RouteAdv, ...]] = {m: () for m in mesh_ids}
+    for m in peer_meshes:
+        out: set[RouteAdv] = set()
+        if advertise_defaults:
+            out.add(RouteAdv(DEFAULT_ROUTE, ()))
+        if advertise_routes:
+            for n in peer_meshes:
+                if n != m:
+                    out.add(RouteAdv(pfx(n), (n,)))
+            for e in table:
+                if e.mesh_id == m or role[e.mesh_id] != Role.PEER:
+                    continue
+                path = (e.mesh_id, *e.path)
+                if m in path or len(path) > MAX_ROUTE_PATH:
+                    continue
+                out.add(RouteAdv(e.destination, path))
+        ordered = sorted(out, key=lambda a: (len(a.path), a.prefix, a.path))
+        adverts[m] = tuple(ordered[:MAX_ROUTES])
+
+    return RoutingResult(
+        adverts=adverts,
+        gateway_routes={m: tuple(v) for m, v in gw_routes.items()},
+        client_destinations={m: tuple(v) for m, v in client_dests.items()},
+        table=tuple(table),
+    )
