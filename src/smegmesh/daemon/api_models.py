@@ -38,11 +38,15 @@ __all__ = [
     "ProtoStats",
     "QueryResponse",
     "RouteInfo",
+    "SelectedRoute",
     "ServiceValueRequest",
     "proto_mesh",
 ]
 
 GraphFormat = Literal["dot", "svg", "png"]
+#: ``live``: heard from recently; ``suspect``: failure detection has not heard
+#: from it and will prune it unless it answers.
+NodeStatus = Literal["live", "suspect"]
 
 #: An alias is a DNS label (it is served as ALIAS.MESHID.smeg.).
 ALIAS_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
@@ -90,6 +94,38 @@ class NodeInfo(_Model):
     routes: list[RouteInfo] = Field(default_factory=list)
     services: dict[str, str] = Field(default_factory=dict)
     is_self: bool = Field(default=False, description="True for this daemon's own record")
+    # Additive fields (issue 6); defaults keep older producers valid.
+    status: NodeStatus = Field(
+        default="live", description="live, or suspect (not heard from; pruned unless it answers)"
+    )
+    node_id: str | None = Field(
+        default=None, description="First 16 hex digits of SHA-256(key): NODEID.MESHID.smeg."
+    )
+    record_version: int | None = Field(default=None, description="Version of the node's record")
+    record_timestamp: float | None = Field(
+        default=None, description="Unix time the node last signed its record"
+    )
+    alias_conflict: bool = Field(
+        default=False,
+        description="Another node owns the same alias; this node is not reachable by it",
+    )
+    gateway_for: list[str] = Field(
+        default_factory=list, description="Destinations this daemon routes through this node"
+    )
+
+
+class SelectedRoute(_Model):
+    """A routed destination this daemon uses in a mesh, and the exit it goes through."""
+
+    destination: str = Field(description="IPv6 prefix, e.g. ::/0")
+    gateway: str = Field(description="Public key of the member traffic is sent to")
+    gateway_alias: str = ""
+    path: list[str] = Field(default_factory=list, description="Mesh ids the route crosses")
+    path_length: int = Field(description="Number of meshes crossed (shortest wins)")
+    alternatives: list[str] = Field(
+        default_factory=list,
+        description="Other gateways offering the destination at the same path length",
+    )
 
 
 class MeshSummary(_Model):
@@ -108,6 +144,10 @@ class MeshDetail(_Model):
     self_key: str = Field(description="Public key of this node")
     leader: str | None = Field(default=None, description="Public key of the current leader")
     nodes: list[NodeInfo]
+    role: Role | None = Field(default=None, description="This node's role in the mesh")
+    routes: list[SelectedRoute] = Field(
+        default_factory=list, description="Routed destinations this node uses, with their exit"
+    )
 
 
 # --------------------------------------------------------------------------- requests
