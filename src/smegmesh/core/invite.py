@@ -114,7 +114,7 @@ def parse_token(text: str) -> Token:
     raw = text[len(PREFIX) :]
     try:
         body = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
-        obj = msgpack.unpackb(body, raw=False, strict_map_key=True, max_buffer_size=4096)
+        obj = msgpack.unpackb(body, raw=False, strict_map_key=True)
     except (binascii.Error, ValueError, msgpack.ExtraData, msgpack.FormatError) as e:
         raise TokenError("token is corrupted (bad encoding)") from e
     except Exception as e:  # msgpack raises assorted types on hostile input

@@ -264,6 +264,16 @@ class MeshNode:
         self._fd.heard_from(src, now_ms)
         return JoinReply(self.mesh_id, tuple(self.mesh.all_items())), out
 
+    def absorb(self, items: Iterable[Item], now_ms: int) -> list[Out]:
+        """Take a bulk state transfer (join reply, restore); announce ourselves."""
+        changed, _errors = self.mesh.apply_many(items, now_ms)
+        self.rejected += len(_errors)
+        out: list[Out] = [Changed(frozenset(changed) | {self.key})]
+        if self.settings.role == Role.CLIENT:
+            out.extend(self._maybe_reassign(now_ms))
+        out.extend(self._push_now({self.key}, exclude=()))
+        return out
+
     # -- receiving items -------------------------------------------------------------
     def _ingest(self, items: Iterable[Item], now_ms: int, src: bytes | None) -> list[Out]:
         changed: set[bytes] = set()

@@ -1,0 +1,735 @@
+"""``smegd``: the daemon. A thin asyncio adapter around the pure engine.
+
+Per mesh a ``MeshNode`` (core) decides; this module only moves bytes (gRPC
+transport), keeps time, persists state, and hands the engine's desired
+configuration to the reconciler (WireGuard + host networking) in a worker
+thread. It implements the local API's ``NodeService``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from smegmesh.core.addressing import (
+    generate_mesh_id,
+    mesh_prefix,
+    overlay_address,
+    validate_mesh_id,
+)
+from smegmesh.core.desired import desired_config, interface_name
+from smegmesh.core.gossip import GossipParams
+from smegmesh.core.identity import NodeIdentity, key_to_text
+from smegmesh.core.invite import Bootstrap, TokenError, parse_token
+from smegmesh.core.liveness import LivenessParams
+from smegmesh.core.meshnode import Call, Changed, MeshNode, MeshSettings, Out, Relay
+from smegmesh.core.messages import Ack, JoinReply, JoinRequest, Refusal
+from smegmesh.core.record import RecordError, Role
+from smegmesh.core.routing import RoutingResult, compute_routes
+from smegmesh.core.state import MeshState
+from smegmesh.core.wire import WireError, decode, decode_item, encode, encode_item
+from smegmesh.daemon import service as svc
+from smegmesh.daemon import views
+from smegmesh.daemon.api_models import MeshDetail, MeshSummary
+from smegmesh.daemon.config import Config, MeshOptions, resolve_mesh_settings
+from smegmesh.daemon.persist import PersistError, atomic_write
+from smegmesh.daemon.transport import Refused, RpcClient, RpcError, RpcServer, TlsIdentity
+
+log = logging.getLogger("smegd")
+
+DEFAULT_WG_PORT = 51820
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def outgoing_address() -> str | None:
+    """The source address of the interface the default route leaves by (no packet sent)."""
+    for fam, probe in ((socket.AF_INET6, "2001:db8::1"), (socket.AF_INET, "192.0.2.1")):
+        with contextlib.suppress(OSError), socket.socket(fam, socket.SOCK_DGRAM) as s:
+            s.connect((probe, 9))
+            addr = s.getsockname()[0]
+            if addr and not addr.startswith(("fe80", "::1", "127.")):
+                return str(addr)
+    # No default route (e.g. an isolated namespace): first global address.
+    with contextlib.suppress(Exception):
+        out = subprocess.run(
+            ["ip", "-o", "addr", "show", "scope", "global"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) > 3 and parts[2] in ("inet6", "inet") and not parts[1].startswith("smeg"):
+                addr = parts[3].split("/")[0]
+                if not addr.startswith("fd"):
+                    return addr
+    return None
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass
+class MeshRuntime:
+    mesh_id: str
+    ifname: str
+    node: MeshNode
+    opts: dict[str, Any]
+    listen_port: int
+    keepalive: int
+    advertise_routes: bool
+    advertise_defaults: bool
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    dirty_wg: bool = True
+    dirty_disk: bool = True
+    calls: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+class Daemon:
+    """One node: its identity, its meshes, the transport, and the local API."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.state_dir = Path(config.state_dir)
+        self.meshes: dict[str, MeshRuntime] = {}
+        self._stop = asyncio.Event()
+        self._wg_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wg")
+        self._reconcile_wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.rng = random.Random()
+        self.gossip = GossipParams(
+            sync_interval_ms=int(config.sync_interval * 1000),
+            pull_interval_ms=int(config.pull_interval * 1000),
+            cluster_size=config.cluster_size,
+            inter_cluster_chance=config.inter_cluster_chance,
+            branch=config.branch,
+            infection_count=config.infection_count,
+        )
+        self.liveness = LivenessParams.from_heartbeat(int(config.heartbeat_interval * 1000))
+        self.dns: Any = None
+        self.api_servers: list[Any] = []
+        self.rpc_server: RpcServer | None = None
+        self.backend: Any = None
+        self.reconciler: Any = None
+        self.wg_status: dict[str, Any] = {}
+        self.routing: RoutingResult | None = None
+
+    # ------------------------------------------------------------------ identity & disk
+    def _load_identity(self) -> NodeIdentity:
+        path = self.state_dir / "identity.key"
+        if path.exists():
+            seed = path.read_bytes()
+            if len(seed) != 32:
+                raise SystemExit(f"smegd: {path} is corrupt (expected 32 bytes); move it away")
+            return NodeIdentity.from_seed(seed)
+        ident = NodeIdentity.generate()
+        atomic_write(path, ident.seed, mode=0o600)
+        log.info("created node identity %s", key_to_text(ident.wg_public_key))
+        return ident
+
+    def _mesh_dir(self) -> Path:
+        return self.state_dir / "meshes"
+
+    def _save_mesh(self, rt: MeshRuntime) -> None:
+        d = self._mesh_dir()
+        meta = {"mesh_id": rt.mesh_id, "opts": rt.opts, "listen_port": rt.listen_port}
+        items = [encode_item(i) for i in rt.node.mesh.all_items()]
+        try:
+            atomic_write(d / f"{rt.mesh_id}.json", json.dumps(meta).encode())
+            atomic_write(d / f"{rt.mesh_id}.state", msgpack.packb(items, use_bin_type=True))
+            rt.dirty_disk = False
+        except PersistError as e:
+            log.error("%s (state kept in memory; will retry)", e)
+
+    def _load_meshes(self) -> list[tuple[dict[str, Any], list[Any]]]:
+        out: list[tuple[dict[str, Any], list[Any]]] = []
+        d = self._mesh_dir()
+        if not d.is_dir():
+            return out
+        for meta_path in sorted(d.glob("*.json")):
+            try:
+                meta = json.loads(meta_path.read_text())
+                validate_mesh_id(meta["mesh_id"])
+                state_path = meta_path.with_suffix(".state")
+                raw = state_path.read_bytes() if state_path.exists() else msgpack.packb([])
+                items = []
+                for obj in msgpack.unpackb(raw, raw=False, strict_map_key=True):
+                    with contextlib.suppress(WireError, RecordError):
+                        items.append(decode_item(obj))
+                out.append((meta, items))
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                log.error("ignoring unreadable mesh state %s: %s", meta_path, e)
+        return out
+
+    # ------------------------------------------------------------------ startup
+    async def start(self) -> None:
+        cfg = self.config
+        for w in cfg.warnings:
+            log.warning("%s", w)
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.state_dir, 0o700)
+        self.identity = self._load_identity()
+        self.tls = TlsIdentity.load_or_create(self.state_dir)
+        self.rpc = RpcClient(self.identity, timeout=float(cfg.timeout))
+        self.rpc_server = RpcServer(self.tls, self._on_rpc)
+        port = await self.rpc_server.start(cfg.bind_address, cfg.grpc_port)
+        self._rpc_port = port
+        log.info(
+            "node %s listening for mesh traffic on port %d",
+            key_to_text(self.identity.wg_public_key),
+            port,
+        )
+
+        from smegmesh.net.host import HostNetwork, MemoryHost
+        from smegmesh.wg.factory import create_backend
+        from smegmesh.wg.reconcile import Reconciler
+
+        kind = cfg.effective_wg_backend
+        self.backend = create_backend(kind, socket_dir=str(cfg.effective_wg_socket_dir))
+        host = MemoryHost() if kind == "memory" else HostNetwork()
+        self.reconciler = Reconciler(self.backend, host)
+        log.info("WireGuard backend: %s", getattr(self.backend, "kind", kind))
+
+        from smegmesh.daemon.api import create_app, serve_tcp, serve_unix
+
+        app = create_app(self)
+        self.api_servers.append(
+            await serve_unix(app, cfg.control_socket, group=cfg.control_socket_group)
+        )
+        log.info("local API on %s", cfg.control_socket)
+        if cfg.api_listen:
+            h, p = cfg.api_listen_addr  # type: ignore[misc]
+            self.api_servers.append(await serve_tcp(create_app(self, token=cfg.api_token), h, p))
+            log.info("TCP API on %s (bearer token required)", cfg.api_listen)
+        if cfg.dns_listen:
+            from smegmesh.dns.names import NameView
+            from smegmesh.dns.server import DnsServer
+
+            self.dns = DnsServer(NameView(), ttl=cfg.dns_ttl)
+            dh, dp = cfg.dns_listen_addr  # type: ignore[misc]
+            await self.dns.start(dh, dp)
+            log.info("DNS on %s", cfg.dns_listen)
+
+        for meta, items in self._load_meshes():
+            opts = MeshOptions(**meta.get("opts", {}))
+            state = MeshState(meta["mesh_id"])
+            state.apply_many(items, now_ms())
+            rt = self._add_runtime(meta["mesh_id"], opts, state, meta.get("listen_port"))
+            self._emit(rt, rt.node.start(now_ms()))
+            log.info("rejoined mesh %s (%d nodes known)", rt.mesh_id, len(state.live_records()))
+        self._tasks.append(asyncio.create_task(self._reconcile_loop()))
+        self._tasks.append(asyncio.create_task(self._persist_loop()))
+
+    async def stop(self) -> None:
+        for rt in self.meshes.values():
+            if rt.task:
+                rt.task.cancel()
+            if rt.dirty_disk:
+                self._save_mesh(rt)
+        for t in self._tasks:
+            t.cancel()
+        for s in self.api_servers:
+            with contextlib.suppress(Exception):
+                await s.stop()
+        if self.dns is not None:
+            await self.dns.close()
+        if self.rpc_server:
+            await self.rpc_server.stop()
+        await self.rpc.close()
+        # WireGuard interfaces stay up across a daemon restart (traffic keeps
+        # flowing); `leave-mesh` removes them.
+        self._wg_pool.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ meshes
+    def _endpoint_host(self, settings: Any) -> str | None:
+        if settings.endpoint:
+            return str(settings.endpoint)
+        return outgoing_address()
+
+    def _add_runtime(
+        self, mesh_id: str, opts: MeshOptions, state: MeshState, listen_port: int | None
+    ) -> MeshRuntime:
+        s = resolve_mesh_settings(self.config.base_configuration, opts)
+        role = Role(s.role)
+        port = listen_port or s.wg_port or self._free_wg_port()
+        host = self._endpoint_host(s)
+        if role == Role.PEER and host is None:
+            raise svc.unavailable(
+                "cannot find this node's address: "
+                "set baseConfiguration.publicEndpoint or --endpoint"
+            )
+        host_only = host.rsplit(":", 1)[0] if host and host.count(":") == 1 else host
+        settings = MeshSettings(
+            role=role,
+            wg_endpoint=_hostport(host_only, port) if host_only else None,
+            control_endpoint=_hostport(host_only, self._rpc_port) if host_only else None,
+            tls_fp=self.tls.fingerprint,
+        )
+        node = MeshNode(
+            self.identity,
+            mesh_id,
+            settings,
+            self.gossip,
+            self.liveness,
+            random.Random(self.rng.getrandbits(64)),
+            state,
+        )
+        rt = MeshRuntime(
+            mesh_id=mesh_id,
+            ifname=interface_name(mesh_id, self.config.interface_prefix)
+            if hasattr(self.config, "interface_prefix")
+            else interface_name(mesh_id),
+            node=node,
+            opts=opts.model_dump(exclude_none=True),
+            listen_port=port,
+            keepalive=s.keepalive,
+            advertise_routes=s.advertise_routes,
+            advertise_defaults=s.advertise_defaults,
+        )
+        self.meshes[mesh_id] = rt
+        rt.task = asyncio.create_task(self._mesh_loop(rt))
+        return rt
+
+    def _free_wg_port(self) -> int:
+        used = {rt.listen_port for rt in self.meshes.values()}
+        p = DEFAULT_WG_PORT
+        while p in used:
+            p += 1
+        return p
+
+    def _get(self, mesh_id: str) -> MeshRuntime:
+        rt = self.meshes.get(mesh_id)
+        if rt is None:
+            raise svc.unknown_mesh(mesh_id)
+        return rt
+
+    async def _mesh_loop(self, rt: MeshRuntime) -> None:
+        node = rt.node
+        while True:
+            try:
+                deadline = node.next_deadline()
+                delay = 1.0 if deadline is None else max(0.0, (deadline - now_ms()) / 1000)
+                rt.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(rt.wake.wait(), timeout=min(delay, 1.0))
+                self._emit(rt, node.tick(now_ms()))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("mesh %s: engine error (continuing)", rt.mesh_id)
+                await asyncio.sleep(0.5)
+
+    # ------------------------------------------------------------------ engine outputs
+    def _emit(self, rt: MeshRuntime, outs: list[Out]) -> None:
+        for o in outs:
+            if isinstance(o, Call):
+                t = asyncio.create_task(self._do_call(rt, o))
+                rt.calls.add(t)
+                t.add_done_callback(rt.calls.discard)
+            elif isinstance(o, Changed):
+                rt.dirty_wg = rt.dirty_disk = True
+                self._reconcile_wake.set()
+        rt.wake.set()
+
+    async def _do_call(self, rt: MeshRuntime, call: Call) -> None:
+        node = rt.node
+        rec = node.mesh.record(call.to)
+        if rec is None or rec.control_endpoint is None or rec.tls_fp is None:
+            self._emit(rt, node.handle_failure(call.to, call.ctx, now_ms()))
+            return
+        try:
+            data = await self.rpc.call(rec.control_endpoint, rec.tls_fp, encode(call.msg))
+            reply = decode(data)
+        except (RpcError, WireError) as e:
+            log.debug("mesh %s: call to %s failed: %s", rt.mesh_id, key_to_text(call.to)[:8], e)
+            self._emit(rt, node.handle_failure(call.to, call.ctx, now_ms()))
+            return
+        self._emit(rt, node.handle_reply(call.to, call.ctx, reply, now_ms()))
+
+    async def _on_rpc(self, src: bytes, body: bytes) -> bytes:
+        try:
+            msg = decode(body)
+        except WireError as e:
+            log.info("dropped malformed message from %s: %s", key_to_text(src)[:8], e)
+            raise Refused("malformed message") from None
+        mesh_id = getattr(msg, "mesh_id", None)
+        rt = self.meshes.get(mesh_id) if isinstance(mesh_id, str) else None
+        if rt is None:
+            return encode(Refusal(mesh_id if isinstance(mesh_id, str) else "x"))
+        reply, outs = rt.node.handle_request(src, msg, now_ms())
+        self._emit(rt, outs)
+        if isinstance(reply, Relay):
+            target = rt.node.mesh.record(reply.target)
+            ok = False
+            if target is not None and target.control_endpoint and target.tls_fp:
+                try:
+                    r = decode(
+                        await self.rpc.call(
+                            target.control_endpoint,
+                            target.tls_fp,
+                            encode(reply.msg),
+                            timeout=self.liveness.probe_timeout_ms / 1000,
+                        )
+                    )
+                    ok = isinstance(r, Ack) and r.ok
+                except (RpcError, WireError):
+                    ok = False
+            reply = Ack(rt.mesh_id, reply.msg.probe_id, ok)
+        return encode(reply)
+
+    # ------------------------------------------------------------------ WireGuard
+    async def _reconcile_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_check = time.monotonic()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reconcile_wake.wait(), timeout=2.0)
+            self._reconcile_wake.clear()
+            self._recompute_routes()
+            for rt in list(self.meshes.values()):
+                if not rt.dirty_wg:
+                    continue
+                rt.dirty_wg = False
+                try:
+                    iface, host = self._desired(rt)
+                    res = await loop.run_in_executor(
+                        self._wg_pool, self.reconciler.apply, iface, host
+                    )
+                    if res.changed:
+                        log.info(
+                            "mesh %s: %s updated (%d WireGuard ops, %d host ops, %.1f ms)",
+                            rt.mesh_id,
+                            rt.ifname,
+                            len(res.wg_ops),
+                            len(res.host_ops),
+                            res.seconds * 1000,
+                        )
+                except Exception as e:
+                    rt.dirty_wg = True
+                    log.error("mesh %s: cannot apply WireGuard configuration: %s", rt.mesh_id, e)
+            self._update_dns()
+            if time.monotonic() - last_check > 5:
+                last_check = time.monotonic()
+                try:
+                    fixed = await loop.run_in_executor(self._wg_pool, self.reconciler.check)
+                    for r in fixed:
+                        log.warning("repaired WireGuard interface (%d ops)", len(r.wg_ops))
+                    for rt in list(self.meshes.values()):
+                        self.wg_status[rt.mesh_id] = await loop.run_in_executor(
+                            self._wg_pool, self.backend.read, rt.ifname
+                        )
+                except Exception as e:
+                    log.warning("WireGuard health check failed: %s", e)
+
+    def _recompute_routes(self) -> None:
+        """Path-vector routing over all our meshes (core.routing); publish our adverts."""
+        if not self.meshes:
+            self.routing = None
+            return
+        runtimes = list(self.meshes.values())
+        result = compute_routes(
+            self.identity.wg_public_key,
+            {rt.mesh_id: rt.node.live_records() for rt in runtimes},
+            advertise_routes=any(rt.advertise_routes for rt in runtimes),
+            advertise_defaults=any(rt.advertise_defaults for rt in runtimes),
+            accept_defaults=self.config.accept_defaults
+            if hasattr(self.config, "accept_defaults")
+            else False,
+        )
+        old = self.routing
+        self.routing = result
+        for rt in runtimes:
+            rec = rt.node.record
+            adverts = result.adverts.get(rt.mesh_id, ())
+            if not rt.advertise_routes and not rt.advertise_defaults:
+                adverts = ()
+            if rec is not None and not rec.left and tuple(rec.routes) != tuple(adverts):
+                self._emit(rt, rt.node.update_self(now_ms(), routes=tuple(adverts)))
+            if old is None or old.gateway_routes.get(rt.mesh_id) != result.gateway_routes.get(
+                rt.mesh_id
+            ):
+                rt.dirty_wg = True
+
+    def _desired(self, rt: MeshRuntime) -> Any:
+        rec = rt.node.record
+        gw = self.routing.gateway_routes.get(rt.mesh_id, ()) if self.routing else ()
+        return desired_config(
+            gateway_routes=gw,
+            mesh_id=rt.mesh_id,
+            self_key=self.identity.wg_public_key,
+            private_key=self.identity.wg_private_key,
+            role=rec.role if rec else rt.node.settings.role,
+            listen_port=rt.listen_port,
+            records=rt.node.live_records(),
+            ifname=rt.ifname,
+            keepalive=rt.keepalive,
+        )
+
+    def _update_dns(self) -> None:
+        if self.dns is None:
+            return
+        import ipaddress
+
+        from smegmesh.dns.names import NameView, NodeName
+
+        names = []
+        for rt in self.meshes.values():
+            records = rt.node.live_records()
+            owners = views.alias_owners(records)  # a contested alias resolves to one node
+            for r in records:
+                alias = r.alias if owners.get(r.alias) == r.wg_key else ""
+                names.append(
+                    NodeName(rt.mesh_id, alias, r.wg_key, ipaddress.IPv6Address(r.address))
+                )
+        self.dns.update(NameView(names))
+
+    async def _persist_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            for rt in list(self.meshes.values()):
+                if rt.dirty_disk:
+                    self._save_mesh(rt)
+
+    # ------------------------------------------------------------------ NodeService
+    async def new_mesh(self, opts: MeshOptions) -> str:
+        mesh_id = generate_mesh_id()
+        rt = self._add_runtime(mesh_id, opts, MeshState(mesh_id), None)
+        if rt.node.settings.role != Role.PEER:
+            del self.meshes[mesh_id]
+            if rt.task:
+                rt.task.cancel()
+            raise svc.invalid_argument(
+                "a mesh is created by a peer (role client cannot create one)"
+            )
+        self._emit(rt, rt.node.start(now_ms()))
+        self._save_mesh(rt)
+        log.info("created mesh %s", mesh_id)
+        return mesh_id
+
+    async def invite(self, mesh_id: str, ttl_s: int, uses: int) -> str:
+        rt = self._get(mesh_id)
+        boots: list[Bootstrap] = []
+        me = rt.node.record
+        if me is not None and me.control_endpoint and me.tls_fp:
+            boots.append(Bootstrap(me.control_endpoint, me.tls_fp, me.wg_key))
+        for r in rt.node.live_records():
+            if len(boots) >= 3:
+                break
+            if r.wg_key != self.identity.wg_public_key and r.control_endpoint and r.tls_fp:
+                boots.append(Bootstrap(r.control_endpoint, r.tls_fp, r.wg_key))
+        if not boots:
+            raise svc.unavailable("no reachable member to name in the token")
+        try:
+            token, outs = rt.node.invite(now_ms(), ttl_ms=ttl_s * 1000, uses=uses, bootstrap=boots)
+        except (ValueError, RecordError) as e:
+            raise svc.invalid_argument(str(e)) from None
+        self._emit(rt, outs)
+        return token.encode()
+
+    async def join_mesh(self, token: str, opts: MeshOptions) -> str:
+        try:
+            tok = parse_token(token)
+        except TokenError as e:
+            raise svc.invalid_argument(str(e)) from None
+        if tok.mesh_id in self.meshes:
+            raise svc.conflict(f"already a member of mesh {tok.mesh_id}")
+        if tok.expiry_ms <= now_ms():
+            raise svc.refused("the invitation has expired")
+        rt = self._add_runtime(tok.mesh_id, opts, MeshState(tok.mesh_id), None)
+        node = rt.node
+        node.start(now_ms())  # own record; pushed once we are admitted
+        own = node.mesh.record(self.identity.wg_public_key)
+        assert own is not None
+        req = encode(JoinRequest(tok.mesh_id, tok.secret, own))
+        errors: list[str] = []
+        for b in tok.bootstrap:
+            try:
+                reply = decode(await self.rpc.call(b.control_endpoint, b.tls_fp, req))
+            except (RpcError, WireError) as e:
+                errors.append(f"{b.control_endpoint}: {e}")
+                continue
+            if isinstance(reply, JoinReply):
+                self._emit(rt, node.absorb(reply.items, now_ms()))
+                self._save_mesh(rt)
+                log.info(
+                    "joined mesh %s through %s (%d nodes)",
+                    tok.mesh_id,
+                    b.control_endpoint,
+                    len(node.live_records()),
+                )
+                return tok.mesh_id
+            errors.append(f"{b.control_endpoint}: refused")
+            break
+        del self.meshes[tok.mesh_id]
+        if rt.task:
+            rt.task.cancel()
+        if errors and all("refused" in e for e in errors):
+            raise svc.refused(
+                "the invitation was refused (expired, used up, or not valid for this mesh)"
+            )
+        raise svc.unavailable("no member named in the token could be reached: " + "; ".join(errors))
+
+    async def leave_mesh(self, mesh_id: str) -> None:
+        rt = self._get(mesh_id)
+        self._emit(rt, rt.node.leave(now_ms()))
+        if rt.calls:
+            await asyncio.wait(list(rt.calls), timeout=3)
+        if rt.task:
+            rt.task.cancel()
+        del self.meshes[mesh_id]
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._wg_pool, self.reconciler.remove, rt.ifname)
+        except Exception as e:
+            log.warning("mesh %s: removing %s: %s", mesh_id, rt.ifname, e)
+        for suffix in (".json", ".state"):
+            with contextlib.suppress(FileNotFoundError):
+                (self._mesh_dir() / f"{mesh_id}{suffix}").unlink()
+        self._update_dns()
+        log.info("left mesh %s", mesh_id)
+
+    async def list_meshes(self) -> list[MeshSummary]:
+        out = []
+        for rt in self.meshes.values():
+            rec = rt.node.record
+            out.append(
+                MeshSummary(
+                    mesh_id=rt.mesh_id,
+                    interface=rt.ifname,
+                    prefix=str(mesh_prefix(rt.mesh_id)),
+                    role=(rec.role if rec else rt.node.settings.role).value,
+                    overlay_address=str(overlay_address(rt.mesh_id, self.identity.wg_public_key)),
+                    node_count=len(rt.node.live_records()),
+                )
+            )
+        return out
+
+    def _route_uses(self, mesh_id: str) -> list[tuple[str, str, bytes, int]]:
+        if self.routing is None:
+            return []
+        return [
+            (e.destination, e.mesh_id, e.gateway, e.length)
+            for e in self.routing.table
+            if e.mesh_id == mesh_id
+        ]
+
+    async def get_mesh(self, mesh_id: str) -> MeshDetail:
+        rt = self._get(mesh_id)
+        status = self.wg_status.get(mesh_id)
+        records = rt.node.live_records()
+        heard = {r.wg_key: t for r in records if (t := rt.node.last_heard(r.wg_key)) is not None}
+        return views.mesh_detail(
+            rt.mesh_id,
+            rt.ifname,
+            records,
+            self_key=self.identity.wg_public_key,
+            wg_peers=dict(status.peers) if status is not None else {},
+            last_heard=heard,
+            suspects=set(rt.node.suspects),
+            routes=self._route_uses(mesh_id),
+            now_ms=now_ms(),
+        )
+
+    async def _update(self, mesh_id: str, **changes: Any) -> None:
+        rt = self._get(mesh_id)
+        try:
+            outs = rt.node.update_self(now_ms(), **changes)
+        except RecordError as e:
+            raise svc.invalid_argument(f"{e.field}: {e}") from None
+        self._emit(rt, outs)
+
+    async def put_alias(self, mesh_id: str, alias: str) -> None:
+        rt = self._get(mesh_id)
+        alias = views.validate_alias(alias)
+        views.check_alias_free(rt.node.live_records(), self.identity.wg_public_key, alias)
+        await self._update(mesh_id, alias=alias)
+
+    async def put_description(self, mesh_id: str, description: str) -> None:
+        self._get(mesh_id)
+        await self._update(mesh_id, description=views.validate_description(description))
+
+    async def set_service(self, mesh_id: str, key: str, value: str) -> None:
+        rt = self._get(mesh_id)
+        rec = rt.node.record
+        services = dict(rec.services) if rec else {}
+        views.validate_service(key, value, services)
+        services[key] = value
+        await self._update(mesh_id, services=services)
+
+    async def delete_service(self, mesh_id: str, key: str) -> None:
+        rt = self._get(mesh_id)
+        rec = rt.node.record
+        services = dict(rec.services) if rec else {}
+        if key not in services:
+            raise svc.ServiceError("unknown_service", f"no service {key!r} on this node", 404)
+        del services[key]
+        await self._update(mesh_id, services=services)
+
+    async def query_mesh(self, mesh_id: str, expr: str) -> Any:
+        detail = await self.get_mesh(mesh_id)
+        return views.run_query(detail.model_dump(mode="json"), expr)
+
+    async def get_graph(self, mesh_id: str | None, fmt: Any) -> bytes:
+        ids = [mesh_id] if mesh_id else sorted(self.meshes)
+        graphs = []
+        for mid in ids:
+            rt = self._get(mid)
+            graphs.append(
+                views.GraphMesh(
+                    mesh_id=mid,
+                    records=tuple(rt.node.live_records()),
+                    suspects=frozenset(rt.node.suspects),
+                    routes=tuple(self._route_uses(mid)),
+                )
+            )
+        dot = views.graph_dot(graphs, self_key=self.identity.wg_public_key)
+        return await views.render_graph_async(dot, fmt)
+
+
+async def _amain(config: Config) -> int:
+    daemon = Daemon(config)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await daemon.start()
+    except svc.ServiceError as e:
+        log.error("%s", e.message)
+        return 1
+    except OSError as e:
+        log.error("cannot start: %s", e)
+        await daemon.stop()
+        return 1
+    await stop.wait()
+    log.info("shutting down")
+    await daemon.stop()
+    return 0
+
+
+def run(config: Config) -> int:
+    logging.basicConfig(
+        level=getattr(logging, str(config.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    return asyncio.run(_amain(config))

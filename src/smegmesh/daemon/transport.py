@@ -1,0 +1,310 @@
+"""Node-to-node RPC: gRPC (asyncio) over TLS, mutually authenticated by node identity.
+
+* **Server authentication: pinned TLS.** Every node has a P-256 TLS key and a
+  self-signed certificate (gRPC's TLS stack does not take Ed25519 certificates).
+  The SHA-256 of the certificate (``tls_fp``) is published in the node's
+  *signed* mesh record, and invitation tokens carry it for bootstrap members, so
+  the fingerprint is bound to the node identity. A client fetches the server's
+  certificate, checks it against the expected fingerprint, and pins it as the
+  only trusted root for that channel: no CA, no "skip verification".
+* **Client authentication: a signature per call.** The caller signs
+  ``domain | server fingerprint | timestamp | method | SHA-256(body)`` with its
+  Ed25519 identity key and sends the signature, its signing key and WireGuard
+  key as metadata. The server checks the key binding (the WireGuard key is the
+  Curve25519 form of the signing key), the clock window and the signature. The
+  signature names the server's fingerprint, so it cannot be replayed to another
+  node, and it travels inside TLS to a pinned server, so no one else sees it.
+
+One generic unary method carries ``core.wire`` messages as bytes. Whether a
+caller may do what it asks (is it a member? does it hold a token?) is decided
+by the node, from the authenticated caller key this layer hands it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import hashlib
+import logging
+import ssl
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from smegmesh.core.identity import NodeIdentity, ed25519_to_x25519_public, verify_signature
+
+log = logging.getLogger(__name__)
+
+SERVICE = "smegmesh.Node"
+METHOD = "Call"
+FULL_METHOD = f"/{SERVICE}/{METHOD}"
+TLS_NAME = "smegmesh"
+MAX_MESSAGE = 64 * 1024 * 1024
+CLOCK_SKEW_MS = 5 * 60 * 1000
+_DOMAIN = b"smegmesh/rpc/v1\0"
+_GRPC_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.ssl_target_name_override", TLS_NAME),
+    ("grpc.keepalive_time_ms", 30_000),
+]
+
+
+class RpcError(Exception):
+    """A node-to-node call failed (unreachable, timed out, refused, bad pin)."""
+
+
+class Refused(Exception):
+    """Raised by a request handler to refuse a call (mapped to PERMISSION_DENIED)."""
+
+
+@dataclass(frozen=True)
+class TlsIdentity:
+    key_pem: bytes
+    cert_pem: bytes
+
+    @property
+    def fingerprint(self) -> bytes:
+        return cert_fingerprint(self.cert_pem)
+
+    @classmethod
+    def generate(cls) -> TlsIdentity:
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, TLS_NAME)])
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC))
+            .not_valid_after(datetime.datetime(9999, 12, 31, tzinfo=datetime.UTC))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(TLS_NAME)]), critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        return cls(
+            key_pem=key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+            cert_pem=cert.public_bytes(serialization.Encoding.PEM),
+        )
+
+    @classmethod
+    def load_or_create(cls, directory: Path) -> TlsIdentity:
+        key_path, cert_path = directory / "tls.key", directory / "tls.crt"
+        if key_path.exists() and cert_path.exists():
+            return cls(key_pem=key_path.read_bytes(), cert_pem=cert_path.read_bytes())
+        ident = cls.generate()
+        from smegmesh.daemon.persist import atomic_write
+
+        atomic_write(key_path, ident.key_pem, mode=0o600)
+        atomic_write(cert_path, ident.cert_pem, mode=0o644)
+        return ident
+
+
+def cert_fingerprint(cert_pem_or_der: bytes) -> bytes:
+    if cert_pem_or_der.lstrip().startswith(b"-----"):
+        der = x509.load_pem_x509_certificate(cert_pem_or_der).public_bytes(
+            serialization.Encoding.DER
+        )
+    else:
+        der = cert_pem_or_der
+    return hashlib.sha256(der).digest()
+
+
+def _signed_blob(server_fp: bytes, ts_ms: int, body: bytes) -> bytes:
+    return _DOMAIN + server_fp + struct.pack(">Q", ts_ms) + hashlib.sha256(body).digest()
+
+
+def _b(s: str | bytes) -> bytes:
+    return bytes.fromhex(s if isinstance(s, str) else s.decode())
+
+
+Handler = Callable[[bytes, bytes], Awaitable[bytes]]
+"""``handler(caller_wg_key, request_body) -> reply_body``; raise ``Refused`` to refuse."""
+
+
+class RpcServer:
+    """Serves the node-to-node method on ``host:port`` with TLS."""
+
+    def __init__(self, tls: TlsIdentity, handler: Handler) -> None:
+        self._tls = tls
+        self._fp = tls.fingerprint
+        self._handler = handler
+        self._server: grpc.aio.Server | None = None
+        self.port: int | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        server = grpc.aio.server(options=_GRPC_OPTIONS[:2])
+        handler = grpc.method_handlers_generic_handler(
+            SERVICE, {METHOD: grpc.unary_unary_rpc_method_handler(self._call)}
+        )
+        server.add_generic_rpc_handlers((handler,))
+        creds = grpc.ssl_server_credentials([(self._tls.key_pem, self._tls.cert_pem)])
+        bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.port = server.add_secure_port(bind, creds)
+        if not self.port:
+            raise OSError(f"cannot listen on {bind}")
+        await server.start()
+        self._server = server
+        return self.port
+
+    async def stop(self, grace: float = 0.5) -> None:
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+
+    async def _call(self, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        md = {k: v for k, v in (context.invocation_metadata() or ())}
+        peer = context.peer()
+        try:
+            wg_key = _b(md["x-smeg-key"])
+            sign_key = _b(md["x-smeg-sign"])
+            ts_ms = int(md["x-smeg-ts"])
+            sig = _b(md["x-smeg-sig"])
+        except (KeyError, ValueError, TypeError):
+            log.debug("rpc from %s without valid auth metadata", peer)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "authentication required")
+            raise AssertionError("unreachable") from None
+        now = int(time.time() * 1000)
+        ok = (
+            len(wg_key) == 32
+            and len(sign_key) == 32
+            and len(sig) == 64
+            and abs(now - ts_ms) <= CLOCK_SKEW_MS
+            and _safe_x(sign_key) == wg_key
+            and verify_signature(sign_key, _signed_blob(self._fp, ts_ms, body), sig)
+        )
+        if not ok:
+            log.info("rpc from %s: authentication failed", peer)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "authentication failed")
+        try:
+            return await self._handler(wg_key, body)
+        except Refused as e:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(e) or "refused")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("internal error handling rpc from %s", peer)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        raise AssertionError("unreachable")
+
+
+def _safe_x(sign_key: bytes) -> bytes | None:
+    try:
+        return ed25519_to_x25519_public(sign_key)
+    except Exception:
+        return None
+
+
+async def fetch_certificate(host: str, port: int, timeout: float) -> bytes:
+    """Fetch the server's certificate (DER) with a plain TLS handshake."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # verified by fingerprint right below, by the caller
+    ctx.set_alpn_protocols(["h2"])
+    _reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(host, port, ssl=ctx, server_hostname=TLS_NAME), timeout
+    )
+    try:
+        sslobj = writer.get_extra_info("ssl_object")
+        der = sslobj.getpeercert(binary_form=True) if sslobj else None
+        if not der:
+            raise RpcError(f"{host}:{port} presented no certificate")
+        return bytes(der)
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+
+
+def split_endpoint(endpoint: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port)."""
+    if endpoint.startswith("["):
+        host, _, rest = endpoint[1:].partition("]")
+        port_s = rest.removeprefix(":")
+    else:
+        host, _, port_s = endpoint.rpartition(":")
+    try:
+        port = int(port_s)
+    except ValueError:
+        raise ValueError(f"bad endpoint {endpoint!r} (want host:port)") from None
+    if not host or not 0 < port < 65536:
+        raise ValueError(f"bad endpoint {endpoint!r} (want host:port)")
+    return host, port
+
+
+class RpcClient:
+    """Calls other nodes; keeps one pinned channel per (endpoint, fingerprint)."""
+
+    def __init__(self, identity: NodeIdentity, timeout: float = 5.0) -> None:
+        self._identity = identity
+        self._timeout = timeout
+        self._channels: dict[tuple[str, bytes], grpc.aio.Channel] = {}
+        self._locks: dict[tuple[str, bytes], asyncio.Lock] = {}
+
+    async def _channel(self, endpoint: str, fp: bytes) -> grpc.aio.Channel:
+        key = (endpoint, fp)
+        ch = self._channels.get(key)
+        if ch is not None:
+            return ch
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            ch = self._channels.get(key)
+            if ch is not None:
+                return ch
+            host, port = split_endpoint(endpoint)
+            try:
+                der = await fetch_certificate(host, port, self._timeout)
+            except (OSError, TimeoutError, ssl.SSLError) as e:
+                raise RpcError(f"cannot reach {endpoint}: {e or type(e).__name__}") from e
+            if hashlib.sha256(der).digest() != fp:
+                raise RpcError(f"{endpoint} presented an unexpected TLS certificate")
+            pem = ssl.DER_cert_to_PEM_cert(der).encode()
+            creds = grpc.ssl_channel_credentials(root_certificates=pem)
+            target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            ch = grpc.aio.secure_channel(target, creds, options=_GRPC_OPTIONS)
+            self._channels[key] = ch
+            return ch
+
+    async def call(
+        self, endpoint: str, fp: bytes, body: bytes, timeout: float | None = None
+    ) -> bytes:
+        ch = await self._channel(endpoint, fp)
+        ts = int(time.time() * 1000)
+        sig = self._identity.sign(_signed_blob(fp, ts, body))
+        md = (
+            ("x-smeg-key", self._identity.wg_public_key.hex()),
+            ("x-smeg-sign", self._identity.sign_public_key.hex()),
+            ("x-smeg-ts", str(ts)),
+            ("x-smeg-sig", sig.hex()),
+        )
+        try:
+            reply: bytes = await ch.unary_unary(FULL_METHOD)(
+                body, metadata=md, timeout=timeout or self._timeout
+            )
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.UNAVAILABLE:
+                await self._drop((endpoint, fp))
+            raise RpcError(f"{endpoint}: {e.code().name}: {e.details()}") from e
+        return reply
+
+    async def _drop(self, key: tuple[str, bytes]) -> None:
+        ch = self._channels.pop(key, None)
+        if ch is not None:
+            await ch.close()
+
+    async def close(self) -> None:
+        for key in list(self._channels):
+            await self._drop(key)
