@@ -102,6 +102,33 @@ class MeshRuntime:
     dirty_wg: bool = True
     dirty_disk: bool = True
     calls: set[asyncio.Task[None]] = field(default_factory=set)
+    hooks: dict[str, list[str]] = field(default_factory=dict)
+    up: bool = False
+
+
+def run_hooks(stage: str, commands: list[str], ifname: str, mesh_id: str) -> None:
+    """Run wg-quick style hook commands; ``%i`` and ``$IFNAME`` name the interface."""
+    for cmd in commands:
+        line = cmd.replace("%i", ifname)
+        env = {**os.environ, "IFNAME": ifname, "SMEG_MESH_ID": mesh_id}
+        try:
+            res = subprocess.run(
+                ["/bin/sh", "-c", line], env=env, capture_output=True, text=True, timeout=30
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            log.error("mesh %s: %s hook %r failed: %s", mesh_id, stage, line, e)
+            continue
+        if res.returncode != 0:
+            log.error(
+                "mesh %s: %s hook %r exited %d: %s",
+                mesh_id,
+                stage,
+                line,
+                res.returncode,
+                res.stderr.strip()[:200],
+            )
+        else:
+            log.info("mesh %s: ran %s hook %r", mesh_id, stage, line)
 
 
 class Daemon:
@@ -304,6 +331,12 @@ class Daemon:
             keepalive=s.keepalive,
             advertise_routes=s.advertise_routes,
             advertise_defaults=s.advertise_defaults,
+            hooks={
+                "preUp": list(s.pre_up),
+                "postUp": list(s.post_up),
+                "preDown": list(s.pre_down),
+                "postDown": list(s.post_down),
+            },
         )
         self.meshes[mesh_id] = rt
         rt.task = asyncio.create_task(self._mesh_loop(rt))
@@ -411,9 +444,28 @@ class Daemon:
                 rt.dirty_wg = False
                 try:
                     iface, host = self._desired(rt)
+                    if not rt.up:
+                        await loop.run_in_executor(
+                            self._wg_pool,
+                            run_hooks,
+                            "preUp",
+                            rt.hooks.get("preUp", []),
+                            rt.ifname,
+                            rt.mesh_id,
+                        )
                     res = await loop.run_in_executor(
                         self._wg_pool, self.reconciler.apply, iface, host
                     )
+                    if not rt.up:
+                        rt.up = True
+                        await loop.run_in_executor(
+                            self._wg_pool,
+                            run_hooks,
+                            "postUp",
+                            rt.hooks.get("postUp", []),
+                            rt.ifname,
+                            rt.mesh_id,
+                        )
                     if res.changed:
                         log.info(
                             "mesh %s: %s updated (%d WireGuard ops, %d host ops, %.1f ms)",
@@ -597,10 +649,16 @@ class Daemon:
             rt.task.cancel()
         del self.meshes[mesh_id]
         loop = asyncio.get_running_loop()
+        await loop.run_in_executor(
+            self._wg_pool, run_hooks, "preDown", rt.hooks.get("preDown", []), rt.ifname, mesh_id
+        )
         try:
             await loop.run_in_executor(self._wg_pool, self.reconciler.remove, rt.ifname)
         except Exception as e:
             log.warning("mesh %s: removing %s: %s", mesh_id, rt.ifname, e)
+        await loop.run_in_executor(
+            self._wg_pool, run_hooks, "postDown", rt.hooks.get("postDown", []), rt.ifname, mesh_id
+        )
         for suffix in (".json", ".state"):
             with contextlib.suppress(FileNotFoundError):
                 (self._mesh_dir() / f"{mesh_id}{suffix}").unlink()
