@@ -1,0 +1,245 @@
+"""Simulator benchmarks (docs/SCALE.md): dissemination, failure, join, traffic, false prunes.
+
+Runs the real ``MeshNode`` engine in ``smegmesh.sim`` (memoized views, see
+``smegmesh.sim.memo``) and prints tables; writes PNG plots to bench/out/.
+
+    uv run python bench/sim_bench.py                       # 100, 1000, 3000 nodes
+    uv run python bench/sim_bench.py --sizes 100 --fp-sizes 100   # CI-sized
+    uv run python bench/sim_bench.py --sizes 10000 --only change  # needs > 23 GB, see SCALE.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from smegmesh.sim.scenarios import ScenarioConfig, run_scenario
+from smegmesh.sim.simulator import NetParams
+
+OUT = Path(__file__).parent / "out"
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "never"
+    if isinstance(v, float):
+        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}"
+    return str(v)
+
+
+def table(rows: list[dict[str, Any]], cols: list[str], title: str) -> str:
+    head = ["nodes", *cols]
+    data = [[_fmt(r.get(c)) for c in head] for r in rows]
+    w = [max(len(h), *(len(d[i]) for d in data)) for i, h in enumerate(head)] if data else []
+    lines = [f"\n## {title}", "| " + " | ".join(h.rjust(w[i]) for i, h in enumerate(head)) + " |"]
+    lines.append("|" + "|".join("-" * (x + 2) for x in w) + "|")
+    lines += ["| " + " | ".join(d[i].rjust(w[i]) for i in range(len(head))) + " |" for d in data]
+    return "\n".join(lines)
+
+
+def run(name: str, n: int, loss: float, seconds: float, seed: int, **kw: Any) -> dict[str, Any]:
+    cfg = ScenarioConfig(nodes=n, seconds=seconds, seed=seed, net=NetParams(loss=loss), **kw)
+    t = time.perf_counter()
+    r = run_scenario(name, cfg)
+    sim = r.pop("_sim")
+    spread = None
+    for key in ("change", "prune", "join"):
+        if f"{key}_p50" in r:
+            spread = key
+    if spread is not None:
+        r["_cdf"] = _cdf(sim, r, spread)
+    del sim
+    print(
+        f"  {name:<8} n={n:<6} loss={loss:<5} wall={time.perf_counter() - t:6.1f}s", file=sys.stderr
+    )
+    return r
+
+
+def _cdf(sim: Any, r: dict[str, Any], kind: str) -> list[int]:
+    # Observers hold the Spread objects; recover delays from the scenario's observer closure.
+    for obs in sim.observers:
+        cells = obs.__closure__ or ()
+        for c in cells:
+            v = c.cell_contents
+            if isinstance(v, list) and v and hasattr(v[0], "times"):
+                sp = v[0]
+                return sorted(t - sp.t0 for t in sp.times.values())
+    return []
+
+
+def plot(results: dict[str, list[dict[str, Any]]], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    for scen, label in (
+        ("change", "change dissemination"),
+        ("crash", "crash -> pruned"),
+        ("join", "join -> known"),
+    ):
+        rows = results.get(scen) or []
+        if not rows:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.2), dpi=80)
+        for r in rows:
+            xs = [x / 1000 for x in r.get("_cdf", [])]
+            if not xs:
+                continue
+            n = r["nodes"]
+            ys = [(i + 1) / n for i in range(len(xs))]
+            ax.step(xs, ys, where="post", label=f"{n} nodes")
+        ax.set_xlabel("seconds after event")
+        ax.set_ylabel("fraction of nodes")
+        ax.set_title(f"{label} (1% loss)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        f = out / f"sim_{scen}_cdf.png"
+        fig.savefig(f)
+        plt.close(fig)
+        files.append(f.name)
+    rows = (results.get("steady") or []) + (results.get("churn") or [])
+    if rows:
+        fig, ax = plt.subplots(figsize=(5, 3.2), dpi=80)
+        for scen, mk in (("steady", "o-"), ("churn", "s--")):
+            rs = results.get(scen) or []
+            ax.plot(
+                [r["nodes"] for r in rs],
+                [r["bps_total_mean"] / 1000 for r in rs],
+                mk,
+                label=f"{scen} mean",
+            )
+            ax.plot(
+                [r["nodes"] for r in rs],
+                [r["bps_total_max"] / 1000 for r in rs],
+                mk,
+                alpha=0.4,
+                label=f"{scen} max",
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel("nodes")
+        ax.set_ylabel("KB/s per node (tx+rx)")
+        ax.set_title("control traffic")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        f = out / "sim_traffic.png"
+        fig.savefig(f)
+        plt.close(fig)
+        files.append(f.name)
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--sizes", default="100,1000,3000")
+    p.add_argument("--fp-sizes", default="100,1000", help="sizes for the 5%%/20%% loss runs")
+    p.add_argument("--only", default="change,crash,join,steady,churn,loss")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--steady-seconds", type=float, default=10.0)
+    p.add_argument("--fp-seconds", type=float, default=20.0)
+    p.add_argument("--json", type=Path, default=OUT / "sim_bench.json")
+    a = p.parse_args(argv)
+    sizes = [int(x) for x in a.sizes.split(",") if x]
+    fp_sizes = [int(x) for x in a.fp_sizes.split(",") if x]
+    only = set(a.only.split(","))
+    OUT.mkdir(parents=True, exist_ok=True)
+    res: dict[str, list[dict[str, Any]]] = {}
+    for n in sizes:
+        for scen, secs in (
+            ("change", 15.0),
+            ("crash", 15.0),
+            ("join", 15.0),
+            ("steady", a.steady_seconds),
+            ("churn", a.steady_seconds),
+        ):
+            if scen in only:
+                res.setdefault(scen, []).append(run(scen, n, 0.01, secs, a.seed, churn_per_min=0.2))
+    if "loss" in only:
+        for n in fp_sizes:
+            for loss in (0.05, 0.2):
+                r = run("steady", n, loss, a.fp_seconds, a.seed)
+                res.setdefault("loss", []).append(r)
+    for r in res.get("crash", []):
+        b = r["detect_bound_ms"]
+        for q in ("p50", "p99", "p100"):
+            v = r.get(f"prune_{q}")
+            r[f"beyond_{q}"] = None if v is None else v - b
+    out = []
+    out.append(
+        table(
+            res.get("change", []),
+            ["change_p50", "change_p99", "change_p100", "change_reached", "wall_s"],
+            "Dissemination of one record change (ms, 1% loss)",
+        )
+    )
+    out.append(
+        table(
+            res.get("crash", []),
+            [
+                "prune_p50",
+                "prune_p99",
+                "prune_p100",
+                "beyond_p99",
+                "beyond_p100",
+                "false_prunes",
+                "wall_s",
+            ],
+            "Crash -> pruned by live nodes (ms; beyond = minus probe_interval+suspicion)",
+        )
+    )
+    out.append(
+        table(
+            res.get("join", []),
+            ["join_p50", "join_p99", "join_p100", "join_reached", "wall_s"],
+            "Join -> known by live nodes (ms)",
+        )
+    )
+    out.append(
+        table(
+            res.get("steady", []),
+            [
+                "bps_tx_mean",
+                "bps_tx_max",
+                "bps_total_mean",
+                "bps_total_max",
+                "false_prunes",
+                "wall_s",
+            ],
+            "Steady control traffic per node (bytes/s)",
+        )
+    )
+    out.append(
+        table(
+            res.get("churn", []),
+            ["crashes", "bps_tx_mean", "bps_tx_max", "bps_total_mean", "bps_total_max", "wall_s"],
+            "Churn (20%/min crash, 10 s down) traffic per node (bytes/s)",
+        )
+    )
+    out.append(
+        table(
+            res.get("loss", []),
+            ["loss", "virtual_s", "false_prunes", "false_prune_obs", "bps_total_mean"],
+            "False prunes of live nodes under loss",
+        )
+    )
+    print("\n".join(out))
+    files = plot(res, OUT)
+    print("\nplots:", ", ".join(f"bench/out/{f}" for f in files))
+    clean = {
+        k: [{kk: vv for kk, vv in r.items() if kk != "_cdf"} for r in v] for k, v in res.items()
+    }
+    a.json.write_text(json.dumps(clean, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
