@@ -7,10 +7,12 @@ Request -> reply pairs:
 * ``PingReq`` -> ``Ack``         indirect probe: the receiver pings ``target`` for us
 * ``Push`` -> ``Ack``            fresh items (gossip push), see ``core.sync``
 * ``JoinRequest`` -> ``JoinReply``  a new node presents its token and record
+* ``WhoAmI`` -> ``YouAre``       the caller's address as seen by the member (ipDiscovery public)
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +53,19 @@ class JoinRequest:
 class JoinReply:
     mesh_id: str
     items: tuple[Item, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class WhoAmI:
+    """``ipDiscovery: public``: ask a member which address our calls come from."""
+
+    mesh_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class YouAre:
+    mesh_id: str
+    address: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,3 +143,23 @@ register(22, Ack, lambda m: [m.mesh_id, m.probe_id, m.ok], _dec_ack)
 register(23, JoinRequest, lambda m: [m.mesh_id, m.secret, encode_item(m.record)], _dec_join)
 register(24, JoinReply, lambda m: [m.mesh_id, [encode_item(i) for i in m.items]], _dec_join_reply)
 register(25, Refusal, lambda m: [m.mesh_id], _dec_refusal)
+
+
+def _dec_whoami(b: Any) -> WhoAmI:
+    (m,) = _arr(b, 1)
+    return WhoAmI(_str(m))
+
+
+def _dec_youare(b: Any) -> YouAre:
+    m, a = _arr(b, 2)
+    if type(a) is not str or not 0 < len(a) <= 64:
+        raise WireError("expected an address")
+    try:
+        ipaddress.ip_address(a)
+    except ValueError:
+        raise WireError("expected an IP address") from None
+    return YouAre(_str(m), a)
+
+
+register(26, WhoAmI, lambda m: [m.mesh_id], _dec_whoami)
+register(27, YouAre, lambda m: [m.mesh_id, m.address], _dec_youare)

@@ -37,7 +37,7 @@ from smegmesh.core.identity import NodeIdentity, key_to_text
 from smegmesh.core.invite import Bootstrap, TokenError, parse_token
 from smegmesh.core.liveness import LivenessParams
 from smegmesh.core.meshnode import Call, Changed, MeshNode, MeshSettings, Out, Relay
-from smegmesh.core.messages import Ack, JoinReply, JoinRequest, Refusal
+from smegmesh.core.messages import Ack, JoinReply, JoinRequest, Refusal, WhoAmI, YouAre
 from smegmesh.core.record import RecordError, Role
 from smegmesh.core.routing import RoutingResult, compute_routes
 from smegmesh.core.state import MeshState
@@ -47,7 +47,14 @@ from smegmesh.daemon import views
 from smegmesh.daemon.api_models import MeshDetail, MeshSummary
 from smegmesh.daemon.config import Config, MeshOptions, resolve_mesh_settings
 from smegmesh.daemon.persist import PersistError, atomic_write
-from smegmesh.daemon.transport import Refused, RpcClient, RpcError, RpcServer, TlsIdentity
+from smegmesh.daemon.transport import (
+    Refused,
+    RpcClient,
+    RpcError,
+    RpcServer,
+    TlsIdentity,
+    caller_address,
+)
 
 log = logging.getLogger("smegd")
 
@@ -405,6 +412,12 @@ class Daemon:
             log.info("dropped malformed message from %s: %s", key_to_text(src)[:8], e)
             raise Refused("malformed message") from None
         mesh_id = getattr(msg, "mesh_id", None)
+        if isinstance(msg, WhoAmI):
+            # Only tells the caller its own address: nothing about any mesh.
+            seen = caller_address.get()
+            if seen is None:
+                raise Refused("address unknown")
+            return encode(YouAre(msg.mesh_id, seen))
         rt = self.meshes.get(mesh_id) if isinstance(mesh_id, str) else None
         if rt is None:
             return encode(Refusal(mesh_id if isinstance(mesh_id, str) else "x"))
@@ -597,6 +610,30 @@ class Daemon:
         self._emit(rt, outs)
         return token.encode()
 
+    async def _discover_public(self, tok: Any, opts: MeshOptions) -> MeshOptions:
+        """``ipDiscovery: public``: ask a bootstrap member which address we come from.
+
+        The answer is kept in the mesh's options, so a restart reuses it.
+        """
+        s = resolve_mesh_settings(self.config.base_configuration, opts)
+        if s.endpoint or s.ip_discovery != "public" or s.role != "peer":
+            return opts
+        for b in tok.bootstrap:
+            try:
+                reply = decode(
+                    await self.rpc.call(b.control_endpoint, b.tls_fp, encode(WhoAmI(tok.mesh_id)))
+                )
+            except (RpcError, WireError) as e:
+                log.info("public address discovery via %s failed: %s", b.control_endpoint, e)
+                continue
+            if isinstance(reply, YouAre):
+                log.info(
+                    "public address discovery: %s sees us as %s", b.control_endpoint, reply.address
+                )
+                return opts.model_copy(update={"endpoint": reply.address})
+        log.warning("public address discovery failed; using the outgoing interface's address")
+        return opts
+
     async def join_mesh(self, token: str, opts: MeshOptions) -> str:
         try:
             tok = parse_token(token)
@@ -606,6 +643,7 @@ class Daemon:
             raise svc.conflict(f"already a member of mesh {tok.mesh_id}")
         if tok.expiry_ms <= now_ms():
             raise svc.refused("the invitation has expired")
+        opts = await self._discover_public(tok, opts)
         rt = self._add_runtime(tok.mesh_id, opts, MeshState(tok.mesh_id), None)
         node = rt.node
         node.start(now_ms())  # own record; pushed once we are admitted

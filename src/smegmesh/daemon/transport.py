@@ -23,12 +23,14 @@ by the node, from the authenticated caller key this layer hands it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import datetime
 import hashlib
 import logging
 import ssl
 import struct
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +58,23 @@ _GRPC_OPTIONS = [
     ("grpc.ssl_target_name_override", TLS_NAME),
     ("grpc.keepalive_time_ms", 30_000),
 ]
+
+
+#: The caller's address as this server sees it ("2001:db8::5"), set while a handler runs.
+caller_address: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "caller_address", default=None
+)
+
+
+def parse_grpc_peer(peer: str) -> str | None:
+    """``ipv6:[2001:db8::5]:4000`` / ``ipv4:192.0.2.1:4000`` -> the address."""
+    kind, _, rest = peer.partition(":")
+    rest = urllib.parse.unquote(rest)
+    if kind == "ipv6" and rest.startswith("["):
+        return rest[1:].partition("]")[0].split("%")[0]
+    if kind == "ipv4":
+        return rest.rpartition(":")[0]
+    return None
 
 
 class RpcError(Exception):
@@ -188,6 +207,7 @@ class RpcServer:
         if not ok:
             log.info("rpc from %s: authentication failed", peer)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "authentication failed")
+        caller_address.set(parse_grpc_peer(peer))
         try:
             return await self._handler(wg_key, body)
         except Refused as e:
