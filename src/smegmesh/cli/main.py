@@ -675,6 +675,21 @@ def _seg(s: str) -> str:
     return quote(s, safe="")
 
 
+@app.command(
+    "dns-help",
+    epilog="Example: smegctl dns-help --listen 127.0.0.1:5353",
+)
+def dns_help(
+    listen: Annotated[
+        str, typer.Option("--listen", help="The daemon's dnsListen address (host:port).")
+    ] = "127.0.0.1:5353",
+) -> None:
+    """How to point systemd-resolved, dnsmasq or resolv.conf at smegd's DNS for `smeg.`."""
+    from smegmesh.dns.help import resolver_help
+
+    typer.echo(resolver_help(listen))
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
