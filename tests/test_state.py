@@ -213,3 +213,21 @@ def test_many_keys_digest_tree() -> None:
     assert total == 6 == s.root()[1]
     for r in items:
         assert r.wg_key in s.keys_under(3, int.from_bytes(r.wg_key[:2], "big") >> 4)
+
+
+def test_items_from_the_future_are_refused() -> None:
+    """A prune with a huge target_version would otherwise block its target for ever."""
+    s = MeshState(MESH)
+    now = T0 + 1000
+    assert s.apply(_rec(1, 5), now)
+    forever = Prune.create(
+        IDS[0], MESH, target=IDS[1].wg_public_key, target_version=2**62, now_ms=now
+    )
+    with pytest.raises(RecordError, match="future"):
+        s.apply(forever, now)
+    changed, errors = s.apply_many([forever, _rec(2, 5)], now)
+    assert changed == {IDS[2].wg_public_key} and len(errors) == 1
+    assert s.is_live(IDS[1].wg_public_key)
+    # the same prune with a sane version is accepted
+    assert s.apply(_prune(0, 1, 5), now)
+    assert not s.is_live(IDS[1].wg_public_key)

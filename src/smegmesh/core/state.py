@@ -73,6 +73,8 @@ DEPTH = 6  # tree levels below the root (nibbles of the key)
 _MOD = 1 << 256
 _MASK = _MOD - 1
 _ENTRY_TAG = b"smegmesh/entry/v1\0"
+#: Items stamped (or versioned) further ahead of our clock than this are refused.
+MAX_CLOCK_SKEW_MS = 10 * 60 * 1000
 
 
 def entry_hash(key: bytes, record: NodeRecord | None, prune: Prune | None) -> int:
@@ -293,6 +295,17 @@ class MeshState:
             return True
         return item.left or self.get(item.wg_key) is None
 
+    @staticmethod
+    def _check_time(item: Item, now_ms: int) -> None:
+        """Refuse items from the future: a prune with a huge ``target_version``
+        (or a record with a huge version) would otherwise win for ever."""
+        limit = now_ms + MAX_CLOCK_SKEW_MS
+        if item.timestamp_ms > limit:
+            raise RecordError("timestamp_ms", "is in the future (clock skew too large)")
+        version = item.target_version if isinstance(item, Prune) else item.version
+        if version > limit:
+            raise RecordError("version", "is in the future (clock skew too large)")
+
     def _check(self, item: Item) -> bytes:
         """Field checks (no signature); returns the item's node key."""
         if type(item) is NodeRecord:
@@ -326,6 +339,7 @@ class MeshState:
         without a signature check.
         """
         self._check(item)
+        self._check_time(item, now_ms)
         if not self._wins(item) or self._too_old(item, now_ms):
             return False
         if not _sig_known_good(item):
@@ -348,6 +362,7 @@ class MeshState:
         for it in items:
             try:
                 self._check(it)
+                self._check_time(it, now_ms)
             except RecordError as e:
                 errors.append(e)
                 continue
