@@ -212,16 +212,16 @@ class _UdpListener:
 class DnsServer:
     """DNS server for the ``smeg.`` zone.
 
-    ``view`` is either a :class:`NameView` (swap it with :meth:`update` when mesh
-    state changes) or a zero-argument callable returning the current view,
-    called once per query (the rendered-answer cache is dropped when it returns
-    a different object). ``forwarder`` (``(host, port)`` or ``"host:port"``)
+    ``view_provider`` is either a :class:`NameView` (swap it with :meth:`update`
+    when mesh state changes: the cheaper way) or a zero-argument callable
+    returning the current view, called once per query (the rendered-answer
+    cache is dropped when it returns a different object). ``forwarder`` (``(host, port)`` or ``"host:port"``)
     receives queries for names outside our zones, which are refused otherwise.
     """
 
     def __init__(
         self,
-        view: ViewSource,
+        view_provider: ViewSource,
         *,
         ttl: int = DEFAULT_TTL,
         forwarder: Forwarder | str | None = None,
@@ -231,12 +231,12 @@ class DnsServer:
         max_forwards: int = 256,
         cache_size: int = 65536,
     ) -> None:
-        if isinstance(view, NameView):
-            self._view: NameView = view
+        if isinstance(view_provider, NameView):
+            self._view: NameView = view_provider
             self._provider: Callable[[], NameView] | None = None
         else:
-            self._provider = view
-            self._view = view()
+            self._provider = view_provider
+            self._view = view_provider()
         self.ttl = int(ttl)
         if isinstance(forwarder, str):
             forwarder = parse_hostport(forwarder)
