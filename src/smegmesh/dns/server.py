@@ -215,8 +215,9 @@ class DnsServer:
     ``view_provider`` is either a :class:`NameView` (swap it with :meth:`update`
     when mesh state changes: the cheaper way) or a zero-argument callable
     returning the current view, called once per query (the rendered-answer
-    cache is dropped when it returns a different object). ``forwarder`` (``(host, port)`` or ``"host:port"``)
-    receives queries for names outside our zones, which are refused otherwise.
+    cache is dropped when it returns a different object). ``forwarder``
+    (``(host, port)`` or ``"host:port"``) receives queries for names outside
+    our zones, which are refused otherwise.
     """
 
     def __init__(
