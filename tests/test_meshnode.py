@@ -236,3 +236,15 @@ def test_client_moves_when_its_peer_dies() -> None:
             continue
         rec = n.mesh.live_record(client.key)
         assert rec is not None and rec.assigned_peer == second
+
+
+def test_unchanged_record_is_refreshed_before_it_ages_out() -> None:
+    net, nodes = mesh_of(2)
+    n = nodes[0]
+    n.refresh_ms = 10_000
+    before = n.mesh.record(n.key)
+    assert before is not None
+    net.run_until(net.now + 12_000)
+    after = nodes[1].mesh.record(n.key)
+    assert after is not None and after.version > before.version
+    assert after.timestamp_ms >= before.timestamp_ms + 10_000

@@ -117,6 +117,9 @@ class MeshNode:
     rng: random.Random
     state: MeshState | None = None
     sessions_limit: int = 64
+    #: re-sign our unchanged record this often, so it never ages past the
+    #: tombstone GC horizon (receivers refuse records older than that)
+    refresh_ms: int = 3_600_000
     _sched: GossipScheduler = field(init=False)
     _fd: FailureDetector = field(init=False)
     _avoid: dict[bytes, int] = field(default_factory=dict)  # client: peers not answering
@@ -337,6 +340,9 @@ class MeshNode:
     # -- clock ------------------------------------------------------------------------
     def tick(self, now_ms: int) -> list[Out]:
         out: list[Out] = []
+        own = self.mesh.record(self.key)
+        if own is not None and not own.left and now_ms - own.timestamp_ms >= self.refresh_ms:
+            out.extend(self._publish(own.evolve(self.identity, now_ms), now_ms))
         is_client = self.settings.role == Role.CLIENT
         peers = self._reachable_peers()
         rnd = self._sched.tick(

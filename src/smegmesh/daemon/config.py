@@ -338,7 +338,18 @@ class Config(_Model):
         description="host:port of the DNS server (UDP and TCP; off when unset).",
     )
     dns_ttl: int = Field(
-        default=30, alias="dnsTtl", ge=0, le=86400, description="TTL in seconds of DNS answers."
+        default=5, alias="dnsTtl", ge=0, le=86400, description="TTL in seconds of DNS answers."
+    )
+    dns_forwarder: str | None = Field(
+        default=None,
+        alias="dnsForwarder",
+        description="host:port of a resolver for names outside smeg. (REFUSED when unset).",
+    )
+    accept_defaults: bool = Field(
+        default=False,
+        alias="acceptDefaults",
+        description="Route unmatched traffic (::/0) to a mesh member offering advertiseDefaults. "
+        "Off by default: it replaces this host's IPv6 default route.",
     )
     gc_horizon: float = Field(
         default=86400,
@@ -350,7 +361,7 @@ class Config(_Model):
 
     _warnings: list[str] = PrivateAttr(default_factory=list)
 
-    _hp = field_validator("api_listen", "dns_listen")(_host_port)
+    _hp = field_validator("api_listen", "dns_listen", "dns_forwarder")(_host_port)
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -160,6 +160,7 @@ class Daemon:
         )
         self.liveness = LivenessParams.from_heartbeat(int(config.heartbeat_interval * 1000))
         self.dns: Any = None
+        self._dns_serial = int(time.time())
         self.api_servers: list[Any] = []
         self.rpc_server: RpcServer | None = None
         self.backend: Any = None
@@ -179,6 +180,9 @@ class Daemon:
         atomic_write(path, ident.seed, mode=0o600)
         log.info("created node identity %s", key_to_text(ident.wg_public_key))
         return ident
+
+    def _new_state(self, mesh_id: str) -> MeshState:
+        return MeshState(mesh_id, gc_horizon_ms=int(self.config.gc_horizon * 1000))
 
     def _mesh_dir(self) -> Path:
         return self.state_dir / "meshes"
@@ -258,14 +262,14 @@ class Daemon:
             from smegmesh.dns.names import NameView
             from smegmesh.dns.server import DnsServer
 
-            self.dns = DnsServer(NameView(), ttl=cfg.dns_ttl)
+            self.dns = DnsServer(NameView(), ttl=cfg.dns_ttl, forwarder=cfg.dns_forwarder)
             dh, dp = cfg.dns_listen_addr  # type: ignore[misc]
             await self.dns.start(dh, dp)
             log.info("DNS on %s", cfg.dns_listen)
 
         for meta, items in self._load_meshes():
             opts = MeshOptions(**meta.get("opts", {}))
-            state = MeshState(meta["mesh_id"])
+            state = self._new_state(meta["mesh_id"])
             state.apply_many(items, now_ms())
             rt = self._add_runtime(meta["mesh_id"], opts, state, meta.get("listen_port"))
             self._emit(rt, rt.node.start(now_ms()))
@@ -326,6 +330,7 @@ class Daemon:
             self.liveness,
             random.Random(self.rng.getrandbits(64)),
             state,
+            refresh_ms=min(3_600_000, int(self.config.gc_horizon * 1000) // 4),
         )
         rt = MeshRuntime(
             mesh_id=mesh_id,
@@ -516,9 +521,7 @@ class Daemon:
             {rt.mesh_id: rt.node.live_records() for rt in runtimes},
             advertise_routes=any(rt.advertise_routes for rt in runtimes),
             advertise_defaults=any(rt.advertise_defaults for rt in runtimes),
-            accept_defaults=self.config.accept_defaults
-            if hasattr(self.config, "accept_defaults")
-            else False,
+            accept_defaults=self.config.accept_defaults,
         )
         old = self.routing
         self.routing = result
@@ -565,19 +568,23 @@ class Daemon:
                 names.append(
                     NodeName(rt.mesh_id, alias, r.wg_key, ipaddress.IPv6Address(r.address))
                 )
-        self.dns.update(NameView(names))
+        self._dns_serial += 1
+        self.dns.update(NameView(names, serial=self._dns_serial))
 
     async def _persist_loop(self) -> None:
+        horizon = int(self.config.gc_horizon * 1000)
         while True:
             await asyncio.sleep(1.0)
             for rt in list(self.meshes.values()):
+                if rt.node.mesh.gc(now_ms(), horizon):
+                    rt.dirty_disk = True
                 if rt.dirty_disk:
                     self._save_mesh(rt)
 
     # ------------------------------------------------------------------ NodeService
     async def new_mesh(self, opts: MeshOptions) -> str:
         mesh_id = generate_mesh_id()
-        rt = self._add_runtime(mesh_id, opts, MeshState(mesh_id), None)
+        rt = self._add_runtime(mesh_id, opts, self._new_state(mesh_id), None)
         if rt.node.settings.role != Role.PEER:
             del self.meshes[mesh_id]
             if rt.task:
@@ -644,7 +651,7 @@ class Daemon:
         if tok.expiry_ms <= now_ms():
             raise svc.refused("the invitation has expired")
         opts = await self._discover_public(tok, opts)
-        rt = self._add_runtime(tok.mesh_id, opts, MeshState(tok.mesh_id), None)
+        rt = self._add_runtime(tok.mesh_id, opts, self._new_state(tok.mesh_id), None)
         node = rt.node
         node.start(now_ms())  # own record; pushed once we are admitted
         own = node.mesh.record(self.identity.wg_public_key)
