@@ -24,7 +24,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from smegmesh.daemon.config import DEFAULT_CONFIG_PATH, DEFAULT_CONTROL_SOCKET, VERSION
+from smegmesh.daemon.defaults import DEFAULT_CONFIG_PATH, DEFAULT_CONTROL_SOCKET, VERSION
 
 __all__ = ["app", "main", "parse_duration"]
 

@@ -14,7 +14,6 @@ Entry point: :func:`load_config`.  Per-mesh overrides coming from the
 from __future__ import annotations
 
 import difflib
-import importlib.metadata
 import ipaddress
 import math
 from pathlib import Path
@@ -31,6 +30,14 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import ErrorDetails
+
+# Defined in a module without pydantic, so smegctl starts fast.
+from smegmesh.daemon.defaults import (
+    DEFAULT_CONFIG_PATH,
+    DEFAULT_CONTROL_SOCKET,
+    DEFAULT_STATE_DIR,
+    VERSION,
+)
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -54,19 +61,6 @@ __all__ = [
 ]
 
 
-def _version() -> str:
-    try:
-        return importlib.metadata.version("smegmesh")
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - not installed
-        return "0+unknown"
-
-
-#: Version of the installed smegmesh package.
-VERSION = _version()
-
-DEFAULT_CONFIG_PATH = "/etc/smegmesh/smegd.yaml"
-DEFAULT_STATE_DIR = "/var/lib/smegmesh"
-DEFAULT_CONTROL_SOCKET = "/run/smegmesh/smegd.sock"
 #: Persistent keepalive a client uses when ``keepAliveWg`` is not set: clients
 #: sit behind NAT and must keep the mapping to their assigned peer open.
 DEFAULT_CLIENT_KEEPALIVE = 25
