@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -33,6 +34,8 @@ def _fmt(v: Any) -> str:
 
 def table(rows: list[dict[str, Any]], cols: list[str], title: str) -> str:
     head = ["nodes", *cols]
+    if not rows:
+        return ""
     data = [[_fmt(r.get(c)) for c in head] for r in rows]
     w = [max(len(h), *(len(d[i]) for d in data)) for i, h in enumerate(head)] if data else []
     lines = [f"\n## {title}", "| " + " | ".join(h.rjust(w[i]) for i, h in enumerate(head)) + " |"]
@@ -242,4 +245,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if os.environ.get("PYTHONHASHSEED") != "0":  # the engine iterates sets of bytes
+        os.environ["PYTHONHASHSEED"] = "0"
+        os.execv(sys.executable, [sys.executable, *sys.argv])
     raise SystemExit(main())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import replace
 
@@ -11,6 +12,13 @@ from smegmesh.core.gossip import GossipParams
 from smegmesh.core.liveness import LivenessParams
 from smegmesh.sim.scenarios import SCENARIOS, ScenarioConfig, run_scenario
 from smegmesh.sim.simulator import NetParams
+
+
+def _pin_hash_seed(argv0: list[str]) -> None:
+    """Re-exec with PYTHONHASHSEED=0: the engine iterates sets of bytes (see docs/SCALE.md)."""
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        os.environ["PYTHONHASHSEED"] = "0"
+        os.execv(sys.executable, [sys.executable, *argv0, *sys.argv[1:]])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -89,4 +97,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    _pin_hash_seed(["-m", "smegmesh.sim"])
     raise SystemExit(main())
