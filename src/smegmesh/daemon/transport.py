@@ -164,16 +164,23 @@ class RpcServer:
         self.port: int | None = None
 
     async def start(self, host: str, port: int) -> int:
-        server = grpc.aio.server(options=_GRPC_OPTIONS[:2])
+        # No SO_REUSEPORT (gRPC's default): a second smegd on the same port must
+        # fail to start, not silently share the port and half of the traffic.
+        server = grpc.aio.server(options=[*_GRPC_OPTIONS[:2], ("grpc.so_reuseport", 0)])
         handler = grpc.method_handlers_generic_handler(
             SERVICE, {METHOD: grpc.unary_unary_rpc_method_handler(self._call)}
         )
         server.add_generic_rpc_handlers((handler,))
         creds = grpc.ssl_server_credentials([(self._tls.key_pem, self._tls.cert_pem)])
         bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.port = server.add_secure_port(bind, creds)
+        try:
+            self.port = server.add_secure_port(bind, creds)
+        except RuntimeError:  # grpc's "Failed to bind": no errno to pass on
+            self.port = 0
         if not self.port:
-            raise OSError(f"cannot listen on {bind}")
+            raise OSError(
+                f"cannot listen on {bind} (gRPCPort): address already in use or not available"
+            )
         await server.start()
         self._server = server
         return self.port
