@@ -59,6 +59,12 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class _Request(_Model):
+    """Request bodies take the documented JSON types only (no "1" for 1, no 0 for false)."""
+
+    model_config = ConfigDict(strict=True)
+
+
 # --------------------------------------------------------------------------- data
 
 
@@ -159,12 +165,12 @@ class JoinRequest(MeshOptions):
     token: str = Field(min_length=1, description="Invitation token from `smegctl invite`")
 
 
-class InviteRequest(_Model):
+class InviteRequest(_Request):
     ttl_s: int = Field(default=86400, gt=0, le=MAX_INVITE_TTL_S, description="Lifetime in seconds")
     uses: int = Field(default=1, ge=1, le=1_000_000, description="How many joins the token admits")
 
 
-class AliasRequest(_Model):
+class AliasRequest(_Request):
     alias: str = Field(description="DNS label: letters, digits, '-', at most 63 characters")
 
     @field_validator("alias")
@@ -178,11 +184,11 @@ class AliasRequest(_Model):
         return v
 
 
-class DescriptionRequest(_Model):
+class DescriptionRequest(_Request):
     description: str = Field(max_length=1024)
 
 
-class ServiceValueRequest(_Model):
+class ServiceValueRequest(_Request):
     value: str = Field(max_length=1024)
 
 
@@ -260,11 +266,15 @@ class ProtoMesh(BaseModel):
 
 
 class ProtoCreateRequest(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     port: int | None = Field(default=None, ge=1024, lt=65535)
 
 
 class ProtoJoinRequest(BaseModel):
     """The prototype's join, taking an invitation token instead of a bootstrap address."""
+
+    model_config = ConfigDict(strict=True)
 
     token: str = Field(min_length=1)
     port: int | None = Field(default=None, ge=1024, lt=65535)

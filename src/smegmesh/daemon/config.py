@@ -434,6 +434,9 @@ class Config(_Model):
 class MeshOptions(_Model):
     """Per-mesh overrides (``new-mesh``/``join-mesh`` flags); ``None`` = use the base."""
 
+    # API input: JSON types as documented (no "1" for 1 or 0 for false).
+    model_config = ConfigDict(strict=True)
+
     wgport: int | None = Field(
         default=None, ge=1, le=65535, description="WireGuard listen port (unset: first free one)."
     )

@@ -38,7 +38,7 @@ from smegmesh.core.invite import Bootstrap, TokenError, parse_token
 from smegmesh.core.liveness import LivenessParams
 from smegmesh.core.meshnode import Call, Changed, MeshNode, MeshSettings, Out, Relay
 from smegmesh.core.messages import Ack, JoinReply, JoinRequest, Refusal, WhoAmI, YouAre
-from smegmesh.core.record import RecordError, Role
+from smegmesh.core.record import RecordError, Role, check_endpoint
 from smegmesh.core.routing import RoutingResult, compute_routes
 from smegmesh.core.state import MeshState
 from smegmesh.core.wire import WireError, decode, decode_item, encode, encode_item
@@ -316,6 +316,17 @@ class Daemon:
                 "set baseConfiguration.publicEndpoint or --endpoint"
             )
         host_only = host.rsplit(":", 1)[0] if host and host.count(":") == 1 else host
+        if host_only and host_only.startswith("[") and "]" in host_only:
+            host_only = host_only[1:].partition("]")[0]  # "[v6]" or "[v6]:port"
+        if host_only:
+            # Checked before anything is registered: a bad --endpoint is the
+            # user's error (400), not a record the engine fails to sign (500).
+            try:
+                check_endpoint(_hostport(host_only, port))
+            except ValueError as e:
+                raise svc.invalid_argument(
+                    f"endpoint: {host_only!r} is not an IP address or DNS name ({e})"
+                ) from None
         settings = MeshSettings(
             role=role,
             wg_endpoint=_hostport(host_only, port) if host_only else None,
