@@ -1,7 +1,7 @@
 """Simulator benchmarks (docs/SCALE.md): dissemination, failure, join, traffic, false prunes.
 
-Runs the real ``MeshNode`` engine in ``smegmesh.sim`` (memoized views, see
-``smegmesh.sim.memo``) and prints tables; writes PNG plots to bench/out/.
+Runs the real ``MeshNode`` engine in ``smegmesh.sim`` and prints tables;
+writes PNG plots to bench/out/
 
     uv run python bench/sim_bench.py                       # 100, 1000, 3000 nodes
     uv run python bench/sim_bench.py --sizes 100 --fp-sizes 100   # CI-sized

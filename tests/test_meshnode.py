@@ -248,3 +248,25 @@ def test_unchanged_record_is_refreshed_before_it_ages_out() -> None:
     after = nodes[1].mesh.record(n.key)
     assert after is not None and after.version > before.version
     assert after.timestamp_ms >= before.timestamp_ms + 10_000
+
+
+def test_client_moves_when_its_peer_left_and_refuses() -> None:
+    """A departed peer's daemon answers the client's pings with Refusal (mesh unknown)."""
+    net, nodes = mesh_of(4, 1)
+    client = nodes[-1]
+    net.run_until(net.now + 3000)
+    leaver_key = client.my_peer()
+    assert leaver_key is not None
+    leaver = net.nodes[leaver_key]
+    net.handle_outs(leaver, leaver.leave(net.now))
+    net.run_until(net.now + 50)  # the tombstone reaches some peers, never the client
+
+    def refuse(src: bytes, msg: Any, now_ms: int) -> tuple[Any, list[Any]]:
+        return Refusal(MESH), []
+
+    leaver.handle_request = refuse  # type: ignore[method-assign]  # the daemon dropped it
+    leaver.tick = lambda now_ms: []  # type: ignore[method-assign]
+    leaver.next_deadline = lambda: None  # type: ignore[method-assign]
+    net.run_until(net.now + 15_000)
+    assert client.my_peer() not in (None, leaver_key)
+    assert client.mesh.live_record(leaver_key) is None  # learnt from its new peer

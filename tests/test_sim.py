@@ -27,12 +27,6 @@ def test_same_seed_same_metrics() -> None:
     assert c != a
 
 
-def test_memoized_views_change_nothing() -> None:
-    assert _run("churn", memo=False, churn_per_min=0.5, seconds=8) == _run(
-        "churn", memo=True, churn_per_min=0.5, seconds=8
-    )
-
-
 def test_change_reaches_everyone() -> None:
     r = _run("change")
     assert r["change_reached"] == 1.0

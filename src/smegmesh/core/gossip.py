@@ -57,6 +57,10 @@ class GossipScheduler:
     _fresh: dict[bytes, int] = field(default_factory=dict)
     _next_sync_ms: int | None = None
     _next_pull_ms: int | None = None
+    _cl_members: Sequence[bytes] | None = None
+    _cl: list[list[bytes]] | None = None
+    _split_for: list[list[bytes]] | None = None
+    _split_cache: tuple[list[bytes], list[bytes]] | None = None
 
     # -- inputs -------------------------------------------------------------
     def note_fresh(self, keys: Iterable[bytes]) -> None:
@@ -70,10 +74,18 @@ class GossipScheduler:
 
     # -- target selection ---------------------------------------------------
     def clusters(self, members: Sequence[bytes]) -> list[list[bytes]]:
-        """Members (self included or not) sorted by key, cut into clusters."""
+        """Members (self included or not) sorted by key, cut into clusters.
+
+        Cached while the caller passes the same list object (it does so
+        until the membership changes), so a round costs O(branch), not O(N log N).
+        """
+        if self._cl_members is members and self._cl is not None:
+            return self._cl
         ordered = sorted(set(members) | {self.self_key})
         size = self.params.cluster_size
-        return [ordered[i : i + size] for i in range(0, len(ordered), size)]
+        self._cl = [ordered[i : i + size] for i in range(0, len(ordered), size)]
+        self._cl_members = members
+        return self._cl
 
     def targets(
         self,
@@ -91,25 +103,51 @@ class GossipScheduler:
         excluded = set(exclude) | {self.self_key}
         if is_client:
             return tuple(p for p in client_peers if p not in excluded)[:2]
-        clusters = self.clusters(peers)
-        mine: list[bytes] = []
-        others: list[bytes] = []
-        for cluster in clusters:
-            if self.self_key in cluster:
-                mine = [k for k in cluster if k not in excluded]
-            else:
-                others.extend(k for k in cluster if k not in excluded)
+        own, rest = self._split(peers)
         want = self.params.branch
         chosen: list[bytes] = []
-        if others and (not mine or self.rng.random() < self.params.inter_cluster_chance):
-            chosen.append(self.rng.choice(others))
-        pool = [k for k in mine if k not in chosen]
-        take = min(want - len(chosen), len(pool))
-        chosen.extend(self.rng.sample(pool, take))
-        if len(chosen) < want and others:
-            rest = [k for k in others if k not in chosen]
-            chosen.extend(self.rng.sample(rest, min(want - len(chosen), len(rest))))
+        if rest and (not own or self.rng.random() < self.params.inter_cluster_chance):
+            chosen.extend(self._pick(rest, 1, excluded, chosen))
+        chosen.extend(self._pick(own, want - len(chosen), excluded, chosen))
+        if len(chosen) < want and rest:
+            chosen.extend(self._pick(rest, want - len(chosen), excluded, chosen))
         return tuple(chosen)
+
+    def _pick(
+        self, pool: Sequence[bytes], n: int, excluded: set[bytes], taken: Sequence[bytes]
+    ) -> list[bytes]:
+        """Up to ``n`` distinct random members of ``pool`` not excluded nor taken.
+
+        O(n) for a large pool (rejection sampling), exact for a small one.
+        """
+        if n <= 0 or not pool:
+            return []
+        if len(pool) <= 4 * (n + len(excluded) + len(taken)) + 8:
+            cands = [k for k in pool if k not in excluded and k not in taken]
+            return self.rng.sample(cands, min(n, len(cands)))
+        out: list[bytes] = []
+        for _ in range(20 * n + 20):
+            k = pool[self.rng.randrange(len(pool))]
+            if k not in excluded and k not in taken and k not in out:
+                out.append(k)
+                if len(out) == n:
+                    break
+        return out
+
+    def _split(self, peers: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:
+        """(my cluster, every other member), cached with the clusters."""
+        clusters = self.clusters(peers)
+        if self._split_for is clusters and self._split_cache is not None:
+            return self._split_cache
+        own: list[bytes] = []
+        rest: list[bytes] = []
+        for cluster in clusters:
+            if self.self_key in cluster:
+                own = [k for k in cluster if k != self.self_key]
+            else:
+                rest.extend(cluster)
+        self._split_for, self._split_cache = clusters, (own, rest)
+        return own, rest
 
     # -- timing ---------------------------------------------------------------
     def triggered(

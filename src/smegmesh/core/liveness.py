@@ -109,6 +109,8 @@ class FailureDetector:
     _next_id: int = 1
     _suspect_since: dict[bytes, int] = field(default_factory=dict)
     _last_heard: dict[bytes, int] = field(default_factory=dict)
+    _peers_seen: Sequence[bytes] | None = None
+    _live: set[bytes] = field(default_factory=set)
 
     # -- inputs ---------------------------------------------------------------
     def heard_from(self, key: bytes, now_ms: int) -> None:
@@ -155,13 +157,18 @@ class FailureDetector:
         """
         p = self.params
         out: list[Action] = []
-        live = set(peers)
-        live.discard(self.self_key)
-        for k in list(self._suspect_since):
-            if k not in live:
-                del self._suspect_since[k]
-        for k in live:
-            self._last_heard.setdefault(k, now_ms)
+        if peers is not self._peers_seen:
+            # The member list changed (callers pass the same list object while
+            # it does not): O(N) bookkeeping only then, not on every tick.
+            self._peers_seen = peers
+            self._live = set(peers)
+            self._live.discard(self.self_key)
+            for k in list(self._suspect_since):
+                if k not in self._live:
+                    del self._suspect_since[k]
+            for k in self._live:
+                self._last_heard.setdefault(k, now_ms)
+        live = self._live
         for c in watched_clients:
             heard = self._last_heard.setdefault(c, now_ms)
             if now_ms - heard >= p.client_timeout_ms:
@@ -175,7 +182,8 @@ class FailureDetector:
             if now_ms - since >= p.suspicion_ms:
                 out.append(Dead(k))
                 self.forget(k)
-                live.discard(k)
+                if k in live:
+                    live = self._live = live - {k}
 
         probe = self._probe
         if probe is not None and probe.target not in live:
@@ -184,7 +192,7 @@ class FailureDetector:
             age = now_ms - probe.started_ms
             if not probe.indirect_sent and age >= p.probe_timeout_ms:
                 probe.indirect_sent = True
-                helpers = [k for k in live if k != probe.target]
+                helpers = sorted(k for k in live if k != probe.target)
                 for via in self.rng.sample(helpers, min(p.indirect, len(helpers))):
                     out.append(PingReq(via, probe.target, probe.probe_id))
             if age >= p.probe_interval_ms:

@@ -49,6 +49,9 @@ from smegmesh.core.sync import Push, SyncSession
 
 Item = NodeRecord | Prune
 
+#: Probability that a background pull goes to a pruned (not departed) member.
+PULL_PRUNED_CHANCE = 0.25
+
 
 @dataclass(frozen=True, slots=True)
 class Call:
@@ -107,6 +110,17 @@ class _SyncCtx:
     session: SyncSession
 
 
+@dataclass(frozen=True, slots=True)
+class _Views:
+    state: MeshState
+    version: int
+    live: list[NodeRecord]
+    peers: dict[bytes, NodeRecord]
+    reachable: list[bytes]
+    my_clients: list[bytes]
+    pruned: list[bytes]  # pruned (not departed) members we could try to reach again
+
+
 @dataclass
 class MeshNode:
     identity: NodeIdentity
@@ -128,6 +142,8 @@ class MeshNode:
     _peer_ping_failures: int = 0
     _responders: dict[tuple[bytes, int], SyncSession] = field(default_factory=dict)
     rejected: int = 0
+    _view_cache: _Views | None = None
+    _last_now: int = 0
 
     def __post_init__(self) -> None:
         if self.state is None:
@@ -149,19 +165,39 @@ class MeshNode:
     def record(self) -> NodeRecord | None:
         return self.mesh.live_record(self.key)
 
+    def _views(self) -> _Views:
+        """O(N) views of the state, recomputed only when the state changed."""
+        st = self.mesh
+        v = self._view_cache
+        if v is not None and v.state is st and v.version == st.version:
+            return v
+        live = st.live_records()
+        peers = {r.wg_key: r for r in live if r.role == Role.PEER}
+        reach = [k for k, r in peers.items() if k != self.key and r.control_endpoint is not None]
+        mine = [
+            r.wg_key for r in live if r.role == Role.CLIENT and assigned_peer(r, peers) == self.key
+        ]
+        pruned = [
+            r.wg_key
+            for r in st.records()
+            if not r.left
+            and r.wg_key != self.key
+            and r.control_endpoint is not None
+            and not st.is_live(r.wg_key)
+        ]
+        v = _Views(st, st.version, live, peers, reach, mine, pruned)
+        self._view_cache = v
+        return v
+
     def live_records(self) -> list[NodeRecord]:
-        return self.mesh.live_records()
+        return self._views().live
 
     def live_peers(self) -> dict[bytes, NodeRecord]:
-        return {r.wg_key: r for r in self.live_records() if r.role == Role.PEER}
+        return self._views().peers
 
     def _reachable_peers(self) -> list[bytes]:
         """Members other nodes can call: live peers with a control endpoint."""
-        return [
-            k
-            for k, r in self.live_peers().items()
-            if k != self.key and r.control_endpoint is not None
-        ]
+        return self._views().reachable
 
     def my_peer(self) -> bytes | None:
         """For a client: the peer it is attached to."""
@@ -171,12 +207,7 @@ class MeshNode:
         return rec.assigned_peer
 
     def my_clients(self) -> list[bytes]:
-        peers = self.live_peers()
-        return [
-            r.wg_key
-            for r in self.live_records()
-            if r.role == Role.CLIENT and assigned_peer(r, peers) == self.key
-        ]
+        return self._views().my_clients
 
     @property
     def suspects(self) -> frozenset[bytes]:
@@ -235,10 +266,22 @@ class MeshNode:
 
     # -- invitations --------------------------------------------------------------
     def invite(
-        self, now_ms: int, *, ttl_ms: int, uses: int, bootstrap: Iterable[Bootstrap]
+        self,
+        now_ms: int,
+        *,
+        ttl_ms: int,
+        uses: int,
+        bootstrap: Iterable[Bootstrap],
+        secret: bytes | None = None,
     ) -> tuple[Token, list[Out]]:
+        """Issue a token. ``secret`` defaults to ``secrets`` (simulations pass their own)."""
         token = new_token(
-            self.mesh_id, now_ms=now_ms, ttl_ms=ttl_ms, uses=uses, bootstrap=bootstrap
+            self.mesh_id,
+            now_ms=now_ms,
+            ttl_ms=ttl_ms,
+            uses=uses,
+            bootstrap=bootstrap,
+            secret=secret,
         )
         rec = self.mesh.record(self.key)
         assert rec is not None, "start() first"
@@ -327,11 +370,13 @@ class MeshNode:
         return [Call(t, msg, _PushCtx(keys)) for t in targets]
 
     def _client_targets(self) -> list[bytes]:
+        if self.settings.role != Role.CLIENT:
+            return []  # only clients restrict their gossip partners
         mine = self.my_peer()
         peers = self._reachable_peers()
         out = [mine] if mine is not None and mine in peers else []
         for k in ranked(self.key, peers):
-            if k not in out and self._avoid.get(k, 0) <= 0:
+            if k not in out and self._avoid.get(k, 0) <= self._last_now:
                 out.append(k)
             if len(out) >= 2:
                 break
@@ -339,6 +384,7 @@ class MeshNode:
 
     # -- clock ------------------------------------------------------------------------
     def tick(self, now_ms: int) -> list[Out]:
+        self._last_now = now_ms
         out: list[Out] = []
         own = self.mesh.record(self.key)
         if own is not None and not own.left and now_ms - own.timestamp_ms >= self.refresh_ms:
@@ -350,8 +396,15 @@ class MeshNode:
         )
         out.extend(self._push_calls(rnd.push_to, rnd.keys))
         if rnd.pull_from is not None and len(self._responders) < self.sessions_limit:
+            target = rnd.pull_from
+            pruned = self._views().pruned
+            if pruned and not is_client and self.rng.random() < PULL_PRUNED_CHANCE:
+                # Heal partitions and false prunes: a pruned member may be alive
+                # (on the other side of a partition); a pull shows it our state,
+                # including its prune, which it refutes.
+                target = self.rng.choice(pruned)
             session = SyncSession.initiator(self.mesh, now_ms, rng=self.rng)
-            out.append(Call(rnd.pull_from, session.start(), _SyncCtx(session)))
+            out.append(Call(target, session.start(), _SyncCtx(session)))
         if is_client:
             out.extend(self._client_tick(now_ms))
         else:
@@ -437,6 +490,7 @@ class MeshNode:
         target and answers ``Ack(ok)``. Non-members get a ``Refusal`` for
         everything but a ``JoinRequest`` with a valid token.
         """
+        self._last_now = now_ms
         if isinstance(msg, JoinRequest):
             return self._admit(src, msg, now_ms)
         if not self.is_member(src):
@@ -458,7 +512,13 @@ class MeshNode:
 
     # -- replies to our requests -------------------------------------------------------------
     def handle_reply(self, to: bytes, ctx: Any, reply: Any, now_ms: int) -> list[Out]:
+        self._last_now = now_ms
         if isinstance(reply, Refusal):
+            if isinstance(ctx, _PeerPingCtx):
+                # Our peer no longer serves us in this mesh (it left it, or lost us): a
+                # failure, not an answer; otherwise the ping stays in flight forever and
+                # the client never moves (nor pulls from anyone else).
+                return self.handle_failure(to, ctx, now_ms)
             return []
         if not isinstance(ctx, _ProbeCtx):
             self._fd.heard_from(to, now_ms)
@@ -481,6 +541,7 @@ class MeshNode:
         return []
 
     def handle_failure(self, to: bytes, ctx: Any, now_ms: int) -> list[Out]:
+        self._last_now = now_ms
         if isinstance(ctx, _PeerPingCtx):
             self._peer_ping_inflight = False
             self._peer_ping_failures += 1

@@ -134,6 +134,7 @@ class MeshState:
         # _levels[d][prefix] = [sum of entry hashes, count]
         self._levels: list[dict[int, list[int]]] = [{} for _ in range(DEPTH + 1)]
         self._buckets: dict[int, set[bytes]] = {}  # deepest level: prefix -> keys
+        self._version = 0
 
     # ------------------------------------------------------------------ queries
 
@@ -250,7 +251,13 @@ class MeshState:
             if base + c in nxt:
                 self._collect(depth + 1, base + c, out)
 
+    @property
+    def version(self) -> int:
+        """A counter bumped on every change: lets callers cache views of the state."""
+        return self._version
+
     def _install(self, key: bytes, record: NodeRecord | None, prune: Prune | None) -> None:
+        self._version += 1
         e = self._entries.get(key)
         old_h = 0 if e is None else e.h
         new_h = entry_hash(key, record, prune)

@@ -39,9 +39,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--churn-per-min", type=float, default=0.05)
     p.add_argument("--partition-seconds", type=float, default=10.0)
     p.add_argument("--byte-sample", type=int, default=1, help="encode 1 message in k per type")
-    p.add_argument(
-        "--no-memo", action="store_true", help="plain MeshNode views (slow beyond ~500 nodes)"
-    )
     p.add_argument("--json", action="store_true")
     return p.parse_args(argv)
 
@@ -73,7 +70,6 @@ def config_from_args(a: argparse.Namespace) -> ScenarioConfig:
         gossip=g,
         liveness=lv,
         byte_sample=a.byte_sample,
-        memo=not a.no_memo,
         churn_per_min=a.churn_per_min,
         partition_seconds=a.partition_seconds,
     )

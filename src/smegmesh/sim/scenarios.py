@@ -31,7 +31,6 @@ class ScenarioConfig:
     gossip: GossipParams = field(default_factory=GossipParams)
     liveness: LivenessParams = field(default_factory=LivenessParams)
     byte_sample: int = 1
-    memo: bool = True
     churn_per_min: float = 0.05  # churn: fraction of nodes crashing per minute
     churn_downtime: float = 10.0  # churn: seconds a crashed node stays down
     partition_seconds: float = 10.0
@@ -78,7 +77,6 @@ def run_scenario(name: str, cfg: ScenarioConfig) -> dict[str, Any]:
         gossip=cfg.gossip,
         liveness=cfg.liveness,
         byte_sample=cfg.byte_sample,
-        memo=cfg.memo,
     )
     pop = sim.population
     assert pop is not None

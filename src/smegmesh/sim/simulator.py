@@ -46,7 +46,6 @@ from smegmesh.core.messages import Ack, JoinReply, JoinRequest
 from smegmesh.core.record import NodeRecord, Role
 from smegmesh.core.state import MeshState
 from smegmesh.core.wire import encode
-from smegmesh.sim.memo import MemoMeshNode
 from smegmesh.sim.state import (
     Population,
     SharedState,
@@ -115,7 +114,6 @@ class Simulator:
         liveness: LivenessParams | None = None,
         mesh_id: str = "sim",
         byte_sample: int = 1,
-        memo: bool = False,
     ) -> None:
         self.seed = seed
         self.net = net or NetParams()
@@ -123,7 +121,6 @@ class Simulator:
         self.liveness = liveness or LivenessParams()
         self.mesh_id = mesh_id
         self.byte_sample = max(1, byte_sample)
-        self.memo = memo
         self.rng = random.Random(f"net/{seed}")
         self.now = T0
         self.nodes: list[SimNode] = []
@@ -157,8 +154,7 @@ class Simulator:
 
     def _make_node(self, index: int, state: MeshState | None, incarnation: int = 0) -> MeshNode:
         assert self.population is not None
-        cls = MemoMeshNode if self.memo else MeshNode
-        return cls(
+        return MeshNode(
             identity=self.population.identities[index],
             mesh_id=self.mesh_id,
             settings=MeshSettings(

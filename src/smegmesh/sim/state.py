@@ -35,17 +35,10 @@ class SharedState(MeshState):
     """A ``MeshState`` sharing unchanged entries with a base state (copy-on-write)."""
 
     _base: MeshState | None
-    _version: int
 
     def __init__(self, mesh_id: str, **kw: Any) -> None:
         super().__init__(mesh_id, **kw)
         self._base = None
-        self._version = 0
-
-    @property
-    def version(self) -> int:
-        """Bumped on every change (lets memoized views know they are stale)."""
-        return self._version
 
     def _install(self, key: bytes, record: NodeRecord | None, prune: Prune | None) -> None:
         base = self._base
@@ -63,7 +56,6 @@ class SharedState(MeshState):
             b = self._buckets.get(p)
             if b is not None and b is base._buckets.get(p):
                 self._buckets[p] = set(b)
-        self._version += 1
         super()._install(key, record, prune)
 
 
