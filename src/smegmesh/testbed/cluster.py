@@ -1,0 +1,525 @@
+"""Real ``smegd`` daemons on a namespace test bed: shared by the e2e tests, the demo and benches.
+
+One :class:`Daemon` per :class:`~smegmesh.testbed.netns.Node`: its config YAML
+(userspace WireGuard with a private UAPI socket dir, its own state dir and
+control socket, short timings), its process, its log. :class:`Cluster` adds
+nodes (peers on the public bridge, clients behind the NAT66 router), forms
+meshes through the real CLI (``smegctl new-mesh`` / ``invite`` / ``join-mesh``)
+and offers the checks the tests need (overlay pings, WireGuard peers read over
+the UAPI socket, convergence waits). Every wait has a deadline
+(:func:`~smegmesh.testbed.netns.wait_until`); nothing sleeps a fixed time.
+
+The control sockets live on the shared filesystem, so ``smegctl`` and the
+in-process API helper (:meth:`Daemon.api`, used for fast polling) run outside
+the namespaces. Only pings and the daemons themselves run inside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import yaml
+
+from smegmesh.core.desired import interface_name
+from smegmesh.core.wgconfig import InterfaceStatus
+from smegmesh.testbed.netns import Node, Testbed, _alive, wait_until
+from smegmesh.wg.uapi import UapiClient
+
+__all__ = ["Cluster", "CtlError", "Daemon", "Timings"]
+
+GRPC_PORT = 4000
+
+
+class CtlError(Exception):
+    """``smegctl`` exited non-zero."""
+
+    def __init__(self, argv: Sequence[str], rc: int, stdout: str, stderr: str) -> None:
+        super().__init__(f"smegctl {' '.join(argv)} -> {rc}: {stderr.strip() or stdout.strip()}")
+        self.rc = rc
+        self.stdout = stdout
+        self.stderr = stderr
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Protocol timings written into every daemon's config (seconds)."""
+
+    sync_interval: float = 1
+    heartbeat_interval: float = 2
+    pull_interval: float = 5
+    timeout: float = 2
+    log_level: str = "info"
+
+
+@dataclass
+class Daemon:
+    """One ``smegd`` in one namespace node."""
+
+    node: Node
+    role: str  # "peer" | "client"
+    timings: Timings
+    name: str = ""
+    proc: subprocess.Popen[Any] | None = None
+    starts: int = 0
+    _http: httpx.Client | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            self.name = f"{self.role}{self.node.index}"
+        d = self.node.tmpdir
+        self.state_dir = os.path.join(d, "state")
+        self.socket = os.path.join(d, "smegd.sock")
+        self.wg_socket_dir = os.path.join(d, "wg")
+        self.config_path = os.path.join(d, "smegd.yaml")
+        self.log_path = os.path.join(d, "smegd.log")
+        self.write_config()
+
+    # ---------------------------------------------------------------- config
+    def config(self) -> dict[str, Any]:
+        t = self.timings
+        base: dict[str, Any] = {"role": self.role}
+        if self.role == "peer":
+            base["publicEndpoint"] = self.node.address
+        return {
+            "wgBackend": "userspace",
+            "stateDir": self.state_dir,
+            "controlSocket": self.socket,
+            "wgSocketDir": self.wg_socket_dir,
+            "gRPCPort": GRPC_PORT,
+            "bindAddress": "::",
+            "syncInterval": t.sync_interval,
+            "heartbeatInterval": t.heartbeat_interval,
+            "pullInterval": t.pull_interval,
+            "timeout": t.timeout,
+            "logLevel": t.log_level,
+            "baseConfiguration": base,
+        }
+
+    def write_config(self) -> None:
+        with open(self.config_path, "w") as f:
+            yaml.safe_dump(self.config(), f, sort_keys=False)
+
+    # --------------------------------------------------------------- process
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, wait: bool = True, timeout: float = 30.0) -> None:
+        """Start ``smegd`` in the node's namespace (appending to its log)."""
+        if self.alive():
+            raise RuntimeError(f"{self.name}: smegd already running")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket)  # left by a killed daemon: readiness = a fresh socket
+        self.starts += 1
+        with open(self.log_path, "ab") as log:
+            log.write(f"===== start #{self.starts} =====\n".encode())
+            log.flush()
+            self.proc = self.node.spawn(
+                [sys.executable, "-m", "smegmesh.daemon.main", self.config_path],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        if wait:
+            self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name}: smegd exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
+            if not os.path.exists(self.socket):
+                return False
+            return self.api("GET", "/v1/health", timeout=2.0) is not None
+
+        try:
+            wait_until(ready, timeout=timeout, interval=0.05, what=f"{self.name}: smegd ready")
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}\n{self.log_tail()}") from None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to the daemon (SIGKILL: a crash) and reap it.
+
+        Its wireguard-go children live on (their own sessions), as after a
+        real daemon crash; a restarted daemon adopts them.
+        """
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+        self.close_http()
+
+    def stop(self) -> None:
+        """Graceful stop (SIGTERM), SIGKILL after 10 s."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self.close_http()
+
+    def restart(self, timeout: float = 30.0) -> None:
+        self.stop()
+        self.start(timeout=timeout)
+
+    def kill_wireguard(self) -> list[int]:
+        """Kill every other process of the node (its wireguard-go children): a machine crash."""
+        from smegmesh.testbed.netns import _kill_pids, netns_pids
+
+        mine = {self.proc.pid} if self.alive() and self.proc is not None else set()
+        pids = [p for p in netns_pids(self.node.ns) if p not in mine]
+        _kill_pids(pids, timeout=2.0)
+        return pids
+
+    def log_text(self) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log_text().splitlines()[-lines:]
+        return "\n".join(f"  [{self.name}] {line}" for line in text)
+
+    # ------------------------------------------------------------- control
+    def ctl(
+        self, *args: str, json_out: bool = True, check: bool = True, timeout: float = 120.0
+    ) -> Any:
+        """Run the real ``smegctl --socket S ARGS [--json]``; parsed JSON (or stdout text)."""
+        argv = ["--socket", self.socket, *args]
+        if json_out:
+            argv.append("--json")
+        proc = subprocess.run(
+            [sys.executable, "-m", "smegmesh.cli.main", *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise CtlError(argv, proc.returncode, proc.stdout, proc.stderr)
+        if not json_out:
+            return proc.stdout
+        try:
+            return json.loads(proc.stdout) if proc.stdout.strip() else None
+        except ValueError:
+            if check:
+                raise
+            return None
+
+    def api(self, method: str, path: str, body: Any = None, timeout: float = 10.0) -> Any | None:
+        """The local REST API in-process (fast polling); None on any failure."""
+        try:
+            if self._http is None:
+                self._http = httpx.Client(
+                    transport=httpx.HTTPTransport(uds=self.socket), base_url="http://smegd"
+                )
+            r = self._http.request(method, path, json=body, timeout=timeout)
+        except (httpx.HTTPError, OSError):
+            self.close_http()
+            return None
+        if r.status_code >= 400:
+            return None
+        try:
+            return r.json()
+        except ValueError:
+            return None
+
+    def close_http(self) -> None:
+        if self._http is not None:
+            with contextlib.suppress(Exception):
+                self._http.close()
+            self._http = None
+
+    def get_mesh(self, mesh_id: str) -> dict[str, Any] | None:
+        res = self.api("GET", f"/v1/meshes/{mesh_id}")
+        return res if isinstance(res, dict) else None
+
+    def list_meshes(self) -> list[dict[str, Any]]:
+        res = self.api("GET", "/v1/meshes")
+        return res if isinstance(res, list) else []
+
+    def public_key(self) -> str | None:
+        for m in self.list_meshes():
+            detail = self.get_mesh(m["mesh_id"])
+            if detail:
+                return str(detail["self_key"])
+        return None
+
+    def overlay_address(self, mesh_id: str) -> str | None:
+        for m in self.list_meshes():
+            if m["mesh_id"] == mesh_id:
+                return str(m["overlay_address"])
+        return None
+
+    # ------------------------------------------------------------ WireGuard
+    def wg_show(self, mesh_id: str) -> InterfaceStatus | None:
+        """The mesh interface as wireguard-go reports it (UAPI), None if absent."""
+        ifname = interface_name(mesh_id)
+        path = os.path.join(self.wg_socket_dir, f"{ifname}.sock")
+        try:
+            return UapiClient(path, timeout=2.0).get(ifname)
+        except Exception:
+            return None
+
+    def wg_peer_keys(self, mesh_id: str) -> set[str] | None:
+        import base64
+
+        st = self.wg_show(mesh_id)
+        if st is None:
+            return None
+        return {base64.b64encode(k).decode() for k in st.peers}
+
+    def ping(self, address: str, count: int = 1, timeout: int = 1) -> bool:
+        return self.node.ping(address, count=count, timeout=timeout)
+
+    # -------------------------------------------------------------- metrics
+    def rss_kb(self) -> int | None:
+        return _proc_status(self.pid, "VmRSS") if self.pid else None
+
+    def cpu_ticks(self) -> int | None:
+        if self.pid is None:
+            return None
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return int(fields[11]) + int(fields[12])  # utime + stime
+        except (FileNotFoundError, IndexError, ValueError):
+            return None
+
+
+def _proc_status(pid: int | None, key: str) -> int | None:
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except FileNotFoundError:
+        return None
+    return None
+
+
+class Cluster:
+    """Daemons on a :class:`Testbed`; see module docstring. Use as a context manager."""
+
+    def __init__(self, bed: Testbed, timings: Timings | None = None) -> None:
+        self.bed = bed
+        self.timings = timings or Timings()
+        self.daemons: list[Daemon] = []
+        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="cluster")
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.teardown()
+
+    # ---------------------------------------------------------------- nodes
+    def add(self, role: str = "peer", start: bool = True) -> Daemon:
+        node = self.bed.add_node(nat=role == "client")
+        d = Daemon(node, role, self.timings)
+        self.daemons.append(d)
+        if start:
+            d.start()
+        return d
+
+    def add_many(self, n: int, role: str = "peer") -> list[Daemon]:
+        """``n`` daemons, started in parallel."""
+        ds = [self.add(role, start=False) for _ in range(n)]
+        for d in ds:
+            d.start(wait=False)
+        self.map(lambda d: d.wait_ready(60.0), ds)
+        return ds
+
+    @property
+    def peers(self) -> list[Daemon]:
+        return [d for d in self.daemons if d.role == "peer"]
+
+    @property
+    def clients(self) -> list[Daemon]:
+        return [d for d in self.daemons if d.role == "client"]
+
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
+        """``fn`` over ``items`` in parallel threads; exceptions propagate."""
+        return list(self._pool.map(fn, list(items)))
+
+    # ---------------------------------------------------------------- meshes
+    def new_mesh(self, d: Daemon, *args: str) -> str:
+        return str(d.ctl("new-mesh", *args)["mesh_id"])
+
+    def invite(self, d: Daemon, mesh_id: str, uses: int = 1, ttl: str = "1h") -> str:
+        res = d.ctl("invite", "--meshid", mesh_id, "--uses", str(uses), "--ttl", ttl)
+        return str(res["token"])
+
+    def join(self, d: Daemon, token: str, *args: str) -> str:
+        return str(d.ctl("join-mesh", "--token", token, *args)["mesh_id"])
+
+    def form_mesh(
+        self, members: Sequence[Daemon] | None = None, parallel: bool = True
+    ) -> tuple[str, dict[str, float]]:
+        """First peer creates a mesh, invites everybody else with one token, all join.
+
+        Returns (mesh id, per-daemon join-mesh wall time in seconds).
+        """
+        members = list(members if members is not None else self.daemons)
+        first = members[0]
+        mesh_id = self.new_mesh(first)
+        others = members[1:]
+        times: dict[str, float] = {}
+        if not others:
+            return mesh_id, times
+        token = self.invite(first, mesh_id, uses=len(others))
+
+        def join(d: Daemon) -> None:
+            t0 = time.monotonic()
+            self.join(d, token)
+            times[d.name] = time.monotonic() - t0
+
+        if parallel:
+            self.map(join, others)
+        else:
+            for d in others:
+                join(d)
+        return mesh_id, times
+
+    # ---------------------------------------------------------------- checks
+    def addresses(self, mesh_id: str, members: Sequence[Daemon] | None = None) -> dict[str, str]:
+        """name -> overlay address, as each daemon reports its own."""
+        out = {}
+        for d in members if members is not None else self.daemons:
+            a = d.overlay_address(mesh_id)
+            if a is None:
+                raise RuntimeError(f"{d.name} is not in mesh {mesh_id}")
+            out[d.name] = a
+        return out
+
+    def keys(self, mesh_id: str, members: Sequence[Daemon] | None = None) -> dict[str, str]:
+        out = {}
+        for d in members if members is not None else self.daemons:
+            m = d.get_mesh(mesh_id)
+            if m is None:
+                raise RuntimeError(f"{d.name} is not in mesh {mesh_id}")
+            out[d.name] = str(m["self_key"])
+        return out
+
+    def live_keys(self, d: Daemon, mesh_id: str) -> set[str] | None:
+        m = d.get_mesh(mesh_id)
+        if m is None:
+            return None
+        return {n["public_key"] for n in m["nodes"]}
+
+    def wait_members(
+        self, mesh_id: str, members: Sequence[Daemon], expect: set[str], timeout: float = 30.0
+    ) -> None:
+        """Every daemon in ``members`` sees exactly the keys ``expect`` as live."""
+
+        def ok() -> bool:
+            return all(self.live_keys(d, mesh_id) == expect for d in members)
+
+        wait_until(ok, timeout=timeout, interval=0.2, what=f"membership {len(expect)} converged")
+
+    def ping_matrix(
+        self,
+        mesh_id: str,
+        members: Sequence[Daemon] | None = None,
+        count: int = 1,
+        timeout: int = 1,
+    ) -> dict[tuple[str, str], float | None]:
+        """(src, dst) -> RTT in ms (None = no answer) for every ordered pair, in parallel."""
+        members = list(members if members is not None else self.daemons)
+        addrs = self.addresses(mesh_id, members)
+        pairs = [(s, t) for s in members for t in members if s is not t]
+
+        def one(pair: tuple[Daemon, Daemon]) -> tuple[tuple[str, str], float | None]:
+            s, t = pair
+            return (s.name, t.name), ping_rtt(s.node, addrs[t.name], count, timeout)
+
+        return dict(self.map(one, pairs))
+
+    def wait_full_connectivity(
+        self, mesh_id: str, members: Sequence[Daemon] | None = None, timeout: float = 30.0
+    ) -> dict[tuple[str, str], float | None]:
+        """Retry the ping matrix (only the failing pairs) until every pair answers."""
+        members = list(members if members is not None else self.daemons)
+        addrs = self.addresses(mesh_id, members)
+        todo = [(s, t) for s in members for t in members if s is not t]
+        result: dict[tuple[str, str], float | None] = {}
+
+        def one(pair: tuple[Daemon, Daemon]) -> tuple[tuple[str, str], float | None]:
+            s, t = pair
+            return (s.name, t.name), ping_rtt(s.node, addrs[t.name], 1, 1)
+
+        def step() -> bool:
+            nonlocal todo
+            got = dict(self.map(one, todo))
+            result.update(got)
+            todo = [(s, t) for s, t in todo if got[(s.name, t.name)] is None]
+            return not todo
+
+        try:
+            wait_until(step, timeout=timeout, interval=0.1, what="full overlay connectivity")
+        except TimeoutError as e:
+            missing = ", ".join(f"{s.name}->{t.name}" for s, t in todo)
+            raise TimeoutError(f"{e}; unreachable: {missing}") from None
+        return result
+
+    def logs(self) -> str:
+        return "\n".join(d.log_tail(60) for d in self.daemons)
+
+    # --------------------------------------------------------------- teardown
+    def teardown(self) -> None:
+        """Stop every daemon (SIGTERM, then SIGKILL); the test bed removes the rest."""
+        alive = [d for d in self.daemons if d.alive()]
+        for d in alive:
+            assert d.proc is not None
+            with contextlib.suppress(ProcessLookupError):
+                d.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        for d in alive:
+            assert d.proc is not None
+            try:
+                d.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                d.kill()
+            d.close_http()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def ping_rtt(node: Node, address: str, count: int = 1, timeout: int = 1) -> float | None:
+    """RTT in ms of ``ping -6`` from ``node`` to ``address`` (None if no answer)."""
+    proc = node.run(
+        ["ping", "-6", "-n", "-c", str(count), "-W", str(timeout), address],
+        check=False,
+        timeout=count * timeout + 5,
+    )
+    if proc.returncode != 0:
+        return None
+    for line in proc.stdout.splitlines():
+        if "min/avg/max" in line:
+            with contextlib.suppress(IndexError, ValueError):
+                return float(line.split("=")[1].split("/")[1])
+    return 0.0
+
+
+def pid_alive(pid: int) -> bool:
+    return _alive(pid)
