@@ -178,7 +178,9 @@ def create_app(service: NodeService, token: str | None = None) -> FastAPI:
             message = f"no such route: {request.method} {request.url.path}"
         elif exc.status_code == 405:
             message = f"method {request.method} not allowed on {request.url.path}"
-        return _error(exc.status_code, codes.get(exc.status_code, "http_error"), message)
+        resp = _error(exc.status_code, codes.get(exc.status_code, "http_error"), message)
+        resp.headers.update(exc.headers or {})  # e.g. Allow on 405 (RFC 9110)
+        return resp
 
     # ------------------------------------------------------------------ /v1
     @app.get("/v1/health", tags=["v1"], summary="Liveness of smegd")
