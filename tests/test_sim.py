@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from smegmesh.core.record import Prune
+from smegmesh.core.state import DEPTH, MeshState
 from smegmesh.sim.scenarios import ScenarioConfig, run_scenario
 from smegmesh.sim.simulator import T0, NetParams
-from smegmesh.sim.state import clone_state, make_population
+from smegmesh.sim.state import CowDict, SharedState, clone_state, make_population
 
 
 def _run(name: str, **kw: Any) -> dict[str, Any]:
     cfg = ScenarioConfig(**{"nodes": 50, "seconds": 15.0, **kw})
     res = run_scenario(name, cfg)
     res.pop("_sim")
-    return {k: v for k, v in res.items() if not k.startswith(("wall", "build"))}
+    return {k: v for k, v in res.items() if not k.startswith(("wall", "build", "max_rss"))}
 
 
 def test_same_seed_same_metrics() -> None:
@@ -74,20 +77,99 @@ def test_cloned_state_is_copy_on_write() -> None:
     assert c.root() == a.root()
 
 
-@pytest.mark.parametrize(
-    "loss",
-    [
-        0.0,
-        0.05,
-        pytest.param(
-            0.2,
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason="engine: a falsely pruned node is no longer gossiped to (docs/SCALE.md)",
-            ),
-        ),
-    ],
-)
+def test_cowdict_has_dict_semantics() -> None:
+    rng = random.Random(5)
+    base = {k: k * 10 for k in range(30)}
+    ref = dict(base)
+    cow = CowDict(dict(base))
+    for _ in range(3000):
+        k = rng.randrange(45)
+        op = rng.random()
+        if op < 0.4:
+            ref[k] = cow[k] = rng.randrange(1000)
+        elif op < 0.7:
+            if k in ref:
+                del ref[k], cow[k]
+            else:
+                with pytest.raises(KeyError):
+                    del cow[k]
+        else:
+            assert ref.setdefault(k, -k) == cow.setdefault(k, -k)
+        assert len(cow) == len(ref) and list(cow) == list(ref)
+        assert list(cow.items()) == list(ref.items())
+        assert cow.get(k) == ref.get(k) and (k in cow) == (k in ref)
+    assert base == {k: k * 10 for k in range(30)}
+
+
+def _snapshot(st: MeshState) -> tuple[object, ...]:
+    """Everything observable through the core's API, order included."""
+    tree = tuple((d, p, st.node(d, p), st.keys_under(d, p)) for d in (1, 2) for p in range(16**d))
+    deep = tuple(
+        (d, st.node(d, p), st.keys_under(d, p))
+        for k in list(st.keys())
+        for d in range(3, DEPTH + 1)
+        for p in [int.from_bytes(k[:4], "big") >> (32 - 4 * d)]
+    )
+    return (
+        st.digest(),
+        st.root(),
+        len(st),
+        list(st.keys()),
+        st.keys_under(0, 0),
+        st.all_items(),
+        st.live_records(),
+        st.records(),
+        st.prunes(),
+        tree,
+        deep,
+    )
+
+
+def test_shared_state_evolves_like_a_merged_state() -> None:
+    """Random applies, prunes, refutations and GC on a clone vs an independent state."""
+    pop = make_population(40, 11, "sim", T0)
+    base = pop.base
+    d0 = base.digest()
+    rng = random.Random(1)
+    for trial in range(3):
+        a = clone_state(base)
+        b = clone_state(base, share=False)
+        assert isinstance(a, SharedState) and type(b) is MeshState
+        assert _snapshot(a) == _snapshot(b)
+        now = T0 + 1
+        for _ in range(60):
+            now += rng.randrange(1, 50)
+            i = rng.randrange(len(pop.records))
+            ident, key = pop.identities[i], pop.identities[i].wg_public_key
+            op = rng.random()
+            if op < 0.4:
+                cur = a.record(key) or pop.records[i]
+                item: object = cur.evolve(ident, now, description=f"d{now}")
+            elif op < 0.75:
+                cur = a.record(key) or pop.records[i]
+                by = pop.identities[rng.randrange(len(pop.identities))]
+                item = Prune.create(by, "sim", target=key, target_version=cur.version, now_ms=now)
+            else:
+                item = None
+            if item is not None:
+                assert a.apply(item, now) == b.apply(item, now)  # type: ignore[arg-type]
+            elif trial == 2:
+                h = rng.randrange(0, 200)
+                assert a.gc(now, h) == b.gc(now, h)
+            assert _snapshot(a) == _snapshot(b)
+        if trial == 2:
+            assert len(a) < len(base)  # GC deleted shared keys (and the overlay hid them)
+        assert base.digest() == d0
+
+
+@pytest.mark.parametrize("name", ["change", "crash"])
+def test_shared_and_independent_states_give_identical_runs(name: str) -> None:
+    shared = _run(name, nodes=40, seconds=8.0, seed=3)
+    full = _run(name, nodes=40, seconds=8.0, seed=3, share_state=False)
+    assert shared == full
+
+
+@pytest.mark.parametrize("loss", [0.0, 0.05, 0.2])
 def test_lossy_network_still_converges_on_change(loss: float) -> None:
     r = _run("change", net=replace(NetParams(), loss=loss), seconds=45.0)
     assert r["change_reached"] == 1.0

@@ -34,6 +34,7 @@ class ScenarioConfig:
     churn_per_min: float = 0.05  # churn: fraction of nodes crashing per minute
     churn_downtime: float = 10.0  # churn: seconds a crashed node stays down
     partition_seconds: float = 10.0
+    share_state: bool = True  # copy-on-write states (False: a full copy per node)
 
 
 def _attach(sim: Simulator, spreads: list[Spread], fp: FalsePrunes | None) -> None:
@@ -57,6 +58,16 @@ def _attach(sim: Simulator, spreads: list[Spread], fp: FalsePrunes | None) -> No
     sim.observers.append(obs)
 
 
+def _max_rss_mb() -> int:
+    """Peak resident memory of this process so far (MB; 0 where unknown)."""
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    except (ImportError, OSError):  # pragma: no cover - non-POSIX
+        return 0
+
+
 def _stop_when(sim: Simulator, t_end: int, done: Any, step: int = 250) -> None:
     while sim.now < t_end:
         sim.run_until(min(t_end, sim.now + step))
@@ -77,6 +88,7 @@ def run_scenario(name: str, cfg: ScenarioConfig) -> dict[str, Any]:
         gossip=cfg.gossip,
         liveness=cfg.liveness,
         byte_sample=cfg.byte_sample,
+        share_state=cfg.share_state,
     )
     pop = sim.population
     assert pop is not None
@@ -197,6 +209,7 @@ def run_scenario(name: str, cfg: ScenarioConfig) -> dict[str, Any]:
     res["msgs"] = sim.traffic.msgs
     res["wall_build_s"] = round(wall_build, 2)
     res["wall_s"] = round(time.perf_counter() - wall0, 2)
+    res["max_rss_mb"] = _max_rss_mb()
     res["build_ids_s"] = round(pop.t_identities, 2)
     res["build_records_s"] = round(pop.t_records, 2)
     res["build_state_s"] = round(pop.t_state, 2)

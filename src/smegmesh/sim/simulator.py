@@ -169,13 +169,15 @@ class Simulator:
         )
 
     @classmethod
-    def steady(cls, n: int, *, spare: int = 0, **kw: Any) -> Simulator:
+    def steady(cls, n: int, *, spare: int = 0, share_state: bool = True, **kw: Any) -> Simulator:
         """``n`` members that all hold every record (the settled state after joins).
 
         ``spare`` extra identities are created for later :meth:`join` calls.
         Each node's ``MeshState`` is a copy-on-write clone of one pre-built
         full state (see :mod:`smegmesh.sim.state`); ``start`` is not called,
-        since each node's record is already everywhere.
+        since each node's record is already everywhere. ``share_state=False``
+        gives every node an independent full copy instead (the reference for
+        the equivalence tests; O(N) memory per node).
         """
         sim = cls(**kw)
         pop = make_population(n + spare, sim.seed, sim.mesh_id, T0)
@@ -185,7 +187,11 @@ class Simulator:
             base = MeshState(sim.mesh_id, verifier=lambda jobs: [True] * len(jobs))
             base.apply_many(pop.records[:n], T0)
         for i in range(n):
-            sim._add(pop.identities[i].wg_public_key, sim._make_node(i, clone_state(base)), i)
+            sim._add(
+                pop.identities[i].wg_public_key,
+                sim._make_node(i, clone_state(base, share=share_state)),
+                i,
+            )
             sim._wake(i, T0)
         return sim
 
