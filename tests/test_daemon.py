@@ -16,6 +16,7 @@ import html
 import json
 import os
 import random
+import shutil
 import socket
 import ssl
 import subprocess
@@ -429,9 +430,8 @@ def _smegd(cfg_text: str, tmp: Path, timeout: float = 30) -> subprocess.Complete
         ("stubWg: [\n", ["YAML"]),
     ],
 )
-def test_bad_config_exits_2_with_one_line(text: str, words: list[str]) -> None:
-    tmp = short_tmpdir()
-    r = _smegd(text, tmp)
+def test_bad_config_exits_2_with_one_line(text: str, words: list[str], tmp_path: Path) -> None:
+    r = _smegd(text, tmp_path)
     assert r.returncode == 2, r
     lines = r.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("smegd: "), r.stderr
@@ -456,15 +456,20 @@ def test_runtime_start_errors_are_one_line(trio: Cluster) -> None:
     ]
     from daemon_helpers import free_port
 
-    for cfg, word in cases:
-        if cfg["gRPCPort"] == 0:
-            cfg["gRPCPort"] = free_port()
-        r = _smegd(json.dumps(cfg), tmp)
-        assert r.returncode != 0, r
-        errors = [ln for ln in r.stderr.splitlines() if " ERROR " in ln or ln.startswith("smegd:")]
-        assert errors, r.stderr
-        assert word in errors[-1], r.stderr
-        assert "Traceback" not in r.stderr, r.stderr
+    try:
+        for cfg, word in cases:
+            if cfg["gRPCPort"] == 0:
+                cfg["gRPCPort"] = free_port()
+            r = _smegd(json.dumps(cfg), tmp)
+            assert r.returncode != 0, r
+            errors = [
+                ln for ln in r.stderr.splitlines() if " ERROR " in ln or ln.startswith("smegd:")
+            ]
+            assert errors, r.stderr
+            assert word in errors[-1], r.stderr
+            assert "Traceback" not in r.stderr, r.stderr
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     assert a.ready()
 
 
