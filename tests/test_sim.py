@@ -173,3 +173,15 @@ def test_shared_and_independent_states_give_identical_runs(name: str) -> None:
 def test_lossy_network_still_converges_on_change(loss: float) -> None:
     r = _run("change", net=replace(NetParams(), loss=loss), seconds=45.0)
     assert r["change_reached"] == 1.0
+
+
+def test_views_are_primed_and_equal_to_the_engines() -> None:
+    from smegmesh.sim.simulator import Simulator
+
+    sim = Simulator.steady(30)
+    assert sim.views_primed
+    node = sim.nodes[7].node
+    primed = node._views()
+    node._view_cache = None
+    assert node._views() == primed
+    assert not Simulator.steady(30, share_state=False).views_primed

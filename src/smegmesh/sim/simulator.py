@@ -136,6 +136,7 @@ class Simulator:
         self.observers: list[Callable[[int, frozenset[bytes], int], None]] = []
         self.events = 0
         self.population: Population | None = None
+        self.views_primed = False
 
     # ------------------------------------------------------------------ building
 
@@ -193,6 +194,8 @@ class Simulator:
                 i,
             )
             sim._wake(i, T0)
+        if share_state:
+            sim.views_primed = _prime_views([sn.node for sn in sim.nodes])
         return sim
 
     # ------------------------------------------------------------------ events
@@ -478,6 +481,47 @@ class _JoinCtx:
 
 
 _JOIN = _JoinCtx()
+
+
+def _prime_views(nodes: list[MeshNode]) -> bool:
+    """Give nodes whose states are clones of one base the same O(N) views.
+
+    The engine caches its views of the state (live records, live peers...)
+    per state version; cloned states start equal, so all nodes would compute
+    equal views: the live list and the peers dict are computed once (by the
+    engine, for the first node) and shared; the reachable list (which
+    excludes the node itself) is per node. A node recomputes its own views as
+    soon as its state changes. The result is checked against the engine's own
+    computation for a second node; on any mismatch (e.g. the engine's private
+    ``_Views`` changed) nothing is primed and False is returned.
+    """
+    from dataclasses import fields, replace
+
+    if len(nodes) < 2:
+        return False
+    try:
+        ref = nodes[0]._views()
+        names = [f.name for f in fields(ref)]
+        if names != ["state", "version", "live", "peers", "reachable", "my_clients", "pruned"]:
+            return False
+        if ref.my_clients or ref.pruned:
+            return False
+        reach_all = [k for k, r in ref.peers.items() if r.control_endpoint is not None]
+
+        def primed(node: MeshNode) -> Any:
+            reach = reach_all.copy()
+            if node.key in ref.peers and ref.peers[node.key].control_endpoint is not None:
+                reach.remove(node.key)
+            return replace(ref, state=node.mesh, version=node.mesh.version, reachable=reach)
+
+        check = nodes[1]._views()
+        if primed(nodes[1]) != check:
+            return False
+        for node in nodes[2:]:
+            node._view_cache = primed(node)
+    except (AttributeError, TypeError, ValueError):
+        return False
+    return True
 
 
 def _next_wakeup(node: MeshNode, now: int) -> int | None:
