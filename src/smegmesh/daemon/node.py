@@ -167,6 +167,8 @@ class Daemon:
         self.reconciler: Any = None
         self.wg_status: dict[str, Any] = {}
         self.routing: RoutingResult | None = None
+        self._bridge_nat: frozenset[str] | None = None  # applied (None: not yet)
+        self._bridge_nat_error: frozenset[str] | None = None  # last set that failed
 
     # ------------------------------------------------------------------ identity & disk
     def _load_identity(self) -> NodeIdentity:
@@ -508,6 +510,7 @@ class Daemon:
                     rt.dirty_wg = True
                     log.error("mesh %s: cannot apply WireGuard configuration: %s", rt.mesh_id, e)
             self._update_dns()
+            await self._apply_bridge_nat()
             if time.monotonic() - last_check > 5:
                 last_check = time.monotonic()
                 try:
@@ -520,6 +523,42 @@ class Daemon:
                         )
                 except Exception as e:
                     log.warning("WireGuard health check failed: %s", e)
+
+    def _bridge_nat_interfaces(self) -> frozenset[str]:
+        """The overlay interfaces between which this node masquerades forwarded traffic.
+
+        A bridge (``advertiseRoute`` on any mesh, peer in at least two meshes)
+        masquerades what it forwards from one mesh into another, so replies
+        come back through it even when the destination's own gateway back is
+        another bridge (WireGuard's AllowedIPs would drop them; docs/ROUTING.md).
+        """
+        if not any(rt.advertise_routes for rt in self.meshes.values()):
+            return frozenset()
+        names = frozenset(
+            rt.ifname
+            for rt in self.meshes.values()
+            if rt.up
+            and (rt.node.record.role if rt.node.record else rt.node.settings.role) == Role.PEER
+        )
+        return names if len(names) >= 2 else frozenset()
+
+    async def _apply_bridge_nat(self) -> None:
+        want = self._bridge_nat_interfaces()
+        if want == self._bridge_nat or self.reconciler is None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._wg_pool, self.reconciler.host.set_bridge_nat, want)
+        except Exception as e:
+            if self._bridge_nat_error != want:
+                log.error("cannot set up bridge masquerading: %s (will retry)", e)
+            self._bridge_nat_error = want
+            return
+        self._bridge_nat, self._bridge_nat_error = want, None
+        if want:
+            log.info("bridge: masquerading traffic forwarded between %s", ", ".join(sorted(want)))
+        else:
+            log.debug("bridge masquerading off")
 
     def _recompute_routes(self) -> None:
         """Path-vector routing over all our meshes (core.routing); publish our adverts."""
@@ -748,7 +787,16 @@ class Daemon:
 
     async def get_mesh(self, mesh_id: str) -> MeshDetail:
         rt = self._get(mesh_id)
-        status = self.wg_status.get(mesh_id)
+        try:  # fresh handshake ages and counters (one UAPI/netlink read)
+            status = await asyncio.wait_for(
+                asyncio.get_running_loop().run_in_executor(
+                    self._wg_pool, self.backend.read, rt.ifname
+                ),
+                timeout=2.0,
+            )
+            self.wg_status[mesh_id] = status
+        except Exception:
+            status = self.wg_status.get(mesh_id)
         records = rt.node.live_records()
         heard = {r.wg_key: t for r in records if (t := rt.node.last_heard(r.wg_key)) is not None}
         return views.mesh_detail(
