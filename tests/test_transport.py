@@ -7,6 +7,7 @@ import asyncio
 import grpc
 import pytest
 
+from smegmesh.core.endpoint import split_host_port
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.messages import WhoAmI, YouAre
 from smegmesh.core.wire import decode, encode
@@ -20,7 +21,6 @@ from smegmesh.daemon.transport import (
     TlsIdentity,
     caller_address,
     parse_grpc_peer,
-    split_endpoint,
 )
 
 
@@ -29,11 +29,11 @@ def test_parse_grpc_peer_and_endpoints() -> None:
     assert parse_grpc_peer("ipv6:%5B::1%5D:4000") == "::1"  # gRPC escapes the brackets
     assert parse_grpc_peer("ipv4:192.0.2.7:1234") == "192.0.2.7"
     assert parse_grpc_peer("unix:/x") is None
-    assert split_endpoint("[2001:db8::1]:4000") == ("2001:db8::1", 4000)
-    assert split_endpoint("192.0.2.1:51820") == ("192.0.2.1", 51820)
+    assert split_host_port("[2001:db8::1]:4000") == ("2001:db8::1", 4000)
+    assert split_host_port("192.0.2.1:51820") == ("192.0.2.1", 51820)
     for bad in ("nohost", "[::1]:0", ":4000", "h:99999"):
         with pytest.raises(ValueError):
-            split_endpoint(bad)
+            split_host_port(bad)
 
 
 def test_whoami_roundtrip_on_the_wire() -> None:

@@ -32,6 +32,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 # Defined in a module without pydantic, so smegctl starts fast.
+from smegmesh.core.endpoint import split_host_port
 from smegmesh.daemon.defaults import (
     DEFAULT_CONFIG_PATH,
     DEFAULT_CONTROL_SOCKET,
@@ -78,32 +79,6 @@ class ConfigError(Exception):
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def split_host_port(value: str) -> tuple[str, int]:
-    """Split ``host:port`` / ``[v6]:port`` into ``(host, port)``.
-
-    Raises :class:`ValueError` with a user-facing message when malformed.
-    """
-    value = value.strip()
-    if value.startswith("["):
-        end = value.find("]")
-        if end < 0 or not value[end + 1 :].startswith(":"):
-            raise ValueError("must be host:port, IPv6 hosts in brackets like [::1]:8080")
-        host, port_s = value[1:end], value[end + 2 :]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"{host!r} in brackets is not an IPv6 address") from None
-    else:
-        host, sep, port_s = value.rpartition(":")
-        if not sep or not host:
-            raise ValueError("must be host:port, e.g. 127.0.0.1:8080 or [::1]:8080")
-        if ":" in host:
-            raise ValueError("IPv6 hosts must be in brackets, e.g. [::1]:8080")
-    if not port_s.isdigit() or not 1 <= int(port_s) <= 65535:
-        raise ValueError(f"port must be an integer between 1 and 65535 (got {port_s!r})")
-    return host, int(port_s)
 
 
 def _host_port(value: str | None) -> str | None:

@@ -32,6 +32,7 @@ from smegmesh.core.addressing import (
     validate_mesh_id,
 )
 from smegmesh.core.desired import desired_config, interface_name
+from smegmesh.core.endpoint import join_host_port
 from smegmesh.core.gossip import GossipParams
 from smegmesh.core.identity import NodeIdentity, key_to_text
 from smegmesh.core.invite import Bootstrap, TokenError, parse_token
@@ -88,10 +89,6 @@ def outgoing_address() -> str | None:
                 if not addr.startswith("fd"):
                     return addr
     return None
-
-
-def _hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass
@@ -324,15 +321,15 @@ class Daemon:
             # Checked before anything is registered: a bad --endpoint is the
             # user's error (400), not a record the engine fails to sign (500).
             try:
-                check_endpoint(_hostport(host_only, port))
+                check_endpoint(join_host_port(host_only, port))
             except ValueError as e:
                 raise svc.invalid_argument(
                     f"endpoint: {host_only!r} is not an IP address or DNS name ({e})"
                 ) from None
         settings = MeshSettings(
             role=role,
-            wg_endpoint=_hostport(host_only, port) if host_only else None,
-            control_endpoint=_hostport(host_only, self._rpc_port) if host_only else None,
+            wg_endpoint=join_host_port(host_only, port) if host_only else None,
+            control_endpoint=join_host_port(host_only, self._rpc_port) if host_only else None,
             tls_fp=self.tls.fingerprint,
         )
         node = MeshNode(
@@ -406,6 +403,9 @@ class Daemon:
             elif isinstance(o, Changed):
                 rt.dirty_wg = rt.dirty_disk = True
                 self._reconcile_wake.set()
+                if log.isEnabledFor(logging.DEBUG):  # bench/calibrate.py reads this line
+                    keys = ",".join(key_to_text(k)[:12] for k in o.keys)
+                    log.debug("mesh %s: changed %s at %.6f", rt.mesh_id, keys, time.time())
         rt.wake.set()
 
     async def _do_call(self, rt: MeshRuntime, call: Call) -> None:

@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from smegmesh.core.endpoint import join_host_port, split_host_port
 from smegmesh.core.identity import NodeIdentity, ed25519_to_x25519_public, verify_signature
 
 log = logging.getLogger(__name__)
@@ -172,7 +173,7 @@ class RpcServer:
         )
         server.add_generic_rpc_handlers((handler,))
         creds = grpc.ssl_server_credentials([(self._tls.key_pem, self._tls.cert_pem)])
-        bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        bind = join_host_port(host, port)
         try:
             self.port = server.add_secure_port(bind, creds)
         except RuntimeError:  # grpc's "Failed to bind": no errno to pass on
@@ -256,22 +257,6 @@ async def fetch_certificate(host: str, port: int, timeout: float) -> bytes:
         writer.transport.abort()
 
 
-def split_endpoint(endpoint: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` -> (host, port)."""
-    if endpoint.startswith("["):
-        host, _, rest = endpoint[1:].partition("]")
-        port_s = rest.removeprefix(":")
-    else:
-        host, _, port_s = endpoint.rpartition(":")
-    try:
-        port = int(port_s)
-    except ValueError:
-        raise ValueError(f"bad endpoint {endpoint!r} (want host:port)") from None
-    if not host or not 0 < port < 65536:
-        raise ValueError(f"bad endpoint {endpoint!r} (want host:port)")
-    return host, port
-
-
 class RpcClient:
     """Calls other nodes; keeps one pinned channel per (endpoint, fingerprint)."""
 
@@ -291,7 +276,7 @@ class RpcClient:
             ch = self._channels.get(key)
             if ch is not None:
                 return ch
-            host, port = split_endpoint(endpoint)
+            host, port = split_host_port(endpoint)
             try:
                 der = await fetch_certificate(host, port, self._timeout)
             except (OSError, TimeoutError, ssl.SSLError) as e:
@@ -300,7 +285,7 @@ class RpcClient:
                 raise RpcError(f"{endpoint} presented an unexpected TLS certificate")
             pem = ssl.DER_cert_to_PEM_cert(der).encode()
             creds = grpc.ssl_channel_credentials(root_certificates=pem)
-            target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            target = join_host_port(host, port)
             ch = grpc.aio.secure_channel(target, creds, options=_GRPC_OPTIONS)
             self._channels[key] = ch
             return ch

@@ -34,6 +34,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+from smegmesh.core.endpoint import split_host_port
 from smegmesh.dns.names import DEFAULT_TTL, Answer, NameView, Record, resolve
 
 __all__ = ["DnsServer", "DnsStats", "parse_hostport"]
@@ -105,29 +106,8 @@ class _Forward:
 
 
 def parse_hostport(text: str, default_port: int = 53) -> tuple[str, int]:
-    """Split ``host:port``, ``[v6]:port``, ``v6`` or ``host`` (default port).
-
-    Raises ValueError with a readable message on a bad port.
-    """
-    text = text.strip()
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep:
-            raise ValueError(f"missing ']' in {text!r}")
-        port_text = rest[1:] if rest.startswith(":") else ""
-        if rest and not rest.startswith(":"):
-            raise ValueError(f"unexpected {rest!r} after ']' in {text!r}")
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-    else:
-        host, port_text = text, ""
-    if not host:
-        raise ValueError(f"no host in {text!r}")
-    if not port_text:
-        return host, default_port
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"bad port {port_text!r} in {text!r}")
-    return host, int(port_text)
+    """``host:port``, ``[v6]:port``, ``v6`` or ``host`` (then ``default_port``)."""
+    return split_host_port(text, default_port)
 
 
 def _formerr(qid: int, flags: int) -> bytes:
