@@ -9,6 +9,10 @@ network namespace). Ownership rules, so nothing we did not create is touched:
   exactly those.
 - Addresses, MTU and link state: only on the overlay interface, which the
   daemon itself created. Link-local addresses are ignored.
+- Bridge masquerading (:meth:`HostNetwork.set_bridge_nat`): one nftables
+  table, ``ip6 smegmesh``, that the daemon owns whole; it is replaced
+  atomically (one ``nft -f`` transaction) and deleted when no longer needed.
+  Nothing outside that table is touched.
 - IPv6 forwarding (``net.ipv6.conf.all.forwarding``, per network namespace):
   interfaces *claim* it; we switch it on if it was off, and switch it back off
   only when the last claim goes and it was us who switched it on. Note that
@@ -46,6 +50,7 @@ from smegmesh.core.wgdiff import (
 log = logging.getLogger(__name__)
 
 ROUTE_PROTO = 0x5E  # rtm_protocol of routes smegmesh installs
+NFT_TABLE = "smegmesh"  # the ``ip6`` nftables table smegd owns (bridge masquerading)
 IFA_F_NODAD = 0x02
 MAIN_TABLE = 254
 _FWD = "/proc/sys/net/ipv6/conf/all/forwarding"
@@ -64,7 +69,41 @@ class HostBackend(Protocol):
         """Undo what we did for ``interface`` (routes, forwarding claim)."""
         ...
 
+    def set_bridge_nat(self, interfaces: frozenset[str]) -> None:
+        """Masquerade traffic forwarded between any two of ``interfaces`` (empty: none)."""
+        ...
+
     def close(self) -> None: ...
+
+
+def bridge_nat_ruleset(interfaces: frozenset[str], table: str = NFT_TABLE) -> str:
+    """The ``nft -f`` input that makes table ``ip6 <table>`` masquerade between ``interfaces``.
+
+    Traffic that arrives on one overlay interface and leaves by another gets
+    the source address of the outgoing interface (this node's overlay address
+    in that mesh), so replies come back through this bridge whatever gateway
+    the destination uses back (docs/ROUTING.md). Locally originated traffic and
+    traffic staying in one mesh are not touched. The transaction first creates
+    the table (so the delete cannot fail), deletes it, and recreates it: the
+    replacement is atomic. With fewer than two interfaces the table is just
+    removed.
+    """
+    for name in interfaces:
+        if not name or len(name) > 15 or not all(c.isalnum() or c in "._-" for c in name):
+            raise ValueError(f"bad interface name {name!r}")
+    lines = [f"add table ip6 {table}", f"delete table ip6 {table}"]
+    names = sorted(interfaces)
+    if len(names) >= 2:
+        lines += [
+            f"table ip6 {table} {{",
+            "  chain bridge-nat {",
+            "    type nat hook postrouting priority srcnat; policy accept;",
+        ]
+        for out in names:
+            ins = ", ".join(f'"{n}"' for n in names if n != out)
+            lines.append(f'    iifname {{ {ins} }} oifname "{out}" masquerade')
+        lines += ["  }", "}"]
+    return "\n".join(lines) + "\n"
 
 
 class MemoryHost:
@@ -74,6 +113,7 @@ class MemoryHost:
         self.state: dict[str, HostStatus] = {}
         self.reads = 0
         self.applied: list[tuple[str, tuple[HostOp, ...]]] = []
+        self.bridge_nat: frozenset[str] = frozenset()
 
     def read(self, interface: str) -> HostStatus:
         self.reads += 1
@@ -85,6 +125,10 @@ class MemoryHost:
 
     def remove(self, interface: str) -> None:
         self.state.pop(interface, None)
+
+    def set_bridge_nat(self, interfaces: frozenset[str]) -> None:
+        bridge_nat_ruleset(interfaces)  # same validation as the real thing
+        self.bridge_nat = interfaces if len(interfaces) >= 2 else frozenset()
 
     def close(self) -> None:
         self.state.clear()
@@ -276,6 +320,23 @@ class HostNetwork:
             if not self._fwd_claims and self._fwd_original is False:
                 self._write_forwarding(False)
                 self._fwd_original = None
+
+    # ------------------------------------------------------------ bridge NAT
+
+    def set_bridge_nat(self, interfaces: frozenset[str]) -> None:
+        """Replace our nftables table; see :func:`bridge_nat_ruleset`."""
+        ruleset = bridge_nat_ruleset(interfaces)
+        argv = ["nft", "-f", "-"]
+        if self.netns is not None:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
+        try:
+            proc = subprocess.run(argv, input=ruleset, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            if len(interfaces) < 2:
+                return  # nothing to remove when nft is not even installed
+            raise HostError(f"nft: {exc}") from exc
+        if proc.returncode != 0 and len(interfaces) >= 2:
+            raise HostError(f"nft: {proc.stderr.strip()[:300]}")
 
     # ---------------------------------------------------------------- cleanup
 
