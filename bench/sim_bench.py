@@ -5,7 +5,8 @@ writes PNG plots to bench/out/
 
     uv run python bench/sim_bench.py                       # 100, 1000, 3000 nodes
     uv run python bench/sim_bench.py --sizes 100 --fp-sizes 100   # CI-sized
-    uv run python bench/sim_bench.py --sizes 10000 --only change  # needs > 23 GB, see SCALE.md
+    uv run python bench/sim_bench.py --sizes 10000 --only change  # ~16 GB, long: see SCALE.md
+    uv run python bench/sim_bench.py --sizes 0 --fp-sizes 0 --only tune --tune-size 1000
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from smegmesh.core.gossip import GossipParams
+from smegmesh.core.liveness import LivenessParams
 from smegmesh.sim.scenarios import ScenarioConfig, run_scenario
 from smegmesh.sim.simulator import NetParams
 
@@ -107,6 +110,27 @@ def plot(results: dict[str, list[dict[str, Any]]], out: Path) -> list[str]:
         fig.savefig(f)
         plt.close(fig)
         files.append(f.name)
+    hb = results.get("tune_hb") or []
+    if hb:
+        fig, ax = plt.subplots(figsize=(5, 3.2), dpi=80)
+        x = [r["heartbeat_ms"] / 1000 for r in hb]
+        ax.plot(x, [r["prune_p99"] / 1000 for r in hb], "o-", label="crash pruned p99 (s)")
+        ax.plot(x, [r["prune_p100"] / 1000 for r in hb], "s--", label="crash pruned p100 (s)")
+        ax2 = ax.twinx()
+        ax2.plot(x, [r["bps_5pct_mean"] for r in hb], "^:", color="gray", label="B/s/node, 5% loss")
+        ax.set_xlabel("heartbeatInterval (s)")
+        ax.set_ylabel("seconds")
+        ax2.set_ylabel("bytes/s per node (tx+rx)")
+        ax.set_title(f"{hb[0]['nodes']:,} nodes: detection vs traffic")
+        ax.grid(alpha=0.3)
+        h1, l1 = ax.get_legend_handles_labels()
+        h2, l2 = ax2.get_legend_handles_labels()
+        ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper left")
+        fig.tight_layout()
+        f = out / "sim_tuning.png"
+        fig.savefig(f)
+        plt.close(fig)
+        files.append(f.name)
     rows = (results.get("steady") or []) + (results.get("churn") or [])
     if rows:
         fig, ax = plt.subplots(figsize=(5, 3.2), dpi=80)
@@ -149,13 +173,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--steady-seconds", type=float, default=10.0)
     p.add_argument("--fp-seconds", type=float, default=20.0)
+    p.add_argument("--tune-size", type=int, default=1000, help="nodes for --only tune")
+    p.add_argument("--heartbeats", default="1000,1500,2000,3000", help="tune: heartbeat ms")
+    p.add_argument("--syncs", default="500,1000,2000", help="tune: syncInterval ms")
     p.add_argument("--json", type=Path, default=OUT / "sim_bench.json")
+    p.add_argument(
+        "--replot",
+        default="",
+        help="comma-separated JSON files of earlier runs: merge, print tables, plot (no runs)",
+    )
     a = p.parse_args(argv)
     sizes = [int(x) for x in a.sizes.split(",") if x]
     fp_sizes = [int(x) for x in a.fp_sizes.split(",") if x]
     only = set(a.only.split(","))
     OUT.mkdir(parents=True, exist_ok=True)
     res: dict[str, list[dict[str, Any]]] = {}
+    if a.replot:
+        for f in a.replot.split(","):
+            for k, v in json.loads(Path(f).read_text()).items():
+                res.setdefault(k, []).extend(v)
+        for v in res.values():
+            v.sort(key=lambda r: r["nodes"])
+        sizes, fp_sizes, only = [], [], set()
     for n in sizes:
         for scen, secs in (
             ("change", 15.0),
@@ -171,6 +210,33 @@ def main(argv: list[str] | None = None) -> int:
             for loss in (0.05, 0.2):
                 r = run("steady", n, loss, a.fp_seconds, a.seed)
                 res.setdefault("loss", []).append(r)
+    if "tune" in only:
+        n = a.tune_size
+        for hb in (int(x) for x in a.heartbeats.split(",") if x):
+            lv = LivenessParams.from_heartbeat(hb)
+            c = run("crash", n, 0.01, 15.0, a.seed, liveness=lv)
+            s = run("steady", n, 0.05, a.fp_seconds, a.seed, liveness=lv)
+            res.setdefault("tune_hb", []).append(
+                {
+                    "nodes": n,
+                    "heartbeat_ms": hb,
+                    **{k: c[k] for k in ("prune_p50", "prune_p99", "prune_p100")},
+                    "bps_5pct_mean": s["bps_total_mean"],
+                    "bps_5pct_max": s["bps_total_max"],
+                    "false_prunes_5pct": s["false_prunes"],
+                }
+            )
+        for sy in (int(x) for x in a.syncs.split(",") if x):
+            g = GossipParams(sync_interval_ms=sy)
+            c = run("change", n, 0.01, 15.0, a.seed, gossip=g)
+            res.setdefault("tune_sync", []).append(
+                {
+                    "nodes": n,
+                    "sync_ms": sy,
+                    **{k: c[k] for k in ("change_p50", "change_p99", "change_p100")},
+                    "bps_during_change_mean": c["bps_total_mean"],
+                }
+            )
     for r in res.get("crash", []):
         b = r["detect_bound_ms"]
         for q in ("p50", "p99", "p100"):
@@ -180,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     out.append(
         table(
             res.get("change", []),
-            ["change_p50", "change_p99", "change_p100", "change_reached", "wall_s"],
+            ["change_p50", "change_p99", "change_p100", "change_reached", "wall_s", "max_rss_mb"],
             "Dissemination of one record change (ms, 1% loss)",
         )
     )
@@ -234,13 +300,33 @@ def main(argv: list[str] | None = None) -> int:
             "False prunes of live nodes under loss",
         )
     )
+    out.append(
+        table(
+            res.get("tune_hb", []),
+            [
+                "heartbeat_ms",
+                "prune_p50",
+                "prune_p99",
+                "prune_p100",
+                "bps_5pct_mean",
+                "bps_5pct_max",
+                "false_prunes_5pct",
+            ],
+            "heartbeatInterval: crash -> pruned (ms, 1% loss); traffic, false prunes at 5% loss",
+        )
+    )
+    out.append(
+        table(
+            res.get("tune_sync", []),
+            ["sync_ms", "change_p50", "change_p99", "change_p100", "bps_during_change_mean"],
+            "syncInterval: change dissemination (ms, 1% loss)",
+        )
+    )
     print("\n".join(out))
     files = plot(res, OUT)
     print("\nplots:", ", ".join(f"bench/out/{f}" for f in files))
-    clean = {
-        k: [{kk: vv for kk, vv in r.items() if kk != "_cdf"} for r in v] for k, v in res.items()
-    }
-    a.json.write_text(json.dumps(clean, indent=2))
+    if not a.replot:
+        a.json.write_text(json.dumps(res))
     return 0
 
 
