@@ -11,7 +11,9 @@ order; the first three share one growing topology::
   path length 1;
 * two bridges: A <-> C ping, path length 2 at both ends;
 * ring: every node reaches the two other meshes at path length 1 (shortest),
-  ``ping -6 -c 3`` succeeds without "Time exceeded";
+  ``ping -6 -c 3`` succeeds without "Time exceeded"; then ``kill -9`` of B12
+  (and its wireguard-go): m1 and m2 reach each other the long way round
+  through m3 (length 2) within failure detection + 5 s;
 * redundant bridges: two bridges between m1 and m2, 4 members on each side.
   Nodes split between the bridges; every cross pair pings both ways (the
   bridges masquerade, see docs/ROUTING.md); ``kill -9`` of one bridge (and its
@@ -292,6 +294,39 @@ def test_ring_shortest_paths_no_loop(chain: Topo) -> None:
         assert ok, f"{src.name} -> {addr}:\n{out}"
         assert "Time exceeded" not in out and "Hop limit" not in out, out
         assert " 0% packet loss" in out, out
+
+
+def test_ring_bridge_dies_long_way_round(chain: Topo) -> None:
+    """B12 dies: m1 and m2 reach each other through m3 (length 2, masqueraded twice)."""
+    t, c = chain, chain.cluster
+    a, x = t.d["A"], t.d["X"]
+    b12 = t.d["B12"]
+    b12.kill()
+    b12.kill_wireguard()
+    t0 = time.monotonic()
+
+    def rerouted() -> bool:
+        ra = _route(a, t.m1, _pfx(t.m2))
+        rx = _route(x, t.m2, _pfx(t.m1))
+        return bool(
+            ra
+            and ra["gateway"] == t.keys["B31"]
+            and ra["path"] == [t.m3, t.m2]
+            and rx
+            and rx["gateway"] == t.keys["B23"]
+            and rx["path"] == [t.m3, t.m1]
+        )
+
+    _wait(c, rerouted, ROUTE_MOVE_BOUND_S + 15, "A and X route the long way round")
+    move_s = time.monotonic() - t0
+    _wait_pings(c, [(a, t.addr("X", t.m2)), (x, t.addr("A", t.m1))], 20, "A <-> X via m3")
+    sys.stderr.write(
+        f"ring: B12 killed, routes via m3 after {move_s:.1f}s, "
+        f"pings after {time.monotonic() - t0:.1f}s\n"
+    )
+    assert move_s <= ROUTE_MOVE_BOUND_S, f"routes moved after {move_s:.1f}s"
+    ok, out = _ping(a, t.addr("X", t.m2), count=3)
+    assert ok and "Time exceeded" not in out, out
 
 
 # ----------------------------------------------------------------------------- redundant bridges
