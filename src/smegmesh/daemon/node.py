@@ -708,9 +708,16 @@ class Daemon:
         assert own is not None
         req = encode(JoinRequest(tok.mesh_id, tok.secret, own))
         errors: list[str] = []
-        for b in tok.bootstrap:
+        refused = False
+        # Two passes over the bootstrap members: a busy member may time out once
+        # (a retry with the same token is admitted again: admissions are per joiner).
+        for b in [*tok.bootstrap, *tok.bootstrap]:
             try:
-                reply = decode(await self.rpc.call(b.control_endpoint, b.tls_fp, req))
+                reply = decode(
+                    await self.rpc.call(
+                        b.control_endpoint, b.tls_fp, req, timeout=2 * float(self.config.timeout)
+                    )
+                )
             except (RpcError, WireError) as e:
                 errors.append(f"{b.control_endpoint}: {e}")
                 continue
@@ -724,12 +731,13 @@ class Daemon:
                     len(node.live_records()),
                 )
                 return tok.mesh_id
+            refused = True
             errors.append(f"{b.control_endpoint}: refused")
             break
         del self.meshes[tok.mesh_id]
         if rt.task:
             rt.task.cancel()
-        if errors and all("refused" in e for e in errors):
+        if refused:
             raise svc.refused(
                 "the invitation was refused (expired, used up, or not valid for this mesh)"
             )
