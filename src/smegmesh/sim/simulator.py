@@ -30,6 +30,7 @@ network and one per node derived from the seed; no wall clock anywhere.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import heapq
 import math
@@ -221,8 +222,31 @@ class Simulator:
             self._wake(i, d)
 
     def run_until(self, t_end: int) -> None:
+        """Process events up to ``t_end``.
+
+        The cyclic garbage collector is paused meanwhile (young generations
+        are collected every 20,000 events): a big simulation holds millions
+        of long-lived objects (N nodes x O(N) views), and full collections
+        triggered by the engine's O(N) temporaries scanned them all (at
+        10,000 nodes a view rebuild took 1-7 s instead of ~0.3 s). The
+        engine's behaviour does not depend on it.
+        """
+        was = gc.isenabled()
+        gc.disable()
+        try:
+            self._run_until(t_end)
+        finally:
+            if was:
+                gc.enable()
+
+    def _run_until(self, t_end: int) -> None:
         heap = self._heap
+        since_gc = 0
         while heap and heap[0][0] <= t_end:
+            since_gc += 1
+            if since_gc >= 20_000:
+                since_gc = 0
+                gc.collect(1)
             t, _, kind, p = heapq.heappop(heap)
             self.now = t
             self.events += 1
