@@ -406,9 +406,6 @@ class Daemon:
                 if log.isEnabledFor(logging.DEBUG):  # bench/calibrate.py reads this line
                     keys = ",".join(key_to_text(k)[:12] for k in o.keys)
                     log.debug("mesh %s: changed %s at %.6f", rt.mesh_id, keys, time.time())
-                if log.isEnabledFor(logging.DEBUG):  # bench/calibrate.py reads this line
-                    keys = ",".join(key_to_text(k)[:12] for k in o.keys)
-                    log.debug("mesh %s: changed %s at %.6f", rt.mesh_id, keys, time.time())
         rt.wake.set()
 
     async def _do_call(self, rt: MeshRuntime, call: Call) -> None:
