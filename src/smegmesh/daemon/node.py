@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import ctypes
+import gc
 import json
 import logging
 import os
@@ -60,6 +62,14 @@ from smegmesh.daemon.transport import (
 log = logging.getLogger("smegd")
 
 DEFAULT_WG_PORT = 51820
+
+
+def release_free_memory() -> None:
+    """Give freed heap pages back to the OS after start-up (imports churn a lot)."""
+    gc.collect()
+    gc.freeze()  # start-up objects live for ever: keep the collector off them
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def now_ms() -> int:
@@ -275,6 +285,7 @@ class Daemon:
             log.info("rejoined mesh %s (%d nodes known)", rt.mesh_id, len(state.live_records()))
         self._tasks.append(asyncio.create_task(self._reconcile_loop()))
         self._tasks.append(asyncio.create_task(self._persist_loop()))
+        release_free_memory()
 
     async def stop(self) -> None:
         for rt in self.meshes.values():
