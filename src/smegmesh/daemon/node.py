@@ -41,8 +41,9 @@ from smegmesh.core.invite import Bootstrap, TokenError, parse_token
 from smegmesh.core.liveness import LivenessParams
 from smegmesh.core.meshnode import Call, Changed, MeshNode, MeshSettings, Out, Relay
 from smegmesh.core.messages import Ack, JoinReply, JoinRequest, Refusal, WhoAmI, YouAre
+from smegmesh.core.multimesh import MeshRouting, route_meshes
 from smegmesh.core.record import RecordError, Role, check_endpoint
-from smegmesh.core.routing import RoutingResult, compute_routes
+from smegmesh.core.routing import RoutingResult
 from smegmesh.core.state import MeshState
 from smegmesh.core.wire import WireError, decode, decode_item, encode, encode_item
 from smegmesh.daemon import service as svc
@@ -572,30 +573,24 @@ class Daemon:
             log.debug("bridge masquerading off")
 
     def _recompute_routes(self) -> None:
-        """Path-vector routing over all our meshes (core.routing); publish our adverts."""
-        if not self.meshes:
-            self.routing = None
-            return
-        runtimes = list(self.meshes.values())
-        result = compute_routes(
-            self.identity.wg_public_key,
-            {rt.mesh_id: rt.node.live_records() for rt in runtimes},
-            advertise_routes=any(rt.advertise_routes for rt in runtimes),
-            advertise_defaults=any(rt.advertise_defaults for rt in runtimes),
+        """Path-vector routing over all our meshes (core.multimesh); publish our adverts."""
+        result, outs = route_meshes(
+            {m: rt.node for m, rt in self.meshes.items()},
+            {
+                m: MeshRouting(rt.advertise_routes, rt.advertise_defaults)
+                for m, rt in self.meshes.items()
+            },
             accept_defaults=self.config.accept_defaults,
+            now_ms=now_ms(),
         )
         old = self.routing
         self.routing = result
-        for rt in runtimes:
-            rec = rt.node.record
-            adverts = result.adverts.get(rt.mesh_id, ())
-            if not rt.advertise_routes and not rt.advertise_defaults:
-                adverts = ()
-            if rec is not None and not rec.left and tuple(rec.routes) != tuple(adverts):
-                self._emit(rt, rt.node.update_self(now_ms(), routes=tuple(adverts)))
-            if old is None or old.gateway_routes.get(rt.mesh_id) != result.gateway_routes.get(
-                rt.mesh_id
-            ):
+        for mesh_id, o in outs.items():
+            self._emit(self.meshes[mesh_id], o)
+        for rt in self.meshes.values():
+            before = old.gateway_routes.get(rt.mesh_id) if old else None
+            after = result.gateway_routes.get(rt.mesh_id) if result else None
+            if before != after:
                 rt.dirty_wg = True
 
     def _desired(self, rt: MeshRuntime) -> Any:

@@ -1,0 +1,59 @@
+"""One node in several meshes: routing across them. Pure.
+
+The per-mesh engines (``core.meshnode``) know nothing of each other; this
+module joins them for a node that is in several meshes: it runs the
+path-vector computation (``core.routing``) over all of the node's meshes and
+publishes the resulting adverts into the node's own record in each mesh. The
+daemon and the simulator both call :func:`route_meshes` after a state change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from smegmesh.core.meshnode import MeshNode, Out
+from smegmesh.core.routing import RoutingResult, compute_routes
+
+
+@dataclass(frozen=True, slots=True)
+class MeshRouting:
+    """Per-mesh routing options (``advertiseRoute``/``advertiseDefaults``)."""
+
+    advertise_routes: bool = False
+    advertise_defaults: bool = False
+
+
+def route_meshes(
+    nodes: Mapping[str, MeshNode],
+    options: Mapping[str, MeshRouting],
+    *,
+    accept_defaults: bool,
+    now_ms: int,
+) -> tuple[RoutingResult | None, dict[str, list[Out]]]:
+    """Recompute routes over ``nodes`` (mesh id -> engine of this node in it).
+
+    Returns the routing result and, per mesh, the engine outputs of publishing
+    changed adverts (to be handled like any other engine output).
+    """
+    if not nodes:
+        return None, {}
+    self_key = next(iter(nodes.values())).key
+    opts = {m: options.get(m, MeshRouting()) for m in nodes}
+    result = compute_routes(
+        self_key,
+        {m: n.live_records() for m, n in nodes.items()},
+        advertise_routes=any(o.advertise_routes for o in opts.values()),
+        advertise_defaults=any(o.advertise_defaults for o in opts.values()),
+        accept_defaults=accept_defaults,
+    )
+    outs: dict[str, list[Out]] = {}
+    for mesh_id, node in nodes.items():
+        o = opts[mesh_id]
+        adverts = result.adverts.get(mesh_id, ())
+        if not o.advertise_routes and not o.advertise_defaults:
+            adverts = ()
+        rec = node.record
+        if rec is not None and not rec.left and tuple(rec.routes) != tuple(adverts):
+            outs[mesh_id] = node.update_self(now_ms, routes=tuple(adverts))
+    return result, outs
