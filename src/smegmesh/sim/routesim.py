@@ -1,0 +1,776 @@
+"""Multi-mesh route convergence: a discrete-event simulation of many meshes and bridges.
+
+Every simulated node has one real :class:`~smegmesh.core.meshnode.MeshNode` per
+mesh it is in (same identity). Whenever any of a node's meshes reports
+``Changed``, the node runs :func:`smegmesh.core.multimesh.route_meshes` over
+all its engines, exactly as the daemon's reconcile loop does, and the outputs
+(publishing its new adverts) go back into the engines. Bridges (nodes in two
+meshes, ``advertiseRoute`` on) publish adverts; the other nodes only select
+gateways. The selected routes of a node are ``RoutingResult.table`` of its
+last computation.
+
+Network model as in :mod:`smegmesh.sim.simulator` (``NetParams``): per-node
+lognormal distance, per-message jitter, one-way loss, RPC timeout for calls
+to crashed nodes; every message is encoded with ``core.wire.encode`` to count
+bytes. Determinism: one ``random.Random`` for the network and one per engine,
+all derived from the seed; no wall clock in the model.
+
+Steady state is pre-built, not simulated: the routes are converged offline
+(:func:`offline_routes`: ``compute_routes`` iterated over the bridges until a
+fixed point, which is unique: shortest paths, deterministic tie-break), every
+mesh's records (bridges' with their adverts) go into one shared state per
+mesh, cloned copy-on-write into each member's engine. Before the run every
+node calls ``route_meshes`` once: it must publish nothing (the pre-built
+state is the engine's own fixed point) and select exactly the offline routes.
+
+:meth:`RouteSim.kill` crashes a bridge (both its engines) and sets the
+target: the tables a fresh offline computation gives without that bridge.
+A node has converged at the last time its table became equal to the target
+(and stayed so); nodes whose routes do not change converge at the kill.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import heapq
+import math
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from smegmesh.core.gossip import GossipParams
+from smegmesh.core.identity import NodeIdentity
+from smegmesh.core.liveness import LivenessParams
+from smegmesh.core.meshnode import Call, Changed, MeshNode, MeshSettings, Out, Relay
+from smegmesh.core.messages import Ack
+from smegmesh.core.multimesh import MeshRouting, route_meshes
+from smegmesh.core.record import NodeRecord, Role, RouteAdv
+from smegmesh.core.routing import RouteEntry, compute_routes
+from smegmesh.core.state import MeshState
+from smegmesh.core.wire import encode
+from smegmesh.sim.simulator import T0, NetParams, _next_wakeup
+from smegmesh.sim.state import clone_state
+
+__all__ = [
+    "RouteSim",
+    "RouteSimConfig",
+    "Topology",
+    "make_topology",
+    "offline_routes",
+    "run_bridge_failure",
+]
+
+Table = tuple[RouteEntry, ...]
+
+_TICK, _REQ, _REP, _TIMEOUT, _ROUTE, _ACTION = range(6)
+
+
+# ---------------------------------------------------------------------- topology
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Meshes, their members and the bridges between them.
+
+    Nodes ``0 .. meshes*per_mesh-1`` are ordinary members (``per_mesh`` per
+    mesh, in mesh order); the others are bridges, each in exactly two meshes.
+    """
+
+    mesh_ids: tuple[str, ...]
+    node_meshes: tuple[tuple[int, ...], ...]  # node -> indices of its meshes
+    links: tuple[tuple[int, int], ...]  # mesh graph edges (a < b)
+    bridges_of_link: dict[tuple[int, int], tuple[int, ...]]
+
+    @property
+    def nodes(self) -> int:
+        return len(self.node_meshes)
+
+    @property
+    def bridges(self) -> list[int]:
+        return [i for i, ms in enumerate(self.node_meshes) if len(ms) >= 2]
+
+    def members(self, mesh: int) -> list[int]:
+        return [i for i, ms in enumerate(self.node_meshes) if mesh in ms]
+
+    def cut_links(self) -> set[tuple[int, int]]:
+        """Links whose removal disconnects the mesh graph."""
+        out = set()
+        for e in self.links:
+            if not _connected(len(self.mesh_ids), [x for x in self.links if x != e]):
+                out.add(e)
+        return out
+
+
+def _connected(n: int, edges: Sequence[tuple[int, int]]) -> bool:
+    adj: list[list[int]] = [[] for _ in range(n)]
+    for a, b in edges:
+        adj[a].append(b)
+        adj[b].append(a)
+    seen = {0}
+    todo = [0]
+    while todo:
+        x = todo.pop()
+        for y in adj[x]:
+            if y not in seen:
+                seen.add(y)
+                todo.append(y)
+    return len(seen) == n
+
+
+def make_topology(
+    meshes: int,
+    per_mesh: int,
+    *,
+    seed: int,
+    extra_links: float = 0.25,
+    redundant: float = 0.2,
+) -> Topology:
+    """A random connected mesh graph: a random recursive tree plus
+    ``extra_links * meshes`` extra links (average degree ~2.5); each link gets
+    one bridge, or two with probability ``redundant``."""
+    rng = random.Random(f"topology/{seed}")
+    links: set[tuple[int, int]] = set()
+    for i in range(1, meshes):
+        j = rng.randrange(i)
+        links.add((j, i))
+    want = len(links) + round(extra_links * meshes)
+    tries = 0
+    while len(links) < want and tries < 100 * meshes and meshes > 2:
+        tries += 1
+        a, b = sorted(rng.sample(range(meshes), 2))
+        links.add((a, b))
+    ordered = tuple(sorted(links))
+    node_meshes: list[tuple[int, ...]] = [(m,) for m in range(meshes) for _ in range(per_mesh)]
+    by_link: dict[tuple[int, int], tuple[int, ...]] = {}
+    for a, b in ordered:
+        k = 2 if rng.random() < redundant else 1
+        ids = []
+        for _ in range(k):
+            ids.append(len(node_meshes))
+            node_meshes.append((a, b))
+        by_link[(a, b)] = tuple(ids)
+    mesh_ids = tuple(f"rmesh-{seed}-{m:03d}" for m in range(meshes))
+    return Topology(mesh_ids, tuple(node_meshes), ordered, by_link)
+
+
+# ---------------------------------------------------------------------- offline routing
+
+
+def _node_seed(seed: int, i: int) -> bytes:
+    return hashlib.sha256(f"smegmesh-routesim/{seed}/{i}".encode()).digest()
+
+
+def control_endpoint(i: int) -> str:
+    return f"[fd00:5f::{i // 65536:x}:{i % 65536:x}]:7443"
+
+
+def wg_endpoint(i: int) -> str:
+    return f"[2001:db8:5f::{i // 65536:x}:{i % 65536:x}]:51820"
+
+
+def offline_routes(
+    topo: Topology,
+    records: dict[tuple[int, int], NodeRecord],
+    dead: Iterable[int] = (),
+    *,
+    max_rounds: int | None = None,
+) -> tuple[dict[tuple[int, int], tuple[RouteAdv, ...]], list[Table | None], int]:
+    """Converge routes offline: ``compute_routes`` over the bridges until nothing changes.
+
+    ``records[(node, mesh)]`` are the base records (their ``routes`` are
+    ignored). Returns the bridges' adverts per (node, mesh), every live
+    node's table (None for dead nodes) and the number of rounds.
+    """
+    gone = set(dead)
+    cur = {k: replace(r, routes=()) for k, r in records.items() if k[0] not in gone}
+    members: list[list[int]] = [[] for _ in topo.mesh_ids]
+    for i, ms in enumerate(topo.node_meshes):
+        if i not in gone:
+            for m in ms:
+                members[m].append(i)
+    ids = topo.mesh_ids
+
+    def compute(i: int, adv: bool) -> Any:
+        recs = {ids[m]: [cur[(j, m)] for j in members[m]] for m in topo.node_meshes[i]}
+        return compute_routes(
+            records[(i, topo.node_meshes[i][0])].wg_key,
+            recs,
+            advertise_routes=adv,
+            advertise_defaults=False,
+            accept_defaults=False,
+        )
+
+    bridges = [b for b in topo.bridges if b not in gone]
+    limit = max_rounds if max_rounds is not None else 4 * len(ids) + 10
+    rounds = 0
+    changed = True
+    while changed:
+        rounds += 1
+        if rounds > limit:
+            raise RuntimeError("offline routing did not converge")
+        changed = False
+        for b in bridges:  # Gauss-Seidel: the fixed point is unique, order only changes speed
+            res = compute(b, True)
+            for m in topo.node_meshes[b]:
+                new = tuple(res.adverts.get(ids[m], ()))
+                if cur[(b, m)].routes != new:
+                    cur[(b, m)] = replace(cur[(b, m)], routes=new)
+                    changed = True
+    adverts = {(b, m): cur[(b, m)].routes for b in bridges for m in topo.node_meshes[b]}
+    tables: list[Table | None] = [
+        None if i in gone else tuple(compute(i, len(topo.node_meshes[i]) >= 2).table)
+        for i in range(topo.nodes)
+    ]
+    return adverts, tables, rounds
+
+
+# ---------------------------------------------------------------------- simulator
+
+
+@dataclass(slots=True)
+class _Engine:
+    node: int
+    mesh: str
+    eng: MeshNode
+    wake_at: int | None = None
+
+
+@dataclass(slots=True)
+class _Pending:
+    caller: int  # engine
+    epoch: int  # caller node's epoch
+    to: int  # engine, -1 = unknown
+    msg: Any
+    ctx: Any
+    parent: int | None = None
+
+
+@dataclass
+class _Traffic:
+    tx: list[int] = field(default_factory=list)  # per node
+    rx: list[int] = field(default_factory=list)
+    msgs: int = 0
+    # (second since T0, message type) -> [count, bytes]
+    buckets: dict[tuple[int, str], list[int]] = field(default_factory=dict)
+
+
+class RouteSim:
+    """Event loop over all engines of all nodes; see the module docstring."""
+
+    def __init__(
+        self,
+        topo: Topology,
+        *,
+        seed: int = 1,
+        net: NetParams | None = None,
+        gossip: GossipParams | None = None,
+        liveness: LivenessParams | None = None,
+        route_delay_ms: int = 0,
+    ) -> None:
+        self.topo = topo
+        self.seed = seed
+        self.net = net or NetParams()
+        self.gossip = gossip or GossipParams()
+        self.liveness = liveness or LivenessParams()
+        self.route_delay_ms = route_delay_ms
+        self.rng = random.Random(f"net/{seed}")
+        self.now = T0
+        self.events = 0
+        self.route_runs = 0
+        self._heap: list[tuple[int, int, int, Any]] = []
+        self._seq = 0
+        self._calls: dict[int, _Pending] = {}
+        self._next_call = 0
+        self._size_cache: dict[int, tuple[Any, int]] = {}
+        self.traffic = _Traffic([0] * topo.nodes, [0] * topo.nodes)
+        self.timings: dict[str, float] = {}
+
+        t0 = time.perf_counter()
+        n = topo.nodes
+        self.identities = [NodeIdentity.from_seed(_node_seed(seed, i)) for i in range(n)]
+        self.keys = [ident.wg_public_key for ident in self.identities]
+        self.latency_base = [
+            self.net.latency_ms * math.exp(self.rng.gauss(0.0, self.net.node_sigma))
+            for _ in range(n)
+        ]
+        t1 = time.perf_counter()
+        base_recs: dict[tuple[int, int], NodeRecord] = {}
+        for i, ms in enumerate(topo.node_meshes):
+            for m in ms:
+                base_recs[(i, m)] = NodeRecord.create(
+                    self.identities[i],
+                    topo.mesh_ids[m],
+                    version=T0,
+                    now_ms=T0,
+                    role=Role.PEER,
+                    wg_endpoint=wg_endpoint(i),
+                    control_endpoint=control_endpoint(i),
+                )
+        self.base_records = base_recs
+        t2 = time.perf_counter()
+        adverts, tables, rounds = offline_routes(topo, base_recs)
+        self.offline_rounds = rounds
+        t3 = time.perf_counter()
+        # Settled records: bridges publish their converged adverts.
+        final = dict(base_recs)
+        for (b, m), adv in adverts.items():
+            if adv:
+                final[(b, m)] = NodeRecord.create(
+                    self.identities[b],
+                    topo.mesh_ids[m],
+                    version=T0,
+                    now_ms=T0,
+                    role=Role.PEER,
+                    wg_endpoint=wg_endpoint(b),
+                    control_endpoint=control_endpoint(b),
+                    routes=adv,
+                )
+        bases: list[MeshState] = []
+        for m, mid in enumerate(topo.mesh_ids):
+            st = MeshState(mid, verifier=lambda jobs: [True] * len(jobs))
+            recs = [final[(i, m)] for i in topo.members(m)]
+            changed, errors = st.apply_many(recs, T0)
+            assert not errors and len(changed) == len(recs)
+            st._verifier = MeshState(mid)._verifier  # receivers verify what arrives
+            bases.append(st)
+        self.engines: list[_Engine] = []
+        self.eng_of: dict[tuple[bytes, str], int] = {}
+        self.node_engines: list[list[int]] = [[] for _ in range(n)]
+        for i, ms in enumerate(topo.node_meshes):
+            for m in ms:
+                mid = topo.mesh_ids[m]
+                eng = MeshNode(
+                    identity=self.identities[i],
+                    mesh_id=mid,
+                    settings=MeshSettings(
+                        role=Role.PEER,
+                        wg_endpoint=wg_endpoint(i),
+                        control_endpoint=control_endpoint(i),
+                    ),
+                    gossip=self.gossip,
+                    liveness=self.liveness,
+                    rng=random.Random(f"engine/{seed}/{i}/{m}"),
+                    state=clone_state(bases[m]),
+                )
+                e = len(self.engines)
+                self.engines.append(_Engine(i, mid, eng))
+                self.eng_of[(self.keys[i], mid)] = e
+                self.node_engines[i].append(e)
+        self.options = [
+            {
+                topo.mesh_ids[m]: MeshRouting(advertise_routes=len(ms) >= 2)
+                for m in topo.node_meshes[i]
+            }
+            for i, ms in enumerate(topo.node_meshes)
+        ]
+        self.alive = [True] * n
+        self.epoch = [0] * n
+        self._route_pending = [False] * n
+        self.tables: list[Table] = [()] * n
+        self.table_changes = [0] * n
+        # Every node computes its routes once: nothing to publish, the offline tables.
+        for i in range(n):
+            result, outs = self._route(i)
+            if outs:
+                raise AssertionError(f"node {i}: pre-built state is not a routing fixed point")
+            assert result is not None
+            self.tables[i] = tuple(result.table)
+            if self.tables[i] != tables[i]:
+                raise AssertionError(f"node {i}: engine routes differ from offline routes")
+        self.route_runs = 0
+        self.pre_tables = tables
+        self.target: list[Table | None] | None = None
+        self.conv_at: list[int | None] = [None] * n
+        self.killed: list[int] = []
+        self.kill_time: int | None = None
+        for e in range(len(self.engines)):
+            self._wake(e, T0)
+        t4 = time.perf_counter()
+        self.timings = {
+            "identities": t1 - t0,
+            "records": t2 - t1,
+            "offline_routes": t3 - t2,
+            "engines": t4 - t3,
+        }
+
+    # ------------------------------------------------------------------ events
+
+    def _push(self, t: int, kind: int, payload: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (t, self._seq, kind, payload))
+
+    def at(self, t: int, fn: Callable[[], None]) -> None:
+        self._push(t, _ACTION, fn)
+
+    def _wake(self, e: int, t: int) -> None:
+        en = self.engines[e]
+        if en.wake_at is None or t < en.wake_at:
+            en.wake_at = t
+            self._push(t, _TICK, (e, self.epoch[en.node]))
+
+    def _reschedule(self, e: int) -> None:
+        d = _next_wakeup(self.engines[e].eng, self.now)
+        if d is not None:
+            self._wake(e, d)
+
+    def run_until(self, t_end: int) -> None:
+        was = gc.isenabled()
+        gc.disable()  # see Simulator.run_until
+        try:
+            self._run_until(t_end)
+        finally:
+            if was:
+                gc.enable()
+
+    def run_for(self, ms: int) -> None:
+        self.run_until(self.now + ms)
+
+    def _run_until(self, t_end: int) -> None:
+        heap = self._heap
+        since_gc = 0
+        while heap and heap[0][0] <= t_end:
+            since_gc += 1
+            if since_gc >= 20_000:
+                since_gc = 0
+                gc.collect(1)
+            t, _, kind, p = heapq.heappop(heap)
+            self.now = t
+            self.events += 1
+            if kind == _TICK:
+                e, epoch = p
+                en = self.engines[e]
+                if not self.alive[en.node] or self.epoch[en.node] != epoch or en.wake_at != t:
+                    continue
+                en.wake_at = None
+                self._outs(e, en.eng.tick(t))
+                self._reschedule(e)
+            elif kind == _REQ:
+                self._deliver_request(p)
+            elif kind == _REP:
+                self._deliver_reply(*p)
+            elif kind == _TIMEOUT:
+                self._timeout(p)
+            elif kind == _ROUTE:
+                self._route_event(*p)
+            else:
+                p()
+        self.now = max(self.now, t_end)
+
+    # ------------------------------------------------------------------ routing
+
+    def _route(self, i: int) -> tuple[Any, dict[str, list[Out]]]:
+        self.route_runs += 1
+        engs = {self.engines[e].mesh: self.engines[e].eng for e in self.node_engines[i]}
+        return route_meshes(engs, self.options[i], accept_defaults=False, now_ms=self.now)
+
+    def _route_event(self, i: int, epoch: int) -> None:
+        self._route_pending[i] = False
+        if not self.alive[i] or self.epoch[i] != epoch:
+            return
+        result, outs = self._route(i)
+        for mid, o in outs.items():
+            e = self.eng_of[(self.keys[i], mid)]
+            self._outs(e, o)
+            self._reschedule(e)
+        table = tuple(result.table) if result is not None else ()
+        if table != self.tables[i]:
+            self.tables[i] = table
+            self.table_changes[i] += 1
+            if self.target is not None:
+                self.conv_at[i] = self.now if table == self.target[i] else None
+
+    def _changed(self, i: int) -> None:
+        """Like the daemon: any ``Changed`` wakes the reconcile loop, which recomputes routes."""
+        if not self._route_pending[i]:
+            self._route_pending[i] = True
+            self._push(self.now + self.route_delay_ms, _ROUTE, (i, self.epoch[i]))
+
+    # ------------------------------------------------------------------ network
+
+    def _latency(self, a: int, b: int) -> int:
+        base = (self.latency_base[a] + self.latency_base[b]) / 2
+        return max(1, int(base * math.exp(self.rng.gauss(0.0, self.net.jitter_sigma))))
+
+    def _size(self, msg: Any) -> int:
+        k = id(msg)
+        hit = self._size_cache.get(k)
+        if hit is not None and hit[0] is msg:
+            return hit[1]
+        size = len(encode(msg))
+        if len(self._size_cache) > 50_000:
+            self._size_cache.clear()
+        self._size_cache[k] = (msg, size)
+        return size
+
+    def _send(self, ea: int, eb: int, kind: int, payload: Any, msg: Any) -> None:
+        a = self.engines[ea].node
+        b = self.engines[eb].node
+        ok = self.alive[b] and (self.net.loss <= 0 or self.rng.random() >= self.net.loss)
+        size = self._size(msg)
+        tr = self.traffic
+        tr.tx[a] += size
+        if ok:
+            tr.rx[b] += size
+        tr.msgs += 1
+        bk = ((self.now - T0) // 1000, type(msg).__name__)
+        s = tr.buckets.get(bk)
+        if s is None:
+            s = tr.buckets[bk] = [0, 0]
+        s[0] += 1
+        s[1] += size
+        if ok:
+            self._push(self.now + self._latency(a, b), kind, payload)
+
+    def _call(self, caller: int, to: int, msg: Any, ctx: Any, parent: int | None = None) -> None:
+        self._next_call += 1
+        cid = self._next_call
+        node = self.engines[caller].node
+        self._calls[cid] = _Pending(caller, self.epoch[node], to, msg, ctx, parent)
+        timeout = self.net.relay_timeout_ms if parent is not None else self.net.rpc_timeout_ms
+        self._push(self.now + timeout, _TIMEOUT, cid)
+        if to >= 0:
+            self._send(caller, to, _REQ, cid, msg)
+
+    def _outs(self, e: int, outs: Iterable[Out]) -> None:
+        en = self.engines[e]
+        for o in outs:
+            if type(o) is Call:
+                to = self.eng_of.get((o.to, en.mesh), -1)
+                self._call(e, to, o.msg, o.ctx)
+            elif type(o) is Changed:
+                self._changed(en.node)
+
+    def _deliver_request(self, cid: int) -> None:
+        c = self._calls.get(cid)
+        if c is None:
+            return
+        dst = self.engines[c.to]
+        if not self.alive[dst.node]:
+            return
+        src_key = self.keys[self.engines[c.caller].node]
+        reply, outs = dst.eng.handle_request(src_key, c.msg, self.now)
+        self._outs(c.to, outs)
+        if type(reply) is Relay:
+            target = self.eng_of.get((reply.target, dst.mesh), -1)
+            self._call(c.to, target, reply.msg, None, parent=cid)
+        else:
+            self._send(c.to, c.caller, _REP, (cid, reply), reply)
+        self._reschedule(c.to)
+
+    def _deliver_reply(self, cid: int, reply: Any) -> None:
+        c = self._calls.pop(cid, None)
+        if c is None:
+            return
+        caller = self.engines[c.caller]
+        if not self.alive[caller.node] or self.epoch[caller.node] != c.epoch:
+            return
+        if c.parent is not None:
+            self._relay_done(c, ok=type(reply) is Ack and reply.ok)
+            return
+        to_key = self.keys[self.engines[c.to].node]
+        self._outs(c.caller, caller.eng.handle_reply(to_key, c.ctx, reply, self.now))
+        self._reschedule(c.caller)
+
+    def _timeout(self, cid: int) -> None:
+        c = self._calls.pop(cid, None)
+        if c is None:
+            return
+        caller = self.engines[c.caller]
+        if not self.alive[caller.node] or self.epoch[caller.node] != c.epoch:
+            return
+        if c.parent is not None:
+            self._relay_done(c, ok=False)
+            return
+        to_key = self.keys[self.engines[c.to].node] if c.to >= 0 else b""
+        self._outs(c.caller, caller.eng.handle_failure(to_key, c.ctx, self.now))
+        self._reschedule(c.caller)
+
+    def _relay_done(self, c: _Pending, ok: bool) -> None:
+        parent = self._calls.get(c.parent) if c.parent is not None else None
+        if parent is None:
+            return
+        ack = Ack(self.engines[c.caller].mesh, c.msg.probe_id, ok)
+        self._send(c.caller, parent.caller, _REP, (c.parent, ack), ack)
+
+    # ------------------------------------------------------------------ faults
+
+    def kill(self, node: int, target: list[Table | None]) -> None:
+        """Crash ``node`` (all its engines) now; ``target``: the expected tables afterwards."""
+        self.alive[node] = False
+        self.epoch[node] += 1
+        for e in self.node_engines[node]:
+            self.engines[e].wake_at = None
+        self.killed.append(node)
+        self.kill_time = self.now
+        self.target = target
+        self.conv_at = [
+            self.now if self.alive[i] and self.tables[i] == target[i] else None
+            for i in range(self.topo.nodes)
+        ]
+
+    def unconverged(self) -> int:
+        return sum(1 for i in range(self.topo.nodes) if self.alive[i] and self.conv_at[i] is None)
+
+    def bytes_in(self, t_from: int, t_to: int) -> tuple[int, dict[str, int]]:
+        """Bytes sent in whole seconds [t_from, t_to) (ms since T0), total and by type."""
+        total = 0
+        by: dict[str, int] = {}
+        lo, hi = t_from // 1000, -(-t_to // 1000)
+        for (sec, name), (_, b) in self.traffic.buckets.items():
+            if lo <= sec < hi:
+                total += b
+                by[name] = by.get(name, 0) + b
+        return total, by
+
+
+# ---------------------------------------------------------------------- scenario
+
+
+@dataclass(frozen=True)
+class RouteSimConfig:
+    meshes: int = 10
+    per_mesh: int = 28  # ordinary members per mesh (bridges come on top)
+    seed: int = 1
+    extra_links: float = 0.25
+    redundant: float = 0.2
+    kill: str = "sole"  # "sole": the only bridge of a non-cut link; "redundant": one of two
+    warmup_s: float = 5.0
+    steady_s: float = 10.0
+    max_after_s: float = 120.0
+    tail_s: float = 5.0  # keep running after everyone converged (must stay converged)
+    loss: float = 0.01
+
+
+def _pct(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
+
+
+def run_bridge_failure(cfg: RouteSimConfig, *, progress: bool = False) -> dict[str, Any]:
+    """Build, run steady, kill one bridge, run until every node has the offline routes."""
+    w0 = time.perf_counter()
+    topo = make_topology(
+        cfg.meshes,
+        cfg.per_mesh,
+        seed=cfg.seed,
+        extra_links=cfg.extra_links,
+        redundant=cfg.redundant,
+    )
+    sim = RouteSim(topo, seed=cfg.seed, net=NetParams(loss=cfg.loss))
+    w1 = time.perf_counter()
+
+    rng = random.Random(f"kill/{cfg.seed}")
+    if cfg.kill == "redundant":
+        cands = [bs[0] for bs in topo.bridges_of_link.values() if len(bs) >= 2]
+    else:
+        cut = topo.cut_links()
+        cands = [bs[0] for ln, bs in topo.bridges_of_link.items() if len(bs) == 1 and ln not in cut]
+    if not cands:
+        cands = topo.bridges
+    victim = rng.choice(sorted(cands))
+    _, target, post_rounds = offline_routes(topo, sim.base_records, dead=[victim])
+    affected = [i for i in range(topo.nodes) if i != victim and target[i] != sim.pre_tables[i]]
+    w2 = time.perf_counter()
+
+    sim.run_for(int(cfg.warmup_s * 1000))
+    t_steady = sim.now
+    sim.run_for(int(cfg.steady_s * 1000))
+    t_kill = sim.now
+    ev_steady = sim.events
+    runs_at_kill = sim.route_runs
+    sim.kill(victim, target)
+    w3 = time.perf_counter()
+    deadline = t_kill + int(cfg.max_after_s * 1000)
+    done_at: int | None = None
+    while sim.now < deadline:
+        sim.run_for(1000)
+        if progress:
+            print(
+                f"  t+{(sim.now - t_kill) / 1000:.0f}s unconverged={sim.unconverged()} "
+                f"events={sim.events} wall={time.perf_counter() - w3:.0f}s",
+                flush=True,
+            )
+        if sim.unconverged() == 0:
+            if done_at is None:
+                done_at = sim.now
+            if sim.now - done_at >= cfg.tail_s * 1000:
+                break
+        else:
+            done_at = None
+    w4 = time.perf_counter()
+
+    live = [i for i in range(topo.nodes) if sim.alive[i]]
+    ordinary = cfg.meshes * cfg.per_mesh
+    conv = [(c - t_kill) / 1000 for i in live if (c := sim.conv_at[i]) is not None]
+    conv_aff = [(c - t_kill) / 1000 for i in affected if (c := sim.conv_at[i]) is not None]
+    last = max(conv) if conv else None
+    n_live = len(live)
+    steady_b, steady_by = sim.bytes_in(t_steady - T0, t_kill - T0)
+    steady_rate = steady_b / n_live / ((t_kill - t_steady) / 1000)
+    conv_rate = None
+    peak_rate = None
+    conv_by: dict[str, float] = {}
+    if last is not None and sim.unconverged() == 0:
+        t_end = t_kill - T0 + max(1000, int(math.ceil(last) * 1000))
+        cb, cby = sim.bytes_in(t_kill - T0, t_end)
+        secs = (t_end - (t_kill - T0)) / 1000
+        conv_rate = cb / n_live / secs
+        conv_by = {k: round(v / n_live / secs, 1) for k, v in sorted(cby.items())}
+        lo = (t_kill - T0) // 1000
+        per_sec = [sim.bytes_in(s * 1000, s * 1000 + 1000)[0] for s in range(lo, t_end // 1000)]
+        peak_rate = max(per_sec) / n_live if per_sec else None
+    vm = topo.node_meshes[victim]
+    vmb = topo.bridges_of_link[(min(vm), max(vm))]
+    return {
+        "meshes": cfg.meshes,
+        "nodes": topo.nodes,
+        "engines": len(sim.engines),
+        "bridges": len(topo.bridges),
+        "links": len(topo.links),
+        "redundant_links": sum(1 for b in topo.bridges_of_link.values() if len(b) > 1),
+        "seed": cfg.seed,
+        "kill": cfg.kill,
+        "victim": victim,
+        "victim_meshes": list(vm),
+        "victim_link_bridges": len(vmb),
+        "offline_rounds_pre": sim.offline_rounds,
+        "offline_rounds_post": post_rounds,
+        "routes_per_node_pre": round(sum(len(t or ()) for t in sim.pre_tables) / topo.nodes, 2),
+        "routes_per_node_post": round(sum(len(t or ()) for t in target) / n_live, 2),
+        # ordinary nodes: other meshes they have no route to (MAX_ROUTES truncation)
+        "missing_routes_pre": round(
+            sum(cfg.meshes - 1 - len(sim.pre_tables[i] or ()) for i in range(ordinary)) / ordinary,
+            2,
+        ),
+        "affected_nodes": len(affected),
+        "unconverged": sim.unconverged(),
+        "conv_p50_s": _pct(conv, 0.5),
+        "conv_p99_s": _pct(conv, 0.99),
+        "conv_max_s": last,
+        "conv_affected_p50_s": _pct(conv_aff, 0.5),
+        "conv_affected_p99_s": _pct(conv_aff, 0.99),
+        "steady_bytes_per_node_s": round(steady_rate, 1),
+        "conv_bytes_per_node_s": round(conv_rate, 1) if conv_rate is not None else None,
+        "peak_bytes_per_node_s": round(peak_rate, 1) if peak_rate is not None else None,
+        "steady_by_type": {
+            k: round(v / n_live / ((t_kill - t_steady) / 1000), 1)
+            for k, v in sorted(steady_by.items())
+        },
+        "conv_by_type": conv_by,
+        "route_runs_steady": runs_at_kill,
+        "route_runs_after_kill": sim.route_runs - runs_at_kill,
+        "table_changes": sum(sim.table_changes),
+        "events": sim.events,
+        "events_steady": ev_steady,
+        "virtual_s": (sim.now - T0) / 1000,
+        "wall_build_s": round(w1 - w0, 1),
+        "wall_offline_post_s": round(w2 - w1, 1),
+        "wall_steady_s": round(w3 - w2, 1),
+        "wall_after_kill_s": round(w4 - w3, 1),
+        "build_timings": {k: round(v, 2) for k, v in sim.timings.items()},
+    }
