@@ -47,7 +47,7 @@ from smegmesh.core.liveness import LivenessParams
 from smegmesh.core.meshnode import Call, Changed, MeshNode, MeshSettings, Out, Relay
 from smegmesh.core.messages import Ack
 from smegmesh.core.multimesh import MeshRouting, route_meshes
-from smegmesh.core.record import NodeRecord, Role, RouteAdv
+from smegmesh.core.record import NodeRecord, Prune, Role, RouteAdv
 from smegmesh.core.routing import RouteEntry, compute_routes
 from smegmesh.core.state import MeshState
 from smegmesh.core.wire import encode
@@ -704,6 +704,21 @@ def run_bridge_failure(cfg: RouteSimConfig, *, progress: bool = False) -> dict[s
             done_at = None
     w4 = time.perf_counter()
 
+    # failure detection: when the victim was pruned in each of its meshes (prune timestamp)
+    detect: list[float] = []
+    for m in topo.node_meshes[victim]:
+        mid = topo.mesh_ids[m]
+        seen = [
+            it.timestamp_ms
+            for e in topo.members(m)
+            if sim.alive[e]
+            for it in sim.engines[sim.eng_of[(sim.keys[e], mid)]].eng.mesh.items_for(
+                [sim.keys[victim]]
+            )
+            if isinstance(it, Prune)
+        ]
+        if seen:
+            detect.append((min(seen) - t_kill) / 1000)
     live = [i for i in range(topo.nodes) if sim.alive[i]]
     ordinary = cfg.meshes * cfg.per_mesh
     conv = [(c - t_kill) / 1000 for i in live if (c := sim.conv_at[i]) is not None]
@@ -749,6 +764,8 @@ def run_bridge_failure(cfg: RouteSimConfig, *, progress: bool = False) -> dict[s
         ),
         "affected_nodes": len(affected),
         "unconverged": sim.unconverged(),
+        "detect_s": detect,
+        "propagation_s": round(last - max(detect), 3) if last is not None and detect else None,
         "conv_p50_s": _pct(conv, 0.5),
         "conv_p99_s": _pct(conv, 0.99),
         "conv_max_s": last,
