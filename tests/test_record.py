@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from smegmesh.core.addressing import overlay_address
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.record import (
+    MAX_ROUTES,
     PRUNE_TAG,
     RECORD_TAG,
     Admission,
@@ -145,7 +146,7 @@ BAD_FIELDS: list[tuple[str, object]] = [
     ("routes", (RouteAdv("fd00:1:0::/64", ()),)),  # non-canonical
     ("routes", (RouteAdv("::/0", tuple(f"m{i}" for i in range(17))),)),
     ("routes", (RouteAdv("::/0", ("Bad",)),)),
-    ("routes", tuple(RouteAdv(f"fd00:{i:x}::/64", ()) for i in range(65))),
+    ("routes", tuple(RouteAdv(f"fd00:{i:x}::/64", ()) for i in range(MAX_ROUTES + 1))),
     ("assigned_peer", b"\x00" * 5),
     ("assigned_peer", None),
     ("invites", (InviteGrant(b"\x00" * 15, 1, 1),)),

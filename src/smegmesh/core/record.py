@@ -58,7 +58,7 @@ PRUNE_TAG = b"smegmesh/prune/v1\0"
 
 MAX_U63 = 2**63  # exclusive bound of versions and timestamps
 MAX_SERVICES = 16
-MAX_ROUTES = 64
+MAX_ROUTES = 512  # path-vector: a bridge may advertise every other mesh (see docs/ROUTE-SCALE.md)
 MAX_ROUTE_PATH = 16
 MAX_INVITES = 16
 MAX_ADMITTED = 64
