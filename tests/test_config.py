@@ -96,12 +96,12 @@ def test_defaults() -> None:
     cfg = parse_config({})
     assert cfg.grpc_port == 4000
     assert cfg.timeout == 5
-    assert cfg.sync_interval == 2
+    assert cfg.sync_interval == 1
     assert cfg.pull_interval == 20
     assert cfg.cluster_size == 64
     assert cfg.inter_cluster_chance == 0.15
     assert cfg.branch == 3 and cfg.infection_count == 3
-    assert cfg.heartbeat_interval == 60
+    assert cfg.heartbeat_interval == 2
     assert str(cfg.state_dir) == "/var/lib/smegmesh"
     assert str(cfg.control_socket) == "/run/smegmesh/smegd.sock"
     assert cfg.wg_backend == "auto" and cfg.effective_wg_backend == "auto"
@@ -173,7 +173,7 @@ def test_stub_wg_means_memory() -> None:
         ({"apiListen": "localhost", "apiToken": "x" * 16}, "apiListen", "host:port"),
         ({"dnsListen": "::1:53"}, "dnsListen", "brackets"),
         ({"bindAddress": "not-an-ip"}, "bindAddress", "IP address"),
-        ({"gcHorizon": 100}, "gcHorizon", "3 x heartbeatInterval"),
+        ({"gcHorizon": 100, "heartbeatInterval": 60}, "gcHorizon", "3 x heartbeatInterval"),
         ({"certificatePath": "/x.pem"}, "privateKeyPath", "go together"),
     ],
 )
