@@ -270,3 +270,50 @@ def test_client_moves_when_its_peer_left_and_refuses() -> None:
     net.run_until(net.now + 15_000)
     assert client.my_peer() not in (None, leaver_key)
     assert client.mesh.live_record(leaver_key) is None  # learnt from its new peer
+
+
+def test_incremental_views_equal_a_full_rebuild() -> None:
+    """Random record changes, prunes and leaves: the incrementally kept views
+    always equal the views computed from scratch."""
+    from smegmesh.core.record import NodeRecord, Prune
+
+    rng = random.Random(9)
+    idents = [NodeIdentity.from_seed(bytes([i + 1]) * 32) for i in range(40)]
+    me = MeshNode(idents[0], MESH, MeshSettings(), GOSSIP, LIVE, random.Random(1))
+    now = 1_000_000
+    me.start(now)
+    version = {i: 0 for i in range(len(idents))}
+    for step in range(300):
+        now += 10
+        i = rng.randrange(1, len(idents))
+        kind = rng.random()
+        version[i] = max(version[i] + 1, now)
+        if kind < 0.15:
+            item: NodeRecord | Prune = Prune.create(
+                idents[0],
+                MESH,
+                target=idents[i].wg_public_key,
+                target_version=version[i] - 1,
+                now_ms=now,
+            )
+        else:
+            role = Role.CLIENT if kind < 0.4 else Role.PEER
+            item = NodeRecord.create(
+                idents[i],
+                MESH,
+                version=version[i],
+                now_ms=now,
+                role=role,
+                control_endpoint=None if role == Role.CLIENT or kind > 0.9 else "192.0.2.1:4000",
+                left=kind > 0.95,
+            )
+        me.mesh.apply(item, now)
+        inc = me._views()
+        me._view_cache = None
+        full = me._views()
+        assert [r.wg_key for r in inc.live] == [r.wg_key for r in full.live], step
+        assert inc.live == full.live and inc.peers == full.peers
+        assert inc.reachable == full.reachable
+        assert sorted(inc.my_clients) == sorted(full.my_clients)
+        assert sorted(inc.pruned) == sorted(full.pruned)
+        me._view_cache = inc  # carry on incrementally

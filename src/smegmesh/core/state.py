@@ -73,6 +73,8 @@ DEPTH = 6  # tree levels below the root (nibbles of the key)
 _MOD = 1 << 256
 _MASK = _MOD - 1
 _ENTRY_TAG = b"smegmesh/entry/v1\0"
+#: How many recent changes ``changed_since`` can report.
+_CHANGE_LOG = 4096
 #: Items stamped (or versioned) further ahead of our clock than this are refused.
 MAX_CLOCK_SKEW_MS = 10 * 60 * 1000
 
@@ -135,6 +137,8 @@ class MeshState:
         self._levels: list[dict[int, list[int]]] = [{} for _ in range(DEPTH + 1)]
         self._buckets: dict[int, set[bytes]] = {}  # deepest level: prefix -> keys
         self._version = 0
+        self._changes: list[bytes] = []  # keys installed at versions _changes_base+1...
+        self._changes_base = 0
 
     # ------------------------------------------------------------------ queries
 
@@ -256,8 +260,19 @@ class MeshState:
         """A counter bumped on every change: lets callers cache views of the state."""
         return self._version
 
+    def changed_since(self, version: int) -> list[bytes] | None:
+        """Keys changed after ``version``, or None when that is too far back to tell."""
+        if version < self._changes_base or version > self._version:
+            return None
+        return self._changes[version - self._changes_base :]
+
     def _install(self, key: bytes, record: NodeRecord | None, prune: Prune | None) -> None:
         self._version += 1
+        self._changes.append(key)
+        if len(self._changes) > _CHANGE_LOG:
+            half = len(self._changes) // 2
+            del self._changes[:half]
+            self._changes_base += half
         e = self._entries.get(key)
         old_h = 0 if e is None else e.h
         new_h = entry_hash(key, record, prune)

@@ -224,6 +224,8 @@ def clone_state(base: MeshState, *, share: bool = True) -> MeshState:
     sh._buckets = buckets
     sh._base = base
     sh._version = 0
+    sh._changes = []
+    sh._changes_base = 0
     return sh
 
 
