@@ -127,8 +127,7 @@ class FailureDetector:
         """``key`` left or was pruned: stop tracking it."""
         self._suspect_since.pop(key, None)
         self._last_heard.pop(key, None)
-        if key in self._order:
-            self._order.remove(key)
+        # (no need to drop it from the round-robin order: _next_target skips non-members)
         if self._probe is not None and self._probe.target == key:
             self._probe = None
 
@@ -166,8 +165,6 @@ class FailureDetector:
             for k in list(self._suspect_since):
                 if k not in self._live:
                     del self._suspect_since[k]
-            for k in self._live:
-                self._last_heard.setdefault(k, now_ms)
         live = self._live
         for c in watched_clients:
             heard = self._last_heard.setdefault(c, now_ms)
@@ -192,8 +189,7 @@ class FailureDetector:
             age = now_ms - probe.started_ms
             if not probe.indirect_sent and age >= p.probe_timeout_ms:
                 probe.indirect_sent = True
-                helpers = sorted(k for k in live if k != probe.target)
-                for via in self.rng.sample(helpers, min(p.indirect, len(helpers))):
+                for via in self._helpers(probe.target, live):
                     out.append(PingReq(via, probe.target, probe.probe_id))
             if age >= p.probe_interval_ms:
                 if probe.target not in self._suspect_since:
@@ -213,6 +209,24 @@ class FailureDetector:
             self._next_id += 1
             self._probe = _Probe(target, pid, now_ms)
             out.append(Ping(target, pid))
+        return out
+
+    def _helpers(self, target: bytes, live: set[bytes]) -> list[bytes]:
+        """Up to ``indirect`` random members other than ``target``, O(indirect)."""
+        pool = self._peers_seen if self._peers_seen is not None else sorted(live)
+        want = min(self.params.indirect, len(live) - (1 if target in live else 0))
+        out: list[bytes] = []
+        if want <= 0 or not pool:
+            return out
+        if len(pool) <= 4 * want + 8:
+            cands = [k for k in pool if k in live and k != target]
+            return self.rng.sample(cands, min(want, len(cands)))
+        for _ in range(20 * want + 20):
+            k = pool[self.rng.randrange(len(pool))]
+            if k != target and k in live and k not in out and k != self.self_key:
+                out.append(k)
+                if len(out) == want:
+                    break
         return out
 
     def _next_target(self, live: set[bytes]) -> bytes:
