@@ -97,7 +97,7 @@ def test_defaults() -> None:
     assert cfg.grpc_port == 4000
     assert cfg.timeout == 5
     assert cfg.sync_interval == 1
-    assert cfg.pull_interval == 20
+    assert cfg.pull_interval == 3
     assert cfg.cluster_size == 64
     assert cfg.inter_cluster_chance == 0.15
     assert cfg.branch == 3 and cfg.infection_count == 3

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True, slots=True)
 class GossipParams:
-    sync_interval_ms: int = 2_000
-    pull_interval_ms: int = 20_000
+    sync_interval_ms: int = 1_000
+    pull_interval_ms: int = 3_000
     cluster_size: int = 64
     inter_cluster_chance: float = 0.15
     branch: int = 3
