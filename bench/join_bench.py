@@ -14,8 +14,8 @@
    every ``smegd`` and every wireguard-go over ``idle-seconds``. Targets:
    smegd RSS <= 80 MB, idle CPU <= 1 % of a core.
 
-Timings are the product defaults (syncInterval 2 s, pullInterval 20 s,
-heartbeatInterval 60 s) unless ``--fast`` (the e2e tests' 1 / 5 / 2 s).
+Timings are the product defaults (syncInterval 1 s, pullInterval 3 s,
+heartbeatInterval 2 s); ``--prototype`` uses the prototype's 2 / 20 / 60 s.
 Needs root, network namespaces and wireguard-go.
 """
 
@@ -236,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--idle-size", type=int, default=30)
     p.add_argument("--idle-seconds", type=float, default=20)
     p.add_argument("--fast", action="store_true", help="test timings (1/5/2 s)")
+    p.add_argument(
+        "--prototype",
+        action="store_true",
+        help="the prototype's timings (sync 2, pull 20, hb 60 s)",
+    )
     p.add_argument("--skip-join", action="store_true")
     p.add_argument("--skip-idle", action="store_true")
     args = p.parse_args(argv)
@@ -247,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         Timings(sync_interval=1, heartbeat_interval=2, pull_interval=5, timeout=2)
         if args.fast
         else Timings(sync_interval=2, heartbeat_interval=60, pull_interval=20, timeout=5)
+        if args.prototype
+        else Timings(sync_interval=1, heartbeat_interval=2, pull_interval=3, timeout=5)
     )
     console.print(
         f"timings: syncInterval {timings.sync_interval:g}s, pullInterval "
