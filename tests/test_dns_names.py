@@ -10,6 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dns_nodes import ANON, DB, FOX, OWL, WEB1, WEB2, key, node
+from smegmesh.core.addressing import overlay_address
 from smegmesh.dns.names import (
     AAAA,
     ANY,
@@ -29,28 +31,6 @@ A_TYPE = 1
 MX = 15
 
 
-def key(seed: str) -> bytes:
-    return hashlib.sha256(seed.encode()).digest()
-
-
-def addr(mesh: str, k: bytes) -> ipaddress.IPv6Address:
-    prefix = hashlib.sha256(mesh.encode()).digest()[:6]
-    iid = bytearray(hashlib.sha256(k).digest()[:8])
-    iid[0] &= 0xFD
-    return ipaddress.IPv6Address(b"\xfd" + prefix + b"\x01" + bytes(iid))
-
-
-def node(mesh: str, alias: str, seed: str) -> NodeName:
-    k = key(seed)
-    return NodeName(mesh, alias, k, addr(mesh, k))
-
-
-FOX = "happy-fox-1a"
-OWL = "blue-owl-2b"
-WEB1 = node(FOX, "web", "k-web1")
-DB = node(FOX, "db", "k-db")
-ANON = node(FOX, "", "k-anon")
-WEB2 = node(OWL, "web", "k-web2")
 DB_OWL = node(OWL, "db", "k-db")  # same node as DB, other mesh
 BAD_ALIAS = node(OWL, "has space", "k-bad")
 
@@ -247,17 +227,18 @@ def test_lookup_cost_does_not_grow_with_view() -> None:
 
 
 label = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=12)
+mesh_id = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
 
 
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(
-        st.tuples(label, st.one_of(st.just(""), label), st.binary(min_size=32, max_size=32)),
+        st.tuples(mesh_id, st.one_of(st.just(""), label), st.binary(min_size=32, max_size=32)),
         max_size=20,
     )
 )
 def test_every_node_resolves_and_ptr_round_trips(entries: list[tuple[str, str, bytes]]) -> None:
-    nodes = [NodeName(m, al, k, addr(m, k)) for m, al, k in entries]
+    nodes = [NodeName(m, al, k, overlay_address(m, k)) for m, al, k in entries]
     v = NameView(nodes)
     for n in v.nodes:
         assert str(n.address) in aaaa(v, f"{node_id_prefix(n.wg_key)}.{n.mesh_id}.smeg.")

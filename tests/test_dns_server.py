@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import ipaddress
 import shutil
 import socket
 import struct
@@ -27,38 +25,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dns_nodes import ANON, DB, FOX, WEB1, WEB2, node
 from smegmesh.dns import (
     DnsServer,
     NameView,
-    NodeName,
     node_id_prefix,
     parse_hostport,
     resolver_help,
 )
 
-
-def key(seed: str) -> bytes:
-    return hashlib.sha256(seed.encode()).digest()
-
-
-def addr(mesh: str, k: bytes) -> ipaddress.IPv6Address:
-    prefix = hashlib.sha256(mesh.encode()).digest()[:6]
-    iid = bytearray(hashlib.sha256(k).digest()[:8])
-    iid[0] &= 0xFD
-    return ipaddress.IPv6Address(b"\xfd" + prefix + b"\x01" + bytes(iid))
-
-
-def node(mesh: str, alias: str, seed: str) -> NodeName:
-    k = key(seed)
-    return NodeName(mesh, alias, k, addr(mesh, k))
-
-
-FOX = "happy-fox-1a"
-OWL = "blue-owl-2b"
-WEB1 = node(FOX, "web", "k-web1")
-WEB2 = node(OWL, "web", "k-web2")
-DB = node(FOX, "db", "k-db")
-ANON = node(FOX, "", "k-anon")
 # One node in 60 meshes under the same alias: 60 AAAA records for big.smeg.
 BIG = [node(f"mesh-{i}", "big", "k-big") for i in range(60)]
 NODES = [WEB1, WEB2, DB, ANON, *BIG]
