@@ -112,16 +112,11 @@ def join(net: Net, joiner: MeshNode, via: MeshNode) -> None:
         net.now, ttl_ms=60_000, uses=1, bootstrap=[Bootstrap("x:1", bytes(32), via.key)]
     )
     net.handle_outs(via, outs)
-    net.handle_outs(joiner, joiner.start(net.now))
-    own = joiner.mesh.record(joiner.key)
-    assert own is not None
-    reply, outs = via.handle_request(
-        joiner.key, decode(encode(JoinRequest(MESH, token.secret, own))), net.now
-    )
+    req = joiner.join_request(token.secret, net.now)
+    reply, outs = via.handle_request(joiner.key, decode(encode(req)), net.now)
     net.handle_outs(via, outs)
     assert isinstance(reply, JoinReply)
-    for item in reply.items:
-        joiner.mesh.apply(item, net.now)
+    net.handle_outs(joiner, joiner.absorb(reply.items, net.now))
 
 
 def mesh_of(n_peers: int, n_clients: int = 0) -> tuple[Net, list[MeshNode]]:

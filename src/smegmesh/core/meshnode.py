@@ -375,6 +375,18 @@ class MeshNode:
         self._fd.heard_from(src, now_ms)
         return JoinReply(self.mesh_id, tuple(self.mesh.all_items())), out
 
+    def join_request(self, secret: bytes, now_ms: int) -> JoinRequest:
+        """What a joiner sends to a member: the token's secret and our signed record.
+
+        Our record is created first (not pushed: we know no member yet); the
+        member's ``JoinReply`` goes to :meth:`absorb`.
+        """
+        if self.mesh.record(self.key) is None:
+            self.start(now_ms)
+        own = self.mesh.record(self.key)
+        assert own is not None
+        return JoinRequest(self.mesh_id, secret, own)
+
     def absorb(self, items: Iterable[Item], now_ms: int) -> list[Out]:
         """Take a bulk state transfer (join reply, restore); announce ourselves."""
         changed, _errors = self.mesh.apply_many(items, now_ms)

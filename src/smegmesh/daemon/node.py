@@ -40,7 +40,7 @@ from smegmesh.core.identity import NodeIdentity, key_to_text
 from smegmesh.core.invite import Bootstrap, TokenError, parse_token
 from smegmesh.core.liveness import LivenessParams
 from smegmesh.core.meshnode import Call, Changed, MeshNode, MeshSettings, Out, Relay
-from smegmesh.core.messages import Ack, JoinReply, JoinRequest, Refusal, WhoAmI, YouAre
+from smegmesh.core.messages import Ack, JoinReply, Refusal, WhoAmI, YouAre
 from smegmesh.core.multimesh import MeshRouting, route_meshes
 from smegmesh.core.record import RecordError, Role, check_endpoint
 from smegmesh.core.routing import RoutingResult
@@ -709,10 +709,7 @@ class Daemon:
         opts = await self._discover_public(tok, opts)
         rt = self._add_runtime(tok.mesh_id, opts, self._new_state(tok.mesh_id), None)
         node = rt.node
-        node.start(now_ms())  # own record; pushed once we are admitted
-        own = node.mesh.record(self.identity.wg_public_key)
-        assert own is not None
-        req = encode(JoinRequest(tok.mesh_id, tok.secret, own))
+        req = encode(node.join_request(tok.secret, now_ms()))
         errors: list[str] = []
         refused = False
         # Two passes over the bootstrap members: a busy member may time out once
