@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
-from typing import Any
+from typing import Any, ClassVar
 
 import msgpack
 
@@ -119,9 +119,36 @@ def _services_tuple(
     return tuple(sorted((str(k), str(v)) for k, v in items))
 
 
+class _Signed:
+    """Wire form and signed payload shared by records and prunes.
+
+    The signature covers ``_TAG + msgpack(fields_obj())``; the wire form is
+    ``fields_obj()`` followed by the signature.
+    """
+
+    _TAG: ClassVar[bytes]
+    signature: bytes
+
+    def fields_obj(self) -> list[Any]:
+        raise NotImplementedError
+
+    def to_obj(self) -> list[Any]:
+        """Wire form: :meth:`fields_obj` followed by the signature."""
+        return [*self.fields_obj(), self.signature]
+
+    def signed_payload(self) -> bytes:
+        return self._payload
+
+    @cached_property
+    def _payload(self) -> bytes:
+        return self._TAG + msgpack.packb(self.fields_obj(), use_bin_type=True)
+
+
 @dataclass(frozen=True)
-class NodeRecord:
+class NodeRecord(_Signed):
     """What a node publishes about itself in one mesh. Build with :meth:`create`."""
+
+    _TAG: ClassVar[bytes] = RECORD_TAG
 
     mesh_id: str
     wg_key: bytes
@@ -249,21 +276,12 @@ class NodeRecord:
             self.left,
         ]
 
-    def to_obj(self) -> list[Any]:
-        """Wire form: :meth:`fields_obj` followed by the signature."""
-        return [*self.fields_obj(), self.signature]
-
-    def signed_payload(self) -> bytes:
-        return self._payload
-
-    @cached_property
-    def _payload(self) -> bytes:
-        return RECORD_TAG + msgpack.packb(self.fields_obj(), use_bin_type=True)
-
 
 @dataclass(frozen=True)
-class Prune:
+class Prune(_Signed):
     """Signed by ``by_*``: every record of ``target`` with version <= target_version is dead."""
+
+    _TAG: ClassVar[bytes] = PRUNE_TAG
 
     mesh_id: str
     target: bytes
@@ -309,16 +327,6 @@ class Prune:
             self.by_sign_key,
             self.timestamp_ms,
         ]
-
-    def to_obj(self) -> list[Any]:
-        return [*self.fields_obj(), self.signature]
-
-    def signed_payload(self) -> bytes:
-        return self._payload
-
-    @cached_property
-    def _payload(self) -> bytes:
-        return PRUNE_TAG + msgpack.packb(self.fields_obj(), use_bin_type=True)
 
 
 # --------------------------------------------------------------------------- checks
