@@ -488,27 +488,13 @@ class Daemon:
                 try:
                     iface, host = self._desired(rt)
                     if not rt.up:
-                        await loop.run_in_executor(
-                            self._wg_pool,
-                            run_hooks,
-                            "preUp",
-                            rt.hooks.get("preUp", []),
-                            rt.ifname,
-                            rt.mesh_id,
-                        )
+                        await self._run_hooks(rt, "preUp")
                     res = await loop.run_in_executor(
                         self._wg_pool, self.reconciler.apply, iface, host
                     )
                     if not rt.up:
                         rt.up = True
-                        await loop.run_in_executor(
-                            self._wg_pool,
-                            run_hooks,
-                            "postUp",
-                            rt.hooks.get("postUp", []),
-                            rt.ifname,
-                            rt.mesh_id,
-                        )
+                        await self._run_hooks(rt, "postUp")
                     if res.changed:
                         log.info(
                             "mesh %s: %s updated (%d WireGuard ops, %d host ops, %.1f ms)",
@@ -571,6 +557,14 @@ class Daemon:
             log.info("bridge: masquerading traffic forwarded between %s", ", ".join(sorted(want)))
         else:
             log.debug("bridge masquerading off")
+
+    async def _run_hooks(self, rt: MeshRuntime, stage: str) -> None:
+        """preUp/postUp/preDown/postDown of a mesh, in the WireGuard worker thread."""
+        commands = rt.hooks.get(stage, [])
+        if commands:
+            await asyncio.get_running_loop().run_in_executor(
+                self._wg_pool, run_hooks, stage, commands, rt.ifname, rt.mesh_id
+            )
 
     def _recompute_routes(self) -> None:
         """Path-vector routing over all our meshes (core.multimesh); publish our adverts."""
@@ -755,16 +749,12 @@ class Daemon:
             rt.task.cancel()
         del self.meshes[mesh_id]
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(
-            self._wg_pool, run_hooks, "preDown", rt.hooks.get("preDown", []), rt.ifname, mesh_id
-        )
+        await self._run_hooks(rt, "preDown")
         try:
             await loop.run_in_executor(self._wg_pool, self.reconciler.remove, rt.ifname)
         except Exception as e:
             log.warning("mesh %s: removing %s: %s", mesh_id, rt.ifname, e)
-        await loop.run_in_executor(
-            self._wg_pool, run_hooks, "postDown", rt.hooks.get("postDown", []), rt.ifname, mesh_id
-        )
+        await self._run_hooks(rt, "postDown")
         for suffix in (".json", ".state"):
             with contextlib.suppress(FileNotFoundError):
                 (self._mesh_dir() / f"{mesh_id}{suffix}").unlink()
