@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from envcheck import missing
 from smegmesh.testbed.netns import Testbed, environment_problem
 
 _netns_problem: list[str | None] = []
@@ -26,7 +27,7 @@ def netns_env() -> None:
     """Skip unless root, network namespaces and wireguard-go are available."""
     problem = _problem()
     if problem is not None:
-        pytest.skip(problem)
+        missing(problem)
 
 
 @pytest.fixture

@@ -34,6 +34,7 @@ from typing import Any
 import pytest
 import yaml
 
+from envcheck import missing
 from smegmesh.core.addressing import mesh_prefix
 from smegmesh.testbed.cluster import Cluster, CtlError, Daemon, Timings
 from smegmesh.testbed.netns import Testbed, environment_problem, wait_until
@@ -158,7 +159,7 @@ def _form(cluster: Cluster, members: Sequence[Daemon]) -> str:
 def bed() -> Iterator[Testbed]:
     problem = environment_problem()
     if problem is not None:
-        pytest.skip(problem)
+        missing(problem)
     with Testbed() as tb:
         yield tb
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import msgpack
 import pytest
 
+from envcheck import missing
 from smegmesh.core.addressing import overlay_address
 from smegmesh.core.invite import PREFIX, parse_token
 from smegmesh.testbed.cluster import Cluster, CtlError, Daemon, Timings
@@ -59,7 +60,7 @@ class Mesh:
 def mesh() -> Iterator[Mesh]:
     problem = environment_problem()
     if problem is not None:
-        pytest.skip(problem)
+        missing(problem)
     with Testbed() as bed, Cluster(bed, TIMINGS) as cluster:
         peers = cluster.add_many(4, "peer")
         clients = cluster.add_many(2, "client")
