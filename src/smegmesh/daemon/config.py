@@ -52,7 +52,7 @@ __all__ = [
     "IpDiscovery",
     "LogLevel",
     "MeshOptions",
-    "MeshSettings",
+    "ResolvedMesh",
     "Role",
     "WgBackend",
     "load_config",
@@ -427,7 +427,7 @@ class MeshOptions(_Model):
     advertise_defaults: bool | None = None
 
 
-class MeshSettings(_Model):
+class ResolvedMesh(_Model):
     """Concrete settings of one mesh: ``baseConfiguration`` with the flags applied."""
 
     wg_port: int | None  # None: pick a free port
@@ -443,14 +443,14 @@ class MeshSettings(_Model):
     post_down: list[str]
 
 
-def resolve_mesh_settings(base: BaseConfiguration, opts: MeshOptions | None = None) -> MeshSettings:
+def resolve_mesh_settings(base: BaseConfiguration, opts: MeshOptions | None = None) -> ResolvedMesh:
     """Merge per-mesh ``opts`` over ``base``."""
     o = opts or MeshOptions()
     role: Role = o.role if o.role is not None else base.role
     keepalive = o.keepalive if o.keepalive is not None else base.keep_alive_wg
     if keepalive is None:
         keepalive = DEFAULT_CLIENT_KEEPALIVE if role == "client" else 0
-    return MeshSettings(
+    return ResolvedMesh(
         wg_port=o.wgport,
         endpoint=o.endpoint if o.endpoint is not None else base.public_endpoint,
         ip_discovery=base.ip_discovery,
