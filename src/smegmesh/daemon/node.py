@@ -34,7 +34,7 @@ from smegmesh.core.addressing import (
     validate_mesh_id,
 )
 from smegmesh.core.desired import desired_config, interface_name
-from smegmesh.core.endpoint import join_host_port
+from smegmesh.core.endpoint import join_host_port, split_host_port
 from smegmesh.core.gossip import GossipParams
 from smegmesh.core.identity import NodeIdentity, key_to_text
 from smegmesh.core.invite import Bootstrap, TokenError, parse_token
@@ -326,9 +326,12 @@ class Daemon:
                 "cannot find this node's address: "
                 "set baseConfiguration.publicEndpoint or --endpoint"
             )
-        host_only = host.rsplit(":", 1)[0] if host and host.count(":") == 1 else host
-        if host_only and host_only.startswith("[") and "]" in host_only:
-            host_only = host_only[1:].partition("]")[0]  # "[v6]" or "[v6]:port"
+        host_only = host
+        if host:
+            try:  # "host", "host:port", "v6", "[v6]" or "[v6]:port": keep the host
+                host_only = split_host_port(host, default_port=0)[0]
+            except ValueError as e:
+                raise svc.invalid_argument(f"endpoint: {host!r}: {e}") from None
         if host_only:
             # Checked before anything is registered: a bad --endpoint is the
             # user's error (400), not a record the engine fails to sign (500).
