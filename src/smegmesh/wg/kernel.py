@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from smegmesh.core.endpoint import split_host_port
 from smegmesh.core.wgconfig import InterfaceStatus, PeerStatus
 from smegmesh.core.wgdiff import (
     AddPeer,
@@ -35,8 +36,7 @@ def _b64(key: bytes) -> str:
 
 
 def _split_endpoint(endpoint: str) -> tuple[str, int]:
-    host, _, port = resolve_endpoint(endpoint).rpartition(":")
-    return host.strip("[]"), int(port)
+    return split_host_port(resolve_endpoint(endpoint))
 
 
 @dataclass
