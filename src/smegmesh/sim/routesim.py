@@ -31,27 +31,23 @@ A node has converged at the last time its table became equal to the target
 
 from __future__ import annotations
 
-import gc
 import hashlib
-import heapq
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from smegmesh.core.gossip import GossipParams
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.liveness import LivenessParams
-from smegmesh.core.meshnode import Call, Changed, MeshNode, MeshSettings, Out, Relay
-from smegmesh.core.messages import Ack
+from smegmesh.core.meshnode import Changed, MeshNode, MeshSettings, Out
 from smegmesh.core.multimesh import MeshRouting, route_meshes
 from smegmesh.core.record import NodeRecord, Prune, Role, RouteAdv
 from smegmesh.core.routing import RouteEntry, compute_routes
 from smegmesh.core.state import MeshState
-from smegmesh.core.wire import encode
-from smegmesh.sim.simulator import T0, NetParams, _next_wakeup
+from smegmesh.sim.driver import _CUSTOM, T0, Driver, NetParams, TrafficBase
 from smegmesh.sim.state import clone_state
 
 __all__ = [
@@ -65,7 +61,7 @@ __all__ = [
 
 Table = tuple[RouteEntry, ...]
 
-_TICK, _REQ, _REP, _TIMEOUT, _ROUTE, _ACTION = range(6)
+_ROUTE = _CUSTOM
 
 
 # ---------------------------------------------------------------------- topology
@@ -238,26 +234,13 @@ class _Engine:
     wake_at: int | None = None
 
 
-@dataclass(slots=True)
-class _Pending:
-    caller: int  # engine
-    epoch: int  # caller node's epoch
-    to: int  # engine, -1 = unknown
-    msg: Any
-    ctx: Any
-    parent: int | None = None
-
-
 @dataclass
-class _Traffic:
-    tx: list[int] = field(default_factory=list)  # per node
-    rx: list[int] = field(default_factory=list)
-    msgs: int = 0
+class _Traffic(TrafficBase):  # tx, rx: per node
     # (second since T0, message type) -> [count, bytes]
     buckets: dict[tuple[int, str], list[int]] = field(default_factory=dict)
 
 
-class RouteSim:
+class RouteSim(Driver):
     """Event loop over all engines of all nodes; see the module docstring."""
 
     def __init__(
@@ -270,22 +253,13 @@ class RouteSim:
         liveness: LivenessParams | None = None,
         route_delay_ms: int = 0,
     ) -> None:
+        super().__init__(seed=seed, net=net)
         self.topo = topo
-        self.seed = seed
-        self.net = net or NetParams()
         self.gossip = gossip or GossipParams()
         self.liveness = liveness or LivenessParams()
         self.route_delay_ms = route_delay_ms
-        self.rng = random.Random(f"net/{seed}")
-        self.now = T0
-        self.events = 0
         self.route_runs = 0
-        self._heap: list[tuple[int, int, int, Any]] = []
-        self._seq = 0
-        self._calls: dict[int, _Pending] = {}
-        self._next_call = 0
-        self._size_cache: dict[int, tuple[Any, int]] = {}
-        self.traffic = _Traffic([0] * topo.nodes, [0] * topo.nodes)
+        self.traffic: _Traffic = _Traffic([0] * topo.nodes, [0] * topo.nodes)
         self.timings: dict[str, float] = {}
 
         t0 = time.perf_counter()
@@ -297,18 +271,20 @@ class RouteSim:
             for _ in range(n)
         ]
         t1 = time.perf_counter()
-        base_recs: dict[tuple[int, int], NodeRecord] = {}
-        for i, ms in enumerate(topo.node_meshes):
-            for m in ms:
-                base_recs[(i, m)] = NodeRecord.create(
-                    self.identities[i],
-                    topo.mesh_ids[m],
-                    version=T0,
-                    now_ms=T0,
-                    role=Role.PEER,
-                    wg_endpoint=wg_endpoint(i),
-                    control_endpoint=control_endpoint(i),
-                )
+
+        def record(i: int, m: int, routes: tuple[RouteAdv, ...] = ()) -> NodeRecord:
+            return NodeRecord.create(
+                self.identities[i],
+                topo.mesh_ids[m],
+                version=T0,
+                now_ms=T0,
+                role=Role.PEER,
+                wg_endpoint=wg_endpoint(i),
+                control_endpoint=control_endpoint(i),
+                routes=routes,
+            )
+
+        base_recs = {(i, m): record(i, m) for i, ms in enumerate(topo.node_meshes) for m in ms}
         self.base_records = base_recs
         t2 = time.perf_counter()
         adverts, tables, rounds = offline_routes(topo, base_recs)
@@ -318,16 +294,7 @@ class RouteSim:
         final = dict(base_recs)
         for (b, m), adv in adverts.items():
             if adv:
-                final[(b, m)] = NodeRecord.create(
-                    self.identities[b],
-                    topo.mesh_ids[m],
-                    version=T0,
-                    now_ms=T0,
-                    role=Role.PEER,
-                    wg_endpoint=wg_endpoint(b),
-                    control_endpoint=control_endpoint(b),
-                    routes=adv,
-                )
+                final[(b, m)] = record(b, m, adv)
         bases: list[MeshState] = []
         for m, mid in enumerate(topo.mesh_ids):
             st = MeshState(mid, verifier=lambda jobs: [True] * len(jobs))
@@ -396,68 +363,53 @@ class RouteSim:
             "engines": t4 - t3,
         }
 
-    # ------------------------------------------------------------------ events
+    # ------------------------------------------------------------------ endpoints (Driver)
 
-    def _push(self, t: int, kind: int, payload: Any) -> None:
-        self._seq += 1
-        heapq.heappush(self._heap, (t, self._seq, kind, payload))
+    def _engine(self, e: int) -> MeshNode:
+        return self.engines[e].eng
 
-    def at(self, t: int, fn: Callable[[], None]) -> None:
-        self._push(t, _ACTION, fn)
+    def _slot(self, e: int) -> _Engine:
+        return self.engines[e]
 
-    def _wake(self, e: int, t: int) -> None:
-        en = self.engines[e]
-        if en.wake_at is None or t < en.wake_at:
-            en.wake_at = t
-            self._push(t, _TICK, (e, self.epoch[en.node]))
+    def _host(self, e: int) -> int:
+        return self.engines[e].node
 
-    def _reschedule(self, e: int) -> None:
-        d = _next_wakeup(self.engines[e].eng, self.now)
-        if d is not None:
-            self._wake(e, d)
+    def _alive(self, e: int) -> bool:
+        return self.alive[self.engines[e].node]
 
-    def run_until(self, t_end: int) -> None:
-        was = gc.isenabled()
-        gc.disable()  # see Simulator.run_until
-        try:
-            self._run_until(t_end)
-        finally:
-            if was:
-                gc.enable()
+    def _epoch(self, e: int) -> int:
+        return self.epoch[self.engines[e].node]
 
-    def run_for(self, ms: int) -> None:
-        self.run_until(self.now + ms)
+    def _key(self, e: int) -> bytes:
+        return self.keys[self.engines[e].node]
 
-    def _run_until(self, t_end: int) -> None:
-        heap = self._heap
-        since_gc = 0
-        while heap and heap[0][0] <= t_end:
-            since_gc += 1
-            if since_gc >= 20_000:
-                since_gc = 0
-                gc.collect(1)
-            t, _, kind, p = heapq.heappop(heap)
-            self.now = t
-            self.events += 1
-            if kind == _TICK:
-                e, epoch = p
-                en = self.engines[e]
-                if not self.alive[en.node] or self.epoch[en.node] != epoch or en.wake_at != t:
-                    continue
-                en.wake_at = None
-                self._outs(e, en.eng.tick(t))
-                self._reschedule(e)
-            elif kind == _REQ:
-                self._deliver_request(p)
-            elif kind == _REP:
-                self._deliver_reply(*p)
-            elif kind == _TIMEOUT:
-                self._timeout(p)
-            elif kind == _ROUTE:
-                self._route_event(*p)
-            else:
-                p()
-        self.now = max(self.now, t_end)
+    def _resolve(self, e: int, key: bytes) -> int:
+        return self.eng_of.get((key, self.engines[e].mesh), -1)
+
+    def _mesh_of(self, e: int) -> str:
+        return self.engines[e].mesh
+
+    def _latency_base(self, host: int) -> float:
+        return self.latency_base[host]
+
+    def _count_type(self, msg: Any, size: int) -> None:
+        bk = ((self.now - T0) // 1000, type(msg).__name__)
+        s = self.traffic.buckets.get(bk)
+        if s is None:
+            s = self.traffic.buckets[bk] = [0, 0]
+        s[0] += 1
+        s[1] += size
+
+    def _changed(self, e: int, o: Changed) -> None:
+        """Like the daemon: any ``Changed`` wakes the reconcile loop, which recomputes routes."""
+        i = self.engines[e].node
+        if not self._route_pending[i]:
+            self._route_pending[i] = True
+            self._push(self.now + self.route_delay_ms, _ROUTE, (i, self.epoch[i]))
+
+    def _event(self, kind: int, payload: Any) -> None:
+        assert kind == _ROUTE
+        self._route_event(*payload)
 
     # ------------------------------------------------------------------ routing
 
@@ -481,119 +433,6 @@ class RouteSim:
             self.table_changes[i] += 1
             if self.target is not None:
                 self.conv_at[i] = self.now if table == self.target[i] else None
-
-    def _changed(self, i: int) -> None:
-        """Like the daemon: any ``Changed`` wakes the reconcile loop, which recomputes routes."""
-        if not self._route_pending[i]:
-            self._route_pending[i] = True
-            self._push(self.now + self.route_delay_ms, _ROUTE, (i, self.epoch[i]))
-
-    # ------------------------------------------------------------------ network
-
-    def _latency(self, a: int, b: int) -> int:
-        base = (self.latency_base[a] + self.latency_base[b]) / 2
-        return max(1, int(base * math.exp(self.rng.gauss(0.0, self.net.jitter_sigma))))
-
-    def _size(self, msg: Any) -> int:
-        k = id(msg)
-        hit = self._size_cache.get(k)
-        if hit is not None and hit[0] is msg:
-            return hit[1]
-        size = len(encode(msg))
-        if len(self._size_cache) > 50_000:
-            self._size_cache.clear()
-        self._size_cache[k] = (msg, size)
-        return size
-
-    def _send(self, ea: int, eb: int, kind: int, payload: Any, msg: Any) -> None:
-        a = self.engines[ea].node
-        b = self.engines[eb].node
-        ok = self.alive[b] and (self.net.loss <= 0 or self.rng.random() >= self.net.loss)
-        size = self._size(msg)
-        tr = self.traffic
-        tr.tx[a] += size
-        if ok:
-            tr.rx[b] += size
-        tr.msgs += 1
-        bk = ((self.now - T0) // 1000, type(msg).__name__)
-        s = tr.buckets.get(bk)
-        if s is None:
-            s = tr.buckets[bk] = [0, 0]
-        s[0] += 1
-        s[1] += size
-        if ok:
-            self._push(self.now + self._latency(a, b), kind, payload)
-
-    def _call(self, caller: int, to: int, msg: Any, ctx: Any, parent: int | None = None) -> None:
-        self._next_call += 1
-        cid = self._next_call
-        node = self.engines[caller].node
-        self._calls[cid] = _Pending(caller, self.epoch[node], to, msg, ctx, parent)
-        timeout = self.net.relay_timeout_ms if parent is not None else self.net.rpc_timeout_ms
-        self._push(self.now + timeout, _TIMEOUT, cid)
-        if to >= 0:
-            self._send(caller, to, _REQ, cid, msg)
-
-    def _outs(self, e: int, outs: Iterable[Out]) -> None:
-        en = self.engines[e]
-        for o in outs:
-            if type(o) is Call:
-                to = self.eng_of.get((o.to, en.mesh), -1)
-                self._call(e, to, o.msg, o.ctx)
-            elif type(o) is Changed:
-                self._changed(en.node)
-
-    def _deliver_request(self, cid: int) -> None:
-        c = self._calls.get(cid)
-        if c is None:
-            return
-        dst = self.engines[c.to]
-        if not self.alive[dst.node]:
-            return
-        src_key = self.keys[self.engines[c.caller].node]
-        reply, outs = dst.eng.handle_request(src_key, c.msg, self.now)
-        self._outs(c.to, outs)
-        if type(reply) is Relay:
-            target = self.eng_of.get((reply.target, dst.mesh), -1)
-            self._call(c.to, target, reply.msg, None, parent=cid)
-        else:
-            self._send(c.to, c.caller, _REP, (cid, reply), reply)
-        self._reschedule(c.to)
-
-    def _deliver_reply(self, cid: int, reply: Any) -> None:
-        c = self._calls.pop(cid, None)
-        if c is None:
-            return
-        caller = self.engines[c.caller]
-        if not self.alive[caller.node] or self.epoch[caller.node] != c.epoch:
-            return
-        if c.parent is not None:
-            self._relay_done(c, ok=type(reply) is Ack and reply.ok)
-            return
-        to_key = self.keys[self.engines[c.to].node]
-        self._outs(c.caller, caller.eng.handle_reply(to_key, c.ctx, reply, self.now))
-        self._reschedule(c.caller)
-
-    def _timeout(self, cid: int) -> None:
-        c = self._calls.pop(cid, None)
-        if c is None:
-            return
-        caller = self.engines[c.caller]
-        if not self.alive[caller.node] or self.epoch[caller.node] != c.epoch:
-            return
-        if c.parent is not None:
-            self._relay_done(c, ok=False)
-            return
-        to_key = self.keys[self.engines[c.to].node] if c.to >= 0 else b""
-        self._outs(c.caller, caller.eng.handle_failure(to_key, c.ctx, self.now))
-        self._reschedule(c.caller)
-
-    def _relay_done(self, c: _Pending, ok: bool) -> None:
-        parent = self._calls.get(c.parent) if c.parent is not None else None
-        if parent is None:
-            return
-        ack = Ack(self.engines[c.caller].mesh, c.msg.probe_id, ok)
-        self._send(c.caller, parent.caller, _REP, (c.parent, ack), ack)
 
     # ------------------------------------------------------------------ faults
 

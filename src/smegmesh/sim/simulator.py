@@ -30,23 +30,21 @@ network and one per node derived from the seed; no wall clock anywhere.
 
 from __future__ import annotations
 
-import gc
 import hashlib
-import heapq
 import math
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from smegmesh.core.gossip import GossipParams
 from smegmesh.core.invite import Bootstrap
 from smegmesh.core.liveness import LivenessParams
-from smegmesh.core.meshnode import Call, Changed, MeshNode, MeshSettings, Out, Relay
-from smegmesh.core.messages import Ack, JoinReply, JoinRequest
+from smegmesh.core.meshnode import Changed, MeshNode, MeshSettings
+from smegmesh.core.messages import JoinReply, JoinRequest
 from smegmesh.core.record import NodeRecord, Role
 from smegmesh.core.state import MeshState
-from smegmesh.core.wire import encode
+from smegmesh.sim.driver import T0, Driver, NetParams, TrafficBase, _Pending
 from smegmesh.sim.state import (
     Population,
     SharedState,
@@ -55,21 +53,7 @@ from smegmesh.sim.state import (
     make_population,
 )
 
-__all__ = ["NetParams", "SimNode", "Simulator"]
-
-T0 = 1_700_000_000_000  # virtual epoch (ms): realistic timestamps for records
-
-_TICK, _REQ, _REP, _TIMEOUT, _ACTION = range(5)
-
-
-@dataclass(frozen=True)
-class NetParams:
-    latency_ms: float = 20.0  # median one-way latency
-    node_sigma: float = 0.5  # spread of per-node distances (lognormal sigma)
-    jitter_sigma: float = 0.2  # per-message jitter (lognormal sigma)
-    loss: float = 0.01  # one-way message loss
-    rpc_timeout_ms: int = 1_000  # a call without reply fails after this
-    relay_timeout_ms: int = 500  # a relayed ping (PingReq) fails after this
+__all__ = ["T0", "NetParams", "SimNode", "Simulator"]
 
 
 @dataclass(eq=False)
@@ -84,26 +68,12 @@ class SimNode:
     pop_index: int = 0  # index of its identity in the population
 
 
-@dataclass(slots=True)
-class _Pending:
-    caller: int
-    epoch: int
-    to: int
-    msg: Any
-    ctx: Any
-    parent: int | None = None  # relayed ping: the PingReq call it answers
-    done: bool = False
-
-
 @dataclass
-class Traffic:
-    tx: list[int] = field(default_factory=list)
-    rx: list[int] = field(default_factory=list)
-    msgs: int = 0
+class Traffic(TrafficBase):
     by_type: dict[str, list[int]] = field(default_factory=dict)  # name -> [count, bytes]
 
 
-class Simulator:
+class Simulator(Driver):
     """See the module docstring. Build with :meth:`steady` or :meth:`empty`."""
 
     def __init__(
@@ -116,26 +86,15 @@ class Simulator:
         mesh_id: str = "sim",
         byte_sample: int = 1,
     ) -> None:
-        self.seed = seed
-        self.net = net or NetParams()
+        super().__init__(seed=seed, net=net, byte_sample=byte_sample)
         self.gossip = gossip or GossipParams()
         self.liveness = liveness or LivenessParams()
         self.mesh_id = mesh_id
-        self.byte_sample = max(1, byte_sample)
-        self.rng = random.Random(f"net/{seed}")
-        self.now = T0
         self.nodes: list[SimNode] = []
         self.by_key: dict[bytes, int] = {}
         self.group: list[int] | None = None  # partition group per node
-        self._heap: list[tuple[int, int, int, Any]] = []
-        self._seq = 0
-        self._calls: dict[int, _Pending] = {}
-        self._next_call = 0
-        self.traffic = Traffic()
-        self._size_cache: dict[int, tuple[Any, int]] = {}
-        self._type_stats: dict[type, list[int]] = {}  # type -> [seen, encoded, bytes]
+        self.traffic: Traffic = Traffic()
         self.observers: list[Callable[[int, frozenset[bytes], int], None]] = []
-        self.events = 0
         self.population: Population | None = None
         self.views_primed = False
 
@@ -199,214 +158,67 @@ class Simulator:
             sim.views_primed = _prime_views([sn.node for sn in sim.nodes])
         return sim
 
-    # ------------------------------------------------------------------ events
+    # ------------------------------------------------------------------ endpoints (Driver)
 
-    def _push(self, t: int, kind: int, payload: Any) -> None:
-        self._seq += 1
-        heapq.heappush(self._heap, (t, self._seq, kind, payload))
+    def _engine(self, e: int) -> MeshNode:
+        return self.nodes[e].node
 
-    def at(self, t: int, fn: Callable[[], None]) -> None:
-        """Run ``fn`` at virtual time ``t`` (ms, absolute)."""
-        self._push(t, _ACTION, fn)
+    def _slot(self, e: int) -> SimNode:
+        return self.nodes[e]
 
-    def _wake(self, i: int, t: int) -> None:
-        sn = self.nodes[i]
-        if sn.wake_at is None or t < sn.wake_at:
-            sn.wake_at = t
-            self._push(t, _TICK, (i, sn.epoch))
+    def _host(self, e: int) -> int:
+        return e
 
-    def _reschedule(self, i: int) -> None:
-        sn = self.nodes[i]
-        d = _next_wakeup(sn.node, self.now)
-        if d is not None:
-            self._wake(i, d)
+    def _alive(self, e: int) -> bool:
+        return self.nodes[e].alive
 
-    def run_until(self, t_end: int) -> None:
-        """Process events up to ``t_end``.
+    def _epoch(self, e: int) -> int:
+        return self.nodes[e].epoch
 
-        The cyclic garbage collector is paused meanwhile (young generations
-        are collected every 20,000 events): a big simulation holds millions
-        of long-lived objects (N nodes x O(N) views), and full collections
-        triggered by the engine's O(N) temporaries scanned them all (at
-        10,000 nodes a view rebuild took 1-7 s instead of ~0.3 s). The
-        engine's behaviour does not depend on it.
-        """
-        was = gc.isenabled()
-        gc.disable()
-        try:
-            self._run_until(t_end)
-        finally:
-            if was:
-                gc.enable()
+    def _key(self, e: int) -> bytes:
+        return self.nodes[e].key
 
-    def _run_until(self, t_end: int) -> None:
-        heap = self._heap
-        since_gc = 0
-        while heap and heap[0][0] <= t_end:
-            since_gc += 1
-            if since_gc >= 20_000:
-                since_gc = 0
-                gc.collect(1)
-            t, _, kind, p = heapq.heappop(heap)
-            self.now = t
-            self.events += 1
-            if kind == _TICK:
-                i, epoch = p
-                sn = self.nodes[i]
-                if not sn.alive or sn.epoch != epoch or sn.wake_at != t:
-                    continue
-                sn.wake_at = None
-                self._outs(i, sn.node.tick(t))
-                self._reschedule(i)
-            elif kind == _REQ:
-                self._deliver_request(p)
-            elif kind == _REP:
-                self._deliver_reply(*p)
-            elif kind == _TIMEOUT:
-                self._timeout(p)
-            else:
-                p()
-        self.now = max(self.now, t_end)
+    def _resolve(self, e: int, key: bytes) -> int:
+        return self.by_key.get(key, -1)
 
-    def run_for(self, ms: int) -> None:
-        self.run_until(self.now + ms)
+    def _mesh_of(self, e: int) -> str:
+        return self.mesh_id
+
+    def _latency_base(self, host: int) -> float:
+        return self.nodes[host].latency_base
+
+    def _can_talk(self, a: int, b: int) -> bool:
+        return self.can_talk(a, b)
+
+    def _count_type(self, msg: Any, size: int) -> None:
+        by_type = self.traffic.by_type
+        s = by_type.get(type(msg).__name__)
+        if s is None:
+            s = by_type[type(msg).__name__] = [0, 0]
+        s[0] += 1
+        s[1] += size
+
+    def _changed(self, e: int, o: Changed) -> None:
+        for obs in self.observers:
+            obs(e, o.keys, self.now)
+
+    def _reply(self, c: _Pending, reply: Any) -> None:
+        if c.ctx is _JOIN:
+            self._join_reply(c, reply)
+        else:
+            super()._reply(c, reply)
+
+    def _failed(self, c: _Pending) -> None:
+        if c.ctx is _JOIN:
+            self._join_failed(c)
+        else:
+            super()._failed(c)
 
     # ------------------------------------------------------------------ network
 
     def can_talk(self, a: int, b: int) -> bool:
         g = self.group
         return g is None or g[a] == g[b]
-
-    def _latency(self, a: int, b: int) -> int:
-        base = (self.nodes[a].latency_base + self.nodes[b].latency_base) / 2
-        return max(1, int(base * math.exp(self.rng.gauss(0.0, self.net.jitter_sigma))))
-
-    def _size(self, msg: Any) -> int:
-        k = id(msg)
-        hit = self._size_cache.get(k)
-        if hit is not None and hit[0] is msg:
-            return hit[1]
-        st = self._type_stats.get(type(msg))
-        if st is None:
-            st = self._type_stats[type(msg)] = [0, 0, 0]
-        st[0] += 1
-        if self.byte_sample == 1 or st[0] % self.byte_sample == 1 or st[1] == 0:
-            size = len(encode(msg))
-            st[1] += 1
-            st[2] += size
-        else:
-            size = st[2] // st[1]
-        if len(self._size_cache) > 50_000:
-            self._size_cache.clear()
-        self._size_cache[k] = (msg, size)
-        return size
-
-    def _count(self, a: int, b: int, msg: Any, delivered: bool) -> None:
-        size = self._size(msg)
-        tr = self.traffic
-        tr.tx[a] += size
-        if delivered:
-            tr.rx[b] += size
-        tr.msgs += 1
-        s = tr.by_type.get(type(msg).__name__)
-        if s is None:
-            s = tr.by_type[type(msg).__name__] = [0, 0]
-        s[0] += 1
-        s[1] += size
-
-    def _send(self, a: int, b: int, kind: int, payload: Any, msg: Any) -> None:
-        """One-way message a -> b (request or reply), subject to loss and partitions."""
-        ok = (
-            self.nodes[b].alive
-            and self.can_talk(a, b)
-            and (self.net.loss <= 0 or self.rng.random() >= self.net.loss)
-        )
-        self._count(a, b, msg, ok)
-        if ok:
-            self._push(self.now + self._latency(a, b), kind, payload)
-
-    def _call(self, caller: int, to: int, msg: Any, ctx: Any, parent: int | None = None) -> None:
-        self._next_call += 1
-        cid = self._next_call
-        self._calls[cid] = _Pending(caller, self.nodes[caller].epoch, to, msg, ctx, parent)
-        timeout = self.net.relay_timeout_ms if parent is not None else self.net.rpc_timeout_ms
-        self._push(self.now + timeout, _TIMEOUT, cid)
-        self._send(caller, to, _REQ, cid, msg)
-
-    def _outs(self, i: int, outs: Iterable[Out]) -> None:
-        for o in outs:
-            if type(o) is Call:
-                to = self.by_key.get(o.to)
-                if to is None:  # unknown address: the connection fails
-                    self._call_unknown(i, o)
-                else:
-                    self._call(i, to, o.msg, o.ctx)
-            elif type(o) is Changed:
-                for obs in self.observers:
-                    obs(i, o.keys, self.now)
-
-    def _call_unknown(self, i: int, o: Call) -> None:
-        self._next_call += 1
-        cid = self._next_call
-        self._calls[cid] = _Pending(i, self.nodes[i].epoch, -1, o.msg, o.ctx)
-        self._push(self.now + self.net.rpc_timeout_ms, _TIMEOUT, cid)
-
-    def _deliver_request(self, cid: int) -> None:
-        c = self._calls.get(cid)
-        if c is None:
-            return
-        dst = self.nodes[c.to]
-        if not dst.alive:
-            return
-        src_key = self.nodes[c.caller].key
-        reply, outs = dst.node.handle_request(src_key, c.msg, self.now)
-        self._outs(c.to, outs)
-        if type(reply) is Relay:
-            self._call(c.to, self.by_key[reply.target], reply.msg, None, parent=cid)
-        else:
-            self._send(c.to, c.caller, _REP, (cid, reply), reply)
-        self._reschedule(c.to)
-
-    def _deliver_reply(self, cid: int, reply: Any) -> None:
-        c = self._calls.pop(cid, None)
-        if c is None:
-            return  # timed out already
-        caller = self.nodes[c.caller]
-        if not caller.alive or caller.epoch != c.epoch:
-            return
-        if c.parent is not None:
-            self._relay_done(c, ok=type(reply) is Ack and reply.ok)
-            return
-        if c.ctx is _JOIN:
-            self._join_reply(c, reply)
-            return
-        to_key = self.nodes[c.to].key
-        self._outs(c.caller, caller.node.handle_reply(to_key, c.ctx, reply, self.now))
-        self._reschedule(c.caller)
-
-    def _timeout(self, cid: int) -> None:
-        c = self._calls.pop(cid, None)
-        if c is None:
-            return
-        caller = self.nodes[c.caller]
-        if not caller.alive or caller.epoch != c.epoch:
-            return
-        if c.parent is not None:
-            self._relay_done(c, ok=False)
-            return
-        if c.ctx is _JOIN:
-            self._join_failed(c)
-            return
-        to_key = self.nodes[c.to].key if c.to >= 0 else b""
-        self._outs(c.caller, caller.node.handle_failure(to_key, c.ctx, self.now))
-        self._reschedule(c.caller)
-
-    def _relay_done(self, c: _Pending, ok: bool) -> None:
-        parent = self._calls.get(c.parent) if c.parent is not None else None
-        if parent is None:
-            return
-        ack = Ack(self.mesh_id, c.msg.probe_id, ok)
-        self._send(c.caller, parent.caller, _REP, (c.parent, ack), ack)
 
     # ------------------------------------------------------------------ faults
 
@@ -546,37 +358,6 @@ def _prime_views(nodes: list[MeshNode]) -> bool:
     except (AttributeError, TypeError, ValueError):
         return False
     return True
-
-
-def _next_wakeup(node: MeshNode, now: int) -> int | None:
-    """``node.next_deadline()``, skipping deadlines already in the past.
-
-    The engine's ``next_deadline`` can return a time that has passed (a probe
-    whose indirect pings are out keeps ``started + probe_timeout``), which
-    would make the driver spin; in that case the future deadlines are taken
-    from the scheduler and the detector directly (reported to the engine author).
-    """
-    d = node.next_deadline()
-    if d is None or d > now:
-        return d
-    cands: list[int] = []
-    g = node._sched.next_deadline()
-    if g is not None:
-        cands.append(g)
-    fd = node._fd
-    p = fd.params
-    if fd._next_probe_ms is not None:
-        cands.append(fd._next_probe_ms)
-    pr = fd._probe
-    if pr is not None:
-        if not pr.indirect_sent:
-            cands.append(pr.started_ms + p.probe_timeout_ms)
-        cands.append(pr.started_ms + p.probe_interval_ms)
-    cands.extend(s + p.suspicion_ms for s in fd._suspect_since.values())
-    if node.settings.role == Role.CLIENT:
-        cands.append(node._peer_ping_due)
-    fut = [t for t in cands if t > now]
-    return min(fut) if fut else now + 100
 
 
 def key_hash(key: bytes) -> str:
