@@ -31,6 +31,7 @@ from smegmesh.core.addressing import InvalidMeshId, overlay_address, validate_me
 from smegmesh.core.identity import NodeIdentity, verify_signature, x25519_matches_ed25519
 
 __all__ = [
+    "ALIAS_RE",
     "MAX_ADMITTED",
     "MAX_INVITES",
     "MAX_ROUTES",
@@ -38,6 +39,7 @@ __all__ = [
     "MAX_SERVICES",
     "PRUNE_TAG",
     "RECORD_TAG",
+    "SERVICE_KEY_RE",
     "Admission",
     "InviteGrant",
     "NodeRecord",
@@ -66,8 +68,10 @@ MAX_DESCRIPTION_BYTES = 256
 MAX_SERVICE_VALUE_BYTES = 256
 MAX_ENDPOINT_LEN = 261  # "[" + 45 + "]:" + 5 or 253 + ":" + 5
 
-_ALIAS_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-_SERVICE_KEY_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+#: An alias: one lower-case DNS label (served as ALIAS.MESHID.smeg.).
+ALIAS_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+#: A service key.
+SERVICE_KEY_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _HOST_LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _PORT_RE = re.compile(r"[1-9][0-9]{0,4}")
 _CHECKED = "_smegmesh_checked"  # memo on the frozen object: mesh id it passed checks for
@@ -432,7 +436,7 @@ def check_record_fields(rec: NodeRecord, mesh_id: str, *, check_signature_len: b
     _check_endpoint_field("wg_endpoint", rec.wg_endpoint)
     _check_endpoint_field("control_endpoint", rec.control_endpoint)
     _check_bytes("tls_fp", rec.tls_fp, 32, optional=True)
-    if type(rec.alias) is not str or (rec.alias and _ALIAS_RE.fullmatch(rec.alias) is None):
+    if type(rec.alias) is not str or (rec.alias and ALIAS_RE.fullmatch(rec.alias) is None):
         raise _fail("alias", "must be empty or a DNS label (1-63 of [a-z0-9-])")
     if type(rec.description) is not str:
         raise _fail("description", "must be a string")
@@ -446,7 +450,7 @@ def check_record_fields(rec: NodeRecord, mesh_id: str, *, check_signature_len: b
         if type(item) is not tuple or len(item) != 2:
             raise _fail("services", "entries must be (key, value) pairs")
         k, v = item
-        if type(k) is not str or _SERVICE_KEY_RE.fullmatch(k) is None:
+        if type(k) is not str or SERVICE_KEY_RE.fullmatch(k) is None:
             raise _fail("services", f"invalid key {k!r}: 1-64 of [A-Za-z0-9._-]")
         if type(v) is not str or len(v.encode("utf-8", "surrogatepass")) > 256:
             raise _fail("services", f"value of {k!r} must be a string of at most 256 bytes")

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from smegmesh.core import record
 from smegmesh.daemon.config import MeshOptions, Role
 
 __all__ = [
@@ -48,9 +49,10 @@ GraphFormat = Literal["dot", "svg", "png"]
 #: from it and will prune it unless it answers.
 NodeStatus = Literal["live", "suspect"]
 
-#: An alias is a DNS label (it is served as ALIAS.MESHID.smeg.).
-ALIAS_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
-SERVICE_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$")
+#: The record's rules (core.record), anchored for pydantic/OpenAPI patterns;
+#: aliases in any case (they are lower-cased before they are published).
+ALIAS_RE = re.compile(f"^{record.ALIAS_RE.pattern}$", re.IGNORECASE)
+SERVICE_KEY_RE = re.compile(f"^{record.SERVICE_KEY_RE.pattern}$")
 
 MAX_INVITE_TTL_S = 365 * 86400
 
@@ -194,10 +196,7 @@ class ServiceValueRequest(_Request):
 
 def check_service_key(key: str) -> str:
     if not SERVICE_KEY_RE.match(key):
-        raise ValueError(
-            "service key must be 1-64 characters of letters, digits and . _ : / - "
-            "starting with a letter or digit"
-        )
+        raise ValueError("service key must be 1-64 characters of letters, digits and . _ -")
     return key
 
 

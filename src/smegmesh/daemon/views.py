@@ -37,11 +37,11 @@ from smegmesh.core.addressing import mesh_prefix, node_id_prefix
 from smegmesh.core.hashing import score
 from smegmesh.core.identity import key_to_text
 from smegmesh.core.record import (
-    _ALIAS_RE,  # the single definition of what an alias may be
-    _SERVICE_KEY_RE,  # ditto for service keys
+    ALIAS_RE,
     MAX_DESCRIPTION_BYTES,
     MAX_SERVICE_VALUE_BYTES,
     MAX_SERVICES,
+    SERVICE_KEY_RE,
     NodeRecord,
     Role,
 )
@@ -187,7 +187,7 @@ def check_alias_free(records: Iterable[NodeRecord], self_key: bytes, alias: str)
 def validate_alias(alias: str) -> str:
     """The alias as stored (lower case); ``invalid_argument`` naming the field if bad."""
     a = alias.lower()
-    if a and _ALIAS_RE.fullmatch(a) is None:
+    if a and ALIAS_RE.fullmatch(a) is None:
         raise invalid_argument(
             "alias: must be a DNS label: 1-63 letters, digits or '-', "
             "not starting or ending with '-'"
@@ -207,7 +207,7 @@ def validate_description(description: str) -> str:
 
 def validate_service(key: str, value: str, current: Mapping[str, str]) -> None:
     """Check ``set-service key=value`` against the record limits (``invalid_argument``)."""
-    if _SERVICE_KEY_RE.fullmatch(key) is None:
+    if SERVICE_KEY_RE.fullmatch(key) is None:
         raise invalid_argument(f"service: invalid key {key!r}: use 1-64 of A-Z a-z 0-9 . _ -")
     n = len(value.encode("utf-8", "surrogatepass"))
     if n > MAX_SERVICE_VALUE_BYTES:
