@@ -41,8 +41,8 @@ from smegmesh.core.gossip import GossipParams
 from smegmesh.core.invite import Bootstrap
 from smegmesh.core.liveness import LivenessParams
 from smegmesh.core.meshnode import Changed, MeshNode, MeshSettings
-from smegmesh.core.messages import JoinReply, JoinRequest
-from smegmesh.core.record import NodeRecord, Role
+from smegmesh.core.messages import JoinReply
+from smegmesh.core.record import Role
 from smegmesh.core.state import MeshState
 from smegmesh.sim.driver import T0, Driver, NetParams, TrafficBase, _Pending
 from smegmesh.sim.state import (
@@ -252,8 +252,8 @@ class Simulator(Driver):
 
         The member creates an invitation (``MeshNode.invite``, gossiped like
         any change), the joiner sends ``JoinRequest`` with the token's secret
-        and its signed record, seeds its state from the ``JoinReply`` and
-        calls ``start``. Returns the joiner's simulator index.
+        and its signed record (``MeshNode.join_request``) and takes the
+        ``JoinReply`` with ``MeshNode.absorb``. Returns the joiner's simulator index.
         """
         assert self.population is not None
         live = [sn.index for sn in self.nodes if sn.alive]
@@ -265,31 +265,19 @@ class Simulator(Driver):
         self._outs(via, outs)
         self._reschedule(via)
         ident = self.population.identities[index]
-        rec = NodeRecord.create(
-            ident,
-            self.mesh_id,
-            version=self.now,
-            now_ms=self.now,
-            role=Role.PEER,
-            wg_endpoint=self.population.records[index].wg_endpoint,
-            control_endpoint=control_endpoint(index),
-        )
         j = self._add(ident.wg_public_key, self._make_node(index, SharedState(self.mesh_id)), index)
         j.alive = True
-        req = JoinRequest(self.mesh_id, token.secret, rec)
+        # The engine builds the request (its own signed record) and, below,
+        # takes the reply (``absorb``), exactly as the daemon does.
+        req = j.node.join_request(token.secret, self.now)
         self._call(j.index, via, req, _JOIN)
         return j.index
 
     def _join_reply(self, c: _Pending, reply: Any) -> None:
-        sn = self.nodes[c.caller]
         if type(reply) is not JoinReply:
             self._join_failed(c)
             return
-        st = SharedState(self.mesh_id)
-        st.apply_many(reply.items, self.now)
-        sn.node = self._make_node(sn.pop_index, st, incarnation=sn.epoch)
-        self._outs(c.caller, sn.node.start(self.now))
-        self._outs(c.caller, [Changed(frozenset(st.keys()))])
+        self._outs(c.caller, self.nodes[c.caller].node.absorb(reply.items, self.now))
         self._reschedule(c.caller)
 
     def _join_failed(self, c: _Pending) -> None:
