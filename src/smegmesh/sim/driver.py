@@ -31,7 +31,6 @@ from typing import Any, Protocol
 
 from smegmesh.core.meshnode import Call, Changed, MeshNode, Out, Relay
 from smegmesh.core.messages import Ack
-from smegmesh.core.record import Role
 from smegmesh.core.wire import encode
 
 __all__ = ["T0", "Driver", "NetParams", "TrafficBase"]
@@ -328,31 +327,7 @@ class Driver:
 
 
 def _next_wakeup(node: MeshNode, now: int) -> int | None:
-    """``node.next_deadline()``, skipping deadlines already in the past.
-
-    The engine's ``next_deadline`` can return a time that has passed (a probe
-    whose indirect pings are out keeps ``started + probe_timeout``), which
-    would make the driver spin; in that case the future deadlines are taken
-    from the scheduler and the detector directly (reported to the engine author).
-    """
+    """When to tick ``node``: its ``next_deadline()``, and a deadline already
+    past means "now" (as in the daemon's loop); a tick moves it forward."""
     d = node.next_deadline()
-    if d is None or d > now:
-        return d
-    cands: list[int] = []
-    g = node._sched.next_deadline()
-    if g is not None:
-        cands.append(g)
-    fd = node._fd
-    p = fd.params
-    if fd._next_probe_ms is not None:
-        cands.append(fd._next_probe_ms)
-    pr = fd._probe
-    if pr is not None:
-        if not pr.indirect_sent:
-            cands.append(pr.started_ms + p.probe_timeout_ms)
-        cands.append(pr.started_ms + p.probe_interval_ms)
-    cands.extend(s + p.suspicion_ms for s in fd._suspect_since.values())
-    if node.settings.role == Role.CLIENT:
-        cands.append(node._peer_ping_due)
-    fut = [t for t in cands if t > now]
-    return min(fut) if fut else now + 100
+    return None if d is None else max(d, now)
