@@ -208,9 +208,15 @@ def test_one_bridge(chain: Topo) -> None:
         return bool(ra and ra["gateway"] == t.keys["B12"] and rx and rx["gateway"] == t.keys["B12"])
 
     took = _wait(c, routed, 30, "A and X route through B12")
+
     # B12 masquerades between its two overlay interfaces; A (one mesh) does not.
-    nat = t.d["B12"].node.run(["nft", "list", "table", "ip6", "smegmesh"]).stdout
-    assert nat.count("masquerade") == 2, nat
+    # The table is installed by B12's apply loop, which may run after its route
+    # advert has already reached A and X, so wait for it too.
+    def nat_rules() -> str:
+        proc = t.d["B12"].node.run(["nft", "list", "table", "ip6", "smegmesh"], check=False)
+        return proc.stdout if proc.returncode == 0 else ""
+
+    _wait(c, lambda: nat_rules().count("masquerade") == 2, 15, "B12's masquerade table")
     assert "smegmesh" not in a.node.run(["nft", "list", "tables"]).stdout
     # The real CLI: A's get-mesh --json shows m2's /64 via B12, path length 1.
     detail = a.ctl("get-mesh", "--meshid", t.m1)
