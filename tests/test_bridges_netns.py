@@ -396,14 +396,24 @@ def test_redundant_bridges_split_then_failover(pair: Pair) -> None:
     members = [*p.left, *p.right]
 
     def converged() -> bool:
-        ch = _choices(p)
-        return all(ch[n] in bridge_keys for n in members)
+        # Every member routes through a bridge *and* has heard the other bridge's
+        # advert (listed as the alternative): before that a member may pick the
+        # only bridge it knows and switch later, and get-mesh (below) would not
+        # list the alternative yet.
+        for names, own, far in ((p.left, p.m1, p.m2), (p.right, p.m2, p.m1)):
+            for n in names:
+                r = _route(p.d[n], own, _pfx(far))
+                if r is None or r["gateway"] not in bridge_keys:
+                    return False
+                if set(r["alternatives"]) != bridge_keys - {r["gateway"]}:
+                    return False
+        return True
 
     # Rendezvous hashing of each member's key over (bridge key + mesh id): the
     # chance that all 8 members pick the same bridge is 1/128; then form two
     # new meshes (new ids, new hashing) rather than skip.
     for attempt in range(4):
-        took = _wait(c, converged, 40, "every member routes through a bridge")
+        took = _wait(c, converged, 40, "every member routes through a bridge, knowing both")
         chosen = _choices(p)
         by_bridge = {k: sorted(n for n in members if chosen[n] == k) for k in bridge_keys}
         sys.stderr.write(f"\nredundant bridges: routes after {took:.1f}s; split {by_bridge}\n")
