@@ -223,6 +223,42 @@ def bench_idle(size: int, seconds: float, timings: Timings) -> dict[str, object]
         }
 
 
+#: The libraries smegd must use (DEVELOPERS.md, issue 4): gRPC for node-to-node
+#: RPC, FastAPI+uvicorn+pydantic for the API, cryptography for keys, pyroute2
+#: for netlink. Imported into a bare interpreter, they alone set an RSS floor.
+REQUIRED_LIBRARIES = (
+    "pydantic",
+    "cryptography.hazmat.primitives.asymmetric.ed25519",
+    "cryptography.hazmat.primitives.asymmetric.x25519",
+    "grpc",
+    "fastapi",
+    "uvicorn",
+    "pyroute2",
+)
+_FLOOR_SCRIPT = """
+import ctypes, gc, importlib, sys
+for m in sys.argv[1:]:
+    importlib.import_module(m)
+gc.collect()
+ctypes.CDLL("libc.so.6").malloc_trim(0)
+print(open("/proc/self/status").read().split("VmRSS:")[1].split()[0])
+"""
+
+
+def library_floor_mb() -> float | None:
+    """RSS of a bare interpreter that has imported :data:`REQUIRED_LIBRARIES`."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _FLOOR_SCRIPT, *REQUIRED_LIBRARIES],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    try:
+        return int(proc.stdout.strip()) / 1024
+    except ValueError:
+        return None
+
+
 def _stats(xs: list[float]) -> tuple[float, float, float]:
     if not xs:
         return (float("nan"),) * 3  # type: ignore[return-value]
@@ -320,6 +356,13 @@ def main(argv: list[str] | None = None) -> int:
             f"  smegd median PSS {pss_m:.1f} MB, private {priv_m:.1f} MB "
             "(RSS counts the shared libraries every daemon maps)"
         )
+        floor = library_floor_mb()
+        if floor is not None:
+            names = sorted({m.split(".")[0] for m in REQUIRED_LIBRARIES})
+            console.print(
+                f"  RSS floor of the required libraries alone (a bare interpreter "
+                f"importing {', '.join(names)}): {floor:.1f} MB"
+            )
         console.print(
             f"  daemons alive: {res['alive']}/{res['size']}; "
             f"membership still complete: {res['still_converged']}"

@@ -542,10 +542,8 @@ class Daemon:
                     fixed = await loop.run_in_executor(self._wg_pool, self.reconciler.check)
                     for r in fixed:
                         log.warning("repaired WireGuard interface (%d ops)", len(r.wg_ops))
-                    for rt in list(self.meshes.values()):
-                        self.wg_status[rt.mesh_id] = await loop.run_in_executor(
-                            self._wg_pool, self.backend.read, rt.ifname
-                        )
+                    # (No periodic status read: get-mesh reads handshakes and
+                    # counters when asked, so an idle daemon does not poll.)
                 except Exception as e:
                     log.warning("WireGuard health check failed: %s", e)
 
