@@ -25,6 +25,7 @@ Timings: heartbeatInterval 2 s, syncInterval 1 s, pullInterval 5 s.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -464,3 +465,76 @@ def _wait_pings_timed(
     t0 = time.monotonic()
     _wait_pings(cluster, pairs, timeout, what)
     return time.monotonic() - t0
+
+
+def test_masquerade_can_be_turned_off(pair: Pair) -> None:
+    """``bridgeMasquerade: false`` on the only bridge between two meshes.
+
+    Runs after the failover test, which leaves one bridge alive (if it stopped
+    early, one bridge is killed here). Restarted with the switch off, the bridge
+    removes its nftables table, and cross-mesh traffic still flows: with one
+    bridge the replies come back through it without translation.
+    """
+    p, c = pair, pair.cluster
+    alive = [n for n in ("BA", "BB") if p.d[n].alive()]
+    assert alive, "both bridges are down"
+    bridge = p.d[alive[0]]
+    for n in alive[1:]:
+        p.d[n].kill()
+        p.d[n].kill_wireguard()
+    members = [*p.left, *p.right]
+    _wait(
+        c,
+        lambda: all(ch == p.keys[bridge.name] for ch in _choices(p).values()),
+        ROUTE_MOVE_BOUND_S + 15,
+        f"every member routes through {bridge.name}",
+    )
+
+    def nat_table() -> bool:
+        proc = bridge.node.run(["nft", "list", "table", "ip6", "smegmesh"], check=False)
+        return proc.returncode == 0 and "masquerade" in proc.stdout
+
+    _wait(c, nat_table, 15, f"{bridge.name}'s masquerade table (the default)")
+    with open(bridge.config_path) as f:
+        cfg = yaml.safe_load(f)
+    cfg["bridgeMasquerade"] = False
+    with open(bridge.config_path, "w") as f:
+        yaml.safe_dump(cfg, f, sort_keys=False)
+    bridge.restart(timeout=60)
+    _wait(c, lambda: not nat_table(), 15, f"{bridge.name}'s masquerade table removed")
+    assert "bridgeMasquerade is off" in bridge.log_text()
+
+    addrs = {n: p.d[n].overlay_address(p.m1 if n in p.left else p.m2) for n in members}
+    cross = [(p.d[s], str(addrs[t])) for s in p.left for t in p.right]
+    cross += [(p.d[s], str(addrs[t])) for s in p.right for t in p.left]
+    _wait_pings(c, cross, 40, "cross-mesh pings through the bridge without masquerading")
+    # ...and the destination sees the sender's own address, not the bridge's.
+    src, dst = p.d[p.left[0]], p.d[p.right[0]]
+    listener = dst.node.spawn(
+        [sys.executable, "-c", _UDP_SOURCE_SCRIPT, str(addrs[dst.name])],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    sender = [sys.executable, "-c", _UDP_SEND_SCRIPT, str(addrs[dst.name])]
+    _wait(
+        c,
+        lambda: src.node.run(sender, check=False) is not None and listener.poll() is not None,
+        20,
+        "a datagram across the bridge",
+    )
+    seen = (listener.stdout.read() if listener.stdout else "").strip()
+    assert seen == str(addrs[src.name]), f"source {seen}, sender {addrs[src.name]}"
+
+
+#: Print the source address of the first datagram to [ADDR]:9999, then exit.
+_UDP_SOURCE_SCRIPT = """
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 9999))
+s.settimeout(30)
+print(s.recvfrom(64)[1][0], flush=True)
+"""
+_UDP_SEND_SCRIPT = """
+import socket, sys
+socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).sendto(b"hi", (sys.argv[1], 9999))
+"""

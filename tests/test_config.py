@@ -107,6 +107,7 @@ def test_defaults() -> None:
     assert str(cfg.control_socket) == "/run/smegmesh/smegd.sock"
     assert cfg.wg_backend == "auto" and cfg.effective_wg_backend == "auto"
     assert cfg.api_listen is None and cfg.dns_listen is None
+    assert cfg.bridge_masquerade is True
     assert cfg.base_configuration.role == "peer"
     assert cfg.base_configuration.pre_up == []
     assert cfg.warnings == []
@@ -296,3 +297,9 @@ def test_smegd_check(tmp_path: Path) -> None:
     assert r.returncode == 0 and r.stdout.startswith("smegd ")
     r = _smegd()
     assert r.returncode == 2 and "CONFIG.yaml" in r.stderr
+
+
+def test_bridge_masquerade_switch() -> None:
+    assert parse_config({"bridgeMasquerade": False}).bridge_masquerade is False
+    with pytest.raises(ConfigError, match=r"bridgeMasquerade"):
+        parse_config({"bridgeMasquerade": "sometimes"})

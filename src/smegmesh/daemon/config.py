@@ -321,6 +321,13 @@ class Config(_Model):
         description="Route unmatched traffic (::/0) to a mesh member offering advertiseDefaults. "
         "Off by default: it replaces this host's IPv6 default route.",
     )
+    bridge_masquerade: bool = Field(
+        default=True,
+        alias="bridgeMasquerade",
+        description="On a bridge, masquerade traffic forwarded from one mesh into another "
+        "(docs/ROUTING.md). Needed with several bridges between the same meshes; off keeps "
+        "senders' addresses but then only one bridge per pair of meshes carries traffic.",
+    )
     gc_horizon: float = Field(
         default=86400,
         alias="gcHorizon",

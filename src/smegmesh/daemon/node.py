@@ -276,6 +276,11 @@ class Daemon:
         self.backend = create_backend(kind, socket_dir=str(cfg.effective_wg_socket_dir))
         host = MemoryHost() if kind == "memory" else HostNetwork()
         self.reconciler = Reconciler(self.backend, host)
+        if not cfg.bridge_masquerade:
+            log.info(
+                "bridgeMasquerade is off: a bridge forwards without address translation "
+                "(replies through another bridge between the same meshes are dropped)"
+            )
         log.info("WireGuard backend: %s", getattr(self.backend, "kind", kind))
 
         from smegmesh.daemon.api import create_app, serve_tcp, serve_unix
@@ -555,6 +560,8 @@ class Daemon:
         come back through it even when the destination's own gateway back is
         another bridge (WireGuard's AllowedIPs would drop them; docs/ROUTING.md).
         """
+        if not self.config.bridge_masquerade:
+            return frozenset()
         if not any(rt.advertise_routes for rt in self.meshes.values()):
             return frozenset()
         names = frozenset(
