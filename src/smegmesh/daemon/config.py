@@ -114,8 +114,9 @@ class BaseConfiguration(_Model):
         default="outgoing",
         alias="ipDiscovery",
         description="How the node finds the IP address it advertises as its endpoint: "
-        "'outgoing' = source address of the default route, 'public' = ask a public "
-        "IP echo service. Ignored when publicEndpoint is set.",
+        "'outgoing' = source address of the default route, 'public' = ask the mesh "
+        "member named in the invitation which address the node's calls come from "
+        "(no third-party service). Ignored when publicEndpoint is set.",
     )
     public_endpoint: str | None = Field(
         default=None,
@@ -153,9 +154,22 @@ class BaseConfiguration(_Model):
         description="Shell commands run before a mesh interface is brought up "
         "($IFNAME / %i is the interface name).",
     )
-    post_up: list[str] = Field(default_factory=list, alias="postUp")
-    pre_down: list[str] = Field(default_factory=list, alias="preDown")
-    post_down: list[str] = Field(default_factory=list, alias="postDown")
+    post_up: list[str] = Field(
+        default_factory=list,
+        alias="postUp",
+        description="Shell commands run after a mesh interface is up and configured.",
+    )
+    pre_down: list[str] = Field(
+        default_factory=list,
+        alias="preDown",
+        description="Shell commands run before a mesh interface is removed (leave-mesh).",
+    )
+    post_down: list[str] = Field(
+        default_factory=list,
+        alias="postDown",
+        description="Shell commands run after a mesh interface is removed. A failing hook "
+        "of any kind is logged and does not stop the daemon.",
+    )
 
     _lists = field_validator("pre_up", "post_up", "pre_down", "post_down", mode="before")(_str_list)
 

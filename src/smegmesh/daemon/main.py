@@ -25,7 +25,8 @@ def _parser() -> argparse.ArgumentParser:
         description="smegmesh daemon: joins WireGuard meshes, gossips their state with its "
         "neighbours and keeps this node's WireGuard interfaces and routes in line with it. "
         "Control it with smegctl.",
-        epilog=f"Example: smegd {DEFAULT_CONFIG_PATH}   |   smegd --check {DEFAULT_CONFIG_PATH}",
+        epilog=f"Example: smegd {DEFAULT_CONFIG_PATH}   |   smegd --check {DEFAULT_CONFIG_PATH}"
+        "   |   every key: docs/CONFIG.md (python -m smegmesh.daemon.configdoc)",
     )
     p.add_argument("config", metavar="CONFIG.yaml", help="configuration file (YAML)")
     p.add_argument(
