@@ -112,6 +112,7 @@ class FakeNodeService:
                 control_endpoint=f"198.51.100.{i + 1}:4000",
                 last_seen=time.time() - 30 * i,
                 handshake_age_s=12.0 + i,
+                wg_peer=True,
                 rx_bytes=1500 * (i + 1),
                 tx_bytes=2_500_000 * (i + 1),
                 routes=[RouteInfo(destination="::/0", path=[])] if i == 0 else [],

@@ -217,6 +217,9 @@ def test_mesh_detail_status_and_wireguard() -> None:
     assert p2.handshake_age_s is None and p2.keepalive_s == 25
     p3 = by[key_to_text(key(3))]
     assert p3.handshake_age_s is None and p3.rx_bytes == 0 and p3.last_seen is None
+    # a WireGuard peer entry exists for p1 and p2 only (not for ourselves, not for p3)
+    assert p1.wg_peer and p2.wg_peer and not p3.wg_peer
+    assert not by[key_to_text(key(0))].wg_peer
     # the leader is the lowest key among live peers (p2 is suspect)
     live_peers = [key(i) for i in (0, 1, 3)]
     assert detail.leader == key_to_text(min(live_peers))

@@ -489,7 +489,11 @@ def get_mesh(ctx: typer.Context, meshid: MeshIdOpt, as_json: JsonOpt = False) ->
                 n.get("wg_endpoint") or "-",
                 _ago(n.get("last_seen"), now),
                 _dur(n.get("handshake_age_s")),
-                f"{_bytes(n.get('rx_bytes', 0))} / {_bytes(n.get('tx_bytes', 0))}",
+                (
+                    f"{_bytes(n.get('rx_bytes', 0))} / {_bytes(n.get('tx_bytes', 0))}"
+                    if n.get("wg_peer")
+                    else "-"
+                ),
                 n["public_key"][:12] + "…",
             )
         _console().print(t)

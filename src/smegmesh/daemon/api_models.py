@@ -94,6 +94,11 @@ class NodeInfo(_Model):
         default=None,
         description="Seconds since the last WireGuard handshake (None: never/not a wg peer)",
     )
+    wg_peer: bool = Field(
+        default=False,
+        description="This node has a WireGuard peer entry for it (false for itself and for "
+        "nodes it reaches through another peer, e.g. a client's view of other clients)",
+    )
     rx_bytes: int = 0
     tx_bytes: int = 0
     keepalive_s: int = 0

@@ -310,6 +310,7 @@ def mesh_detail(
             control_endpoint=r.control_endpoint,
             last_seen=heard / 1000 if heard is not None else None,
             handshake_age_s=handshake_age,
+            wg_peer=wg is not None,
             rx_bytes=wg.rx_bytes if wg is not None else 0,
             tx_bytes=wg.tx_bytes if wg is not None else 0,
             keepalive_s=wg.keepalive if wg is not None else 0,
