@@ -50,3 +50,20 @@ def test_without_advertise_route_nothing_is_published() -> None:
     _, outs = route_meshes(nodes, {}, accept_defaults=False, now_ms=2_000)
     assert outs == {}
     assert all(n.record is not None and n.record.routes == () for n in nodes.values())
+
+
+def test_flags_of_one_mesh_do_not_leak_into_another() -> None:
+    """Defaults offered only into M1, routes only into M2 (per-mesh flags)."""
+    ident = NodeIdentity.from_seed(b"\x09" * 32)
+    nodes = {M1: node(ident, M1), M2: node(ident, M2)}
+    opts = {
+        M1: MeshRouting(advertise_defaults=True),
+        M2: MeshRouting(advertise_routes=True),
+    }
+    route_meshes(nodes, opts, accept_defaults=False, now_ms=2_000)
+    r1, r2 = nodes[M1].record, nodes[M2].record
+    assert r1 is not None and r2 is not None
+    # M1: only our own default, not M2's prefix (advertiseRoute is off there)
+    assert [(r.prefix, r.path) for r in r1.routes] == [("::/0", ())]
+    # M2: M1's prefix, and no default (advertiseDefaults is off there)
+    assert [(r.prefix, r.path) for r in r2.routes] == [(str(mesh_prefix(M1)), (M1,))]

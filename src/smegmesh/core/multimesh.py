@@ -13,15 +13,28 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from smegmesh.core.meshnode import MeshNode, Out
-from smegmesh.core.routing import RoutingResult, compute_routes
+from smegmesh.core.record import RouteAdv
+from smegmesh.core.routing import DEFAULT_ROUTE, RoutingResult, compute_routes
 
 
 @dataclass(frozen=True, slots=True)
 class MeshRouting:
-    """Per-mesh routing options (``advertiseRoute``/``advertiseDefaults``)."""
+    """Per-mesh routing options (``advertiseRoute``/``advertiseDefaults``).
+
+    They say what this node publishes *into that mesh*: ``advertise_defaults``
+    its own ``::/0`` (it is an exit for the mesh), ``advertise_routes`` the
+    prefixes of its other meshes and the routes it learned (a learned default
+    included). A flag set on one mesh never makes the node advertise into
+    another.
+    """
 
     advertise_routes: bool = False
     advertise_defaults: bool = False
+
+    def allows(self, advert: RouteAdv) -> bool:
+        if advert.prefix == DEFAULT_ROUTE and not advert.path:
+            return self.advertise_defaults
+        return self.advertise_routes
 
 
 def route_meshes(
@@ -50,9 +63,7 @@ def route_meshes(
     outs: dict[str, list[Out]] = {}
     for mesh_id, node in nodes.items():
         o = opts[mesh_id]
-        adverts = result.adverts.get(mesh_id, ())
-        if not o.advertise_routes and not o.advertise_defaults:
-            adverts = ()
+        adverts = tuple(a for a in result.adverts.get(mesh_id, ()) if o.allows(a))
         rec = node.record
         if rec is not None and not rec.left and tuple(rec.routes) != tuple(adverts):
             outs[mesh_id] = node.update_self(now_ms, routes=tuple(adverts))
