@@ -22,8 +22,10 @@ from smegmesh.daemon.config import (
     split_host_port,
 )
 
-COMPAT = Path("/work/shared/compat")
-if not COMPAT.is_dir():  # fall back to a copy next to the tests, if any
+# The prototype's example files: the shared originals next to the checkout
+# (../shared/compat) when present, else the copies committed in tests/compat.
+COMPAT = Path(__file__).resolve().parents[1].parent / "shared" / "compat"
+if not COMPAT.is_dir():
     COMPAT = Path(__file__).parent / "compat"
 COMPAT_FILES = ["prototype-configuration.yaml", "prototype-client.yaml"]
 
