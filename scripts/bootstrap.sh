@@ -14,6 +14,11 @@ command -v dot >/dev/null || need_apt+=(graphviz)
 command -v dig >/dev/null || need_apt+=(bind9-dnsutils)
 command -v dnsperf >/dev/null || need_apt+=(dnsperf)
 command -v curl >/dev/null || need_apt+=(curl)
+# uv is installed with pip, which a fresh Debian may lack (uv then fetches the
+# Python the project needs by itself if the system's is too old).
+if ! command -v uv >/dev/null && ! python3 -m pip --version >/dev/null 2>&1; then
+  need_apt+=(python3 python3-pip ca-certificates)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "bootstrap: missing Debian packages ${need_apt[*]}; run as root (or: sudo apt-get install ${need_apt[*]})" >&2
@@ -29,6 +34,8 @@ fi
 if ! command -v uv >/dev/null; then
   echo "bootstrap: installing uv" >&2
   python3 -m pip install -q --disable-pip-version-check uv 2>/dev/null \
-    || python3 -m pip install -q --break-system-packages uv
+    || python3 -m pip install -q --disable-pip-version-check --break-system-packages uv
+  # pip puts it in ~/.local/bin when not root; that may not be on PATH yet
+  command -v uv >/dev/null || export PATH="$HOME/.local/bin:$PATH"
 fi
 uv sync --quiet --frozen

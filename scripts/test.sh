@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh
+export PATH="$PATH:$HOME/.local/bin"  # where pip puts uv for a non-root user
 echo "== ruff"; uv run --frozen ruff check src tests bench
 echo "== ruff format --check"; uv run --frozen ruff format --check src tests bench
 echo "== mypy"; uv run --frozen mypy
