@@ -11,6 +11,7 @@ import pytest
 
 from envcheck import IN_CI
 from smegmesh.daemon.config import (
+    CA_TLS_WARNING,
     SKIP_CERT_WARNING,
     BaseConfiguration,
     Config,
@@ -67,8 +68,10 @@ def test_prototype_files_load_unchanged(tmp_path: Path, name: str) -> None:
     assert cfg.certificate_path == tmp_path / "cert" / "cert.pem"
     assert cfg.private_key_path == tmp_path / "cert" / "priv.pem"
     assert cfg.ca_certificate_path == tmp_path / "cert" / "cacert.pem"
-    assert cfg.warnings == [SKIP_CERT_WARNING]
+    # both said out loud: verification stays on, and the CA keys are not used yet
+    assert cfg.warnings == [SKIP_CERT_WARNING, CA_TLS_WARNING]
     assert "always verified" in cfg.warnings[0]
+    assert "not used" in cfg.warnings[1]
 
 
 @pytest.mark.skipif(not COMPAT.is_dir() and not IN_CI, reason="no prototype compat files")

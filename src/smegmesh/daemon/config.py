@@ -72,6 +72,11 @@ WgBackend = Literal["auto", "kernel", "userspace", "memory"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 SKIP_CERT_WARNING = "node-to-node TLS is always verified; skipCertVerification is ignored"
+CA_TLS_WARNING = (
+    "certificatePath/privateKeyPath/caCertificatePath are accepted but not used: "
+    "CA-based TLS is not implemented; node-to-node TLS stays pinned to each node's "
+    "own certificate"
+)
 
 
 class ConfigError(Exception):
@@ -188,16 +193,20 @@ class Config(_Model):
     certificate_path: Path | None = Field(
         default=None,
         alias="certificatePath",
-        description="Optional extra CA-based TLS: this node's certificate (PEM). "
-        "Relative paths are resolved against the config file's directory.",
+        description="Prototype key for extra CA-based TLS (PEM certificate of this node). "
+        "Accepted and checked to exist, but NOT USED yet: node-to-node TLS is pinned "
+        "to each node's own certificate fingerprint. Setting it logs a warning.",
     )
     private_key_path: Path | None = Field(
-        default=None, alias="privateKeyPath", description="Private key for certificatePath (PEM)."
+        default=None,
+        alias="privateKeyPath",
+        description="Private key for certificatePath (PEM); checked to exist, not used yet.",
     )
     ca_certificate_path: Path | None = Field(
         default=None,
         alias="caCertificatePath",
-        description="CA that must have signed the certificates of other nodes (PEM).",
+        description="Prototype key: CA for extra CA-based TLS (PEM). Checked to exist, "
+        "NOT USED yet: other nodes' certificates are not checked against it.",
     )
     skip_cert_verification: bool = Field(
         default=False,
@@ -398,6 +407,8 @@ class Config(_Model):
             raise ValueError("privateKeyPath: certificatePath and privateKeyPath go together")
         if self.skip_cert_verification:
             self._warnings.append(SKIP_CERT_WARNING)
+        if self.certificate_path or self.ca_certificate_path:
+            self._warnings.append(CA_TLS_WARNING)
         return self
 
     # --- derived values -----------------------------------------------------
