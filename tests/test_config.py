@@ -308,3 +308,16 @@ def test_bridge_masquerade_switch() -> None:
     assert parse_config({"bridgeMasquerade": False}).bridge_masquerade is False
     with pytest.raises(ConfigError, match=r"bridgeMasquerade"):
         parse_config({"bridgeMasquerade": "sometimes"})
+
+
+@pytest.mark.parametrize("bad", ["not a host!!", "[zz]:1", "a:99999"])
+def test_bad_public_endpoint_named_at_load(bad: str) -> None:
+    with pytest.raises(ConfigError, match=r"baseConfiguration\.publicEndpoint"):
+        parse_config({"baseConfiguration": {"publicEndpoint": bad}})
+
+
+@pytest.mark.parametrize(
+    "good", ["2001:db8::10", "198.51.100.1", "[2001:db8::1]:5000", "n.example"]
+)
+def test_public_endpoint_forms(good: str) -> None:
+    assert parse_config({"baseConfiguration": {"publicEndpoint": good}}).base_configuration

@@ -32,7 +32,8 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 # Defined in a module without pydantic, so smegctl starts fast.
-from smegmesh.core.endpoint import split_host_port
+from smegmesh.core.endpoint import join_host_port, split_host_port
+from smegmesh.core.record import check_endpoint
 from smegmesh.daemon.defaults import (
     DEFAULT_CONFIG_PATH,
     DEFAULT_CONTROL_SOCKET,
@@ -181,8 +182,14 @@ class BaseConfiguration(_Model):
     @field_validator("public_endpoint")
     @classmethod
     def _endpoint(cls, v: str | None) -> str | None:
-        if v is not None and not v:
+        if v is None:
+            return v
+        if not v:
             raise ValueError("must be a non-empty host or host:port")
+        # The same rules the signed record applies to endpoints, checked now
+        # rather than when the first mesh is created.
+        host, port = split_host_port(v, default_port=51820)
+        check_endpoint(join_host_port(host, port))
         return v
 
 
