@@ -120,9 +120,12 @@ class BaseConfiguration(_Model):
         default="outgoing",
         alias="ipDiscovery",
         description="How the node finds the IP address it advertises as its endpoint: "
-        "'outgoing' = source address of the default route, 'public' = ask the mesh "
-        "member named in the invitation which address the node's calls come from "
-        "(no third-party service). Ignored when publicEndpoint is set.",
+        "'outgoing' = source address of the default route (without one: the first "
+        "global, non-ULA address, with a warning); 'public' = on join-mesh, ask the "
+        "member named in the invitation which address our calls come from (no "
+        "third-party service; the address only: the advertised port stays the local "
+        "WireGuard port, so a NAT must forward it unchanged; new-mesh has nobody to "
+        "ask and uses 'outgoing'). Ignored when publicEndpoint is set.",
     )
     public_endpoint: str | None = Field(
         default=None,

@@ -13,6 +13,7 @@ import concurrent.futures
 import contextlib
 import ctypes
 import gc
+import ipaddress
 import json
 import logging
 import os
@@ -95,28 +96,65 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+_ULA = ipaddress.ip_network("fc00::/7")  # overlay prefixes live here
+
+
 def outgoing_address() -> str | None:
-    """The source address of the interface the default route leaves by (no packet sent)."""
+    """The source address of the interface the default route leaves by (no packet sent).
+
+    Without a default route (an isolated host or namespace) the first global
+    unicast address that is not on a smegmesh interface and not a ULA, with a
+    warning: it may not be the address other nodes can reach.
+    """
     for fam, probe in ((socket.AF_INET6, "2001:db8::1"), (socket.AF_INET, "192.0.2.1")):
         with contextlib.suppress(OSError), socket.socket(fam, socket.SOCK_DGRAM) as s:
             s.connect((probe, 9))
-            addr = s.getsockname()[0]
-            if addr and not addr.startswith(("fe80", "::1", "127.")):
+            addr = ipaddress.ip_address(s.getsockname()[0].split("%")[0])
+            if not (addr.is_loopback or addr.is_link_local or addr.is_unspecified):
                 return str(addr)
-    # No default route (e.g. an isolated namespace): first global address.
-    with contextlib.suppress(Exception):
-        out = subprocess.run(
-            ["ip", "-o", "addr", "show", "scope", "global"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout
-        for line in out.splitlines():
-            parts = line.split()
-            if len(parts) > 3 and parts[2] in ("inet6", "inet") and not parts[1].startswith("smeg"):
-                addr = parts[3].split("/")[0]
-                if not addr.startswith("fd"):
-                    return addr
+    fallback = _first_global_address()
+    if fallback is not None:
+        log.warning(
+            "ipDiscovery outgoing: no default route; advertising %s, the first global "
+            "address (set publicEndpoint if other nodes reach this one elsewhere)",
+            fallback,
+        )
+    return fallback
+
+
+def _first_global_address() -> str | None:
+    # pyroute2's synchronous API runs an event loop of its own, which cannot
+    # nest in the daemon's: ask from a short-lived thread (a rare path).
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        try:
+            return pool.submit(_list_first_global_address).result(timeout=10)
+        except Exception as e:
+            log.debug("cannot list addresses: %s", e)
+            return None
+
+
+def _list_first_global_address() -> str | None:
+    try:
+        from pyroute2 import IPRoute
+    except ImportError:
+        return None
+    try:
+        with IPRoute() as ipr:
+            names = {link["index"]: link.get_attr("IFLA_IFNAME") or "" for link in ipr.get_links()}
+            for msg in ipr.get_addr():
+                if msg["scope"] != 0:  # RT_SCOPE_UNIVERSE: global addresses only
+                    continue
+                if names.get(msg["index"], "").startswith("smeg"):
+                    continue
+                text = msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL")
+                if not text:
+                    continue
+                addr = ipaddress.ip_address(text)
+                if addr.is_loopback or addr.is_link_local or (addr.version == 6 and addr in _ULA):
+                    continue
+                return str(addr)
+    except Exception as e:  # netlink unavailable: nothing to offer
+        log.debug("cannot list addresses: %s", e)
     return None
 
 
@@ -637,8 +675,6 @@ class Daemon:
     def _update_dns(self) -> None:
         if self.dns is None:
             return
-        import ipaddress
-
         from smegmesh.dns.names import NameView, NodeName
 
         names = []
