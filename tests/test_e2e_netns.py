@@ -353,7 +353,9 @@ def test_kill9_peer_pruned_clients_move_then_restart(mesh: Mesh) -> None:
     t0 = time.monotonic()
 
     def pruned_from_wireguard() -> bool:
-        for p in surviving_peers:
+        # Every other node's WireGuard: the surviving peers', and the orphaned
+        # clients' too (their only peer entry was the victim's).
+        for p in [*surviving_peers, *orphans]:
             wg = p.wg_peer_keys(m.mesh_id)
             if wg is None or vkey in wg:
                 return False
