@@ -40,6 +40,20 @@ def free_port(host: str = "::1") -> int:
         return int(s.getsockname()[1])
 
 
+def free_udp_tcp_port(host: str = "127.0.0.1") -> int:
+    """A port free on ``host`` for both TCP and UDP right now (for a DNS server)."""
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(50):
+        port = free_port(host)
+        with socket.socket(fam, socket.SOCK_DGRAM) as u:
+            try:
+                u.bind((host, port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no port free for both TCP and UDP on {host}")
+
+
 def short_tmpdir(prefix: str = "smd") -> Path:
     """Unix socket paths are limited to 107 bytes: keep the directory short."""
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
@@ -90,6 +104,10 @@ class Smegd:
     proc: subprocess.Popen[bytes] | None = None
     grpc_port: int = 0
     api_port: int = 0
+    #: Serve DNS (``dnsListen``) on ``dns_host`` at ``dns_port`` (a free one when 0).
+    dns_listen: bool = False
+    dns_host: str = "127.0.0.1"
+    dns_port: int = 0
 
     def __post_init__(self) -> None:
         self.dir = self.root / self.name
@@ -99,6 +117,8 @@ class Smegd:
         self.grpc_port = self.grpc_port or free_port()
         if self.api_listen:
             self.api_port = self.api_port or free_port()
+        if self.dns_listen:
+            self.dns_port = self.dns_port or free_udp_tcp_port(self.dns_host)
 
     # ------------------------------------------------------------------ config
     def config(self) -> dict[str, Any]:
@@ -118,6 +138,9 @@ class Smegd:
         if self.api_listen:
             cfg["apiListen"] = f"[::1]:{self.api_port}"
             cfg["apiToken"] = API_TOKEN
+        if self.dns_listen:
+            host = f"[{self.dns_host}]" if ":" in self.dns_host else self.dns_host
+            cfg["dnsListen"] = f"{host}:{self.dns_port}"
         cfg.update(self.extra)
         return cfg
 
