@@ -23,7 +23,13 @@ import jmespath
 import jmespath.exceptions
 
 from smegmesh.daemon.api import ApiServer, create_app, serve_tcp, serve_unix
-from smegmesh.daemon.api_models import MeshDetail, MeshSummary, NodeInfo, RouteInfo
+from smegmesh.daemon.api_models import (
+    MeshDetail,
+    MeshSummary,
+    NodeInfo,
+    RouteInfo,
+    SelectedRoute,
+)
 from smegmesh.daemon.config import MeshOptions
 from smegmesh.daemon.service import (
     ServiceError,
@@ -187,6 +193,18 @@ class FakeNodeService:
             self_key=SELF_KEY,
             leader=min(m.nodes),
             nodes=sorted(m.nodes.values(), key=lambda n: n.public_key),
+            # what a daemon reports when an exit offers ::/0 (see add_remote_mesh)
+            routes=[
+                SelectedRoute(
+                    destination=r.destination,
+                    gateway=n.public_key,
+                    gateway_alias=n.alias,
+                    path=list(r.path),
+                    path_length=len(r.path),
+                )
+                for n in m.nodes.values()
+                for r in n.routes
+            ],
         )
 
     async def put_alias(self, mesh_id: str, alias: str) -> None:

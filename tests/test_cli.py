@@ -94,6 +94,9 @@ def test_every_command_human_output(daemon: tuple[Path, FakeNodeService], tmp_pa
         assert word in table
     assert "peer0" in table and "198.51.100.1:51820" in table
     assert "2.4 MiB" in table  # tx of peer0, human-readable
+    # the exit peer0 offers: listed under the routes this node uses
+    assert "routes from this node" in table
+    assert any("::/0" in line and "peer0" in line for line in table.splitlines())
 
     ctl(sock, "leave-mesh", "--meshid", mesh_id)
     assert mesh_id not in svc.meshes

@@ -238,6 +238,14 @@ def test_alias_rules(trio: Cluster) -> None:
         return views if len(views) == 1 else None
 
     wait_until(owners, 20, what="one agreed owner of alias 'db'")
+    agreed = owners()
+    assert agreed is not None
+    (_, *losers) = next(iter(agreed))
+    for lkey in losers:  # both claims succeeded: the loser's daemon says so
+        loser = next(d for d in (b, c) if d.self_key(mesh_id) == lkey)
+        wait_until(lambda d=loser: "is also claimed by node" in d.log(), 20, what="clash logged")
+        table = loser.ctl("get-mesh", "--meshid", mesh_id).stdout
+        assert "db (clash)" in table and "choose another with put-alias" in table
     # the alias is served by query too (the same view everywhere)
     q = a.ctl("query-mesh", "--meshid", mesh_id, "--query", "nodes[?alias=='web-1'].public_key")
     assert json.loads(q.stdout) == [akey]

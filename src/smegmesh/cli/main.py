@@ -481,9 +481,12 @@ def get_mesh(ctx: typer.Context, meshid: MeshIdOpt, as_json: JsonOpt = False) ->
             role = n["role"]
             if role == "client" and n.get("assigned_peer"):
                 role += f" (via {n['assigned_peer'][:8]})"
+            alias = n.get("alias") or "-"
+            if n.get("alias_conflict"):
+                alias += " (clash)"
             t.add_row(
                 "*" if n.get("is_self") else "",
-                n.get("alias") or "-",
+                alias,
                 role,
                 n["overlay_address"],
                 n.get("wg_endpoint") or "-",
@@ -497,6 +500,25 @@ def get_mesh(ctx: typer.Context, meshid: MeshIdOpt, as_json: JsonOpt = False) ->
                 n["public_key"][:12] + "…",
             )
         _console().print(t)
+        me = next((n for n in res["nodes"] if n.get("is_self")), None)
+        if me is not None and me.get("alias_conflict"):
+            _console().print(
+                f"[yellow]alias {me.get('alias')!r} is also claimed by another node, which "
+                "keeps it: choose another with put-alias[/yellow]"
+            )
+        if res.get("routes"):
+            rt = Table(title="routes from this node", box=None, header_style="bold")
+            for col in ("DESTINATION", "VIA", "PATH (meshes)", "LENGTH", "ALTERNATIVES"):
+                rt.add_column(col, overflow="fold")
+            for r in res["routes"]:
+                rt.add_row(
+                    r["destination"],
+                    r.get("gateway_alias") or r["gateway"][:12] + "…",
+                    " → ".join(r.get("path") or []) or "-",
+                    str(r.get("path_length", "")),
+                    str(len(r.get("alternatives") or [])),
+                )
+            _console().print(rt)
 
     _run(as_json, go)
 

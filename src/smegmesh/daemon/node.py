@@ -178,6 +178,9 @@ class MeshRuntime:
     #: ``join-mesh`` in progress: no WireGuard interface until a member admits us
     #: (a refused join must leave nothing behind).
     joining: bool = False
+    #: the alias-clash message last reported, and the state version it was computed at
+    alias_clash: str | None = None
+    alias_checked: int = -1
 
 
 def run_hooks(stage: str, commands: list[str], ifname: str, mesh_id: str) -> None:
@@ -578,6 +581,7 @@ class Daemon:
                     rt.dirty_wg = True
                     log.error("mesh %s: cannot apply WireGuard configuration: %s", rt.mesh_id, e)
             self._update_dns()
+            self._report_alias_clashes()
             await self._apply_bridge_nat()
             if time.monotonic() - last_check > 5:
                 last_check = time.monotonic()
@@ -589,6 +593,21 @@ class Daemon:
                     # counters when asked, so an idle daemon does not poll.)
                 except Exception as e:
                     log.warning("WireGuard health check failed: %s", e)
+
+    def _report_alias_clashes(self) -> None:
+        """Log when this node's alias is lost to another claimant (docs/QUERY.md)."""
+        for rt in self.meshes.values():
+            version = rt.node.mesh.version
+            if version == rt.alias_checked:
+                continue
+            rt.alias_checked = version
+            msg = views.alias_conflict(rt.node.live_records(), self.identity.wg_public_key)
+            if msg != rt.alias_clash:
+                if msg:
+                    log.warning("mesh %s: %s", rt.mesh_id, msg)
+                elif rt.alias_clash:
+                    log.info("mesh %s: alias clash resolved", rt.mesh_id)
+                rt.alias_clash = msg
 
     def _bridge_nat_interfaces(self) -> frozenset[str]:
         """The overlay interfaces between which this node masquerades forwarded traffic.
