@@ -231,6 +231,7 @@ class Daemon:
         self.liveness = LivenessParams.from_heartbeat(int(config.heartbeat_interval * 1000))
         self.dns: Any = None
         self._dns_serial = int(time.time())
+        self._dns_key: tuple[tuple[str, int], ...] | None = None  # meshes+versions served
         self.api_servers: list[Any] = []
         self.rpc_server: RpcServer | None = None
         self.backend: Any = None
@@ -694,6 +695,12 @@ class Daemon:
     def _update_dns(self) -> None:
         if self.dns is None:
             return
+        # Rebuild (and bump the SOA serial, dropping the answer cache) only when
+        # a mesh changed, joined or left: not on every pass of the apply loop.
+        key = tuple(sorted((m, rt.node.mesh.version) for m, rt in self.meshes.items()))
+        if key == self._dns_key:
+            return
+        self._dns_key = key
         from smegmesh.dns.names import NameView, NodeName
 
         names = []
