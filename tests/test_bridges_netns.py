@@ -253,6 +253,28 @@ def test_chain_of_three_meshes(chain: Topo) -> None:
     )
 
 
+def test_client_reaches_across_a_bridge(chain: Topo) -> None:
+    """A client behind NAT in m2 reaches A in m1 through its assigned peer and B12.
+
+    The client has one WireGuard peer (its assigned peer in m2); routed prefixes
+    go to that peer, which forwards them (to B12, or itself is B12); A's replies
+    come back through B12 and the client's peer.
+    """
+    t, c = chain, chain.cluster
+    a = t.d["A"]
+    cl = c.add("client")
+    _join(c, cl, c.invite(t.d["X"], t.m2))
+    cl_addr = cl.overlay_address(t.m2)
+    assert cl_addr is not None
+
+    def one_peer() -> bool:
+        st = cl.wg_show(t.m2)
+        return st is not None and len(st.peers) == 1
+
+    _wait(c, one_peer, 30, "the client's one WireGuard peer (its assigned peer)")
+    _wait_pings(c, [(cl, t.addr("A", t.m1)), (a, cl_addr)], 40, "client in m2 <-> A in m1")
+
+
 def test_ring_shortest_paths_no_loop(chain: Topo) -> None:
     t, c = chain, chain.cluster
     b31 = t.d["B31"]
