@@ -560,3 +560,46 @@ _UDP_SEND_SCRIPT = """
 import socket, sys
 socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).sendto(b"hi", (sys.argv[1], 9999))
 """
+
+
+def test_default_route_through_an_exit(bed: Testbed) -> None:
+    """``advertiseDefaults`` on an exit E, ``acceptDefaults`` on a member M.
+
+    E also holds 2001:db8:ee::1 on its loopback, an address nothing else routes
+    to: M reaches it only through its ``::/0`` over the overlay to E. A peer
+    without ``acceptDefaults`` (N) gets no default route from the mesh.
+    """
+    with Cluster(bed, TIMINGS) as cluster:
+        try:
+            e, m, n = (cluster.add("peer", start=False) for _ in range(3))
+            with open(e.config_path) as f:
+                cfg = yaml.safe_load(f)
+            cfg["baseConfiguration"]["advertiseDefaults"] = True
+            with open(e.config_path, "w") as f:
+                yaml.safe_dump(cfg, f, sort_keys=False)
+            with open(m.config_path) as f:
+                cfg = yaml.safe_load(f)
+            cfg["acceptDefaults"] = True
+            with open(m.config_path, "w") as f:
+                yaml.safe_dump(cfg, f, sort_keys=False)
+            for d in (e, m, n):
+                d.start(wait=False)
+            cluster.map(lambda d: d.wait_ready(60.0), [e, m, n])
+            e.node.run(["ip", "-6", "addr", "add", "2001:db8:ee::1/128", "dev", "lo"])
+            mesh_id = _form(cluster, [e, m, n])
+            ekey = str(e.public_key())
+
+            def m_uses_exit() -> bool:
+                r = _route(m, mesh_id, "::/0")
+                return r is not None and r["gateway"] == ekey
+
+            _wait(cluster, m_uses_exit, 30, "M routes ::/0 through E")
+            default = m.node.run(["ip", "-6", "route", "show", "default"]).stdout
+            assert "smeg" in default, default
+            _wait_pings(cluster, [(m, "2001:db8:ee::1")], 30, "M -> E's off-overlay address")
+            assert _route(n, mesh_id, "::/0") is None
+            assert "smeg" not in n.node.run(["ip", "-6", "route", "show", "default"]).stdout
+            assert not _ping(n, "2001:db8:ee::1")[0], "N has no route there"
+        except BaseException:
+            sys.stderr.write(cluster.logs() + "\n")
+            raise
