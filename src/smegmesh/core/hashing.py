@@ -2,11 +2,15 @@
 
 ``choose(key, candidates)`` picks the candidate with the highest score
 ``sha256(candidate + key)``. We use rendezvous hashing rather than a hash ring
-(e.g. ``uhashring``) because:
+(``uhashring``, ketama with 160 points per node) because, measured by
+``bench/hashing_bench.py`` (3,000 random keys, mean of 5 candidate sets):
 
-* minimal disruption is *exact*: removing a candidate moves only the keys that
-  were on it, adding one moves only the keys it now wins (about 1/n of them);
-  a ring only approximates this and depends on its virtual-node layout;
+* it balances better where meshes are small: the most loaded of 3 peers gets
+  1.02x the mean (ring 1.07x), coefficient of variation 0.019 (ring 0.060);
+  at 10 peers 1.09x / 0.054 (ring 1.15x / 0.087); by 100 peers both approach
+  the statistical floor (cv 0.183 vs 0.187);
+* disruption is the same minimum for both: removing a candidate moves exactly
+  the keys it had, none between survivors;
 * there is nothing to tune (no virtual-node count) and no ring to rebuild or
   keep consistent between nodes: every node computes the same answer from the
   same candidate set;
