@@ -709,11 +709,21 @@ def dns_help(
     listen: Annotated[
         str, typer.Option("--listen", help="The daemon's dnsListen address (host:port).")
     ] = "127.0.0.1:5353",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="The settings as JSON (for scripts).")
+    ] = False,
 ) -> None:
     """How to point systemd-resolved, dnsmasq or resolv.conf at smegd's DNS for `smeg.`."""
-    from smegmesh.dns.help import resolver_help
+    from smegmesh.dns.help import resolver_help, resolver_settings
 
-    typer.echo(resolver_help(listen))
+    try:
+        if as_json:
+            typer.echo(json.dumps(resolver_settings(listen), indent=2))
+        else:
+            typer.echo(resolver_help(listen))
+    except ValueError as e:
+        sys.stderr.write(f"smegctl: --listen: {e}\n")
+        raise typer.Exit(EXIT_ERROR) from None
 
 
 def main() -> None:

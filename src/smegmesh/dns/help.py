@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["resolver_help"]
+__all__ = ["resolver_help", "resolver_settings"]
 
 _TEMPLATE = """\
 Pointing the system resolver at smegd's DNS server ({listen})
@@ -62,11 +62,7 @@ other name to your usual upstream) and put "nameserver 127.0.0.1" in
 """
 
 
-def resolver_help(listen: str = "127.0.0.1:5353") -> str:
-    """Instructions for sending ``smeg.`` queries to a server listening on ``listen``.
-
-    ``listen`` is smegd's ``dnsListen`` value (``host:port`` or ``[v6]:port``).
-    """
+def _addresses(listen: str) -> dict[str, str]:
     from smegmesh.dns.server import parse_hostport
 
     host, port = parse_hostport(listen, default_port=53)
@@ -76,11 +72,43 @@ def resolver_help(listen: str = "127.0.0.1:5353") -> str:
         host = "::1"
     v6 = ":" in host
     bracketed = f"[{host}]" if v6 else host
-    return _TEMPLATE.format(
-        listen=listen,
-        dig_host=host,
-        port=port,
-        resolved_addr=f"{bracketed}:{port}",
-        dnsmasq_addr=f"{host}#{port}",
-        unbound_addr=f"{host}@{port}",
-    )
+    return {
+        "listen": listen,
+        "dig_host": host,
+        "port": str(port),
+        "resolved_addr": f"{bracketed}:{port}",
+        "dnsmasq_addr": f"{host}#{port}",
+        "unbound_addr": f"{host}@{port}",
+    }
+
+
+def resolver_help(listen: str = "127.0.0.1:5353") -> str:
+    """Instructions for sending ``smeg.`` queries to a server listening on ``listen``.
+
+    ``listen`` is smegd's ``dnsListen`` value (``host:port`` or ``[v6]:port``).
+    Raises ``ValueError`` (one line) when it is malformed.
+    """
+    return _TEMPLATE.format(**_addresses(listen))
+
+
+def resolver_settings(listen: str = "127.0.0.1:5353") -> dict[str, object]:
+    """The same set-up as data (``smegctl dns-help --json``), for scripts."""
+    a = _addresses(listen)
+    return {
+        "listen": listen,
+        "check": f"dig @{a['dig_host']} -p {a['port']} ALIAS.MESHID.smeg AAAA",
+        "domains": ["smeg", "d.f.ip6.arpa"],
+        "resolvectl": [
+            f"resolvectl dns IFACE {a['resolved_addr']}",
+            "resolvectl domain IFACE '~smeg' '~d.f.ip6.arpa'",
+            "resolvectl default-route IFACE false",
+        ],
+        "resolved_conf": f"[Resolve]\nDNS={a['resolved_addr']}\nDomains=~smeg ~d.f.ip6.arpa\n",
+        "dnsmasq_conf": (
+            f"server=/smeg/{a['dnsmasq_addr']}\nserver=/d.f.ip6.arpa/{a['dnsmasq_addr']}\n"
+        ),
+        "unbound_conf": (
+            f'stub-zone:\n    name: "smeg."\n    stub-addr: {a["unbound_addr"]}\n'
+            'domain-insecure: "smeg."\n'
+        ),
+    }
