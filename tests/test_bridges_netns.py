@@ -452,8 +452,15 @@ def test_redundant_bridges_split_then_failover(pair: Pair) -> None:
     addrs = {n: p.d[n].overlay_address(p.m1 if n in p.left else p.m2) for n in members}
     cross = [(p.d[s], str(addrs[t])) for s in p.left for t in p.right]
     cross += [(p.d[s], str(addrs[t])) for s in p.right for t in p.left]
+    before = {n: _overlay_rx_packets(p.d[n], (p.m1, p.m2)) for n in ("BA", "BB")}
     took = _wait_pings_timed(c, cross, 40, "all cross-mesh pairs (both bridges in use)")
     sys.stderr.write(f"redundant bridges: {len(cross)} cross pings ok after {took:.1f}s\n")
+    # Both bridges carried some of that traffic: each forwarded at least the
+    # echo requests of the members that chose it (one per target across).
+    for n in ("BA", "BB"):
+        users = len(by_bridge[p.keys[n]])
+        got = _overlay_rx_packets(p.d[n], (p.m1, p.m2)) - before[n]
+        assert got >= users * 4, f"{n} received {got} overlay packets, {users} members use it"
 
     # Kill the bridge most members use: the daemon (kill -9) and its wireguard-go.
     victim_key = max(bridge_keys, key=lambda k: len(by_bridge[k]))
@@ -479,6 +486,19 @@ def test_redundant_bridges_split_then_failover(pair: Pair) -> None:
         f"(bound {ROUTE_MOVE_BOUND_S:g}s), pings ok after {ping_s:.1f}s\n"
     )
     assert move_s <= ROUTE_MOVE_BOUND_S, f"routes moved after {move_s:.1f}s"
+
+
+def _overlay_rx_packets(d: Daemon, meshes: Sequence[str]) -> int:
+    """Packets received on ``d``'s overlay interfaces of ``meshes`` (kernel counters)."""
+    import json
+
+    total = 0
+    for mesh_id in meshes:
+        st = d.wg_show(mesh_id)
+        assert st is not None, (d.name, mesh_id)
+        out = d.node.run(["ip", "-j", "-s", "link", "show", "dev", st.name]).stdout
+        total += int(json.loads(out)[0]["stats64"]["rx"]["packets"])
+    return total
 
 
 def _wait_pings_timed(
