@@ -5,7 +5,8 @@ writes PNG plots to bench/out/
 
     uv run python bench/sim_bench.py                       # 100, 1000, 3000 nodes
     uv run python bench/sim_bench.py --sizes 100 --fp-sizes 100   # CI-sized
-    uv run python bench/sim_bench.py --sizes 10000 --only change  # ~16 GB, long: see SCALE.md
+    uv run python bench/sim_bench.py --sizes 10000 --only change  # ~12 GB, ~3 min: see SCALE.md
+    uv run python bench/sim_bench.py --sizes 0 --fp-sizes 3000 --fp-losses 0.05   # false prunes
     uv run python bench/sim_bench.py --sizes 0 --fp-sizes 0 --only tune --tune-size 1000
 """
 
@@ -63,6 +64,88 @@ def run(name: str, n: int, loss: float, seconds: float, seed: int, **kw: Any) ->
         f"  {name:<8} n={n:<6} loss={loss:<5} wall={time.perf_counter() - t:6.1f}s", file=sys.stderr
     )
     return r
+
+
+def _steps(
+    sim: Any, until: int, t: float, budget: float, fp: Any, crashes: list[int], tag: str
+) -> None:
+    from smegmesh.sim.simulator import T0
+
+    while sim.now < until and time.perf_counter() - t < budget:
+        sim.run_until(min(until, sim.now + 500))
+        print(
+            f"  {tag} t={(sim.now - T0) / 1000:5.1f}s (virtual, incl. 3 s warm-up)"
+            f" wall={time.perf_counter() - t:6.1f}s crashes={len(crashes)}"
+            f" false_prunes={len(fp.targets)} obs={len(fp.events)} events={sim.events}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def stepped(
+    n: int,
+    loss: float,
+    seconds: float,
+    seed: int,
+    wall_budget: float,
+    churn_per_min: float = 0.0,
+    churn_down_s: float = 10.0,
+) -> dict[str, Any]:
+    """Steady (or churn) run in 0.5 s virtual steps, stopping after ``wall_budget`` s of wall.
+
+    For runs where the prune/refute storm makes a full run too long (20 %
+    loss, churn at 3,000 nodes): reports how far it got (``virtual_s`` after
+    the 3 s warm-up), the false prunes and the bytes per node per second over
+    the part it ran, and prints the progress to stderr. Churn is the
+    ``churn`` scenario's: ``churn_per_min`` of the nodes crash per minute
+    (Poisson), each restarts ``churn_down_s`` later.
+    """
+    from smegmesh.sim.metrics import FalsePrunes, traffic_rates
+    from smegmesh.sim.scenarios import _attach
+    from smegmesh.sim.simulator import T0, Simulator
+
+    t = time.perf_counter()
+    sim = Simulator.steady(n, seed=seed, net=NetParams(loss=loss))
+    fp = FalsePrunes()
+    _attach(sim, [], fp)
+    warm, end = T0 + 3000, T0 + 3000 + int(seconds * 1000)
+    _steps(sim, warm, t, wall_budget, fp, [], f"loss={loss} churn={churn_per_min} n={n} warm-up")
+    tx0, rx0 = list(sim.traffic.tx), list(sim.traffic.rx)
+    crashes: list[int] = []
+    rate = churn_per_min * n / 60_000.0
+    tc = sim.now
+    while rate > 0:
+        tc += max(1, int(sim.rng.expovariate(rate)))
+        if tc >= end:
+            break
+        victim = sim.rng.randrange(n)
+
+        def crash(v: int = victim) -> None:
+            if sim.nodes[v].alive:
+                sim.crash(v)
+                crashes.append(sim.now)
+                sim.at(sim.now + int(churn_down_s * 1000), lambda: sim.restart(v))
+
+        sim.at(tc, crash)
+    _steps(sim, end, t, wall_budget, fp, crashes, f"loss={loss} churn={churn_per_min} n={n}")
+    secs = max(0.0, (sim.now - warm) / 1000)
+    tx = [a - b for a, b in zip(sim.traffic.tx, tx0, strict=False)]
+    rx = [a - b for a, b in zip(sim.traffic.rx, rx0, strict=False)]
+    return {
+        "scenario": "churn" if churn_per_min else "steady",
+        "nodes": n,
+        "loss": loss,
+        **{"bps_" + k: v for k, v in traffic_rates(tx, rx, range(n), secs).items()},
+        "virtual_s": round(secs, 3),
+        "virtual_s_incl_warmup": round((sim.now - T0) / 1000, 3),
+        "complete": sim.now >= end,
+        "crashes": len(crashes),
+        "false_prunes": len(fp.targets) if not churn_per_min else None,
+        "false_prune_obs": len(fp.events) if not churn_per_min else None,
+        "first_false_prune_s": (min(e[0] for e in fp.events) - T0) / 1000 if fp.events else None,
+        "events": sim.events,
+        "wall_s": round(time.perf_counter() - t, 1),
+    }
 
 
 def _cdf(sim: Any, r: dict[str, Any], kind: str) -> list[int]:
@@ -169,6 +252,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--sizes", default="100,1000,3000")
     p.add_argument("--fp-sizes", default="100,1000", help="sizes for the 5%%/20%% loss runs")
+    p.add_argument("--fp-losses", default="0.05,0.2", help="loss rates for the false-prune runs")
+    p.add_argument(
+        "--fp-wall",
+        type=float,
+        default=0.0,
+        help="wall budget (s) per loss or churn run: run in steps, report how far it got",
+    )
     p.add_argument("--only", default="change,crash,join,steady,churn,loss")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--steady-seconds", type=float, default=10.0)
@@ -204,11 +294,18 @@ def main(argv: list[str] | None = None) -> int:
             ("churn", a.steady_seconds),
         ):
             if scen in only:
-                res.setdefault(scen, []).append(run(scen, n, 0.01, secs, a.seed, churn_per_min=0.2))
+                if scen == "churn" and a.fp_wall > 0:
+                    r = stepped(n, 0.01, secs, a.seed, a.fp_wall, churn_per_min=0.2)
+                else:
+                    r = run(scen, n, 0.01, secs, a.seed, churn_per_min=0.2)
+                res.setdefault(scen, []).append(r)
     if "loss" in only:
         for n in fp_sizes:
-            for loss in (0.05, 0.2):
-                r = run("steady", n, loss, a.fp_seconds, a.seed)
+            for loss in (float(x) for x in a.fp_losses.split(",") if x):
+                if a.fp_wall > 0:
+                    r = stepped(n, loss, a.fp_seconds, a.seed, a.fp_wall)
+                else:
+                    r = run("steady", n, loss, a.fp_seconds, a.seed)
                 res.setdefault("loss", []).append(r)
     if "tune" in only:
         n = a.tune_size
@@ -257,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
                 "prune_p50",
                 "prune_p99",
                 "prune_p100",
+                "prune_reached",
+                "beyond_p50",
                 "beyond_p99",
                 "beyond_p100",
                 "false_prunes",
@@ -289,14 +388,22 @@ def main(argv: list[str] | None = None) -> int:
     out.append(
         table(
             res.get("churn", []),
-            ["crashes", "bps_tx_mean", "bps_tx_max", "bps_total_mean", "bps_total_max", "wall_s"],
+            [
+                "crashes",
+                "virtual_s",
+                "bps_tx_mean",
+                "bps_tx_max",
+                "bps_total_mean",
+                "bps_total_max",
+                "wall_s",
+            ],
             "Churn (20%/min crash, 10 s down) traffic per node (bytes/s)",
         )
     )
     out.append(
         table(
             res.get("loss", []),
-            ["loss", "virtual_s", "false_prunes", "false_prune_obs", "bps_total_mean"],
+            ["loss", "virtual_s", "false_prunes", "false_prune_obs", "bps_total_mean", "wall_s"],
             "False prunes of live nodes under loss",
         )
     )
