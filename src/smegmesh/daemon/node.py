@@ -46,6 +46,7 @@ from smegmesh.core.multimesh import MeshRouting, route_meshes
 from smegmesh.core.record import RecordError, Role, check_endpoint
 from smegmesh.core.routing import RoutingResult
 from smegmesh.core.state import MeshState
+from smegmesh.core.wgdiff import AddPeer
 from smegmesh.core.wire import WireError, decode, decode_item, encode, encode_item
 from smegmesh.daemon import service as svc
 from smegmesh.daemon import views
@@ -569,6 +570,8 @@ class Daemon:
                     if not rt.up:
                         rt.up = True
                         await self._run_hooks(rt, "postUp")
+                    if not res.created:
+                        self._nudge_new_peers(rt, res.wg_ops)
                     if res.changed:
                         log.info(
                             "mesh %s: %s updated (%d WireGuard ops, %d host ops, %.1f ms)",
@@ -594,6 +597,36 @@ class Daemon:
                     # counters when asked, so an idle daemon does not poll.)
                 except Exception as e:
                     log.warning("WireGuard health check failed: %s", e)
+
+    #: At most this many new peers are nudged per apply (a join adds one).
+    NUDGE_MAX = 8
+
+    def _nudge_new_peers(self, rt: MeshRuntime, wg_ops: list[Any]) -> None:
+        """Start the WireGuard handshake with peers just added, from this side.
+
+        A joiner configures every member at once and its first packets make its
+        WireGuard send handshake initiations; a member that has not heard of the
+        joiner yet drops them, and WireGuard retries only after 5 s (REKEY_TIMEOUT).
+        One empty datagram to the new peer's overlay address (discard port) when
+        the member adds it makes the member initiate at once, so the joiner is
+        reachable within the gossip delay. Peers with an endpoint only (a NATed
+        client is unreachable until it calls in); never with the memory backend
+        (no interface: the datagram would leave by the host's default route).
+        """
+        if getattr(self.backend, "kind", "memory") == "memory":
+            return
+        added = [
+            op.peer.public_key for op in wg_ops if isinstance(op, AddPeer) and op.peer.endpoint
+        ]
+        if not added or len(added) > self.NUDGE_MAX:
+            return
+        with contextlib.suppress(OSError), socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.setblocking(False)
+            for key in added:
+                rec = rt.node.mesh.record(key)
+                if rec is not None:
+                    with contextlib.suppress(OSError):
+                        s.sendto(b"", (rec.address, 9))
 
     def _report_alias_clashes(self) -> None:
         """Log when this node's alias is lost to another claimant (docs/QUERY.md)."""
