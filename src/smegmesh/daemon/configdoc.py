@@ -55,22 +55,20 @@ def _type_name(annotation: Any) -> str:
     return str(annotation)
 
 
+_BOUNDS = (
+    (Ge, "≥ {0.ge}"),
+    (Gt, "> {0.gt}"),
+    (Le, "≤ {0.le}"),
+    (Lt, "< {0.lt}"),
+    (MinLen, "at least {0.min_length} characters"),
+    (MaxLen, "at most {0.max_length} characters"),
+)
+
+
 def _bounds(info: FieldInfo) -> str:
-    parts = []
-    for m in info.metadata:
-        if isinstance(m, Ge):
-            parts.append(f"≥ {m.ge}")
-        elif isinstance(m, Gt):
-            parts.append(f"> {m.gt}")
-        elif isinstance(m, Le):
-            parts.append(f"≤ {m.le}")
-        elif isinstance(m, Lt):
-            parts.append(f"< {m.lt}")
-        elif isinstance(m, MinLen):
-            parts.append(f"at least {m.min_length} characters")
-        elif isinstance(m, MaxLen):
-            parts.append(f"at most {m.max_length} characters")
-    return ", ".join(parts)
+    return ", ".join(
+        fmt.format(m) for m in info.metadata for cls, fmt in _BOUNDS if isinstance(m, cls)
+    )
 
 
 def _default(info: FieldInfo) -> str:
