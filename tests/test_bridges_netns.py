@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import yaml
 
 from envcheck import missing
 from smegmesh.core.addressing import mesh_prefix
@@ -62,11 +61,7 @@ def _daemons(cluster: Cluster, names: Sequence[str], bridges: set[str]) -> dict[
         d = cluster.add("peer", start=False)
         d.name = name
         if name in bridges:
-            with open(d.config_path) as f:
-                cfg = yaml.safe_load(f)
-            cfg["baseConfiguration"]["advertiseRoute"] = True
-            with open(d.config_path, "w") as f:
-                yaml.safe_dump(cfg, f, sort_keys=False)
+            d.edit_config(base={"advertiseRoute": True})
         out[name] = d
     for d in out.values():
         d.start(wait=False)
@@ -537,11 +532,7 @@ def test_masquerade_can_be_turned_off(pair: Pair) -> None:
         return proc.returncode == 0 and "masquerade" in proc.stdout
 
     _wait(c, nat_table, 15, f"{bridge.name}'s masquerade table (the default)")
-    with open(bridge.config_path) as f:
-        cfg = yaml.safe_load(f)
-    cfg["bridgeMasquerade"] = False
-    with open(bridge.config_path, "w") as f:
-        yaml.safe_dump(cfg, f, sort_keys=False)
+    bridge.edit_config(bridgeMasquerade=False)
     bridge.restart(timeout=60)
     _wait(c, lambda: not nat_table(), 15, f"{bridge.name}'s masquerade table removed")
     assert "bridgeMasquerade is off" in bridge.log_text()
@@ -592,16 +583,8 @@ def test_default_route_through_an_exit(bed: Testbed) -> None:
     with Cluster(bed, TIMINGS) as cluster:
         try:
             e, m, n = (cluster.add("peer", start=False) for _ in range(3))
-            with open(e.config_path) as f:
-                cfg = yaml.safe_load(f)
-            cfg["baseConfiguration"]["advertiseDefaults"] = True
-            with open(e.config_path, "w") as f:
-                yaml.safe_dump(cfg, f, sort_keys=False)
-            with open(m.config_path) as f:
-                cfg = yaml.safe_load(f)
-            cfg["acceptDefaults"] = True
-            with open(m.config_path, "w") as f:
-                yaml.safe_dump(cfg, f, sort_keys=False)
+            e.edit_config(base={"advertiseDefaults": True})
+            m.edit_config(acceptDefaults=True)
             for d in (e, m, n):
                 d.start(wait=False)
             cluster.map(lambda d: d.wait_ready(60.0), [e, m, n])

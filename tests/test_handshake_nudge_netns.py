@@ -16,9 +16,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from envcheck import missing
 from smegmesh.testbed.cluster import Cluster, Timings
-from smegmesh.testbed.netns import Testbed, environment_problem, wait_until
+from smegmesh.testbed.netns import Testbed, wait_until
 
 pytestmark = pytest.mark.netns
 
@@ -26,11 +25,8 @@ TIMINGS = Timings(sync_interval=1, heartbeat_interval=2, pull_interval=3, timeou
 
 
 @pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    problem = environment_problem()
-    if problem is not None:
-        missing(problem)
-    with Testbed() as bed, Cluster(bed, TIMINGS) as c:
+def cluster(testbed: Testbed) -> Iterator[Cluster]:
+    with Cluster(testbed, TIMINGS) as c:
         yield c
 
 

@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import yaml
 
 from envcheck import missing
 from smegmesh.core.endpoint import split_host_port
@@ -65,13 +64,7 @@ def _host(endpoint: str | None) -> str | None:
 
 def _discovering(d: Daemon, how: str) -> Daemon:
     """Rewrite ``d``'s config: no ``publicEndpoint``, ``ipDiscovery: how``."""
-    with open(d.config_path) as f:
-        cfg = yaml.safe_load(f)
-    base = cfg["baseConfiguration"]
-    base.pop("publicEndpoint", None)
-    base["ipDiscovery"] = how
-    with open(d.config_path, "w") as f:
-        yaml.safe_dump(cfg, f, sort_keys=False)
+    d.edit_config(base={"publicEndpoint": None, "ipDiscovery": how})
     return d
 
 

@@ -110,6 +110,23 @@ class Daemon:
         with open(self.config_path, "w") as f:
             yaml.safe_dump(self.config(), f, sort_keys=False)
 
+    def edit_config(self, base: dict[str, Any] | None = None, **top: Any) -> None:
+        """Change keys in this daemon's config file; they take effect at its next start.
+
+        ``top`` sets top-level keys (``acceptDefaults=True``), ``base`` keys of
+        ``baseConfiguration``; a value of None removes the key.
+        """
+        with open(self.config_path) as f:
+            cfg = yaml.safe_load(f)
+        for target, changes in ((cfg, top), (cfg.setdefault("baseConfiguration", {}), base or {})):
+            for key, value in changes.items():
+                if value is None:
+                    target.pop(key, None)
+                else:
+                    target[key] = value
+        with open(self.config_path, "w") as f:
+            yaml.safe_dump(cfg, f, sort_keys=False)
+
     # --------------------------------------------------------------- process
     @property
     def pid(self) -> int | None:
@@ -335,9 +352,12 @@ class Cluster:
         self.teardown()
 
     # ---------------------------------------------------------------- nodes
+    #: The daemon wrapper ``add`` creates (a subclass may change the config it writes).
+    daemon_type: type[Daemon] = Daemon
+
     def add(self, role: str = "peer", start: bool = True) -> Daemon:
         node = self.bed.add_node(nat=role == "client")
-        d = Daemon(node, role, self.timings)
+        d = self.daemon_type(node, role, self.timings)
         self.daemons.append(d)
         if start:
             d.start()
