@@ -318,13 +318,7 @@ def run_real(args: argparse.Namespace, log: Any) -> Run:
             return cfg
 
     class MemCluster(Cluster):
-        def add(self, role: str = "peer", start: bool = True) -> Daemon:
-            node = self.bed.add_node(nat=role == "client")
-            d = MemDaemon(node, role, self.timings)
-            self.daemons.append(d)
-            if start:
-                d.start()
-            return d
+        daemon_type = MemDaemon
 
     timings = Timings(
         sync_interval=args.sync,
