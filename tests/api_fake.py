@@ -24,6 +24,9 @@ import jmespath.exceptions
 
 from smegmesh.daemon.api import ApiServer, create_app, serve_tcp, serve_unix
 from smegmesh.daemon.api_models import (
+    AdminResponse,
+    EvictResponse,
+    InviteInfo,
     MeshDetail,
     MeshSummary,
     NodeInfo,
@@ -137,7 +140,7 @@ class FakeNodeService:
         self.meshes[mesh_id] = self._make(mesh_id, opts)
         return mesh_id
 
-    async def invite(self, mesh_id: str, ttl_s: int, uses: int) -> str:
+    async def invite(self, mesh_id: str, ttl_s: int, uses: int, strict: bool = False) -> str:
         self.calls.append(("invite", (mesh_id, ttl_s, uses)))
         self._mesh(mesh_id)
         tok = "inv-" + secrets.token_urlsafe(12)
@@ -247,6 +250,27 @@ class FakeNodeService:
         if fmt == "svg":
             return b'<svg xmlns="http://www.w3.org/2000/svg"><!-- ' + dot.encode() + b" --></svg>"
         return PNG_MAGIC + b"\x00fake-png\xff"
+
+    async def evict(self, mesh_id: str, node: str, cascade: bool) -> EvictResponse:
+        self.calls.append(("evict", (mesh_id, node, cascade)))
+        m = self._mesh(mesh_id)
+        found = [k for k, n in m.nodes.items() if n.alias == node or k.startswith(node)]
+        if len(found) != 1:
+            raise ServiceError("unknown_node", f"no node matches {node!r}", 404)
+        del m.nodes[found[0]]
+        return EvictResponse(evicted=[found[0]])
+
+    async def set_admin(self, mesh_id: str, node: str, admin: bool) -> AdminResponse:
+        self._mesh(mesh_id)
+        return AdminResponse(node=node, admin=admin, admins=[SELF_KEY])
+
+    async def list_invites(self, mesh_id: str) -> list[InviteInfo]:
+        self._mesh(mesh_id)
+        return []
+
+    async def revoke_invite(self, mesh_id: str, token_id: str) -> InviteInfo:
+        self._mesh(mesh_id)
+        raise ServiceError("unknown_invite", f"no invitation with id {token_id!r}", 404)
 
 
 # --------------------------------------------------------------------------- serving

@@ -72,6 +72,12 @@ class Role(StrEnum):
     client = "client"
 
 
+class InvitePolicy(StrEnum):
+    admins = "admins"
+    peers = "peers"
+    members = "members"
+
+
 class GraphFormat(StrEnum):
     dot = "dot"
     svg = "svg"
@@ -340,10 +346,21 @@ def new_mesh(
     keepalive: KeepaliveOpt = None,
     advertise_routes: AdvRoutesOpt = None,
     advertise_defaults: AdvDefaultsOpt = None,
+    invite_policy: Annotated[
+        InvitePolicy | None,
+        typer.Option(
+            "--invite-policy",
+            help="Who may admit new nodes: admins, peers or members (default: peers; "
+            "clients cannot invite). This node is the mesh's first admin.",
+            show_default=False,
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Create a new mesh with this node as its first member and print its id."""
+    """Create a new mesh with this node as its first member (and admin) and print its id."""
     body = _mesh_opts(wgport, endpoint, role, keepalive, advertise_routes, advertise_defaults)
+    if invite_policy is not None:
+        body["invite_policy"] = invite_policy.value
 
     def go() -> None:
         res = _client(ctx, timeout=60).json("POST", "/v1/meshes", json_body=body)
@@ -367,17 +384,31 @@ def invite(
     uses: Annotated[
         int, typer.Option("--uses", min=1, help="How many nodes may join with the token.")
     ] = 1,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict", help="Only this node admits with the token: the use count is exact."
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Issue an invitation token for a mesh and print it.
 
     Give the token to the new node, which runs: smegctl join-mesh --token TOKEN
+
+    Uses are counted mesh-wide over every admission ever made with the token.
+    Any member allowed by the mesh's invite policy can admit with it, so joins
+    racing at different members at the same moment may over-admit by the
+    number of members racing; --strict makes this node the only admitter (the
+    count is then exact, and the token names only this node).
     """
     ttl_s = parse_duration(ttl)
 
     def go() -> None:
         res = _client(ctx).json(
-            "POST", f"/v1/meshes/{_seg(meshid)}/invites", json_body={"ttl_s": ttl_s, "uses": uses}
+            "POST",
+            f"/v1/meshes/{_seg(meshid)}/invites",
+            json_body={"ttl_s": ttl_s, "uses": uses, "strict": strict},
         )
         _print_json(res) if as_json else typer.echo(res["token"])
 
@@ -451,8 +482,15 @@ def list_meshes(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 
 
 @app.command("get-mesh", epilog="Example: smegctl get-mesh --meshid MESH")
-def get_mesh(ctx: typer.Context, meshid: MeshIdOpt, as_json: JsonOpt = False) -> None:
-    """Show the nodes of a mesh as a table (* marks this node)."""
+def get_mesh(
+    ctx: typer.Context,
+    meshid: MeshIdOpt,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Also list the nodes evicted from the mesh.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show the nodes of a mesh as a table (* marks this node, ADMIN the mesh's admins)."""
 
     def go() -> None:
         res = _client(ctx).json("GET", f"/v1/meshes/{_seg(meshid)}")
@@ -484,6 +522,8 @@ def get_mesh(ctx: typer.Context, meshid: MeshIdOpt, as_json: JsonOpt = False) ->
             alias = n.get("alias") or "-"
             if n.get("alias_conflict"):
                 alias += " (clash)"
+            if n.get("admin"):
+                role += " ADMIN"
             t.add_row(
                 "*" if n.get("is_self") else "",
                 alias,
@@ -506,6 +546,19 @@ def get_mesh(ctx: typer.Context, meshid: MeshIdOpt, as_json: JsonOpt = False) ->
                 f"[yellow]alias {me.get('alias')!r} is also claimed by another node, which "
                 "keeps it: choose another with put-alias[/yellow]"
             )
+        if show_all and res.get("evicted"):
+            et = Table(title="evicted", box=None, header_style="bold")
+            for col in ("KEY", "ADDRESS", "BY", "WHEN", "CASCADE"):
+                et.add_column(col, overflow="fold")
+            for e in res["evicted"]:
+                et.add_row(
+                    e["public_key"][:12] + "…",
+                    e["overlay_address"],
+                    e["by"][:12] + "…",
+                    _ago(e["time"], now),
+                    "yes" if e["cascade"] else "no",
+                )
+            _console().print(et)
         if res.get("routes"):
             rt = Table(title="routes from this node", box=None, header_style="bold")
             for col in ("DESTINATION", "VIA", "PATH (meshes)", "LENGTH", "ALTERNATIVES"):
@@ -739,6 +792,10 @@ def main() -> None:
         sys.stderr.write(f"smegctl: unexpected error: {type(e).__name__}: {e}\n")
         sys.exit(EXIT_ERROR)
 
+
+from smegmesh.cli import authority as _authority  # noqa: E402  (registers its commands)
+
+del _authority
 
 if __name__ == "__main__":
     main()

@@ -25,7 +25,7 @@ import base64
 import binascii
 import hashlib
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Set
 from dataclasses import dataclass
 
 import msgpack
@@ -150,28 +150,45 @@ def parse_token(text: str) -> Token:
 
 
 def check_admission(
-    records: Iterable[NodeRecord], secret: bytes, joiner: bytes, now_ms: int
+    records: Iterable[NodeRecord],
+    secret: bytes,
+    joiner: bytes,
+    now_ms: int,
+    *,
+    ledger: Mapping[bytes, Set[bytes]] | None = None,
+    self_key: bytes | None = None,
+    revoked: Callable[[bytes, bytes | None], bool] | None = None,
 ) -> tuple[InviteGrant | None, str]:
     """May a joiner presenting ``secret`` be admitted? Returns (grant, reason).
 
+    Uses are counted over every admission ever recorded for the token: the
+    mesh's token ledger (``ledger``: token hash -> admitted keys, from the
+    admission certificates every admitter publishes, kept until the token
+    expires) plus the admissions listed in records. A ``strict`` token is
+    honoured only by its issuer (``self_key``), whose own count is exact.
     ``grant`` is None when refused; ``reason`` says why (for our logs only: the
     joiner is told nothing beyond "refused").
     """
     h = token_hash(secret)
     grant: InviteGrant | None = None
-    joiners: set[bytes] = set()
+    issuer: bytes | None = None
+    joiners: set[bytes] = set(ledger.get(h, ())) if ledger is not None else set()
     for r in records:
         for g in r.invites:
             if g.token_hash == h:
-                grant = g
+                grant, issuer = g, r.wg_key
         for a in r.admitted:
             if a.token_hash == h:
                 joiners.add(a.joiner)
     used = len(joiners)
     if grant is None:
         return None, "unknown token"
+    if revoked is not None and revoked(h, issuer):
+        return None, "token revoked"
     if now_ms >= grant.expiry_ms:
         return None, "token expired"
+    if grant.strict and self_key is not None and issuer != self_key:
+        return None, "strict token: only its issuer admits"
     if joiner in joiners:
         return grant, "ok (already admitted: a retry)"
     if used >= grant.uses:

@@ -24,14 +24,28 @@ from __future__ import annotations
 import bisect
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from smegmesh.core.cert import (
+    AdminChange,
+    AliasReserve,
+    AuthItem,
+    Cert,
+    InviteRevoke,
+    Revocation,
+)
 from smegmesh.core.desired import assigned_peer
 from smegmesh.core.gossip import GossipParams, GossipScheduler
 from smegmesh.core.hashing import ranked
 from smegmesh.core.identity import NodeIdentity
-from smegmesh.core.invite import Bootstrap, Token, admission, check_admission, new_token
+from smegmesh.core.invite import (
+    Bootstrap,
+    Token,
+    check_admission,
+    new_token,
+    token_hash,
+)
 from smegmesh.core.liveness import (
     Dead,
     FailureDetector,
@@ -44,11 +58,23 @@ from smegmesh.core.liveness import (
     PingReq as ProbePingReq,
 )
 from smegmesh.core.messages import Ack, JoinReply, JoinRequest, Ping, PingReq, Refusal
-from smegmesh.core.record import NodeRecord, Prune, RecordError, Role
+from smegmesh.core.record import (
+    Admission,
+    NodeRecord,
+    Prune,
+    RecordError,
+    Role,
+    check_record_fields,
+)
 from smegmesh.core.state import MeshState
 from smegmesh.core.sync import Push, SyncSession
 
-Item = NodeRecord | Prune
+Item = NodeRecord | Prune | AuthItem
+
+
+class NotAllowed(Exception):
+    """This node may not do that in this mesh (not an admin, policy)."""
+
 
 #: Probability that a background pull goes to a pruned (not departed) member.
 PULL_PRUNED_CHANCE = 0.25
@@ -149,6 +175,8 @@ class MeshNode:
     rejected: int = 0
     _view_cache: _Views | None = None
     _last_now: int = 0
+    #: a joiner's own record until a member admits it (admission mode)
+    _pending: NodeRecord | None = None
 
     def __post_init__(self) -> None:
         if self.state is None:
@@ -330,6 +358,103 @@ class MeshNode:
         return order[0] if order else None
 
     # -- invitations --------------------------------------------------------------
+    # -- authority ------------------------------------------------------------------
+    @property
+    def chain(self) -> tuple[Cert, ...]:
+        """This node's admission proof (empty for the founder)."""
+        rec = self.mesh.record(self.key)
+        return rec.chain if rec is not None else ()
+
+    def is_admin(self, key: bytes | None = None) -> bool:
+        return self.mesh.authority.is_admin(self.key if key is None else key)
+
+    def may_admit(self) -> bool:
+        """May this node admit new nodes (policy, or admin)?"""
+        if not self.mesh.admission:
+            return True
+        auth = self.mesh.authority
+        if self.key == auth.founder or self.key in auth.ever_admins:
+            return True
+        chain = self.chain
+        return bool(chain) and chain[-1].may_admit
+
+    def _require_admin(self) -> None:
+        if not self.is_admin():
+            raise NotAllowed("only an admin of this mesh can do that")
+
+    def _statement(self, st: AuthItem, now_ms: int) -> list[Out]:
+        changed, errors = self.mesh.apply_many([st], now_ms)
+        if errors:
+            raise NotAllowed(str(errors[0]))
+        return self._on_changed(changed, now_ms, None)
+
+    def evict(self, now_ms: int, target: bytes, *, cascade: bool = False) -> list[Out]:
+        """Publish a revocation of ``target`` (admins only)."""
+        self._require_admin()
+        if target == self.key:
+            raise NotAllowed("a node cannot evict itself (leave the mesh instead)")
+        keep = () if cascade else self._admitted_by(target)
+        return self._statement(
+            Revocation.create(
+                self.identity,
+                self.mesh_id,
+                target=target,
+                cascade=cascade,
+                keep=keep,
+                now_ms=now_ms,
+            ),
+            now_ms,
+        )
+
+    def _admitted_by(self, key: bytes) -> tuple[bytes, ...]:
+        """Nodes whose admission ``key`` signed (directly), as far as we know."""
+        out: set[bytes] = set()
+        for r in self.mesh.records():
+            out.update(c.subject for c in r.chain if c.issuer == key)
+        return tuple(sorted(out))
+
+    def set_admin(self, now_ms: int, subject: bytes, admin: bool) -> list[Out]:
+        self._require_admin()
+        if not admin and subject == self.key and len(self.mesh.authority.admins) <= 1:
+            raise NotAllowed("this is the mesh's last admin: make another admin first")
+        if admin and not self.mesh.is_member(subject):
+            raise NotAllowed("only a member of the mesh can be made an admin")
+        return self._statement(
+            AdminChange.create(
+                self.identity, self.mesh_id, subject=subject, admin=admin, now_ms=now_ms
+            ),
+            now_ms,
+        )
+
+    def reserve_alias(self, now_ms: int, alias: str, holder: bytes | None) -> list[Out]:
+        self._require_admin()
+        return self._statement(
+            AliasReserve.create(
+                self.identity,
+                self.mesh_id,
+                alias=alias,
+                holder=holder if holder is not None else bytes(32),
+                now_ms=now_ms,
+            ),
+            now_ms,
+        )
+
+    def revoke_invite(self, now_ms: int, token_hash_: bytes) -> list[Out]:
+        """Revoke a token: its issuer or an admin."""
+        issuer = self.token_issuer(token_hash_)
+        if issuer != self.key and not self.is_admin():
+            raise NotAllowed("only the token's issuer or an admin can revoke it")
+        return self._statement(
+            InviteRevoke.create(self.identity, self.mesh_id, token_hash=token_hash_, now_ms=now_ms),
+            now_ms,
+        )
+
+    def token_issuer(self, token_hash_: bytes) -> bytes | None:
+        for r in self.live_records():
+            if any(g.token_hash == token_hash_ for g in r.invites):
+                return r.wg_key
+        return None
+
     def invite(
         self,
         now_ms: int,
@@ -338,8 +463,14 @@ class MeshNode:
         uses: int,
         bootstrap: Iterable[Bootstrap],
         secret: bytes | None = None,
+        strict: bool = False,
     ) -> tuple[Token, list[Out]]:
         """Issue a token. ``secret`` defaults to ``secrets`` (simulations pass their own)."""
+        if not self.may_admit():
+            raise NotAllowed(
+                f"this mesh's invite policy is '{self.mesh.authority.policy}': "
+                "this node may not invite (ask an admin)"
+            )
         token = new_token(
             self.mesh_id,
             now_ms=now_ms,
@@ -351,29 +482,65 @@ class MeshNode:
         rec = self.mesh.record(self.key)
         assert rec is not None, "start() first"
         grants = [g for g in rec.invites if g.expiry_ms > now_ms][-15:]
-        grants.append(token.grant())
+        grant = token.grant()
+        if strict:
+            grant = replace(grant, strict=True)
+        grants.append(grant)
         return token, self.update_self(now_ms, invites=tuple(grants))
 
     def _admit(self, src: bytes, req: JoinRequest, now_ms: int) -> tuple[Any, list[Out]]:
-        grant, _reason = check_admission(self.live_records(), req.secret, src, now_ms)
-        if grant is None or req.record.wg_key != src:
+        st = self.mesh
+        auth = st.authority
+        grant, _reason = check_admission(
+            self.live_records(),
+            req.secret,
+            src,
+            now_ms,
+            ledger=auth.token_subjects,
+            self_key=self.key,
+            revoked=auth.token_revoked,
+        )
+        if grant is None or req.record.wg_key != src or not self.may_admit():
+            return Refusal(self.mesh_id), []
+        if auth.is_revoked(src):
             return Refusal(self.mesh_id), []
         try:
-            changed = self.mesh.apply(req.record, now_ms)
+            check_record_fields(req.record, self.mesh_id)
         except RecordError:
             return Refusal(self.mesh_id), []
         out: list[Out] = []
-        if changed:
-            out.append(Changed(frozenset({src})))
-            out.extend(self._push_now({src}, exclude=(src,)))
-        rec = self.mesh.record(self.key)
-        assert rec is not None
-        adm = admission(req.secret, src)
-        if adm not in rec.admitted:
-            admitted = (*rec.admitted, adm)[-64:]
-            out.extend(self.update_self(now_ms, admitted=admitted))
+        chain: tuple[Cert, ...] = ()
+        if st.admission:
+            current = st.record(src)
+            if current is not None and st.admission_error(src, current.chain) is None:
+                chain = current.chain  # a retry, or a restart: same admission
+            else:
+                cert = Cert.create(
+                    self.identity,
+                    self.mesh_id,
+                    subject=src,
+                    may_admit=auth.may_admit_by_policy(req.record.role == Role.PEER),
+                    now_ms=max(now_ms, self.chain[-1].issued_ms if self.chain else 0),
+                    token_hash=grant.token_hash,
+                    token_expiry_ms=grant.expiry_ms,
+                    token_uses=grant.uses,
+                )
+                chain = (*self.chain, cert)
+                out.extend(self._statement(cert, now_ms))  # the token ledger entry
+        else:
+            try:
+                if st.apply(req.record, now_ms):
+                    out.append(Changed(frozenset({src})))
+                    out.extend(self._push_now({src}, exclude=(src,)))
+            except RecordError:
+                return Refusal(self.mesh_id), []
+            rec = st.record(self.key)
+            assert rec is not None
+            adm = Admission(token_hash(req.secret), src)
+            if adm not in rec.admitted:
+                out.extend(self.update_self(now_ms, admitted=(*rec.admitted, adm)[-64:]))
         self._fd.heard_from(src, now_ms)
-        return JoinReply(self.mesh_id, tuple(self.mesh.all_items())), out
+        return JoinReply(self.mesh_id, tuple(st.all_items()), chain), out
 
     def join_request(self, secret: bytes, now_ms: int) -> JoinRequest:
         """What a joiner sends to a member: the token's secret and our signed record.
@@ -381,16 +548,41 @@ class MeshNode:
         Our record is created first (not pushed: we know no member yet); the
         member's ``JoinReply`` goes to :meth:`absorb`.
         """
+        if self.mesh.admission:
+            if self._pending is None:
+                self._pending = self._fresh_record(now_ms)
+            return JoinRequest(self.mesh_id, secret, self._pending)
         if self.mesh.record(self.key) is None:
             self.start(now_ms)
         own = self.mesh.record(self.key)
         assert own is not None
         return JoinRequest(self.mesh_id, secret, own)
 
-    def absorb(self, items: Iterable[Item], now_ms: int) -> list[Out]:
-        """Take a bulk state transfer (join reply, restore); announce ourselves."""
+    def _fresh_record(self, now_ms: int) -> NodeRecord:
+        s = self.settings
+        return NodeRecord.create(
+            self.identity,
+            self.mesh_id,
+            version=now_ms,
+            now_ms=now_ms,
+            role=s.role,
+            wg_endpoint=s.wg_endpoint if s.role == Role.PEER else None,
+            control_endpoint=s.control_endpoint if s.role == Role.PEER else None,
+            tls_fp=s.tls_fp,
+        )
+
+    def absorb(self, items: Iterable[Item], now_ms: int, chain: Sequence[Cert] = ()) -> list[Out]:
+        """Take a bulk state transfer (join reply, restore); announce ourselves.
+
+        ``chain``: our admission proof from the member that admitted us.
+        """
         changed, _errors = self.mesh.apply_many(items, now_ms)
         self.rejected += len(_errors)
+        if chain or self._pending is not None:
+            base = self.mesh.record(self.key) or self._pending or self._fresh_record(now_ms)
+            self._pending = None
+            rec = base.evolve(self.identity, now_ms, chain=tuple(chain), left=False)
+            changed |= self.mesh.apply_many([rec], now_ms)[0]
         out: list[Out] = [Changed(frozenset(changed) | {self.key})]
         if self.settings.role == Role.CLIENT:
             out.extend(self._maybe_reassign(now_ms))
@@ -399,13 +591,8 @@ class MeshNode:
 
     # -- receiving items -------------------------------------------------------------
     def _ingest(self, items: Iterable[Item], now_ms: int, src: bytes | None) -> list[Out]:
-        changed: set[bytes] = set()
-        for item in items:
-            try:
-                if self.mesh.apply(item, now_ms):
-                    changed.add(item.key)
-            except RecordError:
-                self.rejected += 1  # a peer's garbage: counted, never fatal
+        changed, errors = self.mesh.apply_many(items, now_ms)
+        self.rejected += len(errors)  # a peer's garbage: counted, never fatal
         return self._on_changed(changed, now_ms, src)
 
     def _on_changed(self, changed: set[bytes], now_ms: int, src: bytes | None) -> list[Out]:
@@ -511,7 +698,13 @@ class MeshNode:
         if rec is None or target == self.key:
             return []
         prune = Prune.create(
-            self.identity, self.mesh_id, target=target, target_version=rec.version, now_ms=now_ms
+            self.identity,
+            self.mesh_id,
+            now_ms=now_ms,
+            target_record=rec if self.mesh.admission else None,
+            target=target,
+            target_version=rec.version,
+            by_chain=self.chain if self.mesh.admission else (),
         )
         return self._ingest([prune], now_ms, None)
 
@@ -558,7 +751,8 @@ class MeshNode:
 
     # -- requests from other members ------------------------------------------------------
     def is_member(self, key: bytes) -> bool:
-        return self.mesh.record(key) is not None
+        """An admitted node that has not left (a pruned one may still refute)."""
+        return self.mesh.is_member(key)
 
     def handle_request(self, src: bytes, msg: Any, now_ms: int) -> tuple[Any, list[Out]]:
         """A request from ``src`` (authenticated by the transport). Returns (reply, outs).
@@ -570,15 +764,23 @@ class MeshNode:
         self._last_now = now_ms
         if isinstance(msg, JoinRequest):
             return self._admit(src, msg, now_ms)
+        pre: list[Out] = []
         if not self.is_member(src):
-            return Refusal(self.mesh_id), []
+            # A node just admitted elsewhere announces itself with a push of its
+            # own record, whose admission chain is its credential.
+            if not isinstance(msg, Push) or not self.mesh.admission:
+                return Refusal(self.mesh_id), []
+            own = [i for i in msg.items if isinstance(i, NodeRecord) and i.wg_key == src][:1]
+            pre = self._ingest(own, now_ms, src)
+            if not self.is_member(src):
+                return Refusal(self.mesh_id), []
         self._fd.heard_from(src, now_ms)
         if isinstance(msg, Ping):
             return Ack(self.mesh_id, msg.probe_id), []
         if isinstance(msg, PingReq):
             return Relay(msg.target, Ping(self.mesh_id, msg.probe_id)), []
         if isinstance(msg, Push):
-            return Ack(self.mesh_id, 0), self._ingest(msg.items, now_ms, src)
+            return Ack(self.mesh_id, 0), pre + self._ingest(msg.items, now_ms, src)
         if SyncSession.is_sync_message(msg):
             reply, session, merged = SyncSession.respond(
                 self.mesh, self._responders, src, msg, now_ms

@@ -16,10 +16,11 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
+from smegmesh.core.cert import MAX_CHAIN, AuthItem, Cert, auth_from_obj, auth_to_obj
 from smegmesh.core.record import NodeRecord, Prune
 from smegmesh.core.wire import WireError, decode_item, encode_item, register
 
-Item = NodeRecord | Prune
+Item = NodeRecord | Prune | AuthItem
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,8 @@ class JoinRequest:
 class JoinReply:
     mesh_id: str
     items: tuple[Item, ...]
+    #: the joiner's admission proof (admitter's chain + a cert for the joiner)
+    chain: tuple[Cert, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,10 +129,13 @@ def _dec_join(b: Any) -> JoinRequest:
 
 
 def _dec_join_reply(b: Any) -> JoinReply:
-    m, items = _arr(b, 2)
-    if type(items) is not list:
-        raise WireError("expected an item list")
-    return JoinReply(_str(m), tuple(decode_item(x) for x in items))
+    m, items, chain = _arr(b, 3)
+    if type(items) is not list or type(chain) is not list or len(chain) > MAX_CHAIN:
+        raise WireError("expected an item list and an admission chain")
+    certs = tuple(auth_from_obj(c) for c in chain)
+    if not all(type(c) is Cert for c in certs):
+        raise WireError("admission chain holds only certificates")
+    return JoinReply(_str(m), tuple(decode_item(x) for x in items), certs)  # type: ignore[arg-type]
 
 
 def _dec_refusal(b: Any) -> Refusal:
@@ -141,7 +147,12 @@ register(20, Ping, lambda m: [m.mesh_id, m.probe_id], _dec_ping)
 register(21, PingReq, lambda m: [m.mesh_id, m.target, m.probe_id], _dec_pingreq)
 register(22, Ack, lambda m: [m.mesh_id, m.probe_id, m.ok], _dec_ack)
 register(23, JoinRequest, lambda m: [m.mesh_id, m.secret, encode_item(m.record)], _dec_join)
-register(24, JoinReply, lambda m: [m.mesh_id, [encode_item(i) for i in m.items]], _dec_join_reply)
+register(
+    24,
+    JoinReply,
+    lambda m: [m.mesh_id, [encode_item(i) for i in m.items], [auth_to_obj(c) for c in m.chain]],
+    _dec_join_reply,
+)
 register(25, Refusal, lambda m: [m.mesh_id], _dec_refusal)
 
 

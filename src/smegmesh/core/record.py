@@ -28,12 +28,23 @@ from typing import Any, ClassVar
 import msgpack
 
 from smegmesh.core.addressing import InvalidMeshId, overlay_address, validate_mesh_id
+from smegmesh.core.cert import (
+    MAX_CHAIN,
+    Cert,
+    CertError,
+    Founding,
+    auth_from_obj,
+    auth_to_obj,
+    check_auth_fields,
+)
 from smegmesh.core.identity import NodeIdentity, verify_signature, x25519_matches_ed25519
 
 __all__ = [
     "ALIAS_RE",
     "MAX_ADMITTED",
     "MAX_INVITES",
+    "MAX_PROOFS",
+    "MAX_RECORD_BYTES",
     "MAX_ROUTES",
     "MAX_ROUTE_PATH",
     "MAX_SERVICES",
@@ -42,6 +53,7 @@ __all__ = [
     "SERVICE_KEY_RE",
     "Admission",
     "InviteGrant",
+    "MembershipProof",
     "NodeRecord",
     "Prune",
     "RecordError",
@@ -67,6 +79,10 @@ MAX_ADMITTED = 64
 MAX_DESCRIPTION_BYTES = 256
 MAX_SERVICE_VALUE_BYTES = 256
 MAX_ENDPOINT_LEN = 261  # "[" + 45 + "]:" + 5 or 253 + ":" + 5
+MAX_PROOFS = 16  # meshes a bridge proves membership of
+#: Upper bound of a record's signed form: a member cannot publish more (512
+#: short routes, a long admission chain and a few proofs fit).
+MAX_RECORD_BYTES = 96 * 1024
 
 #: An alias: one lower-case DNS label (served as ALIAS.MESHID.smeg.).
 ALIAS_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
@@ -106,6 +122,7 @@ class InviteGrant:
     token_hash: bytes  # 16 bytes
     expiry_ms: int
     uses: int
+    strict: bool = False  # only the issuer may admit with it (exact use count)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +131,20 @@ class Admission:
 
     token_hash: bytes  # 16 bytes
     joiner: bytes  # 32 bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipProof:
+    """Proof that the record's owner is a member of another mesh (for bridge routes):
+    that mesh's founding record (self-certifying: it hashes to the mesh id) and
+    the owner's admission chain there."""
+
+    founding: Founding
+    chain: tuple[Cert, ...]
+
+    @property
+    def mesh_id(self) -> str:
+        return self.founding.mesh_id
 
 
 def _services_tuple(
@@ -172,6 +203,8 @@ class NodeRecord(_Signed):
     invites: tuple[InviteGrant, ...]
     admitted: tuple[Admission, ...]
     left: bool
+    chain: tuple[Cert, ...]  # admission proof: founder -> ... -> this node (founder: empty)
+    proofs: tuple[MembershipProof, ...]  # membership of other meshes (bridges)
     signature: bytes = field(repr=False)
 
     @property
@@ -203,6 +236,8 @@ class NodeRecord(_Signed):
         invites: Iterable[InviteGrant] = (),
         admitted: Iterable[Admission] = (),
         left: bool = False,
+        chain: Iterable[Cert] = (),
+        proofs: Iterable[MembershipProof] = (),
     ) -> NodeRecord:
         """Build, check and sign a record (raises :class:`RecordError`)."""
         unsigned = cls(
@@ -226,6 +261,8 @@ class NodeRecord(_Signed):
             invites=tuple(invites),
             admitted=tuple(admitted),
             left=left,
+            chain=tuple(chain),
+            proofs=tuple(proofs),
             signature=b"",
         )
         check_record_fields(unsigned, mesh_id, check_signature_len=False)
@@ -275,9 +312,11 @@ class NodeRecord(_Signed):
             [[k, v] for k, v in self.services],
             [[r.prefix, list(r.path)] for r in self.routes],
             self.assigned_peer,
-            [[g.token_hash, g.expiry_ms, g.uses] for g in self.invites],
+            [[g.token_hash, g.expiry_ms, g.uses, g.strict] for g in self.invites],
             [[a.token_hash, a.joiner] for a in self.admitted],
             self.left,
+            [auth_to_obj(c) for c in self.chain],
+            [[auth_to_obj(p.founding), [auth_to_obj(c) for c in p.chain]] for p in self.proofs],
         ]
 
 
@@ -293,6 +332,10 @@ class Prune(_Signed):
     by_wg_key: bytes
     by_sign_key: bytes
     timestamp_ms: int
+    #: the target's own signed record at ``target_version``: proof that the
+    #: pruner saw that version (a prune can never be ahead of the target)
+    target_record: NodeRecord | None
+    by_chain: tuple[Cert, ...]  # the pruner's admission proof
     signature: bytes = field(repr=False)
 
     @property
@@ -306,10 +349,16 @@ class Prune(_Signed):
         identity: NodeIdentity,
         mesh_id: str,
         *,
-        target: bytes,
-        target_version: int,
+        target: bytes | None = None,
+        target_version: int | None = None,
         now_ms: int,
+        target_record: NodeRecord | None = None,
+        by_chain: Iterable[Cert] = (),
     ) -> Prune:
+        if target_record is not None:
+            target, target_version = target_record.wg_key, target_record.version
+        if target is None or target_version is None:
+            raise RecordError("target", "a prune names its target (or carries its record)")
         unsigned = cls(
             mesh_id=mesh_id,
             target=target,
@@ -317,6 +366,8 @@ class Prune(_Signed):
             by_wg_key=identity.wg_public_key,
             by_sign_key=identity.sign_public_key,
             timestamp_ms=now_ms,
+            target_record=target_record,
+            by_chain=tuple(by_chain),
             signature=b"",
         )
         check_prune_fields(unsigned, mesh_id, check_signature_len=False)
@@ -330,6 +381,8 @@ class Prune(_Signed):
             self.by_wg_key,
             self.by_sign_key,
             self.timestamp_ms,
+            None if self.target_record is None else self.target_record.to_obj(),
+            [auth_to_obj(c) for c in self.by_chain],
         ]
 
 
@@ -462,6 +515,17 @@ def check_record_fields(rec: NodeRecord, mesh_id: str, *, check_signature_len: b
     for i, r in enumerate(rec.routes):
         _check_route(i, r)
     _check_bytes("assigned_peer", rec.assigned_peer, 32, optional=True)
+    _check_chain_shape("chain", rec.chain, mesh_id)
+    if type(rec.proofs) is not tuple or len(rec.proofs) > MAX_PROOFS:
+        raise _fail("proofs", f"at most {MAX_PROOFS} membership proofs")
+    for pr in rec.proofs:
+        if type(pr) is not MembershipProof:
+            raise _fail("proofs", "entries must be MembershipProof")
+        try:
+            check_auth_fields(pr.founding, None)
+        except CertError as e:
+            raise _fail("proofs", str(e)) from None
+        _check_chain_shape("proofs.chain", pr.chain, pr.founding.mesh_id)
     if type(rec.invites) is not tuple or len(rec.invites) > MAX_INVITES:
         raise _fail("invites", f"at most {MAX_INVITES} invites")
     for g in rec.invites:
@@ -470,6 +534,8 @@ def check_record_fields(rec: NodeRecord, mesh_id: str, *, check_signature_len: b
         _check_bytes("invites.token_hash", g.token_hash, 16)
         _check_uint("invites.expiry_ms", g.expiry_ms)
         _check_uint("invites.uses", g.uses, 2**32)
+        if type(g.strict) is not bool:
+            raise _fail("invites.strict", "must be a boolean")
     if type(rec.admitted) is not tuple or len(rec.admitted) > MAX_ADMITTED:
         raise _fail("admitted", f"at most {MAX_ADMITTED} admissions")
     for a in rec.admitted:
@@ -483,9 +549,23 @@ def check_record_fields(rec: NodeRecord, mesh_id: str, *, check_signature_len: b
         raise _fail("address", "does not match the mesh prefix and the node's key")
     if not x25519_matches_ed25519(rec.wg_key, rec.sign_key):
         raise _fail("wg_key", "is not the X25519 form of sign_key")
+    if len(rec.signed_payload()) > MAX_RECORD_BYTES:
+        raise _fail("record", f"larger than {MAX_RECORD_BYTES} bytes")
     if check_signature_len:
         _check_bytes("signature", rec.signature, 64)
         rec.__dict__[_CHECKED] = mesh_id
+
+
+def _check_chain_shape(name: str, chain: object, mesh_id: str) -> None:
+    if type(chain) is not tuple or len(chain) > MAX_CHAIN:
+        raise _fail(name, f"at most {MAX_CHAIN} admission certificates")
+    for c in chain:
+        if type(c) is not Cert:
+            raise _fail(name, "entries must be Cert")
+        try:
+            check_auth_fields(c, mesh_id)
+        except CertError as e:
+            raise _fail(name, str(e)) from None
 
 
 def validate_record(rec: NodeRecord, mesh_id: str) -> None:
@@ -507,6 +587,11 @@ def check_prune_fields(p: Prune, mesh_id: str, *, check_signature_len: bool = Tr
     _check_uint("timestamp_ms", p.timestamp_ms)
     if not x25519_matches_ed25519(p.by_wg_key, p.by_sign_key):
         raise _fail("by_wg_key", "is not the X25519 form of by_sign_key")
+    if p.target_record is not None:
+        check_record_fields(p.target_record, mesh_id, check_signature_len=check_signature_len)
+        if (p.target_record.wg_key, p.target_record.version) != (p.target, p.target_version):
+            raise _fail("target_record", "is not the target's record at target_version")
+    _check_chain_shape("by_chain", p.by_chain, mesh_id)
     if check_signature_len:
         _check_bytes("signature", p.signature, 64)
 
@@ -535,8 +620,8 @@ def record_from_obj(obj: object) -> NodeRecord:
     it) before trusting the content.
     """
     o = _list(obj, "record")
-    if len(o) != 19:
-        raise _fail("record", "must have 19 fields")
+    if len(o) != 21:
+        raise _fail("record", "must have 21 fields")
     try:
         role = Role(o[5])
     except (ValueError, TypeError):
@@ -556,9 +641,9 @@ def record_from_obj(obj: object) -> NodeRecord:
     invites = []
     for g in _list(o[15], "invites"):
         g = _list(g, "invites")
-        if len(g) != 3:
-            raise _fail("invites", "entries must be [hash, expiry, uses]")
-        invites.append(InviteGrant(g[0], g[1], g[2]))
+        if len(g) != 4:
+            raise _fail("invites", "entries must be [hash, expiry, uses, strict]")
+        invites.append(InviteGrant(g[0], g[1], g[2], g[3]))
     admitted = []
     for a in _list(o[16], "admitted"):
         a = _list(a, "admitted")
@@ -584,7 +669,9 @@ def record_from_obj(obj: object) -> NodeRecord:
         invites=tuple(invites),
         admitted=tuple(admitted),
         left=o[17],
-        signature=o[18],
+        chain=_chain_from_obj(o[18], "chain"),
+        proofs=tuple(_proof_from_obj(p) for p in _list(o[19], "proofs")[: MAX_PROOFS + 1]),
+        signature=o[20],
     )
     mesh_id = rec.mesh_id
     if type(mesh_id) is not str:
@@ -593,11 +680,44 @@ def record_from_obj(obj: object) -> NodeRecord:
     return rec
 
 
+def _cert_from_obj(obj: object, name: str) -> Cert:
+    try:
+        c = auth_from_obj(obj)
+    except CertError as e:
+        raise _fail(name, str(e)) from None
+    if type(c) is not Cert:
+        raise _fail(name, "entries must be admission certificates")
+    return c
+
+
+def _chain_from_obj(obj: object, name: str) -> tuple[Cert, ...]:
+    raw = _list(obj, name)
+    if len(raw) > MAX_CHAIN:
+        raise _fail(name, f"at most {MAX_CHAIN} admission certificates")
+    return tuple(_cert_from_obj(c, name) for c in raw)
+
+
+def _proof_from_obj(obj: object) -> MembershipProof:
+    o = _list(obj, "proofs")
+    if len(o) != 2:
+        raise _fail("proofs", "entries must be [founding, chain]")
+    try:
+        f = auth_from_obj(o[0])
+    except CertError as e:
+        raise _fail("proofs", str(e)) from None
+    if type(f) is not Founding:
+        raise _fail("proofs", "must start with a founding record")
+    return MembershipProof(f, _chain_from_obj(o[1], "proofs.chain"))
+
+
 def prune_from_obj(obj: object) -> Prune:
     """Build a prune from its wire form (shapes and types checked, not the signature)."""
     o = _list(obj, "prune")
-    if len(o) != 7:
-        raise _fail("prune", "must have 7 fields")
+    if len(o) != 9:
+        raise _fail("prune", "must have 9 fields")
+    o = list(o)
+    o[6] = None if o[6] is None else record_from_obj(o[6])
+    o[7] = _chain_from_obj(o[7], "by_chain")
     p = Prune(*o)
     if type(p.mesh_id) is not str:
         raise _fail("mesh_id", "must be a string")

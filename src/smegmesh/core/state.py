@@ -54,6 +54,18 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from smegmesh.core.addressing import validate_mesh_id
+from smegmesh.core.authority import Authority
+from smegmesh.core.cert import (
+    AdminChange,
+    AliasReserve,
+    AuthItem,
+    Cert,
+    CertError,
+    Founding,
+    InviteRevoke,
+    Revocation,
+    check_auth_fields,
+)
 from smegmesh.core.identity import verify_many
 from smegmesh.core.record import (
     NodeRecord,
@@ -63,9 +75,13 @@ from smegmesh.core.record import (
     check_record_fields,
 )
 
-__all__ = ["DEPTH", "FANOUT", "Item", "MeshState", "Verifier", "entry_hash"]
+__all__ = ["DEPTH", "FANOUT", "MAX_AUTH_ITEMS", "Item", "MeshState", "Verifier", "entry_hash"]
 
-Item = NodeRecord | Prune
+Item = NodeRecord | Prune | AuthItem
+_AUTH_TYPES = (Founding, Cert, AdminChange, Revocation, InviteRevoke, AliasReserve)
+#: Authority statements one replica keeps at most (token ledgers are collected
+#: when their token has expired; evictions and admin changes are few).
+MAX_AUTH_ITEMS = 65_536
 Verifier = Callable[[Sequence[tuple[bytes, bytes, bytes]]], list[bool]]
 
 FANOUT = 16
@@ -79,9 +95,11 @@ _CHANGE_LOG = 4096
 MAX_CLOCK_SKEW_MS = 10 * 60 * 1000
 
 
-def entry_hash(key: bytes, record: NodeRecord | None, prune: Prune | None) -> int:
+def entry_hash(
+    key: bytes, record: NodeRecord | None, prune: Prune | None, auth: AuthItem | None = None
+) -> int:
     """The 256-bit hash of what a replica holds for ``key`` (0 if nothing)."""
-    if record is None and prune is None:
+    if record is None and prune is None and auth is None:
         return 0
     h = hashlib.sha256(_ENTRY_TAG)
     h.update(key)
@@ -89,6 +107,8 @@ def entry_hash(key: bytes, record: NodeRecord | None, prune: Prune | None) -> in
         h.update(b"R" + record.version.to_bytes(8, "big") + record.signature)
     if prune is not None:
         h.update(b"P" + prune.target_version.to_bytes(8, "big") + prune.signature)
+    if auth is not None:
+        h.update(b"A" + auth.signature)
     return int.from_bytes(h.digest(), "big")
 
 
@@ -101,6 +121,7 @@ class _Entry:
     record: NodeRecord | None = None
     prune: Prune | None = None
     h: int = 0
+    auth: AuthItem | None = None  # an authority statement (keyed by its own hash)
 
 
 def _rec_wins(new: NodeRecord, cur: NodeRecord | None) -> bool:
@@ -128,10 +149,17 @@ class MeshState:
         *,
         verifier: Verifier = verify_many,
         gc_horizon_ms: int | None = None,
+        admission: bool = False,
     ) -> None:
         self.mesh_id = validate_mesh_id(mesh_id)
         self._verifier = verifier
         self._horizon: int | None = gc_horizon_ms
+        #: records and prunes need admission proofs (see core.authority)
+        self.admission = admission
+        self._authority = Authority(self.mesh_id)
+        self._auth_count = 0
+        self._good_certs: set[bytes] = set()
+        self._purged: set[bytes] = set()
         self._entries: dict[bytes, _Entry] = {}
         # _levels[d][prefix] = [sum of entry hashes, count]
         self._levels: list[dict[int, list[int]]] = [{} for _ in range(DEPTH + 1)]
@@ -190,17 +218,36 @@ class MeshState:
         return [e.prune for _, e in sorted(self._entries.items()) if e.prune is not None]
 
     def items_for(self, keys: Iterable[bytes]) -> list[Item]:
-        """Record then prune held for each of ``keys`` (unknown keys skipped)."""
+        """Record then prune (or the statement) held for each of ``keys``."""
         out: list[Item] = []
         for k in keys:
             e = self._entries.get(k)
             if e is None:
                 continue
+            if e.auth is not None:
+                out.append(e.auth)
             if e.record is not None:
                 out.append(e.record)
             if e.prune is not None:
                 out.append(e.prune)
         return out
+
+    @property
+    def authority(self) -> Authority:
+        """Founder, admins, evictions, token ledger (from the statements held)."""
+        return self._authority
+
+    def auth_items(self) -> list[AuthItem]:
+        return [e.auth for _, e in sorted(self._entries.items()) if e.auth is not None]
+
+    def admission_error(self, key: bytes, chain: Sequence[Cert]) -> str | None:
+        """Why ``chain`` does not admit ``key`` (structure, evictions), or None."""
+        return self._authority.check_chain(key, chain)
+
+    def is_member(self, key: bytes) -> bool:
+        """An admitted node that has not left (live or pruned: a pruned node may refute)."""
+        e = self._entries.get(key)
+        return e is not None and e.record is not None and not e.record.left
 
     def all_items(self) -> list[Item]:
         return self.items_for(sorted(self._entries))
@@ -214,6 +261,8 @@ class MeshState:
         e = self._entries.get(key)
         if e is None:
             return (0, 0)
+        if e.auth is not None:
+            return (1, 0)
         return (
             0 if e.record is None else e.record.version + 1,
             0 if e.prune is None else e.prune.target_version + 1,
@@ -266,7 +315,13 @@ class MeshState:
             return None
         return self._changes[version - self._changes_base :]
 
-    def _install(self, key: bytes, record: NodeRecord | None, prune: Prune | None) -> None:
+    def _install(
+        self,
+        key: bytes,
+        record: NodeRecord | None,
+        prune: Prune | None,
+        auth: AuthItem | None = None,
+    ) -> None:
         self._version += 1
         self._changes.append(key)
         if len(self._changes) > _CHANGE_LOG:
@@ -275,13 +330,13 @@ class MeshState:
             self._changes_base += half
         e = self._entries.get(key)
         old_h = 0 if e is None else e.h
-        new_h = entry_hash(key, record, prune)
+        new_h = entry_hash(key, record, prune, auth)
         existed = e is not None
-        exists = record is not None or prune is not None
+        exists = record is not None or prune is not None or auth is not None
         if exists:
             if e is None:
                 e = self._entries[key] = _Entry()
-            e.record, e.prune, e.h = record, prune, new_h
+            e.record, e.prune, e.h, e.auth = record, prune, new_h, auth
         elif e is not None:
             del self._entries[key]
         dc = int(exists) - int(existed)
@@ -311,6 +366,10 @@ class MeshState:
     def _too_old(self, item: Item, now_ms: int) -> bool:
         if self._horizon is None:
             return False
+        if isinstance(item, Cert):  # a token ledger entry matters until its token expires
+            return 0 < item.token_expiry_ms < now_ms - self._horizon
+        if isinstance(item, _AUTH_TYPES):
+            return False
         if item.timestamp_ms >= now_ms - self._horizon:
             return False
         if isinstance(item, Prune):
@@ -324,25 +383,41 @@ class MeshState:
         limit = now_ms + MAX_CLOCK_SKEW_MS
         if item.timestamp_ms > limit:
             raise RecordError("timestamp_ms", "is in the future (clock skew too large)")
+        if isinstance(item, _AUTH_TYPES):
+            return
         version = item.target_version if isinstance(item, Prune) else item.version
         if version > limit:
             raise RecordError("version", "is in the future (clock skew too large)")
 
     def _check(self, item: Item) -> bytes:
-        """Field checks (no signature); returns the item's node key."""
+        """Field checks (no signature); returns the item's key."""
         if type(item) is NodeRecord:
             check_record_fields(item, self.mesh_id)
             return item.wg_key
         if type(item) is Prune:
             check_prune_fields(item, self.mesh_id)
             return item.target
-        raise RecordError("item", f"not a NodeRecord or Prune: {type(item).__name__}")
+        if isinstance(item, _AUTH_TYPES):
+            try:
+                check_auth_fields(item, self.mesh_id)
+            except CertError as e:
+                raise RecordError(e.field, e.message) from None
+            if (
+                type(item) is Cert
+                and self._auth_count >= MAX_AUTH_ITEMS
+                and item.key not in self._entries
+            ):
+                raise RecordError("auth", "too many authority statements")
+            return item.key
+        raise RecordError("item", f"not a NodeRecord, Prune or statement: {type(item).__name__}")
 
     def _wins(self, item: Item) -> bool:
         e = self._entries.get(item.key)
         if isinstance(item, NodeRecord):
             return _rec_wins(item, None if e is None else e.record)
-        return _prune_wins(item, None if e is None else e.prune)
+        if isinstance(item, Prune):
+            return _prune_wins(item, None if e is None else e.prune)
+        return e is None
 
     def _put(self, item: Item) -> None:
         e = self._entries.get(item.key)
@@ -350,8 +425,105 @@ class MeshState:
         pr = None if e is None else e.prune
         if isinstance(item, NodeRecord):
             self._install(item.wg_key, item, pr)
-        else:
+        elif isinstance(item, Prune):
             self._install(item.target, rec, item)
+        else:
+            self._install(item.key, None, None, item)
+            self._auth_count += 1
+            self._on_statement(item)
+
+    # -- admission (admission mode) -----------------------------------------------
+
+    def _gate(self, item: Item) -> None:
+        """Admission rules: raise :class:`RecordError` unless ``item`` may enter.
+
+        Records need an admission chain, prunes a member as pruner and the
+        target's own signed record (a prune can never name a version its
+        target did not sign: no forged, future or non-member prunes).
+        """
+        if not self.admission or isinstance(item, _AUTH_TYPES):
+            return
+        if isinstance(item, NodeRecord):
+            self._check_member(item.wg_key, item.chain, "chain")
+            self._check_proofs(item)
+            return
+        tr = item.target_record
+        if tr is None:
+            raise RecordError("target_record", "a prune must carry its target's signed record")
+        if item.by_wg_key == item.target:
+            raise RecordError("by_wg_key", "a node does not prune itself (it leaves)")
+        self._check_member(item.by_wg_key, item.by_chain, "by_chain")
+        if not _sig_known_good(tr):
+            if not self._verifier([_job(tr)])[0]:
+                raise RecordError("target_record", "invalid signature")
+            _mark_sig_good(tr)
+
+    def _check_member(self, key: bytes, chain: Sequence[Cert], field: str) -> None:
+        reason = self._authority.check_chain(key, chain)
+        if reason is not None:
+            raise RecordError(field, reason)
+        self._verify_certs(chain, field)
+
+    def _verify_certs(self, certs: Sequence[AuthItem], field: str) -> None:
+        todo = [c for c in certs if c.key not in self._good_certs]
+        if not todo:
+            return
+        oks = self._verifier([(c.signer, c.signed_payload(), c.signature) for c in todo])
+        if not all(oks):
+            raise RecordError(field, "invalid admission certificate signature")
+        if len(self._good_certs) > 4 * MAX_AUTH_ITEMS:
+            self._good_certs.clear()
+        self._good_certs.update(c.key for c in todo)
+
+    def _check_proofs(self, rec: NodeRecord) -> None:
+        for p in rec.proofs:
+            other = Authority.build(p.founding.mesh_id, [p.founding])
+            reason = other.check_chain(rec.wg_key, p.chain)
+            if reason is not None:
+                raise RecordError("proofs", f"mesh {p.founding.mesh_id}: {reason}")
+            self._verify_certs((p.founding, *p.chain), "proofs")
+
+    def _on_statement(self, item: AuthItem) -> None:
+        a = self._authority
+        if isinstance(item, Cert):
+            if item.token_hash:
+                a.token_subjects.setdefault(item.token_hash, set()).add(item.subject)
+            return
+        if isinstance(item, InviteRevoke):
+            a.invite_revokes.setdefault(item.token_hash, []).append(item)
+            return
+        before = (a.founding, frozenset(a.revoked))
+        self._authority = Authority.build(self.mesh_id, self._iter_auth())
+        after = (self._authority.founding, frozenset(self._authority.revoked))
+        if self.admission and before != after:
+            self._purge()
+
+    def _iter_auth(self) -> Iterator[AuthItem]:
+        for e in self._entries.values():
+            if e.auth is not None:
+                yield e.auth
+
+    def _purge(self) -> None:
+        """Drop records and prunes that evictions made invalid (a grow-only verdict)."""
+        a = self._authority
+        for key, e in list(self._entries.items()):
+            rec, pr = e.record, e.prune
+            if rec is not None and a.check_chain(rec.wg_key, rec.chain) is not None:
+                rec = None
+            if pr is not None and (
+                a.check_chain(pr.by_wg_key, pr.by_chain) is not None or a.is_revoked(pr.target)
+            ):
+                pr = None
+            if rec is not e.record or pr is not e.prune:
+                self._install(key, rec, pr)
+                self._purged.add(key)
+
+    def pop_purged(self) -> set[bytes]:
+        """Keys whose items an eviction removed since the last call."""
+        out, self._purged = self._purged, set()
+        return out
+
+    # -- merging ------------------------------------------------------------------
 
     def apply(self, item: Item, now_ms: int) -> bool:
         """Validate and merge one item; True if the state changed.
@@ -364,6 +536,7 @@ class MeshState:
         self._check_time(item, now_ms)
         if not self._wins(item) or self._too_old(item, now_ms):
             return False
+        self._gate(item)
         if not _sig_known_good(item):
             if not self._verifier([_job(item)])[0]:
                 raise RecordError("signature", "invalid signature")
@@ -377,20 +550,35 @@ class MeshState:
         """Validate and merge a batch (signatures verified in one verifier call).
 
         Invalid items are skipped and returned as errors; returns the set of
-        changed keys. A forged item cannot mask a valid one of the same batch.
+        changed keys (including keys an eviction in the batch purged).
+        Statements are applied first (a founding record or an admission must be
+        known before the records that depend on it). A forged item cannot mask a
+        valid one of the same batch.
         """
         errors: list[RecordError] = []
+        batch = list(items)
+        changed: set[bytes] = set()
+        statements = [it for it in batch if isinstance(it, _AUTH_TYPES)]
+        # Founding first, then the rest in time order (admins before their acts).
+        statements.sort(key=lambda a: (not isinstance(a, Founding), a.timestamp_ms))
+        for st in statements:
+            try:
+                if self.apply(st, now_ms):
+                    changed.add(st.key)
+            except RecordError as e:
+                errors.append(e)
         pending: list[Item] = []
-        for it in items:
+        for it in batch:
+            if isinstance(it, _AUTH_TYPES):
+                continue
             try:
                 self._check(it)
                 self._check_time(it, now_ms)
+                if self._wins(it) and not self._too_old(it, now_ms):
+                    self._gate(it)
+                    pending.append(it)
             except RecordError as e:
                 errors.append(e)
-                continue
-            if self._wins(it) and not self._too_old(it, now_ms):
-                pending.append(it)
-        changed: set[bytes] = set()
         while pending:
             best: dict[tuple[bytes, bool], Item] = {}
             for it in pending:
@@ -420,39 +608,73 @@ class MeshState:
                 and not any(it is c for c in cands)
                 and self._wins(it)
             ]
+        changed |= self.pop_purged()
         return changed, errors
 
     def merge(self, other: MeshState) -> set[bytes]:
         """Join ``other`` into this state; returns the keys that changed.
 
-        ``other`` holds only validated items, so signatures are not re-checked.
+        ``other`` holds only validated items, so signatures are not re-checked
+        (admission rules are, when this state enforces them).
         """
         if other.mesh_id != self.mesh_id:
             raise ValueError(f"cannot merge mesh {other.mesh_id!r} into {self.mesh_id!r}")
         changed: set[bytes] = set()
         for key, oe in other._entries.items():
+            if oe.auth is not None and key not in self._entries:
+                self._put(oe.auth)
+                changed.add(key)
+        for key, oe in other._entries.items():
+            if oe.auth is not None:
+                continue
             e = self._entries.get(key)
             rec = None if e is None else e.record
             pr = None if e is None else e.prune
             new_rec = oe.record if oe.record is not None and _rec_wins(oe.record, rec) else rec
             new_pr = oe.prune if oe.prune is not None and _prune_wins(oe.prune, pr) else pr
+            if self.admission:
+                a = self._authority
+                if (
+                    new_rec is not rec
+                    and new_rec is not None
+                    and a.check_chain(new_rec.wg_key, new_rec.chain) is not None
+                ):
+                    new_rec = rec
+                if (
+                    new_pr is not pr
+                    and new_pr is not None
+                    and a.check_chain(new_pr.by_wg_key, new_pr.by_chain) is not None
+                ):
+                    new_pr = pr
             if new_rec is not rec or new_pr is not pr:
                 self._install(key, new_rec, new_pr)
                 changed.add(key)
-        return changed
+        return changed | self.pop_purged()
 
     def gc(self, now_ms: int, horizon_ms: int) -> int:
         """Drop tombstones older than ``now_ms - horizon_ms``; returns items dropped.
 
-        Drops ``left`` records and prunes, with the records the prunes kill.
-        Remembers the horizon for :meth:`apply` (see the module docstring).
+        Drops ``left`` records and prunes, with the records the prunes kill, and
+        the token ledger entries (admission certificates) of tokens that expired
+        before the horizon. Evictions, admin changes and founding records are
+        never dropped. Remembers the horizon for :meth:`apply` (see the module
+        docstring).
         """
         if horizon_ms < 0:
             raise ValueError("horizon must be >= 0")
         self._horizon = horizon_ms
         cutoff = now_ms - horizon_ms
         dropped = 0
+        ledger_dropped = False
         for key, e in list(self._entries.items()):
+            if e.auth is not None:
+                a = e.auth
+                if isinstance(a, Cert) and 0 < a.token_expiry_ms < cutoff:
+                    self._install(key, None, None, None)
+                    self._auth_count -= 1
+                    dropped += 1
+                    ledger_dropped = True
+                continue
             rec, pr = e.record, e.prune
             if pr is not None and pr.timestamp_ms < cutoff:
                 pr = None
@@ -465,6 +687,8 @@ class MeshState:
                 dropped += 1
             if rec is not e.record or pr is not e.prune:
                 self._install(key, rec, pr)
+        if ledger_dropped:
+            self._authority = Authority.build(self.mesh_id, self._iter_auth())
         return dropped
 
     def __eq__(self, other: object) -> bool:
@@ -483,7 +707,9 @@ class MeshState:
 def _job(item: Item) -> tuple[bytes, bytes, bytes]:
     if isinstance(item, NodeRecord):
         return (item.sign_key, item.signed_payload(), item.signature)
-    return (item.by_sign_key, item.signed_payload(), item.signature)
+    if isinstance(item, Prune):
+        return (item.by_sign_key, item.signed_payload(), item.signature)
+    return (item.signer, item.signed_payload(), item.signature)
 
 
 # Items are frozen; once an item object's signature has been verified we note it

@@ -26,6 +26,17 @@ from typing import Any
 
 import msgpack
 
+from smegmesh.core.cert import (
+    AdminChange,
+    AliasReserve,
+    AuthItem,
+    Cert,
+    Founding,
+    InviteRevoke,
+    Revocation,
+    auth_from_obj,
+    auth_to_obj,
+)
 from smegmesh.core.record import NodeRecord, Prune, prune_from_obj, record_from_obj
 
 __all__ = [
@@ -151,18 +162,22 @@ def decode(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> Message:
 
 ITEM_RECORD = 1
 ITEM_PRUNE = 2
+ITEM_AUTH = 3
+_AUTH_TYPES = (Founding, Cert, AdminChange, Revocation, InviteRevoke, AliasReserve)
 
 
-def encode_item(item: NodeRecord | Prune) -> list[Any]:
-    """A record or prune as ``[kind, fields...]`` (for embedding in messages)."""
+def encode_item(item: NodeRecord | Prune | AuthItem) -> list[Any]:
+    """A record, prune or authority statement as ``[kind, fields]`` (for messages)."""
     if type(item) is NodeRecord:
         return [ITEM_RECORD, item.to_obj()]
     if type(item) is Prune:
         return [ITEM_PRUNE, item.to_obj()]
+    if isinstance(item, _AUTH_TYPES):
+        return [ITEM_AUTH, auth_to_obj(item)]
     raise TypeError(f"not an item: {type(item).__name__}")
 
 
-def decode_item(obj: Any) -> NodeRecord | Prune:
+def decode_item(obj: Any) -> NodeRecord | Prune | AuthItem:
     """Inverse of :func:`encode_item` (shape checks; raises on garbage)."""
     if type(obj) is not list or len(obj) != 2:
         raise WireError("item must be [kind, fields]")
@@ -171,6 +186,8 @@ def decode_item(obj: Any) -> NodeRecord | Prune:
         return record_from_obj(body)
     if kind == ITEM_PRUNE and type(kind) is int:
         return prune_from_obj(body)
+    if kind == ITEM_AUTH and type(kind) is int:
+        return auth_from_obj(body)
     raise WireError(f"unknown item kind {kind!r}")
 
 

@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from smegmesh.daemon.api_authority import add_authority_routes
 from smegmesh.daemon.api_models import (
     SERVICE_KEY_RE,
     AliasRequest,
@@ -214,8 +215,10 @@ def create_app(service: NodeService, token: str | None = None) -> FastAPI:
         mesh_id: MeshId, req: Annotated[InviteRequest | None, Body()] = None
     ) -> InviteResponse:
         req = req or InviteRequest()
-        tok = await service.invite(mesh_id, req.ttl_s, req.uses)
+        tok = await service.invite(mesh_id, req.ttl_s, req.uses, req.strict)
         return InviteResponse(token=tok, mesh_id=mesh_id, ttl_s=req.ttl_s, uses=req.uses)
+
+    add_authority_routes(app, service)
 
     @app.post("/v1/join", status_code=201, tags=["v1"], summary="Join a mesh with a token")
     async def join(req: JoinRequest) -> MeshIdResponse:

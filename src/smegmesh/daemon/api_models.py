@@ -125,6 +125,18 @@ class NodeInfo(_Model):
     gateway_for: list[str] = Field(
         default_factory=list, description="Destinations this daemon routes through this node"
     )
+    admin: bool = Field(default=False, description="The node is an admin of the mesh")
+
+
+class EvictedNode(_Model):
+    """A node an admin evicted from the mesh (``get-mesh --all``)."""
+
+    public_key: str
+    node_id: str
+    overlay_address: str
+    by: str = Field(description="Public key of the admin who evicted it")
+    time: float = Field(description="When (Unix seconds, the admin's clock)")
+    cascade: bool = Field(description="The nodes it admitted were evicted with it")
 
 
 class SelectedRoute(_Model):
@@ -158,6 +170,13 @@ class MeshDetail(_Model):
     leader: str | None = Field(default=None, description="Public key of the current leader")
     nodes: list[NodeInfo]
     role: Role | None = Field(default=None, description="This node's role in the mesh")
+    invite_policy: str | None = Field(
+        default=None, description="Who may admit new nodes: admins, peers or members"
+    )
+    admins: list[str] = Field(default_factory=list, description="Public keys of the mesh's admins")
+    evicted: list[EvictedNode] = Field(
+        default_factory=list, description="Nodes evicted from the mesh"
+    )
     routes: list[SelectedRoute] = Field(
         default_factory=list, description="Routed destinations this node uses, with their exit"
     )
@@ -175,6 +194,10 @@ class JoinRequest(MeshOptions):
 class InviteRequest(_Request):
     ttl_s: int = Field(default=86400, gt=0, le=MAX_INVITE_TTL_S, description="Lifetime in seconds")
     uses: int = Field(default=1, ge=1, le=1_000_000, description="How many joins the token admits")
+    strict: bool = Field(
+        default=False,
+        description="Only this node admits with the token, so its use count is exact",
+    )
 
 
 class AliasRequest(_Request):
@@ -307,3 +330,44 @@ def proto_mesh(detail: MeshDetail) -> ProtoMesh:
             ),
         )
     return ProtoMesh(meshid=detail.mesh_id, nodes=nodes)
+
+
+# --------------------------------------------------------------------------- authority
+
+
+class EvictRequest(_Request):
+    node: str = Field(
+        min_length=1,
+        max_length=200,
+        description="Alias, public key, overlay address, or a unique prefix of one",
+    )
+    cascade: bool = Field(default=False, description="Also evict the nodes it admitted")
+
+
+class EvictResponse(_Model):
+    evicted: list[str] = Field(description="Public keys evicted")
+    alias: str = ""
+    kept: int = Field(default=0, description="Nodes it admitted that stay (without cascade)")
+
+
+class AdminRequest(_Request):
+    node: str = Field(min_length=1, max_length=200, description="The node (alias, key, address…)")
+    admin: bool = Field(description="true: make it an admin; false: drop it")
+
+
+class AdminResponse(_Model):
+    node: str
+    admin: bool
+    admins: list[str]
+
+
+class InviteInfo(_Model):
+    token_id: str = Field(description="Hex id of the token (not the secret)")
+    issuer: str = Field(description="Public key of the member that issued it")
+    issuer_alias: str = ""
+    expires: float = Field(description="Unix seconds")
+    uses: int
+    used: int = Field(description="Distinct nodes admitted with it, mesh-wide")
+    strict: bool
+    revoked: bool
+    expired: bool

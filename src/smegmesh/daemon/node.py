@@ -34,13 +34,14 @@ from smegmesh.core.addressing import (
     overlay_address,
     validate_mesh_id,
 )
+from smegmesh.core.cert import Founding, Policy, founding_name
 from smegmesh.core.desired import desired_config, interface_name
 from smegmesh.core.endpoint import join_host_port, split_host_port
 from smegmesh.core.gossip import GossipParams
 from smegmesh.core.identity import NodeIdentity, key_to_text
 from smegmesh.core.invite import Bootstrap, TokenError, parse_token
 from smegmesh.core.liveness import LivenessParams
-from smegmesh.core.meshnode import Call, Changed, MeshNode, MeshSettings, Out, Relay
+from smegmesh.core.meshnode import Call, Changed, MeshNode, MeshSettings, NotAllowed, Out, Relay
 from smegmesh.core.messages import Ack, JoinReply, Refusal, WhoAmI, YouAre
 from smegmesh.core.multimesh import MeshRouting, route_meshes
 from smegmesh.core.record import RecordError, Role, check_endpoint
@@ -51,6 +52,7 @@ from smegmesh.core.wire import WireError, decode, decode_item, encode, encode_it
 from smegmesh.daemon import service as svc
 from smegmesh.daemon import views
 from smegmesh.daemon.api_models import MeshDetail, MeshSummary
+from smegmesh.daemon.authority_ops import AuthorityOps
 from smegmesh.daemon.config import Config, MeshOptions, resolve_mesh_settings
 from smegmesh.daemon.persist import PersistError, atomic_write
 from smegmesh.daemon.transport import (
@@ -209,7 +211,7 @@ def run_hooks(stage: str, commands: list[str], ifname: str, mesh_id: str) -> Non
             log.info("mesh %s: ran %s hook %r", mesh_id, stage, line)
 
 
-class Daemon:
+class Daemon(AuthorityOps):
     """One node: its identity, its meshes, the transport, and the local API."""
 
     def __init__(self, config: Config) -> None:
@@ -256,7 +258,13 @@ class Daemon:
         return ident
 
     def _new_state(self, mesh_id: str) -> MeshState:
-        return MeshState(mesh_id, gc_horizon_ms=int(self.config.gc_horizon * 1000))
+        # Meshes with a self-certifying id have an authority: records need
+        # admission proofs. (Older meshes keep working without one.)
+        return MeshState(
+            mesh_id,
+            gc_horizon_ms=int(self.config.gc_horizon * 1000),
+            admission=founding_name(mesh_id) is not None,
+        )
 
     def _mesh_dir(self) -> Path:
         return self.state_dir / "meshes"
@@ -635,7 +643,11 @@ class Daemon:
             if version == rt.alias_checked:
                 continue
             rt.alias_checked = version
-            msg = views.alias_conflict(rt.node.live_records(), self.identity.wg_public_key)
+            msg = views.alias_conflict(
+                rt.node.live_records(),
+                self.identity.wg_public_key,
+                rt.node.mesh.authority if rt.node.mesh.admission else None,
+            )
             if msg != rt.alias_clash:
                 if msg:
                     log.warning("mesh %s: %s", rt.mesh_id, msg)
@@ -739,7 +751,10 @@ class Daemon:
         names = []
         for rt in self.meshes.values():
             records = rt.node.live_records()
-            owners = views.alias_owners(records)  # a contested alias resolves to one node
+            # a contested alias resolves to one node (reserved, else first admitted)
+            owners = views.alias_owners(
+                records, rt.node.mesh.authority if rt.node.mesh.admission else None
+            )
             for r in records:
                 alias = r.alias if owners.get(r.alias) == r.wg_key else ""
                 names.append(
@@ -760,8 +775,16 @@ class Daemon:
 
     # ------------------------------------------------------------------ NodeService
     async def new_mesh(self, opts: MeshOptions) -> str:
-        mesh_id = generate_mesh_id()
-        rt = self._add_runtime(mesh_id, opts, self._new_state(mesh_id), None)
+        founding = Founding.create(
+            self.identity,
+            generate_mesh_id().rpartition("-")[0],
+            now_ms=now_ms(),
+            policy=Policy(opts.invite_policy or Policy.PEERS),
+        )
+        mesh_id = founding.mesh_id
+        state = self._new_state(mesh_id)
+        state.apply(founding, now_ms())
+        rt = self._add_runtime(mesh_id, opts, state, None)
         if rt.node.settings.role != Role.PEER:
             del self.meshes[mesh_id]
             if rt.task:
@@ -771,10 +794,10 @@ class Daemon:
             )
         self._emit(rt, rt.node.start(now_ms()))
         self._save_mesh(rt)
-        log.info("created mesh %s", mesh_id)
+        log.info("created mesh %s (invite policy %s)", mesh_id, founding.policy)
         return mesh_id
 
-    async def invite(self, mesh_id: str, ttl_s: int, uses: int) -> str:
+    async def invite(self, mesh_id: str, ttl_s: int, uses: int, strict: bool = False) -> str:
         rt = self._get(mesh_id)
         boots: list[Bootstrap] = []
         me = rt.node.record
@@ -787,8 +810,14 @@ class Daemon:
                 boots.append(Bootstrap(r.control_endpoint, r.tls_fp, r.wg_key))
         if not boots:
             raise svc.unavailable("no reachable member to name in the token")
+        if strict:  # only this node admits with a strict token: name only it
+            boots = boots[:1]
         try:
-            token, outs = rt.node.invite(now_ms(), ttl_ms=ttl_s * 1000, uses=uses, bootstrap=boots)
+            token, outs = rt.node.invite(
+                now_ms(), ttl_ms=ttl_s * 1000, uses=uses, bootstrap=boots, strict=strict
+            )
+        except NotAllowed as e:
+            raise svc.ServiceError("forbidden", str(e), 403) from None
         except (ValueError, RecordError) as e:
             raise svc.invalid_argument(str(e)) from None
         self._emit(rt, outs)
@@ -847,9 +876,15 @@ class Daemon:
                 errors.append(f"{b.control_endpoint}: {e}")
                 continue
             if isinstance(reply, JoinReply):
+                outs = node.absorb(reply.items, now_ms(), reply.chain)
+                if node.mesh.admission and node.record is None:
+                    # The member's reply did not prove the mesh's authority (its
+                    # founding record) or our admission: do not join on its word.
+                    errors.append(f"{b.control_endpoint}: reply without a valid admission")
+                    continue
                 rt.joining = False
                 rt.dirty_wg = True
-                self._emit(rt, node.absorb(reply.items, now_ms()))
+                self._emit(rt, outs)
                 self._save_mesh(rt)
                 log.info(
                     "joined mesh %s through %s (%d nodes)",
@@ -930,6 +965,7 @@ class Daemon:
             status = self.wg_status.get(mesh_id)
         records = rt.node.live_records()
         heard = {r.wg_key: t for r in records if (t := rt.node.last_heard(r.wg_key)) is not None}
+        authority = rt.node.mesh.authority if rt.node.mesh.admission else None
         return views.mesh_detail(
             rt.mesh_id,
             rt.ifname,
@@ -940,6 +976,7 @@ class Daemon:
             suspects=set(rt.node.suspects),
             routes=self._route_uses(mesh_id),
             now_ms=now_ms(),
+            authority=authority,
         )
 
     async def _update(self, mesh_id: str, **changes: Any) -> None:
@@ -953,7 +990,12 @@ class Daemon:
     async def put_alias(self, mesh_id: str, alias: str) -> None:
         rt = self._get(mesh_id)
         alias = views.validate_alias(alias)
-        views.check_alias_free(rt.node.live_records(), self.identity.wg_public_key, alias)
+        views.check_alias_free(
+            rt.node.live_records(),
+            self.identity.wg_public_key,
+            alias,
+            rt.node.mesh.authority if rt.node.mesh.admission else None,
+        )
         await self._update(mesh_id, alias=alias)
 
     async def put_description(self, mesh_id: str, description: str) -> None:

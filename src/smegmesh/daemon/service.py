@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-from smegmesh.daemon.api_models import GraphFormat, MeshDetail, MeshSummary
+from smegmesh.daemon.api_models import (
+    AdminResponse,
+    EvictResponse,
+    GraphFormat,
+    InviteInfo,
+    MeshDetail,
+    MeshSummary,
+)
 from smegmesh.daemon.config import MeshOptions
 
 __all__ = [
@@ -81,8 +88,11 @@ class NodeService(Protocol):
         """Create a mesh with this node as its first member; return its id."""
         ...
 
-    async def invite(self, mesh_id: str, ttl_s: int, uses: int) -> str:
-        """Issue an invitation token for ``mesh_id`` valid ``ttl_s`` seconds, ``uses`` times."""
+    async def invite(self, mesh_id: str, ttl_s: int, uses: int, strict: bool = False) -> str:
+        """Issue an invitation token for ``mesh_id`` valid ``ttl_s`` seconds, ``uses`` times.
+
+        ``strict``: only this node admits with it (exact use count).
+        """
         ...
 
     async def join_mesh(self, token: str, opts: MeshOptions) -> str:
@@ -116,4 +126,20 @@ class NodeService(Protocol):
 
     async def get_graph(self, mesh_id: str | None, fmt: GraphFormat) -> bytes:
         """Render ``mesh_id`` (or all meshes, linked by bridges) as dot, svg or png."""
+        ...
+
+    async def evict(self, mesh_id: str, node: str, cascade: bool) -> EvictResponse:
+        """Evict ``node`` (admins only; ``forbidden`` 403 otherwise)."""
+        ...
+
+    async def set_admin(self, mesh_id: str, node: str, admin: bool) -> AdminResponse:
+        """Make ``node`` an admin or drop it (admins only)."""
+        ...
+
+    async def list_invites(self, mesh_id: str) -> list[InviteInfo]:
+        """The mesh's outstanding invitations (ids, issuers, uses; never secrets)."""
+        ...
+
+    async def revoke_invite(self, mesh_id: str, token_id: str) -> InviteInfo:
+        """Revoke an invitation by id or unique prefix (its issuer or an admin)."""
         ...

@@ -33,8 +33,9 @@ import jmespath
 import jmespath.exceptions
 import jmespath.parser
 
-from smegmesh.core.addressing import mesh_prefix, node_id_prefix
-from smegmesh.core.hashing import score
+from smegmesh.core.addressing import mesh_prefix, node_id_prefix, overlay_address
+from smegmesh.core.authority import Authority
+from smegmesh.core.authority import alias_owners as core_alias_owners
 from smegmesh.core.identity import key_to_text
 from smegmesh.core.record import (
     ALIAS_RE,
@@ -47,6 +48,7 @@ from smegmesh.core.record import (
 )
 from smegmesh.core.wgconfig import PeerStatus
 from smegmesh.daemon.api_models import (
+    EvictedNode,
     GraphFormat,
     MeshDetail,
     NodeInfo,
@@ -125,57 +127,60 @@ def _route_path(gw: NodeRecord | None, destination: str) -> tuple[str, ...]:
 # --------------------------------------------------------------------------- alias rules
 
 
-def alias_owners(records: Iterable[NodeRecord]) -> dict[str, bytes]:
+def alias_owners(
+    records: Iterable[NodeRecord], authority: Authority | None = None
+) -> dict[str, bytes]:
     """alias -> key of the node that owns it, for every alias claimed in the mesh.
 
     Every node computes the same answer from the same records, whatever their
-    order. Claims are compared case-insensitively (DNS names are). When several
-    nodes claim one alias, the owner is the claimant with the highest
-    rendezvous score ``sha256(key || alias)`` (:func:`smegmesh.core.hashing.score`).
-
-    Why not "first claim wins" by ``timestamp_ms``: a record's timestamp is
-    re-stamped each time its node re-signs it (any change: description,
-    routes, a refutation), so the winner would flip back and forth and DNS
-    names would jump between machines; a node with a clock behind, or a
-    hostile one, could also steal any name by back-dating. The score is
-    stable and per alias, so no key wins every alias. "First come" is kept
-    where it matters: the daemon refuses to set an alias another node already
-    owns (:func:`check_alias_free`), so a conflict only arises from claims
-    made concurrently (e.g. on both sides of a partition).
+    order; claims are compared case-insensitively. The rule is the core's
+    (:func:`smegmesh.core.authority.alias_owners`): an alias reserved by an
+    admin belongs to its holder, otherwise the claimant admitted first keeps
+    it (admission times are signed by the admitting member, so no key can be
+    ground to win a name, and re-signing a record does not change it). The
+    daemon also refuses to set an alias another node already uses
+    (:func:`check_alias_free`), so a conflict only arises from claims made
+    concurrently (e.g. on both sides of a partition).
     """
-    best: dict[str, tuple[bytes, bytes]] = {}
-    for r in _present(records).values():
-        if not r.alias:
-            continue
-        alias = r.alias.lower()
-        s = score(alias.encode(), r.wg_key)
-        cur = best.get(alias)
-        if cur is None or (s, r.wg_key) > cur:
-            best[alias] = (s, r.wg_key)
-    return {alias: key for alias, (_, key) in best.items()}
+    return core_alias_owners(
+        ((r.wg_key, r.alias, r.chain) for r in _present(records).values()), authority
+    )
 
 
 def _describe(rec: NodeRecord) -> str:
     return f"{_short(rec.wg_key)}… ({rec.address})"
 
 
-def alias_conflict(records: Iterable[NodeRecord], self_key: bytes) -> str | None:
+def alias_conflict(
+    records: Iterable[NodeRecord], self_key: bytes, authority: Authority | None = None
+) -> str | None:
     """A one-line message if this node's alias is owned by another node, else None."""
     nodes = _present(records)
     me = nodes.get(self_key)
     if me is None or not me.alias:
         return None
-    owner = alias_owners(nodes.values()).get(me.alias.lower())
+    owner = alias_owners(nodes.values(), authority).get(me.alias.lower())
     if owner is None or owner == self_key:
         return None
+    if owner not in nodes:
+        return f"alias {me.alias!r} is reserved for another node: choose another with put-alias"
     return (
         f"alias {me.alias!r} is also claimed by node {_describe(nodes[owner])}, which keeps it; "
         "this node is not reachable by that name: choose another with put-alias"
     )
 
 
-def check_alias_free(records: Iterable[NodeRecord], self_key: bytes, alias: str) -> None:
-    """Raise ``conflict`` (409) if another node in the mesh already uses ``alias``."""
+def check_alias_free(
+    records: Iterable[NodeRecord],
+    self_key: bytes,
+    alias: str,
+    authority: Authority | None = None,
+) -> None:
+    """Raise ``conflict`` (409) if another node already uses (or holds a reservation of) it."""
+    if authority is not None:
+        holder = authority.reservations.get(alias.lower())
+        if holder is not None and holder != self_key:
+            raise conflict(f"alias {alias!r} is reserved by an admin for another node")
     for r in _present(records).values():
         if r.wg_key != self_key and r.alias and r.alias.lower() == alias.lower():
             raise conflict(f"alias {alias!r} is already used by node {_describe(r)}")
@@ -275,6 +280,7 @@ def mesh_detail(
     suspects: set[bytes] | frozenset[bytes],
     routes: Iterable[tuple[str, str, bytes, int]] = (),
     now_ms: int,
+    authority: Authority | None = None,
 ) -> MeshDetail:
     """The JSON view of one mesh (``docs/QUERY.md``).
 
@@ -288,7 +294,7 @@ def mesh_detail(
     """
     nodes = _present(records)
     assignment = _assignments(nodes)
-    owners = alias_owners(nodes.values())
+    owners = alias_owners(nodes.values(), authority)
     selected, gateway_for = _selected_routes(mesh_id, nodes, routes)
     now_s = now_ms / 1000
 
@@ -325,6 +331,7 @@ def mesh_detail(
             record_timestamp=r.timestamp_ms / 1000,
             alias_conflict=bool(r.alias) and owners.get(r.alias.lower()) != k,
             gateway_for=sorted(gateway_for.get(k, [])),
+            admin=authority is not None and authority.is_admin(k),
         )
 
     def order(r: NodeRecord) -> tuple[bool, bool, bool, str, bytes]:
@@ -341,7 +348,29 @@ def mesh_detail(
         nodes=[info(r) for r in sorted(nodes.values(), key=order)],
         role=me.role.value if me is not None else None,
         routes=selected,
+        invite_policy=authority.policy.value
+        if authority is not None and authority.founding is not None
+        else None,
+        admins=sorted(key_to_text(k) for k in authority.admins) if authority is not None else [],
+        evicted=_evicted(authority) if authority is not None else [],
     )
+
+
+def _evicted(authority: Authority) -> list[EvictedNode]:
+    out = []
+    for key, revs in sorted(authority.revoked.items()):
+        first = min(revs, key=lambda r: r.issued_ms)
+        out.append(
+            EvictedNode(
+                public_key=key_to_text(key),
+                node_id=node_id_prefix(key),
+                overlay_address=str(overlay_address(authority.mesh_id, key)),
+                by=key_to_text(first.issuer),
+                time=first.issued_ms / 1000,
+                cascade=any(r.cascade for r in revs),
+            )
+        )
+    return out
 
 
 # --------------------------------------------------------------------------- queries

@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from smegmesh.core.authority import copy_authority
+from smegmesh.core.cert import AuthItem
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.record import NodeRecord, Prune, Role
 from smegmesh.core.state import DEPTH, MeshState
@@ -177,7 +179,13 @@ class SharedState(MeshState):
         super().__init__(mesh_id, **kw)
         self._base = None
 
-    def _install(self, key: bytes, record: NodeRecord | None, prune: Prune | None) -> None:
+    def _install(
+        self,
+        key: bytes,
+        record: NodeRecord | None,
+        prune: Prune | None,
+        auth: AuthItem | None = None,
+    ) -> None:
         if self._base is not None:
             ents: Any = self._entries
             ents.own(key, _copy_entry)
@@ -187,7 +195,7 @@ class SharedState(MeshState):
                 levels[d].own(top >> (32 - 4 * d), list)
             buckets: Any = self._buckets
             buckets.own(top >> (32 - 4 * DEPTH), set)
-        super()._install(key, record, prune)
+        super()._install(key, record, prune, auth)
 
     def shared_fraction(self) -> float:
         """Share of this clone's entries still shared with the base (for diagnostics)."""
@@ -198,7 +206,7 @@ class SharedState(MeshState):
 
 
 def _copy_entry(e: Any) -> Any:
-    return type(e)(e.record, e.prune, e.h)
+    return type(e)(e.record, e.prune, e.h, e.auth)
 
 
 def clone_state(base: MeshState, *, share: bool = True) -> MeshState:
@@ -209,7 +217,12 @@ def clone_state(base: MeshState, *, share: bool = True) -> MeshState:
     (the reference the equivalence tests compare against).
     """
     if not share:
-        st = MeshState(base.mesh_id, verifier=base._verifier, gc_horizon_ms=base._horizon)
+        st = MeshState(
+            base.mesh_id,
+            verifier=base._verifier,
+            gc_horizon_ms=base._horizon,
+            admission=base.admission,
+        )
         st.merge(base)
         return st
     sh = SharedState.__new__(SharedState)
@@ -223,6 +236,11 @@ def clone_state(base: MeshState, *, share: bool = True) -> MeshState:
     buckets: Any = CowDict(_flat(base._buckets))
     sh._buckets = buckets
     sh._base = base
+    sh.admission = base.admission
+    sh._authority = copy_authority(base._authority)
+    sh._auth_count = base._auth_count
+    sh._good_certs = base._good_certs  # shared cache of verified signatures (append-only)
+    sh._purged = set()
     sh._version = 0
     sh._changes = []
     sh._changes_base = 0

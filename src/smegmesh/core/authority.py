@@ -1,0 +1,219 @@
+"""Who is in a mesh and who decides: evaluation of its authority statements. Pure.
+
+:class:`Authority` is a pure function of the set of (signature-checked)
+statements of :mod:`smegmesh.core.cert` that a replica holds. Because the set
+only grows (until garbage collection of expired token ledgers) and the
+evaluation depends on nothing else, every replica holding the same statements
+reaches the same verdicts: the CRDT property is kept.
+
+Rules
+-----
+* The founder (creator) of the mesh is an admin from the start. Admin
+  changes, evictions and alias reservations are replayed in ``(issued_ms,
+  key)`` order; each takes effect only if its issuer is an admin at that
+  point. An evicted admin stops being one.
+* A node is a member only with an admission *chain*: certs
+  ``founder -> n1 -> ... -> node``, each signed by the previous link's subject
+  (the first by the founder). A link's issuer must be allowed to admit: the
+  founder, anyone who was ever an admin, or a node whose own cert says
+  ``may_admit`` (set by the admitter from the mesh policy: ``members``: all;
+  ``peers``: peers only; ``admins``: none).
+* Eviction: no link may name an evicted subject; a link *issued* by an evicted
+  node is valid only if every eviction of that node kept its subject
+  (``keep``, not ``cascade``). So an evicted node cannot come back with a new
+  record, an old token, a restart, or a new identity admitted by itself.
+* Admission order (for aliases): the issue time of the node's last cert; the
+  founder's is the mesh's creation. Ties: by key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from smegmesh.core.cert import (
+    MAX_CHAIN,
+    AdminChange,
+    AliasReserve,
+    AuthItem,
+    Cert,
+    Founding,
+    InviteRevoke,
+    Policy,
+    Revocation,
+)
+
+__all__ = ["Authority", "alias_owners", "copy_authority"]
+
+_ZERO = bytes(32)
+
+
+@dataclass
+class Authority:
+    """The authority of one mesh as derived from its statements."""
+
+    mesh_id: str
+    founding: Founding | None = None
+    admins: set[bytes] = field(default_factory=set)
+    ever_admins: set[bytes] = field(default_factory=set)
+    revoked: dict[bytes, list[Revocation]] = field(default_factory=dict)
+    token_subjects: dict[bytes, set[bytes]] = field(default_factory=dict)
+    invite_revokes: dict[bytes, list[InviteRevoke]] = field(default_factory=dict)
+    reservations: dict[str, bytes] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, mesh_id: str, items: Iterable[AuthItem]) -> Authority:
+        a = cls(mesh_id)
+        timeline: list[AdminChange | Revocation | AliasReserve] = []
+        for it in items:
+            if isinstance(it, Founding):
+                if it.mesh_id == mesh_id:
+                    a.founding = it
+            elif isinstance(it, Cert):
+                if it.token_hash:
+                    a.token_subjects.setdefault(it.token_hash, set()).add(it.subject)
+            elif isinstance(it, InviteRevoke):
+                a.invite_revokes.setdefault(it.token_hash, []).append(it)
+            else:
+                timeline.append(it)
+        if a.founding is None:
+            return a
+        a.admins = {a.founding.founder}
+        a.ever_admins = set(a.admins)
+        timeline.sort(key=lambda s: (s.issued_ms, s.key))
+        for s in timeline:
+            if s.issuer not in a.admins:
+                continue
+            if isinstance(s, AdminChange):
+                if s.admin and s.subject not in a.revoked:
+                    a.admins.add(s.subject)
+                    a.ever_admins.add(s.subject)
+                elif not s.admin:
+                    a.admins.discard(s.subject)
+            elif isinstance(s, Revocation):
+                a.revoked.setdefault(s.target, []).append(s)
+                a.admins.discard(s.target)
+            elif s.holder == _ZERO:
+                a.reservations.pop(s.alias, None)
+            else:
+                a.reservations[s.alias] = s.holder
+        return a
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def policy(self) -> Policy:
+        return self.founding.policy if self.founding is not None else Policy.PEERS
+
+    @property
+    def founder(self) -> bytes | None:
+        return self.founding.founder if self.founding is not None else None
+
+    def is_admin(self, key: bytes) -> bool:
+        return key in self.admins
+
+    def is_revoked(self, key: bytes) -> bool:
+        return key in self.revoked
+
+    def may_admit_by_policy(self, role_is_peer: bool) -> bool:
+        """The ``may_admit`` flag an admitter writes into a new node's cert."""
+        p = self.policy
+        return p == Policy.MEMBERS or (p == Policy.PEERS and role_is_peer)
+
+    def check_chain(self, key: bytes, chain: Sequence[Cert]) -> str | None:
+        """None if ``chain`` proves ``key``'s admission, else why not.
+
+        Signatures are not checked here (the state verifies each cert once).
+        """
+        f = self.founding
+        if f is None:
+            return "the mesh's founding record is not known"
+        if key in self.revoked:
+            return "evicted"
+        if not chain:
+            return None if key == f.founder else "no admission proof"
+        if len(chain) > MAX_CHAIN:
+            return f"admission chain longer than {MAX_CHAIN}"
+        prev, prev_may, prev_ms = f.founder, True, f.created_ms
+        for c in chain:
+            if c.mesh_id != self.mesh_id:
+                return "admission proof is for another mesh"
+            if c.issuer != prev:
+                return "admission chain is broken"
+            if not (prev_may or prev in self.ever_admins):
+                return "admitted by a node that may not admit"
+            if c.issued_ms < prev_ms:
+                return "admission predates its admitter's"
+            revs = self.revoked.get(c.issuer)
+            if revs and any(r.cascade or c.subject not in r.keep for r in revs):
+                return "admitted by an evicted node"
+            if c.subject in self.revoked:
+                return "admitted through an evicted node"
+            prev, prev_may, prev_ms = c.subject, c.may_admit, c.issued_ms
+        if prev != key:
+            return "admission proof is for another node"
+        return None
+
+    def admission_ms(self, key: bytes, chain: Sequence[Cert]) -> int:
+        """When ``key`` was admitted (for "first admitted keeps the alias")."""
+        if chain:
+            return chain[-1].issued_ms
+        return self.founding.created_ms if self.founding is not None else 0
+
+    def token_revoked(self, token_hash: bytes, issuer: bytes | None) -> bool:
+        """Revoked by its issuer or by anyone who was ever an admin."""
+        return any(
+            r.issuer == issuer or r.issuer in self.ever_admins
+            for r in self.invite_revokes.get(token_hash, ())
+        )
+
+
+def alias_owners(
+    claims: Iterable[tuple[bytes, str, Sequence[Cert]]], authority: Authority | None
+) -> dict[str, bytes]:
+    """alias -> key of the node that owns it; ``claims``: (key, alias, chain) per node.
+
+    With an authority (a mesh with a founding record): an alias an admin
+    reserved belongs to its holder (when the holder claims it); otherwise the
+    claimant admitted *first* keeps it (ties: lowest key). Admission times
+    come from certificates signed by the admitting member, so a member cannot
+    take a name by grinding keys or back-dating its own record. Without one
+    (meshes of older versions): the highest rendezvous score, as before.
+    """
+    from smegmesh.core.hashing import score
+
+    best: dict[str, tuple[int, bytes]] = {}
+    reserved = authority.reservations if authority is not None else {}
+    use_order = authority is not None and authority.founding is not None
+    for key, alias, chain in claims:
+        if not alias:
+            continue
+        a = alias.lower()
+        holder = reserved.get(a)
+        if holder is not None and holder != key:
+            continue  # reserved for another node
+        if holder == key:
+            rank = -1
+        elif use_order:
+            assert authority is not None
+            rank = authority.admission_ms(key, chain)
+        else:
+            rank = -int.from_bytes(score(a.encode(), key), "big")
+        cur = best.get(a)
+        if cur is None or (rank, key) < cur:
+            best[a] = (rank, key)
+    return {a: k for a, (_, k) in best.items()}
+
+
+def copy_authority(a: Authority) -> Authority:
+    """An independent copy (replicas of a simulation start from one state)."""
+    return Authority(
+        a.mesh_id,
+        a.founding,
+        set(a.admins),
+        set(a.ever_admins),
+        {k: list(v) for k, v in a.revoked.items()},
+        {k: set(v) for k, v in a.token_subjects.items()},
+        {k: list(v) for k, v in a.invite_revokes.items()},
+        dict(a.reservations),
+    )

@@ -1,0 +1,58 @@
+"""REST routes of mesh authority: evict, admins, invitations (issue 11)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import FastAPI, Path
+
+from smegmesh.daemon.api_models import (
+    AdminRequest,
+    AdminResponse,
+    EvictRequest,
+    EvictResponse,
+    InviteInfo,
+)
+from smegmesh.daemon.service import NodeService
+
+__all__ = ["add_authority_routes"]
+
+MeshId = Annotated[str, Path(min_length=1, max_length=128, description="Mesh id")]
+TokenId = Annotated[str, Path(min_length=1, max_length=64, description="Invitation id")]
+
+
+def add_authority_routes(app: FastAPI, service: NodeService) -> None:
+    @app.post(
+        "/v1/meshes/{mesh_id}/evict",
+        tags=["v1"],
+        summary="Evict a node (admins only)",
+        description="Publishes a signed revocation: every member removes the node's "
+        "WireGuard peer, routes and names and refuses its calls and records. "
+        "`cascade` also evicts the nodes it admitted.",
+    )
+    async def evict(mesh_id: MeshId, req: EvictRequest) -> EvictResponse:
+        return await service.evict(mesh_id, req.node, req.cascade)
+
+    @app.post(
+        "/v1/meshes/{mesh_id}/admins",
+        tags=["v1"],
+        summary="Make a node an admin, or drop one (admins only)",
+    )
+    async def set_admin(mesh_id: MeshId, req: AdminRequest) -> AdminResponse:
+        return await service.set_admin(mesh_id, req.node, req.admin)
+
+    @app.get(
+        "/v1/meshes/{mesh_id}/invites",
+        tags=["v1"],
+        summary="Outstanding invitations (ids and counts, never secrets)",
+    )
+    async def list_invites(mesh_id: MeshId) -> list[InviteInfo]:
+        return await service.list_invites(mesh_id)
+
+    @app.delete(
+        "/v1/meshes/{mesh_id}/invites/{token_id}",
+        tags=["v1"],
+        summary="Revoke an invitation (its issuer or an admin)",
+    )
+    async def revoke_invite(mesh_id: MeshId, token_id: TokenId) -> InviteInfo:
+        return await service.revoke_invite(mesh_id, token_id)

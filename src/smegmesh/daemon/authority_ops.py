@@ -1,0 +1,141 @@
+"""The daemon's mesh-authority operations: evict, admins, invitations (issue 11).
+
+A mixin of :class:`smegmesh.daemon.node.Daemon`: each operation resolves the
+node named by the user, asks the engine (:class:`~smegmesh.core.meshnode.MeshNode`)
+to sign the statement (the engine refuses what this node may not do), and
+hands the engine's outputs to the daemon like any other change.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from smegmesh.core.identity import key_to_text
+from smegmesh.core.meshnode import NotAllowed
+from smegmesh.daemon import service as svc
+from smegmesh.daemon.api_models import AdminResponse, EvictResponse, InviteInfo
+from smegmesh.daemon.resolve import Candidate, resolve_node
+
+if TYPE_CHECKING:
+    from smegmesh.daemon.node import MeshRuntime
+
+log = logging.getLogger("smegmesh.daemon")
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def forbidden(e: Exception) -> svc.ServiceError:
+    return svc.ServiceError("forbidden", str(e), 403)
+
+
+class AuthorityOps:
+    """Mixin: needs ``_get(mesh_id)``, ``_emit(rt, outs)`` and ``identity``."""
+
+    if TYPE_CHECKING:
+        identity: Any
+
+        def _get(self, mesh_id: str) -> MeshRuntime: ...
+        def _emit(self, rt: MeshRuntime, outs: list[Any]) -> None: ...
+
+    def _candidates(self, rt: MeshRuntime) -> list[Candidate]:
+        """Every node the mesh holds a record of (live, pruned or left)."""
+        return [Candidate.of(r) for r in rt.node.mesh.records()]
+
+    async def evict(self, mesh_id: str, node: str, cascade: bool) -> EvictResponse:
+        rt = self._get(mesh_id)
+        target = resolve_node(self._candidates(rt), node)
+        if not rt.node.mesh.admission:
+            raise svc.invalid_argument(
+                "this mesh was created by an older smegmesh and has no admins: create a new mesh"
+            )
+        kept = 0 if cascade else len(rt.node._admitted_by(target.key))
+        try:
+            outs = rt.node.evict(_now_ms(), target.key, cascade=cascade)
+        except NotAllowed as e:
+            raise forbidden(e) from None
+        self._emit(rt, outs)
+        log.info(
+            "mesh %s: evicted %s%s",
+            mesh_id,
+            target.describe(),
+            " and the nodes it admitted" if cascade else "",
+        )
+        evicted = [
+            key_to_text(k)
+            for k in sorted(rt.node.mesh.authority.revoked)
+            if k == target.key or cascade
+        ]
+        return EvictResponse(evicted=evicted, alias=target.alias, kept=kept)
+
+    async def set_admin(self, mesh_id: str, node: str, admin: bool) -> AdminResponse:
+        rt = self._get(mesh_id)
+        target = resolve_node(self._candidates(rt), node)
+        try:
+            outs = rt.node.set_admin(_now_ms(), target.key, admin)
+        except NotAllowed as e:
+            raise forbidden(e) from None
+        self._emit(rt, outs)
+        log.info(
+            "mesh %s: %s %s",
+            mesh_id,
+            "made admin:" if admin else "no longer admin:",
+            target.describe(),
+        )
+        return AdminResponse(
+            node=key_to_text(target.key),
+            admin=admin,
+            admins=sorted(key_to_text(k) for k in rt.node.mesh.authority.admins),
+        )
+
+    async def list_invites(self, mesh_id: str) -> list[InviteInfo]:
+        rt = self._get(mesh_id)
+        auth = rt.node.mesh.authority
+        now = _now_ms()
+        out = []
+        for r in rt.node.live_records():
+            for g in r.invites:
+                used = set(auth.token_subjects.get(g.token_hash, ()))
+                used.update(
+                    a.joiner
+                    for rr in rt.node.live_records()
+                    for a in rr.admitted
+                    if a.token_hash == g.token_hash
+                )
+                out.append(
+                    InviteInfo(
+                        token_id=g.token_hash.hex(),
+                        issuer=key_to_text(r.wg_key),
+                        issuer_alias=r.alias,
+                        expires=g.expiry_ms / 1000,
+                        uses=g.uses,
+                        used=len(used),
+                        strict=g.strict,
+                        revoked=auth.token_revoked(g.token_hash, r.wg_key),
+                        expired=g.expiry_ms <= now,
+                    )
+                )
+        return sorted(out, key=lambda i: (i.expires, i.token_id))
+
+    async def revoke_invite(self, mesh_id: str, token_id: str) -> InviteInfo:
+        rt = self._get(mesh_id)
+        text = token_id.strip().lower()
+        invites = await self.list_invites(mesh_id)
+        found = [i for i in invites if i.token_id.startswith(text)] if text else []
+        if not found:
+            raise svc.ServiceError(
+                "unknown_invite", f"no invitation with id {token_id!r} (see list-invites)", 404
+            )
+        if len({i.token_id for i in found}) > 1:
+            raise svc.invalid_argument(f"invitation id {token_id!r} is ambiguous")
+        info = found[0]
+        try:
+            outs = rt.node.revoke_invite(_now_ms(), bytes.fromhex(info.token_id))
+        except NotAllowed as e:
+            raise forbidden(e) from None
+        self._emit(rt, outs)
+        log.info("mesh %s: revoked invitation %s", mesh_id, info.token_id[:12])
+        return info.model_copy(update={"revoked": True})
