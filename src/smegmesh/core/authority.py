@@ -147,8 +147,6 @@ class Authority:
             revs = self.revoked.get(c.issuer)
             if revs and any(r.cascade or c.subject not in r.keep for r in revs):
                 return "admitted by an evicted node"
-            if c.subject in self.revoked:
-                return "admitted through an evicted node"
             prev, prev_may, prev_ms = c.subject, c.may_admit, c.issued_ms
         if prev != key:
             return "admission proof is for another node"

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from smegmesh.core.meshnode import MeshNode, Out
-from smegmesh.core.record import RouteAdv
+from smegmesh.core.record import MAX_PROOFS, MembershipProof, RouteAdv
 from smegmesh.core.routing import DEFAULT_ROUTE, RoutingResult, compute_routes
 
 
@@ -64,7 +64,24 @@ def route_meshes(
     for mesh_id, node in nodes.items():
         o = opts[mesh_id]
         adverts = tuple(a for a in result.adverts.get(mesh_id, ()) if o.allows(a))
+        proofs = _proofs(nodes, {a.path[0] for a in adverts if a.path})
         rec = node.record
-        if rec is not None and not rec.left and tuple(rec.routes) != tuple(adverts):
-            outs[mesh_id] = node.update_self(now_ms, routes=tuple(adverts))
+        if (
+            rec is not None
+            and not rec.left
+            and (tuple(rec.routes) != tuple(adverts) or rec.proofs != proofs)
+        ):
+            outs[mesh_id] = node.update_self(now_ms, routes=tuple(adverts), proofs=proofs)
     return result, outs
+
+
+def _proofs(nodes: Mapping[str, MeshNode], meshes: set[str]) -> tuple[MembershipProof, ...]:
+    """Our membership proofs of the meshes our adverts cross first (sorted, bounded)."""
+    out = []
+    for m in sorted(meshes):
+        n = nodes.get(m)
+        founding = n.mesh.authority.founding if n is not None and n.mesh.admission else None
+        if founding is not None:
+            assert n is not None
+            out.append(MembershipProof(founding, n.chain))
+    return tuple(out[:MAX_PROOFS])

@@ -25,6 +25,12 @@ Rules (see docs/ROUTING.md):
   node advertises nothing into a mesh where it is a client, nor the prefix of
   (or routes learned through) such a mesh — the assigned peer's WireGuard would
   drop forwarded packets whose source is not the client's own /128;
+* a node accepts an advert whose path starts with a mesh that has an
+  authority (a self-certifying id) only from a gateway whose record proves
+  membership of that mesh (``NodeRecord.proofs``: the mesh's founding record
+  and the gateway's admission chain there, verified when the record was
+  accepted): a member cannot take another mesh's prefix away from the real
+  bridge by advertising it with a shorter path;
 * a node accepts an advert only if its path contains none of its own meshes
   (loop prevention), has no repeated mesh, its prefix is not one of its own
   meshes' prefixes, and its prefix is either ``::/0`` or exactly the /64 of the
@@ -59,6 +65,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from smegmesh.core.addressing import mesh_prefix
+from smegmesh.core.cert import founding_name
 from smegmesh.core.desired import GatewayRoute, assigned_peer
 from smegmesh.core.hashing import choose, score
 from smegmesh.core.record import MAX_ROUTE_PATH, MAX_ROUTES, NodeRecord, Role, RouteAdv
@@ -143,6 +150,9 @@ def compute_routes(
 
     own_prefixes = {pfx(m) for m in mesh_ids}
 
+    def proven(rec: NodeRecord) -> set[str]:
+        return {p.founding.mesh_id for p in rec.proofs}
+
     # This node's role and, on client meshes, its assigned peer.
     role: dict[str, Role] = {}
     via_peer: dict[str, bytes | None] = {}
@@ -178,6 +188,8 @@ def compute_routes(
                     continue
                 if len(set(path)) != len(path) or not mine.isdisjoint(path):
                     continue
+                if path and founding_name(path[0]) is not None and path[0] not in proven(rec):
+                    continue  # no proof of membership in the mesh it claims to bridge
                 b = best.get(dest)
                 if b is not None and len(path) > b.length:
                     continue
