@@ -1,24 +1,13 @@
+# mypy: disable-error-code="name-defined"
 """smegctl commands of mesh authority: evict, admin, list-invites, revoke-invite."""
-
-from __future__ import annotations
 
 import time
 from enum import StrEnum
+from types import ModuleType
 from typing import Annotated
 
 import typer
 from rich.table import Table
-
-from smegmesh.cli.main import (
-    JsonOpt,
-    MeshIdOpt,
-    _client,
-    _console,
-    _print_json,
-    _run,
-    _seg,
-    app,
-)
 
 NodeArg = Annotated[
     str,
@@ -30,141 +19,152 @@ NodeArg = Annotated[
 ]
 
 
-@app.command(
-    "evict",
-    epilog="Examples: smegctl evict --meshid MESH db1;  smegctl evict --meshid MESH db1 --cascade",
-)
-def evict(
-    ctx: typer.Context,
-    meshid: MeshIdOpt,
-    node: NodeArg,
-    cascade: Annotated[
-        bool,
-        typer.Option(
-            "--cascade", help="Also evict every node it admitted (and those they admitted)."
-        ),
-    ] = False,
-    as_json: JsonOpt = False,
-) -> None:
-    """Evict a node from a mesh (admins only).
-
-    Publishes a signed revocation: within the change-propagation time every
-    member removes the node's WireGuard peer, routes and DNS names, and refuses
-    its calls and records. The node cannot come back: not with a new record, an
-    old token, a restart, or a new identity it admits itself. Nodes it admitted
-    earlier stay, unless --cascade. `get-mesh --all` lists evicted nodes.
-    """
-
-    def go() -> None:
-        res = _client(ctx).json(
-            "POST",
-            f"/v1/meshes/{_seg(meshid)}/evict",
-            json_body={"node": node, "cascade": cascade},
-        )
-        if as_json:
-            _print_json(res)
-            return
-        name = res.get("alias") or res["evicted"][0][:12] + "…"
-        extra = f" (and {len(res['evicted']) - 1} it admitted)" if len(res["evicted"]) > 1 else ""
-        typer.echo(f"evicted {name} from {meshid}{extra}")
-
-    _run(as_json, go)
-
-
 class AdminAction(StrEnum):
     add = "add"
     remove = "remove"
 
 
-@app.command("admin", epilog="Examples: smegctl admin add --meshid MESH web1")
-def admin(
-    ctx: typer.Context,
-    action: Annotated[
-        AdminAction, typer.Argument(help="add: make NODE an admin; remove: drop it.")
-    ],
-    meshid: MeshIdOpt,
-    node: NodeArg,
-    as_json: JsonOpt = False,
-) -> None:
-    """Make a node an admin of a mesh, or drop one (admins only).
+def register(app: typer.Typer, m: ModuleType) -> None:
+    """Add the commands to ``app``; ``m``: the module of smegctl's helpers (cli.main).
 
-    Admins can evict nodes, name other admins and reserve aliases; the mesh's
-    creator is its first admin. Keep more than one admin so that losing one
-    machine never leaves a mesh without one.
+    (Passed in rather than imported: ``python -m smegmesh.cli.main`` runs that
+    module as ``__main__``, and an import would build a second app.)
     """
 
-    def go() -> None:
-        res = _client(ctx).json(
-            "POST",
-            f"/v1/meshes/{_seg(meshid)}/admins",
-            json_body={"node": node, "admin": action == AdminAction.add},
-        )
-        if as_json:
-            _print_json(res)
-            return
-        verb = "is now an admin of" if res["admin"] else "is no longer an admin of"
-        typer.echo(f"{node} {verb} {meshid} ({len(res['admins'])} admins)")
+    @app.command(
+        "evict",
+        epilog="Examples: smegctl evict --meshid MESH db1;  "
+        "smegctl evict --meshid MESH db1 --cascade",
+    )
+    def evict(
+        ctx: typer.Context,
+        meshid: m.MeshIdOpt,
+        node: NodeArg,
+        cascade: Annotated[
+            bool,
+            typer.Option(
+                "--cascade", help="Also evict every node it admitted (and those they admitted)."
+            ),
+        ] = False,
+        as_json: m.JsonOpt = False,
+    ) -> None:
+        """Evict a node from a mesh (admins only).
 
-    _run(as_json, go)
+        Publishes a signed revocation: within the change-propagation time every
+        member removes the node's WireGuard peer, routes and DNS names, and refuses
+        its calls and records. The node cannot come back: not with a new record, an
+        old token, a restart, or a new identity it admits itself. Nodes it admitted
+        earlier stay, unless --cascade. `get-mesh --all` lists evicted nodes.
+        """
 
-
-@app.command("list-invites", epilog="Example: smegctl list-invites --meshid MESH")
-def list_invites(ctx: typer.Context, meshid: MeshIdOpt, as_json: JsonOpt = False) -> None:
-    """List a mesh's invitations: id, issuer, uses (mesh-wide), expiry. Never the secrets."""
-
-    def go() -> None:
-        res = _client(ctx).json("GET", f"/v1/meshes/{_seg(meshid)}/invites")
-        if as_json:
-            _print_json(res)
-            return
-        if not res:
-            typer.echo(f"no invitations in {meshid}")
-            return
-        now = time.time()
-        t = Table(box=None, pad_edge=False, header_style="bold")
-        for col in ("ID", "ISSUER", "USED", "EXPIRES", "STATE"):
-            t.add_column(col)
-        for i in res:
-            state = (
-                "revoked"
-                if i["revoked"]
-                else "expired"
-                if i["expired"]
-                else "used up"
-                if i["used"] >= i["uses"]
-                else "valid"
+        def go() -> None:
+            res = m._client(ctx).json(
+                "POST",
+                f"/v1/meshes/{m._seg(meshid)}/evict",
+                json_body={"node": node, "cascade": cascade},
             )
-            if i["strict"]:
-                state += " (strict)"
-            left = i["expires"] - now
-            t.add_row(
-                i["token_id"][:12],
-                i.get("issuer_alias") or i["issuer"][:12] + "…",
-                f"{i['used']}/{i['uses']}",
-                f"in {int(left // 60)} min" if left > 0 else "-",
-                state,
+            if as_json:
+                m._print_json(res)
+                return
+            name = res.get("alias") or res["evicted"][0][:12] + "…"
+            extra = (
+                f" (and {len(res['evicted']) - 1} it admitted)" if len(res["evicted"]) > 1 else ""
             )
-        _console().print(t)
+            typer.echo(f"evicted {name} from {meshid}{extra}")
 
-    _run(as_json, go)
+        m._run(as_json, go)
 
+    @app.command("admin", epilog="Examples: smegctl admin add --meshid MESH web1")
+    def admin(
+        ctx: typer.Context,
+        action: Annotated[
+            AdminAction, typer.Argument(help="add: make NODE an admin; remove: drop it.")
+        ],
+        meshid: m.MeshIdOpt,
+        node: NodeArg,
+        as_json: m.JsonOpt = False,
+    ) -> None:
+        """Make a node an admin of a mesh, or drop one (admins only).
 
-@app.command("revoke-invite", epilog="Example: smegctl revoke-invite --meshid MESH 3f9a1c")
-def revoke_invite(
-    ctx: typer.Context,
-    meshid: MeshIdOpt,
-    token_id: Annotated[
-        str,
-        typer.Argument(
-            metavar="TOKEN-ID", help="The id shown by list-invites (a unique prefix is enough)."
-        ),
-    ],
-    as_json: JsonOpt = False,
-) -> None:
-    """Revoke an invitation so that no one else can join with it (its issuer or an admin)."""
+        Admins can evict nodes, name other admins and reserve aliases; the mesh's
+        creator is its first admin. Keep more than one admin so that losing one
+        machine never leaves a mesh without one.
+        """
 
-    def go() -> None:
-        res = _client(ctx).json("DELETE", f"/v1/meshes/{_seg(meshid)}/invites/{_seg(token_id)}")
-        _print_json(res) if as_json else typer.echo(f"revoked invitation {res['token_id'][:12]}")
+        def go() -> None:
+            res = m._client(ctx).json(
+                "POST",
+                f"/v1/meshes/{m._seg(meshid)}/admins",
+                json_body={"node": node, "admin": action == AdminAction.add},
+            )
+            if as_json:
+                m._print_json(res)
+                return
+            verb = "is now an admin of" if res["admin"] else "is no longer an admin of"
+            typer.echo(f"{node} {verb} {meshid} ({len(res['admins'])} admins)")
 
-    _run(as_json, go)
+        m._run(as_json, go)
+
+    @app.command("list-invites", epilog="Example: smegctl list-invites --meshid MESH")
+    def list_invites(ctx: typer.Context, meshid: m.MeshIdOpt, as_json: m.JsonOpt = False) -> None:
+        """List a mesh's invitations: id, issuer, uses (mesh-wide), expiry. Never the secrets."""
+
+        def go() -> None:
+            res = m._client(ctx).json("GET", f"/v1/meshes/{m._seg(meshid)}/invites")
+            if as_json:
+                m._print_json(res)
+                return
+            if not res:
+                typer.echo(f"no invitations in {meshid}")
+                return
+            now = time.time()
+            t = Table(box=None, pad_edge=False, header_style="bold")
+            for col in ("ID", "ISSUER", "USED", "EXPIRES", "STATE"):
+                t.add_column(col)
+            for i in res:
+                state = (
+                    "revoked"
+                    if i["revoked"]
+                    else "expired"
+                    if i["expired"]
+                    else "used up"
+                    if i["used"] >= i["uses"]
+                    else "valid"
+                )
+                if i["strict"]:
+                    state += " (strict)"
+                left = i["expires"] - now
+                t.add_row(
+                    i["token_id"][:12],
+                    i.get("issuer_alias") or i["issuer"][:12] + "…",
+                    f"{i['used']}/{i['uses']}",
+                    f"in {int(left // 60)} min" if left > 0 else "-",
+                    state,
+                )
+            m._console().print(t)
+
+        m._run(as_json, go)
+
+    @app.command("revoke-invite", epilog="Example: smegctl revoke-invite --meshid MESH 3f9a1c")
+    def revoke_invite(
+        ctx: typer.Context,
+        meshid: m.MeshIdOpt,
+        token_id: Annotated[
+            str,
+            typer.Argument(
+                metavar="TOKEN-ID", help="The id shown by list-invites (a unique prefix is enough)."
+            ),
+        ],
+        as_json: m.JsonOpt = False,
+    ) -> None:
+        """Revoke an invitation so that no one else can join with it (its issuer or an admin)."""
+
+        def go() -> None:
+            res = m._client(ctx).json(
+                "DELETE", f"/v1/meshes/{m._seg(meshid)}/invites/{m._seg(token_id)}"
+            )
+            m._print_json(res) if as_json else typer.echo(
+                f"revoked invitation {res['token_id'][:12]}"
+            )
+
+        m._run(as_json, go)

@@ -793,9 +793,9 @@ def main() -> None:
         sys.exit(EXIT_ERROR)
 
 
-from smegmesh.cli import authority as _authority  # noqa: E402  (registers its commands)
+from smegmesh.cli import authority as _authority  # noqa: E402
 
-del _authority
+_authority.register(app, sys.modules[__name__])
 
 if __name__ == "__main__":
     main()

@@ -32,7 +32,6 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 # Defined in a module without pydantic, so smegctl starts fast.
-from smegmesh.core.cert import Policy
 from smegmesh.core.endpoint import join_host_port, split_host_port
 from smegmesh.core.record import check_endpoint
 from smegmesh.daemon.defaults import (
@@ -468,7 +467,7 @@ class MeshOptions(_Model):
     )
     advertise_routes: bool | None = None
     advertise_defaults: bool | None = None
-    invite_policy: Policy | None = Field(
+    invite_policy: Literal["admins", "peers", "members"] | None = Field(
         default=None,
         description="new-mesh only: who may admit new nodes (admins, peers, members; "
         "default peers).",
