@@ -76,7 +76,8 @@ def test_evict_admins_and_invites(quad: Cluster) -> None:
     a.ctl("revoke-invite", "--meshid", mesh, tid[:10])
     wait_until(
         lambda: any(
-            i["revoked"] for i in owner.ctl_json("list-invites", "--meshid", mesh)
+            i["revoked"]
+            for i in owner.ctl_json("list-invites", "--meshid", mesh)
             if i["token_id"] == tid
         )
     )

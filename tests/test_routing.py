@@ -53,6 +53,8 @@ def rec(
         invites=(),
         admitted=(),
         left=left,
+        chain=(),
+        proofs=(),
         signature=b"",
     )
 
