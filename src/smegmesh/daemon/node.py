@@ -302,7 +302,7 @@ class Daemon:
         self.identity = self._load_identity()
         self.tls = TlsIdentity.load_or_create(self.state_dir)
         self.rpc = RpcClient(self.identity, timeout=float(cfg.timeout))
-        self.rpc_server = RpcServer(self.tls, self._on_rpc)
+        self.rpc_server = RpcServer(self.tls, self._on_rpc, is_member=self._is_member_anywhere)
         port = await self.rpc_server.start(cfg.bind_address, cfg.grpc_port)
         self._rpc_port = port
         log.info(
@@ -507,11 +507,17 @@ class Daemon:
             return
         self._emit(rt, node.handle_reply(call.to, call.ctx, reply, now_ms()))
 
+    def _is_member_anywhere(self, key: bytes) -> bool:
+        """The transport's member test: a caller known in any of our meshes."""
+        return any(rt.node.is_member(key) for rt in self.meshes.values())
+
     async def _on_rpc(self, src: bytes, body: bytes) -> bytes:
         try:
             msg = decode(body)
         except WireError as e:
-            log.info("dropped malformed message from %s: %s", key_to_text(src)[:8], e)
+            # Not logged per call (a flood on demand): the transport's rate-limited
+            # refusal log counts it under "malformed message".
+            log.debug("dropped malformed message from %s: %s", key_to_text(src)[:8], e)
             raise Refused("malformed message") from None
         mesh_id = getattr(msg, "mesh_id", None)
         if isinstance(msg, WhoAmI):

@@ -1,0 +1,257 @@
+"""Issue 12: the node-to-node transport bounds what a stranger or a member can cost it.
+
+Against real daemons (memory backend) on loopback: memory under a flood of big
+unauthenticated calls (finding 1), concurrency caps, and the size of what a
+non-member may send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from daemon_helpers import Smegd, cluster
+from smegmesh.core.identity import NodeIdentity
+from smegmesh.daemon.ratelog import RateLog
+from smegmesh.daemon.transport import (
+    FULL_METHOD,
+    MAX_CALLS_PER_KEY,
+    MAX_STRANGER_CALLS_PER_ADDRESS,
+    MAX_STRANGER_MESSAGE,
+    TLS_NAME,
+    RpcClient,
+    RpcError,
+    RpcServer,
+    TlsIdentity,
+)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+class RssSampler:
+    """Samples a process's RSS in a thread; ``peak`` after ``stop()``."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = rss_mb(pid)
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, rss_mb(self.pid))
+
+    def __enter__(self) -> RssSampler:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def _channel(d: Smegd) -> grpc.aio.Channel:
+    cert = (d.dir / "state" / "tls.crt").read_bytes()
+    creds = grpc.ssl_channel_credentials(root_certificates=cert)
+    return grpc.aio.secure_channel(
+        f"[::1]:{d.grpc_port}",
+        creds,
+        options=[
+            ("grpc.ssl_target_name_override", TLS_NAME),
+            ("grpc.max_send_message_length", 128 * 1024 * 1024),
+        ],
+    )
+
+
+def _bad_md(ident: NodeIdentity, length: int) -> tuple[tuple[str, str], ...]:
+    return (
+        ("x-smeg-key", ident.wg_public_key.hex()),
+        ("x-smeg-sign", ident.sign_public_key.hex()),
+        ("x-smeg-ts", str(int(time.time() * 1000))),
+        ("x-smeg-hash", os.urandom(32).hex()),
+        ("x-smeg-len", str(length)),
+        ("x-smeg-sig", os.urandom(64).hex()),
+    )
+
+
+async def _flood(d: Smegd, n: int, size: int) -> list[grpc.StatusCode]:
+    body = os.urandom(1024) * (size // 1024)
+    ident = NodeIdentity.generate()
+    async with _channel(d) as ch:
+        call = ch.unary_unary(FULL_METHOD)
+
+        async def one() -> grpc.StatusCode:
+            try:
+                await call(body, metadata=_bad_md(ident, len(body)), timeout=60)
+            except grpc.aio.AioRpcError as e:
+                return e.code()
+            return grpc.StatusCode.OK
+
+        return list(await asyncio.gather(*(one() for _ in range(n))))
+
+
+def test_flood_of_big_unauthenticated_calls_keeps_memory_bounded() -> None:
+    """Finding 1: concurrent 32 MiB calls with a bad signature, RSS must stay < 2x idle."""
+    with cluster(1) as c:
+        d = c.daemons[0]
+        d.api("POST", "/v1/meshes")  # a node with a mesh, as in the field
+        assert d.proc is not None
+        idle = rss_mb(d.proc.pid)
+        with RssSampler(d.proc.pid) as s:
+            codes = asyncio.run(_flood(d, 12, 32 * 1024 * 1024))
+        after = rss_mb(d.proc.pid)
+        print(f"idle {idle:.0f} MB, peak {s.peak:.0f} MB, after {after:.0f} MB")
+        assert grpc.StatusCode.OK not in codes, codes
+        assert s.peak < 2 * idle, (idle, s.peak, after)
+        assert after < 1.5 * idle, (idle, s.peak, after)
+        # Still serves its API and its mesh traffic.
+        assert d.api("GET", "/v1/meshes")
+
+
+# ---------------------------------------------------------------- in-process server
+
+
+async def _serve(handler, is_member=None):  # type: ignore[no-untyped-def]
+    tls = TlsIdentity.generate()
+    server = RpcServer(tls, handler, is_member=is_member)
+    port = await server.start("::1", 0)
+    return server, tls, f"[::1]:{port}"
+
+
+def test_stranger_may_send_only_a_small_message_and_limits_reject_at_once() -> None:
+    """A non-member declaring a big body is refused unread; over a cap: RESOURCE_EXHAUSTED."""
+    member = NodeIdentity.generate()
+    gate = asyncio.Event()
+    handled: list[int] = []
+
+    async def handler(src: bytes, body: bytes) -> bytes:
+        handled.append(len(body))
+        await gate.wait()
+        return b"ok"
+
+    async def main() -> None:
+        server, tls, ep = await _serve(handler, is_member=lambda k: k == member.wg_public_key)
+        stranger = RpcClient(NodeIdentity.generate(), timeout=10)
+        mclient = RpcClient(member, timeout=10)
+        try:
+            with pytest.raises(RpcError, match="PERMISSION_DENIED"):
+                await stranger.call(ep, tls.fingerprint, b"x" * (MAX_STRANGER_MESSAGE + 1))
+            assert handled == []
+            # Caps: the calls over a limit fail at once, while the others wait in the handler.
+            held = [
+                asyncio.create_task(mclient.call(ep, tls.fingerprint, b"m"))
+                for _ in range(MAX_CALLS_PER_KEY)
+            ]
+            held += [
+                asyncio.create_task(stranger.call(ep, tls.fingerprint, b"s"))
+                for _ in range(MAX_STRANGER_CALLS_PER_ADDRESS)
+            ]
+            n = MAX_CALLS_PER_KEY + MAX_STRANGER_CALLS_PER_ADDRESS
+            deadline = time.monotonic() + 20
+            while len(handled) < n:
+                assert time.monotonic() < deadline, handled
+                await asyncio.sleep(0.01)
+            t0 = time.monotonic()
+            with pytest.raises(RpcError, match="RESOURCE_EXHAUSTED"):
+                await mclient.call(ep, tls.fingerprint, b"m")
+            with pytest.raises(RpcError, match="RESOURCE_EXHAUSTED"):
+                await stranger.call(ep, tls.fingerprint, b"s")
+            assert time.monotonic() - t0 < 5
+            assert len(handled) == n
+            gate.set()
+            assert await asyncio.gather(*held) == [b"ok"] * n
+            assert server.calls_in_flight == 0
+            # A body that does not match its signed hash/length is refused.
+            assert await mclient.call(ep, tls.fingerprint, b"again") == b"ok"
+        finally:
+            await stranger.close()
+            await mclient.close()
+            await server.stop()
+
+    asyncio.run(main())
+
+
+def test_ten_thousand_rejected_calls_log_a_constant_number_of_lines(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Finding 8: refusals are summarised per source per interval, not logged per call."""
+
+    async def handler(src: bytes, body: bytes) -> bytes:
+        raise AssertionError("never reached")
+
+    async def main() -> int:
+        server, tls, ep = await _serve(handler)
+        ident = NodeIdentity.generate()
+        sem = asyncio.Semaphore(16)
+        refused = 0
+        creds = grpc.ssl_channel_credentials(root_certificates=tls.cert_pem)
+        opts = [("grpc.ssl_target_name_override", TLS_NAME)]
+        try:
+            async with grpc.aio.secure_channel(ep, creds, options=opts) as ch:
+                call = ch.unary_unary(FULL_METHOD)
+
+                async def one(i: int) -> None:
+                    nonlocal refused
+                    md = _bad_md(ident, 1) if i % 2 else ()
+                    async with sem:
+                        try:
+                            await call(b"x", metadata=md, timeout=30)
+                        except grpc.aio.AioRpcError as e:
+                            assert e.code() == grpc.StatusCode.UNAUTHENTICATED
+                            refused += 1
+
+                await asyncio.gather(*(one(i) for i in range(10_000)))
+            server.refusals.flush()
+        finally:
+            await server.stop()
+        return refused
+
+    with caplog.at_level(logging.DEBUG, logger="smegmesh.daemon.transport"):
+        refused = asyncio.run(main())
+    assert refused == 10_000
+    lines = [r.getMessage() for r in caplog.records if r.name == "smegmesh.daemon.transport"]
+    assert len(lines) <= 3, lines
+    assert any("9999 calls from ::1" in m for m in lines), lines
+    assert any("bad signature x" in m and "no valid auth metadata x" in m for m in lines), lines
+
+
+def test_ratelog_summarises_per_source_and_bounds_sources() -> None:
+    now = [0.0]
+    records: list[str] = []
+
+    class H(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("test.ratelog")
+    logger.addHandler(H())
+    logger.setLevel(logging.INFO)
+    rl = RateLog(logger, "refused", interval_s=60, max_sources=3, clock=lambda: now[0])
+    for i in range(10_000):
+        rl.note(f"192.0.2.{i % 5}", "bad signature" if i % 3 else "not a member")
+    assert len(rl) <= 4  # 3 sources + "other sources"
+    assert len(records) == 3  # the first event of each tracked source
+    now[0] = 61
+    rl.note("192.0.2.0", "bad signature")  # a new interval: summaries of the last one
+    assert len(records) == 3 + 4
+    assert any(m.startswith("refused 1999 calls from 192.0.2.1 in the last 61 s") for m in records)
+    assert any("from other sources" in m for m in records)
+    # A source that keeps going is not announced again; a quiet one is forgotten.
+    now[0] = 122
+    rl.flush()
+    now[0] = 183
+    rl.flush()
+    rl.note("192.0.2.0", "bad signature")
+    assert records[-1].startswith("refused call from 192.0.2.0: bad signature")
