@@ -8,6 +8,7 @@ non-member may send.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import threading
@@ -17,12 +18,18 @@ from pathlib import Path
 import grpc
 import pytest
 
-from daemon_helpers import Smegd, cluster
+from daemon_helpers import Smegd, cluster, wait_until
 from smegmesh.core.identity import NodeIdentity
+from smegmesh.core.invite import parse_token
+from smegmesh.core.messages import JoinReply, JoinRequest
+from smegmesh.core.record import MAX_ROUTE_PATH, MAX_ROUTES, NodeRecord, Role, RouteAdv
+from smegmesh.core.sync import Push
+from smegmesh.core.wire import decode, encode
 from smegmesh.daemon.ratelog import RateLog
 from smegmesh.daemon.transport import (
     FULL_METHOD,
     MAX_CALLS_PER_KEY,
+    MAX_MESSAGE,
     MAX_STRANGER_CALLS_PER_ADDRESS,
     MAX_STRANGER_MESSAGE,
     TLS_NAME,
@@ -255,3 +262,59 @@ def test_ratelog_summarises_per_source_and_bounds_sources() -> None:
     rl.flush()
     rl.note("192.0.2.0", "bad signature")
     assert records[-1].startswith("refused call from 192.0.2.0: bad signature")
+
+
+# ---------------------------------------------------------------- state > one message
+
+
+def _max_routes(mesh_id: str) -> tuple[RouteAdv, ...]:
+    base = ipaddress.IPv6Network("fd5e:0:0:0::/48")
+    subnets = base.subnets(new_prefix=64)
+    path = tuple(f"{i:x}" + "m" * 62 for i in range(MAX_ROUTE_PATH))  # 63-char mesh ids
+    return tuple(RouteAdv(str(next(subnets)), path) for _ in range(MAX_ROUTES))
+
+
+async def _publish_big_records(owner: Smegd, mesh_id: str, token: str, n: int) -> int:
+    """``n`` members (in this process) join, then each publishes a maximal record."""
+    tok = parse_token(token)
+    b = tok.bootstrap[0]
+    total = 0
+    now = int(time.time() * 1000)
+    for _ in range(n):
+        ident = NodeIdentity.generate()
+        client = RpcClient(ident, timeout=30)
+        try:
+            small = NodeRecord.create(ident, mesh_id, version=now, now_ms=now, role=Role.CLIENT)
+            reply = decode(
+                await client.call(
+                    b.control_endpoint, b.tls_fp, encode(JoinRequest(mesh_id, tok.secret, small))
+                )
+            )
+            assert isinstance(reply, JoinReply), reply
+            big = small.evolve(ident, now + 1, routes=_max_routes(mesh_id))
+            total += len(encode(Push(mesh_id, (big,))))
+            await client.call(b.control_endpoint, b.tls_fp, encode(Push(mesh_id, (big,))))
+        finally:
+            await client.close()
+    return total
+
+
+def test_mesh_state_larger_than_one_message_is_still_joinable() -> None:
+    """Finding 2: a join reply is one page; the joiner gets the rest by anti-entropy."""
+    n = int(os.environ.get("SMEG_BIG_RECORDS", "10"))
+    slow = {"heartbeatInterval": 600}  # the in-process members never answer probes
+    with cluster(2, extra=slow) as c:
+        a, b = c.daemons
+        mesh_id = str(a.api("POST", "/v1/meshes")["mesh_id"])
+        token = a.api("POST", f"/v1/meshes/{mesh_id}/invites", json={"ttl_s": 600, "uses": n + 1})[
+            "token"
+        ]
+        size = asyncio.run(_publish_big_records(a, mesh_id, token, n))
+        assert size > MAX_MESSAGE  # the state does not fit into one message
+        wait_until(lambda: len(a.mesh_keys(mesh_id)) == n + 1, 60, 0.5, "owner has every record")
+        b.api("POST", "/v1/join", json={"token": token}, timeout=120)
+        want = a.mesh_keys(mesh_id) | {b.self_key(mesh_id)}
+        wait_until(lambda: b.mesh_keys(mesh_id) == want, 120, 0.5, "joiner gets the full state")
+        routes = [len(nd.get("routes") or ()) for nd in b.mesh(mesh_id)["nodes"]]
+        print(f"state {size / 1e6:.1f} MB in {n} records; joiner routes per node: {routes}")
+        assert sorted(routes)[-n:] == [MAX_ROUTES] * n

@@ -856,6 +856,8 @@ class Daemon:
                 rt.joining = False
                 rt.dirty_wg = True
                 self._emit(rt, node.absorb(reply.items, now_ms()))
+                # The reply holds one page of the state; the rest by anti-entropy, now.
+                self._emit(rt, node.pull_from(b.wg_key, now_ms()))
                 self._save_mesh(rt)
                 log.info(
                     "joined mesh %s through %s (%d nodes)",
