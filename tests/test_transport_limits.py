@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import math
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -18,7 +20,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from daemon_helpers import Smegd, cluster, wait_until
+from daemon_helpers import Smegd, cluster, create_mesh, wait_until
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.invite import parse_token
 from smegmesh.core.messages import JoinReply, JoinRequest
@@ -33,6 +35,7 @@ from smegmesh.daemon.transport import (
     MAX_STRANGER_CALLS_PER_ADDRESS,
     MAX_STRANGER_MESSAGE,
     TLS_NAME,
+    EndpointBackoff,
     RpcClient,
     RpcError,
     RpcServer,
@@ -318,3 +321,117 @@ def test_mesh_state_larger_than_one_message_is_still_joinable() -> None:
         routes = [len(nd.get("routes") or ()) for nd in b.mesh(mesh_id)["nodes"]]
         print(f"state {size / 1e6:.1f} MB in {n} records; joiner routes per node: {routes}")
         assert sorted(routes)[-n:] == [MAX_ROUTES] * n
+
+
+# ---------------------------------------------------------------- no reflection
+
+
+class CountingListener:
+    """A plain TCP listener (no TLS, not smegmesh) that counts and drops connections."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        self.sock.bind(("::1", 0))
+        self.sock.listen(128)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.count = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            self.count += 1
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._t.join()
+        self.sock.close()
+
+
+async def _join_pointing_at(token: str, ident: NodeIdentity, endpoint: str, fp: bytes) -> None:
+    tok = parse_token(token)
+    b = tok.bootstrap[0]
+    now = int(time.time() * 1000)
+    rec = NodeRecord.create(
+        ident,
+        tok.mesh_id,
+        version=now,
+        now_ms=now,
+        role=Role.PEER,
+        wg_endpoint="[::1]:51999",
+        control_endpoint=endpoint,
+        tls_fp=fp,
+    )
+    client = RpcClient(ident, timeout=10)
+    try:
+        reply = decode(
+            await client.call(
+                b.control_endpoint, b.tls_fp, encode(JoinRequest(tok.mesh_id, tok.secret, rec))
+            )
+        )
+        assert isinstance(reply, JoinReply), reply
+    finally:
+        await client.close()
+
+
+def test_endpoint_that_is_no_smegmesh_node_is_backed_off() -> None:
+    """Finding 7: a member's record naming a foreign listener is not a reflector.
+
+    One member writes the same foreign ``host:port`` into its records in three
+    meshes shared with two daemons; the daemons back it off (per endpoint and
+    pin, across meshes) and report it once, then in summaries.
+    """
+    listener = CountingListener()
+    window = float(os.environ.get("SMEG_REFLECT_WINDOW", "20"))
+    try:
+        # A slow failure detector keeps the foreign endpoint's record live (as a
+        # member refuting its prunes would): gossip then goes there every second.
+        with cluster(2, extra={"heartbeatInterval": 600}) as c:
+            a, b = c.daemons
+            meshes = [create_mesh(a, [b]) for _ in range(3)]
+            ident, fp = NodeIdentity.generate(), os.urandom(32)
+            for mesh_id in meshes:
+                token = a.api(
+                    "POST", f"/v1/meshes/{mesh_id}/invites", json={"ttl_s": 600, "uses": 1}
+                )["token"]
+                asyncio.run(_join_pointing_at(token, ident, f"[::1]:{listener.port}", fp))
+            wait_until(lambda: listener.count > 0, 30, 0.1, "a first connection to the listener")
+            # Counted from here (the member's own join calls came from the endpoint's
+            # address and, rightly, cleared the back-off: see _clear_backoff).
+            t0, n0 = time.monotonic(), listener.count
+            deadline = t0 + window
+            while time.monotonic() < deadline:
+                time.sleep(0.5)  # a fixed observation window: we count what happens in it
+            n = listener.count - n0
+            logs = a.log() + b.log()
+            print(f"{n} connections in {window:.0f} s from two members of three meshes")
+            # Exponential back-off from 1 s: at most ~log2(window) + 1 attempts per daemon.
+            assert n <= 2 * (math.log2(window) + 2), n
+            # Reported once (then summarised), not per attempt.
+            lines = [ln for ln in logs.splitlines() if f"[::1]:{listener.port}" in ln]
+            assert 1 <= len(lines) <= 4, lines
+    finally:
+        listener.close()
+
+
+def test_endpoint_backoff_doubles_up_to_a_cap_and_clears_on_success() -> None:
+    now = [0.0]
+    bo = EndpointBackoff(1, 300, max_entries=2, clock=lambda: now[0])
+    k = ("[::1]:4000", b"f" * 32)
+    assert bo.wait(k) == 0
+    delays = [bo.failed(k) for _ in range(12)]
+    assert delays[:4] == [1, 2, 4, 8] and delays[-1] == 300
+    assert bo.wait(k) == 300
+    assert bo.wait(("[::1]:4000", b"g" * 32)) == 0  # another pin: not affected
+    bo.ok(k)
+    assert bo.wait(k) == 0
+    for i in range(5):
+        bo.failed((f"h{i}:1", b""))
+    assert len(bo) == 2  # bounded

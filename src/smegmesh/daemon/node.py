@@ -511,6 +511,24 @@ class Daemon:
         """The transport's member test: a caller known in any of our meshes."""
         return any(rt.node.is_member(key) for rt in self.meshes.values())
 
+    def _clear_backoff(self, rt: MeshRuntime, src: bytes) -> None:
+        """An authenticated call from ``src`` from the address of its control
+        endpoint: that endpoint answers again, stop backing off from it."""
+        if not len(self.rpc.backoff):
+            return
+        rec = rt.node.mesh.record(src)
+        seen = caller_address.get()
+        if rec is None or not rec.control_endpoint or rec.tls_fp is None or seen is None:
+            return
+        try:
+            same = ipaddress.ip_address(split_host_port(rec.control_endpoint)[0]) == (
+                ipaddress.ip_address(seen)
+            )
+        except ValueError:
+            return
+        if same:
+            self.rpc.backoff.ok((rec.control_endpoint, rec.tls_fp))
+
     async def _on_rpc(self, src: bytes, body: bytes) -> bytes:
         try:
             msg = decode(body)
@@ -531,6 +549,7 @@ class Daemon:
             return encode(Refusal(mesh_id if isinstance(mesh_id, str) else "x"))
         reply, outs = rt.node.handle_request(src, msg, now_ms())
         self._emit(rt, outs)
+        self._clear_backoff(rt, src)
         if isinstance(reply, Relay):
             target = rt.node.mesh.record(reply.target)
             ok = False

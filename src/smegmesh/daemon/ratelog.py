@@ -36,6 +36,7 @@ class RateLog:
         what: str,
         *,
         unit: str = "calls",
+        prep: str = "from",
         interval_s: float = 60.0,
         max_sources: int = 256,
         level: int = logging.INFO,
@@ -44,6 +45,7 @@ class RateLog:
         self._log = logger
         self._what = what
         self._unit = unit
+        self._prep = prep
         self._interval = interval_s
         self.interval_s = interval_s
         self._max_sources = max_sources
@@ -69,9 +71,10 @@ class RateLog:
             self._announced.add(source)
             self._log.log(
                 self._level,
-                "%s %s from %s: %s (further ones summarised every %g s)",
+                "%s %s %s %s: %s (further ones summarised every %g s)",
                 self._what,
                 self._unit[:-1] if self._unit.endswith("s") else self._unit,
+                self._prep,
                 source,
                 reason,
                 self._interval,
@@ -94,10 +97,11 @@ class RateLog:
             detail = ", ".join(f"{r} x{c}" for r, c in reasons.most_common())
             self._log.log(
                 self._level,
-                "%s %d %s from %s in the last %.0f s: %s",
+                "%s %d %s %s %s in the last %.0f s: %s",
                 self._what,
                 n,
                 self._unit,
+                self._prep,
                 source,
                 elapsed,
                 detail,

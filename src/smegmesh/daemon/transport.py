@@ -401,6 +401,74 @@ async def fetch_certificate(host: str, port: int, timeout: float) -> bytes:
         writer.transport.abort()
 
 
+BACKOFF_BASE_S = 1.0
+BACKOFF_CAP_S = 300.0
+MAX_BACKOFF_ENTRIES = 4096
+
+EndpointKey = tuple[str, bytes]
+
+
+class EndpointBackoff:
+    """Exponential back-off per ``(endpoint, pinned fingerprint)``, for the whole node.
+
+    Any member may write any ``host:port`` into its record; without this, every
+    mesh we share with it would make us connect there again and again (a
+    reflector). A key that fails (refused, timed out, TLS failed, not the
+    certificate its record pins) is not tried again for 1, 2, 4, ... s up to
+    :data:`BACKOFF_CAP_S`; a success, or an authenticated call from the node
+    that owns the endpoint, clears it. Keyed with the fingerprint, so a record
+    that names another node's endpoint with a false pin does not back off the
+    real node.
+    """
+
+    def __init__(
+        self,
+        base_s: float = BACKOFF_BASE_S,
+        cap_s: float = BACKOFF_CAP_S,
+        *,
+        max_entries: int = MAX_BACKOFF_ENTRIES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._base = base_s
+        self._cap = cap_s
+        self._max = max_entries
+        self._clock = clock
+        self._state: dict[EndpointKey, tuple[int, float]] = {}  # failures, retry at
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def wait(self, key: EndpointKey) -> float:
+        """Seconds before ``key`` may be tried again (0: now)."""
+        st = self._state.get(key)
+        return 0.0 if st is None else max(0.0, st[1] - self._clock())
+
+    def failed(self, key: EndpointKey) -> float:
+        n = self._state.pop(key, (0, 0.0))[0] + 1
+        delay = min(self._cap, self._base * 2.0 ** min(n - 1, 30))
+        if len(self._state) >= self._max:
+            del self._state[next(iter(self._state))]  # the oldest entry
+        self._state[key] = (n, self._clock() + delay)
+        return delay
+
+    def ok(self, key: EndpointKey) -> None:
+        self._state.pop(key, None)
+
+
+def _failure_reason(e: BaseException) -> str:
+    if isinstance(e, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(e, TimeoutError):
+        return "timed out"
+    if isinstance(e, ssl.SSLError):
+        return "TLS failed"
+    if isinstance(e, ConnectionResetError):
+        return "connection reset"
+    if isinstance(e, OSError):
+        return e.strerror or type(e).__name__
+    return type(e).__name__
+
+
 class RpcClient:
     """Calls other nodes; keeps one pinned channel per (endpoint, fingerprint)."""
 
@@ -409,6 +477,15 @@ class RpcClient:
         self._timeout = timeout
         self._channels: dict[tuple[str, bytes], grpc.aio.Channel] = {}
         self._locks: dict[tuple[str, bytes], asyncio.Lock] = {}
+        self.backoff = EndpointBackoff()
+        #: Failed connections, one line per endpoint per minute (no flood).
+        self.failures = RateLog(log, "failed", unit="connections", prep="to")
+        self.attempts = 0  # connection attempts (certificate fetches), for tests
+
+    def _failed(self, endpoint: str, fp: bytes, reason: str) -> None:
+        delay = self.backoff.failed((endpoint, fp))
+        self.failures.note(endpoint, reason)
+        log.debug("connection to %s failed (%s): retry in %g s", endpoint, reason, delay)
 
     async def _channel(self, endpoint: str, fp: bytes) -> grpc.aio.Channel:
         key = (endpoint, fp)
@@ -420,12 +497,18 @@ class RpcClient:
             ch = self._channels.get(key)
             if ch is not None:
                 return ch
+            wait = self.backoff.wait(key)
+            if wait > 0:  # another call failed while we waited for the lock
+                raise RpcError(f"{endpoint}: backing off ({wait:.0f} s) after failed connections")
             host, port = split_host_port(endpoint)
+            self.attempts += 1
             try:
                 der = await fetch_certificate(host, port, self._timeout)
-            except (OSError, TimeoutError, ssl.SSLError) as e:
+            except (OSError, TimeoutError, ssl.SSLError, RpcError) as e:
+                self._failed(endpoint, fp, _failure_reason(e))
                 raise RpcError(f"cannot reach {endpoint}: {e or type(e).__name__}") from e
             if hashlib.sha256(der).digest() != fp:
+                self._failed(endpoint, fp, "not the certificate its record pins")
                 raise RpcError(f"{endpoint} presented an unexpected TLS certificate")
             pem = ssl.DER_cert_to_PEM_cert(der).encode()
             creds = grpc.ssl_channel_credentials(root_certificates=pem)
@@ -437,6 +520,9 @@ class RpcClient:
     async def call(
         self, endpoint: str, fp: bytes, body: bytes, timeout: float | None = None
     ) -> bytes:
+        wait = self.backoff.wait((endpoint, fp))
+        if wait > 0:
+            raise RpcError(f"{endpoint}: backing off ({wait:.0f} s) after failed connections")
         ch = await self._channel(endpoint, fp)
         ts = int(time.time() * 1000)
         digest = hashlib.sha256(body).digest()
@@ -456,7 +542,9 @@ class RpcClient:
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.UNAVAILABLE:
                 await self._drop((endpoint, fp))
+                self._failed(endpoint, fp, "unavailable")
             raise RpcError(f"{endpoint}: {e.code().name}: {e.details()}") from e
+        self.backoff.ok((endpoint, fp))
         return reply
 
     async def _drop(self, key: tuple[str, bytes]) -> None:
