@@ -8,6 +8,7 @@ non-member may send.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ipaddress
 import logging
 import math
@@ -15,6 +16,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -27,6 +29,7 @@ from smegmesh.core.messages import JoinReply, JoinRequest
 from smegmesh.core.record import MAX_ROUTE_PATH, MAX_ROUTES, NodeRecord, Role, RouteAdv
 from smegmesh.core.sync import Push
 from smegmesh.core.wire import decode, encode
+from smegmesh.daemon import transport
 from smegmesh.daemon.ratelog import RateLog
 from smegmesh.daemon.transport import (
     FULL_METHOD,
@@ -435,3 +438,67 @@ def test_endpoint_backoff_doubles_up_to_a_cap_and_clears_on_success() -> None:
     for i in range(5):
         bo.failed((f"h{i}:1", b""))
     assert len(bo) == 2  # bounded
+
+
+def test_caller_that_never_sends_its_body_does_not_hold_a_slot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Slow-loris: admitted strangers that withhold their body are dropped after a timeout."""
+    monkeypatch.setattr(transport, "STRANGER_READ_TIMEOUT_S", 1.0)
+
+    async def handler(src: bytes, body: bytes) -> bytes:
+        return b"ok"
+
+    async def main() -> None:
+        server, tls, ep = await _serve(handler, is_member=lambda k: False)
+        stranger = RpcClient(NodeIdentity.generate(), timeout=10)
+        ident = NodeIdentity.generate()
+        never = asyncio.Event()
+
+        async def withheld() -> AsyncIterator[bytes]:
+            await never.wait()
+            yield b"x"
+
+        creds = grpc.ssl_channel_credentials(root_certificates=tls.cert_pem)
+        opts = [("grpc.ssl_target_name_override", TLS_NAME)]
+        try:
+            async with grpc.aio.secure_channel(ep, creds, options=opts) as ch:
+                ts = int(time.time() * 1000)
+                digest = hashlib.sha256(b"x").digest()
+                md = (
+                    ("x-smeg-key", ident.wg_public_key.hex()),
+                    ("x-smeg-sign", ident.sign_public_key.hex()),
+                    ("x-smeg-ts", str(ts)),
+                    ("x-smeg-hash", digest.hex()),
+                    ("x-smeg-len", "1"),
+                    (
+                        "x-smeg-sig",
+                        ident.sign(transport._signed_digest(tls.fingerprint, ts, digest)).hex(),
+                    ),
+                )
+
+                async def slow_call() -> bytes:
+                    reply: bytes = await ch.stream_unary(FULL_METHOD)(
+                        withheld(), metadata=md, timeout=120
+                    )
+                    return reply
+
+                slow = [
+                    asyncio.create_task(slow_call()) for _ in range(MAX_STRANGER_CALLS_PER_ADDRESS)
+                ]
+                deadline = time.monotonic() + 10
+                while server.calls_in_flight < len(slow):
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.01)
+                with pytest.raises(RpcError, match="RESOURCE_EXHAUSTED"):
+                    await stranger.call(ep, tls.fingerprint, b"join")
+                for t in slow:  # dropped by the server's timeout, long before their own
+                    with pytest.raises(grpc.aio.AioRpcError) as ei:
+                        await asyncio.wait_for(t, 15)
+                    assert ei.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                assert await stranger.call(ep, tls.fingerprint, b"join") == b"ok"
+        finally:
+            await stranger.close()
+            await server.stop()
+
+    asyncio.run(main())

@@ -26,7 +26,8 @@
   per source address. Members' messages are capped at :data:`MAX_MESSAGE` (the
   protocol pages anything larger: join replies, sync steps, pushes). Over a
   limit the call is rejected at once with ``RESOURCE_EXHAUSTED``, never queued.
-  The body read must match the declared length and hash. Refusals are logged
+  The body must arrive within :data:`STRANGER_READ_TIMEOUT_S` (strangers) or
+  :data:`READ_TIMEOUT_S` and match the declared length and hash. Refusals are logged
   as one summary line per source per minute (:mod:`smegmesh.daemon.ratelog`).
   Connections: at most :data:`MAX_CONNECTIONS`, :data:`MAX_STREAMS_PER_CONNECTION`
   streams each, closed after :data:`IDLE_CONNECTION_MS` without calls, and
@@ -84,6 +85,9 @@ MAX_CONNECTIONS = 1024
 MAX_STREAMS_PER_CONNECTION = 32
 IDLE_CONNECTION_MS = 5 * 60 * 1000
 HANDSHAKE_TIMEOUT_MS = 10_000
+#: Seconds a caller has to send its (announced) body once its call is admitted.
+READ_TIMEOUT_S = 30.0
+STRANGER_READ_TIMEOUT_S = 5.0
 CLOCK_SKEW_MS = 5 * 60 * 1000
 _DOMAIN = b"smegmesh/rpc/v1\0"
 _GRPC_OPTIONS = [
@@ -331,7 +335,12 @@ class RpcServer:
                     )
             self._enter(wg_key, addr, member)
             admitted = True
-            body = await context.read()
+            try:  # a caller that never sends its body does not hold a slot for long
+                body = await asyncio.wait_for(
+                    context.read(), READ_TIMEOUT_S if member else STRANGER_READ_TIMEOUT_S
+                )
+            except TimeoutError:
+                raise _Reject(grpc.StatusCode.DEADLINE_EXCEEDED, "body not sent in time") from None
             if type(body) is not bytes or len(body) != length:
                 raise _Reject(grpc.StatusCode.INVALID_ARGUMENT, "body length mismatch")
             if hashlib.sha256(body).digest() != digest:
