@@ -26,6 +26,7 @@ from daemon_helpers import Smegd, cluster, create_mesh, wait_until
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.invite import parse_token
 from smegmesh.core.messages import JoinReply, JoinRequest
+from smegmesh.core.paging import item_size, page, pages
 from smegmesh.core.record import MAX_ROUTE_PATH, MAX_ROUTES, NodeRecord, Role, RouteAdv
 from smegmesh.core.sync import Push
 from smegmesh.core.wire import decode, encode
@@ -502,3 +503,20 @@ def test_caller_that_never_sends_its_body_does_not_hold_a_slot(
             await server.stop()
 
     asyncio.run(main())
+
+
+def test_pages_are_bounded_and_keep_every_item_in_order() -> None:
+    ident = NodeIdentity.generate()
+    recs = []
+    for i in range(6):
+        idn = NodeIdentity.generate() if i else ident
+        r = NodeRecord.create(idn, "m1", version=1, now_ms=1, role=Role.CLIENT)
+        recs.append(r.evolve(idn, 2, routes=_max_routes("m1")[: 100 * (i + 1)]))
+    sizes = [item_size(r) for r in recs]
+    budget = sizes[-1] + sizes[0]
+    ps = pages(recs, budget)
+    assert [r for p in ps for r in p] == recs
+    assert all(sum(item_size(r) for r in p) <= budget or len(p) == 1 for p in ps)
+    first, cut = page(recs, budget)
+    assert cut and first == ps[0]
+    assert page(recs[:1], 1) == (recs[:1], False)  # one item always goes

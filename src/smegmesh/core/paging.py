@@ -24,11 +24,18 @@ PAGE_BYTES = 1024 * 1024
 Item = NodeRecord | Prune
 
 
+_SIZE = "_smegmesh_wire_size"  # memo on the (immutable) item
+
+
 def item_size(item: Item) -> int:
     """Encoded size of ``item`` inside a message (msgpack of ``encode_item``)."""
-    from smegmesh.core.wire import encode_item  # wire imports sync, which imports us
+    n = item.__dict__.get(_SIZE)
+    if n is None:
+        from smegmesh.core.wire import encode_item  # wire imports sync, which imports us
 
-    return len(msgpack.packb(encode_item(item), use_bin_type=True))
+        n = len(msgpack.packb(encode_item(item), use_bin_type=True))
+        item.__dict__[_SIZE] = n
+    return int(n)
 
 
 def page(items: Iterable[Item], budget: int = PAGE_BYTES) -> tuple[list[Item], bool]:
@@ -36,6 +43,8 @@ def page(items: Iterable[Item], budget: int = PAGE_BYTES) -> tuple[list[Item], b
 
     Returns ``(page, truncated)``; ``truncated`` says items were left out.
     """
+    if isinstance(items, list | tuple) and len(items) <= 1:
+        return list(items), False  # one item always goes (the common push)
     out: list[Item] = []
     used = 0
     for item in items:
@@ -49,6 +58,8 @@ def page(items: Iterable[Item], budget: int = PAGE_BYTES) -> tuple[list[Item], b
 
 def pages(items: Iterable[Item], budget: int = PAGE_BYTES) -> list[list[Item]]:
     """All of ``items`` split into consecutive pages of at most ``budget`` bytes each."""
+    if isinstance(items, list | tuple) and len(items) <= 1:
+        return [list(items)] if items else []
     out: list[list[Item]] = []
     cur: list[Item] = []
     used = 0
