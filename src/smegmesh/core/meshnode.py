@@ -58,6 +58,7 @@ from smegmesh.core.liveness import (
     PingReq as ProbePingReq,
 )
 from smegmesh.core.messages import Ack, JoinReply, JoinRequest, Ping, PingReq, Refusal
+from smegmesh.core.paging import PAGE_BYTES, page, pages
 from smegmesh.core.record import (
     Admission,
     NodeRecord,
@@ -135,6 +136,10 @@ class _PeerPingCtx:
 @dataclass(slots=True)
 class _SyncCtx:
     session: SyncSession
+    follow: int = 0  # follow-up sessions so far (state larger than one page)
+
+
+MAX_FOLLOW_SESSIONS = 256
 
 
 def _record_key(r: NodeRecord) -> bytes:
@@ -540,7 +545,29 @@ class MeshNode:
             if adm not in rec.admitted:
                 out.extend(self.update_self(now_ms, admitted=(*rec.admitted, adm)[-64:]))
         self._fd.heard_from(src, now_ms)
-        return JoinReply(self.mesh_id, tuple(st.all_items()), chain), out
+        return JoinReply(self.mesh_id, self._join_page(src), chain), out
+
+    def _join_page(self, joiner: bytes) -> tuple[Item, ...]:
+        """One page of the state for a joiner: the mesh's authority statements
+        (founding record, admins, evictions: every record depends on them), ours
+        and its records, live records next; the rest reaches it by anti-entropy
+        (see :meth:`pull_from`)."""
+        statements = [a for a in self.mesh.auth_items() if not isinstance(a, Cert)]
+        first = [*statements, *self.mesh.items_for([self.key, joiner])]
+        live = [r for r in self.mesh.live_records() if r.wg_key not in (self.key, joiner)]
+        rest = self.mesh.all_items()
+        seen: set[int] = set()
+        ordered: list[Item] = []
+        for it in (*first, *live, *rest):
+            if id(it) not in seen:
+                seen.add(id(it))
+                ordered.append(it)
+        return tuple(page(ordered)[0])
+
+    def pull_from(self, key: bytes, now_ms: int) -> list[Out]:
+        """Start an anti-entropy session with ``key`` now (a joiner, after its join reply)."""
+        session = SyncSession.initiator(self.mesh, now_ms, rng=self.rng)
+        return [Call(key, session.start(), _SyncCtx(session))]
 
     def join_request(self, secret: bytes, now_ms: int) -> JoinRequest:
         """What a joiner sends to a member: the token's secret and our signed record.
@@ -627,11 +654,11 @@ class MeshNode:
         targets = tuple(to)
         if not targets or not keys:
             return []
-        items = tuple(self.mesh.items_for(keys))
+        items = self.mesh.items_for(keys)
         if not items:
             return []
-        msg = Push(self.mesh_id, items)
-        return [Call(t, msg, _PushCtx(keys)) for t in targets]
+        msgs = [Push(self.mesh_id, tuple(p)) for p in pages(items)]  # bounded messages
+        return [Call(t, msg, _PushCtx(keys)) for t in targets for msg in msgs]
 
     def _client_targets(self) -> list[bytes]:
         if self.settings.role != Role.CLIENT:
@@ -816,6 +843,15 @@ class MeshNode:
             out = self._on_changed(set(merged), now_ms, to)
             if nxt is not None:
                 out.append(Call(to, nxt, ctx))
+            elif (
+                ctx.session.merged
+                and ctx.session.bytes_received >= PAGE_BYTES // 4
+                and ctx.follow < MAX_FOLLOW_SESSIONS
+            ):
+                # A session that brought a page or so may have been cut short by
+                # the page limit: go on with the next page at once (bounded chain).
+                session = SyncSession.initiator(self.mesh, now_ms, rng=self.rng)
+                out.append(Call(to, session.start(), _SyncCtx(session, ctx.follow + 1)))
             return out
         return []
 

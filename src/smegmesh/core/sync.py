@@ -41,6 +41,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from smegmesh.core.paging import page
 from smegmesh.core.record import RecordError
 from smegmesh.core.state import DEPTH, FANOUT, Item, MeshState
 from smegmesh.core.wire import WireError, decode_item, encode, encode_item, register
@@ -62,6 +63,7 @@ DIGEST_LEN = 16  # of the 32-byte root digest, in SyncStart
 LEAF_MAX = 4
 SESSION_TIMEOUT_MS = 30_000
 MAX_STEP_NODES = 4096
+MAX_STEP_WANTS = 8192
 _EMPTY = bytes(HASH_LEN)
 
 LeafEntry = tuple[bytes, int, int, bytes]  # key, record version + 1, prune version + 1, hash
@@ -145,6 +147,8 @@ class SyncSession:
     merged: set[bytes] = field(default_factory=set)
     rejected: list[RecordError] = field(default_factory=list)
     count_bytes: bool = True
+    #: This side left items out of a step (more than a page): another session is due.
+    truncated: bool = False
 
     # ------------------------------------------------------------------ construction
 
@@ -343,13 +347,18 @@ class SyncSession:
     ) -> SyncStep | None:
         if not (nodes or leaves or items or wants):
             return None
+        # Bounded steps: one page of items (the rest goes in a follow-up
+        # session, see ``truncated``), a bounded number of questions.
+        paged, cut = page(items)
+        if cut:
+            self.truncated = True
         return SyncStep(
             self.state.mesh_id,
             self.session_id,
-            tuple(nodes),
-            tuple(leaves),
-            tuple(items),
-            tuple(wants),
+            tuple(nodes[:MAX_STEP_NODES]),
+            tuple(leaves[:MAX_STEP_NODES]),
+            tuple(paged),
+            tuple(wants[:MAX_STEP_WANTS]),
         )
 
     def _count_out(self, msg: Any) -> None:

@@ -310,7 +310,7 @@ class Daemon(AuthorityOps):
         self.identity = self._load_identity()
         self.tls = TlsIdentity.load_or_create(self.state_dir)
         self.rpc = RpcClient(self.identity, timeout=float(cfg.timeout))
-        self.rpc_server = RpcServer(self.tls, self._on_rpc)
+        self.rpc_server = RpcServer(self.tls, self._on_rpc, is_member=self._is_member_anywhere)
         port = await self.rpc_server.start(cfg.bind_address, cfg.grpc_port)
         self._rpc_port = port
         log.info(
@@ -515,11 +515,35 @@ class Daemon(AuthorityOps):
             return
         self._emit(rt, node.handle_reply(call.to, call.ctx, reply, now_ms()))
 
+    def _is_member_anywhere(self, key: bytes) -> bool:
+        """The transport's member test: a caller known in any of our meshes."""
+        return any(rt.node.is_member(key) for rt in self.meshes.values())
+
+    def _clear_backoff(self, rt: MeshRuntime, src: bytes) -> None:
+        """An authenticated call from ``src`` from the address of its control
+        endpoint: that endpoint answers again, stop backing off from it."""
+        if not len(self.rpc.backoff):
+            return
+        rec = rt.node.mesh.record(src)
+        seen = caller_address.get()
+        if rec is None or not rec.control_endpoint or rec.tls_fp is None or seen is None:
+            return
+        try:
+            same = ipaddress.ip_address(split_host_port(rec.control_endpoint)[0]) == (
+                ipaddress.ip_address(seen)
+            )
+        except ValueError:
+            return
+        if same:
+            self.rpc.backoff.ok((rec.control_endpoint, rec.tls_fp))
+
     async def _on_rpc(self, src: bytes, body: bytes) -> bytes:
         try:
             msg = decode(body)
         except WireError as e:
-            log.info("dropped malformed message from %s: %s", key_to_text(src)[:8], e)
+            # Not logged per call (a flood on demand): the transport's rate-limited
+            # refusal log counts it under "malformed message".
+            log.debug("dropped malformed message from %s: %s", key_to_text(src)[:8], e)
             raise Refused("malformed message") from None
         mesh_id = getattr(msg, "mesh_id", None)
         if isinstance(msg, WhoAmI):
@@ -533,6 +557,7 @@ class Daemon(AuthorityOps):
             return encode(Refusal(mesh_id if isinstance(mesh_id, str) else "x"))
         reply, outs = rt.node.handle_request(src, msg, now_ms())
         self._emit(rt, outs)
+        self._clear_backoff(rt, src)
         if isinstance(reply, Relay):
             target = rt.node.mesh.record(reply.target)
             ok = False
@@ -885,6 +910,8 @@ class Daemon(AuthorityOps):
                 rt.joining = False
                 rt.dirty_wg = True
                 self._emit(rt, outs)
+                # The reply holds one page of the state; the rest by anti-entropy, now.
+                self._emit(rt, node.pull_from(b.wg_key, now_ms()))
                 self._save_mesh(rt)
                 log.info(
                     "joined mesh %s through %s (%d nodes)",

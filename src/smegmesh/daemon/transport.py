@@ -8,12 +8,30 @@
   certificate, checks it against the expected fingerprint, and pins it as the
   only trusted root for that channel: no CA, no "skip verification".
 * **Client authentication: a signature per call.** The caller signs
-  ``domain | server fingerprint | timestamp | method | SHA-256(body)`` with its
-  Ed25519 identity key and sends the signature, its signing key and WireGuard
-  key as metadata. The server checks the key binding (the WireGuard key is the
-  Curve25519 form of the signing key), the clock window and the signature. The
+  ``domain | server fingerprint | timestamp | SHA-256(body)`` with its
+  Ed25519 identity key and sends the signature, its signing key, WireGuard
+  key, the body's SHA-256 and length as metadata. The server checks the key
+  binding (the WireGuard key is the Curve25519 form of the signing key), the
+  clock window and the signature. The
   signature names the server's fingerprint, so it cannot be replayed to another
   node, and it travels inside TLS to a pinned server, so no one else sees it.
+* **Limits before work.** The signature covers the body's hash, which travels in
+  the metadata, so the server authenticates a call *before reading its body*
+  (the method is served as a client-streaming one: the handler decides whether
+  to read the one request message at all). Then, still before the read: at
+  most :data:`MAX_CALLS` calls in flight in total and :data:`MAX_CALLS_PER_KEY`
+  per caller; a caller that is no member of any of our meshes (``is_member``)
+  may declare at most :data:`MAX_STRANGER_MESSAGE` bytes (a join request) and
+  has :data:`MAX_STRANGER_CALLS` slots in total, :data:`MAX_STRANGER_CALLS_PER_ADDRESS`
+  per source address. Members' messages are capped at :data:`MAX_MESSAGE` (the
+  protocol pages anything larger: join replies, sync steps, pushes). Over a
+  limit the call is rejected at once with ``RESOURCE_EXHAUSTED``, never queued.
+  The body must arrive within :data:`STRANGER_READ_TIMEOUT_S` (strangers) or
+  :data:`READ_TIMEOUT_S` and match the declared length and hash. Refusals are logged
+  as one summary line per source per minute (:mod:`smegmesh.daemon.ratelog`).
+  Connections: at most :data:`MAX_CONNECTIONS`, :data:`MAX_STREAMS_PER_CONNECTION`
+  streams each, closed after :data:`IDLE_CONNECTION_MS` without calls, and
+  a TLS/HTTP2 handshake must finish within :data:`HANDSHAKE_TIMEOUT_MS`.
 
 One generic unary method carries ``core.wire`` messages as bytes. Whether a
 caller may do what it asks (is it a member? does it hold a token?) is decided
@@ -43,6 +61,7 @@ from cryptography.x509.oid import NameOID
 
 from smegmesh.core.endpoint import join_host_port, split_host_port
 from smegmesh.core.identity import NodeIdentity, verify_signature, x25519_matches_ed25519
+from smegmesh.daemon.ratelog import RateLog
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +69,25 @@ SERVICE = "smegmesh.Node"
 METHOD = "Call"
 FULL_METHOD = f"/{SERVICE}/{METHOD}"
 TLS_NAME = "smegmesh"
-MAX_MESSAGE = 64 * 1024 * 1024
+#: Largest message between members: one maximal record (~0.55 MB) with room to
+#: spare; larger transfers are paged (``PAGE_BYTES``).
+MAX_MESSAGE = 4 * 1024 * 1024
+#: Target size of one page of items (join reply, sync step, push).
+PAGE_BYTES = 1024 * 1024
+#: Largest message a non-member may send: a join request (its own fresh record)
+#: or a ``WhoAmI``.
+MAX_STRANGER_MESSAGE = 64 * 1024
+MAX_CALLS = 128
+MAX_CALLS_PER_KEY = 16
+MAX_STRANGER_CALLS = 8
+MAX_STRANGER_CALLS_PER_ADDRESS = 2
+MAX_CONNECTIONS = 1024
+MAX_STREAMS_PER_CONNECTION = 32
+IDLE_CONNECTION_MS = 5 * 60 * 1000
+HANDSHAKE_TIMEOUT_MS = 10_000
+#: Seconds a caller has to send its (announced) body once its call is admitted.
+READ_TIMEOUT_S = 30.0
+STRANGER_READ_TIMEOUT_S = 5.0
 CLOCK_SKEW_MS = 5 * 60 * 1000
 _DOMAIN = b"smegmesh/rpc/v1\0"
 _GRPC_OPTIONS = [
@@ -58,6 +95,15 @@ _GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE),
     ("grpc.ssl_target_name_override", TLS_NAME),
     ("grpc.keepalive_time_ms", 30_000),
+]
+_SERVER_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.so_reuseport", 0),
+    ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+    ("grpc.max_connection_idle_ms", IDLE_CONNECTION_MS),
+    ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
+    ("grpc.max_allowed_incoming_connections", MAX_CONNECTIONS),
 ]
 
 
@@ -143,7 +189,11 @@ def cert_fingerprint(cert_pem_or_der: bytes) -> bytes:
 
 
 def _signed_blob(server_fp: bytes, ts_ms: int, body: bytes) -> bytes:
-    return _DOMAIN + server_fp + struct.pack(">Q", ts_ms) + hashlib.sha256(body).digest()
+    return _signed_digest(server_fp, ts_ms, hashlib.sha256(body).digest())
+
+
+def _signed_digest(server_fp: bytes, ts_ms: int, body_sha256: bytes) -> bytes:
+    return _DOMAIN + server_fp + struct.pack(">Q", ts_ms) + body_sha256
 
 
 def _b(s: str | bytes) -> bytes:
@@ -154,22 +204,52 @@ Handler = Callable[[bytes, bytes], Awaitable[bytes]]
 """``handler(caller_wg_key, request_body) -> reply_body``; raise ``Refused`` to refuse."""
 
 
-class RpcServer:
-    """Serves the node-to-node method on ``host:port`` with TLS."""
+class _Reject(Exception):
+    def __init__(self, code: grpc.StatusCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
 
-    def __init__(self, tls: TlsIdentity, handler: Handler) -> None:
+
+class RpcServer:
+    """Serves the node-to-node method on ``host:port`` with TLS.
+
+    ``is_member(key)`` tells whether an authenticated caller is a member of one
+    of our meshes (default: everyone is); non-members get the stranger limits.
+    """
+
+    def __init__(
+        self,
+        tls: TlsIdentity,
+        handler: Handler,
+        is_member: Callable[[bytes], bool] | None = None,
+        refusals: RateLog | None = None,
+    ) -> None:
         self._tls = tls
         self._fp = tls.fingerprint
         self._handler = handler
+        self._is_member = is_member or (lambda _k: True)
         self._server: grpc.aio.Server | None = None
+        self._flusher: asyncio.Task[None] | None = None
         self.port: int | None = None
+        self.refusals = refusals or RateLog(log, "refused")
+        self._calls = 0
+        self._per_key: dict[bytes, int] = {}
+        self._strangers = 0
+        self._strangers_per_addr: dict[str, int] = {}
+
+    @property
+    def calls_in_flight(self) -> int:
+        return self._calls
 
     async def start(self, host: str, port: int) -> int:
         # No SO_REUSEPORT (gRPC's default): a second smegd on the same port must
         # fail to start, not silently share the port and half of the traffic.
-        server = grpc.aio.server(options=[*_GRPC_OPTIONS[:2], ("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(options=_SERVER_OPTIONS)
+        # Served as client-streaming (the wire is the same as unary): the handler
+        # sees the metadata first and reads the one request only once allowed.
         handler = grpc.method_handlers_generic_handler(
-            SERVICE, {METHOD: grpc.unary_unary_rpc_method_handler(self._call)}
+            SERVICE, {METHOD: grpc.stream_unary_rpc_method_handler(self._call)}
         )
         server.add_generic_rpc_handlers((handler,))
         creds = grpc.ssl_server_credentials([(self._tls.key_pem, self._tls.cert_pem)])
@@ -184,50 +264,128 @@ class RpcServer:
             )
         await server.start()
         self._server = server
+        self._flusher = asyncio.create_task(self._flush_loop())
         return self.port
 
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.refusals.interval_s)
+            self.refusals.flush()
+
     async def stop(self, grace: float = 0.5) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
 
-    async def _call(self, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        md = {k: v for k, v in (context.invocation_metadata() or ())}
-        peer = context.peer()
+    def _authenticate(self, md: dict[str, str | bytes]) -> tuple[bytes, bytes, int]:
+        """From the metadata alone: ``(caller wg key, body sha256, body length)``."""
         try:
             wg_key = _b(md["x-smeg-key"])
             sign_key = _b(md["x-smeg-sign"])
             ts_ms = int(md["x-smeg-ts"])
+            digest = _b(md["x-smeg-hash"])
+            length = int(md["x-smeg-len"])
             sig = _b(md["x-smeg-sig"])
         except (KeyError, ValueError, TypeError):
-            log.debug("rpc from %s without valid auth metadata", peer)
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "authentication required")
-            raise AssertionError("unreachable") from None
+            raise _Reject(grpc.StatusCode.UNAUTHENTICATED, "no valid auth metadata") from None
         now = int(time.time() * 1000)
         ok = (
             len(wg_key) == 32
             and len(sign_key) == 32
             and len(sig) == 64
+            and len(digest) == 32
+            and 0 <= length <= MAX_MESSAGE
             and abs(now - ts_ms) <= CLOCK_SKEW_MS
             # Key binding with one field multiplication (no inversions); the
             # signature check right after rejects off-curve signing keys.
             and x25519_matches_ed25519(wg_key, sign_key)
-            and verify_signature(sign_key, _signed_blob(self._fp, ts_ms, body), sig)
+            and verify_signature(sign_key, _signed_digest(self._fp, ts_ms, digest), sig)
         )
         if not ok:
-            log.info("rpc from %s: authentication failed", peer)
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "authentication failed")
-        caller_address.set(parse_grpc_peer(peer))
+            raise _Reject(grpc.StatusCode.UNAUTHENTICATED, "bad signature")
+        return wg_key, digest, length
+
+    async def _call(self, requests: object, context: grpc.aio.ServicerContext) -> bytes:
+        peer = context.peer()
+        parsed = parse_grpc_peer(peer)
+        addr = parsed or peer
+        member = False
+        wg_key = b""
+        admitted = False
         try:
-            return await self._handler(wg_key, body)
-        except Refused as e:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(e) or "refused")
+            if self._calls >= MAX_CALLS:
+                raise _Reject(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls in total")
+            md = {k: v for k, v in (context.invocation_metadata() or ())}
+            wg_key, digest, length = self._authenticate(md)
+            member = self._is_member(wg_key)
+            if self._per_key.get(wg_key, 0) >= MAX_CALLS_PER_KEY:
+                raise _Reject(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls from one key")
+            if not member:
+                if length > MAX_STRANGER_MESSAGE:
+                    raise _Reject(grpc.StatusCode.PERMISSION_DENIED, "not a member: too large")
+                if (
+                    self._strangers >= MAX_STRANGER_CALLS
+                    or self._strangers_per_addr.get(addr, 0) >= MAX_STRANGER_CALLS_PER_ADDRESS
+                ):
+                    raise _Reject(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls (not a member)"
+                    )
+            self._enter(wg_key, addr, member)
+            admitted = True
+            try:  # a caller that never sends its body does not hold a slot for long
+                body = await asyncio.wait_for(
+                    context.read(), READ_TIMEOUT_S if member else STRANGER_READ_TIMEOUT_S
+                )
+            except TimeoutError:
+                raise _Reject(grpc.StatusCode.DEADLINE_EXCEEDED, "body not sent in time") from None
+            if type(body) is not bytes or len(body) != length:
+                raise _Reject(grpc.StatusCode.INVALID_ARGUMENT, "body length mismatch")
+            if hashlib.sha256(body).digest() != digest:
+                raise _Reject(grpc.StatusCode.UNAUTHENTICATED, "body hash mismatch")
+            caller_address.set(parsed)
+            try:
+                return await self._handler(wg_key, body)
+            except Refused as e:
+                raise _Reject(grpc.StatusCode.PERMISSION_DENIED, str(e) or "refused") from None
+        except _Reject as r:
+            self.refusals.note(addr, r.reason)
+            await context.abort(r.code, r.reason)
         except asyncio.CancelledError:
+            raise
+        except grpc.aio.AbortError:
             raise
         except Exception:
             log.exception("internal error handling rpc from %s", peer)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        finally:
+            if admitted:
+                self._leave(wg_key, addr, member)
         raise AssertionError("unreachable")
+
+    def _enter(self, key: bytes, addr: str, member: bool) -> None:
+        self._calls += 1
+        self._per_key[key] = self._per_key.get(key, 0) + 1
+        if not member:
+            self._strangers += 1
+            self._strangers_per_addr[addr] = self._strangers_per_addr.get(addr, 0) + 1
+
+    def _leave(self, key: bytes, addr: str, member: bool) -> None:
+        self._calls -= 1
+        n = self._per_key[key] - 1
+        if n:
+            self._per_key[key] = n
+        else:
+            del self._per_key[key]
+        if not member:
+            self._strangers -= 1
+            n = self._strangers_per_addr[addr] - 1
+            if n:
+                self._strangers_per_addr[addr] = n
+            else:
+                del self._strangers_per_addr[addr]
 
 
 async def fetch_certificate(host: str, port: int, timeout: float) -> bytes:
@@ -252,6 +410,74 @@ async def fetch_certificate(host: str, port: int, timeout: float) -> bytes:
         writer.transport.abort()
 
 
+BACKOFF_BASE_S = 1.0
+BACKOFF_CAP_S = 300.0
+MAX_BACKOFF_ENTRIES = 4096
+
+EndpointKey = tuple[str, bytes]
+
+
+class EndpointBackoff:
+    """Exponential back-off per ``(endpoint, pinned fingerprint)``, for the whole node.
+
+    Any member may write any ``host:port`` into its record; without this, every
+    mesh we share with it would make us connect there again and again (a
+    reflector). A key that fails (refused, timed out, TLS failed, not the
+    certificate its record pins) is not tried again for 1, 2, 4, ... s up to
+    :data:`BACKOFF_CAP_S`; a success, or an authenticated call from the node
+    that owns the endpoint, clears it. Keyed with the fingerprint, so a record
+    that names another node's endpoint with a false pin does not back off the
+    real node.
+    """
+
+    def __init__(
+        self,
+        base_s: float = BACKOFF_BASE_S,
+        cap_s: float = BACKOFF_CAP_S,
+        *,
+        max_entries: int = MAX_BACKOFF_ENTRIES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._base = base_s
+        self._cap = cap_s
+        self._max = max_entries
+        self._clock = clock
+        self._state: dict[EndpointKey, tuple[int, float]] = {}  # failures, retry at
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def wait(self, key: EndpointKey) -> float:
+        """Seconds before ``key`` may be tried again (0: now)."""
+        st = self._state.get(key)
+        return 0.0 if st is None else max(0.0, st[1] - self._clock())
+
+    def failed(self, key: EndpointKey) -> float:
+        n = self._state.pop(key, (0, 0.0))[0] + 1
+        delay = min(self._cap, self._base * 2.0 ** min(n - 1, 30))
+        if len(self._state) >= self._max:
+            del self._state[next(iter(self._state))]  # the oldest entry
+        self._state[key] = (n, self._clock() + delay)
+        return delay
+
+    def ok(self, key: EndpointKey) -> None:
+        self._state.pop(key, None)
+
+
+def _failure_reason(e: BaseException) -> str:
+    if isinstance(e, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(e, TimeoutError):
+        return "timed out"
+    if isinstance(e, ssl.SSLError):
+        return "TLS failed"
+    if isinstance(e, ConnectionResetError):
+        return "connection reset"
+    if isinstance(e, OSError):
+        return e.strerror or type(e).__name__
+    return type(e).__name__
+
+
 class RpcClient:
     """Calls other nodes; keeps one pinned channel per (endpoint, fingerprint)."""
 
@@ -260,6 +486,15 @@ class RpcClient:
         self._timeout = timeout
         self._channels: dict[tuple[str, bytes], grpc.aio.Channel] = {}
         self._locks: dict[tuple[str, bytes], asyncio.Lock] = {}
+        self.backoff = EndpointBackoff()
+        #: Failed connections, one line per endpoint per minute (no flood).
+        self.failures = RateLog(log, "failed", unit="connections", prep="to")
+        self.attempts = 0  # connection attempts (certificate fetches), for tests
+
+    def _failed(self, endpoint: str, fp: bytes, reason: str) -> None:
+        delay = self.backoff.failed((endpoint, fp))
+        self.failures.note(endpoint, reason)
+        log.debug("connection to %s failed (%s): retry in %g s", endpoint, reason, delay)
 
     async def _channel(self, endpoint: str, fp: bytes) -> grpc.aio.Channel:
         key = (endpoint, fp)
@@ -271,12 +506,18 @@ class RpcClient:
             ch = self._channels.get(key)
             if ch is not None:
                 return ch
+            wait = self.backoff.wait(key)
+            if wait > 0:  # another call failed while we waited for the lock
+                raise RpcError(f"{endpoint}: backing off ({wait:.0f} s) after failed connections")
             host, port = split_host_port(endpoint)
+            self.attempts += 1
             try:
                 der = await fetch_certificate(host, port, self._timeout)
-            except (OSError, TimeoutError, ssl.SSLError) as e:
+            except (OSError, TimeoutError, ssl.SSLError, RpcError) as e:
+                self._failed(endpoint, fp, _failure_reason(e))
                 raise RpcError(f"cannot reach {endpoint}: {e or type(e).__name__}") from e
             if hashlib.sha256(der).digest() != fp:
+                self._failed(endpoint, fp, "not the certificate its record pins")
                 raise RpcError(f"{endpoint} presented an unexpected TLS certificate")
             pem = ssl.DER_cert_to_PEM_cert(der).encode()
             creds = grpc.ssl_channel_credentials(root_certificates=pem)
@@ -288,13 +529,19 @@ class RpcClient:
     async def call(
         self, endpoint: str, fp: bytes, body: bytes, timeout: float | None = None
     ) -> bytes:
+        wait = self.backoff.wait((endpoint, fp))
+        if wait > 0:
+            raise RpcError(f"{endpoint}: backing off ({wait:.0f} s) after failed connections")
         ch = await self._channel(endpoint, fp)
         ts = int(time.time() * 1000)
-        sig = self._identity.sign(_signed_blob(fp, ts, body))
+        digest = hashlib.sha256(body).digest()
+        sig = self._identity.sign(_signed_digest(fp, ts, digest))
         md = (
             ("x-smeg-key", self._identity.wg_public_key.hex()),
             ("x-smeg-sign", self._identity.sign_public_key.hex()),
             ("x-smeg-ts", str(ts)),
+            ("x-smeg-hash", digest.hex()),
+            ("x-smeg-len", str(len(body))),
             ("x-smeg-sig", sig.hex()),
         )
         try:
@@ -304,7 +551,9 @@ class RpcClient:
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.UNAVAILABLE:
                 await self._drop((endpoint, fp))
+                self._failed(endpoint, fp, "unavailable")
             raise RpcError(f"{endpoint}: {e.code().name}: {e.details()}") from e
+        self.backoff.ok((endpoint, fp))
         return reply
 
     async def _drop(self, key: tuple[str, bytes]) -> None:

@@ -1,0 +1,76 @@
+"""Byte-bounded pages of items: no message carries more than about one page.
+
+A mesh's state may be far larger than one message (10,000 members, or a few
+members with maximal records); whatever carries items (a join reply, an
+anti-entropy step, a push) takes them a page at a time: items in their given
+order while the encoded total stays within ``budget`` bytes, and always at
+least one (a single item is bounded by the record limits, well below the
+transport's message cap). The rest travels in later messages or sessions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import msgpack
+
+from smegmesh.core.cert import AuthItem
+from smegmesh.core.record import NodeRecord, Prune
+
+__all__ = ["PAGE_BYTES", "item_size", "page", "pages"]
+
+#: Target encoded size of the items of one message (the transport allows 4 MiB).
+PAGE_BYTES = 1024 * 1024
+
+Item = NodeRecord | Prune | AuthItem
+
+
+_SIZE = "_smegmesh_wire_size"  # memo on the (immutable) item
+
+
+def item_size(item: Item) -> int:
+    """Encoded size of ``item`` inside a message (msgpack of ``encode_item``)."""
+    n = item.__dict__.get(_SIZE)
+    if n is None:
+        from smegmesh.core.wire import encode_item  # wire imports sync, which imports us
+
+        n = len(msgpack.packb(encode_item(item), use_bin_type=True))
+        item.__dict__[_SIZE] = n
+    return int(n)
+
+
+def page(items: Iterable[Item], budget: int = PAGE_BYTES) -> tuple[list[Item], bool]:
+    """The longest prefix of ``items`` within ``budget`` bytes (at least one item).
+
+    Returns ``(page, truncated)``; ``truncated`` says items were left out.
+    """
+    if isinstance(items, list | tuple) and len(items) <= 1:
+        return list(items), False  # one item always goes (the common push)
+    out: list[Item] = []
+    used = 0
+    for item in items:
+        n = item_size(item)
+        if out and used + n > budget:
+            return out, True
+        out.append(item)
+        used += n
+    return out, False
+
+
+def pages(items: Iterable[Item], budget: int = PAGE_BYTES) -> list[list[Item]]:
+    """All of ``items`` split into consecutive pages of at most ``budget`` bytes each."""
+    if isinstance(items, list | tuple) and len(items) <= 1:
+        return [list(items)] if items else []
+    out: list[list[Item]] = []
+    cur: list[Item] = []
+    used = 0
+    for item in items:
+        n = item_size(item)
+        if cur and used + n > budget:
+            out.append(cur)
+            cur, used = [], 0
+        cur.append(item)
+        used += n
+    if cur:
+        out.append(cur)
+    return out
