@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import ctypes
+import functools
 import gc
 import ipaddress
 import json
@@ -51,7 +52,7 @@ from smegmesh.core.wire import WireError, decode, decode_item, encode, encode_it
 from smegmesh.daemon import service as svc
 from smegmesh.daemon import views
 from smegmesh.daemon.api_models import MeshDetail, MeshSummary
-from smegmesh.daemon.config import Config, MeshOptions, resolve_mesh_settings
+from smegmesh.daemon.config import Config, ConfigError, MeshOptions, resolve_mesh_settings
 from smegmesh.daemon.persist import PersistError, atomic_write
 from smegmesh.daemon.transport import (
     Refused,
@@ -334,9 +335,7 @@ class Daemon:
         )
         log.info("local API on %s", cfg.control_socket)
         if cfg.api_listen:
-            h, p = cfg.api_listen_addr  # type: ignore[misc]
-            self.api_servers.append(await serve_tcp(create_app(self, token=cfg.api_token), h, p))
-            log.info("TCP API on %s (bearer token required)", cfg.api_listen)
+            await self._serve_tcp_api(create_app, serve_tcp)
         if cfg.dns_listen:
             from smegmesh.dns.names import NameView
             from smegmesh.dns.server import DnsServer
@@ -376,6 +375,29 @@ class Daemon:
         # WireGuard interfaces stay up across a daemon restart (traffic keeps
         # flowing); `leave-mesh` removes them.
         self._wg_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _serve_tcp_api(self, create_app: Any, serve_tcp: Any) -> None:
+        """The TCP API (``apiListen``): token, optional TLS, a warning if exposed in clear."""
+        from smegmesh.daemon.tcp_api import tcp_api_exposure_warning
+
+        cfg = self.config
+        h, p = cfg.api_listen_addr  # type: ignore[misc]
+        try:
+            token = cfg.api_bearer_token
+        except ConfigError as e:
+            raise svc.ServiceError("config", str(e), 500) from None
+        app = create_app(self, token=token)
+        server = await serve_tcp(
+            app, h, p, tls_certificate=cfg.api_tls_certificate, tls_key=cfg.api_tls_key
+        )
+        self.api_servers.append(server)
+        tls = cfg.api_tls_certificate is not None
+        log.info(
+            "TCP API on %s (%s, bearer token required)", cfg.api_listen, "HTTPS" if tls else "HTTP"
+        )
+        warning = tcp_api_exposure_warning(h, tls=tls)
+        if warning:
+            log.warning("%s", warning)
 
     # ------------------------------------------------------------------ meshes
     def _endpoint_host(self, settings: Any) -> str | None:
@@ -930,16 +952,21 @@ class Daemon:
             status = self.wg_status.get(mesh_id)
         records = rt.node.live_records()
         heard = {r.wg_key: t for r in records if (t := rt.node.last_heard(r.wg_key)) is not None}
-        return views.mesh_detail(
-            rt.mesh_id,
-            rt.ifname,
-            records,
-            self_key=self.identity.wg_public_key,
-            wg_peers=dict(status.peers) if status is not None else {},
-            last_heard=heard,
-            suspects=set(rt.node.suspects),
-            routes=self._route_uses(mesh_id),
-            now_ms=now_ms(),
+        # built in a thread from this snapshot (immutable records, copied maps):
+        # at the largest state it takes long enough to stall DNS and gossip
+        return await asyncio.to_thread(
+            functools.partial(
+                views.mesh_detail,
+                rt.mesh_id,
+                rt.ifname,
+                list(records),
+                self_key=self.identity.wg_public_key,
+                wg_peers=dict(status.peers) if status is not None else {},
+                last_heard=heard,
+                suspects=set(rt.node.suspects),
+                routes=self._route_uses(mesh_id),
+                now_ms=now_ms(),
+            )
         )
 
     async def _update(self, mesh_id: str, **changes: Any) -> None:
@@ -979,7 +1006,8 @@ class Daemon:
 
     async def query_mesh(self, mesh_id: str, expr: str) -> Any:
         detail = await self.get_mesh(mesh_id)
-        return views.run_query(detail.model_dump(mode="json"), expr)
+        # bounded in work and time (views.run_query), and off the event loop
+        return await asyncio.to_thread(views.run_query, detail, expr)
 
     async def get_graph(self, mesh_id: str | None, fmt: Any) -> bytes:
         ids = [mesh_id] if mesh_id else sorted(self.meshes)
@@ -994,7 +1022,9 @@ class Daemon:
                     routes=tuple(self._route_uses(mid)),
                 )
             )
-        dot = views.graph_dot(graphs, self_key=self.identity.wg_public_key)
+        dot = await asyncio.to_thread(
+            functools.partial(views.graph_dot, graphs, self_key=self.identity.wg_public_key)
+        )
         return await views.render_graph_async(dot, fmt)
 
 
