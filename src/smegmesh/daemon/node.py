@@ -829,7 +829,7 @@ class Daemon:
                 reply = decode(
                     await self.rpc.call(b.control_endpoint, b.tls_fp, encode(WhoAmI(tok.mesh_id)))
                 )
-            except (RpcError, WireError) as e:
+            except (RpcError, WireError, ValueError, OSError) as e:
                 log.info("public address discovery via %s failed: %s", b.control_endpoint, e)
                 continue
             if isinstance(reply, YouAre):
@@ -841,6 +841,19 @@ class Daemon:
         return opts
 
     async def join_mesh(self, token: str, opts: MeshOptions) -> str:
+        """Join with ``token``; a failed join, whatever failed, leaves nothing behind."""
+        before = self.meshes.copy()
+        try:
+            return await self._join_mesh(token, opts)
+        except BaseException:
+            for mesh_id, rt in list(self.meshes.items()):
+                if rt.joining and before.get(mesh_id) is not rt:
+                    del self.meshes[mesh_id]
+                    if rt.task:
+                        rt.task.cancel()
+            raise
+
+    async def _join_mesh(self, token: str, opts: MeshOptions) -> str:
         try:
             tok = parse_token(token)
         except TokenError as e:
@@ -865,7 +878,7 @@ class Daemon:
                         b.control_endpoint, b.tls_fp, req, timeout=2 * float(self.config.timeout)
                     )
                 )
-            except (RpcError, WireError) as e:
+            except (RpcError, WireError, ValueError, OSError) as e:
                 errors.append(f"{b.control_endpoint}: {e}")
                 continue
             if isinstance(reply, JoinReply):
