@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import stat
@@ -310,10 +311,158 @@ def test_tcp_requires_bearer_token() -> None:
         auth = {"Authorization": f"Bearer {TOKEN}"}
         assert c.get("/v1/meshes", headers=auth).json() == []
         assert c.post("/v1/meshes", headers=auth).status_code == 201
-        # the OpenAPI document stays readable
-        assert c.get("/openapi.json").status_code == 200
+        # the OpenAPI pages are behind the token too (issue 12, finding 4)
+        for page in ("/openapi.json", "/docs", "/redoc"):
+            assert c.get(page).status_code == 401, page
+            assert c.get(page, headers=auth).status_code == 200, page
+        # the health check answers without it, with the status alone
+        assert c.get("/v1/health").json() == {"ok": True}
+        assert set(c.get("/v1/health", headers=auth).json()) == {"ok", "version"}
 
 
 def test_unix_app_needs_no_token(api: tuple[httpx.Client, FakeNodeService, Path]) -> None:
     c, _, _ = api
     assert c.get("/v1/meshes").status_code == 200
+
+
+# --------------------------------------------------------------------------- limits (issue 12)
+
+
+def _raw_request(host: str, port: int, head: str, body_chunks: int = 0) -> tuple[bytes, float]:
+    """Send ``head``, then up to ``body_chunks`` MiB of body while the server reads; its answer."""
+    import time
+
+    t0 = time.monotonic()
+    with socket.create_connection((host, port), timeout=10) as s:
+        s.sendall(head.encode())
+        s.settimeout(0.05)
+        answer = b""
+        chunk = b"x" * (1 << 20)
+        for _ in range(body_chunks):
+            with contextlib.suppress(TimeoutError):
+                answer += s.recv(65536)
+            if answer:
+                break
+            try:
+                s.sendall(chunk)
+            except OSError:  # the server closed: it refused the body
+                break
+        s.settimeout(10)
+        while b"\r\n\r\n" not in answer:
+            try:
+                more = s.recv(65536)
+            except OSError:
+                break
+            if not more:
+                break
+            answer += more
+    return answer, time.monotonic() - t0
+
+
+def test_tcp_refuses_before_reading_the_body() -> None:
+    with served_tcp(TOKEN) as (base, _):
+        host, port = base.removeprefix("http://").split(":")
+        big = 200 << 20
+        # no token, a 200 MiB body announced: 401 at once, the body never read
+        head = f"POST /v1/meshes HTTP/1.1\r\nHost: x\r\nContent-Length: {big}\r\n\r\n"
+        answer, took = _raw_request(host, int(port), head, body_chunks=200)
+        assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+        assert took < 5, took
+        # the right token but a body over the limit: 413 at once from Content-Length
+        auth = f"Authorization: Bearer {TOKEN}\r\n"
+        head = f"POST /v1/meshes HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {big}\r\n\r\n"
+        answer, took = _raw_request(host, int(port), head, body_chunks=200)
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+        assert b"body_too_large" in answer
+        # ... and a chunked body is cut off as soon as it passes the limit
+        head = f"POST /v1/meshes HTTP/1.1\r\nHost: x\r\n{auth}Transfer-Encoding: chunked\r\n\r\n"
+        with httpx.Client(base_url=base, timeout=30) as c:
+
+            def chunks() -> Iterator[bytes]:
+                for _ in range(200):
+                    yield b"x" * (1 << 20)
+
+            try:
+                r = c.post(
+                    "/v1/meshes", content=chunks(), headers={"Authorization": f"Bearer {TOKEN}"}
+                )
+            except httpx.HTTPError:
+                pass  # the server may close before the client finished writing
+            else:
+                assert r.status_code == 413, r.text
+                assert _err(r)["code"] == "body_too_large"
+            # a legal request still works on a new connection
+            r = c.post("/v1/meshes", headers={"Authorization": f"Bearer {TOKEN}"})
+            assert r.status_code == 201
+
+
+def test_unix_socket_caps_the_body(api: tuple[httpx.Client, FakeNodeService, Path]) -> None:
+    c, _, _ = api
+    from smegmesh.daemon.api import MAX_BODY_BYTES_UNIX
+
+    r = c.post("/v1/join", content=b"{" + b" " * MAX_BODY_BYTES_UNIX + b"}")
+    assert r.status_code == 413
+    assert "larger than" in _err(r)["message"]
+    assert c.get("/v1/health").json()["ok"] is True
+
+
+def test_tcp_api_over_tls(tmp_path: Path) -> None:
+    import ssl
+
+    from api_fake import LoopThread as _LT
+    from smegmesh.daemon.api import serve_tcp
+    from tls_helpers import self_signed
+
+    cert, key = self_signed(tmp_path)
+    lt = _LT()
+    try:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = lt.run(
+            serve_tcp(
+                create_app(FakeNodeService(), token=TOKEN),
+                "127.0.0.1",
+                port,
+                tls_certificate=cert,
+                tls_key=key,
+            )
+        )
+        try:
+            ctx = ssl.create_default_context(cafile=str(cert))
+            with httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=ctx, timeout=10) as c:
+                assert c.get("/v1/health").json() == {"ok": True}
+                r = c.get("/v1/meshes", headers={"Authorization": f"Bearer {TOKEN}"})
+                assert r.status_code == 200
+                assert c.get("/v1/meshes").status_code == 401
+            # plain HTTP on the TLS port gets nothing useful
+            with (
+                httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as c,
+                pytest.raises(httpx.HTTPError),
+            ):
+                c.get("/v1/health").json()
+        finally:
+            lt.run(server.stop())
+    finally:
+        lt.close()
+
+
+@pytest.mark.parametrize(
+    ("host", "warn"),
+    [
+        ("127.0.0.1", False),
+        ("::1", False),
+        ("[::1]", False),
+        ("localhost", False),
+        ("::ffff:127.0.0.1", False),
+        ("::", True),
+        ("0.0.0.0", True),
+        ("192.0.2.7", True),
+        ("api.example.org", True),
+    ],
+)
+def test_exposure_warning(host: str, warn: bool) -> None:
+    from smegmesh.daemon.tcp_api import tcp_api_exposure_warning
+
+    assert (tcp_api_exposure_warning(host, tls=False) is not None) == warn
+    assert tcp_api_exposure_warning(host, tls=True) is None

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import random
 import re
 import shutil
 import struct
 import subprocess
+import time
 import zlib
 from pathlib import Path
 
@@ -288,6 +290,94 @@ def test_run_query_bad(expr: str, pattern: str) -> None:
     assert err.code == "invalid_argument" and err.status == 400
     assert "\n" not in err.message and len(err.message) < 200, err.message
     assert re.search(pattern, err.message), err.message
+
+
+DOUBLE = "[@,@]|" * 200  # a value of 2^200 paths in 200 cheap, shared steps
+
+
+@pytest.mark.parametrize(
+    ("expr", "pattern"),
+    [
+        # issue 12, finding 5: these three were 500s with a traceback
+        ("not_null()", r"^bad JMESPath: Expected at least 1 argument for function not_null\(\)"),
+        ("nodes[0:-1:0]", r"^bad JMESPath: slice step cannot be zero$"),
+        ("`" + "[" * 500 + "]" * 500 + "`", r"nested deeper than 64"),
+        # values JSON cannot carry
+        ("`1e999`", r"infinite or NaN"),
+        ("sum([`1e308`, `1e308`])", r"infinite or NaN"),
+        ("to_number('1e999')", r"infinite or NaN"),
+        # a wrong-typed argument: the message does not quote the (maybe huge) value
+        ("length(`1`)", r"^bad JMESPath: In function length\(\), invalid type number"),
+        # work: shared values that a naive walk would visit 2^200 times
+        (DOUBLE + "@", r"^query refused: the result is nested deeper"),
+        (DOUBLE + "to_string(@)", r"^query refused"),
+        (f"[{DOUBLE}@, {DOUBLE}@] | [0] == [1]", r"^query refused: .*(work|longer)"),
+        (f"[{DOUBLE}@, {DOUBLE}@] | contains([[0]], [1])", r"^query refused"),
+        ("[@,@,@,@,@,@,@,@,@,@]|[]|" * 20 + "length(@)", r"^query refused"),
+        ("join('', [" + ",".join(["to_string(@)"] * 60) + "])" + "|[@,@]|join('', @)" * 30, "ref"),
+    ],
+)
+def test_run_query_hostile_is_400_and_bounded(expr: str, pattern: str) -> None:
+    doc = {"nodes": [{"a": i, "s": "x" * 100} for i in range(50)]}
+    t0 = time.monotonic()
+    with pytest.raises(ServiceError) as ei:
+        run_query(doc, expr)
+    elapsed = time.monotonic() - t0
+    err = ei.value
+    assert err.code == "invalid_argument" and err.status == 400
+    assert "\n" not in err.message and len(err.message) < 300, err.message
+    assert re.search(pattern, err.message), err.message
+    assert elapsed < views.MAX_QUERY_SECONDS + 5, elapsed
+
+
+def test_run_query_odd_but_legal() -> None:
+    doc = {"nodes": [{"a": 1}, {"a": 2}], "t": True}
+    assert run_query(doc, "contains('abc', `1`)") is False  # was a TypeError (500)
+    assert run_query(doc, 'contains(nodes, `{"a": 2}`)') is True
+    assert run_query(doc, "nodes[?a == `2`].a") == [2]
+    assert run_query(doc, "t == `1`") is False, "JMESPath: true is not 1"
+    assert run_query(doc, "[nodes, nodes] | [0] == [1]") is True
+    assert run_query(doc, "`" + "[" * 60 + "]" * 60 + "`") is not None
+
+
+def _fat_records(n: int, routes: int, path: int) -> list[NodeRecord]:
+    """``n`` peers each advertising ``routes`` prefixes through ``path`` mesh ids."""
+    far = tuple(f"far-mesh-{i:02d}-abcd" for i in range(path))
+    out = []
+    for i in range(n):
+        advs = tuple(
+            RouteAdv(str(ipaddress.IPv6Network(f"fd99:{j:x}::/64")), far[: path - (i % 2)])
+            for j in range(routes)
+        )
+        out.append(rec(IDS[i], MESH_A, routes=advs))
+    return out
+
+
+def test_mesh_detail_is_not_quadratic_in_routes() -> None:
+    """issue 12, finding 2: 20 records of 512 routes took 20 s (alternatives were quadratic)."""
+    records = _fat_records(20, 512, 16)
+    uses = [
+        RouteUse(a.prefix, MESH_A, key(i), 16) for i in range(0, 20, 2) for a in records[i].routes
+    ]
+    t0 = time.monotonic()
+    detail = mesh_detail(
+        MESH_A,
+        "smeg0",
+        records,
+        self_key=key(0),
+        wg_peers={},
+        last_heard={},
+        suspects=set(),
+        routes=uses,
+        now_ms=NOW_MS,
+    )
+    elapsed = time.monotonic() - t0
+    assert len(detail.routes) == len(uses)
+    first = next(r for r in detail.routes if r.gateway == key_to_text(key(0)))
+    # the other nodes with a path of the same length (the even ones) are the alternatives
+    assert first.alternatives == [key_to_text(k) for k in sorted(key(i) for i in range(2, 20, 2))]
+    assert len(first.path) == 16
+    assert elapsed < 3.0, f"mesh_detail took {elapsed:.1f} s"
 
 
 # --------------------------------------------------------------------------- alias rules

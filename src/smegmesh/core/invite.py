@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import msgpack
 
 from smegmesh.core.addressing import validate_mesh_id
-from smegmesh.core.record import Admission, InviteGrant, NodeRecord
+from smegmesh.core.record import Admission, InviteGrant, NodeRecord, check_endpoint
 
 PREFIX = "smeg1."
 MAX_TOKEN_CHARS = 2048
@@ -141,6 +141,12 @@ def parse_token(text: str) -> Token:
         ep, fp, key = b
         if not (isinstance(ep, str) and 0 < len(ep) <= 300):
             raise TokenError("token is corrupted (bootstrap endpoint)")
+        try:
+            check_endpoint(ep)
+        except ValueError as e:
+            raise TokenError(
+                f"token names an invalid bootstrap endpoint {ep[:64]!r}: {e}"
+            ) from None
         if not (
             isinstance(fp, bytes) and len(fp) == 32 and isinstance(key, bytes) and len(key) == 32
         ):

@@ -4,6 +4,13 @@
 on the control unix socket (no token; the socket's mode 0600 is the access
 control) and, if ``apiListen`` is configured, on TCP with a bearer token.
 
+Before any route runs, an outer guard (:class:`_Guard`) checks the bearer
+token from the request's headers (every path but ``/v1/health``, including the
+OpenAPI pages) and the body's size: a request without the token is answered
+401 before a byte of its body is read, and a body over ``max_body`` bytes is
+refused 413 (from its ``Content-Length`` at once, or as soon as a chunked body
+passes the limit), so no request can make the daemon buffer more than that.
+
 Every error is JSON ``{"error": {"code": ..., "message": ...}}``: service errors
 with their status, validation errors 422 naming the field, unknown routes 404,
 and anything unexpected 500 with code ``internal`` (logged, no traceback sent).
@@ -20,14 +27,15 @@ import logging
 import os
 import socket
 import stat
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Generator
 from pathlib import Path as FsPath
 from typing import Annotated, Any, TypeVar
 
 import uvicorn
-from fastapi import Body, Depends, FastAPI, Path, Query, Request
+from fastapi import Body, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -56,11 +64,27 @@ from smegmesh.daemon.api_models import (
 from smegmesh.daemon.config import VERSION
 from smegmesh.daemon.service import NodeService, ServiceError
 
-__all__ = ["ApiServer", "create_app", "serve_tcp", "serve_unix"]
+__all__ = [
+    "MAX_BODY_BYTES_TCP",
+    "MAX_BODY_BYTES_UNIX",
+    "ApiServer",
+    "create_app",
+    "serve_tcp",
+    "serve_unix",
+]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: Largest request body on the TCP API (the largest legal one is a few KB).
+MAX_BODY_BYTES_TCP = 64 * 1024
+#: Largest request body on the unix socket (generous: only a local bug could exceed it).
+MAX_BODY_BYTES_UNIX = 1024 * 1024
+#: Requests served at once on the TCP API; more are answered 503.
+TCP_CONCURRENCY = 64
+#: Paths answered without the bearer token (status only, no mesh data).
+OPEN_PATHS = frozenset({"/v1/health"})
 
 GRAPH_MEDIA_TYPES: dict[str, str] = {
     "dot": "text/vnd.graphviz; charset=utf-8",
@@ -137,25 +161,109 @@ class _CatchAll:
                 await resp(scope, receive, send)
 
 
-def _bearer(token: str) -> Callable[[Request], Coroutine[Any, Any, None]]:
-    expected = f"Bearer {token}".encode()
-
-    async def check(request: Request) -> None:
-        got = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(got, expected):
-            raise ServiceError("unauthorized", "missing or wrong bearer token", 401)
-
-    return check
+async def _json_off_loop(model: BaseModel) -> Response:
+    """``model`` as a JSON response, serialised in a thread (it may be megabytes)."""
+    body = await asyncio.to_thread(model.model_dump_json)
+    return Response(content=body, media_type="application/json")
 
 
-def create_app(service: NodeService, token: str | None = None) -> FastAPI:
-    """Build the API over ``service``; with ``token`` every route needs ``Bearer <token>``."""
-    deps = [Depends(_bearer(token))] if token else []
-    app = FastAPI(
+class _Guard:
+    """The checks made before a request reaches the app: token, then body size.
+
+    Pure ASGI, outside every other layer: a refused request never reaches
+    FastAPI, and its body is never read. An accepted body (at most
+    ``max_body`` bytes) is read here and handed to the app in one piece.
+    """
+
+    def __init__(self, app: ASGIApp, token: str | None, max_body: int) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode() if token else None
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        auth = b""
+        length: bytes | None = None
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization" and not auth:
+                auth = value
+            elif name == b"content-length":
+                length = value
+        authenticated = self.expected is None or hmac.compare_digest(auth, self.expected)
+        if not authenticated and scope.get("path") not in OPEN_PATHS:
+            resp = _error(401, "unauthorized", "missing or wrong bearer token")
+            resp.headers["WWW-Authenticate"] = "Bearer"
+            resp.headers["Connection"] = "close"
+            await resp(scope, receive, send)
+            return
+        scope.setdefault("state", {})["authenticated"] = authenticated
+        if length is not None:
+            if not length.isdigit():
+                await _error(400, "bad_request", "invalid Content-Length")(scope, receive, send)
+                return
+            if int(length) > self.max_body:
+                await self._too_large(scope, receive, send)
+                return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            body += message.get("body", b"")
+            if len(body) > self.max_body:
+                await self._too_large(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def _receive() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, _receive, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        resp = _error(413, "body_too_large", f"request body larger than {self.max_body} bytes")
+        resp.headers["Connection"] = "close"
+        await resp(scope, receive, send)
+
+
+class _App(FastAPI):
+    """FastAPI behind a :class:`_Guard` (see the module's docstring)."""
+
+    def __init__(self, *, token: str | None, max_body: int, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.smeg_token = token
+        self._guard = _Guard(super().__call__, token, max_body)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._guard(scope, receive, send)
+
+
+def create_app(
+    service: NodeService, token: str | None = None, *, max_body: int | None = None
+) -> FastAPI:
+    """Build the API over ``service``; with ``token`` every route needs ``Bearer <token>``.
+
+    With a token (the TCP API) only ``/v1/health`` answers without it, and
+    then with the status alone. Bodies over ``max_body`` bytes are refused
+    (default: :data:`MAX_BODY_BYTES_TCP` with a token, else
+    :data:`MAX_BODY_BYTES_UNIX`).
+    """
+    if max_body is None:
+        max_body = MAX_BODY_BYTES_TCP if token else MAX_BODY_BYTES_UNIX
+    app = _App(
+        token=token,
+        max_body=max_body,
         title="smegd",
         summary="Local API of the smegmesh daemon",
         version=VERSION,
-        dependencies=deps,
         responses=_ERRORS,
     )
     app.add_middleware(_CatchAll)
@@ -185,7 +293,10 @@ def create_app(service: NodeService, token: str | None = None) -> FastAPI:
 
     # ------------------------------------------------------------------ /v1
     @app.get("/v1/health", tags=["v1"], summary="Liveness of smegd")
-    async def health() -> dict[str, Any]:
+    async def health(request: Request) -> dict[str, Any]:
+        # without the token (TCP): the status alone
+        if not request.scope.get("state", {}).get("authenticated", True):
+            return {"ok": True}
         return {"ok": True, "version": VERSION}
 
     @app.post("/v1/meshes", status_code=201, tags=["v1"], summary="Create a mesh")
@@ -196,9 +307,15 @@ def create_app(service: NodeService, token: str | None = None) -> FastAPI:
     async def list_meshes() -> list[MeshSummary]:
         return await service.list_meshes()
 
-    @app.get("/v1/meshes/{mesh_id}", tags=["v1"], summary="A mesh and its nodes")
-    async def get_mesh(mesh_id: MeshId) -> MeshDetail:
-        return await service.get_mesh(mesh_id)
+    @app.get(
+        "/v1/meshes/{mesh_id}",
+        tags=["v1"],
+        summary="A mesh and its nodes",
+        response_model=MeshDetail,
+    )
+    async def get_mesh(mesh_id: MeshId) -> Response:
+        # serialised in a thread: a large mesh's JSON would stall the event loop
+        return await _json_off_loop(await service.get_mesh(mesh_id))
 
     @app.delete("/v1/meshes/{mesh_id}", tags=["v1"], summary="Leave a mesh")
     async def leave_mesh(mesh_id: MeshId) -> OkResponse:
@@ -245,12 +362,17 @@ def create_app(service: NodeService, token: str | None = None) -> FastAPI:
         await service.delete_service(mesh_id, key)
         return OkResponse()
 
-    @app.get("/v1/meshes/{mesh_id}/query", tags=["v1"], summary="JMESPath query over a mesh")
+    @app.get(
+        "/v1/meshes/{mesh_id}/query",
+        tags=["v1"],
+        summary="JMESPath query over a mesh",
+        response_model=QueryResponse,
+    )
     async def query(
         mesh_id: MeshId,
         q: Annotated[str, Query(min_length=1, max_length=4096, description="JMESPath")],
-    ) -> QueryResponse:
-        return QueryResponse(result=await service.query_mesh(mesh_id, q))
+    ) -> Response:
+        return await _json_off_loop(QueryResponse(result=await service.query_mesh(mesh_id, q)))
 
     @app.get(
         "/v1/graph",
@@ -363,7 +485,9 @@ class ApiServer:
         await asyncio.shield(self._task)
 
 
-async def _start(app: FastAPI, sock: socket.socket, path: FsPath | None) -> ApiServer:
+async def _start(
+    app: FastAPI, sock: socket.socket, path: FsPath | None, **options: Any
+) -> ApiServer:
     config = uvicorn.Config(
         app,
         lifespan="off",
@@ -372,6 +496,7 @@ async def _start(app: FastAPI, sock: socket.socket, path: FsPath | None) -> ApiS
         timeout_graceful_shutdown=2,
         proxy_headers=False,
         server_header=False,
+        **options,
     )
     server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="api-server")
@@ -436,8 +561,24 @@ async def serve_unix(
     return await _start(app, sock, p)
 
 
-async def serve_tcp(app: FastAPI, host: str, port: int) -> ApiServer:
-    """Serve ``app`` on TCP ``host:port`` (pass a token to :func:`create_app`!)."""
+async def serve_tcp(
+    app: FastAPI,
+    host: str,
+    port: int,
+    *,
+    tls_certificate: str | os.PathLike[str] | None = None,
+    tls_key: str | os.PathLike[str] | None = None,
+) -> ApiServer:
+    """Serve ``app`` on TCP ``host:port`` (pass a token to :func:`create_app`!).
+
+    With ``tls_certificate`` and ``tls_key`` (PEM files) it serves HTTPS.
+    At most :data:`TCP_CONCURRENCY` requests are served at once (more: 503).
+    """
+    if (tls_certificate is None) != (tls_key is None):
+        raise ValueError("apiTlsCertificate and apiTlsKey go together")
+    options: dict[str, Any] = {"limit_concurrency": TCP_CONCURRENCY}
+    if tls_certificate is not None:
+        options.update(ssl_certfile=tls_certificate, ssl_keyfile=tls_key)
     infos = await asyncio.get_running_loop().getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )
@@ -453,4 +594,4 @@ async def serve_tcp(app: FastAPI, host: str, port: int) -> ApiServer:
     except BaseException:
         sock.close()
         raise
-    return await _start(app, sock, None)
+    return await _start(app, sock, None, **options)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import math
+import ssl
 from pathlib import Path
 from typing import Any, Literal
 
@@ -335,6 +336,24 @@ class Config(_Model):
         min_length=16,
         description="Bearer token required by the TCP API (at least 16 characters).",
     )
+    api_token_file: Path | None = Field(
+        default=None,
+        alias="apiTokenFile",
+        description="File holding the TCP API's bearer token (instead of apiToken, so the "
+        "token stays out of this file; surrounding whitespace is ignored; at least 16 "
+        "characters). Keep it mode 0600.",
+    )
+    api_tls_certificate: Path | None = Field(
+        default=None,
+        alias="apiTlsCertificate",
+        description="PEM certificate (chain) of the TCP API: with apiTlsKey it serves "
+        "HTTPS. Without TLS, an apiListen beyond loopback logs a warning at start.",
+    )
+    api_tls_key: Path | None = Field(
+        default=None,
+        alias="apiTlsKey",
+        description="PEM private key of apiTlsCertificate (both or neither).",
+    )
     dns_listen: str | None = Field(
         default=None,
         alias="dnsListen",
@@ -370,6 +389,7 @@ class Config(_Model):
     )
 
     _warnings: list[str] = PrivateAttr(default_factory=list)
+    _file_token: str | None = PrivateAttr(default=None)
 
     _hp = field_validator("api_listen", "dns_listen", "dns_forwarder")(_host_port)
 
@@ -401,8 +421,15 @@ class Config(_Model):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
-        if self.api_listen is not None and not self.api_token:
-            raise ValueError("apiToken: required when apiListen is set (at least 16 characters)")
+        if self.api_token is not None and self.api_token_file is not None:
+            raise ValueError("apiTokenFile: set apiToken or apiTokenFile, not both")
+        if self.api_listen is not None and not self.api_token and self.api_token_file is None:
+            raise ValueError(
+                "apiToken: required when apiListen is set (at least 16 characters), "
+                "or apiTokenFile naming a file that holds it"
+            )
+        if (self.api_tls_certificate is None) != (self.api_tls_key is None):
+            raise ValueError("apiTlsKey: apiTlsCertificate and apiTlsKey go together")
         if self.stub_wg and "wg_backend" in self.model_fields_set and self.wg_backend != "memory":
             raise ValueError(
                 f"wgBackend: {self.wg_backend!r} contradicts stubWg: true "
@@ -436,6 +463,15 @@ class Config(_Model):
         return (
             self.wg_socket_dir if self.wg_socket_dir is not None else self.state_dir / "wireguard"
         )
+
+    @property
+    def api_bearer_token(self) -> str | None:
+        """The TCP API's token: ``apiToken``, or the one read from ``apiTokenFile``."""
+        if self.api_token is not None:
+            return self.api_token
+        if self._file_token is None and self.api_token_file is not None:
+            self._file_token = read_api_token(self.api_token_file)
+        return self._file_token
 
     @property
     def api_listen_addr(self) -> tuple[str, int] | None:
@@ -639,11 +675,76 @@ def parse_config(data: Any, base_dir: Path | None = None, source: str = "config"
         if not p.is_file():
             raise ConfigError(f"{source}: {key}: file not found: {p}")
         updates[attr] = p
+    for attr in ("api_token_file", "api_tls_certificate", "api_tls_key"):
+        p = getattr(cfg, attr)
+        if p is not None:
+            p = p.expanduser()
+            updates[attr] = p if p.is_absolute() or base_dir is None else base_dir / p
+    file_token = None
+    if "api_token_file" in updates:
+        file_token = read_api_token(updates["api_token_file"], source)
+    if "api_tls_certificate" in updates:
+        check_api_tls(updates["api_tls_certificate"], updates["api_tls_key"], source)
     if updates:
         warnings = cfg.warnings
         cfg = cfg.model_copy(update=updates)
         cfg._warnings = warnings
+    cfg._file_token = file_token
     return cfg
+
+
+#: Largest token file read (a token is a line, not a document).
+MAX_TOKEN_FILE_BYTES = 4096
+
+
+def read_api_token(path: Path, source: str = "config") -> str:
+    """The bearer token held in ``path`` (``apiTokenFile``); :class:`ConfigError` if unusable.
+
+    The messages name the file and the problem, never the token.
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_TOKEN_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: apiTokenFile: file not found: {path}") from None
+    except OSError as e:
+        raise ConfigError(f"{source}: apiTokenFile: cannot read {path}: {e.strerror}") from None
+    if len(raw) > MAX_TOKEN_FILE_BYTES:
+        raise ConfigError(
+            f"{source}: apiTokenFile: {path} is larger than {MAX_TOKEN_FILE_BYTES} bytes "
+            "(it must hold the token alone)"
+        )
+    try:
+        token = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"{source}: apiTokenFile: {path} must hold a printable ASCII token"
+        ) from None
+    if not token.isprintable() or any(c.isspace() for c in token):
+        raise ConfigError(
+            f"{source}: apiTokenFile: {path} must hold one token: printable ASCII, no spaces"
+        )
+    if len(token) < 16:
+        raise ConfigError(
+            f"{source}: apiTokenFile: the token in {path} is too short "
+            f"({len(token)} characters, at least 16)"
+        )
+    return token
+
+
+def check_api_tls(cert: Path, key: Path, source: str = "config") -> None:
+    """Load the TCP API's certificate and key once, so a bad pair fails at start, named."""
+    for name, p in (("apiTlsCertificate", cert), ("apiTlsKey", key)):
+        if not p.is_file():
+            raise ConfigError(f"{source}: {name}: file not found: {p}")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.load_cert_chain(cert, key)
+    except OSError as e:  # ssl.SSLError is an OSError
+        reason = getattr(e, "reason", None) or e.strerror or str(e)
+        raise ConfigError(
+            f"{source}: apiTlsCertificate/apiTlsKey: cannot load {cert} with key {key}: {reason}"
+        ) from None
 
 
 def load_config(path: str | Path) -> Config:

@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import ctypes
+import functools
 import gc
 import ipaddress
 import json
@@ -34,6 +35,7 @@ from smegmesh.core.addressing import (
     overlay_address,
     validate_mesh_id,
 )
+from smegmesh.core.authority import copy_authority
 from smegmesh.core.cert import Founding, Policy, founding_name
 from smegmesh.core.desired import desired_config, interface_name
 from smegmesh.core.endpoint import join_host_port, split_host_port
@@ -53,7 +55,7 @@ from smegmesh.daemon import service as svc
 from smegmesh.daemon import views
 from smegmesh.daemon.api_models import MeshDetail, MeshSummary
 from smegmesh.daemon.authority_ops import AuthorityOps
-from smegmesh.daemon.config import Config, MeshOptions, resolve_mesh_settings
+from smegmesh.daemon.config import Config, ConfigError, MeshOptions, resolve_mesh_settings
 from smegmesh.daemon.persist import PersistError, atomic_write
 from smegmesh.daemon.transport import (
     Refused,
@@ -342,9 +344,7 @@ class Daemon(AuthorityOps):
         )
         log.info("local API on %s", cfg.control_socket)
         if cfg.api_listen:
-            h, p = cfg.api_listen_addr  # type: ignore[misc]
-            self.api_servers.append(await serve_tcp(create_app(self, token=cfg.api_token), h, p))
-            log.info("TCP API on %s (bearer token required)", cfg.api_listen)
+            await self._serve_tcp_api(create_app, serve_tcp)
         if cfg.dns_listen:
             from smegmesh.dns.names import NameView
             from smegmesh.dns.server import DnsServer
@@ -384,6 +384,29 @@ class Daemon(AuthorityOps):
         # WireGuard interfaces stay up across a daemon restart (traffic keeps
         # flowing); `leave-mesh` removes them.
         self._wg_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _serve_tcp_api(self, create_app: Any, serve_tcp: Any) -> None:
+        """The TCP API (``apiListen``): token, optional TLS, a warning if exposed in clear."""
+        from smegmesh.daemon.tcp_api import tcp_api_exposure_warning
+
+        cfg = self.config
+        h, p = cfg.api_listen_addr  # type: ignore[misc]
+        try:
+            token = cfg.api_bearer_token
+        except ConfigError as e:
+            raise svc.ServiceError("config", str(e), 500) from None
+        app = create_app(self, token=token)
+        server = await serve_tcp(
+            app, h, p, tls_certificate=cfg.api_tls_certificate, tls_key=cfg.api_tls_key
+        )
+        self.api_servers.append(server)
+        tls = cfg.api_tls_certificate is not None
+        log.info(
+            "TCP API on %s (%s, bearer token required)", cfg.api_listen, "HTTPS" if tls else "HTTP"
+        )
+        warning = tcp_api_exposure_warning(h, tls=tls)
+        if warning:
+            log.warning("%s", warning)
 
     # ------------------------------------------------------------------ meshes
     def _endpoint_host(self, settings: Any) -> str | None:
@@ -861,7 +884,7 @@ class Daemon(AuthorityOps):
                 reply = decode(
                     await self.rpc.call(b.control_endpoint, b.tls_fp, encode(WhoAmI(tok.mesh_id)))
                 )
-            except (RpcError, WireError) as e:
+            except (RpcError, WireError, ValueError, OSError) as e:
                 log.info("public address discovery via %s failed: %s", b.control_endpoint, e)
                 continue
             if isinstance(reply, YouAre):
@@ -873,6 +896,19 @@ class Daemon(AuthorityOps):
         return opts
 
     async def join_mesh(self, token: str, opts: MeshOptions) -> str:
+        """Join with ``token``; a failed join, whatever failed, leaves nothing behind."""
+        before = self.meshes.copy()
+        try:
+            return await self._join_mesh(token, opts)
+        except BaseException:
+            for mesh_id, rt in list(self.meshes.items()):
+                if rt.joining and before.get(mesh_id) is not rt:
+                    del self.meshes[mesh_id]
+                    if rt.task:
+                        rt.task.cancel()
+            raise
+
+    async def _join_mesh(self, token: str, opts: MeshOptions) -> str:
         try:
             tok = parse_token(token)
         except TokenError as e:
@@ -897,7 +933,7 @@ class Daemon(AuthorityOps):
                         b.control_endpoint, b.tls_fp, req, timeout=2 * float(self.config.timeout)
                     )
                 )
-            except (RpcError, WireError) as e:
+            except (RpcError, WireError, ValueError, OSError) as e:
                 errors.append(f"{b.control_endpoint}: {e}")
                 continue
             if isinstance(reply, JoinReply):
@@ -992,18 +1028,23 @@ class Daemon(AuthorityOps):
             status = self.wg_status.get(mesh_id)
         records = rt.node.live_records()
         heard = {r.wg_key: t for r in records if (t := rt.node.last_heard(r.wg_key)) is not None}
-        authority = rt.node.mesh.authority if rt.node.mesh.admission else None
-        return views.mesh_detail(
-            rt.mesh_id,
-            rt.ifname,
-            records,
-            self_key=self.identity.wg_public_key,
-            wg_peers=dict(status.peers) if status is not None else {},
-            last_heard=heard,
-            suspects=set(rt.node.suspects),
-            routes=self._route_uses(mesh_id),
-            now_ms=now_ms(),
-            authority=authority,
+        authority = copy_authority(rt.node.mesh.authority) if rt.node.mesh.admission else None
+        # built in a thread from this snapshot (immutable records, copied maps):
+        # at the largest state it takes long enough to stall DNS and gossip
+        return await asyncio.to_thread(
+            functools.partial(
+                views.mesh_detail,
+                rt.mesh_id,
+                rt.ifname,
+                list(records),
+                self_key=self.identity.wg_public_key,
+                wg_peers=dict(status.peers) if status is not None else {},
+                last_heard=heard,
+                suspects=set(rt.node.suspects),
+                routes=self._route_uses(mesh_id),
+                now_ms=now_ms(),
+                authority=authority,
+            )
         )
 
     async def _update(self, mesh_id: str, **changes: Any) -> None:
@@ -1048,7 +1089,8 @@ class Daemon(AuthorityOps):
 
     async def query_mesh(self, mesh_id: str, expr: str) -> Any:
         detail = await self.get_mesh(mesh_id)
-        return views.run_query(detail.model_dump(mode="json"), expr)
+        # bounded in work and time (views.run_query), and off the event loop
+        return await asyncio.to_thread(views.run_query, detail, expr)
 
     async def get_graph(self, mesh_id: str | None, fmt: Any) -> bytes:
         ids = [mesh_id] if mesh_id else sorted(self.meshes)
@@ -1063,7 +1105,9 @@ class Daemon(AuthorityOps):
                     routes=tuple(self._route_uses(mid)),
                 )
             )
-        dot = views.graph_dot(graphs, self_key=self.identity.wg_public_key)
+        dot = await asyncio.to_thread(
+            functools.partial(views.graph_dot, graphs, self_key=self.identity.wg_public_key)
+        )
         return await views.render_graph_async(dot, fmt)
 
 

@@ -21,17 +21,21 @@ import asyncio
 import functools
 import html
 import itertools
+import json
 import math
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import jmespath
 import jmespath.exceptions
+import jmespath.functions
 import jmespath.parser
+import jmespath.visitor
 
 from smegmesh.core.addressing import mesh_prefix, node_id_prefix, overlay_address
 from smegmesh.core.authority import Authority
@@ -116,12 +120,13 @@ def _assignments(nodes: Mapping[bytes, NodeRecord]) -> dict[bytes, bytes | None]
     return {k: assigned_peer(r, peers) for k, r in nodes.items() if r.role == Role.CLIENT}
 
 
-def _route_path(gw: NodeRecord | None, destination: str) -> tuple[str, ...]:
-    if gw is not None:
-        for adv in gw.routes:
-            if adv.prefix == destination:
-                return adv.path
-    return ()
+def _first_paths(nodes: Mapping[bytes, NodeRecord]) -> dict[tuple[bytes, str], tuple[str, ...]]:
+    """(node, destination) -> the path of the node's first advertisement of it."""
+    paths: dict[tuple[bytes, str], tuple[str, ...]] = {}
+    for k, r in nodes.items():
+        for a in r.routes:
+            paths.setdefault((k, a.prefix), a.path)
+    return paths
 
 
 # --------------------------------------------------------------------------- alias rules
@@ -242,18 +247,20 @@ def _selected_routes(
 ) -> tuple[list[SelectedRoute], dict[bytes, list[str]]]:
     selected: list[SelectedRoute] = []
     gateway_for: dict[bytes, list[str]] = {}
+    # One pass over every advertisement (not one per route used: that was
+    # quadratic, 20 s for 20 records of 512 routes): who offers each
+    # (destination, path length), and each node's path to each destination.
+    offered: dict[tuple[str, int], set[bytes]] = {}
+    for k, r in nodes.items():
+        for a in r.routes:
+            offered.setdefault((a.prefix, len(a.path)), set()).add(k)
+    paths = _first_paths(nodes)
     for dest, mid, gw, plen in routes:
         if mid != mesh_id:
             continue
         rec = nodes.get(gw)
-        path = _route_path(rec, dest)
-        alternatives = sorted(
-            (
-                k
-                for k, r in nodes.items()
-                if k != gw and any(a.prefix == dest and len(a.path) == plen for a in r.routes)
-            ),
-        )
+        path = paths.get((gw, dest), ())
+        alternatives = sorted(offered.get((dest, plen), set()) - {gw})
         selected.append(
             SelectedRoute(
                 destination=dest,
@@ -403,6 +410,15 @@ def _query_error(expr: str, e: Exception) -> ServiceError:
             f'bad JMESPath at column {len(expr) + 1}: expression ends too early after "'
             f'{_context(expr, len(expr))}"'
         )
+    if isinstance(e, jmespath.exceptions.ArityError):
+        # a subclass of ParseError without a position: say what the function wants
+        return invalid_argument(f"bad JMESPath: {_clip(str(e))}")
+    if isinstance(e, jmespath.exceptions.JMESPathTypeError):
+        # its message embeds the offending value, which may be the whole mesh
+        return invalid_argument(
+            f"bad JMESPath: In function {e.function_name}(), invalid type {e.actual_type}, "
+            f"expected one of: {', '.join(map(str, e.expected_types))}"
+        )
     if isinstance(e, jmespath.exceptions.ParseError):
         pos = int(e.lex_position or 0)
         tok = e.token_value
@@ -410,8 +426,154 @@ def _query_error(expr: str, e: Exception) -> ServiceError:
         after = _context(expr, pos)
         where = f' after "{after}"' if after else " at the start"
         return invalid_argument(f"bad JMESPath at column {pos + 1}: {what}{where}")
-    msg = " ".join(str(e).split())
-    return invalid_argument(f"bad JMESPath: {msg}")
+    return invalid_argument(f"bad JMESPath: {_clip(str(e))}")
+
+
+def _clip(msg: str, limit: int = 200) -> str:
+    msg = " ".join(msg.split())
+    return msg if len(msg) <= limit else msg[: limit - 1] + "…"
+
+
+# --------------------------------------------------------------------------- query bounds
+#
+# A query is evaluated with a budget: every value the interpreter produces
+# costs 1 + its length (items of a list or object, characters of a string),
+# deep comparisons and serialisations cost one unit per value visited, and a
+# query that overspends, or runs past its deadline, is refused (400). This
+# bounds CPU and memory whatever the expression: `[@,@]|[@,@]|…` builds a
+# value of 2^k paths in k steps (shared, so cheap to build) that a naive ==,
+# to_string() or the JSON encoder would walk in full.
+
+#: Work units one query may spend (see above).
+MAX_QUERY_COST = 4_000_000
+#: Seconds one query may run.
+MAX_QUERY_SECONDS = 3.0
+#: Estimated JSON size, in bytes, of a query's result.
+MAX_RESULT_BYTES = 64 * 1024 * 1024
+#: Nesting depth of a query's result (the mesh document itself is 5 deep).
+MAX_RESULT_DEPTH = 64
+
+
+class _QueryTooCostly(Exception):
+    pass
+
+
+class _Budget:
+    def __init__(self, units: int, seconds: float) -> None:
+        self.left = units
+        self.deadline = time.monotonic() + seconds
+        self.seconds = seconds
+        self.ticks = 0
+
+    def spend(self, units: int) -> None:
+        self.left -= units
+        if self.left < 0:
+            raise _QueryTooCostly("the query needs too much work or memory")
+        self.ticks += 1
+        if not self.ticks & 0xFF and time.monotonic() > self.deadline:
+            raise _QueryTooCostly(f"the query took longer than {self.seconds:g} s")
+
+
+def _cost(value: Any) -> int:
+    return 1 + len(value) if isinstance(value, list | dict | str) else 1
+
+
+def _equal(x: Any, y: Any, budget: _Budget) -> bool:
+    """JMESPath equality (true is not 1), bounded by ``budget``."""
+    stack = [(x, y)]
+    while stack:
+        a, b = stack.pop()
+        budget.spend(1)
+        if a is b:
+            continue
+        if isinstance(a, list):
+            if not isinstance(b, list) or len(a) != len(b):
+                return False
+            stack.extend(zip(a, b, strict=True))
+        elif isinstance(a, dict):
+            if not isinstance(b, dict) or a.keys() != b.keys():
+                return False
+            stack.extend((a[k], b[k]) for k in a)
+        elif isinstance(b, list | dict) or isinstance(a, bool) != isinstance(b, bool) or a != b:
+            return False
+    return True
+
+
+def _check_value(value: Any, budget: _Budget, *, limit: int = MAX_RESULT_BYTES) -> None:
+    """Refuse a value that JSON cannot carry or that is too big or deep to send."""
+    size = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        budget.spend(1)
+        if isinstance(v, list | dict):
+            if depth > MAX_RESULT_DEPTH:
+                raise _QueryTooCostly(f"the result is nested deeper than {MAX_RESULT_DEPTH}")
+            size += 2 + len(v)
+            items = v.values() if isinstance(v, dict) else v
+            stack.extend((c, depth + 1) for c in items)
+            if isinstance(v, dict):
+                size += sum(len(k) + 3 for k in v)
+        elif isinstance(v, str):
+            size += len(v) + 2
+        elif isinstance(v, float) and not math.isfinite(v):
+            raise _QueryTooCostly("the result holds a number JSON cannot carry (infinite or NaN)")
+        else:
+            size += 8
+        if size > limit:
+            raise _QueryTooCostly(f"the result would be larger than {limit} bytes")
+
+
+class _BoundedFunctions(jmespath.functions.Functions):
+    """The built-in functions, with the ones that can walk or build big values bounded."""
+
+    def __init__(self, budget: _Budget) -> None:
+        self.budget = budget
+
+    @jmespath.functions.signature({"types": ["array", "string"]}, {"types": []})
+    def _func_contains(self, subject: Any, search: Any) -> bool:
+        if isinstance(subject, str):
+            return isinstance(search, str) and search in subject
+        return any(_equal(item, search, self.budget) for item in subject)
+
+    @jmespath.functions.signature({"types": []})
+    def _func_to_string(self, arg: Any) -> str:
+        if isinstance(arg, str):
+            return arg
+        _check_value(arg, self.budget, limit=self.budget.left)
+        return json.dumps(arg, separators=(",", ":"), default=str)
+
+    @jmespath.functions.signature({"types": ["string"]}, {"types": ["array-string"]})
+    def _func_join(self, separator: str, array: list[str]) -> str:
+        self.budget.spend(sum(map(len, array)) + len(separator) * len(array))
+        return separator.join(array)
+
+
+class _BoundedInterpreter(jmespath.visitor.TreeInterpreter):
+    def __init__(self, budget: _Budget) -> None:
+        super().__init__(jmespath.Options(custom_functions=_BoundedFunctions(budget)))
+        self.budget = budget
+
+    def visit(self, node: Any, *args: Any, **kwargs: Any) -> Any:
+        result = super().visit(node, *args, **kwargs)
+        self.budget.spend(_cost(result))
+        return result
+
+    def visit_comparator(self, node: Any, value: Any) -> Any:
+        op = node["value"]
+        if op in ("eq", "ne"):
+            left = self.visit(node["children"][0], value)
+            right = self.visit(node["children"][1], value)
+            return _equal(left, right, self.budget) == (op == "eq")
+        return super().visit_comparator(node, value)
+
+
+def _evaluate(expr: str, data: Any) -> Any:
+    budget = _Budget(MAX_QUERY_COST, MAX_QUERY_SECONDS)
+    parsed = _compile(expr).parsed
+    result = _BoundedInterpreter(budget).visit(parsed, data)
+    _check_value(result, budget)
+    return result
 
 
 def run_query(detail_json: Any, expr: str) -> Any:
@@ -420,18 +582,27 @@ def run_query(detail_json: Any, expr: str) -> Any:
     ``detail_json`` is ``MeshDetail.model_dump(mode="json")`` (a ``MeshDetail``
     is dumped for you). Errors in the expression, at parse or evaluation time
     (unknown function, wrong argument type), raise ``invalid_argument`` with
-    one line naming the column and the problem.
+    one line naming the column and the problem. So does a query that needs
+    more than :data:`MAX_QUERY_COST` work units or :data:`MAX_QUERY_SECONDS`,
+    or whose result is not JSON, over :data:`MAX_RESULT_BYTES` or nested
+    deeper than :data:`MAX_RESULT_DEPTH`. Blocking: from the event loop, run it
+    in a thread.
     """
     if isinstance(detail_json, MeshDetail):
         detail_json = detail_json.model_dump(mode="json")
     if len(expr) > MAX_QUERY_LEN:
         raise invalid_argument(f"bad JMESPath: longer than {MAX_QUERY_LEN} characters")
     try:
-        return _compile(expr).search(detail_json)
+        return _evaluate(expr, detail_json)
     except jmespath.exceptions.JMESPathError as e:
         raise _query_error(expr, e) from None
     except RecursionError:
         raise invalid_argument("bad JMESPath: the expression is nested too deeply") from None
+    except _QueryTooCostly as e:
+        raise invalid_argument(f"query refused: {e}") from None
+    except (ValueError, TypeError, ArithmeticError, LookupError) as e:
+        # the interpreter's own failures on odd input, e.g. a zero slice step
+        raise invalid_argument(f"bad JMESPath: {_clip(str(e))}") from None
 
 
 # --------------------------------------------------------------------------- graphs
@@ -770,8 +941,9 @@ def graph_dot(meshes: Sequence[GraphMesh], *, self_key: bytes) -> str:
     remote: dict[str, str] = {}
     remote_dests: dict[str, set[str]] = {}
     defaults: dict[str, str] = {}
+    first_paths = [_first_paths(p) for p in present]
     used_paths = {
-        (r.gateway, r.destination, _route_path(present[mi].get(r.gateway), r.destination))
+        (r.gateway, r.destination, first_paths[mi].get((r.gateway, r.destination), ()))
         for mi, r in used
     }
     route_edges: dict[tuple[str, str], bool] = {}
