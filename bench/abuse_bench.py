@@ -568,8 +568,15 @@ def plot(sampler: Sampler, phases: list[Phase], path: Path) -> None:
     for i, ph in enumerate(phases):
         ax.axvspan(ph.t_from, ph.t_to, color=colors[i % len(colors)], alpha=0.8)
         ax.text(
-            (ph.t_from + ph.t_to) / 2, ax.get_ylim()[1] * 0.02, ph.name, ha="center", fontsize=8
+            (ph.t_from + ph.t_to) / 2,
+            0.02,
+            ph.name,
+            ha="center",
+            fontsize=8,
+            transform=ax.get_xaxis_transform(),
         )
+    top = max([2 * base, *(s[1] for s in sampler.samples)])
+    ax.set_ylim(0, top * 1.15)
     ax.set_xlabel("seconds")
     ax.set_ylabel("MB")
     ax2 = ax.twinx()
