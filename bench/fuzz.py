@@ -164,6 +164,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=100_000, help="cases per target")
     ap.add_argument("--only", help="comma-separated target names")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "fuzz")
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="do not fuzz: recompute coverage and the table from a previous run in --out",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--coverage", help=argparse.SUPPRESS)
     ap.add_argument("--phase", default="campaign", help=argparse.SUPPRESS)
@@ -187,13 +192,19 @@ def main() -> None:
     rows = []
     for name in names:
         work = args.out / name.replace(":", "-")
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        runs = args.runs * HEAVY.get(name, 1)
-        t0 = time.monotonic()
-        cmd = [sys.executable, __file__, "--child", name, "--runs", str(runs), "--out", str(work)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
         report_file = work / "report.json"
+        t0 = time.monotonic()
+        if args.report_only:
+            if not report_file.exists():
+                print(f"{name}: no report in {work}, skipped")
+                continue
+            (work / "coverage.json").unlink(missing_ok=True)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            runs = args.runs * HEAVY.get(name, 1)
+            cmd = [sys.executable, __file__, "--child", name, "--runs", str(runs)]
+            proc = subprocess.run([*cmd, "--out", str(work)], capture_output=True, text=True)
         if not report_file.exists():
             tail = (proc.stdout + proc.stderr)[-3000:]
             print(f"{name}: the fuzzer process died (exit {proc.returncode}):\n{tail}")

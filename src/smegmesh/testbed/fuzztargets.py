@@ -293,8 +293,12 @@ def _message_types() -> list[str]:
 
 def _typed_target(name: str) -> Target:
     """Bytes after a fixed ``[1, code,`` envelope head: all reach ``name``'s decoder."""
+    from smegmesh.core import wire
+    from smegmesh.core.wire import WireError
+
     code = _type_code(name)
     head = b"\x93\x01" + msgpack.packb(code)
+    decoder_module = wire._DEFAULT._by_code[code].decode.__module__
 
     def run(data: bytes) -> None:
         _wire_roundtrip(head + data)
@@ -303,19 +307,12 @@ def _typed_target(name: str) -> Target:
         out = [s[len(head) :] for s in _by_type().get(name, []) if s.startswith(head)]
         return _dedup(out) or [msgpack.packb([])]
 
-    from smegmesh.core.wire import WireError
-
     return Target(
         f"wire:{name}",
         run,
         (WireError,),
         seeds,
-        (
-            "smegmesh.core.wire",
-            "smegmesh.core.messages",
-            "smegmesh.core.sync",
-            "smegmesh.core.record",
-        ),
+        tuple(dict.fromkeys(("smegmesh.core.wire", decoder_module))),
         doc=f"wire.decode of a {name} (type code {code}) body",
     )
 
