@@ -76,3 +76,18 @@ def test_structured_bodies_only_raise_wire_error(code: int, body: Any) -> None:
     data = msgpack.packb([1, code, body], use_bin_type=True)
     with contextlib.suppress(WireError):
         decode(data)
+
+
+# Found by the campaign (bench/fuzz.py, config target): a mapping or a sequence
+# as a mapping key made the duplicate-key check raise TypeError (a traceback
+# from ``smegd --check``) instead of a ConfigError naming the place.
+@pytest.mark.parametrize(
+    "text", ["{{}}\n", "? {a: 1}\n: x\n", "? [1, 2]\n: x\n", "baseConfiguration: {[1]: 2}\n"]
+)
+def test_config_unhashable_key_is_a_config_error(text: str, tmp_path: Any) -> None:
+    from smegmesh.daemon.config import ConfigError, load_config
+
+    path = tmp_path / "smegd.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"smegd.yaml:\d+:\d+: YAML syntax error: .*key"):
+        load_config(path)
