@@ -19,6 +19,7 @@ import logging
 import secrets
 import socket
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,13 @@ from smegmesh.dns.names import DEFAULT_TTL, Answer, NameView, Record, resolve
 __all__ = ["DnsServer", "DnsStats", "parse_hostport"]
 
 log = logging.getLogger("smegmesh.dns")
+
+#: StreamReader buffer per TCP connection: reading pauses past twice this, which
+#: bounds what a client pipelining queries can make us hold (one message at most
+#: is being answered at a time per connection).
+_TCP_READ_LIMIT = 65536 + 2
+#: Kernel send buffer per TCP connection (the kernel doubles it): a full reply fits.
+_TCP_SNDBUF = 65536 + 2
 
 _HDR = struct.Struct("!HHHHHH")
 _U16 = struct.Struct("!H")
@@ -207,8 +215,10 @@ class DnsServer:
         ttl: int = DEFAULT_TTL,
         forwarder: Forwarder | str | None = None,
         forward_timeout: float = 2.0,
-        tcp_idle_timeout: float = 10.0,
+        tcp_idle_timeout: float = 5.0,
         max_tcp_clients: int = 256,
+        max_tcp_per_client: int = 32,
+        tcp_message_timeout: float = 2.0,
         max_forwards: int = 256,
         cache_size: int = 65536,
     ) -> None:
@@ -224,14 +234,17 @@ class DnsServer:
         self.forwarder: Forwarder | None = forwarder
         self.forward_timeout = forward_timeout
         self.tcp_idle_timeout = tcp_idle_timeout
-        self.max_tcp_clients = max_tcp_clients
+        self.max_tcp_clients = max(1, max_tcp_clients)
+        self.max_tcp_per_client = max(1, max_tcp_per_client)
+        self.tcp_message_timeout = tcp_message_timeout
         self.cache_size = cache_size
         self.stats = DnsStats()
         self._cache: dict[bytes, _Cached] = {}
         self._forward_slots = asyncio.Semaphore(max_forwards)
         self._udp: list[_UdpListener] = []
         self._tcp: asyncio.Server | None = None
-        self._tcp_clients: set[asyncio.Task[Any]] = set()
+        self._tcp_clients: dict[asyncio.Task[Any], _TcpConn] = {}
+        self._tcp_per_host: dict[str, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.addresses: list[tuple[str, int]] = []
 
@@ -286,7 +299,11 @@ class DnsServer:
             port = int(sock.getsockname()[1])
             self.addresses.append((str(sockaddr[0]), port))
         self._tcp = await asyncio.start_server(
-            self._tcp_client, [str(sa[0]) for _, sa in hosts], port, reuse_address=True
+            self._tcp_client,
+            [str(sa[0]) for _, sa in hosts],
+            port,
+            reuse_address=True,
+            limit=_TCP_READ_LIMIT,
         )
 
     async def _unbind(self) -> None:
@@ -602,38 +619,106 @@ class DnsServer:
 
     # -- TCP ----------------------------------------------------------------
 
+    def _tcp_admit(self, host: str) -> None:
+        """Make room for one more connection from ``host`` (RFC 7766, section 6.2.2).
+
+        At the per-client or the total cap the idlest connection (of that client,
+        or of all) is closed rather than the new one refused: idle or slow
+        clients, however many, cannot keep a new client out. Connections waiting
+        for an answer count as less idle than any waiting for a query.
+        """
+        conns = self._tcp_clients
+        if self._tcp_per_host.get(host, 0) >= self.max_tcp_per_client:
+            pool = [c for c in conns.values() if c.host == host]
+        elif len(conns) >= self.max_tcp_clients:
+            pool = list(conns.values())
+        else:
+            return
+        victim = min(pool, key=lambda c: (c.busy, c.last))
+        log.debug("dns: TCP connection cap reached, closing the idlest (from %s)", victim.host)
+        self._tcp_forget(victim)
+        victim.writer.transport.abort()
+        victim.task.cancel()
+
+    def _tcp_forget(self, conn: _TcpConn) -> None:
+        if self._tcp_clients.pop(conn.task, None) is None:
+            return
+        left = self._tcp_per_host[conn.host] - 1
+        if left:
+            self._tcp_per_host[conn.host] = left
+        else:
+            del self._tcp_per_host[conn.host]
+
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One TCP connection: one message answered at a time, every wait bounded.
+
+        Idle (no message started) for ``tcp_idle_timeout``, a message started but
+        not complete within ``tcp_message_timeout``, or a reply the client does
+        not read within ``tcp_idle_timeout``: the connection is closed.
+        """
         task = asyncio.current_task()
-        if task is None or len(self._tcp_clients) >= self.max_tcp_clients:
-            log.debug("dns: too many TCP clients, closing a new connection")
+        if task is None:  # pragma: no cover - always run as a task by asyncio
             writer.close()
             return
-        self._tcp_clients.add(task)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            # A fixed send buffer (no autotuning to megabytes) bounds what the kernel
+            # holds for a client that does not read its replies.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _TCP_SNDBUF)
+        peer = writer.get_extra_info("peername")
+        host = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        self._tcp_admit(host)
+        conn = _TcpConn(task, writer, host, time.monotonic())
+        self._tcp_clients[task] = conn
+        self._tcp_per_host[host] = self._tcp_per_host.get(host, 0) + 1
+        abort = False
         try:
             while True:
-                head = await asyncio.wait_for(reader.readexactly(2), self.tcp_idle_timeout)
-                (length,) = _U16.unpack(head)
-                if length == 0:
-                    break
-                data = await asyncio.wait_for(reader.readexactly(length), self.tcp_idle_timeout)
+                async with asyncio.timeout(self.tcp_idle_timeout):
+                    first = await reader.readexactly(1)
+                conn.busy = True
+                async with asyncio.timeout(self.tcp_message_timeout):
+                    (length,) = _U16.unpack(first + await reader.readexactly(1))
+                    if length == 0:
+                        break
+                    data = await reader.readexactly(length)
                 out = self.answer(data, tcp=True)
                 if isinstance(out, _Forward):
                     out = await self.forward(out.data, tcp=True)
-                if out is None:
-                    continue
-                writer.write(_U16.pack(len(out)) + out)
-                await writer.drain()
+                if out is not None:
+                    writer.write(_U16.pack(len(out)) + out)
+                    abort = True
+                    async with asyncio.timeout(self.tcp_idle_timeout):
+                        await writer.drain()
+                    abort = False
+                conn.busy = False
+                conn.last = time.monotonic()
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
             pass
         except asyncio.CancelledError:
-            pass
+            abort = True
         except Exception:  # pragma: no cover - defence in depth
             log.debug("dns: TCP connection error", exc_info=True)
         finally:
-            self._tcp_clients.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            self._tcp_forget(conn)
+            if abort:
+                # A reply the client will not read: drop it, do not wait to flush it.
+                writer.transport.abort()
+            else:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(self.tcp_idle_timeout):
+                        await writer.wait_closed()
+
+
+@dataclass(slots=True, eq=False)
+class _TcpConn:
+    task: asyncio.Task[Any]
+    writer: asyncio.StreamWriter
+    host: str
+    last: float  # monotonic time of the last complete exchange (or of the accept)
+    busy: bool = False
 
 
 def _matches(reply: bytes, query: dns.message.Message, upstream_id: int) -> bool:

@@ -1,0 +1,607 @@
+"""Fuzz targets: every decoder of untrusted input, with the errors each may raise.
+
+Shared by ``bench/fuzz.py`` (the coverage-guided campaign, atheris) and
+``tests/test_fuzz.py`` (a bounded run in CI). A target takes bytes and either
+returns, raises one of its *allowed* error types (the input was rejected, with a
+message), or fails: any other exception, including ``AssertionError`` from the
+invariants checked on accepted input, is a crash.
+
+Targets:
+
+* ``wire`` - :func:`smegmesh.core.wire.decode` of any bytes (allowed: ``WireError``);
+  a decoded message must re-encode and decode to itself.
+* ``wire:<Type>`` - the same, with the envelope fixed to one message type so every
+  input reaches that type's decoder: records and prunes, the liveness and join
+  messages of :mod:`smegmesh.core.messages`, the sync messages of
+  :mod:`smegmesh.core.sync`.
+* ``join`` - what a stranger's bytes reach: decode, then a member's
+  :meth:`MeshNode.handle_request` from a non-member (the join request path:
+  admission check, record validation), which must never raise.
+* ``member`` - the same from a member (ping, ping-req, push, sync sessions).
+* ``token`` - :func:`smegmesh.core.invite.parse_token`, on text and on the
+  msgpack body inside a well-formed prefix (allowed: ``TokenError``).
+* ``dns`` - :meth:`DnsServer.answer` (UDP and TCP sizes), which never raises;
+  an answer carries the query's id and fits the transport's size limit.
+* ``config`` - :func:`smegmesh.daemon.config.load_config` on a YAML file
+  (allowed: ``ConfigError``).
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import heapq
+import random
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+__all__ = ["Target", "check", "mutate", "targets"]
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    run: Callable[[bytes], None]
+    allowed: tuple[type[BaseException], ...]
+    seeds: Callable[[], list[bytes]]
+    modules: tuple[str, ...]  # measured for line coverage
+    max_len: int = 4096
+    doc: str = ""
+
+
+def check(target: Target, data: bytes) -> BaseException | None:
+    """Run one case: None if it passed or was rejected with an allowed error."""
+    try:
+        target.run(data)
+    except target.allowed:
+        return None
+    except RecursionError as exc:  # a stack overflow on nested input is a crash too
+        return exc
+    except Exception as exc:
+        return exc
+    return None
+
+
+# --------------------------------------------------------------------------- corpus
+
+MESH = "amber-falcon-river-k7q2"
+
+
+@dataclass
+class _Capture:
+    """A few MeshNodes talking through the wire codec; every message is kept."""
+
+    nodes: dict[bytes, Any] = field(default_factory=dict)
+    queue: list[tuple[int, int, Any]] = field(default_factory=list)
+    seq: int = 0
+    now: int = 0
+    wire: list[bytes] = field(default_factory=list)
+
+    def add(self, seed: int) -> Any:
+        from smegmesh.core.gossip import GossipParams
+        from smegmesh.core.identity import NodeIdentity
+        from smegmesh.core.liveness import LivenessParams
+        from smegmesh.core.meshnode import MeshNode, MeshSettings
+        from smegmesh.core.record import Role
+
+        ident = NodeIdentity.from_seed(bytes([seed]) * 32)
+        node = MeshNode(
+            ident,
+            MESH,
+            MeshSettings(
+                role=Role.PEER,
+                wg_endpoint=f"192.0.2.{seed}:51820",
+                control_endpoint=f"192.0.2.{seed}:4000",
+                tls_fp=bytes(32),
+            ),
+            GossipParams(sync_interval_ms=500, pull_interval_ms=1500),
+            LivenessParams.from_heartbeat(1000),
+            random.Random(seed),
+        )
+        self.nodes[node.key] = node
+        return node
+
+    def outs(self, outs: list[Any]) -> None:
+        from smegmesh.core.meshnode import Call
+
+        for o in outs:
+            if isinstance(o, Call):
+                self.seq += 1
+                heapq.heappush(self.queue, (self.now + 5, self.seq, o))
+                self._src_of[self.seq] = self._current
+
+    _src_of: dict[int, bytes] = field(default_factory=dict)
+    _current: bytes = b""
+
+    def run_until(self, t_end: int, down: frozenset[bytes] = frozenset()) -> None:
+        from smegmesh.core.meshnode import Relay
+        from smegmesh.core.messages import Ack
+        from smegmesh.core.wire import decode, encode
+
+        while self.now < t_end:
+            self.now += 5
+            while self.queue and self.queue[0][0] <= self.now:
+                _, seq, call = heapq.heappop(self.queue)
+                src = self._src_of.pop(seq)
+                data = encode(call.msg)
+                self.wire.append(data)
+                caller = self.nodes[src]
+                if call.to in down or call.to not in self.nodes:
+                    self._current = src
+                    self.outs(caller.handle_failure(call.to, call.ctx, self.now))
+                    continue
+                target = self.nodes[call.to]
+                self._current = call.to
+                reply, outs = target.handle_request(src, decode(data), self.now)
+                self.outs(outs)
+                if isinstance(reply, Relay):
+                    reply = Ack(reply.msg.mesh_id, reply.msg.probe_id, reply.target not in down)
+                rdata = encode(reply)
+                self.wire.append(rdata)
+                self._current = src
+                self.outs(caller.handle_reply(call.to, call.ctx, decode(rdata), self.now))
+            for key, node in list(self.nodes.items()):
+                if key in down:
+                    continue
+                deadline = node.next_deadline()
+                if deadline is not None and deadline <= self.now:
+                    self._current = key
+                    self.outs(node.tick(self.now))
+
+
+@functools.cache
+def _mesh_corpus() -> tuple[tuple[bytes, ...], Any, bytes, bytes]:
+    """Messages of a small live mesh (joins, gossip, syncs, a crash and its prune).
+
+    Returns (encoded messages, the first member, a member key, a token secret).
+    """
+    from smegmesh.core.invite import Bootstrap
+    from smegmesh.core.messages import JoinReply, Refusal, WhoAmI, YouAre
+    from smegmesh.core.wire import decode, encode
+
+    cap = _Capture()
+    first = cap.add(1)
+    cap._current = first.key
+    cap.outs(first.start(0))
+    members = [first]
+    secret = b""
+    for seed in (2, 3, 4):
+        node = cap.add(seed)
+        token, outs = first.invite(
+            cap.now, ttl_ms=3_600_000, uses=5, bootstrap=[Bootstrap("x:1", bytes(32), first.key)]
+        )
+        secret = token.secret
+        cap._current = first.key
+        cap.outs(outs)
+        req = encode(node.join_request(token.secret, cap.now))
+        cap.wire.append(req)
+        reply, outs = first.handle_request(node.key, decode(req), cap.now)
+        cap.outs(outs)
+        assert isinstance(reply, JoinReply)
+        cap.wire.append(encode(reply))
+        cap._current = node.key
+        cap.outs(node.absorb(reply.items, cap.now))
+        members.append(node)
+        cap.run_until(cap.now + 300)
+    cap.run_until(cap.now + 3000)
+    # Member 4 crashes: suspicion, then a prune travels.
+    cap.run_until(cap.now + 15000, down=frozenset({members[-1].key}))
+    cap.wire += _sync_exchange(first, cap.now)
+    cap.wire += [
+        encode(m)
+        for m in (
+            WhoAmI(MESH),
+            YouAre(MESH, "192.0.2.7"),
+            YouAre(MESH, "2001:db8::7"),
+            Refusal(MESH),
+        )
+    ]
+    return tuple(cap.wire), first, members[1].key, secret
+
+
+def _sync_exchange(member: Any, now: int) -> list[bytes]:
+    """A sync session from a node holding one record to ``member``: steps both ways."""
+    from smegmesh.core.state import MeshState
+    from smegmesh.core.sync import SyncSession
+    from smegmesh.core.wire import encode
+
+    out: list[bytes] = []
+    for keep in (1, 2):
+        mine = MeshState(MESH)
+        mine.apply_many(list(member.mesh.all_items())[:keep], now)
+        session = SyncSession.initiator(mine, now, rng=random.Random(keep))
+        sessions: dict[Any, Any] = {}
+        msg: Any = session.start()
+        for _ in range(20):
+            out.append(encode(msg))
+            reply, _, _ = SyncSession.respond(member.mesh, sessions, b"\x05" * 32, msg, now)
+            out.append(encode(reply))
+            nxt, _ = session.receive(reply, now)
+            if nxt is None:
+                break
+            msg = nxt
+    return out
+
+
+def _by_type() -> dict[str, list[bytes]]:
+    """Encoded messages of the corpus, grouped by message class name."""
+    from smegmesh.core.wire import decode, encode
+
+    out: dict[str, list[bytes]] = {}
+    wire, *_ = _mesh_corpus()
+    for data in wire:
+        msg = decode(data)
+        out.setdefault(type(msg).__name__, []).append(data)
+        for item in getattr(msg, "items", ()) or ():
+            out.setdefault(type(item).__name__, []).append(encode(item))
+        rec = getattr(msg, "record", None)
+        if rec is not None:
+            out.setdefault(type(rec).__name__, []).append(encode(rec))
+    return out
+
+
+def _dedup(seeds: list[bytes], limit: int = 40) -> list[bytes]:
+    seen: dict[bytes, None] = {}
+    for s in sorted(seeds, key=len):
+        seen.setdefault(s, None)
+    items = list(seen)
+    if len(items) <= limit:
+        return items
+    step = len(items) / limit
+    return [items[int(i * step)] for i in range(limit)]
+
+
+# --------------------------------------------------------------------------- wire
+
+
+def _wire_roundtrip(data: bytes) -> None:
+    from smegmesh.core.wire import decode, encode
+
+    msg = decode(data)
+    again = decode(encode(msg))
+    assert again == msg, "decode(encode(m)) != m"
+
+
+def _wire_seeds() -> list[bytes]:
+    groups = _by_type()
+    return _dedup([s for seeds in groups.values() for s in seeds], 200)
+
+
+def _type_code(name: str) -> int:
+    from smegmesh.core import messages, wire
+
+    del messages  # imported for its registrations
+
+    for code, codec in wire._DEFAULT._by_code.items():
+        if codec.cls.__name__ == name:
+            return int(code)
+    raise KeyError(name)
+
+
+def _message_types() -> list[str]:
+    """Every registered wire message class, by type code (new ones get a target too)."""
+    from smegmesh.core import messages, wire
+
+    del messages  # imported for its registrations
+    return [c.cls.__name__ for _, c in sorted(wire._DEFAULT._by_code.items())]
+
+
+def _typed_target(name: str) -> Target:
+    """Bytes after a fixed ``[1, code,`` envelope head: all reach ``name``'s decoder."""
+    from smegmesh.core import wire
+    from smegmesh.core.wire import WireError
+
+    code = _type_code(name)
+    head = b"\x93\x01" + msgpack.packb(code)
+    decoder_module = wire._DEFAULT._by_code[code].decode.__module__
+
+    def run(data: bytes) -> None:
+        _wire_roundtrip(head + data)
+
+    def seeds() -> list[bytes]:
+        out = [s[len(head) :] for s in _by_type().get(name, []) if s.startswith(head)]
+        return _dedup(out) or [msgpack.packb([])]
+
+    return Target(
+        f"wire:{name}",
+        run,
+        (WireError,),
+        seeds,
+        tuple(dict.fromkeys(("smegmesh.core.wire", decoder_module))),
+        doc=f"wire.decode of a {name} (type code {code}) body",
+    )
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+@functools.cache
+def _handler_node() -> tuple[Any, bytes, bytes]:
+    from smegmesh.core.identity import NodeIdentity
+
+    _, first, member, _secret = _mesh_corpus()
+    stranger = NodeIdentity.from_seed(b"\x77" * 32).wg_public_key
+    return first, member, stranger
+
+
+def _handle(data: bytes, *, member: bool) -> None:
+    from smegmesh.core.wire import WireError, decode
+
+    node, member_key, stranger = _handler_node()
+    try:
+        msg = decode(data)
+    except WireError:
+        return
+    src = member_key if member else stranger
+    node.handle_request(src, msg, node._last_now + 1)
+
+
+def _join_seeds() -> list[bytes]:
+    groups = _by_type()
+    return _dedup(groups.get("JoinRequest", []) + groups.get("SyncStart", [])[:5], 60)
+
+
+def _member_seeds() -> list[bytes]:
+    groups = _by_type()
+    names = ("Ping", "PingReq", "Push", "SyncStart", "SyncStep", "SyncEnd")
+    return _dedup([s for n in names for s in groups.get(n, [])], 120)
+
+
+# --------------------------------------------------------------------------- token
+
+
+def _token(data: bytes) -> None:
+    from smegmesh.core.invite import PREFIX, parse_token
+
+    if data[:1] == b"\x00":
+        text = PREFIX + base64.urlsafe_b64encode(data[1:]).decode().rstrip("=")
+    else:
+        text = data[1:].decode("utf-8", "replace")
+    tok = parse_token(text)
+    assert parse_token(tok.encode()) == tok, "parse_token(t.encode()) != t"
+
+
+def _token_seeds() -> list[bytes]:
+    from smegmesh.core.invite import Bootstrap, new_token
+
+    out = []
+    for i, boots in enumerate(
+        (["[2001:db8::1]:4000"], ["192.0.2.1:4000", "peer.example:4000"], ["garbage", "[::1"])
+    ):
+        tok = new_token(
+            MESH,
+            now_ms=1_700_000_000_000,
+            ttl_ms=3_600_000,
+            uses=i + 1,
+            bootstrap=[Bootstrap(b, bytes([i]) * 32, bytes([i + 1]) * 32) for b in boots],
+        )
+        text = tok.encode()
+        raw = text[len("smeg1.") :]
+        out.append(b"\x00" + base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        out.append(b"\x01" + text.encode())
+    return out
+
+
+# --------------------------------------------------------------------------- dns
+
+
+@functools.cache
+def _dns_server() -> Any:
+    from smegmesh.core.addressing import overlay_address
+    from smegmesh.core.identity import NodeIdentity
+    from smegmesh.dns import DnsServer, NameView, NodeName
+
+    nodes = []
+    for i, (mesh, alias) in enumerate(
+        [(MESH, "db"), (MESH, "web"), ("blue-owl-2b", "web"), ("blue-owl-2b", "")]
+    ):
+        key = NodeIdentity.from_seed(bytes([i + 1]) * 32).wg_public_key
+        nodes.append(NodeName(mesh, alias, key, overlay_address(mesh, key)))
+    return DnsServer(NameView(nodes), ttl=5)
+
+
+def _dns(data: bytes) -> None:
+    server = _dns_server()
+    tcp = bool(data[:1]) and data[0] & 1 == 1
+    query = data[1:]
+    out = server.answer(query, tcp=tcp)
+    if isinstance(out, bytes):
+        assert len(query) >= 12, "answered a message shorter than a header"
+        assert out[:2] == query[:2], "answer id differs from the query's"
+        assert out[2] & 0x80, "answer without QR"
+        assert len(out) <= (65535 if tcp else 1232), "answer over the size limit"
+
+
+def _dns_seeds() -> list[bytes]:
+    import dns.message
+
+    from smegmesh.core.addressing import overlay_address
+    from smegmesh.core.identity import NodeIdentity
+
+    key = NodeIdentity.from_seed(b"\x01" * 32).wg_public_key
+    out = []
+    queries: list[tuple[str, str, dict[str, Any]]] = [
+        (f"db.{MESH}.smeg.", "AAAA", {}),
+        ("DB.smeg.", "AAAA", {"use_edns": 0, "payload": 4096}),
+        ("web.smeg.", "TXT", {}),
+        (f"web.{MESH}.smeg.", "A", {"want_dnssec": True}),
+        ("smeg.", "SOA", {}),
+        ("smeg.", "NS", {}),
+        (overlay_address(MESH, key).reverse_pointer + ".", "PTR", {}),
+        ("example.com.", "A", {}),
+        ("smeg.", "AXFR", {}),
+        (f"nobody.{MESH}.smeg.", "ANY", {}),
+    ]
+    for name, rdtype, kw in queries:
+        wire = dns.message.make_query(name, rdtype, **kw).to_wire()
+        out += [b"\x00" + wire, b"\x01" + wire]
+    return out
+
+
+# --------------------------------------------------------------------------- config
+
+
+@functools.cache
+def _config_dir() -> Path:
+    shm = Path("/dev/shm")
+    return Path(tempfile.mkdtemp(prefix="smeg-fuzz-config-", dir=shm if shm.is_dir() else None))
+
+
+def _config(data: bytes) -> None:
+    from smegmesh.daemon.config import load_config
+
+    path = _config_dir() / "smegd.yaml"
+    path.write_bytes(data)
+    load_config(path)
+
+
+def _config_seeds() -> list[bytes]:
+    compat = Path(__file__).resolve().parents[3] / "tests" / "compat"
+    out = [p.read_bytes() for p in sorted(compat.glob("*.yaml"))] if compat.is_dir() else []
+    return [
+        *out,
+        b"baseConfiguration:\n  role: peer\n  publicEndpoint: 2001:db8::10\n",
+        b"baseConfiguration:\n  role: client\n  keepAliveWg: 25\n"
+        b"dnsListen: '[::1]:5353'\ndnsTtl: 5\ndnsForwarder: 127.0.0.53\n",
+        b"baseConfiguration:\n  role: peer\n  ipDiscovery: outgoing\n  advertiseRoute: true\n"
+        b"apiListen: 127.0.0.1:8080\napiToken: 0123456789abcdef0123\nstubWg: true\n",
+        b"heartbeatInterval: 2\ntimeout: 10\nsyncInterval: 1\nclusterSize: 32\n",
+        b"{}\n",
+        b"- a\n- b\n",
+        b"a: &x [1, 2]\nb: *x\n",
+    ]
+
+
+# --------------------------------------------------------------------------- table
+
+
+@functools.cache
+def targets() -> dict[str, Target]:
+    """name -> Target (built on first use: the seed corpus runs a small mesh)."""
+    from smegmesh.core.invite import TokenError
+    from smegmesh.core.wire import WireError
+    from smegmesh.daemon.config import ConfigError
+
+    wire_mods = (
+        "smegmesh.core.wire",
+        "smegmesh.core.messages",
+        "smegmesh.core.sync",
+        "smegmesh.core.record",
+    )
+    handler_mods = (
+        "smegmesh.core.meshnode",
+        "smegmesh.core.invite",
+        "smegmesh.core.state",
+        "smegmesh.core.record",
+        "smegmesh.core.sync",
+    )
+    out = [
+        Target("wire", _wire_roundtrip, (WireError,), _wire_seeds, wire_mods, doc="wire.decode"),
+        *(_typed_target(n) for n in _message_types()),
+        Target(
+            "join",
+            functools.partial(_handle, member=False),
+            (),
+            _join_seeds,
+            handler_mods,
+            doc="decode + MeshNode.handle_request from a stranger",
+        ),
+        Target(
+            "member",
+            functools.partial(_handle, member=True),
+            (),
+            _member_seeds,
+            handler_mods,
+            doc="decode + MeshNode.handle_request from a member",
+        ),
+        Target(
+            "token",
+            _token,
+            (TokenError,),
+            _token_seeds,
+            ("smegmesh.core.invite",),
+            max_len=2100,
+            doc="invite.parse_token",
+        ),
+        Target(
+            "dns",
+            _dns,
+            (),
+            _dns_seeds,
+            ("smegmesh.dns.server", "smegmesh.dns.names"),
+            max_len=1500,
+            doc="DnsServer.answer (UDP/TCP)",
+        ),
+        Target(
+            "config",
+            _config,
+            (ConfigError,),
+            _config_seeds,
+            ("smegmesh.daemon.config",),
+            doc="daemon.config.load_config",
+        ),
+    ]
+    return {t.name: t for t in out}
+
+
+# --------------------------------------------------------------------------- mutation
+
+
+def mutate(rng: random.Random, data: bytes, seeds: list[bytes], max_len: int) -> bytes:
+    """A cheap libFuzzer-like mutation (for the bounded CI run without atheris)."""
+    buf = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        op = rng.randrange(8)
+        if op == 0 and buf:  # flip a bit
+            i = rng.randrange(len(buf))
+            buf[i] ^= 1 << rng.randrange(8)
+        elif op == 1 and buf:  # set an interesting byte
+            buf[rng.randrange(len(buf))] = rng.choice(
+                [
+                    0x00,
+                    0x01,
+                    0x7F,
+                    0x80,
+                    0xC0,
+                    0xC1,
+                    0xCC,
+                    0xDC,
+                    0xDD,
+                    0xDE,
+                    0xDF,
+                    0xFF,
+                    0x90,
+                    0x91,
+                    0x93,
+                    0xA0,
+                    0xC4,
+                    0xD9,
+                    0xDA,
+                    0xDB,
+                ]
+            )
+        elif op == 2:  # insert random bytes
+            i = rng.randrange(len(buf) + 1)
+            buf[i:i] = rng.randbytes(rng.randint(1, 8))
+        elif op == 3 and buf:  # delete a range
+            i = rng.randrange(len(buf))
+            del buf[i : i + rng.randint(1, 8)]
+        elif op == 4 and buf:  # truncate
+            del buf[rng.randrange(len(buf)) :]
+        elif op == 5 and seeds:  # splice with another seed
+            other = rng.choice(seeds)
+            i = rng.randrange(len(buf) + 1)
+            j = rng.randrange(len(other) + 1)
+            buf = buf[:i] + other[j:]
+        elif op == 6 and buf:  # duplicate a range
+            i = rng.randrange(len(buf))
+            buf[i:i] = buf[i : i + rng.randint(1, 16)]
+        elif buf:  # big-endian integer edge values
+            i = rng.randrange(len(buf))
+            buf[i : i + 4] = rng.choice([b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\x7f\xff"])
+    return bytes(buf[:max_len])
