@@ -52,10 +52,13 @@ from smegmesh.daemon import service as svc
 from smegmesh.daemon import views
 from smegmesh.daemon.api_models import MeshDetail, MeshSummary
 from smegmesh.daemon.config import Config, MeshOptions, resolve_mesh_settings
+from smegmesh.daemon.logsetup import configure_logging
+from smegmesh.daemon.metrics import MeteredRpcClient, Metrics, serve_metrics
 from smegmesh.daemon.persist import PersistError, atomic_write
+from smegmesh.daemon.ports import choose_wg_port
+from smegmesh.daemon.statelock import StateDirLocked, StateLock
 from smegmesh.daemon.transport import (
     Refused,
-    RpcClient,
     RpcError,
     RpcServer,
     TlsIdentity,
@@ -241,6 +244,9 @@ class Daemon:
         self.routing: RoutingResult | None = None
         self._bridge_nat: frozenset[str] | None = None  # applied (None: not yet)
         self._bridge_nat_error: frozenset[str] | None = None  # last set that failed
+        self.state_lock = StateLock(self.state_dir)
+        self.metrics = Metrics(self)
+        self.metrics_server: Any = None
 
     # ------------------------------------------------------------------ identity & disk
     def _load_identity(self) -> NodeIdentity:
@@ -299,10 +305,11 @@ class Daemon:
             log.warning("%s", w)
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.state_dir, 0o700)
+        self.state_lock.acquire()  # one daemon per state directory (StateDirLocked)
         self.identity = self._load_identity()
         self.tls = TlsIdentity.load_or_create(self.state_dir)
-        self.rpc = RpcClient(self.identity, timeout=float(cfg.timeout))
-        self.rpc_server = RpcServer(self.tls, self._on_rpc)
+        self.rpc = MeteredRpcClient(self.metrics, self.identity, timeout=float(cfg.timeout))
+        self.rpc_server = RpcServer(self.tls, self.metrics.handler(self._on_rpc))
         port = await self.rpc_server.start(cfg.bind_address, cfg.grpc_port)
         self._rpc_port = port
         log.info(
@@ -345,6 +352,10 @@ class Daemon:
             dh, dp = cfg.dns_listen_addr  # type: ignore[misc]
             await self.dns.start(dh, dp)
             log.info("DNS on %s", cfg.dns_listen)
+        if cfg.metrics_listen:
+            mh, mp = cfg.metrics_listen_addr  # type: ignore[misc]
+            self.metrics_server = await serve_metrics(self.metrics, mh, mp)
+            log.info("Prometheus metrics on http://%s/metrics", cfg.metrics_listen)
 
         for meta, items in self._load_meshes():
             opts = MeshOptions(**meta.get("opts", {}))
@@ -365,7 +376,7 @@ class Daemon:
                 self._save_mesh(rt)
         for t in self._tasks:
             t.cancel()
-        for s in self.api_servers:
+        for s in [*self.api_servers, *([self.metrics_server] if self.metrics_server else [])]:
             with contextlib.suppress(Exception):
                 await s.stop()
         if self.dns is not None:
@@ -376,6 +387,7 @@ class Daemon:
         # WireGuard interfaces stay up across a daemon restart (traffic keeps
         # flowing); `leave-mesh` removes them.
         self._wg_pool.shutdown(wait=False, cancel_futures=True)
+        self.state_lock.release()
 
     # ------------------------------------------------------------------ meshes
     def _endpoint_host(self, settings: Any) -> str | None:
@@ -388,7 +400,9 @@ class Daemon:
     ) -> MeshRuntime:
         s = resolve_mesh_settings(self.config.base_configuration, opts)
         role = Role(s.role)
-        port = listen_port or s.wg_port or self._free_wg_port()
+        port = listen_port or choose_wg_port(
+            mesh_id, s.wg_port, {rt.listen_port for rt in self.meshes.values()}
+        )
         host = self._endpoint_host(s)
         if role == Role.PEER and host is None:
             raise svc.unavailable(
@@ -572,6 +586,7 @@ class Daemon:
                         await self._run_hooks(rt, "postUp")
                     if not res.created:
                         self._nudge_new_peers(rt, res.wg_ops)
+                    self.metrics.reconcile.observe(res.seconds)
                     if res.changed:
                         log.info(
                             "mesh %s: %s updated (%d WireGuard ops, %d host ops, %.1f ms)",
@@ -998,14 +1013,31 @@ class Daemon:
         return await views.render_graph_async(dot, fmt)
 
 
-async def _amain(config: Config) -> int:
+async def _amain(
+    config: Config, config_path: str | None = None, log_format: str | None = None
+) -> int:
     daemon = Daemon(config)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if config_path is not None:
+        from smegmesh.daemon.reload import reload_config
+
+        def _hup() -> None:
+            ok = reload_config(daemon, config_path, log_format)
+            daemon.metrics.reloads.labels("ok" if ok else "failed").inc()
+
+        loop.add_signal_handler(signal.SIGHUP, _hup)
+    else:  # nothing to reload: SIGHUP must not kill the daemon either
+        loop.add_signal_handler(
+            signal.SIGHUP, lambda: log.warning("SIGHUP ignored: no configuration file")
+        )
     try:
         await daemon.start()
+    except StateDirLocked as e:
+        log.error("%s", e)
+        return 1
     except svc.ServiceError as e:
         log.error("%s", e.message)
         return 1
@@ -1019,11 +1051,8 @@ async def _amain(config: Config) -> int:
     return 0
 
 
-def run(config: Config) -> int:
+def run(config: Config, config_path: str | None = None, log_format: str | None = None) -> int:
+    """Run the daemon until SIGTERM/SIGINT; SIGHUP reloads ``config_path``."""
     limit_malloc_arenas()
-    logging.basicConfig(
-        level=getattr(logging, str(config.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    return asyncio.run(_amain(config))
+    configure_logging(config.log_level, config.log_format)
+    return asyncio.run(_amain(config, config_path, log_format))
