@@ -164,3 +164,26 @@ def test_choose_wg_port_unit() -> None:
     with pytest.raises(ServiceError) as ei:
         choose_wg_port("m", None, set(), is_free=lambda p: False)
     assert ei.value.status == 503
+
+
+def test_dns_answers_by_rcode(cl: Cluster) -> None:
+    import dns.message
+    import dns.query
+    import dns.rcode
+
+    (d,) = cl.add(
+        1, dns_listen=True, extra={"metricsListen": f"127.0.0.1:{free_port('127.0.0.1')}"}
+    )
+    d.api("POST", "/v1/meshes")
+
+    def ask(name: str, tcp: bool = False) -> str:
+        q = dns.message.make_query(name, "AAAA")
+        send = dns.query.tcp if tcp else dns.query.udp
+        return dns.rcode.to_text(send(q, d.dns_host, timeout=5, port=d.dns_port).rcode())
+
+    assert ask("nobody.smeg.") == "NXDOMAIN"
+    assert ask("nobody.smeg.", tcp=True) == "NXDOMAIN"
+    assert ask("example.com.") == "REFUSED"  # no forwarder
+    s = scrape(d)
+    assert value(s, "smegd_dns_answers_total", rcode="NXDOMAIN") == 2
+    assert value(s, "smegd_dns_answers_total", rcode="REFUSED") == 1
