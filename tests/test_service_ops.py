@@ -259,3 +259,15 @@ def test_automatic_wgport_skips_ports_in_use_and_logs_the_choice(cl: Cluster) ->
     finally:
         if held is not None:
             held.close()
+
+
+def test_unusable_lock_file_is_one_line_without_traceback(tmp_path: Path) -> None:
+    d = Smegd(short_tmpdir(), "x")
+    state = Path(d.config()["stateDir"])
+    (state / LOCK_NAME).mkdir(parents=True)  # a directory where the lock file goes
+    d.config_path.write_text(json.dumps(d.config()))
+    p = _run_smegd(d.config_path)
+    assert p.returncode == 1, p
+    assert "Traceback" not in p.stderr, p.stderr
+    errors = [line for line in p.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and LOCK_NAME in errors[0], p.stderr

@@ -383,7 +383,8 @@ class Daemon:
             await self.dns.close()
         if self.rpc_server:
             await self.rpc_server.stop()
-        await self.rpc.close()
+        if hasattr(self, "rpc"):  # absent when start() failed early (state lock, state dir)
+            await self.rpc.close()
         # WireGuard interfaces stay up across a daemon restart (traffic keeps
         # flowing); `leave-mesh` removes them.
         self._wg_pool.shutdown(wait=False, cancel_futures=True)
