@@ -109,8 +109,18 @@ class Metrics:
             registry=r,
         )
         r.register(_StateCollector(daemon))
+        #: (metric, labels) -> child: skips labels()'s lock and checks on the hot path
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self._cache: tuple[float, bytes] | None = None
         self._refresh_lock = asyncio.Lock()
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, cached (label values come from a closed set)."""
+        key = (metric, labels)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = metric.labels(*labels)
+        return c
 
     # -- incoming calls ------------------------------------------------------------
     def handler(
@@ -127,18 +137,20 @@ class Metrics:
                 answer = message_name(reply)
                 outcome = "refused" if answer == "Refusal" else "ok"
                 if kind == "JoinRequest":
-                    self.admissions.labels("admitted" if answer == "JoinReply" else "refused").inc()
-                self.rpc_bytes.labels("out", kind).inc(len(reply))
+                    self.child(
+                        self.admissions, "admitted" if answer == "JoinReply" else "refused"
+                    ).inc()
+                self.child(self.rpc_bytes, "out", kind).inc(len(reply))
                 return reply
             except Refused:
                 outcome = "refused"
                 if kind == "JoinRequest":
-                    self.admissions.labels("refused").inc()
+                    self.child(self.admissions, "refused").inc()
                 raise
             finally:
-                self.rpc_received.labels(kind, outcome).inc()
-                self.rpc_bytes.labels("in", kind).inc(len(body))
-                self.rpc_handle.labels(kind).observe(time.perf_counter() - t0)
+                self.child(self.rpc_received, kind, outcome).inc()
+                self.child(self.rpc_bytes, "in", kind).inc(len(body))
+                self.child(self.rpc_handle, kind).observe(time.perf_counter() - t0)
 
         return metered
 
@@ -183,15 +195,15 @@ class MeteredRpcClient(RpcClient):
         m = self._metrics
         kind = message_name(body) or "unknown"
         t0 = time.perf_counter()
-        m.rpc_bytes.labels("out", kind).inc(len(body))
+        m.child(m.rpc_bytes, "out", kind).inc(len(body))
         try:
             reply = await super().call(endpoint, fp, body, timeout)
         except RpcError:
-            m.rpc_sent.labels(kind, "error").inc()
+            m.child(m.rpc_sent, kind, "error").inc()
             raise
-        m.rpc_latency.labels(kind).observe(time.perf_counter() - t0)
-        m.rpc_bytes.labels("in", kind).inc(len(reply))
-        m.rpc_sent.labels(kind, "refused" if message_name(reply) == "Refusal" else "ok").inc()
+        m.child(m.rpc_latency, kind).observe(time.perf_counter() - t0)
+        m.child(m.rpc_bytes, "in", kind).inc(len(reply))
+        m.child(m.rpc_sent, kind, "refused" if message_name(reply) == "Refusal" else "ok").inc()
         return reply
 
 
