@@ -463,13 +463,6 @@ class Daemon:
         rt.task = asyncio.create_task(self._mesh_loop(rt))
         return rt
 
-    def _free_wg_port(self) -> int:
-        used = {rt.listen_port for rt in self.meshes.values()}
-        p = DEFAULT_WG_PORT
-        while p in used:
-            p += 1
-        return p
-
     def _get(self, mesh_id: str) -> MeshRuntime:
         rt = self.meshes.get(mesh_id)
         if rt is None:
