@@ -460,7 +460,8 @@ def _smegd(cfg_text: str, tmp: Path, timeout: float = 30) -> subprocess.Complete
         ("gRPCPort: 70000\n", ["gRPCPort"]),
         ("baseConfiguration: {role: server}\n", ["baseConfiguration.role", "peer"]),
         ("apiListen: '[::1]:1234'\n", ["apiToken"]),
-        ("certificatePath: /nonexistent/cert.pem\nprivateKeyPath: /x.key\n", ["certificatePath"]),
+        # (privateKeyPath: the config file itself, which exists: one problem, one line)
+        ("certificatePath: /nonexistent/cert.pem\nprivateKeyPath: bad.yaml\n", ["certificatePath"]),
         ("stubWg: [\n", ["YAML"]),
     ],
 )

@@ -72,6 +72,16 @@ class GossipScheduler:
     def fresh_keys(self) -> frozenset[bytes]:
         return frozenset(self._fresh)
 
+    def retune(self, params: GossipParams, now_ms: int) -> None:
+        """Use ``params`` from now on (a configuration reload): shorter intervals apply now."""
+        self.params = params
+        self._cl_members = self._cl = None  # cluster_size may have changed
+        self._split_for = self._split_cache = None
+        if self._next_sync_ms is not None:
+            self._next_sync_ms = min(self._next_sync_ms, now_ms + params.sync_interval_ms)
+        if self._next_pull_ms is not None:
+            self._next_pull_ms = min(self._next_pull_ms, now_ms + params.pull_interval_ms)
+
     # -- target selection ---------------------------------------------------
     def clusters(self, members: Sequence[bytes]) -> list[list[bytes]]:
         """Members (self included or not) sorted by key, cut into clusters.

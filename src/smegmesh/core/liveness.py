@@ -131,6 +131,12 @@ class FailureDetector:
         if self._probe is not None and self._probe.target == key:
             self._probe = None
 
+    def retune(self, params: LivenessParams, now_ms: int) -> None:
+        """Use ``params`` from now on (a configuration reload): a shorter period applies now."""
+        self.params = params
+        if self._next_probe_ms is not None:
+            self._next_probe_ms = min(self._next_probe_ms, now_ms + params.probe_interval_ms)
+
     @property
     def suspects(self) -> frozenset[bytes]:
         return frozenset(self._suspect_since)

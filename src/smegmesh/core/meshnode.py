@@ -307,6 +307,14 @@ class MeshNode:
     def my_clients(self) -> list[bytes]:
         return self._views().my_clients
 
+    def retune(self, gossip: GossipParams, liveness: LivenessParams, now_ms: int) -> None:
+        """New gossip and liveness parameters (a configuration reload), effective at once."""
+        self.gossip = gossip
+        self.liveness = liveness
+        self._sched.retune(gossip, now_ms)
+        self._fd.retune(liveness, now_ms)
+        self._peer_ping_due = min(self._peer_ping_due, now_ms + liveness.probe_interval_ms)
+
     @property
     def suspects(self) -> frozenset[bytes]:
         return self._fd.suspects

@@ -135,6 +135,23 @@ class Registry:
             raise WireError(f"decoder of {codec.cls.__name__} returned {type(msg).__name__}")
         return msg
 
+    def name_of(self, data: bytes) -> str | None:
+        """Class name of the message ``data`` claims to be, from its envelope only.
+
+        Cheap (reads the first bytes, decodes nothing else): for counting
+        messages by type. None if the envelope is not ours.
+        """
+        unpacker = msgpack.Unpacker(max_buffer_size=64, raw=False, max_ext_len=0)
+        unpacker.feed(bytes(data[:16]))
+        try:
+            if unpacker.read_array_header() != 3 or unpacker.unpack() != WIRE_VERSION:
+                return None
+            code = unpacker.unpack()
+        except Exception:  # truncated or garbage
+            return None
+        codec = self._by_code.get(code) if type(code) is int else None
+        return codec.cls.__name__ if codec is not None else None
+
 
 def _reject_ext(code: int, data: bytes) -> Any:
     raise WireError("msgpack ext types are not used")
@@ -156,6 +173,11 @@ def encode(msg: Message) -> bytes:
 def decode(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> Message:
     """Decode untrusted bytes; raises only :class:`WireError`."""
     return _DEFAULT.decode(data, max_size)
+
+
+def message_name(data: bytes) -> str | None:
+    """Class name of the message in ``data`` from its envelope alone (None: not ours)."""
+    return _DEFAULT.name_of(data)
 
 
 # --------------------------------------------------------------------------- items

@@ -72,6 +72,10 @@ Role = Literal["peer", "client"]
 IpDiscovery = Literal["outgoing", "public"]
 WgBackend = Literal["auto", "kernel", "userspace", "memory"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["text", "json"]
+
+#: Keys whose values are secrets: never echoed back in an error message.
+SECRET_KEYS = frozenset({"apiToken"})
 
 SKIP_CERT_WARNING = "node-to-node TLS is always verified; skipCertVerification is ignored"
 CA_TLS_WARNING = (
@@ -82,7 +86,15 @@ CA_TLS_WARNING = (
 
 
 class ConfigError(Exception):
-    """A bad configuration. ``str(err)`` is a single line suitable for users."""
+    """A bad configuration. ``str(err)`` is a single line suitable for users.
+
+    ``problems`` lists every problem found, one line each (``smegd --check``
+    prints them all); ``str(err)`` is the first, with a count of the others.
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems if problems else [message]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -285,6 +297,14 @@ class Config(_Model):
     log_level: LogLevel = Field(
         default="info", alias="logLevel", description="debug, info, warning or error."
     )
+    log_format: LogFormat = Field(
+        default="text",
+        alias="logFormat",
+        description="'text' (TIME LEVEL LOGGER: message) or 'json' (one object per line: "
+        "time, level, logger, message and extra fields); --log-format overrides it. Under "
+        "systemd's journal, lines carry no timestamp of ours and start with the priority "
+        "prefix (<3> error ... <7> debug).",
+    )
     base_configuration: BaseConfiguration = Field(
         default_factory=lambda: BaseConfiguration(),
         alias="baseConfiguration",
@@ -367,6 +387,13 @@ class Config(_Model):
         alias="dnsForwarder",
         description="host:port of a resolver for names outside smeg. (REFUSED when unset).",
     )
+    metrics_listen: str | None = Field(
+        default=None,
+        alias="metricsListen",
+        description="host:port serving Prometheus metrics at /metrics over plain HTTP, "
+        "without authentication (off when unset): bind it to a private address "
+        "(docs/OPERATIONS.md lists the metrics).",
+    )
     accept_defaults: bool = Field(
         default=False,
         alias="acceptDefaults",
@@ -391,9 +418,9 @@ class Config(_Model):
     _warnings: list[str] = PrivateAttr(default_factory=list)
     _file_token: str | None = PrivateAttr(default=None)
 
-    _hp = field_validator("api_listen", "dns_listen", "dns_forwarder")(_host_port)
+    _hp = field_validator("api_listen", "dns_listen", "dns_forwarder", "metrics_listen")(_host_port)
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lower(cls, v: Any) -> Any:
         return v.lower() if isinstance(v, str) else v
@@ -421,27 +448,30 @@ class Config(_Model):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
+        problems = []  # all of them at once, one per line
         if self.api_token is not None and self.api_token_file is not None:
-            raise ValueError("apiTokenFile: set apiToken or apiTokenFile, not both")
+            problems.append("apiTokenFile: set apiToken or apiTokenFile, not both")
         if self.api_listen is not None and not self.api_token and self.api_token_file is None:
-            raise ValueError(
+            problems.append(
                 "apiToken: required when apiListen is set (at least 16 characters), "
                 "or apiTokenFile naming a file that holds it"
             )
         if (self.api_tls_certificate is None) != (self.api_tls_key is None):
-            raise ValueError("apiTlsKey: apiTlsCertificate and apiTlsKey go together")
+            problems.append("apiTlsKey: apiTlsCertificate and apiTlsKey go together")
         if self.stub_wg and "wg_backend" in self.model_fields_set and self.wg_backend != "memory":
-            raise ValueError(
+            problems.append(
                 f"wgBackend: {self.wg_backend!r} contradicts stubWg: true "
                 "(stubWg means 'memory'); remove one of them"
             )
         if self.gc_horizon <= 3 * self.heartbeat_interval:
-            raise ValueError(
+            problems.append(
                 f"gcHorizon: must be greater than 3 x heartbeatInterval "
                 f"({3 * self.heartbeat_interval:g} s)"
             )
         if (self.certificate_path is None) != (self.private_key_path is None):
-            raise ValueError("privateKeyPath: certificatePath and privateKeyPath go together")
+            problems.append("privateKeyPath: certificatePath and privateKeyPath go together")
+        if problems:
+            raise ValueError("\n".join(problems))
         if self.skip_cert_verification:
             self._warnings.append(SKIP_CERT_WARNING)
         if self.certificate_path or self.ca_certificate_path:
@@ -480,6 +510,10 @@ class Config(_Model):
     @property
     def dns_listen_addr(self) -> tuple[str, int] | None:
         return split_host_port(self.dns_listen) if self.dns_listen else None
+
+    @property
+    def metrics_listen_addr(self) -> tuple[str, int] | None:
+        return split_host_port(self.metrics_listen) if self.metrics_listen else None
 
 
 # --------------------------------------------------------------------------- per mesh
@@ -628,6 +662,8 @@ def _describe(err: ErrorDetails) -> str:
         # model-level check: the message starts with the key it is about
         return str(ctx.get("error", err["msg"]))
     got = f" (got {inp!r})" if not isinstance(inp, dict | list) else ""
+    if any(part in SECRET_KEYS for part in loc):
+        got = ""  # a secret, even a bad one, is never echoed
     msg = err["msg"]
     if typ == "value_error":
         msg = str(ctx.get("error", msg))
@@ -658,39 +694,50 @@ def parse_config(data: Any, base_dir: Path | None = None, source: str = "config"
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of keys")
+    problems: list[str] = []
+    cfg: Config | None = None
     try:
         # YAML keys are the camelCase names only (by_name=False): snake_case is an error
         cfg = Config.model_validate(data, by_alias=True, by_name=False)
     except ValidationError as e:
-        errs = e.errors()
-        extra = f" (and {len(errs) - 1} more problem(s))" if len(errs) > 1 else ""
-        raise ConfigError(f"{source}: {_describe(errs[0])}{extra}") from None
+        for err in e.errors():
+            problems.extend(_describe(err).splitlines())
 
+    # Certificate files are checked even when other keys are bad: every problem at once.
     updates: dict[str, Path] = {}
     for attr, key in (
         ("certificate_path", "certificatePath"),
         ("private_key_path", "privateKeyPath"),
         ("ca_certificate_path", "caCertificatePath"),
     ):
-        p: Path | None = getattr(cfg, attr)
-        if p is None:
+        raw = data.get(key)
+        if not isinstance(raw, str | Path) or not str(raw).strip():
             continue
-        p = p.expanduser()
+        p = Path(str(raw).strip()).expanduser()
         if not p.is_absolute() and base_dir is not None:
             p = base_dir / p
         if not p.is_file():
-            raise ConfigError(f"{source}: {key}: file not found: {p}")
+            problems.append(f"{key}: file not found: {p}")
         updates[attr] = p
-    for attr in ("api_token_file", "api_tls_certificate", "api_tls_key"):
-        p = getattr(cfg, attr)
-        if p is not None:
-            p = p.expanduser()
-            updates[attr] = p if p.is_absolute() or base_dir is None else base_dir / p
     file_token = None
-    if "api_token_file" in updates:
-        file_token = read_api_token(updates["api_token_file"], source)
-    if "api_tls_certificate" in updates:
-        check_api_tls(updates["api_tls_certificate"], updates["api_tls_key"], source)
+    if cfg is not None:
+        for attr in ("api_token_file", "api_tls_certificate", "api_tls_key"):
+            p = getattr(cfg, attr)
+            if p is not None:
+                p = p.expanduser()
+                updates[attr] = p if p.is_absolute() or base_dir is None else base_dir / p
+        try:
+            if "api_token_file" in updates:
+                file_token = read_api_token(updates["api_token_file"], source)
+            if "api_tls_certificate" in updates:
+                check_api_tls(updates["api_tls_certificate"], updates["api_tls_key"], source)
+        except ConfigError as e:
+            problems.extend(m.removeprefix(f"{source}: ") for m in e.problems)
+    if problems:
+        lines = [f"{source}: {m}" for m in problems]
+        extra = f" (and {len(lines) - 1} more problem(s))" if len(lines) > 1 else ""
+        raise ConfigError(lines[0] + extra, lines)
+    assert cfg is not None
     if updates:
         warnings = cfg.warnings
         cfg = cfg.model_copy(update=updates)

@@ -34,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="validate the configuration, print any warnings, and exit",
     )
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=None,
+        help="log lines as text (default) or JSON objects; overrides the logFormat key",
+    )
     p.add_argument("--version", action="version", version=f"smegd {VERSION}")
     return p
 
@@ -49,17 +55,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as e:
-        _err(str(e))
+        for problem in e.problems:  # every problem, one line each
+            _err(problem)
         return EXIT_CONFIG
     for w in config.warnings:
         _err(f"warning: {w}")
     if args.check:
         sys.stdout.write(f"{args.config}: configuration OK\n")
         return 0
-    return _run(config)
+    if args.log_format is not None:
+        config = config.model_copy(update={"log_format": args.log_format})
+    return _run(config, args.config, args.log_format)
 
 
-def _run(config: Config) -> int:
+def _run(config: Config, path: str | None = None, log_format: str | None = None) -> int:
+    from smegmesh.daemon.logsetup import quiet_grpc
+
+    quiet_grpc()  # before grpc is imported (by the daemon's transport)
     try:
         node = importlib.import_module("smegmesh.daemon.node")
     except ModuleNotFoundError as e:
@@ -68,7 +80,7 @@ def _run(config: Config) -> int:
         _err("daemon not implemented")
         return EXIT_RUNTIME
     try:
-        rc = node.run(config)
+        rc = node.run(config, config_path=path, log_format=log_format)
     except KeyboardInterrupt:
         return 0
     return int(rc) if isinstance(rc, int) else 0

@@ -56,10 +56,13 @@ from smegmesh.daemon import views
 from smegmesh.daemon.api_models import MeshDetail, MeshSummary
 from smegmesh.daemon.authority_ops import AuthorityOps
 from smegmesh.daemon.config import Config, ConfigError, MeshOptions, resolve_mesh_settings
+from smegmesh.daemon.logsetup import configure_logging
+from smegmesh.daemon.metrics import MeteredRpcClient, Metrics, serve_metrics
 from smegmesh.daemon.persist import PersistError, atomic_write
+from smegmesh.daemon.ports import choose_wg_port
+from smegmesh.daemon.statelock import StateDirLocked, StateLock
 from smegmesh.daemon.transport import (
     Refused,
-    RpcClient,
     RpcError,
     RpcServer,
     TlsIdentity,
@@ -245,6 +248,9 @@ class Daemon(AuthorityOps):
         self.routing: RoutingResult | None = None
         self._bridge_nat: frozenset[str] | None = None  # applied (None: not yet)
         self._bridge_nat_error: frozenset[str] | None = None  # last set that failed
+        self.state_lock = StateLock(self.state_dir)
+        self.metrics = Metrics(self)
+        self.metrics_server: Any = None
 
     # ------------------------------------------------------------------ identity & disk
     def _load_identity(self) -> NodeIdentity:
@@ -309,10 +315,13 @@ class Daemon(AuthorityOps):
             log.warning("%s", w)
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.state_dir, 0o700)
+        self.state_lock.acquire()  # one daemon per state directory (StateDirLocked)
         self.identity = self._load_identity()
         self.tls = TlsIdentity.load_or_create(self.state_dir)
-        self.rpc = RpcClient(self.identity, timeout=float(cfg.timeout))
-        self.rpc_server = RpcServer(self.tls, self._on_rpc, is_member=self._is_member_anywhere)
+        self.rpc = MeteredRpcClient(self.metrics, self.identity, timeout=float(cfg.timeout))
+        self.rpc_server = RpcServer(
+            self.tls, self.metrics.handler(self._on_rpc), is_member=self._is_member_anywhere
+        )
         port = await self.rpc_server.start(cfg.bind_address, cfg.grpc_port)
         self._rpc_port = port
         log.info(
@@ -353,6 +362,10 @@ class Daemon(AuthorityOps):
             dh, dp = cfg.dns_listen_addr  # type: ignore[misc]
             await self.dns.start(dh, dp)
             log.info("DNS on %s", cfg.dns_listen)
+        if cfg.metrics_listen:
+            mh, mp = cfg.metrics_listen_addr  # type: ignore[misc]
+            self.metrics_server = await serve_metrics(self.metrics, mh, mp)
+            log.info("Prometheus metrics on http://%s/metrics", cfg.metrics_listen)
 
         for meta, items in self._load_meshes():
             opts = MeshOptions(**meta.get("opts", {}))
@@ -373,17 +386,19 @@ class Daemon(AuthorityOps):
                 self._save_mesh(rt)
         for t in self._tasks:
             t.cancel()
-        for s in self.api_servers:
+        for s in [*self.api_servers, *([self.metrics_server] if self.metrics_server else [])]:
             with contextlib.suppress(Exception):
                 await s.stop()
         if self.dns is not None:
             await self.dns.close()
         if self.rpc_server:
             await self.rpc_server.stop()
-        await self.rpc.close()
+        if hasattr(self, "rpc"):  # absent when start() failed early (state lock, state dir)
+            await self.rpc.close()
         # WireGuard interfaces stay up across a daemon restart (traffic keeps
         # flowing); `leave-mesh` removes them.
         self._wg_pool.shutdown(wait=False, cancel_futures=True)
+        self.state_lock.release()
 
     async def _serve_tcp_api(self, create_app: Any, serve_tcp: Any) -> None:
         """The TCP API (``apiListen``): token, optional TLS, a warning if exposed in clear."""
@@ -419,7 +434,9 @@ class Daemon(AuthorityOps):
     ) -> MeshRuntime:
         s = resolve_mesh_settings(self.config.base_configuration, opts)
         role = Role(s.role)
-        port = listen_port or s.wg_port or self._free_wg_port()
+        port = listen_port or choose_wg_port(
+            mesh_id, s.wg_port, {rt.listen_port for rt in self.meshes.values()}
+        )
         host = self._endpoint_host(s)
         if role == Role.PEER and host is None:
             raise svc.unavailable(
@@ -478,13 +495,6 @@ class Daemon(AuthorityOps):
         self.meshes[mesh_id] = rt
         rt.task = asyncio.create_task(self._mesh_loop(rt))
         return rt
-
-    def _free_wg_port(self) -> int:
-        used = {rt.listen_port for rt in self.meshes.values()}
-        p = DEFAULT_WG_PORT
-        while p in used:
-            p += 1
-        return p
 
     def _get(self, mesh_id: str) -> MeshRuntime:
         rt = self.meshes.get(mesh_id)
@@ -628,6 +638,7 @@ class Daemon(AuthorityOps):
                         await self._run_hooks(rt, "postUp")
                     if not res.created:
                         self._nudge_new_peers(rt, res.wg_ops)
+                    self.metrics.reconcile.observe(res.seconds)
                     if res.changed:
                         log.info(
                             "mesh %s: %s updated (%d WireGuard ops, %d host ops, %.1f ms)",
@@ -1111,14 +1122,31 @@ class Daemon(AuthorityOps):
         return await views.render_graph_async(dot, fmt)
 
 
-async def _amain(config: Config) -> int:
+async def _amain(
+    config: Config, config_path: str | None = None, log_format: str | None = None
+) -> int:
     daemon = Daemon(config)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if config_path is not None:
+        from smegmesh.daemon.reload import reload_config
+
+        def _hup() -> None:
+            ok = reload_config(daemon, config_path, log_format)
+            daemon.metrics.reloads.labels("ok" if ok else "failed").inc()
+
+        loop.add_signal_handler(signal.SIGHUP, _hup)
+    else:  # nothing to reload: SIGHUP must not kill the daemon either
+        loop.add_signal_handler(
+            signal.SIGHUP, lambda: log.warning("SIGHUP ignored: no configuration file")
+        )
     try:
         await daemon.start()
+    except StateDirLocked as e:
+        log.error("%s", e)
+        return 1
     except svc.ServiceError as e:
         log.error("%s", e.message)
         return 1
@@ -1132,11 +1160,8 @@ async def _amain(config: Config) -> int:
     return 0
 
 
-def run(config: Config) -> int:
+def run(config: Config, config_path: str | None = None, log_format: str | None = None) -> int:
+    """Run the daemon until SIGTERM/SIGINT; SIGHUP reloads ``config_path``."""
     limit_malloc_arenas()
-    logging.basicConfig(
-        level=getattr(logging, str(config.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    return asyncio.run(_amain(config))
+    configure_logging(config.log_level, config.log_format)
+    return asyncio.run(_amain(config, config_path, log_format))

@@ -21,7 +21,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dns.edns
@@ -90,6 +90,8 @@ class DnsStats:
     forward_failed: int = 0
     truncated: int = 0
     send_failed: int = 0
+    #: answers sent, by response code (index = RCODE, 0..15): one list bump per answer
+    rcodes: list[int] = field(default_factory=lambda: [0] * 16)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +187,8 @@ class _UdpListener:
     def send(self, data: bytes, addr: Any) -> None:
         if self.sock.fileno() == -1:
             return
+        if len(data) > 3:
+            self.server.stats.rcodes[data[3] & 0x0F] += 1
         try:
             self.sock.sendto(data, addr)
         except OSError as exc:
@@ -687,6 +691,8 @@ class DnsServer:
                 if isinstance(out, _Forward):
                     out = await self.forward(out.data, tcp=True)
                 if out is not None:
+                    if len(out) > 3:
+                        self.stats.rcodes[out[3] & 0x0F] += 1
                     writer.write(_U16.pack(len(out)) + out)
                     abort = True
                     async with asyncio.timeout(self.tcp_idle_timeout):

@@ -1,0 +1,121 @@
+"""``SIGHUP``: re-read the configuration file and apply what can change live.
+
+Live (applied at once): ``logLevel``, ``logFormat``, the gossip parameters
+(``syncInterval``, ``pullInterval``, ``clusterSize``, ``interClusterChance``,
+``branch``, ``infectionCount``), ``heartbeatInterval`` (liveness), and the keys
+the daemon reads each time it uses them (``acceptDefaults``,
+``bridgeMasquerade``, ``baseConfiguration``: the latter for meshes created or
+joined from now on). Every other key (ports, listeners, paths, backend...)
+needs a restart: a change is logged naming the keys, and the running values
+stay. A file that does not load keeps the whole running configuration, and the
+log says why.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from smegmesh.core.gossip import GossipParams
+from smegmesh.core.liveness import LivenessParams
+from smegmesh.daemon.config import Config, ConfigError, load_config
+from smegmesh.daemon.logsetup import configure_logging
+
+__all__ = ["LIVE_KEYS", "changed_keys", "gossip_params", "liveness_params", "reload_config"]
+
+log = logging.getLogger("smegd")
+
+_GOSSIP = ("sync_interval", "pull_interval", "cluster_size", "inter_cluster_chance", "branch")
+_GOSSIP_FIELDS = (*_GOSSIP, "infection_count")
+
+#: attribute names of the keys a reload applies without a restart
+LIVE_KEYS = frozenset(
+    {
+        "log_level",
+        "log_format",
+        *_GOSSIP_FIELDS,
+        "heartbeat_interval",
+        "accept_defaults",
+        "bridge_masquerade",
+        "base_configuration",
+    }
+)
+
+
+def gossip_params(config: Config) -> GossipParams:
+    return GossipParams(
+        sync_interval_ms=int(config.sync_interval * 1000),
+        pull_interval_ms=int(config.pull_interval * 1000),
+        cluster_size=config.cluster_size,
+        inter_cluster_chance=config.inter_cluster_chance,
+        branch=config.branch,
+        infection_count=config.infection_count,
+    )
+
+
+def liveness_params(config: Config) -> LivenessParams:
+    return LivenessParams.from_heartbeat(int(config.heartbeat_interval * 1000))
+
+
+def _key(name: str) -> str:
+    return Config.model_fields[name].alias or name
+
+
+def changed_keys(old: Config, new: Config) -> list[str]:
+    """Attribute names of the top-level keys whose values differ."""
+    return [name for name in Config.model_fields if getattr(old, name) != getattr(new, name)]
+
+
+def reload_config(daemon: Any, path: str | Path, log_format: str | None = None) -> bool:
+    """Re-read ``path`` and apply it to the running ``daemon``; False if it did not load.
+
+    ``log_format`` is the ``--log-format`` flag, which keeps overriding the file.
+    """
+    try:
+        new = load_config(path)
+    except ConfigError as e:
+        for problem in e.problems:
+            log.error("configuration not reloaded, keeping the running one: %s", problem)
+        return False
+    if log_format is not None:
+        new = new.model_copy(update={"log_format": log_format})
+    old: Config = daemon.config
+    changed = changed_keys(old, new)
+    live = [n for n in changed if n in LIVE_KEYS]
+    restart = [n for n in changed if n not in LIVE_KEYS]
+    if live:
+        merged = old.model_copy(update={n: getattr(new, n) for n in live})
+        merged._warnings = new.warnings
+        daemon.config = merged
+    cfg: Config = daemon.config
+    if {"log_level", "log_format"} & set(live):
+        configure_logging(cfg.log_level, cfg.log_format)
+    if set(_GOSSIP_FIELDS) & set(live) or "heartbeat_interval" in live:
+        daemon.gossip = gossip_params(cfg)
+        daemon.liveness = liveness_params(cfg)
+        now = int(time.time() * 1000)
+        for rt in list(daemon.meshes.values()):
+            rt.node.retune(daemon.gossip, daemon.liveness, now)
+            rt.wake.set()
+    if {"accept_defaults", "bridge_masquerade"} & set(live):
+        for rt in daemon.meshes.values():
+            rt.dirty_wg = True
+        wake = getattr(daemon, "_reconcile_wake", None)
+        if wake is not None:
+            wake.set()
+    if restart:
+        log.warning(
+            "configuration: %s changed but need%s a restart of smegd to take effect "
+            "(running with the previous value%s)",
+            ", ".join(_key(n) for n in restart),
+            "s" if len(restart) == 1 else "",
+            "" if len(restart) == 1 else "s",
+        )
+    for w in new.warnings:
+        if w not in old.warnings:
+            log.warning("%s", w)
+    names = ", ".join(_key(n) for n in live) if live else "nothing that applies live"
+    log.info("configuration reloaded from %s (changed: %s)", path, names)
+    return True

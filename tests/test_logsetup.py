@@ -1,0 +1,78 @@
+"""smegd's log formats (issue 15): JSON lines with extra fields, journald priorities."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from smegmesh.daemon.logsetup import JsonFormatter, TextFormatter, quiet_grpc, under_journald
+
+
+def _record(level: int, msg: str, **extra: object) -> logging.LogRecord:
+    rec = logging.LogRecord("smegd", level, __file__, 1, msg, (), None)
+    rec.__dict__.update(extra)
+    return rec
+
+
+def test_json_line_has_the_fields_and_the_extras() -> None:
+    line = JsonFormatter().format(_record(logging.WARNING, "member joined", mesh="m1", peer="k"))
+    obj = json.loads(line)
+    assert obj["level"] == "warning" and obj["logger"] == "smegd"
+    assert obj["message"] == "member joined"
+    assert (obj["mesh"], obj["peer"]) == ("m1", "k")
+    assert obj["time"].endswith("+00:00")
+
+
+def test_json_carries_the_traceback_in_one_line() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        rec = logging.LogRecord("smegd", logging.ERROR, __file__, 1, "x", (), sys.exc_info())
+    line = JsonFormatter().format(rec)
+    assert "\n" not in line and "ValueError: boom" in json.loads(line)["exception"]
+
+
+@pytest.mark.parametrize(
+    ("level", "prefix"),
+    [
+        (logging.DEBUG, "<7>"),
+        (logging.INFO, "<6>"),
+        (logging.WARNING, "<4>"),
+        (logging.ERROR, "<3>"),
+    ],
+)
+def test_journald_prefix_and_no_timestamp(level: int, prefix: str) -> None:
+    text = TextFormatter(journald=True).format(_record(level, "hello"))
+    assert text == f"{prefix}{logging.getLevelName(level)} smegd: hello"
+    assert JsonFormatter(journald=True).format(_record(level, "hello")).startswith(prefix + "{")
+
+
+def test_text_without_journald_has_a_timestamp() -> None:
+    text = TextFormatter().format(_record(logging.INFO, "hello"))
+    assert text.endswith(" INFO smegd: hello") and text[:4].isdigit()
+
+
+def test_under_journald_only_when_the_stream_is_the_journals(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with open(tmp_path / "a", "w") as a, open(tmp_path / "b", "w") as b:
+        st = os.fstat(a.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        assert under_journald(a)
+        assert not under_journald(b)  # stderr redirected elsewhere: not the journal
+        monkeypatch.delenv("JOURNAL_STREAM")
+        assert not under_journald(a)
+
+
+def test_quiet_grpc_respects_an_explicit_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GRPC_VERBOSITY", raising=False)
+    quiet_grpc()
+    assert os.environ["GRPC_VERBOSITY"] == "NONE"
+    monkeypatch.setenv("GRPC_VERBOSITY", "debug")
+    quiet_grpc()
+    assert os.environ["GRPC_VERBOSITY"] == "debug"
