@@ -287,3 +287,38 @@ def test_openapi_documents_the_event_stream(served: Served) -> None:
     assert "Last-Event-ID" in op["description"] and "stream.dropped" in op["description"]
     names = {p["name"] for p in op["parameters"]}
     assert {"meshid", "Last-Event-ID"} <= names
+
+
+def test_a_client_gone_before_the_stream_starts_frees_its_slot() -> None:
+    """The subscription is released even if the response body never starts."""
+    import asyncio
+
+    svc = FakeNodeService()
+    app = create_app(svc)
+
+    async def go() -> int:
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            await asyncio.sleep(0.01)  # the disconnect wins the race
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": "/v1/events",
+            "raw_path": b"/v1/events",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"host", b"smegd")],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 2),
+        }
+        for _ in range(5):
+            await app(scope, receive, send)
+        return svc.events.subscribers
+
+    assert asyncio.run(go()) == 0
