@@ -191,3 +191,30 @@ def test_watch_without_a_daemon_fails_cleanly(tmp_path: Any) -> None:
     )
     assert p.returncode == 1
     assert p.stderr.startswith("smegctl: cannot reach smegd at") and "Traceback" not in p.stderr
+
+
+def test_client_reassigned_when_its_peer_dies(trio: Cluster) -> None:
+    a, b, c = trio.daemons
+    mesh = create_mesh(a, [b])
+    tok = a.ctl_json("invite", "--meshid", mesh)["token"]
+    c.ctl("join-mesh", "--token", tok, "--role", "client")
+    key_c = c.self_key(mesh)
+    keys = {a.self_key(mesh): a, b.self_key(mesh): b}
+
+    def assigned() -> str | None:
+        n = a.node(mesh, key_c)
+        return n.get("assigned_peer") if n else None
+
+    first = wait_until(assigned, 60, 0.2, "the client's assignment")
+    dead, survivor = keys[first], next(d for k, d in keys.items() if k != first)
+    w = Watch(survivor, "--json")
+    try:
+        streams_open(survivor, mesh, [w])
+        dead.kill9()
+        ev = w.wait_event("the client re-assigned", 120, type="client.reassigned", node=key_c)
+        assert ev["detail"]["old"] == first
+        assert ev["detail"]["new"] == survivor.self_key(mesh)
+        assert w.interrupt() == 0
+    finally:
+        w.kill()
+    assert f"mesh {mesh}: client " in survivor.log() and " re-assigned from " in survivor.log()
