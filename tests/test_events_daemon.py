@@ -218,3 +218,37 @@ def test_client_reassigned_when_its_peer_dies(trio: Cluster) -> None:
     finally:
         w.kill()
     assert f"mesh {mesh}: client " in survivor.log() and " re-assigned from " in survivor.log()
+
+
+def test_route_and_exit_changes_through_a_bridge() -> None:
+    c = Cluster()
+    try:
+        bridge, y = c.add(2, wait=False)
+        (x,) = c.add(1, wait=False, extra={"acceptDefaults": True})
+        c.wait_ready()
+        mesh1 = create_mesh(bridge, [x], advertise_routes=True)
+        w = Watch(x, "--json")
+        try:
+            streams_open(x, mesh1, [w])
+            mesh2 = create_mesh(bridge, [y], advertise_routes=True)
+            prefix2 = next(
+                m["prefix"] for m in bridge.api("GET", "/v1/meshes") if m["mesh_id"] == mesh2
+            )
+            ev = w.wait_event(
+                "the route to mesh2", type="route.changed", detail__destination=prefix2
+            )
+            assert ev["detail"]["old"] is None
+            assert ev["detail"]["new"]["gateway"] == bridge.self_key(mesh1)
+            assert ev["detail"]["new"]["mesh"] == mesh1 and ev["mesh"] == mesh1
+            # y offers an exit in mesh1: x (acceptDefaults) takes it
+            tok = bridge.ctl_json("invite", "--meshid", mesh1)["token"]
+            y.api("POST", "/v1/join", json={"token": tok, "advertise_defaults": True})
+            ev = w.wait_event("the exit", type="exit.changed", detail__destination="::/0")
+            assert ev["detail"]["old"] is None
+            assert ev["detail"]["new"]["gateway"] == y.self_key(mesh1)
+            assert w.interrupt() == 0
+        finally:
+            w.kill()
+        assert f"mesh {mesh1}: route to {prefix2}: none → via " in x.log()
+    finally:
+        c.close()
