@@ -252,3 +252,46 @@ def test_route_and_exit_changes_through_a_bridge() -> None:
         assert f"mesh {mesh1}: route to {prefix2}: none → via " in x.log()
     finally:
         c.close()
+
+
+def test_watch_ends_quietly_when_its_reader_goes() -> None:
+    """``smegctl watch | head -2``: a closed stdout ends watch (exit 0, no message)."""
+    c = Cluster()
+    try:
+        (a,) = c.add(1)
+        mesh = create_mesh(a, [])
+        env = {k: v for k, v in os.environ.items() if k != "SMEG_SOCKET"}
+        r, w = os.pipe()
+        p = subprocess.Popen(
+            [sys.executable, "-m", "smegmesh.cli.main", "--socket", str(a.sock), "watch"],
+            stdout=w,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            text=True,
+        )
+        os.close(w)
+        reader = os.fdopen(r)
+        got: list[str] = []
+
+        def head() -> None:
+            got.extend([reader.readline(), reader.readline()])
+            reader.close()
+
+        t = threading.Thread(target=head, daemon=True)
+        t.start()
+        try:
+            for i in range(400):  # events until watch notices its reader is gone
+                a.api("PUT", f"/v1/meshes/{mesh}/alias", json={"alias": f"x{i}"})
+                if p.poll() is not None:
+                    break
+                time.sleep(0.2)
+            assert p.wait(30) == 0
+            assert p.stderr is not None and p.stderr.read() == ""
+            assert all("changed alias" in line for line in got), got
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait(5)
+    finally:
+        c.close()

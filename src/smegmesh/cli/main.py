@@ -731,9 +731,9 @@ def watch(
         )
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
-    except BrokenPipeError:  # e.g. | head
+    except BrokenPipeError:  # e.g. | head: no flush error at exit
         with contextlib.suppress(OSError):
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - no flush error at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(0) from None
     except w.StreamError as e:
         _fail(str(e), as_json)
