@@ -104,6 +104,8 @@ def trio() -> Iterator[Cluster]:
         c.add(3, wait=False)
         c.wait_ready()
         yield c
+        bad = c.tracebacks()  # e.g. a stream cut by a client or a stop
+        assert not bad, [d.log()[-3000:] for d in c.daemons if d.name in bad]
     finally:
         c.close()
 
