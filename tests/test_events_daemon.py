@@ -209,7 +209,7 @@ def test_client_reassigned_when_its_peer_dies(trio: Cluster) -> None:
 
     first = wait_until(assigned, 60, 0.2, "the client's assignment")
     dead, survivor = keys[first], next(d for k, d in keys.items() if k != first)
-    w = Watch(survivor, "--json")
+    w = Watch(survivor, "--json", "--meshid", mesh)
     try:
         streams_open(survivor, mesh, [w])
         dead.kill9()
@@ -262,6 +262,8 @@ def test_watch_ends_quietly_when_its_reader_goes() -> None:
     try:
         (a,) = c.add(1)
         mesh = create_mesh(a, [])
+        bad = a.ctl("watch", "--meshid", "no-such-mesh-abcd", code=1)
+        assert bad.stderr == "smegctl: not a member of mesh 'no-such-mesh-abcd'\n", bad
         env = {k: v for k, v in os.environ.items() if k != "SMEG_SOCKET"}
         r, w = os.pipe()
         p = subprocess.Popen(

@@ -721,6 +721,8 @@ def watch(
 
     state = ctx.find_object(State)
     sock = state.socket if state else DEFAULT_CONTROL_SOCKET
+    if meshid:  # a typo would otherwise wait for ever in silence
+        _run(as_json, _client(ctx).request, "GET", f"/v1/meshes/{_seg(meshid)}")
     try:
         w.follow(
             w.unix_stream(sock),
