@@ -56,6 +56,14 @@ from smegmesh.daemon import views
 from smegmesh.daemon.api_models import MeshDetail, MeshSummary
 from smegmesh.daemon.authority_ops import AuthorityOps
 from smegmesh.daemon.config import Config, ConfigError, MeshOptions, resolve_mesh_settings
+from smegmesh.daemon.events import (
+    WG_PEER_EVENTS_MAX,
+    EventBus,
+    HandshakeEvents,
+    MemberEvents,
+    route_events,
+    wg_peer_events,
+)
 from smegmesh.daemon.logsetup import configure_logging
 from smegmesh.daemon.metrics import MeteredRpcClient, Metrics, serve_metrics
 from smegmesh.daemon.persist import PersistError, atomic_write
@@ -251,6 +259,12 @@ class Daemon(AuthorityOps):
         self.state_lock = StateLock(self.state_dir)
         self.metrics = Metrics(self)
         self.metrics_server: Any = None
+        #: lifecycle events (GET /v1/events, smegctl watch, the INFO log lines);
+        #: others publish through ``self.events.publish(...)``
+        self.events = EventBus(first_seq=now_ms())
+        self.member_events = MemberEvents(self.events)
+        self.handshakes = HandshakeEvents(self.events)
+        self._handshakes_polled = 0.0
 
     # ------------------------------------------------------------------ identity & disk
     def _load_identity(self) -> NodeIdentity:
@@ -373,6 +387,7 @@ class Daemon(AuthorityOps):
             state.apply_many(items, now_ms())
             rt = self._add_runtime(meta["mesh_id"], opts, state, meta.get("listen_port"))
             self._emit(rt, rt.node.start(now_ms()))
+            self.member_events.track(rt.mesh_id, state, "restored")
             log.info("rejoined mesh %s (%d nodes known)", rt.mesh_id, len(state.live_records()))
         self._tasks.append(asyncio.create_task(self._reconcile_loop()))
         self._tasks.append(asyncio.create_task(self._persist_loop()))
@@ -386,6 +401,7 @@ class Daemon(AuthorityOps):
                 self._save_mesh(rt)
         for t in self._tasks:
             t.cancel()
+        self.events.close()  # ends the event streams: the API servers stop at once
         for s in [*self.api_servers, *([self.metrics_server] if self.metrics_server else [])]:
             with contextlib.suppress(Exception):
                 await s.stop()
@@ -528,6 +544,7 @@ class Daemon(AuthorityOps):
             elif isinstance(o, Changed):
                 rt.dirty_wg = rt.dirty_disk = True
                 self._reconcile_wake.set()
+                self.member_events.changed(rt.mesh_id, rt.node.mesh, o.keys)
                 if log.isEnabledFor(logging.DEBUG):  # bench/calibrate.py reads this line
                     keys = ",".join(key_to_text(k)[:12] for k in o.keys)
                     log.debug("mesh %s: changed %s at %.6f", rt.mesh_id, keys, time.time())
@@ -639,6 +656,7 @@ class Daemon(AuthorityOps):
                     if not res.created:
                         self._nudge_new_peers(rt, res.wg_ops)
                     self.metrics.reconcile.observe(res.seconds)
+                    self._wg_peer_events(rt, res.wg_ops)
                     if res.changed:
                         log.info(
                             "mesh %s: %s updated (%d WireGuard ops, %d host ops, %.1f ms)",
@@ -664,6 +682,45 @@ class Daemon(AuthorityOps):
                     # counters when asked, so an idle daemon does not poll.)
                 except Exception as e:
                     log.warning("WireGuard health check failed: %s", e)
+                await self._poll_handshakes()
+
+    #: Handshake state is read this often, only while an event stream is open.
+    HANDSHAKE_POLL_S = 10.0
+
+    async def _poll_handshakes(self) -> None:
+        """handshake.up/down events: one status read per mesh, only while someone listens."""
+        if not self.events.subscribers:
+            return
+        if time.monotonic() - self._handshakes_polled < self.HANDSHAKE_POLL_S:
+            return
+        self._handshakes_polled = time.monotonic()
+        loop = asyncio.get_running_loop()
+        for rt in list(self.meshes.values()):
+            if not rt.up or self.meshes.get(rt.mesh_id) is not rt:
+                continue
+            try:
+                status = await loop.run_in_executor(self._wg_pool, self.backend.read, rt.ifname)
+            except Exception as e:
+                log.debug("mesh %s: cannot read WireGuard status: %s", rt.mesh_id, e)
+                continue
+            self.wg_status[rt.mesh_id] = status
+            self.handshakes.status(rt.mesh_id, status, time.time(), self.member_events)
+
+    def _wg_peer_events(self, rt: MeshRuntime, wg_ops: list[Any]) -> None:
+        """wg.peer_added / wg.peer_removed for what the reconciler applied."""
+        added, removed = wg_peer_events(wg_ops)
+        for kind, keys in (("wg.peer_added", added), ("wg.peer_removed", removed)):
+            if len(keys) > WG_PEER_EVENTS_MAX:
+                self.events.publish(kind, mesh=rt.mesh_id, detail={"count": len(keys)})
+                continue
+            for key in keys:
+                self.events.publish(
+                    kind,
+                    mesh=rt.mesh_id,
+                    node=key,
+                    alias=self.member_events.alias_of(rt.mesh_id, key),
+                    detail={"address": self.member_events.address_of(rt.mesh_id, key)},
+                )
 
     #: At most this many new peers are nudged per apply (a join adds one).
     NUDGE_MAX = 8
@@ -773,6 +830,9 @@ class Daemon(AuthorityOps):
         )
         old = self.routing
         self.routing = result
+        if old is not result:
+            for kind, mesh, gw, detail in route_events(old, result, self.member_events.alias_of):
+                self.events.publish(kind, mesh=mesh, node=gw, detail=detail)
         for mesh_id, o in outs.items():
             self._emit(self.meshes[mesh_id], o)
         for rt in self.meshes.values():
@@ -829,6 +889,7 @@ class Daemon(AuthorityOps):
             for rt in list(self.meshes.values()):
                 if rt.node.mesh.gc(now_ms(), horizon):
                     rt.dirty_disk = True
+                    self.member_events.sweep(rt.mesh_id, rt.node.mesh)
                 if rt.dirty_disk and not rt.joining:  # a refused join is never saved
                     self._save_mesh(rt)
 
@@ -852,6 +913,7 @@ class Daemon(AuthorityOps):
                 "a mesh is created by a peer (role client cannot create one)"
             )
         self._emit(rt, rt.node.start(now_ms()))
+        self.member_events.track(mesh_id, rt.node.mesh, "created")
         self._save_mesh(rt)
         log.info("created mesh %s (invite policy %s)", mesh_id, founding.policy)
         return mesh_id
@@ -957,6 +1019,7 @@ class Daemon(AuthorityOps):
                 rt.joining = False
                 rt.dirty_wg = True
                 self._emit(rt, outs)
+                self.member_events.track(tok.mesh_id, node.mesh, "joined")
                 # The reply holds one page of the state; the rest by anti-entropy, now.
                 self._emit(rt, node.pull_from(b.wg_key, now_ms()))
                 self._save_mesh(rt)
@@ -987,6 +1050,8 @@ class Daemon(AuthorityOps):
         if rt.task:
             rt.task.cancel()
         del self.meshes[mesh_id]
+        self.member_events.forget(mesh_id)
+        self.handshakes.forget(mesh_id)
         loop = asyncio.get_running_loop()
         await self._run_hooks(rt, "preDown")
         try:
@@ -1035,6 +1100,7 @@ class Daemon(AuthorityOps):
                 timeout=2.0,
             )
             self.wg_status[mesh_id] = status
+            self.handshakes.status(mesh_id, status, time.time(), self.member_events)
         except Exception:
             status = self.wg_status.get(mesh_id)
         records = rt.node.live_records()
