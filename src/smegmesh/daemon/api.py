@@ -54,6 +54,8 @@ from smegmesh.daemon.api_models import (
 )
 from smegmesh.daemon.config import VERSION
 from smegmesh.daemon.service import NodeService, ServiceError
+from smegmesh.daemon.ui import authorized as ui_authorized
+from smegmesh.daemon.ui import mount_ui
 
 __all__ = ["ApiServer", "create_app", "serve_tcp", "serve_unix"]
 
@@ -141,7 +143,7 @@ def _bearer(token: str) -> Callable[[Request], Coroutine[Any, Any, None]]:
 
     async def check(request: Request) -> None:
         got = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(got, expected):
+        if not hmac.compare_digest(got, expected) and not ui_authorized(request):
             raise ServiceError("unauthorized", "missing or wrong bearer token", 401)
 
     return check
@@ -158,6 +160,8 @@ def create_app(service: NodeService, token: str | None = None) -> FastAPI:
         responses=_ERRORS,
     )
     app.add_middleware(_CatchAll)
+    if token:
+        mount_ui(app, token)  # the dashboard at /ui/ (its session cookie passes _bearer)
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> Response:
