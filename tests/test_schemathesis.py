@@ -88,8 +88,27 @@ def daemon_url() -> Iterator[str]:
     database=None,
 )
 def test_api_conforms(case: schemathesis.Case, daemon_url: str) -> None:
+    if case.path == "/v1/events":
+        _check_event_stream(case, daemon_url)
+        return
     leave = case.method == "DELETE" and case.path == "/v1/meshes/{mesh_id}"
     if leave and (case.path_parameters or {}).get("mesh_id") in REAL_MESHES:
         # leaving the real meshes would end the interesting part of the run
         case.path_parameters = {"mesh_id": "not-" + REAL_MESHES[0]}
     case.call_and_validate(base_url=daemon_url, headers=AUTH, checks=CHECKS, timeout=60)
+
+
+def _check_event_stream(case: schemathesis.Case, daemon_url: str) -> None:
+    """``/v1/events`` never ends: check its status, media type and first bytes only."""
+    import requests
+
+    kw = case.as_transport_kwargs(base_url=daemon_url, headers=AUTH)
+    with requests.request(**kw, stream=True, timeout=30) as r:
+        assert r.status_code < 500, (r.status_code, r.text[:300])
+        if r.status_code == 200:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            first = next(r.iter_content(chunk_size=None))
+            assert first.startswith(b":") or first.startswith(b"id: "), first[:100]
+        else:
+            assert r.status_code in (400, 401, 404, 405, 422), r.status_code
+            assert "error" in r.json(), r.text[:300]

@@ -20,14 +20,14 @@ import logging
 import os
 import socket
 import stat
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator
 from pathlib import Path as FsPath
 from typing import Annotated, Any, TypeVar
 
 import uvicorn
-from fastapi import Body, Depends, FastAPI, Path, Query, Request
+from fastapi import Body, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -53,6 +53,7 @@ from smegmesh.daemon.api_models import (
     proto_mesh,
 )
 from smegmesh.daemon.config import VERSION
+from smegmesh.daemon.events import KEEPALIVE_S, EventBus, TooManySubscribers
 from smegmesh.daemon.service import NodeService, ServiceError
 from smegmesh.daemon.ui import authorized as ui_authorized
 from smegmesh.daemon.ui import mount_ui
@@ -74,6 +75,27 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     "5XX": {"model": ErrorResponse, "description": "Error"},
 }
 
+
+EVENTS_DESCRIPTION = """\
+A `text/event-stream` of this node's lifecycle events. Each message is
+`id: <seq>`, `event: <type>` and `data: <json>`; the JSON object is
+`{"seq", "time", "type", "mesh", "node", "alias", "detail"}` (`node`: the
+member's WireGuard key as in `get-mesh`; `mesh`, `node` and `alias` may be
+null). Types: `member.joined`, `member.left`, `member.pruned`,
+`member.evicted`, `member.returned`, `member.changed` (detail: which of
+alias, description, services, role changed, old and new),
+`client.reassigned`, `route.changed`, `exit.changed`, `handshake.up`,
+`handshake.down`, `wg.peer_added`, `wg.peer_removed`, `mesh.joined`,
+`mesh.left`, `config.reloaded`, and `stream.dropped` (`detail.missed`:
+events this stream did not get, because the client resumed with a
+`Last-Event-ID` older than the buffer of the last 1,024 events, or read too
+slowly; its `id` is the last event missed).
+
+Sequence numbers increase per daemon. A client that reconnects with the
+`Last-Event-ID` header gets every later event still buffered. `meshid`
+keeps the events of that mesh and those of no mesh. A comment line
+`: keepalive` comes every 15 s. At most 32 streams at once (503 beyond).
+"""
 
 MeshId = Annotated[str, Path(min_length=1, max_length=128, description="Mesh id")]
 ServiceKey = Annotated[
@@ -266,6 +288,68 @@ def create_app(service: NodeService, token: str | None = None) -> FastAPI:
     ) -> Response:
         data = await service.get_graph(meshid, format)
         return Response(content=data, media_type=GRAPH_MEDIA_TYPES[format])
+
+    @app.get(
+        "/v1/events",
+        tags=["v1"],
+        summary="Lifecycle events as they happen (Server-Sent Events)",
+        description=EVENTS_DESCRIPTION,
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+    )
+    async def events(
+        meshid: Annotated[
+            str | None,
+            Query(min_length=1, max_length=128, description="Only events of this mesh"),
+        ] = None,
+        last_event_id: Annotated[
+            str | None,
+            Header(
+                alias="Last-Event-ID",
+                max_length=20,
+                description="Resume after this event (sent by EventSource on reconnect)",
+            ),
+        ] = None,
+    ) -> StreamingResponse:
+        bus: EventBus | None = getattr(service, "events", None)
+        if bus is None:
+            raise ServiceError("unavailable", "this daemon has no event stream", 503)
+        last: int | None = None
+        if last_event_id is not None and last_event_id.strip():
+            try:
+                last = int(last_event_id.strip())
+            except ValueError:
+                raise ServiceError(
+                    "invalid_argument",
+                    f"Last-Event-ID: {last_event_id[:20]!r} is not an event number",
+                    400,
+                ) from None
+            if last < 0:
+                raise ServiceError("invalid_argument", "Last-Event-ID: must be >= 0", 400)
+        try:
+            sub = bus.subscribe(last_id=last, mesh=meshid)
+        except TooManySubscribers as e:
+            raise ServiceError("unavailable", str(e), 503) from None
+
+        async def stream() -> AsyncIterator[bytes]:
+            try:
+                yield b": smegd event stream\n\n"
+                while True:
+                    ev = await sub.get(timeout=KEEPALIVE_S)
+                    if ev is None:
+                        if sub.closed:
+                            return
+                        yield b": keepalive\n\n"
+                    else:
+                        yield ev.sse()
+            finally:
+                sub.close()
+
+        return StreamingResponse(
+            stream(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
     # ------------------------------------------------------------------ prototype aliases
     async def proto_meshes() -> list[ProtoMesh]:

@@ -52,6 +52,13 @@ from smegmesh.daemon import service as svc
 from smegmesh.daemon import views
 from smegmesh.daemon.api_models import MeshDetail, MeshSummary
 from smegmesh.daemon.config import Config, MeshOptions, resolve_mesh_settings
+from smegmesh.daemon.events import (
+    EventBus,
+    HandshakeEvents,
+    MemberEvents,
+    route_events,
+    wg_peer_events,
+)
 from smegmesh.daemon.persist import PersistError, atomic_write
 from smegmesh.daemon.transport import (
     Refused,
@@ -241,6 +248,12 @@ class Daemon:
         self.routing: RoutingResult | None = None
         self._bridge_nat: frozenset[str] | None = None  # applied (None: not yet)
         self._bridge_nat_error: frozenset[str] | None = None  # last set that failed
+        #: lifecycle events (GET /v1/events, smegctl watch, the INFO log lines);
+        #: others publish through ``self.events.publish(...)``
+        self.events = EventBus()
+        self.member_events = MemberEvents(self.events)
+        self.handshakes = HandshakeEvents(self.events)
+        self._handshakes_polled = 0.0
 
     # ------------------------------------------------------------------ identity & disk
     def _load_identity(self) -> NodeIdentity:
@@ -352,6 +365,7 @@ class Daemon:
             state.apply_many(items, now_ms())
             rt = self._add_runtime(meta["mesh_id"], opts, state, meta.get("listen_port"))
             self._emit(rt, rt.node.start(now_ms()))
+            self.member_events.track(rt.mesh_id, state, "restored")
             log.info("rejoined mesh %s (%d nodes known)", rt.mesh_id, len(state.live_records()))
         self._tasks.append(asyncio.create_task(self._reconcile_loop()))
         self._tasks.append(asyncio.create_task(self._persist_loop()))
@@ -365,6 +379,7 @@ class Daemon:
                 self._save_mesh(rt)
         for t in self._tasks:
             t.cancel()
+        self.events.close()  # ends the event streams: the API servers stop at once
         for s in self.api_servers:
             with contextlib.suppress(Exception):
                 await s.stop()
@@ -487,6 +502,7 @@ class Daemon:
             elif isinstance(o, Changed):
                 rt.dirty_wg = rt.dirty_disk = True
                 self._reconcile_wake.set()
+                self.member_events.changed(rt.mesh_id, rt.node.mesh, o.keys)
                 if log.isEnabledFor(logging.DEBUG):  # bench/calibrate.py reads this line
                     keys = ",".join(key_to_text(k)[:12] for k in o.keys)
                     log.debug("mesh %s: changed %s at %.6f", rt.mesh_id, keys, time.time())
@@ -572,6 +588,7 @@ class Daemon:
                         await self._run_hooks(rt, "postUp")
                     if not res.created:
                         self._nudge_new_peers(rt, res.wg_ops)
+                    self._wg_peer_events(rt, res.wg_ops)
                     if res.changed:
                         log.info(
                             "mesh %s: %s updated (%d WireGuard ops, %d host ops, %.1f ms)",
@@ -597,6 +614,47 @@ class Daemon:
                     # counters when asked, so an idle daemon does not poll.)
                 except Exception as e:
                     log.warning("WireGuard health check failed: %s", e)
+                await self._poll_handshakes()
+
+    #: Handshake state is read this often, only while an event stream is open.
+    HANDSHAKE_POLL_S = 10.0
+
+    async def _poll_handshakes(self) -> None:
+        """handshake.up/down events: one status read per mesh, only while someone listens."""
+        if not self.events.subscribers:
+            return
+        if time.monotonic() - self._handshakes_polled < self.HANDSHAKE_POLL_S:
+            return
+        self._handshakes_polled = time.monotonic()
+        loop = asyncio.get_running_loop()
+        for rt in list(self.meshes.values()):
+            if not rt.up or self.meshes.get(rt.mesh_id) is not rt:
+                continue
+            try:
+                status = await loop.run_in_executor(self._wg_pool, self.backend.read, rt.ifname)
+            except Exception as e:
+                log.debug("mesh %s: cannot read WireGuard status: %s", rt.mesh_id, e)
+                continue
+            self.wg_status[rt.mesh_id] = status
+            self.handshakes.status(rt.mesh_id, status, time.time(), self.member_events)
+
+    def _wg_peer_events(self, rt: MeshRuntime, wg_ops: list[Any]) -> None:
+        """wg.peer_added / wg.peer_removed for what the reconciler applied."""
+        from smegmesh.daemon.events import WG_PEER_EVENTS_MAX
+
+        added, removed = wg_peer_events(wg_ops)
+        for kind, keys in (("wg.peer_added", added), ("wg.peer_removed", removed)):
+            if len(keys) > WG_PEER_EVENTS_MAX:
+                self.events.publish(kind, mesh=rt.mesh_id, detail={"count": len(keys)})
+                continue
+            for key in keys:
+                self.events.publish(
+                    kind,
+                    mesh=rt.mesh_id,
+                    node=key,
+                    alias=self.member_events.alias_of(rt.mesh_id, key),
+                    detail={"address": self.member_events.address_of(rt.mesh_id, key)},
+                )
 
     #: At most this many new peers are nudged per apply (a join adds one).
     NUDGE_MAX = 8
@@ -702,6 +760,9 @@ class Daemon:
         )
         old = self.routing
         self.routing = result
+        if old is not result:
+            for kind, mesh, gw, detail in route_events(old, result, self.member_events.alias_of):
+                self.events.publish(kind, mesh=mesh, node=gw, detail=detail)
         for mesh_id, o in outs.items():
             self._emit(self.meshes[mesh_id], o)
         for rt in self.meshes.values():
@@ -755,6 +816,7 @@ class Daemon:
             for rt in list(self.meshes.values()):
                 if rt.node.mesh.gc(now_ms(), horizon):
                     rt.dirty_disk = True
+                    self.member_events.sweep(rt.mesh_id, rt.node.mesh)
                 if rt.dirty_disk and not rt.joining:  # a refused join is never saved
                     self._save_mesh(rt)
 
@@ -770,6 +832,7 @@ class Daemon:
                 "a mesh is created by a peer (role client cannot create one)"
             )
         self._emit(rt, rt.node.start(now_ms()))
+        self.member_events.track(mesh_id, rt.node.mesh, "created")
         self._save_mesh(rt)
         log.info("created mesh %s", mesh_id)
         return mesh_id
@@ -850,6 +913,7 @@ class Daemon:
                 rt.joining = False
                 rt.dirty_wg = True
                 self._emit(rt, node.absorb(reply.items, now_ms()))
+                self.member_events.track(tok.mesh_id, node.mesh, "joined")
                 self._save_mesh(rt)
                 log.info(
                     "joined mesh %s through %s (%d nodes)",
@@ -878,6 +942,8 @@ class Daemon:
         if rt.task:
             rt.task.cancel()
         del self.meshes[mesh_id]
+        self.member_events.forget(mesh_id)
+        self.handshakes.forget(mesh_id)
         loop = asyncio.get_running_loop()
         await self._run_hooks(rt, "preDown")
         try:
@@ -926,6 +992,7 @@ class Daemon:
                 timeout=2.0,
             )
             self.wg_status[mesh_id] = status
+            self.handshakes.status(mesh_id, status, time.time(), self.member_events)
         except Exception:
             status = self.wg_status.get(mesh_id)
         records = rt.node.live_records()
