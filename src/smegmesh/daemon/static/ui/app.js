@@ -13,7 +13,7 @@ const EVENT_TYPES = [
   "member.joined", "member.left", "member.pruned", "member.evicted", "member.returned",
   "member.changed", "route.changed", "exit.changed", "client.reassigned", "handshake.up",
   "handshake.down", "wg.peer_added", "wg.peer_removed", "mesh.joined", "mesh.left",
-  "stream.dropped", "message",
+  "stream.dropped", "config.reloaded", "message",
 ];
 
 const state = {
@@ -65,7 +65,6 @@ function fmtAge(s) {
 function shortKey(k) { return k ? k.slice(0, 8) + "…" : ""; }
 function nodeName(n) { return n.alias || shortKey(n.public_key); }
 function isExit(n) { return (n.routes || []).some((r) => r.destination === "::/0"); }
-function shortMesh(id) { return id.length > 14 ? id.slice(0, 12) + "…" : id; }
 
 function bridges() {
   const seen = new Map();   // key -> set of mesh ids
@@ -260,7 +259,7 @@ function graphStyle() {
       "border-width": 1, "border-color": "#c9d6ea", "label": "data(label)",
       "text-valign": "top", "text-halign": "center", "font-size": 12, "font-weight": "bold",
       "color": "#47607f", "padding": 18, "text-margin-y": -4,
-      "text-background-opacity": 0 } },
+      "text-background-opacity": 0, "min-width": 150 } },
     { selector: "node.dim", style: { "opacity": 0.18 } },
     { selector: "node.hit", style: { "overlay-color": "#e0a100", "overlay-opacity": 0.25 } },
     { selector: "node:selected", style: { "overlay-color": "#2f6fd6", "overlay-opacity": 0.2 } },
@@ -278,14 +277,14 @@ function graphElements() {
   const br = bridges();
   const nodeId = (mid, key) => `${mid}|${key}`;
   for (const [mid, m] of state.meshes) {
-    els.push({ group: "nodes", data: { id: `mesh|${mid}`, label: `mesh ${shortMesh(mid)}` },
+    els.push({ group: "nodes", data: { id: `mesh|${mid}`, label: `mesh ${mid}` },
       classes: "mesh" });
     const keys = new Set(m.nodes.map((n) => n.public_key));
     const peers = m.nodes.filter((n) => n.role === "peer");
     for (const n of m.nodes) {
       const cls = [n.role, n.is_self ? "self" : "", n.status === "suspect" ? "suspect" : "",
         isExit(n) ? "exit" : "", br.has(n.public_key) ? "bridge" : ""].filter(Boolean).join(" ");
-      const label = `${nodeName(n)}${isExit(n) ? " ⇱" : ""}\n${n.overlay_address}`;
+      const label = `${nodeName(n)}${isExit(n) ? " ⇱ exit" : ""}`;
       els.push({ group: "nodes", classes: cls,
         data: { id: nodeId(mid, n.public_key), parent: `mesh|${mid}`, label, mesh: mid,
           key: n.public_key } });
@@ -314,6 +313,46 @@ function graphElements() {
     }
   }
   return els;
+}
+
+/* Our own layout, stable from one update to the next: per mesh, its peers on a
+ * circle (this node on top), each client further out on the ray of its peer;
+ * meshes side by side. */
+function layoutPositions() {
+  const pos = {};
+  let x0 = 0;
+  for (const [mid, m] of [...state.meshes].sort(([a], [b]) => a.localeCompare(b))) {
+    const peers = m.nodes.filter((n) => n.role !== "client")
+      .sort((a, b) => (b.is_self - a.is_self) || nodeName(a).localeCompare(nodeName(b)));
+    const clients = m.nodes.filter((n) => n.role === "client");
+    const r = peers.length <= 1 ? 0 : Math.max(80, peers.length * 26);
+    const byPeer = new Map();
+    for (const c of clients) {
+      const k = peers.some((p) => p.public_key === c.assigned_peer) ? c.assigned_peer : "";
+      if (!byPeer.has(k)) byPeer.set(k, []);
+      byPeer.get(k).push(c);
+    }
+    const maxClients = Math.max(0, ...[...byPeer.values()].map((l) => l.length));
+    const outer = r + (maxClients ? 80 : 0);
+    const cx = x0 + outer + 60;
+    const angle = (j) => -Math.PI / 2 + (2 * Math.PI * j) / Math.max(1, peers.length);
+    peers.forEach((p, j) => {
+      const a = angle(j);
+      pos[`${mid}|${p.public_key}`] = { x: cx + r * Math.cos(a), y: r * Math.sin(a) };
+      (byPeer.get(p.public_key) || []).forEach((c, k, list) => {
+        const spread = (k - (list.length - 1) / 2) * 0.32;
+        const d = (r || 0) + 80 + (list.length > 3 ? (k % 2) * 40 : 0);
+        const b = peers.length <= 1 ? Math.PI / 2 + spread * 2 : a + spread;
+        pos[`${mid}|${c.public_key}`] = { x: cx + d * Math.cos(b), y: d * Math.sin(b) };
+      });
+    });
+    (byPeer.get("") || []).forEach((c, k, list) => {
+      const b = -Math.PI / 2 + (2 * Math.PI * (k + 0.5)) / list.length;
+      pos[`${mid}|${c.public_key}`] = { x: cx + (r + 120) * Math.cos(b), y: (r + 120) * Math.sin(b) };
+    });
+    x0 = cx + outer + 60 + 80;
+  }
+  return (node) => pos[node.id()] || { x: 0, y: 0 };
 }
 
 function renderGraph() {
@@ -349,9 +388,7 @@ function renderGraph() {
   });
   applySearchToGraph();
   if (changed) {
-    cy.layout({ name: "cose", animate: false, padding: 24, nodeRepulsion: () => 9000,
-      idealEdgeLength: () => 70, componentSpacing: 60, nestingFactor: 1.2, randomize: false }).run();
-    cy.fit(undefined, 24);
+    cy.layout({ name: "preset", positions: layoutPositions(), fit: true, padding: 30 }).run();
   }
 }
 
@@ -400,8 +437,8 @@ function meshSection(mid, m, br) {
     el("td", {}, el("strong", {}, nodeName(n)), via ? el("div", { class: "muted" }, `via ${nodeName(via)}`) : null),
     el("td", { class: "mono" }, n.overlay_address),
     el("td", {}, roleTags(n, br)),
-    el("td", {}, n.is_self ? "—" : (n.wg_peer ? fmtAge(n.handshake_age_s) : "—")),
-    el("td", {}, n.is_self ? "—" : `↓ ${fmtBytes(n.rx_bytes)} · ↑ ${fmtBytes(n.tx_bytes)}`),
+    el("td", { class: "nowrap" }, n.is_self ? "—" : (n.wg_peer ? fmtAge(n.handshake_age_s) : "—")),
+    el("td", { class: "nowrap" }, n.is_self ? "—" : `↓ ${fmtBytes(n.rx_bytes)} · ↑ ${fmtBytes(n.tx_bytes)}`),
     el("td", {}, Object.keys(n.services || {}).sort().join(", ") || el("span", { class: "muted" }, "—")));
   });
   const leader = m.leader && byKey.get(m.leader);
