@@ -204,3 +204,60 @@ def test_smegctl_ui_forwards_to_the_socket_after_a_one_time_login(one: Cluster) 
     finally:
         p.terminate()
         p.wait(10)
+
+
+def test_smegctl_ui_forwards_the_event_stream_and_closes_it(one: Cluster) -> None:
+    d = one.daemons[0]
+    p, url = _smegctl_ui(d)
+    try:
+        base = url.split("/ui/")[0]
+        with httpx.Client(base_url=base, timeout=30) as h:
+            assert h.get(url).status_code == 303
+            csrf = _csrf(h)
+            mesh_id = h.post("/v1/meshes", headers={"X-Smeg-CSRF": csrf}).json()["mesh_id"]
+            with h.stream("GET", "/v1/events", params={"meshid": mesh_id}) as r:
+                assert r.status_code == 200
+                assert r.headers["content-type"].startswith("text/event-stream")
+                h2 = httpx.Client(base_url=base, cookies=h.cookies, timeout=30)
+                h2.put(
+                    f"/v1/meshes/{mesh_id}/alias",
+                    json={"alias": "streamed"},
+                    headers={"X-Smeg-CSRF": csrf},
+                ).raise_for_status()
+                h2.close()
+                seen = ""
+                for line in r.iter_lines():
+                    seen += line + "\n"
+                    if "streamed" in line:
+                        break
+                assert re.search(r"^id: \d+$", seen, re.M), seen
+                assert "event: member.changed" in seen, seen
+            # every stream the browser closes is closed upstream too: more than the
+            # daemon's limit of concurrent streams, one after the other, all open
+            for _ in range(40):
+                with h.stream("GET", "/v1/events") as r:
+                    assert r.status_code == 200, r.read()
+                    next(r.iter_lines())
+    finally:
+        p.terminate()
+        p.wait(10)
+
+
+def test_session_cookie_is_secure_over_tls() -> None:
+    import asyncio
+
+    from smegmesh.daemon.ui import create_ui_app
+
+    store = SessionStore()
+    app = create_ui_app(store, lambda t: t == "right")
+
+    async def login() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="https://node.example") as h:
+            return await h.post("/login", data={"token": "right"})
+
+    r = asyncio.run(login())
+    assert r.status_code == 303
+    low = r.headers["set-cookie"].lower()
+    assert "secure" in low and "httponly" in low and "samesite=strict" in low
+    assert len(store) == 1

@@ -113,6 +113,8 @@ def create_proxy_app(
                     yield chunk
             except httpx.HTTPError:
                 return
+            finally:
+                await resp.aclose()  # the browser went away: so does the upstream stream
 
         return StreamingResponse(
             chunks(),

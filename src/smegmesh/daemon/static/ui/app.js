@@ -8,6 +8,9 @@
 
 const CSRF = document.querySelector('meta[name="smeg-csrf"]').content;
 const POLL_MS = 4000;
+/* Traffic counters and handshake ages change without events: re-read them this
+ * often even while the stream is live. */
+const REFRESH_MS = 15000;
 const DEBOUNCE_MS = 250;
 const EVENT_TYPES = [
   "member.joined", "member.left", "member.pruned", "member.evicted", "member.returned",
@@ -692,4 +695,5 @@ $("#logout").addEventListener("click", async () => {
     banner(`Cannot reach smegd: ${e.message}`);
   }
   connectEvents();
+  setInterval(() => { if (state.live) scheduleRefresh(null); }, REFRESH_MS);
 })();
