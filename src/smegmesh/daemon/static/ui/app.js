@@ -364,8 +364,12 @@ function renderGraph() {
   if (!cy) {
     cy = window.cytoscape({
       container: $("#graph"), elements: [], style: graphStyle(),
-      wheelSensitivity: 0.3, minZoom: 0.2, maxZoom: 3,
+      wheelSensitivity: 0.3, minZoom: 0.2, maxZoom: 1.8,
     });
+    // the side panel opening or closing changes the graph's width: fit again
+    if (window.ResizeObserver) {
+      new ResizeObserver(() => { cy.resize(); cy.fit(undefined, 30); }).observe($("#graph"));
+    }
     cy.on("tap", "node", (ev) => {
       const d = ev.target.data();
       if (d.key) select(d.mesh, d.key);
