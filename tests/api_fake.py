@@ -31,6 +31,7 @@ from smegmesh.daemon.api_models import (
     SelectedRoute,
 )
 from smegmesh.daemon.config import MeshOptions
+from smegmesh.daemon.events import EventBus
 from smegmesh.daemon.service import (
     ServiceError,
     conflict,
@@ -72,6 +73,8 @@ class FakeNodeService:
         self.invites: dict[str, tuple[str, float, int]] = {}
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self._n = 0
+        #: GET /v1/events reads this bus (the daemon's is ``Daemon.events``)
+        self.events = EventBus()
 
     # helpers -------------------------------------------------------------
     def _mesh(self, mesh_id: str) -> FakeMesh:

@@ -10,7 +10,9 @@ status; never a traceback.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import os
 import re
 import sys
 import time
@@ -694,6 +696,53 @@ def delete_service(
         None,
         f"service {service} deleted in {meshid}",
     )
+
+
+@app.command(
+    "watch",
+    epilog="Examples: smegctl watch;  smegctl watch --meshid MESH --json | jq .type",
+)
+def watch(
+    ctx: typer.Context,
+    meshid: Annotated[
+        str | None,
+        typer.Option("--meshid", "-m", help="Only this mesh (default: all meshes)."),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per event and line (JSON Lines).")
+    ] = False,
+) -> None:
+    """Print the node's events as they happen: members joining, leaving, pruned, changed...
+
+    Reconnects after a lost connection, resuming where it stopped; a
+    [bold]stream.dropped[/bold] event says how many events were missed. Ctrl-C ends it.
+    """
+    from smegmesh.cli import watch as w
+
+    state = ctx.find_object(State)
+    sock = state.socket if state else DEFAULT_CONTROL_SOCKET
+    try:
+        w.follow(
+            w.unix_stream(sock),
+            meshid=meshid,
+            as_json=as_json,
+            error_of=lambda r: _error_of(r)[0],
+            where=sock,
+        )
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+    except BrokenPipeError:  # e.g. | head
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - no flush error at exit
+        raise typer.Exit(0) from None
+    except w.StreamError as e:
+        _fail(str(e), as_json)
+    except (httpx.TransportError, OSError):
+        try:
+            Client(sock).request("GET", "/v1/health", timeout=5)
+        except CtlError as e:
+            _fail(e.message, as_json)
+        _fail(f"cannot open the event stream of smegd at {sock}", as_json)
 
 
 def _seg(s: str) -> str:

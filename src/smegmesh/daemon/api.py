@@ -53,7 +53,7 @@ from smegmesh.daemon.api_models import (
     proto_mesh,
 )
 from smegmesh.daemon.config import VERSION
-from smegmesh.daemon.events import KEEPALIVE_S, EventBus, TooManySubscribers
+from smegmesh.daemon.events import KEEPALIVE_S, EventBus, Subscription, TooManySubscribers
 from smegmesh.daemon.service import NodeService, ServiceError
 from smegmesh.daemon.ui import authorized as ui_authorized
 from smegmesh.daemon.ui import mount_ui
@@ -158,6 +158,21 @@ class _CatchAll:
             if not started:
                 resp = _error(500, "internal", "internal error in smegd (see its log)")
                 await resp(scope, receive, send)
+
+
+class _EventStream(StreamingResponse):
+    """The event stream; its subscription ends with the response, however it ends
+    (a client gone before the body starts would otherwise keep its slot)."""
+
+    def __init__(self, sub: Subscription, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sub = sub
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._sub.close()
 
 
 def _bearer(token: str) -> Callable[[Request], Coroutine[Any, Any, None]]:
@@ -345,7 +360,8 @@ def create_app(service: NodeService, token: str | None = None) -> FastAPI:
             finally:
                 sub.close()
 
-        return StreamingResponse(
+        return _EventStream(
+            sub,
             stream(),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

@@ -316,9 +316,14 @@ class EventBus:
         queue_size: int = QUEUE_SIZE,
         max_subscribers: int = MAX_SUBSCRIBERS,
         clock: Callable[[], float] = time.time,
+        first_seq: int = 1,
     ) -> None:
+        """``first_seq``: the daemon passes its start time in ms, so the numbers of a
+        restarted daemon are above those of the one before (a client resuming
+        across the restart is told, instead of silently skipping events)."""
         self._ring: collections.deque[Event] = collections.deque(maxlen=ring_size)
-        self._seq = 0
+        self._first = first_seq
+        self._seq = first_seq - 1
         self._subs: set[Subscription] = set()
         self.queue_size = queue_size
         self.max_subscribers = max_subscribers
@@ -379,9 +384,11 @@ class EventBus:
         """A new subscriber, first given what it missed after ``last_id`` (if any).
 
         Missed events still in the ring are replayed; if some are gone the
-        replay starts with ``stream.dropped``. A ``last_id`` above the newest
-        seq comes from before a daemon restart: the whole ring is replayed
-        after a ``stream.dropped``.
+        replay starts with ``stream.dropped``. A ``last_id`` below this bus's
+        first number comes from before a daemon restart (one above the newest
+        cannot be placed at all): the whole ring is replayed after a
+        ``stream.dropped`` saying so (``missed``: this run's events no longer
+        buffered; what the previous run did after ``last_id`` is unknown).
         """
         if self.closed:
             raise TooManySubscribers("the daemon is shutting down")
@@ -398,8 +405,8 @@ class EventBus:
     def _replay(self, last_id: int, sub: Subscription) -> list[Event]:
         first = self._ring[0].seq if self._ring else self._seq + 1
         out: list[Event] = []
-        if last_id > self._seq:
-            out.append(self.dropped_notice(first - 1, first - 1, "the daemon restarted"))
+        if last_id > self._seq or last_id < self._first - 1:
+            out.append(self.dropped_notice(first - 1, first - self._first, "the daemon restarted"))
             start = first
         elif last_id < first - 1:
             out.append(

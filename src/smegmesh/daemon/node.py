@@ -250,7 +250,7 @@ class Daemon:
         self._bridge_nat_error: frozenset[str] | None = None  # last set that failed
         #: lifecycle events (GET /v1/events, smegctl watch, the INFO log lines);
         #: others publish through ``self.events.publish(...)``
-        self.events = EventBus()
+        self.events = EventBus(first_seq=now_ms())
         self.member_events = MemberEvents(self.events)
         self.handshakes = HandshakeEvents(self.events)
         self._handshakes_polled = 0.0
