@@ -152,3 +152,61 @@ def test_dashboard_meshes_bridge_and_admin_actions(
     page.screenshot(path=str(tmp_path / "two-meshes.png"))
     if os.environ.get("SMEG_UI_SCREENSHOTS"):
         page.screenshot(path=os.path.join(os.environ["SMEG_UI_SCREENSHOTS"], "two-meshes.png"))
+
+
+def test_evict_is_offered_once_the_api_has_the_route(
+    page: Any, two_meshes: tuple[Cluster, str, str]
+) -> None:
+    """The page looks for ``POST /v1/meshes/{id}/evict`` in the OpenAPI document at run time.
+
+    The document is given the route here (the daemon may not have it yet), and
+    the POST is answered by the test: the button appears on another node's
+    panel, never on this node's, and sends the node's key after confirmation.
+    """
+    c, m1, _ = two_meshes
+    a, b, _, _ = c.daemons
+    base = f"http://[::1]:{a.api_port}"
+    doc = httpx.get(f"{base}/openapi.json").json()
+    doc["paths"]["/v1/meshes/{mesh_id}/evict"] = {
+        "post": {
+            "requestBody": {
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"node": {"type": "string"}},
+                            "required": ["node"],
+                        }
+                    }
+                }
+            },
+            "responses": {"200": {"description": "ok"}},
+        }
+    }
+    posted: list[tuple[str, Any, str | None]] = []
+
+    def evict_route(route: Any) -> None:
+        req = route.request
+        posted.append((req.url, req.post_data_json, req.headers.get("x-smeg-csrf")))
+        route.fulfill(status=200, content_type="application/json", body='{"ok": true}')
+
+    page.route("**/openapi.json", lambda r: r.fulfill(json=doc))
+    page.route("**/v1/meshes/*/evict", evict_route)
+    page.goto(f"{base}/ui/login")
+    page.fill("#token", API_TOKEN)
+    page.click("button[type=submit]")
+    page.wait_for_function("() => document.querySelectorAll('section.mesh tbody tr').length === 5")
+    page.click(f'section.mesh[data-mesh="{m1}"] tr[data-key="{a.self_key(m1)}"]')
+    page.wait_for_selector("#panel:not([hidden])")
+    assert page.locator('#panel [data-action="evict"]').count() == 0  # not on itself
+    page.click(f'section.mesh[data-mesh="{m1}"] tr[data-key="{b.self_key(m1)}"]')
+    page.click('#panel [data-action="evict"]')
+    page.click("#dialog-ok")  # Continue: shows what will happen
+    assert "Evict" in page.inner_text("#dialog-confirm")
+    assert not posted
+    page.click("#dialog-ok")  # Confirm
+    page.wait_for_function("() => !document.querySelector('#dialog').open")
+    assert len(posted) == 1
+    url, body, csrf = posted[0]
+    assert url.endswith(f"/v1/meshes/{m1}/evict")
+    assert body == {"node": b.self_key(m1)} and csrf
