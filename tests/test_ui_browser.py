@@ -47,7 +47,20 @@ def page(tmp_path: Path) -> Iterator[Any]:
         try:
             p = ctx.pages[0] if ctx.pages else ctx.new_page()
             p.set_default_timeout(30_000)
+            errors: list[str] = []
+            p.on(
+                "console",
+                lambda m: (
+                    errors.append(m.text)
+                    if m.type == "error" and not m.text.startswith("Failed to load resource")
+                    else None
+                ),
+            )  # HTTP errors are expected (a refused alias); script and CSP errors are not
+            p.on("pageerror", lambda e: errors.append(str(e)))
             yield p
+            # no script error, and nothing the Content-Security-Policy had to block (Cytoscape
+            # sets inline styles: style-src allows them, scripts are the package's only)
+            assert not errors, errors
         finally:
             ctx.close()
 

@@ -170,6 +170,7 @@ _LOGIN = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>smegmesh · sign in</title>
+<link rel="icon" href="data:,">
 <link rel="stylesheet" href="static/ui.css"></head>
 <body class="login-page">
 <form class="login" method="post" action="login">
