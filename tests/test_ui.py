@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -238,6 +240,11 @@ def test_smegctl_ui_forwards_the_event_stream_and_closes_it(one: Cluster) -> Non
                 with h.stream("GET", "/v1/events") as r:
                     assert r.status_code == 200, r.read()
                     next(r.iter_lines())
+            # Ctrl-C (SIGINT) stops it even while a page holds a stream open
+            with h.stream("GET", "/v1/events") as r:
+                next(r.iter_lines())
+                p.send_signal(signal.SIGINT)
+                assert p.wait(20) is not None
     finally:
         p.terminate()
         p.wait(10)
@@ -261,3 +268,21 @@ def test_session_cookie_is_secure_over_tls() -> None:
     low = r.headers["set-cookie"].lower()
     assert "secure" in low and "httponly" in low and "samesite=strict" in low
     assert len(store) == 1
+
+
+def test_smegctl_ui_errors_are_one_liners(one: Cluster, tmp_path: Any) -> None:
+    def ctl(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "smegmesh.cli.main", *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+    r = ctl("--socket", str(tmp_path / "none.sock"), "ui")
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.startswith("smegctl: cannot reach smegd at ") and "Traceback" not in r.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = ctl("--socket", str(one.daemons[0].sock), "ui", "--port", str(port))
+    assert r.returncode == 1, r.stdout
+    assert r.stderr.startswith(f"smegctl: --port {port}: cannot listen on 127.0.0.1")
+    assert "Traceback" not in r.stderr
