@@ -500,3 +500,43 @@ def test_role_is_a_plain_string_in_views() -> None:
     state = MeshState(MESH)
     state.apply(_record(ident, now, role=Role.CLIENT), now)
     assert member_view(state, ident.wg_public_key).role == "client"  # type: ignore[union-attr]
+
+
+def test_handshakes_are_polled_only_while_someone_listens(tmp_path: Any) -> None:
+    """An idle daemon never reads WireGuard status for events; with a stream, every 10 s."""
+    from types import SimpleNamespace
+
+    from smegmesh.core.wgconfig import InterfaceStatus, PeerStatus
+    from smegmesh.daemon.config import parse_config
+    from smegmesh.daemon.node import Daemon
+    from smegmesh.wg.memory import MemoryBackend
+
+    k = b"\x06" * 32
+    backend = MemoryBackend()
+    backend.devices["smeg0"] = InterfaceStatus(
+        "smeg0", None, None, {k: PeerStatus(k, None, frozenset(), 0, None, 0, 0)}
+    )
+    d = Daemon(parse_config({"stateDir": str(tmp_path), "stubWg": True}))
+    d.backend = backend
+    d.meshes = {MESH: SimpleNamespace(mesh_id=MESH, ifname="smeg0", up=True)}  # type: ignore[dict-item]
+
+    async def go() -> list[str]:
+        await d._poll_handshakes()
+        assert backend.reads == 0  # nobody listens: no read
+        sub = d.events.subscribe()
+        await d._poll_handshakes()
+        assert backend.reads == 1
+        await d._poll_handshakes()
+        assert backend.reads == 1  # not again within HANDSHAKE_POLL_S
+        backend.devices["smeg0"] = InterfaceStatus(
+            "smeg0", None, None, {k: PeerStatus(k, None, frozenset(), 0, time.time(), 0, 0)}
+        )
+        d._handshakes_polled -= d.HANDSHAKE_POLL_S
+        await d._poll_handshakes()
+        assert backend.reads == 2
+        return [e.type for e in sub._queue]
+
+    try:
+        assert asyncio.run(go()) == ["handshake.up"]
+    finally:
+        d._wg_pool.shutdown(wait=False)

@@ -104,6 +104,8 @@ def trio() -> Iterator[Cluster]:
         c.add(3, wait=False)
         c.wait_ready()
         yield c
+        bad = c.tracebacks()  # e.g. a stream cut by a client or a stop
+        assert not bad, [d.log()[-3000:] for d in c.daemons if d.name in bad]
     finally:
         c.close()
 
@@ -207,7 +209,7 @@ def test_client_reassigned_when_its_peer_dies(trio: Cluster) -> None:
 
     first = wait_until(assigned, 60, 0.2, "the client's assignment")
     dead, survivor = keys[first], next(d for k, d in keys.items() if k != first)
-    w = Watch(survivor, "--json")
+    w = Watch(survivor, "--json", "--meshid", mesh)
     try:
         streams_open(survivor, mesh, [w])
         dead.kill9()
@@ -250,5 +252,50 @@ def test_route_and_exit_changes_through_a_bridge() -> None:
         finally:
             w.kill()
         assert f"mesh {mesh1}: route to {prefix2}: none → via " in x.log()
+    finally:
+        c.close()
+
+
+def test_watch_ends_quietly_when_its_reader_goes() -> None:
+    """``smegctl watch | head -2``: a closed stdout ends watch (exit 0, no message)."""
+    c = Cluster()
+    try:
+        (a,) = c.add(1)
+        mesh = create_mesh(a, [])
+        bad = a.ctl("watch", "--meshid", "no-such-mesh-abcd", code=1)
+        assert bad.stderr == "smegctl: not a member of mesh 'no-such-mesh-abcd'\n", bad
+        env = {k: v for k, v in os.environ.items() if k != "SMEG_SOCKET"}
+        r, w = os.pipe()
+        p = subprocess.Popen(
+            [sys.executable, "-m", "smegmesh.cli.main", "--socket", str(a.sock), "watch"],
+            stdout=w,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            text=True,
+        )
+        os.close(w)
+        reader = os.fdopen(r)
+        got: list[str] = []
+
+        def head() -> None:
+            got.extend([reader.readline(), reader.readline()])
+            reader.close()
+
+        t = threading.Thread(target=head, daemon=True)
+        t.start()
+        try:
+            for i in range(400):  # events until watch notices its reader is gone
+                a.api("PUT", f"/v1/meshes/{mesh}/alias", json={"alias": f"x{i}"})
+                if p.poll() is not None:
+                    break
+                time.sleep(0.2)
+            assert p.wait(30) == 0
+            assert p.stderr is not None and p.stderr.read() == ""
+            assert all("changed alias" in line for line in got), got
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait(5)
     finally:
         c.close()

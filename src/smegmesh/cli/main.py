@@ -721,6 +721,8 @@ def watch(
 
     state = ctx.find_object(State)
     sock = state.socket if state else DEFAULT_CONTROL_SOCKET
+    if meshid:  # a typo would otherwise wait for ever in silence
+        _run(as_json, _client(ctx).request, "GET", f"/v1/meshes/{_seg(meshid)}")
     try:
         w.follow(
             w.unix_stream(sock),
@@ -731,9 +733,9 @@ def watch(
         )
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
-    except BrokenPipeError:  # e.g. | head
+    except BrokenPipeError:  # e.g. | head: no flush error at exit
         with contextlib.suppress(OSError):
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - no flush error at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(0) from None
     except w.StreamError as e:
         _fail(str(e), as_json)

@@ -128,6 +128,8 @@ def follow(
                 for ev in events(resp):
                     last = ev["seq"]
                     _print(ev, as_json)
+        except BrokenPipeError:  # our stdout is gone (| head): the caller ends quietly
+            raise
         except (httpx.TransportError, httpx.DecodingError, OSError):
             if not connected_once:
                 raise

@@ -44,6 +44,7 @@ __all__ = [
     "MAX_SUBSCRIBERS",
     "QUEUE_SIZE",
     "RING_SIZE",
+    "WG_PEER_EVENTS_MAX",
     "Event",
     "EventBus",
     "HandshakeEvents",

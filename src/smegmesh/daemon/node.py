@@ -53,6 +53,7 @@ from smegmesh.daemon import views
 from smegmesh.daemon.api_models import MeshDetail, MeshSummary
 from smegmesh.daemon.config import Config, MeshOptions, resolve_mesh_settings
 from smegmesh.daemon.events import (
+    WG_PEER_EVENTS_MAX,
     EventBus,
     HandshakeEvents,
     MemberEvents,
@@ -640,8 +641,6 @@ class Daemon:
 
     def _wg_peer_events(self, rt: MeshRuntime, wg_ops: list[Any]) -> None:
         """wg.peer_added / wg.peer_removed for what the reconciler applied."""
-        from smegmesh.daemon.events import WG_PEER_EVENTS_MAX
-
         added, removed = wg_peer_events(wg_ops)
         for kind, keys in (("wg.peer_added", added), ("wg.peer_removed", removed)):
             if len(keys) > WG_PEER_EVENTS_MAX:
