@@ -830,6 +830,44 @@ def dns_help(
         raise typer.Exit(EXIT_ERROR) from None
 
 
+@app.command(
+    "ui",
+    epilog="Example: smegctl ui --open (then open the printed URL; Ctrl-C stops it)",
+)
+def ui(
+    ctx: typer.Context,
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, help="Loopback port (0: a free one).")
+    ] = 0,
+    open_browser: Annotated[
+        bool, typer.Option("--open", help="Open the dashboard in a browser.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The web dashboard on 127.0.0.1, forwarding to smegd's socket (one-time login URL)."""
+    from smegmesh.cli.ui import OneTimeToken, loopback_socket, serve
+
+    c = _client(ctx, timeout=10.0)
+    _run(as_json, c.json, "GET", "/v1/health")
+    try:
+        sock = loopback_socket(port)
+    except OSError as e:
+        _fail(f"--port {port}: cannot listen on 127.0.0.1: {e.strerror or e}", as_json)
+    token = OneTimeToken()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/ui/login?token={token.value}"
+    if as_json:
+        typer.echo(json.dumps({"url": url}))  # one line: a script reads it while we serve
+    else:
+        typer.echo(f"Dashboard of the smegd at {c.socket}:\n  {url}")
+        typer.echo("(the link signs in once; Ctrl-C stops)")
+    sys.stdout.flush()
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(url)
+    serve(c.socket, sock, token)
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

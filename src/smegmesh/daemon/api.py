@@ -64,6 +64,7 @@ from smegmesh.daemon.api_models import (
 from smegmesh.daemon.config import VERSION
 from smegmesh.daemon.events import KEEPALIVE_S, EventBus, Subscription, TooManySubscribers
 from smegmesh.daemon.service import NodeService, ServiceError
+from smegmesh.daemon.ui import SessionStore, mount_ui, session_allows
 
 __all__ = [
     "MAX_BODY_BYTES_TCP",
@@ -210,12 +211,16 @@ class _Guard:
     Pure ASGI, outside every other layer: a refused request never reaches
     FastAPI, and its body is never read. An accepted body (at most
     ``max_body`` bytes) is read here and handed to the app in one piece.
+    A dashboard session cookie (``/ui/``, see ``daemon/ui.py``) stands for the
+    token; the dashboard's own pages (login form, assets) are open.
     """
 
     def __init__(self, app: ASGIApp, token: str | None, max_body: int) -> None:
         self.app = app
         self.expected = f"Bearer {token}".encode() if token else None
         self.max_body = max_body
+        #: the dashboard's session store, once mounted (``mount_ui``)
+        self.ui_sessions: SessionStore | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -229,7 +234,13 @@ class _Guard:
             elif name == b"content-length":
                 length = value
         authenticated = self.expected is None or hmac.compare_digest(auth, self.expected)
-        if not authenticated and scope.get("path") not in OPEN_PATHS:
+        path = scope.get("path", "")
+        if not authenticated and self.ui_sessions is not None:
+            authenticated = session_allows(Request(scope), self.ui_sessions)
+            if not authenticated and (path == "/ui" or path.startswith("/ui/")):
+                await self.app(scope, receive, send)  # the login form and its assets
+                return
+        if not authenticated and path not in OPEN_PATHS:
             resp = _error(401, "unauthorized", "missing or wrong bearer token")
             resp.headers["WWW-Authenticate"] = "Bearer"
             resp.headers["Connection"] = "close"
@@ -304,6 +315,9 @@ def create_app(
         responses=_ERRORS,
     )
     app.add_middleware(_CatchAll)
+    if token:
+        # the dashboard at /ui/; its session cookie passes the guard
+        app._guard.ui_sessions = mount_ui(app, token)
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> Response:
