@@ -14,6 +14,8 @@ command -v dot >/dev/null || need_apt+=(graphviz)
 command -v dig >/dev/null || need_apt+=(bind9-dnsutils)
 command -v dnsperf >/dev/null || need_apt+=(dnsperf)
 command -v curl >/dev/null || need_apt+=(curl)
+# systemd-analyze verify checks packaging/systemd/smegd.service (tests/test_packaging.py)
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 # uv is installed with pip, which a fresh Debian may lack (uv then fetches the
 # Python the project needs by itself if the system's is too old).
 if ! command -v uv >/dev/null && ! python3 -m pip --version >/dev/null 2>&1; then

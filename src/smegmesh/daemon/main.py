@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
+from importlib import resources
 
 from smegmesh.daemon.config import DEFAULT_CONFIG_PATH, VERSION, Config, ConfigError, load_config
 
@@ -28,13 +30,25 @@ def _parser() -> argparse.ArgumentParser:
         epilog=f"Example: smegd {DEFAULT_CONFIG_PATH}   |   smegd --check {DEFAULT_CONFIG_PATH}"
         "   |   every key: docs/CONFIG.md (python -m smegmesh.daemon.configdoc)",
     )
-    p.add_argument("config", metavar="CONFIG.yaml", help="configuration file (YAML)")
+    p.add_argument(
+        "config",
+        metavar="CONFIG.yaml",
+        nargs="?",
+        default=DEFAULT_CONFIG_PATH,
+        help=f"configuration file (YAML; default {DEFAULT_CONFIG_PATH})",
+    )
     p.add_argument(
         "--check",
         action="store_true",
         help="validate the configuration, print any warnings, and exit",
     )
     p.add_argument("--version", action="version", version=f"smegd {VERSION}")
+    p.add_argument(
+        "--print-example-config",
+        action="store_true",
+        help="print the annotated example configuration and exit "
+        f"(smegd --print-example-config | install -D -m 0600 /dev/stdin {DEFAULT_CONFIG_PATH})",
+    )
     return p
 
 
@@ -46,6 +60,15 @@ def _err(msg: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``smegd`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
+    if args.print_example_config:
+        sys.stdout.write(example_config())
+        return 0
+    if not os.path.lexists(args.config):
+        _err(
+            f"{args.config}: no such file; create it with: smegd --print-example-config "
+            f"| install -D -m 0600 /dev/stdin {args.config}"
+        )
+        return EXIT_CONFIG
     try:
         config = load_config(args.config)
     except ConfigError as e:
@@ -57,6 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(f"{args.config}: configuration OK\n")
         return 0
     return _run(config)
+
+
+def example_config() -> str:
+    """The annotated example configuration shipped in the package."""
+    return (resources.files("smegmesh.daemon") / "smegd.example.yaml").read_text("utf-8")
 
 
 def _run(config: Config) -> int:

@@ -53,6 +53,7 @@ from smegmesh.daemon import views
 from smegmesh.daemon.api_models import MeshDetail, MeshSummary
 from smegmesh.daemon.config import Config, MeshOptions, resolve_mesh_settings
 from smegmesh.daemon.persist import PersistError, atomic_write
+from smegmesh.daemon.sdnotify_glue import Notifier
 from smegmesh.daemon.transport import (
     Refused,
     RpcClient,
@@ -1013,8 +1014,11 @@ async def _amain(config: Config) -> int:
         log.error("cannot start: %s", e)
         await daemon.stop()
         return 1
+    systemd = Notifier()  # no-op unless run by systemd (NOTIFY_SOCKET)
+    systemd.ready(f"serving {len(daemon.meshes)} mesh(es)")
     await stop.wait()
     log.info("shutting down")
+    systemd.stopping()
     await daemon.stop()
     return 0
 
