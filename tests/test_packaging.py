@@ -173,6 +173,12 @@ def test_systemd_unit_verifies_without_a_warning(tmp_path: Path) -> None:
     assert _verify(text, tmp_path) == ""
     # The check is real: a misspelt option is reported.
     assert "Unknown key" in _verify(text.replace("ProtectHome=", "ProtectHomes="), tmp_path)
+    # systemd's own exposure score (0 best, 10 worst; 2.7 when written) stays low.
+    r = _run(
+        ["systemd-analyze", "security", "--offline=yes", "--threshold=30", str(UNIT)],
+        env={**os.environ, "SYSTEMD_LOG_COLOR": "0", "SYSTEMD_COLORS": "0"},
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr
 
 
 def test_systemd_unit_is_a_hardened_notify_service() -> None:
