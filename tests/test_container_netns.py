@@ -67,16 +67,16 @@ def podman_env() -> Iterator[dict[str, str]]:
     absent = [t for t in TOOLS if shutil.which(t) is None]
     if absent:
         missing(f"{', '.join(absent)} missing; install: {INSTALL}")
+    pip = subprocess.run(["/usr/bin/python3", "-m", "pip", "--version"], capture_output=True)
+    if pip.returncode != 0:
+        missing("Debian's python3 has no pip (apt-get install python3-pip)")
     CACHE.mkdir(parents=True, exist_ok=True)
     conf = CACHE / "containers.conf"
     conf.write_text(CONTAINERS_CONF)
-    env = {**os.environ, "CONTAINERS_CONF": str(conf)}
-    # The host's python3 (with pip) builds the wheelhouse, not the project's venv.
-    venv = os.environ.get("VIRTUAL_ENV")
+    # Debian's python3 builds the wheelhouse: the same release, so the same
+    # Python (3.11) as the debootstrapped image.
+    env = {**os.environ, "CONTAINERS_CONF": str(conf), "PYTHON": "/usr/bin/python3"}
     env.pop("VIRTUAL_ENV", None)
-    if venv:
-        path = env.get("PATH", "").split(os.pathsep)
-        env["PATH"] = os.pathsep.join(p for p in path if not p.startswith(venv))
     yield env
 
 

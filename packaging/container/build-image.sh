@@ -9,7 +9,8 @@
 #
 # Usage: packaging/container/build-image.sh [--wheelhouse] [--base IMAGE]
 #            [--tag TAG] [--context DIR] [-- ENGINE-BUILD-ARGS...]
-# PYTHON (default python3, with pip) builds the wheelhouse.
+# PYTHON (default python3, with pip; its version must be the image's,
+# IMAGE_PYTHON, default 3.11) builds the wheelhouse.
 # ENGINE defaults to podman (else docker); it may carry options, e.g.
 #   ENGINE="podman --runtime runc --cgroup-manager cgroupfs"
 set -euo pipefail
@@ -39,7 +40,19 @@ args=()
 if [ "$wheelhouse" = 1 ]; then
   # pip (not uv): it builds wheels of sdist-only dependencies too. The image's
   # Python must match this one (Debian bookworm: 3.11 on both sides).
-  "${PYTHON:-python3}" -m pip wheel --quiet --disable-pip-version-check -r "$dist/requirements.txt" -w "$dist/deps"
+  # Binary wheels must fit the image's Python (Debian bookworm: 3.11).
+  py="${PYTHON:-python3}" want="${IMAGE_PYTHON:-3.11}"
+  have="$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+  if [ "$have" != "$want" ]; then
+    echo "$0: $py is Python $have, the image's is $want: set PYTHON (or IMAGE_PYTHON)" >&2
+    exit 2
+  fi
+  # Kept between builds: redone only when the pinned requirements change.
+  if ! cmp -s "$dist/requirements.txt" "$dist/deps/.requirements.txt"; then
+    "$py" -m pip wheel --quiet --disable-pip-version-check \
+      -r "$dist/requirements.txt" -w "$dist/deps"
+    cp "$dist/requirements.txt" "$dist/deps/.requirements.txt"
+  fi
   args+=(--build-arg PIP_NO_INDEX=1)
 fi
 if [ -n "$base" ]; then args+=(--build-arg "BASE=$base"); fi
