@@ -16,6 +16,13 @@ command -v dnsperf >/dev/null || need_apt+=(dnsperf)
 command -v curl >/dev/null || need_apt+=(curl)
 # the dashboard's browser tests (tests/test_ui_browser*.py) drive Debian's chromium
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
+# systemd-analyze verify checks packaging/systemd/smegd.service (tests/test_packaging.py)
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+# the container image and its compose example (tests/test_container_netns.py)
+command -v podman >/dev/null || need_apt+=(podman)
+command -v runc >/dev/null || need_apt+=(runc)
+command -v debootstrap >/dev/null || need_apt+=(debootstrap)
+command -v podman-compose >/dev/null || need_apt+=(podman-compose)
 # uv is installed with pip, which a fresh Debian may lack (uv then fetches the
 # Python the project needs by itself if the system's is too old).
 if ! command -v uv >/dev/null && ! python3 -m pip --version >/dev/null 2>&1; then

@@ -300,8 +300,8 @@ def test_smegd_check(tmp_path: Path) -> None:
     assert "skipCertVerification is ignored" in r.stderr
     r = _smegd("--version")
     assert r.returncode == 0 and r.stdout.startswith("smegd ")
-    r = _smegd()
-    assert r.returncode == 2 and "CONFIG.yaml" in r.stderr
+    r = _smegd()  # no argument: /etc/smegmesh/smegd.yaml (test_packaging.py checks the message)
+    assert r.returncode == 2 and "smegd.yaml" in r.stderr
 
 
 def test_bridge_masquerade_switch() -> None:

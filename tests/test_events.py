@@ -226,7 +226,7 @@ def test_one_info_line_per_lifecycle_event(caplog: pytest.LogCaptureFixture) -> 
     info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert info == [
         f"mesh {MESH}: member db1 (fd12::1) joined",
-        "configuration reloaded: logLevel",
+        "configuration reloaded (changed: logLevel)",
     ]
 
 

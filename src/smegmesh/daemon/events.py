@@ -212,9 +212,10 @@ def _describe_body(ev: Mapping[str, Any]) -> str:
         return "left the mesh"
     if t == "config.reloaded":
         changed = d.get("changed")
+        where = f" from {d['path']}" if d.get("path") else ""
         if isinstance(changed, Sequence) and not isinstance(changed, str) and changed:
-            return "configuration reloaded: " + ", ".join(map(str, changed))
-        return "configuration reloaded"
+            return f"configuration reloaded{where} (changed: {', '.join(map(str, changed))})"
+        return f"configuration reloaded{where} (changed: nothing that applies live)"
     if t == "stream.dropped":
         reason = f" ({d['reason']})" if d.get("reason") else ""
         return f"{d.get('missed', '?')} events dropped{reason}"

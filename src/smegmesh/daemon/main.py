@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
+from importlib import resources
 
 from smegmesh.daemon.config import DEFAULT_CONFIG_PATH, VERSION, Config, ConfigError, load_config
 
@@ -28,7 +30,13 @@ def _parser() -> argparse.ArgumentParser:
         epilog=f"Example: smegd {DEFAULT_CONFIG_PATH}   |   smegd --check {DEFAULT_CONFIG_PATH}"
         "   |   every key: docs/CONFIG.md (python -m smegmesh.daemon.configdoc)",
     )
-    p.add_argument("config", metavar="CONFIG.yaml", help="configuration file (YAML)")
+    p.add_argument(
+        "config",
+        metavar="CONFIG.yaml",
+        nargs="?",
+        default=DEFAULT_CONFIG_PATH,
+        help=f"configuration file (YAML; default {DEFAULT_CONFIG_PATH})",
+    )
     p.add_argument(
         "--check",
         action="store_true",
@@ -41,6 +49,12 @@ def _parser() -> argparse.ArgumentParser:
         help="log lines as text (default) or JSON objects; overrides the logFormat key",
     )
     p.add_argument("--version", action="version", version=f"smegd {VERSION}")
+    p.add_argument(
+        "--print-example-config",
+        action="store_true",
+        help="print the annotated example configuration and exit "
+        f"(smegd --print-example-config | install -D -m 0600 /dev/stdin {DEFAULT_CONFIG_PATH})",
+    )
     return p
 
 
@@ -52,6 +66,15 @@ def _err(msg: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``smegd`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
+    if args.print_example_config:
+        sys.stdout.write(example_config())
+        return 0
+    if not os.path.lexists(args.config):
+        _err(
+            f"{args.config}: no such file; create it with: smegd --print-example-config "
+            f"| install -D -m 0600 /dev/stdin {args.config}"
+        )
+        return EXIT_CONFIG
     try:
         config = load_config(args.config)
     except ConfigError as e:
@@ -66,6 +89,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.log_format is not None:
         config = config.model_copy(update={"log_format": args.log_format})
     return _run(config, args.config, args.log_format)
+
+
+def example_config() -> str:
+    """The annotated example configuration shipped in the package."""
+    return (resources.files("smegmesh.daemon") / "smegd.example.yaml").read_text("utf-8")
 
 
 def _run(config: Config, path: str | None = None, log_format: str | None = None) -> int:

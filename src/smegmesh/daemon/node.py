@@ -68,6 +68,7 @@ from smegmesh.daemon.logsetup import configure_logging
 from smegmesh.daemon.metrics import MeteredRpcClient, Metrics, serve_metrics
 from smegmesh.daemon.persist import PersistError, atomic_write
 from smegmesh.daemon.ports import choose_wg_port
+from smegmesh.daemon.sdnotify_glue import Notifier
 from smegmesh.daemon.statelock import StateDirLocked, StateLock
 from smegmesh.daemon.transport import (
     Refused,
@@ -1220,8 +1221,11 @@ async def _amain(
         log.error("cannot start: %s", e)
         await daemon.stop()
         return 1
+    systemd = Notifier()  # no-op unless run by systemd (NOTIFY_SOCKET)
+    systemd.ready(f"serving {len(daemon.meshes)} mesh(es)")
     await stop.wait()
     log.info("shutting down")
+    systemd.stopping()
     await daemon.stop()
     return 0
 

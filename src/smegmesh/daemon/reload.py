@@ -116,6 +116,17 @@ def reload_config(daemon: Any, path: str | Path, log_format: str | None = None) 
     for w in new.warnings:
         if w not in old.warnings:
             log.warning("%s", w)
-    names = ", ".join(_key(n) for n in live) if live else "nothing that applies live"
-    log.info("configuration reloaded from %s (changed: %s)", path, names)
+    events = getattr(daemon, "events", None)
+    if events is not None:  # the INFO line and the event (GET /v1/events) in one
+        events.publish(
+            "config.reloaded",
+            detail={
+                "path": str(path),
+                "changed": [_key(n) for n in live],
+                "restart_needed": [_key(n) for n in restart],
+            },
+        )
+    else:
+        names = ", ".join(_key(n) for n in live) if live else "nothing that applies live"
+        log.info("configuration reloaded from %s (changed: %s)", path, names)
     return True

@@ -21,8 +21,9 @@ so in its private mount namespace ``/var/run/wireguard`` *is* ``SOCKET_DIR``;
 the socket appears on the shared filesystem as ``SOCKET_DIR/IFNAME.sock``,
 where this backend (and nobody else) connects. ``exec`` keeps the child's PID
 equal to wireguard-go's, so supervision and kill-by-PID are exact. With
-``socket_dir=None`` the standard ``/var/run/wireguard`` is used directly (and
-``wg show`` works as usual).
+``socket_dir=None`` (or ``/var/run/wireguard`` itself) the standard directory is
+used directly, with no private mount and so no ``CAP_SYS_ADMIN`` (and ``wg show``
+works as usual).
 
 Supervision
 -----------
@@ -67,6 +68,10 @@ class _Device:
     restarts: int = 0
 
 
+def _same_dir(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
 class UserspaceBackend:
     """WireGuard devices backed by wireguard-go processes.
 
@@ -92,6 +97,10 @@ class UserspaceBackend:
         self.exe = exe
         self.netns = netns
         self.socket_dir = os.path.abspath(socket_dir) if socket_dir else None
+        if self.socket_dir is not None and _same_dir(self.socket_dir, DEFAULT_SOCKET_DIR):
+            # wireguard-go's own directory: no private mount (and so no
+            # CAP_SYS_ADMIN) needed; one daemon per host, `wg show` works.
+            self.socket_dir = None
         if self.socket_dir is not None:
             os.makedirs(self.socket_dir, mode=0o700, exist_ok=True)
             for tool in ("unshare", "mount"):
