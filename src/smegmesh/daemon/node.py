@@ -50,8 +50,8 @@ from smegmesh.core.wgdiff import AddPeer
 from smegmesh.core.wire import WireError, decode, decode_item, encode, encode_item
 from smegmesh.daemon import service as svc
 from smegmesh.daemon import views
-from smegmesh.daemon.api_models import MeshDetail, MeshSummary
-from smegmesh.daemon.config import Config, MeshOptions, resolve_mesh_settings
+from smegmesh.daemon.api_models import MeshDetail, MeshSummary, PingResponse, StatusResponse
+from smegmesh.daemon.config import VERSION, Config, MeshOptions, resolve_mesh_settings
 from smegmesh.daemon.persist import PersistError, atomic_write
 from smegmesh.daemon.transport import (
     Refused,
@@ -950,11 +950,12 @@ class Daemon:
             raise svc.invalid_argument(f"{e.field}: {e}") from None
         self._emit(rt, outs)
 
-    async def put_alias(self, mesh_id: str, alias: str) -> None:
+    async def put_alias(self, mesh_id: str, alias: str) -> str:
         rt = self._get(mesh_id)
         alias = views.validate_alias(alias)
         views.check_alias_free(rt.node.live_records(), self.identity.wg_public_key, alias)
         await self._update(mesh_id, alias=alias)
+        return alias
 
     async def put_description(self, mesh_id: str, description: str) -> None:
         self._get(mesh_id)
@@ -980,6 +981,28 @@ class Daemon:
     async def query_mesh(self, mesh_id: str, expr: str) -> Any:
         detail = await self.get_mesh(mesh_id)
         return views.run_query(detail.model_dump(mode="json"), expr)
+
+    async def _details(self) -> list[MeshDetail]:
+        out = []
+        for mid in sorted(self.meshes):
+            with contextlib.suppress(svc.ServiceError):  # left meanwhile
+                out.append(await self.get_mesh(mid))
+        return out
+
+    async def get_status(self) -> StatusResponse:
+        from smegmesh.daemon.status import build_status
+
+        key = key_to_text(self.identity.wg_public_key)
+        return build_status(VERSION, key, await self._details())
+
+    async def ping(
+        self, node: str, mesh_id: str | None, count: int, timeout_s: int
+    ) -> PingResponse:
+        from smegmesh.daemon.status import ping_node
+
+        if mesh_id is not None:
+            self._get(mesh_id)
+        return await ping_node(node, mesh_id, await self._details(), count, timeout_s)
 
     async def get_graph(self, mesh_id: str | None, fmt: Any) -> bytes:
         ids = [mesh_id] if mesh_id else sorted(self.meshes)

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-from smegmesh.daemon.api_models import GraphFormat, MeshDetail, MeshSummary
+from smegmesh.daemon.api_models import (
+    GraphFormat,
+    MeshDetail,
+    MeshSummary,
+    PingResponse,
+    StatusResponse,
+)
 from smegmesh.daemon.config import MeshOptions
 
 __all__ = [
@@ -97,7 +103,9 @@ class NodeService(Protocol):
 
     async def get_mesh(self, mesh_id: str) -> MeshDetail: ...
 
-    async def put_alias(self, mesh_id: str, alias: str) -> None: ...
+    async def put_alias(self, mesh_id: str, alias: str) -> str:
+        """Set this node's alias; return it as stored (lower case)."""
+        ...
 
     async def put_description(self, mesh_id: str, description: str) -> None: ...
 
@@ -116,4 +124,15 @@ class NodeService(Protocol):
 
     async def get_graph(self, mesh_id: str | None, fmt: GraphFormat) -> bytes:
         """Render ``mesh_id`` (or all meshes, linked by bridges) as dot, svg or png."""
+        ...
+
+    async def get_status(self) -> StatusResponse:
+        """The whole node: identity, every mesh, members with their paths, routes in use."""
+        ...
+
+    async def ping(
+        self, node: str, mesh_id: str | None, count: int, timeout_s: int
+    ) -> PingResponse:
+        """Ping ``node`` (resolved by :func:`smegmesh.daemon.resolve.resolve_node`) over the
+        overlay and say which path answered."""
         ...
