@@ -864,4 +864,9 @@ from smegmesh.cli import status as _status  # noqa: E402
 _ = _status
 
 if __name__ == "__main__":
-    main()
+    # Run the canonical module's app: ``python -m`` executes this file as
+    # ``__main__``, a second copy, whereas command modules register on
+    # ``smegmesh.cli.main.app``.
+    from smegmesh.cli.main import main as _main
+
+    _main()
