@@ -338,3 +338,99 @@ def test_parse_ping_output() -> None:
     )
     r = parse_ping(out)
     assert (r.sent, r.received, r.rtt_ms) == (3, 2, [0.512, 1.25])
+
+
+# --------------------------------------------------------------------------- https
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "smegd-test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "api.crt", tmp / "api.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@pytest.fixture
+def https_api(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A TLS server with a self-signed certificate answering ``GET /v1/status`` (token checked)."""
+    import ssl
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    cert, key = _self_signed(tmp_path)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            ok = self.headers.get("Authorization") == f"Bearer {TOKEN}"
+            body = (
+                {"version": "9.9", "public_key": None, "meshes": []}
+                if ok
+                else {"error": {"code": "unauthorized", "message": "missing or wrong token"}}
+            )
+            data = json.dumps(body).encode()
+            self.send_response(200 if ok else 401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"https://127.0.0.1:{srv.server_address[1]}", cert
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_remote_api_https_verifies_the_certificate(https_api: tuple[str, Path]) -> None:
+    url, cert = https_api
+    env = {"SMEG_API_TOKEN": TOKEN}
+    r = runner.invoke(app, ["--api", url, "status"], env=env)
+    assert r.exit_code == 1 and r.stderr.startswith(
+        f"smegctl: TLS certificate of {url} does not verify ("
+    ), r.stderr
+    assert r.stderr.endswith("for a self-signed certificate pass --api-ca FILE\n")
+    r = runner.invoke(app, ["--api", url, "--api-ca", str(cert), "status"], env=env)
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.startswith("smegd 9.9  node -") and "not in any mesh" in r.stdout
+    r = runner.invoke(app, ["--api", url, "--api-ca", str(cert / "x"), "status"], env=env)
+    assert r.exit_code == 1 and r.stderr.startswith("smegctl: --api-ca: cannot use ")

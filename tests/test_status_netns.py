@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from smegmesh.testbed.cluster import Cluster, Daemon, Timings
+from smegmesh.core.addressing import mesh_prefix
+from smegmesh.testbed.cluster import Cluster, CtlError, Daemon, Timings
 from smegmesh.testbed.netns import Testbed, wait_until
 
 pytestmark = pytest.mark.netns
@@ -93,6 +94,47 @@ def test_status_and_ping_name_the_path(cluster: Cluster) -> None:
         row = next(ln for ln in screen.splitlines() if "charlie" in ln)
         assert f"via {aliases[hub.name]}" in row and "client" in row
         assert f"{mesh_id}  peer" in screen and "3/3 online" in screen
+    except BaseException:
+        sys.stderr.write(cluster.logs() + "\n")
+        raise
+
+
+def test_ping_and_status_through_a_bridge(cluster: Cluster) -> None:
+    """A (m1) — B (m1, m2; advertiseRoute) — X (m2): A reaches X through bridge B."""
+    a, b, x = (cluster.add("peer", start=False) for _ in range(3))
+    b.edit_config(base={"advertiseRoute": True})
+    for d in (a, b, x):
+        d.start(wait=False)
+    cluster.map(lambda d: d.wait_ready(60.0), [a, b, x])
+    try:
+        m1 = cluster.new_mesh(b)
+        m2 = cluster.new_mesh(b)
+        cluster.join(a, cluster.invite(b, m1))
+        cluster.join(x, cluster.invite(b, m2))
+        b.ctl("put-alias", "-m", m1, "--alias", "bridge1")
+        x_addr = cluster.addresses(m2, [x])[x.name]
+        bkey = cluster.keys(m1, [b])[b.name]
+
+        def answered() -> dict[str, Any] | None:
+            res = a.ctl("ping", x_addr, "-c", "1", "-W", "1", check=False)
+            return res if res and res.get("received") else None
+
+        res = wait_until(answered, timeout=60, interval=0.5, what="A pings X across the bridge")
+        assert res["path"] == {"kind": "bridge", "via": bkey, "via_alias": "bridge1", "mesh_id": m1}
+        assert res["public_key"] is None and res["address"] == x_addr
+        text = a.ctl("ping", x_addr, "-c", "1", json_out=False)
+        assert text.startswith(f"{x_addr}: 1/1 replies, via bridge bridge1, rtt avg"), text
+
+        st = a.ctl("status")
+        (m,) = st["meshes"]
+        (route,) = [r for r in m["routes"] if r["destination"] == str(mesh_prefix(m2))]
+        assert route["gateway"] == bkey and route["path"] == [m2]
+        screen = a.ctl("status", json_out=False)
+        assert f"route {mesh_prefix(m2)} via bridge1 (across {m2})" in screen, screen
+        # B is in two meshes: --meshid may not be left out there
+        with pytest.raises(CtlError) as e:
+            b.ctl("get-mesh")
+        assert "this node is in 2 meshes; choose one with --meshid: " in e.value.stderr
     except BaseException:
         sys.stderr.write(cluster.logs() + "\n")
         raise
