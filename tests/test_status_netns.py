@@ -87,6 +87,7 @@ def test_status_and_ping_name_the_path(cluster: Cluster) -> None:
         assert res["received"] >= 1 and res["path"]["kind"] == "direct", res
         text = c.ctl("ping", aliases[other.name][:3], "-c", "1", json_out=False)
         assert f"1/1 replies, via {aliases[hub.name]}, rtt avg" in text, text
+        sys.stderr.write(text)
 
         # the text screen says the same
         screen = other.ctl("status", json_out=False)
@@ -124,6 +125,7 @@ def test_ping_and_status_through_a_bridge(cluster: Cluster) -> None:
         assert res["public_key"] is None and res["address"] == x_addr
         text = a.ctl("ping", x_addr, "-c", "1", json_out=False)
         assert text.startswith(f"{x_addr}: 1/1 replies, via bridge bridge1, rtt avg"), text
+        sys.stderr.write(text)
 
         st = a.ctl("status")
         (m,) = st["meshes"]

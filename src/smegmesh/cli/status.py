@@ -48,15 +48,28 @@ def path_text(path: dict[str, Any]) -> str:
     return "no path"
 
 
+STATUS_HELP = (
+    "Show the whole node on one screen, like tailscale status.\n\n"
+    "Version and identity; each mesh with this node's role and the members online; per "
+    "member its alias, overlay address, role, how it is reached (direct, via a peer, via a "
+    "bridge), the last WireGuard handshake and traffic (for direct peers); then the routes "
+    "and exits in use. * marks this node."
+)
+PING_HELP = (
+    "Ping a node over the overlay and say which path answered.\n\n"
+    "smegd sends ICMPv6 echo requests (ping -6) to NODE's overlay address and reports the "
+    "path WireGuard takes: directly to NODE, through another peer (e.g. a client's assigned "
+    "peer), or through a bridge; and the round-trip times. Exits 1 when no reply came."
+)
+
+
 @app.command(
     "status",
+    help=STATUS_HELP,
     epilog="Examples: smegctl status;  smegctl status --json | jq '.meshes[].members_online'",
 )
 def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """The whole node on one screen: version, identity, every mesh with this node's role and
-    the members online, and per member its alias, address, role, how it is reached (direct,
-    via a peer, via a bridge), the last WireGuard handshake and traffic; then the routes and
-    exits in use."""
+    """The node at a glance (help text: ``STATUS_HELP``)."""
 
     def go() -> None:
         res = _client(ctx).json("GET", "/v1/status")
@@ -129,6 +142,7 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 
 @app.command(
     "ping",
+    help=PING_HELP,
     epilog="Examples: smegctl ping web1;  smegctl ping fd3a:  (a unique prefix);  "
     "smegctl ping -m MESH -c 5 KEYPREFIX --json",
 )
@@ -155,10 +169,7 @@ def ping(
     ] = 2,
     as_json: JsonOpt = False,
 ) -> None:
-    """Ping a node over the overlay (ICMPv6 echo sent by smegd) and say which path answered:
-    the node directly as a WireGuard peer, through another peer, or through a bridge.
-
-    Exits 1 when no reply came."""
+    """Ping over the overlay (help text: ``PING_HELP``)."""
 
     def go() -> None:
         body: dict[str, Any] = {"node": node, "count": count, "timeout_s": timeout}
