@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -434,3 +435,60 @@ def test_remote_api_https_verifies_the_certificate(https_api: tuple[str, Path]) 
     assert r.stdout.startswith("smegd 9.9  node -") and "not in any mesh" in r.stdout
     r = runner.invoke(app, ["--api", url, "--api-ca", str(cert / "x"), "status"], env=env)
     assert r.exit_code == 1 and r.stderr.startswith("smegctl: --api-ca: cannot use ")
+
+
+# --------------------------------------------------------------------------- API, run_ping
+
+
+def test_status_and_ping_api_bounds(daemon: tuple[Path, FakeNodeService]) -> None:
+    import httpx
+
+    sock, svc = daemon
+    joined(sock, svc)
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://x") as c:
+        assert c.get("/v1/status").json()["meshes"][0]["members_total"] == 4
+        for body, field in (
+            ({"node": "peer0", "count": 21}, "count"),
+            ({"node": "peer0", "timeout_s": 0}, "timeout_s"),
+            ({"node": ""}, "node"),
+            ({"node": "x" * 129}, "node"),
+            ({"node": "peer0", "count": "3"}, "count"),
+        ):
+            r = c.post("/v1/ping", json=body)
+            assert r.status_code == 422, body
+            assert r.json()["error"]["message"].startswith(f"invalid request: {field}: ")
+        r = c.post("/v1/ping", json={"node": "zz"})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_node"
+        r = c.post("/v1/ping", json={"node": "peer0", "mesh_id": "other-mesh"})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_mesh"
+
+
+@pytest.mark.skipif(shutil.which("ping") is None, reason="no ping program (iputils-ping)")
+def test_run_ping_for_real() -> None:
+    import asyncio
+
+    from smegmesh.daemon.status import run_ping
+
+    res = asyncio.run(run_ping("::1", 2, 1))
+    assert (res.sent, res.received, len(res.rtt_ms), res.error) == (2, 2, 2, None)
+    with pytest.raises(ValueError):
+        asyncio.run(run_ping("-c 1 ::1", 1, 1))
+
+
+def test_ping_sends_nothing_off_the_overlay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An address no WireGuard peer covers would leave by the host's own routes: not pinged."""
+    import asyncio
+
+    from smegmesh.daemon import status
+
+    async def boom(*_: Any) -> Any:
+        raise AssertionError("ping sent")
+
+    monkeypatch.setattr(status, "run_ping", boom)
+    me = _node("self", "me", is_self=True)
+    res = asyncio.run(status.ping_node("2001:db8::1", None, [_mesh("m1", me)], 1, 1))
+    assert (res.sent, res.received, res.path.kind) == (0, 0, "none")
+    assert res.error is not None and "not sent" in res.error
+    with pytest.raises(ServiceError) as e:
+        asyncio.run(status.ping_node("me", None, [_mesh("m1", me)], 1, 1, refuse="no wg"))
+    assert (e.value.status, e.value.message) == (503, "no wg")

@@ -1002,7 +1002,10 @@ class Daemon:
 
         if mesh_id is not None:
             self._get(mesh_id)
-        return await ping_node(node, mesh_id, await self._details(), count, timeout_s)
+        refuse = None
+        if getattr(self.backend, "kind", None) == "memory":
+            refuse = "this node runs without WireGuard (wgBackend: memory): no overlay to ping"
+        return await ping_node(node, mesh_id, await self._details(), count, timeout_s, refuse)
 
     async def get_graph(self, mesh_id: str | None, fmt: Any) -> bytes:
         ids = [mesh_id] if mesh_id else sorted(self.meshes)

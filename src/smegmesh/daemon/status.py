@@ -189,14 +189,27 @@ async def run_ping(address: str, count: int, timeout_s: int) -> PingResult:
 
 
 async def ping_node(
-    node: str, mesh_id: str | None, meshes: Sequence[MeshDetail], count: int, timeout_s: int
+    node: str,
+    mesh_id: str | None,
+    meshes: Sequence[MeshDetail],
+    count: int,
+    timeout_s: int,
+    refuse: str | None = None,
 ) -> PingResponse:
-    """Resolve ``node`` among ``meshes``, ping its overlay address, say which path answered."""
+    """Resolve ``node`` among ``meshes``, ping its overlay address, say which path answered.
+
+    Nothing is sent when no WireGuard peer covers the address (it is not on the
+    overlay: the packet would leave by the host's other routes), nor when
+    ``refuse`` gives a reason (e.g. no WireGuard at all), which is then a 503.
+    """
     target = resolve_node(node, meshes, mesh_id)
+    if refuse is not None:
+        raise unavailable(refuse)
     path = path_to(target.address, meshes)
-    res = await run_ping(target.address, count, timeout_s)
-    if res.received == 0 and path.kind == "none" and res.error in (None, "no reply"):
-        res.error = "no WireGuard peer of this node covers that address"
+    if path.kind == "none":
+        res = PingResult(error="no WireGuard peer of this node covers that address: not sent")
+    else:
+        res = await run_ping(target.address, count, timeout_s)
     avg = round(sum(res.rtt_ms) / len(res.rtt_ms), 3) if res.rtt_ms else None
     return PingResponse(
         mesh_id=target.mesh_id or path.mesh_id,
