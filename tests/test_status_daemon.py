@@ -96,9 +96,12 @@ def test_status_on_three_real_daemons(mesh: tuple[list[Smegd], str]) -> None:
 def test_ping_without_a_wireguard_device_says_so(mesh: tuple[list[Smegd], str]) -> None:
     (a, b, _), mesh_id = mesh
     r = a.ctl("ping", "-c", "1", "-W", "1", b.self_key(mesh_id)[:10], code=1)
-    assert r.stderr == (
-        "smegctl: this node runs without WireGuard (wgBackend: memory): no overlay to ping\n"
-    )
+    assert r.stdout.endswith(
+        "no reply (direct): this node runs without WireGuard (wgBackend: memory): "
+        "no overlay to ping: not sent\n"
+    ), r.stdout
+    res = json.loads(a.ctl("ping", b.self_key(mesh_id), "--json", code=1).stdout)
+    assert (res["sent"], res["received"], res["path"]["kind"]) == (0, 0, "direct")
     r = a.ctl("ping", "nosuchnode", code=1)
     assert r.stderr.startswith("smegctl: no node in any mesh of this node matches 'nosuchnode'")
 

@@ -200,13 +200,13 @@ async def ping_node(
 
     Nothing is sent when no WireGuard peer covers the address (it is not on the
     overlay: the packet would leave by the host's other routes), nor when
-    ``refuse`` gives a reason (e.g. no WireGuard at all), which is then a 503.
+    ``refuse`` gives a reason (e.g. no WireGuard at all); the answer says why.
     """
     target = resolve_node(node, meshes, mesh_id)
-    if refuse is not None:
-        raise unavailable(refuse)
     path = path_to(target.address, meshes)
-    if path.kind == "none":
+    if refuse is not None:
+        res = PingResult(error=f"{refuse}: not sent")
+    elif path.kind == "none":
         res = PingResult(error="no WireGuard peer of this node covers that address: not sent")
     else:
         res = await run_ping(target.address, count, timeout_s)
