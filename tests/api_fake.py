@@ -30,11 +30,14 @@ from smegmesh.daemon.api_models import (
     MeshDetail,
     MeshSummary,
     NodeInfo,
+    PingResponse,
     RouteInfo,
     SelectedRoute,
+    StatusResponse,
 )
 from smegmesh.daemon.config import MeshOptions
 from smegmesh.daemon.events import EventBus
+from smegmesh.daemon.resolve import resolve_node
 from smegmesh.daemon.service import (
     ServiceError,
     conflict,
@@ -43,6 +46,7 @@ from smegmesh.daemon.service import (
     unavailable,
     unknown_mesh,
 )
+from smegmesh.daemon.status import build_status, path_to
 
 SELF_KEY = "c2VsZi1rZXktc2VsZi1rZXktc2VsZi1rZXktc2VsZg="
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -129,6 +133,7 @@ class FakeNodeService:
                 tx_bytes=2_500_000 * (i + 1),
                 routes=[RouteInfo(destination="::/0", path=[])] if i == 0 else [],
                 services={"http": "80"},
+                allowed_ips=[f"{_addr(mesh_id, key)}/128", *(["::/0"] if i == 0 else [])],
             )
         self.remote[mesh_id] = m
         tok = "inv-" + secrets.token_urlsafe(12)
@@ -213,8 +218,9 @@ class FakeNodeService:
             ],
         )
 
-    async def put_alias(self, mesh_id: str, alias: str) -> None:
-        self._update_self(mesh_id, alias=alias)
+    async def put_alias(self, mesh_id: str, alias: str) -> str:
+        self._update_self(mesh_id, alias=alias.lower())
+        return alias.lower()
 
     async def put_description(self, mesh_id: str, description: str) -> None:
         self._update_self(mesh_id, description=description)
@@ -237,6 +243,36 @@ class FakeNodeService:
             return jmespath.search(expr, doc)
         except jmespath.exceptions.JMESPathError as e:
             raise invalid_argument(f"bad JMESPath query: {' '.join(str(e).split())}") from None
+
+    async def _details(self) -> list[MeshDetail]:
+        return [await self.get_mesh(m) for m in sorted(self.meshes)]
+
+    async def get_status(self) -> StatusResponse:
+        return build_status("0.0-fake", SELF_KEY, await self._details())
+
+    async def ping(
+        self, node: str, mesh_id: str | None, count: int, timeout_s: int
+    ) -> PingResponse:
+        """Resolution and paths as the daemon does them; every covered address answers."""
+        self.calls.append(("ping", (node, mesh_id, count, timeout_s)))
+        if mesh_id is not None:
+            self._mesh(mesh_id)
+        details = await self._details()
+        target = resolve_node(node, details, mesh_id)
+        path = path_to(target.address, details)
+        ok = path.kind != "none"
+        return PingResponse(
+            mesh_id=target.mesh_id or path.mesh_id,
+            public_key=target.node.public_key if target.node else None,
+            alias=target.node.alias if target.node else "",
+            address=target.address,
+            path=path,
+            sent=count,
+            received=count if ok else 0,
+            rtt_ms=[0.5] * count if ok else [],
+            rtt_avg_ms=0.5 if ok else None,
+            error=None if ok else "no reply",
+        )
 
     async def get_graph(self, mesh_id: str | None, fmt: str) -> bytes:
         meshes = [self._mesh(mesh_id)] if mesh_id else list(self.meshes.values())

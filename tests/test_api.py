@@ -108,7 +108,10 @@ def test_mesh_lifecycle(api: tuple[httpx.Client, FakeNodeService, Path]) -> None
     r = c.post(f"/v1/meshes/{mesh_id}/invites")
     assert r.json()["ttl_s"] == 86400 and r.json()["uses"] == 1
 
-    assert c.put(f"/v1/meshes/{mesh_id}/alias", json={"alias": "web-1"}).json() == {"ok": True}
+    assert c.put(f"/v1/meshes/{mesh_id}/alias", json={"alias": "Web-1"}).json() == {
+        "ok": True,
+        "alias": "web-1",
+    }
     assert c.put(f"/v1/meshes/{mesh_id}/description", json={"description": "rack 3"}).is_success
     assert c.put(f"/v1/meshes/{mesh_id}/services/http", json={"value": "80"}).is_success
     d = c.get(f"/v1/meshes/{mesh_id}").json()

@@ -110,7 +110,11 @@ def test_every_command_json(daemon: tuple[Path, FakeNodeService], tmp_path: Path
     inv = ctl_json(sock, "invite", "--meshid", mesh_id)
     assert inv["ttl_s"] == 86400 and inv["uses"] == 1 and inv["token"]
     assert [m["mesh_id"] for m in ctl_json(sock, "list-meshes")] == [mesh_id]
-    assert ctl_json(sock, "put-alias", "--meshid", mesh_id, "--alias", "a1") == {"ok": True}
+    assert ctl_json(sock, "put-alias", "--meshid", mesh_id, "--alias", "a1") == {
+        "ok": True,
+        "alias": "a1",
+        "mesh_id": mesh_id,
+    }
     assert ctl_json(sock, "put-description", "--meshid", mesh_id, "--description", "d")["ok"]
     assert ctl_json(sock, "set-service", "--meshid", mesh_id, "--service", "s", "--value", "v")[
         "ok"
@@ -165,8 +169,9 @@ def test_usage_errors(daemon: tuple[Path, FakeNodeService]) -> None:
     assert "not a duration" in r.stderr
     r = ctl(sock, "new-mesh", "--role", "server", code=2)
     r = ctl(sock, "new-mesh", "--wgport", "0", code=2)
-    r = ctl(sock, "invite", code=2)
-    assert "--meshid" in r.stderr
+    # --meshid left out with no mesh at all: a message, not a usage error
+    r = ctl(sock, "invite", code=1)
+    assert r.stderr == "smegctl: this node is in no mesh (create one with: smegctl new-mesh)\n"
 
 
 def test_parse_duration() -> None:

@@ -38,8 +38,8 @@ def register(app: typer.Typer, m: ModuleType) -> None:
     )
     def evict(
         ctx: typer.Context,
-        meshid: m.MeshIdOpt,
         node: NodeArg,
+        meshid: m.OptMeshIdOpt = None,
         cascade: Annotated[
             bool,
             typer.Option(
@@ -58,9 +58,10 @@ def register(app: typer.Typer, m: ModuleType) -> None:
         """
 
         def go() -> None:
+            mid = m._meshid(ctx, meshid)
             res = m._client(ctx).json(
                 "POST",
-                f"/v1/meshes/{m._seg(meshid)}/evict",
+                f"/v1/meshes/{m._seg(mid)}/evict",
                 json_body={"node": node, "cascade": cascade},
             )
             if as_json:
@@ -70,7 +71,7 @@ def register(app: typer.Typer, m: ModuleType) -> None:
             extra = (
                 f" (and {len(res['evicted']) - 1} it admitted)" if len(res["evicted"]) > 1 else ""
             )
-            typer.echo(f"evicted {name} from {meshid}{extra}")
+            typer.echo(f"evicted {name} from {mid}{extra}")
 
         m._run(as_json, go)
 
@@ -80,8 +81,8 @@ def register(app: typer.Typer, m: ModuleType) -> None:
         action: Annotated[
             AdminAction, typer.Argument(help="add: make NODE an admin; remove: drop it.")
         ],
-        meshid: m.MeshIdOpt,
         node: NodeArg,
+        meshid: m.OptMeshIdOpt = None,
         as_json: m.JsonOpt = False,
     ) -> None:
         """Make a node an admin of a mesh, or drop one (admins only).
@@ -92,30 +93,34 @@ def register(app: typer.Typer, m: ModuleType) -> None:
         """
 
         def go() -> None:
+            mid = m._meshid(ctx, meshid)
             res = m._client(ctx).json(
                 "POST",
-                f"/v1/meshes/{m._seg(meshid)}/admins",
+                f"/v1/meshes/{m._seg(mid)}/admins",
                 json_body={"node": node, "admin": action == AdminAction.add},
             )
             if as_json:
                 m._print_json(res)
                 return
             verb = "is now an admin of" if res["admin"] else "is no longer an admin of"
-            typer.echo(f"{node} {verb} {meshid} ({len(res['admins'])} admins)")
+            typer.echo(f"{node} {verb} {mid} ({len(res['admins'])} admins)")
 
         m._run(as_json, go)
 
     @app.command("list-invites", epilog="Example: smegctl list-invites --meshid MESH")
-    def list_invites(ctx: typer.Context, meshid: m.MeshIdOpt, as_json: m.JsonOpt = False) -> None:
+    def list_invites(
+        ctx: typer.Context, meshid: m.OptMeshIdOpt = None, as_json: m.JsonOpt = False
+    ) -> None:
         """List a mesh's invitations: id, issuer, uses (mesh-wide), expiry. Never the secrets."""
 
         def go() -> None:
-            res = m._client(ctx).json("GET", f"/v1/meshes/{m._seg(meshid)}/invites")
+            mid = m._meshid(ctx, meshid)
+            res = m._client(ctx).json("GET", f"/v1/meshes/{m._seg(mid)}/invites")
             if as_json:
                 m._print_json(res)
                 return
             if not res:
-                typer.echo(f"no invitations in {meshid}")
+                typer.echo(f"no invitations in {mid}")
                 return
             now = time.time()
             t = Table(box=None, pad_edge=False, header_style="bold")
@@ -148,20 +153,21 @@ def register(app: typer.Typer, m: ModuleType) -> None:
     @app.command("revoke-invite", epilog="Example: smegctl revoke-invite --meshid MESH 3f9a1c")
     def revoke_invite(
         ctx: typer.Context,
-        meshid: m.MeshIdOpt,
         token_id: Annotated[
             str,
             typer.Argument(
                 metavar="TOKEN-ID", help="The id shown by list-invites (a unique prefix is enough)."
             ),
         ],
+        meshid: m.OptMeshIdOpt = None,
         as_json: m.JsonOpt = False,
     ) -> None:
         """Revoke an invitation so that no one else can join with it (its issuer or an admin)."""
 
         def go() -> None:
+            mid = m._meshid(ctx, meshid)
             res = m._client(ctx).json(
-                "DELETE", f"/v1/meshes/{m._seg(meshid)}/invites/{m._seg(token_id)}"
+                "DELETE", f"/v1/meshes/{m._seg(mid)}/invites/{m._seg(token_id)}"
             )
             m._print_json(res) if as_json else typer.echo(
                 f"revoked invitation {res['token_id'][:12]}"

@@ -26,11 +26,23 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from smegmesh.cli.client import (
+    TOKEN_ENV,
+    ClientError,
+    RemoteClient,
+    check_api_url,
+    check_mesh_id,
+    check_service_key,
+    mesh_id_of,
+    read_token_file,
+    token_from_env,
+)
 from smegmesh.daemon.defaults import DEFAULT_CONFIG_PATH, DEFAULT_CONTROL_SOCKET, VERSION
 
 __all__ = ["app", "main", "parse_duration"]
 
 SOCKET_ENV = "SMEG_SOCKET"
+API_ENV = "SMEG_API"
 
 #: Exit statuses: 1 = the daemon refused or failed, or is unreachable; 2 = usage error.
 EXIT_ERROR = 1
@@ -46,7 +58,7 @@ app = typer.Typer(
     "[bold]smegctl invite --meshid ID[/bold] there, and "
     "[bold]smegctl join-mesh --token TOKEN[/bold] on each new node.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -90,8 +102,17 @@ class GraphFormat(StrEnum):
 
 
 class State:
-    def __init__(self, socket: str) -> None:
+    def __init__(
+        self,
+        socket: str,
+        api: str | None = None,
+        api_token: str | None = None,
+        api_ca: Path | None = None,
+    ) -> None:
         self.socket = socket
+        self.api = api
+        self.api_token = api_token
+        self.api_ca = api_ca
 
 
 class Client:
@@ -154,9 +175,16 @@ def _error_of(resp: httpx.Response) -> tuple[str, dict[str, Any] | None]:
         return f"smegd answered HTTP {resp.status_code}: {text or resp.reason_phrase}", None
 
 
-def _client(ctx: typer.Context, timeout: float = 30.0) -> Client:
+def _client(ctx: typer.Context, timeout: float = 30.0) -> Client | RemoteClient:
     state = ctx.find_object(State)
+    if state is not None and state.api:  # --api URL: the daemon's TCP API
+        return RemoteClient(state.api, state.api_token, state.api_ca, timeout)
     return Client(state.socket if state else DEFAULT_CONTROL_SOCKET, timeout=timeout)
+
+
+def _meshid(ctx: typer.Context, meshid: str | None) -> str:
+    """``--meshid`` checked, or the node's only mesh when it was left out."""
+    return mesh_id_of(_client(ctx), meshid)
 
 
 # --------------------------------------------------------------------------- output
@@ -234,6 +262,16 @@ JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print machine-readable JSON on stdout, nothing else.")
 ]
 MeshIdOpt = Annotated[str, typer.Option("--meshid", "-m", help="The mesh id.", show_default=False)]
+#: ``--meshid`` that may be left out when the node is in exactly one mesh (see ``_meshid``).
+OptMeshIdOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--meshid",
+        "-m",
+        help="The mesh id (may be left out when this node is in exactly one mesh).",
+        show_default=False,
+    ),
+]
 WgPortOpt = Annotated[
     int | None,
     typer.Option("--wgport", min=1, max=65535, help="WireGuard listen port (default: a free one)."),
@@ -319,6 +357,37 @@ def _root(
             show_envvar=True,
         ),
     ] = DEFAULT_CONTROL_SOCKET,
+    api: Annotated[
+        str | None,
+        typer.Option(
+            "--api",
+            envvar=API_ENV,
+            help="Talk to a daemon's TCP API (its apiListen) instead of the socket: "
+            "http://HOST:PORT or https://HOST:PORT. The token comes from --api-token-file "
+            f"or ${TOKEN_ENV}.",
+            show_envvar=True,
+            show_default=False,
+        ),
+    ] = None,
+    api_token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--api-token-file",
+            help=f"File holding the API token (default: ${TOKEN_ENV}).",
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    api_ca: Annotated[
+        Path | None,
+        typer.Option(
+            "--api-ca",
+            help="CA certificate (PEM) to verify an https:// --api with, e.g. the daemon's "
+            "self-signed apiTlsCertificate. Verification is always on.",
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option(
@@ -326,13 +395,23 @@ def _root(
         ),
     ] = False,
 ) -> None:
-    ctx.obj = State(socket)
+    if ctx.resilient_parsing:  # shell completion: no files, no errors
+        ctx.obj = State(socket)
+        return
+    token = None
+    if api:
+        try:
+            check_api_url(api)
+            token = read_token_file(api_token_file) if api_token_file else token_from_env()
+        except ClientError as e:
+            _fail(e.message)
+    ctx.obj = State(socket, api or None, token, api_ca)
 
 
 def _run(as_json: bool, fn: Any, *args: Any) -> None:
     try:
         fn(*args)
-    except CtlError as e:
+    except (CtlError, ClientError) as e:
         _fail(e.message, as_json, e.payload)
 
 
@@ -378,7 +457,7 @@ def new_mesh(
 )
 def invite(
     ctx: typer.Context,
-    meshid: MeshIdOpt,
+    meshid: OptMeshIdOpt = None,
     ttl: Annotated[
         str,
         typer.Option("--ttl", help="How long the token is valid: e.g. 90s, 30m, 2h, 1d, 1h30m."),
@@ -407,9 +486,10 @@ def invite(
     ttl_s = parse_duration(ttl)
 
     def go() -> None:
+        mid = _meshid(ctx, meshid)
         res = _client(ctx).json(
             "POST",
-            f"/v1/meshes/{_seg(meshid)}/invites",
+            f"/v1/meshes/{_seg(mid)}/invites",
             json_body={"ttl_s": ttl_s, "uses": uses, "strict": strict},
         )
         _print_json(res) if as_json else typer.echo(res["token"])
@@ -444,12 +524,13 @@ def join_mesh(
 
 
 @app.command("leave-mesh", epilog="Example: smegctl leave-mesh --meshid MESH")
-def leave_mesh(ctx: typer.Context, meshid: MeshIdOpt, as_json: JsonOpt = False) -> None:
+def leave_mesh(ctx: typer.Context, meshid: OptMeshIdOpt = None, as_json: JsonOpt = False) -> None:
     """Leave a mesh: tell the other members and remove its WireGuard interface."""
 
     def go() -> None:
-        res = _client(ctx, timeout=60).json("DELETE", f"/v1/meshes/{_seg(meshid)}")
-        _print_json({**res, "mesh_id": meshid}) if as_json else typer.echo(f"left {meshid}")
+        mid = _meshid(ctx, meshid)
+        res = _client(ctx, timeout=60).json("DELETE", f"/v1/meshes/{_seg(mid)}")
+        _print_json({**res, "mesh_id": mid}) if as_json else typer.echo(f"left {mid}")
 
     _run(as_json, go)
 
@@ -486,7 +567,7 @@ def list_meshes(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 @app.command("get-mesh", epilog="Example: smegctl get-mesh --meshid MESH")
 def get_mesh(
     ctx: typer.Context,
-    meshid: MeshIdOpt,
+    meshid: OptMeshIdOpt = None,
     show_all: Annotated[
         bool, typer.Option("--all", help="Also list the nodes evicted from the mesh.")
     ] = False,
@@ -495,7 +576,7 @@ def get_mesh(
     """Show the nodes of a mesh as a table (* marks this node, ADMIN the mesh's admins)."""
 
     def go() -> None:
-        res = _client(ctx).json("GET", f"/v1/meshes/{_seg(meshid)}")
+        res = _client(ctx).json("GET", f"/v1/meshes/{_seg(_meshid(ctx, meshid))}")
         if as_json:
             _print_json(res)
             return
@@ -603,7 +684,7 @@ def get_graph(
     def go() -> None:
         params = {"format": fmt.value}
         if meshid:
-            params["meshid"] = meshid
+            params["meshid"] = check_mesh_id(meshid)
         data = _client(ctx, timeout=60).request("GET", "/v1/graph", params=params).content
         if output is not None:
             try:
@@ -640,19 +721,20 @@ def get_graph(
 )
 def query_mesh(
     ctx: typer.Context,
-    meshid: MeshIdOpt,
     query: Annotated[
         str,
         typer.Option(
             "--query", "-q", help="JMESPath expression over the mesh (see get-mesh --json)."
         ),
     ],
+    meshid: OptMeshIdOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Evaluate a JMESPath query over a mesh and print the result as JSON."""
 
     def go() -> None:
-        res = _client(ctx).json("GET", f"/v1/meshes/{_seg(meshid)}/query", params={"q": query})
+        mid = _meshid(ctx, meshid)
+        res = _client(ctx).json("GET", f"/v1/meshes/{_seg(mid)}/query", params={"q": query})
         _print_json(res["result"])
 
     _run(as_json, go)
@@ -669,24 +751,30 @@ def _ok(ctx: typer.Context, as_json: bool, method: str, url: str, body: Any, msg
 @app.command("put-alias", epilog="Example: smegctl put-alias --meshid MESH --alias web1")
 def put_alias(
     ctx: typer.Context,
-    meshid: MeshIdOpt,
     alias: Annotated[
         str,
         typer.Option(
-            "--alias", help="DNS label (letters, digits, '-'): served as ALIAS.MESH.smeg."
+            "--alias",
+            help="DNS label (letters, digits, '-'): served as ALIAS.MESH.smeg. "
+            "Stored in lower case.",
         ),
     ],
+    meshid: OptMeshIdOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Set this node's alias in a mesh."""
-    _ok(
-        ctx,
-        as_json,
-        "PUT",
-        f"/v1/meshes/{_seg(meshid)}/alias",
-        {"alias": alias},
-        f"alias of this node in {meshid}: {alias}",
-    )
+    """Set this node's alias in a mesh, and print the alias as stored (lower case)."""
+
+    def go() -> None:
+        mid = _meshid(ctx, meshid)
+        res = _client(ctx).json("PUT", f"/v1/meshes/{_seg(mid)}/alias", json_body={"alias": alias})
+        stored = str(res.get("alias", alias.lower()))
+        if as_json:
+            _print_json({**res, "mesh_id": mid, "alias": stored})
+            return
+        note = f" (stored in lower case; you gave {alias!r})" if stored != alias else ""
+        typer.echo(f"alias of this node in {mid}: {stored}{note}")
+
+    _run(as_json, go)
 
 
 @app.command(
@@ -695,18 +783,19 @@ def put_alias(
 )
 def put_description(
     ctx: typer.Context,
-    meshid: MeshIdOpt,
     description: Annotated[str, typer.Option("--description", help="Free text.")],
+    meshid: OptMeshIdOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Set this node's description in a mesh."""
-    _ok(
+    _ok_mesh(
         ctx,
         as_json,
+        meshid,
         "PUT",
-        f"/v1/meshes/{_seg(meshid)}/description",
+        "description",
         {"description": description},
-        f"description of this node in {meshid} set",
+        "description of this node in {mesh} set",
     )
 
 
@@ -715,19 +804,20 @@ def put_description(
 )
 def set_service(
     ctx: typer.Context,
-    meshid: MeshIdOpt,
     service: Annotated[str, typer.Option("--service", help="Service name.")],
     value: Annotated[str, typer.Option("--value", help="Service value.")],
+    meshid: OptMeshIdOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Publish a service (key/value) on this node in a mesh."""
-    _ok(
+    _ok_mesh(
         ctx,
         as_json,
+        meshid,
         "PUT",
-        f"/v1/meshes/{_seg(meshid)}/services/{_seg(service)}",
+        f"services/{_seg(_service_key(service, as_json))}",
         {"value": value},
-        f"service {service} set in {meshid}",
+        f"service {service} set in {{mesh}}",
     )
 
 
@@ -736,18 +826,19 @@ def set_service(
 )
 def delete_service(
     ctx: typer.Context,
-    meshid: MeshIdOpt,
     service: Annotated[str, typer.Option("--service", help="Service name.")],
+    meshid: OptMeshIdOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Remove a service of this node in a mesh."""
-    _ok(
+    _ok_mesh(
         ctx,
         as_json,
+        meshid,
         "DELETE",
-        f"/v1/meshes/{_seg(meshid)}/services/{_seg(service)}",
+        f"services/{_seg(_service_key(service, as_json))}",
         None,
-        f"service {service} deleted in {meshid}",
+        f"service {service} deleted in {{mesh}}",
     )
 
 
@@ -805,6 +896,33 @@ def _seg(s: str) -> str:
     return quote(s, safe="")
 
 
+def _ok_mesh(
+    ctx: typer.Context,
+    as_json: bool,
+    meshid: str | None,
+    method: str,
+    sub: str,
+    body: Any,
+    msg: str,
+) -> None:
+    """Like ``_ok`` for ``/v1/meshes/{mesh}/SUB``, the mesh from ``--meshid`` or the only one;
+    ``{mesh}`` in ``msg`` is replaced by its id."""
+
+    def go() -> None:
+        mid = _meshid(ctx, meshid)
+        res = _client(ctx).json(method, f"/v1/meshes/{_seg(mid)}/{sub}", json_body=body)
+        _print_json(res) if as_json else typer.echo(msg.replace("{mesh}", mid))
+
+    _run(as_json, go)
+
+
+def _service_key(key: str, as_json: bool) -> str:
+    try:
+        return check_service_key(key)
+    except ClientError as e:
+        _fail(e.message, as_json)
+
+
 @app.command(
     "dns-help",
     epilog="Example: smegctl dns-help --listen 127.0.0.1:5353",
@@ -848,6 +966,8 @@ def ui(
     from smegmesh.cli.ui import OneTimeToken, loopback_socket, serve
 
     c = _client(ctx, timeout=10.0)
+    if not isinstance(c, Client):  # --api: that daemon serves its own dashboard
+        _fail(f"with --api, open the daemon's own dashboard: {c.url.rstrip('/')}/ui/", as_json)
     _run(as_json, c.json, "GET", "/v1/health")
     try:
         sock = loopback_socket(port)
@@ -882,9 +1002,17 @@ def main() -> None:
         sys.exit(EXIT_ERROR)
 
 
+# Commands in their own modules register themselves on ``app`` when imported.
 from smegmesh.cli import authority as _authority  # noqa: E402
+from smegmesh.cli import status as _status  # noqa: E402
 
 _authority.register(app, sys.modules[__name__])
+_ = _status
 
 if __name__ == "__main__":
-    main()
+    # Run the canonical module's app: ``python -m`` executes this file as
+    # ``__main__``, a second copy, whereas command modules register on
+    # ``smegmesh.cli.main.app``.
+    from smegmesh.cli.main import main as _main
+
+    _main()

@@ -43,6 +43,7 @@ from smegmesh.daemon.api_authority import add_authority_routes
 from smegmesh.daemon.api_models import (
     SERVICE_KEY_RE,
     AliasRequest,
+    AliasResponse,
     DescriptionRequest,
     ErrorResponse,
     GraphFormat,
@@ -54,11 +55,14 @@ from smegmesh.daemon.api_models import (
     MeshOptions,
     MeshSummary,
     OkResponse,
+    PingRequest,
+    PingResponse,
     ProtoCreateRequest,
     ProtoJoinRequest,
     ProtoMesh,
     QueryResponse,
     ServiceValueRequest,
+    StatusResponse,
     proto_mesh,
 )
 from smegmesh.daemon.config import VERSION
@@ -335,7 +339,9 @@ def create_app(
         codes = {404: "not_found", 405: "method_not_allowed"}
         message = str(exc.detail)
         if exc.status_code == 404:
-            message = f"no such route: {request.method} {request.url.path}"
+            # Never show routes to the user: a 404 here is almost always an id
+            # that could not be part of a URL (e.g. with a '/').
+            message = "not found: the request names no resource smegd knows (check the ids given)"
         elif exc.status_code == 405:
             message = f"method {request.method} not allowed on {request.url.path}"
         resp = _error(exc.status_code, codes.get(exc.status_code, "http_error"), message)
@@ -394,9 +400,9 @@ def create_app(
         return MeshIdResponse(mesh_id=await service.join_mesh(req.token, opts))
 
     @app.put("/v1/meshes/{mesh_id}/alias", tags=["v1"], summary="Set this node's alias")
-    async def put_alias(mesh_id: MeshId, req: AliasRequest) -> OkResponse:
-        await service.put_alias(mesh_id, req.alias)
-        return OkResponse()
+    async def put_alias(mesh_id: MeshId, req: AliasRequest) -> AliasResponse:
+        stored = await service.put_alias(mesh_id, req.alias)
+        return AliasResponse(alias=stored if isinstance(stored, str) else req.alias.lower())
 
     @app.put("/v1/meshes/{mesh_id}/description", tags=["v1"], summary="Set this node's description")
     async def put_description(mesh_id: MeshId, req: DescriptionRequest) -> OkResponse:
@@ -501,6 +507,14 @@ def create_app(
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+
+    @app.get("/v1/status", tags=["v1"], summary="The whole node: meshes, members, paths, routes")
+    async def status() -> StatusResponse:
+        return await service.get_status()
+
+    @app.post("/v1/ping", tags=["v1"], summary="Ping a node over the overlay")
+    async def ping(req: PingRequest) -> PingResponse:
+        return await service.ping(req.node, req.mesh_id, req.count, req.timeout_s)
 
     # ------------------------------------------------------------------ prototype aliases
     async def proto_meshes() -> list[ProtoMesh]:

@@ -18,6 +18,7 @@ from smegmesh.daemon.config import MeshOptions, Role
 __all__ = [
     "ALIAS_RE",
     "AliasRequest",
+    "AliasResponse",
     "DescriptionRequest",
     "ErrorBody",
     "ErrorResponse",
@@ -25,12 +26,18 @@ __all__ = [
     "InviteRequest",
     "InviteResponse",
     "JoinRequest",
+    "MemberStatus",
     "MeshDetail",
     "MeshIdResponse",
     "MeshOptions",
+    "MeshStatus",
     "MeshSummary",
     "NodeInfo",
     "OkResponse",
+    "PathInfo",
+    "PathKind",
+    "PingRequest",
+    "PingResponse",
     "ProtoCreateRequest",
     "ProtoJoinRequest",
     "ProtoMesh",
@@ -41,6 +48,7 @@ __all__ = [
     "RouteInfo",
     "SelectedRoute",
     "ServiceValueRequest",
+    "StatusResponse",
     "proto_mesh",
 ]
 
@@ -246,6 +254,12 @@ class OkResponse(_Model):
     ok: bool = True
 
 
+class AliasResponse(OkResponse):
+    """``put-alias``: the alias as stored (lower case), which may differ from the input."""
+
+    alias: str = Field(description="The alias as stored and served in DNS (lower case)")
+
+
 class QueryResponse(_Model):
     result: Any
 
@@ -371,3 +385,84 @@ class InviteInfo(_Model):
     strict: bool
     revoked: bool
     expired: bool
+
+
+# --------------------------------------------------------------------------- status, ping
+
+#: How this node reaches a member (or an address): ``self``; ``direct``: the
+#: member is its own WireGuard peer here; ``peer``: through another member of
+#: the mesh (a client's assigned peer, or this client's own peer); ``bridge``:
+#: an address outside the mesh, through the gateway of a route; ``none``: no
+#: WireGuard peer covers it (not yet configured, or unreachable).
+PathKind = Literal["self", "direct", "peer", "bridge", "none"]
+
+
+class PathInfo(_Model):
+    """The WireGuard peer traffic to an address goes to (longest AllowedIPs match)."""
+
+    kind: PathKind
+    via: str | None = Field(default=None, description="Public key of the next hop (peer/bridge)")
+    via_alias: str = ""
+    mesh_id: str | None = Field(default=None, description="Mesh of the interface used")
+
+
+class MemberStatus(_Model):
+    public_key: str
+    alias: str = ""
+    overlay_address: str
+    role: Role
+    status: NodeStatus = "live"
+    is_self: bool = False
+    handshake_age_s: float | None = Field(
+        default=None, description="Seconds since the last WireGuard handshake with the next hop"
+    )
+    rx_bytes: int = Field(default=0, description="Bytes received from this WireGuard peer")
+    tx_bytes: int = Field(default=0, description="Bytes sent to this WireGuard peer")
+    last_seen: float | None = None
+    path: PathInfo
+
+
+class MeshStatus(_Model):
+    mesh_id: str
+    interface: str | None = None
+    prefix: str
+    role: Role | None = None
+    overlay_address: str | None = None
+    members_online: int = Field(description="Members not suspected by failure detection")
+    members_total: int
+    members: list[MemberStatus]
+    routes: list[SelectedRoute] = Field(default_factory=list)
+
+
+class StatusResponse(_Model):
+    """``GET /v1/status``: the whole node on one screen (``smegctl status``)."""
+
+    version: str
+    public_key: str | None = Field(default=None, description="This node's key (its id)")
+    meshes: list[MeshStatus]
+
+
+class PingRequest(_Request):
+    node: str = Field(
+        min_length=1,
+        max_length=128,
+        description="Alias, public key, overlay address, or a unique prefix of one",
+    )
+    mesh_id: str | None = Field(
+        default=None, min_length=1, max_length=128, description="Only look in this mesh"
+    )
+    count: int = Field(default=3, ge=1, le=20, description="Echo requests to send")
+    timeout_s: int = Field(default=2, ge=1, le=10, description="Seconds to wait for each reply")
+
+
+class PingResponse(_Model):
+    mesh_id: str | None = None
+    public_key: str | None = None
+    alias: str = ""
+    address: str
+    path: PathInfo
+    sent: int
+    received: int
+    rtt_ms: list[float] = Field(default_factory=list, description="RTT of each reply")
+    rtt_avg_ms: float | None = None
+    error: str | None = Field(default=None, description="Why no reply came, when known")

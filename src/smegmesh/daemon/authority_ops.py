@@ -12,11 +12,18 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from smegmesh.core.identity import key_to_text
+from smegmesh.core.addressing import mesh_prefix, node_id_prefix
+from smegmesh.core.identity import key_from_text, key_to_text
 from smegmesh.core.meshnode import NotAllowed
 from smegmesh.daemon import service as svc
-from smegmesh.daemon.api_models import AdminResponse, EvictResponse, InviteInfo
-from smegmesh.daemon.resolve import Candidate, resolve_node
+from smegmesh.daemon.api_models import (
+    AdminResponse,
+    EvictResponse,
+    InviteInfo,
+    MeshDetail,
+    NodeInfo,
+)
+from smegmesh.daemon.resolve import describe, resolve_node
 
 if TYPE_CHECKING:
     from smegmesh.daemon.node import MeshRuntime
@@ -41,41 +48,62 @@ class AuthorityOps:
         def _get(self, mesh_id: str) -> MeshRuntime: ...
         def _emit(self, rt: MeshRuntime, outs: list[Any]) -> None: ...
 
-    def _candidates(self, rt: MeshRuntime) -> list[Candidate]:
-        """Every node the mesh holds a record of (live, pruned or left)."""
-        return [Candidate.of(r) for r in rt.node.mesh.records()]
+    def _target(self, rt: MeshRuntime, node: str) -> tuple[bytes, str, str]:
+        """(key, alias, description) of the node ``node`` names among every node the
+        mesh holds a record of (live, pruned or left: a dead node can be evicted)."""
+        nodes = [
+            NodeInfo(
+                public_key=key_to_text(r.wg_key),
+                alias=r.alias,
+                role=r.role.value,
+                overlay_address=r.address,
+                node_id=node_id_prefix(r.wg_key),
+            )
+            for r in rt.node.mesh.records()
+        ]
+        view = MeshDetail(
+            mesh_id=rt.mesh_id,
+            prefix=str(mesh_prefix(rt.mesh_id)),
+            self_key=key_to_text(self.identity.wg_public_key),
+            nodes=nodes,
+        )
+        found = resolve_node(node, [view], rt.mesh_id)
+        if found.node is None:
+            raise svc.ServiceError(
+                "unknown_node", f"no node of mesh {rt.mesh_id} has address {found.address}", 404
+            )
+        n = found.node
+        return key_from_text(n.public_key), n.alias, describe(rt.mesh_id, n)
 
     async def evict(self, mesh_id: str, node: str, cascade: bool) -> EvictResponse:
         rt = self._get(mesh_id)
-        target = resolve_node(self._candidates(rt), node)
+        key, alias, name = self._target(rt, node)
         if not rt.node.mesh.admission:
             raise svc.invalid_argument(
                 "this mesh was created by an older smegmesh and has no admins: create a new mesh"
             )
-        kept = 0 if cascade else len(rt.node._admitted_by(target.key))
+        kept = 0 if cascade else len(rt.node._admitted_by(key))
         try:
-            outs = rt.node.evict(_now_ms(), target.key, cascade=cascade)
+            outs = rt.node.evict(_now_ms(), key, cascade=cascade)
         except NotAllowed as e:
             raise forbidden(e) from None
         self._emit(rt, outs)
         log.info(
             "mesh %s: evicted %s%s",
             mesh_id,
-            target.describe(),
+            name,
             " and the nodes it admitted" if cascade else "",
         )
         evicted = [
-            key_to_text(k)
-            for k in sorted(rt.node.mesh.authority.revoked)
-            if k == target.key or cascade
+            key_to_text(k) for k in sorted(rt.node.mesh.authority.revoked) if k == key or cascade
         ]
-        return EvictResponse(evicted=evicted, alias=target.alias, kept=kept)
+        return EvictResponse(evicted=evicted, alias=alias, kept=kept)
 
     async def set_admin(self, mesh_id: str, node: str, admin: bool) -> AdminResponse:
         rt = self._get(mesh_id)
-        target = resolve_node(self._candidates(rt), node)
+        key, _alias, name = self._target(rt, node)
         try:
-            outs = rt.node.set_admin(_now_ms(), target.key, admin)
+            outs = rt.node.set_admin(_now_ms(), key, admin)
         except NotAllowed as e:
             raise forbidden(e) from None
         self._emit(rt, outs)
@@ -83,10 +111,10 @@ class AuthorityOps:
             "mesh %s: %s %s",
             mesh_id,
             "made admin:" if admin else "no longer admin:",
-            target.describe(),
+            name,
         )
         return AdminResponse(
-            node=key_to_text(target.key),
+            node=key_to_text(key),
             admin=admin,
             admins=sorted(key_to_text(k) for k in rt.node.mesh.authority.admins),
         )

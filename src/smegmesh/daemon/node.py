@@ -53,9 +53,15 @@ from smegmesh.core.wgdiff import AddPeer
 from smegmesh.core.wire import WireError, decode, decode_item, encode, encode_item
 from smegmesh.daemon import service as svc
 from smegmesh.daemon import views
-from smegmesh.daemon.api_models import MeshDetail, MeshSummary
+from smegmesh.daemon.api_models import MeshDetail, MeshSummary, PingResponse, StatusResponse
 from smegmesh.daemon.authority_ops import AuthorityOps
-from smegmesh.daemon.config import Config, ConfigError, MeshOptions, resolve_mesh_settings
+from smegmesh.daemon.config import (
+    VERSION,
+    Config,
+    ConfigError,
+    MeshOptions,
+    resolve_mesh_settings,
+)
 from smegmesh.daemon.events import (
     WG_PEER_EVENTS_MAX,
     EventBus,
@@ -1133,7 +1139,7 @@ class Daemon(AuthorityOps):
             raise svc.invalid_argument(f"{e.field}: {e}") from None
         self._emit(rt, outs)
 
-    async def put_alias(self, mesh_id: str, alias: str) -> None:
+    async def put_alias(self, mesh_id: str, alias: str) -> str:
         rt = self._get(mesh_id)
         alias = views.validate_alias(alias)
         views.check_alias_free(
@@ -1143,6 +1149,7 @@ class Daemon(AuthorityOps):
             rt.node.mesh.authority if rt.node.mesh.admission else None,
         )
         await self._update(mesh_id, alias=alias)
+        return alias
 
     async def put_description(self, mesh_id: str, description: str) -> None:
         self._get(mesh_id)
@@ -1169,6 +1176,31 @@ class Daemon(AuthorityOps):
         detail = await self.get_mesh(mesh_id)
         # bounded in work and time (views.run_query), and off the event loop
         return await asyncio.to_thread(views.run_query, detail, expr)
+
+    async def _details(self) -> list[MeshDetail]:
+        out = []
+        for mid in sorted(self.meshes):
+            with contextlib.suppress(svc.ServiceError):  # left meanwhile
+                out.append(await self.get_mesh(mid))
+        return out
+
+    async def get_status(self) -> StatusResponse:
+        from smegmesh.daemon.status import build_status
+
+        key = key_to_text(self.identity.wg_public_key)
+        return build_status(VERSION, key, await self._details())
+
+    async def ping(
+        self, node: str, mesh_id: str | None, count: int, timeout_s: int
+    ) -> PingResponse:
+        from smegmesh.daemon.status import ping_node
+
+        if mesh_id is not None:
+            self._get(mesh_id)
+        refuse = None
+        if getattr(self.backend, "kind", None) == "memory":
+            refuse = "this node runs without WireGuard (wgBackend: memory): no overlay to ping"
+        return await ping_node(node, mesh_id, await self._details(), count, timeout_s, refuse)
 
     async def get_graph(self, mesh_id: str | None, fmt: Any) -> bytes:
         ids = [mesh_id] if mesh_id else sorted(self.meshes)

@@ -1,80 +1,115 @@
-"""NODE arguments: an alias, a public key, an overlay address, or a unique prefix of one.
+"""Find the node a user means: ``NODE`` as an alias, public key, overlay address or prefix.
 
-One resolver for every command that names a node (``evict``, ``admin``,
-``ping``...). Exact matches win over prefixes; an ambiguous prefix is an error
-that lists the candidates; nothing found is an error that says what was tried.
+:func:`resolve_node` is the one resolver every command that takes a NODE uses
+(``ping``; ``evict``/``admin`` later). It works on the mesh views the daemon
+serves (:class:`~smegmesh.daemon.api_models.MeshDetail`), so it runs the same
+in the daemon and in a client that fetched ``GET /v1/meshes/{id}``.
+
+Rules, in order:
+
+1. exact matches: an alias (any case), a public key, an overlay address (any
+   spelling of the same IPv6 address) or a node id (``NODEID.MESH.smeg.``);
+2. otherwise unique prefixes of one of those (case-insensitive for aliases,
+   node ids and addresses; exact case for keys, which are base64);
+3. the same node found in several meshes is ambiguous too (its address differs
+   per mesh): the error asks for ``--meshid``;
+4. an IPv6 address that is no member's (e.g. behind a bridge) resolves to
+   itself, without a node.
+
+Errors are :class:`~smegmesh.daemon.service.ServiceError`: ``unknown_node``
+(404) and ``ambiguous_node`` (400), whose messages list the candidates.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from smegmesh.core.identity import key_to_text
-from smegmesh.core.record import NodeRecord
-from smegmesh.daemon.service import ServiceError, invalid_argument
+from smegmesh.daemon.api_models import MeshDetail, NodeInfo
+from smegmesh.daemon.service import ServiceError
 
-__all__ = ["Candidate", "resolve_node"]
+__all__ = ["MAX_CANDIDATES_SHOWN", "Resolved", "describe", "resolve_node"]
 
-MAX_LISTED = 8
+#: Candidates named in an "ambiguous" message (the rest are counted).
+MAX_CANDIDATES_SHOWN = 8
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    key: bytes
-    alias: str
+@dataclass(frozen=True)
+class Resolved:
+    """The node (and mesh) ``NODE`` named, or a bare address when it is no member's."""
+
     address: str
-
-    @classmethod
-    def of(cls, r: NodeRecord) -> Candidate:
-        return cls(r.wg_key, r.alias, r.address)
-
-    def describe(self) -> str:
-        name = f"{self.alias} " if self.alias else ""
-        return f"{name}{key_to_text(self.key)[:12]}… ({self.address})"
+    mesh_id: str | None = None
+    node: NodeInfo | None = None
 
 
-def _canon_addr(text: str) -> str | None:
+def describe(mesh_id: str, n: NodeInfo) -> str:
+    """``alias (KEYPREFIX…, ADDRESS in MESH)`` for messages."""
+    name = n.alias or n.public_key[:12] + "…"
+    return f"{name} ({n.public_key[:8]}…, {n.overlay_address} in {mesh_id})"
+
+
+def _ip(text: str) -> ipaddress.IPv6Address | None:
     try:
-        return str(ipaddress.IPv6Address(text.split("/")[0]))
+        return ipaddress.IPv6Address(text.strip().removeprefix("[").removesuffix("]"))
     except ValueError:
         return None
 
 
-def resolve_node(candidates: Iterable[Candidate], text: str, *, what: str = "node") -> Candidate:
-    """The one candidate ``text`` names (raises ``invalid_argument``/``not_found``)."""
-    text = text.strip()
-    if not text:
-        raise invalid_argument(f"{what}: empty name")
-    cands = list({c.key: c for c in candidates}.values())
-    lower = text.lower()
-    addr = _canon_addr(text)
-    exact = [
-        c
-        for c in cands
-        if key_to_text(c.key) == text
-        or (c.alias and c.alias.lower() == lower)
-        or (addr is not None and c.address == addr)
-    ]
-    if len(exact) == 1:
-        return exact[0]
-    found = exact or [
-        c
-        for c in cands
-        if key_to_text(c.key).startswith(text)
-        or (c.alias and c.alias.lower().startswith(lower))
-        or c.address.startswith(lower)
-    ]
+def _exact(q: str, ip: ipaddress.IPv6Address | None, n: NodeInfo) -> bool:
+    if n.public_key == q or (n.alias and n.alias.lower() == q.lower()):
+        return True
+    if n.node_id is not None and n.node_id.lower() == q.lower():
+        return True
+    return ip is not None and _ip(n.overlay_address) == ip
+
+
+def _prefix(q: str, n: NodeInfo) -> bool:
+    ql = q.lower()
+    return (
+        n.public_key.startswith(q)
+        or (bool(n.alias) and n.alias.lower().startswith(ql))
+        or (n.node_id is not None and n.node_id.lower().startswith(ql))
+        or n.overlay_address.lower().startswith(ql)
+    )
+
+
+def _ambiguous(query: str, found: list[tuple[str, NodeInfo]], same_node: bool) -> ServiceError:
+    shown = "; ".join(describe(m, n) for m, n in found[:MAX_CANDIDATES_SHOWN])
+    more = len(found) - MAX_CANDIDATES_SHOWN
+    if more > 0:
+        shown += f"; and {more} more"
+    if same_node:
+        meshes = ", ".join(m for m, _ in found)
+        msg = f"{query!r} is in several meshes ({meshes}): pass --meshid"
+    else:
+        msg = f"{query!r} matches {len(found)} nodes: {shown}; give more of it"
+    return ServiceError("ambiguous_node", msg, 400)
+
+
+def resolve_node(query: str, meshes: Sequence[MeshDetail], mesh_id: str | None = None) -> Resolved:
+    """The node ``query`` names among ``meshes`` (only ``mesh_id`` if given); see module doc."""
+    q = query.strip()
+    if not q:
+        raise ServiceError("invalid_argument", "NODE is empty", 400)
+    pool = [m for m in meshes if mesh_id is None or m.mesh_id == mesh_id]
+    ip = _ip(q)
+    found = [(m.mesh_id, n) for m in pool for n in m.nodes if _exact(q, ip, n)]
+    if not found and ip is None:
+        found = [(m.mesh_id, n) for m in pool for n in m.nodes if _prefix(q, n)]
     if len(found) == 1:
-        return found[0]
-    if not found:
-        raise ServiceError(
-            "unknown_node",
-            f"no {what} matches {text!r} (give an alias, public key, overlay address "
-            "or a unique prefix of one)",
-            404,
-        )
-    listed = ", ".join(c.describe() for c in found[:MAX_LISTED])
-    more = f" and {len(found) - MAX_LISTED} more" if len(found) > MAX_LISTED else ""
-    raise invalid_argument(f"{what} {text!r} is ambiguous: {listed}{more}")
+        mid, n = found[0]
+        return Resolved(address=n.overlay_address, mesh_id=mid, node=n)
+    if found:
+        same = len({n.public_key for _, n in found}) == 1
+        raise _ambiguous(q, found, same)
+    if ip is not None:
+        return Resolved(address=str(ip))
+    where = f"mesh {mesh_id!r}" if mesh_id is not None else "any mesh of this node"
+    raise ServiceError(
+        "unknown_node",
+        f"no node in {where} matches {q!r} (an alias, public key, overlay address, "
+        "or a prefix of one)",
+        404,
+    )

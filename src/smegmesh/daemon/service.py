@@ -17,6 +17,8 @@ from smegmesh.daemon.api_models import (
     InviteInfo,
     MeshDetail,
     MeshSummary,
+    PingResponse,
+    StatusResponse,
 )
 from smegmesh.daemon.config import MeshOptions
 
@@ -107,7 +109,9 @@ class NodeService(Protocol):
 
     async def get_mesh(self, mesh_id: str) -> MeshDetail: ...
 
-    async def put_alias(self, mesh_id: str, alias: str) -> None: ...
+    async def put_alias(self, mesh_id: str, alias: str) -> str:
+        """Set this node's alias; return it as stored (lower case)."""
+        ...
 
     async def put_description(self, mesh_id: str, description: str) -> None: ...
 
@@ -142,4 +146,15 @@ class NodeService(Protocol):
 
     async def revoke_invite(self, mesh_id: str, token_id: str) -> InviteInfo:
         """Revoke an invitation by id or unique prefix (its issuer or an admin)."""
+        ...
+
+    async def get_status(self) -> StatusResponse:
+        """The whole node: identity, every mesh, members with their paths, routes in use."""
+        ...
+
+    async def ping(
+        self, node: str, mesh_id: str | None, count: int, timeout_s: int
+    ) -> PingResponse:
+        """Ping ``node`` (resolved by :func:`smegmesh.daemon.resolve.resolve_node`) over the
+        overlay and say which path answered."""
         ...

@@ -3,7 +3,7 @@
 Brings up peers on a shared underlay and clients behind a NAT66 router, one
 ``smegd`` (with wireguard-go) per node; creates a mesh on the first peer,
 invites the others with one token and has them join; prints
-``smegctl get-mesh`` and a full overlay ping matrix; then waits for Enter
+``smegctl get-mesh``, a full overlay ping matrix and ``smegctl status``; then waits for Enter
 (or Ctrl-C; ``--no-wait`` for CI) and removes everything it created.
 
     python -m smegmesh.testbed.demo [--peers 3] [--clients 1] [--no-wait]
@@ -52,6 +52,19 @@ def _show_get_mesh(d: Daemon, mesh_id: str) -> None:
     if sys.stdout.isatty():
         sys.stdout.flush()
         subprocess.run(argv, check=False, timeout=60)  # straight to the terminal: rich colours
+    else:
+        out = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=60)
+        sys.stdout.write(out.stdout + out.stderr)
+        sys.stdout.flush()
+
+
+def _show_status(d: Daemon) -> None:
+    """``smegctl status`` of ``d``: meshes, members, the path to each, handshakes, traffic."""
+    console.print(_ctl_shown(d, "status"))
+    argv = [sys.executable, "-m", "smegmesh.cli.main", "--socket", d.socket, "status"]
+    if sys.stdout.isatty():
+        sys.stdout.flush()
+        subprocess.run(argv, check=False, timeout=60)
     else:
         out = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=60)
         sys.stdout.write(out.stdout + out.stderr)
@@ -163,6 +176,8 @@ def _demo(cluster: Cluster, peers: int, clients: int, wait: bool, t_start: float
         f"[bold]{len(rtts) - len(fails)}/{len(rtts)} pairs answered[/bold] "
         f"(set up in {time.monotonic() - t_start:.1f}s)"
     )
+    console.print()
+    _show_status(cs[0] if cs else first)  # a client's view: who is reached through whom
 
     if wait:
         console.print(

@@ -1,0 +1,216 @@
+"""``smegctl --api URL``: talk to a daemon's TCP API instead of the local socket.
+
+The token comes from ``--api-token-file FILE`` or else ``$SMEG_API_TOKEN``;
+TLS (``https://``) is verified against the system trust store, or against
+``--api-ca FILE`` for a self-signed certificate. Every failure is one line a
+person can act on: a wrong token (401), a host that does not answer, a
+certificate that does not verify.
+
+Also here: :func:`mesh_id_of`, which lets ``--meshid`` be left out when the
+node is in exactly one mesh, and the checks of ids before they go into a URL.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from smegmesh.core.addressing import InvalidMeshId, validate_mesh_id
+from smegmesh.core.record import SERVICE_KEY_RE
+
+__all__ = [
+    "MAX_TOKEN_FILE_BYTES",
+    "TOKEN_ENV",
+    "ClientError",
+    "RemoteClient",
+    "check_api_url",
+    "check_mesh_id",
+    "check_service_key",
+    "mesh_id_of",
+    "read_token_file",
+    "seg",
+    "token_from_env",
+]
+
+TOKEN_ENV = "SMEG_API_TOKEN"
+#: A token file larger than this is not a token file.
+MAX_TOKEN_FILE_BYTES = 4096
+
+
+class ClientError(Exception):
+    """Raised here; ``cli.main`` reports it as ``smegctl: <message>``."""
+
+    def __init__(self, message: str, payload: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.payload = payload
+
+
+def error_of(resp: httpx.Response) -> tuple[str, dict[str, Any] | None]:
+    """The daemon's one-line error message (and its JSON body) from an error answer."""
+    try:
+        body = resp.json()
+        return str(body["error"]["message"]), body
+    except (ValueError, KeyError, TypeError):
+        text = " ".join(resp.text.split())[:200]
+        return f"smegd answered HTTP {resp.status_code}: {text or resp.reason_phrase}", None
+
+
+def read_token_file(path: Path) -> str:
+    """The token in ``path`` (surrounding white space removed)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_TOKEN_FILE_BYTES + 1)
+    except OSError as e:
+        raise ClientError(f"--api-token-file: cannot read {path}: {e.strerror or e}") from None
+    if len(raw) > MAX_TOKEN_FILE_BYTES:
+        raise ClientError(f"--api-token-file: {path} is larger than {MAX_TOKEN_FILE_BYTES} bytes")
+    token = raw.decode("utf-8", "replace").strip()
+    if not token or any(c.isspace() for c in token):
+        raise ClientError(f"--api-token-file: {path} must hold one token on one line")
+    return token
+
+
+def check_api_url(url: str) -> str:
+    """``http[s]://host[:port]`` without a path; the normalised base URL."""
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname
+        _ = parts.port  # raises on a bad port
+    except ValueError as e:
+        raise ClientError(f"--api: invalid URL {url!r}: {e}") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise ClientError(f"--api: {url!r} is not an http:// or https:// URL with a host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ClientError(f"--api: {url!r}: give only scheme, host and port")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+class RemoteClient:
+    """HTTP(S) to a daemon's ``apiListen``, with its bearer token. Same interface as
+    :class:`smegmesh.cli.main.Client`."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None,
+        ca_file: Path | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.url = check_api_url(url)
+        self.token = token
+        self.ca_file = ca_file
+        self.timeout = timeout
+
+    def _fail(self, message: str, payload: dict[str, Any] | None = None) -> ClientError:
+        return ClientError(message, payload)
+
+    def _verify(self) -> ssl.SSLContext | bool:
+        if not self.url.startswith("https:"):
+            return True
+        try:
+            if self.ca_file is not None:
+                return ssl.create_default_context(cafile=str(self.ca_file))
+            return ssl.create_default_context()
+        except (OSError, ssl.SSLError) as e:
+            raise self._fail(
+                f"--api-ca: cannot use {self.ca_file}: {getattr(e, 'strerror', None) or e}"
+            ) from None
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        json_body: Any = None,
+        params: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        t = httpx.Timeout(timeout or self.timeout, connect=10.0)
+        try:
+            with httpx.Client(
+                base_url=self.url, timeout=t, verify=self._verify(), headers=headers
+            ) as c:
+                resp = c.request(method, url, json=json_body, params=params)
+        except httpx.ConnectError as e:
+            if isinstance(e.__cause__ or e.__context__, ssl.SSLError) or "CERTIFICATE" in str(e):
+                raise self._fail(
+                    f"TLS certificate of {self.url} does not verify ({_short(e)}); "
+                    "for a self-signed certificate pass --api-ca FILE"
+                ) from None
+            raise self._fail(f"cannot reach smegd at {self.url}: {_short(e)}") from None
+        except httpx.TimeoutException:
+            raise self._fail(f"smegd at {self.url} did not answer within {t.read:g}s") from None
+        except httpx.HTTPError as e:
+            raise self._fail(f"talking to smegd at {self.url} failed: {_short(e)}") from None
+        if resp.status_code == 401:
+            how = (
+                "the token was refused"
+                if self.token
+                else f"no token given (set {TOKEN_ENV} or --api-token-file FILE)"
+            )
+            raise self._fail(f"smegd at {self.url} answered 401 Unauthorized: {how}")
+        if resp.status_code >= 400:
+            raise self._fail(*error_of(resp))
+        return resp
+
+    def json(self, method: str, url: str, **kw: Any) -> Any:
+        resp = self.request(method, url, **kw)
+        try:
+            return resp.json()
+        except ValueError:
+            raise self._fail("smegd sent an answer that is not JSON") from None
+
+
+def _short(e: Exception) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text[:300]
+
+
+# --------------------------------------------------------------------------- ids
+
+
+def check_mesh_id(mesh_id: str) -> str:
+    """``mesh_id`` if valid, else :class:`ClientError` about the input (never about URLs)."""
+    try:
+        return validate_mesh_id(mesh_id)
+    except InvalidMeshId as e:
+        raise ClientError(str(e)) from None
+
+
+def check_service_key(key: str) -> str:
+    if SERVICE_KEY_RE.fullmatch(key) is None:
+        raise ClientError(
+            f"invalid service name {key!r}: 1-64 characters of letters, digits and . _ -"
+        )
+    return key
+
+
+def mesh_id_of(client: Any, given: str | None) -> str:
+    """``given`` (checked), or the node's only mesh; an error listing them otherwise."""
+    if given is not None:
+        return check_mesh_id(given)
+    meshes = [str(m["mesh_id"]) for m in client.json("GET", "/v1/meshes")]
+    if len(meshes) == 1:
+        return meshes[0]
+    if not meshes:
+        raise ClientError("this node is in no mesh (create one with: smegctl new-mesh)")
+    raise ClientError(
+        f"this node is in {len(meshes)} meshes; choose one with --meshid: " + ", ".join(meshes)
+    )
+
+
+def seg(s: str) -> str:
+    """Quote a URL path segment."""
+    return quote(s, safe="")
+
+
+def token_from_env() -> str | None:
+    tok = os.environ.get(TOKEN_ENV, "").strip()
+    return tok or None

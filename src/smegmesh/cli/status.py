@@ -1,0 +1,201 @@
+"""``smegctl status`` and ``smegctl ping``: the node at a glance, and overlay reachability.
+
+Both are one request to the daemon (``GET /v1/status``, ``POST /v1/ping``), so
+they work the same over the socket and over ``--api``. Registered on the app of
+:mod:`smegmesh.cli.main` when that module imports this one.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from smegmesh.cli.client import check_mesh_id
+from smegmesh.cli.main import (
+    JsonOpt,
+    _ago,
+    _bytes,
+    _client,
+    _console,
+    _dur,
+    _print_json,
+    _run,
+    app,
+)
+
+__all__ = ["path_text", "ping", "status"]
+
+
+def _short_key(key: str | None) -> str:
+    return key[:8] + "…" if key else "-"
+
+
+def path_text(path: dict[str, Any]) -> str:
+    """``direct`` / ``via ALIAS`` / ``via bridge ALIAS`` / ``self`` / ``no path``."""
+    kind = path.get("kind")
+    hop = path.get("via_alias") or _short_key(path.get("via"))
+    if kind == "direct":
+        return "direct"
+    if kind == "peer":
+        return f"via {hop}"
+    if kind == "bridge":
+        return f"via bridge {hop}"
+    if kind == "self":
+        return "self"
+    return "no path"
+
+
+STATUS_HELP = (
+    "Show the whole node on one screen, like tailscale status.\n\n"
+    "Version and identity; each mesh with this node's role and the members online; per "
+    "member its alias, overlay address, role, how it is reached (direct, via a peer, via a "
+    "bridge), the last WireGuard handshake and traffic (for direct peers); then the routes "
+    "and exits in use. * marks this node."
+)
+PING_HELP = (
+    "Ping a node over the overlay and say which path answered.\n\n"
+    "smegd sends ICMPv6 echo requests (ping -6) to NODE's overlay address and reports the "
+    "path WireGuard takes: directly to NODE, through another peer (e.g. a client's assigned "
+    "peer), or through a bridge; and the round-trip times. Exits 1 when no reply came."
+)
+
+
+@app.command(
+    "status",
+    help=STATUS_HELP,
+    epilog="Examples: smegctl status;  smegctl status --json | jq '.meshes[].members_online'",
+)
+def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """The node at a glance (help text: ``STATUS_HELP``)."""
+
+    def go() -> None:
+        res = _client(ctx).json("GET", "/v1/status")
+        if as_json:
+            _print_json(res)
+            return
+        con = _console()
+        con.print(
+            f"[bold]smegd {res['version']}[/bold]  node {_short_key(res.get('public_key'))}"
+            + (f"  ({res['public_key']})" if res.get("public_key") else "")
+        )
+        if not res["meshes"]:
+            con.print("not in any mesh (create one with: smegctl new-mesh)")
+            return
+        now = time.time()
+        for m in res["meshes"]:
+            con.print()
+            head = (
+                f"[bold]{m['mesh_id']}[/bold]  {m.get('role') or '-'}"
+                f"  {m.get('overlay_address') or '-'}"
+                f"  {m['members_online']}/{m['members_total']} online"
+            )
+            if m.get("interface"):
+                head += f"  interface {m['interface']}"
+            con.print(head)
+            t = Table(box=None, pad_edge=False, header_style="bold")
+            for col in (
+                "",
+                "ALIAS",
+                "ADDRESS",
+                "ROLE",
+                "PATH",
+                "HANDSHAKE",
+                "RX / TX",
+                "LAST SEEN",
+                "KEY",
+            ):
+                t.add_column(col, overflow="fold", min_width=min(len(col), 9) or 1)
+            for n in m["members"]:
+                alias = n.get("alias") or "-"
+                if n.get("status") == "suspect":
+                    alias += " (suspect)"
+                direct = n["path"].get("kind") == "direct"
+                hs = n.get("handshake_age_s")
+                t.add_row(
+                    "*" if n.get("is_self") else "",
+                    alias,
+                    n["overlay_address"],
+                    n["role"],
+                    path_text(n["path"]),
+                    "-" if n.get("is_self") else ("never" if hs is None else _dur(hs) + " ago"),
+                    f"{_bytes(n['rx_bytes'])} / {_bytes(n['tx_bytes'])}" if direct else "-",
+                    "-" if n.get("is_self") else _ago(n.get("last_seen"), now),
+                    _short_key(n["public_key"]),
+                )
+            con.print(t)
+            for r in m.get("routes") or []:
+                hop = r.get("gateway_alias") or _short_key(r.get("gateway"))
+                path = " → ".join(r.get("path") or [])
+                exit_ = "exit" if r["destination"] == "::/0" else "route"
+                alts = len(r.get("alternatives") or [])
+                con.print(
+                    f"  {exit_} {r['destination']} via {hop}"
+                    + (f" (across {path})" if path else "")
+                    + (f", {alts} alternative(s)" if alts else "")
+                )
+
+    _run(as_json, go)
+
+
+@app.command(
+    "ping",
+    help=PING_HELP,
+    epilog="Examples: smegctl ping web1;  smegctl ping fd3a:  (a unique prefix);  "
+    "smegctl ping -m MESH -c 5 KEYPREFIX --json",
+)
+def ping(
+    ctx: typer.Context,
+    node: Annotated[
+        str,
+        typer.Argument(
+            help="Alias, public key, overlay address, or a unique prefix of one "
+            "(any IPv6 address, e.g. behind a bridge, is pinged as is).",
+            show_default=False,
+        ),
+    ],
+    meshid: Annotated[
+        str | None,
+        typer.Option("--meshid", "-m", help="Only look for NODE in this mesh."),
+    ] = None,
+    count: Annotated[
+        int, typer.Option("--count", "-c", min=1, max=20, help="Echo requests to send.")
+    ] = 3,
+    timeout: Annotated[
+        int,
+        typer.Option("--timeout", "-W", min=1, max=10, help="Seconds to wait for each reply."),
+    ] = 2,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ping over the overlay (help text: ``PING_HELP``)."""
+
+    def go() -> None:
+        body: dict[str, Any] = {"node": node, "count": count, "timeout_s": timeout}
+        if meshid is not None:
+            body["mesh_id"] = check_mesh_id(meshid)
+        wait = count * 0.2 + timeout + 15
+        res = _client(ctx, timeout=wait).json("POST", "/v1/ping", json_body=body)
+        if as_json:
+            _print_json(res)
+        else:
+            name = res.get("alias") or _short_key(res.get("public_key"))
+            where = f" in {res['mesh_id']}" if res.get("mesh_id") else ""
+            target = (
+                f"{name} ({res['address']}{where})" if res.get("public_key") else res["address"]
+            )
+            path = path_text(res["path"])
+            if res["received"]:
+                typer.echo(
+                    f"{target}: {res['received']}/{res['sent']} replies, {path}, "
+                    f"rtt avg {res['rtt_avg_ms']:.2f} ms "
+                    f"(min {min(res['rtt_ms']):.2f}, max {max(res['rtt_ms']):.2f})"
+                )
+            else:
+                why = res.get("error") or "no reply"
+                typer.echo(f"{target}: no reply ({path}): {why}")
+        if not res["received"]:
+            raise typer.Exit(1)
+
+    _run(as_json, go)
