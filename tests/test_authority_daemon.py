@@ -126,3 +126,66 @@ def test_eviction_propagation() -> None:
         assert max(seen.values()) < 15
     finally:
         c.close()
+
+
+def test_a_members_forged_items_are_dropped_and_logged_once() -> None:
+    """Findings 1 and 2 against a real daemon: a member pushes a forged future prune of
+    the owner and records of identities nobody admitted; the owner stays live, no
+    sock puppet appears, and the log says so in one line, not one per item."""
+    import asyncio
+
+    from smegmesh.core.identity import NodeIdentity
+    from smegmesh.core.invite import parse_token
+    from smegmesh.core.messages import Ack
+    from smegmesh.core.record import NodeRecord, Prune
+    from smegmesh.core.sync import Push
+    from smegmesh.core.wire import decode, encode
+    from smegmesh.daemon.transport import RpcClient
+
+    c = Cluster()
+    try:
+        owner, member = c.add(2)
+        mesh = create_mesh(owner, [])
+        tok = owner.ctl("invite", "--meshid", mesh).stdout.strip()
+        member.ctl("join-mesh", "--token", tok)
+        boot = parse_token(tok).bootstrap[0]
+        seed = (member.dir / "state" / "identity.key").read_bytes()
+        attacker = NodeIdentity.from_seed(seed)
+        owner_key = owner.self_key(mesh)
+        import base64
+
+        now = int(time.time() * 1000)
+        forged = Prune.create(
+            attacker,
+            mesh,
+            target=base64.b64decode(owner_key),
+            target_version=now + 9 * 60_000,
+            now_ms=now,
+        )
+        puppets = [
+            NodeRecord.create(NodeIdentity.generate(), mesh, version=now, now_ms=now)
+            for _ in range(10)
+        ]
+
+        async def attack() -> list[object]:
+            rpc = RpcClient(attacker, timeout=5)
+            try:
+                replies = []
+                for _ in range(20):
+                    body = encode(Push(mesh, (forged, *puppets)))
+                    replies.append(decode(await rpc.call(boot.control_endpoint, boot.tls_fp, body)))
+                return replies
+            finally:
+                await rpc.close()
+
+        replies = asyncio.run(attack())
+        assert all(isinstance(r, Ack) for r in replies), replies  # a member's call is served
+        keys = owner.mesh_keys(mesh)
+        assert owner_key in keys and len(keys) == 2, keys  # no sock puppet, owner live
+        detail = owner.mesh(mesh)
+        assert next(n for n in detail["nodes"] if n["is_self"])["status"] == "live"
+        lines = [ln for ln in owner.log().splitlines() if "dropped item" in ln]
+        assert len(lines) == 1, lines  # 220 refused items: one line (then a summary a minute)
+        assert "admission" in lines[0] or "target_record" in lines[0], lines
+    finally:
+        c.close()

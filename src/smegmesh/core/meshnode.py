@@ -178,6 +178,8 @@ class MeshNode:
     _peer_ping_failures: int = 0
     _responders: dict[tuple[bytes, int], SyncSession] = field(default_factory=dict)
     rejected: int = 0
+    #: reasons of the last rejected items (records without admission, forged prunes...)
+    last_rejects: list[str] = field(default_factory=list)
     _view_cache: _Views | None = None
     _last_now: int = 0
     #: a joiner's own record until a member admits it (admission mode)
@@ -628,6 +630,8 @@ class MeshNode:
     def _ingest(self, items: Iterable[Item], now_ms: int, src: bytes | None) -> list[Out]:
         changed, errors = self.mesh.apply_many(items, now_ms)
         self.rejected += len(errors)  # a peer's garbage: counted, never fatal
+        if errors:  # why (for the adapter's rate-limited log): the first few reasons
+            self.last_rejects = [str(e) for e in errors[:3]]
         return self._on_changed(changed, now_ms, src)
 
     def _on_changed(self, changed: set[bytes], now_ms: int, src: bytes | None) -> list[Out]:

@@ -74,6 +74,7 @@ from smegmesh.daemon.logsetup import configure_logging
 from smegmesh.daemon.metrics import MeteredRpcClient, Metrics, serve_metrics
 from smegmesh.daemon.persist import PersistError, atomic_write
 from smegmesh.daemon.ports import choose_wg_port
+from smegmesh.daemon.ratelog import RateLog
 from smegmesh.daemon.sdnotify_glue import Notifier
 from smegmesh.daemon.statelock import StateDirLocked, StateLock
 from smegmesh.daemon.transport import (
@@ -263,6 +264,9 @@ class Daemon(AuthorityOps):
         self.routing: RoutingResult | None = None
         self._bridge_nat: frozenset[str] | None = None  # applied (None: not yet)
         self._bridge_nat_error: frozenset[str] | None = None  # last set that failed
+        #: items members sent that the mesh's rules refused (no admission proof,
+        #: forged or non-member prunes...): one summary per sender per minute
+        self.dropped_items = RateLog(log, "dropped", unit="items", prep="from member")
         self.state_lock = StateLock(self.state_dir)
         self.metrics = Metrics(self)
         self.metrics_server: Any = None
@@ -612,8 +616,12 @@ class Daemon(AuthorityOps):
         rt = self.meshes.get(mesh_id) if isinstance(mesh_id, str) else None
         if rt is None:
             return encode(Refusal(mesh_id if isinstance(mesh_id, str) else "x"))
+        rejected = rt.node.rejected
         reply, outs = rt.node.handle_request(src, msg, now_ms())
         self._emit(rt, outs)
+        if rt.node.rejected > rejected:  # dropped items: logged per sender, rate-limited
+            for reason in rt.node.last_rejects:
+                self.dropped_items.note(key_to_text(src)[:12], reason)
         self._clear_backoff(rt, src)
         if isinstance(reply, Relay):
             target = rt.node.mesh.record(reply.target)
@@ -893,6 +901,8 @@ class Daemon(AuthorityOps):
         horizon = int(self.config.gc_horizon * 1000)
         while True:
             await asyncio.sleep(1.0)
+            if len(self.dropped_items):  # its summary, once per interval
+                self.dropped_items.note_tick()
             for rt in list(self.meshes.values()):
                 if rt.node.mesh.gc(now_ms(), horizon):
                     rt.dirty_disk = True

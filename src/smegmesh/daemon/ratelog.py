@@ -83,6 +83,13 @@ class RateLog:
             return
         self._counts.setdefault(source, Counter())[reason] += 1
 
+    def note_tick(self) -> None:
+        """Flush when the interval is over (call it now and then: summaries are
+        otherwise written only when the next event arrives)."""
+        now = self._clock()
+        if now - self._start >= self._interval:
+            self.flush(now)
+
     def __len__(self) -> int:
         return len(self._counts)
 
