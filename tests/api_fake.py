@@ -25,12 +25,14 @@ import jmespath.exceptions
 from smegmesh.daemon.api import ApiServer, create_app, serve_tcp, serve_unix
 from smegmesh.daemon.api_models import (
     AdminResponse,
+    AliasReservation,
     EvictResponse,
     InviteInfo,
     MeshDetail,
     MeshSummary,
     NodeInfo,
     PingResponse,
+    PolicyResponse,
     RouteInfo,
     SelectedRoute,
     StatusResponse,
@@ -302,6 +304,14 @@ class FakeNodeService:
     async def set_admin(self, mesh_id: str, node: str, admin: bool) -> AdminResponse:
         self._mesh(mesh_id)
         return AdminResponse(node=node, admin=admin, admins=[SELF_KEY])
+
+    async def set_policy(self, mesh_id: str, policy: str) -> PolicyResponse:
+        self._mesh(mesh_id)
+        return PolicyResponse(mesh_id=mesh_id, invite_policy=policy)
+
+    async def reserve_alias(self, mesh_id: str, alias: str, node: str | None) -> AliasReservation:
+        self._mesh(mesh_id)
+        return AliasReservation(alias=alias.lower(), node=node)
 
     async def list_invites(self, mesh_id: str) -> list[InviteInfo]:
         self._mesh(mesh_id)

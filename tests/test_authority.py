@@ -440,3 +440,28 @@ def test_eviction_cascade_and_admins() -> None:
     )
     st.apply(late, NOW + 6000)
     assert not st.authority.is_revoked(m.founder.wg_public_key)
+
+
+def test_admin_changes_the_invite_policy_for_later_admissions() -> None:
+    m = Mesh(Policy.PEERS)
+    client = ident(2)
+    m.admit(client, may_admit=False)
+    st = m.state()
+    admin = _node(m.founder, m.mesh_id, st)
+    admin.start(NOW)
+    assert st.apply(m.record(client), NOW)
+    assert st.authority.policy == Policy.PEERS
+    # A member's policy change is void; an admin's applies from then on.
+    from smegmesh.core.cert import PolicyChange
+
+    st.apply(PolicyChange.create(client, m.mesh_id, policy=Policy.MEMBERS, now_ms=NOW + 1), NOW)
+    assert st.authority.policy == Policy.PEERS
+    with pytest.raises(NotAllowed):
+        _node(client, m.mesh_id, st).set_policy(NOW + 2, Policy.MEMBERS)
+    admin.set_policy(NOW + 3, Policy.MEMBERS)
+    assert st.authority.policy == Policy.MEMBERS
+    assert st.authority.may_admit_by_policy(False)
+    # ...and it replicates with the state.
+    fresh = MeshState(m.mesh_id, admission=True)
+    fresh.apply_many(st.all_items(), NOW + 4)
+    assert fresh.authority.policy == Policy.MEMBERS

@@ -48,7 +48,7 @@ def test_evict_admins_and_invites(quad: Cluster) -> None:
     # A member that is not an admin gets a clear refusal.
     _one_line(a.ctl("evict", "--meshid", mesh, "bravo", code=None), "admin")
     # NODE forms: an unknown name and an ambiguous prefix are clear errors.
-    _one_line(owner.ctl("evict", "--meshid", mesh, "nosuchnode", code=None), "no node matches")
+    _one_line(owner.ctl("evict", "--meshid", mesh, "nosuchnode", code=None), "no node", "matches")
 
     # The admin evicts: gone from every member, and it stays gone.
     t0 = time.monotonic()
@@ -92,6 +92,14 @@ def test_client_cannot_invite_under_peers_policy() -> None:
         client.ctl("join-mesh", "--token", tok, "--role", "client")
         r = client.ctl("invite", "--meshid", mesh, code=None)
         _one_line(r, "invite policy", "peers")
+        # Only an admin changes the policy; then the client may invite.
+        _one_line(client.ctl("set-invite-policy", "--meshid", mesh, "members", code=None), "admin")
+        owner.ctl("set-invite-policy", "--meshid", mesh, "members")
+        wait_until(lambda: client.mesh(mesh)["invite_policy"] == "members")
+        assert client.ctl("invite", "--meshid", mesh).stdout.startswith("smeg1.")
+        # An admin reserves an alias for the client: the owner cannot take it.
+        owner.ctl("reserve-alias", "--meshid", mesh, "db1", client.self_key(mesh)[:12])
+        _one_line(owner.ctl("put-alias", "--meshid", mesh, "--alias", "db1", code=None), "reserved")
         # A mesh created with --invite-policy members lets it.
         mesh2 = owner.ctl("new-mesh", "--invite-policy", "members").stdout.strip()
         tok2 = owner.ctl("invite", "--meshid", mesh2).stdout.strip()

@@ -19,6 +19,12 @@ NodeArg = Annotated[
 ]
 
 
+class Policy(StrEnum):
+    admins = "admins"
+    peers = "peers"
+    members = "members"
+
+
 class AdminAction(StrEnum):
     add = "add"
     remove = "remove"
@@ -104,6 +110,81 @@ def register(app: typer.Typer, m: ModuleType) -> None:
                 return
             verb = "is now an admin of" if res["admin"] else "is no longer an admin of"
             typer.echo(f"{node} {verb} {mid} ({len(res['admins'])} admins)")
+
+        m._run(as_json, go)
+
+    @app.command(
+        "set-invite-policy", epilog="Example: smegctl set-invite-policy --meshid MESH admins"
+    )
+    def set_invite_policy(
+        ctx: typer.Context,
+        policy: Annotated[
+            Policy,
+            typer.Argument(help="admins: only admins admit; peers: peers too; members: anyone."),
+        ],
+        meshid: m.OptMeshIdOpt = None,
+        as_json: m.JsonOpt = False,
+    ) -> None:
+        """Change who may admit new nodes into a mesh (admins only).
+
+        It applies to admissions from now on: a node's right to admit is fixed
+        when it is admitted.
+        """
+
+        def go() -> None:
+            mid = m._meshid(ctx, meshid)
+            res = m._client(ctx).json(
+                "PUT", f"/v1/meshes/{m._seg(mid)}/policy", json_body={"invite_policy": policy}
+            )
+            if as_json:
+                m._print_json(res)
+            else:
+                typer.echo(f"invite policy of {mid}: {res['invite_policy']}")
+
+        m._run(as_json, go)
+
+    @app.command(
+        "reserve-alias",
+        epilog="Examples: smegctl reserve-alias --meshid MESH db1 db-primary-key-prefix;  "
+        "smegctl reserve-alias --meshid MESH db1 --release",
+    )
+    def reserve_alias(
+        ctx: typer.Context,
+        alias: Annotated[str, typer.Argument(help="The alias (a DNS label).")],
+        node: Annotated[
+            str | None,
+            typer.Argument(
+                metavar="[NODE]",
+                help="The node that alone may use it (alias, key, address or a prefix).",
+                show_default=False,
+            ),
+        ] = None,
+        release: Annotated[
+            bool, typer.Option("--release", help="Release the reservation instead.")
+        ] = False,
+        meshid: m.OptMeshIdOpt = None,
+        as_json: m.JsonOpt = False,
+    ) -> None:
+        """Reserve an alias for one node, or release it (admins only).
+
+        A reserved alias belongs to its holder in DNS whoever else claims it.
+        """
+        if (node is None) != release:
+            m._fail("give NODE to reserve the alias, or --release to release it", as_json)
+
+        def go() -> None:
+            mid = m._meshid(ctx, meshid)
+            res = m._client(ctx).json(
+                "POST",
+                f"/v1/meshes/{m._seg(mid)}/alias-reservations",
+                json_body={"alias": alias, "node": node},
+            )
+            if as_json:
+                m._print_json(res)
+            elif res.get("node"):
+                typer.echo(f"alias {res['alias']} of {mid} reserved for {res['node'][:12]}…")
+            else:
+                typer.echo(f"alias {res['alias']} of {mid} released")
 
         m._run(as_json, go)
 

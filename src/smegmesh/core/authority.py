@@ -22,6 +22,10 @@ Rules
   node is valid only if every eviction of that node kept its subject
   (``keep``, not ``cascade``). So an evicted node cannot come back with a new
   record, an old token, a restart, or a new identity admitted by itself.
+* An admin may change the invite policy (:class:`PolicyChange`); a chain link
+  is judged by the policy in force when it was issued (``policy_at``): under
+  ``members`` anyone admits, under ``admins`` only admins, under ``peers`` the
+  nodes whose cert says ``may_admit`` (set from their role when admitted).
 * Admission order (for aliases): the issue time of the node's last cert; the
   founder's is the mesh's creation. Ties: by key.
 """
@@ -40,6 +44,7 @@ from smegmesh.core.cert import (
     Founding,
     InviteRevoke,
     Policy,
+    PolicyChange,
     Revocation,
 )
 
@@ -60,11 +65,13 @@ class Authority:
     token_subjects: dict[bytes, set[bytes]] = field(default_factory=dict)
     invite_revokes: dict[bytes, list[InviteRevoke]] = field(default_factory=dict)
     reservations: dict[str, bytes] = field(default_factory=dict)
+    #: invite policy changes by admins after the founding: (issued_ms, policy), in order
+    policy_changes: list[tuple[int, Policy]] = field(default_factory=list)
 
     @classmethod
     def build(cls, mesh_id: str, items: Iterable[AuthItem]) -> Authority:
         a = cls(mesh_id)
-        timeline: list[AdminChange | Revocation | AliasReserve] = []
+        timeline: list[AdminChange | Revocation | AliasReserve | PolicyChange] = []
         for it in items:
             if isinstance(it, Founding):
                 if it.mesh_id == mesh_id:
@@ -93,6 +100,8 @@ class Authority:
             elif isinstance(s, Revocation):
                 a.revoked.setdefault(s.target, []).append(s)
                 a.admins.discard(s.target)
+            elif isinstance(s, PolicyChange):
+                a.policy_changes.append((s.issued_ms, s.policy))
             elif s.holder == _ZERO:
                 a.reservations.pop(s.alias, None)
             else:
@@ -103,7 +112,30 @@ class Authority:
 
     @property
     def policy(self) -> Policy:
+        if self.policy_changes:
+            return self.policy_changes[-1][1]
         return self.founding.policy if self.founding is not None else Policy.PEERS
+
+    def policy_at(self, t_ms: int) -> Policy:
+        """The invite policy in force at ``t_ms`` (the founding's, then admins' changes)."""
+        p = self.founding.policy if self.founding is not None else Policy.PEERS
+        for when, policy in self.policy_changes:
+            if when > t_ms:
+                break
+            p = policy
+        return p
+
+    def issuer_may_admit(self, issuer: bytes, flag: bool, t_ms: int) -> bool:
+        """May ``issuer`` (whose own cert says ``flag``) admit at ``t_ms``?
+
+        Admins always may. Otherwise the policy in force then decides:
+        ``members``: anyone; ``admins``: no one else; ``peers``: the flag its
+        admitter set from its role (a peer's cert says it may admit).
+        """
+        if issuer in self.ever_admins or (self.founding and issuer == self.founding.founder):
+            return True
+        p = self.policy_at(t_ms)
+        return p == Policy.MEMBERS or (p == Policy.PEERS and flag)
 
     @property
     def founder(self) -> bytes | None:
@@ -140,7 +172,7 @@ class Authority:
                 return "admission proof is for another mesh"
             if c.issuer != prev:
                 return "admission chain is broken"
-            if not (prev_may or prev in self.ever_admins):
+            if not self.issuer_may_admit(prev, prev_may, c.issued_ms):
                 return "admitted by a node that may not admit"
             if c.issued_ms < prev_ms:
                 return "admission predates its admitter's"
@@ -214,4 +246,5 @@ def copy_authority(a: Authority) -> Authority:
         {k: set(v) for k, v in a.token_subjects.items()},
         {k: list(v) for k, v in a.invite_revokes.items()},
         dict(a.reservations),
+        list(a.policy_changes),
     )

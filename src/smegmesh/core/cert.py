@@ -36,6 +36,7 @@ from smegmesh.core.addressing import InvalidMeshId, validate_mesh_id
 from smegmesh.core.identity import NodeIdentity, verify_signature, x25519_matches_ed25519
 
 __all__ = [
+    "AUTH_TYPES",
     "MAX_CHAIN",
     "MAX_KEEP",
     "SUFFIX_LEN",
@@ -47,6 +48,7 @@ __all__ = [
     "Founding",
     "InviteRevoke",
     "Policy",
+    "PolicyChange",
     "Revocation",
     "auth_from_obj",
     "auth_to_obj",
@@ -435,10 +437,57 @@ class AliasReserve(_Auth):
         ]
 
 
-AuthItem = Founding | Cert | AdminChange | Revocation | InviteRevoke | AliasReserve
-_KINDS: dict[int, type] = {
-    c._KIND: c for c in (Founding, Cert, AdminChange, Revocation, InviteRevoke, AliasReserve)
-}
+@dataclass(frozen=True)
+class PolicyChange(_Auth):
+    """An admin changes who may admit new nodes (affects admissions from then on)."""
+
+    _TAG: ClassVar[bytes] = b"smegmesh/policy/v1\0"
+    _KIND: ClassVar[int] = 7
+
+    mesh_id: str
+    policy: Policy
+    issuer: bytes
+    issuer_sign: bytes
+    issued_ms: int
+    signature: bytes = field(repr=False)
+
+    @classmethod
+    def create(
+        cls, identity: NodeIdentity, mesh_id: str, *, policy: Policy, now_ms: int
+    ) -> PolicyChange:
+        unsigned = cls(
+            mesh_id, Policy(policy), identity.wg_public_key, identity.sign_public_key, now_ms, b""
+        )
+        _check_common(unsigned, mesh_id, sig=False)
+        return _sign(identity, unsigned)  # type: ignore[no-any-return]
+
+    @property
+    def subject(self) -> bytes:
+        return _ZERO_KEY
+
+    @property
+    def signer(self) -> bytes:
+        return self.issuer_sign
+
+    @property
+    def timestamp_ms(self) -> int:
+        return self.issued_ms
+
+    def fields_obj(self) -> list[Any]:
+        return [self.mesh_id, str(self.policy), self.issuer, self.issuer_sign, self.issued_ms]
+
+
+AuthItem = Founding | Cert | AdminChange | Revocation | InviteRevoke | AliasReserve | PolicyChange
+AUTH_TYPES: tuple[type, ...] = (
+    Founding,
+    Cert,
+    AdminChange,
+    Revocation,
+    InviteRevoke,
+    AliasReserve,
+    PolicyChange,
+)
+_KINDS: dict[int, type] = {c._KIND: c for c in AUTH_TYPES}  # type: ignore[attr-defined]
 
 
 # --------------------------------------------------------------------------- checks
@@ -509,6 +558,9 @@ def _check_common(a: Any, mesh_id: str | None, *, sig: bool) -> None:
             _bytes("keep", k, 32)
     elif isinstance(a, InviteRevoke):
         _bytes("token_hash", a.token_hash, 16)
+    elif isinstance(a, PolicyChange):
+        if not isinstance(a.policy, Policy):
+            raise CertError("policy", "must be admins, peers or members")
     elif isinstance(a, AliasReserve):
         if type(a.alias) is not str:
             raise CertError("alias", "must be a string")
@@ -546,7 +598,7 @@ def check_auth_fields(a: object, mesh_id: str | None) -> None:
         _check_founding(a, mesh_id, sig=True)
     elif type(a) is Cert:
         _check_cert(a, mesh_id, sig=True)
-    elif type(a) in (AdminChange, Revocation, InviteRevoke, AliasReserve):
+    elif type(a) in (AdminChange, Revocation, InviteRevoke, AliasReserve, PolicyChange):
         _check_common(a, mesh_id, sig=True)
     else:
         raise CertError("auth", f"not an authority statement: {type(a).__name__}")
@@ -578,9 +630,10 @@ def auth_from_obj(obj: object) -> AuthItem:
     n = len(fields(cls))
     if len(body) != n:
         raise CertError("auth", f"{cls.__name__} must have {n} fields")
-    if cls is Founding:
+    if cls in (Founding, PolicyChange):
+        at = 4 if cls is Founding else 1
         try:
-            body[4] = Policy(body[4])
+            body[at] = Policy(body[at])
         except (ValueError, TypeError):
             raise CertError("policy", "must be admins, peers or members") from None
     if cls is Revocation:

@@ -33,6 +33,8 @@ from smegmesh.core.cert import (
     AuthItem,
     Cert,
     InviteRevoke,
+    Policy,
+    PolicyChange,
     Revocation,
 )
 from smegmesh.core.desired import assigned_peer
@@ -383,15 +385,14 @@ class MeshNode:
     def is_admin(self, key: bytes | None = None) -> bool:
         return self.mesh.authority.is_admin(self.key if key is None else key)
 
-    def may_admit(self) -> bool:
+    def may_admit(self, now_ms: int | None = None) -> bool:
         """May this node admit new nodes (policy, or admin)?"""
         if not self.mesh.admission:
             return True
-        auth = self.mesh.authority
-        if self.key == auth.founder or self.key in auth.ever_admins:
-            return True
         chain = self.chain
-        return bool(chain) and chain[-1].may_admit
+        flag = bool(chain) and chain[-1].may_admit
+        t = self._last_now if now_ms is None else now_ms
+        return self.mesh.authority.issuer_may_admit(self.key, flag, t)
 
     def _require_admin(self) -> None:
         if not self.is_admin():
@@ -454,6 +455,13 @@ class MeshNode:
             now_ms,
         )
 
+    def set_policy(self, now_ms: int, policy: Policy) -> list[Out]:
+        """Change who may admit new nodes (admins only)."""
+        self._require_admin()
+        return self._statement(
+            PolicyChange.create(self.identity, self.mesh_id, policy=policy, now_ms=now_ms), now_ms
+        )
+
     def revoke_invite(self, now_ms: int, token_hash_: bytes) -> list[Out]:
         """Revoke a token: its issuer or an admin."""
         issuer = self.token_issuer(token_hash_)
@@ -481,7 +489,7 @@ class MeshNode:
         strict: bool = False,
     ) -> tuple[Token, list[Out]]:
         """Issue a token. ``secret`` defaults to ``secrets`` (simulations pass their own)."""
-        if not self.may_admit():
+        if not self.may_admit(now_ms):
             raise NotAllowed(
                 f"this mesh's invite policy is '{self.mesh.authority.policy}': "
                 "this node may not invite (ask an admin)"
@@ -515,7 +523,7 @@ class MeshNode:
             self_key=self.key,
             revoked=auth.token_revoked,
         )
-        if grant is None or req.record.wg_key != src or not self.may_admit():
+        if grant is None or req.record.wg_key != src or not self.may_admit(now_ms):
             return Refusal(self.mesh_id), []
         if auth.is_revoked(src):
             return Refusal(self.mesh_id), []

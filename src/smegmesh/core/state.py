@@ -63,6 +63,7 @@ from smegmesh.core.cert import (
     CertError,
     Founding,
     InviteRevoke,
+    PolicyChange,
     Revocation,
     check_auth_fields,
 )
@@ -78,7 +79,15 @@ from smegmesh.core.record import (
 __all__ = ["DEPTH", "FANOUT", "MAX_AUTH_ITEMS", "Item", "MeshState", "Verifier", "entry_hash"]
 
 Item = NodeRecord | Prune | AuthItem
-_AUTH_TYPES = (Founding, Cert, AdminChange, Revocation, InviteRevoke, AliasReserve)
+_AUTH_TYPES = (
+    Founding,
+    Cert,
+    AdminChange,
+    Revocation,
+    InviteRevoke,
+    AliasReserve,
+    PolicyChange,
+)
 #: Authority statements one replica keeps at most (token ledgers are collected
 #: when their token has expired; evictions and admin changes are few).
 MAX_AUTH_ITEMS = 65_536

@@ -33,6 +33,7 @@ from smegmesh.core.cert import (
     Cert,
     Founding,
     InviteRevoke,
+    PolicyChange,
     Revocation,
     auth_from_obj,
     auth_to_obj,
@@ -185,7 +186,15 @@ def message_name(data: bytes) -> str | None:
 ITEM_RECORD = 1
 ITEM_PRUNE = 2
 ITEM_AUTH = 3
-_AUTH_TYPES = (Founding, Cert, AdminChange, Revocation, InviteRevoke, AliasReserve)
+_AUTH_TYPES = (
+    Founding,
+    Cert,
+    AdminChange,
+    Revocation,
+    InviteRevoke,
+    AliasReserve,
+    PolicyChange,
+)
 
 
 def encode_item(item: NodeRecord | Prune | AuthItem) -> list[Any]:

@@ -9,9 +9,12 @@ from fastapi import FastAPI, Path
 from smegmesh.daemon.api_models import (
     AdminRequest,
     AdminResponse,
+    AliasReservation,
     EvictRequest,
     EvictResponse,
     InviteInfo,
+    PolicyRequest,
+    PolicyResponse,
 )
 from smegmesh.daemon.service import NodeService
 
@@ -40,6 +43,22 @@ def add_authority_routes(app: FastAPI, service: NodeService) -> None:
     )
     async def set_admin(mesh_id: MeshId, req: AdminRequest) -> AdminResponse:
         return await service.set_admin(mesh_id, req.node, req.admin)
+
+    @app.put(
+        "/v1/meshes/{mesh_id}/policy",
+        tags=["v1"],
+        summary="Change who may admit new nodes (admins only)",
+    )
+    async def set_policy(mesh_id: MeshId, req: PolicyRequest) -> PolicyResponse:
+        return await service.set_policy(mesh_id, req.invite_policy)
+
+    @app.post(
+        "/v1/meshes/{mesh_id}/alias-reservations",
+        tags=["v1"],
+        summary="Reserve an alias for a node, or release it (admins only)",
+    )
+    async def reserve_alias(mesh_id: MeshId, req: AliasReservation) -> AliasReservation:
+        return await service.reserve_alias(mesh_id, req.alias, req.node)
 
     @app.get(
         "/v1/meshes/{mesh_id}/invites",

@@ -375,6 +375,28 @@ class AdminResponse(_Model):
     admins: list[str]
 
 
+class PolicyRequest(_Request):
+    invite_policy: Literal["admins", "peers", "members"] = Field(
+        description="Who may admit new nodes from now on"
+    )
+
+
+class PolicyResponse(_Model):
+    mesh_id: str
+    invite_policy: str
+
+
+class AliasReservation(_Model):
+    alias: str = Field(
+        min_length=1, max_length=63, description="The alias (a DNS label, lower case)"
+    )
+    node: str | None = Field(
+        default=None,
+        max_length=200,
+        description="The node it is reserved for (alias, key, address…); null releases it",
+    )
+
+
 class InviteInfo(_Model):
     token_id: str = Field(description="Hex id of the token (not the secret)")
     issuer: str = Field(description="Public key of the member that issued it")

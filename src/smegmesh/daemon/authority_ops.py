@@ -13,15 +13,18 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from smegmesh.core.addressing import mesh_prefix, node_id_prefix
+from smegmesh.core.cert import Policy
 from smegmesh.core.identity import key_from_text, key_to_text
 from smegmesh.core.meshnode import NotAllowed
 from smegmesh.daemon import service as svc
 from smegmesh.daemon.api_models import (
     AdminResponse,
+    AliasReservation,
     EvictResponse,
     InviteInfo,
     MeshDetail,
     NodeInfo,
+    PolicyResponse,
 )
 from smegmesh.daemon.resolve import describe, resolve_node
 
@@ -118,6 +121,32 @@ class AuthorityOps:
             admin=admin,
             admins=sorted(key_to_text(k) for k in rt.node.mesh.authority.admins),
         )
+
+    async def set_policy(self, mesh_id: str, policy: str) -> PolicyResponse:
+        rt = self._get(mesh_id)
+        try:
+            outs = rt.node.set_policy(_now_ms(), Policy(policy))
+        except NotAllowed as e:
+            raise forbidden(e) from None
+        self._emit(rt, outs)
+        log.info("mesh %s: invite policy is now %s", mesh_id, policy)
+        return PolicyResponse(mesh_id=mesh_id, invite_policy=rt.node.mesh.authority.policy.value)
+
+    async def reserve_alias(self, mesh_id: str, alias: str, node: str | None) -> AliasReservation:
+        rt = self._get(mesh_id)
+        alias = alias.lower()
+        key = self._target(rt, node)[0] if node else None
+        try:
+            outs = rt.node.reserve_alias(_now_ms(), alias, key)
+        except NotAllowed as e:
+            raise forbidden(e) from None
+        except ValueError as e:
+            raise svc.invalid_argument(f"alias: {e}") from None
+        self._emit(rt, outs)
+        log.info(
+            "mesh %s: alias %r %s", mesh_id, alias, f"reserved for {node}" if node else "released"
+        )
+        return AliasReservation(alias=alias, node=key_to_text(key) if key else None)
 
     async def list_invites(self, mesh_id: str) -> list[InviteInfo]:
         rt = self._get(mesh_id)

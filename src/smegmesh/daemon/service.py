@@ -12,12 +12,14 @@ from typing import Any, Protocol, runtime_checkable
 
 from smegmesh.daemon.api_models import (
     AdminResponse,
+    AliasReservation,
     EvictResponse,
     GraphFormat,
     InviteInfo,
     MeshDetail,
     MeshSummary,
     PingResponse,
+    PolicyResponse,
     StatusResponse,
 )
 from smegmesh.daemon.config import MeshOptions
@@ -138,6 +140,14 @@ class NodeService(Protocol):
 
     async def set_admin(self, mesh_id: str, node: str, admin: bool) -> AdminResponse:
         """Make ``node`` an admin or drop it (admins only)."""
+        ...
+
+    async def set_policy(self, mesh_id: str, policy: str) -> PolicyResponse:
+        """Change who may admit new nodes (admins only)."""
+        ...
+
+    async def reserve_alias(self, mesh_id: str, alias: str, node: str | None) -> AliasReservation:
+        """Reserve ``alias`` for ``node`` (None: release it); admins only."""
         ...
 
     async def list_invites(self, mesh_id: str) -> list[InviteInfo]:
