@@ -44,6 +44,7 @@ from smegmesh.daemon.transport import (
     RpcError,
     RpcServer,
     TlsIdentity,
+    cert_fingerprint,
 )
 
 
@@ -116,6 +117,38 @@ async def _flood(d: Smegd, n: int, size: int) -> list[grpc.StatusCode]:
         return list(await asyncio.gather(*(one() for _ in range(n))))
 
 
+async def _lying_strangers(d: Smegd, n: int, rounds: int) -> list[grpc.StatusCode]:
+    """Validly signed non-members that announce 1 byte and send ``MAX_MESSAGE``."""
+    body = os.urandom(1024) * (MAX_MESSAGE // 1024 - 4)
+    fp = cert_fingerprint((d.dir / "state" / "tls.crt").read_bytes())
+    out: list[grpc.StatusCode] = []
+    async with _channel(d) as ch:
+        call = ch.unary_unary(FULL_METHOD)
+
+        async def one() -> grpc.StatusCode:
+            ident = NodeIdentity.generate()
+            ts = int(time.time() * 1000)
+            digest = hashlib.sha256(b"x").digest()
+            sig = ident.sign(transport._signed_digest(fp, ts, digest))
+            md = (
+                ("x-smeg-key", ident.wg_public_key.hex()),
+                ("x-smeg-sign", ident.sign_public_key.hex()),
+                ("x-smeg-ts", str(ts)),
+                ("x-smeg-hash", digest.hex()),
+                ("x-smeg-len", "1"),
+                ("x-smeg-sig", sig.hex()),
+            )
+            try:
+                await call(body, metadata=md, timeout=60)
+            except grpc.aio.AioRpcError as e:
+                return e.code()
+            return grpc.StatusCode.OK
+
+        for _ in range(rounds):
+            out += await asyncio.gather(*(one() for _ in range(n)))
+    return out
+
+
 def test_flood_of_big_unauthenticated_calls_keeps_memory_bounded() -> None:
     """Finding 1: concurrent 32 MiB calls with a bad signature, RSS must stay < 2x idle."""
     with cluster(1) as c:
@@ -130,6 +163,13 @@ def test_flood_of_big_unauthenticated_calls_keeps_memory_bounded() -> None:
         assert grpc.StatusCode.OK not in codes, codes
         assert s.peak < 2 * idle, (idle, s.peak, after)
         assert after < 1.5 * idle, (idle, s.peak, after)
+        # Strangers with valid signatures that lie about their body's size.
+        with RssSampler(d.proc.pid) as s:
+            codes = asyncio.run(_lying_strangers(d, 25, 4))
+        after = rss_mb(d.proc.pid)
+        print(f"lying strangers: idle {idle:.0f} MB, peak {s.peak:.0f} MB, after {after:.0f} MB")
+        assert grpc.StatusCode.OK not in codes, codes
+        assert s.peak < 2 * idle, (idle, s.peak, after)
         # Still serves its API and its mesh traffic.
         assert d.api("GET", "/v1/meshes")
 
