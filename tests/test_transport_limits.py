@@ -44,6 +44,7 @@ from smegmesh.daemon.transport import (
     RpcError,
     RpcServer,
     TlsIdentity,
+    cert_fingerprint,
 )
 
 
@@ -116,6 +117,38 @@ async def _flood(d: Smegd, n: int, size: int) -> list[grpc.StatusCode]:
         return list(await asyncio.gather(*(one() for _ in range(n))))
 
 
+async def _lying_strangers(d: Smegd, n: int, rounds: int) -> list[grpc.StatusCode]:
+    """Validly signed non-members that announce 1 byte and send ``MAX_MESSAGE``."""
+    body = os.urandom(1024) * (MAX_MESSAGE // 1024 - 4)
+    fp = cert_fingerprint((d.dir / "state" / "tls.crt").read_bytes())
+    out: list[grpc.StatusCode] = []
+    async with _channel(d) as ch:
+        call = ch.unary_unary(FULL_METHOD)
+
+        async def one() -> grpc.StatusCode:
+            ident = NodeIdentity.generate()
+            ts = int(time.time() * 1000)
+            digest = hashlib.sha256(b"x").digest()
+            sig = ident.sign(transport._signed_digest(fp, ts, digest))
+            md = (
+                ("x-smeg-key", ident.wg_public_key.hex()),
+                ("x-smeg-sign", ident.sign_public_key.hex()),
+                ("x-smeg-ts", str(ts)),
+                ("x-smeg-hash", digest.hex()),
+                ("x-smeg-len", "1"),
+                ("x-smeg-sig", sig.hex()),
+            )
+            try:
+                await call(body, metadata=md, timeout=60)
+            except grpc.aio.AioRpcError as e:
+                return e.code()
+            return grpc.StatusCode.OK
+
+        for _ in range(rounds):
+            out += await asyncio.gather(*(one() for _ in range(n)))
+    return out
+
+
 def test_flood_of_big_unauthenticated_calls_keeps_memory_bounded() -> None:
     """Finding 1: concurrent 32 MiB calls with a bad signature, RSS must stay < 2x idle."""
     with cluster(1) as c:
@@ -130,6 +163,13 @@ def test_flood_of_big_unauthenticated_calls_keeps_memory_bounded() -> None:
         assert grpc.StatusCode.OK not in codes, codes
         assert s.peak < 2 * idle, (idle, s.peak, after)
         assert after < 1.5 * idle, (idle, s.peak, after)
+        # Strangers with valid signatures that lie about their body's size.
+        with RssSampler(d.proc.pid) as s:
+            codes = asyncio.run(_lying_strangers(d, 25, 4))
+        after = rss_mb(d.proc.pid)
+        print(f"lying strangers: idle {idle:.0f} MB, peak {s.peak:.0f} MB, after {after:.0f} MB")
+        assert grpc.StatusCode.OK not in codes, codes
+        assert s.peak < 2 * idle, (idle, s.peak, after)
         # Still serves its API and its mesh traffic.
         assert d.api("GET", "/v1/meshes")
 
@@ -520,3 +560,45 @@ def test_pages_are_bounded_and_keep_every_item_in_order() -> None:
     first, cut = page(recs, budget)
     assert cut and first == ps[0]
     assert page(recs[:1], 1) == (recs[:1], False)  # one item always goes
+
+
+def test_a_sync_step_fits_in_one_message_however_far_apart_the_replicas() -> None:
+    """Thousands of differing subtrees: each step stays under the transport's cap,
+    and repeated sessions still converge."""
+    from smegmesh.core.state import MeshState
+    from smegmesh.core.sync import SyncSession
+
+    mesh_id = "m1"
+    a, b = MeshState(mesh_id), MeshState(mesh_id)
+    recs = []
+    for _ in range(3000):
+        idn = NodeIdentity.generate()
+        recs.append(NodeRecord.create(idn, mesh_id, version=1, now_ms=1, role=Role.CLIENT))
+    a.apply_many(recs, 2)
+    b.apply_many(recs[::2], 2)  # b holds every other record: differences everywhere
+    b.apply_many([NodeRecord.create(NodeIdentity.generate(), mesh_id, version=1, now_ms=1)], 2)
+    biggest = 0
+    for _ in range(50):
+        s = SyncSession.initiator(b, 3)
+        sessions: dict[tuple[bytes, int], SyncSession] = {}
+        msg = s.start()
+        while msg is not None:
+            biggest = max(biggest, len(encode(msg)))
+            reply, _sess, _m = SyncSession.respond(a, sessions, b"x" * 32, msg, 3)
+            biggest = max(biggest, len(encode(reply)))
+            msg, _merged = s.receive(reply, 3)
+        if a.digest() == b.digest():
+            break
+    assert biggest <= MAX_MESSAGE, biggest
+    assert set(b.all_items()) >= set(a.all_items())
+    # The worst a step may be asked to say: every question list at its maximum.
+    s = SyncSession.initiator(a, 3)
+    nodes = [(3, i, os.urandom(64)) for i in range(4096)]
+    leaves = [
+        (4, i, tuple((os.urandom(32), 2**62, 2**62, os.urandom(4)) for _ in range(4)))
+        for i in range(4096)
+    ]
+    wants = [os.urandom(32) for _ in range(8192)]
+    step = s._step(nodes, leaves, list(a.all_items()), wants)
+    assert step is not None and s.truncated
+    assert len(encode(step)) <= MAX_MESSAGE, len(encode(step))

@@ -19,8 +19,8 @@ from smegmesh.core.record import NodeRecord, Prune
 
 __all__ = ["PAGE_BYTES", "item_size", "page", "pages"]
 
-#: Target encoded size of the items of one message (the transport allows 4 MiB).
-PAGE_BYTES = 1024 * 1024
+#: Target encoded size of the items of one message (the transport allows 1 MiB).
+PAGE_BYTES = 512 * 1024
 
 Item = NodeRecord | Prune | AuthItem
 

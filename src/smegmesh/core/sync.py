@@ -64,6 +64,14 @@ LEAF_MAX = 4
 SESSION_TIMEOUT_MS = 30_000
 MAX_STEP_NODES = 4096
 MAX_STEP_WANTS = 8192
+#: Bytes of a step's questions (nodes, leaves, wants), on top of one page of items:
+#: a step stays well under the transport's 1 MiB message cap.
+QUESTION_BYTES = 256 * 1024
+# Upper bounds of the encoded sizes (msgpack) of one node, leaf, leaf entry, want.
+_NODE_BYTES = 1 + 9 + 9 + 2 + FANOUT * HASH_LEN
+_LEAF_BYTES = 1 + 9 + 9 + 5
+_ENTRY_BYTES = 1 + 2 + 32 + 9 + 9 + 2 + HASH_LEN
+_WANT_BYTES = 2 + 32
 _EMPTY = bytes(HASH_LEN)
 
 LeafEntry = tuple[bytes, int, int, bytes]  # key, record version + 1, prune version + 1, hash
@@ -347,18 +355,29 @@ class SyncSession:
     ) -> SyncStep | None:
         if not (nodes or leaves or items or wants):
             return None
-        # Bounded steps: one page of items (the rest goes in a follow-up
-        # session, see ``truncated``), a bounded number of questions.
+        # Bounded steps: questions within QUESTION_BYTES, one page of items; what
+        # is left out is found again by a later session (see ``truncated``).
+        room = QUESTION_BYTES
+        n_nodes = min(len(nodes), MAX_STEP_NODES, room // _NODE_BYTES)
+        room -= n_nodes * _NODE_BYTES
+        n_leaves = 0
+        for _d, _p, entries in leaves[:MAX_STEP_NODES]:
+            cost = _LEAF_BYTES + _ENTRY_BYTES * len(entries)
+            if cost > room:
+                break
+            room -= cost
+            n_leaves += 1
+        n_wants = min(len(wants), MAX_STEP_WANTS, room // _WANT_BYTES)
         paged, cut = page(items)
-        if cut:
+        if cut or (n_nodes, n_leaves, n_wants) != (len(nodes), len(leaves), len(wants)):
             self.truncated = True
         return SyncStep(
             self.state.mesh_id,
             self.session_id,
-            tuple(nodes[:MAX_STEP_NODES]),
-            tuple(leaves[:MAX_STEP_NODES]),
+            tuple(nodes[:n_nodes]),
+            tuple(leaves[:n_leaves]),
             tuple(paged),
-            tuple(wants[:MAX_STEP_WANTS]),
+            tuple(wants[:n_wants]),
         )
 
     def _count_out(self, msg: Any) -> None:

@@ -70,10 +70,9 @@ METHOD = "Call"
 FULL_METHOD = f"/{SERVICE}/{METHOD}"
 TLS_NAME = "smegmesh"
 #: Largest message between members: one maximal record (~0.55 MB) with room to
-#: spare; larger transfers are paged (``PAGE_BYTES``).
-MAX_MESSAGE = 4 * 1024 * 1024
-#: Target size of one page of items (join reply, sync step, push).
-PAGE_BYTES = 1024 * 1024
+#: spare; larger transfers are paged (``core.paging.PAGE_BYTES``, 512 KiB). Also
+#: what a stranger lying about its length can make us read, so kept small.
+MAX_MESSAGE = 1024 * 1024
 #: Largest message a non-member may send: a join request (its own fresh record)
 #: or a ``WhoAmI``.
 MAX_STRANGER_MESSAGE = 64 * 1024
@@ -104,6 +103,9 @@ _SERVER_OPTIONS = [
     ("grpc.max_connection_idle_ms", IDLE_CONNECTION_MS),
     ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
     ("grpc.max_allowed_incoming_connections", MAX_CONNECTIONS),
+    # No BDP probing: flow-control windows stay at 64 KiB per stream, so data
+    # sent on calls we have not admitted (or will refuse) is not buffered.
+    ("grpc.http2.bdp_probe", 0),
 ]
 
 
