@@ -231,3 +231,24 @@ def test_items_from_the_future_are_refused() -> None:
     # the same prune with a sane version is accepted
     assert s.apply(_prune(0, 1, 5), now)
     assert not s.is_live(IDS[1].wg_public_key)
+
+
+def test_state_is_bounded_in_members_and_bytes() -> None:
+    """Issue 12 finding 2: a member could publish any number of maximum-size records."""
+    from smegmesh.core.record import MAX_RECORD_BYTES, RouteAdv
+
+    mesh = "amber-falcon-river-k7q2"
+    st = MeshState(mesh, max_members=3, max_bytes=3 * 4096)
+    ids = [NodeIdentity.from_seed(bytes([i]) * 32) for i in range(1, 6)]
+    for i in ids[:3]:
+        assert st.apply(NodeRecord.create(i, mesh, version=1, now_ms=1), 1)
+    with pytest.raises(RecordError, match="maxMembers"):
+        st.apply(NodeRecord.create(ids[3], mesh, version=1, now_ms=1), 1)
+    # A member already held may still re-sign; one that grows past the byte bound may not.
+    assert st.apply(NodeRecord.create(ids[0], mesh, version=2, now_ms=2), 2)
+    fat = tuple(RouteAdv(f"fd00:{i:x}:1:1::/64", (mesh,)) for i in range(1, 401))
+    big = NodeRecord.create(ids[1], mesh, version=3, now_ms=3, routes=fat)
+    assert len(big.signed_payload()) < MAX_RECORD_BYTES
+    with pytest.raises(RecordError, match="bytes in total"):
+        st.apply(big, 3)
+    assert len(st.live_records()) == 3

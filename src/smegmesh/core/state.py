@@ -88,6 +88,11 @@ _AUTH_TYPES = (
     AliasReserve,
     PolicyChange,
 )
+#: Default bound on the records one mesh holds (``maxMembers``).
+DEFAULT_MAX_MEMBERS = 10_000
+#: Default share of the total record bytes per member (records are at most
+#: ``MAX_RECORD_BYTES``; a few bridges with long route lists fit in the total).
+BYTES_PER_MEMBER = 8 * 1024
 #: Authority statements one replica keeps at most (token ledgers are collected
 #: when their token has expired; evictions and admin changes are few).
 MAX_AUTH_ITEMS = 65_536
@@ -159,6 +164,8 @@ class MeshState:
         verifier: Verifier = verify_many,
         gc_horizon_ms: int | None = None,
         admission: bool = False,
+        max_members: int = DEFAULT_MAX_MEMBERS,
+        max_bytes: int | None = None,
     ) -> None:
         self.mesh_id = validate_mesh_id(mesh_id)
         self._verifier = verifier
@@ -169,6 +176,11 @@ class MeshState:
         self._auth_count = 0
         self._good_certs: set[bytes] = set()
         self._purged: set[bytes] = set()
+        #: bounds on what the state holds (records; their signed bytes in total)
+        self.max_members = max_members
+        self.max_bytes = max_bytes if max_bytes is not None else max_members * BYTES_PER_MEMBER
+        self._records = 0
+        self._record_bytes = 0
         self._entries: dict[bytes, _Entry] = {}
         # _levels[d][prefix] = [sum of entry hashes, count]
         self._levels: list[dict[int, list[int]]] = [{} for _ in range(DEPTH + 1)]
@@ -338,6 +350,10 @@ class MeshState:
             del self._changes[:half]
             self._changes_base += half
         e = self._entries.get(key)
+        old_rec = None if e is None else e.record
+        if old_rec is not record:
+            self._records += (record is not None) - (old_rec is not None)
+            self._record_bytes += _size(record) - _size(old_rec)
         old_h = 0 if e is None else e.h
         new_h = entry_hash(key, record, prune, auth)
         existed = e is not None
@@ -443,6 +459,18 @@ class MeshState:
 
     # -- admission (admission mode) -----------------------------------------------
 
+    def _check_capacity(self, rec: NodeRecord) -> None:
+        """Bounded state: at most ``max_members`` records and ``max_bytes`` of them."""
+        e = self._entries.get(rec.wg_key)
+        old = None if e is None else e.record
+        if old is None and self._records >= self.max_members:
+            raise RecordError("record", f"the mesh holds {self.max_members} nodes (maxMembers)")
+        grow = _size(rec) - _size(old)
+        if grow > 0 and self._record_bytes + grow > self.max_bytes:
+            raise RecordError(
+                "record", f"the mesh's records would exceed {self.max_bytes} bytes in total"
+            )
+
     def _gate(self, item: Item) -> None:
         """Admission rules: raise :class:`RecordError` unless ``item`` may enter.
 
@@ -450,6 +478,8 @@ class MeshState:
         target's own signed record (a prune can never name a version its
         target did not sign: no forged, future or non-member prunes).
         """
+        if isinstance(item, NodeRecord):
+            self._check_capacity(item)
         if not self.admission or isinstance(item, _AUTH_TYPES):
             return
         if isinstance(item, NodeRecord):
@@ -711,6 +741,10 @@ class MeshState:
 
     def __repr__(self) -> str:
         return f"MeshState({self.mesh_id!r}, {len(self)} keys, digest={self.digest().hex()[:16]})"
+
+
+def _size(rec: NodeRecord | None) -> int:
+    return 0 if rec is None else len(rec.signed_payload())
 
 
 def _job(item: Item) -> tuple[bytes, bytes, bytes]:

@@ -414,6 +414,15 @@ class Config(_Model):
         description="Seconds the record of a departed or pruned node (tombstone) is kept "
         "before it is garbage-collected; must exceed 3 x heartbeatInterval.",
     )
+    max_members: int = Field(
+        default=10_000,
+        alias="maxMembers",
+        ge=2,
+        le=100_000,
+        description="Most nodes one mesh may hold (records of live, pruned and departed "
+        "nodes); a record beyond it is refused on receipt and logged. The mesh's total "
+        "record bytes are bounded too: maxMembers x 8 KiB (a record is at most 96 KiB).",
+    )
 
     _warnings: list[str] = PrivateAttr(default_factory=list)
     _file_token: str | None = PrivateAttr(default=None)

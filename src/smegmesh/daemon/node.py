@@ -297,6 +297,7 @@ class Daemon(AuthorityOps):
             mesh_id,
             gc_horizon_ms=int(self.config.gc_horizon * 1000),
             admission=founding_name(mesh_id) is not None,
+            max_members=self.config.max_members,
         )
 
     def _mesh_dir(self) -> Path:

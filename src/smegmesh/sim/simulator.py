@@ -46,6 +46,7 @@ from smegmesh.core.record import Role
 from smegmesh.core.state import MeshState
 from smegmesh.sim.driver import T0, Driver, NetParams, TrafficBase, _Pending
 from smegmesh.sim.state import (
+    SIM_MAX_MEMBERS,
     Population,
     SharedState,
     clone_state,
@@ -126,7 +127,9 @@ class Simulator(Driver):
             gossip=self.gossip,
             liveness=self.liveness,
             rng=self._node_rng(index, incarnation),
-            state=state,
+            state=state
+            if state is not None
+            else MeshState(self.mesh_id, max_members=SIM_MAX_MEMBERS),
         )
 
     @classmethod
@@ -145,7 +148,11 @@ class Simulator(Driver):
         sim.population = pop
         base = pop.base
         if spare:
-            base = MeshState(sim.mesh_id, verifier=lambda jobs: [True] * len(jobs))
+            base = MeshState(
+                sim.mesh_id,
+                verifier=lambda jobs: [True] * len(jobs),
+                max_members=SIM_MAX_MEMBERS,
+            )
             base.apply_many(pop.records[:n], T0)
         for i in range(n):
             sim._add(

@@ -37,7 +37,17 @@ from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.record import NodeRecord, Prune, Role
 from smegmesh.core.state import DEPTH, MeshState
 
-__all__ = ["CowDict", "Population", "SharedState", "clone_state", "make_population"]
+#: The simulator's meshes are as large as the scenario asks (maxMembers is a daemon's bound).
+SIM_MAX_MEMBERS = 1_000_000
+
+__all__ = [
+    "SIM_MAX_MEMBERS",
+    "CowDict",
+    "Population",
+    "SharedState",
+    "clone_state",
+    "make_population",
+]
 
 
 _MISS: Any = object()
@@ -219,6 +229,7 @@ def clone_state(base: MeshState, *, share: bool = True) -> MeshState:
     if not share:
         st = MeshState(
             base.mesh_id,
+            max_members=base.max_members,
             verifier=base._verifier,
             gc_horizon_ms=base._horizon,
             admission=base.admission,
@@ -241,6 +252,10 @@ def clone_state(base: MeshState, *, share: bool = True) -> MeshState:
     sh._auth_count = base._auth_count
     sh._good_certs = base._good_certs  # shared cache of verified signatures (append-only)
     sh._purged = set()
+    sh.max_members = base.max_members
+    sh.max_bytes = base.max_bytes
+    sh._records = base._records
+    sh._record_bytes = base._record_bytes
     sh._version = 0
     sh._changes = []
     sh._changes_base = 0
@@ -296,7 +311,7 @@ def make_population(n: int, seed: int, mesh_id: str, now_ms: int) -> Population:
     ]
     t2 = time.perf_counter()
     # Our own freshly signed records: skip re-verification (measured separately).
-    base = MeshState(mesh_id, verifier=lambda jobs: [True] * len(jobs))
+    base = MeshState(mesh_id, verifier=lambda jobs: [True] * len(jobs), max_members=SIM_MAX_MEMBERS)
     changed, errors = base.apply_many(recs, now_ms)
     assert not errors and len(changed) == n
     base._verifier = MeshState(mesh_id)._verifier
