@@ -468,7 +468,7 @@ def main() -> int:
     if unknown:
         sys.exit(f"unknown attacks {sorted(unknown)}; known: {', '.join(ATTACKS)}")
 
-    from daemon_helpers import API_TOKEN, Cluster, create_mesh, wait_converged
+    from daemon_helpers import API_TOKEN, Cluster, create_mesh, wait_converged, wait_until
 
     cluster = Cluster()
     phases: list[Phase] = []
@@ -503,6 +503,9 @@ def main() -> int:
                 # returned) is not charged to the next.
                 victim.stop()
                 victim.restart()
+                wait_until(
+                    lambda: mesh_id in victim.mesh_ids(), 60, 0.2, "the victim to restore the mesh"
+                )
                 wait_converged([victim, *others], mesh_id, timeout=60)
                 assert victim.proc is not None
                 pid = sampler.pid = victim.proc.pid
