@@ -22,8 +22,8 @@ attack leaves behind is not charged to the next (``--no-restart``: back to
 back). Measured on the victim: peak RSS (``VmHWM``, reset before each phase), RSS
 and open fds after the phase, and change propagation (a ``put-alias`` on
 another member until the victim's API shows it), idle and during each
-attack. Targets: peak RSS ≤ 2 x idle, propagation ≤ 2 x idle, and nothing
-lost (every member sees all five at the end). The table is printed and a plot
+attack. Targets: peak RSS ≤ 2 x idle, propagation ≤ 2 x idle, nothing
+lost (every member sees all five at the end), and no 5xx answer. The table is printed and a plot
 of the victim's RSS over time, with the attacks shaded, goes to
 ``bench/out/abuse_bench.png``.
 """
