@@ -28,10 +28,12 @@ Targets:
 
 from __future__ import annotations
 
+import atexit
 import base64
 import functools
 import heapq
 import random
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -449,7 +451,9 @@ def _dns_seeds() -> list[bytes]:
 @functools.cache
 def _config_dir() -> Path:
     shm = Path("/dev/shm")
-    return Path(tempfile.mkdtemp(prefix="smeg-fuzz-config-", dir=shm if shm.is_dir() else None))
+    path = Path(tempfile.mkdtemp(prefix="smeg-fuzz-config-", dir=shm if shm.is_dir() else None))
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 def _config(data: bytes) -> None:
