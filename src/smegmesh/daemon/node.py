@@ -778,7 +778,32 @@ class Daemon:
                 if rt.node.mesh.gc(now_ms(), horizon):
                     rt.dirty_disk = True
                 if rt.dirty_disk and not rt.joining:  # a refused join is never saved
-                    self._save_mesh(rt)
+                    await self._save_mesh_off_loop(rt)
+
+    async def _save_mesh_off_loop(self, rt: MeshRuntime) -> None:
+        """:meth:`_save_mesh`, encoding and writing in a thread (the state may be megabytes).
+
+        The records are immutable: the list taken here is a consistent snapshot.
+        """
+        meta = {"mesh_id": rt.mesh_id, "opts": rt.opts, "listen_port": rt.listen_port}
+        items = list(rt.node.mesh.all_items())
+        rt.dirty_disk = False
+        d = self._mesh_dir()
+
+        def write() -> None:
+            encoded = [encode_item(i) for i in items]
+            atomic_write(d / f"{rt.mesh_id}.json", json.dumps(meta).encode())
+            atomic_write(d / f"{rt.mesh_id}.state", msgpack.packb(encoded, use_bin_type=True))
+
+        try:
+            await asyncio.to_thread(write)
+        except PersistError as e:
+            rt.dirty_disk = True
+            log.error("%s (state kept in memory; will retry)", e)
+        if rt.mesh_id not in self.meshes:  # left while we wrote: leave nothing behind
+            for suffix in (".json", ".state"):
+                with contextlib.suppress(FileNotFoundError):
+                    (d / f"{rt.mesh_id}{suffix}").unlink()
 
     # ------------------------------------------------------------------ NodeService
     async def new_mesh(self, opts: MeshOptions) -> str:
