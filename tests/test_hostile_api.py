@@ -171,6 +171,19 @@ def test_malformed_bootstrap_endpoint_is_400_and_leaves_nothing(
     b.api("DELETE", f"/v1/meshes/{mesh_id}")
 
 
+@pytest.mark.parametrize("endpoint", ["garbage", "[::1", "[::1]", "::1:80", "h:0", "\u00e9:1"])
+def test_parse_token_checks_bootstrap_endpoints(endpoint: str) -> None:
+    from smegmesh.core.invite import Bootstrap, TokenError, new_token, parse_token
+
+    boot = Bootstrap(endpoint, b"f" * 32, b"k" * 32)
+    tok = new_token("amber-otter-lamp-0a1b", now_ms=1, ttl_ms=10, uses=1, bootstrap=[boot])
+    with pytest.raises(TokenError, match="invalid bootstrap endpoint"):
+        parse_token(tok.encode())
+    good = Bootstrap("[::1]:4000", b"f" * 32, b"k" * 32)
+    ok = new_token("amber-otter-lamp-0a1b", now_ms=1, ttl_ms=10, uses=1, bootstrap=[good])
+    assert parse_token(ok.encode()).bootstrap == (good,)
+
+
 # --------------------------------------------------------------------------- finding 5
 
 
