@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator, Generator
 from pathlib import Path as FsPath
 from typing import Annotated, Any, TypeVar
 
+import h11
 import uvicorn
 from fastapi import Body, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -38,6 +39,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from smegmesh.daemon.api_models import (
     SERVICE_KEY_RE,
@@ -476,6 +478,44 @@ class _Server(uvicorn.Server):
                 await asyncio.wait_for(self._exit.wait(), 1.0)
 
 
+#: Seconds a TCP connection may take to send a request's headers (or idle between requests).
+HEADER_TIMEOUT_S = 10.0
+
+
+class _H11(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, closing connections that send no request in time.
+
+    uvicorn only times out idle keep-alive connections: one that never sends
+    a complete request head (or trickles it) would hold one of the
+    :data:`TCP_CONCURRENCY` places forever, and that many would lock every
+    client out. Every :data:`HEADER_TIMEOUT_S` such a connection is closed
+    if no request was answered on it meanwhile.
+    """
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._answered = 0
+        self._seen = 0
+        self._watch = self.loop.call_later(HEADER_TIMEOUT_S, self._check_progress)
+
+    def on_response_complete(self) -> None:
+        self._answered += 1
+        super().on_response_complete()
+
+    def _check_progress(self) -> None:
+        if self.transport.is_closing():
+            return
+        if self.conn.their_state is h11.IDLE and self._answered == self._seen:
+            self.transport.close()  # no request head within the timeout
+            return
+        self._seen = self._answered
+        self._watch = self.loop.call_later(HEADER_TIMEOUT_S, self._check_progress)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._watch.cancel()
+        super().connection_lost(exc)
+
+
 class ApiServer:
     """A running API listener; ``await stop()`` to close it."""
 
@@ -592,7 +632,7 @@ async def serve_tcp(
     """
     if (tls_certificate is None) != (tls_key is None):
         raise ValueError("apiTlsCertificate and apiTlsKey go together")
-    options: dict[str, Any] = {"limit_concurrency": TCP_CONCURRENCY}
+    options: dict[str, Any] = {"limit_concurrency": TCP_CONCURRENCY, "http": _H11}
     if tls_certificate is not None:
         options.update(ssl_certfile=tls_certificate, ssl_keyfile=tls_key)
     infos = await asyncio.get_running_loop().getaddrinfo(
