@@ -367,6 +367,11 @@ def test_api_token_file_and_tls_config_errors(tmp_path: Path) -> None:
         tmp_path,
     )
     assert ok.returncode == 0, ok
+    assert "without TLS" not in ok.stdout + ok.stderr
+    exposed = _check({**base, "apiListen": "[::]:18999", "apiTokenFile": str(good)}, tmp_path)
+    assert exposed.returncode == 0, exposed
+    assert "apiListen" in exposed.stdout + exposed.stderr
+    assert "without TLS" in exposed.stdout + exposed.stderr
 
 
 def test_token_file_and_tls_on_a_real_daemon(tmp_path: Path) -> None:
@@ -405,6 +410,7 @@ def test_token_file_and_tls_on_a_real_daemon(tmp_path: Path) -> None:
         assert token not in tls.log()
         assert "without TLS" not in tls.log()
         wait_until(lambda: "without TLS" in clear.log(), 30, what="the exposure warning")
-        assert "WARNING" in next(ln for ln in clear.log().splitlines() if "without TLS" in ln)
+        lines = [ln for ln in clear.log().splitlines() if "without TLS" in ln]
+        assert all("warning" in ln.lower() for ln in lines), lines
     finally:
         c.close()

@@ -377,9 +377,7 @@ class Daemon:
         self._wg_pool.shutdown(wait=False, cancel_futures=True)
 
     async def _serve_tcp_api(self, create_app: Any, serve_tcp: Any) -> None:
-        """The TCP API (``apiListen``): token, optional TLS, a warning if exposed in clear."""
-        from smegmesh.daemon.tcp_api import tcp_api_exposure_warning
-
+        """The TCP API (``apiListen``): token, optional TLS (exposure: a config warning)."""
         cfg = self.config
         h, p = cfg.api_listen_addr  # type: ignore[misc]
         try:
@@ -395,9 +393,6 @@ class Daemon:
         log.info(
             "TCP API on %s (%s, bearer token required)", cfg.api_listen, "HTTPS" if tls else "HTTP"
         )
-        warning = tcp_api_exposure_warning(h, tls=tls)
-        if warning:
-            log.warning("%s", warning)
 
     # ------------------------------------------------------------------ meshes
     def _endpoint_host(self, settings: Any) -> str | None:
