@@ -469,3 +469,38 @@ def test_exposure_warning(host: str, warn: bool) -> None:
 
     assert (tcp_api_exposure_warning(host, tls=False) is not None) == warn
     assert tcp_api_exposure_warning(host, tls=True) is None
+
+
+def test_idle_connections_cannot_lock_the_tcp_api_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """More silent (or trickling) connections than the API serves at once: closed in time."""
+    import time
+
+    from smegmesh.daemon import api as api_mod
+
+    monkeypatch.setattr(api_mod, "HEADER_TIMEOUT_S", 0.5)
+    with served_tcp(TOKEN) as (base, _):
+        host, port = base.removeprefix("http://").split(":")
+        idle = []
+        for i in range(api_mod.TCP_CONCURRENCY + 6):
+            s = socket.create_connection((host, int(port)), timeout=10)
+            if i % 2:
+                s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n")  # never finished
+            idle.append(s)
+        try:
+            deadline = time.monotonic() + 20
+            with httpx.Client(base_url=base, timeout=10) as c:
+                while True:
+                    try:
+                        r = c.get("/v1/health")
+                    except httpx.HTTPError:
+                        r = None
+                    if r is not None and r.status_code == 200:
+                        break
+                    assert time.monotonic() < deadline, "the API stayed locked out"
+                    time.sleep(0.2)
+            for s in idle:  # every one of them was closed by the server
+                s.settimeout(10)
+                assert s.recv(100) == b""
+        finally:
+            for s in idle:
+                s.close()

@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator, Generator
 from pathlib import Path as FsPath
 from typing import Annotated, Any, TypeVar
 
+import h11
 import uvicorn
 from fastapi import Body, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -38,6 +39,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from smegmesh.daemon.api_authority import add_authority_routes
 from smegmesh.daemon.api_models import (
@@ -69,6 +71,7 @@ from smegmesh.daemon.config import VERSION
 from smegmesh.daemon.events import KEEPALIVE_S, EventBus, Subscription, TooManySubscribers
 from smegmesh.daemon.service import NodeService, ServiceError
 from smegmesh.daemon.ui import SessionStore, mount_ui, session_allows
+from smegmesh.daemon.views import model_json_bytes
 
 __all__ = [
     "MAX_BODY_BYTES_TCP",
@@ -188,10 +191,28 @@ class _CatchAll:
                 await resp(scope, receive, send)
 
 
+#: A JSON answer larger than this is sent in pieces of this size.
+_RESPONSE_PIECE = 256 * 1024
+
+
 async def _json_off_loop(model: BaseModel) -> Response:
-    """``model`` as a JSON response, serialised in a thread (it may be megabytes)."""
-    body = await asyncio.to_thread(model.model_dump_json)
-    return Response(content=body, media_type="application/json")
+    """``model`` as a JSON response, serialised in a thread (it may be megabytes).
+
+    A large body is handed to the server in pieces: framing and writing
+    megabytes in one go stalls the event loop for a third of a second.
+    """
+    body = await asyncio.to_thread(model_json_bytes, model)
+    if len(body) <= _RESPONSE_PIECE:
+        return Response(content=body, media_type="application/json")
+
+    async def pieces() -> AsyncIterator[bytes]:
+        view = memoryview(body)
+        for i in range(0, len(body), _RESPONSE_PIECE):
+            yield bytes(view[i : i + _RESPONSE_PIECE])
+
+    return StreamingResponse(
+        pieces(), media_type="application/json", headers={"Content-Length": str(len(body))}
+    )
 
 
 class _EventStream(StreamingResponse):
@@ -588,6 +609,44 @@ class _Server(uvicorn.Server):
                 await asyncio.wait_for(self._exit.wait(), 1.0)
 
 
+#: Seconds a TCP connection may take to send a request's headers (or idle between requests).
+HEADER_TIMEOUT_S = 10.0
+
+
+class _H11(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, closing connections that send no request in time.
+
+    uvicorn only times out idle keep-alive connections: one that never sends
+    a complete request head (or trickles it) would hold one of the
+    :data:`TCP_CONCURRENCY` places forever, and that many would lock every
+    client out. Every :data:`HEADER_TIMEOUT_S` such a connection is closed
+    if no request was answered on it meanwhile.
+    """
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._answered = 0
+        self._seen = 0
+        self._watch = self.loop.call_later(HEADER_TIMEOUT_S, self._check_progress)
+
+    def on_response_complete(self) -> None:
+        self._answered += 1
+        super().on_response_complete()
+
+    def _check_progress(self) -> None:
+        if self.transport.is_closing():
+            return
+        if self.conn.their_state is h11.IDLE and self._answered == self._seen:
+            self.transport.close()  # no request head within the timeout
+            return
+        self._seen = self._answered
+        self._watch = self.loop.call_later(HEADER_TIMEOUT_S, self._check_progress)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._watch.cancel()
+        super().connection_lost(exc)
+
+
 class ApiServer:
     """A running API listener; ``await stop()`` to close it."""
 
@@ -704,7 +763,7 @@ async def serve_tcp(
     """
     if (tls_certificate is None) != (tls_key is None):
         raise ValueError("apiTlsCertificate and apiTlsKey go together")
-    options: dict[str, Any] = {"limit_concurrency": TCP_CONCURRENCY}
+    options: dict[str, Any] = {"limit_concurrency": TCP_CONCURRENCY, "http": _H11}
     if tls_certificate is not None:
         options.update(ssl_certfile=tls_certificate, ssl_keyfile=tls_key)
     infos = await asyncio.get_running_loop().getaddrinfo(

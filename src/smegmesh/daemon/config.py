@@ -467,6 +467,13 @@ class Config(_Model):
             )
         if (self.api_tls_certificate is None) != (self.api_tls_key is None):
             problems.append("apiTlsKey: apiTlsCertificate and apiTlsKey go together")
+        if self.api_listen is not None:
+            from smegmesh.daemon.tcp_api import tcp_api_exposure_warning
+
+            host = split_host_port(self.api_listen)[0]
+            exposed = tcp_api_exposure_warning(host, tls=self.api_tls_certificate is not None)
+            if exposed:
+                self._warnings.append(f"apiListen: {exposed}")
         if self.stub_wg and "wg_backend" in self.model_fields_set and self.wg_backend != "memory":
             problems.append(
                 f"wgBackend: {self.wg_backend!r} contradicts stubWg: true "

@@ -429,9 +429,7 @@ class Daemon(AuthorityOps):
         self.state_lock.release()
 
     async def _serve_tcp_api(self, create_app: Any, serve_tcp: Any) -> None:
-        """The TCP API (``apiListen``): token, optional TLS, a warning if exposed in clear."""
-        from smegmesh.daemon.tcp_api import tcp_api_exposure_warning
-
+        """The TCP API (``apiListen``): token, optional TLS (exposure: a config warning)."""
         cfg = self.config
         h, p = cfg.api_listen_addr  # type: ignore[misc]
         try:
@@ -447,9 +445,6 @@ class Daemon(AuthorityOps):
         log.info(
             "TCP API on %s (%s, bearer token required)", cfg.api_listen, "HTTPS" if tls else "HTTP"
         )
-        warning = tcp_api_exposure_warning(h, tls=tls)
-        if warning:
-            log.warning("%s", warning)
 
     # ------------------------------------------------------------------ meshes
     def _endpoint_host(self, settings: Any) -> str | None:
@@ -909,7 +904,32 @@ class Daemon(AuthorityOps):
                     rt.dirty_disk = True
                     self.member_events.sweep(rt.mesh_id, rt.node.mesh)
                 if rt.dirty_disk and not rt.joining:  # a refused join is never saved
-                    self._save_mesh(rt)
+                    await self._save_mesh_off_loop(rt)
+
+    async def _save_mesh_off_loop(self, rt: MeshRuntime) -> None:
+        """:meth:`_save_mesh`, encoding and writing in a thread (the state may be megabytes).
+
+        The records are immutable: the list taken here is a consistent snapshot.
+        """
+        meta = {"mesh_id": rt.mesh_id, "opts": rt.opts, "listen_port": rt.listen_port}
+        items = list(rt.node.mesh.all_items())
+        rt.dirty_disk = False
+        d = self._mesh_dir()
+
+        def write() -> None:
+            encoded = [encode_item(i) for i in items]
+            atomic_write(d / f"{rt.mesh_id}.json", json.dumps(meta).encode())
+            atomic_write(d / f"{rt.mesh_id}.state", msgpack.packb(encoded, use_bin_type=True))
+
+        try:
+            await asyncio.to_thread(write)
+        except PersistError as e:
+            rt.dirty_disk = True
+            log.error("%s (state kept in memory; will retry)", e)
+        if rt.mesh_id not in self.meshes:  # left while we wrote: leave nothing behind
+            for suffix in (".json", ".state"):
+                with contextlib.suppress(FileNotFoundError):
+                    (d / f"{rt.mesh_id}{suffix}").unlink()
 
     # ------------------------------------------------------------------ NodeService
     async def new_mesh(self, opts: MeshOptions) -> str:

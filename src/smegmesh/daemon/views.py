@@ -36,6 +36,7 @@ import jmespath.exceptions
 import jmespath.functions
 import jmespath.parser
 import jmespath.visitor
+from pydantic import BaseModel
 
 from smegmesh.core.addressing import mesh_prefix, node_id_prefix, overlay_address
 from smegmesh.core.authority import Authority
@@ -71,6 +72,8 @@ __all__ = [
     "check_alias_free",
     "graph_dot",
     "mesh_detail",
+    "model_json",
+    "model_json_bytes",
     "render_graph",
     "render_graph_async",
     "run_query",
@@ -380,6 +383,48 @@ def _evicted(authority: Authority) -> list[EvictedNode]:
     return out
 
 
+# --------------------------------------------------------------------------- serialising
+#
+# pydantic serialises in Rust holding the GIL: one model_dump_json() of a
+# mesh at the largest legal state holds it for about a second, and the event
+# loop, in another thread, stalls that long. These helpers serialise the big
+# lists item by item, so the GIL is released between items.
+
+
+def _big_lists(model: BaseModel) -> dict[str, list[BaseModel]]:
+    return {
+        name: value
+        for name in type(model).model_fields
+        if isinstance(value := getattr(model, name), list)
+        and value
+        and isinstance(value[0], BaseModel)
+    }
+
+
+def model_json_bytes(model: BaseModel) -> bytes:
+    """``model.model_dump_json()``, in pieces (see above); the same JSON document."""
+    lists = _big_lists(model)
+    if not lists:
+        return model.model_dump_json().encode()
+    parts: list[bytes] = []
+    for name in type(model).model_fields:
+        if name in lists:
+            items = b",".join(m.model_dump_json().encode() for m in lists[name])
+            parts.append(json.dumps(name).encode() + b":[" + items + b"]")
+        else:
+            parts.append(model.model_dump_json(include={name}).encode()[1:-1])
+    return b"{" + b",".join(p for p in parts if p) + b"}"
+
+
+def model_json(model: BaseModel) -> Any:
+    """``model.model_dump(mode="json")``, in pieces (see above)."""
+    lists = _big_lists(model)
+    out = model.model_dump(mode="json", exclude=set(lists))
+    for name, items in lists.items():
+        out[name] = [m.model_dump(mode="json") for m in items]
+    return {name: out[name] for name in type(model).model_fields if name in out}
+
+
 # --------------------------------------------------------------------------- queries
 
 
@@ -589,7 +634,7 @@ def run_query(detail_json: Any, expr: str) -> Any:
     in a thread.
     """
     if isinstance(detail_json, MeshDetail):
-        detail_json = detail_json.model_dump(mode="json")
+        detail_json = model_json(detail_json)
     if len(expr) > MAX_QUERY_LEN:
         raise invalid_argument(f"bad JMESPath: longer than {MAX_QUERY_LEN} characters")
     try:
