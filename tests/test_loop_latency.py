@@ -22,6 +22,7 @@ import dns.message
 import pytest
 
 from daemon_helpers import free_port, free_udp_tcp_port, short_tmpdir
+from smegmesh.core.cert import Cert
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.record import MAX_ROUTE_PATH, MAX_ROUTES, NodeRecord, Role, RouteAdv
 from smegmesh.daemon.config import MeshOptions, parse_config
@@ -37,8 +38,14 @@ FAT = 20
 MAX_STALL_S = 1.0
 
 
-def fat_records(mesh_id: str, n: int = FAT) -> list[NodeRecord]:
-    far = tuple(f"far-mesh-{i:02d}-abcd" for i in range(MAX_ROUTE_PATH))
+#: Meshes crossed by each fat route: as many as keep 512 routes within the largest
+#: legal record (MAX_RECORD_BYTES).
+FAT_PATH = MAX_ROUTE_PATH // 2
+
+
+def fat_records(mesh_id: str, admitter: NodeIdentity, n: int = FAT) -> list[NodeRecord]:
+    """``n`` admitted members, each with the largest legal record (512 long routes)."""
+    far = tuple(f"far-mesh-{i:02d}-abcd" for i in range(FAT_PATH))
     now = now_ms()
     out = []
     for i in range(n):
@@ -46,10 +53,14 @@ def fat_records(mesh_id: str, n: int = FAT) -> list[NodeRecord]:
         advs = tuple(
             RouteAdv(str(ipaddress.IPv6Network(f"fd99:{j:x}::/64")), far) for j in range(MAX_ROUTES)
         )
+        cert = Cert.create(
+            admitter, mesh_id, subject=ident.wg_public_key, may_admit=True, now_ms=now
+        )
         out.append(
             NodeRecord.create(
                 ident,
                 mesh_id,
+                chain=(cert,),
                 version=now,
                 now_ms=now,
                 role=Role.PEER,
@@ -93,7 +104,7 @@ async def _scenario(tmp: Path) -> dict[str, float]:
     try:
         mesh_id = await d.new_mesh(MeshOptions())
         rt = d.meshes[mesh_id]
-        records = fat_records(mesh_id)
+        records = fat_records(mesh_id, d.identity)
         changed, errors = rt.node.mesh.apply_many(records, now_ms())
         assert not errors and len(changed) == FAT
         uses = [(a.prefix, mesh_id, r.wg_key, len(a.path)) for r in records for a in r.routes]
