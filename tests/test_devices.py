@@ -160,7 +160,9 @@ def test_device_goes_when_evicted_or_its_sponsor_is_evicted() -> None:
     assert _live(st) == [b"\x08" * 32]
     assert st.live_record(a.wg_public_key) is not None  # the sponsor itself stays
     m.t += 1000
-    ev_b = Revocation.create(m.founder, m.mesh_id, target=b.wg_public_key, cascade=False, now_ms=m.t)
+    ev_b = Revocation.create(
+        m.founder, m.mesh_id, target=b.wg_public_key, cascade=False, now_ms=m.t
+    )
     assert st.apply(ev_b, m.t)
     assert _live(st) == []
 

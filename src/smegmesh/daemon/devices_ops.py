@@ -75,6 +75,24 @@ def render_wg_quick(
     return "\n".join(lines)
 
 
+def parse_wg_quick(text: str) -> dict[str, dict[str, str]]:
+    """The ``[Interface]`` and ``[Peer]`` settings of a one-peer ``wg-quick`` file."""
+    out: dict[str, dict[str, str]] = {}
+    section: dict[str, str] | None = None
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = out.setdefault(line[1:-1], {})
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or section is None:
+            raise ValueError(f"not a wg-quick line: {raw!r}")
+        section[key.strip()] = value.strip()
+    return out
+
+
 class DeviceOps:
     """Mixin: needs ``_get``, ``_emit``, ``identity``, ``config``, ``state_dir``, ``routing``."""
 
@@ -184,18 +202,21 @@ class DeviceOps:
             raw = sk.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
             private = base64.b64encode(raw).decode("ascii")
             dkey = key_from_text(key_to_text(sk.public_key().public_bytes_raw()))
-        current = list(me.devices)
+        mesh = rt.node.mesh
+        if mesh.admission and mesh.authority.is_revoked(dkey):
+            raise svc.ServiceError("forbidden", "that key was evicted from the mesh", 403)
+        if mesh.record(dkey) is not None or dkey == my_key:
+            raise svc.ServiceError("conflict", "that key is a member's own key", 409)
+        # evicted devices are dropped from our record when we publish it again
+        current = [
+            d for d in me.devices if not (mesh.admission and mesh.authority.is_revoked(d.wg_key))
+        ]
         if any(d.wg_key == dkey for d in current):
             raise svc.ServiceError("conflict", "this device is already sponsored here", 409)
         if len(current) >= MAX_DEVICES:
             raise svc.ServiceError(
                 "too_many_devices", f"a peer sponsors at most {MAX_DEVICES} devices", 409
             )
-        mesh = rt.node.mesh
-        if mesh.record(dkey) is not None or dkey == my_key:
-            raise svc.ServiceError("conflict", "that key is a member's own key", 409)
-        if mesh.admission and mesh.authority.is_revoked(dkey):
-            raise svc.ServiceError("forbidden", "that key was evicted from the mesh", 403)
         views.check_alias_free(
             rt.node.live_records(), my_key, alias, mesh.authority if mesh.admission else None
         )
