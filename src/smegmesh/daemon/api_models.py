@@ -497,6 +497,7 @@ class AddDeviceRequest(_Request):
     name: str = Field(min_length=1, max_length=63, description="The device's alias (a DNS label)")
     public_key: str | None = Field(
         default=None,
+        max_length=64,
         description="The device's WireGuard public key (default: generate a key pair; the "
         "private key is returned once, in the config)",
     )
@@ -505,6 +506,7 @@ class AddDeviceRequest(_Request):
     )
     via: str | None = Field(
         default=None,
+        max_length=256,
         description="The sponsoring peer (NODE); only this daemon itself is supported",
     )
 
