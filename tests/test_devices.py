@@ -242,3 +242,54 @@ def test_every_member_reaches_the_device_through_its_sponsor() -> None:
     assert on_sponsor.allowed_ips == {dev_net} and on_sponsor.endpoint is None
     on_b = cfg(b)
     assert DEV not in on_b.peers and dev_net in on_b.peers[a.wg_public_key].allowed_ips
+
+
+def test_device_routes_validate_before_the_service() -> None:
+    import httpx
+
+    from api_fake import served_unix
+
+    with served_unix() as (path, svc):
+        transport = httpx.HTTPTransport(uds=str(path))
+        with httpx.Client(transport=transport, base_url="http://smegd", timeout=10) as c:
+            mesh = c.post("/v1/meshes").json()["mesh_id"]
+            url = f"/v1/meshes/{mesh}/devices"
+            for body in (
+                {},
+                {"name": ""},
+                {"name": "x" * 64},
+                {"name": "p", "public_key": "k" * 10_000},
+                {"name": "p", "keep_key": "yes"},
+                {"name": "p", "via": "v" * 300},
+            ):
+                r = c.post(url, json=body)
+                assert r.status_code == 422, (body, r.text)
+            assert not any(call[0] == "add_device" for call in svc.calls)
+            r = c.post(url, json={"name": "phone", "keep_key": True})
+            assert r.status_code == 200 and r.json()["device"]["alias"] == "phone"
+            assert c.get(url).json() == []
+            r = c.delete(f"{url}/nosuch")
+            assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_device"
+            assert c.get("/v1/meshes/nosuchmesh/devices").status_code == 404
+
+
+def test_printed_config_parses_and_renders_as_a_qr_code() -> None:
+    from smegmesh.cli.devices import qr_text
+    from smegmesh.daemon.devices_ops import parse_wg_quick, render_wg_quick
+
+    text = render_wg_quick(
+        private_key="YI1Qe6G1Fa/WycjGwkrgD1mQoDTVvKWM6z38MUkJh2c=",
+        address="fd00::1",
+        prefix="fd00::/64",
+        dns="fd00::2",
+        sponsor_key="4BQhXpuO+3dePqjs1m1c+u6SRYVovPgZfvevqznzknE=",
+        endpoint="[2001:db8::2]:51820",
+        allowed_ips=["fd01::/64"],
+        comment="demo",
+    )
+    cfg = parse_wg_quick(text)
+    assert cfg["Interface"]["Address"] == "fd00::1/128"
+    assert cfg["Peer"]["AllowedIPs"] == "fd00::/64, fd01::/64"
+    assert cfg["Peer"]["PersistentKeepalive"] == "25"
+    qr = qr_text(text)
+    assert len(qr.splitlines()) > 20 and ("█" in qr or "▀" in qr)
