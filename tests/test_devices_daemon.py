@@ -159,6 +159,16 @@ def test_add_device_config_mesh_dns_evict_and_remove(trio: Cluster, tmp_path: Pa
     _one_line(a.ctl("remove-device", "--meshid", mesh, "phone", code=None), "no device")
     assert os.path.exists(out)  # the user's file is theirs
 
+    # --qr prints the config as a QR code; the device goes when its sponsor leaves
+    qr = a.ctl("add-device", "--meshid", mesh, "--name", "watch", "--qr")
+    assert "▀" in qr.stdout or "█" in qr.stdout
+    assert "PrivateKey" not in qr.stdout  # only the code, not the text
+    for d in (owner, b):
+        wait_until(lambda d=d: "watch" in _devices(d, mesh), 20, 0.1, f"{d.name} sees watch")
+    a.ctl("leave-mesh", "--meshid", mesh)
+    for d in (owner, b):
+        wait_until(lambda d=d: _devices(d, mesh) == {}, 20, 0.1, f"{d.name} drops a's devices")
+
 
 def test_client_cannot_sponsor(trio: Cluster) -> None:
     owner, _a, b = trio.daemons
