@@ -24,8 +24,10 @@ import jmespath.exceptions
 
 from smegmesh.daemon.api import ApiServer, create_app, serve_tcp, serve_unix
 from smegmesh.daemon.api_models import (
+    AddDeviceResponse,
     AdminResponse,
     AliasReservation,
+    DeviceInfo,
     EvictResponse,
     InviteInfo,
     MeshDetail,
@@ -320,6 +322,33 @@ class FakeNodeService:
     async def revoke_invite(self, mesh_id: str, token_id: str) -> InviteInfo:
         self._mesh(mesh_id)
         raise ServiceError("unknown_invite", f"no invitation with id {token_id!r}", 404)
+
+    async def add_device(
+        self,
+        mesh_id: str,
+        name: str,
+        public_key: str | None = None,
+        keep_key: bool = False,
+        via: str | None = None,
+    ) -> AddDeviceResponse:
+        self.calls.append(("add_device", (mesh_id, name, public_key, keep_key, via)))
+        self._mesh(mesh_id)
+        info = DeviceInfo(
+            public_key=public_key or "D" * 43 + "=",
+            alias=name,
+            overlay_address="fd00::d",
+            sponsor=SELF_KEY,
+            added=0.0,
+        )
+        return AddDeviceResponse(device=info, config="[Interface]\n", has_private_key=False)
+
+    async def list_devices(self, mesh_id: str) -> list[DeviceInfo]:
+        self._mesh(mesh_id)
+        return []
+
+    async def remove_device(self, mesh_id: str, device: str) -> DeviceInfo:
+        self._mesh(mesh_id)
+        raise ServiceError("unknown_device", f"no device {device!r}", 404)
 
 
 # --------------------------------------------------------------------------- serving

@@ -351,7 +351,7 @@ def _raw_request(host: str, port: int, head: str, body_chunks: int = 0) -> tuple
             except OSError:  # the server closed: it refused the body
                 break
         s.settimeout(10)
-        while b"\r\n\r\n" not in answer:
+        while True:  # the whole answer: the server closes the connection after it
             try:
                 more = s.recv(65536)
             except OSError:
@@ -359,6 +359,8 @@ def _raw_request(host: str, port: int, head: str, body_chunks: int = 0) -> tuple
             if not more:
                 break
             answer += more
+            if b"\r\n\r\n" in answer:
+                s.settimeout(2)  # the body follows the head at once
     return answer, time.monotonic() - t0
 
 

@@ -1004,9 +1004,11 @@ def main() -> None:
 
 # Commands in their own modules register themselves on ``app`` when imported.
 from smegmesh.cli import authority as _authority  # noqa: E402
+from smegmesh.cli import devices as _devices  # noqa: E402
 from smegmesh.cli import status as _status  # noqa: E402
 
 _authority.register(app, sys.modules[__name__])
+_devices.register(app, sys.modules[__name__])
 _ = _status
 
 if __name__ == "__main__":

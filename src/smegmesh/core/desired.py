@@ -62,8 +62,13 @@ def desired_config(
     keepalive: int = 0,
     gateway_routes: Iterable[GatewayRoute] = (),
     mtu: int = 1420,
+    devices: Iterable[tuple[bytes, str, bytes]] = (),
 ) -> tuple[InterfaceConfig, HostConfig]:
-    """Compute the interface and host configuration for one mesh."""
+    """Compute the interface and host configuration for one mesh.
+
+    ``devices``: sponsored devices (issue 18) as ``(key, address, sponsor)``:
+    reached through their sponsor like clients through their peer.
+    """
     live = {r.wg_key: r for r in records if not r.left}
     me = live.get(self_key)
     peers = {k: r for k, r in live.items() if r.role == Role.PEER}
@@ -104,6 +109,15 @@ def desired_config(
                 )
             elif via is not None and via in allowed_by_peer:
                 allowed_by_peer[via].add(f"{c.address}/128")
+        for dk, daddr, sponsor in devices:
+            if dk in live:
+                continue
+            if sponsor == self_key:
+                wg_peers[dk] = PeerConfig(
+                    public_key=dk, endpoint=None, allowed_ips=frozenset({f"{daddr}/128"})
+                )
+            elif sponsor in allowed_by_peer:
+                allowed_by_peer[sponsor].add(f"{daddr}/128")
         for r in routes:
             if r.gateway in allowed_by_peer:
                 allowed_by_peer[r.gateway].add(r.destination)

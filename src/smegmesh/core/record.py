@@ -42,6 +42,7 @@ from smegmesh.core.identity import NodeIdentity, verify_signature, x25519_matche
 __all__ = [
     "ALIAS_RE",
     "MAX_ADMITTED",
+    "MAX_DEVICES",
     "MAX_INVITES",
     "MAX_PROOFS",
     "MAX_RECORD_BYTES",
@@ -59,6 +60,7 @@ __all__ = [
     "RecordError",
     "Role",
     "RouteAdv",
+    "SponsoredDevice",
     "check_prune_fields",
     "check_record_fields",
     "prune_from_obj",
@@ -80,6 +82,7 @@ MAX_DESCRIPTION_BYTES = 256
 MAX_SERVICE_VALUE_BYTES = 256
 MAX_ENDPOINT_LEN = 261  # "[" + 45 + "]:" + 5 or 253 + ":" + 5
 MAX_PROOFS = 16  # meshes a bridge proves membership of
+MAX_DEVICES = 32  # sponsored devices (phones, routers without smegd) per record (issue 18)
 #: Upper bound of a record's signed form: a member cannot publish more (512
 #: short routes, a long admission chain and a few proofs fit).
 MAX_RECORD_BYTES = 96 * 1024
@@ -147,6 +150,17 @@ class MembershipProof:
         return self.founding.mesh_id
 
 
+@dataclass(frozen=True, slots=True)
+class SponsoredDevice:
+    """A device without smegd (a phone, a router) that the record's owner sponsors:
+    its WireGuard key, its alias, and the owner's certificate admitting it
+    (issuer: the owner; the device reaches the mesh only through the owner)."""
+
+    wg_key: bytes  # 32 bytes
+    alias: str
+    cert: Cert
+
+
 def _services_tuple(
     services: Mapping[str, str] | Iterable[tuple[str, str]],
 ) -> tuple[tuple[str, str], ...]:
@@ -206,6 +220,9 @@ class NodeRecord(_Signed):
     chain: tuple[Cert, ...]  # admission proof: founder -> ... -> this node (founder: empty)
     proofs: tuple[MembershipProof, ...]  # membership of other meshes (bridges)
     signature: bytes = field(repr=False)
+    #: sponsored devices (issue 18); on the wire only when non-empty, so records
+    #: without devices keep the 21-field form older versions sign and read
+    devices: tuple[SponsoredDevice, ...] = ()
 
     @property
     def key(self) -> bytes:
@@ -238,6 +255,7 @@ class NodeRecord(_Signed):
         left: bool = False,
         chain: Iterable[Cert] = (),
         proofs: Iterable[MembershipProof] = (),
+        devices: Iterable[SponsoredDevice] = (),
     ) -> NodeRecord:
         """Build, check and sign a record (raises :class:`RecordError`)."""
         unsigned = cls(
@@ -264,6 +282,7 @@ class NodeRecord(_Signed):
             chain=tuple(chain),
             proofs=tuple(proofs),
             signature=b"",
+            devices=tuple(devices),
         )
         check_record_fields(unsigned, mesh_id, check_signature_len=False)
         return replace(unsigned, signature=identity.sign(unsigned.signed_payload()))
@@ -296,7 +315,7 @@ class NodeRecord(_Signed):
 
     def fields_obj(self) -> list[Any]:
         """The msgpack-able list of all fields but the signature (canonical order)."""
-        return [
+        out = [
             self.mesh_id,
             self.wg_key,
             self.sign_key,
@@ -318,6 +337,9 @@ class NodeRecord(_Signed):
             [auth_to_obj(c) for c in self.chain],
             [[auth_to_obj(p.founding), [auth_to_obj(c) for c in p.chain]] for p in self.proofs],
         ]
+        if self.devices:
+            out.append([[d.wg_key, d.alias, auth_to_obj(d.cert)] for d in self.devices])
+        return out
 
 
 @dataclass(frozen=True)
@@ -545,6 +567,7 @@ def check_record_fields(rec: NodeRecord, mesh_id: str, *, check_signature_len: b
         _check_bytes("admitted.joiner", a.joiner, 32)
     if type(rec.left) is not bool:
         raise _fail("left", "must be a boolean")
+    _check_devices(rec, mesh_id)
     if type(rec.address) is not str or rec.address != str(overlay_address(mesh_id, rec.wg_key)):
         raise _fail("address", "does not match the mesh prefix and the node's key")
     if not x25519_matches_ed25519(rec.wg_key, rec.sign_key):
@@ -554,6 +577,33 @@ def check_record_fields(rec: NodeRecord, mesh_id: str, *, check_signature_len: b
     if check_signature_len:
         _check_bytes("signature", rec.signature, 64)
         rec.__dict__[_CHECKED] = mesh_id
+
+
+def _check_devices(rec: NodeRecord, mesh_id: str) -> None:
+    devs = rec.devices
+    if type(devs) is not tuple or len(devs) > MAX_DEVICES:
+        raise _fail("devices", f"at most {MAX_DEVICES} sponsored devices")
+    seen: set[bytes] = set()
+    for d in devs:
+        if type(d) is not SponsoredDevice:
+            raise _fail("devices", "entries must be SponsoredDevice")
+        _check_bytes("devices.wg_key", d.wg_key, 32)
+        if d.wg_key == rec.wg_key or d.wg_key in seen:
+            raise _fail("devices.wg_key", "must be unique and not the sponsor's own key")
+        seen.add(d.wg_key)
+        if type(d.alias) is not str or (d.alias and ALIAS_RE.fullmatch(d.alias) is None):
+            raise _fail("devices.alias", "must be empty or a DNS label (1-63 of [a-z0-9-])")
+        c = d.cert
+        if type(c) is not Cert:
+            raise _fail("devices.cert", "must be an admission certificate")
+        try:
+            check_auth_fields(c, mesh_id)
+        except CertError as e:
+            raise _fail("devices.cert", str(e)) from None
+        if c.subject != d.wg_key or c.issuer != rec.wg_key or c.issuer_sign != rec.sign_key:
+            raise _fail("devices.cert", "must be the sponsor's certificate for this device")
+        if c.may_admit:
+            raise _fail("devices.cert", "a sponsored device may not admit others")
 
 
 def _check_chain_shape(name: str, chain: object, mesh_id: str) -> None:
@@ -620,8 +670,14 @@ def record_from_obj(obj: object) -> NodeRecord:
     it) before trusting the content.
     """
     o = _list(obj, "record")
-    if len(o) != 21:
-        raise _fail("record", "must have 21 fields")
+    if len(o) not in (21, 22):
+        raise _fail("record", "must have 21 fields (22 with sponsored devices)")
+    devices: tuple[SponsoredDevice, ...] = ()
+    if len(o) == 22:
+        devices = _devices_from_obj(o[20])
+        if not devices:
+            raise _fail("devices", "an empty list is left out of the record")
+        o = [*o[:20], o[21]]
     try:
         role = Role(o[5])
     except (ValueError, TypeError):
@@ -672,6 +728,7 @@ def record_from_obj(obj: object) -> NodeRecord:
         chain=_chain_from_obj(o[18], "chain"),
         proofs=tuple(_proof_from_obj(p) for p in _list(o[19], "proofs")[: MAX_PROOFS + 1]),
         signature=o[20],
+        devices=devices,
     )
     mesh_id = rec.mesh_id
     if type(mesh_id) is not str:
@@ -695,6 +752,19 @@ def _chain_from_obj(obj: object, name: str) -> tuple[Cert, ...]:
     if len(raw) > MAX_CHAIN:
         raise _fail(name, f"at most {MAX_CHAIN} admission certificates")
     return tuple(_cert_from_obj(c, name) for c in raw)
+
+
+def _devices_from_obj(obj: object) -> tuple[SponsoredDevice, ...]:
+    raw = _list(obj, "devices")
+    if len(raw) > MAX_DEVICES:
+        raise _fail("devices", f"at most {MAX_DEVICES} sponsored devices")
+    out = []
+    for d in raw:
+        d = _list(d, "devices")
+        if len(d) != 3:
+            raise _fail("devices", "entries must be [key, alias, cert]")
+        out.append(SponsoredDevice(d[0], d[1], _cert_from_obj(d[2], "devices.cert")))
+    return tuple(out)
 
 
 def _proof_from_obj(obj: object) -> MembershipProof:

@@ -485,6 +485,8 @@ class MeshState:
         if isinstance(item, NodeRecord):
             self._check_member(item.wg_key, item.chain, "chain")
             self._check_proofs(item)
+            if item.devices:  # sponsored devices (issue 18): certs signed by the owner
+                self._verify_certs([d.cert for d in item.devices], "devices")
             return
         tr = item.target_record
         if tr is None:

@@ -42,6 +42,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from smegmesh.daemon.api_authority import add_authority_routes
+from smegmesh.daemon.api_devices import add_device_routes
 from smegmesh.daemon.api_models import (
     SERVICE_KEY_RE,
     AliasRequest,
@@ -414,6 +415,7 @@ def create_app(
         return InviteResponse(token=tok, mesh_id=mesh_id, ttl_s=req.ttl_s, uses=req.uses)
 
     add_authority_routes(app, service)
+    add_device_routes(app, service)
 
     @app.post("/v1/join", status_code=201, tags=["v1"], summary="Join a mesh with a token")
     async def join(req: JoinRequest) -> MeshIdResponse:

@@ -170,6 +170,22 @@ class MeshSummary(_Model):
     node_count: int
 
 
+class DeviceInfo(_Model):
+    """A sponsored device (issue 18): a phone or router without smegd, reached
+    through the peer that sponsors it."""
+
+    public_key: str = Field(description="The device's WireGuard public key")
+    alias: str = ""
+    overlay_address: str
+    node_id: str | None = Field(default=None, description="NODEID of NODEID.MESH.smeg.")
+    sponsor: str = Field(description="Public key of the sponsoring peer (its only WireGuard peer)")
+    sponsor_alias: str = ""
+    added: float = Field(description="Unix time the sponsor admitted it")
+    key_kept: bool = Field(
+        default=False, description="The sponsor keeps its private key (--keep-key; sponsor only)"
+    )
+
+
 class MeshDetail(_Model):
     mesh_id: str
     interface: str | None = None
@@ -187,6 +203,10 @@ class MeshDetail(_Model):
     )
     routes: list[SelectedRoute] = Field(
         default_factory=list, description="Routed destinations this node uses, with their exit"
+    )
+    devices: list[DeviceInfo] = Field(
+        default_factory=list,
+        description="Sponsored devices (no smegd; reached through their sponsoring peer)",
     )
 
 
@@ -488,3 +508,34 @@ class PingResponse(_Model):
     rtt_ms: list[float] = Field(default_factory=list, description="RTT of each reply")
     rtt_avg_ms: float | None = None
     error: str | None = Field(default=None, description="Why no reply came, when known")
+
+
+# --------------------------------------------------------------------------- devices (issue 18)
+
+
+class AddDeviceRequest(_Request):
+    """Sponsor a device without smegd: this peer publishes it and forwards its traffic."""
+
+    name: str = Field(min_length=1, max_length=63, description="The device's alias (a DNS label)")
+    public_key: str | None = Field(
+        default=None,
+        max_length=64,
+        description="The device's WireGuard public key (default: generate a key pair; the "
+        "private key is returned once, in the config)",
+    )
+    keep_key: bool = Field(
+        default=False, description="Keep the generated private key in the state directory (0600)"
+    )
+    via: str | None = Field(
+        default=None,
+        max_length=256,
+        description="The sponsoring peer (NODE); only this daemon itself is supported",
+    )
+
+
+class AddDeviceResponse(_Model):
+    device: DeviceInfo
+    config: str = Field(description="wg-quick configuration for the device")
+    has_private_key: bool = Field(
+        description="The config holds the device's private key (generated here)"
+    )

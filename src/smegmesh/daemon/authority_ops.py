@@ -50,6 +50,7 @@ class AuthorityOps:
 
         def _get(self, mesh_id: str) -> MeshRuntime: ...
         def _emit(self, rt: MeshRuntime, outs: list[Any]) -> None: ...
+        def device_infos(self, rt: MeshRuntime) -> list[Any]: ...
 
     def _target(self, rt: MeshRuntime, node: str) -> tuple[bytes, str, str]:
         """(key, alias, description) of the node ``node`` names among every node the
@@ -63,6 +64,16 @@ class AuthorityOps:
                 node_id=node_id_prefix(r.wg_key),
             )
             for r in rt.node.mesh.records()
+        ]
+        nodes += [  # sponsored devices can be evicted too (issue 18)
+            NodeInfo(
+                public_key=d.public_key,
+                alias=d.alias,
+                role="client",
+                overlay_address=d.overlay_address,
+                node_id=d.node_id,
+            )
+            for d in self.device_infos(rt)
         ]
         view = MeshDetail(
             mesh_id=rt.mesh_id,

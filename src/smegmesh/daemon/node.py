@@ -62,6 +62,7 @@ from smegmesh.daemon.config import (
     MeshOptions,
     resolve_mesh_settings,
 )
+from smegmesh.daemon.devices_ops import DeviceOps
 from smegmesh.daemon.events import (
     WG_PEER_EVENTS_MAX,
     EventBus,
@@ -232,7 +233,7 @@ def run_hooks(stage: str, commands: list[str], ifname: str, mesh_id: str) -> Non
             log.info("mesh %s: ran %s hook %r", mesh_id, stage, line)
 
 
-class Daemon(AuthorityOps):
+class Daemon(AuthorityOps, DeviceOps):
     """One node: its identity, its meshes, the transport, and the local API."""
 
     def __init__(self, config: Config) -> None:
@@ -865,6 +866,7 @@ class Daemon(AuthorityOps):
             records=rt.node.live_records(),
             ifname=rt.ifname,
             keepalive=rt.keepalive,
+            devices=[(d.wg_key, d.address, d.sponsor) for d in self._devices(rt)],
         )
 
     def _update_dns(self) -> None:
@@ -889,6 +891,11 @@ class Daemon(AuthorityOps):
                 alias = r.alias if owners.get(r.alias) == r.wg_key else ""
                 names.append(
                     NodeName(rt.mesh_id, alias, r.wg_key, ipaddress.IPv6Address(r.address))
+                )
+            for d in self._devices(rt):  # sponsored devices (issue 18)
+                alias = d.alias if d.alias not in owners else ""
+                names.append(
+                    NodeName(rt.mesh_id, alias, d.wg_key, ipaddress.IPv6Address(d.address))
                 )
         self._dns_serial += 1
         self.dns.update(NameView(names, serial=self._dns_serial))
@@ -1146,7 +1153,7 @@ class Daemon(AuthorityOps):
         authority = copy_authority(rt.node.mesh.authority) if rt.node.mesh.admission else None
         # built in a thread from this snapshot (immutable records, copied maps):
         # at the largest state it takes long enough to stall DNS and gossip
-        return await asyncio.to_thread(
+        detail = await asyncio.to_thread(
             functools.partial(
                 views.mesh_detail,
                 rt.mesh_id,
@@ -1161,6 +1168,7 @@ class Daemon(AuthorityOps):
                 authority=authority,
             )
         )
+        return detail.model_copy(update={"devices": self.device_infos(rt)})
 
     async def _update(self, mesh_id: str, **changes: Any) -> None:
         rt = self._get(mesh_id)

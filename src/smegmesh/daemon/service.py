@@ -11,8 +11,10 @@ from __future__ import annotations
 from typing import Any, Protocol, runtime_checkable
 
 from smegmesh.daemon.api_models import (
+    AddDeviceResponse,
     AdminResponse,
     AliasReservation,
+    DeviceInfo,
     EvictResponse,
     GraphFormat,
     InviteInfo,
@@ -156,6 +158,25 @@ class NodeService(Protocol):
 
     async def revoke_invite(self, mesh_id: str, token_id: str) -> InviteInfo:
         """Revoke an invitation by id or unique prefix (its issuer or an admin)."""
+        ...
+
+    async def add_device(
+        self,
+        mesh_id: str,
+        name: str,
+        public_key: str | None = None,
+        keep_key: bool = False,
+        via: str | None = None,
+    ) -> AddDeviceResponse:
+        """Sponsor a device without smegd; return its wg-quick config (issue 18)."""
+        ...
+
+    async def list_devices(self, mesh_id: str) -> list[DeviceInfo]:
+        """The mesh's sponsored devices and their sponsors."""
+        ...
+
+    async def remove_device(self, mesh_id: str, device: str) -> DeviceInfo:
+        """Stop sponsoring ``device`` (alias, key or address; ``unknown_device`` 404)."""
         ...
 
     async def get_status(self) -> StatusResponse:

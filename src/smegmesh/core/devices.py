@@ -1,0 +1,94 @@
+"""Sponsored devices: nodes without smegd, reached through the peer that vouches for them. Pure.
+
+A phone or a small router runs WireGuard but not smegd. A peer *sponsors* it:
+it lists the device in its own signed record (:class:`SponsoredDevice`: the
+device's WireGuard public key, an alias, and a :class:`~smegmesh.core.cert.Cert`
+by which the sponsor admits it). The device holds no smegd identity, so it
+cannot sign a record of its own; the sponsor's signature stands for it.
+
+Rules (every member derives the same view from the same records):
+
+* a device is live while its sponsor's record is live (not left, not pruned,
+  not purged by an eviction) and lists it;
+* its admission chain is the sponsor's chain followed by the device's cert:
+  the sponsor must be allowed to admit under the mesh's invite policy, and an
+  eviction of the device key (``smegctl evict``) or of the sponsor removes it;
+* a key that is a member's own (a node holding a record) is never a device,
+  so no member can publish a device in another member's place; a key listed
+  by two sponsors belongs to the one that admitted it first (ties: key);
+* its overlay address is derived from its key like any node's; every member
+  reaches it through its sponsor, exactly like a client through its peer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from smegmesh.core.addressing import overlay_address
+from smegmesh.core.authority import Authority
+from smegmesh.core.cert import Cert
+from smegmesh.core.identity import NodeIdentity
+from smegmesh.core.record import NodeRecord, Role, SponsoredDevice
+
+__all__ = ["LiveDevice", "live_devices", "sponsor_device"]
+
+
+@dataclass(frozen=True, slots=True)
+class LiveDevice:
+    """A sponsored device as every member sees it."""
+
+    wg_key: bytes
+    alias: str
+    address: str
+    sponsor: bytes
+    issued_ms: int
+
+
+def sponsor_device(
+    identity: NodeIdentity,
+    mesh_id: str,
+    *,
+    device_key: bytes,
+    alias: str,
+    now_ms: int,
+) -> SponsoredDevice:
+    """The entry a sponsor adds to its record (the device may not admit others)."""
+    cert = Cert.create(identity, mesh_id, subject=device_key, may_admit=False, now_ms=now_ms)
+    return SponsoredDevice(device_key, alias, cert)
+
+
+def live_devices(
+    mesh_id: str, records: Iterable[NodeRecord], authority: Authority | None
+) -> list[LiveDevice]:
+    """The devices live in a mesh, from its live records (see the module rules).
+
+    ``records``: the live records; ``authority``: the mesh's authority when it
+    enforces admission (None for meshes of older versions: no chain check).
+    """
+    recs = list(records)
+    members = {r.wg_key for r in recs}
+    best: dict[bytes, tuple[int, bytes, SponsoredDevice]] = {}
+    for r in recs:
+        if r.left or r.role != Role.PEER or not r.devices:
+            continue
+        for d in r.devices:
+            if d.wg_key in members:
+                continue
+            if authority is not None and authority.check_chain(d.wg_key, (*r.chain, d.cert)):
+                continue
+            cur = best.get(d.wg_key)
+            cand = (d.cert.issued_ms, r.wg_key, d)
+            if cur is None or cand[:2] < cur[:2]:
+                best[d.wg_key] = cand
+    out = [
+        LiveDevice(
+            wg_key=k,
+            alias=d.alias,
+            address=str(overlay_address(mesh_id, k)),
+            sponsor=sponsor,
+            issued_ms=ms,
+        )
+        for k, (ms, sponsor, d) in best.items()
+    ]
+    return sorted(out, key=lambda x: x.wg_key)

@@ -1,0 +1,295 @@
+"""Sponsored devices (issue 18): the core rules, on real records, certs and states."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from smegmesh.core.addressing import overlay_address
+from smegmesh.core.cert import Cert, Policy, Revocation
+from smegmesh.core.desired import desired_config
+from smegmesh.core.devices import live_devices, sponsor_device
+from smegmesh.core.record import (
+    MAX_DEVICES,
+    NodeRecord,
+    RecordError,
+    Role,
+    SponsoredDevice,
+    record_from_obj,
+    validate_record,
+)
+from smegmesh.core.state import MeshState
+from smegmesh.core.wire import decode_item, encode_item
+from test_authority import Mesh, ident
+
+DEV = bytes(range(32))  # a device key (no smegd identity behind it)
+
+
+def _device(m: Mesh, sponsor, key: bytes = DEV, alias: str = "phone") -> SponsoredDevice:  # type: ignore[no-untyped-def]
+    m.t += 1000
+    return sponsor_device(sponsor, m.mesh_id, device_key=key, alias=alias, now_ms=m.t)
+
+
+def _live(st: MeshState) -> list[bytes]:
+    return [d.wg_key for d in live_devices(st.mesh_id, st.live_records(), st.authority)]
+
+
+def _peer(m: Mesh, st: MeshState, who, **kw) -> NodeRecord:  # type: ignore[no-untyped-def]
+    rec = m.record(who, wg_endpoint="192.0.2.1:51820", **kw)
+    assert st.apply(rec, rec.timestamp_ms)
+    return rec
+
+
+def test_record_with_devices_round_trips_and_without_keeps_21_fields() -> None:
+    m = Mesh()
+    a = ident(2)
+    m.admit(a)
+    plain = m.record(a)
+    assert len(plain.to_obj()) == 21  # older versions read and verify it unchanged
+    rec = m.record(a, devices=(_device(m, a),))
+    assert len(rec.to_obj()) == 22
+    back = record_from_obj(rec.to_obj())
+    validate_record(back, m.mesh_id)
+    assert back.devices == rec.devices
+    assert decode_item(encode_item(rec)) == rec
+    evolved = rec.evolve(a, m.t + 5000, alias="alpha")
+    assert evolved.devices == rec.devices  # evolve keeps the devices
+
+
+def test_malformed_device_entries_are_refused() -> None:
+    m = Mesh()
+    a, b = ident(2), ident(3)
+    m.admit(a)
+    m.admit(b)
+    # the cert must be the sponsor's own, for this very device
+    foreign = sponsor_device(b, m.mesh_id, device_key=DEV, alias="x", now_ms=m.t + 1)
+    with pytest.raises(RecordError, match="sponsor's certificate"):
+        m.record(a, devices=(foreign,))
+    wrong_subject = replace(_device(m, a), wg_key=bytes(32))
+    with pytest.raises(RecordError, match="sponsor's certificate"):
+        m.record(a, devices=(wrong_subject,))
+    admitting = Cert.create(a, m.mesh_id, subject=DEV, may_admit=True, now_ms=m.t + 1)
+    with pytest.raises(RecordError, match="may not admit"):
+        m.record(a, devices=(SponsoredDevice(DEV, "x", admitting),))
+    with pytest.raises(RecordError, match="unique"):
+        m.record(a, devices=(_device(m, a), _device(m, a)))
+    with pytest.raises(RecordError, match="own key"):
+        m.record(a, devices=(replace(_device(m, a), wg_key=a.wg_public_key),))
+    many = tuple(_device(m, a, key=bytes([i]) * 32) for i in range(MAX_DEVICES + 1))
+    with pytest.raises(RecordError, match=f"at most {MAX_DEVICES}"):
+        m.record(a, devices=many)
+    # on the wire: more entries than the bound are refused before any work
+    ok = m.record(a, devices=many[:MAX_DEVICES])
+    obj = ok.to_obj()
+    obj[20] = obj[20] + obj[20][:1]
+    with pytest.raises(RecordError, match=f"at most {MAX_DEVICES}"):
+        record_from_obj(obj)
+
+
+def test_forged_device_cert_signature_is_refused_by_the_state() -> None:
+    m = Mesh()
+    st = m.state()
+    a = ident(2)
+    m.admit(a)
+    d = _device(m, a)
+    forged = SponsoredDevice(DEV, "phone", replace(d.cert, signature=bytes(64)))
+    rec = m.record(a, devices=(forged,))  # signed by its owner, but the cert is not
+    with pytest.raises(RecordError, match="devices"):
+        st.apply(rec, rec.timestamp_ms)
+
+
+def test_device_is_live_only_through_a_sponsor_allowed_to_admit() -> None:
+    m = Mesh(policy=Policy.PEERS)
+    st = m.state()
+    allowed, barred = ident(2), ident(3)
+    m.admit(allowed, may_admit=True)
+    m.admit(barred, may_admit=False)  # e.g. admitted as a client under "peers"
+    _peer(m, st, allowed, devices=(_device(m, allowed, key=b"\x01" * 32),))
+    _peer(m, st, barred, devices=(_device(m, barred, key=b"\x02" * 32),))
+    assert _live(st) == [b"\x01" * 32]
+    # a client cannot sponsor (it forwards nothing)
+    c = ident(4)
+    m.admit(c, may_admit=True)
+    rec = m.record(c, role=Role.CLIENT, devices=(_device(m, c, key=b"\x03" * 32),))
+    assert st.apply(rec, rec.timestamp_ms)
+    assert b"\x03" * 32 not in _live(st)
+
+
+def test_admins_policy_only_admins_sponsor() -> None:
+    m = Mesh(policy=Policy.ADMINS)
+    st = m.state()
+    peer = ident(2)
+    m.admit(peer, may_admit=False)
+    _peer(m, st, m.founder, devices=(_device(m, m.founder, key=b"\x05" * 32),))
+    _peer(m, st, peer, devices=(_device(m, peer, key=b"\x06" * 32),))
+    assert _live(st) == [b"\x05" * 32]
+
+
+def test_device_goes_when_removed_or_the_sponsor_leaves() -> None:
+    m = Mesh()
+    st = m.state()
+    a = ident(2)
+    m.admit(a)
+    rec = _peer(m, st, a, devices=(_device(m, a),))
+    assert _live(st) == [DEV]
+    m.t += 10_000
+    removed = rec.evolve(a, m.t, devices=())
+    assert st.apply(removed, m.t)
+    assert _live(st) == []
+    m.t += 10_000
+    back = removed.evolve(a, m.t, devices=(_device(m, a),))
+    assert st.apply(back, m.t) and _live(st) == [DEV]
+    m.t += 10_000
+    assert st.apply(back.evolve(a, m.t, left=True), m.t)
+    assert _live(st) == []
+
+
+def test_device_goes_when_evicted_or_its_sponsor_is_evicted() -> None:
+    m = Mesh()
+    st = m.state()
+    a, b = ident(2), ident(3)
+    m.admit(a)
+    m.admit(b)
+    _peer(m, st, a, devices=(_device(m, a, key=b"\x07" * 32, alias="p1"),))
+    _peer(m, st, b, devices=(_device(m, b, key=b"\x08" * 32, alias="p2"),))
+    assert _live(st) == [b"\x07" * 32, b"\x08" * 32]
+    m.t += 1000
+    ev_dev = Revocation.create(m.founder, m.mesh_id, target=b"\x07" * 32, cascade=False, now_ms=m.t)
+    assert st.apply(ev_dev, m.t)
+    assert _live(st) == [b"\x08" * 32]
+    assert st.live_record(a.wg_public_key) is not None  # the sponsor itself stays
+    m.t += 1000
+    ev_b = Revocation.create(
+        m.founder, m.mesh_id, target=b.wg_public_key, cascade=False, now_ms=m.t
+    )
+    assert st.apply(ev_b, m.t)
+    assert _live(st) == []
+
+
+def test_a_member_key_is_never_a_device() -> None:
+    m = Mesh()
+    st = m.state()
+    a, b = ident(2), ident(3)
+    m.admit(a)
+    m.admit(b)
+    _peer(m, st, b)
+    # a lists b's key as its device: b stays b, and nothing routes b through a
+    _peer(m, st, a, devices=(_device(m, a, key=b.wg_public_key, alias="hijack"),))
+    assert _live(st) == []
+    iface, _ = desired_config(
+        mesh_id=m.mesh_id,
+        self_key=m.founder.wg_public_key,
+        private_key=m.founder.wg_private_key,
+        role=Role.PEER,
+        listen_port=51820,
+        records=st.live_records(),
+        ifname="smegtest",
+        devices=[
+            (d.wg_key, d.address, d.sponsor)
+            for d in live_devices(m.mesh_id, st.live_records(), st.authority)
+        ],
+    )
+    b_addr = str(overlay_address(m.mesh_id, b.wg_public_key))
+    assert iface.peers[a.wg_public_key].allowed_ips == {
+        f"{overlay_address(m.mesh_id, a.wg_public_key)}/128"
+    }
+    assert iface.peers[b.wg_public_key].allowed_ips == {f"{b_addr}/128"}
+
+
+def test_a_key_listed_by_two_sponsors_belongs_to_the_first() -> None:
+    m = Mesh()
+    st = m.state()
+    a, b = ident(2), ident(3)
+    m.admit(a)
+    m.admit(b)
+    first = _device(m, a)
+    second = _device(m, b)
+    _peer(m, st, b, devices=(second,))
+    _peer(m, st, a, devices=(first,))
+    (d,) = live_devices(m.mesh_id, st.live_records(), st.authority)
+    assert d.sponsor == a.wg_public_key
+
+
+def test_every_member_reaches_the_device_through_its_sponsor() -> None:
+    m = Mesh()
+    st = m.state()
+    a, b = ident(2), ident(3)
+    m.admit(a)
+    m.admit(b)
+    _peer(m, st, a, devices=(_device(m, a),))
+    _peer(m, st, b)
+    devs = [
+        (d.wg_key, d.address, d.sponsor)
+        for d in live_devices(m.mesh_id, st.live_records(), st.authority)
+    ]
+    dev_net = f"{overlay_address(m.mesh_id, DEV)}/128"
+
+    def cfg(who, role=Role.PEER):  # type: ignore[no-untyped-def]
+        iface, _ = desired_config(
+            mesh_id=m.mesh_id,
+            self_key=who.wg_public_key,
+            private_key=who.wg_private_key,
+            role=role,
+            listen_port=51820,
+            records=st.live_records(),
+            ifname="smegtest",
+            devices=devs,
+        )
+        return iface
+
+    on_sponsor = cfg(a).peers[DEV]
+    assert on_sponsor.allowed_ips == {dev_net} and on_sponsor.endpoint is None
+    on_b = cfg(b)
+    assert DEV not in on_b.peers and dev_net in on_b.peers[a.wg_public_key].allowed_ips
+
+
+def test_device_routes_validate_before_the_service() -> None:
+    import httpx
+
+    from api_fake import served_unix
+
+    with served_unix() as (path, svc):
+        transport = httpx.HTTPTransport(uds=str(path))
+        with httpx.Client(transport=transport, base_url="http://smegd", timeout=10) as c:
+            mesh = c.post("/v1/meshes").json()["mesh_id"]
+            url = f"/v1/meshes/{mesh}/devices"
+            for body in (
+                {},
+                {"name": ""},
+                {"name": "x" * 64},
+                {"name": "p", "public_key": "k" * 10_000},
+                {"name": "p", "keep_key": "yes"},
+                {"name": "p", "via": "v" * 300},
+            ):
+                r = c.post(url, json=body)
+                assert r.status_code == 422, (body, r.text)
+            assert not any(call[0] == "add_device" for call in svc.calls)
+            r = c.post(url, json={"name": "phone", "keep_key": True})
+            assert r.status_code == 200 and r.json()["device"]["alias"] == "phone"
+            assert c.get(url).json() == []
+            r = c.delete(f"{url}/nosuch")
+            assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_device"
+            assert c.get("/v1/meshes/nosuchmesh/devices").status_code == 404
+
+
+def test_printed_config_parses_and_renders_as_a_qr_code() -> None:
+    from smegmesh.cli.devices import qr_text
+    from smegmesh.daemon.devices_ops import parse_wg_quick, render_wg_quick
+
+    text = render_wg_quick(
+        private_key="YI1Qe6G1Fa/WycjGwkrgD1mQoDTVvKWM6z38MUkJh2c=",
+        address="fd00::1",
+        prefix="fd00::/64",
+        dns="fd00::2",
+        sponsor_key="4BQhXpuO+3dePqjs1m1c+u6SRYVovPgZfvevqznzknE=",
+        endpoint="[2001:db8::2]:51820",
+        allowed_ips=["fd01::/64"],
+        comment="demo",
+    )
+    cfg = parse_wg_quick(text)
+    assert cfg["Interface"]["Address"] == "fd00::1/128"
+    assert cfg["Peer"]["AllowedIPs"] == "fd00::/64, fd01::/64"
+    assert cfg["Peer"]["PersistentKeepalive"] == "25"
+    qr = qr_text(text)
+    assert len(qr.splitlines()) > 20 and ("█" in qr or "▀" in qr)
