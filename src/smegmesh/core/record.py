@@ -135,9 +135,11 @@ class Admission:
 
 @dataclass(frozen=True, slots=True)
 class MembershipProof:
-    """Proof that the record's owner is a member of another mesh (for bridge routes):
-    that mesh's founding record (self-certifying: it hashes to the mesh id) and
-    the owner's admission chain there."""
+    """Proof that the record's owner is a member of another mesh (for bridge routes).
+
+    That mesh's founding record (self-certifying: it hashes to the mesh id) and
+    the owner's admission chain there.
+    """
 
     founding: Founding
     chain: tuple[Cert, ...]
