@@ -214,10 +214,6 @@ class NodeRecord(_Signed):
         """The node id (WireGuard public key)."""
         return self.wg_key
 
-    @property
-    def services_map(self) -> dict[str, str]:
-        return dict(self.services)
-
     @classmethod
     def create(
         cls,
