@@ -2,52 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 
-from smegmesh.core.addressing import overlay_address
 from smegmesh.core.desired import desired_config
-from smegmesh.core.record import NodeRecord, Role
+from smegmesh.core.record import Role
 from smegmesh.daemon.config import BaseConfiguration, MeshOptions, resolve_mesh_settings
+from test_routing import key, rec  # unsigned records (desired_config checks no signature)
 
 MESH = "m1"
 
 
-def key(name: str) -> bytes:
-    return hashlib.sha256(b"node:" + name.encode()).digest()
-
-
-def rec(k: bytes, role: Role) -> NodeRecord:
-    """An unsigned record (desired_config never checks signatures)."""
-    return NodeRecord(
-        mesh_id=MESH,
-        wg_key=k,
-        sign_key=bytes(32),
-        version=1,
-        timestamp_ms=0,
-        role=role,
-        wg_endpoint="192.0.2.1:51820" if role == Role.PEER else None,
-        control_endpoint=None,
-        tls_fp=None,
-        address=str(overlay_address(MESH, k)),
-        alias="",
-        description="",
-        services=(),
-        routes=(),
-        assigned_peer=None,
-        invites=(),
-        admitted=(),
-        left=False,
-        chain=(),
-        proofs=(),
-        signature=b"",
-    )
-
-
 def keepalive_of(role: Role, keepalive: int | None) -> dict[bytes, int]:
     """The keepalive of every WireGuard peer ``me`` (of ``role``) configures."""
-    records = [rec(key("me"), role), rec(key("p1"), Role.PEER), rec(key("c1"), Role.CLIENT)]
+    nodes = (("me", role), ("p1", Role.PEER), ("c1", Role.CLIENT))
+    records = [rec(MESH, key(name), r) for name, r in nodes]
     kwargs = {} if keepalive is None else {"keepalive": keepalive}
     iface, _ = desired_config(
         mesh_id=MESH,
