@@ -7,4 +7,5 @@ export PATH="$PATH:$HOME/.local/bin"  # where pip puts uv for a non-root user
 echo "== ruff"; uv run --frozen ruff check src tests bench
 echo "== ruff format --check"; uv run --frozen ruff format --check src tests bench
 echo "== mypy"; uv run --frozen mypy
+echo "== import contracts"; uv run --frozen lint-imports --no-logo
 echo "== pytest"; uv run --frozen pytest -q -p no:cacheprovider "$@"

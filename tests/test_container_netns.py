@@ -23,7 +23,6 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +60,7 @@ def _run(cmd: list[str], env: dict[str, str], timeout: float = 600, **kw: Any) -
 
 
 @pytest.fixture(scope="module")
-def podman_env() -> Iterator[dict[str, str]]:
+def podman_env() -> dict[str, str]:
     if os.geteuid() != 0:
         missing("needs root (rootful podman)")
     absent = [t for t in TOOLS if shutil.which(t) is None]
@@ -77,7 +76,7 @@ def podman_env() -> Iterator[dict[str, str]]:
     # Python (3.11) as the debootstrapped image.
     env = {**os.environ, "CONTAINERS_CONF": str(conf), "PYTHON": "/usr/bin/python3"}
     env.pop("VIRTUAL_ENV", None)
-    yield env
+    return env
 
 
 def _ensure_base_image(env: dict[str, str]) -> None:
@@ -103,7 +102,7 @@ def _ensure_base_image(env: dict[str, str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def image(podman_env: dict[str, str]) -> Iterator[str]:
+def image(podman_env: dict[str, str]) -> str:
     t0 = time.monotonic()
     _ensure_base_image(podman_env)
     t1 = time.monotonic()
@@ -121,7 +120,7 @@ def image(podman_env: dict[str, str]) -> Iterator[str]:
     )
     t2 = time.monotonic()
     print(f"\nbase image {t1 - t0:.1f} s, image build {t2 - t1:.1f} s")
-    yield IMAGE
+    return IMAGE
 
 
 class Compose:

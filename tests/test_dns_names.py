@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dns_nodes import ANON, DB, FOX, OWL, WEB1, WEB2, key, node
+from smegmesh.core import addressing
 from smegmesh.core.addressing import overlay_address
 from smegmesh.dns.names import (
     AAAA,
@@ -49,12 +50,12 @@ def aaaa(view: NameView, name: str) -> set[str]:
 def test_node_id_prefix_is_sha256_of_key() -> None:
     k = key("x")
     assert node_id_prefix(k) == hashlib.sha256(k).hexdigest()[:16]
-    try:
-        from smegmesh.core import addressing  # type: ignore[attr-defined]
-    except ImportError:
-        return
-    if hasattr(addressing, "node_id_prefix"):
-        assert addressing.node_id_prefix(k) == node_id_prefix(k)
+
+
+@given(st.binary(min_size=32, max_size=32))
+def test_node_id_prefix_matches_core(k: bytes) -> None:
+    """The DNS node-id label is the ``node_id`` the API and the CLI show (core)."""
+    assert node_id_prefix(k) == addressing.node_id_prefix(k)
 
 
 def test_alias_meshid(view: NameView) -> None:

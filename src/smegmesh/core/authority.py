@@ -201,7 +201,7 @@ class Authority:
 def alias_owners(
     claims: Iterable[tuple[bytes, str, Sequence[Cert]]], authority: Authority | None
 ) -> dict[str, bytes]:
-    """alias -> key of the node that owns it; ``claims``: (key, alias, chain) per node.
+    """Alias -> key of the node that owns it; ``claims``: (key, alias, chain) per node.
 
     With an authority (a mesh with a founding record): an alias an admin
     reserved belongs to its holder (when the holder claims it); otherwise the

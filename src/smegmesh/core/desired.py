@@ -59,7 +59,7 @@ def desired_config(
     listen_port: int | None,
     records: Iterable[NodeRecord],
     ifname: str,
-    keepalive: int = 0,
+    keepalive: int | None = None,
     gateway_routes: Iterable[GatewayRoute] = (),
     mtu: int = 1420,
     devices: Iterable[tuple[bytes, str, bytes]] = (),
@@ -68,6 +68,8 @@ def desired_config(
 
     ``devices``: sponsored devices (issue 18) as ``(key, address, sponsor)``:
     reached through their sponsor like clients through their peer.
+    ``keepalive`` is the persistent keepalive in seconds, 0 = off; ``None``
+    (unset) means :data:`DEFAULT_CLIENT_KEEPALIVE` for a client, off for a peer.
     """
     live = {r.wg_key: r for r in records if not r.left}
     me = live.get(self_key)
@@ -90,7 +92,7 @@ def desired_config(
                 public_key=mine,
                 endpoint=gw.wg_endpoint,
                 allowed_ips=frozenset(allowed),
-                keepalive=keepalive or DEFAULT_CLIENT_KEEPALIVE,
+                keepalive=DEFAULT_CLIENT_KEEPALIVE if keepalive is None else keepalive,
             )
             for r in routes:
                 host_routes.add(Route(r.destination, None))
@@ -129,7 +131,7 @@ def desired_config(
                 public_key=k,
                 endpoint=rec.wg_endpoint,
                 allowed_ips=frozenset(allowed),
-                keepalive=keepalive,
+                keepalive=keepalive or 0,
             )
 
     iface = InterfaceConfig(

@@ -566,10 +566,12 @@ class MeshNode:
         return JoinReply(self.mesh_id, self._join_page(src), chain), out
 
     def _join_page(self, joiner: bytes) -> tuple[Item, ...]:
-        """One page of the state for a joiner: the mesh's authority statements
-        (founding record, admins, evictions: every record depends on them), ours
-        and its records, live records next; the rest reaches it by anti-entropy
-        (see :meth:`pull_from`)."""
+        """One page of the state for a joiner.
+
+        The mesh's authority statements (founding record, admins, evictions:
+        every record depends on them), ours and its records, live records next;
+        the rest reaches it by anti-entropy (see :meth:`pull_from`).
+        """
         statements = [a for a in self.mesh.auth_items() if not isinstance(a, Cert)]
         first = [*statements, *self.mesh.items_for([self.key, joiner])]
         live = [r for r in self.mesh.live_records() if r.wg_key not in (self.key, joiner)]

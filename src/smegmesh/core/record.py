@@ -138,9 +138,11 @@ class Admission:
 
 @dataclass(frozen=True, slots=True)
 class MembershipProof:
-    """Proof that the record's owner is a member of another mesh (for bridge routes):
-    that mesh's founding record (self-certifying: it hashes to the mesh id) and
-    the owner's admission chain there."""
+    """Proof that the record's owner is a member of another mesh (for bridge routes).
+
+    That mesh's founding record (self-certifying: it hashes to the mesh id) and
+    the owner's admission chain there.
+    """
 
     founding: Founding
     chain: tuple[Cert, ...]
@@ -152,9 +154,11 @@ class MembershipProof:
 
 @dataclass(frozen=True, slots=True)
 class SponsoredDevice:
-    """A device without smegd (a phone, a router) that the record's owner sponsors:
-    its WireGuard key, its alias, and the owner's certificate admitting it
-    (issuer: the owner; the device reaches the mesh only through the owner)."""
+    """A device without smegd (a phone, a router) that the record's owner sponsors.
+
+    Its WireGuard key, its alias, and the owner's certificate admitting it
+    (issuer: the owner; the device reaches the mesh only through the owner).
+    """
 
     wg_key: bytes  # 32 bytes
     alias: str
@@ -228,10 +232,6 @@ class NodeRecord(_Signed):
     def key(self) -> bytes:
         """The node id (WireGuard public key)."""
         return self.wg_key
-
-    @property
-    def services_map(self) -> dict[str, str]:
-        return dict(self.services)
 
     @classmethod
     def create(

@@ -403,8 +403,11 @@ class MeshState:
 
     @staticmethod
     def _check_time(item: Item, now_ms: int) -> None:
-        """Refuse items from the future: a prune with a huge ``target_version``
-        (or a record with a huge version) would otherwise win for ever."""
+        """Refuse items from the future.
+
+        A prune with a huge ``target_version`` (or a record with a huge version)
+        would otherwise win for ever.
+        """
         limit = now_ms + MAX_CLOCK_SKEW_MS
         if item.timestamp_ms > limit:
             raise RecordError("timestamp_ms", "is in the future (clock skew too large)")

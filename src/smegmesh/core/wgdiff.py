@@ -216,17 +216,6 @@ def apply_ops(status: InterfaceStatus, ops: Sequence[WgOp]) -> InterfaceStatus:
     )
 
 
-def peer_ops_touch(ops: Sequence[WgOp]) -> set[bytes]:
-    """Public keys of the peers that ``ops`` touch."""
-    keys: set[bytes] = set()
-    for op in ops:
-        if isinstance(op, AddPeer):
-            keys.add(op.peer.public_key)
-        elif isinstance(op, UpdatePeer | RemovePeer):
-            keys.add(op.public_key)
-    return keys
-
-
 # --------------------------------------------------------------------------
 # Host operations
 

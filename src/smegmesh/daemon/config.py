@@ -33,6 +33,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 # Defined in a module without pydantic, so smegctl starts fast.
+from smegmesh.core.desired import DEFAULT_CLIENT_KEEPALIVE as _CORE_DEFAULT_CLIENT_KEEPALIVE
 from smegmesh.core.endpoint import join_host_port, split_host_port
 from smegmesh.core.record import check_endpoint
 from smegmesh.daemon.defaults import (
@@ -65,8 +66,9 @@ __all__ = [
 
 
 #: Persistent keepalive a client uses when ``keepAliveWg`` is not set: clients
-#: sit behind NAT and must keep the mapping to their assigned peer open.
-DEFAULT_CLIENT_KEEPALIVE = 25
+#: sit behind NAT and must keep the mapping to their assigned peer open. One
+#: value, the core's (``core/desired.py``).
+DEFAULT_CLIENT_KEEPALIVE = _CORE_DEFAULT_CLIENT_KEEPALIVE
 
 Role = Literal["peer", "client"]
 IpDiscovery = Literal["outgoing", "public"]

@@ -430,9 +430,6 @@ class EventBus:
         for sub in list(self._subs):
             sub.close()
 
-    def recent(self) -> list[Event]:
-        return list(self._ring)
-
 
 # --------------------------------------------------------------------------- members
 
@@ -532,9 +529,6 @@ class MemberEvents:
         self.bus = bus
         self._views: dict[str, dict[bytes, MemberView]] = {}
         self._gone: dict[str, set[bytes]] = {}  # keys whose view is not live
-
-    def tracked(self, mesh_id: str) -> bool:
-        return mesh_id in self._views
 
     def track(self, mesh_id: str, state: MeshState, how: str) -> None:
         views: dict[bytes, MemberView] = {}

@@ -7,7 +7,6 @@ arguments or bad configuration (one line on stderr: ``smegd: <reason>``).
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -17,7 +16,6 @@ from smegmesh.daemon.config import DEFAULT_CONFIG_PATH, VERSION, Config, ConfigE
 
 __all__ = ["main"]
 
-EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
 
 
@@ -100,18 +98,12 @@ def _run(config: Config, path: str | None = None, log_format: str | None = None)
     from smegmesh.daemon.logsetup import quiet_grpc
 
     quiet_grpc()  # before grpc is imported (by the daemon's transport)
+    from smegmesh.daemon import node
+
     try:
-        node = importlib.import_module("smegmesh.daemon.node")
-    except ModuleNotFoundError as e:
-        if e.name != "smegmesh.daemon.node":
-            raise
-        _err("daemon not implemented")
-        return EXIT_RUNTIME
-    try:
-        rc = node.run(config, config_path=path, log_format=log_format)
+        return node.run(config, config_path=path, log_format=log_format)
     except KeyboardInterrupt:
         return 0
-    return int(rc) if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":

@@ -500,9 +500,7 @@ class Daemon(AuthorityOps, DeviceOps):
         )
         rt = MeshRuntime(
             mesh_id=mesh_id,
-            ifname=interface_name(mesh_id, self.config.interface_prefix)
-            if hasattr(self.config, "interface_prefix")
-            else interface_name(mesh_id),
+            ifname=interface_name(mesh_id),
             node=node,
             opts=opts.model_dump(exclude_none=True),
             listen_port=port,

@@ -295,10 +295,6 @@ class NameView:
     def __contains__(self, qname: object) -> bool:
         return isinstance(qname, str) and _normalise(qname) in self._names
 
-    def reverse_zones(self) -> tuple[str, ...]:
-        """The ``ip6.arpa.`` zones (one per mesh /64) the view answers for."""
-        return tuple(sorted(self._rev_zones))
-
 
 def _normalise(qname: str) -> str:
     name = qname.lower()

@@ -30,7 +30,6 @@ network and one per node derived from the seed; no wall clock anywhere.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 from collections.abc import Callable
@@ -353,7 +352,3 @@ def _prime_views(nodes: list[MeshNode]) -> bool:
     except (AttributeError, TypeError, ValueError):
         return False
     return True
-
-
-def key_hash(key: bytes) -> str:
-    return hashlib.sha256(key).hexdigest()[:8]

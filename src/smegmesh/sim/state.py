@@ -154,10 +154,6 @@ class CowDict:
     def values(self) -> Iterator[Any]:
         return (v for _, v in self.items())
 
-    def owns(self, k: Any) -> bool:
-        """True if ``k``'s value is this clone's own (not the shared base's)."""
-        return k in self._local or k not in self._base
-
     def own(self, k: Any, copy: Callable[[Any], Any]) -> None:
         """Before an in-place mutation: replace a shared value by ``copy(value)``."""
         if k not in self._local:
@@ -206,13 +202,6 @@ class SharedState(MeshState):
             buckets: Any = self._buckets
             buckets.own(top >> (32 - 4 * DEPTH), set)
         super()._install(key, record, prune, auth)
-
-    def shared_fraction(self) -> float:
-        """Share of this clone's entries still shared with the base (for diagnostics)."""
-        ents: Any = self._entries
-        if not isinstance(ents, CowDict) or not len(ents):
-            return 0.0
-        return 1.0 - ents.changes / len(ents)
 
 
 def _copy_entry(e: Any) -> Any:
