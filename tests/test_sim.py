@@ -254,3 +254,40 @@ def test_join_with_authority_goes_through_admission() -> None:
     assert rec.chain[-1].key in sim.nodes[0].node.mesh
     for sn in sim.live():
         assert sn.node.mesh.admission_error(j.key, rec.chain) is None
+
+
+def test_admission_certs_of_a_page_are_verified_in_one_call() -> None:
+    """Full transfers with admission proofs: the chains' unknown certs go to the
+    verifier in one call per batch (a threaded verifier can split it), not one
+    call per record; a forged cert still gets its record refused."""
+    from dataclasses import replace as dc_replace
+
+    from smegmesh.core.identity import verify_many
+    from smegmesh.core.wire import decode_item, encode_item
+
+    pop = make_population(120, 11, "sim", T0, authority=True)
+    assert pop.founding is not None
+    calls: list[int] = []
+
+    def counting(jobs: Any) -> list[bool]:
+        calls.append(len(jobs))
+        return verify_many(jobs)
+
+    st = MeshState(pop.mesh_id, admission=True, verifier=counting)
+    st.apply_many([pop.founding], T0)
+    fresh = [decode_item(encode_item(r)) for r in pop.records[1:]]  # nothing verified yet
+    # One record whose last cert carries a forged signature (re-signed by its owner).
+    i = 40
+    rec = pop.records[i]
+    bad_chain = (*rec.chain[:-1], dc_replace(rec.chain[-1], signature=bytes(64)))
+    forged = rec.evolve(pop.identities[i], T0 + 1, chain=bad_chain)
+    forged = decode_item(encode_item(forged))
+    calls.clear()
+    changed, errors = st.apply_many([*fresh, forged], T0 + 1)
+    assert len(errors) == 1 and "certificate" in str(errors[0])
+    assert len(changed) == len(fresh)
+    held = st.record(rec.wg_key)
+    assert held is not None and held.version == T0
+    distinct = {c.key for r in pop.records for c in r.chain}
+    assert sum(calls) <= len(distinct) + len(fresh) + 3
+    assert len(calls) <= 5, calls  # was one call per record (~120)
