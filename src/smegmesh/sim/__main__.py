@@ -39,6 +39,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--churn-per-min", type=float, default=0.05)
     p.add_argument("--partition-seconds", type=float, default=10.0)
     p.add_argument("--byte-sample", type=int, default=1, help="encode 1 message in k per type")
+    p.add_argument(
+        "--authority",
+        action="store_true",
+        help="founding record and admission chains (always on for --scenario evict)",
+    )
     p.add_argument("--json", action="store_true")
     return p.parse_args(argv)
 
@@ -72,6 +77,7 @@ def config_from_args(a: argparse.Namespace) -> ScenarioConfig:
         byte_sample=a.byte_sample,
         churn_per_min=a.churn_per_min,
         partition_seconds=a.partition_seconds,
+        authority=a.authority,
     )
 
 

@@ -30,6 +30,7 @@ network and one per node derived from the seed; no wall clock anywhere.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from collections.abc import Callable
@@ -51,6 +52,7 @@ from smegmesh.sim.state import (
     clone_state,
     control_endpoint,
     make_population,
+    steady_state,
 )
 
 __all__ = ["T0", "NetParams", "SimNode", "Simulator"]
@@ -85,6 +87,7 @@ class Simulator(Driver):
         liveness: LivenessParams | None = None,
         mesh_id: str = "sim",
         byte_sample: int = 1,
+        authority: bool = False,
     ) -> None:
         super().__init__(seed=seed, net=net, byte_sample=byte_sample)
         self.gossip = gossip or GossipParams()
@@ -97,6 +100,9 @@ class Simulator(Driver):
         self.observers: list[Callable[[int, frozenset[bytes], int], None]] = []
         self.population: Population | None = None
         self.views_primed = False
+        #: the mesh has a founding record (node 0 founded it) and admission is
+        #: enforced: every record carries its chain (see ``sim.state``)
+        self.authority = authority
 
     # ------------------------------------------------------------------ building
 
@@ -143,16 +149,12 @@ class Simulator(Driver):
         the equivalence tests; O(N) memory per node).
         """
         sim = cls(**kw)
-        pop = make_population(n + spare, sim.seed, sim.mesh_id, T0)
+        pop = make_population(n + spare, sim.seed, sim.mesh_id, T0, authority=sim.authority)
         sim.population = pop
+        sim.mesh_id = pop.mesh_id
         base = pop.base
         if spare:
-            base = MeshState(
-                sim.mesh_id,
-                verifier=lambda jobs: [True] * len(jobs),
-                max_members=SIM_MAX_MEMBERS,
-            )
-            base.apply_many(pop.records[:n], T0)
+            base = steady_state(sim.mesh_id, pop.founding, pop.records[:n], T0)
         for i in range(n):
             sim._add(
                 pop.identities[i].wg_public_key,
@@ -267,11 +269,23 @@ class Simulator(Driver):
             via = self.rng.choice(live)
         m = self.nodes[via]
         boot = Bootstrap(control_endpoint(via), bytes(32), m.key)
-        token, outs = m.node.invite(self.now, ttl_ms=3_600_000, uses=1, bootstrap=[boot])
+        # A secret derived from the seed (not ``secrets``): the token's hash is in
+        # the admission cert, a state item, so it must be reproducible.
+        secret = hashlib.sha256(f"sim-token/{self.seed}/{index}".encode()).digest()[:16]
+        token, outs = m.node.invite(
+            self.now, ttl_ms=3_600_000, uses=1, bootstrap=[boot], secret=secret
+        )
         self._outs(via, outs)
         self._reschedule(via)
         ident = self.population.identities[index]
-        j = self._add(ident.wg_public_key, self._make_node(index, SharedState(self.mesh_id)), index)
+        j = self._add(
+            ident.wg_public_key,
+            self._make_node(
+                index,
+                SharedState(self.mesh_id, admission=self.authority, max_members=SIM_MAX_MEMBERS),
+            ),
+            index,
+        )
         j.alive = True
         # The engine builds the request (its own signed record) and, below,
         # takes the reply (``absorb``), exactly as the daemon does.
@@ -283,7 +297,8 @@ class Simulator(Driver):
         if type(reply) is not JoinReply:
             self._join_failed(c)
             return
-        self._outs(c.caller, self.nodes[c.caller].node.absorb(reply.items, self.now))
+        node = self.nodes[c.caller].node
+        self._outs(c.caller, node.absorb(reply.items, self.now, reply.chain))
         self._reschedule(c.caller)
 
     def _join_failed(self, c: _Pending) -> None:

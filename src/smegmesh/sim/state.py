@@ -26,13 +26,14 @@ determinism/equivalence tests fail loudly.
 from __future__ import annotations
 
 import hashlib
+import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from smegmesh.core.authority import copy_authority
-from smegmesh.core.cert import AuthItem
+from smegmesh.core.cert import AuthItem, Cert, Founding
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.record import NodeRecord, Prune, Role
 from smegmesh.core.state import DEPTH, MeshState
@@ -45,6 +46,7 @@ __all__ = [
     "CowDict",
     "Population",
     "SharedState",
+    "admission_chains",
     "clone_state",
     "make_population",
 ]
@@ -265,26 +267,88 @@ class Population:
     t_identities: float
     t_records: float
     t_state: float
+    mesh_id: str = ""
+    #: authority mode: the founding record (node 0 is the founder) and the
+    #: depth of every node's admission chain (0 for the founder)
+    founding: Founding | None = None
+    depths: list[int] | None = None
+    t_chains: float = 0.0
 
 
-_CACHE: dict[tuple[int, int, str, int], Population] = {}
+_CACHE: dict[tuple[int, int, str, int, bool], Population] = {}
+
+#: authority mode: the mesh was founded this long before the simulation starts,
+#: and its members were admitted one after the other in between
+FOUNDED_AGO_MS = 30 * 86_400_000
+TOKEN_TTL_MS = 86_400_000
+
+
+def admission_chains(
+    ids: list[NodeIdentity], founding: Founding, seed: int
+) -> tuple[list[tuple[Cert, ...]], list[int]]:
+    """A realistic admission history: node ``i`` was admitted by a random earlier node.
+
+    Every node may admit (policy ``peers``, all nodes are peers), so the
+    admission tree is a random recursive tree: chain depth grows like ln N
+    (mean depth of node ``i`` ~ H_i - 1), not all 1 as if the founder had
+    admitted everyone. Each cert carries a (since expired) one-use token, as
+    a real invitation would; admissions are spread over the time since the
+    founding, in order. Returns (chains, admitter index per node; -1 for the founder).
+    """
+    rng = random.Random(f"admission/{seed}")
+    n = len(ids)
+    step = max(1, FOUNDED_AGO_MS // max(1, n))
+    chains: list[tuple[Cert, ...]] = [()]
+    parents = [-1]
+    for i in range(1, n):
+        j = rng.randrange(i)
+        issued = founding.created_ms + i * step
+        cert = Cert.create(
+            ids[j],
+            founding.mesh_id,
+            subject=ids[i].wg_public_key,
+            may_admit=True,
+            now_ms=issued,
+            token_hash=hashlib.sha256(f"token/{seed}/{i}".encode()).digest()[:16],
+            token_expiry_ms=issued + TOKEN_TTL_MS,
+            token_uses=1,
+        )
+        chains.append((*chains[j], cert))
+        parents.append(j)
+    return chains, parents
 
 
 def control_endpoint(i: int) -> str:
     return f"[fd00:5e::{i // 65536:x}:{i % 65536:x}]:7443"
 
 
-def make_population(n: int, seed: int, mesh_id: str, now_ms: int) -> Population:
+def make_population(
+    n: int, seed: int, mesh_id: str, now_ms: int, *, authority: bool = False
+) -> Population:
     """``n`` identities (seeds derived from ``seed``), their signed records, the full state.
 
-    Cached per process: benchmarks reuse it across scenarios.
+    ``authority``: the mesh has a founding record (node 0 is its founder, the
+    mesh id becomes the self-certifying ``NAME-SUFFIX`` with NAME =
+    ``mesh_id``), the state enforces admission and every record carries its
+    admission chain (:func:`admission_chains`). Cached per process:
+    benchmarks reuse it across scenarios.
     """
-    ck = (n, seed, mesh_id, now_ms)
+    ck = (n, seed, mesh_id, now_ms, authority)
     hit = _CACHE.get(ck)
     if hit is not None:
         return hit
     t0 = time.perf_counter()
     ids = [NodeIdentity.from_seed(node_seed(seed, i)) for i in range(n)]
+    t1 = time.perf_counter()
+    founding: Founding | None = None
+    chains: list[tuple[Cert, ...]] = [()] * n
+    depths: list[int] | None = None
+    if authority:
+        founding = Founding.create(ids[0], mesh_id, now_ms=now_ms - FOUNDED_AGO_MS)
+        mesh_id = founding.mesh_id
+        chains, _ = admission_chains(ids, founding, seed)
+        depths = [len(c) for c in chains]
+    t_chains = time.perf_counter() - t1
     t1 = time.perf_counter()
     recs = [
         NodeRecord.create(
@@ -295,18 +359,41 @@ def make_population(n: int, seed: int, mesh_id: str, now_ms: int) -> Population:
             role=Role.PEER,
             wg_endpoint=f"[2001:db8::{i // 65536:x}:{i % 65536:x}]:51820",
             control_endpoint=control_endpoint(i),
+            chain=chains[i],
         )
         for i, ident in enumerate(ids)
     ]
     t2 = time.perf_counter()
-    # Our own freshly signed records: skip re-verification (measured separately).
-    base = MeshState(mesh_id, verifier=lambda jobs: [True] * len(jobs), max_members=SIM_MAX_MEMBERS)
-    changed, errors = base.apply_many(recs, now_ms)
-    assert not errors and len(changed) == n
-    base._verifier = MeshState(mesh_id)._verifier
+    base = steady_state(mesh_id, founding, recs, now_ms)
     t3 = time.perf_counter()
-    pop = Population(ids, recs, base, t1 - t0, t2 - t1, t3 - t2)
+    pop = Population(
+        ids, recs, base, t1 - t0, t2 - t1, t3 - t2, mesh_id, founding, depths, t_chains
+    )
     if len(_CACHE) > 4:
         _CACHE.clear()
     _CACHE[ck] = pop
     return pop
+
+
+def steady_state(
+    mesh_id: str, founding: Founding | None, recs: list[NodeRecord], now_ms: int
+) -> MeshState:
+    """The settled state holding ``recs`` (and ``founding``: admission enforced).
+
+    The token ledger entries (admission certs as statements) of the joins are
+    not in it: their tokens expired long ago and garbage collection dropped
+    them; each record still carries its chain.
+    """
+    # Our own freshly signed records and certs: skip re-verification (measured
+    # separately, see bench/state_bench.py --authority).
+    base = MeshState(
+        mesh_id,
+        verifier=lambda jobs: [True] * len(jobs),
+        admission=founding is not None,
+        max_members=SIM_MAX_MEMBERS,
+    )
+    items: list[Any] = [founding, *recs] if founding is not None else list(recs)
+    changed, errors = base.apply_many(items, now_ms)
+    assert not errors and len(changed) == len(items), errors[:3]
+    base._verifier = MeshState(mesh_id)._verifier
+    return base
