@@ -649,6 +649,7 @@ class MeshNode:
         if self.key in changed and self.mesh.live_record(self.key) is None:
             own = self.mesh.record(self.key)
             if own is not None and not own.left:
+                self._fd.refuted()
                 out.extend(self._publish(own.evolve(self.identity, now_ms), now_ms))
                 if src is not None and src != self.key:
                     # The member that showed us our prune holds it: it gets the
