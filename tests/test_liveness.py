@@ -88,3 +88,76 @@ def test_silent_client_is_declared_dead_by_its_peer_only_after_client_timeout() 
             if isinstance(a, Dead):
                 dead_at = now
     assert dead_at is not None and 2000 + 6000 - 20 <= dead_at <= 2000 + 6000 + 20
+
+
+def test_a_node_whose_own_probes_fail_scales_its_timeouts_and_prunes_no_one() -> None:
+    """Issue 14 (items 4, 5): local health. A node on a very lossy or starved path
+    sees most of its probes fail; without local health it declares live members
+    dead (false prunes, each one a refutation storm). With it, its suspicion
+    time grows (bounded) and it prunes none of them."""
+    from smegmesh.core.liveness import MAX_HEALTH_MULTIPLIER
+
+    ks = keys(30)
+    fd = FailureDetector(ks[0], PARAMS, random.Random(7))
+    worst = 1
+    dead: dict[bytes, int] = {}
+    for t in range(0, 120_000, 10_000):
+        d = _lossy_run_from(fd, ks[1:], t, t + 10_000, 0.3, random.Random(t))
+        dead.update(d)
+        worst = max(worst, fd.health_multiplier)
+    assert dead == {}, len(dead)
+    assert 1 < worst <= MAX_HEALTH_MULTIPLIER
+
+
+def _lossy_run_from(
+    fd: FailureDetector, peers: list[bytes], t0: int, t1: int, loss: float, rng: random.Random
+) -> dict[bytes, int]:
+    """All members alive; each message lost with ``loss`` (a direct probe needs 2
+    messages through, an indirect one 4). Returns the members declared dead."""
+    dead_at: dict[bytes, int] = {}
+    for now in range(t0, t1, 10):
+        for a in fd.tick(now, peers):
+            if isinstance(a, Ping) and all(rng.random() >= loss for _ in range(2)):
+                fd.on_ack(a.target, a.probe_id, now)
+            elif isinstance(a, PingReq) and all(rng.random() >= loss for _ in range(4)):
+                fd.on_ack(a.target, a.probe_id, now)
+            elif isinstance(a, Dead):
+                dead_at[a.target] = now
+    return dead_at
+
+
+def test_local_health_is_bounded_and_recovers() -> None:
+    from smegmesh.core.liveness import MAX_HEALTH_MULTIPLIER
+
+    ks = keys(12)
+    fd = FailureDetector(ks[0], PARAMS, random.Random(8))
+    for _ in range(20):
+        fd.refuted()
+    assert fd.health_multiplier == MAX_HEALTH_MULTIPLIER
+    # Starved: no direct ack in time, ever (acks come only through helpers).
+    run(fd, ks[1:], set(ks), 30_000, direct_ok=False)
+    assert fd.health_multiplier == MAX_HEALTH_MULTIPLIER
+    # Healthy again: direct acks bring it back to the configured timings.
+    dead = _lossy_run_from(fd, ks[1:], 30_000, 60_000, 0.0, random.Random(1))
+    assert dead == {}
+    assert fd.health_multiplier == 1
+
+
+def test_one_dead_member_does_not_slow_its_own_detection() -> None:
+    """Re-probes of a suspect do not count: a crash alone leaves the node healthy,
+    so it is declared dead within the configured bound (crash-pruning time kept)."""
+    ks = keys(10)
+    fd = FailureDetector(ks[0], PARAMS, random.Random(3))
+    seen = []
+    alive = set(ks) - {ks[4]}
+    dead_at: dict[bytes, int] = {}
+    for now in range(0, 30_000, 10):
+        for a in fd.tick(now, [k for k in ks[1:] if k not in dead_at]):
+            if isinstance(a, Ping) and a.target in alive:
+                fd.on_ack(a.target, a.probe_id, now)
+            elif isinstance(a, Dead):
+                dead_at[a.target] = now
+        seen.append(fd.health_multiplier)
+    assert set(dead_at) == {ks[4]}
+    assert dead_at[ks[4]] <= 9 * 1000 + 1000 + 2000 + 50
+    assert max(seen) == 1

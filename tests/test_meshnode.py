@@ -312,3 +312,38 @@ def test_incremental_views_equal_a_full_rebuild() -> None:
         assert sorted(inc.my_clients) == sorted(full.my_clients)
         assert sorted(inc.pruned) == sorted(full.pruned)
         me._view_cache = inc  # carry on incrementally
+
+
+def test_hearing_from_a_pruned_member_heals_it_at_once() -> None:
+    """Issue 14, item 6: a call from a member we hold as pruned is proof it is alive.
+
+    The node starts a sync session with it at once (bounded: one per member per
+    ``HEAL_INTERVAL_MS``); the member refutes its prune and pushes the
+    refutation straight back, and the node spreads it: everyone holds it live
+    within a few round trips, far below the pull interval.
+    """
+    from smegmesh.core.messages import Ping
+    from smegmesh.core.sync import SyncStart
+
+    net, nodes = mesh_of(5)
+    net.run_until(net.now + 3000)
+    victim, hearer = nodes[4], nodes[0]
+    others = nodes[:4]
+    net.down.add(victim.key)
+    t0 = net.now
+    while not all(n.mesh.live_record(victim.key) is None for n in others):
+        assert net.now - t0 < 20_000, "victim not pruned"
+        net.run_until(net.now + 200)
+    net.down.discard(victim.key)
+    reply, outs = hearer.handle_request(victim.key, Ping(MESH, 7), net.now)
+    assert isinstance(reply, Ack)
+    heal = [o for o in outs if isinstance(o, Call) and o.to == victim.key]
+    assert len(heal) == 1 and isinstance(heal[0].msg, SyncStart), outs
+    # Bounded: hearing from it again right away starts no second session.
+    _reply, again = hearer.handle_request(victim.key, Ping(MESH, 8), net.now + 10)
+    assert not [o for o in again if isinstance(o, Call) and o.to == victim.key]
+    assert hearer.heal_sessions == 1
+    net.handle_outs(hearer, outs)
+    t1 = net.now
+    net.run_until(t1 + 300)  # a few 5 ms round trips; the pull interval is 3 s
+    assert all(n.mesh.live_record(victim.key) is not None for n in nodes)

@@ -22,6 +22,20 @@ Clients cannot be reached through NAT: they are not probed; each client pings
 its assigned peer every period, and that peer declares it dead when it has not
 been heard from for ``client_timeout``.
 
+**Local health** (after Lifeguard's local health multiplier, Dadgar et al.
+2018): a node whose own probes go unanswered is as likely to be the slow one
+(starved of CPU, a lossy uplink) as its targets are to be dead. Of its last
+:data:`HEALTH_WINDOW` first probes (re-probes of a suspect do not count, so
+one dead member counts once), those not acked directly in time, minus one,
+plus one per prune of ourselves we had to refute (forgotten one per direct
+ack), give a score between 0 and :data:`MAX_HEALTH_MULTIPLIER` - 1. With a
+score above 0 the node waits (score + 1) times longer for a direct ack (at
+most half the probe interval) and keeps a member suspect (score + 1) times
+longer before declaring it dead, so it re-probes it more often first: a slow
+or lossy node does not set off a storm of suspicion. The probe rate does not
+change, and a healthy node (score 0) keeps the configured timings, so a crash
+is detected as fast as before.
+
 ``heartbeatInterval`` keeps its meaning as the failure-detection period:
 probe_interval = heartbeat / 2, suspicion = heartbeat, client_timeout =
 3 x heartbeat (the prototype's bound, as a backstop for clients).
@@ -30,8 +44,14 @@ probe_interval = heartbeat / 2, suspicion = heartbeat, client_timeout =
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+
+#: Upper bound of the local health multiplier (Lifeguard's S = 8).
+MAX_HEALTH_MULTIPLIER = 8
+#: First probes whose outcome (direct ack in time or not) make up local health.
+HEALTH_WINDOW = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +114,7 @@ class _Probe:
     probe_id: int
     started_ms: int
     indirect_sent: bool = False
+    counted: bool = True  # a first probe (not a re-probe of a suspect): counts for health
 
 
 @dataclass(slots=True)
@@ -111,6 +132,38 @@ class FailureDetector:
     _last_heard: dict[bytes, int] = field(default_factory=dict)
     _peers_seen: Sequence[bytes] | None = None
     _live: set[bytes] = field(default_factory=set)
+    #: outcomes of the last first probes: True = no direct ack in time
+    _window: deque[bool] = field(default_factory=lambda: deque(maxlen=HEALTH_WINDOW))
+    _window_misses: int = 0
+    _refutes: int = 0
+
+    # -- local health -----------------------------------------------------------
+    @property
+    def health_multiplier(self) -> int:
+        """1 when healthy; up to :data:`MAX_HEALTH_MULTIPLIER` when our own probes fail."""
+        score = max(0, self._window_misses - 1) + self._refutes
+        return 1 + min(MAX_HEALTH_MULTIPLIER - 1, score)
+
+    def _record(self, missed: bool) -> None:
+        if len(self._window) == self._window.maxlen and self._window[0]:
+            self._window_misses -= 1
+        self._window.append(missed)
+        if missed:
+            self._window_misses += 1
+        elif self._refutes:
+            self._refutes -= 1
+
+    def refuted(self) -> None:
+        """Others pruned us while we were alive: we may be the slow one."""
+        self._refutes = min(MAX_HEALTH_MULTIPLIER - 1, self._refutes + 1)
+
+    def _probe_timeout_ms(self) -> int:
+        p = self.params
+        m = self.health_multiplier
+        return min(p.probe_timeout_ms * m, max(p.probe_timeout_ms, p.probe_interval_ms // 2))
+
+    def _suspicion_ms(self) -> int:
+        return self.params.suspicion_ms * self.health_multiplier
 
     # -- inputs ---------------------------------------------------------------
     def heard_from(self, key: bytes, now_ms: int) -> None:
@@ -118,6 +171,8 @@ class FailureDetector:
         self._last_heard[key] = now_ms
         self._suspect_since.pop(key, None)
         if self._probe is not None and self._probe.target == key:
+            if not self._probe.indirect_sent and self._probe.counted:
+                self._record(False)  # a direct answer in time
             self._probe = None
 
     def on_ack(self, target: bytes, probe_id: int, now_ms: int) -> None:
@@ -181,8 +236,9 @@ class FailureDetector:
             return out
 
         # Suspects that stayed silent for the whole suspicion window are dead.
+        suspicion_ms = self._suspicion_ms()
         for k, since in list(self._suspect_since.items()):
-            if now_ms - since >= p.suspicion_ms:
+            if now_ms - since >= suspicion_ms:
                 out.append(Dead(k))
                 self.forget(k)
                 if k in live:
@@ -193,8 +249,10 @@ class FailureDetector:
             self._probe = probe = None
         if probe is not None:
             age = now_ms - probe.started_ms
-            if not probe.indirect_sent and age >= p.probe_timeout_ms:
+            if not probe.indirect_sent and age >= self._probe_timeout_ms():
                 probe.indirect_sent = True
+                if probe.counted:
+                    self._record(True)
                 for via in self._helpers(probe.target, live):
                     out.append(PingReq(via, probe.target, probe.probe_id))
             if age >= p.probe_interval_ms:
@@ -213,7 +271,7 @@ class FailureDetector:
             target = self._next_target(live)
             pid = self._next_id
             self._next_id += 1
-            self._probe = _Probe(target, pid, now_ms)
+            self._probe = _Probe(target, pid, now_ms, counted=target not in self._suspect_since)
             out.append(Ping(target, pid))
         return out
 
@@ -255,7 +313,8 @@ class FailureDetector:
         if self._probe is not None:
             pr = self._probe
             if not pr.indirect_sent:
-                times.append(pr.started_ms + self.params.probe_timeout_ms)
+                times.append(pr.started_ms + self._probe_timeout_ms())
             times.append(pr.started_ms + self.params.probe_interval_ms)
-        times.extend(s + self.params.suspicion_ms for s in self._suspect_since.values())
+        suspicion_ms = self._suspicion_ms()
+        times.extend(s + suspicion_ms for s in self._suspect_since.values())
         return min(times) if times else None

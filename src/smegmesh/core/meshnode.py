@@ -81,6 +81,10 @@ class NotAllowed(Exception):
 
 #: Probability that a background pull goes to a pruned (not departed) member.
 PULL_PRUNED_CHANCE = 0.25
+#: At most one heal session per pruned member this often (see ``_heard_from_pruned``).
+HEAL_INTERVAL_MS = 3_000
+#: Members remembered for that bound (older entries are dropped first).
+MAX_HEAL_ENTRIES = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,10 +186,13 @@ class MeshNode:
     rejected: int = 0
     #: reasons of the last rejected items (records without admission, forged prunes...)
     last_rejects: list[str] = field(default_factory=list)
+    heal_sessions: int = 0  # sync sessions started on hearing from a pruned member
     _view_cache: _Views | None = None
     _last_now: int = 0
     #: a joiner's own record until a member admits it (admission mode)
     _pending: NodeRecord | None = None
+    #: pruned members we started a heal session with: key -> not again before (ms)
+    _heal_due: dict[bytes, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.state is None:
@@ -656,7 +663,12 @@ class MeshNode:
         if self.key in changed and self.mesh.live_record(self.key) is None:
             own = self.mesh.record(self.key)
             if own is not None and not own.left:
+                self._fd.refuted()
                 out.extend(self._publish(own.evolve(self.identity, now_ms), now_ms))
+                if src is not None and src != self.key:
+                    # The member that showed us our prune holds it: it gets the
+                    # refutation at once (it would otherwise wait for a pull).
+                    out.extend(self._push_calls([src], frozenset({self.key})))
         out.extend(self._push_now(changed, exclude=(src,) if src else ()))
         if self.settings.role == Role.CLIENT:
             out.extend(self._maybe_reassign(now_ms))
@@ -825,18 +837,45 @@ class MeshNode:
                 return Refusal(self.mesh_id), []
         self._fd.heard_from(src, now_ms)
         if isinstance(msg, Ping):
-            return Ack(self.mesh_id, msg.probe_id), []
+            return Ack(self.mesh_id, msg.probe_id), self._heard_from_pruned(src, now_ms)
         if isinstance(msg, PingReq):
-            return Relay(msg.target, Ping(self.mesh_id, msg.probe_id)), []
+            return Relay(msg.target, Ping(self.mesh_id, msg.probe_id)), self._heard_from_pruned(
+                src, now_ms
+            )
         if isinstance(msg, Push):
-            return Ack(self.mesh_id, 0), pre + self._ingest(msg.items, now_ms, src)
+            out = pre + self._ingest(msg.items, now_ms, src)
+            return Ack(self.mesh_id, 0), out + self._heard_from_pruned(src, now_ms)
         if SyncSession.is_sync_message(msg):
             reply, session, merged = SyncSession.respond(
                 self.mesh, self._responders, src, msg, now_ms
             )
             del session
-            return reply, self._on_changed(set(merged), now_ms, src)
+            out = self._on_changed(set(merged), now_ms, src)
+            return reply, out + self._heard_from_pruned(src, now_ms)
         return Refusal(self.mesh_id), []
+
+    def _heard_from_pruned(self, key: bytes, now_ms: int) -> list[Out]:
+        """``key`` answered or called us (authenticated) while we hold it as pruned.
+
+        That is proof it is alive: start a sync session with it at once, at most
+        one per member per :data:`HEAL_INTERVAL_MS`. The session shows it our
+        prune of it, which it refutes and pushes straight back to us (see
+        :meth:`_on_changed`); we then spread the refutation on our side. Heals a
+        partition in a few round trips instead of waiting for random pulls.
+        """
+        if not self._is_pruned_member(key) or self.settings.role == Role.CLIENT:
+            return []
+        if self._heal_due.get(key, 0) > now_ms:
+            return []
+        if len(self._heal_due) >= MAX_HEAL_ENTRIES:
+            self._heal_due = {k: t for k, t in self._heal_due.items() if t > now_ms}
+            while len(self._heal_due) >= MAX_HEAL_ENTRIES:
+                del self._heal_due[next(iter(self._heal_due))]
+        self._heal_due.pop(key, None)
+        self._heal_due[key] = now_ms + HEAL_INTERVAL_MS
+        self.heal_sessions += 1
+        session = SyncSession.initiator(self.mesh, now_ms, rng=self.rng)
+        return [Call(key, session.start(), _SyncCtx(session))]
 
     # -- replies to our requests -------------------------------------------------------------
     def handle_reply(self, to: bytes, ctx: Any, reply: Any, now_ms: int) -> list[Out]:
@@ -853,7 +892,7 @@ class MeshNode:
         if isinstance(ctx, _ProbeCtx):
             if isinstance(reply, Ack) and reply.ok:
                 self._fd.on_ack(ctx.target, ctx.probe_id, now_ms)
-            return []
+            return self._heard_from_pruned(to, now_ms)
         if isinstance(ctx, _PeerPingCtx):
             self._peer_ping_inflight = False
             self._peer_ping_failures = 0

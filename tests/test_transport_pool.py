@@ -1,0 +1,125 @@
+"""Issue 14, item 2: the client's channels form a bounded pool (cap, LRU, idle close).
+
+Real gRPC servers on loopback; what is counted is the client's established TCP
+connections (``/proc/net/tcp6``), not only the pool's own bookkeeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from smegmesh.core.identity import NodeIdentity
+from smegmesh.daemon.transport import RpcClient, RpcServer, TlsIdentity
+
+
+def client_connections(ports: set[int]) -> int:
+    """Established TCP connections from this host to one of ``ports``."""
+    n = 0
+    for name in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{name}").read_text().splitlines()[1:]:
+            f = line.split()
+            if f[3] == "01" and int(f[2].rsplit(":", 1)[1], 16) in ports:
+                n += 1
+    return n
+
+
+async def wait_for(cond, timeout: float = 30.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def _handler(_src: bytes, body: bytes) -> bytes:
+    return body[::-1]
+
+
+def test_client_keeps_at_most_cap_channels_and_closes_idle_ones() -> None:
+    cap, n = 4, 7
+
+    async def main() -> None:
+        servers: list[tuple[RpcServer, str, bytes]] = []
+        now = [1000.0]
+        client = RpcClient(
+            NodeIdentity.generate(),
+            timeout=10,
+            max_channels=cap,
+            channel_idle_s=60,
+            clock=lambda: now[0],
+        )
+        try:
+            for _ in range(n):
+                tls = TlsIdentity.generate()
+                server = RpcServer(tls, _handler)
+                port = await server.start("::1", 0)
+                servers.append((server, f"[::1]:{port}", tls.fingerprint))
+            ports = {int(ep.rsplit(":", 1)[1]) for _s, ep, _fp in servers}
+            for i, (_s, ep, fp) in enumerate(servers):
+                now[0] += 1
+                assert await client.call(ep, fp, b"ab%d" % i) == b"%dba" % i
+                assert client.open_channels <= cap
+            assert client.open_channels == cap
+            assert client.evictions == n - cap
+            assert await wait_for(lambda: client_connections(ports) <= cap), client_connections(
+                ports
+            )
+            # An evicted member is reached again (a new pinned channel), still capped.
+            _s, ep0, fp0 = servers[0]
+            assert await client.call(ep0, fp0, b"xy") == b"yx"
+            assert client.open_channels == cap
+            # The most recently used stay open: calling them needs no new connection.
+            attempts = client.attempts
+            for _s, ep, fp in servers[-(cap - 1) :]:
+                assert await client.call(ep, fp, b"q") == b"q"
+            assert client.attempts == attempts
+            # Idle for longer than channel_idle_s: closed on the next call.
+            now[0] += 61
+            assert await client.call(ep0, fp0, b"z") == b"z"
+            assert client.open_channels == 1
+            assert await wait_for(lambda: client_connections(ports) <= 1), client_connections(ports)
+        finally:
+            await client.close()
+            for server, _ep, _fp in servers:
+                await server.stop(0)
+
+    asyncio.run(main())
+
+
+def test_pool_evicts_busy_channels_only_when_all_are_busy() -> None:
+    """Concurrent calls to more members than the cap all succeed, and the cap holds."""
+    cap, n = 2, 5
+    gate = asyncio.Event()
+
+    async def slow(_src: bytes, body: bytes) -> bytes:
+        await gate.wait()
+        return body
+
+    async def main() -> None:
+        servers = []
+        client = RpcClient(NodeIdentity.generate(), timeout=20, max_channels=cap)
+        try:
+            for _ in range(n):
+                tls = TlsIdentity.generate()
+                server = RpcServer(tls, slow)
+                port = await server.start("::1", 0)
+                servers.append((server, f"[::1]:{port}", tls.fingerprint))
+            calls = [
+                asyncio.create_task(client.call(ep, fp, b"%d" % i))
+                for i, (_s, ep, fp) in enumerate(servers)
+            ]
+            assert await wait_for(lambda: client.attempts == n)
+            assert client.open_channels <= cap
+            gate.set()
+            replies = await asyncio.gather(*calls)
+            assert replies == [b"%d" % i for i in range(n)]
+            assert client.open_channels <= cap
+        finally:
+            await client.close()
+            for server, _ep, _fp in servers:
+                await server.stop(0)
+
+    asyncio.run(main())
