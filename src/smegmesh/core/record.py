@@ -80,6 +80,7 @@ MAX_DESCRIPTION_BYTES = 256
 MAX_SERVICE_VALUE_BYTES = 256
 MAX_ENDPOINT_LEN = 261  # "[" + 45 + "]:" + 5 or 253 + ":" + 5
 MAX_PROOFS = 16  # meshes a bridge proves membership of
+MAX_LOCAL_ENDPOINTS = 4  # local WireGuard endpoints a client publishes (docs/NAT.md)
 #: Upper bound of a record's signed form: a member cannot publish more (512
 #: short routes, a long admission chain and a few proofs fit).
 MAX_RECORD_BYTES = 96 * 1024
@@ -206,6 +207,12 @@ class NodeRecord(_Signed):
     chain: tuple[Cert, ...]  # admission proof: founder -> ... -> this node (founder: empty)
     proofs: tuple[MembershipProof, ...]  # membership of other meshes (bridges)
     signature: bytes = field(repr=False)
+    #: NAT traversal (issue 17, docs/NAT.md): the public ``host:port`` the
+    #: assigned peer sees this client's WireGuard packets come from, and its
+    #: local ``host:port`` endpoints (for two clients behind the same NAT). On
+    #: the wire only when set, so records without them keep their old form.
+    nat_endpoint: str | None = None
+    local_endpoints: tuple[str, ...] = ()
 
     @property
     def key(self) -> bytes:
@@ -238,6 +245,8 @@ class NodeRecord(_Signed):
         left: bool = False,
         chain: Iterable[Cert] = (),
         proofs: Iterable[MembershipProof] = (),
+        nat_endpoint: str | None = None,
+        local_endpoints: Iterable[str] = (),
     ) -> NodeRecord:
         """Build, check and sign a record (raises :class:`RecordError`)."""
         unsigned = cls(
@@ -264,6 +273,8 @@ class NodeRecord(_Signed):
             chain=tuple(chain),
             proofs=tuple(proofs),
             signature=b"",
+            nat_endpoint=nat_endpoint,
+            local_endpoints=tuple(local_endpoints),
         )
         check_record_fields(unsigned, mesh_id, check_signature_len=False)
         return replace(unsigned, signature=identity.sign(unsigned.signed_payload()))
@@ -296,7 +307,7 @@ class NodeRecord(_Signed):
 
     def fields_obj(self) -> list[Any]:
         """The msgpack-able list of all fields but the signature (canonical order)."""
-        return [
+        base = [
             self.mesh_id,
             self.wg_key,
             self.sign_key,
@@ -318,6 +329,14 @@ class NodeRecord(_Signed):
             [auth_to_obj(c) for c in self.chain],
             [[auth_to_obj(p.founding), [auth_to_obj(c) for c in p.chain]] for p in self.proofs],
         ]
+        if self.nat_endpoint is not None or self.local_endpoints:
+            base.append([self.nat_endpoint, list(self.local_endpoints)])
+        return base
+
+    def to_obj(self) -> list[Any]:
+        """Wire form: the 20 base fields, the signature, then the NAT field if set."""
+        obj = self.fields_obj()
+        return [*obj[:20], self.signature, *obj[20:]]
 
 
 @dataclass(frozen=True)
@@ -516,6 +535,13 @@ def check_record_fields(rec: NodeRecord, mesh_id: str, *, check_signature_len: b
         _check_route(i, r)
     _check_bytes("assigned_peer", rec.assigned_peer, 32, optional=True)
     _check_chain_shape("chain", rec.chain, mesh_id)
+    _check_endpoint_field("nat_endpoint", rec.nat_endpoint)
+    if type(rec.local_endpoints) is not tuple or len(rec.local_endpoints) > MAX_LOCAL_ENDPOINTS:
+        raise _fail("local_endpoints", f"at most {MAX_LOCAL_ENDPOINTS} endpoints")
+    for ep in rec.local_endpoints:
+        if ep is None:
+            raise _fail("local_endpoints", "entries must be endpoints")
+        _check_endpoint_field("local_endpoints", ep)
     if type(rec.proofs) is not tuple or len(rec.proofs) > MAX_PROOFS:
         raise _fail("proofs", f"at most {MAX_PROOFS} membership proofs")
     for pr in rec.proofs:
@@ -620,8 +646,16 @@ def record_from_obj(obj: object) -> NodeRecord:
     it) before trusting the content.
     """
     o = _list(obj, "record")
-    if len(o) != 21:
-        raise _fail("record", "must have 21 fields")
+    if len(o) not in (21, 22):
+        raise _fail("record", "must have 21 fields (22 with the NAT field)")
+    nat_endpoint: Any = None
+    local: tuple[Any, ...] = ()
+    if len(o) == 22:
+        nat = _list(o[21], "nat")
+        if len(nat) != 2:
+            raise _fail("nat", "must be [nat_endpoint, local_endpoints]")
+        nat_endpoint = nat[0]
+        local = tuple(_list(nat[1], "local_endpoints")[: MAX_LOCAL_ENDPOINTS + 1])
     try:
         role = Role(o[5])
     except (ValueError, TypeError):
@@ -672,6 +706,8 @@ def record_from_obj(obj: object) -> NodeRecord:
         chain=_chain_from_obj(o[18], "chain"),
         proofs=tuple(_proof_from_obj(p) for p in _list(o[19], "proofs")[: MAX_PROOFS + 1]),
         signature=o[20],
+        nat_endpoint=nat_endpoint,
+        local_endpoints=local,
     )
     mesh_id = rec.mesh_id
     if type(mesh_id) is not str:

@@ -414,6 +414,16 @@ class Config(_Model):
         description="Seconds the record of a departed or pruned node (tombstone) is kept "
         "before it is garbage-collected; must exceed 3 x heartbeatInterval.",
     )
+    direct_peers: int = Field(
+        default=0,
+        alias="directPeers",
+        ge=0,
+        le=64,
+        description="NAT traversal (docs/NAT.md): a client holds direct WireGuard sessions "
+        "with at most this many other clients (mutual best by a pair hash), relayed by its "
+        "assigned peer until a session is up and whenever it breaks. 0 = off (the default "
+        "in this first version).",
+    )
 
     _warnings: list[str] = PrivateAttr(default_factory=list)
     _file_token: str | None = PrivateAttr(default=None)
