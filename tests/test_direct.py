@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -174,7 +175,7 @@ def test_failed_attempts_back_off_exponentially() -> None:
             attempts.append(now)  # a new attempt starts (WireGuard peer added)
         trying = K in plan
         now += 1000
-    waits = [b - a - ATTEMPT_MS for a, b in zip(attempts, attempts[1:], strict=False)]
+    waits = [b - a - ATTEMPT_MS for a, b in itertools.pairwise(attempts)]
     assert len(attempts) < 25  # vs 3,600 ticks: no handshake flood
     assert waits[4] > waits[0] * 8  # exponential: 2^4 = 16 (+-20 % jitter)
     assert max(waits) <= 1.2 * BACKOFF_MAX_MS + 2000  # capped
