@@ -13,6 +13,7 @@ from smegmesh.core.direct import (
     BACKOFF_BASE_MS,
     BACKOFF_MAX_MS,
     DIRECT_KEEPALIVE_S,
+    HANDSHAKE_MAX_AGE_MS,
     STALE_MS,
     DirectPeer,
     DirectTable,
@@ -144,12 +145,12 @@ def test_session_routes_only_once_up_and_falls_back_when_stale() -> None:
     for _ in range(10):  # keepalives keep arriving: stays up
         now += 1000
         rx += 32
-        assert t.update(now, {K: EP}, {K: (NOW / 1000, rx)})[K].routed is True
+        assert t.update(now, {K: EP}, {K: (NOW / 1000 + 2, rx)})[K].routed is True
     # the mapping breaks: nothing arrives; stale within STALE_MS (+ one tick)
     down_at = None
     for step in range(10):
         now += 1000
-        plan = t.update(now, {K: EP}, {K: (NOW / 1000, rx)})
+        plan = t.update(now, {K: EP}, {K: (NOW / 1000 + 2, rx)})
         if K not in plan:
             down_at = step + 1
             break
@@ -232,3 +233,22 @@ def test_desired_config_adds_direct_peer_and_routes_its_address_only_when_up() -
     assert trying[p.wg_key].allowed_ips  # type: ignore[index]  # relay keeps the prefix
     up = cfg(True)
     assert up[b.wg_key].allowed_ips == frozenset({f"{b.address}/128"})  # type: ignore[index]
+
+
+def test_old_handshake_does_not_bring_a_session_up_and_an_aged_one_goes_stale() -> None:
+    t = DirectTable(rng=random.Random(6))
+    now = NOW
+    t.update(now, {K: EP}, {})
+    now += 1000
+    # bytes arrive (handshake initiations) but the handshake is from before this attempt
+    assert t.update(now, {K: EP}, {K: ((NOW - 60_000) / 1000, 500)})[K].routed is False
+    now += 1000
+    assert t.update(now, {K: EP}, {K: (now / 1000, 600)})[K].routed is True
+    hs = now / 1000
+    rx = 600
+    while t.state(K) == "up":  # bytes keep coming but no new handshake for > 3 min
+        now += 1000
+        rx += 92
+        t.update(now, {K: EP}, {K: (hs, rx)})
+    assert HANDSHAKE_MAX_AGE_MS < now - hs * 1000 <= HANDSHAKE_MAX_AGE_MS + 1000
+    assert t.state(K) == "backoff"

@@ -43,6 +43,7 @@ __all__ = [
     "BACKOFF_BASE_MS",
     "BACKOFF_MAX_MS",
     "DIRECT_KEEPALIVE_S",
+    "HANDSHAKE_MAX_AGE_MS",
     "STALE_MS",
     "DirectPeer",
     "DirectTable",
@@ -57,6 +58,10 @@ __all__ = [
 DIRECT_KEEPALIVE_S = 1
 #: A session with no bytes received for this long is stale (3 keepalives + slack).
 STALE_MS = 3 * DIRECT_KEEPALIVE_S * 1000 + 500
+#: WireGuard re-handshakes at least every 2 min on a session carrying keepalives
+#: and drops a session after 3 min (REJECT_AFTER_TIME): an older handshake is
+#: stale even if bytes (handshake initiations) still arrive.
+HANDSHAKE_MAX_AGE_MS = 190_000
 #: An attempt that has not come up after this long failed.
 ATTEMPT_MS = 15_000
 BACKOFF_BASE_MS = 5_000
@@ -193,11 +198,20 @@ class DirectTable:
                     continue
                 s = self.sessions[key] = _Session(ep, now_ms, rx_bytes=rx)
                 continue
-            if hs is not None and rx > s.rx_bytes:
+            # a handshake completed during this attempt (both directions work: the
+            # responder counts it only once the initiator's data arrives) ...
+            hs_ms = None if hs is None else int(hs * 1000)
+            if hs_ms is not None and hs_ms < s.started_ms - 1000:
+                hs_ms = None  # from an earlier session: does not count
+            if hs_ms is not None and rx > s.rx_bytes:
                 s.rx_at_ms = now_ms
             s.rx_bytes = max(s.rx_bytes, rx)
+            # ... and bytes keep arriving (keepalives), with a live session
             fresh = (
-                hs is not None and s.rx_at_ms is not None and now_ms - s.rx_at_ms <= self.stale_ms
+                hs_ms is not None
+                and now_ms - hs_ms <= HANDSHAKE_MAX_AGE_MS
+                and s.rx_at_ms is not None
+                and now_ms - s.rx_at_ms <= self.stale_ms
             )
             if s.up and not fresh:
                 self._fail(key, ep, now_ms)  # went stale: back to the relay, retry later

@@ -302,6 +302,71 @@ class Testbed:
     def add_nodes(self, n: int, nat: bool = False) -> list[Node]:
         return [self.add_node(nat) for _ in range(n)]
 
+    def add_node_behind_own_nat(self, random_ports: bool = False) -> Node:
+        """A node behind a NAT66 router of its own (NAT traversal tests, docs/NAT.md).
+
+        Router ``k`` has ``2001:db8:BED::fe<k>`` on the public bridge and
+        ``2001:db8:BED:<10+k>::1/64`` on a bridge of its own, masquerades with
+        port preservation (endpoint-independent mapping), or with ``random``
+        ports (a symmetric NAT); like a home router it drops unsolicited
+        inbound traffic before conntrack confirms it.
+        """
+        self._own_nats = getattr(self, "_own_nats", 0) + 1
+        k = self._own_nats
+        if k > 15:
+            raise TestbedError("at most 15 own NAT routers per test bed")
+        rt, br, net = f"{self.prefix}r{k}", f"bn{k}", f"2001:db8:{self.bed:x}:{10 + k:x}"
+        _sh(["ip", "-n", self.bridge_ns, "link", "add", br, "type", "bridge"])
+        _sh(["ip", "-n", self.bridge_ns, "link", "set", br, "up"])
+        self._add_ns(rt)
+        self._plug(rt, f"rp{k}", "br0", "eth0")
+        self._plug(rt, f"rq{k}", br, "eth1")
+        self._addr(rt, f"2001:db8:{self.bed:x}::fe{k:x}/64", "eth0")
+        self._addr(rt, f"{net}::1/64", "eth1")
+        _sh(["ip", "netns", "exec", rt, "sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"])
+        ruleset = (
+            "table ip6 smtnat {\n"
+            " chain post {\n"
+            "  type nat hook postrouting priority srcnat; policy accept;\n"
+            f'  oifname "eth0" ip6 saddr {net}::/64 masquerade{" random" if random_ports else ""}\n'
+            " }\n"
+            " chain input {\n"
+            "  type filter hook input priority filter; policy drop;\n"
+            '  iifname != "eth0" accept\n'
+            "  meta l4proto ipv6-icmp accept\n"
+            "  ct state established,related accept\n"
+            " }\n"
+            " chain forward {\n"
+            "  type filter hook forward priority filter; policy drop;\n"
+            '  iifname "eth1" accept\n'
+            "  ct state established,related accept\n"
+            " }\n"
+            "}\n"
+        )
+        proc = subprocess.run(
+            ["ip", "netns", "exec", rt, "nft", "-f", "-"],
+            input=ruleset,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if proc.returncode != 0:
+            raise TestbedError(f"nft in {rt}: {proc.stderr.strip()}")
+        i = len(self.nodes) + 1
+        ns = f"{self.prefix}n{i}"
+        self._add_ns(ns)
+        self._plug(ns, f"v{i}", br)
+        addr = f"{net}::{i:x}"
+        self._addr(ns, f"{addr}/64")
+        _sh(["ip", "-n", ns, "-6", "route", "add", "default", "via", f"{net}::1", "dev", "eth0"])
+        node = Node(self, i, ns, addr, True)
+        self.nodes.append(node)
+        return node
+
+    def nat_router(self, k: int) -> str:
+        """The namespace of own NAT router ``k`` (1-based)."""
+        return f"{self.prefix}r{k}"
+
     # ------------------------------------------------------------- teardown
 
     def teardown(self) -> None:

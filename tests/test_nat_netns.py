@@ -1,0 +1,164 @@
+"""Issue 17: NAT traversal with real daemons and wireguard-go in namespaces (IPv6 underlay, NAT66).
+
+Two public peers and two clients, each client behind a NAT66 router of its own
+(nftables masquerade with port preservation: endpoint-independent mapping; the
+router drops unsolicited inbound traffic like a home router). 10 ms of delay
+on each peer's underlay link makes the relayed path measurably longer.
+
+* after joining, the clients go direct: each has the other as a WireGuard peer
+  with a handshake and the other's /128, and a ping run between them does not
+  move the relays' counters for the two clients;
+* the direct path broken on one NAT router: traffic falls back to the relay
+  (bounded time), the relay carries it; with the router repaired the direct
+  path comes back.
+
+RTT direct vs relayed, time to go direct and fallback time are printed (run
+with ``-s``) and recorded in docs/NAT.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+import pytest
+
+from smegmesh.testbed.cluster import Cluster, Daemon, Timings, ping_rtt
+from smegmesh.testbed.netns import Testbed, wait_until
+
+pytestmark = pytest.mark.netns
+
+TIMINGS = Timings(sync_interval=1, heartbeat_interval=2, pull_interval=5, timeout=2)
+
+
+def _key(d: Daemon, mesh_id: str) -> bytes:
+    return base64.b64decode(d.get_mesh(mesh_id)["self_key"])  # type: ignore[index]
+
+
+def _client(cluster: Cluster, bed: Testbed, random_ports: bool = False) -> Daemon:
+    node = bed.add_node_behind_own_nat(random_ports=random_ports)
+    d = Daemon(node, "client", cluster.timings)
+    cluster.daemons.append(d)
+    d.edit_config(directPeers=8)
+    d.start()
+    return d
+
+
+def _direct(a: Daemon, b_key: bytes, b_addr: str, mesh_id: str) -> bool:
+    st = a.wg_show(mesh_id)
+    p = st.peers.get(b_key) if st is not None else None
+    return p is not None and p.last_handshake is not None and f"{b_addr}/128" in p.allowed_ips
+
+
+def _routed_direct(a: Daemon, b_key: bytes, b_addr: str, mesh_id: str) -> bool:
+    st = a.wg_show(mesh_id)
+    p = st.peers.get(b_key) if st is not None else None
+    return p is not None and f"{b_addr}/128" in p.allowed_ips
+
+
+def _relay_bytes(peers: list[Daemon], keys: list[bytes], mesh_id: str) -> int:
+    total = 0
+    for p in peers:
+        st = p.wg_show(mesh_id)
+        assert st is not None
+        for k in keys:
+            if k in st.peers:
+                total += st.peers[k].rx_bytes + st.peers[k].tx_bytes
+    return total
+
+
+def _nft(bed: Testbed, k: int, *args: str) -> Any:
+    import subprocess
+
+    return subprocess.run(
+        ["ip", "netns", "exec", bed.nat_router(k), "nft", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_clients_behind_two_nats_go_direct_fall_back_and_recover(testbed: Testbed) -> None:
+    bed = testbed
+    with Cluster(bed, TIMINGS) as cluster:
+        peers = cluster.add_many(2, "peer")
+        for p in peers:  # a longer relayed path (netem may be missing: then no delay)
+            p.node.run(
+                ["tc", "qdisc", "add", "dev", "eth0", "root", "netem", "delay", "10ms"],
+                check=False,
+            )
+        c1, c2 = _client(cluster, bed), _client(cluster, bed)
+        t_join = time.monotonic()
+        mesh_id, _ = cluster.form_mesh([*peers, c1, c2])
+        joined = time.monotonic()
+        k1, k2 = _key(c1, mesh_id), _key(c2, mesh_id)
+        a1, a2 = c1.overlay_address(mesh_id), c2.overlay_address(mesh_id)
+        assert a1 and a2
+
+        # the NAT: the relay sees each client from its router's public address
+        router_pub = {f"[2001:db8:{bed.bed:x}::fe{k:x}]" for k in (1, 2)}
+        for k in (k1, k2):
+            seen = set()
+            for p in peers:
+                st = p.wg_show(mesh_id)
+                if st is not None and k in st.peers and st.peers[k].endpoint:
+                    seen.add(st.peers[k].endpoint.rsplit(":", 1)[0])
+            assert seen and seen <= router_pub, seen
+
+        wait_until(
+            lambda: _direct(c1, k2, a2, mesh_id) and _direct(c2, k1, a1, mesh_id),
+            timeout=90,
+            interval=0.2,
+            what="both clients hold a direct session with a handshake",
+        )
+        t_direct = time.monotonic() - joined
+        rtt_direct = ping_rtt(c1.node, a2, count=10, timeout=1)
+        assert rtt_direct is not None
+
+        # the relays carry nothing of a ping run between the clients
+        before = _relay_bytes(peers, [k1, k2], mesh_id)
+        assert c1.node.run(["ping", "-6", "-n", "-q", "-c", "20", "-i", "0.1", a2]).returncode == 0
+        relay_direct = _relay_bytes(peers, [k1, k2], mesh_id) - before
+        assert relay_direct < 1000, relay_direct  # 20 relayed pings would be ~6 KB
+
+        # break the mapping: router 1 drops everything from router 2
+        _nft(bed, 1, "insert", "rule", "ip6", "smtnat", "forward",
+             "ip6", "saddr", f"2001:db8:{bed.bed:x}::fe2", "drop")  # fmt: skip
+        broke = time.monotonic()
+        wait_until(
+            lambda: c1.ping(a2, count=1, timeout=1) and c2.ping(a1, count=1, timeout=1),
+            timeout=30,
+            interval=0.1,
+            what="traffic back on the relay",
+        )
+        fallback = time.monotonic() - broke
+        assert not _routed_direct(c1, k2, a2, mesh_id)
+        assert not _routed_direct(c2, k1, a1, mesh_id)
+        rtt_relayed = ping_rtt(c1.node, a2, count=10, timeout=1)
+        assert rtt_relayed is not None
+        before = _relay_bytes(peers, [k1, k2], mesh_id)
+        assert c1.node.run(["ping", "-6", "-n", "-q", "-c", "20", "-i", "0.1", a2]).returncode == 0
+        relay_relayed = _relay_bytes(peers, [k1, k2], mesh_id) - before
+        assert relay_relayed > 20 * 2 * 100, relay_relayed
+
+        # repaired: the direct path comes back (after the backoff)
+        _nft(bed, 1, "flush", "chain", "ip6", "smtnat", "forward")
+        _nft(bed, 1, "add", "rule", "ip6", "smtnat", "forward", "iifname", "eth1", "accept")
+        _nft(bed, 1, "add", "rule", "ip6", "smtnat", "forward", "ct", "state",
+             "established,related", "accept")  # fmt: skip
+        repaired = time.monotonic()
+        wait_until(
+            lambda: _direct(c1, k2, a2, mesh_id) and _direct(c2, k1, a1, mesh_id),
+            timeout=90,
+            interval=0.2,
+            what="direct again after the repair",
+        )
+        back = time.monotonic() - repaired
+        print(
+            f"\nNAT66 two cone NATs: join {joined - t_join:.1f} s, direct {t_direct:.1f} s "
+            f"after join; RTT direct {rtt_direct:.2f} ms, relayed {rtt_relayed:.2f} ms; "
+            f"relay bytes for 20 pings: direct {relay_direct}, relayed {relay_relayed}; "
+            f"fallback {fallback:.1f} s; direct again {back:.1f} s after repair"
+        )
