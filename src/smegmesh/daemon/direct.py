@@ -27,14 +27,18 @@ from typing import Any
 from smegmesh.core.desired import assigned_peer
 from smegmesh.core.direct import DirectPeer, DirectTable, choose_direct, endpoint_for
 from smegmesh.core.endpoint import join_host_port
+from smegmesh.core.identity import key_to_text
 from smegmesh.core.messages import Observed, WhereAmI
 from smegmesh.core.record import MAX_LOCAL_ENDPOINTS, Role, check_endpoint
 from smegmesh.core.wire import WireError, decode, encode
 
 log = logging.getLogger(__name__)
 
-TICK_S = 1.0
+TICK_S = 0.5
+#: Discovery period once the endpoint is known, and while it is not yet (the
+#: assigned peer has no handshake with us right after the join).
 DISCOVER_S = 20.0
+DISCOVER_RETRY_S = 2.0
 STATUS_CACHE_S = 2.0
 
 
@@ -108,7 +112,8 @@ class DirectManager:
             return
         loop = asyncio.get_running_loop()
         status = await loop.run_in_executor(self.node._wg_pool, self.node.backend.read, rt.ifname)
-        if time.monotonic() - self._discovered.get(rt.mesh_id, 0.0) >= DISCOVER_S:
+        period = DISCOVER_S if me.nat_endpoint else DISCOVER_RETRY_S
+        if time.monotonic() - self._discovered.get(rt.mesh_id, 0.0) >= period:
             self._discovered[rt.mesh_id] = time.monotonic()
             await self._discover(rt, me)
             me = rt.node.record
@@ -121,7 +126,18 @@ class DirectManager:
                 targets[k] = ep
         table = self.tables.setdefault(rt.mesh_id, DirectTable(rng=self.rng))
         wg = {k: (p.last_handshake, p.rx_bytes) for k, p in status.peers.items() if k in targets}
+        before = {k: table.state(k) for k in targets}
         plan = table.update(int(time.time() * 1000), targets, wg)
+        for k in targets:
+            after = table.state(k)
+            if after != before[k]:
+                # one line per change of state: bounded by the backoff
+                log.info(
+                    "mesh %s: direct session with %s: %s",
+                    rt.mesh_id,
+                    key_to_text(k)[:12],
+                    after if after != "backoff" else "down, retry later",
+                )
         if plan != self.plans.get(rt.mesh_id, {}):
             self.plans[rt.mesh_id] = plan
             rt.dirty_wg = True
