@@ -252,3 +252,23 @@ def test_old_handshake_does_not_bring_a_session_up_and_an_aged_one_goes_stale() 
         t.update(now, {K: EP}, {K: (hs, rx)})
     assert HANDSHAKE_MAX_AGE_MS < now - hs * 1000 <= HANDSHAKE_MAX_AGE_MS + 1000
     assert t.state(K) == "backoff"
+
+
+# --------------------------------------------------------------------------- daemon helpers
+def test_observed_endpoint_only_after_a_handshake() -> None:
+    from smegmesh.core.wgconfig import InterfaceStatus, PeerStatus
+    from smegmesh.daemon.direct import local_endpoints, observed_endpoint
+
+    def st(hs: float | None, ep: str | None) -> InterfaceStatus:
+        p = PeerStatus(K, ep, frozenset(), 25, hs, 0, 0)
+        return InterfaceStatus("smegtest", None, 51820, {K: p})
+
+    assert observed_endpoint(st(NOW / 1000, "[2001:db8::fe1]:40001"), K) == "[2001:db8::fe1]:40001"
+    assert observed_endpoint(st(None, "[2001:db8::fe1]:40001"), K) is None  # no handshake
+    assert observed_endpoint(st(NOW / 1000, None), K) is None
+    assert observed_endpoint(st(NOW / 1000, "garbage"), K) is None
+    assert observed_endpoint(None, K) is None
+    assert observed_endpoint(st(NOW / 1000, "192.0.2.7:1"), IDS[2].wg_public_key) is None
+    addrs = ["192.168.1.10", "2001:db8::5", "bad addr", *[f"10.0.0.{i}" for i in range(9)]]
+    eps = local_endpoints(51820, addrs)
+    assert eps[:2] == ("192.168.1.10:51820", "[2001:db8::5]:51820") and len(eps) == 4

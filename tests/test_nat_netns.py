@@ -1,4 +1,6 @@
-"""Issue 17: NAT traversal with real daemons and wireguard-go in namespaces (IPv6 underlay, NAT66).
+"""Issue 17: NAT traversal with real daemons and wireguard-go in namespaces.
+
+Both underlays: IPv6 with NAT66 and IPv4 with NAT44 (the overlay is IPv6).
 
 Two public peers and two clients, each client behind a NAT66 router of its own
 (nftables masquerade with port preservation: endpoint-independent mapping; the
@@ -40,8 +42,10 @@ def _key(d: Daemon, mesh_id: str) -> bytes:
     return base64.b64decode(d.get_mesh(mesh_id)["self_key"])  # type: ignore[index]
 
 
-def _client(cluster: Cluster, bed: Testbed, random_ports: bool = False) -> Daemon:
-    node = bed.add_node_behind_own_nat(random_ports=random_ports)
+def _client(
+    cluster: Cluster, bed: Testbed, random_ports: bool = False, ipv4: bool = False
+) -> Daemon:
+    node = bed.add_node_behind_own_nat(random_ports=random_ports, ipv4=ipv4)
     d = Daemon(node, "client", cluster.timings)
     cluster.daemons.append(d)
     d.edit_config(directPeers=8)
@@ -95,11 +99,25 @@ def _nft(bed: Testbed, k: int, *args: str) -> Any:
     )
 
 
-def test_clients_behind_two_nats_go_direct_fall_back_and_recover(testbed: Testbed) -> None:
+def _peers(cluster: Cluster, bed: Testbed, ipv4: bool) -> list[Daemon]:
+    if not ipv4:
+        return cluster.add_many(2, "peer")
+    peers = [cluster.add("peer", start=False) for _ in range(2)]
+    for p in peers:  # the underlay of the mesh is IPv4: peers publish an IPv4 endpoint
+        p.edit_config(base={"publicEndpoint": bed.add_ipv4(p.node)})
+        p.start()
+    return peers
+
+
+@pytest.mark.parametrize("underlay", ["ipv6", "ipv4"])
+def test_clients_behind_two_nats_go_direct_fall_back_and_recover(
+    testbed: Testbed, underlay: str
+) -> None:
     bed = testbed
+    ipv4 = underlay == "ipv4"
     with Cluster(bed, TIMINGS) as cluster:
-        peers = cluster.add_many(2, "peer")
-        c1, c2 = _client(cluster, bed), _client(cluster, bed)
+        peers = _peers(cluster, bed, ipv4)
+        c1, c2 = _client(cluster, bed, ipv4=ipv4), _client(cluster, bed, ipv4=ipv4)
         t_join = time.monotonic()
         mesh_id, _ = cluster.form_mesh([*peers, c1, c2])
         joined = time.monotonic()
@@ -108,7 +126,12 @@ def test_clients_behind_two_nats_go_direct_fall_back_and_recover(testbed: Testbe
         assert a1 and a2
 
         # the NAT: the relay sees each client from its router's public address
-        router_pub = {f"[2001:db8:{bed.bed:x}::fe{k:x}]" for k in (1, 2)}
+        router_pub = (
+            {f"192.0.2.{200 + k}" for k in (1, 2)}
+            if ipv4
+            else {f"[2001:db8:{bed.bed:x}::fe{k:x}]" for k in (1, 2)}
+        )
+        r2_pub = "192.0.2.202" if ipv4 else f"2001:db8:{bed.bed:x}::fe2"
         for k in (k1, k2):
             seen = set()
             for p in peers:
@@ -126,7 +149,7 @@ def test_clients_behind_two_nats_go_direct_fall_back_and_recover(testbed: Testbe
         t_direct = time.monotonic() - joined
         assert _path(c1, a2) == "direct" and _path(c2, a1) == "direct"
         nat = {n["public_key"]: n["nat_endpoint"] for n in c2.get_mesh(mesh_id)["nodes"]}  # type: ignore[index]
-        assert nat[base64.b64encode(k1).decode()].startswith(f"[2001:db8:{bed.bed:x}::fe1]:")
+        assert nat[base64.b64encode(k1).decode()].rsplit(":", 1)[0] in router_pub
         rtt_direct = ping_rtt(c1.node, a2, count=10, timeout=1)
         assert rtt_direct is not None
 
@@ -137,8 +160,8 @@ def test_clients_behind_two_nats_go_direct_fall_back_and_recover(testbed: Testbe
         assert relay_direct < 1000, relay_direct  # 20 relayed pings would be ~6 KB
 
         # break the mapping: router 1 drops everything from router 2
-        _nft(bed, 1, "insert", "rule", "ip6", "smtnat", "forward",
-             "ip6", "saddr", f"2001:db8:{bed.bed:x}::fe2", "drop")  # fmt: skip
+        _nft(bed, 1, "insert", "rule", "inet", "smtnat", "forward",
+             "ip" if ipv4 else "ip6", "saddr", r2_pub, "drop")  # fmt: skip
         broke = time.monotonic()
         wait_until(
             lambda: c1.ping(a2, count=1, timeout=1) and c2.ping(a1, count=1, timeout=1),
@@ -161,9 +184,9 @@ def test_clients_behind_two_nats_go_direct_fall_back_and_recover(testbed: Testbe
         assert relay_relayed > 20 * 2 * 100, relay_relayed
 
         # repaired: the direct path comes back (after the backoff)
-        _nft(bed, 1, "flush", "chain", "ip6", "smtnat", "forward")
-        _nft(bed, 1, "add", "rule", "ip6", "smtnat", "forward", "iifname", "eth1", "accept")
-        _nft(bed, 1, "add", "rule", "ip6", "smtnat", "forward", "ct", "state",
+        _nft(bed, 1, "flush", "chain", "inet", "smtnat", "forward")
+        _nft(bed, 1, "add", "rule", "inet", "smtnat", "forward", "iifname", "eth1", "accept")
+        _nft(bed, 1, "add", "rule", "inet", "smtnat", "forward", "ct", "state",
              "established,related", "accept")  # fmt: skip
         repaired = time.monotonic()
         wait_until(
@@ -174,8 +197,9 @@ def test_clients_behind_two_nats_go_direct_fall_back_and_recover(testbed: Testbe
         )
         back = time.monotonic() - repaired
         print(
-            f"\nNAT66 two cone NATs: join {joined - t_join:.1f} s, direct {t_direct:.1f} s "
-            f"after join; RTT direct {rtt_direct:.2f} ms, relayed {rtt_relayed:.2f} ms; "
+            f"\n{'NAT44' if ipv4 else 'NAT66'} two cone NATs: join {joined - t_join:.1f} s, "
+            f"direct {t_direct:.1f} s after join; "
+            f"RTT direct {rtt_direct:.2f} ms, relayed {rtt_relayed:.2f} ms; "
             f"relay bytes for 20 pings: direct {relay_direct}, relayed {relay_relayed}; "
             f"fallback {fallback:.1f} s; direct again {back:.1f} s after repair"
         )
@@ -208,3 +232,59 @@ def test_symmetric_nat_stays_relayed_and_backs_off(testbed: Testbed) -> None:
         tries = [c.log_text().count(": trying") for c in (c1, c2)]
         assert all(1 <= t <= 4 for t in tries), tries
         print(f"\nsymmetric NAT66: relayed, attempts in {window:.0f} s per client: {tries}")
+
+
+def test_mesh_of_three_peers_and_six_clients_behind_four_nats(testbed: Testbed) -> None:
+    """The closing note of issue 17: 3 peers, 6 clients behind 3 cone NATs (2+2+1,
+    two pairs behind the same NAT: local endpoints) and 1 symmetric NAT (1)."""
+    bed = testbed
+    with Cluster(bed, TIMINGS) as cluster:
+        peers = cluster.add_many(3, "peer")
+        nodes = [bed.add_node_behind_own_nat() for _ in range(3)]
+        nodes[1:1] = [bed.add_node_behind_own_nat(behind=1)]
+        nodes[3:3] = [bed.add_node_behind_own_nat(behind=2)]
+        nodes.append(bed.add_node_behind_own_nat(random_ports=True))
+        clients = []
+        for node in nodes:  # routers: 1, 1, 2, 2, 3, 4 (symmetric)
+            d = Daemon(node, "client", cluster.timings)
+            cluster.daemons.append(d)
+            d.edit_config(directPeers=8)
+            d.start(wait=False)
+            clients.append(d)
+        cluster.map(lambda d: d.wait_ready(60.0), clients)
+        mesh_id, _ = cluster.form_mesh([*peers, *clients])
+        joined = time.monotonic()
+        keys = [_key(c, mesh_id) for c in clients]
+        addrs = [c.overlay_address(mesh_id) or "" for c in clients]
+        pairs = [(i, j) for i in range(6) for j in range(i + 1, 6)]
+        cone = [(i, j) for i, j in pairs if j != 5]
+
+        def direct(i: int, j: int) -> bool:
+            return _direct(clients[i], keys[j], addrs[j], mesh_id) and _direct(
+                clients[j], keys[i], addrs[i], mesh_id
+            )
+
+        wait_until(
+            lambda: all(direct(i, j) for i, j in cone),
+            timeout=120,
+            interval=0.5,
+            what="every pair of cone-NAT clients direct",
+        )
+        t_direct = time.monotonic() - joined
+        n_direct = sum(direct(i, j) for i, j in pairs)
+        assert n_direct == len(cone)  # the symmetric NAT's client stays relayed
+        # every ordered pair of clients reaches the other
+        ok = cluster.map(
+            lambda ij: clients[ij[0]].ping(addrs[ij[1]], count=2, timeout=2),
+            [(i, j) for i in range(6) for j in range(6) if i != j],
+        )
+        assert all(ok)
+        rtt = {
+            kind: ping_rtt(clients[0].node, addrs[j], count=5, timeout=1)
+            for kind, j in (("same NAT", 1), ("other NAT", 2), ("relayed", 5))
+        }
+        print(
+            f"\n3 peers, 6 clients, 3 cone + 1 symmetric NAT66: {n_direct}/{len(pairs)} client "
+            f"pairs direct ({100 * n_direct / len(pairs):.0f} %), all direct {t_direct:.1f} s "
+            f"after join; RTT from client 1: {rtt}"
+        )

@@ -76,6 +76,7 @@ class DirectManager:
         self.tables: dict[str, DirectTable] = {}
         self.plans: dict[str, dict[bytes, DirectPeer]] = {}
         self._discovered: dict[str, float] = {}
+        self._targets: dict[str, tuple[int, dict[bytes, str]]] = {}
         #: WireGuard status read to answer WhereAmI, per mesh: (monotonic time, status)
         self._status_cache: dict[str, tuple[float, Any]] = {}
 
@@ -97,6 +98,9 @@ class DirectManager:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
+            for d in (self.tables, self.plans, self._discovered, self._targets):
+                for mesh_id in [m for m in d if m not in self.node.meshes]:
+                    del d[mesh_id]  # meshes left
             for rt in list(self.node.meshes.values()):
                 try:
                     await self._tick(rt)
@@ -108,23 +112,34 @@ class DirectManager:
     async def _tick(self, rt: Any) -> None:
         me = rt.node.record
         if me is None or me.role != Role.CLIENT or not rt.up or rt.joining:
-            self.plans.pop(rt.mesh_id, None)
+            if self.plans.pop(rt.mesh_id, None):
+                rt.dirty_wg = True
+                self.node._reconcile_wake.set()
             return
-        loop = asyncio.get_running_loop()
-        status = await loop.run_in_executor(self.node._wg_pool, self.node.backend.read, rt.ifname)
         period = DISCOVER_S if me.nat_endpoint else DISCOVER_RETRY_S
         if time.monotonic() - self._discovered.get(rt.mesh_id, 0.0) >= period:
             self._discovered[rt.mesh_id] = time.monotonic()
             await self._discover(rt, me)
             me = rt.node.record
-        records = rt.node.live_records()
-        by_key = {r.wg_key: r for r in records}
-        targets: dict[bytes, str] = {}
-        for k in choose_direct(me.wg_key, records, self.limit):
-            ep = endpoint_for(me, by_key[k])
-            if ep is not None:
-                targets[k] = ep
+        # the choice is recomputed only when the mesh state changed
+        version = rt.node.mesh.version
+        cached = self._targets.get(rt.mesh_id)
+        if cached is None or cached[0] != version:
+            records = rt.node.live_records()
+            by_key = {r.wg_key: r for r in records}
+            chosen: dict[bytes, str] = {}
+            for k in choose_direct(me.wg_key, records, self.limit):
+                ep = endpoint_for(me, by_key[k])
+                if ep is not None:
+                    chosen[k] = ep
+            cached = self._targets[rt.mesh_id] = (version, chosen)
+        targets = cached[1]
         table = self.tables.setdefault(rt.mesh_id, DirectTable(rng=self.rng))
+        if not targets and not table.sessions and not table.backoff:
+            self.plans.pop(rt.mesh_id, None)
+            return
+        loop = asyncio.get_running_loop()
+        status = await loop.run_in_executor(self.node._wg_pool, self.node.backend.read, rt.ifname)
         wg = {k: (p.last_handshake, p.rx_bytes) for k, p in status.peers.items() if k in targets}
         before = {k: table.state(k) for k in targets}
         plan = table.update(int(time.time() * 1000), targets, wg)
