@@ -273,6 +273,11 @@ def test_mesh_of_three_peers_and_six_clients_behind_four_nats(testbed: Testbed) 
         t_direct = time.monotonic() - joined
         n_direct = sum(direct(i, j) for i, j in pairs)
         assert n_direct == len(cone)  # the symmetric NAT's client stays relayed
+        # behind the same NAT the pair uses its local endpoints (no hairpin on the router)
+        st = clients[0].wg_show(mesh_id)
+        assert st is not None
+        ep = st.peers[keys[1]].endpoint or ""
+        assert ep.startswith(f"[{clients[1].node.address}]:"), ep
         # every ordered pair of clients reaches the other
         ok = cluster.map(
             lambda ij: clients[ij[0]].ping(addrs[ij[1]], count=2, timeout=2),
