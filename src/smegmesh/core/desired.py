@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from smegmesh.core.addressing import mesh_prefix
+from smegmesh.core.direct import DIRECT_KEEPALIVE_S, DirectPeer
 from smegmesh.core.hashing import choose
 from smegmesh.core.record import NodeRecord, Role
 from smegmesh.core.wgconfig import HostConfig, InterfaceConfig, PeerConfig, Route
@@ -63,6 +64,7 @@ def desired_config(
     gateway_routes: Iterable[GatewayRoute] = (),
     mtu: int = 1420,
     devices: Iterable[tuple[bytes, str, bytes]] = (),
+    direct: Mapping[bytes, DirectPeer] | None = None,
 ) -> tuple[InterfaceConfig, HostConfig]:
     """Compute the interface and host configuration for one mesh.
 
@@ -96,6 +98,18 @@ def desired_config(
             )
             for r in routes:
                 host_routes.add(Route(r.destination, None))
+        # direct sessions with other clients (core.direct, docs/NAT.md): the
+        # other's /128 (longest match) only once the session is up
+        for dk, d in (direct or {}).items():
+            other = clients.get(dk)
+            if other is None or dk in (self_key, mine):
+                continue
+            wg_peers[dk] = PeerConfig(
+                public_key=dk,
+                endpoint=d.endpoint,
+                allowed_ips=frozenset({f"{other.address}/128"}) if d.routed else frozenset(),
+                keepalive=DIRECT_KEEPALIVE_S,
+            )
     else:
         allowed_by_peer: dict[bytes, set[str]] = {
             k: {f"{r.address}/128"} for k, r in peers.items() if k != self_key

@@ -8,6 +8,8 @@ Request -> reply pairs:
 * ``Push`` -> ``Ack``            fresh items (gossip push), see ``core.sync``
 * ``JoinRequest`` -> ``JoinReply``  a new node presents its token and record
 * ``WhoAmI`` -> ``YouAre``       the caller's address as seen by the member (ipDiscovery public)
+* ``WhereAmI`` -> ``Observed``   the WireGuard endpoint the member sees the caller's
+  handshakes come from (NAT traversal, docs/NAT.md)
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from smegmesh.core.cert import MAX_CHAIN, AuthItem, Cert, auth_from_obj, auth_to_obj
-from smegmesh.core.record import NodeRecord, Prune
+from smegmesh.core.record import MAX_ENDPOINT_LEN, NodeRecord, Prune, check_endpoint
 from smegmesh.core.wire import WireError, decode_item, encode_item, register
 
 Item = NodeRecord | Prune | AuthItem
@@ -174,3 +176,39 @@ def _dec_youare(b: Any) -> YouAre:
 
 register(26, WhoAmI, lambda m: [m.mesh_id], _dec_whoami)
 register(27, YouAre, lambda m: [m.mesh_id, m.address], _dec_youare)
+
+
+@dataclass(frozen=True, slots=True)
+class WhereAmI:
+    """NAT traversal: ask a member (the assigned peer) where our WireGuard packets come from."""
+
+    mesh_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """The caller's WireGuard endpoint as the member sees it (``None``: no handshake yet)."""
+
+    mesh_id: str
+    endpoint: str | None
+
+
+def _dec_whereami(b: Any) -> WhereAmI:
+    (m,) = _arr(b, 1)
+    return WhereAmI(_str(m))
+
+
+def _dec_observed(b: Any) -> Observed:
+    m, e = _arr(b, 2)
+    if e is not None:
+        if type(e) is not str or not 0 < len(e) <= MAX_ENDPOINT_LEN:
+            raise WireError("expected an endpoint")
+        try:
+            check_endpoint(e)
+        except ValueError:
+            raise WireError("expected an endpoint") from None
+    return Observed(_str(m), e)
+
+
+register(40, WhereAmI, lambda m: [m.mesh_id], _dec_whereami)
+register(41, Observed, lambda m: [m.mesh_id, m.endpoint], _dec_observed)

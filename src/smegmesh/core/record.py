@@ -82,7 +82,11 @@ MAX_DESCRIPTION_BYTES = 256
 MAX_SERVICE_VALUE_BYTES = 256
 MAX_ENDPOINT_LEN = 261  # "[" + 45 + "]:" + 5 or 253 + ":" + 5
 MAX_PROOFS = 16  # meshes a bridge proves membership of
+#: Tags of the optional record extensions (after the signature on the wire).
+EXT_DEVICES = 1
+EXT_NAT = 2
 MAX_DEVICES = 32  # sponsored devices (phones, routers without smegd) per record (issue 18)
+MAX_LOCAL_ENDPOINTS = 4  # local WireGuard endpoints a client publishes (docs/NAT.md)
 #: Upper bound of a record's signed form: a member cannot publish more (512
 #: short routes, a long admission chain and a few proofs fit).
 MAX_RECORD_BYTES = 96 * 1024
@@ -227,6 +231,12 @@ class NodeRecord(_Signed):
     #: sponsored devices (issue 18); on the wire only when non-empty, so records
     #: without devices keep the 21-field form older versions sign and read
     devices: tuple[SponsoredDevice, ...] = ()
+    #: NAT traversal (issue 17, docs/NAT.md): the public ``host:port`` the
+    #: assigned peer sees this client's WireGuard packets come from, and its
+    #: local ``host:port`` endpoints (for two clients behind the same NAT). On
+    #: the wire only when set, so records without them keep their old form.
+    nat_endpoint: str | None = None
+    local_endpoints: tuple[str, ...] = ()
 
     @property
     def key(self) -> bytes:
@@ -256,6 +266,8 @@ class NodeRecord(_Signed):
         chain: Iterable[Cert] = (),
         proofs: Iterable[MembershipProof] = (),
         devices: Iterable[SponsoredDevice] = (),
+        nat_endpoint: str | None = None,
+        local_endpoints: Iterable[str] = (),
     ) -> NodeRecord:
         """Build, check and sign a record (raises :class:`RecordError`)."""
         unsigned = cls(
@@ -283,6 +295,8 @@ class NodeRecord(_Signed):
             proofs=tuple(proofs),
             signature=b"",
             devices=tuple(devices),
+            nat_endpoint=nat_endpoint,
+            local_endpoints=tuple(local_endpoints),
         )
         check_record_fields(unsigned, mesh_id, check_signature_len=False)
         return replace(unsigned, signature=identity.sign(unsigned.signed_payload()))
@@ -315,7 +329,7 @@ class NodeRecord(_Signed):
 
     def fields_obj(self) -> list[Any]:
         """The msgpack-able list of all fields but the signature (canonical order)."""
-        out = [
+        base = [
             self.mesh_id,
             self.wg_key,
             self.sign_key,
@@ -337,9 +351,21 @@ class NodeRecord(_Signed):
             [auth_to_obj(c) for c in self.chain],
             [[auth_to_obj(p.founding), [auth_to_obj(c) for c in p.chain]] for p in self.proofs],
         ]
+        ext: list[Any] = []  # optional extensions, each [tag, value], tags in order
         if self.devices:
-            out.append([[d.wg_key, d.alias, auth_to_obj(d.cert)] for d in self.devices])
-        return out
+            ext.append(
+                [EXT_DEVICES, [[d.wg_key, d.alias, auth_to_obj(d.cert)] for d in self.devices]]
+            )
+        if self.nat_endpoint is not None or self.local_endpoints:
+            ext.append([EXT_NAT, [self.nat_endpoint, list(self.local_endpoints)]])
+        if ext:  # only when set, so records without them keep their older (signed) form
+            base.append(ext)
+        return base
+
+    def to_obj(self) -> list[Any]:
+        """Wire form: the 20 base fields, the signature, then the extensions if any."""
+        obj = self.fields_obj()
+        return [*obj[:20], self.signature, *obj[20:]]
 
 
 @dataclass(frozen=True)
@@ -538,6 +564,13 @@ def check_record_fields(rec: NodeRecord, mesh_id: str, *, check_signature_len: b
         _check_route(i, r)
     _check_bytes("assigned_peer", rec.assigned_peer, 32, optional=True)
     _check_chain_shape("chain", rec.chain, mesh_id)
+    _check_endpoint_field("nat_endpoint", rec.nat_endpoint)
+    if type(rec.local_endpoints) is not tuple or len(rec.local_endpoints) > MAX_LOCAL_ENDPOINTS:
+        raise _fail("local_endpoints", f"at most {MAX_LOCAL_ENDPOINTS} endpoints")
+    for ep in rec.local_endpoints:
+        if ep is None:
+            raise _fail("local_endpoints", "entries must be endpoints")
+        _check_endpoint_field("local_endpoints", ep)
     if type(rec.proofs) is not tuple or len(rec.proofs) > MAX_PROOFS:
         raise _fail("proofs", f"at most {MAX_PROOFS} membership proofs")
     for pr in rec.proofs:
@@ -671,13 +704,30 @@ def record_from_obj(obj: object) -> NodeRecord:
     """
     o = _list(obj, "record")
     if len(o) not in (21, 22):
-        raise _fail("record", "must have 21 fields (22 with sponsored devices)")
+        raise _fail("record", "must have 21 fields (22 with extensions)")
     devices: tuple[SponsoredDevice, ...] = ()
+    nat_endpoint: Any = None
+    local: tuple[Any, ...] = ()
     if len(o) == 22:
-        devices = _devices_from_obj(o[20])
-        if not devices:
-            raise _fail("devices", "an empty list is left out of the record")
-        o = [*o[:20], o[21]]
+        ext = _list(o[21], "extensions")
+        if not ext or len(ext) > 2:
+            raise _fail("extensions", "must hold 1 or 2 [tag, value] entries")
+        last = 0
+        for entry in ext:
+            entry = _list(entry, "extensions")
+            if len(entry) != 2 or type(entry[0]) is not int or not last < entry[0] <= EXT_NAT:
+                raise _fail("extensions", "entries must be [tag, value] with known tags in order")
+            last = entry[0]
+            if entry[0] == EXT_DEVICES:
+                devices = _devices_from_obj(entry[1])
+                if not devices:
+                    raise _fail("devices", "an empty list is left out of the record")
+            else:
+                nat = _list(entry[1], "nat")
+                if len(nat) != 2:
+                    raise _fail("nat", "must be [nat_endpoint, local_endpoints]")
+                nat_endpoint = nat[0]
+                local = tuple(_list(nat[1], "local_endpoints")[: MAX_LOCAL_ENDPOINTS + 1])
     try:
         role = Role(o[5])
     except (ValueError, TypeError):
@@ -729,6 +779,8 @@ def record_from_obj(obj: object) -> NodeRecord:
         proofs=tuple(_proof_from_obj(p) for p in _list(o[19], "proofs")[: MAX_PROOFS + 1]),
         signature=o[20],
         devices=devices,
+        nat_endpoint=nat_endpoint,
+        local_endpoints=local,
     )
     mesh_id = rec.mesh_id
     if type(mesh_id) is not str:

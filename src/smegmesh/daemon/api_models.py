@@ -123,6 +123,11 @@ class NodeInfo(_Model):
         default=None, description="First 16 hex digits of SHA-256(key): NODEID.MESHID.smeg."
     )
     record_version: int | None = Field(default=None, description="Version of the node's record")
+    nat_endpoint: str | None = Field(
+        default=None,
+        description="A client's WireGuard host:port as its assigned peer sees it (NAT traversal, "
+        "docs/NAT.md); other clients reach it directly there",
+    )
     record_timestamp: float | None = Field(
         default=None, description="Unix time the node last signed its record"
     )

@@ -425,6 +425,16 @@ class Config(_Model):
         "nodes); a record beyond it is refused on receipt and logged. The mesh's total "
         "record bytes are bounded too: maxMembers x 8 KiB (a record is at most 96 KiB).",
     )
+    direct_peers: int = Field(
+        default=0,
+        alias="directPeers",
+        ge=0,
+        le=64,
+        description="NAT traversal (docs/NAT.md): a client holds direct WireGuard sessions "
+        "with at most this many other clients (mutual best by a pair hash), relayed by its "
+        "assigned peer until a session is up and whenever it breaks. 0 = off (the default "
+        "in this first version).",
+    )
 
     _warnings: list[str] = PrivateAttr(default_factory=list)
     _file_token: str | None = PrivateAttr(default=None)

@@ -44,7 +44,7 @@ from smegmesh.core.identity import NodeIdentity, key_to_text
 from smegmesh.core.invite import Bootstrap, TokenError, parse_token
 from smegmesh.core.liveness import LivenessParams
 from smegmesh.core.meshnode import Call, Changed, MeshNode, MeshSettings, NotAllowed, Out, Relay
-from smegmesh.core.messages import Ack, JoinReply, Refusal, WhoAmI, YouAre
+from smegmesh.core.messages import Ack, JoinReply, Observed, Refusal, WhereAmI, WhoAmI, YouAre
 from smegmesh.core.multimesh import MeshRouting, route_meshes
 from smegmesh.core.record import RecordError, Role, check_endpoint
 from smegmesh.core.routing import RoutingResult
@@ -63,6 +63,7 @@ from smegmesh.daemon.config import (
     resolve_mesh_settings,
 )
 from smegmesh.daemon.devices_ops import DeviceOps
+from smegmesh.daemon.direct import DirectManager
 from smegmesh.daemon.events import (
     WG_PEER_EVENTS_MAX,
     EventBus,
@@ -277,6 +278,8 @@ class Daemon(AuthorityOps, DeviceOps):
         self.member_events = MemberEvents(self.events)
         self.handshakes = HandshakeEvents(self.events)
         self._handshakes_polled = 0.0
+        #: NAT traversal (docs/NAT.md): direct client-to-client sessions
+        self.direct = DirectManager(self, config.direct_peers)
 
     # ------------------------------------------------------------------ identity & disk
     def _load_identity(self) -> NodeIdentity:
@@ -404,6 +407,8 @@ class Daemon(AuthorityOps, DeviceOps):
             log.info("rejoined mesh %s (%d nodes known)", rt.mesh_id, len(state.live_records()))
         self._tasks.append(asyncio.create_task(self._reconcile_loop()))
         self._tasks.append(asyncio.create_task(self._persist_loop()))
+        if cfg.direct_peers > 0:
+            self._tasks.append(asyncio.create_task(self.direct.run()))
         release_free_memory()
 
     async def stop(self) -> None:
@@ -608,6 +613,12 @@ class Daemon(AuthorityOps, DeviceOps):
             if seen is None:
                 raise Refused("address unknown")
             return encode(YouAre(msg.mesh_id, seen))
+        if isinstance(msg, WhereAmI):
+            # NAT traversal: the caller's own WireGuard endpoint as we see it.
+            wrt = self.meshes.get(msg.mesh_id)
+            if wrt is None or not wrt.node.is_member(src):
+                return encode(Refusal(msg.mesh_id))
+            return encode(Observed(msg.mesh_id, await self.direct.observed(wrt, src)))
         rt = self.meshes.get(mesh_id) if isinstance(mesh_id, str) else None
         if rt is None:
             return encode(Refusal(mesh_id if isinstance(mesh_id, str) else "x"))
@@ -865,6 +876,7 @@ class Daemon(AuthorityOps, DeviceOps):
             ifname=rt.ifname,
             keepalive=rt.keepalive,
             devices=[(d.wg_key, d.address, d.sponsor) for d in self._devices(rt)],
+            direct=self.direct.plan(rt.mesh_id),
         )
 
     def _update_dns(self) -> None:

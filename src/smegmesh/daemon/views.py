@@ -338,6 +338,7 @@ def mesh_detail(
             status="suspect" if k in suspects and k != self_key else "live",
             node_id=node_id_prefix(k),
             record_version=r.version,
+            nat_endpoint=r.nat_endpoint,
             record_timestamp=r.timestamp_ms / 1000,
             alias_conflict=bool(r.alias) and owners.get(r.alias.lower()) != k,
             gateway_for=sorted(gateway_for.get(k, [])),

@@ -302,6 +302,111 @@ class Testbed:
     def add_nodes(self, n: int, nat: bool = False) -> list[Node]:
         return [self.add_node(nat) for _ in range(n)]
 
+    def add_node_behind_own_nat(
+        self, random_ports: bool = False, ipv4: bool = False, behind: int | None = None
+    ) -> Node:
+        """A node behind a NAT66 router of its own (NAT traversal tests, docs/NAT.md).
+
+        Router ``k`` has ``2001:db8:BED::fe<k>`` on the public bridge and
+        ``2001:db8:BED:<10+k>::1/64`` on a bridge of its own, masquerades with
+        port preservation (endpoint-independent mapping), or with ``random``
+        ports (a symmetric NAT); like a home router it drops unsolicited
+        inbound traffic before conntrack confirms it. ``ipv4``: also NAT44,
+        router ``192.0.2.<200+k>/24`` on the public bridge (see :meth:`add_ipv4`),
+        ``198.51.100.<16k+1>/28`` inside, the nodes ``.<16k+2>`` on.
+        ``behind=k``: one more node behind the existing router ``k`` (same NAT;
+        the other arguments are ignored).
+        """
+        if behind is not None:
+            k = behind
+            if not 1 <= k <= getattr(self, "_own_nats", 0):
+                raise TestbedError(f"no own NAT router {k}")
+            return self._node_behind(k, f"2001:db8:{self.bed:x}:{10 + k:x}", self._own_v4[k])
+        self._own_nats = getattr(self, "_own_nats", 0) + 1
+        k = self._own_nats
+        if k > 15:
+            raise TestbedError("at most 15 own NAT routers per test bed")
+        if not hasattr(self, "_own_v4"):
+            self._own_v4: dict[int, bool] = {}
+        self._own_v4[k] = ipv4
+        rt, br, net = f"{self.prefix}r{k}", f"bn{k}", f"2001:db8:{self.bed:x}:{10 + k:x}"
+        _sh(["ip", "-n", self.bridge_ns, "link", "add", br, "type", "bridge"])
+        _sh(["ip", "-n", self.bridge_ns, "link", "set", br, "up"])
+        self._add_ns(rt)
+        self._plug(rt, f"rp{k}", "br0", "eth0")
+        self._plug(rt, f"rq{k}", br, "eth1")
+        self._addr(rt, f"2001:db8:{self.bed:x}::fe{k:x}/64", "eth0")
+        self._addr(rt, f"{net}::1/64", "eth1")
+        _sh(["ip", "netns", "exec", rt, "sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"])
+        rnd = " random" if random_ports else ""
+        net4 = f"198.51.100.{16 * k}"
+        v4 = f'  oifname "eth0" ip saddr {net4}/28 masquerade{rnd}\n' if ipv4 else ""
+        if ipv4:
+            _sh(["ip", "-n", rt, "addr", "add", f"192.0.2.{200 + k}/24", "dev", "eth0"])
+            _sh(["ip", "-n", rt, "addr", "add", f"198.51.100.{16 * k + 1}/28", "dev", "eth1"])
+            _sh(["ip", "netns", "exec", rt, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        ruleset = (
+            "table inet smtnat {\n"
+            " chain post {\n"
+            "  type nat hook postrouting priority srcnat; policy accept;\n"
+            f'  oifname "eth0" ip6 saddr {net}::/64 masquerade{rnd}\n'
+            f"{v4}"
+            " }\n"
+            " chain input {\n"
+            "  type filter hook input priority filter; policy drop;\n"
+            '  iifname != "eth0" accept\n'
+            "  meta l4proto { icmp, ipv6-icmp } accept\n"
+            "  ct state established,related accept\n"
+            " }\n"
+            " chain forward {\n"
+            "  type filter hook forward priority filter; policy drop;\n"
+            '  iifname "eth1" accept\n'
+            "  ct state established,related accept\n"
+            " }\n"
+            "}\n"
+        )
+        proc = subprocess.run(
+            ["ip", "netns", "exec", rt, "nft", "-f", "-"],
+            input=ruleset,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if proc.returncode != 0:
+            raise TestbedError(f"nft in {rt}: {proc.stderr.strip()}")
+        return self._node_behind(k, net, ipv4)
+
+    def _node_behind(self, k: int, net: str, ipv4: bool) -> Node:
+        i = len(self.nodes) + 1
+        behind = sum(1 for n in self.nodes if n.address.startswith(f"{net}::"))
+        if behind >= 13:
+            raise TestbedError("at most 13 nodes behind one own NAT router")
+        ns = f"{self.prefix}n{i}"
+        self._add_ns(ns)
+        self._plug(ns, f"v{i}", f"bn{k}")
+        addr = f"{net}::{i:x}"
+        self._addr(ns, f"{addr}/64")
+        _sh(["ip", "-n", ns, "-6", "route", "add", "default", "via", f"{net}::1", "dev", "eth0"])
+        if ipv4:
+            v4 = f"198.51.100.{16 * k + 2 + behind}/28"
+            _sh(["ip", "-n", ns, "addr", "add", v4, "dev", "eth0"])
+            _sh(["ip", "-n", ns, "route", "add", "default", "via", f"198.51.100.{16 * k + 1}"])
+        node = Node(self, i, ns, addr, True)
+        self.nodes.append(node)
+        return node
+
+    def add_ipv4(self, node: Node) -> str:
+        """Give a public node ``192.0.2.<index>/24`` too (IPv4 underlay tests); returns it."""
+        if node.nat or node.index >= 200:
+            raise TestbedError("IPv4 only for public nodes with index < 200")
+        addr = f"192.0.2.{node.index}"
+        _sh(["ip", "-n", node.ns, "addr", "add", f"{addr}/24", "dev", "eth0"])
+        return addr
+
+    def nat_router(self, k: int) -> str:
+        """The namespace of own NAT router ``k`` (1-based)."""
+        return f"{self.prefix}r{k}"
+
     # ------------------------------------------------------------- teardown
 
     def teardown(self) -> None:

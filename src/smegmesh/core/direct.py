@@ -1,0 +1,229 @@
+"""Direct client-to-client WireGuard sessions through NATs (issue 17). Pure.
+
+See docs/NAT.md. A client publishes ``nat_endpoint`` (its WireGuard
+``host:port`` as its assigned peer sees it) and ``local_endpoints``. Two
+clients that both publish endpoints may hold a *direct* session:
+
+* **Choice** (:func:`choose_direct`): every pair of such clients has a score,
+  a hash of the two keys in sorted order, so both ends compute the same score.
+  A client ranks the other candidates by that score and keeps its best
+  ``limit`` (``directPeers``); a pair is direct when each is in the other's
+  best ``limit`` (mutual), so both ends decide the same without talking and
+  nobody holds more than ``limit`` sessions. ``limit`` should be the same on
+  every client of a mesh; where it differs a pair chosen by one side only
+  fails to come up and backs off.
+* **Endpoint** (:func:`endpoint_for`): the other's local endpoint when both
+  publish the same public address (same NAT), else its ``nat_endpoint``.
+* **Sessions** (:class:`DirectTable`): a chosen pair is added as a WireGuard
+  peer with the other's endpoint and a short persistent keepalive (both ends
+  do it at once: both NATs open a mapping). The other's /128 is routed to it
+  only while it is *up*: a handshake happened and bytes arrived within
+  ``stale_ms``. Until then, and after it goes stale, the /128 stays on the
+  assigned peer's whole-prefix entry (no gap). An attempt that does not come
+  up within ``attempt_ms``, or a session that goes stale, is dropped and retried
+  after an exponential backoff with jitter (``backoff_ms``), so a symmetric
+  NAT does not cause a flood of handshakes. A changed endpoint restarts the
+  attempt at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import ipaddress
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from smegmesh.core.endpoint import split_host_port
+from smegmesh.core.record import NodeRecord, Role
+
+__all__ = [
+    "ATTEMPT_MS",
+    "BACKOFF_BASE_MS",
+    "BACKOFF_MAX_MS",
+    "DIRECT_KEEPALIVE_S",
+    "HANDSHAKE_MAX_AGE_MS",
+    "STALE_MS",
+    "DirectPeer",
+    "DirectTable",
+    "backoff_ms",
+    "choose_direct",
+    "endpoint_for",
+    "pair_score",
+]
+
+#: Persistent keepalive of a direct session: the liveness signal (bytes arrive
+#: at least this often) and what keeps both NAT mappings open.
+DIRECT_KEEPALIVE_S = 1
+#: A session with no bytes received for this long is stale (3 keepalives + slack).
+STALE_MS = 3 * DIRECT_KEEPALIVE_S * 1000 + 500
+#: WireGuard re-handshakes at least every 2 min on a session carrying keepalives
+#: and drops a session after 3 min (REJECT_AFTER_TIME): an older handshake is
+#: stale even if bytes (handshake initiations) still arrive.
+HANDSHAKE_MAX_AGE_MS = 190_000
+#: An attempt that has not come up after this long failed.
+ATTEMPT_MS = 15_000
+BACKOFF_BASE_MS = 5_000
+BACKOFF_MAX_MS = 300_000
+
+
+def pair_score(a: bytes, b: bytes) -> bytes:
+    """The same value on both ends of a pair (higher ranks first)."""
+    lo, hi = sorted((a, b))
+    return hashlib.blake2b(lo + hi, digest_size=8, person=b"smeg-direct").digest()
+
+
+def _candidates(records: Iterable[NodeRecord]) -> dict[bytes, NodeRecord]:
+    return {
+        r.wg_key: r
+        for r in records
+        if not r.left and r.role == Role.CLIENT and (r.nat_endpoint or r.local_endpoints)
+    }
+
+
+def _best(key: bytes, others: Iterable[bytes], limit: int) -> set[bytes]:
+    return set(
+        heapq.nlargest(limit, (o for o in others if o != key), key=lambda o: pair_score(key, o))
+    )
+
+
+def choose_direct(self_key: bytes, records: Iterable[NodeRecord], limit: int) -> set[bytes]:
+    """The clients this client holds a direct session with (mutual best ``limit``)."""
+    if limit <= 0:
+        return set()
+    cands = _candidates(records)
+    if self_key not in cands:
+        return set()
+    keys = list(cands)
+    mine = _best(self_key, keys, limit)
+    return {o for o in mine if self_key in _best(o, keys, limit)}
+
+
+def _host(endpoint: str | None) -> str | None:
+    if not endpoint:
+        return None
+    try:
+        return str(ipaddress.ip_address(split_host_port(endpoint)[0]))
+    except ValueError:
+        return None
+
+
+def endpoint_for(me: NodeRecord, other: NodeRecord) -> str | None:
+    """Where ``me`` sends to ``other``: its local endpoint behind one NAT, else its public one."""
+    mine, theirs = _host(me.nat_endpoint), _host(other.nat_endpoint)
+    if other.local_endpoints and ((mine is not None and mine == theirs) or not other.nat_endpoint):
+        return other.local_endpoints[0]
+    return other.nat_endpoint
+
+
+def backoff_ms(failures: int, rng: random.Random) -> int:
+    """Delay before attempt ``failures + 1``: base * 2^(failures-1), capped, +-20 % jitter."""
+    if failures <= 0:
+        return 0
+    base = min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** min(failures - 1, 16))
+    return int(base * rng.uniform(0.8, 1.2))
+
+
+@dataclass(frozen=True, slots=True)
+class DirectPeer:
+    """What the WireGuard configuration holds for one direct session."""
+
+    endpoint: str
+    routed: bool  # the other's /128 goes to this session (it is up)
+
+
+@dataclass(slots=True)
+class _Session:
+    endpoint: str
+    started_ms: int
+    rx_bytes: int = 0
+    rx_at_ms: int | None = None  # last time received bytes grew (after a handshake)
+    up: bool = False
+
+
+@dataclass(slots=True)
+class _Backoff:
+    failures: int
+    retry_ms: int
+    endpoint: str
+
+
+@dataclass
+class DirectTable:
+    """Direct sessions of one client in one mesh: attempts, up/down, backoff.
+
+    Call :meth:`update` with the chosen targets and the WireGuard status (each
+    target's last handshake and received bytes) every second or so; it returns
+    the sessions to configure. ``rng`` gives the backoff jitter.
+    """
+
+    rng: random.Random = field(default_factory=random.Random)
+    stale_ms: int = STALE_MS
+    attempt_ms: int = ATTEMPT_MS
+    sessions: dict[bytes, _Session] = field(default_factory=dict)
+    backoff: dict[bytes, _Backoff] = field(default_factory=dict)
+
+    def _fail(self, key: bytes, endpoint: str, now_ms: int) -> None:
+        prev = self.backoff.get(key)
+        failures = (prev.failures if prev is not None else 0) + 1
+        self.backoff[key] = _Backoff(failures, now_ms + backoff_ms(failures, self.rng), endpoint)
+        self.sessions.pop(key, None)
+
+    def update(
+        self,
+        now_ms: int,
+        targets: Mapping[bytes, str],
+        status: Mapping[bytes, tuple[float | None, int]],
+    ) -> dict[bytes, DirectPeer]:
+        """Advance the sessions; ``status[key] = (last_handshake_unix_s or None, rx_bytes)``."""
+        for key in [k for k in self.sessions if k not in targets]:
+            del self.sessions[key]
+        for key in [k for k in self.backoff if k not in targets]:
+            del self.backoff[key]
+        for key, ep in targets.items():
+            s = self.sessions.get(key)
+            if s is not None and s.endpoint != ep:
+                s = None  # the endpoint changed: start over at once
+                self.sessions.pop(key, None)
+                self.backoff.pop(key, None)
+            b = self.backoff.get(key)
+            if b is not None and b.endpoint != ep:
+                self.backoff.pop(key, None)
+                b = None
+            hs, rx = status.get(key, (None, 0))
+            if s is None:
+                if b is not None and now_ms < b.retry_ms:
+                    continue
+                s = self.sessions[key] = _Session(ep, now_ms, rx_bytes=rx)
+                continue
+            # a handshake completed during this attempt (both directions work: the
+            # responder counts it only once the initiator's data arrives) ...
+            hs_ms = None if hs is None else int(hs * 1000)
+            if hs_ms is not None and hs_ms < s.started_ms - 1000:
+                hs_ms = None  # from an earlier session: does not count
+            if hs_ms is not None and rx > s.rx_bytes:
+                s.rx_at_ms = now_ms
+            s.rx_bytes = max(s.rx_bytes, rx)
+            # ... and bytes keep arriving (keepalives), with a live session
+            fresh = (
+                hs_ms is not None
+                and now_ms - hs_ms <= HANDSHAKE_MAX_AGE_MS
+                and s.rx_at_ms is not None
+                and now_ms - s.rx_at_ms <= self.stale_ms
+            )
+            if s.up and not fresh:
+                self._fail(key, ep, now_ms)  # went stale: back to the relay, retry later
+            elif not s.up and fresh:
+                s.up = True
+                self.backoff.pop(key, None)
+            elif not s.up and now_ms - s.started_ms > self.attempt_ms:
+                self._fail(key, ep, now_ms)
+        return {k: DirectPeer(s.endpoint, s.up) for k, s in self.sessions.items()}
+
+    def state(self, key: bytes) -> str:
+        """``up``, ``trying``, ``backoff`` or ``none`` (for status views)."""
+        s = self.sessions.get(key)
+        if s is not None:
+            return "up" if s.up else "trying"
+        return "backoff" if key in self.backoff else "none"

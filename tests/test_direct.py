@@ -1,0 +1,274 @@
+"""NAT traversal (issue 17, docs/NAT.md): records, messages and the pure decision logic."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from smegmesh.core.desired import desired_config
+from smegmesh.core.direct import (
+    ATTEMPT_MS,
+    BACKOFF_BASE_MS,
+    BACKOFF_MAX_MS,
+    DIRECT_KEEPALIVE_S,
+    HANDSHAKE_MAX_AGE_MS,
+    STALE_MS,
+    DirectPeer,
+    DirectTable,
+    backoff_ms,
+    choose_direct,
+    endpoint_for,
+    pair_score,
+)
+from smegmesh.core.identity import NodeIdentity
+from smegmesh.core.messages import Observed, WhereAmI
+from smegmesh.core.record import NodeRecord, RecordError, Role, record_from_obj, validate_record
+from smegmesh.core.wire import WireError, decode, encode
+
+MESH = "amber-falcon-river-k7q2"
+NOW = 1_700_000_000_000
+IDS = [NodeIdentity.from_seed(bytes([i + 1]) * 32) for i in range(40)]
+
+
+def client(i: int, nat: str | None = None, local: tuple[str, ...] = ()) -> NodeRecord:
+    return NodeRecord.create(
+        IDS[i],
+        MESH,
+        version=1,
+        now_ms=NOW,
+        role=Role.CLIENT,
+        nat_endpoint=nat,
+        local_endpoints=local,
+    )
+
+
+def peer(i: int) -> NodeRecord:
+    return NodeRecord.create(
+        IDS[i], MESH, version=1, now_ms=NOW, role=Role.PEER, wg_endpoint=f"198.51.100.{i}:51820"
+    )
+
+
+# --------------------------------------------------------------------------- record field
+def test_nat_fields_are_signed_and_roundtrip() -> None:
+    rec = client(0, "203.0.113.7:40001", ("192.168.1.10:51820",))
+    back = record_from_obj(rec.to_obj())
+    assert back == rec and back.nat_endpoint == "203.0.113.7:40001"
+    validate_record(back, MESH)
+    obj = rec.to_obj()
+    obj[21][0][1][0] = "203.0.113.8:40001"  # tampered endpoint (extension [tag, [nat, local]])
+    with pytest.raises(RecordError, match="signature"):
+        validate_record(record_from_obj(obj), MESH)
+
+
+def test_record_without_nat_fields_keeps_its_old_wire_form() -> None:
+    rec = client(0)
+    assert len(rec.to_obj()) == 21  # same bytes and signature as before issue 17
+    assert record_from_obj(rec.to_obj()) == rec
+
+
+def test_nat_fields_are_bounded_and_checked() -> None:
+    with pytest.raises(RecordError, match="local_endpoints"):
+        client(0, None, tuple(f"10.0.0.{i}:1" for i in range(5)))
+    with pytest.raises(RecordError, match="nat_endpoint"):
+        client(0, "not an endpoint")
+    obj = client(0, "203.0.113.7:40001").to_obj()
+    obj[21] = [[2, ["203.0.113.7:40001"]]]
+    with pytest.raises(RecordError, match="nat"):
+        record_from_obj(obj)
+
+
+def test_evolve_keeps_and_changes_nat_fields() -> None:
+    rec = client(0, "203.0.113.7:40001")
+    nxt = rec.evolve(IDS[0], NOW + 1, alias="x")
+    assert nxt.nat_endpoint == "203.0.113.7:40001"
+    assert rec.evolve(IDS[0], NOW + 2, nat_endpoint=None).nat_endpoint is None
+
+
+def test_whereami_observed_messages() -> None:
+    assert decode(encode(WhereAmI(MESH))) == WhereAmI(MESH)
+    for ep in ("203.0.113.7:40001", "[2001:db8::7]:40001", None):
+        assert decode(encode(Observed(MESH, ep))) == Observed(MESH, ep)
+    with pytest.raises(WireError):
+        decode(encode(Observed(MESH, "x" * 300)))
+
+
+# --------------------------------------------------------------------------- choice
+def test_choice_is_mutual_symmetric_and_bounded() -> None:
+    recs = [client(i, f"203.0.113.{i}:4000") for i in range(30)] + [peer(35)]
+    limit = 4
+    chosen = {r.wg_key: choose_direct(r.wg_key, recs, limit) for r in recs}
+    for k, mine in chosen.items():
+        assert len(mine) <= limit
+        for o in mine:
+            assert k in chosen[o], "both ends of a pair decide the same"
+    assert sum(map(len, chosen.values())) > 0
+    assert chosen[IDS[35].wg_public_key] == set()  # peers take no part
+    assert choose_direct(IDS[0].wg_public_key, recs, 0) == set()  # directPeers 0: off
+
+
+def test_choice_needs_published_endpoints() -> None:
+    recs = [client(0, "203.0.113.1:4000"), client(1), client(2, None, ("10.0.0.2:51820",))]
+    assert choose_direct(IDS[0].wg_public_key, recs, 8) == {IDS[2].wg_public_key}
+    assert choose_direct(IDS[1].wg_public_key, recs, 8) == set()  # it publishes nothing
+
+
+def test_pair_score_is_symmetric() -> None:
+    a, b = IDS[0].wg_public_key, IDS[1].wg_public_key
+    assert pair_score(a, b) == pair_score(b, a)
+
+
+def test_endpoint_prefers_local_behind_the_same_nat() -> None:
+    a = client(0, "203.0.113.7:40001", ("192.168.1.10:51820",))
+    b = client(1, "203.0.113.7:40002", ("192.168.1.11:51820",))
+    c = client(2, "198.51.100.9:1234", ("192.168.1.12:51820",))
+    assert endpoint_for(a, b) == "192.168.1.11:51820"
+    assert endpoint_for(a, c) == "198.51.100.9:1234"
+    assert endpoint_for(c, a) == "203.0.113.7:40001"
+
+
+# --------------------------------------------------------------------------- sessions
+K = IDS[1].wg_public_key
+EP = "203.0.113.9:4000"
+
+
+def test_session_routes_only_once_up_and_falls_back_when_stale() -> None:
+    t = DirectTable(rng=random.Random(1))
+    now = NOW
+    assert t.update(now, {K: EP}, {}) == {K: DirectPeer(EP, routed=False)}  # trying, relayed
+    now += 1000
+    assert t.update(now, {K: EP}, {K: (None, 0)})[K].routed is False  # no handshake yet
+    now += 1000
+    assert t.update(now, {K: EP}, {K: (now / 1000, 148)})[K].routed is True  # up
+    rx = 148
+    for _ in range(10):  # keepalives keep arriving: stays up
+        now += 1000
+        rx += 32
+        assert t.update(now, {K: EP}, {K: (NOW / 1000 + 2, rx)})[K].routed is True
+    # the mapping breaks: nothing arrives; stale within STALE_MS (+ one tick)
+    down_at = None
+    for step in range(10):
+        now += 1000
+        plan = t.update(now, {K: EP}, {K: (NOW / 1000 + 2, rx)})
+        if K not in plan:
+            down_at = step + 1
+            break
+        assert plan[K].routed
+    assert down_at is not None and down_at * 1000 <= STALE_MS + 1000
+    assert t.state(K) == "backoff"
+    # retried after the backoff, not before
+    retry = t.backoff[K].retry_ms
+    assert retry - now >= 0.8 * BACKOFF_BASE_MS
+    assert t.update(retry - 1, {K: EP}, {}) == {}
+    assert t.update(retry, {K: EP}, {}) == {K: DirectPeer(EP, routed=False)}
+
+
+def test_failed_attempts_back_off_exponentially() -> None:
+    """A symmetric NAT: handshakes never complete; attempts get rarer, bounded."""
+    t = DirectTable(rng=random.Random(2))
+    now = NOW
+    attempts: list[int] = []
+    trying = False
+    while now < NOW + 3_600_000:
+        plan = t.update(now, {K: EP}, {K: (None, 0)})
+        if K in plan and not trying:
+            attempts.append(now)  # a new attempt starts (WireGuard peer added)
+        trying = K in plan
+        now += 1000
+    waits = [b - a - ATTEMPT_MS for a, b in itertools.pairwise(attempts)]
+    assert len(attempts) < 25  # vs 3,600 ticks: no handshake flood
+    assert waits[4] > waits[0] * 8  # exponential: 2^4 = 16 (+-20 % jitter)
+    assert max(waits) <= 1.2 * BACKOFF_MAX_MS + 2000  # capped
+
+
+def test_backoff_schedule() -> None:
+    rng = random.Random(3)
+    assert backoff_ms(0, rng) == 0
+    for f in range(1, 12):
+        want = min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** (f - 1))
+        assert 0.8 * want <= backoff_ms(f, rng) <= 1.2 * want
+
+
+def test_endpoint_change_restarts_the_attempt_at_once() -> None:
+    t = DirectTable(rng=random.Random(4))
+    t.update(NOW, {K: EP}, {})
+    for i in range(1, 20):
+        t.update(NOW + i * 1000, {K: EP}, {K: (None, 0)})
+    assert t.state(K) == "backoff"
+    new = "203.0.113.9:4001"
+    assert t.update(NOW + 21_000, {K: new}, {}) == {K: DirectPeer(new, routed=False)}
+
+
+def test_unchosen_target_is_dropped() -> None:
+    t = DirectTable(rng=random.Random(5))
+    t.update(NOW, {K: EP}, {})
+    assert t.update(NOW + 1000, {}, {}) == {}
+    assert t.state(K) == "none"
+
+
+# --------------------------------------------------------------------------- desired config
+def test_desired_config_adds_direct_peer_and_routes_its_address_only_when_up() -> None:
+    p, a, b = peer(30), client(0, "203.0.113.1:4000"), client(1, EP)
+    a = a.evolve(IDS[0], NOW + 1, assigned_peer=p.wg_key)
+    recs = [p, a, b]
+
+    def cfg(routed: bool) -> object:
+        iface, _ = desired_config(
+            mesh_id=MESH,
+            self_key=a.wg_key,
+            private_key=IDS[0].wg_private_key,
+            role=Role.CLIENT,
+            listen_port=51820,
+            records=recs,
+            ifname="smegtest",
+            direct={b.wg_key: DirectPeer(EP, routed)},
+        )
+        return iface.peers
+
+    trying = cfg(False)
+    assert trying[b.wg_key].endpoint == EP  # type: ignore[index]
+    assert trying[b.wg_key].allowed_ips == frozenset()  # type: ignore[index]
+    assert trying[b.wg_key].keepalive == DIRECT_KEEPALIVE_S  # type: ignore[index]
+    assert trying[p.wg_key].allowed_ips  # type: ignore[index]  # relay keeps the prefix
+    up = cfg(True)
+    assert up[b.wg_key].allowed_ips == frozenset({f"{b.address}/128"})  # type: ignore[index]
+
+
+def test_old_handshake_does_not_bring_a_session_up_and_an_aged_one_goes_stale() -> None:
+    t = DirectTable(rng=random.Random(6))
+    now = NOW
+    t.update(now, {K: EP}, {})
+    now += 1000
+    # bytes arrive (handshake initiations) but the handshake is from before this attempt
+    assert t.update(now, {K: EP}, {K: ((NOW - 60_000) / 1000, 500)})[K].routed is False
+    now += 1000
+    assert t.update(now, {K: EP}, {K: (now / 1000, 600)})[K].routed is True
+    hs = now / 1000
+    rx = 600
+    while t.state(K) == "up":  # bytes keep coming but no new handshake for > 3 min
+        now += 1000
+        rx += 92
+        t.update(now, {K: EP}, {K: (hs, rx)})
+    assert HANDSHAKE_MAX_AGE_MS < now - hs * 1000 <= HANDSHAKE_MAX_AGE_MS + 1000
+    assert t.state(K) == "backoff"
+
+
+# --------------------------------------------------------------------------- daemon helpers
+def test_observed_endpoint_only_after_a_handshake() -> None:
+    from smegmesh.core.wgconfig import InterfaceStatus, PeerStatus
+    from smegmesh.daemon.direct import local_endpoints, observed_endpoint
+
+    def st(hs: float | None, ep: str | None) -> InterfaceStatus:
+        p = PeerStatus(K, ep, frozenset(), 25, hs, 0, 0)
+        return InterfaceStatus("smegtest", None, 51820, {K: p})
+
+    assert observed_endpoint(st(NOW / 1000, "[2001:db8::fe1]:40001"), K) == "[2001:db8::fe1]:40001"
+    assert observed_endpoint(st(None, "[2001:db8::fe1]:40001"), K) is None  # no handshake
+    assert observed_endpoint(st(NOW / 1000, None), K) is None
+    assert observed_endpoint(st(NOW / 1000, "garbage"), K) is None
+    assert observed_endpoint(None, K) is None
+    assert observed_endpoint(st(NOW / 1000, "192.0.2.7:1"), IDS[2].wg_public_key) is None
+    addrs = ["192.168.1.10", "2001:db8::5", "bad addr", *[f"10.0.0.{i}" for i in range(9)]]
+    eps = local_endpoints(51820, addrs)
+    assert eps[:2] == ("192.168.1.10:51820", "[2001:db8::5]:51820") and len(eps) == 4
