@@ -60,13 +60,16 @@ ATTACKS = ["rpc-big", "api-big", "jmespath", "dns-tcp", "garbage"]
 
 
 async def attack_rpc_big(t: dict[str, Any], duration: float) -> dict[str, Any]:
-    """Large bodies with a bad signature, ``concurrency`` at a time, ``max_calls`` in all."""
+    """Large bodies with a bad signature, ``concurrency`` at a time, for ``duration``.
+
+    (Bounded by ``max_calls`` too. Refused calls end at once, so the attack keeps
+    going for the whole phase: propagation is measured while it lasts.)"""
     import grpc
 
     from smegmesh.daemon.transport import FULL_METHOD, TLS_NAME, fetch_certificate
 
     host, port = t["grpc_host"], t["grpc_port"]
-    size, concurrency, max_calls = 32 * MIB, 10, 40
+    size, concurrency, max_calls = 32 * MIB, 10, 20_000
     der = await fetch_certificate(host, port, 5.0)
     pem = ssl.DER_cert_to_PEM_cert(der).encode()
     opts = [
@@ -111,9 +114,9 @@ async def attack_rpc_big(t: dict[str, Any], duration: float) -> dict[str, Any]:
 
 
 async def attack_api_big(t: dict[str, Any], duration: float) -> dict[str, Any]:
-    """200 MiB bodies (no token), two at a time, at most four."""
+    """200 MiB bodies (no token), two at a time, for ``duration`` (at most 2,000)."""
     host, port = t["api_host"], t["api_port"]
-    size, concurrency, max_requests = 200 * MIB, 2, 4
+    size, concurrency, max_requests = 200 * MIB, 2, 2_000
     chunk = os.urandom(MIB)
     out: dict[str, Any] = {"requests": 0, "statuses": {}, "sent_mib": 0}
     deadline = time.monotonic() + duration
@@ -169,7 +172,8 @@ JMESPATH_QUERIES = [
 
 
 async def attack_jmespath(t: dict[str, Any], duration: float) -> dict[str, Any]:
-    """The issue's three 500s plus CPU-heavy queries, 4 at a time, at most 400."""
+    """The issue's three 500s plus CPU-heavy queries, 4 at a time, for ``duration``
+    (at most 20,000)."""
     import httpx
 
     url = f"http://[{t['api_host']}]:{t['api_port']}/v1/meshes/{t['mesh_id']}/query"
@@ -179,7 +183,7 @@ async def attack_jmespath(t: dict[str, Any], duration: float) -> dict[str, Any]:
     async with httpx.AsyncClient(headers=headers, timeout=10) as client:
 
         async def worker(i: int) -> None:
-            while time.monotonic() < deadline and out["requests"] < 400:
+            while time.monotonic() < deadline and out["requests"] < 20_000:
                 q = JMESPATH_QUERIES[(out["requests"] + i) % len(JMESPATH_QUERIES)]
                 out["requests"] += 1
                 try:
