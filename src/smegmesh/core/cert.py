@@ -50,6 +50,7 @@ __all__ = [
     "Policy",
     "PolicyChange",
     "Revocation",
+    "Signed",
     "auth_from_obj",
     "auth_to_obj",
     "check_auth_fields",
@@ -83,15 +84,23 @@ class CertError(ValueError):
         self.message = message
 
 
-class _Auth:
+class Signed:
+    """Wire form and signed payload shared by records, prunes and statements.
+
+    The signature covers ``_TAG + msgpack(fields_obj())``; msgpack of ints,
+    strings, bytes, bools, nil and arrays is canonical, so the payload is a pure
+    function of the field values. The wire form is ``fields_obj()`` followed by
+    the signature.
+    """
+
     _TAG: ClassVar[bytes]
-    _KIND: ClassVar[int]
     signature: bytes
 
     def fields_obj(self) -> list[Any]:
         raise NotImplementedError
 
     def to_obj(self) -> list[Any]:
+        """Wire form: :meth:`fields_obj` followed by the signature."""
         return [*self.fields_obj(), self.signature]
 
     def signed_payload(self) -> bytes:
@@ -100,6 +109,10 @@ class _Auth:
     @cached_property
     def _payload(self) -> bytes:
         return self._TAG + msgpack.packb(self.fields_obj(), use_bin_type=True)
+
+
+class _Auth(Signed):
+    _KIND: ClassVar[int]
 
     @cached_property
     def key(self) -> bytes:
@@ -113,6 +126,21 @@ class _Auth:
     @property
     def timestamp_ms(self) -> int:
         raise NotImplementedError
+
+
+class _Issued(_Auth):
+    """A statement signed by ``issuer_sign`` at ``issued_ms``."""
+
+    issuer_sign: bytes
+    issued_ms: int
+
+    @property
+    def signer(self) -> bytes:
+        return self.issuer_sign
+
+    @property
+    def timestamp_ms(self) -> int:
+        return self.issued_ms
 
 
 def _sign(identity: NodeIdentity, unsigned: Any) -> Any:
@@ -182,7 +210,7 @@ class Founding(_Auth):
 
 
 @dataclass(frozen=True)
-class Cert(_Auth):
+class Cert(_Issued):
     """``issuer`` admitted ``subject`` into ``mesh_id`` (optionally with a token)."""
 
     _TAG: ClassVar[bytes] = b"smegmesh/cert/v1\0"
@@ -227,14 +255,6 @@ class Cert(_Auth):
         _check_cert(unsigned, mesh_id, sig=False)
         return _sign(identity, unsigned)  # type: ignore[no-any-return]
 
-    @property
-    def signer(self) -> bytes:
-        return self.issuer_sign
-
-    @property
-    def timestamp_ms(self) -> int:
-        return self.issued_ms
-
     def fields_obj(self) -> list[Any]:
         return [
             self.mesh_id,
@@ -250,7 +270,7 @@ class Cert(_Auth):
 
 
 @dataclass(frozen=True)
-class AdminChange(_Auth):
+class AdminChange(_Issued):
     _TAG: ClassVar[bytes] = b"smegmesh/admin/v1\0"
     _KIND: ClassVar[int] = 3
 
@@ -272,14 +292,6 @@ class AdminChange(_Auth):
         _check_common(unsigned, mesh_id, sig=False)
         return _sign(identity, unsigned)  # type: ignore[no-any-return]
 
-    @property
-    def signer(self) -> bytes:
-        return self.issuer_sign
-
-    @property
-    def timestamp_ms(self) -> int:
-        return self.issued_ms
-
     def fields_obj(self) -> list[Any]:
         return [
             self.mesh_id,
@@ -292,7 +304,7 @@ class AdminChange(_Auth):
 
 
 @dataclass(frozen=True)
-class Revocation(_Auth):
+class Revocation(_Issued):
     _TAG: ClassVar[bytes] = b"smegmesh/revoke/v1\0"
     _KIND: ClassVar[int] = 4
 
@@ -333,14 +345,6 @@ class Revocation(_Auth):
     def subject(self) -> bytes:
         return self.target
 
-    @property
-    def signer(self) -> bytes:
-        return self.issuer_sign
-
-    @property
-    def timestamp_ms(self) -> int:
-        return self.issued_ms
-
     def fields_obj(self) -> list[Any]:
         return [
             self.mesh_id,
@@ -354,7 +358,7 @@ class Revocation(_Auth):
 
 
 @dataclass(frozen=True)
-class InviteRevoke(_Auth):
+class InviteRevoke(_Issued):
     _TAG: ClassVar[bytes] = b"smegmesh/invite-revoke/v1\0"
     _KIND: ClassVar[int] = 5
 
@@ -379,20 +383,12 @@ class InviteRevoke(_Auth):
     def subject(self) -> bytes:
         return _ZERO_KEY
 
-    @property
-    def signer(self) -> bytes:
-        return self.issuer_sign
-
-    @property
-    def timestamp_ms(self) -> int:
-        return self.issued_ms
-
     def fields_obj(self) -> list[Any]:
         return [self.mesh_id, self.token_hash, self.issuer, self.issuer_sign, self.issued_ms]
 
 
 @dataclass(frozen=True)
-class AliasReserve(_Auth):
+class AliasReserve(_Issued):
     _TAG: ClassVar[bytes] = b"smegmesh/alias-reserve/v1\0"
     _KIND: ClassVar[int] = 6
 
@@ -418,14 +414,6 @@ class AliasReserve(_Auth):
     def subject(self) -> bytes:
         return self.holder
 
-    @property
-    def signer(self) -> bytes:
-        return self.issuer_sign
-
-    @property
-    def timestamp_ms(self) -> int:
-        return self.issued_ms
-
     def fields_obj(self) -> list[Any]:
         return [
             self.mesh_id,
@@ -438,7 +426,7 @@ class AliasReserve(_Auth):
 
 
 @dataclass(frozen=True)
-class PolicyChange(_Auth):
+class PolicyChange(_Issued):
     """An admin changes who may admit new nodes (affects admissions from then on)."""
 
     _TAG: ClassVar[bytes] = b"smegmesh/policy/v1\0"
@@ -464,14 +452,6 @@ class PolicyChange(_Auth):
     @property
     def subject(self) -> bytes:
         return _ZERO_KEY
-
-    @property
-    def signer(self) -> bytes:
-        return self.issuer_sign
-
-    @property
-    def timestamp_ms(self) -> int:
-        return self.issued_ms
 
     def fields_obj(self) -> list[Any]:
         return [self.mesh_id, str(self.policy), self.issuer, self.issuer_sign, self.issued_ms]

@@ -22,10 +22,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
-from functools import cached_property
 from typing import Any, ClassVar
-
-import msgpack
 
 from smegmesh.core.addressing import InvalidMeshId, overlay_address, validate_mesh_id
 from smegmesh.core.cert import (
@@ -33,6 +30,7 @@ from smegmesh.core.cert import (
     Cert,
     CertError,
     Founding,
+    Signed,
     auth_from_obj,
     auth_to_obj,
     check_auth_fields,
@@ -176,33 +174,8 @@ def _services_tuple(
     return tuple(sorted((str(k), str(v)) for k, v in items))
 
 
-class _Signed:
-    """Wire form and signed payload shared by records and prunes.
-
-    The signature covers ``_TAG + msgpack(fields_obj())``; the wire form is
-    ``fields_obj()`` followed by the signature.
-    """
-
-    _TAG: ClassVar[bytes]
-    signature: bytes
-
-    def fields_obj(self) -> list[Any]:
-        raise NotImplementedError
-
-    def to_obj(self) -> list[Any]:
-        """Wire form: :meth:`fields_obj` followed by the signature."""
-        return [*self.fields_obj(), self.signature]
-
-    def signed_payload(self) -> bytes:
-        return self._payload
-
-    @cached_property
-    def _payload(self) -> bytes:
-        return self._TAG + msgpack.packb(self.fields_obj(), use_bin_type=True)
-
-
 @dataclass(frozen=True)
-class NodeRecord(_Signed):
+class NodeRecord(Signed):
     """What a node publishes about itself in one mesh. Build with :meth:`create`."""
 
     _TAG: ClassVar[bytes] = RECORD_TAG
@@ -369,7 +342,7 @@ class NodeRecord(_Signed):
 
 
 @dataclass(frozen=True)
-class Prune(_Signed):
+class Prune(Signed):
     """Signed by ``by_*``: every record of ``target`` with version <= target_version is dead."""
 
     _TAG: ClassVar[bytes] = PRUNE_TAG
