@@ -24,6 +24,7 @@ from smegmesh.daemon.api_models import MeshDetail, NodeInfo
 from smegmesh.daemon.resolve import resolve_node
 from smegmesh.daemon.service import ServiceError
 from smegmesh.daemon.status import parse_ping, path_to
+from tls_helpers import self_signed
 
 runner = CliRunner()
 TOKEN = "remote-token-0123456789abcdef"
@@ -344,44 +345,6 @@ def test_parse_ping_output() -> None:
 # --------------------------------------------------------------------------- https
 
 
-def _self_signed(tmp: Path) -> tuple[Path, Path]:
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "smegd-test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / "api.crt", tmp / "api.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 @pytest.fixture
 def https_api(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A TLS server with a self-signed certificate answering ``GET /v1/status`` (token checked)."""
@@ -389,7 +352,7 @@ def https_api(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
