@@ -8,4 +8,4 @@ echo "== ruff"; uv run --frozen ruff check src tests bench
 echo "== ruff format --check"; uv run --frozen ruff format --check src tests bench
 echo "== mypy"; uv run --frozen mypy
 echo "== import contracts"; uv run --frozen lint-imports --no-logo
-echo "== pytest"; uv run --frozen pytest -q -p no:cacheprovider "$@"
+echo "== pytest"; uv run --frozen pytest -q -p no:cacheprovider --durations=25 "$@"

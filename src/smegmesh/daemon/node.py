@@ -377,11 +377,6 @@ class Daemon(AuthorityOps, DeviceOps):
 
         from smegmesh.daemon.api import create_app, serve_tcp, serve_unix
 
-        app = create_app(self)
-        self.api_servers.append(
-            await serve_unix(app, cfg.control_socket, group=cfg.control_socket_group)
-        )
-        log.info("local API on %s", cfg.control_socket)
         if cfg.api_listen:
             await self._serve_tcp_api(create_app, serve_tcp)
         if cfg.dns_listen:
@@ -409,6 +404,12 @@ class Daemon(AuthorityOps, DeviceOps):
         self._tasks.append(asyncio.create_task(self._persist_loop()))
         if cfg.direct_peers > 0:
             self._tasks.append(asyncio.create_task(self.direct.run()))
+        # The control socket comes last: once `/v1/health` answers on it, every
+        # other listener is bound and the saved meshes are restored.
+        self.api_servers.append(
+            await serve_unix(create_app(self), cfg.control_socket, group=cfg.control_socket_group)
+        )
+        log.info("local API on %s", cfg.control_socket)
         release_free_memory()
 
     async def stop(self) -> None:
