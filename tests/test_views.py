@@ -31,6 +31,7 @@ from smegmesh.daemon.views import (
     alias_owners,
     check_alias_free,
     graph_dot,
+    graph_render,
     mesh_detail,
     render_graph,
     run_query,
@@ -630,7 +631,7 @@ def test_render_async() -> None:
 
 
 def test_render_dot_needs_no_graphviz(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(views.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(graph_render.shutil, "which", lambda _name: None)
     assert render_graph("digraph {}", "dot") == b"digraph {}"
     with pytest.raises(ServiceError) as ei:
         render_graph("digraph {}", "png")
@@ -652,7 +653,7 @@ def test_render_timeout(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
     slow = tmp_path / "dot"
     slow.write_text("#!/bin/sh\nsleep 5\n")
     slow.chmod(0o755)
-    monkeypatch.setattr(views.shutil, "which", lambda _name: str(slow))
+    monkeypatch.setattr(graph_render.shutil, "which", lambda _name: str(slow))
     with pytest.raises(ServiceError) as ei:
         render_graph("digraph {}", "png", timeout=0.2)
     assert ei.value.code == "unavailable" and "more than 0.2 s" in ei.value.message
