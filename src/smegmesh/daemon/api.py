@@ -69,6 +69,7 @@ from smegmesh.daemon.api_models import (
     proto_mesh,
 )
 from smegmesh.daemon.config import VERSION
+from smegmesh.daemon.config.errors import request_error
 from smegmesh.daemon.events import KEEPALIVE_S, EventBus, Subscription, TooManySubscribers
 from smegmesh.daemon.service import NodeService, ServiceError
 from smegmesh.daemon.ui import SessionStore, mount_ui, session_allows
@@ -142,27 +143,8 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     )
 
 
-def _loc(loc: tuple[Any, ...] | list[Any]) -> str:
-    parts = list(loc)
-    if parts and parts[0] in ("body", "query", "path", "header"):
-        parts = parts[1:]
-    out = ""
-    for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else ("." if out else "") + str(p)
-    return out or "body"
-
-
 def _validation_message(exc: RequestValidationError) -> str:
-    msgs = []
-    for err in exc.errors():
-        msg = str(err.get("msg", "invalid"))
-        msg = msg.removeprefix("Value error, ")
-        if err.get("type") == "missing":
-            msg = "required"
-        elif err.get("type") == "json_invalid":
-            return "request body is not valid JSON"
-        msgs.append(f"{_loc(err.get('loc', ()))}: {msg}")
-    return "invalid request: " + "; ".join(msgs)
+    return request_error(exc.errors())
 
 
 class _CatchAll:

@@ -4,7 +4,8 @@
 
 One source of truth: the keys, types, defaults, bounds and descriptions are
 read from :class:`~smegmesh.daemon.config.Config` and
-:class:`~smegmesh.daemon.config.BaseConfiguration`; a test checks that the
+:class:`~smegmesh.daemon.config.BaseConfiguration` (whose keys come from the
+table of :mod:`smegmesh.daemon.meshopts`); a test checks that the
 committed file matches.
 """
 
@@ -25,7 +26,8 @@ from smegmesh.daemon.config import BaseConfiguration, Config
 HEADER = """\
 # smegd configuration reference
 
-Generated from `src/smegmesh/daemon/config.py` by
+Generated from `src/smegmesh/daemon/config/schema.py` (per-mesh keys:
+`src/smegmesh/daemon/meshopts.py`) by
 `uv run python -m smegmesh.daemon.configdoc > docs/CONFIG.md`; do not edit by hand.
 
 `smegd CONFIG.yaml` reads one YAML file; `smegd --check CONFIG.yaml` validates it

@@ -1,0 +1,64 @@
+"""Files the config names and the daemon reads at start: the API token, the API's TLS pair."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+from smegmesh.daemon.config.errors import ConfigError
+
+__all__ = ["MAX_TOKEN_FILE_BYTES", "check_api_tls", "read_api_token"]
+
+
+#: Largest token file read (a token is a line, not a document).
+MAX_TOKEN_FILE_BYTES = 4096
+
+
+def read_api_token(path: Path, source: str = "config") -> str:
+    """The bearer token held in ``path`` (``apiTokenFile``); :class:`ConfigError` if unusable.
+
+    The messages name the file and the problem, never the token.
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_TOKEN_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: apiTokenFile: file not found: {path}") from None
+    except OSError as e:
+        raise ConfigError(f"{source}: apiTokenFile: cannot read {path}: {e.strerror}") from None
+    if len(raw) > MAX_TOKEN_FILE_BYTES:
+        raise ConfigError(
+            f"{source}: apiTokenFile: {path} is larger than {MAX_TOKEN_FILE_BYTES} bytes "
+            "(it must hold the token alone)"
+        )
+    try:
+        token = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"{source}: apiTokenFile: {path} must hold a printable ASCII token"
+        ) from None
+    if not token.isprintable() or any(c.isspace() for c in token):
+        raise ConfigError(
+            f"{source}: apiTokenFile: {path} must hold one token: printable ASCII, no spaces"
+        )
+    if len(token) < 16:
+        raise ConfigError(
+            f"{source}: apiTokenFile: the token in {path} is too short "
+            f"({len(token)} characters, at least 16)"
+        )
+    return token
+
+
+def check_api_tls(cert: Path, key: Path, source: str = "config") -> None:
+    """Load the TCP API's certificate and key once, so a bad pair fails at start, named."""
+    for name, p in (("apiTlsCertificate", cert), ("apiTlsKey", key)):
+        if not p.is_file():
+            raise ConfigError(f"{source}: {name}: file not found: {p}")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.load_cert_chain(cert, key)
+    except OSError as e:  # ssl.SSLError is an OSError
+        reason = getattr(e, "reason", None) or e.strerror or str(e)
+        raise ConfigError(
+            f"{source}: apiTlsCertificate/apiTlsKey: cannot load {cert} with key {key}: {reason}"
+        ) from None
