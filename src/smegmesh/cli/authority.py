@@ -1,13 +1,17 @@
-# mypy: disable-error-code="name-defined"
 """smegctl commands of mesh authority: evict, admin, list-invites, revoke-invite."""
+
+from __future__ import annotations
 
 import time
 from enum import StrEnum
-from types import ModuleType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
+
+from smegmesh.cli.app import JsonOpt, OptMeshIdOpt, _client, _meshid, _run, _seg, app, choices
+from smegmesh.cli.output import _console, _fail, _print_json
+from smegmesh.daemon.api_models import InvitePolicy
 
 NodeArg = Annotated[
     str,
@@ -19,10 +23,10 @@ NodeArg = Annotated[
 ]
 
 
-class Policy(StrEnum):
-    admins = "admins"
-    peers = "peers"
-    members = "members"
+if TYPE_CHECKING:
+    Policy = str
+else:
+    Policy = choices("Policy", InvitePolicy)
 
 
 class AdminAction(StrEnum):
@@ -30,228 +34,215 @@ class AdminAction(StrEnum):
     remove = "remove"
 
 
-def register(app: typer.Typer, m: ModuleType) -> None:
-    """Add the commands to ``app``; ``m``: the module of smegctl's helpers (cli.main).
+@app.command(
+    "evict",
+    epilog="Examples: smegctl evict --meshid MESH db1;  smegctl evict --meshid MESH db1 --cascade",
+)
+def evict(
+    ctx: typer.Context,
+    node: NodeArg,
+    meshid: OptMeshIdOpt = None,
+    cascade: Annotated[
+        bool,
+        typer.Option(
+            "--cascade", help="Also evict every node it admitted (and those they admitted)."
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Evict a node from a mesh (admins only).
 
-    (Passed in rather than imported: ``python -m smegmesh.cli.main`` runs that
-    module as ``__main__``, and an import would build a second app.)
+    Publishes a signed revocation: within the change-propagation time every
+    member removes the node's WireGuard peer, routes and DNS names, and refuses
+    its calls and records. The node cannot come back: not with a new record, an
+    old token, a restart, or a new identity it admits itself. Nodes it admitted
+    earlier stay, unless --cascade. `get-mesh --all` lists evicted nodes.
     """
 
-    @app.command(
-        "evict",
-        epilog="Examples: smegctl evict --meshid MESH db1;  "
-        "smegctl evict --meshid MESH db1 --cascade",
-    )
-    def evict(
-        ctx: typer.Context,
-        node: NodeArg,
-        meshid: m.OptMeshIdOpt = None,
-        cascade: Annotated[
-            bool,
-            typer.Option(
-                "--cascade", help="Also evict every node it admitted (and those they admitted)."
-            ),
-        ] = False,
-        as_json: m.JsonOpt = False,
-    ) -> None:
-        """Evict a node from a mesh (admins only).
+    def go() -> None:
+        mid = _meshid(ctx, meshid)
+        res = _client(ctx).json(
+            "POST",
+            f"/v1/meshes/{_seg(mid)}/evict",
+            json_body={"node": node, "cascade": cascade},
+        )
+        if as_json:
+            _print_json(res)
+            return
+        name = res.get("alias") or res["evicted"][0][:12] + "…"
+        extra = f" (and {len(res['evicted']) - 1} it admitted)" if len(res["evicted"]) > 1 else ""
+        typer.echo(f"evicted {name} from {mid}{extra}")
 
-        Publishes a signed revocation: within the change-propagation time every
-        member removes the node's WireGuard peer, routes and DNS names, and refuses
-        its calls and records. The node cannot come back: not with a new record, an
-        old token, a restart, or a new identity it admits itself. Nodes it admitted
-        earlier stay, unless --cascade. `get-mesh --all` lists evicted nodes.
-        """
+    _run(as_json, go)
 
-        def go() -> None:
-            mid = m._meshid(ctx, meshid)
-            res = m._client(ctx).json(
-                "POST",
-                f"/v1/meshes/{m._seg(mid)}/evict",
-                json_body={"node": node, "cascade": cascade},
+
+@app.command("admin", epilog="Examples: smegctl admin add --meshid MESH web1")
+def admin(
+    ctx: typer.Context,
+    action: Annotated[
+        AdminAction, typer.Argument(help="add: make NODE an admin; remove: drop it.")
+    ],
+    node: NodeArg,
+    meshid: OptMeshIdOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Make a node an admin of a mesh, or drop one (admins only).
+
+    Admins can evict nodes, name other admins and reserve aliases; the mesh's
+    creator is its first admin. Keep more than one admin so that losing one
+    machine never leaves a mesh without one.
+    """
+
+    def go() -> None:
+        mid = _meshid(ctx, meshid)
+        res = _client(ctx).json(
+            "POST",
+            f"/v1/meshes/{_seg(mid)}/admins",
+            json_body={"node": node, "admin": action == AdminAction.add},
+        )
+        if as_json:
+            _print_json(res)
+            return
+        verb = "is now an admin of" if res["admin"] else "is no longer an admin of"
+        typer.echo(f"{node} {verb} {mid} ({len(res['admins'])} admins)")
+
+    _run(as_json, go)
+
+
+@app.command("set-invite-policy", epilog="Example: smegctl set-invite-policy --meshid MESH admins")
+def set_invite_policy(
+    ctx: typer.Context,
+    policy: Annotated[
+        Policy,
+        typer.Argument(help="admins: only admins admit; peers: peers too; members: anyone."),
+    ],
+    meshid: OptMeshIdOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change who may admit new nodes into a mesh (admins only).
+
+    It applies to admissions from now on: a node's right to admit is fixed
+    when it is admitted.
+    """
+
+    def go() -> None:
+        mid = _meshid(ctx, meshid)
+        res = _client(ctx).json(
+            "PUT", f"/v1/meshes/{_seg(mid)}/policy", json_body={"invite_policy": policy}
+        )
+        if as_json:
+            _print_json(res)
+        else:
+            typer.echo(f"invite policy of {mid}: {res['invite_policy']}")
+
+    _run(as_json, go)
+
+
+@app.command(
+    "reserve-alias",
+    epilog="Examples: smegctl reserve-alias --meshid MESH db1 db-primary-key-prefix;  "
+    "smegctl reserve-alias --meshid MESH db1 --release",
+)
+def reserve_alias(
+    ctx: typer.Context,
+    alias: Annotated[str, typer.Argument(help="The alias (a DNS label).")],
+    node: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[NODE]",
+            help="The node that alone may use it (alias, key, address or a prefix).",
+            show_default=False,
+        ),
+    ] = None,
+    release: Annotated[
+        bool, typer.Option("--release", help="Release the reservation instead.")
+    ] = False,
+    meshid: OptMeshIdOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Reserve an alias for one node, or release it (admins only).
+
+    A reserved alias belongs to its holder in DNS whoever else claims it.
+    """
+    if (node is None) != release:
+        _fail("give NODE to reserve the alias, or --release to release it", as_json)
+
+    def go() -> None:
+        mid = _meshid(ctx, meshid)
+        res = _client(ctx).json(
+            "POST",
+            f"/v1/meshes/{_seg(mid)}/alias-reservations",
+            json_body={"alias": alias, "node": node},
+        )
+        if as_json:
+            _print_json(res)
+        elif res.get("node"):
+            typer.echo(f"alias {res['alias']} of {mid} reserved for {res['node'][:12]}…")
+        else:
+            typer.echo(f"alias {res['alias']} of {mid} released")
+
+    _run(as_json, go)
+
+
+@app.command("list-invites", epilog="Example: smegctl list-invites --meshid MESH")
+def list_invites(ctx: typer.Context, meshid: OptMeshIdOpt = None, as_json: JsonOpt = False) -> None:
+    """List a mesh's invitations: id, issuer, uses (mesh-wide), expiry. Never the secrets."""
+
+    def go() -> None:
+        mid = _meshid(ctx, meshid)
+        res = _client(ctx).json("GET", f"/v1/meshes/{_seg(mid)}/invites")
+        if as_json:
+            _print_json(res)
+            return
+        if not res:
+            typer.echo(f"no invitations in {mid}")
+            return
+        now = time.time()
+        t = Table(box=None, pad_edge=False, header_style="bold")
+        for col in ("ID", "ISSUER", "USED", "EXPIRES", "STATE"):
+            t.add_column(col)
+        for i in res:
+            state = (
+                "revoked"
+                if i["revoked"]
+                else "expired"
+                if i["expired"]
+                else "used up"
+                if i["used"] >= i["uses"]
+                else "valid"
             )
-            if as_json:
-                m._print_json(res)
-                return
-            name = res.get("alias") or res["evicted"][0][:12] + "…"
-            extra = (
-                f" (and {len(res['evicted']) - 1} it admitted)" if len(res["evicted"]) > 1 else ""
+            if i["strict"]:
+                state += " (strict)"
+            left = i["expires"] - now
+            t.add_row(
+                i["token_id"][:12],
+                i.get("issuer_alias") or i["issuer"][:12] + "…",
+                f"{i['used']}/{i['uses']}",
+                f"in {int(left // 60)} min" if left > 0 else "-",
+                state,
             )
-            typer.echo(f"evicted {name} from {mid}{extra}")
+        _console().print(t)
 
-        m._run(as_json, go)
+    _run(as_json, go)
 
-    @app.command("admin", epilog="Examples: smegctl admin add --meshid MESH web1")
-    def admin(
-        ctx: typer.Context,
-        action: Annotated[
-            AdminAction, typer.Argument(help="add: make NODE an admin; remove: drop it.")
-        ],
-        node: NodeArg,
-        meshid: m.OptMeshIdOpt = None,
-        as_json: m.JsonOpt = False,
-    ) -> None:
-        """Make a node an admin of a mesh, or drop one (admins only).
 
-        Admins can evict nodes, name other admins and reserve aliases; the mesh's
-        creator is its first admin. Keep more than one admin so that losing one
-        machine never leaves a mesh without one.
-        """
+@app.command("revoke-invite", epilog="Example: smegctl revoke-invite --meshid MESH 3f9a1c")
+def revoke_invite(
+    ctx: typer.Context,
+    token_id: Annotated[
+        str,
+        typer.Argument(
+            metavar="TOKEN-ID", help="The id shown by list-invites (a unique prefix is enough)."
+        ),
+    ],
+    meshid: OptMeshIdOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Revoke an invitation so that no one else can join with it (its issuer or an admin)."""
 
-        def go() -> None:
-            mid = m._meshid(ctx, meshid)
-            res = m._client(ctx).json(
-                "POST",
-                f"/v1/meshes/{m._seg(mid)}/admins",
-                json_body={"node": node, "admin": action == AdminAction.add},
-            )
-            if as_json:
-                m._print_json(res)
-                return
-            verb = "is now an admin of" if res["admin"] else "is no longer an admin of"
-            typer.echo(f"{node} {verb} {mid} ({len(res['admins'])} admins)")
+    def go() -> None:
+        mid = _meshid(ctx, meshid)
+        res = _client(ctx).json("DELETE", f"/v1/meshes/{_seg(mid)}/invites/{_seg(token_id)}")
+        _print_json(res) if as_json else typer.echo(f"revoked invitation {res['token_id'][:12]}")
 
-        m._run(as_json, go)
-
-    @app.command(
-        "set-invite-policy", epilog="Example: smegctl set-invite-policy --meshid MESH admins"
-    )
-    def set_invite_policy(
-        ctx: typer.Context,
-        policy: Annotated[
-            Policy,
-            typer.Argument(help="admins: only admins admit; peers: peers too; members: anyone."),
-        ],
-        meshid: m.OptMeshIdOpt = None,
-        as_json: m.JsonOpt = False,
-    ) -> None:
-        """Change who may admit new nodes into a mesh (admins only).
-
-        It applies to admissions from now on: a node's right to admit is fixed
-        when it is admitted.
-        """
-
-        def go() -> None:
-            mid = m._meshid(ctx, meshid)
-            res = m._client(ctx).json(
-                "PUT", f"/v1/meshes/{m._seg(mid)}/policy", json_body={"invite_policy": policy}
-            )
-            if as_json:
-                m._print_json(res)
-            else:
-                typer.echo(f"invite policy of {mid}: {res['invite_policy']}")
-
-        m._run(as_json, go)
-
-    @app.command(
-        "reserve-alias",
-        epilog="Examples: smegctl reserve-alias --meshid MESH db1 db-primary-key-prefix;  "
-        "smegctl reserve-alias --meshid MESH db1 --release",
-    )
-    def reserve_alias(
-        ctx: typer.Context,
-        alias: Annotated[str, typer.Argument(help="The alias (a DNS label).")],
-        node: Annotated[
-            str | None,
-            typer.Argument(
-                metavar="[NODE]",
-                help="The node that alone may use it (alias, key, address or a prefix).",
-                show_default=False,
-            ),
-        ] = None,
-        release: Annotated[
-            bool, typer.Option("--release", help="Release the reservation instead.")
-        ] = False,
-        meshid: m.OptMeshIdOpt = None,
-        as_json: m.JsonOpt = False,
-    ) -> None:
-        """Reserve an alias for one node, or release it (admins only).
-
-        A reserved alias belongs to its holder in DNS whoever else claims it.
-        """
-        if (node is None) != release:
-            m._fail("give NODE to reserve the alias, or --release to release it", as_json)
-
-        def go() -> None:
-            mid = m._meshid(ctx, meshid)
-            res = m._client(ctx).json(
-                "POST",
-                f"/v1/meshes/{m._seg(mid)}/alias-reservations",
-                json_body={"alias": alias, "node": node},
-            )
-            if as_json:
-                m._print_json(res)
-            elif res.get("node"):
-                typer.echo(f"alias {res['alias']} of {mid} reserved for {res['node'][:12]}…")
-            else:
-                typer.echo(f"alias {res['alias']} of {mid} released")
-
-        m._run(as_json, go)
-
-    @app.command("list-invites", epilog="Example: smegctl list-invites --meshid MESH")
-    def list_invites(
-        ctx: typer.Context, meshid: m.OptMeshIdOpt = None, as_json: m.JsonOpt = False
-    ) -> None:
-        """List a mesh's invitations: id, issuer, uses (mesh-wide), expiry. Never the secrets."""
-
-        def go() -> None:
-            mid = m._meshid(ctx, meshid)
-            res = m._client(ctx).json("GET", f"/v1/meshes/{m._seg(mid)}/invites")
-            if as_json:
-                m._print_json(res)
-                return
-            if not res:
-                typer.echo(f"no invitations in {mid}")
-                return
-            now = time.time()
-            t = Table(box=None, pad_edge=False, header_style="bold")
-            for col in ("ID", "ISSUER", "USED", "EXPIRES", "STATE"):
-                t.add_column(col)
-            for i in res:
-                state = (
-                    "revoked"
-                    if i["revoked"]
-                    else "expired"
-                    if i["expired"]
-                    else "used up"
-                    if i["used"] >= i["uses"]
-                    else "valid"
-                )
-                if i["strict"]:
-                    state += " (strict)"
-                left = i["expires"] - now
-                t.add_row(
-                    i["token_id"][:12],
-                    i.get("issuer_alias") or i["issuer"][:12] + "…",
-                    f"{i['used']}/{i['uses']}",
-                    f"in {int(left // 60)} min" if left > 0 else "-",
-                    state,
-                )
-            m._console().print(t)
-
-        m._run(as_json, go)
-
-    @app.command("revoke-invite", epilog="Example: smegctl revoke-invite --meshid MESH 3f9a1c")
-    def revoke_invite(
-        ctx: typer.Context,
-        token_id: Annotated[
-            str,
-            typer.Argument(
-                metavar="TOKEN-ID", help="The id shown by list-invites (a unique prefix is enough)."
-            ),
-        ],
-        meshid: m.OptMeshIdOpt = None,
-        as_json: m.JsonOpt = False,
-    ) -> None:
-        """Revoke an invitation so that no one else can join with it (its issuer or an admin)."""
-
-        def go() -> None:
-            mid = m._meshid(ctx, meshid)
-            res = m._client(ctx).json(
-                "DELETE", f"/v1/meshes/{m._seg(mid)}/invites/{m._seg(token_id)}"
-            )
-            m._print_json(res) if as_json else typer.echo(
-                f"revoked invitation {res['token_id'][:12]}"
-            )
-
-        m._run(as_json, go)
+    _run(as_json, go)

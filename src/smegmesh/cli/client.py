@@ -1,4 +1,5 @@
-"""``smegctl --api URL``: talk to a daemon's TCP API instead of the local socket.
+"""How smegctl talks to smegd: its unix socket (:class:`SocketClient`) or, with
+``smegctl --api URL``, a daemon's TCP API (:class:`RemoteClient`).
 
 The token comes from ``--api-token-file FILE`` or else ``$SMEG_API_TOKEN``;
 TLS (``https://``) is verified against the system trust store, or against
@@ -22,15 +23,20 @@ import httpx
 
 from smegmesh.core.addressing import InvalidMeshId, validate_mesh_id
 from smegmesh.core.record import SERVICE_KEY_RE
+from smegmesh.daemon.defaults import DEFAULT_CONFIG_PATH
 
 __all__ = [
     "MAX_TOKEN_FILE_BYTES",
+    "SOCKET_ENV",
     "TOKEN_ENV",
     "ClientError",
     "RemoteClient",
+    "SocketClient",
+    "Transport",
     "check_api_url",
     "check_mesh_id",
     "check_service_key",
+    "error_of",
     "mesh_id_of",
     "read_token_file",
     "seg",
@@ -38,6 +44,7 @@ __all__ = [
 ]
 
 TOKEN_ENV = "SMEG_API_TOKEN"
+SOCKET_ENV = "SMEG_SOCKET"
 #: A token file larger than this is not a token file.
 MAX_TOKEN_FILE_BYTES = 4096
 
@@ -91,9 +98,58 @@ def check_api_url(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+class SocketClient:
+    """HTTP over the daemon's unix socket."""
+
+    def __init__(self, socket: str, timeout: float = 30.0) -> None:
+        self.socket = socket
+        self.timeout = timeout
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        json_body: Any = None,
+        params: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> httpx.Response:
+        transport = httpx.HTTPTransport(uds=self.socket)
+        t = httpx.Timeout(timeout or self.timeout, connect=5.0)
+        try:
+            with httpx.Client(transport=transport, base_url="http://smegd", timeout=t) as c:
+                resp = c.request(method, url, json=json_body, params=params)
+        except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError) as e:
+            if isinstance(e.__cause__ or e.__context__, PermissionError) or "ermission" in str(e):
+                raise ClientError(
+                    f"permission denied on {self.socket} (run as root, or as a member of "
+                    "the socket's group)"
+                ) from None
+            raise ClientError(
+                f"cannot reach smegd at {self.socket} (is it running? start it with: "
+                f"smegd {DEFAULT_CONFIG_PATH})"
+            ) from None
+        except PermissionError:
+            raise ClientError(f"permission denied on {self.socket} (run as root)") from None
+        except httpx.TimeoutException:
+            raise ClientError(f"smegd at {self.socket} did not answer within {t.read:g}s") from None
+        except httpx.HTTPError as e:
+            raise ClientError(f"talking to smegd at {self.socket} failed: {e}") from None
+        if resp.status_code >= 400:
+            raise ClientError(*error_of(resp))
+        return resp
+
+    def json(self, method: str, url: str, **kw: Any) -> Any:
+        resp = self.request(method, url, **kw)
+        try:
+            return resp.json()
+        except ValueError:
+            raise ClientError("smegd sent an answer that is not JSON") from None
+
+
 class RemoteClient:
     """HTTP(S) to a daemon's ``apiListen``, with its bearer token. Same interface as
-    :class:`smegmesh.cli.main.Client`."""
+    :class:`SocketClient`."""
 
     def __init__(
         self,
@@ -214,3 +270,7 @@ def seg(s: str) -> str:
 def token_from_env() -> str | None:
     tok = os.environ.get(TOKEN_ENV, "").strip()
     return tok or None
+
+
+#: Either way of talking to smegd: the same ``request``/``json`` interface.
+Transport = SocketClient | RemoteClient

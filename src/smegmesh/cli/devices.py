@@ -1,15 +1,18 @@
-# mypy: disable-error-code="name-defined"
 """smegctl commands of sponsored devices: add-device, list-devices, remove-device (issue 18)."""
+
+from __future__ import annotations
 
 import io
 import os
 import sys
 from pathlib import Path
-from types import ModuleType
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+
+from smegmesh.cli.app import JsonOpt, OptMeshIdOpt, _client, _meshid, _run, _seg, app
+from smegmesh.cli.output import _console, _print_json
 
 
 def write_private_file(path: Path, text: str) -> None:
@@ -31,151 +34,151 @@ def qr_text(text: str) -> str:
     return out.getvalue()
 
 
-def register(app: typer.Typer, m: ModuleType) -> None:
-    """Add the commands to ``app``; ``m``: the module of smegctl's helpers (cli.main)."""
-
-    @app.command(
-        "add-device",
-        epilog="Examples: smegctl add-device --meshid MESH --name phone --qr;  "
-        "smegctl add-device --meshid MESH --name router --public-key KEY --output router.conf",
+def _show_added(res: dict[str, Any], mid: str, output: Path | None, qr: bool) -> None:
+    """``add-device`` for people: the config (or where it went), then one line on stderr."""
+    cfg = res["config"]
+    dev = res["device"]
+    if output is not None:
+        typer.echo(f"wrote {output} (mode 0600)")
+    elif not qr:
+        typer.echo(cfg, nl=False)
+    if qr:
+        sys.stdout.write(qr_text(cfg))
+    sys.stderr.write(
+        f"device {dev['alias']} ({dev['overlay_address']}) added to {mid}"
+        + (
+            "; its private key is not kept: save this config now\n"
+            if res["has_private_key"] and not dev.get("key_kept")
+            else "\n"
+        )
     )
-    def add_device(
-        ctx: typer.Context,
-        name: Annotated[
-            str,
-            typer.Option("--name", help="The device's alias (a DNS label).", show_default=False),
-        ],
-        meshid: m.OptMeshIdOpt = None,
-        via: Annotated[
-            str | None,
-            typer.Option(
-                "--via",
-                help="The sponsoring peer. Only the peer this smegctl talks to is supported "
-                "in this version: run add-device on that peer (or with --api URL of it).",
-                show_default=False,
-            ),
-        ] = None,
-        public_key: Annotated[
-            str | None,
-            typer.Option(
-                "--public-key",
-                help="The device's WireGuard public key (it keeps its private key); "
-                "default: generate a key pair.",
-                show_default=False,
-            ),
-        ] = None,
-        keep_key: Annotated[
-            bool,
-            typer.Option(
-                "--keep-key",
-                help="Keep the generated private key in the daemon's state directory (0600).",
-            ),
-        ] = False,
-        qr: Annotated[
-            bool, typer.Option("--qr", help="Print the config as a QR code (for phone apps).")
-        ] = False,
-        output: Annotated[
-            Path | None,
-            typer.Option("--output", "-o", help="Write the config to FILE (mode 0600)."),
-        ] = None,
-        as_json: m.JsonOpt = False,
-    ) -> None:
-        """Sponsor a device without smegd (a phone, a router) and print its WireGuard config.
 
-        This peer lists the device in its own signed record: every member reaches
-        it through this peer, by its overlay address and by NAME.MESH.smeg. in DNS.
-        The device is admitted like any node (the mesh's invite policy applies) and
-        can be evicted. It has one configured peer, this one: no failover. The
-        generated private key is shown once and not kept, unless --keep-key.
-        """
 
-        def go() -> None:
-            mid = m._meshid(ctx, meshid)
-            res = m._client(ctx).json(
-                "POST",
-                f"/v1/meshes/{m._seg(mid)}/devices",
-                json_body={
-                    "name": name,
-                    "public_key": public_key,
-                    "keep_key": keep_key,
-                    "via": via,
-                },
+@app.command(
+    "add-device",
+    epilog="Examples: smegctl add-device --meshid MESH --name phone --qr;  "
+    "smegctl add-device --meshid MESH --name router --public-key KEY --output router.conf",
+)
+def add_device(
+    ctx: typer.Context,
+    name: Annotated[
+        str,
+        typer.Option("--name", help="The device's alias (a DNS label).", show_default=False),
+    ],
+    meshid: OptMeshIdOpt = None,
+    via: Annotated[
+        str | None,
+        typer.Option(
+            "--via",
+            help="The sponsoring peer. Only the peer this smegctl talks to is supported "
+            "in this version: run add-device on that peer (or with --api URL of it).",
+            show_default=False,
+        ),
+    ] = None,
+    public_key: Annotated[
+        str | None,
+        typer.Option(
+            "--public-key",
+            help="The device's WireGuard public key (it keeps its private key); "
+            "default: generate a key pair.",
+            show_default=False,
+        ),
+    ] = None,
+    keep_key: Annotated[
+        bool,
+        typer.Option(
+            "--keep-key",
+            help="Keep the generated private key in the daemon's state directory (0600).",
+        ),
+    ] = False,
+    qr: Annotated[
+        bool, typer.Option("--qr", help="Print the config as a QR code (for phone apps).")
+    ] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write the config to FILE (mode 0600)."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Sponsor a device without smegd (a phone, a router) and print its WireGuard config.
+
+    This peer lists the device in its own signed record: every member reaches
+    it through this peer, by its overlay address and by NAME.MESH.smeg. in DNS.
+    The device is admitted like any node (the mesh's invite policy applies) and
+    can be evicted. It has one configured peer, this one: no failover. The
+    generated private key is shown once and not kept, unless --keep-key.
+    """
+
+    def go() -> None:
+        mid = _meshid(ctx, meshid)
+        res = _client(ctx).json(
+            "POST",
+            f"/v1/meshes/{_seg(mid)}/devices",
+            json_body={
+                "name": name,
+                "public_key": public_key,
+                "keep_key": keep_key,
+                "via": via,
+            },
+        )
+        if output is not None:
+            write_private_file(output, res["config"])
+        if as_json:
+            _print_json(res)
+            return
+        _show_added(res, mid, output, qr)
+
+    _run(as_json, go)
+
+
+@app.command("list-devices", epilog="Example: smegctl list-devices --meshid MESH")
+def list_devices(ctx: typer.Context, meshid: OptMeshIdOpt = None, as_json: JsonOpt = False) -> None:
+    """List a mesh's sponsored devices: name, address, sponsoring peer."""
+
+    def go() -> None:
+        mid = _meshid(ctx, meshid)
+        res = _client(ctx).json("GET", f"/v1/meshes/{_seg(mid)}/devices")
+        if as_json:
+            _print_json(res)
+            return
+        if not res:
+            typer.echo(f"no devices in {mid}")
+            return
+        t = Table(box=None, pad_edge=False, header_style="bold")
+        for col in ("NAME", "ADDRESS", "SPONSOR", "PUBLIC KEY"):
+            t.add_column(col)
+        for d in res:
+            t.add_row(
+                d["alias"] or "-",
+                d["overlay_address"],
+                d.get("sponsor_alias") or d["sponsor"][:12] + "…",
+                d["public_key"],
             )
-            cfg = res["config"]
-            if output is not None:
-                write_private_file(output, cfg)
-            if as_json:
-                m._print_json(res)
-                return
-            dev = res["device"]
-            if output is not None:
-                typer.echo(f"wrote {output} (mode 0600)")
-            elif not qr:
-                typer.echo(cfg, nl=False)
-            if qr:
-                sys.stdout.write(qr_text(cfg))
-            sys.stderr.write(
-                f"device {dev['alias']} ({dev['overlay_address']}) added to {mid}"
-                + (
-                    "; its private key is not kept: save this config now\n"
-                    if res["has_private_key"] and not dev.get("key_kept")
-                    else "\n"
-                )
-            )
+        _console().print(t)
 
-        m._run(as_json, go)
+    _run(as_json, go)
 
-    @app.command("list-devices", epilog="Example: smegctl list-devices --meshid MESH")
-    def list_devices(
-        ctx: typer.Context, meshid: m.OptMeshIdOpt = None, as_json: m.JsonOpt = False
-    ) -> None:
-        """List a mesh's sponsored devices: name, address, sponsoring peer."""
 
-        def go() -> None:
-            mid = m._meshid(ctx, meshid)
-            res = m._client(ctx).json("GET", f"/v1/meshes/{m._seg(mid)}/devices")
-            if as_json:
-                m._print_json(res)
-                return
-            if not res:
-                typer.echo(f"no devices in {mid}")
-                return
-            t = Table(box=None, pad_edge=False, header_style="bold")
-            for col in ("NAME", "ADDRESS", "SPONSOR", "PUBLIC KEY"):
-                t.add_column(col)
-            for d in res:
-                t.add_row(
-                    d["alias"] or "-",
-                    d["overlay_address"],
-                    d.get("sponsor_alias") or d["sponsor"][:12] + "…",
-                    d["public_key"],
-                )
-            m._console().print(t)
+@app.command("remove-device", epilog="Example: smegctl remove-device --meshid MESH phone")
+def remove_device(
+    ctx: typer.Context,
+    device: Annotated[
+        str,
+        typer.Argument(
+            metavar="NAME|KEY", help="The device's name, public key or overlay address."
+        ),
+    ],
+    meshid: OptMeshIdOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stop sponsoring a device (run on its sponsor): it disappears from the mesh."""
 
-        m._run(as_json, go)
+    def go() -> None:
+        mid = _meshid(ctx, meshid)
+        res = _client(ctx).json("DELETE", f"/v1/meshes/{_seg(mid)}/devices/{_seg(device)}")
+        if as_json:
+            _print_json(res)
+            return
+        typer.echo(f"removed device {res['alias'] or res['public_key'][:12]} from {mid}")
 
-    @app.command("remove-device", epilog="Example: smegctl remove-device --meshid MESH phone")
-    def remove_device(
-        ctx: typer.Context,
-        device: Annotated[
-            str,
-            typer.Argument(
-                metavar="NAME|KEY", help="The device's name, public key or overlay address."
-            ),
-        ],
-        meshid: m.OptMeshIdOpt = None,
-        as_json: m.JsonOpt = False,
-    ) -> None:
-        """Stop sponsoring a device (run on its sponsor): it disappears from the mesh."""
-
-        def go() -> None:
-            mid = m._meshid(ctx, meshid)
-            res = m._client(ctx).json(
-                "DELETE", f"/v1/meshes/{m._seg(mid)}/devices/{m._seg(device)}"
-            )
-            if as_json:
-                m._print_json(res)
-                return
-            typer.echo(f"removed device {res['alias'] or res['public_key'][:12]} from {mid}")
-
-        m._run(as_json, go)
+    _run(as_json, go)

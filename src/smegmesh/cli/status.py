@@ -13,18 +13,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from smegmesh.cli.app import JsonOpt, _client, _run, app
 from smegmesh.cli.client import check_mesh_id
-from smegmesh.cli.main import (
-    JsonOpt,
-    _ago,
-    _bytes,
-    _client,
-    _console,
-    _dur,
-    _print_json,
-    _run,
-    app,
-)
+from smegmesh.cli.output import _ago, _bytes, _console, _dur, _print_json
 
 __all__ = ["path_text", "ping", "status"]
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from smegmesh.core import record
 from smegmesh.daemon.config import MeshOptions, Role
+from smegmesh.daemon.meshopts import InvitePolicy
 
 __all__ = [
     "ALIAS_RE",
@@ -23,6 +24,7 @@ __all__ = [
     "ErrorBody",
     "ErrorResponse",
     "GraphFormat",
+    "InvitePolicy",
     "InviteRequest",
     "InviteResponse",
     "JoinRequest",
@@ -401,9 +403,7 @@ class AdminResponse(_Model):
 
 
 class PolicyRequest(_Request):
-    invite_policy: Literal["admins", "peers", "members"] = Field(
-        description="Who may admit new nodes from now on"
-    )
+    invite_policy: InvitePolicy = Field(description="Who may admit new nodes from now on")
 
 
 class PolicyResponse(_Model):

@@ -27,9 +27,11 @@ from smegmesh.core.desired import DEFAULT_CLIENT_KEEPALIVE
 __all__ = [
     "DEFAULT_CLIENT_KEEPALIVE",
     "MESH_OPTIONS",
+    "InvitePolicy",
     "IpDiscovery",
     "MeshOpt",
     "Role",
+    "flags_of",
 ]
 
 Role = Literal["peer", "client"]

@@ -1,0 +1,237 @@
+"""The ``smegctl`` Typer app: its global options, shared flags, and how commands reach smegd.
+
+Commands live in their own modules (:mod:`.commands`, :mod:`.commands_node`,
+:mod:`.status`, :mod:`.authority`, :mod:`.devices`) and register on
+:data:`app` when :mod:`smegmesh.cli.main` imports them. Every command has
+``--json`` for machine output on stdout; errors are one line on stderr
+(``smegctl: ...``) and a non-zero exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, get_args
+
+import typer
+
+from smegmesh.cli.client import (
+    SOCKET_ENV,
+    TOKEN_ENV,
+    ClientError,
+    RemoteClient,
+    SocketClient,
+    Transport,
+    check_api_url,
+    check_service_key,
+    mesh_id_of,
+    read_token_file,
+    seg,
+    token_from_env,
+)
+from smegmesh.cli.output import _fail, _print_json
+from smegmesh.cli.smegd import Smegd
+from smegmesh.daemon.defaults import DEFAULT_CONTROL_SOCKET, VERSION
+
+__all__ = [
+    "API_ENV",
+    "JsonOpt",
+    "MeshIdOpt",
+    "OptMeshIdOpt",
+    "State",
+    "app",
+    "choices",
+]
+
+API_ENV = "SMEG_API"
+#: The old name of the one error type of smegctl (see :class:`ClientError`).
+CtlError = ClientError
+
+app = typer.Typer(
+    name="smegctl",
+    help="Control the local smegmesh daemon (smegd): create, join and inspect WireGuard "
+    "meshes.\n\n"
+    f"smegctl talks to smegd over its unix socket: --socket PATH, else ${SOCKET_ENV}, "
+    f"else {DEFAULT_CONTROL_SOCKET}. Every command accepts --json for machine-readable "
+    "output.\n\n"
+    "Typical use: [bold]smegctl new-mesh[/bold] on the first node, "
+    "[bold]smegctl invite --meshid ID[/bold] there, and "
+    "[bold]smegctl join-mesh --token TOKEN[/bold] on each new node.",
+    no_args_is_help=True,
+    add_completion=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def choices(name: str, literal: Any) -> type[StrEnum]:
+    """A ``StrEnum`` of the values of ``literal`` (the API's type): Typer shows and checks them."""
+    return StrEnum(name, {v: v for v in get_args(literal)})  # type: ignore[return-value]
+
+
+class State:
+    """The global options, as ``ctx.obj`` of every command."""
+
+    def __init__(
+        self,
+        socket: str,
+        api: str | None = None,
+        api_token: str | None = None,
+        api_ca: Path | None = None,
+    ) -> None:
+        self.socket = socket
+        self.api = api
+        self.api_token = api_token
+        self.api_ca = api_ca
+
+
+def _client(ctx: typer.Context, timeout: float = 30.0) -> Transport:
+    state = ctx.find_object(State)
+    if state is not None and state.api:  # --api URL: the daemon's TCP API
+        return RemoteClient(state.api, state.api_token, state.api_ca, timeout)
+    return SocketClient(state.socket if state else DEFAULT_CONTROL_SOCKET, timeout=timeout)
+
+
+def _smegd(ctx: typer.Context, timeout: float = 30.0) -> Smegd:
+    """The typed API of the daemon the global options name."""
+    return Smegd(_client(ctx, timeout))
+
+
+def _meshid(ctx: typer.Context, meshid: str | None) -> str:
+    """``--meshid`` checked, or the node's only mesh when it was left out."""
+    return mesh_id_of(_client(ctx), meshid)
+
+
+_seg = seg
+
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print machine-readable JSON on stdout, nothing else.")
+]
+
+
+MeshIdOpt = Annotated[str, typer.Option("--meshid", "-m", help="The mesh id.", show_default=False)]
+
+
+#: ``--meshid`` that may be left out when the node is in exactly one mesh (see ``_meshid``).
+OptMeshIdOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--meshid",
+        "-m",
+        help="The mesh id (may be left out when this node is in exactly one mesh).",
+        show_default=False,
+    ),
+]
+
+
+def _version_cb(value: bool) -> None:
+    if value:
+        typer.echo(f"smegctl {VERSION}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    socket: Annotated[
+        str,
+        typer.Option(
+            "--socket",
+            "-s",
+            envvar=SOCKET_ENV,
+            help="Control socket of smegd (the controlSocket key of its config).",
+            show_envvar=True,
+        ),
+    ] = DEFAULT_CONTROL_SOCKET,
+    api: Annotated[
+        str | None,
+        typer.Option(
+            "--api",
+            envvar=API_ENV,
+            help="Talk to a daemon's TCP API (its apiListen) instead of the socket: "
+            "http://HOST:PORT or https://HOST:PORT. The token comes from --api-token-file "
+            f"or ${TOKEN_ENV}.",
+            show_envvar=True,
+            show_default=False,
+        ),
+    ] = None,
+    api_token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--api-token-file",
+            help=f"File holding the API token (default: ${TOKEN_ENV}).",
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    api_ca: Annotated[
+        Path | None,
+        typer.Option(
+            "--api-ca",
+            help="CA certificate (PEM) to verify an https:// --api with, e.g. the daemon's "
+            "self-signed apiTlsCertificate. Verification is always on.",
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version_cb, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    if ctx.resilient_parsing:  # shell completion: no files, no errors
+        ctx.obj = State(socket)
+        return
+    token = None
+    if api:
+        try:
+            check_api_url(api)
+            token = read_token_file(api_token_file) if api_token_file else token_from_env()
+        except ClientError as e:
+            _fail(e.message)
+    ctx.obj = State(socket, api or None, token, api_ca)
+
+
+def _run(as_json: bool, fn: Any, *args: Any) -> None:
+    try:
+        fn(*args)
+    except ClientError as e:
+        _fail(e.message, as_json, e.payload)
+
+
+def _ok(ctx: typer.Context, as_json: bool, method: str, url: str, body: Any, msg: str) -> None:
+    def go() -> None:
+        res = _client(ctx).json(method, url, json_body=body)
+        _print_json(res) if as_json else typer.echo(msg)
+
+    _run(as_json, go)
+
+
+def _ok_mesh(
+    ctx: typer.Context,
+    as_json: bool,
+    meshid: str | None,
+    method: str,
+    sub: str,
+    body: Any,
+    msg: str,
+) -> None:
+    """Like ``_ok`` for ``/v1/meshes/{mesh}/SUB``, the mesh from ``--meshid`` or the only one;
+    ``{mesh}`` in ``msg`` is replaced by its id."""
+
+    def go() -> None:
+        mid = _meshid(ctx, meshid)
+        res = _client(ctx).json(method, f"/v1/meshes/{_seg(mid)}/{sub}", json_body=body)
+        _print_json(res) if as_json else typer.echo(msg.replace("{mesh}", mid))
+
+    _run(as_json, go)
+
+
+def _service_key(key: str, as_json: bool) -> str:
+    try:
+        return check_service_key(key)
+    except ClientError as e:
+        _fail(e.message, as_json)

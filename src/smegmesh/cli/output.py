@@ -1,0 +1,100 @@
+"""smegctl's output: JSON on stdout, one-line errors on stderr, tables, durations and sizes."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+
+__all__ = [
+    "EXIT_ERROR",
+    "_ago",
+    "_bytes",
+    "_console",
+    "_dur",
+    "_fail",
+    "_print_json",
+    "parse_duration",
+]
+
+#: Exit statuses: 1 = the daemon refused or failed, or is unreachable; 2 = usage error.
+EXIT_ERROR = 1
+
+
+def _console() -> Console:
+    """Console for tables: on a pipe never truncate (lines may be long, tools grep them)."""
+    if sys.stdout.isatty():
+        return Console(highlight=False)
+    return Console(highlight=False, width=1000, color_system=None)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    sys.stdout.flush()
+
+
+def _fail(message: str, as_json: bool = False, payload: dict[str, Any] | None = None) -> NoReturn:
+    if as_json:
+        _print_json(payload or {"error": {"code": "client", "message": message}})
+    sys.stderr.write(f"smegctl: {message}\n")
+    sys.stderr.flush()
+    raise typer.Exit(EXIT_ERROR)
+
+
+def _ago(ts: float | None, now: float) -> str:
+    if ts is None:
+        return "never"
+    return _dur(max(0.0, now - ts)) + " ago"
+
+
+def _dur(s: float | None) -> str:
+    if s is None:
+        return "-"
+    s = int(s)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
+
+
+def _bytes(n: int) -> str:
+    x = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if x < 1024 or unit == "TiB":
+            return f"{x:.0f} {unit}" if unit == "B" else f"{x:.1f} {unit}"
+        x /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+_DURATION_RE = re.compile(r"(\d+)\s*([smhdw])")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> int:
+    """``"90"`` / ``"90s"`` / ``"30m"`` / ``"2h"`` / ``"1d"`` / ``"1h30m"`` -> seconds (> 0)."""
+    t = text.strip().lower()
+    if t.isdigit():
+        secs = int(t)
+    else:
+        pos, secs = 0, 0
+        for m in _DURATION_RE.finditer(t):
+            if m.start() != pos:
+                break
+            secs += int(m.group(1)) * _UNITS[m.group(2)]
+            pos = m.end()
+        if pos != len(t) or not t:
+            raise typer.BadParameter(
+                f"{text!r} is not a duration; use e.g. 90s, 30m, 2h, 1d or 1h30m"
+            )
+    if secs <= 0:
+        raise typer.BadParameter("must be longer than 0 seconds")
+    return secs

@@ -1,0 +1,111 @@
+"""Tables of ``list-meshes`` and ``get-mesh``, from the API's models."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+
+from rich.console import RenderableType
+from rich.table import Table
+
+from smegmesh.cli.output import _ago, _bytes, _dur
+from smegmesh.daemon.api_models import MeshDetail, MeshSummary, NodeInfo
+
+__all__ = ["mesh_tables", "meshes_table"]
+
+_NODE_COLUMNS = (
+    "",
+    "ALIAS",
+    "ROLE",
+    "ADDRESS",
+    "ENDPOINT",
+    "LAST SEEN",
+    "HANDSHAKE",
+    "RX / TX",
+    "KEY",
+)
+
+
+def meshes_table(meshes: Sequence[MeshSummary]) -> Table:
+    """``list-meshes``: one row per mesh."""
+    t = Table(box=None, pad_edge=False, header_style="bold")
+    for col in ("MESH", "INTERFACE", "ROLE", "ADDRESS", "PREFIX", "NODES"):
+        t.add_column(col, overflow="fold", min_width=len(col))
+    for m in meshes:
+        t.add_row(
+            m.mesh_id,
+            m.interface or "-",
+            m.role,
+            m.overlay_address,
+            m.prefix,
+            str(m.node_count),
+        )
+    return t
+
+
+def _node_row(n: NodeInfo, now: float) -> tuple[str, ...]:
+    role: str = n.role
+    if role == "client" and n.assigned_peer:
+        role += f" (via {n.assigned_peer[:8]})"
+    alias = n.alias or "-"
+    if n.alias_conflict:
+        alias += " (clash)"
+    if n.admin:
+        role += " ADMIN"
+    return (
+        "*" if n.is_self else "",
+        alias,
+        role,
+        n.overlay_address,
+        n.wg_endpoint or "-",
+        _ago(n.last_seen, now),
+        _dur(n.handshake_age_s),
+        f"{_bytes(n.rx_bytes)} / {_bytes(n.tx_bytes)}" if n.wg_peer else "-",
+        n.public_key[:12] + "…",
+    )
+
+
+def mesh_tables(d: MeshDetail, *, show_all: bool = False) -> Iterator[RenderableType]:
+    """``get-mesh``: the title line, the nodes, a clash warning, evicted nodes, routes."""
+    now = time.time()
+    yield f"[bold]{d.mesh_id}[/bold]  prefix {d.prefix}" + (
+        f"  interface {d.interface}" if d.interface else ""
+    )
+    t = Table(box=None, pad_edge=False, header_style="bold")
+    for col in _NODE_COLUMNS:
+        t.add_column(col, overflow="fold", min_width=min(len(col), 9) or 1)
+    for n in d.nodes:
+        t.add_row(*_node_row(n, now))
+    yield t
+    me = next((n for n in d.nodes if n.is_self), None)
+    if me is not None and me.alias_conflict:
+        yield (
+            f"[yellow]alias {me.alias!r} is also claimed by another node, which "
+            "keeps it: choose another with put-alias[/yellow]"
+        )
+    if show_all and d.evicted:
+        et = Table(title="evicted", box=None, header_style="bold")
+        for col in ("KEY", "ADDRESS", "BY", "WHEN", "CASCADE"):
+            et.add_column(col, overflow="fold")
+        for e in d.evicted:
+            et.add_row(
+                e.public_key[:12] + "…",
+                e.overlay_address,
+                e.by[:12] + "…",
+                _ago(e.time, now),
+                "yes" if e.cascade else "no",
+            )
+        yield et
+    if d.routes:
+        rt = Table(title="routes from this node", box=None, header_style="bold")
+        for col in ("DESTINATION", "VIA", "PATH (meshes)", "LENGTH", "ALTERNATIVES"):
+            rt.add_column(col, overflow="fold")
+        for r in d.routes:
+            rt.add_row(
+                r.destination,
+                r.gateway_alias or r.gateway[:12] + "…",
+                " → ".join(r.path) or "-",
+                str(r.path_length),
+                str(len(r.alternatives)),
+            )
+        yield rt
