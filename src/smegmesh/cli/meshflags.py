@@ -19,7 +19,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from smegmesh.cli.app import choices
-from smegmesh.daemon.meshopts import MeshOpt, flags_of
+from smegmesh.daemon.meshopts import MESH_OPTIONS, MeshOpt, flags_of
 
 __all__ = ["with_mesh_flags"]
 
@@ -48,16 +48,16 @@ def _json_value(value: Any) -> Any:
     return value.value if isinstance(value, Enum) else value
 
 
-def with_mesh_flags(command: str) -> Callable[[F], F]:
+def with_mesh_flags(command: str, table: tuple[MeshOpt, ...] = MESH_OPTIONS) -> Callable[[F], F]:
     """Give the decorated command the per-mesh flags of ``command``, as ``opts``."""
-    table = flags_of(command)
+    flags = flags_of(command, table)
 
     def decorate(fn: F) -> F:
         sig = inspect.signature(fn, eval_str=True)
         params = [p for p in sig.parameters.values() if p.name != "opts"]
         at = next(i for i, p in enumerate(params) if p.name == "as_json")
-        params[at:at] = [_parameter(o) for o in table]
-        names = {o.name for o in table}
+        params[at:at] = [_parameter(o) for o in flags]
+        names = {o.name for o in flags}
 
         @functools.wraps(fn)
         def command_fn(*args: Any, **kwargs: Any) -> Any:

@@ -242,6 +242,6 @@ MESH_OPTIONS: tuple[MeshOpt, ...] = (
 )
 
 
-def flags_of(command: str) -> tuple[MeshOpt, ...]:
+def flags_of(command: str, table: tuple[MeshOpt, ...] = MESH_OPTIONS) -> tuple[MeshOpt, ...]:
     """The options ``command`` (``new-mesh`` or ``join-mesh``) takes as flags, in order."""
-    return tuple(o for o in MESH_OPTIONS if o.flag is not None and command in o.commands)
+    return tuple(o for o in table if o.flag is not None and command in o.commands)

@@ -14,36 +14,47 @@ from typing import TYPE_CHECKING, Any, Self
 from pydantic import ConfigDict, Field, create_model
 
 from smegmesh.daemon.config.model import _Model
-from smegmesh.daemon.meshopts import MESH_OPTIONS
+from smegmesh.daemon.meshopts import MESH_OPTIONS, MeshOpt
 
 if TYPE_CHECKING:
     from smegmesh.daemon.config.schema import BaseConfiguration
 
-__all__ = ["MeshOptions", "ResolvedMesh", "base_fields", "resolve_mesh_settings"]
+__all__ = [
+    "MeshOptions",
+    "ResolvedMesh",
+    "base_fields",
+    "merge",
+    "option_fields",
+    "resolve_mesh_settings",
+    "resolved_fields",
+]
 
 
-def base_fields() -> type[_Model]:
+Table = tuple[MeshOpt, ...]
+
+
+def base_fields(table: Table = MESH_OPTIONS) -> type[_Model]:
     """A model of the per-mesh keys of ``baseConfiguration`` (camelCase aliases, defaults)."""
     fields: dict[str, Any] = {
         o.base_attr: (o.base_type, Field(alias=o.base_key, **o.base))
-        for o in MESH_OPTIONS
+        for o in table
         if o.base_key is not None and o.base_attr is not None
     }
     return create_model("_BaseConfigurationFields", __base__=_Model, **fields)
 
 
-def _option_fields() -> type[_Model]:
+def option_fields(table: Table = MESH_OPTIONS) -> type[_Model]:
+    """A model of the options as the API takes them (all optional: unset = the base)."""
     fields: dict[str, Any] = {
-        o.name: (o.type | None, Field(default=None, **o.api))
-        for o in MESH_OPTIONS
-        if o.api is not None
+        o.name: (o.type | None, Field(default=None, **o.api)) for o in table if o.api is not None
     }
     return create_model("_MeshOptionsFields", __base__=_Model, **fields)
 
 
-def _resolved_fields() -> type[_Model]:
+def resolved_fields(table: Table = MESH_OPTIONS) -> type[_Model]:
+    """A model of the concrete settings of a mesh (the ``resolved`` attributes)."""
     fields: dict[str, Any] = {}
-    for o in MESH_OPTIONS:
+    for o in table:
         if o.resolved is None:
             continue
         optional = o.base_key is None or (o.finish is None and o.base.get("default", 0) is None)
@@ -51,7 +62,7 @@ def _resolved_fields() -> type[_Model]:
     return create_model("_ResolvedMeshFields", __base__=_Model, **fields)
 
 
-class MeshOptions(_option_fields()):  # type: ignore[misc]
+class MeshOptions(option_fields()):  # type: ignore[misc]
     """Per-mesh overrides (``new-mesh``/``join-mesh`` flags); ``None`` = use the base."""
 
     # API input: JSON types as documented (no "1" for 1 or 0 for false).
@@ -64,7 +75,7 @@ class MeshOptions(_option_fields()):  # type: ignore[misc]
         ) -> Self: ...
 
 
-class ResolvedMesh(_resolved_fields()):  # type: ignore[misc]
+class ResolvedMesh(resolved_fields()):  # type: ignore[misc]
     """Concrete settings of one mesh: ``baseConfiguration`` with the flags applied.
 
     ``wg_port`` None: pick a free port; ``endpoint`` None: discover it with
@@ -72,15 +83,19 @@ class ResolvedMesh(_resolved_fields()):  # type: ignore[misc]
     """
 
 
-def resolve_mesh_settings(base: BaseConfiguration, opts: MeshOptions | None = None) -> ResolvedMesh:
-    """Merge per-mesh ``opts`` over ``base``: a flag given wins, else the base key."""
-    o = opts or MeshOptions()
+def merge(base: Any, opts: Any, table: Table = MESH_OPTIONS) -> dict[str, Any]:
+    """The resolved settings as a dict: for each option, the flag if given, else the base key."""
     out: dict[str, Any] = {}
-    for opt in MESH_OPTIONS:
+    for opt in table:
         if opt.resolved is None:
             continue
-        value = getattr(o, opt.name) if opt.api is not None else None
+        value = getattr(opts, opt.name) if opt.api is not None else None
         if value is None and opt.base_attr is not None:
             value = getattr(base, opt.base_attr)
         out[opt.resolved] = opt.finish(value, out) if opt.finish is not None else value
-    return ResolvedMesh(**out)
+    return out
+
+
+def resolve_mesh_settings(base: BaseConfiguration, opts: MeshOptions | None = None) -> ResolvedMesh:
+    """Merge per-mesh ``opts`` over ``base``: a flag given wins, else the base key."""
+    return ResolvedMesh(**merge(base, opts or MeshOptions()))
