@@ -477,7 +477,7 @@ def test_idle_connections_cannot_lock_the_tcp_api_out(monkeypatch: pytest.Monkey
     """More silent (or trickling) connections than the API serves at once: closed in time."""
     import time
 
-    from smegmesh.daemon import api as api_mod
+    from smegmesh.daemon import api_serve as api_mod
 
     monkeypatch.setattr(api_mod, "HEADER_TIMEOUT_S", 0.5)
     with served_tcp(TOKEN) as (base, _):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import FastAPI, Path
+from fastapi import FastAPI
 
 from smegmesh.daemon.api_models import (
     AdminRequest,
@@ -16,12 +14,10 @@ from smegmesh.daemon.api_models import (
     PolicyRequest,
     PolicyResponse,
 )
+from smegmesh.daemon.api_params import MeshId, TokenId
 from smegmesh.daemon.service import NodeService
 
 __all__ = ["add_authority_routes"]
-
-MeshId = Annotated[str, Path(min_length=1, max_length=128, description="Mesh id")]
-TokenId = Annotated[str, Path(min_length=1, max_length=64, description="Invitation id")]
 
 
 def add_authority_routes(app: FastAPI, service: NodeService) -> None:

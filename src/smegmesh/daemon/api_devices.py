@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import FastAPI, Path
+from fastapi import FastAPI
 
 from smegmesh.daemon.api_models import AddDeviceRequest, AddDeviceResponse, DeviceInfo
+from smegmesh.daemon.api_params import DeviceName, MeshId
 from smegmesh.daemon.service import NodeService
 
 __all__ = ["add_device_routes"]
-
-MeshId = Annotated[str, Path(min_length=1, max_length=128, description="Mesh id")]
-DeviceName = Annotated[
-    str, Path(min_length=1, max_length=128, description="Device alias, public key or address")
-]
 
 
 def add_device_routes(app: FastAPI, service: NodeService) -> None:
