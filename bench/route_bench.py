@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from smegmesh.sim.routesim import RouteSimConfig, run_bridge_failure
+from smegmesh.sim.routerun import RouteSimConfig, run_bridge_failure
 
 COLS = [
     ("meshes", "meshes"),

@@ -6,13 +6,9 @@ from typing import Any
 
 import pytest
 
-from smegmesh.sim.routesim import (
-    RouteSim,
-    RouteSimConfig,
-    make_topology,
-    offline_routes,
-    run_bridge_failure,
-)
+from smegmesh.sim.routerun import RouteSimConfig, run_bridge_failure
+from smegmesh.sim.routesim import RouteSim
+from smegmesh.sim.routetopo import make_topology, offline_routes
 
 
 def _strip(r: dict[str, Any]) -> dict[str, Any]:
