@@ -9,6 +9,7 @@ Commands live in their own modules (:mod:`.commands`, :mod:`.commands_node`,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, get_args
@@ -41,6 +42,7 @@ __all__ = [
     "State",
     "app",
     "choices",
+    "mesh_call",
 ]
 
 API_ENV = "SMEG_API"
@@ -202,14 +204,6 @@ def _run(as_json: bool, fn: Any, *args: Any) -> None:
         _fail(e.message, as_json, e.payload)
 
 
-def _ok(ctx: typer.Context, as_json: bool, method: str, url: str, body: Any, msg: str) -> None:
-    def go() -> None:
-        res = _client(ctx).json(method, url, json_body=body)
-        _print_json(res) if as_json else typer.echo(msg)
-
-    _run(as_json, go)
-
-
 def _ok_mesh(
     ctx: typer.Context,
     as_json: bool,
@@ -219,13 +213,37 @@ def _ok_mesh(
     body: Any,
     msg: str,
 ) -> None:
-    """Like ``_ok`` for ``/v1/meshes/{mesh}/SUB``, the mesh from ``--meshid`` or the only one;
-    ``{mesh}`` in ``msg`` is replaced by its id."""
+    """:func:`mesh_call` printing ``msg`` (``{mesh}`` replaced by the mesh id)."""
+    mesh_call(
+        ctx,
+        meshid,
+        as_json,
+        method,
+        sub,
+        lambda _res, mid: typer.echo(msg.replace("{mesh}", mid)),
+        body=body,
+    )
+
+
+def mesh_call(
+    ctx: typer.Context,
+    meshid: str | None,
+    as_json: bool,
+    method: str,
+    sub: str,
+    human: Callable[[Any, str], None],
+    *,
+    answer: Any = Any,
+    body: dict[str, Any] | None = None,
+) -> None:
+    """The shape of most commands: one request to ``/v1/meshes/{mesh}/SUB`` (the mesh from
+    ``--meshid`` or the only one); with ``--json`` the answer as received, else
+    ``human(answer, mesh_id)`` with the answer validated as ``answer`` (an API model)."""
 
     def go() -> None:
         mid = _meshid(ctx, meshid)
-        res = _client(ctx).json(method, f"/v1/meshes/{_seg(mid)}/{sub}", json_body=body)
-        _print_json(res) if as_json else typer.echo(msg.replace("{mesh}", mid))
+        res = _smegd(ctx).call(answer, method, f"/v1/meshes/{seg(mid)}/{sub}", body=body)
+        _print_json(res.raw) if as_json else human(res.data, mid)
 
     _run(as_json, go)
 

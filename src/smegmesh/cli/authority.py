@@ -9,9 +9,23 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from smegmesh.cli.app import JsonOpt, OptMeshIdOpt, _client, _meshid, _run, _seg, app, choices
-from smegmesh.cli.output import _console, _fail, _print_json
-from smegmesh.daemon.api_models import InvitePolicy
+from smegmesh.cli.app import (
+    JsonOpt,
+    OptMeshIdOpt,
+    _seg,
+    app,
+    choices,
+    mesh_call,
+)
+from smegmesh.cli.output import _console, _fail
+from smegmesh.daemon.api_models import (
+    AdminResponse,
+    AliasReservation,
+    EvictResponse,
+    InviteInfo,
+    InvitePolicy,
+    PolicyResponse,
+)
 
 NodeArg = Annotated[
     str,
@@ -59,21 +73,13 @@ def evict(
     earlier stay, unless --cascade. `get-mesh --all` lists evicted nodes.
     """
 
-    def go() -> None:
-        mid = _meshid(ctx, meshid)
-        res = _client(ctx).json(
-            "POST",
-            f"/v1/meshes/{_seg(mid)}/evict",
-            json_body={"node": node, "cascade": cascade},
-        )
-        if as_json:
-            _print_json(res)
-            return
-        name = res.get("alias") or res["evicted"][0][:12] + "…"
-        extra = f" (and {len(res['evicted']) - 1} it admitted)" if len(res["evicted"]) > 1 else ""
+    def human(res: EvictResponse, mid: str) -> None:
+        name = res.alias or res.evicted[0][:12] + "…"
+        extra = f" (and {len(res.evicted) - 1} it admitted)" if len(res.evicted) > 1 else ""
         typer.echo(f"evicted {name} from {mid}{extra}")
 
-    _run(as_json, go)
+    body = {"node": node, "cascade": cascade}
+    mesh_call(ctx, meshid, as_json, "POST", "evict", human, answer=EvictResponse, body=body)
 
 
 @app.command("admin", epilog="Examples: smegctl admin add --meshid MESH web1")
@@ -93,20 +99,12 @@ def admin(
     machine never leaves a mesh without one.
     """
 
-    def go() -> None:
-        mid = _meshid(ctx, meshid)
-        res = _client(ctx).json(
-            "POST",
-            f"/v1/meshes/{_seg(mid)}/admins",
-            json_body={"node": node, "admin": action == AdminAction.add},
-        )
-        if as_json:
-            _print_json(res)
-            return
-        verb = "is now an admin of" if res["admin"] else "is no longer an admin of"
-        typer.echo(f"{node} {verb} {mid} ({len(res['admins'])} admins)")
+    def human(res: AdminResponse, mid: str) -> None:
+        verb = "is now an admin of" if res.admin else "is no longer an admin of"
+        typer.echo(f"{node} {verb} {mid} ({len(res.admins)} admins)")
 
-    _run(as_json, go)
+    body = {"node": node, "admin": action == AdminAction.add}
+    mesh_call(ctx, meshid, as_json, "POST", "admins", human, answer=AdminResponse, body=body)
 
 
 @app.command("set-invite-policy", epilog="Example: smegctl set-invite-policy --meshid MESH admins")
@@ -125,17 +123,11 @@ def set_invite_policy(
     when it is admitted.
     """
 
-    def go() -> None:
-        mid = _meshid(ctx, meshid)
-        res = _client(ctx).json(
-            "PUT", f"/v1/meshes/{_seg(mid)}/policy", json_body={"invite_policy": policy}
-        )
-        if as_json:
-            _print_json(res)
-        else:
-            typer.echo(f"invite policy of {mid}: {res['invite_policy']}")
+    def human(res: PolicyResponse, mid: str) -> None:
+        typer.echo(f"invite policy of {mid}: {res.invite_policy}")
 
-    _run(as_json, go)
+    body = {"invite_policy": policy}
+    mesh_call(ctx, meshid, as_json, "PUT", "policy", human, answer=PolicyResponse, body=body)
 
 
 @app.command(
@@ -167,33 +159,22 @@ def reserve_alias(
     if (node is None) != release:
         _fail("give NODE to reserve the alias, or --release to release it", as_json)
 
-    def go() -> None:
-        mid = _meshid(ctx, meshid)
-        res = _client(ctx).json(
-            "POST",
-            f"/v1/meshes/{_seg(mid)}/alias-reservations",
-            json_body={"alias": alias, "node": node},
-        )
-        if as_json:
-            _print_json(res)
-        elif res.get("node"):
-            typer.echo(f"alias {res['alias']} of {mid} reserved for {res['node'][:12]}…")
+    def human(res: AliasReservation, mid: str) -> None:
+        if res.node:
+            typer.echo(f"alias {res.alias} of {mid} reserved for {res.node[:12]}…")
         else:
-            typer.echo(f"alias {res['alias']} of {mid} released")
+            typer.echo(f"alias {res.alias} of {mid} released")
 
-    _run(as_json, go)
+    body = {"alias": alias, "node": node}
+    sub = "alias-reservations"
+    mesh_call(ctx, meshid, as_json, "POST", sub, human, answer=AliasReservation, body=body)
 
 
 @app.command("list-invites", epilog="Example: smegctl list-invites --meshid MESH")
 def list_invites(ctx: typer.Context, meshid: OptMeshIdOpt = None, as_json: JsonOpt = False) -> None:
     """List a mesh's invitations: id, issuer, uses (mesh-wide), expiry. Never the secrets."""
 
-    def go() -> None:
-        mid = _meshid(ctx, meshid)
-        res = _client(ctx).json("GET", f"/v1/meshes/{_seg(mid)}/invites")
-        if as_json:
-            _print_json(res)
-            return
+    def human(res: list[InviteInfo], mid: str) -> None:
         if not res:
             typer.echo(f"no invitations in {mid}")
             return
@@ -204,26 +185,26 @@ def list_invites(ctx: typer.Context, meshid: OptMeshIdOpt = None, as_json: JsonO
         for i in res:
             state = (
                 "revoked"
-                if i["revoked"]
+                if i.revoked
                 else "expired"
-                if i["expired"]
+                if i.expired
                 else "used up"
-                if i["used"] >= i["uses"]
+                if i.used >= i.uses
                 else "valid"
             )
-            if i["strict"]:
+            if i.strict:
                 state += " (strict)"
-            left = i["expires"] - now
+            left = i.expires - now
             t.add_row(
-                i["token_id"][:12],
-                i.get("issuer_alias") or i["issuer"][:12] + "…",
-                f"{i['used']}/{i['uses']}",
+                i.token_id[:12],
+                i.issuer_alias or i.issuer[:12] + "…",
+                f"{i.used}/{i.uses}",
                 f"in {int(left // 60)} min" if left > 0 else "-",
                 state,
             )
         _console().print(t)
 
-    _run(as_json, go)
+    mesh_call(ctx, meshid, as_json, "GET", "invites", human, answer=list[InviteInfo])
 
 
 @app.command("revoke-invite", epilog="Example: smegctl revoke-invite --meshid MESH 3f9a1c")
@@ -240,9 +221,8 @@ def revoke_invite(
 ) -> None:
     """Revoke an invitation so that no one else can join with it (its issuer or an admin)."""
 
-    def go() -> None:
-        mid = _meshid(ctx, meshid)
-        res = _client(ctx).json("DELETE", f"/v1/meshes/{_seg(mid)}/invites/{_seg(token_id)}")
-        _print_json(res) if as_json else typer.echo(f"revoked invitation {res['token_id'][:12]}")
+    def human(res: InviteInfo, mid: str) -> None:
+        typer.echo(f"revoked invitation {res.token_id[:12]}")
 
-    _run(as_json, go)
+    sub = f"invites/{_seg(token_id)}"
+    mesh_call(ctx, meshid, as_json, "DELETE", sub, human, answer=InviteInfo)

@@ -11,8 +11,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from smegmesh.cli.app import JsonOpt, OptMeshIdOpt, _client, _meshid, _run, _seg, app
+from smegmesh.cli.app import JsonOpt, OptMeshIdOpt, _client, _meshid, _run, _seg, app, mesh_call
 from smegmesh.cli.output import _console, _print_json
+from smegmesh.daemon.api_models import DeviceInfo
 
 
 def write_private_file(path: Path, text: str) -> None:
@@ -135,12 +136,7 @@ def add_device(
 def list_devices(ctx: typer.Context, meshid: OptMeshIdOpt = None, as_json: JsonOpt = False) -> None:
     """List a mesh's sponsored devices: name, address, sponsoring peer."""
 
-    def go() -> None:
-        mid = _meshid(ctx, meshid)
-        res = _client(ctx).json("GET", f"/v1/meshes/{_seg(mid)}/devices")
-        if as_json:
-            _print_json(res)
-            return
+    def human(res: list[DeviceInfo], mid: str) -> None:
         if not res:
             typer.echo(f"no devices in {mid}")
             return
@@ -149,14 +145,14 @@ def list_devices(ctx: typer.Context, meshid: OptMeshIdOpt = None, as_json: JsonO
             t.add_column(col)
         for d in res:
             t.add_row(
-                d["alias"] or "-",
-                d["overlay_address"],
-                d.get("sponsor_alias") or d["sponsor"][:12] + "…",
-                d["public_key"],
+                d.alias or "-",
+                d.overlay_address,
+                d.sponsor_alias or d.sponsor[:12] + "…",
+                d.public_key,
             )
         _console().print(t)
 
-    _run(as_json, go)
+    mesh_call(ctx, meshid, as_json, "GET", "devices", human, answer=list[DeviceInfo])
 
 
 @app.command("remove-device", epilog="Example: smegctl remove-device --meshid MESH phone")
@@ -173,12 +169,8 @@ def remove_device(
 ) -> None:
     """Stop sponsoring a device (run on its sponsor): it disappears from the mesh."""
 
-    def go() -> None:
-        mid = _meshid(ctx, meshid)
-        res = _client(ctx).json("DELETE", f"/v1/meshes/{_seg(mid)}/devices/{_seg(device)}")
-        if as_json:
-            _print_json(res)
-            return
-        typer.echo(f"removed device {res['alias'] or res['public_key'][:12]} from {mid}")
+    def human(res: DeviceInfo, mid: str) -> None:
+        typer.echo(f"removed device {res.alias or res.public_key[:12]} from {mid}")
 
-    _run(as_json, go)
+    sub = f"devices/{_seg(device)}"
+    mesh_call(ctx, meshid, as_json, "DELETE", sub, human, answer=DeviceInfo)
