@@ -212,19 +212,31 @@ def test_duplicate_entries_last_wins() -> None:
 
 
 def test_lookup_cost_does_not_grow_with_view() -> None:
-    nodes = [node(f"mesh-{i % 7}", f"host-{i}", f"k{i}") for i in range(3000)]
-    t0 = time.perf_counter()
-    big = NameView(nodes)
-    build = time.perf_counter() - t0
-    assert build < 2.0
-    assert len(big) > 3 * 3000
-    names = [f"host-{i}.mesh-{i % 7}.smeg." for i in range(0, 3000, 3)]
-    t0 = time.perf_counter()
-    for _ in range(10):
-        for name in names:
-            assert resolve(big, name, AAAA).answer
-    per_query = (time.perf_counter() - t0) / (10 * len(names))
-    assert per_query < 50e-6, per_query
+    """A lookup in a 3,000-node view costs what it costs in a 30-node view.
+
+    Measured as a ratio against the small view in the same run (best of five),
+    so a loaded machine slows both alike.
+    """
+
+    def view(n: int) -> tuple[NameView, list[str]]:
+        nodes = [node(f"mesh-{i % 7}", f"host-{i}", f"k{i}") for i in range(n)]
+        v = NameView(nodes)
+        assert len(v) > 3 * n
+        return v, [f"host-{i}.mesh-{i % 7}.smeg." for i in range(n)]
+
+    def per_query(v: NameView, names: list[str]) -> float:
+        picked = [names[i % len(names)] for i in range(0, 3000, 3)]
+        best = float("inf")
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for name in picked:
+                assert resolve(v, name, AAAA).answer
+            best = min(best, (time.perf_counter() - t0) / len(picked))
+        return best
+
+    small, big = view(30), view(3000)
+    ratio = per_query(*big) / per_query(*small)
+    assert ratio < 3.0, f"a lookup in 3,000 nodes costs {ratio:.1f}x one in 30"
 
 
 label = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=12)
