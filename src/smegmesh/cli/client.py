@@ -23,6 +23,7 @@ import httpx
 
 from smegmesh.core.addressing import InvalidMeshId, validate_mesh_id
 from smegmesh.core.record import SERVICE_KEY_RE
+from smegmesh.daemon.config.files import MAX_TOKEN_FILE_BYTES
 from smegmesh.daemon.defaults import DEFAULT_CONFIG_PATH
 
 __all__ = [
@@ -45,8 +46,6 @@ __all__ = [
 
 TOKEN_ENV = "SMEG_API_TOKEN"
 SOCKET_ENV = "SMEG_SOCKET"
-#: A token file larger than this is not a token file.
-MAX_TOKEN_FILE_BYTES = 4096
 
 
 class ClientError(Exception):
