@@ -11,11 +11,19 @@ import time
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
-from smegmesh.cli.app import JsonOpt, _client, _run, app
+from smegmesh.cli.app import JsonOpt, _run, _smegd, app
 from smegmesh.cli.client import check_mesh_id
 from smegmesh.cli.output import _ago, _bytes, _console, _dur, _print_json
+from smegmesh.daemon.api_models import (
+    MemberStatus,
+    MeshStatus,
+    PathInfo,
+    PingResponse,
+    StatusResponse,
+)
 
 __all__ = ["path_text", "ping", "status"]
 
@@ -24,10 +32,10 @@ def _short_key(key: str | None) -> str:
     return key[:8] + "…" if key else "-"
 
 
-def path_text(path: dict[str, Any]) -> str:
+def path_text(path: PathInfo) -> str:
     """``direct`` / ``via ALIAS`` / ``via bridge ALIAS`` / ``self`` / ``no path``."""
-    kind = path.get("kind")
-    hop = path.get("via_alias") or _short_key(path.get("via"))
+    kind = path.kind
+    hop = path.via_alias or _short_key(path.via)
     if kind == "direct":
         return "direct"
     if kind == "peer":
@@ -63,72 +71,85 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """The node at a glance (help text: ``STATUS_HELP``)."""
 
     def go() -> None:
-        res = _client(ctx).json("GET", "/v1/status")
+        res = _smegd(ctx).call(StatusResponse, "GET", "/v1/status")
         if as_json:
-            _print_json(res)
+            _print_json(res.raw)
             return
+        st: StatusResponse = res.data
         con = _console()
         con.print(
-            f"[bold]smegd {res['version']}[/bold]  node {_short_key(res.get('public_key'))}"
-            + (f"  ({res['public_key']})" if res.get("public_key") else "")
+            f"[bold]smegd {st.version}[/bold]  node {_short_key(st.public_key)}"
+            + (f"  ({st.public_key})" if st.public_key else "")
         )
-        if not res["meshes"]:
+        if not st.meshes:
             con.print("not in any mesh (create one with: smegctl new-mesh)")
             return
         now = time.time()
-        for m in res["meshes"]:
+        for m in st.meshes:
             con.print()
-            head = (
-                f"[bold]{m['mesh_id']}[/bold]  {m.get('role') or '-'}"
-                f"  {m.get('overlay_address') or '-'}"
-                f"  {m['members_online']}/{m['members_total']} online"
-            )
-            if m.get("interface"):
-                head += f"  interface {m['interface']}"
-            con.print(head)
-            t = Table(box=None, pad_edge=False, header_style="bold")
-            for col in (
-                "",
-                "ALIAS",
-                "ADDRESS",
-                "ROLE",
-                "PATH",
-                "HANDSHAKE",
-                "RX / TX",
-                "LAST SEEN",
-                "KEY",
-            ):
-                t.add_column(col, overflow="fold", min_width=min(len(col), 9) or 1)
-            for n in m["members"]:
-                alias = n.get("alias") or "-"
-                if n.get("status") == "suspect":
-                    alias += " (suspect)"
-                direct = n["path"].get("kind") == "direct"
-                hs = n.get("handshake_age_s")
-                t.add_row(
-                    "*" if n.get("is_self") else "",
-                    alias,
-                    n["overlay_address"],
-                    n["role"],
-                    path_text(n["path"]),
-                    "-" if n.get("is_self") else ("never" if hs is None else _dur(hs) + " ago"),
-                    f"{_bytes(n['rx_bytes'])} / {_bytes(n['tx_bytes'])}" if direct else "-",
-                    "-" if n.get("is_self") else _ago(n.get("last_seen"), now),
-                    _short_key(n["public_key"]),
-                )
-            con.print(t)
-            for r in m.get("routes") or []:
-                hop = r.get("gateway_alias") or _short_key(r.get("gateway"))
-                path = " → ".join(r.get("path") or [])
-                exit_ = "exit" if r["destination"] == "::/0" else "route"
-                alts = len(r.get("alternatives") or [])
-                con.print(
-                    f"  {exit_} {r['destination']} via {hop}"
-                    + (f" (across {path})" if path else "")
-                    + (f", {alts} alternative(s)" if alts else "")
-                )
+            _print_mesh(con, m, now)
 
     _run(as_json, go)
+
+
+_MEMBER_COLUMNS = (
+    "",
+    "ALIAS",
+    "ADDRESS",
+    "ROLE",
+    "PATH",
+    "HANDSHAKE",
+    "RX / TX",
+    "LAST SEEN",
+    "KEY",
+)
+
+
+def _member_row(n: MemberStatus, now: float) -> tuple[str, ...]:
+    alias = n.alias or "-"
+    if n.status == "suspect":
+        alias += " (suspect)"
+    direct = n.path.kind == "direct"
+    hs = n.handshake_age_s
+    return (
+        "*" if n.is_self else "",
+        alias,
+        n.overlay_address,
+        n.role,
+        path_text(n.path),
+        "-" if n.is_self else ("never" if hs is None else _dur(hs) + " ago"),
+        f"{_bytes(n.rx_bytes)} / {_bytes(n.tx_bytes)}" if direct else "-",
+        "-" if n.is_self else _ago(n.last_seen, now),
+        _short_key(n.public_key),
+    )
+
+
+def _print_mesh(con: Console, m: MeshStatus, now: float) -> None:
+    """One mesh of ``status``: its line, its members, the routes and exits in use."""
+    head = (
+        f"[bold]{m.mesh_id}[/bold]  {m.role or '-'}"
+        f"  {m.overlay_address or '-'}"
+        f"  {m.members_online}/{m.members_total} online"
+    )
+    if m.interface:
+        head += f"  interface {m.interface}"
+    con.print(head)
+    t = Table(box=None, pad_edge=False, header_style="bold")
+    for col in _MEMBER_COLUMNS:
+        t.add_column(col, overflow="fold", min_width=min(len(col), 9) or 1)
+    for n in m.members:
+        t.add_row(*_member_row(n, now))
+    con.print(t)
+    for r in m.routes:
+        hop = r.gateway_alias or _short_key(r.gateway)
+        path = " → ".join(r.path)
+        exit_ = "exit" if r.destination == "::/0" else "route"
+        alts = len(r.alternatives)
+        con.print(
+            f"  {exit_} {r.destination} via {hop}"
+            + (f" (across {path})" if path else "")
+            + (f", {alts} alternative(s)" if alts else "")
+        )
 
 
 @app.command(
@@ -167,26 +188,25 @@ def ping(
         if meshid is not None:
             body["mesh_id"] = check_mesh_id(meshid)
         wait = count * 0.2 + timeout + 15
-        res = _client(ctx, timeout=wait).json("POST", "/v1/ping", json_body=body)
+        answer = _smegd(ctx, timeout=wait).call(PingResponse, "POST", "/v1/ping", body=body)
+        res: PingResponse = answer.data
         if as_json:
-            _print_json(res)
+            _print_json(answer.raw)
         else:
-            name = res.get("alias") or _short_key(res.get("public_key"))
-            where = f" in {res['mesh_id']}" if res.get("mesh_id") else ""
-            target = (
-                f"{name} ({res['address']}{where})" if res.get("public_key") else res["address"]
-            )
-            path = path_text(res["path"])
-            if res["received"]:
+            name = res.alias or _short_key(res.public_key)
+            where = f" in {res.mesh_id}" if res.mesh_id else ""
+            target = f"{name} ({res.address}{where})" if res.public_key else res.address
+            path = path_text(res.path)
+            if res.received:
                 typer.echo(
-                    f"{target}: {res['received']}/{res['sent']} replies, {path}, "
-                    f"rtt avg {res['rtt_avg_ms']:.2f} ms "
-                    f"(min {min(res['rtt_ms']):.2f}, max {max(res['rtt_ms']):.2f})"
+                    f"{target}: {res.received}/{res.sent} replies, {path}, "
+                    f"rtt avg {res.rtt_avg_ms or 0:.2f} ms "
+                    f"(min {min(res.rtt_ms):.2f}, max {max(res.rtt_ms):.2f})"
                 )
             else:
-                why = res.get("error") or "no reply"
+                why = res.error or "no reply"
                 typer.echo(f"{target}: no reply ({path}): {why}")
-        if not res["received"]:
+        if not res.received:
             raise typer.Exit(1)
 
     _run(as_json, go)
