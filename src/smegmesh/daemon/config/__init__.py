@@ -20,29 +20,74 @@ Entry point: :func:`load_config`.  Per-mesh overrides coming from the
 
 from __future__ import annotations
 
-from smegmesh.core.endpoint import split_host_port
-from smegmesh.daemon.config.errors import SECRET_KEYS, ConfigError
-from smegmesh.daemon.config.files import MAX_TOKEN_FILE_BYTES, check_api_tls, read_api_token
-from smegmesh.daemon.config.load import load_config, parse_config
-from smegmesh.daemon.config.mesh import MeshOptions, ResolvedMesh, resolve_mesh_settings
-from smegmesh.daemon.config.schema import (
-    CA_TLS_WARNING,
-    DEFAULT_CLIENT_KEEPALIVE,
-    SKIP_CERT_WARNING,
-    BaseConfiguration,
-    Config,
-    IpDiscovery,
-    LogFormat,
-    LogLevel,
-    Role,
-    WgBackend,
-)
-from smegmesh.daemon.defaults import (
-    DEFAULT_CONFIG_PATH,
-    DEFAULT_CONTROL_SOCKET,
-    DEFAULT_STATE_DIR,
-    VERSION,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Loaded on first use (PEP 562): smegctl needs MeshOptions and the token-file
+# limit, not the whole schema, the YAML loader and their models, which would
+# add half a second to every smegctl command.
+_WHERE = {
+    "split_host_port": "smegmesh.core.endpoint",
+    "SECRET_KEYS": "smegmesh.daemon.config.errors",
+    "ConfigError": "smegmesh.daemon.config.errors",
+    "MAX_TOKEN_FILE_BYTES": "smegmesh.daemon.config.files",
+    "check_api_tls": "smegmesh.daemon.config.files",
+    "read_api_token": "smegmesh.daemon.config.files",
+    "load_config": "smegmesh.daemon.config.load",
+    "parse_config": "smegmesh.daemon.config.load",
+    "MeshOptions": "smegmesh.daemon.config.mesh",
+    "ResolvedMesh": "smegmesh.daemon.config.mesh",
+    "resolve_mesh_settings": "smegmesh.daemon.config.mesh",
+    "CA_TLS_WARNING": "smegmesh.daemon.config.schema",
+    "SKIP_CERT_WARNING": "smegmesh.daemon.config.schema",
+    "BaseConfiguration": "smegmesh.daemon.config.schema",
+    "Config": "smegmesh.daemon.config.schema",
+    "LogFormat": "smegmesh.daemon.config.schema",
+    "LogLevel": "smegmesh.daemon.config.schema",
+    "WgBackend": "smegmesh.daemon.config.schema",
+    "DEFAULT_CLIENT_KEEPALIVE": "smegmesh.daemon.meshopts",
+    "IpDiscovery": "smegmesh.daemon.meshopts",
+    "Role": "smegmesh.daemon.meshopts",
+    "DEFAULT_CONFIG_PATH": "smegmesh.daemon.defaults",
+    "DEFAULT_CONTROL_SOCKET": "smegmesh.daemon.defaults",
+    "DEFAULT_STATE_DIR": "smegmesh.daemon.defaults",
+    "VERSION": "smegmesh.daemon.defaults",
+}
+
+if TYPE_CHECKING:
+    from smegmesh.core.endpoint import split_host_port
+    from smegmesh.daemon.config.errors import SECRET_KEYS, ConfigError
+    from smegmesh.daemon.config.files import MAX_TOKEN_FILE_BYTES, check_api_tls, read_api_token
+    from smegmesh.daemon.config.load import load_config, parse_config
+    from smegmesh.daemon.config.mesh import MeshOptions, ResolvedMesh, resolve_mesh_settings
+    from smegmesh.daemon.config.schema import (
+        CA_TLS_WARNING,
+        DEFAULT_CLIENT_KEEPALIVE,
+        SKIP_CERT_WARNING,
+        BaseConfiguration,
+        Config,
+        IpDiscovery,
+        LogFormat,
+        LogLevel,
+        Role,
+        WgBackend,
+    )
+    from smegmesh.daemon.defaults import (
+        DEFAULT_CONFIG_PATH,
+        DEFAULT_CONTROL_SOCKET,
+        DEFAULT_STATE_DIR,
+        VERSION,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(where), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CA_TLS_WARNING",
