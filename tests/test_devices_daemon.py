@@ -108,10 +108,10 @@ def test_add_device_config_mesh_dns_evict_and_remove(trio: Cluster, tmp_path: Pa
             "--name",
             "x",
             "--via",
-            key_a[:0] + b.self_key(mesh),
+            b.self_key(mesh),
             code=None,
         ),
-        "only the sponsoring peer",
+        "only an admin",
     )
     _one_line(
         a.ctl(
@@ -177,3 +177,106 @@ def test_client_cannot_sponsor(trio: Cluster) -> None:
     b.api("POST", "/v1/join", json={"token": tok, "role": "client"})
     wait_until(lambda: b.mesh(mesh)["role"] == "client", 20, 0.1, "b joins as a client")
     _one_line(b.ctl("add-device", "--meshid", mesh, "--name", "phone", code=None), "peer")
+
+
+def _refused(d: Smegd, method: str, url: str, **kw: object) -> tuple[int, str, str]:
+    """(status, code, message) of a request the daemon refuses (never a 500)."""
+    import httpx
+
+    transport = httpx.HTTPTransport(uds=str(d.sock))
+    with httpx.Client(transport=transport, base_url="http://smegd", timeout=30) as c:
+        r = c.request(method, url, **kw)  # type: ignore[arg-type]
+    assert 400 <= r.status_code < 500, (r.status_code, r.text)
+    err = r.json()["error"]
+    return r.status_code, err["code"], err["message"]
+
+
+def test_admin_adds_a_device_via_a_remote_peer(trio: Cluster, tmp_path: Path) -> None:
+    """``add-device --via PEER`` by an admin: the peer sponsors it; a non-admin cannot,
+    not even by calling the peer directly; ``device-config`` reprints the config.
+    (Over the API where the CLI adds nothing: each smegctl run costs seconds in CI.)"""
+    import asyncio
+
+    from smegmesh.core.device_messages import DeviceSettings, SponsorRequest
+    from smegmesh.core.identity import NodeIdentity
+    from smegmesh.core.wire import decode, encode
+    from smegmesh.daemon.transport import RpcClient, TlsIdentity
+
+    owner, a, b = trio.daemons
+    mesh = create_mesh(owner, [a, b])
+    key_a = a.self_key(mesh)
+    a.api("PUT", f"/v1/meshes/{mesh}/alias", json={"alias": "alpha"})
+    wait_until(
+        lambda: (owner.node(mesh, key_a) or {}).get("alias") == "alpha", 20, 0.1, "alias seen"
+    )
+    url = f"/v1/meshes/{mesh}/devices"
+
+    # the owner (an admin) names peer `a` by alias; the key is generated and kept here
+    res = owner.api("POST", url, json={"name": "phone", "via": "alpha", "keep_key": True})
+    cfg = parse_wg_quick(res["config"])
+    assert res["has_private_key"] and res["device"]["sponsor"] == key_a
+    assert cfg["Peer"]["PublicKey"] == key_a
+    assert cfg["Peer"]["Endpoint"] == a.node(mesh, key_a)["wg_endpoint"]  # type: ignore[index]
+    assert owner.mesh(mesh)["prefix"] in cfg["Peer"]["AllowedIPs"].split(", ")
+    priv = X25519PrivateKey.from_private_bytes(base64.b64decode(cfg["Interface"]["PrivateKey"]))
+    dev_key = base64.b64encode(priv.public_key().public_bytes_raw()).decode()
+    assert res["device"]["public_key"] == dev_key
+    for d in (owner, a, b):
+        wait_until(lambda d=d: "phone" in _devices(d, mesh), 20, 0.1, f"{d.name} sees phone")
+        assert _devices(d, mesh)["phone"]["sponsor"] == key_a
+    # the private key stayed with the admin: never sent to, never kept by the sponsor
+    assert not list((a.dir / "state").rglob("devices/*/*.key"))
+    assert len(list((owner.dir / "state").rglob("devices/*/*.key"))) == 1
+
+    # device-config: on the admin (asks the sponsor; the kept key included) and on the
+    # sponsor (no private key: it never had it), the same settings
+    again = owner.api("GET", f"{url}/phone/config")
+    assert again["has_private_key"] and again["config"] == res["config"]
+    out = tmp_path / "phone.conf"
+    on_a = a.ctl("device-config", "--meshid", mesh, dev_key[:10], "--output", str(out))
+    assert "the private key is not kept here" in on_a.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    text = out.read_text()
+    assert "\nPrivateKey" not in text
+    assert text.replace("# PrivateKey = <the device's private key (you kept it)>", "") == (
+        res["config"].replace(f"PrivateKey = {cfg['Interface']['PrivateKey']}", "")
+    )
+    assert b.api("GET", f"{url}/phone/config")["config"] == text  # any member
+    assert _refused(owner, "GET", f"{url}/nosuch/config")[:2] == (404, "unknown_device")
+
+    # a non-admin cannot make a peer sponsor a device: not through its daemon...
+    _one_line(
+        b.ctl("add-device", "--meshid", mesh, "--name", "evil", "--via", "alpha", code=None),
+        "admin",
+    )
+    # ...nor by calling the peer itself with its own (member) identity
+    attacker = NodeIdentity.from_seed((b.dir / "state" / "identity.key").read_bytes())
+    fp = TlsIdentity.load_or_create(a.dir / "state").fingerprint
+    endpoint = a.node(mesh, key_a)["control_endpoint"]  # type: ignore[index]
+
+    async def ask() -> object:
+        rpc = RpcClient(attacker, timeout=10)
+        try:
+            body = encode(SponsorRequest(mesh, bytes(range(1, 33)), "evil"))
+            return decode(await rpc.call(endpoint, fp, body))
+        finally:
+            await rpc.close()
+
+    reply = asyncio.run(ask())
+    assert isinstance(reply, DeviceSettings) and "admin" in reply.error, reply
+    assert "evil" not in _devices(a, mesh)
+    assert "not an admin" in a.log()
+    # --via naming no node of the mesh: a clear error
+    assert _refused(owner, "POST", url, json={"name": "x", "via": "nosuch"})[:2] == (
+        404,
+        "unknown_node",
+    )
+
+    # eviction applies: the admin evicts the device, gone everywhere; `a` cannot re-add it
+    owner.api("POST", f"/v1/meshes/{mesh}/evict", json={"node": "phone"})
+    for d in (owner, a, b):
+        wait_until(lambda d=d: "phone" not in _devices(d, mesh), 20, 0.1, f"{d.name} drops it")
+    status, code, msg = _refused(
+        owner, "POST", url, json={"name": "p2", "via": "alpha", "public_key": dev_key}
+    )
+    assert status == 403 and "evicted" in msg, (code, msg)
