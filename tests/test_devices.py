@@ -355,9 +355,10 @@ def test_device_routes_are_what_the_sponsor_routes_now() -> None:
             self.adverts = {mesh: tuple(RouteAdv(p) for p in [*own, prefix])}
 
     assert device_routes(mesh, None) == []
-    # through another gateway of the mesh, and advertised by the sponsor itself (bridge/exit)
-    r = Routing(["fd02::/64"], ["fd03::/64", "::/0"])
-    assert device_routes(mesh, r) == ["::/0", "fd02::/64", "fd03::/64"]
+    # through another gateway of the mesh, and advertised by the sponsor itself (a bridge);
+    # not a default route (an exit's): the device's owner opts in, as acceptDefaults
+    r = Routing(["fd02::/64", "::/0"], ["fd03::/64", "::/0", "0.0.0.0/0"])
+    assert device_routes(mesh, r) == ["fd02::/64", "fd03::/64"]
     # the mesh's routes change: so does what a reprinted config covers
     assert device_routes(mesh, Routing([], ["fd03::/64"])) == ["fd03::/64"]
     assert device_routes("another-mesh", r) == []

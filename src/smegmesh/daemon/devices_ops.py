@@ -50,6 +50,9 @@ DEVICE_KEEPALIVE = 25
 #: deadline of a call to a sponsoring peer (add-device --via, device-config)
 DEVICE_RPC_S = 15.0
 
+#: default routes, never put in a device's AllowedIPs by the sponsor (opt-in)
+DEFAULT_ROUTES = ("::/0", "0.0.0.0/0")
+
 #: the node-to-node requests of sponsored devices (answered by ``device_rpc``)
 DEVICE_REQUESTS = (SponsorRequest, DeviceQuery)
 
@@ -96,15 +99,17 @@ def device_routes(mesh_id: str, routing: Any) -> list[str]:
 
     What the sponsor itself routes now: the routes it installed through other
     gateways of the mesh (``gateway_routes``) and those it advertises into the
-    mesh itself (it is the bridge or the exit). A device's ``AllowedIPs`` is the
-    mesh prefix plus these, so the sponsor forwards whatever the device sends.
+    mesh itself (it is the bridge). A device's ``AllowedIPs`` is the mesh prefix
+    plus these, so the sponsor forwards whatever the device sends. Default routes
+    (an exit's ``::/0``) are left out, as a node leaves them out unless it sets
+    ``acceptDefaults``: the device's owner adds ``::/0`` to opt in.
     """
     if routing is None:
         return []
     gw = {r.destination for r in routing.gateway_routes.get(mesh_id, ())}
     own = {a.prefix for a in routing.adverts.get(mesh_id, ())}
-    prefix = str(mesh_prefix(mesh_id))
-    return sorted((gw | own) - {prefix})[:MAX_DEVICE_ROUTES]
+    skip = {str(mesh_prefix(mesh_id)), *DEFAULT_ROUTES}
+    return sorted((gw | own) - skip)[:MAX_DEVICE_ROUTES]
 
 
 def _device_key(public_key: str | None, keep_key: bool) -> tuple[bytes, str | None]:
