@@ -53,11 +53,24 @@ def _one_line(r: object, *words: str) -> None:
         assert w in err.lower(), (w, err)
 
 
+def _refused(d: Smegd, method: str, url: str, **kw: object) -> tuple[int, str, str]:
+    """(status, code, message) of a request the daemon refuses (never a 500)."""
+    import httpx
+
+    transport = httpx.HTTPTransport(uds=str(d.sock))
+    with httpx.Client(transport=transport, base_url="http://smegd", timeout=30) as c:
+        r = c.request(method, url, **kw)  # type: ignore[arg-type]
+    assert 400 <= r.status_code < 500, (r.status_code, r.text)
+    err = r.json()["error"]
+    return r.status_code, err["code"], err["message"]
+
+
 def test_add_device_config_mesh_dns_evict_and_remove(trio: Cluster, tmp_path: Path) -> None:
     owner, a, b = trio.daemons
     mesh = create_mesh(owner, [a, b])
     key_a = a.self_key(mesh)
-    a.ctl("put-alias", "--meshid", mesh, "--alias", "alpha")
+    a.api("PUT", f"/v1/meshes/{mesh}/alias", json={"alias": "alpha"})
+    url = f"/v1/meshes/{mesh}/devices"
     detail_a = a.node(mesh, key_a)
     assert detail_a is not None
 
@@ -94,65 +107,38 @@ def test_add_device_config_mesh_dns_evict_and_remove(trio: Cluster, tmp_path: Pa
     addr = str(mine["overlay_address"])
     wait_until(lambda: _aaaa(owner, f"phone.{mesh}.smeg.") == [addr], 20, 0.2, "phone in DNS")
 
-    # errors are clear, one line
+    # errors are clear: one line from smegctl, a 4xx with a message from the API
     _one_line(a.ctl("add-device", "--meshid", mesh, "--name", "phone", code=None), "already")
-    _one_line(
-        a.ctl("add-device", "--meshid", mesh, "--name", "x", "--public-key", "nope", code=None),
-        "public_key",
-    )
-    _one_line(
-        a.ctl(
-            "add-device",
-            "--meshid",
-            mesh,
-            "--name",
-            "x",
-            "--via",
-            b.self_key(mesh),
-            code=None,
-        ),
-        "only an admin",
-    )
-    _one_line(
-        a.ctl(
-            "add-device",
-            "--meshid",
-            mesh,
-            "--name",
-            "x",
-            "--public-key",
-            b.self_key(mesh),
-            code=None,
-        ),
-        "member",
-    )
+    for body, words in (
+        ({"name": "x", "public_key": "nope"}, "public_key"),
+        ({"name": "x", "via": b.self_key(mesh)}, "only an admin"),
+        ({"name": "x", "public_key": b.self_key(mesh)}, "member"),
+    ):
+        msg = _refused(a, "POST", url, json=body)[2]
+        assert words in msg.lower(), (body, msg)
 
     # --keep-key: stored 0600 in the state directory, deleted with the device
-    kept = a.ctl_json("add-device", "--meshid", mesh, "--name", "tablet", "--keep-key")
+    kept = a.api("POST", url, json={"name": "tablet", "keep_key": True})
     assert kept["device"]["key_kept"] and kept["has_private_key"]
     files = list((a.dir / "state" / "devices").rglob("*.key"))
     assert len(files) == 1 and stat.S_IMODE(files[0].stat().st_mode) == 0o600
     seed = base64.b64encode(files[0].read_bytes()).decode()
     assert f"PrivateKey = {seed}" in kept["config"]
-    a.ctl("remove-device", "--meshid", mesh, "tablet")
+    a.api("DELETE", f"{url}/tablet")
     assert not files[0].exists()
 
     # an admin evicts the device by name: gone everywhere, and `a` cannot re-add its key
-    router = Path(tmp_path / "r.conf")
-    a.ctl("add-device", "--meshid", mesh, "--name", "router", "--output", str(router))
+    a.api("POST", url, json={"name": "router"})
     for d in (owner, a, b):
         wait_until(lambda d=d: "router" in _devices(d, mesh), 20, 0.1, f"{d.name} sees router")
     rkey = _devices(owner, mesh)["router"]["public_key"]
-    owner.ctl("evict", "--meshid", mesh, "router")
+    owner.api("POST", f"/v1/meshes/{mesh}/evict", json={"node": "router"})
     for d in (owner, a, b):
         wait_until(lambda d=d: "router" not in _devices(d, mesh), 20, 0.1, f"{d.name} drops it")
-    _one_line(
-        a.ctl("add-device", "--meshid", mesh, "--name", "r2", "--public-key", str(rkey), code=None),
-        "evicted",
-    )
+    assert "evicted" in _refused(a, "POST", url, json={"name": "r2", "public_key": rkey})[2]
 
     # remove-device: gone from every member and from DNS
-    a.ctl("remove-device", "--meshid", mesh, "phone")
+    a.api("DELETE", f"{url}/phone")
     for d in (owner, a, b):
         wait_until(lambda d=d: "phone" not in _devices(d, mesh), 20, 0.1, f"{d.name} drops phone")
     wait_until(lambda: _aaaa(owner, f"phone.{mesh}.smeg.") == [], 20, 0.2, "phone out of DNS")
@@ -165,7 +151,7 @@ def test_add_device_config_mesh_dns_evict_and_remove(trio: Cluster, tmp_path: Pa
     assert "PrivateKey" not in qr.stdout  # only the code, not the text
     for d in (owner, b):
         wait_until(lambda d=d: "watch" in _devices(d, mesh), 20, 0.1, f"{d.name} sees watch")
-    a.ctl("leave-mesh", "--meshid", mesh)
+    a.api("DELETE", f"/v1/meshes/{mesh}")
     for d in (owner, b):
         wait_until(lambda d=d: _devices(d, mesh) == {}, 20, 0.1, f"{d.name} drops a's devices")
 
@@ -177,18 +163,6 @@ def test_client_cannot_sponsor(trio: Cluster) -> None:
     b.api("POST", "/v1/join", json={"token": tok, "role": "client"})
     wait_until(lambda: b.mesh(mesh)["role"] == "client", 20, 0.1, "b joins as a client")
     _one_line(b.ctl("add-device", "--meshid", mesh, "--name", "phone", code=None), "peer")
-
-
-def _refused(d: Smegd, method: str, url: str, **kw: object) -> tuple[int, str, str]:
-    """(status, code, message) of a request the daemon refuses (never a 500)."""
-    import httpx
-
-    transport = httpx.HTTPTransport(uds=str(d.sock))
-    with httpx.Client(transport=transport, base_url="http://smegd", timeout=30) as c:
-        r = c.request(method, url, **kw)  # type: ignore[arg-type]
-    assert 400 <= r.status_code < 500, (r.status_code, r.text)
-    err = r.json()["error"]
-    return r.status_code, err["code"], err["message"]
 
 
 def test_admin_adds_a_device_via_a_remote_peer(trio: Cluster, tmp_path: Path) -> None:
