@@ -10,6 +10,7 @@ returned once and kept only with ``keep_key`` (``STATE/devices/``, mode 0600).
 from __future__ import annotations
 
 import base64
+import functools
 import ipaddress
 import logging
 import time
@@ -36,6 +37,7 @@ from smegmesh.daemon import service as svc
 from smegmesh.daemon import views
 from smegmesh.daemon.api_models import AddDeviceResponse, DeviceInfo, MeshDetail, NodeInfo
 from smegmesh.daemon.persist import atomic_write
+from smegmesh.daemon.ratelog import RateLog
 from smegmesh.daemon.resolve import describe, resolve_node
 from smegmesh.daemon.transport import RpcError
 
@@ -158,6 +160,16 @@ class DeviceOps:
 
         def _get(self, mesh_id: str) -> MeshRuntime: ...
         def _emit(self, rt: MeshRuntime, outs: list[Any]) -> None: ...
+
+    @functools.cached_property
+    def _device_refusals(self) -> RateLog:
+        return RateLog(
+            log,
+            "refused",
+            unit="device requests",
+            prep="from member",
+            level=logging.WARNING,
+        )
 
     # ------------------------------------------------------------------ views
 
@@ -448,11 +460,8 @@ class DeviceOps:
         if isinstance(msg, SponsorRequest):
             mesh = rt.node.mesh
             if not (mesh.admission and mesh.authority.is_admin(src)):
-                log.warning(
-                    "mesh %s: refused to sponsor a device for %s: not an admin",
-                    msg.mesh_id,
-                    key_to_text(src)[:8],
-                )
+                # a member can send these on demand: one line per member per interval
+                self._device_refusals.note(key_to_text(src)[:12], "not an admin")
                 return fail("only an admin of the mesh can make a peer sponsor a device")
             try:
                 self._publish_device(rt, msg.device_key, msg.alias)
