@@ -247,6 +247,14 @@ def test_admin_adds_a_device_via_a_remote_peer(trio: Cluster, tmp_path: Path) ->
         "unknown_node",
     )
 
+    # the invite policy applies to the sponsor: under `admins`, peer `a` (not an admin)
+    # may not admit, so it refuses to sponsor and says why
+    owner.api("PUT", f"/v1/meshes/{mesh}/policy", json={"invite_policy": "admins"})
+    wait_until(lambda: a.mesh(mesh).get("invite_policy") == "admins", 20, 0.1, "policy seen")
+    status, code, msg = _refused(owner, "POST", url, json={"name": "p3", "via": "alpha"})
+    assert (status, code) == (409, "sponsor_refused") and "may not admit" in msg, msg
+    assert "p3" not in _devices(a, mesh)
+
     # eviction applies: the admin evicts the device, gone everywhere; `a` cannot re-add it
     owner.api("POST", f"/v1/meshes/{mesh}/evict", json={"node": "phone"})
     for d in (owner, a, b):
