@@ -362,3 +362,24 @@ def test_device_routes_are_what_the_sponsor_routes_now() -> None:
     # the mesh's routes change: so does what a reprinted config covers
     assert device_routes(mesh, Routing([], ["fd03::/64"])) == ["fd03::/64"]
     assert device_routes("another-mesh", r) == []
+
+
+def test_smegctl_device_config_and_via_reach_the_api() -> None:
+    """In-process smegctl over the fake service: ``--via`` is passed on, ``device-config``
+    names the device in the path (a key holding "/" too) and refusals are one line."""
+    from typer.testing import CliRunner
+
+    from api_fake import served_unix
+    from smegmesh.cli.main import app
+
+    runner = CliRunner()
+    with served_unix() as (path, svc):
+        sock = ["--socket", str(path)]
+        mesh = runner.invoke(app, [*sock, "new-mesh"]).stdout.strip()
+        r = runner.invoke(app, [*sock, "add-device", "-m", mesh, "--name", "p", "--via", "bravo"])
+        assert r.exit_code == 0, r.stdout
+        assert svc.calls[-1] == ("add_device", (mesh, "p", None, False, "bravo"))
+        r = runner.invoke(app, [*sock, "device-config", "-m", mesh, "ab/c+d="])
+        assert r.exit_code == 1 and svc.calls[-1] == ("device_config", (mesh, "ab/c+d="))
+        assert r.stderr.startswith("smegctl: ") and len(r.stderr.splitlines()) == 1, r.stderr
+        assert "no device" in r.stderr
