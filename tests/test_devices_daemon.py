@@ -263,3 +263,47 @@ def test_admin_adds_a_device_via_a_remote_peer(trio: Cluster, tmp_path: Path) ->
         owner, "POST", url, json={"name": "p2", "via": "alpha", "public_key": dev_key}
     )
     assert status == 403 and "evicted" in msg, (code, msg)
+
+
+def test_device_config_follows_the_mesh_routes(trio: Cluster) -> None:
+    """A route added to the mesh after the device: ``device-config`` (on the sponsor, and
+    on another member, which asks the sponsor) covers it, and the sponsor routes it."""
+    owner, a, b = trio.daemons
+    mesh1 = create_mesh(owner, [a, b], advertise_routes=True)
+    url = f"/v1/meshes/{mesh1}/devices"
+    res = owner.api("POST", url, json={"name": "tab", "keep_key": True})
+    prefix1 = owner.mesh(mesh1)["prefix"]
+
+    def allowed(cfg: dict[str, object]) -> set[str]:
+        return set(parse_wg_quick(str(cfg["config"]))["Peer"]["AllowedIPs"].split(", "))
+
+    # (the trio's daemons share meshes of earlier tests, which they bridge into mesh1 too)
+    before = allowed(res)
+    assert prefix1 in before
+    wait_until(lambda: "tab" in _devices(a, mesh1), 20, 0.1, "a sees tab")
+
+    # b bridges a new mesh into mesh1: the sponsor (owner) routes its prefix through b
+    mesh2 = str(b.api("POST", "/v1/meshes", json={"advertise_routes": True})["mesh_id"])
+    prefix2 = b.mesh(mesh2)["prefix"]
+
+    def routed() -> bool:
+        return any(r["destination"] == prefix2 for r in owner.mesh(mesh1)["routes"])
+
+    wait_until(routed, 30, 0.1, "the sponsor routes mesh2 through b")
+    bkey = b.self_key(mesh1)
+    route = next(r for r in owner.mesh(mesh1)["routes"] if r["destination"] == prefix2)
+    assert route["gateway"] == bkey
+
+    assert prefix2 not in before
+    want = before | {prefix2}
+    now = owner.api("GET", f"{url}/tab/config")
+    assert now["has_private_key"]  # kept on the sponsor: the whole config again
+    assert allowed(now) == want
+    assert parse_wg_quick(now["config"])["Interface"] == parse_wg_quick(res["config"])["Interface"]
+    elsewhere = a.api("GET", f"{url}/tab/config")  # asks the sponsor
+    assert not elsewhere["has_private_key"]
+    assert allowed(elsewhere) == want
+    b.api("DELETE", f"/v1/meshes/{mesh2}")
+    wait_until(lambda: not routed(), 30, 0.1, "the route goes with mesh2")
+    again = owner.api("GET", f"{url}/tab/config")
+    assert allowed(again) == before
