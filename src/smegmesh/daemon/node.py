@@ -62,7 +62,7 @@ from smegmesh.daemon.config import (
     MeshOptions,
     resolve_mesh_settings,
 )
-from smegmesh.daemon.devices_ops import DeviceOps
+from smegmesh.daemon.devices_ops import DEVICE_REQUESTS, DeviceOps
 from smegmesh.daemon.direct import DirectManager
 from smegmesh.daemon.events import (
     WG_PEER_EVENTS_MAX,
@@ -599,7 +599,7 @@ class Daemon(AuthorityOps, DeviceOps):
         if same:
             self.rpc.backoff.ok((rec.control_endpoint, rec.tls_fp))
 
-    async def _on_rpc(self, src: bytes, body: bytes) -> bytes:
+    async def _on_rpc(self, src: bytes, body: bytes) -> bytes:  # noqa: C901 (issue 13 splits it)
         try:
             msg = decode(body)
         except WireError as e:
@@ -620,6 +620,8 @@ class Daemon(AuthorityOps, DeviceOps):
             if wrt is None or not wrt.node.is_member(src):
                 return encode(Refusal(msg.mesh_id))
             return encode(Observed(msg.mesh_id, await self.direct.observed(wrt, src)))
+        if isinstance(msg, DEVICE_REQUESTS):  # sponsored devices (issue 18)
+            return encode(await self.device_rpc(src, msg))
         rt = self.meshes.get(mesh_id) if isinstance(mesh_id, str) else None
         if rt is None:
             return encode(Refusal(mesh_id if isinstance(mesh_id, str) else "x"))
