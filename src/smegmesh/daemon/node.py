@@ -569,7 +569,9 @@ class Daemon(AuthorityOps, DeviceOps):
             self._emit(rt, node.handle_failure(call.to, call.ctx, now_ms()))
             return
         try:
-            data = await self.rpc.call(rec.control_endpoint, rec.tls_fp, encode(call.msg))
+            data = await self.rpc.call(
+                rec.control_endpoint, rec.tls_fp, encode(call.msg), to=call.to
+            )
             reply = decode(data)
         except (RpcError, WireError) as e:
             log.debug("mesh %s: call to %s failed: %s", rt.mesh_id, key_to_text(call.to)[:8], e)
@@ -641,6 +643,7 @@ class Daemon(AuthorityOps, DeviceOps):
                             target.tls_fp,
                             encode(reply.msg),
                             timeout=self.liveness.probe_timeout_ms / 1000,
+                            to=reply.target,
                         )
                     )
                     ok = isinstance(r, Ack) and r.ok
@@ -1011,7 +1014,9 @@ class Daemon(AuthorityOps, DeviceOps):
         for b in tok.bootstrap:
             try:
                 reply = decode(
-                    await self.rpc.call(b.control_endpoint, b.tls_fp, encode(WhoAmI(tok.mesh_id)))
+                    await self.rpc.call(
+                        b.control_endpoint, b.tls_fp, encode(WhoAmI(tok.mesh_id)), to=b.wg_key
+                    )
                 )
             except (RpcError, WireError, ValueError, OSError) as e:
                 log.info("public address discovery via %s failed: %s", b.control_endpoint, e)
@@ -1059,7 +1064,11 @@ class Daemon(AuthorityOps, DeviceOps):
             try:
                 reply = decode(
                     await self.rpc.call(
-                        b.control_endpoint, b.tls_fp, req, timeout=2 * float(self.config.timeout)
+                        b.control_endpoint,
+                        b.tls_fp,
+                        req,
+                        timeout=2 * float(self.config.timeout),
+                        to=b.wg_key,
                     )
                 )
             except (RpcError, WireError, ValueError, OSError) as e:

@@ -118,6 +118,13 @@ _SERVER_OPTIONS = [
 caller_address: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "caller_address", default=None
 )
+#: The WireGuard key the caller meant to reach (``x-smeg-to``), set while a handler
+#: runs; ``None`` if it did not say. A routing hint for servers that host several
+#: identities (the test swarm, ``smegmesh.testbed.swarm``), not authenticated:
+#: the signature names the server's TLS fingerprint, which such a server shares.
+callee_key: contextvars.ContextVar[bytes | None] = contextvars.ContextVar(
+    "callee_key", default=None
+)
 
 
 def parse_grpc_peer(peer: str) -> str | None:
@@ -205,6 +212,17 @@ def _signed_digest(server_fp: bytes, ts_ms: int, body_sha256: bytes) -> bytes:
 
 def _b(s: str | bytes) -> bytes:
     return bytes.fromhex(s if isinstance(s, str) else s.decode())
+
+
+def _callee(md: dict[str, str | bytes]) -> bytes | None:
+    """The ``x-smeg-to`` routing hint: a 32-byte key, or None (absent or malformed)."""
+    to = md.get("x-smeg-to")
+    if to is None or len(to) != 64:
+        return None
+    try:
+        return _b(to)
+    except ValueError:
+        return None
 
 
 Handler = Callable[[bytes, bytes], Awaitable[bytes]]
@@ -353,6 +371,7 @@ class RpcServer:
             if hashlib.sha256(body).digest() != digest:
                 raise _Reject(grpc.StatusCode.UNAUTHENTICATED, "body hash mismatch")
             caller_address.set(parsed)
+            callee_key.set(_callee(md))
             try:
                 return await self._handler(wg_key, body)
             except Refused as e:
@@ -624,8 +643,22 @@ class RpcClient:
                 self._evict(key)
 
     async def call(
-        self, endpoint: str, fp: bytes, body: bytes, timeout: float | None = None
+        self,
+        endpoint: str,
+        fp: bytes,
+        body: bytes,
+        timeout: float | None = None,
+        *,
+        to: bytes | None = None,
+        identity: NodeIdentity | None = None,
     ) -> bytes:
+        """Call ``endpoint`` (pinned to ``fp``) with ``body``; returns the reply body.
+
+        ``to``: the WireGuard key of the node meant (sent as the ``x-smeg-to``
+        routing hint; the same on every call of a channel, so HPACK sends it
+        once per connection). ``identity``: sign as this node instead of the
+        client's own (a swarm process calling for many members over one pool).
+        """
         wait = self.backoff.wait((endpoint, fp))
         if wait > 0:
             raise RpcError(f"{endpoint}: backing off ({wait:.0f} s) after failed connections")
@@ -633,15 +666,18 @@ class RpcClient:
         pooled = await self._channel(endpoint, fp)
         ts = int(time.time() * 1000)
         digest = hashlib.sha256(body).digest()
-        sig = self._identity.sign(_signed_digest(fp, ts, digest))
-        md = (
-            ("x-smeg-key", self._identity.wg_public_key.hex()),
-            ("x-smeg-sign", self._identity.sign_public_key.hex()),
+        me = identity or self._identity
+        sig = me.sign(_signed_digest(fp, ts, digest))
+        md: tuple[tuple[str, str], ...] = (
+            ("x-smeg-key", me.wg_public_key.hex()),
+            ("x-smeg-sign", me.sign_public_key.hex()),
             ("x-smeg-ts", str(ts)),
             ("x-smeg-hash", digest.hex()),
             ("x-smeg-len", str(len(body))),
             ("x-smeg-sig", sig.hex()),
         )
+        if to is not None:
+            md = (("x-smeg-to", to.hex()), *md)
         try:
             reply: bytes = await pooled.channel.unary_unary(FULL_METHOD)(
                 body, metadata=md, timeout=timeout or self._timeout
