@@ -348,7 +348,9 @@ class Daemon(AuthorityOps, DeviceOps):
         self.state_lock.acquire()  # one daemon per state directory (StateDirLocked)
         self.identity = self._load_identity()
         self.tls = TlsIdentity.load_or_create(self.state_dir)
-        self.rpc = MeteredRpcClient(self.metrics, self.identity, timeout=float(cfg.timeout))
+        self.rpc = MeteredRpcClient(
+            self.metrics, self.identity, timeout=float(cfg.timeout), max_channels=cfg.max_channels
+        )
         self.rpc_server = RpcServer(
             self.tls, self.metrics.handler(self._on_rpc), is_member=self._is_member_anywhere
         )

@@ -61,6 +61,7 @@ from smegmesh.core.meshnode import Call, MeshNode, MeshSettings, Out, Relay
 from smegmesh.core.messages import Ack, Refusal, WhoAmI, YouAre
 from smegmesh.core.record import NodeRecord, Role
 from smegmesh.core.wire import WireError, decode, encode
+from smegmesh.daemon import transport
 from smegmesh.daemon.transport import (
     Refused,
     RpcClient,
@@ -70,6 +71,7 @@ from smegmesh.daemon.transport import (
     callee_key,
     caller_address,
 )
+from smegmesh.sim.simulator import _prime_views
 from smegmesh.sim.state import clone_state, node_seed, steady_state
 
 log = logging.getLogger("smegmesh.swarm")
@@ -98,6 +100,8 @@ class Plan:
     seed: int
     t0: int
     directory: Path
+    #: members' idle close of their channels to outside nodes (smegd's: 60 s)
+    channel_idle_s: float = 60.0
 
     def proc_of(self, i: int) -> int:
         return i % self.procs
@@ -168,6 +172,8 @@ def build_members(plan: Plan, proc: int) -> tuple[list[Member], dict[bytes, int]
             clone_state(base),
         )
         members.append(Member(i, ids[i], node))
+    # Equal clones have equal O(N) views: computed once, shared until a member's state changes.
+    _prime_views([m.node for m in members])
     keys = {ident.wg_public_key: i for i, ident in enumerate(ids)}
     return members, keys
 
@@ -267,7 +273,9 @@ class Worker:
             )
         self.stats.external_calls += 1
         if m.client is None:
-            m.client = RpcClient(m.identity, timeout=CALL_TIMEOUT_S)
+            m.client = RpcClient(
+                m.identity, timeout=CALL_TIMEOUT_S, channel_idle_s=self.plan.channel_idle_s
+            )
         return await m.client.call(rec.control_endpoint, rec.tls_fp, body, timeout, to=to)
 
     async def _do_call(self, m: Member, call: Call) -> None:
@@ -316,7 +324,7 @@ class Worker:
 
     async def sweep_loop(self) -> None:
         while True:
-            await asyncio.sleep(SWEEP_S)
+            await asyncio.sleep(min(SWEEP_S, self.plan.channel_idle_s / 2))
             for m in self.members:
                 if m.client is not None and m.client.open_channels:
                     m.client.sweep()
@@ -353,7 +361,23 @@ class Worker:
         }
         _atomic(self.plan.directory / f"stats-{self.proc}.json", json.dumps(doc))
 
+    def _raise_server_limits(self) -> None:
+        """One server stands for all members of the process: its limits scale with them.
+
+        smegd's limits (calls in flight, streams per connection) are per node;
+        here every member's share goes through one server and, between swarm
+        processes, one connection. Per-caller limits stay as they are.
+        """
+        n = len(self.members)
+        transport.MAX_CALLS = max(transport.MAX_CALLS, 8 * n)
+        streams = max(transport.MAX_STREAMS_PER_CONNECTION, 8 * n)
+        transport._SERVER_OPTIONS = [
+            (k, streams if k == "grpc.max_concurrent_streams" else v)
+            for k, v in transport._SERVER_OPTIONS
+        ]
+
     async def run(self) -> None:
+        self._raise_server_limits()
         await self.server.start("0.0.0.0", self.plan.base_port + self.proc)
         gc.collect()
         gc.freeze()  # the shared base state is long-lived: keep it out of the collector's scans
@@ -382,19 +406,30 @@ def _atomic(path: Path, text: str) -> None:
 
 
 def _worker_main(a: argparse.Namespace) -> int:
-    plan = Plan(a.members, a.procs, a.base_port, a.seed, a.t0, Path(a.dir))
+    plan = Plan(a.members, a.procs, a.base_port, a.seed, a.t0, Path(a.dir), a.channel_idle)
     worker = Worker(plan, a.worker)
     loop = asyncio.new_event_loop()
     main = loop.create_task(worker.run())
+
+    def _stop() -> None:
+        main.cancel()
+        loop.call_later(5.0, os._exit, 0)  # a stuck shutdown does not keep the process
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, main.cancel)
+        loop.add_signal_handler(sig, _stop)
     with contextlib.suppress(asyncio.CancelledError):
         loop.run_until_complete(main)
     return 0
 
 
 def start_swarm(
-    directory: Path, members: int, procs: int = 2, base_port: int = 47100, seed: int = 1
+    directory: Path,
+    members: int,
+    procs: int = 2,
+    base_port: int = 47100,
+    seed: int = 1,
+    *,
+    channel_idle_s: float = 60.0,
 ) -> list[subprocess.Popen[bytes]]:
     """Start the worker processes (returns at once; ``DIR/token`` appears when ready)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -421,11 +456,26 @@ def start_swarm(
         str(directory),
         "--t0",
         str(t0),
+        "--channel-idle",
+        str(channel_idle_s),
     ]
     return [
         subprocess.Popen([*common, "--worker", str(p)], start_new_session=True)
         for p in range(procs)
     ]
+
+
+def stop_swarm(procs: list[subprocess.Popen[bytes]], timeout: float = 20) -> None:
+    """Stop the workers (SIGTERM, then SIGKILL after ``timeout``)."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
 
 
 def read_stats(directory: Path) -> list[dict[str, Any]]:
@@ -443,6 +493,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base-port", type=int, default=47100)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--dir", default="/tmp/smeg-swarm")
+    ap.add_argument(
+        "--channel-idle",
+        type=float,
+        default=60.0,
+        help="seconds before a member closes an idle channel to an outside node (smegd: 60)",
+    )
     ap.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--t0", type=int, default=0, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -452,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.worker is not None:
         return _worker_main(a)
     d = Path(a.dir)
-    procs = start_swarm(d, a.members, a.procs, a.base_port, a.seed)
+    procs = start_swarm(d, a.members, a.procs, a.base_port, a.seed, channel_idle_s=a.channel_idle)
     stop = False
 
     def _stop(*_: Any) -> None:
@@ -469,14 +525,7 @@ def main(argv: list[str] | None = None) -> int:
                 announced = True
             time.sleep(0.5)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_swarm(procs)
     return 0
 
 
