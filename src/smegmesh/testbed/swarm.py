@@ -241,10 +241,58 @@ class Worker:
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
 
     def _emit(self, m: Member, outs: list[Out]) -> None:
+        loop = asyncio.get_running_loop()
         for o in outs:
             if isinstance(o, Call):
-                self._spawn(self._do_call(m, o))
+                if o.to in self.local:  # no task: delivered on the next loop turn
+                    loop.call_soon(self._local_call, m, o)
+                else:
+                    self._spawn(self._do_call(m, o))
         self._schedule(m)
+
+    def _local_call(self, m: Member, call: Call) -> None:
+        """A call between two members of this process, encoded and decoded as on the wire."""
+        self.stats.local_calls += 1
+        self.stats.served += 1
+        target = self.local[call.to]
+        try:
+            msg = decode(encode(call.msg))
+        except WireError:
+            self._emit(m, m.node.handle_failure(call.to, call.ctx, now_ms()))
+            return
+        reply, outs = target.node.handle_request(m.identity.wg_public_key, msg, now_ms())
+        self._emit(target, outs)
+        if isinstance(reply, Relay):  # the helper pings the target: asynchronous
+            self._spawn(self._do_call_reply(m, call, self._relay(target, reply)))
+            return
+        answer = decode(encode(reply))
+        asyncio.get_running_loop().call_soon(
+            lambda: self._emit(m, m.node.handle_reply(call.to, call.ctx, answer, now_ms()))
+        )
+
+    async def _relay(self, helper: Member, reply: Relay) -> bytes:
+        ok = False
+        try:
+            r = decode(
+                await self.call_as(
+                    helper,
+                    reply.target,
+                    encode(reply.msg),
+                    helper.node.liveness.probe_timeout_ms / 1000,
+                )
+            )
+            ok = isinstance(r, Ack) and r.ok
+        except (RpcError, WireError):
+            ok = False
+        return encode(Ack(MESH_ID, reply.msg.probe_id, ok))
+
+    async def _do_call_reply(self, m: Member, call: Call, pending: Any) -> None:
+        try:
+            reply = decode(await pending)
+        except (RpcError, WireError):
+            self._emit(m, m.node.handle_failure(call.to, call.ctx, now_ms()))
+            return
+        self._emit(m, m.node.handle_reply(call.to, call.ctx, reply, now_ms()))
 
     def _spawn(self, coro: Any) -> None:
         t = asyncio.create_task(coro)
@@ -309,17 +357,7 @@ class Worker:
         reply, outs = m.node.handle_request(src, msg, now_ms())
         self._emit(m, outs)
         if isinstance(reply, Relay):
-            ok = False
-            try:
-                r = decode(
-                    await self.call_as(
-                        m, reply.target, encode(reply.msg), m.node.liveness.probe_timeout_ms / 1000
-                    )
-                )
-                ok = isinstance(r, Ack) and r.ok
-            except (RpcError, WireError):
-                ok = False
-            reply = Ack(MESH_ID, reply.msg.probe_id, ok)
+            return await self._relay(m, reply)
         return encode(reply)
 
     async def sweep_loop(self) -> None:
@@ -379,6 +417,12 @@ class Worker:
     async def run(self) -> None:
         self._raise_server_limits()
         await self.server.start("0.0.0.0", self.plan.base_port + self.proc)
+        # No member calls before every process serves: calls into a process not
+        # yet listening would fail, and the failures start a storm of suspicion.
+        _atomic(self.plan.directory / f"ready-{self.proc}", "1")
+        others = [self.plan.directory / f"ready-{p}" for p in range(self.plan.procs)]
+        while not all(f.exists() for f in others):
+            await asyncio.sleep(0.1)
         gc.collect()
         gc.freeze()  # the shared base state is long-lived: keep it out of the collector's scans
         if self.proc == 0:
@@ -437,7 +481,7 @@ def start_swarm(
         d = directory / f"tls-{p}"
         d.mkdir(exist_ok=True)
         TlsIdentity.load_or_create(d)
-    for f in [directory / "token", *directory.glob("stats-*.json")]:
+    for f in [directory / "token", *directory.glob("stats-*.json"), *directory.glob("ready-*")]:
         f.unlink(missing_ok=True)
     t0 = now_ms()
     common = [
