@@ -54,11 +54,17 @@ OUT = Path(__file__).resolve().parent / "out"
 DOC_IMG = Path(__file__).resolve().parent.parent / "docs" / "img"
 
 
+def _is(k: str, prefix: str) -> bool:
+    """Is sample ``k`` one of metric ``prefix`` (a counter's samples end in ``_total``)?"""
+    name = k.split("{", 1)[0]
+    return name in (prefix, prefix + "_total")
+
+
 def _sum(m: dict[str, float], prefix: str, **labels: str) -> float:
     """Sum of the samples of ``prefix`` whose labels include ``labels``."""
     total = 0.0
     for k, v in m.items():
-        if not (k == prefix or k.startswith(prefix + "{")):
+        if not _is(k, prefix):
             continue
         if all(f'{lk}="{lv}"' in k for lk, lv in labels.items()):
             total += v
@@ -68,7 +74,7 @@ def _sum(m: dict[str, float], prefix: str, **labels: str) -> float:
 def _by_type(m: dict[str, float], prefix: str, label: str = "type") -> dict[str, float]:
     out: dict[str, float] = {}
     for k, v in m.items():
-        if k.startswith(prefix + "{") and f'{label}="' in k:
+        if _is(k, prefix) and f'{label}="' in k:
             t = k.split(f'{label}="', 1)[1].split('"', 1)[0]
             out[t] = out.get(t, 0.0) + v
     return out
@@ -87,7 +93,14 @@ def measure(size: int, procs: int, settle: float, window: float, root: Path) -> 
         smegd.start()
         row["rss_before_join_mb"] = round(smegd.sample().rss_mb, 1)
         t0 = time.monotonic()
-        smegd.join((sdir / "token").read_text())
+        for attempt in range(3):  # a swarm busy at start may time out the first one
+            try:
+                smegd.join((sdir / "token").read_text())
+                break
+            except Exception:
+                if attempt == 2:
+                    raise
+                time.sleep(5)
         row["join_s"] = round(time.monotonic() - t0, 2)
         wait_for(lambda: smegd.live_members(MESH_ID) >= size + 1, 600, "all members live", 1.0)
         row["all_live_s"] = round(time.monotonic() - t0, 1)

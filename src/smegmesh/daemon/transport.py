@@ -35,7 +35,9 @@
 * **Bounded outgoing channels.** A client keeps at most :data:`MAX_CHANNELS`
   pinned channels open (least recently used idle one closed first) and closes
   one idle for :data:`CHANNEL_IDLE_S`: a node's connections do not grow with
-  the size of the mesh (issue 14).
+  the size of the mesh (issue 14). A pinned certificate, once fetched, is kept
+  by its fingerprint (at most :data:`MAX_CACHED_CERTIFICATES`): reopening a
+  channel needs no second handshake to fetch it.
 
 One generic unary method carries ``core.wire`` messages as bytes. Whether a
 caller may do what it asks (is it a member? does it hold a token?) is decided
@@ -509,6 +511,10 @@ def _failure_reason(e: BaseException) -> str:
 MAX_CHANNELS = 64
 #: A channel with no call for this long is closed (and reopened on the next call).
 CHANNEL_IDLE_S = 60.0
+#: Pinned certificates kept (DER, ~400 bytes each) so that reopening a channel
+#: needs no second TLS handshake to fetch the certificate again (issue 14: at
+#: scale nearly every probe opens a channel; the fetch was half its wire bytes).
+MAX_CACHED_CERTIFICATES = 4096
 
 
 @dataclass
@@ -535,6 +541,7 @@ class RpcClient:
         max_channels: int = MAX_CHANNELS,
         channel_idle_s: float = CHANNEL_IDLE_S,
         clock: Callable[[], float] = time.monotonic,
+        certificates: OrderedDict[bytes, bytes] | None = None,
     ) -> None:
         if max_channels < 1:
             raise ValueError("max_channels must be at least 1")
@@ -548,6 +555,11 @@ class RpcClient:
         #: Per key being connected: the lock and how many callers hold or wait for it.
         self._locks: dict[tuple[str, bytes], tuple[asyncio.Lock, list[int]]] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        #: fingerprint -> certificate (DER) whose SHA-256 it is; least recently used
+        #: first (``certificates``: shared with other clients, e.g. a swarm's members)
+        self._certs: OrderedDict[bytes, bytes] = (
+            certificates if certificates is not None else OrderedDict()
+        )
         self.backoff = EndpointBackoff()
         #: Failed connections, one line per endpoint per minute (no flood).
         self.failures = RateLog(log, "failed", unit="connections", prep="to")
@@ -593,15 +605,13 @@ class RpcClient:
                         f"{endpoint}: backing off ({wait:.0f} s) after failed connections"
                     )
                 host, port = split_host_port(endpoint)
-                self.attempts += 1
-                try:
-                    der = await fetch_certificate(host, port, self._timeout)
-                except (OSError, TimeoutError, ssl.SSLError, RpcError) as e:
-                    self._failed(endpoint, fp, _failure_reason(e))
-                    raise RpcError(f"cannot reach {endpoint}: {e or type(e).__name__}") from e
-                if hashlib.sha256(der).digest() != fp:
-                    self._failed(endpoint, fp, "not the certificate its record pins")
-                    raise RpcError(f"{endpoint} presented an unexpected TLS certificate")
+                der = self._certs.get(fp)
+                if der is not None:
+                    # Known by its hash: it stays the only root, so a server
+                    # presenting another certificate still fails the handshake.
+                    self._certs.move_to_end(fp)
+                else:
+                    der = await self._fetch(endpoint, host, port, fp)
                 pem = ssl.DER_cert_to_PEM_cert(der).encode()
                 creds = grpc.ssl_channel_credentials(root_certificates=pem)
                 target = join_host_port(host, port)
@@ -613,6 +623,22 @@ class RpcClient:
             users[0] -= 1
             if not users[0] and self._locks.get(key) is entry:
                 del self._locks[key]
+
+    async def _fetch(self, endpoint: str, host: str, port: int, fp: bytes) -> bytes:
+        """The server's certificate, checked against the pin and remembered by it."""
+        self.attempts += 1
+        try:
+            der = await fetch_certificate(host, port, self._timeout)
+        except (OSError, TimeoutError, ssl.SSLError, RpcError) as e:
+            self._failed(endpoint, fp, _failure_reason(e))
+            raise RpcError(f"cannot reach {endpoint}: {e or type(e).__name__}") from e
+        if hashlib.sha256(der).digest() != fp:
+            self._failed(endpoint, fp, "not the certificate its record pins")
+            raise RpcError(f"{endpoint} presented an unexpected TLS certificate")
+        self._certs[fp] = der
+        if len(self._certs) > MAX_CACHED_CERTIFICATES:
+            self._certs.popitem(last=False)
+        return der
 
     def _evict(self, key: tuple[str, bytes]) -> None:
         p = self._channels.pop(key)

@@ -48,6 +48,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -199,6 +200,9 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         # One channel per other swarm process; signed per call by the calling member.
         self.peer_client = RpcClient(members[0].identity, timeout=CALL_TIMEOUT_S)
+        # Certificates the members have fetched, shared: in a settled mesh every
+        # node has met every other before, so reopening a channel fetches nothing.
+        self.certificates: OrderedDict[bytes, bytes] = OrderedDict()
         self.server = RpcServer(self.tls, self._on_rpc, is_member=members[0].node.is_member)
 
     # ------------------------------------------------------------------ scheduling
@@ -322,7 +326,10 @@ class Worker:
         self.stats.external_calls += 1
         if m.client is None:
             m.client = RpcClient(
-                m.identity, timeout=CALL_TIMEOUT_S, channel_idle_s=self.plan.channel_idle_s
+                m.identity,
+                timeout=CALL_TIMEOUT_S,
+                channel_idle_s=self.plan.channel_idle_s,
+                certificates=self.certificates,
             )
         return await m.client.call(rec.control_endpoint, rec.tls_fp, body, timeout, to=to)
 
