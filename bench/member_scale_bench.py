@@ -105,7 +105,7 @@ def measure(size: int, procs: int, settle: float, window: float, root: Path) -> 
         wait_for(lambda: smegd.live_members(MESH_ID) >= size + 1, 600, "all members live", 1.0)
         row["all_live_s"] = round(time.monotonic() - t0, 1)
         time.sleep(settle)
-        m0, p0 = smegd.metrics(), smegd.sample()
+        m0, p0, st0 = smegd.metrics(), smegd.sample(), read_stats(sdir)
         samples = [p0]
         end = time.monotonic() + window
         while time.monotonic() < end:
@@ -141,6 +141,9 @@ def measure(size: int, procs: int, settle: float, window: float, root: Path) -> 
         st = read_stats(sdir)
         row["swarm"] = {
             "cpu_s": round(sum(s["cpu_s"] for s in st), 1),
+            "cpu_pct_window": round(
+                100 * (sum(s["cpu_s"] for s in st) - sum(s["cpu_s"] for s in st0)) / dt, 1
+            ),
             "rss_mb": round(sum(s["rss_mb"] for s in st)),
             "lag_max_ms": round(max(s["lag_max_ms"] for s in st)),
             "failures": sum(s["failures"] for s in st),
@@ -224,6 +227,14 @@ async def _calibrate(pairs: dict[str, tuple[int, int]], calls: int = 200) -> dic
         await client.close()
         await asyncio.sleep(0.2)
         out["channel_close"] = wire.sample().tx - b0
+        # Reopened with the certificate known (the steady state: met before).
+        again = RpcClient(client._identity, certificates=client._certs)
+        reply_size["n"] = 0
+        b0 = wire.sample().tx
+        await again.call(f"127.0.0.1:{port}", fp, b"", to=bytes(32))
+        await asyncio.sleep(0.2)
+        out["new_channel_first_call_certificate_known"] = wire.sample().tx - b0
+        await again.close()
     finally:
         await server.stop(0)
     return out

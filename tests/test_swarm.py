@@ -70,7 +70,8 @@ def test_smegd_connections_bounded_by_the_cap_not_the_member_count(tmp_path: Pat
             wait_for(token.exists, 120, f"the swarm of {n} to write its token", 0.2)
             assert d.join(token.read_text()) == MESH_ID
         for n, d in daemons.items():
-            wait_for(lambda d=d, n=n: d.live_members(MESH_ID) == n + 1, 120, f"{n} members live")
+            # Known in any state: on a starved machine members may suspect each other.
+            wait_for(lambda d=d, n=n: d.known_members(MESH_ID) >= n + 1, 120, f"{n} members")
         # Past the join's burst and the members' idle close, then watched for a while.
         time.sleep(5)
         seen = _watch(daemons, 8)

@@ -140,6 +140,13 @@ class MeasuredSmegd:
         m = self.metrics()
         return int(m.get(f'smegd_members{{mesh="{mesh_id}",state="live"}}', 0))
 
+    def known_members(self, mesh_id: str) -> int:
+        """Members in any state (live, suspect, pruned, left): the join has synced them."""
+        m = self.metrics()
+        return int(
+            sum(v for k, v in m.items() if k.startswith(f'smegd_members{{mesh="{mesh_id}",'))
+        )
+
     def sample(self) -> ProcSample:
         return proc_sample(self.pid)
 

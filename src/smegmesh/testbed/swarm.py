@@ -336,8 +336,9 @@ class Worker:
     async def _do_call(self, m: Member, call: Call) -> None:
         try:
             reply = decode(await self.call_as(m, call.to, encode(call.msg)))
-        except (RpcError, WireError):
+        except (RpcError, WireError) as e:
             self.stats.failures += 1
+            self.stats.extra["last_failure"] = str(e)[:200]
             self._emit(m, m.node.handle_failure(call.to, call.ctx, now_ms()))
             return
         self._emit(m, m.node.handle_reply(call.to, call.ctx, reply, now_ms()))
@@ -402,7 +403,7 @@ class Worker:
             "rss_mb": _rss_mb(),
             "fds": len(os.listdir("/proc/self/fd")),
             "tasks": len(self._tasks),
-            **{k: v for k, v in vars(self.stats).items() if k != "extra"},
+            **vars(self.stats),
         }
         _atomic(self.plan.directory / f"stats-{self.proc}.json", json.dumps(doc))
 
