@@ -206,6 +206,7 @@ async def _calibrate(pairs: dict[str, tuple[int, int]], calls: int = 200) -> dic
         await client.call(f"127.0.0.1:{port}", fp, b"", to=bytes(32))
         await asyncio.sleep(0.2)
         first = wire.sample().tx - b0
+        out["certificate_fetch"] = sum(client.fetch_wire)  # closed before any sample
         for t, (req, rep) in pairs.items():
             reply_size["n"] = rep
             body = b"q" * req

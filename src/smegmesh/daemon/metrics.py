@@ -298,14 +298,16 @@ class _WireCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         t = self.metrics.wire.sample()
+        rpc = getattr(self.metrics.daemon, "rpc", None)
+        fetch = getattr(rpc, "fetch_wire", (0, 0))
         wire = CounterMetricFamily(
             "smegd_wire_bytes",
             "TCP payload bytes of node-to-node traffic (TLS, HTTP/2, gRPC framing and "
             "messages), by direction (in/out); read from the kernel (TCP_INFO)",
             labels=["direction"],
         )
-        wire.add_metric(["out"], float(t.tx))
-        wire.add_metric(["in"], float(t.rx))
+        wire.add_metric(["out"], float(t.tx + fetch[0]))
+        wire.add_metric(["in"], float(t.rx + fetch[1]))
         yield wire
         segs = CounterMetricFamily(
             "smegd_wire_segments",
@@ -318,7 +320,6 @@ class _WireCollector(Collector):
         yield GaugeMetricFamily(
             "smegd_wire_sockets", "Node-to-node TCP connections open (both ways)", value=t.sockets
         )
-        rpc = getattr(self.metrics.daemon, "rpc", None)
         if rpc is not None:
             yield GaugeMetricFamily(
                 "smegd_rpc_channels",

@@ -416,8 +416,14 @@ class RpcServer:
                 del self._strangers_per_addr[addr]
 
 
-async def fetch_certificate(host: str, port: int, timeout: float) -> bytes:
-    """Fetch the server's certificate (DER) with a plain TLS handshake."""
+async def fetch_certificate(
+    host: str, port: int, timeout: float, wire: list[int] | None = None
+) -> bytes:
+    """Fetch the server's certificate (DER) with a plain TLS handshake.
+
+    ``wire``: ``[sent, received]`` TCP payload bytes of the connection are added
+    to it (the connection is closed before any sampler could see it).
+    """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE  # verified by fingerprint right below, by the caller
@@ -432,6 +438,12 @@ async def fetch_certificate(host: str, port: int, timeout: float) -> bytes:
             raise RpcError(f"{host}:{port} presented no certificate")
         return bytes(der)
     finally:
+        if wire is not None:
+            from smegmesh.daemon.wirestats import socket_bytes
+
+            sent, received = socket_bytes(writer.get_extra_info("socket"))
+            wire[0] += sent
+            wire[1] += received
         # No graceful TLS shutdown: a gRPC server need not answer close_notify,
         # and waiting for it stalls every first call to a node for asyncio's
         # ssl_shutdown_timeout (30 s). We only wanted the certificate.
@@ -564,6 +576,8 @@ class RpcClient:
         #: Failed connections, one line per endpoint per minute (no flood).
         self.failures = RateLog(log, "failed", unit="connections", prep="to")
         self.attempts = 0  # connection attempts (certificate fetches), for tests
+        #: TCP payload bytes [sent, received] of the certificate fetches (metrics)
+        self.fetch_wire = [0, 0]
         self.evictions = 0  # channels closed for room or idleness
 
     @property
@@ -628,7 +642,7 @@ class RpcClient:
         """The server's certificate, checked against the pin and remembered by it."""
         self.attempts += 1
         try:
-            der = await fetch_certificate(host, port, self._timeout)
+            der = await fetch_certificate(host, port, self._timeout, self.fetch_wire)
         except (OSError, TimeoutError, ssl.SSLError, RpcError) as e:
             self._failed(endpoint, fp, _failure_reason(e))
             raise RpcError(f"cannot reach {endpoint}: {e or type(e).__name__}") from e

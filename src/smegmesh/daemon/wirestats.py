@@ -13,7 +13,10 @@ the node-to-node connections both ways, and the short certificate fetches
 that precede a new channel. A socket's counts are added as deltas since its
 previous sample; a socket closed between two samples loses what it carried
 since the last one (the bench samples every second; connections live at least
-``CHANNEL_IDLE_S``), so the totals are a lower bound.
+``CHANNEL_IDLE_S``), so the totals are a lower bound. The one kind of
+connection that lives for milliseconds, the certificate fetch before a new
+channel, is counted by the client itself (``RpcClient.fetch_wire``, read
+before it closes) and added by the metrics.
 
 Cost: one ``readlink`` and one ``getsockopt`` per open descriptor per sample;
 :func:`run_sampler` samples every :data:`SAMPLE_INTERVAL_S`.
@@ -111,6 +114,18 @@ def _tcp_info(fd: int, exclude_ports: set[int]) -> tuple[int, int, int, int] | N
         return None
     finally:
         s.detach()  # the descriptor belongs to whoever opened it
+
+
+def socket_bytes(sock: object) -> tuple[int, int]:
+    """(sent and acked, received) TCP payload bytes of an open socket; (0, 0) if unknown."""
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCPI_LEN)  # type: ignore[attr-defined]
+    except (AttributeError, OSError):
+        return 0, 0
+    if len(raw) < _TCPI_LEN:
+        return 0, 0
+    acked, received, _o, _i = _TCPI.unpack_from(raw, _TCPI_OFFSET)
+    return int(acked), int(received)
 
 
 async def run_sampler(stats: WireStats, interval_s: float = SAMPLE_INTERVAL_S) -> None:
