@@ -64,6 +64,7 @@ from smegmesh.core.record import NodeRecord, Role
 from smegmesh.core.wire import WireError, decode, encode
 from smegmesh.daemon import transport
 from smegmesh.daemon.transport import (
+    EndpointBackoff,
     Refused,
     RpcClient,
     RpcError,
@@ -200,6 +201,10 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         # One channel per other swarm process; signed per call by the calling member.
         self.peer_client = RpcClient(members[0].identity, timeout=CALL_TIMEOUT_S)
+        # The channel between two swarm processes carries every member's calls:
+        # one timed-out call must not back all of them off (smegd backs off
+        # per endpoint, i.e. per node; here the endpoint stands for thousands).
+        self.peer_client.backoff = EndpointBackoff(base_s=0.0, cap_s=0.0)
         # Certificates the members have fetched, shared: in a settled mesh every
         # node has met every other before, so reopening a channel fetches nothing.
         self.certificates: OrderedDict[bytes, bytes] = OrderedDict()
