@@ -86,6 +86,8 @@ SWEEP_S = 5.0
 #: due ticks closer than this are run in one batch (timer coalescing)
 COALESCE_S = 0.005
 TOKEN_TTL_MS = 86_400_000
+#: members whose first tick is started per second (see ``run_timers``)
+STARTUP_RATE = 100.0
 TOKEN_USES = 1000
 
 
@@ -223,8 +225,12 @@ class Worker:
 
     async def run_timers(self) -> None:
         by_index = {m.index: m for m in self.members}
+        # First ticks spread over N / STARTUP_RATE seconds (at least 1 s): a
+        # thousand members ticking in the same second overran the loop, and
+        # the late acks that followed set off a storm of suspicion.
+        spread = max(1.0, len(self.members) / STARTUP_RATE)
         for m in self.members:
-            m.wake_at = time.monotonic() + random.random()  # desynchronised first ticks
+            m.wake_at = time.monotonic() + spread * random.random()
             heapq.heappush(self._heap, (m.wake_at, m.index))
         while True:
             now = time.monotonic()
