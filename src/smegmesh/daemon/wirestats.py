@@ -109,6 +109,7 @@ def _tcp_info(fd: int, exclude_ports: set[int]) -> tuple[int, int, int, int] | N
         if len(raw) < _TCPI_LEN:
             return None
         acked, received, segs_out, segs_in = _TCPI.unpack_from(raw, _TCPI_OFFSET)
+        # An active opener's bytes_acked also counts its SYN: one byte per connection.
         return acked, received, segs_out, segs_in
     except OSError:
         return None
@@ -125,7 +126,7 @@ def socket_bytes(sock: object) -> tuple[int, int]:
     if len(raw) < _TCPI_LEN:
         return 0, 0
     acked, received, _o, _i = _TCPI.unpack_from(raw, _TCPI_OFFSET)
-    return int(acked), int(received)
+    return int(acked), int(received)  # acked: +1 for the SYN of a connection we opened
 
 
 async def run_sampler(stats: WireStats, interval_s: float = SAMPLE_INTERVAL_S) -> None:
