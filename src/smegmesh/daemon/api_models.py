@@ -454,7 +454,8 @@ class AddDeviceRequest(_Request):
     via: str | None = Field(
         default=None,
         max_length=256,
-        description="The sponsoring peer (NODE); only this daemon itself is supported",
+        description="The sponsoring peer (NODE): this daemon (default) or, for an admin, "
+        "another peer of the mesh, which is asked to sponsor the device",
     )
 
 

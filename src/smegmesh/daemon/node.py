@@ -62,7 +62,7 @@ from smegmesh.daemon.config import (
     MeshOptions,
     resolve_mesh_settings,
 )
-from smegmesh.daemon.devices_ops import DeviceOps
+from smegmesh.daemon.devices_ops import DEVICE_REQUESTS, DeviceOps
 from smegmesh.daemon.direct import DirectManager
 from smegmesh.daemon.events import (
     WG_PEER_EVENTS_MAX,
@@ -348,7 +348,9 @@ class Daemon(AuthorityOps, DeviceOps):
         self.state_lock.acquire()  # one daemon per state directory (StateDirLocked)
         self.identity = self._load_identity()
         self.tls = TlsIdentity.load_or_create(self.state_dir)
-        self.rpc = MeteredRpcClient(self.metrics, self.identity, timeout=float(cfg.timeout))
+        self.rpc = MeteredRpcClient(
+            self.metrics, self.identity, timeout=float(cfg.timeout), max_channels=cfg.max_channels
+        )
         self.rpc_server = RpcServer(
             self.tls, self.metrics.handler(self._on_rpc), is_member=self._is_member_anywhere
         )
@@ -569,7 +571,9 @@ class Daemon(AuthorityOps, DeviceOps):
             self._emit(rt, node.handle_failure(call.to, call.ctx, now_ms()))
             return
         try:
-            data = await self.rpc.call(rec.control_endpoint, rec.tls_fp, encode(call.msg))
+            data = await self.rpc.call(
+                rec.control_endpoint, rec.tls_fp, encode(call.msg), to=call.to
+            )
             reply = decode(data)
         except (RpcError, WireError) as e:
             log.debug("mesh %s: call to %s failed: %s", rt.mesh_id, key_to_text(call.to)[:8], e)
@@ -599,7 +603,7 @@ class Daemon(AuthorityOps, DeviceOps):
         if same:
             self.rpc.backoff.ok((rec.control_endpoint, rec.tls_fp))
 
-    async def _on_rpc(self, src: bytes, body: bytes) -> bytes:
+    async def _on_rpc(self, src: bytes, body: bytes) -> bytes:  # noqa: C901 (issue 13 splits it)
         try:
             msg = decode(body)
         except WireError as e:
@@ -620,6 +624,8 @@ class Daemon(AuthorityOps, DeviceOps):
             if wrt is None or not wrt.node.is_member(src):
                 return encode(Refusal(msg.mesh_id))
             return encode(Observed(msg.mesh_id, await self.direct.observed(wrt, src)))
+        if isinstance(msg, DEVICE_REQUESTS):  # sponsored devices (issue 18)
+            return encode(await self.device_rpc(src, msg))
         rt = self.meshes.get(mesh_id) if isinstance(mesh_id, str) else None
         if rt is None:
             return encode(Refusal(mesh_id if isinstance(mesh_id, str) else "x"))
@@ -641,6 +647,7 @@ class Daemon(AuthorityOps, DeviceOps):
                             target.tls_fp,
                             encode(reply.msg),
                             timeout=self.liveness.probe_timeout_ms / 1000,
+                            to=reply.target,
                         )
                     )
                     ok = isinstance(r, Ack) and r.ok
@@ -1011,7 +1018,9 @@ class Daemon(AuthorityOps, DeviceOps):
         for b in tok.bootstrap:
             try:
                 reply = decode(
-                    await self.rpc.call(b.control_endpoint, b.tls_fp, encode(WhoAmI(tok.mesh_id)))
+                    await self.rpc.call(
+                        b.control_endpoint, b.tls_fp, encode(WhoAmI(tok.mesh_id)), to=b.wg_key
+                    )
                 )
             except (RpcError, WireError, ValueError, OSError) as e:
                 log.info("public address discovery via %s failed: %s", b.control_endpoint, e)
@@ -1059,7 +1068,11 @@ class Daemon(AuthorityOps, DeviceOps):
             try:
                 reply = decode(
                     await self.rpc.call(
-                        b.control_endpoint, b.tls_fp, req, timeout=2 * float(self.config.timeout)
+                        b.control_endpoint,
+                        b.tls_fp,
+                        req,
+                        timeout=2 * float(self.config.timeout),
+                        to=b.wg_key,
                     )
                 )
             except (RpcError, WireError, ValueError, OSError) as e:

@@ -100,6 +100,15 @@ class Config(_Model):
         gt=0,
         description="Seconds without an answer before a node-to-node call fails.",
     )
+    max_channels: int = Field(
+        default=64,
+        alias="maxChannels",
+        ge=1,
+        le=1024,
+        description="Most outgoing node-to-node connections kept open at once (the least "
+        "recently used idle one is closed to make room; one idle for 60 s is closed too): "
+        "a node's connections do not grow with the size of the mesh.",
+    )
     grpc_port: int = Field(
         default=4000,
         alias="gRPCPort",
