@@ -454,3 +454,26 @@ def test_ping_sends_nothing_off_the_overlay(monkeypatch: pytest.MonkeyPatch) -> 
     assert res.error is not None and "not sent" in res.error
     res = asyncio.run(status.ping_node("me", None, [_mesh("m1", me)], 1, 1, refuse="no wg"))
     assert (res.sent, res.path.kind, res.error) == (0, "self", "no wg: not sent")
+
+
+def test_member_paths_agree_with_path_to() -> None:
+    """get-mesh's per-member path (one linear pass) is what path_to says for each member."""
+    from smegmesh.daemon.status import member_paths
+
+    me = _node("self", "me", is_self=True)
+    hub = _node("hub=", "hub", wg_peer=True)
+    far = _node("far=", "far")
+    m0 = _mesh("m1", me, hub, far)
+    prefix = m0.prefix
+    hub = hub.model_copy(update={"allowed_ips": [f"{hub.overlay_address}/128", prefix]})
+    near = _node("near=", "near", wg_peer=True)
+    near = near.model_copy(update={"allowed_ips": [f"{near.overlay_address}/128"]})
+    lone = _node("lone=", "lone", wg_peer=True)  # a direct session not up yet: no AllowedIPs
+    m = _mesh("m1", me, hub, far, near, lone)
+    paths = member_paths(m)
+    for n in m.nodes:
+        assert paths[n.public_key] == path_to(n.overlay_address, [m]), n.alias
+    assert paths["near="].kind == "direct"
+    assert (paths["far="].kind, paths["far="].via_alias) == ("peer", "hub")
+    assert (paths["lone="].kind, paths["lone="].via_alias) == ("peer", "hub")
+    assert paths["self"].kind == "self"

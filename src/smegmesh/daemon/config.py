@@ -435,6 +435,23 @@ class Config(_Model):
         "assigned peer until a session is up and whenever it breaks. 0 = off (the default "
         "in this first version).",
     )
+    direct_attempt: float = Field(
+        default=15.0,
+        alias="directAttempt",
+        gt=0,
+        le=600,
+        description="NAT traversal: seconds a direct session attempt may take to come up "
+        "before it counts as failed (then retried after directBackoff x 2^(failures-1), "
+        "at most 300 s).",
+    )
+    direct_backoff: float = Field(
+        default=5.0,
+        alias="directBackoff",
+        gt=0,
+        le=300,
+        description="NAT traversal: seconds before the first retry of a failed or broken "
+        "direct session; doubled per further failure (+-20 % jitter), at most 300 s.",
+    )
 
     _warnings: list[str] = PrivateAttr(default_factory=list)
     _file_token: str | None = PrivateAttr(default=None)

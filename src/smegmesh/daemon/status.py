@@ -83,6 +83,55 @@ def path_to(address: str, meshes: Sequence[MeshDetail]) -> PathInfo:
     return PathInfo(kind=kind, via=hop.public_key, via_alias=hop.alias, mesh_id=m.mesh_id)
 
 
+def member_paths(m: MeshDetail) -> dict[str, PathInfo]:
+    """:func:`path_to` for every member of ``m`` at once (public key -> path).
+
+    Linear in members and AllowedIPs: a /128 entry is looked up by address,
+    the few wider entries (the mesh prefix on a client's assigned peer, routes)
+    are matched by longest prefix.
+    """
+    host: dict[ipaddress.IPv6Address, NodeInfo] = {}
+    wide: list[tuple[ipaddress.IPv6Network, NodeInfo]] = []
+    for n in m.nodes:
+        if not n.wg_peer:
+            continue
+        for a in n.allowed_ips:
+            try:
+                net = ipaddress.ip_network(a, strict=False)
+            except ValueError:
+                continue
+            if net.version != 6:
+                continue
+            if net.prefixlen == 128:
+                host.setdefault(net.network_address, n)
+            else:
+                wide.append((net, n))
+    wide.sort(key=lambda e: -e[0].prefixlen)
+    prefix = ipaddress.IPv6Network(m.prefix)
+    out: dict[str, PathInfo] = {}
+    for n in m.nodes:
+        target = _addr(n.overlay_address)
+        if n.is_self:
+            out[n.public_key] = PathInfo(kind="self", mesh_id=m.mesh_id)
+            continue
+        if target is None:
+            out[n.public_key] = PathInfo(kind="none")
+            continue
+        hop = host.get(target) or next((h for net, h in wide if target in net), None)
+        if hop is None:
+            out[n.public_key] = PathInfo(kind="none")
+            continue
+        kind: PathKind = (
+            "direct" if _addr(hop.overlay_address) == target
+            else "peer" if target in prefix
+            else "bridge"
+        )  # fmt: skip
+        out[n.public_key] = PathInfo(
+            kind=kind, via=hop.public_key, via_alias=hop.alias, mesh_id=m.mesh_id
+        )
+    return out
+
+
 def _member(m: MeshDetail, n: NodeInfo) -> MemberStatus:
     path = path_to(n.overlay_address, [m])
     hop = next((x for x in m.nodes if path.via is not None and x.public_key == path.via), None)
@@ -99,6 +148,7 @@ def _member(m: MeshDetail, n: NodeInfo) -> MemberStatus:
         tx_bytes=n.tx_bytes if path.kind == "direct" else 0,
         last_seen=n.last_seen,
         path=path,
+        rtt_ms=n.rtt_ms,
     )
 
 
