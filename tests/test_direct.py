@@ -433,3 +433,29 @@ def test_client_moves_its_port_once_when_the_nat_did_not_keep_it() -> None:
     assert rt.listen_port == moved
     m, rt = make({"wgport": 51820})
     assert m._relocate(rt, "203.0.113.5:1024") is False and rt.listen_port == 51820
+
+
+def test_of_two_clients_sharing_a_port_behind_one_nat_the_higher_key_moves() -> None:
+    """The NAT kept the port for both (each talks to another relay): their mappings
+    would clash at the first common partner. Both decide the same: the higher key moves."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from smegmesh.daemon.direct import DirectManager
+
+    lo, hi = sorted((0, 1), key=lambda i: IDS[i].wg_public_key)
+    recs = {i: client(i, "203.0.113.5:51820", (f"192.168.1.{10 + i}:51820",)) for i in (lo, hi)}
+    other_nat = client(2, "198.51.100.7:51820", ("192.168.1.12:51820",))
+
+    def moved(i: int, others: list[NodeRecord]) -> bool:
+        rt = SimpleNamespace(mesh_id=MESH, listen_port=51820, opts={}, dirty_wg=False)
+        rt.dirty_disk = False
+        node = SimpleNamespace(
+            meshes={MESH: rt}, identity=IDS[i], _reconcile_wake=asyncio.Event(), config=None
+        )
+        m = DirectManager(node, 8)
+        return m._shared_port(rt, recs[i], [recs[i], *others]) and rt.listen_port != 51820
+
+    assert moved(hi, [recs[lo]]) is True
+    assert moved(lo, [recs[hi]]) is False
+    assert moved(hi, [other_nat]) is False  # same port behind another NAT: no clash

@@ -19,7 +19,11 @@ of them, the others get another port per destination, which no other client
 can predict. A client whose assigned peer sees it on another port than it
 listens on, and whose port was not chosen with ``--wgport``, moves once to a
 port derived from its key (:func:`relocated_port`) and discovers again: the
-NAT then keeps that port for it too (docs/NAT.md).
+NAT then keeps that port for it too. The NAT may also keep the port for both
+(each talks to another relay): the mapping then clashes as soon as both send to
+the same client. So a client also moves when another client behind the same
+public address publishes a local endpoint on its port (of the two, the one
+with the higher key moves). See docs/NAT.md.
 
 The peer side answers ``WhereAmI`` from its WireGuard status
 (:func:`observed_endpoint`): the caller is authenticated by the transport, so a
@@ -100,6 +104,15 @@ def relocated_port(mesh_id: str, key: bytes, taken: set[int], salt: int = 0) -> 
         if port not in taken:
             return port
     raise ValueError("no port free")
+
+
+def _host_of(endpoint: str | None) -> str | None:
+    if not endpoint:
+        return None
+    try:
+        return split_host_port(endpoint)[0]
+    except (ValueError, TypeError):
+        return None
 
 
 def _port(endpoint: str) -> int | None:
@@ -277,6 +290,7 @@ class DirectManager:
             if via is not None:
                 probed[via] = by_key[via].address
             self.probed[rt.mesh_id] = probed
+            self._shared_port(rt, me, records)
         return cached[1]
 
     def _probe_slow(self, mesh_id: str) -> None:
@@ -290,21 +304,39 @@ class DirectManager:
 
     def _relocate(self, rt: Any, seen: str) -> bool:
         """Move to a port of our own when the NAT did not keep ours (see module doc)."""
-        if rt.mesh_id in self.relocated or _port(seen) in (None, rt.listen_port):
+        if _port(seen) in (None, rt.listen_port):
             return False
-        if rt.opts.get("wgport") is not None:
-            return False  # chosen by the user: kept
+        return self._move(rt, f"the NAT maps WireGuard port {rt.listen_port} to {seen}")
+
+    def _shared_port(self, rt: Any, me: Any, records: Any) -> bool:
+        """Another client behind our NAT (same public address) listens on our port: of the
+        two, the one with the higher key moves (both decide the same)."""
+        host = _host_of(me.nat_endpoint)
+        if host is None:
+            return False
+        for r in records:
+            if (
+                r.wg_key != me.wg_key
+                and r.role == Role.CLIENT
+                and not r.left
+                and _host_of(r.nat_endpoint) == host
+                and r.local_endpoints
+                and _port(r.local_endpoints[0]) == rt.listen_port
+                and me.wg_key > r.wg_key
+            ):
+                return self._move(
+                    rt, f"client {key_to_text(r.wg_key)[:12]} behind the same NAT has this port"
+                )
+        return False
+
+    def _move(self, rt: Any, why: str) -> bool:
+        if rt.mesh_id in self.relocated or rt.opts.get("wgport") is not None:
+            return False  # once; a port chosen by the user is kept
         taken = {m.listen_port for m in self.node.meshes.values()}
         port = relocated_port(rt.mesh_id, self.node.identity.wg_public_key, taken)
-        log.info(
-            "mesh %s: the NAT maps WireGuard port %d to %s (port taken by another node "
-            "behind it?): moving to port %d",
-            rt.mesh_id,
-            rt.listen_port,
-            seen,
-            port,
-        )
+        log.info("mesh %s: %s: moving WireGuard to port %d", rt.mesh_id, why, port)
         self.relocated[rt.mesh_id] = time.monotonic()
+        self._discovered[rt.mesh_id] = 0.0  # discover the new mapping at once
         rt.listen_port = port
         rt.dirty_wg = True
         rt.dirty_disk = True
@@ -329,7 +361,6 @@ class DirectManager:
         if not isinstance(reply, Observed) or reply.endpoint is None:
             return
         if self._relocate(rt, reply.endpoint):
-            self._discovered[rt.mesh_id] = 0.0
             return
         moved = self.relocated.get(rt.mesh_id)
         if (
