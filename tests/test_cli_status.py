@@ -69,6 +69,9 @@ def test_status_text_and_json(daemon: tuple[Path, FakeNodeService]) -> None:
     assert "not in any mesh" in empty and SELF_KEY[:8] in empty
     mesh_id = joined(sock, svc)
     ctl(sock, "put-alias", "--alias", "me")
+    lap = next(k for k, n in svc.meshes[mesh_id].nodes.items() if n.alias == "laptop")
+    nodes = svc.meshes[mesh_id].nodes
+    nodes[lap] = nodes[lap].model_copy(update={"rtt_ms": 3.254})  # measured (NAT traversal)
 
     data = json.loads(ctl(sock, "status", "--json").stdout)
     assert data["public_key"] == SELF_KEY and data["version"]
@@ -95,6 +98,7 @@ def test_status_text_and_json(daemon: tuple[Path, FakeNodeService]) -> None:
     assert "direct" in lines["peer0"] and "12s ago" in lines["peer0"]
     assert "1.5 KiB / 2.4 MiB" in lines["peer0"]
     assert "via peer0" in lines["laptop"] and "(suspect)" in lines["laptop"]
+    assert "3.25 ms" in lines["laptop"] and by["laptop"]["rtt_ms"] == 3.254
     assert "exit ::/0 via peer0" in text
 
 

@@ -432,8 +432,8 @@ class Config(_Model):
         le=64,
         description="NAT traversal (docs/NAT.md): a client holds direct WireGuard sessions "
         "with at most this many other clients (mutual best by a pair hash), relayed by its "
-        "assigned peer until a session is up and whenever it breaks. 0 = off (the default "
-        "in this first version).",
+        "assigned peer until a session is up and whenever it breaks. 0 = off (the "
+        "default): a client holds its assigned peer only; 8 is the suggested value.",
     )
     direct_attempt: float = Field(
         default=15.0,
