@@ -64,6 +64,7 @@ from smegmesh.daemon.config import (
 )
 from smegmesh.daemon.devices_ops import DEVICE_REQUESTS, DeviceOps
 from smegmesh.daemon.direct import DirectManager
+from smegmesh.daemon.direct import annotate as annotate_paths
 from smegmesh.daemon.events import (
     WG_PEER_EVENTS_MAX,
     EventBus,
@@ -1192,6 +1193,8 @@ class Daemon(AuthorityOps, DeviceOps):
                 authority=authority,
             )
         )
+        # each member's path and round trip (NAT traversal, daemon/direct.py)
+        detail = await asyncio.to_thread(annotate_paths, detail, self.direct.rtts(mesh_id))
         return detail.model_copy(update={"devices": self.device_infos(rt)})
 
     async def _update(self, mesh_id: str, **changes: Any) -> None:
