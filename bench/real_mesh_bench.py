@@ -183,10 +183,14 @@ def real_run(args: argparse.Namespace) -> dict[str, Any]:
     c = Cluster()
     try:
         t0 = time.monotonic()
-        solo = c.add(1, extra={**extra, "logLevel": "info"})[0]
-        ds = []
-        while len(ds) < n:
-            ds += c.add(min(args.batch, n - len(ds)), extra=extra)
+        solo = c.add(1, wait=False, extra={**extra, "logLevel": "info"})[0]
+        solo.wait_ready(300)
+        ds: list[Any] = []
+        while len(ds) < n:  # a batch at a time, each until it serves (slow on a busy box)
+            new = c.add(min(args.batch, n - len(ds)), wait=False, extra=extra)
+            for d in new:
+                d.wait_ready(300)
+            ds += new
         res["start_s"] = time.monotonic() - t0
         log(f"{n} daemons started in {res['start_s']:.0f} s (+1 solo)")
         solo_fd0 = fd_counts(solo.proc.pid)  # type: ignore[union-attr]
