@@ -78,4 +78,26 @@ def test_attempts_pace_rounds_skip_backing_off_members_and_stop_at_the_deadline(
     assert len(tried) >= 6  # several rounds, not one pass
     assert all(p <= JOIN_PAUSE_CAP_S * 1.5 for p in pauses)
     assert pauses[1] > pauses[0] * 0.6  # grows (jittered)
-    assert now[0] <= 30.0 + 2.0  # no new attempt after the deadline
+    assert now[0] <= 30.0 + 2.0  # no new round after the deadline
+
+
+def test_attempts_make_a_second_round_even_when_one_attempt_outlasts_the_deadline() -> None:
+    import asyncio
+
+    from smegmesh.daemon.joinretry import MIN_ROUNDS, attempts
+
+    now = [0.0]
+
+    async def sleep(s: float) -> None:
+        now[0] += s
+
+    async def run() -> list[str]:
+        out = []
+        async for m in attempts(
+            ["a", "b"], lambda m: 0.0, deadline_s=5.0, clock=lambda: now[0], sleep=sleep
+        ):
+            out.append(m)
+            now[0] += 17.0  # a starved machine: one call took longer than the deadline
+        return out
+
+    assert asyncio.run(run()) == ["a", "b"] * MIN_ROUNDS

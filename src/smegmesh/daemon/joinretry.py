@@ -8,8 +8,9 @@ pass outright. Now the joiner goes round the bootstrap members again and
 again, each round after a jittered exponential pause (so joiners that failed
 together do not come back together), skipping a member while its endpoint
 back-off runs, for :data:`JOIN_DEADLINE_TIMEOUTS` x the configured ``timeout``
-(15 s by default; no new attempt starts after it, one under way may take
-its own ``2 x timeout``). A refusal (an expired or used-up
+(15 s by default; no new round starts after it, but there are always at
+least :data:`MIN_ROUNDS`, and a round tries every member named in the token:
+under load one attempt alone may take longer than the deadline). A refusal (an expired or used-up
 token) is final and ends the join at once; that decision stays with the caller.
 """
 
@@ -25,12 +26,16 @@ __all__ = [
     "JOIN_DEADLINE_TIMEOUTS",
     "JOIN_PAUSE_BASE_S",
     "JOIN_PAUSE_CAP_S",
+    "MIN_ROUNDS",
     "attempts",
 ]
 
 #: A join starts no new attempt after this many ``timeout`` s (``smegctl join-mesh``
 #: waits 120 s for the answer).
 JOIN_DEADLINE_TIMEOUTS = 3.0
+#: Rounds over the bootstrap members made whatever the deadline (one attempt may
+#: take ``2 x timeout``, longer on a starved machine, and use the deadline up).
+MIN_ROUNDS = 2
 #: Pause after the first round of failed attempts; doubles each round, jittered x0.5-1.5.
 JOIN_PAUSE_BASE_S = 0.5
 #: Longest pause between two rounds.
@@ -67,12 +72,10 @@ async def attempts(
                 continue
             tried = True
             yield b
-            if clock() >= end:
-                return
         pause = min(JOIN_PAUSE_CAP_S, JOIN_PAUSE_BASE_S * 2.0**n) * rng.uniform(0.5, 1.5)
         if not tried:
             pause = max(pause, min(backoff_wait(b) for b in bootstrap))
-        if clock() + pause >= end:
+        if n + 1 >= MIN_ROUNDS and clock() + pause >= end:
             return
         n += 1
         await sleep(pause)
