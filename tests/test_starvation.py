@@ -48,7 +48,8 @@ def test_a_starved_member_prunes_nobody_and_is_not_a_storm() -> None:
         for _ in range(5):
             port = free_port("127.0.0.1")
             c.add(1, wait=False, extra={"metricsListen": f"127.0.0.1:{port}"})
-        c.wait_ready()
+        for d in c.daemons:
+            d.wait_ready(240)  # five Pythons starting at once on a loaded 2-core box
         slow, *healthy = c.daemons
         mesh_id = create_mesh(slow, healthy)
         keys = {d.name: d.self_key(mesh_id)[:8] for d in c.daemons}
