@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             mp = free_port("127.0.0.1")
             mports.append(mp)
             c.add(1, wait=False, extra={**timings, "metricsListen": f"127.0.0.1:{mp}"})
-        c.wait_ready()
+        [d.wait_ready(240) for d in c.daemons]
         mesh_id = create_mesh(c.daemons[0], c.daemons[1:])
         time.sleep(10)  # deliberate: every member has called every other (channels warm)
         ports = [d.grpc_port for d in c.daemons]

@@ -19,6 +19,7 @@ from whichever measurement is current; it is the only place they live.
 from __future__ import annotations
 
 __all__ = [
+    "CALL_STREAM_OVERHEAD_BYTES",
     "REPLY_OVERHEAD_BYTES",
     "REQUEST_OVERHEAD_BYTES",
     "TCPIP_BYTES_PER_SEGMENT",
@@ -26,9 +27,17 @@ __all__ = [
 
 #: IPv6 header (40) + TCP header with timestamps (32), per segment.
 TCPIP_BYTES_PER_SEGMENT = 72
-#: Stream bytes of one request beyond its body (HEADERS with the auth metadata,
-#: DATA frame, gRPC prefix, TLS records), plus its segment and the ACK's.
-REQUEST_OVERHEAD_BYTES = 470 + 2 * TCPIP_BYTES_PER_SEGMENT
-#: Stream bytes of one reply beyond its body (HEADERS, DATA, trailers, TLS),
-#: plus its segment.
-REPLY_OVERHEAD_BYTES = 110 + TCPIP_BYTES_PER_SEGMENT
+#: Measured: stream bytes of one call (request + reply) beyond the two bodies,
+#: 549 B (bench/wire_overhead_bench.py, 3 smegd, 313 calls: Ping, Push, SyncStart).
+CALL_STREAM_OVERHEAD_BYTES = 549
+#: Of which the reply (estimated from its frame layout: HEADERS with indexed
+#: :status / content-type, DATA 9 + gRPC prefix 5, trailers, TLS 1.3 records of
+#: 22 bytes each); the rest is the request's (HEADERS with the ~350-character
+#: auth metadata literals, DATA, TLS).
+_REPLY_STREAM_BYTES = 100
+#: One request: its stream overhead plus its segment and the ACK's.
+REQUEST_OVERHEAD_BYTES = (
+    CALL_STREAM_OVERHEAD_BYTES - _REPLY_STREAM_BYTES + 2 * TCPIP_BYTES_PER_SEGMENT
+)
+#: One reply: its stream overhead plus its segment.
+REPLY_OVERHEAD_BYTES = _REPLY_STREAM_BYTES + TCPIP_BYTES_PER_SEGMENT
