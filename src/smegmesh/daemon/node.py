@@ -64,6 +64,7 @@ from smegmesh.daemon.config import (
 )
 from smegmesh.daemon.devices_ops import DEVICE_REQUESTS, DeviceOps
 from smegmesh.daemon.direct import DirectManager
+from smegmesh.daemon.direct import annotate as annotate_paths
 from smegmesh.daemon.events import (
     WG_PEER_EVENTS_MAX,
     EventBus,
@@ -72,6 +73,8 @@ from smegmesh.daemon.events import (
     route_events,
     wg_peer_events,
 )
+from smegmesh.daemon.joinretry import JOIN_DEADLINE_TIMEOUTS
+from smegmesh.daemon.joinretry import attempts as join_attempts
 from smegmesh.daemon.logsetup import configure_logging
 from smegmesh.daemon.metrics import MeteredRpcClient, Metrics, serve_metrics
 from smegmesh.daemon.persist import PersistError, atomic_write
@@ -1062,9 +1065,14 @@ class Daemon(AuthorityOps, DeviceOps):
         req = encode(node.join_request(tok.secret, now_ms()))
         errors: list[str] = []
         refused = False
-        # Two passes over the bootstrap members: a busy member may time out once
-        # (a retry with the same token is admitted again: admissions are per joiner).
-        for b in [*tok.bootstrap, *tok.bootstrap]:
+        # Round after round over the bootstrap members, paced, until a deadline:
+        # a busy member may time out (a retry with the same token is admitted
+        # again: admissions are per joiner). See daemon/joinretry.py.
+        async for b in join_attempts(
+            tok.bootstrap,
+            lambda b: self.rpc.backoff.wait((b.control_endpoint, b.tls_fp)),
+            deadline_s=JOIN_DEADLINE_TIMEOUTS * float(self.config.timeout),
+        ):
             try:
                 reply = decode(
                     await self.rpc.call(
@@ -1077,6 +1085,7 @@ class Daemon(AuthorityOps, DeviceOps):
                 )
             except (RpcError, WireError, ValueError, OSError) as e:
                 errors.append(f"{b.control_endpoint}: {e}")
+                log.info("join through %s failed: %s (will retry)", b.control_endpoint, e)
                 continue
             if isinstance(reply, JoinReply):
                 outs = node.absorb(reply.items, now_ms(), reply.chain)
@@ -1109,7 +1118,9 @@ class Daemon(AuthorityOps, DeviceOps):
             raise svc.refused(
                 "the invitation was refused (expired, used up, or not valid for this mesh)"
             )
-        raise svc.unavailable("no member named in the token could be reached: " + "; ".join(errors))
+        raise svc.unavailable(
+            "no member named in the token could be reached: " + "; ".join(errors[-6:])
+        )
 
     async def leave_mesh(self, mesh_id: str) -> None:
         rt = self._get(mesh_id)
@@ -1192,6 +1203,8 @@ class Daemon(AuthorityOps, DeviceOps):
                 authority=authority,
             )
         )
+        # each member's path and round trip (NAT traversal, daemon/direct.py)
+        detail = await asyncio.to_thread(annotate_paths, detail, self.direct.rtts(mesh_id))
         return detail.model_copy(update={"devices": self.device_infos(rt)})
 
     async def _update(self, mesh_id: str, **changes: Any) -> None:
