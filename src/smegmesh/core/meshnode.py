@@ -1,10 +1,13 @@
 """One node's membership of one mesh: the protocol engine. Pure (sans-I/O).
 
-The daemon and the simulator both drive this class; neither contains protocol
-logic of its own. Inputs are method calls with the current time; outputs are
-``Call`` (send this request to that member; report the reply or the failure
-back with the given context) and ``Changed`` (these node keys changed: update
-WireGuard, DNS...).
+The daemon and the simulator both drive this class through the shared driver
+(:mod:`smegmesh.core.driver`); neither contains protocol logic of its own.
+Inputs are typed values with the current time, given to :meth:`MeshNode.step`;
+outputs are ``Call`` (send this request to that member; report the reply or
+the failure back), ``Respond`` (the reply to a request) and ``Changed`` (these
+node keys changed: update WireGuard, DNS...); see :mod:`smegmesh.core.engine`.
+Local commands outside that set (admin statements, invitations, joins) are
+methods returning the same outputs.
 
 What it does:
 
@@ -38,6 +41,26 @@ from smegmesh.core.cert import (
     Revocation,
 )
 from smegmesh.core.desired import assigned_peer
+from smegmesh.core.engine import (
+    Call,
+    CallCtx,
+    CallFailed,
+    Changed,
+    Input,
+    Message,
+    Out,
+    PeerPingCtx,
+    ProbeCtx,
+    PushCtx,
+    RelayCtx,
+    ReplyReceived,
+    RequestReceived,
+    Respond,
+    Start,
+    SyncCtx,
+    TimerFired,
+    UpdateSelf,
+)
 from smegmesh.core.gossip import GossipParams, GossipScheduler
 from smegmesh.core.hashing import ranked
 from smegmesh.core.identity import NodeIdentity
@@ -70,7 +93,17 @@ from smegmesh.core.record import (
     check_record_fields,
 )
 from smegmesh.core.state import MeshState
-from smegmesh.core.sync import Push, SyncSession
+from smegmesh.core.sync import Push, SyncEnd, SyncSession, SyncStart, SyncStep
+
+__all__ = [
+    "Call",
+    "Changed",
+    "MeshNode",
+    "MeshSettings",
+    "NotAllowed",
+    "Out",
+    "Respond",
+]
 
 Item = NodeRecord | Prune | AuthItem
 
@@ -88,61 +121,11 @@ MAX_HEAL_ENTRIES = 4096
 
 
 @dataclass(frozen=True, slots=True)
-class Call:
-    """Send ``msg`` to member ``to``; feed the reply to ``handle_reply(ctx, ...)``."""
-
-    to: bytes
-    msg: Any
-    ctx: Any
-
-
-@dataclass(frozen=True, slots=True)
-class Changed:
-    """Mesh state changed for ``keys``."""
-
-    keys: frozenset[bytes]
-
-
-@dataclass(frozen=True, slots=True)
-class Relay:
-    """Answer for a ``PingReq``: ping ``target`` and reply ``Ack(ok=...)``."""
-
-    target: bytes
-    msg: Ping
-
-
-Out = Call | Changed
-
-
-@dataclass(frozen=True, slots=True)
 class MeshSettings:
     role: Role = Role.PEER
     wg_endpoint: str | None = None
     control_endpoint: str | None = None
     tls_fp: bytes | None = None
-
-
-# Reply contexts -----------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class _PushCtx:
-    keys: frozenset[bytes]
-
-
-@dataclass(frozen=True, slots=True)
-class _ProbeCtx:
-    target: bytes
-    probe_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class _PeerPingCtx:
-    peer: bytes
-
-
-@dataclass(slots=True)
-class _SyncCtx:
-    session: SyncSession
-    follow: int = 0  # follow-up sessions so far (state larger than one page)
 
 
 MAX_FOLLOW_SESSIONS = 256
@@ -188,7 +171,6 @@ class MeshNode:
     last_rejects: list[str] = field(default_factory=list)
     heal_sessions: int = 0  # sync sessions started on hearing from a pruned member
     _view_cache: _Views | None = None
-    _last_now: int = 0
     #: a joiner's own record until a member admits it (admission mode)
     _pending: NodeRecord | None = None
     #: pruned members we started a heal session with: key -> not again before (ms)
@@ -371,7 +353,7 @@ class MeshNode:
         out: list[Out] = []
         if changed:
             out.append(Changed(frozenset({self.key})))
-            out.extend(self._push_now({self.key}, exclude=()))
+            out.extend(self._push_now({self.key}, (), now_ms))
         return out
 
     def _choose_peer(self, now_ms: int) -> bytes | None:
@@ -392,14 +374,13 @@ class MeshNode:
     def is_admin(self, key: bytes | None = None) -> bool:
         return self.mesh.authority.is_admin(self.key if key is None else key)
 
-    def may_admit(self, now_ms: int | None = None) -> bool:
-        """May this node admit new nodes (policy, or admin)?"""
+    def may_admit(self, now_ms: int) -> bool:
+        """May this node admit new nodes (policy, or admin) at ``now_ms``?"""
         if not self.mesh.admission:
             return True
         chain = self.chain
         flag = bool(chain) and chain[-1].may_admit
-        t = self._last_now if now_ms is None else now_ms
-        return self.mesh.authority.issuer_may_admit(self.key, flag, t)
+        return self.mesh.authority.issuer_may_admit(self.key, flag, now_ms)
 
     def _require_admin(self) -> None:
         if not self.is_admin():
@@ -492,10 +473,10 @@ class MeshNode:
         ttl_ms: int,
         uses: int,
         bootstrap: Iterable[Bootstrap],
-        secret: bytes | None = None,
+        secret: bytes,
         strict: bool = False,
     ) -> tuple[Token, list[Out]]:
-        """Issue a token. ``secret`` defaults to ``secrets`` (simulations pass their own)."""
+        """Issue a token with ``secret`` (16 bytes from the caller's cryptographic source)."""
         if not self.may_admit(now_ms):
             raise NotAllowed(
                 f"this mesh's invite policy is '{self.mesh.authority.policy}': "
@@ -518,7 +499,7 @@ class MeshNode:
         grants.append(grant)
         return token, self.update_self(now_ms, invites=tuple(grants))
 
-    def _admit(self, src: bytes, req: JoinRequest, now_ms: int) -> tuple[Any, list[Out]]:
+    def _admit(self, src: bytes, req: JoinRequest, now_ms: int) -> tuple[Message, list[Out]]:
         st = self.mesh
         auth = st.authority
         grant, _reason = check_admission(
@@ -561,7 +542,7 @@ class MeshNode:
             try:
                 if st.apply(req.record, now_ms):
                     out.append(Changed(frozenset({src})))
-                    out.extend(self._push_now({src}, exclude=(src,)))
+                    out.extend(self._push_now({src}, (src,), now_ms))
             except RecordError:
                 return Refusal(self.mesh_id), []
             rec = st.record(self.key)
@@ -594,7 +575,7 @@ class MeshNode:
     def pull_from(self, key: bytes, now_ms: int) -> list[Out]:
         """Start an anti-entropy session with ``key`` now (a joiner, after its join reply)."""
         session = SyncSession.initiator(self.mesh, now_ms, rng=self.rng)
-        return [Call(key, session.start(), _SyncCtx(session))]
+        return [Call(key, session.start(), SyncCtx(session))]
 
     def join_request(self, secret: bytes, now_ms: int) -> JoinRequest:
         """What a joiner sends to a member: the token's secret and our signed record.
@@ -640,7 +621,7 @@ class MeshNode:
         out: list[Out] = [Changed(frozenset(changed) | {self.key})]
         if self.settings.role == Role.CLIENT:
             out.extend(self._maybe_reassign(now_ms))
-        out.extend(self._push_now({self.key}, exclude=()))
+        out.extend(self._push_now({self.key}, (), now_ms))
         return out
 
     # -- receiving items -------------------------------------------------------------
@@ -669,17 +650,17 @@ class MeshNode:
                     # The member that showed us our prune holds it: it gets the
                     # refutation at once (it would otherwise wait for a pull).
                     out.extend(self._push_calls([src], frozenset({self.key})))
-        out.extend(self._push_now(changed, exclude=(src,) if src else ()))
+        out.extend(self._push_now(changed, (src,) if src else (), now_ms))
         if self.settings.role == Role.CLIENT:
             out.extend(self._maybe_reassign(now_ms))
         return out
 
-    def _push_now(self, keys: Iterable[bytes], exclude: Sequence[bytes]) -> list[Out]:
+    def _push_now(self, keys: Iterable[bytes], exclude: Sequence[bytes], now_ms: int) -> list[Out]:
         rnd = self._sched.triggered(
             keys,
             self._reachable_peers(),
             is_client=self.settings.role == Role.CLIENT,
-            client_peers=self._client_targets(),
+            client_peers=self._client_targets(now_ms),
             exclude=exclude,
         )
         return self._push_calls(rnd.push_to, rnd.keys)
@@ -692,16 +673,16 @@ class MeshNode:
         if not items:
             return []
         msgs = [Push(self.mesh_id, tuple(p)) for p in pages(items)]  # bounded messages
-        return [Call(t, msg, _PushCtx(keys)) for t in targets for msg in msgs]
+        return [Call(t, msg, PushCtx(keys)) for t in targets for msg in msgs]
 
-    def _client_targets(self) -> list[bytes]:
+    def _client_targets(self, now_ms: int) -> list[bytes]:
         if self.settings.role != Role.CLIENT:
             return []  # only clients restrict their gossip partners
         mine = self.my_peer()
         peers = self._reachable_peers()
         out = [mine] if mine is not None and mine in peers else []
         for k in ranked(self.key, peers):
-            if k not in out and self._avoid.get(k, 0) <= self._last_now:
+            if k not in out and self._avoid.get(k, 0) <= now_ms:
                 out.append(k)
             if len(out) >= 2:
                 break
@@ -709,7 +690,6 @@ class MeshNode:
 
     # -- clock ------------------------------------------------------------------------
     def tick(self, now_ms: int) -> list[Out]:
-        self._last_now = now_ms
         out: list[Out] = []
         own = self.mesh.record(self.key)
         if own is not None and not own.left and now_ms - own.timestamp_ms >= self.refresh_ms:
@@ -717,7 +697,7 @@ class MeshNode:
         is_client = self.settings.role == Role.CLIENT
         peers = self._reachable_peers()
         rnd = self._sched.tick(
-            now_ms, peers, is_client=is_client, client_peers=self._client_targets()
+            now_ms, peers, is_client=is_client, client_peers=self._client_targets(now_ms)
         )
         out.extend(self._push_calls(rnd.push_to, rnd.keys))
         if rnd.pull_from is not None and len(self._responders) < self.sessions_limit:
@@ -729,7 +709,7 @@ class MeshNode:
                 # including its prune, which it refutes.
                 target = self.rng.choice(pruned)
             session = SyncSession.initiator(self.mesh, now_ms, rng=self.rng)
-            out.append(Call(target, session.start(), _SyncCtx(session)))
+            out.append(Call(target, session.start(), SyncCtx(session)))
         if is_client:
             out.extend(self._client_tick(now_ms))
         else:
@@ -739,7 +719,7 @@ class MeshNode:
                         Call(
                             a.target,
                             Ping(self.mesh_id, a.probe_id),
-                            _ProbeCtx(a.target, a.probe_id),
+                            ProbeCtx(a.target, a.probe_id),
                         )
                     )
                 elif isinstance(a, ProbePingReq):
@@ -747,7 +727,7 @@ class MeshNode:
                         Call(
                             a.via,
                             PingReq(self.mesh_id, a.target, a.probe_id),
-                            _ProbeCtx(a.target, a.probe_id),
+                            ProbeCtx(a.target, a.probe_id),
                         )
                     )
                 elif isinstance(a, Dead):
@@ -780,7 +760,7 @@ class MeshNode:
             return out
         self._peer_ping_due = now_ms + self.liveness.probe_interval_ms
         self._peer_ping_inflight = True
-        out.append(Call(peer, Ping(self.mesh_id, 0), _PeerPingCtx(peer)))
+        out.append(Call(peer, Ping(self.mesh_id, 0), PeerPingCtx(peer)))
         return out
 
     def _maybe_reassign(self, now_ms: int) -> list[Out]:
@@ -815,14 +795,58 @@ class MeshNode:
         """An admitted node that has not left (a pruned one may still refute)."""
         return self.mesh.is_member(key)
 
-    def handle_request(self, src: bytes, msg: Any, now_ms: int) -> tuple[Any, list[Out]]:
-        """A request from ``src`` (authenticated by the transport). Returns (reply, outs).
+    # -- the engine boundary ---------------------------------------------------------------
+    def step(self, inp: Input) -> list[Out]:
+        """Take one input; return what to do, in order (see :mod:`smegmesh.core.engine`)."""
+        if isinstance(inp, TimerFired):
+            return self.tick(inp.now_ms)
+        if isinstance(inp, RequestReceived):
+            return self._request(inp)
+        if isinstance(inp, ReplyReceived):
+            return self.handle_reply(inp.call.to, inp.call.ctx, inp.msg, inp.now_ms)
+        if isinstance(inp, CallFailed):
+            return self.handle_failure(inp.call.to, inp.call.ctx, inp.now_ms)
+        if isinstance(inp, Start):
+            return self.start(inp.now_ms)
+        if isinstance(inp, UpdateSelf):
+            return self.update_self(inp.now_ms, **inp.changes)
+        return self.leave(inp.now_ms)
 
-        The reply may be a ``Relay`` (for ``PingReq``): the adapter pings the
-        target and answers ``Ack(ok)``. Non-members get a ``Refusal`` for
-        everything but a ``JoinRequest`` with a valid token.
+    def handle_request(
+        self, src: bytes, msg: Message, now_ms: int, request_id: int = 0
+    ) -> tuple[Message | None, list[Out]]:
+        """:meth:`step` for a request, with the reply split out of the outputs.
+
+        The reply is None when it comes later (a ``PingReq``: a ``Respond``
+        output after the relayed ping's reply or failure).
         """
-        self._last_now = now_ms
+        outs = self._request(RequestReceived(src, msg, now_ms, request_id))
+        if outs and isinstance(outs[-1], Respond) and outs[-1].request_id == request_id:
+            return outs[-1].msg, outs[:-1]
+        return None, outs
+
+    def _request(self, req: RequestReceived) -> list[Out]:
+        """A request from ``req.src`` (authenticated by the transport).
+
+        The reply is the last output (a ``Respond``), except for a ``PingReq``:
+        then the last output is the relayed ``Ping`` to its target, and the
+        ``Respond`` (``Ack(ok)``) comes with that ping's reply or failure.
+        Non-members get a ``Refusal`` for everything but a ``JoinRequest``
+        with a valid token.
+        """
+        src, msg, now_ms = req.src, req.msg, req.now_ms
+        reply, outs = self._answer(src, msg, now_ms)
+        if reply is None:
+            assert isinstance(msg, PingReq)
+            ctx = RelayCtx(req.request_id, msg.probe_id)
+            ping = Ping(self.mesh_id, msg.probe_id)
+            outs.append(Call(msg.target, ping, ctx, self.liveness.probe_timeout_ms))
+        else:
+            outs.append(Respond(req.request_id, reply))
+        return outs
+
+    def _answer(self, src: bytes, msg: Message, now_ms: int) -> tuple[Message | None, list[Out]]:
+        """The reply to a request (None: relay the ``PingReq``) and the other outputs."""
         if isinstance(msg, JoinRequest):
             return self._admit(src, msg, now_ms)
         pre: list[Out] = []
@@ -839,17 +863,14 @@ class MeshNode:
         if isinstance(msg, Ping):
             return Ack(self.mesh_id, msg.probe_id), self._heard_from_pruned(src, now_ms)
         if isinstance(msg, PingReq):
-            return Relay(msg.target, Ping(self.mesh_id, msg.probe_id)), self._heard_from_pruned(
-                src, now_ms
-            )
+            return None, self._heard_from_pruned(src, now_ms)
         if isinstance(msg, Push):
             out = pre + self._ingest(msg.items, now_ms, src)
             return Ack(self.mesh_id, 0), out + self._heard_from_pruned(src, now_ms)
-        if SyncSession.is_sync_message(msg):
-            reply, session, merged = SyncSession.respond(
+        if isinstance(msg, SyncStart | SyncStep | SyncEnd):
+            reply, _session, merged = SyncSession.respond(
                 self.mesh, self._responders, src, msg, now_ms
             )
-            del session
             out = self._on_changed(set(merged), now_ms, src)
             return reply, out + self._heard_from_pruned(src, now_ms)
         return Refusal(self.mesh_id), []
@@ -875,30 +896,33 @@ class MeshNode:
         self._heal_due[key] = now_ms + HEAL_INTERVAL_MS
         self.heal_sessions += 1
         session = SyncSession.initiator(self.mesh, now_ms, rng=self.rng)
-        return [Call(key, session.start(), _SyncCtx(session))]
+        return [Call(key, session.start(), SyncCtx(session))]
 
     # -- replies to our requests -------------------------------------------------------------
-    def handle_reply(self, to: bytes, ctx: Any, reply: Any, now_ms: int) -> list[Out]:
-        self._last_now = now_ms
+    def handle_reply(self, to: bytes, ctx: CallCtx, reply: Message, now_ms: int) -> list[Out]:
+        """The reply ``reply`` of member ``to`` to our call with context ``ctx``."""
+        if isinstance(ctx, RelayCtx):  # a relayed ping: answer the PingReq
+            ok = isinstance(reply, Ack) and reply.ok
+            return [Respond(ctx.request_id, Ack(self.mesh_id, ctx.probe_id, ok))]
         if isinstance(reply, Refusal):
-            if isinstance(ctx, _PeerPingCtx):
+            if isinstance(ctx, PeerPingCtx):
                 # Our peer no longer serves us in this mesh (it left it, or lost us): a
                 # failure, not an answer; otherwise the ping stays in flight forever and
                 # the client never moves (nor pulls from anyone else).
                 return self.handle_failure(to, ctx, now_ms)
             return []
-        if not isinstance(ctx, _ProbeCtx):
+        if not isinstance(ctx, ProbeCtx):
             self._fd.heard_from(to, now_ms)
-        if isinstance(ctx, _ProbeCtx):
+        if isinstance(ctx, ProbeCtx):
             if isinstance(reply, Ack) and reply.ok:
                 self._fd.on_ack(ctx.target, ctx.probe_id, now_ms)
             return self._heard_from_pruned(to, now_ms)
-        if isinstance(ctx, _PeerPingCtx):
+        if isinstance(ctx, PeerPingCtx):
             self._peer_ping_inflight = False
             self._peer_ping_failures = 0
             return []
-        if isinstance(ctx, _SyncCtx):
-            if not SyncSession.is_sync_message(reply):
+        if isinstance(ctx, SyncCtx):
+            if not isinstance(reply, SyncStart | SyncStep | SyncEnd):
                 return []
             nxt, merged = ctx.session.receive(reply, now_ms)
             out = self._on_changed(set(merged), now_ms, to)
@@ -912,13 +936,15 @@ class MeshNode:
                 # A session that brought a page or so may have been cut short by
                 # the page limit: go on with the next page at once (bounded chain).
                 session = SyncSession.initiator(self.mesh, now_ms, rng=self.rng)
-                out.append(Call(to, session.start(), _SyncCtx(session, ctx.follow + 1)))
+                out.append(Call(to, session.start(), SyncCtx(session, ctx.follow + 1)))
             return out
         return []
 
-    def handle_failure(self, to: bytes, ctx: Any, now_ms: int) -> list[Out]:
-        self._last_now = now_ms
-        if isinstance(ctx, _PeerPingCtx):
+    def handle_failure(self, to: bytes, ctx: CallCtx, now_ms: int) -> list[Out]:
+        """Our call to ``to`` with context ``ctx`` failed (no answer)."""
+        if isinstance(ctx, RelayCtx):
+            return [Respond(ctx.request_id, Ack(self.mesh_id, ctx.probe_id, False))]
+        if isinstance(ctx, PeerPingCtx):
             self._peer_ping_inflight = False
             self._peer_ping_failures += 1
             if (

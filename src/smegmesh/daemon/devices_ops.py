@@ -179,7 +179,7 @@ class DeviceOps:
                 "this peer publishes no WireGuard endpoint the device could reach",
                 409,
             )
-        if not rt.node.may_admit():
+        if not rt.node.may_admit(_now_ms()):
             raise svc.ServiceError(
                 "forbidden",
                 f"this node may not admit under the mesh's invite policy "

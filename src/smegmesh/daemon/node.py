@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import random
+import secrets
 import signal
 import socket
 import subprocess
@@ -38,13 +39,14 @@ from smegmesh.core.addressing import (
 from smegmesh.core.authority import copy_authority
 from smegmesh.core.cert import Founding, Policy, founding_name
 from smegmesh.core.desired import desired_config, interface_name
+from smegmesh.core.driver import EngineDriver
 from smegmesh.core.endpoint import join_host_port, split_host_port
 from smegmesh.core.gossip import GossipParams
 from smegmesh.core.identity import NodeIdentity, key_to_text
 from smegmesh.core.invite import Bootstrap, TokenError, parse_token
 from smegmesh.core.liveness import LivenessParams
-from smegmesh.core.meshnode import Call, Changed, MeshNode, MeshSettings, NotAllowed, Out, Relay
-from smegmesh.core.messages import Ack, JoinReply, Observed, Refusal, WhereAmI, WhoAmI, YouAre
+from smegmesh.core.meshnode import Call, MeshNode, MeshSettings, NotAllowed, Out
+from smegmesh.core.messages import JoinReply, Observed, Refusal, WhereAmI, WhoAmI, YouAre
 from smegmesh.core.multimesh import MeshRouting, route_meshes
 from smegmesh.core.record import RecordError, Role, check_endpoint
 from smegmesh.core.routing import RoutingResult
@@ -64,6 +66,7 @@ from smegmesh.daemon.config import (
 )
 from smegmesh.daemon.devices_ops import DeviceOps
 from smegmesh.daemon.direct import DirectManager
+from smegmesh.daemon.engineport import DaemonPort, reply_of
 from smegmesh.daemon.events import (
     WG_PEER_EVENTS_MAX,
     EventBus,
@@ -207,6 +210,9 @@ class MeshRuntime:
     #: the alias-clash message last reported, and the state version it was computed at
     alias_clash: str | None = None
     alias_checked: int = -1
+    #: the engine's driver and its port (set by ``Daemon._add_runtime``)
+    driver: EngineDriver = field(init=False)
+    port: DaemonPort = field(init=False)
 
 
 def run_hooks(stage: str, commands: list[str], ifname: str, mesh_id: str) -> None:
@@ -520,6 +526,10 @@ class Daemon(AuthorityOps, DeviceOps):
                 "postDown": list(s.post_down),
             },
         )
+        rt.port = DaemonPort(
+            lambda call: self._start_call(rt, call), lambda keys: self._on_changed(rt, keys)
+        )
+        rt.driver = EngineDriver(node, rt.port)
         self.meshes[mesh_id] = rt
         rt.task = asyncio.create_task(self._mesh_loop(rt))
         return rt
@@ -531,15 +541,14 @@ class Daemon(AuthorityOps, DeviceOps):
         return rt
 
     async def _mesh_loop(self, rt: MeshRuntime) -> None:
-        node = rt.node
         while True:
             try:
-                deadline = node.next_deadline()
+                deadline = rt.driver.next_wakeup(now_ms())
                 delay = 1.0 if deadline is None else max(0.0, (deadline - now_ms()) / 1000)
                 rt.wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(rt.wake.wait(), timeout=min(delay, 1.0))
-                self._emit(rt, node.tick(now_ms()))
+                rt.driver.timer(now_ms())
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -548,34 +557,41 @@ class Daemon(AuthorityOps, DeviceOps):
 
     # ------------------------------------------------------------------ engine outputs
     def _emit(self, rt: MeshRuntime, outs: list[Out]) -> None:
-        for o in outs:
-            if isinstance(o, Call):
-                t = asyncio.create_task(self._do_call(rt, o))
-                rt.calls.add(t)
-                t.add_done_callback(rt.calls.discard)
-            elif isinstance(o, Changed):
-                rt.dirty_wg = rt.dirty_disk = True
-                self._reconcile_wake.set()
-                self.member_events.changed(rt.mesh_id, rt.node.mesh, o.keys)
-                if log.isEnabledFor(logging.DEBUG):  # bench/calibrate.py reads this line
-                    keys = ",".join(key_to_text(k)[:12] for k in o.keys)
-                    log.debug("mesh %s: changed %s at %.6f", rt.mesh_id, keys, time.time())
+        """Outputs of a local command: through the engine's driver."""
+        rt.driver.dispatch(outs)
         rt.wake.set()
 
+    def _start_call(self, rt: MeshRuntime, call: Call) -> None:
+        t = asyncio.create_task(self._do_call(rt, call))
+        rt.calls.add(t)
+        t.add_done_callback(rt.calls.discard)
+
+    def _on_changed(self, rt: MeshRuntime, keys: frozenset[bytes]) -> None:
+        rt.dirty_wg = rt.dirty_disk = True
+        self._reconcile_wake.set()
+        self.member_events.changed(rt.mesh_id, rt.node.mesh, keys)
+        if log.isEnabledFor(logging.DEBUG):  # bench/calibrate.py reads this line
+            text = ",".join(key_to_text(k)[:12] for k in keys)
+            log.debug("mesh %s: changed %s at %.6f", rt.mesh_id, text, time.time())
+
     async def _do_call(self, rt: MeshRuntime, call: Call) -> None:
-        node = rt.node
-        rec = node.mesh.record(call.to)
+        rec = rt.node.mesh.record(call.to)
         if rec is None or rec.control_endpoint is None or rec.tls_fp is None:
-            self._emit(rt, node.handle_failure(call.to, call.ctx, now_ms()))
+            rt.driver.failure(call, now_ms())
+            rt.wake.set()
             return
+        timeout = call.timeout_ms / 1000 if call.timeout_ms is not None else None
         try:
-            data = await self.rpc.call(rec.control_endpoint, rec.tls_fp, encode(call.msg))
+            data = await self.rpc.call(
+                rec.control_endpoint, rec.tls_fp, encode(call.msg), timeout=timeout
+            )
             reply = decode(data)
         except (RpcError, WireError) as e:
             log.debug("mesh %s: call to %s failed: %s", rt.mesh_id, key_to_text(call.to)[:8], e)
-            self._emit(rt, node.handle_failure(call.to, call.ctx, now_ms()))
-            return
-        self._emit(rt, node.handle_reply(call.to, call.ctx, reply, now_ms()))
+            rt.driver.failure(call, now_ms())
+        else:
+            rt.driver.reply(call, reply, now_ms())
+        rt.wake.set()
 
     def _is_member_anywhere(self, key: bytes) -> bool:
         """The transport's member test: a caller known in any of our meshes."""
@@ -624,29 +640,15 @@ class Daemon(AuthorityOps, DeviceOps):
         if rt is None:
             return encode(Refusal(mesh_id if isinstance(mesh_id, str) else "x"))
         rejected = rt.node.rejected
-        reply, outs = rt.node.handle_request(src, msg, now_ms())
-        self._emit(rt, outs)
+        pending = rt.port.request(rt.driver, src, msg, now_ms())
+        rt.wake.set()
         if rt.node.rejected > rejected:  # dropped items: logged per sender, rate-limited
             for reason in rt.node.last_rejects:
                 self.dropped_items.note(key_to_text(src)[:12], reason)
         self._clear_backoff(rt, src)
-        if isinstance(reply, Relay):
-            target = rt.node.mesh.record(reply.target)
-            ok = False
-            if target is not None and target.control_endpoint and target.tls_fp:
-                try:
-                    r = decode(
-                        await self.rpc.call(
-                            target.control_endpoint,
-                            target.tls_fp,
-                            encode(reply.msg),
-                            timeout=self.liveness.probe_timeout_ms / 1000,
-                        )
-                    )
-                    ok = isinstance(r, Ack) and r.ok
-                except (RpcError, WireError):
-                    ok = False
-            reply = Ack(rt.mesh_id, reply.msg.probe_id, ok)
+        reply = await reply_of(pending)
+        if reply is None:
+            raise Refused("no answer")
         return encode(reply)
 
     # ------------------------------------------------------------------ WireGuard
@@ -953,7 +955,7 @@ class Daemon(AuthorityOps, DeviceOps):
     async def new_mesh(self, opts: MeshOptions) -> str:
         founding = Founding.create(
             self.identity,
-            generate_mesh_id().rpartition("-")[0],
+            generate_mesh_id(secrets.SystemRandom()).rpartition("-")[0],
             now_ms=now_ms(),
             policy=Policy(opts.invite_policy or Policy.PEERS),
         )
@@ -991,7 +993,12 @@ class Daemon(AuthorityOps, DeviceOps):
             boots = boots[:1]
         try:
             token, outs = rt.node.invite(
-                now_ms(), ttl_ms=ttl_s * 1000, uses=uses, bootstrap=boots, strict=strict
+                now_ms(),
+                ttl_ms=ttl_s * 1000,
+                uses=uses,
+                bootstrap=boots,
+                secret=secrets.token_bytes(16),
+                strict=strict,
             )
         except NotAllowed as e:
             raise svc.ServiceError("forbidden", str(e), 403) from None

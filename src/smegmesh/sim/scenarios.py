@@ -117,8 +117,7 @@ def run_scenario(name: str, cfg: ScenarioConfig) -> dict[str, Any]:
 
     if name == "change":
         sn = sim.nodes[subject]
-        sim._outs(subject, sn.node.update_self(sim.now, description="changed"))
-        sim._reschedule(subject)
+        sim.command(subject, sn.node.update_self(sim.now, description="changed"))
         rec = sn.node.mesh.record(sn.key)
         assert rec is not None
         v = rec.version
@@ -182,8 +181,7 @@ def run_scenario(name: str, cfg: ScenarioConfig) -> dict[str, Any]:
         half = cfg.nodes // 2
         sim.partition([0 if i < half else 1 for i in range(cfg.nodes)])
         sn = sim.nodes[0]
-        sim._outs(0, sn.node.update_self(sim.now, description="during-partition"))
-        sim._reschedule(0)
+        sim.command(0, sn.node.update_self(sim.now, description="during-partition"))
         sim.run_until(sim.now + int(cfg.partition_seconds * 1000))
         sim.partition(None)
         healed = sim.now
@@ -203,8 +201,7 @@ def run_scenario(name: str, cfg: ScenarioConfig) -> dict[str, Any]:
         vk = sim.nodes[victim].key
         admin = sim.nodes[0]
         t_evict = sim.now
-        sim._outs(0, admin.node.evict(sim.now, vk))
-        sim._reschedule(0)
+        sim.command(0, admin.node.evict(sim.now, vk))
         rev = [r for rs in admin.node.mesh.authority.revoked.values() for r in rs]
         res["evict_kept"] = len(rev[0].keep) if rev else 0
 

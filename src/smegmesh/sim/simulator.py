@@ -16,11 +16,11 @@ clock (a ``heapq`` of events, milliseconds) and a simulated network:
   ``MeshNode.invite``, then the joiner's state is the ``JoinReply`` items,
   and it calls ``start``.
 
-The driver does what the daemon does and nothing else: it delivers ``Call``
-requests, feeds replies (``handle_reply``) or failures (``handle_failure``,
-after loss, partition or a dead callee, at the RPC timeout), relays
-``PingReq`` (``Relay`` reply: ping the target itself, answer ``Ack(ok)``),
-and wakes each node at ``next_deadline()`` (never every millisecond).
+Each engine is driven by the daemon's driver (:mod:`smegmesh.core.driver`);
+the simulator is only its port: it delivers ``Call`` requests and ``Respond``
+replies, reports failures (after loss, partition or a dead callee, at the
+call's timeout) and wakes each node at its next deadline (never every
+millisecond). The engine relays ``PingReq`` itself.
 
 Every message is encoded with ``smegmesh.core.wire.encode`` to count bytes
 (``byte_sample=k`` encodes one message in k per type and uses the running
@@ -40,7 +40,7 @@ from typing import Any
 from smegmesh.core.gossip import GossipParams
 from smegmesh.core.invite import Bootstrap
 from smegmesh.core.liveness import LivenessParams
-from smegmesh.core.meshnode import Changed, MeshNode, MeshSettings
+from smegmesh.core.meshnode import MeshNode, MeshSettings
 from smegmesh.core.messages import JoinReply
 from smegmesh.core.record import Role
 from smegmesh.core.state import MeshState
@@ -206,18 +206,18 @@ class Simulator(Driver):
         s[0] += 1
         s[1] += size
 
-    def _changed(self, e: int, o: Changed) -> None:
+    def _changed(self, e: int, keys: frozenset[bytes]) -> None:
         for obs in self.observers:
-            obs(e, o.keys, self.now)
+            obs(e, keys, self.now)
 
     def _reply(self, c: _Pending, reply: Any) -> None:
-        if c.ctx is _JOIN:
+        if c.call is _JOIN:
             self._join_reply(c, reply)
         else:
             super()._reply(c, reply)
 
     def _failed(self, c: _Pending) -> None:
-        if c.ctx is _JOIN:
+        if c.call is _JOIN:
             self._join_failed(c)
         else:
             super()._failed(c)
@@ -244,8 +244,7 @@ class Simulator(Driver):
         sn.alive = True
         sn.epoch += 1
         sn.node = self._make_node(sn.pop_index, sn.node.mesh, incarnation=sn.epoch)
-        self._outs(i, sn.node.start(self.now))
-        self._reschedule(i)
+        self.command(i, sn.node.start(self.now))
         if sn.wake_at is None:
             self._wake(i, self.now)
 
@@ -275,8 +274,7 @@ class Simulator(Driver):
         token, outs = m.node.invite(
             self.now, ttl_ms=3_600_000, uses=1, bootstrap=[boot], secret=secret
         )
-        self._outs(via, outs)
-        self._reschedule(via)
+        self.command(via, outs)
         ident = self.population.identities[index]
         j = self._add(
             ident.wg_public_key,
@@ -298,8 +296,7 @@ class Simulator(Driver):
             self._join_failed(c)
             return
         node = self.nodes[c.caller].node
-        self._outs(c.caller, node.absorb(reply.items, self.now, reply.chain))
-        self._reschedule(c.caller)
+        self.command(c.caller, node.absorb(reply.items, self.now, reply.chain))
 
     def _join_failed(self, c: _Pending) -> None:
         # Retry through another member, like the daemon walking its bootstrap list.
