@@ -33,6 +33,7 @@ from smegmesh.core.messages import (
     WhoAmI,
     YouAre,
 )
+from smegmesh.core.record import Role
 from smegmesh.core.sync import Push, SyncEnd, SyncSession, SyncStart, SyncStep
 
 __all__ = [
@@ -42,7 +43,9 @@ __all__ = [
     "Changed",
     "Input",
     "Leave",
+    "MeshSettings",
     "Message",
+    "NotAllowed",
     "Out",
     "PeerPingCtx",
     "ProbeCtx",
@@ -74,6 +77,20 @@ Message = (
     | SyncStep
     | SyncEnd
 )
+
+
+class NotAllowed(Exception):
+    """A local command refused: this node may not do that in this mesh (not an admin, policy)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MeshSettings:
+    """This node's own settings in a mesh (its record's local fields)."""
+
+    role: Role = Role.PEER
+    wg_endpoint: str | None = None
+    control_endpoint: str | None = None
+    tls_fp: bytes | None = None
 
 
 # Reply contexts: what the engine needs back with a reply ------------------------------

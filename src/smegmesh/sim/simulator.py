@@ -42,6 +42,7 @@ from smegmesh.core.invite import Bootstrap
 from smegmesh.core.liveness import LivenessParams
 from smegmesh.core.meshnode import MeshNode, MeshSettings
 from smegmesh.core.messages import JoinReply
+from smegmesh.core.nodeviews import share_views
 from smegmesh.core.record import Role
 from smegmesh.core.state import MeshState
 from smegmesh.sim.driver import T0, Driver, NetParams, TrafficBase, _Pending
@@ -330,37 +331,16 @@ def _prime_views(nodes: list[MeshNode]) -> bool:
 
     The engine caches its views of the state (live records, live peers...)
     per state version; cloned states start equal, so all nodes would compute
-    equal views: the live list and the peers dict are computed once (by the
-    engine, for the first node) and shared; the reachable list (which
-    excludes the node itself) is per node. A node recomputes its own views as
-    soon as its state changes. The result is checked against the engine's own
-    computation for a second node; on any mismatch (e.g. the engine's private
-    ``_Views`` changed) nothing is primed and False is returned.
+    equal views: the engine computes them once (for the first node) and the
+    others share them (``MeshNode.adopt_views``). A node recomputes its own
+    views as soon as its state changes. The shared result is checked against
+    the engine's own computation for a second node; on any mismatch nothing
+    is primed and False is returned.
     """
-    from dataclasses import fields, replace
-
     if len(nodes) < 2:
         return False
-    try:
-        ref = nodes[0]._views()
-        names = [f.name for f in fields(ref)]
-        if names != ["state", "version", "live", "peers", "reachable", "my_clients", "pruned"]:
-            return False
-        if ref.my_clients or ref.pruned:
-            return False
-        reach_all = [k for k, r in ref.peers.items() if r.control_endpoint is not None]
-
-        def primed(node: MeshNode) -> Any:
-            reach = reach_all.copy()
-            if node.key in ref.peers and ref.peers[node.key].control_endpoint is not None:
-                reach.remove(node.key)
-            return replace(ref, state=node.mesh, version=node.mesh.version, reachable=reach)
-
-        check = nodes[1]._views()
-        if primed(nodes[1]) != check:
-            return False
-        for node in nodes[2:]:
-            node._view_cache = primed(node)
-    except (AttributeError, TypeError, ValueError):
+    ref = nodes[0].views()
+    shared = share_views(ref, nodes[1].mesh, nodes[1].key)
+    if shared is None or shared != nodes[1].views():
         return False
-    return True
+    return all(node.adopt_views(ref) for node in nodes[2:])
