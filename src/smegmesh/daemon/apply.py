@@ -28,8 +28,25 @@ log = logging.getLogger("smegd")
 class ApplyOps(DaemonBase):
     """Mixin of the daemon: the reconcile loop."""
 
+    def _start_wireguard(self) -> None:
+        """The WireGuard backend (``wgBackend``) and the reconciler over it and the host."""
+        from smegmesh.net.host import HostNetwork, MemoryHost
+        from smegmesh.wg.factory import create_backend
+        from smegmesh.wg.reconcile import Reconciler
+
+        cfg = self.config
+        kind = cfg.effective_wg_backend
+        self.backend = create_backend(kind, socket_dir=str(cfg.effective_wg_socket_dir))
+        host = MemoryHost() if kind == "memory" else HostNetwork()
+        self.reconciler = Reconciler(self.backend, host)
+        if not cfg.bridge_masquerade:
+            log.info(
+                "bridgeMasquerade is off: a bridge forwards without address translation "
+                "(replies through another bridge between the same meshes are dropped)"
+            )
+        log.info("WireGuard backend: %s", getattr(self.backend, "kind", kind))
+
     async def _reconcile_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         last_check = time.monotonic()
         while True:
             with contextlib.suppress(TimeoutError):
@@ -44,28 +61,7 @@ class ApplyOps(DaemonBase):
                     continue
                 rt.dirty_wg = False
                 try:
-                    iface, host = self._desired(rt)
-                    if not rt.up:
-                        await self._run_hooks(rt, "preUp")
-                    res = await loop.run_in_executor(
-                        self._wg_pool, self.reconciler.apply, iface, host
-                    )
-                    if not rt.up:
-                        rt.up = True
-                        await self._run_hooks(rt, "postUp")
-                    if not res.created:
-                        self._nudge_new_peers(rt, res.wg_ops)
-                    self.metrics.reconcile.observe(res.seconds)
-                    self._wg_peer_events(rt, res.wg_ops)
-                    if res.changed:
-                        log.info(
-                            "mesh %s: %s updated (%d WireGuard ops, %d host ops, %.1f ms)",
-                            rt.mesh_id,
-                            rt.ifname,
-                            len(res.wg_ops),
-                            len(res.host_ops),
-                            res.seconds * 1000,
-                        )
+                    await self._apply_mesh(rt)
                 except Exception as e:
                     rt.dirty_wg = True
                     log.error("mesh %s: cannot apply WireGuard configuration: %s", rt.mesh_id, e)
@@ -74,15 +70,46 @@ class ApplyOps(DaemonBase):
             await self._apply_bridge_nat()
             if time.monotonic() - last_check > 5:
                 last_check = time.monotonic()
-                try:
-                    fixed = await loop.run_in_executor(self._wg_pool, self.reconciler.check)
-                    for r in fixed:
-                        log.warning("repaired WireGuard interface (%d ops)", len(r.wg_ops))
-                    # (No periodic status read: get-mesh reads handshakes and
-                    # counters when asked, so an idle daemon does not poll.)
-                except Exception as e:
-                    log.warning("WireGuard health check failed: %s", e)
+                await self._health_check()
                 await self._poll_handshakes()
+
+    async def _apply_mesh(self, rt: MeshRuntime) -> None:
+        """One mesh's desired configuration through the reconciler, with what follows."""
+        iface, host = self._desired(rt)
+        if not rt.up:
+            await self._run_hooks(rt, "preUp")
+        res = await asyncio.get_running_loop().run_in_executor(
+            self._wg_pool, self.reconciler.apply, iface, host
+        )
+        if not rt.up:
+            rt.up = True
+            await self._run_hooks(rt, "postUp")
+        if not res.created:
+            self._nudge_new_peers(rt, res.wg_ops)
+        self.metrics.reconcile.observe(res.seconds)
+        self._wg_peer_events(rt, res.wg_ops)
+        if res.changed:
+            log.info(
+                "mesh %s: %s updated (%d WireGuard ops, %d host ops, %.1f ms)",
+                rt.mesh_id,
+                rt.ifname,
+                len(res.wg_ops),
+                len(res.host_ops),
+                res.seconds * 1000,
+            )
+
+    async def _health_check(self) -> None:
+        """Repair WireGuard interfaces changed behind our back (``Reconciler.check``)."""
+        try:
+            fixed = await asyncio.get_running_loop().run_in_executor(
+                self._wg_pool, self.reconciler.check
+            )
+            for r in fixed:
+                log.warning("repaired WireGuard interface (%d ops)", len(r.wg_ops))
+            # (No periodic status read: get-mesh reads handshakes and
+            # counters when asked, so an idle daemon does not poll.)
+        except Exception as e:
+            log.warning("WireGuard health check failed: %s", e)
 
     #: Handshake state is read this often, only while an event stream is open.
     HANDSHAKE_POLL_S = 10.0
@@ -177,14 +204,13 @@ class ApplyOps(DaemonBase):
                 rt.dirty_wg = True
 
     def _desired(self, rt: MeshRuntime) -> Any:
-        rec = rt.node.record
         gw = self.routing.gateway_routes.get(rt.mesh_id, ()) if self.routing else ()
         return desired_config(
             gateway_routes=gw,
             mesh_id=rt.mesh_id,
             self_key=self.identity.wg_public_key,
             private_key=self.identity.wg_private_key,
-            role=rec.role if rec else rt.node.settings.role,
+            role=rt.role,
             listen_port=rt.listen_port,
             records=rt.node.live_records(),
             ifname=rt.ifname,

@@ -29,10 +29,7 @@ class BridgeNatOps(DaemonBase):
         if not any(rt.advertise_routes for rt in self.meshes.values()):
             return frozenset()
         names = frozenset(
-            rt.ifname
-            for rt in self.meshes.values()
-            if rt.up
-            and (rt.node.record.role if rt.node.record else rt.node.settings.role) == Role.PEER
+            rt.ifname for rt in self.meshes.values() if rt.up and rt.role == Role.PEER
         )
         return names if len(names) >= 2 else frozenset()
 

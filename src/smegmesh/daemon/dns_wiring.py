@@ -16,6 +16,17 @@ log = logging.getLogger("smegd")
 class DnsOps(DaemonBase):
     """Mixin of the daemon: names for the embedded DNS server."""
 
+    async def _start_dns(self) -> None:
+        """The embedded DNS server on ``dnsListen`` (names filled by :meth:`_update_dns`)."""
+        from smegmesh.dns.names import NameView
+        from smegmesh.dns.server import DnsServer
+
+        cfg = self.config
+        self.dns = DnsServer(NameView(), ttl=cfg.dns_ttl, forwarder=cfg.dns_forwarder)
+        dh, dp = cfg.dns_listen_addr  # type: ignore[misc]
+        await self.dns.start(dh, dp)
+        log.info("DNS on %s", cfg.dns_listen)
+
     def _report_alias_clashes(self) -> None:
         """Log when this node's alias is lost to another claimant (docs/QUERY.md)."""
         for rt in self.meshes.values():
@@ -26,7 +37,7 @@ class DnsOps(DaemonBase):
             msg = views.alias_conflict(
                 rt.node.live_records(),
                 self.identity.wg_public_key,
-                rt.node.mesh.authority if rt.node.mesh.admission else None,
+                rt.alias_authority,
             )
             if msg != rt.alias_clash:
                 if msg:
@@ -50,9 +61,7 @@ class DnsOps(DaemonBase):
         for rt in self.meshes.values():
             records = rt.node.live_records()
             # a contested alias resolves to one node (reserved, else first admitted)
-            owners = views.alias_owners(
-                records, rt.node.mesh.authority if rt.node.mesh.admission else None
-            )
+            owners = views.alias_owners(records, rt.alias_authority)
             for r in records:
                 alias = r.alias if owners.get(r.alias) == r.wg_key else ""
                 names.append(

@@ -31,13 +31,12 @@ class LocalApiOps(DaemonBase):
     async def list_meshes(self) -> list[MeshSummary]:
         out = []
         for rt in self.meshes.values():
-            rec = rt.node.record
             out.append(
                 MeshSummary(
                     mesh_id=rt.mesh_id,
                     interface=rt.ifname,
                     prefix=str(mesh_prefix(rt.mesh_id)),
-                    role=(rec.role if rec else rt.node.settings.role).value,
+                    role=rt.role.value,
                     overlay_address=str(overlay_address(rt.mesh_id, self.identity.wg_public_key)),
                     node_count=len(rt.node.live_records()),
                 )
@@ -103,7 +102,7 @@ class LocalApiOps(DaemonBase):
             rt.node.live_records(),
             self.identity.wg_public_key,
             alias,
-            rt.node.mesh.authority if rt.node.mesh.admission else None,
+            rt.alias_authority,
         )
         await self._update(mesh_id, alias=alias)
         return alias

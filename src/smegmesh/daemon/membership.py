@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -18,6 +17,7 @@ from smegmesh.daemon import service as svc
 from smegmesh.daemon.base import DaemonBase
 from smegmesh.daemon.config import MeshOptions, resolve_mesh_settings
 from smegmesh.daemon.runtime import now_ms
+from smegmesh.daemon.store import remove_mesh_files
 from smegmesh.daemon.transport import RpcError
 
 log = logging.getLogger("smegd")
@@ -191,8 +191,6 @@ class MembershipOps(DaemonBase):
         except Exception as e:
             log.warning("mesh %s: removing %s: %s", mesh_id, rt.ifname, e)
         await self._run_hooks(rt, "postDown")
-        for suffix in (".json", ".state"):
-            with contextlib.suppress(FileNotFoundError):
-                (self._mesh_dir() / f"{mesh_id}{suffix}").unlink()
+        remove_mesh_files(self._mesh_dir(), mesh_id)
         self._update_dns()
         log.info("left mesh %s", mesh_id)

@@ -30,7 +30,7 @@ from smegmesh.daemon import service as svc
 from smegmesh.daemon.apply import ApplyOps
 from smegmesh.daemon.authority_ops import AuthorityOps
 from smegmesh.daemon.bridge_nat import BridgeNatOps
-from smegmesh.daemon.config import Config, ConfigError, MeshOptions
+from smegmesh.daemon.config import Config, ConfigError
 from smegmesh.daemon.devices_ops import DeviceOps
 from smegmesh.daemon.direct import DirectManager
 from smegmesh.daemon.dns_wiring import DnsOps
@@ -131,47 +131,20 @@ class Daemon(
             key_to_text(self.identity.wg_public_key),
             port,
         )
-
-        from smegmesh.net.host import HostNetwork, MemoryHost
-        from smegmesh.wg.factory import create_backend
-        from smegmesh.wg.reconcile import Reconciler
-
-        kind = cfg.effective_wg_backend
-        self.backend = create_backend(kind, socket_dir=str(cfg.effective_wg_socket_dir))
-        host = MemoryHost() if kind == "memory" else HostNetwork()
-        self.reconciler = Reconciler(self.backend, host)
-        if not cfg.bridge_masquerade:
-            log.info(
-                "bridgeMasquerade is off: a bridge forwards without address translation "
-                "(replies through another bridge between the same meshes are dropped)"
-            )
-        log.info("WireGuard backend: %s", getattr(self.backend, "kind", kind))
+        self._start_wireguard()
 
         from smegmesh.daemon.api import create_app, serve_tcp, serve_unix
 
         if cfg.api_listen:
             await self._serve_tcp_api(create_app, serve_tcp)
         if cfg.dns_listen:
-            from smegmesh.dns.names import NameView
-            from smegmesh.dns.server import DnsServer
-
-            self.dns = DnsServer(NameView(), ttl=cfg.dns_ttl, forwarder=cfg.dns_forwarder)
-            dh, dp = cfg.dns_listen_addr  # type: ignore[misc]
-            await self.dns.start(dh, dp)
-            log.info("DNS on %s", cfg.dns_listen)
+            await self._start_dns()
         if cfg.metrics_listen:
             mh, mp = cfg.metrics_listen_addr  # type: ignore[misc]
             self.metrics_server = await serve_metrics(self.metrics, mh, mp)
             log.info("Prometheus metrics on http://%s/metrics", cfg.metrics_listen)
 
-        for meta, items in self._load_meshes():
-            opts = MeshOptions(**meta.get("opts", {}))
-            state = self._new_state(meta["mesh_id"])
-            state.apply_many(items, now_ms())
-            rt = self._add_runtime(meta["mesh_id"], opts, state, meta.get("listen_port"))
-            self._emit(rt, rt.node.start(now_ms()))
-            self.member_events.track(rt.mesh_id, state, "restored")
-            log.info("rejoined mesh %s (%d nodes known)", rt.mesh_id, len(state.live_records()))
+        self._restore_meshes()
         self._tasks.append(asyncio.create_task(self._reconcile_loop()))
         self._tasks.append(asyncio.create_task(self._persist_loop()))
         if cfg.direct_peers > 0:

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from smegmesh.core.authority import Authority
 from smegmesh.core.cert import founding_name
 from smegmesh.core.desired import interface_name
 from smegmesh.core.endpoint import join_host_port, split_host_port
@@ -53,6 +54,18 @@ class MeshRuntime:
     #: the alias-clash message last reported, and the state version it was computed at
     alias_clash: str | None = None
     alias_checked: int = -1
+
+    @property
+    def role(self) -> Role:
+        """This node's role in the mesh: its record's, else its settings' (before one)."""
+        rec = self.node.record
+        return rec.role if rec else self.node.settings.role
+
+    @property
+    def alias_authority(self) -> Authority | None:
+        """The mesh's authority for the alias rule (reserved aliases), if it has one."""
+        mesh = self.node.mesh
+        return mesh.authority if mesh.admission else None
 
 
 class RuntimeOps(DaemonBase):

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,30 @@ from smegmesh.core.identity import NodeIdentity, key_to_text
 from smegmesh.core.record import RecordError
 from smegmesh.core.wire import WireError, decode_item, encode_item
 from smegmesh.daemon.base import DaemonBase
+from smegmesh.daemon.config import MeshOptions
 from smegmesh.daemon.persist import PersistError, atomic_write
 from smegmesh.daemon.runtime import MeshRuntime, now_ms
 
 log = logging.getLogger("smegd")
+
+
+def mesh_meta(rt: MeshRuntime) -> dict[str, Any]:
+    """What is saved of a mesh besides its items: its id, options and WireGuard port."""
+    return {"mesh_id": rt.mesh_id, "opts": rt.opts, "listen_port": rt.listen_port}
+
+
+def write_mesh(d: Path, mesh_id: str, meta: dict[str, Any], items: Iterable[Any]) -> None:
+    """``<mesh>.json`` (meta) and ``<mesh>.state`` (the encoded items), each atomically."""
+    encoded = [encode_item(i) for i in items]
+    atomic_write(d / f"{mesh_id}.json", json.dumps(meta).encode())
+    atomic_write(d / f"{mesh_id}.state", msgpack.packb(encoded, use_bin_type=True))
+
+
+def remove_mesh_files(d: Path, mesh_id: str) -> None:
+    """Forget a mesh on disk (``leave-mesh``)."""
+    for suffix in (".json", ".state"):
+        with contextlib.suppress(FileNotFoundError):
+            (d / f"{mesh_id}{suffix}").unlink()
 
 
 class StoreOps(DaemonBase):
@@ -43,12 +64,8 @@ class StoreOps(DaemonBase):
         return self.state_dir / "meshes"
 
     def _save_mesh(self, rt: MeshRuntime) -> None:
-        d = self._mesh_dir()
-        meta = {"mesh_id": rt.mesh_id, "opts": rt.opts, "listen_port": rt.listen_port}
-        items = [encode_item(i) for i in rt.node.mesh.all_items()]
         try:
-            atomic_write(d / f"{rt.mesh_id}.json", json.dumps(meta).encode())
-            atomic_write(d / f"{rt.mesh_id}.state", msgpack.packb(items, use_bin_type=True))
+            write_mesh(self._mesh_dir(), rt.mesh_id, mesh_meta(rt), rt.node.mesh.all_items())
             rt.dirty_disk = False
         except PersistError as e:
             log.error("%s (state kept in memory; will retry)", e)
@@ -73,6 +90,17 @@ class StoreOps(DaemonBase):
                 log.error("ignoring unreadable mesh state %s: %s", meta_path, e)
         return out
 
+    def _restore_meshes(self) -> None:
+        """Start the meshes saved on disk (at start-up), from their last-known state."""
+        for meta, items in self._load_meshes():
+            opts = MeshOptions(**meta.get("opts", {}))
+            state = self._new_state(meta["mesh_id"])
+            state.apply_many(items, now_ms())
+            rt = self._add_runtime(meta["mesh_id"], opts, state, meta.get("listen_port"))
+            self._emit(rt, rt.node.start(now_ms()))
+            self.member_events.track(rt.mesh_id, state, "restored")
+            log.info("rejoined mesh %s (%d nodes known)", rt.mesh_id, len(state.live_records()))
+
     async def _persist_loop(self) -> None:
         horizon = int(self.config.gc_horizon * 1000)
         while True:
@@ -91,22 +119,14 @@ class StoreOps(DaemonBase):
 
         The records are immutable: the list taken here is a consistent snapshot.
         """
-        meta = {"mesh_id": rt.mesh_id, "opts": rt.opts, "listen_port": rt.listen_port}
+        meta = mesh_meta(rt)
         items = list(rt.node.mesh.all_items())
         rt.dirty_disk = False
         d = self._mesh_dir()
-
-        def write() -> None:
-            encoded = [encode_item(i) for i in items]
-            atomic_write(d / f"{rt.mesh_id}.json", json.dumps(meta).encode())
-            atomic_write(d / f"{rt.mesh_id}.state", msgpack.packb(encoded, use_bin_type=True))
-
         try:
-            await asyncio.to_thread(write)
+            await asyncio.to_thread(write_mesh, d, rt.mesh_id, meta, items)
         except PersistError as e:
             rt.dirty_disk = True
             log.error("%s (state kept in memory; will retry)", e)
         if rt.mesh_id not in self.meshes:  # left while we wrote: leave nothing behind
-            for suffix in (".json", ".state"):
-                with contextlib.suppress(FileNotFoundError):
-                    (d / f"{rt.mesh_id}{suffix}").unlink()
+            remove_mesh_files(d, rt.mesh_id)
