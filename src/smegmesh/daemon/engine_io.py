@@ -129,20 +129,24 @@ class EngineIO(DaemonBase):
                 self.dropped_items.note(key_to_text(src)[:12], reason)
         self._clear_backoff(rt, src)
         if isinstance(reply, Relay):
-            target = rt.node.mesh.record(reply.target)
-            ok = False
-            if target is not None and target.control_endpoint and target.tls_fp:
-                try:
-                    r = decode(
-                        await self.rpc.call(
-                            target.control_endpoint,
-                            target.tls_fp,
-                            encode(reply.msg),
-                            timeout=self.liveness.probe_timeout_ms / 1000,
-                        )
-                    )
-                    ok = isinstance(r, Ack) and r.ok
-                except (RpcError, WireError):
-                    ok = False
-            reply = Ack(rt.mesh_id, reply.msg.probe_id, ok)
+            reply = await self._relay(rt, reply)
         return encode(reply)
+
+    async def _relay(self, rt: MeshRuntime, relay: Relay) -> Ack:
+        """A ``PingReq``'s indirect probe: ping the target for the caller, answer ``Ack(ok)``."""
+        target = rt.node.mesh.record(relay.target)
+        ok = False
+        if target is not None and target.control_endpoint and target.tls_fp:
+            try:
+                r = decode(
+                    await self.rpc.call(
+                        target.control_endpoint,
+                        target.tls_fp,
+                        encode(relay.msg),
+                        timeout=self.liveness.probe_timeout_ms / 1000,
+                    )
+                )
+                ok = isinstance(r, Ack) and r.ok
+            except (RpcError, WireError):
+                ok = False
+        return Ack(rt.mesh_id, relay.msg.probe_id, ok)
