@@ -38,7 +38,7 @@ from smegmesh.core.record import (
 )
 from smegmesh.core.sync import Push
 from smegmesh.core.wire import decode, encode
-from smegmesh.daemon import transport
+from smegmesh.daemon import rpc_server, transport
 from smegmesh.daemon.ratelog import RateLog
 from smegmesh.daemon.transport import (
     FULL_METHOD,
@@ -516,7 +516,7 @@ def test_caller_that_never_sends_its_body_does_not_hold_a_slot(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Slow-loris: admitted strangers that withhold their body are dropped after a timeout."""
-    monkeypatch.setattr(transport, "STRANGER_READ_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(rpc_server, "STRANGER_READ_TIMEOUT_S", 1.0)
 
     async def handler(src: bytes, body: bytes) -> bytes:
         return b"ok"

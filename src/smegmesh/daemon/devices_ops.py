@@ -30,7 +30,7 @@ from smegmesh.daemon.persist import atomic_write
 
 if TYPE_CHECKING:
     from smegmesh.daemon.config import Config
-    from smegmesh.daemon.node import MeshRuntime
+    from smegmesh.daemon.runtime import MeshRuntime
 
 log = logging.getLogger("smegmesh.daemon")
 

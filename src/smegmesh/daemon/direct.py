@@ -175,7 +175,7 @@ class DirectManager:
             return
         if not isinstance(reply, Observed) or reply.endpoint is None:
             return
-        from smegmesh.daemon.node import outgoing_address
+        from smegmesh.net.discovery import outgoing_address
 
         addr = await asyncio.to_thread(outgoing_address)
         local = local_endpoints(rt.listen_port, [addr] if addr else [])
