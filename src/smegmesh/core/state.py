@@ -157,6 +157,14 @@ def _is_live(e: _Entry) -> bool:
 class MeshState:
     """The replicated state of one mesh (see the module docstring)."""
 
+    def set_verifier(self, verifier: Verifier) -> None:
+        """Verify signatures with ``verifier`` from now on.
+
+        For a state built from items its builder signed itself (a simulation's
+        prebuilt state) before it starts receiving anything.
+        """
+        self._verifier = verifier
+
     def __init__(
         self,
         mesh_id: str,

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 from smegmesh.core.driver import EngineDriver
 from smegmesh.core.engine import Call, Message
 from smegmesh.core.meshnode import MeshNode, Out
-from smegmesh.core.wire import encode
+from smegmesh.core.wire import decode, encode
 
 __all__ = ["T0", "Driver", "NetParams", "TrafficBase"]
 
@@ -76,8 +76,15 @@ class Driver:
 
     traffic: TrafficBase
 
-    def __init__(self, *, seed: int, net: NetParams | None, byte_sample: int = 1) -> None:
+    def __init__(
+        self, *, seed: int, net: NetParams | None, byte_sample: int = 1, verify_sample: float = 0.0
+    ) -> None:
         self.seed = seed
+        #: share of delivered messages that go through the wire (encode, then
+        #: decode: the receiver gets the decoded copy, as from a daemon's transport)
+        self.verify_sample = verify_sample
+        self.decoded = 0  # messages delivered as decoded bytes
+        self._verify_rng = random.Random(f"verify/{seed}")  # not the network's: same metrics
         self.net = net or NetParams()
         self.byte_sample = max(1, byte_sample)
         self.rng = random.Random(f"net/{seed}")
@@ -265,7 +272,18 @@ class Driver:
         tr.msgs += 1
         self._count_type(msg, size)
         if ok:
+            if self.verify_sample > 0 and self._verify_rng.random() < self.verify_sample:
+                payload = self._through_wire(kind, payload, msg)
             self._push(self.now + self._latency(a, b), kind, payload)
+
+    def _through_wire(self, kind: int, payload: Any, msg: Any) -> Any:
+        """Deliver what decoding the message's bytes gives (as the daemon does)."""
+        decoded = decode(encode(msg))
+        self.decoded += 1
+        if kind == _REQ:
+            self._calls[payload].msg = decoded
+            return payload
+        return (payload[0], decoded)
 
     # ------------------------------------------------------------------ RPC
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from smegmesh.core.gossip import GossipParams
-from smegmesh.core.identity import NodeIdentity
+from smegmesh.core.identity import NodeIdentity, verify_many
 from smegmesh.core.liveness import LivenessParams
 from smegmesh.core.meshnode import MeshNode, MeshSettings, Out
 from smegmesh.core.multimesh import MeshRouting, route_meshes
@@ -301,7 +301,7 @@ class RouteSim(Driver):
             recs = [final[(i, m)] for i in topo.members(m)]
             changed, errors = st.apply_many(recs, T0)
             assert not errors and len(changed) == len(recs)
-            st._verifier = MeshState(mid)._verifier  # receivers verify what arrives
+            st.set_verifier(verify_many)  # receivers verify what arrives
             bases.append(st)
         self.engines: list[_Engine] = []
         self.eng_of: dict[tuple[bytes, str], int] = {}

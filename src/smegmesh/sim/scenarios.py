@@ -37,6 +37,9 @@ class ScenarioConfig:
     partition_seconds: float = 10.0
     share_state: bool = True  # copy-on-write states (False: a full copy per node)
     authority: bool = False  # founding record + admission chains (always on for evict)
+    #: share of delivered messages decoded from their bytes (and the full
+    #: state's signatures verified at build), as in a daemon; same metrics
+    verify_sample: float = 0.0
 
 
 def _attach(sim: Simulator, spreads: list[Spread], fp: FalsePrunes | None) -> None:
@@ -93,6 +96,7 @@ def run_scenario(name: str, cfg: ScenarioConfig) -> dict[str, Any]:
         byte_sample=cfg.byte_sample,
         share_state=cfg.share_state,
         authority=authority,
+        verify_sample=cfg.verify_sample,
     )
     pop = sim.population
     assert pop is not None
@@ -251,6 +255,8 @@ def run_scenario(name: str, cfg: ScenarioConfig) -> dict[str, Any]:
     if authority:
         res["build_chains_s"] = round(pop.t_chains, 2)
     res["converged"] = res.get("converged", sim.converged())
+    if cfg.verify_sample > 0:
+        res["decoded_msgs"] = sim.decoded
     res["_sim"] = sim
     return res
 

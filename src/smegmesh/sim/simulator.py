@@ -89,8 +89,9 @@ class Simulator(Driver):
         mesh_id: str = "sim",
         byte_sample: int = 1,
         authority: bool = False,
+        verify_sample: float = 0.0,
     ) -> None:
-        super().__init__(seed=seed, net=net, byte_sample=byte_sample)
+        super().__init__(seed=seed, net=net, byte_sample=byte_sample, verify_sample=verify_sample)
         self.gossip = gossip or GossipParams()
         self.liveness = liveness or LivenessParams()
         self.mesh_id = mesh_id
@@ -150,12 +151,21 @@ class Simulator(Driver):
         the equivalence tests; O(N) memory per node).
         """
         sim = cls(**kw)
-        pop = make_population(n + spare, sim.seed, sim.mesh_id, T0, authority=sim.authority)
+        pop = make_population(
+            n + spare,
+            sim.seed,
+            sim.mesh_id,
+            T0,
+            authority=sim.authority,
+            verify=sim.verify_sample > 0,
+        )
         sim.population = pop
         sim.mesh_id = pop.mesh_id
         base = pop.base
         if spare:
-            base = steady_state(sim.mesh_id, pop.founding, pop.records[:n], T0)
+            base = steady_state(
+                sim.mesh_id, pop.founding, pop.records[:n], T0, verify=sim.verify_sample > 0
+            )
         for i in range(n):
             sim._add(
                 pop.identities[i].wg_public_key,
