@@ -137,7 +137,7 @@ class MemberEvents:
     def track(self, mesh_id: str, state: MeshState, how: str) -> None:
         views: dict[bytes, MemberView] = {}
         gone: set[bytes] = set()
-        for key in state.keys():  # noqa: SIM118 - MeshState is not iterable
+        for key in state.node_keys():
             v = member_view(state, key)
             if v is not None:
                 views[key] = v
