@@ -40,9 +40,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from smegmesh.core.gossip import GossipParams
-from smegmesh.core.identity import NodeIdentity
+from smegmesh.core.identity import NodeIdentity, verify_many
 from smegmesh.core.liveness import LivenessParams
-from smegmesh.core.meshnode import Changed, MeshNode, MeshSettings, Out
+from smegmesh.core.meshnode import MeshNode, MeshSettings, Out
 from smegmesh.core.multimesh import MeshRouting, route_meshes
 from smegmesh.core.record import NodeRecord, Prune, Role, RouteAdv
 from smegmesh.core.routing import RouteEntry, compute_routes
@@ -301,7 +301,7 @@ class RouteSim(Driver):
             recs = [final[(i, m)] for i in topo.members(m)]
             changed, errors = st.apply_many(recs, T0)
             assert not errors and len(changed) == len(recs)
-            st._verifier = MeshState(mid)._verifier  # receivers verify what arrives
+            st.set_verifier(verify_many)  # receivers verify what arrives
             bases.append(st)
         self.engines: list[_Engine] = []
         self.eng_of: dict[tuple[bytes, str], int] = {}
@@ -400,7 +400,7 @@ class RouteSim(Driver):
         s[0] += 1
         s[1] += size
 
-    def _changed(self, e: int, o: Changed) -> None:
+    def _changed(self, e: int, keys: frozenset[bytes]) -> None:
         """Like the daemon: any ``Changed`` wakes the reconcile loop, which recomputes routes."""
         i = self.engines[e].node
         if not self._route_pending[i]:
@@ -425,8 +425,7 @@ class RouteSim(Driver):
         result, outs = self._route(i)
         for mid, o in outs.items():
             e = self.eng_of[(self.keys[i], mid)]
-            self._outs(e, o)
-            self._reschedule(e)
+            self.command(e, o)
         table = tuple(result.table) if result is not None else ()
         if table != self.tables[i]:
             self.tables[i] = table
