@@ -150,8 +150,7 @@ def run_sim(
 
             sp = Spread(sn.key, sim.now, has)
             spreads[:] = [sp]
-            sim._outs(subject, outs)
-            sim._reschedule(subject)
+            sim.command(subject, outs)
             sim.run_until(sim.now + gap_ms)
             others = [x.index for x in sim.nodes if x.index != subject]
             delays = [float(d) if d is not None else None for d in sp.delays(others)]

@@ -79,7 +79,7 @@ def test_wordlist() -> None:
 
 
 def test_generate_many_valid_and_distinct() -> None:
-    ids = {generate_mesh_id() for _ in range(500)}
+    ids = {generate_mesh_id(random.SystemRandom()) for _ in range(500)}
     assert len(ids) == 500
     for m in ids:
         assert validate_mesh_id(m) == m

@@ -9,6 +9,7 @@ behaved before).
 from __future__ import annotations
 
 import random
+import secrets
 
 import pytest
 
@@ -20,10 +21,9 @@ from smegmesh.core.cert import (
     Founding,
     Policy,
     Revocation,
-    auth_from_obj,
-    auth_to_obj,
     founding_name,
 )
+from smegmesh.core.certwire import auth_from_obj, auth_to_obj
 from smegmesh.core.gossip import GossipParams
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.invite import Bootstrap
@@ -338,13 +338,17 @@ def test_token_uses_are_counted_over_every_admission_ever() -> None:
     founder = _node(m.founder, m.mesh_id, m.state())
     founder.start(NOW)
     boot = [Bootstrap("[2001:db8::1]:4000", bytes(32), m.founder.wg_public_key)]
-    tok, _ = founder.invite(NOW, ttl_ms=3_600_000, uses=1, bootstrap=boot)
+    tok, _ = founder.invite(
+        NOW, ttl_ms=3_600_000, uses=1, bootstrap=boot, secret=secrets.token_bytes(16)
+    )
     a = _node(ident(2), m.mesh_id, MeshState(m.mesh_id, admission=True))
     assert _join(founder, a, tok.secret, NOW + 1)
     assert a.record is not None and a.record.chain[-1].token_hash == tok.token_hash
     # A second member (admitted with a token of its own) replicates the ledger...
     helper = _node(ident(3), m.mesh_id, MeshState(m.mesh_id, admission=True))
-    tok2, _ = founder.invite(NOW + 2, ttl_ms=3_600_000, uses=1, bootstrap=boot)
+    tok2, _ = founder.invite(
+        NOW + 2, ttl_ms=3_600_000, uses=1, bootstrap=boot, secret=secrets.token_bytes(16)
+    )
     assert _join(founder, helper, tok2.secret, NOW + 3)
     helper.absorb(founder.mesh.all_items(), NOW + 4)
     # ...and the admitted node leaves: the use still counts.
@@ -362,10 +366,19 @@ def test_strict_token_only_admitted_by_its_issuer() -> None:
     founder = _node(m.founder, m.mesh_id, m.state())
     founder.start(NOW)
     boot = [Bootstrap("[2001:db8::1]:4000", bytes(32), m.founder.wg_public_key)]
-    plain, _ = founder.invite(NOW, ttl_ms=3_600_000, uses=1, bootstrap=boot)
+    plain, _ = founder.invite(
+        NOW, ttl_ms=3_600_000, uses=1, bootstrap=boot, secret=secrets.token_bytes(16)
+    )
     other = _node(ident(2), m.mesh_id, MeshState(m.mesh_id, admission=True))
     assert _join(founder, other, plain.secret, NOW + 1)
-    strict, _ = founder.invite(NOW + 2, ttl_ms=3_600_000, uses=2, bootstrap=boot, strict=True)
+    strict, _ = founder.invite(
+        NOW + 2,
+        ttl_ms=3_600_000,
+        uses=2,
+        bootstrap=boot,
+        secret=secrets.token_bytes(16),
+        strict=True,
+    )
     other.absorb(founder.mesh.all_items(), NOW + 3)
     joiner = _node(ident(3), m.mesh_id, MeshState(m.mesh_id, admission=True))
     assert not _join(other, joiner, strict.secret, NOW + 4)

@@ -442,7 +442,7 @@ def test_kill9_and_restart_keeps_membership(trio: Cluster) -> None:
 # --------------------------------------------------------------------------- startup errors
 
 
-def _smegd(cfg_text: str, tmp: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def _smegd(cfg_text: str, tmp: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     p = tmp / "bad.yaml"
     p.write_text(cfg_text)
     return subprocess.run(

@@ -360,12 +360,12 @@ def test_member_events_read_only_the_changed_keys() -> None:
 
 def test_a_new_member_state_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     """The membership authority's "evicted" state plugs into MEMBER_STATES."""
-    from smegmesh.daemon import events
+    from smegmesh.daemon import event_detectors
 
     monkeypatch.setattr(
-        events,
+        event_detectors,
         "MEMBER_STATES",
-        (("evicted", lambda st, rec: rec.description == "evicted"), *events.MEMBER_STATES),
+        (("evicted", lambda st, rec: rec.description == "evicted"), *event_detectors.MEMBER_STATES),
     )
     now = int(time.time() * 1000)
     ident = NodeIdentity.generate()

@@ -50,10 +50,9 @@ def test_fuzz_target_bounded(name: str) -> None:
 
 
 def _codes() -> list[int]:
-    from smegmesh.core import messages, wire
+    from smegmesh.core import wire
 
-    del messages
-    return sorted(wire._DEFAULT._by_code)
+    return [c.code for c in wire.PROTOCOL.codecs()]
 
 
 msgpack_values = st.recursive(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from smegmesh.daemon.node import run_hooks
+from smegmesh.daemon.hooks import run_hooks
 
 
 def test_hooks_see_the_interface_and_mesh(tmp_path: Path) -> None:

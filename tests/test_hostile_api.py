@@ -176,11 +176,15 @@ def test_parse_token_checks_bootstrap_endpoints(endpoint: str) -> None:
     from smegmesh.core.invite import Bootstrap, TokenError, new_token, parse_token
 
     boot = Bootstrap(endpoint, b"f" * 32, b"k" * 32)
-    tok = new_token("amber-otter-lamp-0a1b", now_ms=1, ttl_ms=10, uses=1, bootstrap=[boot])
+    tok = new_token(
+        "amber-otter-lamp-0a1b", now_ms=1, ttl_ms=10, uses=1, bootstrap=[boot], secret=bytes(16)
+    )
     with pytest.raises(TokenError, match="invalid bootstrap endpoint"):
         parse_token(tok.encode())
     good = Bootstrap("[::1]:4000", b"f" * 32, b"k" * 32)
-    ok = new_token("amber-otter-lamp-0a1b", now_ms=1, ttl_ms=10, uses=1, bootstrap=[good])
+    ok = new_token(
+        "amber-otter-lamp-0a1b", now_ms=1, ttl_ms=10, uses=1, bootstrap=[good], secret=bytes(16)
+    )
     assert parse_token(ok.encode()).bootstrap == (good,)
 
 

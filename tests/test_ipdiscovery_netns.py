@@ -12,7 +12,7 @@ No daemon here has ``publicEndpoint``; each finds the address it advertises
   route.
 * **C**, ``ipDiscovery: outgoing``, as the test bed leaves it: no default route.
   The daemon then advertises the first global address of the namespace
-  (``outgoing_address`` in src/smegmesh/daemon/node.py), i.e. its underlay
+  (``outgoing_address`` in src/smegmesh/net/discovery.py), i.e. its underlay
   address; it joins with a token.
 * **N**, ``ipDiscovery: public``, is a *peer behind the test bed's NAT66 router*
   (masquerade to the router's public address). The test adds port forwards on

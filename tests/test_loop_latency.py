@@ -26,7 +26,8 @@ from smegmesh.core.cert import Cert
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.record import MAX_ROUTE_PATH, MAX_ROUTES, NodeRecord, Role, RouteAdv
 from smegmesh.daemon.config import MeshOptions, parse_config
-from smegmesh.daemon.node import Daemon, now_ms
+from smegmesh.daemon.node import Daemon
+from smegmesh.daemon.runtime import now_ms
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -2,35 +2,28 @@
 
 from __future__ import annotations
 
-import heapq
 import random
-from typing import Any
+import secrets
 
+from smegmesh.core.engine import Input, Out, ReplyReceived, RequestReceived, Respond
 from smegmesh.core.gossip import GossipParams
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.invite import Bootstrap
 from smegmesh.core.liveness import LivenessParams
-from smegmesh.core.meshnode import Call, Changed, MeshNode, MeshSettings, Relay
+from smegmesh.core.meshnode import Call, MeshNode, MeshSettings
 from smegmesh.core.messages import Ack, JoinReply, JoinRequest, Refusal
 from smegmesh.core.record import Role
 from smegmesh.core.state import MeshState
 from smegmesh.core.wire import decode, encode
+from smegmesh.testbed.loopnet import LoopNet
 
 MESH = "amber-falcon-river-k7q2"
 GOSSIP = GossipParams(sync_interval_ms=500, pull_interval_ms=3000)
 LIVE = LivenessParams.from_heartbeat(2000)
 
 
-class Net:
+class Net(LoopNet):
     """Delivers calls after 5 ms; every message goes through the wire codec."""
-
-    def __init__(self) -> None:
-        self.nodes: dict[bytes, MeshNode] = {}
-        self.down: set[bytes] = set()
-        self.now = 0
-        self.q: list[tuple[int, int, Any]] = []
-        self.seq = 0
-        self.changes: list[tuple[int, bytes, frozenset[bytes]]] = []
 
     def add(self, seed: int, role: Role = Role.PEER) -> MeshNode:
         ident = NodeIdentity.from_seed(bytes([seed]) * 32)
@@ -47,69 +40,16 @@ class Net:
             LIVE,
             random.Random(seed),
         )
-        self.nodes[node.key] = node
-        return node
-
-    def push(self, delay: int, ev: Any) -> None:
-        self.seq += 1
-        heapq.heappush(self.q, (self.now + delay, self.seq, ev))
-
-    def handle_outs(self, src: MeshNode, outs: list[Any]) -> None:
-        for o in outs:
-            if isinstance(o, Call):
-                self.push(5, ("call", src.key, o.to, encode(o.msg), o.ctx))
-            elif isinstance(o, Changed):
-                self.changes.append((self.now, src.key, o.keys))
-
-    def deliver_call(self, src: bytes, dst: bytes, data: bytes, ctx: Any) -> None:
-        caller = self.nodes[src]
-        if src in self.down:
-            return
-        if dst in self.down or dst not in self.nodes:
-            self.push(1000, ("fail", src, dst, ctx))
-            return
-        target = self.nodes[dst]
-        reply, outs = target.handle_request(src, decode(data), self.now)
-        self.handle_outs(target, outs)
-        if isinstance(reply, Relay):
-            ok = reply.target not in self.down
-            reply = Ack(reply.msg.mesh_id, reply.msg.probe_id, ok)
-        del caller
-        self.push(5, ("reply", src, dst, encode(reply), ctx))
-
-    def run_until(self, t_end: int) -> None:
-        while True:
-            deadlines = [
-                (n.next_deadline(), k) for k, n in self.nodes.items() if k not in self.down
-            ]
-            nxt_tick = min((d for d, _ in deadlines if d is not None), default=t_end)
-            nxt_ev = self.q[0][0] if self.q else t_end
-            t = min(nxt_tick, nxt_ev, t_end)
-            if t >= t_end and not (self.q and self.q[0][0] <= t_end):
-                self.now = t_end
-                return
-            self.now = max(self.now, t)
-            if self.q and self.q[0][0] <= self.now:
-                _, _, ev = heapq.heappop(self.q)
-                kind = ev[0]
-                if kind == "call":
-                    self.deliver_call(*ev[1:])
-                elif kind == "reply" and ev[1] not in self.down:
-                    n = self.nodes[ev[1]]
-                    self.handle_outs(n, n.handle_reply(ev[2], ev[4], decode(ev[3]), self.now))
-                elif kind == "fail" and ev[1] not in self.down:
-                    n = self.nodes[ev[1]]
-                    self.handle_outs(n, n.handle_failure(ev[2], ev[3], self.now))
-                continue
-            for k, n in list(self.nodes.items()):
-                d = n.next_deadline()
-                if k not in self.down and d is not None and d <= self.now:
-                    self.handle_outs(n, n.tick(self.now))
+        return self.attach(node)
 
 
 def join(net: Net, joiner: MeshNode, via: MeshNode) -> None:
     token, outs = via.invite(
-        net.now, ttl_ms=60_000, uses=1, bootstrap=[Bootstrap("x:1", bytes(32), via.key)]
+        net.now,
+        ttl_ms=60_000,
+        uses=1,
+        bootstrap=[Bootstrap("x:1", bytes(32), via.key)],
+        secret=secrets.token_bytes(16),
     )
     net.handle_outs(via, outs)
     req = joiner.join_request(token.secret, net.now)
@@ -162,7 +102,7 @@ def test_join_without_valid_token_is_refused_and_reveals_nothing() -> None:
     # a non-member's sync or push is refused too
     from smegmesh.core.sync import SyncSession
 
-    s = SyncSession.initiator(MeshState(MESH), 0)
+    s = SyncSession.initiator(MeshState(MESH), 0, rng=random.Random(0))
     reply, _ = nodes[0].handle_request(stranger.key, s.start(), net.now)
     assert isinstance(reply, Refusal)
 
@@ -170,7 +110,11 @@ def test_join_without_valid_token_is_refused_and_reveals_nothing() -> None:
 def test_token_uses_are_limited() -> None:
     net, nodes = mesh_of(2)
     token, outs = nodes[0].invite(
-        net.now, ttl_ms=60_000, uses=1, bootstrap=[Bootstrap("x:1", bytes(32), nodes[0].key)]
+        net.now,
+        ttl_ms=60_000,
+        uses=1,
+        bootstrap=[Bootstrap("x:1", bytes(32), nodes[0].key)],
+        secret=secrets.token_bytes(16),
     )
     net.handle_outs(nodes[0], outs)
     a, b = net.add(60), net.add(61)
@@ -256,11 +200,12 @@ def test_client_moves_when_its_peer_left_and_refuses() -> None:
     net.handle_outs(leaver, leaver.leave(net.now))
     net.run_until(net.now + 50)  # the tombstone reaches some peers, never the client
 
-    def refuse(src: bytes, msg: Any, now_ms: int) -> tuple[Any, list[Any]]:
-        return Refusal(MESH), []
+    def refuse(inp: Input) -> list[Out]:
+        if isinstance(inp, RequestReceived):
+            return [Respond(inp.request_id, Refusal(MESH))]
+        return []
 
-    leaver.handle_request = refuse  # type: ignore[method-assign]  # the daemon dropped it
-    leaver.tick = lambda now_ms: []  # type: ignore[method-assign]
+    leaver.step = refuse  # type: ignore[method-assign]  # the daemon dropped the mesh
     leaver.next_deadline = lambda: None  # type: ignore[method-assign]
     net.run_until(net.now + 15_000)
     assert client.my_peer() not in (None, leaver_key)
@@ -347,3 +292,49 @@ def test_hearing_from_a_pruned_member_heals_it_at_once() -> None:
     t1 = net.now
     net.run_until(t1 + 300)  # a few 5 ms round trips; the pull interval is 3 s
     assert all(n.mesh.live_record(victim.key) is not None for n in nodes)
+
+
+def test_pingreq_is_relayed_by_the_engine() -> None:
+    """Issue 13: the relayed-ping step is the engine's, not each driver's.
+
+    A ``PingReq`` gets no immediate reply: the engine pings the target itself
+    (within the probe timeout) and answers ``Ack(ok)`` with the outcome.
+    """
+    from smegmesh.core.engine import CallFailed
+    from smegmesh.core.messages import Ping, PingReq
+
+    net, nodes = mesh_of(3)
+    a, b, c = nodes
+    outs = b.step(RequestReceived(a.key, PingReq(MESH, c.key, 7), net.now, request_id=42))
+    relay = outs[-1]
+    assert isinstance(relay, Call) and relay.to == c.key and relay.msg == Ping(MESH, 7)
+    assert relay.timeout_ms == LIVE.probe_timeout_ms
+    assert not [o for o in outs if isinstance(o, Respond)]
+    assert b.step(ReplyReceived(relay, Ack(MESH, 7), net.now)) == [Respond(42, Ack(MESH, 7))]
+    lost = [Respond(42, Ack(MESH, 7, False))]
+    assert b.step(CallFailed(relay, net.now)) == lost
+    assert b.step(ReplyReceived(relay, Refusal(MESH), net.now)) == lost
+
+
+def test_indirect_probe_through_the_driver_reaches_the_prober() -> None:
+    """End to end over the shared driver: an indirect probe of a live member
+    (its direct ping lost) comes back as ``Ack(ok=True)`` through the relay."""
+    from smegmesh.core.engine import ProbeCtx
+    from smegmesh.core.messages import PingReq
+
+    net, nodes = mesh_of(3)
+    net.run_until(net.now + 1000)
+    a, b, c = nodes
+    got: list[object] = []
+    real = a.step
+
+    def spy(inp: Input) -> list[Out]:
+        outs = real(inp)
+        if isinstance(inp, ReplyReceived) and isinstance(inp.call.msg, PingReq):
+            got.append(inp.msg)
+        return outs
+
+    a.step = spy  # type: ignore[method-assign]
+    net.handle_outs(a, [Call(b.key, PingReq(MESH, c.key, 99), ProbeCtx(c.key, 99))])
+    net.run_until(net.now + 100)
+    assert got == [Ack(MESH, 99, True)]

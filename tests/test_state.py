@@ -252,3 +252,15 @@ def test_state_is_bounded_in_members_and_bytes() -> None:
     with pytest.raises(RecordError, match="bytes in total"):
         st.apply(big, 3)
     assert len(st.live_records()) == 3
+
+
+def test_node_keys_are_the_nodes_not_the_authority_statements() -> None:
+    """``len(state)`` and ``keys()`` count authority statements too (the founding
+    record here): ``node_keys()`` is what "the nodes of the mesh" means."""
+    from smegmesh.sim.state import make_population
+
+    pop = make_population(12, 3, "sim", 1_700_000_000_000, authority=True)
+    st = pop.base
+    nodes = sorted(st.node_keys())
+    assert nodes == sorted(r.wg_key for r in pop.records)
+    assert len(st) == len(nodes) + len(st.auth_items()) > len(nodes)

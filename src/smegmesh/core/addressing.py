@@ -17,7 +17,6 @@ import hashlib
 import ipaddress
 import random
 import re
-import secrets
 
 __all__ = [
     "WORDS",
@@ -65,14 +64,13 @@ class InvalidMeshId(ValueError):
     """A mesh id does not follow the mesh id rule."""
 
 
-def generate_mesh_id(rand: random.Random | None = None) -> str:
-    """A fresh human-friendly mesh id (uses :mod:`secrets` unless ``rand`` given)."""
-    if rand is None:
-        words = [secrets.choice(WORDS) for _ in range(3)]
-        suffix = "".join(secrets.choice(_B32) for _ in range(4))
-    else:
-        words = [rand.choice(WORDS) for _ in range(3)]
-        suffix = "".join(rand.choice(_B32) for _ in range(4))
+def generate_mesh_id(rand: random.Random) -> str:
+    """A fresh human-friendly mesh id drawn from ``rand``.
+
+    The daemon passes ``secrets.SystemRandom()``; tests and simulations a seeded one.
+    """
+    words = [rand.choice(WORDS) for _ in range(3)]
+    suffix = "".join(rand.choice(_B32) for _ in range(4))
     return "-".join([*words, suffix])
 
 

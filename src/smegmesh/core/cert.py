@@ -26,14 +26,16 @@ from __future__ import annotations
 import base64
 import enum
 import hashlib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
+from dataclasses import fields as dataclass_fields
 from functools import cached_property
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import msgpack
 
 from smegmesh.core.addressing import InvalidMeshId, validate_mesh_id
 from smegmesh.core.identity import NodeIdentity, verify_signature, x25519_matches_ed25519
+from smegmesh.core.signed import Signed
 
 __all__ = [
     "AUTH_TYPES",
@@ -51,8 +53,6 @@ __all__ = [
     "PolicyChange",
     "Revocation",
     "Signed",
-    "auth_from_obj",
-    "auth_to_obj",
     "check_auth_fields",
     "founding_name",
     "mesh_id_for",
@@ -84,33 +84,6 @@ class CertError(ValueError):
         self.message = message
 
 
-class Signed:
-    """Wire form and signed payload shared by records, prunes and statements.
-
-    The signature covers ``_TAG + msgpack(fields_obj())``; msgpack of ints,
-    strings, bytes, bools, nil and arrays is canonical, so the payload is a pure
-    function of the field values. The wire form is ``fields_obj()`` followed by
-    the signature.
-    """
-
-    _TAG: ClassVar[bytes]
-    signature: bytes
-
-    def fields_obj(self) -> list[Any]:
-        raise NotImplementedError
-
-    def to_obj(self) -> list[Any]:
-        """Wire form: :meth:`fields_obj` followed by the signature."""
-        return [*self.fields_obj(), self.signature]
-
-    def signed_payload(self) -> bytes:
-        return self._payload
-
-    @cached_property
-    def _payload(self) -> bytes:
-        return self._TAG + msgpack.packb(self.fields_obj(), use_bin_type=True)
-
-
 class _Auth(Signed):
     _KIND: ClassVar[int]
 
@@ -134,6 +107,37 @@ class _Issued(_Auth):
     issuer_sign: bytes
     issued_ms: int
 
+    @classmethod
+    def create(cls, identity: NodeIdentity, mesh_id: str, *, now_ms: int, **fields: Any) -> Self:
+        """Sign a new statement of this class by ``identity`` at ``now_ms``.
+
+        ``fields``: the statement's own fields (between ``mesh_id`` and
+        ``issuer``), normalised by :meth:`_normalise`; checked before signing.
+        """
+        unsigned = cls(  # type: ignore[call-arg]
+            mesh_id=mesh_id,
+            **cls._normalise(fields),
+            issuer=identity.wg_public_key,
+            issuer_sign=identity.sign_public_key,
+            issued_ms=now_ms,
+            signature=b"",
+        )
+        cls._check(unsigned, mesh_id)
+        return _sign(identity, unsigned)  # type: ignore[no-any-return]
+
+    @classmethod
+    def _normalise(cls, fields: dict[str, Any]) -> dict[str, Any]:
+        return fields
+
+    def fields_obj(self) -> list[Any]:
+        """Every field but the signature, in declaration order (= wire order)."""
+        names = [f.name for f in dataclass_fields(self)][:-1]  # type: ignore[arg-type]
+        return [_plain(getattr(self, n)) for n in names]
+
+    @classmethod
+    def _check(cls, unsigned: Any, mesh_id: str) -> None:
+        _check_common(unsigned, mesh_id, sig=False)
+
     @property
     def signer(self) -> bytes:
         return self.issuer_sign
@@ -145,6 +149,13 @@ class _Issued(_Auth):
 
 def _sign(identity: NodeIdentity, unsigned: Any) -> Any:
     return replace(unsigned, signature=identity.sign(unsigned.signed_payload()))
+
+
+def _plain(v: object) -> object:
+    """A field value as msgpack-able data (tuples as lists, a policy as its name)."""
+    if isinstance(v, Policy):
+        return str(v)
+    return list(v) if isinstance(v, tuple) else v
 
 
 def _b32(b: bytes) -> str:
@@ -228,45 +239,12 @@ class Cert(_Issued):
     signature: bytes = field(repr=False)
 
     @classmethod
-    def create(
-        cls,
-        identity: NodeIdentity,
-        mesh_id: str,
-        *,
-        subject: bytes,
-        may_admit: bool,
-        now_ms: int,
-        token_hash: bytes = b"",
-        token_expiry_ms: int = 0,
-        token_uses: int = 0,
-    ) -> Cert:
-        unsigned = cls(
-            mesh_id,
-            subject,
-            identity.wg_public_key,
-            identity.sign_public_key,
-            token_hash,
-            token_expiry_ms,
-            token_uses,
-            may_admit,
-            now_ms,
-            b"",
-        )
-        _check_cert(unsigned, mesh_id, sig=False)
-        return _sign(identity, unsigned)  # type: ignore[no-any-return]
+    def _normalise(cls, fields: dict[str, Any]) -> dict[str, Any]:
+        return {"token_hash": b"", "token_expiry_ms": 0, "token_uses": 0, **fields}
 
-    def fields_obj(self) -> list[Any]:
-        return [
-            self.mesh_id,
-            self.subject,
-            self.issuer,
-            self.issuer_sign,
-            self.token_hash,
-            self.token_expiry_ms,
-            self.token_uses,
-            self.may_admit,
-            self.issued_ms,
-        ]
+    @classmethod
+    def _check(cls, unsigned: Any, mesh_id: str) -> None:
+        _check_cert(unsigned, mesh_id, sig=False)
 
 
 @dataclass(frozen=True)
@@ -281,26 +259,6 @@ class AdminChange(_Issued):
     issuer_sign: bytes
     issued_ms: int
     signature: bytes = field(repr=False)
-
-    @classmethod
-    def create(
-        cls, identity: NodeIdentity, mesh_id: str, *, subject: bytes, admin: bool, now_ms: int
-    ) -> AdminChange:
-        unsigned = cls(
-            mesh_id, subject, admin, identity.wg_public_key, identity.sign_public_key, now_ms, b""
-        )
-        _check_common(unsigned, mesh_id, sig=False)
-        return _sign(identity, unsigned)  # type: ignore[no-any-return]
-
-    def fields_obj(self) -> list[Any]:
-        return [
-            self.mesh_id,
-            self.subject,
-            self.admin,
-            self.issuer,
-            self.issuer_sign,
-            self.issued_ms,
-        ]
 
 
 @dataclass(frozen=True)
@@ -318,43 +276,13 @@ class Revocation(_Issued):
     signature: bytes = field(repr=False)
 
     @classmethod
-    def create(
-        cls,
-        identity: NodeIdentity,
-        mesh_id: str,
-        *,
-        target: bytes,
-        cascade: bool,
-        keep: tuple[bytes, ...] = (),
-        now_ms: int,
-    ) -> Revocation:
-        unsigned = cls(
-            mesh_id,
-            target,
-            cascade,
-            () if cascade else tuple(sorted(set(keep)))[:MAX_KEEP],
-            identity.wg_public_key,
-            identity.sign_public_key,
-            now_ms,
-            b"",
-        )
-        _check_common(unsigned, mesh_id, sig=False)
-        return _sign(identity, unsigned)  # type: ignore[no-any-return]
+    def _normalise(cls, fields: dict[str, Any]) -> dict[str, Any]:
+        keep = () if fields["cascade"] else tuple(sorted(set(fields.get("keep", ()))))[:MAX_KEEP]
+        return {**fields, "keep": keep}
 
     @property
     def subject(self) -> bytes:
         return self.target
-
-    def fields_obj(self) -> list[Any]:
-        return [
-            self.mesh_id,
-            self.target,
-            self.cascade,
-            list(self.keep),
-            self.issuer,
-            self.issuer_sign,
-            self.issued_ms,
-        ]
 
 
 @dataclass(frozen=True)
@@ -369,22 +297,9 @@ class InviteRevoke(_Issued):
     issued_ms: int
     signature: bytes = field(repr=False)
 
-    @classmethod
-    def create(
-        cls, identity: NodeIdentity, mesh_id: str, *, token_hash: bytes, now_ms: int
-    ) -> InviteRevoke:
-        unsigned = cls(
-            mesh_id, token_hash, identity.wg_public_key, identity.sign_public_key, now_ms, b""
-        )
-        _check_common(unsigned, mesh_id, sig=False)
-        return _sign(identity, unsigned)  # type: ignore[no-any-return]
-
     @property
     def subject(self) -> bytes:
         return _ZERO_KEY
-
-    def fields_obj(self) -> list[Any]:
-        return [self.mesh_id, self.token_hash, self.issuer, self.issuer_sign, self.issued_ms]
 
 
 @dataclass(frozen=True)
@@ -400,29 +315,9 @@ class AliasReserve(_Issued):
     issued_ms: int
     signature: bytes = field(repr=False)
 
-    @classmethod
-    def create(
-        cls, identity: NodeIdentity, mesh_id: str, *, alias: str, holder: bytes, now_ms: int
-    ) -> AliasReserve:
-        unsigned = cls(
-            mesh_id, alias, holder, identity.wg_public_key, identity.sign_public_key, now_ms, b""
-        )
-        _check_common(unsigned, mesh_id, sig=False)
-        return _sign(identity, unsigned)  # type: ignore[no-any-return]
-
     @property
     def subject(self) -> bytes:
         return self.holder
-
-    def fields_obj(self) -> list[Any]:
-        return [
-            self.mesh_id,
-            self.alias,
-            self.holder,
-            self.issuer,
-            self.issuer_sign,
-            self.issued_ms,
-        ]
 
 
 @dataclass(frozen=True)
@@ -440,21 +335,12 @@ class PolicyChange(_Issued):
     signature: bytes = field(repr=False)
 
     @classmethod
-    def create(
-        cls, identity: NodeIdentity, mesh_id: str, *, policy: Policy, now_ms: int
-    ) -> PolicyChange:
-        unsigned = cls(
-            mesh_id, Policy(policy), identity.wg_public_key, identity.sign_public_key, now_ms, b""
-        )
-        _check_common(unsigned, mesh_id, sig=False)
-        return _sign(identity, unsigned)  # type: ignore[no-any-return]
+    def _normalise(cls, fields: dict[str, Any]) -> dict[str, Any]:
+        return {**fields, "policy": Policy(fields["policy"])}
 
     @property
     def subject(self) -> bytes:
         return _ZERO_KEY
-
-    def fields_obj(self) -> list[Any]:
-        return [self.mesh_id, str(self.policy), self.issuer, self.issuer_sign, self.issued_ms]
 
 
 AuthItem = Founding | Cert | AdminChange | Revocation | InviteRevoke | AliasReserve | PolicyChange
@@ -467,7 +353,6 @@ AUTH_TYPES: tuple[type, ...] = (
     AliasReserve,
     PolicyChange,
 )
-_KINDS: dict[int, type] = {c._KIND: c for c in AUTH_TYPES}  # type: ignore[attr-defined]
 
 
 # --------------------------------------------------------------------------- checks
@@ -589,39 +474,3 @@ def verify_auth(a: AuthItem, mesh_id: str | None) -> None:
     check_auth_fields(a, mesh_id)
     if not verify_signature(a.signer, a.signed_payload(), a.signature):
         raise CertError("signature", "invalid signature")
-
-
-# --------------------------------------------------------------------------- decoding
-
-
-def _list(v: object, name: str) -> list[Any]:
-    if type(v) is not list:
-        raise CertError(name, "must be an array")
-    return v
-
-
-def auth_from_obj(obj: object) -> AuthItem:
-    """Rebuild a statement from ``[kind, fields..., signature]`` (shapes checked)."""
-    o = _list(obj, "auth")
-    if not o or type(o[0]) is not int or o[0] not in _KINDS:
-        raise CertError("auth", "unknown statement kind")
-    cls = _KINDS[o[0]]
-    body = o[1:]
-    n = len(fields(cls))
-    if len(body) != n:
-        raise CertError("auth", f"{cls.__name__} must have {n} fields")
-    if cls in (Founding, PolicyChange):
-        at = 4 if cls is Founding else 1
-        try:
-            body[at] = Policy(body[at])
-        except (ValueError, TypeError):
-            raise CertError("policy", "must be admins, peers or members") from None
-    if cls is Revocation:
-        body[3] = tuple(_list(body[3], "keep"))
-    item: AuthItem = cls(*body)
-    check_auth_fields(item, None)
-    return item
-
-
-def auth_to_obj(a: AuthItem) -> list[Any]:
-    return [a._KIND, *a.to_obj()]

@@ -23,8 +23,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
+from smegmesh.core.codec import Codec, WireError
 from smegmesh.core.record import ALIAS_RE
-from smegmesh.core.wire import WireError, register
 
 __all__ = [
     "MAX_DEVICE_ROUTES",
@@ -126,11 +126,14 @@ def _dec_settings(b: Any) -> DeviceSettings:
     return DeviceSettings(_mesh(m), err, dns, tuple(_network(n) for n in allowed))
 
 
-register(50, SponsorRequest, lambda m: [m.mesh_id, m.device_key, m.alias], _dec_sponsor)
-register(51, DeviceQuery, lambda m: [m.mesh_id, m.device_key], _dec_query)
-register(
-    52,
-    DeviceSettings,
-    lambda m: [m.mesh_id, m.error[:MAX_ERROR_LEN], m.dns, list(m.allowed_ips)],
-    _dec_settings,
+#: The device messages' codecs (in :data:`smegmesh.core.wire.PROTOCOL`).
+CODECS = (
+    Codec(50, SponsorRequest, lambda m: [m.mesh_id, m.device_key, m.alias], _dec_sponsor),
+    Codec(51, DeviceQuery, lambda m: [m.mesh_id, m.device_key], _dec_query),
+    Codec(
+        52,
+        DeviceSettings,
+        lambda m: [m.mesh_id, m.error[:MAX_ERROR_LEN], m.dns, list(m.allowed_ips)],
+        _dec_settings,
+    ),
 )

@@ -24,7 +24,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import secrets
 from collections.abc import Callable, Iterable, Mapping, Set
 from dataclasses import dataclass
 
@@ -88,8 +87,13 @@ def new_token(
     ttl_ms: int,
     uses: int,
     bootstrap: Iterable[Bootstrap],
-    secret: bytes | None = None,
+    secret: bytes,
 ) -> Token:
+    """A token for ``mesh_id``.
+
+    ``secret``: 16 random bytes from the caller's cryptographic source (the
+    daemon's ``secrets``; a simulation derives them from its seed).
+    """
     if ttl_ms <= 0:
         raise TokenError("ttl must be positive")
     if not 1 <= uses <= 1_000_000:
@@ -99,7 +103,7 @@ def new_token(
         raise TokenError("a token needs at least one bootstrap endpoint")
     return Token(
         mesh_id=mesh_id,
-        secret=secret if secret is not None else secrets.token_bytes(16),
+        secret=secret,
         expiry_ms=now_ms + ttl_ms,
         uses=uses,
         bootstrap=boots[:4],

@@ -18,9 +18,10 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from smegmesh.core.cert import MAX_CHAIN, AuthItem, Cert, auth_from_obj, auth_to_obj
+from smegmesh.core.cert import MAX_CHAIN, AuthItem, Cert
+from smegmesh.core.certwire import auth_from_obj, auth_to_obj
+from smegmesh.core.codec import Codec, WireError, decode_item, encode_item
 from smegmesh.core.record import MAX_ENDPOINT_LEN, NodeRecord, Prune, check_endpoint
-from smegmesh.core.wire import WireError, decode_item, encode_item, register
 
 Item = NodeRecord | Prune | AuthItem
 
@@ -145,19 +146,6 @@ def _dec_refusal(b: Any) -> Refusal:
     return Refusal(_str(m))
 
 
-register(20, Ping, lambda m: [m.mesh_id, m.probe_id], _dec_ping)
-register(21, PingReq, lambda m: [m.mesh_id, m.target, m.probe_id], _dec_pingreq)
-register(22, Ack, lambda m: [m.mesh_id, m.probe_id, m.ok], _dec_ack)
-register(23, JoinRequest, lambda m: [m.mesh_id, m.secret, encode_item(m.record)], _dec_join)
-register(
-    24,
-    JoinReply,
-    lambda m: [m.mesh_id, [encode_item(i) for i in m.items], [auth_to_obj(c) for c in m.chain]],
-    _dec_join_reply,
-)
-register(25, Refusal, lambda m: [m.mesh_id], _dec_refusal)
-
-
 def _dec_whoami(b: Any) -> WhoAmI:
     (m,) = _arr(b, 1)
     return WhoAmI(_str(m))
@@ -172,10 +160,6 @@ def _dec_youare(b: Any) -> YouAre:
     except ValueError:
         raise WireError("expected an IP address") from None
     return YouAre(_str(m), a)
-
-
-register(26, WhoAmI, lambda m: [m.mesh_id], _dec_whoami)
-register(27, YouAre, lambda m: [m.mesh_id, m.address], _dec_youare)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,5 +194,25 @@ def _dec_observed(b: Any) -> Observed:
     return Observed(_str(m), e)
 
 
-register(40, WhereAmI, lambda m: [m.mesh_id], _dec_whereami)
-register(41, Observed, lambda m: [m.mesh_id, m.endpoint], _dec_observed)
+#: This module's part of the protocol table (:data:`smegmesh.core.wire.PROTOCOL`).
+CODECS = (
+    Codec(20, Ping, lambda m: [m.mesh_id, m.probe_id], _dec_ping),
+    Codec(21, PingReq, lambda m: [m.mesh_id, m.target, m.probe_id], _dec_pingreq),
+    Codec(22, Ack, lambda m: [m.mesh_id, m.probe_id, m.ok], _dec_ack),
+    Codec(23, JoinRequest, lambda m: [m.mesh_id, m.secret, encode_item(m.record)], _dec_join),
+    Codec(
+        24,
+        JoinReply,
+        lambda m: [
+            m.mesh_id,
+            [encode_item(i) for i in m.items],
+            [auth_to_obj(c) for c in m.chain],
+        ],
+        _dec_join_reply,
+    ),
+    Codec(25, Refusal, lambda m: [m.mesh_id], _dec_refusal),
+    Codec(26, WhoAmI, lambda m: [m.mesh_id], _dec_whoami),
+    Codec(27, YouAre, lambda m: [m.mesh_id, m.address], _dec_youare),
+    Codec(40, WhereAmI, lambda m: [m.mesh_id], _dec_whereami),
+    Codec(41, Observed, lambda m: [m.mesh_id, m.endpoint], _dec_observed),
+)

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 import msgpack
 
 from smegmesh.core.cert import AuthItem
+from smegmesh.core.codec import encode_item
 from smegmesh.core.record import NodeRecord, Prune
 
 __all__ = ["PAGE_BYTES", "item_size", "page", "pages"]
@@ -32,8 +33,6 @@ def item_size(item: Item) -> int:
     """Encoded size of ``item`` inside a message (msgpack of ``encode_item``)."""
     n = item.__dict__.get(_SIZE)
     if n is None:
-        from smegmesh.core.wire import encode_item  # wire imports sync, which imports us
-
         n = len(msgpack.packb(encode_item(item), use_bin_type=True))
         item.__dict__[_SIZE] = n
     return int(n)

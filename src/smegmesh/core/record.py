@@ -30,12 +30,11 @@ from smegmesh.core.cert import (
     Cert,
     CertError,
     Founding,
-    Signed,
-    auth_from_obj,
-    auth_to_obj,
     check_auth_fields,
 )
+from smegmesh.core.certwire import auth_from_obj, auth_to_obj
 from smegmesh.core.identity import NodeIdentity, verify_signature, x25519_matches_ed25519
+from smegmesh.core.signed import Signed
 
 __all__ = [
     "ALIAS_RE",

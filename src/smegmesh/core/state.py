@@ -157,6 +157,14 @@ def _is_live(e: _Entry) -> bool:
 class MeshState:
     """The replicated state of one mesh (see the module docstring)."""
 
+    def set_verifier(self, verifier: Verifier) -> None:
+        """Verify signatures with ``verifier`` from now on.
+
+        For a state built from items its builder signed itself (a simulation's
+        prebuilt state) before it starts receiving anything.
+        """
+        self._verifier = verifier
+
     def __init__(
         self,
         mesh_id: str,
@@ -192,14 +200,19 @@ class MeshState:
     # ------------------------------------------------------------------ queries
 
     def __len__(self) -> int:
-        """Number of keys with a record or a prune."""
+        """Number of entries: records, prunes *and authority statements* (see :meth:`node_keys`)."""
         return len(self._entries)
 
     def __contains__(self, key: object) -> bool:
         return key in self._entries
 
     def keys(self) -> Iterator[bytes]:
+        """Every entry's key, authority statements' included (see :meth:`node_keys`)."""
         return iter(self._entries)
+
+    def node_keys(self) -> Iterator[bytes]:
+        """The keys of nodes: entries with a record or a prune (no authority statement)."""
+        return (k for k, e in self._entries.items() if e.record is not None or e.prune is not None)
 
     def get(self, key: bytes) -> NodeRecord | None:
         """The record held for ``key`` (live or not); see :meth:`is_live`."""

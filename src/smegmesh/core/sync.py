@@ -37,14 +37,13 @@ from __future__ import annotations
 
 import hashlib
 import random
-import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from smegmesh.core.codec import Codec, Registry, WireError, decode_item, encode_item
 from smegmesh.core.paging import page
 from smegmesh.core.record import RecordError
 from smegmesh.core.state import DEPTH, FANOUT, Item, MeshState
-from smegmesh.core.wire import WireError, decode_item, encode, encode_item, register
 
 __all__ = [
     "HASH_LEN",
@@ -166,13 +165,11 @@ class SyncSession:
         state: MeshState,
         now_ms: int = 0,
         *,
-        rng: random.Random | None = None,
+        rng: random.Random,
         count_bytes: bool = True,
     ) -> SyncSession:
-        if rng is None:
-            sid, salt = secrets.randbits(32), secrets.token_bytes(SALT_LEN)
-        else:
-            sid, salt = rng.getrandbits(32), rng.randbytes(SALT_LEN)
+        """A session we start; ``rng`` draws its id and salt (the engine's, passed in)."""
+        sid, salt = rng.getrandbits(32), rng.randbytes(SALT_LEN)
         return cls(state, sid, salt, True, now_ms, count_bytes=count_bytes)
 
     @staticmethod
@@ -383,11 +380,11 @@ class SyncSession:
     def _count_out(self, msg: Any) -> None:
         self.messages += 1
         if self.count_bytes:
-            self.bytes_sent += len(encode(msg))
+            self.bytes_sent += len(_SYNC_CODECS.encode(msg))
 
     def _count_in(self, msg: Any) -> None:
         if self.count_bytes:
-            self.bytes_received += len(encode(msg))
+            self.bytes_received += len(_SYNC_CODECS.encode(msg))
 
 
 # --------------------------------------------------------------------------- wire
@@ -476,7 +473,14 @@ def _dec_push(b: Any) -> Push:
     return Push(_str(o[0]), _items(o[1]))
 
 
-register(10, SyncStart, lambda m: [m.mesh_id, m.session_id, m.salt, m.digest, m.count], _dec_start)
-register(11, SyncStep, _enc_step, _dec_step)
-register(12, SyncEnd, lambda m: [m.mesh_id, m.session_id], _dec_end)
-register(13, Push, lambda m: [m.mesh_id, [encode_item(i) for i in m.items]], _dec_push)
+#: This module's part of the protocol table (:data:`smegmesh.core.wire.PROTOCOL`).
+CODECS = (
+    Codec(
+        10, SyncStart, lambda m: [m.mesh_id, m.session_id, m.salt, m.digest, m.count], _dec_start
+    ),
+    Codec(11, SyncStep, _enc_step, _dec_step),
+    Codec(12, SyncEnd, lambda m: [m.mesh_id, m.session_id], _dec_end),
+    Codec(13, Push, lambda m: [m.mesh_id, [encode_item(i) for i in m.items]], _dec_push),
+)
+#: The sync messages alone: their encoded sizes (a session counts its bytes).
+_SYNC_CODECS = Registry(CODECS)

@@ -29,7 +29,7 @@ from smegmesh.daemon.api_models import (
 from smegmesh.daemon.resolve import describe, resolve_node
 
 if TYPE_CHECKING:
-    from smegmesh.daemon.node import MeshRuntime
+    from smegmesh.daemon.runtime import MeshRuntime
 
 log = logging.getLogger("smegmesh.daemon")
 

@@ -43,7 +43,7 @@ from smegmesh.daemon.transport import RpcError
 
 if TYPE_CHECKING:
     from smegmesh.daemon.config import Config
-    from smegmesh.daemon.node import MeshRuntime
+    from smegmesh.daemon.runtime import MeshRuntime
 
 log = logging.getLogger("smegmesh.daemon")
 
@@ -232,7 +232,7 @@ class DeviceOps:
                 "this peer publishes no WireGuard endpoint the device could reach",
                 409,
             )
-        if not rt.node.may_admit():
+        if not rt.node.may_admit(_now_ms()):
             raise svc.ServiceError(
                 "forbidden",
                 f"this node may not admit under the mesh's invite policy "

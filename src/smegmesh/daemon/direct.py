@@ -376,7 +376,7 @@ class DirectManager:
                 if via is not None and via in self.probed[rt.mesh_id]:
                     self.prober.send(self.probed[rt.mesh_id][via])
             return
-        from smegmesh.daemon.node import outgoing_address
+        from smegmesh.net.discovery import outgoing_address
 
         addr = await asyncio.to_thread(outgoing_address)
         local = local_endpoints(rt.listen_port, [addr] if addr else [])

@@ -98,10 +98,10 @@ def _run(config: Config, path: str | None = None, log_format: str | None = None)
     from smegmesh.daemon.logsetup import quiet_grpc
 
     quiet_grpc()  # before grpc is imported (by the daemon's transport)
-    from smegmesh.daemon import node
+    from smegmesh.daemon import process
 
     try:
-        return node.run(config, config_path=path, log_format=log_format)
+        return process.run(config, config_path=path, log_format=log_format)
     except KeyboardInterrupt:
         return 0
 

@@ -332,13 +332,11 @@ def _member_counts(node: Any) -> dict[str, int]:
     st = node.mesh
     suspects = node.suspects
     counts = {"live": 0, "suspect": 0, "pruned": 0, "left": 0}
-    for key in st.keys():  # noqa: SIM118 - MeshState is not iterable
+    for key in st.node_keys():
         if st.is_live(key):
             counts["suspect" if key in suspects else "live"] += 1
             continue
         rec = st.get(key)
-        if rec is None and st.get_prune(key) is None:
-            continue  # an authority statement (founding record, admission...), not a node
         counts["left" if rec is not None and rec.left else "pruned"] += 1
     return counts
 

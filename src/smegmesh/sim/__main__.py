@@ -49,6 +49,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="founding record and admission chains (always on for --scenario evict)",
     )
+    p.add_argument(
+        "--verify-sample",
+        type=float,
+        default=0.0,
+        help="share of delivered messages decoded from their wire bytes (0..1); "
+        "also verifies the prebuilt state's signatures",
+    )
     p.add_argument("--json", action="store_true")
     return p.parse_args(argv)
 
@@ -88,6 +95,7 @@ def config_from_args(a: argparse.Namespace) -> ScenarioConfig:
         churn_per_min=a.churn_per_min,
         partition_seconds=a.partition_seconds,
         authority=a.authority,
+        verify_sample=a.verify_sample,
     )
 
 

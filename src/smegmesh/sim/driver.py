@@ -1,11 +1,11 @@
 """The event loop and RPC driver shared by the simulators.
 
 :class:`Driver` holds a virtual clock (a ``heapq`` of events, milliseconds)
-and drives ``MeshNode`` engines over a simulated network the way the daemon
-does: it delivers ``Call`` requests, feeds replies (``handle_reply``) or
-failures (``handle_failure``, after loss, partition or a dead callee, at the
-RPC timeout), relays ``PingReq`` (``Relay`` reply: ping the target itself,
-answer ``Ack(ok)``), and wakes each engine at ``next_deadline()``.
+and drives ``MeshNode`` engines over a simulated network through the driver
+the daemon uses (:class:`~smegmesh.core.driver.EngineDriver`): this module is
+only its port. It delivers ``Call`` requests and ``Respond`` replies, reports
+failures (after loss, partition or a dead callee, at the call's timeout) and
+wakes each engine at its next deadline. The engine itself relays ``PingReq``.
 
 Calls go between *endpoints* (ints): one engine each. A subclass says how an
 endpoint maps to its engine, its host (the simulated machine: latency,
@@ -29,9 +29,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from smegmesh.core.meshnode import Call, Changed, MeshNode, Out, Relay
-from smegmesh.core.messages import Ack
-from smegmesh.core.wire import encode
+from smegmesh.core.driver import EngineDriver
+from smegmesh.core.engine import Call, Message
+from smegmesh.core.meshnode import MeshNode, Out
+from smegmesh.core.wire import decode, encode
 from smegmesh.sim.overhead import REPLY_OVERHEAD_BYTES, REQUEST_OVERHEAD_BYTES
 
 __all__ = ["T0", "Driver", "NetParams", "TrafficBase"]
@@ -48,8 +49,7 @@ class NetParams:
     node_sigma: float = 0.5  # spread of per-node distances (lognormal sigma)
     jitter_sigma: float = 0.2  # per-message jitter (lognormal sigma)
     loss: float = 0.01  # one-way message loss
-    rpc_timeout_ms: int = 1_000  # a call without reply fails after this
-    relay_timeout_ms: int = 500  # a relayed ping (PingReq) fails after this
+    rpc_timeout_ms: int = 1_000  # a call without reply fails after this (unless it says)
     wire_overhead: bool = False  # charge sim/overhead.py's per-message bytes on top
 
 
@@ -59,8 +59,7 @@ class _Pending:
     epoch: int  # caller's epoch when it called
     to: int  # endpoint, -1 = unknown address
     msg: Any
-    ctx: Any
-    parent: int | None = None  # relayed ping: the PingReq call it answers
+    call: Any  # the engine's Call (or a subclass's marker, e.g. a join)
 
 
 @dataclass
@@ -79,8 +78,15 @@ class Driver:
 
     traffic: TrafficBase
 
-    def __init__(self, *, seed: int, net: NetParams | None, byte_sample: int = 1) -> None:
+    def __init__(
+        self, *, seed: int, net: NetParams | None, byte_sample: int = 1, verify_sample: float = 0.0
+    ) -> None:
         self.seed = seed
+        #: share of delivered messages that go through the wire (encode, then
+        #: decode: the receiver gets the decoded copy, as from a daemon's transport)
+        self.verify_sample = verify_sample
+        self.decoded = 0  # messages delivered as decoded bytes
+        self._verify_rng = random.Random(f"verify/{seed}")  # not the network's: same metrics
         self.net = net or NetParams()
         self.byte_sample = max(1, byte_sample)
         self.rng = random.Random(f"net/{seed}")
@@ -92,6 +98,7 @@ class Driver:
         self._next_call = 0
         self._size_cache: dict[int, tuple[Any, int]] = {}
         self._type_stats: dict[type, list[int]] = {}  # type -> [seen, encoded, bytes]
+        self._drivers: dict[int, EngineDriver] = {}
 
     # ------------------------------------------------------------------ endpoint mapping
 
@@ -131,8 +138,8 @@ class Driver:
     def _count_type(self, msg: Any, size: int) -> None:
         """Per-type traffic accounting of one sent message."""
 
-    def _changed(self, e: int, o: Changed) -> None:
-        """Endpoint ``e``'s engine reported ``Changed``."""
+    def _changed(self, e: int, keys: frozenset[bytes]) -> None:
+        """Endpoint ``e``'s engine reported ``Changed(keys)``."""
 
     def _event(self, kind: int, payload: Any) -> None:
         """A subclass event (kind >= ``_CUSTOM``)."""
@@ -154,10 +161,23 @@ class Driver:
             s.wake_at = t
             self._push(t, _TICK, (e, self._epoch(e)))
 
+    def _driver(self, e: int) -> EngineDriver:
+        """The shared engine driver of endpoint ``e`` (a new one for a new engine)."""
+        node = self._engine(e)
+        d = self._drivers.get(e)
+        if d is None or d.node is not node:
+            d = self._drivers[e] = EngineDriver(node, _Port(self, e))
+        return d
+
     def _reschedule(self, e: int) -> None:
-        d = _next_wakeup(self._engine(e), self.now)
+        d = self._driver(e).next_wakeup(self.now)
         if d is not None:
             self._wake(e, d)
+
+    def command(self, e: int, outs: Iterable[Out]) -> None:
+        """Carry out the outputs of a local command of endpoint ``e``'s engine."""
+        self._driver(e).dispatch(outs)
+        self._reschedule(e)
 
     def run_until(self, t_end: int) -> None:
         """Process events up to ``t_end``.
@@ -197,7 +217,7 @@ class Driver:
                 if not self._alive(e) or self._epoch(e) != epoch or s.wake_at != t:
                     continue
                 s.wake_at = None
-                self._outs(e, self._engine(e).tick(t))
+                self._driver(e).timer(t)
                 self._reschedule(e)
             elif kind == _REQ:
                 self._deliver_request(p)
@@ -256,26 +276,35 @@ class Driver:
         tr.msgs += 1
         self._count_type(msg, size)
         if ok:
+            if self.verify_sample > 0 and self._verify_rng.random() < self.verify_sample:
+                payload = self._through_wire(kind, payload, msg)
             self._push(self.now + self._latency(a, b), kind, payload)
+
+    def _through_wire(self, kind: int, payload: Any, msg: Any) -> Any:
+        """Deliver what decoding the message's bytes gives (as the daemon does)."""
+        decoded = decode(encode(msg))
+        self.decoded += 1
+        if kind == _REQ:
+            self._calls[payload].msg = decoded
+            return payload
+        return (payload[0], decoded)
 
     # ------------------------------------------------------------------ RPC
 
-    def _call(self, caller: int, to: int, msg: Any, ctx: Any, parent: int | None = None) -> None:
+    def _call(
+        self, caller: int, to: int, msg: Any, call: Any, timeout_ms: int | None = None
+    ) -> None:
         """Call ``to`` (-1: unknown address, the call fails at the timeout)."""
         self._next_call += 1
         cid = self._next_call
-        self._calls[cid] = _Pending(caller, self._epoch(caller), to, msg, ctx, parent)
-        timeout = self.net.relay_timeout_ms if parent is not None else self.net.rpc_timeout_ms
+        self._calls[cid] = _Pending(caller, self._epoch(caller), to, msg, call)
+        timeout = self.net.rpc_timeout_ms if timeout_ms is None else timeout_ms
         self._push(self.now + timeout, _TIMEOUT, cid)
         if to >= 0:
             self._send(caller, to, _REQ, cid, msg)
 
     def _outs(self, e: int, outs: Iterable[Out]) -> None:
-        for o in outs:
-            if type(o) is Call:
-                self._call(e, self._resolve(e, o.to), o.msg, o.ctx)
-            elif type(o) is Changed:
-                self._changed(e, o)
+        self._driver(e).dispatch(outs)
 
     def _deliver_request(self, cid: int) -> None:
         c = self._calls.get(cid)
@@ -283,13 +312,14 @@ class Driver:
             return
         if not self._alive(c.to):
             return
-        reply, outs = self._engine(c.to).handle_request(self._key(c.caller), c.msg, self.now)
-        self._outs(c.to, outs)
-        if type(reply) is Relay:
-            self._call(c.to, self._resolve(c.to, reply.target), reply.msg, None, parent=cid)
-        else:
-            self._send(c.to, c.caller, _REP, (cid, reply), reply)
+        self._driver(c.to).request(self._key(c.caller), c.msg, self.now, cid)
         self._reschedule(c.to)
+
+    def _respond(self, e: int, cid: int, msg: Message) -> None:
+        """Endpoint ``e`` answers the request ``cid`` (gone already: dropped)."""
+        c = self._calls.get(cid)
+        if c is not None:
+            self._send(e, c.caller, _REP, (cid, msg), msg)
 
     def _caller_gone(self, c: _Pending) -> bool:
         return not self._alive(c.caller) or self._epoch(c.caller) != c.epoch
@@ -298,40 +328,38 @@ class Driver:
         c = self._calls.pop(cid, None)
         if c is None or self._caller_gone(c):
             return  # timed out already, or the caller crashed since
-        if c.parent is not None:
-            self._relay_done(c, ok=type(reply) is Ack and reply.ok)
-            return
         self._reply(c, reply)
 
     def _reply(self, c: _Pending, reply: Any) -> None:
-        eng = self._engine(c.caller)
-        self._outs(c.caller, eng.handle_reply(self._key(c.to), c.ctx, reply, self.now))
+        self._driver(c.caller).reply(c.call, reply, self.now)
         self._reschedule(c.caller)
 
     def _timeout(self, cid: int) -> None:
         c = self._calls.pop(cid, None)
         if c is None or self._caller_gone(c):
             return
-        if c.parent is not None:
-            self._relay_done(c, ok=False)
-            return
         self._failed(c)
 
     def _failed(self, c: _Pending) -> None:
-        to_key = self._key(c.to) if c.to >= 0 else b""
-        self._outs(c.caller, self._engine(c.caller).handle_failure(to_key, c.ctx, self.now))
+        self._driver(c.caller).failure(c.call, self.now)
         self._reschedule(c.caller)
 
-    def _relay_done(self, c: _Pending, ok: bool) -> None:
-        parent = self._calls.get(c.parent) if c.parent is not None else None
-        if parent is None:
-            return
-        ack = Ack(self._mesh_of(c.caller), c.msg.probe_id, ok)
-        self._send(c.caller, parent.caller, _REP, (c.parent, ack), ack)
 
+class _Port:
+    """The port of endpoint ``e``'s engine driver: the simulated network."""
 
-def _next_wakeup(node: MeshNode, now: int) -> int | None:
-    """When to tick ``node``: its ``next_deadline()``, and a deadline already
-    past means "now" (as in the daemon's loop); a tick moves it forward."""
-    d = node.next_deadline()
-    return None if d is None else max(d, now)
+    __slots__ = ("e", "sim")
+
+    def __init__(self, sim: Driver, e: int) -> None:
+        self.sim = sim
+        self.e = e
+
+    def send(self, call: Call) -> None:
+        sim = self.sim
+        sim._call(self.e, sim._resolve(self.e, call.to), call.msg, call, call.timeout_ms)
+
+    def respond(self, request_id: int, msg: Message) -> None:
+        self.sim._respond(self.e, request_id, msg)
+
+    def changed(self, keys: frozenset[bytes]) -> None:
+        self.sim._changed(self.e, keys)

@@ -38,9 +38,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smegmesh.core.gossip import GossipParams
-from smegmesh.core.identity import NodeIdentity
+from smegmesh.core.identity import NodeIdentity, verify_many
 from smegmesh.core.liveness import LivenessParams
-from smegmesh.core.meshnode import Changed, MeshNode, MeshSettings, Out
+from smegmesh.core.meshnode import MeshNode, MeshSettings, Out
 from smegmesh.core.multimesh import MeshRouting, route_meshes
 from smegmesh.core.record import NodeRecord, Role, RouteAdv
 from smegmesh.core.state import MeshState
@@ -179,7 +179,7 @@ class RouteSim(Driver):
             recs = [final[(i, m)] for i in topo.members(m)]
             changed, errors = st.apply_many(recs, T0)
             assert not errors and len(changed) == len(recs)
-            st._verifier = MeshState(mid)._verifier  # receivers verify what arrives
+            st.set_verifier(verify_many)  # receivers verify what arrives
             bases.append(st)
         return bases, tables, (t2, t3)
 
@@ -259,7 +259,7 @@ class RouteSim(Driver):
         s[0] += 1
         s[1] += size
 
-    def _changed(self, e: int, o: Changed) -> None:
+    def _changed(self, e: int, keys: frozenset[bytes]) -> None:
         """Like the daemon: any ``Changed`` wakes the reconcile loop, which recomputes routes."""
         i = self.engines[e].node
         if not self._route_pending[i]:
@@ -284,8 +284,7 @@ class RouteSim(Driver):
         result, outs = self._route(i)
         for mid, o in outs.items():
             e = self.eng_of[(self.keys[i], mid)]
-            self._outs(e, o)
-            self._reschedule(e)
+            self.command(e, o)
         table = tuple(result.table) if result is not None else ()
         if table != self.tables[i]:
             self.tables[i] = table

@@ -37,6 +37,9 @@ class ScenarioConfig:
     partition_seconds: float = 10.0
     share_state: bool = True  # copy-on-write states (False: a full copy per node)
     authority: bool = False  # founding record + admission chains (always on for evict)
+    #: share of delivered messages decoded from their bytes (and the full
+    #: state's signatures verified at build), as in a daemon; same metrics
+    verify_sample: float = 0.0
 
 
 def _attach(sim: Simulator, spreads: list[Spread], fp: FalsePrunes | None) -> None:
@@ -93,6 +96,7 @@ def run_scenario(name: str, cfg: ScenarioConfig) -> dict[str, Any]:
         byte_sample=cfg.byte_sample,
         share_state=cfg.share_state,
         authority=authority,
+        verify_sample=cfg.verify_sample,
     )
     pop = sim.population
     assert pop is not None
@@ -117,8 +121,7 @@ def run_scenario(name: str, cfg: ScenarioConfig) -> dict[str, Any]:
 
     if name == "change":
         sn = sim.nodes[subject]
-        sim._outs(subject, sn.node.update_self(sim.now, description="changed"))
-        sim._reschedule(subject)
+        sim.command(subject, sn.node.update_self(sim.now, description="changed"))
         rec = sn.node.mesh.record(sn.key)
         assert rec is not None
         v = rec.version
@@ -182,8 +185,7 @@ def run_scenario(name: str, cfg: ScenarioConfig) -> dict[str, Any]:
         half = cfg.nodes // 2
         sim.partition([0 if i < half else 1 for i in range(cfg.nodes)])
         sn = sim.nodes[0]
-        sim._outs(0, sn.node.update_self(sim.now, description="during-partition"))
-        sim._reschedule(0)
+        sim.command(0, sn.node.update_self(sim.now, description="during-partition"))
         sim.run_until(sim.now + int(cfg.partition_seconds * 1000))
         sim.partition(None)
         healed = sim.now
@@ -203,8 +205,7 @@ def run_scenario(name: str, cfg: ScenarioConfig) -> dict[str, Any]:
         vk = sim.nodes[victim].key
         admin = sim.nodes[0]
         t_evict = sim.now
-        sim._outs(0, admin.node.evict(sim.now, vk))
-        sim._reschedule(0)
+        sim.command(0, admin.node.evict(sim.now, vk))
         rev = [r for rs in admin.node.mesh.authority.revoked.values() for r in rs]
         res["evict_kept"] = len(rev[0].keep) if rev else 0
 
@@ -254,6 +255,8 @@ def run_scenario(name: str, cfg: ScenarioConfig) -> dict[str, Any]:
     if authority:
         res["build_chains_s"] = round(pop.t_chains, 2)
     res["converged"] = res.get("converged", sim.converged())
+    if cfg.verify_sample > 0:
+        res["decoded_msgs"] = sim.decoded
     res["_sim"] = sim
     return res
 

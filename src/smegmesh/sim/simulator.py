@@ -16,11 +16,11 @@ clock (a ``heapq`` of events, milliseconds) and a simulated network:
   ``MeshNode.invite``, then the joiner's state is the ``JoinReply`` items,
   and it calls ``start``.
 
-The driver does what the daemon does and nothing else: it delivers ``Call``
-requests, feeds replies (``handle_reply``) or failures (``handle_failure``,
-after loss, partition or a dead callee, at the RPC timeout), relays
-``PingReq`` (``Relay`` reply: ping the target itself, answer ``Ack(ok)``),
-and wakes each node at ``next_deadline()`` (never every millisecond).
+Each engine is driven by the daemon's driver (:mod:`smegmesh.core.driver`);
+the simulator is only its port: it delivers ``Call`` requests and ``Respond``
+replies, reports failures (after loss, partition or a dead callee, at the
+call's timeout) and wakes each node at its next deadline (never every
+millisecond). The engine relays ``PingReq`` itself.
 
 Every message is encoded with ``smegmesh.core.wire.encode`` to count bytes
 (``byte_sample=k`` encodes one message in k per type and uses the running
@@ -40,8 +40,9 @@ from typing import Any
 from smegmesh.core.gossip import GossipParams
 from smegmesh.core.invite import Bootstrap
 from smegmesh.core.liveness import LivenessParams
-from smegmesh.core.meshnode import Changed, MeshNode, MeshSettings
+from smegmesh.core.meshnode import MeshNode, MeshSettings
 from smegmesh.core.messages import JoinReply
+from smegmesh.core.nodeviews import share_views
 from smegmesh.core.record import Role
 from smegmesh.core.state import MeshState
 from smegmesh.sim.driver import T0, Driver, NetParams, TrafficBase, _Pending
@@ -88,8 +89,9 @@ class Simulator(Driver):
         mesh_id: str = "sim",
         byte_sample: int = 1,
         authority: bool = False,
+        verify_sample: float = 0.0,
     ) -> None:
-        super().__init__(seed=seed, net=net, byte_sample=byte_sample)
+        super().__init__(seed=seed, net=net, byte_sample=byte_sample, verify_sample=verify_sample)
         self.gossip = gossip or GossipParams()
         self.liveness = liveness or LivenessParams()
         self.mesh_id = mesh_id
@@ -149,12 +151,21 @@ class Simulator(Driver):
         the equivalence tests; O(N) memory per node).
         """
         sim = cls(**kw)
-        pop = make_population(n + spare, sim.seed, sim.mesh_id, T0, authority=sim.authority)
+        pop = make_population(
+            n + spare,
+            sim.seed,
+            sim.mesh_id,
+            T0,
+            authority=sim.authority,
+            verify=sim.verify_sample > 0,
+        )
         sim.population = pop
         sim.mesh_id = pop.mesh_id
         base = pop.base
         if spare:
-            base = steady_state(sim.mesh_id, pop.founding, pop.records[:n], T0)
+            base = steady_state(
+                sim.mesh_id, pop.founding, pop.records[:n], T0, verify=sim.verify_sample > 0
+            )
         for i in range(n):
             sim._add(
                 pop.identities[i].wg_public_key,
@@ -206,18 +217,18 @@ class Simulator(Driver):
         s[0] += 1
         s[1] += size
 
-    def _changed(self, e: int, o: Changed) -> None:
+    def _changed(self, e: int, keys: frozenset[bytes]) -> None:
         for obs in self.observers:
-            obs(e, o.keys, self.now)
+            obs(e, keys, self.now)
 
     def _reply(self, c: _Pending, reply: Any) -> None:
-        if c.ctx is _JOIN:
+        if c.call is _JOIN:
             self._join_reply(c, reply)
         else:
             super()._reply(c, reply)
 
     def _failed(self, c: _Pending) -> None:
-        if c.ctx is _JOIN:
+        if c.call is _JOIN:
             self._join_failed(c)
         else:
             super()._failed(c)
@@ -244,8 +255,7 @@ class Simulator(Driver):
         sn.alive = True
         sn.epoch += 1
         sn.node = self._make_node(sn.pop_index, sn.node.mesh, incarnation=sn.epoch)
-        self._outs(i, sn.node.start(self.now))
-        self._reschedule(i)
+        self.command(i, sn.node.start(self.now))
         if sn.wake_at is None:
             self._wake(i, self.now)
 
@@ -275,8 +285,7 @@ class Simulator(Driver):
         token, outs = m.node.invite(
             self.now, ttl_ms=3_600_000, uses=1, bootstrap=[boot], secret=secret
         )
-        self._outs(via, outs)
-        self._reschedule(via)
+        self.command(via, outs)
         ident = self.population.identities[index]
         j = self._add(
             ident.wg_public_key,
@@ -298,8 +307,7 @@ class Simulator(Driver):
             self._join_failed(c)
             return
         node = self.nodes[c.caller].node
-        self._outs(c.caller, node.absorb(reply.items, self.now, reply.chain))
-        self._reschedule(c.caller)
+        self.command(c.caller, node.absorb(reply.items, self.now, reply.chain))
 
     def _join_failed(self, c: _Pending) -> None:
         # Retry through another member, like the daemon walking its bootstrap list.
@@ -333,37 +341,16 @@ def _prime_views(nodes: list[MeshNode]) -> bool:
 
     The engine caches its views of the state (live records, live peers...)
     per state version; cloned states start equal, so all nodes would compute
-    equal views: the live list and the peers dict are computed once (by the
-    engine, for the first node) and shared; the reachable list (which
-    excludes the node itself) is per node. A node recomputes its own views as
-    soon as its state changes. The result is checked against the engine's own
-    computation for a second node; on any mismatch (e.g. the engine's private
-    ``_Views`` changed) nothing is primed and False is returned.
+    equal views: the engine computes them once (for the first node) and the
+    others share them (``MeshNode.adopt_views``). A node recomputes its own
+    views as soon as its state changes. The shared result is checked against
+    the engine's own computation for a second node; on any mismatch nothing
+    is primed and False is returned.
     """
-    from dataclasses import fields, replace
-
     if len(nodes) < 2:
         return False
-    try:
-        ref = nodes[0]._views()
-        names = [f.name for f in fields(ref)]
-        if names != ["state", "version", "live", "peers", "reachable", "my_clients", "pruned"]:
-            return False
-        if ref.my_clients or ref.pruned:
-            return False
-        reach_all = [k for k, r in ref.peers.items() if r.control_endpoint is not None]
-
-        def primed(node: MeshNode) -> Any:
-            reach = reach_all.copy()
-            if node.key in ref.peers and ref.peers[node.key].control_endpoint is not None:
-                reach.remove(node.key)
-            return replace(ref, state=node.mesh, version=node.mesh.version, reachable=reach)
-
-        check = nodes[1]._views()
-        if primed(nodes[1]) != check:
-            return False
-        for node in nodes[2:]:
-            node._view_cache = primed(node)
-    except (AttributeError, TypeError, ValueError):
+    ref = nodes[0].views()
+    shared = share_views(ref, nodes[1].mesh, nodes[1].key)
+    if shared is None or shared != nodes[1].views():
         return False
-    return True
+    return all(node.adopt_views(ref) for node in nodes[2:])

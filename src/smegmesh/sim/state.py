@@ -34,7 +34,7 @@ from typing import Any
 
 from smegmesh.core.authority import copy_authority
 from smegmesh.core.cert import AuthItem, Cert, Founding
-from smegmesh.core.identity import NodeIdentity
+from smegmesh.core.identity import NodeIdentity, verify_many
 from smegmesh.core.record import NodeRecord, Prune, Role
 from smegmesh.core.state import DEPTH, MeshState
 
@@ -275,7 +275,7 @@ class Population:
     t_chains: float = 0.0
 
 
-_CACHE: dict[tuple[int, int, str, int, bool], Population] = {}
+_CACHE: dict[tuple[int, int, str, int, bool, bool], Population] = {}
 
 #: authority mode: the mesh was founded this long before the simulation starts,
 #: and its members were admitted one after the other in between
@@ -323,17 +323,18 @@ def control_endpoint(i: int) -> str:
 
 
 def make_population(
-    n: int, seed: int, mesh_id: str, now_ms: int, *, authority: bool = False
+    n: int, seed: int, mesh_id: str, now_ms: int, *, authority: bool = False, verify: bool = False
 ) -> Population:
     """``n`` identities (seeds derived from ``seed``), their signed records, the full state.
 
     ``authority``: the mesh has a founding record (node 0 is its founder, the
     mesh id becomes the self-certifying ``NAME-SUFFIX`` with NAME =
     ``mesh_id``), the state enforces admission and every record carries its
-    admission chain (:func:`admission_chains`). Cached per process:
-    benchmarks reuse it across scenarios.
+    admission chain (:func:`admission_chains`). ``verify``: the full state
+    verifies every signature it takes, like a daemon's (see :func:`steady_state`).
+    Cached per process: benchmarks reuse it across scenarios.
     """
-    ck = (n, seed, mesh_id, now_ms, authority)
+    ck = (n, seed, mesh_id, now_ms, authority, verify)
     hit = _CACHE.get(ck)
     if hit is not None:
         return hit
@@ -364,7 +365,7 @@ def make_population(
         for i, ident in enumerate(ids)
     ]
     t2 = time.perf_counter()
-    base = steady_state(mesh_id, founding, recs, now_ms)
+    base = steady_state(mesh_id, founding, recs, now_ms, verify=verify)
     t3 = time.perf_counter()
     pop = Population(
         ids, recs, base, t1 - t0, t2 - t1, t3 - t2, mesh_id, founding, depths, t_chains
@@ -376,7 +377,12 @@ def make_population(
 
 
 def steady_state(
-    mesh_id: str, founding: Founding | None, recs: list[NodeRecord], now_ms: int
+    mesh_id: str,
+    founding: Founding | None,
+    recs: list[NodeRecord],
+    now_ms: int,
+    *,
+    verify: bool = False,
 ) -> MeshState:
     """The settled state holding ``recs`` (and ``founding``: admission enforced).
 
@@ -385,15 +391,15 @@ def steady_state(
     them; each record still carries its chain.
     """
     # Our own freshly signed records and certs: skip re-verification (measured
-    # separately, see bench/state_bench.py --authority).
+    # separately, see bench/state_bench.py --authority) unless ``verify``.
     base = MeshState(
         mesh_id,
-        verifier=lambda jobs: [True] * len(jobs),
+        verifier=verify_many if verify else (lambda jobs: [True] * len(jobs)),
         admission=founding is not None,
         max_members=SIM_MAX_MEMBERS,
     )
     items: list[Any] = [founding, *recs] if founding is not None else list(recs)
     changed, errors = base.apply_many(items, now_ms)
     assert not errors and len(changed) == len(items), errors[:3]
-    base._verifier = MeshState(mesh_id)._verifier
+    base.set_verifier(verify_many)  # receivers verify what arrives
     return base

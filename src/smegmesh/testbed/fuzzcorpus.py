@@ -1,17 +1,15 @@
 """The seed corpus of the fuzz targets (:mod:`smegmesh.testbed.fuzztargets`).
 
 Real protocol traffic: a few :class:`~smegmesh.core.meshnode.MeshNode` s talk
-through the wire codec (joins, gossip, sync sessions) and every message is
-kept; :func:`_by_type` sorts them by message type, :func:`_dedup` keeps a
-spread of at most a few per type.
+through the wire codec (joins, gossip, sync sessions, a crash and its prune)
+and every message is kept; :func:`_by_type` sorts them by message type,
+:func:`_dedup` keeps a spread of at most a few per type.
 """
 
 from __future__ import annotations
 
 import functools
-import heapq
 import random
-from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["MESH", "_by_type", "_dedup", "_mesh_corpus", "_sync_exchange"]
@@ -20,125 +18,76 @@ __all__ = ["MESH", "_by_type", "_dedup", "_mesh_corpus", "_sync_exchange"]
 MESH = "amber-falcon-river-k7q2"
 
 
-@dataclass
-class _Capture:
-    """A few MeshNodes talking through the wire codec; every message is kept."""
+def _capture_net() -> Any:
+    """A few MeshNodes talking through the wire codec (the shared driver); every message is kept."""
+    from smegmesh.testbed.loopnet import LoopNet
 
-    nodes: dict[bytes, Any] = field(default_factory=dict)
-    queue: list[tuple[int, int, Any]] = field(default_factory=list)
-    seq: int = 0
-    now: int = 0
-    wire: list[bytes] = field(default_factory=list)
+    class _Capture(LoopNet):
+        def add(self, seed: int) -> Any:
+            from smegmesh.core.gossip import GossipParams
+            from smegmesh.core.identity import NodeIdentity
+            from smegmesh.core.liveness import LivenessParams
+            from smegmesh.core.meshnode import MeshNode, MeshSettings
+            from smegmesh.core.record import Role
 
-    def add(self, seed: int) -> Any:
-        from smegmesh.core.gossip import GossipParams
-        from smegmesh.core.identity import NodeIdentity
-        from smegmesh.core.liveness import LivenessParams
-        from smegmesh.core.meshnode import MeshNode, MeshSettings
-        from smegmesh.core.record import Role
+            ident = NodeIdentity.from_seed(bytes([seed]) * 32)
+            node = MeshNode(
+                ident,
+                MESH,
+                MeshSettings(
+                    role=Role.PEER,
+                    wg_endpoint=f"192.0.2.{seed}:51820",
+                    control_endpoint=f"192.0.2.{seed}:4000",
+                    tls_fp=bytes(32),
+                ),
+                GossipParams(sync_interval_ms=500, pull_interval_ms=1500),
+                LivenessParams.from_heartbeat(1000),
+                random.Random(seed),
+            )
+            return self.attach(node)
 
-        ident = NodeIdentity.from_seed(bytes([seed]) * 32)
-        node = MeshNode(
-            ident,
-            MESH,
-            MeshSettings(
-                role=Role.PEER,
-                wg_endpoint=f"192.0.2.{seed}:51820",
-                control_endpoint=f"192.0.2.{seed}:4000",
-                tls_fp=bytes(32),
-            ),
-            GossipParams(sync_interval_ms=500, pull_interval_ms=1500),
-            LivenessParams.from_heartbeat(1000),
-            random.Random(seed),
-        )
-        self.nodes[node.key] = node
-        return node
-
-    def outs(self, outs: list[Any]) -> None:
-        from smegmesh.core.meshnode import Call
-
-        for o in outs:
-            if isinstance(o, Call):
-                self.seq += 1
-                heapq.heappush(self.queue, (self.now + 5, self.seq, o))
-                self._src_of[self.seq] = self._current
-
-    _src_of: dict[int, bytes] = field(default_factory=dict)
-    _current: bytes = b""
-
-    def run_until(self, t_end: int, down: frozenset[bytes] = frozenset()) -> None:
-        from smegmesh.core.meshnode import Relay
-        from smegmesh.core.messages import Ack
-        from smegmesh.core.wire import decode, encode
-
-        while self.now < t_end:
-            self.now += 5
-            while self.queue and self.queue[0][0] <= self.now:
-                _, seq, call = heapq.heappop(self.queue)
-                src = self._src_of.pop(seq)
-                data = encode(call.msg)
-                self.wire.append(data)
-                caller = self.nodes[src]
-                if call.to in down or call.to not in self.nodes:
-                    self._current = src
-                    self.outs(caller.handle_failure(call.to, call.ctx, self.now))
-                    continue
-                target = self.nodes[call.to]
-                self._current = call.to
-                reply, outs = target.handle_request(src, decode(data), self.now)
-                self.outs(outs)
-                if isinstance(reply, Relay):
-                    reply = Ack(reply.msg.mesh_id, reply.msg.probe_id, reply.target not in down)
-                rdata = encode(reply)
-                self.wire.append(rdata)
-                self._current = src
-                self.outs(caller.handle_reply(call.to, call.ctx, decode(rdata), self.now))
-            for key, node in list(self.nodes.items()):
-                if key in down:
-                    continue
-                deadline = node.next_deadline()
-                if deadline is not None and deadline <= self.now:
-                    self._current = key
-                    self.outs(node.tick(self.now))
+    return _Capture()
 
 
 @functools.cache
-def _mesh_corpus() -> tuple[tuple[bytes, ...], Any, bytes, bytes]:
+def _mesh_corpus() -> tuple[tuple[bytes, ...], Any, bytes, bytes, int]:
     """Messages of a small live mesh (joins, gossip, syncs, a crash and its prune).
 
-    Returns (encoded messages, the first member, a member key, a token secret).
+    Returns (encoded messages, the first member, a member key, a token secret, the time).
     """
     from smegmesh.core.invite import Bootstrap
     from smegmesh.core.messages import JoinReply, Refusal, WhoAmI, YouAre
     from smegmesh.core.wire import decode, encode
 
-    cap = _Capture()
+    cap = _capture_net()
     first = cap.add(1)
-    cap._current = first.key
-    cap.outs(first.start(0))
+    cap.handle_outs(first, first.start(0))
     members = [first]
     secret = b""
     for seed in (2, 3, 4):
         node = cap.add(seed)
         token, outs = first.invite(
-            cap.now, ttl_ms=3_600_000, uses=5, bootstrap=[Bootstrap("x:1", bytes(32), first.key)]
+            cap.now,
+            ttl_ms=3_600_000,
+            uses=5,
+            bootstrap=[Bootstrap("x:1", bytes(32), first.key)],
+            secret=bytes([seed]) * 16,
         )
         secret = token.secret
-        cap._current = first.key
-        cap.outs(outs)
+        cap.handle_outs(first, outs)
         req = encode(node.join_request(token.secret, cap.now))
         cap.wire.append(req)
         reply, outs = first.handle_request(node.key, decode(req), cap.now)
-        cap.outs(outs)
+        cap.handle_outs(first, outs)
         assert isinstance(reply, JoinReply)
         cap.wire.append(encode(reply))
-        cap._current = node.key
-        cap.outs(node.absorb(reply.items, cap.now))
+        cap.handle_outs(node, node.absorb(reply.items, cap.now))
         members.append(node)
         cap.run_until(cap.now + 300)
     cap.run_until(cap.now + 3000)
     # Member 4 crashes: suspicion, then a prune travels.
-    cap.run_until(cap.now + 15000, down=frozenset({members[-1].key}))
+    cap.down.add(members[-1].key)
+    cap.run_until(cap.now + 15000)
     cap.wire += _sync_exchange(first, cap.now)
     cap.wire += [
         encode(m)
@@ -149,7 +98,7 @@ def _mesh_corpus() -> tuple[tuple[bytes, ...], Any, bytes, bytes]:
             Refusal(MESH),
         )
     ]
-    return tuple(cap.wire), first, members[1].key, secret
+    return tuple(cap.wire), first, members[1].key, secret, cap.now
 
 
 def _sync_exchange(member: Any, now: int) -> list[bytes]:

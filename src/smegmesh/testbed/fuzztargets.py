@@ -31,6 +31,7 @@ from __future__ import annotations
 import atexit
 import base64
 import functools
+import itertools
 import random
 import shutil
 import tempfile
@@ -87,22 +88,19 @@ def _wire_seeds() -> list[bytes]:
 
 
 def _type_code(name: str) -> int:
-    from smegmesh.core import messages, wire
+    from smegmesh.core import wire
 
-    del messages  # imported for its registrations
-
-    for code, codec in wire._DEFAULT._by_code.items():
+    for codec in wire.PROTOCOL.codecs():
         if codec.cls.__name__ == name:
-            return int(code)
+            return codec.code
     raise KeyError(name)
 
 
 def _message_types() -> list[str]:
     """Every registered wire message class, by type code (new ones get a target too)."""
-    from smegmesh.core import messages, wire
+    from smegmesh.core import wire
 
-    del messages  # imported for its registrations
-    return [c.cls.__name__ for _, c in sorted(wire._DEFAULT._by_code.items())]
+    return [c.cls.__name__ for c in wire.PROTOCOL.codecs()]
 
 
 def _typed_target(name: str) -> Target:
@@ -112,7 +110,7 @@ def _typed_target(name: str) -> Target:
 
     code = _type_code(name)
     head = b"\x93\x01" + msgpack.packb(code)
-    decoder_module = wire._DEFAULT._by_code[code].decode.__module__
+    decoder_module = next(c for c in wire.PROTOCOL.codecs() if c.code == code).decode.__module__
 
     def run(data: bytes) -> None:
         _wire_roundtrip(head + data)
@@ -138,9 +136,13 @@ def _typed_target(name: str) -> Target:
 def _handler_node() -> tuple[Any, bytes, bytes]:
     from smegmesh.core.identity import NodeIdentity
 
-    _, first, member, _secret = _mesh_corpus()
+    _, first, member, _secret, _now = _mesh_corpus()
     stranger = NodeIdentity.from_seed(b"\x77" * 32).wg_public_key
     return first, member, stranger
+
+
+#: the handler node's clock: on from the corpus's last event, 1 ms per message
+_TICKS = itertools.count(1)
 
 
 def _handle(data: bytes, *, member: bool) -> None:
@@ -152,7 +154,7 @@ def _handle(data: bytes, *, member: bool) -> None:
     except WireError:
         return
     src = member_key if member else stranger
-    node.handle_request(src, msg, node._last_now + 1)
+    node.handle_request(src, msg, _mesh_corpus()[4] + next(_TICKS))
 
 
 def _join_seeds() -> list[bytes]:
@@ -193,6 +195,7 @@ def _token_seeds() -> list[bytes]:
             ttl_ms=3_600_000,
             uses=i + 1,
             bootstrap=[Bootstrap(b, bytes([i]) * 32, bytes([i + 1]) * 32) for b in boots],
+            secret=bytes([i + 7]) * 16,
         )
         text = tok.encode()
         raw = text[len("smeg1.") :]

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import gc
 import heapq
 import json
@@ -44,6 +45,7 @@ import logging
 import os
 import random
 import resource
+import secrets
 import signal
 import subprocess
 import sys
@@ -53,16 +55,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from smegmesh.core.driver import EngineDriver
 from smegmesh.core.endpoint import split_host_port
 from smegmesh.core.gossip import GossipParams
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.invite import Bootstrap
 from smegmesh.core.liveness import LivenessParams
-from smegmesh.core.meshnode import Call, MeshNode, MeshSettings, Out, Relay
-from smegmesh.core.messages import Ack, Refusal, WhoAmI, YouAre
+from smegmesh.core.meshnode import Call, MeshNode, MeshSettings, Out
+from smegmesh.core.messages import Refusal, WhoAmI, YouAre
 from smegmesh.core.record import NodeRecord, Role
 from smegmesh.core.wire import WireError, decode, encode
-from smegmesh.daemon import transport
+from smegmesh.daemon import rpc_server
+from smegmesh.daemon.engineport import DaemonPort, reply_of
 from smegmesh.daemon.transport import (
     EndpointBackoff,
     Refused,
@@ -125,6 +129,9 @@ class Member:
     node: MeshNode
     wake_at: float = 0.0
     client: RpcClient | None = None  # calls to nodes outside the swarm (made on first use)
+    #: the engine's driver and port, the daemon's (set by the worker)
+    driver: EngineDriver | None = None
+    port: DaemonPort | None = None
 
 
 @dataclass
@@ -211,6 +218,9 @@ class Worker:
         # node has met every other before, so reopening a channel fetches nothing.
         self.certificates: OrderedDict[bytes, bytes] = OrderedDict()
         self.server = RpcServer(self.tls, self._on_rpc, is_member=members[0].node.is_member)
+        for m in members:  # the daemon's port of the shared engine driver
+            m.port = DaemonPort(functools.partial(self._send, m), lambda _keys: None)
+            m.driver = EngineDriver(m.node, m.port)
 
     # ------------------------------------------------------------------ scheduling
     def _schedule(self, m: Member) -> None:
@@ -247,7 +257,8 @@ class Worker:
                         continue  # superseded by an earlier or later wake-up
                     m.wake_at = 0.0
                     self.stats.ticks += 1
-                    self._emit(m, m.node.tick(t_ms))
+                    self._drv(m).timer(t_ms)
+                    self._schedule(m)
                 await asyncio.sleep(0)
                 continue
             self._wake.clear()
@@ -255,15 +266,22 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
 
+    @staticmethod
+    def _drv(m: Member) -> EngineDriver:
+        assert m.driver is not None
+        return m.driver
+
     def _emit(self, m: Member, outs: list[Out]) -> None:
-        loop = asyncio.get_running_loop()
-        for o in outs:
-            if isinstance(o, Call):
-                if o.to in self.local:  # no task: delivered on the next loop turn
-                    loop.call_soon(self._local_call, m, o)
-                else:
-                    self._spawn(self._do_call(m, o))
+        """Outputs of a local command (start, invite): through the member's driver."""
+        self._drv(m).dispatch(outs)
         self._schedule(m)
+
+    def _send(self, m: Member, call: Call) -> None:
+        """The port's ``send``: a call to a member of this process or over the network."""
+        if call.to in self.local:  # no task: delivered on the next loop turn
+            asyncio.get_running_loop().call_soon(self._local_call, m, call)
+        else:
+            self._spawn(self._do_call(m, call))
 
     def _local_call(self, m: Member, call: Call) -> None:
         """A call between two members of this process, encoded and decoded as on the wire."""
@@ -273,41 +291,22 @@ class Worker:
         try:
             msg = decode(encode(call.msg))
         except WireError:
-            self._emit(m, m.node.handle_failure(call.to, call.ctx, now_ms()))
+            self._drv(m).failure(call, now_ms())
+            self._schedule(m)
             return
-        reply, outs = target.node.handle_request(m.identity.wg_public_key, msg, now_ms())
-        self._emit(target, outs)
-        if isinstance(reply, Relay):  # the helper pings the target: asynchronous
-            self._spawn(self._do_call_reply(m, call, self._relay(target, reply)))
-            return
-        answer = decode(encode(reply))
-        asyncio.get_running_loop().call_soon(
-            lambda: self._emit(m, m.node.handle_reply(call.to, call.ctx, answer, now_ms()))
-        )
+        assert target.port is not None
+        pending = target.port.request(self._drv(target), m.identity.wg_public_key, msg, now_ms())
+        self._schedule(target)
+        self._spawn(self._deliver(m, call, pending))
 
-    async def _relay(self, helper: Member, reply: Relay) -> bytes:
-        ok = False
-        try:
-            r = decode(
-                await self.call_as(
-                    helper,
-                    reply.target,
-                    encode(reply.msg),
-                    helper.node.liveness.probe_timeout_ms / 1000,
-                )
-            )
-            ok = isinstance(r, Ack) and r.ok
-        except (RpcError, WireError):
-            ok = False
-        return encode(Ack(MESH_ID, reply.msg.probe_id, ok))
-
-    async def _do_call_reply(self, m: Member, call: Call, pending: Any) -> None:
-        try:
-            reply = decode(await pending)
-        except (RpcError, WireError):
-            self._emit(m, m.node.handle_failure(call.to, call.ctx, now_ms()))
-            return
-        self._emit(m, m.node.handle_reply(call.to, call.ctx, reply, now_ms()))
+    async def _deliver(self, m: Member, call: Call, pending: Any) -> None:
+        """The reply of a local call, when the target's engine gives it (a relay: later)."""
+        reply = await reply_of(pending)
+        if reply is None:
+            self._drv(m).failure(call, now_ms())
+        else:
+            self._drv(m).reply(call, decode(encode(reply)), now_ms())
+        self._schedule(m)
 
     def _spawn(self, coro: Any) -> None:
         t = asyncio.create_task(coro)
@@ -345,14 +344,16 @@ class Worker:
         return await m.client.call(rec.control_endpoint, rec.tls_fp, body, timeout, to=to)
 
     async def _do_call(self, m: Member, call: Call) -> None:
+        timeout = call.timeout_ms / 1000 if call.timeout_ms is not None else None
         try:
-            reply = decode(await self.call_as(m, call.to, encode(call.msg)))
+            reply = decode(await self.call_as(m, call.to, encode(call.msg), timeout))
         except (RpcError, WireError) as e:
             self.stats.failures += 1
             self.stats.extra["last_failure"] = str(e)[:200]
-            self._emit(m, m.node.handle_failure(call.to, call.ctx, now_ms()))
-            return
-        self._emit(m, m.node.handle_reply(call.to, call.ctx, reply, now_ms()))
+            self._drv(m).failure(call, now_ms())
+        else:
+            self._drv(m).reply(call, reply, now_ms())
+        self._schedule(m)
 
     async def _on_rpc(self, src: bytes, body: bytes) -> bytes:
         to = callee_key.get()
@@ -373,10 +374,12 @@ class Worker:
             return encode(YouAre(msg.mesh_id, addr))
         if getattr(msg, "mesh_id", None) != MESH_ID:
             return encode(Refusal(str(getattr(msg, "mesh_id", "x"))))
-        reply, outs = m.node.handle_request(src, msg, now_ms())
-        self._emit(m, outs)
-        if isinstance(reply, Relay):
-            return await self._relay(m, reply)
+        assert m.port is not None
+        pending = m.port.request(self._drv(m), src, msg, now_ms())  # the engine answers now...
+        self._schedule(m)
+        reply = await reply_of(pending)  # ...or after its relayed ping (a PingReq)
+        if reply is None:
+            raise Refused("no answer")
         return encode(reply)
 
     async def sweep_loop(self) -> None:
@@ -399,6 +402,7 @@ class Worker:
             ttl_ms=TOKEN_TTL_MS,
             uses=TOKEN_USES,
             bootstrap=[Bootstrap(rec.control_endpoint, rec.tls_fp, m.identity.wg_public_key)],
+            secret=secrets.token_bytes(16),
         )
         self._emit(m, outs)
         _atomic(self.plan.directory / "token", token.encode())
@@ -426,11 +430,11 @@ class Worker:
         processes, one connection. Per-caller limits stay as they are.
         """
         n = len(self.members)
-        transport.MAX_CALLS = max(transport.MAX_CALLS, 8 * n)
-        streams = max(transport.MAX_STREAMS_PER_CONNECTION, 8 * n)
-        transport._SERVER_OPTIONS = [
+        rpc_server.MAX_CALLS = max(rpc_server.MAX_CALLS, 8 * n)
+        streams = max(rpc_server.MAX_STREAMS_PER_CONNECTION, 8 * n)
+        rpc_server._SERVER_OPTIONS = [
             (k, streams if k == "grpc.max_concurrent_streams" else v)
-            for k, v in transport._SERVER_OPTIONS
+            for k, v in rpc_server._SERVER_OPTIONS
         ]
 
     async def run(self) -> None:

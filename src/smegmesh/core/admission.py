@@ -1,0 +1,344 @@
+"""Admission and authority commands of the engine (a mixin of ``MeshNode``). Pure.
+
+Invitations, admitting a joiner (``JoinRequest`` -> ``JoinReply`` with an
+admission certificate), a joiner's side (``join_request``, ``absorb``), and
+the admin statements (evict, admins, alias reservations, policy, token
+revocation).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from smegmesh.core.cert import (
+    AdminChange,
+    AliasReserve,
+    AuthItem,
+    Cert,
+    InviteRevoke,
+    Policy,
+    PolicyChange,
+    Revocation,
+)
+from smegmesh.core.engine import (
+    Call,
+    Changed,
+    MeshSettings,
+    Message,
+    NotAllowed,
+    Out,
+    SyncCtx,
+)
+from smegmesh.core.identity import NodeIdentity
+from smegmesh.core.invite import Bootstrap, Token, check_admission, new_token, token_hash
+from smegmesh.core.liveness import FailureDetector
+from smegmesh.core.messages import JoinReply, JoinRequest, Refusal
+from smegmesh.core.paging import page
+from smegmesh.core.record import (
+    Admission,
+    NodeRecord,
+    Prune,
+    RecordError,
+    Role,
+    check_record_fields,
+)
+from smegmesh.core.state import MeshState
+from smegmesh.core.sync import SyncSession
+
+Item = NodeRecord | Prune | AuthItem
+
+__all__ = ["AdmissionMixin"]
+
+
+class AdmissionMixin:
+    """See the module docstring; ``MeshNode`` provides the state and outputs."""
+
+    identity: NodeIdentity
+    mesh_id: str
+    settings: MeshSettings
+    rng: random.Random
+    rejected: int
+    _fd: FailureDetector
+    _pending: NodeRecord | None
+
+    if TYPE_CHECKING:
+
+        @property
+        def key(self) -> bytes: ...  # noqa: D102
+        @property
+        def mesh(self) -> MeshState: ...  # noqa: D102
+        def live_records(self) -> list[NodeRecord]: ...  # noqa: D102
+        def start(self, now_ms: int) -> list[Out]: ...  # noqa: D102
+        def update_self(self, now_ms: int, **changes: Any) -> list[Out]: ...  # noqa: D102
+        def _on_changed(self, changed: set[bytes], now_ms: int, src: bytes | None) -> list[Out]: ...
+        def _push_now(
+            self, keys: Iterable[bytes], exclude: Sequence[bytes], now_ms: int
+        ) -> list[Out]: ...
+        def _maybe_reassign(self, now_ms: int) -> list[Out]: ...
+
+    # -- authority ------------------------------------------------------------------
+    @property
+    def chain(self) -> tuple[Cert, ...]:
+        """This node's admission proof (empty for the founder)."""
+        rec = self.mesh.record(self.key)
+        return rec.chain if rec is not None else ()
+
+    def is_admin(self, key: bytes | None = None) -> bool:
+        """Is ``key`` (default: this node) an admin of the mesh?"""
+        return self.mesh.authority.is_admin(self.key if key is None else key)
+
+    def may_admit(self, now_ms: int) -> bool:
+        """May this node admit new nodes (policy, or admin) at ``now_ms``?"""
+        if not self.mesh.admission:
+            return True
+        chain = self.chain
+        flag = bool(chain) and chain[-1].may_admit
+        return self.mesh.authority.issuer_may_admit(self.key, flag, now_ms)
+
+    def _require_admin(self) -> None:
+        if not self.is_admin():
+            raise NotAllowed("only an admin of this mesh can do that")
+
+    def _statement(self, st: AuthItem, now_ms: int) -> list[Out]:
+        changed, errors = self.mesh.apply_many([st], now_ms)
+        if errors:
+            raise NotAllowed(str(errors[0]))
+        return self._on_changed(changed, now_ms, None)
+
+    def evict(self, now_ms: int, target: bytes, *, cascade: bool = False) -> list[Out]:
+        """Publish a revocation of ``target`` (admins only)."""
+        self._require_admin()
+        if target == self.key:
+            raise NotAllowed("a node cannot evict itself (leave the mesh instead)")
+        keep = () if cascade else self._admitted_by(target)
+        return self._statement(
+            Revocation.create(
+                self.identity,
+                self.mesh_id,
+                target=target,
+                cascade=cascade,
+                keep=keep,
+                now_ms=now_ms,
+            ),
+            now_ms,
+        )
+
+    def _admitted_by(self, key: bytes) -> tuple[bytes, ...]:
+        """Nodes whose admission ``key`` signed (directly), as far as we know."""
+        out: set[bytes] = set()
+        for r in self.mesh.records():
+            out.update(c.subject for c in r.chain if c.issuer == key)
+        return tuple(sorted(out))
+
+    def set_admin(self, now_ms: int, subject: bytes, admin: bool) -> list[Out]:
+        """Make ``subject`` an admin, or drop it (admins only)."""
+        self._require_admin()
+        if not admin and subject == self.key and len(self.mesh.authority.admins) <= 1:
+            raise NotAllowed("this is the mesh's last admin: make another admin first")
+        if admin and not self.mesh.is_member(subject):
+            raise NotAllowed("only a member of the mesh can be made an admin")
+        return self._statement(
+            AdminChange.create(
+                self.identity, self.mesh_id, subject=subject, admin=admin, now_ms=now_ms
+            ),
+            now_ms,
+        )
+
+    def reserve_alias(self, now_ms: int, alias: str, holder: bytes | None) -> list[Out]:
+        """Reserve ``alias`` for ``holder`` (None: release it; admins only)."""
+        self._require_admin()
+        return self._statement(
+            AliasReserve.create(
+                self.identity,
+                self.mesh_id,
+                alias=alias,
+                holder=holder if holder is not None else bytes(32),
+                now_ms=now_ms,
+            ),
+            now_ms,
+        )
+
+    def set_policy(self, now_ms: int, policy: Policy) -> list[Out]:
+        """Change who may admit new nodes (admins only)."""
+        self._require_admin()
+        return self._statement(
+            PolicyChange.create(self.identity, self.mesh_id, policy=policy, now_ms=now_ms), now_ms
+        )
+
+    def revoke_invite(self, now_ms: int, token_hash_: bytes) -> list[Out]:
+        """Revoke a token: its issuer or an admin."""
+        issuer = self.token_issuer(token_hash_)
+        if issuer != self.key and not self.is_admin():
+            raise NotAllowed("only the token's issuer or an admin can revoke it")
+        return self._statement(
+            InviteRevoke.create(self.identity, self.mesh_id, token_hash=token_hash_, now_ms=now_ms),
+            now_ms,
+        )
+
+    def token_issuer(self, token_hash_: bytes) -> bytes | None:
+        """The live member that issued the token with this hash, if known."""
+        for r in self.live_records():
+            if any(g.token_hash == token_hash_ for g in r.invites):
+                return r.wg_key
+        return None
+
+    def invite(
+        self,
+        now_ms: int,
+        *,
+        ttl_ms: int,
+        uses: int,
+        bootstrap: Iterable[Bootstrap],
+        secret: bytes,
+        strict: bool = False,
+    ) -> tuple[Token, list[Out]]:
+        """Issue a token with ``secret`` (16 bytes from the caller's cryptographic source)."""
+        if not self.may_admit(now_ms):
+            raise NotAllowed(
+                f"this mesh's invite policy is '{self.mesh.authority.policy}': "
+                "this node may not invite (ask an admin)"
+            )
+        token = new_token(
+            self.mesh_id,
+            now_ms=now_ms,
+            ttl_ms=ttl_ms,
+            uses=uses,
+            bootstrap=bootstrap,
+            secret=secret,
+        )
+        rec = self.mesh.record(self.key)
+        assert rec is not None, "start() first"
+        grants = [g for g in rec.invites if g.expiry_ms > now_ms][-15:]
+        grant = token.grant()
+        if strict:
+            grant = replace(grant, strict=True)
+        grants.append(grant)
+        return token, self.update_self(now_ms, invites=tuple(grants))
+
+    def _admit(self, src: bytes, req: JoinRequest, now_ms: int) -> tuple[Message, list[Out]]:
+        st = self.mesh
+        auth = st.authority
+        grant, _reason = check_admission(
+            self.live_records(),
+            req.secret,
+            src,
+            now_ms,
+            ledger=auth.token_subjects,
+            self_key=self.key,
+            revoked=auth.token_revoked,
+        )
+        if grant is None or req.record.wg_key != src or not self.may_admit(now_ms):
+            return Refusal(self.mesh_id), []
+        if auth.is_revoked(src):
+            return Refusal(self.mesh_id), []
+        try:
+            check_record_fields(req.record, self.mesh_id)
+        except RecordError:
+            return Refusal(self.mesh_id), []
+        out: list[Out] = []
+        chain: tuple[Cert, ...] = ()
+        if st.admission:
+            current = st.record(src)
+            if current is not None and st.admission_error(src, current.chain) is None:
+                chain = current.chain  # a retry, or a restart: same admission
+            else:
+                cert = Cert.create(
+                    self.identity,
+                    self.mesh_id,
+                    subject=src,
+                    may_admit=auth.may_admit_by_policy(req.record.role == Role.PEER),
+                    now_ms=max(now_ms, self.chain[-1].issued_ms if self.chain else 0),
+                    token_hash=grant.token_hash,
+                    token_expiry_ms=grant.expiry_ms,
+                    token_uses=grant.uses,
+                )
+                chain = (*self.chain, cert)
+                out.extend(self._statement(cert, now_ms))  # the token ledger entry
+        else:
+            try:
+                if st.apply(req.record, now_ms):
+                    out.append(Changed(frozenset({src})))
+                    out.extend(self._push_now({src}, (src,), now_ms))
+            except RecordError:
+                return Refusal(self.mesh_id), []
+            rec = st.record(self.key)
+            assert rec is not None
+            adm = Admission(token_hash(req.secret), src)
+            if adm not in rec.admitted:
+                out.extend(self.update_self(now_ms, admitted=(*rec.admitted, adm)[-64:]))
+        self._fd.heard_from(src, now_ms)
+        return JoinReply(self.mesh_id, self._join_page(src), chain), out
+
+    def _join_page(self, joiner: bytes) -> tuple[Item, ...]:
+        """One page of the state for a joiner.
+
+        The mesh's authority statements (founding record, admins, evictions:
+        every record depends on them), ours and its records, live records next;
+        the rest reaches it by anti-entropy (see :meth:`pull_from`).
+        """
+        statements = [a for a in self.mesh.auth_items() if not isinstance(a, Cert)]
+        first = [*statements, *self.mesh.items_for([self.key, joiner])]
+        live = [r for r in self.mesh.live_records() if r.wg_key not in (self.key, joiner)]
+        rest = self.mesh.all_items()
+        seen: set[int] = set()
+        ordered: list[Item] = []
+        for it in (*first, *live, *rest):
+            if id(it) not in seen:
+                seen.add(id(it))
+                ordered.append(it)
+        return tuple(page(ordered)[0])
+
+    def pull_from(self, key: bytes, now_ms: int) -> list[Out]:
+        """Start an anti-entropy session with ``key`` now (a joiner, after its join reply)."""
+        session = SyncSession.initiator(self.mesh, now_ms, rng=self.rng)
+        return [Call(key, session.start(), SyncCtx(session))]
+
+    def join_request(self, secret: bytes, now_ms: int) -> JoinRequest:
+        """What a joiner sends to a member: the token's secret and our signed record.
+
+        Our record is created first (not pushed: we know no member yet); the
+        member's ``JoinReply`` goes to :meth:`absorb`.
+        """
+        if self.mesh.admission:
+            if self._pending is None:
+                self._pending = self._fresh_record(now_ms)
+            return JoinRequest(self.mesh_id, secret, self._pending)
+        if self.mesh.record(self.key) is None:
+            self.start(now_ms)
+        own = self.mesh.record(self.key)
+        assert own is not None
+        return JoinRequest(self.mesh_id, secret, own)
+
+    def _fresh_record(self, now_ms: int) -> NodeRecord:
+        s = self.settings
+        return NodeRecord.create(
+            self.identity,
+            self.mesh_id,
+            version=now_ms,
+            now_ms=now_ms,
+            role=s.role,
+            wg_endpoint=s.wg_endpoint if s.role == Role.PEER else None,
+            control_endpoint=s.control_endpoint if s.role == Role.PEER else None,
+            tls_fp=s.tls_fp,
+        )
+
+    def absorb(self, items: Iterable[Item], now_ms: int, chain: Sequence[Cert] = ()) -> list[Out]:
+        """Take a bulk state transfer (join reply, restore); announce ourselves.
+
+        ``chain``: our admission proof from the member that admitted us.
+        """
+        changed, _errors = self.mesh.apply_many(items, now_ms)
+        self.rejected += len(_errors)
+        if chain or self._pending is not None:
+            base = self.mesh.record(self.key) or self._pending or self._fresh_record(now_ms)
+            self._pending = None
+            rec = base.evolve(self.identity, now_ms, chain=tuple(chain), left=False)
+            changed |= self.mesh.apply_many([rec], now_ms)[0]
+        out: list[Out] = [Changed(frozenset(changed) | {self.key})]
+        if self.settings.role == Role.CLIENT:
+            out.extend(self._maybe_reassign(now_ms))
+        out.extend(self._push_now({self.key}, (), now_ms))
+        return out

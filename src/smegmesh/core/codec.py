@@ -1,0 +1,211 @@
+"""The wire envelope, the codec table type and the item codecs (no message types).
+
+A message on the wire is ``msgpack([WIRE_VERSION, type_code, body])``. A
+:class:`Registry` maps type codes to message classes with the function that
+turns a message into a msgpack-able body and the one that rebuilds it. It is
+built explicitly from the tables of the modules that define messages
+(``messages.CODECS``, ``sync.CODECS``, ``ITEM_CODECS`` here): see
+:data:`smegmesh.core.wire.PROTOCOL`. Nothing registers itself on import.
+
+:meth:`Registry.decode` is the entry point for untrusted bytes: *every*
+malformed input (bad msgpack, wrong types or sizes, unknown version or type,
+missing/extra fields, oversized or deeply nested data) raises
+:class:`WireError` and nothing else. Decoders only check shapes; semantic
+validation (signatures, addresses) is done by
+:class:`~smegmesh.core.state.MeshState` or :func:`~smegmesh.core.record.validate_record`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from smegmesh.core.cert import (
+    AdminChange,
+    AliasReserve,
+    AuthItem,
+    Cert,
+    Founding,
+    InviteRevoke,
+    PolicyChange,
+    Revocation,
+)
+from smegmesh.core.certwire import auth_from_obj, auth_to_obj
+from smegmesh.core.record import NodeRecord, Prune, prune_from_obj, record_from_obj
+
+__all__ = [
+    "DEFAULT_MAX_SIZE",
+    "ITEM_CODECS",
+    "WIRE_VERSION",
+    "Codec",
+    "Registry",
+    "WireError",
+    "decode_item",
+    "encode_item",
+]
+
+WIRE_VERSION = 1
+DEFAULT_MAX_SIZE = 32 * 1024 * 1024  # a full-state transfer of a large mesh fits
+
+Message = Any
+EncodeFn = Callable[[Any], Any]
+DecodeFn = Callable[[Any], Any]
+
+
+class WireError(ValueError):
+    """Malformed, oversized or unknown message."""
+
+
+@dataclass(frozen=True, slots=True)
+class Codec:
+    """One message class, its type code and its body encoder and decoder."""
+
+    code: int
+    cls: type
+    encode: EncodeFn
+    decode: DecodeFn
+
+
+class Registry:
+    """Type code <-> message class table with its codecs."""
+
+    def __init__(self, codecs: Iterable[Codec] = ()) -> None:
+        self._by_code: dict[int, Codec] = {}
+        self._by_cls: dict[type, Codec] = {}
+        for c in codecs:
+            self.register(c.code, c.cls, c.encode, c.decode)
+
+    def register(self, type_code: int, cls: type, encode_fn: EncodeFn, decode_fn: DecodeFn) -> None:
+        """Add a message class (a code or class used twice is an error)."""
+        if type(type_code) is not int or not 0 <= type_code <= 0xFFFF:
+            raise ValueError("type code must be an int in [0, 65535]")
+        old = self._by_code.get(type_code)
+        if old is not None and old.cls is not cls:
+            raise ValueError(f"type code {type_code} already used by {old.cls.__name__}")
+        if cls in self._by_cls and self._by_cls[cls].code != type_code:
+            raise ValueError(f"{cls.__name__} already registered")
+        codec = Codec(type_code, cls, encode_fn, decode_fn)
+        self._by_code[type_code] = codec
+        self._by_cls[cls] = codec
+
+    def codecs(self) -> list[Codec]:
+        """Every codec of the table, by type code."""
+        return [self._by_code[c] for c in sorted(self._by_code)]
+
+    def encode(self, msg: Message) -> bytes:
+        """Encode a message of the table (raises TypeError for other classes)."""
+        codec = self._by_cls.get(type(msg))
+        if codec is None:
+            raise TypeError(f"unregistered message type {type(msg).__name__}")
+        out: bytes = msgpack.packb([WIRE_VERSION, codec.code, codec.encode(msg)], use_bin_type=True)
+        return out
+
+    def decode(self, data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> Message:
+        """Decode untrusted bytes; raises only :class:`WireError`."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise WireError("message must be bytes")
+        if len(data) > max_size:
+            raise WireError(f"message of {len(data)} bytes exceeds {max_size}")
+        try:
+            obj = msgpack.unpackb(
+                data,
+                raw=False,
+                use_list=True,
+                strict_map_key=True,
+                max_bin_len=max_size,
+                max_str_len=max_size,
+                max_array_len=max_size,
+                max_map_len=max_size,
+                max_ext_len=0,
+                ext_hook=_reject_ext,
+            )
+        except Exception as e:  # any msgpack failure, incl. ExtraData, nesting limits
+            raise WireError(f"bad msgpack: {type(e).__name__}") from None
+        if type(obj) is not list or len(obj) != 3:
+            raise WireError("envelope must be [version, type, body]")
+        version, code, body = obj
+        if type(version) is not int or version != WIRE_VERSION:
+            raise WireError(f"unsupported wire version {version!r}")
+        codec = self._by_code.get(code) if type(code) is int else None
+        if codec is None:
+            raise WireError(f"unknown message type {code!r}")
+        try:
+            msg = codec.decode(body)
+        except WireError:
+            raise
+        except Exception as e:  # decoders may raise anything on garbage: normalise
+            raise WireError(f"bad {codec.cls.__name__}: {e}") from None
+        if type(msg) is not codec.cls:
+            raise WireError(f"decoder of {codec.cls.__name__} returned {type(msg).__name__}")
+        return msg
+
+    def name_of(self, data: bytes) -> str | None:
+        """Class name of the message ``data`` claims to be, from its envelope only.
+
+        Cheap (reads the first bytes, decodes nothing else): for counting
+        messages by type. None if the envelope is not ours.
+        """
+        unpacker = msgpack.Unpacker(max_buffer_size=64, raw=False, max_ext_len=0)
+        unpacker.feed(bytes(data[:16]))
+        try:
+            if unpacker.read_array_header() != 3 or unpacker.unpack() != WIRE_VERSION:
+                return None
+            code = unpacker.unpack()
+        except Exception:  # truncated or garbage
+            return None
+        codec = self._by_code.get(code) if type(code) is int else None
+        return codec.cls.__name__ if codec is not None else None
+
+
+def _reject_ext(code: int, data: bytes) -> Any:
+    raise WireError("msgpack ext types are not used")
+
+
+# --------------------------------------------------------------------------- items
+
+ITEM_RECORD = 1
+ITEM_PRUNE = 2
+ITEM_AUTH = 3
+_AUTH_TYPES = (
+    Founding,
+    Cert,
+    AdminChange,
+    Revocation,
+    InviteRevoke,
+    AliasReserve,
+    PolicyChange,
+)
+
+
+def encode_item(item: NodeRecord | Prune | AuthItem) -> list[Any]:
+    """A record, prune or authority statement as ``[kind, fields]`` (for messages)."""
+    if type(item) is NodeRecord:
+        return [ITEM_RECORD, item.to_obj()]
+    if type(item) is Prune:
+        return [ITEM_PRUNE, item.to_obj()]
+    if isinstance(item, _AUTH_TYPES):
+        return [ITEM_AUTH, auth_to_obj(item)]
+    raise TypeError(f"not an item: {type(item).__name__}")
+
+
+def decode_item(obj: Any) -> NodeRecord | Prune | AuthItem:
+    """Inverse of :func:`encode_item` (shape checks; raises on garbage)."""
+    if type(obj) is not list or len(obj) != 2:
+        raise WireError("item must be [kind, fields]")
+    kind, body = obj
+    if kind == ITEM_RECORD and type(kind) is int:
+        return record_from_obj(body)
+    if kind == ITEM_PRUNE and type(kind) is int:
+        return prune_from_obj(body)
+    if kind == ITEM_AUTH and type(kind) is int:
+        return auth_from_obj(body)
+    raise WireError(f"unknown item kind {kind!r}")
+
+
+ITEM_CODECS = (
+    Codec(ITEM_RECORD, NodeRecord, lambda r: r.to_obj(), record_from_obj),
+    Codec(ITEM_PRUNE, Prune, lambda p: p.to_obj(), prune_from_obj),
+)

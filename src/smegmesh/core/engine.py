@@ -1,0 +1,227 @@
+"""The engine boundary: typed inputs and outputs of :class:`~smegmesh.core.meshnode.MeshNode`.
+
+A driver (:mod:`smegmesh.core.driver`, used by the daemon and the simulator)
+feeds one :data:`Input` at a time to ``MeshNode.step`` and carries out the
+:data:`Out` values it returns, in order:
+
+* :class:`Call`: send ``msg`` to member ``to``; report the reply
+  (:class:`ReplyReceived`) or the failure (:class:`CallFailed`, also at
+  ``timeout_ms``) back with the same ``Call``;
+* :class:`Respond`: the reply to the request ``request_id`` (given in
+  :class:`RequestReceived`); it may come later than the request (a relayed
+  ping answers when the target did);
+* :class:`Changed`: the state changed for these node keys (update WireGuard,
+  DNS, persistence...).
+
+Nothing here does I/O; the types only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from smegmesh.core.messages import (
+    Ack,
+    JoinReply,
+    JoinRequest,
+    Observed,
+    Ping,
+    PingReq,
+    Refusal,
+    WhereAmI,
+    WhoAmI,
+    YouAre,
+)
+from smegmesh.core.record import Role
+from smegmesh.core.sync import Push, SyncEnd, SyncSession, SyncStart, SyncStep
+
+__all__ = [
+    "Call",
+    "CallCtx",
+    "CallFailed",
+    "Changed",
+    "Input",
+    "Leave",
+    "MeshSettings",
+    "Message",
+    "NotAllowed",
+    "Out",
+    "PeerPingCtx",
+    "ProbeCtx",
+    "PushCtx",
+    "RelayCtx",
+    "ReplyReceived",
+    "RequestReceived",
+    "Respond",
+    "Start",
+    "SyncCtx",
+    "TimerFired",
+    "UpdateSelf",
+]
+
+#: Every node-to-node message of the protocol (see :mod:`smegmesh.core.codecs`).
+Message = (
+    Ping
+    | PingReq
+    | Ack
+    | JoinRequest
+    | JoinReply
+    | Refusal
+    | WhoAmI
+    | YouAre
+    | WhereAmI
+    | Observed
+    | Push
+    | SyncStart
+    | SyncStep
+    | SyncEnd
+)
+
+
+class NotAllowed(Exception):
+    """A local command refused: this node may not do that in this mesh (not an admin, policy)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MeshSettings:
+    """This node's own settings in a mesh (its record's local fields)."""
+
+    role: Role = Role.PEER
+    wg_endpoint: str | None = None
+    control_endpoint: str | None = None
+    tls_fp: bytes | None = None
+
+
+# Reply contexts: what the engine needs back with a reply ------------------------------
+@dataclass(frozen=True, slots=True)
+class PushCtx:
+    """A push of ``keys`` (the reply is an ``Ack``)."""
+
+    keys: frozenset[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeCtx:
+    """A failure-detector probe (direct ``Ping`` or indirect ``PingReq``)."""
+
+    target: bytes
+    probe_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeerPingCtx:
+    """A client's ping of its assigned peer."""
+
+    peer: bytes
+
+
+@dataclass(slots=True)
+class SyncCtx:
+    """One anti-entropy session we started."""
+
+    session: SyncSession
+    follow: int = 0  # follow-up sessions so far (state larger than one page)
+
+
+@dataclass(frozen=True, slots=True)
+class RelayCtx:
+    """The ping we send for a member's ``PingReq``: its answer goes to ``request_id``."""
+
+    request_id: int
+    probe_id: int
+
+
+CallCtx = PushCtx | ProbeCtx | PeerPingCtx | SyncCtx | RelayCtx
+
+
+# Outputs -----------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Call:
+    """Send ``msg`` to member ``to``; feed the reply or the failure back with this ``Call``.
+
+    ``timeout_ms``: fail the call after this long (None: the driver's RPC timeout).
+    """
+
+    to: bytes
+    msg: Message
+    ctx: CallCtx
+    timeout_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Respond:
+    """The reply to request ``request_id``."""
+
+    request_id: int
+    msg: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Changed:
+    """Mesh state changed for ``keys``."""
+
+    keys: frozenset[bytes]
+
+
+Out = Call | Respond | Changed
+
+
+# Inputs ------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    """The engine's deadline (``next_deadline``) passed."""
+
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReceived:
+    """A request from member ``src`` (authenticated by the transport)."""
+
+    src: bytes
+    msg: Message
+    now_ms: int
+    request_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyReceived:
+    """The reply to ``call``."""
+
+    call: Call
+    msg: Message
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class CallFailed:
+    """``call`` got no reply (unreachable, timeout, malformed answer)."""
+
+    call: Call
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """Local command: publish (or re-publish after a restart) our record."""
+
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateSelf:
+    """Local command: change fields of our record (alias, services, routes...)."""
+
+    now_ms: int
+    changes: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    """Local command: publish our leave tombstone."""
+
+    now_ms: int
+
+
+Input = TimerFired | RequestReceived | ReplyReceived | CallFailed | Start | UpdateSelf | Leave

@@ -1,0 +1,219 @@
+"""Requests from other members and replies to our calls (a mixin of ``MeshNode``). Pure.
+
+A request gets its reply as the last output (a ``Respond``), except a
+``PingReq``: the engine relays it (pings the target within the probe
+timeout) and answers ``Ack(ok)`` when that ping is answered or fails.
+Hearing from a member we hold as pruned starts a heal session at once.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from smegmesh.core.cert import AuthItem
+from smegmesh.core.engine import (
+    Call,
+    CallCtx,
+    MeshSettings,
+    Message,
+    Out,
+    PeerPingCtx,
+    ProbeCtx,
+    RelayCtx,
+    RequestReceived,
+    Respond,
+    SyncCtx,
+)
+from smegmesh.core.liveness import FailureDetector, LivenessParams
+from smegmesh.core.messages import Ack, JoinRequest, Ping, PingReq, Refusal
+from smegmesh.core.paging import PAGE_BYTES
+from smegmesh.core.record import NodeRecord, Prune, Role
+from smegmesh.core.state import MeshState
+from smegmesh.core.sync import Push, SyncEnd, SyncSession, SyncStart, SyncStep
+
+Item = NodeRecord | Prune | AuthItem
+
+__all__ = ["ExchangeMixin"]
+
+#: At most one heal session per pruned member this often (see ``_heard_from_pruned``).
+HEAL_INTERVAL_MS = 3_000
+#: Members remembered for that bound (older entries are dropped first).
+MAX_HEAL_ENTRIES = 4096
+MAX_FOLLOW_SESSIONS = 256
+
+
+class ExchangeMixin:
+    """See the module docstring; ``MeshNode`` provides the state and outputs."""
+
+    mesh_id: str
+    settings: MeshSettings
+    liveness: LivenessParams
+    rng: random.Random
+    heal_sessions: int
+    _fd: FailureDetector
+    _responders: dict[tuple[bytes, int], SyncSession]
+    _heal_due: dict[bytes, int]
+    _avoid: dict[bytes, int]
+    _peer_ping_inflight: bool
+    _peer_ping_failures: int
+
+    if TYPE_CHECKING:
+
+        @property
+        def key(self) -> bytes: ...  # noqa: D102
+        @property
+        def mesh(self) -> MeshState: ...  # noqa: D102
+        def is_member(self, key: bytes) -> bool: ...  # noqa: D102
+        def _is_pruned_member(self, key: bytes) -> bool: ...
+        def _ingest(self, items: Iterable[Item], now_ms: int, src: bytes | None) -> list[Out]: ...
+        def _on_changed(self, changed: set[bytes], now_ms: int, src: bytes | None) -> list[Out]: ...
+        def _admit(
+            self, src: bytes, req: JoinRequest, now_ms: int
+        ) -> tuple[Message, list[Out]]: ...
+        def _maybe_reassign(self, now_ms: int) -> list[Out]: ...
+
+    def handle_request(
+        self, src: bytes, msg: Message, now_ms: int, request_id: int = 0
+    ) -> tuple[Message | None, list[Out]]:
+        """:meth:`step` for a request, with the reply split out of the outputs.
+
+        The reply is None when it comes later (a ``PingReq``: a ``Respond``
+        output after the relayed ping's reply or failure).
+        """
+        outs = self._request(RequestReceived(src, msg, now_ms, request_id))
+        if outs and isinstance(outs[-1], Respond) and outs[-1].request_id == request_id:
+            return outs[-1].msg, outs[:-1]
+        return None, outs
+
+    def _request(self, req: RequestReceived) -> list[Out]:
+        """A request from ``req.src`` (authenticated by the transport).
+
+        The reply is the last output (a ``Respond``), except for a ``PingReq``:
+        then the last output is the relayed ``Ping`` to its target, and the
+        ``Respond`` (``Ack(ok)``) comes with that ping's reply or failure.
+        Non-members get a ``Refusal`` for everything but a ``JoinRequest``
+        with a valid token.
+        """
+        src, msg, now_ms = req.src, req.msg, req.now_ms
+        reply, outs = self._answer(src, msg, now_ms)
+        if reply is None:
+            assert isinstance(msg, PingReq)
+            ctx = RelayCtx(req.request_id, msg.probe_id)
+            ping = Ping(self.mesh_id, msg.probe_id)
+            outs.append(Call(msg.target, ping, ctx, self.liveness.probe_timeout_ms))
+        else:
+            outs.append(Respond(req.request_id, reply))
+        return outs
+
+    def _answer(self, src: bytes, msg: Message, now_ms: int) -> tuple[Message | None, list[Out]]:
+        """The reply to a request (None: relay the ``PingReq``) and the other outputs."""
+        if isinstance(msg, JoinRequest):
+            return self._admit(src, msg, now_ms)
+        pre: list[Out] = []
+        if not self.is_member(src):
+            # A node just admitted elsewhere announces itself with a push of its
+            # own record, whose admission chain is its credential.
+            if not isinstance(msg, Push) or not self.mesh.admission:
+                return Refusal(self.mesh_id), []
+            own = [i for i in msg.items if isinstance(i, NodeRecord) and i.wg_key == src][:1]
+            pre = self._ingest(own, now_ms, src)
+            if not self.is_member(src):
+                return Refusal(self.mesh_id), []
+        self._fd.heard_from(src, now_ms)
+        if isinstance(msg, Ping):
+            return Ack(self.mesh_id, msg.probe_id), self._heard_from_pruned(src, now_ms)
+        if isinstance(msg, PingReq):
+            return None, self._heard_from_pruned(src, now_ms)
+        if isinstance(msg, Push):
+            out = pre + self._ingest(msg.items, now_ms, src)
+            return Ack(self.mesh_id, 0), out + self._heard_from_pruned(src, now_ms)
+        if isinstance(msg, SyncStart | SyncStep | SyncEnd):
+            reply, _session, merged = SyncSession.respond(
+                self.mesh, self._responders, src, msg, now_ms
+            )
+            out = self._on_changed(set(merged), now_ms, src)
+            return reply, out + self._heard_from_pruned(src, now_ms)
+        return Refusal(self.mesh_id), []
+
+    def _heard_from_pruned(self, key: bytes, now_ms: int) -> list[Out]:
+        """``key`` answered or called us (authenticated) while we hold it as pruned.
+
+        That is proof it is alive: start a sync session with it at once, at most
+        one per member per :data:`HEAL_INTERVAL_MS`. The session shows it our
+        prune of it, which it refutes and pushes straight back to us (see
+        :meth:`_on_changed`); we then spread the refutation on our side. Heals a
+        partition in a few round trips instead of waiting for random pulls.
+        """
+        if not self._is_pruned_member(key) or self.settings.role == Role.CLIENT:
+            return []
+        if self._heal_due.get(key, 0) > now_ms:
+            return []
+        if len(self._heal_due) >= MAX_HEAL_ENTRIES:
+            self._heal_due = {k: t for k, t in self._heal_due.items() if t > now_ms}
+            while len(self._heal_due) >= MAX_HEAL_ENTRIES:
+                del self._heal_due[next(iter(self._heal_due))]
+        self._heal_due.pop(key, None)
+        self._heal_due[key] = now_ms + HEAL_INTERVAL_MS
+        self.heal_sessions += 1
+        session = SyncSession.initiator(self.mesh, now_ms, rng=self.rng)
+        return [Call(key, session.start(), SyncCtx(session))]
+
+    # -- replies to our requests -------------------------------------------------------------
+    def handle_reply(self, to: bytes, ctx: CallCtx, reply: Message, now_ms: int) -> list[Out]:
+        """The reply ``reply`` of member ``to`` to our call with context ``ctx``."""
+        if isinstance(ctx, RelayCtx):  # a relayed ping: answer the PingReq
+            ok = isinstance(reply, Ack) and reply.ok
+            return [Respond(ctx.request_id, Ack(self.mesh_id, ctx.probe_id, ok))]
+        if isinstance(reply, Refusal):
+            if isinstance(ctx, PeerPingCtx):
+                # Our peer no longer serves us in this mesh (it left it, or lost us): a
+                # failure, not an answer; otherwise the ping stays in flight forever and
+                # the client never moves (nor pulls from anyone else).
+                return self.handle_failure(to, ctx, now_ms)
+            return []
+        if not isinstance(ctx, ProbeCtx):
+            self._fd.heard_from(to, now_ms)
+        if isinstance(ctx, ProbeCtx):
+            if isinstance(reply, Ack) and reply.ok:
+                self._fd.on_ack(ctx.target, ctx.probe_id, now_ms)
+            return self._heard_from_pruned(to, now_ms)
+        if isinstance(ctx, PeerPingCtx):
+            self._peer_ping_inflight = False
+            self._peer_ping_failures = 0
+            return []
+        if isinstance(ctx, SyncCtx):
+            if not isinstance(reply, SyncStart | SyncStep | SyncEnd):
+                return []
+            nxt, merged = ctx.session.receive(reply, now_ms)
+            out = self._on_changed(set(merged), now_ms, to)
+            if nxt is not None:
+                out.append(Call(to, nxt, ctx))
+            elif (
+                ctx.session.merged
+                and ctx.session.bytes_received >= PAGE_BYTES // 4
+                and ctx.follow < MAX_FOLLOW_SESSIONS
+            ):
+                # A session that brought a page or so may have been cut short by
+                # the page limit: go on with the next page at once (bounded chain).
+                session = SyncSession.initiator(self.mesh, now_ms, rng=self.rng)
+                out.append(Call(to, session.start(), SyncCtx(session, ctx.follow + 1)))
+            return out
+        return []
+
+    def handle_failure(self, to: bytes, ctx: CallCtx, now_ms: int) -> list[Out]:
+        """Our call to ``to`` with context ``ctx`` failed (no answer)."""
+        if isinstance(ctx, RelayCtx):
+            return [Respond(ctx.request_id, Ack(self.mesh_id, ctx.probe_id, False))]
+        if isinstance(ctx, PeerPingCtx):
+            self._peer_ping_inflight = False
+            self._peer_ping_failures += 1
+            if (
+                self._peer_ping_failures * self.liveness.probe_interval_ms
+                >= self.liveness.suspicion_ms
+            ):
+                # Our peer is silent: avoid it for a while and move to the next one.
+                self._avoid[ctx.peer] = now_ms + 3 * self.liveness.suspicion_ms
+                return self._maybe_reassign(now_ms)
+        return []

@@ -1,0 +1,220 @@
+"""The apply step: the meshes' state becoming WireGuard and host configuration.
+
+Routes over all meshes (``core.multimesh``), the desired configuration
+(``core.desired``), the reconciler in the WireGuard worker thread
+(``wg.reconcile``), and what follows an apply (hooks, handshake nudges,
+``wg.peer.*`` events, DNS, bridge masquerading, the periodic health check).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from typing import Any
+
+from smegmesh.core.desired import desired_config
+from smegmesh.core.multimesh import MeshRouting, route_meshes
+from smegmesh.core.wgdiff import AddPeer
+from smegmesh.daemon.base import DaemonBase
+from smegmesh.daemon.events import WG_PEER_EVENTS_MAX, route_events, wg_peer_events
+from smegmesh.daemon.runtime import MeshRuntime, now_ms
+
+log = logging.getLogger("smegd")
+
+
+class ApplyOps(DaemonBase):
+    """Mixin of the daemon: the reconcile loop."""
+
+    def _start_wireguard(self) -> None:
+        """The WireGuard backend (``wgBackend``) and the reconciler over it and the host."""
+        from smegmesh.net.host import HostNetwork, MemoryHost
+        from smegmesh.wg.factory import create_backend
+        from smegmesh.wg.reconcile import Reconciler
+
+        cfg = self.config
+        kind = cfg.effective_wg_backend
+        self.backend = create_backend(kind, socket_dir=str(cfg.effective_wg_socket_dir))
+        host = MemoryHost() if kind == "memory" else HostNetwork()
+        self.reconciler = Reconciler(self.backend, host)
+        if not cfg.bridge_masquerade:
+            log.info(
+                "bridgeMasquerade is off: a bridge forwards without address translation "
+                "(replies through another bridge between the same meshes are dropped)"
+            )
+        log.info("WireGuard backend: %s", getattr(self.backend, "kind", kind))
+
+    async def _reconcile_loop(self) -> None:
+        last_check = time.monotonic()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reconcile_wake.wait(), timeout=2.0)
+            self._reconcile_wake.clear()
+            self._recompute_routes()
+            for rt in list(self.meshes.values()):
+                # Skip a mesh left (or a join abandoned) while this pass awaited
+                # another mesh's apply: applying it would re-create its interface
+                # after leave-mesh removed it.
+                if not rt.dirty_wg or rt.joining or self.meshes.get(rt.mesh_id) is not rt:
+                    continue
+                rt.dirty_wg = False
+                try:
+                    await self._apply_mesh(rt)
+                except Exception as e:
+                    rt.dirty_wg = True
+                    log.error("mesh %s: cannot apply WireGuard configuration: %s", rt.mesh_id, e)
+            self._update_dns()
+            self._report_alias_clashes()
+            await self._apply_bridge_nat()
+            if time.monotonic() - last_check > 5:
+                last_check = time.monotonic()
+                await self._health_check()
+                await self._poll_handshakes()
+
+    async def _apply_mesh(self, rt: MeshRuntime) -> None:
+        """One mesh's desired configuration through the reconciler, with what follows."""
+        iface, host = self._desired(rt)
+        if not rt.up:
+            await self._run_hooks(rt, "preUp")
+        res = await asyncio.get_running_loop().run_in_executor(
+            self._wg_pool, self.reconciler.apply, iface, host
+        )
+        if not rt.up:
+            rt.up = True
+            await self._run_hooks(rt, "postUp")
+        if not res.created:
+            self._nudge_new_peers(rt, res.wg_ops)
+        self.metrics.reconcile.observe(res.seconds)
+        self._wg_peer_events(rt, res.wg_ops)
+        if res.changed:
+            log.info(
+                "mesh %s: %s updated (%d WireGuard ops, %d host ops, %.1f ms)",
+                rt.mesh_id,
+                rt.ifname,
+                len(res.wg_ops),
+                len(res.host_ops),
+                res.seconds * 1000,
+            )
+
+    async def _health_check(self) -> None:
+        """Repair WireGuard interfaces changed behind our back (``Reconciler.check``)."""
+        try:
+            fixed = await asyncio.get_running_loop().run_in_executor(
+                self._wg_pool, self.reconciler.check
+            )
+            for r in fixed:
+                log.warning("repaired WireGuard interface (%d ops)", len(r.wg_ops))
+            # (No periodic status read: get-mesh reads handshakes and
+            # counters when asked, so an idle daemon does not poll.)
+        except Exception as e:
+            log.warning("WireGuard health check failed: %s", e)
+
+    #: Handshake state is read this often, only while an event stream is open.
+    HANDSHAKE_POLL_S = 10.0
+
+    async def _poll_handshakes(self) -> None:
+        """handshake.up/down events: one status read per mesh, only while someone listens."""
+        if not self.events.subscribers:
+            return
+        if time.monotonic() - self._handshakes_polled < self.HANDSHAKE_POLL_S:
+            return
+        self._handshakes_polled = time.monotonic()
+        loop = asyncio.get_running_loop()
+        for rt in list(self.meshes.values()):
+            if not rt.up or self.meshes.get(rt.mesh_id) is not rt:
+                continue
+            try:
+                status = await loop.run_in_executor(self._wg_pool, self.backend.read, rt.ifname)
+            except Exception as e:
+                log.debug("mesh %s: cannot read WireGuard status: %s", rt.mesh_id, e)
+                continue
+            self.wg_status[rt.mesh_id] = status
+            self.handshakes.status(rt.mesh_id, status, time.time(), self.member_events)
+
+    def _wg_peer_events(self, rt: MeshRuntime, wg_ops: list[Any]) -> None:
+        """wg.peer_added / wg.peer_removed for what the reconciler applied."""
+        added, removed = wg_peer_events(wg_ops)
+        for kind, keys in (("wg.peer_added", added), ("wg.peer_removed", removed)):
+            if len(keys) > WG_PEER_EVENTS_MAX:
+                self.events.publish(kind, mesh=rt.mesh_id, detail={"count": len(keys)})
+                continue
+            for key in keys:
+                self.events.publish(
+                    kind,
+                    mesh=rt.mesh_id,
+                    node=key,
+                    alias=self.member_events.alias_of(rt.mesh_id, key),
+                    detail={"address": self.member_events.address_of(rt.mesh_id, key)},
+                )
+
+    #: At most this many new peers are nudged per apply (a join adds one).
+    NUDGE_MAX = 8
+
+    def _nudge_new_peers(self, rt: MeshRuntime, wg_ops: list[Any]) -> None:
+        """Start the WireGuard handshake with peers just added, from this side.
+
+        A joiner configures every member at once and its first packets make its
+        WireGuard send handshake initiations; a member that has not heard of the
+        joiner yet drops them, and WireGuard retries only after 5 s (REKEY_TIMEOUT).
+        One empty datagram to the new peer's overlay address (discard port) when
+        the member adds it makes the member initiate at once, so the joiner is
+        reachable within the gossip delay. Peers with an endpoint only (a NATed
+        client is unreachable until it calls in); never with the memory backend
+        (no interface: the datagram would leave by the host's default route).
+        """
+        if getattr(self.backend, "kind", "memory") == "memory":
+            return
+        added = [
+            op.peer.public_key for op in wg_ops if isinstance(op, AddPeer) and op.peer.endpoint
+        ]
+        if not added or len(added) > self.NUDGE_MAX:
+            return
+        with contextlib.suppress(OSError), socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.setblocking(False)
+            for key in added:
+                rec = rt.node.mesh.record(key)
+                if rec is not None:
+                    with contextlib.suppress(OSError):
+                        s.sendto(b"", (rec.address, 9))
+
+    def _recompute_routes(self) -> None:
+        """Path-vector routing over all our meshes (core.multimesh); publish our adverts."""
+        result, outs = route_meshes(
+            {m: rt.node for m, rt in self.meshes.items()},
+            {
+                m: MeshRouting(rt.advertise_routes, rt.advertise_defaults)
+                for m, rt in self.meshes.items()
+            },
+            accept_defaults=self.config.accept_defaults,
+            now_ms=now_ms(),
+        )
+        old = self.routing
+        self.routing = result
+        if old is not result:
+            for kind, mesh, gw, detail in route_events(old, result, self.member_events.alias_of):
+                self.events.publish(kind, mesh=mesh, node=gw, detail=detail)
+        for mesh_id, o in outs.items():
+            self._emit(self.meshes[mesh_id], o)
+        for rt in self.meshes.values():
+            before = old.gateway_routes.get(rt.mesh_id) if old else None
+            after = result.gateway_routes.get(rt.mesh_id) if result else None
+            if before != after:
+                rt.dirty_wg = True
+
+    def _desired(self, rt: MeshRuntime) -> Any:
+        gw = self.routing.gateway_routes.get(rt.mesh_id, ()) if self.routing else ()
+        return desired_config(
+            gateway_routes=gw,
+            mesh_id=rt.mesh_id,
+            self_key=self.identity.wg_public_key,
+            private_key=self.identity.wg_private_key,
+            role=rt.role,
+            listen_port=rt.listen_port,
+            records=rt.node.live_records(),
+            ifname=rt.ifname,
+            keepalive=rt.keepalive,
+            devices=[(d.wg_key, d.address, d.sponsor) for d in self._devices(rt)],
+            direct=self.direct.plan(rt.mesh_id),
+        )

@@ -1,0 +1,149 @@
+"""The engine's I/O: a mesh's timer loop, its outputs (calls, changes), and the
+node-to-node calls it receives (``Daemon._on_rpc``).
+
+Per mesh a :class:`~smegmesh.core.meshnode.MeshNode` decides, driven by the
+driver the simulator uses too (:class:`~smegmesh.core.driver.EngineDriver`,
+with the port :class:`~smegmesh.daemon.engineport.DaemonPort`); this only
+moves its messages through the transport and keeps time. The engine relays
+a ``PingReq`` itself: its reply comes when the relayed ping's does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import time
+
+from smegmesh.core.endpoint import split_host_port
+from smegmesh.core.identity import key_to_text
+from smegmesh.core.meshnode import Call, Out
+from smegmesh.core.messages import Observed, Refusal, WhereAmI, WhoAmI, YouAre
+from smegmesh.core.wire import WireError, decode, encode
+from smegmesh.daemon.base import DaemonBase
+from smegmesh.daemon.devices_ops import DEVICE_REQUESTS
+from smegmesh.daemon.engineport import reply_of
+from smegmesh.daemon.runtime import MeshRuntime, now_ms
+from smegmesh.daemon.transport import Refused, RpcError, caller_address
+
+log = logging.getLogger("smegd")
+
+
+class EngineIO(DaemonBase):
+    """Mixin of the daemon: drives each mesh's engine."""
+
+    async def _mesh_loop(self, rt: MeshRuntime) -> None:
+        while True:
+            try:
+                deadline = rt.driver.next_wakeup(now_ms())
+                delay = 1.0 if deadline is None else max(0.0, (deadline - now_ms()) / 1000)
+                rt.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(rt.wake.wait(), timeout=min(delay, 1.0))
+                rt.driver.timer(now_ms())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("mesh %s: engine error (continuing)", rt.mesh_id)
+                await asyncio.sleep(0.5)
+
+    # ------------------------------------------------------------------ engine outputs
+    def _emit(self, rt: MeshRuntime, outs: list[Out]) -> None:
+        """Outputs of a local command: carried out by the engine's driver."""
+        rt.driver.dispatch(outs)
+        rt.wake.set()
+
+    def _start_call(self, rt: MeshRuntime, call: Call) -> None:
+        """The port's ``send``: the call runs as a task of the mesh."""
+        t = asyncio.create_task(self._do_call(rt, call))
+        rt.calls.add(t)
+        t.add_done_callback(rt.calls.discard)
+
+    def _on_changed(self, rt: MeshRuntime, keys: frozenset[bytes]) -> None:
+        """The port's ``changed``: reconcile WireGuard, persist, member events."""
+        rt.dirty_wg = rt.dirty_disk = True
+        self._reconcile_wake.set()
+        self.member_events.changed(rt.mesh_id, rt.node.mesh, keys)
+        if log.isEnabledFor(logging.DEBUG):  # bench/calibrate.py reads this line
+            text = ",".join(key_to_text(k)[:12] for k in keys)
+            log.debug("mesh %s: changed %s at %.6f", rt.mesh_id, text, time.time())
+
+    async def _do_call(self, rt: MeshRuntime, call: Call) -> None:
+        rec = rt.node.mesh.record(call.to)
+        if rec is None or rec.control_endpoint is None or rec.tls_fp is None:
+            rt.driver.failure(call, now_ms())
+            rt.wake.set()
+            return
+        timeout = call.timeout_ms / 1000 if call.timeout_ms is not None else None
+        try:
+            data = await self.rpc.call(
+                rec.control_endpoint, rec.tls_fp, encode(call.msg), timeout=timeout, to=call.to
+            )
+            reply = decode(data)
+        except (RpcError, WireError) as e:
+            log.debug("mesh %s: call to %s failed: %s", rt.mesh_id, key_to_text(call.to)[:8], e)
+            rt.driver.failure(call, now_ms())
+        else:
+            rt.driver.reply(call, reply, now_ms())
+        rt.wake.set()
+
+    def _is_member_anywhere(self, key: bytes) -> bool:
+        """The transport's member test: a caller known in any of our meshes."""
+        return any(rt.node.is_member(key) for rt in self.meshes.values())
+
+    def _clear_backoff(self, rt: MeshRuntime, src: bytes) -> None:
+        """An authenticated call from ``src`` from the address of its control
+        endpoint: that endpoint answers again, stop backing off from it."""
+        if not len(self.rpc.backoff):
+            return
+        rec = rt.node.mesh.record(src)
+        seen = caller_address.get()
+        if rec is None or not rec.control_endpoint or rec.tls_fp is None or seen is None:
+            return
+        try:
+            same = ipaddress.ip_address(split_host_port(rec.control_endpoint)[0]) == (
+                ipaddress.ip_address(seen)
+            )
+        except ValueError:
+            return
+        if same:
+            self.rpc.backoff.ok((rec.control_endpoint, rec.tls_fp))
+
+    async def _on_rpc(self, src: bytes, body: bytes) -> bytes:
+        try:
+            msg = decode(body)
+        except WireError as e:
+            # Not logged per call (a flood on demand): the transport's rate-limited
+            # refusal log counts it under "malformed message".
+            log.debug("dropped malformed message from %s: %s", key_to_text(src)[:8], e)
+            raise Refused("malformed message") from None
+        mesh_id = getattr(msg, "mesh_id", None)
+        if isinstance(msg, WhoAmI):
+            # Only tells the caller its own address: nothing about any mesh.
+            seen = caller_address.get()
+            if seen is None:
+                raise Refused("address unknown")
+            return encode(YouAre(msg.mesh_id, seen))
+        if isinstance(msg, WhereAmI):
+            # NAT traversal: the caller's own WireGuard endpoint as we see it.
+            wrt = self.meshes.get(msg.mesh_id)
+            if wrt is None or not wrt.node.is_member(src):
+                return encode(Refusal(msg.mesh_id))
+            return encode(Observed(msg.mesh_id, await self.direct.observed(wrt, src)))
+        if isinstance(msg, DEVICE_REQUESTS):  # sponsored devices (issue 18)
+            return encode(await self.device_rpc(src, msg))
+        rt = self.meshes.get(mesh_id) if isinstance(mesh_id, str) else None
+        if rt is None:
+            return encode(Refusal(mesh_id if isinstance(mesh_id, str) else "x"))
+        rejected = rt.node.rejected
+        pending = rt.port.request(rt.driver, src, msg, now_ms())  # the engine answers now...
+        rt.wake.set()
+        if rt.node.rejected > rejected:  # dropped items: logged per sender, rate-limited
+            for reason in rt.node.last_rejects:
+                self.dropped_items.note(key_to_text(src)[:12], reason)
+        self._clear_backoff(rt, src)
+        reply = await reply_of(pending)  # ...or after its relayed ping (a PingReq)
+        if reply is None:
+            raise Refused("no answer")
+        return encode(reply)

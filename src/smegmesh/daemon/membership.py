@@ -1,0 +1,218 @@
+"""Mesh membership operations of the local API: create, invite, join, leave."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from typing import Any
+
+from smegmesh.core.addressing import generate_mesh_id
+from smegmesh.core.cert import Founding, Policy
+from smegmesh.core.invite import Bootstrap, TokenError, parse_token
+from smegmesh.core.meshnode import NotAllowed
+from smegmesh.core.messages import JoinReply, WhoAmI, YouAre
+from smegmesh.core.record import RecordError, Role
+from smegmesh.core.wire import WireError, decode, encode
+from smegmesh.daemon import service as svc
+from smegmesh.daemon.base import DaemonBase
+from smegmesh.daemon.config import MeshOptions, resolve_mesh_settings
+from smegmesh.daemon.joinretry import JOIN_DEADLINE_TIMEOUTS
+from smegmesh.daemon.joinretry import attempts as join_attempts
+from smegmesh.daemon.runtime import now_ms
+from smegmesh.daemon.store import remove_mesh_files
+from smegmesh.daemon.transport import RpcError
+
+log = logging.getLogger("smegd")
+
+
+class MembershipOps(DaemonBase):
+    """Mixin of the daemon: the membership half of ``NodeService``."""
+
+    async def new_mesh(self, opts: MeshOptions) -> str:
+        founding = Founding.create(
+            self.identity,
+            generate_mesh_id(secrets.SystemRandom()).rpartition("-")[0],
+            now_ms=now_ms(),
+            policy=Policy(opts.invite_policy or Policy.PEERS),
+        )
+        mesh_id = founding.mesh_id
+        state = self._new_state(mesh_id)
+        state.apply(founding, now_ms())
+        rt = self._add_runtime(mesh_id, opts, state, None)
+        if rt.node.settings.role != Role.PEER:
+            del self.meshes[mesh_id]
+            if rt.task:
+                rt.task.cancel()
+            raise svc.invalid_argument(
+                "a mesh is created by a peer (role client cannot create one)"
+            )
+        self._emit(rt, rt.node.start(now_ms()))
+        self.member_events.track(mesh_id, rt.node.mesh, "created")
+        self._save_mesh(rt)
+        log.info("created mesh %s (invite policy %s)", mesh_id, founding.policy)
+        return mesh_id
+
+    async def invite(self, mesh_id: str, ttl_s: int, uses: int, strict: bool = False) -> str:
+        rt = self._get(mesh_id)
+        boots: list[Bootstrap] = []
+        me = rt.node.record
+        if me is not None and me.control_endpoint and me.tls_fp:
+            boots.append(Bootstrap(me.control_endpoint, me.tls_fp, me.wg_key))
+        for r in rt.node.live_records():
+            if len(boots) >= 3:
+                break
+            if r.wg_key != self.identity.wg_public_key and r.control_endpoint and r.tls_fp:
+                boots.append(Bootstrap(r.control_endpoint, r.tls_fp, r.wg_key))
+        if not boots:
+            raise svc.unavailable("no reachable member to name in the token")
+        if strict:  # only this node admits with a strict token: name only it
+            boots = boots[:1]
+        try:
+            token, outs = rt.node.invite(
+                now_ms(),
+                ttl_ms=ttl_s * 1000,
+                uses=uses,
+                bootstrap=boots,
+                secret=secrets.token_bytes(16),
+                strict=strict,
+            )
+        except NotAllowed as e:
+            raise svc.ServiceError("forbidden", str(e), 403) from None
+        except (ValueError, RecordError) as e:
+            raise svc.invalid_argument(str(e)) from None
+        self._emit(rt, outs)
+        return token.encode()
+
+    async def _discover_public(self, tok: Any, opts: MeshOptions) -> MeshOptions:
+        """``ipDiscovery: public``: ask a bootstrap member which address we come from.
+
+        The answer is kept in the mesh's options, so a restart reuses it.
+        """
+        s = resolve_mesh_settings(self.config.base_configuration, opts)
+        if s.endpoint or s.ip_discovery != "public" or s.role != "peer":
+            return opts
+        for b in tok.bootstrap:
+            try:
+                reply = decode(
+                    await self.rpc.call(
+                        b.control_endpoint, b.tls_fp, encode(WhoAmI(tok.mesh_id)), to=b.wg_key
+                    )
+                )
+            except (RpcError, WireError, ValueError, OSError) as e:
+                log.info("public address discovery via %s failed: %s", b.control_endpoint, e)
+                continue
+            if isinstance(reply, YouAre):
+                log.info(
+                    "public address discovery: %s sees us as %s", b.control_endpoint, reply.address
+                )
+                return opts.model_copy(update={"endpoint": reply.address})
+        log.warning("public address discovery failed; using the outgoing interface's address")
+        return opts
+
+    async def join_mesh(self, token: str, opts: MeshOptions) -> str:
+        """Join with ``token``; a failed join, whatever failed, leaves nothing behind."""
+        before = self.meshes.copy()
+        try:
+            return await self._join_mesh(token, opts)
+        except BaseException:
+            for mesh_id, rt in list(self.meshes.items()):
+                if rt.joining and before.get(mesh_id) is not rt:
+                    del self.meshes[mesh_id]
+                    if rt.task:
+                        rt.task.cancel()
+            raise
+
+    async def _join_mesh(self, token: str, opts: MeshOptions) -> str:
+        try:
+            tok = parse_token(token)
+        except TokenError as e:
+            raise svc.invalid_argument(str(e)) from None
+        if tok.mesh_id in self.meshes:
+            raise svc.conflict(f"already a member of mesh {tok.mesh_id}")
+        if tok.expiry_ms <= now_ms():
+            raise svc.refused("the invitation has expired")
+        opts = await self._discover_public(tok, opts)
+        rt = self._add_runtime(tok.mesh_id, opts, self._new_state(tok.mesh_id), None)
+        rt.joining = True
+        node = rt.node
+        req = encode(node.join_request(tok.secret, now_ms()))
+        errors: list[str] = []
+        refused = False
+        # Round after round over the bootstrap members, paced, until a deadline:
+        # a busy member may time out (a retry with the same token is admitted
+        # again: admissions are per joiner). See daemon/joinretry.py.
+        async for b in join_attempts(
+            tok.bootstrap,
+            lambda b: self.rpc.backoff.wait((b.control_endpoint, b.tls_fp)),
+            deadline_s=JOIN_DEADLINE_TIMEOUTS * float(self.config.timeout),
+        ):
+            try:
+                reply = decode(
+                    await self.rpc.call(
+                        b.control_endpoint,
+                        b.tls_fp,
+                        req,
+                        timeout=2 * float(self.config.timeout),
+                        to=b.wg_key,
+                    )
+                )
+            except (RpcError, WireError, ValueError, OSError) as e:
+                errors.append(f"{b.control_endpoint}: {e}")
+                log.info("join through %s failed: %s (will retry)", b.control_endpoint, e)
+                continue
+            if isinstance(reply, JoinReply):
+                outs = node.absorb(reply.items, now_ms(), reply.chain)
+                if node.mesh.admission and node.record is None:
+                    # The member's reply did not prove the mesh's authority (its
+                    # founding record) or our admission: do not join on its word.
+                    errors.append(f"{b.control_endpoint}: reply without a valid admission")
+                    continue
+                rt.joining = False
+                rt.dirty_wg = True
+                self._emit(rt, outs)
+                self.member_events.track(tok.mesh_id, node.mesh, "joined")
+                # The reply holds one page of the state; the rest by anti-entropy, now.
+                self._emit(rt, node.pull_from(b.wg_key, now_ms()))
+                self._save_mesh(rt)
+                log.info(
+                    "joined mesh %s through %s (%d nodes)",
+                    tok.mesh_id,
+                    b.control_endpoint,
+                    len(node.live_records()),
+                )
+                return tok.mesh_id
+            refused = True
+            errors.append(f"{b.control_endpoint}: refused")
+            break
+        del self.meshes[tok.mesh_id]
+        if rt.task:
+            rt.task.cancel()
+        if refused:
+            raise svc.refused(
+                "the invitation was refused (expired, used up, or not valid for this mesh)"
+            )
+        raise svc.unavailable(
+            "no member named in the token could be reached: " + "; ".join(errors[-6:])
+        )
+
+    async def leave_mesh(self, mesh_id: str) -> None:
+        rt = self._get(mesh_id)
+        self._emit(rt, rt.node.leave(now_ms()))
+        if rt.calls:
+            await asyncio.wait(list(rt.calls), timeout=3)
+        if rt.task:
+            rt.task.cancel()
+        del self.meshes[mesh_id]
+        self.member_events.forget(mesh_id)
+        self.handshakes.forget(mesh_id)
+        loop = asyncio.get_running_loop()
+        await self._run_hooks(rt, "preDown")
+        try:
+            await loop.run_in_executor(self._wg_pool, self.reconciler.remove, rt.ifname)
+        except Exception as e:
+            log.warning("mesh %s: removing %s: %s", mesh_id, rt.ifname, e)
+        await self._run_hooks(rt, "postDown")
+        remove_mesh_files(self._mesh_dir(), mesh_id)
+        self._update_dns()
+        log.info("left mesh %s", mesh_id)

@@ -1,0 +1,329 @@
+"""The node-to-node RPC client: a bounded pool of pinned channels, signed calls,
+and the back-off per endpoint (``daemon/transport.py`` describes the design).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import ssl
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+
+from smegmesh.core.endpoint import join_host_port, split_host_port
+from smegmesh.core.identity import NodeIdentity
+from smegmesh.daemon.ratelog import RateLog
+from smegmesh.daemon.rpc_common import FULL_METHOD, MAX_MESSAGE, TLS_NAME, RpcError, _signed_digest
+from smegmesh.daemon.rpc_tls import fetch_certificate
+
+log = logging.getLogger("smegmesh.daemon.transport")  # one logger for the transport
+
+
+_GRPC_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.ssl_target_name_override", TLS_NAME),
+    ("grpc.keepalive_time_ms", 30_000),
+]
+
+
+BACKOFF_BASE_S = 1.0
+BACKOFF_CAP_S = 300.0
+MAX_BACKOFF_ENTRIES = 4096
+
+EndpointKey = tuple[str, bytes]
+
+
+class EndpointBackoff:
+    """Exponential back-off per ``(endpoint, pinned fingerprint)``, for the whole node.
+
+    Any member may write any ``host:port`` into its record; without this, every
+    mesh we share with it would make us connect there again and again (a
+    reflector). A key that fails (refused, timed out, TLS failed, not the
+    certificate its record pins) is not tried again for 1, 2, 4, ... s up to
+    :data:`BACKOFF_CAP_S`; a success, or an authenticated call from the node
+    that owns the endpoint, clears it. Keyed with the fingerprint, so a record
+    that names another node's endpoint with a false pin does not back off the
+    real node.
+    """
+
+    def __init__(
+        self,
+        base_s: float = BACKOFF_BASE_S,
+        cap_s: float = BACKOFF_CAP_S,
+        *,
+        max_entries: int = MAX_BACKOFF_ENTRIES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._base = base_s
+        self._cap = cap_s
+        self._max = max_entries
+        self._clock = clock
+        self._state: dict[EndpointKey, tuple[int, float]] = {}  # failures, retry at
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def wait(self, key: EndpointKey) -> float:
+        """Seconds before ``key`` may be tried again (0: now)."""
+        st = self._state.get(key)
+        return 0.0 if st is None else max(0.0, st[1] - self._clock())
+
+    def failed(self, key: EndpointKey) -> float:
+        n = self._state.pop(key, (0, 0.0))[0] + 1
+        delay = min(self._cap, self._base * 2.0 ** min(n - 1, 30))
+        if len(self._state) >= self._max:
+            del self._state[next(iter(self._state))]  # the oldest entry
+        self._state[key] = (n, self._clock() + delay)
+        return delay
+
+    def ok(self, key: EndpointKey) -> None:
+        self._state.pop(key, None)
+
+
+def _failure_reason(e: BaseException) -> str:
+    if isinstance(e, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(e, TimeoutError):
+        return "timed out"
+    if isinstance(e, ssl.SSLError):
+        return "TLS failed"
+    if isinstance(e, ConnectionResetError):
+        return "connection reset"
+    if isinstance(e, OSError):
+        return e.strerror or type(e).__name__
+    return type(e).__name__
+
+
+#: Most pinned channels (each one TLS connection) a client keeps open at once;
+#: the least recently used idle one is closed to make room for a new one.
+MAX_CHANNELS = 64
+#: A channel with no call for this long is closed (and reopened on the next call).
+CHANNEL_IDLE_S = 60.0
+#: Pinned certificates kept (DER, ~400 bytes each) so that reopening a channel
+#: needs no second TLS handshake to fetch the certificate again (issue 14: at
+#: scale nearly every probe opens a channel; the fetch was half its wire bytes).
+MAX_CACHED_CERTIFICATES = 4096
+
+
+@dataclass
+class _Pooled:
+    channel: grpc.aio.Channel
+    used: float
+    calls: int = 0
+
+
+class RpcClient:
+    """Calls other nodes over pinned channels, one per (endpoint, fingerprint).
+
+    The channels form a bounded pool: at most ``max_channels`` are open, the
+    least recently used idle one is closed to make room, and one without a call
+    for ``channel_idle_s`` is closed (swept on later calls). A closed channel is
+    reopened, pin checked again, on the next call to that member.
+    """
+
+    def __init__(
+        self,
+        identity: NodeIdentity,
+        timeout: float = 5.0,
+        *,
+        max_channels: int = MAX_CHANNELS,
+        channel_idle_s: float = CHANNEL_IDLE_S,
+        clock: Callable[[], float] = time.monotonic,
+        certificates: OrderedDict[bytes, bytes] | None = None,
+    ) -> None:
+        if max_channels < 1:
+            raise ValueError("max_channels must be at least 1")
+        self._identity = identity
+        self._timeout = timeout
+        self._max_channels = max_channels
+        self._idle_s = channel_idle_s
+        self._clock = clock
+        #: Least recently used first.
+        self._channels: OrderedDict[tuple[str, bytes], _Pooled] = OrderedDict()
+        #: Per key being connected: the lock and how many callers hold or wait for it.
+        self._locks: dict[tuple[str, bytes], tuple[asyncio.Lock, list[int]]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        #: fingerprint -> certificate (DER) whose SHA-256 it is; least recently used
+        #: first (``certificates``: shared with other clients, e.g. a swarm's members)
+        self._certs: OrderedDict[bytes, bytes] = (
+            certificates if certificates is not None else OrderedDict()
+        )
+        self.backoff = EndpointBackoff()
+        #: Failed connections, one line per endpoint per minute (no flood).
+        self.failures = RateLog(log, "failed", unit="connections", prep="to")
+        self.attempts = 0  # connection attempts (certificate fetches), for tests
+        #: TCP payload bytes [sent, received] of the certificate fetches (metrics)
+        self.fetch_wire = [0, 0]
+        self.evictions = 0  # channels closed for room or idleness
+
+    @property
+    def open_channels(self) -> int:
+        return len(self._channels)
+
+    def _failed(self, endpoint: str, fp: bytes, reason: str) -> None:
+        delay = self.backoff.failed((endpoint, fp))
+        self.failures.note(endpoint, reason)
+        log.debug("connection to %s failed (%s): retry in %g s", endpoint, reason, delay)
+
+    def _take(self, key: tuple[str, bytes]) -> _Pooled | None:
+        p = self._channels.get(key)
+        if p is not None:  # no await between here and the caller's use
+            p.calls += 1
+            p.used = self._clock()
+            self._channels.move_to_end(key)
+        return p
+
+    async def _channel(self, endpoint: str, fp: bytes) -> _Pooled:
+        """The pooled channel for the key, with one call counted on it."""
+        key = (endpoint, fp)
+        p = self._take(key)
+        if p is not None:
+            return p
+        entry = self._locks.get(key)
+        if entry is None:
+            entry = self._locks[key] = (asyncio.Lock(), [0])
+        lock, users = entry
+        users[0] += 1
+        try:
+            async with lock:
+                p = self._take(key)
+                if p is not None:
+                    return p
+                wait = self.backoff.wait(key)
+                if wait > 0:  # another call failed while we waited for the lock
+                    raise RpcError(
+                        f"{endpoint}: backing off ({wait:.0f} s) after failed connections"
+                    )
+                host, port = split_host_port(endpoint)
+                der = self._certs.get(fp)
+                if der is not None:
+                    # Known by its hash: it stays the only root, so a server
+                    # presenting another certificate still fails the handshake.
+                    self._certs.move_to_end(fp)
+                else:
+                    der = await self._fetch(endpoint, host, port, fp)
+                pem = ssl.DER_cert_to_PEM_cert(der).encode()
+                creds = grpc.ssl_channel_credentials(root_certificates=pem)
+                target = join_host_port(host, port)
+                self._make_room(self._max_channels - 1)
+                ch = grpc.aio.secure_channel(target, creds, options=_GRPC_OPTIONS)
+                p = self._channels[key] = _Pooled(ch, self._clock(), calls=1)
+                return p
+        finally:
+            users[0] -= 1
+            if not users[0] and self._locks.get(key) is entry:
+                del self._locks[key]
+
+    async def _fetch(self, endpoint: str, host: str, port: int, fp: bytes) -> bytes:
+        """The server's certificate, checked against the pin and remembered by it."""
+        self.attempts += 1
+        try:
+            der = await fetch_certificate(host, port, self._timeout, self.fetch_wire)
+        except (OSError, TimeoutError, ssl.SSLError, RpcError) as e:
+            self._failed(endpoint, fp, _failure_reason(e))
+            raise RpcError(f"cannot reach {endpoint}: {e or type(e).__name__}") from e
+        if hashlib.sha256(der).digest() != fp:
+            self._failed(endpoint, fp, "not the certificate its record pins")
+            raise RpcError(f"{endpoint} presented an unexpected TLS certificate")
+        self._certs[fp] = der
+        if len(self._certs) > MAX_CACHED_CERTIFICATES:
+            self._certs.popitem(last=False)
+        return der
+
+    def _evict(self, key: tuple[str, bytes]) -> None:
+        p = self._channels.pop(key)
+        self.evictions += 1
+        # Calls still on it get up to their timeout to finish; idle ones close at once.
+        task = asyncio.create_task(p.channel.close(self._timeout if p.calls else None))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _make_room(self, limit: int) -> None:
+        """Close least recently used channels until at most ``limit`` are open."""
+        if len(self._channels) <= limit:
+            return
+        for key in [k for k, p in self._channels.items() if not p.calls]:
+            if len(self._channels) <= limit:
+                return
+            self._evict(key)
+        while len(self._channels) > limit:  # all busy: close the oldest anyway
+            self._evict(next(iter(self._channels)))
+
+    def sweep(self) -> None:
+        """Close the channels that have had no call for ``channel_idle_s``."""
+        cutoff = self._clock() - self._idle_s
+        for key, p in list(self._channels.items()):
+            if p.used > cutoff:
+                break  # ordered by last use: the rest are newer
+            if not p.calls:
+                self._evict(key)
+
+    async def call(
+        self,
+        endpoint: str,
+        fp: bytes,
+        body: bytes,
+        timeout: float | None = None,
+        *,
+        to: bytes | None = None,
+        identity: NodeIdentity | None = None,
+    ) -> bytes:
+        """Call ``endpoint`` (pinned to ``fp``) with ``body``; returns the reply body.
+
+        ``to``: the WireGuard key of the node meant (sent as the ``x-smeg-to``
+        routing hint; the same on every call of a channel, so HPACK sends it
+        once per connection). ``identity``: sign as this node instead of the
+        client's own (a swarm process calling for many members over one pool).
+        """
+        wait = self.backoff.wait((endpoint, fp))
+        if wait > 0:
+            raise RpcError(f"{endpoint}: backing off ({wait:.0f} s) after failed connections")
+        self.sweep()
+        pooled = await self._channel(endpoint, fp)
+        ts = int(time.time() * 1000)
+        digest = hashlib.sha256(body).digest()
+        me = identity or self._identity
+        sig = me.sign(_signed_digest(fp, ts, digest))
+        md: tuple[tuple[str, str], ...] = (
+            ("x-smeg-key", me.wg_public_key.hex()),
+            ("x-smeg-sign", me.sign_public_key.hex()),
+            ("x-smeg-ts", str(ts)),
+            ("x-smeg-hash", digest.hex()),
+            ("x-smeg-len", str(len(body))),
+            ("x-smeg-sig", sig.hex()),
+        )
+        if to is not None:
+            md = (("x-smeg-to", to.hex()), *md)
+        try:
+            reply: bytes = await pooled.channel.unary_unary(FULL_METHOD)(
+                body, metadata=md, timeout=timeout or self._timeout
+            )
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.UNAVAILABLE:
+                await self._drop((endpoint, fp), pooled)
+                self._failed(endpoint, fp, "unavailable")
+            raise RpcError(f"{endpoint}: {e.code().name}: {e.details()}") from e
+        finally:
+            pooled.calls -= 1
+            pooled.used = self._clock()
+        self.backoff.ok((endpoint, fp))
+        return reply
+
+    async def _drop(self, key: tuple[str, bytes], pooled: _Pooled | None = None) -> None:
+        p = self._channels.get(key)
+        if p is None or (pooled is not None and p is not pooled):
+            return  # already replaced by a fresh channel: keep that one
+        del self._channels[key]
+        await p.channel.close()
+
+    async def close(self) -> None:
+        for key in list(self._channels):
+            await self._drop(key)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)

@@ -1,0 +1,294 @@
+"""The node-to-node RPC server: authentication before the body, limits, refusals
+(``daemon/transport.py`` describes the design).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+import logging
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+from smegmesh.core.endpoint import join_host_port
+from smegmesh.core.identity import verify_signature, x25519_matches_ed25519
+from smegmesh.daemon.ratelog import RateLog
+from smegmesh.daemon.rpc_common import (
+    CLOCK_SKEW_MS,
+    MAX_MESSAGE,
+    METHOD,
+    SERVICE,
+    Refused,
+    _b,
+    _signed_digest,
+)
+from smegmesh.daemon.rpc_tls import TlsIdentity
+
+log = logging.getLogger("smegmesh.daemon.transport")  # one logger for the transport
+
+
+#: Largest message a non-member may send: a join request (its own fresh record)
+#: or a ``WhoAmI``.
+MAX_STRANGER_MESSAGE = 64 * 1024
+MAX_CALLS = 128
+MAX_CALLS_PER_KEY = 16
+MAX_STRANGER_CALLS = 8
+MAX_STRANGER_CALLS_PER_ADDRESS = 2
+MAX_CONNECTIONS = 1024
+MAX_STREAMS_PER_CONNECTION = 32
+IDLE_CONNECTION_MS = 5 * 60 * 1000
+HANDSHAKE_TIMEOUT_MS = 10_000
+#: Seconds a caller has to send its (announced) body once its call is admitted.
+READ_TIMEOUT_S = 30.0
+STRANGER_READ_TIMEOUT_S = 5.0
+
+
+_SERVER_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.so_reuseport", 0),
+    ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+    ("grpc.max_connection_idle_ms", IDLE_CONNECTION_MS),
+    ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
+    ("grpc.max_allowed_incoming_connections", MAX_CONNECTIONS),
+    # No BDP probing: flow-control windows stay at 64 KiB per stream, so data
+    # sent on calls we have not admitted (or will refuse) is not buffered.
+    ("grpc.http2.bdp_probe", 0),
+]
+
+
+#: The caller's address as this server sees it ("2001:db8::5"), set while a handler runs.
+caller_address: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "caller_address", default=None
+)
+#: The WireGuard key the caller meant to reach (``x-smeg-to``), set while a handler
+#: runs; ``None`` if it did not say. A routing hint for servers that host several
+#: identities (the test swarm, ``smegmesh.testbed.swarm``), not authenticated:
+#: the signature names the server's TLS fingerprint, which such a server shares.
+callee_key: contextvars.ContextVar[bytes | None] = contextvars.ContextVar(
+    "callee_key", default=None
+)
+
+
+def _callee(md: dict[str, str | bytes]) -> bytes | None:
+    """The ``x-smeg-to`` routing hint: a 32-byte key, or None (absent or malformed)."""
+    to = md.get("x-smeg-to")
+    if to is None or len(to) != 64:
+        return None
+    try:
+        return _b(to)
+    except ValueError:
+        return None
+
+
+def parse_grpc_peer(peer: str) -> str | None:
+    """``ipv6:[2001:db8::5]:4000`` / ``ipv4:192.0.2.1:4000`` -> the address."""
+    kind, _, rest = peer.partition(":")
+    rest = urllib.parse.unquote(rest)
+    if kind == "ipv6" and rest.startswith("["):
+        return rest[1:].partition("]")[0].split("%")[0]
+    if kind == "ipv4":
+        return rest.rpartition(":")[0]
+    return None
+
+
+Handler = Callable[[bytes, bytes], Awaitable[bytes]]
+"""``handler(caller_wg_key, request_body) -> reply_body``; raise ``Refused`` to refuse."""
+
+
+class _Reject(Exception):
+    def __init__(self, code: grpc.StatusCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class RpcServer:
+    """Serves the node-to-node method on ``host:port`` with TLS.
+
+    ``is_member(key)`` tells whether an authenticated caller is a member of one
+    of our meshes (default: everyone is); non-members get the stranger limits.
+    """
+
+    def __init__(
+        self,
+        tls: TlsIdentity,
+        handler: Handler,
+        is_member: Callable[[bytes], bool] | None = None,
+        refusals: RateLog | None = None,
+    ) -> None:
+        self._tls = tls
+        self._fp = tls.fingerprint
+        self._handler = handler
+        self._is_member = is_member or (lambda _k: True)
+        self._server: grpc.aio.Server | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self.port: int | None = None
+        self.refusals = refusals or RateLog(log, "refused")
+        self._calls = 0
+        self._per_key: dict[bytes, int] = {}
+        self._strangers = 0
+        self._strangers_per_addr: dict[str, int] = {}
+
+    @property
+    def calls_in_flight(self) -> int:
+        return self._calls
+
+    async def start(self, host: str, port: int) -> int:
+        # No SO_REUSEPORT (gRPC's default): a second smegd on the same port must
+        # fail to start, not silently share the port and half of the traffic.
+        server = grpc.aio.server(options=_SERVER_OPTIONS)
+        # Served as client-streaming (the wire is the same as unary): the handler
+        # sees the metadata first and reads the one request only once allowed.
+        handler = grpc.method_handlers_generic_handler(
+            SERVICE, {METHOD: grpc.stream_unary_rpc_method_handler(self._call)}
+        )
+        server.add_generic_rpc_handlers((handler,))
+        creds = grpc.ssl_server_credentials([(self._tls.key_pem, self._tls.cert_pem)])
+        bind = join_host_port(host, port)
+        try:
+            self.port = server.add_secure_port(bind, creds)
+        except RuntimeError:  # grpc's "Failed to bind": no errno to pass on
+            self.port = 0
+        if not self.port:
+            raise OSError(
+                f"cannot listen on {bind} (gRPCPort): address already in use or not available"
+            )
+        await server.start()
+        self._server = server
+        self._flusher = asyncio.create_task(self._flush_loop())
+        return self.port
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.refusals.interval_s)
+            self.refusals.flush()
+
+    async def stop(self, grace: float = 0.5) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+
+    def _authenticate(self, md: dict[str, str | bytes]) -> tuple[bytes, bytes, int]:
+        """From the metadata alone: ``(caller wg key, body sha256, body length)``."""
+        try:
+            wg_key = _b(md["x-smeg-key"])
+            sign_key = _b(md["x-smeg-sign"])
+            ts_ms = int(md["x-smeg-ts"])
+            digest = _b(md["x-smeg-hash"])
+            length = int(md["x-smeg-len"])
+            sig = _b(md["x-smeg-sig"])
+        except (KeyError, ValueError, TypeError):
+            raise _Reject(grpc.StatusCode.UNAUTHENTICATED, "no valid auth metadata") from None
+        now = int(time.time() * 1000)
+        ok = (
+            len(wg_key) == 32
+            and len(sign_key) == 32
+            and len(sig) == 64
+            and len(digest) == 32
+            and 0 <= length <= MAX_MESSAGE
+            and abs(now - ts_ms) <= CLOCK_SKEW_MS
+            # Key binding with one field multiplication (no inversions); the
+            # signature check right after rejects off-curve signing keys.
+            and x25519_matches_ed25519(wg_key, sign_key)
+            and verify_signature(sign_key, _signed_digest(self._fp, ts_ms, digest), sig)
+        )
+        if not ok:
+            raise _Reject(grpc.StatusCode.UNAUTHENTICATED, "bad signature")
+        return wg_key, digest, length
+
+    def _check_limits(self, wg_key: bytes, addr: str, member: bool, length: int) -> None:
+        """The per-caller limits, before the body is read (raises ``_Reject``)."""
+        if self._per_key.get(wg_key, 0) >= MAX_CALLS_PER_KEY:
+            raise _Reject(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls from one key")
+        if not member:
+            if length > MAX_STRANGER_MESSAGE:
+                raise _Reject(grpc.StatusCode.PERMISSION_DENIED, "not a member: too large")
+            if (
+                self._strangers >= MAX_STRANGER_CALLS
+                or self._strangers_per_addr.get(addr, 0) >= MAX_STRANGER_CALLS_PER_ADDRESS
+            ):
+                raise _Reject(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls (not a member)")
+
+    async def _read_body(
+        self, context: grpc.aio.ServicerContext, member: bool, digest: bytes, length: int
+    ) -> bytes:
+        """The one request message, within the read deadline, of the announced length and hash."""
+        try:  # a caller that never sends its body does not hold a slot for long
+            body = await asyncio.wait_for(
+                context.read(), READ_TIMEOUT_S if member else STRANGER_READ_TIMEOUT_S
+            )
+        except TimeoutError:
+            raise _Reject(grpc.StatusCode.DEADLINE_EXCEEDED, "body not sent in time") from None
+        if type(body) is not bytes or len(body) != length:
+            raise _Reject(grpc.StatusCode.INVALID_ARGUMENT, "body length mismatch")
+        if hashlib.sha256(body).digest() != digest:
+            raise _Reject(grpc.StatusCode.UNAUTHENTICATED, "body hash mismatch")
+        return body
+
+    async def _call(self, requests: object, context: grpc.aio.ServicerContext) -> bytes:
+        peer = context.peer()
+        parsed = parse_grpc_peer(peer)
+        addr = parsed or peer
+        member = False
+        wg_key = b""
+        admitted = False
+        try:
+            if self._calls >= MAX_CALLS:
+                raise _Reject(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls in total")
+            md = {k: v for k, v in (context.invocation_metadata() or ())}
+            wg_key, digest, length = self._authenticate(md)
+            member = self._is_member(wg_key)
+            self._check_limits(wg_key, addr, member, length)
+            self._enter(wg_key, addr, member)
+            admitted = True
+            body = await self._read_body(context, member, digest, length)
+            caller_address.set(parsed)
+            callee_key.set(_callee(md))
+            try:
+                return await self._handler(wg_key, body)
+            except Refused as e:
+                raise _Reject(grpc.StatusCode.PERMISSION_DENIED, str(e) or "refused") from None
+        except _Reject as r:
+            self.refusals.note(addr, r.reason)
+            await context.abort(r.code, r.reason)
+        except asyncio.CancelledError:
+            raise
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("internal error handling rpc from %s", peer)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        finally:
+            if admitted:
+                self._leave(wg_key, addr, member)
+        raise AssertionError("unreachable")
+
+    def _enter(self, key: bytes, addr: str, member: bool) -> None:
+        self._calls += 1
+        self._per_key[key] = self._per_key.get(key, 0) + 1
+        if not member:
+            self._strangers += 1
+            self._strangers_per_addr[addr] = self._strangers_per_addr.get(addr, 0) + 1
+
+    def _leave(self, key: bytes, addr: str, member: bool) -> None:
+        self._calls -= 1
+        n = self._per_key[key] - 1
+        if n:
+            self._per_key[key] = n
+        else:
+            del self._per_key[key]
+        if not member:
+            self._strangers -= 1
+            n = self._strangers_per_addr[addr] - 1
+            if n:
+                self._strangers_per_addr[addr] = n
+            else:
+                del self._strangers_per_addr[addr]

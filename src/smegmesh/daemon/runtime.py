@@ -1,0 +1,167 @@
+"""A mesh's runtime (:class:`MeshRuntime`) and how the daemon creates and finds one."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from smegmesh.core.authority import Authority
+from smegmesh.core.cert import founding_name
+from smegmesh.core.desired import interface_name
+from smegmesh.core.driver import EngineDriver
+from smegmesh.core.endpoint import join_host_port, split_host_port
+from smegmesh.core.meshnode import MeshNode, MeshSettings
+from smegmesh.core.record import Role, check_endpoint
+from smegmesh.core.state import MeshState
+from smegmesh.daemon import service as svc
+from smegmesh.daemon.base import DaemonBase
+from smegmesh.daemon.config import MeshOptions, resolve_mesh_settings
+from smegmesh.daemon.engineport import DaemonPort
+from smegmesh.daemon.ports import choose_wg_port
+from smegmesh.net.discovery import outgoing_address
+
+log = logging.getLogger("smegd")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class MeshRuntime:
+    """One mesh of this node: its engine, its options and its apply/persist flags."""
+
+    mesh_id: str
+    ifname: str
+    node: MeshNode
+    opts: dict[str, Any]
+    listen_port: int
+    keepalive: int
+    advertise_routes: bool
+    advertise_defaults: bool
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    dirty_wg: bool = True
+    dirty_disk: bool = True
+    calls: set[asyncio.Task[None]] = field(default_factory=set)
+    hooks: dict[str, list[str]] = field(default_factory=dict)
+    up: bool = False
+    #: ``join-mesh`` in progress: no WireGuard interface until a member admits us
+    #: (a refused join must leave nothing behind).
+    joining: bool = False
+    #: the alias-clash message last reported, and the state version it was computed at
+    alias_clash: str | None = None
+    alias_checked: int = -1
+    #: the engine's driver (core/driver.py) and its port (set by ``_add_runtime``)
+    driver: EngineDriver = field(init=False)
+    port: DaemonPort = field(init=False)
+
+    @property
+    def role(self) -> Role:
+        """This node's role in the mesh: its record's, else its settings' (before one)."""
+        rec = self.node.record
+        return rec.role if rec else self.node.settings.role
+
+    @property
+    def alias_authority(self) -> Authority | None:
+        """The mesh's authority for the alias rule (reserved aliases), if it has one."""
+        mesh = self.node.mesh
+        return mesh.authority if mesh.admission else None
+
+
+class RuntimeOps(DaemonBase):
+    """Mixin of the daemon: creates, registers and finds mesh runtimes."""
+
+    def _new_state(self, mesh_id: str) -> MeshState:
+        # Meshes with a self-certifying id have an authority: records need
+        # admission proofs. (Older meshes keep working without one.)
+        return MeshState(
+            mesh_id,
+            gc_horizon_ms=int(self.config.gc_horizon * 1000),
+            admission=founding_name(mesh_id) is not None,
+            max_members=self.config.max_members,
+        )
+
+    def _endpoint_host(self, settings: Any) -> str | None:
+        if settings.endpoint:
+            return str(settings.endpoint)
+        return outgoing_address()
+
+    def _add_runtime(
+        self, mesh_id: str, opts: MeshOptions, state: MeshState, listen_port: int | None
+    ) -> MeshRuntime:
+        s = resolve_mesh_settings(self.config.base_configuration, opts)
+        role = Role(s.role)
+        port = listen_port or choose_wg_port(
+            mesh_id, s.wg_port, {rt.listen_port for rt in self.meshes.values()}
+        )
+        host = self._endpoint_host(s)
+        if role == Role.PEER and host is None:
+            raise svc.unavailable(
+                "cannot find this node's address: "
+                "set baseConfiguration.publicEndpoint or --endpoint"
+            )
+        host_only = host
+        if host:
+            try:  # "host", "host:port", "v6", "[v6]" or "[v6]:port": keep the host
+                host_only = split_host_port(host, default_port=0)[0]
+            except ValueError as e:
+                raise svc.invalid_argument(f"endpoint: {host!r}: {e}") from None
+        if host_only:
+            # Checked before anything is registered: a bad --endpoint is the
+            # user's error (400), not a record the engine fails to sign (500).
+            try:
+                check_endpoint(join_host_port(host_only, port))
+            except ValueError as e:
+                raise svc.invalid_argument(
+                    f"endpoint: {host_only!r} is not an IP address or DNS name ({e})"
+                ) from None
+        settings = MeshSettings(
+            role=role,
+            wg_endpoint=join_host_port(host_only, port) if host_only else None,
+            control_endpoint=join_host_port(host_only, self._rpc_port) if host_only else None,
+            tls_fp=self.tls.fingerprint,
+        )
+        node = MeshNode(
+            self.identity,
+            mesh_id,
+            settings,
+            self.gossip,
+            self.liveness,
+            random.Random(self.rng.getrandbits(64)),
+            state,
+            refresh_ms=min(3_600_000, int(self.config.gc_horizon * 1000) // 4),
+        )
+        rt = MeshRuntime(
+            mesh_id=mesh_id,
+            ifname=interface_name(mesh_id),
+            node=node,
+            opts=opts.model_dump(exclude_none=True),
+            listen_port=port,
+            keepalive=s.keepalive,
+            advertise_routes=s.advertise_routes,
+            advertise_defaults=s.advertise_defaults,
+            hooks={
+                "preUp": list(s.pre_up),
+                "postUp": list(s.post_up),
+                "preDown": list(s.pre_down),
+                "postDown": list(s.post_down),
+            },
+        )
+        rt.port = DaemonPort(
+            lambda call: self._start_call(rt, call), lambda keys: self._on_changed(rt, keys)
+        )
+        rt.driver = EngineDriver(node, rt.port)
+        self.meshes[mesh_id] = rt
+        rt.task = asyncio.create_task(self._mesh_loop(rt))
+        return rt
+
+    def _get(self, mesh_id: str) -> MeshRuntime:
+        rt = self.meshes.get(mesh_id)
+        if rt is None:
+            raise svc.unknown_mesh(mesh_id)
+        return rt

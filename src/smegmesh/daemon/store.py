@@ -1,0 +1,132 @@
+"""The store: this node's identity and its meshes (options and last-known state)
+on disk, written atomically (``daemon/persist.py``), and the persist loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from smegmesh.core.addressing import validate_mesh_id
+from smegmesh.core.identity import NodeIdentity, key_to_text
+from smegmesh.core.record import RecordError
+from smegmesh.core.wire import WireError, decode_item, encode_item
+from smegmesh.daemon.base import DaemonBase
+from smegmesh.daemon.config import MeshOptions
+from smegmesh.daemon.persist import PersistError, atomic_write
+from smegmesh.daemon.runtime import MeshRuntime, now_ms
+
+log = logging.getLogger("smegd")
+
+
+def mesh_meta(rt: MeshRuntime) -> dict[str, Any]:
+    """What is saved of a mesh besides its items: its id, options and WireGuard port."""
+    return {"mesh_id": rt.mesh_id, "opts": rt.opts, "listen_port": rt.listen_port}
+
+
+def write_mesh(d: Path, mesh_id: str, meta: dict[str, Any], items: Iterable[Any]) -> None:
+    """``<mesh>.json`` (meta) and ``<mesh>.state`` (the encoded items), each atomically."""
+    encoded = [encode_item(i) for i in items]
+    atomic_write(d / f"{mesh_id}.json", json.dumps(meta).encode())
+    atomic_write(d / f"{mesh_id}.state", msgpack.packb(encoded, use_bin_type=True))
+
+
+def remove_mesh_files(d: Path, mesh_id: str) -> None:
+    """Forget a mesh on disk (``leave-mesh``)."""
+    for suffix in (".json", ".state"):
+        with contextlib.suppress(FileNotFoundError):
+            (d / f"{mesh_id}{suffix}").unlink()
+
+
+class StoreOps(DaemonBase):
+    """Mixin of the daemon: persistence of the meshes."""
+
+    def _load_identity(self) -> NodeIdentity:
+        path = self.state_dir / "identity.key"
+        if path.exists():
+            seed = path.read_bytes()
+            if len(seed) != 32:
+                raise SystemExit(f"smegd: {path} is corrupt (expected 32 bytes); move it away")
+            return NodeIdentity.from_seed(seed)
+        ident = NodeIdentity.generate()
+        atomic_write(path, ident.seed, mode=0o600)
+        log.info("created node identity %s", key_to_text(ident.wg_public_key))
+        return ident
+
+    def _mesh_dir(self) -> Path:
+        return self.state_dir / "meshes"
+
+    def _save_mesh(self, rt: MeshRuntime) -> None:
+        try:
+            write_mesh(self._mesh_dir(), rt.mesh_id, mesh_meta(rt), rt.node.mesh.all_items())
+            rt.dirty_disk = False
+        except PersistError as e:
+            log.error("%s (state kept in memory; will retry)", e)
+
+    def _load_meshes(self) -> list[tuple[dict[str, Any], list[Any]]]:
+        out: list[tuple[dict[str, Any], list[Any]]] = []
+        d = self._mesh_dir()
+        if not d.is_dir():
+            return out
+        for meta_path in sorted(d.glob("*.json")):
+            try:
+                meta = json.loads(meta_path.read_text())
+                validate_mesh_id(meta["mesh_id"])
+                state_path = meta_path.with_suffix(".state")
+                raw = state_path.read_bytes() if state_path.exists() else msgpack.packb([])
+                items = []
+                for obj in msgpack.unpackb(raw, raw=False, strict_map_key=True):
+                    with contextlib.suppress(WireError, RecordError):
+                        items.append(decode_item(obj))
+                out.append((meta, items))
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                log.error("ignoring unreadable mesh state %s: %s", meta_path, e)
+        return out
+
+    def _restore_meshes(self) -> None:
+        """Start the meshes saved on disk (at start-up), from their last-known state."""
+        for meta, items in self._load_meshes():
+            opts = MeshOptions(**meta.get("opts", {}))
+            state = self._new_state(meta["mesh_id"])
+            state.apply_many(items, now_ms())
+            rt = self._add_runtime(meta["mesh_id"], opts, state, meta.get("listen_port"))
+            self._emit(rt, rt.node.start(now_ms()))
+            self.member_events.track(rt.mesh_id, state, "restored")
+            log.info("rejoined mesh %s (%d nodes known)", rt.mesh_id, len(state.live_records()))
+
+    async def _persist_loop(self) -> None:
+        horizon = int(self.config.gc_horizon * 1000)
+        while True:
+            await asyncio.sleep(1.0)
+            if len(self.dropped_items):  # its summary, once per interval
+                self.dropped_items.note_tick()
+            for rt in list(self.meshes.values()):
+                if rt.node.mesh.gc(now_ms(), horizon):
+                    rt.dirty_disk = True
+                    self.member_events.sweep(rt.mesh_id, rt.node.mesh)
+                if rt.dirty_disk and not rt.joining:  # a refused join is never saved
+                    await self._save_mesh_off_loop(rt)
+
+    async def _save_mesh_off_loop(self, rt: MeshRuntime) -> None:
+        """:meth:`_save_mesh`, encoding and writing in a thread (the state may be megabytes).
+
+        The records are immutable: the list taken here is a consistent snapshot.
+        """
+        meta = mesh_meta(rt)
+        items = list(rt.node.mesh.all_items())
+        rt.dirty_disk = False
+        d = self._mesh_dir()
+        try:
+            await asyncio.to_thread(write_mesh, d, rt.mesh_id, meta, items)
+        except PersistError as e:
+            rt.dirty_disk = True
+            log.error("%s (state kept in memory; will retry)", e)
+        if rt.mesh_id not in self.meshes:  # left while we wrote: leave nothing behind
+            remove_mesh_files(d, rt.mesh_id)
