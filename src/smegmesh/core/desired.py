@@ -81,72 +81,14 @@ def desired_config(
     addr = me.address if me is not None else None
     routes = list(gateway_routes)
 
-    wg_peers: dict[bytes, PeerConfig] = {}
-    host_routes: set[Route] = set()
     if role == Role.CLIENT:
-        mine = None
-        if me is not None:
-            mine = assigned_peer(me, {k: r for k, r in peers.items() if k != self_key})
-        if mine is not None:
-            gw = peers[mine]
-            allowed = {prefix} | {r.destination for r in routes}
-            wg_peers[mine] = PeerConfig(
-                public_key=mine,
-                endpoint=gw.wg_endpoint,
-                allowed_ips=frozenset(allowed),
-                keepalive=DEFAULT_CLIENT_KEEPALIVE if keepalive is None else keepalive,
-            )
-            for r in routes:
-                host_routes.add(Route(r.destination, None))
-        # direct sessions with other clients (core.direct, docs/NAT.md): the
-        # other's /128 (longest match) only once the session is up
-        for dk, d in (direct or {}).items():
-            other = clients.get(dk)
-            if other is None or dk in (self_key, mine):
-                continue
-            wg_peers[dk] = PeerConfig(
-                public_key=dk,
-                endpoint=d.endpoint,
-                allowed_ips=frozenset({f"{other.address}/128"}) if d.routed else frozenset(),
-                keepalive=DIRECT_KEEPALIVE_S,
-            )
+        wg_peers, host_routes = _client_peers(
+            self_key, me, peers, clients, prefix, routes, keepalive, direct
+        )
     else:
-        allowed_by_peer: dict[bytes, set[str]] = {
-            k: {f"{r.address}/128"} for k, r in peers.items() if k != self_key
-        }
-        other_peers = {k: r for k, r in peers.items() if k != self_key}
-        for ck, c in clients.items():
-            if ck == self_key:
-                continue
-            via = assigned_peer(c, peers)
-            if via == self_key:
-                wg_peers[ck] = PeerConfig(
-                    public_key=ck, endpoint=None, allowed_ips=frozenset({f"{c.address}/128"})
-                )
-            elif via is not None and via in allowed_by_peer:
-                allowed_by_peer[via].add(f"{c.address}/128")
-        for dk, daddr, sponsor in devices:
-            if dk in live:
-                continue
-            if sponsor == self_key:
-                wg_peers[dk] = PeerConfig(
-                    public_key=dk, endpoint=None, allowed_ips=frozenset({f"{daddr}/128"})
-                )
-            elif sponsor in allowed_by_peer:
-                allowed_by_peer[sponsor].add(f"{daddr}/128")
-        for r in routes:
-            if r.gateway in allowed_by_peer:
-                allowed_by_peer[r.gateway].add(r.destination)
-                gw_addr = other_peers[r.gateway].address
-                host_routes.add(Route(r.destination, gw_addr))
-        for k, allowed in allowed_by_peer.items():
-            rec = other_peers[k]
-            wg_peers[k] = PeerConfig(
-                public_key=k,
-                endpoint=rec.wg_endpoint,
-                allowed_ips=frozenset(allowed),
-                keepalive=keepalive or 0,
-            )
+        wg_peers, host_routes = _peer_peers(
+            self_key, live, peers, clients, routes, keepalive, devices
+        )
 
     iface = InterfaceConfig(
         name=ifname, private_key=private_key, listen_port=listen_port, peers=wg_peers
@@ -159,3 +101,110 @@ def desired_config(
         forwarding=role == Role.PEER,
     )
     return iface, host
+
+
+def _client_peers(
+    self_key: bytes,
+    me: NodeRecord | None,
+    peers: Mapping[bytes, NodeRecord],
+    clients: Mapping[bytes, NodeRecord],
+    prefix: str,
+    routes: list[GatewayRoute],
+    keepalive: int | None,
+    direct: Mapping[bytes, DirectPeer] | None,
+) -> tuple[dict[bytes, PeerConfig], set[Route]]:
+    """A client's WireGuard peers: its assigned peer, plus its direct sessions."""
+    wg_peers: dict[bytes, PeerConfig] = {}
+    host_routes: set[Route] = set()
+    mine = None
+    if me is not None:
+        mine = assigned_peer(me, {k: r for k, r in peers.items() if k != self_key})
+    if mine is not None:
+        gw = peers[mine]
+        allowed = {prefix} | {r.destination for r in routes}
+        wg_peers[mine] = PeerConfig(
+            public_key=mine,
+            endpoint=gw.wg_endpoint,
+            allowed_ips=frozenset(allowed),
+            keepalive=DEFAULT_CLIENT_KEEPALIVE if keepalive is None else keepalive,
+        )
+        for r in routes:
+            host_routes.add(Route(r.destination, None))
+    # direct sessions with other clients (core.direct, docs/NAT.md): the
+    # other's /128 (longest match) only once the session is up
+    for dk, d in (direct or {}).items():
+        other = clients.get(dk)
+        if other is None or dk in (self_key, mine):
+            continue
+        wg_peers[dk] = PeerConfig(
+            public_key=dk,
+            endpoint=d.endpoint,
+            allowed_ips=frozenset({f"{other.address}/128"}) if d.routed else frozenset(),
+            keepalive=DIRECT_KEEPALIVE_S,
+        )
+    return wg_peers, host_routes
+
+
+def _peer_peers(
+    self_key: bytes,
+    live: Mapping[bytes, NodeRecord],
+    peers: Mapping[bytes, NodeRecord],
+    clients: Mapping[bytes, NodeRecord],
+    routes: list[GatewayRoute],
+    keepalive: int | None,
+    devices: Iterable[tuple[bytes, str, bytes]],
+) -> tuple[dict[bytes, PeerConfig], set[Route]]:
+    """A peer's WireGuard peers: every other live peer, its clients and devices."""
+    wg_peers: dict[bytes, PeerConfig] = {}
+    host_routes: set[Route] = set()
+    allowed_by_peer: dict[bytes, set[str]] = {
+        k: {f"{r.address}/128"} for k, r in peers.items() if k != self_key
+    }
+    other_peers = {k: r for k, r in peers.items() if k != self_key}
+    _assign_clients(self_key, peers, clients, wg_peers, allowed_by_peer)
+    for dk, daddr, sponsor in devices:
+        if dk in live:
+            continue
+        if sponsor == self_key:
+            wg_peers[dk] = PeerConfig(
+                public_key=dk, endpoint=None, allowed_ips=frozenset({f"{daddr}/128"})
+            )
+        elif sponsor in allowed_by_peer:
+            allowed_by_peer[sponsor].add(f"{daddr}/128")
+    for r in routes:
+        if r.gateway in allowed_by_peer:
+            allowed_by_peer[r.gateway].add(r.destination)
+            gw_addr = other_peers[r.gateway].address
+            host_routes.add(Route(r.destination, gw_addr))
+    for k, allowed in allowed_by_peer.items():
+        rec = other_peers[k]
+        wg_peers[k] = PeerConfig(
+            public_key=k,
+            endpoint=rec.wg_endpoint,
+            allowed_ips=frozenset(allowed),
+            keepalive=keepalive or 0,
+        )
+    return wg_peers, host_routes
+
+
+def _assign_clients(
+    self_key: bytes,
+    peers: Mapping[bytes, NodeRecord],
+    clients: Mapping[bytes, NodeRecord],
+    wg_peers: dict[bytes, PeerConfig],
+    allowed_by_peer: dict[bytes, set[str]],
+) -> None:
+    """Place the clients: this peer's own become its WireGuard peers.
+
+    A client assigned to another peer adds its /128 to that peer's AllowedIPs.
+    """
+    for ck, c in clients.items():
+        if ck == self_key:
+            continue
+        via = assigned_peer(c, peers)
+        if via == self_key:
+            wg_peers[ck] = PeerConfig(
+                public_key=ck, endpoint=None, allowed_ips=frozenset({f"{c.address}/128"})
+            )
+        elif via is not None and via in allowed_by_peer:
+            allowed_by_peer[via].add(f"{c.address}/128")
