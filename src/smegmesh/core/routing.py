@@ -61,7 +61,7 @@ choice per destination — linear in records x routes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from smegmesh.core.addressing import mesh_prefix
@@ -149,23 +149,7 @@ def compute_routes(
         return p
 
     own_prefixes = {pfx(m) for m in mesh_ids}
-
-    def proven(rec: NodeRecord) -> set[str]:
-        return {p.founding.mesh_id for p in rec.proofs}
-
-    # This node's role and, on client meshes, its assigned peer.
-    role: dict[str, Role] = {}
-    via_peer: dict[str, bytes | None] = {}
-    for m in mesh_ids:
-        live = [r for r in my_meshes[m] if not r.left]
-        me = next((r for r in live if r.wg_key == self_key), None)
-        given = roles.get(m) if roles is not None else None
-        role[m] = given if given is not None else (me.role if me is not None else Role.PEER)
-        if role[m] == Role.CLIENT:
-            peers = {r.wg_key: r for r in live if r.role == Role.PEER and r.wg_key != self_key}
-            via_peer[m] = (
-                assigned_peer(me, peers) if me is not None else choose(self_key, peers.keys())
-            )
+    role, via_peer = _my_roles(self_key, my_meshes, mesh_ids, roles)
     peer_meshes = [m for m in mesh_ids if role[m] == Role.PEER]
 
     # 1. Candidate routes, keeping only the shortest per destination.
@@ -178,41 +162,112 @@ def compute_routes(
             if rec.left or rec.role != Role.PEER or rec.wg_key == self_key:
                 continue
             for adv in rec.routes:
-                dest, path = adv.prefix, adv.path
-                if dest in own_prefixes:
+                if not _acceptable(
+                    adv, rec, mine, own_prefixes, pfx, accept_defaults, advertise_defaults
+                ):
                     continue
-                if dest == DEFAULT_ROUTE:
-                    if not accept_defaults or advertise_defaults:
-                        continue
-                elif not path or pfx(path[-1]) != dest:
-                    continue
-                if len(set(path)) != len(path) or not mine.isdisjoint(path):
-                    continue
-                if path and founding_name(path[0]) is not None and path[0] not in proven(rec):
-                    continue  # no proof of membership in the mesh it claims to bridge
-                b = best.get(dest)
-                if b is not None and len(path) > b.length:
-                    continue
-                if b is None or len(path) < b.length:
-                    b = best[dest] = _Best(len(path), [], set(), {})
-                if (m, rec.wg_key) in b.advertisers:
-                    continue  # duplicate advert of the same route by one gateway
-                b.advertisers.add((m, rec.wg_key))
-                if client_mesh:
-                    gw = via_peer[m]
-                    assert gw is not None
-                    # all gateways of a client mesh are one candidate (keep the
-                    # smallest path so the display does not depend on record order)
-                    i = b.client_slot.get(m)
-                    if i is None:
-                        b.client_slot[m] = len(b.cands)
-                        b.cands.append((gw + m.encode(), m, gw, path))
-                    elif path < b.cands[i][3]:
-                        b.cands[i] = (gw + m.encode(), m, gw, path)
-                else:
-                    b.cands.append((rec.wg_key + m.encode(), m, rec.wg_key, path))
+                _add_candidate(best, adv, m, rec.wg_key, via_peer[m] if client_mesh else None)
 
     # 2. One rendezvous choice per destination.
+    table, gw_routes, client_dests = _choose(self_key, best, mesh_ids, role)
+
+    # 3. What to advertise into each mesh.
+    adverts = _adverts(
+        mesh_ids, peer_meshes, table, role, pfx, advertise_routes, advertise_defaults
+    )
+
+    return RoutingResult(
+        adverts=adverts,
+        gateway_routes={m: tuple(v) for m, v in gw_routes.items()},
+        client_destinations={m: tuple(v) for m, v in client_dests.items()},
+        table=tuple(table),
+    )
+
+
+def _my_roles(
+    self_key: bytes,
+    my_meshes: Mapping[str, Sequence[NodeRecord]],
+    mesh_ids: list[str],
+    roles: Mapping[str, Role] | None,
+) -> tuple[dict[str, Role], dict[str, bytes | None]]:
+    """This node's role per mesh and, on client meshes, its assigned peer."""
+    role: dict[str, Role] = {}
+    via_peer: dict[str, bytes | None] = {}
+    for m in mesh_ids:
+        live = [r for r in my_meshes[m] if not r.left]
+        me = next((r for r in live if r.wg_key == self_key), None)
+        given = roles.get(m) if roles is not None else None
+        role[m] = given if given is not None else (me.role if me is not None else Role.PEER)
+        if role[m] == Role.CLIENT:
+            peers = {r.wg_key: r for r in live if r.role == Role.PEER and r.wg_key != self_key}
+            via_peer[m] = (
+                assigned_peer(me, peers) if me is not None else choose(self_key, peers.keys())
+            )
+    return role, via_peer
+
+
+def _acceptable(
+    adv: RouteAdv,
+    rec: NodeRecord,
+    mine: set[str],
+    own_prefixes: set[str],
+    pfx: Callable[[str], str],
+    accept_defaults: bool,
+    advertise_defaults: bool,
+) -> bool:
+    """Whether the advert ``adv`` in the record ``rec`` passes the acceptance rules."""
+    dest, path = adv.prefix, adv.path
+    if dest in own_prefixes:
+        return False
+    if dest == DEFAULT_ROUTE:
+        if not accept_defaults or advertise_defaults:
+            return False
+    elif not path or pfx(path[-1]) != dest:
+        return False
+    if len(set(path)) != len(path) or not mine.isdisjoint(path):
+        return False
+    # no proof of membership in the mesh it claims to bridge
+    return not (
+        path
+        and founding_name(path[0]) is not None
+        and path[0] not in {p.founding.mesh_id for p in rec.proofs}
+    )
+
+
+def _add_candidate(
+    best: dict[str, _Best], adv: RouteAdv, m: str, gw_key: bytes, client_gw: bytes | None
+) -> None:
+    """Record an accepted advert of ``gw_key`` in mesh ``m`` if it is among the shortest.
+
+    ``client_gw``: on a client mesh, the assigned peer (else ``None``).
+    """
+    dest, path = adv.prefix, adv.path
+    b = best.get(dest)
+    if b is not None and len(path) > b.length:
+        return
+    if b is None or len(path) < b.length:
+        b = best[dest] = _Best(len(path), [], set(), {})
+    if (m, gw_key) in b.advertisers:
+        return  # duplicate advert of the same route by one gateway
+    b.advertisers.add((m, gw_key))
+    if client_gw is not None:
+        gw = client_gw
+        # all gateways of a client mesh are one candidate (keep the
+        # smallest path so the display does not depend on record order)
+        i = b.client_slot.get(m)
+        if i is None:
+            b.client_slot[m] = len(b.cands)
+            b.cands.append((gw + m.encode(), m, gw, path))
+        elif path < b.cands[i][3]:
+            b.cands[i] = (gw + m.encode(), m, gw, path)
+    else:
+        b.cands.append((gw_key + m.encode(), m, gw_key, path))
+
+
+def _choose(
+    self_key: bytes, best: Mapping[str, _Best], mesh_ids: list[str], role: Mapping[str, Role]
+) -> tuple[list[RouteEntry], dict[str, list[GatewayRoute]], dict[str, list[str]]]:
+    """One rendezvous choice per destination: the table, routes and client destinations."""
     table: list[RouteEntry] = []
     gw_routes: dict[str, list[GatewayRoute]] = {m: [] for m in mesh_ids}
     client_dests: dict[str, list[str]] = {m: [] for m in mesh_ids}
@@ -228,8 +283,19 @@ def compute_routes(
         gw_routes[m].append(GatewayRoute(dest, gw))
         if role[m] == Role.CLIENT:
             client_dests[m].append(dest)
+    return table, gw_routes, client_dests
 
-    # 3. What to advertise into each mesh.
+
+def _adverts(
+    mesh_ids: list[str],
+    peer_meshes: list[str],
+    table: list[RouteEntry],
+    role: Mapping[str, Role],
+    pfx: Callable[[str], str],
+    advertise_routes: bool,
+    advertise_defaults: bool,
+) -> dict[str, tuple[RouteAdv, ...]]:
+    """What to advertise into each mesh (nothing into client meshes)."""
     adverts: dict[str, tuple[RouteAdv, ...]] = {m: () for m in mesh_ids}
     for m in peer_meshes:
         out: set[RouteAdv] = set()
@@ -248,10 +314,4 @@ def compute_routes(
                 out.add(RouteAdv(e.destination, path))
         ordered = sorted(out, key=lambda a: (len(a.path), a.prefix, a.path))
         adverts[m] = tuple(ordered[:MAX_ROUTES])
-
-    return RoutingResult(
-        adverts=adverts,
-        gateway_routes={m: tuple(v) for m, v in gw_routes.items()},
-        client_destinations={m: tuple(v) for m, v in client_dests.items()},
-        table=tuple(table),
-    )
+    return adverts
