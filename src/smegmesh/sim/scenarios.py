@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,20 +85,8 @@ def run_scenario(name: str, cfg: ScenarioConfig) -> dict[str, Any]:
     if name not in SCENARIOS:
         raise ValueError(f"unknown scenario {name!r}")
     wall0 = time.perf_counter()
-    spare = 1 if name == "join" else 0
     authority = cfg.authority or name == "evict"
-    sim = Simulator.steady(
-        cfg.nodes,
-        spare=spare,
-        seed=cfg.seed,
-        net=cfg.net,
-        gossip=cfg.gossip,
-        liveness=cfg.liveness,
-        byte_sample=cfg.byte_sample,
-        share_state=cfg.share_state,
-        authority=authority,
-        verify_sample=cfg.verify_sample,
-    )
+    sim = _build(name, cfg, authority)
     pop = sim.population
     assert pop is not None
     wall_build = time.perf_counter() - wall0
@@ -118,130 +107,8 @@ def run_scenario(name: str, cfg: ScenarioConfig) -> dict[str, Any]:
         res["authority"] = True
         res.update(depth_summary(pop.depths[: cfg.nodes] if pop.depths else []))
     subject = sim.rng.randrange(cfg.nodes)
-
-    if name == "change":
-        sn = sim.nodes[subject]
-        sim.command(subject, sn.node.update_self(sim.now, description="changed"))
-        rec = sn.node.mesh.record(sn.key)
-        assert rec is not None
-        v = rec.version
-
-        def has(st: MeshState, k: bytes = sn.key, v: int = v) -> bool:
-            r = st.record(k)
-            return r is not None and r.version >= v
-
-        sp = Spread(sn.key, sim.now, has)
-        sp.times[subject] = sim.now
-        spreads.append(sp)
-        among = [x.index for x in sim.live()]
-        _stop_when(sim, end, lambda: len(sp.times) >= len(among))
-        res.update(_prefix("change_", sp.summary(among)))
-    elif name == "crash":
-        sn = sim.nodes[subject]
-        sim.crash(subject)
-
-        def gone(st: MeshState, k: bytes = sn.key) -> bool:
-            return st.live_record(k) is None
-
-        sp = Spread(sn.key, sim.now, gone)
-        spreads.append(sp)
-        among = [x.index for x in sim.live()]
-        _stop_when(sim, end, lambda: len(sp.times) >= len(among))
-        res.update(_prefix("prune_", sp.summary(among)))
-        res["detect_bound_ms"] = cfg.liveness.probe_interval_ms + cfg.liveness.suspicion_ms
-    elif name == "join":
-        j = sim.join(cfg.nodes)
-        jk = sim.nodes[j].key
-
-        def known(st: MeshState, k: bytes = jk) -> bool:
-            return st.live_record(k) is not None
-
-        sp = Spread(jk, sim.now, known)
-        spreads.append(sp)
-        among = [x.index for x in sim.live() if x.index != j]
-        _stop_when(sim, end, lambda: sum(1 for i in among if i in sp.times) >= len(among))
-        res.update(_prefix("join_", sp.summary(among)))
-    elif name == "churn":
-        down_ms = int(cfg.churn_downtime * 1000)
-        rate = cfg.churn_per_min * cfg.nodes / 60_000.0  # crashes per ms
-        t = sim.now
-        crashes = 0
-        while rate > 0:
-            t += max(1, int(sim.rng.expovariate(rate)))
-            if t >= end:
-                break
-            victim = sim.rng.randrange(cfg.nodes)
-
-            def crash(v: int = victim) -> None:
-                if sim.nodes[v].alive:
-                    sim.crash(v)
-                    sim.at(sim.now + down_ms, lambda: sim.restart(v))
-
-            sim.at(t, crash)
-            crashes += 1
-        sim.run_until(end)
-        res["crashes"] = crashes
-    elif name == "partition":
-        half = cfg.nodes // 2
-        sim.partition([0 if i < half else 1 for i in range(cfg.nodes)])
-        sn = sim.nodes[0]
-        sim.command(0, sn.node.update_self(sim.now, description="during-partition"))
-        sim.run_until(sim.now + int(cfg.partition_seconds * 1000))
-        sim.partition(None)
-        healed = sim.now
-        res["partition_ms"] = int(cfg.partition_seconds * 1000)
-        _stop_when(sim, end, sim.converged, step=500)
-        res["converged"] = sim.converged()
-        res["converge_ms_after_heal"] = (sim.now - healed) if res["converged"] else None
-        res["live_everywhere"] = (
-            all(x.node.mesh.live_record(y.key) is not None for x in sim.live() for y in sim.live())
-            if cfg.nodes <= 200
-            else None
-        )
-    elif name == "evict":
-        # The founder (node 0, an admin) evicts one member (not cascading:
-        # the nodes it admitted stay).
-        victim = subject if subject != 0 else 1
-        vk = sim.nodes[victim].key
-        admin = sim.nodes[0]
-        t_evict = sim.now
-        sim.command(0, admin.node.evict(sim.now, vk))
-        rev = [r for rs in admin.node.mesh.authority.revoked.values() for r in rs]
-        res["evict_kept"] = len(rev[0].keep) if rev else 0
-
-        def gone(st: MeshState, k: bytes = vk) -> bool:
-            return st.record(k) is None
-
-        sp = Spread(vk, t_evict, gone)
-        if gone(admin.node.mesh):
-            sp.times[0] = t_evict
-        spreads.append(sp)
-        among = [x.index for x in sim.live() if x.index != victim]
-        _stop_when(sim, end, lambda: sum(1 for i in among if i in sp.times) >= len(among))
-        res.update(_prefix("evict_", sp.summary(among)))
-        # Nothing else was lost: every other live node is still live everywhere
-        # (checked on a sample of replicas at large sizes).
-        step = max(1, len(among) // 50)
-        res["evict_collateral"] = sum(
-            1
-            for i in among[::step]
-            for j in among
-            if sim.nodes[i].node.mesh.live_record(sim.nodes[j].key) is None
-        )
-    else:  # steady
-        sim.run_until(end)
-
-    secs = (sim.now - warm) / 1000
-    tx = [
-        a - b
-        for a, b in zip(sim.traffic.tx, tx0 + [0] * (len(sim.traffic.tx) - len(tx0)), strict=True)
-    ]
-    rx = [
-        a - b
-        for a, b in zip(sim.traffic.rx, rx0 + [0] * (len(sim.traffic.rx) - len(rx0)), strict=True)
-    ]
-    res.update(_prefix("bps_", traffic_rates(tx, rx, range(cfg.nodes), secs)))
-    res["virtual_s"] = round(secs, 3)
+    _EVENTS[name](sim, cfg, subject, end, spreads, res)
+    _add_traffic(res, sim, cfg, warm, tx0, rx0)
     res["false_prunes"] = len(fp.targets)
     res["false_prune_obs"] = len(fp.events)
     res["events"] = sim.events
@@ -259,6 +126,236 @@ def run_scenario(name: str, cfg: ScenarioConfig) -> dict[str, Any]:
         res["decoded_msgs"] = sim.decoded
     res["_sim"] = sim
     return res
+
+
+def _build(name: str, cfg: ScenarioConfig, authority: bool) -> Simulator:
+    """The warmed-up-to-be steady mesh of ``cfg`` (one spare node for ``join``)."""
+    return Simulator.steady(
+        cfg.nodes,
+        spare=1 if name == "join" else 0,
+        seed=cfg.seed,
+        net=cfg.net,
+        gossip=cfg.gossip,
+        liveness=cfg.liveness,
+        byte_sample=cfg.byte_sample,
+        share_state=cfg.share_state,
+        authority=authority,
+        verify_sample=cfg.verify_sample,
+    )
+
+
+def _add_traffic(
+    res: dict[str, Any],
+    sim: Simulator,
+    cfg: ScenarioConfig,
+    warm: int,
+    tx0: list[int],
+    rx0: list[int],
+) -> None:
+    """Traffic rates since the warm-up (counters ``tx0``/``rx0`` then) and virtual time."""
+    secs = (sim.now - warm) / 1000
+    tx = [
+        a - b
+        for a, b in zip(sim.traffic.tx, tx0 + [0] * (len(sim.traffic.tx) - len(tx0)), strict=True)
+    ]
+    rx = [
+        a - b
+        for a, b in zip(sim.traffic.rx, rx0 + [0] * (len(sim.traffic.rx) - len(rx0)), strict=True)
+    ]
+    res.update(_prefix("bps_", traffic_rates(tx, rx, range(cfg.nodes), secs)))
+    res["virtual_s"] = round(secs, 3)
+
+
+# Each scenario's event and its measurement, after the warm-up:
+# (sim, cfg, subject, end, spreads, res) -> None, adding its results to ``res``.
+
+
+def _run_steady(
+    sim: Simulator,
+    cfg: ScenarioConfig,
+    subject: int,
+    end: int,
+    spreads: list[Spread],
+    res: dict[str, Any],
+) -> None:
+    sim.run_until(end)
+
+
+def _run_change(
+    sim: Simulator,
+    cfg: ScenarioConfig,
+    subject: int,
+    end: int,
+    spreads: list[Spread],
+    res: dict[str, Any],
+) -> None:
+    sn = sim.nodes[subject]
+    sim.command(subject, sn.node.update_self(sim.now, description="changed"))
+    rec = sn.node.mesh.record(sn.key)
+    assert rec is not None
+    v = rec.version
+
+    def has(st: MeshState, k: bytes = sn.key, v: int = v) -> bool:
+        r = st.record(k)
+        return r is not None and r.version >= v
+
+    sp = Spread(sn.key, sim.now, has)
+    sp.times[subject] = sim.now
+    spreads.append(sp)
+    among = [x.index for x in sim.live()]
+    _stop_when(sim, end, lambda: len(sp.times) >= len(among))
+    res.update(_prefix("change_", sp.summary(among)))
+
+
+def _run_crash(
+    sim: Simulator,
+    cfg: ScenarioConfig,
+    subject: int,
+    end: int,
+    spreads: list[Spread],
+    res: dict[str, Any],
+) -> None:
+    sn = sim.nodes[subject]
+    sim.crash(subject)
+
+    def gone(st: MeshState, k: bytes = sn.key) -> bool:
+        return st.live_record(k) is None
+
+    sp = Spread(sn.key, sim.now, gone)
+    spreads.append(sp)
+    among = [x.index for x in sim.live()]
+    _stop_when(sim, end, lambda: len(sp.times) >= len(among))
+    res.update(_prefix("prune_", sp.summary(among)))
+    res["detect_bound_ms"] = cfg.liveness.probe_interval_ms + cfg.liveness.suspicion_ms
+
+
+def _run_join(
+    sim: Simulator,
+    cfg: ScenarioConfig,
+    subject: int,
+    end: int,
+    spreads: list[Spread],
+    res: dict[str, Any],
+) -> None:
+    j = sim.join(cfg.nodes)
+    jk = sim.nodes[j].key
+
+    def known(st: MeshState, k: bytes = jk) -> bool:
+        return st.live_record(k) is not None
+
+    sp = Spread(jk, sim.now, known)
+    spreads.append(sp)
+    among = [x.index for x in sim.live() if x.index != j]
+    _stop_when(sim, end, lambda: sum(1 for i in among if i in sp.times) >= len(among))
+    res.update(_prefix("join_", sp.summary(among)))
+
+
+def _run_churn(
+    sim: Simulator,
+    cfg: ScenarioConfig,
+    subject: int,
+    end: int,
+    spreads: list[Spread],
+    res: dict[str, Any],
+) -> None:
+    down_ms = int(cfg.churn_downtime * 1000)
+    rate = cfg.churn_per_min * cfg.nodes / 60_000.0  # crashes per ms
+    t = sim.now
+    crashes = 0
+    while rate > 0:
+        t += max(1, int(sim.rng.expovariate(rate)))
+        if t >= end:
+            break
+        victim = sim.rng.randrange(cfg.nodes)
+
+        def crash(v: int = victim) -> None:
+            if sim.nodes[v].alive:
+                sim.crash(v)
+                sim.at(sim.now + down_ms, lambda: sim.restart(v))
+
+        sim.at(t, crash)
+        crashes += 1
+    sim.run_until(end)
+    res["crashes"] = crashes
+
+
+def _run_partition(
+    sim: Simulator,
+    cfg: ScenarioConfig,
+    subject: int,
+    end: int,
+    spreads: list[Spread],
+    res: dict[str, Any],
+) -> None:
+    half = cfg.nodes // 2
+    sim.partition([0 if i < half else 1 for i in range(cfg.nodes)])
+    sn = sim.nodes[0]
+    sim.command(0, sn.node.update_self(sim.now, description="during-partition"))
+    sim.run_until(sim.now + int(cfg.partition_seconds * 1000))
+    sim.partition(None)
+    healed = sim.now
+    res["partition_ms"] = int(cfg.partition_seconds * 1000)
+    _stop_when(sim, end, sim.converged, step=500)
+    res["converged"] = sim.converged()
+    res["converge_ms_after_heal"] = (sim.now - healed) if res["converged"] else None
+    res["live_everywhere"] = (
+        all(x.node.mesh.live_record(y.key) is not None for x in sim.live() for y in sim.live())
+        if cfg.nodes <= 200
+        else None
+    )
+
+
+def _run_evict(
+    sim: Simulator,
+    cfg: ScenarioConfig,
+    subject: int,
+    end: int,
+    spreads: list[Spread],
+    res: dict[str, Any],
+) -> None:
+    # The founder (node 0, an admin) evicts one member (not cascading:
+    # the nodes it admitted stay).
+    victim = subject if subject != 0 else 1
+    vk = sim.nodes[victim].key
+    admin = sim.nodes[0]
+    t_evict = sim.now
+    sim.command(0, admin.node.evict(sim.now, vk))
+    rev = [r for rs in admin.node.mesh.authority.revoked.values() for r in rs]
+    res["evict_kept"] = len(rev[0].keep) if rev else 0
+
+    def gone(st: MeshState, k: bytes = vk) -> bool:
+        return st.record(k) is None
+
+    sp = Spread(vk, t_evict, gone)
+    if gone(admin.node.mesh):
+        sp.times[0] = t_evict
+    spreads.append(sp)
+    among = [x.index for x in sim.live() if x.index != victim]
+    _stop_when(sim, end, lambda: sum(1 for i in among if i in sp.times) >= len(among))
+    res.update(_prefix("evict_", sp.summary(among)))
+    # Nothing else was lost: every other live node is still live everywhere
+    # (checked on a sample of replicas at large sizes).
+    step = max(1, len(among) // 50)
+    res["evict_collateral"] = sum(
+        1
+        for i in among[::step]
+        for j in among
+        if sim.nodes[i].node.mesh.live_record(sim.nodes[j].key) is None
+    )
+
+
+_Event = Callable[[Simulator, ScenarioConfig, int, int, list[Spread], dict[str, Any]], None]
+
+_EVENTS: dict[str, _Event] = {
+    "steady": _run_steady,
+    "change": _run_change,
+    "crash": _run_crash,
+    "join": _run_join,
+    "churn": _run_churn,
+    "partition": _run_partition,
+    "evict": _run_evict,
+}
+assert set(_EVENTS) == set(SCENARIOS)
 
 
 def depth_summary(depths: list[int]) -> dict[str, Any]:
