@@ -25,9 +25,9 @@ from smegmesh.daemon.config import (
 
 # The prototype's example files: the shared originals next to the checkout
 # (../shared/compat) when present, else the copies committed in tests/compat.
-COMPAT = Path(__file__).resolve().parents[1].parent / "shared" / "compat"
+COMPAT = Path(__file__).resolve().parents[2].parent / "shared" / "compat"
 if not COMPAT.is_dir():
-    COMPAT = Path(__file__).parent / "compat"
+    COMPAT = Path(__file__).parent.parent / "compat"
 COMPAT_FILES = ["prototype-configuration.yaml", "prototype-client.yaml"]
 
 

@@ -10,7 +10,7 @@ import pytest
 from smegmesh.daemon.config import ConfigError, load_config
 from smegmesh.daemon.configdoc import render
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "CONFIG.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "CONFIG.md"
 
 
 def test_committed_reference_matches_the_models() -> None:

@@ -35,7 +35,7 @@ from smegmesh.testbed.netns import Testbed
 pytestmark = pytest.mark.netns
 Completed = subprocess.CompletedProcess[str]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "localhost/debian-local:bookworm"
 IMAGE = "localhost/smegmesh:ci"
 # Wheels of the dependencies, kept between runs (the image build needs no index).

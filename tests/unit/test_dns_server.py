@@ -499,7 +499,7 @@ def test_resolver_help() -> None:
     # docs/DNS.md carries the same text.
     from pathlib import Path
 
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "DNS.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "DNS.md").read_text()
     assert text in doc
 
 

@@ -660,7 +660,7 @@ def test_render_timeout(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
 
 def test_documented_queries_run() -> None:
     """Every example query of docs/QUERY.md parses and runs on a real mesh document."""
-    text = (Path(__file__).parent.parent / "docs" / "QUERY.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "QUERY.md").read_text()
     section = text.split("## Examples", 1)[1].split("\n## ", 1)[0]
     exprs = [
         m.group(1).replace("\\|", "|").replace("\\`", "`")

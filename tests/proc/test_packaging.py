@@ -28,7 +28,7 @@ from envcheck import missing
 from smegmesh.daemon.defaults import DEFAULT_CONFIG_PATH
 from smegmesh.daemon.main import example_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "packaging" / "systemd" / "smegd.service"
 
 
