@@ -68,3 +68,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             kind = "netns"
         if kind is not None:
             item.add_marker(getattr(pytest.mark, kind))
+        if kind == "netns":
+            # one xdist worker runs every namespace test, one after the other
+            # (``--dist loadgroup``): they share the host's nftables, wireguard-go
+            # and timing budget
+            item.add_marker(pytest.mark.xdist_group("netns"))

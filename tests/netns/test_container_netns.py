@@ -28,8 +28,8 @@ from typing import Any
 
 import pytest
 
-from daemon_helpers import wait_until
 from envcheck import missing
+from smegmesh.testbed.loopback import wait_until
 from smegmesh.testbed.netns import Testbed
 
 pytestmark = pytest.mark.netns

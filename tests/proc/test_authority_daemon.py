@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from daemon_helpers import Cluster, create_mesh, wait_until
+from smegmesh.testbed.loopback import Cluster, create_mesh, wait_until
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import pytest
 
-from daemon_helpers import (
+from smegmesh.testbed.loopback import (
     API_TOKEN,
     PNG_MAGIC,
     Cluster,
@@ -489,7 +489,7 @@ def test_runtime_start_errors_are_one_line(trio: Cluster) -> None:
         ({**base, "controlSocket": str(tmp / "s.sock"), "gRPCPort": a.grpc_port}, "gRPCPort"),
         ({**base, "controlSocket": str(a.sock), "gRPCPort": 0}, "in use"),
     ]
-    from daemon_helpers import free_port
+    from smegmesh.testbed.loopback import free_port
 
     try:
         for cfg, word in cases:

@@ -16,8 +16,8 @@ import dns.rdatatype
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from daemon_helpers import Cluster, Smegd, create_mesh, wait_until
 from smegmesh.daemon.devices_ops import parse_wg_quick
+from smegmesh.testbed.loopback import Cluster, Smegd, create_mesh, wait_until
 
 
 @pytest.fixture(scope="module")

@@ -31,9 +31,9 @@ import dns.resolver
 import dns.reversename
 import pytest
 
-from daemon_helpers import Cluster, Smegd, create_mesh, wait_until
 from envcheck import missing
 from smegmesh.dns import node_id_prefix
+from smegmesh.testbed.loopback import Cluster, Smegd, create_mesh, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 

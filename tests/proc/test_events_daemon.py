@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from daemon_helpers import Cluster, Smegd, create_mesh, wait_until
+from smegmesh.testbed.loopback import Cluster, Smegd, create_mesh, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 

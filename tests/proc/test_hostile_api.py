@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from daemon_helpers import API_TOKEN, Cluster, create_mesh, wait_until
+from smegmesh.testbed.loopback import API_TOKEN, Cluster, create_mesh, wait_until
 from tls_helpers import self_signed
 
 pytestmark = pytest.mark.timeout(240)

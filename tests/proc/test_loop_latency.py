@@ -21,12 +21,12 @@ import dns.asyncquery
 import dns.message
 import pytest
 
-from daemon_helpers import free_port, free_udp_tcp_port, short_tmpdir
 from smegmesh.core.cert import Cert
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.record import MAX_ROUTE_PATH, MAX_ROUTES, NodeRecord, Role, RouteAdv
 from smegmesh.daemon.config import MeshOptions, parse_config
 from smegmesh.daemon.node import Daemon, now_ms
+from smegmesh.testbed.loopback import free_port, free_udp_tcp_port, short_tmpdir
 
 pytestmark = pytest.mark.timeout(300)
 

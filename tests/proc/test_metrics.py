@@ -10,9 +10,16 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon_helpers import Cluster, Smegd, create_mesh, free_port, wait_converged, wait_until
 from smegmesh.daemon.ports import choose_wg_port
 from smegmesh.daemon.service import ServiceError
+from smegmesh.testbed.loopback import (
+    Cluster,
+    Smegd,
+    create_mesh,
+    free_port,
+    wait_converged,
+    wait_until,
+)
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon_helpers import free_port, short_tmpdir, wait_until
 from envcheck import missing
 from smegmesh.daemon.defaults import DEFAULT_CONFIG_PATH
 from smegmesh.daemon.main import example_config
+from smegmesh.testbed.loopback import free_port, short_tmpdir, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "packaging" / "systemd" / "smegd.service"

@@ -29,8 +29,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from api_fake import FakeNodeService
-from daemon_helpers import API_TOKEN, Cluster, create_mesh
 from smegmesh.daemon.api import create_app
+from smegmesh.testbed.loopback import API_TOKEN, Cluster, create_mesh
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon_helpers import Smegd, short_tmpdir
 from smegmesh.daemon.sdnotify_glue import Notifier, _watchdog_interval
+from smegmesh.testbed.loopback import Smegd, short_tmpdir
 
 
 @pytest.fixture

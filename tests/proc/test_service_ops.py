@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-from daemon_helpers import Cluster, Smegd, free_port, short_tmpdir, wait_until
 from smegmesh.daemon.config import ConfigError, parse_config
 from smegmesh.daemon.statelock import LOCK_NAME
+from smegmesh.testbed.loopback import Cluster, Smegd, free_port, short_tmpdir, wait_until
 
 #: a line of gRPC's C core: "E1202 03:54:18.234211    9141 add_port.cc:83] ..."
 GRPC_NATIVE_LINE = re.compile(r"^[EWIF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+\.cc:\d+\]", re.M)

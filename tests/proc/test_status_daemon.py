@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from daemon_helpers import API_TOKEN, Cluster, CtlResult, Smegd, create_mesh, wait_until
+from smegmesh.testbed.loopback import API_TOKEN, Cluster, CtlResult, Smegd, create_mesh, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 

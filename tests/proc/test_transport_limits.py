@@ -22,7 +22,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from daemon_helpers import Smegd, cluster, create_mesh, wait_until
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.invite import parse_token
 from smegmesh.core.messages import JoinReply, JoinRequest
@@ -53,6 +52,7 @@ from smegmesh.daemon.transport import (
     TlsIdentity,
     cert_fingerprint,
 )
+from smegmesh.testbed.loopback import Smegd, cluster, create_mesh, wait_until
 
 
 def rss_mb(pid: int) -> float:

@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from daemon_helpers import API_TOKEN, Cluster, Smegd, cluster
 from smegmesh.daemon.ui import SessionStore
+from smegmesh.testbed.loopback import API_TOKEN, Cluster, Smegd, cluster
 
 # --------------------------------------------------------------------------- sessions
 

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from daemon_helpers import API_TOKEN, Cluster, cluster, wait_converged
+from smegmesh.testbed.loopback import API_TOKEN, Cluster, cluster, wait_converged
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [

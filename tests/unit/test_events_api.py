@@ -14,10 +14,10 @@ import httpx
 import pytest
 
 from api_fake import FakeNodeService, LoopThread, short_tmpdir
-from daemon_helpers import wait_until
 from smegmesh.cli.watch import SseParser
 from smegmesh.daemon.api import ApiServer, create_app, serve_tcp, serve_unix
 from smegmesh.daemon.events import EventBus
+from smegmesh.testbed.loopback import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
