@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from envcheck import missing
 from smegmesh.testbed.loopback import API_TOKEN, Cluster, cluster, wait_converged
 
 CHROMIUM = "/usr/bin/chromium"
@@ -33,9 +34,12 @@ CHROMIUM_FLAGS = [
 
 @pytest.fixture
 def page(tmp_path: Path) -> Iterator[Any]:
-    playwright = pytest.importorskip("playwright.sync_api")
+    try:
+        import playwright.sync_api as playwright
+    except ImportError:  # a dev dependency: missing in CI is a failure, not a skip
+        missing("playwright is not installed (uv sync --dev)")
     if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"{CHROMIUM} missing (Debian package chromium; scripts/bootstrap.sh)")
+        missing(f"{CHROMIUM} missing (Debian package chromium; scripts/bootstrap.sh)")
     with playwright.sync_playwright() as pw:
         ctx = pw.chromium.launch_persistent_context(
             str(tmp_path / "profile"),

@@ -27,7 +27,7 @@ from typing import Any
 
 # the daemon wrapper lives in .daemon; re-exported here, where the tests import it
 from smegmesh.testbed.daemon import GRPC_PORT, CtlError, Daemon, Timings
-from smegmesh.testbed.netns import Node, Testbed, _alive
+from smegmesh.testbed.netns import Node, Testbed
 from smegmesh.testbed.wait import wait_until
 
 __all__ = ["GRPC_PORT", "Cluster", "CtlError", "Daemon", "Timings", "ping_rtt"]
@@ -236,7 +236,3 @@ def ping_rtt(node: Node, address: str, count: int = 1, timeout: int = 1) -> floa
             with contextlib.suppress(IndexError, ValueError):
                 return float(line.split("=")[1].split("/")[1])
     return 0.0
-
-
-def pid_alive(pid: int) -> bool:
-    return _alive(pid)

@@ -292,30 +292,3 @@ class Daemon:
 
     def ping(self, address: str, count: int = 1, timeout: int = 1) -> bool:
         return self.node.ping(address, count=count, timeout=timeout)
-
-    # -------------------------------------------------------------- metrics
-    def rss_kb(self) -> int | None:
-        return _proc_status(self.pid, "VmRSS") if self.pid else None
-
-    def cpu_ticks(self) -> int | None:
-        if self.pid is None:
-            return None
-        try:
-            with open(f"/proc/{self.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            return int(fields[11]) + int(fields[12])  # utime + stime
-        except (FileNotFoundError, IndexError, ValueError):
-            return None
-
-
-def _proc_status(pid: int | None, key: str) -> int | None:
-    if pid is None:
-        return None
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except FileNotFoundError:
-        return None
-    return None
