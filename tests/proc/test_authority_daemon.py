@@ -1,6 +1,6 @@
 """Mesh authority with real daemons (memory backend): evict, admins, invitations, policy.
 
-``SMEG_EVICT_NODES=10 pytest tests/test_authority_daemon.py -k propagation -s``
+``SMEG_EVICT_NODES=10 pytest tests/proc/test_authority_daemon.py -k propagation -s``
 measures the eviction time in a 10-daemon mesh (issue 11 asks for <= 3 s).
 """
 
