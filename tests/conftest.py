@@ -55,21 +55,22 @@ def _kind(item: pytest.Item) -> str | None:
     return _KIND_BY_DIR.get(rel.parts[0]) if len(rel.parts) > 1 else None
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark tests by the directory they live in: ``tests/netns`` and ``tests/proc``.
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Mark a test by the directory it lives in: ``tests/netns`` and ``tests/proc``.
 
     ``tests/unit`` is pure and fast (no processes, no root): ``pytest tests/unit``
     is the inner loop. A test elsewhere that asks for a namespace fixture is
-    marked ``netns`` too (a new file not yet moved to its directory).
+    marked ``netns`` too (a new file not yet moved to its directory). Marked as
+    each test is collected, before any ``pytest_collection_modifyitems`` (that is
+    where pytest-xdist reads ``xdist_group``).
     """
-    for item in items:
-        kind = _kind(item)
-        if kind is None and _NETNS_FIXTURES & set(getattr(item, "fixturenames", ())):
-            kind = "netns"
-        if kind is not None:
-            item.add_marker(getattr(pytest.mark, kind))
-        if kind == "netns":
-            # one xdist worker runs every namespace test, one after the other
-            # (``--dist loadgroup``): they share the host's nftables, wireguard-go
-            # and timing budget
-            item.add_marker(pytest.mark.xdist_group("netns"))
+    kind = _kind(item)
+    if kind is None and _NETNS_FIXTURES & set(getattr(item, "fixturenames", ())):
+        kind = "netns"
+    if kind is not None:
+        item.add_marker(getattr(pytest.mark, kind))
+    if kind == "netns":
+        # one xdist worker runs every namespace test, one after the other
+        # (``--dist loadgroup``): they share the host's nftables, wireguard-go
+        # and timing budget
+        item.add_marker(pytest.mark.xdist_group("netns"))
