@@ -97,7 +97,7 @@ def test_active_idle_flood_does_not_lock_out_a_new_client() -> None:
                         writer.write(frame())
                 took = await fresh_query(server.port)
                 assert took < 3.0
-            assert len(server._tcp_clients) <= server.max_tcp_clients
+            assert len(server.tcp.conns) <= server.max_tcp_clients
         finally:
             for _, writer in conns:
                 writer.close()
@@ -143,7 +143,7 @@ def test_per_client_cap_evicts_that_clients_idlest_connection() -> None:
         for reader, writer in [*mine[6:], (other_r, other_w)]:
             writer.write(frame())
             assert addresses(await asyncio.wait_for(read_reply(reader), 3)) == {str(DB.address)}
-        hosts = [c.host for c in server._tcp_clients.values()]
+        hosts = [c.host for c in server.tcp.conns.values()]
         assert hosts.count("127.0.0.2") == 4 and hosts.count("127.0.0.3") == 1
         for _, writer in [*mine, (other_r, other_w)]:
             writer.close()

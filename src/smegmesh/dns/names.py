@@ -61,7 +61,7 @@ import hashlib
 import ipaddress
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = [
     "ANY",
@@ -196,95 +196,10 @@ class NameView:
     # -- construction -------------------------------------------------------
 
     def _build(self) -> None:
-        ids: dict[bytes, str] = {}
-        # (mesh, label) -> nodes; nodeid labels and alias labels kept apart so
-        # that a NODEID always wins over an alias spelling the same thing.
-        by_id: dict[tuple[str, str], list[NodeName]] = {}
-        by_alias: dict[tuple[str, str], list[NodeName]] = {}
-        g_id: dict[str, list[NodeName]] = {}
-        g_alias: dict[str, list[NodeName]] = {}
-        meshes: set[str] = set()
-        for node in self.nodes:
-            mesh = _label(node.mesh_id)
-            if mesh is None:
-                continue
-            meshes.add(mesh)
-            key = bytes(node.wg_key)
-            nid = ids.get(key)
-            if nid is None:
-                nid = ids[key] = node_id_prefix(key)
-            by_id.setdefault((mesh, nid), []).append(node)
-            g_id.setdefault(nid, []).append(node)
-            alias = _label(node.alias) if node.alias else None
-            if alias is not None:
-                by_alias.setdefault((mesh, alias), []).append(node)
-                g_alias.setdefault(alias, []).append(node)
-
-        names: dict[str, _Entry] = {ZONE: _Entry(zone=ZONE, apex=True)}
-
-        def entry(group: list[NodeName], qualified: bool) -> _Entry:
-            keys = {bytes(n.wg_key) for n in group}
-            if len(keys) == 1:
-                addrs = sorted({n.address for n in group})
-                return _Entry(zone=ZONE, aaaa=tuple(str(a) for a in addrs))
-            # Ambiguous: several machines. Suggest the unambiguous names.
-            hints = sorted({f"{ids[bytes(n.wg_key)]}.{_label(n.mesh_id)}.smeg." for n in group})
-            what = "this name" if qualified else "this alias"
-            more = [f"... and {len(hints) - _MAX_HINTS} more"] if len(hints) > _MAX_HINTS else []
-            txt = (f"ambiguous: {what} names {len(keys)} nodes", *hints[:_MAX_HINTS], *more)
-            return _Entry(zone=ZONE, txt=txt)
-
-        def pairs(
-            table: dict[tuple[str, str], list[NodeName]],
-        ) -> Iterable[tuple[str, str, list[NodeName]]]:
-            for (mesh, label), group in table.items():
-                yield mesh, label, group
-
-        # Documented order first, so it wins over the prototype order on clashes.
-        mesh_entries: dict[str, _Entry] = {}
-        for mesh, label, group in pairs(by_alias):
-            mesh_entries.setdefault(f"{label}.{mesh}", entry(group, True))
-        for mesh, label, group in pairs(by_id):
-            mesh_entries[f"{label}.{mesh}"] = entry(group, True)  # NODEID beats alias
-        for name, ent in mesh_entries.items():
-            names[name + ".smeg."] = ent
-        for name, ent in mesh_entries.items():
-            label, _, mesh = name.partition(".")
-            names.setdefault(f"{mesh}.{label}.smeg.", ent)
-
-        short: dict[str, _Entry] = {}
-        for label, group in g_alias.items():
-            short[label] = entry(group, False)
-        for label, group in g_id.items():
-            short[label] = entry(group, False)
-        for mesh in meshes:
-            short.setdefault(mesh, _Entry(zone=ZONE))
-        for label, ent in short.items():
-            names.setdefault(label + ".smeg.", ent)
-
-        # Reverse names: canonical name per address, one zone per mesh /64.
-        rev_zones: dict[str, str] = {}
-        for node in self.nodes:
-            mesh = _label(node.mesh_id)
-            if mesh is None:
-                continue
-            nid = ids[bytes(node.wg_key)]
-            target = f"{nid}.{mesh}.smeg."
-            alias = _label(node.alias) if node.alias else None
-            if alias is not None:
-                fwd = names.get(f"{alias}.{mesh}.smeg.")
-                if fwd is not None and fwd.aaaa and str(node.address) in fwd.aaaa:
-                    target = f"{alias}.{mesh}.smeg."
-            rname = _nibbles(node.address)
-            zone = rname[32:]  # drop the 16 interface-id nibbles ("x." each)
-            rev_zones[zone] = zone
-            old = names.get(rname)
-            ptr = (*old.ptr, target) if old is not None else (target,)
-            names[rname] = _Entry(zone=zone, ptr=ptr)
-        for zone in rev_zones:
-            names[zone] = _Entry(zone=zone, apex=True)
+        g = _group(self.nodes)
+        names = _forward_names(g)
+        self._rev_zones = _add_reverse_names(self.nodes, g.ids, names)
         self._names = names
-        self._rev_zones = rev_zones
 
     # -- queries ------------------------------------------------------------
 
@@ -349,3 +264,103 @@ def _miss(view: NameView, name: str, ttl: int) -> Answer:
                 rcode = NXDOMAIN if len(labels) == 32 else NODATA
                 return Answer(rcode, (), (_soa(zone, view.serial, ttl),))
     return Answer(REFUSED, authoritative=False)
+
+
+@dataclass(slots=True)
+class _Groups:
+    """Nodes grouped by the labels that name them."""
+
+    ids: dict[bytes, str] = field(default_factory=dict)  # key -> NODEID label
+    # (mesh, label) -> nodes; nodeid labels and alias labels kept apart so
+    # that a NODEID always wins over an alias spelling the same thing.
+    by_id: dict[tuple[str, str], list[NodeName]] = field(default_factory=dict)
+    by_alias: dict[tuple[str, str], list[NodeName]] = field(default_factory=dict)
+    g_id: dict[str, list[NodeName]] = field(default_factory=dict)
+    g_alias: dict[str, list[NodeName]] = field(default_factory=dict)
+    meshes: set[str] = field(default_factory=set)
+
+
+def _group(nodes: Iterable[NodeName]) -> _Groups:
+    g = _Groups()
+    for node in nodes:
+        mesh = _label(node.mesh_id)
+        if mesh is None:
+            continue
+        g.meshes.add(mesh)
+        key = bytes(node.wg_key)
+        nid = g.ids.get(key)
+        if nid is None:
+            nid = g.ids[key] = node_id_prefix(key)
+        g.by_id.setdefault((mesh, nid), []).append(node)
+        g.g_id.setdefault(nid, []).append(node)
+        alias = _label(node.alias) if node.alias else None
+        if alias is not None:
+            g.by_alias.setdefault((mesh, alias), []).append(node)
+            g.g_alias.setdefault(alias, []).append(node)
+    return g
+
+
+def _entry(ids: dict[bytes, str], group: list[NodeName], qualified: bool) -> _Entry:
+    keys = {bytes(n.wg_key) for n in group}
+    if len(keys) == 1:
+        addrs = sorted({n.address for n in group})
+        return _Entry(zone=ZONE, aaaa=tuple(str(a) for a in addrs))
+    # Ambiguous: several machines. Suggest the unambiguous names.
+    hints = sorted({f"{ids[bytes(n.wg_key)]}.{_label(n.mesh_id)}.smeg." for n in group})
+    what = "this name" if qualified else "this alias"
+    more = [f"... and {len(hints) - _MAX_HINTS} more"] if len(hints) > _MAX_HINTS else []
+    txt = (f"ambiguous: {what} names {len(keys)} nodes", *hints[:_MAX_HINTS], *more)
+    return _Entry(zone=ZONE, txt=txt)
+
+
+def _forward_names(g: _Groups) -> dict[str, _Entry]:
+    names: dict[str, _Entry] = {ZONE: _Entry(zone=ZONE, apex=True)}
+    # Documented order first, so it wins over the prototype order on clashes.
+    mesh_entries: dict[str, _Entry] = {}
+    for (mesh, label), group in g.by_alias.items():
+        mesh_entries.setdefault(f"{label}.{mesh}", _entry(g.ids, group, True))
+    for (mesh, label), group in g.by_id.items():
+        mesh_entries[f"{label}.{mesh}"] = _entry(g.ids, group, True)  # NODEID beats alias
+    for name, ent in mesh_entries.items():
+        names[name + ".smeg."] = ent
+    for name, ent in mesh_entries.items():
+        label, _, mesh = name.partition(".")
+        names.setdefault(f"{mesh}.{label}.smeg.", ent)
+
+    short: dict[str, _Entry] = {}
+    for label, group in g.g_alias.items():
+        short[label] = _entry(g.ids, group, False)
+    for label, group in g.g_id.items():
+        short[label] = _entry(g.ids, group, False)
+    for mesh in g.meshes:
+        short.setdefault(mesh, _Entry(zone=ZONE))
+    for label, ent in short.items():
+        names.setdefault(label + ".smeg.", ent)
+    return names
+
+
+def _add_reverse_names(
+    nodes: Iterable[NodeName], ids: dict[bytes, str], names: dict[str, _Entry]
+) -> dict[str, str]:
+    """Reverse names: canonical name per address, one zone per mesh /64 (returned)."""
+    rev_zones: dict[str, str] = {}
+    for node in nodes:
+        mesh = _label(node.mesh_id)
+        if mesh is None:
+            continue
+        nid = ids[bytes(node.wg_key)]
+        target = f"{nid}.{mesh}.smeg."
+        alias = _label(node.alias) if node.alias else None
+        if alias is not None:
+            fwd = names.get(f"{alias}.{mesh}.smeg.")
+            if fwd is not None and fwd.aaaa and str(node.address) in fwd.aaaa:
+                target = f"{alias}.{mesh}.smeg."
+        rname = _nibbles(node.address)
+        zone = rname[32:]  # drop the 16 interface-id nibbles ("x." each)
+        rev_zones[zone] = zone
+        old = names.get(rname)
+        ptr = (*old.ptr, target) if old is not None else (target,)
+        names[rname] = _Entry(zone=zone, ptr=ptr)
+    for zone in rev_zones:
+        names[zone] = _Entry(zone=zone, apex=True)
+    return rev_zones
