@@ -10,8 +10,8 @@ echo "== mypy"; uv run --frozen mypy
 echo "== import contracts"; uv run --frozen lint-imports --no-logo
 # Tests in parallel (pytest-xdist): SMEG_TEST_WORKERS processes (3: the
 # loopback daemon tests mostly wait on protocol timers, so 3 fit on 2 cores);
-# every netns test runs on one of them, serially (--dist loadgroup, group
-# "netns" set in tests/conftest.py). SMEG_TEST_WORKERS=0: no xdist, one process.
+# every tests/netns test runs on one of them, serially (the scheduler in
+# tests/conftest.py). SMEG_TEST_WORKERS=0: no xdist, one process.
 echo "== pytest"
 uv run --frozen pytest -q -p no:cacheprovider --durations=25 \
-  -n "${SMEG_TEST_WORKERS:-3}" --dist loadgroup "$@"
+  -n "${SMEG_TEST_WORKERS:-3}" "$@"

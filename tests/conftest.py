@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,17 +61,29 @@ def pytest_itemcollected(item: pytest.Item) -> None:
 
     ``tests/unit`` is pure and fast (no processes, no root): ``pytest tests/unit``
     is the inner loop. A test elsewhere that asks for a namespace fixture is
-    marked ``netns`` too (a new file not yet moved to its directory). Marked as
-    each test is collected, before any ``pytest_collection_modifyitems`` (that is
-    where pytest-xdist reads ``xdist_group``).
+    marked ``netns`` too (a new file not yet moved to its directory).
     """
     kind = _kind(item)
     if kind is None and _NETNS_FIXTURES & set(getattr(item, "fixturenames", ())):
         kind = "netns"
     if kind is not None:
         item.add_marker(getattr(pytest.mark, kind))
-    if kind == "netns":
-        # one xdist worker runs every namespace test, one after the other
-        # (``--dist loadgroup``): they share the host's nftables, wireguard-go
-        # and timing budget
-        item.add_marker(pytest.mark.xdist_group("netns"))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """With pytest-xdist: one worker runs every ``tests/netns`` test, one after the other.
+
+    They share the host's nftables, wireguard-go and timing budget. Every other
+    test is a work unit of its own (what ``--dist load`` does). The scope is
+    taken from the test's path: ``--dist loadgroup`` cannot be used, its
+    ``xdist_group`` marker rewrites ``item._nodeid``, which pytest 9 no longer
+    reads.
+    """
+    from xdist.scheduler import LoadScopeScheduling
+
+    class NetnsSerial(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return "netns" if nodeid.startswith("tests/netns/") else nodeid
+
+    return NetnsSerial(config, log)
