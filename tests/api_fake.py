@@ -350,6 +350,11 @@ class FakeNodeService:
         self._mesh(mesh_id)
         raise ServiceError("unknown_device", f"no device {device!r}", 404)
 
+    async def device_config(self, mesh_id: str, device: str) -> AddDeviceResponse:
+        self.calls.append(("device_config", (mesh_id, device)))
+        self._mesh(mesh_id)
+        raise ServiceError("unknown_device", f"no device {device!r}", 404)
+
 
 # --------------------------------------------------------------------------- serving
 

@@ -72,7 +72,7 @@ def pytest_itemcollected(item: pytest.Item) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """With pytest-xdist: one worker runs every ``tests/netns`` test, one after the other.
+    """With pytest-xdist: one worker runs every ``tests/netns`` (or ``*_netns.py``) test, serially.
 
     They share the host's nftables, wireguard-go and timing budget. Every other
     test is a work unit of its own (what ``--dist load`` does). The scope is
@@ -84,6 +84,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
     class NetnsSerial(LoadScopeScheduling):  # type: ignore[misc]
         def _split_scope(self, nodeid: str) -> str:
-            return "netns" if nodeid.startswith("tests/netns/") else nodeid
+            netns = nodeid.startswith("tests/netns/") or "_netns.py::" in nodeid
+            return "netns" if netns else nodeid
 
     return NetnsSerial(config, log)

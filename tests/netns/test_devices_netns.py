@@ -1,13 +1,17 @@
 """A sponsored device with real WireGuard (issue 18): no smegd, only the printed config.
 
-Three peers (wireguard-go in namespaces) form a mesh; peer ``b`` (serving the
-mesh DNS on port 53) sponsors a device with ``smegctl add-device``. A fourth
-namespace, the "device", is configured ONLY from the printed wg-quick file:
-parsed, ``wg setconf`` for the WireGuard part (as ``wg-quick strip`` would),
-``ip`` for the address and the routes of ``AllowedIPs``; it runs wireguard-go
-like the test bed does and no smegd. It pings every member by overlay address,
-is pinged back, resolves its own alias from the mesh DNS named in the config;
-``remove-device`` and ``evict`` cut it off within the propagation time.
+Three peers (wireguard-go in namespaces) form a mesh; the founder ``a`` (an
+admin) has peer ``b`` (serving the mesh DNS on port 53) sponsor a device
+(``add-device --via bravo``). A fourth namespace, the "device", is configured
+ONLY from the printed wg-quick file (the API's ``config``, which ``smegctl
+add-device`` prints: checked in test_devices_daemon.py; the API is called
+in-process here, a smegctl process costs seconds on a loaded machine): parsed,
+``wg setconf`` for the WireGuard part (as ``wg-quick strip`` would), ``ip`` for
+the address and the routes of ``AllowedIPs``; it runs wireguard-go like the
+test bed does and no smegd. It pings every member by overlay address, is pinged
+back, resolves its own alias from the mesh DNS named in the config; the sponsor
+reprints the same config (``device-config``); ``remove-device`` and ``evict``
+cut it off within the propagation time.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import time
 import pytest
 
 from smegmesh.daemon.devices_ops import parse_wg_quick
-from smegmesh.testbed.cluster import Cluster, Timings, ping_rtt
+from smegmesh.testbed.cluster import Cluster, Daemon, Timings
 from smegmesh.testbed.netns import Node, Testbed, wait_until
 
 pytestmark = pytest.mark.netns
@@ -58,35 +62,100 @@ def _apply_device_config(dev: Node, ifname: str, text: str, private_key: str | N
     return addr.split("/")[0]
 
 
+def _rtt(node: Node, address: str) -> float | None:
+    """Mean RTT in ms of 5 pings 0.2 s apart (None: not every ping answered)."""
+    proc = node.run(
+        ["ping", "-6", "-n", "-q", "-c", "5", "-i", "0.2", "-W", "2", address],
+        check=False,
+        timeout=20,
+    )
+    if proc.returncode != 0:
+        return None
+    line = next((x for x in proc.stdout.splitlines() if "min/avg/max" in x), "")
+    return float(line.split("=")[1].split("/")[1]) if line else 0.0
+
+
+def _form_mesh(c: Cluster, members: list[Daemon]) -> str:
+    """The mesh over the API (in-process: a smegctl process costs seconds under load)."""
+    first, *others = members
+    mesh_id = str(first.api("POST", "/v1/meshes")["mesh_id"])
+    body = {"ttl_s": 600, "uses": len(others)}
+    token = first.api("POST", f"/v1/meshes/{mesh_id}/invites", body)["token"]
+    joined = c.map(lambda d: d.api("POST", "/v1/join", {"token": token}, timeout=60), others)
+    assert all(joined), joined
+    return mesh_id
+
+
 def test_device_from_printed_config_reaches_the_mesh(testbed: Testbed) -> None:
+    t_start = time.monotonic()
+    phases: dict[str, float] = {}
+
+    def phase(name: str) -> None:
+        phases[name] = round(time.monotonic() - t_start, 1)
+
     with Cluster(testbed, TIMINGS) as c:
-        a = c.add("peer")
-        b = c.add("peer", start=False)
+        a, b, x = (c.add("peer", start=False) for _ in range(3))
         b.edit_config(dnsListen="[::]:53")
-        b.start()
-        x = c.add("peer")
-        mesh_id, _ = c.form_mesh([a, b, x])
         members = [a, b, x]
+        for d in members:
+            d.start(wait=False)
+        c.map(lambda d: d.wait_ready(60.0), members)
+        phase("daemons ready")
+        mesh_id = _form_mesh(c, members)
         keys = c.keys(mesh_id, members)
         addrs = c.addresses(mesh_id, members)
+        phase("joined")
         c.wait_full_connectivity(mesh_id, members, timeout=90)
-        b.ctl("put-alias", "--meshid", mesh_id, "--alias", "bravo", json_out=False)
+        phase("connected")
+        assert b.api("PUT", f"/v1/meshes/{mesh_id}/alias", {"alias": "bravo"}) is not None
+        wait_until(
+            lambda: any(
+                n["alias"] == "bravo" for n in a.api("GET", f"/v1/meshes/{mesh_id}")["nodes"]
+            ),
+            30,
+            0.05,
+        )
+        phase("mesh up")
 
-        text = b.ctl("add-device", "--meshid", mesh_id, "--name", "phone", json_out=False)
+        # the founder (an admin) names the sponsor (add-device --via bravo on `a`; the
+        # config smegctl prints is the API's `config`, see test_devices_daemon.py)
+        res = a.api(
+            "POST",
+            f"/v1/meshes/{mesh_id}/devices",
+            {"name": "phone", "via": "bravo"},
+            timeout=60,
+        )
+        assert res is not None and res["has_private_key"]
+        text = res["config"]
         print("\n--- printed config ---\n" + text + "----------------------")
         cfg = parse_wg_quick(text)
         assert cfg["Peer"]["PublicKey"] == keys[b.name]
         assert cfg["Interface"]["DNS"] == addrs[b.name]
+        phase("add-device printed")
         dev = testbed.add_node()
         ifname = dev.wg_name()
         dev_addr = _apply_device_config(dev, ifname, text, None)
+        phase("device configured")
         dev_key = dev.run(["wg", "show", ifname, "public-key"]).stdout.strip()
 
         # the device reaches every member by overlay address, and is reached back
         for m in members:
-            wait_until(lambda m=m: dev.ping(addrs[m.name], 1, 1), 60, 0.2)
-        rtts = {m.name: ping_rtt(dev, addrs[m.name], count=5, timeout=2) for m in members}
-        back = {m.name: ping_rtt(m.node, dev_addr, count=5, timeout=2) for m in members}
+            wait_until(lambda m=m: dev.ping(addrs[m.name], 1, 1), 60, 0.05)
+        phase("device reaches the mesh")
+        rtts = dict(
+            zip(
+                [m.name for m in members],
+                c.map(lambda m: _rtt(dev, addrs[m.name]), members),
+                strict=True,
+            )
+        )
+        back = dict(
+            zip(
+                [m.name for m in members],
+                c.map(lambda m: _rtt(m.node, dev_addr), members),
+                strict=True,
+            )
+        )
         print(f"device -> members RTT ms: {rtts}")
         print(f"members -> device RTT ms: {back}")
         assert all(v is not None for v in (*rtts.values(), *back.values())), (rtts, back)
@@ -109,39 +178,45 @@ def test_device_from_printed_config_reaches_the_mesh(testbed: Testbed) -> None:
         )
         print(f"dig phone.{mesh_id}.smeg. AAAA -> {dig.stdout.strip()}")
         assert dig.stdout.strip() == dev_addr
+        # the config reprinted by the sponsor: the same settings, without the private key
+        again = b.api("GET", f"/v1/meshes/{mesh_id}/devices/phone/config")
+        assert again is not None and not again["has_private_key"]
+        assert parse_wg_quick(again["config"])["Peer"] == cfg["Peer"]
+        phase("pings, DNS")
 
-        # remove-device cuts it off
+        # remove-device (on the sponsor) cuts it off
         t0 = time.monotonic()
-        b.ctl("remove-device", "--meshid", mesh_id, "phone", json_out=False)
+        assert b.api("DELETE", f"/v1/meshes/{mesh_id}/devices/phone") is not None
         t1 = time.monotonic()
         wait_until(lambda: not dev.ping(addrs[a.name], 1, 1), 30, 0.05)
         cut = time.monotonic() - t0
         print(
             f"remove-device -> ping a fails after {cut:.2f} s "
-            f"({time.monotonic() - t1:.2f} s after smegctl returned)"
+            f"({time.monotonic() - t1:.2f} s after the call returned)"
         )
         wait_until(lambda: not a.ping(dev_addr, 1, 1), 30, 0.05)
+        phase("removed")
 
-        # re-added with its own public key (the device kept its private key), then evicted
-        again = b.ctl(
-            "add-device",
-            "--meshid",
-            mesh_id,
-            "--name",
-            "phone",
-            "--public-key",
-            dev_key,
-            json_out=False,
+        # re-added by the sponsor with its own public key (the device kept its private
+        # key), the device re-imports its config; then an admin evicts it
+        again = b.api(
+            "POST",
+            f"/v1/meshes/{mesh_id}/devices",
+            {"name": "phone", "public_key": dev_key},
         )
-        assert "\nPrivateKey = " not in again
-        wait_until(lambda: dev.ping(addrs[x.name], 1, 1), 60, 0.2)
+        assert again is not None and "\nPrivateKey = " not in again["config"]
+        _apply_device_config(dev, ifname, again["config"], cfg["Interface"]["PrivateKey"])
+        wait_until(lambda: dev.ping(addrs[x.name], 1, 1), 60, 0.05)
+        phase("re-added")
         t0 = time.monotonic()
-        a.ctl("evict", "--meshid", mesh_id, "phone", json_out=False)
+        assert a.api("POST", f"/v1/meshes/{mesh_id}/evict", {"node": "phone"}) is not None
         t1 = time.monotonic()
         wait_until(lambda: not dev.ping(addrs[x.name], 1, 1), 30, 0.05)
         print(
             f"evict -> ping x fails after {time.monotonic() - t0:.2f} s "
-            f"({time.monotonic() - t1:.2f} s after smegctl returned)"
+            f"({time.monotonic() - t1:.2f} s after the call returned)"
         )
         wait_until(lambda: not x.ping(dev_addr, 1, 1), 30, 0.05)
         assert a.ping(addrs[x.name], count=2, timeout=2)  # the mesh itself is fine
+        phase("evicted")
+        print(f"phases (s since start): {phases}")

@@ -148,7 +148,7 @@ def test_bad_tokens_are_refused(trio: Cluster) -> None:
 def test_failed_join_leaves_nothing_behind(trio: Cluster) -> None:
     """A join whose bootstrap member never answers saves nothing and is not resumed.
 
-    The join takes two timeouts (about 6 s here), long enough for the daemon's
+    The join retries for three timeouts (about 9-12 s here), long enough for the daemon's
     persist loop (every 1 s) and reconcile loop (every 2 s) to run meanwhile;
     neither may save or configure the mesh before a member admits the node.
     """

@@ -69,6 +69,9 @@ def test_status_text_and_json(daemon: tuple[Path, FakeNodeService]) -> None:
     assert "not in any mesh" in empty and SELF_KEY[:8] in empty
     mesh_id = joined(sock, svc)
     ctl(sock, "put-alias", "--alias", "me")
+    lap = next(k for k, n in svc.meshes[mesh_id].nodes.items() if n.alias == "laptop")
+    nodes = svc.meshes[mesh_id].nodes
+    nodes[lap] = nodes[lap].model_copy(update={"rtt_ms": 3.254})  # measured (NAT traversal)
 
     data = json.loads(ctl(sock, "status", "--json").stdout)
     assert data["public_key"] == SELF_KEY and data["version"]
@@ -95,6 +98,7 @@ def test_status_text_and_json(daemon: tuple[Path, FakeNodeService]) -> None:
     assert "direct" in lines["peer0"] and "12s ago" in lines["peer0"]
     assert "1.5 KiB / 2.4 MiB" in lines["peer0"]
     assert "via peer0" in lines["laptop"] and "(suspect)" in lines["laptop"]
+    assert "3.25 ms" in lines["laptop"] and by["laptop"]["rtt_ms"] == 3.254
     assert "exit ::/0 via peer0" in text
 
 
@@ -454,3 +458,26 @@ def test_ping_sends_nothing_off_the_overlay(monkeypatch: pytest.MonkeyPatch) -> 
     assert res.error is not None and "not sent" in res.error
     res = asyncio.run(status.ping_node("me", None, [_mesh("m1", me)], 1, 1, refuse="no wg"))
     assert (res.sent, res.path.kind, res.error) == (0, "self", "no wg: not sent")
+
+
+def test_member_paths_agree_with_path_to() -> None:
+    """get-mesh's per-member path (one linear pass) is what path_to says for each member."""
+    from smegmesh.daemon.status import member_paths
+
+    me = _node("self", "me", is_self=True)
+    hub = _node("hub=", "hub", wg_peer=True)
+    far = _node("far=", "far")
+    m0 = _mesh("m1", me, hub, far)
+    prefix = m0.prefix
+    hub = hub.model_copy(update={"allowed_ips": [f"{hub.overlay_address}/128", prefix]})
+    near = _node("near=", "near", wg_peer=True)
+    near = near.model_copy(update={"allowed_ips": [f"{near.overlay_address}/128"]})
+    lone = _node("lone=", "lone", wg_peer=True)  # a direct session not up yet: no AllowedIPs
+    m = _mesh("m1", me, hub, far, near, lone)
+    paths = member_paths(m)
+    for n in m.nodes:
+        assert paths[n.public_key] == path_to(n.overlay_address, [m]), n.alias
+    assert paths["near="].kind == "direct"
+    assert (paths["far="].kind, paths["far="].via_alias) == ("peer", "hub")
+    assert (paths["lone="].kind, paths["lone="].via_alias) == ("peer", "hub")
+    assert paths["self"].kind == "self"

@@ -246,6 +246,8 @@ def test_every_member_reaches_the_device_through_its_sponsor() -> None:
 
 
 def test_device_routes_validate_before_the_service() -> None:
+    from urllib.parse import quote
+
     import httpx
 
     from api_fake import served_unix
@@ -271,6 +273,12 @@ def test_device_routes_validate_before_the_service() -> None:
             assert c.get(url).json() == []
             r = c.delete(f"{url}/nosuch")
             assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_device"
+            # a public key (or a prefix of one) may hold "/": smegctl sends it as %2F
+            for method in ("DELETE", "GET"):
+                suffix = "/config" if method == "GET" else ""
+                r = c.request(method, f"{url}/{quote('ab/c+d=', safe='')}{suffix}")
+                assert r.status_code == 404 and "'ab/c+d='" in r.json()["error"]["message"]
+            assert ("device_config", (mesh, "ab/c+d=")) in svc.calls
             assert c.get("/v1/meshes/nosuchmesh/devices").status_code == 404
 
 
@@ -294,3 +302,84 @@ def test_printed_config_parses_and_renders_as_a_qr_code() -> None:
     assert cfg["Peer"]["PersistentKeepalive"] == "25"
     qr = qr_text(text)
     assert len(qr.splitlines()) > 20 and ("█" in qr or "▀" in qr)
+
+
+def test_device_messages_round_trip_and_bound_what_a_peer_sends() -> None:
+    from smegmesh.core.device_messages import (
+        MAX_DEVICE_ROUTES,
+        DeviceQuery,
+        DeviceSettings,
+        SponsorRequest,
+    )
+    from smegmesh.core.wire import WireError, decode, encode
+
+    mesh = Mesh().mesh_id
+    for msg in (
+        SponsorRequest(mesh, DEV, "phone"),
+        DeviceQuery(mesh, DEV),
+        DeviceSettings(mesh, "", "fd00::1", ("fd01::/64", "10.0.0.0/8")),
+        DeviceSettings(mesh, "refused", None, ()),
+    ):
+        assert decode(encode(msg)) == msg
+    # a hostile peer's answers and requests: refused at decoding, never a crash
+    bad = (
+        SponsorRequest(mesh, DEV[:31], "phone"),
+        SponsorRequest(mesh, DEV, "-bad-"),
+        SponsorRequest(mesh, DEV, "x" * 64),
+        DeviceSettings(mesh, "", "not an address", ()),
+        DeviceSettings(mesh, "", None, ("fd01::1/64",)),  # host bits set
+        DeviceSettings(mesh, "", None, ("nonsense",)),
+        DeviceSettings(mesh, "", None, tuple(f"fd01:{i:x}::/64" for i in range(65))),
+    )
+    for msg in bad:
+        with pytest.raises(WireError):
+            decode(encode(msg))
+    assert MAX_DEVICE_ROUTES == 64
+    long_error = DeviceSettings(mesh, "e" * 10_000, None, ())
+    back = decode(encode(long_error))
+    assert isinstance(back, DeviceSettings) and len(back.error) == 300  # truncated, not refused
+
+
+def test_device_routes_are_what_the_sponsor_routes_now() -> None:
+    from smegmesh.core.addressing import mesh_prefix
+    from smegmesh.core.desired import GatewayRoute
+    from smegmesh.core.record import RouteAdv
+    from smegmesh.daemon.devices_ops import device_routes
+
+    mesh = Mesh().mesh_id
+    prefix = str(mesh_prefix(mesh))
+
+    class Routing:  # the fields of core.routing.RoutingResult device_routes reads
+        def __init__(self, gw: list[str], own: list[str]) -> None:
+            self.gateway_routes = {mesh: tuple(GatewayRoute(d, bytes(32)) for d in gw)}
+            self.adverts = {mesh: tuple(RouteAdv(p) for p in [*own, prefix])}
+
+    assert device_routes(mesh, None) == []
+    # through another gateway of the mesh, and advertised by the sponsor itself (a bridge);
+    # not a default route (an exit's): the device's owner opts in, as acceptDefaults
+    r = Routing(["fd02::/64", "::/0"], ["fd03::/64", "::/0", "0.0.0.0/0"])
+    assert device_routes(mesh, r) == ["fd02::/64", "fd03::/64"]
+    # the mesh's routes change: so does what a reprinted config covers
+    assert device_routes(mesh, Routing([], ["fd03::/64"])) == ["fd03::/64"]
+    assert device_routes("another-mesh", r) == []
+
+
+def test_smegctl_device_config_and_via_reach_the_api() -> None:
+    """In-process smegctl over the fake service: ``--via`` is passed on, ``device-config``
+    names the device in the path (a key holding "/" too) and refusals are one line."""
+    from typer.testing import CliRunner
+
+    from api_fake import served_unix
+    from smegmesh.cli.main import app
+
+    runner = CliRunner()
+    with served_unix() as (path, svc):
+        sock = ["--socket", str(path)]
+        mesh = runner.invoke(app, [*sock, "new-mesh"]).stdout.strip()
+        r = runner.invoke(app, [*sock, "add-device", "-m", mesh, "--name", "p", "--via", "bravo"])
+        assert r.exit_code == 0, r.stdout
+        assert svc.calls[-1] == ("add_device", (mesh, "p", None, False, "bravo"))
+        r = runner.invoke(app, [*sock, "device-config", "-m", mesh, "ab/c+d="])
+        assert r.exit_code == 1 and svc.calls[-1] == ("device_config", (mesh, "ab/c+d="))
+        assert r.stderr.startswith("smegctl: ") and len(r.stderr.splitlines()) == 1, r.stderr
+        assert "no device" in r.stderr

@@ -14,6 +14,7 @@ from smegmesh.core.direct import (
     BACKOFF_MAX_MS,
     DIRECT_KEEPALIVE_S,
     HANDSHAKE_MAX_AGE_MS,
+    PROBE_STALE_MS,
     STALE_MS,
     DirectPeer,
     DirectTable,
@@ -272,3 +273,189 @@ def test_observed_endpoint_only_after_a_handshake() -> None:
     addrs = ["192.168.1.10", "2001:db8::5", "bad addr", *[f"10.0.0.{i}" for i in range(9)]]
     eps = local_endpoints(51820, addrs)
     assert eps[:2] == ("192.168.1.10:51820", "[2001:db8::5]:51820") and len(eps) == 4
+
+
+# --------------------------------------------------------------------------- both directions
+def test_session_falls_back_when_only_our_direction_breaks() -> None:
+    """The other's keepalives still arrive (bytes grow) but our echoes go unanswered:
+    stale within PROBE_STALE_MS (+ one tick), not after the other end notices."""
+    t = DirectTable(rng=random.Random(7))
+    now = NOW
+    t.update(now, {K: EP}, {}, {})
+    now += 500
+    assert t.update(now, {K: EP}, {K: (now / 1000, 148)}, {})[K].routed is True
+    hs, rx = now / 1000, 148
+    for _ in range(10):  # echoes answered: stays up
+        now += 500
+        rx += 32
+        assert t.update(now, {K: EP}, {K: (hs, rx)}, {K: now - 100})[K].routed is True
+    broke, last_reply = now, now - 100
+    while t.state(K) == "up":
+        now += 500
+        rx += 32  # keepalives from the other end keep arriving
+        t.update(now, {K: EP}, {K: (hs, rx)}, {K: last_reply})
+    assert now - broke <= PROBE_STALE_MS + 500
+    assert t.state(K) == "backoff"
+
+
+def test_echoes_get_a_grace_period_after_the_session_comes_up() -> None:
+    t = DirectTable(rng=random.Random(8))
+    t.update(NOW, {K: EP}, {}, {})
+    up = NOW + 500
+    assert t.update(up, {K: EP}, {K: (up / 1000, 148)}, {})[K].routed is True
+    # no echo answered yet (the route moves after the reconcile): not stale before the grace
+    now, rx = up, 148
+    while now + 500 - up <= PROBE_STALE_MS:
+        now += 500
+        rx += 32
+        assert t.update(now, {K: EP}, {K: (up / 1000, rx)}, {K: 0})[K].routed is True
+
+
+def test_without_echoes_received_bytes_decide() -> None:
+    t = DirectTable(rng=random.Random(9))
+    t.update(NOW, {K: EP}, {}, None)
+    now = NOW + 500
+    t.update(now, {K: EP}, {K: (now / 1000, 148)}, None)
+    rx = 148
+    for _ in range(20):  # no echo socket: up as long as bytes arrive
+        now += 500
+        rx += 32
+        assert t.update(now, {K: EP}, {K: (NOW / 1000 + 0.5, rx)}, None)[K].routed is True
+
+
+def test_backoff_base_is_configurable() -> None:
+    t = DirectTable(rng=random.Random(10), attempt_ms=3000, backoff_base_ms=1000)
+    now = NOW
+    starts = []
+    trying = False
+    while now < NOW + 30_000:
+        plan = t.update(now, {K: EP}, {K: (None, 0)})
+        if K in plan and not trying:
+            starts.append(now)
+        trying = K in plan
+        now += 100
+    waits = [b - a - 3000 for a, b in itertools.pairwise(starts)]
+    assert 4 <= len(starts) <= 6, starts
+    assert 700 <= waits[0] <= 1400 and waits[2] >= 2 * waits[0]
+
+
+# --------------------------------------------------------------------------- echo prober
+def test_prober_counts_only_our_replies_from_the_address_probed() -> None:
+    import struct
+
+    from smegmesh.daemon.probe import ECHO_REPLY, ECHO_REQUEST, MAX_PENDING, Prober
+
+    p = Prober()
+    p._seq = 40
+    p._pending[41] = ("fd00::2", 0)  # as send() records it (no socket here)
+    p._pending[42] = ("fd00::3", 0)
+
+    def pkt(typ: int, ident: int, seq: int) -> bytes:
+        return struct.pack("!BBHHH", typ, 0, 0, ident, seq) + b"x" * 8
+
+    p.on_packet(pkt(ECHO_REPLY, p.ident ^ 1, 41), "fd00::2")  # another process's echo
+    p.on_packet(pkt(ECHO_REQUEST, p.ident, 41), "fd00::2")  # not a reply
+    p.on_packet(pkt(ECHO_REPLY, p.ident, 41), "fd00::9")  # from another member
+    p.on_packet(pkt(ECHO_REPLY, p.ident, 43), "fd00::2")  # never sent
+    p.on_packet(b"\x81\x00", "fd00::2")  # truncated
+    assert p.reply_ms("fd00::2") == 0 and p.rtt_ms("fd00::2") is None
+    p.on_packet(pkt(ECHO_REPLY, p.ident, 41), "fd00:0::2")  # same address, other spelling
+    assert p.reply_ms("fd00::2") > 0 and p.rtt_ms("fd00::2") is not None
+    p.on_packet(pkt(ECHO_REPLY, p.ident, 41), "fd00::2")  # a duplicate counts once
+    assert 41 not in p._pending
+    p.keep(["fd00::3"])
+    assert p.rtt_ms("fd00::2") is None  # forgotten: bounded state
+    for _ in range(MAX_PENDING + 10):  # sends without a socket do nothing
+        p.send("fd00::4")
+    assert len(p._pending) <= MAX_PENDING
+
+
+def test_prober_round_trip_on_loopback() -> None:
+    """A real raw ICMPv6 socket: the kernel answers our echo to ::1 (skipped without privilege)."""
+    import asyncio
+
+    from smegmesh.daemon.probe import Prober
+
+    async def go() -> None:
+        p = Prober()
+        if not p.open():
+            pytest.skip("no raw ICMPv6 socket (needs root or CAP_NET_RAW)")
+        try:
+            deadline = asyncio.get_running_loop().time() + 20
+            while p.rtt_ms("::1") is None:
+                assert asyncio.get_running_loop().time() < deadline, "no echo reply from ::1"
+                p.send("::1")
+                await asyncio.sleep(0.2)
+            assert p.rtt_ms("::1") is not None and p.reply_ms("::1") > 0
+        finally:
+            p.close()
+
+    asyncio.run(go())
+
+
+# --------------------------------------------------------------------------- same NAT, same port
+def test_relocated_port_is_per_node_and_avoids_taken_ports() -> None:
+    from smegmesh.daemon.direct import RELOCATE_HI, RELOCATE_LO, relocated_port
+
+    ports = {relocated_port(MESH, IDS[i].wg_public_key, set()) for i in range(20)}
+    assert len(ports) == 20 and all(RELOCATE_LO <= x <= RELOCATE_HI for x in ports)
+    k = IDS[0].wg_public_key
+    first = relocated_port(MESH, k, set())
+    assert relocated_port(MESH, k, set()) == first  # stable
+    assert relocated_port(MESH, k, {first}) != first
+
+
+def test_client_moves_its_port_once_when_the_nat_did_not_keep_it() -> None:
+    """Two clients behind one NAT on the mesh's default port: the one the NAT maps
+    elsewhere moves (once) to a port of its own; --wgport is never overridden."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from smegmesh.daemon.direct import DirectManager
+
+    def make(opts: dict[str, object]) -> tuple[DirectManager, SimpleNamespace]:
+        rt = SimpleNamespace(mesh_id=MESH, listen_port=51820, opts=opts, dirty_wg=False)
+        rt.dirty_disk = False
+        node = SimpleNamespace(
+            meshes={MESH: rt},
+            identity=IDS[0],
+            _reconcile_wake=asyncio.Event(),
+            config=None,
+        )
+        return DirectManager(node, 8), rt
+
+    m, rt = make({})
+    assert m._relocate(rt, "203.0.113.5:51820") is False  # port kept by the NAT
+    assert m._relocate(rt, "203.0.113.5:1024") is True
+    assert rt.listen_port != 51820 and rt.dirty_wg and rt.dirty_disk
+    moved = rt.listen_port
+    assert m._relocate(rt, "203.0.113.5:2048") is False  # once
+    assert rt.listen_port == moved
+    m, rt = make({"wgport": 51820})
+    assert m._relocate(rt, "203.0.113.5:1024") is False and rt.listen_port == 51820
+
+
+def test_of_two_clients_sharing_a_port_behind_one_nat_the_higher_key_moves() -> None:
+    """The NAT kept the port for both (each talks to another relay): their mappings
+    would clash at the first common partner. Both decide the same: the higher key moves."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from smegmesh.daemon.direct import DirectManager
+
+    lo, hi = sorted((0, 1), key=lambda i: IDS[i].wg_public_key)
+    recs = {i: client(i, "203.0.113.5:51820", (f"192.168.1.{10 + i}:51820",)) for i in (lo, hi)}
+    other_nat = client(2, "198.51.100.7:51820", ("192.168.1.12:51820",))
+
+    def moved(i: int, others: list[NodeRecord]) -> bool:
+        rt = SimpleNamespace(mesh_id=MESH, listen_port=51820, opts={}, dirty_wg=False)
+        rt.dirty_disk = False
+        node = SimpleNamespace(
+            meshes={MESH: rt}, identity=IDS[i], _reconcile_wake=asyncio.Event(), config=None
+        )
+        m = DirectManager(node, 8)
+        return m._shared_port(rt, recs[i], [recs[i], *others]) and rt.listen_port != 51820
+
+    assert moved(hi, [recs[lo]]) is True
+    assert moved(lo, [recs[hi]]) is False
+    assert moved(hi, [other_nat]) is False  # same port behind another NAT: no clash

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from smegmesh.core.identity import NodeIdentity
-from smegmesh.daemon.transport import RpcClient, RpcServer, TlsIdentity
+from smegmesh.daemon.transport import RpcClient, RpcError, RpcServer, TlsIdentity
 
 
 def client_connections(ports: set[int]) -> int:
@@ -121,5 +121,46 @@ def test_pool_evicts_busy_channels_only_when_all_are_busy() -> None:
             await client.close()
             for server, _ep, _fp in servers:
                 await server.stop(0)
+
+    asyncio.run(main())
+
+
+def test_reconnect_reuses_the_pinned_certificate_and_the_pin_still_holds() -> None:
+    """A channel closed for idleness is reopened without fetching the certificate again.
+
+    The fetch is a TLS handshake of its own (~2 KB on the wire, an ECDHE and a
+    signature): at scale, where nearly every probe opens a new channel, it was
+    half of a node's wire bytes. The certificate is kept by its fingerprint
+    and remains the channel's only root: another server's certificate at the
+    pinned endpoint is still refused.
+    """
+
+    async def main() -> None:
+        now = [1000.0]
+        client = RpcClient(
+            NodeIdentity.generate(), timeout=10, channel_idle_s=60, clock=lambda: now[0]
+        )
+        a_tls, b_tls = TlsIdentity.generate(), TlsIdentity.generate()
+        a, b = RpcServer(a_tls, _handler), RpcServer(b_tls, _handler)
+        try:
+            ep_a = f"[::1]:{await a.start('::1', 0)}"
+            ep_b = f"[::1]:{await b.start('::1', 0)}"
+            assert await client.call(ep_a, a_tls.fingerprint, b"ab") == b"ba"
+            assert client.attempts == 1
+            now[0] += 61  # idle: the next call closes the channel and opens a new one
+            assert await client.call(ep_a, a_tls.fingerprint, b"cd") == b"dc"
+            assert client.evictions == 1
+            assert client.attempts == 1  # no second certificate fetch
+            # A's certificate pinned, B answering: refused, cached certificate or not.
+            try:
+                await client.call(ep_b, a_tls.fingerprint, b"x")
+            except RpcError:
+                pass
+            else:
+                raise AssertionError("a server with another certificate was accepted")
+        finally:
+            await client.close()
+            await a.stop(0)
+            await b.stop(0)
 
     asyncio.run(main())

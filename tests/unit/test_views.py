@@ -353,31 +353,44 @@ def _fat_records(n: int, routes: int, path: int) -> list[NodeRecord]:
     return out
 
 
-def test_mesh_detail_is_not_quadratic_in_routes() -> None:
-    """issue 12, finding 2: 20 records of 512 routes took 20 s (alternatives were quadratic)."""
-    records = _fat_records(20, 512, 8)  # the largest legal records (MAX_RECORD_BYTES)
+def _detail_of_fat_records(routes: int) -> tuple[MeshDetail, list[RouteUse], float]:
+    """``mesh_detail`` over 20 records of ``routes`` routes; the least CPU time of 3 runs."""
+    records = _fat_records(20, routes, 8)  # 512: the largest legal records (MAX_RECORD_BYTES)
     uses = [
         RouteUse(a.prefix, MESH_A, key(i), 8) for i in range(0, 20, 2) for a in records[i].routes
     ]
-    t0 = time.monotonic()
-    detail = mesh_detail(
-        MESH_A,
-        "smeg0",
-        records,
-        self_key=key(0),
-        wg_peers={},
-        last_heard={},
-        suspects=set(),
-        routes=uses,
-        now_ms=NOW_MS,
-    )
-    elapsed = time.monotonic() - t0
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.process_time()
+        detail = mesh_detail(
+            MESH_A,
+            "smeg0",
+            records,
+            self_key=key(0),
+            wg_peers={},
+            last_heard={},
+            suspects=set(),
+            routes=uses,
+            now_ms=NOW_MS,
+        )
+        best = min(best, time.process_time() - t0)
+    return detail, uses, best
+
+
+def test_mesh_detail_is_not_quadratic_in_routes() -> None:
+    """issue 12, finding 2: 20 records of 512 routes took 20 s (alternatives were quadratic).
+
+    Timed against records of a quarter of the routes in the same run: linear work
+    grows 4x, quadratic 16x (an absolute bound failed on a loaded machine).
+    """
+    detail, uses, big = _detail_of_fat_records(512)
     assert len(detail.routes) == len(uses)
     first = next(r for r in detail.routes if r.gateway == key_to_text(key(0)))
     # the other nodes with a path of the same length (the even ones) are the alternatives
     assert first.alternatives == [key_to_text(k) for k in sorted(key(i) for i in range(2, 20, 2))]
     assert len(first.path) == 8
-    assert elapsed < 3.0, f"mesh_detail took {elapsed:.1f} s"
+    _, _, small = _detail_of_fat_records(128)
+    assert big < 9 * max(small, 1e-3), f"512 routes each: {big:.2f} s, 128: {small:.2f} s"
 
 
 # --------------------------------------------------------------------------- alias rules

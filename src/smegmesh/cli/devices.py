@@ -1,5 +1,6 @@
 # mypy: disable-error-code="name-defined"
-"""smegctl commands of sponsored devices: add-device, list-devices, remove-device (issue 18)."""
+"""smegctl commands of sponsored devices: add-device, list-devices, remove-device,
+device-config (issue 18)."""
 
 import io
 import os
@@ -50,8 +51,9 @@ def register(app: typer.Typer, m: ModuleType) -> None:
             str | None,
             typer.Option(
                 "--via",
-                help="The sponsoring peer. Only the peer this smegctl talks to is supported "
-                "in this version: run add-device on that peer (or with --api URL of it).",
+                help="The sponsoring peer (NODE: alias, key, address or a prefix). Default: "
+                "this node. Naming another peer needs an admin of the mesh: that peer is "
+                "asked to sponsor the device; the private key stays here.",
                 show_default=False,
             ),
         ] = None,
@@ -122,6 +124,60 @@ def register(app: typer.Typer, m: ModuleType) -> None:
                     else "\n"
                 )
             )
+
+        m._run(as_json, go)
+
+    @app.command(
+        "device-config",
+        epilog="Examples: smegctl device-config --meshid MESH phone;  "
+        "smegctl device-config --meshid MESH router --output router.conf",
+    )
+    def device_config(
+        ctx: typer.Context,
+        device: Annotated[
+            str,
+            typer.Argument(
+                metavar="NAME|KEY", help="The device's name, public key or overlay address."
+            ),
+        ],
+        meshid: m.OptMeshIdOpt = None,
+        qr: Annotated[
+            bool, typer.Option("--qr", help="Print the config as a QR code (for phone apps).")
+        ] = False,
+        output: Annotated[
+            Path | None,
+            typer.Option("--output", "-o", help="Write the config to FILE (mode 0600)."),
+        ] = None,
+        as_json: m.JsonOpt = False,
+    ) -> None:
+        """Print a device's current WireGuard config (after the mesh's routes changed).
+
+        AllowedIPs, DNS and the endpoint are the sponsor's current ones. The
+        private key is included only when this node kept it (add-device
+        --keep-key); otherwise the device keeps its own PrivateKey line.
+        """
+
+        def go() -> None:
+            mid = m._meshid(ctx, meshid)
+            res = m._client(ctx).json(
+                "GET", f"/v1/meshes/{m._seg(mid)}/devices/{m._seg(device)}/config"
+            )
+            cfg = res["config"]
+            if output is not None:
+                write_private_file(output, cfg)
+            if as_json:
+                m._print_json(res)
+                return
+            if output is not None:
+                typer.echo(f"wrote {output} (mode 0600)")
+            elif not qr:
+                typer.echo(cfg, nl=False)
+            if qr:
+                sys.stdout.write(qr_text(cfg))
+            if not res["has_private_key"]:
+                sys.stderr.write(
+                    "the private key is not kept here: keep the device's own PrivateKey line\n"
+                )
 
         m._run(as_json, go)
 

@@ -52,7 +52,8 @@ STATUS_HELP = (
     "Show the whole node on one screen, like tailscale status.\n\n"
     "Version and identity; each mesh with this node's role and the members online; per "
     "member its alias, overlay address, role, how it is reached (direct, via a peer, via a "
-    "bridge), the last WireGuard handshake and traffic (for direct peers); then the routes "
+    "bridge), the measured round trip (RTT: a client's direct-session partners and its "
+    "assigned peer), the last WireGuard handshake and traffic (for direct peers); then the routes "
     "and exits in use. * marks this node."
 )
 PING_HELP = (
@@ -102,6 +103,7 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
                 "ADDRESS",
                 "ROLE",
                 "PATH",
+                "RTT",
                 "HANDSHAKE",
                 "RX / TX",
                 "LAST SEEN",
@@ -120,6 +122,7 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
                     n["overlay_address"],
                     n["role"],
                     path_text(n["path"]),
+                    f"{n['rtt_ms']:.2f} ms" if n.get("rtt_ms") is not None else "-",
                     "-" if n.get("is_self") else ("never" if hs is None else _dur(hs) + " ago"),
                     f"{_bytes(n['rx_bytes'])} / {_bytes(n['tx_bytes'])}" if direct else "-",
                     "-" if n.get("is_self") else _ago(n.get("last_seen"), now),

@@ -24,6 +24,12 @@ clients that both publish endpoints may hold a *direct* session:
   after an exponential backoff with jitter (``backoff_ms``), so a symmetric
   NAT does not cause a flood of handshakes. A changed endpoint restarts the
   attempt at once.
+* **Both directions** (``replies``): while a session is up, the daemon sends an
+  ICMPv6 echo over it every ``PROBE_MS``; a session whose echoes go unanswered
+  for ``PROBE_STALE_MS`` is stale too. Received bytes alone only show that the
+  other's packets reach us: when only our direction breaks, the other end keeps
+  sending keepalives and we would keep routing into the void. The echo needs
+  both directions, so both ends see any break within ``PROBE_STALE_MS``.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ __all__ = [
     "BACKOFF_MAX_MS",
     "DIRECT_KEEPALIVE_S",
     "HANDSHAKE_MAX_AGE_MS",
+    "PROBE_MS",
+    "PROBE_STALE_MS",
     "STALE_MS",
     "DirectPeer",
     "DirectTable",
@@ -66,6 +74,9 @@ HANDSHAKE_MAX_AGE_MS = 190_000
 ATTEMPT_MS = 15_000
 BACKOFF_BASE_MS = 5_000
 BACKOFF_MAX_MS = 300_000
+#: Echo requests over an up session this often; unanswered for PROBE_STALE_MS = stale.
+PROBE_MS = 500
+PROBE_STALE_MS = 2_000
 
 
 def pair_score(a: bytes, b: bytes) -> bytes:
@@ -117,11 +128,11 @@ def endpoint_for(me: NodeRecord, other: NodeRecord) -> str | None:
     return other.nat_endpoint
 
 
-def backoff_ms(failures: int, rng: random.Random) -> int:
+def backoff_ms(failures: int, rng: random.Random, base_ms: int = BACKOFF_BASE_MS) -> int:
     """Delay before attempt ``failures + 1``: base * 2^(failures-1), capped, +-20 % jitter."""
     if failures <= 0:
         return 0
-    base = min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** min(failures - 1, 16))
+    base = min(BACKOFF_MAX_MS, base_ms * 2 ** min(failures - 1, 16))
     return int(base * rng.uniform(0.8, 1.2))
 
 
@@ -140,6 +151,7 @@ class _Session:
     rx_bytes: int = 0
     rx_at_ms: int | None = None  # last time received bytes grew (after a handshake)
     up: bool = False
+    up_at_ms: int = 0
 
 
 @dataclass(slots=True)
@@ -161,13 +173,16 @@ class DirectTable:
     rng: random.Random = field(default_factory=random.Random)
     stale_ms: int = STALE_MS
     attempt_ms: int = ATTEMPT_MS
+    backoff_base_ms: int = BACKOFF_BASE_MS
+    probe_stale_ms: int = PROBE_STALE_MS
     sessions: dict[bytes, _Session] = field(default_factory=dict)
     backoff: dict[bytes, _Backoff] = field(default_factory=dict)
 
     def _fail(self, key: bytes, endpoint: str, now_ms: int) -> None:
         prev = self.backoff.get(key)
         failures = (prev.failures if prev is not None else 0) + 1
-        self.backoff[key] = _Backoff(failures, now_ms + backoff_ms(failures, self.rng), endpoint)
+        delay = backoff_ms(failures, self.rng, self.backoff_base_ms)
+        self.backoff[key] = _Backoff(failures, now_ms + delay, endpoint)
         self.sessions.pop(key, None)
 
     def update(
@@ -175,8 +190,14 @@ class DirectTable:
         now_ms: int,
         targets: Mapping[bytes, str],
         status: Mapping[bytes, tuple[float | None, int]],
+        replies: Mapping[bytes, int] | None = None,
     ) -> dict[bytes, DirectPeer]:
-        """Advance the sessions; ``status[key] = (last_handshake_unix_s or None, rx_bytes)``."""
+        """Advance the sessions; ``status[key] = (last_handshake_unix_s or None, rx_bytes)``.
+
+        ``replies[key]``: when the last echo reply from ``key`` arrived (ms, same
+        clock as ``now_ms``); ``None`` when this node cannot send echoes (then
+        only received bytes tell a session is alive).
+        """
         for key in [k for k in self.sessions if k not in targets]:
             del self.sessions[key]
         for key in [k for k in self.backoff if k not in targets]:
@@ -212,10 +233,15 @@ class DirectTable:
                 and s.rx_at_ms is not None
                 and now_ms - s.rx_at_ms <= self.stale_ms
             )
+            if s.up and fresh and replies is not None:
+                # ... and our echoes are answered (both directions work)
+                last = max(s.up_at_ms, replies.get(key, 0))
+                fresh = now_ms - last <= self.probe_stale_ms
             if s.up and not fresh:
                 self._fail(key, ep, now_ms)  # went stale: back to the relay, retry later
             elif not s.up and fresh:
                 s.up = True
+                s.up_at_ms = now_ms
                 self.backoff.pop(key, None)
             elif not s.up and now_ms - s.started_ms > self.attempt_ms:
                 self._fail(key, ep, now_ms)

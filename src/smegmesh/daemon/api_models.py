@@ -139,6 +139,17 @@ class NodeInfo(_Model):
         default_factory=list, description="Destinations this daemon routes through this node"
     )
     admin: bool = Field(default=False, description="The node is an admin of the mesh")
+    rtt_ms: float | None = Field(
+        default=None,
+        description="Smoothed round trip (ms) of ICMPv6 echoes over the path in use, for "
+        "the members a client probes (its direct-session partners, direct or relayed, and "
+        "its assigned peer; docs/NAT.md); None otherwise",
+    )
+    path: PathInfo | None = Field(
+        default=None,
+        description="How this node reaches the member: direct (its own WireGuard entry), "
+        "peer (through the peer named in via, e.g. a client's assigned peer), self, none",
+    )
 
 
 class EvictedNode(_Model):
@@ -467,6 +478,9 @@ class MemberStatus(_Model):
     tx_bytes: int = Field(default=0, description="Bytes sent to this WireGuard peer")
     last_seen: float | None = None
     path: PathInfo
+    rtt_ms: float | None = Field(
+        default=None, description="Measured round trip over the path in use (ms; see NodeInfo)"
+    )
 
 
 class MeshStatus(_Model):
@@ -534,7 +548,8 @@ class AddDeviceRequest(_Request):
     via: str | None = Field(
         default=None,
         max_length=256,
-        description="The sponsoring peer (NODE); only this daemon itself is supported",
+        description="The sponsoring peer (NODE): this daemon (default) or, for an admin, "
+        "another peer of the mesh, which is asked to sponsor the device",
     )
 
 

@@ -244,6 +244,15 @@ class Config(_Model):
         gt=0,
         description="Seconds without an answer before a node-to-node call fails.",
     )
+    max_channels: int = Field(
+        default=64,
+        alias="maxChannels",
+        ge=1,
+        le=1024,
+        description="Most outgoing node-to-node connections kept open at once (the least "
+        "recently used idle one is closed to make room; one idle for 60 s is closed too): "
+        "a node's connections do not grow with the size of the mesh.",
+    )
     grpc_port: int = Field(
         default=4000,
         alias="gRPCPort",
@@ -432,8 +441,25 @@ class Config(_Model):
         le=64,
         description="NAT traversal (docs/NAT.md): a client holds direct WireGuard sessions "
         "with at most this many other clients (mutual best by a pair hash), relayed by its "
-        "assigned peer until a session is up and whenever it breaks. 0 = off (the default "
-        "in this first version).",
+        "assigned peer until a session is up and whenever it breaks. 0 = off (the "
+        "default): a client holds its assigned peer only; 8 is the suggested value.",
+    )
+    direct_attempt: float = Field(
+        default=15.0,
+        alias="directAttempt",
+        gt=0,
+        le=600,
+        description="NAT traversal: seconds a direct session attempt may take to come up "
+        "before it counts as failed (then retried after directBackoff x 2^(failures-1), "
+        "at most 300 s).",
+    )
+    direct_backoff: float = Field(
+        default=5.0,
+        alias="directBackoff",
+        gt=0,
+        le=300,
+        description="NAT traversal: seconds before the first retry of a failed or broken "
+        "direct session; doubled per further failure (+-20 % jitter), at most 300 s.",
     )
 
     _warnings: list[str] = PrivateAttr(default_factory=list)

@@ -10,6 +10,7 @@ returned once and kept only with ``keep_key`` (``STATE/devices/``, mode 0600).
 from __future__ import annotations
 
 import base64
+import functools
 import ipaddress
 import logging
 import time
@@ -20,13 +21,25 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from smegmesh.core.addressing import mesh_prefix, node_id_prefix, overlay_address
+from smegmesh.core.device_messages import (
+    MAX_DEVICE_ROUTES,
+    MAX_ERROR_LEN,
+    DeviceQuery,
+    DeviceSettings,
+    SponsorRequest,
+)
 from smegmesh.core.devices import LiveDevice, live_devices, sponsor_device
 from smegmesh.core.identity import InvalidKey, key_from_text, key_to_text
-from smegmesh.core.record import MAX_DEVICES, RecordError, Role
+from smegmesh.core.messages import Refusal
+from smegmesh.core.record import MAX_DEVICES, NodeRecord, RecordError, Role
+from smegmesh.core.wire import WireError, decode, encode
 from smegmesh.daemon import service as svc
 from smegmesh.daemon import views
-from smegmesh.daemon.api_models import AddDeviceResponse, DeviceInfo
+from smegmesh.daemon.api_models import AddDeviceResponse, DeviceInfo, MeshDetail, NodeInfo
 from smegmesh.daemon.persist import atomic_write
+from smegmesh.daemon.ratelog import RateLog
+from smegmesh.daemon.resolve import describe, resolve_node
+from smegmesh.daemon.transport import RpcError
 
 if TYPE_CHECKING:
     from smegmesh.daemon.config import Config
@@ -36,6 +49,14 @@ log = logging.getLogger("smegmesh.daemon")
 
 #: PersistentKeepalive of a device config (it is behind NAT more often than not)
 DEVICE_KEEPALIVE = 25
+#: deadline of a call to a sponsoring peer (add-device --via, device-config)
+DEVICE_RPC_S = 15.0
+
+#: default routes, never put in a device's AllowedIPs by the sponsor (opt-in)
+DEFAULT_ROUTES = ("::/0", "0.0.0.0/0")
+
+#: the node-to-node requests of sponsored devices (answered by ``device_rpc``)
+DEVICE_REQUESTS = (SponsorRequest, DeviceQuery)
 
 
 def _now_ms() -> int:
@@ -75,6 +96,39 @@ def render_wg_quick(
     return "\n".join(lines)
 
 
+def device_routes(mesh_id: str, routing: Any) -> list[str]:
+    """The destinations a sponsor routes for its devices, besides the mesh prefix.
+
+    What the sponsor itself routes now: the routes it installed through other
+    gateways of the mesh (``gateway_routes``) and those it advertises into the
+    mesh itself (it is the bridge). A device's ``AllowedIPs`` is the mesh prefix
+    plus these, so the sponsor forwards whatever the device sends. Default routes
+    (an exit's ``::/0``) are left out, as a node leaves them out unless it sets
+    ``acceptDefaults``: the device's owner adds ``::/0`` to opt in.
+    """
+    if routing is None:
+        return []
+    gw = {r.destination for r in routing.gateway_routes.get(mesh_id, ())}
+    own = {a.prefix for a in routing.adverts.get(mesh_id, ())}
+    skip = {str(mesh_prefix(mesh_id)), *DEFAULT_ROUTES}
+    return sorted((gw | own) - skip)[:MAX_DEVICE_ROUTES]
+
+
+def _device_key(public_key: str | None, keep_key: bool) -> tuple[bytes, str | None]:
+    """(device public key, generated private key in base64 or None)."""
+    if public_key is not None:
+        try:
+            dkey = key_from_text(public_key.strip())
+        except InvalidKey as e:
+            raise svc.invalid_argument(f"public_key: {e}") from None
+        if keep_key:
+            raise svc.invalid_argument("keep_key: there is no private key to keep")
+        return dkey, None
+    sk = X25519PrivateKey.generate()
+    raw = sk.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    return sk.public_key().public_bytes_raw(), base64.b64encode(raw).decode("ascii")
+
+
 def parse_wg_quick(text: str) -> dict[str, dict[str, str]]:
     """The ``[Interface]`` and ``[Peer]`` settings of a one-peer ``wg-quick`` file."""
     out: dict[str, dict[str, str]] = {}
@@ -101,9 +155,21 @@ class DeviceOps:
         config: Config
         state_dir: Path
         routing: Any
+        rpc: Any
+        meshes: dict[str, MeshRuntime]
 
         def _get(self, mesh_id: str) -> MeshRuntime: ...
         def _emit(self, rt: MeshRuntime, outs: list[Any]) -> None: ...
+
+    @functools.cached_property
+    def _device_refusals(self) -> RateLog:
+        return RateLog(
+            log,
+            "refused",
+            unit="device requests",
+            prep="from member",
+            level=logging.WARNING,
+        )
 
     # ------------------------------------------------------------------ views
 
@@ -119,7 +185,6 @@ class DeviceOps:
 
     def _device_info(self, rt: MeshRuntime, d: LiveDevice) -> DeviceInfo:
         sp = rt.node.mesh.live_record(d.sponsor)
-        mine = d.sponsor == self.identity.wg_public_key
         return DeviceInfo(
             public_key=key_to_text(d.wg_key),
             alias=d.alias,
@@ -128,7 +193,7 @@ class DeviceOps:
             sponsor=key_to_text(d.sponsor),
             sponsor_alias=sp.alias if sp is not None else "",
             added=d.issued_ms / 1000,
-            key_kept=mine and self._device_key_path(rt.mesh_id, d.wg_key).exists(),
+            key_kept=self._device_key_path(rt.mesh_id, d.wg_key).exists(),
         )
 
     def device_infos(self, rt: MeshRuntime) -> list[DeviceInfo]:
@@ -153,22 +218,10 @@ class DeviceOps:
             return str(me.address)
         return None
 
-    async def add_device(
-        self,
-        mesh_id: str,
-        name: str,
-        public_key: str | None = None,
-        keep_key: bool = False,
-        via: str | None = None,
-    ) -> AddDeviceResponse:
-        rt = self._get(mesh_id)
+    def _check_sponsor(self, rt: MeshRuntime) -> NodeRecord:
+        """This node's record, if it may sponsor a device (a peer with an endpoint that
+        may admit under the mesh's invite policy); else a clear error."""
         me = rt.node.record
-        my_key = self.identity.wg_public_key
-        if via is not None and via.strip() and not self._names_me(rt, via.strip()):
-            raise svc.invalid_argument(
-                "--via: only the sponsoring peer itself can add a device in this version; "
-                "run add-device on that peer (smegctl --api URL of that peer)"
-            )
         if me is None or me.left or me.role != Role.PEER:
             raise svc.ServiceError(
                 "not_a_peer", "only a peer (not a client) can sponsor devices", 409
@@ -186,27 +239,21 @@ class DeviceOps:
                 f"({rt.node.mesh.authority.policy.value}); a device is admitted like any node",
                 403,
             )
-        alias = views.validate_alias(name)
-        if not alias:
-            raise svc.invalid_argument("name: a device needs a name")
-        private: str | None = None
-        if public_key is not None:
-            try:
-                dkey = key_from_text(public_key.strip())
-            except InvalidKey as e:
-                raise svc.invalid_argument(f"public_key: {e}") from None
-            if keep_key:
-                raise svc.invalid_argument("keep_key: there is no private key to keep")
-        else:
-            sk = X25519PrivateKey.generate()
-            raw = sk.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-            private = base64.b64encode(raw).decode("ascii")
-            dkey = key_from_text(key_to_text(sk.public_key().public_bytes_raw()))
+        return me
+
+    def _check_device_key(self, rt: MeshRuntime, dkey: bytes) -> None:
         mesh = rt.node.mesh
         if mesh.admission and mesh.authority.is_revoked(dkey):
             raise svc.ServiceError("forbidden", "that key was evicted from the mesh", 403)
-        if mesh.record(dkey) is not None or dkey == my_key:
+        if mesh.record(dkey) is not None or dkey == self.identity.wg_public_key:
             raise svc.ServiceError("conflict", "that key is a member's own key", 409)
+
+    def _publish_device(self, rt: MeshRuntime, dkey: bytes, alias: str) -> int:
+        """List ``dkey`` in this peer's record (after the checks); the time of its cert."""
+        me = self._check_sponsor(rt)
+        self._check_device_key(rt, dkey)
+        mesh = rt.node.mesh
+        my_key = self.identity.wg_public_key
         # evicted devices are dropped from our record when we publish it again
         current = [
             d for d in me.devices if not (mesh.admission and mesh.authority.is_revoked(d.wg_key))
@@ -223,42 +270,269 @@ class DeviceOps:
         if any(d.alias == alias for d in self._devices(rt)):
             raise svc.ServiceError("conflict", f"alias {alias!r} is already a device's", 409)
         now = _now_ms()
-        entry = sponsor_device(self.identity, mesh_id, device_key=dkey, alias=alias, now_ms=now)
+        entry = sponsor_device(self.identity, rt.mesh_id, device_key=dkey, alias=alias, now_ms=now)
         try:
             outs = rt.node.update_self(now, devices=(*current, entry))
         except RecordError as e:
             raise svc.invalid_argument(f"{e.field}: {e}") from None
         self._emit(rt, outs)
-        if keep_key and private is not None:
-            path = self._device_key_path(mesh_id, dkey)
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            atomic_write(path, base64.b64decode(private), mode=0o600)
-        log.info("mesh %s: sponsoring device %s (%s)", mesh_id, alias, key_to_text(dkey)[:8])
-        address = str(overlay_address(mesh_id, dkey))
-        gw = self.routing.gateway_routes.get(mesh_id, ()) if self.routing else ()
-        routes = sorted({r.destination for r in gw})
-        cfg = render_wg_quick(
+        log.info("mesh %s: sponsoring device %s (%s)", rt.mesh_id, alias, key_to_text(dkey)[:8])
+        return now
+
+    def _device_settings(self, rt: MeshRuntime) -> tuple[str | None, list[str]]:
+        """(DNS server, routed destinations) this sponsor offers its devices now."""
+        return self._dns_for_device(rt), device_routes(rt.mesh_id, self.routing)
+
+    def _render(
+        self,
+        rt: MeshRuntime,
+        *,
+        alias: str,
+        dkey: bytes,
+        private: str | None,
+        sponsor: NodeRecord,
+        dns: str | None,
+        routes: list[str],
+    ) -> str:
+        return render_wg_quick(
             private_key=private,
-            address=address,
-            prefix=str(mesh_prefix(mesh_id)),
-            dns=self._dns_for_device(rt),
-            sponsor_key=key_to_text(my_key),
-            endpoint=me.wg_endpoint,
+            address=str(overlay_address(rt.mesh_id, dkey)),
+            prefix=str(mesh_prefix(rt.mesh_id)),
+            dns=dns,
+            sponsor_key=key_to_text(sponsor.wg_key),
+            endpoint=sponsor.wg_endpoint or "",
             allowed_ips=routes,
-            comment=f"smegmesh device {alias} in mesh {mesh_id}, sponsored by "
-            f"{me.alias or key_to_text(my_key)[:8]}",
+            comment=f"smegmesh device {alias} in mesh {rt.mesh_id}, sponsored by "
+            f"{sponsor.alias or key_to_text(sponsor.wg_key)[:8]}",
+        )
+
+    def _keep_private(self, mesh_id: str, dkey: bytes, private: str) -> None:
+        path = self._device_key_path(mesh_id, dkey)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        atomic_write(path, base64.b64decode(private), mode=0o600)
+
+    async def add_device(
+        self,
+        mesh_id: str,
+        name: str,
+        public_key: str | None = None,
+        keep_key: bool = False,
+        via: str | None = None,
+    ) -> AddDeviceResponse:
+        rt = self._get(mesh_id)
+        remote = self._via_record(rt, via) if via is not None and via.strip() else None
+        sponsor_rec = self._check_sponsor(rt) if remote is None else remote
+        alias = views.validate_alias(name)
+        if not alias:
+            raise svc.invalid_argument("name: a device needs a name")
+        dkey, private = _device_key(public_key, keep_key)
+        if remote is None:
+            now = self._publish_device(rt, dkey, alias)
+            dns, routes = self._device_settings(rt)
+        else:
+            self._check_device_key(rt, dkey)
+            dns, routes = await self._sponsor_remote(rt, remote, dkey, alias)
+            now = _now_ms()
+        if keep_key and private is not None:
+            self._keep_private(mesh_id, dkey, private)
+        cfg = self._render(
+            rt,
+            alias=alias,
+            dkey=dkey,
+            private=private,
+            sponsor=sponsor_rec,
+            dns=dns,
+            routes=routes,
         )
         info = DeviceInfo(
             public_key=key_to_text(dkey),
             alias=alias,
-            overlay_address=address,
+            overlay_address=str(overlay_address(mesh_id, dkey)),
             node_id=node_id_prefix(dkey),
-            sponsor=key_to_text(my_key),
-            sponsor_alias=me.alias,
+            sponsor=key_to_text(sponsor_rec.wg_key),
+            sponsor_alias=sponsor_rec.alias,
             added=now / 1000,
             key_kept=keep_key and private is not None,
         )
         return AddDeviceResponse(device=info, config=cfg, has_private_key=private is not None)
+
+    # ------------------------------------------------------------------ --via (an admin)
+
+    def _via_record(self, rt: MeshRuntime, via: str) -> NodeRecord | None:
+        """The live peer ``via`` names (None: this node itself); checks that this node
+        is an admin when it names another peer."""
+        live = rt.node.live_records()
+        nodes = [
+            NodeInfo(
+                public_key=key_to_text(r.wg_key),
+                alias=r.alias,
+                role=r.role.value,
+                overlay_address=r.address,
+                node_id=node_id_prefix(r.wg_key),
+            )
+            for r in live
+        ]
+        view = MeshDetail(
+            mesh_id=rt.mesh_id,
+            prefix=str(mesh_prefix(rt.mesh_id)),
+            self_key=key_to_text(self.identity.wg_public_key),
+            nodes=nodes,
+        )
+        found = resolve_node(via, [view], rt.mesh_id).node
+        if found is None:
+            raise svc.ServiceError(
+                "unknown_node", f"--via: no live node of mesh {rt.mesh_id} is {via!r}", 404
+            )
+        key = key_from_text(found.public_key)
+        if key == self.identity.wg_public_key:
+            return None
+        rec = rt.node.mesh.live_record(key)
+        assert rec is not None
+        if rec.role != Role.PEER:
+            raise svc.ServiceError(
+                "not_a_peer", f"--via: {describe(rt.mesh_id, found)} is a client, not a peer", 409
+            )
+        mesh = rt.node.mesh
+        if not (mesh.admission and mesh.authority.is_admin(self.identity.wg_public_key)):
+            raise svc.ServiceError(
+                "forbidden",
+                "--via: only an admin of the mesh can make another peer sponsor a device "
+                "(run add-device on that peer instead)",
+                403,
+            )
+        if not rec.control_endpoint or rec.tls_fp is None:
+            raise svc.ServiceError(
+                "sponsor_unreachable",
+                f"--via: {describe(rt.mesh_id, found)} has no control endpoint",
+                409,
+            )
+        return rec
+
+    async def _sponsor_remote(
+        self, rt: MeshRuntime, sponsor: NodeRecord, dkey: bytes, alias: str
+    ) -> tuple[str | None, list[str]]:
+        """Ask ``sponsor`` to sponsor ``dkey`` (it checks that we are an admin)."""
+        reply = await self._device_call(rt, sponsor, SponsorRequest(rt.mesh_id, dkey, alias))
+        log.info(
+            "mesh %s: %s sponsors device %s (%s) at our request",
+            rt.mesh_id,
+            sponsor.alias or key_to_text(sponsor.wg_key)[:8],
+            alias,
+            key_to_text(dkey)[:8],
+        )
+        return reply.dns, list(reply.allowed_ips)
+
+    async def _device_call(
+        self, rt: MeshRuntime, sponsor: NodeRecord, msg: SponsorRequest | DeviceQuery
+    ) -> DeviceSettings:
+        name = sponsor.alias or key_to_text(sponsor.wg_key)[:12]
+        if not sponsor.control_endpoint or sponsor.tls_fp is None:
+            raise svc.ServiceError("sponsor_unreachable", f"{name} has no control endpoint", 409)
+        try:
+            reply = decode(
+                await self.rpc.call(
+                    sponsor.control_endpoint, sponsor.tls_fp, encode(msg), timeout=DEVICE_RPC_S
+                )
+            )
+        except (RpcError, WireError) as e:
+            raise svc.ServiceError(
+                "sponsor_unreachable", f"the sponsoring peer {name} did not answer: {e}", 502
+            ) from None
+        if isinstance(reply, Refusal):
+            raise svc.ServiceError(
+                "forbidden", f"{name} refused: it does not know this node as a member (yet)", 403
+            )
+        if not isinstance(reply, DeviceSettings) or reply.mesh_id != rt.mesh_id:
+            raise svc.ServiceError("sponsor_error", f"{name} answered something else", 502)
+        if reply.error:
+            raise svc.ServiceError("sponsor_refused", f"{name} refused: {reply.error}", 409)
+        return reply
+
+    async def device_rpc(self, src: bytes, msg: SponsorRequest | DeviceQuery) -> Any:
+        """Answer a device request from ``src`` (authenticated by the transport)."""
+        rt = self.meshes.get(msg.mesh_id)
+        if rt is None or not rt.node.is_member(src):
+            return Refusal(msg.mesh_id)
+
+        def fail(text: str) -> DeviceSettings:
+            return DeviceSettings(msg.mesh_id, text[:MAX_ERROR_LEN], None, ())
+
+        if isinstance(msg, SponsorRequest):
+            mesh = rt.node.mesh
+            if not (mesh.admission and mesh.authority.is_admin(src)):
+                # a member can send these on demand: one line per member per interval
+                self._device_refusals.note(key_to_text(src)[:12], "not an admin")
+                return fail("only an admin of the mesh can make a peer sponsor a device")
+            try:
+                self._publish_device(rt, msg.device_key, msg.alias)
+            except svc.ServiceError as e:
+                return fail(e.message)
+            log.info(
+                "mesh %s: device %s added at the request of admin %s",
+                msg.mesh_id,
+                msg.alias,
+                key_to_text(src)[:8],
+            )
+        else:
+            me = rt.node.record
+            if me is None or not any(d.wg_key == msg.device_key for d in me.devices):
+                return fail("this peer does not sponsor that device")
+        dns, routes = self._device_settings(rt)
+        return DeviceSettings(msg.mesh_id, "", dns, tuple(routes[:MAX_DEVICE_ROUTES]))
+
+    # ------------------------------------------------------------------ device-config
+
+    async def device_config(self, mesh_id: str, device: str) -> AddDeviceResponse:
+        rt = self._get(mesh_id)
+        devices = self._devices(rt)
+        view = MeshDetail(
+            mesh_id=rt.mesh_id,
+            prefix=str(mesh_prefix(rt.mesh_id)),
+            self_key=key_to_text(self.identity.wg_public_key),
+            nodes=[
+                NodeInfo(
+                    public_key=key_to_text(d.wg_key),
+                    alias=d.alias,
+                    role="client",
+                    overlay_address=d.address,
+                    node_id=node_id_prefix(d.wg_key),
+                )
+                for d in devices
+            ],
+        )
+        try:
+            found = resolve_node(device, [view], mesh_id).node
+        except svc.ServiceError as e:
+            if e.code != "unknown_node":
+                raise
+            found = None
+        if found is None:
+            raise svc.ServiceError(
+                "unknown_device", f"no device {device!r} in mesh {mesh_id} (see list-devices)", 404
+            )
+        d = next(x for x in devices if key_to_text(x.wg_key) == found.public_key)
+        sponsor = rt.node.mesh.live_record(d.sponsor)
+        if sponsor is None:
+            raise svc.ServiceError("unknown_device", "the device's sponsor is gone", 404)
+        if d.sponsor == self.identity.wg_public_key:
+            dns, routes = self._device_settings(rt)
+        else:
+            reply = await self._device_call(rt, sponsor, DeviceQuery(mesh_id, d.wg_key))
+            dns, routes = reply.dns, list(reply.allowed_ips)
+        path = self._device_key_path(mesh_id, d.wg_key)
+        private = base64.b64encode(path.read_bytes()).decode("ascii") if path.exists() else None
+        cfg = self._render(
+            rt,
+            alias=d.alias,
+            dkey=d.wg_key,
+            private=private,
+            sponsor=sponsor,
+            dns=dns,
+            routes=routes,
+        )
+        return AddDeviceResponse(
+            device=self._device_info(rt, d), config=cfg, has_private_key=private is not None
+        )
 
     async def remove_device(self, mesh_id: str, device: str) -> DeviceInfo:
         rt = self._get(mesh_id)
@@ -291,15 +565,6 @@ class DeviceOps:
             sponsor=key_to_text(me.wg_key),
             sponsor_alias=me.alias,
             added=gone.cert.issued_ms / 1000,
-        )
-
-    def _names_me(self, rt: MeshRuntime, node: str) -> bool:
-        me = rt.node.record
-        if me is None:
-            return False
-        mine = key_to_text(me.wg_key)
-        return node in (mine, me.alias, str(me.address), node_id_prefix(me.wg_key)) or (
-            _ip(node) is not None and _ip(node) == ipaddress.IPv6Address(me.address)
         )
 
 

@@ -36,6 +36,7 @@ from prometheus_client.registry import Collector
 from smegmesh.core.wire import message_name
 from smegmesh.daemon.defaults import VERSION
 from smegmesh.daemon.transport import Refused, RpcClient, RpcError
+from smegmesh.daemon.wirestats import WireStats, run_sampler
 
 __all__ = ["SCRAPE_CACHE_S", "MeteredRpcClient", "Metrics", "serve_metrics"]
 
@@ -109,6 +110,9 @@ class Metrics:
             registry=r,
         )
         r.register(_StateCollector(daemon))
+        #: bytes on the node's sockets (TLS, HTTP/2, gRPC framing), see daemon/wirestats.py
+        self.wire = WireStats()
+        r.register(_WireCollector(self))
         #: (metric, labels) -> child: skips labels()'s lock and checks on the hot path
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self._cache: tuple[float, bytes] | None = None
@@ -190,14 +194,21 @@ class MeteredRpcClient(RpcClient):
         self._metrics = metrics
 
     async def call(
-        self, endpoint: str, fp: bytes, body: bytes, timeout: float | None = None
+        self,
+        endpoint: str,
+        fp: bytes,
+        body: bytes,
+        timeout: float | None = None,
+        *,
+        to: bytes | None = None,
+        identity: Any = None,
     ) -> bytes:
         m = self._metrics
         kind = message_name(body) or "unknown"
         t0 = time.perf_counter()
         m.child(m.rpc_bytes, "out", kind).inc(len(body))
         try:
-            reply = await super().call(endpoint, fp, body, timeout)
+            reply = await super().call(endpoint, fp, body, timeout, to=to, identity=identity)
         except RpcError:
             m.child(m.rpc_sent, kind, "error").inc()
             raise
@@ -279,6 +290,44 @@ class _StateCollector(Collector):
             yield dropped
 
 
+class _WireCollector(Collector):
+    """Socket-level bytes (sampled at scrape time) and the RPC pool's size."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        t = self.metrics.wire.sample()
+        rpc = getattr(self.metrics.daemon, "rpc", None)
+        fetch = getattr(rpc, "fetch_wire", (0, 0))
+        wire = CounterMetricFamily(
+            "smegd_wire_bytes",
+            "TCP payload bytes of node-to-node traffic (TLS, HTTP/2, gRPC framing and "
+            "messages), by direction (in/out); read from the kernel (TCP_INFO)",
+            labels=["direction"],
+        )
+        wire.add_metric(["out"], float(t.tx + fetch[0]))
+        wire.add_metric(["in"], float(t.rx + fetch[1]))
+        yield wire
+        segs = CounterMetricFamily(
+            "smegd_wire_segments",
+            "TCP segments of node-to-node traffic, by direction (for the TCP/IP header overhead)",
+            labels=["direction"],
+        )
+        segs.add_metric(["out"], float(t.segs_out))
+        segs.add_metric(["in"], float(t.segs_in))
+        yield segs
+        yield GaugeMetricFamily(
+            "smegd_wire_sockets", "Node-to-node TCP connections open (both ways)", value=t.sockets
+        )
+        if rpc is not None:
+            yield GaugeMetricFamily(
+                "smegd_rpc_channels",
+                "Outgoing node-to-node channels open (bounded by the pool's cap)",
+                value=rpc.open_channels,
+            )
+
+
 def _member_counts(node: Any) -> dict[str, int]:
     st = node.mesh
     suspects = node.suspects
@@ -302,6 +351,9 @@ async def serve_metrics(metrics: Metrics, host: str, port: int) -> Any:
     from smegmesh.daemon.api import serve_tcp
 
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    cfg = getattr(metrics.daemon, "config", None)
+    api = getattr(cfg, "api_listen_addr", None)
+    metrics.wire.exclude_ports.update({port, *([api[1]] if api else [])})
 
     @app.get("/metrics")
     async def scrape() -> Response:
@@ -311,4 +363,18 @@ async def serve_metrics(metrics: Metrics, host: str, port: int) -> Any:
     async def root() -> Response:
         return PlainTextResponse("smegd metrics: GET /metrics\n")
 
-    return await serve_tcp(app, host, port)
+    return _MetricsServer(await serve_tcp(app, host, port), metrics.wire)
+
+
+class _MetricsServer:
+    """The metrics listener and the wire byte sampler (stopped together)."""
+
+    def __init__(self, server: Any, wire: WireStats) -> None:
+        self._server = server
+        self._sampler = asyncio.create_task(run_sampler(wire))
+
+    async def stop(self) -> None:
+        self._sampler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._sampler
+        await self._server.stop()

@@ -62,8 +62,9 @@ from smegmesh.daemon.config import (
     MeshOptions,
     resolve_mesh_settings,
 )
-from smegmesh.daemon.devices_ops import DeviceOps
+from smegmesh.daemon.devices_ops import DEVICE_REQUESTS, DeviceOps
 from smegmesh.daemon.direct import DirectManager
+from smegmesh.daemon.direct import annotate as annotate_paths
 from smegmesh.daemon.events import (
     WG_PEER_EVENTS_MAX,
     EventBus,
@@ -72,6 +73,8 @@ from smegmesh.daemon.events import (
     route_events,
     wg_peer_events,
 )
+from smegmesh.daemon.joinretry import JOIN_DEADLINE_TIMEOUTS
+from smegmesh.daemon.joinretry import attempts as join_attempts
 from smegmesh.daemon.logsetup import configure_logging
 from smegmesh.daemon.metrics import MeteredRpcClient, Metrics, serve_metrics
 from smegmesh.daemon.persist import PersistError, atomic_write
@@ -348,7 +351,9 @@ class Daemon(AuthorityOps, DeviceOps):
         self.state_lock.acquire()  # one daemon per state directory (StateDirLocked)
         self.identity = self._load_identity()
         self.tls = TlsIdentity.load_or_create(self.state_dir)
-        self.rpc = MeteredRpcClient(self.metrics, self.identity, timeout=float(cfg.timeout))
+        self.rpc = MeteredRpcClient(
+            self.metrics, self.identity, timeout=float(cfg.timeout), max_channels=cfg.max_channels
+        )
         self.rpc_server = RpcServer(
             self.tls, self.metrics.handler(self._on_rpc), is_member=self._is_member_anywhere
         )
@@ -569,7 +574,9 @@ class Daemon(AuthorityOps, DeviceOps):
             self._emit(rt, node.handle_failure(call.to, call.ctx, now_ms()))
             return
         try:
-            data = await self.rpc.call(rec.control_endpoint, rec.tls_fp, encode(call.msg))
+            data = await self.rpc.call(
+                rec.control_endpoint, rec.tls_fp, encode(call.msg), to=call.to
+            )
             reply = decode(data)
         except (RpcError, WireError) as e:
             log.debug("mesh %s: call to %s failed: %s", rt.mesh_id, key_to_text(call.to)[:8], e)
@@ -599,7 +606,7 @@ class Daemon(AuthorityOps, DeviceOps):
         if same:
             self.rpc.backoff.ok((rec.control_endpoint, rec.tls_fp))
 
-    async def _on_rpc(self, src: bytes, body: bytes) -> bytes:
+    async def _on_rpc(self, src: bytes, body: bytes) -> bytes:  # noqa: C901 (issue 13 splits it)
         try:
             msg = decode(body)
         except WireError as e:
@@ -620,6 +627,8 @@ class Daemon(AuthorityOps, DeviceOps):
             if wrt is None or not wrt.node.is_member(src):
                 return encode(Refusal(msg.mesh_id))
             return encode(Observed(msg.mesh_id, await self.direct.observed(wrt, src)))
+        if isinstance(msg, DEVICE_REQUESTS):  # sponsored devices (issue 18)
+            return encode(await self.device_rpc(src, msg))
         rt = self.meshes.get(mesh_id) if isinstance(mesh_id, str) else None
         if rt is None:
             return encode(Refusal(mesh_id if isinstance(mesh_id, str) else "x"))
@@ -641,6 +650,7 @@ class Daemon(AuthorityOps, DeviceOps):
                             target.tls_fp,
                             encode(reply.msg),
                             timeout=self.liveness.probe_timeout_ms / 1000,
+                            to=reply.target,
                         )
                     )
                     ok = isinstance(r, Ack) and r.ok
@@ -1011,7 +1021,9 @@ class Daemon(AuthorityOps, DeviceOps):
         for b in tok.bootstrap:
             try:
                 reply = decode(
-                    await self.rpc.call(b.control_endpoint, b.tls_fp, encode(WhoAmI(tok.mesh_id)))
+                    await self.rpc.call(
+                        b.control_endpoint, b.tls_fp, encode(WhoAmI(tok.mesh_id)), to=b.wg_key
+                    )
                 )
             except (RpcError, WireError, ValueError, OSError) as e:
                 log.info("public address discovery via %s failed: %s", b.control_endpoint, e)
@@ -1053,17 +1065,27 @@ class Daemon(AuthorityOps, DeviceOps):
         req = encode(node.join_request(tok.secret, now_ms()))
         errors: list[str] = []
         refused = False
-        # Two passes over the bootstrap members: a busy member may time out once
-        # (a retry with the same token is admitted again: admissions are per joiner).
-        for b in [*tok.bootstrap, *tok.bootstrap]:
+        # Round after round over the bootstrap members, paced, until a deadline:
+        # a busy member may time out (a retry with the same token is admitted
+        # again: admissions are per joiner). See daemon/joinretry.py.
+        async for b in join_attempts(
+            tok.bootstrap,
+            lambda b: self.rpc.backoff.wait((b.control_endpoint, b.tls_fp)),
+            deadline_s=JOIN_DEADLINE_TIMEOUTS * float(self.config.timeout),
+        ):
             try:
                 reply = decode(
                     await self.rpc.call(
-                        b.control_endpoint, b.tls_fp, req, timeout=2 * float(self.config.timeout)
+                        b.control_endpoint,
+                        b.tls_fp,
+                        req,
+                        timeout=2 * float(self.config.timeout),
+                        to=b.wg_key,
                     )
                 )
             except (RpcError, WireError, ValueError, OSError) as e:
                 errors.append(f"{b.control_endpoint}: {e}")
+                log.info("join through %s failed: %s (will retry)", b.control_endpoint, e)
                 continue
             if isinstance(reply, JoinReply):
                 outs = node.absorb(reply.items, now_ms(), reply.chain)
@@ -1096,7 +1118,9 @@ class Daemon(AuthorityOps, DeviceOps):
             raise svc.refused(
                 "the invitation was refused (expired, used up, or not valid for this mesh)"
             )
-        raise svc.unavailable("no member named in the token could be reached: " + "; ".join(errors))
+        raise svc.unavailable(
+            "no member named in the token could be reached: " + "; ".join(errors[-6:])
+        )
 
     async def leave_mesh(self, mesh_id: str) -> None:
         rt = self._get(mesh_id)
@@ -1179,6 +1203,8 @@ class Daemon(AuthorityOps, DeviceOps):
                 authority=authority,
             )
         )
+        # each member's path and round trip (NAT traversal, daemon/direct.py)
+        detail = await asyncio.to_thread(annotate_paths, detail, self.direct.rtts(mesh_id))
         return detail.model_copy(update={"devices": self.device_infos(rt)})
 
     async def _update(self, mesh_id: str, **changes: Any) -> None:

@@ -179,6 +179,10 @@ class NodeService(Protocol):
         """Stop sponsoring ``device`` (alias, key or address; ``unknown_device`` 404)."""
         ...
 
+    async def device_config(self, mesh_id: str, device: str) -> AddDeviceResponse:
+        """The device's current wg-quick config (its private key only if kept here)."""
+        ...
+
     async def get_status(self) -> StatusResponse:
         """The whole node: identity, every mesh, members with their paths, routes in use."""
         ...

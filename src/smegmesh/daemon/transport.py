@@ -35,7 +35,9 @@
 * **Bounded outgoing channels.** A client keeps at most :data:`MAX_CHANNELS`
   pinned channels open (least recently used idle one closed first) and closes
   one idle for :data:`CHANNEL_IDLE_S`: a node's connections do not grow with
-  the size of the mesh (issue 14).
+  the size of the mesh (issue 14). A pinned certificate, once fetched, is kept
+  by its fingerprint (at most :data:`MAX_CACHED_CERTIFICATES`): reopening a
+  channel needs no second handshake to fetch it.
 
 One generic unary method carries ``core.wire`` messages as bytes. Whether a
 caller may do what it asks (is it a member? does it hold a token?) is decided
@@ -117,6 +119,13 @@ _SERVER_OPTIONS = [
 #: The caller's address as this server sees it ("2001:db8::5"), set while a handler runs.
 caller_address: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "caller_address", default=None
+)
+#: The WireGuard key the caller meant to reach (``x-smeg-to``), set while a handler
+#: runs; ``None`` if it did not say. A routing hint for servers that host several
+#: identities (the test swarm, ``smegmesh.testbed.swarm``), not authenticated:
+#: the signature names the server's TLS fingerprint, which such a server shares.
+callee_key: contextvars.ContextVar[bytes | None] = contextvars.ContextVar(
+    "callee_key", default=None
 )
 
 
@@ -205,6 +214,17 @@ def _signed_digest(server_fp: bytes, ts_ms: int, body_sha256: bytes) -> bytes:
 
 def _b(s: str | bytes) -> bytes:
     return bytes.fromhex(s if isinstance(s, str) else s.decode())
+
+
+def _callee(md: dict[str, str | bytes]) -> bytes | None:
+    """The ``x-smeg-to`` routing hint: a 32-byte key, or None (absent or malformed)."""
+    to = md.get("x-smeg-to")
+    if to is None or len(to) != 64:
+        return None
+    try:
+        return _b(to)
+    except ValueError:
+        return None
 
 
 Handler = Callable[[bytes, bytes], Awaitable[bytes]]
@@ -353,6 +373,7 @@ class RpcServer:
             if hashlib.sha256(body).digest() != digest:
                 raise _Reject(grpc.StatusCode.UNAUTHENTICATED, "body hash mismatch")
             caller_address.set(parsed)
+            callee_key.set(_callee(md))
             try:
                 return await self._handler(wg_key, body)
             except Refused as e:
@@ -395,8 +416,14 @@ class RpcServer:
                 del self._strangers_per_addr[addr]
 
 
-async def fetch_certificate(host: str, port: int, timeout: float) -> bytes:
-    """Fetch the server's certificate (DER) with a plain TLS handshake."""
+async def fetch_certificate(
+    host: str, port: int, timeout: float, wire: list[int] | None = None
+) -> bytes:
+    """Fetch the server's certificate (DER) with a plain TLS handshake.
+
+    ``wire``: ``[sent, received]`` TCP payload bytes of the connection are added
+    to it (the connection is closed before any sampler could see it).
+    """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE  # verified by fingerprint right below, by the caller
@@ -411,6 +438,12 @@ async def fetch_certificate(host: str, port: int, timeout: float) -> bytes:
             raise RpcError(f"{host}:{port} presented no certificate")
         return bytes(der)
     finally:
+        if wire is not None:
+            from smegmesh.daemon.wirestats import socket_bytes
+
+            sent, received = socket_bytes(writer.get_extra_info("socket"))
+            wire[0] += sent
+            wire[1] += received
         # No graceful TLS shutdown: a gRPC server need not answer close_notify,
         # and waiting for it stalls every first call to a node for asyncio's
         # ssl_shutdown_timeout (30 s). We only wanted the certificate.
@@ -490,6 +523,10 @@ def _failure_reason(e: BaseException) -> str:
 MAX_CHANNELS = 64
 #: A channel with no call for this long is closed (and reopened on the next call).
 CHANNEL_IDLE_S = 60.0
+#: Pinned certificates kept (DER, ~400 bytes each) so that reopening a channel
+#: needs no second TLS handshake to fetch the certificate again (issue 14: at
+#: scale nearly every probe opens a channel; the fetch was half its wire bytes).
+MAX_CACHED_CERTIFICATES = 4096
 
 
 @dataclass
@@ -516,6 +553,7 @@ class RpcClient:
         max_channels: int = MAX_CHANNELS,
         channel_idle_s: float = CHANNEL_IDLE_S,
         clock: Callable[[], float] = time.monotonic,
+        certificates: OrderedDict[bytes, bytes] | None = None,
     ) -> None:
         if max_channels < 1:
             raise ValueError("max_channels must be at least 1")
@@ -529,10 +567,17 @@ class RpcClient:
         #: Per key being connected: the lock and how many callers hold or wait for it.
         self._locks: dict[tuple[str, bytes], tuple[asyncio.Lock, list[int]]] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        #: fingerprint -> certificate (DER) whose SHA-256 it is; least recently used
+        #: first (``certificates``: shared with other clients, e.g. a swarm's members)
+        self._certs: OrderedDict[bytes, bytes] = (
+            certificates if certificates is not None else OrderedDict()
+        )
         self.backoff = EndpointBackoff()
         #: Failed connections, one line per endpoint per minute (no flood).
         self.failures = RateLog(log, "failed", unit="connections", prep="to")
         self.attempts = 0  # connection attempts (certificate fetches), for tests
+        #: TCP payload bytes [sent, received] of the certificate fetches (metrics)
+        self.fetch_wire = [0, 0]
         self.evictions = 0  # channels closed for room or idleness
 
     @property
@@ -574,15 +619,13 @@ class RpcClient:
                         f"{endpoint}: backing off ({wait:.0f} s) after failed connections"
                     )
                 host, port = split_host_port(endpoint)
-                self.attempts += 1
-                try:
-                    der = await fetch_certificate(host, port, self._timeout)
-                except (OSError, TimeoutError, ssl.SSLError, RpcError) as e:
-                    self._failed(endpoint, fp, _failure_reason(e))
-                    raise RpcError(f"cannot reach {endpoint}: {e or type(e).__name__}") from e
-                if hashlib.sha256(der).digest() != fp:
-                    self._failed(endpoint, fp, "not the certificate its record pins")
-                    raise RpcError(f"{endpoint} presented an unexpected TLS certificate")
+                der = self._certs.get(fp)
+                if der is not None:
+                    # Known by its hash: it stays the only root, so a server
+                    # presenting another certificate still fails the handshake.
+                    self._certs.move_to_end(fp)
+                else:
+                    der = await self._fetch(endpoint, host, port, fp)
                 pem = ssl.DER_cert_to_PEM_cert(der).encode()
                 creds = grpc.ssl_channel_credentials(root_certificates=pem)
                 target = join_host_port(host, port)
@@ -594,6 +637,22 @@ class RpcClient:
             users[0] -= 1
             if not users[0] and self._locks.get(key) is entry:
                 del self._locks[key]
+
+    async def _fetch(self, endpoint: str, host: str, port: int, fp: bytes) -> bytes:
+        """The server's certificate, checked against the pin and remembered by it."""
+        self.attempts += 1
+        try:
+            der = await fetch_certificate(host, port, self._timeout, self.fetch_wire)
+        except (OSError, TimeoutError, ssl.SSLError, RpcError) as e:
+            self._failed(endpoint, fp, _failure_reason(e))
+            raise RpcError(f"cannot reach {endpoint}: {e or type(e).__name__}") from e
+        if hashlib.sha256(der).digest() != fp:
+            self._failed(endpoint, fp, "not the certificate its record pins")
+            raise RpcError(f"{endpoint} presented an unexpected TLS certificate")
+        self._certs[fp] = der
+        if len(self._certs) > MAX_CACHED_CERTIFICATES:
+            self._certs.popitem(last=False)
+        return der
 
     def _evict(self, key: tuple[str, bytes]) -> None:
         p = self._channels.pop(key)
@@ -624,8 +683,22 @@ class RpcClient:
                 self._evict(key)
 
     async def call(
-        self, endpoint: str, fp: bytes, body: bytes, timeout: float | None = None
+        self,
+        endpoint: str,
+        fp: bytes,
+        body: bytes,
+        timeout: float | None = None,
+        *,
+        to: bytes | None = None,
+        identity: NodeIdentity | None = None,
     ) -> bytes:
+        """Call ``endpoint`` (pinned to ``fp``) with ``body``; returns the reply body.
+
+        ``to``: the WireGuard key of the node meant (sent as the ``x-smeg-to``
+        routing hint; the same on every call of a channel, so HPACK sends it
+        once per connection). ``identity``: sign as this node instead of the
+        client's own (a swarm process calling for many members over one pool).
+        """
         wait = self.backoff.wait((endpoint, fp))
         if wait > 0:
             raise RpcError(f"{endpoint}: backing off ({wait:.0f} s) after failed connections")
@@ -633,15 +706,18 @@ class RpcClient:
         pooled = await self._channel(endpoint, fp)
         ts = int(time.time() * 1000)
         digest = hashlib.sha256(body).digest()
-        sig = self._identity.sign(_signed_digest(fp, ts, digest))
-        md = (
-            ("x-smeg-key", self._identity.wg_public_key.hex()),
-            ("x-smeg-sign", self._identity.sign_public_key.hex()),
+        me = identity or self._identity
+        sig = me.sign(_signed_digest(fp, ts, digest))
+        md: tuple[tuple[str, str], ...] = (
+            ("x-smeg-key", me.wg_public_key.hex()),
+            ("x-smeg-sign", me.sign_public_key.hex()),
             ("x-smeg-ts", str(ts)),
             ("x-smeg-hash", digest.hex()),
             ("x-smeg-len", str(len(body))),
             ("x-smeg-sig", sig.hex()),
         )
+        if to is not None:
+            md = (("x-smeg-to", to.hex()), *md)
         try:
             reply: bytes = await pooled.channel.unary_unary(FULL_METHOD)(
                 body, metadata=md, timeout=timeout or self._timeout

@@ -27,6 +27,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=30.0, help="virtual seconds after warm-up")
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--loss", type=float, default=0.01, help="one-way message loss (0..1)")
+    p.add_argument(
+        "--wire-overhead",
+        action="store_true",
+        help="bytes include the real transport's per-message overhead (sim/overhead.py)",
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--scenario", choices=SCENARIOS, default="steady")
     p.add_argument("--latency-ms", type=float, default=20.0, help="median one-way latency")
@@ -71,7 +76,12 @@ def config_from_args(a: argparse.Namespace) -> ScenarioConfig:
         seconds=a.seconds,
         warmup=a.warmup,
         seed=a.seed,
-        net=NetParams(latency_ms=a.latency_ms, loss=a.loss, rpc_timeout_ms=a.timeout_ms),
+        net=NetParams(
+            latency_ms=a.latency_ms,
+            loss=a.loss,
+            rpc_timeout_ms=a.timeout_ms,
+            wire_overhead=a.wire_overhead,
+        ),
         gossip=g,
         liveness=lv,
         byte_sample=a.byte_sample,

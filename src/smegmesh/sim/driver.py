@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from smegmesh.core.meshnode import Call, Changed, MeshNode, Out, Relay
 from smegmesh.core.messages import Ack
 from smegmesh.core.wire import encode
+from smegmesh.sim.overhead import REPLY_OVERHEAD_BYTES, REQUEST_OVERHEAD_BYTES
 
 __all__ = ["T0", "Driver", "NetParams", "TrafficBase"]
 
@@ -49,6 +50,7 @@ class NetParams:
     loss: float = 0.01  # one-way message loss
     rpc_timeout_ms: int = 1_000  # a call without reply fails after this
     relay_timeout_ms: int = 500  # a relayed ping (PingReq) fails after this
+    wire_overhead: bool = False  # charge sim/overhead.py's per-message bytes on top
 
 
 @dataclass(slots=True)
@@ -245,6 +247,8 @@ class Driver:
         a = self._host(ea)
         b = self._host(eb)
         size = self._size(msg)
+        if self.net.wire_overhead:
+            size += REQUEST_OVERHEAD_BYTES if kind == _REQ else REPLY_OVERHEAD_BYTES
         tr = self.traffic
         tr.tx[a] += size
         if ok:

@@ -1,0 +1,369 @@
+"""One real smegd as a member of a large mesh: RSS, fds, threads, idle CPU and wire bytes.
+
+    uv run python bench/member_scale_bench.py [--sizes 100,300,1000,3000] [--procs 2]
+                                             [--settle 30] [--window 30]
+    uv run python bench/member_scale_bench.py --calibrate-only   # per-call wire overhead
+    uv run python bench/member_scale_bench.py --replot bench/out/member_scale.json
+
+For each size N, a swarm (``smegmesh.testbed.swarm``, ``--procs`` processes)
+hosts N members; one ordinary ``smegd`` (memory backend, product defaults:
+syncInterval 1 s, pullInterval 3 s, heartbeatInterval 2 s, timeout 5 s)
+joins it with an invitation and is measured once every member is live in its
+view and ``--settle`` seconds have passed, over ``--window`` seconds:
+
+* RSS, open descriptors and threads (``/proc/PID``; max over the window),
+  beside the RSS floor of the required libraries in a bare interpreter and the
+  daemon's own RSS before it joined (both measured in the same run);
+* idle CPU, % of one core (``utime + stime`` over the window);
+* wire bytes per second, both directions: TCP payload of its node-to-node
+  sockets (TLS records, HTTP/2 frames and HPACK headers, gRPC framing, the
+  message), from the daemon's ``smegd_wire_bytes`` (``TCP_INFO``), and the
+  message payload alone (``smegd_rpc_bytes``) beside it;
+* outgoing channels and node-to-node sockets open at the end.
+
+``--calibrate-only`` (also run after the sizes) measures the wire bytes of one
+call on the real transport by message type (payload sizes from the run's own
+traffic, or typical ones): on a warm channel, and the extra cost of a new one.
+Targets (issue 14): RSS <= 150 MB; fds <= 256, threads <= 16, flat from 300 to
+3,000; idle CPU <= 2 %; wire <= 10 KB/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from join_bench import library_floor_mb
+from smegmesh.testbed.measured import MeasuredSmegd, wait_for
+from smegmesh.testbed.swarm import MESH_ID, read_stats, start_swarm
+
+TARGETS = {"rss_mb": 150.0, "fds": 256, "threads": 16, "cpu_pct": 2.0, "wire_kbs": 10.0}
+OUT = Path(__file__).resolve().parent / "out"
+DOC_IMG = Path(__file__).resolve().parent.parent / "docs" / "img"
+
+
+def _is(k: str, prefix: str) -> bool:
+    """Is sample ``k`` one of metric ``prefix`` (a counter's samples end in ``_total``)?"""
+    name = k.split("{", 1)[0]
+    return name in (prefix, prefix + "_total")
+
+
+def _sum(m: dict[str, float], prefix: str, **labels: str) -> float:
+    """Sum of the samples of ``prefix`` whose labels include ``labels``."""
+    total = 0.0
+    for k, v in m.items():
+        if not _is(k, prefix):
+            continue
+        if all(f'{lk}="{lv}"' in k for lk, lv in labels.items()):
+            total += v
+    return total
+
+
+def _by_type(m: dict[str, float], prefix: str, label: str = "type") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in m.items():
+        if _is(k, prefix) and f'{label}="' in k:
+            t = k.split(f'{label}="', 1)[1].split('"', 1)[0]
+            out[t] = out.get(t, 0.0) + v
+    return out
+
+
+def measure(size: int, procs: int, settle: float, window: float, root: Path) -> dict[str, Any]:
+    base_port = 47100 + (size % 97) * procs
+    sdir = root / f"swarm-{size}"
+    workers = start_swarm(sdir, size, procs, base_port)
+    smegd = MeasuredSmegd(root / f"smegd-{size}")
+    row: dict[str, Any] = {"members": size, "procs": procs}
+    try:
+        t0 = time.monotonic()
+        wait_for(lambda: (sdir / "token").exists(), 900, f"a swarm of {size} to start", 1.0)
+        row["swarm_start_s"] = round(time.monotonic() - t0, 1)
+        smegd.start()
+        row["rss_before_join_mb"] = round(smegd.sample().rss_mb, 1)
+        t0 = time.monotonic()
+        for attempt in range(3):  # a swarm busy at start may time out the first one
+            try:
+                smegd.join((sdir / "token").read_text())
+                break
+            except Exception:
+                if attempt == 2:
+                    raise
+                time.sleep(5)
+        row["join_s"] = round(time.monotonic() - t0, 2)
+        wait_for(lambda: smegd.known_members(MESH_ID) >= size + 1, 600, "all members", 1.0)
+        row["all_known_s"] = round(time.monotonic() - t0, 1)
+        try:  # on a starved machine swarm members may suspect each other: noted, not fatal
+            wait_for(lambda: smegd.live_members(MESH_ID) >= size + 1, 60, "all live", 1.0)
+            row["all_live_s"] = round(time.monotonic() - t0, 1)
+        except TimeoutError:
+            row["all_live_s"] = None
+        time.sleep(settle)
+        m0, p0, st0 = smegd.metrics(), smegd.sample(), read_stats(sdir)
+        samples = [p0]
+        end = time.monotonic() + window
+        while time.monotonic() < end:
+            time.sleep(1.0)
+            samples.append(smegd.sample())
+        m1, p1 = smegd.metrics(), smegd.sample()
+        samples.append(p1)
+        dt = p1.t - p0.t
+        wire = _sum(m1, "smegd_wire_bytes") - _sum(m0, "smegd_wire_bytes")
+        payload = _sum(m1, "smegd_rpc_bytes") - _sum(m0, "smegd_rpc_bytes")
+        sent0, sent1 = _by_type(m0, "smegd_rpc_sent"), _by_type(m1, "smegd_rpc_sent")
+        recv0, recv1 = _by_type(m0, "smegd_rpc_received"), _by_type(m1, "smegd_rpc_received")
+        calls = sum(sent1.values()) - sum(sent0.values()) + sum(recv1.values())
+        calls -= sum(recv0.values())
+        row.update(
+            rss_mb=round(max(s.rss_mb for s in samples), 1),
+            fds=max(s.fds for s in samples),
+            threads=max(s.threads for s in samples),
+            cpu_pct=round(100 * (p1.cpu_s - p0.cpu_s) / dt, 2),
+            wire_kbs=round(wire / dt / 1000, 2),
+            payload_kbs=round(payload / dt / 1000, 2),
+            calls_per_s=round(calls / dt, 2),
+            wire_per_call=round(wire / calls) if calls else None,
+            channels=int(_sum(m1, "smegd_rpc_channels")),
+            sockets=int(_sum(m1, "smegd_wire_sockets")),
+            live=int(_sum(m1, "smegd_members", state="live")),
+            suspect=int(_sum(m1, "smegd_members", state="suspect")),
+            pruned=int(_sum(m1, "smegd_members", state="pruned")),
+            payload_by_type=_payload_by_type(m0, m1),
+            window_s=round(dt, 1),
+            load=os.getloadavg()[0],
+        )
+        st = read_stats(sdir)
+        row["swarm"] = {
+            "cpu_s": round(sum(s["cpu_s"] for s in st), 1),
+            "cpu_pct_window": round(
+                100 * (sum(s["cpu_s"] for s in st) - sum(s["cpu_s"] for s in st0)) / dt, 1
+            ),
+            "rss_mb": round(sum(s["rss_mb"] for s in st)),
+            "lag_max_ms": round(max(s["lag_max_ms"] for s in st)),
+            "failures": sum(s["failures"] for s in st),
+        }
+    finally:
+        smegd.stop()
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            try:
+                w.wait(20)
+            except Exception:
+                w.kill()
+    return row
+
+
+def _payload_by_type(m0: dict[str, float], m1: dict[str, float]) -> dict[str, list[float]]:
+    """type -> [calls, mean payload bytes per call (request + reply)] over the window.
+
+    Calls both ways: those the daemon made and those it answered.
+    """
+
+    def delta(prefix: str, only: str = "") -> dict[str, float]:
+        a = _by_type({k: v for k, v in m0.items() if only in k}, prefix)
+        b = _by_type({k: v for k, v in m1.items() if only in k}, prefix)
+        return {t: b[t] - a.get(t, 0.0) for t in b}
+
+    calls = delta("smegd_rpc_sent")
+    for t, n in delta("smegd_rpc_received").items():
+        calls[t] = calls.get(t, 0.0) + n
+    payload = delta("smegd_rpc_bytes")
+    return {t: [n, round(payload.get(t, 0.0) / n)] for t, n in sorted(calls.items()) if n > 0}
+
+
+# --------------------------------------------------------------------------- calibration
+#: payloads (request, reply) by message type when no run gave them (split evenly otherwise)
+TYPICAL = {"empty": (0, 0), "small": (50, 50), "1 KB": (500, 500), "8 KB": (4096, 4096)}
+
+
+async def _calibrate(pairs: dict[str, tuple[int, int]], calls: int = 200) -> dict[str, Any]:
+    from smegmesh.core.identity import NodeIdentity
+    from smegmesh.daemon.transport import RpcClient, RpcServer, TlsIdentity
+    from smegmesh.daemon.wirestats import WireStats
+
+    reply_size = {"n": 0}
+
+    async def handler(_src: bytes, _body: bytes) -> bytes:
+        return b"r" * reply_size["n"]
+
+    server = RpcServer(TlsIdentity.generate(), handler)
+    port = await server.start("127.0.0.1", 0)
+    fp = server._fp
+    wire = WireStats()
+    out: dict[str, Any] = {"types": {}}
+    try:
+        # A new channel: certificate fetch, TLS handshake, HTTP/2 set-up and one empty call.
+        client = RpcClient(NodeIdentity.generate())
+        before = wire.sample()
+        b0 = before.tx
+        await client.call(f"127.0.0.1:{port}", fp, b"", to=bytes(32))
+        await asyncio.sleep(0.2)
+        first = wire.sample().tx - b0
+        out["certificate_fetch"] = sum(client.fetch_wire)  # closed before any sample
+        for t, (req, rep) in pairs.items():
+            reply_size["n"] = rep
+            body = b"q" * req
+            await client.call(f"127.0.0.1:{port}", fp, body, to=bytes(32))  # HPACK warm
+            await asyncio.sleep(0.05)
+            b0 = wire.sample().tx
+            for _ in range(calls):
+                await client.call(f"127.0.0.1:{port}", fp, body, to=bytes(32))
+            await asyncio.sleep(0.2)
+            per_call = (wire.sample().tx - b0) / calls
+            out["types"][t] = {
+                "request": req,
+                "reply": rep,
+                "wire_per_call": round(per_call),
+                "overhead_per_call": round(per_call - req - rep),
+            }
+        out["new_channel_first_call"] = first
+        b0 = wire.sample().tx
+        await client.close()
+        await asyncio.sleep(0.2)
+        out["channel_close"] = wire.sample().tx - b0
+        # Reopened with the certificate known (the steady state: met before).
+        again = RpcClient(client._identity, certificates=client._certs)
+        reply_size["n"] = 0
+        b0 = wire.sample().tx
+        await again.call(f"127.0.0.1:{port}", fp, b"", to=bytes(32))
+        await asyncio.sleep(0.2)
+        out["new_channel_first_call_certificate_known"] = wire.sample().tx - b0
+        await again.close()
+    finally:
+        await server.stop(0)
+    return out
+
+
+def calibrate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    pairs = dict(TYPICAL)
+    for r in rows:  # the run's own mean payloads (request and reply averaged) where seen
+        for t, (_n, mean) in r.get("payload_by_type", {}).items():
+            pairs[t] = (int(mean) // 2, int(mean) - int(mean) // 2)
+    return asyncio.run(_calibrate(pairs))
+
+
+# --------------------------------------------------------------------------- output
+def table(rows: list[dict[str, Any]], floor: float | None) -> str:
+    lines = [
+        "| members | RSS MB (x floor) | fds | threads | idle CPU % | wire KB/s (payload) "
+        "| calls/s | wire B/call | channels | sockets | live/suspect/pruned | load |",
+        "|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---|---:|",
+    ]
+    for r in rows:
+        ratio = f" ({r['rss_mb'] / floor:.2f}x)" if floor else ""
+        lines.append(
+            f"| {r['members']:,} | {r['rss_mb']}{ratio} | {r['fds']} | {r['threads']} "
+            f"| {r['cpu_pct']} | {r['wire_kbs']} ({r['payload_kbs']}) | {r['calls_per_s']} "
+            f"| {r['wire_per_call']} | {r['channels']} | {r['sockets']} "
+            f"| {r['live']}/{r['suspect']}/{r['pruned']} | {r['load']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], floor: float | None, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    xs = [r["members"] for r in rows]
+    panels = [
+        ("rss_mb", "RSS (MB)", floor, "library floor"),
+        ("fds", "open descriptors", None, ""),
+        ("threads", "threads", None, ""),
+        ("cpu_pct", "idle CPU (% of a core)", None, ""),
+        ("wire_kbs", "wire KB/s (in + out)", None, ""),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4))
+    for ax, (key, label, base, base_label) in zip(axes, panels, strict=True):
+        ax.plot(xs, [r[key] for r in rows], "o-", label="smegd")
+        ax.axhline(TARGETS[key], color="red", ls="--", lw=1, label="target")
+        if base:
+            ax.axhline(base, color="grey", ls=":", lw=1, label=base_label)
+        if key == "wire_kbs":
+            ax.plot(xs, [r["payload_kbs"] for r in rows], "s--", label="payload only")
+        ax.set_xscale("log")
+        ax.set_xlabel("members")
+        ax.set_title(label, fontsize=10)
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=7)
+    fig.suptitle("one smegd in a swarm mesh (idle, product defaults)", fontsize=11)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="100,300,1000,3000")
+    ap.add_argument("--procs", type=int, default=2)
+    ap.add_argument("--settle", type=float, default=30.0)
+    ap.add_argument("--window", type=float, default=30.0)
+    ap.add_argument("--calibrate-only", action="store_true")
+    ap.add_argument("--replot", default=None, help="a JSON file of an earlier run")
+    ap.add_argument("--out", default=str(OUT))
+    a = ap.parse_args(argv)
+    # SIGTERM (a timeout) unwinds like Ctrl-C: the swarm and the daemon are stopped.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if a.calibrate_only:
+        print(json.dumps(calibrate([]), indent=1))
+        return 0
+    if a.replot:
+        doc = json.loads(Path(a.replot).read_text())
+        rows, floor = doc["rows"], doc["floor_mb"]
+    else:
+        floor = library_floor_mb()
+        rows = []
+        root = Path(tempfile.mkdtemp(prefix="msb"))
+        try:
+            for size in [int(s) for s in a.sizes.split(",")]:
+                print(f"-- {size} members ...", flush=True)
+                rows.append(measure(size, a.procs, a.settle, a.window, root))
+                print(json.dumps(rows[-1]), flush=True)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        cal = calibrate(rows)
+        doc = {
+            "rows": rows,
+            "floor_mb": floor,
+            "calibration": cal,
+            "machine": {"cpus": os.cpu_count(), "load_end": os.getloadavg()},
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        }
+        (out / "member_scale.json").write_text(json.dumps(doc, indent=1))
+    print(f"RSS floor of the required libraries: {floor:.1f} MB" if floor else "floor: n/a")
+    print(table(rows, floor))
+    if "calibration" in doc:
+        print(json.dumps(doc["calibration"], indent=1))
+    png = out / "member_scale.png"
+    if plot(rows, floor, png):
+        DOC_IMG.mkdir(parents=True, exist_ok=True)
+        shutil.copy(png, DOC_IMG / "member_scale.png")
+        print(f"plot: {png} (copied to docs/img/)")
+    worst = {k: max(r[k] for r in rows) for k in TARGETS}
+    for k, target in TARGETS.items():
+        print(f"{k}: max {worst[k]} (target {target}) {'met' if worst[k] <= target else 'MISSED'}")
+    if rows and "cpu_pct" in rows[0]:
+        print("median idle CPU %:", statistics.median(r["cpu_pct"] for r in rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

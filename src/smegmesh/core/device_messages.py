@@ -1,0 +1,136 @@
+"""Node-to-node messages of sponsored devices (issue 18). Pure.
+
+Request -> reply pairs, over the authenticated transport (the receiver knows
+the caller's key before it reads the body):
+
+* ``SponsorRequest`` -> ``DeviceSettings``: an admin asks a peer to sponsor a
+  device key (``smegctl add-device --via PEER``). The peer refuses unless the
+  caller is an admin of the mesh *now* (its own view of the mesh authority),
+  then runs the same checks as a local ``add-device`` (its invite policy,
+  evictions, the device limit) and publishes the device in its own record.
+* ``DeviceQuery`` -> ``DeviceSettings``: a member asks the sponsor for the
+  current settings of one of its devices (``smegctl device-config``).
+
+``DeviceSettings`` carries what only the sponsor knows: the DNS server it
+offers on its overlay address, and the destinations it routes for the device
+(``AllowedIPs`` besides the mesh prefix); or an ``error`` for the caller.
+Every field is bounded.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+from smegmesh.core.record import ALIAS_RE
+from smegmesh.core.wire import WireError, register
+
+__all__ = [
+    "MAX_DEVICE_ROUTES",
+    "MAX_ERROR_LEN",
+    "DeviceQuery",
+    "DeviceSettings",
+    "SponsorRequest",
+]
+
+#: destinations a sponsor may return for one device (AllowedIPs besides the prefix)
+MAX_DEVICE_ROUTES = 64
+#: length of an error text in a reply
+MAX_ERROR_LEN = 300
+
+
+@dataclass(frozen=True, slots=True)
+class SponsorRequest:
+    """An admin asks the receiving peer to sponsor ``device_key`` as ``alias``."""
+
+    mesh_id: str
+    device_key: bytes
+    alias: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceQuery:
+    """A member asks the sponsor of ``device_key`` for its current settings."""
+
+    mesh_id: str
+    device_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSettings:
+    """The sponsor's answer: ``error`` empty on success."""
+
+    mesh_id: str
+    error: str
+    dns: str | None
+    allowed_ips: tuple[str, ...]
+
+
+def _arr(v: object, n: int) -> list[Any]:
+    if type(v) is not list or len(v) != n:
+        raise WireError(f"expected an array of {n}")
+    return v
+
+
+def _mesh(v: object) -> str:
+    if type(v) is not str or not 0 < len(v) <= 63:
+        raise WireError("expected a mesh id string")
+    return v
+
+
+def _key(v: object) -> bytes:
+    if type(v) is not bytes or len(v) != 32:
+        raise WireError("expected a 32-byte key")
+    return v
+
+
+def _alias(v: object) -> str:
+    if type(v) is not str or ALIAS_RE.fullmatch(v) is None:
+        raise WireError("expected a device alias (a DNS label)")
+    return v
+
+
+def _network(v: object) -> str:
+    if type(v) is not str or not 0 < len(v) <= 64:
+        raise WireError("expected a network")
+    try:
+        return str(ipaddress.ip_network(v, strict=True))
+    except ValueError:
+        raise WireError("expected a network") from None
+
+
+def _dec_sponsor(b: Any) -> SponsorRequest:
+    m, k, a = _arr(b, 3)
+    return SponsorRequest(_mesh(m), _key(k), _alias(a))
+
+
+def _dec_query(b: Any) -> DeviceQuery:
+    m, k = _arr(b, 2)
+    return DeviceQuery(_mesh(m), _key(k))
+
+
+def _dec_settings(b: Any) -> DeviceSettings:
+    m, err, dns, allowed = _arr(b, 4)
+    if type(err) is not str or len(err) > MAX_ERROR_LEN:
+        raise WireError("expected an error text")
+    if dns is not None:
+        if type(dns) is not str or len(dns) > 64:
+            raise WireError("expected a DNS address")
+        try:
+            dns = str(ipaddress.ip_address(dns))
+        except ValueError:
+            raise WireError("expected a DNS address") from None
+    if type(allowed) is not list or len(allowed) > MAX_DEVICE_ROUTES:
+        raise WireError(f"expected at most {MAX_DEVICE_ROUTES} networks")
+    return DeviceSettings(_mesh(m), err, dns, tuple(_network(n) for n in allowed))
+
+
+register(50, SponsorRequest, lambda m: [m.mesh_id, m.device_key, m.alias], _dec_sponsor)
+register(51, DeviceQuery, lambda m: [m.mesh_id, m.device_key], _dec_query)
+register(
+    52,
+    DeviceSettings,
+    lambda m: [m.mesh_id, m.error[:MAX_ERROR_LEN], m.dns, list(m.allowed_ips)],
+    _dec_settings,
+)

@@ -1,0 +1,93 @@
+"""A real smegd in a swarm mesh: its connections stay bounded as the mesh grows (issue 14).
+
+Two swarms (20 and 40 members, ``smegmesh.testbed.swarm``) run side by side,
+one ordinary ``smegd`` joins each with an invitation. The daemons run with
+``maxChannels: 8``, fewer than the members either one probes in the window,
+so the cap is what bounds them; the swarm members close an idle channel
+after 4 s, so the connections members hold open to the daemon are the same
+few at both sizes. Asserted from outside (``/proc``, Prometheus): outgoing
+channels never exceed the cap, and the daemon's open descriptors at 40
+members are within a few of those at 20.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from smegmesh.testbed.measured import MeasuredSmegd, wait_for
+from smegmesh.testbed.swarm import MESH_ID, start_swarm, stop_swarm
+
+pytestmark = pytest.mark.proc
+
+CAP = 8
+SIZES = (20, 40)
+
+
+def _free_port_pair() -> int:
+    """A base port with the next one free too (the swarm's two servers)."""
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind(("0.0.0.0", 0))
+            base = a.getsockname()[1]
+            if base >= 65535:
+                continue
+            try:
+                with socket.socket() as b:
+                    b.bind(("0.0.0.0", base + 1))
+            except OSError:
+                continue
+        return int(base)
+    raise RuntimeError("no free pair of ports")
+
+
+def _watch(daemons: dict[int, MeasuredSmegd], seconds: float) -> dict[int, list[tuple[int, int]]]:
+    """(open descriptors, outgoing channels) of each daemon, every half second."""
+    seen: dict[int, list[tuple[int, int]]] = {n: [] for n in daemons}
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for n, d in daemons.items():
+            seen[n].append((d.sample().fds, int(d.metrics()["smegd_rpc_channels"])))
+        time.sleep(0.5)
+    return seen
+
+
+def test_smegd_connections_bounded_by_the_cap_not_the_member_count(tmp_path: Path) -> None:
+    swarms: list[list[subprocess.Popen[bytes]]] = []
+    daemons: dict[int, MeasuredSmegd] = {}
+    try:
+        for n in SIZES:
+            swarms.append(
+                start_swarm(tmp_path / f"swarm{n}", n, 2, _free_port_pair(), channel_idle_s=4.0)
+            )
+            daemons[n] = MeasuredSmegd(tmp_path / f"d{n}", extra={"maxChannels": CAP}).start()
+        for n, d in daemons.items():
+            token = tmp_path / f"swarm{n}" / "token"
+            wait_for(token.exists, 120, f"the swarm of {n} to write its token", 0.2)
+            assert d.join(token.read_text()) == MESH_ID
+        for n, d in daemons.items():
+            # Known in any state: on a starved machine members may suspect each other.
+            wait_for(lambda d=d, n=n: d.known_members(MESH_ID) >= n + 1, 120, f"{n} members")
+        # Past the join's burst and the members' idle close, then watched for a while.
+        time.sleep(5)
+        seen = _watch(daemons, 8)
+        fds = {n: [f for f, _c in s] for n, s in seen.items()}
+        channels = {n: [c for _f, c in s] for n, s in seen.items()}
+        for n in SIZES:
+            assert max(channels[n]) <= CAP, (n, channels[n])
+        # It probes a new member every second: the cap is reached at both sizes.
+        assert max(channels[40]) == CAP, channels
+        # Descriptors: the same at 40 members as at 20, give or take a few
+        # connections the members opened and have not yet closed.
+        assert min(fds[40]) <= max(fds[20]) + 6, fds
+        for d in daemons.values():
+            assert "Traceback" not in d.log(), d.log()[-3000:]
+    finally:
+        for d in daemons.values():
+            d.stop()
+        for procs in swarms:
+            stop_swarm(procs)
