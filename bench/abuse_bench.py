@@ -3,7 +3,7 @@
     uv run python bench/abuse_bench.py [--duration 15] [--only rpc,dns]
 
 Five ``smegd`` on loopback (``::1``, memory WireGuard backend, the test
-harness of ``tests/daemon_helpers.py``) form one mesh. The *victim* (the first)
+harness of ``smegmesh.testbed.loopback``) form one mesh. The *victim* (the first)
 also serves the TCP API (with a token) and DNS. After an idle baseline, each
 attack runs against the victim alone, from its own process, bounded in time
 (``--duration``) and in count, and only towards loopback:
@@ -472,7 +472,13 @@ def main() -> int:
     if unknown:
         sys.exit(f"unknown attacks {sorted(unknown)}; known: {', '.join(ATTACKS)}")
 
-    from daemon_helpers import API_TOKEN, Cluster, create_mesh, wait_converged, wait_until
+    from smegmesh.testbed.loopback import (
+        API_TOKEN,
+        Cluster,
+        create_mesh,
+        wait_converged,
+        wait_until,
+    )
 
     cluster = Cluster()
     phases: list[Phase] = []

@@ -4,7 +4,7 @@
     uv run python bench/real_mesh_bench.py --members 20 --changes 4 --crashes 2   # ~2 min
 
 ``--members`` daemons on loopback (``::1``, memory WireGuard backend, the
-harness of ``tests/daemon_helpers.py``), with the product's protocol defaults
+harness of ``smegmesh.testbed.loopback``), with the product's protocol defaults
 (syncInterval 1 s, pullInterval 3 s, heartbeatInterval 2 s, timeout 5 s) and
 ``logLevel: debug`` (the only debug line on the hot path is the ``changed``
 line this bench reads; see ``bench/calibrate.py``). Phases:
@@ -169,7 +169,7 @@ class Events:
 
 # ----------------------------------------------------------------------------- real
 def real_run(args: argparse.Namespace) -> dict[str, Any]:
-    from daemon_helpers import Cluster, wait_until
+    from smegmesh.testbed.loopback import Cluster, wait_until
 
     n = args.members
     res: dict[str, Any] = {"members": n, "cpus": os.cpu_count()}

@@ -61,7 +61,7 @@ def stream_bytes(ports: list[int]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from daemon_helpers import cluster, create_mesh, free_port
+    from smegmesh.testbed.loopback import cluster, create_mesh, free_port
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--members", type=int, default=3)

@@ -8,4 +8,10 @@ echo "== ruff"; uv run --frozen ruff check src tests bench
 echo "== ruff format --check"; uv run --frozen ruff format --check src tests bench
 echo "== mypy"; uv run --frozen mypy
 echo "== import contracts"; uv run --frozen lint-imports --no-logo
-echo "== pytest"; uv run --frozen pytest -q -p no:cacheprovider --durations=25 "$@"
+# Tests in parallel (pytest-xdist): SMEG_TEST_WORKERS processes (2: the
+# namespace tests on one, everything else on the other; more flake under load);
+# every tests/netns test runs on one of them, serially (the scheduler in
+# tests/conftest.py). SMEG_TEST_WORKERS=0: no xdist, one process.
+echo "== pytest"
+uv run --frozen pytest -q -p no:cacheprovider --durations=25 \
+  -n "${SMEG_TEST_WORKERS:-2}" "$@"

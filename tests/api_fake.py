@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -51,6 +50,7 @@ from smegmesh.daemon.service import (
     unknown_mesh,
 )
 from smegmesh.daemon.status import build_status, path_to
+from smegmesh.testbed.loopback import short_tmpdir
 
 SELF_KEY = "c2VsZi1rZXktc2VsZi1rZXktc2VsZi1rZXktc2VsZg="
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -374,11 +374,6 @@ class LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
         self.loop.close()
-
-
-def short_tmpdir() -> Path:
-    """A short directory: unix socket paths are limited to 107 bytes."""
-    return Path(tempfile.mkdtemp(prefix="smg", dir="/tmp"))
 
 
 @contextmanager

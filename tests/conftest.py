@@ -7,6 +7,8 @@ when the machine cannot run them (not root, no netns, no wireguard-go).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,40 +41,50 @@ def testbed(netns_env: None) -> Iterator[Testbed]:
 
 # --------------------------------------------------------------------------- markers by kind
 
+#: Directory under ``tests/`` -> the marker every test in it carries.
+_KIND_BY_DIR = {"netns": "netns", "proc": "proc"}
 #: Fixtures that run a test in network namespaces (root, wireguard-go).
 _NETNS_FIXTURES = frozenset({"netns_env", "testbed"})
-#: What a module imports from ``daemon_helpers`` to start real daemons on loopback.
-_PROC_STARTERS = frozenset({"Smegd", "Cluster", "cluster"})
-#: Names a test function uses to run ``smegd``/``smegctl`` as processes
-#: (``executable``: ``sys.executable``).
-_PROC_CALLS = frozenset({"subprocess", "executable", "smegctl_proc", "_smegd"})
+_TESTS = Path(__file__).resolve().parent
 
 
-def _imports_from(module: object, names: frozenset[str], source: str) -> bool:
-    return any(getattr(getattr(module, n, None), "__module__", None) == source for n in names)
+def _kind(item: pytest.Item) -> str | None:
+    try:
+        rel = Path(str(item.path)).resolve().relative_to(_TESTS)
+    except ValueError:
+        return None
+    return _KIND_BY_DIR.get(rel.parts[0]) if len(rel.parts) > 1 else None
 
 
-def _runs_processes(item: pytest.Item) -> bool:
-    code = getattr(getattr(item, "function", None), "__code__", None)
-    return code is not None and bool(_PROC_CALLS & set(code.co_names))
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Mark a test by the directory it lives in: ``tests/netns`` and ``tests/proc``.
 
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark tests by kind, so ``-m "not netns and not proc"`` is the fast unit loop.
-
-    ``netns``: uses a namespace fixture (the files that build a ``Testbed``
-    themselves carry ``pytestmark = pytest.mark.netns``). ``proc`` (unless
-    ``netns``): in a module that starts real ``smegd`` daemons on loopback
-    (``daemon_helpers``), a ``packaging`` test, or a test that runs
-    ``smegd``/``smegctl`` as a subprocess itself.
+    ``tests/unit`` is pure and fast (no processes, no root): ``pytest tests/unit``
+    is the inner loop. A test elsewhere that asks for a namespace fixture is
+    marked ``netns`` too (a new file not yet moved to its directory).
     """
-    for item in items:
-        module = getattr(item, "module", None)
-        if _NETNS_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.netns)
-        elif item.get_closest_marker("netns") is None and (
-            _imports_from(module, _PROC_STARTERS, "daemon_helpers")
-            or item.get_closest_marker("packaging") is not None
-            or _runs_processes(item)
-        ):
-            item.add_marker(pytest.mark.proc)
+    kind = _kind(item)
+    if kind is None and _NETNS_FIXTURES & set(getattr(item, "fixturenames", ())):
+        kind = "netns"
+    if kind is not None:
+        item.add_marker(getattr(pytest.mark, kind))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """With pytest-xdist: one worker runs every ``tests/netns`` (or ``*_netns.py``) test, serially.
+
+    They share the host's nftables, wireguard-go and timing budget. Every other
+    test is a work unit of its own (what ``--dist load`` does). The scope is
+    taken from the test's path: ``--dist loadgroup`` cannot be used, its
+    ``xdist_group`` marker rewrites ``item._nodeid``, which pytest 9 no longer
+    reads.
+    """
+    from xdist.scheduler import LoadScopeScheduling
+
+    class NetnsSerial(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            netns = nodeid.startswith("tests/netns/") or "_netns.py::" in nodeid
+            return "netns" if netns else nodeid
+
+    return NetnsSerial(config, log)

@@ -13,7 +13,7 @@ in place (entries, digest-tree counters, leaf buckets) are copied into the
 clone just before the first write. Behaviour is exactly that of
 ``MeshState``: every read and every write goes through the core's code, and
 ``CowDict`` keeps ``dict`` semantics, iteration order included; only the
-memory layout is shared. ``tests/test_sim.py`` checks that a cloned state and
+memory layout is shared. ``tests/unit/test_sim.py`` checks that a cloned state and
 a state built by merging hold the same items in the same order, have the same
 digest tree and evolve identically, and that whole simulations give the same
 metrics either way.

@@ -1,7 +1,7 @@
 """Fuzz targets: every decoder of untrusted input, with the errors each may raise.
 
 Shared by ``bench/fuzz.py`` (the coverage-guided campaign, atheris) and
-``tests/test_fuzz.py`` (a bounded run in CI). A target takes bytes and either
+``tests/unit/test_fuzz.py`` (a bounded run in CI). A target takes bytes and either
 returns, raises one of its *allowed* error types (the input was rejected, with a
 message), or fails: any other exception, including ``AssertionError`` from the
 invariants checked on accepted input, is a crash.

@@ -26,11 +26,12 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-T = TypeVar("T")
+# the one wait of the test bed, re-exported for the tests that import it from here
+from smegmesh.testbed.wait import wait_until as wait_until
 
 
 class TestbedError(Exception):
@@ -40,27 +41,6 @@ class TestbedError(Exception):
 def unique_prefix(base: str = "smt") -> str:
     """A short random name prefix, e.g. ``smt3fa9``."""
     return f"{base}{secrets.token_hex(2)}"
-
-
-def wait_until(
-    predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = ""
-) -> T:
-    """Poll ``predicate`` until it returns a truthy value (returned) or fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    last_exc: Exception | None = None
-    while True:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:
-            last_exc = exc
-        if time.monotonic() >= deadline:
-            msg = f"timed out after {timeout:g}s waiting for {what or predicate}"
-            if last_exc is not None:
-                msg += f" (last error: {last_exc!r})"
-            raise TimeoutError(msg)
-        time.sleep(interval)
 
 
 def _sh(argv: Sequence[str], check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,61 @@
+"""Free ports for daemons under test, safe when tests run in parallel (pytest-xdist).
+
+Binding port 0 and releasing it hands out a port from the kernel's ephemeral
+range: an outgoing connection of any process may take it before the daemon
+binds it, and two parallel test workers may both be handed the same one.
+Instead each worker owns its own block of ports below the ephemeral range
+(``PYTEST_XDIST_WORKER`` ``gwN`` -> block N), walks it round-robin from a random
+offset (two test runs on one machine rarely meet) and hands out a port only if
+it can bind it right now (TCP, and UDP too if asked).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import re
+import socket
+
+__all__ = ["free_port", "free_udp_tcp_port", "worker_index"]
+
+#: First port of worker 0's block; every block stays below 32768 (Linux's
+#: ephemeral range starts there by default).
+BASE = 20000
+BLOCK = 600
+MAX_WORKERS = (32768 - BASE) // BLOCK
+
+_counter = itertools.count(random.randrange(BLOCK))
+
+
+def worker_index() -> int:
+    """This pytest-xdist worker's number (``gw3`` -> 3); 0 outside xdist."""
+    m = re.fullmatch(r"gw(\d+)", os.environ.get("PYTEST_XDIST_WORKER", ""))
+    return int(m.group(1)) % MAX_WORKERS if m else 0
+
+
+def _bindable(host: str, port: int, kind: int) -> bool:
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(fam, kind) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "::1", *, udp: bool = False) -> int:
+    """A port of this worker's block free on ``host`` right now (TCP; and UDP if ``udp``)."""
+    first = BASE + worker_index() * BLOCK
+    for _ in range(BLOCK):
+        port = first + next(_counter) % BLOCK
+        if _bindable(host, port, socket.SOCK_STREAM) and (
+            not udp or _bindable(host, port, socket.SOCK_DGRAM)
+        ):
+            return port
+    raise RuntimeError(f"no free port in {first}..{first + BLOCK - 1} on {host}")
+
+
+def free_udp_tcp_port(host: str = "127.0.0.1") -> int:
+    """A port free on ``host`` for both TCP and UDP right now (for a DNS server)."""
+    return free_port(host, udp=True)

@@ -1,0 +1,37 @@
+"""Bridge masquerading in a real namespace: the nftables table smegd owns, and only that."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from smegmesh.net.host import HostNetwork
+from smegmesh.testbed.netns import Testbed
+
+
+@pytest.mark.netns
+def test_host_network_owns_only_its_table(testbed: Testbed) -> None:
+    node = testbed.add_node()
+
+    def ruleset() -> str:
+        return node.run(["nft", "list", "ruleset"]).stdout
+
+    # Somebody else's table in the same namespace.
+    subprocess.run(
+        ["ip", "netns", "exec", node.ns, "nft", "-f", "-"],
+        input="table ip6 other {\n chain c {\n  type nat hook postrouting priority 100;\n }\n}\n",
+        check=True,
+        text=True,
+    )
+    host = HostNetwork(netns=node.ns)
+    host.set_bridge_nat(frozenset())  # nothing to remove: fine
+    host.set_bridge_nat(frozenset({"smega", "smegb", "smegc"}))
+    text = ruleset()
+    assert "table ip6 smegmesh" in text and text.count("masquerade") == 3
+    host.set_bridge_nat(frozenset({"smega", "smegb"}))  # replaced, not appended
+    text = ruleset()
+    assert text.count("masquerade") == 2 and "smegc" not in text
+    host.set_bridge_nat(frozenset())
+    text = ruleset()
+    assert "smegmesh" not in text and "table ip6 other" in text

@@ -1,0 +1,199 @@
+"""Mesh authority with real daemons (memory backend): evict, admins, invitations, policy.
+
+``SMEG_EVICT_NODES=10 pytest tests/proc/test_authority_daemon.py -k propagation -s``
+measures the eviction time in a 10-daemon mesh (issue 11 asks for <= 3 s).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from smegmesh.testbed.loopback import Cluster, create_mesh, wait_until
+
+
+@pytest.fixture(scope="module")
+def quad() -> Iterator[Cluster]:
+    c = Cluster()
+    try:
+        c.add(4, wait=False)
+        c.wait_ready()
+        yield c
+        assert not c.tracebacks(), "tracebacks in smegd logs"
+    finally:
+        c.close()
+
+
+def _one_line(r: object, *words: str) -> None:
+    assert r.code == 1, r  # type: ignore[attr-defined]
+    err = r.stderr  # type: ignore[attr-defined]
+    assert err.startswith("smegctl: ") and len(err.splitlines()) == 1, err
+    for w in words:
+        assert w in err.lower(), (w, err)
+
+
+def test_evict_admins_and_invites(quad: Cluster) -> None:
+    owner, a, b, c = quad.daemons
+    mesh = create_mesh(owner, [a, b, c])
+    key_b = b.self_key(mesh)
+    a.ctl("put-alias", "--meshid", mesh, "--alias", "alpha")
+    b.ctl("put-alias", "--meshid", mesh, "--alias", "bravo")
+    wait_until(lambda: owner.node(mesh, key_b) and owner.node(mesh, key_b)["alias"] == "bravo")
+    detail = owner.mesh(mesh)
+    assert detail["admins"] == [owner.self_key(mesh)] and detail["invite_policy"] == "peers"
+
+    # A member that is not an admin gets a clear refusal.
+    _one_line(a.ctl("evict", "--meshid", mesh, "bravo", code=None), "admin")
+    # NODE forms: an unknown name and an ambiguous prefix are clear errors.
+    _one_line(owner.ctl("evict", "--meshid", mesh, "nosuchnode", code=None), "no node", "matches")
+
+    # The admin evicts: gone from every member, and it stays gone.
+    t0 = time.monotonic()
+    res = owner.ctl_json("evict", "--meshid", mesh, "bravo")
+    assert res["evicted"] == [key_b]
+    for d in (owner, a, c):
+        wait_until(lambda d=d: key_b not in d.mesh_keys(mesh), 20, 0.05, f"{d.name} drops bravo")
+    elapsed = time.monotonic() - t0
+    print(f"\neviction reached 3 members in {elapsed:.2f} s")
+    everywhere = owner.mesh(mesh)
+    assert [e["public_key"] for e in everywhere["evicted"]] == [key_b]
+    # A restart of the evicted node does not bring it back (it re-signs its record).
+    assert b.stop() == 0  # a real restart: stop, then start on the same state
+    b.restart()
+    time.sleep(3)  # several gossip rounds: there is no event to wait for in an absence
+    assert all(key_b not in d.mesh_keys(mesh) for d in (owner, a, c))
+
+    # Admins: make `a` an admin; now it can evict, and list/revoke invitations.
+    owner.ctl("admin", "add", "--meshid", mesh, "alpha")
+    wait_until(lambda: a.mesh(mesh)["admins"] and a.self_key(mesh) in a.mesh(mesh)["admins"])
+    tok = owner.ctl("invite", "--meshid", mesh, "--uses", "2").stdout.strip()
+    invites = wait_until(lambda: [i for i in a.ctl_json("list-invites", "--meshid", mesh)])
+    tid = next(i["token_id"] for i in invites if not i["revoked"] and i["used"] == 0)
+    assert tok not in str(invites)  # ids, never secrets
+    a.ctl("revoke-invite", "--meshid", mesh, tid[:10])
+    wait_until(
+        lambda: any(
+            i["revoked"]
+            for i in owner.ctl_json("list-invites", "--meshid", mesh)
+            if i["token_id"] == tid
+        )
+    )
+
+
+def test_client_cannot_invite_under_peers_policy() -> None:
+    c = Cluster()
+    try:
+        owner, client = c.add(2)
+        mesh = create_mesh(owner, [])
+        tok = owner.ctl("invite", "--meshid", mesh).stdout.strip()
+        client.ctl("join-mesh", "--token", tok, "--role", "client")
+        r = client.ctl("invite", "--meshid", mesh, code=None)
+        _one_line(r, "invite policy", "peers")
+        # Only an admin changes the policy; then the client may invite.
+        _one_line(client.ctl("set-invite-policy", "--meshid", mesh, "members", code=None), "admin")
+        owner.ctl("set-invite-policy", "--meshid", mesh, "members")
+        wait_until(lambda: client.mesh(mesh)["invite_policy"] == "members")
+        assert client.ctl("invite", "--meshid", mesh).stdout.startswith("smeg1.")
+        # An admin reserves an alias for the client: the owner cannot take it.
+        owner.ctl("reserve-alias", "--meshid", mesh, "db1", client.self_key(mesh)[:12])
+        _one_line(owner.ctl("put-alias", "--meshid", mesh, "--alias", "db1", code=None), "reserved")
+        # A mesh created with --invite-policy members lets it.
+        mesh2 = owner.ctl("new-mesh", "--invite-policy", "members").stdout.strip()
+        tok2 = owner.ctl("invite", "--meshid", mesh2).stdout.strip()
+        client.ctl("join-mesh", "--token", tok2, "--role", "client")
+        assert client.ctl("invite", "--meshid", mesh2).stdout.startswith("smeg1.")
+    finally:
+        c.close()
+
+
+def test_eviction_propagation() -> None:
+    n = int(os.environ.get("SMEG_EVICT_NODES", "6"))
+    c = Cluster()
+    try:
+        c.add(n, wait=False)
+        c.wait_ready()
+        owner, *rest = c.daemons
+        mesh = create_mesh(owner, rest)
+        victim = rest[-1]
+        key = victim.self_key(mesh)
+        t0 = time.monotonic()
+        owner.ctl("evict", "--meshid", mesh, key[:10])
+        seen: dict[str, float] = {}
+
+        def gone() -> bool:
+            for d in c.daemons[:-1]:
+                if d.name not in seen and key not in d.mesh_keys(mesh):
+                    seen[d.name] = time.monotonic() - t0
+            return len(seen) == n - 1
+
+        wait_until(gone, 30, 0.05, "every member drops the evicted node")
+        print(f"\neviction in a {n}-daemon mesh: gone everywhere in {max(seen.values()):.2f} s")
+        assert max(seen.values()) < 15
+    finally:
+        c.close()
+
+
+def test_a_members_forged_items_are_dropped_and_logged_once() -> None:
+    """Findings 1 and 2 against a real daemon: a member pushes a forged future prune of
+    the owner and records of identities nobody admitted; the owner stays live, no
+    sock puppet appears, and the log says so in one line, not one per item."""
+    import asyncio
+
+    from smegmesh.core.identity import NodeIdentity
+    from smegmesh.core.invite import parse_token
+    from smegmesh.core.messages import Ack
+    from smegmesh.core.record import NodeRecord, Prune
+    from smegmesh.core.sync import Push
+    from smegmesh.core.wire import decode, encode
+    from smegmesh.daemon.transport import RpcClient
+
+    c = Cluster()
+    try:
+        owner, member = c.add(2)
+        mesh = create_mesh(owner, [])
+        tok = owner.ctl("invite", "--meshid", mesh).stdout.strip()
+        member.ctl("join-mesh", "--token", tok)
+        boot = parse_token(tok).bootstrap[0]
+        seed = (member.dir / "state" / "identity.key").read_bytes()
+        attacker = NodeIdentity.from_seed(seed)
+        owner_key = owner.self_key(mesh)
+        import base64
+
+        now = int(time.time() * 1000)
+        forged = Prune.create(
+            attacker,
+            mesh,
+            target=base64.b64decode(owner_key),
+            target_version=now + 9 * 60_000,
+            now_ms=now,
+        )
+        puppets = [
+            NodeRecord.create(NodeIdentity.generate(), mesh, version=now, now_ms=now)
+            for _ in range(10)
+        ]
+
+        async def attack() -> list[object]:
+            rpc = RpcClient(attacker, timeout=5)
+            try:
+                replies = []
+                for _ in range(20):
+                    body = encode(Push(mesh, (forged, *puppets)))
+                    replies.append(decode(await rpc.call(boot.control_endpoint, boot.tls_fp, body)))
+                return replies
+            finally:
+                await rpc.close()
+
+        replies = asyncio.run(attack())
+        assert all(isinstance(r, Ack) for r in replies), replies  # a member's call is served
+        keys = owner.mesh_keys(mesh)
+        assert owner_key in keys and len(keys) == 2, keys  # no sock puppet, owner live
+        detail = owner.mesh(mesh)
+        assert next(n for n in detail["nodes"] if n["is_self"])["status"] == "live"
+        lines = [ln for ln in owner.log().splitlines() if "dropped item" in ln]
+        assert len(lines) == 1, lines  # 220 refused items: one line (then a summary a minute)
+        assert "admission" in lines[0] or "target_record" in lines[0], lines
+    finally:
+        c.close()
