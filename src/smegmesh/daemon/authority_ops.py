@@ -9,7 +9,6 @@ hands the engine's outputs to the daemon like any other change.
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 from smegmesh.core.addressing import mesh_prefix, node_id_prefix
@@ -27,15 +26,12 @@ from smegmesh.daemon.api_models import (
     PolicyResponse,
 )
 from smegmesh.daemon.resolve import describe, resolve_node
+from smegmesh.daemon.runtime import now_ms
 
 if TYPE_CHECKING:
     from smegmesh.daemon.runtime import MeshRuntime
 
 log = logging.getLogger("smegmesh.daemon")
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def forbidden(e: Exception) -> svc.ServiceError:
@@ -98,7 +94,7 @@ class AuthorityOps:
             )
         kept = 0 if cascade else len(rt.node._admitted_by(key))
         try:
-            outs = rt.node.evict(_now_ms(), key, cascade=cascade)
+            outs = rt.node.evict(now_ms(), key, cascade=cascade)
         except NotAllowed as e:
             raise forbidden(e) from None
         self._emit(rt, outs)
@@ -117,7 +113,7 @@ class AuthorityOps:
         rt = self._get(mesh_id)
         key, _alias, name = self._target(rt, node)
         try:
-            outs = rt.node.set_admin(_now_ms(), key, admin)
+            outs = rt.node.set_admin(now_ms(), key, admin)
         except NotAllowed as e:
             raise forbidden(e) from None
         self._emit(rt, outs)
@@ -136,7 +132,7 @@ class AuthorityOps:
     async def set_policy(self, mesh_id: str, policy: str) -> PolicyResponse:
         rt = self._get(mesh_id)
         try:
-            outs = rt.node.set_policy(_now_ms(), Policy(policy))
+            outs = rt.node.set_policy(now_ms(), Policy(policy))
         except NotAllowed as e:
             raise forbidden(e) from None
         self._emit(rt, outs)
@@ -148,7 +144,7 @@ class AuthorityOps:
         alias = alias.lower()
         key = self._target(rt, node)[0] if node else None
         try:
-            outs = rt.node.reserve_alias(_now_ms(), alias, key)
+            outs = rt.node.reserve_alias(now_ms(), alias, key)
         except NotAllowed as e:
             raise forbidden(e) from None
         except ValueError as e:
@@ -162,7 +158,7 @@ class AuthorityOps:
     async def list_invites(self, mesh_id: str) -> list[InviteInfo]:
         rt = self._get(mesh_id)
         auth = rt.node.mesh.authority
-        now = _now_ms()
+        now = now_ms()
         records = rt.node.live_records()
         # admissions listed in records (older members), per token: one pass, not
         # one pass per invitation (O(N) rather than O(N^2) at 10,000 members)
@@ -204,7 +200,7 @@ class AuthorityOps:
             raise svc.invalid_argument(f"invitation id {token_id!r} is ambiguous")
         info = found[0]
         try:
-            outs = rt.node.revoke_invite(_now_ms(), bytes.fromhex(info.token_id))
+            outs = rt.node.revoke_invite(now_ms(), bytes.fromhex(info.token_id))
         except NotAllowed as e:
             raise forbidden(e) from None
         self._emit(rt, outs)

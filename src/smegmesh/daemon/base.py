@@ -2,7 +2,8 @@
 
 The :class:`~smegmesh.daemon.node.Daemon` is composed of mixins, one module each
 (``runtime``, ``engine_io``, ``apply``, ``store``, ``membership``, ``localapi``,
-``dns_wiring``, ``bridge_nat``, ``hooks``, ``authority_ops``, ``devices_ops``).
+``dns_wiring``, ``bridge_nat``, ``hooks``, ``authority_ops``, ``devices_ops`` with
+``devices_remote``).
 Each mixin derives from this class, which declares (for the type checker only)
 the daemon's attributes, set in ``Daemon.__init__``/``Daemon.start``, and the
 methods one part calls on another.

@@ -5,149 +5,65 @@ without smegd) is listed in this peer's own record (see
 :mod:`smegmesh.core.devices`); ``add_device`` returns a ``wg-quick``
 configuration whose only peer is this node. The generated private key is
 returned once and kept only with ``keep_key`` (``STATE/devices/``, mode 0600).
+
+This module owns the local operations; the ``--via`` / ``device-config`` calls
+to a sponsoring peer are in :mod:`smegmesh.daemon.devices_remote`, the
+``wg-quick`` rendering in :mod:`smegmesh.daemon.devices_wgquick` (both
+re-exported here).
 """
 
 from __future__ import annotations
 
 import base64
-import functools
-import ipaddress
 import logging
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
-
 from smegmesh.core.addressing import mesh_prefix, node_id_prefix, overlay_address
-from smegmesh.core.device_messages import (
-    MAX_DEVICE_ROUTES,
-    MAX_ERROR_LEN,
-    DeviceQuery,
-    DeviceSettings,
-    SponsorRequest,
-)
+from smegmesh.core.device_messages import DeviceQuery, SponsorRequest
 from smegmesh.core.devices import LiveDevice, live_devices, sponsor_device
-from smegmesh.core.identity import InvalidKey, key_from_text, key_to_text
-from smegmesh.core.messages import Refusal
+from smegmesh.core.identity import key_to_text
 from smegmesh.core.record import MAX_DEVICES, NodeRecord, RecordError, Role
-from smegmesh.core.wire import WireError, decode, encode
 from smegmesh.daemon import service as svc
 from smegmesh.daemon import views
 from smegmesh.daemon.api_models import AddDeviceResponse, DeviceInfo, MeshDetail, NodeInfo
+from smegmesh.daemon.devices_remote import DEVICE_RPC_S, DeviceRemoteOps
+from smegmesh.daemon.devices_wgquick import (
+    DEFAULT_ROUTES,
+    DEVICE_KEEPALIVE,
+    device_key,
+    device_routes,
+    parse_ip,
+    parse_wg_quick,
+    render_wg_quick,
+    same_ip,
+)
 from smegmesh.daemon.persist import atomic_write
-from smegmesh.daemon.ratelog import RateLog
-from smegmesh.daemon.resolve import describe, resolve_node
-from smegmesh.daemon.transport import RpcError
+from smegmesh.daemon.resolve import resolve_node
+from smegmesh.daemon.runtime import now_ms
 
 if TYPE_CHECKING:
     from smegmesh.daemon.config import Config
     from smegmesh.daemon.runtime import MeshRuntime
 
+__all__ = [
+    "DEFAULT_ROUTES",
+    "DEVICE_KEEPALIVE",
+    "DEVICE_REQUESTS",
+    "DEVICE_RPC_S",
+    "DeviceOps",
+    "device_routes",
+    "parse_wg_quick",
+    "render_wg_quick",
+]
+
 log = logging.getLogger("smegmesh.daemon")
-
-#: PersistentKeepalive of a device config (it is behind NAT more often than not)
-DEVICE_KEEPALIVE = 25
-#: deadline of a call to a sponsoring peer (add-device --via, device-config)
-DEVICE_RPC_S = 15.0
-
-#: default routes, never put in a device's AllowedIPs by the sponsor (opt-in)
-DEFAULT_ROUTES = ("::/0", "0.0.0.0/0")
 
 #: the node-to-node requests of sponsored devices (answered by ``device_rpc``)
 DEVICE_REQUESTS = (SponsorRequest, DeviceQuery)
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def render_wg_quick(
-    *,
-    private_key: str | None,
-    address: str,
-    prefix: str,
-    dns: str | None,
-    sponsor_key: str,
-    endpoint: str,
-    allowed_ips: list[str],
-    comment: str,
-) -> str:
-    """A standard ``wg-quick`` file (``[Interface]`` + one ``[Peer]``)."""
-    lines = [f"# {comment}", "[Interface]"]
-    lines.append(
-        f"PrivateKey = {private_key}"
-        if private_key
-        else "# PrivateKey = <the device's private key (you kept it)>"
-    )
-    lines.append(f"Address = {address}/128")
-    if dns:
-        lines.append(f"DNS = {dns}")
-    lines += [
-        "",
-        "[Peer]",
-        f"PublicKey = {sponsor_key}",
-        f"Endpoint = {endpoint}",
-        f"AllowedIPs = {', '.join([prefix, *allowed_ips])}",
-        f"PersistentKeepalive = {DEVICE_KEEPALIVE}",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def device_routes(mesh_id: str, routing: Any) -> list[str]:
-    """The destinations a sponsor routes for its devices, besides the mesh prefix.
-
-    What the sponsor itself routes now: the routes it installed through other
-    gateways of the mesh (``gateway_routes``) and those it advertises into the
-    mesh itself (it is the bridge). A device's ``AllowedIPs`` is the mesh prefix
-    plus these, so the sponsor forwards whatever the device sends. Default routes
-    (an exit's ``::/0``) are left out, as a node leaves them out unless it sets
-    ``acceptDefaults``: the device's owner adds ``::/0`` to opt in.
-    """
-    if routing is None:
-        return []
-    gw = {r.destination for r in routing.gateway_routes.get(mesh_id, ())}
-    own = {a.prefix for a in routing.adverts.get(mesh_id, ())}
-    skip = {str(mesh_prefix(mesh_id)), *DEFAULT_ROUTES}
-    return sorted((gw | own) - skip)[:MAX_DEVICE_ROUTES]
-
-
-def _device_key(public_key: str | None, keep_key: bool) -> tuple[bytes, str | None]:
-    """(device public key, generated private key in base64 or None)."""
-    if public_key is not None:
-        try:
-            dkey = key_from_text(public_key.strip())
-        except InvalidKey as e:
-            raise svc.invalid_argument(f"public_key: {e}") from None
-        if keep_key:
-            raise svc.invalid_argument("keep_key: there is no private key to keep")
-        return dkey, None
-    sk = X25519PrivateKey.generate()
-    raw = sk.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-    return sk.public_key().public_bytes_raw(), base64.b64encode(raw).decode("ascii")
-
-
-def parse_wg_quick(text: str) -> dict[str, dict[str, str]]:
-    """The ``[Interface]`` and ``[Peer]`` settings of a one-peer ``wg-quick`` file."""
-    out: dict[str, dict[str, str]] = {}
-    section: dict[str, str] | None = None
-    for raw in text.splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            section = out.setdefault(line[1:-1], {})
-            continue
-        key, sep, value = line.partition("=")
-        if not sep or section is None:
-            raise ValueError(f"not a wg-quick line: {raw!r}")
-        section[key.strip()] = value.strip()
-    return out
-
-
-class DeviceOps:
+class DeviceOps(DeviceRemoteOps):
     """Mixin: needs ``_get``, ``_emit``, ``identity``, ``config``, ``state_dir``, ``routing``."""
 
     if TYPE_CHECKING:
@@ -160,16 +76,6 @@ class DeviceOps:
 
         def _get(self, mesh_id: str) -> MeshRuntime: ...
         def _emit(self, rt: MeshRuntime, outs: list[Any]) -> None: ...
-
-    @functools.cached_property
-    def _device_refusals(self) -> RateLog:
-        return RateLog(
-            log,
-            "refused",
-            unit="device requests",
-            prep="from member",
-            level=logging.WARNING,
-        )
 
     # ------------------------------------------------------------------ views
 
@@ -214,7 +120,7 @@ class DeviceOps:
         me = rt.node.record
         if me is None or port != 53:
             return None
-        if host in ("::", "0.0.0.0", "") or _same_ip(host, me.address):
+        if host in ("::", "0.0.0.0", "") or same_ip(host, me.address):
             return str(me.address)
         return None
 
@@ -232,7 +138,7 @@ class DeviceOps:
                 "this peer publishes no WireGuard endpoint the device could reach",
                 409,
             )
-        if not rt.node.may_admit(_now_ms()):
+        if not rt.node.may_admit(now_ms()):
             raise svc.ServiceError(
                 "forbidden",
                 f"this node may not admit under the mesh's invite policy "
@@ -269,7 +175,7 @@ class DeviceOps:
         )
         if any(d.alias == alias for d in self._devices(rt)):
             raise svc.ServiceError("conflict", f"alias {alias!r} is already a device's", 409)
-        now = _now_ms()
+        now = now_ms()
         entry = sponsor_device(self.identity, rt.mesh_id, device_key=dkey, alias=alias, now_ms=now)
         try:
             outs = rt.node.update_self(now, devices=(*current, entry))
@@ -325,14 +231,14 @@ class DeviceOps:
         alias = views.validate_alias(name)
         if not alias:
             raise svc.invalid_argument("name: a device needs a name")
-        dkey, private = _device_key(public_key, keep_key)
+        dkey, private = device_key(public_key, keep_key)
         if remote is None:
             now = self._publish_device(rt, dkey, alias)
             dns, routes = self._device_settings(rt)
         else:
             self._check_device_key(rt, dkey)
             dns, routes = await self._sponsor_remote(rt, remote, dkey, alias)
-            now = _now_ms()
+            now = now_ms()
         if keep_key and private is not None:
             self._keep_private(mesh_id, dkey, private)
         cfg = self._render(
@@ -355,130 +261,6 @@ class DeviceOps:
             key_kept=keep_key and private is not None,
         )
         return AddDeviceResponse(device=info, config=cfg, has_private_key=private is not None)
-
-    # ------------------------------------------------------------------ --via (an admin)
-
-    def _via_record(self, rt: MeshRuntime, via: str) -> NodeRecord | None:
-        """The live peer ``via`` names (None: this node itself); checks that this node
-        is an admin when it names another peer."""
-        live = rt.node.live_records()
-        nodes = [
-            NodeInfo(
-                public_key=key_to_text(r.wg_key),
-                alias=r.alias,
-                role=r.role.value,
-                overlay_address=r.address,
-                node_id=node_id_prefix(r.wg_key),
-            )
-            for r in live
-        ]
-        view = MeshDetail(
-            mesh_id=rt.mesh_id,
-            prefix=str(mesh_prefix(rt.mesh_id)),
-            self_key=key_to_text(self.identity.wg_public_key),
-            nodes=nodes,
-        )
-        found = resolve_node(via, [view], rt.mesh_id).node
-        if found is None:
-            raise svc.ServiceError(
-                "unknown_node", f"--via: no live node of mesh {rt.mesh_id} is {via!r}", 404
-            )
-        key = key_from_text(found.public_key)
-        if key == self.identity.wg_public_key:
-            return None
-        rec = rt.node.mesh.live_record(key)
-        assert rec is not None
-        if rec.role != Role.PEER:
-            raise svc.ServiceError(
-                "not_a_peer", f"--via: {describe(rt.mesh_id, found)} is a client, not a peer", 409
-            )
-        mesh = rt.node.mesh
-        if not (mesh.admission and mesh.authority.is_admin(self.identity.wg_public_key)):
-            raise svc.ServiceError(
-                "forbidden",
-                "--via: only an admin of the mesh can make another peer sponsor a device "
-                "(run add-device on that peer instead)",
-                403,
-            )
-        if not rec.control_endpoint or rec.tls_fp is None:
-            raise svc.ServiceError(
-                "sponsor_unreachable",
-                f"--via: {describe(rt.mesh_id, found)} has no control endpoint",
-                409,
-            )
-        return rec
-
-    async def _sponsor_remote(
-        self, rt: MeshRuntime, sponsor: NodeRecord, dkey: bytes, alias: str
-    ) -> tuple[str | None, list[str]]:
-        """Ask ``sponsor`` to sponsor ``dkey`` (it checks that we are an admin)."""
-        reply = await self._device_call(rt, sponsor, SponsorRequest(rt.mesh_id, dkey, alias))
-        log.info(
-            "mesh %s: %s sponsors device %s (%s) at our request",
-            rt.mesh_id,
-            sponsor.alias or key_to_text(sponsor.wg_key)[:8],
-            alias,
-            key_to_text(dkey)[:8],
-        )
-        return reply.dns, list(reply.allowed_ips)
-
-    async def _device_call(
-        self, rt: MeshRuntime, sponsor: NodeRecord, msg: SponsorRequest | DeviceQuery
-    ) -> DeviceSettings:
-        name = sponsor.alias or key_to_text(sponsor.wg_key)[:12]
-        if not sponsor.control_endpoint or sponsor.tls_fp is None:
-            raise svc.ServiceError("sponsor_unreachable", f"{name} has no control endpoint", 409)
-        try:
-            reply = decode(
-                await self.rpc.call(
-                    sponsor.control_endpoint, sponsor.tls_fp, encode(msg), timeout=DEVICE_RPC_S
-                )
-            )
-        except (RpcError, WireError) as e:
-            raise svc.ServiceError(
-                "sponsor_unreachable", f"the sponsoring peer {name} did not answer: {e}", 502
-            ) from None
-        if isinstance(reply, Refusal):
-            raise svc.ServiceError(
-                "forbidden", f"{name} refused: it does not know this node as a member (yet)", 403
-            )
-        if not isinstance(reply, DeviceSettings) or reply.mesh_id != rt.mesh_id:
-            raise svc.ServiceError("sponsor_error", f"{name} answered something else", 502)
-        if reply.error:
-            raise svc.ServiceError("sponsor_refused", f"{name} refused: {reply.error}", 409)
-        return reply
-
-    async def device_rpc(self, src: bytes, msg: SponsorRequest | DeviceQuery) -> Any:
-        """Answer a device request from ``src`` (authenticated by the transport)."""
-        rt = self.meshes.get(msg.mesh_id)
-        if rt is None or not rt.node.is_member(src):
-            return Refusal(msg.mesh_id)
-
-        def fail(text: str) -> DeviceSettings:
-            return DeviceSettings(msg.mesh_id, text[:MAX_ERROR_LEN], None, ())
-
-        if isinstance(msg, SponsorRequest):
-            mesh = rt.node.mesh
-            if not (mesh.admission and mesh.authority.is_admin(src)):
-                # a member can send these on demand: one line per member per interval
-                self._device_refusals.note(key_to_text(src)[:12], "not an admin")
-                return fail("only an admin of the mesh can make a peer sponsor a device")
-            try:
-                self._publish_device(rt, msg.device_key, msg.alias)
-            except svc.ServiceError as e:
-                return fail(e.message)
-            log.info(
-                "mesh %s: device %s added at the request of admin %s",
-                msg.mesh_id,
-                msg.alias,
-                key_to_text(src)[:8],
-            )
-        else:
-            me = rt.node.record
-            if me is None or not any(d.wg_key == msg.device_key for d in me.devices):
-                return fail("this peer does not sponsor that device")
-        dns, routes = self._device_settings(rt)
-        return DeviceSettings(msg.mesh_id, "", dns, tuple(routes[:MAX_DEVICE_ROUTES]))
 
     # ------------------------------------------------------------------ device-config
 
@@ -544,14 +326,14 @@ class DeviceOps:
             for d in mine
             if d.alias == q.lower()
             or key_to_text(d.wg_key) == q
-            or (_ip(q) is not None and _ip(q) == overlay_address(mesh_id, d.wg_key))
+            or (parse_ip(q) is not None and parse_ip(q) == overlay_address(mesh_id, d.wg_key))
         ]
         if not found:
             raise svc.ServiceError(
                 "unknown_device", f"this peer sponsors no device {device!r} (see list-devices)", 404
             )
         gone = found[0]
-        now = _now_ms()
+        now = now_ms()
         outs = rt.node.update_self(now, devices=tuple(d for d in mine if d is not gone))
         self._emit(rt, outs)
         self._device_key_path(mesh_id, gone.wg_key).unlink(missing_ok=True)
@@ -566,15 +348,3 @@ class DeviceOps:
             sponsor_alias=me.alias,
             added=gone.cert.issued_ms / 1000,
         )
-
-
-def _ip(text: str) -> ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.IPv6Address(text.strip().removeprefix("[").removesuffix("]"))
-    except ValueError:
-        return None
-
-
-def _same_ip(a: str, b: str) -> bool:
-    ia, ib = _ip(a), _ip(b)
-    return ia is not None and ia == ib

@@ -1,0 +1,135 @@
+"""The swarm's plan and members: who is where, and every member's settled start.
+
+Part of :mod:`smegmesh.testbed.swarm` (see there): the :class:`Plan` every
+worker process derives its members from, the :class:`Member` and :class:`Stats`
+records, and :func:`build_members` (every member holding every record).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from smegmesh.core.driver import EngineDriver
+from smegmesh.core.gossip import GossipParams
+from smegmesh.core.identity import NodeIdentity
+from smegmesh.core.liveness import LivenessParams
+from smegmesh.core.meshnode import MeshNode, MeshSettings
+from smegmesh.core.record import NodeRecord, Role
+from smegmesh.daemon.engineport import DaemonPort
+from smegmesh.daemon.transport import RpcClient, TlsIdentity
+from smegmesh.sim.simulator import _prime_views
+from smegmesh.sim.state import clone_state, node_seed, steady_state
+
+MESH_ID = "swarm"
+#: seconds a call may take (smegd's default ``timeout``)
+CALL_TIMEOUT_S = 5.0
+#: how often member clients with open channels are swept for idle ones
+SWEEP_S = 5.0
+#: due ticks closer than this are run in one batch (timer coalescing)
+COALESCE_S = 0.005
+TOKEN_TTL_MS = 86_400_000
+#: members whose first tick is started per second (see ``run_timers``)
+STARTUP_RATE = 100.0
+TOKEN_USES = 1000
+
+
+def member_address(proc: int, j: int) -> str:
+    """The loopback address of member ``j`` of process ``proc``: ``127.(16+proc).x.y``."""
+    return f"127.{16 + proc}.{j // 250}.{j % 250 + 1}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    members: int
+    procs: int
+    base_port: int
+    seed: int
+    t0: int
+    directory: Path
+    #: members' idle close of their channels to outside nodes (smegd's: 60 s)
+    channel_idle_s: float = 60.0
+
+    def proc_of(self, i: int) -> int:
+        return i % self.procs
+
+    def endpoint(self, i: int) -> str:
+        p = i % self.procs
+        return f"{member_address(p, i // self.procs)}:{self.base_port + p}"
+
+    def tls(self, proc: int) -> TlsIdentity:
+        return TlsIdentity.load_or_create(self.directory / f"tls-{proc}")
+
+
+@dataclass(slots=True)
+class Member:
+    index: int
+    identity: NodeIdentity
+    node: MeshNode
+    wake_at: float = 0.0
+    client: RpcClient | None = None  # calls to nodes outside the swarm (made on first use)
+    #: the engine's driver and port, the daemon's (set by the worker)
+    driver: EngineDriver | None = None
+    port: DaemonPort | None = None
+
+
+@dataclass
+class Stats:
+    local_calls: int = 0
+    cross_calls: int = 0
+    external_calls: int = 0
+    served: int = 0
+    failures: int = 0
+    ticks: int = 0
+    batches: int = 0
+    lag_max_ms: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def build_members(plan: Plan, proc: int) -> tuple[list[Member], dict[bytes, int]]:
+    """This process's members (every one holding every record) and the key -> index map."""
+    ids = [NodeIdentity.from_seed(node_seed(plan.seed, i)) for i in range(plan.members)]
+    fps = [plan.tls(p).fingerprint for p in range(plan.procs)]
+    recs = [
+        NodeRecord.create(
+            ident,
+            MESH_ID,
+            version=plan.t0,
+            now_ms=plan.t0,
+            role=Role.PEER,
+            wg_endpoint=f"{plan.endpoint(i).rpartition(':')[0]}:51820",
+            control_endpoint=plan.endpoint(i),
+            tls_fp=fps[plan.proc_of(i)],
+        )
+        for i, ident in enumerate(ids)
+    ]
+    base = steady_state(MESH_ID, None, recs, plan.t0)
+    gossip, liveness = GossipParams(), LivenessParams.from_heartbeat(2000)
+    members: list[Member] = []
+    for i in range(proc, plan.members, plan.procs):
+        node = MeshNode(
+            ids[i],
+            MESH_ID,
+            MeshSettings(
+                role=Role.PEER,
+                wg_endpoint=recs[i].wg_endpoint,
+                control_endpoint=recs[i].control_endpoint,
+                tls_fp=fps[proc],
+            ),
+            gossip,
+            liveness,
+            random.Random(f"swarm/{plan.seed}/{i}"),
+            clone_state(base),
+        )
+        members.append(Member(i, ids[i], node))
+    # Equal clones have equal O(N) views: computed once, shared until a member's state changes.
+    _prime_views([m.node for m in members])
+    keys = {ident.wg_public_key: i for i, ident in enumerate(ids)}
+    return members, keys
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)

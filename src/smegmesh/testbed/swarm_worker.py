@@ -1,0 +1,352 @@
+"""One swarm process (:class:`Worker`): its members, one TLS server, one timer heap.
+
+Part of :mod:`smegmesh.testbed.swarm` (see there for what is real and what is
+shared); started as ``python -m smegmesh.testbed.swarm --worker N``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import gc
+import heapq
+import json
+import os
+import random
+import resource
+import secrets
+import signal
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from smegmesh.core.driver import EngineDriver
+from smegmesh.core.endpoint import split_host_port
+from smegmesh.core.invite import Bootstrap
+from smegmesh.core.meshnode import Call, Out
+from smegmesh.core.messages import Refusal, WhoAmI, YouAre
+from smegmesh.core.wire import WireError, decode, encode
+from smegmesh.daemon import rpc_server
+from smegmesh.daemon.engineport import DaemonPort, reply_of
+from smegmesh.daemon.transport import (
+    EndpointBackoff,
+    Refused,
+    RpcClient,
+    RpcError,
+    RpcServer,
+    callee_key,
+    caller_address,
+)
+from smegmesh.testbed.swarm_plan import (
+    CALL_TIMEOUT_S,
+    COALESCE_S,
+    MESH_ID,
+    STARTUP_RATE,
+    SWEEP_S,
+    TOKEN_TTL_MS,
+    TOKEN_USES,
+    Member,
+    Plan,
+    Stats,
+    build_members,
+    now_ms,
+)
+
+
+class Worker:
+    """One swarm process: its members, one TLS server, one timer heap."""
+
+    def __init__(self, plan: Plan, proc: int) -> None:
+        self.plan = plan
+        self.proc = proc
+        self.tls = plan.tls(proc)
+        self.fps = {plan.tls(p).fingerprint: p for p in range(plan.procs)}
+        members, self.keys = build_members(plan, proc)
+        self.local = {m.identity.wg_public_key: m for m in members}
+        self.members = members
+        self.stats = Stats()
+        self._heap: list[tuple[float, int]] = []
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        # One channel per other swarm process; signed per call by the calling member.
+        self.peer_client = RpcClient(members[0].identity, timeout=CALL_TIMEOUT_S)
+        # The channel between two swarm processes carries every member's calls:
+        # one timed-out call must not back all of them off (smegd backs off
+        # per endpoint, i.e. per node; here the endpoint stands for thousands).
+        self.peer_client.backoff = EndpointBackoff(base_s=0.0, cap_s=0.0)
+        # Certificates the members have fetched, shared: in a settled mesh every
+        # node has met every other before, so reopening a channel fetches nothing.
+        self.certificates: OrderedDict[bytes, bytes] = OrderedDict()
+        self.server = RpcServer(self.tls, self._on_rpc, is_member=members[0].node.is_member)
+        for m in members:  # the daemon's port of the shared engine driver
+            m.port = DaemonPort(functools.partial(self._send, m), lambda _keys: None)
+            m.driver = EngineDriver(m.node, m.port)
+
+    # ------------------------------------------------------------------ scheduling
+    def _schedule(self, m: Member) -> None:
+        d = m.node.next_deadline()
+        t = time.monotonic() + (1.0 if d is None else max(0.0, (d - now_ms()) / 1000))
+        if m.wake_at and m.wake_at <= t and m.wake_at > time.monotonic():
+            return  # an earlier wake-up is already queued
+        m.wake_at = t
+        heapq.heappush(self._heap, (t, m.index))
+        if self._heap[0][1] == m.index:
+            self._wake.set()
+
+    async def run_timers(self) -> None:
+        by_index = {m.index: m for m in self.members}
+        # First ticks spread over N / STARTUP_RATE seconds (at least 1 s): a
+        # thousand members ticking in the same second overran the loop, and
+        # the late acks that followed set off a storm of suspicion.
+        spread = max(1.0, len(self.members) / STARTUP_RATE)
+        for m in self.members:
+            m.wake_at = time.monotonic() + spread * random.random()
+            heapq.heappush(self._heap, (m.wake_at, m.index))
+        while True:
+            now = time.monotonic()
+            if self._heap and self._heap[0][0] <= now + COALESCE_S:
+                self.stats.batches += 1
+                self.stats.lag_max_ms = max(self.stats.lag_max_ms, (now - self._heap[0][0]) * 1e3)
+                # Ticked as of the end of the coalescing window: a member due
+                # within it is not ticked before its deadline (a tick for nothing).
+                t_ms = now_ms() + int(COALESCE_S * 1000) + 1
+                while self._heap and self._heap[0][0] <= now + COALESCE_S:
+                    t, idx = heapq.heappop(self._heap)
+                    m = by_index[idx]
+                    if t != m.wake_at:
+                        continue  # superseded by an earlier or later wake-up
+                    m.wake_at = 0.0
+                    self.stats.ticks += 1
+                    self._drv(m).timer(t_ms)
+                    self._schedule(m)
+                await asyncio.sleep(0)
+                continue
+            self._wake.clear()
+            delay = self._heap[0][0] - now if self._heap else 1.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+
+    @staticmethod
+    def _drv(m: Member) -> EngineDriver:
+        assert m.driver is not None
+        return m.driver
+
+    def _emit(self, m: Member, outs: list[Out]) -> None:
+        """Outputs of a local command (start, invite): through the member's driver."""
+        self._drv(m).dispatch(outs)
+        self._schedule(m)
+
+    def _send(self, m: Member, call: Call) -> None:
+        """The port's ``send``: a call to a member of this process or over the network."""
+        if call.to in self.local:  # no task: delivered on the next loop turn
+            asyncio.get_running_loop().call_soon(self._local_call, m, call)
+        else:
+            self._spawn(self._do_call(m, call))
+
+    def _local_call(self, m: Member, call: Call) -> None:
+        """A call between two members of this process, encoded and decoded as on the wire."""
+        self.stats.local_calls += 1
+        self.stats.served += 1
+        target = self.local[call.to]
+        try:
+            msg = decode(encode(call.msg))
+        except WireError:
+            self._drv(m).failure(call, now_ms())
+            self._schedule(m)
+            return
+        assert target.port is not None
+        pending = target.port.request(self._drv(target), m.identity.wg_public_key, msg, now_ms())
+        self._schedule(target)
+        self._spawn(self._deliver(m, call, pending))
+
+    async def _deliver(self, m: Member, call: Call, pending: Any) -> None:
+        """The reply of a local call, when the target's engine gives it (a relay: later)."""
+        reply = await reply_of(pending)
+        if reply is None:
+            self._drv(m).failure(call, now_ms())
+        else:
+            self._drv(m).reply(call, decode(encode(reply)), now_ms())
+        self._schedule(m)
+
+    def _spawn(self, coro: Any) -> None:
+        t = asyncio.create_task(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------ calls
+    async def call_as(
+        self, m: Member, to: bytes, body: bytes, timeout: float | None = None
+    ) -> bytes:
+        """Send ``body`` from member ``m`` to node ``to``; raises RpcError."""
+        target = self.local.get(to)
+        if target is not None:
+            self.stats.local_calls += 1
+            await asyncio.sleep(0)  # as a socket would: the reply comes later
+            return await self._serve(target, m.identity.wg_public_key, body, None)
+        rec = m.node.mesh.record(to)
+        if rec is None or rec.control_endpoint is None or rec.tls_fp is None:
+            raise RpcError("no endpoint")
+        proc = self.fps.get(rec.tls_fp)
+        if proc is not None and to in self.keys:  # another swarm process: its shared channel
+            self.stats.cross_calls += 1
+            port = split_host_port(rec.control_endpoint)[1]
+            return await self.peer_client.call(
+                f"127.0.0.1:{port}", rec.tls_fp, body, timeout, to=to, identity=m.identity
+            )
+        self.stats.external_calls += 1
+        if m.client is None:
+            m.client = RpcClient(
+                m.identity,
+                timeout=CALL_TIMEOUT_S,
+                channel_idle_s=self.plan.channel_idle_s,
+                certificates=self.certificates,
+            )
+        return await m.client.call(rec.control_endpoint, rec.tls_fp, body, timeout, to=to)
+
+    async def _do_call(self, m: Member, call: Call) -> None:
+        timeout = call.timeout_ms / 1000 if call.timeout_ms is not None else None
+        try:
+            reply = decode(await self.call_as(m, call.to, encode(call.msg), timeout))
+        except (RpcError, WireError) as e:
+            self.stats.failures += 1
+            self.stats.extra["last_failure"] = str(e)[:200]
+            self._drv(m).failure(call, now_ms())
+        else:
+            self._drv(m).reply(call, reply, now_ms())
+        self._schedule(m)
+
+    async def _on_rpc(self, src: bytes, body: bytes) -> bytes:
+        to = callee_key.get()
+        m = self.local.get(to) if to is not None else None
+        if m is None:
+            raise Refused("no such member here (x-smeg-to)")
+        return await self._serve(m, src, body, caller_address.get())
+
+    async def _serve(self, m: Member, src: bytes, body: bytes, addr: str | None) -> bytes:
+        self.stats.served += 1
+        try:
+            msg = decode(body)
+        except WireError:
+            raise Refused("malformed message") from None
+        if isinstance(msg, WhoAmI):
+            if addr is None:
+                raise Refused("address unknown")
+            return encode(YouAre(msg.mesh_id, addr))
+        if getattr(msg, "mesh_id", None) != MESH_ID:
+            return encode(Refusal(str(getattr(msg, "mesh_id", "x"))))
+        assert m.port is not None
+        pending = m.port.request(self._drv(m), src, msg, now_ms())  # the engine answers now...
+        self._schedule(m)
+        reply = await reply_of(pending)  # ...or after its relayed ping (a PingReq)
+        if reply is None:
+            raise Refused("no answer")
+        return encode(reply)
+
+    async def sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(SWEEP_S, self.plan.channel_idle_s / 2))
+            for m in self.members:
+                if m.client is not None and m.client.open_channels:
+                    m.client.sweep()
+            self.peer_client.sweep()
+
+    # ------------------------------------------------------------------ main
+    def write_token(self) -> None:
+        m = self.members[0]
+        t = now_ms()
+        self._emit(m, m.node.start(t))
+        rec = m.node.mesh.record(m.identity.wg_public_key)
+        assert rec is not None and rec.control_endpoint and rec.tls_fp
+        token, outs = m.node.invite(
+            t,
+            ttl_ms=TOKEN_TTL_MS,
+            uses=TOKEN_USES,
+            bootstrap=[Bootstrap(rec.control_endpoint, rec.tls_fp, m.identity.wg_public_key)],
+            secret=secrets.token_bytes(16),
+        )
+        self._emit(m, outs)
+        _atomic(self.plan.directory / "token", token.encode())
+
+    def write_stats(self) -> None:
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        live = len(self.members[0].node.live_records())
+        doc = {
+            "proc": self.proc,
+            "members": len(self.members),
+            "live_seen_by_first": live,
+            "cpu_s": ru.ru_utime + ru.ru_stime,
+            "rss_mb": _rss_mb(),
+            "fds": len(os.listdir("/proc/self/fd")),
+            "tasks": len(self._tasks),
+            **vars(self.stats),
+        }
+        _atomic(self.plan.directory / f"stats-{self.proc}.json", json.dumps(doc))
+
+    def _raise_server_limits(self) -> None:
+        """One server stands for all members of the process: its limits scale with them.
+
+        smegd's limits (calls in flight, streams per connection) are per node;
+        here every member's share goes through one server and, between swarm
+        processes, one connection. Per-caller limits stay as they are.
+        """
+        n = len(self.members)
+        rpc_server.MAX_CALLS = max(rpc_server.MAX_CALLS, 8 * n)
+        streams = max(rpc_server.MAX_STREAMS_PER_CONNECTION, 8 * n)
+        rpc_server._SERVER_OPTIONS = [
+            (k, streams if k == "grpc.max_concurrent_streams" else v)
+            for k, v in rpc_server._SERVER_OPTIONS
+        ]
+
+    async def run(self) -> None:
+        self._raise_server_limits()
+        await self.server.start("0.0.0.0", self.plan.base_port + self.proc)
+        # No member calls before every process serves: calls into a process not
+        # yet listening would fail, and the failures start a storm of suspicion.
+        _atomic(self.plan.directory / f"ready-{self.proc}", "1")
+        others = [self.plan.directory / f"ready-{p}" for p in range(self.plan.procs)]
+        while not all(f.exists() for f in others):
+            await asyncio.sleep(0.1)
+        gc.collect()
+        gc.freeze()  # the shared base state is long-lived: keep it out of the collector's scans
+        if self.proc == 0:
+            self.write_token()
+        self._spawn(self.sweep_loop())
+        timers = asyncio.create_task(self.run_timers())
+        try:
+            while True:
+                self.write_stats()
+                await asyncio.sleep(1.0)
+        finally:
+            timers.cancel()
+            await self.server.stop(0)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def _atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def worker_main(a: argparse.Namespace) -> int:
+    plan = Plan(a.members, a.procs, a.base_port, a.seed, a.t0, Path(a.dir), a.channel_idle)
+    worker = Worker(plan, a.worker)
+    loop = asyncio.new_event_loop()
+    main = loop.create_task(worker.run())
+
+    def _stop() -> None:
+        main.cancel()
+        loop.call_later(5.0, os._exit, 0)  # a stuck shutdown does not keep the process
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _stop)
+    with contextlib.suppress(asyncio.CancelledError):
+        loop.run_until_complete(main)
+    return 0
