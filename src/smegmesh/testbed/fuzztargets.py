@@ -311,12 +311,20 @@ def targets() -> dict[str, Target]:
         "smegmesh.core.messages",
         "smegmesh.core.sync",
         "smegmesh.core.record",
+        "smegmesh.core.record_fields",
+        "smegmesh.core.record_model",
+        "smegmesh.core.record_decode",
     )
     handler_mods = (
         "smegmesh.core.meshnode",
         "smegmesh.core.invite",
         "smegmesh.core.state",
+        "smegmesh.core.state_store",
+        "smegmesh.core.state_gate",
         "smegmesh.core.record",
+        "smegmesh.core.record_fields",
+        "smegmesh.core.record_model",
+        "smegmesh.core.record_decode",
         "smegmesh.core.sync",
     )
     out = [

@@ -1,0 +1,316 @@
+"""Mesh state admission: field and time checks, the admission gate, capacity, purges.
+
+The validation half of :class:`~smegmesh.core.state.MeshState`: which items
+may enter (field checks, clock skew, the GC horizon, bounded capacity,
+admission chains and membership proofs, batched certificate verification),
+how authority statements update the :class:`~smegmesh.core.authority.Authority`,
+and the purge of items an eviction made invalid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+from smegmesh.core.authority import Authority
+from smegmesh.core.cert import (
+    AdminChange,
+    AliasReserve,
+    AuthItem,
+    Cert,
+    CertError,
+    Founding,
+    InviteRevoke,
+    PolicyChange,
+    Revocation,
+    check_auth_fields,
+)
+from smegmesh.core.record import (
+    NodeRecord,
+    Prune,
+    RecordError,
+    check_prune_fields,
+    check_record_fields,
+)
+from smegmesh.core.state_store import Item, StateStore, _prune_wins, _rec_wins, _size
+
+__all__ = [
+    "BYTES_PER_MEMBER",
+    "DEFAULT_MAX_MEMBERS",
+    "MAX_AUTH_ITEMS",
+    "MAX_CLOCK_SKEW_MS",
+    "AdmissionGate",
+    "Verifier",
+]
+
+_AUTH_TYPES = (
+    Founding,
+    Cert,
+    AdminChange,
+    Revocation,
+    InviteRevoke,
+    AliasReserve,
+    PolicyChange,
+)
+#: Default bound on the records one mesh holds (``maxMembers``).
+DEFAULT_MAX_MEMBERS = 10_000
+#: Default share of the total record bytes per member (records are at most
+#: ``MAX_RECORD_BYTES``; a few bridges with long route lists fit in the total).
+BYTES_PER_MEMBER = 8 * 1024
+#: Authority statements one replica keeps at most (token ledgers are collected
+#: when their token has expired; evictions and admin changes are few).
+MAX_AUTH_ITEMS = 65_536
+Verifier = Callable[[Sequence[tuple[bytes, bytes, bytes]]], list[bool]]
+#: Items stamped (or versioned) further ahead of our clock than this are refused.
+MAX_CLOCK_SKEW_MS = 10 * 60 * 1000
+
+
+class AdmissionGate(StateStore):
+    """Checks and admission rules of a mesh state, over its :class:`StateStore`."""
+
+    admission: bool
+    max_members: int
+    max_bytes: int
+    _verifier: Verifier
+    _horizon: int | None
+    _auth_count: int
+    _good_certs: set[bytes]
+    _purged: set[bytes]
+
+    # ------------------------------------------------------------------ updates
+
+    def _too_old(self, item: Item, now_ms: int) -> bool:
+        if self._horizon is None:
+            return False
+        if isinstance(item, Cert):  # a token ledger entry matters until its token expires
+            return 0 < item.token_expiry_ms < now_ms - self._horizon
+        if isinstance(item, _AUTH_TYPES):
+            return False
+        if item.timestamp_ms >= now_ms - self._horizon:
+            return False
+        if isinstance(item, Prune):
+            return True
+        return item.left or self.get(item.wg_key) is None
+
+    @staticmethod
+    def _check_time(item: Item, now_ms: int) -> None:
+        """Refuse items from the future.
+
+        A prune with a huge ``target_version`` (or a record with a huge version)
+        would otherwise win for ever.
+        """
+        limit = now_ms + MAX_CLOCK_SKEW_MS
+        if item.timestamp_ms > limit:
+            raise RecordError("timestamp_ms", "is in the future (clock skew too large)")
+        if isinstance(item, _AUTH_TYPES):
+            return
+        version = item.target_version if isinstance(item, Prune) else item.version
+        if version > limit:
+            raise RecordError("version", "is in the future (clock skew too large)")
+
+    def _check(self, item: Item) -> bytes:
+        """Field checks (no signature); returns the item's key."""
+        if type(item) is NodeRecord:
+            check_record_fields(item, self.mesh_id)
+            return item.wg_key
+        if type(item) is Prune:
+            check_prune_fields(item, self.mesh_id)
+            return item.target
+        if isinstance(item, _AUTH_TYPES):
+            try:
+                check_auth_fields(item, self.mesh_id)
+            except CertError as e:
+                raise RecordError(e.field, e.message) from None
+            if (
+                type(item) is Cert
+                and self._auth_count >= MAX_AUTH_ITEMS
+                and item.key not in self._entries
+            ):
+                raise RecordError("auth", "too many authority statements")
+            return item.key
+        raise RecordError("item", f"not a NodeRecord, Prune or statement: {type(item).__name__}")
+
+    def _wins(self, item: Item) -> bool:
+        e = self._entries.get(item.key)
+        if isinstance(item, NodeRecord):
+            return _rec_wins(item, None if e is None else e.record)
+        if isinstance(item, Prune):
+            return _prune_wins(item, None if e is None else e.prune)
+        return e is None
+
+    def _put(self, item: Item) -> None:
+        e = self._entries.get(item.key)
+        rec = None if e is None else e.record
+        pr = None if e is None else e.prune
+        if isinstance(item, NodeRecord):
+            self._install(item.wg_key, item, pr)
+        elif isinstance(item, Prune):
+            self._install(item.target, rec, item)
+        else:
+            self._install(item.key, None, None, item)
+            self._auth_count += 1
+            self._on_statement(item)
+
+    # -- admission (admission mode) -----------------------------------------------
+
+    def _check_capacity(self, rec: NodeRecord) -> None:
+        """Bounded state: at most ``max_members`` records and ``max_bytes`` of them."""
+        e = self._entries.get(rec.wg_key)
+        old = None if e is None else e.record
+        if old is None and self._records >= self.max_members:
+            raise RecordError("record", f"the mesh holds {self.max_members} nodes (maxMembers)")
+        grow = _size(rec) - _size(old)
+        if grow > 0 and self._record_bytes + grow > self.max_bytes:
+            raise RecordError(
+                "record", f"the mesh's records would exceed {self.max_bytes} bytes in total"
+            )
+
+    def _gate(self, item: Item) -> None:
+        """Admission rules: raise :class:`RecordError` unless ``item`` may enter.
+
+        Records need an admission chain, prunes a member as pruner and the
+        target's own signed record (a prune can never name a version its
+        target did not sign: no forged, future or non-member prunes).
+        """
+        if isinstance(item, NodeRecord):
+            self._check_capacity(item)
+        if not self.admission or isinstance(item, _AUTH_TYPES):
+            return
+        if isinstance(item, NodeRecord):
+            self._check_member(item.wg_key, item.chain, "chain")
+            self._check_proofs(item)
+            if item.devices:  # sponsored devices (issue 18): certs signed by the owner
+                self._verify_certs([d.cert for d in item.devices], "devices")
+            return
+        tr = item.target_record
+        if tr is None:
+            raise RecordError("target_record", "a prune must carry its target's signed record")
+        if item.by_wg_key == item.target:
+            raise RecordError("by_wg_key", "a node does not prune itself (it leaves)")
+        self._check_member(item.by_wg_key, item.by_chain, "by_chain")
+        if not _sig_known_good(tr):
+            if not self._verifier([_job(tr)])[0]:
+                raise RecordError("target_record", "invalid signature")
+            _mark_sig_good(tr)
+
+    def _check_member(self, key: bytes, chain: Sequence[Cert], field: str) -> None:
+        reason = self._authority.check_chain(key, chain)
+        if reason is not None:
+            raise RecordError(field, reason)
+        self._verify_certs(chain, field)
+
+    def _verify_certs(self, certs: Sequence[AuthItem], field: str) -> None:
+        todo = [c for c in certs if c.key not in self._good_certs]
+        if not todo:
+            return
+        oks = self._verifier([(c.signer, c.signed_payload(), c.signature) for c in todo])
+        if not all(oks):
+            raise RecordError(field, "invalid admission certificate signature")
+        if len(self._good_certs) > 4 * MAX_AUTH_ITEMS:
+            self._good_certs.clear()
+        self._good_certs.update(c.key for c in todo)
+
+    def _preverify_certs(self, batch: Sequence[Item], now_ms: int) -> None:
+        """Verify the unknown admission certs of a batch's records in one verifier call.
+
+        Only for records that would enter (they win and their chain is
+        structurally valid), so nothing is verified that :meth:`_gate` would
+        not verify; the gate then finds the certs cached. A bad cert is simply
+        not cached: the gate verifies that record's chain again and refuses it.
+        One call lets a parallel verifier work on a whole page (one call per
+        record left it nothing to parallelise).
+        """
+        if not self.admission:
+            return
+        todo: dict[bytes, Cert] = {}
+        for it in batch:
+            if type(it) is not NodeRecord or not it.chain:
+                continue
+            try:
+                self._check(it)
+                self._check_time(it, now_ms)
+            except RecordError:
+                continue
+            if not self._wins(it) or self._too_old(it, now_ms):
+                continue
+            if self._authority.check_chain(it.wg_key, it.chain) is not None:
+                continue
+            for c in it.chain:
+                if c.key not in self._good_certs:
+                    todo.setdefault(c.key, c)
+        if len(todo) < 2:
+            return
+        certs = list(todo.values())
+        oks = self._verifier([(c.signer, c.signed_payload(), c.signature) for c in certs])
+        if len(self._good_certs) > 4 * MAX_AUTH_ITEMS:
+            self._good_certs.clear()
+        self._good_certs.update(c.key for c, ok in zip(certs, oks, strict=True) if ok)
+
+    def _check_proofs(self, rec: NodeRecord) -> None:
+        for p in rec.proofs:
+            other = Authority.build(p.founding.mesh_id, [p.founding])
+            reason = other.check_chain(rec.wg_key, p.chain)
+            if reason is not None:
+                raise RecordError("proofs", f"mesh {p.founding.mesh_id}: {reason}")
+            self._verify_certs((p.founding, *p.chain), "proofs")
+
+    def _on_statement(self, item: AuthItem) -> None:
+        a = self._authority
+        if isinstance(item, Cert):
+            if item.token_hash:
+                a.token_subjects.setdefault(item.token_hash, set()).add(item.subject)
+            return
+        if isinstance(item, InviteRevoke):
+            a.invite_revokes.setdefault(item.token_hash, []).append(item)
+            return
+        before = (a.founding, frozenset(a.revoked))
+        self._authority = Authority.build(self.mesh_id, self._iter_auth())
+        after = (self._authority.founding, frozenset(self._authority.revoked))
+        if self.admission and before != after:
+            self._purge()
+
+    def _iter_auth(self) -> Iterator[AuthItem]:
+        for e in self._entries.values():
+            if e.auth is not None:
+                yield e.auth
+
+    def _purge(self) -> None:
+        """Drop records and prunes that evictions made invalid (a grow-only verdict)."""
+        a = self._authority
+        for key, e in list(self._entries.items()):
+            rec, pr = e.record, e.prune
+            if rec is not None and a.check_chain(rec.wg_key, rec.chain) is not None:
+                rec = None
+            if pr is not None and (
+                a.check_chain(pr.by_wg_key, pr.by_chain) is not None or a.is_revoked(pr.target)
+            ):
+                pr = None
+            if rec is not e.record or pr is not e.prune:
+                self._install(key, rec, pr)
+                self._purged.add(key)
+
+    def pop_purged(self) -> set[bytes]:
+        """Keys whose items an eviction removed since the last call."""
+        out, self._purged = self._purged, set()
+        return out
+
+
+def _job(item: Item) -> tuple[bytes, bytes, bytes]:
+    if isinstance(item, NodeRecord):
+        return (item.sign_key, item.signed_payload(), item.signature)
+    if isinstance(item, Prune):
+        return (item.by_sign_key, item.signed_payload(), item.signature)
+    return (item.signer, item.signed_payload(), item.signature)
+
+
+# Items are frozen; once an item object's signature has been verified we note it
+# in the object itself, so the same object offered to many states (simulations,
+# several meshes' views) is verified only once per process.
+_SIG_OK = "_smegmesh_sig_ok"
+
+
+def _sig_known_good(item: Item) -> bool:
+    return item.__dict__.get(_SIG_OK) is True
+
+
+def _mark_sig_good(item: Item) -> None:
+    item.__dict__[_SIG_OK] = True
