@@ -8,6 +8,7 @@ echo "== ruff"; uv run --frozen ruff check src tests bench
 echo "== ruff format --check"; uv run --frozen ruff format --check src tests bench
 echo "== mypy"; uv run --frozen mypy
 echo "== import contracts"; uv run --frozen lint-imports --no-logo
+echo "== sizes (files <= 500 lines, functions <= 80)"; uv run --frozen python scripts/check_sizes.py
 # Tests in parallel (pytest-xdist): SMEG_TEST_WORKERS processes (2: the
 # namespace tests on one, everything else on the other; more flake under load);
 # every tests/netns test runs on one of them, serially (the scheduler in
