@@ -46,8 +46,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from join_bench import library_floor_mb
-from smegmesh.testbed.measured import MeasuredSmegd, wait_for
+from smegmesh.testbed.measured import MeasuredSmegd
 from smegmesh.testbed.swarm import MESH_ID, read_stats, start_swarm
+from smegmesh.testbed.wait import wait_until
 
 TARGETS = {"rss_mb": 150.0, "fds": 256, "threads": 16, "cpu_pct": 2.0, "wire_kbs": 10.0}
 OUT = Path(__file__).resolve().parent / "out"
@@ -88,7 +89,7 @@ def measure(size: int, procs: int, settle: float, window: float, root: Path) -> 
     row: dict[str, Any] = {"members": size, "procs": procs}
     try:
         t0 = time.monotonic()
-        wait_for(lambda: (sdir / "token").exists(), 900, f"a swarm of {size} to start", 1.0)
+        wait_until(lambda: (sdir / "token").exists(), 900, 1.0, f"a swarm of {size} to start")
         row["swarm_start_s"] = round(time.monotonic() - t0, 1)
         smegd.start()
         row["rss_before_join_mb"] = round(smegd.sample().rss_mb, 1)
@@ -102,10 +103,10 @@ def measure(size: int, procs: int, settle: float, window: float, root: Path) -> 
                     raise
                 time.sleep(5)
         row["join_s"] = round(time.monotonic() - t0, 2)
-        wait_for(lambda: smegd.known_members(MESH_ID) >= size + 1, 600, "all members", 1.0)
+        wait_until(lambda: smegd.known_members(MESH_ID) >= size + 1, 600, 1.0, "all members")
         row["all_known_s"] = round(time.monotonic() - t0, 1)
         try:  # on a starved machine swarm members may suspect each other: noted, not fatal
-            wait_for(lambda: smegd.live_members(MESH_ID) >= size + 1, 60, "all live", 1.0)
+            wait_until(lambda: smegd.live_members(MESH_ID) >= size + 1, 60, 1.0, "all live")
             row["all_live_s"] = round(time.monotonic() - t0, 1)
         except TimeoutError:
             row["all_live_s"] = None

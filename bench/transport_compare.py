@@ -255,6 +255,13 @@ def main(argv: list[str] | None = None) -> int:
         res = asyncio.run(globals()[fn](a.calls, body))
         res.update(rss_of(fn))
         out[name] = res
+    # the stream design against gRPC, both measured in this run (the baseline)
+    a_res, b_res = out["A: gRPC"], out["B: framed TLS stream"]
+    out["B / A"] = {
+        k: round(b_res[k] / a_res[k], 2)
+        for k, v in a_res.items()
+        if isinstance(v, int | float) and v and isinstance(b_res.get(k), int | float)
+    }
     print(json.dumps(out, indent=1))
     return 0
 

@@ -20,7 +20,8 @@ reply together): TLS records, HTTP/2 frames and HPACK headers, gRPC framing
 and the per-call authentication metadata. TCP/IP headers are below the
 socket: with one segment each way and a pure ACK, about 3 x 72 bytes (IPv6
 40 + TCP with timestamps 32) per call, given separately.
-``smegmesh.sim.wire.WIRE_OVERHEAD`` holds the figures the simulator charges.
+``smegmesh.sim.overhead`` (``REQUEST_OVERHEAD_BYTES``, ``REPLY_OVERHEAD_BYTES``)
+holds the figures the simulator charges.
 """
 
 from __future__ import annotations

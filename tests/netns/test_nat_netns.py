@@ -315,8 +315,10 @@ def test_nat66_six_clients_behind_four_nats(testbed: Testbed) -> None:
         assert clients[0].node.run(run).returncode == 0
         assert _relay_bytes(peers, [keys[0], keys[2]], mesh_id) - before < 1000
         # every ordered pair of clients reaches the other; the symmetric one relayed
+        # (30 single pings at once on a loaded machine: a lost echo is retried,
+        # up to three tries per pair; a pair that cannot reach the other fails all)
         ok = cluster.map(
-            lambda ij: clients[ij[0]].ping(addrs[ij[1]], count=1, timeout=3),
+            lambda ij: any(clients[ij[0]].ping(addrs[ij[1]], count=1, timeout=3) for _ in range(3)),
             [(i, j) for i in range(6) for j in range(6) if i != j],
         )
         assert all(ok)

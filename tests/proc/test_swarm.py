@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from smegmesh.testbed.measured import MeasuredSmegd, wait_for
+from smegmesh.testbed.measured import MeasuredSmegd
 from smegmesh.testbed.swarm import MESH_ID, start_swarm, stop_swarm
+from smegmesh.testbed.wait import wait_until
 
 pytestmark = pytest.mark.proc
 
@@ -67,11 +68,11 @@ def test_smegd_connections_bounded_by_the_cap_not_the_member_count(tmp_path: Pat
             daemons[n] = MeasuredSmegd(tmp_path / f"d{n}", extra={"maxChannels": CAP}).start()
         for n, d in daemons.items():
             token = tmp_path / f"swarm{n}" / "token"
-            wait_for(token.exists, 120, f"the swarm of {n} to write its token", 0.2)
+            wait_until(token.exists, 120, 0.2, f"the swarm of {n} to write its token")
             assert d.join(token.read_text()) == MESH_ID
         for n, d in daemons.items():
             # Known in any state: on a starved machine members may suspect each other.
-            wait_for(lambda d=d, n=n: d.known_members(MESH_ID) >= n + 1, 120, f"{n} members")
+            wait_until(lambda d=d, n=n: d.known_members(MESH_ID) >= n + 1, 120, 0.5, f"{n} members")
         # Past the join's burst and the members' idle close, then watched for a while.
         time.sleep(5)
         seen = _watch(daemons, 8)

@@ -19,6 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from api_fake import SELF_KEY, FakeNodeService, _addr, served_tcp, served_unix
+from envcheck import IN_CI
 from smegmesh.cli.main import app
 from smegmesh.daemon.api_models import MeshDetail, NodeInfo
 from smegmesh.daemon.resolve import resolve_node
@@ -430,7 +431,9 @@ def test_status_and_ping_api_bounds(daemon: tuple[Path, FakeNodeService]) -> Non
         assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_mesh"
 
 
-@pytest.mark.skipif(shutil.which("ping") is None, reason="no ping program (iputils-ping)")
+@pytest.mark.skipif(
+    shutil.which("ping") is None and not IN_CI, reason="no ping program (iputils-ping)"
+)
 def test_run_ping_for_real() -> None:
     import asyncio
 

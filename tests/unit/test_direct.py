@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from envcheck import missing
 from smegmesh.core.desired import desired_config
 from smegmesh.core.direct import (
     ATTEMPT_MS,
@@ -379,7 +380,7 @@ def test_prober_round_trip_on_loopback() -> None:
     async def go() -> None:
         p = Prober()
         if not p.open():
-            pytest.skip("no raw ICMPv6 socket (needs root or CAP_NET_RAW)")
+            missing("no raw ICMPv6 socket (needs root or CAP_NET_RAW)")
         try:
             deadline = asyncio.get_running_loop().time() + 20
             while p.rtt_ms("::1") is None:

@@ -16,6 +16,19 @@ from smegmesh.cli.app import JsonOpt, OptMeshIdOpt, _client, _meshid, _run, _seg
 from smegmesh.cli.output import _console, _print_json
 from smegmesh.daemon.api_models import DeviceInfo
 
+#: Options and argument shared by the device commands.
+QrOpt = Annotated[
+    bool, typer.Option("--qr", help="Print the config as a QR code (for phone apps).")
+]
+OutputOpt = Annotated[
+    Path | None,
+    typer.Option("--output", "-o", help="Write the config to FILE (mode 0600)."),
+]
+DeviceArg = Annotated[
+    str,
+    typer.Argument(metavar="NAME|KEY", help="The device's name, public key or overlay address."),
+]
+
 
 def write_private_file(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` with mode 0600 from the start (it holds a private key)."""
@@ -94,13 +107,8 @@ def add_device(
             help="Keep the generated private key in the daemon's state directory (0600).",
         ),
     ] = False,
-    qr: Annotated[
-        bool, typer.Option("--qr", help="Print the config as a QR code (for phone apps).")
-    ] = False,
-    output: Annotated[
-        Path | None,
-        typer.Option("--output", "-o", help="Write the config to FILE (mode 0600)."),
-    ] = None,
+    qr: QrOpt = False,
+    output: OutputOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Sponsor a device without smegd (a phone, a router) and print its WireGuard config.
@@ -141,20 +149,10 @@ def add_device(
 )
 def device_config(
     ctx: typer.Context,
-    device: Annotated[
-        str,
-        typer.Argument(
-            metavar="NAME|KEY", help="The device's name, public key or overlay address."
-        ),
-    ],
+    device: DeviceArg,
     meshid: OptMeshIdOpt = None,
-    qr: Annotated[
-        bool, typer.Option("--qr", help="Print the config as a QR code (for phone apps).")
-    ] = False,
-    output: Annotated[
-        Path | None,
-        typer.Option("--output", "-o", help="Write the config to FILE (mode 0600)."),
-    ] = None,
+    qr: QrOpt = False,
+    output: OutputOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Print a device's current WireGuard config (after the mesh's routes changed).
@@ -213,12 +211,7 @@ def list_devices(ctx: typer.Context, meshid: OptMeshIdOpt = None, as_json: JsonO
 @app.command("remove-device", epilog="Example: smegctl remove-device --meshid MESH phone")
 def remove_device(
     ctx: typer.Context,
-    device: Annotated[
-        str,
-        typer.Argument(
-            metavar="NAME|KEY", help="The device's name, public key or overlay address."
-        ),
-    ],
+    device: DeviceArg,
     meshid: OptMeshIdOpt = None,
     as_json: JsonOpt = False,
 ) -> None:

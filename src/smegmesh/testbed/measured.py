@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,13 +20,9 @@ from typing import Any
 
 import httpx
 
+from smegmesh.testbed.ports import free_port
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -73,8 +68,8 @@ class MeasuredSmegd:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.sock = self.dir / "s.sock"
-        self.grpc_port = free_port()
-        self.metrics_port = free_port()
+        self.grpc_port = free_port("127.0.0.1")
+        self.metrics_port = free_port("127.0.0.1")
         self.config: dict[str, Any] = {
             "stubWg": True,
             "stateDir": str(self.dir / "state"),
@@ -159,17 +154,3 @@ class MeasuredSmegd:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
-
-
-def wait_for(cond: Any, timeout: float, what: str, interval: float = 0.5) -> None:
-    """Until ``cond()`` is true (exceptions count as false), or TimeoutError."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if cond():
-                return
-        except (httpx.HTTPError, OSError, ValueError):
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(interval)

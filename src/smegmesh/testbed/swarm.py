@@ -49,6 +49,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from smegmesh.daemon.runtime import now_ms
 from smegmesh.daemon.transport import TlsIdentity
 from smegmesh.testbed.swarm_plan import (
     CALL_TIMEOUT_S,
@@ -63,7 +64,6 @@ from smegmesh.testbed.swarm_plan import (
     Stats,
     build_members,
     member_address,
-    now_ms,
 )
 from smegmesh.testbed.swarm_worker import Worker, worker_main
 

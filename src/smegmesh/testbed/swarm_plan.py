@@ -8,7 +8,6 @@ records, and :func:`build_members` (every member holding every record).
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,7 +128,3 @@ def build_members(plan: Plan, proc: int) -> tuple[list[Member], dict[bytes, int]
     _prime_views([m.node for m in members])
     keys = {ident.wg_public_key: i for i, ident in enumerate(ids)}
     return members, keys
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)

@@ -31,6 +31,7 @@ from smegmesh.core.messages import Refusal, WhoAmI, YouAre
 from smegmesh.core.wire import WireError, decode, encode
 from smegmesh.daemon import rpc_server
 from smegmesh.daemon.engineport import DaemonPort, reply_of
+from smegmesh.daemon.runtime import now_ms
 from smegmesh.daemon.transport import (
     EndpointBackoff,
     Refused,
@@ -52,7 +53,6 @@ from smegmesh.testbed.swarm_plan import (
     Plan,
     Stats,
     build_members,
-    now_ms,
 )
 
 
