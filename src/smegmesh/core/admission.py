@@ -235,7 +235,7 @@ class AdmissionMixin:
         if auth.is_revoked(src):
             return Refusal(self.mesh_id), []
         try:
-            check_record_fields(req.record, self.mesh_id)
+            check_record_fields(req.record, self.mesh_id, memo=st.memo)
         except RecordError:
             return Refusal(self.mesh_id), []
         out: list[Out] = []
@@ -289,7 +289,7 @@ class AdmissionMixin:
             if id(it) not in seen:
                 seen.add(id(it))
                 ordered.append(it)
-        return tuple(page(ordered)[0])
+        return tuple(page(ordered, memo=self.mesh.memo)[0])
 
     def pull_from(self, key: bytes, now_ms: int) -> list[Out]:
         """Start an anti-entropy session with ``key`` now (a joiner, after its join reply)."""

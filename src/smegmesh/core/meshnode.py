@@ -285,7 +285,8 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         items = self.mesh.items_for(keys)
         if not items:
             return []
-        msgs = [Push(self.mesh_id, tuple(p)) for p in pages(items)]  # bounded messages
+        pushed = pages(items, memo=self.mesh.memo)  # bounded messages
+        msgs = [Push(self.mesh_id, tuple(p)) for p in pushed]
         return [Call(t, msg, PushCtx(keys)) for t in targets for msg in msgs]
 
     # -- clock ------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import msgpack
 
 from smegmesh.core.cert import AuthItem
 from smegmesh.core.codec import encode_item
+from smegmesh.core.memo import ItemMemo
 from smegmesh.core.record import NodeRecord, Prune
 
 __all__ = ["PAGE_BYTES", "item_size", "page", "pages"]
@@ -26,29 +27,34 @@ PAGE_BYTES = 512 * 1024
 Item = NodeRecord | Prune | AuthItem
 
 
-_SIZE = "_smegmesh_wire_size"  # memo on the (immutable) item
+def item_size(item: Item, memo: ItemMemo | None = None) -> int:
+    """Encoded size of ``item`` inside a message (msgpack of ``encode_item``).
 
-
-def item_size(item: Item) -> int:
-    """Encoded size of ``item`` inside a message (msgpack of ``encode_item``)."""
-    n = item.__dict__.get(_SIZE)
+    With ``memo`` (the state's :class:`~smegmesh.core.memo.ItemMemo`) a size is
+    measured once per item object.
+    """
+    n = None if memo is None else memo.size(item)
     if n is None:
         n = len(msgpack.packb(encode_item(item), use_bin_type=True))
-        item.__dict__[_SIZE] = n
-    return int(n)
+        if memo is not None:
+            memo.note_size(item, n)
+    return n
 
 
-def page(items: Iterable[Item], budget: int = PAGE_BYTES) -> tuple[list[Item], bool]:
+def page(
+    items: Iterable[Item], budget: int = PAGE_BYTES, memo: ItemMemo | None = None
+) -> tuple[list[Item], bool]:
     """The longest prefix of ``items`` within ``budget`` bytes (at least one item).
 
     Returns ``(page, truncated)``; ``truncated`` says items were left out.
+    ``memo``: see :func:`item_size`.
     """
     if isinstance(items, list | tuple) and len(items) <= 1:
         return list(items), False  # one item always goes (the common push)
     out: list[Item] = []
     used = 0
     for item in items:
-        n = item_size(item)
+        n = item_size(item, memo)
         if out and used + n > budget:
             return out, True
         out.append(item)
@@ -56,7 +62,9 @@ def page(items: Iterable[Item], budget: int = PAGE_BYTES) -> tuple[list[Item], b
     return out, False
 
 
-def pages(items: Iterable[Item], budget: int = PAGE_BYTES) -> list[list[Item]]:
+def pages(
+    items: Iterable[Item], budget: int = PAGE_BYTES, memo: ItemMemo | None = None
+) -> list[list[Item]]:
     """All of ``items`` split into consecutive pages of at most ``budget`` bytes each."""
     if isinstance(items, list | tuple) and len(items) <= 1:
         return [list(items)] if items else []
@@ -64,7 +72,7 @@ def pages(items: Iterable[Item], budget: int = PAGE_BYTES) -> list[list[Item]]:
     cur: list[Item] = []
     used = 0
     for item in items:
-        n = item_size(item)
+        n = item_size(item, memo)
         if cur and used + n > budget:
             out.append(cur)
             cur, used = [], 0

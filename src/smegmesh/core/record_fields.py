@@ -78,7 +78,6 @@ ALIAS_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 SERVICE_KEY_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _HOST_LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _PORT_RE = re.compile(r"[1-9][0-9]{0,4}")
-_CHECKED = "_smegmesh_checked"  # memo on the frozen object: mesh id it passed checks for
 
 
 class Role(enum.StrEnum):

@@ -19,8 +19,8 @@ from smegmesh.core.addressing import overlay_address
 from smegmesh.core.cert import Cert
 from smegmesh.core.certwire import auth_to_obj
 from smegmesh.core.identity import NodeIdentity, verify_signature, x25519_matches_ed25519
+from smegmesh.core.memo import ItemMemo
 from smegmesh.core.record_fields import (
-    _CHECKED,
     ALIAS_RE,
     EXT_DEVICES,
     EXT_NAT,
@@ -297,12 +297,31 @@ class Prune(Signed):
         ]
 
 
-def check_record_fields(rec: NodeRecord, mesh_id: str, *, check_signature_len: bool = True) -> None:
-    """Every check of :func:`validate_record` except the signature itself."""
+def check_record_fields(
+    rec: NodeRecord,
+    mesh_id: str,
+    *,
+    check_signature_len: bool = True,
+    memo: ItemMemo | None = None,
+) -> None:
+    """Every check of :func:`validate_record` except the signature itself.
+
+    With ``memo``, an object that already passed for ``mesh_id`` is not checked
+    again, and one that passes is noted there.
+    """
     if type(rec) is not NodeRecord:
         raise _fail("record", "not a NodeRecord")
-    if check_signature_len and rec.__dict__.get(_CHECKED) == mesh_id:
+    if check_signature_len and memo is not None and memo.checked_for(rec) == mesh_id:
         return  # this (immutable) object already passed for this mesh
+    _check_content(rec, mesh_id)
+    if check_signature_len:
+        _check_bytes("signature", rec.signature, 64)
+        if memo is not None:
+            memo.note_checked(rec, mesh_id)
+
+
+def _check_content(rec: NodeRecord, mesh_id: str) -> None:
+    """The field checks of a record, but for its signature's length."""
     _check_mesh_id(rec.mesh_id, mesh_id)
     _check_bytes("wg_key", rec.wg_key, 32)
     _check_bytes("sign_key", rec.sign_key, 32)
@@ -337,9 +356,6 @@ def check_record_fields(rec: NodeRecord, mesh_id: str, *, check_signature_len: b
         raise _fail("wg_key", "is not the X25519 form of sign_key")
     if len(rec.signed_payload()) > MAX_RECORD_BYTES:
         raise _fail("record", f"larger than {MAX_RECORD_BYTES} bytes")
-    if check_signature_len:
-        _check_bytes("signature", rec.signature, 64)
-        rec.__dict__[_CHECKED] = mesh_id
 
 
 def validate_record(rec: NodeRecord, mesh_id: str) -> None:
@@ -349,8 +365,17 @@ def validate_record(rec: NodeRecord, mesh_id: str) -> None:
         raise _fail("signature", "invalid signature")
 
 
-def check_prune_fields(p: Prune, mesh_id: str, *, check_signature_len: bool = True) -> None:
-    """Every check of :func:`validate_prune` except the signature itself."""
+def check_prune_fields(
+    p: Prune,
+    mesh_id: str,
+    *,
+    check_signature_len: bool = True,
+    memo: ItemMemo | None = None,
+) -> None:
+    """Every check of :func:`validate_prune` except the signature itself.
+
+    ``memo``: as for :func:`check_record_fields` (for the target's record).
+    """
     if type(p) is not Prune:
         raise _fail("prune", "not a Prune")
     _check_mesh_id(p.mesh_id, mesh_id)
@@ -362,7 +387,9 @@ def check_prune_fields(p: Prune, mesh_id: str, *, check_signature_len: bool = Tr
     if not x25519_matches_ed25519(p.by_wg_key, p.by_sign_key):
         raise _fail("by_wg_key", "is not the X25519 form of by_sign_key")
     if p.target_record is not None:
-        check_record_fields(p.target_record, mesh_id, check_signature_len=check_signature_len)
+        check_record_fields(
+            p.target_record, mesh_id, check_signature_len=check_signature_len, memo=memo
+        )
         if (p.target_record.wg_key, p.target_record.version) != (p.target, p.target_version):
             raise _fail("target_record", "is not the target's record at target_version")
     _check_chain_shape("by_chain", p.by_chain, mesh_id)

@@ -16,7 +16,9 @@ Validation is lazy and done once: cheap field checks first, then an item that
 would not change the state is dropped *without* verifying its signature (it
 cannot affect anything), and only winners are verified. Items already held
 (identical signature) are never verified again, nor is an item *object* whose
-signature was already verified (noted on the frozen object itself). :meth:`MeshState.merge` takes
+signature was already verified (noted in the state's bounded
+:class:`~smegmesh.core.memo.ItemMemo`, never on the frozen object; the simulator
+shares one memo among all its states). :meth:`MeshState.merge` takes
 items from another ``MeshState``, which only ever holds validated items, and
 does not re-verify them.
 
@@ -55,6 +57,7 @@ from smegmesh.core.addressing import validate_mesh_id
 from smegmesh.core.authority import Authority
 from smegmesh.core.cert import Cert, Founding
 from smegmesh.core.identity import verify_many
+from smegmesh.core.memo import ItemMemo
 from smegmesh.core.record import NodeRecord, Prune, RecordError
 from smegmesh.core.state_gate import (
     _AUTH_TYPES,
@@ -65,8 +68,6 @@ from smegmesh.core.state_gate import (
     AdmissionGate,
     Verifier,
     _job,
-    _mark_sig_good,
-    _sig_known_good,
 )
 from smegmesh.core.state_store import (
     DEPTH,
@@ -112,8 +113,12 @@ class MeshState(AdmissionGate):
         admission: bool = False,
         max_members: int = DEFAULT_MAX_MEMBERS,
         max_bytes: int | None = None,
+        memo: ItemMemo | None = None,
     ) -> None:
         self.mesh_id = validate_mesh_id(mesh_id)
+        #: facts already established about item objects (bounded; see core.memo):
+        #: the caller's, to share among the states it builds, or this state's own
+        self.memo = memo if memo is not None else ItemMemo()
         self._verifier = verifier
         self._horizon: int | None = gc_horizon_ms
         #: records and prunes need admission proofs (see core.authority)
@@ -149,10 +154,10 @@ class MeshState(AdmissionGate):
         if not self._wins(item) or self._too_old(item, now_ms):
             return False
         self._gate(item)
-        if not _sig_known_good(item):
+        if not self.memo.sig_ok(item):
             if not self._verifier([_job(item)])[0]:
                 raise RecordError("signature", "invalid signature")
-            _mark_sig_good(item)
+            self.memo.note_sig_ok(item)
         self._put(item)
         return True
 
@@ -219,7 +224,8 @@ class MeshState(AdmissionGate):
                 if cur is None or _better(it, cur):
                     best[slot] = it
             cands = list(best.values())
-            unknown = [c for c in cands if not _sig_known_good(c)]
+            memo = self.memo
+            unknown = [c for c in cands if not memo.sig_ok(c)]
             verdict = dict(
                 zip(map(id, unknown), self._verifier([_job(c) for c in unknown]), strict=True)
             )
@@ -227,7 +233,7 @@ class MeshState(AdmissionGate):
             failed: set[tuple[bytes, bool]] = set()
             for c, ok in zip(cands, oks, strict=True):
                 if ok:
-                    _mark_sig_good(c)
+                    memo.note_sig_ok(c)
                     self._put(c)
                     changed.add(c.key)
                 else:

@@ -24,6 +24,7 @@ from smegmesh.core.cert import (
     Revocation,
     check_auth_fields,
 )
+from smegmesh.core.memo import ItemMemo
 from smegmesh.core.record import (
     NodeRecord,
     Prune,
@@ -71,6 +72,9 @@ class AdmissionGate(StateStore):
     max_members: int
     max_bytes: int
     _verifier: Verifier
+    #: facts about item objects (fields checked, signature verified, size): the
+    #: caller's :class:`~smegmesh.core.memo.ItemMemo`, shared by the states it builds
+    memo: ItemMemo
     _horizon: int | None
     _auth_count: int
     _good_certs: set[bytes]
@@ -110,10 +114,10 @@ class AdmissionGate(StateStore):
     def _check(self, item: Item) -> bytes:
         """Field checks (no signature); returns the item's key."""
         if type(item) is NodeRecord:
-            check_record_fields(item, self.mesh_id)
+            check_record_fields(item, self.mesh_id, memo=self.memo)
             return item.wg_key
         if type(item) is Prune:
-            check_prune_fields(item, self.mesh_id)
+            check_prune_fields(item, self.mesh_id, memo=self.memo)
             return item.target
         if isinstance(item, _AUTH_TYPES):
             try:
@@ -187,10 +191,10 @@ class AdmissionGate(StateStore):
         if item.by_wg_key == item.target:
             raise RecordError("by_wg_key", "a node does not prune itself (it leaves)")
         self._check_member(item.by_wg_key, item.by_chain, "by_chain")
-        if not _sig_known_good(tr):
+        if not self.memo.sig_ok(tr):
             if not self._verifier([_job(tr)])[0]:
                 raise RecordError("target_record", "invalid signature")
-            _mark_sig_good(tr)
+            self.memo.note_sig_ok(tr)
 
     def _check_member(self, key: bytes, chain: Sequence[Cert], field: str) -> None:
         reason = self._authority.check_chain(key, chain)
@@ -300,17 +304,3 @@ def _job(item: Item) -> tuple[bytes, bytes, bytes]:
     if isinstance(item, Prune):
         return (item.by_sign_key, item.signed_payload(), item.signature)
     return (item.signer, item.signed_payload(), item.signature)
-
-
-# Items are frozen; once an item object's signature has been verified we note it
-# in the object itself, so the same object offered to many states (simulations,
-# several meshes' views) is verified only once per process.
-_SIG_OK = "_smegmesh_sig_ok"
-
-
-def _sig_known_good(item: Item) -> bool:
-    return item.__dict__.get(_SIG_OK) is True
-
-
-def _mark_sig_good(item: Item) -> None:
-    item.__dict__[_SIG_OK] = True

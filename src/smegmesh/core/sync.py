@@ -365,7 +365,7 @@ class SyncSession:
             room -= cost
             n_leaves += 1
         n_wants = min(len(wants), MAX_STEP_WANTS, room // _WANT_BYTES)
-        paged, cut = page(items)
+        paged, cut = page(items, memo=self.state.memo)
         if cut or (n_nodes, n_leaves, n_wants) != (len(nodes), len(leaves), len(wants)):
             self.truncated = True
         return SyncStep(

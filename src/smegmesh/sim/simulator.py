@@ -136,7 +136,9 @@ class Simulator(Driver):
             rng=self._node_rng(index, incarnation),
             state=state
             if state is not None
-            else MeshState(self.mesh_id, max_members=SIM_MAX_MEMBERS),
+            else MeshState(
+                self.mesh_id, max_members=SIM_MAX_MEMBERS, memo=self.population.base.memo
+            ),
         )
 
     @classmethod

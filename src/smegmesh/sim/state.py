@@ -35,6 +35,7 @@ from typing import Any
 from smegmesh.core.authority import copy_authority
 from smegmesh.core.cert import AuthItem, Cert, Founding
 from smegmesh.core.identity import NodeIdentity, verify_many
+from smegmesh.core.memo import DEFAULT_MEMO_ITEMS, ItemMemo
 from smegmesh.core.record import NodeRecord, Prune, Role
 from smegmesh.core.state import DEPTH, MeshState
 
@@ -224,12 +225,14 @@ def clone_state(base: MeshState, *, share: bool = True) -> MeshState:
             verifier=base._verifier,
             gc_horizon_ms=base._horizon,
             admission=base.admission,
+            memo=base.memo,
         )
         st.merge(base)
         return st
     sh = SharedState.__new__(SharedState)
     sh.mesh_id = base.mesh_id
     sh._verifier = base._verifier
+    sh.memo = base.memo  # one memo of item facts for all of the simulation's states
     sh._horizon = base._horizon
     cow: Any = CowDict(_flat(base._entries))
     sh._entries = cow
@@ -397,6 +400,9 @@ def steady_state(
         verifier=verify_many if verify else (lambda jobs: [True] * len(jobs)),
         admission=founding is not None,
         max_members=SIM_MAX_MEMBERS,
+        # shared by every clone: one object delivered to all nodes is checked,
+        # verified and measured once (room for every record a few times over)
+        memo=ItemMemo(max(DEFAULT_MEMO_ITEMS, 4 * len(recs))),
     )
     items: list[Any] = [founding, *recs] if founding is not None else list(recs)
     changed, errors = base.apply_many(items, now_ms)
