@@ -276,7 +276,7 @@ def micro_costs(rounds: int = 2000) -> dict[str, float]:
     from smegmesh.core.sync import Push
     from smegmesh.core.wire import decode, encode
 
-    ident = NodeIdentity.generate()
+    ident = NodeIdentity.generate(os.urandom)
     blob = os.urandom(200)
     sig = ident.sign(blob)
     out: dict[str, float] = {}

@@ -227,7 +227,7 @@ raw(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + os.urandom(300), tls=True)
 idle = [socket.create_connection((host, port), timeout=3) for _ in range(20)]
 
 async def grpc_junk():
-    ident = NodeIdentity.generate()
+    ident = NodeIdentity.generate(os.urandom)
     der = await tr.fetch_certificate(host, port, 3)
     import hashlib
     fp = hashlib.sha256(der).digest()

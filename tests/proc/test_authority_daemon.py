@@ -171,7 +171,7 @@ def test_a_members_forged_items_are_dropped_and_logged_once() -> None:
             now_ms=now,
         )
         puppets = [
-            NodeRecord.create(NodeIdentity.generate(), mesh, version=now, now_ms=now)
+            NodeRecord.create(NodeIdentity.generate(os.urandom), mesh, version=now, now_ms=now)
             for _ in range(10)
         ]
 

@@ -594,7 +594,7 @@ def test_garbage_on_control_port_is_harmless(trio: Cluster) -> None:
 
         # authenticated stranger: random bodies, and well-formed messages for a
         # mesh it is not a member of
-        stranger = RpcClient(NodeIdentity.generate(), timeout=5)
+        stranger = RpcClient(NodeIdentity.generate(os.urandom), timeout=5)
         ep = f"[::1]:{port}"
         try:
             for n in (0, 1, 64, 4096):

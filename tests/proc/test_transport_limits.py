@@ -111,7 +111,7 @@ def _bad_md(ident: NodeIdentity, length: int) -> tuple[tuple[str, str], ...]:
 
 async def _flood(d: Smegd, n: int, size: int) -> list[grpc.StatusCode]:
     body = os.urandom(1024) * (size // 1024)
-    ident = NodeIdentity.generate()
+    ident = NodeIdentity.generate(os.urandom)
     async with _channel(d) as ch:
         call = ch.unary_unary(FULL_METHOD)
 
@@ -134,7 +134,7 @@ async def _lying_strangers(d: Smegd, n: int, rounds: int) -> list[grpc.StatusCod
         call = ch.unary_unary(FULL_METHOD)
 
         async def one() -> grpc.StatusCode:
-            ident = NodeIdentity.generate()
+            ident = NodeIdentity.generate(os.urandom)
             ts = int(time.time() * 1000)
             digest = hashlib.sha256(b"x").digest()
             sig = ident.sign(transport._signed_digest(fp, ts, digest))
@@ -194,7 +194,7 @@ async def _serve(handler, is_member=None):  # type: ignore[no-untyped-def]
 
 def test_stranger_may_send_only_a_small_message_and_limits_reject_at_once() -> None:
     """A non-member declaring a big body is refused unread; over a cap: RESOURCE_EXHAUSTED."""
-    member = NodeIdentity.generate()
+    member = NodeIdentity.generate(os.urandom)
     gate = asyncio.Event()
     handled: list[int] = []
 
@@ -205,7 +205,7 @@ def test_stranger_may_send_only_a_small_message_and_limits_reject_at_once() -> N
 
     async def main() -> None:
         server, tls, ep = await _serve(handler, is_member=lambda k: k == member.wg_public_key)
-        stranger = RpcClient(NodeIdentity.generate(), timeout=10)
+        stranger = RpcClient(NodeIdentity.generate(os.urandom), timeout=10)
         mclient = RpcClient(member, timeout=10)
         try:
             with pytest.raises(RpcError, match="PERMISSION_DENIED"):
@@ -255,7 +255,7 @@ def test_ten_thousand_rejected_calls_log_a_constant_number_of_lines(
 
     async def main() -> int:
         server, tls, ep = await _serve(handler)
-        ident = NodeIdentity.generate()
+        ident = NodeIdentity.generate(os.urandom)
         sem = asyncio.Semaphore(16)
         refused = 0
         creds = grpc.ssl_channel_credentials(root_certificates=tls.cert_pem)
@@ -354,7 +354,7 @@ async def _publish_big_records(owner: Smegd, mesh_id: str, token: str, n: int) -
     total = 0
     now = int(time.time() * 1000)
     for _ in range(n):
-        ident = NodeIdentity.generate()
+        ident = NodeIdentity.generate(os.urandom)
         client = RpcClient(ident, timeout=30)
         try:
             small = NodeRecord.create(ident, mesh_id, version=now, now_ms=now, role=Role.CLIENT)
@@ -471,7 +471,7 @@ def test_endpoint_that_is_no_smegmesh_node_is_backed_off() -> None:
         with cluster(2, extra={"heartbeatInterval": 600}) as c:
             a, b = c.daemons
             meshes = [create_mesh(a, [b]) for _ in range(3)]
-            ident, fp = NodeIdentity.generate(), os.urandom(32)
+            ident, fp = NodeIdentity.generate(os.urandom), os.urandom(32)
             for mesh_id in meshes:
                 token = a.api(
                     "POST", f"/v1/meshes/{mesh_id}/invites", json={"ttl_s": 600, "uses": 1}
@@ -523,8 +523,8 @@ def test_caller_that_never_sends_its_body_does_not_hold_a_slot(
 
     async def main() -> None:
         server, tls, ep = await _serve(handler, is_member=lambda k: False)
-        stranger = RpcClient(NodeIdentity.generate(), timeout=10)
-        ident = NodeIdentity.generate()
+        stranger = RpcClient(NodeIdentity.generate(os.urandom), timeout=10)
+        ident = NodeIdentity.generate(os.urandom)
         never = asyncio.Event()
 
         async def withheld() -> AsyncIterator[bytes]:
@@ -577,10 +577,10 @@ def test_caller_that_never_sends_its_body_does_not_hold_a_slot(
 
 
 def test_pages_are_bounded_and_keep_every_item_in_order() -> None:
-    ident = NodeIdentity.generate()
+    ident = NodeIdentity.generate(os.urandom)
     recs = []
     for i in range(6):
-        idn = NodeIdentity.generate() if i else ident
+        idn = NodeIdentity.generate(os.urandom) if i else ident
         r = NodeRecord.create(idn, "m1", version=1, now_ms=1, role=Role.CLIENT)
         recs.append(r.evolve(idn, 2, routes=_max_routes("m1")[: 15 * (i + 1)]))
     sizes = [item_size(r) for r in recs]
@@ -603,11 +603,13 @@ def test_a_sync_step_fits_in_one_message_however_far_apart_the_replicas() -> Non
     a, b = MeshState(mesh_id), MeshState(mesh_id)
     recs = []
     for _ in range(3000):
-        idn = NodeIdentity.generate()
+        idn = NodeIdentity.generate(os.urandom)
         recs.append(NodeRecord.create(idn, mesh_id, version=1, now_ms=1, role=Role.CLIENT))
     a.apply_many(recs, 2)
     b.apply_many(recs[::2], 2)  # b holds every other record: differences everywhere
-    b.apply_many([NodeRecord.create(NodeIdentity.generate(), mesh_id, version=1, now_ms=1)], 2)
+    b.apply_many(
+        [NodeRecord.create(NodeIdentity.generate(os.urandom), mesh_id, version=1, now_ms=1)], 2
+    )
     biggest = 0
     for _ in range(50):
         s = SyncSession.initiator(b, 3, rng=random.Random(0))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Any
 
@@ -299,7 +300,7 @@ class CountingState(MeshState):
 
 def test_member_events_against_a_real_state() -> None:
     now = int(time.time() * 1000)
-    me, other = NodeIdentity.generate(), NodeIdentity.generate()
+    me, other = NodeIdentity.generate(os.urandom), NodeIdentity.generate(os.urandom)
     state = MeshState(MESH)
     state.apply(_record(me, now, alias="me"), now)
     bus = EventBus()
@@ -346,12 +347,12 @@ def test_member_events_against_a_real_state() -> None:
 def test_member_events_read_only_the_changed_keys() -> None:
     now = int(time.time() * 1000)
     state = CountingState(MESH)
-    idents = [NodeIdentity.generate() for _ in range(200)]
+    idents = [NodeIdentity.generate(os.urandom) for _ in range(200)]
     for i in idents:
         state.apply(_record(i, now), now)
     det = MemberEvents(EventBus())
     det.track(MESH, state, "restored")
-    newcomer = NodeIdentity.generate()
+    newcomer = NodeIdentity.generate(os.urandom)
     state.apply(_record(newcomer, now), now)
     CountingState.reads = 0
     det.changed(MESH, state, {newcomer.wg_public_key})
@@ -368,7 +369,7 @@ def test_a_new_member_state_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None
         (("evicted", lambda st, rec: rec.description == "evicted"), *event_detectors.MEMBER_STATES),
     )
     now = int(time.time() * 1000)
-    ident = NodeIdentity.generate()
+    ident = NodeIdentity.generate(os.urandom)
     state = MeshState(MESH)
     rec = _record(ident, now)
     state.apply(rec, now)
@@ -384,7 +385,7 @@ def test_a_new_member_state_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_unseen_pruned_member_that_comes_back_is_returned() -> None:
     now = int(time.time() * 1000)
-    me, other = NodeIdentity.generate(), NodeIdentity.generate()
+    me, other = NodeIdentity.generate(os.urandom), NodeIdentity.generate(os.urandom)
     state = MeshState(MESH)
     rec = _record(other, now)
     bus = EventBus()
@@ -496,7 +497,7 @@ def test_describe_lines() -> None:
 
 def test_role_is_a_plain_string_in_views() -> None:
     now = int(time.time() * 1000)
-    ident = NodeIdentity.generate()
+    ident = NodeIdentity.generate(os.urandom)
     state = MeshState(MESH)
     state.apply(_record(ident, now, role=Role.CLIENT), now)
     assert member_view(state, ident.wg_public_key).role == "client"  # type: ignore[union-attr]

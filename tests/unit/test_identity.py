@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import random
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -37,7 +38,7 @@ def test_wg_key_is_montgomery_form_of_sign_key(seed: bytes) -> None:
 
 def test_dh_agrees() -> None:
     for _ in range(20):
-        a, b = NodeIdentity.generate(), NodeIdentity.generate()
+        a, b = NodeIdentity.generate(os.urandom), NodeIdentity.generate(os.urandom)
         ka = X25519PrivateKey.from_private_bytes(a.wg_private_key)
         kb = X25519PrivateKey.from_private_bytes(b.wg_private_key)
         s1 = ka.exchange(X25519PublicKey.from_public_bytes(b.wg_public_key))
@@ -53,7 +54,7 @@ def test_from_seed_deterministic_and_sign() -> None:
     assert len(sig) == 64
     assert verify_signature(a.sign_public_key, b"hello", sig)
     assert not verify_signature(a.sign_public_key, b"hellp", sig)
-    other = NodeIdentity.generate()
+    other = NodeIdentity.generate(os.urandom)
     assert not verify_signature(other.sign_public_key, b"hello", sig)
     bad = bytes([sig[0] ^ 1]) + sig[1:]
     assert not verify_signature(a.sign_public_key, b"hello", bad)
@@ -72,7 +73,7 @@ def test_seed_length() -> None:
 
 
 def test_mismatch_detected() -> None:
-    a, b = NodeIdentity.generate(), NodeIdentity.generate()
+    a, b = NodeIdentity.generate(os.urandom), NodeIdentity.generate(os.urandom)
     assert not x25519_matches_ed25519(b.wg_public_key, a.sign_public_key)
     assert not x25519_matches_ed25519(a.wg_public_key[:31], a.sign_public_key)
     assert not x25519_matches_ed25519(a.wg_public_key, b"\x00")
@@ -137,3 +138,19 @@ def test_key_from_text_strict(bad: object) -> None:
 def test_key_to_text_rejects() -> None:
     with pytest.raises(InvalidKey):
         key_to_text(b"\x00" * 31)
+
+
+def test_generate_takes_its_random_source() -> None:
+    """The core reads no entropy: ``generate`` draws its seed from the source it is given."""
+    asked: list[int] = []
+
+    def source(n: int) -> bytes:
+        asked.append(n)
+        return random.Random(7).randbytes(n)
+
+    a, b = NodeIdentity.generate(source), NodeIdentity.generate(source)
+    assert asked == [32, 32]
+    assert a == b and a.seed == random.Random(7).randbytes(32)
+    assert NodeIdentity.generate(os.urandom) != a
+    with pytest.raises(InvalidKey, match="32 bytes"):
+        NodeIdentity.generate(lambda n: b"\x00" * (n - 1))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import grpc
 import pytest
@@ -59,7 +60,7 @@ def test_authenticated_call_pinned_tls_and_refusals() -> None:
 
     async def main() -> None:
         server, tls, ep = await _serve(handler)
-        alice = NodeIdentity.generate()
+        alice = NodeIdentity.generate(os.urandom)
         client = RpcClient(alice, timeout=3)
         try:
             assert await client.call(ep, tls.fingerprint, b"hello") == b"olleh"

@@ -7,6 +7,7 @@ connections (``/proc/net/tcp6``), not only the pool's own bookkeeping.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def test_client_keeps_at_most_cap_channels_and_closes_idle_ones() -> None:
         servers: list[tuple[RpcServer, str, bytes]] = []
         now = [1000.0]
         client = RpcClient(
-            NodeIdentity.generate(),
+            NodeIdentity.generate(os.urandom),
             timeout=10,
             max_channels=cap,
             channel_idle_s=60,
@@ -100,7 +101,7 @@ def test_pool_evicts_busy_channels_only_when_all_are_busy() -> None:
 
     async def main() -> None:
         servers = []
-        client = RpcClient(NodeIdentity.generate(), timeout=20, max_channels=cap)
+        client = RpcClient(NodeIdentity.generate(os.urandom), timeout=20, max_channels=cap)
         try:
             for _ in range(n):
                 tls = TlsIdentity.generate()
@@ -138,7 +139,7 @@ def test_reconnect_reuses_the_pinned_certificate_and_the_pin_still_holds() -> No
     async def main() -> None:
         now = [1000.0]
         client = RpcClient(
-            NodeIdentity.generate(), timeout=10, channel_idle_s=60, clock=lambda: now[0]
+            NodeIdentity.generate(os.urandom), timeout=10, channel_idle_s=60, clock=lambda: now[0]
         )
         a_tls, b_tls = TlsIdentity.generate(), TlsIdentity.generate()
         a, b = RpcServer(a_tls, _handler), RpcServer(b_tls, _handler)

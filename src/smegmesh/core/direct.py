@@ -170,7 +170,7 @@ class DirectTable:
     the sessions to configure. ``rng`` gives the backoff jitter.
     """
 
-    rng: random.Random = field(default_factory=random.Random)
+    rng: random.Random  # the backoff jitter (the daemon's; a test's seeded one)
     stale_ms: int = STALE_MS
     attempt_ms: int = ATTEMPT_MS
     backoff_base_ms: int = BACKOFF_BASE_MS

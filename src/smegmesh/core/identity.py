@@ -17,8 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidSignature
@@ -65,8 +64,16 @@ class NodeIdentity:
     _sign_key: Ed25519PrivateKey = field(repr=False, compare=False)
 
     @classmethod
-    def generate(cls) -> NodeIdentity:
-        return cls.from_seed(os.urandom(32))
+    def generate(cls, rng: Callable[[int], bytes]) -> NodeIdentity:
+        """A new identity from 32 bytes of ``rng`` (``rng(n)`` gives ``n`` random bytes).
+
+        The core reads no entropy itself: the daemon passes ``secrets.token_bytes``,
+        tests and simulations a seeded source (``random.Random(seed).randbytes``).
+        """
+        seed = rng(32)
+        if not isinstance(seed, bytes) or len(seed) != 32:
+            raise InvalidKey("the random source must give 32 bytes")
+        return cls.from_seed(seed)
 
     @classmethod
     def from_seed(cls, seed: bytes) -> NodeIdentity:

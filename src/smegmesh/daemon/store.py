@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,7 @@ class StoreOps(DaemonBase):
             if len(seed) != 32:
                 raise SystemExit(f"smegd: {path} is corrupt (expected 32 bytes); move it away")
             return NodeIdentity.from_seed(seed)
-        ident = NodeIdentity.generate()
+        ident = NodeIdentity.generate(secrets.token_bytes)
         atomic_write(path, ident.seed, mode=0o600)
         log.info("created node identity %s", key_to_text(ident.wg_public_key))
         return ident
