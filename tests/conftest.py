@@ -12,10 +12,14 @@ from typing import Any
 
 import pytest
 
+import hypo
 from envcheck import missing
 from smegmesh.testbed.netns import Testbed, environment_problem
 
 _netns_problem: list[str | None] = []
+
+#: Hypothesis: ``ci`` (today's counts) when ``CI=true``, else the fast ``dev`` profile.
+HYPOTHESIS_PROFILE = hypo.load()
 
 
 def _problem() -> str | None:

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hypo import examples
 from smegmesh.core.addressing import (
     WORDS,
     InvalidMeshId,
@@ -102,7 +103,7 @@ def test_valid_mesh_ids(good: str) -> None:
     assert validate_mesh_id(good) == good
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(st.binary(min_size=32, max_size=32), st.sampled_from(["a", "amber-falcon-river-k7q2"]))
 def test_address_structure(key: bytes, mesh_id: str) -> None:
     addr = overlay_address(mesh_id, key)

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dns_nodes import ANON, DB, FOX, OWL, WEB1, WEB2, key, node
+from hypo import examples
 from smegmesh.core import addressing
 from smegmesh.core.addressing import overlay_address
 from smegmesh.dns.names import (
@@ -243,7 +244,7 @@ label = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, ma
 mesh_id = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     st.lists(
         st.tuples(mesh_id, st.one_of(st.just(""), label), st.binary(min_size=32, max_size=32)),
@@ -261,7 +262,7 @@ def test_every_node_resolves_and_ptr_round_trips(entries: list[tuple[str, str, b
             assert str(n.address) in aaaa(v, r.data)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.text(max_size=300), st.integers(min_value=0, max_value=65535))
 def test_resolve_never_raises(qname: str, qtype: int) -> None:
     v = NameView([WEB1, DB, ANON])

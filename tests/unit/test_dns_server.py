@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from dns_nodes import ANON, DB, FOX, WEB1, WEB2, node
 from envcheck import IN_CI, missing
+from hypo import examples
 from smegmesh.dns import (
     DnsServer,
     NameView,
@@ -418,7 +419,9 @@ def test_tcp_idle_timeout() -> None:
 
 
 @settings(
-    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(200),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(st.lists(st.binary(max_size=600), min_size=1, max_size=5))
 def test_random_bytes_never_crash(srv: ServerThread, blobs: list[bytes]) -> None:
@@ -429,7 +432,9 @@ def test_random_bytes_never_crash(srv: ServerThread, blobs: list[bytes]) -> None
 
 
 @settings(
-    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(200),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(st.data())
 def test_mutated_queries_never_crash(srv: ServerThread, data: st.DataObject) -> None:

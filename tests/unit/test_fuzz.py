@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hypo import examples
 from smegmesh.core.wire import WireError, decode
 from smegmesh.testbed.fuzztargets import check, mutate, targets
 
@@ -69,7 +70,7 @@ msgpack_values = st.recursive(
 )
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(400), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(code=st.sampled_from(_codes()), body=msgpack_values)
 def test_structured_bodies_only_raise_wire_error(code: int, body: Any) -> None:
     data = msgpack.packb([1, code, body], use_bin_type=True)

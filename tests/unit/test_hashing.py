@@ -8,6 +8,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hypo import examples
 from smegmesh.core.hashing import choose, ranked
 
 
@@ -61,7 +62,7 @@ def test_minimal_movement_on_addition() -> None:
     assert abs(moved - expected) <= 0.15 * expected
 
 
-@settings(max_examples=100)
+@settings(max_examples=examples(100))
 @given(st.binary(max_size=40), st.lists(st.binary(min_size=1, max_size=8), min_size=1))
 def test_order_independent(key: bytes, cands: list[bytes]) -> None:
     shuffled = list(cands)

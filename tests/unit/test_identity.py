@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hypo import examples
 from smegmesh.core.identity import (
     InvalidKey,
     NodeIdentity,
@@ -24,7 +25,7 @@ from smegmesh.core.identity import (
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(st.binary(min_size=32, max_size=32))
 def test_wg_key_is_montgomery_form_of_sign_key(seed: bytes) -> None:
     ident = NodeIdentity.from_seed(seed)

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hypo import examples
 from smegmesh.core.addressing import overlay_address
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.record import (
@@ -229,13 +230,13 @@ def _tampered_must_fail(data: bytes, pos: int, xor: int, is_record: bool) -> Non
             validate_prune(item, MESH)
 
 
-@settings(max_examples=400)
+@settings(max_examples=examples(400))
 @given(st.integers(min_value=0), st.integers(min_value=1, max_value=255))
 def test_any_byte_flip_of_record_rejected(pos: int, xor: int) -> None:
     _tampered_must_fail(REC_BYTES, pos, xor, True)
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(st.integers(min_value=0), st.integers(min_value=1, max_value=255))
 def test_any_byte_flip_of_prune_rejected(pos: int, xor: int) -> None:
     _tampered_must_fail(PRUNE_BYTES, pos, xor, False)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hypo import examples
 from smegmesh.core.addressing import mesh_prefix, overlay_address
 from smegmesh.core.desired import GatewayRoute, desired_config
 from smegmesh.core.record import MAX_ROUTES, NodeRecord, Role, RouteAdv
@@ -651,7 +652,7 @@ def _run(topo: tuple[list[Node], list[str]], exact: bool) -> None:
         check_forwarding(net)
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=examples(80), deadline=None)
 @given(topologies(clients=False))
 def test_random_peer_topologies_converge_to_shortest_paths(
     topo: tuple[list[Node], list[str]],
@@ -659,7 +660,7 @@ def test_random_peer_topologies_converge_to_shortest_paths(
     _run(topo, exact=True)
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=examples(80), deadline=None)
 @given(topologies(clients=True))
 def test_random_topologies_with_clients_forward_without_loops(
     topo: tuple[list[Node], list[str]],

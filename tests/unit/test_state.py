@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hypo import examples
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.record import NodeRecord, Prune, RecordError
 from smegmesh.core.state import MeshState
@@ -59,7 +60,7 @@ def merged(*states: MeshState) -> MeshState:
     return out
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(items_st, items_st)
 def test_merge_commutative(a: list[NodeRecord | Prune], b: list[NodeRecord | Prune]) -> None:
     sa, sb = build(a), build(b)
@@ -67,7 +68,7 @@ def test_merge_commutative(a: list[NodeRecord | Prune], b: list[NodeRecord | Pru
     assert ab == ba and ab.digest() == ba.digest()
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(items_st, items_st, items_st)
 def test_merge_associative(
     a: list[NodeRecord | Prune], b: list[NodeRecord | Prune], c: list[NodeRecord | Prune]
@@ -81,7 +82,7 @@ def test_merge_associative(
     assert left == right and left.digest() == right.digest()
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(items_st)
 def test_merge_idempotent_and_order_free(a: list[NodeRecord | Prune]) -> None:
     sa = build(a)
@@ -96,7 +97,7 @@ def test_merge_idempotent_and_order_free(a: list[NodeRecord | Prune]) -> None:
     assert build(shuffled) == sa
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(items_st, items_st)
 def test_digest_equal_iff_states_equal(
     a: list[NodeRecord | Prune], b: list[NodeRecord | Prune]
@@ -109,7 +110,7 @@ def test_digest_equal_iff_states_equal(
     assert (sa == sb) == same
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(items_st)
 def test_incremental_tree_matches_rebuild(a: list[NodeRecord | Prune]) -> None:
     s = build(a)

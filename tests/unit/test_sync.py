@@ -7,6 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hypo import examples
 from smegmesh.core import wire
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.record import NodeRecord, Prune
@@ -68,7 +69,7 @@ class Exchange:
             self.pending = nxt
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=examples(8), deadline=None)
 @given(st.integers(min_value=0, max_value=2**32))
 def test_random_interleavings_converge(seed: int) -> None:
     rng = random.Random(seed)
@@ -106,7 +107,7 @@ def test_random_interleavings_converge(seed: int) -> None:
         assert s.digest() == union.digest()
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=examples(20), deadline=None)
 @given(
     st.lists(st.sampled_from(POOL), max_size=30),
     st.lists(st.sampled_from(POOL), max_size=30),

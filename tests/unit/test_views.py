@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import itertools
 import random
@@ -33,6 +34,7 @@ from smegmesh.daemon.views import (
     graph_dot,
     graph_render,
     mesh_detail,
+    query,
     render_graph,
     run_query,
     validate_alias,
@@ -318,7 +320,11 @@ DOUBLE = "[@,@]|" * 200  # a value of 2^200 paths in 200 cheap, shared steps
         ("join('', [" + ",".join(["to_string(@)"] * 60) + "])" + "|[@,@]|join('', @)" * 30, "ref"),
     ],
 )
-def test_run_query_hostile_is_400_and_bounded(expr: str, pattern: str) -> None:
+def test_run_query_hostile_is_400_and_bounded(
+    expr: str, pattern: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the time bound works the same at 1 s as at the daemon's 3 s, in a third of the time
+    monkeypatch.setattr(query, "MAX_QUERY_SECONDS", 1.0)
     doc = {"nodes": [{"a": i, "s": "x" * 100} for i in range(50)]}
     t0 = time.monotonic()
     with pytest.raises(ServiceError) as ei:
@@ -328,7 +334,7 @@ def test_run_query_hostile_is_400_and_bounded(expr: str, pattern: str) -> None:
     assert err.code == "invalid_argument" and err.status == 400
     assert "\n" not in err.message and len(err.message) < 300, err.message
     assert re.search(pattern, err.message), err.message
-    assert elapsed < views.MAX_QUERY_SECONDS + 5, elapsed
+    assert elapsed < query.MAX_QUERY_SECONDS + 5, elapsed
 
 
 def test_run_query_odd_but_legal() -> None:
@@ -361,6 +367,8 @@ def _detail_of_fat_records(routes: int) -> tuple[MeshDetail, list[RouteUse], flo
         RouteUse(a.prefix, MESH_A, key(i), 8) for i in range(0, 20, 2) for a in records[i].routes
     ]
     best = float("inf")
+    gc.collect()
+    gc.disable()  # a collection inside one timing is noise, not the work measured
     for _ in range(3):
         t0 = time.process_time()
         detail = mesh_detail(
@@ -375,6 +383,7 @@ def _detail_of_fat_records(routes: int) -> tuple[MeshDetail, list[RouteUse], flo
             now_ms=NOW_MS,
         )
         best = min(best, time.process_time() - t0)
+    gc.enable()
     return detail, uses, best
 
 

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hypo import examples
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.record import NodeRecord, Prune, RouteAdv
 from smegmesh.core.sync import Push, SyncEnd, SyncStart, SyncStep
@@ -130,13 +131,13 @@ def _never_escapes(data: bytes) -> None:
         decode(data, max_size=1 << 16)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(st.binary(max_size=300))
 def test_random_bytes(data: bytes) -> None:
     _never_escapes(data)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(st.sampled_from(ENCODED), st.integers(min_value=0), st.integers(1, 255))
 def test_mutated_messages(data: bytes, pos: int, xor: int) -> None:
     b = bytearray(data)
@@ -159,13 +160,13 @@ msgpack_values = st.recursive(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(st.sampled_from([0, 1, 2, 10, 11, 12, 13, 999]), msgpack_values)
 def test_random_structures(code: int, body: object) -> None:
     _never_escapes(msgpack.packb([WIRE_VERSION, code, body]))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.sampled_from(MESSAGES), st.data())
 def test_structurally_mutated_bodies(msg: object, data: st.DataObject) -> None:
     """Replace one nested value of a valid body with a random value."""
