@@ -258,8 +258,9 @@ def test_old_handshake_does_not_bring_a_session_up_and_an_aged_one_goes_stale() 
 
 # --------------------------------------------------------------------------- daemon helpers
 def test_observed_endpoint_only_after_a_handshake() -> None:
+    from smegmesh.core.direct_plan import local_endpoints
     from smegmesh.core.wgconfig import InterfaceStatus, PeerStatus
-    from smegmesh.daemon.direct import local_endpoints, observed_endpoint
+    from smegmesh.daemon.direct import observed_endpoint
 
     def st(hs: float | None, ep: str | None) -> InterfaceStatus:
         p = PeerStatus(K, ep, frozenset(), 25, hs, 0, 0)
@@ -396,7 +397,7 @@ def test_prober_round_trip_on_loopback() -> None:
 
 # --------------------------------------------------------------------------- same NAT, same port
 def test_relocated_port_is_per_node_and_avoids_taken_ports() -> None:
-    from smegmesh.daemon.direct import RELOCATE_HI, RELOCATE_LO, relocated_port
+    from smegmesh.core.direct_plan import RELOCATE_HI, RELOCATE_LO, relocated_port
 
     ports = {relocated_port(MESH, IDS[i].wg_public_key, set()) for i in range(20)}
     assert len(ports) == 20 and all(RELOCATE_LO <= x <= RELOCATE_HI for x in ports)

@@ -28,13 +28,16 @@ with the higher key moves). See docs/NAT.md.
 The peer side answers ``WhereAmI`` from its WireGuard status
 (:func:`observed_endpoint`): the caller is authenticated by the transport, so a
 member learns only its own endpoint.
+
+The decisions (targets, port moves, when to discover and probe) are pure, in
+:mod:`smegmesh.core.direct_plan` and :mod:`smegmesh.core.direct`; this module
+does their I/O and reads the clock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import random
 import time
@@ -42,30 +45,30 @@ from collections.abc import Mapping
 from typing import Any
 
 from smegmesh.core.desired import assigned_peer
-from smegmesh.core.direct import DirectPeer, DirectTable, choose_direct, endpoint_for
-from smegmesh.core.endpoint import join_host_port, split_host_port
+from smegmesh.core.direct import DirectPeer, DirectTable
+from smegmesh.core.direct_plan import (
+    DirectSchedule,
+    direct_targets,
+    local_endpoints,
+    nat_moved_port,
+    port_clash,
+    relocated_port,
+)
 from smegmesh.core.identity import key_to_text
 from smegmesh.core.messages import Observed, WhereAmI
-from smegmesh.core.record import MAX_LOCAL_ENDPOINTS, Role, check_endpoint
+from smegmesh.core.record import Role, check_endpoint
 from smegmesh.core.wire import WireError, decode, encode
 from smegmesh.daemon.probe import Prober
 
 log = logging.getLogger(__name__)
 
 TICK_S = 0.5
-#: Discovery period once the endpoint is known, and while it is not yet (the
-#: assigned peer has no handshake with us right after the join).
-DISCOVER_S = 20.0
-DISCOVER_RETRY_S = 2.0
 STATUS_CACHE_S = 2.0
-#: Round trip to the chosen clients not direct and to the assigned peer: this often.
-SLOW_PROBE_S = 5.0
-#: After moving to another port, the endpoint seen from outside is taken as it
-#: is at the latest this long after the move (the relay learns the new port from
-#: our next packet to it).
-RELOCATE_SETTLE_S = 15.0
-#: Ports a relocated client picks from (IANA dynamic range).
-RELOCATE_LO, RELOCATE_HI = 49152, 65535
+
+
+def _now_ms() -> int:
+    """The monotonic clock the schedules run on (ms)."""
+    return int(time.monotonic() * 1000)
 
 
 def observed_endpoint(status: Any, key: bytes) -> str | None:
@@ -78,47 +81,6 @@ def observed_endpoint(status: Any, key: bytes) -> str | None:
     try:
         return check_endpoint(p.endpoint)
     except ValueError:
-        return None
-
-
-def local_endpoints(port: int, addresses: list[str]) -> tuple[str, ...]:
-    """``host:port`` for the first few usable local addresses (bounded)."""
-    out: list[str] = []
-    for a in addresses:
-        if len(out) >= MAX_LOCAL_ENDPOINTS:
-            break
-        with contextlib.suppress(ValueError):
-            out.append(check_endpoint(join_host_port(a, port)))
-    return tuple(out)
-
-
-def relocated_port(mesh_id: str, key: bytes, taken: set[int], salt: int = 0) -> int:
-    """A port derived from the mesh and this node's key (distinct w.h.p.), not in ``taken``."""
-    span = RELOCATE_HI - RELOCATE_LO + 1
-    digest = hashlib.blake2b(
-        mesh_id.encode() + key + salt.to_bytes(4, "big"), digest_size=8, person=b"smeg-port"
-    ).digest()
-    h = int.from_bytes(digest, "big")
-    for i in range(span):
-        port = RELOCATE_LO + (h + i) % span
-        if port not in taken:
-            return port
-    raise ValueError("no port free")
-
-
-def _host_of(endpoint: str | None) -> str | None:
-    if not endpoint:
-        return None
-    try:
-        return split_host_port(endpoint)[0]
-    except (ValueError, TypeError):
-        return None
-
-
-def _port(endpoint: str) -> int | None:
-    try:
-        return int(split_host_port(endpoint)[1])
-    except (ValueError, TypeError):
         return None
 
 
@@ -146,16 +108,14 @@ class DirectManager:
         self.rng = rng or random.Random()
         self.tables: dict[str, DirectTable] = {}
         self.plans: dict[str, dict[bytes, DirectPeer]] = {}
-        self._discovered: dict[str, float] = {}
+        #: per mesh: when discovery and slow probes are due, the port move
+        self.schedules: dict[str, DirectSchedule] = {}
         self._targets: dict[str, tuple[int, dict[bytes, str]]] = {}
         #: WireGuard status read to answer WhereAmI, per mesh: (monotonic time, status)
         self._status_cache: dict[str, tuple[float, Any]] = {}
         self.prober = Prober()
         #: per mesh: key -> overlay address of the nodes probed
         self.probed: dict[str, dict[bytes, str]] = {}
-        self._slow_probe: dict[str, float] = {}
-        #: meshes whose port was moved (once), and when
-        self.relocated: dict[str, float] = {}
         cfg = getattr(node, "config", None)
         self.attempt_ms = int(getattr(cfg, "direct_attempt", 15.0) * 1000)
         self.backoff_base_ms = int(getattr(cfg, "direct_backoff", 5.0) * 1000)
@@ -199,17 +159,13 @@ class DirectManager:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
-            maps: tuple[dict[str, Any], ...] = (
-                self.tables,
-                self.plans,
-                self._discovered,
-                self._targets,
-                self.probed,
-                self._slow_probe,
-            )
+            maps: tuple[dict[str, Any], ...] = (self.tables, self.plans, self._targets, self.probed)
             for d in maps:
                 for mesh_id in [m for m in d if m not in self.node.meshes]:
                     del d[mesh_id]  # meshes left
+            for mesh_id, sch in list(self.schedules.items()):
+                if mesh_id not in self.node.meshes:  # a port moves once, even after a rejoin
+                    self.schedules[mesh_id] = DirectSchedule(moved_ms=sch.moved_ms)
             self.prober.keep([a for p in self.probed.values() for a in p.values()])
             for rt in list(self.node.meshes.values()):
                 try:
@@ -226,9 +182,7 @@ class DirectManager:
                 rt.dirty_wg = True
                 self.node._reconcile_wake.set()
             return
-        period = DISCOVER_S if me.nat_endpoint else DISCOVER_RETRY_S
-        if time.monotonic() - self._discovered.get(rt.mesh_id, 0.0) >= period:
-            self._discovered[rt.mesh_id] = time.monotonic()
+        if self._schedule(rt.mesh_id).discovery_due(_now_ms(), bool(me.nat_endpoint)):
             await self._discover(rt, me)
             me = rt.node.record
         targets = self._choose(rt, me)
@@ -278,25 +232,18 @@ class DirectManager:
         cached = self._targets.get(rt.mesh_id)
         if cached is None or cached[0] != version:
             records = rt.node.live_records()
-            by_key = {r.wg_key: r for r in records}
-            chosen: dict[bytes, str] = {}
-            for k in choose_direct(me.wg_key, records, self.limit):
-                ep = endpoint_for(me, by_key[k])
-                if ep is not None:
-                    chosen[k] = ep
-            cached = self._targets[rt.mesh_id] = (version, chosen)
-            probed = {k: by_key[k].address for k in chosen}
-            via = assigned_peer(me, {r.wg_key: r for r in records if r.role == Role.PEER})
-            if via is not None:
-                probed[via] = by_key[via].address
-            self.probed[rt.mesh_id] = probed
+            targets = direct_targets(me, records, self.limit)
+            cached = self._targets[rt.mesh_id] = (version, targets.chosen)
+            self.probed[rt.mesh_id] = targets.probed
             self._shared_port(rt, me, records)
         return cached[1]
 
+    def _schedule(self, mesh_id: str) -> DirectSchedule:
+        return self.schedules.setdefault(mesh_id, DirectSchedule())
+
     def _probe_slow(self, mesh_id: str) -> None:
-        if time.monotonic() - self._slow_probe.get(mesh_id, 0.0) < SLOW_PROBE_S:
+        if not self._schedule(mesh_id).slow_probe_due(_now_ms()):
             return
-        self._slow_probe[mesh_id] = time.monotonic()
         plan = self.plans.get(mesh_id, {})
         for k, addr in self.probed.get(mesh_id, {}).items():
             if k not in plan or not plan[k].routed:
@@ -304,39 +251,27 @@ class DirectManager:
 
     def _relocate(self, rt: Any, seen: str) -> bool:
         """Move to a port of our own when the NAT did not keep ours (see module doc)."""
-        if _port(seen) in (None, rt.listen_port):
+        if not nat_moved_port(seen, rt.listen_port):
             return False
         return self._move(rt, f"the NAT maps WireGuard port {rt.listen_port} to {seen}")
 
     def _shared_port(self, rt: Any, me: Any, records: Any) -> bool:
-        """Another client behind our NAT (same public address) listens on our port: of the
-        two, the one with the higher key moves (both decide the same)."""
-        host = _host_of(me.nat_endpoint)
-        if host is None:
+        """Another client behind our NAT listens on our port, and we are the one to move."""
+        r = port_clash(me, records, rt.listen_port)
+        if r is None:
             return False
-        for r in records:
-            if (
-                r.wg_key != me.wg_key
-                and r.role == Role.CLIENT
-                and not r.left
-                and _host_of(r.nat_endpoint) == host
-                and r.local_endpoints
-                and _port(r.local_endpoints[0]) == rt.listen_port
-                and me.wg_key > r.wg_key
-            ):
-                return self._move(
-                    rt, f"client {key_to_text(r.wg_key)[:12]} behind the same NAT has this port"
-                )
-        return False
+        return self._move(
+            rt, f"client {key_to_text(r.wg_key)[:12]} behind the same NAT has this port"
+        )
 
     def _move(self, rt: Any, why: str) -> bool:
-        if rt.mesh_id in self.relocated or rt.opts.get("wgport") is not None:
+        sch = self._schedule(rt.mesh_id)
+        if not sch.may_move(rt.opts.get("wgport") is not None):
             return False  # once; a port chosen by the user is kept
         taken = {m.listen_port for m in self.node.meshes.values()}
         port = relocated_port(rt.mesh_id, self.node.identity.wg_public_key, taken)
         log.info("mesh %s: %s: moving WireGuard to port %d", rt.mesh_id, why, port)
-        self.relocated[rt.mesh_id] = time.monotonic()
-        self._discovered[rt.mesh_id] = 0.0  # discover the new mapping at once
+        sch.moved(_now_ms())  # and discover the new mapping at once
         rt.listen_port = port
         rt.dirty_wg = True
         rt.dirty_disk = True
@@ -362,15 +297,9 @@ class DirectManager:
             return
         if self._relocate(rt, reply.endpoint):
             return
-        moved = self.relocated.get(rt.mesh_id)
-        if (
-            moved is not None
-            and _port(reply.endpoint) != rt.listen_port
-            and time.monotonic() - moved < RELOCATE_SETTLE_S
-        ):
+        sch = self._schedule(rt.mesh_id)
+        if sch.settling(_now_ms(), reply.endpoint, rt.listen_port, bool(me.nat_endpoint)):
             # the relay has not seen a packet from the new port yet: ask again soon
-            if me.nat_endpoint:
-                self._discovered[rt.mesh_id] = time.monotonic() - DISCOVER_S + DISCOVER_RETRY_S
             if rt.mesh_id in self.probed:  # a packet to the relay from the new port
                 via = assigned_peer(me, peers)
                 if via is not None and via in self.probed[rt.mesh_id]:

@@ -1,0 +1,216 @@
+"""A client's NAT-traversal decisions (issue 17, docs/NAT.md). Pure: time is an argument.
+
+What :mod:`smegmesh.daemon.direct` decides, without its I/O (WireGuard status
+reads, ``WhereAmI`` calls, echo probes, the clock):
+
+* **Targets** (:func:`direct_targets`): the clients to hold a direct session
+  with (:func:`~smegmesh.core.direct.choose_direct`) and where to send to each
+  (:func:`~smegmesh.core.direct.endpoint_for`), and the overlay addresses to
+  probe: those clients and the assigned peer (the round trip through the relay).
+* **Port moves**: a client whose relay sees its WireGuard packets come from
+  another port than it listens on (:func:`nat_moved_port`), or that shares its
+  port with another client behind the same public address
+  (:func:`port_clash`: of the two, the one with the higher key moves), moves
+  once to a port derived from its key (:func:`relocated_port`); a port the
+  user chose (``--wgport``) is kept.
+* **When** (:class:`DirectSchedule`, one per mesh): discovery every
+  ``DISCOVER_MS`` once the endpoint is known (``DISCOVER_RETRY_MS`` until
+  then, and right after a move), the slow probes every ``SLOW_PROBE_MS``, and
+  the settling time after a move (``RELOCATE_SETTLE_MS``) during which an old
+  port seen by the relay is not taken as the answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from smegmesh.core.desired import assigned_peer
+from smegmesh.core.direct import choose_direct, endpoint_for
+from smegmesh.core.endpoint import join_host_port, split_host_port
+from smegmesh.core.record import MAX_LOCAL_ENDPOINTS, NodeRecord, Role, check_endpoint
+
+__all__ = [
+    "DISCOVER_MS",
+    "DISCOVER_RETRY_MS",
+    "RELOCATE_HI",
+    "RELOCATE_LO",
+    "RELOCATE_SETTLE_MS",
+    "SLOW_PROBE_MS",
+    "DirectSchedule",
+    "DirectTargets",
+    "direct_targets",
+    "endpoint_host",
+    "endpoint_port",
+    "local_endpoints",
+    "nat_moved_port",
+    "port_clash",
+    "relocated_port",
+]
+
+#: Discovery period once the endpoint is known, and while it is not yet (the
+#: assigned peer has no handshake with us right after the join).
+DISCOVER_MS = 20_000
+DISCOVER_RETRY_MS = 2_000
+#: Round trip to the chosen clients not direct and to the assigned peer: this often.
+SLOW_PROBE_MS = 5_000
+#: After moving to another port, the endpoint seen from outside is taken as it
+#: is at the latest this long after the move (the relay learns the new port from
+#: our next packet to it).
+RELOCATE_SETTLE_MS = 15_000
+#: Ports a relocated client picks from (IANA dynamic range).
+RELOCATE_LO, RELOCATE_HI = 49152, 65535
+
+
+def endpoint_host(endpoint: str | None) -> str | None:
+    """The host part of ``host:port`` (None: absent or malformed)."""
+    if not endpoint:
+        return None
+    try:
+        return split_host_port(endpoint)[0]
+    except (ValueError, TypeError):
+        return None
+
+
+def endpoint_port(endpoint: str) -> int | None:
+    """The port of ``host:port`` (None: malformed)."""
+    try:
+        return int(split_host_port(endpoint)[1])
+    except (ValueError, TypeError):
+        return None
+
+
+def local_endpoints(port: int, addresses: Iterable[str]) -> tuple[str, ...]:
+    """``host:port`` for the first few usable local addresses (bounded)."""
+    out: list[str] = []
+    for a in addresses:
+        if len(out) >= MAX_LOCAL_ENDPOINTS:
+            break
+        with contextlib.suppress(ValueError):
+            out.append(check_endpoint(join_host_port(a, port)))
+    return tuple(out)
+
+
+def relocated_port(mesh_id: str, key: bytes, taken: set[int], salt: int = 0) -> int:
+    """A port derived from the mesh and this node's key (distinct w.h.p.), not in ``taken``."""
+    span = RELOCATE_HI - RELOCATE_LO + 1
+    digest = hashlib.blake2b(
+        mesh_id.encode() + key + salt.to_bytes(4, "big"), digest_size=8, person=b"smeg-port"
+    ).digest()
+    h = int.from_bytes(digest, "big")
+    for i in range(span):
+        port = RELOCATE_LO + (h + i) % span
+        if port not in taken:
+            return port
+    raise ValueError("no port free")
+
+
+def nat_moved_port(seen: str, listen_port: int) -> bool:
+    """The relay sees our packets from another port than ours: the NAT did not keep it."""
+    return endpoint_port(seen) not in (None, listen_port)
+
+
+def port_clash(
+    me: NodeRecord, records: Iterable[NodeRecord], listen_port: int
+) -> NodeRecord | None:
+    """A client behind our public address listening on our port, if we are the one to move.
+
+    Of the two, the one with the higher key moves (both decide the same).
+    """
+    host = endpoint_host(me.nat_endpoint)
+    if host is None:
+        return None
+    for r in records:
+        if (
+            r.wg_key != me.wg_key
+            and r.role == Role.CLIENT
+            and not r.left
+            and endpoint_host(r.nat_endpoint) == host
+            and r.local_endpoints
+            and endpoint_port(r.local_endpoints[0]) == listen_port
+            and me.wg_key > r.wg_key
+        ):
+            return r
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class DirectTargets:
+    """The chosen clients (key -> endpoint) and the overlay addresses to probe."""
+
+    chosen: dict[bytes, str]
+    probed: dict[bytes, str]
+
+
+def direct_targets(me: NodeRecord, records: Iterable[NodeRecord], limit: int) -> DirectTargets:
+    """The clients ``me`` holds direct sessions with, and whom it probes.
+
+    ``records``: the mesh's live records. Probed: the chosen clients and the
+    assigned peer (the round trip through the relay).
+    """
+    recs = list(records)
+    by_key = {r.wg_key: r for r in recs}
+    chosen: dict[bytes, str] = {}
+    for k in choose_direct(me.wg_key, recs, limit):
+        ep = endpoint_for(me, by_key[k])
+        if ep is not None:
+            chosen[k] = ep
+    probed = {k: by_key[k].address for k in chosen}
+    via = assigned_peer(me, {r.wg_key: r for r in recs if r.role == Role.PEER})
+    if via is not None:
+        probed[via] = by_key[via].address
+    return DirectTargets(chosen, probed)
+
+
+@dataclass(slots=True)
+class DirectSchedule:
+    """When one mesh's discovery and slow probes are due, and its port move (once).
+
+    Times are milliseconds of one monotonic clock, given by the caller.
+    """
+
+    discovered_ms: int | None = None  # last discovery started (None: never)
+    slow_probe_ms: int | None = None  # last slow probe round
+    moved_ms: int | None = None  # when the port was moved (at most once)
+
+    def discovery_due(self, now_ms: int, endpoint_known: bool) -> bool:
+        """Whether a discovery starts now (if so, it counts as started)."""
+        period = DISCOVER_MS if endpoint_known else DISCOVER_RETRY_MS
+        if self.discovered_ms is not None and now_ms - self.discovered_ms < period:
+            return False
+        self.discovered_ms = now_ms
+        return True
+
+    def slow_probe_due(self, now_ms: int) -> bool:
+        """Whether the slow probes go now (if so, they count as sent)."""
+        if self.slow_probe_ms is not None and now_ms - self.slow_probe_ms < SLOW_PROBE_MS:
+            return False
+        self.slow_probe_ms = now_ms
+        return True
+
+    def may_move(self, user_port: bool) -> bool:
+        """A port move is allowed once, and never off a port the user chose."""
+        return self.moved_ms is None and not user_port
+
+    def moved(self, now_ms: int) -> None:
+        """The port was moved: discover the new mapping at once."""
+        self.moved_ms = now_ms
+        self.discovered_ms = None
+
+    def settling(self, now_ms: int, seen: str, listen_port: int, endpoint_known: bool) -> bool:
+        """Just moved and the relay still sees another port: not the answer yet.
+
+        Then the next discovery is due after ``DISCOVER_RETRY_MS`` (not the
+        full period) when the endpoint was known.
+        """
+        if (
+            self.moved_ms is None
+            or endpoint_port(seen) == listen_port
+            or now_ms - self.moved_ms >= RELOCATE_SETTLE_MS
+        ):
+            return False
+        if endpoint_known:
+            self.discovered_ms = now_ms - DISCOVER_MS + DISCOVER_RETRY_MS
+        return True

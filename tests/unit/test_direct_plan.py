@@ -1,0 +1,119 @@
+"""A client's NAT-traversal decisions, pure (core/direct_plan.py; issue 13 moved them
+out of daemon/direct.py): targets and probes, port moves, discovery and probe timing."""
+
+from __future__ import annotations
+
+from smegmesh.core.desired import assigned_peer
+from smegmesh.core.direct import choose_direct
+from smegmesh.core.direct_plan import (
+    DISCOVER_MS,
+    DISCOVER_RETRY_MS,
+    RELOCATE_SETTLE_MS,
+    SLOW_PROBE_MS,
+    DirectSchedule,
+    direct_targets,
+    endpoint_host,
+    endpoint_port,
+    nat_moved_port,
+    port_clash,
+)
+from smegmesh.core.identity import NodeIdentity
+from smegmesh.core.record import NodeRecord, Role
+
+MESH = "amber-falcon-river-k7q2"
+NOW = 1_700_000_000_000
+IDS = [NodeIdentity.from_seed(bytes([i + 1]) * 32) for i in range(12)]
+
+
+def client(i: int, nat: str | None = None, local: tuple[str, ...] = ()) -> NodeRecord:
+    return NodeRecord.create(
+        IDS[i],
+        MESH,
+        version=1,
+        now_ms=NOW,
+        role=Role.CLIENT,
+        nat_endpoint=nat,
+        local_endpoints=local,
+    )
+
+
+def peer(i: int) -> NodeRecord:
+    return NodeRecord.create(
+        IDS[i], MESH, version=1, now_ms=NOW, role=Role.PEER, wg_endpoint=f"198.51.100.{i}:51820"
+    )
+
+
+def test_targets_are_the_mutual_choice_and_probes_add_the_relay() -> None:
+    peers = [peer(i) for i in (10, 11)]
+    clients = [client(i, f"203.0.113.{i}:40000") for i in range(6)]
+    me = clients[0]
+    t = direct_targets(me, [*peers, *clients], 2)
+    assert set(t.chosen) == choose_direct(me.wg_key, clients, 2) and len(t.chosen) <= 2
+    assert all(
+        t.chosen[k] == next(c.nat_endpoint for c in clients if c.wg_key == k) for k in t.chosen
+    )
+    via = assigned_peer(me, {p.wg_key: p for p in peers})
+    assert via is not None
+    by_key = {r.wg_key: r for r in [*peers, *clients]}
+    assert t.probed == {**{k: by_key[k].address for k in t.chosen}, via: by_key[via].address}
+    assert direct_targets(me, [*peers, *clients], 0).chosen == {}
+    # a chosen client without a usable endpoint is not a target
+    bare = client(1)
+    assert bare.wg_key not in direct_targets(me, [*peers, me, bare], 4).chosen
+
+
+def test_endpoint_parts_and_a_port_the_nat_did_not_keep() -> None:
+    assert endpoint_host("[2001:db8::1]:51820") == "2001:db8::1"
+    assert endpoint_host(None) is None and endpoint_host("garbage") is None
+    assert endpoint_port("203.0.113.5:1024") == 1024 and endpoint_port("x") is None
+    assert nat_moved_port("203.0.113.5:1024", 51820)
+    assert not nat_moved_port("203.0.113.5:51820", 51820)
+    assert not nat_moved_port("garbage", 51820)  # nothing to go on: stay
+
+
+def test_port_clash_moves_only_the_higher_key_behind_the_same_address() -> None:
+    lo, hi = sorted((0, 1), key=lambda i: IDS[i].wg_public_key)
+    recs = {i: client(i, "203.0.113.5:51820", (f"192.168.1.{10 + i}:51820",)) for i in (lo, hi)}
+    assert port_clash(recs[hi], [recs[hi], recs[lo]], 51820) == recs[lo]
+    assert port_clash(recs[lo], [recs[lo], recs[hi]], 51820) is None
+    assert port_clash(recs[hi], [recs[lo]], 40000) is None  # another port: no clash
+    elsewhere = client(2, "198.51.100.7:51820", ("192.168.1.12:51820",))
+    assert port_clash(recs[hi], [elsewhere], 51820) is None  # another NAT
+    assert port_clash(client(hi), [recs[lo]], 51820) is None  # own public address unknown
+
+
+def test_discovery_is_fast_until_the_endpoint_is_known_then_periodic() -> None:
+    s = DirectSchedule()
+    assert s.discovery_due(NOW, endpoint_known=False)  # never done: now
+    assert not s.discovery_due(NOW + DISCOVER_RETRY_MS - 1, endpoint_known=False)
+    assert s.discovery_due(NOW + DISCOVER_RETRY_MS, endpoint_known=False)
+    t = NOW + DISCOVER_RETRY_MS
+    assert not s.discovery_due(t + DISCOVER_RETRY_MS, endpoint_known=True)
+    assert not s.discovery_due(t + DISCOVER_MS - 1, endpoint_known=True)
+    assert s.discovery_due(t + DISCOVER_MS, endpoint_known=True)
+
+
+def test_slow_probes_every_period() -> None:
+    s = DirectSchedule()
+    assert s.slow_probe_due(NOW)
+    assert not s.slow_probe_due(NOW + SLOW_PROBE_MS - 1)
+    assert s.slow_probe_due(NOW + SLOW_PROBE_MS)
+
+
+def test_port_moves_once_never_off_a_user_port_then_settles() -> None:
+    s = DirectSchedule()
+    assert not s.may_move(user_port=True)
+    assert s.may_move(user_port=False)
+    assert s.discovery_due(NOW, endpoint_known=True)
+    s.moved(NOW + 100)
+    assert not s.may_move(user_port=False)  # once
+    assert s.discovery_due(NOW + 100, endpoint_known=True)  # the new mapping at once
+    # the relay still sees the old port: not the answer, ask again after the retry period
+    t = NOW + 200
+    assert s.settling(t, "203.0.113.5:51820", 50000, endpoint_known=True)
+    assert not s.discovery_due(t + DISCOVER_RETRY_MS - 1, endpoint_known=True)
+    assert s.discovery_due(t + DISCOVER_RETRY_MS, endpoint_known=True)
+    assert not s.settling(t, "203.0.113.5:50000", 50000, endpoint_known=True)  # seen: done
+    late = NOW + 100 + RELOCATE_SETTLE_MS
+    assert not s.settling(late, "203.0.113.5:51820", 50000, endpoint_known=True)
+    assert not DirectSchedule().settling(NOW, "203.0.113.5:1", 50000, endpoint_known=True)
