@@ -12,7 +12,9 @@ echo "== sizes (files <= 500 lines, functions <= 80)"; uv run --frozen python sc
 # Tests in parallel (pytest-xdist): SMEG_TEST_WORKERS processes (2: the
 # namespace tests on one, everything else on the other; more flake under load);
 # every tests/netns test runs on one of them, serially (the scheduler in
-# tests/conftest.py). SMEG_TEST_WORKERS=0: no xdist, one process.
+# tests/conftest.py). SMEG_TEST_WORKERS=0: no xdist, one process. Property tests
+# run the full counts of the hypothesis profile "ci" (tests/hypo.py; a bare
+# `pytest` uses the faster "dev" profile unless CI=true).
 echo "== pytest"
 uv run --frozen pytest -q -p no:cacheprovider --durations=25 \
-  -n "${SMEG_TEST_WORKERS:-2}" "$@"
+  --hypothesis-profile=ci -n "${SMEG_TEST_WORKERS:-2}" "$@"

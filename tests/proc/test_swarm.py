@@ -12,7 +12,6 @@ members are within a few of those at 20.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from smegmesh.testbed.measured import MeasuredSmegd
+from smegmesh.testbed.ports import free_port_run
 from smegmesh.testbed.swarm import MESH_ID, start_swarm, stop_swarm
 from smegmesh.testbed.wait import wait_until
 
@@ -27,23 +27,6 @@ pytestmark = pytest.mark.proc
 
 CAP = 8
 SIZES = (20, 40)
-
-
-def _free_port_pair() -> int:
-    """A base port with the next one free too (the swarm's two servers)."""
-    for _ in range(50):
-        with socket.socket() as a:
-            a.bind(("0.0.0.0", 0))
-            base = a.getsockname()[1]
-            if base >= 65535:
-                continue
-            try:
-                with socket.socket() as b:
-                    b.bind(("0.0.0.0", base + 1))
-            except OSError:
-                continue
-        return int(base)
-    raise RuntimeError("no free pair of ports")
 
 
 def _watch(daemons: dict[int, MeasuredSmegd], seconds: float) -> dict[int, list[tuple[int, int]]]:
@@ -63,7 +46,9 @@ def test_smegd_connections_bounded_by_the_cap_not_the_member_count(tmp_path: Pat
     try:
         for n in SIZES:
             swarms.append(
-                start_swarm(tmp_path / f"swarm{n}", n, 2, _free_port_pair(), channel_idle_s=4.0)
+                start_swarm(
+                    tmp_path / f"swarm{n}", n, 2, free_port_run(2, "0.0.0.0"), channel_idle_s=4.0
+                )
             )
             daemons[n] = MeasuredSmegd(tmp_path / f"d{n}", extra={"maxChannels": CAP}).start()
         for n, d in daemons.items():

@@ -8,6 +8,7 @@ import random
 import pytest
 
 from envcheck import missing
+from nat_nodes import IDS, MESH, NOW, client, peer
 from smegmesh.core.desired import desired_config
 from smegmesh.core.direct import (
     ATTEMPT_MS,
@@ -24,32 +25,9 @@ from smegmesh.core.direct import (
     endpoint_for,
     pair_score,
 )
-from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.messages import Observed, WhereAmI
 from smegmesh.core.record import NodeRecord, RecordError, Role, record_from_obj, validate_record
 from smegmesh.core.wire import WireError, decode, encode
-
-MESH = "amber-falcon-river-k7q2"
-NOW = 1_700_000_000_000
-IDS = [NodeIdentity.from_seed(bytes([i + 1]) * 32) for i in range(40)]
-
-
-def client(i: int, nat: str | None = None, local: tuple[str, ...] = ()) -> NodeRecord:
-    return NodeRecord.create(
-        IDS[i],
-        MESH,
-        version=1,
-        now_ms=NOW,
-        role=Role.CLIENT,
-        nat_endpoint=nat,
-        local_endpoints=local,
-    )
-
-
-def peer(i: int) -> NodeRecord:
-    return NodeRecord.create(
-        IDS[i], MESH, version=1, now_ms=NOW, role=Role.PEER, wg_endpoint=f"198.51.100.{i}:51820"
-    )
 
 
 # --------------------------------------------------------------------------- record field

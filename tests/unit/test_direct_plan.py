@@ -3,6 +3,7 @@ out of daemon/direct.py): targets and probes, port moves, discovery and probe ti
 
 from __future__ import annotations
 
+from nat_nodes import IDS, NOW, client, peer
 from smegmesh.core.desired import assigned_peer
 from smegmesh.core.direct import choose_direct
 from smegmesh.core.direct_plan import (
@@ -17,30 +18,6 @@ from smegmesh.core.direct_plan import (
     nat_moved_port,
     port_clash,
 )
-from smegmesh.core.identity import NodeIdentity
-from smegmesh.core.record import NodeRecord, Role
-
-MESH = "amber-falcon-river-k7q2"
-NOW = 1_700_000_000_000
-IDS = [NodeIdentity.from_seed(bytes([i + 1]) * 32) for i in range(12)]
-
-
-def client(i: int, nat: str | None = None, local: tuple[str, ...] = ()) -> NodeRecord:
-    return NodeRecord.create(
-        IDS[i],
-        MESH,
-        version=1,
-        now_ms=NOW,
-        role=Role.CLIENT,
-        nat_endpoint=nat,
-        local_endpoints=local,
-    )
-
-
-def peer(i: int) -> NodeRecord:
-    return NodeRecord.create(
-        IDS[i], MESH, version=1, now_ms=NOW, role=Role.PEER, wg_endpoint=f"198.51.100.{i}:51820"
-    )
 
 
 def test_targets_are_the_mutual_choice_and_probes_add_the_relay() -> None:

@@ -107,7 +107,7 @@ def run_scenario(name: str, cfg: ScenarioConfig) -> dict[str, Any]:
         res["authority"] = True
         res.update(depth_summary(pop.depths[: cfg.nodes] if pop.depths else []))
     subject = sim.rng.randrange(cfg.nodes)
-    _EVENTS[name](sim, cfg, subject, end, spreads, res)
+    _EVENTS[name](_Run(sim, cfg, subject, end, spreads, res))
     _add_traffic(res, sim, cfg, warm, tx0, rx0)
     res["false_prunes"] = len(fp.targets)
     res["false_prune_obs"] = len(fp.events)
@@ -166,29 +166,35 @@ def _add_traffic(
     res["virtual_s"] = round(secs, 3)
 
 
-# Each scenario's event and its measurement, after the warm-up:
-# (sim, cfg, subject, end, spreads, res) -> None, adding its results to ``res``.
+@dataclass
+class _Run:
+    """One scenario run after the warm-up: what its event and measurement use."""
+
+    sim: Simulator
+    cfg: ScenarioConfig
+    subject: int  # a random member (the event's subject, where it has one)
+    end: int  # virtual time the run stops at the latest
+    spreads: list[Spread]  # observed on every state change (see _attach)
+    res: dict[str, Any]  # the results, added to by the event
+
+    def follow(self, prefix: str, sp: Spread, among: list[int]) -> None:
+        """Run until ``sp`` reached every node of ``among`` (or the end); its summary."""
+        self.spreads.append(sp)
+        times = sp.times
+        _stop_when(self.sim, self.end, lambda: sum(1 for i in among if i in times) >= len(among))
+        self.res.update(_prefix(prefix, sp.summary(among)))
 
 
-def _run_steady(
-    sim: Simulator,
-    cfg: ScenarioConfig,
-    subject: int,
-    end: int,
-    spreads: list[Spread],
-    res: dict[str, Any],
-) -> None:
-    sim.run_until(end)
+# Each scenario's event and its measurement, after the warm-up, adding its
+# results to ``run.res``.
 
 
-def _run_change(
-    sim: Simulator,
-    cfg: ScenarioConfig,
-    subject: int,
-    end: int,
-    spreads: list[Spread],
-    res: dict[str, Any],
-) -> None:
+def _run_steady(run: _Run) -> None:
+    run.sim.run_until(run.end)
+
+
+def _run_change(run: _Run) -> None:
+    sim, subject = run.sim, run.subject
     sn = sim.nodes[subject]
     sim.command(subject, sn.node.update_self(sim.now, description="changed"))
     rec = sn.node.mesh.record(sn.key)
@@ -201,63 +207,34 @@ def _run_change(
 
     sp = Spread(sn.key, sim.now, has)
     sp.times[subject] = sim.now
-    spreads.append(sp)
-    among = [x.index for x in sim.live()]
-    _stop_when(sim, end, lambda: len(sp.times) >= len(among))
-    res.update(_prefix("change_", sp.summary(among)))
+    run.follow("change_", sp, [x.index for x in sim.live()])
 
 
-def _run_crash(
-    sim: Simulator,
-    cfg: ScenarioConfig,
-    subject: int,
-    end: int,
-    spreads: list[Spread],
-    res: dict[str, Any],
-) -> None:
-    sn = sim.nodes[subject]
-    sim.crash(subject)
+def _run_crash(run: _Run) -> None:
+    sim, liveness = run.sim, run.cfg.liveness
+    sn = sim.nodes[run.subject]
+    sim.crash(run.subject)
 
     def gone(st: MeshState, k: bytes = sn.key) -> bool:
         return st.live_record(k) is None
 
-    sp = Spread(sn.key, sim.now, gone)
-    spreads.append(sp)
-    among = [x.index for x in sim.live()]
-    _stop_when(sim, end, lambda: len(sp.times) >= len(among))
-    res.update(_prefix("prune_", sp.summary(among)))
-    res["detect_bound_ms"] = cfg.liveness.probe_interval_ms + cfg.liveness.suspicion_ms
+    run.follow("prune_", Spread(sn.key, sim.now, gone), [x.index for x in sim.live()])
+    run.res["detect_bound_ms"] = liveness.probe_interval_ms + liveness.suspicion_ms
 
 
-def _run_join(
-    sim: Simulator,
-    cfg: ScenarioConfig,
-    subject: int,
-    end: int,
-    spreads: list[Spread],
-    res: dict[str, Any],
-) -> None:
-    j = sim.join(cfg.nodes)
+def _run_join(run: _Run) -> None:
+    sim = run.sim
+    j = sim.join(run.cfg.nodes)
     jk = sim.nodes[j].key
 
     def known(st: MeshState, k: bytes = jk) -> bool:
         return st.live_record(k) is not None
 
-    sp = Spread(jk, sim.now, known)
-    spreads.append(sp)
-    among = [x.index for x in sim.live() if x.index != j]
-    _stop_when(sim, end, lambda: sum(1 for i in among if i in sp.times) >= len(among))
-    res.update(_prefix("join_", sp.summary(among)))
+    run.follow("join_", Spread(jk, sim.now, known), [x.index for x in sim.live() if x.index != j])
 
 
-def _run_churn(
-    sim: Simulator,
-    cfg: ScenarioConfig,
-    subject: int,
-    end: int,
-    spreads: list[Spread],
-    res: dict[str, Any],
-) -> None:
+def _run_churn(run: _Run) -> None:
+    sim, cfg, end = run.sim, run.cfg, run.end
     down_ms = int(cfg.churn_downtime * 1000)
     rate = cfg.churn_per_min * cfg.nodes / 60_000.0  # crashes per ms
     t = sim.now
@@ -276,17 +253,11 @@ def _run_churn(
         sim.at(t, crash)
         crashes += 1
     sim.run_until(end)
-    res["crashes"] = crashes
+    run.res["crashes"] = crashes
 
 
-def _run_partition(
-    sim: Simulator,
-    cfg: ScenarioConfig,
-    subject: int,
-    end: int,
-    spreads: list[Spread],
-    res: dict[str, Any],
-) -> None:
+def _run_partition(run: _Run) -> None:
+    sim, cfg, res = run.sim, run.cfg, run.res
     half = cfg.nodes // 2
     sim.partition([0 if i < half else 1 for i in range(cfg.nodes)])
     sn = sim.nodes[0]
@@ -295,7 +266,7 @@ def _run_partition(
     sim.partition(None)
     healed = sim.now
     res["partition_ms"] = int(cfg.partition_seconds * 1000)
-    _stop_when(sim, end, sim.converged, step=500)
+    _stop_when(sim, run.end, sim.converged, step=500)
     res["converged"] = sim.converged()
     res["converge_ms_after_heal"] = (sim.now - healed) if res["converged"] else None
     res["live_everywhere"] = (
@@ -305,23 +276,17 @@ def _run_partition(
     )
 
 
-def _run_evict(
-    sim: Simulator,
-    cfg: ScenarioConfig,
-    subject: int,
-    end: int,
-    spreads: list[Spread],
-    res: dict[str, Any],
-) -> None:
+def _run_evict(run: _Run) -> None:
     # The founder (node 0, an admin) evicts one member (not cascading:
     # the nodes it admitted stay).
-    victim = subject if subject != 0 else 1
+    sim = run.sim
+    victim = run.subject if run.subject != 0 else 1
     vk = sim.nodes[victim].key
     admin = sim.nodes[0]
     t_evict = sim.now
     sim.command(0, admin.node.evict(sim.now, vk))
     rev = [r for rs in admin.node.mesh.authority.revoked.values() for r in rs]
-    res["evict_kept"] = len(rev[0].keep) if rev else 0
+    run.res["evict_kept"] = len(rev[0].keep) if rev else 0
 
     def gone(st: MeshState, k: bytes = vk) -> bool:
         return st.record(k) is None
@@ -329,14 +294,12 @@ def _run_evict(
     sp = Spread(vk, t_evict, gone)
     if gone(admin.node.mesh):
         sp.times[0] = t_evict
-    spreads.append(sp)
     among = [x.index for x in sim.live() if x.index != victim]
-    _stop_when(sim, end, lambda: sum(1 for i in among if i in sp.times) >= len(among))
-    res.update(_prefix("evict_", sp.summary(among)))
+    run.follow("evict_", sp, among)
     # Nothing else was lost: every other live node is still live everywhere
     # (checked on a sample of replicas at large sizes).
     step = max(1, len(among) // 50)
-    res["evict_collateral"] = sum(
+    run.res["evict_collateral"] = sum(
         1
         for i in among[::step]
         for j in among
@@ -344,7 +307,7 @@ def _run_evict(
     )
 
 
-_Event = Callable[[Simulator, ScenarioConfig, int, int, list[Spread], dict[str, Any]], None]
+_Event = Callable[[_Run], None]
 
 _EVENTS: dict[str, _Event] = {
     "steady": _run_steady,

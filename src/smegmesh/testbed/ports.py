@@ -17,7 +17,7 @@ import random
 import re
 import socket
 
-__all__ = ["free_port", "free_udp_tcp_port", "worker_index"]
+__all__ = ["free_port", "free_port_run", "free_udp_tcp_port", "worker_index"]
 
 #: First port of worker 0's block; every block stays below 32768 (Linux's
 #: ephemeral range starts there by default).
@@ -46,14 +46,27 @@ def _bindable(host: str, port: int, kind: int) -> bool:
 
 def free_port(host: str = "::1", *, udp: bool = False) -> int:
     """A port of this worker's block free on ``host`` right now (TCP; and UDP if ``udp``)."""
+    return free_port_run(1, host, udp=udp)
+
+
+def free_port_run(n: int, host: str = "::1", *, udp: bool = False) -> int:
+    """The first of ``n`` consecutive ports of this worker's block all free on ``host`` now.
+
+    For a process that listens on a base port and the ones after it (the swarm's
+    servers); ``n = 1`` is :func:`free_port`.
+    """
+    if not 1 <= n <= BLOCK:
+        raise ValueError(f"a run of 1..{BLOCK} ports, not {n}")
     first = BASE + worker_index() * BLOCK
     for _ in range(BLOCK):
-        port = first + next(_counter) % BLOCK
-        if _bindable(host, port, socket.SOCK_STREAM) and (
-            not udp or _bindable(host, port, socket.SOCK_DGRAM)
+        port = first + next(_counter) % (BLOCK - n + 1)
+        if all(
+            _bindable(host, p, socket.SOCK_STREAM)
+            and (not udp or _bindable(host, p, socket.SOCK_DGRAM))
+            for p in range(port, port + n)
         ):
             return port
-    raise RuntimeError(f"no free port in {first}..{first + BLOCK - 1} on {host}")
+    raise RuntimeError(f"no {n} free ports in a row in {first}..{first + BLOCK - 1} on {host}")
 
 
 def free_udp_tcp_port(host: str = "127.0.0.1") -> int:
