@@ -105,8 +105,7 @@ def run_sim(
     gossip: Any,
     liveness: Any,
 ) -> Run:
-    from smegmesh.core.state import MeshState
-    from smegmesh.sim.metrics import Spread
+    from smegmesh.sim.metrics import Spread, holds_version
     from smegmesh.sim.simulator import T0, NetParams, Simulator
 
     run = Run(label)
@@ -142,13 +141,7 @@ def run_sim(
             outs = sn.node.update_self(sim.now, alias=f"cal{seed}x{k}")
             rec = sn.node.mesh.record(sn.key)
             assert rec is not None
-            v = rec.version
-
-            def has(st: MeshState, key: bytes = sn.key, v: int = v) -> bool:
-                r = st.record(key)
-                return r is not None and r.version >= v
-
-            sp = Spread(sn.key, sim.now, has)
+            sp = Spread(sn.key, sim.now, holds_version(sn.key, rec.version))
             spreads[:] = [sp]
             sim.command(subject, outs)
             sim.run_until(sim.now + gap_ms)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from smegmesh.core.state import MeshState
 
-__all__ = ["FalsePrunes", "Spread", "percentiles", "traffic_rates"]
+__all__ = ["FalsePrunes", "Spread", "holds_version", "percentiles", "traffic_rates"]
 
 
 @dataclass
@@ -35,6 +35,16 @@ class Spread:
         self, among: Iterable[int], qs: tuple[float, ...] = (0.5, 0.99, 1.0)
     ) -> dict[str, float | None]:
         return percentiles(self.delays(among), qs)
+
+
+def holds_version(key: bytes, version: int) -> Callable[[MeshState], bool]:
+    """A :class:`Spread` condition: the state holds ``key``'s record at ``version`` or later."""
+
+    def cond(st: MeshState) -> bool:
+        r = st.record(key)
+        return r is not None and r.version >= version
+
+    return cond
 
 
 def percentiles(

@@ -15,7 +15,7 @@ from typing import Any
 from smegmesh.core.gossip import GossipParams
 from smegmesh.core.liveness import LivenessParams
 from smegmesh.core.state import MeshState
-from smegmesh.sim.metrics import FalsePrunes, Spread, traffic_rates
+from smegmesh.sim.metrics import FalsePrunes, Spread, holds_version, traffic_rates
 from smegmesh.sim.simulator import T0, NetParams, Simulator
 
 __all__ = ["SCENARIOS", "ScenarioConfig", "run_scenario"]
@@ -199,13 +199,7 @@ def _run_change(run: _Run) -> None:
     sim.command(subject, sn.node.update_self(sim.now, description="changed"))
     rec = sn.node.mesh.record(sn.key)
     assert rec is not None
-    v = rec.version
-
-    def has(st: MeshState, k: bytes = sn.key, v: int = v) -> bool:
-        r = st.record(k)
-        return r is not None and r.version >= v
-
-    sp = Spread(sn.key, sim.now, has)
+    sp = Spread(sn.key, sim.now, holds_version(sn.key, rec.version))
     sp.times[subject] = sim.now
     run.follow("change_", sp, [x.index for x in sim.live()])
 
