@@ -164,7 +164,8 @@ class DirectManager:
                 for mesh_id in [m for m in d if m not in self.node.meshes]:
                     del d[mesh_id]  # meshes left
             for mesh_id, sch in list(self.schedules.items()):
-                if mesh_id not in self.node.meshes:  # a port moves once, even after a rejoin
+                if mesh_id not in self.node.meshes and sch != DirectSchedule(moved_ms=sch.moved_ms):
+                    # a mesh left: its timing goes, its port move stays (once, even after a rejoin)
                     self.schedules[mesh_id] = DirectSchedule(moved_ms=sch.moved_ms)
             self.prober.keep([a for p in self.probed.values() for a in p.values()])
             for rt in list(self.node.meshes.values()):
