@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import random
+import weakref
 from collections.abc import Sequence
 
 import pytest
@@ -74,9 +76,13 @@ def test_memo_spares_repeated_work_and_is_shared_by_clones() -> None:
     assert memo.size(rec) == n == item_size(rec)
 
 
+class _Item:
+    """An object that supports weak references, as the memo's items do."""
+
+
 def test_memo_is_bounded_lru() -> None:
     memo = ItemMemo(max_items=3)
-    objs = [object() for _ in range(10)]
+    objs = [_Item() for _ in range(10)]
     for o in objs:
         memo.note_sig_ok(o)
         assert len(memo) <= 3
@@ -90,6 +96,26 @@ def test_memo_is_bounded_lru() -> None:
     assert memo.size(objs[0]) == 7
     with pytest.raises(ValueError, match="max_items"):
         ItemMemo(max_items=0)
+
+
+def test_memo_keeps_nothing_alive_and_forgets_freed_items() -> None:
+    """A hostile peer's discarded items are freed: the memo holds no reference to them."""
+    memo = ItemMemo()
+    st = MeshState(MESH, memo=memo)
+    recs = [_rec(i) for i in range(3)]
+    st.apply_many(recs, T0 + 10)
+    forged = [
+        dataclasses.replace(r, version=r.version + 1, timestamp_ms=r.timestamp_ms + 1) for r in recs
+    ]
+    st.apply_many(forged, T0 + 10)  # field checks pass, signatures do not
+    assert all(memo.checked_for(f) == MESH for f in forged)
+    refs = [weakref.ref(f) for f in forged]
+    n = len(memo)
+    del forged
+    gc.collect()
+    assert all(r() is None for r in refs)  # freed: the memo did not keep them
+    assert len(memo) == n - 3  # and their entries went with them
+    assert all(memo.sig_ok(r) for r in recs)
 
 
 def test_forged_copy_is_not_taken_for_the_checked_original() -> None:

@@ -8,17 +8,22 @@ kept here, outside the (frozen) items, in an :class:`ItemMemo` owned by
 whoever builds the state (:class:`~smegmesh.core.state.MeshState` makes its
 own unless given one; the simulator gives all its states one memo).
 
-Entries are keyed by the object's identity and hold a reference to it, so an
-``id`` is never reused while its entry exists; at most ``max_items`` entries
-are kept, least recently used first out. A fact is only ever a pure function
-of the immutable object (the mesh id it passed the field checks for, whether
-its signature verified, its encoded size), so a hit gives the same answer as
-recomputing, and a miss only costs the recomputation.
+Entries are keyed by the object's identity and hold a *weak* reference to it:
+the memo never keeps an item alive (a hostile peer's discarded items are freed
+as before), and an entry goes when its object goes, so an ``id`` is never
+taken for another object. At most ``max_items`` entries are kept, least
+recently used first out. A fact is only ever a pure function of the immutable
+object (the mesh id it passed the field checks for, whether its signature
+verified, its encoded size), so a hit gives the same answer as recomputing,
+and a miss only costs the recomputation. Items must support weak references
+(the frozen, non-slotted dataclasses of records, prunes and statements do).
 """
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
+from typing import Any
 
 __all__ = ["DEFAULT_MEMO_ITEMS", "ItemMemo"]
 
@@ -27,13 +32,14 @@ __all__ = ["DEFAULT_MEMO_ITEMS", "ItemMemo"]
 DEFAULT_MEMO_ITEMS = 16_384
 
 
-class _Facts:
-    """What is known of one object (``None``/``False``: not known)."""
+class _Facts(weakref.ref[Any]):
+    """What is known of one object (``None``/``False``: not known); a weak reference to it."""
 
-    __slots__ = ("checked_for", "obj", "sig_ok", "size")
+    __slots__ = ("checked_for", "key", "sig_ok", "size")
 
-    def __init__(self, obj: object) -> None:
-        self.obj = obj  # held: the id cannot be reused while the entry exists
+    def __init__(self, obj: Any, callback: Any) -> None:
+        # weakref.ref.__new__ took (obj, callback); __init__ only adds the facts
+        self.key = id(obj)
         self.checked_for: str | None = None
         self.sig_ok = False
         self.size: int | None = None
@@ -55,17 +61,24 @@ class ItemMemo:
 
     def _get(self, obj: object) -> _Facts | None:
         f = self._facts.get(id(obj))
-        if f is not None:
-            self._facts.move_to_end(id(obj))
+        if f is None or f() is not obj:
+            return None
+        self._facts.move_to_end(id(obj))
         return f
 
     def _entry(self, obj: object) -> _Facts:
         f = self._get(obj)
         if f is None:
-            f = self._facts[id(obj)] = _Facts(obj)
+            f = self._facts[id(obj)] = _Facts(obj, self._gone)
             if len(self._facts) > self.max_items:
                 self._facts.popitem(last=False)
         return f
+
+    def _gone(self, ref: _Facts) -> None:
+        """The object of ``ref`` is being freed: its entry goes (before its id is reused)."""
+        key = ref.key
+        if self._facts.get(key) is ref:
+            del self._facts[key]
 
     def checked_for(self, obj: object) -> str | None:
         """The mesh id ``obj`` passed its field checks for, if known."""
