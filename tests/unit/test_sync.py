@@ -183,7 +183,7 @@ def test_protocol_edges() -> None:
     # an initiator receiving a mismatched session id stops
     init = SyncSession.initiator(s, T0, rng=random.Random(1))
     init.start()
-    assert init.receive(SyncEnd(MESH, init.session_id + 1)) == (None, set())
+    assert init.receive(SyncEnd(MESH, init.session_id + 1), T0) == (None, set())
     assert init.done
     assert SyncSession.is_sync_message(SyncEnd(MESH, 1))
     assert not SyncSession.is_sync_message(Push(MESH, ()))

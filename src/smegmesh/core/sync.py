@@ -163,7 +163,7 @@ class SyncSession:
     def initiator(
         cls,
         state: MeshState,
-        now_ms: int = 0,
+        now_ms: int,
         *,
         rng: random.Random,
         count_bytes: bool = True,
@@ -228,16 +228,13 @@ class SyncSession:
         self._count_out(msg)
         return msg
 
-    def receive(
-        self, msg: SyncMessage, now_ms: int | None = None
-    ) -> tuple[SyncMessage | None, set[bytes]]:
-        """Consume a message; returns ``(message to send or None, keys merged)``.
+    def receive(self, msg: SyncMessage, now_ms: int) -> tuple[SyncMessage | None, set[bytes]]:
+        """Consume a message at ``now_ms``; returns ``(message to send or None, keys merged)``.
 
         The initiator gets None when the session is complete. The responder
         always gets a reply (``SyncEnd`` when it has nothing to say).
         """
-        if now_ms is not None:
-            self.now_ms = now_ms
+        self.now_ms = now_ms
         self._count_in(msg)
         if msg.mesh_id != self.state.mesh_id or msg.session_id != self.session_id:
             self.done = True
