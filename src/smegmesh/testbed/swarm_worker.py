@@ -285,6 +285,38 @@ class Worker:
         }
         _atomic(self.plan.directory / f"stats-{self.proc}.json", json.dumps(doc))
 
+    async def _barrier(self, name: str) -> None:
+        """Mark this process as ``name`` and wait until every process is."""
+        _atomic(self.plan.directory / f"{name}-{self.proc}", "1")
+        others = [self.plan.directory / f"{name}-{p}" for p in range(self.plan.procs)]
+        while not all(f.exists() for f in others):
+            await asyncio.sleep(0.1)
+
+    async def _link_others(self, deadline_s: float = 60.0) -> None:
+        """One answered call to each other process, over the shared channel."""
+        me = self.members[0]
+        end = time.monotonic() + deadline_s
+        for p in range(self.plan.procs):
+            if p == self.proc:
+                continue
+            to = next(k for k, i in self.keys.items() if self.plan.proc_of(i) == p)
+            body = encode(WhoAmI(MESH_ID))
+            fp = self.plan.tls(p).fingerprint
+            while True:
+                try:
+                    await self.peer_client.call(
+                        f"127.0.0.1:{self.plan.base_port + p}",
+                        fp,
+                        body,
+                        to=to,
+                        identity=me.identity,
+                    )
+                    break
+                except RpcError:
+                    if time.monotonic() > end:
+                        raise
+                    await asyncio.sleep(0.2)
+
     def _raise_server_limits(self) -> None:
         """One server stands for all members of the process: its limits scale with them.
 
@@ -305,10 +337,13 @@ class Worker:
         await self.server.start("0.0.0.0", self.plan.base_port + self.proc)
         # No member calls before every process serves: calls into a process not
         # yet listening would fail, and the failures start a storm of suspicion.
-        _atomic(self.plan.directory / f"ready-{self.proc}", "1")
-        others = [self.plan.directory / f"ready-{p}" for p in range(self.plan.procs)]
-        while not all(f.exists() for f in others):
-            await asyncio.sleep(0.1)
+        await self._barrier("ready")
+        # Then every link between processes is opened (certificate fetched, TLS
+        # up) before any member ticks: the first calls of 1,000 members must not
+        # all wait on one handshake and time out (that started a storm of
+        # suspicion between the halves of a loaded swarm).
+        await self._link_others()
+        await self._barrier("linked")
         gc.collect()
         gc.freeze()  # the shared base state is long-lived: keep it out of the collector's scans
         if self.proc == 0:
