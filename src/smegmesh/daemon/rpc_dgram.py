@@ -19,8 +19,9 @@ docs/SECURITY.md the threat model.
 * :class:`DatagramClient` (given to ``RpcClient``) sends a request, resends it
   once (new nonce, same id) after :data:`RESEND_AT` of the call's timeout and
   falls back to the stream after :data:`FALLBACK_AT`. An endpoint whose
-  datagrams go unanswered :data:`MISSES_FOR_STREAM_ONLY` times in a row is
-  called over the stream only for :data:`STREAM_ONLY_S`.
+  datagrams go unanswered while the stream answers (other than with a
+  ``Refusal``) :data:`MISSES_FOR_STREAM_ONLY` times in a row is called over the
+  stream only for :data:`STREAM_ONLY_S`.
 """
 
 from __future__ import annotations
@@ -325,6 +326,8 @@ class DatagramClient(asyncio.DatagramProtocol):
         return str(a), port, fam
 
     def _missed(self, endpoint: str) -> None:
+        if endpoint in self._stream_only:
+            return  # a call that was in flight when it was learnt
         n = self._misses.pop(endpoint, 0) + 1
         if n >= MISSES_FOR_STREAM_ONLY:
             if len(self._stream_only) >= MAX_STREAM_ONLY:
@@ -379,9 +382,15 @@ class DatagramClient(asyncio.DatagramProtocol):
         remaining = max(0.001, t0 + timeout - time.monotonic())
         if not fut.done():
             fut.cancel()
-            self._missed(endpoint)
             self.stats.fallbacks["unanswered"] += 1
-            return await stream(remaining)
+            reply = await stream(remaining)  # a failure (RpcError) teaches nothing
+            # The stream answered where datagrams did not. A member that has not
+            # heard of us yet drops our datagrams (strangers never use them) and
+            # refuses the call on the stream, except a Push of our own record
+            # (how a node just admitted announces itself): neither teaches.
+            if kind != "Push" and message_name(reply) != "Refusal":
+                self._missed(endpoint)
+            return reply
         self._misses.pop(endpoint, None)
         status, reply = fut.result()
         if status == dw.USE_STREAM:
