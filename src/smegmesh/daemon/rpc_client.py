@@ -295,6 +295,9 @@ class RpcClient:
         target = dg.target(endpoint, body) if dg is not None and to is not None else None
         if dg is None or target is None or to is None:
             return await self._stream_call(endpoint, fp, body, timeout, to=to, identity=identity)
+        wait = self.backoff.wait((endpoint, fp))  # no datagrams to an endpoint backed off
+        if wait > 0:
+            raise RpcError(f"{endpoint}: backing off ({wait:.0f} s) after failed connections")
         t = timeout or self._timeout
         kind = message_name(body) or "unknown"
         used = ["datagram"]
@@ -303,11 +306,11 @@ class RpcClient:
             used[0] = "stream"
             return self._stream_call(endpoint, fp, body, left, to=to, identity=identity)
 
-        try:
-            return await dg.call(target, endpoint, to, body, t, identity or self._identity, stream)
-        finally:
-            if used[0] == "datagram":  # the stream counts its own
-                self.transport_calls["out", kind, "datagram"] += 1
+        reply = await dg.call(target, endpoint, to, body, t, identity or self._identity, stream)
+        if used[0] == "datagram":  # answered by datagram (the stream counts its own)
+            self.transport_calls["out", kind, "datagram"] += 1
+            self.backoff.ok((endpoint, fp))
+        return reply
 
     async def _stream_call(
         self,
