@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
 import pytest
 
 from smegmesh.core.identity import NodeIdentity
-from smegmesh.core.messages import Ping
+from smegmesh.core.messages import Ack, Ping
 from smegmesh.core.wire import encode
 from smegmesh.daemon import dgram_wire as dw
 from smegmesh.daemon.rpc_common import CLOCK_SKEW_MS
@@ -188,3 +189,50 @@ def test_token_bucket_per_source_address_bounds_crypto_work() -> None:
         srv.datagram_received(bytes(junk), ("192.0.2.8", 4000))
     assert srv.stats.refused["rate limited"] >= 700
     assert srv.stats.refused["forged or corrupt"] <= 300
+
+
+class _Sent:
+    """A stand-in for the server's UDP transport: records what it sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, object]] = []
+
+    def sendto(self, data: bytes, addr: object) -> None:
+        self.sent.append((data, addr))
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def test_server_answers_a_fresh_request_once_and_a_replay_never() -> None:
+    calls: list[bytes] = []
+
+    async def handler(src: bytes, body: bytes) -> bytes:
+        calls.append(src)
+        return encode(Ack("m", 7))
+
+    async def main() -> None:
+        rpc = RpcServer(TlsIdentity.generate(), handler, is_member={A.wg_public_key}.__contains__)
+        srv = DatagramServer(rpc, {B.wg_public_key: B.wg_private_key}.get)
+        out = _Sent()
+        srv.connection_made(out)  # type: ignore[arg-type]
+        data = _req(dw.KeyCache())
+        for _ in range(3):
+            srv.datagram_received(data, ("192.0.2.9", 5000))
+        while srv._tasks:
+            await asyncio.gather(*srv._tasks)
+        assert calls == [A.wg_public_key]  # executed once
+        assert srv.stats.refused["replayed"] == 2
+        assert len(out.sent) == 1  # one reply, to the source address, sealed back to A
+        reply, addr = out.sent[0]
+        assert addr == ("192.0.2.9", 5000)
+        o = _open(dw.KeyCache(), reply, A)
+        assert (o.header.kind, o.status, o.request_id, o.body) == (
+            dw.REPLY,
+            dw.OK,
+            42,
+            encode(Ack("m", 7)),
+        )
+        assert rpc.calls_in_flight == 0
+
+    asyncio.run(main())
