@@ -9,7 +9,7 @@ import time
 import pytest
 
 from smegmesh.core.identity import NodeIdentity
-from smegmesh.core.messages import Ack, Ping
+from smegmesh.core.messages import Ack, Ping, WhoAmI
 from smegmesh.core.wire import encode
 from smegmesh.daemon import dgram_wire as dw
 from smegmesh.daemon.rpc_common import CLOCK_SKEW_MS
@@ -234,5 +234,24 @@ def test_server_answers_a_fresh_request_once_and_a_replay_never() -> None:
             encode(Ack("m", 7)),
         )
         assert rpc.calls_in_flight == 0
+
+    asyncio.run(main())
+
+
+def test_server_says_use_the_stream_for_other_types_without_running_them() -> None:
+    async def handler(_src: bytes, _body: bytes) -> bytes:
+        raise AssertionError("a non-whitelisted request must not run")
+
+    async def main() -> None:
+        rpc = RpcServer(TlsIdentity.generate(), handler)
+        srv = DatagramServer(rpc, {B.wg_public_key: B.wg_private_key}.get)
+        out = _Sent()
+        srv.connection_made(out)  # type: ignore[arg-type]
+        join_like = encode(WhoAmI("m"))  # small, but not idempotent-whitelisted
+        srv.datagram_received(_req(dw.KeyCache(), body=join_like), ("192.0.2.9", 5000))
+        assert not srv._tasks
+        (reply, _addr), *_ = out.sent
+        o = _open(dw.KeyCache(), reply, A)
+        assert (o.status, o.body) == (dw.USE_STREAM, b"")
 
     asyncio.run(main())
