@@ -143,8 +143,10 @@ class DatagramServer(asyncio.DatagramProtocol):
         for t in self._tasks:
             t.cancel()
 
-    def _refuse(self, ip: str, reason: str) -> None:
+    def _refuse(self, ip: str, reason: str, size: int = 0) -> None:
         self.stats.refused[reason] += 1
+        if size:  # what was dropped still came in over the wire
+            self.stats.bytes["in", "refused"] += _wire_len(size, ip)
         self._server.refusals.note(ip, f"datagram: {reason}")
 
     def _allow(self, ip: str) -> bool:
@@ -168,23 +170,22 @@ class DatagramServer(asyncio.DatagramProtocol):
         try:
             h = dw.parse_header(data)
         except dw.DatagramError as e:
-            self._refuse(ip, str(e))
+            self._refuse(ip, str(e), len(data))
             return None
+        reason = None
+        priv = self._private_key_for(h.receiver) if h.kind == dw.REQUEST else None
         if h.kind != dw.REQUEST:
-            self._refuse(ip, "not a request")
-            return None
-        priv = self._private_key_for(h.receiver)
-        if priv is None:
-            self._refuse(ip, "not for us")
-            return None
-        if not self._server._is_member(h.sender):
-            self._refuse(ip, "not a member")
-            return None
-        if not self._allow(ip):
-            self._refuse(ip, "rate limited")
-            return None
-        if not self._server._has_room(h.sender):
-            self._refuse(ip, "too many calls")
+            reason = "not a request"
+        elif priv is None:
+            reason = "not for us"
+        elif not self._server._is_member(h.sender):
+            reason = "not a member"
+        elif not self._allow(ip):
+            reason = "rate limited"
+        elif not self._server._has_room(h.sender):
+            reason = "too many calls"
+        if reason is not None or priv is None:
+            self._refuse(ip, reason or "not for us", len(data))
             return None
         return h, priv
 
@@ -198,7 +199,7 @@ class DatagramServer(asyncio.DatagramProtocol):
             o = dw.open_sealed(self.keys, data, h, priv)
             self.replays.check(h.sender, h.nonce, o.ts_ms, _wall_ms())
         except dw.DatagramError as e:
-            self._refuse(ip, str(e))
+            self._refuse(ip, str(e), len(data))
             return
         kind = message_name(o.body) or "malformed"
         self.stats.count("in", kind, len(data), ip)
@@ -352,7 +353,12 @@ class DatagramClient(asyncio.DatagramProtocol):
     ) -> bytes:
         """One call by datagram, falling back to ``stream(remaining timeout)``."""
         t0 = time.monotonic()
-        sock = await self._socket(target[2])
+        try:
+            sock = await self._socket(target[2])
+            self.keys.aead(me.wg_private_key, to, me.wg_public_key, to)  # a bad key: stream
+        except (OSError, dw.DatagramError) as e:
+            self.stats.fallbacks[f"no datagram ({type(e).__name__})"] += 1
+            return await stream(timeout)
         rid = int.from_bytes(os.urandom(8), "big")
         while rid in self._pending:
             rid = int.from_bytes(os.urandom(8), "big")
