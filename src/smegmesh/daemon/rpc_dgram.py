@@ -172,22 +172,22 @@ class DatagramServer(asyncio.DatagramProtocol):
         except dw.DatagramError as e:
             self._refuse(ip, str(e), len(data))
             return None
-        reason = None
-        priv = self._private_key_for(h.receiver) if h.kind == dw.REQUEST else None
         if h.kind != dw.REQUEST:
-            reason = "not a request"
-        elif priv is None:
+            self._refuse(ip, "not a request", len(data))
+            return None
+        priv = self._private_key_for(h.receiver)
+        if priv is None:
             reason = "not for us"
         elif not self._server._is_member(h.sender):
-            reason = "not a member"
+            reason = "not a member"  # strangers never use datagrams
         elif not self._allow(ip):
             reason = "rate limited"
         elif not self._server._has_room(h.sender):
             reason = "too many calls"
-        if reason is not None or priv is None:
-            self._refuse(ip, reason or "not for us", len(data))
-            return None
-        return h, priv
+        else:
+            return h, priv
+        self._refuse(ip, reason, len(data))
+        return None
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         ip = _ip(addr)
