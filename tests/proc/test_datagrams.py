@@ -82,7 +82,7 @@ def _all_live(daemons: list[Smegd], mesh: str) -> bool:
     return True
 
 
-def _garbage(port: int, member_key: bytes, our_key: bytes, i: int) -> bytes:
+def _garbage(member_key: bytes, our_key: bytes, i: int) -> bytes:
     """Random junk, or a well-formed header from a member with a forged ciphertext."""
     if i % 2:
         return os.urandom(40 + i * 7 % 1300)
@@ -98,9 +98,7 @@ def _flood(d: Smegd, member_key: bytes, our_key: bytes, batches: int = 4, size: 
         for b in range(batches):
             base = total(scrape(d), "smegd_datagrams_refused_total")
             for i in range(size):
-                s.sendto(
-                    _garbage(d.grpc_port, member_key, our_key, b * size + i), ("::1", d.grpc_port)
-                )
+                s.sendto(_garbage(member_key, our_key, b * size + i), ("::1", d.grpc_port))
             wait_until(
                 lambda base=base: total(scrape(d), "smegd_datagrams_refused_total") >= base + size,
                 30,
@@ -129,7 +127,8 @@ def test_steady_state_small_calls_go_by_datagram_and_garbage_is_dropped(cl: Clus
         "10 small calls by datagram each way",
     )  # (a daemon that learnt to call the other over the stream only fails here)
     for d in (a, b):
-        assert calls(d, "stream") - before[d.name][1] <= 1, "small calls stayed on the stream"
+        # ~0 on the stream (a pull that finds a difference larger than a datagram may go there)
+        assert calls(d, "stream") - before[d.name][1] <= 2, "small calls stayed on the stream"
         assert calls(d, "datagram", "in") > 0
         s = scrape(d)
         assert total(s, "smegd_wire_datagram_bytes_total", direction="out", type="Ping") > 0
@@ -140,7 +139,7 @@ def test_steady_state_small_calls_go_by_datagram_and_garbage_is_dropped(cl: Clus
     _flood(a, b_key, a_key)
     after = calls(a, "datagram")
     wait_until(lambda: calls(a, "datagram") >= after + 5, 30, 0.2, "datagrams still answered")
-    assert _all_live([a, b], mesh)
+    wait_until(lambda: _all_live([a, b], mesh), 30, 0.2, "both live after the garbage")
     assert a.api("GET", "/v1/health") is not None
     assert _rss_kb(a) - rss0 < 8 * 1024, "memory grew with the garbage"
     assert "Traceback" not in a.log()
@@ -162,4 +161,4 @@ def test_a_daemon_without_datagrams_is_reached_over_the_stream(cl: Cluster) -> N
     assert calls(b, "datagram") == 0
     assert total(scrape(b), "smegd_wire_datagram_bytes_total") == 0
     assert total(scrape(a), "smegd_datagram_calls_total", result="unanswered") == unanswered
-    assert _all_live([a, b], mesh)
+    wait_until(lambda: _all_live([a, b], mesh), 30, 0.2, "both live")
