@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.messages import Ack, Ping, WhoAmI
@@ -255,3 +258,17 @@ def test_server_says_use_the_stream_for_other_types_without_running_them() -> No
         assert (o.status, o.body) == (dw.USE_STREAM, b"")
 
     asyncio.run(main())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    junk=st.binary(max_size=1400),
+    head=st.sampled_from([b"", b"SMD\x01", b"SMD\x02", b"SMD\x01" + A.wg_public_key]),
+)
+def test_any_bytes_are_dropped_without_an_exception(junk: bytes, head: bytes) -> None:
+    srv = _server({A.wg_public_key})
+    data = head + junk
+    srv.datagram_received(data, ("192.0.2.10", 4000))  # never raises, never answers
+    assert sum(srv.stats.refused.values()) == 1
+    with contextlib.suppress(dw.DatagramError):  # only ever this error
+        dw.parse_header(data)
