@@ -81,12 +81,15 @@ def _by_type(m: dict[str, float], prefix: str, label: str = "type") -> dict[str,
     return out
 
 
-def measure(size: int, procs: int, settle: float, window: float, root: Path) -> dict[str, Any]:
-    base_port = 47100 + (size % 97) * procs
-    sdir = root / f"swarm-{size}"
-    workers = start_swarm(sdir, size, procs, base_port)
-    smegd = MeasuredSmegd(root / f"smegd-{size}")
-    row: dict[str, Any] = {"members": size, "procs": procs}
+def measure(
+    size: int, procs: int, settle: float, window: float, root: Path, *, datagrams: bool = True
+) -> dict[str, Any]:
+    base_port = 47100 + (size % 97) * procs + (0 if datagrams else 50)
+    tag = f"{size}-{'dgram' if datagrams else 'stream'}"
+    sdir = root / f"swarm-{tag}"
+    workers = start_swarm(sdir, size, procs, base_port, datagrams=datagrams)
+    smegd = MeasuredSmegd(root / f"smegd-{tag}", extra={"datagrams": datagrams})
+    row: dict[str, Any] = {"members": size, "procs": procs, "datagrams": datagrams}
     try:
         t0 = time.monotonic()
         wait_until(lambda: (sdir / "token").exists(), 900, 1.0, f"a swarm of {size} to start")
@@ -121,6 +124,9 @@ def measure(size: int, procs: int, settle: float, window: float, root: Path) -> 
         samples.append(p1)
         dt = p1.t - p0.t
         wire = _sum(m1, "smegd_wire_bytes") - _sum(m0, "smegd_wire_bytes")
+        # UDP datagrams (IP and UDP headers included) beside the TCP payload
+        dgram = _sum(m1, "smegd_wire_datagram_bytes") - _sum(m0, "smegd_wire_datagram_bytes")
+        wire += dgram
         payload = _sum(m1, "smegd_rpc_bytes") - _sum(m0, "smegd_rpc_bytes")
         sent0, sent1 = _by_type(m0, "smegd_rpc_sent"), _by_type(m1, "smegd_rpc_sent")
         recv0, recv1 = _by_type(m0, "smegd_rpc_received"), _by_type(m1, "smegd_rpc_received")
@@ -132,6 +138,8 @@ def measure(size: int, procs: int, settle: float, window: float, root: Path) -> 
             threads=max(s.threads for s in samples),
             cpu_pct=round(100 * (p1.cpu_s - p0.cpu_s) / dt, 2),
             wire_kbs=round(wire / dt / 1000, 2),
+            datagram_kbs=round(dgram / dt / 1000, 2),
+            by_transport=_by_transport(m0, m1),
             payload_kbs=round(payload / dt / 1000, 2),
             calls_per_s=round(calls / dt, 2),
             wire_per_call=round(wire / calls) if calls else None,
@@ -164,6 +172,15 @@ def measure(size: int, procs: int, settle: float, window: float, root: Path) -> 
             except Exception:
                 w.kill()
     return row
+
+
+def _by_transport(m0: dict[str, float], m1: dict[str, float]) -> dict[str, float]:
+    """Calls made and answered over the window, by transport (stream, datagram)."""
+    return {
+        t: _sum(m1, "smegd_rpc_transport_calls", transport=t)
+        - _sum(m0, "smegd_rpc_transport_calls", transport=t)
+        for t in ("stream", "datagram")
+    }
 
 
 def _payload_by_type(m0: dict[str, float], m1: dict[str, float]) -> dict[str, list[float]]:
@@ -206,7 +223,7 @@ async def _calibrate(pairs: dict[str, tuple[int, int]], calls: int = 200) -> dic
     out: dict[str, Any] = {"types": {}}
     try:
         # A new channel: certificate fetch, TLS handshake, HTTP/2 set-up and one empty call.
-        client = RpcClient(NodeIdentity.generate())
+        client = RpcClient(NodeIdentity.generate(os.urandom))
         before = wire.sample()
         b0 = before.tx
         await client.call(f"127.0.0.1:{port}", fp, b"", to=bytes(32))
@@ -258,15 +275,20 @@ def calibrate(rows: list[dict[str, Any]]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- output
 def table(rows: list[dict[str, Any]], floor: float | None) -> str:
     lines = [
-        "| members | RSS MB (x floor) | fds | threads | idle CPU % | wire KB/s (payload) "
-        "| calls/s | wire B/call | channels | sockets | live/suspect/pruned | load |",
-        "|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---|---:|",
+        "| members | datagrams | RSS MB (x floor) | fds | threads | idle CPU % "
+        "| wire KB/s (payload; of it UDP) | calls/s (by datagram) | wire B/call | channels "
+        "| sockets | live/suspect/pruned | load |",
+        "|---:|---|---|---:|---:|---:|---|---|---:|---:|---:|---|---:|",
     ]
     for r in rows:
         ratio = f" ({r['rss_mb'] / floor:.2f}x)" if floor else ""
+        dt = r.get("window_s") or 1
+        dg_calls = round(r.get("by_transport", {}).get("datagram", 0) / dt, 2)
         lines.append(
-            f"| {r['members']:,} | {r['rss_mb']}{ratio} | {r['fds']} | {r['threads']} "
-            f"| {r['cpu_pct']} | {r['wire_kbs']} ({r['payload_kbs']}) | {r['calls_per_s']} "
+            f"| {r['members']:,} | {'on' if r.get('datagrams', False) else 'off'} "
+            f"| {r['rss_mb']}{ratio} | {r['fds']} | {r['threads']} "
+            f"| {r['cpu_pct']} | {r['wire_kbs']} ({r['payload_kbs']}; {r.get('datagram_kbs', 0)}) "
+            f"| {r['calls_per_s']} ({dg_calls}) "
             f"| {r['wire_per_call']} | {r['channels']} | {r['sockets']} "
             f"| {r['live']}/{r['suspect']}/{r['pruned']} | {r['load']:.1f} |"
         )
@@ -316,6 +338,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--settle", type=float, default=30.0)
     ap.add_argument("--window", type=float, default=30.0)
     ap.add_argument("--calibrate-only", action="store_true")
+    ap.add_argument(
+        "--datagrams",
+        choices=("on", "off", "both"),
+        default="on",
+        help="smegd's (and the swarm's) datagrams key; both: off then on at each size",
+    )
     ap.add_argument("--replot", default=None, help="a JSON file of an earlier run")
     ap.add_argument("--out", default=str(OUT))
     a = ap.parse_args(argv)
@@ -334,10 +362,12 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         root = Path(tempfile.mkdtemp(prefix="msb"))
         try:
+            modes = {"on": [True], "off": [False], "both": [False, True]}[a.datagrams]
             for size in [int(s) for s in a.sizes.split(",")]:
-                print(f"-- {size} members ...", flush=True)
-                rows.append(measure(size, a.procs, a.settle, a.window, root))
-                print(json.dumps(rows[-1]), flush=True)
+                for dg in modes:
+                    print(f"-- {size} members, datagrams {dg} ...", flush=True)
+                    rows.append(measure(size, a.procs, a.settle, a.window, root, datagrams=dg))
+                    print(json.dumps(rows[-1]), flush=True)
         finally:
             shutil.rmtree(root, ignore_errors=True)
         cal = calibrate(rows)

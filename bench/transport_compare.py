@@ -1,4 +1,5 @@
-"""Two node-to-node transport designs on one harness: gRPC (the product) and framed TLS streams.
+"""Three node-to-node transport designs on one harness: gRPC (the product), framed TLS
+streams, and datagrams (the product's path for small calls).
 
     uv run python bench/transport_compare.py [--calls 500] [--body 100]
 
@@ -15,9 +16,15 @@ key binding, the clock window and the length *before* the body is read.
   handshake, then per call ``u32 length | 232-byte binary header | body``
   (the header: request id, caller keys, timestamp, body hash and length,
   callee, signature), replies ``u32 length | request id | status | body``.
+* **C: datagrams** (``daemon/rpc_dgram.py``, as smegd runs it for small
+  idempotent calls): one UDP datagram each way, sealed with ChaCha20-Poly1305
+  under a key from the two nodes' static X25519 keys (``daemon/dgram_wire.py``);
+  the call is a ``Ping`` answered by an ``Ack`` (only those types go by datagram).
 
 Measured in one process (client and server), sequential calls:
-wire bytes per call (``TCP_INFO`` of both ends, TCP payload: TLS included),
+wire bytes per call (``TCP_INFO`` of both ends, TCP payload: TLS included;
+for C the UDP payload counted by the adapter), the IP headers on top
+(TCP: 52 bytes per segment, IPv4 with timestamps; UDP: 28 per datagram),
 bytes of a new connection (handshakes + first call), CPU per call
 (``process_time``, both ends), threads, and the RSS each design adds
 (imports + one server + one client connection, measured in a fresh
@@ -30,6 +37,7 @@ import argparse
 import asyncio
 import hashlib
 import json
+import os
 import ssl
 import struct
 import subprocess
@@ -162,7 +170,7 @@ async def _design_a(calls: int, body: bytes) -> dict[str, Any]:
     server = RpcServer(TlsIdentity.generate(), echo)
     port = await server.start("127.0.0.1", 0)
     fp = server._fp
-    client = RpcClient(NodeIdentity.generate())
+    client = RpcClient(NodeIdentity.generate(os.urandom))
     ep = f"127.0.0.1:{port}"
     return await _measure(
         lambda: client.call(ep, fp, body, to=bytes(32)),
@@ -176,7 +184,7 @@ async def _design_a(calls: int, body: bytes) -> dict[str, Any]:
 async def _design_b(calls: int, body: bytes) -> dict[str, Any]:
     server = StreamServer(TlsIdentity.generate())
     port = await server.start()
-    client = StreamClient(NodeIdentity.generate())
+    client = StreamClient(NodeIdentity.generate(os.urandom))
     connected = False
 
     async def call() -> bytes:
@@ -189,26 +197,86 @@ async def _design_b(calls: int, body: bytes) -> dict[str, Any]:
     return await _measure(call, calls, body, client.close, server.stop)
 
 
-async def _measure(call: Any, calls: int, body: bytes, close: Any, stop: Any) -> dict[str, Any]:
+async def _design_c(calls: int, _body: bytes) -> dict[str, Any]:
+    from smegmesh.core.messages import Ack, Ping
+    from smegmesh.core.wire import encode
+    from smegmesh.daemon import rpc_dgram
+    from smegmesh.daemon.rpc_dgram import DatagramClient, DatagramStats
+    from smegmesh.daemon.transport import RpcClient, RpcServer
+
+    # Back-to-back calls from one address: above the per-address token bucket
+    # (100 a second), which would drop them (and the call resends after 2 s).
+    rpc_dgram.BUCKET_RATE = rpc_dgram.BUCKET_BURST = 1e9
+    mesh = "m" * 40
+    body, reply = encode(Ping(mesh, 2**40)), encode(Ack(mesh, 2**40))
+    me, them = NodeIdentity.generate(os.urandom), NodeIdentity.generate(os.urandom)
+
+    async def answer(_src: bytes, _b: bytes) -> bytes:
+        return reply
+
+    stats = DatagramStats()  # both ends' datagrams: count what each sends
+    keys = {them.wg_public_key: them.wg_private_key}
+    server = RpcServer(
+        TlsIdentity.generate(), answer, private_key_for=keys.get, datagram_stats=stats
+    )
+    port = await server.start("127.0.0.1", 0)
+    client = RpcClient(me, datagrams=DatagramClient(stats))
+    ep = f"127.0.0.1:{port}"
+
+    def sent() -> tuple[int, int]:
+        out = [(n, stats.datagrams["out", k]) for (d, k), n in stats.bytes.items() if d == "out"]
+        return sum(n for n, _ in out), sum(c for _, c in out)
+
+    async def call() -> bytes:
+        got = await client.call(ep, server._fp, body, to=them.wg_public_key)
+        assert got == reply and client.transport_calls["out", "Ping", "stream"] == 0
+        return got
+
+    return await _measure(
+        call, calls, body, client.close, lambda: server.stop(0), reply=reply, udp=sent
+    )
+
+
+async def _measure(
+    call: Any,
+    calls: int,
+    body: bytes,
+    close: Any,
+    stop: Any,
+    *,
+    reply: bytes | None = None,
+    udp: Any = None,
+) -> dict[str, Any]:
+    """Per-call figures; ``udp()``: (bytes incl. IP/UDP headers, datagrams) sent so far."""
+    reply = body if reply is None else reply
     wire = WireStats()
-    wire.sample()
-    b0 = wire.totals.tx
-    assert await call() == body
+
+    def sample() -> tuple[int, int]:
+        if udp is not None:
+            n, count = udp()
+            return n - 28 * count, 28 * count  # UDP payload, IPv4 + UDP headers
+        t = wire.sample()
+        return t.tx, 52 * t.segs_out  # TCP payload, IPv4 + TCP headers (timestamps)
+
+    b0 = sample()[0]
+    assert await call() == reply
     await asyncio.sleep(0.2)
-    first = wire.sample().tx - b0
+    first = sample()[0] - b0
     await call()
     await asyncio.sleep(0.1)
-    b0 = wire.sample().tx
+    b0, h0 = sample()
     c0, t0 = time.process_time(), time.perf_counter()
     for _ in range(calls):
         await call()
     cpu, wall = time.process_time() - c0, time.perf_counter() - t0
     await asyncio.sleep(0.2)
-    per_call = (wire.sample().tx - b0) / calls
+    b1, h1 = sample()
+    per_call = (b1 - b0) / calls
     res = {
         "new_connection_bytes": first,
         "wire_per_call": round(per_call),
-        "overhead_per_call": round(per_call - 2 * len(body)),
+        "overhead_per_call": round(per_call - len(body) - len(reply)),
+        "ip_headers_per_call": round((h1 - h0) / calls),
         "cpu_us_per_call": round(cpu / calls * 1e6),
         "wall_us_per_call": round(wall / calls * 1e6),
         "threads": threading.active_count(),
@@ -251,17 +319,24 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     body = b"x" * a.body
     out = {}
-    for name, fn in (("A: gRPC", "_design_a"), ("B: framed TLS stream", "_design_b")):
+    designs = (
+        ("A: gRPC", "_design_a"),
+        ("B: framed TLS stream", "_design_b"),
+        ("C: datagrams", "_design_c"),
+    )
+    for name, fn in designs:
         res = asyncio.run(globals()[fn](a.calls, body))
         res.update(rss_of(fn))
         out[name] = res
-    # the stream design against gRPC, both measured in this run (the baseline)
-    a_res, b_res = out["A: gRPC"], out["B: framed TLS stream"]
-    out["B / A"] = {
-        k: round(b_res[k] / a_res[k], 2)
-        for k, v in a_res.items()
-        if isinstance(v, int | float) and v and isinstance(b_res.get(k), int | float)
-    }
+    # each design against gRPC, all measured in this run (the baseline)
+    a_res = out["A: gRPC"]
+    for name, short in (("B: framed TLS stream", "B / A"), ("C: datagrams", "C / A")):
+        res = out[name]
+        out[short] = {
+            k: round(res[k] / a_res[k], 2)
+            for k, v in a_res.items()
+            if isinstance(v, int | float) and v and isinstance(res.get(k), int | float)
+        }
     print(json.dumps(out, indent=1))
     return 0
 

@@ -7,7 +7,9 @@ so the cap is what bounds them; the swarm members close an idle channel
 after 4 s, so the connections members hold open to the daemon are the same
 few at both sizes. Asserted from outside (``/proc``, Prometheus): outgoing
 channels never exceed the cap, and the daemon's open descriptors at 40
-members are within a few of those at 20.
+members are within a few of those at 20. Datagrams are off (``datagrams:
+false``, the swarm's ``--no-datagrams``): with them the probes would not use
+channels at all, and this is about the channel pool.
 """
 
 from __future__ import annotations
@@ -47,10 +49,16 @@ def test_smegd_connections_bounded_by_the_cap_not_the_member_count(tmp_path: Pat
         for n in SIZES:
             swarms.append(
                 start_swarm(
-                    tmp_path / f"swarm{n}", n, 2, free_port_run(2, "0.0.0.0"), channel_idle_s=4.0
+                    tmp_path / f"swarm{n}",
+                    n,
+                    2,
+                    free_port_run(2, "0.0.0.0"),
+                    channel_idle_s=4.0,
+                    datagrams=False,
                 )
             )
-            daemons[n] = MeasuredSmegd(tmp_path / f"d{n}", extra={"maxChannels": CAP}).start()
+            extra = {"maxChannels": CAP, "datagrams": False}
+            daemons[n] = MeasuredSmegd(tmp_path / f"d{n}", extra=extra).start()
         for n, d in daemons.items():
             token = tmp_path / f"swarm{n}" / "token"
             wait_until(token.exists, 120, 0.2, f"the swarm of {n} to write its token")

@@ -326,6 +326,51 @@ class _WireCollector(Collector):
                 "Outgoing node-to-node channels open (bounded by the pool's cap)",
                 value=rpc.open_channels,
             )
+        yield from _transport_metrics(rpc, getattr(self.metrics.daemon, "rpc_server", None))
+
+
+def _transport_metrics(rpc: Any, server: Any) -> Iterable[Metric]:
+    """Calls by transport (gRPC stream or datagram) and the datagram path's wire bytes."""
+    calls = CounterMetricFamily(
+        "smegd_rpc_transport_calls",
+        "Node-to-node calls by direction (out: made, in: answered), message type and "
+        "transport (stream: gRPC; datagram: answered by one UDP datagram)",
+        labels=["direction", "type", "transport"],
+    )
+    for obj in (rpc, server):
+        for (direction, kind, transport), n in getattr(obj, "transport_calls", {}).items():
+            calls.add_metric([direction, kind, transport], float(n))
+    yield calls
+    dg = getattr(rpc, "datagrams", None)
+    if dg is None:
+        return
+    st = dg.stats
+    wire = CounterMetricFamily(
+        "smegd_wire_datagram_bytes",
+        "Bytes of node-to-node UDP datagrams on the wire (IP and UDP headers included), by "
+        "direction (in/out) and message type (add to smegd_wire_bytes for the total)",
+        labels=["direction", "type"],
+    )
+    for (direction, kind), n in st.bytes.items():
+        wire.add_metric([direction, kind], float(n))
+    yield wire
+    refused = CounterMetricFamily(
+        "smegd_datagrams_refused",
+        "Node-to-node datagrams dropped or refused, by reason",
+        labels=["reason"],
+    )
+    for reason, n in st.refused.items():
+        refused.add_metric([reason], float(n))
+    yield refused
+    fallbacks = CounterMetricFamily(
+        "smegd_datagram_calls",
+        "Calls this node tried by datagram, by result (answered; or sent on to the gRPC "
+        "stream: unanswered, use the stream)",
+        labels=["result"],
+    )
+    for result, n in st.fallbacks.items():
+        fallbacks.add_metric([result], float(n))
+    yield fallbacks
 
 
 def _member_counts(node: Any) -> dict[str, int]:

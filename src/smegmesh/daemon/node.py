@@ -42,6 +42,7 @@ from smegmesh.daemon.malloc import release_free_memory
 from smegmesh.daemon.membership import MembershipOps
 from smegmesh.daemon.metrics import MeteredRpcClient, Metrics, serve_metrics
 from smegmesh.daemon.ratelog import RateLog
+from smegmesh.daemon.rpc_dgram import DatagramClient, DatagramStats
 from smegmesh.daemon.runtime import MeshRuntime, RuntimeOps, now_ms
 from smegmesh.daemon.statelock import StateLock
 from smegmesh.daemon.store import StoreOps
@@ -120,11 +121,20 @@ class Daemon(
         self.state_lock.acquire()  # one daemon per state directory (StateDirLocked)
         self.identity = self._load_identity()
         self.tls = TlsIdentity.load_or_create(self.state_dir)
+        dgram = DatagramStats() if cfg.datagrams else None  # UDP beside gRPC (rpc_dgram.py)
         self.rpc = MeteredRpcClient(
-            self.metrics, self.identity, timeout=float(cfg.timeout), max_channels=cfg.max_channels
+            self.metrics,
+            self.identity,
+            timeout=float(cfg.timeout),
+            max_channels=cfg.max_channels,
+            datagrams=DatagramClient(dgram) if dgram is not None else None,
         )
         self.rpc_server = RpcServer(
-            self.tls, self.metrics.handler(self._on_rpc), is_member=self._is_member_anywhere
+            self.tls,
+            self.metrics.handler(self._on_rpc),
+            is_member=self._is_member_anywhere,
+            private_key_for=self._datagram_key if dgram is not None else None,
+            datagram_stats=dgram,
         )
         port = await self.rpc_server.start(cfg.bind_address, cfg.grpc_port)
         self._rpc_port = port
@@ -158,6 +168,10 @@ class Daemon(
         )
         log.info("local API on %s", cfg.control_socket)
         release_free_memory()
+
+    def _datagram_key(self, key: bytes) -> bytes | None:
+        """Our WireGuard private key if ``key`` is ours (the datagram server's receiver check)."""
+        return self.identity.wg_private_key if key == self.identity.wg_public_key else None
 
     async def stop(self) -> None:
         for rt in self.meshes.values():

@@ -9,16 +9,19 @@ import hashlib
 import logging
 import ssl
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
 from smegmesh.core.endpoint import join_host_port, split_host_port
 from smegmesh.core.identity import NodeIdentity
+from smegmesh.core.wire import message_name
 from smegmesh.daemon.ratelog import RateLog
 from smegmesh.daemon.rpc_common import FULL_METHOD, MAX_MESSAGE, TLS_NAME, RpcError, _signed_digest
+from smegmesh.daemon.rpc_dgram import DatagramClient
 from smegmesh.daemon.rpc_tls import fetch_certificate
 
 log = logging.getLogger("smegmesh.daemon.transport")  # one logger for the transport
@@ -136,6 +139,7 @@ class RpcClient:
         channel_idle_s: float = CHANNEL_IDLE_S,
         clock: Callable[[], float] = time.monotonic,
         certificates: OrderedDict[bytes, bytes] | None = None,
+        datagrams: DatagramClient | None = None,
     ) -> None:
         if max_channels < 1:
             raise ValueError("max_channels must be at least 1")
@@ -161,6 +165,10 @@ class RpcClient:
         #: TCP payload bytes [sent, received] of the certificate fetches (metrics)
         self.fetch_wire = [0, 0]
         self.evictions = 0  # channels closed for room or idleness
+        #: the datagram path for small calls (``daemon/rpc_dgram.py``; None: stream only)
+        self.datagrams = datagrams
+        #: calls made, by ("out", message type, "stream" or "datagram")
+        self.transport_calls: Counter[tuple[str, str, str]] = Counter()
 
     @property
     def open_channels(self) -> int:
@@ -280,7 +288,42 @@ class RpcClient:
         routing hint; the same on every call of a channel, so HPACK sends it
         once per connection). ``identity``: sign as this node instead of the
         client's own (a swarm process calling for many members over one pool).
+        Small idempotent calls go by datagram when ``datagrams`` is set and
+        ``to`` is known, falling back to the stream (``daemon/rpc_dgram.py``).
         """
+        dg = self.datagrams
+        target = dg.target(endpoint, body) if dg is not None and to is not None else None
+        if dg is None or target is None or to is None:
+            return await self._stream_call(endpoint, fp, body, timeout, to=to, identity=identity)
+        wait = self.backoff.wait((endpoint, fp))  # no datagrams to an endpoint backed off
+        if wait > 0:
+            raise RpcError(f"{endpoint}: backing off ({wait:.0f} s) after failed connections")
+        t = timeout or self._timeout
+        kind = message_name(body) or "unknown"
+        used = ["datagram"]
+
+        def stream(left: float) -> Any:
+            used[0] = "stream"
+            return self._stream_call(endpoint, fp, body, left, to=to, identity=identity)
+
+        reply = await dg.call(target, endpoint, to, body, t, identity or self._identity, stream)
+        if used[0] == "datagram":  # answered by datagram (the stream counts its own)
+            self.transport_calls["out", kind, "datagram"] += 1
+            self.backoff.ok((endpoint, fp))
+        return reply
+
+    async def _stream_call(
+        self,
+        endpoint: str,
+        fp: bytes,
+        body: bytes,
+        timeout: float | None = None,
+        *,
+        to: bytes | None = None,
+        identity: NodeIdentity | None = None,
+    ) -> bytes:
+        """The call over the pinned gRPC channel (see :meth:`call`)."""
+        self.transport_calls["out", message_name(body) or "unknown", "stream"] += 1
         wait = self.backoff.wait((endpoint, fp))
         if wait > 0:
             raise RpcError(f"{endpoint}: backing off ({wait:.0f} s) after failed connections")
@@ -323,6 +366,8 @@ class RpcClient:
         await p.channel.close()
 
     async def close(self) -> None:
+        if self.datagrams is not None:
+            self.datagrams.close()
         for key in list(self._channels):
             await self._drop(key)
         if self._closing:

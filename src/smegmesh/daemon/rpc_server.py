@@ -10,12 +10,14 @@ import hashlib
 import logging
 import time
 import urllib.parse
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 import grpc
 
 from smegmesh.core.endpoint import join_host_port
 from smegmesh.core.identity import verify_signature, x25519_matches_ed25519
+from smegmesh.core.wire import message_name
 from smegmesh.daemon.ratelog import RateLog
 from smegmesh.daemon.rpc_common import (
     CLOCK_SKEW_MS,
@@ -26,6 +28,7 @@ from smegmesh.daemon.rpc_common import (
     _b,
     _signed_digest,
 )
+from smegmesh.daemon.rpc_dgram import DatagramServer, DatagramStats, start_datagram_server
 from smegmesh.daemon.rpc_tls import TlsIdentity
 
 log = logging.getLogger("smegmesh.daemon.transport")  # one logger for the transport
@@ -120,6 +123,9 @@ class RpcServer:
         handler: Handler,
         is_member: Callable[[bytes], bool] | None = None,
         refusals: RateLog | None = None,
+        *,
+        private_key_for: Callable[[bytes], bytes | None] | None = None,
+        datagram_stats: DatagramStats | None = None,
     ) -> None:
         self._tls = tls
         self._fp = tls.fingerprint
@@ -133,6 +139,13 @@ class RpcServer:
         self._per_key: dict[bytes, int] = {}
         self._strangers = 0
         self._strangers_per_addr: dict[str, int] = {}
+        #: the datagram path (``daemon/rpc_dgram.py``): our private key for one of
+        #: our WireGuard keys (None: no datagrams, no UDP socket)
+        self._private_key_for = private_key_for
+        self._datagram_stats = datagram_stats
+        self.datagrams: DatagramServer | None = None
+        #: calls answered, by ("in", message type, "stream" or "datagram")
+        self.transport_calls: Counter[tuple[str, str, str]] = Counter()
 
     @property
     def calls_in_flight(self) -> int:
@@ -160,6 +173,10 @@ class RpcServer:
             )
         await server.start()
         self._server = server
+        if self._private_key_for is not None:  # UDP on the same port number
+            self.datagrams = await start_datagram_server(
+                self, host, self.port, self._private_key_for, self._datagram_stats
+            )
         self._flusher = asyncio.create_task(self._flush_loop())
         return self.port
 
@@ -172,6 +189,9 @@ class RpcServer:
         if self._flusher is not None:
             self._flusher.cancel()
             self._flusher = None
+        if self.datagrams is not None:
+            self.datagrams.close()
+            self.datagrams = None
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
@@ -250,6 +270,7 @@ class RpcServer:
             self._enter(wg_key, addr, member)
             admitted = True
             body = await self._read_body(context, member, digest, length)
+            self.transport_calls["in", message_name(body) or "malformed", "stream"] += 1
             caller_address.set(parsed)
             callee_key.set(_callee(md))
             try:
@@ -270,6 +291,16 @@ class RpcServer:
             if admitted:
                 self._leave(wg_key, addr, member)
         raise AssertionError("unreachable")
+
+    def _has_room(self, key: bytes) -> bool:
+        """The in-flight limits (a member's call; the datagram path asks before any crypto)."""
+        return self._calls < MAX_CALLS and self._per_key.get(key, 0) < MAX_CALLS_PER_KEY
+
+    @staticmethod
+    def _set_context(address: str | None, callee: bytes | None) -> None:
+        """The context variables a handler reads (run in the handler task's context)."""
+        caller_address.set(address)
+        callee_key.set(callee)
 
     def _enter(self, key: bytes, addr: str, member: bool) -> None:
         self._calls += 1

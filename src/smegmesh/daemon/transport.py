@@ -39,6 +39,12 @@
   by its fingerprint (at most :data:`MAX_CACHED_CERTIFICATES`): reopening a
   channel needs no second handshake to fetch it.
 
+* **Datagrams for small calls** (issue 14, ``daemon/rpc_dgram.py``,
+  ``daemon/dgram_wire.py``): probes, acks, in-sync digest pulls and small
+  pushes go as one UDP datagram each way to the same port number, sealed with
+  a key from the two nodes' static X25519 (WireGuard) keys, limits checked
+  before any crypto; the gRPC stream carries the rest and is the fallback.
+
 One generic unary method carries ``core.wire`` messages as bytes. Whether a
 caller may do what it asks (is it a member? does it hold a token?) is decided
 by the node, from the authenticated caller key this layer hands it.

@@ -87,7 +87,7 @@ class Smegd:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.sock = self.dir / "s.sock"
         self.log_path = self.dir / "smegd.log"
-        self.grpc_port = self.grpc_port or free_port()
+        self.grpc_port = self.grpc_port or free_port(udp=True)  # gRPC and its datagrams
         if self.api_listen:
             self.api_port = self.api_port or free_port()
         if self.dns_listen:

@@ -99,6 +99,7 @@ def start_swarm(
     seed: int = 1,
     *,
     channel_idle_s: float = 60.0,
+    datagrams: bool = True,
 ) -> list[subprocess.Popen[bytes]]:
     """Start the worker processes (returns at once; ``DIR/token`` appears when ready)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -127,6 +128,7 @@ def start_swarm(
         str(t0),
         "--channel-idle",
         str(channel_idle_s),
+        *([] if datagrams else ["--no-datagrams"]),
     ]
     return [
         subprocess.Popen([*common, "--worker", str(p)], start_new_session=True)
@@ -168,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         default=60.0,
         help="seconds before a member closes an idle channel to an outside node (smegd: 60)",
     )
+    ap.add_argument(
+        "--no-datagrams",
+        action="store_true",
+        help="members make every call on the gRPC stream (smegd: datagrams: false)",
+    )
     ap.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--t0", type=int, default=0, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -177,7 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     if a.worker is not None:
         return worker_main(a)
     d = Path(a.dir)
-    procs = start_swarm(d, a.members, a.procs, a.base_port, a.seed, channel_idle_s=a.channel_idle)
+    procs = start_swarm(
+        d,
+        a.members,
+        a.procs,
+        a.base_port,
+        a.seed,
+        channel_idle_s=a.channel_idle,
+        datagrams=not a.no_datagrams,
+    )
     stop = False
 
     def _stop(*_: Any) -> None:

@@ -31,6 +31,7 @@ from smegmesh.core.messages import Refusal, WhoAmI, YouAre
 from smegmesh.core.wire import WireError, decode, encode
 from smegmesh.daemon import rpc_server
 from smegmesh.daemon.engineport import DaemonPort, reply_of
+from smegmesh.daemon.rpc_dgram import DatagramClient
 from smegmesh.daemon.runtime import now_ms
 from smegmesh.daemon.transport import (
     EndpointBackoff,
@@ -59,7 +60,7 @@ from smegmesh.testbed.swarm_plan import (
 class Worker:
     """One swarm process: its members, one TLS server, one timer heap."""
 
-    def __init__(self, plan: Plan, proc: int) -> None:
+    def __init__(self, plan: Plan, proc: int, *, datagrams: bool = True) -> None:
         self.plan = plan
         self.proc = proc
         self.tls = plan.tls(proc)
@@ -80,7 +81,15 @@ class Worker:
         # Certificates the members have fetched, shared: in a settled mesh every
         # node has met every other before, so reopening a channel fetches nothing.
         self.certificates: OrderedDict[bytes, bytes] = OrderedDict()
-        self.server = RpcServer(self.tls, self._on_rpc, is_member=members[0].node.is_member)
+        # Datagrams (daemon/rpc_dgram.py) as smegd has them by default: the
+        # members' outside calls share one UDP socket, the server answers for all.
+        self.datagrams = DatagramClient() if datagrams else None
+        self.server = RpcServer(
+            self.tls,
+            self._on_rpc,
+            is_member=members[0].node.is_member,
+            private_key_for=self._private_key if datagrams else None,
+        )
         for m in members:  # the daemon's port of the shared engine driver
             m.port = DaemonPort(functools.partial(self._send, m), lambda _keys: None)
             m.driver = EngineDriver(m.node, m.port)
@@ -203,6 +212,7 @@ class Worker:
                 timeout=CALL_TIMEOUT_S,
                 channel_idle_s=self.plan.channel_idle_s,
                 certificates=self.certificates,
+                datagrams=self.datagrams,
             )
         return await m.client.call(rec.control_endpoint, rec.tls_fp, body, timeout, to=to)
 
@@ -217,6 +227,10 @@ class Worker:
         else:
             self._drv(m).reply(call, reply, now_ms())
         self._schedule(m)
+
+    def _private_key(self, key: bytes) -> bytes | None:
+        m = self.local.get(key)
+        return m.identity.wg_private_key if m is not None else None
 
     async def _on_rpc(self, src: bytes, body: bytes) -> bytes:
         to = callee_key.get()
@@ -372,7 +386,7 @@ def _atomic(path: Path, text: str) -> None:
 
 def worker_main(a: argparse.Namespace) -> int:
     plan = Plan(a.members, a.procs, a.base_port, a.seed, a.t0, Path(a.dir), a.channel_idle)
-    worker = Worker(plan, a.worker)
+    worker = Worker(plan, a.worker, datagrams=not getattr(a, "no_datagrams", False))
     loop = asyncio.new_event_loop()
     main = loop.create_task(worker.run())
 

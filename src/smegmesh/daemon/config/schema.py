@@ -109,6 +109,15 @@ class Config(_Model):
         "recently used idle one is closed to make room; one idle for 60 s is closed too): "
         "a node's connections do not grow with the size of the mesh.",
     )
+    datagrams: bool = Field(
+        default=True,
+        alias="datagrams",
+        description="Send small idempotent node-to-node calls (probes, acks, in-sync digest "
+        "pulls, small pushes) as single authenticated UDP datagrams to the gRPCPort number, "
+        "the gRPC stream carrying the rest and any call datagrams do not answer in time; "
+        "UDP on gRPCPort must be open for it (otherwise calls fall back to the stream). "
+        "false: every call on the gRPC stream and no UDP socket.",
+    )
     grpc_port: int = Field(
         default=4000,
         alias="gRPCPort",

@@ -1,0 +1,213 @@
+"""One node-to-node datagram, sealed and opened (pure: no sockets; issue 14).
+
+Small idempotent calls (a probe and its ack, an in-sync digest pull, a small
+push) travel as single UDP datagrams instead of gRPC calls over TLS; see
+``daemon/rpc_dgram.py`` for the sockets and docs/TRANSPORT.md for why.
+
+Layout (all integers big-endian)::
+
+    header  = b"SMD" | kind u8 (1 request, 2 reply) | sender wg key (32)
+              | receiver wg key (32) | nonce (12)                        -- 80 bytes
+    sealed  = ChaCha20-Poly1305(key, nonce, inner, associated data = header)
+    inner   = request id u64 | timestamp ms u64 | status u8 | body
+
+The key of one direction is ``HKDF-SHA256(X25519(my wg private, their wg
+public), info = INFO + sender key + receiver key)``: the two nodes' static
+WireGuard keys (the X25519 form of their identities) authenticate both ends,
+nothing else is sent. The kind is in the associated data, so a request cannot
+be turned into a reply; the direction is in the key, so a datagram cannot be
+reflected to its sender. Replays are refused by :class:`ReplayCache`
+(``(sender, nonce)`` within the clock window, bounded, with a floor).
+"""
+
+from __future__ import annotations
+
+import hmac
+import struct
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+MAGIC = b"SMD"
+REQUEST = 1
+REPLY = 2
+#: reply status: 0 ok, 1 "use the stream" (repeat the call over gRPC), 2 refused
+OK, USE_STREAM, REFUSED = 0, 1, 2
+INFO = b"smegmesh datagram v1"
+KEY_LEN = 32
+NONCE_LEN = 12
+TAG_LEN = 16
+HEADER = struct.Struct(">3sB32s32s12s")  # 80 bytes
+INNER = struct.Struct(">QQB")  # 17 bytes
+#: Largest datagram: the IPv6 minimum MTU (1280) minus IPv6 (40) and UDP (8) headers.
+MAX_DATAGRAM = 1232
+#: Bytes of a datagram besides the body (header, inner header, AEAD tag): 113.
+OVERHEAD = HEADER.size + INNER.size + TAG_LEN
+#: Largest body one datagram carries: 1,119 bytes.
+MAX_BODY = MAX_DATAGRAM - OVERHEAD
+#: IP + UDP header bytes of one datagram on the wire (for the wire accounting).
+UDP_IPV4_HEADERS = 28
+UDP_IPV6_HEADERS = 48
+#: Derived AEAD objects kept per (my key, their key, direction): X25519 once per pair.
+MAX_CACHED_KEYS = 4096
+#: ``(sender, nonce)`` entries the replay cache holds at most.
+MAX_REPLAY_ENTRIES = 65536
+
+
+class DatagramError(ValueError):
+    """A datagram that is not ours, not for us, forged, replayed or out of bounds."""
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    kind: int
+    sender: bytes
+    receiver: bytes
+    nonce: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    header: Header
+    request_id: int
+    ts_ms: int
+    status: int
+    body: bytes
+
+
+def parse_header(data: bytes) -> Header:
+    """The clear header, bounds checked (no crypto): raises :class:`DatagramError`."""
+    if not HEADER.size + INNER.size + TAG_LEN <= len(data) <= MAX_DATAGRAM:
+        raise DatagramError("bad length")
+    magic, kind, sender, receiver, nonce = HEADER.unpack_from(data)
+    if magic != MAGIC or kind not in (REQUEST, REPLY):
+        raise DatagramError("not a smegmesh datagram")
+    if hmac.compare_digest(sender, receiver):
+        raise DatagramError("sender is the receiver")
+    return Header(kind, sender, receiver, nonce)
+
+
+class KeyCache:
+    """Derived per-direction AEAD objects, bounded LRU (X25519 + HKDF once per pair).
+
+    ``derivations`` counts the X25519 operations (tests spy on it: nothing a
+    stranger sends may reach one).
+    """
+
+    def __init__(self, max_entries: int = MAX_CACHED_KEYS) -> None:
+        self._max = max_entries
+        self._keys: OrderedDict[tuple[bytes, bytes, bytes], ChaCha20Poly1305] = OrderedDict()
+        self.derivations = 0
+
+    def aead(
+        self, my_private: bytes, their_public: bytes, sender: bytes, receiver: bytes
+    ) -> ChaCha20Poly1305:
+        """The AEAD of the direction ``sender -> receiver`` (one of them is us)."""
+        slot = (my_private, sender, receiver)
+        a = self._keys.get(slot)
+        if a is not None:
+            self._keys.move_to_end(slot)
+            return a
+        self.derivations += 1
+        try:
+            shared = X25519PrivateKey.from_private_bytes(my_private).exchange(
+                X25519PublicKey.from_public_bytes(their_public)
+            )
+        except ValueError:  # cryptography refuses an all-zero result (low-order point)
+            raise DatagramError("low-order key") from None
+        if not any(shared):
+            raise DatagramError("low-order key")
+        key = HKDF(hashes.SHA256(), KEY_LEN, salt=None, info=INFO + sender + receiver).derive(
+            shared
+        )
+        a = self._keys[slot] = ChaCha20Poly1305(key)
+        if len(self._keys) > self._max:
+            self._keys.popitem(last=False)
+        return a
+
+
+def seal(
+    keys: KeyCache,
+    kind: int,
+    my_private: bytes,
+    sender: bytes,
+    receiver: bytes,
+    request_id: int,
+    ts_ms: int,
+    status: int,
+    body: bytes,
+    random: Callable[[int], bytes],
+) -> bytes:
+    """One datagram from ``sender`` (us, ``my_private``) to ``receiver``."""
+    if len(body) > MAX_BODY:
+        raise DatagramError("body too large for a datagram")
+    nonce = random(NONCE_LEN)
+    header = HEADER.pack(MAGIC, kind, sender, receiver, nonce)
+    aead = keys.aead(my_private, receiver, sender, receiver)
+    inner = INNER.pack(request_id, ts_ms, status) + body
+    return header + aead.encrypt(nonce, inner, header)
+
+
+def open_sealed(keys: KeyCache, data: bytes, header: Header, my_private: bytes) -> Opened:
+    """Decrypt a datagram whose header passed :func:`parse_header` and the caller's
+    checks (receiver is ours, sender allowed); raises :class:`DatagramError`."""
+    aead = keys.aead(my_private, header.sender, header.sender, header.receiver)
+    try:
+        inner = aead.decrypt(header.nonce, data[HEADER.size :], data[: HEADER.size])
+    except InvalidTag:
+        raise DatagramError("forged or corrupt") from None
+    if len(inner) < INNER.size:
+        raise DatagramError("bad length")
+    rid, ts, status = INNER.unpack_from(inner)
+    return Opened(header, rid, ts, status, inner[INNER.size :])
+
+
+class ReplayCache:
+    """Refuses a ``(sender, nonce)`` seen before, and anything outside the clock window.
+
+    Entries are kept until their timestamp leaves the window (``skew_ms``).
+    When full, the oldest entry is dropped and the *floor* is raised to its
+    timestamp: anything not newer than the floor is refused from then on (it
+    might be a replay of what was dropped). Memory: at most ``max_entries``.
+    """
+
+    def __init__(self, skew_ms: int, max_entries: int = MAX_REPLAY_ENTRIES) -> None:
+        self._skew = skew_ms
+        self._max = max_entries
+        #: (sender, nonce) -> timestamp, in insertion order
+        self._seen: OrderedDict[tuple[bytes, bytes], int] = OrderedDict()
+        self.floor_ms = 0
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def check(self, sender: bytes, nonce: bytes, ts_ms: int, now_ms: int) -> None:
+        """Accept (and remember) or raise :class:`DatagramError`."""
+        if abs(now_ms - ts_ms) > self._skew:
+            raise DatagramError("outside the clock window")
+        if ts_ms <= self.floor_ms:
+            raise DatagramError("below the replay floor")
+        slot = (sender, nonce)
+        if slot in self._seen:
+            raise DatagramError("replayed")
+        self._expire(now_ms)
+        while len(self._seen) >= self._max:
+            _k, old = self._seen.popitem(last=False)
+            self.floor_ms = max(self.floor_ms, old)
+        self._seen[slot] = ts_ms
+
+    def _expire(self, now_ms: int) -> None:
+        """Drop entries whose timestamp has left the window (from the oldest inserted;
+        insertion order is nearly timestamp order, a late one only stays longer)."""
+        cutoff = now_ms - self._skew
+        while self._seen:
+            k, ts = next(iter(self._seen.items()))
+            if ts >= cutoff:
+                return
+            del self._seen[k]

@@ -1,0 +1,274 @@
+"""The datagram path's seal/open and its checks before crypto (issue 14, daemon/dgram_wire.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from smegmesh.core.identity import NodeIdentity
+from smegmesh.core.messages import Ack, Ping, WhoAmI
+from smegmesh.core.wire import encode
+from smegmesh.daemon import dgram_wire as dw
+from smegmesh.daemon.rpc_common import CLOCK_SKEW_MS
+from smegmesh.daemon.rpc_dgram import DatagramServer
+from smegmesh.daemon.rpc_server import RpcServer
+from smegmesh.daemon.rpc_tls import TlsIdentity
+
+A = NodeIdentity.from_seed(b"a" * 32)
+B = NodeIdentity.from_seed(b"b" * 32)
+C = NodeIdentity.from_seed(b"c" * 32)
+BODY = encode(Ping("m", 7))
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
+
+
+def _req(
+    keys: dw.KeyCache, frm: NodeIdentity = A, to: NodeIdentity = B, body: bytes = BODY, ts: int = 0
+) -> bytes:
+    return dw.seal(
+        keys,
+        dw.REQUEST,
+        frm.wg_private_key,
+        frm.wg_public_key,
+        to.wg_public_key,
+        42,
+        ts or _now(),
+        0,
+        body,
+        os.urandom,
+    )
+
+
+def _open(keys: dw.KeyCache, data: bytes, me: NodeIdentity = B) -> dw.Opened:
+    return dw.open_sealed(keys, data, dw.parse_header(data), me.wg_private_key)
+
+
+def test_round_trip_both_ways_and_overhead() -> None:
+    ka, kb = dw.KeyCache(), dw.KeyCache()
+    data = _req(ka)
+    assert len(data) == len(BODY) + dw.OVERHEAD == len(BODY) + 113
+    o = _open(kb, data)
+    assert (o.request_id, o.status, o.body, o.header.sender) == (42, 0, BODY, A.wg_public_key)
+    reply = dw.seal(
+        kb,
+        dw.REPLY,
+        B.wg_private_key,
+        B.wg_public_key,
+        A.wg_public_key,
+        42,
+        _now(),
+        0,
+        b"ok",
+        os.urandom,
+    )
+    back = _open(ka, reply, A)
+    assert (back.header.kind, back.body) == (dw.REPLY, b"ok")
+    # X25519 once per pair and direction, not per datagram
+    _open(kb, _req(ka))
+    assert kb.derivations == 2 and ka.derivations == 2
+
+
+@pytest.mark.parametrize("where", [5, 40, 79, 85, -1])
+def test_tampered_header_or_ciphertext_is_refused(where: int) -> None:
+    data = bytearray(_req(dw.KeyCache()))
+    data[where] ^= 1
+    with pytest.raises(dw.DatagramError):
+        _open(dw.KeyCache(), bytes(data))
+
+
+def test_wrong_receiver_key_cannot_open() -> None:
+    data = _req(dw.KeyCache(), to=B)
+    with pytest.raises(dw.DatagramError, match="forged"):
+        dw.open_sealed(dw.KeyCache(), data, dw.parse_header(data), C.wg_private_key)
+
+
+def test_request_reflected_as_reply_or_to_its_sender_is_refused() -> None:
+    data = _req(dw.KeyCache())
+    as_reply = bytearray(data)
+    as_reply[3] = dw.REPLY  # the kind is authenticated (associated data)
+    with pytest.raises(dw.DatagramError):
+        _open(dw.KeyCache(), bytes(as_reply))
+    # Reflected to A (its sender), sender/receiver swapped: the direction is in the key.
+    h = dw.parse_header(data)
+    swapped = data[:4] + h.receiver + h.sender + data[68:]
+    with pytest.raises(dw.DatagramError):
+        _open(dw.KeyCache(), swapped, A)
+    # As it is, to A: not for A.
+    with pytest.raises(dw.DatagramError):
+        dw.open_sealed(dw.KeyCache(), data, h, A.wg_private_key)
+
+
+def test_replay_and_clock_window_are_refused() -> None:
+    cache = dw.ReplayCache(CLOCK_SKEW_MS)
+    o = _open(dw.KeyCache(), _req(dw.KeyCache()))
+    cache.check(o.header.sender, o.header.nonce, o.ts_ms, _now())
+    with pytest.raises(dw.DatagramError, match="replayed"):
+        cache.check(o.header.sender, o.header.nonce, o.ts_ms, _now())
+    old = _open(dw.KeyCache(), _req(dw.KeyCache(), ts=_now() - CLOCK_SKEW_MS - 1000))
+    with pytest.raises(dw.DatagramError, match="clock window"):
+        cache.check(old.header.sender, old.header.nonce, old.ts_ms, _now())
+    future = _open(dw.KeyCache(), _req(dw.KeyCache(), ts=_now() + CLOCK_SKEW_MS + 1000))
+    with pytest.raises(dw.DatagramError, match="clock window"):
+        cache.check(future.header.sender, future.header.nonce, future.ts_ms, _now())
+
+
+def test_replay_cache_stays_bounded_under_a_flood_and_the_floor_refuses_older() -> None:
+    cache = dw.ReplayCache(CLOCK_SKEW_MS, max_entries=100)
+    now = _now()
+    first = (A.wg_public_key, b"\x00" * 12, now - 5000)
+    cache.check(*first, now)
+    for i in range(1, 1000):
+        cache.check(A.wg_public_key, i.to_bytes(12, "big"), now - 5000 + i, now)
+        assert len(cache) <= 100
+    assert cache.floor_ms >= now - 5000 + 899
+    # The first nonce fell out of the cache, but its replay is below the floor.
+    with pytest.raises(dw.DatagramError, match="floor"):
+        cache.check(*first, now)
+    cache.check(A.wg_public_key, b"\xff" * 12, now, now)  # fresh ones still pass
+    # Entries leave once their timestamp leaves the window.
+    later = now + CLOCK_SKEW_MS + 10_000
+    cache.check(A.wg_public_key, b"\xfe" * 12, later, later)
+    assert len(cache) == 1
+
+
+def test_oversize_and_malformed_are_refused_before_crypto() -> None:
+    with pytest.raises(dw.DatagramError, match="too large"):
+        _req(dw.KeyCache(), body=b"x" * (dw.MAX_BODY + 1))
+    assert len(_req(dw.KeyCache(), body=encode(Ping("m" * 60, 1)))) <= dw.MAX_DATAGRAM
+    for bad in (b"", b"SMD", _req(dw.KeyCache()) + b"x" * dw.MAX_DATAGRAM, b"XYZ" + bytes(120)):
+        with pytest.raises(dw.DatagramError):
+            dw.parse_header(bad)
+    same = bytearray(_req(dw.KeyCache()))
+    same[36:68] = same[4:36]
+    with pytest.raises(dw.DatagramError, match="sender is the receiver"):
+        dw.parse_header(bytes(same))
+
+
+def test_low_order_public_key_is_refused() -> None:
+    with pytest.raises(dw.DatagramError, match="low-order"):
+        dw.KeyCache().aead(A.wg_private_key, bytes(32), bytes(32), A.wg_public_key)
+
+
+def _server(member: set[bytes]) -> DatagramServer:
+    async def handler(_src: bytes, _body: bytes) -> bytes:
+        raise AssertionError("never reached")
+
+    rpc = RpcServer(TlsIdentity.generate(), handler, is_member=member.__contains__)
+    mine = {B.wg_public_key: B.wg_private_key}
+    return DatagramServer(rpc, mine.get)
+
+
+def test_stranger_garbage_and_strays_cost_no_x25519() -> None:
+    srv = _server({A.wg_public_key})
+    addr = ("192.0.2.7", 4000)
+    stranger = _req(dw.KeyCache(), frm=C)
+    not_ours = _req(dw.KeyCache(), to=C)
+    for data in (stranger, not_ours, b"garbage" * 20, os.urandom(500)):
+        srv.datagram_received(data, addr)
+    assert srv.keys.derivations == 0
+    assert srv.stats.refused["not a member"] == 1
+    assert srv.stats.refused["not for us"] == 1
+    assert sum(srv.stats.refused.values()) == 4
+    # A member's forged datagram does reach the key derivation (once per pair).
+    forged = bytearray(_req(dw.KeyCache()))
+    forged[-1] ^= 1
+    srv.datagram_received(bytes(forged), addr)
+    assert srv.keys.derivations == 1 and srv.stats.refused["forged or corrupt"] == 1
+
+
+def test_token_bucket_per_source_address_bounds_crypto_work() -> None:
+    srv = _server({A.wg_public_key})
+    junk = bytearray(_req(dw.KeyCache()))
+    junk[-1] ^= 1
+    for _ in range(1000):
+        srv.datagram_received(bytes(junk), ("192.0.2.8", 4000))
+    assert srv.stats.refused["rate limited"] >= 700
+    assert srv.stats.refused["forged or corrupt"] <= 300
+
+
+class _Sent:
+    """A stand-in for the server's UDP transport: records what it sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, object]] = []
+
+    def sendto(self, data: bytes, addr: object) -> None:
+        self.sent.append((data, addr))
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def test_server_answers_a_fresh_request_once_and_a_replay_never() -> None:
+    calls: list[bytes] = []
+
+    async def handler(src: bytes, body: bytes) -> bytes:
+        calls.append(src)
+        return encode(Ack("m", 7))
+
+    async def main() -> None:
+        rpc = RpcServer(TlsIdentity.generate(), handler, is_member={A.wg_public_key}.__contains__)
+        srv = DatagramServer(rpc, {B.wg_public_key: B.wg_private_key}.get)
+        out = _Sent()
+        srv.connection_made(out)  # type: ignore[arg-type]
+        data = _req(dw.KeyCache())
+        for _ in range(3):
+            srv.datagram_received(data, ("192.0.2.9", 5000))
+        while srv._tasks:
+            await asyncio.gather(*srv._tasks)
+        assert calls == [A.wg_public_key]  # executed once
+        assert srv.stats.refused["replayed"] == 2
+        assert len(out.sent) == 1  # one reply, to the source address, sealed back to A
+        reply, addr = out.sent[0]
+        assert addr == ("192.0.2.9", 5000)
+        o = _open(dw.KeyCache(), reply, A)
+        assert (o.header.kind, o.status, o.request_id, o.body) == (
+            dw.REPLY,
+            dw.OK,
+            42,
+            encode(Ack("m", 7)),
+        )
+        assert rpc.calls_in_flight == 0
+
+    asyncio.run(main())
+
+
+def test_server_says_use_the_stream_for_other_types_without_running_them() -> None:
+    async def handler(_src: bytes, _body: bytes) -> bytes:
+        raise AssertionError("a non-whitelisted request must not run")
+
+    async def main() -> None:
+        rpc = RpcServer(TlsIdentity.generate(), handler)
+        srv = DatagramServer(rpc, {B.wg_public_key: B.wg_private_key}.get)
+        out = _Sent()
+        srv.connection_made(out)  # type: ignore[arg-type]
+        join_like = encode(WhoAmI("m"))  # small, but not idempotent-whitelisted
+        srv.datagram_received(_req(dw.KeyCache(), body=join_like), ("192.0.2.9", 5000))
+        assert not srv._tasks
+        (reply, _addr), *_ = out.sent
+        o = _open(dw.KeyCache(), reply, A)
+        assert (o.status, o.body) == (dw.USE_STREAM, b"")
+
+    asyncio.run(main())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    junk=st.binary(max_size=1400),
+    head=st.sampled_from([b"", b"SMD\x01", b"SMD\x02", b"SMD\x01" + A.wg_public_key]),
+)
+def test_any_bytes_are_dropped_without_an_exception(junk: bytes, head: bytes) -> None:
+    srv = _server({A.wg_public_key})
+    data = head + junk
+    srv.datagram_received(data, ("192.0.2.10", 4000))  # never raises, never answers
+    assert sum(srv.stats.refused.values()) == 1
+    with contextlib.suppress(dw.DatagramError):  # only ever this error
+        dw.parse_header(data)

@@ -1,0 +1,173 @@
+"""The datagram path of RpcClient/RpcServer on loopback (issue 14, daemon/rpc_dgram.py):
+answered by datagram, "use the stream", fallback and learning, refusals, bind failure."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from smegmesh.core.identity import NodeIdentity
+from smegmesh.core.messages import Ack, Ping
+from smegmesh.core.sync import SyncEnd, SyncStart
+from smegmesh.core.wire import encode
+from smegmesh.daemon import dgram_wire as dw
+from smegmesh.daemon.rpc_dgram import MISSES_FOR_STREAM_ONLY, DatagramClient
+from smegmesh.daemon.transport import (
+    Refused,
+    RpcClient,
+    RpcError,
+    RpcServer,
+    TlsIdentity,
+    callee_key,
+    caller_address,
+)
+
+ME = NodeIdentity.from_seed(b"m" * 32)
+OTHER = NodeIdentity.from_seed(b"o" * 32)  # a second identity the same client speaks for
+SRV = NodeIdentity.from_seed(b"s" * 32)
+PING = encode(Ping("mesh", 1))
+ACK = encode(Ack("mesh", 1))
+
+Handler = Callable[[bytes, bytes], Awaitable[bytes]]
+
+
+async def _pair(handler: Handler, *, datagrams: bool = True) -> tuple[RpcServer, RpcClient, str]:
+    keys = {SRV.wg_public_key: SRV.wg_private_key}
+    server = RpcServer(
+        TlsIdentity.generate(), handler, private_key_for=keys.get if datagrams else None
+    )
+    port = await server.start("::1", 0)
+    client = RpcClient(ME, timeout=2.0, datagrams=DatagramClient())
+    return server, client, f"[::1]:{port}"
+
+
+def _run(coro: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+def test_small_call_is_answered_by_datagram_for_any_identity() -> None:
+    seen: list[tuple[bytes, str | None, bytes | None]] = []
+
+    async def handler(src: bytes, body: bytes) -> bytes:
+        seen.append((src, caller_address.get(), callee_key.get()))
+        return ACK
+
+    async def main() -> None:
+        server, client, ep = await _pair(handler)
+        try:
+            assert await client.call(ep, server._fp, PING, to=SRV.wg_public_key) == ACK
+            got = await client.call(ep, server._fp, PING, to=SRV.wg_public_key, identity=OTHER)
+            assert got == ACK
+            assert client.transport_calls == {("out", "Ping", "datagram"): 2}
+            assert server.transport_calls == {("in", "Ping", "datagram"): 2}
+            assert client.open_channels == 0  # no TLS connection at all
+            assert [s[0] for s in seen] == [ME.wg_public_key, OTHER.wg_public_key]
+            assert seen[0][1:] == ("::1", SRV.wg_public_key)
+            st = client.datagrams.stats  # type: ignore[union-attr]
+            assert st.bytes["out", "Ping"] == 2 * (len(PING) + dw.OVERHEAD + 48)
+        finally:
+            await client.close()
+            await server.stop(0)
+
+    _run(main())
+
+
+def test_large_reply_and_other_types_go_over_the_stream() -> None:
+    big = encode(SyncEnd("m" * 60, 1)) + b""  # a valid reply type...
+
+    async def handler(_src: bytes, body: bytes) -> bytes:
+        if body == PING:
+            return b"\x00" * (dw.MAX_BODY + 1)  # ...but one too large for a datagram
+        return big
+
+    async def main() -> None:
+        server, client, ep = await _pair(handler)
+        try:
+            t0 = time.monotonic()
+            reply = await client.call(ep, server._fp, PING, to=SRV.wg_public_key)
+            assert len(reply) == dw.MAX_BODY + 1
+            assert time.monotonic() - t0 < 1.5  # "use the stream": at once, not after a timeout
+            assert client.datagrams.stats.fallbacks["use the stream"] == 1  # type: ignore[union-attr]
+            assert server.transport_calls[("in", "Ping", "stream")] == 1
+            # Not a whitelisted request (a join, a sync step...): straight to the stream.
+            await client.call(ep, server._fp, b"not a message", to=SRV.wg_public_key)
+            start = encode(SyncStart("mesh", 1, b"s" * 8, b"d" * 16, 3))
+            assert await client.call(ep, server._fp, start, to=SRV.wg_public_key) == big
+            assert client.transport_calls[("out", "SyncStart", "datagram")] == 1
+        finally:
+            await client.close()
+            await server.stop(0)
+
+    _run(main())
+
+
+def test_refused_by_datagram_is_an_error() -> None:
+    async def handler(_src: bytes, _body: bytes) -> bytes:
+        raise Refused("not you")
+
+    async def main() -> None:
+        server, client, ep = await _pair(handler)
+        try:
+            with pytest.raises(RpcError, match="refused"):
+                await client.call(ep, server._fp, PING, to=SRV.wg_public_key)
+            assert server.datagrams is not None
+            assert server.datagrams.stats.refused["not you"] == 1
+        finally:
+            await client.close()
+            await server.stop(0)
+
+    _run(main())
+
+
+def test_server_without_datagrams_is_reached_over_the_stream_then_learnt() -> None:
+    async def handler(_src: bytes, _body: bytes) -> bytes:
+        return ACK
+
+    async def main() -> None:
+        server, client, ep = await _pair(handler, datagrams=False)
+        try:
+            for _ in range(MISSES_FOR_STREAM_ONLY):
+                t0 = time.monotonic()
+                assert await client.call(ep, server._fp, PING, 1.0, to=SRV.wg_public_key) == ACK
+                assert time.monotonic() - t0 >= 0.7  # waited for datagrams first
+            assert client.datagrams.stats.fallbacks["unanswered"] == 3  # type: ignore[union-attr]
+            t0 = time.monotonic()
+            assert await client.call(ep, server._fp, PING, 1.0, to=SRV.wg_public_key) == ACK
+            assert time.monotonic() - t0 < 0.7  # stream only now: no wait
+            assert client.datagrams.stats.fallbacks["unanswered"] == 3  # type: ignore[union-attr]
+        finally:
+            await client.close()
+            await server.stop(0)
+
+    _run(main())
+
+
+def test_udp_port_taken_means_stream_only_with_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def handler(_src: bytes, _body: bytes) -> bytes:
+        return ACK
+
+    async def main() -> None:
+        udp = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        udp.bind(("::1", 0))
+        port = udp.getsockname()[1]
+        keys = {SRV.wg_public_key: SRV.wg_private_key}
+        server = RpcServer(TlsIdentity.generate(), handler, private_key_for=keys.get)
+        try:
+            assert await server.start("::1", port) == port  # gRPC still serves
+            assert server.datagrams is None
+        finally:
+            await server.stop(0)
+            udp.close()
+
+    with caplog.at_level(logging.WARNING, "smegmesh.daemon.transport"):
+        _run(main())
+    warnings = [r for r in caplog.records if "datagrams" in r.getMessage()]
+    assert len(warnings) == 1 and "stream only" in warnings[0].getMessage()
