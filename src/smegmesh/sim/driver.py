@@ -33,7 +33,7 @@ from smegmesh.core.driver import EngineDriver
 from smegmesh.core.engine import Call, Message
 from smegmesh.core.meshnode import MeshNode, Out
 from smegmesh.core.wire import decode, encode
-from smegmesh.sim.overhead import REPLY_OVERHEAD_BYTES, REQUEST_OVERHEAD_BYTES
+from smegmesh.sim.overhead import model_of, reply_bytes, request_bytes
 
 __all__ = ["T0", "Driver", "NetParams", "TrafficBase"]
 
@@ -50,7 +50,9 @@ class NetParams:
     jitter_sigma: float = 0.2  # per-message jitter (lognormal sigma)
     loss: float = 0.01  # one-way message loss
     rpc_timeout_ms: int = 1_000  # a call without reply fails after this (unless it says)
-    wire_overhead: bool = False  # charge sim/overhead.py's per-message bytes on top
+    #: charge sim/overhead.py's per-message bytes on top: False (payload only),
+    #: True or "stream" (every call over the stream), "datagram" (small calls as datagrams)
+    wire_overhead: bool | str = False
 
 
 @dataclass(slots=True)
@@ -60,6 +62,8 @@ class _Pending:
     to: int  # endpoint, -1 = unknown address
     msg: Any
     call: Any  # the engine's Call (or a subclass's marker, e.g. a join)
+    dgram: bool = False  # wire overhead, datagram model: the request went as a datagram
+    size: int = 0  # the request's payload bytes (wire overhead of a stream fallback)
 
 
 @dataclass
@@ -99,6 +103,7 @@ class Driver:
         self._size_cache: dict[int, tuple[Any, int]] = {}
         self._type_stats: dict[type, list[int]] = {}  # type -> [seen, encoded, bytes]
         self._drivers: dict[int, EngineDriver] = {}
+        self._model = model_of(self.net.wire_overhead)
 
     # ------------------------------------------------------------------ endpoint mapping
 
@@ -267,8 +272,8 @@ class Driver:
         a = self._host(ea)
         b = self._host(eb)
         size = self._size(msg)
-        if self.net.wire_overhead:
-            size += REQUEST_OVERHEAD_BYTES if kind == _REQ else REPLY_OVERHEAD_BYTES
+        if self._model is not None:
+            size += self._overhead(kind, payload, msg, size)
         tr = self.traffic
         tr.tx[a] += size
         if ok:
@@ -279,6 +284,21 @@ class Driver:
             if self.verify_sample > 0 and self._verify_rng.random() < self.verify_sample:
                 payload = self._through_wire(kind, payload, msg)
             self._push(self.now + self._latency(a, b), kind, payload)
+
+    def _overhead(self, kind: int, payload: Any, msg: Any, size: int) -> int:
+        """Wire overhead of one message under the transport model (``sim/overhead.py``)."""
+        assert self._model is not None
+        name = type(msg).__name__
+        if kind == _REQ:
+            extra, dgram = request_bytes(self._model, name, size)
+            c = self._calls.get(payload)
+            if c is not None:
+                c.dgram, c.size = dgram, size
+            return extra
+        c = self._calls.get(payload[0])
+        if c is None:
+            return reply_bytes(name, size, 0, False)
+        return reply_bytes(name, size, c.size, c.dgram)
 
     def _through_wire(self, kind: int, payload: Any, msg: Any) -> Any:
         """Deliver what decoding the message's bytes gives (as the daemon does)."""
