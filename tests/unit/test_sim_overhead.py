@@ -65,3 +65,12 @@ def test_datagram_model_rules() -> None:
     assert model_of(False) is None and model_of(True) == "stream"
     with pytest.raises(ValueError, match="unknown wire overhead model"):
         model_of("quic")
+
+
+def test_one_run_counts_every_model() -> None:
+    """The chosen model's bytes are charged; the others are totalled from the same run."""
+    stream, dgram = _run_model("stream"), _run_model("datagram")
+    for sim in (stream, dgram):
+        assert sim.traffic.models["stream"][0] == sum(stream.traffic.tx)
+        assert sim.traffic.models["datagram"][0] == sum(dgram.traffic.tx)
+        assert sim.traffic.models["payload"][0] == sum(_run_model(False).traffic.tx)

@@ -116,8 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in res.items():
             print(f"{k:<{width}}  {round(v, 2) if isinstance(v, float) else v}")
         print("traffic by message type (count, bytes):")
+        tm = sim.traffic.type_models
         for name, (cnt, size) in sorted(sim.traffic.by_type.items()):
-            print(f"  {name:<12} {cnt:>10} {size:>14}")
+            models = "".join(
+                f" {m}={tm[(name, m)]}" for m in ("payload", *MODELS) if (name, m) in tm
+            )
+            print(f"  {name:<12} {cnt:>10} {size:>14}{models}")
     return 0
 
 

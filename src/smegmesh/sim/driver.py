@@ -71,6 +71,11 @@ class TrafficBase:
     tx: list[int] = field(default_factory=list)  # bytes per host
     rx: list[int] = field(default_factory=list)
     msgs: int = 0
+    #: with a wire overhead model: every model's totals from the same run (one
+    #: behaviour, bytes counted both ways): name -> [tx, rx] over all hosts,
+    #: "payload" included; and bytes sent per (message type, model)
+    models: dict[str, list[int]] = field(default_factory=dict)
+    type_models: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 class _Wakeable(Protocol):
@@ -272,9 +277,9 @@ class Driver:
         a = self._host(ea)
         b = self._host(eb)
         size = self._size(msg)
-        if self._model is not None:
-            size += self._overhead(kind, payload, msg, size)
         tr = self.traffic
+        if self._model is not None:
+            size = self._charge(kind, payload, msg, size, ok)
         tr.tx[a] += size
         if ok:
             tr.rx[b] += size
@@ -285,20 +290,36 @@ class Driver:
                 payload = self._through_wire(kind, payload, msg)
             self._push(self.now + self._latency(a, b), kind, payload)
 
-    def _overhead(self, kind: int, payload: Any, msg: Any, size: int) -> int:
-        """Wire overhead of one message under the transport model (``sim/overhead.py``)."""
-        assert self._model is not None
+    def _charge(self, kind: int, payload: Any, msg: Any, size: int, ok: bool) -> int:
+        """Bytes of one message on the wire under the chosen transport model.
+
+        Every model's bytes are totalled too (``traffic.models``), so one run
+        gives the stream and datagram figures side by side.
+        """
         name = type(msg).__name__
         if kind == _REQ:
-            extra, dgram = request_bytes(self._model, name, size)
+            dgram_extra, dgram = request_bytes("datagram", name, size)
+            stream_extra = request_bytes("stream", name, size)[0]
             c = self._calls.get(payload)
             if c is not None:
                 c.dgram, c.size = dgram, size
-            return extra
-        c = self._calls.get(payload[0])
-        if c is None:
-            return reply_bytes(name, size, 0, False)
-        return reply_bytes(name, size, c.size, c.dgram)
+        else:
+            c = self._calls.get(payload[0])
+            stream_extra = reply_bytes(name, size, 0, False)
+            dgram_extra = (
+                reply_bytes(name, size, c.size, c.dgram) if c is not None else stream_extra
+            )
+        tr = self.traffic
+        for model, extra in (("payload", 0), ("stream", stream_extra), ("datagram", dgram_extra)):
+            tot = tr.models.get(model)
+            if tot is None:
+                tot = tr.models[model] = [0, 0]
+            tot[0] += size + extra
+            if ok:
+                tot[1] += size + extra
+            tk = (name, model)
+            tr.type_models[tk] = tr.type_models.get(tk, 0) + size + extra
+        return size + (dgram_extra if self._model == "datagram" else stream_extra)
 
     def _through_wire(self, kind: int, payload: Any, msg: Any) -> Any:
         """Deliver what decoding the message's bytes gives (as the daemon does)."""

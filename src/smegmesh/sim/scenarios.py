@@ -97,6 +97,7 @@ def run_scenario(name: str, cfg: ScenarioConfig) -> dict[str, Any]:
     end = warm + int(cfg.seconds * 1000)
     sim.run_until(warm)
     tx0, rx0 = list(sim.traffic.tx), list(sim.traffic.rx)
+    models0 = {m: list(v) for m, v in sim.traffic.models.items()}
     res: dict[str, Any] = {
         "scenario": name,
         "nodes": cfg.nodes,
@@ -109,6 +110,7 @@ def run_scenario(name: str, cfg: ScenarioConfig) -> dict[str, Any]:
     subject = sim.rng.randrange(cfg.nodes)
     _EVENTS[name](sim, cfg, subject, end, spreads, res)
     _add_traffic(res, sim, cfg, warm, tx0, rx0)
+    _add_model_traffic(res, sim, cfg, warm, models0)
     res["false_prunes"] = len(fp.targets)
     res["false_prune_obs"] = len(fp.events)
     res["events"] = sim.events
@@ -164,6 +166,22 @@ def _add_traffic(
     ]
     res.update(_prefix("bps_", traffic_rates(tx, rx, range(cfg.nodes), secs)))
     res["virtual_s"] = round(secs, 3)
+
+
+def _add_model_traffic(
+    res: dict[str, Any],
+    sim: Simulator,
+    cfg: ScenarioConfig,
+    warm: int,
+    models0: dict[str, list[int]],
+) -> None:
+    """With a wire overhead model: every model's mean tx+rx per node since the warm-up."""
+    secs = (sim.now - warm) / 1000
+    if secs <= 0 or not cfg.nodes:
+        return
+    for model, (tx, rx) in sorted(sim.traffic.models.items()):
+        tx0, rx0 = models0.get(model, [0, 0])
+        res[f"bps_total_mean_{model}"] = (tx - tx0 + rx - rx0) / secs / cfg.nodes
 
 
 # Each scenario's event and its measurement, after the warm-up:
