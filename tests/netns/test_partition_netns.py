@@ -5,7 +5,8 @@ bridge, heartbeat 2 s) form a mesh; nftables in each namespace splits them
 2 | 2 until each side has pruned the other (and at least ``MIN_CUT_S``),
 then the cut is removed. Before issue 14 all four were live again only
 16-24 s after the cut ended; a node that hears from a member it holds as
-pruned now syncs with it at once.
+pruned now pushes it its prune at once (and syncs with it, at most once per
+3 s in all).
 """
 
 from __future__ import annotations

@@ -64,3 +64,37 @@ def test_fresh_items_pushed_for_infection_count_rounds_then_pull_resumes() -> No
     assert pushes == 3
     assert 4 <= pulls <= 7  # every 5 s once nothing is fresh
     assert not s.fresh_keys
+
+
+def _push_rounds(s: GossipScheduler, peers: list[bytes], item: bytes, acks: int) -> int:
+    """Sync rounds that push ``item``; ``acks`` "already held" answers after the first."""
+    rounds = 0
+    for t in range(0, 20_000, 1_000):
+        r = s.tick(t, peers)
+        if item in r.keys:
+            rounds += 1
+            if rounds == 1:
+                for _ in range(acks):
+                    s.lose_interest({item})
+    return rounds
+
+
+def test_items_the_targets_already_hold_lose_push_rounds() -> None:
+    """Issue 14: push feedback (rumour mongering, Demers et al.): every
+    LOSE_INTEREST_AFTER answers "held it already" cost the item one round."""
+    from smegmesh.core.gossip import LOSE_INTEREST_AFTER
+
+    ks = keys(50)
+    item = ks[7]
+    for acks, expect in ((0, 3), (LOSE_INTEREST_AFTER, 2), (3 * LOSE_INTEREST_AFTER, 1)):
+        s = sched(ks[0], sync_interval_ms=1_000, pull_interval_ms=60_000, infection_count=3)
+        s.tick(0, ks)
+        s.note_fresh({item})
+        assert _push_rounds(s, ks, item, acks) == expect, acks
+    # news again (a newer version): full rounds again, the count of misses forgotten
+    s = sched(ks[0], sync_interval_ms=1_000, pull_interval_ms=60_000, infection_count=3)
+    s.note_fresh({item})
+    s.lose_interest({item})
+    s.note_fresh({item})
+    s.lose_interest({item})
+    assert s._fresh[item] == 3

@@ -161,3 +161,33 @@ def test_one_dead_member_does_not_slow_its_own_detection() -> None:
     assert set(dead_at) == {ks[4]}
     assert dead_at[ks[4]] <= 9 * 1000 + 1000 + 2000 + 50
     assert max(seen) == 1
+
+
+def test_suspicion_grows_with_the_log_of_the_member_count() -> None:
+    """Issue 14, item 3: 10 % loss false-pruned 4 live members of 3,000 in 60 s.
+
+    N members run N probes a period: for the same false-prune rate in the
+    mesh, a suspect must get more re-probes in a bigger mesh. Up to 100
+    members the configured suspicion applies; at 3,000 it is log10(3000)/2
+    times longer (3.48 s instead of 2 s), so a silent member gets ~2
+    re-probes instead of 1 before it is declared dead.
+    """
+    from smegmesh.core.liveness import SUSPICION_BASE_MEMBERS, suspicion_scale
+
+    def suspicion_of(n: int) -> int:
+        ks = [i.to_bytes(4, "big") * 8 for i in range(n)]
+        fd = FailureDetector(ks[0], PARAMS, random.Random(5))
+        started: dict[bytes, int] = {}
+        for now in range(0, 20_000, 10):  # nobody answers
+            for a in fd.tick(now, ks[1:]):
+                if isinstance(a, Ping):
+                    started.setdefault(a.target, now)
+                elif isinstance(a, Dead):
+                    return now - started[a.target]
+        raise AssertionError("nobody declared dead")
+
+    assert suspicion_scale(SUSPICION_BASE_MEMBERS) == 1.0
+    assert suspicion_of(50) == suspicion_of(100) == PARAMS.suspicion_ms
+    at_3000 = suspicion_of(3000)
+    assert at_3000 >= PARAMS.suspicion_ms * 1.7, at_3000
+    assert at_3000 <= PARAMS.suspicion_ms * 1.75 + 10, at_3000

@@ -262,13 +262,15 @@ def test_incremental_views_equal_a_full_rebuild() -> None:
 def test_hearing_from_a_pruned_member_heals_it_at_once() -> None:
     """Issue 14, item 6: a call from a member we hold as pruned is proof it is alive.
 
-    The node starts a sync session with it at once (bounded: one per member per
-    ``HEAL_INTERVAL_MS``); the member refutes its prune and pushes the
-    refutation straight back, and the node spreads it: everyone holds it live
-    within a few round trips, far below the pull interval.
+    The node pushes it its prune at once (bounded: one per member per
+    ``HEAL_INTERVAL_MS``) and starts a sync session with it (the first heal of
+    the interval); the member refutes its prune and pushes the refutation
+    straight back, and the node spreads it: everyone holds it live within a
+    few round trips, far below the pull interval.
     """
     from smegmesh.core.messages import Ping
-    from smegmesh.core.sync import SyncStart
+    from smegmesh.core.record import Prune
+    from smegmesh.core.sync import Push
 
     net, nodes = mesh_of(5)
     net.run_until(net.now + 3000)
@@ -283,7 +285,9 @@ def test_hearing_from_a_pruned_member_heals_it_at_once() -> None:
     reply, outs = hearer.handle_request(victim.key, Ping(MESH, 7), net.now)
     assert isinstance(reply, Ack)
     heal = [o for o in outs if isinstance(o, Call) and o.to == victim.key]
-    assert len(heal) == 1 and isinstance(heal[0].msg, SyncStart), outs
+    assert sorted(type(o.msg).__name__ for o in heal) == ["Push", "SyncStart"], outs
+    push = next(o.msg for o in heal if isinstance(o.msg, Push))
+    assert any(isinstance(i, Prune) and i.target == victim.key for i in push.items)
     # Bounded: hearing from it again right away starts no second session.
     _reply, again = hearer.handle_request(victim.key, Ping(MESH, 8), net.now + 10)
     assert not [o for o in again if isinstance(o, Call) and o.to == victim.key]
@@ -292,6 +296,65 @@ def test_hearing_from_a_pruned_member_heals_it_at_once() -> None:
     t1 = net.now
     net.run_until(t1 + 300)  # a few 5 ms round trips; the pull interval is 3 s
     assert all(n.mesh.live_record(victim.key) is not None for n in nodes)
+
+
+def test_heals_of_many_pruned_members_start_one_sync_session_per_interval() -> None:
+    """Issue 14, item 1: after a partition a node hears from O(N) pruned members.
+
+    A sync session per heal (O(N) differences each after a partition) made the
+    heal O(N^2) per node; the 1,000-node partition simulation never finished.
+    Each pruned member gets a push of its prune; one sync session per
+    ``HEAL_INTERVAL_MS`` in all brings the rest.
+    """
+    from smegmesh.core.exchange import HEAL_INTERVAL_MS
+    from smegmesh.core.messages import Ping
+    from smegmesh.core.sync import Push, SyncStart
+
+    net, nodes = mesh_of(6)
+    net.run_until(net.now + 3000)
+    victims, hearer = nodes[3:], nodes[0]
+    for v in victims:
+        net.down.add(v.key)
+    t0 = net.now
+    while not all(n.mesh.live_record(v.key) is None for n in nodes[:3] for v in victims):
+        assert net.now - t0 < 30_000, "victims not pruned"
+        net.run_until(net.now + 200)
+    sent: list[str] = []
+    for i, v in enumerate(victims):
+        _reply, outs = hearer.handle_request(v.key, Ping(MESH, 7), net.now + i)
+        calls = [o for o in outs if isinstance(o, Call) and o.to == v.key]
+        assert any(isinstance(c.msg, Push) for c in calls), i
+        sent += [type(c.msg).__name__ for c in calls if isinstance(c.msg, SyncStart)]
+    assert sent == ["SyncStart"]
+    assert hearer.heal_sessions == len(victims)
+    # the next interval allows one more
+    _reply, outs = hearer.handle_request(victims[0].key, Ping(MESH, 9), net.now + HEAL_INTERVAL_MS)
+    assert [o for o in outs if isinstance(o, Call) and isinstance(o.msg, SyncStart)]
+
+
+def test_push_ack_says_whether_anything_was_new() -> None:
+    """Issue 14: the pusher's feedback. ``Ack.ok`` of a ``Push``: news to the target."""
+    from smegmesh.core.engine import PushCtx
+    from smegmesh.core.sync import Push
+
+    net, nodes = mesh_of(3)
+    net.run_until(net.now + 5000)
+    a, b = nodes[0], nodes[1]
+    held = Push(MESH, tuple(a.mesh.items_for([a.key])))
+    reply, _ = b.handle_request(a.key, held, net.now)
+    assert isinstance(reply, Ack) and not reply.ok
+    own = a.mesh.record(a.key)
+    assert own is not None
+    fresh = Push(MESH, (own.evolve(a.identity, net.now + 1, description="new"),))
+    reply, _ = b.handle_request(a.key, fresh, net.now + 1)
+    assert isinstance(reply, Ack) and reply.ok
+    # the pusher takes "held it already" as feedback: fewer rounds for the item
+    a._sched.note_fresh({a.key})
+    before = a._sched._fresh[a.key]
+    call = Call(b.key, held, PushCtx(frozenset({a.key})))
+    for _ in range(3):
+        a.step(ReplyReceived(call, Ack(MESH, 0, False), net.now))
+    assert a.key not in a._sched._fresh or a._sched._fresh[a.key] < before
 
 
 def test_pingreq_is_relayed_by_the_engine() -> None:

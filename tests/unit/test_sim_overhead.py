@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import pytest
+
 from smegmesh.sim.driver import NetParams
-from smegmesh.sim.overhead import REPLY_OVERHEAD_BYTES, REQUEST_OVERHEAD_BYTES
+from smegmesh.sim.overhead import (
+    DGRAM_MAX_BODY,
+    DGRAM_OVERHEAD_BYTES,
+    REPLY_OVERHEAD_BYTES,
+    REQUEST_OVERHEAD_BYTES,
+    model_of,
+    reply_bytes,
+    request_bytes,
+)
 from smegmesh.sim.simulator import T0, Simulator
 
 
@@ -21,3 +31,46 @@ def test_wire_overhead_adds_the_table_per_message_and_nothing_else() -> None:
     # every message is a request or a reply: between all-replies and all-requests
     assert msgs * REPLY_OVERHEAD_BYTES <= extra <= msgs * REQUEST_OVERHEAD_BYTES
     assert extra > 0.3 * msgs * (REQUEST_OVERHEAD_BYTES + REPLY_OVERHEAD_BYTES)
+
+
+def _run_model(model: bool | str, n: int = 12) -> Simulator:
+    sim = Simulator.steady(n, seed=3, net=NetParams(loss=0.0, wire_overhead=model))
+    sim.run_until(T0 + 6_000)
+    return sim
+
+
+def test_datagram_model_charges_probes_as_datagrams_and_big_calls_as_streams() -> None:
+    bare, stream, dgram = _run_model(False), _run_model("stream"), _run_model("datagram")
+    assert bare.traffic.msgs == stream.traffic.msgs == dgram.traffic.msgs
+    # True keeps its old meaning: the stream model
+    assert sum(_run_model(True).traffic.tx) == sum(stream.traffic.tx)
+    for name in ("Ping", "Ack"):
+        count, payload = bare.traffic.by_type[name]
+        assert dgram.traffic.by_type[name] == [count, payload + count * DGRAM_OVERHEAD_BYTES]
+    assert sum(bare.traffic.tx) < sum(dgram.traffic.tx) < sum(stream.traffic.tx)
+
+
+def test_datagram_model_rules() -> None:
+    assert request_bytes("datagram", "Ping", 40) == (DGRAM_OVERHEAD_BYTES, True)
+    assert request_bytes("datagram", "Push", DGRAM_MAX_BODY) == (DGRAM_OVERHEAD_BYTES, True)
+    assert request_bytes("datagram", "Push", DGRAM_MAX_BODY + 1) == (REQUEST_OVERHEAD_BYTES, False)
+    assert request_bytes("datagram", "SyncStep", 40) == (REQUEST_OVERHEAD_BYTES, False)
+    assert request_bytes("stream", "Ping", 40) == (REQUEST_OVERHEAD_BYTES, False)
+    assert reply_bytes("Ack", 30, 40, True) == DGRAM_OVERHEAD_BYTES
+    assert reply_bytes("Ack", 30, 40, False) == REPLY_OVERHEAD_BYTES
+    # too big for a datagram: "use the stream", then the whole call again on the stream
+    assert reply_bytes("SyncStep", 5_000, 60, True) == (
+        DGRAM_OVERHEAD_BYTES + 60 + REQUEST_OVERHEAD_BYTES + REPLY_OVERHEAD_BYTES
+    )
+    assert model_of(False) is None and model_of(True) == "stream"
+    with pytest.raises(ValueError, match="unknown wire overhead model"):
+        model_of("quic")
+
+
+def test_one_run_counts_every_model() -> None:
+    """The chosen model's bytes are charged; the others are totalled from the same run."""
+    stream, dgram = _run_model("stream"), _run_model("datagram")
+    for sim in (stream, dgram):
+        assert sim.traffic.models["stream"][0] == sum(stream.traffic.tx)
+        assert sim.traffic.models["datagram"][0] == sum(dgram.traffic.tx)
+        assert sim.traffic.models["payload"][0] == sum(_run_model(False).traffic.tx)

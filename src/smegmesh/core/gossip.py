@@ -18,6 +18,10 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+#: Pushes of an item that found their target holding it, per push round the
+#: item loses (see ``GossipScheduler.lose_interest``).
+LOSE_INTEREST_AFTER = 2
+
 
 @dataclass(frozen=True, slots=True)
 class GossipParams:
@@ -55,6 +59,8 @@ class GossipScheduler:
     rng: random.Random
     #: key -> push rounds left for that item
     _fresh: dict[bytes, int] = field(default_factory=dict)
+    #: key -> pushes of it that found the target holding it (see lose_interest)
+    _misses: dict[bytes, int] = field(default_factory=dict)
     _next_sync_ms: int | None = None
     _next_pull_ms: int | None = None
     _cl_members: Sequence[bytes] | None = None
@@ -67,6 +73,31 @@ class GossipScheduler:
         """Items for ``keys`` changed: gossip them for ``infection_count`` more rounds."""
         for k in keys:
             self._fresh[k] = self.params.infection_count
+            self._misses.pop(k, None)
+
+    def lose_interest(self, keys: Iterable[bytes]) -> None:
+        """A push of ``keys`` found its target holding them all.
+
+        Rumour mongering with feedback (Demers et al. 1987): an item the
+        targets already hold has spread; pushing it for every remaining round
+        only repeats it (under churn and after a partition, most push bytes).
+        Every :data:`LOSE_INTEREST_AFTER` such answers cost the item one push
+        round. The tail it may miss is the background pull's (``pull_interval``).
+        """
+        fresh, misses, per_round = self._fresh, self._misses, LOSE_INTEREST_AFTER
+        for k in keys:
+            left = fresh.get(k)
+            if left is None:
+                continue
+            m = misses.get(k, 0) + 1
+            if m < per_round:
+                misses[k] = m
+                continue
+            misses.pop(k, None)
+            if left <= 1:
+                del fresh[k]
+            else:
+                fresh[k] = left - 1
 
     @property
     def fresh_keys(self) -> frozenset[bytes]:
@@ -202,6 +233,7 @@ class GossipScheduler:
                     left = self._fresh[k] - 1
                     if left <= 0:
                         del self._fresh[k]
+                        self._misses.pop(k, None)
                     else:
                         self._fresh[k] = left
                 push_to = self.targets(peers, is_client=is_client, client_peers=client_peers)

@@ -119,12 +119,14 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
     rejected: int = 0
     #: reasons of the last rejected items (records without admission, forged prunes...)
     last_rejects: list[str] = field(default_factory=list)
-    heal_sessions: int = 0  # sync sessions started on hearing from a pruned member
+    heal_sessions: int = 0  # heals (a push of its prune) on hearing from a pruned member
     _view_cache: Views | None = None
     #: a joiner's own record until a member admits it (admission mode)
     _pending: NodeRecord | None = None
     #: pruned members we started a heal session with: key -> not again before (ms)
     _heal_due: dict[bytes, int] = field(default_factory=dict)
+    #: no heal sync session before this (ms): at most one per HEAL_INTERVAL_MS in all
+    _heal_sync_due: int = 0
 
     def __post_init__(self) -> None:
         if self.state is None:

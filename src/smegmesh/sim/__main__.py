@@ -10,6 +10,7 @@ from dataclasses import replace
 
 from smegmesh.core.gossip import GossipParams
 from smegmesh.core.liveness import LivenessParams
+from smegmesh.sim.overhead import MODELS
 from smegmesh.sim.scenarios import SCENARIOS, ScenarioConfig, run_scenario
 from smegmesh.sim.simulator import NetParams
 
@@ -29,8 +30,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--loss", type=float, default=0.01, help="one-way message loss (0..1)")
     p.add_argument(
         "--wire-overhead",
-        action="store_true",
-        help="bytes include the real transport's per-message overhead (sim/overhead.py)",
+        nargs="?",
+        const="stream",
+        default=None,
+        choices=MODELS,
+        help="bytes include the real transport's per-message overhead (sim/overhead.py): "
+        "stream (the default: every call over gRPC/TLS) or datagram (small calls as datagrams)",
     )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--scenario", choices=SCENARIOS, default="steady")
@@ -87,7 +92,7 @@ def config_from_args(a: argparse.Namespace) -> ScenarioConfig:
             latency_ms=a.latency_ms,
             loss=a.loss,
             rpc_timeout_ms=a.timeout_ms,
-            wire_overhead=a.wire_overhead,
+            wire_overhead=a.wire_overhead or False,
         ),
         gossip=g,
         liveness=lv,
@@ -111,8 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in res.items():
             print(f"{k:<{width}}  {round(v, 2) if isinstance(v, float) else v}")
         print("traffic by message type (count, bytes):")
+        tm = sim.traffic.type_models
         for name, (cnt, size) in sorted(sim.traffic.by_type.items()):
-            print(f"  {name:<12} {cnt:>10} {size:>14}")
+            models = "".join(
+                f" {m}={tm[(name, m)]}" for m in ("payload", *MODELS) if (name, m) in tm
+            )
+            print(f"  {name:<12} {cnt:>10} {size:>14}{models}")
     return 0
 
 

@@ -33,7 +33,7 @@ from smegmesh.core.driver import EngineDriver
 from smegmesh.core.engine import Call, Message
 from smegmesh.core.meshnode import MeshNode, Out
 from smegmesh.core.wire import decode, encode
-from smegmesh.sim.overhead import REPLY_OVERHEAD_BYTES, REQUEST_OVERHEAD_BYTES
+from smegmesh.sim.overhead import model_of, reply_bytes, request_bytes
 
 __all__ = ["T0", "Driver", "NetParams", "TrafficBase"]
 
@@ -50,7 +50,9 @@ class NetParams:
     jitter_sigma: float = 0.2  # per-message jitter (lognormal sigma)
     loss: float = 0.01  # one-way message loss
     rpc_timeout_ms: int = 1_000  # a call without reply fails after this (unless it says)
-    wire_overhead: bool = False  # charge sim/overhead.py's per-message bytes on top
+    #: charge sim/overhead.py's per-message bytes on top: False (payload only),
+    #: True or "stream" (every call over the stream), "datagram" (small calls as datagrams)
+    wire_overhead: bool | str = False
 
 
 @dataclass(slots=True)
@@ -60,6 +62,8 @@ class _Pending:
     to: int  # endpoint, -1 = unknown address
     msg: Any
     call: Any  # the engine's Call (or a subclass's marker, e.g. a join)
+    dgram: bool = False  # wire overhead, datagram model: the request went as a datagram
+    size: int = 0  # the request's payload bytes (wire overhead of a stream fallback)
 
 
 @dataclass
@@ -67,6 +71,11 @@ class TrafficBase:
     tx: list[int] = field(default_factory=list)  # bytes per host
     rx: list[int] = field(default_factory=list)
     msgs: int = 0
+    #: with a wire overhead model: every model's totals from the same run (one
+    #: behaviour, bytes counted both ways): name -> [tx, rx] over all hosts,
+    #: "payload" included; and bytes sent per (message type, model)
+    models: dict[str, list[int]] = field(default_factory=dict)
+    type_models: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 class _Wakeable(Protocol):
@@ -99,6 +108,7 @@ class Driver:
         self._size_cache: dict[int, tuple[Any, int]] = {}
         self._type_stats: dict[type, list[int]] = {}  # type -> [seen, encoded, bytes]
         self._drivers: dict[int, EngineDriver] = {}
+        self._model = model_of(self.net.wire_overhead)
 
     # ------------------------------------------------------------------ endpoint mapping
 
@@ -267,9 +277,9 @@ class Driver:
         a = self._host(ea)
         b = self._host(eb)
         size = self._size(msg)
-        if self.net.wire_overhead:
-            size += REQUEST_OVERHEAD_BYTES if kind == _REQ else REPLY_OVERHEAD_BYTES
         tr = self.traffic
+        if self._model is not None:
+            size = self._charge(kind, payload, msg, size, ok)
         tr.tx[a] += size
         if ok:
             tr.rx[b] += size
@@ -279,6 +289,37 @@ class Driver:
             if self.verify_sample > 0 and self._verify_rng.random() < self.verify_sample:
                 payload = self._through_wire(kind, payload, msg)
             self._push(self.now + self._latency(a, b), kind, payload)
+
+    def _charge(self, kind: int, payload: Any, msg: Any, size: int, ok: bool) -> int:
+        """Bytes of one message on the wire under the chosen transport model.
+
+        Every model's bytes are totalled too (``traffic.models``), so one run
+        gives the stream and datagram figures side by side.
+        """
+        name = type(msg).__name__
+        if kind == _REQ:
+            dgram_extra, dgram = request_bytes("datagram", name, size)
+            stream_extra = request_bytes("stream", name, size)[0]
+            c = self._calls.get(payload)
+            if c is not None:
+                c.dgram, c.size = dgram, size
+        else:
+            c = self._calls.get(payload[0])
+            stream_extra = reply_bytes(name, size, 0, False)
+            dgram_extra = (
+                reply_bytes(name, size, c.size, c.dgram) if c is not None else stream_extra
+            )
+        tr = self.traffic
+        for model, extra in (("payload", 0), ("stream", stream_extra), ("datagram", dgram_extra)):
+            tot = tr.models.get(model)
+            if tot is None:
+                tot = tr.models[model] = [0, 0]
+            tot[0] += size + extra
+            if ok:
+                tot[1] += size + extra
+            tk = (name, model)
+            tr.type_models[tk] = tr.type_models.get(tk, 0) + size + extra
+        return size + (dgram_extra if self._model == "datagram" else stream_extra)
 
     def _through_wire(self, kind: int, payload: Any, msg: Any) -> Any:
         """Deliver what decoding the message's bytes gives (as the daemon does)."""

@@ -14,15 +14,34 @@ The figures are measured on real daemons by ``bench/wire_overhead_bench.py``
 Prometheus metrics, warm channels; see docs/SCALE.md). Another branch
 (``swarm14``) measures wire bytes inside the transport: update this table
 from whichever measurement is current; it is the only place they live.
+
+Two transport models (``--wire-overhead stream|datagram``): *stream* charges
+every message the stream figures above; *datagram* models the datagram path
+of branch ``dgram`` (``daemon/rpc_dgram.py``): a request of a type in
+:data:`DGRAM_REQUEST_TYPES` with a body of at most :data:`DGRAM_MAX_BODY`
+goes as one datagram, and so does its reply if it is of a type in
+:data:`DGRAM_REPLY_TYPES` and small enough; any other reply to a datagram
+request is a "use the stream" datagram (empty body) and the call is repeated
+over the stream (request and reply charged the stream overhead again).
+Everything else goes over the stream. Neither model charges connection set-up
+(TCP + TLS handshakes, ~4.9 KB per new connection): warm channels.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "CALL_STREAM_OVERHEAD_BYTES",
+    "DGRAM_MAX_BODY",
+    "DGRAM_OVERHEAD_BYTES",
+    "DGRAM_REPLY_TYPES",
+    "DGRAM_REQUEST_TYPES",
+    "MODELS",
     "REPLY_OVERHEAD_BYTES",
     "REQUEST_OVERHEAD_BYTES",
     "TCPIP_BYTES_PER_SEGMENT",
+    "model_of",
+    "reply_bytes",
+    "request_bytes",
 ]
 
 #: IPv6 header (40) + TCP header with timestamps (32), per segment.
@@ -41,3 +60,57 @@ REQUEST_OVERHEAD_BYTES = (
 )
 #: One reply: its stream overhead plus its segment.
 REPLY_OVERHEAD_BYTES = _REPLY_STREAM_BYTES + TCPIP_BYTES_PER_SEGMENT
+
+
+# -- the datagram path (branch dgram, daemon/dgram_wire.py and rpc_dgram.py) -------------
+# Design figures, not yet measured on the wire: the coordinator replaces them
+# with the measured ones (bench/wire_overhead_bench.py or the transport's own
+# counters) once the datagram path is merged.
+
+#: Header 80 B (magic 3, kind 1, sender key 32, receiver key 32, nonce 12) + AEAD
+#: tag 16 + inner header 17 (request id 8, timestamp 8, status 1) = 113 B
+#: (``dgram_wire.OVERHEAD``), plus IPv4 (20) + UDP (8) headers
+#: (``dgram_wire.UDP_IPV4_HEADERS``).
+DGRAM_OVERHEAD_BYTES = 113 + 28
+#: Largest body of one datagram: 1,232 B (IPv6 minimum MTU minus IPv6/UDP
+#: headers) minus the 113 B above (``dgram_wire.MAX_BODY``).
+DGRAM_MAX_BODY = 1_119
+#: Requests that may go as a datagram (``rpc_dgram.REQUEST_TYPES``).
+DGRAM_REQUEST_TYPES = frozenset({"Ping", "PingReq", "Push", "SyncStart"})
+#: Replies a datagram may carry (``rpc_dgram.REPLY_TYPES``).
+DGRAM_REPLY_TYPES = frozenset({"Ack", "SyncEnd", "SyncStep", "Refusal"})
+
+#: Transport models: ``None`` (payload only), "stream", "datagram".
+MODELS = ("stream", "datagram")
+
+
+def model_of(wire_overhead: bool | str | None) -> str | None:
+    """The transport model a ``NetParams.wire_overhead`` value means (True: "stream")."""
+    if wire_overhead is None or wire_overhead is False or wire_overhead == "":
+        return None
+    if wire_overhead is True:
+        return "stream"
+    if wire_overhead not in MODELS:
+        raise ValueError(f"unknown wire overhead model {wire_overhead!r} (one of {MODELS})")
+    return str(wire_overhead)
+
+
+def request_bytes(model: str, type_name: str, body: int) -> tuple[int, bool]:
+    """Overhead bytes of a request with a body of ``body`` bytes, and whether it is a datagram."""
+    if model == "datagram" and type_name in DGRAM_REQUEST_TYPES and body <= DGRAM_MAX_BODY:
+        return DGRAM_OVERHEAD_BYTES, True
+    return REQUEST_OVERHEAD_BYTES, False
+
+
+def reply_bytes(type_name: str, body: int, request_body: int, dgram: bool) -> int:
+    """Overhead bytes of a reply (``body`` bytes) to a request of ``request_body`` bytes.
+
+    ``dgram``: the request went as a datagram. A reply a datagram cannot carry
+    costs a "use the stream" datagram and the call again over the stream (the
+    request's body and both stream overheads).
+    """
+    if not dgram:
+        return REPLY_OVERHEAD_BYTES
+    if type_name in DGRAM_REPLY_TYPES and body <= DGRAM_MAX_BODY:
+        return DGRAM_OVERHEAD_BYTES
+    return DGRAM_OVERHEAD_BYTES + request_body + REQUEST_OVERHEAD_BYTES + REPLY_OVERHEAD_BYTES

@@ -97,6 +97,7 @@ def run_scenario(name: str, cfg: ScenarioConfig) -> dict[str, Any]:
     end = warm + int(cfg.seconds * 1000)
     sim.run_until(warm)
     tx0, rx0 = list(sim.traffic.tx), list(sim.traffic.rx)
+    models0 = {m: list(v) for m, v in sim.traffic.models.items()}
     res: dict[str, Any] = {
         "scenario": name,
         "nodes": cfg.nodes,
@@ -109,6 +110,7 @@ def run_scenario(name: str, cfg: ScenarioConfig) -> dict[str, Any]:
     subject = sim.rng.randrange(cfg.nodes)
     _EVENTS[name](_Run(sim, cfg, subject, end, spreads, res))
     _add_traffic(res, sim, cfg, warm, tx0, rx0)
+    _add_model_traffic(res, sim, cfg, warm, models0)
     res["false_prunes"] = len(fp.targets)
     res["false_prune_obs"] = len(fp.events)
     res["events"] = sim.events
@@ -183,6 +185,22 @@ class _Run:
         times = sp.times
         _stop_when(self.sim, self.end, lambda: sum(1 for i in among if i in times) >= len(among))
         self.res.update(_prefix(prefix, sp.summary(among)))
+
+
+def _add_model_traffic(
+    res: dict[str, Any],
+    sim: Simulator,
+    cfg: ScenarioConfig,
+    warm: int,
+    models0: dict[str, list[int]],
+) -> None:
+    """With a wire overhead model: every model's mean tx+rx per node since the warm-up."""
+    secs = (sim.now - warm) / 1000
+    if secs <= 0 or not cfg.nodes:
+        return
+    for model, (tx, rx) in sorted(sim.traffic.models.items()):
+        tx0, rx0 = models0.get(model, [0, 0])
+        res[f"bps_total_mean_{model}"] = (tx - tx0 + rx - rx0) / secs / cfg.nodes
 
 
 # Each scenario's event and its measurement, after the warm-up, adding its
@@ -260,9 +278,20 @@ def _run_partition(run: _Run) -> None:
     sim.partition(None)
     healed = sim.now
     res["partition_ms"] = int(cfg.partition_seconds * 1000)
-    _stop_when(sim, run.end, sim.converged, step=500)
+    n_live = len(sim.live())
+    live_at: list[int] = []
+
+    def done() -> bool:
+        # heal time: every live node holds every live node as live (the engine's
+        # own incremental views); then on to full convergence (equal digests)
+        if not live_at and all(len(x.node.live_records()) == n_live for x in sim.live()):
+            live_at.append(sim.now)
+        return bool(live_at) and sim.converged()
+
+    _stop_when(sim, run.end, done, step=500)
     res["converged"] = sim.converged()
     res["converge_ms_after_heal"] = (sim.now - healed) if res["converged"] else None
+    res["live_everywhere_ms_after_heal"] = (live_at[0] - healed) if live_at else None
     res["live_everywhere"] = (
         all(x.node.mesh.live_record(y.key) is not None for x in sim.live() for y in sim.live())
         if cfg.nodes <= 200
