@@ -160,7 +160,10 @@ class Config(_Model):
         default=3,
         alias="infectionCount",
         ge=1,
-        description="Rounds a node keeps gossiping after the last change it saw.",
+        description=(
+            "Rounds a node keeps pushing an item it learnt (at most: every 2 targets"
+            " that already held it cost the item one round)."
+        ),
     )
     heartbeat_interval: float = Field(
         default=2,  # docs/SCALE.md: crash pruned by 99 % of 3,000 nodes in 3.0 s, 84 B/s/node
