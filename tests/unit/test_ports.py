@@ -40,3 +40,12 @@ def test_run_length_is_bounded() -> None:
         free_port_run(0)
     with pytest.raises(ValueError, match="a run of"):
         free_port_run(BLOCK + 1)
+
+
+def test_a_run_is_not_handed_out_again_before_it_is_bound() -> None:
+    """The swarm's ports, then the measured daemon's: never the same port (a CI failure:
+    the daemon took the swarm's second port before the swarm bound it)."""
+    for _ in range(200):
+        first = free_port_run(2, "127.0.0.1")
+        single = free_port("127.0.0.1")
+        assert single not in (first, first + 1)

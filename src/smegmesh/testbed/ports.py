@@ -16,6 +16,7 @@ import os
 import random
 import re
 import socket
+from collections import deque
 
 __all__ = ["free_port", "free_port_run", "free_udp_tcp_port", "worker_index"]
 
@@ -26,6 +27,10 @@ BLOCK = 600
 MAX_WORKERS = (32768 - BASE) // BLOCK
 
 _counter = itertools.count(random.randrange(BLOCK))
+#: Ports handed out lately by this process: a port is free until its daemon
+#: binds it, so without this a run handed to one process (the swarm's base
+#: port and the ones after it) could be handed out again before it is bound.
+_recent: deque[int] = deque(maxlen=BLOCK // 2)
 
 
 def worker_index() -> int:
@@ -60,11 +65,13 @@ def free_port_run(n: int, host: str = "::1", *, udp: bool = False) -> int:
     first = BASE + worker_index() * BLOCK
     for _ in range(BLOCK):
         port = first + next(_counter) % (BLOCK - n + 1)
-        if all(
+        run = range(port, port + n)
+        if not any(p in _recent for p in run) and all(
             _bindable(host, p, socket.SOCK_STREAM)
             and (not udp or _bindable(host, p, socket.SOCK_DGRAM))
-            for p in range(port, port + n)
+            for p in run
         ):
+            _recent.extend(run)
             return port
     raise RuntimeError(f"no {n} free ports in a row in {first}..{first + BLOCK - 1} on {host}")
 
