@@ -302,6 +302,8 @@ class DatagramClient(asyncio.DatagramProtocol):
         self._sockets: dict[int, asyncio.DatagramTransport] = {}
         self._opening: dict[int, asyncio.Lock] = {}
         self._misses: OrderedDict[str, int] = OrderedDict()
+        #: (endpoint, our key) that answered a datagram of ours: they know us
+        self._known_to: OrderedDict[tuple[str, bytes], None] = OrderedDict()
         self._stream_only: OrderedDict[str, float] = OrderedDict()
 
     # -- which calls ---------------------------------------------------------------
@@ -353,6 +355,12 @@ class DatagramClient(asyncio.DatagramProtocol):
     ) -> bytes:
         """One call by datagram, falling back to ``stream(remaining timeout)``."""
         t0 = time.monotonic()
+        if message_name(body) == "Push" and (endpoint, me.wg_public_key) not in self._known_to:
+            # A Push is the one request a node not yet known to the receiver may
+            # send (its own record, core/exchange.py), and the datagram server
+            # drops a stranger's datagrams unread: until the receiver has
+            # answered one of our datagrams, a Push goes over the stream.
+            return await stream(timeout)
         try:
             sock = await self._socket(target[2])
             self.keys.aead(me.wg_private_key, to, me.wg_public_key, to)  # a bad key: stream
@@ -398,6 +406,10 @@ class DatagramClient(asyncio.DatagramProtocol):
                 self._missed(endpoint)
             return reply
         self._misses.pop(endpoint, None)
+        self._known_to[endpoint, me.wg_public_key] = None
+        self._known_to.move_to_end((endpoint, me.wg_public_key))
+        if len(self._known_to) > MAX_STREAM_ONLY:
+            self._known_to.popitem(last=False)
         status, reply = fut.result()
         if status == dw.USE_STREAM:
             self.stats.fallbacks["use the stream"] += 1
