@@ -201,7 +201,8 @@ async def _design_c(calls: int, _body: bytes) -> dict[str, Any]:
     from smegmesh.core.messages import Ack, Ping
     from smegmesh.core.wire import encode
     from smegmesh.daemon import rpc_dgram
-    from smegmesh.daemon.rpc_dgram import DatagramClient, DatagramStats
+    from smegmesh.daemon.rpc_dgram import DatagramStats
+    from smegmesh.daemon.rpc_dgram_client import DatagramClient
     from smegmesh.daemon.transport import RpcClient, RpcServer
 
     # Back-to-back calls from one address: above the per-address token bucket

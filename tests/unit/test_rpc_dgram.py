@@ -17,7 +17,7 @@ from smegmesh.core.messages import Ack, Ping
 from smegmesh.core.sync import SyncEnd, SyncStart
 from smegmesh.core.wire import encode
 from smegmesh.daemon import dgram_wire as dw
-from smegmesh.daemon.rpc_dgram import MISSES_FOR_STREAM_ONLY, DatagramClient
+from smegmesh.daemon.rpc_dgram_client import MISSES_FOR_STREAM_ONLY, DatagramClient
 from smegmesh.daemon.transport import (
     Refused,
     RpcClient,
@@ -171,3 +171,63 @@ def test_udp_port_taken_means_stream_only_with_one_warning(
         _run(main())
     warnings = [r for r in caplog.records if "datagrams" in r.getMessage()]
     assert len(warnings) == 1 and "stream only" in warnings[0].getMessage()
+
+
+def test_a_node_that_answered_datagrams_and_falls_silent_is_a_failed_call() -> None:
+    """No stream fallback for an endpoint known to speak datagrams: under load a
+    fallback would open a TLS connection to a node already too slow to answer."""
+
+    async def handler(_src: bytes, _body: bytes) -> bytes:
+        return ACK
+
+    async def main() -> None:
+        server, client, ep = await _pair(handler)
+        try:
+            assert await client.call(ep, server._fp, PING, 1.0, to=SRV.wg_public_key) == ACK
+            assert server.datagrams is not None
+            server.datagrams.close()  # the node stops answering datagrams (the stream still does)
+            t0 = time.monotonic()
+            with pytest.raises(RpcError, match="no answer by datagram"):
+                await client.call(ep, server._fp, PING, 1.0, to=SRV.wg_public_key)
+            assert time.monotonic() - t0 >= 0.9  # the whole timeout, for the datagram
+            assert ("in", "Ping", "stream") not in server.transport_calls
+            assert client.open_channels == 0
+            st = client.datagrams.stats  # type: ignore[union-attr]
+            assert st.fallbacks["unanswered (speaks datagrams)"] == 1
+        finally:
+            await client.close()
+            await server.stop(0)
+
+    _run(main())
+
+
+def test_a_member_that_does_not_know_us_yet_says_so_and_we_use_the_stream() -> None:
+    """A node just admitted is no member yet for the others: their notice sends its
+    call to the stream at once, instead of after the datagram timeout."""
+
+    async def handler(_src: bytes, _body: bytes) -> bytes:
+        return ACK
+
+    async def main() -> None:
+        keys = {SRV.wg_public_key: SRV.wg_private_key}
+        server = RpcServer(
+            TlsIdentity.generate(),
+            handler,
+            is_member=lambda k: k != ME.wg_public_key,
+            private_key_for=keys.get,
+        )
+        port = await server.start("::1", 0)
+        client = RpcClient(ME, timeout=2.0, datagrams=DatagramClient())
+        try:
+            reply = await client.call(f"[::1]:{port}", server._fp, PING, to=SRV.wg_public_key)
+            assert reply == ACK  # answered on the stream
+            st = client.datagrams.stats  # type: ignore[union-attr]
+            assert st.fallbacks["unknown to them"] == 1
+            assert st.fallbacks["unanswered"] == 0  # no wait for the timeout
+            assert server.datagrams is not None
+            assert server.datagrams.keys.derivations == 0  # the notice costs no crypto
+        finally:
+            await client.close()
+            await server.stop(0)
+
+    _run(main())

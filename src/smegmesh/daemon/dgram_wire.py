@@ -81,6 +81,34 @@ class Opened:
     body: bytes
 
 
+#: A clear, unauthenticated notice (magic, kind 3, the request's nonce: 16 bytes)
+#: a server sends instead of a reply when the sender is not one of its members
+#: yet: "I cannot check you: use the stream". Smaller than any request (no
+#: amplification), sent within the per-address token bucket; forging it needs
+#: the request's random nonce, and all it can do is send the call to the
+#: stream, which authenticates the same way.
+NOTICE = 3
+NOTICE_FMT = struct.Struct(">3sB12s")
+
+
+def notice(nonce: bytes) -> bytes:
+    """The "unknown sender: use the stream" notice answering a request with ``nonce``."""
+    return NOTICE_FMT.pack(MAGIC, NOTICE, nonce)
+
+
+def parse_notice(data: bytes) -> bytes | None:
+    """The nonce a notice answers, or None if ``data`` is not a notice."""
+    if len(data) != NOTICE_FMT.size:
+        return None
+    magic, kind, nonce = NOTICE_FMT.unpack(data)
+    return nonce if magic == MAGIC and kind == NOTICE else None
+
+
+def request_nonce(data: bytes) -> bytes:
+    """The nonce of a datagram this side sealed (to match a notice to its call)."""
+    return data[HEADER.size - NONCE_LEN : HEADER.size]
+
+
 def parse_header(data: bytes) -> Header:
     """The clear header, bounds checked (no crypto): raises :class:`DatagramError`."""
     if not HEADER.size + INNER.size + TAG_LEN <= len(data) <= MAX_DATAGRAM:

@@ -42,7 +42,8 @@ from smegmesh.daemon.malloc import release_free_memory
 from smegmesh.daemon.membership import MembershipOps
 from smegmesh.daemon.metrics import MeteredRpcClient, Metrics, serve_metrics
 from smegmesh.daemon.ratelog import RateLog
-from smegmesh.daemon.rpc_dgram import DatagramClient, DatagramStats
+from smegmesh.daemon.rpc_dgram import DatagramStats
+from smegmesh.daemon.rpc_dgram_client import DatagramClient
 from smegmesh.daemon.runtime import MeshRuntime, RuntimeOps, now_ms
 from smegmesh.daemon.statelock import StateLock
 from smegmesh.daemon.store import StoreOps

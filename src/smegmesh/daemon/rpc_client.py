@@ -21,7 +21,7 @@ from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.wire import message_name
 from smegmesh.daemon.ratelog import RateLog
 from smegmesh.daemon.rpc_common import FULL_METHOD, MAX_MESSAGE, TLS_NAME, RpcError, _signed_digest
-from smegmesh.daemon.rpc_dgram import DatagramClient
+from smegmesh.daemon.rpc_dgram_client import DatagramClient
 from smegmesh.daemon.rpc_tls import fetch_certificate
 
 log = logging.getLogger("smegmesh.daemon.transport")  # one logger for the transport

@@ -34,16 +34,15 @@ import logging
 import os
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from smegmesh.core.wire import message_name
 from smegmesh.daemon import dgram_wire as dw
-from smegmesh.daemon.rpc_common import CLOCK_SKEW_MS, Refused, RpcError
+from smegmesh.daemon.rpc_common import CLOCK_SKEW_MS, Refused
 
 if TYPE_CHECKING:
-    from smegmesh.core.identity import NodeIdentity
     from smegmesh.daemon.rpc_server import RpcServer
 
 log = logging.getLogger("smegmesh.daemon.transport")
@@ -57,13 +56,6 @@ log = logging.getLogger("smegmesh.daemon.transport")
 REQUEST_TYPES = frozenset({"Ping", "PingReq", "Push", "SyncStart"})
 #: Replies a datagram may carry (others: "use the stream").
 REPLY_TYPES = frozenset({"Ack", "SyncEnd", "SyncStep", "Refusal"})
-#: Resend after this share of the call's timeout, fall back to the stream after that.
-RESEND_AT = 0.4
-FALLBACK_AT = 0.7
-MISSES_FOR_STREAM_ONLY = 3
-STREAM_ONLY_S = 600.0
-MAX_STREAM_ONLY = 4096
-MAX_PENDING = 1024
 #: Token bucket per source address: requests per second, burst, addresses tracked.
 BUCKET_RATE = 100.0
 BUCKET_BURST = 200.0
@@ -165,7 +157,7 @@ class DatagramServer(asyncio.DatagramProtocol):
         b.tokens -= 1.0
         return True
 
-    def _admit(self, data: bytes, ip: str) -> tuple[dw.Header, bytes] | None:
+    def _admit(self, data: bytes, ip: str, addr: Any) -> tuple[dw.Header, bytes] | None:
         """The checks before any crypto; ``(header, our private key)`` or None (refused)."""
         try:
             h = dw.parse_header(data)
@@ -180,6 +172,11 @@ class DatagramServer(asyncio.DatagramProtocol):
             reason = "not for us"
         elif not self._server._is_member(h.sender):
             reason = "not a member"  # strangers never use datagrams
+            if self._allow(ip) and self._transport is not None:
+                # A node just admitted elsewhere: tell it at once to use the
+                # stream instead of letting it wait for the fallback.
+                self._transport.sendto(dw.notice(h.nonce), addr)
+                self.stats.count("out", "notice", dw.NOTICE_FMT.size, ip)
         elif not self._allow(ip):
             reason = "rate limited"
         elif not self._server._has_room(h.sender):
@@ -191,7 +188,7 @@ class DatagramServer(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         ip = _ip(addr)
-        admitted = self._admit(data, ip)
+        admitted = self._admit(data, ip, addr)
         if admitted is None:
             return
         h, priv = admitted
@@ -278,192 +275,3 @@ async def start_datagram_server(
         )
         return None
     return proto
-
-
-@dataclass
-class _Pending:
-    future: asyncio.Future[tuple[int, bytes]]
-    me: bytes  # our WireGuard key (the reply's receiver)
-    to: bytes  # theirs (the reply's sender)
-
-
-class DatagramClient(asyncio.DatagramProtocol):
-    """The client side: one unconnected UDP socket per address family (lazily opened).
-
-    May be shared by several ``RpcClient`` (a swarm's members); each call names
-    the identity it speaks for.
-    """
-
-    def __init__(self, stats: DatagramStats | None = None) -> None:
-        self.stats = stats or DatagramStats()
-        self.keys = dw.KeyCache()
-        self._pending: dict[int, _Pending] = {}
-        self._privates: dict[bytes, list[Any]] = {}  # our key -> [private key, pending calls]
-        self._sockets: dict[int, asyncio.DatagramTransport] = {}
-        self._opening: dict[int, asyncio.Lock] = {}
-        self._misses: OrderedDict[str, int] = OrderedDict()
-        #: (endpoint, our key) that answered a datagram of ours: they know us
-        self._known_to: OrderedDict[tuple[str, bytes], None] = OrderedDict()
-        self._stream_only: OrderedDict[str, float] = OrderedDict()
-
-    # -- which calls ---------------------------------------------------------------
-    def target(self, endpoint: str, body: bytes) -> tuple[str, int, int] | None:
-        """``(ip, port, family)`` if this call goes by datagram, else None."""
-        if len(body) > dw.MAX_BODY or len(self._pending) >= MAX_PENDING:
-            return None
-        if message_name(body) not in REQUEST_TYPES:
-            return None
-        until = self._stream_only.get(endpoint)
-        if until is not None:
-            if until > time.monotonic():
-                return None
-            del self._stream_only[endpoint]
-        from smegmesh.core.endpoint import split_host_port
-
-        try:
-            host, port = split_host_port(endpoint)
-            a = ipaddress.ip_address(host)
-        except ValueError:
-            return None  # a name: the stream resolves it
-        fam = 10 if a.version == 6 else 2  # AF_INET6, AF_INET
-        return str(a), port, fam
-
-    def _missed(self, endpoint: str) -> None:
-        if endpoint in self._stream_only:
-            return  # a call that was in flight when it was learnt
-        n = self._misses.pop(endpoint, 0) + 1
-        if n >= MISSES_FOR_STREAM_ONLY:
-            if len(self._stream_only) >= MAX_STREAM_ONLY:
-                self._stream_only.popitem(last=False)
-            self._stream_only[endpoint] = time.monotonic() + STREAM_ONLY_S
-            log.info("%s does not answer datagrams: stream only for %d s", endpoint, STREAM_ONLY_S)
-            return
-        if len(self._misses) >= MAX_STREAM_ONLY:
-            self._misses.popitem(last=False)
-        self._misses[endpoint] = n
-
-    # -- the call --------------------------------------------------------------------
-    async def call(
-        self,
-        target: tuple[str, int, int],
-        endpoint: str,
-        to: bytes,
-        body: bytes,
-        timeout: float,
-        me: NodeIdentity,
-        stream: Callable[[float], Awaitable[bytes]],
-    ) -> bytes:
-        """One call by datagram, falling back to ``stream(remaining timeout)``."""
-        t0 = time.monotonic()
-        if message_name(body) == "Push" and (endpoint, me.wg_public_key) not in self._known_to:
-            # A Push is the one request a node not yet known to the receiver may
-            # send (its own record, core/exchange.py), and the datagram server
-            # drops a stranger's datagrams unread: until the receiver has
-            # answered one of our datagrams, a Push goes over the stream.
-            return await stream(timeout)
-        try:
-            sock = await self._socket(target[2])
-            self.keys.aead(me.wg_private_key, to, me.wg_public_key, to)  # a bad key: stream
-        except (OSError, dw.DatagramError) as e:
-            self.stats.fallbacks[f"no datagram ({type(e).__name__})"] += 1
-            return await stream(timeout)
-        rid = int.from_bytes(os.urandom(8), "big")
-        while rid in self._pending:
-            rid = int.from_bytes(os.urandom(8), "big")
-        fut: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
-        mine = me.wg_public_key
-        self._pending[rid] = _Pending(fut, mine, to)
-        slot = self._privates.setdefault(mine, [me.wg_private_key, 0])
-        slot[1] += 1
-        kind = message_name(body) or "unknown"
-        try:
-            for share in (RESEND_AT, FALLBACK_AT):
-                data = dw.seal(
-                    self.keys, dw.REQUEST, slot[0], mine, to, rid, _wall_ms(), 0, body, os.urandom
-                )
-                self.stats.count("out", kind, len(data), target[0])
-                sock.sendto(data, target[:2])
-                left = t0 + timeout * share - time.monotonic()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(fut), max(0.0, left))
-                if fut.done():
-                    break
-        finally:
-            del self._pending[rid]
-            slot[1] -= 1
-            if not slot[1]:
-                del self._privates[mine]
-        remaining = max(0.001, t0 + timeout - time.monotonic())
-        if not fut.done():
-            fut.cancel()
-            self.stats.fallbacks["unanswered"] += 1
-            reply = await stream(remaining)  # a failure (RpcError) teaches nothing
-            # The stream answered where datagrams did not. A member that has not
-            # heard of us yet drops our datagrams (strangers never use them) and
-            # refuses the call on the stream, except a Push of our own record
-            # (how a node just admitted announces itself): neither teaches.
-            if kind != "Push" and message_name(reply) != "Refusal":
-                self._missed(endpoint)
-            return reply
-        self._misses.pop(endpoint, None)
-        self._known_to[endpoint, me.wg_public_key] = None
-        self._known_to.move_to_end((endpoint, me.wg_public_key))
-        if len(self._known_to) > MAX_STREAM_ONLY:
-            self._known_to.popitem(last=False)
-        status, reply = fut.result()
-        if status == dw.USE_STREAM:
-            self.stats.fallbacks["use the stream"] += 1
-            return await stream(remaining)
-        if status != dw.OK:
-            raise RpcError(f"{endpoint}: refused (datagram)")
-        self.stats.fallbacks["answered"] += 1
-        return reply
-
-    async def _socket(self, family: int) -> asyncio.DatagramTransport:
-        s = self._sockets.get(family)
-        if s is not None:
-            return s
-        lock = self._opening.setdefault(family, asyncio.Lock())
-        async with lock:
-            s = self._sockets.get(family)
-            if s is None:
-                loop = asyncio.get_running_loop()
-                s, _ = await loop.create_datagram_endpoint(
-                    lambda: self, local_addr=("::" if family == 10 else "0.0.0.0", 0)
-                )
-                self._sockets[family] = s
-        return s
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        ip = _ip(addr)
-        try:
-            h = dw.parse_header(data)
-        except dw.DatagramError as e:
-            self.stats.refused[str(e)] += 1
-            return
-        slot = self._privates.get(h.receiver)
-        if h.kind != dw.REPLY or slot is None:
-            self.stats.refused["not awaited"] += 1  # no crypto for what we did not ask
-            return
-        try:
-            o = dw.open_sealed(self.keys, data, h, slot[0])
-        except dw.DatagramError as e:
-            self.stats.refused[str(e)] += 1
-            return
-        p = self._pending.get(o.request_id)
-        if p is None or p.to != h.sender or p.me != h.receiver or p.future.done():
-            self.stats.refused["not awaited"] += 1
-            return
-        if abs(_wall_ms() - o.ts_ms) > CLOCK_SKEW_MS:
-            self.stats.refused["outside the clock window"] += 1
-            return
-        self.stats.count("in", message_name(o.body) or "status", len(data), ip)
-        p.future.set_result((o.status, o.body))
-
-    def error_received(self, exc: Exception) -> None:
-        pass  # ICMP errors of an unconnected socket: the call times out and falls back
-
-    def close(self) -> None:
-        for s in self._sockets.values():
-            s.close()
-        self._sockets.clear()

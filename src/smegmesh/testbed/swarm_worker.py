@@ -31,7 +31,7 @@ from smegmesh.core.messages import Refusal, WhoAmI, YouAre
 from smegmesh.core.wire import WireError, decode, encode
 from smegmesh.daemon import rpc_server
 from smegmesh.daemon.engineport import DaemonPort, reply_of
-from smegmesh.daemon.rpc_dgram import DatagramClient
+from smegmesh.daemon.rpc_dgram_client import DatagramClient
 from smegmesh.daemon.runtime import now_ms
 from smegmesh.daemon.transport import (
     EndpointBackoff,

@@ -1,0 +1,271 @@
+"""The client side of the datagram path (:mod:`smegmesh.daemon.rpc_dgram` has the
+design): send a sealed request, resend once, fall back to the stream or fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from smegmesh.core.endpoint import split_host_port
+from smegmesh.core.wire import message_name
+from smegmesh.daemon import dgram_wire as dw
+from smegmesh.daemon.rpc_common import CLOCK_SKEW_MS, RpcError
+from smegmesh.daemon.rpc_dgram import REQUEST_TYPES, DatagramStats, _ip, _wall_ms
+
+if TYPE_CHECKING:
+    from smegmesh.core.identity import NodeIdentity
+
+log = logging.getLogger("smegmesh.daemon.transport")
+
+#: Resend after this share of the call's timeout, fall back to the stream after that.
+RESEND_AT = 0.4
+FALLBACK_AT = 0.7
+MISSES_FOR_STREAM_ONLY = 3
+STREAM_ONLY_S = 600.0
+MAX_STREAM_ONLY = 4096
+MAX_PENDING = 1024
+#: An endpoint that answered a datagram this recently speaks datagrams: a call
+#: it does not answer in time has failed (no stream fallback, which would open
+#: a TLS connection to a node that is already slow to answer).
+ANSWERED_TTL_S = 60.0
+#: The status a notice stands for (not on the wire: notices are not sealed).
+_UNKNOWN_SENDER = 256
+
+
+@dataclass
+class _Pending:
+    future: asyncio.Future[tuple[int, bytes]]
+    me: bytes  # our WireGuard key (the reply's receiver)
+    to: bytes  # theirs (the reply's sender)
+
+
+class DatagramClient(asyncio.DatagramProtocol):
+    """The client side: one unconnected UDP socket per address family (lazily opened).
+
+    May be shared by several ``RpcClient`` (a swarm's members); each call names
+    the identity it speaks for.
+    """
+
+    def __init__(self, stats: DatagramStats | None = None) -> None:
+        self.stats = stats or DatagramStats()
+        self.keys = dw.KeyCache()
+        self._pending: dict[int, _Pending] = {}
+        self._privates: dict[bytes, list[Any]] = {}  # our key -> [private key, pending calls]
+        self._sockets: dict[int, asyncio.DatagramTransport] = {}
+        self._opening: dict[int, asyncio.Lock] = {}
+        self._misses: OrderedDict[str, int] = OrderedDict()
+        self._stream_only: OrderedDict[str, float] = OrderedDict()
+        self._answered: OrderedDict[str, float] = OrderedDict()  # endpoint -> last answer
+        self._by_nonce: dict[bytes, int] = {}  # nonce of a request in flight -> its id
+
+    # -- which calls ---------------------------------------------------------------
+    def target(self, endpoint: str, body: bytes) -> tuple[str, int, int] | None:
+        """``(ip, port, family)`` if this call goes by datagram, else None."""
+        if len(body) > dw.MAX_BODY or len(self._pending) >= MAX_PENDING:
+            return None
+        if message_name(body) not in REQUEST_TYPES:
+            return None
+        until = self._stream_only.get(endpoint)
+        if until is not None:
+            if until > time.monotonic():
+                return None
+            del self._stream_only[endpoint]
+        try:
+            host, port = split_host_port(endpoint)
+            a = ipaddress.ip_address(host)
+        except ValueError:
+            return None  # a name: the stream resolves it
+        fam = 10 if a.version == 6 else 2  # AF_INET6, AF_INET
+        return str(a), port, fam
+
+    def _missed(self, endpoint: str) -> None:
+        if endpoint in self._stream_only:
+            return  # a call that was in flight when it was learnt
+        n = self._misses.pop(endpoint, 0) + 1
+        if n >= MISSES_FOR_STREAM_ONLY:
+            if len(self._stream_only) >= MAX_STREAM_ONLY:
+                self._stream_only.popitem(last=False)
+            self._stream_only[endpoint] = time.monotonic() + STREAM_ONLY_S
+            log.info("%s does not answer datagrams: stream only for %d s", endpoint, STREAM_ONLY_S)
+            return
+        if len(self._misses) >= MAX_STREAM_ONLY:
+            self._misses.popitem(last=False)
+        self._misses[endpoint] = n
+
+    # -- the call --------------------------------------------------------------------
+    def _speaks_datagrams(self, endpoint: str) -> bool:
+        at = self._answered.get(endpoint)
+        return at is not None and time.monotonic() - at < ANSWERED_TTL_S
+
+    def _answered_now(self, endpoint: str) -> None:
+        self._misses.pop(endpoint, None)
+        self._answered[endpoint] = time.monotonic()
+        self._answered.move_to_end(endpoint)
+        if len(self._answered) > MAX_STREAM_ONLY:
+            self._answered.popitem(last=False)
+
+    async def call(
+        self,
+        target: tuple[str, int, int],
+        endpoint: str,
+        to: bytes,
+        body: bytes,
+        timeout: float,
+        me: NodeIdentity,
+        stream: Callable[[float], Awaitable[bytes]],
+    ) -> bytes:
+        """One call by datagram, falling back to ``stream(remaining timeout)``.
+
+        An endpoint that answered a datagram within :data:`ANSWERED_TTL_S` gets
+        the whole timeout and no fallback: its silence is a failed call.
+        """
+        t0 = time.monotonic()
+        try:
+            sock = await self._socket(target[2])
+            self.keys.aead(me.wg_private_key, to, me.wg_public_key, to)  # a bad key: stream
+        except (OSError, dw.DatagramError) as e:
+            self.stats.fallbacks[f"no datagram ({type(e).__name__})"] += 1
+            return await stream(timeout)
+        known = self._speaks_datagrams(endpoint)
+        kind = message_name(body) or "unknown"
+        status, reply = await self._exchange(sock, target, to, body, timeout, me, kind, known)
+        remaining = max(0.001, t0 + timeout - time.monotonic())
+        if status is None:
+            if known:
+                self.stats.fallbacks["unanswered (speaks datagrams)"] += 1
+                raise RpcError(f"{endpoint}: no answer by datagram in {timeout:g} s")
+            self.stats.fallbacks["unanswered"] += 1
+            reply = await stream(remaining)  # a failure (RpcError) teaches nothing
+            # The stream answered where datagrams did not. A member that has not
+            # heard of us yet (an older one: newer ones send a notice) drops our
+            # datagrams and refuses the call on the stream, except a Push of our
+            # own record (how a node just admitted announces itself): neither teaches.
+            if kind != "Push" and message_name(reply) != "Refusal":
+                self._missed(endpoint)
+            return reply
+        if status == _UNKNOWN_SENDER:
+            self.stats.fallbacks["unknown to them"] += 1
+            return await stream(remaining)
+        self._answered_now(endpoint)
+        if status == dw.USE_STREAM:
+            self.stats.fallbacks["use the stream"] += 1
+            return await stream(remaining)
+        if status != dw.OK:
+            raise RpcError(f"{endpoint}: refused (datagram)")
+        self.stats.fallbacks["answered"] += 1
+        return reply
+
+    async def _exchange(
+        self,
+        sock: asyncio.DatagramTransport,
+        target: tuple[str, int, int],
+        to: bytes,
+        body: bytes,
+        timeout: float,
+        me: NodeIdentity,
+        kind: str,
+        known: bool,
+    ) -> tuple[int | None, bytes]:
+        """Send (and resend once); ``(status, body)`` of the answer, ``(None, b"")`` if none."""
+        t0 = time.monotonic()
+        rid = int.from_bytes(os.urandom(8), "big")
+        while rid in self._pending:
+            rid = int.from_bytes(os.urandom(8), "big")
+        fut: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
+        mine = me.wg_public_key
+        self._pending[rid] = _Pending(fut, mine, to)
+        slot = self._privates.setdefault(mine, [me.wg_private_key, 0])
+        slot[1] += 1
+        nonces: list[bytes] = []
+        try:
+            for share in (RESEND_AT, 1.0 if known else FALLBACK_AT):
+                data = dw.seal(
+                    self.keys, dw.REQUEST, slot[0], mine, to, rid, _wall_ms(), 0, body, os.urandom
+                )
+                nonces.append(dw.request_nonce(data))
+                self._by_nonce[nonces[-1]] = rid
+                self.stats.count("out", kind, len(data), target[0])
+                sock.sendto(data, target[:2])
+                left = t0 + timeout * share - time.monotonic()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(fut), max(0.0, left))
+                if fut.done():
+                    break
+        finally:
+            del self._pending[rid]
+            for n in nonces:
+                self._by_nonce.pop(n, None)
+            slot[1] -= 1
+            if not slot[1]:
+                del self._privates[mine]
+        if not fut.done():
+            fut.cancel()
+            return None, b""
+        return fut.result()
+
+    async def _socket(self, family: int) -> asyncio.DatagramTransport:
+        s = self._sockets.get(family)
+        if s is not None:
+            return s
+        lock = self._opening.setdefault(family, asyncio.Lock())
+        async with lock:
+            s = self._sockets.get(family)
+            if s is None:
+                loop = asyncio.get_running_loop()
+                s, _ = await loop.create_datagram_endpoint(
+                    lambda: self, local_addr=("::" if family == 10 else "0.0.0.0", 0)
+                )
+                self._sockets[family] = s
+        return s
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        ip = _ip(addr)
+        nonce = dw.parse_notice(data)
+        if nonce is not None:  # "unknown sender": matched by our request's random nonce
+            p = self._pending.get(self._by_nonce.get(nonce, -1))
+            if p is None or p.future.done():
+                self.stats.refused["not awaited"] += 1
+            else:
+                self.stats.count("in", "notice", len(data), ip)
+                p.future.set_result((_UNKNOWN_SENDER, b""))
+            return
+        try:
+            h = dw.parse_header(data)
+        except dw.DatagramError as e:
+            self.stats.refused[str(e)] += 1
+            return
+        slot = self._privates.get(h.receiver)
+        if h.kind != dw.REPLY or slot is None:
+            self.stats.refused["not awaited"] += 1  # no crypto for what we did not ask
+            return
+        try:
+            o = dw.open_sealed(self.keys, data, h, slot[0])
+        except dw.DatagramError as e:
+            self.stats.refused[str(e)] += 1
+            return
+        p = self._pending.get(o.request_id)
+        if p is None or p.to != h.sender or p.me != h.receiver or p.future.done():
+            self.stats.refused["not awaited"] += 1
+            return
+        if abs(_wall_ms() - o.ts_ms) > CLOCK_SKEW_MS:
+            self.stats.refused["outside the clock window"] += 1
+            return
+        self.stats.count("in", message_name(o.body) or "status", len(data), ip)
+        p.future.set_result((o.status, o.body))
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP errors of an unconnected socket: the call times out and falls back
+
+    def close(self) -> None:
+        for s in self._sockets.values():
+            s.close()
+        self._sockets.clear()
