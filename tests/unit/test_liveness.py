@@ -90,6 +90,29 @@ def test_silent_client_is_declared_dead_by_its_peer_only_after_client_timeout() 
     assert dead_at is not None and 2000 + 6000 - 20 <= dead_at <= 2000 + 6000 + 20
 
 
+def test_a_client_newly_assigned_to_us_gets_a_whole_client_timeout() -> None:
+    """A peer that starts watching a client (its peer died; rendezvous hashing
+    now names us) must not declare it dead at once for having last called us
+    before we watched it: the client has not even learnt yet that it is ours.
+    Seen in ``test_client_reassigned_when_its_peer_dies``: the survivor pruned
+    the client 3 s after pruning its peer, because the client's one call to it
+    was 7 s old."""
+    ks = keys(4)
+    fd = FailureDetector(ks[0], PARAMS, random.Random(6))
+    client = ks[3]
+    fd.heard_from(client, 0)  # it called us once, long before it became ours
+    dead_at = None
+    for now in range(0, 20_000, 10):
+        watched = [client] if now >= 7000 else []
+        for a in fd.tick(now, [], watched_clients=watched):
+            if isinstance(a, Dead):
+                dead_at = now
+                break
+        if dead_at is not None:
+            break
+    assert dead_at is not None and 7000 + 6000 - 20 <= dead_at <= 7000 + 6000 + 20
+
+
 def test_a_node_whose_own_probes_fail_scales_its_timeouts_and_prunes_no_one() -> None:
     """Issue 14 (items 4, 5): local health. A node on a very lossy or starved path
     sees most of its probes fail; without local health it declares live members

@@ -150,6 +150,8 @@ class FailureDetector:
     _next_id: int = 1
     _suspect_since: dict[bytes, int] = field(default_factory=dict)
     _last_heard: dict[bytes, int] = field(default_factory=dict)
+    #: client -> when we began watching it (its silence counts from then at the earliest)
+    _watch_since: dict[bytes, int] = field(default_factory=dict)
     _peers_seen: Sequence[bytes] | None = None
     _live: set[bytes] = field(default_factory=set)
     #: outcomes of the last first probes: True = no direct ack in time
@@ -248,11 +250,14 @@ class FailureDetector:
                 if k not in self._live:
                     del self._suspect_since[k]
         live = self._live
-        for c in watched_clients:
-            heard = self._last_heard.setdefault(c, now_ms)
+        since, self._watch_since = self._watch_since, {}
+        for c in watched_clients:  # a few: the clients assigned to us
+            start = self._watch_since[c] = since.get(c, now_ms)
+            heard = max(self._last_heard.get(c, start), start)
             if now_ms - heard >= p.client_timeout_ms:
                 out.append(Dead(c))
                 self.forget(c)
+                del self._watch_since[c]
         if not probe_peers:
             return out
 

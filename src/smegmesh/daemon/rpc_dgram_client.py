@@ -34,8 +34,10 @@ STREAM_ONLY_S = 600.0
 MAX_STREAM_ONLY = 4096
 MAX_PENDING = 1024
 #: An endpoint that answered a datagram this recently speaks datagrams: a call
-#: it does not answer in time has failed (no stream fallback, which would open
-#: a TLS connection to a node that is already slow to answer).
+#: it does not answer by :data:`FALLBACK_AT` of the timeout has failed (no
+#: stream fallback, which would open a TLS connection to a node that is already
+#: slow to answer). Failing there, not at the full timeout, keeps a dead node
+#: found as soon as before (then the fallback's connection was refused at once).
 ANSWERED_TTL_S = 60.0
 #: The status a notice stands for (not on the wire: notices are not sealed).
 _UNKNOWN_SENDER = 256
@@ -126,7 +128,7 @@ class DatagramClient(asyncio.DatagramProtocol):
         """One call by datagram, falling back to ``stream(remaining timeout)``.
 
         An endpoint that answered a datagram within :data:`ANSWERED_TTL_S` gets
-        the whole timeout and no fallback: its silence is a failed call.
+        no fallback: its silence until :data:`FALLBACK_AT` is a failed call.
         """
         t0 = time.monotonic()
         try:
@@ -187,7 +189,7 @@ class DatagramClient(asyncio.DatagramProtocol):
         slot[1] += 1
         nonces: list[bytes] = []
         try:
-            for share in (RESEND_AT, 1.0 if known else FALLBACK_AT):
+            for share in (RESEND_AT, FALLBACK_AT):
                 data = dw.seal(
                     self.keys, dw.REQUEST, slot[0], mine, to, rid, _wall_ms(), 0, body, os.urandom
                 )
