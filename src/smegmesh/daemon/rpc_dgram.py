@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from smegmesh.core.wire import DATAGRAM_REPLIES, DATAGRAM_REQUESTS, message_name
 from smegmesh.daemon import dgram_wire as dw
+from smegmesh.daemon.engineport import ANSWERED_FOR_STRANGERS, answer_shows_caller_known
 from smegmesh.daemon.rpc_common import CLOCK_SKEW_MS, Refused, RpcError
 
 if TYPE_CHECKING:
@@ -347,11 +348,12 @@ class DatagramClient(asyncio.DatagramProtocol):
     ) -> bytes:
         """One call by datagram, falling back to ``stream(remaining timeout)``."""
         t0 = time.monotonic()
-        if message_name(body) == "Push" and (endpoint, me.wg_public_key) not in self._known_to:
-            # A Push is the one request a node not yet known to the receiver may
-            # send (its own record, core/exchange.py), and the datagram server
-            # drops a stranger's datagrams unread: until the receiver has
-            # answered one of our datagrams, a Push goes over the stream.
+        kind = message_name(body) or "unknown"
+        if kind in ANSWERED_FOR_STRANGERS and (endpoint, me.wg_public_key) not in self._known_to:
+            # A request a node not yet known to the receiver may make (a Push of
+            # its own record), and the datagram server drops a stranger's
+            # datagrams unread: until the receiver has answered one of our
+            # datagrams, it goes over the stream.
             return await stream(timeout)
         try:
             sock = await self._socket(target[2])
@@ -367,7 +369,6 @@ class DatagramClient(asyncio.DatagramProtocol):
         self._pending[rid] = _Pending(fut, mine, to)
         slot = self._privates.setdefault(mine, [me.wg_private_key, 0])
         slot[1] += 1
-        kind = message_name(body) or "unknown"
         try:
             for share in (RESEND_AT, FALLBACK_AT):
                 data = dw.seal(
@@ -391,10 +392,9 @@ class DatagramClient(asyncio.DatagramProtocol):
             self.stats.fallbacks["unanswered"] += 1
             reply = await stream(remaining)  # a failure (RpcError) teaches nothing
             # The stream answered where datagrams did not. A member that has not
-            # heard of us yet drops our datagrams (strangers never use them) and
-            # refuses the call on the stream, except a Push of our own record
-            # (how a node just admitted announces itself): neither teaches.
-            if kind != "Push" and message_name(reply) != "Refusal":
+            # heard of us yet drops our datagrams (strangers never use them): its
+            # answer teaches only if it shows that it knows us.
+            if answer_shows_caller_known(kind, message_name(reply)):
                 self._missed(endpoint)
             return reply
         self._misses.pop(endpoint, None)
