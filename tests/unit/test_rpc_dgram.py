@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from smegmesh.core.identity import NodeIdentity
-from smegmesh.core.messages import Ack, Ping
-from smegmesh.core.sync import SyncEnd, SyncStart
+from smegmesh.core.messages import Ack, Ping, Refusal
+from smegmesh.core.sync import Push, SyncEnd, SyncStart
 from smegmesh.core.wire import encode
 from smegmesh.daemon import dgram_wire as dw
 from smegmesh.daemon.rpc_dgram import MISSES_FOR_STREAM_ONLY, DatagramClient
@@ -171,3 +171,48 @@ def test_udp_port_taken_means_stream_only_with_one_warning(
         _run(main())
     warnings = [r for r in caplog.records if "datagrams" in r.getMessage()]
     assert len(warnings) == 1 and "stream only" in warnings[0].getMessage()
+
+
+def test_stream_refusals_do_not_teach_that_an_endpoint_is_stream_only() -> None:
+    """A member that does not know us yet drops our datagrams and refuses on the stream:
+    that is no sign that it does not speak datagrams (engineport.answer_shows_caller_known)."""
+    refusal = encode(Refusal("mesh"))
+
+    async def handler(_src: bytes, _body: bytes) -> bytes:
+        return refusal
+
+    async def main() -> None:
+        server, client, ep = await _pair(handler, datagrams=False)
+        try:
+            for _ in range(MISSES_FOR_STREAM_ONLY + 1):
+                assert await client.call(ep, server._fp, PING, 0.5, to=SRV.wg_public_key) == refusal
+            st = client.datagrams.stats  # type: ignore[union-attr]
+            assert st.fallbacks["unanswered"] == MISSES_FOR_STREAM_ONLY + 1  # tried every time
+        finally:
+            await client.close()
+            await server.stop(0)
+
+    _run(main())
+
+
+def test_a_push_goes_over_the_stream_until_the_endpoint_answered_a_datagram() -> None:
+    """A Push is answered for a caller the receiver does not know yet, whose datagrams
+    it drops unread (engineport.ANSWERED_FOR_STRANGERS)."""
+    push = encode(Push("mesh", ()))
+
+    async def handler(_src: bytes, _body: bytes) -> bytes:
+        return ACK
+
+    async def main() -> None:
+        server, client, ep = await _pair(handler)
+        try:
+            assert await client.call(ep, server._fp, push, to=SRV.wg_public_key) == ACK
+            assert client.transport_calls == {("out", "Push", "stream"): 1}
+            assert await client.call(ep, server._fp, PING, to=SRV.wg_public_key) == ACK
+            assert await client.call(ep, server._fp, push, to=SRV.wg_public_key) == ACK
+            assert client.transport_calls[("out", "Push", "datagram")] == 1
+        finally:
+            await client.close()
+            await server.stop(0)
+
+    _run(main())

@@ -1,7 +1,8 @@
 """The datagram path of node-to-node calls (issue 14): UDP beside the gRPC stream.
 
-Small idempotent calls (:data:`REQUEST_TYPES`: a probe, an indirect probe, an
-in-sync digest pull, a small push) go as one sealed datagram each way
+Small idempotent calls (``core/wire.DATAGRAM_REQUESTS``, flagged in the
+protocol's codec table: a probe, an indirect probe, an in-sync digest pull, a
+small push) go as one sealed datagram each way
 (:mod:`smegmesh.daemon.dgram_wire`) to the same host and port number as the
 gRPC server; everything else, and any call the datagrams do not answer in
 time, goes over the stream. docs/TRANSPORT.md has the measurements,
@@ -38,8 +39,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from smegmesh.core.wire import message_name
+from smegmesh.core.wire import DATAGRAM_REPLIES, DATAGRAM_REQUESTS, message_name
 from smegmesh.daemon import dgram_wire as dw
+from smegmesh.daemon.engineport import ANSWERED_FOR_STRANGERS, answer_shows_caller_known
 from smegmesh.daemon.rpc_common import CLOCK_SKEW_MS, Refused, RpcError
 
 if TYPE_CHECKING:
@@ -48,15 +50,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("smegmesh.daemon.transport")
 
-#: Requests carried by datagrams: small, and safe to execute twice (a resend,
-#: or a "use the stream" answer, makes the caller repeat it). A ``Ping`` is
-#: answered from state; a ``PingReq`` relays one more ping; a ``Push`` merges
-#: versioned items (merging twice changes nothing); a ``SyncStart`` opens the
-#: responder's session slot ``(caller, session id)`` afresh. ``SyncStep`` is
-#: not here: it advances a session.
-REQUEST_TYPES = frozenset({"Ping", "PingReq", "Push", "SyncStart"})
-#: Replies a datagram may carry (others: "use the stream").
-REPLY_TYPES = frozenset({"Ack", "SyncEnd", "SyncStep", "Refusal"})
 #: Resend after this share of the call's timeout, fall back to the stream after that.
 RESEND_AT = 0.4
 FALLBACK_AT = 0.7
@@ -203,7 +196,7 @@ class DatagramServer(asyncio.DatagramProtocol):
             return
         kind = message_name(o.body) or "malformed"
         self.stats.count("in", kind, len(data), ip)
-        if kind not in REQUEST_TYPES:
+        if kind not in DATAGRAM_REQUESTS:
             self._reply(o, priv, addr, ip, dw.USE_STREAM, b"")
             return
         self._server._enter(h.sender, ip, True)
@@ -230,7 +223,7 @@ class DatagramServer(asyncio.DatagramProtocol):
             return
         finally:
             self._server._leave(sender, ip, True)
-        if len(reply) > dw.MAX_BODY or message_name(reply) not in REPLY_TYPES:
+        if len(reply) > dw.MAX_BODY or message_name(reply) not in DATAGRAM_REPLIES:
             self._reply(o, priv, addr, ip, dw.USE_STREAM, b"")
         else:
             self._reply(o, priv, addr, ip, dw.OK, reply)
@@ -311,7 +304,7 @@ class DatagramClient(asyncio.DatagramProtocol):
         """``(ip, port, family)`` if this call goes by datagram, else None."""
         if len(body) > dw.MAX_BODY or len(self._pending) >= MAX_PENDING:
             return None
-        if message_name(body) not in REQUEST_TYPES:
+        if message_name(body) not in DATAGRAM_REQUESTS:
             return None
         until = self._stream_only.get(endpoint)
         if until is not None:
@@ -355,11 +348,12 @@ class DatagramClient(asyncio.DatagramProtocol):
     ) -> bytes:
         """One call by datagram, falling back to ``stream(remaining timeout)``."""
         t0 = time.monotonic()
-        if message_name(body) == "Push" and (endpoint, me.wg_public_key) not in self._known_to:
-            # A Push is the one request a node not yet known to the receiver may
-            # send (its own record, core/exchange.py), and the datagram server
-            # drops a stranger's datagrams unread: until the receiver has
-            # answered one of our datagrams, a Push goes over the stream.
+        kind = message_name(body) or "unknown"
+        if kind in ANSWERED_FOR_STRANGERS and (endpoint, me.wg_public_key) not in self._known_to:
+            # A request a node not yet known to the receiver may make (a Push of
+            # its own record), and the datagram server drops a stranger's
+            # datagrams unread: until the receiver has answered one of our
+            # datagrams, it goes over the stream.
             return await stream(timeout)
         try:
             sock = await self._socket(target[2])
@@ -375,7 +369,6 @@ class DatagramClient(asyncio.DatagramProtocol):
         self._pending[rid] = _Pending(fut, mine, to)
         slot = self._privates.setdefault(mine, [me.wg_private_key, 0])
         slot[1] += 1
-        kind = message_name(body) or "unknown"
         try:
             for share in (RESEND_AT, FALLBACK_AT):
                 data = dw.seal(
@@ -399,10 +392,9 @@ class DatagramClient(asyncio.DatagramProtocol):
             self.stats.fallbacks["unanswered"] += 1
             reply = await stream(remaining)  # a failure (RpcError) teaches nothing
             # The stream answered where datagrams did not. A member that has not
-            # heard of us yet drops our datagrams (strangers never use them) and
-            # refuses the call on the stream, except a Push of our own record
-            # (how a node just admitted announces itself): neither teaches.
-            if kind != "Push" and message_name(reply) != "Refusal":
+            # heard of us yet drops our datagrams (strangers never use them): its
+            # answer teaches only if it shows that it knows us.
+            if answer_shows_caller_known(kind, message_name(reply)):
                 self._missed(endpoint)
             return reply
         self._misses.pop(endpoint, None)
