@@ -27,22 +27,12 @@ from typing import Any
 import pytest
 
 from envcheck import missing
+from smegmesh.testbed.browser import CHROMIUM, chromium_missing, chromium_page
 from smegmesh.testbed.cluster import Cluster, Daemon, Timings
 from smegmesh.testbed.netns import Testbed, wait_until
 
 pytestmark = pytest.mark.netns
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 API_PORT = 8470
 TOKEN = "ui-test-token-0123456789abcdef"
 
@@ -100,12 +90,9 @@ def _graph_keys(page: Any) -> set[str]:
 
 
 def test_dashboard_live_in_chromium(testbed: Testbed, tmp_path: Path) -> None:
-    try:
-        import playwright.sync_api as playwright
-    except ImportError:  # a dev dependency: missing in CI is a failure, not a skip
-        missing("playwright is not installed (uv sync --dev)")
-    if not os.access(CHROMIUM, os.X_OK):
-        missing(f"{CHROMIUM} missing (Debian package chromium; scripts/bootstrap.sh)")
+    reason = chromium_missing()
+    if reason:  # a dev dependency and a Debian package: missing in CI is a failure, not a skip
+        missing(reason)
     shots = Path(os.environ.get("SMEG_UI_SCREENSHOTS") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
     timings = Timings()
@@ -124,103 +111,92 @@ def test_dashboard_live_in_chromium(testbed: Testbed, tmp_path: Path) -> None:
             d.ctl("put-alias", "--meshid", mesh_id, "--alias", alias)
         p1.ctl("set-service", "--meshid", mesh_id, "--service", "http", "--value", "8080")
 
-        with playwright.sync_playwright() as pw:
-            ctx = pw.chromium.launch_persistent_context(
-                str(tmp_path / "profile"),  # a fresh --user-data-dir
-                executable_path=_browser_in(p0.node.ns, tmp_path),
-                headless=True,
-                args=CHROMIUM_FLAGS,
-                viewport={"width": 1280, "height": 860},
+        executable = _browser_in(p0.node.ns, tmp_path)
+        with chromium_page(tmp_path / "profile", executable=executable, timeout_ms=60_000) as page:
+            base = f"http://127.0.0.1:{API_PORT}"
+
+            # -- a wrong token is refused, with a clear message
+            page.goto(f"{base}/ui/")
+            assert page.url.endswith("/ui/login")
+            page.fill("#token", "not-the-token")
+            page.click("button[type=submit]")
+            err = page.wait_for_selector("#login-error")
+            assert "Wrong token" in err.inner_text()
+            page.screenshot(path=str(shots / "login-refused.png"))
+
+            # -- the right one opens the dashboard with all four nodes
+            page.fill("#token", TOKEN)
+            page.click("button[type=submit]")
+            page.wait_for_url(f"{base}/ui/")
+            page.wait_for_function(
+                "() => document.querySelectorAll('section.mesh tbody tr').length === 4"
             )
-            try:
-                page = ctx.pages[0] if ctx.pages else ctx.new_page()
-                page.set_default_timeout(60_000)
-                base = f"http://127.0.0.1:{API_PORT}"
+            assert {r["key"] for r in _rows(page)} == set(keys.values())
+            page.wait_for_function("() => window.smeg.cy && window.smeg.cy.nodes().length >= 5")
+            assert _graph_keys(page) == set(keys.values())
+            page.wait_for_selector("#live.pill-on")  # the event stream is connected
+            page.evaluate("() => { window.__notReloaded = true; }")
+            page.screenshot(path=str(shots / "four-nodes.png"))
 
-                # -- a wrong token is refused, with a clear message
-                page.goto(f"{base}/ui/")
-                assert page.url.endswith("/ui/login")
-                page.fill("#token", "not-the-token")
-                page.click("button[type=submit]")
-                err = page.wait_for_selector("#login-error")
-                assert "Wrong token" in err.inner_text()
-                page.screenshot(path=str(shots / "login-refused.png"))
+            # -- an alias set with smegctl appears
+            t0 = time.monotonic()
+            d_alias = _when(lambda: "web-one" in _aliases(p0, mesh_id), t0)
+            p1.ctl("put-alias", "--meshid", mesh_id, "--alias", "web-one")
+            page.wait_for_selector('tr[data-alias="web-one"]')
+            t_alias = time.monotonic() - t0
 
-                # -- the right one opens the dashboard with all four nodes
-                page.fill("#token", TOKEN)
-                page.click("button[type=submit]")
-                page.wait_for_url(f"{base}/ui/")
-                page.wait_for_function(
-                    "() => document.querySelectorAll('section.mesh tbody tr').length === 4"
-                )
-                assert {r["key"] for r in _rows(page)} == set(keys.values())
-                page.wait_for_function("() => window.smeg.cy && window.smeg.cy.nodes().length >= 5")
-                assert _graph_keys(page) == set(keys.values())
-                page.wait_for_selector("#live.pill-on")  # the event stream is connected
-                page.evaluate("() => { window.__notReloaded = true; }")
-                page.screenshot(path=str(shots / "four-nodes.png"))
+            # -- a node that joins appears
+            p4 = c.add("peer")
+            token = c.invite(p0, mesh_id)
+            t0 = time.monotonic()
+            c.join(p4, token)
+            p4_key = p4.public_key()
+            p4.ctl("put-alias", "--meshid", mesh_id, "--alias", "newcomer")
+            page.wait_for_selector(f'tr[data-key="{p4_key}"]')
+            t_join = time.monotonic() - t0
+            page.wait_for_function(
+                "() => document.querySelectorAll('section.mesh tbody tr').length === 5"
+            )
 
-                # -- an alias set with smegctl appears
-                t0 = time.monotonic()
-                d_alias = _when(lambda: "web-one" in _aliases(p0, mesh_id), t0)
-                p1.ctl("put-alias", "--meshid", mesh_id, "--alias", "web-one")
-                page.wait_for_selector('tr[data-alias="web-one"]')
-                t_alias = time.monotonic() - t0
+            # -- a node killed with kill -9 disappears, without a reload
+            gone = keys[p2.name]
+            t0 = time.monotonic()
+            d_prune = _when(lambda: gone not in _keys(p0, mesh_id), t0)
+            p2.kill()  # SIGKILL
+            page.wait_for_selector(f'tr[data-key="{gone}"]', state="detached", timeout=90_000)
+            t_prune = time.monotonic() - t0
+            page.wait_for_function(
+                f"() => !window.smeg.cy.nodes().some(n => n.data('key') === {gone!r})"
+            )
+            assert page.evaluate("() => window.__notReloaded === true")
+            assert len(_rows(page)) == 4
 
-                # -- a node that joins appears
-                p4 = c.add("peer")
-                token = c.invite(p0, mesh_id)
-                t0 = time.monotonic()
-                c.join(p4, token)
-                p4_key = p4.public_key()
-                p4.ctl("put-alias", "--meshid", mesh_id, "--alias", "newcomer")
-                page.wait_for_selector(f'tr[data-key="{p4_key}"]')
-                t_join = time.monotonic() - t0
-                page.wait_for_function(
-                    "() => document.querySelectorAll('section.mesh tbody tr').length === 5"
-                )
-
-                # -- a node killed with kill -9 disappears, without a reload
-                gone = keys[p2.name]
-                t0 = time.monotonic()
-                d_prune = _when(lambda: gone not in _keys(p0, mesh_id), t0)
-                p2.kill()  # SIGKILL
-                page.wait_for_selector(f'tr[data-key="{gone}"]', state="detached", timeout=90_000)
-                t_prune = time.monotonic() - t0
-                page.wait_for_function(
-                    f"() => !window.smeg.cy.nodes().some(n => n.data('key') === {gone!r})"
-                )
-                assert page.evaluate("() => window.__notReloaded === true")
-                assert len(_rows(page)) == 4
-
-                # -- search by alias and by address; the side panel
-                page.fill("#search", "web-one")
-                page.wait_for_function(
-                    "() => document.querySelectorAll('section.mesh tbody tr').length === 1"
-                )
-                page.fill("#search", "")
-                addr = c.addresses(mesh_id, [c3])[c3.name]
-                page.fill("#search", addr)
-                page.wait_for_function(
-                    "() => document.querySelectorAll('section.mesh tbody tr').length === 1"
-                )
-                assert _rows(page)[0]["address"] == addr
-                page.fill("#search", "")
-                page.click('tr[data-alias="web-one"]')
-                panel = page.wait_for_selector("#panel:not([hidden])")
-                assert "web-one" in panel.inner_text()
-                assert keys[p1.name] in panel.inner_text()
-                page.screenshot(path=str(shots / "dashboard.png"))
-                wait_until(lambda: d_alias and d_prune, 30, what="the daemon-side timings")
-                # the page follows the daemon within seconds (event stream), not at a reload
-                assert t_prune - d_prune[0] < 10.0, (t_prune, d_prune)
-                print(
-                    f"\nUI timings: put-alias -> page {t_alias:.2f} s (daemon's API "
-                    f"{d_alias[0]:.2f} s), join -> page {t_join:.2f} s, kill -9 -> row gone "
-                    f"{t_prune:.2f} s (pruned in the daemon's API {d_prune[0]:.2f} s; "
-                    f"heartbeatInterval {timings.heartbeat_interval:g} s)"
-                )
-            finally:
-                ctx.close()
+            # -- search by alias and by address; the side panel
+            page.fill("#search", "web-one")
+            page.wait_for_function(
+                "() => document.querySelectorAll('section.mesh tbody tr').length === 1"
+            )
+            page.fill("#search", "")
+            addr = c.addresses(mesh_id, [c3])[c3.name]
+            page.fill("#search", addr)
+            page.wait_for_function(
+                "() => document.querySelectorAll('section.mesh tbody tr').length === 1"
+            )
+            assert _rows(page)[0]["address"] == addr
+            page.fill("#search", "")
+            page.click('tr[data-alias="web-one"]')
+            panel = page.wait_for_selector("#panel:not([hidden])")
+            assert "web-one" in panel.inner_text()
+            assert keys[p1.name] in panel.inner_text()
+            page.screenshot(path=str(shots / "dashboard.png"))
+            wait_until(lambda: d_alias and d_prune, 30, what="the daemon-side timings")
+            # the page follows the daemon within seconds (event stream), not at a reload
+            assert t_prune - d_prune[0] < 10.0, (t_prune, d_prune)
+            print(
+                f"\nUI timings: put-alias -> page {t_alias:.2f} s (daemon's API "
+                f"{d_alias[0]:.2f} s), join -> page {t_join:.2f} s, kill -9 -> row gone "
+                f"{t_prune:.2f} s (pruned in the daemon's API {d_prune[0]:.2f} s; "
+                f"heartbeatInterval {timings.heartbeat_interval:g} s)"
+            )
     if shots == tmp_path:
         shutil.rmtree(tmp_path / "profile", ignore_errors=True)

@@ -17,56 +17,30 @@ import httpx
 import pytest
 
 from envcheck import missing
+from smegmesh.testbed.browser import chromium_missing, chromium_page
 from smegmesh.testbed.loopback import API_TOKEN, Cluster, cluster, wait_converged
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture
 def page(tmp_path: Path) -> Iterator[Any]:
-    try:
-        import playwright.sync_api as playwright
-    except ImportError:  # a dev dependency: missing in CI is a failure, not a skip
-        missing("playwright is not installed (uv sync --dev)")
-    if not os.access(CHROMIUM, os.X_OK):
-        missing(f"{CHROMIUM} missing (Debian package chromium; scripts/bootstrap.sh)")
-    with playwright.sync_playwright() as pw:
-        ctx = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_FLAGS,
-            viewport={"width": 1280, "height": 860},
-        )
-        try:
-            p = ctx.pages[0] if ctx.pages else ctx.new_page()
-            p.set_default_timeout(30_000)
-            errors: list[str] = []
-            p.on(
-                "console",
-                lambda m: (
-                    errors.append(m.text)
-                    if m.type == "error" and not m.text.startswith("Failed to load resource")
-                    else None
-                ),
-            )  # HTTP errors are expected (a refused alias); script and CSP errors are not
-            p.on("pageerror", lambda e: errors.append(str(e)))
-            yield p
-            # no script error, and nothing the Content-Security-Policy had to block (Cytoscape
-            # sets inline styles: style-src allows them, scripts are the package's only)
-            assert not errors, errors
-        finally:
-            ctx.close()
+    reason = chromium_missing()
+    if reason:  # a dev dependency and a Debian package: missing in CI is a failure, not a skip
+        missing(reason)
+    with chromium_page(tmp_path / "profile") as p:
+        errors: list[str] = []
+        p.on(
+            "console",
+            lambda m: (
+                errors.append(m.text)
+                if m.type == "error" and not m.text.startswith("Failed to load resource")
+                else None
+            ),
+        )  # HTTP errors are expected (a refused alias); script and CSP errors are not
+        p.on("pageerror", lambda e: errors.append(str(e)))
+        yield p
+        # no script error, and nothing the Content-Security-Policy had to block (Cytoscape
+        # sets inline styles: style-src allows them, scripts are the package's only)
+        assert not errors, errors
 
 
 def _rows(page: Any, mesh_id: str) -> list[dict[str, str]]:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from smegmesh.daemon import dgram_wire, rpc_dgram
+from smegmesh.daemon import dgram_wire
 from smegmesh.sim import overhead
 
 
 def test_the_datagram_model_matches_the_datagram_wire_format() -> None:
     assert overhead.DGRAM_OVERHEAD_BYTES == dgram_wire.OVERHEAD + 28
     assert overhead.DGRAM_MAX_BODY == dgram_wire.MAX_BODY
-    assert overhead.DGRAM_REQUEST_TYPES == rpc_dgram.REQUEST_TYPES
-    assert overhead.DGRAM_REPLY_TYPES == rpc_dgram.REPLY_TYPES

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from smegmesh.core.identity import NodeIdentity
-from smegmesh.core.messages import Ack, Ping
+from smegmesh.core.messages import Ack, Ping, Refusal
 from smegmesh.core.sync import SyncEnd, SyncStart
 from smegmesh.core.wire import encode
 from smegmesh.daemon import dgram_wire as dw
@@ -228,6 +228,28 @@ def test_a_member_that_does_not_know_us_yet_says_so_and_we_use_the_stream() -> N
             assert st.fallbacks["unanswered"] == 0  # no wait for the timeout
             assert server.datagrams is not None
             assert server.datagrams.keys.derivations == 0  # the notice costs no crypto
+        finally:
+            await client.close()
+            await server.stop(0)
+
+    _run(main())
+
+
+def test_stream_refusals_do_not_teach_that_an_endpoint_is_stream_only() -> None:
+    """A member that does not know us yet drops our datagrams and refuses on the stream:
+    that is no sign that it does not speak datagrams (engineport.answer_shows_caller_known)."""
+    refusal = encode(Refusal("mesh"))
+
+    async def handler(_src: bytes, _body: bytes) -> bytes:
+        return refusal
+
+    async def main() -> None:
+        server, client, ep = await _pair(handler, datagrams=False)
+        try:
+            for _ in range(MISSES_FOR_STREAM_ONLY + 1):
+                assert await client.call(ep, server._fp, PING, 0.5, to=SRV.wg_public_key) == refusal
+            st = client.datagrams.stats  # type: ignore[union-attr]
+            assert st.fallbacks["unanswered"] == MISSES_FOR_STREAM_ONLY + 1  # tried every time
         finally:
             await client.close()
             await server.stop(0)

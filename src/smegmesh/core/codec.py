@@ -61,12 +61,20 @@ class WireError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Codec:
-    """One message class, its type code and its body encoder and decoder."""
+    """One message class, its type code and its body encoder and decoder.
+
+    ``dgram_request``/``dgram_reply``: the message may go as one datagram, as a
+    request or as a reply (small, and safe to execute twice: a resend, or a
+    "use the stream" answer, makes the caller repeat the call); see
+    :data:`smegmesh.core.wire.DATAGRAM_REQUESTS`.
+    """
 
     code: int
     cls: type
     encode: EncodeFn
     decode: DecodeFn
+    dgram_request: bool = False
+    dgram_reply: bool = False
 
 
 class Registry:
@@ -76,9 +84,25 @@ class Registry:
         self._by_code: dict[int, Codec] = {}
         self._by_cls: dict[type, Codec] = {}
         for c in codecs:
-            self.register(c.code, c.cls, c.encode, c.decode)
+            self.register(
+                c.code,
+                c.cls,
+                c.encode,
+                c.decode,
+                dgram_request=c.dgram_request,
+                dgram_reply=c.dgram_reply,
+            )
 
-    def register(self, type_code: int, cls: type, encode_fn: EncodeFn, decode_fn: DecodeFn) -> None:
+    def register(
+        self,
+        type_code: int,
+        cls: type,
+        encode_fn: EncodeFn,
+        decode_fn: DecodeFn,
+        *,
+        dgram_request: bool = False,
+        dgram_reply: bool = False,
+    ) -> None:
         """Add a message class (a code or class used twice is an error)."""
         if type(type_code) is not int or not 0 <= type_code <= 0xFFFF:
             raise ValueError("type code must be an int in [0, 65535]")
@@ -87,13 +111,21 @@ class Registry:
             raise ValueError(f"type code {type_code} already used by {old.cls.__name__}")
         if cls in self._by_cls and self._by_cls[cls].code != type_code:
             raise ValueError(f"{cls.__name__} already registered")
-        codec = Codec(type_code, cls, encode_fn, decode_fn)
+        codec = Codec(type_code, cls, encode_fn, decode_fn, dgram_request, dgram_reply)
         self._by_code[type_code] = codec
         self._by_cls[cls] = codec
 
     def codecs(self) -> list[Codec]:
         """Every codec of the table, by type code."""
         return [self._by_code[c] for c in sorted(self._by_code)]
+
+    def datagram_names(self, *, replies: bool = False) -> frozenset[str]:
+        """Names of the requests (``replies``: the replies) that may go as a datagram."""
+        return frozenset(
+            c.cls.__name__
+            for c in self._by_code.values()
+            if (c.dgram_reply if replies else c.dgram_request)
+        )
 
     def encode(self, msg: Message) -> bytes:
         """Encode a message of the table (raises TypeError for other classes)."""

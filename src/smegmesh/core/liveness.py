@@ -250,9 +250,9 @@ class FailureDetector:
                 if k not in self._live:
                     del self._suspect_since[k]
         live = self._live
-        since, self._watch_since = self._watch_since, {}
+        began, self._watch_since = self._watch_since, {}
         for c in watched_clients:  # a few: the clients assigned to us
-            start = self._watch_since[c] = since.get(c, now_ms)
+            start = self._watch_since[c] = began.get(c, now_ms)
             heard = max(self._last_heard.get(c, start), start)
             if now_ms - heard >= p.client_timeout_ms:
                 out.append(Dead(c))

@@ -196,9 +196,12 @@ def _dec_observed(b: Any) -> Observed:
 
 #: This module's part of the protocol table (:data:`smegmesh.core.wire.PROTOCOL`).
 CODECS = (
-    Codec(20, Ping, lambda m: [m.mesh_id, m.probe_id], _dec_ping),
-    Codec(21, PingReq, lambda m: [m.mesh_id, m.target, m.probe_id], _dec_pingreq),
-    Codec(22, Ack, lambda m: [m.mesh_id, m.probe_id, m.ok], _dec_ack),
+    # dgram_request/dgram_reply: may go as one datagram (core/wire.DATAGRAM_REQUESTS)
+    Codec(20, Ping, lambda m: [m.mesh_id, m.probe_id], _dec_ping, dgram_request=True),
+    Codec(
+        21, PingReq, lambda m: [m.mesh_id, m.target, m.probe_id], _dec_pingreq, dgram_request=True
+    ),
+    Codec(22, Ack, lambda m: [m.mesh_id, m.probe_id, m.ok], _dec_ack, dgram_reply=True),
     Codec(23, JoinRequest, lambda m: [m.mesh_id, m.secret, encode_item(m.record)], _dec_join),
     Codec(
         24,
@@ -210,7 +213,7 @@ CODECS = (
         ],
         _dec_join_reply,
     ),
-    Codec(25, Refusal, lambda m: [m.mesh_id], _dec_refusal),
+    Codec(25, Refusal, lambda m: [m.mesh_id], _dec_refusal, dgram_reply=True),
     Codec(26, WhoAmI, lambda m: [m.mesh_id], _dec_whoami),
     Codec(27, YouAre, lambda m: [m.mesh_id, m.address], _dec_youare),
     Codec(40, WhereAmI, lambda m: [m.mesh_id], _dec_whereami),

@@ -23,36 +23,9 @@ objects).
 
 from __future__ import annotations
 
+from smegmesh.core import record_fields
 from smegmesh.core.record_decode import prune_from_obj, record_from_obj
-from smegmesh.core.record_fields import (
-    ALIAS_RE,
-    EXT_DEVICES,
-    EXT_NAT,
-    MAX_ADMITTED,
-    MAX_DESCRIPTION_BYTES,
-    MAX_DEVICES,
-    MAX_ENDPOINT_LEN,
-    MAX_INVITES,
-    MAX_LOCAL_ENDPOINTS,
-    MAX_PROOFS,
-    MAX_RECORD_BYTES,
-    MAX_ROUTE_PATH,
-    MAX_ROUTES,
-    MAX_SERVICE_VALUE_BYTES,
-    MAX_SERVICES,
-    MAX_U63,
-    PRUNE_TAG,
-    RECORD_TAG,
-    SERVICE_KEY_RE,
-    Admission,
-    InviteGrant,
-    MembershipProof,
-    RecordError,
-    Role,
-    RouteAdv,
-    SponsoredDevice,
-    check_endpoint,
-)
+from smegmesh.core.record_fields import *  # noqa: F403 (re-exported: see __all__)
 from smegmesh.core.record_model import (
     NodeRecord,
     Prune,
@@ -63,35 +36,8 @@ from smegmesh.core.record_model import (
 )
 
 __all__ = [
-    "ALIAS_RE",
-    "EXT_DEVICES",
-    "EXT_NAT",
-    "MAX_ADMITTED",
-    "MAX_DESCRIPTION_BYTES",
-    "MAX_DEVICES",
-    "MAX_ENDPOINT_LEN",
-    "MAX_INVITES",
-    "MAX_LOCAL_ENDPOINTS",
-    "MAX_PROOFS",
-    "MAX_RECORD_BYTES",
-    "MAX_ROUTES",
-    "MAX_ROUTE_PATH",
-    "MAX_SERVICES",
-    "MAX_SERVICE_VALUE_BYTES",
-    "MAX_U63",
-    "PRUNE_TAG",
-    "RECORD_TAG",
-    "SERVICE_KEY_RE",
-    "Admission",
-    "InviteGrant",
-    "MembershipProof",
     "NodeRecord",
     "Prune",
-    "RecordError",
-    "Role",
-    "RouteAdv",
-    "SponsoredDevice",
-    "check_endpoint",
     "check_prune_fields",
     "check_record_fields",
     "prune_from_obj",
@@ -99,3 +45,4 @@ __all__ = [
     "validate_prune",
     "validate_record",
 ]
+__all__ += record_fields.__all__

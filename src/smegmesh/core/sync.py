@@ -472,12 +472,24 @@ def _dec_push(b: Any) -> Push:
 
 #: This module's part of the protocol table (:data:`smegmesh.core.wire.PROTOCOL`).
 CODECS = (
+    # dgram_request/dgram_reply: may go as one datagram (core/wire.DATAGRAM_REQUESTS);
+    # a SyncStep only as a reply (as a request it advances a session)
     Codec(
-        10, SyncStart, lambda m: [m.mesh_id, m.session_id, m.salt, m.digest, m.count], _dec_start
+        10,
+        SyncStart,
+        lambda m: [m.mesh_id, m.session_id, m.salt, m.digest, m.count],
+        _dec_start,
+        dgram_request=True,
     ),
-    Codec(11, SyncStep, _enc_step, _dec_step),
-    Codec(12, SyncEnd, lambda m: [m.mesh_id, m.session_id], _dec_end),
-    Codec(13, Push, lambda m: [m.mesh_id, [encode_item(i) for i in m.items]], _dec_push),
+    Codec(11, SyncStep, _enc_step, _dec_step, dgram_reply=True),
+    Codec(12, SyncEnd, lambda m: [m.mesh_id, m.session_id], _dec_end, dgram_reply=True),
+    Codec(
+        13,
+        Push,
+        lambda m: [m.mesh_id, [encode_item(i) for i in m.items]],
+        _dec_push,
+        dgram_request=True,
+    ),
 )
 #: The sync messages alone: their encoded sizes (a session counts its bytes).
 _SYNC_CODECS = Registry(CODECS)

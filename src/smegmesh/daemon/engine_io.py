@@ -19,11 +19,11 @@ import time
 from smegmesh.core.endpoint import split_host_port
 from smegmesh.core.identity import key_to_text
 from smegmesh.core.meshnode import Call, Out
-from smegmesh.core.messages import Observed, Refusal, WhereAmI, WhoAmI, YouAre
+from smegmesh.core.messages import Observed, Refusal, WhereAmI, WhoAmI
 from smegmesh.core.wire import WireError, decode, encode
 from smegmesh.daemon.base import DaemonBase
 from smegmesh.daemon.devices_ops import DEVICE_REQUESTS
-from smegmesh.daemon.engineport import reply_of
+from smegmesh.daemon.engineport import answer_who_am_i, reply_of
 from smegmesh.daemon.runtime import MeshRuntime, now_ms
 from smegmesh.daemon.transport import Refused, RpcError, caller_address
 
@@ -120,11 +120,7 @@ class EngineIO(DaemonBase):
             raise Refused("malformed message") from None
         mesh_id = getattr(msg, "mesh_id", None)
         if isinstance(msg, WhoAmI):
-            # Only tells the caller its own address: nothing about any mesh.
-            seen = caller_address.get()
-            if seen is None:
-                raise Refused("address unknown")
-            return encode(YouAre(msg.mesh_id, seen))
+            return answer_who_am_i(msg, caller_address.get())
         if isinstance(msg, WhereAmI):
             # NAT traversal: the caller's own WireGuard endpoint as we see it.
             wrt = self.meshes.get(msg.mesh_id)

@@ -16,8 +16,18 @@ from collections.abc import Callable
 
 from smegmesh.core.driver import EngineDriver
 from smegmesh.core.engine import Call, Message
+from smegmesh.core.messages import WhoAmI, YouAre
+from smegmesh.core.wire import encode
+from smegmesh.daemon.rpc_common import Refused
 
-__all__ = ["REPLY_TIMEOUT_S", "DaemonPort", "reply_of"]
+__all__ = [
+    "ANSWERED_FOR_STRANGERS",
+    "REPLY_TIMEOUT_S",
+    "DaemonPort",
+    "answer_shows_caller_known",
+    "answer_who_am_i",
+    "reply_of",
+]
 
 #: A request whose reply has not come after this long gets none (the
 #: engine's calls all end well before: their own timeouts are shorter).
@@ -69,3 +79,28 @@ async def reply_of(fut: asyncio.Future[Message]) -> Message | None:
         return await asyncio.wait_for(fut, REPLY_TIMEOUT_S)
     except TimeoutError:
         return None
+
+
+#: Requests the engine answers, other than with a ``Refusal``, from a caller it
+#: does not know as a member (yet): a join with a token, and the push of a
+#: just-admitted node's own record (how it announces itself; core/exchange.py).
+ANSWERED_FOR_STRANGERS = frozenset({"JoinRequest", "Push"})
+
+
+def answer_shows_caller_known(request: str | None, reply: str | None) -> bool:
+    """Whether the engine's ``reply`` to ``request`` (message names) shows it knows the caller.
+
+    Every other request of a caller it does not know is answered with a ``Refusal``.
+    """
+    return request not in ANSWERED_FOR_STRANGERS and reply != "Refusal"
+
+
+def answer_who_am_i(msg: WhoAmI, seen: str | None) -> bytes:
+    """The encoded answer to a ``WhoAmI``: the caller's address as ``seen`` by the transport.
+
+    Only tells the caller its own address: nothing about any mesh (asked
+    before joining, to learn one's own endpoint). Refused if the address is unknown.
+    """
+    if seen is None:
+        raise Refused("address unknown")
+    return encode(YouAre(msg.mesh_id, seen))

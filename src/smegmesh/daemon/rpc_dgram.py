@@ -1,7 +1,8 @@
 """The datagram path of node-to-node calls (issue 14): UDP beside the gRPC stream.
 
-Small idempotent calls (:data:`REQUEST_TYPES`: a probe, an indirect probe, an
-in-sync digest pull, a small push) go as one sealed datagram each way
+Small idempotent calls (``core/wire.DATAGRAM_REQUESTS``, flagged in the
+protocol's codec table: a probe, an indirect probe, an in-sync digest pull, a
+small push) go as one sealed datagram each way
 (:mod:`smegmesh.daemon.dgram_wire`) to the same host and port number as the
 gRPC server; everything else, and any call the datagrams do not answer in
 time, goes over the stream. docs/TRANSPORT.md has the measurements,
@@ -38,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from smegmesh.core.wire import message_name
+from smegmesh.core.wire import DATAGRAM_REPLIES, DATAGRAM_REQUESTS, message_name
 from smegmesh.daemon import dgram_wire as dw
 from smegmesh.daemon.rpc_common import CLOCK_SKEW_MS, Refused
 
@@ -47,15 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("smegmesh.daemon.transport")
 
-#: Requests carried by datagrams: small, and safe to execute twice (a resend,
-#: or a "use the stream" answer, makes the caller repeat it). A ``Ping`` is
-#: answered from state; a ``PingReq`` relays one more ping; a ``Push`` merges
-#: versioned items (merging twice changes nothing); a ``SyncStart`` opens the
-#: responder's session slot ``(caller, session id)`` afresh. ``SyncStep`` is
-#: not here: it advances a session.
-REQUEST_TYPES = frozenset({"Ping", "PingReq", "Push", "SyncStart"})
-#: Replies a datagram may carry (others: "use the stream").
-REPLY_TYPES = frozenset({"Ack", "SyncEnd", "SyncStep", "Refusal"})
 #: Token bucket per source address: requests per second, burst, addresses tracked.
 BUCKET_RATE = 100.0
 BUCKET_BURST = 200.0
@@ -200,7 +192,7 @@ class DatagramServer(asyncio.DatagramProtocol):
             return
         kind = message_name(o.body) or "malformed"
         self.stats.count("in", kind, len(data), ip)
-        if kind not in REQUEST_TYPES:
+        if kind not in DATAGRAM_REQUESTS:
             self._reply(o, priv, addr, ip, dw.USE_STREAM, b"")
             return
         self._server._enter(h.sender, ip, True)
@@ -227,7 +219,7 @@ class DatagramServer(asyncio.DatagramProtocol):
             return
         finally:
             self._server._leave(sender, ip, True)
-        if len(reply) > dw.MAX_BODY or message_name(reply) not in REPLY_TYPES:
+        if len(reply) > dw.MAX_BODY or message_name(reply) not in DATAGRAM_REPLIES:
             self._reply(o, priv, addr, ip, dw.USE_STREAM, b"")
         else:
             self._reply(o, priv, addr, ip, dw.OK, reply)

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from smegmesh.core.endpoint import split_host_port
-from smegmesh.core.wire import message_name
+from smegmesh.core.wire import DATAGRAM_REQUESTS, message_name
 from smegmesh.daemon import dgram_wire as dw
+from smegmesh.daemon.engineport import answer_shows_caller_known
 from smegmesh.daemon.rpc_common import CLOCK_SKEW_MS, RpcError
-from smegmesh.daemon.rpc_dgram import REQUEST_TYPES, DatagramStats, _ip, _wall_ms
+from smegmesh.daemon.rpc_dgram import DatagramStats, _ip, _wall_ms
 
 if TYPE_CHECKING:
     from smegmesh.core.identity import NodeIdentity
@@ -74,7 +75,7 @@ class DatagramClient(asyncio.DatagramProtocol):
         """``(ip, port, family)`` if this call goes by datagram, else None."""
         if len(body) > dw.MAX_BODY or len(self._pending) >= MAX_PENDING:
             return None
-        if message_name(body) not in REQUEST_TYPES:
+        if message_name(body) not in DATAGRAM_REQUESTS:
             return None
         until = self._stream_only.get(endpoint)
         if until is not None:
@@ -151,7 +152,7 @@ class DatagramClient(asyncio.DatagramProtocol):
             # heard of us yet (an older one: newer ones send a notice) drops our
             # datagrams and refuses the call on the stream, except a Push of our
             # own record (how a node just admitted announces itself): neither teaches.
-            if kind != "Push" and message_name(reply) != "Refusal":
+            if answer_shows_caller_known(kind, message_name(reply)):
                 self._missed(endpoint)
             return reply
         if status == _UNKNOWN_SENDER:

@@ -18,9 +18,10 @@ from whichever measurement is current; it is the only place they live.
 Two transport models (``--wire-overhead stream|datagram``): *stream* charges
 every message the stream figures above; *datagram* models the datagram path
 of branch ``dgram`` (``daemon/rpc_dgram.py``): a request of a type in
-:data:`DGRAM_REQUEST_TYPES` with a body of at most :data:`DGRAM_MAX_BODY`
-goes as one datagram, and so does its reply if it is of a type in
-:data:`DGRAM_REPLY_TYPES` and small enough; any other reply to a datagram
+:data:`smegmesh.core.wire.DATAGRAM_REQUESTS` (the protocol's own set, which
+the transport reads too) with a body of at most :data:`DGRAM_MAX_BODY` goes as
+one datagram, and so does its reply if it is of a type in
+:data:`~smegmesh.core.wire.DATAGRAM_REPLIES` and small enough; any other reply to a datagram
 request is a "use the stream" datagram (empty body) and the call is repeated
 over the stream (request and reply charged the stream overhead again).
 Everything else goes over the stream. Neither model charges connection set-up
@@ -29,12 +30,12 @@ Everything else goes over the stream. Neither model charges connection set-up
 
 from __future__ import annotations
 
+from smegmesh.core.wire import DATAGRAM_REPLIES, DATAGRAM_REQUESTS
+
 __all__ = [
     "CALL_STREAM_OVERHEAD_BYTES",
     "DGRAM_MAX_BODY",
     "DGRAM_OVERHEAD_BYTES",
-    "DGRAM_REPLY_TYPES",
-    "DGRAM_REQUEST_TYPES",
     "MODELS",
     "REPLY_OVERHEAD_BYTES",
     "REQUEST_OVERHEAD_BYTES",
@@ -77,10 +78,6 @@ DGRAM_OVERHEAD_BYTES = 113 + 28
 #: Largest body of one datagram: 1,232 B (IPv6 minimum MTU minus IPv6/UDP
 #: headers) minus the 113 B above (``dgram_wire.MAX_BODY``).
 DGRAM_MAX_BODY = 1_119
-#: Requests that may go as a datagram (``rpc_dgram.REQUEST_TYPES``).
-DGRAM_REQUEST_TYPES = frozenset({"Ping", "PingReq", "Push", "SyncStart"})
-#: Replies a datagram may carry (``rpc_dgram.REPLY_TYPES``).
-DGRAM_REPLY_TYPES = frozenset({"Ack", "SyncEnd", "SyncStep", "Refusal"})
 
 #: Transport models: ``None`` (payload only), "stream", "datagram".
 MODELS = ("stream", "datagram")
@@ -99,7 +96,7 @@ def model_of(wire_overhead: bool | str | None) -> str | None:
 
 def request_bytes(model: str, type_name: str, body: int) -> tuple[int, bool]:
     """Overhead bytes of a request with a body of ``body`` bytes, and whether it is a datagram."""
-    if model == "datagram" and type_name in DGRAM_REQUEST_TYPES and body <= DGRAM_MAX_BODY:
+    if model == "datagram" and type_name in DATAGRAM_REQUESTS and body <= DGRAM_MAX_BODY:
         return DGRAM_OVERHEAD_BYTES, True
     return REQUEST_OVERHEAD_BYTES, False
 
@@ -113,6 +110,6 @@ def reply_bytes(type_name: str, body: int, request_body: int, dgram: bool) -> in
     """
     if not dgram:
         return REPLY_OVERHEAD_BYTES
-    if type_name in DGRAM_REPLY_TYPES and body <= DGRAM_MAX_BODY:
+    if type_name in DATAGRAM_REPLIES and body <= DGRAM_MAX_BODY:
         return DGRAM_OVERHEAD_BYTES
     return DGRAM_OVERHEAD_BYTES + request_body + REQUEST_OVERHEAD_BYTES + REPLY_OVERHEAD_BYTES

@@ -51,42 +51,19 @@ from typing import Any
 
 from smegmesh.daemon.runtime import now_ms
 from smegmesh.daemon.transport import TlsIdentity
-from smegmesh.testbed.swarm_plan import (
-    CALL_TIMEOUT_S,
-    COALESCE_S,
-    MESH_ID,
-    STARTUP_RATE,
-    SWEEP_S,
-    TOKEN_TTL_MS,
-    TOKEN_USES,
-    Member,
-    Plan,
-    Stats,
-    build_members,
-    member_address,
-)
+from smegmesh.testbed import swarm_plan
+from smegmesh.testbed.swarm_plan import *  # noqa: F403 (re-exported: see __all__)
 from smegmesh.testbed.swarm_worker import Worker, worker_main
 
 __all__ = [
-    "CALL_TIMEOUT_S",
-    "COALESCE_S",
-    "MESH_ID",
-    "STARTUP_RATE",
-    "SWEEP_S",
-    "TOKEN_TTL_MS",
-    "TOKEN_USES",
-    "Member",
-    "Plan",
-    "Stats",
     "Worker",
-    "build_members",
     "main",
-    "member_address",
     "now_ms",
     "read_stats",
     "start_swarm",
     "stop_swarm",
 ]
+__all__ += swarm_plan.__all__  # the plan's names are the swarm's
 
 log = logging.getLogger("smegmesh.swarm")
 

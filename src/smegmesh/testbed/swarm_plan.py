@@ -23,6 +23,21 @@ from smegmesh.daemon.transport import RpcClient, TlsIdentity
 from smegmesh.sim.simulator import _prime_views
 from smegmesh.sim.state import clone_state, node_seed, steady_state
 
+__all__ = [
+    "CALL_TIMEOUT_S",
+    "COALESCE_S",
+    "MESH_ID",
+    "STARTUP_RATE",
+    "SWEEP_S",
+    "TOKEN_TTL_MS",
+    "TOKEN_USES",
+    "Member",
+    "Plan",
+    "Stats",
+    "build_members",
+    "member_address",
+]
+
 MESH_ID = "swarm"
 #: seconds a call may take (smegd's default ``timeout``)
 CALL_TIMEOUT_S = 5.0

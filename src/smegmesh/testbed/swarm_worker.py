@@ -27,10 +27,10 @@ from smegmesh.core.driver import EngineDriver
 from smegmesh.core.endpoint import split_host_port
 from smegmesh.core.invite import Bootstrap
 from smegmesh.core.meshnode import Call, Out
-from smegmesh.core.messages import Refusal, WhoAmI, YouAre
+from smegmesh.core.messages import Refusal, WhoAmI
 from smegmesh.core.wire import WireError, decode, encode
 from smegmesh.daemon import rpc_server
-from smegmesh.daemon.engineport import DaemonPort, reply_of
+from smegmesh.daemon.engineport import DaemonPort, answer_who_am_i, reply_of
 from smegmesh.daemon.rpc_dgram_client import DatagramClient
 from smegmesh.daemon.runtime import now_ms
 from smegmesh.daemon.transport import (
@@ -246,9 +246,7 @@ class Worker:
         except WireError:
             raise Refused("malformed message") from None
         if isinstance(msg, WhoAmI):
-            if addr is None:
-                raise Refused("address unknown")
-            return encode(YouAre(msg.mesh_id, addr))
+            return answer_who_am_i(msg, addr)
         if getattr(msg, "mesh_id", None) != MESH_ID:
             return encode(Refusal(str(getattr(msg, "mesh_id", "x"))))
         assert m.port is not None
