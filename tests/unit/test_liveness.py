@@ -214,3 +214,31 @@ def test_suspicion_grows_with_the_log_of_the_member_count() -> None:
     at_3000 = suspicion_of(3000)
     assert at_3000 >= PARAMS.suspicion_ms * 1.7, at_3000
     assert at_3000 <= PARAMS.suspicion_ms * 1.75 + 10, at_3000
+
+
+def test_a_starved_node_probes_less_often_and_a_healthy_one_as_configured() -> None:
+    """Issue 14 (item 4): Lifeguard scales the probe period with local health. A
+    node whose direct probes all miss (it is the slow one) sent a probe and
+    three indirect ones every period, feeding the load that starved it (seen at
+    60 real daemons on 2 cores: a self-sustaining storm)."""
+    ks = keys(12)
+
+    def probes(direct_ok: bool) -> tuple[int, int]:
+        fd = FailureDetector(ks[0], PARAMS, random.Random(5))
+        sent = reqs = 0
+        for now in range(0, 60_000, 10):
+            for a in fd.tick(now, ks[1:]):
+                if isinstance(a, Ping):
+                    sent += 1
+                    if direct_ok:
+                        fd.on_ack(a.target, a.probe_id, now)
+                elif isinstance(a, PingReq):
+                    reqs += 1
+                    fd.on_ack(a.target, a.probe_id, now + 1)  # the helpers get through
+        return sent, reqs
+
+    healthy, healthy_reqs = probes(True)
+    starved, starved_reqs = probes(False)
+    assert 58 <= healthy <= 61 and healthy_reqs == 0  # one a second, as configured
+    assert starved <= healthy / 3  # the period grew up to 4x
+    assert starved_reqs <= 3 * starved

@@ -179,10 +179,20 @@ class FailureDetector:
         """Others pruned us while we were alive: we may be the slow one."""
         self._refutes = min(MAX_HEALTH_MULTIPLIER - 1, self._refutes + 1)
 
+    def probe_interval_ms(self) -> int:
+        """The probe period, scaled by local health (Lifeguard; memberlist scales its
+        probe ticker the same way): a node whose own probes fail -- most often
+        because it is the one starved of CPU -- probes less often and waits
+        longer, instead of adding indirect probes and suspicions to the load
+        that made it slow. Half the multiplier (rounded up, at most 4x): the
+        suspicion window grows by the whole multiplier, so a suspect still gets
+        at least as many re-probes as the configured timings give it."""
+        return self.params.probe_interval_ms * ((self.health_multiplier + 1) // 2)
+
     def _probe_timeout_ms(self) -> int:
         p = self.params
         m = self.health_multiplier
-        return min(p.probe_timeout_ms * m, max(p.probe_timeout_ms, p.probe_interval_ms // 2))
+        return min(p.probe_timeout_ms * m, max(p.probe_timeout_ms, self.probe_interval_ms() // 2))
 
     def _suspicion_ms(self) -> int:
         scale = suspicion_scale(len(self._live) + 1)
@@ -281,7 +291,7 @@ class FailureDetector:
                     self._record(True)
                 for via in self._helpers(probe.target, live):
                     out.append(PingReq(via, probe.target, probe.probe_id))
-            if age >= p.probe_interval_ms:
+            if age >= self.probe_interval_ms():
                 if probe.target not in self._suspect_since:
                     self._suspect_since[probe.target] = probe.started_ms
                     out.append(Suspect(probe.target))
@@ -290,7 +300,7 @@ class FailureDetector:
         if self._next_probe_ms is None:
             self._next_probe_ms = now_ms + self.rng.randrange(max(1, p.probe_interval_ms))
         if now_ms >= self._next_probe_ms:
-            self._next_probe_ms = now_ms + p.probe_interval_ms
+            self._next_probe_ms = now_ms + self.probe_interval_ms()
         else:
             return out
         if self._probe is None and live:
@@ -340,7 +350,7 @@ class FailureDetector:
             pr = self._probe
             if not pr.indirect_sent:
                 times.append(pr.started_ms + self._probe_timeout_ms())
-            times.append(pr.started_ms + self.params.probe_interval_ms)
+            times.append(pr.started_ms + self.probe_interval_ms())
         suspicion_ms = self._suspicion_ms()
         times.extend(s + suspicion_ms for s in self._suspect_since.values())
         return min(times) if times else None
