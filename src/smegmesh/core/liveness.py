@@ -180,13 +180,16 @@ class FailureDetector:
         self._refutes = min(MAX_HEALTH_MULTIPLIER - 1, self._refutes + 1)
 
     def probe_interval_ms(self) -> int:
-        """The probe period, scaled by local health (Lifeguard; memberlist scales its
-        probe ticker the same way): a node whose own probes fail -- most often
-        because it is the one starved of CPU -- probes less often and waits
-        longer, instead of adding indirect probes and suspicions to the load
-        that made it slow. Half the multiplier (rounded up, at most 4x): the
-        suspicion window grows by the whole multiplier, so a suspect still gets
-        at least as many re-probes as the configured timings give it."""
+        """The probe period, scaled by local health.
+
+        Lifeguard (and memberlist's probe ticker) do the same: a node whose own
+        probes fail -- most often because it is the one starved of CPU --
+        probes less often and waits longer, instead of adding indirect probes
+        and suspicions to the load that made it slow. Half the multiplier
+        (rounded up, at most 4x): the suspicion window grows by the whole
+        multiplier, so a suspect still gets at least as many re-probes as the
+        configured timings give it.
+        """
         return self.params.probe_interval_ms * ((self.health_multiplier + 1) // 2)
 
     def _probe_timeout_ms(self) -> int:
