@@ -82,7 +82,13 @@ class EngineIO(DaemonBase):
             )
             reply = decode(data)
         except (RpcError, WireError) as e:
-            log.debug("mesh %s: call to %s failed: %s", rt.mesh_id, key_to_text(call.to)[:8], e)
+            log.debug(
+                "mesh %s: %s to %s failed: %s",
+                rt.mesh_id,
+                type(call.msg).__name__,
+                key_to_text(call.to)[:8],
+                e,
+            )
             rt.driver.failure(call, now_ms())
         else:
             rt.driver.reply(call, reply, now_ms())

@@ -40,6 +40,11 @@ MAX_PENDING = 1024
 #: slow to answer). Failing there, not at the full timeout, keeps a dead node
 #: found as soon as before (then the fallback's connection was refused at once).
 ANSWERED_TTL_S = 60.0
+#: A call left with less than this when its datagrams went unanswered fails
+#: there: a TLS connection (a relayed probe has 0.12 s left) would not be made
+#: in time on a busy node, and both ends would pay for the handshake. Calls
+#: with the RPC timeout (5 s) still fall back, and so learn stream-only endpoints.
+MIN_STREAM_FALLBACK_S = 0.25
 #: The status a notice stands for (not on the wire: notices are not sealed).
 _UNKNOWN_SENDER = 256
 
@@ -145,6 +150,9 @@ class DatagramClient(asyncio.DatagramProtocol):
         if status is None:
             if known:
                 self.stats.fallbacks["unanswered (speaks datagrams)"] += 1
+                raise RpcError(f"{endpoint}: no answer by datagram in {timeout:g} s")
+            if remaining < MIN_STREAM_FALLBACK_S:
+                self.stats.fallbacks["unanswered (no time for the stream)"] += 1
                 raise RpcError(f"{endpoint}: no answer by datagram in {timeout:g} s")
             self.stats.fallbacks["unanswered"] += 1
             reply = await stream(remaining)  # a failure (RpcError) teaches nothing
