@@ -9,7 +9,8 @@ few at both sizes. Asserted from outside (``/proc``, Prometheus): outgoing
 channels never exceed the cap, and the daemon's open descriptors at 40
 members are within a few of those at 20. Datagrams are off (``datagrams:
 false``, the swarm's ``--no-datagrams``): with them the probes would not use
-channels at all, and this is about the channel pool.
+channels at all, and this is about the channel pool. A second case runs the
+product default, datagrams on, and asserts the same flat descriptor count.
 """
 
 from __future__ import annotations
@@ -42,7 +43,10 @@ def _watch(daemons: dict[int, MeasuredSmegd], seconds: float) -> dict[int, list[
     return seen
 
 
-def test_smegd_connections_bounded_by_the_cap_not_the_member_count(tmp_path: Path) -> None:
+def _swarms_and_daemons(
+    tmp_path: Path, datagrams: bool
+) -> tuple[dict[int, list[int]], dict[int, list[int]]]:
+    """Both sizes run and watched: (open descriptors, outgoing channels) by size."""
     swarms: list[list[subprocess.Popen[bytes]]] = []
     daemons: dict[int, MeasuredSmegd] = {}
     try:
@@ -54,10 +58,10 @@ def test_smegd_connections_bounded_by_the_cap_not_the_member_count(tmp_path: Pat
                     2,
                     free_port_run(2, "0.0.0.0"),
                     channel_idle_s=4.0,
-                    datagrams=False,
+                    datagrams=datagrams,
                 )
             )
-            extra = {"maxChannels": CAP, "datagrams": False}
+            extra = {"maxChannels": CAP, "datagrams": datagrams}
             daemons[n] = MeasuredSmegd(tmp_path / f"d{n}", extra=extra).start()
         for n, d in daemons.items():
             token = tmp_path / f"swarm{n}" / "token"
@@ -69,19 +73,34 @@ def test_smegd_connections_bounded_by_the_cap_not_the_member_count(tmp_path: Pat
         # Past the join's burst and the members' idle close, then watched for a while.
         time.sleep(5)
         seen = _watch(daemons, 8)
-        fds = {n: [f for f, _c in s] for n, s in seen.items()}
-        channels = {n: [c for _f, c in s] for n, s in seen.items()}
-        for n in SIZES:
-            assert max(channels[n]) <= CAP, (n, channels[n])
-        # It probes a new member every second: the cap is reached at both sizes.
-        assert max(channels[40]) == CAP, channels
-        # Descriptors: the same at 40 members as at 20, give or take a few
-        # connections the members opened and have not yet closed.
-        assert min(fds[40]) <= max(fds[20]) + 6, fds
         for d in daemons.values():
             assert "Traceback" not in d.log(), d.log()[-3000:]
+        fds = {n: [f for f, _c in s] for n, s in seen.items()}
+        channels = {n: [c for _f, c in s] for n, s in seen.items()}
+        return fds, channels
     finally:
         for d in daemons.values():
             d.stop()
         for procs in swarms:
             stop_swarm(procs)
+
+
+def test_smegd_connections_bounded_by_the_cap_not_the_member_count(tmp_path: Path) -> None:
+    fds, channels = _swarms_and_daemons(tmp_path, datagrams=False)
+    for n in SIZES:
+        assert max(channels[n]) <= CAP, (n, channels[n])
+    # It probes a new member every second: the cap is reached at both sizes.
+    assert max(channels[40]) == CAP, channels
+    # Descriptors: the same at 40 members as at 20, give or take a few
+    # connections the members opened and have not yet closed.
+    assert min(fds[40]) <= max(fds[20]) + 6, fds
+
+
+def test_with_datagrams_the_default_descriptors_stay_flat(tmp_path: Path) -> None:
+    """The product default (``datagrams: true``): probes, pushes and in-sync pulls
+    go by datagram, so the daemon's descriptors do not follow the member count
+    either (only sync sessions with news and joins use channels)."""
+    fds, channels = _swarms_and_daemons(tmp_path, datagrams=True)
+    for n in SIZES:
+        assert max(channels[n]) <= CAP, (n, channels[n])
+    assert min(fds[40]) <= max(fds[20]) + 6, fds
