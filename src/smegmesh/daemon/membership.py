@@ -184,7 +184,16 @@ class MembershipOps(DaemonBase):
                 return tok.mesh_id
             refused = True
             errors.append(f"{b.control_endpoint}: refused")
-            break
+            if b == tok.bootstrap[0]:
+                break  # the issuer's word is final (expired, used up, revoked)
+            # Another member named in the token learns of the invitation only
+            # when the issuer's record reaches it: under load it refuses a
+            # token it has not heard of yet while the issuer is too slow to
+            # answer. Not final: the rounds go on to the issuer.
+            log.info(
+                "join through %s refused (it may not know the invitation yet; will retry)",
+                b.control_endpoint,
+            )
         del self.meshes[tok.mesh_id]
         if rt.task:
             rt.task.cancel()
