@@ -240,5 +240,6 @@ def test_a_starved_node_probes_less_often_and_a_healthy_one_as_configured() -> N
     healthy, healthy_reqs = probes(True)
     starved, starved_reqs = probes(False)
     assert 58 <= healthy <= 61 and healthy_reqs == 0  # one a second, as configured
-    assert starved <= healthy / 3  # the period grew up to 4x
+    # the period grew to 4x once most of the last 8 probes had missed
+    assert starved <= 0.4 * healthy
     assert starved_reqs <= 3 * starved
