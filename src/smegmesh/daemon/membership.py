@@ -186,10 +186,8 @@ class MembershipOps(DaemonBase):
             errors.append(f"{b.control_endpoint}: refused")
             if b == tok.bootstrap[0]:
                 break  # the issuer's word is final (expired, used up, revoked)
-            # Another member named in the token learns of the invitation only
-            # when the issuer's record reaches it: under load it refuses a
-            # token it has not heard of yet while the issuer is too slow to
-            # answer. Not final: the rounds go on to the issuer.
+            # Others named in the token learn of it with the issuer's record:
+            # under load, not yet. Not final: the rounds go on to the issuer.
             log.info(
                 "join through %s refused (it may not know the invitation yet; will retry)",
                 b.control_endpoint,
