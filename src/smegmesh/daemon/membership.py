@@ -182,10 +182,10 @@ class MembershipOps(DaemonBase):
                     len(node.live_records()),
                 )
                 return tok.mesh_id
-            refused = True
             errors.append(f"{b.control_endpoint}: refused")
             if b == tok.bootstrap[0]:
-                break  # the issuer's word is final (expired, used up, revoked)
+                refused = True  # the issuer's word is final (expired, used up, revoked)
+                break
             # Others named in the token learn of it with the issuer's record:
             # under load, not yet. Not final: the rounds go on to the issuer.
             log.info(
