@@ -19,6 +19,10 @@ from smegmesh.testbed.loopback import Cluster, Smegd, create_mesh, wait_until
 pytestmark = pytest.mark.timeout(240)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Watch:
     """``smegctl --socket S watch ARGS`` as a subprocess; its output lines collected."""
 
@@ -31,6 +35,13 @@ class Watch:
             stdin=subprocess.DEVNULL,
             text=True,
             env=env,
+            # SIGINT at its default in the child, whatever the runner left us: a
+            # shell without job control (a CI script's `cmd &`, nohup) starts
+            # background jobs with SIGINT ignored, children inherit that, and
+            # Python then installs no KeyboardInterrupt handler (the cause of
+            # the four "watch did not exit within 15 s" failures seen only in
+            # runs started in the background).
+            preexec_fn=_default_sigint,
         )
         self.lines: list[str] = []
         self.err: list[str] = []
