@@ -38,7 +38,13 @@ from smegmesh.core.sync import Push, SyncEnd, SyncSession, SyncStart, SyncStep
 
 Item = NodeRecord | Prune | AuthItem
 
-__all__ = ["ExchangeMixin"]
+__all__ = ["ANSWERED_FOR_STRANGERS", "ExchangeMixin"]
+
+#: Names of the requests answered, other than with a ``Refusal``, for a caller
+#: not (yet) known as a member (see ``_answer``): a join with a token, and the
+#: push of a just-admitted node's own record (how it announces itself). The
+#: datagram transport learns from this which answers show it is known.
+ANSWERED_FOR_STRANGERS = frozenset({JoinRequest.__name__, Push.__name__})
 
 #: At most one heal session per pruned member this often (see ``_heard_from_pruned``).
 HEAL_INTERVAL_MS = 3_000

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from smegmesh.core.driver import EngineDriver
 from smegmesh.core.engine import Call, Message
+from smegmesh.core.exchange import ANSWERED_FOR_STRANGERS
 from smegmesh.core.messages import WhoAmI, YouAre
 from smegmesh.core.wire import encode
 from smegmesh.daemon.rpc_common import Refused
@@ -79,12 +80,6 @@ async def reply_of(fut: asyncio.Future[Message]) -> Message | None:
         return await asyncio.wait_for(fut, REPLY_TIMEOUT_S)
     except TimeoutError:
         return None
-
-
-#: Requests the engine answers, other than with a ``Refusal``, from a caller it
-#: does not know as a member (yet): a join with a token, and the push of a
-#: just-admitted node's own record (how it announces itself; core/exchange.py).
-ANSWERED_FOR_STRANGERS = frozenset({"JoinRequest", "Push"})
 
 
 def answer_shows_caller_known(request: str | None, reply: str | None) -> bool:

@@ -145,7 +145,7 @@ class DatagramClient(asyncio.DatagramProtocol):
             return await stream(timeout)
         known = self._speaks_datagrams(endpoint)
         kind = message_name(body) or "unknown"
-        status, reply = await self._exchange(sock, target, to, body, timeout, me, kind, known)
+        status, reply = await self._exchange(sock, target, to, body, timeout, me, kind)
         remaining = max(0.001, t0 + timeout - time.monotonic())
         if status is None:
             if known:
@@ -184,7 +184,6 @@ class DatagramClient(asyncio.DatagramProtocol):
         timeout: float,
         me: NodeIdentity,
         kind: str,
-        known: bool,
     ) -> tuple[int | None, bytes]:
         """Send (and resend once); ``(status, body)`` of the answer, ``(None, b"")`` if none."""
         t0 = time.monotonic()
