@@ -161,7 +161,8 @@ def test_local_health_is_bounded_and_recovers() -> None:
     run(fd, ks[1:], set(ks), 30_000, direct_ok=False)
     assert fd.health_multiplier == MAX_HEALTH_MULTIPLIER
     # Healthy again: direct acks bring it back to the configured timings.
-    dead = _lossy_run_from(fd, ks[1:], 30_000, 60_000, 0.0, random.Random(1))
+    # (within a minute: its probes come 6x apart at first, then closer as it recovers)
+    dead = _lossy_run_from(fd, ks[1:], 30_000, 90_000, 0.0, random.Random(1))
     assert dead == {}
     assert fd.health_multiplier == 1
 
@@ -240,6 +241,6 @@ def test_a_starved_node_probes_less_often_and_a_healthy_one_as_configured() -> N
     healthy, healthy_reqs = probes(True)
     starved, starved_reqs = probes(False)
     assert 58 <= healthy <= 61 and healthy_reqs == 0  # one a second, as configured
-    # the period grew to 4x once most of the last 8 probes had missed
-    assert starved <= 0.4 * healthy
+    # the period grew to 6x once all of the last 8 probes had missed (2x from 4)
+    assert starved <= 0.25 * healthy
     assert starved_reqs <= 3 * starved

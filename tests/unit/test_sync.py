@@ -201,3 +201,49 @@ def test_protocol_edges() -> None:
 def test_push_roundtrip() -> None:
     p = Push(MESH, tuple(POOL[:5]))
     assert wire.decode(wire.encode(p)) == p
+
+
+@settings(max_examples=examples(20), deadline=None)
+@given(
+    st.lists(st.sampled_from(POOL), max_size=40),
+    st.lists(st.sampled_from(POOL), max_size=40),
+    st.integers(0, 1000),
+)
+def test_a_step_delivered_twice_or_late_is_harmless(
+    a: list[NodeRecord | Prune], b: list[NodeRecord | Prune], seed: int
+) -> None:
+    """Issue 14: a ``SyncStep`` request may go as a datagram (``dgram_request``),
+    so the responder may get it twice (the resend after 40 % of the timeout, or
+    the stream after a lost reply) and late (after the initiator's next step).
+    Its second run merges nothing new, its reply goes nowhere (the call was
+    answered), and the session still ends with the merge, or ends early and a
+    later session finds what is left."""
+    rng = random.Random(seed)
+    sa, sb = MeshState(MESH), MeshState(MESH)
+    sa.apply_many(a, T0)
+    sb.apply_many(b, T0)
+    want = MeshState(MESH)
+    want.merge(sa)
+    want.merge(sb)
+    sess = SyncSession.initiator(sa, T0, rng=rng)
+    responders: dict[tuple[bytes, int], SyncSession] = {}
+    msg: object = sess.start()
+    sent: list[object] = []
+    for _ in range(100):
+        if msg is None:
+            break
+        req = wire.decode(wire.encode(msg))
+        sent.append(req)
+        reply, _, _ = SyncSession.respond(sb, responders, SRC, req, T0)
+        for old in rng.sample(sent, min(len(sent), rng.randint(0, 2))):  # duplicates, late
+            dup, _, _ = SyncSession.respond(sb, responders, SRC, old, T0)
+            assert isinstance(dup, SyncStep | SyncEnd)  # answered; the caller drops it
+        msg, _ = sess.receive(wire.decode(wire.encode(reply)), T0)
+    assert msg is None and sess.done
+    for i in range(3):  # what an early end left is found by the next sessions
+        full_exchange(sa, sb, seed + 1 + i)
+    assert sa == want and sb == want
+
+
+def test_a_small_step_is_carried_by_datagram_both_ways() -> None:
+    assert "SyncStep" in wire.DATAGRAM_REQUESTS and "SyncStep" in wire.DATAGRAM_REPLIES

@@ -185,15 +185,17 @@ class FailureDetector:
         Lifeguard (and memberlist's probe ticker) do the same: a node whose own
         probes fail -- most often because it is the one starved of CPU --
         probes less often and waits longer, instead of adding indirect probes
-        and suspicions to the load that made it slow. Only at a multiplier of
-        6 or more (most of its last 8 probes missed), then 2x to 4x: a node
-        on one side of a partition misses about half its probes, and a slower
-        period there slowed the heal (300 simulated nodes, 6 s cut: healed
-        7.0 s after the cut with half the multiplier from 2 up, 3.5 s without).
-        The suspicion window grows by the whole multiplier, so a suspect
-        still gets at least as many re-probes as the configured timings give.
+        and suspicions to the load that made it slow. From a multiplier of 4
+        (three or more of its last 8 probes missed), (multiplier - 2)x, so 6x
+        at the most. Not lower: a node on one side of a partition misses about
+        half its probes, and a slower period there slowed the heal (300
+        simulated nodes, 6 s cut, seed 1: healed 3.5 s after the cut with no
+        scaling below 5, 4.0 s with this rule, 7.0 s with half the multiplier
+        from 2 up). The suspicion window grows by the whole multiplier, so a
+        suspect still gets at least as many re-probes as the configured
+        timings give.
         """
-        return self.params.probe_interval_ms * max(1, self.health_multiplier - 4)
+        return self.params.probe_interval_ms * max(1, self.health_multiplier - 2)
 
     def _probe_timeout_ms(self) -> int:
         p = self.params
