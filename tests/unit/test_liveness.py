@@ -244,3 +244,53 @@ def test_a_starved_node_probes_less_often_and_a_healthy_one_as_configured() -> N
     # the period grew to 6x once all of the last 8 probes had missed (2x from 4)
     assert starved <= 0.25 * healthy
     assert starved_reqs <= 3 * starved
+
+
+def _probing(fd: FailureDetector, peers: list[bytes], now: int) -> tuple[Ping, int]:
+    for t in range(now, now + 5_000, 10):
+        for a in fd.tick(t, peers):
+            if isinstance(a, Ping):
+                return a, t
+    raise AssertionError("no probe")
+
+
+def test_a_stalled_node_does_not_suspect_the_member_whose_ack_waits_to_be_read() -> None:
+    """Issue 14: at 100 daemons on 2 cores a process is not scheduled for seconds;
+    the ack of its probe arrives meanwhile but is read after the late tick, which
+    found the probe timed out and suspected (and later pruned) a live member.
+    Time we were not running does not count against the member."""
+    ks = keys(12)
+    for stall_aware in (False, True):
+        fd = FailureDetector(ks[0], PARAMS, random.Random(3))
+        ping, t0 = _probing(fd, ks[1:], 0)
+        t = t0 + 3_000  # the process was not scheduled from ~ping time until now
+        if stall_aware:
+            fd.stalled(2_700, t)  # the adapter's timer: due at the probe timeout, ran at 3 s
+        acts = fd.tick(t, ks[1:])
+        fd.on_ack(ping.target, ping.probe_id, t + 5)  # the waiting ack, read next
+        acts += fd.tick(t + 500, ks[1:])
+        suspected = any(isinstance(a, PingReq) for a in acts) or bool(fd.suspects)
+        assert suspected is not stall_aware
+    # stalls count for local health as missed probes (once a period): we are the slow one
+    for k in range(1, 5):
+        fd.stalled(1_000, t + 500 + k * 1_000)
+    assert fd.health_multiplier >= 4
+
+
+def test_a_stall_does_not_end_a_suspicion_before_the_suspect_is_heard() -> None:
+    ks = keys(12)
+    fd = FailureDetector(ks[0], PARAMS, random.Random(4))
+    ping, t0 = _probing(fd, ks[1:], 0)
+    acts = []
+    for t in range(t0, t0 + 1_100, 10):  # no answer: suspect after one period
+        acts += fd.tick(t, ks[1:])
+    target = ping.target
+    assert target in fd.suspects
+    t = t0 + 1_100 + 10_000  # a 10 s stall: the 2 s suspicion ran out meanwhile
+    fd.stalled(10_000, t)
+    assert not any(isinstance(a, Dead) for a in fd.tick(t, ks[1:]))
+    fd.heard_from(target, t + 20)  # its message, read after the late tick
+    assert target not in fd.suspects
+    # an on-time tick judges as before: a stall under STALL_MS changes nothing
+    fd.stalled(50, t + 30)
+    assert fd.health_multiplier >= 2

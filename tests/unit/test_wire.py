@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hypo import examples
+from smegmesh.core.codec import Codec
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.record import NodeRecord, Prune, RouteAdv
 from smegmesh.core.sync import Push, SyncEnd, SyncStart, SyncStep
@@ -71,14 +72,14 @@ def test_registry_conflicts() -> None:
     class B:
         x: int
 
-    reg.register(200, A, lambda m: [m.x], lambda b: A(b[0]))
+    reg.register(Codec(200, A, lambda m: [m.x], lambda b: A(b[0])))
     with pytest.raises(ValueError):
-        reg.register(200, B, lambda m: [m.x], lambda b: B(b[0]))
+        reg.register(Codec(200, B, lambda m: [m.x], lambda b: B(b[0])))
     with pytest.raises(ValueError):
-        reg.register(201, A, lambda m: [m.x], lambda b: A(b[0]))
+        reg.register(Codec(201, A, lambda m: [m.x], lambda b: A(b[0])))
     assert reg.decode(reg.encode(A(5))) == A(5)
     # a decoder that raises anything, or returns the wrong type, gives WireError
-    reg.register(202, B, lambda m: [m.x], lambda b: A(b[0]))
+    reg.register(Codec(202, B, lambda m: [m.x], lambda b: A(b[0])))
     with pytest.raises(WireError):
         reg.decode(reg.encode(B(1)))
     with pytest.raises(WireError):

@@ -84,26 +84,11 @@ class Registry:
         self._by_code: dict[int, Codec] = {}
         self._by_cls: dict[type, Codec] = {}
         for c in codecs:
-            self.register(
-                c.code,
-                c.cls,
-                c.encode,
-                c.decode,
-                dgram_request=c.dgram_request,
-                dgram_reply=c.dgram_reply,
-            )
+            self.register(c)
 
-    def register(
-        self,
-        type_code: int,
-        cls: type,
-        encode_fn: EncodeFn,
-        decode_fn: DecodeFn,
-        *,
-        dgram_request: bool = False,
-        dgram_reply: bool = False,
-    ) -> None:
-        """Add a message class (a code or class used twice is an error)."""
+    def register(self, codec: Codec) -> None:
+        """Add a message's codec (a code or class used twice is an error)."""
+        type_code, cls = codec.code, codec.cls
         if type(type_code) is not int or not 0 <= type_code <= 0xFFFF:
             raise ValueError("type code must be an int in [0, 65535]")
         old = self._by_code.get(type_code)
@@ -111,7 +96,6 @@ class Registry:
             raise ValueError(f"type code {type_code} already used by {old.cls.__name__}")
         if cls in self._by_cls and self._by_cls[cls].code != type_code:
             raise ValueError(f"{cls.__name__} already registered")
-        codec = Codec(type_code, cls, encode_fn, decode_fn, dgram_request, dgram_reply)
         self._by_code[type_code] = codec
         self._by_cls[cls] = codec
 

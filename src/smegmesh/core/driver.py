@@ -68,9 +68,9 @@ class EngineDriver:
             elif isinstance(o, Changed):
                 port.changed(o.keys)
 
-    def timer(self, now_ms: int) -> None:
-        """The engine's deadline passed."""
-        self.dispatch(self.node.step(TimerFired(now_ms)))
+    def timer(self, now_ms: int, late_ms: int = 0) -> None:
+        """The engine's deadline passed (``late_ms`` ago: see ``TimerFired``)."""
+        self.dispatch(self.node.step(TimerFired(now_ms, late_ms)))
 
     def request(self, src: bytes, msg: Message, now_ms: int, request_id: int) -> None:
         """A request from ``src``; its reply goes to ``port.respond(request_id, ...)``."""

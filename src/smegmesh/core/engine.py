@@ -170,9 +170,14 @@ Out = Call | Respond | Changed
 # Inputs ------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class TimerFired:
-    """The engine's deadline (``next_deadline``) passed."""
+    """The engine's deadline (``next_deadline``) passed.
+
+    ``late_ms``: how long after that deadline the timer ran (the adapter's
+    measure of its own stall; the simulator's timers are on time).
+    """
 
     now_ms: int
+    late_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,6 +114,9 @@ class ExchangeMixin:
             assert isinstance(msg, PingReq)
             ctx = RelayCtx(req.request_id, msg.probe_id)
             ping = Ping(self.mesh_id, msg.probe_id)
+            # The configured probe timeout, not our health-scaled one: the
+            # requester sent the PingReq at its probe timeout and gives up at its
+            # probe period (0.4 s and 1 s by default), so a later ack is wasted.
             outs.append(Call(msg.target, ping, ctx, self.liveness.probe_timeout_ms))
         else:
             outs.append(Respond(req.request_id, reply))

@@ -34,7 +34,18 @@ most half the probe interval) and keeps a member suspect (score + 1) times
 longer before declaring it dead, so it re-probes it more often first: a slow
 or lossy node does not set off a storm of suspicion. The probe rate does not
 change, and a healthy node (score 0) keeps the configured timings, so a crash
-is detected as fast as before.
+is detected as fast as before. (The probe period scaling came later: see
+:meth:`FailureDetector.probe_interval_ms`.)
+
+**A stalled node's clock does not count against others.** A node whose tick
+runs late (its process was not scheduled: CPU starvation, a stop) had replies
+waiting that it could not read. Timeouts measure the *other* side's silence,
+so on a tick :data:`STALL_MS` or more late (:meth:`FailureDetector.stalled`,
+from the adapter's timer) the probe in flight, the suspicions and the watched
+clients' silence get the stall added, and none of them expires before
+:data:`STALL_GRACE_MS` from then, so what arrived meanwhile is read first. The
+stall also counts for local health as a missed probe of ours (at most once a
+probe period). The simulator's timers are never late.
 
 **Suspicion grows with log N** (as memberlist's suspicion timeout does):
 every member probes one member per period, so a mesh of N members runs N
@@ -63,6 +74,10 @@ from dataclasses import dataclass, field
 MAX_HEALTH_MULTIPLIER = 8
 #: First probes whose outcome (direct ack in time or not) make up local health.
 HEALTH_WINDOW = 8
+#: A tick this late (ms) means this node was not running: see "A stalled node" above.
+STALL_MS = 100
+#: After a stall, nothing of ours times out before this (ms): replies are read first.
+STALL_GRACE_MS = 100
 #: Members up to which the configured suspicion applies unscaled (see the module docstring).
 SUSPICION_BASE_MEMBERS = 100
 
@@ -158,6 +173,7 @@ class FailureDetector:
     _window: deque[bool] = field(default_factory=lambda: deque(maxlen=HEALTH_WINDOW))
     _window_misses: int = 0
     _refutes: int = 0
+    _last_stall_ms: int | None = None
 
     # -- local health -----------------------------------------------------------
     @property
@@ -178,6 +194,33 @@ class FailureDetector:
     def refuted(self) -> None:
         """Others pruned us while we were alive: we may be the slow one."""
         self._refutes = min(MAX_HEALTH_MULTIPLIER - 1, self._refutes + 1)
+
+    def stalled(self, late_ms: int, now_ms: int) -> None:
+        """Our timer ran ``late_ms`` late: we were not running (see the module docstring).
+
+        Called by the adapter before :meth:`tick`. The probe in flight, the
+        suspicions and the watched clients' silence are moved on by the stall
+        and end no earlier than :data:`STALL_GRACE_MS` from ``now_ms``; the
+        stall counts for local health as a missed probe, once a probe period.
+        """
+        if late_ms < STALL_MS:
+            return
+        floor = now_ms + STALL_GRACE_MS
+        pr = self._probe
+        if pr is not None:
+            wait = self.probe_interval_ms() if pr.indirect_sent else self._probe_timeout_ms()
+            pr.started_ms = max(pr.started_ms + late_ms, floor - wait)
+        suspicion = self._suspicion_ms()
+        for k, since in self._suspect_since.items():
+            self._suspect_since[k] = max(since + late_ms, floor - suspicion)
+        client_timeout = self.params.client_timeout_ms
+        for c, start in self._watch_since.items():
+            heard = max(self._last_heard.get(c, start), start)
+            self._watch_since[c] = max(heard + late_ms, floor - client_timeout)
+        last = self._last_stall_ms
+        if last is None or now_ms - last >= self.params.probe_interval_ms:
+            self._last_stall_ms = now_ms
+            self._record(True)
 
     def probe_interval_ms(self) -> int:
         """The probe period, scaled by local health.

@@ -292,8 +292,10 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         return [Call(t, msg, PushCtx(keys)) for t in targets for msg in msgs]
 
     # -- clock ------------------------------------------------------------------------
-    def tick(self, now_ms: int) -> list[Out]:
+    def tick(self, now_ms: int, late_ms: int = 0) -> list[Out]:
+        """The clock: refresh, gossip rounds, probes. ``late_ms``: see ``TimerFired``."""
         out: list[Out] = []
+        self._fd.stalled(late_ms, now_ms)
         own = self.mesh.record(self.key)
         if own is not None and not own.left and now_ms - own.timestamp_ms >= self.refresh_ms:
             out.extend(self._publish(own.evolve(self.identity, now_ms), now_ms))
@@ -374,7 +376,7 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
     def step(self, inp: Input) -> list[Out]:
         """Take one input; return what to do, in order (see :mod:`smegmesh.core.engine`)."""
         if isinstance(inp, TimerFired):
-            return self.tick(inp.now_ms)
+            return self.tick(inp.now_ms, inp.late_ms)
         if isinstance(inp, RequestReceived):
             return self._request(inp)
         if isinstance(inp, ReplyReceived):

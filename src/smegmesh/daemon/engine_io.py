@@ -41,7 +41,11 @@ class EngineIO(DaemonBase):
                 rt.wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(rt.wake.wait(), timeout=min(delay, 1.0))
-                rt.driver.timer(now_ms())
+                now = now_ms()
+                # how late past the engine's deadline we got to run: a stall of this
+                # process (CPU starvation), which must not count against others
+                late = now - deadline if deadline is not None else 0
+                rt.driver.timer(now, max(0, late))
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -51,6 +55,7 @@ class EngineIO(DaemonBase):
     # ------------------------------------------------------------------ engine outputs
     def _emit(self, rt: MeshRuntime, outs: list[Out]) -> None:
         """Outputs of a local command: carried out by the engine's driver."""
+        rt.save_soon = True  # on disk within a second (learned state waits longer)
         rt.driver.dispatch(outs)
         rt.wake.set()
 

@@ -47,6 +47,11 @@ class MeshRuntime:
     task: asyncio.Task[None] | None = None
     dirty_wg: bool = True
     dirty_disk: bool = True
+    #: a local command changed the state: save at the next persist tick
+    #: (learned state waits up to ``store.LEARNED_SAVE_INTERVAL_S``)
+    save_soon: bool = False
+    #: when the state was last written (``time.monotonic``; None: not yet)
+    saved_at: float | None = None
     calls: set[asyncio.Task[None]] = field(default_factory=set)
     hooks: dict[str, list[str]] = field(default_factory=dict)
     up: bool = False

@@ -51,11 +51,11 @@ from typing import Any
 
 from smegmesh.daemon.runtime import now_ms
 from smegmesh.daemon.transport import TlsIdentity
-from smegmesh.testbed import swarm_plan
-from smegmesh.testbed.swarm_plan import *  # noqa: F403 (re-exported: see __all__)
+from smegmesh.testbed.swarm_plan import MESH_ID
 from smegmesh.testbed.swarm_worker import Worker, worker_main
 
 __all__ = [
+    "MESH_ID",
     "Worker",
     "main",
     "now_ms",
@@ -63,7 +63,6 @@ __all__ = [
     "start_swarm",
     "stop_swarm",
 ]
-__all__ += swarm_plan.__all__  # the plan's names are the swarm's
 
 log = logging.getLogger("smegmesh.swarm")
 

@@ -129,7 +129,8 @@ class Worker:
                         continue  # superseded by an earlier or later wake-up
                     m.wake_at = 0.0
                     self.stats.ticks += 1
-                    self._drv(m).timer(t_ms)
+                    # late: this process was busy or not scheduled (as smegd's timer)
+                    self._drv(m).timer(t_ms, max(0, int((now - t) * 1000)))
                     self._schedule(m)
                 await asyncio.sleep(0)
                 continue
