@@ -49,3 +49,35 @@ def test_unchanged_meta_is_not_rewritten(tmp_path: Path, monkeypatch: Any) -> No
     write_mesh(tmp_path, "m", {**meta, "listen_port": 51821}, [])
     assert wrote == ["m.json", "m.state", "m.state", "m.json", "m.state"]
     assert json.loads((tmp_path / "m.json").read_text())["listen_port"] == 51821
+
+
+def test_the_state_file_is_the_items_encodings_and_each_item_is_encoded_once(
+    monkeypatch: Any,
+) -> None:
+    """Issue 14: at 100 daemons the persist loop re-encoded every record (with its
+    certificate chain) on every write: a quarter of an idle daemon's CPU while
+    changes arrived (py-spy). Items are immutable: each is encoded once."""
+    import random
+
+    import msgpack
+
+    from smegmesh.core import paging
+    from smegmesh.core.codec import encode_item
+    from smegmesh.core.identity import NodeIdentity
+    from smegmesh.core.memo import ItemMemo
+    from smegmesh.core.record import NodeRecord
+
+    ids = [NodeIdentity.from_seed(random.Random(i).randbytes(32)) for i in range(5)]
+    recs = [NodeRecord.create(i, "m-0001", version=1, now_ms=1) for i in ids]
+    memo = ItemMemo()
+    want = msgpack.packb([encode_item(r) for r in recs], use_bin_type=True)
+    assert paging.encode_items(recs, memo) == want
+    calls: list[object] = []
+    real = paging.encode_item
+    monkeypatch.setattr(paging, "encode_item", lambda i: calls.append(i) or real(i))
+    newer = NodeRecord.create(ids[0], "m-0001", version=2, now_ms=2)
+    assert paging.encode_items([newer, *recs[1:]], memo) == msgpack.packb(
+        [encode_item(newer), *(encode_item(r) for r in recs[1:])], use_bin_type=True
+    )
+    assert calls == [newer]  # only the new item was encoded
+    assert paging.encode_items([], memo) == msgpack.packb([])

@@ -14,7 +14,7 @@ as before), and an entry goes when its object goes, so an ``id`` is never
 taken for another object. At most ``max_items`` entries are kept, least
 recently used first out. A fact is only ever a pure function of the immutable
 object (the mesh id it passed the field checks for, whether its signature
-verified, its encoded size), so a hit gives the same answer as recomputing,
+verified, its encoded size and encoding), so a hit gives the same answer as recomputing,
 and a miss only costs the recomputation. Items must support weak references
 (the frozen, non-slotted dataclasses of records, prunes and statements do).
 """
@@ -35,7 +35,7 @@ DEFAULT_MEMO_ITEMS = 16_384
 class _Facts(weakref.ref[Any]):
     """What is known of one object (``None``/``False``: not known); a weak reference to it."""
 
-    __slots__ = ("checked_for", "key", "sig_ok", "size")
+    __slots__ = ("checked_for", "encoded", "key", "sig_ok", "size")
 
     def __init__(self, obj: Any, callback: Any) -> None:
         # weakref.ref.__new__ took (obj, callback); __init__ only adds the facts
@@ -43,6 +43,7 @@ class _Facts(weakref.ref[Any]):
         self.checked_for: str | None = None
         self.sig_ok = False
         self.size: int | None = None
+        self.encoded: bytes | None = None
 
 
 class ItemMemo:
@@ -106,3 +107,13 @@ class ItemMemo:
     def note_size(self, obj: object, n: int) -> None:
         """``obj``'s encoded size is ``n``."""
         self._entry(obj).size = n
+
+    def encoded(self, obj: object) -> bytes | None:
+        """``obj``'s encoding (msgpack of ``encode_item``), if known."""
+        f = self._get(obj)
+        return None if f is None else f.encoded
+
+    def note_encoded(self, obj: object, data: bytes) -> None:
+        """``obj`` encodes to ``data`` (its size is then known too)."""
+        f = self._entry(obj)
+        f.encoded, f.size = data, len(data)

@@ -10,7 +10,7 @@ transport's message cap). The rest travels in later messages or sessions.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import msgpack
 
@@ -19,7 +19,7 @@ from smegmesh.core.codec import encode_item
 from smegmesh.core.memo import ItemMemo
 from smegmesh.core.record import NodeRecord, Prune
 
-__all__ = ["PAGE_BYTES", "item_size", "page", "pages"]
+__all__ = ["PAGE_BYTES", "encode_items", "item_bytes", "item_size", "page", "pages"]
 
 #: Target encoded size of the items of one message (the transport allows 1 MiB).
 PAGE_BYTES = 512 * 1024
@@ -39,6 +39,26 @@ def item_size(item: Item, memo: ItemMemo | None = None) -> int:
         if memo is not None:
             memo.note_size(item, n)
     return n
+
+
+def item_bytes(item: Item, memo: ItemMemo | None = None) -> bytes:
+    """``item`` encoded (msgpack of ``encode_item``); with ``memo``, once per item object."""
+    data = None if memo is None else memo.encoded(item)
+    if data is None:
+        data = msgpack.packb(encode_item(item), use_bin_type=True)
+        if memo is not None:
+            memo.note_encoded(item, data)
+    return data
+
+
+def encode_items(items: Sequence[Item], memo: ItemMemo | None = None) -> bytes:
+    """The msgpack array of the items' encodings: ``packb([encode_item(i) for i in items])``.
+
+    With ``memo`` each item is encoded once in its life (the persist loop
+    re-writes a state in which few items changed since the last write).
+    """
+    head = msgpack.Packer(use_bin_type=True).pack_array_header(len(items))
+    return head + b"".join(item_bytes(i, memo) for i in items)
 
 
 def page(

@@ -18,8 +18,10 @@ import msgpack
 
 from smegmesh.core.addressing import validate_mesh_id
 from smegmesh.core.identity import NodeIdentity, key_to_text
+from smegmesh.core.memo import ItemMemo
+from smegmesh.core.paging import encode_items
 from smegmesh.core.record import RecordError
-from smegmesh.core.wire import WireError, decode_item, encode_item
+from smegmesh.core.wire import WireError, decode_item
 from smegmesh.daemon.base import DaemonBase
 from smegmesh.daemon.config import MeshOptions
 from smegmesh.daemon.persist import PersistError, atomic_write
@@ -49,9 +51,18 @@ def mesh_meta(rt: MeshRuntime) -> dict[str, Any]:
     return {"mesh_id": rt.mesh_id, "opts": rt.opts, "listen_port": rt.listen_port}
 
 
-def write_mesh(d: Path, mesh_id: str, meta: dict[str, Any], items: Iterable[Any]) -> None:
-    """``<mesh>.json`` (meta) and ``<mesh>.state`` (the encoded items), each atomically."""
-    encoded = [encode_item(i) for i in items]
+def write_mesh(
+    d: Path, mesh_id: str, meta: dict[str, Any], items: Iterable[Any], memo: ItemMemo | None = None
+) -> None:
+    """``<mesh>.json`` (meta) and ``<mesh>.state`` (the encoded items), each atomically.
+
+    ``memo``: the state's (each item is encoded once in its life, not on every write).
+    """
+    write_mesh_files(d, mesh_id, meta, encode_items(list(items), memo))
+
+
+def write_mesh_files(d: Path, mesh_id: str, meta: dict[str, Any], state: bytes) -> None:
+    """:func:`write_mesh` with the items already encoded (``paging.encode_items``)."""
     meta_path, meta_bytes = d / f"{mesh_id}.json", json.dumps(meta).encode()
     try:
         same = meta_path.read_bytes() == meta_bytes  # small; it rarely changes
@@ -59,7 +70,7 @@ def write_mesh(d: Path, mesh_id: str, meta: dict[str, Any], items: Iterable[Any]
         same = False
     if not same:
         atomic_write(meta_path, meta_bytes)
-    atomic_write(d / f"{mesh_id}.state", msgpack.packb(encoded, use_bin_type=True))
+    atomic_write(d / f"{mesh_id}.state", state)
 
 
 def remove_mesh_files(d: Path, mesh_id: str) -> None:
@@ -89,7 +100,8 @@ class StoreOps(DaemonBase):
 
     def _save_mesh(self, rt: MeshRuntime) -> None:
         try:
-            write_mesh(self._mesh_dir(), rt.mesh_id, mesh_meta(rt), rt.node.mesh.all_items())
+            mesh = rt.node.mesh
+            write_mesh(self._mesh_dir(), rt.mesh_id, mesh_meta(rt), mesh.all_items(), mesh.memo)
             rt.dirty_disk = rt.save_soon = False
             rt.saved_at = time.monotonic()
         except PersistError as e:
@@ -140,17 +152,19 @@ class StoreOps(DaemonBase):
                     await self._save_mesh_off_loop(rt)
 
     async def _save_mesh_off_loop(self, rt: MeshRuntime) -> None:
-        """:meth:`_save_mesh`, encoding and writing in a thread (the state may be megabytes).
+        """:meth:`_save_mesh`, writing in a thread (the state may be megabytes).
 
-        The records are immutable: the list taken here is a consistent snapshot.
+        Encoded here, on the loop: the state's memo (not thread-safe) keeps each
+        item's encoding, so only new items cost an encoding.
         """
         meta = mesh_meta(rt)
-        items = list(rt.node.mesh.all_items())
+        mesh = rt.node.mesh
+        state = encode_items(list(mesh.all_items()), mesh.memo)
         rt.dirty_disk = rt.save_soon = False
         rt.saved_at = time.monotonic()
         d = self._mesh_dir()
         try:
-            await asyncio.to_thread(write_mesh, d, rt.mesh_id, meta, items)
+            await asyncio.to_thread(write_mesh_files, d, rt.mesh_id, meta, state)
         except PersistError as e:
             rt.dirty_disk = True
             log.error("%s (state kept in memory; will retry)", e)
