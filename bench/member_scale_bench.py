@@ -366,8 +366,13 @@ def main(argv: list[str] | None = None) -> int:
             for size in [int(s) for s in a.sizes.split(",")]:
                 for dg in modes:
                     print(f"-- {size} members, datagrams {dg} ...", flush=True)
-                    rows.append(measure(size, a.procs, a.settle, a.window, root, datagrams=dg))
-                    print(json.dumps(rows[-1]), flush=True)
+                    try:
+                        row = measure(size, a.procs, a.settle, a.window, root, datagrams=dg)
+                    except Exception as e:  # a size that could not be measured: said, not fatal
+                        print(f"-- {size} members: not measured: {str(e)[:300]}", flush=True)
+                        continue
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
         finally:
             shutil.rmtree(root, ignore_errors=True)
         cal = calibrate(rows)
@@ -379,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         }
         (out / "member_scale.json").write_text(json.dumps(doc, indent=1))
+    if not rows:
+        print("no size could be measured (above: why)")
+        return 1
     print(f"RSS floor of the required libraries: {floor:.1f} MB" if floor else "floor: n/a")
     print(table(rows, floor))
     if "calibration" in doc:

@@ -24,6 +24,7 @@ from smegmesh.core.cert import (
     founding_name,
 )
 from smegmesh.core.certwire import auth_from_obj, auth_to_obj
+from smegmesh.core.engine import Call
 from smegmesh.core.gossip import GossipParams
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.invite import Bootstrap
@@ -478,3 +479,38 @@ def test_admin_changes_the_invite_policy_for_later_admissions() -> None:
     fresh = MeshState(m.mesh_id, admission=True)
     fresh.apply_many(st.all_items(), NOW + 4)
     assert fresh.authority.policy == Policy.MEMBERS
+
+
+def test_a_joiner_whose_announcement_was_lost_is_known_after_its_first_refusal() -> None:
+    """Issue 14 (100 real daemons): a joiner's pushes of its own record all timed
+    out, so no member ever learnt of it and every member refused its calls for
+    good (it pruned the whole mesh one by one). A refused call now shows the
+    refusing member our record (at most once per member per heal interval)."""
+    m = Mesh(Policy.MEMBERS)
+    founder = _node(m.founder, m.mesh_id, m.state())
+    founder.start(NOW)
+    boot = [Bootstrap("[2001:db8::1]:4000", bytes(32), m.founder.wg_public_key)]
+    tok, _ = founder.invite(
+        NOW, ttl_ms=3_600_000, uses=1, bootstrap=boot, secret=secrets.token_bytes(16)
+    )
+    joiner = _node(ident(5), m.mesh_id, MeshState(m.mesh_id, admission=True))
+    reply, _ = founder.handle_request(joiner.key, joiner.join_request(tok.secret, NOW + 1), NOW + 1)
+    assert isinstance(reply, JoinReply)
+    reply = decode(encode(reply))
+    joiner.absorb(reply.items, NOW + 2, reply.chain)  # admitted; its announcement is lost
+    assert not founder.mesh.is_member(joiner.key)
+    # The joiner calls the founder (a probe, a pull): refused.
+    ping = next(
+        o for t in range(NOW + 3, NOW + 10_000, 50) for o in joiner.tick(t) if isinstance(o, Call)
+    )
+    assert ping.to == founder.key
+    refused, _ = founder.handle_request(joiner.key, ping.msg, NOW + 5_001)
+    assert isinstance(refused, Refusal)
+    outs = joiner.handle_reply(ping.to, ping.ctx, refused, NOW + 5_002)
+    pushes = [o for o in outs if isinstance(o, Call) and isinstance(o.msg, Push)]
+    assert [p.to for p in pushes] == [founder.key]
+    founder.handle_request(joiner.key, decode(encode(pushes[0].msg)), NOW + 5_003)
+    assert founder.mesh.is_member(joiner.key)
+    # at most once per member per interval
+    again = joiner.handle_reply(ping.to, ping.ctx, refused, NOW + 5_004)
+    assert not [o for o in again if isinstance(o, Call)]

@@ -170,14 +170,8 @@ class ExchangeMixin:
         """
         if not self._is_pruned_member(key) or self.settings.role == Role.CLIENT:
             return []
-        if self._heal_due.get(key, 0) > now_ms:
+        if not self._heal_slot(key, now_ms):
             return []
-        if len(self._heal_due) >= MAX_HEAL_ENTRIES:
-            self._heal_due = {k: t for k, t in self._heal_due.items() if t > now_ms}
-            while len(self._heal_due) >= MAX_HEAL_ENTRIES:
-                del self._heal_due[next(iter(self._heal_due))]
-        self._heal_due.pop(key, None)
-        self._heal_due[key] = now_ms + HEAL_INTERVAL_MS
         self.heal_sessions += 1
         out = self._push_calls([key], frozenset({key}))
         if now_ms >= self._heal_sync_due:
@@ -187,6 +181,40 @@ class ExchangeMixin:
             session = SyncSession.initiator(self.mesh, now_ms, rng=self.rng)
             out.append(Call(key, session.start(), SyncCtx(session)))
         return out
+
+    def _heal_slot(self, key: bytes, now_ms: int) -> bool:
+        """Take the heal slot of ``key``: False if something was sent to it already.
+
+        One per member per :data:`HEAL_INTERVAL_MS`; at most
+        :data:`MAX_HEAL_ENTRIES` members remembered.
+        """
+        if self._heal_due.get(key, 0) > now_ms:
+            return False
+        if len(self._heal_due) >= MAX_HEAL_ENTRIES:
+            self._heal_due = {k: t for k, t in self._heal_due.items() if t > now_ms}
+            while len(self._heal_due) >= MAX_HEAL_ENTRIES:
+                del self._heal_due[next(iter(self._heal_due))]
+        self._heal_due.pop(key, None)
+        self._heal_due[key] = now_ms + HEAL_INTERVAL_MS
+        return True
+
+    def _announce_to(self, key: bytes, now_ms: int) -> list[Out]:
+        """Member ``key`` refused our call: it does not know us.
+
+        A joiner announces itself by pushing its own record (its admission chain
+        is its credential, see :meth:`_answer`); when those pushes all failed (at
+        100 daemons on 2 cores a joiner's announcement pushes timed out, and
+        every member then refused it for good: its periodic pushes of its record
+        had ended), nobody ever learnt of it. So a refusal is answered with our
+        record, at most once per member per :data:`HEAL_INTERVAL_MS`, while we
+        are a member that has not left. An evicted node is refused again.
+        """
+        own = self.mesh.record(self.key)
+        if not self.mesh.admission or own is None or own.left:
+            return []
+        if not self._heal_slot(key, now_ms):
+            return []
+        return self._push_calls([key], frozenset({self.key}))
 
     # -- replies to our requests -------------------------------------------------------------
     def handle_reply(self, to: bytes, ctx: CallCtx, reply: Message, now_ms: int) -> list[Out]:
@@ -200,7 +228,7 @@ class ExchangeMixin:
                 # failure, not an answer; otherwise the ping stays in flight forever and
                 # the client never moves (nor pulls from anyone else).
                 return self.handle_failure(to, ctx, now_ms)
-            return []
+            return self._announce_to(to, now_ms)
         if not isinstance(ctx, ProbeCtx):
             self._fd.heard_from(to, now_ms)
         if isinstance(ctx, ProbeCtx):
