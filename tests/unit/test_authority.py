@@ -27,7 +27,7 @@ from smegmesh.core.certwire import auth_from_obj, auth_to_obj
 from smegmesh.core.engine import Call
 from smegmesh.core.gossip import GossipParams
 from smegmesh.core.identity import NodeIdentity
-from smegmesh.core.invite import Bootstrap
+from smegmesh.core.invite import Bootstrap, Token
 from smegmesh.core.liveness import LivenessParams
 from smegmesh.core.meshnode import MeshNode, MeshSettings, NotAllowed
 from smegmesh.core.messages import JoinReply, Refusal
@@ -333,8 +333,8 @@ def _join(member: MeshNode, joiner: MeshNode, secret: bytes, now: int) -> bool:
     return True
 
 
-def test_token_uses_are_counted_over_every_admission_ever() -> None:
-    """Finding 5: a --uses 1 token admitted again after 64 admissions or after its admitter left."""
+def _founded_with_token() -> tuple[Mesh, MeshNode, list[Bootstrap], Token]:
+    """A members-admit mesh, its started founder, its bootstrap and a one-use token."""
     m = Mesh(Policy.MEMBERS)
     founder = _node(m.founder, m.mesh_id, m.state())
     founder.start(NOW)
@@ -342,6 +342,12 @@ def test_token_uses_are_counted_over_every_admission_ever() -> None:
     tok, _ = founder.invite(
         NOW, ttl_ms=3_600_000, uses=1, bootstrap=boot, secret=secrets.token_bytes(16)
     )
+    return m, founder, boot, tok
+
+
+def test_token_uses_are_counted_over_every_admission_ever() -> None:
+    """Finding 5: a --uses 1 token admitted again after 64 admissions or after its admitter left."""
+    m, founder, boot, tok = _founded_with_token()
     a = _node(ident(2), m.mesh_id, MeshState(m.mesh_id, admission=True))
     assert _join(founder, a, tok.secret, NOW + 1)
     assert a.record is not None and a.record.chain[-1].token_hash == tok.token_hash
@@ -486,13 +492,7 @@ def test_a_joiner_whose_announcement_was_lost_is_known_after_its_first_refusal()
     out, so no member ever learnt of it and every member refused its calls for
     good (it pruned the whole mesh one by one). A refused call now shows the
     refusing member our record (at most once per member per heal interval)."""
-    m = Mesh(Policy.MEMBERS)
-    founder = _node(m.founder, m.mesh_id, m.state())
-    founder.start(NOW)
-    boot = [Bootstrap("[2001:db8::1]:4000", bytes(32), m.founder.wg_public_key)]
-    tok, _ = founder.invite(
-        NOW, ttl_ms=3_600_000, uses=1, bootstrap=boot, secret=secrets.token_bytes(16)
-    )
+    m, founder, _boot, tok = _founded_with_token()
     joiner = _node(ident(5), m.mesh_id, MeshState(m.mesh_id, admission=True))
     reply, _ = founder.handle_request(joiner.key, joiner.join_request(tok.secret, NOW + 1), NOW + 1)
     assert isinstance(reply, JoinReply)

@@ -49,6 +49,19 @@ def full_exchange(a: MeshState, b: MeshState, seed: int = 0) -> SyncSession:
     return sess
 
 
+def two_states(
+    a: list[NodeRecord | Prune], b: list[NodeRecord | Prune]
+) -> tuple[MeshState, MeshState, MeshState]:
+    """States holding ``a`` and ``b``, and their merge (what a sync must give both)."""
+    sa, sb = MeshState(MESH), MeshState(MESH)
+    sa.apply_many(a, T0)
+    sb.apply_many(b, T0)
+    want = MeshState(MESH)
+    want.merge(sa)
+    want.merge(sb)
+    return sa, sb, want
+
+
 class Exchange:
     """A session in flight, advanced one message at a time."""
 
@@ -116,12 +129,7 @@ def test_random_interleavings_converge(seed: int) -> None:
 def test_one_session_yields_the_merge(
     a: list[NodeRecord | Prune], b: list[NodeRecord | Prune], seed: int
 ) -> None:
-    sa, sb = MeshState(MESH), MeshState(MESH)
-    sa.apply_many(a, T0)
-    sb.apply_many(b, T0)
-    want = MeshState(MESH)
-    want.merge(sa)
-    want.merge(sb)
+    sa, sb, want = two_states(a, b)
     full_exchange(sa, sb, seed)
     assert sa == want and sb == want
 
@@ -219,12 +227,7 @@ def test_a_step_delivered_twice_or_late_is_harmless(
     answered), and the session still ends with the merge, or ends early and a
     later session finds what is left."""
     rng = random.Random(seed)
-    sa, sb = MeshState(MESH), MeshState(MESH)
-    sa.apply_many(a, T0)
-    sb.apply_many(b, T0)
-    want = MeshState(MESH)
-    want.merge(sa)
-    want.merge(sb)
+    sa, sb, want = two_states(a, b)
     sess = SyncSession.initiator(sa, T0, rng=rng)
     responders: dict[tuple[bytes, int], SyncSession] = {}
     msg: object = sess.start()
