@@ -54,7 +54,7 @@ def test_datagram_model_rules() -> None:
     assert request_bytes("datagram", "Ping", 40) == (DGRAM_OVERHEAD_BYTES, True)
     assert request_bytes("datagram", "Push", DGRAM_MAX_BODY) == (DGRAM_OVERHEAD_BYTES, True)
     assert request_bytes("datagram", "Push", DGRAM_MAX_BODY + 1) == (REQUEST_OVERHEAD_BYTES, False)
-    assert request_bytes("datagram", "SyncStep", 40) == (DGRAM_OVERHEAD_BYTES, True)
+    assert request_bytes("datagram", "SyncStep", 40) == (REQUEST_OVERHEAD_BYTES, False)
     assert request_bytes("datagram", "JoinRequest", 40) == (REQUEST_OVERHEAD_BYTES, False)
     assert request_bytes("stream", "Ping", 40) == (REQUEST_OVERHEAD_BYTES, False)
     assert reply_bytes("Ack", 30, 40, True) == DGRAM_OVERHEAD_BYTES

@@ -473,10 +473,10 @@ def _dec_push(b: Any) -> Push:
 #: This module's part of the protocol table (:data:`smegmesh.core.wire.PROTOCOL`).
 CODECS = (
     # dgram_request/dgram_reply: may go as one datagram (core/wire.DATAGRAM_REQUESTS).
-    # A SyncStep request may run twice or late (resent, or repeated on the stream):
-    # its items merge as versioned items do, its reply is dropped by the caller,
-    # and a session ended early by it leaves the rest to the next session
-    # (tests/unit/test_sync.py::test_a_step_delivered_twice_or_late_is_harmless).
+    # A SyncStep only as a reply: as a request it may finish the responder's
+    # session, and a repeat (after a "use the stream" answer, when the reply is
+    # too large for a datagram) then gets SyncEnd instead of the items
+    # (tests/unit/test_sync.py::test_a_step_run_again_after_its_reply_was_lost_gets_no_items).
     Codec(
         10,
         SyncStart,
@@ -484,7 +484,7 @@ CODECS = (
         _dec_start,
         dgram_request=True,
     ),
-    Codec(11, SyncStep, _enc_step, _dec_step, dgram_request=True, dgram_reply=True),
+    Codec(11, SyncStep, _enc_step, _dec_step, dgram_reply=True),
     Codec(12, SyncEnd, lambda m: [m.mesh_id, m.session_id], _dec_end, dgram_reply=True),
     Codec(
         13,
