@@ -294,3 +294,24 @@ def test_a_stall_does_not_end_a_suspicion_before_the_suspect_is_heard() -> None:
     # an on-time tick judges as before: a stall under STALL_MS changes nothing
     fd.stalled(50, t + 30)
     assert fd.health_multiplier >= 2
+
+
+def test_a_daemon_whose_every_tick_runs_late_still_finds_a_dead_member() -> None:
+    """Review of issue 14: ``stalled`` on every tick pushed every deadline past
+    itself, so with all ticks >= 100 ms late nothing ever timed out (a dead
+    member was never declared in 300 s). At most once a probe period now."""
+    ks = keys(6)
+    dead = ks[3]
+    fd = FailureDetector(ks[0], PARAMS, random.Random(9))
+    found = None
+    for now in range(0, 120_000, 150):  # every tick 150 ms late
+        fd.stalled(150, now)
+        for a in fd.tick(now, ks[1:]):
+            if isinstance(a, Ping | PingReq) and a.target != dead:
+                fd.on_ack(a.target, a.probe_id, now + 1)
+            elif isinstance(a, Dead):
+                assert a.target == dead
+                found = now
+        if found is not None:
+            break
+    assert found is not None and found < 60_000

@@ -198,13 +198,22 @@ class FailureDetector:
     def stalled(self, late_ms: int, now_ms: int) -> None:
         """Our timer ran ``late_ms`` late: we were not running (see the module docstring).
 
-        Called by the adapter before :meth:`tick`. The probe in flight, the
-        suspicions and the watched clients' silence are moved on by the stall
-        and end no earlier than :data:`STALL_GRACE_MS` from ``now_ms``; the
-        stall counts for local health as a missed probe, once a probe period.
+        Called by the adapter before :meth:`tick`. At most once a probe period:
+        the probe in flight, the suspicions and the watched clients' silence
+        are moved on by the stall and end no earlier than
+        :data:`STALL_GRACE_MS` from ``now_ms``, and the stall counts for local
+        health as a missed probe.
         """
         if late_ms < STALL_MS:
             return
+        last = self._last_stall_ms
+        if last is not None and now_ms - last < self.params.probe_interval_ms:
+            # Once a probe period at most: a daemon whose every tick runs late
+            # would otherwise push every deadline past itself for ever, and a
+            # dead member would never be found.
+            return
+        self._last_stall_ms = now_ms
+        self._record(True)
         floor = now_ms + STALL_GRACE_MS
         pr = self._probe
         if pr is not None:
@@ -217,10 +226,6 @@ class FailureDetector:
         for c, start in self._watch_since.items():
             heard = max(self._last_heard.get(c, start), start)
             self._watch_since[c] = max(heard + late_ms, floor - client_timeout)
-        last = self._last_stall_ms
-        if last is None or now_ms - last >= self.params.probe_interval_ms:
-            self._last_stall_ms = now_ms
-            self._record(True)
 
     def probe_interval_ms(self) -> int:
         """The probe period, scaled by local health.
@@ -229,7 +234,7 @@ class FailureDetector:
         probes fail -- most often because it is the one starved of CPU --
         probes less often and waits longer, instead of adding indirect probes
         and suspicions to the load that made it slow. From a multiplier of 4
-        (three or more of its last 8 probes missed), (multiplier - 2)x, so 6x
+        (four or more of its last 8 probes missed), (multiplier - 2)x, so 6x
         at the most. Not lower: a node on one side of a partition misses about
         half its probes, and a slower period there slowed the heal (300
         simulated nodes, 6 s cut, seed 1: healed 3.5 s after the cut with no

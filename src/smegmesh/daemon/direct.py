@@ -275,7 +275,7 @@ class DirectManager:
         sch.moved(_now_ms())  # and discover the new mapping at once
         rt.listen_port = port
         rt.dirty_wg = True
-        rt.dirty_disk = True
+        rt.dirty_disk = rt.save_soon = True  # our own choice: on disk within a second
         self.node._reconcile_wake.set()
         return True
 

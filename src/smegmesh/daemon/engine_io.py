@@ -68,6 +68,8 @@ class EngineIO(DaemonBase):
     def _on_changed(self, rt: MeshRuntime, keys: frozenset[bytes]) -> None:
         """The port's ``changed``: reconcile WireGuard, persist, member events."""
         rt.dirty_wg = rt.dirty_disk = True
+        if rt.node.key in keys:  # our own record (an admission we made, a refutation)
+            rt.save_soon = True
         self._reconcile_wake.set()
         self.member_events.changed(rt.mesh_id, rt.node.mesh, keys)
         if log.isEnabledFor(logging.DEBUG):  # bench/calibrate.py reads this line

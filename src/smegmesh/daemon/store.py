@@ -160,13 +160,14 @@ class StoreOps(DaemonBase):
         meta = mesh_meta(rt)
         mesh = rt.node.mesh
         state = encode_items(list(mesh.all_items()), mesh.memo)
+        soon = rt.save_soon
         rt.dirty_disk = rt.save_soon = False
         rt.saved_at = time.monotonic()
         d = self._mesh_dir()
         try:
             await asyncio.to_thread(write_mesh_files, d, rt.mesh_id, meta, state)
         except PersistError as e:
-            rt.dirty_disk = True
+            rt.dirty_disk, rt.save_soon = True, soon  # a command's change: retried in a second
             log.error("%s (state kept in memory; will retry)", e)
         if rt.mesh_id not in self.meshes:  # left while we wrote: leave nothing behind
             remove_mesh_files(d, rt.mesh_id)
