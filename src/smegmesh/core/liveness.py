@@ -41,8 +41,8 @@ is detected as fast as before. (The probe period scaling came later: see
 runs late (its process was not scheduled: CPU starvation, a stop) had replies
 waiting that it could not read. Timeouts measure the *other* side's silence,
 so on a tick :data:`STALL_MS` or more late (:meth:`FailureDetector.stalled`,
-from the adapter's timer) the probe in flight, the suspicions and the watched
-clients' silence get the stall added, and none of them expires before
+from the adapter's timer; at most once a probe period) the probe in flight,
+the suspicions and the watched clients' silence get the stall added, and none of them expires before
 :data:`STALL_GRACE_MS` from then, so what arrived meanwhile is read first. The
 stall also counts for local health as a missed probe of ours (at most once a
 probe period). The simulator's timers are never late.
