@@ -57,7 +57,7 @@ from smegmesh.core.addressing import validate_mesh_id
 from smegmesh.core.authority import Authority
 from smegmesh.core.cert import Cert, Founding
 from smegmesh.core.identity import verify_many
-from smegmesh.core.memo import ItemMemo
+from smegmesh.core.memo import DEFAULT_MEMO_ITEMS, ItemMemo
 from smegmesh.core.record import NodeRecord, Prune, RecordError
 from smegmesh.core.state_gate import (
     _AUTH_TYPES,
@@ -118,7 +118,9 @@ class MeshState(AdmissionGate):
         self.mesh_id = validate_mesh_id(mesh_id)
         #: facts already established about item objects (bounded; see core.memo):
         #: the caller's, to share among the states it builds, or this state's own
-        self.memo = memo if memo is not None else ItemMemo()
+        #: own memo: room for each member's record, certificate and prune, so the
+        #: persist loop's encodings (one per item) stay cached at maxMembers
+        self.memo = memo if memo is not None else ItemMemo(max(DEFAULT_MEMO_ITEMS, 3 * max_members))
         self._verifier = verifier
         self._horizon: int | None = gc_horizon_ms
         #: records and prunes need admission proofs (see core.authority)

@@ -39,13 +39,15 @@ class EngineIO(DaemonBase):
                 deadline = rt.driver.next_wakeup(now_ms())
                 delay = 1.0 if deadline is None else max(0.0, (deadline - now_ms()) / 1000)
                 rt.wake.clear()
+                asked = min(delay, 1.0)
+                t0 = time.monotonic()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(rt.wake.wait(), timeout=min(delay, 1.0))
-                now = now_ms()
-                # how late past the engine's deadline we got to run: a stall of this
-                # process (CPU starvation), which must not count against others
-                late = now - deadline if deadline is not None else 0
-                rt.driver.timer(now, max(0, late))
+                    await asyncio.wait_for(rt.wake.wait(), timeout=asked)
+                # how much later than asked we got to run (a monotonic clock: a
+                # stall of this process, not a clock step), which must not count
+                # against others; woken early by input: not late
+                late = int((time.monotonic() - t0 - asked) * 1000)
+                rt.driver.timer(now_ms(), max(0, late))
             except asyncio.CancelledError:
                 raise
             except Exception:
