@@ -11,6 +11,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.daemon.transport import RpcClient, RpcError, RpcServer, TlsIdentity
 
@@ -90,9 +92,64 @@ def test_client_keeps_at_most_cap_channels_and_closes_idle_ones() -> None:
     asyncio.run(main())
 
 
-def test_pool_evicts_busy_channels_only_when_all_are_busy() -> None:
-    """Concurrent calls to more members than the cap all succeed, and the cap holds."""
+def test_calls_past_the_cap_wait_for_a_free_connection_and_the_cap_holds() -> None:
+    """More concurrent calls to distinct members than the cap: all succeed, and the
+    client's established connections never exceed the cap meanwhile (a busy
+    channel is not closed to make room: it kept its socket until its calls
+    ended, one extra connection per call past the cap)."""
     cap, n = 2, 5
+    gate = asyncio.Event()
+    arrived = [0]
+
+    async def slow(_src: bytes, body: bytes) -> bytes:
+        arrived[0] += 1
+        await gate.wait()
+        return body
+
+    async def main() -> None:
+        servers = []
+        client = RpcClient(NodeIdentity.generate(os.urandom), timeout=20, max_channels=cap)
+        seen: list[int] = []
+        stop = asyncio.Event()
+
+        async def sample() -> None:
+            while not stop.is_set():
+                seen.append(client_connections(ports))
+                await asyncio.sleep(0.01)
+
+        try:
+            for _ in range(n):
+                tls = TlsIdentity.generate()
+                server = RpcServer(tls, slow)
+                port = await server.start("::1", 0)
+                servers.append((server, f"[::1]:{port}", tls.fingerprint))
+            ports = {int(ep.rsplit(":", 1)[1]) for _s, ep, _fp in servers}
+            sampler = asyncio.create_task(sample())
+            calls = [
+                asyncio.create_task(client.call(ep, fp, b"%d" % i))
+                for i, (_s, ep, fp) in enumerate(servers)
+            ]
+            assert await wait_for(lambda: arrived[0] >= cap)
+            await asyncio.sleep(0.3)  # the others had time to open connections: they wait
+            assert arrived[0] == cap
+            assert client.slot_waits >= 1
+            gate.set()
+            replies = await asyncio.gather(*calls)
+            assert replies == [b"%d" % i for i in range(n)]
+            stop.set()
+            await sampler
+            assert max(seen) <= cap, max(seen)
+            assert client.connections <= cap
+        finally:
+            await client.close()
+            for server, _ep, _fp in servers:
+                await server.stop(0)
+
+    asyncio.run(main())
+
+
+def test_calls_past_the_cap_fail_cleanly_when_no_connection_frees_in_time() -> None:
+    cap = 1
     gate = asyncio.Event()
 
     async def slow(_src: bytes, body: bytes) -> bytes:
@@ -100,24 +157,63 @@ def test_pool_evicts_busy_channels_only_when_all_are_busy() -> None:
         return body
 
     async def main() -> None:
-        servers = []
         client = RpcClient(NodeIdentity.generate(os.urandom), timeout=20, max_channels=cap)
+        servers = []
+        try:
+            for _ in range(2):
+                tls = TlsIdentity.generate()
+                server = RpcServer(tls, slow)
+                servers.append((server, f"[::1]:{await server.start('::1', 0)}", tls.fingerprint))
+            (_a, ep_a, fp_a), (_b, ep_b, fp_b) = servers
+            busy = asyncio.create_task(client.call(ep_a, fp_a, b"a"))
+            assert await wait_for(lambda: client.open_channels == 1)
+            t0 = time.monotonic()
+            with pytest.raises(RpcError, match=r"connections busy \(maxChannels\)"):
+                await client.call(ep_b, fp_b, b"b", timeout=0.5)
+            assert 0.4 <= time.monotonic() - t0 < 5
+            gate.set()
+            assert await busy == b"a"
+            assert await client.call(ep_b, fp_b, b"b") == b"b"  # the slot is free now
+        finally:
+            await client.close()
+            for server, _ep, _fp in servers:
+                await server.stop(0)
+
+    asyncio.run(main())
+
+
+def test_a_certificate_fetch_counts_against_the_cap(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Opening a channel to a new member fetches its certificate over a connection
+    of its own: an idle channel is closed to make room before it, not after."""
+    import smegmesh.daemon.rpc_client as rpc_client
+    import smegmesh.daemon.rpc_tls as rpc_tls
+
+    cap, n = 2, 3
+    real = rpc_tls.fetch_certificate
+    seen: list[int] = []
+    ports: set[int] = set()
+
+    async def fetch(host, port, timeout, wire=None):  # type: ignore[no-untyped-def]
+        _r, w = await asyncio.open_connection(host, port)  # the fetch's own connection
+        seen.append(client_connections(ports))
+        w.transport.abort()
+        return await real(host, port, timeout, wire)
+
+    monkeypatch.setattr(rpc_client, "fetch_certificate", fetch)
+
+    async def main() -> None:
+        client = RpcClient(NodeIdentity.generate(os.urandom), timeout=10, max_channels=cap)
+        servers = []
         try:
             for _ in range(n):
                 tls = TlsIdentity.generate()
-                server = RpcServer(tls, slow)
+                server = RpcServer(tls, _handler)
                 port = await server.start("::1", 0)
+                ports.add(port)
                 servers.append((server, f"[::1]:{port}", tls.fingerprint))
-            calls = [
-                asyncio.create_task(client.call(ep, fp, b"%d" % i))
-                for i, (_s, ep, fp) in enumerate(servers)
-            ]
-            assert await wait_for(lambda: client.attempts == n)
-            assert client.open_channels <= cap
-            gate.set()
-            replies = await asyncio.gather(*calls)
-            assert replies == [b"%d" % i for i in range(n)]
-            assert client.open_channels <= cap
+            for i, (_s, ep, fp) in enumerate(servers):
+                assert await client.call(ep, fp, b"x%d" % i) == b"%dx" % i
+            assert seen and max(seen) <= cap, seen
         finally:
             await client.close()
             for server, _ep, _fp in servers:

@@ -326,6 +326,11 @@ class _WireCollector(Collector):
                 "Outgoing node-to-node channels open (bounded by the pool's cap)",
                 value=rpc.open_channels,
             )
+            yield CounterMetricFamily(
+                "smegd_rpc_channel_waits",
+                "Calls that waited for a free outgoing connection (all maxChannels busy)",
+                value=rpc.slot_waits,
+            )
         yield from _transport_metrics(rpc, getattr(self.metrics.daemon, "rpc_server", None))
 
 

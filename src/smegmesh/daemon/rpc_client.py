@@ -5,6 +5,7 @@ and the back-off per endpoint (``daemon/transport.py`` describes the design).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import ssl
@@ -124,10 +125,15 @@ class _Pooled:
 class RpcClient:
     """Calls other nodes over pinned channels, one per (endpoint, fingerprint).
 
-    The channels form a bounded pool: at most ``max_channels`` are open, the
-    least recently used idle one is closed to make room, and one without a call
-    for ``channel_idle_s`` is closed (swept on later calls). A closed channel is
-    reopened, pin checked again, on the next call to that member.
+    The channels form a bounded pool: at most ``max_channels`` connections are
+    open, the least recently used idle one is closed to make room, and one
+    without a call for ``channel_idle_s`` is closed (swept on later calls). A
+    closed channel is reopened, pin checked again, on the next call to that
+    member. The cap counts every outgoing connection: open channels, the
+    certificate fetch of one being opened, and one still closing. A channel
+    with a call on it is never closed to make room: when every connection is
+    busy, a new one waits for a call to end (within the call's timeout) rather
+    than exceed the cap.
     """
 
     def __init__(
@@ -153,6 +159,10 @@ class RpcClient:
         #: Per key being connected: the lock and how many callers hold or wait for it.
         self._locks: dict[tuple[str, bytes], tuple[asyncio.Lock, list[int]]] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        #: connections being opened (a slot reserved: certificate fetch, channel setup)
+        self._connecting = 0
+        #: callers waiting for a slot; woken when a call ends or a connection closes
+        self._waiters: list[asyncio.Future[None]] = []
         #: fingerprint -> certificate (DER) whose SHA-256 it is; least recently used
         #: first (``certificates``: shared with other clients, e.g. a swarm's members)
         self._certs: OrderedDict[bytes, bytes] = (
@@ -165,6 +175,7 @@ class RpcClient:
         #: TCP payload bytes [sent, received] of the certificate fetches (metrics)
         self.fetch_wire = [0, 0]
         self.evictions = 0  # channels closed for room or idleness
+        self.slot_waits = 0  # new connections that waited for a busy one to free
         #: the datagram path for small calls (``daemon/rpc_dgram.py``; None: stream only)
         self.datagrams = datagrams
         #: calls made, by ("out", message type, "stream" or "datagram")
@@ -187,7 +198,49 @@ class RpcClient:
             self._channels.move_to_end(key)
         return p
 
-    async def _channel(self, endpoint: str, fp: bytes) -> _Pooled:
+    @property
+    def connections(self) -> int:
+        """Outgoing connections counted against the cap (open, opening, closing)."""
+        return len(self._channels) + self._connecting + len(self._closing)
+
+    def _wake(self) -> None:
+        """A slot may have freed: let the waiters look again."""
+        waiters, self._waiters = self._waiters, []
+        for f in waiters:
+            if not f.done():
+                f.set_result(None)
+
+    async def _reserve(self, endpoint: str, timeout: float) -> None:
+        """Wait until one more connection fits under the cap, then count it as opening.
+
+        Idle channels are closed to make room (least recently used first);
+        busy ones are not: the caller waits for a call to end, up to ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+        waited = False
+        while True:
+            self._make_room(self._max_channels - 1 - self._connecting - len(self._closing))
+            if self.connections < self._max_channels:
+                self._connecting += 1
+                return
+            left = max(0.0, deadline - time.monotonic())
+            if self._closing:  # an idle one is closing: its slot frees in a moment
+                await asyncio.wait(set(self._closing), timeout=left)
+            else:
+                if not waited:
+                    waited = True
+                    self.slot_waits += 1
+                fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self._waiters.append(fut)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(fut, left)
+            if time.monotonic() >= deadline and self.connections >= self._max_channels:
+                raise RpcError(
+                    f"{endpoint}: all {self._max_channels} connections busy "
+                    f"(maxChannels) for {timeout:g} s"
+                )
+
+    async def _channel(self, endpoint: str, fp: bytes, timeout: float) -> _Pooled:
         """The pooled channel for the key, with one call counted on it."""
         key = (endpoint, fp)
         p = self._take(key)
@@ -209,20 +262,24 @@ class RpcClient:
                         f"{endpoint}: backing off ({wait:.0f} s) after failed connections"
                     )
                 host, port = split_host_port(endpoint)
-                der = self._certs.get(fp)
-                if der is not None:
-                    # Known by its hash: it stays the only root, so a server
-                    # presenting another certificate still fails the handshake.
-                    self._certs.move_to_end(fp)
-                else:
-                    der = await self._fetch(endpoint, host, port, fp)
-                pem = ssl.DER_cert_to_PEM_cert(der).encode()
-                creds = grpc.ssl_channel_credentials(root_certificates=pem)
-                target = join_host_port(host, port)
-                self._make_room(self._max_channels - 1)
-                ch = grpc.aio.secure_channel(target, creds, options=_GRPC_OPTIONS)
-                p = self._channels[key] = _Pooled(ch, self._clock(), calls=1)
-                return p
+                await self._reserve(endpoint, timeout)
+                try:
+                    der = self._certs.get(fp)
+                    if der is not None:
+                        # Known by its hash: it stays the only root, so a server
+                        # presenting another certificate still fails the handshake.
+                        self._certs.move_to_end(fp)
+                    else:
+                        der = await self._fetch(endpoint, host, port, fp)
+                    pem = ssl.DER_cert_to_PEM_cert(der).encode()
+                    creds = grpc.ssl_channel_credentials(root_certificates=pem)
+                    target = join_host_port(host, port)
+                    ch = grpc.aio.secure_channel(target, creds, options=_GRPC_OPTIONS)
+                    p = self._channels[key] = _Pooled(ch, self._clock(), calls=1)
+                    return p
+                finally:
+                    self._connecting -= 1
+                    self._wake()
         finally:
             users[0] -= 1
             if not users[0] and self._locks.get(key) is entry:
@@ -244,24 +301,34 @@ class RpcClient:
             self._certs.popitem(last=False)
         return der
 
+    def _close_later(self, p: _Pooled) -> asyncio.Task[None]:
+        """Close ``p``'s channel; its connection counts against the cap until closed."""
+        task = asyncio.create_task(p.channel.close(None))
+        self._closing.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._closing.discard(t)
+            self._wake()
+
+        task.add_done_callback(done)
+        return task
+
     def _evict(self, key: tuple[str, bytes]) -> None:
         p = self._channels.pop(key)
         self.evictions += 1
-        # Calls still on it get up to their timeout to finish; idle ones close at once.
-        task = asyncio.create_task(p.channel.close(self._timeout if p.calls else None))
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+        self._close_later(p)
 
     def _make_room(self, limit: int) -> None:
-        """Close least recently used channels until at most ``limit`` are open."""
+        """Close least recently used idle channels until at most ``limit`` are open.
+
+        A channel with a call on it is left open (fewer may be closed than asked).
+        """
         if len(self._channels) <= limit:
             return
         for key in [k for k, p in self._channels.items() if not p.calls]:
             if len(self._channels) <= limit:
                 return
             self._evict(key)
-        while len(self._channels) > limit:  # all busy: close the oldest anyway
-            self._evict(next(iter(self._channels)))
 
     def sweep(self) -> None:
         """Close the channels that have had no call for ``channel_idle_s``."""
@@ -328,7 +395,7 @@ class RpcClient:
         if wait > 0:
             raise RpcError(f"{endpoint}: backing off ({wait:.0f} s) after failed connections")
         self.sweep()
-        pooled = await self._channel(endpoint, fp)
+        pooled = await self._channel(endpoint, fp, timeout or self._timeout)
         ts = int(time.time() * 1000)
         digest = hashlib.sha256(body).digest()
         me = identity or self._identity
@@ -355,6 +422,8 @@ class RpcClient:
         finally:
             pooled.calls -= 1
             pooled.used = self._clock()
+            if not pooled.calls and self._waiters:
+                self._wake()
         self.backoff.ok((endpoint, fp))
         return reply
 
@@ -363,7 +432,7 @@ class RpcClient:
         if p is None or (pooled is not None and p is not pooled):
             return  # already replaced by a fresh channel: keep that one
         del self._channels[key]
-        await p.channel.close()
+        await self._close_later(p)
 
     async def close(self) -> None:
         if self.datagrams is not None:

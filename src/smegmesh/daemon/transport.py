@@ -33,9 +33,12 @@
   streams each, closed after :data:`IDLE_CONNECTION_MS` without calls, and
   a TLS/HTTP2 handshake must finish within :data:`HANDSHAKE_TIMEOUT_MS`.
 * **Bounded outgoing channels.** A client keeps at most :data:`MAX_CHANNELS`
-  pinned channels open (least recently used idle one closed first) and closes
-  one idle for :data:`CHANNEL_IDLE_S`: a node's connections do not grow with
-  the size of the mesh (issue 14). A pinned certificate, once fetched, is kept
+  outgoing connections (open channels, the certificate fetch of one being
+  opened, one still closing; the least recently used idle channel is closed
+  to make room, a busy one never: a call that needs a new connection while
+  all are busy waits for one within its timeout) and closes a channel idle
+  for :data:`CHANNEL_IDLE_S`: a node's connections do not grow with the size
+  of the mesh (issue 14). A pinned certificate, once fetched, is kept
   by its fingerprint (at most :data:`MAX_CACHED_CERTIFICATES`): reopening a
   channel needs no second handshake to fetch it.
 

@@ -105,8 +105,9 @@ class Config(_Model):
         alias="maxChannels",
         ge=1,
         le=1024,
-        description="Most outgoing node-to-node connections kept open at once (the least "
-        "recently used idle one is closed to make room; one idle for 60 s is closed too): "
+        description="Most outgoing node-to-node connections open at once (the least "
+        "recently used idle one is closed to make room, a busy one never: a call then waits "
+        "for one to free, within its timeout; one idle for 60 s is closed too): "
         "a node's connections do not grow with the size of the mesh.",
     )
     datagrams: bool = Field(
