@@ -272,3 +272,65 @@ def test_any_bytes_are_dropped_without_an_exception(junk: bytes, head: bytes) ->
     assert sum(srv.stats.refused.values()) == 1
     with contextlib.suppress(dw.DatagramError):  # only ever this error
         dw.parse_header(data)
+
+
+# -- requests in parts -----------------------------------------------------------
+
+
+def test_split_and_join_a_request_in_parts() -> None:
+    body = os.urandom(3 * dw.PART_CHUNK + 5)
+    parts = dw.split_request(body)
+    assert len(parts) == 4 and all(len(p) <= dw.MAX_BODY for p in parts)
+    r = dw.Reassembly()
+    # out of order, each added once: joined when the last one is in
+    assert [r.add(A.wg_public_key, 9, p, 0) for p in (parts[2], parts[0], parts[3])] == [None] * 3
+    assert r.add(A.wg_public_key, 9, parts[1], 1) == body
+    assert len(r) == 0
+    # a resent part of the answered request starts nothing
+    assert r.add(A.wg_public_key, 9, parts[0], 2) is None and len(r) == 0
+    with pytest.raises(dw.DatagramError):
+        dw.split_request(os.urandom(dw.MAX_REQUEST + 1))
+    with pytest.raises(dw.DatagramError):
+        dw.split_request(BODY)  # one datagram carries it
+
+
+@pytest.mark.parametrize(
+    "part",
+    [
+        dw.PART.pack(0, 1) + b"x",  # one part is no request in parts
+        dw.PART.pack(0, dw.MAX_PARTS + 1) + b"x" * dw.PART_CHUNK,  # too many parts
+        dw.PART.pack(2, 2) + b"x",  # index past the count
+        dw.PART.pack(0, 2) + b"x" * 10,  # a short chunk before the last: slack
+        dw.PART.pack(0, 2),  # no chunk
+        b"\x00",
+    ],
+)
+def test_malformed_parts_are_refused(part: bytes) -> None:
+    with pytest.raises(dw.DatagramError):
+        dw.Reassembly().add(A.wg_public_key, 1, part, 0)
+
+
+def test_reassembly_is_bounded_per_sender_in_all_and_in_time() -> None:
+    """A member that sends first parts only holds at most its own share, and a
+    partial request is given up after REASSEMBLY_MS."""
+    first = dw.split_request(os.urandom(2 * dw.PART_CHUNK))[0]
+    r = dw.Reassembly(max_entries=5, per_sender=2, ttl_ms=1000)
+    for rid in range(10):  # a bad member floods first parts
+        r.add(A.wg_public_key, rid, first, 0)
+    assert len(r) == 2
+    r.add(B.wg_public_key, 1, first, 0)
+    for rid in range(10):
+        r.add(C.wg_public_key, rid, first, 0)
+    assert len(r) == 5  # A 2, B 1, C 2: B's partial request survived both floods
+    assert r.dropped == 16
+    # a count that disagrees with the first part is refused
+    with pytest.raises(dw.DatagramError):
+        r.add(B.wg_public_key, 1, dw.split_request(os.urandom(3 * dw.PART_CHUNK))[1], 0)
+    whole = os.urandom(2 * dw.PART_CHUNK)
+    parts = dw.split_request(whole)
+    r.add(B.wg_public_key, 2, parts[0], 10)  # full: the oldest partial (A's) makes room
+    assert len(r) == 5 and r.dropped == 17
+    assert r.add(B.wg_public_key, 2, parts[1], 900) == whole
+    assert r.add(B.wg_public_key, 1, dw.split_request(os.urandom(2 * dw.PART_CHUNK))[1], 900)
+    r.add(A.wg_public_key, 50, first, 1500)  # everything older than 1 s has expired
+    assert len(r) == 1

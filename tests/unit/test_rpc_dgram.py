@@ -282,3 +282,63 @@ def test_a_call_with_no_time_left_for_a_tls_connection_does_not_fall_back() -> N
             await server.stop(0)
 
     _run(main())
+
+
+BIG_PING = encode(Ping("m" * 3000, 1))  # 3,008 bytes: three request parts
+
+
+def test_a_request_too_large_for_one_datagram_goes_in_parts_not_over_tls() -> None:
+    """A record with a deep admission chain or a prune (1.1-4.5 KB) used to open a
+    TLS connection; at 100 real daemons those handshakes were the change tail."""
+    seen: list[bytes] = []
+
+    async def handler(src: bytes, body: bytes) -> bytes:
+        seen.append(body)
+        return ACK
+
+    async def main() -> None:
+        server, client, ep = await _pair(handler)
+        try:
+            assert await client.call(ep, server._fp, BIG_PING, to=SRV.wg_public_key) == ACK
+            assert seen == [BIG_PING]
+            assert client.transport_calls == {("out", "Ping", "datagram"): 1}
+            assert client.open_channels == 0 and client.attempts == 0  # no TLS at all
+            assert server.datagrams is not None
+            assert server.datagrams.stats.datagrams["in", "part"] == 3
+            assert len(server.datagrams.reassembly) == 0
+            too_big = encode(Ping("m" * dw.MAX_REQUEST, 1))
+            assert await client.call(ep, server._fp, too_big, to=SRV.wg_public_key) == ACK
+            assert client.transport_calls[("out", "Ping", "stream")] == 1
+        finally:
+            await client.close()
+            await server.stop(0)
+
+    _run(main())
+
+
+def test_a_node_that_takes_no_request_parts_is_reached_over_the_stream() -> None:
+    """A node that speaks datagrams but drops request parts (an older version)
+    still gets the call: no answer to parts falls back, even to a known endpoint."""
+
+    async def handler(_src: bytes, _body: bytes) -> bytes:
+        return ACK
+
+    async def main() -> None:
+        server, client, ep = await _pair(handler)
+        try:
+            assert await client.call(ep, server._fp, PING, 1.0, to=SRV.wg_public_key) == ACK
+            assert server.datagrams is not None
+
+            def refuse(*_a: Any) -> bytes | None:
+                raise dw.DatagramError("not a smegmesh datagram")
+
+            server.datagrams.reassembly.add = refuse  # type: ignore[method-assign,assignment]
+            assert await client.call(ep, server._fp, BIG_PING, 1.0, to=SRV.wg_public_key) == ACK
+            assert server.transport_calls[("in", "Ping", "stream")] == 1
+            st = client.datagrams.stats  # type: ignore[union-attr]
+            assert st.fallbacks["unanswered"] == 1
+        finally:
+            await client.close()
+            await server.stop(0)
+
+    _run(main())

@@ -6,10 +6,17 @@ push) travel as single UDP datagrams instead of gRPC calls over TLS; see
 
 Layout (all integers big-endian)::
 
-    header  = b"SMD" | kind u8 (1 request, 2 reply) | sender wg key (32)
+    header  = b"SMD" | kind u8 (1 request, 2 reply, 4 request part) | sender wg key (32)
               | receiver wg key (32) | nonce (12)                        -- 80 bytes
     sealed  = ChaCha20-Poly1305(key, nonce, inner, associated data = header)
     inner   = request id u64 | timestamp ms u64 | status u8 | body
+    part    = body of a request part: index u8 | count u8 | chunk
+
+A request body too large for one datagram (a record with a deep admission
+chain, a prune: 1.1-4.5 KB) goes as up to :data:`MAX_PARTS` request parts, each
+sealed on its own (own nonce, replay checked), every chunk but the last exactly
+:data:`PART_CHUNK` bytes; :class:`Reassembly` joins them, bounded per sender
+and in all. Replies are always one datagram.
 
 The key of one direction is ``HKDF-SHA256(X25519(my wg private, their wg
 public), info = INFO + sender key + receiver key)``: the two nodes' static
@@ -37,6 +44,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 MAGIC = b"SMD"
 REQUEST = 1
 REPLY = 2
+REQUEST_PART = 4
 #: reply status: 0 ok, 1 "use the stream" (repeat the call over gRPC), 2 refused
 OK, USE_STREAM, REFUSED = 0, 1, 2
 INFO = b"smegmesh datagram v1"
@@ -51,6 +59,19 @@ MAX_DATAGRAM = 1232
 OVERHEAD = HEADER.size + INNER.size + TAG_LEN
 #: Largest body one datagram carries: 1,119 bytes.
 MAX_BODY = MAX_DATAGRAM - OVERHEAD
+PART = struct.Struct(">BB")  # index, count
+#: Request bytes per part: 1,117.
+PART_CHUNK = MAX_BODY - PART.size
+#: Most parts of one request, so the largest request body is 4,468 bytes.
+MAX_PARTS = 4
+MAX_REQUEST = MAX_PARTS * PART_CHUNK
+#: Requests being reassembled, in all and per sender (memory: at most
+#: MAX_REASSEMBLING x MAX_REQUEST = 1.1 MB), and how long a part waits for the rest.
+MAX_REASSEMBLING = 256
+MAX_REASSEMBLING_PER_SENDER = 4
+REASSEMBLY_MS = 3000
+#: Requests recently completed, remembered so a resent part does not start a new one.
+MAX_COMPLETED = 1024
 #: IP + UDP header bytes of one datagram on the wire (for the wire accounting).
 UDP_IPV4_HEADERS = 28
 UDP_IPV6_HEADERS = 48
@@ -114,7 +135,7 @@ def parse_header(data: bytes) -> Header:
     if not HEADER.size + INNER.size + TAG_LEN <= len(data) <= MAX_DATAGRAM:
         raise DatagramError("bad length")
     magic, kind, sender, receiver, nonce = HEADER.unpack_from(data)
-    if magic != MAGIC or kind not in (REQUEST, REPLY):
+    if magic != MAGIC or kind not in (REQUEST, REPLY, REQUEST_PART):
         raise DatagramError("not a smegmesh datagram")
     if hmac.compare_digest(sender, receiver):
         raise DatagramError("sender is the receiver")
@@ -239,3 +260,106 @@ class ReplayCache:
             if ts >= cutoff:
                 return
             del self._seen[k]
+
+
+def split_request(body: bytes) -> list[bytes]:
+    """The part bodies of a request too large for one datagram (at most
+    :data:`MAX_PARTS`; raises :class:`DatagramError` if larger)."""
+    if not MAX_BODY < len(body) <= MAX_REQUEST:
+        raise DatagramError("not a body for request parts")
+    chunks = [body[i : i + PART_CHUNK] for i in range(0, len(body), PART_CHUNK)]
+    return [PART.pack(i, len(chunks)) + c for i, c in enumerate(chunks)]
+
+
+def parse_part(body: bytes) -> tuple[int, int, bytes]:
+    """``(index, count, chunk)`` of a request part, bounds checked."""
+    if len(body) <= PART.size:
+        raise DatagramError("bad part")
+    index, count = PART.unpack_from(body)
+    chunk = body[PART.size :]
+    if not 2 <= count <= MAX_PARTS or index >= count:
+        raise DatagramError("bad part")
+    if index < count - 1 and len(chunk) != PART_CHUNK:
+        raise DatagramError("bad part")  # only the last may be short: no slack to fill
+    return index, count, chunk
+
+
+class Reassembly:
+    """Request parts joined into requests, bounded (pure: the caller gives the time).
+
+    A partial request waits at most ``ttl_ms``; at most ``per_sender`` per
+    sender and ``max_entries`` in all are held (the oldest is dropped for a
+    new one). Parts are added only after they were opened and replay checked,
+    i.e. from a member, so a sender can fill only its own share.
+    """
+
+    def __init__(
+        self,
+        max_entries: int = MAX_REASSEMBLING,
+        per_sender: int = MAX_REASSEMBLING_PER_SENDER,
+        ttl_ms: int = REASSEMBLY_MS,
+    ) -> None:
+        self._max = max_entries
+        self._per_sender = per_sender
+        self._ttl = ttl_ms
+        #: (sender, request id) -> [first part at, count, {index: chunk}], oldest first
+        self._partial: OrderedDict[tuple[bytes, int], tuple[int, int, dict[int, bytes]]] = (
+            OrderedDict()
+        )
+        self._by_sender: dict[bytes, int] = {}
+        self._completed: OrderedDict[tuple[bytes, int], int] = OrderedDict()
+        self.dropped = 0  # partial requests given up (expired or pushed out)
+
+    def __len__(self) -> int:
+        return len(self._partial)
+
+    def _drop(self, key: tuple[bytes, int]) -> None:
+        del self._partial[key]
+        n = self._by_sender[key[0]] - 1
+        if n:
+            self._by_sender[key[0]] = n
+        else:
+            del self._by_sender[key[0]]
+
+    def _expire(self, now_ms: int) -> None:
+        while self._partial:
+            key, (at, _c, _p) = next(iter(self._partial.items()))
+            if now_ms - at < self._ttl:
+                break
+            self._drop(key)
+            self.dropped += 1
+        while self._completed:
+            key, at = next(iter(self._completed.items()))
+            if now_ms - at < self._ttl:
+                break
+            del self._completed[key]
+
+    def add(self, sender: bytes, request_id: int, body: bytes, now_ms: int) -> bytes | None:
+        """Add one part (its body); the whole request once its last part is in."""
+        index, count, chunk = parse_part(body)
+        self._expire(now_ms)
+        key = (sender, request_id)
+        if key in self._completed:
+            return None  # a resent part of a request already answered
+        entry = self._partial.get(key)
+        if entry is None:
+            if self._by_sender.get(sender, 0) >= self._per_sender:
+                old = next(k for k in self._partial if k[0] == sender)
+                self._drop(old)
+                self.dropped += 1
+            if len(self._partial) >= self._max:
+                self._drop(next(iter(self._partial)))
+                self.dropped += 1
+            entry = self._partial[key] = (now_ms, count, {})
+            self._by_sender[sender] = self._by_sender.get(sender, 0) + 1
+        elif entry[1] != count:
+            raise DatagramError("bad part")
+        parts = entry[2]
+        parts[index] = chunk
+        if len(parts) < count:
+            return None
+        self._drop(key)
+        self._completed[key] = now_ms
+        if len(self._completed) > MAX_COMPLETED:
+            self._completed.popitem(last=False)
+        return b"".join(parts[i] for i in range(count))

@@ -2,7 +2,8 @@
 
 Small idempotent calls (``core/wire.DATAGRAM_REQUESTS``, flagged in the
 protocol's codec table: a probe, an indirect probe, an in-sync digest pull, a
-small push) go as one sealed datagram each way
+push of at most 4,468 bytes) go as one sealed datagram each way (a request of
+more than 1,119 bytes as up to four parts, joined by ``dw.Reassembly``)
 (:mod:`smegmesh.daemon.dgram_wire`) to the same host and port number as the
 gRPC server; everything else, and any call the datagrams do not answer in
 time, goes over the stream. docs/TRANSPORT.md has the measurements,
@@ -36,7 +37,7 @@ import os
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from smegmesh.core.wire import DATAGRAM_REPLIES, DATAGRAM_REQUESTS, message_name
@@ -114,6 +115,7 @@ class DatagramServer(asyncio.DatagramProtocol):
         self.stats = stats or DatagramStats()
         self.keys = dw.KeyCache()
         self.replays = dw.ReplayCache(CLOCK_SKEW_MS)
+        self.reassembly = dw.Reassembly()
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
         self._transport: asyncio.DatagramTransport | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -156,7 +158,7 @@ class DatagramServer(asyncio.DatagramProtocol):
         except dw.DatagramError as e:
             self._refuse(ip, str(e), len(data))
             return None
-        if h.kind != dw.REQUEST:
+        if h.kind not in (dw.REQUEST, dw.REQUEST_PART):
             self._refuse(ip, "not a request", len(data))
             return None
         priv = self._private_key_for(h.receiver)
@@ -190,8 +192,22 @@ class DatagramServer(asyncio.DatagramProtocol):
         except dw.DatagramError as e:
             self._refuse(ip, str(e), len(data))
             return
-        kind = message_name(o.body) or "malformed"
-        self.stats.count("in", kind, len(data), ip)
+        if h.kind == dw.REQUEST_PART:
+            try:
+                whole = self.reassembly.add(
+                    h.sender, o.request_id, o.body, int(time.monotonic() * 1000)
+                )
+            except dw.DatagramError as e:
+                self._refuse(ip, str(e), len(data))
+                return
+            self.stats.count("in", "part", len(data), ip)
+            if whole is None:
+                return  # more parts to come
+            o = replace(o, body=whole)
+            kind = message_name(whole) or "malformed"
+        else:
+            kind = message_name(o.body) or "malformed"
+            self.stats.count("in", kind, len(data), ip)
         if kind not in DATAGRAM_REQUESTS:
             self._reply(o, priv, addr, ip, dw.USE_STREAM, b"")
             return

@@ -78,7 +78,7 @@ class DatagramClient(asyncio.DatagramProtocol):
     # -- which calls ---------------------------------------------------------------
     def target(self, endpoint: str, body: bytes) -> tuple[str, int, int] | None:
         """``(ip, port, family)`` if this call goes by datagram, else None."""
-        if len(body) > dw.MAX_BODY or len(self._pending) >= MAX_PENDING:
+        if len(body) > dw.MAX_REQUEST or len(self._pending) >= MAX_PENDING:
             return None
         if message_name(body) not in DATAGRAM_REQUESTS:
             return None
@@ -148,7 +148,9 @@ class DatagramClient(asyncio.DatagramProtocol):
         status, reply = await self._exchange(sock, target, to, body, timeout, me, kind)
         remaining = max(0.001, t0 + timeout - time.monotonic())
         if status is None:
-            if known:
+            if known and len(body) <= dw.MAX_BODY:
+                # (A request in parts may meet a node that takes only single
+                # datagrams: it falls back below, like one to a new endpoint.)
                 self.stats.fallbacks["unanswered (speaks datagrams)"] += 1
                 raise RpcError(f"{endpoint}: no answer by datagram in {timeout:g} s")
             if remaining < MIN_STREAM_FALLBACK_S:
@@ -196,15 +198,20 @@ class DatagramClient(asyncio.DatagramProtocol):
         slot = self._privates.setdefault(mine, [me.wg_private_key, 0])
         slot[1] += 1
         nonces: list[bytes] = []
+        if len(body) > dw.MAX_BODY:
+            dg_kind, bodies = dw.REQUEST_PART, dw.split_request(body)
+        else:
+            dg_kind, bodies = dw.REQUEST, [body]
         try:
             for share in (RESEND_AT, FALLBACK_AT):
-                data = dw.seal(
-                    self.keys, dw.REQUEST, slot[0], mine, to, rid, _wall_ms(), 0, body, os.urandom
-                )
-                nonces.append(dw.request_nonce(data))
-                self._by_nonce[nonces[-1]] = rid
-                self.stats.count("out", kind, len(data), target[0])
-                sock.sendto(data, target[:2])
+                for part in bodies:
+                    data = dw.seal(
+                        self.keys, dg_kind, slot[0], mine, to, rid, _wall_ms(), 0, part, os.urandom
+                    )
+                    nonces.append(dw.request_nonce(data))
+                    self._by_nonce[nonces[-1]] = rid
+                    self.stats.count("out", kind, len(data), target[0])
+                    sock.sendto(data, target[:2])
                 left = t0 + timeout * share - time.monotonic()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(fut), max(0.0, left))
