@@ -81,3 +81,55 @@ def test_the_state_file_is_the_items_encodings_and_each_item_is_encoded_once(
     )
     assert calls == [newer]  # only the new item was encoded
     assert paging.encode_items([], memo) == msgpack.packb([])
+
+
+def test_a_write_never_overtakes_a_later_one(tmp_path: Path, monkeypatch: Any) -> None:
+    """Writes run in a thread. An admission's write (on the reply path) could start
+    while the persist tick's older snapshot was still being written, and that
+    older one could land last: the admission lost on disk with nothing left
+    dirty to write it again. The same held for the final write at stop()."""
+    import asyncio
+    import threading
+
+    from smegmesh.daemon.store import StoreOps
+
+    first_writing, release = threading.Event(), threading.Event()
+    real = store.write_mesh_files
+    order: list[bytes] = []
+
+    def slow_first(d: Path, mesh_id: str, meta: dict[str, Any], state: bytes) -> None:
+        if not order:
+            order.append(state)
+            first_writing.set()
+            release.wait(10)
+        else:
+            order.append(state)
+        real(d, mesh_id, meta, state)
+
+    monkeypatch.setattr(store, "write_mesh_files", slow_first)
+    items: list[Any] = []
+    mesh = SimpleNamespace(all_items=lambda: list(items), memo=None)
+    r = rt(
+        mesh_id="m",
+        opts={},
+        listen_port=1,
+        node=SimpleNamespace(mesh=mesh),
+        save_lock=asyncio.Lock(),
+    )
+    ops = StoreOps.__new__(StoreOps)
+    ops.state_dir = tmp_path  # type: ignore[attr-defined]
+    ops.meshes = {"m": r}  # type: ignore[attr-defined]
+
+    async def main() -> None:
+        older = asyncio.create_task(ops._save_mesh_off_loop(r))
+        await asyncio.to_thread(first_writing.wait, 10)
+        items.append({"an": "admission"})  # the state moved on: a newer snapshot
+        r.dirty_disk = True
+        newer = asyncio.create_task(ops._save_mesh_off_loop(r))
+        await asyncio.sleep(0.2)  # the newer write, unordered, would finish now
+        release.set()
+        await asyncio.gather(older, newer)
+
+    monkeypatch.setattr(store, "encode_items", lambda its, memo: json.dumps(its).encode())
+    asyncio.run(main())
+    assert (tmp_path / "meshes" / "m.state").read_bytes() == json.dumps(items).encode()

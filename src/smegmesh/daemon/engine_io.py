@@ -19,7 +19,7 @@ import time
 from smegmesh.core.endpoint import split_host_port
 from smegmesh.core.identity import key_to_text
 from smegmesh.core.meshnode import Call, Out
-from smegmesh.core.messages import Observed, Refusal, WhereAmI, WhoAmI
+from smegmesh.core.messages import JoinReply, Observed, Refusal, WhereAmI, WhoAmI
 from smegmesh.core.wire import WireError, decode, encode
 from smegmesh.daemon.base import DaemonBase
 from smegmesh.daemon.devices_ops import DEVICE_REQUESTS
@@ -157,4 +157,10 @@ class EngineIO(DaemonBase):
         reply = await reply_of(pending)  # ...or after its relayed ping (a PingReq)
         if reply is None:
             raise Refused("no answer")
+        if isinstance(reply, JoinReply):
+            # The admission (a use of its token, in the token ledger) is on disk
+            # before the joiner hears of it: after a crash, a one-use token
+            # must not admit again.
+            rt.dirty_disk = True
+            await self._save_mesh_off_loop(rt)
         return encode(reply)

@@ -175,11 +175,12 @@ class Daemon(
         return self.identity.wg_private_key if key == self.identity.wg_public_key else None
 
     async def stop(self) -> None:
-        for rt in self.meshes.values():
+        for rt in list(self.meshes.values()):
             if rt.task:
                 rt.task.cancel()
-            if rt.dirty_disk and not rt.joining:
-                self._save_mesh(rt)
+            async with rt.save_lock:  # a write in a thread finishes first, not after ours
+                if rt.dirty_disk and not rt.joining:
+                    self._save_mesh(rt)
         for t in self._tasks:
             t.cancel()
         self.events.close()  # ends the event streams: the API servers stop at once

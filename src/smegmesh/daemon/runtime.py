@@ -52,6 +52,9 @@ class MeshRuntime:
     save_soon: bool = False
     #: when the state was last written (``time.monotonic``; None: not yet)
     saved_at: float | None = None
+    #: held while the state is encoded and written: writes land in the order
+    #: they were taken (an older snapshot never overwrites a newer one)
+    save_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     calls: set[asyncio.Task[None]] = field(default_factory=set)
     hooks: dict[str, list[str]] = field(default_factory=dict)
     up: bool = False

@@ -155,8 +155,13 @@ class StoreOps(DaemonBase):
         """:meth:`_save_mesh`, writing in a thread (the state may be megabytes).
 
         Encoded here, on the loop: the state's memo (not thread-safe) keeps each
-        item's encoding, so only new items cost an encoding.
+        item's encoding, so only new items cost an encoding. Under the mesh's
+        ``save_lock``: a write never overtakes a later one.
         """
+        async with rt.save_lock:
+            await self._save_locked(rt)
+
+    async def _save_locked(self, rt: MeshRuntime) -> None:
         meta = mesh_meta(rt)
         mesh = rt.node.mesh
         state = encode_items(list(mesh.all_items()), mesh.memo)
