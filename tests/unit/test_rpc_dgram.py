@@ -342,3 +342,28 @@ def test_a_node_that_takes_no_request_parts_is_reached_over_the_stream() -> None
             await server.stop(0)
 
     _run(main())
+
+
+def test_datagram_sockets_get_a_receive_buffer_for_a_starved_second() -> None:
+    """The kernel's default (208 KB, ~90 datagrams) overflowed at 100 real daemons
+    on 2 cores: lost probes, then a prune storm. Both ends ask for 4 MB (root:
+    beyond rmem_max)."""
+    from smegmesh.daemon.rpc_dgram import RCVBUF
+
+    async def handler(_src: bytes, _body: bytes) -> bytes:
+        return ACK
+
+    async def main() -> None:
+        server, client, ep = await _pair(handler)
+        try:
+            assert await client.call(ep, server._fp, PING, to=SRV.wg_public_key) == ACK
+            assert server.datagrams is not None and server.datagrams._transport is not None
+            client_socks = client.datagrams._sockets.values()  # type: ignore[union-attr]
+            for t in (server.datagrams._transport, *client_socks):
+                sock = t.get_extra_info("socket")
+                assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= RCVBUF
+        finally:
+            await client.close()
+            await server.stop(0)
+
+    _run(main())

@@ -20,7 +20,7 @@ from smegmesh.core.wire import DATAGRAM_REQUESTS, message_name
 from smegmesh.daemon import dgram_wire as dw
 from smegmesh.daemon.engineport import answer_shows_caller_known
 from smegmesh.daemon.rpc_common import CLOCK_SKEW_MS, RpcError
-from smegmesh.daemon.rpc_dgram import DatagramStats, _ip, _wall_ms
+from smegmesh.daemon.rpc_dgram import DatagramStats, _ip, _wall_ms, grow_receive_buffer
 
 if TYPE_CHECKING:
     from smegmesh.core.identity import NodeIdentity
@@ -241,6 +241,7 @@ class DatagramClient(asyncio.DatagramProtocol):
                 s, _ = await loop.create_datagram_endpoint(
                     lambda: self, local_addr=("::" if family == 10 else "0.0.0.0", 0)
                 )
+                grow_receive_buffer(s)
                 self._sockets[family] = s
         return s
 
