@@ -367,3 +367,82 @@ def test_datagram_sockets_get_a_receive_buffer_for_a_starved_second() -> None:
             await server.stop(0)
 
     _run(main())
+
+
+def test_a_node_that_answers_neither_datagrams_nor_the_stream_gets_no_more_fallbacks() -> None:
+    """Reproduces the storm of a 100-daemon formation on 2 cores: a busy node left
+    a caller's datagrams unanswered, the caller fell back to a TLS connection,
+    that timed out too (DEADLINE_EXCEEDED), and the next call did the same
+    (about 2 a second per daemon for minutes, each a TLS handshake at both ends
+    of an overloaded machine). A failed fallback now stops further ones to that
+    endpoint for a while: its calls fail where the fallback would start."""
+    calls = 0
+
+    async def slow(_src: bytes, _body: bytes) -> bytes:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(30)  # too busy to answer in time
+        return ACK
+
+    async def main() -> None:
+        server, client, ep = await _pair(slow, datagrams=False)
+        try:
+            with pytest.raises(RpcError):
+                await client.call(ep, server._fp, PING, 1.0, to=SRV.wg_public_key)
+            assert calls == 1  # the first call fell back to the stream
+            for _ in range(3):
+                t0 = time.monotonic()
+                with pytest.raises(RpcError, match="no answer by datagram"):
+                    await client.call(ep, server._fp, PING, 1.0, to=SRV.wg_public_key)
+                assert time.monotonic() - t0 < 0.95  # failed at the fallback point
+            assert calls == 1  # no further stream calls to a node that answers nothing
+            st = client.datagrams.stats  # type: ignore[union-attr]
+            assert st.fallbacks["unanswered (the stream failed too)"] == 3
+        finally:
+            await client.close()
+            await server.stop(0)
+
+    _run(main())
+
+
+def test_a_node_that_answers_a_datagram_again_gets_fallbacks_again() -> None:
+    """The memory of a failed fallback ends when the endpoint answers a datagram
+    (or after NO_FALLBACK_S): a node back from overload is treated as new."""
+    from smegmesh.daemon import rpc_dgram_client as rdc
+
+    dc = DatagramClient()
+    dc._fallback_failed("[::1]:1")
+    assert dc._no_fallback("[::1]:1")
+    dc._answered_now("[::1]:1")
+    assert not dc._no_fallback("[::1]:1")
+    dc._fallback_failed("[::1]:2")
+    dc._no_fallback_until["[::1]:2"] = time.monotonic() - 1  # expired
+    assert not dc._no_fallback("[::1]:2")
+    for i in range(rdc.MAX_STREAM_ONLY + 10):  # bounded
+        dc._fallback_failed(f"[::1]:{i + 10}")
+    assert len(dc._no_fallback_until) <= rdc.MAX_STREAM_ONLY
+
+
+def test_a_refusal_on_the_stream_is_an_answer_and_keeps_the_fallback() -> None:
+    """Only silence (no connection, no answer in time) stops the fallbacks: a node
+    that refuses on the stream is alive and may accept the next call."""
+    calls = 0
+
+    async def refusing(_src: bytes, _body: bytes) -> bytes:
+        nonlocal calls
+        calls += 1
+        raise Refused("not yet")
+
+    async def main() -> None:
+        server, client, ep = await _pair(refusing, datagrams=False)
+        try:
+            for _ in range(2):
+                with pytest.raises(RpcError) as e:
+                    await client.call(ep, server._fp, PING, 1.0, to=SRV.wg_public_key)
+                assert not e.value.silent
+            assert calls == 2
+        finally:
+            await client.close()
+            await server.stop(0)
+
+    _run(main())
