@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 from smegmesh.core.wire import DATAGRAM_REPLIES, DATAGRAM_REQUESTS, message_name
 from smegmesh.daemon import dgram_wire as dw
 from smegmesh.daemon.rpc_common import CLOCK_SKEW_MS, Refused
+from smegmesh.daemon.udp import open_udp
 
 if TYPE_CHECKING:
     from smegmesh.daemon.rpc_server import RpcServer
@@ -294,12 +295,9 @@ async def start_datagram_server(
     stats: DatagramStats | None = None,
 ) -> DatagramServer | None:
     """Bind UDP ``host:port`` beside the gRPC server; None (and one warning) if it cannot."""
-    loop = asyncio.get_running_loop()
     proto = DatagramServer(server, private_key_for, stats)
     try:
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: proto, local_addr=(host or "::", port)
-        )
+        transport, _ = await open_udp(lambda: proto, (host or "::", port))
     except OSError as e:
         log.warning(
             "cannot bind UDP %s port %d for datagrams (%s): node-to-node calls use the gRPC "

@@ -21,6 +21,7 @@ from smegmesh.daemon import dgram_wire as dw
 from smegmesh.daemon.engineport import answer_shows_caller_known
 from smegmesh.daemon.rpc_common import CLOCK_SKEW_MS, RpcError
 from smegmesh.daemon.rpc_dgram import DatagramStats, _ip, _wall_ms, grow_receive_buffer
+from smegmesh.daemon.udp import open_udp
 
 if TYPE_CHECKING:
     from smegmesh.core.identity import NodeIdentity
@@ -268,10 +269,7 @@ class DatagramClient(asyncio.DatagramProtocol):
         async with lock:
             s = self._sockets.get(family)
             if s is None:
-                loop = asyncio.get_running_loop()
-                s, _ = await loop.create_datagram_endpoint(
-                    lambda: self, local_addr=("::" if family == 10 else "0.0.0.0", 0)
-                )
+                s, _ = await open_udp(lambda: self, ("::" if family == 10 else "0.0.0.0", 0))
                 grow_receive_buffer(s)
                 self._sockets[family] = s
         return s
