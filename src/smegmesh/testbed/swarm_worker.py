@@ -29,7 +29,7 @@ from smegmesh.core.invite import Bootstrap
 from smegmesh.core.meshnode import Call, Out
 from smegmesh.core.messages import Refusal, WhoAmI
 from smegmesh.core.wire import WireError, decode, encode
-from smegmesh.daemon import rpc_server
+from smegmesh.daemon import rpc_dgram, rpc_server
 from smegmesh.daemon.engineport import DaemonPort, answer_who_am_i, reply_of
 from smegmesh.daemon.rpc_dgram_client import DatagramClient
 from smegmesh.daemon.runtime import now_ms
@@ -72,8 +72,15 @@ class Worker:
         self._heap: list[tuple[float, int]] = []
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        # One channel per other swarm process; signed per call by the calling member.
-        self.peer_client = RpcClient(members[0].identity, timeout=CALL_TIMEOUT_S)
+        # Datagrams (daemon/rpc_dgram.py) as smegd has them by default: the
+        # members' outside calls share one UDP socket, the server answers for all.
+        self.datagrams = DatagramClient() if datagrams else None
+        # One channel per other swarm process; signed per call by the calling
+        # member. Small calls between processes go by datagram as smegd's do
+        # (far less CPU than a call on the channel), the rest over the channel.
+        self.peer_client = RpcClient(
+            members[0].identity, timeout=CALL_TIMEOUT_S, datagrams=self.datagrams
+        )
         # The channel between two swarm processes carries every member's calls:
         # one timed-out call must not back all of them off (smegd backs off
         # per endpoint, i.e. per node; here the endpoint stands for thousands).
@@ -81,9 +88,6 @@ class Worker:
         # Certificates the members have fetched, shared: in a settled mesh every
         # node has met every other before, so reopening a channel fetches nothing.
         self.certificates: OrderedDict[bytes, bytes] = OrderedDict()
-        # Datagrams (daemon/rpc_dgram.py) as smegd has them by default: the
-        # members' outside calls share one UDP socket, the server answers for all.
-        self.datagrams = DatagramClient() if datagrams else None
         self.server = RpcServer(
             self.tls,
             self._on_rpc,
@@ -296,6 +300,11 @@ class Worker:
             "tasks": len(self._tasks),
             **vars(self.stats),
         }
+        ds = self.server.datagrams  # what the datagram paths refused and fell back on
+        if ds is not None:
+            doc["datagram_refused"] = dict(ds.stats.refused)
+        if self.datagrams is not None:
+            doc["datagram_calls"] = dict(self.datagrams.stats.fallbacks)
         _atomic(self.plan.directory / f"stats-{self.proc}.json", json.dumps(doc))
 
     async def _barrier(self, name: str) -> None:
@@ -339,6 +348,10 @@ class Worker:
         """
         n = len(self.members)
         rpc_server.MAX_CALLS = max(rpc_server.MAX_CALLS, 8 * n)
+        # Every member of another swarm process sends its datagrams from that
+        # process's one address: the per-address bucket stands for n nodes.
+        rpc_dgram.BUCKET_RATE = max(rpc_dgram.BUCKET_RATE, 4.0 * n)
+        rpc_dgram.BUCKET_BURST = max(rpc_dgram.BUCKET_BURST, 8.0 * n)
         streams = max(rpc_server.MAX_STREAMS_PER_CONNECTION, 8 * n)
         rpc_server._SERVER_OPTIONS = [
             (k, streams if k == "grpc.max_concurrent_streams" else v)
