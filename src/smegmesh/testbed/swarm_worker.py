@@ -29,7 +29,7 @@ from smegmesh.core.invite import Bootstrap
 from smegmesh.core.meshnode import Call, Out
 from smegmesh.core.messages import Refusal, WhoAmI
 from smegmesh.core.wire import WireError, decode, encode
-from smegmesh.daemon import rpc_dgram, rpc_server
+from smegmesh.daemon import rpc_dgram, rpc_dgram_client, rpc_server
 from smegmesh.daemon.engineport import DaemonPort, answer_who_am_i, reply_of
 from smegmesh.daemon.rpc_dgram_client import DatagramClient
 from smegmesh.daemon.runtime import now_ms
@@ -352,6 +352,9 @@ class Worker:
         # process's one address: the per-address bucket stands for n nodes.
         rpc_dgram.BUCKET_RATE = max(rpc_dgram.BUCKET_RATE, 4.0 * n)
         rpc_dgram.BUCKET_BURST = max(rpc_dgram.BUCKET_BURST, 8.0 * n)
+        # One datagram client carries every member's calls: its bound on calls in
+        # flight (past it a call goes over the stream) is per node in smegd.
+        rpc_dgram_client.MAX_PENDING = max(rpc_dgram_client.MAX_PENDING, 8 * n)
         streams = max(rpc_server.MAX_STREAMS_PER_CONNECTION, 8 * n)
         rpc_server._SERVER_OPTIONS = [
             (k, streams if k == "grpc.max_concurrent_streams" else v)
