@@ -292,7 +292,7 @@ class RpcClient:
             der = await fetch_certificate(host, port, self._timeout, self.fetch_wire)
         except (OSError, TimeoutError, ssl.SSLError, RpcError) as e:
             self._failed(endpoint, fp, _failure_reason(e))
-            raise RpcError(f"cannot reach {endpoint}: {e or type(e).__name__}", silent=True) from e
+            raise RpcError(f"cannot reach {endpoint}: {e or type(e).__name__}") from e
         if hashlib.sha256(der).digest() != fp:
             self._failed(endpoint, fp, "not the certificate its record pins")
             raise RpcError(f"{endpoint} presented an unexpected TLS certificate")
@@ -418,8 +418,7 @@ class RpcClient:
             if e.code() == grpc.StatusCode.UNAVAILABLE:
                 await self._drop((endpoint, fp), pooled)
                 self._failed(endpoint, fp, "unavailable")
-            silent = e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-            raise RpcError(f"{endpoint}: {e.code().name}: {e.details()}", silent=silent) from e
+            raise RpcError(f"{endpoint}: {e.code().name}: {e.details()}") from e
         finally:
             pooled.calls -= 1
             pooled.used = self._clock()

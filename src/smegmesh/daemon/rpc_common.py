@@ -22,15 +22,7 @@ _DOMAIN = b"smegmesh/rpc/v1\0"
 
 
 class RpcError(Exception):
-    """A node-to-node call failed (unreachable, timed out, refused, bad pin).
-
-    ``silent``: the node gave no answer at all (no connection, or none in time),
-    as opposed to an answer that was a refusal or an error.
-    """
-
-    def __init__(self, message: str, *, silent: bool = False) -> None:
-        super().__init__(message)
-        self.silent = silent
+    """A node-to-node call failed (unreachable, timed out, refused, bad pin)."""
 
 
 class Refused(Exception):

@@ -46,12 +46,6 @@ ANSWERED_TTL_S = 60.0
 #: in time on a busy node, and both ends would pay for the handshake. Calls
 #: with the RPC timeout (5 s) still fall back, and so learn stream-only endpoints.
 MIN_STREAM_FALLBACK_S = 0.25
-#: After a stream fallback failed too (the node answered neither), its calls get
-#: no fallback for this long (or until it answers a datagram): a busy node's
-#: silence must not be met with TLS handshakes, which cost both ends far more
-#: than the call. At 100 daemons on 2 cores that loop kept a formation's
-#: overload going for minutes (about 2 failed fallbacks a second per daemon).
-NO_FALLBACK_S = 30.0
 #: The status a notice stands for (not on the wire: notices are not sealed).
 _UNKNOWN_SENDER = 256
 
@@ -80,7 +74,6 @@ class DatagramClient(asyncio.DatagramProtocol):
         self._misses: OrderedDict[str, int] = OrderedDict()
         self._stream_only: OrderedDict[str, float] = OrderedDict()
         self._answered: OrderedDict[str, float] = OrderedDict()  # endpoint -> last answer
-        self._no_fallback_until: OrderedDict[str, float] = OrderedDict()  # see NO_FALLBACK_S
         self._by_nonce: dict[bytes, int] = {}  # nonce of a request in flight -> its id
 
     # -- which calls ---------------------------------------------------------------
@@ -122,24 +115,8 @@ class DatagramClient(asyncio.DatagramProtocol):
         at = self._answered.get(endpoint)
         return at is not None and time.monotonic() - at < ANSWERED_TTL_S
 
-    def _fallback_failed(self, endpoint: str) -> None:
-        self._no_fallback_until.pop(endpoint, None)
-        if len(self._no_fallback_until) >= MAX_STREAM_ONLY:
-            self._no_fallback_until.popitem(last=False)
-        self._no_fallback_until[endpoint] = time.monotonic() + NO_FALLBACK_S
-
-    def _no_fallback(self, endpoint: str) -> bool:
-        until = self._no_fallback_until.get(endpoint)
-        if until is None:
-            return False
-        if until > time.monotonic():
-            return True
-        del self._no_fallback_until[endpoint]
-        return False
-
     def _answered_now(self, endpoint: str) -> None:
         self._misses.pop(endpoint, None)
-        self._no_fallback_until.pop(endpoint, None)
         self._answered[endpoint] = time.monotonic()
         self._answered.move_to_end(endpoint)
         if len(self._answered) > MAX_STREAM_ONLY:
@@ -180,16 +157,8 @@ class DatagramClient(asyncio.DatagramProtocol):
             if remaining < MIN_STREAM_FALLBACK_S:
                 self.stats.fallbacks["unanswered (no time for the stream)"] += 1
                 raise RpcError(f"{endpoint}: no answer by datagram in {timeout:g} s")
-            if self._no_fallback(endpoint):
-                self.stats.fallbacks["unanswered (the stream failed too)"] += 1
-                raise RpcError(f"{endpoint}: no answer by datagram in {timeout:g} s")
             self.stats.fallbacks["unanswered"] += 1
-            try:
-                reply = await stream(remaining)
-            except RpcError as e:
-                if e.silent:  # answered neither: slow or dead, see NO_FALLBACK_S
-                    self._fallback_failed(endpoint)
-                raise
+            reply = await stream(remaining)  # a failure (RpcError) teaches nothing
             # The stream answered where datagrams did not. A member that has not
             # heard of us yet (an older one: newer ones send a notice) drops our
             # datagrams and refuses the call on the stream, except a Push of our
