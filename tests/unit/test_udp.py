@@ -82,3 +82,36 @@ def test_a_taken_port_is_an_oserror() -> None:
         t.close()
 
     asyncio.run(asyncio.wait_for(main(), 10))
+
+
+def test_a_datagram_the_kernel_will_not_take_is_dropped_and_reported() -> None:
+    """A full send buffer drops the datagram (no queue grows) and tells the protocol,
+    which counts it under smegd_datagrams_refused_total{reason="send buffer full"}."""
+    from smegmesh.daemon.rpc_dgram import DatagramStats, note_send_error
+
+    class Full:
+        def __init__(self, real: socket.socket) -> None:
+            self.real = real
+
+        def sendto(self, *_a: object) -> int:
+            raise BlockingIOError
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.real, name)
+
+    async def main() -> None:
+        t, p = await open_udp(_Count, ("127.0.0.1", 0))
+        assert isinstance(p, _Count)
+        t._sock = Full(t._sock)  # type: ignore[assignment]
+        t.sendto(b"x", ("127.0.0.1", 9))
+        t.sendto(b"y", ("127.0.0.1", 9))
+        assert t.send_drops == 2 and t.get_write_buffer_size() == 0
+        assert [type(e) for e in p.errors] == [BlockingIOError, BlockingIOError]
+        stats = DatagramStats()
+        for e in p.errors:
+            note_send_error(stats, e)
+        note_send_error(stats, ConnectionRefusedError())  # an ICMP error: not a drop
+        assert stats.refused == {"send buffer full": 2}
+        t.close()
+
+    asyncio.run(asyncio.wait_for(main(), 10))

@@ -119,6 +119,12 @@ class DatagramStats:
         self.datagrams[direction, kind] += 1
 
 
+def note_send_error(stats: DatagramStats, exc: Exception) -> None:
+    """A datagram the kernel would not take (send buffer full): dropped, counted."""
+    if isinstance(exc, BlockingIOError | InterruptedError):
+        stats.refused["send buffer full"] += 1
+
+
 class _Bucket:
     __slots__ = ("at", "tokens")
 
@@ -148,6 +154,9 @@ class DatagramServer(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+
+    def error_received(self, exc: Exception) -> None:
+        note_send_error(self.stats, exc)
 
     def close(self) -> None:
         if self._transport is not None:

@@ -20,7 +20,13 @@ from smegmesh.core.wire import DATAGRAM_REQUESTS, message_name
 from smegmesh.daemon import dgram_wire as dw
 from smegmesh.daemon.engineport import answer_shows_caller_known
 from smegmesh.daemon.rpc_common import CLOCK_SKEW_MS, RpcError
-from smegmesh.daemon.rpc_dgram import DatagramStats, _ip, _wall_ms, grow_receive_buffer
+from smegmesh.daemon.rpc_dgram import (
+    DatagramStats,
+    _ip,
+    _wall_ms,
+    grow_receive_buffer,
+    note_send_error,
+)
 from smegmesh.daemon.udp import open_udp
 
 if TYPE_CHECKING:
@@ -279,7 +285,9 @@ class DatagramClient(asyncio.DatagramProtocol):
         p.future.set_result((o.status, o.body))
 
     def error_received(self, exc: Exception) -> None:
-        pass  # ICMP errors of an unconnected socket: the call times out and falls back
+        # ICMP errors of an unconnected socket: the call times out and falls back;
+        # a full send buffer: the datagram was dropped (counted), the resend covers it
+        note_send_error(self.stats, exc)
 
     def close(self) -> None:
         for s in self._sockets.values():

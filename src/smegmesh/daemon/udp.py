@@ -71,8 +71,9 @@ class DrainingDatagramTransport(asyncio.DatagramTransport):
             return
         try:
             self._sock.sendto(data, addr)
-        except (BlockingIOError, InterruptedError):
+        except (BlockingIOError, InterruptedError) as exc:
             self.send_drops += 1
+            self._protocol.error_received(exc)  # the protocol counts it (a metric)
         except OSError as exc:
             self._protocol.error_received(exc)
 
