@@ -78,8 +78,8 @@ def _exchange(request: bytes, reply: bytes) -> tuple[bool, int, bytes]:
 
 
 def test_the_protocol_flags_the_small_idempotent_messages() -> None:
-    assert {"Ping", "PingReq", "Push", "SyncStart"} == DATAGRAM_REQUESTS
-    assert {"Ack", "SyncEnd", "SyncStep", "Refusal"} == DATAGRAM_REPLIES
+    assert {"Ping", "PingReq", "Push", "Offer", "SyncStart"} == DATAGRAM_REQUESTS
+    assert {"Ack", "SyncEnd", "SyncStep", "Refusal", "Want"} == DATAGRAM_REPLIES
 
 
 @pytest.mark.parametrize("codec", CODECS, ids=lambda c: c.cls.__name__)

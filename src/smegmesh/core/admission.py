@@ -32,6 +32,7 @@ from smegmesh.core.engine import (
     Out,
     SyncCtx,
 )
+from smegmesh.core.gossip import GossipParams
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.invite import Bootstrap, Token, check_admission, new_token, token_hash
 from smegmesh.core.liveness import FailureDetector
@@ -60,6 +61,7 @@ class AdmissionMixin:
     mesh_id: str
     settings: MeshSettings
     rng: random.Random
+    gossip: GossipParams
     rejected: int
     _fd: FailureDetector
     _pending: NodeRecord | None
@@ -73,10 +75,18 @@ class AdmissionMixin:
         def live_records(self) -> list[NodeRecord]: ...  # noqa: D102
         def start(self, now_ms: int) -> list[Out]: ...  # noqa: D102
         def update_self(self, now_ms: int, **changes: Any) -> list[Out]: ...  # noqa: D102
-        def _on_changed(self, changed: set[bytes], now_ms: int, src: bytes | None) -> list[Out]: ...
-        def _push_now(
-            self, keys: Iterable[bytes], exclude: Sequence[bytes], now_ms: int
+        def _on_changed(
+            self, changed: set[bytes], now_ms: int, src: bytes | None, hops: int | None = None
         ) -> list[Out]: ...
+        def _push_now(
+            self,
+            keys: Iterable[bytes],
+            exclude: Sequence[bytes],
+            now_ms: int,
+            full: int | None = None,
+            hops: int = 0,
+        ) -> list[Out]: ...
+
         def _maybe_reassign(self, now_ms: int) -> list[Out]: ...
 
     # -- authority ------------------------------------------------------------------
@@ -261,7 +271,8 @@ class AdmissionMixin:
             try:
                 if st.apply(req.record, now_ms):
                     out.append(Changed(frozenset({src})))
-                    out.extend(self._push_now({src}, (src,), now_ms))
+                    # new to every member: in full to every target
+                    out.extend(self._push_now({src}, (src,), now_ms, full=self.gossip.branch))
             except RecordError:
                 return Refusal(self.mesh_id), []
             rec = st.record(self.key)
@@ -340,5 +351,5 @@ class AdmissionMixin:
         out: list[Out] = [Changed(frozenset(changed) | {self.key})]
         if self.settings.role == Role.CLIENT:
             out.extend(self._maybe_reassign(now_ms))
-        out.extend(self._push_now({self.key}, (), now_ms))
+        out.extend(self._push_now({self.key}, (), now_ms, full=self.gossip.branch))
         return out

@@ -33,6 +33,7 @@ from smegmesh.core.messages import (
     WhoAmI,
     YouAre,
 )
+from smegmesh.core.offer import Offer, Want
 from smegmesh.core.record import Role
 from smegmesh.core.sync import Push, SyncEnd, SyncSession, SyncStart, SyncStep
 
@@ -46,6 +47,7 @@ __all__ = [
     "MeshSettings",
     "Message",
     "NotAllowed",
+    "OfferCtx",
     "Out",
     "PeerPingCtx",
     "ProbeCtx",
@@ -73,6 +75,8 @@ Message = (
     | WhereAmI
     | Observed
     | Push
+    | Offer
+    | Want
     | SyncStart
     | SyncStep
     | SyncEnd
@@ -97,6 +101,13 @@ class MeshSettings:
 @dataclass(frozen=True, slots=True)
 class PushCtx:
     """A push of ``keys`` (the reply is an ``Ack``)."""
+
+    keys: frozenset[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class OfferCtx:
+    """An offer of ``keys`` (the reply is a ``Want``; see ``core.offer``)."""
 
     keys: frozenset[bytes]
 
@@ -132,7 +143,7 @@ class RelayCtx:
     probe_id: int
 
 
-CallCtx = PushCtx | ProbeCtx | PeerPingCtx | SyncCtx | RelayCtx
+CallCtx = PushCtx | OfferCtx | ProbeCtx | PeerPingCtx | SyncCtx | RelayCtx
 
 
 # Outputs -----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from smegmesh.core.engine import (
     Changed,
     MeshSettings,
     Message,
+    OfferCtx,
     Out,
     PeerPingCtx,
     ProbeCtx,
@@ -31,10 +32,11 @@ from smegmesh.core.engine import (
 from smegmesh.core.gossip import GossipScheduler
 from smegmesh.core.liveness import FailureDetector, LivenessParams
 from smegmesh.core.messages import Ack, JoinRequest, Ping, PingReq, Refusal
+from smegmesh.core.offer import Offer, Want, wanted
 from smegmesh.core.paging import PAGE_BYTES
 from smegmesh.core.record import NodeRecord, Prune, Role
 from smegmesh.core.state import MeshState
-from smegmesh.core.sync import Push, SyncEnd, SyncSession, SyncStart, SyncStep
+from smegmesh.core.sync import MAX_HOPS, Push, SyncEnd, SyncSession, SyncStart, SyncStep
 
 Item = NodeRecord | Prune | AuthItem
 
@@ -78,13 +80,19 @@ class ExchangeMixin:
         def mesh(self) -> MeshState: ...  # noqa: D102
         def is_member(self, key: bytes) -> bool: ...  # noqa: D102
         def _is_pruned_member(self, key: bytes) -> bool: ...
-        def _ingest(self, items: Iterable[Item], now_ms: int, src: bytes | None) -> list[Out]: ...
-        def _on_changed(self, changed: set[bytes], now_ms: int, src: bytes | None) -> list[Out]: ...
+        def _ingest(
+            self, items: Iterable[Item], now_ms: int, src: bytes | None, hops: int | None = None
+        ) -> list[Out]: ...
+        def _on_changed(
+            self, changed: set[bytes], now_ms: int, src: bytes | None, hops: int | None = None
+        ) -> list[Out]: ...
         def _admit(
             self, src: bytes, req: JoinRequest, now_ms: int
         ) -> tuple[Message, list[Out]]: ...
         def _maybe_reassign(self, now_ms: int) -> list[Out]: ...
-        def _push_calls(self, to: Iterable[bytes], keys: frozenset[bytes]) -> list[Out]: ...
+        def _push_calls(
+            self, to: Iterable[bytes], keys: frozenset[bytes], hops: int = 0
+        ) -> list[Out]: ...
 
     def handle_request(
         self, src: bytes, msg: Message, now_ms: int, request_id: int = 0
@@ -142,10 +150,14 @@ class ExchangeMixin:
         if isinstance(msg, PingReq):
             return None, self._heard_from_pruned(src, now_ms)
         if isinstance(msg, Push):
-            out = pre + self._ingest(msg.items, now_ms, src)
+            out = pre + self._ingest(msg.items, now_ms, src, msg.hops)
             # ok: something in it was news to us (the pusher's feedback, see handle_reply)
             news = any(isinstance(o, Changed) for o in out)
             return Ack(self.mesh_id, 0, news), out + self._heard_from_pruned(src, now_ms)
+        if isinstance(msg, Offer):
+            # Keys and versions only: we ask for what we lack (core.offer).
+            want = Want(self.mesh_id, wanted(self.mesh, msg.entries))
+            return want, self._heard_from_pruned(src, now_ms)
         if isinstance(msg, SyncStart | SyncStep | SyncEnd):
             reply, _session, merged = SyncSession.respond(
                 self.mesh, self._responders, src, msg, now_ms
@@ -256,13 +268,27 @@ class ExchangeMixin:
                 session = SyncSession.initiator(self.mesh, now_ms, rng=self.rng)
                 out.append(Call(to, session.start(), SyncCtx(session, ctx.follow + 1)))
             return out
-        return self._push_feedback(ctx, reply)
+        return self._push_feedback(to, ctx, reply)
 
-    def _push_feedback(self, ctx: CallCtx, reply: Message) -> list[Out]:
-        """The answer to our push: ``Ack(ok=False)`` says the target held it all."""
+    def _push_feedback(self, to: bytes, ctx: CallCtx, reply: Message) -> list[Out]:
+        """The answer to our push or offer.
+
+        ``Ack(ok=False)`` says the target held the pushed items all; a ``Want``
+        names the offered keys it lacks: those go to it in a ``Push`` now
+        (their current items; a key we did not offer is ignored), and the
+        others count as held.
+        """
         if isinstance(ctx, PushCtx) and isinstance(reply, Ack) and not reply.ok:
             # fewer push rounds for these items (rumour mongering with feedback)
             self._sched.lose_interest(ctx.keys)
+        elif isinstance(ctx, OfferCtx) and isinstance(reply, Want):
+            want = ctx.keys.intersection(reply.keys)
+            held = ctx.keys - want
+            if held:
+                self._sched.lose_interest(held)
+            # hops MAX_HOPS: late in the change's spread (the target forwards it
+            # mostly as offers)
+            return self._push_calls([to], frozenset(want), MAX_HOPS)
         return []
 
     def handle_failure(self, to: bytes, ctx: CallCtx, now_ms: int) -> list[Out]:

@@ -6,7 +6,9 @@ holding *fresh* items (changed recently, its own or received) pushes them to
 ``inter_cluster_chance``, from another cluster -- right away when they arrive
 (triggered push) and then once every ``sync_interval`` for ``infection_count``
 rounds. A node with nothing fresh pulls (digest anti-entropy) from one random
-member every ``pull_interval``. Clients talk only to (up to two) peers.
+member every ``pull_interval``. Of a round's targets, ``full_push`` get the
+items and the others an offer of their keys (``core.offer``), except for a
+node's own changes, which every target gets in full. Clients talk only to (up to two) peers.
 
 The scheduler decides; the caller builds and sends messages. It holds no
 mesh state itself: the current member list is passed in on every call.
@@ -31,14 +33,40 @@ class GossipParams:
     inter_cluster_chance: float = 0.15
     branch: int = 3
     infection_count: int = 3
+    #: Targets of a round of *received* items that get the items themselves;
+    #: the others get an ``Offer`` of their keys and pull what they lack
+    #: (``core.offer``). A node's own changes go in full to every target.
+    #: ``branch`` or more: push everything in full (the protocol before offers).
+    full_push: int = 2
 
     def __post_init__(self) -> None:
         if self.sync_interval_ms <= 0 or self.pull_interval_ms <= 0:
             raise ValueError("gossip intervals must be positive")
         if self.cluster_size < 1 or self.branch < 1 or self.infection_count < 0:
             raise ValueError("clusterSize and branch must be >= 1, infectionCount >= 0")
+        if self.full_push < 0:
+            raise ValueError("full_push must be >= 0")
         if not 0.0 <= self.inter_cluster_chance <= 1.0:
             raise ValueError("interClusterChance must be within [0, 1]")
+
+
+def full_hops(members: int, branch: int) -> int:
+    """Hop counts up to which received items are still forwarded in full to every target.
+
+    A change made by one node and forwarded in full to ``branch`` targets at
+    each hop has reached about ``branch ** (h + 1)`` nodes after its ``h``-th
+    forward; while that is at most a third of the ``members``, most targets
+    lack it and a full push is no waste. Later, most would hold it already:
+    one target gets it in full, the others an offer (``core.offer``). At
+    least 1: the first forward is in full (3 at 100 members, 4 at 1,000, 5 at
+    3,000 with ``branch`` 3).
+    """
+    if branch <= 1:
+        return 1
+    h = 0
+    while branch ** (h + 2) * 3 <= members:
+        h += 1
+    return max(1, h)
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,7 @@ from smegmesh.core.engine import (
     Input,
     MeshSettings,
     NotAllowed,
+    OfferCtx,
     Out,
     ProbeCtx,
     PushCtx,
@@ -53,7 +54,7 @@ from smegmesh.core.engine import (
     UpdateSelf,
 )
 from smegmesh.core.exchange import ExchangeMixin
-from smegmesh.core.gossip import GossipParams, GossipScheduler
+from smegmesh.core.gossip import GossipParams, GossipScheduler, full_hops
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.liveness import (
     Dead,
@@ -68,6 +69,7 @@ from smegmesh.core.liveness import (
 )
 from smegmesh.core.messages import Ping, PingReq
 from smegmesh.core.nodeviews import Views, is_pruned_member, share_views, views_of
+from smegmesh.core.offer import offer_entries, offers
 from smegmesh.core.paging import pages
 from smegmesh.core.record import (
     NodeRecord,
@@ -75,7 +77,7 @@ from smegmesh.core.record import (
     Role,
 )
 from smegmesh.core.state import MeshState
-from smegmesh.core.sync import Push, SyncSession
+from smegmesh.core.sync import MAX_HOPS, Push, SyncSession
 
 __all__ = [
     "Call",
@@ -236,19 +238,28 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         out: list[Out] = []
         if changed:
             out.append(Changed(frozenset({self.key})))
-            out.extend(self._push_now({self.key}, (), now_ms))
+            # Nobody holds our new version yet: every target gets it in full.
+            out.extend(self._push_now({self.key}, (), now_ms, full=self.gossip.branch))
         return out
 
     # -- receiving items -------------------------------------------------------------
-    def _ingest(self, items: Iterable[Item], now_ms: int, src: bytes | None) -> list[Out]:
+    def _ingest(
+        self, items: Iterable[Item], now_ms: int, src: bytes | None, hops: int | None = None
+    ) -> list[Out]:
         changed, errors = self.mesh.apply_many(items, now_ms)
         self.rejected += len(errors)  # a peer's garbage: counted, never fatal
         if errors:  # why (for the adapter's rate-limited log): the first few reasons
             self.last_rejects = [str(e) for e in errors[:3]]
-        return self._on_changed(changed, now_ms, src)
+        return self._on_changed(changed, now_ms, src, hops)
 
-    def _on_changed(self, changed: set[bytes], now_ms: int, src: bytes | None) -> list[Out]:
-        """Common follow-up of any state change: liveness, refutation, push, reassignment."""
+    def _on_changed(
+        self, changed: set[bytes], now_ms: int, src: bytes | None, hops: int | None = None
+    ) -> list[Out]:
+        """Common follow-up of any state change: liveness, refutation, push, reassignment.
+
+        ``hops``: times the changed items were forwarded before they reached us
+        (a ``Push``'s; None: by a sync session, or our own change if ``src`` is None).
+        """
         if not changed:
             return []
         out: list[Out] = [Changed(frozenset(changed))]
@@ -265,22 +276,70 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
                     # The member that showed us our prune holds it: it gets the
                     # refutation at once (it would otherwise wait for a pull).
                     out.extend(self._push_calls([src], frozenset({self.key})))
-        out.extend(self._push_now(changed, (src,) if src else (), now_ms))
+        # Our own changes (src None: a prune we declared, a statement) are new to
+        # every target, and so are items that travelled few hops yet; others
+        # go in full to ``full_push`` targets and as offers to the rest.
+        if src is None:
+            out.extend(self._push_now(changed, (), now_ms, self.gossip.branch))
+        else:
+            out.extend(
+                self._push_now(changed, (src,), now_ms, hops=MAX_HOPS if hops is None else hops + 1)
+            )
         if self.settings.role == Role.CLIENT:
             out.extend(self._maybe_reassign(now_ms))
         return out
 
-    def _push_now(self, keys: Iterable[bytes], exclude: Sequence[bytes], now_ms: int) -> list[Out]:
+    def _push_now(
+        self,
+        keys: Iterable[bytes],
+        exclude: Sequence[bytes],
+        now_ms: int,
+        full: int | None = None,
+        hops: int = 0,
+    ) -> list[Out]:
+        """Triggered push of ``keys``, forwarded ``hops`` times before (0: our own change).
+
+        ``full`` targets get the items (default: all of them while ``hops`` is
+        below :func:`~smegmesh.core.gossip.full_hops`, else ``full_push``).
+        """
+        peers = self._reachable_peers()
         rnd = self._sched.triggered(
             keys,
-            self._reachable_peers(),
+            peers,
             is_client=self.settings.role == Role.CLIENT,
             client_peers=self._client_targets(now_ms),
             exclude=exclude,
         )
-        return self._push_calls(rnd.push_to, rnd.keys)
+        if full is None:
+            g = self.gossip
+            full = g.branch if hops <= full_hops(len(peers), g.branch) else g.full_push
+        return self._gossip_calls(rnd.push_to, rnd.keys, full, min(hops, MAX_HOPS))
 
-    def _push_calls(self, to: Iterable[bytes], keys: frozenset[bytes]) -> list[Out]:
+    def _gossip_calls(
+        self, to: Sequence[bytes], keys: frozenset[bytes], full: int, hops: int = MAX_HOPS
+    ) -> list[Out]:
+        """A gossip round: the first ``full`` targets get the items, the others an offer.
+
+        Pushing every round's items in full made each node receive each change
+        several times (``core.offer``); an offer repeats ~45 bytes per key
+        instead, and the target pulls what it lacks. Full pushes are the fast
+        path (no extra round trip): a change goes in full while it is new to
+        most of the mesh (few hops), then one target of each round gets it in
+        full and the others an offer. With ``full_push`` >= ``branch`` every
+        round is pushed in full, as before offers existed.
+        """
+        if self.gossip.full_push >= self.gossip.branch:
+            full = len(to)
+        out = self._push_calls(to[:full], keys, hops)
+        rest = to[full:]
+        if rest and keys:
+            entries = offer_entries(self.mesh, keys)
+            if entries:
+                ctx = OfferCtx(frozenset(e[0] for e in entries))
+                out.extend(Call(t, msg, ctx) for t in rest for msg in offers(self.mesh_id, entries))
+        return out
+
+    def _push_calls(self, to: Iterable[bytes], keys: frozenset[bytes], hops: int = 0) -> list[Out]:
         targets = tuple(to)
         if not targets or not keys:
             return []
@@ -288,7 +347,7 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         if not items:
             return []
         pushed = pages(items, memo=self.mesh.memo)  # bounded messages
-        msgs = [Push(self.mesh_id, tuple(p)) for p in pushed]
+        msgs = [Push(self.mesh_id, tuple(p), hops) for p in pushed]
         return [Call(t, msg, PushCtx(keys)) for t in targets for msg in msgs]
 
     # -- clock ------------------------------------------------------------------------
@@ -304,7 +363,8 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         rnd = self._sched.tick(
             now_ms, peers, is_client=is_client, client_peers=self._client_targets(now_ms)
         )
-        out.extend(self._push_calls(rnd.push_to, rnd.keys))
+        # Periodic rounds repeat what was pushed already: offers only.
+        out.extend(self._gossip_calls(rnd.push_to, rnd.keys, 0))
         if rnd.pull_from is not None and len(self._responders) < self.sessions_limit:
             target = rnd.pull_from
             pruned = self._views().pruned

@@ -62,6 +62,8 @@ DIGEST_LEN = 16  # of the 32-byte root digest, in SyncStart
 LEAF_MAX = 4
 SESSION_TIMEOUT_MS = 30_000
 MAX_STEP_NODES = 4096
+#: Largest ``Push.hops`` (a push answering a ``Want`` says this: "late").
+MAX_HOPS = 255
 MAX_STEP_WANTS = 8192
 #: Bytes of a step's questions (nodes, leaves, wants), on top of one page of items:
 #: a step stays well under the transport's 1 MiB message cap.
@@ -108,10 +110,18 @@ class SyncEnd:
 
 @dataclass(frozen=True, slots=True)
 class Push:
-    """Fresh items gossiped without a digest exchange (reply: an ``Ack``)."""
+    """Fresh items gossiped without a digest exchange (reply: an ``Ack``).
+
+    ``hops``: how many times the items were forwarded before this push (0:
+    from the node that made the change). A receiver forwards items that have
+    travelled few hops in full to every target, later ones mostly as offers
+    (see ``MeshNode._gossip_calls``). Only an efficiency hint: a wrong value
+    costs bytes or a round trip, never a change.
+    """
 
     mesh_id: str
     items: tuple[Item, ...]
+    hops: int = 0
 
 
 SyncMessage = SyncStart | SyncStep | SyncEnd
@@ -466,8 +476,8 @@ def _dec_end(b: Any) -> SyncEnd:
 
 
 def _dec_push(b: Any) -> Push:
-    o = _arr(b, 2)
-    return Push(_str(o[0]), _items(o[1]))
+    o = _arr(b, 3)
+    return Push(_str(o[0]), _items(o[1]), _int(o[2], MAX_HOPS + 1))
 
 
 #: This module's part of the protocol table (:data:`smegmesh.core.wire.PROTOCOL`).
@@ -489,7 +499,7 @@ CODECS = (
     Codec(
         13,
         Push,
-        lambda m: [m.mesh_id, [encode_item(i) for i in m.items]],
+        lambda m: [m.mesh_id, [encode_item(i) for i in m.items], m.hops],
         _dec_push,
         dgram_request=True,
     ),

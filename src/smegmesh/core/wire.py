@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from smegmesh.core import device_messages, messages, sync
+from smegmesh.core import device_messages, messages, offer, sync
 from smegmesh.core.codec import (
     DEFAULT_MAX_SIZE,
     ITEM_CODECS,
@@ -39,14 +39,17 @@ __all__ = [
 ]
 
 #: Every message type of the protocol (no other module adds any).
-PROTOCOL = Registry((*ITEM_CODECS, *sync.CODECS, *messages.CODECS, *device_messages.CODECS))
+PROTOCOL = Registry(
+    (*ITEM_CODECS, *sync.CODECS, *offer.CODECS, *messages.CODECS, *device_messages.CODECS)
+)
 #: Requests that may go as one datagram (the ``dgram_request`` flag of their
 #: codec): small, and safe to execute twice. A ``Ping`` is answered from state;
 #: a ``PingReq`` relays one more ping; a ``Push`` merges versioned items
-#: (merging twice changes nothing); a ``SyncStart`` opens the responder's
-#: session slot ``(caller, session id)`` afresh. ``SyncStep`` is not one: it
-#: advances a session. The datagram transport (``daemon/rpc_dgram.py``) and
-#: the simulator's overhead model (``sim/overhead.py``) both read these.
+#: (merging twice changes nothing); an ``Offer`` only reads state; a
+#: ``SyncStart`` opens the responder's session slot ``(caller, session id)``
+#: afresh. ``SyncStep`` is not one: it advances a session. The datagram
+#: transport (``daemon/rpc_dgram.py``) and the simulator's overhead model
+#: (``sim/overhead.py``) both read these.
 DATAGRAM_REQUESTS = PROTOCOL.datagram_names()
 #: Replies a datagram may carry (the ``dgram_reply`` flag); others: "use the stream".
 DATAGRAM_REPLIES = PROTOCOL.datagram_names(replies=True)

@@ -46,6 +46,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pull-ms", type=int, default=None, help="gossip pullInterval")
     p.add_argument("--cluster-size", type=int, default=None)
     p.add_argument("--branch", type=int, default=None)
+    p.add_argument(
+        "--full-push",
+        type=int,
+        default=None,
+        help="targets of a round of received items that get them in full, the others an "
+        "offer (core/offer.py); >= --branch: every push in full (the protocol before offers)",
+    )
     p.add_argument("--churn-per-min", type=float, default=0.05)
     p.add_argument("--partition-seconds", type=float, default=10.0)
     p.add_argument("--byte-sample", type=int, default=1, help="encode 1 message in k per type")
@@ -74,6 +81,7 @@ def config_from_args(a: argparse.Namespace) -> ScenarioConfig:
             ("pull_interval_ms", a.pull_ms),
             ("cluster_size", a.cluster_size),
             ("branch", a.branch),
+            ("full_push", a.full_push),
         )
         if v is not None
     }

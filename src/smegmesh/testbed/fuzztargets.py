@@ -164,7 +164,7 @@ def _join_seeds() -> list[bytes]:
 
 def _member_seeds() -> list[bytes]:
     groups = _by_type()
-    names = ("Ping", "PingReq", "Push", "SyncStart", "SyncStep", "SyncEnd")
+    names = ("Ping", "PingReq", "Push", "Offer", "SyncStart", "SyncStep", "SyncEnd")
     return _dedup([s for n in names for s in groups.get(n, [])], 120)
 
 

@@ -1,0 +1,178 @@
+"""Announce, then send on request: gossip rounds that repeat keys, not items. Pure.
+
+Push gossip sends every fresh item to ``branch`` members on arrival and for
+``infection_count`` rounds after, so under churn each node receives each
+change several times (at 1,000 simulated nodes, 20 %/min churn: ~4.6 copies,
+and 98 % of the bytes were ``Push``). The repeats are what an :class:`Offer`
+replaces: it lists ``(key, record version + 1, prune version + 1, entry hash)``
+for the items (about 45 bytes each, an item is 200-470), the target answers
+with a :class:`Want` of the keys it lacks or holds older, and only those items
+follow in a ``Push``. An item then crosses each link about once; what repeats
+is the announcement (Demers et al.'s "rumour mongering" with a pull of the
+body, as in Plumtree's lazy push and Cassandra's gossip digests).
+
+Flow (request -> reply):
+
+    A -> B  Offer(entries)
+    B -> A  Want(keys)           the keys B wants (empty: B held them all)
+    A -> B  Push(items of keys)  (reply: Ack)
+
+The offering side keeps nothing between the two calls but the call's context
+(the offered keys): it sends the *current* items of the wanted keys it
+offered, and ignores any other key a Want names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from smegmesh.core.codec import Codec, WireError
+from smegmesh.core.state import MeshState
+
+__all__ = [
+    "CODECS",
+    "MAX_OFFER_ENTRIES",
+    "OFFER_HASH_LEN",
+    "Offer",
+    "OfferEntry",
+    "Want",
+    "offer_entries",
+    "offers",
+    "wanted",
+]
+
+#: Entries of one ``Offer`` (and keys of one ``Want``): 1,024 x ~45 B ~ 46 KB.
+MAX_OFFER_ENTRIES = 1024
+#: Bytes of the entry hash in an offer entry (tells apart equal versions).
+OFFER_HASH_LEN = 4
+_VERSION_END = 2**63 + 1
+
+OfferEntry = tuple[bytes, int, int, bytes]  # key, record version + 1, prune version + 1, hash
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """Fresh items announced by key and version (reply: a ``Want``)."""
+
+    mesh_id: str
+    entries: tuple[OfferEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Want:
+    """The offered keys whose items the receiver of an ``Offer`` asks for."""
+
+    mesh_id: str
+    keys: tuple[bytes, ...]
+
+
+def _entry(state: MeshState, key: bytes) -> OfferEntry | None:
+    rv, pv = state.versions_of(key)
+    if rv == 0 and pv == 0:
+        return None
+    h = state.entry_hash_of(key).to_bytes(32, "big")[:OFFER_HASH_LEN]
+    return (key, rv, pv, h)
+
+
+def offer_entries(state: MeshState, keys: Iterable[bytes]) -> list[OfferEntry]:
+    """The offer entries of the ``keys`` ``state`` holds anything for (key order)."""
+    out = []
+    for k in sorted(keys):
+        e = _entry(state, k)
+        if e is not None:
+            out.append(e)
+    return out
+
+
+def offers(mesh_id: str, entries: list[OfferEntry]) -> list[Offer]:
+    """``entries`` cut into offers of at most :data:`MAX_OFFER_ENTRIES`."""
+    return [
+        Offer(mesh_id, tuple(entries[i : i + MAX_OFFER_ENTRIES]))
+        for i in range(0, len(entries), MAX_OFFER_ENTRIES)
+    ]
+
+
+def wanted(state: MeshState, entries: Iterable[OfferEntry]) -> tuple[bytes, ...]:
+    """Keys of ``entries`` whose items ``state`` lacks or holds older (or differing).
+
+    Newer on either part (the record's version or the version the prune
+    covers) is wanted; equal versions with another hash are wanted too (the
+    merge picks one side, and both then converge); older or equal is not.
+    O(1) per entry: a hostile member's offer costs a lookup per entry.
+    """
+    out: list[bytes] = []
+    seen: set[bytes] = set()
+    for key, rv, pv, h in entries:
+        if key in seen:
+            continue
+        seen.add(key)
+        mine_rv, mine_pv = state.versions_of(key)
+        if rv > mine_rv or pv > mine_pv:
+            out.append(key)
+        elif rv == mine_rv and pv == mine_pv:
+            mine_h = state.entry_hash_of(key).to_bytes(32, "big")[:OFFER_HASH_LEN]
+            if mine_h != h:
+                out.append(key)
+    return tuple(out)
+
+
+# Wire codecs (type codes 14-15) ----------------------------------------------------------
+def _arr(v: object, n: int | None = None) -> list[Any]:
+    if type(v) is not list or (n is not None and len(v) != n):
+        raise WireError("expected an array" + ("" if n is None else f" of {n}"))
+    return v
+
+
+def _str(v: object) -> str:
+    if type(v) is not str or len(v) > 63:
+        raise WireError("expected a mesh id string")
+    return v
+
+
+def _bin(v: object, n: int) -> bytes:
+    if type(v) is not bytes or len(v) != n:
+        raise WireError(f"expected {n} bytes")
+    return v
+
+
+def _version(v: object) -> int:
+    if type(v) is not int or not 0 <= v < _VERSION_END:
+        raise WireError("expected a version")
+    return v
+
+
+def _bounded(v: object) -> list[Any]:
+    arr = _arr(v)
+    if len(arr) > MAX_OFFER_ENTRIES:
+        raise WireError(f"more than {MAX_OFFER_ENTRIES} entries")
+    return arr
+
+
+def _dec_offer(b: Any) -> Offer:
+    m, es = _arr(b, 2)
+    entries = []
+    for e in _bounded(es):
+        k, rv, pv, h = _arr(e, 4)
+        entries.append((_bin(k, 32), _version(rv), _version(pv), _bin(h, OFFER_HASH_LEN)))
+    return Offer(_str(m), tuple(entries))
+
+
+def _dec_want(b: Any) -> Want:
+    m, ks = _arr(b, 2)
+    return Want(_str(m), tuple(_bin(k, 32) for k in _bounded(ks)))
+
+
+#: This module's part of the protocol table (:data:`smegmesh.core.wire.PROTOCOL`).
+#: Both may go as one datagram: an offer only reads state (safe to run twice).
+CODECS = (
+    Codec(
+        14,
+        Offer,
+        lambda m: [m.mesh_id, [list(e) for e in m.entries]],
+        _dec_offer,
+        dgram_request=True,
+    ),
+    Codec(15, Want, lambda m: [m.mesh_id, list(m.keys)], _dec_want, dgram_reply=True),
+)

@@ -1,0 +1,207 @@
+"""Offers (announce, then send on request): what is wanted, the codec, the engine's use."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from smegmesh.core.codec import WireError
+from smegmesh.core.engine import Call, Message, OfferCtx, Out, PushCtx, ReplyReceived
+from smegmesh.core.gossip import full_hops
+from smegmesh.core.identity import NodeIdentity
+from smegmesh.core.meshnode import MeshNode
+from smegmesh.core.messages import Refusal
+from smegmesh.core.offer import (
+    MAX_OFFER_ENTRIES,
+    Offer,
+    Want,
+    offer_entries,
+    offers,
+    wanted,
+)
+from smegmesh.core.record import NodeRecord, Prune
+from smegmesh.core.state import MeshState
+from smegmesh.core.sync import MAX_HOPS, Push
+from smegmesh.core.wire import DATAGRAM_REPLIES, DATAGRAM_REQUESTS, decode, encode
+from test_meshnode import MESH, Net, converged, mesh_of
+
+T = 1_000_000
+
+
+def _ident(i: int) -> NodeIdentity:
+    return NodeIdentity.from_seed(bytes([i]) * 32)
+
+
+def _rec(i: int, version: int = T, **kw: object) -> NodeRecord:
+    return NodeRecord.create(_ident(i), MESH, version=version, now_ms=version, **kw)  # type: ignore[arg-type]
+
+
+def _state(*items: NodeRecord | Prune) -> MeshState:
+    st = MeshState(MESH)
+    for it in items:
+        assert st.apply(it, T + 10)
+    return st
+
+
+def test_wanted_is_what_the_receiver_lacks_or_holds_older() -> None:
+    a1, a2, b1 = _rec(1), _rec(1, T + 5), _rec(2)
+    prune_a1 = Prune.create(
+        _ident(3), MESH, now_ms=T + 6, target=a1.wg_key, target_version=a1.version
+    )
+    sender = _state(a2, b1)
+    entries = offer_entries(sender, [a1.wg_key, b1.wg_key, _ident(9).wg_public_key])
+    assert [e[0] for e in entries] == sorted([a1.wg_key, b1.wg_key])  # nothing held: no entry
+    assert set(wanted(MeshState(MESH), entries)) == {a1.wg_key, b1.wg_key}  # lacks both
+    assert wanted(_state(a1, b1), entries) == (a1.wg_key,)  # older record of a
+    assert wanted(_state(a2, b1), entries) == ()  # same
+    assert wanted(sender, offer_entries(_state(a1, b1), [a1.wg_key])) == ()  # offered older
+    # a prune is news to a replica holding the record alone, even at equal record versions
+    pruned = _state(a1, prune_a1)
+    assert wanted(_state(a1), offer_entries(pruned, [a1.wg_key])) == (a1.wg_key,)
+    # equal versions, another entry (a conflicting signature): wanted, the merge decides
+    other = (entries[0][0], entries[0][1], entries[0][2], b"zzzz")
+    assert wanted(sender, [other]) == (entries[0][0],)
+    # a key offered twice is asked for once
+    assert wanted(MeshState(MESH), [entries[0], entries[0]]) == (entries[0][0],)
+
+
+def test_offer_and_want_codecs_round_trip_and_bound_their_size() -> None:
+    st = _state(_rec(1), _rec(2))
+    offer = offers(MESH, offer_entries(st, st.keys_under(0, 0)))[0]
+    assert decode(encode(offer)) == offer
+    want = Want(MESH, tuple(e[0] for e in offer.entries))
+    assert decode(encode(want)) == want
+    assert "Offer" in DATAGRAM_REQUESTS and "Want" in DATAGRAM_REPLIES
+    # about 45 bytes per entry: an offer of 20 keys fits one datagram
+    assert len(encode(Offer(MESH, offer.entries[:1] * 20))) < 1_119
+    too_many = Want(MESH, (bytes(32),) * (MAX_OFFER_ENTRIES + 1))
+    with pytest.raises(WireError):
+        decode(encode(too_many))
+    bad = Offer(MESH, ((b"short", 1, 0, b"abcd"),))
+    with pytest.raises(WireError):
+        decode(encode(bad))
+    # offers() cuts a long list into bounded messages
+    many = [(bytes([i % 256, i // 256]) + bytes(30), 1, 0, b"abcd") for i in range(2500)]
+    parts = offers(MESH, many)
+    assert [len(p.entries) for p in parts] == [1024, 1024, 452]
+
+
+def test_push_carries_its_hop_count() -> None:
+    p = Push(MESH, (_rec(1),), 7)
+    assert decode(encode(p)) == p
+    with pytest.raises(WireError):
+        decode(encode(Push(MESH, (), MAX_HOPS + 1)))
+
+
+def test_full_hops_grows_with_the_log_of_the_mesh() -> None:
+    assert full_hops(1, 3) == 1 and full_hops(20, 3) == 1
+    assert full_hops(100, 3) == 2  # 27 * 3 <= 100: after 2 forwards, 3 ** 3 reached
+    assert full_hops(1000, 3) == 4  # 243 * 3 <= 1000 < 729 * 3
+    assert full_hops(3000, 3) == 5
+    assert full_hops(1000, 1) == 1
+
+
+def _calls(outs: list[Out]) -> list[Call]:
+    return [o for o in outs if isinstance(o, Call)]
+
+
+def test_received_items_go_in_full_to_one_target_and_as_offers_to_the_others() -> None:
+    """Late in a change's spread (many hops) a node pushes it in full to
+    ``full_push`` targets (2 of 3 by default) and offers its key to the rest; its own change goes
+    in full to every target; few hops: in full to every target."""
+    net, nodes = mesh_of(8)
+    net.run_until(net.now + 5000)
+    a, b = nodes[0], nodes[1]
+    own = a.mesh.record(a.key)
+    assert own is not None
+    new = own.evolve(a.identity, net.now + 1, description="x")
+    late = Push(MESH, (new,), MAX_HOPS)
+    _reply, outs = b.handle_request(a.key, late, net.now + 1)
+    calls = _calls(outs)
+    pushes = [c for c in calls if isinstance(c.msg, Push)]
+    offered = [c for c in calls if isinstance(c.msg, Offer)]
+    g = b.gossip
+    assert len(pushes) == g.full_push == 2 and len(offered) == g.branch - g.full_push == 1
+    assert all(c.to != a.key for c in calls)  # not back to the sender
+    assert all(isinstance(c.ctx, OfferCtx) and c.ctx.keys == {a.key} for c in offered)
+    # the first hop (hops 0 from the changer) is forwarded in full to every target
+    newer = own.evolve(a.identity, net.now + 2, description="y")
+    _reply, outs = nodes[2].handle_request(a.key, Push(MESH, (newer,), 0), net.now + 2)
+    assert {type(c.msg) for c in _calls(outs)} == {Push}
+    # our own change: in full to every target, with hop count 0
+    outs = nodes[3].update_self(net.now + 3, description="mine")
+    own_pushes = _calls(outs)
+    assert len(own_pushes) == nodes[3].gossip.branch
+    assert all(isinstance(c.msg, Push) and c.msg.hops == 0 for c in own_pushes)
+
+
+def test_a_want_gets_a_push_of_the_offered_keys_it_names_only() -> None:
+    net, nodes = mesh_of(4)
+    net.run_until(net.now + 5000)
+    a, b, c = nodes[0], nodes[1], nodes[2]
+    offer = Offer(MESH, tuple(offer_entries(a.mesh, [a.key])))
+    call = Call(b.key, offer, OfferCtx(frozenset({a.key})))
+    # b names a key a did not offer (c's): ignored
+    outs = a.step(ReplyReceived(call, Want(MESH, (a.key, c.key)), net.now))
+    pushes = [o for o in _calls(outs) if isinstance(o.msg, Push)]
+    assert len(pushes) == 1 and pushes[0].to == b.key
+    assert isinstance(pushes[0].ctx, PushCtx) and pushes[0].ctx.keys == {a.key}
+    assert {i.wg_key for i in pushes[0].msg.items if isinstance(i, NodeRecord)} == {a.key}
+    assert pushes[0].msg.hops == MAX_HOPS
+    # an empty Want: held already, nothing sent, and the item loses push rounds
+    a._sched.note_fresh({a.key})
+    before = a._sched._fresh[a.key]
+    for _ in range(2):
+        assert _calls(a.step(ReplyReceived(call, Want(MESH, ()), net.now))) == []
+    assert a._sched._fresh.get(a.key, 0) < before
+
+
+def test_a_member_answers_an_offer_with_what_it_lacks_and_a_stranger_gets_a_refusal() -> None:
+    net, nodes = mesh_of(3)
+    net.run_until(net.now + 5000)
+    a, b = nodes[0], nodes[1]
+    own = a.mesh.record(a.key)
+    assert own is not None
+    held = Offer(MESH, tuple(offer_entries(a.mesh, [a.key, b.key])))
+    reply, _ = b.handle_request(a.key, held, net.now)
+    assert reply == Want(MESH, ())
+    newer = _state(own.evolve(a.identity, net.now + 1, description="z"))
+    reply, _ = b.handle_request(a.key, Offer(MESH, tuple(offer_entries(newer, [a.key]))), net.now)
+    assert reply == Want(MESH, (a.key,))
+    stranger = _ident(77).wg_public_key
+    reply, outs = b.handle_request(stranger, held, net.now)
+    assert isinstance(reply, Refusal) and outs == []
+
+
+def _mesh_with(full_push: int, n: int) -> tuple[Net, list[MeshNode]]:
+    import test_meshnode as tm
+
+    old = tm.GOSSIP
+    tm.GOSSIP = replace(old, full_push=full_push)
+    try:
+        return mesh_of(n)
+    finally:
+        tm.GOSSIP = old
+
+
+@pytest.mark.parametrize("full_push", [0, 1, 3])
+def test_changes_reach_every_member_whatever_share_goes_in_full(full_push: int) -> None:
+    """Offers lose nothing: no full forward at all, one, or all in full (the old protocol)."""
+    net, nodes = _mesh_with(full_push, 12)
+    net.run_until(net.now + 5000)
+    assert converged(nodes)
+    sent: list[str] = []
+    wire = net._wire
+
+    def spy(msg: Message) -> bytes:
+        sent.append(type(msg).__name__)
+        return wire(msg)
+
+    net._wire = spy  # type: ignore[method-assign]
+    for i, n in enumerate(nodes[:4]):
+        net.handle_outs(n, n.update_self(net.now, description=f"change {i}"))
+    # within half the background pull interval (3 s)
+    net.run_until(net.now + 1500)
+    assert converged(nodes)
+    assert ("Offer" in sent) == (full_push < nodes[0].gossip.branch)
