@@ -13,6 +13,7 @@ from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.meshnode import MeshNode
 from smegmesh.core.messages import Refusal
 from smegmesh.core.offer import (
+    MAX_HOPS,
     MAX_OFFER_ENTRIES,
     Offer,
     Want,
@@ -22,7 +23,7 @@ from smegmesh.core.offer import (
 )
 from smegmesh.core.record import NodeRecord, Prune
 from smegmesh.core.state import MeshState
-from smegmesh.core.sync import MAX_HOPS, Push
+from smegmesh.core.sync import Push
 from smegmesh.core.wire import DATAGRAM_REPLIES, DATAGRAM_REQUESTS, decode, encode
 from test_meshnode import MESH, Net, converged, mesh_of
 

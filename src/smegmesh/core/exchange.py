@@ -32,11 +32,11 @@ from smegmesh.core.engine import (
 from smegmesh.core.gossip import GossipScheduler
 from smegmesh.core.liveness import FailureDetector, LivenessParams
 from smegmesh.core.messages import Ack, JoinRequest, Ping, PingReq, Refusal
-from smegmesh.core.offer import Offer, Want, wanted
+from smegmesh.core.offer import MAX_HOPS, Offer, Want, wanted
 from smegmesh.core.paging import PAGE_BYTES
 from smegmesh.core.record import NodeRecord, Prune, Role
 from smegmesh.core.state import MeshState
-from smegmesh.core.sync import MAX_HOPS, Push, SyncEnd, SyncSession, SyncStart, SyncStep
+from smegmesh.core.sync import Push, SyncEnd, SyncSession, SyncStart, SyncStep
 
 Item = NodeRecord | Prune | AuthItem
 

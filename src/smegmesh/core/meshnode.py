@@ -69,7 +69,7 @@ from smegmesh.core.liveness import (
 )
 from smegmesh.core.messages import Ping, PingReq
 from smegmesh.core.nodeviews import Views, is_pruned_member, share_views, views_of
-from smegmesh.core.offer import offer_entries, offers
+from smegmesh.core.offer import MAX_HOPS, offer_entries, offers
 from smegmesh.core.paging import pages
 from smegmesh.core.record import (
     NodeRecord,
@@ -77,7 +77,7 @@ from smegmesh.core.record import (
     Role,
 )
 from smegmesh.core.state import MeshState
-from smegmesh.core.sync import MAX_HOPS, Push, SyncSession
+from smegmesh.core.sync import Push, SyncSession
 
 __all__ = [
     "Call",

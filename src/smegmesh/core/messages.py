@@ -5,7 +5,7 @@ Request -> reply pairs:
 
 * ``Ping`` -> ``Ack``            direct liveness probe (SWIM)
 * ``PingReq`` -> ``Ack``         indirect probe: the receiver pings ``target`` for us
-* ``Push`` -> ``Ack``            fresh items (gossip push), see ``core.sync``
+* ``Push`` -> ``Ack``            fresh items (gossip push), see ``core.offer``
 * ``JoinRequest`` -> ``JoinReply``  a new node presents its token and record
 * ``WhoAmI`` -> ``YouAre``       the caller's address as seen by the member (ipDiscovery public)
 * ``WhereAmI`` -> ``Observed``   the WireGuard endpoint the member sees the caller's

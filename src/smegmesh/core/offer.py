@@ -1,4 +1,7 @@
-"""Announce, then send on request: gossip rounds that repeat keys, not items. Pure.
+"""Gossip messages: pushes of items, and offers that repeat keys, not items. Pure.
+
+A ``Push`` carries fresh items (reply: an ``Ack`` whose ``ok`` says whether
+anything was new). Offers: announce, then send on request.
 
 Push gossip sends every fresh item to ``branch`` members on arrival and for
 ``infection_count`` rounds after, so under churn each node receives each
@@ -28,15 +31,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from smegmesh.core.codec import Codec, WireError
-from smegmesh.core.state import MeshState
+from smegmesh.core.codec import Codec, WireError, decode_item, encode_item
+from smegmesh.core.state import Item, MeshState
 
 __all__ = [
     "CODECS",
+    "MAX_HOPS",
     "MAX_OFFER_ENTRIES",
     "OFFER_HASH_LEN",
     "Offer",
     "OfferEntry",
+    "Push",
     "Want",
     "offer_entries",
     "offers",
@@ -48,8 +53,24 @@ MAX_OFFER_ENTRIES = 1024
 #: Bytes of the entry hash in an offer entry (tells apart equal versions).
 OFFER_HASH_LEN = 4
 _VERSION_END = 2**63 + 1
+#: Largest ``Push.hops`` (a push answering a ``Want`` says this: "late").
+MAX_HOPS = 255
 
 OfferEntry = tuple[bytes, int, int, bytes]  # key, record version + 1, prune version + 1, hash
+
+
+@dataclass(frozen=True, slots=True)
+class Push:
+    """Fresh items gossiped without a digest exchange (reply: an ``Ack``).
+
+    ``hops``: times the items were forwarded before (0: from their author); a
+    hint for the receiver's choice of push or offer (``MeshNode._push_now``):
+    a wrong value costs bytes or a round trip, never a change.
+    """
+
+    mesh_id: str
+    items: tuple[Item, ...]
+    hops: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +139,7 @@ def wanted(state: MeshState, entries: Iterable[OfferEntry]) -> tuple[bytes, ...]
     return tuple(out)
 
 
-# Wire codecs (type codes 14-15) ----------------------------------------------------------
+# Wire codecs (type codes 13-15) ----------------------------------------------------------
 def _arr(v: object, n: int | None = None) -> list[Any]:
     if type(v) is not list or (n is not None and len(v) != n):
         raise WireError("expected an array" + ("" if n is None else f" of {n}"))
@@ -150,6 +171,13 @@ def _bounded(v: object) -> list[Any]:
     return arr
 
 
+def _dec_push(b: Any) -> Push:
+    m, items, hops = _arr(b, 3)
+    if type(hops) is not int or not 0 <= hops <= MAX_HOPS:
+        raise WireError("expected a hop count")
+    return Push(_str(m), tuple(decode_item(x) for x in _arr(items)), hops)
+
+
 def _dec_offer(b: Any) -> Offer:
     m, es = _arr(b, 2)
     entries = []
@@ -165,8 +193,16 @@ def _dec_want(b: Any) -> Want:
 
 
 #: This module's part of the protocol table (:data:`smegmesh.core.wire.PROTOCOL`).
-#: Both may go as one datagram: an offer only reads state (safe to run twice).
+#: All may go as one datagram: merging a push twice changes nothing, an offer
+#: only reads state (safe to run twice).
 CODECS = (
+    Codec(
+        13,
+        Push,
+        lambda m: [m.mesh_id, [encode_item(i) for i in m.items], m.hops],
+        _dec_push,
+        dgram_request=True,
+    ),
     Codec(
         14,
         Offer,

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smegmesh.core.codec import Codec, Registry, WireError, decode_item, encode_item
+from smegmesh.core.offer import Push
 from smegmesh.core.paging import page
 from smegmesh.core.record import RecordError
 from smegmesh.core.state import DEPTH, FANOUT, Item, MeshState
@@ -62,8 +63,6 @@ DIGEST_LEN = 16  # of the 32-byte root digest, in SyncStart
 LEAF_MAX = 4
 SESSION_TIMEOUT_MS = 30_000
 MAX_STEP_NODES = 4096
-#: Largest ``Push.hops`` (a push answering a ``Want`` says this: "late").
-MAX_HOPS = 255
 MAX_STEP_WANTS = 8192
 #: Bytes of a step's questions (nodes, leaves, wants), on top of one page of items:
 #: a step stays well under the transport's 1 MiB message cap.
@@ -106,22 +105,6 @@ class SyncStep:
 class SyncEnd:
     mesh_id: str
     session_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class Push:
-    """Fresh items gossiped without a digest exchange (reply: an ``Ack``).
-
-    ``hops``: how many times the items were forwarded before this push (0:
-    from the node that made the change). A receiver forwards items that have
-    travelled few hops in full to every target, later ones mostly as offers
-    (see ``MeshNode._gossip_calls``). Only an efficiency hint: a wrong value
-    costs bytes or a round trip, never a change.
-    """
-
-    mesh_id: str
-    items: tuple[Item, ...]
-    hops: int = 0
 
 
 SyncMessage = SyncStart | SyncStep | SyncEnd
@@ -475,11 +458,6 @@ def _dec_end(b: Any) -> SyncEnd:
     return SyncEnd(_str(o[0]), _int(o[1]))
 
 
-def _dec_push(b: Any) -> Push:
-    o = _arr(b, 3)
-    return Push(_str(o[0]), _items(o[1]), _int(o[2], MAX_HOPS + 1))
-
-
 #: This module's part of the protocol table (:data:`smegmesh.core.wire.PROTOCOL`).
 CODECS = (
     # dgram_request/dgram_reply: may go as one datagram (core/wire.DATAGRAM_REQUESTS).
@@ -496,13 +474,6 @@ CODECS = (
     ),
     Codec(11, SyncStep, _enc_step, _dec_step, dgram_reply=True),
     Codec(12, SyncEnd, lambda m: [m.mesh_id, m.session_id], _dec_end, dgram_reply=True),
-    Codec(
-        13,
-        Push,
-        lambda m: [m.mesh_id, [encode_item(i) for i in m.items], m.hops],
-        _dec_push,
-        dgram_request=True,
-    ),
 )
 #: The sync messages alone: their encoded sizes (a session counts its bytes).
 _SYNC_CODECS = Registry(CODECS)
