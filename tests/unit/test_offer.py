@@ -206,3 +206,27 @@ def test_changes_reach_every_member_whatever_share_goes_in_full(full_push: int) 
     net.run_until(net.now + 1500)
     assert converged(nodes)
     assert ("Offer" in sent) == (full_push < nodes[0].gossip.branch)
+
+
+def test_a_push_carries_what_changed_and_a_pull_the_whole_entry() -> None:
+    """Deltas: a prune travels without the record it prunes (the members hold it;
+    in an admission mesh the prune carries it), a refutation without the moot
+    prune; a ``Want`` (the target lacks something) gets the whole entry."""
+    a1 = _rec(1)
+    prune = Prune.create(_ident(3), MESH, now_ms=T + 6, target=a1.wg_key, target_version=a1.version)
+    st = _state(a1, prune)
+    assert st.news_for([a1.wg_key]) == [prune]
+    assert st.items_for([a1.wg_key]) == [a1, prune]
+    a2 = _rec(1, T + 7)
+    assert st.apply(a2, T + 10)  # the refutation: the prune is moot now
+    assert st.news_for([a1.wg_key]) == [a2] == st.items_for([a1.wg_key])
+    # the engine: a received prune goes on alone
+    net, nodes = mesh_of(4)
+    net.run_until(net.now + 5000)
+    a, b, c = nodes[0], nodes[1], nodes[2]
+    rec = a.mesh.record(c.key)
+    assert rec is not None
+    p = Prune.create(a.identity, MESH, now_ms=net.now, target=c.key, target_version=rec.version)
+    _reply, outs = b.handle_request(a.key, Push(MESH, (rec, p), 0), net.now)
+    pushes = [o.msg for o in _calls(outs) if isinstance(o.msg, Push)]
+    assert pushes and all(m.items == (p,) for m in pushes)

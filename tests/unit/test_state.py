@@ -133,9 +133,12 @@ def test_liveness_rules() -> None:
     assert not s.is_live(k) and s.live_record(k) is None and s.record(k) is not None
     assert s.apply(_rec(0, 3), T0)  # refutes the prune
     assert s.is_live(k)
+    # the prune is moot and not kept (replicas agree whichever order they saw)
+    assert s.get_prune(k) is None and s.was_refuted(k)
+    assert not s.apply(_prune(1, 0, 2), T0)  # and it does not come back
     assert s.apply(_rec(0, 4, left=True), T0)
     assert not s.is_live(k) and s.live_records() == []
-    assert len(s.records()) == 1 and len(s.prunes()) == 1 and len(s) == 1
+    assert len(s.records()) == 1 and len(s.prunes()) == 0 and len(s) == 1
 
 
 def test_apply_return_values_and_old_items() -> None:
@@ -190,8 +193,9 @@ def test_gc() -> None:
         s.apply(it, T0)
     # everything has timestamp T0 + small; horizon cutoff at T0 + 100 drops tombstones
     dropped = s.gc(now_ms=T0 + 1100, horizon_ms=1000)
-    # prune of 0 + killed record of 0, left record of 1, stale prune of 2
-    assert dropped == 4
+    # prune of 0 + killed record of 0, left record of 1 (the stale prune of 2,
+    # older than its record, was moot and never kept)
+    assert dropped == 3
     assert IDS[0].wg_public_key not in s and IDS[1].wg_public_key not in s
     assert s.is_live(IDS[2].wg_public_key) and s.get_prune(IDS[2].wg_public_key) is None
     assert len(s) == 1

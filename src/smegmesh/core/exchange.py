@@ -91,7 +91,7 @@ class ExchangeMixin:
         ) -> tuple[Message, list[Out]]: ...
         def _maybe_reassign(self, now_ms: int) -> list[Out]: ...
         def _push_calls(
-            self, to: Iterable[bytes], keys: frozenset[bytes], hops: int = 0
+            self, to: Iterable[bytes], keys: frozenset[bytes], hops: int = 0, whole: bool = False
         ) -> list[Out]: ...
 
     def handle_request(
@@ -287,8 +287,8 @@ class ExchangeMixin:
             if held:
                 self._sched.lose_interest(held)
             # hops MAX_HOPS: late in the change's spread (the target forwards it
-            # mostly as offers)
-            return self._push_calls([to], frozenset(want), MAX_HOPS)
+            # mostly as offers); whole entries: the target lacks something of them
+            return self._push_calls([to], frozenset(want), MAX_HOPS, whole=True)
         return []
 
     def handle_failure(self, to: bytes, ctx: CallCtx, now_ms: int) -> list[Out]:

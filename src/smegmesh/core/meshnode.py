@@ -339,11 +339,14 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
                 out.extend(Call(t, msg, ctx) for t in rest for msg in offers(self.mesh_id, entries))
         return out
 
-    def _push_calls(self, to: Iterable[bytes], keys: frozenset[bytes], hops: int = 0) -> list[Out]:
+    def _push_calls(
+        self, to: Iterable[bytes], keys: frozenset[bytes], hops: int = 0, whole: bool = False
+    ) -> list[Out]:
+        """Push ``keys`` to ``to``: what changed (``news_for``), or ``whole`` entries."""
         targets = tuple(to)
         if not targets or not keys:
             return []
-        items = self.mesh.items_for(keys)
+        items = self.mesh.items_for(keys) if whole else self.mesh.news_for(keys)
         if not items:
             return []
         pushed = pages(items, memo=self.mesh.memo)  # bounded messages

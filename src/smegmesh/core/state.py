@@ -141,6 +141,7 @@ class MeshState(AdmissionGate):
         self._version = 0
         self._changes: list[bytes] = []  # keys installed at versions _changes_base+1...
         self._changes_base = 0
+        self._refuted: dict[bytes, None] = {}
 
     # -- merging ------------------------------------------------------------------
 
@@ -270,6 +271,13 @@ class MeshState(AdmissionGate):
             pr = None if e is None else e.prune
             new_rec = oe.record if oe.record is not None and _rec_wins(oe.record, rec) else rec
             new_pr = oe.prune if oe.prune is not None and _prune_wins(oe.prune, pr) else pr
+            if (
+                new_pr is not pr
+                and new_pr is not None
+                and new_rec is not None
+                and new_rec.version > new_pr.target_version
+            ):
+                new_pr = pr  # moot: a newer record is held (see StateStore._install)
             if self.admission:
                 a = self._authority
                 if (

@@ -138,6 +138,8 @@ class AdmissionGate(StateStore):
         if isinstance(item, NodeRecord):
             return _rec_wins(item, None if e is None else e.record)
         if isinstance(item, Prune):
+            if e is not None and e.record is not None and e.record.version > item.target_version:
+                return False  # moot: a newer record is held (see StateStore._install)
             return _prune_wins(item, None if e is None else e.prune)
         return e is None
 

@@ -30,6 +30,10 @@ _ENTRY_TAG = b"smegmesh/entry/v1\0"
 _CHANGE_LOG = 4096
 
 
+#: Keys remembered by :meth:`StateStore.was_refuted`.
+REFUTED_MEMORY = 1024
+
+
 def entry_hash(
     key: bytes, record: NodeRecord | None, prune: Prune | None, auth: AuthItem | None = None
 ) -> int:
@@ -88,6 +92,8 @@ class StateStore:
     _version: int
     _changes: list[bytes]
     _changes_base: int
+    #: keys whose prune a newer record made moot (bounded; see :meth:`was_refuted`)
+    _refuted: dict[bytes, None]
 
     # ------------------------------------------------------------------ queries
 
@@ -161,6 +167,24 @@ class StateStore:
                 out.append(e.prune)
         return out
 
+    def news_for(self, keys: Iterable[bytes]) -> list[Item]:
+        """What a push of ``keys`` carries: per key the statement, else the prune, else the record.
+
+        A push goes to members, which hold the record a prune prunes (in an
+        admission mesh the prune carries it as well); a held prune is never
+        moot (see :meth:`_install`), so a refutation is the record alone. A
+        member that lacked the other part gets it from anti-entropy.
+        """
+        out: list[Item] = []
+        for k in keys:
+            e = self._entries.get(k)
+            if e is None:
+                continue
+            it = e.auth or e.prune or e.record
+            if it is not None:
+                out.append(it)
+        return out
+
     @property
     def authority(self) -> Authority:
         """Founder, admins, evictions, token ledger (from the statements held)."""
@@ -182,6 +206,31 @@ class StateStore:
     def all_items(self) -> list[Item]:
         """Everything held, in key order (see :meth:`items_for`)."""
         return self.items_for(sorted(self._entries))
+
+    def _unless_moot(
+        self, key: bytes, record: NodeRecord | None, prune: Prune | None
+    ) -> Prune | None:
+        """``prune``, or None if it prunes an older version than ``record``.
+
+        Such a prune is moot: the newer record is live whatever else arrives.
+        Not kept, so every replica holds the same entry whichever order the
+        two came in, and a push of a refutation carries the record alone.
+        """
+        if record is None or prune is None or record.version <= prune.target_version:
+            return prune
+        self._refuted[key] = None
+        if len(self._refuted) > REFUTED_MEMORY:
+            del self._refuted[next(iter(self._refuted))]
+        return None
+
+    def was_refuted(self, key: bytes) -> bool:
+        """Whether a prune of ``key`` was dropped lately because a newer record came.
+
+        A prune of an older version than the record held is moot and not kept
+        (see :meth:`_install`); this remembers the last :data:`REFUTED_MEMORY`
+        such keys (the event detector tells "returned" from "joined" by it).
+        """
+        return key in self._refuted
 
     def entry_hash_of(self, key: bytes) -> int:
         """The entry hash of ``key`` (0 if nothing is held)."""
@@ -254,6 +303,7 @@ class StateStore:
         prune: Prune | None,
         auth: AuthItem | None = None,
     ) -> None:
+        prune = self._unless_moot(key, record, prune)
         self._version += 1
         self._changes.append(key)
         if len(self._changes) > _CHANGE_LOG:

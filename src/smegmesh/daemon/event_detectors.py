@@ -161,10 +161,15 @@ class MemberEvents:
         for key in keys:
             old = views.get(key)
             new = member_view(state, key)
-            if old is None and new is not None and new.state == "live":
-                prune = state.get_prune(key)
-                if prune is not None:  # a pruned node we had not seen came back
-                    old = MemberView("pruned", "", new.address, new.role, "", (), None)
+            # a pruned node we had not seen came back (its prune is moot now,
+            # and dropped, when its newer record came: see was_refuted)
+            if (
+                old is None
+                and new is not None
+                and new.state == "live"
+                and (state.get_prune(key) is not None or state.was_refuted(key))
+            ):
+                old = MemberView("pruned", "", new.address, new.role, "", (), None)
             if new is None:
                 views.pop(key, None)
                 gone.discard(key)

@@ -253,6 +253,7 @@ def clone_state(base: MeshState, *, share: bool = True) -> MeshState:
     sh._version = 0
     sh._changes = []
     sh._changes_base = 0
+    sh._refuted = {}
     return sh
 
 

@@ -162,8 +162,9 @@ class Config(_Model):
         alias="infectionCount",
         ge=1,
         description=(
-            "Rounds a node keeps pushing an item it learnt (at most: every 2 targets"
-            " that already held it cost the item one round)."
+            "Rounds a node keeps gossiping an item it learnt (at most: every 2 targets"
+            " that already held it cost the item one round). Late rounds announce keys"
+            " and versions; a target pulls what it lacks (docs/SCALE.md, Offers)."
         ),
     )
     heartbeat_interval: float = Field(
