@@ -98,3 +98,22 @@ def test_items_the_targets_already_hold_lose_push_rounds() -> None:
     s.note_fresh({item})
     s.lose_interest({item})
     assert s._fresh[item] == 3
+
+
+def test_received_items_within_batch_ms_of_a_push_are_held_and_released_together() -> None:
+    """Nagle's rule for triggered pushes: a lone change goes at once, a storm in batches."""
+    ks = keys(6)
+    s = sched(ks[0], batch_ms=100)
+    assert not s.hold({ks[1]}, 3, 1_000)  # nothing pushed lately: at once
+    assert s.hold({ks[2]}, 5, 1_050)  # 50 ms later: held
+    assert s.hold({ks[3]}, 2, 1_080)
+    assert s.hold({ks[2]}, 4, 1_090)  # fewest hops kept per key
+    due = s.next_deadline()
+    assert due is not None and due <= 1_100
+    assert s.release(1_099) is None
+    assert s.release(1_100) == (frozenset({ks[2], ks[3]}), 2)
+    assert s.release(1_300) is None  # nothing held
+    assert s.hold({ks[4]}, 1, 1_150)  # the batch counts as the last push
+    assert not s.hold({ks[5]}, 1, 1_400)
+    off = sched(ks[0], batch_ms=0)
+    assert not off.hold({ks[1]}, 1, 1_000) and not off.hold({ks[2]}, 1, 1_001)

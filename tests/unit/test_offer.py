@@ -230,3 +230,25 @@ def test_a_push_carries_what_changed_and_a_pull_the_whole_entry() -> None:
     _reply, outs = b.handle_request(a.key, Push(MESH, (rec, p), 0), net.now)
     pushes = [o.msg for o in _calls(outs) if isinstance(o.msg, Push)]
     assert pushes and all(m.items == (p,) for m in pushes)
+
+
+def test_a_storm_of_received_changes_goes_out_in_batches() -> None:
+    """A second change received within ``batch_ms`` of a push waits for the batch,
+    which the clock sends (with every change held); a lone one goes at once."""
+    net, nodes = mesh_of(6)
+    net.run_until(net.now + 5000)
+    a, b, c = nodes[0], nodes[1], nodes[2]
+    t = net.now + 1
+    ra, rc = a.mesh.record(a.key), c.mesh.record(c.key)
+    assert ra is not None and rc is not None
+    na = ra.evolve(a.identity, t, description="a")
+    nc = rc.evolve(c.identity, t, description="c")
+    _r, first = b.handle_request(a.key, Push(MESH, (na,), MAX_HOPS), t)
+    assert [o for o in _calls(first) if isinstance(o.msg, Push | Offer)]
+    _r, second = b.handle_request(c.key, Push(MESH, (nc,), MAX_HOPS), t + 10)
+    assert not [o for o in _calls(second) if isinstance(o.msg, Push | Offer)]
+    due = b.next_deadline()
+    assert due is not None and due <= t + b.gossip.batch_ms
+    batch = _calls(b.tick(t + b.gossip.batch_ms))
+    sent = [o for o in batch if isinstance(o.msg, Push)]
+    assert sent and all(nc in o.msg.items for o in sent)

@@ -38,14 +38,19 @@ class GossipParams:
     #: (``core.offer``). A node's own changes go in full to every target.
     #: ``branch`` or more: push everything in full (the protocol before offers).
     full_push: int = 2
+    #: Received items arriving within this long of the last push of received
+    #: items are held and pushed together when it is over (Nagle's rule: a
+    #: storm of changes costs one message per target per ``batch_ms``, a lone
+    #: change goes at once). 0: push each at once.
+    batch_ms: int = 100
 
     def __post_init__(self) -> None:
         if self.sync_interval_ms <= 0 or self.pull_interval_ms <= 0:
             raise ValueError("gossip intervals must be positive")
         if self.cluster_size < 1 or self.branch < 1 or self.infection_count < 0:
             raise ValueError("clusterSize and branch must be >= 1, infectionCount >= 0")
-        if self.full_push < 0:
-            raise ValueError("full_push must be >= 0")
+        if self.full_push < 0 or self.batch_ms < 0:
+            raise ValueError("full_push and batch_ms must be >= 0")
         if not 0.0 <= self.inter_cluster_chance <= 1.0:
             raise ValueError("interClusterChance must be within [0, 1]")
 
@@ -95,6 +100,10 @@ class GossipScheduler:
     _cl: list[list[bytes]] | None = None
     _split_for: list[list[bytes]] | None = None
     _split_cache: tuple[list[bytes], list[bytes]] | None = None
+    #: last push of received items (see ``hold``); held keys -> fewest hops
+    _last_trigger_ms: int | None = None
+    _held: dict[bytes, int] = field(default_factory=dict)
+    _held_due: int | None = None
 
     # -- inputs -------------------------------------------------------------
     def note_fresh(self, keys: Iterable[bytes]) -> None:
@@ -219,6 +228,34 @@ class GossipScheduler:
         return own, rest
 
     # -- timing ---------------------------------------------------------------
+    def hold(self, keys: Iterable[bytes], hops: int, now_ms: int) -> bool:
+        """Whether received ``keys`` (to forward at ``hops``) wait for a batched push.
+
+        True when received items were pushed less than ``batch_ms`` ago: the
+        keys are held (with the fewest hops asked for) until :meth:`release`.
+        False: push them now (this counts as the last push).
+        """
+        last, batch = self._last_trigger_ms, self.params.batch_ms
+        if batch <= 0 or last is None or now_ms - last >= batch:
+            self._last_trigger_ms = now_ms
+            return False
+        held = self._held
+        for k in keys:
+            held[k] = min(held.get(k, hops), hops)
+        if self._held_due is None:
+            self._held_due = last + batch
+        return True
+
+    def release(self, now_ms: int) -> tuple[frozenset[bytes], int] | None:
+        """The held keys and their fewest hops, once their batch is due (else None)."""
+        if self._held_due is None or now_ms < self._held_due:
+            return None
+        keys, hops = frozenset(self._held), min(self._held.values(), default=0)
+        self._held.clear()
+        self._held_due = None
+        self._last_trigger_ms = now_ms
+        return (keys, hops) if keys else None
+
     def triggered(
         self,
         keys: Iterable[bytes],
@@ -278,5 +315,7 @@ class GossipScheduler:
 
     def next_deadline(self) -> int | None:
         """Earliest time ``tick`` has something to do (for the event loop / simulator)."""
-        times = [t for t in (self._next_sync_ms, self._next_pull_ms) if t is not None]
+        times = [
+            t for t in (self._next_sync_ms, self._next_pull_ms, self._held_due) if t is not None
+        ]
         return min(times) if times else None

@@ -296,12 +296,17 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         now_ms: int,
         full: int | None = None,
         hops: int = 0,
+        batched: bool = False,
     ) -> list[Out]:
         """Triggered push of ``keys``, forwarded ``hops`` times before (0: our own change).
 
         ``full`` targets get the items (default: all of them while ``hops`` is
         below :func:`~smegmesh.core.gossip.full_hops`, else ``full_push``).
+        Received items (``full`` None) may be held for a batched push
+        (``GossipScheduler.hold``; :meth:`tick` sends the batch, ``batched``).
         """
+        if full is None and not batched and self._sched.hold(keys, hops, now_ms):
+            return []
         peers = self._reachable_peers()
         rnd = self._sched.triggered(
             keys,
@@ -361,6 +366,9 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         own = self.mesh.record(self.key)
         if own is not None and not own.left and now_ms - own.timestamp_ms >= self.refresh_ms:
             out.extend(self._publish(own.evolve(self.identity, now_ms), now_ms))
+        held = self._sched.release(now_ms)
+        if held is not None:  # received items held for a batched push
+            out.extend(self._push_now(held[0], (), now_ms, hops=held[1], batched=True))
         is_client = self.settings.role == Role.CLIENT
         peers = self._reachable_peers()
         rnd = self._sched.tick(

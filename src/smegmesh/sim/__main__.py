@@ -53,6 +53,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="targets of a round of received items that get them in full, the others an "
         "offer (core/offer.py); >= --branch: every push in full (the protocol before offers)",
     )
+    p.add_argument(
+        "--batch-ms",
+        type=int,
+        default=None,
+        help="hold received items arriving within this long of a push for one batched "
+        "push (GossipParams.batch_ms; 0: push each at once)",
+    )
     p.add_argument("--churn-per-min", type=float, default=0.05)
     p.add_argument("--partition-seconds", type=float, default=10.0)
     p.add_argument("--byte-sample", type=int, default=1, help="encode 1 message in k per type")
@@ -82,6 +89,7 @@ def config_from_args(a: argparse.Namespace) -> ScenarioConfig:
             ("cluster_size", a.cluster_size),
             ("branch", a.branch),
             ("full_push", a.full_push),
+            ("batch_ms", a.batch_ms),
         )
         if v is not None
     }
