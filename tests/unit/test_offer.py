@@ -252,3 +252,21 @@ def test_a_storm_of_received_changes_goes_out_in_batches() -> None:
     batch = _calls(b.tick(t + b.gossip.batch_ms))
     sent = [o for o in batch if isinstance(o.msg, Push)]
     assert sent and all(nc in o.msg.items for o in sent)
+
+
+def test_a_change_on_its_first_hops_is_never_held_for_a_batch() -> None:
+    """Only late items wait for a batch: a change still on its first log(N) hops
+    (and so a partition's heal, where every item is new) goes out at once."""
+    net, nodes = mesh_of(6)
+    net.run_until(net.now + 5000)
+    a, b, c = nodes[0], nodes[1], nodes[2]
+    t = net.now + 1
+    ra, rc = a.mesh.record(a.key), c.mesh.record(c.key)
+    assert ra is not None and rc is not None
+    na = ra.evolve(a.identity, t, description="a")
+    nc = rc.evolve(c.identity, t, description="c")
+    _r, first = b.handle_request(a.key, Push(MESH, (na,), MAX_HOPS), t)
+    assert [o for o in _calls(first) if isinstance(o.msg, Push | Offer)]
+    _r, second = b.handle_request(c.key, Push(MESH, (nc,), 0), t + 10)
+    sent = [o for o in _calls(second) if isinstance(o.msg, Push)]
+    assert sent and all(nc in o.msg.items for o in sent)

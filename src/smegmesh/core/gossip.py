@@ -246,15 +246,14 @@ class GossipScheduler:
             self._held_due = last + batch
         return True
 
-    def release(self, now_ms: int) -> tuple[frozenset[bytes], int] | None:
-        """The held keys and their fewest hops, once their batch is due (else None)."""
+    def release(self, now_ms: int) -> dict[bytes, int]:
+        """The held keys with their fewest hops, once their batch is due (else empty)."""
         if self._held_due is None or now_ms < self._held_due:
-            return None
-        keys, hops = frozenset(self._held), min(self._held.values(), default=0)
-        self._held.clear()
+            return {}
+        held, self._held = self._held, {}
         self._held_due = None
         self._last_trigger_ms = now_ms
-        return (keys, hops) if keys else None
+        return held
 
     def triggered(
         self,

@@ -302,12 +302,16 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
 
         ``full`` targets get the items (default: all of them while ``hops`` is
         below :func:`~smegmesh.core.gossip.full_hops`, else ``full_push``).
-        Received items (``full`` None) may be held for a batched push
-        (``GossipScheduler.hold``; :meth:`tick` sends the batch, ``batched``).
+        Received items (``full`` None) past their first hops may be held for a
+        batched push (``GossipScheduler.hold``; :meth:`tick` sends the batch,
+        ``batched``): the early hops of a change, and a partition's heal,
+        are not slowed.
         """
-        if full is None and not batched and self._sched.hold(keys, hops, now_ms):
-            return []
         peers = self._reachable_peers()
+        g = self.gossip
+        early = hops <= full_hops(len(peers), g.branch)
+        if full is None and not early and not batched and self._sched.hold(keys, hops, now_ms):
+            return []
         rnd = self._sched.triggered(
             keys,
             peers,
@@ -316,8 +320,7 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
             exclude=exclude,
         )
         if full is None:
-            g = self.gossip
-            full = g.branch if hops <= full_hops(len(peers), g.branch) else g.full_push
+            full = g.branch if early else g.full_push
         return self._gossip_calls(rnd.push_to, rnd.keys, full, min(hops, MAX_HOPS))
 
     def _gossip_calls(
@@ -367,8 +370,9 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         if own is not None and not own.left and now_ms - own.timestamp_ms >= self.refresh_ms:
             out.extend(self._publish(own.evolve(self.identity, now_ms), now_ms))
         held = self._sched.release(now_ms)
-        if held is not None:  # received items held for a batched push
-            out.extend(self._push_now(held[0], (), now_ms, hops=held[1], batched=True))
+        if held:  # received items held for a batched push (late ones only)
+            hops = min(held.values())
+            out.extend(self._push_now(frozenset(held), (), now_ms, hops=hops, batched=True))
         is_client = self.settings.role == Role.CLIENT
         peers = self._reachable_peers()
         rnd = self._sched.tick(
