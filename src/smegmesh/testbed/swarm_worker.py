@@ -174,16 +174,24 @@ class Worker:
         assert target.port is not None
         pending = target.port.request(self._drv(target), m.identity.wg_public_key, msg, now_ms())
         self._schedule(target)
-        self._spawn(self._deliver(m, call, pending))
+        if pending.done():  # answered at once (nearly always): no task, next loop turn
+            asyncio.get_running_loop().call_soon(self._reply, m, call, pending.result())
+        else:  # a relayed ping: the answer comes later, or never
+            self._spawn(self._deliver(m, call, pending))
+
+    def _reply(self, m: Member, call: Call, reply: Any) -> None:
+        """A local call's reply, as it would come off the wire."""
+        self._drv(m).reply(call, decode(encode(reply)), now_ms())
+        self._schedule(m)
 
     async def _deliver(self, m: Member, call: Call, pending: Any) -> None:
         """The reply of a local call, when the target's engine gives it (a relay: later)."""
         reply = await reply_of(pending)
         if reply is None:
             self._drv(m).failure(call, now_ms())
+            self._schedule(m)
         else:
-            self._drv(m).reply(call, decode(encode(reply)), now_ms())
-        self._schedule(m)
+            self._reply(m, call, reply)
 
     def _spawn(self, coro: Any) -> None:
         t = asyncio.create_task(coro)
