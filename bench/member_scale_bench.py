@@ -116,10 +116,15 @@ def measure(
         time.sleep(settle)
         m0, p0, st0 = smegd.metrics(), smegd.sample(), read_stats(sdir)
         samples = [p0]
+        # the swarm in the window: its worst timer lag, the fewest live in its view
+        lag_window, live_window = 0.0, size + 1
         end = time.monotonic() + window
         while time.monotonic() < end:
             time.sleep(1.0)
             samples.append(smegd.sample())
+            for s in read_stats(sdir):
+                lag_window = max(lag_window, s.get("lag_recent_ms", 0.0))
+                live_window = min(live_window, s["live_seen_by_first"])
         m1, p1 = smegd.metrics(), smegd.sample()
         samples.append(p1)
         dt = p1.t - p0.t
@@ -160,6 +165,9 @@ def measure(
             ),
             "rss_mb": round(sum(s["rss_mb"] for s in st)),
             "lag_max_ms": round(max(s["lag_max_ms"] for s in st)),
+            "lag_max_window_ms": round(lag_window),
+            "live_min_window": live_window,
+            "tasks": sum(s["tasks"] for s in st),
             "failures": sum(s["failures"] for s in st),
         }
     finally:
@@ -277,20 +285,24 @@ def table(rows: list[dict[str, Any]], floor: float | None) -> str:
     lines = [
         "| members | datagrams | RSS MB (x floor) | fds | threads | idle CPU % "
         "| wire KB/s (payload; of it UDP) | calls/s (by datagram) | wire B/call | channels "
-        "| sockets | live/suspect/pruned | load |",
-        "|---:|---|---|---:|---:|---:|---|---|---:|---:|---:|---|---:|",
+        "| sockets | live/suspect/pruned | load | swarm: CPU % in window, worst lag in window ms, "
+        "fewest live in its view |",
+        "|---:|---|---|---:|---:|---:|---|---|---:|---:|---:|---|---:|---|",
     ]
     for r in rows:
         ratio = f" ({r['rss_mb'] / floor:.2f}x)" if floor else ""
         dt = r.get("window_s") or 1
         dg_calls = round(r.get("by_transport", {}).get("datagram", 0) / dt, 2)
+        sw = r.get("swarm", {})
         lines.append(
             f"| {r['members']:,} | {'on' if r.get('datagrams', False) else 'off'} "
             f"| {r['rss_mb']}{ratio} | {r['fds']} | {r['threads']} "
             f"| {r['cpu_pct']} | {r['wire_kbs']} ({r['payload_kbs']}; {r.get('datagram_kbs', 0)}) "
             f"| {r['calls_per_s']} ({dg_calls}) "
             f"| {r['wire_per_call']} | {r['channels']} | {r['sockets']} "
-            f"| {r['live']}/{r['suspect']}/{r['pruned']} | {r['load']:.1f} |"
+            f"| {r['live']}/{r['suspect']}/{r['pruned']} | {r['load']:.1f} "
+            f"| {sw.get('cpu_pct_window')}, {sw.get('lag_max_window_ms')}, "
+            f"{sw.get('live_min_window')} |"
         )
     return "\n".join(lines)
 

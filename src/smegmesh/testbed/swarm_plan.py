@@ -100,6 +100,8 @@ class Stats:
     ticks: int = 0
     batches: int = 0
     lag_max_ms: float = 0.0
+    #: worst timer lag since the last stats file (about the last second)
+    lag_recent_ms: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 

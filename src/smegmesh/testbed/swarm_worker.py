@@ -122,7 +122,9 @@ class Worker:
             now = time.monotonic()
             if self._heap and self._heap[0][0] <= now + COALESCE_S:
                 self.stats.batches += 1
-                self.stats.lag_max_ms = max(self.stats.lag_max_ms, (now - self._heap[0][0]) * 1e3)
+                lag = (now - self._heap[0][0]) * 1e3
+                self.stats.lag_max_ms = max(self.stats.lag_max_ms, lag)
+                self.stats.lag_recent_ms = max(self.stats.lag_recent_ms, lag)
                 # Ticked as of the end of the coalescing window: a member due
                 # within it is not ticked before its deadline (a tick for nothing).
                 t_ms = now_ms() + int(COALESCE_S * 1000) + 1
@@ -314,6 +316,7 @@ class Worker:
         if self.datagrams is not None:
             doc["datagram_calls"] = dict(self.datagrams.stats.fallbacks)
         _atomic(self.plan.directory / f"stats-{self.proc}.json", json.dumps(doc))
+        self.stats.lag_recent_ms = 0.0
 
     async def _barrier(self, name: str) -> None:
         """Mark this process as ``name`` and wait until every process is."""
