@@ -102,6 +102,11 @@ class Stats:
     lag_max_ms: float = 0.0
     #: worst timer lag since the last stats file (about the last second)
     lag_recent_ms: float = 0.0
+    #: the cyclic garbage collector: collections of the oldest generation,
+    #: time in all collections, the longest one (ms)
+    gc_full: int = 0
+    gc_ms: float = 0.0
+    gc_max_ms: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
