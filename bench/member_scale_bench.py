@@ -168,6 +168,13 @@ def measure(
             "lag_max_window_ms": round(lag_window),
             "live_min_window": live_window,
             "tasks": sum(s["tasks"] for s in st),
+            # the garbage collector's time in the window (its pauses stop a swarm process)
+            "gc_s_window": round(
+                (sum(s.get("gc_ms", 0.0) for s in st) - sum(s.get("gc_ms", 0.0) for s in st0))
+                / 1000,
+                1,
+            ),
+            "failures_window": sum(s["failures"] for s in st) - sum(s["failures"] for s in st0),
             "failures": sum(s["failures"] for s in st),
         }
     finally:

@@ -261,3 +261,45 @@ def test_reconnect_reuses_the_pinned_certificate_and_the_pin_still_holds() -> No
             await b.stop(0)
 
     asyncio.run(main())
+
+
+class _AnsweringDatagrams:
+    """Stands in for a ``DatagramClient`` whose every call is answered by datagram."""
+
+    def target(self, _endpoint: str, _body: bytes) -> tuple[str, int, int]:
+        return ("::1", 9, 10)
+
+    async def call(self, *_args: object) -> bytes:
+        return b"by datagram"
+
+    def close(self) -> None:
+        pass
+
+
+def test_idle_channels_close_when_every_call_goes_by_datagram() -> None:
+    """Found at 3,000 members: channels opened for a join's state transfer stayed
+    open for good, because only a call over the stream swept idle channels, and
+    once settled a node's calls all go by datagram (63 channels, 81 fds)."""
+
+    async def main() -> None:
+        now = [1000.0]
+        ident = NodeIdentity.generate(os.urandom)
+        client = RpcClient(ident, timeout=10, channel_idle_s=60, clock=lambda: now[0])
+        tls = TlsIdentity.generate()
+        server = RpcServer(tls, _handler)
+        port = await server.start("::1", 0)
+        try:
+            assert await client.call(f"[::1]:{port}", tls.fingerprint, b"ab") == b"ba"
+            assert client.open_channels == 1
+            client.datagrams = _AnsweringDatagrams()  # type: ignore[assignment]
+            now[0] += 61
+            to = NodeIdentity.generate(os.urandom).wg_public_key
+            reply = await client.call(f"[::1]:{port}", tls.fingerprint, b"ping", to=to)
+            assert reply == b"by datagram"
+            assert client.open_channels == 0
+            assert await wait_for(lambda: client_connections({port}) == 0)
+        finally:
+            await client.close()
+            await server.stop(0)
+
+    asyncio.run(main())

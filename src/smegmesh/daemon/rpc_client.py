@@ -358,6 +358,9 @@ class RpcClient:
         Small idempotent calls go by datagram when ``datagrams`` is set and
         ``to`` is known, falling back to the stream (``daemon/rpc_dgram.py``).
         """
+        # Every call sweeps (O(1) unless a channel is due): once a node's calls
+        # all go by datagram, channels opened for a bulk transfer still close.
+        self.sweep()
         dg = self.datagrams
         target = dg.target(endpoint, body) if dg is not None and to is not None else None
         if dg is None or target is None or to is None:
