@@ -174,6 +174,8 @@ def measure(
                 / 1000,
                 1,
             ),
+            "gc_full_window": sum(s.get("gc_full", 0) for s in st)
+            - sum(s.get("gc_full", 0) for s in st0),
             "failures_window": sum(s["failures"] for s in st) - sum(s["failures"] for s in st0),
             "failures": sum(s["failures"] for s in st),
         }

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import gc
 import heapq
+import itertools
 import json
 import os
 import random
@@ -57,11 +58,13 @@ from smegmesh.testbed.swarm_plan import (
 )
 
 #: The swarm's collector thresholds (generation 0 allocations, then collections
-#: of the younger generation before an older one; CPython's default 700, 10, 10).
-GC_THRESHOLDS = (20_000, 20, 100)
-#: Seconds after the start (then after each other) when everything alive is
-#: moved out of the collector's scans.
-GC_REFREEZE_S = (15.0, 30.0, 60.0, 120.0)
+#: of the younger generation before an older one; CPython's default 700, 10, 10):
+#: the oldest generation is never collected on its own (see ``Worker.run``).
+GC_THRESHOLDS = (20_000, 20, 1_000_000_000)
+#: Seconds after the start, then between the later times, when everything alive
+#: is moved out of the collector's scans (then every GC_REFREEZE_EVERY_S).
+GC_REFREEZE_S = (15.0, 30.0)
+GC_REFREEZE_EVERY_S = 30.0
 
 
 class Worker:
@@ -292,7 +295,8 @@ class Worker:
         return encode(reply)
 
     async def _refreeze(self) -> None:
-        for delay in GC_REFREEZE_S:
+        delays = itertools.chain(GC_REFREEZE_S, itertools.repeat(GC_REFREEZE_EVERY_S))
+        for delay in delays:
             await asyncio.sleep(delay)
             # No collection first: one of the oldest generation stops the loop
             # for ~0.8 s at 3,000 members. The cycles frozen with the rest are
@@ -417,9 +421,11 @@ class Worker:
         # copies its views and state as it changes): at the default thresholds
         # the oldest generation of a 3,000-member process (1.4 GB) was scanned
         # every ~1.7 s for ~0.7 s each time, 60 % of the process's CPU, and the
-        # pauses made timers late and probes time out. Collections are kept
-        # for the young generations; the old one is frozen again once the
-        # members' copies are made (GC_REFREEZE_S) and rarely scanned after.
+        # pauses made timers late and probes time out (at 20,000 / 20 / 100
+        # still 7 s in a minute after a join). Collections are kept for the
+        # young generations; the old one is never scanned, and what reaches it
+        # is frozen every 30 s (the cycles among it leak: a few tasks' worth
+        # against the members' state; a swarm runs for minutes).
         gc.set_threshold(*GC_THRESHOLDS)
         if self.proc == 0:
             self.write_token()
