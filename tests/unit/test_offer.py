@@ -232,9 +232,10 @@ def test_a_push_carries_what_changed_and_a_pull_the_whole_entry() -> None:
     assert pushes and all(m.items == (p,) for m in pushes)
 
 
-def test_a_storm_of_received_changes_goes_out_in_batches() -> None:
-    """A second change received within ``batch_ms`` of a push waits for the batch,
-    which the clock sends (with every change held); a lone one goes at once."""
+def _b_pushed_a_change(second_hops: int) -> tuple[MeshNode, NodeRecord, int, list[Out]]:
+    """In a settled mesh of 6, node b receives a change of a and pushes it on; 10 ms
+    later a change of c arrives on its hop ``second_hops``. Returns b, c's new
+    record, the time of the first push and b's outputs for the second."""
     net, nodes = mesh_of(6)
     net.run_until(net.now + 5000)
     a, b, c = nodes[0], nodes[1], nodes[2]
@@ -245,7 +246,14 @@ def test_a_storm_of_received_changes_goes_out_in_batches() -> None:
     nc = rc.evolve(c.identity, t, description="c")
     _r, first = b.handle_request(a.key, Push(MESH, (na,), MAX_HOPS), t)
     assert [o for o in _calls(first) if isinstance(o.msg, Push | Offer)]
-    _r, second = b.handle_request(c.key, Push(MESH, (nc,), MAX_HOPS), t + 10)
+    _r, second = b.handle_request(c.key, Push(MESH, (nc,), second_hops), t + 10)
+    return b, nc, t, second
+
+
+def test_a_storm_of_received_changes_goes_out_in_batches() -> None:
+    """A second change received within ``batch_ms`` of a push waits for the batch,
+    which the clock sends (with every change held); a lone one goes at once."""
+    b, nc, t, second = _b_pushed_a_change(MAX_HOPS)
     assert not [o for o in _calls(second) if isinstance(o.msg, Push | Offer)]
     due = b.next_deadline()
     assert due is not None and due <= t + b.gossip.batch_ms
@@ -257,16 +265,6 @@ def test_a_storm_of_received_changes_goes_out_in_batches() -> None:
 def test_a_change_on_its_first_hops_is_never_held_for_a_batch() -> None:
     """Only late items wait for a batch: a change still on its first log(N) hops
     (and so a partition's heal, where every item is new) goes out at once."""
-    net, nodes = mesh_of(6)
-    net.run_until(net.now + 5000)
-    a, b, c = nodes[0], nodes[1], nodes[2]
-    t = net.now + 1
-    ra, rc = a.mesh.record(a.key), c.mesh.record(c.key)
-    assert ra is not None and rc is not None
-    na = ra.evolve(a.identity, t, description="a")
-    nc = rc.evolve(c.identity, t, description="c")
-    _r, first = b.handle_request(a.key, Push(MESH, (na,), MAX_HOPS), t)
-    assert [o for o in _calls(first) if isinstance(o.msg, Push | Offer)]
-    _r, second = b.handle_request(c.key, Push(MESH, (nc,), 0), t + 10)
+    _b, nc, _t, second = _b_pushed_a_change(0)
     sent = [o for o in _calls(second) if isinstance(o.msg, Push)]
     assert sent and all(nc in o.msg.items for o in sent)
