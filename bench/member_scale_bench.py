@@ -158,25 +158,23 @@ def measure(
             load=os.getloadavg()[0],
         )
         st = read_stats(sdir)
+
+        def grew(k: str) -> float:
+            """How much the swarm's counter ``k`` (all processes) grew in the window."""
+            return sum(s.get(k, 0) for s in st) - sum(s.get(k, 0) for s in st0)
+
         row["swarm"] = {
             "cpu_s": round(sum(s["cpu_s"] for s in st), 1),
-            "cpu_pct_window": round(
-                100 * (sum(s["cpu_s"] for s in st) - sum(s["cpu_s"] for s in st0)) / dt, 1
-            ),
+            "cpu_pct_window": round(100 * grew("cpu_s") / dt, 1),
             "rss_mb": round(sum(s["rss_mb"] for s in st)),
             "lag_max_ms": round(max(s["lag_max_ms"] for s in st)),
             "lag_max_window_ms": round(lag_window),
             "live_min_window": live_window,
             "tasks": sum(s["tasks"] for s in st),
             # the garbage collector's time in the window (its pauses stop a swarm process)
-            "gc_s_window": round(
-                (sum(s.get("gc_ms", 0.0) for s in st) - sum(s.get("gc_ms", 0.0) for s in st0))
-                / 1000,
-                1,
-            ),
-            "gc_full_window": sum(s.get("gc_full", 0) for s in st)
-            - sum(s.get("gc_full", 0) for s in st0),
-            "failures_window": sum(s["failures"] for s in st) - sum(s["failures"] for s in st0),
+            "gc_s_window": round(grew("gc_ms") / 1000, 1),
+            "gc_full_window": grew("gc_full"),
+            "failures_window": grew("failures"),
             "failures": sum(s["failures"] for s in st),
         }
     finally:

@@ -110,9 +110,9 @@ def test_received_items_within_batch_ms_of_a_push_are_held_and_released_together
     assert s.hold({ks[2]}, 4, 1_090)  # fewest hops kept per key
     due = s.next_deadline()
     assert due is not None and due <= 1_100
-    assert s.release(1_099) == {}
-    assert s.release(1_100) == {ks[2]: 4, ks[3]: 2}
-    assert s.release(1_300) == {}  # nothing held
+    assert s.release(1_099) is None
+    assert s.release(1_100) == (frozenset({ks[2], ks[3]}), 2)
+    assert s.release(1_300) is None  # nothing held
     assert s.hold({ks[4]}, 1, 1_150)  # the batch counts as the last push
     assert not s.hold({ks[5]}, 1, 1_400)
     off = sched(ks[0], batch_ms=0)

@@ -246,14 +246,15 @@ class GossipScheduler:
             self._held_due = last + batch
         return True
 
-    def release(self, now_ms: int) -> dict[bytes, int]:
-        """The held keys with their fewest hops, once their batch is due (else empty)."""
+    def release(self, now_ms: int) -> tuple[frozenset[bytes], int] | None:
+        """The held keys and their fewest hops, once their batch is due (else None)."""
         if self._held_due is None or now_ms < self._held_due:
-            return {}
-        held, self._held = self._held, {}
+            return None
+        keys, hops = frozenset(self._held), min(self._held.values(), default=0)
+        self._held.clear()
         self._held_due = None
         self._last_trigger_ms = now_ms
-        return held
+        return (keys, hops) if keys else None
 
     def triggered(
         self,

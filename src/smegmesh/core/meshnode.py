@@ -370,9 +370,8 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         if own is not None and not own.left and now_ms - own.timestamp_ms >= self.refresh_ms:
             out.extend(self._publish(own.evolve(self.identity, now_ms), now_ms))
         held = self._sched.release(now_ms)
-        if held:  # received items held for a batched push (late ones only)
-            hops = min(held.values())
-            out.extend(self._push_now(frozenset(held), (), now_ms, hops=hops, batched=True))
+        if held is not None:  # received items held for a batched push (late ones only)
+            out.extend(self._push_now(held[0], (), now_ms, hops=held[1], batched=True))
         is_client = self.settings.role == Role.CLIENT
         peers = self._reachable_peers()
         rnd = self._sched.tick(

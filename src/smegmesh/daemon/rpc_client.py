@@ -333,11 +333,14 @@ class RpcClient:
     def sweep(self) -> None:
         """Close the channels that have had no call for ``channel_idle_s``."""
         cutoff = self._clock() - self._idle_s
-        for key, p in list(self._channels.items()):
+        due = []
+        for key, p in self._channels.items():
             if p.used > cutoff:
                 break  # ordered by last use: the rest are newer
             if not p.calls:
-                self._evict(key)
+                due.append(key)
+        for key in due:
+            self._evict(key)
 
     async def call(
         self,
@@ -358,8 +361,9 @@ class RpcClient:
         Small idempotent calls go by datagram when ``datagrams`` is set and
         ``to`` is known, falling back to the stream (``daemon/rpc_dgram.py``).
         """
-        # Every call sweeps (O(1) unless a channel is due): once a node's calls
-        # all go by datagram, channels opened for a bulk transfer still close.
+        # Every call sweeps, by datagram or stream (O(1) unless a channel is
+        # due): once a node's calls all go by datagram, channels opened for a
+        # bulk transfer still close.
         self.sweep()
         dg = self.datagrams
         target = dg.target(endpoint, body) if dg is not None and to is not None else None
@@ -397,7 +401,6 @@ class RpcClient:
         wait = self.backoff.wait((endpoint, fp))
         if wait > 0:
             raise RpcError(f"{endpoint}: backing off ({wait:.0f} s) after failed connections")
-        self.sweep()
         pooled = await self._channel(endpoint, fp, timeout or self._timeout)
         ts = int(time.time() * 1000)
         digest = hashlib.sha256(body).digest()

@@ -12,7 +12,6 @@ import contextlib
 import functools
 import gc
 import heapq
-import itertools
 import json
 import os
 import random
@@ -61,9 +60,9 @@ from smegmesh.testbed.swarm_plan import (
 #: of the younger generation before an older one; CPython's default 700, 10, 10):
 #: the oldest generation is never collected on its own (see ``Worker.run``).
 GC_THRESHOLDS = (20_000, 20, 1_000_000_000)
-#: Seconds after the start, then between the later times, when everything alive
-#: is moved out of the collector's scans (then every GC_REFREEZE_EVERY_S).
-GC_REFREEZE_S = (15.0, 30.0)
+#: Everything alive is moved out of the collector's scans this long after the
+#: start, then every GC_REFREEZE_EVERY_S.
+GC_REFREEZE_FIRST_S = 15.0
 GC_REFREEZE_EVERY_S = 30.0
 
 
@@ -295,9 +294,10 @@ class Worker:
         return encode(reply)
 
     async def _refreeze(self) -> None:
-        delays = itertools.chain(GC_REFREEZE_S, itertools.repeat(GC_REFREEZE_EVERY_S))
-        for delay in delays:
+        delay = GC_REFREEZE_FIRST_S
+        while True:
             await asyncio.sleep(delay)
+            delay = GC_REFREEZE_EVERY_S
             # No collection first: one of the oldest generation stops the loop
             # for ~0.8 s at 3,000 members. The cycles frozen with the rest are
             # a few tasks' worth, against the 1.4 GB of members' state.
