@@ -200,8 +200,9 @@ async def _design_b(calls: int, body: bytes) -> dict[str, Any]:
 async def _design_c(calls: int, _body: bytes) -> dict[str, Any]:
     from smegmesh.core.messages import Ack, Ping
     from smegmesh.core.wire import encode
+    from smegmesh.daemon import dgram_wire as dw
     from smegmesh.daemon import rpc_dgram
-    from smegmesh.daemon.rpc_dgram import DatagramStats
+    from smegmesh.daemon.rpc_dgram import DatagramStats, KeyIds
     from smegmesh.daemon.rpc_dgram_client import DatagramClient
     from smegmesh.daemon.transport import RpcClient, RpcServer
 
@@ -216,10 +217,11 @@ async def _design_c(calls: int, _body: bytes) -> dict[str, Any]:
         return reply
 
     stats = DatagramStats()  # both ends' datagrams: count what each sends
-    keys = {them.wg_public_key: them.wg_private_key}
-    server = RpcServer(
-        TlsIdentity.generate(), answer, private_key_for=keys.get, datagram_stats=stats
+    ids = KeyIds(
+        [(them.wg_public_key, them.wg_private_key)],
+        {dw.key_id(me.wg_public_key): me.wg_public_key}.get,
     )
+    server = RpcServer(TlsIdentity.generate(), answer, datagram_keys=ids, datagram_stats=stats)
     port = await server.start("127.0.0.1", 0)
     client = RpcClient(me, datagrams=DatagramClient(stats))
     ep = f"127.0.0.1:{port}"

@@ -86,7 +86,9 @@ def _garbage(member_key: bytes, our_key: bytes, i: int) -> bytes:
     """Random junk, or a well-formed header from a member with a forged ciphertext."""
     if i % 2:
         return os.urandom(40 + i * 7 % 1300)
-    head = dw.HEADER.pack(dw.MAGIC, dw.REQUEST, member_key, our_key, os.urandom(12))
+    head = dw.HEADER.pack(
+        dw.MAGIC, dw.REQUEST, dw.key_id(member_key), dw.key_id(our_key), os.urandom(12)
+    )
     return head + os.urandom(60)
 
 

@@ -11,6 +11,7 @@ import time
 import msgpack
 import pytest
 
+from dgram_helpers import key_ids
 from smegmesh.core.codec import Codec
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.wire import DATAGRAM_REPLIES, DATAGRAM_REQUESTS, PROTOCOL, WIRE_VERSION
@@ -51,8 +52,8 @@ def _exchange(request: bytes, reply: bytes) -> tuple[bool, int, bytes]:
         return reply
 
     async def main() -> tuple[bool, int, bytes]:
-        rpc = RpcServer(TlsIdentity.generate(), handler, is_member={A.wg_public_key}.__contains__)
-        srv = DatagramServer(rpc, {B.wg_public_key: B.wg_private_key}.get)
+        rpc = RpcServer(TlsIdentity.generate(), handler)
+        srv = DatagramServer(rpc, key_ids(B, A))
         out = _Sent()
         srv.connection_made(out)  # type: ignore[arg-type]
         data = dw.seal(
@@ -71,7 +72,10 @@ def _exchange(request: bytes, reply: bytes) -> tuple[bool, int, bytes]:
         while srv._tasks:
             await asyncio.gather(*srv._tasks)
         (sent,) = out.sent
-        o = dw.open_sealed(dw.KeyCache(), sent, dw.parse_header(sent), A.wg_private_key)
+        h = dw.parse_header(sent)
+        o = dw.open_sealed(
+            dw.KeyCache(), sent, h, A.wg_private_key, B.wg_public_key, A.wg_public_key
+        )
         return bool(ran), o.status, o.body
 
     return asyncio.run(asyncio.wait_for(main(), 60))

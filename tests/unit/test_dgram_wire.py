@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dgram_helpers import key_ids
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.messages import Ack, Ping, WhoAmI
 from smegmesh.core.wire import encode
@@ -47,16 +48,26 @@ def _req(
     )
 
 
+_BY_ID = {dw.key_id(i.wg_public_key): i.wg_public_key for i in (A, B, C)}
+
+
 def _open(keys: dw.KeyCache, data: bytes, me: NodeIdentity = B) -> dw.Opened:
-    return dw.open_sealed(keys, data, dw.parse_header(data), me.wg_private_key)
+    h = dw.parse_header(data)
+    if h.sender_id not in _BY_ID:
+        raise dw.DatagramError("unknown sender id")
+    return dw.open_sealed(keys, data, h, me.wg_private_key, _BY_ID[h.sender_id], me.wg_public_key)
 
 
 def test_round_trip_both_ways_and_overhead() -> None:
     ka, kb = dw.KeyCache(), dw.KeyCache()
     data = _req(ka)
-    assert len(data) == len(BODY) + dw.OVERHEAD == len(BODY) + 113
+    assert len(data) == len(BODY) + dw.OVERHEAD == len(BODY) + 51
+    # the keys go by their first 8 bytes; the time rides in the nonce
+    h = dw.parse_header(data)
+    assert (h.sender_id, h.receiver_id) == (A.wg_public_key[:8], B.wg_public_key[:8])
+    assert abs(h.ts_ms - _now()) < 5000
     o = _open(kb, data)
-    assert (o.request_id, o.status, o.body, o.header.sender) == (42, 0, BODY, A.wg_public_key)
+    assert (o.request_id, o.status, o.body, o.sender) == (42, 0, BODY, A.wg_public_key)
     reply = dw.seal(
         kb,
         dw.REPLY,
@@ -76,7 +87,7 @@ def test_round_trip_both_ways_and_overhead() -> None:
     assert kb.derivations == 1 and ka.derivations == 1
 
 
-@pytest.mark.parametrize("where", [5, 40, 79, 85, -1])
+@pytest.mark.parametrize("where", [0, 1, 5, 15, 20, 29, 33, -1])
 def test_tampered_header_or_ciphertext_is_refused(where: int) -> None:
     data = bytearray(_req(dw.KeyCache()))
     data[where] ^= 1
@@ -87,37 +98,44 @@ def test_tampered_header_or_ciphertext_is_refused(where: int) -> None:
 def test_wrong_receiver_key_cannot_open() -> None:
     data = _req(dw.KeyCache(), to=B)
     with pytest.raises(dw.DatagramError, match="forged"):
-        dw.open_sealed(dw.KeyCache(), data, dw.parse_header(data), C.wg_private_key)
+        dw.open_sealed(
+            dw.KeyCache(),
+            data,
+            dw.parse_header(data),
+            C.wg_private_key,
+            A.wg_public_key,
+            C.wg_public_key,
+        )
 
 
 def test_request_reflected_as_reply_or_to_its_sender_is_refused() -> None:
     data = _req(dw.KeyCache())
     as_reply = bytearray(data)
-    as_reply[3] = dw.REPLY  # the kind is authenticated (associated data)
+    as_reply[1] = dw.REPLY  # the kind is authenticated (associated data)
     with pytest.raises(dw.DatagramError):
         _open(dw.KeyCache(), bytes(as_reply))
     # Reflected to A (its sender), sender/receiver swapped: the direction is in the key.
     h = dw.parse_header(data)
-    swapped = data[:4] + h.receiver + h.sender + data[68:]
+    swapped = data[:2] + h.receiver_id + h.sender_id + data[18:]
     with pytest.raises(dw.DatagramError):
         _open(dw.KeyCache(), swapped, A)
     # As it is, to A: not for A.
     with pytest.raises(dw.DatagramError):
-        dw.open_sealed(dw.KeyCache(), data, h, A.wg_private_key)
+        dw.open_sealed(dw.KeyCache(), data, h, A.wg_private_key, A.wg_public_key, B.wg_public_key)
 
 
 def test_replay_and_clock_window_are_refused() -> None:
     cache = dw.ReplayCache(CLOCK_SKEW_MS)
     o = _open(dw.KeyCache(), _req(dw.KeyCache()))
-    cache.check(o.header.sender, o.header.nonce, o.ts_ms, _now())
+    cache.check(o.sender, o.header.nonce, o.ts_ms, _now())
     with pytest.raises(dw.DatagramError, match="replayed"):
-        cache.check(o.header.sender, o.header.nonce, o.ts_ms, _now())
+        cache.check(o.sender, o.header.nonce, o.ts_ms, _now())
     old = _open(dw.KeyCache(), _req(dw.KeyCache(), ts=_now() - CLOCK_SKEW_MS - 1000))
     with pytest.raises(dw.DatagramError, match="clock window"):
-        cache.check(old.header.sender, old.header.nonce, old.ts_ms, _now())
+        cache.check(old.sender, old.header.nonce, old.ts_ms, _now())
     future = _open(dw.KeyCache(), _req(dw.KeyCache(), ts=_now() + CLOCK_SKEW_MS + 1000))
     with pytest.raises(dw.DatagramError, match="clock window"):
-        cache.check(future.header.sender, future.header.nonce, future.ts_ms, _now())
+        cache.check(future.sender, future.header.nonce, future.ts_ms, _now())
 
 
 def test_replay_cache_stays_bounded_under_a_flood_and_the_floor_refuses_older() -> None:
@@ -147,9 +165,29 @@ def test_oversize_and_malformed_are_refused_before_crypto() -> None:
         with pytest.raises(dw.DatagramError):
             dw.parse_header(bad)
     same = bytearray(_req(dw.KeyCache()))
-    same[36:68] = same[4:36]
+    same[10:18] = same[2:10]
     with pytest.raises(dw.DatagramError, match="sender is the receiver"):
         dw.parse_header(bytes(same))
+
+
+def test_a_version_1_request_gets_a_version_1_notice_and_costs_no_crypto() -> None:
+    """A node not upgraded yet (80-byte header, magic SMD) is told at once to use
+    the stream, in its own format, within the token bucket; it is never answered
+    with anything else."""
+    srv = _server({A.wg_public_key})
+    out = _Sent()
+    srv.connection_made(out)  # type: ignore[arg-type]
+    nonce = os.urandom(12)
+    v1 = b"SMD\x01" + A.wg_public_key + B.wg_public_key + nonce + os.urandom(60)
+    srv.datagram_received(v1, ("192.0.2.11", 4000))
+    assert out.sent == [(b"SMD\x03" + nonce, ("192.0.2.11", 4000))]
+    assert srv.stats.refused["version 1"] == 1 and srv.keys.derivations == 0
+    # a reply-kind or short v1 datagram gets nothing
+    for other in (b"SMD\x02" + v1[4:], v1[:100]):
+        srv.datagram_received(other, ("192.0.2.11", 4000))
+    assert len(out.sent) == 1
+    # and the notice is never larger than what it answers (no amplification)
+    assert len(out.sent[0][0]) < len(v1) and dw.NOTICE_FMT.size < dw.OVERHEAD
 
 
 def test_low_order_public_key_is_refused() -> None:
@@ -161,9 +199,8 @@ def _server(member: set[bytes]) -> DatagramServer:
     async def handler(_src: bytes, _body: bytes) -> bytes:
         raise AssertionError("never reached")
 
-    rpc = RpcServer(TlsIdentity.generate(), handler, is_member=member.__contains__)
-    mine = {B.wg_public_key: B.wg_private_key}
-    return DatagramServer(rpc, mine.get)
+    rpc = RpcServer(TlsIdentity.generate(), handler)
+    return DatagramServer(rpc, key_ids(B, *member))
 
 
 def test_stranger_garbage_and_strays_cost_no_x25519() -> None:
@@ -215,8 +252,8 @@ def test_server_answers_a_fresh_request_once_and_a_replay_never() -> None:
         return encode(Ack("m", 7))
 
     async def main() -> None:
-        rpc = RpcServer(TlsIdentity.generate(), handler, is_member={A.wg_public_key}.__contains__)
-        srv = DatagramServer(rpc, {B.wg_public_key: B.wg_private_key}.get)
+        rpc = RpcServer(TlsIdentity.generate(), handler)
+        srv = DatagramServer(rpc, key_ids(B, A))
         out = _Sent()
         srv.connection_made(out)  # type: ignore[arg-type]
         data = _req(dw.KeyCache())
@@ -247,7 +284,7 @@ def test_server_says_use_the_stream_for_other_types_without_running_them() -> No
 
     async def main() -> None:
         rpc = RpcServer(TlsIdentity.generate(), handler)
-        srv = DatagramServer(rpc, {B.wg_public_key: B.wg_private_key}.get)
+        srv = DatagramServer(rpc, key_ids(B, A))
         out = _Sent()
         srv.connection_made(out)  # type: ignore[arg-type]
         join_like = encode(WhoAmI("m"))  # small, but not idempotent-whitelisted
@@ -263,7 +300,16 @@ def test_server_says_use_the_stream_for_other_types_without_running_them() -> No
 @settings(max_examples=300, deadline=None)
 @given(
     junk=st.binary(max_size=1400),
-    head=st.sampled_from([b"", b"SMD\x01", b"SMD\x02", b"SMD\x01" + A.wg_public_key]),
+    head=st.sampled_from(
+        [
+            b"",
+            b"\xd2\x01",
+            b"\xd2\x02",
+            b"\xd2\x04" + A.wg_public_key[:8],
+            b"\xd2\x01" + A.wg_public_key[:8] + B.wg_public_key[:8],
+            b"SMD\x01" + A.wg_public_key,
+        ]
+    ),
 )
 def test_any_bytes_are_dropped_without_an_exception(junk: bytes, head: bytes) -> None:
     srv = _server({A.wg_public_key})

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from dgram_helpers import key_ids
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.messages import Ack, Ping, Refusal
 from smegmesh.core.sync import SyncEnd, SyncStart
@@ -38,9 +39,10 @@ Handler = Callable[[bytes, bytes], Awaitable[bytes]]
 
 
 async def _pair(handler: Handler, *, datagrams: bool = True) -> tuple[RpcServer, RpcClient, str]:
-    keys = {SRV.wg_public_key: SRV.wg_private_key}
     server = RpcServer(
-        TlsIdentity.generate(), handler, private_key_for=keys.get if datagrams else None
+        TlsIdentity.generate(),
+        handler,
+        datagram_keys=key_ids(SRV, ME, OTHER) if datagrams else None,
     )
     port = await server.start("::1", 0)
     client = RpcClient(ME, timeout=2.0, datagrams=DatagramClient())
@@ -158,8 +160,7 @@ def test_udp_port_taken_means_stream_only_with_one_warning(
         udp = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
         udp.bind(("::1", 0))
         port = udp.getsockname()[1]
-        keys = {SRV.wg_public_key: SRV.wg_private_key}
-        server = RpcServer(TlsIdentity.generate(), handler, private_key_for=keys.get)
+        server = RpcServer(TlsIdentity.generate(), handler, datagram_keys=key_ids(SRV, ME))
         try:
             assert await server.start("::1", port) == port  # gRPC still serves
             assert server.datagrams is None
@@ -211,12 +212,11 @@ def test_a_member_that_does_not_know_us_yet_says_so_and_we_use_the_stream() -> N
         return ACK
 
     async def main() -> None:
-        keys = {SRV.wg_public_key: SRV.wg_private_key}
         server = RpcServer(
             TlsIdentity.generate(),
             handler,
             is_member=lambda k: k != ME.wg_public_key,
-            private_key_for=keys.get,
+            datagram_keys=key_ids(SRV),  # ME is no member (yet)
         )
         port = await server.start("::1", 0)
         client = RpcClient(ME, timeout=2.0, datagrams=DatagramClient())

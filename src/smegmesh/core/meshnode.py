@@ -446,6 +446,10 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         """An admitted node that has not left (a pruned one may still refute)."""
         return self.mesh.is_member(key)
 
+    def member_by_id(self, key_id: bytes) -> bytes | None:
+        """The one member whose key begins with ``key_id`` (see ``StateStore.member_by_id``)."""
+        return self.mesh.member_by_id(key_id)
+
     # -- the engine boundary ---------------------------------------------------------------
     def step(self, inp: Input) -> list[Out]:
         """Take one input; return what to do, in order (see :mod:`smegmesh.core.engine`)."""

@@ -203,6 +203,26 @@ class StateStore:
         e = self._entries.get(key)
         return e is not None and e.record is not None and not e.record.left
 
+    def member_by_id(self, key_id: bytes) -> bytes | None:
+        """The key of the one member whose key begins with ``key_id``, or None.
+
+        None also when ``key_id`` is shorter than 4 bytes or two members' keys
+        begin with it (an id must name one key).
+
+        O(1): the digest tree's bucket of the key's first 24 bits holds the
+        keys that could match (about one in a mesh of thousands).
+        """
+        if len(key_id) < 4:
+            return None
+        found = None
+        bucket = int.from_bytes(key_id[:4], "big") >> (32 - 4 * DEPTH)
+        for k in self._buckets.get(bucket, ()):
+            if k.startswith(key_id) and self.is_member(k):
+                if found is not None:
+                    return None
+                found = k
+        return found
+
     def all_items(self) -> list[Item]:
         """Everything held, in key order (see :meth:`items_for`)."""
         return self.items_for(sorted(self._entries))

@@ -4,16 +4,30 @@ Small idempotent calls (a probe and its ack, an in-sync digest pull, a small
 push) travel as single UDP datagrams instead of gRPC calls over TLS; see
 ``daemon/rpc_dgram.py`` for the sockets and docs/TRANSPORT.md for why.
 
-Layout (all integers big-endian)::
+Layout, version 2 (all integers big-endian)::
 
-    header  = b"SMD" | kind u8 (1 request, 2 reply, 4 request part) | sender wg key (32)
-              | receiver wg key (32) | nonce (12)                        -- 80 bytes
+    header  = magic u8 (0xD2) | kind u8 (1 request, 2 reply, 4 request part)
+              | sender key id (8) | receiver key id (8) | nonce (12)      -- 30 bytes
+    nonce   = send time, ms since the epoch u48 | random (6)
     sealed  = ChaCha20-Poly1305(key, nonce, inner, associated data = header)
-    inner   = request id u64 | timestamp ms u64 | status u8 | body
+    inner   = request id u32 | status u8 | body                           -- 5 bytes
     part    = body of a request part: index u8 | count u8 | chunk
 
+51 bytes of overhead a datagram (version 1 had 113: both WireGuard keys in
+full, a random nonce, a 64-bit request id and time). A *key id* is the first
+8 bytes of a WireGuard public key: the receiver finds the sender's full key
+among its meshes' members (:meth:`StateStore.member_by_id`, an O(1) look-up
+in the digest tree's buckets) and its own among its keys; the AEAD key is
+derived from the full keys, so an id only *names* a key and proves nothing.
+Two members whose keys share 8 bytes (2^64 work to make one on purpose) are
+both unknown by id and use the stream. The time in the nonce is authenticated
+(the header is the associated data) and serves the clock window and replay
+cache; with 48 random bits beside the millisecond a nonce never repeats
+under one key in practice (2^24 datagrams in the same millisecond for an
+even chance).
+
 A request body too large for one datagram (a record with a deep admission
-chain, a prune: 1.1-4.5 KB) goes as up to :data:`MAX_PARTS` request parts, each
+chain, a prune: 1.2-4.7 KB) goes as up to :data:`MAX_PARTS` request parts, each
 sealed on its own (own nonce, replay checked), every chunk but the last exactly
 :data:`PART_CHUNK` bytes; :class:`Reassembly` joins them, bounded per sender
 and in all. Replies are always one datagram.
@@ -25,6 +39,10 @@ nothing else is sent. The kind is in the associated data, so a request cannot
 be turned into a reply; the direction is in the key, so a datagram cannot be
 reflected to its sender. Replays are refused by :class:`ReplayCache`
 (``(sender, nonce)`` within the clock window, bounded, with a floor).
+
+A version 1 request (magic ``SMD``, from a node not yet upgraded) is answered
+with a version 1 "use the stream" notice (:func:`v1_notice_for`), so mixed
+versions talk over the stream until both ends speak version 2.
 """
 
 from __future__ import annotations
@@ -41,32 +59,36 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-MAGIC = b"SMD"
+MAGIC = 0xD2
 REQUEST = 1
 REPLY = 2
 REQUEST_PART = 4
 #: reply status: 0 ok, 1 "use the stream" (repeat the call over gRPC), 2 refused
 OK, USE_STREAM, REFUSED = 0, 1, 2
-INFO = b"smegmesh datagram v1"
+INFO = b"smegmesh datagram v2"
 KEY_LEN = 32
+#: Bytes of a WireGuard public key that name it in a header.
+KEY_ID_LEN = 8
 NONCE_LEN = 12
+#: Bytes of the nonce that hold the send time (ms since the epoch); the rest is random.
+NONCE_TIME_LEN = 6
 TAG_LEN = 16
-HEADER = struct.Struct(">3sB32s32s12s")  # 80 bytes
-INNER = struct.Struct(">QQB")  # 17 bytes
+HEADER = struct.Struct(">BB8s8s12s")  # 30 bytes
+INNER = struct.Struct(">IB")  # 5 bytes
 #: Largest datagram: the IPv6 minimum MTU (1280) minus IPv6 (40) and UDP (8) headers.
 MAX_DATAGRAM = 1232
-#: Bytes of a datagram besides the body (header, inner header, AEAD tag): 113.
+#: Bytes of a datagram besides the body (header, inner header, AEAD tag): 51.
 OVERHEAD = HEADER.size + INNER.size + TAG_LEN
-#: Largest body one datagram carries: 1,119 bytes.
+#: Largest body one datagram carries: 1,181 bytes.
 MAX_BODY = MAX_DATAGRAM - OVERHEAD
 PART = struct.Struct(">BB")  # index, count
-#: Request bytes per part: 1,117.
+#: Request bytes per part: 1,179.
 PART_CHUNK = MAX_BODY - PART.size
-#: Most parts of one request, so the largest request body is 4,468 bytes.
+#: Most parts of one request, so the largest request body is 4,716 bytes.
 MAX_PARTS = 4
 MAX_REQUEST = MAX_PARTS * PART_CHUNK
 #: Requests being reassembled, in all and per sender (memory: at most
-#: MAX_REASSEMBLING x MAX_REQUEST = 1.1 MB), and how long a part waits for the rest.
+#: MAX_REASSEMBLING x MAX_REQUEST = 1.2 MB), and how long a part waits for the rest.
 MAX_REASSEMBLING = 256
 MAX_REASSEMBLING_PER_SENDER = 4
 REASSEMBLY_MS = 3000
@@ -89,31 +111,53 @@ class DatagramError(ValueError):
     """A datagram that is not ours, not for us, forged, replayed or out of bounds."""
 
 
+def key_id(key: bytes) -> bytes:
+    """The id a header names a WireGuard public key by: its first :data:`KEY_ID_LEN` bytes."""
+    return key[:KEY_ID_LEN]
+
+
 @dataclass(frozen=True, slots=True)
 class Header:
     kind: int
-    sender: bytes
-    receiver: bytes
+    sender_id: bytes
+    receiver_id: bytes
     nonce: bytes
+
+    @property
+    def ts_ms(self) -> int:
+        """The send time the nonce carries (ms since the epoch; authenticated once opened)."""
+        return int.from_bytes(self.nonce[:NONCE_TIME_LEN], "big")
 
 
 @dataclass(frozen=True, slots=True)
 class Opened:
     header: Header
+    sender: bytes  # the sender's full WireGuard key (resolved from its id)
+    receiver: bytes  # ours
     request_id: int
-    ts_ms: int
     status: int
     body: bytes
 
+    @property
+    def ts_ms(self) -> int:
+        return self.header.ts_ms
 
-#: A clear, unauthenticated notice (magic, kind 3, the request's nonce: 16 bytes)
+
+#: A clear, unauthenticated notice (magic, kind 3, the request's nonce: 14 bytes)
 #: a server sends instead of a reply when the sender is not one of its members
 #: yet: "I cannot check you: use the stream". Smaller than any request (no
 #: amplification), sent within the per-address token bucket; forging it needs
 #: the request's random nonce, and all it can do is send the call to the
 #: stream, which authenticates the same way.
 NOTICE = 3
-NOTICE_FMT = struct.Struct(">3sB12s")
+NOTICE_FMT = struct.Struct(">BB12s")
+
+#: Version 1 (magic ``SMD``, 80-byte header with both keys in full): a request
+#: from a node not upgraded yet is answered by a version 1 notice, nothing else.
+V1_MAGIC = b"SMD"
+_V1_HEADER_LEN = 80
+_V1_OVERHEAD = 113
+_V1_NOTICE = struct.Struct(">3sB12s")
 
 
 def notice(nonce: bytes) -> bytes:
@@ -129,6 +173,17 @@ def parse_notice(data: bytes) -> bytes | None:
     return nonce if magic == MAGIC and kind == NOTICE else None
 
 
+def v1_notice_for(data: bytes) -> bytes | None:
+    """The version 1 notice answering ``data`` if it is a version 1 request, else None."""
+    if (
+        not _V1_OVERHEAD <= len(data) <= MAX_DATAGRAM
+        or data[:3] != V1_MAGIC
+        or data[3] not in (REQUEST, REQUEST_PART)
+    ):
+        return None
+    return _V1_NOTICE.pack(V1_MAGIC, NOTICE, data[_V1_HEADER_LEN - NONCE_LEN : _V1_HEADER_LEN])
+
+
 def request_nonce(data: bytes) -> bytes:
     """The nonce of a datagram this side sealed (to match a notice to its call)."""
     return data[HEADER.size - NONCE_LEN : HEADER.size]
@@ -136,7 +191,7 @@ def request_nonce(data: bytes) -> bytes:
 
 def parse_header(data: bytes) -> Header:
     """The clear header, bounds checked (no crypto): raises :class:`DatagramError`."""
-    if not HEADER.size + INNER.size + TAG_LEN <= len(data) <= MAX_DATAGRAM:
+    if not OVERHEAD <= len(data) <= MAX_DATAGRAM:
         raise DatagramError("bad length")
     magic, kind, sender, receiver, nonce = HEADER.unpack_from(data)
     if magic != MAGIC or kind not in (REQUEST, REPLY, REQUEST_PART):
@@ -215,28 +270,31 @@ def seal(
     body: bytes,
     random: Callable[[int], bytes],
 ) -> bytes:
-    """One datagram from ``sender`` (us, ``my_private``) to ``receiver``."""
+    """One datagram from ``sender`` (us, ``my_private``) to ``receiver`` (full keys)."""
     if len(body) > MAX_BODY:
         raise DatagramError("body too large for a datagram")
-    nonce = random(NONCE_LEN)
-    header = HEADER.pack(MAGIC, kind, sender, receiver, nonce)
+    nonce = ts_ms.to_bytes(NONCE_TIME_LEN, "big") + random(NONCE_LEN - NONCE_TIME_LEN)
+    header = HEADER.pack(MAGIC, kind, key_id(sender), key_id(receiver), nonce)
     aead = keys.aead(my_private, receiver, sender, receiver)
-    inner = INNER.pack(request_id, ts_ms, status) + body
+    inner = INNER.pack(request_id, status) + body
     return header + aead.encrypt(nonce, inner, header)
 
 
-def open_sealed(keys: KeyCache, data: bytes, header: Header, my_private: bytes) -> Opened:
+def open_sealed(
+    keys: KeyCache, data: bytes, header: Header, my_private: bytes, sender: bytes, receiver: bytes
+) -> Opened:
     """Decrypt a datagram whose header passed :func:`parse_header` and the caller's
-    checks (receiver is ours, sender allowed); raises :class:`DatagramError`."""
-    aead = keys.aead(my_private, header.sender, header.sender, header.receiver)
+    checks (``receiver``: our key of the header's receiver id; ``sender``: the
+    member key of its sender id); raises :class:`DatagramError`."""
+    aead = keys.aead(my_private, sender, sender, receiver)
     try:
         inner = aead.decrypt(header.nonce, data[HEADER.size :], data[: HEADER.size])
     except InvalidTag:
         raise DatagramError("forged or corrupt") from None
     if len(inner) < INNER.size:
         raise DatagramError("bad length")
-    rid, ts, status = INNER.unpack_from(inner)
-    return Opened(header, rid, ts, status, inner[INNER.size :])
+    rid, status = INNER.unpack_from(inner)
+    return Opened(header, sender, receiver, rid, status, inner[INNER.size :])
 
 
 class ReplayCache:

@@ -107,6 +107,14 @@ class EngineIO(DaemonBase):
         """The transport's member test: a caller known in any of our meshes."""
         return any(rt.node.is_member(key) for rt in self.meshes.values())
 
+    def _member_anywhere_by_id(self, key_id: bytes) -> bytes | None:
+        """The datagram server's member look-up: the key a key id names in any of our meshes."""
+        for rt in self.meshes.values():
+            key = rt.node.member_by_id(key_id)
+            if key is not None:
+                return key
+        return None
+
     def _clear_backoff(self, rt: MeshRuntime, src: bytes) -> None:
         """An authenticated call from ``src`` from the address of its control
         endpoint: that endpoint answers again, stop backing off from it."""

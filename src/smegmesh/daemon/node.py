@@ -42,7 +42,7 @@ from smegmesh.daemon.malloc import release_free_memory
 from smegmesh.daemon.membership import MembershipOps
 from smegmesh.daemon.metrics import MeteredRpcClient, Metrics, serve_metrics
 from smegmesh.daemon.ratelog import RateLog
-from smegmesh.daemon.rpc_dgram import DatagramStats
+from smegmesh.daemon.rpc_dgram import DatagramStats, KeyIds
 from smegmesh.daemon.rpc_dgram_client import DatagramClient
 from smegmesh.daemon.runtime import MeshRuntime, RuntimeOps, now_ms
 from smegmesh.daemon.statelock import StateLock
@@ -134,7 +134,7 @@ class Daemon(
             self.tls,
             self.metrics.handler(self._on_rpc),
             is_member=self._is_member_anywhere,
-            private_key_for=self._datagram_key if dgram is not None else None,
+            datagram_keys=self._datagram_keys() if dgram is not None else None,
             datagram_stats=dgram,
         )
         port = await self.rpc_server.start(cfg.bind_address, cfg.grpc_port)
@@ -170,9 +170,10 @@ class Daemon(
         log.info("local API on %s", cfg.control_socket)
         release_free_memory()
 
-    def _datagram_key(self, key: bytes) -> bytes | None:
-        """Our WireGuard private key if ``key`` is ours (the datagram server's receiver check)."""
-        return self.identity.wg_private_key if key == self.identity.wg_public_key else None
+    def _datagram_keys(self) -> KeyIds:
+        """Who datagram headers' key ids name: our one key, the members of our meshes."""
+        me = self.identity
+        return KeyIds([(me.wg_public_key, me.wg_private_key)], self._member_anywhere_by_id)
 
     async def stop(self) -> None:
         for rt in list(self.meshes.values()):

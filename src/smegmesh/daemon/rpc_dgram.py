@@ -2,8 +2,8 @@
 
 Small idempotent calls (``core/wire.DATAGRAM_REQUESTS``, flagged in the
 protocol's codec table: a probe, an indirect probe, an in-sync digest pull, a
-push of at most 4,468 bytes) go as one sealed datagram each way (a request of
-more than 1,119 bytes as up to four parts, joined by ``dw.Reassembly``)
+push of at most 4,716 bytes) go as one sealed datagram each way (a request of
+more than 1,181 bytes as up to four parts, joined by ``dw.Reassembly``)
 (:mod:`smegmesh.daemon.dgram_wire`) to the same host and port number as the
 gRPC server; everything else, and any call the datagrams do not answer in
 time, goes over the stream. docs/TRANSPORT.md has the measurements,
@@ -11,8 +11,9 @@ docs/SECURITY.md the threat model.
 
 * :class:`DatagramServer` (started by ``RpcServer.start`` when it is given
   ``private_key_for``) checks, in this order and all before any X25519 or
-  decryption: the length, magic and kind; the receiver is one of ours; the
-  sender is not the receiver and is a member (strangers never use datagrams);
+  decryption: the length, magic and kind; the receiver id names one of our
+  keys; the sender is not the receiver and its id names a member (strangers
+  never use datagrams: they get a "use the stream" notice);
   a token bucket per source address; the server's in-flight limits. Then the
   key, the AEAD, the clock window, the replay cache, the request type. The
   handler runs as a task; one reply goes back to the source address, sealed
@@ -37,9 +38,9 @@ import os
 import socket
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from smegmesh.core.wire import DATAGRAM_REPLIES, DATAGRAM_REQUESTS, message_name
 from smegmesh.daemon import dgram_wire as dw
@@ -133,17 +134,45 @@ class _Bucket:
         self.at = now
 
 
+#: One of our keys: ``(WireGuard public key, private key)``.
+Keys = tuple[bytes, bytes]
+
+
+class DatagramKeys(Protocol):
+    """Who a header's key ids name (:func:`smegmesh.daemon.dgram_wire.key_id`)."""
+
+    def ours(self, key_id: bytes) -> Keys | None:
+        """Our keys whose public key has this id, or None."""
+
+    def member(self, key_id: bytes) -> bytes | None:
+        """The full key of the one member (of any of our meshes) with this id, or None."""
+
+
+class KeyIds:
+    """:class:`DatagramKeys` over a fixed set of our keys and a member look-up by id."""
+
+    def __init__(self, own: Iterable[Keys], member_by_id: Callable[[bytes], bytes | None]) -> None:
+        self._own = {dw.key_id(pub): (pub, priv) for pub, priv in own}
+        self._member_by_id = member_by_id
+
+    def ours(self, key_id: bytes) -> Keys | None:
+        return self._own.get(key_id)
+
+    def member(self, key_id: bytes) -> bytes | None:
+        return self._member_by_id(key_id)
+
+
 class DatagramServer(asyncio.DatagramProtocol):
     """The server side: one UDP socket beside an :class:`RpcServer` (see the module doc)."""
 
     def __init__(
         self,
         server: RpcServer,
-        private_key_for: Callable[[bytes], bytes | None],
+        keys: DatagramKeys,
         stats: DatagramStats | None = None,
     ) -> None:
         self._server = server
-        self._private_key_for = private_key_for
+        self._ids = keys
         self.stats = stats or DatagramStats()
         self.keys = dw.KeyCache()
         self.replays = dw.ReplayCache(CLOCK_SKEW_MS)
@@ -186,32 +215,40 @@ class DatagramServer(asyncio.DatagramProtocol):
         b.tokens -= 1.0
         return True
 
-    def _admit(self, data: bytes, ip: str, addr: Any) -> tuple[dw.Header, bytes] | None:
-        """The checks before any crypto; ``(header, our private key)`` or None (refused)."""
+    def _notify(self, note: bytes, ip: str, addr: Any) -> None:
+        """Send a "use the stream" notice (within the address's token bucket)."""
+        if self._allow(ip) and self._transport is not None:
+            self._transport.sendto(note, addr)
+            self.stats.count("out", "notice", len(note), ip)
+
+    def _admit(self, data: bytes, ip: str, addr: Any) -> tuple[dw.Header, bytes, Keys] | None:
+        """The checks before any crypto; ``(header, sender's key, our keys)`` or None (refused)."""
         try:
             h = dw.parse_header(data)
         except dw.DatagramError as e:
-            self._refuse(ip, str(e), len(data))
+            old = dw.v1_notice_for(data)
+            if old is not None:  # a node not upgraded yet: use the stream with us
+                self._notify(old, ip, addr)
+            self._refuse(ip, "version 1" if old is not None else str(e), len(data))
             return None
         if h.kind not in (dw.REQUEST, dw.REQUEST_PART):
             self._refuse(ip, "not a request", len(data))
             return None
-        priv = self._private_key_for(h.receiver)
-        if priv is None:
+        ours = self._ids.ours(h.receiver_id)
+        sender = self._ids.member(h.sender_id) if ours is not None else None
+        if ours is None:
             reason = "not for us"
-        elif not self._server._is_member(h.sender):
+        elif sender is None:
             reason = "not a member"  # strangers never use datagrams
-            if self._allow(ip) and self._transport is not None:
-                # A node just admitted elsewhere: tell it at once to use the
-                # stream instead of letting it wait for the fallback.
-                self._transport.sendto(dw.notice(h.nonce), addr)
-                self.stats.count("out", "notice", dw.NOTICE_FMT.size, ip)
+            # A node just admitted elsewhere: tell it at once to use the
+            # stream instead of letting it wait for the fallback.
+            self._notify(dw.notice(h.nonce), ip, addr)
         elif not self._allow(ip):
             reason = "rate limited"
-        elif not self._server._has_room(h.sender):
+        elif not self._server._has_room(sender):
             reason = "too many calls"
         else:
-            return h, priv
+            return h, sender, ours
         self._refuse(ip, reason, len(data))
         return None
 
@@ -220,17 +257,17 @@ class DatagramServer(asyncio.DatagramProtocol):
         admitted = self._admit(data, ip, addr)
         if admitted is None:
             return
-        h, priv = admitted
+        h, sender, (mine, priv) = admitted
         try:
-            o = dw.open_sealed(self.keys, data, h, priv)
-            self.replays.check(h.sender, h.nonce, o.ts_ms, _wall_ms())
+            o = dw.open_sealed(self.keys, data, h, priv, sender, mine)
+            self.replays.check(sender, h.nonce, o.ts_ms, _wall_ms())
         except dw.DatagramError as e:
             self._refuse(ip, str(e), len(data))
             return
         if h.kind == dw.REQUEST_PART:
             try:
                 whole = self.reassembly.add(
-                    h.sender, o.request_id, o.body, int(time.monotonic() * 1000)
+                    sender, o.request_id, o.body, int(time.monotonic() * 1000)
                 )
             except dw.DatagramError as e:
                 self._refuse(ip, str(e), len(data))
@@ -246,16 +283,16 @@ class DatagramServer(asyncio.DatagramProtocol):
         if kind not in DATAGRAM_REQUESTS:
             self._reply(o, priv, addr, ip, dw.USE_STREAM, b"")
             return
-        self._server._enter(h.sender, ip, True)
+        self._server._enter(sender, ip, True)
         self._server.transport_calls["in", kind, "datagram"] += 1
         ctx = contextvars.copy_context()
-        ctx.run(self._server._set_context, ip, h.receiver)
+        ctx.run(self._server._set_context, ip, mine)
         task = asyncio.get_running_loop().create_task(self._handle(o, priv, addr, ip), context=ctx)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _handle(self, o: dw.Opened, priv: bytes, addr: Any, ip: str) -> None:
-        sender = o.header.sender
+        sender = o.sender
         try:
             reply = await self._server._handler(sender, o.body)
         except Refused as e:
@@ -278,13 +315,12 @@ class DatagramServer(asyncio.DatagramProtocol):
     def _reply(
         self, o: dw.Opened, priv: bytes, addr: Any, ip: str, status: int, body: bytes
     ) -> None:
-        h = o.header
         data = dw.seal(
             self.keys,
             dw.REPLY,
             priv,
-            h.receiver,
-            h.sender,
+            o.receiver,
+            o.sender,
             o.request_id,
             _wall_ms(),
             status,
@@ -300,11 +336,11 @@ async def start_datagram_server(
     server: RpcServer,
     host: str,
     port: int,
-    private_key_for: Callable[[bytes], bytes | None],
+    keys: DatagramKeys,
     stats: DatagramStats | None = None,
 ) -> DatagramServer | None:
     """Bind UDP ``host:port`` beside the gRPC server; None (and one warning) if it cannot."""
-    proto = DatagramServer(server, private_key_for, stats)
+    proto = DatagramServer(server, keys, stats)
     try:
         transport, _ = await open_udp(lambda: proto, (host or "::", port))
     except OSError as e:

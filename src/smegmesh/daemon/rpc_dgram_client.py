@@ -74,7 +74,9 @@ class DatagramClient(asyncio.DatagramProtocol):
         self.stats = stats or DatagramStats()
         self.keys = dw.KeyCache()
         self._pending: dict[int, _Pending] = {}
-        self._privates: dict[bytes, list[Any]] = {}  # our key -> [private key, pending calls]
+        #: (our key id, theirs) -> [our private key, our key, theirs, calls pending]:
+        #: a reply names both ends by id; these are the keys that open it
+        self._pairs: dict[tuple[bytes, bytes], list[Any]] = {}
         self._sockets: dict[int, asyncio.DatagramTransport] = {}
         self._opening: dict[int, asyncio.Lock] = {}
         self._misses: OrderedDict[str, int] = OrderedDict()
@@ -196,14 +198,15 @@ class DatagramClient(asyncio.DatagramProtocol):
     ) -> tuple[int | None, bytes]:
         """Send (and resend once); ``(status, body)`` of the answer, ``(None, b"")`` if none."""
         t0 = time.monotonic()
-        rid = int.from_bytes(os.urandom(8), "big")
+        rid = int.from_bytes(os.urandom(4), "big")
         while rid in self._pending:
-            rid = int.from_bytes(os.urandom(8), "big")
+            rid = int.from_bytes(os.urandom(4), "big")
         fut: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
         mine = me.wg_public_key
         self._pending[rid] = _Pending(fut, mine, to)
-        slot = self._privates.setdefault(mine, [me.wg_private_key, 0])
-        slot[1] += 1
+        pair = (dw.key_id(mine), dw.key_id(to))
+        slot = self._pairs.setdefault(pair, [me.wg_private_key, mine, to, 0])
+        slot[3] += 1
         nonces: list[bytes] = []
         if len(body) > dw.MAX_BODY:
             dg_kind, bodies = dw.REQUEST_PART, dw.split_request(body)
@@ -228,9 +231,9 @@ class DatagramClient(asyncio.DatagramProtocol):
             del self._pending[rid]
             for n in nonces:
                 self._by_nonce.pop(n, None)
-            slot[1] -= 1
-            if not slot[1]:
-                del self._privates[mine]
+            slot[3] -= 1
+            if not slot[3]:
+                del self._pairs[pair]
         if not fut.done():
             fut.cancel()
             return None, b""
@@ -265,17 +268,17 @@ class DatagramClient(asyncio.DatagramProtocol):
         except dw.DatagramError as e:
             self.stats.refused[str(e)] += 1
             return
-        slot = self._privates.get(h.receiver)
+        slot = self._pairs.get((h.receiver_id, h.sender_id))
         if h.kind != dw.REPLY or slot is None:
             self.stats.refused["not awaited"] += 1  # no crypto for what we did not ask
             return
         try:
-            o = dw.open_sealed(self.keys, data, h, slot[0])
+            o = dw.open_sealed(self.keys, data, h, slot[0], slot[2], slot[1])
         except dw.DatagramError as e:
             self.stats.refused[str(e)] += 1
             return
         p = self._pending.get(o.request_id)
-        if p is None or p.to != h.sender or p.me != h.receiver or p.future.done():
+        if p is None or p.to != o.sender or p.me != o.receiver or p.future.done():
             self.stats.refused["not awaited"] += 1
             return
         if abs(_wall_ms() - o.ts_ms) > CLOCK_SKEW_MS:

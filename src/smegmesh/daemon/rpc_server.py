@@ -28,7 +28,12 @@ from smegmesh.daemon.rpc_common import (
     _b,
     _signed_digest,
 )
-from smegmesh.daemon.rpc_dgram import DatagramServer, DatagramStats, start_datagram_server
+from smegmesh.daemon.rpc_dgram import (
+    DatagramKeys,
+    DatagramServer,
+    DatagramStats,
+    start_datagram_server,
+)
 from smegmesh.daemon.rpc_tls import TlsIdentity
 
 log = logging.getLogger("smegmesh.daemon.transport")  # one logger for the transport
@@ -124,7 +129,7 @@ class RpcServer:
         is_member: Callable[[bytes], bool] | None = None,
         refusals: RateLog | None = None,
         *,
-        private_key_for: Callable[[bytes], bytes | None] | None = None,
+        datagram_keys: DatagramKeys | None = None,
         datagram_stats: DatagramStats | None = None,
     ) -> None:
         self._tls = tls
@@ -139,9 +144,9 @@ class RpcServer:
         self._per_key: dict[bytes, int] = {}
         self._strangers = 0
         self._strangers_per_addr: dict[str, int] = {}
-        #: the datagram path (``daemon/rpc_dgram.py``): our private key for one of
-        #: our WireGuard keys (None: no datagrams, no UDP socket)
-        self._private_key_for = private_key_for
+        #: the datagram path (``daemon/rpc_dgram.py``): who key ids name (None:
+        #: no datagrams, no UDP socket)
+        self._datagram_keys = datagram_keys
         self._datagram_stats = datagram_stats
         self.datagrams: DatagramServer | None = None
         #: calls answered, by ("in", message type, "stream" or "datagram")
@@ -173,9 +178,9 @@ class RpcServer:
             )
         await server.start()
         self._server = server
-        if self._private_key_for is not None:  # UDP on the same port number
+        if self._datagram_keys is not None:  # UDP on the same port number
             self.datagrams = await start_datagram_server(
-                self, host, self.port, self._private_key_for, self._datagram_stats
+                self, host, self.port, self._datagram_keys, self._datagram_stats
             )
         self._flusher = asyncio.create_task(self._flush_loop())
         return self.port

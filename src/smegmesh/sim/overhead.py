@@ -64,20 +64,21 @@ REPLY_OVERHEAD_BYTES = _REPLY_STREAM_BYTES + TCPIP_BYTES_PER_SEGMENT
 
 
 # -- the datagram path (branch dgram, daemon/dgram_wire.py and rpc_dgram.py) -------------
-# Measured: 113 B of overhead per datagram is what the transport's own counters
-# give (``smegd_wire_datagram_bytes_total``: a 25 B Ping goes as 138 B of UDP
-# payload; bench/member_scale_bench.py, docs/TRANSPORT.md "design C"), and the
-# 28 B of IPv4 + UDP headers are what the counters add per datagram. A test
-# (tests/unit/test_overhead_model.py) keeps these equal to dgram_wire's.
+# 51 B of overhead per datagram (version 2 of the layout, daemon/dgram_wire.py;
+# version 1 had 113 B, measured by the transport's own counters as a 25 B Ping
+# going as 138 B of UDP payload: bench/member_scale_bench.py, docs/TRANSPORT.md
+# "design C"), and the 28 B of IPv4 + UDP headers the counters add per
+# datagram. A test (tests/unit/test_overhead_model.py) keeps these equal to
+# dgram_wire's.
 
-#: Header 80 B (magic 3, kind 1, sender key 32, receiver key 32, nonce 12) + AEAD
-#: tag 16 + inner header 17 (request id 8, timestamp 8, status 1) = 113 B
-#: (``dgram_wire.OVERHEAD``), plus IPv4 (20) + UDP (8) headers
+#: Header 30 B (magic 1, kind 1, sender key id 8, receiver key id 8, nonce 12
+#: holding the send time) + AEAD tag 16 + inner header 5 (request id 4, status
+#: 1) = 51 B (``dgram_wire.OVERHEAD``), plus IPv4 (20) + UDP (8) headers
 #: (``dgram_wire.UDP_IPV4_HEADERS``).
-DGRAM_OVERHEAD_BYTES = 113 + 28
+DGRAM_OVERHEAD_BYTES = 51 + 28
 #: Largest body of one datagram: 1,232 B (IPv6 minimum MTU minus IPv6/UDP
-#: headers) minus the 113 B above (``dgram_wire.MAX_BODY``).
-DGRAM_MAX_BODY = 1_119
+#: headers) minus the 51 B above (``dgram_wire.MAX_BODY``).
+DGRAM_MAX_BODY = 1_181
 
 #: Transport models: ``None`` (payload only), "stream", "datagram".
 MODELS = ("stream", "datagram")

@@ -31,6 +31,7 @@ from smegmesh.core.messages import Refusal, WhoAmI
 from smegmesh.core.wire import WireError, decode, encode
 from smegmesh.daemon import rpc_dgram, rpc_dgram_client, rpc_server
 from smegmesh.daemon.engineport import DaemonPort, answer_who_am_i, reply_of
+from smegmesh.daemon.rpc_dgram import KeyIds
 from smegmesh.daemon.rpc_dgram_client import DatagramClient
 from smegmesh.daemon.runtime import now_ms
 from smegmesh.daemon.transport import (
@@ -101,7 +102,12 @@ class Worker:
             self.tls,
             self._on_rpc,
             is_member=members[0].node.is_member,
-            private_key_for=self._private_key if datagrams else None,
+            datagram_keys=KeyIds(
+                [(m.identity.wg_public_key, m.identity.wg_private_key) for m in members],
+                members[0].node.member_by_id,
+            )
+            if datagrams
+            else None,
         )
         self._gc_t0 = 0.0
         gc.callbacks.append(self._on_gc)
@@ -263,10 +269,6 @@ class Worker:
         else:
             self._drv(m).reply(call, reply, now_ms())
         self._schedule(m)
-
-    def _private_key(self, key: bytes) -> bytes | None:
-        m = self.local.get(key)
-        return m.identity.wg_private_key if m is not None else None
 
     async def _on_rpc(self, src: bytes, body: bytes) -> bytes:
         to = callee_key.get()

@@ -1,0 +1,14 @@
+"""The datagram server's key directory for tests: our identity and the members by key id."""
+
+from __future__ import annotations
+
+from smegmesh.core.identity import NodeIdentity
+from smegmesh.daemon import dgram_wire as dw
+from smegmesh.daemon.rpc_dgram import KeyIds
+
+
+def key_ids(own: NodeIdentity, *members: NodeIdentity | bytes) -> KeyIds:
+    """A :class:`KeyIds` for ``own`` that knows ``members`` (identities or public keys)."""
+    keys = [m if isinstance(m, bytes) else m.wg_public_key for m in members]
+    by_id = {dw.key_id(k): k for k in keys}
+    return KeyIds([(own.wg_public_key, own.wg_private_key)], by_id.get)
