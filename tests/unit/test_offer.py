@@ -13,6 +13,7 @@ from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.meshnode import MeshNode
 from smegmesh.core.messages import Refusal
 from smegmesh.core.offer import (
+    KEY_ID_LEN,
     MAX_HOPS,
     MAX_OFFER_ENTRIES,
     Offer,
@@ -20,6 +21,7 @@ from smegmesh.core.offer import (
     offer_entries,
     offers,
     wanted,
+    wanted_of,
 )
 from smegmesh.core.record import NodeRecord, Prune
 from smegmesh.core.state import MeshState
@@ -45,21 +47,29 @@ def _state(*items: NodeRecord | Prune) -> MeshState:
     return st
 
 
+def _id(key: bytes) -> bytes:
+    return key[:KEY_ID_LEN]
+
+
 def test_wanted_is_what_the_receiver_lacks_or_holds_older() -> None:
     a1, a2, b1 = _rec(1), _rec(1, T + 5), _rec(2)
+    a, b = _id(a1.wg_key), _id(b1.wg_key)
     prune_a1 = Prune.create(
         _ident(3), MESH, now_ms=T + 6, target=a1.wg_key, target_version=a1.version
     )
     sender = _state(a2, b1)
     entries = offer_entries(sender, [a1.wg_key, b1.wg_key, _ident(9).wg_public_key])
-    assert [e[0] for e in entries] == sorted([a1.wg_key, b1.wg_key])  # nothing held: no entry
-    assert set(wanted(MeshState(MESH), entries)) == {a1.wg_key, b1.wg_key}  # lacks both
-    assert wanted(_state(a1, b1), entries) == (a1.wg_key,)  # older record of a
+    assert [e[0] for e in entries] == sorted([a, b])  # by id; nothing held: no entry
+    assert set(wanted(MeshState(MESH), entries)) == {a, b}  # lacks both
+    assert wanted(_state(a1, b1), entries) == (a,)  # older record of a
     assert wanted(_state(a2, b1), entries) == ()  # same
     assert wanted(sender, offer_entries(_state(a1, b1), [a1.wg_key])) == ()  # offered older
+    # an entry naming its key in full (as offers did before ids) is still read
+    full = [(a1.wg_key, *entries[0][1:])]
+    assert wanted(_state(a1, b1), full) == (a1.wg_key,) and wanted(sender, full) == ()
     # a prune is news to a replica holding the record alone, even at equal record versions
     pruned = _state(a1, prune_a1)
-    assert wanted(_state(a1), offer_entries(pruned, [a1.wg_key])) == (a1.wg_key,)
+    assert wanted(_state(a1), offer_entries(pruned, [a1.wg_key])) == (a,)
     # equal versions, another entry (a conflicting signature): wanted, the merge decides
     other = (entries[0][0], entries[0][1], entries[0][2], b"zzzz")
     assert wanted(sender, [other]) == (entries[0][0],)
@@ -86,6 +96,36 @@ def test_offer_and_want_codecs_round_trip_and_bound_their_size() -> None:
     many = [(bytes([i % 256, i // 256]) + bytes(30), 1, 0, b"abcd") for i in range(2500)]
     parts = offers(MESH, many)
     assert [len(p.entries) for p in parts] == [1024, 1024, 452]
+
+
+def test_an_offer_names_keys_by_id_and_an_ambiguous_id_is_wanted() -> None:
+    """An entry names its key by its first 8 bytes, not 32 (27 bytes an entry with
+    millisecond versions, not 51); an id that names two held keys (equal in 64
+    bits: only made on purpose) is wanted, so the item comes whole instead of
+    being taken as held."""
+    st = _state(*(_rec(i) for i in range(1, 21)))
+    keys = sorted(st.keys_under(0, 0))
+    entries = offer_entries(st, keys)
+    in_full = [(k, *e[1:]) for k, e in zip(keys, entries, strict=True)]
+    assert len(encode(Offer(MESH, tuple(in_full)))) - len(encode(Offer(MESH, tuple(entries)))) == (
+        20 * 24
+    )
+    receiver = _state(_rec(1))
+    k = _rec(1).wg_key
+    assert wanted(receiver, [e for e in entries if e[0] == k[:KEY_ID_LEN]]) == ()
+    twin = k[:KEY_ID_LEN] + bytes(24)
+    bucket = int.from_bytes(k[:4], "big") >> 8
+    receiver._buckets[bucket].add(twin)
+    receiver._entries[twin] = receiver._entries[k]
+    assert wanted(receiver, [e for e in entries if e[0] == k[:KEY_ID_LEN]]) == (k[:KEY_ID_LEN],)
+
+
+def test_a_want_by_id_gets_every_offered_key_it_names() -> None:
+    ka, kb, kc = (_ident(i).wg_public_key for i in (1, 2, 3))
+    offered = frozenset({ka, kb})
+    assert wanted_of(offered, Want(MESH, (ka[:KEY_ID_LEN], kc[:KEY_ID_LEN]))) == {ka}
+    assert wanted_of(offered, Want(MESH, (kb,))) == {kb}  # in full, as before ids
+    assert wanted_of(offered, Want(MESH, ())) == frozenset()
 
 
 def test_push_carries_its_hop_count() -> None:
@@ -169,7 +209,7 @@ def test_a_member_answers_an_offer_with_what_it_lacks_and_a_stranger_gets_a_refu
     assert reply == Want(MESH, ())
     newer = _state(own.evolve(a.identity, net.now + 1, description="z"))
     reply, _ = b.handle_request(a.key, Offer(MESH, tuple(offer_entries(newer, [a.key]))), net.now)
-    assert reply == Want(MESH, (a.key,))
+    assert reply == Want(MESH, (a.key[:KEY_ID_LEN],))
     stranger = _ident(77).wg_public_key
     reply, outs = b.handle_request(stranger, held, net.now)
     assert isinstance(reply, Refusal) and outs == []

@@ -32,7 +32,7 @@ from smegmesh.core.engine import (
 from smegmesh.core.gossip import GossipScheduler
 from smegmesh.core.liveness import FailureDetector, LivenessParams
 from smegmesh.core.messages import Ack, JoinRequest, Ping, PingReq, Refusal
-from smegmesh.core.offer import MAX_HOPS, Offer, Want, wanted
+from smegmesh.core.offer import MAX_HOPS, Offer, Want, wanted, wanted_of
 from smegmesh.core.paging import PAGE_BYTES
 from smegmesh.core.record import NodeRecord, Prune, Role
 from smegmesh.core.state import MeshState
@@ -282,7 +282,7 @@ class ExchangeMixin:
             # fewer push rounds for these items (rumour mongering with feedback)
             self._sched.lose_interest(ctx.keys)
         elif isinstance(ctx, OfferCtx) and isinstance(reply, Want):
-            want = ctx.keys.intersection(reply.keys)
+            want = wanted_of(ctx.keys, reply)
             held = ctx.keys - want
             if held:
                 self._sched.lose_interest(held)

@@ -329,7 +329,7 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         """A gossip round: the first ``full`` targets get the items, the others an offer.
 
         Pushing every round's items in full made each node receive each change
-        several times (``core.offer``); an offer repeats ~45 bytes per key
+        several times (``core.offer``); an offer repeats ~27 bytes per key
         instead, and the target pulls what it lacks. Full pushes are the fast
         path (no extra round trip): a change goes in full while it is new to
         most of the mesh (few hops), then one target of each round gets it in
@@ -343,7 +343,7 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         if rest and keys:
             entries = offer_entries(self.mesh, keys)
             if entries:
-                ctx = OfferCtx(frozenset(e[0] for e in entries))
+                ctx = OfferCtx(frozenset(k for k in keys if k in self.mesh))
                 out.extend(Call(t, msg, ctx) for t in rest for msg in offers(self.mesh_id, entries))
         return out
 

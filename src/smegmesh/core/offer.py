@@ -7,22 +7,28 @@ Push gossip sends every fresh item to ``branch`` members on arrival and for
 ``infection_count`` rounds after, so under churn each node receives each
 change several times (at 1,000 simulated nodes, 20 %/min churn: ~4.6 copies,
 and 98 % of the bytes were ``Push``). The repeats are what an :class:`Offer`
-replaces: it lists ``(key, record version + 1, prune version + 1, entry hash)``
-for the items (about 45 bytes each, an item is 200-470), the target answers
-with a :class:`Want` of the keys it lacks or holds older, and only those items
-follow in a ``Push``. An item then crosses each link about once; what repeats
+replaces: it lists ``(key id, record version + 1, prune version + 1, entry
+hash)`` for the items (27 bytes each with millisecond versions, 51 with the
+full key; an item is 200-470), the target
+answers with a :class:`Want` of the key ids it lacks or holds older, and only
+those items follow in a ``Push``. A *key id* is the first :data:`KEY_ID_LEN`
+(8) bytes of the key (an entry's full 32-byte key, as sent before ids, is
+still read): the target looks it up in O(1) (``StateStore.key_by_prefix``)
+and wants an id that names no key it holds, or two (keys equal in 64 bits:
+only made on purpose, at 2^64 work, and then the item is sent whole, never
+lost). An item then crosses each link about once; what repeats
 is the announcement (Demers et al.'s "rumour mongering" with a pull of the
 body, as in Plumtree's lazy push and Cassandra's gossip digests).
 
 Flow (request -> reply):
 
     A -> B  Offer(entries)
-    B -> A  Want(keys)           the keys B wants (empty: B held them all)
+    B -> A  Want(key ids)        the keys B wants (empty: B held them all)
     A -> B  Push(items of keys)  (reply: Ack)
 
 The offering side keeps nothing between the two calls but the call's context
 (the offered keys): it sends the *current* items of the wanted keys it
-offered, and ignores any other key a Want names.
+offered, and ignores any other key a Want names (:func:`wanted_of`).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from smegmesh.core.state import Item, MeshState
 
 __all__ = [
     "CODECS",
+    "KEY_ID_LEN",
     "MAX_HOPS",
     "MAX_OFFER_ENTRIES",
     "OFFER_HASH_LEN",
@@ -46,17 +53,21 @@ __all__ = [
     "offer_entries",
     "offers",
     "wanted",
+    "wanted_of",
 ]
 
-#: Entries of one ``Offer`` (and keys of one ``Want``): 1,024 x ~45 B ~ 46 KB.
+#: Entries of one ``Offer`` (and keys of one ``Want``): 1,024 x 27 B ~ 28 KB.
 MAX_OFFER_ENTRIES = 1024
+#: Bytes of a key an offer and a want name it by.
+KEY_ID_LEN = 8
+_KEY_LENS = (KEY_ID_LEN, 32)
 #: Bytes of the entry hash in an offer entry (tells apart equal versions).
 OFFER_HASH_LEN = 4
 _VERSION_END = 2**63 + 1
 #: Largest ``Push.hops`` (a push answering a ``Want`` says this: "late").
 MAX_HOPS = 255
 
-OfferEntry = tuple[bytes, int, int, bytes]  # key, record version + 1, prune version + 1, hash
+OfferEntry = tuple[bytes, int, int, bytes]  # key id, record version + 1, prune version + 1, hash
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,11 +105,11 @@ def _entry(state: MeshState, key: bytes) -> OfferEntry | None:
     if rv == 0 and pv == 0:
         return None
     h = state.entry_hash_of(key).to_bytes(32, "big")[:OFFER_HASH_LEN]
-    return (key, rv, pv, h)
+    return (key[:KEY_ID_LEN], rv, pv, h)
 
 
 def offer_entries(state: MeshState, keys: Iterable[bytes]) -> list[OfferEntry]:
-    """The offer entries of the ``keys`` ``state`` holds anything for (key order)."""
+    """The offer entries (keys by id) of the ``keys`` ``state`` holds anything for, in key order."""
     out = []
     for k in sorted(keys):
         e = _entry(state, k)
@@ -116,12 +127,13 @@ def offers(mesh_id: str, entries: list[OfferEntry]) -> list[Offer]:
 
 
 def wanted(state: MeshState, entries: Iterable[OfferEntry]) -> tuple[bytes, ...]:
-    """Keys of ``entries`` whose items ``state`` lacks or holds older (or differing).
+    """Keys (ids, as offered) of ``entries`` whose items ``state`` lacks or holds older.
 
     Newer on either part (the record's version or the version the prune
     covers) is wanted; equal versions with another hash are wanted too (the
-    merge picks one side, and both then converge); older or equal is not.
-    O(1) per entry: a hostile member's offer costs a lookup per entry.
+    merge picks one side, and both then converge); older or equal is not. An
+    id that names no key held, or two, is wanted. O(1) per entry: a hostile
+    member's offer costs a lookup per entry.
     """
     out: list[bytes] = []
     seen: set[bytes] = set()
@@ -129,14 +141,24 @@ def wanted(state: MeshState, entries: Iterable[OfferEntry]) -> tuple[bytes, ...]
         if key in seen:
             continue
         seen.add(key)
-        mine_rv, mine_pv = state.versions_of(key)
+        held = key if len(key) == 32 else state.key_by_prefix(key)
+        if held is None:
+            out.append(key)
+            continue
+        mine_rv, mine_pv = state.versions_of(held)
         if rv > mine_rv or pv > mine_pv:
             out.append(key)
         elif rv == mine_rv and pv == mine_pv:
-            mine_h = state.entry_hash_of(key).to_bytes(32, "big")[:OFFER_HASH_LEN]
+            mine_h = state.entry_hash_of(held).to_bytes(32, "big")[:OFFER_HASH_LEN]
             if mine_h != h:
                 out.append(key)
     return tuple(out)
+
+
+def wanted_of(offered: frozenset[bytes], want: Want) -> frozenset[bytes]:
+    """The offered keys a ``Want`` names (by id or in full); any other it names is ignored."""
+    named = set(want.keys)
+    return frozenset(k for k in offered if k[:KEY_ID_LEN] in named or k in named)
 
 
 # Wire codecs (type codes 13-15) ----------------------------------------------------------
@@ -155,6 +177,12 @@ def _str(v: object) -> str:
 def _bin(v: object, n: int) -> bytes:
     if type(v) is not bytes or len(v) != n:
         raise WireError(f"expected {n} bytes")
+    return v
+
+
+def _key(v: object) -> bytes:
+    if type(v) is not bytes or len(v) not in _KEY_LENS:
+        raise WireError("expected a key id (8 bytes) or a key (32)")
     return v
 
 
@@ -183,13 +211,13 @@ def _dec_offer(b: Any) -> Offer:
     entries = []
     for e in _bounded(es):
         k, rv, pv, h = _arr(e, 4)
-        entries.append((_bin(k, 32), _version(rv), _version(pv), _bin(h, OFFER_HASH_LEN)))
+        entries.append((_key(k), _version(rv), _version(pv), _bin(h, OFFER_HASH_LEN)))
     return Offer(_str(m), tuple(entries))
 
 
 def _dec_want(b: Any) -> Want:
     m, ks = _arr(b, 2)
-    return Want(_str(m), tuple(_bin(k, 32) for k in _bounded(ks)))
+    return Want(_str(m), tuple(_key(k) for k in _bounded(ks)))
 
 
 #: This module's part of the protocol table (:data:`smegmesh.core.wire.PROTOCOL`).

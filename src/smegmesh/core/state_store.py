@@ -203,25 +203,29 @@ class StateStore:
         e = self._entries.get(key)
         return e is not None and e.record is not None and not e.record.left
 
-    def member_by_id(self, key_id: bytes) -> bytes | None:
-        """The key of the one member whose key begins with ``key_id``, or None.
+    def key_by_prefix(self, prefix: bytes) -> bytes | None:
+        """The key of the one entry whose key begins with ``prefix``, or None.
 
-        None also when ``key_id`` is shorter than 4 bytes or two members' keys
-        begin with it (an id must name one key).
-
-        O(1): the digest tree's bucket of the key's first 24 bits holds the
-        keys that could match (about one in a mesh of thousands).
+        None also when ``prefix`` is shorter than 4 bytes or two keys begin
+        with it: a prefix (a datagram header's or an offer's 8-byte key id)
+        must name one key. O(1): the digest tree's bucket of the first 24 bits
+        holds the keys that could match (about one in a mesh of thousands).
         """
-        if len(key_id) < 4:
+        if len(prefix) < 4:
             return None
         found = None
-        bucket = int.from_bytes(key_id[:4], "big") >> (32 - 4 * DEPTH)
+        bucket = int.from_bytes(prefix[:4], "big") >> (32 - 4 * DEPTH)
         for k in self._buckets.get(bucket, ()):
-            if k.startswith(key_id) and self.is_member(k):
+            if k.startswith(prefix):
                 if found is not None:
                     return None
                 found = k
         return found
+
+    def member_by_id(self, key_id: bytes) -> bytes | None:
+        """The member whose key the id ``key_id`` names (see :meth:`key_by_prefix`), or None."""
+        key = self.key_by_prefix(key_id)
+        return key if key is not None and self.is_member(key) else None
 
     def all_items(self) -> list[Item]:
         """Everything held, in key order (see :meth:`items_for`)."""
