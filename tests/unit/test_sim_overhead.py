@@ -75,3 +75,19 @@ def test_one_run_counts_every_model() -> None:
         assert sim.traffic.models["stream"][0] == sum(stream.traffic.tx)
         assert sim.traffic.models["datagram"][0] == sum(dgram.traffic.tx)
         assert sim.traffic.models["payload"][0] == sum(_run_model(False).traffic.tx)
+
+
+def test_the_mesh_id_length_is_charged_on_every_message() -> None:
+    """``--mesh-id``: every message carries the mesh id, so a generated one (23
+    characters) costs 20 bytes a message more than the default "sim"."""
+    from smegmesh.sim.__main__ import config_from_args, parse_args
+
+    cfg = config_from_args(parse_args(["--mesh-id", "amber-falcon-river-k7q2"]))
+    assert cfg.mesh_id == "amber-falcon-river-k7q2"
+    assert config_from_args(parse_args([])).mesh_id == "sim"
+    short = Simulator.steady(12, seed=3, net=NetParams(loss=0.0))
+    long = Simulator.steady(12, seed=3, net=NetParams(loss=0.0), mesh_id=cfg.mesh_id)
+    for sim in (short, long):
+        sim.run_until(T0 + 6_000)
+    count, payload = short.traffic.by_type["Ping"]
+    assert long.traffic.by_type["Ping"] == [count, payload + count * 20]

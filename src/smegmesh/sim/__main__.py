@@ -75,6 +75,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="share of delivered messages decoded from their wire bytes (0..1); "
         "also verifies the prebuilt state's signatures",
     )
+    p.add_argument(
+        "--mesh-id",
+        default="sim",
+        help="the mesh id every message and record carries (default 'sim', 3 characters; "
+        "a generated id such as amber-falcon-river-k7q2 is 23, so real messages are "
+        "about 20 bytes larger; with --authority the founding record's id is used)",
+    )
     p.add_argument("--json", action="store_true")
     return p.parse_args(argv)
 
@@ -117,6 +124,7 @@ def config_from_args(a: argparse.Namespace) -> ScenarioConfig:
         partition_seconds=a.partition_seconds,
         authority=a.authority,
         verify_sample=a.verify_sample,
+        mesh_id=a.mesh_id,
     )
 
 

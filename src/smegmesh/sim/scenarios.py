@@ -41,6 +41,9 @@ class ScenarioConfig:
     #: share of delivered messages decoded from their bytes (and the full
     #: state's signatures verified at build), as in a daemon; same metrics
     verify_sample: float = 0.0
+    #: the mesh id messages and records carry ("sim": 3 characters; a generated
+    #: one is ~23, and with ``authority`` the founding record's is used)
+    mesh_id: str = "sim"
 
 
 def _attach(sim: Simulator, spreads: list[Spread], fp: FalsePrunes | None) -> None:
@@ -148,6 +151,7 @@ def _build(name: str, cfg: ScenarioConfig, authority: bool) -> Simulator:
         share_state=cfg.share_state,
         authority=authority,
         verify_sample=cfg.verify_sample,
+        mesh_id=cfg.mesh_id,
     )
 
 
