@@ -16,6 +16,7 @@ mesh state itself: the current member list is passed in on every call.
 
 from __future__ import annotations
 
+import bisect
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -96,9 +97,7 @@ class GossipScheduler:
     _misses: dict[bytes, int] = field(default_factory=dict)
     _next_sync_ms: int | None = None
     _next_pull_ms: int | None = None
-    _cl_members: Sequence[bytes] | None = None
-    _cl: list[list[bytes]] | None = None
-    _split_for: list[list[bytes]] | None = None
+    _split_for: Sequence[bytes] | None = None
     _split_cache: tuple[list[bytes], list[bytes]] | None = None
     #: last push of received items (see ``hold``); held keys -> fewest hops
     _last_trigger_ms: int | None = None
@@ -143,28 +142,13 @@ class GossipScheduler:
     def retune(self, params: GossipParams, now_ms: int) -> None:
         """Use ``params`` from now on (a configuration reload): shorter intervals apply now."""
         self.params = params
-        self._cl_members = self._cl = None  # cluster_size may have changed
-        self._split_for = self._split_cache = None
+        self._split_for = self._split_cache = None  # cluster_size may have changed
         if self._next_sync_ms is not None:
             self._next_sync_ms = min(self._next_sync_ms, now_ms + params.sync_interval_ms)
         if self._next_pull_ms is not None:
             self._next_pull_ms = min(self._next_pull_ms, now_ms + params.pull_interval_ms)
 
     # -- target selection ---------------------------------------------------
-    def clusters(self, members: Sequence[bytes]) -> list[list[bytes]]:
-        """Members (self included or not) sorted by key, cut into clusters.
-
-        Cached while the caller passes the same list object (it does so
-        until the membership changes), so a round costs O(branch), not O(N log N).
-        """
-        if self._cl_members is members and self._cl is not None:
-            return self._cl
-        ordered = sorted(set(members) | {self.self_key})
-        size = self.params.cluster_size
-        self._cl = [ordered[i : i + size] for i in range(0, len(ordered), size)]
-        self._cl_members = members
-        return self._cl
-
     def targets(
         self,
         peers: Sequence[bytes],
@@ -213,18 +197,25 @@ class GossipScheduler:
         return out
 
     def _split(self, peers: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:
-        """(my cluster, every other member), cached with the clusters."""
-        clusters = self.clusters(peers)
-        if self._split_for is clusters and self._split_cache is not None:
+        """(my cluster, every other member), cached while ``peers`` is the same list object.
+
+        Members (and self) sorted by key and cut into clusters of
+        ``cluster_size``, without building the clusters: ``peers`` (the
+        views' reachable list) is already sorted, so the sort is one C pass,
+        and the two parts are slices. O(N) at memcpy speed per change of
+        membership (was ~1.4 ms at 3,000 members with the clusters built).
+        """
+        if self._split_for is peers and self._split_cache is not None:
             return self._split_cache
-        own: list[bytes] = []
-        rest: list[bytes] = []
-        for cluster in clusters:
-            if self.self_key in cluster:
-                own = [k for k in cluster if k != self.self_key]
-            else:
-                rest.extend(cluster)
-        self._split_for, self._split_cache = clusters, (own, rest)
+        ordered = sorted(peers)  # linear when sorted (as the views keep it)
+        i = bisect.bisect_left(ordered, self.self_key)
+        if i == len(ordered) or ordered[i] != self.self_key:
+            ordered.insert(i, self.self_key)
+        size = self.params.cluster_size
+        lo = i - i % size
+        own = ordered[lo:i] + ordered[i + 1 : lo + size]
+        rest = ordered[:lo] + ordered[lo + size :]
+        self._split_for, self._split_cache = peers, (own, rest)
         return own, rest
 
     # -- timing ---------------------------------------------------------------
