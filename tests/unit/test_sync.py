@@ -270,3 +270,38 @@ def test_a_step_delivered_twice_or_late_is_harmless(
     for i in range(3):  # what an early end left is found by the next sessions
         full_exchange(sa, sb, seed + 1 + i)
     assert sa == want and sb == want
+
+
+def test_a_member_opening_sessions_without_end_holds_two_and_an_honest_one_finishes() -> None:
+    """Responder sessions were unbounded: each ``SyncStart`` stayed 30 s, and every
+    message swept all of them (a member sending starts made every other message
+    dearer, and memory grow). Now at most two per initiator and 64 in all."""
+    from smegmesh.core.sync import MAX_RESPONDER_SESSIONS, MAX_SESSIONS_PER_INITIATOR
+
+    b = MeshState(MESH)
+    b.apply_many(POOL[:20], T0)
+    a = MeshState(MESH)
+    a.apply_many(POOL[20:40], T0)
+    responders: dict[tuple[bytes, int], SyncSession] = {}
+    honest = SyncSession.initiator(a, T0, rng=random.Random(7))
+    first = honest.start()
+    reply, _, _ = SyncSession.respond(b, responders, SRC, first, T0)
+    bad = b"\x66" * 32
+    for i in range(1_000):  # one member's flood of starts, interleaved with the honest session
+        start = SyncSession.initiator(a, T0, rng=random.Random(1000 + i)).start()
+        SyncSession.respond(b, responders, bad, start, T0 + i)
+        assert sum(1 for k in responders if k[0] == bad) <= MAX_SESSIONS_PER_INITIATOR
+    assert len(responders) <= MAX_RESPONDER_SESSIONS
+    msg, _ = honest.receive(reply, T0 + 1_000)
+    while msg is not None:
+        reply, _, _ = SyncSession.respond(b, responders, SRC, msg, T0 + 1_000)
+        msg, _ = honest.receive(reply, T0 + 1_000)
+    assert a.digest() == b.digest()
+    # many members: the total stays bounded, the least recently active go first
+    c = MeshState(MESH)
+    c.apply_many(POOL[40:], T0)
+    for i in range(200):
+        start = SyncSession.initiator(c, T0, rng=random.Random(5000 + i)).start()
+        SyncSession.respond(b, responders, i.to_bytes(32, "big"), start, T0 + 2_000 + i)
+    assert len(responders) == MAX_RESPONDER_SESSIONS
+    assert min(k[0] for k in responders) == (200 - MAX_RESPONDER_SESSIONS).to_bytes(32, "big")

@@ -62,6 +62,13 @@ SALT_LEN = 8
 DIGEST_LEN = 16  # of the 32-byte root digest, in SyncStart
 LEAF_MAX = 4
 SESSION_TIMEOUT_MS = 30_000
+#: Sessions a responder holds open at once, in all and per initiator. A new
+#: ``SyncStart`` past either bound ends the oldest such session (its initiator
+#: gets ``SyncEnd`` on its next step and pulls again later): a member opening
+#: sessions without end holds at most two of them, and every message costs the
+#: responder O(1) bookkeeping, not a sweep of every session it holds.
+MAX_RESPONDER_SESSIONS = 64
+MAX_SESSIONS_PER_INITIATOR = 2
 MAX_STEP_NODES = 4096
 MAX_STEP_WANTS = 8192
 #: Bytes of a step's questions (nodes, leaves, wants), on top of one page of items:
@@ -185,26 +192,25 @@ class SyncSession:
         Returns ``(reply, session, keys merged by this message)``. Byte
         counting (an extra encode per message) is off by default here. Finished
         sessions are removed from ``sessions``, and so are ones idle for
-        :data:`SESSION_TIMEOUT_MS`.
+        :data:`SESSION_TIMEOUT_MS`; at most :data:`MAX_RESPONDER_SESSIONS` are
+        held, :data:`MAX_SESSIONS_PER_INITIATOR` per initiator.
         """
-        for k, s in list(sessions.items()):
-            if now_ms - s.now_ms > SESSION_TIMEOUT_MS:
-                del sessions[k]
+        _expire(sessions, now_ms)
         slot = (src, msg.session_id)
         if isinstance(msg, SyncStart):
             session = cls(state, msg.session_id, msg.salt, False, now_ms, count_bytes=count_bytes)
+            sessions.pop(slot, None)
+            _make_room(sessions, src)
         else:
-            found = sessions.get(slot)
+            found = sessions.pop(slot, None)
             if found is None:  # unknown or expired: tell the initiator to stop
                 dead = cls(state, msg.session_id, b"", False, now_ms, done=True, count_bytes=False)
                 return SyncEnd(state.mesh_id, msg.session_id), dead, set()
             session = found
         reply, merged = session.receive(msg, now_ms)
         assert reply is not None
-        if session.done:
-            sessions.pop(slot, None)
-        else:
-            sessions[slot] = session
+        if not session.done:
+            sessions[slot] = session  # re-inserted: the dict is in order of last activity
         return reply, session, merged
 
     # ------------------------------------------------------------------ driving
@@ -477,3 +483,28 @@ CODECS = (
 )
 #: The sync messages alone: their encoded sizes (a session counts its bytes).
 _SYNC_CODECS = Registry(CODECS)
+
+
+def _expire(sessions: dict[tuple[bytes, int], SyncSession], now_ms: int) -> None:
+    """Drop sessions idle for :data:`SESSION_TIMEOUT_MS`, least recently active first.
+
+    ``respond`` keeps the dict in that order: O(1) per message, amortised.
+    """
+    while sessions:
+        k = next(iter(sessions))
+        if now_ms - sessions[k].now_ms <= SESSION_TIMEOUT_MS:
+            return
+        del sessions[k]
+
+
+def _make_room(sessions: dict[tuple[bytes, int], SyncSession], src: bytes) -> None:
+    """Make room before ``src`` opens a session (O(sessions), on a ``SyncStart`` only).
+
+    Ends its oldest session past the per-initiator bound, and the least
+    recently active of all past the total.
+    """
+    own = [k for k in sessions if k[0] == src]
+    if len(own) >= MAX_SESSIONS_PER_INITIATOR:
+        del sessions[own[0]]
+    while len(sessions) >= MAX_RESPONDER_SESSIONS:
+        del sessions[next(iter(sessions))]
