@@ -40,13 +40,27 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from smegmesh.core.codec import Codec, Registry, WireError, decode_item, encode_item
+from smegmesh.core.codec import Registry
 from smegmesh.core.offer import Push
 from smegmesh.core.paging import page
 from smegmesh.core.record import RecordError
 from smegmesh.core.state import DEPTH, FANOUT, Item, MeshState
+from smegmesh.core.sync_messages import (
+    CODECS,
+    DIGEST_LEN,
+    HASH_LEN,
+    SALT_LEN,
+    Leaf,
+    LeafEntry,
+    NodeHashes,
+    SyncEnd,
+    SyncMessage,
+    SyncStart,
+    SyncStep,
+)
 
 __all__ = [
+    "CODECS",
     "HASH_LEN",
     "LEAF_MAX",
     "SESSION_TIMEOUT_MS",
@@ -57,9 +71,6 @@ __all__ = [
     "SyncStep",
 ]
 
-HASH_LEN = 4
-SALT_LEN = 8
-DIGEST_LEN = 16  # of the 32-byte root digest, in SyncStart
 LEAF_MAX = 4
 SESSION_TIMEOUT_MS = 30_000
 #: Sessions a responder holds open at once, in all and per initiator. A new
@@ -80,41 +91,6 @@ _LEAF_BYTES = 1 + 9 + 9 + 5
 _ENTRY_BYTES = 1 + 2 + 32 + 9 + 9 + 2 + HASH_LEN
 _WANT_BYTES = 2 + 32
 _EMPTY = bytes(HASH_LEN)
-
-LeafEntry = tuple[bytes, int, int, bytes]  # key, record version + 1, prune version + 1, hash
-Leaf = tuple[int, int, tuple[LeafEntry, ...]]  # depth, prefix, entries
-NodeHashes = tuple[int, int, bytes]  # depth, prefix, FANOUT * HASH_LEN bytes
-
-
-@dataclass(frozen=True, slots=True)
-class SyncStart:
-    mesh_id: str
-    session_id: int
-    salt: bytes
-    digest: bytes
-    count: int
-
-
-@dataclass(frozen=True, slots=True)
-class SyncStep:
-    mesh_id: str
-    session_id: int
-    nodes: tuple[NodeHashes, ...] = ()
-    leaves: tuple[Leaf, ...] = ()
-    items: tuple[Item, ...] = ()
-    wants: tuple[bytes, ...] = ()
-
-    def has_questions(self) -> bool:
-        return bool(self.nodes or self.leaves or self.wants)
-
-
-@dataclass(frozen=True, slots=True)
-class SyncEnd:
-    mesh_id: str
-    session_id: int
-
-
-SyncMessage = SyncStart | SyncStep | SyncEnd
 
 
 def _child_hashes(state: MeshState, depth: int, prefix: int, salt: bytes) -> bytes:
@@ -383,104 +359,6 @@ class SyncSession:
             self.bytes_received += len(_SYNC_CODECS.encode(msg))
 
 
-# --------------------------------------------------------------------------- wire
-
-
-def _str(v: object) -> str:
-    if type(v) is not str:
-        raise WireError("expected a string")
-    return v
-
-
-def _int(v: object, hi: int = 2**63) -> int:
-    if type(v) is not int or not 0 <= v < hi:
-        raise WireError("expected a bounded non-negative integer")
-    return v
-
-
-def _bin(v: object, n: int | None = None) -> bytes:
-    if type(v) is not bytes or (n is not None and len(v) != n):
-        raise WireError("expected bytes" + ("" if n is None else f" of length {n}"))
-    return v
-
-
-def _arr(v: object, n: int | None = None) -> list[Any]:
-    if type(v) is not list or (n is not None and len(v) != n):
-        raise WireError("expected an array" + ("" if n is None else f" of {n}"))
-    return v
-
-
-def _items(v: object) -> tuple[Item, ...]:
-    return tuple(decode_item(x) for x in _arr(v))
-
-
-def _node_ref(depth: object, prefix: object) -> tuple[int, int]:
-    d = _int(depth, DEPTH + 1)
-    return d, _int(prefix, 1 << (4 * d))
-
-
-def _dec_start(b: Any) -> SyncStart:
-    o = _arr(b, 5)
-    return SyncStart(
-        _str(o[0]), _int(o[1]), _bin(o[2], SALT_LEN), _bin(o[3], DIGEST_LEN), _int(o[4])
-    )
-
-
-def _enc_step(m: SyncStep) -> list[Any]:
-    return [
-        m.mesh_id,
-        m.session_id,
-        [[d, p, h] for d, p, h in m.nodes],
-        [[d, p, [list(e) for e in es]] for d, p, es in m.leaves],
-        [encode_item(i) for i in m.items],
-        list(m.wants),
-    ]
-
-
-def _dec_step(b: Any) -> SyncStep:
-    o = _arr(b, 6)
-    nodes = []
-    for n in _arr(o[2]):
-        n = _arr(n, 3)
-        d, p = _node_ref(n[0], n[1])
-        nodes.append((d, p, _bin(n[2], FANOUT * HASH_LEN)))
-    leaves = []
-    for lf in _arr(o[3]):
-        lf = _arr(lf, 3)
-        d, p = _node_ref(lf[0], lf[1])
-        es = []
-        for e in _arr(lf[2]):
-            e = _arr(e, 4)
-            es.append(
-                (_bin(e[0], 32), _int(e[1], 2**63 + 1), _int(e[2], 2**63 + 1), _bin(e[3], HASH_LEN))
-            )
-        leaves.append((d, p, tuple(es)))
-    wants = tuple(_bin(k, 32) for k in _arr(o[5]))
-    return SyncStep(_str(o[0]), _int(o[1]), tuple(nodes), tuple(leaves), _items(o[4]), wants)
-
-
-def _dec_end(b: Any) -> SyncEnd:
-    o = _arr(b, 2)
-    return SyncEnd(_str(o[0]), _int(o[1]))
-
-
-#: This module's part of the protocol table (:data:`smegmesh.core.wire.PROTOCOL`).
-CODECS = (
-    # dgram_request/dgram_reply: may go as one datagram (core/wire.DATAGRAM_REQUESTS).
-    # A SyncStep only as a reply: as a request it may finish the responder's
-    # session, and a repeat (after a "use the stream" answer, when the reply is
-    # too large for a datagram) then gets SyncEnd instead of the items
-    # (tests/unit/test_sync.py::test_a_step_run_again_after_its_reply_was_lost_gets_no_items).
-    Codec(
-        10,
-        SyncStart,
-        lambda m: [m.mesh_id, m.session_id, m.salt, m.digest, m.count],
-        _dec_start,
-        dgram_request=True,
-    ),
-    Codec(11, SyncStep, _enc_step, _dec_step, dgram_reply=True),
-    Codec(12, SyncEnd, lambda m: [m.mesh_id, m.session_id], _dec_end, dgram_reply=True),
-)
 #: The sync messages alone: their encoded sizes (a session counts its bytes).
 _SYNC_CODECS = Registry(CODECS)
 
