@@ -66,4 +66,13 @@ def test_a_2_2_partition_heals_within_10_s(testbed: Testbed) -> None:
         wait_until(healed, timeout=60, interval=0.1, what="all four live everywhere")
         took = time.monotonic() - t_heal
         print(f"\ncut {t_heal - t_cut:.1f} s; all live everywhere {took:.1f} s after it ended")
-        assert took <= HEAL_TARGET_S, f"healed {took:.1f} s after the cut ended"
+        if took > HEAL_TARGET_S:  # what each daemon saw, for the next reader of a CI log
+            events = [
+                f"{d.name}: {ln}"
+                for d in ds
+                for ln in d.log_text().splitlines()
+                if "pruned" in ln or "joined" in ln or "came back" in ln or "refused" in ln
+            ]
+            raise AssertionError(
+                f"healed {took:.1f} s after the cut ended\n" + "\n".join(events[-60:])
+            )
