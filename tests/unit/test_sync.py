@@ -12,7 +12,15 @@ from smegmesh.core import wire
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.record import NodeRecord, Prune
 from smegmesh.core.state import MeshState
-from smegmesh.core.sync import Push, SyncEnd, SyncSession, SyncStart, SyncStep
+from smegmesh.core.sync import (
+    MAX_RESPONDER_SESSIONS,
+    MAX_SESSIONS_PER_INITIATOR,
+    Push,
+    SyncEnd,
+    SyncSession,
+    SyncStart,
+    SyncStep,
+)
 
 MESH = "test-mesh-0001"
 IDS = [NodeIdentity.from_seed(random.Random(100 + i).randbytes(32)) for i in range(16)]
@@ -276,8 +284,6 @@ def test_a_member_opening_sessions_without_end_holds_two_and_an_honest_one_finis
     """Responder sessions were unbounded: each ``SyncStart`` stayed 30 s, and every
     message swept all of them (a member sending starts made every other message
     dearer, and memory grow). Now at most two per initiator and 64 in all."""
-    from smegmesh.core.sync import MAX_RESPONDER_SESSIONS, MAX_SESSIONS_PER_INITIATOR
-
     b = MeshState(MESH)
     b.apply_many(POOL[:20], T0)
     a = MeshState(MESH)

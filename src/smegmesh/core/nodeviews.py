@@ -3,8 +3,8 @@
 A change of k records costs O(k log N) plus a copy of the view lists (a
 memcpy), not a rebuild: at 10,000 nodes a rebuild is ~0.1 s and every state
 change would pay it. That holds for a change of membership too (a peer
-joins, leaves or is pruned): the reachable list is edited in place of a
-copy, and the clients assigned to us are recomputed from the live clients
+joins, leaves or is pruned): the reachable list is edited by bisection
+in a copy (it stays sorted), and the clients assigned to us are recomputed from the live clients
 alone (none in a mesh of peers). At 3,000 members a membership change cost
 ~3 ms of rebuilds a node before; a node of a 3,000-member swarm process pays
 it once per member. The reachable list keeps its identity while the set of
@@ -139,7 +139,7 @@ def _update_views(v: Views, st: MeshState, me: bytes, keys: set[bytes]) -> Views
             pruned.remove(k)
     cl = v.clients if clients is None else clients
     redo = assignees or clients is not None
-    mine = _clients_of(cl, st, peers, me) if redo and cl else ([] if redo else v.my_clients)
+    mine = _clients_of(cl, st, peers, me) if redo else v.my_clients
     return Views(
         st, st.version, live, peers, v.reachable if reach is None else reach, mine, pruned, cl
     )
@@ -159,5 +159,6 @@ def share_views(ref: Views, st: MeshState, me: bytes) -> Views | None:
         return None
     if ref.my_clients or ref.pruned or ref.clients:
         return None
-    reach = [k for k, r in ref.peers.items() if r.control_endpoint is not None and k != me]
-    return replace(ref, state=st, version=st.version, reachable=reach)
+    # sorted, as every reachable list (the updates bisect it; the peers dict
+    # is in key order only until its first update)
+    return replace(ref, state=st, version=st.version, reachable=_reachable_of(ref.peers, me))
