@@ -19,7 +19,10 @@ view and ``--settle`` seconds have passed, over ``--window`` seconds:
   sockets (TLS records, HTTP/2 frames and HPACK headers, gRPC framing, the
   message), from the daemon's ``smegd_wire_bytes`` (``TCP_INFO``), and the
   message payload alone (``smegd_rpc_bytes``) beside it;
-* outgoing channels and node-to-node sockets open at the end.
+* outgoing channels and node-to-node sockets open at the end;
+* the results of its datagram calls in the window (``datagram_results``:
+  answered, or unanswered and sent again over the stream, which is what
+  opens channels when the swarm answers late).
 
 ``--calibrate-only`` (also run after the sizes) measures the wire bytes of one
 call on the real transport by message type (payload sizes from the run's own
@@ -154,6 +157,7 @@ def measure(
             suspect=int(_sum(m1, "smegd_members", state="suspect")),
             pruned=int(_sum(m1, "smegd_members", state="pruned")),
             payload_by_type=_payload_by_type(m0, m1),
+            datagram_results=_delta_by(m0, m1, "smegd_datagram_calls", "result"),
             window_s=round(dt, 1),
             load=os.getloadavg()[0],
         )
@@ -196,6 +200,14 @@ def _by_transport(m0: dict[str, float], m1: dict[str, float]) -> dict[str, float
         - _sum(m0, "smegd_rpc_transport_calls", transport=t)
         for t in ("stream", "datagram")
     }
+
+
+def _delta_by(
+    m0: dict[str, float], m1: dict[str, float], prefix: str, label: str
+) -> dict[str, float]:
+    """``label`` value -> increase of ``prefix`` over the window (zeros left out)."""
+    a, b = _by_type(m0, prefix, label), _by_type(m1, prefix, label)
+    return {k: v - a.get(k, 0.0) for k, v in sorted(b.items()) if v - a.get(k, 0.0)}
 
 
 def _payload_by_type(m0: dict[str, float], m1: dict[str, float]) -> dict[str, list[float]]:
