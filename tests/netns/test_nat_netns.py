@@ -28,6 +28,7 @@ recorded in docs/NAT.md.
 from __future__ import annotations
 
 import base64
+import contextlib
 import time
 from typing import Any
 
@@ -290,13 +291,40 @@ def test_nat66_six_clients_behind_four_nats(testbed: Testbed) -> None:
         except TimeoutError as e:
             missing = [(i, j) for i, j in cone if not direct(i, j)]
             involved = sorted({i for pair in missing for i in pair})  # their logs only
-            notes = [
-                f"client {i}: {ln}"
-                for i in involved
-                for ln in clients[i].log_text().splitlines()
-                if "direct session" in ln or "moving" in ln or "seen from outside" in ln
-            ]
-            raise AssertionError(f"{e}; not direct: {missing}\n" + "\n".join(notes[-120:])) from e
+            marks = (
+                "direct session",
+                "moving",
+                "seen from outside",
+                "endpoint discovery",
+                "pruned",
+                "came back",
+                "assigned",
+            )
+            notes = []
+            for i in involved:
+                lines = clients[i].log_text().splitlines()
+                mine = [ln for ln in lines if any(m in ln for m in marks)]
+                # a client that logged nothing of the kind: its last lines, whatever they are
+                notes += [f"client {i}: {ln}" for ln in (mine or lines[-30:])]
+                with contextlib.suppress(Exception):  # its view of the clients' records
+                    nodes = clients[i].get_mesh(mesh_id)["nodes"]  # type: ignore[index]
+                    for n in nodes:
+                        k = base64.b64decode(n["public_key"])
+                        if k in keys:
+                            notes.append(
+                                f"client {i} sees client {keys.index(k)}: {n['status']} "
+                                f"v{n['record_version']} nat {n['nat_endpoint']} "
+                                f"via {str(n['assigned_peer'])[:8]}"
+                            )
+                with contextlib.suppress(Exception):
+                    st = clients[i].wg_show(mesh_id)
+                    for k, p in (st.peers if st is not None else {}).items():
+                        who = f"client {keys.index(k)}" if k in keys else k.hex()[:12]
+                        notes.append(
+                            f"client {i} wg: {who} endpoint {p.endpoint} "
+                            f"handshake {p.last_handshake} rx {p.rx_bytes}"
+                        )
+            raise AssertionError(f"{e}; not direct: {missing}\n" + "\n".join(notes[-200:])) from e
         t_direct = time.monotonic() - joined
         assert not any(direct(i, 5) for i in range(5))  # the symmetric NAT's client: relayed
         # two clients behind one NAT on one port: one moved to a port of its own,

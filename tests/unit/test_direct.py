@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
 
@@ -439,3 +440,42 @@ def test_of_two_clients_sharing_a_port_behind_one_nat_the_higher_key_moves() -> 
     assert moved(hi, [recs[lo]]) is True
     assert moved(lo, [recs[hi]]) is False
     assert moved(hi, [other_nat]) is False  # same port behind another NAT: no clash
+
+
+def test_a_tick_that_fails_is_logged_once_then_summarised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client whose direct sessions never start says why (it was a debug line per tick)."""
+    import asyncio
+    import logging
+    from types import SimpleNamespace
+
+    from smegmesh.daemon.direct import DirectManager
+
+    rt = SimpleNamespace(mesh_id=MESH)
+    node = SimpleNamespace(meshes={MESH: rt})
+    m = DirectManager(node, 8)
+    calls = 0
+
+    async def broken(_rt: object) -> None:
+        nonlocal calls
+        calls += 1
+        raise KeyError("assigned peer")
+
+    m._tick = broken  # type: ignore[method-assign]
+
+    async def run() -> None:
+        task = asyncio.create_task(m._run())
+        deadline = asyncio.get_running_loop().time() + 10
+        while calls < 3 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    with caplog.at_level(logging.INFO, logger="smegmesh.daemon.direct"):
+        asyncio.run(run())
+    assert calls >= 3
+    lines = [r.getMessage() for r in caplog.records if "direct sessions" in r.getMessage()]
+    assert len(lines) == 1, lines  # the first at once, the rest in the minute's summary
+    assert MESH in lines[0] and "KeyError" in lines[0] and "assigned peer" in lines[0]

@@ -59,6 +59,7 @@ from smegmesh.core.messages import Observed, WhereAmI
 from smegmesh.core.record import Role, check_endpoint
 from smegmesh.core.wire import WireError, decode, encode
 from smegmesh.daemon.probe import Prober
+from smegmesh.daemon.ratelog import RateLog
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,13 @@ class DirectManager:
         self.prober = Prober()
         #: per mesh: key -> overlay address of the nodes probed
         self.probed: dict[str, dict[bytes, str]] = {}
+        #: a tick that raised, and a discovery without an answer: the first of
+        #: each per mesh at once, then one summary a minute (a client whose
+        #: direct sessions never start says why)
+        self.errors = RateLog(log, "direct sessions:", unit="failed ticks", prep="in mesh")
+        self.discovery = RateLog(
+            log, "endpoint discovery:", unit="unanswered attempts", prep="in mesh"
+        )
         cfg = getattr(node, "config", None)
         self.attempt_ms = int(getattr(cfg, "direct_attempt", 15.0) * 1000)
         self.backoff_base_ms = int(getattr(cfg, "direct_backoff", 5.0) * 1000)
@@ -168,13 +176,15 @@ class DirectManager:
                     # a mesh left: its timing goes, its port move stays (once, even after a rejoin)
                     self.schedules[mesh_id] = DirectSchedule(moved_ms=sch.moved_ms)
             self.prober.keep([a for p in self.probed.values() for a in p.values()])
+            self.errors.note_tick()
+            self.discovery.note_tick()
             for rt in list(self.node.meshes.values()):
                 try:
                     await self._tick(rt)
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:
-                    log.debug("mesh %s: direct sessions: %s", rt.mesh_id, e)
+                    self.errors.note(rt.mesh_id, f"{type(e).__name__}: {e}")
 
     async def _tick(self, rt: Any) -> None:
         me = rt.node.record
@@ -284,6 +294,7 @@ class DirectManager:
         via = assigned_peer(me, peers)
         rec = peers.get(via) if via is not None else None
         if rec is None or not rec.control_endpoint or rec.tls_fp is None:
+            self.discovery.note(rt.mesh_id, "no assigned peer with a control endpoint")
             return
         try:
             reply = decode(
@@ -292,9 +303,13 @@ class DirectManager:
                 )
             )
         except (WireError, Exception) as e:
-            log.debug("mesh %s: endpoint discovery failed: %s", rt.mesh_id, e)
+            self.discovery.note(rt.mesh_id, f"{type(e).__name__}: {e}")
             return
-        if not isinstance(reply, Observed) or reply.endpoint is None:
+        if not isinstance(reply, Observed):
+            self.discovery.note(rt.mesh_id, f"answered {type(reply).__name__}")
+            return
+        if reply.endpoint is None:
+            self.discovery.note(rt.mesh_id, "the assigned peer has no handshake with us yet")
             return
         if self._relocate(rt, reply.endpoint):
             return
