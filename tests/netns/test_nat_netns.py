@@ -34,6 +34,7 @@ from typing import Any
 
 import pytest
 
+from smegmesh.core.identity import key_to_text
 from smegmesh.testbed.cluster import Cluster, Daemon, Timings
 from smegmesh.testbed.netns import Testbed, wait_until
 
@@ -91,6 +92,50 @@ def _rtt(d: Daemon, address: str, count: int = 10) -> float | None:
         if "min/avg/max" in line:
             return float(line.split("=")[1].split("/")[1])
     return None
+
+
+def _why_not_direct(
+    clients: list[Daemon], keys: list[bytes], mesh_id: str, missing: list[tuple[int, int]]
+) -> str:
+    """For a failure message: what the clients of the pairs not direct saw and hold.
+
+    Per client: its port moves, discoveries and events, its session lines about
+    the partners it lacks (keys shown as client numbers), its view of the
+    clients' records and its WireGuard entries.
+    """
+    names = {key_to_text(k)[:12]: f"client {j}" for j, k in enumerate(keys)}
+    marks = ("moving", "seen from outside", "endpoint discovery", "pruned", "came back")
+    out = []
+    for i in sorted({i for pair in missing for i in pair}):
+        lacking = {names[key_to_text(keys[j])[:12]] for pair in missing for j in pair if j != i}
+        for ln in clients[i].log_text().splitlines():
+            for prefix, name in names.items():
+                ln = ln.replace(prefix, name)
+            if any(m in ln for m in marks) or (
+                "direct session with" in ln
+                and ln.split("direct session with ")[1].split(":")[0] in lacking
+            ):
+                when, _, text = ln.partition(" INFO ")
+                text = text.split(f"mesh {mesh_id}: ", 1)[-1]
+                out.append(f"client {i} {when[11:]}: {text}")
+        with contextlib.suppress(Exception):  # its view of the clients' records
+            for n in clients[i].get_mesh(mesh_id)["nodes"]:  # type: ignore[index]
+                k = base64.b64decode(n["public_key"])
+                if k in keys:
+                    out.append(
+                        f"client {i} sees client {keys.index(k)}: {n['status']} "
+                        f"v{n['record_version']} nat {n['nat_endpoint']} "
+                        f"via {str(n['assigned_peer'])[:8]}"
+                    )
+        with contextlib.suppress(Exception):
+            st = clients[i].wg_show(mesh_id)
+            for k, p in (st.peers if st is not None else {}).items():
+                who = f"client {keys.index(k)}" if k in keys else k.hex()[:12]
+                out.append(
+                    f"client {i} wg: {who} endpoint {p.endpoint} "
+                    f"handshake {p.last_handshake} rx {p.rx_bytes}"
+                )
+    return "\n".join(out[-400:])
 
 
 def _clients(cluster: Cluster, nodes: list[Any]) -> list[Daemon]:
@@ -290,41 +335,8 @@ def test_nat66_six_clients_behind_four_nats(testbed: Testbed) -> None:
             )
         except TimeoutError as e:
             missing = [(i, j) for i, j in cone if not direct(i, j)]
-            involved = sorted({i for pair in missing for i in pair})  # their logs only
-            marks = (
-                "direct session",
-                "moving",
-                "seen from outside",
-                "endpoint discovery",
-                "pruned",
-                "came back",
-                "assigned",
-            )
-            notes = []
-            for i in involved:
-                lines = clients[i].log_text().splitlines()
-                mine = [ln for ln in lines if any(m in ln for m in marks)]
-                # a client that logged nothing of the kind: its last lines, whatever they are
-                notes += [f"client {i}: {ln}" for ln in (mine or lines[-30:])]
-                with contextlib.suppress(Exception):  # its view of the clients' records
-                    nodes = clients[i].get_mesh(mesh_id)["nodes"]  # type: ignore[index]
-                    for n in nodes:
-                        k = base64.b64decode(n["public_key"])
-                        if k in keys:
-                            notes.append(
-                                f"client {i} sees client {keys.index(k)}: {n['status']} "
-                                f"v{n['record_version']} nat {n['nat_endpoint']} "
-                                f"via {str(n['assigned_peer'])[:8]}"
-                            )
-                with contextlib.suppress(Exception):
-                    st = clients[i].wg_show(mesh_id)
-                    for k, p in (st.peers if st is not None else {}).items():
-                        who = f"client {keys.index(k)}" if k in keys else k.hex()[:12]
-                        notes.append(
-                            f"client {i} wg: {who} endpoint {p.endpoint} "
-                            f"handshake {p.last_handshake} rx {p.rx_bytes}"
-                        )
-            raise AssertionError(f"{e}; not direct: {missing}\n" + "\n".join(notes[-200:])) from e
+            why = _why_not_direct(clients, keys, mesh_id, missing)
+            raise AssertionError(f"{e}; not direct: {missing}\n{why}") from e
         t_direct = time.monotonic() - joined
         assert not any(direct(i, 5) for i in range(5))  # the symmetric NAT's client: relayed
         # two clients behind one NAT on one port: one moved to a port of its own,

@@ -21,10 +21,11 @@ from smegmesh.core.direct import (
     STALE_MS,
     DirectPeer,
     DirectTable,
-    backoff_ms,
+    backoff_period_ms,
     choose_direct,
     endpoint_for,
     pair_score,
+    retry_slot_ms,
 )
 from smegmesh.core.messages import Observed, WhereAmI
 from smegmesh.core.record import NodeRecord, RecordError, Role, record_from_obj, validate_record
@@ -110,12 +111,12 @@ def test_endpoint_prefers_local_behind_the_same_nat() -> None:
 
 
 # --------------------------------------------------------------------------- sessions
-K = IDS[1].wg_public_key
+ME, K = IDS[0].wg_public_key, IDS[1].wg_public_key
 EP = "203.0.113.9:4000"
 
 
 def test_session_routes_only_once_up_and_falls_back_when_stale() -> None:
-    t = DirectTable(rng=random.Random(1))
+    t = DirectTable(me=ME)
     now = NOW
     assert t.update(now, {K: EP}, {}) == {K: DirectPeer(EP, routed=False)}  # trying, relayed
     now += 1000
@@ -140,14 +141,14 @@ def test_session_routes_only_once_up_and_falls_back_when_stale() -> None:
     assert t.state(K) == "backoff"
     # retried after the backoff, not before
     retry = t.backoff[K].retry_ms
-    assert retry - now >= 0.8 * BACKOFF_BASE_MS
+    assert retry - now >= BACKOFF_BASE_MS // 2
     assert t.update(retry - 1, {K: EP}, {}) == {}
     assert t.update(retry, {K: EP}, {}) == {K: DirectPeer(EP, routed=False)}
 
 
 def test_failed_attempts_back_off_exponentially() -> None:
     """A symmetric NAT: handshakes never complete; attempts get rarer, bounded."""
-    t = DirectTable(rng=random.Random(2))
+    t = DirectTable(me=ME)
     now = NOW
     attempts: list[int] = []
     trying = False
@@ -159,20 +160,62 @@ def test_failed_attempts_back_off_exponentially() -> None:
         now += 1000
     waits = [b - a - ATTEMPT_MS for a, b in itertools.pairwise(attempts)]
     assert len(attempts) < 25  # vs 3,600 ticks: no handshake flood
-    assert waits[4] > waits[0] * 8  # exponential: 2^4 = 16 (+-20 % jitter)
-    assert max(waits) <= 1.2 * BACKOFF_MAX_MS + 2000  # capped
+    assert waits[4] > waits[0] * 4  # exponential: 2^4 = 16 (each wait P/2 .. 3P/2)
+    assert max(waits) <= 1.5 * backoff_period_ms(64) + 2000  # capped
+    assert backoff_period_ms(64) <= BACKOFF_MAX_MS
 
 
 def test_backoff_schedule() -> None:
+    assert backoff_period_ms(0) == 0
+    top = max(BACKOFF_BASE_MS * 2**k for k in range(20) if BACKOFF_BASE_MS * 2**k <= BACKOFF_MAX_MS)
+    for f in range(1, 20):
+        assert backoff_period_ms(f) == min(top, BACKOFF_BASE_MS * 2 ** (f - 1))
     rng = random.Random(3)
-    assert backoff_ms(0, rng) == 0
-    for f in range(1, 12):
-        want = min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** (f - 1))
-        assert 0.8 * want <= backoff_ms(f, rng) <= 1.2 * want
+    for _ in range(2000):
+        now, phase = NOW + rng.randrange(10**9), rng.randrange(2**64)
+        f = rng.randrange(1, 12)
+        p = backoff_period_ms(f)
+        at = retry_slot_ms(now, f, phase)
+        assert now + p // 2 <= at < now + p // 2 + p  # a wait of P/2 .. 3P/2
+        assert (at - phase) % p == 0  # on the pair's grid
+        # a longer period's slot is also a slot of every shorter one
+        for g in range(1, f):
+            assert (at - phase) % backoff_period_ms(g) == 0
+
+
+def test_both_ends_of_a_pair_retry_in_the_same_slots() -> None:
+    """Hole punching needs both ends to send at once. One end starts 7 s after the
+    other (it saw the record later) and an endpoint change resets it once; no
+    handshake ever completes. After the backoff has grown, every attempt of
+    either end starts together with one of the other's (they drifted apart
+    with each end's own jittered delay: minutes without a common attempt)."""
+    a, b = DirectTable(me=ME), DirectTable(me=K)
+    starts: dict[str, list[int]] = {"a": [], "b": []}
+    ep_a, ep_b = "198.51.100.2:4000", EP
+    trying = {"a": False, "b": False}
+    for t in range(NOW, NOW + 3_600_000, 500):
+        if t == NOW + 100_000:
+            ep_a = "198.51.100.2:4001"  # a moved: b starts over at once
+        for name, table, key, ep, begin in (
+            ("a", a, K, ep_b, NOW),
+            ("b", b, ME, ep_a, NOW + 7_000),
+        ):
+            if t < begin:
+                continue
+            plan = table.update(t, {key: ep}, {key: (None, 0)})
+            if key in plan and not trying[name]:
+                starts[name].append(t)
+            trying[name] = key in plan
+    late = [s for s in starts["a"] if s > NOW + 1_200_000]
+    assert len(late) >= 5
+    for s in late:
+        assert min(abs(s - x) for x in starts["b"]) <= 500, (s, starts["b"])
+    for s in (x for x in starts["b"] if x > NOW + 1_200_000):
+        assert min(abs(s - x) for x in starts["a"]) <= 500, (s, starts["a"])
 
 
 def test_endpoint_change_restarts_the_attempt_at_once() -> None:
-    t = DirectTable(rng=random.Random(4))
+    t = DirectTable(me=ME)
     t.update(NOW, {K: EP}, {})
     for i in range(1, 20):
         t.update(NOW + i * 1000, {K: EP}, {K: (None, 0)})
@@ -182,7 +225,7 @@ def test_endpoint_change_restarts_the_attempt_at_once() -> None:
 
 
 def test_unchosen_target_is_dropped() -> None:
-    t = DirectTable(rng=random.Random(5))
+    t = DirectTable(me=ME)
     t.update(NOW, {K: EP}, {})
     assert t.update(NOW + 1000, {}, {}) == {}
     assert t.state(K) == "none"
@@ -217,7 +260,7 @@ def test_desired_config_adds_direct_peer_and_routes_its_address_only_when_up() -
 
 
 def test_old_handshake_does_not_bring_a_session_up_and_an_aged_one_goes_stale() -> None:
-    t = DirectTable(rng=random.Random(6))
+    t = DirectTable(me=ME)
     now = NOW
     t.update(now, {K: EP}, {})
     now += 1000
@@ -260,7 +303,7 @@ def test_observed_endpoint_only_after_a_handshake() -> None:
 def test_session_falls_back_when_only_our_direction_breaks() -> None:
     """The other's keepalives still arrive (bytes grow) but our echoes go unanswered:
     stale within PROBE_STALE_MS (+ one tick), not after the other end notices."""
-    t = DirectTable(rng=random.Random(7))
+    t = DirectTable(me=ME)
     now = NOW
     t.update(now, {K: EP}, {}, {})
     now += 500
@@ -280,7 +323,7 @@ def test_session_falls_back_when_only_our_direction_breaks() -> None:
 
 
 def test_echoes_get_a_grace_period_after_the_session_comes_up() -> None:
-    t = DirectTable(rng=random.Random(8))
+    t = DirectTable(me=ME)
     t.update(NOW, {K: EP}, {}, {})
     up = NOW + 500
     assert t.update(up, {K: EP}, {K: (up / 1000, 148)}, {})[K].routed is True
@@ -293,7 +336,7 @@ def test_echoes_get_a_grace_period_after_the_session_comes_up() -> None:
 
 
 def test_without_echoes_received_bytes_decide() -> None:
-    t = DirectTable(rng=random.Random(9))
+    t = DirectTable(me=ME)
     t.update(NOW, {K: EP}, {}, None)
     now = NOW + 500
     t.update(now, {K: EP}, {K: (now / 1000, 148)}, None)
@@ -305,7 +348,7 @@ def test_without_echoes_received_bytes_decide() -> None:
 
 
 def test_backoff_base_is_configurable() -> None:
-    t = DirectTable(rng=random.Random(10), attempt_ms=3000, backoff_base_ms=1000)
+    t = DirectTable(me=ME, attempt_ms=3000, backoff_base_ms=1000)
     now = NOW
     starts = []
     trying = False

@@ -21,8 +21,10 @@ clients that both publish endpoints may hold a *direct* session:
   ``stale_ms``. Until then, and after it goes stale, the /128 stays on the
   assigned peer's whole-prefix entry (no gap). An attempt that does not come
   up within ``attempt_ms``, or a session that goes stale, is dropped and retried
-  after an exponential backoff with jitter (``backoff_ms``), so a symmetric
-  NAT does not cause a flood of handshakes. A changed endpoint restarts the
+  after an exponential backoff (:func:`retry_slot_ms`), so a symmetric NAT does
+  not cause a flood of handshakes. The retries start in slots both ends of the
+  pair share (the wall clock, the pair's score), so they send at the same
+  moments: a hole through two NATs needs both. A changed endpoint restarts the
   attempt at once.
 * **Both directions** (``replies``): while a session is up, the daemon sends an
   ICMPv6 echo over it every ``PROBE_MS``; a session whose echoes go unanswered
@@ -37,7 +39,6 @@ from __future__ import annotations
 import hashlib
 import heapq
 import ipaddress
-import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -55,10 +56,11 @@ __all__ = [
     "STALE_MS",
     "DirectPeer",
     "DirectTable",
-    "backoff_ms",
+    "backoff_period_ms",
     "choose_direct",
     "endpoint_for",
     "pair_score",
+    "retry_slot_ms",
 ]
 
 #: Persistent keepalive of a direct session: the liveness signal (bytes arrive
@@ -73,7 +75,7 @@ HANDSHAKE_MAX_AGE_MS = 190_000
 #: An attempt that has not come up after this long failed.
 ATTEMPT_MS = 15_000
 BACKOFF_BASE_MS = 5_000
-BACKOFF_MAX_MS = 300_000
+BACKOFF_MAX_MS = 320_000  # 5 s x 2^6: the retry slots nest (retry_slot_ms)
 #: Echo requests over an up session this often; unanswered for PROBE_STALE_MS = stale.
 PROBE_MS = 500
 PROBE_STALE_MS = 2_000
@@ -128,12 +130,38 @@ def endpoint_for(me: NodeRecord, other: NodeRecord) -> str | None:
     return other.nat_endpoint
 
 
-def backoff_ms(failures: int, rng: random.Random, base_ms: int = BACKOFF_BASE_MS) -> int:
-    """Delay before attempt ``failures + 1``: base * 2^(failures-1), capped, +-20 % jitter."""
+def backoff_period_ms(failures: int, base_ms: int = BACKOFF_BASE_MS) -> int:
+    """The retry period after ``failures`` failed attempts (0: none).
+
+    ``base * 2^(failures-1)``, at most the largest ``base * 2^k`` not over
+    :data:`BACKOFF_MAX_MS` (320 s with the default 5 s base).
+    """
     if failures <= 0:
         return 0
-    base = min(BACKOFF_MAX_MS, base_ms * 2 ** min(failures - 1, 16))
-    return int(base * rng.uniform(0.8, 1.2))
+    top = max(0, (BACKOFF_MAX_MS // base_ms).bit_length() - 1)
+    return base_ms << min(failures - 1, top)
+
+
+def retry_slot_ms(now_ms: int, failures: int, phase: int, base_ms: int = BACKOFF_BASE_MS) -> int:
+    """When the next attempt starts: the first retry slot at least half a period from now.
+
+    Slots of period ``P`` (:func:`backoff_period_ms`) start at ``phase + k * P``
+    on the wall clock (ms). ``phase`` is the pair's score, the same on both
+    ends, taken modulo the longest period, which every shorter one divides:
+    the slots of a longer period are a subset of a shorter one's. So the two
+    ends of a pair start their retries together even when their failure
+    counts differ (one of them reset by an endpoint change), and a hole
+    through two NATs, which needs both ends to send, gets its chance at every
+    retry. Each end waited its own jittered delay from its own failure
+    before: the ends drifted apart, and a pair could miss each other for
+    minutes (the NAT66 test's flake). The wait is ``P/2 .. 3P/2``.
+    """
+    period = backoff_period_ms(failures, base_ms)
+    if period == 0:
+        return now_ms
+    origin = phase % backoff_period_ms(64, base_ms)
+    earliest = now_ms + period // 2
+    return origin + -(-(earliest - origin) // period) * period
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,11 +194,13 @@ class DirectTable:
     """Direct sessions of one client in one mesh: attempts, up/down, backoff.
 
     Call :meth:`update` with the chosen targets and the WireGuard status (each
-    target's last handshake and received bytes) every second or so; it returns
-    the sessions to configure. ``rng`` gives the backoff jitter.
+    target's last handshake and received bytes) every second or so, ``now_ms``
+    on the wall clock (both ends of a pair retry in the same slots of it); it
+    returns the sessions to configure. ``me``: this client's key (with the
+    other's, the pair's slots).
     """
 
-    rng: random.Random  # the backoff jitter (the daemon's; a test's seeded one)
+    me: bytes
     stale_ms: int = STALE_MS
     attempt_ms: int = ATTEMPT_MS
     backoff_base_ms: int = BACKOFF_BASE_MS
@@ -181,8 +211,9 @@ class DirectTable:
     def _fail(self, key: bytes, endpoint: str, now_ms: int) -> None:
         prev = self.backoff.get(key)
         failures = (prev.failures if prev is not None else 0) + 1
-        delay = backoff_ms(failures, self.rng, self.backoff_base_ms)
-        self.backoff[key] = _Backoff(failures, now_ms + delay, endpoint)
+        phase = int.from_bytes(pair_score(self.me, key), "big")
+        retry = retry_slot_ms(now_ms, failures, phase, self.backoff_base_ms)
+        self.backoff[key] = _Backoff(failures, retry, endpoint)
         self.sessions.pop(key, None)
 
     def update(

@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -103,10 +102,9 @@ def annotate(detail: Any, rtts: Mapping[str, float]) -> Any:
 class DirectManager:
     """Direct sessions of this node's client meshes (one table per mesh)."""
 
-    def __init__(self, node: Any, limit: int, rng: random.Random | None = None) -> None:
+    def __init__(self, node: Any, limit: int) -> None:
         self.node = node
         self.limit = limit
-        self.rng = rng or random.Random()
         self.tables: dict[str, DirectTable] = {}
         self.plans: dict[str, dict[bytes, DirectPeer]] = {}
         #: per mesh: when discovery and slow probes are due, the port move
@@ -201,7 +199,9 @@ class DirectManager:
         table = self.tables.setdefault(
             rt.mesh_id,
             DirectTable(
-                rng=self.rng, attempt_ms=self.attempt_ms, backoff_base_ms=self.backoff_base_ms
+                me=self.node.identity.wg_public_key,
+                attempt_ms=self.attempt_ms,
+                backoff_base_ms=self.backoff_base_ms,
             ),
         )
         if not targets and not table.sessions and not table.backoff:

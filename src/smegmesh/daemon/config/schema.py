@@ -321,7 +321,7 @@ class Config(_Model):
         le=600,
         description="NAT traversal: seconds a direct session attempt may take to come up "
         "before it counts as failed (then retried after directBackoff x 2^(failures-1), "
-        "at most 300 s).",
+        "at most 320 s).",
     )
     direct_backoff: float = Field(
         default=5.0,
@@ -329,7 +329,8 @@ class Config(_Model):
         gt=0,
         le=300,
         description="NAT traversal: seconds before the first retry of a failed or broken "
-        "direct session; doubled per further failure (+-20 % jitter), at most 300 s.",
+        "direct session; doubled per further failure, at most 320 s. Retries start in "
+        "slots both ends of a pair share (the wall clock and the pair), so they try together.",
     )
 
     _warnings: list[str] = PrivateAttr(default_factory=list)
