@@ -339,7 +339,7 @@ def test_nat66_six_clients_behind_four_nats(testbed: Testbed) -> None:
             raise AssertionError(f"{e}; not direct: {missing}\n{why}") from e
         t_direct = time.monotonic() - joined
         assert not any(direct(i, 5) for i in range(5))  # the symmetric NAT's client: relayed
-        # two clients behind one NAT on one port: one moved to a port of its own,
+        # two clients behind one NAT on one port: one or both moved to a port of its own,
         # and the NAT keeps every cone client's port (so others can reach it)
         ports = [_nat_port_kept(clients[i], mesh_id, keys[i]) for i in range(5)]
         assert all(listen == public for listen, public in ports), ports

@@ -3,7 +3,7 @@ out of daemon/direct.py): targets and probes, port moves, discovery and probe ti
 
 from __future__ import annotations
 
-from nat_nodes import IDS, NOW, client, peer
+from nat_nodes import NOW, client, peer
 from smegmesh.core.desired import assigned_peer
 from smegmesh.core.direct import choose_direct
 from smegmesh.core.direct_plan import (
@@ -48,15 +48,14 @@ def test_endpoint_parts_and_a_port_the_nat_did_not_keep() -> None:
     assert not nat_moved_port("garbage", 51820)  # nothing to go on: stay
 
 
-def test_port_clash_moves_only_the_higher_key_behind_the_same_address() -> None:
-    lo, hi = sorted((0, 1), key=lambda i: IDS[i].wg_public_key)
-    recs = {i: client(i, "203.0.113.5:51820", (f"192.168.1.{10 + i}:51820",)) for i in (lo, hi)}
-    assert port_clash(recs[hi], [recs[hi], recs[lo]], 51820) == recs[lo]
-    assert port_clash(recs[lo], [recs[lo], recs[hi]], 51820) is None
-    assert port_clash(recs[hi], [recs[lo]], 40000) is None  # another port: no clash
+def test_port_clash_moves_both_behind_the_same_address() -> None:
+    a, b = (client(i, "203.0.113.5:51820", (f"192.168.1.{10 + i}:51820",)) for i in (0, 1))
+    assert port_clash(a, [a, b], 51820) == b
+    assert port_clash(b, [b, a], 51820) == a
+    assert port_clash(a, [b], 40000) is None  # another port: no clash
     elsewhere = client(2, "198.51.100.7:51820", ("192.168.1.12:51820",))
-    assert port_clash(recs[hi], [elsewhere], 51820) is None  # another NAT
-    assert port_clash(client(hi), [recs[lo]], 51820) is None  # own public address unknown
+    assert port_clash(a, [elsewhere], 51820) is None  # another NAT
+    assert port_clash(client(0), [b], 51820) is None  # own public address unknown
 
 
 def test_discovery_is_fast_until_the_endpoint_is_known_then_periodic() -> None:

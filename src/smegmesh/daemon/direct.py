@@ -22,8 +22,9 @@ port derived from its key (:func:`relocated_port`) and discovers again: the
 NAT then keeps that port for it too. The NAT may also keep the port for both
 (each talks to another relay): the mapping then clashes as soon as both send to
 the same client. So a client also moves when another client behind the same
-public address publishes a local endpoint on its port (of the two, the one
-with the higher key moves). See docs/NAT.md.
+public address publishes a local endpoint on its port (both move: mappings
+the NAT made for one of them on the shared port would keep the other from
+the partners it tried). See docs/NAT.md.
 
 The peer side answers ``WhereAmI`` from its WireGuard status
 (:func:`observed_endpoint`): the caller is authenticated by the transport, so a
@@ -267,7 +268,7 @@ class DirectManager:
         return self._move(rt, f"the NAT maps WireGuard port {rt.listen_port} to {seen}")
 
     def _shared_port(self, rt: Any, me: Any, records: Any) -> bool:
-        """Another client behind our NAT listens on our port, and we are the one to move."""
+        """Another client behind our NAT listens on our port: we move (so does it)."""
         r = port_clash(me, records, rt.listen_port)
         if r is None:
             return False
