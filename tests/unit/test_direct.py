@@ -183,6 +183,11 @@ def test_backoff_schedule() -> None:
             assert (at - phase) % backoff_period_ms(g) == 0
 
 
+def test_a_backoff_base_under_a_millisecond_still_backs_off() -> None:
+    assert backoff_period_ms(1, 0) == 1 and backoff_period_ms(3, 0) == 4
+    assert retry_slot_ms(NOW, 1, 12345, 0) >= NOW
+
+
 def test_both_ends_of_a_pair_retry_in_the_same_slots() -> None:
     """Hole punching needs both ends to send at once. One end starts 7 s after the
     other (it saw the record later) and an endpoint change resets it once; no

@@ -138,6 +138,7 @@ def backoff_period_ms(failures: int, base_ms: int = BACKOFF_BASE_MS) -> int:
     """
     if failures <= 0:
         return 0
+    base_ms = max(1, base_ms)  # directBackoff may be under a millisecond
     top = max(0, (BACKOFF_MAX_MS // base_ms).bit_length() - 1)
     return base_ms << min(failures - 1, top)
 
