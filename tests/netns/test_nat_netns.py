@@ -195,10 +195,11 @@ def _attempts(d: Daemon) -> dict[str, int]:
 
 
 def _max_attempts(elapsed: float, attempt: float, base: float) -> int:
-    """Most attempts within ``elapsed`` s: each lasts ``attempt``, waits >= 0.8 x base x 2^i."""
+    """Most attempts within ``elapsed`` s: each lasts ``attempt``, waits >= 0.5 x base x 2^i
+    (the first retry slot at least half a period after the failure: ``retry_slot_ms``)."""
     n, t = 0, 0.0
     while t <= elapsed:
-        t += attempt + 0.8 * base * 2 ** max(0, n - 1) * (1 if n else 0)
+        t += attempt + 0.5 * base * 2 ** max(0, n - 1) * (1 if n else 0)
         n += 1
     return n + 1  # slack: a tick either side
 

@@ -107,9 +107,10 @@ def test_a_2_2_partition_heals_within_10_s_for_every_seed() -> None:
 def test_pull_pruned_chance_grows_with_the_share_pruned() -> None:
     assert pull_pruned_chance(0, 10) == 0.0
     assert pull_pruned_chance(10, 3_000) == PULL_PRUNED_CHANCE  # churn in a large mesh
-    assert pull_pruned_chance(2, 2) == PULL_PRUNED_MAX  # a 2 | 2 split
-    assert pull_pruned_chance(1_500, 1_500) == PULL_PRUNED_MAX  # half of a large mesh
-    assert PULL_PRUNED_CHANCE < pull_pruned_chance(40, 100) < PULL_PRUNED_MAX
+    assert pull_pruned_chance(2, 1) == PULL_PRUNED_MAX  # a 2 | 2 split: 2 pruned, 1 other
+    assert pull_pruned_chance(1_500, 1_499) == PULL_PRUNED_MAX  # half of a large mesh
+    assert PULL_PRUNED_CHANCE < pull_pruned_chance(40, 80) < PULL_PRUNED_MAX  # a third
+    assert pull_pruned_chance(1, 3) == PULL_PRUNED_CHANCE  # one dead in five: a quarter
     assert pull_pruned_chance(3, 0) == PULL_PRUNED_MAX  # nobody else reachable
 
 

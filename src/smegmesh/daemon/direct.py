@@ -120,9 +120,7 @@ class DirectManager:
         #: each per mesh at once, then one summary a minute (a client whose
         #: direct sessions never start says why)
         self.errors = RateLog(log, "direct sessions:", unit="failed ticks", prep="in mesh")
-        self.discovery = RateLog(
-            log, "endpoint discovery:", unit="unanswered attempts", prep="in mesh"
-        )
+        self.discovery = RateLog(log, "endpoint discovery:", unit="failures", prep="in mesh")
         cfg = getattr(node, "config", None)
         self.attempt_ms = int(getattr(cfg, "direct_attempt", 15.0) * 1000)
         self.backoff_base_ms = int(getattr(cfg, "direct_backoff", 5.0) * 1000)

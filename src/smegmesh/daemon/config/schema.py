@@ -328,9 +328,10 @@ class Config(_Model):
         alias="directBackoff",
         gt=0,
         le=300,
-        description="NAT traversal: seconds before the first retry of a failed or broken "
-        "direct session; doubled per further failure, at most 320 s. Retries start in "
-        "slots both ends of a pair share (the wall clock and the pair), so they try together.",
+        description="NAT traversal: retry period of a failed or broken direct session "
+        "(the first retry comes after 0.5-1.5 periods); doubled per further failure, at most "
+        "320 s. Retries start in slots both ends of a pair share (the wall clock and the "
+        "pair), so they try together; keep it the same on every client of a mesh.",
     )
 
     _warnings: list[str] = PrivateAttr(default_factory=list)
