@@ -139,8 +139,12 @@ def backoff_period_ms(failures: int, base_ms: int = BACKOFF_BASE_MS) -> int:
     if failures <= 0:
         return 0
     base_ms = max(1, base_ms)  # directBackoff may be under a millisecond
-    top = max(0, (BACKOFF_MAX_MS // base_ms).bit_length() - 1)
-    return base_ms << min(failures - 1, top)
+    return base_ms << min(failures - 1, _top_doublings(base_ms))
+
+
+def _top_doublings(base_ms: int) -> int:
+    """The largest k with ``base * 2^k <= BACKOFF_MAX_MS`` (0 for a base above it)."""
+    return max(0, (BACKOFF_MAX_MS // base_ms).bit_length() - 1)
 
 
 def retry_slot_ms(now_ms: int, failures: int, phase: int, base_ms: int = BACKOFF_BASE_MS) -> int:
@@ -160,7 +164,8 @@ def retry_slot_ms(now_ms: int, failures: int, phase: int, base_ms: int = BACKOFF
     period = backoff_period_ms(failures, base_ms)
     if period == 0:
         return now_ms
-    origin = phase % backoff_period_ms(64, base_ms)
+    base_ms = max(1, base_ms)
+    origin = phase % (base_ms << _top_doublings(base_ms))  # the longest period
     earliest = now_ms + period // 2
     return origin + -(-(earliest - origin) // period) * period
 
