@@ -492,6 +492,32 @@ def test_of_two_clients_sharing_a_port_behind_one_nat_both_move() -> None:
     assert moved_to(0, [other_nat]) is None  # same port behind another NAT: no clash
 
 
+def test_port_mates_on_one_derived_port_move_once_more_then_stay() -> None:
+    """Two clients behind one NAT that moved to the same derived port (their
+    derived ports collide) still clash: each moves once more, to the port of
+    the next salt; after that no clash moves them again."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from smegmesh.core.direct_plan import relocated_port
+    from smegmesh.daemon.direct import DirectManager
+
+    q = relocated_port(MESH, IDS[0].wg_public_key, set())
+    rt = SimpleNamespace(mesh_id=MESH, listen_port=q, opts={}, dirty_wg=False, dirty_disk=False)
+    node = SimpleNamespace(
+        meshes={MESH: rt}, identity=IDS[0], _reconcile_wake=asyncio.Event(), config=None
+    )
+    m = DirectManager(node, 8)
+    m._schedule(MESH).moved(NOW)  # the first move, to q
+    me = client(0, "203.0.113.5:51820", (f"192.168.1.10:{q}",))
+    mate = client(1, "203.0.113.5:51820", (f"192.168.1.11:{q}",))  # landed on q too
+    assert m._shared_port(rt, me, [me, mate])
+    assert rt.listen_port == relocated_port(MESH, IDS[0].wg_public_key, set(), salt=1) != q
+    # a third clash (however unlikely) moves it no more
+    rt.listen_port = q
+    assert not m._shared_port(rt, me, [me, mate]) and rt.listen_port == q
+
+
 def test_a_tick_that_fails_is_logged_once_then_summarised(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

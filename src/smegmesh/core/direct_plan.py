@@ -35,12 +35,14 @@ from smegmesh.core.record import MAX_LOCAL_ENDPOINTS, NodeRecord, Role, check_en
 __all__ = [
     "DISCOVER_MS",
     "DISCOVER_RETRY_MS",
+    "MAX_PORT_MOVES",
     "RELOCATE_HI",
     "RELOCATE_LO",
     "RELOCATE_SETTLE_MS",
     "SLOW_PROBE_MS",
     "DirectSchedule",
     "DirectTargets",
+    "derived_ports",
     "direct_targets",
     "endpoint_host",
     "endpoint_port",
@@ -62,6 +64,8 @@ SLOW_PROBE_MS = 5_000
 RELOCATE_SETTLE_MS = 15_000
 #: Ports a relocated client picks from (IANA dynamic range).
 RELOCATE_LO, RELOCATE_HI = 49152, 65535
+#: Port moves per mesh: one for any reason, one more for a clash on the derived port.
+MAX_PORT_MOVES = 2
 
 
 def endpoint_host(endpoint: str | None) -> str | None:
@@ -112,31 +116,51 @@ def nat_moved_port(seen: str, listen_port: int) -> bool:
     return endpoint_port(seen) not in (None, listen_port)
 
 
+def derived_ports(mesh_id: str, key: bytes) -> frozenset[int]:
+    """The ports ``key``'s moves go to (one per salt of :data:`MAX_PORT_MOVES`, none taken)."""
+    return frozenset(relocated_port(mesh_id, key, set(), salt) for salt in range(MAX_PORT_MOVES))
+
+
 def port_clash(
     me: NodeRecord, records: Iterable[NodeRecord], listen_port: int
 ) -> NodeRecord | None:
-    """A client behind our public address listening on our port (then we move).
+    """A client behind our public address that makes us move, or None.
 
-    Both move, each to its own port. Only one used to (the higher key), but
-    the NAT may still hold mappings of the shared public port made by the one
-    that moved, to the partners it tried first; their attempts to reach the
-    one that stayed refresh those mappings, which lead to the old socket, so
-    the one that stayed never reached them (the NAT66 test's flake: in three
-    failed runs, the client that kept the port failed with every partner
-    behind another NAT). A port both left carries nothing.
+    Two cases, both for clients behind the same public address:
+
+    * it listens on our port: both move, each to its own port. Only one used
+      to (the higher key), but the NAT may still hold mappings of the shared
+      public port made by the one that moved, to the partners it tried
+      first; their attempts to reach the one that stayed refresh those
+      mappings, which lead to the old socket, so the one that stayed never
+      reached them (the NAT66 test's flake: in three failed runs, the client
+      that kept the port failed with every partner behind another NAT). A
+      port both left carries nothing.
+    * it listens on a port derived from its key (it moved) while we are not
+      on one of ours: it may have moved off our port before we saw it there
+      (it saw our record first), and its mappings of that port are as
+      stale. We move too. When it moved for another reason (its NAT did not
+      keep its port), the move costs us one re-handshake, once.
     """
     host = endpoint_host(me.nat_endpoint)
     if host is None:
         return None
+    mine: frozenset[int] | None = None
     for r in records:
         if (
-            r.wg_key != me.wg_key
-            and r.role == Role.CLIENT
-            and not r.left
-            and endpoint_host(r.nat_endpoint) == host
-            and r.local_endpoints
-            and endpoint_port(r.local_endpoints[0]) == listen_port
+            r.wg_key == me.wg_key
+            or r.role != Role.CLIENT
+            or r.left
+            or endpoint_host(r.nat_endpoint) != host
+            or not r.local_endpoints
         ):
+            continue
+        port = endpoint_port(r.local_endpoints[0])
+        if port == listen_port:
+            return r
+        if mine is None:
+            mine = derived_ports(me.mesh_id, me.wg_key)
+        if listen_port not in mine and port in derived_ports(me.mesh_id, r.wg_key):
             return r
     return None
 
@@ -171,14 +195,15 @@ def direct_targets(me: NodeRecord, records: Iterable[NodeRecord], limit: int) ->
 
 @dataclass(slots=True)
 class DirectSchedule:
-    """When one mesh's discovery and slow probes are due, and its port move (once).
+    """When one mesh's discovery and slow probes are due, and its port moves (at most two).
 
     Times are milliseconds of one monotonic clock, given by the caller.
     """
 
     discovered_ms: int | None = None  # last discovery started (None: never)
     slow_probe_ms: int | None = None  # last slow probe round
-    moved_ms: int | None = None  # when the port was moved (at most once)
+    moved_ms: int | None = None  # when the port was last moved
+    moves: int = 0  # port moves made (at most MAX_PORT_MOVES)
 
     def discovery_due(self, now_ms: int, endpoint_known: bool) -> bool:
         """Whether a discovery starts now (if so, it counts as started)."""
@@ -195,13 +220,22 @@ class DirectSchedule:
         self.slow_probe_ms = now_ms
         return True
 
-    def may_move(self, user_port: bool) -> bool:
-        """A port move is allowed once, and never off a port the user chose."""
-        return self.moved_ms is None and not user_port
+    def may_move(self, user_port: bool, clash: bool = False) -> bool:
+        """Whether the port may move now: never off a port the user chose.
+
+        Once for any reason; a second time only for a ``clash`` (a client
+        behind our NAT on the port we moved to: the two derived ports are
+        equal, about 1 in 16,384), to the port of the next salt. Never more:
+        the moves cannot go on.
+        """
+        if user_port:
+            return False
+        return self.moves == 0 or (clash and self.moves < MAX_PORT_MOVES)
 
     def moved(self, now_ms: int) -> None:
         """The port was moved: discover the new mapping at once."""
         self.moved_ms = now_ms
+        self.moves += 1
         self.discovered_ms = None
 
     def settling(self, now_ms: int, seen: str, listen_port: int, endpoint_known: bool) -> bool:

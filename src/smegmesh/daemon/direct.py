@@ -17,14 +17,17 @@ Several clients behind one NAT on the same WireGuard port (the default port
 is the same for every node of a mesh): the NAT can give that port to only one
 of them, the others get another port per destination, which no other client
 can predict. A client whose assigned peer sees it on another port than it
-listens on, and whose port was not chosen with ``--wgport``, moves once to a
-port derived from its key (:func:`relocated_port`) and discovers again: the
-NAT then keeps that port for it too. The NAT may also keep the port for both
+listens on, and whose port was not chosen with ``--wgport``, moves (once for
+this reason) to a port derived from its key (:func:`relocated_port`) and
+discovers again: the NAT then keeps that port for it too. The NAT may also keep the port for both
 (each talks to another relay): the mapping then clashes as soon as both send to
 the same client. So a client also moves when another client behind the same
 public address publishes a local endpoint on its port (both move: mappings
 the NAT made for one of them on the shared port would keep the other from
-the partners it tried). See docs/NAT.md.
+the partners it tried), or one on the port derived from its key (it moved,
+maybe off ours before we saw it there). Derived ports that collide clash
+again: one more move, to the next salt's port (:func:`port_clash`,
+``DirectSchedule.may_move``). See docs/NAT.md.
 
 The peer side answers ``WhereAmI`` from its WireGuard status
 (:func:`observed_endpoint`): the caller is authenticated by the transport, so a
@@ -49,6 +52,7 @@ from smegmesh.core.direct import DirectPeer, DirectTable
 from smegmesh.core.direct_plan import (
     DirectSchedule,
     direct_targets,
+    endpoint_port,
     local_endpoints,
     nat_moved_port,
     port_clash,
@@ -169,9 +173,10 @@ class DirectManager:
                 for mesh_id in [m for m in d if m not in self.node.meshes]:
                     del d[mesh_id]  # meshes left
             for mesh_id, sch in list(self.schedules.items()):
-                if mesh_id not in self.node.meshes and sch != DirectSchedule(moved_ms=sch.moved_ms):
-                    # a mesh left: its timing goes, its port move stays (once, even after a rejoin)
-                    self.schedules[mesh_id] = DirectSchedule(moved_ms=sch.moved_ms)
+                kept = DirectSchedule(moved_ms=sch.moved_ms, moves=sch.moves)
+                if mesh_id not in self.node.meshes and sch != kept:
+                    # a mesh left: its timing goes, its port moves stay (even after a rejoin)
+                    self.schedules[mesh_id] = kept
             self.prober.keep([a for p in self.probed.values() for a in p.values()])
             self.errors.note_tick()
             self.discovery.note_tick()
@@ -270,16 +275,19 @@ class DirectManager:
         r = port_clash(me, records, rt.listen_port)
         if r is None:
             return False
+        port = endpoint_port(r.local_endpoints[0])
+        what = "this port" if port == rt.listen_port else f"moved to its own port {port}"
         return self._move(
-            rt, f"client {key_to_text(r.wg_key)[:12]} behind the same NAT has this port"
+            rt, f"client {key_to_text(r.wg_key)[:12]} behind the same NAT {what}", clash=True
         )
 
-    def _move(self, rt: Any, why: str) -> bool:
+    def _move(self, rt: Any, why: str, clash: bool = False) -> bool:
         sch = self._schedule(rt.mesh_id)
-        if not sch.may_move(rt.opts.get("wgport") is not None):
-            return False  # once; a port chosen by the user is kept
+        if not sch.may_move(rt.opts.get("wgport") is not None, clash):
+            return False  # bounded (see DirectSchedule.may_move); a port chosen by the user is kept
         taken = {m.listen_port for m in self.node.meshes.values()}
-        port = relocated_port(rt.mesh_id, self.node.identity.wg_public_key, taken)
+        key = self.node.identity.wg_public_key
+        port = relocated_port(rt.mesh_id, key, taken, salt=sch.moves)
         log.info("mesh %s: %s: moving WireGuard to port %d", rt.mesh_id, why, port)
         sch.moved(_now_ms())  # and discover the new mapping at once
         rt.listen_port = port
