@@ -52,6 +52,18 @@ def test_join_is_known_everywhere() -> None:
     assert r["join_reached"] == 1.0
 
 
+def test_churn_reports_how_fast_a_restart_reaches_the_nodes_that_never_crashed() -> None:
+    """Churn's bytes alone hide a protocol that saves them by spreading changes
+    late: each restart's new record is followed to every node that never
+    crashed (restarts with 5 s of the run left)."""
+    r = _run("churn", nodes=60, seconds=20.0, churn_per_min=0.2)
+    assert r["restarts_followed"] >= 1
+    assert r["restart_spread_reached"] == 1.0 and r["restart_spread_missed"] == 0
+    assert 0 < r["restart_spread_p50"] <= r["restart_spread_p99"] <= r["restart_spread_p99.9"]
+    assert r["restart_spread_p99.9"] < 5_000
+    assert r["false_prunes_never_crashed"] == 0
+
+
 def test_no_false_prunes_at_5_percent_loss() -> None:
     r = _run("steady", net=NetParams(loss=0.05), seconds=20.0)
     assert r["false_prunes"] == 0

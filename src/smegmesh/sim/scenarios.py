@@ -15,7 +15,7 @@ from typing import Any
 from smegmesh.core.gossip import GossipParams
 from smegmesh.core.liveness import LivenessParams
 from smegmesh.core.state import MeshState
-from smegmesh.sim.metrics import FalsePrunes, Spread, holds_version, traffic_rates
+from smegmesh.sim.metrics import FalsePrunes, Spread, holds_version, percentiles, traffic_rates
 from smegmesh.sim.simulator import T0, NetParams, Simulator
 
 __all__ = ["SCENARIOS", "ScenarioConfig", "run_scenario"]
@@ -254,6 +254,10 @@ def _run_join(run: _Run) -> None:
     run.follow("join_", Spread(jk, sim.now, known), [x.index for x in sim.live() if x.index != j])
 
 
+#: Churn: a restart is followed if the run has this long left after it.
+RESTART_SPREAD_MS = 5_000
+
+
 def _run_churn(run: _Run) -> None:
     sim, cfg, end = run.sim, run.cfg, run.end
     down_ms = int(cfg.churn_downtime * 1000)
@@ -261,6 +265,26 @@ def _run_churn(run: _Run) -> None:
     t = sim.now
     crashes = 0
     crashed: set[int] = set()
+    # A restart's new record, from its publication to every node that never
+    # crashed: how fast changes spread while the mesh is busy (restarts early
+    # enough to have RESTART_SPREAD_MS left; key -> (t0, version, times)).
+    restarts: dict[bytes, tuple[int, int, dict[int, int]]] = {}
+
+    def restart(v: int) -> None:
+        sim.restart(v)
+        rec = sim.nodes[v].node.mesh.record(sim.nodes[v].key)
+        if rec is not None and sim.now + RESTART_SPREAD_MS <= end:
+            restarts[rec.wg_key] = (sim.now, rec.version, {})
+
+    def observe(i: int, keys: frozenset[bytes], now: int) -> None:
+        for k in keys:
+            w = restarts.get(k)
+            if w is not None and i not in w[2]:
+                r = sim.nodes[i].node.mesh.live_record(k)
+                if r is not None and r.version >= w[1]:
+                    w[2][i] = now
+
+    sim.observers.append(observe)
     while rate > 0:
         t += max(1, int(sim.rng.expovariate(rate)))
         if t >= end:
@@ -270,14 +294,27 @@ def _run_churn(run: _Run) -> None:
         def crash(v: int = victim) -> None:
             if sim.nodes[v].alive:
                 crashed.add(v)
+                restarts.pop(sim.nodes[v].key, None)  # down again: its record is moot
                 sim.crash(v)
-                sim.at(sim.now + down_ms, lambda: sim.restart(v))
+                sim.at(sim.now + down_ms, lambda: restart(v))
 
         sim.at(t, crash)
         crashes += 1
     sim.run_until(end)
+    sim.observers.remove(observe)
     run.res["crashes"] = crashes
     run.res["_crashed"] = crashed
+    steady = [i for i in range(cfg.nodes) if i not in crashed]
+    delays = [
+        (times[i] - t0) if i in times else None
+        for t0, _v, times in restarts.values()
+        for i in steady
+    ]
+    run.res["restarts_followed"] = len(restarts)
+    spread = percentiles(delays, (0.5, 0.99, 0.999))
+    spread["p99.9"] = spread.pop("p100")  # (0.999 rounds to the name p100)
+    run.res.update(_prefix("restart_spread_", spread))
+    run.res["restart_spread_missed"] = sum(1 for d in delays if d is None)
 
 
 def _run_partition(run: _Run) -> None:
