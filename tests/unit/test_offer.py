@@ -22,6 +22,7 @@ from smegmesh.core.offer import (
     offers,
     wanted,
     wanted_of,
+    wanted_parts,
 )
 from smegmesh.core.record import NodeRecord, Prune
 from smegmesh.core.state import MeshState
@@ -67,14 +68,58 @@ def test_wanted_is_what_the_receiver_lacks_or_holds_older() -> None:
     # an entry naming its key in full (as offers did before ids) is still read
     full = [(a1.wg_key, *entries[0][1:])]
     assert wanted(_state(a1, b1), full) == (a1.wg_key,) and wanted(sender, full) == ()
-    # a prune is news to a replica holding the record alone, even at equal record versions
+    # a prune is news to a replica holding the record alone, even at equal record
+    # versions (named in full: the prune alone will do)
     pruned = _state(a1, prune_a1)
-    assert wanted(_state(a1), offer_entries(pruned, [a1.wg_key])) == (a,)
+    assert wanted(_state(a1), offer_entries(pruned, [a1.wg_key])) == (a1.wg_key,)
     # equal versions, another entry (a conflicting signature): wanted, the merge decides
     other = (entries[0][0], entries[0][1], entries[0][2], b"zzzz")
     assert wanted(sender, [other]) == (entries[0][0],)
     # a key offered twice is asked for once
     assert wanted(MeshState(MESH), [entries[0], entries[0]]) == (entries[0][0],)
+
+
+def test_a_replica_lacking_only_the_prune_wants_the_key_in_full_and_gets_the_prune_alone() -> None:
+    """Under churn most wanted entries are prunes of records every member holds;
+    the answer to a Want was the whole entry (record and prune, ~470 B), so the
+    record crossed the link again. A Want now names such a key in full (32
+    bytes: "the prune alone will do") and the offerer sends what changed;
+    a key it lacks the record of is named by id and comes whole, as before.
+    An offerer of an older version reads the full key as a want too and sends
+    the whole entry (nothing lost either way)."""
+    a1 = _rec(1)
+    prune = Prune.create(_ident(3), MESH, now_ms=T + 6, target=a1.wg_key, target_version=a1.version)
+    offerer = _state(a1, prune)
+    entries = offer_entries(offerer, [a1.wg_key])
+    assert wanted(_state(a1), entries) == (a1.wg_key,)  # holds the record: in full
+    assert wanted(MeshState(MESH), entries) == (_id(a1.wg_key),)  # lacks it: by id
+    older = _state(_rec(1, T - 5))
+    assert wanted(older, entries) == (_id(a1.wg_key),)  # an older record: by id, whole
+    # the offerer's side: ids whole, full keys as news
+    k = a1.wg_key
+    assert wanted_parts(frozenset({k}), Want(MESH, (k,))) == (frozenset(), frozenset({k}))
+    assert wanted_parts(frozenset({k}), Want(MESH, (k[:KEY_ID_LEN],))) == (
+        frozenset({k}),
+        frozenset(),
+    )
+    assert wanted_of(frozenset({k}), Want(MESH, (k,))) == {k}  # what an older offerer reads
+    net, nodes = mesh_of(4)
+    net.run_until(net.now + 5000)
+    a, b, c = nodes[0], nodes[1], nodes[2]
+    rec_c = a.mesh.record(c.key)
+    assert rec_c is not None
+    prune_c = Prune.create(
+        b.identity, MESH, now_ms=net.now, target=c.key, target_version=rec_c.version
+    )
+    assert a.mesh.apply(prune_c, net.now)
+    call = Call(nodes[3].key, Offer(MESH, ()), OfferCtx(frozenset({c.key})))
+
+    def pushed(want: Want) -> list[set[object]]:
+        outs = a.step(ReplyReceived(call, want, net.now))
+        return [set(o.msg.items) for o in _calls(outs) if isinstance(o.msg, Push)]
+
+    assert pushed(Want(MESH, (c.key,))) == [{prune_c}]  # the prune alone, not the record
+    assert pushed(Want(MESH, (c.key[:KEY_ID_LEN],))) == [{rec_c, prune_c}]  # by id: whole
 
 
 def test_offer_and_want_codecs_round_trip_and_bound_their_size() -> None:
@@ -149,23 +194,42 @@ def _calls(outs: list[Out]) -> list[Call]:
 
 def test_received_items_go_in_full_to_one_target_and_as_offers_to_the_others() -> None:
     """Late in a change's spread (many hops) a node pushes it in full to
-    ``full_push`` targets (2 of 3 by default) and offers its key to the rest; its own change goes
-    in full to every target; few hops: in full to every target."""
+    ``full_push`` targets (2 of 3 by default) and offers its key to the rest; an
+    item that came in answer to our Want (hops MAX_HOPS: later still) waits for
+    the periodic round's offers; its own change goes in full to every target;
+    few hops: in full to every target."""
     net, nodes = mesh_of(8)
     net.run_until(net.now + 5000)
     a, b = nodes[0], nodes[1]
     own = a.mesh.record(a.key)
     assert own is not None
-    new = own.evolve(a.identity, net.now + 1, description="x")
-    late = Push(MESH, (new,), MAX_HOPS)
-    _reply, outs = b.handle_request(a.key, late, net.now + 1)
-    calls = _calls(outs)
-    pushes = [c for c in calls if isinstance(c.msg, Push)]
-    offered = [c for c in calls if isinstance(c.msg, Offer)]
     g = b.gossip
+
+    def forwards(msg: Push, at: int) -> tuple[list[Call], list[Call]]:
+        _reply, outs = b.handle_request(a.key, msg, at)
+        calls = _calls(outs)
+        assert all(c.to != a.key for c in calls)  # not back to the sender
+        return (
+            [c for c in calls if isinstance(c.msg, Push)],
+            [c for c in calls if isinstance(c.msg, Offer)],
+        )
+
+    new = own.evolve(a.identity, net.now + 1, description="x")
+    pushes, offered = forwards(Push(MESH, (new,), 9), net.now + 1)
     assert len(pushes) == g.full_push == 2 and len(offered) == g.branch - g.full_push == 1
-    assert all(c.to != a.key for c in calls)  # not back to the sender
     assert all(isinstance(c.ctx, OfferCtx) and c.ctx.keys == {a.key} for c in offered)
+    # answering our Want: late in its spread; not forwarded now (half of all
+    # pushes under churn went this way in full before, most to targets that
+    # held the item), only offered by the next periodic round
+    t = net.now + 300
+    answer = own.evolve(a.identity, t, description="w")
+    assert forwards(Push(MESH, (answer,), MAX_HOPS), t) == ([], [])
+    assert a.key in b._sched.fresh_keys
+    due = b._sched.next_deadline()
+    assert due is not None
+    rnd = _calls(b.tick(max(due, t)))
+    assert [c.msg for c in rnd if isinstance(c.msg, Push)] == []
+    assert any(isinstance(c.ctx, OfferCtx) and a.key in c.ctx.keys for c in rnd)
     # the first hop (hops 0 from the changer) is forwarded in full to every target
     newer = own.evolve(a.identity, net.now + 2, description="y")
     _reply, outs = nodes[2].handle_request(a.key, Push(MESH, (newer,), 0), net.now + 2)
@@ -284,7 +348,7 @@ def _b_pushed_a_change(second_hops: int) -> tuple[MeshNode, NodeRecord, int, lis
     assert ra is not None and rc is not None
     na = ra.evolve(a.identity, t, description="a")
     nc = rc.evolve(c.identity, t, description="c")
-    _r, first = b.handle_request(a.key, Push(MESH, (na,), MAX_HOPS), t)
+    _r, first = b.handle_request(a.key, Push(MESH, (na,), 9), t)
     assert [o for o in _calls(first) if isinstance(o.msg, Push | Offer)]
     _r, second = b.handle_request(c.key, Push(MESH, (nc,), second_hops), t + 10)
     return b, nc, t, second
@@ -293,7 +357,7 @@ def _b_pushed_a_change(second_hops: int) -> tuple[MeshNode, NodeRecord, int, lis
 def test_a_storm_of_received_changes_goes_out_in_batches() -> None:
     """A second change received within ``batch_ms`` of a push waits for the batch,
     which the clock sends (with every change held); a lone one goes at once."""
-    b, nc, t, second = _b_pushed_a_change(MAX_HOPS)
+    b, nc, t, second = _b_pushed_a_change(9)
     assert not [o for o in _calls(second) if isinstance(o.msg, Push | Offer)]
     due = b.next_deadline()
     assert due is not None and due <= t + b.gossip.batch_ms

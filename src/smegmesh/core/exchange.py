@@ -32,7 +32,7 @@ from smegmesh.core.engine import (
 from smegmesh.core.gossip import GossipScheduler
 from smegmesh.core.liveness import FailureDetector, LivenessParams
 from smegmesh.core.messages import Ack, JoinRequest, Ping, PingReq, Refusal
-from smegmesh.core.offer import MAX_HOPS, Offer, Want, wanted, wanted_of
+from smegmesh.core.offer import MAX_HOPS, Offer, Want, wanted, wanted_parts
 from smegmesh.core.paging import PAGE_BYTES
 from smegmesh.core.record import NodeRecord, Prune, Role
 from smegmesh.core.state import MeshState
@@ -91,7 +91,11 @@ class ExchangeMixin:
         ) -> tuple[Message, list[Out]]: ...
         def _maybe_reassign(self, now_ms: int) -> list[Out]: ...
         def _push_calls(
-            self, to: Iterable[bytes], keys: frozenset[bytes], hops: int = 0, whole: bool = False
+            self,
+            to: Iterable[bytes],
+            keys: frozenset[bytes],
+            hops: int = 0,
+            whole: frozenset[bytes] | bool = False,
         ) -> list[Out]: ...
 
     def handle_request(
@@ -282,13 +286,13 @@ class ExchangeMixin:
             # fewer push rounds for these items (rumour mongering with feedback)
             self._sched.lose_interest(ctx.keys)
         elif isinstance(ctx, OfferCtx) and isinstance(reply, Want):
-            want = wanted_of(ctx.keys, reply)
-            held = ctx.keys - want
+            whole, news = wanted_parts(ctx.keys, reply)
+            held = ctx.keys - whole - news
             if held:
                 self._sched.lose_interest(held)
             # hops MAX_HOPS: late in the change's spread (the target forwards it
-            # mostly as offers); whole entries: the target lacks something of them
-            return self._push_calls([to], frozenset(want), MAX_HOPS, whole=True)
+            # as offers); whole entries where the target lacks the record
+            return self._push_calls([to], whole | news, MAX_HOPS, whole=whole)
         return []
 
     def handle_failure(self, to: bytes, ctx: CallCtx, now_ms: int) -> list[Out]:

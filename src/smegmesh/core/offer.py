@@ -54,6 +54,7 @@ __all__ = [
     "offers",
     "wanted",
     "wanted_of",
+    "wanted_parts",
 ]
 
 #: Entries of one ``Offer`` (and keys of one ``Want``): 1,024 x 27 B ~ 28 KB.
@@ -127,13 +128,20 @@ def offers(mesh_id: str, entries: list[OfferEntry]) -> list[Offer]:
 
 
 def wanted(state: MeshState, entries: Iterable[OfferEntry]) -> tuple[bytes, ...]:
-    """Keys (ids, as offered) of ``entries`` whose items ``state`` lacks or holds older.
+    """Keys of ``entries`` whose items ``state`` lacks or holds older.
 
     Newer on either part (the record's version or the version the prune
     covers) is wanted; equal versions with another hash are wanted too (the
     merge picks one side, and both then converge); older or equal is not. An
     id that names no key held, or two, is wanted. O(1) per entry: a hostile
     member's offer costs a lookup per entry.
+
+    A wanted key is named as offered (by id: send the whole entry), except
+    when only the prune is newer and the record held is as new as the one
+    offered: then by the full key, which says "what changed will do" (the
+    prune alone, ~200 bytes, not the record again; :func:`wanted_parts`).
+    Under churn most wanted entries are such prunes. An offerer of an older
+    version reads the full key as a want and sends the whole entry.
     """
     out: list[bytes] = []
     seen: set[bytes] = set()
@@ -146,8 +154,10 @@ def wanted(state: MeshState, entries: Iterable[OfferEntry]) -> tuple[bytes, ...]
             out.append(key)
             continue
         mine_rv, mine_pv = state.versions_of(held)
-        if rv > mine_rv or pv > mine_pv:
+        if rv > mine_rv:
             out.append(key)
+        elif pv > mine_pv:
+            out.append(held)  # the prune alone will do
         elif rv == mine_rv and pv == mine_pv:
             mine_h = state.entry_hash_of(held).to_bytes(32, "big")[:OFFER_HASH_LEN]
             if mine_h != h:
@@ -157,8 +167,23 @@ def wanted(state: MeshState, entries: Iterable[OfferEntry]) -> tuple[bytes, ...]
 
 def wanted_of(offered: frozenset[bytes], want: Want) -> frozenset[bytes]:
     """The offered keys a ``Want`` names (by id or in full); any other it names is ignored."""
+    whole, news = wanted_parts(offered, want)
+    return whole | news
+
+
+def wanted_parts(
+    offered: frozenset[bytes], want: Want
+) -> tuple[frozenset[bytes], frozenset[bytes]]:
+    """(keys to send whole, keys to send what changed of) for a ``Want`` of ``offered``.
+
+    Named by id: the whole entry (the target lacks the record). Named in full:
+    what changed (:meth:`MeshState.news_for`; see :func:`wanted`). Keys not
+    offered are ignored.
+    """
     named = set(want.keys)
-    return frozenset(k for k in offered if k[:KEY_ID_LEN] in named or k in named)
+    whole = frozenset(k for k in offered if k[:KEY_ID_LEN] in named)
+    news = frozenset(k for k in offered if k in named and k not in whole)
+    return whole, news
 
 
 # Wire codecs (type codes 13-15) ----------------------------------------------------------

@@ -60,6 +60,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="hold received items arriving within this long of a push for one batched "
         "push (GossipParams.batch_ms; 0: push each at once)",
     )
+    p.add_argument(
+        "--round-fanout",
+        type=int,
+        help="targets of a periodic gossip round's offer (GossipParams.round_fanout; "
+        "default: --branch)",
+    )
     p.add_argument("--churn-per-min", type=float, default=0.05)
     p.add_argument("--partition-seconds", type=float, default=10.0)
     p.add_argument("--byte-sample", type=int, default=1, help="encode 1 message in k per type")
@@ -97,6 +103,7 @@ def config_from_args(a: argparse.Namespace) -> ScenarioConfig:
             ("branch", a.branch),
             ("full_push", a.full_push),
             ("batch_ms", a.batch_ms),
+            ("round_fanout", a.round_fanout),
         )
         if v is not None
     }
