@@ -195,9 +195,9 @@ def _calls(outs: list[Out]) -> list[Call]:
 def test_received_items_go_in_full_to_one_target_and_as_offers_to_the_others() -> None:
     """Late in a change's spread (many hops) a node pushes it in full to
     ``full_push`` targets (2 of 3 by default) and offers its key to the rest; an
-    item that came in answer to our Want (hops MAX_HOPS: later still) waits for
-    the periodic round's offers; its own change goes in full to every target;
-    few hops: in full to every target."""
+    item that came in answer to our Want (hops MAX_HOPS: later still) while
+    other changes spread waits for the periodic round's offers; its own change
+    goes in full to every target; few hops: in full to every target."""
     net, nodes = mesh_of(8)
     net.run_until(net.now + 5000)
     a, b = nodes[0], nodes[1]
@@ -218,10 +218,12 @@ def test_received_items_go_in_full_to_one_target_and_as_offers_to_the_others() -
     pushes, offered = forwards(Push(MESH, (new,), 9), net.now + 1)
     assert len(pushes) == g.full_push == 2 and len(offered) == g.branch - g.full_push == 1
     assert all(isinstance(c.ctx, OfferCtx) and c.ctx.keys == {a.key} for c in offered)
-    # answering our Want: late in its spread; not forwarded now (half of all
-    # pushes under churn went this way in full before, most to targets that
-    # held the item), only offered by the next periodic round
+    # answering our Want, while other changes spread (b forwarded one less
+    # than a sync interval ago): late in its spread; not forwarded now (half
+    # of all pushes under churn went this way in full before, most to targets
+    # that held the item), only offered by the next periodic round
     t = net.now + 300
+    assert t - (net.now + 1) < g.sync_interval_ms
     answer = own.evolve(a.identity, t, description="w")
     assert forwards(Push(MESH, (answer,), MAX_HOPS), t) == ([], [])
     assert a.key in b._sched.fresh_keys
@@ -230,6 +232,11 @@ def test_received_items_go_in_full_to_one_target_and_as_offers_to_the_others() -
     rnd = _calls(b.tick(max(due, t)))
     assert [c.msg for c in rnd if isinstance(c.msg, Push)] == []
     assert any(isinstance(c.ctx, OfferCtx) and a.key in c.ctx.keys for c in rnd)
+    # in a quiet mesh (a lone change: its tail is its latency) it goes on as before
+    quiet = max(due, t) + 10 * g.sync_interval_ms
+    lone = answer.evolve(a.identity, quiet, description="v")
+    pushes, offered = forwards(Push(MESH, (lone,), MAX_HOPS), quiet)
+    assert len(pushes) == g.full_push and len(offered) == g.branch - g.full_push
     # the first hop (hops 0 from the changer) is forwarded in full to every target
     newer = own.evolve(a.identity, net.now + 2, description="y")
     _reply, outs = nodes[2].handle_request(a.key, Push(MESH, (newer,), 0), net.now + 2)

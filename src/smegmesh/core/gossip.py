@@ -227,6 +227,11 @@ class GossipScheduler:
         return own, rest
 
     # -- timing ---------------------------------------------------------------
+    def busy(self, now_ms: int) -> bool:
+        """Received items were pushed less than a sync interval ago (other changes spread)."""
+        last = self._last_trigger_ms
+        return last is not None and now_ms - last < self.params.sync_interval_ms
+
     def hold(self, keys: Iterable[bytes], hops: int, now_ms: int) -> bool:
         """Whether received ``keys`` (to forward at ``hops``) wait for a batched push.
 
