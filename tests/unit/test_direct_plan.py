@@ -9,6 +9,7 @@ from smegmesh.core.direct import choose_direct
 from smegmesh.core.direct_plan import (
     DISCOVER_MS,
     DISCOVER_RETRY_MS,
+    HANDSHAKE_GRACE_MS,
     RELOCATE_SETTLE_MS,
     SLOW_PROBE_MS,
     DirectSchedule,
@@ -103,6 +104,20 @@ def test_discovery_is_fast_until_the_endpoint_is_known_then_periodic() -> None:
     assert not s.discovery_due(t + DISCOVER_RETRY_MS, endpoint_known=True)
     assert not s.discovery_due(t + DISCOVER_MS - 1, endpoint_known=True)
     assert s.discovery_due(t + DISCOVER_MS, endpoint_known=True)
+
+
+def test_no_handshake_yet_is_normal_for_a_while_after_the_join_and_after_a_move() -> None:
+    """A client's first discoveries find no handshake with its relay yet: every
+    join logged an "endpoint discovery: failure" line (eleventh session's log
+    noise). It is a failure only after HANDSHAKE_GRACE_MS."""
+    s = DirectSchedule()
+    assert not s.no_handshake_yet_is_normal(NOW)  # no discovery yet: nothing to excuse
+    assert s.discovery_due(NOW, endpoint_known=False)
+    assert s.no_handshake_yet_is_normal(NOW + HANDSHAKE_GRACE_MS - 1)
+    assert not s.no_handshake_yet_is_normal(NOW + HANDSHAKE_GRACE_MS)
+    s.moved(NOW + 40_000)  # a new port: a new first handshake
+    assert s.no_handshake_yet_is_normal(NOW + 40_000 + HANDSHAKE_GRACE_MS - 1)
+    assert not s.no_handshake_yet_is_normal(NOW + 40_000 + HANDSHAKE_GRACE_MS)
 
 
 def test_slow_probes_every_period() -> None:

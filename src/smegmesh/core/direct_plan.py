@@ -35,6 +35,7 @@ from smegmesh.core.record import MAX_LOCAL_ENDPOINTS, NodeRecord, Role, check_en
 __all__ = [
     "DISCOVER_MS",
     "DISCOVER_RETRY_MS",
+    "HANDSHAKE_GRACE_MS",
     "MAX_PORT_MOVES",
     "RELOCATE_HI",
     "RELOCATE_LO",
@@ -56,6 +57,10 @@ __all__ = [
 #: assigned peer has no handshake with us right after the join).
 DISCOVER_MS = 20_000
 DISCOVER_RETRY_MS = 2_000
+#: The assigned peer has no WireGuard handshake with a client that just
+#: joined (or moved): normal for this long after the first discovery, a
+#: failure worth a log line after.
+HANDSHAKE_GRACE_MS = 30_000
 #: Round trip to the chosen clients not direct and to the assigned peer: this often.
 SLOW_PROBE_MS = 5_000
 #: After moving to another port, the endpoint seen from outside is taken as it
@@ -204,6 +209,7 @@ class DirectSchedule:
     slow_probe_ms: int | None = None  # last slow probe round
     moved_ms: int | None = None  # when the port was last moved
     moves: int = 0  # port moves made (at most MAX_PORT_MOVES)
+    first_discovery_ms: int | None = None  # the first discovery (since the join)
 
     def discovery_due(self, now_ms: int, endpoint_known: bool) -> bool:
         """Whether a discovery starts now (if so, it counts as started)."""
@@ -211,7 +217,18 @@ class DirectSchedule:
         if self.discovered_ms is not None and now_ms - self.discovered_ms < period:
             return False
         self.discovered_ms = now_ms
+        if self.first_discovery_ms is None:
+            self.first_discovery_ms = now_ms
         return True
+
+    def no_handshake_yet_is_normal(self, now_ms: int) -> bool:
+        """Whether "no handshake with us yet" is no failure at ``now_ms``.
+
+        Within :data:`HANDSHAKE_GRACE_MS` of the first discovery (or of a port
+        move) the first WireGuard handshake with the relay is still to come.
+        """
+        since = max(self.first_discovery_ms or 0, self.moved_ms or 0)
+        return self.first_discovery_ms is not None and now_ms - since < HANDSHAKE_GRACE_MS
 
     def slow_probe_due(self, now_ms: int) -> bool:
         """Whether the slow probes go now (if so, they count as sent)."""

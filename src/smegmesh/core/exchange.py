@@ -290,8 +290,8 @@ class ExchangeMixin:
             held = ctx.keys - whole - news
             if held:
                 self._sched.lose_interest(held)
-            # hops MAX_HOPS: late in the change's spread (the target forwards it
-            # as offers); whole entries where the target lacks the record
+            # hops MAX_HOPS: late in the change's spread (the target offers it
+            # in its rounds); whole entries where the target lacks the record
             return self._push_calls([to], whole | news, MAX_HOPS, whole=whole)
         return []
 

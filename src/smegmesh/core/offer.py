@@ -28,7 +28,10 @@ Flow (request -> reply):
 
 The offering side keeps nothing between the two calls but the call's context
 (the offered keys): it sends the *current* items of the wanted keys it
-offered, and ignores any other key a Want names (:func:`wanted_of`).
+offered, and ignores any other key a Want names (:func:`wanted_parts`). A key
+wanted by id comes whole (record and prune); one wanted by its full key, what
+changed (B holds the record and lacks only the prune: under churn, most
+wants).
 """
 
 from __future__ import annotations

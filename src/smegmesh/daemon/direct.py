@@ -316,7 +316,10 @@ class DirectManager:
             self.discovery.note(rt.mesh_id, f"answered {type(reply).__name__}")
             return
         if reply.endpoint is None:
-            self.discovery.note(rt.mesh_id, "the assigned peer has no handshake with us yet")
+            if self._schedule(rt.mesh_id).no_handshake_yet_is_normal(_now_ms()):
+                log.debug("mesh %s: the assigned peer has no handshake with us yet", rt.mesh_id)
+            else:
+                self.discovery.note(rt.mesh_id, "the assigned peer has no handshake with us yet")
             return
         if self._relocate(rt, reply.endpoint):
             return
