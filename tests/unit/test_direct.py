@@ -518,6 +518,54 @@ def test_port_mates_on_one_derived_port_move_once_more_then_stay() -> None:
     assert not m._shared_port(rt, me, [me, mate]) and rt.listen_port == q
 
 
+def test_a_move_after_a_restart_never_lands_on_the_port_it_leaves() -> None:
+    """After a restart the schedule is new (no moves) but the port moved to is
+    kept: a move then went to the next free port after the derived one (not
+    derived, so the rule for moved port-mates fired again). It goes to the
+    next salt's derived port."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from smegmesh.core.direct_plan import derived_ports, relocated_port
+    from smegmesh.daemon.direct import DirectManager
+
+    key = IDS[0].wg_public_key
+    q = relocated_port(MESH, key, set())
+    rt = SimpleNamespace(mesh_id=MESH, listen_port=q, opts={}, dirty_wg=False, dirty_disk=False)
+    node = SimpleNamespace(
+        meshes={MESH: rt}, identity=IDS[0], _reconcile_wake=asyncio.Event(), config=None
+    )
+    m = DirectManager(node, 8)  # a fresh schedule: the daemon restarted
+    assert m._move(rt, "the NAT maps it elsewhere")
+    assert rt.listen_port != q and rt.listen_port in derived_ports(MESH, key)
+
+
+def test_leaving_a_mesh_forgets_its_port_moves() -> None:
+    """A rejoin starts on the default port: its port-mates' moves must be able
+    to move it again (keeping two moves made it stay on the shared port)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from smegmesh.core.direct_plan import DirectSchedule
+    from smegmesh.daemon.direct import DirectManager
+
+    node = SimpleNamespace(meshes={})
+    m = DirectManager(node, 8)
+    m.schedules[MESH] = DirectSchedule(moved_ms=NOW, moves=2)
+
+    async def run() -> None:
+        task = asyncio.create_task(m._run())
+        deadline = asyncio.get_running_loop().time() + 10
+        while MESH in m.schedules and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
+    assert MESH not in m.schedules
+
+
 def test_a_tick_that_fails_is_logged_once_then_summarised(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -45,6 +45,21 @@ def test_client_only_talks_to_its_peers() -> None:
     ks = keys(50)
     s = sched(ks[0])
     assert s.targets(ks, is_client=True, client_peers=[ks[7], ks[9], ks[11]]) == (ks[7], ks[9])
+    # whatever the branch (1 is allowed): its peer and the spare
+    one = sched(ks[0], branch=1)
+    assert one.targets(ks, is_client=True, client_peers=[ks[7], ks[9]]) == (ks[7], ks[9])
+    # a round's own fan-out (round_fanout) limits a client's targets too
+    assert one.targets(ks, is_client=True, client_peers=[ks[7], ks[9]], count=1) == (ks[7],)
+
+
+def test_periodic_rounds_offer_to_round_fanout_targets() -> None:
+    ks = keys(50)
+    for fanout, want in ((None, 3), (1, 1)):
+        s = sched(ks[0], branch=3, round_fanout=fanout, sync_interval_ms=1000)
+        s.note_fresh([ks[1]])
+        s.tick(0, ks)
+        rnd = s.tick(1000, ks)
+        assert rnd.keys == {ks[1]} and len(rnd.push_to) == want
 
 
 def test_fresh_items_pushed_for_infection_count_rounds_then_pull_resumes() -> None:

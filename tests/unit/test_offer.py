@@ -10,7 +10,7 @@ from smegmesh.core.codec import WireError
 from smegmesh.core.engine import Call, Message, OfferCtx, Out, PushCtx, ReplyReceived
 from smegmesh.core.gossip import full_hops
 from smegmesh.core.identity import NodeIdentity
-from smegmesh.core.meshnode import MeshNode
+from smegmesh.core.meshnode import SYNCED_HOPS, MeshNode
 from smegmesh.core.messages import Refusal
 from smegmesh.core.offer import (
     KEY_ID_LEN,
@@ -122,6 +122,45 @@ def test_a_replica_lacking_only_the_prune_wants_the_key_in_full_and_gets_the_pru
     assert pushed(Want(MESH, (c.key[:KEY_ID_LEN],))) == [{rec_c, prune_c}]  # by id: whole
 
 
+def test_a_prune_of_an_older_record_than_ours_is_not_wanted() -> None:
+    """It would be dropped on arrival (moot) and wanted again at every offer."""
+    a1, a2 = _rec(1), _rec(1, T + 5)
+    old_prune = Prune.create(
+        _ident(3), MESH, now_ms=T + 6, target=a1.wg_key, target_version=a1.version
+    )
+    offerer = MeshState(MESH)
+    assert offerer.apply(a1, T + 10) and offerer.apply(old_prune, T + 10)
+    assert wanted(_state(a2), offer_entries(offerer, [a1.wg_key])) == ()
+
+
+def test_a_full_key_want_naming_a_twin_of_the_offered_key_gets_it_whole() -> None:
+    """Two keys equal in their first 8 bytes (only made on purpose): a want that
+    names the wanter's own key in full matches the offered key by neither
+    rule; the offered key goes whole rather than counting as held."""
+    k = _ident(1).wg_public_key
+    twin = k[:KEY_ID_LEN] + bytes(32 - KEY_ID_LEN)
+    assert wanted_parts(frozenset({k}), Want(MESH, (twin,))) == (frozenset({k}), frozenset())
+    assert wanted_parts(frozenset({k}), Want(MESH, (k,))) == (frozenset(), frozenset({k}))
+
+
+def test_items_a_sync_session_brought_are_never_taken_for_late_ones() -> None:
+    """Sync items are forwarded at SYNCED_HOPS: however many forwards follow,
+    they stay below the hops of a push answering a Want (they were forwarded
+    at MAX_HOPS - 1, and two forwards later taken for late: a partition's heal
+    waited for the rounds)."""
+    net, nodes = mesh_of(8)
+    net.run_until(net.now + 5000)
+    a, b, c, d = nodes[0], nodes[1], nodes[2], nodes[3]
+    rec_c = b.mesh.record(c.key)
+    assert rec_c is not None
+    t = net.now + 1
+    b._sched._last_trigger_ms = t - 2 * b.gossip.batch_ms  # busy, not held for a batch
+    prune_c = Prune.create(d.identity, MESH, now_ms=t, target=c.key, target_version=rec_c.version)
+    _r, outs = b.handle_request(a.key, Push(MESH, (prune_c,), SYNCED_HOPS + 2), t)
+    assert len([o for o in _calls(outs) if isinstance(o.msg, Push)]) == b.gossip.full_push
+    assert SYNCED_HOPS + 64 < MAX_HOPS
+
+
 def test_offer_and_want_codecs_round_trip_and_bound_their_size() -> None:
     st = _state(_rec(1), _rec(2))
     offer = offers(MESH, offer_entries(st, st.keys_under(0, 0)))[0]
@@ -196,8 +235,9 @@ def test_received_items_go_in_full_to_one_target_and_as_offers_to_the_others() -
     """Late in a change's spread (many hops) a node pushes it in full to
     ``full_push`` targets (2 of 3 by default) and offers its key to the rest; an
     item that came in answer to our Want (hops MAX_HOPS: later still) while
-    other changes spread waits for the periodic round's offers; its own change
-    goes in full to every target; few hops: in full to every target."""
+    other changes spread waits for the periodic round's offers if it is a
+    prune; its own change goes in full to every target; few hops: in full to
+    every target."""
     net, nodes = mesh_of(8)
     net.run_until(net.now + 5000)
     a, b = nodes[0], nodes[1]
@@ -219,23 +259,36 @@ def test_received_items_go_in_full_to_one_target_and_as_offers_to_the_others() -
     assert len(pushes) == g.full_push == 2 and len(offered) == g.branch - g.full_push == 1
     assert all(isinstance(c.ctx, OfferCtx) and c.ctx.keys == {a.key} for c in offered)
     # answering our Want, while other changes spread (b forwarded one less
-    # than a sync interval ago): late in its spread; not forwarded now (half
-    # of all pushes under churn went this way in full before, most to targets
-    # that held the item), only offered by the next periodic round
+    # than a sync interval ago): late in its spread. A prune is not forwarded
+    # now (half of all pushes under churn went this way in full before, most
+    # to targets that held the item), only offered by the next periodic round
     t = net.now + 300
     assert t - (net.now + 1) < g.sync_interval_ms
-    answer = own.evolve(a.identity, t, description="w")
-    assert forwards(Push(MESH, (answer,), MAX_HOPS), t) == ([], [])
-    assert a.key in b._sched.fresh_keys
+    c, d = nodes[2], nodes[3]
+    rec_c = b.mesh.record(c.key)
+    assert rec_c is not None
+    prune_c = Prune.create(d.identity, MESH, now_ms=t, target=c.key, target_version=rec_c.version)
+    assert forwards(Push(MESH, (prune_c,), MAX_HOPS), t) == ([], [])
+    assert c.key in b._sched.fresh_keys
     due = b._sched.next_deadline()
     assert due is not None
     rnd = _calls(b.tick(max(due, t)))
     assert [c.msg for c in rnd if isinstance(c.msg, Push)] == []
-    assert any(isinstance(c.ctx, OfferCtx) and a.key in c.ctx.keys for c in rnd)
-    # in a quiet mesh (a lone change: its tail is its latency) it goes on as before
-    quiet = max(due, t) + 10 * g.sync_interval_ms
-    lone = answer.evolve(a.identity, quiet, description="v")
-    pushes, offered = forwards(Push(MESH, (lone,), MAX_HOPS), quiet)
+    assert any(isinstance(x.ctx, OfferCtx) and c.key in x.ctx.keys for x in rnd)
+    # a member's live record (back alive, or just changed) goes on at once
+    t2 = max(due, t) + 1
+    b._sched._last_trigger_ms = t2 - 2 * g.batch_ms  # busy, and not held for a batch
+    answer = own.evolve(a.identity, t2, description="w")
+    pushes, offered = forwards(Push(MESH, (answer,), MAX_HOPS), t2)
+    assert len(pushes) == g.full_push and len(offered) == g.branch - g.full_push
+    # in a quiet mesh (a lone change: its tail is its latency) a prune goes on too
+    quiet = t2 + 10 * g.sync_interval_ms
+    rec_e = b.mesh.record(nodes[4].key)
+    assert rec_e is not None
+    prune_e = Prune.create(
+        d.identity, MESH, now_ms=quiet, target=nodes[4].key, target_version=rec_e.version
+    )
+    pushes, offered = forwards(Push(MESH, (prune_e,), MAX_HOPS), quiet)
     assert len(pushes) == g.full_push and len(offered) == g.branch - g.full_push
     # the first hop (hops 0 from the changer) is forwarded in full to every target
     newer = own.evolve(a.identity, net.now + 2, description="y")

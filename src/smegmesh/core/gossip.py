@@ -41,8 +41,9 @@ class GossipParams:
     full_push: int = 2
     #: Targets of a periodic round (``infection_count`` rounds of offers after
     #: the triggered push); None: ``branch``. Fewer save offers under churn
-    #: (1 at 1,000 simulated nodes: 15 % fewer bytes) but slow the tail of a
-    #: change (p99 850 -> 1,750 ms) and of a crash's prune (5.1 -> 5.9 s).
+    #: (1 at 1,000 simulated nodes: 13 % fewer bytes) but slow the tail of a
+    #: change (p99 850 -> 1,911 ms) and of a crash's prune (p99 5,073 ->
+    #: 6,008 ms; docs/SCALE.md, section 6).
     round_fanout: int | None = None
     #: Received items arriving within this long of the last push of received
     #: items are held and pushed together when it is over (Nagle's rule: a
@@ -173,7 +174,9 @@ class GossipScheduler:
         excluded = set(exclude) | {self.self_key}
         want = self.params.branch if count is None else count
         if is_client:
-            return tuple(p for p in client_peers if p not in excluded)[: min(2, want)]
+            return tuple(p for p in client_peers if p not in excluded)[
+                : 2 if count is None else min(2, count)
+            ]
         own, rest = self._split(peers)
         chosen: list[bytes] = []
         if rest and (not own or self.rng.random() < self.params.inter_cluster_chance):
@@ -228,7 +231,11 @@ class GossipScheduler:
 
     # -- timing ---------------------------------------------------------------
     def busy(self, now_ms: int) -> bool:
-        """Received items were pushed less than a sync interval ago (other changes spread)."""
+        """Whether other changes spread now.
+
+        True when received items past their first hops were pushed (or held,
+        :meth:`hold`) less than a sync interval ago.
+        """
         last = self._last_trigger_ms
         return last is not None and now_ms - last < self.params.sync_interval_ms
 

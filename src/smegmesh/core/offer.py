@@ -140,9 +140,11 @@ def wanted(state: MeshState, entries: Iterable[OfferEntry]) -> tuple[bytes, ...]
     member's offer costs a lookup per entry.
 
     A wanted key is named as offered (by id: send the whole entry), except
-    when only the prune is newer and the record held is as new as the one
-    offered: then by the full key, which says "what changed will do" (the
-    prune alone, ~200 bytes, not the record again; :func:`wanted_parts`).
+    when only the prune is newer and the record held is at least as new as
+    the one offered: then by the full key, which says "what changed will do"
+    (the prune alone, ~200 bytes, not the record again; :func:`wanted_parts`).
+    A prune of an older record than ours is not wanted (it would be dropped
+    on arrival, and wanted again at every offer).
     Under churn most wanted entries are such prunes. An offerer of an older
     version reads the full key as a want and sends the whole entry.
     """
@@ -160,7 +162,9 @@ def wanted(state: MeshState, entries: Iterable[OfferEntry]) -> tuple[bytes, ...]
         if rv > mine_rv:
             out.append(key)
         elif pv > mine_pv:
-            out.append(held)  # the prune alone will do
+            if pv >= mine_rv:
+                out.append(held)  # the prune alone will do
+            # else: it prunes an older record than ours (moot: dropped on arrival)
         elif rv == mine_rv and pv == mine_pv:
             mine_h = state.entry_hash_of(held).to_bytes(32, "big")[:OFFER_HASH_LEN]
             if mine_h != h:
@@ -184,7 +188,14 @@ def wanted_parts(
     offered are ignored.
     """
     named = set(want.keys)
-    whole = frozenset(k for k in offered if k[:KEY_ID_LEN] in named)
+    # a full key that is not the offered one with its id (two keys equal in
+    # 64 bits: only made on purpose): the offered key goes whole, never lost
+    full_ids = {k[:KEY_ID_LEN] for k in named if len(k) == 32}
+    whole = frozenset(
+        k
+        for k in offered
+        if k[:KEY_ID_LEN] in named or (k[:KEY_ID_LEN] in full_ids and k not in named)
+    )
     news = frozenset(k for k in offered if k in named and k not in whole)
     return whole, news
 

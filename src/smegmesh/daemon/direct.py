@@ -50,6 +50,7 @@ from typing import Any
 from smegmesh.core.desired import assigned_peer
 from smegmesh.core.direct import DirectPeer, DirectTable
 from smegmesh.core.direct_plan import (
+    MAX_PORT_MOVES,
     DirectSchedule,
     direct_targets,
     endpoint_port,
@@ -172,11 +173,10 @@ class DirectManager:
             for d in maps:
                 for mesh_id in [m for m in d if m not in self.node.meshes]:
                     del d[mesh_id]  # meshes left
-            for mesh_id, sch in list(self.schedules.items()):
-                kept = DirectSchedule(moved_ms=sch.moved_ms, moves=sch.moves)
-                if mesh_id not in self.node.meshes and sch != kept:
-                    # a mesh left: its timing goes, its port moves stay (even after a rejoin)
-                    self.schedules[mesh_id] = kept
+            for mesh_id in [m for m in self.schedules if m not in self.node.meshes]:
+                # a mesh left: its timing and its port moves go (a rejoin starts
+                # on the default port again, and may have to move off it)
+                del self.schedules[mesh_id]
             self.prober.keep([a for p in self.probed.values() for a in p.values()])
             self.errors.note_tick()
             self.discovery.note_tick()
@@ -285,9 +285,15 @@ class DirectManager:
         sch = self._schedule(rt.mesh_id)
         if not sch.may_move(rt.opts.get("wgport") is not None, clash):
             return False  # bounded (see DirectSchedule.may_move); a port chosen by the user is kept
-        taken = {m.listen_port for m in self.node.meshes.values()}
+        # the ports of our other meshes are taken; ours is the one we leave
+        taken = {m.listen_port for m in self.node.meshes.values() if m is not rt}
         key = self.node.identity.wg_public_key
-        port = relocated_port(rt.mesh_id, key, taken, salt=sch.moves)
+        salt = sch.moves
+        port = relocated_port(rt.mesh_id, key, taken, salt)
+        while port == rt.listen_port and salt < sch.moves + MAX_PORT_MOVES:
+            # already on it (a move saved before a restart): the next salt's
+            salt += 1
+            port = relocated_port(rt.mesh_id, key, taken, salt)
         log.info("mesh %s: %s: moving WireGuard to port %d", rt.mesh_id, why, port)
         sch.moved(_now_ms())  # and discover the new mapping at once
         rt.listen_port = port
