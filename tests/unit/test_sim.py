@@ -8,9 +8,13 @@ from typing import Any
 
 import pytest
 
-from smegmesh.core.gossip import GossipParams
+from smegmesh.core.gossip import (
+    PULL_PRUNED_CHANCE,
+    PULL_PRUNED_MAX,
+    GossipParams,
+    pull_pruned_chance,
+)
 from smegmesh.core.liveness import LivenessParams
-from smegmesh.core.meshnode import PULL_PRUNED_CHANCE, PULL_PRUNED_MAX, pull_pruned_chance
 from smegmesh.core.record import Prune
 from smegmesh.core.state import DEPTH, MeshState
 from smegmesh.sim.scenarios import ScenarioConfig, run_scenario

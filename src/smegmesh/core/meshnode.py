@@ -54,7 +54,7 @@ from smegmesh.core.engine import (
     UpdateSelf,
 )
 from smegmesh.core.exchange import ExchangeMixin
-from smegmesh.core.gossip import GossipParams, GossipScheduler, full_hops
+from smegmesh.core.gossip import GossipParams, GossipScheduler, full_hops, pull_pruned_chance
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.liveness import (
     Dead,
@@ -92,36 +92,9 @@ __all__ = [
 Item = NodeRecord | Prune | AuthItem
 
 
-#: Probability that a background pull goes to a pruned (not departed) member:
-#: at least PULL_PRUNED_CHANCE, more when many members are pruned (see
-#: :func:`pull_pruned_chance`), at most PULL_PRUNED_MAX.
-PULL_PRUNED_CHANCE = 0.25
-PULL_PRUNED_MAX = 0.5
-
-
-#: The hop count items a sync session brought are forwarded at: past any
-#: change's first hops (``full_hops``), far below ``MAX_HOPS`` (the hops of a
-#: push answering a ``Want``, whose items are late: see ``_push_now``), so
-#: that no chain of forwards makes them late.
+#: Hops that items a sync session brought are forwarded at: past any change's
+#: first hops, far below ``MAX_HOPS`` (late items: ``_push_now``) after any chain.
 SYNCED_HOPS = MAX_HOPS // 2
-
-
-def pull_pruned_chance(pruned: int, reachable: int) -> float:
-    """Probability that a background pull goes to one of ``pruned`` members.
-
-    ``reachable``: the other members a pull may go to. A partition is healed by
-    a pull across it (each side holds the other as pruned and calls nobody
-    there otherwise), so the chance grows with the share of those members
-    pruned, ``pruned / (pruned + reachable)``, as Serf's reconnect does: a
-    2 | 2 split pulls across on every second round (not every fourth: a heal
-    after the cut ended took over 10 s in 5 % of simulated 4-node runs),
-    while a large mesh under churn, whose pruned members are mostly gone for
-    good, keeps PULL_PRUNED_CHANCE. The pulls left for the own side are at
-    least half.
-    """
-    if pruned <= 0:
-        return 0.0
-    return min(PULL_PRUNED_MAX, max(PULL_PRUNED_CHANCE, pruned / (pruned + reachable)))
 
 
 @dataclass
@@ -310,11 +283,7 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         if src is None:
             out.extend(self._push_now(changed, (), now_ms, self.gossip.branch))
         else:
-            # A push answering our Want (hops MAX_HOPS) brought items late in
-            # their spread: in a storm only the rounds offer its prunes (hops
-            # past MAX_HOPS, see _push_now). Items a sync session brought
-            # (hops None) are not late: after a partition they are new to the
-            # whole side.
+            # hops past MAX_HOPS: a push answering our Want (late; _push_now)
             nxt = SYNCED_HOPS if hops is None else hops + 1
             out.extend(self._push_now(changed, (src,), now_ms, hops=nxt))
         if self.settings.role == Role.CLIENT:
@@ -334,25 +303,14 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
 
         ``full`` targets get the items (default: all of them while ``hops`` is
         below :func:`~smegmesh.core.gossip.full_hops`, else ``full_push``).
-        Items whose ``hops`` is past ``MAX_HOPS`` came in a push answering our
-        ``Want``: late in their spread, most members hold them. While other
-        changes spread (``GossipScheduler.busy``: we pushed received items
-        past their first hops less than a sync interval ago), those that are
-        not news of a live member (a prune: the member is held dead) are not
-        forwarded now, only offered in the periodic rounds (with the other
-        fresh keys, in the same offers). Forwarding them in full to
-        ``full_push`` targets made half of all pushes under churn (1,000
-        simulated nodes, 20 %/min), most answered "nothing new"; as offers to
-        every target, most offers, answered with an empty ``Want``. A member
-        back alive (a restart, a partition's heal) goes on at once: holding
-        back those too saved more bytes but slowed a restart's spread (p99
-        955 -> 1,483 ms at 1,000 nodes) and a heal. A lone change is
-        forwarded as before: its tail is its latency (3,000 nodes: p100 2.3
-        s, 4.4 s if held back).
-        Received items (``full`` None) past their first hops may be held for a
-        batched push (``GossipScheduler.hold``; :meth:`tick` sends the batch,
-        ``batched``): the early hops of a change, and a partition's heal,
-        are not slowed.
+        Received items past their first hops may be held for a batched push
+        (``GossipScheduler.hold``; :meth:`tick` sends the batch, ``batched``).
+        Hops past ``MAX_HOPS``: the items came in a push answering our
+        ``Want``, late in their spread. While other changes spread
+        (``GossipScheduler.busy``) those that are prunes only wait for the
+        periodic rounds' offers; a member back alive goes on at once, and so
+        does anything in a quiet mesh (a lone change's tail is its latency).
+        Why and what it saves: docs/SCALE.md, section 6 of the simulator's gaps.
         """
         peers = self._reachable_peers()
         g = self.gossip
