@@ -526,7 +526,7 @@ def test_a_move_after_a_restart_never_lands_on_the_port_it_leaves() -> None:
     import asyncio
     from types import SimpleNamespace
 
-    from smegmesh.core.direct_plan import derived_ports, relocated_port
+    from smegmesh.core.direct_plan import relocated_port
     from smegmesh.daemon.direct import DirectManager
 
     key = IDS[0].wg_public_key
@@ -537,7 +537,7 @@ def test_a_move_after_a_restart_never_lands_on_the_port_it_leaves() -> None:
     )
     m = DirectManager(node, 8)  # a fresh schedule: the daemon restarted
     assert m._move(rt, "the NAT maps it elsewhere")
-    assert rt.listen_port != q and rt.listen_port in derived_ports(MESH, key)
+    assert rt.listen_port == relocated_port(MESH, key, set(), salt=1) != q
 
 
 def test_leaving_a_mesh_forgets_its_port_moves() -> None:

@@ -43,7 +43,6 @@ __all__ = [
     "SLOW_PROBE_MS",
     "DirectSchedule",
     "DirectTargets",
-    "derived_ports",
     "direct_targets",
     "endpoint_host",
     "endpoint_port",
@@ -121,51 +120,32 @@ def nat_moved_port(seen: str, listen_port: int) -> bool:
     return endpoint_port(seen) not in (None, listen_port)
 
 
-def derived_ports(mesh_id: str, key: bytes) -> frozenset[int]:
-    """The ports ``key``'s moves go to (one per salt of :data:`MAX_PORT_MOVES`, none taken)."""
-    return frozenset(relocated_port(mesh_id, key, set(), salt) for salt in range(MAX_PORT_MOVES))
-
-
 def port_clash(
     me: NodeRecord, records: Iterable[NodeRecord], listen_port: int
 ) -> NodeRecord | None:
-    """A client behind our public address that makes us move, or None.
+    """A client behind our public address listening on our port (then we move).
 
-    Two cases, both for clients behind the same public address:
-
-    * it listens on our port: both move, each to its own port. Only one used
-      to (the higher key), but the NAT may still hold mappings of the shared
-      public port made by the one that moved, to the partners it tried
-      first; their attempts to reach the one that stayed refresh those
-      mappings, which lead to the old socket, so the one that stayed never
-      reached them (the NAT66 test's flake: in three failed runs, the client
-      that kept the port failed with every partner behind another NAT). A
-      port both left carries nothing.
-    * it listens on a port derived from its key (it moved) while we are not
-      on one of ours: it may have moved off our port before we saw it there
-      (it saw our record first), and its mappings of that port are as
-      stale. We move too. When it moved for another reason (its NAT did not
-      keep its port), the move costs us one re-handshake, once.
+    Both move, each to its own port. Only one used to (the higher key), but
+    the NAT may still hold mappings of the shared public port made by the one
+    that moved, to the partners it tried first; their attempts to reach the
+    one that stayed refresh those mappings, which lead to the old socket, so
+    the one that stayed never reached them (the NAT66 test's flake: in three
+    failed runs, the client that kept the port failed with every partner
+    behind another NAT). A port both left carries nothing. Two that moved to
+    the same derived port clash again (``DirectSchedule.may_move``: once more).
     """
     host = endpoint_host(me.nat_endpoint)
     if host is None:
         return None
-    mine: frozenset[int] | None = None
     for r in records:
         if (
-            r.wg_key == me.wg_key
-            or r.role != Role.CLIENT
-            or r.left
-            or endpoint_host(r.nat_endpoint) != host
-            or not r.local_endpoints
+            r.wg_key != me.wg_key
+            and r.role == Role.CLIENT
+            and not r.left
+            and endpoint_host(r.nat_endpoint) == host
+            and r.local_endpoints
+            and endpoint_port(r.local_endpoints[0]) == listen_port
         ):
-            continue
-        port = endpoint_port(r.local_endpoints[0])
-        if port == listen_port:
-            return r
-        if mine is None:
-            mine = derived_ports(me.mesh_id, me.wg_key)
-        if listen_port not in mine and port in derived_ports(me.mesh_id, r.wg_key):
             return r
     return None
 

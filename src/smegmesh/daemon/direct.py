@@ -24,10 +24,9 @@ discovers again: the NAT then keeps that port for it too. The NAT may also keep 
 the same client. So a client also moves when another client behind the same
 public address publishes a local endpoint on its port (both move: mappings
 the NAT made for one of them on the shared port would keep the other from
-the partners it tried), or one on the port derived from its key (it moved,
-maybe off ours before we saw it there). Derived ports that collide clash
-again: one more move, to the next salt's port (:func:`port_clash`,
-``DirectSchedule.may_move``). See docs/NAT.md.
+the partners it tried). Derived ports that collide clash again: one more
+move, to the next salt's port (:func:`port_clash`, ``DirectSchedule.may_move``).
+See docs/NAT.md.
 
 The peer side answers ``WhereAmI`` from its WireGuard status
 (:func:`observed_endpoint`): the caller is authenticated by the transport, so a
@@ -53,7 +52,6 @@ from smegmesh.core.direct_plan import (
     MAX_PORT_MOVES,
     DirectSchedule,
     direct_targets,
-    endpoint_port,
     local_endpoints,
     nat_moved_port,
     port_clash,
@@ -275,10 +273,8 @@ class DirectManager:
         r = port_clash(me, records, rt.listen_port)
         if r is None:
             return False
-        port = endpoint_port(r.local_endpoints[0])
-        what = "this port" if port == rt.listen_port else f"moved to its own port {port}"
         return self._move(
-            rt, f"client {key_to_text(r.wg_key)[:12]} behind the same NAT {what}", clash=True
+            rt, f"client {key_to_text(r.wg_key)[:12]} behind the same NAT has this port", clash=True
         )
 
     def _move(self, rt: Any, why: str, clash: bool = False) -> bool:
