@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 from smegmesh.core.gossip import GossipParams, GossipScheduler
@@ -60,6 +61,21 @@ def test_periodic_rounds_offer_to_round_fanout_targets() -> None:
         s.tick(0, ks)
         rnd = s.tick(1000, ks)
         assert rnd.keys == {ks[1]} and len(rnd.push_to) == want
+
+
+def test_a_node_that_always_has_fresh_items_still_pulls() -> None:
+    """Under sustained churn every round has fresh items; each round postponed
+    the background pull, so it never came (review, twelfth session). The pull
+    is now at most one pull interval late."""
+    ks = keys(20)
+    s = sched(ks[0], sync_interval_ms=1000, pull_interval_ms=3000)
+    pulls = []
+    for t in range(0, 60_000, 100):
+        s.note_fresh([ks[1 + (t // 100) % 10]])  # a new change every 100 ms
+        if s.tick(t, ks).pull_from is not None:
+            pulls.append(t)
+    assert len(pulls) >= 60_000 // (2 * 3000) - 1, pulls
+    assert all(b - a <= 2 * 3000 + 1000 for a, b in itertools.pairwise(pulls))
 
 
 def test_fresh_items_pushed_for_infection_count_rounds_then_pull_resumes() -> None:
