@@ -3,7 +3,7 @@ out of daemon/direct.py): targets and probes, port moves, discovery and probe ti
 
 from __future__ import annotations
 
-from nat_nodes import NOW, client, peer
+from nat_nodes import MESH, NOW, client, peer
 from smegmesh.core.desired import assigned_peer
 from smegmesh.core.direct import choose_direct
 from smegmesh.core.direct_plan import (
@@ -17,7 +17,9 @@ from smegmesh.core.direct_plan import (
     endpoint_host,
     endpoint_port,
     nat_moved_port,
+    next_port,
     port_clash,
+    relocated_port,
 )
 
 
@@ -58,6 +60,15 @@ def test_port_clash_moves_both_behind_the_same_address() -> None:
     elsewhere = client(2, "198.51.100.7:51820", ("192.168.1.12:51820",))
     assert port_clash(a, [elsewhere], 51820) is None  # another NAT
     assert port_clash(client(0), [b], 51820) is None  # own public address unknown
+
+
+def test_a_move_goes_to_the_port_of_its_salt_never_to_the_one_it_leaves() -> None:
+    key = client(0).wg_key
+    first, second = (relocated_port(MESH, key, set(), salt) for salt in (0, 1))
+    assert next_port(MESH, key, set(), 0, 51820) == first
+    assert next_port(MESH, key, set(), 1, first) == second  # the second move
+    assert next_port(MESH, key, set(), 0, first) == second  # restarted on the first
+    assert next_port(MESH, key, {first}, 0, 51820) not in (first, 51820)  # another mesh has it
 
 
 def test_two_derived_ports_that_collide_move_once_more() -> None:

@@ -21,7 +21,6 @@ from smegmesh.core.offer import (
     offer_entries,
     offers,
     wanted,
-    wanted_of,
     wanted_parts,
 )
 from smegmesh.core.record import NodeRecord, Prune
@@ -102,7 +101,7 @@ def test_a_replica_lacking_only_the_prune_wants_the_key_in_full_and_gets_the_pru
         frozenset({k}),
         frozenset(),
     )
-    assert wanted_of(frozenset({k}), Want(MESH, (k,))) == {k}  # what an older offerer reads
+    assert frozenset().union(*wanted_parts(frozenset({k}), Want(MESH, (k,)))) == {k}  # wanted
     net, nodes = mesh_of(4)
     net.run_until(net.now + 5000)
     a, b, c = nodes[0], nodes[1], nodes[2]
@@ -159,6 +158,21 @@ def test_items_a_sync_session_brought_are_never_taken_for_late_ones() -> None:
     _r, outs = b.handle_request(a.key, Push(MESH, (prune_c,), SYNCED_HOPS + 2), t)
     assert len([o for o in _calls(outs) if isinstance(o.msg, Push)]) == b.gossip.full_push
     assert SYNCED_HOPS + 64 < MAX_HOPS
+    # the real path: e learns the prune in a sync session (hops None), and it
+    # goes on in full from every busy node it reaches, hop after hop
+    e = nodes[4]
+    by_key = {n.key: n for n in nodes}
+    assert e.mesh.apply(prune_c, t)
+    frm, node = a, e
+    outs = e._on_changed({c.key}, t, a.key)
+    for hop in range(3):
+        pushes = [o for o in _calls(outs) if isinstance(o.msg, Push)]
+        assert len(pushes) == node.gossip.full_push, hop
+        assert all(p.msg.hops == SYNCED_HOPS + hop for p in pushes)
+        nxt = next(by_key[p.to] for p in pushes if by_key[p.to].mesh.live_record(c.key) is not None)
+        nxt._sched._last_trigger_ms = t - 2 * nxt.gossip.batch_ms  # busy, not held
+        frm, node = node, nxt
+        _r, outs = node.handle_request(frm.key, pushes[0].msg, t)
 
 
 def test_offer_and_want_codecs_round_trip_and_bound_their_size() -> None:
@@ -207,9 +221,14 @@ def test_an_offer_names_keys_by_id_and_an_ambiguous_id_is_wanted() -> None:
 def test_a_want_by_id_gets_every_offered_key_it_names() -> None:
     ka, kb, kc = (_ident(i).wg_public_key for i in (1, 2, 3))
     offered = frozenset({ka, kb})
-    assert wanted_of(offered, Want(MESH, (ka[:KEY_ID_LEN], kc[:KEY_ID_LEN]))) == {ka}
-    assert wanted_of(offered, Want(MESH, (kb,))) == {kb}  # in full, as before ids
-    assert wanted_of(offered, Want(MESH, ())) == frozenset()
+
+    def named(want: Want) -> frozenset[bytes]:
+        whole, news = wanted_parts(offered, want)
+        return whole | news
+
+    assert named(Want(MESH, (ka[:KEY_ID_LEN], kc[:KEY_ID_LEN]))) == {ka}
+    assert named(Want(MESH, (kb,))) == {kb}  # in full, as before ids
+    assert named(Want(MESH, ())) == frozenset()
 
 
 def test_push_carries_its_hop_count() -> None:

@@ -48,6 +48,7 @@ __all__ = [
     "endpoint_port",
     "local_endpoints",
     "nat_moved_port",
+    "next_port",
     "port_clash",
     "relocated_port",
 ]
@@ -113,6 +114,21 @@ def relocated_port(mesh_id: str, key: bytes, taken: set[int], salt: int = 0) -> 
         if port not in taken:
             return port
     raise ValueError("no port free")
+
+
+def next_port(mesh_id: str, key: bytes, taken: set[int], moves: int, current: int) -> int:
+    """The port a move goes to, never ``current`` (the port we leave).
+
+    Derived with salt ``moves`` (the moves made so far), or with the next salts
+    while that is ``current``: a move saved before a restart, whose schedule
+    counts none.
+    """
+    salt = moves
+    port = relocated_port(mesh_id, key, taken, salt)
+    while port == current and salt < moves + MAX_PORT_MOVES:
+        salt += 1
+        port = relocated_port(mesh_id, key, taken, salt)
+    return port
 
 
 def nat_moved_port(seen: str, listen_port: int) -> bool:

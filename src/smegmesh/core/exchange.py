@@ -95,7 +95,7 @@ class ExchangeMixin:
             to: Iterable[bytes],
             keys: frozenset[bytes],
             hops: int = 0,
-            whole: frozenset[bytes] | bool = False,
+            whole: frozenset[bytes] = frozenset(),
         ) -> list[Out]: ...
 
     def handle_request(

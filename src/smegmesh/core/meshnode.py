@@ -318,13 +318,11 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         if full is None and hops > MAX_HOPS and g.full_push < g.branch and self._sched.busy(now_ms):
             # late, in a storm: the periodic rounds offer what is not news of a
             # live member (a prune); a member back alive goes on at once
-            keys = list(keys)
-            waiting = [k for k in keys if self.mesh.live_record(k) is None]
-            if waiting:
-                self._sched.note_fresh(waiting)
-                keys = [k for k in keys if self.mesh.live_record(k) is not None]
-                if not keys:
-                    return []
+            waiting = {k for k in keys if self.mesh.live_record(k) is None}
+            self._sched.note_fresh(waiting)
+            keys = [k for k in keys if k not in waiting]
+            if not keys:
+                return []
         if full is None and not early and not batched and self._sched.hold(keys, hops, now_ms):
             return []
         rnd = self._sched.triggered(
@@ -367,23 +365,13 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         to: Iterable[bytes],
         keys: frozenset[bytes],
         hops: int = 0,
-        whole: frozenset[bytes] | bool = False,
+        whole: frozenset[bytes] = frozenset(),
     ) -> list[Out]:
-        """Push ``keys`` to ``to``: what changed (``news_for``), or ``whole`` entries.
-
-        ``whole``: True for every key, or the keys (of ``keys``) sent whole.
-        """
+        """Push ``keys`` to ``to``: what changed (``news_for``), the ``whole`` entries whole."""
         targets = tuple(to)
         if not targets or not keys:
             return []
-        if whole is True:
-            items = self.mesh.items_for(keys)
-        elif whole:
-            items = self.mesh.items_for(sorted(keys & whole)) + self.mesh.news_for(
-                sorted(keys - whole)
-            )
-        else:
-            items = self.mesh.news_for(keys)
+        items = self.mesh.items_for(keys & whole) + self.mesh.news_for(keys - whole)
         if not items:
             return []
         pushed = pages(items, memo=self.mesh.memo)  # bounded messages

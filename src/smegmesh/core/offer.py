@@ -56,7 +56,6 @@ __all__ = [
     "offer_entries",
     "offers",
     "wanted",
-    "wanted_of",
     "wanted_parts",
 ]
 
@@ -161,21 +160,13 @@ def wanted(state: MeshState, entries: Iterable[OfferEntry]) -> tuple[bytes, ...]
         mine_rv, mine_pv = state.versions_of(held)
         if rv > mine_rv:
             out.append(key)
-        elif pv > mine_pv:
-            if pv >= mine_rv:
-                out.append(held)  # the prune alone will do
-            # else: it prunes an older record than ours (moot: dropped on arrival)
+        elif pv > mine_pv and pv >= mine_rv:
+            out.append(held)  # the prune alone will do (pv < mine_rv: moot, not wanted)
         elif rv == mine_rv and pv == mine_pv:
             mine_h = state.entry_hash_of(held).to_bytes(32, "big")[:OFFER_HASH_LEN]
             if mine_h != h:
                 out.append(key)
     return tuple(out)
-
-
-def wanted_of(offered: frozenset[bytes], want: Want) -> frozenset[bytes]:
-    """The offered keys a ``Want`` names (by id or in full); any other it names is ignored."""
-    whole, news = wanted_parts(offered, want)
-    return whole | news
 
 
 def wanted_parts(

@@ -49,13 +49,12 @@ from typing import Any
 from smegmesh.core.desired import assigned_peer
 from smegmesh.core.direct import DirectPeer, DirectTable
 from smegmesh.core.direct_plan import (
-    MAX_PORT_MOVES,
     DirectSchedule,
     direct_targets,
     local_endpoints,
     nat_moved_port,
+    next_port,
     port_clash,
-    relocated_port,
 )
 from smegmesh.core.identity import key_to_text
 from smegmesh.core.messages import Observed, WhereAmI
@@ -284,12 +283,7 @@ class DirectManager:
         # the ports of our other meshes are taken; ours is the one we leave
         taken = {m.listen_port for m in self.node.meshes.values() if m is not rt}
         key = self.node.identity.wg_public_key
-        salt = sch.moves
-        port = relocated_port(rt.mesh_id, key, taken, salt)
-        while port == rt.listen_port and salt < sch.moves + MAX_PORT_MOVES:
-            # already on it (a move saved before a restart): the next salt's
-            salt += 1
-            port = relocated_port(rt.mesh_id, key, taken, salt)
+        port = next_port(rt.mesh_id, key, taken, sch.moves, rt.listen_port)
         log.info("mesh %s: %s: moving WireGuard to port %d", rt.mesh_id, why, port)
         sch.moved(_now_ms())  # and discover the new mapping at once
         rt.listen_port = port

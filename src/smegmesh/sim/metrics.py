@@ -37,11 +37,12 @@ class Spread:
         return percentiles(self.delays(among), qs)
 
 
-def holds_version(key: bytes, version: int) -> Callable[[MeshState], bool]:
-    """A :class:`Spread` condition: the state holds ``key``'s record at ``version`` or later."""
+def holds_version(key: bytes, version: int, live: bool = False) -> Callable[[MeshState], bool]:
+    """A :class:`Spread` condition: the state holds ``key``'s record at ``version`` or later
+    (``live``: and does not hold it pruned)."""
 
     def cond(st: MeshState) -> bool:
-        r = st.record(key)
+        r = st.live_record(key) if live else st.record(key)
         return r is not None and r.version >= version
 
     return cond
@@ -56,7 +57,8 @@ def percentiles(
     out: dict[str, float | None] = {}
     for q in qs:
         need = max(1, math.ceil(q * n - 1e-9)) if n else 0
-        out[f"p{round(q * 100)}"] = float(got[need - 1]) if n and need <= len(got) else None
+        name = f"p{round(q * 100, 3):g}"  # p50, p99, p99.9, p100
+        out[name] = float(got[need - 1]) if n and need <= len(got) else None
     out["reached"] = len(got) / n if n else 1.0
     return out
 

@@ -267,22 +267,22 @@ def _run_churn(run: _Run) -> None:
     crashed: set[int] = set()
     # A restart's new record, from its publication to every node that never
     # crashed: how fast changes spread while the mesh is busy (restarts early
-    # enough to have RESTART_SPREAD_MS left; key -> (t0, version, times)).
-    restarts: dict[bytes, tuple[int, int, dict[int, int]]] = {}
+    # enough to have RESTART_SPREAD_MS left). By key, not in run.spreads: those
+    # are all checked on every change, and a churn run follows hundreds.
+    restarts: dict[bytes, Spread] = {}
 
     def restart(v: int) -> None:
         sim.restart(v)
         rec = sim.nodes[v].node.mesh.record(sim.nodes[v].key)
         if rec is not None and sim.now + RESTART_SPREAD_MS <= end:
-            restarts[rec.wg_key] = (sim.now, rec.version, {})
+            live = holds_version(rec.wg_key, rec.version, live=True)
+            restarts[rec.wg_key] = Spread(rec.wg_key, sim.now, live)
 
     def observe(i: int, keys: frozenset[bytes], now: int) -> None:
         for k in keys:
-            w = restarts.get(k)
-            if w is not None and i not in w[2]:
-                r = sim.nodes[i].node.mesh.live_record(k)
-                if r is not None and r.version >= w[1]:
-                    w[2][i] = now
+            sp = restarts.get(k)
+            if sp is not None:
+                sp.observe(i, keys, now, sim.nodes[i].node.mesh)
 
     sim.observers.append(observe)
     while rate > 0:
@@ -305,15 +305,9 @@ def _run_churn(run: _Run) -> None:
     run.res["crashes"] = crashes
     run.res["_crashed"] = crashed
     steady = [i for i in range(cfg.nodes) if i not in crashed]
-    delays = [
-        (times[i] - t0) if i in times else None
-        for t0, _v, times in restarts.values()
-        for i in steady
-    ]
+    delays = [d for sp in restarts.values() for d in sp.delays(steady)]
     run.res["restarts_followed"] = len(restarts)
-    spread = percentiles(delays, (0.5, 0.99, 0.999))
-    spread["p99.9"] = spread.pop("p100")  # (0.999 rounds to the name p100)
-    run.res.update(_prefix("restart_spread_", spread))
+    run.res.update(_prefix("restart_spread_", percentiles(delays, (0.5, 0.99, 0.999))))
     run.res["restart_spread_missed"] = sum(1 for d in delays if d is None)
 
 
