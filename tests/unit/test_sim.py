@@ -379,3 +379,30 @@ def test_verify_sample_delivers_decoded_bytes_with_the_same_metrics() -> None:
     plain = run(0.0)
     wired = run(1.0)
     assert wired == plain
+
+
+def test_kinds_split_the_gossip_types_without_changing_the_run() -> None:
+    """``--kinds`` (docs/SCALE.md section 6 was measured with these counts):
+    every push, want and push ack is counted once in its kind, and asking
+    for the counts changes nothing else in the run."""
+    cfg = ScenarioConfig(nodes=40, seconds=6.0, churn_per_min=0.3, kinds=True)
+    res = run_scenario("churn", cfg)
+    sim = res.pop("_sim")
+    kinds = res.pop("kinds")
+    by_type = sim.traffic.by_type
+    pushes = sum(v for k, v in kinds.items() if k.startswith("push: hop "))
+    pushes += kinds.get("push: answers a want", 0)
+    assert pushes == by_type["Push"][0] > 0
+    assert kinds["want: empty"] + kinds["want: naming keys"] == by_type["Want"][0]
+    assert kinds["want: keys"] >= kinds["want: naming keys"]
+    acks = kinds["ack of a push: news"] + kinds["ack of a push: nothing new"]
+    assert 0 < acks <= by_type["Ack"][0]
+    items = sum(v for k, v in kinds.items() if k.startswith("push: item "))
+    assert items == kinds["push: items"] >= pushes
+    plain = run_scenario("churn", replace(cfg, kinds=False))
+    plain.pop("_sim")
+    assert "kinds" not in plain
+    drop = ("wall", "build", "max_rss")
+    assert {k: v for k, v in res.items() if not k.startswith(drop)} == {
+        k: v for k, v in plain.items() if not k.startswith(drop)
+    }

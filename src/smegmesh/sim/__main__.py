@@ -88,6 +88,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "a generated id such as amber-falcon-river-k7q2 is 23, so real messages are "
         "about 20 bytes larger; with --authority the founding record's id is used)",
     )
+    p.add_argument(
+        "--kinds",
+        action="store_true",
+        help="also count gossip messages by kind: pushes by hop and what they carried, "
+        "push acks saying news or nothing new, empty wants, offered and wanted keys",
+    )
     p.add_argument("--json", action="store_true")
     return p.parse_args(argv)
 
@@ -132,6 +138,7 @@ def config_from_args(a: argparse.Namespace) -> ScenarioConfig:
         authority=a.authority,
         verify_sample=a.verify_sample,
         mesh_id=a.mesh_id,
+        kinds=a.kinds,
     )
 
 
@@ -139,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     res = run_scenario(a.scenario, config_from_args(a))
     sim = res.pop("_sim")
+    kinds = res.get("kinds") if not a.json else None
+    if kinds is not None:
+        del res["kinds"]
     if a.json:
         json.dump(res, sys.stdout, indent=2)
         print()
@@ -153,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
                 f" {m}={tm[(name, m)]}" for m in ("payload", *MODELS) if (name, m) in tm
             )
             print(f"  {name:<12} {cnt:>10} {size:>14}{models}")
+        if kinds is not None:
+            print("gossip messages by kind (count):")
+            for name, cnt in kinds.items():
+                print(f"  {name:<28} {cnt:>10}")
     return 0
 
 

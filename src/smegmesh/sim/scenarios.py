@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,8 @@ class ScenarioConfig:
     #: the mesh id messages and records carry ("sim": 3 characters; a generated
     #: one is ~23, and with ``authority`` the founding record's is used)
     mesh_id: str = "sim"
+    #: count gossip messages by kind (``sim.kinds``): result key "kinds"
+    kinds: bool = False
 
 
 def _attach(sim: Simulator, spreads: list[Spread], fp: FalsePrunes | None) -> None:
@@ -90,6 +93,8 @@ def run_scenario(name: str, cfg: ScenarioConfig) -> dict[str, Any]:
     wall0 = time.perf_counter()
     authority = cfg.authority or name == "evict"
     sim = _build(name, cfg, authority)
+    if cfg.kinds:  # from the start, like the traffic by message type
+        sim.traffic.kinds = Counter()
     pop = sim.population
     assert pop is not None
     wall_build = time.perf_counter() - wall0
@@ -134,6 +139,8 @@ def run_scenario(name: str, cfg: ScenarioConfig) -> dict[str, Any]:
     res["converged"] = res.get("converged", sim.converged())
     if cfg.verify_sample > 0:
         res["decoded_msgs"] = sim.decoded
+    if sim.traffic.kinds is not None:
+        res["kinds"] = dict(sorted(sim.traffic.kinds.items()))
     res["_sim"] = sim
     return res
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,7 @@ from smegmesh.core.nodeviews import share_views
 from smegmesh.core.record import Role
 from smegmesh.core.state import MeshState
 from smegmesh.sim.driver import T0, Driver, NetParams, TrafficBase, _Pending
+from smegmesh.sim.kinds import tally
 from smegmesh.sim.state import (
     SIM_MAX_MEMBERS,
     Population,
@@ -74,6 +76,8 @@ class SimNode:
 @dataclass
 class Traffic(TrafficBase):
     by_type: dict[str, list[int]] = field(default_factory=dict)  # name -> [count, bytes]
+    #: gossip messages by kind (``sim.kinds``), when asked for (``--kinds``)
+    kinds: Counter[str] | None = None
 
 
 class Simulator(Driver):
@@ -218,6 +222,8 @@ class Simulator(Driver):
             s = by_type[type(msg).__name__] = [0, 0]
         s[0] += 1
         s[1] += size
+        if self.traffic.kinds is not None:
+            tally(self.traffic.kinds, msg)
 
     def _changed(self, e: int, keys: frozenset[bytes]) -> None:
         for obs in self.observers:
