@@ -66,6 +66,10 @@ def test_churn_reports_how_fast_a_restart_reaches_the_nodes_that_never_crashed()
     assert 0 < r["restart_spread_p50"] <= r["restart_spread_p99"] <= r["restart_spread_p99.9"]
     assert r["restart_spread_p99.9"] < 5_000
     assert r["false_prunes_never_crashed"] == 0
+    # every crash and restart counted once; what one costs a node: at least
+    # the floor of sending each change once on average (a prune alone is ~200 B)
+    assert r["changes"] >= r["restarts_followed"] + 1
+    assert 200 < r["tx_per_change_b"] == round(r["bps_tx_mean"] * r["virtual_s"] / r["changes"], 1)
 
 
 def test_no_false_prunes_at_5_percent_loss() -> None:

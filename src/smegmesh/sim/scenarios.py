@@ -119,6 +119,10 @@ def run_scenario(name: str, cfg: ScenarioConfig) -> dict[str, Any]:
     _EVENTS[name](_Run(sim, cfg, subject, end, spreads, res))
     _add_traffic(res, sim, cfg, warm, tx0, rx0)
     _add_model_traffic(res, sim, cfg, warm, models0)
+    if res.get("changes"):
+        # churn: what one change costs a node, a figure that does not grow with
+        # N (the change rate does: 20 %/min of N nodes); bytes sent (tx) per node
+        res["tx_per_change_b"] = round(res["bps_tx_mean"] * res["virtual_s"] / res["changes"], 1)
     res["false_prunes"] = len(fp.targets)
     res["false_prune_obs"] = len(fp.events)
     crashed = res.pop("_crashed", None)
@@ -277,9 +281,11 @@ def _run_churn(run: _Run) -> None:
     # enough to have RESTART_SPREAD_MS left). By key, not in run.spreads: those
     # are all checked on every change, and a churn run follows hundreds.
     restarts: dict[bytes, Spread] = {}
+    changes = [0]  # crashes and restarts that happened (each one change to spread)
 
     def restart(v: int) -> None:
         sim.restart(v)
+        changes[0] += 1
         rec = sim.nodes[v].node.mesh.record(sim.nodes[v].key)
         if rec is not None and sim.now + RESTART_SPREAD_MS <= end:
             live = holds_version(rec.wg_key, rec.version, live=True)
@@ -301,6 +307,7 @@ def _run_churn(run: _Run) -> None:
         def crash(v: int = victim) -> None:
             if sim.nodes[v].alive:
                 crashed.add(v)
+                changes[0] += 1
                 restarts.pop(sim.nodes[v].key, None)  # down again: its record is moot
                 sim.crash(v)
                 sim.at(sim.now + down_ms, lambda: restart(v))
@@ -310,6 +317,7 @@ def _run_churn(run: _Run) -> None:
     sim.run_until(end)
     sim.observers.remove(observe)
     run.res["crashes"] = crashes
+    run.res["changes"] = changes[0]
     run.res["_crashed"] = crashed
     steady = [i for i in range(cfg.nodes) if i not in crashed]
     delays = [d for sp in restarts.values() for d in sp.delays(steady)]
