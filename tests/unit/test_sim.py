@@ -401,6 +401,10 @@ def test_kinds_split_the_gossip_types_without_changing_the_run() -> None:
     assert kinds["want: keys"] >= kinds["want: naming keys"]
     acks = kinds["ack of a push: news"] + kinds["ack of a push: nothing new"]
     assert 0 < acks <= by_type["Ack"][0]
+    # each push ack counted again by where its push was in the change's spread
+    by_push = sum(v for k, v in kinds.items() if k.startswith("ack of a push ("))
+    assert by_push == acks
+    assert kinds.get("ack of a push (answers a want): news", 0) > 0
     items = sum(v for k, v in kinds.items() if k.startswith("push: item "))
     assert items == kinds["push: items"] >= pushes
     plain = run_scenario("churn", replace(cfg, kinds=False))

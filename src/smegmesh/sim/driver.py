@@ -145,8 +145,8 @@ class Driver:
     def _can_talk(self, a: int, b: int) -> bool:
         return True
 
-    def _count_type(self, msg: Any, size: int) -> None:
-        """Per-type traffic accounting of one sent message."""
+    def _count_type(self, msg: Any, size: int, request: Any = None) -> None:
+        """Per-type traffic accounting of one sent message (``request``: a reply's)."""
 
     def _changed(self, e: int, keys: frozenset[bytes]) -> None:
         """Endpoint ``e``'s engine reported ``Changed(keys)``."""
@@ -284,7 +284,8 @@ class Driver:
         if ok:
             tr.rx[b] += size
         tr.msgs += 1
-        self._count_type(msg, size)
+        c = self._calls.get(payload[0]) if kind == _REP else None
+        self._count_type(msg, size, c.msg if c is not None else None)
         if ok:
             if self.verify_sample > 0 and self._verify_rng.random() < self.verify_sample:
                 payload = self._through_wire(kind, payload, msg)

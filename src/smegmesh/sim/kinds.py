@@ -26,24 +26,33 @@ __all__ = ["HOP_BUCKETS", "tally"]
 HOP_BUCKETS = 9
 
 
-def tally(kinds: Counter[str], msg: Any) -> None:
-    """Add ``msg``'s kinds to ``kinds`` (other message types add nothing)."""
+def _push_kind(push: Push, fine: bool = True) -> str:
+    """Where in a change's spread ``push`` is: answering a want, a hop, or from a sync."""
+    if push.hops == MAX_HOPS:
+        return "answers a want"
+    if push.hops < HOP_BUCKETS:
+        return f"hop {push.hops}" if fine else f"hop 0-{HOP_BUCKETS - 1}"
+    if push.hops < SYNCED_HOPS:
+        return f"hop {HOP_BUCKETS}-{SYNCED_HOPS - 1}"
+    return "hop from a sync"
+
+
+def tally(kinds: Counter[str], msg: Any, request: Any = None) -> None:
+    """Add ``msg``'s kinds to ``kinds`` (other message types add nothing).
+
+    ``request``: for a reply, the request it answers (a push's ack is then
+    counted by where that push was in its change's spread).
+    """
     if isinstance(msg, Push):
-        if msg.hops == MAX_HOPS:
-            kinds["push: answers a want"] += 1
-        else:
-            if msg.hops < HOP_BUCKETS:
-                kinds[f"push: hop {msg.hops}"] += 1
-            elif msg.hops < SYNCED_HOPS:
-                kinds[f"push: hop {HOP_BUCKETS}-{SYNCED_HOPS - 1}"] += 1
-            else:
-                kinds["push: hop from a sync"] += 1
+        kinds[f"push: {_push_kind(msg)}"] += 1
         kinds["push: items"] += len(msg.items)
         for item in msg.items:
             kinds[f"push: item {type(item).__name__}"] += 1
     elif isinstance(msg, Ack):
-        if msg.probe_id == 0:  # a push's ack (a probe's carries its probe id)
-            kinds["ack of a push: news" if msg.ok else "ack of a push: nothing new"] += 1
+        if isinstance(request, Push):
+            news = "news" if msg.ok else "nothing new"
+            kinds[f"ack of a push: {news}"] += 1
+            kinds[f"ack of a push ({_push_kind(request, fine=False)}): {news}"] += 1
     elif isinstance(msg, Offer):
         kinds["offer: entries"] += len(msg.entries)
     elif isinstance(msg, Want):

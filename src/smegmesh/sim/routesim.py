@@ -251,7 +251,7 @@ class RouteSim(Driver):
     def _latency_base(self, host: int) -> float:
         return self.latency_base[host]
 
-    def _count_type(self, msg: Any, size: int) -> None:
+    def _count_type(self, msg: Any, size: int, request: Any = None) -> None:
         bk = ((self.now - T0) // 1000, type(msg).__name__)
         s = self.traffic.buckets.get(bk)
         if s is None:

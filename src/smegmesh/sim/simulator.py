@@ -215,7 +215,7 @@ class Simulator(Driver):
     def _can_talk(self, a: int, b: int) -> bool:
         return self.can_talk(a, b)
 
-    def _count_type(self, msg: Any, size: int) -> None:
+    def _count_type(self, msg: Any, size: int, request: Any = None) -> None:
         by_type = self.traffic.by_type
         s = by_type.get(type(msg).__name__)
         if s is None:
@@ -223,7 +223,7 @@ class Simulator(Driver):
         s[0] += 1
         s[1] += size
         if self.traffic.kinds is not None:
-            tally(self.traffic.kinds, msg)
+            tally(self.traffic.kinds, msg, request)
 
     def _changed(self, e: int, keys: frozenset[bytes]) -> None:
         for obs in self.observers:
