@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         if kinds is not None:
             print("gossip messages by kind (count):")
             for name, cnt in kinds.items():
-                print(f"  {name:<44} {cnt:>10}")
+                print(f"  {name:<72} {cnt:>10}")
     return 0
 
 

@@ -2,8 +2,8 @@
 
 The per-type traffic table says how many ``Push``, ``Ack``, ``Offer`` and
 ``Want`` messages a run sent; finding where churn bytes go needs more: how
-many pushes answered a ``Want`` (hops ``MAX_HOPS``: late in a change's spread)
-and at which hop the others were, what the pushes carried, how many push
+many pushes were late in a change's spread (hops ``MAX_HOPS``: answers to a
+``Want``, and forwards of what came in one) and at which hop the others were, what the pushes carried, how many push
 acks said "nothing new to me" (the pusher's feedback), how many wants were
 empty and how many keys the others named. docs/SCALE.md section 6 was
 measured with these counts. Pure: :func:`tally` reads one message.
@@ -27,9 +27,14 @@ HOP_BUCKETS = 9
 
 
 def _push_kind(push: Push, fine: bool = True) -> str:
-    """Where in a change's spread ``push`` is: answering a want, a hop, or from a sync."""
+    """Where in a change's spread ``push`` is: late, a hop, or from a sync.
+
+    Late (hops ``MAX_HOPS``): a push answering a ``Want``, or the forward of
+    items that came in one (``MeshNode._push_now`` caps hops there); the
+    count of wants naming keys bounds the answers among them.
+    """
     if push.hops == MAX_HOPS:
-        return "answers a want"
+        return "late (answers a want, or forwards such an answer)"
     if push.hops < HOP_BUCKETS:
         return f"hop {push.hops}" if fine else f"hop 0-{HOP_BUCKETS - 1}"
     if push.hops < SYNCED_HOPS:
