@@ -3,9 +3,10 @@
 The per-type traffic table says how many ``Push``, ``Ack``, ``Offer`` and
 ``Want`` messages a run sent; finding where churn bytes go needs more: how
 many pushes were late in a change's spread (hops ``MAX_HOPS``: answers to a
-``Want``, and forwards of what came in one) and at which hop the others were, what the pushes carried, how many push
-acks said "nothing new to me" (the pusher's feedback), how many wants were
-empty and how many keys the others named. docs/SCALE.md section 6 was
+``Want``, and forwards of what came in one) and at which hop the others
+were, what the pushes carried, how many push acks said "nothing new to me"
+(the pusher's feedback) and for which pushes, how many wants were empty and
+how many keys the others named. docs/SCALE.md sections 6 and 7 were
 measured with these counts. Pure: :func:`tally` reads one message.
 """
 
