@@ -27,6 +27,7 @@ from smegmesh.core.direct import (
     pair_score,
     retry_slot_ms,
 )
+from smegmesh.core.direct_plan import CLASH_MOVE_DELAY_MS
 from smegmesh.core.messages import Observed, WhereAmI
 from smegmesh.core.record import NodeRecord, RecordError, Role, record_from_obj, validate_record
 from smegmesh.core.wire import WireError, decode, encode
@@ -485,11 +486,54 @@ def test_of_two_clients_sharing_a_port_behind_one_nat_both_move() -> None:
             meshes={MESH: rt}, identity=IDS[i], _reconcile_wake=asyncio.Event(), config=None
         )
         m = DirectManager(node, 8)
-        return rt.listen_port if m._shared_port(rt, recs[i], [recs[i], *others]) else None
+        seen = [recs[i], *others]
+        assert not m._shared_port(rt, recs[i], seen, now_ms=NOW)  # not at once (see below)
+        later = NOW + CLASH_MOVE_DELAY_MS
+        return rt.listen_port if m._shared_port(rt, recs[i], seen, now_ms=later) else None
 
     a, b = moved_to(0, [recs[1]]), moved_to(1, [recs[0]])
     assert a is not None and b is not None and len({a, b, 51820}) == 3  # both, apart
     assert moved_to(0, [other_nat]) is None  # same port behind another NAT: no clash
+
+
+def test_a_clash_moves_us_after_the_delay_even_when_the_port_mate_moved_on() -> None:
+    """The race in "both move": a client that moved at once replaced its record
+    (the one showing the clash) within a discovery or two, and a port-mate that
+    had not seen it yet saw no clash and stayed on the shared public port,
+    where the mover's first direct attempts had left mappings in the NAT. Now
+    a clash moves a client CLASH_MOVE_DELAY_MS after it first sees it: until
+    then its port, and so its record, stay as they are for the port-mate to
+    see. And the clash, once seen, is kept: the port-mate moving on first
+    (its own delay ran out sooner) does not keep us on the port both held."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from smegmesh.daemon.direct import DirectManager
+
+    me = client(0, "203.0.113.5:51820", ("192.168.1.10:51820",))
+    mate = client(1, "203.0.113.5:51820", ("192.168.1.11:51820",))
+    mate_moved = client(1, "203.0.113.5:50123", ("192.168.1.11:50123",))
+    rt = SimpleNamespace(mesh_id=MESH, listen_port=51820, opts={}, dirty_wg=False)
+    rt.dirty_disk = False
+    node = SimpleNamespace(
+        meshes={MESH: rt}, identity=IDS[0], _reconcile_wake=asyncio.Event(), config=None
+    )
+    m = DirectManager(node, 8)
+    assert not m._shared_port(rt, me, [me, mate], now_ms=NOW)
+    half = NOW + CLASH_MOVE_DELAY_MS // 2
+    assert not m._shared_port(rt, me, [me, mate_moved], now_ms=half)
+    assert rt.listen_port == 51820 and not rt.dirty_wg  # our record still shows the clash
+    assert m._shared_port(rt, me, [me, mate_moved], now_ms=NOW + CLASH_MOVE_DELAY_MS)
+    assert rt.listen_port != 51820 and rt.dirty_wg and m._schedule(MESH).clash_ms is None
+    # with no clash ever seen nothing is due, and a user's port never moves
+    rt2 = SimpleNamespace(mesh_id=MESH, listen_port=51820, opts={"wgport": 51820})
+    rt2.dirty_wg = rt2.dirty_disk = False
+    node.meshes = {MESH: rt2}
+    m2 = DirectManager(node, 8)
+    assert not m2._shared_port(rt2, me, [me, mate_moved], now_ms=NOW + 10 * CLASH_MOVE_DELAY_MS)
+    assert not m2._shared_port(rt2, me, [me, mate], now_ms=NOW)
+    assert not m2._shared_port(rt2, me, [me, mate], now_ms=NOW + 10 * CLASH_MOVE_DELAY_MS)
+    assert rt2.listen_port == 51820 and m2._schedule(MESH).clash_ms is None
 
 
 def test_port_mates_on_one_derived_port_move_once_more_then_stay() -> None:
@@ -511,11 +555,15 @@ def test_port_mates_on_one_derived_port_move_once_more_then_stay() -> None:
     m._schedule(MESH).moved(NOW)  # the first move, to q
     me = client(0, "203.0.113.5:51820", (f"192.168.1.10:{q}",))
     mate = client(1, "203.0.113.5:51820", (f"192.168.1.11:{q}",))  # landed on q too
-    assert m._shared_port(rt, me, [me, mate])
+    assert not m._shared_port(rt, me, [me, mate], now_ms=NOW)
+    assert m._shared_port(rt, me, [me, mate], now_ms=NOW + CLASH_MOVE_DELAY_MS)
     assert rt.listen_port == relocated_port(MESH, IDS[0].wg_public_key, set(), salt=1) != q
     # a third clash (however unlikely) moves it no more
     rt.listen_port = q
-    assert not m._shared_port(rt, me, [me, mate]) and rt.listen_port == q
+    later = NOW + 3 * CLASH_MOVE_DELAY_MS
+    assert not m._shared_port(rt, me, [me, mate], now_ms=later)
+    assert not m._shared_port(rt, me, [me, mate], now_ms=later + CLASH_MOVE_DELAY_MS)
+    assert rt.listen_port == q and m._schedule(MESH).clash_ms is None
 
 
 def test_a_move_after_a_restart_never_lands_on_the_port_it_leaves() -> None:

@@ -7,6 +7,7 @@ from nat_nodes import MESH, NOW, client, peer
 from smegmesh.core.desired import assigned_peer
 from smegmesh.core.direct import choose_direct
 from smegmesh.core.direct_plan import (
+    CLASH_MOVE_DELAY_MS,
     DISCOVER_MS,
     DISCOVER_RETRY_MS,
     HANDSHAKE_GRACE_MS,
@@ -135,3 +136,16 @@ def test_port_moves_once_never_off_a_user_port_then_settles() -> None:
     late = NOW + 100 + RELOCATE_SETTLE_MS
     assert not s.settling(late, "203.0.113.5:51820", 50000, endpoint_known=True)
     assert not DirectSchedule().settling(NOW, "203.0.113.5:1", 50000, endpoint_known=True)
+
+
+def test_a_clash_is_kept_and_moves_after_the_delay() -> None:
+    """``clash_move_due``: nothing before a clash is seen; once seen, the move
+    is due CLASH_MOVE_DELAY_MS later whether or not the clash still shows; a
+    move starts afresh."""
+    s = DirectSchedule()
+    assert not s.clash_move_due(NOW, clash=False) and s.clash_ms is None
+    assert not s.clash_move_due(NOW, clash=True)
+    assert not s.clash_move_due(NOW + CLASH_MOVE_DELAY_MS - 1, clash=False)
+    assert s.clash_move_due(NOW + CLASH_MOVE_DELAY_MS, clash=False)
+    s.moved(NOW + CLASH_MOVE_DELAY_MS)
+    assert s.clash_ms is None and not s.clash_move_due(NOW + 10 * CLASH_MOVE_DELAY_MS, False)

@@ -24,9 +24,10 @@ discovers again: the NAT then keeps that port for it too. The NAT may also keep 
 the same client. So a client also moves when another client behind the same
 public address publishes a local endpoint on its port (both move: mappings
 the NAT made for one of them on the shared port would keep the other from
-the partners it tried). Derived ports that collide clash again: one more
-move, to the next salt's port (:func:`port_clash`, ``DirectSchedule.may_move``).
-See docs/NAT.md.
+the partners it tried), ``CLASH_MOVE_DELAY_MS`` after it first sees the
+clash, so that its record showing the clash reaches the other first.
+Derived ports that collide clash again: one more move, to the next salt's
+port (:func:`port_clash`, ``DirectSchedule.may_move``). See docs/NAT.md.
 
 The peer side answers ``WhereAmI`` from its WireGuard status
 (:func:`observed_endpoint`): the caller is authenticated by the transport, so a
@@ -49,6 +50,7 @@ from typing import Any
 from smegmesh.core.desired import assigned_peer
 from smegmesh.core.direct import DirectPeer, DirectTable
 from smegmesh.core.direct_plan import (
+    CLASH_MOVE_DELAY_MS,
     DirectSchedule,
     direct_targets,
     local_endpoints,
@@ -196,6 +198,8 @@ class DirectManager:
             await self._discover(rt, me)
             me = rt.node.record
         targets = self._choose(rt, me)
+        if self._schedule(rt.mesh_id).clash_ms is not None:  # a clash move is due soon
+            self._shared_port(rt, me, rt.node.live_records())
         self._probe_slow(rt.mesh_id)
         table = self.tables.setdefault(
             rt.mesh_id,
@@ -267,14 +271,29 @@ class DirectManager:
             return False
         return self._move(rt, f"the NAT maps WireGuard port {rt.listen_port} to {seen}")
 
-    def _shared_port(self, rt: Any, me: Any, records: Any) -> bool:
-        """Another client behind our NAT listens on our port: we move (so does it)."""
-        r = port_clash(me, records, rt.listen_port)
-        if r is None:
+    def _shared_port(self, rt: Any, me: Any, records: Any, now_ms: int | None = None) -> bool:
+        """Another client behind our NAT listens on our port: we move (so does it).
+
+        :data:`CLASH_MOVE_DELAY_MS` after we first see it (``DirectSchedule.clash_move_due``).
+        """
+        now = _now_ms() if now_ms is None else now_ms
+        sch = self._schedule(rt.mesh_id)
+        if not sch.may_move(rt.opts.get("wgport") is not None, clash=True):
+            sch.clash_ms = None
             return False
-        return self._move(
-            rt, f"client {key_to_text(r.wg_key)[:12]} behind the same NAT has this port", clash=True
-        )
+        r = port_clash(me, records, rt.listen_port)
+        if r is not None and sch.clash_ms is None:
+            log.info(
+                "mesh %s: client %s behind the same NAT has WireGuard port %d: "
+                "moving in %d s (it moves too)",
+                rt.mesh_id,
+                key_to_text(r.wg_key)[:12],
+                rt.listen_port,
+                CLASH_MOVE_DELAY_MS // 1000,
+            )
+        if not sch.clash_move_due(now, r is not None):
+            return False
+        return self._move(rt, "a client behind the same NAT had this port", clash=True)
 
     def _move(self, rt: Any, why: str, clash: bool = False) -> bool:
         sch = self._schedule(rt.mesh_id)
