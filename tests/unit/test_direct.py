@@ -27,10 +27,14 @@ from smegmesh.core.direct import (
     pair_score,
     retry_slot_ms,
 )
-from smegmesh.core.direct_plan import CLASH_MOVE_DELAY_MS
+from smegmesh.core.direct_plan import clash_move_delay_ms
+from smegmesh.core.gossip import GossipParams
 from smegmesh.core.messages import Observed, WhereAmI
 from smegmesh.core.record import NodeRecord, RecordError, Role, record_from_obj, validate_record
 from smegmesh.core.wire import WireError, decode, encode
+
+#: when a clash moves a client, with the default pull interval
+DELAY = clash_move_delay_ms(GossipParams().pull_interval_ms)
 
 
 # --------------------------------------------------------------------------- record field
@@ -482,13 +486,14 @@ def test_of_two_clients_sharing_a_port_behind_one_nat_both_move() -> None:
     def moved_to(i: int, others: list[NodeRecord]) -> int | None:
         rt = SimpleNamespace(mesh_id=MESH, listen_port=51820, opts={}, dirty_wg=False)
         rt.dirty_disk = False
+        rt.node = SimpleNamespace(gossip=GossipParams())
         node = SimpleNamespace(
             meshes={MESH: rt}, identity=IDS[i], _reconcile_wake=asyncio.Event(), config=None
         )
         m = DirectManager(node, 8)
         seen = [recs[i], *others]
         assert not m._shared_port(rt, recs[i], seen, now_ms=NOW)  # not at once (see below)
-        later = NOW + CLASH_MOVE_DELAY_MS
+        later = NOW + DELAY
         return rt.listen_port if m._shared_port(rt, recs[i], seen, now_ms=later) else None
 
     a, b = moved_to(0, [recs[1]]), moved_to(1, [recs[0]])
@@ -501,7 +506,7 @@ def test_a_clash_moves_us_after_the_delay_even_when_the_port_mate_moved_on() -> 
     (the one showing the clash) within a discovery or two, and a port-mate that
     had not seen it yet saw no clash and stayed on the shared public port,
     where the mover's first direct attempts had left mappings in the NAT. Now
-    a clash moves a client CLASH_MOVE_DELAY_MS after it first sees it: until
+    a clash moves a client DELAY after it first sees it: until
     then its port, and so its record, stay as they are for the port-mate to
     see. And the clash, once seen, is kept: the port-mate moving on first
     (its own delay ran out sooner) does not keep us on the port both held."""
@@ -515,24 +520,26 @@ def test_a_clash_moves_us_after_the_delay_even_when_the_port_mate_moved_on() -> 
     mate_moved = client(1, "203.0.113.5:50123", ("192.168.1.11:50123",))
     rt = SimpleNamespace(mesh_id=MESH, listen_port=51820, opts={}, dirty_wg=False)
     rt.dirty_disk = False
+    rt.node = SimpleNamespace(gossip=GossipParams())
     node = SimpleNamespace(
         meshes={MESH: rt}, identity=IDS[0], _reconcile_wake=asyncio.Event(), config=None
     )
     m = DirectManager(node, 8)
     assert not m._shared_port(rt, me, [me, mate], now_ms=NOW)
-    half = NOW + CLASH_MOVE_DELAY_MS // 2
+    half = NOW + DELAY // 2
     assert not m._shared_port(rt, me, [me, mate_moved], now_ms=half)
     assert rt.listen_port == 51820 and not rt.dirty_wg  # our record still shows the clash
-    assert m._shared_port(rt, me, [me, mate_moved], now_ms=NOW + CLASH_MOVE_DELAY_MS)
+    assert m._shared_port(rt, me, [me, mate_moved], now_ms=NOW + DELAY)
     assert rt.listen_port != 51820 and rt.dirty_wg and m._schedule(MESH).clash_ms is None
     # with no clash ever seen nothing is due, and a user's port never moves
     rt2 = SimpleNamespace(mesh_id=MESH, listen_port=51820, opts={"wgport": 51820})
     rt2.dirty_wg = rt2.dirty_disk = False
+    rt2.node = rt.node
     node.meshes = {MESH: rt2}
     m2 = DirectManager(node, 8)
-    assert not m2._shared_port(rt2, me, [me, mate_moved], now_ms=NOW + 10 * CLASH_MOVE_DELAY_MS)
+    assert not m2._shared_port(rt2, me, [me, mate_moved], now_ms=NOW + 10 * DELAY)
     assert not m2._shared_port(rt2, me, [me, mate], now_ms=NOW)
-    assert not m2._shared_port(rt2, me, [me, mate], now_ms=NOW + 10 * CLASH_MOVE_DELAY_MS)
+    assert not m2._shared_port(rt2, me, [me, mate], now_ms=NOW + 10 * DELAY)
     assert rt2.listen_port == 51820 and m2._schedule(MESH).clash_ms is None
 
 
@@ -548,6 +555,7 @@ def test_port_mates_on_one_derived_port_move_once_more_then_stay() -> None:
 
     q = relocated_port(MESH, IDS[0].wg_public_key, set())
     rt = SimpleNamespace(mesh_id=MESH, listen_port=q, opts={}, dirty_wg=False, dirty_disk=False)
+    rt.node = SimpleNamespace(gossip=GossipParams())
     node = SimpleNamespace(
         meshes={MESH: rt}, identity=IDS[0], _reconcile_wake=asyncio.Event(), config=None
     )
@@ -556,13 +564,13 @@ def test_port_mates_on_one_derived_port_move_once_more_then_stay() -> None:
     me = client(0, "203.0.113.5:51820", (f"192.168.1.10:{q}",))
     mate = client(1, "203.0.113.5:51820", (f"192.168.1.11:{q}",))  # landed on q too
     assert not m._shared_port(rt, me, [me, mate], now_ms=NOW)
-    assert m._shared_port(rt, me, [me, mate], now_ms=NOW + CLASH_MOVE_DELAY_MS)
+    assert m._shared_port(rt, me, [me, mate], now_ms=NOW + DELAY)
     assert rt.listen_port == relocated_port(MESH, IDS[0].wg_public_key, set(), salt=1) != q
     # a third clash (however unlikely) moves it no more
     rt.listen_port = q
-    later = NOW + 3 * CLASH_MOVE_DELAY_MS
+    later = NOW + 3 * DELAY
     assert not m._shared_port(rt, me, [me, mate], now_ms=later)
-    assert not m._shared_port(rt, me, [me, mate], now_ms=later + CLASH_MOVE_DELAY_MS)
+    assert not m._shared_port(rt, me, [me, mate], now_ms=later + DELAY)
     assert rt.listen_port == q and m._schedule(MESH).clash_ms is None
 
 

@@ -14,6 +14,7 @@ from smegmesh.core.direct_plan import (
     RELOCATE_SETTLE_MS,
     SLOW_PROBE_MS,
     DirectSchedule,
+    clash_move_delay_ms,
     direct_targets,
     endpoint_host,
     endpoint_port,
@@ -149,3 +150,8 @@ def test_a_clash_is_kept_and_moves_after_the_delay() -> None:
     assert s.clash_move_due(NOW + CLASH_MOVE_DELAY_MS, clash=False)
     s.moved(NOW + CLASH_MOVE_DELAY_MS)
     assert s.clash_ms is None and not s.clash_move_due(NOW + 10 * CLASH_MOVE_DELAY_MS, False)
+    # two pulls, 6 s at the least: a client may learn the clash only at its next pull
+    assert clash_move_delay_ms(3_000) == CLASH_MOVE_DELAY_MS == 6_000
+    assert clash_move_delay_ms(20_000) == 40_000
+    assert not s.clash_move_due(NOW, True, 40_000)
+    assert s.clash_move_due(NOW + 40_000, False, 40_000)

@@ -44,6 +44,7 @@ __all__ = [
     "SLOW_PROBE_MS",
     "DirectSchedule",
     "DirectTargets",
+    "clash_move_delay_ms",
     "direct_targets",
     "endpoint_host",
     "endpoint_port",
@@ -72,14 +73,16 @@ RELOCATE_SETTLE_MS = 15_000
 RELOCATE_LO, RELOCATE_HI = 49152, 65535
 #: Port moves per mesh: one for any reason, one more for a clash on the derived port.
 MAX_PORT_MOVES = 2
-#: A clash moves us this long after we first see it, whatever the port-mate
+#: A clash moves us this long after we first see it at the least (with the
+#: mesh's pull interval: :func:`clash_move_delay_ms`), whatever the port-mate
 #: does meanwhile. Our record, which shows the clash on our public address
 #: and port, must reach the port-mate before our move (and the discovery
 #: after it) replaces it: else the port-mate, which had the same public
 #: port, sees no clash and stays, and the NAT's mappings of that port made
-#: by our first direct attempts keep those partners from it. A change
-#: reaches every member of a 3,000-node mesh in 2.3 s (simulated p100).
-CLASH_MOVE_DELAY_MS = 3_000
+#: by our first direct attempts keep those partners from it. A client learns
+#: a change from its peer's pushes or its own pulls: in the NAT66 test one
+#: saw its port-mate's clash 4.3 s after the port-mate did.
+CLASH_MOVE_DELAY_MS = 6_000
 
 
 def endpoint_host(endpoint: str | None) -> str | None:
@@ -138,6 +141,11 @@ def next_port(mesh_id: str, key: bytes, taken: set[int], moves: int, current: in
         salt += 1
         port = relocated_port(mesh_id, key, taken, salt)
     return port
+
+
+def clash_move_delay_ms(pull_interval_ms: int) -> int:
+    """How long after a clash is first seen it moves us: two pulls, 6 s at the least."""
+    return max(CLASH_MOVE_DELAY_MS, 2 * pull_interval_ms)
 
 
 def nat_moved_port(seen: str, listen_port: int) -> bool:
@@ -255,17 +263,18 @@ class DirectSchedule:
             return False
         return self.moves == 0 or (clash and self.moves < MAX_PORT_MOVES)
 
-    def clash_move_due(self, now_ms: int, clash: bool) -> bool:
+    def clash_move_due(self, now_ms: int, clash: bool, delay_ms: int = CLASH_MOVE_DELAY_MS) -> bool:
         """Whether a clash moves the port now.
 
-        A ``clash`` seen is kept: the move is due :data:`CLASH_MOVE_DELAY_MS`
-        after the first sight, even if the port-mate has moved on since (it
-        held our public port as well, so its mappings of it may linger; the
-        two move together). Until then our record keeps showing the clash.
+        A ``clash`` seen is kept: the move is due ``delay_ms``
+        (:func:`clash_move_delay_ms`) after the first sight, even if the
+        port-mate has moved on since (it held our public port as well, so its
+        mappings of it may linger; the two move together). Until then our
+        record keeps showing the clash.
         """
         if clash and self.clash_ms is None:
             self.clash_ms = now_ms
-        return self.clash_ms is not None and now_ms - self.clash_ms >= CLASH_MOVE_DELAY_MS
+        return self.clash_ms is not None and now_ms - self.clash_ms >= delay_ms
 
     def moved(self, now_ms: int) -> None:
         """The port was moved: discover the new mapping at once."""

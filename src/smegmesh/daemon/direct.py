@@ -24,8 +24,9 @@ discovers again: the NAT then keeps that port for it too. The NAT may also keep 
 the same client. So a client also moves when another client behind the same
 public address publishes a local endpoint on its port (both move: mappings
 the NAT made for one of them on the shared port would keep the other from
-the partners it tried), ``CLASH_MOVE_DELAY_MS`` after it first sees the
-clash, so that its record showing the clash reaches the other first.
+the partners it tried), some seconds after it first sees the
+clash (``clash_move_delay_ms``), so that its record showing the clash
+reaches the other first.
 Derived ports that collide clash again: one more move, to the next salt's
 port (:func:`port_clash`, ``DirectSchedule.may_move``). See docs/NAT.md.
 
@@ -50,8 +51,8 @@ from typing import Any
 from smegmesh.core.desired import assigned_peer
 from smegmesh.core.direct import DirectPeer, DirectTable
 from smegmesh.core.direct_plan import (
-    CLASH_MOVE_DELAY_MS,
     DirectSchedule,
+    clash_move_delay_ms,
     direct_targets,
     local_endpoints,
     nat_moved_port,
@@ -274,24 +275,25 @@ class DirectManager:
     def _shared_port(self, rt: Any, me: Any, records: Any, now_ms: int | None = None) -> bool:
         """Another client behind our NAT listens on our port: we move (so does it).
 
-        :data:`CLASH_MOVE_DELAY_MS` after we first see it (``DirectSchedule.clash_move_due``).
+        Some seconds after we first see it (``DirectSchedule.clash_move_due``).
         """
         now = _now_ms() if now_ms is None else now_ms
         sch = self._schedule(rt.mesh_id)
         if not sch.may_move(rt.opts.get("wgport") is not None, clash=True):
             sch.clash_ms = None
             return False
+        delay = clash_move_delay_ms(rt.node.gossip.pull_interval_ms)
         r = port_clash(me, records, rt.listen_port)
         if r is not None and sch.clash_ms is None:
             log.info(
                 "mesh %s: client %s behind the same NAT has WireGuard port %d: "
-                "moving in %d s (it moves too)",
+                "moving in %g s (it moves too)",
                 rt.mesh_id,
                 key_to_text(r.wg_key)[:12],
                 rt.listen_port,
-                CLASH_MOVE_DELAY_MS // 1000,
+                delay / 1000,
             )
-        if not sch.clash_move_due(now, r is not None):
+        if not sch.clash_move_due(now, r is not None, delay):
             return False
         return self._move(rt, "a client behind the same NAT had this port", clash=True)
 
