@@ -531,7 +531,16 @@ def test_a_clash_moves_us_after_the_delay_even_when_the_port_mate_moved_on() -> 
     assert rt.listen_port == 51820 and not rt.dirty_wg  # our record still shows the clash
     assert m._shared_port(rt, me, [me, mate_moved], now_ms=NOW + DELAY)
     assert rt.listen_port != 51820 and rt.dirty_wg and m._schedule(MESH).clash_ms is None
-    # with no clash ever seen nothing is due, and a user's port never moves
+    # with no clash ever seen nothing is due
+    rt1 = SimpleNamespace(mesh_id=MESH, listen_port=51820, opts={}, dirty_wg=False)
+    rt1.dirty_disk = False
+    rt1.node = rt.node
+    node.meshes = {MESH: rt1}
+    m1 = DirectManager(node, 8)
+    assert not m1._shared_port(rt1, me, [me, mate_moved], now_ms=NOW)
+    assert not m1._shared_port(rt1, me, [me, mate_moved], now_ms=NOW + 10 * DELAY)
+    assert rt1.listen_port == 51820 and m1._schedule(MESH).clash_ms is None
+    # and a user's port never moves
     rt2 = SimpleNamespace(mesh_id=MESH, listen_port=51820, opts={"wgport": 51820})
     rt2.dirty_wg = rt2.dirty_disk = False
     rt2.node = rt.node
@@ -541,6 +550,50 @@ def test_a_clash_moves_us_after_the_delay_even_when_the_port_mate_moved_on() -> 
     assert not m2._shared_port(rt2, me, [me, mate], now_ms=NOW)
     assert not m2._shared_port(rt2, me, [me, mate], now_ms=NOW + 10 * DELAY)
     assert rt2.listen_port == 51820 and m2._schedule(MESH).clash_ms is None
+
+
+def test_no_direct_session_while_a_clash_move_is_due() -> None:
+    """Sessions on the port we are about to leave broke at the move: in the
+    NAT66 test every pair came up direct on the shared port, then the delayed
+    clash move sent a ping run through the relay. While a clash move is due
+    the client holds no direct session; after the move, sessions as chosen."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from smegmesh.daemon.direct import DirectManager
+
+    me = client(0, "203.0.113.5:51820", ("192.168.1.10:51820",))
+    mate = client(1, "203.0.113.5:51820", ("192.168.1.11:51820",))
+    other = client(2, "198.51.100.7:51820", ("192.168.7.12:51820",))
+    recs = [me, mate, other]
+    rt = SimpleNamespace(mesh_id=MESH, listen_port=51820, opts={}, dirty_wg=False)
+    rt.dirty_disk = False
+    rt.node = SimpleNamespace(
+        gossip=GossipParams(), mesh=SimpleNamespace(version=1), live_records=lambda: recs
+    )
+    node = SimpleNamespace(
+        meshes={MESH: rt}, identity=IDS[0], _reconcile_wake=asyncio.Event(), config=None
+    )
+    m = DirectManager(node, 8)
+    assert m._sessions_with(rt, me, now_ms=NOW) == {}  # the clash seen: a move is due
+    assert m._sessions_with(rt, me, now_ms=NOW + DELAY - 1) == {}
+    chosen = m._sessions_with(rt, me, now_ms=NOW + DELAY)  # moved
+    assert rt.listen_port != 51820 and m._schedule(MESH).clash_ms is None
+    assert set(chosen) == {mate.wg_key, other.wg_key}
+    # a clash seen before the mesh went down (or we stopped being a client) is
+    # stale when it is back: no move at the first tick after
+    m3 = DirectManager(node, 8)
+    rt.listen_port = 51820
+    rt.node.mesh = SimpleNamespace(version=3)
+    rt.node.record, rt.up, rt.joining = me, False, False
+    assert m3._sessions_with(rt, me, now_ms=NOW) == {}
+    asyncio.run(m3._tick(rt))
+    assert m3._schedule(MESH).clash_ms is None and rt.listen_port == 51820
+    # no clash (a port-mate on another port): sessions at once
+    m2 = DirectManager(node, 8)
+    rt.listen_port = 51000
+    rt.node.mesh = SimpleNamespace(version=2)
+    assert set(m2._sessions_with(rt, me, now_ms=NOW)) == {mate.wg_key, other.wg_key}
 
 
 def test_port_mates_on_one_derived_port_move_once_more_then_stay() -> None:

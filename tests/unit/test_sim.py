@@ -68,7 +68,7 @@ def test_churn_reports_how_fast_a_restart_reaches_the_nodes_that_never_crashed()
     assert r["false_prunes_never_crashed"] == 0
     # every crash and restart counted once; what one costs a node: at least
     # the floor of sending each change once on average (a prune alone is ~200 B)
-    assert r["changes"] >= r["restarts_followed"] + 1
+    assert 2 * r["restarts_followed"] <= r["changes"] <= 2 * r["crashes"]
     assert 200 < r["tx_per_change_b"] == round(r["bps_tx_mean"] * r["virtual_s"] / r["changes"], 1)
 
 

@@ -10,7 +10,7 @@ reads, ``WhereAmI`` calls, echo probes, the clock):
 * **Port moves**: a client whose relay sees its WireGuard packets come from
   another port than it listens on (:func:`nat_moved_port`), or that shares its
   port with another client behind the same public address
-  (:func:`port_clash`: both move, :data:`CLASH_MOVE_DELAY_MS` after the
+  (:func:`port_clash`: both move, :func:`clash_move_delay_ms` after the
   clash is first seen), moves once to a port derived from its key
   (:func:`relocated_port`); a port the user chose (``--wgport``) is kept.
 * **When** (:class:`DirectSchedule`, one per mesh): discovery every

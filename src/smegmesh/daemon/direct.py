@@ -194,13 +194,14 @@ class DirectManager:
             if self.plans.pop(rt.mesh_id, None):
                 rt.dirty_wg = True
                 self.node._reconcile_wake.set()
+            sch = self.schedules.get(rt.mesh_id)
+            if sch is not None:  # a clash seen before is stale when we are back
+                sch.clash_ms = None
             return
         if self._schedule(rt.mesh_id).discovery_due(_now_ms(), bool(me.nat_endpoint)):
             await self._discover(rt, me)
             me = rt.node.record
-        targets = self._choose(rt, me)
-        if self._schedule(rt.mesh_id).clash_ms is not None:  # a clash move is due soon
-            self._shared_port(rt, me, rt.node.live_records())
+        targets = self._sessions_with(rt, me)
         self._probe_slow(rt.mesh_id)
         table = self.tables.setdefault(
             rt.mesh_id,
@@ -242,7 +243,22 @@ class DirectManager:
             rt.dirty_wg = True
             self.node._reconcile_wake.set()
 
-    def _choose(self, rt: Any, me: Any) -> dict[bytes, str]:
+    def _sessions_with(self, rt: Any, me: Any, now_ms: int | None = None) -> dict[bytes, str]:
+        """The clients to hold direct sessions with now: none while a clash move is due.
+
+        A session on the port we are about to leave breaks at the move (it
+        came up, then fell back to the relay a few seconds later, in the NAT66
+        test), and its attempts leave mappings of the shared public port in
+        the NAT: what the move is for.
+        """
+        targets = self._choose(rt, me, now_ms)
+        if self._schedule(rt.mesh_id).clash_ms is None:
+            return targets
+        if self._shared_port(rt, me, rt.node.live_records(), now_ms):
+            return targets  # moved: sessions on the new port
+        return {}
+
+    def _choose(self, rt: Any, me: Any, now_ms: int | None = None) -> dict[bytes, str]:
         """The chosen clients and their endpoints (recomputed when the mesh state changed)."""
         # the choice is recomputed only when the mesh state changed
         version = rt.node.mesh.version
@@ -252,7 +268,7 @@ class DirectManager:
             targets = direct_targets(me, records, self.limit)
             cached = self._targets[rt.mesh_id] = (version, targets.chosen)
             self.probed[rt.mesh_id] = targets.probed
-            self._shared_port(rt, me, records)
+            self._shared_port(rt, me, records, now_ms)
         return cached[1]
 
     def _schedule(self, mesh_id: str) -> DirectSchedule:
