@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import random
+from typing import Any
 
 import pytest
 
@@ -427,6 +428,32 @@ def test_prober_round_trip_on_loopback() -> None:
     asyncio.run(go())
 
 
+def _client_manager(
+    i: int = 0,
+    port: int = 51820,
+    opts: dict[str, object] | None = None,
+    records: list[NodeRecord] | None = None,
+) -> tuple[Any, Any]:
+    """A ``DirectManager`` of client ``i`` and its one mesh runtime (fakes of the
+    daemon's parts the port moves read and write), on WireGuard port ``port``;
+    ``records``: the mesh's live records (``_sessions_with`` reads them)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from smegmesh.daemon.direct import DirectManager
+
+    rt = SimpleNamespace(mesh_id=MESH, listen_port=port, opts=opts or {})
+    rt.dirty_wg = rt.dirty_disk = False
+    recs = records or []
+    rt.node = SimpleNamespace(
+        gossip=GossipParams(), mesh=SimpleNamespace(version=1), live_records=lambda: recs
+    )
+    node = SimpleNamespace(
+        meshes={MESH: rt}, identity=IDS[i], _reconcile_wake=asyncio.Event(), config=None
+    )
+    return DirectManager(node, 8), rt
+
+
 # --------------------------------------------------------------------------- same NAT, same port
 def test_relocated_port_is_per_node_and_avoids_taken_ports() -> None:
     from smegmesh.core.direct_plan import RELOCATE_HI, RELOCATE_LO, relocated_port
@@ -442,30 +469,14 @@ def test_relocated_port_is_per_node_and_avoids_taken_ports() -> None:
 def test_client_moves_its_port_once_when_the_nat_did_not_keep_it() -> None:
     """Two clients behind one NAT on the mesh's default port: the one the NAT maps
     elsewhere moves (once) to a port of its own; --wgport is never overridden."""
-    import asyncio
-    from types import SimpleNamespace
-
-    from smegmesh.daemon.direct import DirectManager
-
-    def make(opts: dict[str, object]) -> tuple[DirectManager, SimpleNamespace]:
-        rt = SimpleNamespace(mesh_id=MESH, listen_port=51820, opts=opts, dirty_wg=False)
-        rt.dirty_disk = False
-        node = SimpleNamespace(
-            meshes={MESH: rt},
-            identity=IDS[0],
-            _reconcile_wake=asyncio.Event(),
-            config=None,
-        )
-        return DirectManager(node, 8), rt
-
-    m, rt = make({})
+    m, rt = _client_manager()
     assert m._relocate(rt, "203.0.113.5:51820") is False  # port kept by the NAT
     assert m._relocate(rt, "203.0.113.5:1024") is True
     assert rt.listen_port != 51820 and rt.dirty_wg and rt.dirty_disk
     moved = rt.listen_port
     assert m._relocate(rt, "203.0.113.5:2048") is False  # once
     assert rt.listen_port == moved
-    m, rt = make({"wgport": 51820})
+    m, rt = _client_manager(opts={"wgport": 51820})
     assert m._relocate(rt, "203.0.113.5:1024") is False and rt.listen_port == 51820
 
 
@@ -475,22 +486,11 @@ def test_of_two_clients_sharing_a_port_behind_one_nat_both_move() -> None:
     when only one did, the NAT's mappings of the shared port that the mover had
     made kept the one that stayed from the mover's first partners (the NAT66
     test's flake)."""
-    import asyncio
-    from types import SimpleNamespace
-
-    from smegmesh.daemon.direct import DirectManager
-
     recs = {i: client(i, "203.0.113.5:51820", (f"192.168.1.{10 + i}:51820",)) for i in (0, 1)}
     other_nat = client(2, "198.51.100.7:51820", ("192.168.1.12:51820",))
 
     def moved_to(i: int, others: list[NodeRecord]) -> int | None:
-        rt = SimpleNamespace(mesh_id=MESH, listen_port=51820, opts={}, dirty_wg=False)
-        rt.dirty_disk = False
-        rt.node = SimpleNamespace(gossip=GossipParams())
-        node = SimpleNamespace(
-            meshes={MESH: rt}, identity=IDS[i], _reconcile_wake=asyncio.Event(), config=None
-        )
-        m = DirectManager(node, 8)
+        m, rt = _client_manager(i)
         seen = [recs[i], *others]
         assert not m._shared_port(rt, recs[i], seen, now_ms=NOW)  # not at once (see below)
         later = NOW + DELAY
@@ -510,21 +510,10 @@ def test_a_clash_moves_us_after_the_delay_even_when_the_port_mate_moved_on() -> 
     then its port, and so its record, stay as they are for the port-mate to
     see. And the clash, once seen, is kept: the port-mate moving on first
     (its own delay ran out sooner) does not keep us on the port both held."""
-    import asyncio
-    from types import SimpleNamespace
-
-    from smegmesh.daemon.direct import DirectManager
-
     me = client(0, "203.0.113.5:51820", ("192.168.1.10:51820",))
     mate = client(1, "203.0.113.5:51820", ("192.168.1.11:51820",))
     mate_moved = client(1, "203.0.113.5:50123", ("192.168.1.11:50123",))
-    rt = SimpleNamespace(mesh_id=MESH, listen_port=51820, opts={}, dirty_wg=False)
-    rt.dirty_disk = False
-    rt.node = SimpleNamespace(gossip=GossipParams())
-    node = SimpleNamespace(
-        meshes={MESH: rt}, identity=IDS[0], _reconcile_wake=asyncio.Event(), config=None
-    )
-    m = DirectManager(node, 8)
+    m, rt = _client_manager()
     assert not m._shared_port(rt, me, [me, mate], now_ms=NOW)
     half = NOW + DELAY // 2
     assert not m._shared_port(rt, me, [me, mate_moved], now_ms=half)
@@ -532,20 +521,12 @@ def test_a_clash_moves_us_after_the_delay_even_when_the_port_mate_moved_on() -> 
     assert m._shared_port(rt, me, [me, mate_moved], now_ms=NOW + DELAY)
     assert rt.listen_port != 51820 and rt.dirty_wg and m._schedule(MESH).clash_ms is None
     # with no clash ever seen nothing is due
-    rt1 = SimpleNamespace(mesh_id=MESH, listen_port=51820, opts={}, dirty_wg=False)
-    rt1.dirty_disk = False
-    rt1.node = rt.node
-    node.meshes = {MESH: rt1}
-    m1 = DirectManager(node, 8)
+    m1, rt1 = _client_manager()
     assert not m1._shared_port(rt1, me, [me, mate_moved], now_ms=NOW)
     assert not m1._shared_port(rt1, me, [me, mate_moved], now_ms=NOW + 10 * DELAY)
     assert rt1.listen_port == 51820 and m1._schedule(MESH).clash_ms is None
     # and a user's port never moves
-    rt2 = SimpleNamespace(mesh_id=MESH, listen_port=51820, opts={"wgport": 51820})
-    rt2.dirty_wg = rt2.dirty_disk = False
-    rt2.node = rt.node
-    node.meshes = {MESH: rt2}
-    m2 = DirectManager(node, 8)
+    m2, rt2 = _client_manager(opts={"wgport": 51820})
     assert not m2._shared_port(rt2, me, [me, mate_moved], now_ms=NOW + 10 * DELAY)
     assert not m2._shared_port(rt2, me, [me, mate], now_ms=NOW)
     assert not m2._shared_port(rt2, me, [me, mate], now_ms=NOW + 10 * DELAY)
@@ -558,23 +539,12 @@ def test_no_direct_session_while_a_clash_move_is_due() -> None:
     clash move sent a ping run through the relay. While a clash move is due
     the client holds no direct session; after the move, sessions as chosen."""
     import asyncio
-    from types import SimpleNamespace
-
-    from smegmesh.daemon.direct import DirectManager
 
     me = client(0, "203.0.113.5:51820", ("192.168.1.10:51820",))
     mate = client(1, "203.0.113.5:51820", ("192.168.1.11:51820",))
     other = client(2, "198.51.100.7:51820", ("192.168.7.12:51820",))
     recs = [me, mate, other]
-    rt = SimpleNamespace(mesh_id=MESH, listen_port=51820, opts={}, dirty_wg=False)
-    rt.dirty_disk = False
-    rt.node = SimpleNamespace(
-        gossip=GossipParams(), mesh=SimpleNamespace(version=1), live_records=lambda: recs
-    )
-    node = SimpleNamespace(
-        meshes={MESH: rt}, identity=IDS[0], _reconcile_wake=asyncio.Event(), config=None
-    )
-    m = DirectManager(node, 8)
+    m, rt = _client_manager(records=recs)
     assert m._sessions_with(rt, me, now_ms=NOW) == {}  # the clash seen: a move is due
     assert m._sessions_with(rt, me, now_ms=NOW + DELAY - 1) == {}
     chosen = m._sessions_with(rt, me, now_ms=NOW + DELAY)  # moved
@@ -582,17 +552,13 @@ def test_no_direct_session_while_a_clash_move_is_due() -> None:
     assert set(chosen) == {mate.wg_key, other.wg_key}
     # a clash seen before the mesh went down (or we stopped being a client) is
     # stale when it is back: no move at the first tick after
-    m3 = DirectManager(node, 8)
-    rt.listen_port = 51820
-    rt.node.mesh = SimpleNamespace(version=3)
+    m3, rt = _client_manager(records=recs)
     rt.node.record, rt.up, rt.joining = me, False, False
     assert m3._sessions_with(rt, me, now_ms=NOW) == {}
     asyncio.run(m3._tick(rt))
     assert m3._schedule(MESH).clash_ms is None and rt.listen_port == 51820
     # no clash (a port-mate on another port): sessions at once
-    m2 = DirectManager(node, 8)
-    rt.listen_port = 51000
-    rt.node.mesh = SimpleNamespace(version=2)
+    m2, rt = _client_manager(port=51000, records=recs)
     assert set(m2._sessions_with(rt, me, now_ms=NOW)) == {mate.wg_key, other.wg_key}
 
 
@@ -600,19 +566,10 @@ def test_port_mates_on_one_derived_port_move_once_more_then_stay() -> None:
     """Two clients behind one NAT that moved to the same derived port (their
     derived ports collide) still clash: each moves once more, to the port of
     the next salt; after that no clash moves them again."""
-    import asyncio
-    from types import SimpleNamespace
-
     from smegmesh.core.direct_plan import relocated_port
-    from smegmesh.daemon.direct import DirectManager
 
     q = relocated_port(MESH, IDS[0].wg_public_key, set())
-    rt = SimpleNamespace(mesh_id=MESH, listen_port=q, opts={}, dirty_wg=False, dirty_disk=False)
-    rt.node = SimpleNamespace(gossip=GossipParams())
-    node = SimpleNamespace(
-        meshes={MESH: rt}, identity=IDS[0], _reconcile_wake=asyncio.Event(), config=None
-    )
-    m = DirectManager(node, 8)
+    m, rt = _client_manager(port=q)
     m._schedule(MESH).moved(NOW)  # the first move, to q
     me = client(0, "203.0.113.5:51820", (f"192.168.1.10:{q}",))
     mate = client(1, "203.0.113.5:51820", (f"192.168.1.11:{q}",))  # landed on q too
@@ -632,19 +589,11 @@ def test_a_move_after_a_restart_never_lands_on_the_port_it_leaves() -> None:
     kept: a move then went to the next free port after the derived one (not
     derived, so the rule for moved port-mates fired again). It goes to the
     next salt's derived port."""
-    import asyncio
-    from types import SimpleNamespace
-
     from smegmesh.core.direct_plan import relocated_port
-    from smegmesh.daemon.direct import DirectManager
 
     key = IDS[0].wg_public_key
     q = relocated_port(MESH, key, set())
-    rt = SimpleNamespace(mesh_id=MESH, listen_port=q, opts={}, dirty_wg=False, dirty_disk=False)
-    node = SimpleNamespace(
-        meshes={MESH: rt}, identity=IDS[0], _reconcile_wake=asyncio.Event(), config=None
-    )
-    m = DirectManager(node, 8)  # a fresh schedule: the daemon restarted
+    m, rt = _client_manager(port=q)  # a fresh schedule: the daemon restarted
     assert m._move(rt, "the NAT maps it elsewhere")
     assert rt.listen_port == relocated_port(MESH, key, set(), salt=1) != q
 

@@ -11,6 +11,7 @@ from smegmesh.core.direct_plan import (
     DISCOVER_MS,
     DISCOVER_RETRY_MS,
     HANDSHAKE_GRACE_MS,
+    MAX_PORT_MOVES,
     RELOCATE_SETTLE_MS,
     SLOW_PROBE_MS,
     DirectSchedule,
@@ -153,5 +154,12 @@ def test_a_clash_is_kept_and_moves_after_the_delay() -> None:
     # two pulls, 6 s at the least: a client may learn the clash only at its next pull
     assert clash_move_delay_ms(3_000) == CLASH_MOVE_DELAY_MS == 6_000
     assert clash_move_delay_ms(20_000) == 40_000
-    assert not s.clash_move_due(NOW, True, 40_000)
-    assert s.clash_move_due(NOW + 40_000, False, 40_000)
+    assert not s.clash_move_due(NOW, True, delay_ms=40_000) and not s.sessions_allowed
+    assert s.clash_move_due(NOW + 40_000, False, delay_ms=40_000)
+    s.paused()  # the mesh went down: the clash seen is stale
+    assert s.clash_ms is None and s.sessions_allowed
+    # nothing is kept where the port may not move: a user's port, the moves used up
+    u = DirectSchedule()
+    assert not u.clash_move_due(NOW, True, user_port=True) and u.sessions_allowed
+    done = DirectSchedule(moves=MAX_PORT_MOVES)
+    assert not done.clash_move_due(NOW, True) and done.sessions_allowed

@@ -263,18 +263,43 @@ class DirectSchedule:
             return False
         return self.moves == 0 or (clash and self.moves < MAX_PORT_MOVES)
 
-    def clash_move_due(self, now_ms: int, clash: bool, delay_ms: int = CLASH_MOVE_DELAY_MS) -> bool:
+    def clash_move_due(
+        self,
+        now_ms: int,
+        clash: bool,
+        user_port: bool = False,
+        delay_ms: int = CLASH_MOVE_DELAY_MS,
+    ) -> bool:
         """Whether a clash moves the port now.
 
         A ``clash`` seen is kept: the move is due ``delay_ms``
         (:func:`clash_move_delay_ms`) after the first sight, even if the
         port-mate has moved on since (it held our public port as well, so its
         mappings of it may linger; the two move together). Until then our
-        record keeps showing the clash.
+        record keeps showing the clash. Nothing is kept when the port may not
+        move (:meth:`may_move`): a user's port, or the moves used up.
         """
+        if not self.may_move(user_port, clash=True):
+            self.clash_ms = None
+            return False
         if clash and self.clash_ms is None:
             self.clash_ms = now_ms
         return self.clash_ms is not None and now_ms - self.clash_ms >= delay_ms
+
+    @property
+    def sessions_allowed(self) -> bool:
+        """Whether direct sessions may be held: not while a clash move is due.
+
+        A session on the port we are about to leave breaks at the move (in the
+        NAT66 test every pair came up direct on the shared port, then the move
+        sent a ping run through the relay), and its attempts leave mappings of
+        the shared public port in the NAT: what the move is for.
+        """
+        return self.clash_ms is None
+
+    def paused(self) -> None:
+        """The mesh is down, joining, or we are no client: a clash seen is stale."""
+        self.clash_ms = None
 
     def moved(self, now_ms: int) -> None:
         """The port was moved: discover the new mapping at once."""

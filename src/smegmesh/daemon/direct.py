@@ -195,8 +195,8 @@ class DirectManager:
                 rt.dirty_wg = True
                 self.node._reconcile_wake.set()
             sch = self.schedules.get(rt.mesh_id)
-            if sch is not None:  # a clash seen before is stale when we are back
-                sch.clash_ms = None
+            if sch is not None:
+                sch.paused()
             return
         if self._schedule(rt.mesh_id).discovery_due(_now_ms(), bool(me.nat_endpoint)):
             await self._discover(rt, me)
@@ -244,19 +244,12 @@ class DirectManager:
             self.node._reconcile_wake.set()
 
     def _sessions_with(self, rt: Any, me: Any, now_ms: int | None = None) -> dict[bytes, str]:
-        """The clients to hold direct sessions with now: none while a clash move is due.
-
-        A session on the port we are about to leave breaks at the move (it
-        came up, then fell back to the relay a few seconds later, in the NAT66
-        test), and its attempts leave mappings of the shared public port in
-        the NAT: what the move is for.
-        """
+        """The clients to hold direct sessions with now (``DirectSchedule.sessions_allowed``)."""
         targets = self._choose(rt, me, now_ms)
-        if self._schedule(rt.mesh_id).clash_ms is None:
-            return targets
-        if self._shared_port(rt, me, rt.node.live_records(), now_ms):
-            return targets  # moved: sessions on the new port
-        return {}
+        sch = self._schedule(rt.mesh_id)
+        if not sch.sessions_allowed:  # a clash move is due: is it now?
+            self._shared_port(rt, me, rt.node.live_records(), now_ms)
+        return targets if sch.sessions_allowed else {}
 
     def _choose(self, rt: Any, me: Any, now_ms: int | None = None) -> dict[bytes, str]:
         """The chosen clients and their endpoints (recomputed when the mesh state changed)."""
@@ -295,12 +288,11 @@ class DirectManager:
         """
         now = _now_ms() if now_ms is None else now_ms
         sch = self._schedule(rt.mesh_id)
-        if not sch.may_move(rt.opts.get("wgport") is not None, clash=True):
-            sch.clash_ms = None
-            return False
         delay = clash_move_delay_ms(rt.node.gossip.pull_interval_ms)
         r = port_clash(me, records, rt.listen_port)
-        if r is not None and sch.clash_ms is None:
+        first = sch.clash_ms is None
+        due = sch.clash_move_due(now, r is not None, rt.opts.get("wgport") is not None, delay)
+        if r is not None and first and sch.clash_ms is not None:  # seen now, a move is due
             log.info(
                 "mesh %s: client %s behind the same NAT has WireGuard port %d: "
                 "moving in %g s (it moves too)",
@@ -309,7 +301,7 @@ class DirectManager:
                 rt.listen_port,
                 delay / 1000,
             )
-        if not sch.clash_move_due(now, r is not None, delay):
+        if not due:
             return False
         return self._move(rt, "a client behind the same NAT had this port", clash=True)
 
