@@ -72,6 +72,25 @@ def test_churn_reports_how_fast_a_restart_reaches_the_nodes_that_never_crashed()
     assert 200 < r["tx_per_change_b"] == round(r["bps_tx_mean"] * r["virtual_s"] / r["changes"], 1)
 
 
+def test_churn_lead_measures_a_window_of_steady_churn() -> None:
+    """Without a lead the window's first 10 s (the downtime) hold crashes but no
+    restarts: fewer changes than steady churn brings. With a lead of the
+    downtime, restarts of crashes made before the window fall in it."""
+    kw: dict[str, Any] = {"nodes": 60, "seconds": 20.0, "churn_per_min": 1.0}
+    cold = _run("churn", **kw)
+    steady = _run("churn", churn_lead=10.0, **kw)
+    assert cold["virtual_s"] == steady["virtual_s"] == 20.0
+    assert "churn_lead_s" not in cold and steady["churn_lead_s"] == 10.0
+    # cold: each restart in the window is of a crash in it
+    assert cold["changes"] <= 2 * cold["crashes"] < 2 * cold["changes"]
+    # steady: restarts of the lead's crashes too (35 changes of 21 crashes
+    # against 26 of 19 without a lead), and the bytes they bring
+    assert steady["changes"] > cold["changes"]
+    assert steady["restarts_followed"] > cold["restarts_followed"]
+    assert steady["bps_total_mean"] > cold["bps_total_mean"]
+    assert steady["false_prunes_never_crashed"] == 0
+
+
 def test_no_false_prunes_at_5_percent_loss() -> None:
     r = _run("steady", net=NetParams(loss=0.05), seconds=20.0)
     assert r["false_prunes"] == 0

@@ -66,8 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="targets of a periodic gossip round's offer (GossipParams.round_fanout; "
         "default: --branch)",
     )
-    p.add_argument("--churn-per-min", type=float, default=0.05)
-    p.add_argument("--partition-seconds", type=float, default=10.0)
+    _scenario_args(p)
     p.add_argument("--byte-sample", type=int, default=1, help="encode 1 message in k per type")
     p.add_argument(
         "--authority",
@@ -96,6 +95,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--json", action="store_true")
     return p.parse_args(argv)
+
+
+def _scenario_args(p: argparse.ArgumentParser) -> None:
+    """Flags of one scenario each: churn and partition."""
+    p.add_argument("--churn-per-min", type=float, default=0.05)
+    p.add_argument(
+        "--churn-lead",
+        type=float,
+        default=0.0,
+        help="churn: seconds of churn before the measured window (0: the window starts "
+        "with the churn and its first 10 s hold no restarts; 10 or more: steady churn)",
+    )
+    p.add_argument("--partition-seconds", type=float, default=10.0)
 
 
 def config_from_args(a: argparse.Namespace) -> ScenarioConfig:
@@ -134,6 +146,7 @@ def config_from_args(a: argparse.Namespace) -> ScenarioConfig:
         liveness=lv,
         byte_sample=a.byte_sample,
         churn_per_min=a.churn_per_min,
+        churn_lead=a.churn_lead,
         partition_seconds=a.partition_seconds,
         authority=a.authority,
         verify_sample=a.verify_sample,

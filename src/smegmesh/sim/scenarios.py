@@ -36,6 +36,11 @@ class ScenarioConfig:
     byte_sample: int = 1
     churn_per_min: float = 0.05  # churn: fraction of nodes crashing per minute
     churn_downtime: float = 10.0  # churn: seconds a crashed node stays down
+    #: churn: seconds of churn before the measured window. 0: the window starts
+    #: with the churn, and its first ``churn_downtime`` seconds hold crashes but
+    #: no restarts (fewer changes than steady churn brings); ``churn_downtime``
+    #: or more: the window sees steady churn
+    churn_lead: float = 0.0
     partition_seconds: float = 10.0
     share_state: bool = True  # copy-on-write states (False: a full copy per node)
     authority: bool = False  # founding record + admission chains (always on for evict)
@@ -102,10 +107,13 @@ def run_scenario(name: str, cfg: ScenarioConfig) -> dict[str, Any]:
     spreads: list[Spread] = []
     _attach(sim, spreads, fp)
     warm = T0 + int(cfg.warmup * 1000)
-    end = warm + int(cfg.seconds * 1000)
+    lead = int(cfg.churn_lead * 1000) if name == "churn" else 0
+    window = warm + lead  # the measured window: traffic, changes, restarts followed
+    end = window + int(cfg.seconds * 1000)
     sim.run_until(warm)
-    tx0, rx0 = list(sim.traffic.tx), list(sim.traffic.rx)
-    models0 = {m: list(v) for m, v in sim.traffic.models.items()}
+    base = _Counters.take(sim)
+    if lead:
+        sim.at(window, lambda: base.retake(sim))
     res: dict[str, Any] = {
         "scenario": name,
         "nodes": cfg.nodes,
@@ -116,9 +124,11 @@ def run_scenario(name: str, cfg: ScenarioConfig) -> dict[str, Any]:
         res["authority"] = True
         res.update(depth_summary(pop.depths[: cfg.nodes] if pop.depths else []))
     subject = sim.rng.randrange(cfg.nodes)
-    _EVENTS[name](_Run(sim, cfg, subject, end, spreads, res))
-    _add_traffic(res, sim, cfg, warm, tx0, rx0)
-    _add_model_traffic(res, sim, cfg, warm, models0)
+    _EVENTS[name](_Run(sim, cfg, subject, end, spreads, res, window))
+    if lead:
+        res["churn_lead_s"] = cfg.churn_lead
+    _add_traffic(res, sim, cfg, window, base.tx, base.rx)
+    _add_model_traffic(res, sim, cfg, window, base.models)
     if res.get("changes"):
         # churn: what one change costs a node, a figure that does not grow with
         # N (the change rate does: 20 %/min of N nodes); bytes sent (tx) per node
@@ -189,6 +199,25 @@ def _add_traffic(
 
 
 @dataclass
+class _Counters:
+    """The traffic counters at the start of the measured window."""
+
+    tx: list[int]
+    rx: list[int]
+    models: dict[str, list[int]]
+
+    @classmethod
+    def take(cls, sim: Simulator) -> _Counters:
+        c = cls([], [], {})
+        c.retake(sim)
+        return c
+
+    def retake(self, sim: Simulator) -> None:
+        self.tx, self.rx = list(sim.traffic.tx), list(sim.traffic.rx)
+        self.models = {m: list(v) for m, v in sim.traffic.models.items()}
+
+
+@dataclass
 class _Run:
     """One scenario run after the warm-up: what its event and measurement use."""
 
@@ -198,6 +227,8 @@ class _Run:
     end: int  # virtual time the run stops at the latest
     spreads: list[Spread]  # observed on every state change (see _attach)
     res: dict[str, Any]  # the results, added to by the event
+    #: start of the measured window (after the warm-up, and for churn its lead)
+    window: int = 0
 
     def follow(self, prefix: str, sp: Spread, among: list[int]) -> None:
         """Run until ``sp`` reached every node of ``among`` (or the end); its summary."""
@@ -285,6 +316,8 @@ def _run_churn(run: _Run) -> None:
 
     def restart(v: int) -> None:
         sim.restart(v)
+        if sim.now < run.window:  # during the lead: not measured
+            return
         changes[0] += 1
         rec = sim.nodes[v].node.mesh.record(sim.nodes[v].key)
         if rec is not None and sim.now + RESTART_SPREAD_MS <= end:
@@ -307,13 +340,13 @@ def _run_churn(run: _Run) -> None:
         def crash(v: int = victim) -> None:
             if sim.nodes[v].alive:
                 crashed.add(v)
-                changes[0] += 1
+                changes[0] += int(sim.now >= run.window)
                 restarts.pop(sim.nodes[v].key, None)  # down again: its record is moot
                 sim.crash(v)
                 sim.at(sim.now + down_ms, lambda: restart(v))
 
         sim.at(t, crash)
-        crashes += 1
+        crashes += int(t >= run.window)
     sim.run_until(end)
     sim.observers.remove(observe)
     run.res["crashes"] = crashes
