@@ -118,6 +118,7 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
     _peer_ping_due: int = 0
     _peer_ping_inflight: bool = False
     _peer_ping_failures: int = 0
+    _ranking: tuple[list[bytes], list[bytes], frozenset[bytes]] | None = None
     _responders: dict[tuple[bytes, int], SyncSession] = field(default_factory=dict)
     rejected: int = 0
     #: reasons of the last rejected items (records without admission, forged prunes...)
@@ -152,12 +153,17 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         return self.mesh.live_record(self.key)
 
     def views(self) -> Views:
-        """O(N) views of the state, kept up to date incrementally (see ``core.nodeviews``)."""
+        """O(N) views of the state, kept up to date incrementally (see ``core.nodeviews``).
+
+        The caller may keep them: later updates copy instead of editing them.
+        """
+        return self._views().export()
+
+    def _views(self) -> Views:
+        """The views for use now (their lists may be edited at the next update)."""
         v = views_of(self._view_cache, self.mesh, self.key)
         self._view_cache = v
         return v
-
-    _views = views
 
     def adopt_views(self, ref: Views) -> bool:
         """Share ``ref``, another node's views of an equal state (O(1) memory).
@@ -174,10 +180,12 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         return is_pruned_member(self.mesh, self.key, key)
 
     def live_records(self) -> list[NodeRecord]:
-        return self._views().live
+        """The live records in key order (the caller may keep the list: it never changes)."""
+        return self._views().export().live
 
     def live_peers(self) -> dict[bytes, NodeRecord]:
-        return self._views().peers
+        """The live peers by key (the caller may keep the dict: it never changes)."""
+        return self._views().export().peers
 
     def _reachable_peers(self) -> list[bytes]:
         """Members other nodes can call: live peers with a control endpoint."""
@@ -404,7 +412,7 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
                 # Heal partitions and false prunes: a pruned member may be alive
                 # (on the other side of a partition); a pull shows it our state,
                 # including its prune, which it refutes.
-                target = self.rng.choice(pruned)
+                target = self.rng.choice(list(pruned))
             session = SyncSession.initiator(self.mesh, now_ms, rng=self.rng)
             out.append(Call(target, session.start(), SyncCtx(session)))
         if is_client:

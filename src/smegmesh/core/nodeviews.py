@@ -1,8 +1,14 @@
 """The engine's O(N) views of its mesh state, kept up to date incrementally. Pure.
 
-A change of k records costs O(k log N) plus a copy of the view lists (a
-memcpy), not a rebuild: at 10,000 nodes a rebuild is ~0.1 s and every state
-change would pay it. That holds for a change of membership too (a peer
+A change of k records costs O(k log N) (a bisection and a memmove per
+changed key), not a rebuild: at 10,000 nodes a rebuild is ~0.1 s and every
+state change would pay it. The live list, the peers dict and the pruned
+members are edited in place while the views are the node's own; views
+shared between nodes (:func:`share_views`) or handed out (``owned`` False:
+``MeshNode.live_records`` and the like) are copied once at their next
+update, so a caller's list never changes under it. (Copying them on every
+change cost a push of a record 240 µs and 156 KB more at 3,000 members than
+at 300: bench/engine_cost_bench.py.) That holds for a change of membership too (a peer
 joins, leaves or is pruned): the reachable list is edited by bisection
 in a copy (it stays sorted), and the clients assigned to us are recomputed from the live clients
 alone (none in a mesh of peers). At 3,000 members a membership change cost
@@ -15,7 +21,7 @@ keyed on it stay valid.
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 from smegmesh.core.desired import assigned_peer
 from smegmesh.core.record import NodeRecord, Role
@@ -24,9 +30,15 @@ from smegmesh.core.state import MeshState
 __all__ = ["Views", "is_pruned_member", "share_views", "views_of"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Views:
-    """What one node (``me``) derives from its state at ``version``."""
+    """What one node (``me``) derives from its state at ``version``.
+
+    Treat as read-only: the next update may edit ``live``, ``peers`` and
+    ``pruned`` in place while ``owned`` (call :meth:`export` before handing
+    them out). ``reachable``, ``my_clients`` and ``clients`` are never edited
+    in place (the reachable list keeps its identity while it is unchanged).
+    """
 
     state: MeshState
     version: int
@@ -34,8 +46,17 @@ class Views:
     peers: dict[bytes, NodeRecord]
     reachable: list[bytes]  # live peers with a control endpoint, but me; sorted
     my_clients: list[bytes]  # clients assigned to me
-    pruned: list[bytes]  # pruned (not departed) members we could try to reach again
+    #: pruned (not departed) members we could try to reach again, in the order
+    #: they were pruned (a dict: O(1) membership)
+    pruned: dict[bytes, None]
     clients: list[bytes]  # live clients, sorted
+    #: the lists are this node's alone and nobody else holds them: edit in place
+    owned: bool = field(default=False, compare=False)
+
+    def export(self) -> Views:
+        """These views, no longer edited in place (a caller keeps their lists)."""
+        self.owned = False
+        return self
 
 
 def _record_key(r: NodeRecord) -> bytes:
@@ -98,15 +119,18 @@ def views_of(cached: Views | None, st: MeshState, me: bytes) -> Views:
         peers,
         _reachable_of(peers, me),
         _clients_of(clients, st, peers, me),
-        [k for k in (r.wg_key for r in st.records()) if is_pruned_member(st, me, k)],
+        dict.fromkeys(k for k in (r.wg_key for r in st.records()) if is_pruned_member(st, me, k)),
         clients,
+        owned=True,
     )
 
 
 def _update_views(v: Views, st: MeshState, me: bytes, keys: set[bytes]) -> Views:
-    live = list(v.live)  # copies: views may be shared (see share_views)
-    peers = dict(v.peers)
-    pruned = list(v.pruned)
+    if v.owned:  # ours alone: edit in place (v is stale from here on)
+        live, peers, pruned = v.live, v.peers, v.pruned
+        v.owned = False
+    else:  # shared (share_views) or handed out: copy once, then ours
+        live, peers, pruned = list(v.live), dict(v.peers), dict(v.pruned)
     reach: list[bytes] | None = None  # a copy of v.reachable once membership changes
     clients: list[bytes] | None = None  # a copy of v.clients once a client changes
     assignees = False  # the set of live peers (clients are assigned among them) changed
@@ -133,16 +157,14 @@ def _update_views(v: Views, st: MeshState, me: bytes, keys: set[bytes]) -> Views
                 clients = list(v.clients)
             _edit_sorted(clients, k, new is not None and new.role == Role.CLIENT)
         if is_pruned_member(st, me, k):
-            if k not in pruned:
-                pruned.append(k)
-        elif k in pruned:
-            pruned.remove(k)
+            pruned.setdefault(k, None)
+        else:
+            pruned.pop(k, None)
     cl = v.clients if clients is None else clients
     redo = assignees or clients is not None
     mine = _clients_of(cl, st, peers, me) if redo else v.my_clients
-    return Views(
-        st, st.version, live, peers, v.reachable if reach is None else reach, mine, pruned, cl
-    )
+    reachable = v.reachable if reach is None else reach
+    return Views(st, st.version, live, peers, reachable, mine, pruned, cl, owned=True)
 
 
 def share_views(ref: Views, st: MeshState, me: bytes) -> Views | None:
@@ -154,11 +176,24 @@ def share_views(ref: Views, st: MeshState, me: bytes) -> Views | None:
     the views grew a field this function does not know).
     """
     names = [f.name for f in fields(ref)]
-    known = ["state", "version", "live", "peers", "reachable", "my_clients", "pruned", "clients"]
+    known = [
+        "state",
+        "version",
+        "live",
+        "peers",
+        "reachable",
+        "my_clients",
+        "pruned",
+        "clients",
+        "owned",
+    ]
     if names != known:
         return None
     if ref.my_clients or ref.pruned or ref.clients:
         return None
     # sorted, as every reachable list (the updates bisect it; the peers dict
     # is in key order only until its first update)
-    return replace(ref, state=st, version=st.version, reachable=_reachable_of(ref.peers, me))
+    ref.export()  # its lists are now shared: neither node edits them in place
+    return replace(
+        ref, state=st, version=st.version, reachable=_reachable_of(ref.peers, me), owned=False
+    )
