@@ -15,6 +15,7 @@ from dgram_helpers import key_ids
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.messages import Ack, Ping, WhoAmI
 from smegmesh.core.wire import encode
+from smegmesh.daemon import dgram_replay as dr
 from smegmesh.daemon import dgram_wire as dw
 from smegmesh.daemon.rpc_common import CLOCK_SKEW_MS
 from smegmesh.daemon.rpc_dgram import DatagramServer
@@ -125,7 +126,7 @@ def test_request_reflected_as_reply_or_to_its_sender_is_refused() -> None:
 
 
 def test_replay_and_clock_window_are_refused() -> None:
-    cache = dw.ReplayCache(CLOCK_SKEW_MS)
+    cache = dr.ReplayCache(CLOCK_SKEW_MS)
     o = _open(dw.KeyCache(), _req(dw.KeyCache()))
     cache.check(o.sender, o.header.nonce, o.ts_ms, _now())
     with pytest.raises(dw.DatagramError, match="replayed"):
@@ -139,14 +140,14 @@ def test_replay_and_clock_window_are_refused() -> None:
 
 
 def test_replay_cache_stays_bounded_under_a_flood_and_the_floor_refuses_older() -> None:
-    cache = dw.ReplayCache(CLOCK_SKEW_MS, max_entries=100)
+    cache = dr.ReplayCache(CLOCK_SKEW_MS, max_entries=100)
     now = _now()
     first = (A.wg_public_key, b"\x00" * 12, now - 5000)
     cache.check(*first, now)
     for i in range(1, 1000):
         cache.check(A.wg_public_key, i.to_bytes(12, "big"), now - 5000 + i, now)
         assert len(cache) <= 100
-    assert cache.floor_ms >= now - 5000 + 899
+    assert cache.floor_of(A.wg_public_key) >= now - 5000 + 899
     # The first nonce fell out of the cache, but its replay is below the floor.
     with pytest.raises(dw.DatagramError, match="floor"):
         cache.check(*first, now)

@@ -37,7 +37,7 @@ public), info = INFO + sender key + receiver key)``: the two nodes' static
 WireGuard keys (the X25519 form of their identities) authenticate both ends,
 nothing else is sent. The kind is in the associated data, so a request cannot
 be turned into a reply; the direction is in the key, so a datagram cannot be
-reflected to its sender. Replays are refused by :class:`ReplayCache`
+reflected to its sender. Replays are refused by :class:`~smegmesh.daemon.dgram_replay.ReplayCache`
 (``(sender, nonce)`` within the clock window, bounded, with a floor).
 
 A version 1 request (magic ``SMD``, from a node not yet upgraded) is answered
@@ -98,13 +98,13 @@ MAX_COMPLETED = 1024
 UDP_IPV4_HEADERS = 28
 UDP_IPV6_HEADERS = 48
 #: Derived keys kept per (my key, sender, receiver), 32 bytes each (about 250
-#: bytes with the directory entry, 4.6 MB in all): both directions of 8,192 nodes.
-MAX_CACHED_KEYS = 16_384
+#: bytes with the directory entry, 8 MB if all are used): both directions of
+#: 16,384 nodes, more than ``maxMembers``' default (10,000). (A node pays for
+#: the pairs that talk to it: ~1.5 MB at 3,000 members.)
+MAX_CACHED_KEYS = 32_768
 #: Our own X25519 private keys kept as key objects (one for smegd; a swarm
 #: process speaks for many members).
 MAX_PRIVATE_KEYS = 4096
-#: ``(sender, nonce)`` entries the replay cache holds at most.
-MAX_REPLAY_ENTRIES = 65536
 
 
 class DatagramError(ValueError):
@@ -208,7 +208,7 @@ class KeyCache:
     from one X25519; what is kept is the 32-byte key (an AEAD object, with its
     OpenSSL context, is 2.3 KB and takes 0.8 us to make, so one is made per
     use), which keeps a directory of :data:`MAX_CACHED_KEYS` directions at
-    about 4.5 MB. The X25519 form of our own private key is kept per key (making
+    about 8 MB. The X25519 form of our own private key is kept per key (making
     it from bytes costs 30 us, two thirds of the exchange).
 
     ``derivations`` counts the X25519 operations (tests spy on it: nothing a
@@ -220,6 +220,10 @@ class KeyCache:
         self._keys: OrderedDict[tuple[bytes, bytes, bytes], bytes] = OrderedDict()
         self._privates: OrderedDict[bytes, X25519PrivateKey] = OrderedDict()
         self.derivations = 0
+
+    def has(self, my_private: bytes, sender: bytes, receiver: bytes) -> bool:
+        """Whether the key of this direction is at hand (no X25519 to open or seal)."""
+        return (my_private, sender, receiver) in self._keys
 
     def aead(
         self, my_private: bytes, their_public: bytes, sender: bytes, receiver: bytes
@@ -295,51 +299,6 @@ def open_sealed(
         raise DatagramError("bad length")
     rid, status = INNER.unpack_from(inner)
     return Opened(header, sender, receiver, rid, status, inner[INNER.size :])
-
-
-class ReplayCache:
-    """Refuses a ``(sender, nonce)`` seen before, and anything outside the clock window.
-
-    Entries are kept until their timestamp leaves the window (``skew_ms``).
-    When full, the oldest entry is dropped and the *floor* is raised to its
-    timestamp: anything not newer than the floor is refused from then on (it
-    might be a replay of what was dropped). Memory: at most ``max_entries``.
-    """
-
-    def __init__(self, skew_ms: int, max_entries: int = MAX_REPLAY_ENTRIES) -> None:
-        self._skew = skew_ms
-        self._max = max_entries
-        #: (sender, nonce) -> timestamp, in insertion order
-        self._seen: OrderedDict[tuple[bytes, bytes], int] = OrderedDict()
-        self.floor_ms = 0
-
-    def __len__(self) -> int:
-        return len(self._seen)
-
-    def check(self, sender: bytes, nonce: bytes, ts_ms: int, now_ms: int) -> None:
-        """Accept (and remember) or raise :class:`DatagramError`."""
-        if abs(now_ms - ts_ms) > self._skew:
-            raise DatagramError("outside the clock window")
-        if ts_ms <= self.floor_ms:
-            raise DatagramError("below the replay floor")
-        slot = (sender, nonce)
-        if slot in self._seen:
-            raise DatagramError("replayed")
-        self._expire(now_ms)
-        while len(self._seen) >= self._max:
-            _k, old = self._seen.popitem(last=False)
-            self.floor_ms = max(self.floor_ms, old)
-        self._seen[slot] = ts_ms
-
-    def _expire(self, now_ms: int) -> None:
-        """Drop entries whose timestamp has left the window (from the oldest inserted;
-        insertion order is nearly timestamp order, a late one only stays longer)."""
-        cutoff = now_ms - self._skew
-        while self._seen:
-            k, ts = next(iter(self._seen.items()))
-            if ts >= cutoff:
-                return
-            del self._seen[k]
 
 
 def split_request(body: bytes) -> list[bytes]:

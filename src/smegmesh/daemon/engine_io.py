@@ -25,7 +25,7 @@ from smegmesh.daemon.base import DaemonBase
 from smegmesh.daemon.devices_ops import DEVICE_REQUESTS
 from smegmesh.daemon.engineport import answer_who_am_i, reply_of
 from smegmesh.daemon.runtime import MeshRuntime, now_ms
-from smegmesh.daemon.transport import Refused, RpcError, caller_address
+from smegmesh.daemon.transport import Refused, RpcError, caller_address, caller_address_verified
 
 log = logging.getLogger("smegd")
 
@@ -117,8 +117,13 @@ class EngineIO(DaemonBase):
 
     def _clear_backoff(self, rt: MeshRuntime, src: bytes) -> None:
         """An authenticated call from ``src`` from the address of its control
-        endpoint: that endpoint answers again, stop backing off from it."""
-        if not len(self.rpc.backoff):
+        endpoint: that endpoint answers again, stop backing off from it.
+
+        Only over the stream: a datagram's source address can be forged (a
+        member could name a victim's address as its control endpoint and clear
+        our back-off from it with one spoofed datagram).
+        """
+        if not len(self.rpc.backoff) or not caller_address_verified.get():
             return
         rec = rt.node.mesh.record(src)
         seen = caller_address.get()

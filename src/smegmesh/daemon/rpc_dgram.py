@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from smegmesh.core.wire import DATAGRAM_REPLIES, DATAGRAM_REQUESTS, message_name
 from smegmesh.daemon import dgram_wire as dw
+from smegmesh.daemon.dgram_replay import ReplayCache
 from smegmesh.daemon.rpc_common import CLOCK_SKEW_MS, Refused
 from smegmesh.daemon.udp import open_udp
 
@@ -56,6 +57,16 @@ log = logging.getLogger("smegmesh.daemon.transport")
 BUCKET_RATE = 100.0
 BUCKET_BURST = 200.0
 MAX_BUCKETS = 4096
+#: X25519 derivations for datagrams whose pair of keys is not cached, per
+#: second and burst, in all. A datagram naming a member id costs one before its
+#: tag can fail; the cache holds 8,192 pairs, so naming more members than that
+#: (their ids travel in clear) from rotating source addresses (each a new
+#: per-address bucket) made every forged datagram one (~140 us). Honest new
+#: pairs come at the rate new members call (a join's first probes): past the
+#: budget they are refused like a rate-limited datagram, and the caller falls
+#: back to the stream after its resend.
+DERIVE_RATE = 200.0
+DERIVE_BURST = 2000.0
 
 
 #: Receive buffer asked for a datagram socket (the kernel's default, 208 KB, holds
@@ -127,11 +138,21 @@ def note_send_error(stats: DatagramStats, exc: Exception) -> None:
 
 
 class _Bucket:
-    __slots__ = ("at", "tokens")
+    __slots__ = ("at", "burst", "rate", "tokens")
 
-    def __init__(self, now: float) -> None:
-        self.tokens = BUCKET_BURST
+    def __init__(self, now: float, rate: float = BUCKET_RATE, burst: float = BUCKET_BURST) -> None:
+        self.tokens = self.burst = burst
+        self.rate = rate
         self.at = now
+
+    def take(self, now: float) -> bool:
+        """One token if there is one (refilled at ``rate`` a second up to ``burst``)."""
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
 
 
 #: One of our keys: ``(WireGuard public key, private key)``.
@@ -175,9 +196,10 @@ class DatagramServer(asyncio.DatagramProtocol):
         self._ids = keys
         self.stats = stats or DatagramStats()
         self.keys = dw.KeyCache()
-        self.replays = dw.ReplayCache(CLOCK_SKEW_MS)
+        self.replays = ReplayCache(CLOCK_SKEW_MS)
         self.reassembly = dw.Reassembly()
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self._derive = _Bucket(time.monotonic(), DERIVE_RATE, DERIVE_BURST)
         self._transport: asyncio.DatagramTransport | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -208,12 +230,7 @@ class DatagramServer(asyncio.DatagramProtocol):
             b = self._buckets[ip] = _Bucket(now)
         else:
             self._buckets.move_to_end(ip)
-            b.tokens = min(BUCKET_BURST, b.tokens + (now - b.at) * BUCKET_RATE)
-            b.at = now
-        if b.tokens < 1.0:
-            return False
-        b.tokens -= 1.0
-        return True
+        return b.take(now)
 
     def _notify(self, note: bytes, ip: str, addr: Any) -> None:
         """Send a "use the stream" notice (within the address's token bucket)."""
@@ -247,6 +264,10 @@ class DatagramServer(asyncio.DatagramProtocol):
             reason = "rate limited"
         elif not self._server._has_room(sender):
             reason = "too many calls"
+        elif not self.keys.has(ours[1], sender, ours[0]) and not self._derive.take(
+            time.monotonic()
+        ):
+            reason = "key derivations limited"
         else:
             return h, sender, ours
         self._refuse(ip, reason, len(data))

@@ -73,6 +73,11 @@ _SERVER_OPTIONS = [
 caller_address: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "caller_address", default=None
 )
+#: Whether ``caller_address`` was seen on a connection (TCP: the caller answered
+#: from it), not as a UDP source address, which anyone can forge. Set with it.
+caller_address_verified: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "caller_address_verified", default=False
+)
 #: The WireGuard key the caller meant to reach (``x-smeg-to``), set while a handler
 #: runs; ``None`` if it did not say. A routing hint for servers that host several
 #: identities (the test swarm, ``smegmesh.testbed.swarm``), not authenticated:
@@ -277,6 +282,7 @@ class RpcServer:
             body = await self._read_body(context, member, digest, length)
             self.transport_calls["in", message_name(body) or "malformed", "stream"] += 1
             caller_address.set(parsed)
+            caller_address_verified.set(True)
             callee_key.set(_callee(md))
             try:
                 return await self._handler(wg_key, body)
@@ -303,8 +309,12 @@ class RpcServer:
 
     @staticmethod
     def _set_context(address: str | None, callee: bytes | None) -> None:
-        """The context variables a handler reads (run in the handler task's context)."""
+        """The context variables a handler reads (run in the handler task's context).
+
+        For a datagram: its UDP source address, which is not verified.
+        """
         caller_address.set(address)
+        caller_address_verified.set(False)
         callee_key.set(callee)
 
     def _enter(self, key: bytes, addr: str, member: bool) -> None:

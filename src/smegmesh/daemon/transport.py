@@ -97,6 +97,7 @@ from smegmesh.daemon.rpc_server import (
     RpcServer,
     callee_key,
     caller_address,
+    caller_address_verified,
     parse_grpc_peer,
 )
 from smegmesh.daemon.rpc_tls import TlsIdentity, cert_fingerprint, fetch_certificate
@@ -140,6 +141,7 @@ __all__ = [
     "_signed_digest",
     "callee_key",
     "caller_address",
+    "caller_address_verified",
     "cert_fingerprint",
     "fetch_certificate",
     "parse_grpc_peer",

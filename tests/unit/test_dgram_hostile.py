@@ -1,0 +1,250 @@
+"""The datagram path (issue 14) against a hostile member: three findings of a review.
+
+1. The replay floor was one for all senders: a member (or an honest one with
+   a fast clock, on a busy node) could raise it minutes into the future and
+   have every other member's datagrams refused. Now per sender.
+2. A spoofed UDP source address cleared finding 7's back-off from a
+   reflected endpoint. Now only a call over the stream clears it.
+3. Past the derived-key cache, naming member ids from rotating addresses cost
+   an X25519 per forged datagram. Now a budget in all (and a larger cache).
+
+Each test failed on the code before its fix; none uses the network beyond loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from types import SimpleNamespace
+from typing import Any
+
+from dgram_helpers import key_ids
+from smegmesh.core.identity import NodeIdentity
+from smegmesh.core.messages import Ack, Ping
+from smegmesh.core.wire import encode
+from smegmesh.daemon import dgram_replay as dr
+from smegmesh.daemon import dgram_wire as dw
+from smegmesh.daemon.engine_io import EngineIO
+from smegmesh.daemon.rpc_common import CLOCK_SKEW_MS
+from smegmesh.daemon.rpc_dgram import DERIVE_BURST, DERIVE_RATE, DatagramServer, KeyIds
+from smegmesh.daemon.rpc_dgram_client import DatagramClient
+from smegmesh.daemon.transport import RpcClient, RpcServer, TlsIdentity
+
+HONEST = NodeIdentity.from_seed(b"h" * 32)
+EVIL = NodeIdentity.from_seed(b"e" * 32)  # an admitted member that has turned bad
+SRV = NodeIdentity.from_seed(b"s" * 32)
+PING = encode(Ping("mesh", 1))
+ACK = encode(Ack("mesh", 1))
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
+
+
+def _seal(
+    frm: NodeIdentity,
+    to: NodeIdentity,
+    body: bytes,
+    ts: int,
+    kind: int = dw.REQUEST,
+    keys: dw.KeyCache | None = None,
+    rid: int = 1,
+) -> bytes:
+    return dw.seal(
+        keys or dw.KeyCache(),
+        kind,
+        frm.wg_private_key,
+        frm.wg_public_key,
+        to.wg_public_key,
+        rid,
+        ts,
+        0,
+        body,
+        os.urandom,
+    )
+
+
+class _Sent:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, object]] = []
+
+    def sendto(self, data: bytes, addr: object) -> None:
+        self.sent.append((data, addr))
+
+    def is_closing(self) -> bool:
+        return False
+
+
+# -- 1. the replay floor is global and follows a future-dated timestamp ---------------
+
+
+def test_one_member_with_future_timestamps_cannot_raise_the_replay_floor_for_everyone() -> None:
+    """A member fills the replay cache with datagrams stamped ~5 min in the future
+    (inside the clock window). When the cache is full the floor rises to the
+    timestamp of the oldest entry, i.e. into the future: every other member's
+    fresh, honest datagram is then refused "below the replay floor" until the
+    real clock passes it (~5 min), and the member can keep it there."""
+    cache = dr.ReplayCache(CLOCK_SKEW_MS)
+    now = _now()
+    future = now + CLOCK_SKEW_MS - 1000  # accepted: within the window
+    refused = 0
+    for i in range(dr.MAX_REPLAY_ENTRIES + 1):
+        try:
+            cache.check(EVIL.wg_public_key, i.to_bytes(12, "big"), future, now)
+        except dw.DatagramError:
+            refused += 1  # past its own share its floor rose to its own timestamps
+    assert refused > 0 and len(cache) <= dr.MAX_REPLAY_PER_SENDER
+    assert cache.floor_of(HONEST.wg_public_key) == 0  # the member moved only its own floor
+    # an honest member's fresh datagram, stamped now
+    cache.check(HONEST.wg_public_key, os.urandom(12), now, now)
+
+
+def test_an_honest_member_with_a_fast_clock_does_not_lock_out_the_others() -> None:
+    """No attacker: a busy node (500 datagrams/s from 100 members, the order of
+    the 100-daemon runs' 2,082/s) and one member whose clock is 4 min fast, inside
+    the 5 min window. Once the cache is full (after ~131 s) the floor takes the
+    timestamp of the oldest entry, ~240 - 131 s in the future whenever it is that
+    member's: the other 99 members' datagrams are refused from then on."""
+    cache = dr.ReplayCache(CLOCK_SKEW_MS)
+    senders = [os.urandom(32) for _ in range(100)]
+    fast = senders[0]
+    t0 = _now()
+    refused = 0
+    for i in range(200 * 500):  # 200 s at 500/s
+        now = t0 + i * 2
+        s = senders[i % 100]
+        ts = now + 240_000 if s is fast else now
+        try:
+            cache.check(s, os.urandom(12), ts, now)
+        except dw.DatagramError:
+            refused += 1
+    assert refused == 0, f"{refused} of {200 * 500} honest datagrams refused (floor)"
+
+
+def test_a_member_flooding_future_stamped_datagrams_does_not_silence_the_node() -> None:
+    """End to end: the honest caller has been answered by datagram; a bad member then
+    sends 65,537 small sealed datagrams (3.3 MB) with a send time 5 min ahead,
+    from rotating (spoofed) source addresses so the per-address bucket never
+    bites. Every later datagram of the honest caller is refused at the replay
+    floor and, because the endpoint 'speaks datagrams', the call fails with no
+    stream fallback (a failed probe: suspicion, then a false prune)."""
+
+    async def handler(_src: bytes, _body: bytes) -> bytes:
+        return ACK
+
+    async def main() -> None:
+        server = RpcServer(
+            TlsIdentity.generate(), handler, datagram_keys=key_ids(SRV, HONEST, EVIL)
+        )
+        port = await server.start("::1", 0)
+        client = RpcClient(HONEST, timeout=2.0, datagrams=DatagramClient())
+        ep = f"[::1]:{port}"
+        try:
+            assert await client.call(ep, server._fp, PING, 1.0, to=SRV.wg_public_key) == ACK
+            srv = server.datagrams
+            assert srv is not None
+            real = srv._transport
+            srv._transport = _Sent()  # type: ignore[assignment]  # replies to the flood go nowhere
+            keys = dw.KeyCache()
+            future = _now() + CLOCK_SKEW_MS - 2000
+            bad_part = (
+                dw.PART.pack(0, 1) + b"x"
+            )  # refused after the replay check: no reply, no task
+            for i in range(dr.MAX_REPLAY_ENTRIES + 1):
+                data = _seal(EVIL, SRV, bad_part, future, dw.REQUEST_PART, keys, i)
+                srv.datagram_received(data, (f"2001:db8::{i // 150:x}", 9))
+            srv._transport = real
+            assert srv.stats.refused["rate limited"] == 0  # the per-address bucket never bit
+            reply = await client.call(ep, server._fp, PING, 1.0, to=SRV.wg_public_key)
+            assert reply == ACK
+            # the flood was refused at the bad member's own floor, nobody else's
+            assert srv.stats.refused["below the replay floor"] > 0
+            assert srv.replays.floor_of(HONEST.wg_public_key) == 0
+            assert len(srv.replays) <= dr.MAX_REPLAY_PER_SENDER + 8  # + the honest calls
+        finally:
+            await client.close()
+            await server.stop(0)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+# -- 2. a spoofed datagram source address clears the endpoint back-off (finding 7) -----
+
+
+def test_a_spoofed_datagram_source_does_not_clear_the_reflection_backoff() -> None:
+    """Finding 7's back-off (a member whose record names a foreign host:port as its
+    control endpoint is not called there again for up to 5 min) is cleared by
+    "an authenticated call from the member that owns the endpoint, coming from
+    the endpoint's address". Over gRPC that address is a TCP peer; over a
+    datagram it is the UDP source, which the member can spoof. One sealed Ping
+    from the bad member with the victim's address as its source clears the
+    back-off, and the node goes back to connecting to the victim."""
+    victim = "[2001:db8::99]:443"  # no smegmesh node: the bad member's record points there
+    pin = b"f" * 32
+    rec = SimpleNamespace(control_endpoint=victim, tls_fp=pin)
+    rt = SimpleNamespace(node=SimpleNamespace(mesh=SimpleNamespace(record=lambda _k: rec)))
+
+    async def main() -> None:
+        daemon: Any = SimpleNamespace(rpc=RpcClient(SRV, timeout=2.0))
+        daemon.rpc.backoff.failed((victim, pin))  # the node has learnt to leave it alone
+        assert daemon.rpc.backoff.wait((victim, pin)) > 0
+
+        async def handler(src: bytes, _body: bytes) -> bytes:
+            # what Daemon._on_rpc does for any request of a member of this mesh
+            EngineIO._clear_backoff(daemon, rt, src)  # type: ignore[arg-type]
+            return ACK
+
+        rpc = RpcServer(TlsIdentity.generate(), handler)
+        srv = DatagramServer(rpc, key_ids(SRV, EVIL))
+        out = _Sent()
+        srv.connection_made(out)  # type: ignore[arg-type]
+        srv.datagram_received(_seal(EVIL, SRV, PING, _now()), ("2001:db8::99", 40000))
+        while srv._tasks:
+            await asyncio.gather(*srv._tasks)
+        assert out.sent and out.sent[0][1] == ("2001:db8::99", 40000)  # answered (to the victim)
+        wait = daemon.rpc.backoff.wait((victim, pin))
+        await daemon.rpc.close()
+        assert wait > 0, "one spoofed datagram cleared the back-off of the victim's address"
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+# -- 3. the derived-key cache thrashes past 8,192 members ------------------------------
+
+
+def test_forged_member_ids_cost_one_x25519_per_pair_not_per_datagram() -> None:
+    """Anyone who knows member key ids (they travel in clear in every datagram
+    header) can name members it does not hold the keys of: the server derives
+    the member's real key (X25519 + 2 HKDF) before the tag fails. The docs say
+    this happens once per pair of keys; but the cache holds 8,192 pairs and a
+    mesh may have 10,000 members (maxMembers' default), so cycling through
+    more member ids than that makes every forged datagram an X25519, from
+    rotating source addresses (a new address gets a full bucket)."""
+    n = dw.MAX_CACHED_KEYS // 2 + 500  # 8,692 members, under maxMembers' default 10,000
+    members = {}
+    while len(members) < n:
+        k = os.urandom(32)
+        members[dw.key_id(k)] = k
+    srv = DatagramServer(
+        RpcServer(TlsIdentity.generate(), lambda _s, _b: None),  # type: ignore[arg-type,return-value]
+        KeyIds([(SRV.wg_public_key, SRV.wg_private_key)], members.get),
+    )
+    srv.connection_made(_Sent())  # type: ignore[arg-type]
+    ids = list(members)
+    i = 0
+    t0 = time.perf_counter()
+    for _round in range(2):
+        for mid in ids:
+            header = dw.HEADER.pack(
+                dw.MAGIC, dw.REQUEST, mid, SRV.wg_public_key[:8], os.urandom(12)
+            )
+            srv.datagram_received(header + os.urandom(40), (f"2001:db8::{i // 150:x}", 9))
+            i += 1
+    took = time.perf_counter() - t0
+    assert srv.stats.refused["rate limited"] == 0  # the per-address buckets never bit
+    # the derivations for pairs not cached are budgeted in all, whatever the addresses
+    budget = DERIVE_BURST + DERIVE_RATE * took + 1
+    assert srv.keys.derivations <= budget, (srv.keys.derivations, 2 * n, took)
+    limited = srv.stats.refused["key derivations limited"]
+    assert limited > n and limited + srv.stats.refused["forged or corrupt"] == 2 * n
