@@ -203,6 +203,11 @@ class DatagramServer(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def set_derive_budget(self, rate: float, burst: float) -> None:
+        """X25519 for pairs not cached: ``rate`` a second, ``burst`` at once (see
+        :data:`DERIVE_RATE`; a test swarm hosting thousands of identities needs more)."""
+        self._derive = _Bucket(time.monotonic(), rate, burst)
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
 

@@ -31,7 +31,7 @@ from smegmesh.core.messages import Refusal, WhoAmI
 from smegmesh.core.wire import WireError, decode, encode
 from smegmesh.daemon import rpc_dgram, rpc_dgram_client, rpc_server
 from smegmesh.daemon.engineport import DaemonPort, answer_who_am_i, reply_of
-from smegmesh.daemon.rpc_dgram import KeyIds
+from smegmesh.daemon.rpc_dgram import DERIVE_BURST, DERIVE_RATE, KeyIds
 from smegmesh.daemon.rpc_dgram_client import DatagramClient
 from smegmesh.daemon.runtime import now_ms
 from smegmesh.daemon.transport import (
@@ -408,6 +408,11 @@ class Worker:
     async def run(self) -> None:
         self._raise_server_limits()
         await self.server.start("0.0.0.0", self.plan.base_port + self.proc)
+        if self.server.datagrams is not None:
+            # One server speaks for every member of the process: the pairs of
+            # keys are members x callers (a smegd's budget is for one identity).
+            n = len(self.members)
+            self.server.datagrams.set_derive_budget(DERIVE_RATE * n, DERIVE_BURST * n)
         # No member calls before every process serves: calls into a process not
         # yet listening would fail, and the failures start a storm of suspicion.
         await self._barrier("ready")
