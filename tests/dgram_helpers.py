@@ -1,4 +1,4 @@
-"""The datagram server's key directory for tests: our identity and the members by key id."""
+"""Datagram test helpers: the server's key directory, a fake UDP transport."""
 
 from __future__ import annotations
 
@@ -12,3 +12,16 @@ def key_ids(own: NodeIdentity, *members: NodeIdentity | bytes) -> KeyIds:
     keys = [m if isinstance(m, bytes) else m.wg_public_key for m in members]
     by_id = {dw.key_id(k): k for k in keys}
     return KeyIds([(own.wg_public_key, own.wg_private_key)], by_id.get)
+
+
+class SentDatagrams:
+    """A stand-in for a datagram server's UDP transport: records what it sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, object]] = []
+
+    def sendto(self, data: bytes, addr: object) -> None:
+        self.sent.append((data, addr))
+
+    def is_closing(self) -> bool:
+        return False

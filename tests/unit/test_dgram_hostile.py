@@ -19,7 +19,7 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
-from dgram_helpers import key_ids
+from dgram_helpers import SentDatagrams, key_ids
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.messages import Ack, Ping
 from smegmesh.core.wire import encode
@@ -63,17 +63,6 @@ def _seal(
         body,
         os.urandom,
     )
-
-
-class _Sent:
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, object]] = []
-
-    def sendto(self, data: bytes, addr: object) -> None:
-        self.sent.append((data, addr))
-
-    def is_closing(self) -> bool:
-        return False
 
 
 # -- 1. the replay floor is global and follows a future-dated timestamp ---------------
@@ -145,7 +134,7 @@ def test_a_member_flooding_future_stamped_datagrams_does_not_silence_the_node() 
             srv = server.datagrams
             assert srv is not None
             real = srv._transport
-            srv._transport = _Sent()  # type: ignore[assignment]  # replies to the flood go nowhere
+            srv._transport = SentDatagrams()  # type: ignore[assignment]  # replies to the flood go nowhere
             keys = dw.KeyCache()
             future = _now() + CLOCK_SKEW_MS - 2000
             bad_part = (
@@ -197,7 +186,7 @@ def test_a_spoofed_datagram_source_does_not_clear_the_reflection_backoff() -> No
 
         rpc = RpcServer(TlsIdentity.generate(), handler)
         srv = DatagramServer(rpc, key_ids(SRV, EVIL))
-        out = _Sent()
+        out = SentDatagrams()
         srv.connection_made(out)  # type: ignore[arg-type]
         srv.datagram_received(_seal(EVIL, SRV, PING, _now()), ("2001:db8::99", 40000))
         while srv._tasks:
@@ -230,7 +219,7 @@ def test_forged_member_ids_cost_one_x25519_per_pair_not_per_datagram() -> None:
         RpcServer(TlsIdentity.generate(), lambda _s, _b: None),  # type: ignore[arg-type,return-value]
         KeyIds([(SRV.wg_public_key, SRV.wg_private_key)], members.get),
     )
-    srv.connection_made(_Sent())  # type: ignore[arg-type]
+    srv.connection_made(SentDatagrams())  # type: ignore[arg-type]
     ids = list(members)
     i = 0
     t0 = time.perf_counter()

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dgram_helpers import key_ids
+from dgram_helpers import SentDatagrams, key_ids
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.messages import Ack, Ping, WhoAmI
 from smegmesh.core.wire import encode
@@ -176,7 +176,7 @@ def test_a_version_1_request_gets_a_version_1_notice_and_costs_no_crypto() -> No
     the stream, in its own format, within the token bucket; it is never answered
     with anything else."""
     srv = _server({A.wg_public_key})
-    out = _Sent()
+    out = SentDatagrams()
     srv.connection_made(out)  # type: ignore[arg-type]
     nonce = os.urandom(12)
     v1 = b"SMD\x01" + A.wg_public_key + B.wg_public_key + nonce + os.urandom(60)
@@ -232,19 +232,6 @@ def test_token_bucket_per_source_address_bounds_crypto_work() -> None:
     assert srv.stats.refused["forged or corrupt"] <= 300
 
 
-class _Sent:
-    """A stand-in for the server's UDP transport: records what it sends."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, object]] = []
-
-    def sendto(self, data: bytes, addr: object) -> None:
-        self.sent.append((data, addr))
-
-    def is_closing(self) -> bool:
-        return False
-
-
 def test_server_answers_a_fresh_request_once_and_a_replay_never() -> None:
     calls: list[bytes] = []
 
@@ -255,7 +242,7 @@ def test_server_answers_a_fresh_request_once_and_a_replay_never() -> None:
     async def main() -> None:
         rpc = RpcServer(TlsIdentity.generate(), handler)
         srv = DatagramServer(rpc, key_ids(B, A))
-        out = _Sent()
+        out = SentDatagrams()
         srv.connection_made(out)  # type: ignore[arg-type]
         data = _req(dw.KeyCache())
         for _ in range(3):
@@ -286,7 +273,7 @@ def test_server_says_use_the_stream_for_other_types_without_running_them() -> No
     async def main() -> None:
         rpc = RpcServer(TlsIdentity.generate(), handler)
         srv = DatagramServer(rpc, key_ids(B, A))
-        out = _Sent()
+        out = SentDatagrams()
         srv.connection_made(out)  # type: ignore[arg-type]
         join_like = encode(WhoAmI("m"))  # small, but not idempotent-whitelisted
         srv.datagram_received(_req(dw.KeyCache(), body=join_like), ("192.0.2.9", 5000))
