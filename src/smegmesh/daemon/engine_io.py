@@ -119,11 +119,12 @@ class EngineIO(DaemonBase):
         """An authenticated call from ``src`` from the address of its control
         endpoint: that endpoint answers again, stop backing off from it.
 
-        Only over the stream: a datagram's source address can be forged (a
-        member could name a victim's address as its control endpoint and clear
-        our back-off from it with one spoofed datagram).
+        Only a call over the stream clears it: a datagram's source address can
+        be forged (a member could name a victim's address as its control
+        endpoint and clear our back-off from it with one spoofed datagram); a
+        datagram only brings the next try within ``BACKOFF_HINT_S``.
         """
-        if not len(self.rpc.backoff) or not caller_address_verified.get():
+        if not len(self.rpc.backoff):
             return
         rec = rt.node.mesh.record(src)
         seen = caller_address.get()
@@ -135,8 +136,10 @@ class EngineIO(DaemonBase):
             )
         except ValueError:
             return
-        if same:
+        if same and caller_address_verified.get():
             self.rpc.backoff.ok((rec.control_endpoint, rec.tls_fp))
+        elif same:
+            self.rpc.backoff.hint((rec.control_endpoint, rec.tls_fp))
 
     async def _on_rpc(self, src: bytes, body: bytes) -> bytes:
         try:

@@ -38,6 +38,9 @@ _GRPC_OPTIONS = [
 
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 300.0
+#: A hint that a backed-off endpoint is back (a datagram from its address,
+#: which could be forged) brings its next try this close, never closer.
+BACKOFF_HINT_S = 5.0
 MAX_BACKOFF_ENTRIES = 4096
 
 EndpointKey = tuple[str, bytes]
@@ -88,6 +91,17 @@ class EndpointBackoff:
 
     def ok(self, key: EndpointKey) -> None:
         self._state.pop(key, None)
+
+    def hint(self, key: EndpointKey) -> None:
+        """The endpoint's owner called us from its address, unverified (a datagram,
+        whose source anyone can forge): try again within :data:`BACKOFF_HINT_S`,
+        keeping the count of failures. A node back after a long outage is
+        called again in seconds, not minutes; forged hints make us try a foreign
+        address at most once per :data:`BACKOFF_HINT_S`, each failure counted.
+        """
+        st = self._state.get(key)
+        if st is not None and st[1] - self._clock() > BACKOFF_HINT_S:
+            self._state[key] = (st[0], self._clock() + BACKOFF_HINT_S)
 
 
 def _failure_reason(e: BaseException) -> str:

@@ -39,7 +39,9 @@ class ScenarioConfig:
     #: churn: seconds of churn before the measured window. 0: the window starts
     #: with the churn, and its first ``churn_downtime`` seconds hold crashes but
     #: no restarts (fewer changes than steady churn brings); ``churn_downtime``
-    #: or more: the window sees steady churn
+    #: or more: the window sees steady churn. Traffic, changes, crashes and
+    #: restarts count in the window; false prunes, messages, events and kinds
+    #: count from the start (warm-up and lead included)
     churn_lead: float = 0.0
     partition_seconds: float = 10.0
     share_state: bool = True  # copy-on-write states (False: a full copy per node)
