@@ -3,6 +3,9 @@
     uv run python bench/engine_cost_bench.py [--sizes 300,1000,3000] [--reps 200]
                                              [--count-reps 30] [--seed 1] [--json FILE]
 
+Prints the tables and plots each operation's ratio (largest size over
+smallest) to ``bench/out/engine_cost.png``.
+
 Issue 14 asks for no O(N) work per message or per tick (N: members of the
 mesh); O(N) once per change of membership is known and documented
 (docs/SCALE.md). For each size N, one real ``MeshNode`` (a peer, product
@@ -605,6 +608,48 @@ def table(results: dict[str, dict[int, Result]], sizes: list[int]) -> str:
     return "\n".join(lines)
 
 
+OUT = Path(__file__).resolve().parent / "out"
+
+
+def plot(results: dict[str, dict[int, Result]], sizes: list[int], path: Path) -> bool:
+    """Each operation's cost at the largest size over the smallest: time, calls, allocation."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    names = list(results)
+    lo, hi = sizes[0], sizes[-1]
+    series = [
+        ("median time", "time_us"),
+        ("Python calls", "calls"),
+        ("peak allocation", "alloc_kb"),
+    ]
+    fig, ax = plt.subplots(figsize=(10, 0.32 * len(names) + 1.6))
+    height = 0.8 / len(series)
+    for j, (label, attr) in enumerate(series):
+        ratios = []
+        for name in names:
+            a, b = getattr(results[name][lo], attr), getattr(results[name][hi], attr)
+            ratios.append(b / a if a and a == a and b == b else math.nan)
+        ys = [i + (j - 1) * height for i in range(len(names))]
+        ax.barh(ys, ratios, height=height, label=label)
+    ax.axvline(1.0, color="grey", lw=1)
+    ax.axvline(1.5, color="red", ls="--", lw=1, label="grows (1.5x)")
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel(f"cost at {hi:,} members / cost at {lo:,} (log scale)")
+    ax.set_title("the engine's cost per message and per tick, by mesh size", fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)))
@@ -623,6 +668,8 @@ def main(argv: list[str] | None = None) -> None:
     results = run(sizes, args.reps, args.count_reps, args.seed, ops)
     print(table(results, sizes))
     print(f"\n({time.perf_counter() - t0:.1f} s; Python {sys.version.split()[0]})")
+    if len(sizes) > 1 and plot(results, sizes, OUT / "engine_cost.png"):
+        print(f"plot: {OUT / 'engine_cost.png'}")
     if args.json is not None:
         data = {name: {str(n): vars(r) for n, r in by_n.items()} for name, by_n in results.items()}
         args.json.write_text(json.dumps(data, indent=1))
