@@ -2,20 +2,22 @@
 
 A change of k records costs O(k log N) (a bisection and a memmove per
 changed key), not a rebuild: at 10,000 nodes a rebuild is ~0.1 s and every
-state change would pay it. The live list, the peers dict and the pruned
-members are edited in place while the views are the node's own; views
-shared between nodes (:func:`share_views`) or handed out (``owned`` False:
-``MeshNode.live_records`` and the like) are copied once at their next
-update, so a caller's list never changes under it. (Copying them on every
-change cost a push of a record 240 µs and 156 KB more at 3,000 members than
-at 300: bench/engine_cost_bench.py.) That holds for a change of membership too (a peer
-joins, leaves or is pruned): the reachable list is edited by bisection
-in a copy (it stays sorted), and the clients assigned to us are recomputed from the live clients
-alone (none in a mesh of peers). At 3,000 members a membership change cost
-~3 ms of rebuilds a node before; a node of a 3,000-member swarm process pays
-it once per member. The reachable list keeps its identity while the set of
-reachable peers does not change, so the gossip and failure-detector caches
-keyed on it stay valid.
+state change would pay it. That holds for a change of membership too (a
+peer joins, leaves or is pruned): the reachable list is edited by bisection
+in a copy (it stays sorted), and the clients assigned to us are recomputed
+from the live clients alone (none in a mesh of peers). At 3,000 members a
+membership change cost ~3 ms of rebuilds a node before; a node of a
+3,000-member swarm process pays it once per member. The reachable list
+keeps its identity while the set of reachable peers does not change, so the
+gossip and failure-detector caches keyed on it stay valid.
+
+The live list, the peers dict and the pruned members are edited in place
+while the views are the node's own (``owned``); views shared between nodes
+(:func:`share_views`) or handed out (``MeshNode.live_records`` and the
+like) are copied once at their next update, so a caller's list never
+changes under it. (Copying them on every change cost a push of a record
+240 µs and 156 KB more at 3,000 members than at 300:
+bench/engine_cost_bench.py.)
 """
 
 from __future__ import annotations

@@ -98,7 +98,7 @@ class ReplayCache:
         if len(w.seen) >= self._per_sender:
             self._drop_oldest(w)
         if self._total >= self._max:
-            self._drop_oldest(w if w.seen else self._shedder(sender))
+            self._drop_oldest(w if w.seen else self._shedder())
         w.seen[nonce] = ts_ms
         self._total += 1
         big = self._by.get(self._big) if self._big is not None else None
@@ -121,11 +121,12 @@ class ReplayCache:
         else:
             self._by.move_to_end(other)
 
-    def _shedder(self, sender: bytes) -> _SenderWindow:
-        """Whose entry goes when the cache is full and ``sender`` holds none: the
-        sender known to hold many (a scan of all only when that one holds none)."""
+    def _shedder(self) -> _SenderWindow:
+        """Whose entry goes when the cache is full and the sender at hand holds
+        none: the sender known to hold many (a scan of all only when that one
+        holds none any more)."""
         big = self._by.get(self._big) if self._big is not None else None
-        if big is None or not big.seen or self._big == sender:
+        if big is None or not big.seen:
             self._big = max(self._by, key=lambda k: len(self._by[k].seen))
             big = self._by[self._big]
         return big

@@ -230,7 +230,7 @@ class _Run:
     spreads: list[Spread]  # observed on every state change (see _attach)
     res: dict[str, Any]  # the results, added to by the event
     #: start of the measured window (after the warm-up, and for churn its lead)
-    window: int = 0
+    window: int
 
     def follow(self, prefix: str, sp: Spread, among: list[int]) -> None:
         """Run until ``sp`` reached every node of ``among`` (or the end); its summary."""
