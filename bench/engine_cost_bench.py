@@ -7,8 +7,8 @@ Prints the tables and plots each operation's ratio (largest size over
 smallest) to ``bench/out/engine_cost.png``.
 
 Issue 14 asks for no O(N) work per message or per tick (N: members of the
-mesh); O(N) once per change of membership is known and documented
-(docs/SCALE.md). For each size N, one real ``MeshNode`` (a peer, product
+mesh), changes of membership included (docs/SCALE.md, engine hot spots 8
+and 9). For each size N, one real ``MeshNode`` (a peer, product
 gossip defaults, heartbeat 2 s) holds a settled state of N signed member
 records (``smegmesh.sim.state.make_population``: real ``NodeRecord.create``
 records signed by ``NodeIdentity.from_seed`` identities; the node's state is
@@ -62,11 +62,12 @@ Operations (all from a member ``src``, to the node under test):
 * ``client tick idle``: the same node as a client (it gossips only with its
   assigned peer and a spare, chosen by rendezvous hashing over the peers);
 * ``MEMBERSHIP: push prune``: a ``Push`` of another member's prune of a member
-  (a change of membership: the known O(N) case), the member's refutation
-  applied untimed after it;
+  (a change of membership), the member's refutation applied untimed after it;
 * ``MEMBERSHIP: push refute``: that member's refutation (it is back);
 * ``MEMBERSHIP: tick after``: the first tick after a prune (the failure
-  detector's member set and the gossip clusters are rebuilt then).
+  detector and the gossip clusters see the new member list then);
+* ``MEMBERSHIP: client push prune``: ``push prune`` on a client (its
+  rendezvous order of the peers loses one).
 """
 
 from __future__ import annotations
@@ -255,7 +256,6 @@ class Op:
     """One measured operation: ``prepare`` (untimed) returns the run; ``after`` (untimed)."""
 
     name = ""
-    membership = False  # a change of membership: O(N) is known and documented
 
     def prepare(self, fx: Fixture) -> Thunk:
         raise NotImplementedError
@@ -408,16 +408,20 @@ class TickFresh(Op):
         _views(fx.node)
 
 
+def _as_client(fx: Fixture) -> None:
+    node = fx.node
+    if node.settings.role != Role.CLIENT:
+        node.settings = replace(node.settings, role=Role.CLIENT)
+        fx.settle(node.step(TimerFired(fx.now)))  # untimed: the first one ranks the peers
+
+
 class ClientTickIdle(TickIdle):
     """A tick of a client (it gossips only with its assigned peer and a spare)."""
 
     name = "client tick idle"
 
     def prepare(self, fx: Fixture) -> Thunk:
-        node = fx.node
-        if node.settings.role != Role.CLIENT:
-            node.settings = replace(node.settings, role=Role.CLIENT)
-            fx.settle(node.step(TimerFired(fx.now)))  # untimed: the first one ranks the peers
+        _as_client(fx)
         return super().prepare(fx)
 
 
@@ -441,7 +445,6 @@ def _refute_input(fx: Fixture, target: int) -> Input:
 
 class PrunePush(Op):
     name = "MEMBERSHIP: push prune"
-    membership = True
 
     def prepare(self, fx: Fixture) -> Thunk:
         t = fx.scratch["target"] = fx.src()
@@ -454,9 +457,18 @@ class PrunePush(Op):
         super().after(fx, out)
 
 
+class ClientPrunePush(PrunePush):
+    """The same on a client: its rendezvous order of the peers loses one."""
+
+    name = "MEMBERSHIP: client push prune"
+
+    def prepare(self, fx: Fixture) -> Thunk:
+        _as_client(fx)
+        return super().prepare(fx)
+
+
 class RefutePush(Op):
     name = "MEMBERSHIP: push refute"
-    membership = True
 
     def prepare(self, fx: Fixture) -> Thunk:
         t = fx.src()
@@ -469,7 +481,6 @@ class RefutePush(Op):
 
 class TickAfterPrune(Op):
     name = "MEMBERSHIP: tick after"
-    membership = True
 
     def prepare(self, fx: Fixture) -> Thunk:
         t = fx.scratch["target"] = fx.src()
@@ -504,6 +515,7 @@ def operations() -> list[Op]:
         PrunePush(),
         RefutePush(),
         TickAfterPrune(),
+        ClientPrunePush(),
     ]
 
 

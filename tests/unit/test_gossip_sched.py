@@ -5,6 +5,10 @@ from __future__ import annotations
 import itertools
 import random
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from smegmesh.core.gossip import GossipParams, GossipScheduler
 
 
@@ -148,3 +152,38 @@ def test_received_items_within_batch_ms_of_a_push_are_held_and_released_together
     assert not s.hold({ks[5]}, 1, 1_400)
     off = sched(ks[0], batch_ms=0)
     assert not off.hold({ks[1]}, 1, 1_000) and not off.hold({ks[2]}, 1, 1_001)
+
+
+def _split_by_copy(me: bytes, peers: list[bytes], size: int) -> tuple[list[bytes], list[bytes]]:
+    """The clusters as the scheduler built them before (a sorted copy, two slices)."""
+    ordered = sorted(set(peers) | {me})
+    i = ordered.index(me)
+    lo = i - i % size
+    return ordered[lo:i] + ordered[i + 1 : lo + size], ordered[:lo] + ordered[lo + size :]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    n=st.integers(0, 300),
+    me_at=st.integers(0, 400),
+    listed=st.booleans(),
+    size=st.integers(1, 70),
+)
+def test_clusters_without_a_copy_equal_the_copied_ones(
+    n: int, me_at: int, listed: bool, size: int
+) -> None:
+    """The clusters are cut from the sorted member list without copying it
+    (O(cluster + log N) a call, not O(N) per change of membership): the same
+    members as the sorted copy and its slices, with self listed or not."""
+    ks = keys(n + 1)
+    me = ks[min(me_at, n)]
+    peers = ks if listed else [k for k in ks if k != me]
+    s = sched(me, cluster_size=size)
+    own, rest = s._split(peers)
+    want_own, want_rest = _split_by_copy(me, peers, size)
+    assert own == want_own
+    assert len(rest) == len(want_rest) and list(rest) == want_rest
+    assert [rest[i] for i in range(-len(rest), 0)] == want_rest
+    assert list(rest[1:3]) == want_rest[1:3]
+    with pytest.raises(IndexError):
+        rest[len(rest)]

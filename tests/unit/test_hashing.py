@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hypo import examples
-from smegmesh.core.hashing import choose, ranked
+from smegmesh.core.hashing import RankedSet, choose, ranked
 
 
 def _keys(n: int, tag: bytes = b"k") -> list[bytes]:
@@ -72,3 +72,24 @@ def test_order_independent(key: bytes, cands: list[bytes]) -> None:
     assert r[0] == choose(key, cands)
     assert sorted(r) == sorted(set(cands))
     assert ranked(key, cands, limit=2) == r[:2]
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=st.lists(st.tuples(st.booleans(), st.integers(0, 40)), max_size=120))
+def test_ranked_set_edited_one_at_a_time_equals_ranked(ops: list[tuple[bool, int]]) -> None:
+    """A client keeps its rendezvous order of the peers a peer at a time (not a
+    hash of every peer and a sort per change of membership): always the order
+    ``ranked`` gives, whatever the adds and removals."""
+    me, pool = KEYS[0], _keys(41, b"peer")
+    held = set(pool[:10])
+    rs = RankedSet(me, pool[:10])
+    for add, i in ops:
+        if add:
+            rs.add(pool[i])
+            held.add(pool[i])
+        else:
+            rs.discard(pool[i])
+            held.discard(pool[i])
+        assert list(rs) == ranked(me, held) and len(rs) == len(held)
+        assert rs.first() == (ranked(me, held) or [None])[0]
+        assert (pool[i] in rs) == add

@@ -315,3 +315,45 @@ def test_a_daemon_whose_every_tick_runs_late_still_finds_a_dead_member() -> None
         if found is not None:
             break
     assert found is not None and found < 60_000
+
+
+def test_member_list_edited_in_place_is_followed_by_its_version() -> None:
+    """The views edit the reachable list in place (no O(N) copy per change of
+    membership) and say so by ``reach_version``: a member dropped from the list
+    is no longer probed, one back in it is probed again, and a member declared
+    dead here is not probed until the list changes."""
+    ks = keys(6)
+    fd = FailureDetector(ks[0], PARAMS, random.Random(3))
+    peers = list(ks[1:])
+    version = 1
+
+    def probed(until: int, start: int, alive: set[bytes]) -> tuple[set[bytes], set[bytes]]:
+        seen: set[bytes] = set()
+        dead: set[bytes] = set()
+        for now in range(start, until, 10):
+            for a in fd.tick(now, peers, peers_version=version):
+                if isinstance(a, Ping):
+                    seen.add(a.target)
+                    if a.target in alive:
+                        fd.on_ack(a.target, a.probe_id, now)
+                elif isinstance(a, PingReq) and a.target in alive:
+                    fd.on_ack(a.target, a.probe_id, now)
+                elif isinstance(a, Dead):
+                    dead.add(a.target)
+        return seen, dead
+
+    seen, _ = probed(12_000, 0, set(ks))
+    assert seen == set(ks[1:])
+    peers.remove(ks[3])  # in place, as the views do
+    version = 2
+    seen, _ = probed(30_000, 12_000, set(ks))
+    assert ks[3] not in seen and seen == set(ks[1:]) - {ks[3]}
+    # ks[4] stops answering: declared dead here, then not probed while the list holds it
+    seen, dead = probed(60_000, 30_000, set(ks) - {ks[4]})
+    assert dead == {ks[4]}
+    seen, _ = probed(80_000, 60_000, set(ks))
+    assert ks[4] not in seen
+    peers.insert(2, ks[3])  # back (sorted), and the list changed: both probed again
+    version = 3
+    seen, _ = probed(100_000, 80_000, set(ks))
+    assert seen == set(ks[1:])

@@ -177,6 +177,33 @@ def test_client_moves_when_its_peer_dies() -> None:
         assert rec is not None and rec.assigned_peer == second
 
 
+def test_client_order_of_peers_follows_membership_a_peer_at_a_time() -> None:
+    """A client keeps its rendezvous order of the peers from the state's change
+    log (not ranked again per change of membership): after peers are pruned
+    and come back it is still the order ``ranked`` gives."""
+    from smegmesh.core.hashing import ranked
+
+    net, nodes = mesh_of(6, 1)
+    client = nodes[-1]
+    net.run_until(net.now + 3000)
+
+    def check() -> None:
+        reach = client._reachable_peers()
+        assert list(client._ranked_peers()) == ranked(client.key, reach)
+
+    check()
+    peers = [n.key for n in nodes[:-1]]
+    for gone in peers[1:3]:
+        net.down.add(gone)
+        net.run_until(net.now + 15_000)
+        assert gone not in client._reachable_peers()
+        check()
+    net.down.clear()
+    net.run_until(net.now + 30_000)
+    assert sorted(client._reachable_peers()) == sorted(peers)
+    check()
+
+
 def test_unchanged_record_is_refreshed_before_it_ages_out() -> None:
     net, nodes = mesh_of(2)
     n = nodes[0]

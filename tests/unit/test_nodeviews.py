@@ -77,9 +77,15 @@ def test_views_kept_up_to_date_equal_views_rebuilt(me: int, batches: list[list[o
     state = MeshState(MESH)
     v = views_of(None, state, KEYS[me])
     for t, batch in enumerate(batches):
+        before, since = list(v.reachable), v.reach_version
         state.apply_many(batch, T0 + 100 + t)  # type: ignore[arg-type]
         v = views_of(v, state, KEYS[me])
         _same(v, views_of(None, state, KEYS[me]))
+        # the reachable list is edited in place: its version says when it changed
+        if v.reachable != before:
+            assert v.reach_version == state.version
+        elif v.reach_version != since:  # only a rebuild may move it without a change
+            assert v.reach_version == state.version
 
 
 def _cost_us(n: int, changes: int = 25) -> tuple[float, float]:
@@ -133,15 +139,21 @@ def test_own_views_are_edited_in_place_and_views_handed_out_never_change() -> No
     state = MeshState(MESH)
     state.apply_many([_peer(i, 1) for i in range(5)], T0)
     v = views_of(None, state, KEYS[0])
-    live, peers = v.live, v.peers
+    live, peers, reach = v.live, v.peers, v.reachable
     state.apply(_peer(1, 5), T0 + 1)
     v = views_of(v, state, KEYS[0])
     assert v.live is live and v.peers is peers  # ours alone: no copy
+    state.apply(_peer(4, 2, endpoint=False), T0 + 1)  # a change of membership
+    v = views_of(v, state, KEYS[0])
+    assert v.reachable is reach and KEYS[4] not in reach  # edited in place too
+    assert v.reach_version == state.version
     kept = v.export()
-    kept_live, kept_peers = list(kept.live), dict(kept.peers)
+    kept_live, kept_peers, kept_reach = list(kept.live), dict(kept.peers), list(kept.reachable)
     state.apply(_peer(2, 5), T0 + 2)
+    state.apply(_peer(4, 5), T0 + 2)  # back: reachable again
     v = views_of(kept, state, KEYS[0])
     assert kept.live == kept_live and kept.peers == kept_peers  # never edited
+    assert kept.reachable == kept_reach and KEYS[4] in v.reachable
     new = state.live_record(KEYS[2])
     assert v.live is not kept.live and new in v.live and new not in kept.live
     live = v.live

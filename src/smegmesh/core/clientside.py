@@ -7,6 +7,7 @@ peers, avoiding those that stopped answering), pings it every probe period
 
 from __future__ import annotations
 
+import bisect
 from typing import TYPE_CHECKING, Any
 
 from smegmesh.core.cert import (
@@ -18,9 +19,10 @@ from smegmesh.core.engine import (
     Out,
     PeerPingCtx,
 )
-from smegmesh.core.hashing import ranked
+from smegmesh.core.hashing import RankedSet
 from smegmesh.core.liveness import LivenessParams
 from smegmesh.core.messages import Ping
+from smegmesh.core.nodeviews import Views
 from smegmesh.core.record import (
     NodeRecord,
     Prune,
@@ -42,9 +44,8 @@ class ClientMixin:
     _peer_ping_due: int
     _peer_ping_inflight: bool
     _peer_ping_failures: int
-    #: (reachable list, its rendezvous order for us, its members as a set), while
-    #: that list object is the views' (it keeps its identity while unchanged)
-    _ranking: tuple[list[bytes], list[bytes], frozenset[bytes]] | None
+    #: (state, the reachable list's version, the list in our rendezvous order)
+    _ranking: tuple[MeshState, int, RankedSet] | None
 
     if TYPE_CHECKING:
 
@@ -55,6 +56,7 @@ class ClientMixin:
         @property
         def record(self) -> NodeRecord | None: ...  # noqa: D102
         def _reachable_peers(self) -> list[bytes]: ...
+        def _views(self) -> Views: ...
         def update_self(self, now_ms: int, **changes: Any) -> list[Out]: ...  # noqa: D102
         @property
         def settings(self) -> MeshSettings: ...  # noqa: D102
@@ -66,31 +68,43 @@ class ClientMixin:
             return None
         return rec.assigned_peer
 
-    def _ranked_peers(self) -> tuple[list[bytes], frozenset[bytes]]:
-        """The reachable peers in our rendezvous order, and as a set.
+    def _ranked_peers(self) -> RankedSet:
+        """The reachable peers in our rendezvous order.
 
-        Computed (a hash per peer and a sort) once per change of the reachable
-        peers, not on every tick and push: at 3,000 members that was ~3 ms a
-        tick for a client (bench/engine_cost_bench.py).
+        Kept from the state's change log, a peer at a time: not ranked again
+        (a hash per peer and a sort, ~3 ms at 3,000 members) on every tick
+        and push, nor on every change of membership (bench/engine_cost_bench.py).
         """
-        peers = self._reachable_peers()
+        v = self._views()
         r = self._ranking
-        if r is None or r[0] is not peers:
-            r = self._ranking = (peers, ranked(self.key, peers), frozenset(peers))
-        return r[1], r[2]
+        if r is not None and r[0] is v.state and r[1] == v.reach_version:
+            return r[2]
+        keys = None if r is None or r[0] is not v.state else v.state.changed_since(r[1])
+        if r is None or keys is None or len(keys) * 8 > max(64, len(v.reachable)):
+            order = RankedSet(self.key, v.reachable)
+        else:
+            order, reach = r[2], v.reachable
+            for k in keys:
+                i = bisect.bisect_left(reach, k)
+                if i < len(reach) and reach[i] == k:
+                    order.add(k)
+                else:
+                    order.discard(k)
+        self._ranking = (v.state, v.reach_version, order)
+        return order
 
     def _choose_peer(self, now_ms: int) -> bytes | None:
         """The first peer of our order that we do not avoid (else the first)."""
-        order, _ = self._ranked_peers()
+        order = self._ranked_peers()
         avoid = self._avoid
-        return next((k for k in order if avoid.get(k, 0) <= now_ms), order[0] if order else None)
+        return next((k for k in order if avoid.get(k, 0) <= now_ms), order.first())
 
     def _client_targets(self, now_ms: int) -> list[bytes]:
         if self.settings.role != Role.CLIENT:
             return []  # only clients restrict their gossip partners
         mine = self.my_peer()
-        order, reachable = self._ranked_peers()
-        out = [mine] if mine is not None and mine in reachable else []
+        order = self._ranked_peers()
+        out = [mine] if mine is not None and mine in order else []
         for k in order:
             if k not in out and self._avoid.get(k, 0) <= now_ms:
                 out.append(k)
@@ -117,7 +131,7 @@ class ClientMixin:
         if rec is None or rec.left or rec.role != Role.CLIENT:
             return []
         current = rec.assigned_peer
-        _, live = self._ranked_peers()
+        live = self._ranked_peers()
         if current is not None and current in live and self._avoid.get(current, 0) <= now_ms:
             return []
         best = self._choose_peer(now_ms)

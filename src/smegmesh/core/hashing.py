@@ -23,10 +23,11 @@ candidate bytes so the result never depends on iteration order.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
-__all__ = ["choose", "ranked", "score"]
+__all__ = ["RankedSet", "choose", "ranked", "score"]
 
 
 def score(key: bytes, candidate: bytes) -> bytes:
@@ -50,3 +51,45 @@ def ranked(key: bytes, candidates: Iterable[bytes], limit: int | None = None) ->
     uniq = set(candidates)
     order = sorted(uniq, key=lambda c: (hashlib.sha256(c + key).digest(), c), reverse=True)
     return order if limit is None else order[:limit]
+
+
+class RankedSet:
+    """A set of candidates kept in :func:`ranked` order for ``key``, edited one at a time.
+
+    Adding or removing a candidate costs a hash, a bisection and a memmove
+    (not a hash of every candidate and a sort, as :func:`ranked` again would:
+    ~3 ms at 3,000 candidates).
+    """
+
+    __slots__ = ("_asc", "_key", "_weight")
+
+    def __init__(self, key: bytes, candidates: Iterable[bytes] = ()) -> None:
+        self._key = key
+        self._weight = {c: score(key, c) for c in candidates}
+        self._asc = sorted((w, c) for c, w in self._weight.items())
+
+    def add(self, candidate: bytes) -> None:
+        """Rank ``candidate`` too (nothing if it is there)."""
+        if candidate not in self._weight:
+            w = self._weight[candidate] = score(self._key, candidate)
+            bisect.insort(self._asc, (w, candidate))
+
+    def discard(self, candidate: bytes) -> None:
+        """Drop ``candidate`` (nothing if it is not there)."""
+        w = self._weight.pop(candidate, None)
+        if w is not None:
+            del self._asc[bisect.bisect_left(self._asc, (w, candidate))]
+
+    def __contains__(self, candidate: object) -> bool:
+        return candidate in self._weight
+
+    def __len__(self) -> int:
+        return len(self._asc)
+
+    def __iter__(self) -> Iterator[bytes]:
+        """Candidates by decreasing weight (as :func:`ranked` lists them)."""
+        return (c for _, c in reversed(self._asc))
+
+    def first(self) -> bytes | None:
+        """The candidate of highest weight (None if there is none)."""
+        return self._asc[-1][1] if self._asc else None

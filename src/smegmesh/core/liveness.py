@@ -64,6 +64,7 @@ probe_interval = heartbeat / 2, suspicion = heartbeat, client_timeout =
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 from collections import deque
@@ -167,8 +168,12 @@ class FailureDetector:
     _last_heard: dict[bytes, int] = field(default_factory=dict)
     #: client -> when we began watching it (its silence counts from then at the earliest)
     _watch_since: dict[bytes, int] = field(default_factory=dict)
-    _peers_seen: Sequence[bytes] | None = None
-    _live: set[bytes] = field(default_factory=set)
+    #: the caller's member list (sorted) and its version (see :meth:`tick`)
+    _peers_seen: Sequence[bytes] = ()
+    _peers_version: int | None = None
+    _listed: int = 0  # members in _peers_seen (but self) when it last changed
+    #: members of _peers_seen declared dead here since the list last changed
+    _gone: set[bytes] = field(default_factory=set)
     #: outcomes of the last first probes: True = no direct ack in time
     _window: deque[bool] = field(default_factory=lambda: deque(maxlen=HEALTH_WINDOW))
     _window_misses: int = 0
@@ -251,7 +256,7 @@ class FailureDetector:
         return min(p.probe_timeout_ms * m, max(p.probe_timeout_ms, self.probe_interval_ms() // 2))
 
     def _suspicion_ms(self) -> int:
-        scale = suspicion_scale(len(self._live) + 1)
+        scale = suspicion_scale(self._live_count() + 1)
         return int(self.params.suspicion_ms * self.health_multiplier * scale)
 
     # -- inputs ---------------------------------------------------------------
@@ -288,6 +293,26 @@ class FailureDetector:
     def last_heard(self, key: bytes) -> int | None:
         return self._last_heard.get(key)
 
+    # -- the members -------------------------------------------------------------
+    def _is_live(self, key: bytes) -> bool:
+        """Whether ``key`` is a member to probe: O(log N), by bisection of the sorted list."""
+        peers = self._peers_seen
+        i = bisect.bisect_left(peers, key)
+        return i < len(peers) and peers[i] == key and key != self.self_key and key not in self._gone
+
+    def _live_count(self) -> int:
+        # as of the last tick (the caller may edit its list in place meanwhile)
+        return self._listed - len(self._gone)
+
+    def _members_changed(self, peers: Sequence[bytes], version: int | None) -> None:
+        """The caller's member list changed: O(log N + suspects), not O(N)."""
+        self._peers_seen, self._peers_version = peers, version
+        i = bisect.bisect_left(peers, self.self_key)
+        self._listed = len(peers) - (i < len(peers) and peers[i] == self.self_key)
+        self._gone.clear()
+        for k in [k for k in self._suspect_since if not self._is_live(k)]:
+            del self._suspect_since[k]
+
     # -- the clock --------------------------------------------------------------
     def tick(
         self,
@@ -296,9 +321,15 @@ class FailureDetector:
         *,
         watched_clients: Iterable[bytes] = (),
         probe_peers: bool = True,
+        peers_version: int | None = None,
     ) -> list[Action]:
-        """Advance to ``now_ms``. ``peers``: live probe-able members (not self).
+        """Advance to ``now_ms``. ``peers``: live probe-able members (self may be there).
 
+        ``peers`` must be sorted (members are looked up by bisection in it, so
+        a change of membership costs O(log N), not a copy of the list into a
+        set). ``peers_version`` changes whenever the list's contents do (the
+        views' ``reach_version``: the list is edited in place); None: a new
+        list object is passed whenever they change.
         ``watched_clients``: clients assigned to this node (declared dead when
         silent for ``client_timeout``). ``probe_peers`` is False on clients,
         which only keep their peer's view of them fresh (the caller pings the
@@ -306,16 +337,8 @@ class FailureDetector:
         """
         p = self.params
         out: list[Action] = []
-        if peers is not self._peers_seen:
-            # The member list changed (callers pass the same list object while
-            # it does not): O(N) bookkeeping only then, not on every tick.
-            self._peers_seen = peers
-            self._live = set(peers)
-            self._live.discard(self.self_key)
-            for k in list(self._suspect_since):
-                if k not in self._live:
-                    del self._suspect_since[k]
-        live = self._live
+        if peers is not self._peers_seen or peers_version != self._peers_version:
+            self._members_changed(peers, peers_version)
         began, self._watch_since = self._watch_since, {}
         for c in watched_clients:  # a few: the clients assigned to us
             start = self._watch_since[c] = began.get(c, now_ms)
@@ -333,11 +356,11 @@ class FailureDetector:
             if now_ms - since >= suspicion_ms:
                 out.append(Dead(k))
                 self.forget(k)
-                if k in live:
-                    live = self._live = live - {k}
+                if self._is_live(k):
+                    self._gone.add(k)  # until the caller's list drops it
 
         probe = self._probe
-        if probe is not None and probe.target not in live:
+        if probe is not None and not self._is_live(probe.target):
             self._probe = probe = None
         if probe is not None:
             age = now_ms - probe.started_ms
@@ -345,7 +368,7 @@ class FailureDetector:
                 probe.indirect_sent = True
                 if probe.counted:
                     self._record(True)
-                for via in self._helpers(probe.target, live):
+                for via in self._helpers(probe.target):
                     out.append(PingReq(via, probe.target, probe.probe_id))
             if age >= self.probe_interval_ms():
                 if probe.target not in self._suspect_since:
@@ -359,43 +382,45 @@ class FailureDetector:
             self._next_probe_ms = now_ms + self.probe_interval_ms()
         else:
             return out
-        if self._probe is None and live:
-            target = self._next_target(live)
+        if self._probe is None and self._live_count() > 0:
+            target = self._next_target()
             pid = self._next_id
             self._next_id += 1
             self._probe = _Probe(target, pid, now_ms, counted=target not in self._suspect_since)
             out.append(Ping(target, pid))
         return out
 
-    def _helpers(self, target: bytes, live: set[bytes]) -> list[bytes]:
-        """Up to ``indirect`` random members other than ``target``, O(indirect)."""
-        pool = self._peers_seen if self._peers_seen is not None else sorted(live)
-        want = min(self.params.indirect, len(live) - (1 if target in live else 0))
+    def _helpers(self, target: bytes) -> list[bytes]:
+        """Up to ``indirect`` random members other than ``target``, O(indirect log N)."""
+        pool, live = self._peers_seen, self._is_live
+        want = min(self.params.indirect, self._live_count() - (1 if live(target) else 0))
         out: list[bytes] = []
         if want <= 0 or not pool:
             return out
         if len(pool) <= 4 * want + 8:
-            cands = [k for k in pool if k in live and k != target]
+            cands = [k for k in pool if live(k) and k != target]
             return self.rng.sample(cands, min(want, len(cands)))
         for _ in range(20 * want + 20):
             k = pool[self.rng.randrange(len(pool))]
-            if k != target and k in live and k not in out and k != self.self_key:
+            if k != target and live(k) and k not in out:
                 out.append(k)
                 if len(out) == want:
                     break
         return out
 
-    def _next_target(self, live: set[bytes]) -> bytes:
+    def _next_target(self) -> bytes:
+        live = self._is_live
         # Suspects are re-probed first: a suspicion must be confirmed or cleared.
         for k in self._suspect_since:
-            if k in live and (self._probe is None or self._probe.target != k):
+            if live(k) and (self._probe is None or self._probe.target != k):
                 return k
         while True:
             if not self._order:
-                self._order = sorted(live)
+                # once every N probes: a new round of every member, shuffled
+                self._order = [k for k in self._peers_seen if live(k)]
                 self.rng.shuffle(self._order)
             k = self._order.pop()
-            if k in live:
+            if live(k):
                 return k
 
     def next_deadline(self) -> int | None:

@@ -55,6 +55,7 @@ from smegmesh.core.engine import (
 )
 from smegmesh.core.exchange import ExchangeMixin
 from smegmesh.core.gossip import GossipParams, GossipScheduler, full_hops, pull_pruned_chance
+from smegmesh.core.hashing import RankedSet
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.liveness import (
     Dead,
@@ -118,7 +119,7 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
     _peer_ping_due: int = 0
     _peer_ping_inflight: bool = False
     _peer_ping_failures: int = 0
-    _ranking: tuple[list[bytes], list[bytes], frozenset[bytes]] | None = None
+    _ranking: tuple[MeshState, int, RankedSet] | None = None
     _responders: dict[tuple[bytes, int], SyncSession] = field(default_factory=dict)
     rejected: int = 0
     #: reasons of the last rejected items (records without admission, forged prunes...)
@@ -418,7 +419,11 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         if is_client:
             out.extend(self._client_tick(now_ms))
         else:
-            for a in self._fd.tick(now_ms, peers, watched_clients=self.my_clients()):
+            v = self._views()
+            acts = self._fd.tick(
+                now_ms, peers, watched_clients=v.my_clients, peers_version=v.reach_version
+            )
+            for a in acts:
                 if isinstance(a, ProbePing):
                     out.append(
                         Call(

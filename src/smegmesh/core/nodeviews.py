@@ -4,20 +4,21 @@ A change of k records costs O(k log N) (a bisection and a memmove per
 changed key), not a rebuild: at 10,000 nodes a rebuild is ~0.1 s and every
 state change would pay it. That holds for a change of membership too (a
 peer joins, leaves or is pruned): the reachable list is edited by bisection
-in a copy (it stays sorted), and the clients assigned to us are recomputed
-from the live clients alone (none in a mesh of peers). At 3,000 members a
+(it stays sorted), and the clients assigned to us are recomputed from the
+live clients alone (none in a mesh of peers). At 3,000 members a
 membership change cost ~3 ms of rebuilds a node before; a node of a
-3,000-member swarm process pays it once per member. The reachable list
-keeps its identity while the set of reachable peers does not change, so the
-gossip and failure-detector caches keyed on it stay valid.
+3,000-member swarm process pays it once per member. ``reach_version`` (the
+state version of the reachable list's last change) tells the gossip,
+failure-detector and client caches derived from that list when to update
+them; they update by the state's change log (``MeshState.changed_since``),
+not by a rebuild.
 
-The live list, the peers dict and the pruned members are edited in place
-while the views are the node's own (``owned``); views shared between nodes
-(:func:`share_views`) or handed out (``MeshNode.live_records`` and the
-like) are copied once at their next update, so a caller's list never
-changes under it. (Copying them on every change cost a push of a record
-240 µs and 156 KB more at 3,000 members than at 300:
-bench/engine_cost_bench.py.)
+The lists and dicts are edited in place while the views are the node's own
+(``owned``); views shared between nodes (:func:`share_views`) or handed out
+(``MeshNode.live_records`` and the like) are copied once at their next
+update, so a caller's list never changes under it. (Copying them on every
+change cost a push of a record 240 µs and 156 KB more at 3,000 members
+than at 300: bench/engine_cost_bench.py.)
 """
 
 from __future__ import annotations
@@ -36,10 +37,10 @@ __all__ = ["Views", "is_pruned_member", "share_views", "views_of"]
 class Views:
     """What one node (``me``) derives from its state at ``version``.
 
-    Treat as read-only: the next update may edit ``live``, ``peers`` and
-    ``pruned`` in place while ``owned`` (call :meth:`export` before handing
-    them out). ``reachable``, ``my_clients`` and ``clients`` are never edited
-    in place (the reachable list keeps its identity while it is unchanged).
+    Treat as read-only: the next update may edit ``live``, ``peers``,
+    ``reachable`` and ``pruned`` in place while ``owned`` (call :meth:`export`
+    before handing them out). ``my_clients`` and ``clients`` are never edited
+    in place.
     """
 
     state: MeshState
@@ -52,6 +53,8 @@ class Views:
     #: they were pruned (a dict: O(1) membership)
     pruned: dict[bytes, None]
     clients: list[bytes]  # live clients, sorted
+    #: the state version at which ``reachable`` last changed (it holds since)
+    reach_version: int = 0
     #: the lists are this node's alone and nobody else holds them: edit in place
     owned: bool = field(default=False, compare=False)
 
@@ -123,17 +126,19 @@ def views_of(cached: Views | None, st: MeshState, me: bytes) -> Views:
         _clients_of(clients, st, peers, me),
         dict.fromkeys(k for k in (r.wg_key for r in st.records()) if is_pruned_member(st, me, k)),
         clients,
+        st.version,
         owned=True,
     )
 
 
 def _update_views(v: Views, st: MeshState, me: bytes, keys: set[bytes]) -> Views:
     if v.owned:  # ours alone: edit in place (v is stale from here on)
-        live, peers, pruned = v.live, v.peers, v.pruned
+        live, peers, pruned, reach = v.live, v.peers, v.pruned, v.reachable
         v.owned = False
     else:  # shared (share_views) or handed out: copy once, then ours
         live, peers, pruned = list(v.live), dict(v.peers), dict(v.pruned)
-    reach: list[bytes] | None = None  # a copy of v.reachable once membership changes
+        reach = list(v.reachable)
+    reach_version = v.reach_version
     clients: list[bytes] | None = None  # a copy of v.clients once a client changes
     assignees = False  # the set of live peers (clients are assigned among them) changed
     for k in sorted(keys):
@@ -151,9 +156,8 @@ def _update_views(v: Views, st: MeshState, me: bytes, keys: set[bytes]) -> Views
         now = new is not None and new.role == Role.PEER and new.control_endpoint is not None
         assignees |= (old_peer is None) != (k not in peers)
         if was != now and k != me:
-            if reach is None:
-                reach = list(v.reachable)
             _edit_sorted(reach, k, now)
+            reach_version = st.version
         if any(r is not None and r.role == Role.CLIENT for r in (old, new)):
             if clients is None:
                 clients = list(v.clients)
@@ -165,8 +169,7 @@ def _update_views(v: Views, st: MeshState, me: bytes, keys: set[bytes]) -> Views
     cl = v.clients if clients is None else clients
     redo = assignees or clients is not None
     mine = _clients_of(cl, st, peers, me) if redo else v.my_clients
-    reachable = v.reachable if reach is None else reach
-    return Views(st, st.version, live, peers, reachable, mine, pruned, cl, owned=True)
+    return Views(st, st.version, live, peers, reach, mine, pruned, cl, reach_version, owned=True)
 
 
 def share_views(ref: Views, st: MeshState, me: bytes) -> Views | None:
@@ -187,6 +190,7 @@ def share_views(ref: Views, st: MeshState, me: bytes) -> Views | None:
         "my_clients",
         "pruned",
         "clients",
+        "reach_version",
         "owned",
     ]
     if names != known:
@@ -197,5 +201,10 @@ def share_views(ref: Views, st: MeshState, me: bytes) -> Views | None:
     # is in key order only until its first update)
     ref.export()  # its lists are now shared: neither node edits them in place
     return replace(
-        ref, state=st, version=st.version, reachable=_reachable_of(ref.peers, me), owned=False
+        ref,
+        state=st,
+        version=st.version,
+        reachable=_reachable_of(ref.peers, me),
+        reach_version=st.version,
+        owned=False,
     )
