@@ -20,6 +20,7 @@ from smegmesh.core.multimesh import MeshRouting, route_meshes
 from smegmesh.core.wgdiff import AddPeer
 from smegmesh.daemon.base import DaemonBase
 from smegmesh.daemon.events import WG_PEER_EVENTS_MAX, route_events, wg_peer_events
+from smegmesh.daemon.pacing import PassPacer
 from smegmesh.daemon.runtime import MeshRuntime, now_ms
 
 log = logging.getLogger("smegd")
@@ -48,30 +49,40 @@ class ApplyOps(DaemonBase):
 
     async def _reconcile_loop(self) -> None:
         last_check = time.monotonic()
+        pacer = PassPacer()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._reconcile_wake.wait(), timeout=2.0)
+            wait = pacer.wait_s(time.monotonic())
+            if wait > 0:  # a storm of changes: this pass takes those of the wait too
+                await asyncio.sleep(wait)
             self._reconcile_wake.clear()
-            self._recompute_routes()
-            for rt in list(self.meshes.values()):
-                # Skip a mesh left (or a join abandoned) while this pass awaited
-                # another mesh's apply: applying it would re-create its interface
-                # after leave-mesh removed it.
-                if not rt.dirty_wg or rt.joining or self.meshes.get(rt.mesh_id) is not rt:
-                    continue
-                rt.dirty_wg = False
-                try:
-                    await self._apply_mesh(rt)
-                except Exception as e:
-                    rt.dirty_wg = True
-                    log.error("mesh %s: cannot apply WireGuard configuration: %s", rt.mesh_id, e)
-            self._update_dns()
-            self._report_alias_clashes()
-            await self._apply_bridge_nat()
+            cpu = time.thread_time()
+            await self._reconcile_pass()
+            pacer.done(time.monotonic(), time.thread_time() - cpu)
             if time.monotonic() - last_check > 5:
                 last_check = time.monotonic()
                 await self._health_check()
                 await self._poll_handshakes()
+
+    async def _reconcile_pass(self) -> None:
+        """Routes, every changed mesh's WireGuard configuration, DNS, aliases, bridge NAT."""
+        self._recompute_routes()
+        for rt in list(self.meshes.values()):
+            # Skip a mesh left (or a join abandoned) while this pass awaited
+            # another mesh's apply: applying it would re-create its interface
+            # after leave-mesh removed it.
+            if not rt.dirty_wg or rt.joining or self.meshes.get(rt.mesh_id) is not rt:
+                continue
+            rt.dirty_wg = False
+            try:
+                await self._apply_mesh(rt)
+            except Exception as e:
+                rt.dirty_wg = True
+                log.error("mesh %s: cannot apply WireGuard configuration: %s", rt.mesh_id, e)
+        self._update_dns()
+        self._report_alias_clashes()
+        await self._apply_bridge_nat()
 
     async def _apply_mesh(self, rt: MeshRuntime) -> None:
         """One mesh's desired configuration through the reconciler, with what follows."""
