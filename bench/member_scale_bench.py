@@ -24,6 +24,15 @@ view and ``--settle`` seconds have passed, over ``--window`` seconds:
   answered, or unanswered and sent again over the stream, which is what
   opens channels when the swarm answers late).
 
+``--churn-per-min F`` measures under churn instead of idle: after the settle,
+the swarm's members crash at F of them a minute and restart 10 s later with
+the state they had (``smegmesh.testbed.swarm --churn-per-min``), and the
+window opens after a lead of that downtime, so it sees steady churn (crashes
+and the restarts of earlier ones), as the simulator's ``--churn-lead 10``
+does. The swarm's members run the whole protocol under that churn, so its
+CPU bounds the size: about 300 members on two cores. Results go to
+``member_scale_churn.json`` (the idle plot is left alone).
+
 ``--calibrate-only`` (also run after the sizes) measures the wire bytes of one
 call on the real transport by message type (payload sizes from the run's own
 traffic, or typical ones): on a warm channel, and the extra cost of a new one.
@@ -84,15 +93,30 @@ def _by_type(m: dict[str, float], prefix: str, label: str = "type") -> dict[str,
     return out
 
 
+CHURN_LEAD_S = 10.0  # the swarm's downtime: the window sees restarts from its start
+
+
 def measure(
-    size: int, procs: int, settle: float, window: float, root: Path, *, datagrams: bool = True
+    size: int,
+    procs: int,
+    settle: float,
+    window: float,
+    root: Path,
+    *,
+    datagrams: bool = True,
+    churn: float = 0.0,
 ) -> dict[str, Any]:
     base_port = 47100 + (size % 97) * procs + (0 if datagrams else 50)
     tag = f"{size}-{'dgram' if datagrams else 'stream'}"
     sdir = root / f"swarm-{tag}"
-    workers = start_swarm(sdir, size, procs, base_port, datagrams=datagrams)
+    workers = start_swarm(sdir, size, procs, base_port, datagrams=datagrams, churn_per_min=churn)
     smegd = MeasuredSmegd(root / f"smegd-{tag}", extra={"datagrams": datagrams})
-    row: dict[str, Any] = {"members": size, "procs": procs, "datagrams": datagrams}
+    row: dict[str, Any] = {
+        "members": size,
+        "procs": procs,
+        "datagrams": datagrams,
+        "churn_per_min": churn,
+    }
     try:
         t0 = time.monotonic()
         wait_until(lambda: (sdir / "token").exists(), 900, 1.0, f"a swarm of {size} to start")
@@ -117,6 +141,7 @@ def measure(
         except TimeoutError:
             row["all_live_s"] = None
         time.sleep(settle)
+        _start_churn(sdir, churn)
         m0, p0, st0 = smegd.metrics(), smegd.sample(), read_stats(sdir)
         samples = [p0]
         # the swarm in the window: its worst timer lag, the fewest live in its view
@@ -179,6 +204,8 @@ def measure(
             "gc_s_window": round(grew("gc_ms") / 1000, 1),
             "gc_full_window": grew("gc_full"),
             "failures_window": grew("failures"),
+            "crashes_window": grew("crashes"),
+            "restarts_window": grew("restarts"),
             "failures": sum(s["failures"] for s in st),
         }
     finally:
@@ -191,6 +218,26 @@ def measure(
             except Exception:
                 w.kill()
     return row
+
+
+def _start_churn(sdir: Path, churn: float) -> None:
+    """The swarm's members start crashing; the window opens after the downtime."""
+    if churn:
+        (sdir / "churn").touch()
+        time.sleep(CHURN_LEAD_S + 1.0)
+
+
+def print_churn(rows: list[dict[str, Any]]) -> bool:
+    """The churn runs' summary lines (False: these rows are of an idle mesh)."""
+    churned = [r for r in rows if r.get("churn_per_min")]
+    for r in churned:
+        sw = r["swarm"]
+        print(
+            f"churn {r['churn_per_min']:g}/min, {r['members']:,} members: "
+            f"{sw['crashes_window']} crashes and {sw['restarts_window']} restarts "
+            f"in the window; smegd CPU {r['cpu_pct']} %, wire {r['wire_kbs']} KB/s"
+        )
+    return bool(churned)
 
 
 def _by_transport(m0: dict[str, float], m1: dict[str, float]) -> dict[str, float]:
@@ -375,6 +422,12 @@ def main(argv: list[str] | None = None) -> int:
         default="on",
         help="smegd's (and the swarm's) datagrams key; both: off then on at each size",
     )
+    ap.add_argument(
+        "--churn-per-min",
+        type=float,
+        default=0.0,
+        help="measure under churn: swarm members crashed a minute (0.2: 20 %%/min)",
+    )
     ap.add_argument("--replot", default=None, help="a JSON file of an earlier run")
     ap.add_argument("--out", default=str(OUT))
     a = ap.parse_args(argv)
@@ -398,7 +451,15 @@ def main(argv: list[str] | None = None) -> int:
                 for dg in modes:
                     print(f"-- {size} members, datagrams {dg} ...", flush=True)
                     try:
-                        row = measure(size, a.procs, a.settle, a.window, root, datagrams=dg)
+                        row = measure(
+                            size,
+                            a.procs,
+                            a.settle,
+                            a.window,
+                            root,
+                            datagrams=dg,
+                            churn=a.churn_per_min,
+                        )
                     except Exception as e:  # a size that could not be measured: said, not fatal
                         print(f"-- {size} members: not measured: {str(e)[:300]}", flush=True)
                         continue
@@ -414,12 +475,15 @@ def main(argv: list[str] | None = None) -> int:
             "machine": {"cpus": os.cpu_count(), "load_end": os.getloadavg()},
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         }
-        (out / "member_scale.json").write_text(json.dumps(doc, indent=1))
+        name = "member_scale_churn.json" if a.churn_per_min else "member_scale.json"
+        (out / name).write_text(json.dumps(doc, indent=1))
     if not rows:
         print("no size could be measured (above: why)")
         return 1
     print(f"RSS floor of the required libraries: {floor:.1f} MB" if floor else "floor: n/a")
     print(table(rows, floor))
+    if print_churn(rows):
+        return 0  # the targets and the plot are the idle mesh's
     if "calibration" in doc:
         print(json.dumps(doc["calibration"], indent=1))
     png = out / "member_scale.png"

@@ -76,14 +76,20 @@ def start_swarm(
     *,
     channel_idle_s: float = 60.0,
     datagrams: bool = True,
+    churn_per_min: float = 0.0,
+    churn_downtime_s: float = 10.0,
 ) -> list[subprocess.Popen[bytes]]:
-    """Start the worker processes (returns at once; ``DIR/token`` appears when ready)."""
+    """Start the worker processes (returns at once; ``DIR/token`` appears when ready).
+
+    With ``churn_per_min``, members crash and restart once ``DIR/churn`` exists.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     for p in range(procs):  # certificates first: every worker pins every other's
         d = directory / f"tls-{p}"
         d.mkdir(exist_ok=True)
         TlsIdentity.load_or_create(d)
-    for f in [directory / "token", *directory.glob("stats-*.json"), *directory.glob("ready-*")]:
+    old = [directory / "token", directory / "churn", *directory.glob("ready-*")]
+    for f in [*old, *directory.glob("stats-*.json")]:
         f.unlink(missing_ok=True)
     t0 = now_ms()
     common = [
@@ -104,6 +110,10 @@ def start_swarm(
         str(t0),
         "--channel-idle",
         str(channel_idle_s),
+        "--churn-per-min",
+        str(churn_per_min),
+        "--churn-downtime",
+        str(churn_downtime_s),
         *([] if datagrams else ["--no-datagrams"]),
     ]
     return [
@@ -151,11 +161,21 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="members make every call on the gRPC stream (smegd: datagrams: false)",
     )
+    ap.add_argument(
+        "--churn-per-min",
+        type=float,
+        default=0.0,
+        help="share of the members crashed a minute (0.2: 20 %%/min), each restarting "
+        "after --churn-downtime with the state it had; starts when DIR/churn exists",
+    )
+    ap.add_argument("--churn-downtime", type=float, default=10.0, help="seconds (default 10)")
     ap.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--t0", type=int, default=0, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.members < 2 or a.procs < 1 or a.members < a.procs:
         ap.error("need --members >= 2 and at least one member per process")
+    if not 0 <= a.churn_per_min <= 10 or a.churn_downtime <= 0:
+        ap.error("need 0 <= --churn-per-min <= 10 and --churn-downtime > 0")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s swarm %(message)s")
     if a.worker is not None:
         return worker_main(a)
@@ -168,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         a.seed,
         channel_idle_s=a.channel_idle,
         datagrams=not a.no_datagrams,
+        churn_per_min=a.churn_per_min,
+        churn_downtime_s=a.churn_downtime,
     )
     stop = False
 

@@ -18,6 +18,7 @@ from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.liveness import LivenessParams
 from smegmesh.core.meshnode import MeshNode, MeshSettings
 from smegmesh.core.record import NodeRecord, Role
+from smegmesh.daemon import rpc_dgram, rpc_dgram_client, rpc_server
 from smegmesh.daemon.engineport import DaemonPort
 from smegmesh.daemon.transport import RpcClient, TlsIdentity
 from smegmesh.sim.simulator import _prime_views
@@ -66,6 +67,10 @@ class Plan:
     directory: Path
     #: members' idle close of their channels to outside nodes (smegd's: 60 s)
     channel_idle_s: float = 60.0
+    #: members crashed a minute, as a share of them, once ``DIR/churn`` exists
+    #: (``swarm_churn``); 0: none. And how long a crashed member stays down.
+    churn_per_min: float = 0.0
+    churn_downtime_s: float = 10.0
 
     def proc_of(self, i: int) -> int:
         return i % self.procs
@@ -88,6 +93,10 @@ class Member:
     #: the engine's driver and port, the daemon's (set by the worker)
     driver: EngineDriver | None = None
     port: DaemonPort | None = None
+    #: crashed (``swarm_churn``): no ticks, calls to it fail; bumped at a crash
+    #: and a restart, so replies to calls made before are dropped
+    down: bool = False
+    epoch: int = 0
 
 
 @dataclass
@@ -150,3 +159,25 @@ def build_members(plan: Plan, proc: int) -> tuple[list[Member], dict[bytes, int]
     _prime_views([m.node for m in members])
     keys = {ident.wg_public_key: i for i, ident in enumerate(ids)}
     return members, keys
+
+
+def raise_server_limits(n: int) -> None:
+    """One server stands for the ``n`` members of a swarm process: its limits scale with them.
+
+    smegd's limits (calls in flight, streams per connection) are per node;
+    here every member's share goes through one server and, between swarm
+    processes, one connection. Per-caller limits stay as they are.
+    """
+    rpc_server.MAX_CALLS = max(rpc_server.MAX_CALLS, 8 * n)
+    # Every member of another swarm process sends its datagrams from that
+    # process's one address: the per-address bucket stands for n nodes.
+    rpc_dgram.BUCKET_RATE = max(rpc_dgram.BUCKET_RATE, 4.0 * n)
+    rpc_dgram.BUCKET_BURST = max(rpc_dgram.BUCKET_BURST, 8.0 * n)
+    # One datagram client carries every member's calls: its bound on calls in
+    # flight (past it a call goes over the stream) is per node in smegd.
+    rpc_dgram_client.MAX_PENDING = max(rpc_dgram_client.MAX_PENDING, 8 * n)
+    streams = max(rpc_server.MAX_STREAMS_PER_CONNECTION, 8 * n)
+    rpc_server._SERVER_OPTIONS = [
+        (k, streams if k == "grpc.max_concurrent_streams" else v)
+        for k, v in rpc_server._SERVER_OPTIONS
+    ]

@@ -29,7 +29,6 @@ from smegmesh.core.invite import Bootstrap
 from smegmesh.core.meshnode import Call, Out
 from smegmesh.core.messages import Refusal, WhoAmI
 from smegmesh.core.wire import WireError, decode, encode
-from smegmesh.daemon import rpc_dgram, rpc_dgram_client, rpc_server
 from smegmesh.daemon.engineport import DaemonPort, answer_who_am_i, reply_of
 from smegmesh.daemon.rpc_dgram import DERIVE_BURST, DERIVE_RATE, KeyIds
 from smegmesh.daemon.rpc_dgram_client import DatagramClient
@@ -43,6 +42,7 @@ from smegmesh.daemon.transport import (
     callee_key,
     caller_address,
 )
+from smegmesh.testbed.swarm_churn import Churn
 from smegmesh.testbed.swarm_plan import (
     CALL_TIMEOUT_S,
     COALESCE_S,
@@ -55,6 +55,7 @@ from smegmesh.testbed.swarm_plan import (
     Plan,
     Stats,
     build_members,
+    raise_server_limits,
 )
 
 #: The swarm's collector thresholds (generation 0 allocations, then collections
@@ -110,6 +111,7 @@ class Worker:
             else None,
         )
         self._gc_t0 = 0.0
+        self.churn: Churn | None = None
         gc.callbacks.append(self._on_gc)
         for m in members:  # the daemon's port of the shared engine driver
             m.port = DaemonPort(functools.partial(self._send, m), lambda _keys: None)
@@ -127,6 +129,8 @@ class Worker:
 
     # ------------------------------------------------------------------ scheduling
     def _schedule(self, m: Member) -> None:
+        if m.down:
+            return
         d = m.node.next_deadline()
         t = time.monotonic() + (1.0 if d is None else max(0.0, (d - now_ms()) / 1000))
         if m.wake_at and m.wake_at <= t and m.wake_at > time.monotonic():
@@ -158,8 +162,8 @@ class Worker:
                 while self._heap and self._heap[0][0] <= now + COALESCE_S:
                     t, idx = heapq.heappop(self._heap)
                     m = by_index[idx]
-                    if t != m.wake_at:
-                        continue  # superseded by an earlier or later wake-up
+                    if t != m.wake_at or m.down:
+                        continue  # superseded by an earlier or later wake-up, or crashed
                     m.wake_at = 0.0
                     self.stats.ticks += 1
                     # late: this process was busy or not scheduled (as smegd's timer)
@@ -185,16 +189,20 @@ class Worker:
     def _send(self, m: Member, call: Call) -> None:
         """The port's ``send``: a call to a member of this process or over the network."""
         if call.to in self.local:  # no task: delivered on the next loop turn
-            asyncio.get_running_loop().call_soon(self._local_call, m, call)
+            asyncio.get_running_loop().call_soon(self._local_call, m, call, m.epoch)
         else:
             self._spawn(self._do_call(m, call))
 
-    def _local_call(self, m: Member, call: Call) -> None:
+    def _local_call(self, m: Member, call: Call, epoch: int) -> None:
         """A call between two members of this process, encoded and decoded as on the wire."""
         self.stats.local_calls += 1
         self.stats.served += 1
         target = self.local[call.to]
+        if m.epoch != epoch:
+            return  # the caller crashed since
         try:
+            if target.down:  # nothing listens: refused at once
+                raise WireError("member down")
             msg = decode(encode(call.msg))
         except WireError:
             self._drv(m).failure(call, now_ms())
@@ -204,23 +212,24 @@ class Worker:
         pending = target.port.request(self._drv(target), m.identity.wg_public_key, msg, now_ms())
         self._schedule(target)
         if pending.done():  # answered at once (nearly always): no task, next loop turn
-            asyncio.get_running_loop().call_soon(self._reply, m, call, pending.result())
+            asyncio.get_running_loop().call_soon(self._reply, m, call, pending.result(), epoch)
         else:  # a relayed ping: the answer comes later, or never
-            self._spawn(self._deliver(m, call, pending))
+            self._spawn(self._deliver(m, call, pending, epoch))
 
-    def _reply(self, m: Member, call: Call, reply: Any) -> None:
-        """A local call's reply, as it would come off the wire."""
-        self._drv(m).reply(call, decode(encode(reply)), now_ms())
-        self._schedule(m)
+    def _reply(self, m: Member, call: Call, reply: Any, epoch: int) -> None:
+        """A local call's reply, as it would come off the wire (dropped if ``m`` crashed)."""
+        if m.epoch == epoch:
+            self._drv(m).reply(call, decode(encode(reply)), now_ms())
+            self._schedule(m)
 
-    async def _deliver(self, m: Member, call: Call, pending: Any) -> None:
+    async def _deliver(self, m: Member, call: Call, pending: Any, epoch: int) -> None:
         """The reply of a local call, when the target's engine gives it (a relay: later)."""
         reply = await reply_of(pending)
-        if reply is None:
+        if reply is None and m.epoch == epoch:
             self._drv(m).failure(call, now_ms())
             self._schedule(m)
-        else:
-            self._reply(m, call, reply)
+        elif reply is not None:
+            self._reply(m, call, reply, epoch)
 
     def _spawn(self, coro: Any) -> None:
         t = asyncio.create_task(coro)
@@ -234,6 +243,8 @@ class Worker:
         """Send ``body`` from member ``m`` to node ``to``; raises RpcError."""
         target = self.local.get(to)
         if target is not None:
+            if target.down:
+                raise RpcError("member down")
             self.stats.local_calls += 1
             await asyncio.sleep(0)  # as a socket would: the reply comes later
             return await self._serve(target, m.identity.wg_public_key, body, None)
@@ -260,21 +271,24 @@ class Worker:
 
     async def _do_call(self, m: Member, call: Call) -> None:
         timeout = call.timeout_ms / 1000 if call.timeout_ms is not None else None
+        epoch = m.epoch
         try:
             reply = decode(await self.call_as(m, call.to, encode(call.msg), timeout))
         except (RpcError, WireError) as e:
             self.stats.failures += 1
             self.stats.extra["last_failure"] = str(e)[:200]
-            self._drv(m).failure(call, now_ms())
+            if m.epoch == epoch:
+                self._drv(m).failure(call, now_ms())
         else:
-            self._drv(m).reply(call, reply, now_ms())
+            if m.epoch == epoch:
+                self._drv(m).reply(call, reply, now_ms())
         self._schedule(m)
 
     async def _on_rpc(self, src: bytes, body: bytes) -> bytes:
         to = callee_key.get()
         m = self.local.get(to) if to is not None else None
-        if m is None:
-            raise Refused("no such member here (x-smeg-to)")
+        if m is None or m.down:
+            raise Refused("no such member here (x-smeg-to), or it is down")
         return await self._serve(m, src, body, caller_address.get())
 
     async def _serve(self, m: Member, src: bytes, body: bytes, addr: str | None) -> bytes:
@@ -341,6 +355,8 @@ class Worker:
             "rss_mb": _rss_mb(),
             "fds": len(os.listdir("/proc/self/fd")),
             "tasks": len(self._tasks),
+            "crashes": self.churn.crashes if self.churn else 0,
+            "restarts": self.churn.restarts if self.churn else 0,
             **vars(self.stats),
         }
         ds = self.server.datagrams  # what the datagram paths refused and fell back on
@@ -383,30 +399,8 @@ class Worker:
                         raise
                     await asyncio.sleep(0.2)
 
-    def _raise_server_limits(self) -> None:
-        """One server stands for all members of the process: its limits scale with them.
-
-        smegd's limits (calls in flight, streams per connection) are per node;
-        here every member's share goes through one server and, between swarm
-        processes, one connection. Per-caller limits stay as they are.
-        """
-        n = len(self.members)
-        rpc_server.MAX_CALLS = max(rpc_server.MAX_CALLS, 8 * n)
-        # Every member of another swarm process sends its datagrams from that
-        # process's one address: the per-address bucket stands for n nodes.
-        rpc_dgram.BUCKET_RATE = max(rpc_dgram.BUCKET_RATE, 4.0 * n)
-        rpc_dgram.BUCKET_BURST = max(rpc_dgram.BUCKET_BURST, 8.0 * n)
-        # One datagram client carries every member's calls: its bound on calls in
-        # flight (past it a call goes over the stream) is per node in smegd.
-        rpc_dgram_client.MAX_PENDING = max(rpc_dgram_client.MAX_PENDING, 8 * n)
-        streams = max(rpc_server.MAX_STREAMS_PER_CONNECTION, 8 * n)
-        rpc_server._SERVER_OPTIONS = [
-            (k, streams if k == "grpc.max_concurrent_streams" else v)
-            for k, v in rpc_server._SERVER_OPTIONS
-        ]
-
     async def run(self) -> None:
-        self._raise_server_limits()
+        raise_server_limits(len(self.members))
         await self.server.start("0.0.0.0", self.plan.base_port + self.proc)
         if self.server.datagrams is not None:
             # One server speaks for every member of the process: the pairs of
@@ -443,6 +437,10 @@ class Worker:
             while True:
                 self.write_stats()
                 await asyncio.sleep(1.0)
+                if self.churn is None:
+                    self.churn = Churn.if_asked(self.plan, self.members, self._send, self._schedule)
+                    if self.churn is not None:
+                        self._spawn(self.churn.run())
         finally:
             timers.cancel()
             await self.server.stop(0)
@@ -460,7 +458,17 @@ def _atomic(path: Path, text: str) -> None:
 
 
 def worker_main(a: argparse.Namespace) -> int:
-    plan = Plan(a.members, a.procs, a.base_port, a.seed, a.t0, Path(a.dir), a.channel_idle)
+    plan = Plan(
+        a.members,
+        a.procs,
+        a.base_port,
+        a.seed,
+        a.t0,
+        Path(a.dir),
+        a.channel_idle,
+        a.churn_per_min,
+        a.churn_downtime,
+    )
     worker = Worker(plan, a.worker, datagrams=not getattr(a, "no_datagrams", False))
     loop = asyncio.new_event_loop()
     main = loop.create_task(worker.run())
