@@ -55,7 +55,6 @@ class ClientMixin:
         def mesh(self) -> MeshState: ...  # noqa: D102
         @property
         def record(self) -> NodeRecord | None: ...  # noqa: D102
-        def _reachable_peers(self) -> list[bytes]: ...
         def _views(self) -> Views: ...
         def update_self(self, now_ms: int, **changes: Any) -> list[Out]: ...  # noqa: D102
         @property

@@ -8,10 +8,10 @@ peer joins, leaves or is pruned): the reachable list is edited by bisection
 live clients alone (none in a mesh of peers). At 3,000 members a
 membership change cost ~3 ms of rebuilds a node before; a node of a
 3,000-member swarm process pays it once per member. ``reach_version`` (the
-state version of the reachable list's last change) tells the gossip,
-failure-detector and client caches derived from that list when to update
-them; they update by the state's change log (``MeshState.changed_since``),
-not by a rebuild.
+state version of the reachable list's last change) tells what is derived
+from that list when it changed: the failure detector (which looks members
+up in the list itself) and a client's rendezvous order of the peers (kept
+from the state's change log, ``MeshState.changed_since``, not rebuilt).
 
 The lists and dicts are edited in place while the views are the node's own
 (``owned``); views shared between nodes (:func:`share_views`) or handed out
