@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import ipaddress
 import statistics
 import time
 from collections.abc import Callable
@@ -42,7 +41,7 @@ from smegmesh.core.record import NodeRecord, Role
 from smegmesh.core.wgconfig import HostConfig, InterfaceConfig
 from smegmesh.daemon import views
 from smegmesh.daemon.pacing import PassPacer
-from smegmesh.dns.names import NameView, NodeName
+from smegmesh.dns.names import NameView, NodeName, parse_address
 from smegmesh.net.host import MemoryHost
 from smegmesh.sim.state import make_population
 from smegmesh.wg.memory import MemoryBackend
@@ -92,7 +91,7 @@ class Mesh:
                 MESH,
                 r.alias if owners.get(r.alias) == r.wg_key else "",
                 r.wg_key,
-                ipaddress.IPv6Address(r.address),
+                parse_address(r.address),
             )
             for r in self.records
         ]

@@ -25,7 +25,9 @@ from smegmesh.dns.names import (
     TXT,
     NameView,
     NodeName,
+    address_text,
     node_id_prefix,
+    parse_address,
     resolve,
 )
 
@@ -268,3 +270,31 @@ def test_resolve_never_raises(qname: str, qtype: int) -> None:
     v = NameView([WEB1, DB, ANON])
     ans = resolve(v, qname, qtype)
     assert ans.rcode in (0, NXDOMAIN, REFUSED)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.one_of(
+        st.integers(0, 2**128 - 1),
+        st.integers(0, 2**64 - 1),  # leading zeros, the IPv4-compatible forms
+        st.integers(0, 2**32 - 1).map(lambda v: (0xFFFF << 32) | v),  # IPv4-mapped
+        st.lists(st.sampled_from([0, 1, 0xFFFF, 0xFD00]), min_size=8, max_size=8).map(
+            lambda ws: sum(w << (16 * i) for i, w in enumerate(ws))  # runs of zero words
+        ),
+    )
+)
+def test_address_text_and_parse_equal_ipaddress(value: int) -> None:
+    """The names are built with C's inet_ntop / inet_pton (a view holds one
+    address per node: ~2 µs each instead of ~11-13): the same text and the
+    same address as the ipaddress module gives, for every form."""
+    a = ipaddress.IPv6Address(value)
+    assert address_text(a) == str(a)
+    assert parse_address(str(a)) == a
+    assert parse_address(a.exploded.upper()) == a
+
+
+def test_parse_address_errors_as_ipaddress_does() -> None:
+    for bad in ("", "fd00::1::2", "1.2.3.4", "fd00::g", "fd00::1%"):
+        with pytest.raises(ValueError):
+            parse_address(bad)
+    assert parse_address("fe80::1%eth0") == ipaddress.IPv6Address("fe80::1%eth0")

@@ -4,7 +4,6 @@ alias-clash report (the alias rule: ``views.alias_owners``).
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 
 from smegmesh.daemon import views
@@ -55,7 +54,7 @@ class DnsOps(DaemonBase):
         if key == self._dns_key:
             return
         self._dns_key = key
-        from smegmesh.dns.names import NameView, NodeName
+        from smegmesh.dns.names import NameView, NodeName, parse_address
 
         names = []
         for rt in self.meshes.values():
@@ -64,13 +63,9 @@ class DnsOps(DaemonBase):
             owners = views.alias_owners(records, rt.alias_authority)
             for r in records:
                 alias = r.alias if owners.get(r.alias) == r.wg_key else ""
-                names.append(
-                    NodeName(rt.mesh_id, alias, r.wg_key, ipaddress.IPv6Address(r.address))
-                )
+                names.append(NodeName(rt.mesh_id, alias, r.wg_key, parse_address(r.address)))
             for d in self._devices(rt):  # sponsored devices (issue 18)
                 alias = d.alias if d.alias not in owners else ""
-                names.append(
-                    NodeName(rt.mesh_id, alias, d.wg_key, ipaddress.IPv6Address(d.address))
-                )
+                names.append(NodeName(rt.mesh_id, alias, d.wg_key, parse_address(d.address)))
         self._dns_serial += 1
         self.dns.update(NameView(names, serial=self._dns_serial))

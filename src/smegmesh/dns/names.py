@@ -60,6 +60,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -79,7 +80,9 @@ __all__ = [
     "NameView",
     "NodeName",
     "Record",
+    "address_text",
     "node_id_prefix",
+    "parse_address",
     "resolve",
 ]
 
@@ -164,6 +167,28 @@ class _Entry:
     ptr: tuple[str, ...] = ()
     txt: tuple[str, ...] = ()
     apex: bool = False
+
+
+#: Addresses whose first 80 bits are zero (IPv4-mapped or -compatible forms):
+#: ``inet_ntop`` may write them with a dotted quad, ``ipaddress`` does not.
+_V4_FORMS = 1 << 48
+
+
+def address_text(address: ipaddress.IPv6Address) -> str:
+    """``str(address)`` (RFC 5952), in C: ~2 µs, not ~11 (a view holds one per node)."""
+    if int(address) < _V4_FORMS or address.scope_id:
+        return str(address)
+    return socket.inet_ntop(socket.AF_INET6, address.packed)
+
+
+def parse_address(text: str) -> ipaddress.IPv6Address:
+    """``IPv6Address(text)``, parsed in C when it can be (~2 µs, not ~13)."""
+    if "%" not in text:
+        try:
+            return ipaddress.IPv6Address(socket.inet_pton(socket.AF_INET6, text))
+        except OSError:
+            pass  # let ipaddress say why
+    return ipaddress.IPv6Address(text)
 
 
 def _nibbles(address: ipaddress.IPv6Address) -> str:
@@ -304,7 +329,7 @@ def _entry(ids: dict[bytes, str], group: list[NodeName], qualified: bool) -> _En
     keys = {bytes(n.wg_key) for n in group}
     if len(keys) == 1:
         addrs = sorted({n.address for n in group})
-        return _Entry(zone=ZONE, aaaa=tuple(str(a) for a in addrs))
+        return _Entry(zone=ZONE, aaaa=tuple(address_text(a) for a in addrs))
     # Ambiguous: several machines. Suggest the unambiguous names.
     hints = sorted({f"{ids[bytes(n.wg_key)]}.{_label(n.mesh_id)}.smeg." for n in group})
     what = "this name" if qualified else "this alias"
@@ -353,7 +378,7 @@ def _add_reverse_names(
         alias = _label(node.alias) if node.alias else None
         if alias is not None:
             fwd = names.get(f"{alias}.{mesh}.smeg.")
-            if fwd is not None and fwd.aaaa and str(node.address) in fwd.aaaa:
+            if fwd is not None and fwd.aaaa and address_text(node.address) in fwd.aaaa:
                 target = f"{alias}.{mesh}.smeg."
         rname = _nibbles(node.address)
         zone = rname[32:]  # drop the 16 interface-id nibbles ("x." each)
