@@ -14,7 +14,9 @@ pieces on N signed records (``smegmesh.sim.state.make_population``):
   diff, apply: the backend's own cost, netlink or UAPI, is not in it; the
   column "+ apply" is both);
 * the DNS names (``NameView``, built as ``_update_dns`` builds them), in the
-  rows "with DNS" only.
+  rows "with DNS" only; beside them, the same names built with ``ipaddress``
+  parsing and formatting each address (the code before ``b98a557``), the
+  baseline of the same run.
 
 and prints each piece's median time by size, then drives a storm: one
 member's record changes ``--rate`` times a second for ``--seconds`` (real
@@ -34,6 +36,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from ipaddress import IPv6Address
 from pathlib import Path
 
 from smegmesh.core.desired import desired_config
@@ -41,6 +44,7 @@ from smegmesh.core.record import NodeRecord, Role
 from smegmesh.core.wgconfig import HostConfig, InterfaceConfig
 from smegmesh.daemon import views
 from smegmesh.daemon.pacing import PassPacer
+from smegmesh.dns import names as dns_names
 from smegmesh.dns.names import NameView, NodeName, parse_address
 from smegmesh.net.host import MemoryHost
 from smegmesh.sim.state import make_population
@@ -84,18 +88,27 @@ class Mesh:
     def apply(self) -> None:
         self.reconciler.apply(*self.desired())
 
-    def dns(self) -> None:
+    def dns(self, parse: Callable[[str], IPv6Address] = parse_address) -> None:
         owners = views.alias_owners(self.records, None)
         names = [
             NodeName(
                 MESH,
                 r.alias if owners.get(r.alias) == r.wg_key else "",
                 r.wg_key,
-                parse_address(r.address),
+                parse(r.address),
             )
             for r in self.records
         ]
         NameView(names, serial=2)
+
+    def dns_with_ipaddress(self) -> None:
+        """The names as built before ``b98a557``: ``ipaddress`` parses and formats."""
+        fast = dns_names.address_text
+        dns_names.address_text = str  # type: ignore[assignment]
+        try:
+            self.dns(IPv6Address)
+        finally:
+            dns_names.address_text = fast
 
     def a_pass(self, with_dns: bool) -> None:
         self.apply()
@@ -192,12 +205,13 @@ def main(argv: list[str] | None = None) -> int:
     gc.collect()
     gc.freeze()  # the records live for ever, as smegd freezes its start-up heap
     print("median ms per piece of a pass")
-    print(f"{'members':>8} {'desired':>9} {'+ apply':>9} {'DNS names':>10}")
+    print(f"{'members':>8} {'desired':>9} {'+ apply':>9} {'DNS names':>10} {'ipaddress':>10}")
     for n, m in meshes.items():
         m.apply()  # the interface exists
+        dns, before = median_ms(m.dns), median_ms(m.dns_with_ipaddress)
         print(
             f"{n:>8,} {median_ms(m.desired):>9.2f} {median_ms(m.apply):>9.2f} "
-            f"{median_ms(m.dns):>10.2f}"
+            f"{dns:>10.2f} {before:>10.2f} ({dns / before:.2f}x)"
         )
     print(
         f"\nstorm: {args.rate:g} changes/s for {args.seconds:g} s; "

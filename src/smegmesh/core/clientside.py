@@ -22,7 +22,7 @@ from smegmesh.core.engine import (
 from smegmesh.core.hashing import RankedSet
 from smegmesh.core.liveness import LivenessParams
 from smegmesh.core.messages import Ping
-from smegmesh.core.nodeviews import Views
+from smegmesh.core.nodeviews import Views, update_pays
 from smegmesh.core.record import (
     NodeRecord,
     Prune,
@@ -79,7 +79,7 @@ class ClientMixin:
         if r is not None and r[0] is v.state and r[1] == v.reach_version:
             return r[2]
         keys = None if r is None or r[0] is not v.state else v.state.changed_since(r[1])
-        if r is None or keys is None or len(keys) * 8 > max(64, len(v.reachable)):
+        if r is None or keys is None or not update_pays(len(keys), len(v.reachable)):
             order = RankedSet(self.key, v.reachable)
         else:
             order, reach = r[2], v.reachable

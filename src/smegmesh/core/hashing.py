@@ -40,7 +40,7 @@ def choose(key: bytes, candidates: Iterable[bytes]) -> bytes | None:
     best: bytes | None = None
     best_score = b""
     for c in candidates:
-        s = hashlib.sha256(c + key).digest()
+        s = score(key, c)
         if best is None or s > best_score or (s == best_score and c > best):
             best, best_score = c, s
     return best
@@ -49,7 +49,7 @@ def choose(key: bytes, candidates: Iterable[bytes]) -> bytes | None:
 def ranked(key: bytes, candidates: Iterable[bytes], limit: int | None = None) -> list[bytes]:
     """Distinct candidates ordered by decreasing weight (fallback order)."""
     uniq = set(candidates)
-    order = sorted(uniq, key=lambda c: (hashlib.sha256(c + key).digest(), c), reverse=True)
+    order = sorted(uniq, key=lambda c: (score(key, c), c), reverse=True)
     return order if limit is None else order[:limit]
 
 

@@ -419,7 +419,7 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         if is_client:
             out.extend(self._client_tick(now_ms))
         else:
-            v = self._views()
+            v = self._views()  # peers is v.reachable
             acts = self._fd.tick(
                 now_ms, peers, watched_clients=v.my_clients, peers_version=v.reach_version
             )

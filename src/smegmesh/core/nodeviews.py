@@ -30,7 +30,7 @@ from smegmesh.core.desired import assigned_peer
 from smegmesh.core.record import NodeRecord, Role
 from smegmesh.core.state import MeshState
 
-__all__ = ["Views", "is_pruned_member", "share_views", "views_of"]
+__all__ = ["Views", "is_pruned_member", "share_views", "update_pays", "views_of"]
 
 
 @dataclass(slots=True)
@@ -105,6 +105,11 @@ def _edit_sorted(keys: list[bytes], key: bytes, present: bool) -> None:
         del keys[i]
 
 
+def update_pays(changed: int, size: int) -> bool:
+    """Whether ``changed`` keys are fewer to apply one by one than a rebuild of ``size``."""
+    return changed * 8 <= max(64, size)
+
+
 def views_of(cached: Views | None, st: MeshState, me: bytes) -> Views:
     """The views of ``st`` for ``me``: ``cached`` itself, updated, or rebuilt."""
     v = cached
@@ -112,7 +117,7 @@ def views_of(cached: Views | None, st: MeshState, me: bytes) -> Views:
         if v.version == st.version:
             return v
         keys = st.changed_since(v.version)
-        if keys is not None and len(keys) * 8 <= max(64, len(v.live)):
+        if keys is not None and update_pays(len(keys), len(v.live)):
             return _update_views(v, st, me, set(keys))
     live = st.live_records()
     peers = {r.wg_key: r for r in live if r.role == Role.PEER}
