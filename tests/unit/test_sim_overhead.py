@@ -6,7 +6,9 @@ import pytest
 
 from smegmesh.sim.driver import NetParams
 from smegmesh.sim.overhead import (
+    CONNECT_BYTES,
     DGRAM_MAX_BODY,
+    DGRAM_MAX_REQUEST,
     DGRAM_OVERHEAD_BYTES,
     REPLY_OVERHEAD_BYTES,
     REQUEST_OVERHEAD_BYTES,
@@ -27,7 +29,10 @@ def test_wire_overhead_adds_the_table_per_message_and_nothing_else() -> None:
     bare, charged = _run(False), _run(True)
     assert bare.traffic.msgs == charged.traffic.msgs  # same run, only the byte count differs
     msgs = bare.traffic.msgs
-    extra = sum(charged.traffic.tx) - sum(bare.traffic.tx)
+    # connection set-up: every call of the stream model to a member without a warm channel
+    opened = sum(p.opened for (m, _h), p in charged._pools.items() if m == "stream")
+    assert 0 < opened <= 12 * 11  # a pool holds all 11 others: once per pair at most
+    extra = sum(charged.traffic.tx) - sum(bare.traffic.tx) - opened * CONNECT_BYTES
     # every message is a request or a reply: between all-replies and all-requests
     assert msgs * REPLY_OVERHEAD_BYTES <= extra <= msgs * REQUEST_OVERHEAD_BYTES
     assert extra > 0.3 * msgs * (REQUEST_OVERHEAD_BYTES + REPLY_OVERHEAD_BYTES)
@@ -53,8 +58,21 @@ def test_datagram_model_charges_probes_as_datagrams_and_big_calls_as_streams() -
 def test_datagram_model_rules() -> None:
     assert request_bytes("datagram", "Ping", 40) == (DGRAM_OVERHEAD_BYTES, True)
     assert request_bytes("datagram", "Push", DGRAM_MAX_BODY) == (DGRAM_OVERHEAD_BYTES, True)
-    assert request_bytes("datagram", "Push", DGRAM_MAX_BODY + 1) == (REQUEST_OVERHEAD_BYTES, False)
+    # larger: 2-4 parts, each a datagram with a 2-byte part header; larger still: the stream
+    assert request_bytes("datagram", "Push", DGRAM_MAX_BODY + 1) == (
+        2 * (DGRAM_OVERHEAD_BYTES + 2),
+        True,
+    )
+    assert request_bytes("datagram", "Push", DGRAM_MAX_REQUEST) == (
+        4 * (DGRAM_OVERHEAD_BYTES + 2),
+        True,
+    )
+    assert request_bytes("datagram", "Push", DGRAM_MAX_REQUEST + 1) == (
+        REQUEST_OVERHEAD_BYTES,
+        False,
+    )
     assert request_bytes("datagram", "SyncStep", 40) == (REQUEST_OVERHEAD_BYTES, False)
+    assert request_bytes("datagram", "SyncEnd", 40) == (REQUEST_OVERHEAD_BYTES, False)
     assert request_bytes("datagram", "JoinRequest", 40) == (REQUEST_OVERHEAD_BYTES, False)
     assert request_bytes("stream", "Ping", 40) == (REQUEST_OVERHEAD_BYTES, False)
     assert reply_bytes("Ack", 30, 40, True) == DGRAM_OVERHEAD_BYTES

@@ -33,7 +33,14 @@ from smegmesh.core.driver import EngineDriver
 from smegmesh.core.engine import Call, Message
 from smegmesh.core.meshnode import MeshNode, Out
 from smegmesh.core.wire import decode, encode
-from smegmesh.sim.overhead import model_of, reply_bytes, request_bytes
+from smegmesh.sim.overhead import (
+    CONNECT_BYTES,
+    ChannelPool,
+    model_of,
+    reply_bytes,
+    reply_falls_back,
+    request_bytes,
+)
 
 __all__ = ["T0", "Driver", "NetParams", "TrafficBase"]
 
@@ -109,6 +116,8 @@ class Driver:
         self._type_stats: dict[type, list[int]] = {}  # type -> [seen, encoded, bytes]
         self._drivers: dict[int, EngineDriver] = {}
         self._model = model_of(self.net.wire_overhead)
+        #: (model, caller's host) -> its warm stream channels (connection set-up)
+        self._pools: dict[tuple[str, int], ChannelPool] = {}
 
     # ------------------------------------------------------------------ endpoint mapping
 
@@ -295,7 +304,9 @@ class Driver:
         """Bytes of one message on the wire under the chosen transport model.
 
         Every model's bytes are totalled too (``traffic.models``), so one run
-        gives the stream and datagram figures side by side.
+        gives the stream and datagram figures side by side. A message that
+        goes over the stream to a member without a warm channel also pays for
+        opening one (``overhead.ChannelPool``).
         """
         name = type(msg).__name__
         if kind == _REQ:
@@ -304,12 +315,17 @@ class Driver:
             c = self._calls.get(payload)
             if c is not None:
                 c.dgram, c.size = dgram, size
+                stream_extra += self._connect("stream", c)
+                if not dgram:
+                    dgram_extra += self._connect("datagram", c)
         else:
             c = self._calls.get(payload[0])
             stream_extra = reply_bytes(name, size, 0, False)
-            dgram_extra = (
-                reply_bytes(name, size, c.size, c.dgram) if c is not None else stream_extra
-            )
+            dgram_extra = stream_extra
+            if c is not None:
+                dgram_extra = reply_bytes(name, size, c.size, c.dgram)
+                if reply_falls_back(name, size, c.dgram):  # the call again, over the stream
+                    dgram_extra += self._connect("datagram", c)
         tr = self.traffic
         for model, extra in (("payload", 0), ("stream", stream_extra), ("datagram", dgram_extra)):
             tot = tr.models.get(model)
@@ -321,6 +337,16 @@ class Driver:
             tk = (name, model)
             tr.type_models[tk] = tr.type_models.get(tk, 0) + size + extra
         return size + (dgram_extra if self._model == "datagram" else stream_extra)
+
+    def _connect(self, model: str, c: _Pending) -> int:
+        """Set-up bytes of call ``c`` over the stream in ``model`` (0: a warm channel)."""
+        if c.to < 0:
+            return 0
+        k = (model, self._host(c.caller))
+        pool = self._pools.get(k)
+        if pool is None:
+            pool = self._pools[k] = ChannelPool()
+        return CONNECT_BYTES if pool.use((c.to, self._epoch(c.to)), self.now) else 0
 
     def _through_wire(self, kind: int, payload: Any, msg: Any) -> Any:
         """Deliver what decoding the message's bytes gives (as the daemon does)."""

@@ -20,28 +20,44 @@ every message the stream figures above; *datagram* models the datagram path
 of branch ``dgram`` (``daemon/rpc_dgram.py``): a request of a type in
 :data:`smegmesh.core.wire.DATAGRAM_REQUESTS` (the protocol's own set, which
 the transport reads too) with a body of at most :data:`DGRAM_MAX_BODY` goes as
-one datagram, and so does its reply if it is of a type in
+one datagram (up to :data:`DGRAM_MAX_REQUEST` as 2-4 parts), and so does its
+reply if it is of a type in
 :data:`~smegmesh.core.wire.DATAGRAM_REPLIES` and small enough; any other reply to a datagram
 request is a "use the stream" datagram (empty body) and the call is repeated
 over the stream (request and reply charged the stream overhead again).
-Everything else goes over the stream. Neither model charges connection set-up
-(TCP + TLS handshakes, ~4.9 KB per new connection): warm channels.
+Everything else goes over the stream. Both models charge connection set-up
+as the daemon's channel pool incurs it (:class:`ChannelPool`): a call over the
+stream to a member with no warm channel opens one, :data:`CONNECT_BYTES` (TCP
+and TLS handshakes, HTTP/2 preface and settings, the first call's unindexed
+headers). A real smegd under churn showed why it matters: its sync sessions
+over the stream each opened a channel, 9 % of its bytes, which the model left
+out (docs/SCALE.md, "One smegd under churn").
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Hashable
 
 from smegmesh.core.wire import DATAGRAM_REPLIES, DATAGRAM_REQUESTS
 
 __all__ = [
     "CALL_STREAM_OVERHEAD_BYTES",
+    "CHANNEL_IDLE_MS",
+    "CONNECT_BYTES",
     "DGRAM_MAX_BODY",
+    "DGRAM_MAX_REQUEST",
     "DGRAM_OVERHEAD_BYTES",
+    "DGRAM_PART_CHUNK",
+    "MAX_CHANNELS",
     "MODELS",
     "REPLY_OVERHEAD_BYTES",
     "REQUEST_OVERHEAD_BYTES",
     "TCPIP_BYTES_PER_SEGMENT",
+    "ChannelPool",
     "model_of",
     "reply_bytes",
+    "reply_falls_back",
     "request_bytes",
 ]
 
@@ -79,6 +95,11 @@ DGRAM_OVERHEAD_BYTES = 51 + 28
 #: Largest body of one datagram: 1,232 B (IPv6 minimum MTU minus IPv6/UDP
 #: headers) minus the 51 B above (``dgram_wire.MAX_BODY``).
 DGRAM_MAX_BODY = 1_181
+#: A larger request body goes as up to 4 parts of at most 1,179 bytes each (a
+#: 2-byte part header), each one datagram with the overhead above
+#: (``dgram_wire.PART_CHUNK``, ``MAX_REQUEST``); replies are one datagram.
+DGRAM_PART_CHUNK = 1_179
+DGRAM_MAX_REQUEST = 4 * DGRAM_PART_CHUNK
 
 #: Transport models: ``None`` (payload only), "stream", "datagram".
 MODELS = ("stream", "datagram")
@@ -97,9 +118,17 @@ def model_of(wire_overhead: bool | str | None) -> str | None:
 
 def request_bytes(model: str, type_name: str, body: int) -> tuple[int, bool]:
     """Overhead bytes of a request with a body of ``body`` bytes, and whether it is a datagram."""
-    if model == "datagram" and type_name in DATAGRAM_REQUESTS and body <= DGRAM_MAX_BODY:
-        return DGRAM_OVERHEAD_BYTES, True
+    if model == "datagram" and type_name in DATAGRAM_REQUESTS and body <= DGRAM_MAX_REQUEST:
+        if body <= DGRAM_MAX_BODY:
+            return DGRAM_OVERHEAD_BYTES, True
+        parts = -(-body // DGRAM_PART_CHUNK)
+        return parts * (DGRAM_OVERHEAD_BYTES + 2), True
     return REQUEST_OVERHEAD_BYTES, False
+
+
+def reply_falls_back(type_name: str, body: int, dgram: bool) -> bool:
+    """Whether a reply to a datagram request (``dgram``) sends the call again over the stream."""
+    return dgram and not (type_name in DATAGRAM_REPLIES and body <= DGRAM_MAX_BODY)
 
 
 def reply_bytes(type_name: str, body: int, request_body: int, dgram: bool) -> int:
@@ -111,6 +140,57 @@ def reply_bytes(type_name: str, body: int, request_body: int, dgram: bool) -> in
     """
     if not dgram:
         return REPLY_OVERHEAD_BYTES
-    if type_name in DATAGRAM_REPLIES and body <= DGRAM_MAX_BODY:
+    if not reply_falls_back(type_name, body, dgram):
         return DGRAM_OVERHEAD_BYTES
     return DGRAM_OVERHEAD_BYTES + request_body + REQUEST_OVERHEAD_BYTES + REPLY_OVERHEAD_BYTES
+
+
+# -- connection set-up (daemon/rpc_client.py's pool) ---------------------------------------
+#: Measured: bytes of a new gRPC channel beyond its first call's (docs/TRANSPORT.md:
+#: TLS handshake, HTTP/2 preface and settings, the first call's headers before
+#: HPACK indexed them). A node's first channel to a member also fetches its
+#: certificate (1,746 B); not charged: the client keeps 4,096 of them, so a
+#: long-running node has them all.
+CONNECT_BYTES = 4_921
+#: The client's pool: most channels open at once, and the idle close
+#: (``rpc_client.MAX_CHANNELS``, ``CHANNEL_IDLE_S``; a test keeps them equal).
+MAX_CHANNELS = 64
+CHANNEL_IDLE_MS = 60_000
+
+
+class ChannelPool:
+    """One caller's warm stream channels: which calls open a new connection.
+
+    As ``daemon/rpc_client.RpcClient``: at most ``cap`` channels, the least
+    recently used closed to make room, and a channel idle for ``idle_ms``
+    closed. A callee is named by anything hashable (the simulator uses the
+    endpoint and its epoch: a restarted member's old connections are gone).
+    """
+
+    __slots__ = ("_cap", "_idle_ms", "_used", "opened")
+
+    def __init__(self, cap: int = MAX_CHANNELS, idle_ms: int = CHANNEL_IDLE_MS) -> None:
+        self._cap = cap
+        self._idle_ms = idle_ms
+        self._used: OrderedDict[Hashable, int] = OrderedDict()
+        self.opened = 0
+
+    def __len__(self) -> int:
+        return len(self._used)
+
+    def use(self, callee: Hashable, now_ms: int) -> bool:
+        """A call to ``callee`` at ``now_ms``: True if it opens a new connection."""
+        used = self._used
+        last = used.pop(callee, None)
+        while used:  # idle ones are at the front (least recently used first)
+            first = next(iter(used.values()))
+            if now_ms - first < self._idle_ms:
+                break
+            used.popitem(last=False)
+        fresh = last is None or now_ms - last >= self._idle_ms
+        used[callee] = now_ms
+        if len(used) > self._cap:
+            used.popitem(last=False)
+        if fresh:
+            self.opened += 1
+        return fresh

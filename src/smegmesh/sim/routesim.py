@@ -54,7 +54,7 @@ from smegmesh.sim.routetopo import (
     offline_routes,
     wg_endpoint,
 )
-from smegmesh.sim.state import clone_state
+from smegmesh.sim.state import clone_state, tls_fp
 
 __all__ = [
     "RouteSim",
@@ -156,6 +156,7 @@ class RouteSim(Driver):
             role=Role.PEER,
             wg_endpoint=wg_endpoint(i),
             control_endpoint=control_endpoint(i),
+            tls_fp=tls_fp(i),
             routes=routes,
         )
 
@@ -199,6 +200,7 @@ class RouteSim(Driver):
                         role=Role.PEER,
                         wg_endpoint=wg_endpoint(i),
                         control_endpoint=control_endpoint(i),
+                        tls_fp=tls_fp(i),
                     ),
                     gossip=self.gossip,
                     liveness=self.liveness,

@@ -56,6 +56,7 @@ from smegmesh.sim.state import (
     control_endpoint,
     make_population,
     steady_state,
+    tls_fp,
 )
 
 __all__ = ["T0", "NetParams", "SimNode", "Simulator"]
@@ -134,6 +135,7 @@ class Simulator(Driver):
                 role=Role.PEER,
                 wg_endpoint=self.population.records[index].wg_endpoint,
                 control_endpoint=control_endpoint(index),
+                tls_fp=tls_fp(index),
             ),
             gossip=self.gossip,
             liveness=self.liveness,
