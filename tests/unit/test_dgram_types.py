@@ -82,7 +82,7 @@ def _exchange(request: bytes, reply: bytes) -> tuple[bool, int, bytes]:
 
 
 def test_the_protocol_flags_the_small_idempotent_messages() -> None:
-    assert {"Ping", "PingReq", "Push", "Offer", "SyncStart"} == DATAGRAM_REQUESTS
+    assert {"Ping", "PingReq", "Push", "Offer", "SyncStart", "SyncStep"} == DATAGRAM_REQUESTS
     assert {"Ack", "SyncEnd", "SyncStep", "Refusal", "Want"} == DATAGRAM_REPLIES
 
 

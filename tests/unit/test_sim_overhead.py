@@ -71,7 +71,7 @@ def test_datagram_model_rules() -> None:
         REQUEST_OVERHEAD_BYTES,
         False,
     )
-    assert request_bytes("datagram", "SyncStep", 40) == (REQUEST_OVERHEAD_BYTES, False)
+    assert request_bytes("datagram", "SyncStep", 40) == (DGRAM_OVERHEAD_BYTES, True)
     assert request_bytes("datagram", "SyncEnd", 40) == (REQUEST_OVERHEAD_BYTES, False)
     assert request_bytes("datagram", "JoinRequest", 40) == (REQUEST_OVERHEAD_BYTES, False)
     assert request_bytes("stream", "Ping", 40) == (REQUEST_OVERHEAD_BYTES, False)

@@ -405,7 +405,8 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         )
         # Periodic rounds repeat what was pushed already: offers only.
         out.extend(self._gossip_calls(rnd.push_to, rnd.keys, 0))
-        if rnd.pull_from is not None and len(self._responders) < self.sessions_limit:
+        busy = SyncSession.open_count(self._responders) >= self.sessions_limit
+        if rnd.pull_from is not None and not busy:
             target = rnd.pull_from
             pruned = self._views().pruned
             chance = pull_pruned_chance(len(pruned), len(peers))

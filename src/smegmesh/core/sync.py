@@ -132,6 +132,11 @@ class SyncSession:
     count_bytes: bool = True
     #: This side left items out of a step (more than a page): another session is due.
     truncated: bool = False
+    #: Responder: the last ``SyncStep`` received and the reply it got. The same
+    #: step again (a datagram resent, or a reply too big for a datagram, which
+    #: makes the caller repeat the call over the stream) gets the same reply
+    #: without advancing the session: a step is safe to execute twice.
+    last: tuple[SyncStep, SyncMessage] | None = None
 
     # ------------------------------------------------------------------ construction
 
@@ -179,15 +184,28 @@ class SyncSession:
             _make_room(sessions, src)
         else:
             found = sessions.pop(slot, None)
-            if found is None:  # unknown or expired: tell the initiator to stop
+            if found is not None and found.last is not None and found.last[0] == msg:
+                found.now_ms = now_ms
+                sessions[slot] = found  # the same step again: the same reply
+                return found.last[1], found, set()
+            if found is None or found.done:  # unknown, expired or over: stop
                 dead = cls(state, msg.session_id, b"", False, now_ms, done=True, count_bytes=False)
                 return SyncEnd(state.mesh_id, msg.session_id), dead, set()
             session = found
         reply, merged = session.receive(msg, now_ms)
         assert reply is not None
-        if not session.done:
-            sessions[slot] = session  # re-inserted: the dict is in order of last activity
+        if isinstance(msg, SyncStep):
+            session.last = (msg, reply)
+        if not session.done or session.last is not None:
+            # re-inserted: the dict is in order of last activity; a session
+            # over after a step stays (done) to answer that step again
+            sessions[slot] = session
         return reply, session, merged
+
+    @staticmethod
+    def open_count(sessions: dict[tuple[bytes, int], SyncSession]) -> int:
+        """Responder sessions not over (those over are kept a while for a repeated step)."""
+        return sum(1 for s in sessions.values() if not s.done)
 
     # ------------------------------------------------------------------ driving
 

@@ -166,6 +166,6 @@ CODECS = (
         _dec_start,
         dgram_request=True,
     ),
-    Codec(11, SyncStep, _enc_step, _dec_step, dgram_reply=True),
+    Codec(11, SyncStep, _enc_step, _dec_step, dgram_request=True, dgram_reply=True),
     Codec(12, SyncEnd, lambda m: [m.mesh_id, m.session_id], _dec_end, dgram_reply=True),
 )

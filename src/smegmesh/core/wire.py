@@ -47,7 +47,8 @@ PROTOCOL = Registry(
 #: a ``PingReq`` relays one more ping; a ``Push`` merges versioned items
 #: (merging twice changes nothing); an ``Offer`` only reads state; a
 #: ``SyncStart`` opens the responder's session slot ``(caller, session id)``
-#: afresh. ``SyncStep`` is not one: it advances a session. The datagram
+#: afresh; a ``SyncStep`` received again gets the reply the responder gave it
+#: (``SyncSession.last``), without advancing the session. The datagram
 #: transport (``daemon/rpc_dgram.py``) and the simulator's overhead model
 #: (``sim/overhead.py``) both read these.
 DATAGRAM_REQUESTS = PROTOCOL.datagram_names()

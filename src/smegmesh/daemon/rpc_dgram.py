@@ -1,7 +1,7 @@
 """The datagram path of node-to-node calls (issue 14): UDP beside the gRPC stream.
 
 Small idempotent calls (``core/wire.DATAGRAM_REQUESTS``, flagged in the
-protocol's codec table: a probe, an indirect probe, an in-sync digest pull, a
+protocol's codec table: a probe, an indirect probe, the steps of a sync session, a
 push of at most 4,716 bytes) go as one sealed datagram each way (a request of
 more than 1,181 bytes as up to four parts, joined by ``dw.Reassembly``)
 (:mod:`smegmesh.daemon.dgram_wire`) to the same host and port number as the
