@@ -59,6 +59,8 @@ class DaemonBase:
         dns: Any
         _dns_serial: int
         _dns_key: tuple[tuple[str, int], ...] | None
+        _dns_table: Any
+        _dns_names: dict[tuple[str, bytes], tuple[object, str, Any]]
         api_servers: list[Any]
         backend: Any
         reconciler: Any

@@ -5,6 +5,7 @@ alias-clash report (the alias rule: ``views.alias_owners``).
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from smegmesh.daemon import views
 from smegmesh.daemon.base import DaemonBase
@@ -54,8 +55,16 @@ class DnsOps(DaemonBase):
         if key == self._dns_key:
             return
         self._dns_key = key
-        from smegmesh.dns.names import NameView, NodeName, parse_address
+        from smegmesh.dns.names import NameView
+        from smegmesh.dns.nametable import NameTable
 
+        # Under churn a mesh changes many times a second: the names of the
+        # members that did not change are reused (their NodeName while their
+        # record is the same object), and the table recomputes only the owner
+        # names of those that did (dns/nametable.py; ~80 ms -> a few ms per
+        # pass at 3,000 members, docs/RESOURCES.md).
+        old = self._dns_names
+        new: dict[tuple[str, bytes], tuple[object, str, Any]] = {}
         names = []
         for rt in self.meshes.values():
             records = rt.node.live_records()
@@ -63,9 +72,33 @@ class DnsOps(DaemonBase):
             owners = views.alias_owners(records, rt.alias_authority)
             for r in records:
                 alias = r.alias if owners.get(r.alias) == r.wg_key else ""
-                names.append(NodeName(rt.mesh_id, alias, r.wg_key, parse_address(r.address)))
+                names.append(_node_name(old, new, rt.mesh_id, r, alias))
             for d in self._devices(rt):  # sponsored devices (issue 18)
                 alias = d.alias if d.alias not in owners else ""
-                names.append(NodeName(rt.mesh_id, alias, d.wg_key, parse_address(d.address)))
+                names.append(_node_name(old, new, rt.mesh_id, d, alias))
+        self._dns_names = new
+        if self._dns_table is None:
+            self._dns_table = NameTable()
+        self._dns_table.sync(names)
         self._dns_serial += 1
-        self.dns.update(NameView(names, serial=self._dns_serial))
+        self.dns.update(NameView.of(self._dns_table, self._dns_serial))
+
+
+def _node_name(
+    old: dict[tuple[str, bytes], tuple[object, str, Any]],
+    new: dict[tuple[str, bytes], tuple[object, str, Any]],
+    mesh_id: str,
+    item: Any,
+    alias: str,
+) -> Any:
+    """The NodeName of ``item`` (a record or a device) in ``mesh_id``: ``old``'s if unchanged."""
+    from smegmesh.dns.names import NodeName, parse_address
+
+    k = (mesh_id, item.wg_key)
+    hit = old.get(k)
+    if hit is not None and hit[0] is item and hit[1] == alias:
+        name = hit[2]
+    else:
+        name = NodeName(mesh_id, alias, item.wg_key, parse_address(item.address))
+    new[k] = (item, alias, name)
+    return name

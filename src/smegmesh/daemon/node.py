@@ -90,6 +90,9 @@ class Daemon(
         self.dns: Any = None
         self._dns_serial = int(time.time())
         self._dns_key: tuple[tuple[str, int], ...] | None = None  # meshes+versions served
+        self._dns_table: Any = None  # dns.nametable.NameTable, once DNS serves
+        #: (mesh, key) -> (record or device, alias shown, its NodeName): reused while unchanged
+        self._dns_names: dict[tuple[str, bytes], tuple[object, str, Any]] = {}
         self.api_servers: list[Any] = []
         self.rpc_server: RpcServer | None = None
         self.backend: Any = None

@@ -63,6 +63,10 @@ import re
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from smegmesh.dns.nametable import NameTable
 
 __all__ = [
     "ANY",
@@ -199,7 +203,9 @@ class NameView:
     """Immutable snapshot of the names of every node of every mesh.
 
     Build one per mesh-state change and hand it to the server; building costs
-    O(number of nodes), resolving costs O(1).
+    O(number of nodes), resolving costs O(1). A daemon keeps a
+    :class:`~smegmesh.dns.nametable.NameTable` up to date instead (O(changed
+    nodes) of Python work) and takes a snapshot of it with :meth:`of`.
     """
 
     __slots__ = ("_names", "_rev_zones", "nodes", "serial")
@@ -216,15 +222,20 @@ class NameView:
             unique[(node.mesh_id.lower(), bytes(node.wg_key))] = node
         self.nodes = tuple(unique.values())
         self.serial = serial & 0xFFFFFFFF
-        self._build()
-
-    # -- construction -------------------------------------------------------
-
-    def _build(self) -> None:
         g = _group(self.nodes)
         names = _forward_names(g)
         self._rev_zones = _add_reverse_names(self.nodes, g.ids, names)
         self._names = names
+
+    @classmethod
+    def of(cls, table: NameTable, serial: int) -> NameView:
+        """A snapshot of ``table`` (kept up to date by ``NameTable.sync``): copies its dicts."""
+        view = cls.__new__(cls)
+        view.nodes = table.nodes
+        view.serial = serial & 0xFFFFFFFF
+        view._names = table.names()
+        view._rev_zones = table.zones()
+        return view
 
     # -- queries ------------------------------------------------------------
 
@@ -291,6 +302,19 @@ def _miss(view: NameView, name: str, ttl: int) -> Answer:
     return Answer(REFUSED, authoritative=False)
 
 
+def _entry(ids: dict[bytes, str], group: list[NodeName], qualified: bool) -> _Entry:
+    keys = {bytes(n.wg_key) for n in group}
+    if len(keys) == 1:
+        addrs = sorted({n.address for n in group})
+        return _Entry(zone=ZONE, aaaa=tuple(address_text(a) for a in addrs))
+    # Ambiguous: several machines. Suggest the unambiguous names.
+    hints = sorted({f"{ids[bytes(n.wg_key)]}.{_label(n.mesh_id)}.smeg." for n in group})
+    what = "this name" if qualified else "this alias"
+    more = [f"... and {len(hints) - _MAX_HINTS} more"] if len(hints) > _MAX_HINTS else []
+    txt = (f"ambiguous: {what} names {len(keys)} nodes", *hints[:_MAX_HINTS], *more)
+    return _Entry(zone=ZONE, txt=txt)
+
+
 @dataclass(slots=True)
 class _Groups:
     """Nodes grouped by the labels that name them."""
@@ -323,19 +347,6 @@ def _group(nodes: Iterable[NodeName]) -> _Groups:
             g.by_alias.setdefault((mesh, alias), []).append(node)
             g.g_alias.setdefault(alias, []).append(node)
     return g
-
-
-def _entry(ids: dict[bytes, str], group: list[NodeName], qualified: bool) -> _Entry:
-    keys = {bytes(n.wg_key) for n in group}
-    if len(keys) == 1:
-        addrs = sorted({n.address for n in group})
-        return _Entry(zone=ZONE, aaaa=tuple(address_text(a) for a in addrs))
-    # Ambiguous: several machines. Suggest the unambiguous names.
-    hints = sorted({f"{ids[bytes(n.wg_key)]}.{_label(n.mesh_id)}.smeg." for n in group})
-    what = "this name" if qualified else "this alias"
-    more = [f"... and {len(hints) - _MAX_HINTS} more"] if len(hints) > _MAX_HINTS else []
-    txt = (f"ambiguous: {what} names {len(keys)} nodes", *hints[:_MAX_HINTS], *more)
-    return _Entry(zone=ZONE, txt=txt)
 
 
 def _forward_names(g: _Groups) -> dict[str, _Entry]:
@@ -384,7 +395,8 @@ def _add_reverse_names(
         zone = rname[32:]  # drop the 16 interface-id nibbles ("x." each)
         rev_zones[zone] = zone
         old = names.get(rname)
-        ptr = (*old.ptr, target) if old is not None else (target,)
+        # several nodes on one address (forged, or 2^-64): every name, sorted
+        ptr = tuple(sorted({*old.ptr, target})) if old is not None else (target,)
         names[rname] = _Entry(zone=zone, ptr=ptr)
     for zone in rev_zones:
         names[zone] = _Entry(zone=zone, apex=True)
