@@ -341,3 +341,26 @@ def test_a_member_opening_sessions_without_end_holds_two_and_an_honest_one_finis
         SyncSession.respond(b, responders, i.to_bytes(32, "big"), start, T0 + 2_000 + i)
     assert len(responders) == MAX_RESPONDER_SESSIONS
     assert min(k[0] for k in responders) == (200 - MAX_RESPONDER_SESSIONS).to_bytes(32, "big")
+
+
+def test_sessions_kept_over_for_a_repeated_step_are_bounded() -> None:
+    """A session over keeps its last reply, to answer its last step again: at most
+    ``MAX_DONE_SESSIONS`` of them, the latest; many members' sessions do not pile up."""
+    from smegmesh.core.sync import MAX_DONE_SESSIONS
+
+    b = MeshState(MESH)
+    b.apply_many(POOL[:30], T0)
+    responders: dict[tuple[bytes, int], SyncSession] = {}
+    for i in range(3 * MAX_DONE_SESSIONS):
+        a = MeshState(MESH)
+        a.apply_many(POOL[i % 5 : i % 5 + 3], T0)
+        sess = SyncSession.initiator(a, T0, rng=random.Random(900 + i))
+        msg: object = sess.start()
+        src = i.to_bytes(32, "big")
+        while msg is not None:
+            reply, _, _ = SyncSession.respond(b, responders, src, msg, T0 + i)
+            msg, _ = sess.receive(reply, T0 + i)
+        assert SyncSession.open_count(responders) == 0
+        assert len(responders) <= MAX_DONE_SESSIONS
+    kept = sorted(int.from_bytes(k[0], "big") for k in responders)
+    assert kept == list(range(2 * MAX_DONE_SESSIONS, 3 * MAX_DONE_SESSIONS))

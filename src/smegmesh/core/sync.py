@@ -80,6 +80,8 @@ SESSION_TIMEOUT_MS = 30_000
 #: responder O(1) bookkeeping, not a sweep of every session it holds.
 MAX_RESPONDER_SESSIONS = 64
 MAX_SESSIONS_PER_INITIATOR = 2
+#: Of those, sessions over kept to answer their last step again (the latest).
+MAX_DONE_SESSIONS = 8
 MAX_STEP_NODES = 4096
 MAX_STEP_WANTS = 8192
 #: Bytes of a step's questions (nodes, leaves, wants), on top of one page of items:
@@ -132,11 +134,12 @@ class SyncSession:
     count_bytes: bool = True
     #: This side left items out of a step (more than a page): another session is due.
     truncated: bool = False
-    #: Responder: the last ``SyncStep`` received and the reply it got. The same
-    #: step again (a datagram resent, or a reply too big for a datagram, which
-    #: makes the caller repeat the call over the stream) gets the same reply
-    #: without advancing the session: a step is safe to execute twice.
-    last: tuple[SyncStep, SyncMessage] | None = None
+    #: Responder: the hash of the last ``SyncStep`` received and the reply it
+    #: got. The same step again (a datagram resent, or a reply too big for a
+    #: datagram, which makes the caller repeat the call over the stream) gets
+    #: the same reply without advancing the session: a step is safe to execute
+    #: twice. (A step crafted to hash alike gets that reply again, nothing else.)
+    last: tuple[int, SyncMessage] | None = None
 
     # ------------------------------------------------------------------ construction
 
@@ -184,7 +187,7 @@ class SyncSession:
             _make_room(sessions, src)
         else:
             found = sessions.pop(slot, None)
-            if found is not None and found.last is not None and found.last[0] == msg:
+            if found is not None and found.last is not None and found.last[0] == hash(msg):
                 found.now_ms = now_ms
                 sessions[slot] = found  # the same step again: the same reply
                 return found.last[1], found, set()
@@ -195,11 +198,13 @@ class SyncSession:
         reply, merged = session.receive(msg, now_ms)
         assert reply is not None
         if isinstance(msg, SyncStep):
-            session.last = (msg, reply)
+            session.last = (hash(msg), reply)
         if not session.done or session.last is not None:
             # re-inserted: the dict is in order of last activity; a session
             # over after a step stays (done) to answer that step again
             sessions[slot] = session
+            if session.done:
+                _forget_done(sessions)
         return reply, session, merged
 
     @staticmethod
@@ -390,6 +395,17 @@ def _expire(sessions: dict[tuple[bytes, int], SyncSession], now_ms: int) -> None
         k = next(iter(sessions))
         if now_ms - sessions[k].now_ms <= SESSION_TIMEOUT_MS:
             return
+        del sessions[k]
+
+
+def _forget_done(sessions: dict[tuple[bytes, int], SyncSession]) -> None:
+    """Keep at most :data:`MAX_DONE_SESSIONS` sessions that are over, the latest.
+
+    What a session over keeps is its last reply: up to a page of items (held
+    by the state anyway) and 256 KiB of questions. O(sessions), at most 64.
+    """
+    done = [k for k, v in sessions.items() if v.done]
+    for k in done[: max(0, len(done) - MAX_DONE_SESSIONS)]:
         del sessions[k]
 
 
