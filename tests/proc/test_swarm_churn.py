@@ -42,7 +42,10 @@ def test_swarm_members_crash_restart_and_come_back(tmp_path: Path) -> None:
         (d / "churn").touch()
         lowest = MEMBERS
         end = time.monotonic() + 60
-        while time.monotonic() < end and first().get("restarts", 0) < 4:
+        # until 4 restarts and a prune seen: a crash is pruned only when its
+        # detection beats the 3 s downtime, so the first restarts may come before
+        # any prune (the loop stopped at the restarts alone: 1 run in 3 failed)
+        while time.monotonic() < end and (first().get("restarts", 0) < 4 or lowest == MEMBERS):
             lowest = min(lowest, first().get("live_seen_by_first", MEMBERS))
             time.sleep(0.2)
         (d / "churn").unlink()
