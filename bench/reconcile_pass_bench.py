@@ -14,7 +14,7 @@ pieces on N signed records (``smegmesh.sim.state.make_population``):
   diff, apply: the backend's own cost, netlink or UAPI, is not in it; the
   column "+ apply" is both);
 * the DNS names, in the rows "with DNS" only, as ``_update_dns`` keeps them
-  (``daemon/dns_wiring._node_name`` reuses the names of unchanged records,
+  (``daemon/dns_wiring.node_name`` reuses the names of unchanged records,
   ``dns/nametable.NameTable`` recomputes the owner names of the changed one,
   ``NameView.of`` takes the snapshot); beside them, the same names built from
   scratch per pass (the code before the sixteenth session), the baseline of
@@ -44,7 +44,7 @@ from smegmesh.core.desired import desired_config
 from smegmesh.core.record import NodeRecord, Role
 from smegmesh.core.wgconfig import HostConfig, InterfaceConfig
 from smegmesh.daemon import views
-from smegmesh.daemon.dns_wiring import _node_name
+from smegmesh.daemon.dns_wiring import node_name
 from smegmesh.daemon.pacing import PassPacer
 from smegmesh.dns.names import NameView, NodeName, parse_address
 from smegmesh.dns.nametable import NameTable
@@ -97,7 +97,7 @@ class Mesh:
         owners = views.alias_owners(self.records, None)
         new: dict[tuple[str, bytes], tuple[object, str, object]] = {}
         names = [
-            _node_name(self.cache, new, MESH, r, r.alias if owners.get(r.alias) == r.wg_key else "")
+            node_name(self.cache, new, MESH, r, r.alias if owners.get(r.alias) == r.wg_key else "")
             for r in self.records
         ]
         self.cache = new

@@ -111,15 +111,15 @@ def test_one_changed_node_costs_far_less_than_a_fresh_build() -> None:
 def test_the_daemon_reuses_the_name_of_an_unchanged_record() -> None:
     from types import SimpleNamespace
 
-    from smegmesh.daemon.dns_wiring import _node_name
+    from smegmesh.daemon.dns_wiring import node_name
 
     rec = SimpleNamespace(wg_key=KEYS[1], address="fd00:1::1")
     old: dict[tuple[str, bytes], tuple[object, str, object]] = {}
     new: dict[tuple[str, bytes], tuple[object, str, object]] = {}
-    first = _node_name(old, new, "alpha", rec, "web")
+    first = node_name(old, new, "alpha", rec, "web")
     assert first == NodeName("alpha", "web", KEYS[1], ADDRS[0])
     old, new = new, {}
-    assert _node_name(old, new, "alpha", rec, "web") is first  # same record, same alias
-    assert _node_name(old, {}, "alpha", rec, "") == NodeName("alpha", "", KEYS[1], ADDRS[0])
+    assert node_name(old, new, "alpha", rec, "web") is first  # same record, same alias
+    assert node_name(old, {}, "alpha", rec, "") == NodeName("alpha", "", KEYS[1], ADDRS[0])
     moved = SimpleNamespace(wg_key=KEYS[1], address="fd00:1::2")  # a new record
-    assert _node_name(old, {}, "alpha", moved, "web").address == ADDRS[1]
+    assert node_name(old, {}, "alpha", moved, "web").address == ADDRS[1]

@@ -181,14 +181,15 @@ class SyncSession:
         """
         _expire(sessions, now_ms)
         slot = (src, msg.session_id)
-        step = hash(msg) if isinstance(msg, SyncStep) else None
         if isinstance(msg, SyncStart):
             session = cls(state, msg.session_id, msg.salt, False, now_ms, count_bytes=count_bytes)
             sessions.pop(slot, None)
             _make_room(sessions, src)
         else:
             found = sessions.pop(slot, None)
-            if found is not None and found.last is not None and found.last[0] == step:
+            # hashed only for a session of ours that answered a step (a stranger's
+            # session id costs a lookup, not a pass over its step)
+            if found is not None and found.last is not None and found.last[0] == hash(msg):
                 found.now_ms = now_ms
                 sessions[slot] = found  # the same step again: the same reply
                 return found.last[1], found, set()
@@ -198,8 +199,8 @@ class SyncSession:
             session = found
         reply, merged = session.receive(msg, now_ms)
         assert reply is not None
-        if step is not None:
-            session.last = (step, reply)
+        if isinstance(msg, SyncStep):
+            session.last = (hash(msg), reply)
         if not session.done or session.last is not None:
             # re-inserted: the dict is in order of last activity; a session
             # over after a step stays (done) to answer that step again

@@ -72,10 +72,10 @@ class DnsOps(DaemonBase):
             owners = views.alias_owners(records, rt.alias_authority)
             for r in records:
                 alias = r.alias if owners.get(r.alias) == r.wg_key else ""
-                names.append(_node_name(old, new, rt.mesh_id, r, alias))
+                names.append(node_name(old, new, rt.mesh_id, r, alias))
             for d in self._devices(rt):  # sponsored devices (issue 18)
                 alias = d.alias if d.alias not in owners else ""
-                names.append(_node_name(old, new, rt.mesh_id, d, alias))
+                names.append(node_name(old, new, rt.mesh_id, d, alias))
         self._dns_names = new
         if self._dns_table is None:
             self._dns_table = NameTable()
@@ -84,7 +84,7 @@ class DnsOps(DaemonBase):
         self.dns.update(NameView.of(self._dns_table, self._dns_serial))
 
 
-def _node_name(
+def node_name(
     old: dict[tuple[str, bytes], tuple[object, str, Any]],
     new: dict[tuple[str, bytes], tuple[object, str, Any]],
     mesh_id: str,

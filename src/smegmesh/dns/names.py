@@ -302,13 +302,13 @@ def _miss(view: NameView, name: str, ttl: int) -> Answer:
     return Answer(REFUSED, authoritative=False)
 
 
-def _entry(ids: dict[bytes, str], group: list[NodeName], qualified: bool) -> _Entry:
+def _entry(group: list[NodeName], qualified: bool) -> _Entry:
     keys = {bytes(n.wg_key) for n in group}
     if len(keys) == 1:
         addrs = sorted({n.address for n in group})
         return _Entry(zone=ZONE, aaaa=tuple(address_text(a) for a in addrs))
     # Ambiguous: several machines. Suggest the unambiguous names.
-    hints = sorted({f"{ids[bytes(n.wg_key)]}.{_label(n.mesh_id)}.smeg." for n in group})
+    hints = sorted({f"{node_id_prefix(bytes(n.wg_key))}.{_label(n.mesh_id)}.smeg." for n in group})
     what = "this name" if qualified else "this alias"
     more = [f"... and {len(hints) - _MAX_HINTS} more"] if len(hints) > _MAX_HINTS else []
     txt = (f"ambiguous: {what} names {len(keys)} nodes", *hints[:_MAX_HINTS], *more)
@@ -354,9 +354,9 @@ def _forward_names(g: _Groups) -> dict[str, _Entry]:
     # Documented order first, so it wins over the prototype order on clashes.
     mesh_entries: dict[str, _Entry] = {}
     for (mesh, label), group in g.by_alias.items():
-        mesh_entries.setdefault(f"{label}.{mesh}", _entry(g.ids, group, True))
+        mesh_entries.setdefault(f"{label}.{mesh}", _entry(group, True))
     for (mesh, label), group in g.by_id.items():
-        mesh_entries[f"{label}.{mesh}"] = _entry(g.ids, group, True)  # NODEID beats alias
+        mesh_entries[f"{label}.{mesh}"] = _entry(group, True)  # NODEID beats alias
     for name, ent in mesh_entries.items():
         names[name + ".smeg."] = ent
     for name, ent in mesh_entries.items():
@@ -365,9 +365,9 @@ def _forward_names(g: _Groups) -> dict[str, _Entry]:
 
     short: dict[str, _Entry] = {}
     for label, group in g.g_alias.items():
-        short[label] = _entry(g.ids, group, False)
+        short[label] = _entry(group, False)
     for label, group in g.g_id.items():
-        short[label] = _entry(g.ids, group, False)
+        short[label] = _entry(group, False)
     for mesh in g.meshes:
         short.setdefault(mesh, _Entry(zone=ZONE))
     for label, ent in short.items():

@@ -54,7 +54,6 @@ class NameTable:
         "_by_id",
         "_g_alias",
         "_g_id",
-        "_ids",
         "_meshes",
         "_names",
         "_nodes",
@@ -64,7 +63,6 @@ class NameTable:
 
     def __init__(self) -> None:
         self._nodes: dict[_Node, NodeName] = {}
-        self._ids: dict[bytes, tuple[str, int]] = {}  # key -> (NODEID, nodes with it)
         self._by_id: dict[tuple[str, str], _Group] = {}  # (mesh, NODEID) -> nodes
         self._by_alias: dict[tuple[str, str], _Group] = {}  # (mesh, alias) -> nodes
         self._g_id: dict[str, _Group] = {}
@@ -120,16 +118,6 @@ class NameTable:
         return len(gone) + len(changed)
 
     # -- groups -------------------------------------------------------------------
-    def _labels(self, n: NodeName) -> tuple[str, str, str | None] | None:
-        """(mesh label, NODEID, alias label or None); None: a mesh id that is no label."""
-        mesh = _label(n.mesh_id)
-        if mesh is None:
-            return None
-        key = bytes(n.wg_key)
-        held = self._ids.get(key)
-        nid = held[0] if held is not None else node_id_prefix(key)
-        return mesh, nid, (_label(n.alias) if n.alias else None)
-
     def _touch(
         self, mesh: str, nid: str, alias: str | None, fwd: set[str], rev: set[_Node]
     ) -> None:
@@ -143,13 +131,10 @@ class NameTable:
 
     def _add(self, k: _Node, n: NodeName, fwd: set[str], rev: set[_Node]) -> None:
         self._nodes[k] = n
-        labels = self._labels(n)
+        labels = _labels(n)
         if labels is None:
             return
         mesh, nid, alias = labels
-        key = k[1]
-        held = self._ids.get(key)
-        self._ids[key] = (nid, 1 if held is None else held[1] + 1)
         self._meshes[mesh] = self._meshes.get(mesh, 0) + 1
         self._by_id.setdefault((mesh, nid), {})[k] = n
         self._g_id.setdefault(nid, {})[k] = n
@@ -163,7 +148,7 @@ class NameTable:
 
     def _remove(self, k: _Node, fwd: set[str], rev: set[_Node]) -> None:
         n = self._nodes.pop(k)
-        labels = self._labels(n)
+        labels = _labels(n)
         if labels is None:
             return
         mesh, nid, alias = labels
@@ -178,12 +163,6 @@ class NameTable:
         _dec(self._zones, zone)
         if zone not in self._zones:
             self._names.pop(zone, None)
-        key = k[1]
-        held = self._ids[key]
-        if held[1] <= 1:
-            del self._ids[key]
-        else:
-            self._ids[key] = (nid, held[1] - 1)
         _dec(self._meshes, mesh)
         _drop(self._by_id, (mesh, nid), k)
         _drop(self._g_id, nid, k)
@@ -199,11 +178,11 @@ class NameTable:
             group = self._by_id.get((second, first)) or self._by_alias.get((second, first))
             if not group:  # the prototype order: mesh first
                 group = self._by_id.get((first, second)) or self._by_alias.get((first, second))
-            ent = _entry(_NodeIds(self._ids), list(group.values()), True) if group else None
+            ent = _entry(list(group.values()), True) if group else None
         else:
             group = self._g_id.get(first) or self._g_alias.get(first)
             if group:
-                ent = _entry(_NodeIds(self._ids), list(group.values()), False)
+                ent = _entry(list(group.values()), False)
             else:
                 ent = _Entry(zone=ZONE) if first in self._meshes else None
         full = name + "." + ZONE
@@ -215,7 +194,7 @@ class NameTable:
     def _reverse(self, k: _Node) -> None:
         """Recompute the PTR target of node ``k`` (after the forward names)."""
         n = self._nodes[k]
-        labels = self._labels(n)
+        labels = _labels(n)
         if labels is None:
             return
         mesh, nid, alias = labels
@@ -239,17 +218,12 @@ class NameTable:
         self._names[rname] = _Entry(zone=rname[32:], ptr=tuple(sorted(set(ptrs.values()))))
 
 
-class _NodeIds(dict[bytes, str]):
-    """``_entry``'s key -> NODEID map, read from the table's (key -> (NODEID, count))."""
-
-    __slots__ = ("_ids",)
-
-    def __init__(self, ids: dict[bytes, tuple[str, int]]) -> None:
-        super().__init__()
-        self._ids = ids
-
-    def __getitem__(self, key: bytes) -> str:
-        return self._ids[key][0]
+def _labels(n: NodeName) -> tuple[str, str, str | None] | None:
+    """(mesh label, NODEID, alias label or None); None: a mesh id that is no label."""
+    mesh = _label(n.mesh_id)
+    if mesh is None:
+        return None
+    return mesh, node_id_prefix(bytes(n.wg_key)), (_label(n.alias) if n.alias else None)
 
 
 def _dec(counts: dict[str, int], k: str) -> None:
