@@ -14,9 +14,10 @@ from collections.abc import Iterable
 
 from smegmesh.core.authority import Authority
 from smegmesh.core.authority import alias_owners as _rank_owners
+from smegmesh.core.devices import LiveDevice
 from smegmesh.core.record import NodeRecord
 
-__all__ = ["alias_owners", "alias_rival", "alias_user", "present"]
+__all__ = ["alias_owners", "alias_rival", "alias_user", "name_owners", "present"]
 
 
 def present(records: Iterable[NodeRecord]) -> dict[bytes, NodeRecord]:
@@ -38,6 +39,23 @@ def alias_owners(
     return _rank_owners(
         ((r.wg_key, r.alias, r.chain) for r in present(records).values()), authority
     )
+
+
+def name_owners(
+    records: Iterable[NodeRecord],
+    devices: Iterable[LiveDevice],
+    authority: Authority | None = None,
+) -> dict[str, bytes]:
+    """Alias -> key of the node *or sponsored device* that owns it (the DNS rule).
+
+    A device is admitted like a node (its certificate, signed by its sponsor,
+    dates it), so it is ranked with the nodes by :func:`alias_owners`' rule: an
+    alias reserved for another node is not its to take, and a member admitted
+    after it cannot take its alias (nor can it take an earlier member's).
+    """
+    claims = [(r.wg_key, r.alias, r.chain) for r in present(records).values()]
+    claims += [(d.wg_key, d.alias, (d.cert,) if d.cert else ()) for d in devices]
+    return _rank_owners(claims, authority)
 
 
 def alias_rival(

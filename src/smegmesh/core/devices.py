@@ -43,6 +43,8 @@ class LiveDevice:
     address: str
     sponsor: bytes
     issued_ms: int
+    #: Its certificate (signed by the sponsor): its admission, for alias ownership.
+    cert: Cert | None = None
 
 
 def sponsor_device(
@@ -88,6 +90,7 @@ def live_devices(
             address=str(overlay_address(mesh_id, k)),
             sponsor=sponsor,
             issued_ms=ms,
+            cert=d.cert,
         )
         for k, (ms, sponsor, d) in best.items()
     ]

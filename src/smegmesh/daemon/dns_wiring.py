@@ -68,13 +68,15 @@ class DnsOps(DaemonBase):
         names = []
         for rt in self.meshes.values():
             records = rt.node.live_records()
-            # a contested alias resolves to one node (reserved, else first admitted)
-            owners = views.alias_owners(records, rt.alias_authority)
+            devices = self._devices(rt)  # sponsored devices (issue 18)
+            # a contested alias resolves to one node or device (reserved, else
+            # first admitted: a device is admitted by its sponsor's certificate)
+            owners = views.name_owners(records, devices, rt.alias_authority)
             for r in records:
                 alias = r.alias if owners.get(r.alias) == r.wg_key else ""
                 names.append(node_name(old, new, rt.mesh_id, r, alias))
-            for d in self._devices(rt):  # sponsored devices (issue 18)
-                alias = d.alias if d.alias not in owners else ""
+            for d in devices:
+                alias = d.alias if owners.get(d.alias) == d.wg_key else ""
                 names.append(node_name(old, new, rt.mesh_id, d, alias))
         self._dns_names = new
         if self._dns_table is None:

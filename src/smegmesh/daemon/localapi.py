@@ -107,6 +107,9 @@ class LocalApiOps(DaemonBase):
             alias,
             rt.alias_authority,
         )
+        if any(d.alias == alias for d in self._devices(rt)):
+            # the device keeps it in DNS if it was admitted first (core.aliases.name_owners)
+            raise svc.ServiceError("conflict", f"alias {alias!r} is already a device's", 409)
         await self._update(mesh_id, alias=alias)
         return alias
 

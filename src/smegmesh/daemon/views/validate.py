@@ -26,12 +26,14 @@ __all__ = [
     "alias_conflict",
     "alias_owners",
     "check_alias_free",
+    "name_owners",
     "validate_alias",
     "validate_description",
     "validate_service",
 ]
 
 alias_owners = aliases.alias_owners
+name_owners = aliases.name_owners
 
 
 def _describe(rec: NodeRecord) -> str:
