@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,7 +14,9 @@ from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.record import NodeRecord, Prune
 from smegmesh.core.state import MeshState
 from smegmesh.core.sync import (
+    HASH_LEN,
     MAX_RESPONDER_SESSIONS,
+    MAX_SESSION_ROUNDS,
     MAX_SESSIONS_PER_INITIATOR,
     Push,
     SyncEnd,
@@ -188,7 +191,7 @@ def test_forged_items_in_a_step_are_rejected() -> None:
     assert isinstance(rec, NodeRecord)
     forged = dataclasses.replace(rec, signature=bytes(64))
     _, merged = sess.receive(SyncStep(MESH, sess.session_id, items=(forged,)), T0)
-    assert merged == set() and len(good) == 0 and len(sess.rejected) == 1
+    assert merged == set() and len(good) == 0 and sess.rejected == 1
 
 
 def test_protocol_edges() -> None:
@@ -364,3 +367,89 @@ def test_sessions_kept_over_for_a_repeated_step_are_bounded() -> None:
         assert len(responders) <= MAX_DONE_SESSIONS
     kept = sorted(int.from_bytes(k[0], "big") for k in responders)
     assert kept == list(range(2 * MAX_DONE_SESSIONS, 3 * MAX_DONE_SESSIONS))
+    # One member finishing session after session keeps one of them, not the others' out.
+    hostile = b"\xee" * 32
+    for i in range(3 * MAX_DONE_SESSIONS):
+        a = MeshState(MESH)
+        a.apply_many(POOL[i % 5 : i % 5 + 3], T0)
+        sess = SyncSession.initiator(a, T0, rng=random.Random(5000 + i))
+        msg = sess.start()
+        while msg is not None:
+            reply, _, _ = SyncSession.respond(b, responders, hostile, msg, T0 + 100)
+            msg, _ = sess.receive(reply, T0 + 100)
+    assert sum(1 for k in responders if k[0] == hostile) == 1
+    assert len(responders) == MAX_DONE_SESSIONS  # 7 of the others' kept
+
+
+BIG = MeshState(MESH)
+BIG.apply_many(
+    [
+        NodeRecord.create(
+            NodeIdentity.from_seed(random.Random(i).randbytes(32)), MESH, version=1, now_ms=T0
+        )
+        for i in range(300)
+    ],
+    T0,
+)
+
+
+def _answer_cost(monkeypatch: pytest.MonkeyPatch, **step: object) -> tuple[int, SyncStep]:
+    """Keys the responder walks (``keys_under``) answering one step, and its reply."""
+    responders: dict[tuple[bytes, int], SyncSession] = {}
+    SyncSession.respond(BIG, responders, SRC, SyncStart(MESH, 7, b"s" * 8, bytes(16), 5), T0)
+    walked = [0]
+    real = MeshState.keys_under
+
+    def counting(self: MeshState, depth: int, prefix: int) -> list[bytes]:
+        out = real(self, depth, prefix)
+        walked[0] += len(out)
+        return out
+
+    monkeypatch.setattr(MeshState, "keys_under", counting)
+    req = wire.decode(wire.encode(SyncStep(MESH, 7, **step)))  # type: ignore[arg-type]
+    reply, _, _ = SyncSession.respond(BIG, responders, SRC, req, T0)
+    assert isinstance(reply, SyncStep)
+    return walked[0], reply
+
+
+def test_a_step_repeating_a_subtree_costs_one_walk_of_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review finding (seventeenth session): each copy of the leaf ``(0, 0, ())`` (4
+    bytes) walked every key, each copy of an all-empty root node (~70 bytes)
+    gathered every item: 1,000 copies fit a datagram request, and at 3,000
+    members 60 node copies took 0.42 s of the event loop."""
+    leaf = (0, 0, ())
+    node = (0, 0, bytes(16 * HASH_LEN))  # "I have nothing anywhere"
+    for field, one in (("leaves", leaf), ("nodes", node)):
+        once, reply1 = _answer_cost(monkeypatch, **{field: (one,)})
+        many, reply = _answer_cost(monkeypatch, **{field: (one,) * 1000})
+        assert once >= len(BIG) and many == once, (field, once, many)
+        assert reply.items == reply1.items  # each item once, not once per copy
+        keys = [i.wg_key for i in reply.items if isinstance(i, NodeRecord)]
+        assert len(keys) == len(set(keys)) > 0
+
+
+def test_a_session_ends_after_max_rounds_on_either_side() -> None:
+    """A peer that always asks something (a leaf entry for a key the other lacks)
+    kept a session going for ever, on either side (review finding, seventeenth
+    session)."""
+
+    def hostile(sid: int, i: int) -> SyncStep:
+        ask = ((i.to_bytes(32, "big"), 1, 0, b"abcd"),)
+        return wire.decode(wire.encode(SyncStep(MESH, sid, leaves=((0, 0, ask),))))
+
+    mine = SyncSession.initiator(MeshState(MESH), T0, rng=random.Random(1))
+    mine.start()
+    replies = [
+        mine.receive(hostile(mine.session_id, i), T0)[0] for i in range(MAX_SESSION_ROUNDS + 1)
+    ]
+    assert all(isinstance(r, SyncStep) for r in replies[:-1])
+    assert replies[-1] is None and mine.done and mine.truncated
+
+    theirs, responders = MeshState(MESH), {}  # type: ignore[var-annotated]
+    SyncSession.respond(theirs, responders, SRC, SyncStart(MESH, 9, b"s" * 8, bytes(16), 1), T0)
+    answers = [
+        SyncSession.respond(theirs, responders, SRC, hostile(9, i), T0 + i)[0]
+        for i in range(MAX_SESSION_ROUNDS + 1)
+    ]
+    assert all(isinstance(a, SyncStep) and a.has_questions() for a in answers[:-1])
+    assert isinstance(answers[-1], SyncEnd) and SyncSession.open_count(responders) == 0

@@ -43,7 +43,6 @@ from typing import Any
 from smegmesh.core.codec import Registry
 from smegmesh.core.offer import Push
 from smegmesh.core.paging import page
-from smegmesh.core.record import RecordError
 from smegmesh.core.state import DEPTH, FANOUT, Item, MeshState
 from smegmesh.core.sync_messages import (
     CODECS,
@@ -83,6 +82,11 @@ MAX_SESSIONS_PER_INITIATOR = 2
 #: Of those, sessions over kept to answer their last step again (the latest).
 MAX_DONE_SESSIONS = 8
 MAX_STEP_NODES = 4096
+#: Steps a session takes, on either side. An honest session descends the
+#: tree, one level a round trip: about DEPTH + 2 of them (items past a page
+#: go to a later session). Past this the session ends, so a member that
+#: always asks something cannot keep one going for ever.
+MAX_SESSION_ROUNDS = 4 * (DEPTH + 2)
 MAX_STEP_WANTS = 8192
 #: Bytes of a step's questions (nodes, leaves, wants), on top of one page of items:
 #: a step stays well under the transport's 1 MiB message cap.
@@ -117,7 +121,9 @@ class SyncSession:
     """One anti-entropy exchange; see the module docstring.
 
     ``bytes_sent``/``bytes_received`` count encoded message sizes,
-    ``merged`` the keys this side changed, ``rejected`` invalid items dropped.
+    ``merged`` the keys this side changed, ``rejected`` the number of invalid
+    items dropped (a count: a session kept open by a hostile member must not
+    hold on to what it sent), ``rounds`` the steps received.
     """
 
     state: MeshState
@@ -130,7 +136,8 @@ class SyncSession:
     bytes_received: int = 0
     messages: int = 0
     merged: set[bytes] = field(default_factory=set)
-    rejected: list[RecordError] = field(default_factory=list)
+    rejected: int = 0
+    rounds: int = 0
     count_bytes: bool = True
     #: This side left items out of a step (more than a page): another session is due.
     truncated: bool = False
@@ -206,7 +213,7 @@ class SyncSession:
             # over after a step stays (done) to answer that step again
             sessions[slot] = session
             if session.done:
-                _forget_done(sessions)
+                _forget_done(sessions, slot)
         return reply, session, merged
 
     @staticmethod
@@ -249,6 +256,10 @@ class SyncSession:
             reply = self._on_start(msg)
             merged: set[bytes] = set()
         else:
+            self.rounds += 1
+            if self.rounds > MAX_SESSION_ROUNDS:  # an honest one needs about DEPTH + 2
+                self.done = self.truncated = True
+                return (None if self.is_initiator else self._end()), set()
             reply, merged = self._on_step(msg)
         if reply is None or not (reply.has_questions() or reply.items):
             self.done = True
@@ -270,9 +281,9 @@ class SyncSession:
             return None
         nodes: list[NodeHashes] = []
         leaves: list[Leaf] = []
-        items: list[Item] = []
-        self._expand(0, 0, msg.count == 0, nodes, leaves, items)
-        return self._step(nodes, leaves, items, [])
+        send: set[bytes] = set()
+        self._expand(0, 0, msg.count == 0, nodes, leaves, send)
+        return self._step(nodes, leaves, self.state.items_for(sorted(send)), [])
 
     def _expand(
         self,
@@ -281,13 +292,16 @@ class SyncSession:
         their_empty: bool,
         nodes: list[NodeHashes],
         leaves: list[Leaf],
-        items: list[Item],
+        send: set[bytes],
     ) -> None:
-        """We differ from the other side at node (depth, prefix): say what we have."""
+        """We differ from the other side at node (depth, prefix): say what we have.
+
+        The keys whose items we send go into ``send``.
+        """
         st = self.state
         _, mine = st.node(depth, prefix)
         if their_empty:
-            items.extend(st.items_for(st.keys_under(depth, prefix)))
+            send.update(st.keys_under(depth, prefix))
         elif mine <= LEAF_MAX or depth == DEPTH:
             leaves.append((depth, prefix, self._entries(depth, prefix)))
         else:
@@ -308,21 +322,29 @@ class SyncSession:
             changed, errors = st.apply_many(msg.items, self.now_ms)
             merged |= changed
             self.merged |= changed
-            self.rejected.extend(errors)
+            self.rejected += len(errors)
         nodes: list[NodeHashes] = []
         leaves: list[Leaf] = []
-        items: list[Item] = []
         wants: list[bytes] = []
+        sent: set[bytes] = set()
+        # Each (depth, prefix) is answered once: a step repeating one (a few
+        # bytes each) would otherwise cost a walk of that subtree per copy.
+        # Distinct ones at every level cover the state at most DEPTH + 1 times.
+        seen: set[tuple[int, int]] = set()
         for depth, prefix, theirs in msg.nodes[:MAX_STEP_NODES]:
-            if depth >= DEPTH:
+            if depth >= DEPTH or (depth, prefix) in seen:
                 continue
+            seen.add((depth, prefix))
             mine = _child_hashes(st, depth, prefix, self.salt)
             for c in range(FANOUT):
                 t = theirs[c * HASH_LEN : (c + 1) * HASH_LEN]
                 if t != mine[c * HASH_LEN : (c + 1) * HASH_LEN]:
-                    self._expand(depth + 1, (prefix << 4) + c, t == _EMPTY, nodes, leaves, items)
-        sent: set[bytes] = set()
+                    self._expand(depth + 1, (prefix << 4) + c, t == _EMPTY, nodes, leaves, sent)
+        seen.clear()
         for depth, prefix, entries in msg.leaves[:MAX_STEP_NODES]:
+            if (depth, prefix) in seen:
+                continue
+            seen.add((depth, prefix))
             theirs_map = {e[0]: e for e in entries}
             for k in st.keys_under(depth, prefix):
                 if k not in theirs_map:
@@ -339,10 +361,8 @@ class SyncSession:
                     sent.add(k)
                 if trv > rv or tpv > pv or tie:
                     wants.append(k)
-        for k in msg.wants:
-            sent.add(k)
-        items.extend(st.items_for(sorted(sent)))
-        return self._step(nodes, leaves, items, wants), merged
+        sent.update(msg.wants)
+        return self._step(nodes, leaves, st.items_for(sorted(sent)), wants), merged
 
     def _step(
         self, nodes: list[NodeHashes], leaves: list[Leaf], items: list[Item], wants: list[bytes]
@@ -400,12 +420,17 @@ def _expire(sessions: dict[tuple[bytes, int], SyncSession], now_ms: int) -> None
         del sessions[k]
 
 
-def _forget_done(sessions: dict[tuple[bytes, int], SyncSession]) -> None:
-    """Keep at most :data:`MAX_DONE_SESSIONS` sessions that are over, the latest.
+def _forget_done(sessions: dict[tuple[bytes, int], SyncSession], slot: tuple[bytes, int]) -> None:
+    """Keep at most :data:`MAX_DONE_SESSIONS` sessions that are over: the latest.
+
+    One per initiator: ``slot``'s, just over, replaces its initiator's older
+    one, so a member finishing sessions quickly cannot push the others' out.
 
     What a session over keeps is its last reply: up to a page of items (held
     by the state anyway) and 256 KiB of questions. O(sessions), at most 64.
     """
+    for k in [k for k, v in sessions.items() if v.done and k[0] == slot[0] and k != slot]:
+        del sessions[k]
     done = [k for k, v in sessions.items() if v.done]
     for k in done[: max(0, len(done) - MAX_DONE_SESSIONS)]:
         del sessions[k]

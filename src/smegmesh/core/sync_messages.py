@@ -155,10 +155,11 @@ def _dec_end(b: Any) -> SyncEnd:
 #: This module's part of the protocol table (:data:`smegmesh.core.wire.PROTOCOL`).
 CODECS = (
     # dgram_request/dgram_reply: may go as one datagram (core/wire.DATAGRAM_REQUESTS).
-    # A SyncStep only as a reply: as a request it may finish the responder's
-    # session, and a repeat (after a "use the stream" answer, when the reply is
-    # too large for a datagram) then gets SyncEnd instead of the items
-    # (tests/unit/test_sync.py::test_a_step_run_again_after_its_reply_was_lost_gets_no_items).
+    # A SyncStep as a request too: it advances the responder's session, so the
+    # responder keeps each session's last step and its reply, and a repeat
+    # (a resend, or after a "use the stream" answer when the reply is too large
+    # for a datagram) gets that reply again, even once the session is over
+    # (tests/unit/test_sync.py::test_a_step_run_again_after_its_reply_was_lost_gets_the_same_reply).
     Codec(
         10,
         SyncStart,
