@@ -106,6 +106,9 @@ def test_add_device_config_mesh_dns_evict_and_remove(trio: Cluster, tmp_path: Pa
     # DNS: phone.MESH.smeg. answers its overlay address
     addr = str(mine["overlay_address"])
     wait_until(lambda: _aaaa(owner, f"phone.{mesh}.smeg.") == [addr], 20, 0.2, "phone in DNS")
+    # a member cannot take the device's alias (the device keeps it in DNS)
+    code, _c, msg = _refused(b, "PUT", f"/v1/meshes/{mesh}/alias", json={"alias": "phone"})
+    assert code == 409 and "device" in msg, msg
 
     # errors are clear: one line from smegctl, a 4xx with a message from the API
     _one_line(a.ctl("add-device", "--meshid", mesh, "--name", "phone", code=None), "already")
