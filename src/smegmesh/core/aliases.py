@@ -54,7 +54,7 @@ def name_owners(
     after it cannot take its alias (nor can it take an earlier member's).
     """
     claims = [(r.wg_key, r.alias, r.chain) for r in present(records).values()]
-    claims += [(d.wg_key, d.alias, (d.cert,) if d.cert else ()) for d in devices]
+    claims += [(d.wg_key, d.alias, (d.cert,)) for d in devices]
     return _rank_owners(claims, authority)
 
 

@@ -42,9 +42,13 @@ class LiveDevice:
     alias: str
     address: str
     sponsor: bytes
-    issued_ms: int
-    #: Its certificate (signed by the sponsor): its admission, for alias ownership.
-    cert: Cert | None = None
+    #: Its certificate, signed by the sponsor: its admission (alias ownership).
+    cert: Cert
+
+    @property
+    def issued_ms(self) -> int:
+        """When its sponsor admitted it."""
+        return self.cert.issued_ms
 
 
 def sponsor_device(
@@ -89,9 +93,8 @@ def live_devices(
             alias=d.alias,
             address=str(overlay_address(mesh_id, k)),
             sponsor=sponsor,
-            issued_ms=ms,
             cert=d.cert,
         )
-        for k, (ms, sponsor, d) in best.items()
+        for k, (_ms, sponsor, d) in best.items()
     ]
     return sorted(out, key=lambda x: x.wg_key)

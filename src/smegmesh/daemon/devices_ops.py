@@ -171,10 +171,12 @@ class DeviceOps(DeviceRemoteOps):
                 "too_many_devices", f"a peer sponsors at most {MAX_DEVICES} devices", 409
             )
         views.check_alias_free(
-            rt.node.live_records(), my_key, alias, mesh.authority if mesh.admission else None
+            rt.node.live_records(),
+            my_key,
+            alias,
+            mesh.authority if mesh.admission else None,
+            self._devices(rt),
         )
-        if any(d.alias == alias for d in self._devices(rt)):
-            raise svc.ServiceError("conflict", f"alias {alias!r} is already a device's", 409)
         now = now_ms()
         entry = sponsor_device(self.identity, rt.mesh_id, device_key=dkey, alias=alias, now_ms=now)
         try:

@@ -106,10 +106,8 @@ class LocalApiOps(DaemonBase):
             self.identity.wg_public_key,
             alias,
             rt.alias_authority,
+            self._devices(rt),
         )
-        if any(d.alias == alias for d in self._devices(rt)):
-            # the device keeps it in DNS if it was admitted first (core.aliases.name_owners)
-            raise svc.ServiceError("conflict", f"alias {alias!r} is already a device's", 409)
         await self._update(mesh_id, alias=alias)
         return alias
 

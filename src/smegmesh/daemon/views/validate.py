@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 
 from smegmesh.core import aliases
 from smegmesh.core.authority import Authority
+from smegmesh.core.devices import LiveDevice
 from smegmesh.core.record import (
     ALIAS_RE,
     MAX_DESCRIPTION_BYTES,
@@ -61,8 +62,11 @@ def check_alias_free(
     self_key: bytes,
     alias: str,
     authority: Authority | None = None,
+    devices: Iterable[LiveDevice] = (),
 ) -> None:
-    """Raise ``conflict`` (409) if another node already uses (or holds a reservation of) it."""
+    """Raise ``conflict`` (409) if another node or a sponsored device already uses
+    it, or an admin reserved it for another node (``aliases.name_owners`` would
+    not give it to us)."""
     if authority is not None:
         holder = authority.reservations.get(alias.lower())
         if holder is not None and holder != self_key:
@@ -70,6 +74,8 @@ def check_alias_free(
     user = aliases.alias_user(records, self_key, alias)
     if user is not None:
         raise conflict(f"alias {alias!r} is already used by node {_describe(user)}")
+    if any(d.alias == alias.lower() for d in devices):
+        raise conflict(f"alias {alias!r} is already a device's")
 
 
 def validate_alias(alias: str) -> str:
