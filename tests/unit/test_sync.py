@@ -428,19 +428,21 @@ def test_a_step_repeating_a_subtree_costs_one_walk_of_it(monkeypatch: pytest.Mon
         assert len(keys) == len(set(keys)) > 0
 
 
+def _asking(sid: int, i: int) -> SyncStep:
+    """A step that asks something (a leaf entry for a key the other side lacks)."""
+    ask = ((i.to_bytes(32, "big"), 1, 0, b"abcd"),)
+    return wire.decode(wire.encode(SyncStep(MESH, sid, leaves=((0, 0, ask),))))
+
+
 def test_a_session_ends_after_max_rounds_on_either_side() -> None:
     """A peer that always asks something (a leaf entry for a key the other lacks)
     kept a session going for ever, on either side (review finding, seventeenth
     session)."""
 
-    def hostile(sid: int, i: int) -> SyncStep:
-        ask = ((i.to_bytes(32, "big"), 1, 0, b"abcd"),)
-        return wire.decode(wire.encode(SyncStep(MESH, sid, leaves=((0, 0, ask),))))
-
     mine = SyncSession.initiator(MeshState(MESH), T0, rng=random.Random(1))
     mine.start()
     replies = [
-        mine.receive(hostile(mine.session_id, i), T0)[0] for i in range(MAX_SESSION_ROUNDS + 1)
+        mine.receive(_asking(mine.session_id, i), T0)[0] for i in range(MAX_SESSION_ROUNDS + 1)
     ]
     assert all(isinstance(r, SyncStep) for r in replies[:-1])
     assert replies[-1] is None and mine.done and mine.truncated
@@ -448,8 +450,27 @@ def test_a_session_ends_after_max_rounds_on_either_side() -> None:
     theirs, responders = MeshState(MESH), {}  # type: ignore[var-annotated]
     SyncSession.respond(theirs, responders, SRC, SyncStart(MESH, 9, b"s" * 8, bytes(16), 1), T0)
     answers = [
-        SyncSession.respond(theirs, responders, SRC, hostile(9, i), T0 + i)[0]
+        SyncSession.respond(theirs, responders, SRC, _asking(9, i), T0 + i)[0]
         for i in range(MAX_SESSION_ROUNDS + 1)
     ]
     assert all(isinstance(a, SyncStep) and a.has_questions() for a in answers[:-1])
     assert isinstance(answers[-1], SyncEnd) and SyncSession.open_count(responders) == 0
+
+
+def test_a_step_delivered_late_does_not_replace_the_kept_reply_nor_end_the_session() -> None:
+    """A copy of an answered step delivered late (a datagram overtaken by the
+    same step resent over the stream) was run again: it replaced the reply kept
+    for the latest step, so that step resent (its reply lost) ran again too, and
+    a re-run could end the session early (review suspicion, seventeenth
+    session). Now a late copy gets ``SyncEnd``, which goes nowhere, and changes
+    nothing."""
+    theirs, responders = MeshState(MESH), {}  # type: ignore[var-annotated]
+    SyncSession.respond(theirs, responders, SRC, SyncStart(MESH, 9, b"s" * 8, bytes(16), 1), T0)
+    for i in range(1, 6):
+        reply, session, _ = SyncSession.respond(theirs, responders, SRC, _asking(9, i), T0)
+        for old in range(1, i):  # every earlier step, late
+            late, _, merged = SyncSession.respond(theirs, responders, SRC, _asking(9, old), T0)
+            assert isinstance(late, SyncEnd) and merged == set() and not session.done
+        again, _, _ = SyncSession.respond(theirs, responders, SRC, _asking(9, i), T0)
+        assert again == reply and session.rounds == i  # the latest again: not run again
+    assert SyncSession.open_count(responders) == 1

@@ -147,6 +147,11 @@ class SyncSession:
     #: the same reply without advancing the session: a step is safe to execute
     #: twice. (A step crafted to hash alike gets that reply again, nothing else.)
     last: tuple[int, SyncMessage] | None = None
+    #: Responder: hashes of the steps answered before ``last`` (at most
+    #: :data:`MAX_SESSION_ROUNDS`). A copy of one delivered late (a datagram
+    #: overtaken by the same step resent over the stream) was answered already:
+    #: it is not run again, so it cannot replace ``last`` nor end the session.
+    answered: set[int] = field(default_factory=set)
 
     # ------------------------------------------------------------------ construction
 
@@ -196,10 +201,16 @@ class SyncSession:
             found = sessions.pop(slot, None)
             # hashed only for a session of ours that answered a step (a stranger's
             # session id costs a lookup, not a pass over its step)
-            if found is not None and found.last is not None and found.last[0] == hash(msg):
-                found.now_ms = now_ms
-                sessions[slot] = found  # the same step again: the same reply
-                return found.last[1], found, set()
+            if found is not None and found.last is not None:
+                h = hash(msg)
+                if found.last[0] == h:
+                    found.now_ms = now_ms
+                    sessions[slot] = found  # the same step again: the same reply
+                    return found.last[1], found, set()
+                if h in found.answered:  # late: its caller had its reply; it goes nowhere
+                    found.now_ms = now_ms
+                    sessions[slot] = found
+                    return SyncEnd(state.mesh_id, msg.session_id), found, set()
             if found is None or found.done:  # unknown, expired or over: stop
                 dead = cls(state, msg.session_id, b"", False, now_ms, done=True, count_bytes=False)
                 return SyncEnd(state.mesh_id, msg.session_id), dead, set()
@@ -207,6 +218,8 @@ class SyncSession:
         reply, merged = session.receive(msg, now_ms)
         assert reply is not None
         if isinstance(msg, SyncStep):
+            if session.last is not None:
+                session.answered.add(session.last[0])
             session.last = (hash(msg), reply)
         if not session.done or session.last is not None:
             # re-inserted: the dict is in order of last activity; a session
