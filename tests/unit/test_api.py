@@ -248,6 +248,16 @@ def test_prototype_routes(api: tuple[httpx.Client, FakeNodeService, Path]) -> No
     assert svc.calls[-1][1][0].wgport == 51999
     r = c.post("/api/v1/mesh/create", json={"port": 80})  # prototype: gte=1024
     assert r.status_code == 422 and "port" in _err(r)["message"]
+    # A key the route does not take is refused, not ignored: {"role": "client"} or
+    # a misspelt {"wgport": 51999} created a mesh with the defaults (walkthrough,
+    # eighteenth session).
+    made = len(svc.calls)
+    for body in ({"role": "client"}, {"wgport": 51999}):
+        r = c.post("/api/v1/mesh/create", json=body)
+        assert r.status_code == 422 and next(iter(body)) in _err(r)["message"], body
+    r = c.post("/api/v1/mesh/join", json={"token": "smeg1.x", "wgPort": 51999})
+    assert r.status_code == 422 and "wgPort" in _err(r)["message"]
+    assert len(svc.calls) == made
 
     tok = svc.add_remote_mesh("old-proto-mesh-0002", peers=1)
     r = c.post("/api/v1/mesh/join", json={"token": tok, "meshid": "ignored"})

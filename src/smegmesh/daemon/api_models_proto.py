@@ -48,7 +48,9 @@ class ProtoMesh(BaseModel):
 
 
 class ProtoCreateRequest(BaseModel):
-    model_config = ConfigDict(strict=True)
+    # A key the route does not take is an error: {"role": "client"} or a misspelt
+    # port must not create a mesh with the defaults.
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     port: int | None = Field(default=None, ge=1024, lt=65535)
 
@@ -56,7 +58,7 @@ class ProtoCreateRequest(BaseModel):
 class ProtoJoinRequest(BaseModel):
     """The prototype's join, taking an invitation token instead of a bootstrap address."""
 
-    model_config = ConfigDict(strict=True)
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     token: str = Field(min_length=1)
     port: int | None = Field(default=None, ge=1024, lt=65535)
