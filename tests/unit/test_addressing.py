@@ -122,3 +122,14 @@ def test_interface_id_rejects_bad_key() -> None:
         interface_id(b"\x00" * 31)
     with pytest.raises(ValueError):
         node_id_prefix(b"\x00" * 33)
+
+
+def test_an_invalid_mesh_id_is_named_in_the_error_not_echoed_whole() -> None:
+    """``smegctl get-mesh --meshid`` with 5,000 characters printed all of them
+    back (walkthrough, eighteenth session): the error names the start and the length."""
+    with pytest.raises(InvalidMeshId) as e:
+        validate_mesh_id("x" * 5000)
+    msg = str(e.value)
+    assert len(msg) < 200 and "5000 chars" in msg and msg.startswith("invalid mesh id 'xxx")
+    with pytest.raises(InvalidMeshId, match=r"^invalid mesh id '\.\./x': "):
+        validate_mesh_id("../x")  # a short one in full

@@ -151,6 +151,13 @@ def test_usage_errors(daemon: tuple[Path, FakeNodeService]) -> None:
     sock, _ = daemon
     r = ctl(sock, "invite", "--meshid", "m", "--ttl", "soon", code=2)
     assert "not a duration" in r.stderr
+    # Past the daemon's bounds: a usage error in the flags' own terms, before the
+    # call (it was "invalid request: ttl_s: Input should be less than or equal to
+    # 31536000" from the daemon; walkthrough, eighteenth session).
+    r = ctl(sock, "invite", "--meshid", "m", "--ttl", "400d", code=2)
+    assert "longer than the most allowed, 365d" in r.stderr and "ttl_s" not in r.stderr
+    r = ctl(sock, "invite", "--meshid", "m", "--uses", "1000001", code=2)
+    assert "--uses" in r.stderr
     r = ctl(sock, "new-mesh", "--role", "server", code=2)
     r = ctl(sock, "new-mesh", "--wgport", "0", code=2)
     # --meshid left out with no mesh at all: a message, not a usage error

@@ -21,7 +21,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from smegmesh.core.addressing import InvalidMeshId, validate_mesh_id
+from smegmesh.core.addressing import InvalidMeshId, shown, validate_mesh_id
 from smegmesh.core.record import SERVICE_KEY_RE
 from smegmesh.daemon.config.files import MAX_TOKEN_FILE_BYTES
 from smegmesh.daemon.defaults import DEFAULT_CONFIG_PATH
@@ -242,7 +242,7 @@ def check_mesh_id(mesh_id: str) -> str:
 def check_service_key(key: str) -> str:
     if SERVICE_KEY_RE.fullmatch(key) is None:
         raise ClientError(
-            f"invalid service name {key!r}: 1-64 characters of letters, digits and . _ -"
+            f"invalid service name {shown(key)}: 1-64 characters of letters, digits and . _ -"
         )
     return key
 

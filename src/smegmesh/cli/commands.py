@@ -24,7 +24,13 @@ from smegmesh.cli.client import check_mesh_id
 from smegmesh.cli.meshflags import with_mesh_flags
 from smegmesh.cli.output import _console, _print_json, parse_duration
 from smegmesh.cli.tables import mesh_tables, meshes_table
-from smegmesh.daemon.api_models import GraphFormat, JoinRequest, MeshOptions
+from smegmesh.daemon.api_models import (
+    MAX_INVITE_TTL_S,
+    MAX_INVITE_USES,
+    GraphFormat,
+    JoinRequest,
+    MeshOptions,
+)
 
 __all__ = ["get_graph", "get_mesh", "join_mesh", "list_meshes", "new_mesh", "query_mesh"]
 
@@ -57,10 +63,15 @@ def invite(
     meshid: OptMeshIdOpt = None,
     ttl: Annotated[
         str,
-        typer.Option("--ttl", help="How long the token is valid: e.g. 90s, 30m, 2h, 1d, 1h30m."),
+        typer.Option(
+            "--ttl", help="How long the token is valid: e.g. 90s, 30m, 2h, 1d, 1h30m; at most 365d."
+        ),
     ] = "24h",
     uses: Annotated[
-        int, typer.Option("--uses", min=1, help="How many nodes may join with the token.")
+        int,
+        typer.Option(
+            "--uses", min=1, max=MAX_INVITE_USES, help="How many nodes may join with the token."
+        ),
     ] = 1,
     strict: Annotated[
         bool,
@@ -80,7 +91,7 @@ def invite(
     number of members racing; --strict makes this node the only admitter (the
     count is then exact, and the token names only this node).
     """
-    ttl_s = parse_duration(ttl)
+    ttl_s = parse_duration(ttl, most_s=MAX_INVITE_TTL_S)
 
     def go() -> None:
         mid = _meshid(ctx, meshid)

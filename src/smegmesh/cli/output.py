@@ -79,8 +79,9 @@ _DURATION_RE = re.compile(r"(\d+)\s*([smhdw])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-def parse_duration(text: str) -> int:
-    """``"90"`` / ``"90s"`` / ``"30m"`` / ``"2h"`` / ``"1d"`` / ``"1h30m"`` -> seconds (> 0)."""
+def parse_duration(text: str, most_s: int | None = None) -> int:
+    """``"90"`` / ``"90s"`` / ``"30m"`` / ``"2h"`` / ``"1d"`` / ``"1h30m"`` -> seconds (> 0,
+    and at most ``most_s`` when given)."""
     t = text.strip().lower()
     if t.isdigit():
         secs = int(t)
@@ -97,4 +98,16 @@ def parse_duration(text: str) -> int:
             )
     if secs <= 0:
         raise typer.BadParameter("must be longer than 0 seconds")
+    if most_s is not None and secs > most_s:
+        raise typer.BadParameter(f"{text!r} is longer than the most allowed, {_span(most_s)}")
     return secs
+
+
+def _span(secs: int) -> str:
+    """``31536000`` -> ``"365d"``; ``5400`` -> ``"1h30m"``."""
+    out = ""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if secs >= size:
+            out += f"{secs // size}{unit}"
+            secs %= size
+    return out or "0s"

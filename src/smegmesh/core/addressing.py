@@ -26,6 +26,7 @@ __all__ = [
     "mesh_prefix",
     "node_id_prefix",
     "overlay_address",
+    "shown",
     "validate_mesh_id",
 ]
 
@@ -74,11 +75,20 @@ def generate_mesh_id(rand: random.Random) -> str:
     return "-".join([*words, suffix])
 
 
+def shown(value: object, limit: int = 72) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters.
+
+    A user's 5,000-character mesh id is named, not echoed back whole.
+    """
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 1]}… ({len(str(value))} chars)"
+
+
 def validate_mesh_id(s: str) -> str:
     """Return ``s`` if it is a valid mesh id, else raise :class:`InvalidMeshId`."""
     if not isinstance(s, str) or not s.isascii() or _MESH_ID_RE.fullmatch(s) is None:
         raise InvalidMeshId(
-            f"invalid mesh id {s!r}: 1-63 chars of [a-z0-9-], starting and ending "
+            f"invalid mesh id {shown(s)}: 1-63 chars of [a-z0-9-], starting and ending "
             "with a letter or digit"
         )
     return s

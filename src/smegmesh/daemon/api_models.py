@@ -18,6 +18,8 @@ from smegmesh.daemon.meshopts import InvitePolicy
 
 __all__ = [
     "ALIAS_RE",
+    "MAX_INVITE_TTL_S",
+    "MAX_INVITE_USES",
     "AliasRequest",
     "AliasResponse",
     "DescriptionRequest",
@@ -58,6 +60,7 @@ ALIAS_RE = re.compile(f"^{record.ALIAS_RE.pattern}$", re.IGNORECASE)
 SERVICE_KEY_RE = re.compile(f"^{record.SERVICE_KEY_RE.pattern}$")
 
 MAX_INVITE_TTL_S = 365 * 86400
+MAX_INVITE_USES = 1_000_000
 
 
 class _Model(BaseModel):
@@ -232,7 +235,9 @@ class JoinRequest(MeshOptions):
 
 class InviteRequest(_Request):
     ttl_s: int = Field(default=86400, gt=0, le=MAX_INVITE_TTL_S, description="Lifetime in seconds")
-    uses: int = Field(default=1, ge=1, le=1_000_000, description="How many joins the token admits")
+    uses: int = Field(
+        default=1, ge=1, le=MAX_INVITE_USES, description="How many joins the token admits"
+    )
     strict: bool = Field(
         default=False,
         description="Only this node admits with the token, so its use count is exact",
