@@ -84,6 +84,8 @@ class FakeNodeService:
         self.invites: dict[str, tuple[str, float, int]] = {}
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self._n = 0
+        #: the daemon's dnsListen, as GET /v1/status reports it
+        self.dns_listen: str | None = None
         #: GET /v1/events reads this bus (the daemon's is ``Daemon.events``)
         self.events = EventBus()
 
@@ -252,7 +254,7 @@ class FakeNodeService:
         return [await self.get_mesh(m) for m in sorted(self.meshes)]
 
     async def get_status(self) -> StatusResponse:
-        return build_status("0.0-fake", SELF_KEY, await self._details())
+        return build_status("0.0-fake", SELF_KEY, await self._details(), self.dns_listen)
 
     async def ping(
         self, node: str, mesh_id: str | None, count: int, timeout_s: int

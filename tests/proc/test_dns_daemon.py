@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import json
 import shutil
 import subprocess
 import time
@@ -391,3 +392,11 @@ def test_idle_daemon_keeps_its_zone(trio: Cluster) -> None:
         return serial() == first
 
     wait_until(stable_for_5s, DEADLINE, 0.1, "a 5 s window with an unchanged SOA serial")
+
+
+def test_dns_help_and_status_name_the_daemons_dns_listen(trio: Cluster) -> None:
+    """``smegctl dns-help`` gave 127.0.0.1:5353 whatever the daemon's dnsListen."""
+    a = trio.daemons[0]
+    listen = f"{a.dns_host}:{a.dns_port}"
+    assert f"server ({listen})" in a.ctl("dns-help").stdout.splitlines()[0]
+    assert json.loads(a.ctl("status", "--json").stdout)["dns_listen"] == listen

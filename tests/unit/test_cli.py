@@ -196,3 +196,20 @@ def test_socket_from_env(daemon: tuple[Path, FakeNodeService]) -> None:
         app, ["--socket", str(sock), "list-meshes"], env={"SMEG_SOCKET": "/nonexistent.sock"}
     )
     assert r.exit_code == 0
+
+
+def test_dns_help_uses_the_running_daemons_dns_listen(daemon: tuple[Path, FakeNodeService]) -> None:
+    """``dns-help`` printed 127.0.0.1:5353 whatever the daemon's dnsListen was,
+    or when it served no DNS at all (walkthrough, eighteenth session)."""
+    sock, svc = daemon
+    r = ctl(sock, "dns-help", code=1)  # no DNS: say how to turn it on
+    assert r.stderr.startswith("smegctl: smegd serves no DNS: set dnsListen")
+    svc.dns_listen = "127.0.0.1:47053"
+    assert "dig @127.0.0.1 -p 47053 " in ctl(sock, "dns-help").stdout
+    assert "DNS on 127.0.0.1:47053" in ctl(sock, "status").stdout
+    assert ctl_json(sock, "status")["dns_listen"] == "127.0.0.1:47053"
+    # --listen wins; a daemon out of reach gives the default, with a note
+    assert "-p 5300 " in ctl(sock, "dns-help", "--listen", "127.0.0.1:5300").stdout
+    r = runner.invoke(app, ["--socket", str(short_tmpdir() / "none.sock"), "dns-help"])
+    assert r.exit_code == 0 and "-p 5353 " in r.stdout
+    assert "cannot reach smegd" in r.stderr and "assuming dnsListen 127.0.0.1:5353" in r.stderr

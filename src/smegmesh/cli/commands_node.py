@@ -27,7 +27,9 @@ from smegmesh.cli.app import (
 )
 from smegmesh.cli.client import ClientError, SocketClient, error_of
 from smegmesh.cli.output import EXIT_ERROR, _fail, _print_json
+from smegmesh.daemon.api_models import StatusResponse
 from smegmesh.daemon.defaults import DEFAULT_CONTROL_SOCKET
+from smegmesh.dns.help import DEFAULT_DNS_LISTEN
 
 __all__ = ["dns_help", "put_alias", "ui", "watch"]
 
@@ -177,12 +179,18 @@ def watch(
 
 @app.command(
     "dns-help",
-    epilog="Example: smegctl dns-help --listen 127.0.0.1:5353",
+    epilog="Examples: smegctl dns-help;  smegctl dns-help --listen 127.0.0.1:5353",
 )
 def dns_help(
+    ctx: typer.Context,
     listen: Annotated[
-        str, typer.Option("--listen", help="The daemon's dnsListen address (host:port).")
-    ] = "127.0.0.1:5353",
+        str | None,
+        typer.Option(
+            "--listen",
+            help="The daemon's dnsListen address (host:port). Default: the running smegd's, "
+            f"or {DEFAULT_DNS_LISTEN} when it cannot be reached.",
+        ),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="The settings as JSON (for scripts).")
     ] = False,
@@ -190,6 +198,8 @@ def dns_help(
     """How to point systemd-resolved, dnsmasq or resolv.conf at smegd's DNS for `smeg.`."""
     from smegmesh.dns.help import resolver_help, resolver_settings
 
+    if listen is None:
+        listen = _daemon_dns_listen(ctx, as_json)
     try:
         if as_json:
             typer.echo(json.dumps(resolver_settings(listen), indent=2))
@@ -198,6 +208,29 @@ def dns_help(
     except ValueError as e:
         sys.stderr.write(f"smegctl: --listen: {e}\n")
         raise typer.Exit(EXIT_ERROR) from None
+
+
+def _daemon_dns_listen(ctx: typer.Context, as_json: bool) -> str:
+    """Where the running smegd's DNS listens: its ``dnsListen``.
+
+    It printed the default address whatever the daemon had (walkthrough,
+    eighteenth session). A daemon with no DNS is an error; one that cannot be
+    reached gives the default, with a note on stderr.
+    """
+    try:
+        st = _smegd(ctx, timeout=5.0).call(StatusResponse, "GET", "/v1/status").data
+    except ClientError as e:
+        sys.stderr.write(
+            f"smegctl: note: {e.message}; assuming dnsListen {DEFAULT_DNS_LISTEN} (give --listen)\n"
+        )
+        return DEFAULT_DNS_LISTEN
+    if not st.dns_listen:
+        _fail(
+            "smegd serves no DNS: set dnsListen in its configuration "
+            f'(e.g. dnsListen: "{DEFAULT_DNS_LISTEN}") and restart it',
+            as_json,
+        )
+    return str(st.dns_listen)
 
 
 @app.command(

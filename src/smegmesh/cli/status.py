@@ -82,6 +82,8 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
             f"[bold]smegd {st.version}[/bold]  node {_short_key(st.public_key)}"
             + (f"  ({st.public_key})" if st.public_key else "")
         )
+        if st.dns_listen:
+            con.print(f"DNS on {st.dns_listen} (smeg. names; smegctl dns-help)")
         if not st.meshes:
             con.print("not in any mesh (create one with: smegctl new-mesh)")
             return

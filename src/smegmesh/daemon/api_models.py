@@ -426,6 +426,9 @@ class StatusResponse(_Model):
     version: str
     public_key: str | None = Field(default=None, description="This node's key (its id)")
     meshes: list[MeshStatus]
+    dns_listen: str | None = Field(
+        default=None, description="Where smegd's DNS server listens (dnsListen); null: no DNS"
+    )
 
 
 class PingRequest(_Request):

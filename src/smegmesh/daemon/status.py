@@ -166,7 +166,10 @@ def _member(m: MeshDetail, n: NodeInfo) -> MemberStatus:
 
 
 def build_status(
-    version: str, self_key: str | None, meshes: Sequence[MeshDetail]
+    version: str,
+    self_key: str | None,
+    meshes: Sequence[MeshDetail],
+    dns_listen: str | None = None,
 ) -> StatusResponse:
     """The whole node: every mesh, its members with their paths, and the routes in use."""
     out = []
@@ -185,7 +188,7 @@ def build_status(
                 routes=list(m.routes),
             )
         )
-    return StatusResponse(version=version, public_key=self_key, meshes=out)
+    return StatusResponse(version=version, public_key=self_key, meshes=out, dns_listen=dns_listen)
 
 
 # --------------------------------------------------------------------------- ping

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["resolver_help", "resolver_settings"]
+__all__ = ["DEFAULT_DNS_LISTEN", "resolver_help", "resolver_settings"]
+
+#: The address the docs and the example configuration suggest for ``dnsListen``.
+DEFAULT_DNS_LISTEN = "127.0.0.1:5353"
 
 _TEMPLATE = """\
 Pointing the system resolver at smegd's DNS server ({listen})
@@ -82,7 +85,7 @@ def _addresses(listen: str) -> dict[str, str]:
     }
 
 
-def resolver_help(listen: str = "127.0.0.1:5353") -> str:
+def resolver_help(listen: str = DEFAULT_DNS_LISTEN) -> str:
     """Instructions for sending ``smeg.`` queries to a server listening on ``listen``.
 
     ``listen`` is smegd's ``dnsListen`` value (``host:port`` or ``[v6]:port``).
@@ -91,7 +94,7 @@ def resolver_help(listen: str = "127.0.0.1:5353") -> str:
     return _TEMPLATE.format(**_addresses(listen))
 
 
-def resolver_settings(listen: str = "127.0.0.1:5353") -> dict[str, object]:
+def resolver_settings(listen: str = DEFAULT_DNS_LISTEN) -> dict[str, object]:
     """The same set-up as data (``smegctl dns-help --json``), for scripts."""
     a = _addresses(listen)
     return {
