@@ -39,13 +39,14 @@ def forbidden(e: Exception) -> svc.ServiceError:
 
 
 class AuthorityOps:
-    """Mixin: needs ``_get(mesh_id)``, ``_emit(rt, outs)`` and ``identity``."""
+    """Mixin: needs ``_get(mesh_id)``, ``_commit(rt, outs)`` and ``identity``."""
 
     if TYPE_CHECKING:
         identity: Any
 
         def _get(self, mesh_id: str) -> MeshRuntime: ...
         def _emit(self, rt: MeshRuntime, outs: list[Any]) -> None: ...
+        async def _commit(self, rt: MeshRuntime, outs: list[Any]) -> None: ...
         def device_infos(self, rt: MeshRuntime) -> list[Any]: ...
 
     def _target(self, rt: MeshRuntime, node: str) -> tuple[bytes, str, str]:
@@ -97,7 +98,7 @@ class AuthorityOps:
             outs = rt.node.evict(now_ms(), key, cascade=cascade)
         except NotAllowed as e:
             raise forbidden(e) from None
-        self._emit(rt, outs)
+        await self._commit(rt, outs)
         log.info(
             "mesh %s: evicted %s%s",
             mesh_id,
@@ -116,7 +117,7 @@ class AuthorityOps:
             outs = rt.node.set_admin(now_ms(), key, admin)
         except NotAllowed as e:
             raise forbidden(e) from None
-        self._emit(rt, outs)
+        await self._commit(rt, outs)
         log.info(
             "mesh %s: %s %s",
             mesh_id,
@@ -135,7 +136,7 @@ class AuthorityOps:
             outs = rt.node.set_policy(now_ms(), Policy(policy))
         except NotAllowed as e:
             raise forbidden(e) from None
-        self._emit(rt, outs)
+        await self._commit(rt, outs)
         log.info("mesh %s: invite policy is now %s", mesh_id, policy)
         return PolicyResponse(mesh_id=mesh_id, invite_policy=rt.node.mesh.authority.policy.value)
 
@@ -149,7 +150,7 @@ class AuthorityOps:
             raise forbidden(e) from None
         except ValueError as e:
             raise svc.invalid_argument(f"alias: {e}") from None
-        self._emit(rt, outs)
+        await self._commit(rt, outs)
         log.info(
             "mesh %s: alias %r %s", mesh_id, alias, f"reserved for {node}" if node else "released"
         )
@@ -203,6 +204,6 @@ class AuthorityOps:
             outs = rt.node.revoke_invite(now_ms(), bytes.fromhex(info.token_id))
         except NotAllowed as e:
             raise forbidden(e) from None
-        self._emit(rt, outs)
+        await self._commit(rt, outs)
         log.info("mesh %s: revoked invitation %s", mesh_id, info.token_id[:12])
         return info.model_copy(update={"revoked": True})

@@ -76,6 +76,7 @@ class DeviceOps(DeviceRemoteOps):
 
         def _get(self, mesh_id: str) -> MeshRuntime: ...
         def _emit(self, rt: MeshRuntime, outs: list[Any]) -> None: ...
+        async def _commit(self, rt: MeshRuntime, outs: list[Any]) -> None: ...
 
     # ------------------------------------------------------------------ views
 
@@ -236,6 +237,7 @@ class DeviceOps(DeviceRemoteOps):
         dkey, private = device_key(public_key, keep_key)
         if remote is None:
             now = self._publish_device(rt, dkey, alias)
+            await self._save_mesh_off_loop(rt)  # on disk before the command answers
             dns, routes = self._device_settings(rt)
         else:
             self._check_device_key(rt, dkey)
@@ -337,7 +339,7 @@ class DeviceOps(DeviceRemoteOps):
         gone = found[0]
         now = now_ms()
         outs = rt.node.update_self(now, devices=tuple(d for d in mine if d is not gone))
-        self._emit(rt, outs)
+        await self._commit(rt, outs)
         self._device_key_path(mesh_id, gone.wg_key).unlink(missing_ok=True)
         log.info("mesh %s: no longer sponsoring device %s", mesh_id, gone.alias)
         assert me is not None

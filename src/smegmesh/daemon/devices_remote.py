@@ -52,6 +52,9 @@ class DeviceRemoteOps:
         def _publish_device(self, rt: MeshRuntime, dkey: bytes, alias: str) -> int: ...
         def _device_settings(self, rt: MeshRuntime) -> tuple[str | None, list[str]]: ...
 
+        # store.py
+        async def _save_mesh_off_loop(self, rt: MeshRuntime) -> None: ...
+
     @functools.cached_property
     def _device_refusals(self) -> RateLog:
         return RateLog(
@@ -173,6 +176,7 @@ class DeviceRemoteOps:
                 self._publish_device(rt, msg.device_key, msg.alias)
             except svc.ServiceError as e:
                 return fail(e.message)
+            await self._save_mesh_off_loop(rt)  # on disk before the admin hears of it
             log.info(
                 "mesh %s: device %s added at the request of admin %s",
                 msg.mesh_id,

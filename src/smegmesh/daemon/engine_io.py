@@ -61,6 +61,15 @@ class EngineIO(DaemonBase):
         rt.driver.dispatch(outs)
         rt.wake.set()
 
+    async def _commit(self, rt: MeshRuntime, outs: list[Out]) -> None:
+        """Outputs of a command that changed the mesh: on disk before it answers.
+
+        smegctl said "service web set", and a crash in the next second lost the
+        change (the persist tick wrote a command's change within a second).
+        """
+        self._emit(rt, outs)
+        await self._save_mesh_off_loop(rt)
+
     def _start_call(self, rt: MeshRuntime, call: Call) -> None:
         """The port's ``send``: the call runs as a task of the mesh."""
         t = asyncio.create_task(self._do_call(rt, call))

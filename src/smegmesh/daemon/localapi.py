@@ -96,7 +96,7 @@ class LocalApiOps(DaemonBase):
             outs = rt.node.update_self(now_ms(), **changes)
         except RecordError as e:
             raise svc.invalid_argument(f"{e.field}: {e}") from None
-        self._emit(rt, outs)
+        await self._commit(rt, outs)
 
     async def put_alias(self, mesh_id: str, alias: str) -> str:
         rt = self._get(mesh_id)

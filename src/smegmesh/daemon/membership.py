@@ -81,7 +81,7 @@ class MembershipOps(DaemonBase):
             raise svc.ServiceError("forbidden", str(e), 403) from None
         except (ValueError, RecordError) as e:
             raise svc.invalid_argument(str(e)) from None
-        self._emit(rt, outs)
+        await self._commit(rt, outs)
         return token.encode()
 
     async def _discover_public(self, tok: Any, opts: MeshOptions) -> MeshOptions:

@@ -30,7 +30,8 @@ from smegmesh.daemon.runtime import MeshRuntime, now_ms
 log = logging.getLogger("smegd")
 
 #: Learned state (items from other members) is written at most this often;
-#: what a local command changed is written within a second (the persist tick).
+#: what a command changed is written before it answers (``EngineIO._commit``),
+#: the node's own changes made by the engine within a second (the persist tick).
 #: A crash loses at most this much of what the mesh holds anyway (the next sync
 #: brings it back). At 100 daemons on 2 cores, writing every second took 15 %
 #: of a forming daemon's CPU (encoding, and four fsyncs per write).
