@@ -28,6 +28,7 @@ __all__ = [
     "JOIN_PAUSE_CAP_S",
     "MIN_ROUNDS",
     "attempts",
+    "unreachable_message",
 ]
 
 #: A join starts no new attempt after this many ``timeout`` s (``smegctl join-mesh``
@@ -79,3 +80,20 @@ async def attempts(
             return
         n += 1
         await sleep(pause)
+
+
+def unreachable_message(failures: Sequence[tuple[str, str]], seconds: float) -> str:
+    """The one line a join gives when no bootstrap member answered.
+
+    ``failures``: ``(endpoint, error)`` of each attempt, in order. Each member
+    is named once, with its last error (it said the same address up to three
+    times an attempt, and every attempt again: four attempts at one member
+    made a 500-character line).
+    """
+    last: dict[str, str] = {}
+    for endpoint, error in failures:
+        last.pop(endpoint, None)
+        last[endpoint] = error
+    parts = [e if endpoint in e else f"{endpoint}: {e}" for endpoint, e in last.items()]
+    tries = f"{len(failures)} attempt{'s' if len(failures) != 1 else ''} in {seconds:.0f} s"
+    return f"no member named in the token could be reached ({tries}): " + "; ".join(parts[-4:])

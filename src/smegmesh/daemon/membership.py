@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from typing import Any
 
 from smegmesh.core.addressing import generate_mesh_id
@@ -17,7 +18,7 @@ from smegmesh.core.wire import WireError, decode, encode
 from smegmesh.daemon import service as svc
 from smegmesh.daemon.base import DaemonBase
 from smegmesh.daemon.config import MeshOptions, resolve_mesh_settings
-from smegmesh.daemon.joinretry import JOIN_DEADLINE_TIMEOUTS
+from smegmesh.daemon.joinretry import JOIN_DEADLINE_TIMEOUTS, unreachable_message
 from smegmesh.daemon.joinretry import attempts as join_attempts
 from smegmesh.daemon.runtime import now_ms
 from smegmesh.daemon.store import remove_mesh_files
@@ -137,8 +138,9 @@ class MembershipOps(DaemonBase):
         rt.joining = True
         node = rt.node
         req = encode(node.join_request(tok.secret, now_ms()))
-        errors: list[str] = []
+        errors: list[tuple[str, str]] = []
         refused = False
+        started = time.monotonic()
         # Round after round over the bootstrap members, paced, until a deadline:
         # a busy member may time out (a retry with the same token is admitted
         # again: admissions are per joiner). See daemon/joinretry.py.
@@ -158,7 +160,7 @@ class MembershipOps(DaemonBase):
                     )
                 )
             except (RpcError, WireError, ValueError, OSError) as e:
-                errors.append(f"{b.control_endpoint}: {e}")
+                errors.append((b.control_endpoint, str(e)))
                 log.info("join through %s failed: %s (will retry)", b.control_endpoint, e)
                 continue
             if isinstance(reply, JoinReply):
@@ -166,7 +168,7 @@ class MembershipOps(DaemonBase):
                 if node.mesh.admission and node.record is None:
                     # The member's reply did not prove the mesh's authority (its
                     # founding record) or our admission: do not join on its word.
-                    errors.append(f"{b.control_endpoint}: reply without a valid admission")
+                    errors.append((b.control_endpoint, "reply without a valid admission"))
                     continue
                 rt.joining = False
                 rt.dirty_wg = True
@@ -182,7 +184,7 @@ class MembershipOps(DaemonBase):
                     len(node.live_records()),
                 )
                 return tok.mesh_id
-            errors.append(f"{b.control_endpoint}: refused")
+            errors.append((b.control_endpoint, "refused"))
             if b == tok.bootstrap[0]:
                 refused = True  # the issuer's word is final (expired, used up, revoked)
                 break
@@ -199,9 +201,7 @@ class MembershipOps(DaemonBase):
             raise svc.refused(
                 "the invitation was refused (expired, used up, or not valid for this mesh)"
             )
-        raise svc.unavailable(
-            "no member named in the token could be reached: " + "; ".join(errors[-6:])
-        )
+        raise svc.unavailable(unreachable_message(errors, time.monotonic() - started))
 
     async def leave_mesh(self, mesh_id: str) -> None:
         rt = self._get(mesh_id)
