@@ -197,6 +197,13 @@ def test_malformed_json_body(api: tuple[httpx.Client, FakeNodeService, Path]) ->
     r = c.post("/v1/join", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 422
     assert "JSON" in _err(r)["message"]
+    # Not UTF-8: the same answer, not a 400 "http_error" saying "There was an
+    # error parsing the body" (walkthrough, eighteenth session).
+    r = c.post(
+        "/v1/join", content=b'{"token":"\xff\xfe"}', headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 422, r.text
+    assert _err(r)["code"] == "invalid_request" and "UTF-8" in _err(r)["message"]
 
 
 def test_bad_query_expression_is_400(api: tuple[httpx.Client, FakeNodeService, Path]) -> None:

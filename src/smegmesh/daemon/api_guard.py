@@ -187,6 +187,9 @@ def add_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         codes = {404: "not_found", 405: "method_not_allowed"}
         message = str(exc.detail)
+        if exc.status_code == 400 and message == "There was an error parsing the body":
+            # FastAPI's words for a body that is not UTF-8: like any body not JSON
+            return _error(422, "invalid_request", "invalid request: body: not JSON in UTF-8")
         if exc.status_code == 404:
             # Never show routes to the user: a 404 here is almost always an id
             # that could not be part of a URL (e.g. with a '/').
