@@ -217,6 +217,16 @@ def test_missing_file(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.yaml")
 
 
+def test_a_file_not_in_utf8_says_so(tmp_path: Path) -> None:
+    """It said "cannot read: 'utf-8' codec can't decode byte 0xff in position 0:
+    invalid start byte" (walkthrough, eighteenth session)."""
+    f = tmp_path / "latin1.yaml"
+    f.write_bytes("gRPCPort: 4000\n# caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert str(e.value) == (f"{f}: not UTF-8 text (byte 0xe9 at offset 20); save it as UTF-8")
+
+
 def test_error_names_file(tmp_path: Path) -> None:
     f = tmp_path / "c.yaml"
     f.write_text("syncInterval: -2\n")
