@@ -20,7 +20,14 @@ import pytest
 from envcheck import IN_CI
 from smegmesh.core.addressing import mesh_prefix
 from smegmesh.core.identity import NodeIdentity, key_to_text
-from smegmesh.core.record import MAX_DESCRIPTION_BYTES, MAX_SERVICES, NodeRecord, Role, RouteAdv
+from smegmesh.core.record import (
+    ALIAS_RULE,
+    MAX_DESCRIPTION_BYTES,
+    MAX_SERVICES,
+    NodeRecord,
+    Role,
+    RouteAdv,
+)
 from smegmesh.core.wgconfig import PeerStatus
 from smegmesh.daemon import views
 from smegmesh.daemon.api_models import MeshDetail
@@ -476,6 +483,11 @@ def test_validation_helpers() -> None:
         with pytest.raises(ServiceError) as ei:
             validate_alias(bad)
         assert ei.value.code == "invalid_argument" and ei.value.message.startswith("alias:")
+    # a device's name is its alias: the error names the flag the user gave (add-device
+    # --name), in the same words as put-alias's (walkthrough, eighteenth session)
+    with pytest.raises(ServiceError) as ei:
+        validate_alias("bad name!", "name")
+    assert ei.value.message == f"name: {ALIAS_RULE}"
     assert validate_description("é" * (MAX_DESCRIPTION_BYTES // 2)) == "é" * 128
     with pytest.raises(ServiceError) as ei:
         validate_description("é" * (MAX_DESCRIPTION_BYTES // 2 + 1))

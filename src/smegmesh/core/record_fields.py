@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALIAS_RE",
+    "ALIAS_RULE",
     "EXT_DEVICES",
     "EXT_NAT",
     "MAX_ADMITTED",
@@ -74,6 +75,8 @@ MAX_RECORD_BYTES = 96 * 1024
 
 #: An alias: one lower-case DNS label (served as ALIAS.MESHID.smeg.).
 ALIAS_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+#: :data:`ALIAS_RE` in words, for error messages.
+ALIAS_RULE = "must be a DNS label: 1-63 letters, digits or '-', not starting or ending with '-'"
 #: A service key.
 SERVICE_KEY_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _HOST_LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")

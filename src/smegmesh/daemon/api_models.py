@@ -251,10 +251,7 @@ class AliasRequest(_Request):
     @classmethod
     def _label(cls, v: str) -> str:
         if not ALIAS_RE.match(v):
-            raise ValueError(
-                "must be a DNS label: letters, digits and '-', 1-63 characters, "
-                "not starting or ending with '-'"
-            )
+            raise ValueError(record.ALIAS_RULE)
         return v
 
 

@@ -231,7 +231,7 @@ class DeviceOps(DeviceRemoteOps):
         rt = self._get(mesh_id)
         remote = self._via_record(rt, via) if via is not None and via.strip() else None
         sponsor_rec = self._check_sponsor(rt) if remote is None else remote
-        alias = views.validate_alias(name)
+        alias = views.validate_alias(name, "name")
         if not alias:
             raise svc.invalid_argument("name: a device needs a name")
         dkey, private = device_key(public_key, keep_key)

@@ -14,6 +14,7 @@ from smegmesh.core.authority import Authority
 from smegmesh.core.devices import LiveDevice
 from smegmesh.core.record import (
     ALIAS_RE,
+    ALIAS_RULE,
     MAX_DESCRIPTION_BYTES,
     MAX_SERVICE_VALUE_BYTES,
     MAX_SERVICES,
@@ -78,14 +79,11 @@ def check_alias_free(
         raise conflict(f"alias {alias!r} is already a device's")
 
 
-def validate_alias(alias: str) -> str:
-    """The alias as stored (lower case); ``invalid_argument`` naming the field if bad."""
+def validate_alias(alias: str, field: str = "alias") -> str:
+    """The alias as stored (lower case); ``invalid_argument`` naming ``field`` if bad."""
     a = alias.lower()
     if a and ALIAS_RE.fullmatch(a) is None:
-        raise invalid_argument(
-            "alias: must be a DNS label: 1-63 letters, digits or '-', "
-            "not starting or ending with '-'"
-        )
+        raise invalid_argument(f"{field}: {ALIAS_RULE}")
     return a
 
 
