@@ -56,6 +56,7 @@ from collections.abc import Iterable
 from smegmesh.core.addressing import validate_mesh_id
 from smegmesh.core.authority import Authority
 from smegmesh.core.cert import Cert, Founding
+from smegmesh.core.forgery import NOT_CHECKED, ForgeryStop
 from smegmesh.core.identity import verify_many
 from smegmesh.core.memo import DEFAULT_MEMO_ITEMS, ItemMemo
 from smegmesh.core.record import NodeRecord, Prune, RecordError
@@ -159,7 +160,7 @@ class MeshState(AdmissionGate):
         self._gate(item)
         if not self.memo.sig_ok(item):
             if not self._verifier([_job(item)])[0]:
-                raise RecordError("signature", "invalid signature")
+                raise RecordError("signature", self._sig_reason(item.signature))
             self.memo.note_sig_ok(item)
         self._put(item)
         return True
@@ -172,15 +173,21 @@ class MeshState(AdmissionGate):
         Invalid items are skipped and returned as errors; returns the set of
         changed keys (including keys an eviction in the batch purged).
         Statements are applied first (a founding record or an admission must be
-        known before the records that depend on it). A forged item cannot mask a
-        valid one of the same batch.
+        known before the records that depend on it). The first forged signature
+        ends the checks: the rest of the batch is refused unchecked
+        (:mod:`~smegmesh.core.forgery`; what was installed before it stays).
         """
         errors: list[RecordError] = []
         batch = list(items)
         changed: set[bytes] = set()
-        self._apply_statements(batch, now_ms, changed, errors)
-        pending = self._admissible(batch, now_ms, errors)
-        self._install_winners(pending, changed, errors)
+        inner = self._verifier
+        self._verifier = ForgeryStop(inner)
+        try:
+            self._apply_statements(batch, now_ms, changed, errors)
+            pending = self._admissible(batch, now_ms, errors)
+            self._install_winners(pending, changed, errors)
+        finally:
+            self._verifier = inner
         changed |= self.pop_purged()
         return changed, errors
 
@@ -240,15 +247,20 @@ class MeshState(AdmissionGate):
                     self._put(c)
                     changed.add(c.key)
                 else:
-                    errors.append(RecordError("signature", "invalid signature"))
+                    errors.append(RecordError("signature", self._sig_reason(c.signature)))
                     failed.add((c.key, isinstance(c, NodeRecord)))
+            tried = {id(c) for c in cands}
             pending = [
                 it
                 for it in pending
                 if (it.key, isinstance(it, NodeRecord)) in failed
-                and not any(it is c for c in cands)
+                and id(it) not in tried
                 and self._wins(it)
             ]
+            if pending and isinstance(self._verifier, ForgeryStop) and self._verifier.forged:
+                # the rest goes unchecked (core.forgery): at once, not a round per copy
+                errors.extend(RecordError("signature", NOT_CHECKED) for _ in pending)
+                return
 
     def merge(self, other: MeshState) -> set[bytes]:
         """Join ``other`` into this state; returns the keys that changed.

@@ -24,6 +24,7 @@ from smegmesh.core.cert import (
     Revocation,
     check_auth_fields,
 )
+from smegmesh.core.forgery import ForgeryStop
 from smegmesh.core.memo import ItemMemo
 from smegmesh.core.record import (
     NodeRecord,
@@ -195,8 +196,13 @@ class AdmissionGate(StateStore):
         self._check_member(item.by_wg_key, item.by_chain, "by_chain")
         if not self.memo.sig_ok(tr):
             if not self._verifier([_job(tr)])[0]:
-                raise RecordError("target_record", "invalid signature")
+                raise RecordError("target_record", self._sig_reason(tr.signature))
             self.memo.note_sig_ok(tr)
+
+    def _sig_reason(self, signature: bytes, checked: str = "invalid signature") -> str:
+        """Why an item whose ``signature`` failed is refused (see :mod:`core.forgery`)."""
+        v = self._verifier
+        return v.reason(signature, checked) if isinstance(v, ForgeryStop) else checked
 
     def _check_member(self, key: bytes, chain: Sequence[Cert], field: str) -> None:
         reason = self._authority.check_chain(key, chain)
@@ -210,7 +216,10 @@ class AdmissionGate(StateStore):
             return
         oks = self._verifier([(c.signer, c.signed_payload(), c.signature) for c in todo])
         if not all(oks):
-            raise RecordError(field, "invalid admission certificate signature")
+            bad = next(c for c, ok in zip(todo, oks, strict=True) if not ok)
+            raise RecordError(
+                field, self._sig_reason(bad.signature, "invalid admission certificate signature")
+            )
         if len(self._good_certs) > 4 * MAX_AUTH_ITEMS:
             self._good_certs.clear()
         self._good_certs.update(c.key for c in todo)
