@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smegmesh.core.gossip import GossipParams, GossipScheduler
+from smegmesh.core.gossip import TRIGGERS_PER_KEY, GossipParams, GossipScheduler
 
 
 def keys(n: int) -> list[bytes]:
@@ -152,6 +152,26 @@ def test_received_items_within_batch_ms_of_a_push_are_held_and_released_together
     assert not s.hold({ks[5]}, 1, 1_400)
     off = sched(ks[0], batch_ms=0)
     assert not off.hold({ks[1]}, 1, 1_000) and not off.hold({ks[2]}, 1, 1_001)
+
+
+def test_a_received_key_is_triggered_three_times_a_window_then_goes_with_the_rounds() -> None:
+    """``throttle``: at most TRIGGERS_PER_KEY pushes at once per key and window of
+    infection_count sync intervals; later changes are noted fresh (the rounds
+    carry their latest version); a new window starts afresh; keys apart."""
+    ks = keys(3)
+    s = sched(ks[0], sync_interval_ms=1_000, infection_count=3)
+    for t in range(TRIGGERS_PER_KEY):
+        assert s.throttle([ks[1]], 1_000 + t) == [ks[1]]
+    assert ks[1] not in s.fresh_keys
+    assert s.throttle([ks[1], ks[2]], 1_500) == [ks[2]]  # another key is not held back
+    assert ks[1] in s.fresh_keys  # the rounds push it
+    assert s.throttle([ks[1]], 3_999) == []
+    assert s.throttle([ks[1]], 4_000) == [ks[1]]  # 3 s after its window began
+    # the table is swept of expired windows as it grows (bounded by a window's keys)
+    many = keys(500)
+    for i, k in enumerate(many):
+        s.throttle([k], 10_000 + 20 * i)
+    assert len(s._triggers) < 2 * (3_000 // 20) + 64
 
 
 def _split_by_copy(me: bytes, peers: list[bytes], size: int) -> tuple[list[bytes], list[bytes]]:

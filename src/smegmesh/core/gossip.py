@@ -25,6 +25,10 @@ from typing import overload
 #: Pushes of an item that found their target holding it, per push round the
 #: item loses (see ``GossipScheduler.lose_interest``).
 LOSE_INTEREST_AFTER = 2
+#: Triggered pushes of one received key per ``infection_count`` sync
+#: intervals (see ``GossipScheduler.throttle``): prunes and their refutation
+#: (2 in a 1,000-node churn lost 4 restarts of 39,000; 3 changed nothing).
+TRIGGERS_PER_KEY = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +166,9 @@ class GossipScheduler:
     _last_trigger_ms: int | None = None
     _held: dict[bytes, int] = field(default_factory=dict)
     _held_due: int | None = None
+    #: received key -> (start of its window, triggered pushes in it); see throttle
+    _triggers: dict[bytes, tuple[int, int]] = field(default_factory=dict)
+    _triggers_kept: int = 0  # entries after the last sweep of expired ones
 
     # -- inputs -------------------------------------------------------------
     def note_fresh(self, keys: Iterable[bytes]) -> None:
@@ -193,6 +200,38 @@ class GossipScheduler:
                 del fresh[k]
             else:
                 fresh[k] = left - 1
+
+    def throttle(self, keys: Iterable[bytes], now_ms: int) -> list[bytes]:
+        """The received ``keys`` that may be pushed now; the others wait for the rounds.
+
+        A key is pushed at once (triggered) at most :data:`TRIGGERS_PER_KEY`
+        times per window of ``infection_count`` sync intervals; a later change
+        within the window is only noted fresh, so the periodic rounds carry its
+        latest version. A member publishing versions of its record without end
+        made every node forward each of them at once (50 a second: 10x the
+        bytes of one a second, at every member); honest keys change once or
+        twice in a window (a prune, its refutation). O(1) per key; the table
+        holds the keys triggered in the last window.
+        """
+        window = self.params.sync_interval_ms * max(1, self.params.infection_count)
+        t = self._triggers
+        if len(t) > 2 * self._triggers_kept + 64:
+            self._triggers = t = {k: v for k, v in t.items() if now_ms - v[0] < window}
+            self._triggers_kept = len(t)
+        out: list[bytes] = []
+        late: list[bytes] = []
+        for k in keys:
+            start, n = t.get(k, (now_ms, 0))
+            if now_ms - start >= window:
+                start, n = now_ms, 0
+            if n >= TRIGGERS_PER_KEY:
+                late.append(k)
+                continue
+            t[k] = (start, n + 1)
+            out.append(k)
+        if late:
+            self.note_fresh(late)
+        return out
 
     @property
     def fresh_keys(self) -> frozenset[bytes]:

@@ -310,17 +310,16 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
     ) -> list[Out]:
         """Triggered push of ``keys``, forwarded ``hops`` times before (0: our own change).
 
-        ``full`` targets get the items (default: all of them while ``hops`` is
-        below :func:`~smegmesh.core.gossip.full_hops`, else ``full_push``).
-        Received items past their first hops may be held for a batched push
-        (``GossipScheduler.hold``; :meth:`tick` sends the batch, ``batched``).
-        Hops past ``MAX_HOPS``: the items came in a push answering our
-        ``Want``, late in their spread. While other changes spread
-        (``GossipScheduler.busy``) those that are prunes only wait for the
-        periodic rounds' offers; a member back alive goes on at once, and so
-        does anything in a quiet mesh (a lone change's tail is its latency).
-        Why and what it saves: docs/SCALE.md, section 6 of the simulator's gaps.
+        ``full`` targets get the items (default: all while ``hops`` is below
+        :func:`~smegmesh.core.gossip.full_hops`, else ``full_push``). A received
+        key goes at once a few times a window only (``throttle``); past its first
+        hops it may be held for a batched push (``hold``; :meth:`tick` sends the
+        batch, ``batched``). Hops past ``MAX_HOPS``: it came answering our
+        ``Want``; while other changes spread (``busy``) prunes then wait for the
+        rounds' offers (docs/SCALE.md, section 6 of the simulator's gaps).
         """
+        if full is None and not batched and not (keys := self._sched.throttle(keys, now_ms)):
+            return []
         peers = self._reachable_peers()
         g = self.gossip
         early = hops <= full_hops(len(peers), g.branch)
