@@ -406,6 +406,27 @@ def test_pingreq_is_relayed_by_the_engine() -> None:
     assert b.step(ReplyReceived(relay, Refusal(MESH), net.now)) == lost
 
 
+def test_pingreq_for_ourselves_or_a_non_member_is_answered_without_a_call() -> None:
+    """Review (nineteenth session): a member's ``PingReq`` sent our relayed ping to
+    any key with a record, a departed member's old endpoint included, and to
+    ourselves. Now we answer for ourselves (alive) and refuse to relay to a
+    key that is not a member, at once and without a call."""
+    from smegmesh.core.messages import PingReq
+
+    net, nodes = mesh_of(3)
+    a, b, c = nodes
+    outs = b.step(RequestReceived(a.key, PingReq(MESH, b.key, 7), net.now, request_id=1))
+    assert outs[-1] == Respond(1, Ack(MESH, 7)) and not [o for o in outs if isinstance(o, Call)]
+    outs = b.step(RequestReceived(a.key, PingReq(MESH, bytes(32), 8), net.now, request_id=2))
+    assert outs[-1] == Respond(2, Ack(MESH, 8, False))
+    assert not [o for o in outs if isinstance(o, Call)]
+    c_left = c.mesh.record(c.key)
+    assert c_left is not None
+    b.mesh.apply(c_left.evolve(c.identity, net.now + 1, left=True), net.now + 1)
+    outs = b.step(RequestReceived(a.key, PingReq(MESH, c.key, 9), net.now, request_id=3))
+    assert outs[-1] == Respond(3, Ack(MESH, 9, False))
+
+
 def test_indirect_probe_through_the_driver_reaches_the_prober() -> None:
     """End to end over the shared driver: an indirect probe of a live member
     (its direct ping lost) comes back as ``Ack(ok=True)`` through the relay."""

@@ -114,7 +114,7 @@ class ExchangeMixin:
     def _request(self, req: RequestReceived) -> list[Out]:
         """A request from ``req.src`` (authenticated by the transport).
 
-        The reply is the last output (a ``Respond``), except for a ``PingReq``:
+        The reply is the last output (a ``Respond``), except for a ``PingReq`` relayed:
         then the last output is the relayed ``Ping`` to its target, and the
         ``Respond`` (``Ack(ok)``) comes with that ping's reply or failure.
         Non-members get a ``Refusal`` for everything but a ``JoinRequest``
@@ -152,7 +152,12 @@ class ExchangeMixin:
         if isinstance(msg, Ping):
             return Ack(self.mesh_id, msg.probe_id), self._heard_from_pruned(src, now_ms)
         if isinstance(msg, PingReq):
-            return None, self._heard_from_pruned(src, now_ms)
+            heal = self._heard_from_pruned(src, now_ms)
+            if msg.target == self.key or not self.is_member(msg.target):
+                # no call to ourselves, nor to a key that is no member (a departed
+                # member's old endpoint may be someone else's now)
+                return Ack(self.mesh_id, msg.probe_id, msg.target == self.key), heal
+            return None, heal
         if isinstance(msg, Push):
             out = pre + self._ingest(msg.items, now_ms, src, msg.hops)
             # ok: something in it was news to us (the pusher's feedback, see handle_reply)
