@@ -197,3 +197,77 @@ def test_a_members_forged_items_are_dropped_and_logged_once() -> None:
         assert "admission" in lines[0] or "target_record" in lines[0], lines
     finally:
         c.close()
+
+
+def test_a_member_pruning_a_live_member_is_named_in_the_log_and_counted() -> None:
+    """Nineteenth session (docs/SECURITY.md, prunes of live members): a member that
+    prunes a live member leaves a trace. The member refutes; a node that held it
+    as pruned logs the pruner once (a WARNING, then a summary a minute) and
+    counts it in ``smegd_prunes_refuted``."""
+    import asyncio
+    import base64
+
+    import httpx
+    import msgpack
+
+    from smegmesh.core.identity import NodeIdentity
+    from smegmesh.core.messages import Ack
+    from smegmesh.core.record import NodeRecord, Prune
+    from smegmesh.core.sync import Push
+    from smegmesh.core.wire import decode, decode_item, encode
+    from smegmesh.daemon.transport import RpcClient
+    from smegmesh.testbed.loopback import free_port, wait_converged
+
+    c = Cluster()
+    try:
+        metrics = f"127.0.0.1:{free_port('127.0.0.1')}"
+        owner, member = c.add(2)
+        (witness,) = c.add(1, extra={"metricsListen": metrics})
+        mesh = create_mesh(owner, [])
+        for d in (member, witness):
+            tok = owner.ctl("invite", "--meshid", mesh).stdout.strip()
+            d.ctl("join-mesh", "--token", tok)
+        wait_converged([owner, member, witness], mesh)
+        attacker = NodeIdentity.from_seed((member.dir / "state" / "identity.key").read_bytes())
+        owner_key = base64.b64decode(owner.self_key(mesh))
+        owner.ctl("put-alias", "--meshid", mesh, "--alias", "boss")  # on disk when it answers
+        saved = (owner.dir / "state" / "meshes" / f"{mesh}.state").read_bytes()
+        records = [decode_item(o) for o in msgpack.unpackb(saved, raw=False)]
+        recs = {r.wg_key: r for r in records if isinstance(r, NodeRecord)}
+        target, mine = recs[owner_key], recs[attacker.wg_public_key]
+        prune = Prune.create(
+            attacker,
+            mesh,
+            now_ms=int(time.time() * 1000),
+            target_record=target,
+            target=owner_key,
+            target_version=target.version,
+            by_chain=mine.chain,
+        )
+        w = recs[base64.b64decode(witness.self_key(mesh))]
+        assert w.control_endpoint is not None and w.tls_fp is not None
+
+        async def push() -> object:
+            rpc = RpcClient(attacker, timeout=5)
+            try:
+                body = encode(Push(mesh, (prune,)))
+                return decode(await rpc.call(w.control_endpoint, w.tls_fp, body))
+            finally:
+                await rpc.close()
+
+        assert isinstance(asyncio.run(push()), Ack)
+        short = base64.b64encode(attacker.wg_public_key).decode()[:12]
+
+        def named() -> bool:
+            return any(
+                "refuted prune by member " + short in ln and "WARNING" in ln
+                for ln in witness.log().splitlines()
+            )
+
+        wait_until(named, 20, what="the witness names the pruner")
+        port = metrics.rsplit(":", 1)[1]
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        assert f'smegd_prunes_refuted_total{{mesh="{mesh}"}} 1.0' in text, text[-2000:]
+        assert next(n for n in owner.mesh(mesh)["nodes"] if n["is_self"])["status"] == "live"
+    finally:
+        c.close()

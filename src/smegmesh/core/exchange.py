@@ -35,6 +35,7 @@ from smegmesh.core.messages import Ack, JoinRequest, Ping, PingReq, Refusal
 from smegmesh.core.offer import MAX_HOPS, Offer, Want, wanted, wanted_parts
 from smegmesh.core.paging import PAGE_BYTES
 from smegmesh.core.record import NodeRecord, Prune, Role
+from smegmesh.core.refuted import RefutedPrunes, pruners_of
 from smegmesh.core.state import MeshState
 from smegmesh.core.sync import Push, SyncEnd, SyncSession, SyncStart, SyncStep
 
@@ -71,6 +72,9 @@ class ExchangeMixin:
     _avoid: dict[bytes, int]
     _peer_ping_inflight: bool
     _peer_ping_failures: int
+    rejected: int
+    last_rejects: list[str]
+    refuted: RefutedPrunes
 
     if TYPE_CHECKING:
 
@@ -80,9 +84,6 @@ class ExchangeMixin:
         def mesh(self) -> MeshState: ...  # noqa: D102
         def is_member(self, key: bytes) -> bool: ...  # noqa: D102
         def _is_pruned_member(self, key: bytes) -> bool: ...
-        def _ingest(
-            self, items: Iterable[Item], now_ms: int, src: bytes | None, hops: int | None = None
-        ) -> list[Out]: ...
         def _on_changed(
             self, changed: set[bytes], now_ms: int, src: bytes | None, hops: int | None = None
         ) -> list[Out]: ...
@@ -97,6 +98,20 @@ class ExchangeMixin:
             hops: int = 0,
             whole: frozenset[bytes] = frozenset(),
         ) -> list[Out]: ...
+
+    def _ingest(
+        self, items: Iterable[Item], now_ms: int, src: bytes | None, hops: int | None = None
+    ) -> list[Out]:
+        """Merge received ``items`` (from ``src``; None: our own), count what was refused."""
+        batch = tuple(items)
+        down = pruners_of(self.mesh, batch)
+        changed, errors = self.mesh.apply_many(batch, now_ms)
+        self.rejected += len(errors)  # a peer's garbage: counted, never fatal
+        if errors:  # why (for the adapter's rate-limited log): the first few reasons
+            self.last_rejects = [str(e) for e in errors[:3]]
+        if down:
+            self.refuted.note(self.mesh, down, changed)
+        return self._on_changed(changed, now_ms, src, hops)
 
     def handle_request(
         self, src: bytes, msg: Message, now_ms: int, request_id: int = 0

@@ -77,6 +77,7 @@ from smegmesh.core.record import (
     Prune,
     Role,
 )
+from smegmesh.core.refuted import RefutedPrunes
 from smegmesh.core.state import MeshState
 from smegmesh.core.sync import Push, SyncSession
 
@@ -125,6 +126,8 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
     #: reasons of the last rejected items (records without admission, forged prunes...)
     last_rejects: list[str] = field(default_factory=list)
     heal_sessions: int = 0  # heals (a push of its prune) on hearing from a pruned member
+    #: prunes of live members, refuted, by pruner (core.refuted; a member turned bad)
+    refuted: RefutedPrunes = field(default_factory=RefutedPrunes)
     _view_cache: Views | None = None
     #: a joiner's own record until a member admits it (admission mode)
     _pending: NodeRecord | None = None
@@ -253,15 +256,6 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         return out
 
     # -- receiving items -------------------------------------------------------------
-    def _ingest(
-        self, items: Iterable[Item], now_ms: int, src: bytes | None, hops: int | None = None
-    ) -> list[Out]:
-        changed, errors = self.mesh.apply_many(items, now_ms)
-        self.rejected += len(errors)  # a peer's garbage: counted, never fatal
-        if errors:  # why (for the adapter's rate-limited log): the first few reasons
-            self.last_rejects = [str(e) for e in errors[:3]]
-        return self._on_changed(changed, now_ms, src, hops)
-
     def _on_changed(
         self, changed: set[bytes], now_ms: int, src: bytes | None, hops: int | None = None
     ) -> list[Out]:

@@ -69,6 +69,7 @@ class DaemonBase:
         _bridge_nat: frozenset[str] | None
         _bridge_nat_error: frozenset[str] | None
         dropped_items: RateLog
+        refuted_prunes: RateLog
         state_lock: StateLock
         metrics: Metrics
         metrics_server: Any

@@ -150,6 +150,24 @@ class EngineIO(DaemonBase):
         elif same:
             self.rpc.backoff.hint((rec.control_endpoint, rec.tls_fp))
 
+    def _log_refused_items(self, rt: MeshRuntime, src: bytes, rejected: int, refuted: int) -> None:
+        """What a request from ``src`` brought that the mesh refused, rate-limited per source.
+
+        ``rejected``, ``refuted``: the engine's counts before the request. Items
+        dropped (forged, no admission...) per sender; prunes of live members
+        that their member refuted, per pruner (``core.refuted``).
+        """
+        node = rt.node
+        if node.rejected > rejected:
+            for reason in node.last_rejects:
+                self.dropped_items.note(key_to_text(src)[:12], reason)
+        if node.refuted.total > refuted:
+            for pruner, member in node.refuted.last:
+                self.refuted_prunes.note(
+                    key_to_text(pruner)[:12],
+                    f"mesh {rt.mesh_id}: a prune of {key_to_text(member)[:12]}, who is alive",
+                )
+
     async def _on_rpc(self, src: bytes, body: bytes) -> bytes:
         try:
             msg = decode(body)
@@ -172,12 +190,10 @@ class EngineIO(DaemonBase):
         rt = self.meshes.get(mesh_id) if isinstance(mesh_id, str) else None
         if rt is None:
             return encode(Refusal(mesh_id if isinstance(mesh_id, str) else "x"))
-        rejected = rt.node.rejected
+        counts = rt.node.rejected, rt.node.refuted.total
         pending = rt.port.request(rt.driver, src, msg, now_ms())  # the engine answers now...
         rt.wake.set()
-        if rt.node.rejected > rejected:  # dropped items: logged per sender, rate-limited
-            for reason in rt.node.last_rejects:
-                self.dropped_items.note(key_to_text(src)[:12], reason)
+        self._log_refused_items(rt, src, *counts)
         self._clear_backoff(rt, src)
         reply = await reply_of(pending)  # ...or after its relayed ping (a PingReq)
         if reply is None:

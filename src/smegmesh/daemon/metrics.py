@@ -255,9 +255,16 @@ class _StateCollector(Collector):
             "WireGuard traffic with this mesh's peers, by direction (in/out)",
             labels=["mesh", "direction"],
         )
+        refuted = CounterMetricFamily(
+            "smegd_prunes_refuted",
+            "Prunes of members that then showed they were alive, per mesh (the log "
+            "names the pruner: one pruning live members by the dozen is to be evicted)",
+            labels=["mesh"],
+        )
         now = time.time()
         for rt in meshes:
             mid = rt.mesh_id
+            refuted.add_metric([mid], rt.node.refuted.total)
             for state, n in _member_counts(rt.node).items():
                 members.add_metric([mid, state], n)
             status = d.wg_status.get(mid)
@@ -272,7 +279,7 @@ class _StateCollector(Collector):
             ages.add_metric([mid], buckets, gsum_value=float(sum(seen)))
             traffic.add_metric([mid, "in"], float(sum(p.rx_bytes for p in ps)))
             traffic.add_metric([mid, "out"], float(sum(p.tx_bytes for p in ps)))
-        yield from (members, peers, never, ages, traffic)
+        yield from (members, refuted, peers, never, ages, traffic)
         if d.dns is not None:
             queries = CounterMetricFamily(
                 "smegd_dns_answers",

@@ -104,6 +104,11 @@ class Daemon(
         #: items members sent that the mesh's rules refused (no admission proof,
         #: forged or non-member prunes...): one summary per sender per minute
         self.dropped_items = RateLog(log, "dropped", unit="items", prep="from member")
+        #: prunes of live members their target refuted (core.refuted): who prunes
+        #: live members, for an admin to evict if it goes on
+        self.refuted_prunes = RateLog(
+            log, "refuted", unit="prunes", prep="by member", level=logging.WARNING
+        )
         self.state_lock = StateLock(self.state_dir)
         self.metrics = Metrics(self)
         self.metrics_server: Any = None

@@ -143,8 +143,9 @@ class StoreOps(DaemonBase):
         horizon = int(self.config.gc_horizon * 1000)
         while True:
             await asyncio.sleep(1.0)
-            if len(self.dropped_items):  # its summary, once per interval
-                self.dropped_items.note_tick()
+            for rl in (self.dropped_items, self.refuted_prunes):
+                if len(rl):  # its summary, once per interval
+                    rl.note_tick()
             for rt in list(self.meshes.values()):
                 if rt.node.mesh.gc(now_ms(), horizon):
                     rt.dirty_disk = True

@@ -1,0 +1,64 @@
+"""Prunes of live members, counted by pruner. Pure.
+
+A member may prune any member, and a member turned bad may prune live ones
+without end: each is refuted (the member publishes a version the prune does
+not cover, which always wins), but while a node holds a member as pruned it
+drops its WireGuard peer (docs/SECURITY.md, "Not bounded: prunes of live
+members"). A refuted prune is the trace such a member leaves: a node counts,
+per pruner, the members it held as pruned that a record then showed alive,
+so an operator can see who prunes live members (a member starved of CPU
+does it now and then; a hostile one by the dozen) and evict it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from smegmesh.core.record import NodeRecord
+from smegmesh.core.state import MeshState
+
+__all__ = ["MAX_PRUNERS", "RefutedPrunes", "pruners_of"]
+
+#: Pruners counted at most (further ones go uncounted, their refutations not).
+MAX_PRUNERS = 256
+
+
+def pruners_of(mesh: MeshState, items: Iterable[object]) -> dict[bytes, bytes]:
+    """Member key -> its pruner, for the batch's records of members held as pruned.
+
+    O(1) per item; taken before the batch is merged (see :meth:`RefutedPrunes.note`).
+    """
+    out: dict[bytes, bytes] = {}
+    for it in items:
+        if type(it) is not NodeRecord or mesh.live_record(it.wg_key) is not None:
+            continue
+        prune = mesh.get_prune(it.wg_key)
+        if prune is not None:
+            out[it.wg_key] = prune.by_wg_key
+    return out
+
+
+@dataclass(slots=True)
+class RefutedPrunes:
+    """Refuted prunes seen by one node in one mesh: in all and per pruner."""
+
+    total: int = 0
+    by_pruner: dict[bytes, int] = field(default_factory=dict)
+    #: the latest refutations, (pruner, member), for the adapter's log
+    last: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    def note(self, mesh: MeshState, down: dict[bytes, bytes], changed: Iterable[bytes]) -> None:
+        """Count the members of ``down`` (:func:`pruners_of`) that ``changed`` made live."""
+        last: list[tuple[bytes, bytes]] = []
+        for key in changed:
+            pruner = down.get(key)
+            if pruner is None or mesh.live_record(key) is None:
+                continue
+            self.total += 1
+            if pruner in self.by_pruner or len(self.by_pruner) < MAX_PRUNERS:
+                self.by_pruner[pruner] = self.by_pruner.get(pruner, 0) + 1
+            if len(last) < 8:
+                last.append((pruner, key))
+        if last:
+            self.last = last
