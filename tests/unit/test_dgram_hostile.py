@@ -14,6 +14,7 @@ Each test failed on the code before its fix; none uses the network beyond loopba
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from types import SimpleNamespace
@@ -362,3 +363,31 @@ def test_a_caller_past_the_derivation_budget_is_told_to_use_the_stream() -> None
             await server.stop(0)
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_a_datagram_from_a_node_just_admitted_elsewhere_is_counted_not_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Walkthrough (eighteenth session): every join logged "refused call from
+    127.0.0.1: datagram: not a member" at INFO on the admitting daemon, which
+    reads as an attack: the joiner's first datagram outruns its record, is told
+    "use the stream" and goes there. It is counted (the metric's reason) and
+    logged at DEBUG only; other refusals are still logged as before."""
+    srv = DatagramServer(
+        RpcServer(TlsIdentity.generate(), lambda _s, _b: None),  # type: ignore[arg-type,return-value]
+        KeyIds([(SRV.wg_public_key, SRV.wg_private_key)], {}.get),
+    )
+    sent = SentDatagrams()
+    srv.connection_made(sent)  # type: ignore[arg-type]
+    newcomer = dw.HEADER.pack(
+        dw.MAGIC, dw.REQUEST, dw.key_id(HONEST.wg_public_key), SRV.wg_public_key[:8], os.urandom(12)
+    )
+    stray = dw.HEADER.pack(dw.MAGIC, dw.REQUEST, os.urandom(8), os.urandom(8), os.urandom(12))
+    with caplog.at_level(logging.INFO, "smegmesh.daemon.transport"):
+        srv.datagram_received(newcomer + os.urandom(40), ("127.0.0.1", 9))
+        assert srv.stats.refused["not a member"] == 1
+        assert srv.stats.datagrams["out", "notice"] == 1  # told to use the stream
+        assert not [r for r in caplog.records if r.levelno >= logging.INFO], caplog.text
+        srv.datagram_received(stray + os.urandom(40), ("192.0.2.7", 9))
+    assert srv.stats.refused["not for us"] == 1
+    assert "192.0.2.7" in caplog.text and "datagram: not for us" in caplog.text

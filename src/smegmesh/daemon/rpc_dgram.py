@@ -53,6 +53,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("smegmesh.daemon.transport")
 
+#: The refusal of a datagram whose sender is no member we know (a node just admitted
+#: elsewhere, at every join): counted under this reason, logged at DEBUG only.
+NOT_A_MEMBER = "not a member"
+
 #: Token bucket per source address: requests per second, burst, addresses tracked.
 BUCKET_RATE = 100.0
 BUCKET_BURST = 200.0
@@ -225,6 +229,11 @@ class DatagramServer(asyncio.DatagramProtocol):
         self.stats.refused[reason] += 1
         if size:  # what was dropped still came in over the wire
             self.stats.bytes["in", "refused"] += _wire_len(size, ip)
+        if reason == NOT_A_MEMBER:
+            # every join: the joiner's first datagram outruns its record (it is
+            # told to use the stream); counted, logged at DEBUG, not as an attack
+            log.debug("datagram from %s: %s (told to use the stream)", ip, reason)
+            return
         self._server.refusals.note(ip, f"datagram: {reason}")
 
     def _allow(self, ip: str) -> bool:
@@ -262,7 +271,7 @@ class DatagramServer(asyncio.DatagramProtocol):
         if ours is None:
             reason = "not for us"
         elif sender is None:
-            reason = "not a member"  # strangers never use datagrams
+            reason = NOT_A_MEMBER  # strangers never use datagrams
             # A node just admitted elsewhere: tell it at once to use the
             # stream instead of letting it wait for the fallback.
             self._notify(dw.notice(h.nonce), ip, addr)
