@@ -15,7 +15,11 @@ attack runs against the victim alone, from its own process, bounded in time
 * ``dns-tcp``: 256 TCP connections to the DNS port, each sending one query
   every 7 s, while a new client's TCP query is timed;
 * ``garbage``: random bytes, a truncated TLS hello and an HTTP/2 preface
-  without TLS on the control port, many connections.
+  without TLS on the control port, many connections;
+* ``member-forged``: a *member* turned bad (it uses the identity of one of the
+  other four): pushes of ~1 MiB of forged newer versions of the members'
+  records, 8 calls at a time (nineteenth session: each forgery cost a
+  signature check, and forged copies of a few records quadratic time).
 
 The victim is restarted (and re-synced) before each attack, so what one
 attack leaves behind is not charged to the next (``--no-restart``: back to
@@ -51,7 +55,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 MIB = 1024 * 1024
-ATTACKS = ["rpc-big", "api-big", "jmespath", "dns-tcp", "garbage"]
+ATTACKS = ["rpc-big", "api-big", "jmespath", "dns-tcp", "garbage", "member-forged"]
 
 
 # ----------------------------------------------------------------------------- attacks
@@ -294,12 +298,63 @@ async def attack_garbage(t: dict[str, Any], duration: float) -> dict[str, Any]:
     return out
 
 
+async def attack_member_forged(t: dict[str, Any], duration: float) -> dict[str, Any]:
+    """A member's pushes of ~1 MiB of forged newer record versions, 8 at a time."""
+    import base64
+    import dataclasses
+
+    import msgpack
+
+    from smegmesh.core.identity import NodeIdentity
+    from smegmesh.core.record import NodeRecord
+    from smegmesh.core.sync import Push
+    from smegmesh.core.wire import decode_item, encode
+    from smegmesh.daemon.transport import RpcClient
+
+    me = NodeIdentity.from_seed(Path(t["member_seed"]).read_bytes())
+    raw = msgpack.unpackb(Path(t["member_state"]).read_bytes(), raw=False)
+    recs = [r for r in map(decode_item, raw) if isinstance(r, NodeRecord)]
+    victim = next(r for r in recs if r.wg_key == base64.b64decode(t["victim_key"]))
+    assert victim.control_endpoint is not None and victim.tls_fp is not None
+    forged: list[NodeRecord] = []
+    j = 0
+    while len(encode(Push(t["mesh_id"], tuple(forged)))) < 900 * 1024:
+        j += 1
+        forged += [
+            dataclasses.replace(
+                r, version=r.version + j, timestamp_ms=r.timestamp_ms + j, signature=bytes(64)
+            )
+            for r in recs
+        ]
+    body = encode(Push(t["mesh_id"], tuple(forged)))
+    out: dict[str, Any] = {"calls": 0, "answered": 0, "other": {}, "items": len(forged)}
+    out["body_kib"] = len(body) // 1024
+    deadline = time.monotonic() + duration
+    rpc = RpcClient(me, timeout=30)
+
+    async def worker() -> None:
+        while time.monotonic() < deadline:
+            out["calls"] += 1
+            try:
+                await rpc.call(victim.control_endpoint, victim.tls_fp, body, to=victim.wg_key)
+                out["answered"] += 1
+            except Exception as e:
+                out["other"][type(e).__name__] = out["other"].get(type(e).__name__, 0) + 1
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(8)))
+    finally:
+        await rpc.close()
+    return out
+
+
 ATTACK_FUNCS = {
     "rpc-big": attack_rpc_big,
     "api-big": attack_api_big,
     "jmespath": attack_jmespath,
     "dns-tcp": attack_dns_tcp,
     "garbage": attack_garbage,
+    "member-forged": attack_member_forged,
 }
 
 
@@ -338,6 +393,12 @@ def reset_peak(pid: int) -> bool:
         return False
 
 
+def cpu_s(pid: int) -> float:
+    """User and system CPU seconds of ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -373,6 +434,7 @@ class Phase:
     fds_after: int = 0
     propagation_ms: list[float] = field(default_factory=list)
     lost: int = 0
+    cpu_pct: float = 0.0  # the victim's CPU over the phase, % of one core
     attack: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -413,6 +475,7 @@ def measure_phase(
 ) -> None:
     reset_peak(victim_pid)
     phase.t_from = time.monotonic() - sampler.t0
+    cpu0, wall0 = cpu_s(victim_pid), time.monotonic()
     proc = None
     if attack_cmd is not None:
         proc = subprocess.Popen(attack_cmd, stdout=subprocess.PIPE, text=True)
@@ -437,6 +500,7 @@ def measure_phase(
         with contextlib.suppress(ValueError, IndexError):
             phase.attack = json.loads(stdout.strip().splitlines()[-1])
     phase.t_to = time.monotonic() - sampler.t0
+    phase.cpu_pct = 100 * (cpu_s(victim_pid) - cpu0) / max(time.monotonic() - wall0, 1e-3)
     phase.peak_rss = proc_status(victim_pid, "VmHWM") / 1024
     # After: give the daemon a few seconds to return what it took, then read.
     time.sleep(3)  # deliberate: "RSS after" is read a fixed 3 s after the attack
@@ -497,6 +561,10 @@ def main() -> int:
             "dns_host": victim.dns_host,
             "dns_port": victim.dns_port,
             "mesh_id": mesh_id,
+            # member-forged: the attacker is the third other member, turned bad
+            "member_seed": str(others[2].dir / "state" / "identity.key"),
+            "member_state": str(others[2].dir / "state" / "meshes" / f"{mesh_id}.state"),
+            "victim_key": victim.self_key(mesh_id),
         }
         sampler = Sampler(pid)
         sampler.start()
@@ -559,15 +627,15 @@ def main() -> int:
             f"{ph.rss_after:.0f} ({ratio(ph.rss_after, base.rss_after)}) | "
             f"{ph.peak_fds} / {ph.fds_after} | "
             f"{'-' if ph.prop_ms is None else f'{ph.prop_ms:.0f}'} "
-            f"({ratio(ph.prop_ms, base.prop_ms)}) | {ph.lost} | {errors} | "
+            f"({ratio(ph.prop_ms, base.prop_ms)}) | {ph.cpu_pct:.0f} | {ph.lost} | {errors} | "
             f"{'-' if ph is base else ('yes' if ok else '**no**')} |"
         )
     table = "\n".join(
         [
             "| phase | RSS at start MB | peak RSS MB (x idle) | RSS after MB (x idle) | "
-            "fds peak / after | propagation ms, median (x idle) | changes lost | "
-            "5xx answers | within targets |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+            "fds peak / after | propagation ms, median (x idle) | victim CPU % | "
+            "changes lost | 5xx answers | within targets |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
             *rows,
         ]
     )

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from smegmesh.core.wire import DATAGRAM_REPLIES, DATAGRAM_REQUESTS, message_name
 from smegmesh.daemon import dgram_wire as dw
+from smegmesh.daemon.byte_budget import OVER_BUDGET
 from smegmesh.daemon.dgram_replay import ReplayCache
 from smegmesh.daemon.rpc_common import CLOCK_SKEW_MS, Refused
 from smegmesh.daemon.udp import open_udp
@@ -319,6 +320,10 @@ class DatagramServer(asyncio.DatagramProtocol):
             self.stats.count("in", kind, len(data), ip)
         if kind not in DATAGRAM_REQUESTS:
             self._reply(o, priv, addr, ip, dw.USE_STREAM, b"")
+            return
+        if not self._server.budget.admit(sender, len(o.body)):
+            self._refuse(ip, OVER_BUDGET)
+            self._reply(o, priv, addr, ip, dw.REFUSED, b"")
             return
         self._server._enter(sender, ip, True)
         self._server.transport_calls["in", kind, "datagram"] += 1
