@@ -37,6 +37,7 @@ from smegmesh.core.paging import PAGE_BYTES
 from smegmesh.core.record import NodeRecord, Prune, Role
 from smegmesh.core.refuted import RefutedPrunes, pruners_of
 from smegmesh.core.state import MeshState
+from smegmesh.core.state_gate import OVER_PRUNE_BUDGET
 from smegmesh.core.sync import Push, SyncEnd, SyncSession, SyncStart, SyncStep
 
 Item = NodeRecord | Prune | AuthItem
@@ -106,12 +107,33 @@ class ExchangeMixin:
         batch = tuple(items)
         down = pruners_of(self.mesh, batch)
         changed, errors = self.mesh.apply_many(batch, now_ms)
+        # a prune over its pruner's budget is no fault of the member relaying it
+        errors = [e for e in errors if e.message != OVER_PRUNE_BUDGET]
         self.rejected += len(errors)  # a peer's garbage: counted, never fatal
         if errors:  # why (for the adapter's rate-limited log): the first few reasons
             self.last_rejects = [str(e) for e in errors[:3]]
         if down:
             self.refuted.note(self.mesh, down, changed)
-        return self._on_changed(changed, now_ms, src, hops)
+        return self._on_changed(changed, now_ms, src, hops) + self._tell_pruned(changed, now_ms)
+
+    def _tell_pruned(self, changed: Iterable[bytes], now_ms: int) -> list[Out]:
+        """Push its prune to each member just pruned by a suspect pruner (``PruneBudget.suspect``).
+
+        Such a member is most likely alive and unaware: the nodes that would
+        have forwarded the prune to it refused it for the budget. Told, it
+        refutes at once (at most one push per member per ``HEAL_INTERVAL_MS``).
+        """
+        budget = self.mesh.prune_budget
+        if budget is None or not budget.refused:
+            return []
+        out: list[Out] = []
+        for k in changed:
+            prune = self.mesh.get_prune(k)
+            if prune is None or k == self.key or self.mesh.live_record(k) is not None:
+                continue
+            if budget.suspect(prune.by_wg_key, now_ms) and self._heal_slot(k, now_ms):
+                out.extend(self._push_calls([k], frozenset({k})))
+        return out
 
     def handle_request(
         self, src: bytes, msg: Message, now_ms: int, request_id: int = 0

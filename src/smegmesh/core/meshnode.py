@@ -72,6 +72,7 @@ from smegmesh.core.messages import Ping, PingReq
 from smegmesh.core.nodeviews import Views, is_pruned_member, share_views, views_of
 from smegmesh.core.offer import MAX_HOPS, offer_entries, offers
 from smegmesh.core.paging import pages
+from smegmesh.core.prune_budget import PruneBudget
 from smegmesh.core.record import (
     NodeRecord,
     Prune,
@@ -139,6 +140,7 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
     def __post_init__(self) -> None:
         if self.state is None:
             self.state = MeshState(self.mesh_id)
+        self.state.prune_budget = PruneBudget(self.key)  # others' prunes, bounded
         self._sched = GossipScheduler(self.key, self.gossip, self.rng)
         self._fd = FailureDetector(self.key, self.liveness, self.rng)
 

@@ -1,10 +1,10 @@
 """Prunes of live members, counted by pruner. Pure.
 
 A member may prune any member, and a member turned bad may prune live ones
-without end: each is refuted (the member publishes a version the prune does
-not cover, which always wins), but while a node holds a member as pruned it
-drops its WireGuard peer (docs/SECURITY.md, "Not bounded: prunes of live
-members"). A refuted prune is the trace such a member leaves: a node counts,
+(within the budget of ``core.prune_budget``): each is refuted (the member
+publishes a version the prune does not cover, which always wins), but while
+a node holds a member as pruned it drops its WireGuard peer (docs/SECURITY.md,
+"Prunes of live members"). A refuted prune is the trace such a member leaves: a node counts,
 per pruner, the members it held as pruned that a record then showed alive,
 so an operator can see who prunes live members (a member starved of CPU
 does it now and then; a hostile one by the dozen) and evict it.

@@ -66,6 +66,7 @@ from smegmesh.core.state_gate import (
     DEFAULT_MAX_MEMBERS,
     MAX_AUTH_ITEMS,
     MAX_CLOCK_SKEW_MS,
+    OVER_PRUNE_BUDGET,
     AdmissionGate,
     Verifier,
     _job,
@@ -122,6 +123,7 @@ class MeshState(AdmissionGate):
         #: own memo: room for each member's record, certificate and prune, so the
         #: persist loop's encodings (one per item) stay cached at maxMembers
         self.memo = memo if memo is not None else ItemMemo(max(DEFAULT_MEMO_ITEMS, 3 * max_members))
+        self.prune_budget = None
         self._verifier = verifier
         self._horizon: int | None = gc_horizon_ms
         #: records and prunes need admission proofs (see core.authority)
@@ -185,7 +187,7 @@ class MeshState(AdmissionGate):
         try:
             self._apply_statements(batch, now_ms, changed, errors)
             pending = self._admissible(batch, now_ms, errors)
-            self._install_winners(pending, changed, errors)
+            self._install_winners(pending, changed, errors, now_ms)
         finally:
             self._verifier = inner
         changed |= self.pop_purged()
@@ -223,9 +225,12 @@ class MeshState(AdmissionGate):
         return pending
 
     def _install_winners(
-        self, pending: list[Item], changed: set[bytes], errors: list[RecordError]
+        self, pending: list[Item], changed: set[bytes], errors: list[RecordError], now_ms: int
     ) -> None:
-        """Verify and install the best pending item per slot, again after a forgery lost."""
+        """Verify and install the best pending item per slot, again after one lost.
+
+        A verified prune over its pruner's budget (``prune_budget``) loses too.
+        """
         while pending:
             best: dict[tuple[bytes, bool], Item] = {}
             for it in pending:
@@ -244,11 +249,15 @@ class MeshState(AdmissionGate):
             for c, ok in zip(cands, oks, strict=True):
                 if ok:
                     memo.note_sig_ok(c)
+                if ok and (type(c) is not Prune or self._prune_allowed(c, now_ms)):
                     self._put(c)
                     changed.add(c.key)
+                    continue
+                if ok:
+                    errors.append(RecordError("by_wg_key", OVER_PRUNE_BUDGET))
                 else:
                     errors.append(RecordError("signature", self._sig_reason(c.signature)))
-                    failed.add((c.key, isinstance(c, NodeRecord)))
+                failed.add((c.key, isinstance(c, NodeRecord)))
             tried = {id(c) for c in cands}
             pending = [
                 it

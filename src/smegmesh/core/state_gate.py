@@ -26,6 +26,7 @@ from smegmesh.core.cert import (
 )
 from smegmesh.core.forgery import ForgeryStop
 from smegmesh.core.memo import ItemMemo
+from smegmesh.core.prune_budget import PruneBudget
 from smegmesh.core.record import (
     NodeRecord,
     Prune,
@@ -40,6 +41,7 @@ __all__ = [
     "DEFAULT_MAX_MEMBERS",
     "MAX_AUTH_ITEMS",
     "MAX_CLOCK_SKEW_MS",
+    "OVER_PRUNE_BUDGET",
     "AdmissionGate",
     "Verifier",
 ]
@@ -62,6 +64,8 @@ BYTES_PER_MEMBER = 8 * 1024
 #: when their token has expired; evictions and admin changes are few).
 MAX_AUTH_ITEMS = 65_536
 Verifier = Callable[[Sequence[tuple[bytes, bytes, bytes]]], list[bool]]
+#: Why a valid prune is refused for its pruner's budget (core.prune_budget).
+OVER_PRUNE_BUDGET = "over its pruner's budget of prunes (it comes again later)"
 #: Items stamped (or versioned) further ahead of our clock than this are refused.
 MAX_CLOCK_SKEW_MS = 10 * 60 * 1000
 
@@ -76,6 +80,9 @@ class AdmissionGate(StateStore):
     #: facts about item objects (fields checked, signature verified, size): the
     #: caller's :class:`~smegmesh.core.memo.ItemMemo`, shared by the states it builds
     memo: ItemMemo
+    #: prunes taken per pruner (core.prune_budget; None: no bound, as in a
+    #: state no node owns); the node owning the state sets it
+    prune_budget: PruneBudget | None
     _horizon: int | None
     _auth_count: int
     _good_certs: set[bytes]
@@ -198,6 +205,20 @@ class AdmissionGate(StateStore):
             if not self._verifier([_job(tr)])[0]:
                 raise RecordError("target_record", self._sig_reason(tr.signature))
             self.memo.note_sig_ok(tr)
+
+    def _prune_allowed(self, prune: Prune, now_ms: int) -> bool:
+        """Whether a verified ``prune`` is within its pruner's budget (core.prune_budget).
+
+        A peer's prunes of its own clients are not counted (it is their judge,
+        and may lose many at once).
+        """
+        budget = self.prune_budget
+        if budget is None:
+            return True
+        target = prune.target_record or self.record(prune.target)
+        if target is not None and target.assigned_peer == prune.by_wg_key:
+            return True
+        return budget.take(prune.by_wg_key, prune.target, now_ms)
 
     def _sig_reason(self, signature: bytes, checked: str = "invalid signature") -> str:
         """Why an item whose ``signature`` failed is refused (see :mod:`core.forgery`)."""

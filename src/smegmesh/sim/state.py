@@ -234,6 +234,7 @@ def clone_state(base: MeshState, *, share: bool = True) -> MeshState:
     sh.mesh_id = base.mesh_id
     sh._verifier = base._verifier
     sh.memo = base.memo  # one memo of item facts for all of the simulation's states
+    sh.prune_budget = None  # the node owning the state sets its own
     sh._horizon = base._horizon
     cow: Any = CowDict(_flat(base._entries))
     sh._entries = cow
