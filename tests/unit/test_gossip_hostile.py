@@ -284,3 +284,19 @@ def test_a_member_pruned_by_a_pruner_over_its_budget_is_told_at_once() -> None:
     late = _prune_by(m, pruner, others[BURST + 1], now)
     outs = node.handle_request(pruner.wg_public_key, Push(m.mesh_id, (late,)), now + 1_000)[1]
     assert pushes_to_victims(outs, {others[BURST + 1].wg_key}) == {others[BURST + 1].wg_key}
+
+
+def test_a_bulk_transfer_takes_a_long_lived_pruners_history_at_once() -> None:
+    """A join reply (or restore) holds prunes made over hours, many by one
+    long-lived peer: absorbed whole, not within the pruner's budget."""
+    from test_authority import _node
+
+    m, recs, now = _members(30)
+    pruner = ident(2)
+    st = MeshState(m.mesh_id, admission=True)
+    assert st.apply(m.founding, now)
+    joiner = _node(ident(90), m.mesh_id, st)
+    gone = [r for r in recs if r.wg_key != pruner.wg_public_key][: BURST + 8]
+    joiner.absorb([*recs, *(_prune_by(m, pruner, r, now) for r in gone)], now)
+    assert all(st.get_prune(r.wg_key) is not None for r in gone)
+    assert st.prune_budget is not None  # and the budget is back for what follows

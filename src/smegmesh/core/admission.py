@@ -341,7 +341,13 @@ class AdmissionMixin:
 
         ``chain``: our admission proof from the member that admitted us.
         """
-        changed, _errors = self.mesh.apply_many(items, now_ms)
+        # a bulk transfer holds a history of prunes (a long-lived pruner's many):
+        # all taken at once, not within a pruner's budget (core.prune_budget)
+        budget, self.mesh.prune_budget = self.mesh.prune_budget, None
+        try:
+            changed, _errors = self.mesh.apply_many(items, now_ms)
+        finally:
+            self.mesh.prune_budget = budget
         self.rejected += len(_errors)
         if chain or self._pending is not None:
             base = self.mesh.record(self.key) or self._pending or self._fresh_record(now_ms)
