@@ -300,3 +300,12 @@ def test_a_bulk_transfer_takes_a_long_lived_pruners_history_at_once() -> None:
     joiner.absorb([*recs, *(_prune_by(m, pruner, r, now) for r in gone)], now)
     assert all(st.get_prune(r.wg_key) is not None for r in gone)
     assert st.prune_budget is not None  # and the budget is back for what follows
+
+
+def test_the_prune_budget_tracks_a_bounded_number_of_pruners() -> None:
+    b = PruneBudget(burst=1, max_pruners=50)
+    for i in range(500):
+        key = i.to_bytes(32, "big")
+        assert b.take(key, b"t" * 32, i) and not b.take(key, b"t" * 32, i)
+        assert b.suspect(key, i)
+    assert len(b._buckets) <= 50 and len(b._refused_at) <= 51

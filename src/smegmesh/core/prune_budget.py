@@ -74,6 +74,10 @@ class PruneBudget:
         else:
             self.refused += 1
             self._refused_at[pruner] = now_ms
+            if len(self._refused_at) > self.max_pruners:  # only the recent ones matter
+                self._refused_at = {
+                    k: t for k, t in self._refused_at.items() if now_ms - t < SUSPECT_MS
+                }
         self._buckets[pruner] = (tokens, max(at, now_ms))
         if len(self._buckets) > self.max_pruners:
             gone, _ = self._buckets.popitem(last=False)
