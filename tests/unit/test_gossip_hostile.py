@@ -309,3 +309,51 @@ def test_the_prune_budget_tracks_a_bounded_number_of_pruners() -> None:
         assert b.take(key, b"t" * 32, i) and not b.take(key, b"t" * 32, i)
         assert b.suspect(key, i)
     assert len(b._buckets) <= 50 and len(b._refused_at) <= 51
+
+
+def _pruned_then_back(after_ms: int) -> tuple[int, int]:
+    """Member 4 pruned by member 2 at a node, back ``after_ms`` later: (refuted
+    prunes the node counted, pushes of the refutation it sent on at once)."""
+    from smegmesh.core.engine import Call
+    from test_authority import _node
+
+    m = Mesh()
+    ids = [ident(i) for i in range(2, 22)]
+    for i in ids:
+        m.admit(i)
+    recs = [  # reachable: they have control endpoints
+        m.record(i, control_endpoint=f"[2001:db8::{n + 2:x}]:4000", tls_fp=bytes(32))
+        for n, i in enumerate(ids)
+    ]
+    now = m.t + 10_000
+    pruner, me, x = ident(2), ident(3), ident(4)
+    node = _node(me, m.mesh_id, _state(m, recs, now, CountingVerifier()))
+    xrec = next(r for r in recs if r.wg_key == x.wg_public_key)
+    pushed = 0
+    t = now
+    for _ in range(3):  # prune, refutation; again and again within a throttle window
+        node.handle_request(
+            pruner.wg_public_key, Push(m.mesh_id, (_prune_by(m, pruner, xrec, t),)), t
+        )
+        t += after_ms
+        xrec = xrec.evolve(x, t)
+        outs = node.handle_request(ident(5).wg_public_key, Push(m.mesh_id, (xrec,), 1), t)[1]
+        pushed += sum(1 for o in outs if isinstance(o, Call) and isinstance(o.msg, Push))
+        t += 100
+    return node.refuted.total, pushed
+
+
+def test_a_refutation_goes_on_at_once_however_often_its_member_was_pruned() -> None:
+    """Second read (helper review): prune, refutation, prune spent the member's
+    throttle, and its second refutation waited for the rounds. A member back
+    alive now always goes on at once."""
+    _refuted, pushed = _pruned_then_back(200)
+    assert pushed >= 3 * 2, pushed  # each refutation to branch - 1 others at once
+
+
+def test_a_member_back_minutes_after_a_real_crash_does_not_blame_its_pruner() -> None:
+    """Second read: every restart, suspend or healed partition counted a refuted
+    prune against the honest member that saw the failure (a WARNING on every
+    node). Only a refutation within REFUTED_WITHIN_MS of the prune counts."""
+    assert _pruned_then_back(5 * 60_000)[0] == 0
+    assert _pruned_then_back(200)[0] == 3

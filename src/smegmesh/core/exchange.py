@@ -76,6 +76,7 @@ class ExchangeMixin:
     rejected: int
     last_rejects: list[str]
     refuted: RefutedPrunes
+    _revived: frozenset[bytes]
 
     if TYPE_CHECKING:
 
@@ -113,8 +114,15 @@ class ExchangeMixin:
         if errors:  # why (for the adapter's rate-limited log): the first few reasons
             self.last_rejects = [str(e) for e in errors[:3]]
         if down:
-            self.refuted.note(self.mesh, down, changed)
-        return self._on_changed(changed, now_ms, src, hops) + self._tell_pruned(changed, now_ms)
+            self.refuted.note(self.mesh, down, changed, now_ms)
+        # back alive: goes on at once, whatever its throttle (a prune and its
+        # refutation, again and again, must not leave the refutation to the rounds)
+        self._revived = frozenset(k for k in down if self.mesh.live_record(k) is not None)
+        try:
+            out = self._on_changed(changed, now_ms, src, hops)
+        finally:
+            self._revived = frozenset()
+        return out + self._tell_pruned(changed, now_ms)
 
     def _tell_pruned(self, changed: Iterable[bytes], now_ms: int) -> list[Out]:
         """Push its prune to each member just pruned by a suspect pruner (``PruneBudget.suspect``).

@@ -201,7 +201,9 @@ class GossipScheduler:
             else:
                 fresh[k] = left - 1
 
-    def throttle(self, keys: Iterable[bytes], now_ms: int) -> list[bytes]:
+    def throttle(
+        self, keys: Iterable[bytes], now_ms: int, exempt: frozenset[bytes] = frozenset()
+    ) -> list[bytes]:
         """The received ``keys`` that may be pushed now; the others wait for the rounds.
 
         A key is pushed at once (triggered) at most :data:`TRIGGERS_PER_KEY`
@@ -211,7 +213,8 @@ class GossipScheduler:
         made every node forward each of them at once (50 a second: 10x the
         bytes of one a second, at every member); honest keys change once or
         twice in a window (a prune, its refutation). O(1) per key; the table
-        holds the keys triggered in the last window.
+        holds the keys triggered in the last window. ``exempt`` keys (members
+        just back alive: a refutation) always go at once.
         """
         window = self.params.sync_interval_ms * max(1, self.params.infection_count)
         t = self._triggers
@@ -221,6 +224,9 @@ class GossipScheduler:
         out: list[bytes] = []
         late: list[bytes] = []
         for k in keys:
+            if k in exempt:
+                out.append(k)
+                continue
             start, n = t.get(k, (now_ms, 0))
             if now_ms - start >= window:
                 start, n = now_ms, 0

@@ -129,6 +129,7 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
     heal_sessions: int = 0  # heals (a push of its prune) on hearing from a pruned member
     #: prunes of live members, refuted, by pruner (core.refuted; a member turned bad)
     refuted: RefutedPrunes = field(default_factory=RefutedPrunes)
+    _revived: frozenset[bytes] = frozenset()  # keys just back alive (see _ingest)
     _view_cache: Views | None = None
     #: a joiner's own record until a member admits it (admission mode)
     _pending: NodeRecord | None = None
@@ -140,7 +141,9 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
     def __post_init__(self) -> None:
         if self.state is None:
             self.state = MeshState(self.mesh_id)
-        self.state.prune_budget = PruneBudget(self.key)  # others' prunes, bounded
+        # others' prunes, bounded: one a probe interval (it may be under a second)
+        rate = max(1.0, 1000 / max(1, self.liveness.probe_interval_ms))
+        self.state.prune_budget = PruneBudget(self.key, rate_per_s=rate)
         self._sched = GossipScheduler(self.key, self.gossip, self.rng)
         self._fd = FailureDetector(self.key, self.liveness, self.rng)
 
@@ -314,8 +317,10 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         ``Want``; while other changes spread (``busy``) prunes then wait for the
         rounds' offers (docs/SCALE.md, section 6 of the simulator's gaps).
         """
-        if full is None and not batched and not (keys := self._sched.throttle(keys, now_ms)):
-            return []
+        if full is None and not batched:
+            keys = self._sched.throttle(keys, now_ms, self._revived)
+            if not keys:
+                return []
         peers = self._reachable_peers()
         g = self.gossip
         early = hops <= full_hops(len(peers), g.branch)

@@ -18,24 +18,27 @@ from dataclasses import dataclass, field
 from smegmesh.core.record import NodeRecord
 from smegmesh.core.state import MeshState
 
-__all__ = ["MAX_PRUNERS", "RefutedPrunes", "pruners_of"]
+__all__ = ["MAX_PRUNERS", "REFUTED_WITHIN_MS", "RefutedPrunes", "pruners_of"]
 
 #: Pruners counted at most (further ones go uncounted, their refutations not).
 MAX_PRUNERS = 256
+#: A refutation counts against the pruner only this soon after the prune: a
+#: live member refutes within seconds of hearing of it.
+REFUTED_WITHIN_MS = 30_000
 
 
-def pruners_of(mesh: MeshState, items: Iterable[object]) -> dict[bytes, bytes]:
-    """Member key -> its pruner, for the batch's records of members held as pruned.
+def pruners_of(mesh: MeshState, items: Iterable[object]) -> dict[bytes, tuple[bytes, int]]:
+    """Member key -> (its pruner, the prune's time), for records of members held as pruned.
 
     O(1) per item; taken before the batch is merged (see :meth:`RefutedPrunes.note`).
     """
-    out: dict[bytes, bytes] = {}
+    out: dict[bytes, tuple[bytes, int]] = {}
     for it in items:
         if type(it) is not NodeRecord or mesh.live_record(it.wg_key) is not None:
             continue
         prune = mesh.get_prune(it.wg_key)
         if prune is not None:
-            out[it.wg_key] = prune.by_wg_key
+            out[it.wg_key] = (prune.by_wg_key, prune.timestamp_ms)
     return out
 
 
@@ -48,12 +51,22 @@ class RefutedPrunes:
     #: the latest refutations, (pruner, member), for the adapter's log
     last: list[tuple[bytes, bytes]] = field(default_factory=list)
 
-    def note(self, mesh: MeshState, down: dict[bytes, bytes], changed: Iterable[bytes]) -> None:
-        """Count the members of ``down`` (:func:`pruners_of`) that ``changed`` made live."""
+    def note(
+        self,
+        mesh: MeshState,
+        down: dict[bytes, tuple[bytes, int]],
+        changed: Iterable[bytes],
+        now_ms: int,
+    ) -> None:
+        """Count the members of ``down`` (:func:`pruners_of`) that ``changed`` made live.
+
+        Only within :data:`REFUTED_WITHIN_MS` of their prune: a member back
+        from a crash, a suspend or a partition minutes later was rightly pruned.
+        """
         last: list[tuple[bytes, bytes]] = []
         for key in changed:
-            pruner = down.get(key)
-            if pruner is None or mesh.live_record(key) is None:
+            pruner, at = down.get(key, (b"", 0))
+            if not pruner or now_ms - at >= REFUTED_WITHIN_MS or mesh.live_record(key) is None:
                 continue
             self.total += 1
             if pruner in self.by_pruner or len(self.by_pruner) < MAX_PRUNERS:
