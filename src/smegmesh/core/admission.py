@@ -76,7 +76,12 @@ class AdmissionMixin:
         def start(self, now_ms: int) -> list[Out]: ...  # noqa: D102
         def update_self(self, now_ms: int, **changes: Any) -> list[Out]: ...  # noqa: D102
         def _on_changed(
-            self, changed: set[bytes], now_ms: int, src: bytes | None, hops: int | None = None
+            self,
+            changed: set[bytes],
+            now_ms: int,
+            src: bytes | None,
+            hops: int | None = None,
+            revived: frozenset[bytes] = frozenset(),
         ) -> list[Out]: ...
         def _push_now(
             self,

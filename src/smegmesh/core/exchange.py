@@ -76,7 +76,6 @@ class ExchangeMixin:
     rejected: int
     last_rejects: list[str]
     refuted: RefutedPrunes
-    _revived: frozenset[bytes]
 
     if TYPE_CHECKING:
 
@@ -87,7 +86,12 @@ class ExchangeMixin:
         def is_member(self, key: bytes) -> bool: ...  # noqa: D102
         def _is_pruned_member(self, key: bytes) -> bool: ...
         def _on_changed(
-            self, changed: set[bytes], now_ms: int, src: bytes | None, hops: int | None = None
+            self,
+            changed: set[bytes],
+            now_ms: int,
+            src: bytes | None,
+            hops: int | None = None,
+            revived: frozenset[bytes] = frozenset(),
         ) -> list[Out]: ...
         def _admit(
             self, src: bytes, req: JoinRequest, now_ms: int
@@ -117,11 +121,8 @@ class ExchangeMixin:
             self.refuted.note(self.mesh, down, changed, now_ms)
         # back alive: goes on at once, whatever its throttle (a prune and its
         # refutation, again and again, must not leave the refutation to the rounds)
-        self._revived = frozenset(k for k in down if self.mesh.live_record(k) is not None)
-        try:
-            out = self._on_changed(changed, now_ms, src, hops)
-        finally:
-            self._revived = frozenset()
+        revived = frozenset(k for k in down if self.mesh.live_record(k) is not None)
+        out = self._on_changed(changed, now_ms, src, hops, revived)
         return out + self._tell_pruned(changed, now_ms)
 
     def _tell_pruned(self, changed: Iterable[bytes], now_ms: int) -> list[Out]:

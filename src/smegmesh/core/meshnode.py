@@ -124,15 +124,11 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
     _ranking: tuple[MeshState, int, RankedSet] | None = None
     _responders: dict[tuple[bytes, int], SyncSession] = field(default_factory=dict)
     rejected: int = 0
-    #: reasons of the last rejected items (records without admission, forged prunes...)
-    last_rejects: list[str] = field(default_factory=list)
+    last_rejects: list[str] = field(default_factory=list)  # why, the last few (for logs)
     heal_sessions: int = 0  # heals (a push of its prune) on hearing from a pruned member
-    #: prunes of live members, refuted, by pruner (core.refuted; a member turned bad)
-    refuted: RefutedPrunes = field(default_factory=RefutedPrunes)
-    _revived: frozenset[bytes] = frozenset()  # keys just back alive (see _ingest)
+    refuted: RefutedPrunes = field(default_factory=RefutedPrunes)  # by pruner (core.refuted)
     _view_cache: Views | None = None
-    #: a joiner's own record until a member admits it (admission mode)
-    _pending: NodeRecord | None = None
+    _pending: NodeRecord | None = None  # a joiner's own record until a member admits it
     #: pruned members we started a heal session with: key -> not again before (ms)
     _heal_due: dict[bytes, int] = field(default_factory=dict)
     #: no heal sync session before this (ms): at most one per HEAL_INTERVAL_MS in all
@@ -141,9 +137,7 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
     def __post_init__(self) -> None:
         if self.state is None:
             self.state = MeshState(self.mesh_id)
-        # others' prunes, bounded: one a probe interval (it may be under a second)
-        rate = max(1.0, 1000 / max(1, self.liveness.probe_interval_ms))
-        self.state.prune_budget = PruneBudget(self.key, rate_per_s=rate)
+        self.state.prune_budget = PruneBudget.probing(self.key, self.liveness.probe_interval_ms)
         self._sched = GossipScheduler(self.key, self.gossip, self.rng)
         self._fd = FailureDetector(self.key, self.liveness, self.rng)
 
@@ -262,12 +256,18 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
 
     # -- receiving items -------------------------------------------------------------
     def _on_changed(
-        self, changed: set[bytes], now_ms: int, src: bytes | None, hops: int | None = None
+        self,
+        changed: set[bytes],
+        now_ms: int,
+        src: bytes | None,
+        hops: int | None = None,
+        revived: frozenset[bytes] = frozenset(),
     ) -> list[Out]:
         """Common follow-up of any state change: liveness, refutation, push, reassignment.
 
         ``hops``: times the changed items were forwarded before they reached us
-        (a ``Push``'s; None: by a sync session, or our own change if ``src`` is None).
+        (a ``Push``'s; None: by a sync session, or our own change if ``src`` is None);
+        ``revived``: the members among them just back alive (see ``_push_now``).
         """
         if not changed:
             return []
@@ -293,7 +293,7 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         else:
             # hops past MAX_HOPS: a push answering our Want (late; _push_now)
             nxt = SYNCED_HOPS if hops is None else hops + 1
-            out.extend(self._push_now(changed, (src,), now_ms, hops=nxt))
+            out.extend(self._push_now(changed, (src,), now_ms, hops=nxt, revived=revived))
         if self.settings.role == Role.CLIENT:
             out.extend(self._maybe_reassign(now_ms))
         return out
@@ -306,19 +306,19 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         full: int | None = None,
         hops: int = 0,
         batched: bool = False,
+        revived: frozenset[bytes] = frozenset(),
     ) -> list[Out]:
         """Triggered push of ``keys``, forwarded ``hops`` times before (0: our own change).
 
         ``full`` targets get the items (default: all while ``hops`` is below
-        :func:`~smegmesh.core.gossip.full_hops`, else ``full_push``). A received
-        key goes at once a few times a window only (``throttle``); past its first
-        hops it may be held for a batched push (``hold``; :meth:`tick` sends the
-        batch, ``batched``). Hops past ``MAX_HOPS``: it came answering our
-        ``Want``; while other changes spread (``busy``) prunes then wait for the
-        rounds' offers (docs/SCALE.md, section 6 of the simulator's gaps).
+        ``full_hops``, else ``full_push``). A received key goes at once a few times
+        a window (``throttle``; ``revived``, members back alive, always); past its
+        first hops it may be held for a batched push (``hold``; :meth:`tick` sends
+        it, ``batched``). Hops past ``MAX_HOPS``: it answers our ``Want``; while
+        others spread (``busy``) prunes wait for the rounds (docs/SCALE.md, 6).
         """
         if full is None and not batched:
-            keys = self._sched.throttle(keys, now_ms, self._revived)
+            keys = self._sched.throttle(keys, now_ms, revived)
             if not keys:
                 return []
         peers = self._reachable_peers()

@@ -24,7 +24,7 @@ went over its budget lately is told at once (:meth:`PruneBudget.suspect`).
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from smegmesh.core.buckets import KeyedBuckets
 
 __all__ = ["BURST", "MAX_PRUNERS", "RATE_PER_S", "SUSPECT_MS", "PruneBudget"]
 
@@ -41,7 +41,7 @@ SUSPECT_MS = 30_000
 class PruneBudget:
     """Token buckets of prunes per pruner; ``exempt``: our own key."""
 
-    __slots__ = ("_buckets", "_refused_at", "burst", "exempt", "max_pruners", "rate", "refused")
+    __slots__ = ("_buckets", "_refused_at", "exempt", "max_pruners", "refused")
 
     def __init__(
         self,
@@ -52,11 +52,16 @@ class PruneBudget:
         max_pruners: int = MAX_PRUNERS,
     ) -> None:
         self.exempt = exempt
-        self.rate, self.burst, self.max_pruners = rate_per_s / 1000, float(burst), max_pruners
-        self._buckets: OrderedDict[bytes, tuple[float, int]] = OrderedDict()  # tokens, at ms
+        self.max_pruners = max_pruners
+        self._buckets = KeyedBuckets(rate_per_s / 1000, float(burst), max_pruners)  # time: ms
         self.refused = 0
-        #: pruners refused lately -> when (bounded as the buckets are); see suspect
+        #: pruners refused lately -> when (the latest max_pruners); see suspect
         self._refused_at: dict[bytes, int] = {}
+
+    @classmethod
+    def probing(cls, exempt: bytes, probe_interval_ms: int) -> PruneBudget:
+        """A node's budget: a prune a probe interval, one a second at least."""
+        return cls(exempt, rate_per_s=max(RATE_PER_S, 1000 / max(1, probe_interval_ms)))
 
     def take(self, pruner: bytes, target: bytes, now_ms: int) -> bool:
         """One prune of ``target`` by ``pruner`` at ``now_ms``; False: refuse it.
@@ -66,22 +71,13 @@ class PruneBudget:
         """
         if self.exempt in (pruner, target):
             return True
-        tokens, at = self._buckets.pop(pruner, (self.burst, now_ms))
-        tokens = min(self.burst, tokens + max(0, now_ms - at) * self.rate)
-        ok = tokens >= 1.0
-        if ok:
-            tokens -= 1.0
-        else:
+        ok = self._buckets.take(pruner, now_ms, 1.0, 1.0)
+        if not ok:
             self.refused += 1
+            self._refused_at.pop(pruner, None)  # oldest first: the least recent goes
             self._refused_at[pruner] = now_ms
-            if len(self._refused_at) > self.max_pruners:  # only the recent ones matter
-                self._refused_at = {
-                    k: t for k, t in self._refused_at.items() if now_ms - t < SUSPECT_MS
-                }
-        self._buckets[pruner] = (tokens, max(at, now_ms))
-        if len(self._buckets) > self.max_pruners:
-            gone, _ = self._buckets.popitem(last=False)
-            self._refused_at.pop(gone, None)
+            if len(self._refused_at) > self.max_pruners:
+                del self._refused_at[next(iter(self._refused_at))]
         return ok
 
     def suspect(self, pruner: bytes, now_ms: int) -> bool:

@@ -19,8 +19,9 @@ MB at most after a partition (the rest follows at :data:`RATE`).
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Callable
+
+from smegmesh.core.buckets import KeyedBuckets
 
 __all__ = ["BURST", "MAX_KEYS", "OVER_BUDGET", "OVER_BUDGET_DELAY_S", "RATE", "SMALL", "ByteBudget"]
 
@@ -52,23 +53,14 @@ class ByteBudget:
         max_keys: int = MAX_KEYS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.rate, self.burst, self.small, self.max_keys = rate, burst, small, max_keys
+        self.small = small
         self._clock = clock
-        self._buckets: OrderedDict[bytes, tuple[float, float]] = OrderedDict()  # tokens, at
+        self._buckets = KeyedBuckets(rate, burst, max_keys)
         self.refused = 0
 
     def admit(self, key: bytes, length: int) -> bool:
         """Charge a request of ``length`` bytes to ``key``; False: refuse it."""
-        now = self._clock()
-        tokens, at = self._buckets.pop(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - at) * self.rate)
-        floor = 0.0 if length > self.small else -self.burst
-        ok = tokens >= floor
-        if ok:
-            tokens -= length
-        else:
-            self.refused += 1
-        self._buckets[key] = (tokens, now)
-        if len(self._buckets) > self.max_keys:
-            self._buckets.popitem(last=False)
+        floor = 0.0 if length > self.small else -self._buckets.burst
+        ok = self._buckets.take(key, self._clock(), length, floor)
+        self.refused += not ok
         return ok

@@ -1,0 +1,43 @@
+"""Token buckets per key, bounded in keys. Pure: time is an argument.
+
+What the node's budgets share (``daemon.byte_budget``: request bytes per
+member; ``core.prune_budget``: prunes per pruner): a key's tokens refill at
+``rate`` per unit of time up to ``burst``; a key seen for the first time
+starts full; past ``max_keys`` the least recently seen key is forgotten (it
+starts full again).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+__all__ = ["KeyedBuckets"]
+
+
+class KeyedBuckets:
+    """``take(key, now, amount, floor)``: see the module docstring."""
+
+    __slots__ = ("_buckets", "burst", "max_keys", "rate")
+
+    def __init__(self, rate: float, burst: float, max_keys: int) -> None:
+        self.rate, self.burst, self.max_keys = rate, burst, max_keys
+        self._buckets: OrderedDict[bytes, tuple[float, float]] = OrderedDict()  # tokens, at
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, key: bytes, now: float, amount: float, floor: float) -> bool:
+        """Take ``amount`` from ``key``'s tokens if they are at least ``floor``.
+
+        A ``floor`` below ``amount`` lets the tokens go into debt (down to
+        ``floor - amount``). False: not taken.
+        """
+        tokens, at = self._buckets.pop(key, (self.burst, now))
+        tokens = min(self.burst, tokens + max(0.0, now - at) * self.rate)
+        ok = tokens >= floor
+        if ok:
+            tokens -= amount
+        self._buckets[key] = (tokens, max(at, now))
+        if len(self._buckets) > self.max_keys:
+            self._buckets.popitem(last=False)
+        return ok
