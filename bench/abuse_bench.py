@@ -55,7 +55,15 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 MIB = 1024 * 1024
-ATTACKS = ["rpc-big", "api-big", "jmespath", "dns-tcp", "garbage", "member-forged"]
+ATTACKS = [
+    "rpc-big",
+    "api-big",
+    "jmespath",
+    "dns-tcp",
+    "garbage",
+    "member-forged",
+    "member-calls",
+]
 
 
 # ----------------------------------------------------------------------------- attacks
@@ -298,23 +306,33 @@ async def attack_garbage(t: dict[str, Any], duration: float) -> dict[str, Any]:
     return out
 
 
-async def attack_member_forged(t: dict[str, Any], duration: float) -> dict[str, Any]:
-    """A member's pushes of ~1 MiB of forged newer record versions, 8 at a time."""
+def _member_and_victim(t: dict[str, Any]) -> tuple[Any, Any, list[Any]]:
+    """The member turned bad (its identity), the victim's record, and every record it holds."""
     import base64
-    import dataclasses
 
     import msgpack
 
     from smegmesh.core.identity import NodeIdentity
     from smegmesh.core.record import NodeRecord
-    from smegmesh.core.sync import Push
-    from smegmesh.core.wire import decode_item, encode
-    from smegmesh.daemon.transport import RpcClient
+    from smegmesh.core.wire import decode_item
 
     me = NodeIdentity.from_seed(Path(t["member_seed"]).read_bytes())
     raw = msgpack.unpackb(Path(t["member_state"]).read_bytes(), raw=False)
     recs = [r for r in map(decode_item, raw) if isinstance(r, NodeRecord)]
     victim = next(r for r in recs if r.wg_key == base64.b64decode(t["victim_key"]))
+    return me, victim, recs
+
+
+async def attack_member_forged(t: dict[str, Any], duration: float) -> dict[str, Any]:
+    """A member's pushes of ~1 MiB of forged newer record versions, 8 at a time."""
+    import dataclasses
+
+    from smegmesh.core.record import NodeRecord
+    from smegmesh.core.sync import Push
+    from smegmesh.core.wire import encode
+    from smegmesh.daemon.transport import RpcClient
+
+    me, victim, recs = _member_and_victim(t)
     assert victim.control_endpoint is not None and victim.tls_fp is not None
     forged: list[NodeRecord] = []
     j = 0
@@ -348,6 +366,38 @@ async def attack_member_forged(t: dict[str, Any], duration: float) -> dict[str, 
     return out
 
 
+async def attack_member_calls(t: dict[str, Any], duration: float) -> dict[str, Any]:
+    """A member's small calls (pings) as fast as it can, 16 in flight: its whole slot count."""
+    from smegmesh.core.messages import Ping
+    from smegmesh.core.wire import encode
+    from smegmesh.daemon.transport import RpcClient
+
+    me, victim, _ = _member_and_victim(t)
+    assert victim.control_endpoint is not None and victim.tls_fp is not None
+    out: dict[str, Any] = {"calls": 0, "answered": 0, "other": {}}
+    deadline = time.monotonic() + duration
+    rpc = RpcClient(me, timeout=30)
+
+    async def worker(w: int) -> None:
+        i = 0
+        while time.monotonic() < deadline:
+            i += 1
+            out["calls"] += 1
+            body = encode(Ping(t["mesh_id"], w * 1_000_000 + i))
+            try:
+                await rpc.call(victim.control_endpoint, victim.tls_fp, body, to=victim.wg_key)
+                out["answered"] += 1
+            except Exception as e:
+                out["other"][type(e).__name__] = out["other"].get(type(e).__name__, 0) + 1
+
+    try:
+        await asyncio.gather(*(worker(w) for w in range(16)))
+    finally:
+        await rpc.close()
+    out["calls_per_s"] = round(out["calls"] / duration)
+    return out
+
+
 ATTACK_FUNCS = {
     "rpc-big": attack_rpc_big,
     "api-big": attack_api_big,
@@ -355,6 +405,7 @@ ATTACK_FUNCS = {
     "dns-tcp": attack_dns_tcp,
     "garbage": attack_garbage,
     "member-forged": attack_member_forged,
+    "member-calls": attack_member_calls,
 }
 
 

@@ -29,11 +29,12 @@ from smegmesh.core.wire import encode
 from smegmesh.daemon import dgram_replay as dr
 from smegmesh.daemon import dgram_wire as dw
 from smegmesh.daemon.engine_io import EngineIO
+from smegmesh.daemon.member_budget import OVER_CALL_BUDGET, MemberBudget
 from smegmesh.daemon.rpc_client import BACKOFF_HINT_S
 from smegmesh.daemon.rpc_common import CLOCK_SKEW_MS
 from smegmesh.daemon.rpc_dgram import DERIVE_BURST, DERIVE_RATE, DatagramServer, KeyIds
 from smegmesh.daemon.rpc_dgram_client import DatagramClient
-from smegmesh.daemon.transport import RpcClient, RpcServer, TlsIdentity
+from smegmesh.daemon.transport import RpcClient, RpcError, RpcServer, TlsIdentity
 
 HONEST = NodeIdentity.from_seed(b"h" * 32)
 EVIL = NodeIdentity.from_seed(b"e" * 32)  # an admitted member that has turned bad
@@ -391,3 +392,34 @@ def test_a_datagram_from_a_node_just_admitted_elsewhere_is_counted_not_logged(
         srv.datagram_received(stray + os.urandom(40), ("192.0.2.7", 9))
     assert srv.stats.refused["not for us"] == 1
     assert "192.0.2.7" in caplog.text and "datagram: not for us" in caplog.text
+
+
+def test_a_members_datagram_calls_past_its_call_budget_are_refused() -> None:
+    """Twentieth session: a member's small calls were limited per source address
+    only (100 a second each); its calls are now counted per key too, whatever
+    the transport (daemon/member_budget.py)."""
+    seen: list[bytes] = []
+
+    async def handler(_src: bytes, body: bytes) -> bytes:
+        seen.append(body)
+        return ACK
+
+    async def main() -> None:
+        server = RpcServer(TlsIdentity.generate(), handler, datagram_keys=key_ids(SRV, HONEST))
+        server.budget = MemberBudget(call_rate=0.001, call_burst=3.0)
+        port = await server.start("::1", 0)
+        client = RpcClient(HONEST, timeout=2.0, datagrams=DatagramClient())
+        ep = f"[::1]:{port}"
+        try:
+            for _ in range(3):
+                assert await client.call(ep, server._fp, PING, 2.0, to=SRV.wg_public_key) == ACK
+            with pytest.raises(RpcError, match="refused"):
+                await client.call(ep, server._fp, PING, 2.0, to=SRV.wg_public_key)
+            srv = server.datagrams
+            assert srv is not None and srv.stats.refused[OVER_CALL_BUDGET] == 1
+            assert len(seen) == 3
+        finally:
+            await client.close()
+            await server.stop(0)
+
+    asyncio.run(asyncio.wait_for(main(), 30))

@@ -1,6 +1,6 @@
 """Token buckets per key, bounded in keys. Pure: time is an argument.
 
-What the node's budgets share (``daemon.byte_budget``: request bytes per
+What the node's budgets share (``daemon.member_budget``: request bytes per
 member; ``core.prune_budget``: prunes per pruner): a key's tokens refill at
 ``rate`` per unit of time up to ``burst``; a key seen for the first time
 starts full; past ``max_keys`` the least recently seen key is forgotten (it

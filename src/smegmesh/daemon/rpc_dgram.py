@@ -44,7 +44,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from smegmesh.core.wire import DATAGRAM_REPLIES, DATAGRAM_REQUESTS, message_name
 from smegmesh.daemon import dgram_wire as dw
-from smegmesh.daemon.byte_budget import OVER_BUDGET
 from smegmesh.daemon.dgram_replay import ReplayCache
 from smegmesh.daemon.rpc_common import CLOCK_SKEW_MS, Refused
 from smegmesh.daemon.udp import open_udp
@@ -321,8 +320,9 @@ class DatagramServer(asyncio.DatagramProtocol):
         if kind not in DATAGRAM_REQUESTS:
             self._reply(o, priv, addr, ip, dw.USE_STREAM, b"")
             return
-        if not self._server.budget.admit(sender, len(o.body)):
-            self._refuse(ip, OVER_BUDGET)
+        over = self._server.budget.charge(sender, len(o.body))
+        if over is not None:
+            self._refuse(ip, over)
             self._reply(o, priv, addr, ip, dw.REFUSED, b"")
             return
         self._server._enter(sender, ip, True)

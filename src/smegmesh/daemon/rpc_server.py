@@ -18,7 +18,7 @@ import grpc
 from smegmesh.core.endpoint import join_host_port
 from smegmesh.core.identity import verify_signature, x25519_matches_ed25519
 from smegmesh.core.wire import message_name
-from smegmesh.daemon.byte_budget import OVER_BUDGET, OVER_BUDGET_DELAY_S, ByteBudget
+from smegmesh.daemon.member_budget import OVER_BUDGET_DELAY_S, MemberBudget
 from smegmesh.daemon.ratelog import RateLog
 from smegmesh.daemon.rpc_common import (
     CLOCK_SKEW_MS,
@@ -150,8 +150,8 @@ class RpcServer:
         self._per_key: dict[bytes, int] = {}
         self._strangers = 0
         self._strangers_per_addr: dict[str, int] = {}
-        #: bytes a member may send us in requests (``daemon/byte_budget.py``)
-        self.budget = ByteBudget()
+        #: bytes and calls a member may send us (``daemon/member_budget.py``)
+        self.budget = MemberBudget()
         #: the datagram path (``daemon/rpc_dgram.py``): who key ids name (None:
         #: no datagrams, no UDP socket)
         self._datagram_keys = datagram_keys
@@ -282,11 +282,12 @@ class RpcServer:
             self._check_limits(wg_key, addr, member, length)
             self._enter(wg_key, addr, member)
             admitted = True
-            if member and not self.budget.admit(wg_key, length):
+            over = self.budget.charge(wg_key, length) if member else None
+            if over is not None:
                 # held a while in one of its slots first: refused at once, a member
                 # sending without end made 11,666 calls in 12 s, each costing us
                 await asyncio.sleep(OVER_BUDGET_DELAY_S)
-                raise _Reject(grpc.StatusCode.RESOURCE_EXHAUSTED, OVER_BUDGET)
+                raise _Reject(grpc.StatusCode.RESOURCE_EXHAUSTED, over)
             body = await self._read_body(context, member, digest, length)
             self.transport_calls["in", message_name(body) or "malformed", "stream"] += 1
             caller_address.set(parsed)
