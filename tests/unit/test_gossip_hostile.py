@@ -4,6 +4,7 @@ of the nineteenth session's review, reproduced first as a test that failed."""
 from __future__ import annotations
 
 import dataclasses
+import random
 import time
 from collections.abc import Sequence
 
@@ -357,3 +358,64 @@ def test_a_member_back_minutes_after_a_real_crash_does_not_blame_its_pruner() ->
     node). Only a refutation within REFUTED_WITHIN_MS of the prune counts."""
     assert _pruned_then_back(5 * 60_000)[0] == 0
     assert _pruned_then_back(200)[0] == 3
+
+
+def _sync_to(node: object, src: bytes, other: MeshState, now: int) -> int:
+    """Run one sync session from ``other`` (member ``src``'s state) to ``node``: merged there."""
+    from smegmesh.core.sync import SyncSession
+
+    session = SyncSession.initiator(other, now, rng=random.Random(1))
+    msg = session.start()
+    merged = 0
+    while msg is not None:
+        reply, _outs = node.handle_request(src, msg, now)  # type: ignore[attr-defined]
+        assert reply is not None
+        msg, got = session.receive(reply, now)
+        merged += len(got)
+    return merged
+
+
+def test_a_refutation_that_comes_in_a_sync_session_is_counted_against_its_pruner() -> None:
+    """Second read (nineteenth session) left it open: items a sync session
+    merged skipped the bookkeeping of a push's (refuted prunes counted per
+    pruner, a member back alive pushed on at once, a suspect pruner's prunes
+    told to their members). A healed partition brings most refutations so."""
+    from test_authority import _node
+
+    m, recs, now = _members(20)
+    pruner, me, x, relay = ident(2), ident(3), ident(4), ident(5)
+    node = _node(me, m.mesh_id, _state(m, recs, now, CountingVerifier()))
+    xrec = next(r for r in recs if r.wg_key == x.wg_public_key)
+    node.handle_request(
+        pruner.wg_public_key, Push(m.mesh_id, (_prune_by(m, pruner, xrec, now),)), now
+    )
+    assert node.mesh.live_record(x.wg_public_key) is None
+    back = xrec.evolve(x, now + 200)
+    other = _state(m, [back if r is xrec else r for r in recs], now, CountingVerifier())
+    _sync_to(node, relay.wg_public_key, other, now + 300)
+    assert node.mesh.live_record(x.wg_public_key) == back
+    assert node.refuted.total == 1 and node.refuted.by_pruner == {pruner.wg_public_key: 1}
+
+
+def test_a_sync_session_does_not_count_prunes_held_back_by_the_budget_as_garbage() -> None:
+    """A session's ``rejected`` counted the prunes it brought over their
+    pruner's budget as invalid items, as a push's count did before the
+    nineteenth session."""
+    from smegmesh.core.sync import SyncSession
+
+    m, recs, now = _members(40)
+    pruner = ident(2)
+    others = [r for r in recs if r.wg_key != pruner.wg_public_key]
+    st = _state(m, recs, now, CountingVerifier())
+    st.prune_budget = PruneBudget()
+    theirs = _state(m, recs, now, CountingVerifier())
+    prunes = [_prune_by(m, pruner, r, now) for r in others[: BURST + 5]]
+    assert len(theirs.apply_many(prunes, now)[0]) == BURST + 5
+    session = SyncSession.initiator(theirs, now, rng=random.Random(1))
+    sessions: dict[tuple[bytes, int], SyncSession] = {}
+    msg = session.start()
+    mine = None
+    while msg is not None:
+        reply, mine, _ = SyncSession.respond(st, sessions, b"t" * 32, msg, now)
+        msg, _got = session.receive(reply, now)
+    assert mine is not None and len(mine.merged) == BURST and mine.rejected == 0

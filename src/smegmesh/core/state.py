@@ -66,8 +66,8 @@ from smegmesh.core.state_gate import (
     DEFAULT_MAX_MEMBERS,
     MAX_AUTH_ITEMS,
     MAX_CLOCK_SKEW_MS,
-    OVER_PRUNE_BUDGET,
     AdmissionGate,
+    OverPruneBudget,
     Verifier,
     _job,
 )
@@ -254,7 +254,7 @@ class MeshState(AdmissionGate):
                     changed.add(c.key)
                     continue
                 if ok:
-                    errors.append(RecordError("by_wg_key", OVER_PRUNE_BUDGET))
+                    errors.append(OverPruneBudget())
                 else:
                     errors.append(RecordError("signature", self._sig_reason(c.signature)))
                 failed.add((c.key, isinstance(c, NodeRecord)))

@@ -9,7 +9,7 @@ and the purge of items an eviction made invalid.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from smegmesh.core.authority import Authority
 from smegmesh.core.cert import (
@@ -43,7 +43,9 @@ __all__ = [
     "MAX_CLOCK_SKEW_MS",
     "OVER_PRUNE_BUDGET",
     "AdmissionGate",
+    "OverPruneBudget",
     "Verifier",
+    "senders_faults",
 ]
 
 _AUTH_TYPES = (
@@ -66,6 +68,24 @@ MAX_AUTH_ITEMS = 65_536
 Verifier = Callable[[Sequence[tuple[bytes, bytes, bytes]]], list[bool]]
 #: Why a valid prune is refused for its pruner's budget (core.prune_budget).
 OVER_PRUNE_BUDGET = "over its pruner's budget of prunes (it comes again later)"
+
+
+class OverPruneBudget(RecordError):
+    """A valid prune refused for its pruner's budget: no fault of the member relaying it."""
+
+    def __init__(self) -> None:
+        super().__init__("by_wg_key", OVER_PRUNE_BUDGET)
+
+
+def senders_faults(errors: Iterable[RecordError]) -> list[RecordError]:
+    """The refusals that are the sending member's fault (garbage, forgeries, ...).
+
+    A prune held back by its pruner's budget is not: an honest member relays
+    the prunes it took, and they come again once the budget allows.
+    """
+    return [e for e in errors if not isinstance(e, OverPruneBudget)]
+
+
 #: Items stamped (or versioned) further ahead of our clock than this are refused.
 MAX_CLOCK_SKEW_MS = 10 * 60 * 1000
 

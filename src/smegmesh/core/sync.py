@@ -44,6 +44,7 @@ from smegmesh.core.codec import Registry
 from smegmesh.core.offer import Push
 from smegmesh.core.paging import page
 from smegmesh.core.state import DEPTH, FANOUT, Item, MeshState
+from smegmesh.core.state_gate import senders_faults
 from smegmesh.core.sync_messages import (
     CODECS,
     DIGEST_LEN,
@@ -335,7 +336,7 @@ class SyncSession:
             changed, errors = st.apply_many(msg.items, self.now_ms)
             merged |= changed
             self.merged |= changed
-            self.rejected += len(errors)
+            self.rejected += len(senders_faults(errors))
         nodes: list[NodeHashes] = []
         leaves: list[Leaf] = []
         wants: list[bytes] = []
