@@ -39,11 +39,14 @@ from smegmesh.core.record import NodeRecord, Prune, prune_from_obj, record_from_
 __all__ = [
     "DEFAULT_MAX_SIZE",
     "ITEM_CODECS",
+    "ITEM_ELIDED",
     "WIRE_VERSION",
     "Codec",
+    "Elided",
     "Registry",
     "WireError",
     "decode_item",
+    "decode_pushed_item",
     "encode_item",
 ]
 
@@ -185,6 +188,27 @@ def _reject_ext(code: int, data: bytes) -> Any:
 ITEM_RECORD = 1
 ITEM_PRUNE = 2
 ITEM_AUTH = 3
+#: A record or prune with references in place of parts its receiver holds
+#: (:mod:`smegmesh.core.elide`); only in a ``Push``.
+ITEM_ELIDED = 4
+#: Wire fields of an elided record (21, or 22 with extensions) and prune (9).
+_ELIDED_LENGTHS = {ITEM_RECORD: (21, 22), ITEM_PRUNE: (9,)}
+
+
+@dataclass(frozen=True)
+class Elided:
+    """A record or prune as sent, with references in place of parts left out.
+
+    ``kind``: :data:`ITEM_RECORD` or :data:`ITEM_PRUNE`; ``fields``: its wire
+    form (``to_obj``) with a reference (bytes) in place of each part left
+    out. Shapes only: :func:`smegmesh.core.elide.expand` puts the parts back
+    from the receiver's state and checks the whole as any item.
+    """
+
+    kind: int
+    fields: tuple[Any, ...]
+
+
 _AUTH_TYPES = (
     Founding,
     Cert,
@@ -196,8 +220,10 @@ _AUTH_TYPES = (
 )
 
 
-def encode_item(item: NodeRecord | Prune | AuthItem) -> list[Any]:
+def encode_item(item: NodeRecord | Prune | AuthItem | Elided) -> list[Any]:
     """A record, prune or authority statement as ``[kind, fields]`` (for messages)."""
+    if type(item) is Elided:
+        return [ITEM_ELIDED, [item.kind, list(item.fields)]]
     if type(item) is NodeRecord:
         return [ITEM_RECORD, item.to_obj()]
     if type(item) is Prune:
@@ -219,6 +245,21 @@ def decode_item(obj: Any) -> NodeRecord | Prune | AuthItem:
     if kind == ITEM_AUTH and type(kind) is int:
         return auth_from_obj(body)
     raise WireError(f"unknown item kind {kind!r}")
+
+
+def decode_pushed_item(obj: Any) -> NodeRecord | Prune | AuthItem | Elided:
+    """:func:`decode_item`, or an :class:`Elided` record or prune (a ``Push``'s items)."""
+    if type(obj) is list and len(obj) == 2 and obj[0] == ITEM_ELIDED and type(obj[0]) is int:
+        body = obj[1]
+        if type(body) is not list or len(body) != 2:
+            raise WireError("elided item must be [kind, fields]")
+        kind, fields = body
+        if type(kind) is not int or type(fields) is not list:
+            raise WireError("elided item must be [kind, fields]")
+        if len(fields) not in _ELIDED_LENGTHS.get(kind, ()):
+            raise WireError("elided item: unknown kind or wrong number of fields")
+        return Elided(kind, tuple(fields))
+    return decode_item(obj)
 
 
 ITEM_CODECS = (

@@ -9,10 +9,11 @@ Hearing from a member we hold as pruned starts a heal session at once.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from smegmesh.core.cert import AuthItem
+from smegmesh.core.elide import elide, expand
 from smegmesh.core.engine import (
     Call,
     CallCtx,
@@ -29,11 +30,11 @@ from smegmesh.core.engine import (
     Respond,
     SyncCtx,
 )
-from smegmesh.core.gossip import GossipScheduler
+from smegmesh.core.gossip import GossipParams, GossipScheduler
 from smegmesh.core.liveness import FailureDetector, LivenessParams
 from smegmesh.core.messages import Ack, JoinRequest, Ping, PingReq, Refusal
-from smegmesh.core.offer import MAX_HOPS, Offer, Want, wanted, wanted_parts
-from smegmesh.core.paging import PAGE_BYTES
+from smegmesh.core.offer import MAX_HOPS, Offer, Want, offer_entries, offers, wanted, wanted_parts
+from smegmesh.core.paging import PAGE_BYTES, pages
 from smegmesh.core.record import NodeRecord, Prune, Role
 from smegmesh.core.refuted import RefutedPrunes, pruners_of
 from smegmesh.core.state import MeshState
@@ -64,6 +65,7 @@ class ExchangeMixin:
     settings: MeshSettings
     liveness: LivenessParams
     rng: random.Random
+    gossip: GossipParams
     heal_sessions: int
     _fd: FailureDetector
     _sched: GossipScheduler
@@ -97,13 +99,61 @@ class ExchangeMixin:
             self, src: bytes, req: JoinRequest, now_ms: int
         ) -> tuple[Message, list[Out]]: ...
         def _maybe_reassign(self, now_ms: int) -> list[Out]: ...
-        def _push_calls(
-            self,
-            to: Iterable[bytes],
-            keys: frozenset[bytes],
-            hops: int = 0,
-            whole: frozenset[bytes] = frozenset(),
-        ) -> list[Out]: ...
+
+    def _gossip_calls(
+        self,
+        to: Sequence[bytes],
+        keys: frozenset[bytes],
+        full: int,
+        hops: int = MAX_HOPS,
+        now_ms: int | None = None,
+    ) -> list[Out]:
+        """A gossip round: the first ``full`` targets get the items, the others an offer.
+
+        Pushing every round's items in full made each node receive each change
+        several times (``core.offer``); an offer repeats ~27 bytes per key
+        instead, and the target pulls what it lacks. Full pushes are the fast
+        path (no extra round trip): a change goes in full while it is new to
+        most of the mesh (few hops), then one target of each round gets it in
+        full and the others an offer. With ``full_push`` >= ``branch`` every
+        round is pushed in full, as before offers existed.
+        """
+        if self.gossip.full_push >= self.gossip.branch:
+            full = len(to)
+        out = self._push_calls(to[:full], keys, hops, now_ms=now_ms)
+        rest = to[full:]
+        if rest and keys:
+            entries = offer_entries(self.mesh, keys)
+            if entries:
+                ctx = OfferCtx(frozenset(k for k in keys if k in self.mesh))
+                out.extend(Call(t, msg, ctx) for t in rest for msg in offers(self.mesh_id, entries))
+        return out
+
+    def _push_calls(
+        self,
+        to: Iterable[bytes],
+        keys: frozenset[bytes],
+        hops: int = 0,
+        whole: frozenset[bytes] = frozenset(),
+        now_ms: int | None = None,
+    ) -> list[Out]:
+        """Push ``keys`` to ``to``: what changed (``news_for``), the ``whole`` entries whole.
+
+        With ``now_ms``, what changed goes without the parts every member holds
+        (:mod:`~smegmesh.core.elide`).
+        """
+        targets = tuple(to)
+        if not targets or not keys:
+            return []
+        news: list[Any] = self.mesh.news_for(keys - whole)
+        if now_ms is not None and self.mesh.admission:
+            news = [elide(i, now_ms) for i in news]
+        items = self.mesh.items_for(keys & whole) + news
+        if not items:
+            return []
+        pushed = pages(items, memo=self.mesh.memo)  # bounded messages
+        msgs = [Push(self.mesh_id, tuple(p), hops) for p in pushed]
+        return [Call(t, msg, PushCtx(keys)) for t in targets for msg in msgs]
 
     def _ingest(
         self, items: Iterable[Item], now_ms: int, src: bytes | None, hops: int | None = None
@@ -160,7 +210,7 @@ class ExchangeMixin:
             if prune is None or k == self.key or self.mesh.live_record(k) is not None:
                 continue
             if budget.suspect(prune.by_wg_key, now_ms) and self._heal_slot(k, now_ms):
-                out.extend(self._push_calls([k], frozenset({k})))
+                out.extend(self._push_calls([k], frozenset({k}), whole=frozenset({k})))
         return out
 
     def handle_request(
@@ -224,10 +274,8 @@ class ExchangeMixin:
                 return Ack(self.mesh_id, msg.probe_id, msg.target == self.key), heal
             return None, heal
         if isinstance(msg, Push):
-            out = pre + self._ingest(msg.items, now_ms, src, msg.hops)
-            # ok: something in it was news to us (the pusher's feedback, see handle_reply)
-            news = any(isinstance(o, Changed) for o in out)
-            return Ack(self.mesh_id, 0, news), out + self._heard_from_pruned(src, now_ms)
+            ack, out = self._on_push(src, msg, now_ms)
+            return ack, pre + out + self._heard_from_pruned(src, now_ms)
         if isinstance(msg, Offer):
             # Keys and versions only: we ask for what we lack (core.offer).
             want = Want(self.mesh_id, wanted(self.mesh, msg.entries))
@@ -240,6 +288,19 @@ class ExchangeMixin:
             out = self._merged(set(merged), down, now_ms, src)
             return reply, out + self._heard_from_pruned(src, now_ms)
         return Refusal(self.mesh_id), []
+
+    def _on_push(self, src: bytes, msg: Push, now_ms: int) -> tuple[Ack, list[Out]]:
+        """A member's push: its elided parts put back (core.elide), merged, acknowledged."""
+        got = expand(self.mesh, msg.items)
+        if got.errors:
+            self.rejected += len(got.errors)
+            self.last_rejects = [str(e) for e in got.errors[:3]]
+        out = self._ingest(got.items, now_ms, src, msg.hops)
+        if got.unresolved:  # it holds what we lack: a sync session brings it whole
+            out += self._sync_with(src, now_ms)
+        # ok: something in it was news to us (the pusher's feedback, see handle_reply)
+        news = bool(got.unresolved) or any(isinstance(o, Changed) for o in out)
+        return Ack(self.mesh_id, 0, news), out
 
     def _heard_from_pruned(self, key: bytes, now_ms: int) -> list[Out]:
         """``key`` answered or called us (authenticated) while we hold it as pruned.
@@ -260,14 +321,19 @@ class ExchangeMixin:
         if not self._heal_slot(key, now_ms):
             return []
         self.heal_sessions += 1
-        out = self._push_calls([key], frozenset({key}))
-        if now_ms >= self._heal_sync_due:
-            # One sync session per interval in all (not per member) brings the
-            # rest of the other side's changes at once, in O(N) per interval.
-            self._heal_sync_due = now_ms + HEAL_INTERVAL_MS
-            session = SyncSession.initiator(self.mesh, now_ms, rng=self.rng)
-            out.append(Call(key, session.start(), SyncCtx(session)))
-        return out
+        # whole: the member holds its own latest record, not the one pruned
+        out = self._push_calls([key], frozenset({key}), whole=frozenset({key}))
+        # One sync session per interval in all (not per member) brings the
+        # rest of the other side's changes at once, in O(N) per interval.
+        return out + self._sync_with(key, now_ms)
+
+    def _sync_with(self, key: bytes, now_ms: int) -> list[Out]:
+        """A sync session with ``key``, unless one started (with anyone) in the last interval."""
+        if now_ms < self._heal_sync_due:
+            return []
+        self._heal_sync_due = now_ms + HEAL_INTERVAL_MS
+        session = SyncSession.initiator(self.mesh, now_ms, rng=self.rng)
+        return [Call(key, session.start(), SyncCtx(session))]
 
     def _heal_slot(self, key: bytes, now_ms: int) -> bool:
         """Take the heal slot of ``key``: False if something was sent to it already.
@@ -301,7 +367,8 @@ class ExchangeMixin:
             return []
         if not self._heal_slot(key, now_ms):
             return []
-        return self._push_calls([key], frozenset({self.key}))
+        # whole: the member does not know us (nor so our chain)
+        return self._push_calls([key], frozenset({self.key}), whole=frozenset({self.key}))
 
     # -- replies to our requests -------------------------------------------------------------
     def handle_reply(self, to: bytes, ctx: CallCtx, reply: Message, now_ms: int) -> list[Out]:
@@ -344,9 +411,9 @@ class ExchangeMixin:
                 session = SyncSession.initiator(self.mesh, now_ms, rng=self.rng)
                 out.append(Call(to, session.start(), SyncCtx(session, ctx.follow + 1)))
             return out
-        return self._push_feedback(to, ctx, reply)
+        return self._push_feedback(to, ctx, reply, now_ms)
 
-    def _push_feedback(self, to: bytes, ctx: CallCtx, reply: Message) -> list[Out]:
+    def _push_feedback(self, to: bytes, ctx: CallCtx, reply: Message, now_ms: int) -> list[Out]:
         """The answer to our push or offer.
 
         ``Ack(ok=False)`` says the target held the pushed items all; a ``Want``
@@ -364,7 +431,7 @@ class ExchangeMixin:
                 self._sched.lose_interest(held)
             # hops MAX_HOPS: late in the change's spread (the target offers it
             # in its rounds); whole entries where the target lacks the record
-            return self._push_calls([to], whole | news, MAX_HOPS, whole=whole)
+            return self._push_calls([to], whole | news, MAX_HOPS, whole=whole, now_ms=now_ms)
         return []
 
     def handle_failure(self, to: bytes, ctx: CallCtx, now_ms: int) -> list[Out]:

@@ -41,10 +41,8 @@ from smegmesh.core.engine import (
     Input,
     MeshSettings,
     NotAllowed,
-    OfferCtx,
     Out,
     ProbeCtx,
-    PushCtx,
     ReplyReceived,
     RequestReceived,
     Respond,
@@ -70,8 +68,7 @@ from smegmesh.core.liveness import (
 )
 from smegmesh.core.messages import Ping, PingReq
 from smegmesh.core.nodeviews import Views, is_pruned_member, share_views, views_of
-from smegmesh.core.offer import MAX_HOPS, offer_entries, offers
-from smegmesh.core.paging import pages
+from smegmesh.core.offer import MAX_HOPS
 from smegmesh.core.prune_budget import PruneBudget
 from smegmesh.core.record import (
     NodeRecord,
@@ -80,7 +77,7 @@ from smegmesh.core.record import (
 )
 from smegmesh.core.refuted import RefutedPrunes
 from smegmesh.core.state import MeshState
-from smegmesh.core.sync import Push, SyncSession
+from smegmesh.core.sync import SyncSession
 
 __all__ = [
     "Call",
@@ -284,7 +281,7 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
                 if src is not None and src != self.key:
                     # The member that showed us our prune holds it: it gets the
                     # refutation at once (it would otherwise wait for a pull).
-                    out.extend(self._push_calls([src], frozenset({self.key})))
+                    out.extend(self._push_calls([src], frozenset({self.key}), now_ms=now_ms))
         # Our own changes (src None: a prune we declared, a statement) are new to
         # every target, and so are items that travelled few hops yet; others
         # go in full to ``full_push`` targets and as offers to the rest.
@@ -343,49 +340,7 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         )
         if full is None:
             full = g.branch if early else g.full_push
-        return self._gossip_calls(rnd.push_to, rnd.keys, full, min(hops, MAX_HOPS))
-
-    def _gossip_calls(
-        self, to: Sequence[bytes], keys: frozenset[bytes], full: int, hops: int = MAX_HOPS
-    ) -> list[Out]:
-        """A gossip round: the first ``full`` targets get the items, the others an offer.
-
-        Pushing every round's items in full made each node receive each change
-        several times (``core.offer``); an offer repeats ~27 bytes per key
-        instead, and the target pulls what it lacks. Full pushes are the fast
-        path (no extra round trip): a change goes in full while it is new to
-        most of the mesh (few hops), then one target of each round gets it in
-        full and the others an offer. With ``full_push`` >= ``branch`` every
-        round is pushed in full, as before offers existed.
-        """
-        if self.gossip.full_push >= self.gossip.branch:
-            full = len(to)
-        out = self._push_calls(to[:full], keys, hops)
-        rest = to[full:]
-        if rest and keys:
-            entries = offer_entries(self.mesh, keys)
-            if entries:
-                ctx = OfferCtx(frozenset(k for k in keys if k in self.mesh))
-                out.extend(Call(t, msg, ctx) for t in rest for msg in offers(self.mesh_id, entries))
-        return out
-
-    def _push_calls(
-        self,
-        to: Iterable[bytes],
-        keys: frozenset[bytes],
-        hops: int = 0,
-        whole: frozenset[bytes] = frozenset(),
-    ) -> list[Out]:
-        """Push ``keys`` to ``to``: what changed (``news_for``), the ``whole`` entries whole."""
-        targets = tuple(to)
-        if not targets or not keys:
-            return []
-        items = self.mesh.items_for(keys & whole) + self.mesh.news_for(keys - whole)
-        if not items:
-            return []
-        pushed = pages(items, memo=self.mesh.memo)  # bounded messages
-        msgs = [Push(self.mesh_id, tuple(p), hops) for p in pushed]
-        return [Call(t, msg, PushCtx(keys)) for t in targets for msg in msgs]
+        return self._gossip_calls(rnd.push_to, rnd.keys, full, min(hops, MAX_HOPS), now_ms)
 
     # -- clock ------------------------------------------------------------------------
     def tick(self, now_ms: int, late_ms: int = 0) -> list[Out]:
@@ -404,7 +359,7 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
             now_ms, peers, is_client=is_client, client_peers=self._client_targets(now_ms)
         )
         # Periodic rounds repeat what was pushed already: offers only.
-        out.extend(self._gossip_calls(rnd.push_to, rnd.keys, 0))
+        out.extend(self._gossip_calls(rnd.push_to, rnd.keys, 0, now_ms=now_ms))
         busy = SyncSession.open_count(self._responders) >= self.sessions_limit
         if rnd.pull_from is not None and not busy:
             target = rnd.pull_from

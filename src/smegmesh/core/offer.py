@@ -40,7 +40,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from smegmesh.core.codec import Codec, WireError, decode_item, encode_item
+from smegmesh.core.codec import Codec, Elided, WireError, decode_pushed_item, encode_item
 from smegmesh.core.state import Item, MeshState
 
 __all__ = [
@@ -83,7 +83,8 @@ class Push:
     """
 
     mesh_id: str
-    items: tuple[Item, ...]
+    #: records and prunes may be :class:`~smegmesh.core.codec.Elided` (core.elide)
+    items: tuple[Item | Elided, ...]
     hops: int = 0
 
 
@@ -233,7 +234,7 @@ def _dec_push(b: Any) -> Push:
     m, items, hops = _arr(b, 3)
     if type(hops) is not int or not 0 <= hops <= MAX_HOPS:
         raise WireError("expected a hop count")
-    return Push(_str(m), tuple(decode_item(x) for x in _arr(items)), hops)
+    return Push(_str(m), tuple(decode_pushed_item(x) for x in _arr(items)), hops)
 
 
 def _dec_offer(b: Any) -> Offer:

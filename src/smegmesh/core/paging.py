@@ -11,11 +11,12 @@ transport's message cap). The rest travels in later messages or sessions.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TypeVar
 
 import msgpack
 
 from smegmesh.core.cert import AuthItem
-from smegmesh.core.codec import encode_item
+from smegmesh.core.codec import Elided, encode_item
 from smegmesh.core.memo import ItemMemo
 from smegmesh.core.record import NodeRecord, Prune
 
@@ -24,7 +25,9 @@ __all__ = ["PAGE_BYTES", "encode_items", "item_bytes", "item_size", "page", "pag
 #: Target encoded size of the items of one message (the transport allows 1 MiB).
 PAGE_BYTES = 512 * 1024
 
-Item = NodeRecord | Prune | AuthItem
+Item = NodeRecord | Prune | AuthItem | Elided
+#: what a page holds: the items it was given (whole ones, or a push's elided ones too)
+T = TypeVar("T", NodeRecord | Prune | AuthItem, NodeRecord | Prune | AuthItem | Elided)
 
 
 def item_size(item: Item, memo: ItemMemo | None = None) -> int:
@@ -33,6 +36,8 @@ def item_size(item: Item, memo: ItemMemo | None = None) -> int:
     With ``memo`` (the state's :class:`~smegmesh.core.memo.ItemMemo`) a size is
     measured once per item object.
     """
+    if type(item) is Elided:  # made for one push: not worth a memo entry
+        memo = None
     n = None if memo is None else memo.size(item)
     if n is None:
         n = len(msgpack.packb(encode_item(item), use_bin_type=True))
@@ -43,6 +48,8 @@ def item_size(item: Item, memo: ItemMemo | None = None) -> int:
 
 def item_bytes(item: Item, memo: ItemMemo | None = None) -> bytes:
     """``item`` encoded (msgpack of ``encode_item``); with ``memo``, once per item object."""
+    if type(item) is Elided:
+        memo = None
     data = None if memo is None else memo.encoded(item)
     if data is None:
         data = msgpack.packb(encode_item(item), use_bin_type=True)
@@ -62,8 +69,8 @@ def encode_items(items: Sequence[Item], memo: ItemMemo | None = None) -> bytes:
 
 
 def page(
-    items: Iterable[Item], budget: int = PAGE_BYTES, memo: ItemMemo | None = None
-) -> tuple[list[Item], bool]:
+    items: Iterable[T], budget: int = PAGE_BYTES, memo: ItemMemo | None = None
+) -> tuple[list[T], bool]:
     """The longest prefix of ``items`` within ``budget`` bytes (at least one item).
 
     Returns ``(page, truncated)``; ``truncated`` says items were left out.
@@ -71,7 +78,7 @@ def page(
     """
     if isinstance(items, list | tuple) and len(items) <= 1:
         return list(items), False  # one item always goes (the common push)
-    out: list[Item] = []
+    out: list[T] = []
     used = 0
     for item in items:
         n = item_size(item, memo)
@@ -83,13 +90,13 @@ def page(
 
 
 def pages(
-    items: Iterable[Item], budget: int = PAGE_BYTES, memo: ItemMemo | None = None
-) -> list[list[Item]]:
+    items: Iterable[T], budget: int = PAGE_BYTES, memo: ItemMemo | None = None
+) -> list[list[T]]:
     """All of ``items`` split into consecutive pages of at most ``budget`` bytes each."""
     if isinstance(items, list | tuple) and len(items) <= 1:
         return [list(items)] if items else []
-    out: list[list[Item]] = []
-    cur: list[Item] = []
+    out: list[list[T]] = []
+    cur: list[T] = []
     used = 0
     for item in items:
         n = item_size(item, memo)
