@@ -210,7 +210,7 @@ class ExchangeMixin:
             if prune is None or k == self.key or self.mesh.live_record(k) is not None:
                 continue
             if budget.suspect(prune.by_wg_key, now_ms) and self._heal_slot(k, now_ms):
-                out.extend(self._push_calls([k], frozenset({k}), whole=frozenset({k})))
+                out.extend(self._push_calls([k], frozenset({k})))  # not elided
         return out
 
     def handle_request(
@@ -321,8 +321,8 @@ class ExchangeMixin:
         if not self._heal_slot(key, now_ms):
             return []
         self.heal_sessions += 1
-        # whole: the member holds its own latest record, not the one pruned
-        out = self._push_calls([key], frozenset({key}), whole=frozenset({key}))
+        # not elided (no now_ms): it holds its own latest record, not the one pruned
+        out = self._push_calls([key], frozenset({key}))
         # One sync session per interval in all (not per member) brings the
         # rest of the other side's changes at once, in O(N) per interval.
         return out + self._sync_with(key, now_ms)
@@ -367,8 +367,8 @@ class ExchangeMixin:
             return []
         if not self._heal_slot(key, now_ms):
             return []
-        # whole: the member does not know us (nor so our chain)
-        return self._push_calls([key], frozenset({self.key}), whole=frozenset({self.key}))
+        # not elided (no now_ms): the member does not know us, nor our chain
+        return self._push_calls([key], frozenset({self.key}))
 
     # -- replies to our requests -------------------------------------------------------------
     def handle_reply(self, to: bytes, ctx: CallCtx, reply: Message, now_ms: int) -> list[Out]:
