@@ -271,3 +271,80 @@ def test_a_member_pruning_a_live_member_is_named_in_the_log_and_counted() -> Non
         assert next(n for n in owner.mesh(mesh)["nodes"] if n["is_self"])["status"] == "live"
     finally:
         c.close()
+
+
+def test_a_prune_pushed_by_reference_is_made_whole_by_a_real_daemon() -> None:
+    """Twentieth session (core/elide.py): a push may carry a prune without its
+    target's record and its pruner's chain, which every member holds. A real
+    daemon puts them back from its own state, checks the prune (its signature
+    covers them), takes it, and counts it in
+    ``smegd_pushed_items_by_reference``; the owner, told, refutes."""
+    import asyncio
+    import base64
+
+    import httpx
+    import msgpack
+
+    from smegmesh.core.codec import Elided
+    from smegmesh.core.elide import SETTLED_MS, elide
+    from smegmesh.core.identity import NodeIdentity
+    from smegmesh.core.messages import Ack
+    from smegmesh.core.record import NodeRecord, Prune
+    from smegmesh.core.sync import Push
+    from smegmesh.core.wire import decode, decode_item, encode
+    from smegmesh.daemon.transport import RpcClient
+    from smegmesh.testbed.loopback import free_port, wait_converged
+
+    c = Cluster()
+    try:
+        metrics = f"127.0.0.1:{free_port('127.0.0.1')}"
+        owner, member = c.add(2)
+        (witness,) = c.add(1, extra={"metricsListen": metrics})
+        mesh = create_mesh(owner, [])
+        for d in (member, witness):
+            tok = owner.ctl("invite", "--meshid", mesh).stdout.strip()
+            d.ctl("join-mesh", "--token", tok)
+        wait_converged([owner, member, witness], mesh)
+        pruner = NodeIdentity.from_seed((member.dir / "state" / "identity.key").read_bytes())
+        owner_key = base64.b64decode(owner.self_key(mesh))
+        saved = (witness.dir / "state" / "meshes" / f"{mesh}.state").read_bytes()
+        records = [decode_item(o) for o in msgpack.unpackb(saved, raw=False)]
+        recs = {r.wg_key: r for r in records if isinstance(r, NodeRecord)}
+        now = int(time.time() * 1000)
+        prune = Prune.create(
+            pruner,
+            mesh,
+            now_ms=now,
+            target_record=recs[owner_key],
+            by_chain=recs[pruner.wg_public_key].chain,
+        )
+        short = elide(prune, now + SETTLED_MS + 60_000)  # as if all were long settled
+        assert type(short) is Elided
+        assert len(encode(Push(mesh, (short,)))) < len(encode(Push(mesh, (prune,)))) // 2
+        w = recs[base64.b64decode(witness.self_key(mesh))]
+        assert w.control_endpoint is not None and w.tls_fp is not None
+
+        async def push() -> object:
+            rpc = RpcClient(pruner, timeout=5)
+            try:
+                body = encode(Push(mesh, (short,)))
+                return decode(await rpc.call(w.control_endpoint, w.tls_fp, body))
+            finally:
+                await rpc.close()
+
+        ack = asyncio.run(push())
+        assert isinstance(ack, Ack) and ack.ok  # news: the prune was taken
+        port = metrics.rsplit(":", 1)[1]
+
+        def counted() -> bool:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+            return (
+                f'smegd_pushed_items_by_reference_total{{mesh="{mesh}",outcome="resolved"}} 1.0'
+                in text
+                and f'smegd_prunes_refuted_total{{mesh="{mesh}"}} 1.0' in text
+            )
+
+        wait_until(counted, 20, what="the witness takes the prune and sees it refuted")
+        assert next(n for n in owner.mesh(mesh)["nodes"] if n["is_self"])["status"] == "live"
+    finally:
+        c.close()

@@ -106,6 +106,8 @@ class Expanded:
     """What :func:`expand` made of a message's items."""
 
     items: list[Item] = field(default_factory=list)
+    #: elided items made whole from this state
+    resolved: int = 0
     #: references this state could not resolve (pulled by a sync session)
     unresolved: int = 0
     #: elided items that are malformed (the sender's fault)
@@ -196,5 +198,6 @@ def expand(mesh: MeshState, items: Iterable[Item | Elided]) -> Expanded:
         if whole is None:
             out.unresolved += 1
         else:
+            out.resolved += 1
             out.items.append(whole)
     return out

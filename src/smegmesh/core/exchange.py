@@ -67,6 +67,7 @@ class ExchangeMixin:
     rng: random.Random
     gossip: GossipParams
     heal_sessions: int
+    by_reference: dict[str, int]
     _fd: FailureDetector
     _sched: GossipScheduler
     _responders: dict[tuple[bytes, int], SyncSession]
@@ -292,6 +293,8 @@ class ExchangeMixin:
     def _on_push(self, src: bytes, msg: Push, now_ms: int) -> tuple[Ack, list[Out]]:
         """A member's push: its elided parts put back (core.elide), merged, acknowledged."""
         got = expand(self.mesh, msg.items)
+        self.by_reference["resolved"] += got.resolved
+        self.by_reference["unresolved"] += got.unresolved
         if got.errors:
             self.rejected += len(got.errors)
             self.last_rejects = [str(e) for e in got.errors[:3]]

@@ -123,6 +123,8 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
     rejected: int = 0
     last_rejects: list[str] = field(default_factory=list)  # why, the last few (for logs)
     heal_sessions: int = 0  # heals (a push of its prune) on hearing from a pruned member
+    #: pushed items taken by reference (core.elide): made whole, and not resolved
+    by_reference: dict[str, int] = field(default_factory=lambda: {"resolved": 0, "unresolved": 0})
     refuted: RefutedPrunes = field(default_factory=RefutedPrunes)  # by pruner (core.refuted)
     _view_cache: Views | None = None
     _pending: NodeRecord | None = None  # a joiner's own record until a member admits it

@@ -261,10 +261,19 @@ class _StateCollector(Collector):
             "names the pruner: one pruning live members by the dozen is to be evicted)",
             labels=["mesh"],
         )
+        by_ref = CounterMetricFamily(
+            "smegd_pushed_items_by_reference",
+            "Pushed records and prunes that came without the parts every member holds "
+            "(core/elide.py), by outcome: resolved from our state, or unresolved (pulled "
+            "by a sync session), per mesh",
+            labels=["mesh", "outcome"],
+        )
         now = time.time()
         for rt in meshes:
             mid = rt.mesh_id
             refuted.add_metric([mid], rt.node.refuted.total)
+            for outcome, n in rt.node.by_reference.items():
+                by_ref.add_metric([mid, outcome], n)
             for state, n in _member_counts(rt.node).items():
                 members.add_metric([mid, state], n)
             status = d.wg_status.get(mid)
@@ -279,7 +288,7 @@ class _StateCollector(Collector):
             ages.add_metric([mid], buckets, gsum_value=float(sum(seen)))
             traffic.add_metric([mid, "in"], float(sum(p.rx_bytes for p in ps)))
             traffic.add_metric([mid, "out"], float(sum(p.tx_bytes for p in ps)))
-        yield from (members, refuted, peers, never, ages, traffic)
+        yield from (members, refuted, by_ref, peers, never, ages, traffic)
         if d.dns is not None:
             queries = CounterMetricFamily(
                 "smegd_dns_answers",
