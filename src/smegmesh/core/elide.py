@@ -36,10 +36,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from smegmesh.core.certwire import auth_to_obj
+from smegmesh.core.cert import Cert
 from smegmesh.core.codec import ITEM_PRUNE, ITEM_RECORD, Elided
 from smegmesh.core.record import NodeRecord, Prune, RecordError, prune_from_obj, record_from_obj
 from smegmesh.core.state import Item, MeshState
@@ -114,14 +114,14 @@ class Expanded:
     errors: list[RecordError] = field(default_factory=list)
 
 
-def _chain_of(mesh: MeshState, key: object, ref: object) -> list[Any] | None:
-    """The wire form of the chain of ``key``'s held record, if its last cert is ``ref``."""
+def _chain_of(mesh: MeshState, key: object, ref: object) -> tuple[Cert, ...] | None:
+    """The chain of ``key``'s held record, if its last certificate is ``ref``."""
     if type(key) is not bytes or type(ref) is not bytes:
         return None
     rec = mesh.record(key)
     if rec is None or not rec.chain or rec.chain[-1].key != ref:
         return None
-    return [auth_to_obj(c) for c in rec.chain]
+    return rec.chain
 
 
 def _news(mesh: MeshState, e: Elided) -> bool:
@@ -144,29 +144,40 @@ def _news(mesh: MeshState, e: Elided) -> bool:
 
 
 def _expand_one(mesh: MeshState, e: Elided) -> Item | None:
-    """The whole item (None: a reference this state cannot resolve); raises RecordError."""
+    """The whole item (None: a reference this state cannot resolve); raises RecordError.
+
+    The parts put back are the held objects themselves (shared, not decoded
+    again: a held target record is known to be signed), in place of an empty
+    part the decoder checks as ever.
+    """
     f = list(e.fields)
     if e.kind == ITEM_RECORD:
+        chain = None
         if type(f[_CHAIN]) is bytes:
             chain = _chain_of(mesh, f[1], f[_CHAIN])
             if chain is None:
                 return None
-            f[_CHAIN] = chain
-        return record_from_obj(f)
+            f[_CHAIN] = []
+        rec = record_from_obj(f)
+        return rec if chain is None else replace(rec, chain=chain)
     if e.kind != ITEM_PRUNE:
         raise RecordError("item", "unknown elided kind")
+    parts: dict[str, Any] = {}
     if type(f[_TARGET_RECORD]) is bytes:
         target = f[_TARGET]
         held = mesh.record(target) if type(target) is bytes else None
         if held is None or held.version != f[2] or _record_ref(held) != f[_TARGET_RECORD]:
             return None
-        f[_TARGET_RECORD] = held.to_obj()
+        parts["target_record"] = held
+        f[_TARGET_RECORD] = None
     if type(f[_BY_CHAIN]) is bytes:
         chain = _chain_of(mesh, f[_BY], f[_BY_CHAIN])
         if chain is None:
             return None
-        f[_BY_CHAIN] = chain
-    return prune_from_obj(f)
+        parts["by_chain"] = chain
+        f[_BY_CHAIN] = []
+    prune = prune_from_obj(f)
+    return replace(prune, **parts) if parts else prune
 
 
 def expand(mesh: MeshState, items: Iterable[Item | Elided]) -> Expanded:
