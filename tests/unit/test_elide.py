@@ -163,3 +163,25 @@ def test_any_garbage_in_an_elided_item_is_a_counted_refusal_never_an_exception()
         assert len(got.items) + len(got.errors) + got.unresolved <= 1
 
     run()
+
+
+def test_a_chain_named_by_its_last_certificate_alone_is_not_enough() -> None:
+    """Review (same session): a member whose admitter was admitted again keeps its
+    own certificate under another prefix. Named by its last certificate, the
+    receiver put back the prefix it held: the signature failed, an honest
+    relay taken for a forger. A chain is named by all its certificates."""
+    from smegmesh.core.cert import Cert
+
+    m, recs = _mesh()
+    now = m.t + LATER
+    st = _state(m, recs, now)
+    x, a = ident(6), ident(4)  # x was admitted by a (see _mesh)
+    old = m.chains[x.wg_public_key]
+    assert old[-2].subject == a.wg_public_key
+    again = Cert.create(m.founder, m.mesh_id, subject=a.wg_public_key, may_admit=True, now_ms=m.t)
+    rec = recs[4].evolve(x, now)
+    moved = NodeRecord.create(
+        x, m.mesh_id, version=rec.version + 1, now_ms=now, chain=(again, old[-1])
+    )
+    got = expand(st, [elide(moved, now)])
+    assert got.unresolved == 1 and not got.items and not got.errors

@@ -12,9 +12,9 @@ and 20 %/min churn, 121.6 KB/s per node with admission against 17.4 without
 So a gossip push sends, in place of such a part, a reference to what its
 receiver holds (:class:`~smegmesh.core.codec.Elided`):
 
-* a record's chain: the key (a hash) of its last certificate, when that
-  certificate was issued :data:`SETTLED_MS` ago or more (every member has
-  held the record for long);
+* a record's chain: :data:`REF_LEN` bytes of a hash of its certificates'
+  keys, when its last certificate was issued :data:`SETTLED_MS` ago or more
+  (every member has held the record for long);
 * a prune's target record: :data:`REF_LEN` bytes of the hash of its
   signature, when the record was published :data:`RECORD_SETTLED_MS` ago or
   more;
@@ -60,7 +60,8 @@ SETTLED_MS = 5 * 60 * 1000
 #: A record published this long ago has reached every member (a change reaches
 #: all of 3,000 in ~2.5 s at p99.9 in the simulator).
 RECORD_SETTLED_MS = 10_000
-#: Bytes of a record's signature hash that name it in a prune.
+#: Bytes of a hash that name a record (of its signature) or a chain (of its
+#: certificates' keys) in place of it.
 REF_LEN = 16
 #: Elided items expanded at most per message (the rest is pulled by sync).
 MAX_EXPANDED = 256
@@ -73,6 +74,11 @@ def _record_ref(rec: NodeRecord) -> bytes:
     return hashlib.sha256(rec.signature).digest()[:REF_LEN]
 
 
+def _chain_ref(chain: Sequence[Cert]) -> bytes:
+    """A whole chain's name: its certificates' keys, hashed (any change, another name)."""
+    return hashlib.sha256(b"".join(c.key for c in chain)).digest()[:REF_LEN]
+
+
 def _settled_chain(chain: Sequence[Any], now_ms: int) -> bool:
     return bool(chain) and chain[-1].issued_ms <= now_ms - SETTLED_MS
 
@@ -83,7 +89,7 @@ def elide(item: Item, now_ms: int) -> Item | Elided:
         if not _settled_chain(item.chain, now_ms):
             return item
         fields = item.to_obj()
-        fields[_CHAIN] = item.chain[-1].key
+        fields[_CHAIN] = _chain_ref(item.chain)
         return Elided(ITEM_RECORD, tuple(fields))
     if type(item) is Prune:
         tr = item.target_record
@@ -96,7 +102,7 @@ def elide(item: Item, now_ms: int) -> Item | Elided:
             assert tr is not None
             fields[_TARGET_RECORD] = _record_ref(tr)
         if short_chain:
-            fields[_BY_CHAIN] = item.by_chain[-1].key
+            fields[_BY_CHAIN] = _chain_ref(item.by_chain)
         return Elided(ITEM_PRUNE, tuple(fields))
     return item
 
@@ -115,11 +121,11 @@ class Expanded:
 
 
 def _chain_of(mesh: MeshState, key: object, ref: object) -> tuple[Cert, ...] | None:
-    """The chain of ``key``'s held record, if its last certificate is ``ref``."""
+    """The chain of ``key``'s held record, if it is the one named ``ref``."""
     if type(key) is not bytes or type(ref) is not bytes:
         return None
     rec = mesh.record(key)
-    if rec is None or not rec.chain or rec.chain[-1].key != ref:
+    if rec is None or not rec.chain or _chain_ref(rec.chain) != ref:
         return None
     return rec.chain
 
