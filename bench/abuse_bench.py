@@ -330,7 +330,6 @@ async def attack_member_forged(t: dict[str, Any], duration: float) -> dict[str, 
     from smegmesh.core.record import NodeRecord
     from smegmesh.core.sync import Push
     from smegmesh.core.wire import encode
-    from smegmesh.daemon.transport import RpcClient
 
     me, victim, recs = _member_and_victim(t)
     assert victim.control_endpoint is not None and victim.tls_fp is not None
@@ -345,24 +344,8 @@ async def attack_member_forged(t: dict[str, Any], duration: float) -> dict[str, 
             for r in recs
         ]
     body = encode(Push(t["mesh_id"], tuple(forged)))
-    out: dict[str, Any] = {"calls": 0, "answered": 0, "other": {}, "items": len(forged)}
-    out["body_kib"] = len(body) // 1024
-    deadline = time.monotonic() + duration
-    rpc = RpcClient(me, timeout=30)
-
-    async def worker() -> None:
-        while time.monotonic() < deadline:
-            out["calls"] += 1
-            try:
-                await rpc.call(victim.control_endpoint, victim.tls_fp, body, to=victim.wg_key)
-                out["answered"] += 1
-            except Exception as e:
-                out["other"][type(e).__name__] = out["other"].get(type(e).__name__, 0) + 1
-
-    try:
-        await asyncio.gather(*(worker() for _ in range(8)))
-    finally:
-        await rpc.close()
+    out = await _member_calls(me, victim, lambda _w, _i: body, 8, duration)
+    out["items"], out["body_kib"] = len(forged), len(body) // 1024
     return out
 
 
@@ -370,9 +353,25 @@ async def attack_member_calls(t: dict[str, Any], duration: float) -> dict[str, A
     """A member's small calls (pings) as fast as it can, 16 in flight: its whole slot count."""
     from smegmesh.core.messages import Ping
     from smegmesh.core.wire import encode
-    from smegmesh.daemon.transport import RpcClient
 
     me, victim, _ = _member_and_victim(t)
+    mesh_id = t["mesh_id"]
+    out = await _member_calls(
+        me, victim, lambda w, i: encode(Ping(mesh_id, w * 1_000_000 + i)), 16, duration
+    )
+    out["calls_per_s"] = round(out["calls"] / duration)
+    return out
+
+
+async def _member_calls(
+    me: Any, victim: Any, body: Any, workers: int, duration: float
+) -> dict[str, Any]:
+    """``workers`` calls in flight from member ``me`` to ``victim`` for ``duration`` seconds.
+
+    ``body(worker, i)``: the bytes of worker's ``i``-th call.
+    """
+    from smegmesh.daemon.transport import RpcClient
+
     assert victim.control_endpoint is not None and victim.tls_fp is not None
     out: dict[str, Any] = {"calls": 0, "answered": 0, "other": {}}
     deadline = time.monotonic() + duration
@@ -383,18 +382,16 @@ async def attack_member_calls(t: dict[str, Any], duration: float) -> dict[str, A
         while time.monotonic() < deadline:
             i += 1
             out["calls"] += 1
-            body = encode(Ping(t["mesh_id"], w * 1_000_000 + i))
             try:
-                await rpc.call(victim.control_endpoint, victim.tls_fp, body, to=victim.wg_key)
+                await rpc.call(victim.control_endpoint, victim.tls_fp, body(w, i), to=victim.wg_key)
                 out["answered"] += 1
             except Exception as e:
                 out["other"][type(e).__name__] = out["other"].get(type(e).__name__, 0) + 1
 
     try:
-        await asyncio.gather(*(worker(w) for w in range(16)))
+        await asyncio.gather(*(worker(w) for w in range(workers)))
     finally:
         await rpc.close()
-    out["calls_per_s"] = round(out["calls"] / duration)
     return out
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -199,12 +200,44 @@ def test_a_members_forged_items_are_dropped_and_logged_once() -> None:
         c.close()
 
 
+def _owner_member_witness(c: Cluster, metrics: str) -> tuple[Any, Any, Any, str]:
+    """Three daemons in a mesh the first founded; the third serves metrics at ``metrics``."""
+    from smegmesh.testbed.loopback import wait_converged
+
+    owner, member = c.add(2)
+    (witness,) = c.add(1, extra={"metricsListen": metrics})
+    mesh = create_mesh(owner, [])
+    for d in (member, witness):
+        tok = owner.ctl("invite", "--meshid", mesh).stdout.strip()
+        d.ctl("join-mesh", "--token", tok)
+    wait_converged([owner, member, witness], mesh)
+    return owner, member, witness, mesh
+
+
+def _call_as(who: Any, rec: Any, msg: object) -> object:
+    """``msg`` sent as member ``who`` to the daemon of record ``rec``; its decoded reply."""
+    import asyncio
+
+    from smegmesh.core.wire import decode, encode
+    from smegmesh.daemon.transport import RpcClient
+
+    assert rec.control_endpoint is not None and rec.tls_fp is not None
+
+    async def call() -> object:
+        rpc = RpcClient(who, timeout=5)
+        try:
+            return decode(await rpc.call(rec.control_endpoint, rec.tls_fp, encode(msg)))
+        finally:
+            await rpc.close()
+
+    return asyncio.run(call())
+
+
 def test_a_member_pruning_a_live_member_is_named_in_the_log_and_counted() -> None:
     """Nineteenth session (docs/SECURITY.md, prunes of live members): a member that
     prunes a live member leaves a trace. The member refutes; a node that held it
     as pruned logs the pruner once (a WARNING, then a summary a minute) and
     counts it in ``smegd_prunes_refuted``."""
-    import asyncio
     import base64
 
     import httpx
@@ -214,20 +247,13 @@ def test_a_member_pruning_a_live_member_is_named_in_the_log_and_counted() -> Non
     from smegmesh.core.messages import Ack
     from smegmesh.core.record import NodeRecord, Prune
     from smegmesh.core.sync import Push
-    from smegmesh.core.wire import decode, decode_item, encode
-    from smegmesh.daemon.transport import RpcClient
-    from smegmesh.testbed.loopback import free_port, wait_converged
+    from smegmesh.core.wire import decode_item
+    from smegmesh.testbed.loopback import free_port
 
     c = Cluster()
     try:
         metrics = f"127.0.0.1:{free_port('127.0.0.1')}"
-        owner, member = c.add(2)
-        (witness,) = c.add(1, extra={"metricsListen": metrics})
-        mesh = create_mesh(owner, [])
-        for d in (member, witness):
-            tok = owner.ctl("invite", "--meshid", mesh).stdout.strip()
-            d.ctl("join-mesh", "--token", tok)
-        wait_converged([owner, member, witness], mesh)
+        owner, member, witness, mesh = _owner_member_witness(c, metrics)
         attacker = NodeIdentity.from_seed((member.dir / "state" / "identity.key").read_bytes())
         owner_key = base64.b64decode(owner.self_key(mesh))
         owner.ctl("put-alias", "--meshid", mesh, "--alias", "boss")  # on disk when it answers
@@ -245,17 +271,7 @@ def test_a_member_pruning_a_live_member_is_named_in_the_log_and_counted() -> Non
             by_chain=mine.chain,
         )
         w = recs[base64.b64decode(witness.self_key(mesh))]
-        assert w.control_endpoint is not None and w.tls_fp is not None
-
-        async def push() -> object:
-            rpc = RpcClient(attacker, timeout=5)
-            try:
-                body = encode(Push(mesh, (prune,)))
-                return decode(await rpc.call(w.control_endpoint, w.tls_fp, body))
-            finally:
-                await rpc.close()
-
-        assert isinstance(asyncio.run(push()), Ack)
+        assert isinstance(_call_as(attacker, w, Push(mesh, (prune,))), Ack)
         short = base64.b64encode(attacker.wg_public_key).decode()[:12]
 
         def named() -> bool:
@@ -279,7 +295,6 @@ def test_a_prune_pushed_by_reference_is_made_whole_by_a_real_daemon() -> None:
     daemon puts them back from its own state, checks the prune (its signature
     covers them), takes it, and counts it in
     ``smegd_pushed_items_by_reference``; the owner, told, refutes."""
-    import asyncio
     import base64
 
     import httpx
@@ -291,20 +306,13 @@ def test_a_prune_pushed_by_reference_is_made_whole_by_a_real_daemon() -> None:
     from smegmesh.core.messages import Ack
     from smegmesh.core.record import NodeRecord, Prune
     from smegmesh.core.sync import Push
-    from smegmesh.core.wire import decode, decode_item, encode
-    from smegmesh.daemon.transport import RpcClient
-    from smegmesh.testbed.loopback import free_port, wait_converged
+    from smegmesh.core.wire import decode_item, encode
+    from smegmesh.testbed.loopback import free_port
 
     c = Cluster()
     try:
         metrics = f"127.0.0.1:{free_port('127.0.0.1')}"
-        owner, member = c.add(2)
-        (witness,) = c.add(1, extra={"metricsListen": metrics})
-        mesh = create_mesh(owner, [])
-        for d in (member, witness):
-            tok = owner.ctl("invite", "--meshid", mesh).stdout.strip()
-            d.ctl("join-mesh", "--token", tok)
-        wait_converged([owner, member, witness], mesh)
+        owner, member, witness, mesh = _owner_member_witness(c, metrics)
         pruner = NodeIdentity.from_seed((member.dir / "state" / "identity.key").read_bytes())
         owner_key = base64.b64decode(owner.self_key(mesh))
         saved = (witness.dir / "state" / "meshes" / f"{mesh}.state").read_bytes()
@@ -322,17 +330,7 @@ def test_a_prune_pushed_by_reference_is_made_whole_by_a_real_daemon() -> None:
         assert type(short) is Elided
         assert len(encode(Push(mesh, (short,)))) < len(encode(Push(mesh, (prune,)))) // 2
         w = recs[base64.b64decode(witness.self_key(mesh))]
-        assert w.control_endpoint is not None and w.tls_fp is not None
-
-        async def push() -> object:
-            rpc = RpcClient(pruner, timeout=5)
-            try:
-                body = encode(Push(mesh, (short,)))
-                return decode(await rpc.call(w.control_endpoint, w.tls_fp, body))
-            finally:
-                await rpc.close()
-
-        ack = asyncio.run(push())
+        ack = _call_as(pruner, w, Push(mesh, (short,)))
         assert isinstance(ack, Ack) and ack.ok  # news: the prune was taken
         port = metrics.rsplit(":", 1)[1]
 
