@@ -29,7 +29,7 @@ from smegmesh.core.wire import encode
 from smegmesh.daemon import dgram_replay as dr
 from smegmesh.daemon import dgram_wire as dw
 from smegmesh.daemon.engine_io import EngineIO
-from smegmesh.daemon.member_budget import OVER_CALL_BUDGET, MemberBudget
+from smegmesh.daemon.member_budget import OVER_BUDGET_DELAY_S, OVER_CALL_BUDGET, MemberBudget
 from smegmesh.daemon.rpc_client import BACKOFF_HINT_S
 from smegmesh.daemon.rpc_common import CLOCK_SKEW_MS
 from smegmesh.daemon.rpc_dgram import DERIVE_BURST, DERIVE_RATE, DatagramServer, KeyIds
@@ -397,7 +397,10 @@ def test_a_datagram_from_a_node_just_admitted_elsewhere_is_counted_not_logged(
 def test_a_members_datagram_calls_past_its_call_budget_are_refused() -> None:
     """Twentieth session: a member's small calls were limited per source address
     only (100 a second each); its calls are now counted per key too, whatever
-    the transport (daemon/member_budget.py)."""
+    the transport (daemon/member_budget.py). Past the budget a datagram is
+    refused before any crypto (review: it was opened and answered, so a member
+    with many source addresses was not held to the stream's slots), with a
+    notice that sends the call to the stream, where it is held and refused."""
     seen: list[bytes] = []
 
     async def handler(_src: bytes, body: bytes) -> bytes:
@@ -413,10 +416,13 @@ def test_a_members_datagram_calls_past_its_call_budget_are_refused() -> None:
         try:
             for _ in range(3):
                 assert await client.call(ep, server._fp, PING, 2.0, to=SRV.wg_public_key) == ACK
-            with pytest.raises(RpcError, match="refused"):
+            t0 = time.monotonic()
+            with pytest.raises(RpcError, match=f"RESOURCE_EXHAUSTED.*{OVER_CALL_BUDGET}"):
                 await client.call(ep, server._fp, PING, 2.0, to=SRV.wg_public_key)
+            assert OVER_BUDGET_DELAY_S <= time.monotonic() - t0 < 1.5  # held, no timeout
             srv = server.datagrams
             assert srv is not None and srv.stats.refused[OVER_CALL_BUDGET] == 1
+            assert srv.stats.datagrams["in", "Ping"] == 3  # the fourth was never opened
             assert len(seen) == 3
         finally:
             await client.close()

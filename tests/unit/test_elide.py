@@ -185,3 +185,29 @@ def test_a_chain_named_by_its_last_certificate_alone_is_not_enough() -> None:
     )
     got = expand(st, [elide(moved, now)])
     assert got.unresolved == 1 and not got.items and not got.errors
+
+
+def test_bogus_references_do_not_take_the_session_of_a_heal() -> None:
+    """Review (same session): unresolved references and heals shared one sync
+    session every 3 s; a member pushing a bogus reference each interval kept
+    the heals (a pruned member heard from) from starting theirs."""
+    m, recs = _mesh()
+    now = m.t + LATER
+    me, bad = ident(4), ident(3)
+    node = _node(me, m.mesh_id, _state(m, recs, now))
+    target = recs[7]
+    node.handle_request(bad.wg_public_key, Push(m.mesh_id, (_prune(m, 3, target, now),)), now)
+    bogus = elide(recs[5].evolve(ident(7), now), now)
+    assert type(bogus) is Elided
+    fields = list(bogus.fields)
+    fields[18] = bytes(16)  # names no chain we hold
+    outs = node.handle_request(
+        bad.wg_public_key, Push(m.mesh_id, (Elided(1, tuple(fields)),)), now
+    )[1]
+    assert [o.to for o in outs if isinstance(o, Call) and isinstance(o.msg, SyncStart)] == [
+        bad.wg_public_key
+    ]
+    outs = node.handle_request(target.wg_key, Ping(m.mesh_id, 1), now + 100)[1]
+    assert [o.to for o in outs if isinstance(o, Call) and isinstance(o.msg, SyncStart)] == [
+        target.wg_key
+    ]

@@ -419,3 +419,21 @@ def test_a_sync_session_does_not_count_prunes_held_back_by_the_budget_as_garbage
         reply, mine, _ = SyncSession.respond(st, sessions, b"t" * 32, msg, now)
         msg, _got = session.receive(reply, now)
     assert mine is not None and len(mine.merged) == BURST and mine.rejected == 0
+
+
+def test_forgeries_that_come_in_a_sync_session_are_counted_as_a_pushs_are() -> None:
+    """Review (twentieth session): a session counted its refused items in the
+    session only, which nothing read: a member could feed forgeries through
+    sync steps and never appear in the node's count and log of refused items."""
+    from test_authority import _node
+
+    m, recs, now = _members(10)
+    me, bad = ident(3), ident(5)
+    node = _node(me, m.mesh_id, _state(m, recs, now, CountingVerifier()))
+    theirs = MeshState(m.mesh_id, admission=True, verifier=lambda jobs: [True] * len(jobs))
+    assert theirs.apply(m.founding, now)
+    forged = _forged(recs[4])
+    theirs.apply_many([*(r for r in recs if r is not recs[4]), forged], now)
+    assert theirs.record(forged.wg_key) == forged
+    _sync_to(node, bad.wg_public_key, theirs, now)
+    assert node.rejected == 1 and "signature" in node.last_rejects[0]

@@ -54,10 +54,18 @@ def test_calls_are_counted_whatever_their_size() -> None:
 
 
 def test_the_default_call_budget_leaves_room_for_an_honest_member() -> None:
-    """A large sync session is a few hundred calls in a row; a member at rest
-    makes well under one a second to any one node."""
-    b = MemberBudget(clock=Clock())
-    assert all(b.admit(b"a" * 32, 100) for _ in range(500))
+    """What honest members were measured to need from one node: 17 calls in the
+    busiest second of simulated partition heals (100 to 300 nodes, twentieth
+    session's review), ~150 steps in a row for a heal's chain of sync sessions
+    at 3,000 members; with a margin of 5 and 2. Fails if the defaults drop below."""
+    from smegmesh.daemon.member_budget import CALL_BURST, CALL_RATE
+
+    assert CALL_RATE >= 5 * 17 and CALL_BURST >= 2 * 150 + CALL_RATE
+    clock = Clock()
+    b = MemberBudget(clock=clock)
+    for _second in range(60):  # a minute at the busiest honest rate, never refused
+        assert all(b.admit(b"a" * 32, 100) for _ in range(17))
+        clock.t += 1.0
 
 
 def test_members_tracked_are_bounded() -> None:

@@ -26,6 +26,11 @@ class KeyedBuckets:
     def __len__(self) -> int:
         return len(self._buckets)
 
+    def tokens(self, key: bytes, now: float) -> float:
+        """``key``'s tokens at ``now`` (a key not seen: ``burst``); takes nothing."""
+        tokens, at = self._buckets.get(key, (self.burst, now))
+        return min(self.burst, tokens + max(0.0, now - at) * self.rate)
+
     def take(self, key: bytes, now: float, amount: float, floor: float) -> bool:
         """Take ``amount`` from ``key``'s tokens if they are at least ``floor``.
 

@@ -35,7 +35,7 @@ from smegmesh.core.liveness import FailureDetector, LivenessParams
 from smegmesh.core.messages import Ack, JoinRequest, Ping, PingReq, Refusal
 from smegmesh.core.offer import MAX_HOPS, Offer, Want, offer_entries, offers, wanted, wanted_parts
 from smegmesh.core.paging import PAGE_BYTES, pages
-from smegmesh.core.record import NodeRecord, Prune, Role
+from smegmesh.core.record import NodeRecord, Prune, RecordError, Role
 from smegmesh.core.refuted import RefutedPrunes, pruners_of
 from smegmesh.core.state import MeshState
 from smegmesh.core.state_gate import senders_faults
@@ -72,7 +72,7 @@ class ExchangeMixin:
     _sched: GossipScheduler
     _responders: dict[tuple[bytes, int], SyncSession]
     _heal_due: dict[bytes, int]
-    _heal_sync_due: int
+    _sync_due: dict[str, int]
     _avoid: dict[bytes, int]
     _peer_ping_inflight: bool
     _peer_ping_failures: int
@@ -163,11 +163,14 @@ class ExchangeMixin:
         batch = tuple(items)
         down = pruners_of(self.mesh, batch)
         changed, errors = self.mesh.apply_many(batch, now_ms)
-        errors = senders_faults(errors)
-        self.rejected += len(errors)  # a peer's garbage: counted, never fatal
-        if errors:  # why (for the adapter's rate-limited log): the first few reasons
-            self.last_rejects = [str(e) for e in errors[:3]]
+        self._count_rejects(senders_faults(errors))
         return self._merged(changed, down, now_ms, src, hops)
+
+    def _count_rejects(self, errors: list[RecordError]) -> None:
+        """A peer's garbage: counted, never fatal; why (for the adapter's log): the first few."""
+        self.rejected += len(errors)
+        if errors:
+            self.last_rejects = [str(e) for e in errors[:3]]
 
     def _merged(
         self,
@@ -283,9 +286,10 @@ class ExchangeMixin:
             return want, self._heard_from_pruned(src, now_ms)
         if isinstance(msg, SyncStart | SyncStep | SyncEnd):
             down = pruners_of(self.mesh, msg.items) if isinstance(msg, SyncStep) else {}
-            reply, _session, merged = SyncSession.respond(
+            reply, session, merged = SyncSession.respond(
                 self.mesh, self._responders, src, msg, now_ms
             )
+            self._count_rejects(session.take_errors())
             out = self._merged(set(merged), down, now_ms, src)
             return reply, out + self._heard_from_pruned(src, now_ms)
         return Refusal(self.mesh_id), []
@@ -295,12 +299,10 @@ class ExchangeMixin:
         got = expand(self.mesh, msg.items)
         self.by_reference["resolved"] += got.resolved
         self.by_reference["unresolved"] += got.unresolved
-        if got.errors:
-            self.rejected += len(got.errors)
-            self.last_rejects = [str(e) for e in got.errors[:3]]
+        self._count_rejects(got.errors)
         out = self._ingest(got.items, now_ms, src, msg.hops)
         if got.unresolved:  # it holds what we lack: a sync session brings it whole
-            out += self._sync_with(src, now_ms)
+            out += self._sync_with(src, now_ms, "unresolved")
         # ok: something in it was news to us (the pusher's feedback, see handle_reply)
         news = bool(got.unresolved) or any(isinstance(o, Changed) for o in out)
         return Ack(self.mesh_id, 0, news), out
@@ -330,11 +332,16 @@ class ExchangeMixin:
         # rest of the other side's changes at once, in O(N) per interval.
         return out + self._sync_with(key, now_ms)
 
-    def _sync_with(self, key: bytes, now_ms: int) -> list[Out]:
-        """A sync session with ``key``, unless one started (with anyone) in the last interval."""
-        if now_ms < self._heal_sync_due:
+    def _sync_with(self, key: bytes, now_ms: int, slot: str = "heal") -> list[Out]:
+        """A sync session with ``key``, unless one of ``slot`` started in the last interval.
+
+        Slots: ``heal`` (a pruned member heard from), ``unresolved`` (a push
+        named parts we lack, core.elide): apart, so a member pushing bogus
+        references cannot take the heals' session (review, twentieth session).
+        """
+        if now_ms < self._sync_due.get(slot, 0):
             return []
-        self._heal_sync_due = now_ms + HEAL_INTERVAL_MS
+        self._sync_due[slot] = now_ms + HEAL_INTERVAL_MS
         session = SyncSession.initiator(self.mesh, now_ms, rng=self.rng)
         return [Call(key, session.start(), SyncCtx(session))]
 
@@ -401,6 +408,7 @@ class ExchangeMixin:
                 return []
             down = pruners_of(self.mesh, reply.items) if isinstance(reply, SyncStep) else {}
             nxt, merged = ctx.session.receive(reply, now_ms)
+            self._count_rejects(ctx.session.take_errors())
             out = self._merged(set(merged), down, now_ms, to)
             if nxt is not None:
                 out.append(Call(to, nxt, ctx))

@@ -131,7 +131,7 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
     #: pruned members we started a heal session with: key -> not again before (ms)
     _heal_due: dict[bytes, int] = field(default_factory=dict)
     #: no heal sync session before this (ms): at most one per HEAL_INTERVAL_MS in all
-    _heal_sync_due: int = 0
+    _sync_due: dict[str, int] = field(default_factory=dict)  # per slot (_sync_with)
 
     def __post_init__(self) -> None:
         if self.state is None:

@@ -43,6 +43,7 @@ from typing import Any
 from smegmesh.core.codec import Registry
 from smegmesh.core.offer import Push
 from smegmesh.core.paging import page
+from smegmesh.core.record import RecordError
 from smegmesh.core.state import DEPTH, FANOUT, Item, MeshState
 from smegmesh.core.state_gate import senders_faults
 from smegmesh.core.sync_messages import (
@@ -138,6 +139,9 @@ class SyncSession:
     messages: int = 0
     merged: set[bytes] = field(default_factory=set)
     rejected: int = 0
+    #: the sender's faults among the items merged since the node last took
+    #: them (``take_errors``): for its count and log of refused items
+    step_errors: list[RecordError] = field(default_factory=list)
     rounds: int = 0
     count_bytes: bool = True
     #: This side left items out of a step (more than a page): another session is due.
@@ -168,6 +172,11 @@ class SyncSession:
         """A session we start; ``rng`` draws its id and salt (the engine's, passed in)."""
         sid, salt = rng.getrandbits(32), rng.randbytes(SALT_LEN)
         return cls(state, sid, salt, True, now_ms, count_bytes=count_bytes)
+
+    def take_errors(self) -> list[RecordError]:
+        """The sender's faults merged since the last call (at most the last 8)."""
+        out, self.step_errors = self.step_errors, []
+        return out
 
     @staticmethod
     def is_sync_message(msg: object) -> bool:
@@ -336,7 +345,9 @@ class SyncSession:
             changed, errors = st.apply_many(msg.items, self.now_ms)
             merged |= changed
             self.merged |= changed
-            self.rejected += len(senders_faults(errors))
+            faults = senders_faults(errors)
+            self.rejected += len(faults)
+            self.step_errors = (self.step_errors + faults)[-8:]
         nodes: list[NodeHashes] = []
         leaves: list[Leaf] = []
         wants: list[bytes] = []

@@ -21,8 +21,9 @@ about half a millisecond of a core over the stream. A member sending pings,
 receiving daemon at 107 % of a core (``--only member-calls``, twentieth
 session). So calls are counted as well: :data:`CALL_RATE` a second, up to
 :data:`CALL_BURST` at once, whatever their size. An honest member makes
-well under one call a second to any one node at rest, and a few hundred in
-a row for a sync session after a partition.
+well under one call a second to any one node at rest, 17 at most in a
+second of a simulated partition heal, and ~150 in a row for a heal's chain
+of sync sessions at 3,000 members.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ BURST = 8 << 20
 SMALL = 16 << 10
 #: Calls a second a member may make to us, whatever their size.
 CALL_RATE = 100.0
-#: Calls it may make at once (a sync session's steps after a partition).
+#: Calls it may make at once: a heal's chain of sync sessions at 3,000
+#: members (~150 steps) fits; a longer one goes on at the rate.
 CALL_BURST = 1000.0
 #: Members tracked (the least recently seen is forgotten: it starts full again).
 MAX_KEYS = 4096
@@ -98,6 +100,10 @@ class MemberBudget:
                 why = OVER_BUDGET
         self.refused += why is not None
         return why
+
+    def out_of_calls(self, key: bytes) -> bool:
+        """Whether ``key`` has no call left now (takes nothing: for a check before any work)."""
+        return self._calls.tokens(key, self._clock()) < 1.0
 
     def admit(self, key: bytes, length: int) -> bool:
         """Charge a call of ``length`` bytes to ``key``; False: refuse it."""

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from smegmesh.core.wire import DATAGRAM_REPLIES, DATAGRAM_REQUESTS, message_name
 from smegmesh.daemon import dgram_wire as dw
 from smegmesh.daemon.dgram_replay import ReplayCache
+from smegmesh.daemon.member_budget import OVER_CALL_BUDGET
 from smegmesh.daemon.rpc_common import CLOCK_SKEW_MS, Refused
 from smegmesh.daemon.udp import open_udp
 
@@ -279,6 +280,12 @@ class DatagramServer(asyncio.DatagramProtocol):
             reason = "rate limited"
         elif not self._server._has_room(sender):
             reason = "too many calls"
+        elif self._server.budget.out_of_calls(sender):
+            # Before the crypto: a member past its call budget costs a lookup and
+            # a 14-byte notice, not an opening and a sealed refusal; over the
+            # stream its call is held 0.5 s in one of its slots, then refused.
+            reason = OVER_CALL_BUDGET
+            self._notify(dw.notice(h.nonce), ip, addr)
         elif not self.keys.has(ours[1], sender, ours[0]) and not self._derive.take(
             time.monotonic()
         ):
