@@ -83,8 +83,8 @@ def test_fresh_parts_go_whole() -> None:
     assert elide(recs[9].evolve(ident(11), now), now) == recs[9].evolve(ident(11), now)
     prune = _prune(m, 3, recs[7], now)
     assert elide(prune, now) is prune
-    no_chain = MeshState(m.mesh_id)  # without admission: nothing to leave out
-    assert no_chain.admission is False
+    founder = m.record(m.founder, version=m.t + 2)  # no chain: nothing to leave out
+    assert not founder.chain and elide(founder, m.t + LATER) is founder
 
 
 def test_a_reference_the_receiver_cannot_resolve_is_pulled_by_a_sync_session() -> None:

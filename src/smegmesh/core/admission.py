@@ -29,6 +29,7 @@ from smegmesh.core.engine import (
     MeshSettings,
     Message,
     NotAllowed,
+    OnChanged,
     Out,
     SyncCtx,
 )
@@ -75,14 +76,9 @@ class AdmissionMixin:
         def live_records(self) -> list[NodeRecord]: ...  # noqa: D102
         def start(self, now_ms: int) -> list[Out]: ...  # noqa: D102
         def update_self(self, now_ms: int, **changes: Any) -> list[Out]: ...  # noqa: D102
-        def _on_changed(
-            self,
-            changed: set[bytes],
-            now_ms: int,
-            src: bytes | None,
-            hops: int | None = None,
-            revived: frozenset[bytes] = frozenset(),
-        ) -> list[Out]: ...
+
+        _on_changed: OnChanged
+
         def _push_now(
             self,
             keys: Iterable[bytes],

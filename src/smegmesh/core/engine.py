@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from smegmesh.core.messages import (
     Ack,
@@ -176,6 +177,19 @@ class Changed:
 
 
 Out = Call | Respond | Changed
+
+
+class OnChanged(Protocol):
+    """``MeshNode._on_changed``'s signature, for the mixins that call it (one place)."""
+
+    def __call__(
+        self,
+        changed: set[bytes],
+        now_ms: int,
+        src: bytes | None,
+        hops: int | None = None,
+        revived: frozenset[bytes] = frozenset(),
+    ) -> list[Out]: ...
 
 
 # Inputs ------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from smegmesh.core.engine import (
     MeshSettings,
     Message,
     OfferCtx,
+    OnChanged,
     Out,
     PeerPingCtx,
     ProbeCtx,
@@ -88,14 +89,9 @@ class ExchangeMixin:
         def mesh(self) -> MeshState: ...  # noqa: D102
         def is_member(self, key: bytes) -> bool: ...  # noqa: D102
         def _is_pruned_member(self, key: bytes) -> bool: ...
-        def _on_changed(
-            self,
-            changed: set[bytes],
-            now_ms: int,
-            src: bytes | None,
-            hops: int | None = None,
-            revived: frozenset[bytes] = frozenset(),
-        ) -> list[Out]: ...
+
+        _on_changed: OnChanged
+
         def _admit(
             self, src: bytes, req: JoinRequest, now_ms: int
         ) -> tuple[Message, list[Out]]: ...
