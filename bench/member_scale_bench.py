@@ -59,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from join_bench import library_floor_mb
 from smegmesh.testbed.measured import MeasuredSmegd
-from smegmesh.testbed.swarm import MESH_ID, read_stats, start_swarm
+from smegmesh.testbed.swarm import read_stats, start_swarm
 from smegmesh.testbed.wait import wait_until
 
 TARGETS = {"rss_mb": 150.0, "fds": 256, "threads": 16, "cpu_pct": 2.0, "wire_kbs": 10.0}
@@ -105,22 +105,33 @@ def measure(
     *,
     datagrams: bool = True,
     churn: float = 0.0,
+    authority: bool = False,
 ) -> dict[str, Any]:
-    base_port = 47100 + (size % 97) * procs + (0 if datagrams else 50)
-    tag = f"{size}-{'dgram' if datagrams else 'stream'}"
+    base_port = 47100 + (size % 97) * procs + (0 if datagrams else 50) + (20 if authority else 0)
+    tag = f"{size}-{'dgram' if datagrams else 'stream'}{'-founded' if authority else ''}"
     sdir = root / f"swarm-{tag}"
-    workers = start_swarm(sdir, size, procs, base_port, datagrams=datagrams, churn_per_min=churn)
+    workers = start_swarm(
+        sdir,
+        size,
+        procs,
+        base_port,
+        datagrams=datagrams,
+        churn_per_min=churn,
+        authority=authority,
+    )
     smegd = MeasuredSmegd(root / f"smegd-{tag}", extra={"datagrams": datagrams})
     row: dict[str, Any] = {
         "members": size,
         "procs": procs,
         "datagrams": datagrams,
         "churn_per_min": churn,
+        "authority": authority,
     }
     try:
         t0 = time.monotonic()
         wait_until(lambda: (sdir / "token").exists(), 900, 1.0, f"a swarm of {size} to start")
         row["swarm_start_s"] = round(time.monotonic() - t0, 1)
+        mesh_id = (sdir / "mesh_id").read_text()
         smegd.start()
         row["rss_before_join_mb"] = round(smegd.sample().rss_mb, 1)
         t0 = time.monotonic()
@@ -133,10 +144,10 @@ def measure(
                     raise
                 time.sleep(5)
         row["join_s"] = round(time.monotonic() - t0, 2)
-        wait_until(lambda: smegd.known_members(MESH_ID) >= size + 1, 600, 1.0, "all members")
+        wait_until(lambda: smegd.known_members(mesh_id) >= size + 1, 600, 1.0, "all members")
         row["all_known_s"] = round(time.monotonic() - t0, 1)
         try:  # on a starved machine swarm members may suspect each other: noted, not fatal
-            wait_until(lambda: smegd.live_members(MESH_ID) >= size + 1, 60, 1.0, "all live")
+            wait_until(lambda: smegd.live_members(mesh_id) >= size + 1, 60, 1.0, "all live")
             row["all_live_s"] = round(time.monotonic() - t0, 1)
         except TimeoutError:
             row["all_live_s"] = None
@@ -183,6 +194,9 @@ def measure(
             pruned=int(_sum(m1, "smegd_members", state="pruned")),
             payload_by_type=_payload_by_type(m0, m1),
             datagram_results=_delta_by(m0, m1, "smegd_datagram_calls", "result"),
+            # items pushed to it by reference (a founded mesh's settled chains and
+            # prune targets left out, core/elide.py): put back whole, or fetched
+            by_reference=_delta_by(m0, m1, "smegd_pushed_items_by_reference", "outcome"),
             window_s=round(dt, 1),
             load=os.getloadavg()[0],
         )
@@ -235,7 +249,9 @@ def print_churn(rows: list[dict[str, Any]]) -> bool:
         print(
             f"churn {r['churn_per_min']:g}/min, {r['members']:,} members: "
             f"{sw['crashes_window']} crashes and {sw['restarts_window']} restarts "
-            f"in the window; smegd CPU {r['cpu_pct']} %, wire {r['wire_kbs']} KB/s"
+            f"in the window{'; founded' if r.get('authority') else ''}: smegd CPU "
+            f"{r['cpu_pct']} %, wire {r['wire_kbs']} KB/s, "
+            f"by reference {r.get('by_reference', {})}"
         )
     return bool(churned)
 
@@ -282,6 +298,7 @@ TYPICAL = {"empty": (0, 0), "small": (50, 50), "1 KB": (500, 500), "8 KB": (4096
 
 async def _calibrate(pairs: dict[str, tuple[int, int]], calls: int = 200) -> dict[str, Any]:
     from smegmesh.core.identity import NodeIdentity
+    from smegmesh.daemon.member_budget import MemberBudget
     from smegmesh.daemon.transport import RpcClient, RpcServer, TlsIdentity
     from smegmesh.daemon.wirestats import WireStats
 
@@ -291,6 +308,9 @@ async def _calibrate(pairs: dict[str, tuple[int, int]], calls: int = 200) -> dic
         return b"r" * reply_size["n"]
 
     server = RpcServer(TlsIdentity.generate(), handler)
+    # One caller makes every call of the calibration as fast as it can: past a
+    # member's call budget (1,000 at once) the server would refuse them.
+    server.budget = MemberBudget(1e12, 1e12, call_rate=1e12, call_burst=1e12)
     port = await server.start("127.0.0.1", 0)
     fp = server._fp
     wire = WireStats()
@@ -349,11 +369,11 @@ def calibrate(rows: list[dict[str, Any]]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- output
 def table(rows: list[dict[str, Any]], floor: float | None) -> str:
     lines = [
-        "| members | datagrams | RSS MB (x floor) | fds | threads | idle CPU % "
+        "| members | datagrams | founded | RSS MB (x floor) | fds | threads | idle CPU % "
         "| wire KB/s (payload; of it UDP) | calls/s (by datagram) | wire B/call | channels "
         "| sockets | live/suspect/pruned | load | swarm: CPU % in window, worst lag in window ms, "
         "fewest live in its view |",
-        "|---:|---|---|---:|---:|---:|---|---|---:|---:|---:|---|---:|---|",
+        "|---:|---|---|---|---:|---:|---:|---|---|---:|---:|---:|---|---:|---|",
     ]
     for r in rows:
         ratio = f" ({r['rss_mb'] / floor:.2f}x)" if floor else ""
@@ -362,6 +382,7 @@ def table(rows: list[dict[str, Any]], floor: float | None) -> str:
         sw = r.get("swarm", {})
         lines.append(
             f"| {r['members']:,} | {'on' if r.get('datagrams', False) else 'off'} "
+            f"| {'yes' if r.get('authority') else 'no'} "
             f"| {r['rss_mb']}{ratio} | {r['fds']} | {r['threads']} "
             f"| {r['cpu_pct']} | {r['wire_kbs']} ({r['payload_kbs']}; {r.get('datagram_kbs', 0)}) "
             f"| {r['calls_per_s']} ({dg_calls}) "
@@ -428,6 +449,13 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="measure under churn: swarm members crashed a minute (0.2: 20 %%/min)",
     )
+    ap.add_argument(
+        "--authority",
+        choices=("on", "off", "both"),
+        default="off",
+        help="a founded swarm mesh, as smegctl create makes (records carry admission "
+        "chains); both: off then on at each size",
+    )
     ap.add_argument("--replot", default=None, help="a JSON file of an earlier run")
     ap.add_argument("--out", default=str(OUT))
     a = ap.parse_args(argv)
@@ -446,10 +474,11 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         root = Path(tempfile.mkdtemp(prefix="msb"))
         try:
-            modes = {"on": [True], "off": [False], "both": [False, True]}[a.datagrams]
+            pick = {"on": [True], "off": [False], "both": [False, True]}
+            modes = [(dg, au) for dg in pick[a.datagrams] for au in pick[a.authority]]
             for size in [int(s) for s in a.sizes.split(",")]:
-                for dg in modes:
-                    print(f"-- {size} members, datagrams {dg} ...", flush=True)
+                for dg, au in modes:
+                    print(f"-- {size} members, datagrams {dg}, founded {au} ...", flush=True)
                     try:
                         row = measure(
                             size,
@@ -459,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
                             root,
                             datagrams=dg,
                             churn=a.churn_per_min,
+                            authority=au,
                         )
                     except Exception as e:  # a size that could not be measured: said, not fatal
                         print(f"-- {size} members: not measured: {str(e)[:300]}", flush=True)

@@ -78,17 +78,20 @@ def start_swarm(
     datagrams: bool = True,
     churn_per_min: float = 0.0,
     churn_downtime_s: float = 10.0,
+    authority: bool = False,
 ) -> list[subprocess.Popen[bytes]]:
     """Start the worker processes (returns at once; ``DIR/token`` appears when ready).
 
     With ``churn_per_min``, members crash and restart once ``DIR/churn`` exists.
+    With ``authority``, the mesh is founded (``DIR/mesh_id`` has its id).
     """
     directory.mkdir(parents=True, exist_ok=True)
     for p in range(procs):  # certificates first: every worker pins every other's
         d = directory / f"tls-{p}"
         d.mkdir(exist_ok=True)
         TlsIdentity.load_or_create(d)
-    old = [directory / "token", directory / "churn", *directory.glob("ready-*")]
+    old = [directory / n for n in ("token", "churn", "mesh_id")]
+    old += [*directory.glob("ready-*"), *directory.glob("linked-*")]
     for f in [*old, *directory.glob("stats-*.json")]:
         f.unlink(missing_ok=True)
     t0 = now_ms()
@@ -115,6 +118,7 @@ def start_swarm(
         "--churn-downtime",
         str(churn_downtime_s),
         *([] if datagrams else ["--no-datagrams"]),
+        *(["--authority"] if authority else []),
     ]
     return [
         subprocess.Popen([*common, "--worker", str(p)], start_new_session=True)
@@ -169,6 +173,13 @@ def main(argv: list[str] | None = None) -> int:
         "after --churn-downtime with the state it had; starts when DIR/churn exists",
     )
     ap.add_argument("--churn-downtime", type=float, default=10.0, help="seconds (default 10)")
+    ap.add_argument(
+        "--authority",
+        action="store_true",
+        help="a founded mesh, as smegctl create makes (member 0 its founder, the others "
+        "admitted by random earlier members, records carrying their admission chains); "
+        "its id, swarm-SUFFIX, is written to DIR/mesh_id",
+    )
     ap.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--t0", type=int, default=0, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -190,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         datagrams=not a.no_datagrams,
         churn_per_min=a.churn_per_min,
         churn_downtime_s=a.churn_downtime,
+        authority=a.authority,
     )
     stop = False
 
@@ -203,7 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         while not stop and all(p.poll() is None for p in procs):
             if not announced and (d / "token").exists():
-                print(f"swarm of {a.members} members ready; token in {d / 'token'}", flush=True)
+                mesh = (d / "mesh_id").read_text()
+                print(
+                    f"swarm of {a.members} members ready (mesh {mesh}); token in {d / 'token'}",
+                    flush=True,
+                )
                 announced = True
             time.sleep(0.5)
     finally:

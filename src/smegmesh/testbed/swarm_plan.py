@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from smegmesh.core.cert import Cert, Founding
 from smegmesh.core.driver import EngineDriver
 from smegmesh.core.gossip import GossipParams
 from smegmesh.core.identity import NodeIdentity
@@ -22,7 +24,13 @@ from smegmesh.daemon import rpc_dgram, rpc_dgram_client, rpc_server
 from smegmesh.daemon.engineport import DaemonPort
 from smegmesh.daemon.transport import RpcClient, TlsIdentity
 from smegmesh.sim.simulator import _prime_views
-from smegmesh.sim.state import clone_state, node_seed, steady_state
+from smegmesh.sim.state import (
+    FOUNDED_AGO_MS,
+    admission_chains,
+    clone_state,
+    node_seed,
+    steady_state,
+)
 
 __all__ = [
     "CALL_TIMEOUT_S",
@@ -71,6 +79,26 @@ class Plan:
     #: (``swarm_churn``); 0: none. And how long a crashed member stays down.
     churn_per_min: float = 0.0
     churn_downtime_s: float = 10.0
+    #: a founded mesh, as ``smegctl create`` makes: member 0 founded it (its
+    #: founding dated FOUNDED_AGO_MS before ``t0``), every other member was
+    #: admitted by a random earlier one (the simulator's ``--authority``
+    #: admission tree), and every record carries its admission chain
+    authority: bool = False
+
+    @cached_property
+    def founding(self) -> Founding | None:
+        if not self.authority:
+            return None
+        return Founding.create(
+            NodeIdentity.from_seed(node_seed(self.seed, 0)),
+            MESH_ID,
+            now_ms=self.t0 - FOUNDED_AGO_MS,
+        )
+
+    @property
+    def mesh_id(self) -> str:
+        """``swarm``, or the founded mesh's self-certifying id (``swarm-SUFFIX``)."""
+        return self.founding.mesh_id if self.founding is not None else MESH_ID
 
     def proc_of(self, i: int) -> int:
         return i % self.procs
@@ -123,26 +151,31 @@ def build_members(plan: Plan, proc: int) -> tuple[list[Member], dict[bytes, int]
     """This process's members (every one holding every record) and the key -> index map."""
     ids = [NodeIdentity.from_seed(node_seed(plan.seed, i)) for i in range(plan.members)]
     fps = [plan.tls(p).fingerprint for p in range(plan.procs)]
+    founding, mesh_id = plan.founding, plan.mesh_id
+    chains: list[tuple[Cert, ...]] = [()] * plan.members
+    if founding is not None:
+        chains, _ = admission_chains(ids, founding, plan.seed)
     recs = [
         NodeRecord.create(
             ident,
-            MESH_ID,
+            mesh_id,
             version=plan.t0,
             now_ms=plan.t0,
             role=Role.PEER,
             wg_endpoint=f"{plan.endpoint(i).rpartition(':')[0]}:51820",
             control_endpoint=plan.endpoint(i),
             tls_fp=fps[plan.proc_of(i)],
+            chain=chains[i],
         )
         for i, ident in enumerate(ids)
     ]
-    base = steady_state(MESH_ID, None, recs, plan.t0)
+    base = steady_state(mesh_id, founding, recs, plan.t0)
     gossip, liveness = GossipParams(), LivenessParams.from_heartbeat(2000)
     members: list[Member] = []
     for i in range(proc, plan.members, plan.procs):
         node = MeshNode(
             ids[i],
-            MESH_ID,
+            mesh_id,
             MeshSettings(
                 role=Role.PEER,
                 wg_endpoint=recs[i].wg_endpoint,

@@ -46,7 +46,6 @@ from smegmesh.testbed.swarm_churn import Churn
 from smegmesh.testbed.swarm_plan import (
     CALL_TIMEOUT_S,
     COALESCE_S,
-    MESH_ID,
     STARTUP_RATE,
     SWEEP_S,
     TOKEN_TTL_MS,
@@ -299,7 +298,7 @@ class Worker:
             raise Refused("malformed message") from None
         if isinstance(msg, WhoAmI):
             return answer_who_am_i(msg, addr)
-        if getattr(msg, "mesh_id", None) != MESH_ID:
+        if getattr(msg, "mesh_id", None) != self.plan.mesh_id:
             return encode(Refusal(str(getattr(msg, "mesh_id", "x"))))
         assert m.port is not None
         pending = m.port.request(self._drv(m), src, msg, now_ms())  # the engine answers now...
@@ -342,6 +341,7 @@ class Worker:
             secret=secrets.token_bytes(16),
         )
         self._emit(m, outs)
+        _atomic(self.plan.directory / "mesh_id", self.plan.mesh_id)  # before the token
         _atomic(self.plan.directory / "token", token.encode())
 
     def write_stats(self) -> None:
@@ -382,7 +382,7 @@ class Worker:
             if p == self.proc:
                 continue
             to = next(k for k, i in self.keys.items() if self.plan.proc_of(i) == p)
-            body = encode(WhoAmI(MESH_ID))
+            body = encode(WhoAmI(self.plan.mesh_id))
             fp = self.plan.tls(p).fingerprint
             while True:
                 try:
@@ -468,6 +468,7 @@ def worker_main(a: argparse.Namespace) -> int:
         a.channel_idle,
         a.churn_per_min,
         a.churn_downtime,
+        a.authority,
     )
     worker = Worker(plan, a.worker, datagrams=not getattr(a, "no_datagrams", False))
     loop = asyncio.new_event_loop()
