@@ -93,7 +93,7 @@ def test_a_replica_lacking_only_the_prune_wants_the_key_in_full_and_gets_the_pru
     assert wanted(_state(a1), entries) == (a1.wg_key,)  # holds the record: in full
     assert wanted(MeshState(MESH), entries) == (_id(a1.wg_key),)  # lacks it: by id
     older = _state(_rec(1, T - 5))
-    assert wanted(older, entries) == (_id(a1.wg_key),)  # an older record: by id, whole
+    assert wanted(older, entries) == (_id(a1.wg_key),)  # an older record, pruned: by id, whole
     # the offerer's side: ids whole, full keys as news
     k = a1.wg_key
     assert wanted_parts(frozenset({k}), Want(MESH, (k,))) == (frozenset(), frozenset({k}))

@@ -12,14 +12,19 @@ and 20 %/min churn, 121.6 KB/s per node with admission against 17.4 without
 So a gossip push sends, in place of such a part, a reference to what its
 receiver holds (:class:`~smegmesh.core.codec.Elided`):
 
-* a record's chain: :data:`REF_LEN` bytes of a hash of its certificates'
-  keys, when its last certificate was issued :data:`SETTLED_MS` ago or more
-  (every member has held the record for long);
+* a record's chain: :data:`REF_LEN` bytes of a hash of its sign key and its
+  certificates' keys, when its last certificate was issued
+  :data:`SETTLED_MS` ago or more (every member has held the record for
+  long); the record then names its key by id (:data:`KEY_ID_LEN` bytes) and
+  leaves out its sign key (bound to the key, whose X25519 form it is, and
+  named by the reference as well) and what the receiver derives: the mesh id
+  (the message's) and the overlay address (of the mesh id and the key);
 * a prune's target record: :data:`REF_LEN` bytes of the hash of its
   signature, when the record was published :data:`RECORD_SETTLED_MS` ago or
-  more;
+  more; the target is then named by id;
 * a prune's pruner chain: as a record's chain (the receiver holds the
-  pruner's record).
+  pruner's record), the pruner named by id, its sign key left out;
+* an elided prune leaves out the mesh id.
 
 The receiver puts the parts back from its own state (:func:`expand`) and
 checks the item as any other: the signatures cover the parts, so a reference
@@ -39,8 +44,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from smegmesh.core.addressing import overlay_address
 from smegmesh.core.cert import Cert
 from smegmesh.core.codec import ITEM_PRUNE, ITEM_RECORD, Elided
+from smegmesh.core.offer import KEY_ID_LEN
 from smegmesh.core.record import NodeRecord, Prune, RecordError, prune_from_obj, record_from_obj
 from smegmesh.core.state import Item, MeshState
 
@@ -66,17 +73,21 @@ REF_LEN = 16
 #: Elided items expanded at most per message (the rest is pulled by sync).
 MAX_EXPANDED = 256
 
-_CHAIN = 18  # index of the chain in a record's wire form
-_TARGET, _BY, _TARGET_RECORD, _BY_CHAIN = 1, 3, 6, 7  # in a prune's
+# indexes in a record's wire form, and in a prune's
+_MESH, _KEY, _SIGN, _ADDRESS, _CHAIN = 0, 1, 2, 9, 18
+_TARGET, _BY, _BY_SIGN, _TARGET_RECORD, _BY_CHAIN = 1, 3, 4, 6, 7
 
 
 def _record_ref(rec: NodeRecord) -> bytes:
     return hashlib.sha256(rec.signature).digest()[:REF_LEN]
 
 
-def _chain_ref(chain: Sequence[Cert]) -> bytes:
-    """A whole chain's name: its certificates' keys, hashed (any change, another name)."""
-    return hashlib.sha256(b"".join(c.key for c in chain)).digest()[:REF_LEN]
+def _chain_ref(sign_key: bytes, chain: Sequence[Cert]) -> bytes:
+    """A signer's name: its sign key and all its chain's certificates' keys, hashed.
+
+    Any change, another name.
+    """
+    return hashlib.sha256(sign_key + b"".join(c.key for c in chain)).digest()[:REF_LEN]
 
 
 def _settled_chain(chain: Sequence[Any], now_ms: int) -> bool:
@@ -89,7 +100,9 @@ def elide(item: Item, now_ms: int) -> Item | Elided:
         if not _settled_chain(item.chain, now_ms):
             return item
         fields = item.to_obj()
-        fields[_CHAIN] = _chain_ref(item.chain)
+        fields[_CHAIN] = _chain_ref(item.sign_key, item.chain)
+        fields[_KEY] = item.wg_key[:KEY_ID_LEN]
+        fields[_MESH] = fields[_SIGN] = fields[_ADDRESS] = None
         return Elided(ITEM_RECORD, tuple(fields))
     if type(item) is Prune:
         tr = item.target_record
@@ -98,11 +111,15 @@ def elide(item: Item, now_ms: int) -> Item | Elided:
         if not (short_tr or short_chain):
             return item
         fields = item.to_obj()
+        fields[_MESH] = None
         if short_tr:
             assert tr is not None
             fields[_TARGET_RECORD] = _record_ref(tr)
+            fields[_TARGET] = item.target[:KEY_ID_LEN]
         if short_chain:
-            fields[_BY_CHAIN] = _chain_ref(item.by_chain)
+            fields[_BY_CHAIN] = _chain_ref(item.by_sign_key, item.by_chain)
+            fields[_BY] = item.by_wg_key[:KEY_ID_LEN]
+            fields[_BY_SIGN] = None
         return Elided(ITEM_PRUNE, tuple(fields))
     return item
 
@@ -120,27 +137,35 @@ class Expanded:
     errors: list[RecordError] = field(default_factory=list)
 
 
-def _chain_of(mesh: MeshState, key: object, ref: object) -> tuple[Cert, ...] | None:
-    """The chain of ``key``'s held record, if it is the one named ``ref``."""
-    if type(key) is not bytes or type(ref) is not bytes:
+def _key(mesh: MeshState, key_id: object) -> bytes | None:
+    """The held key ``key_id`` names (a key id, or a whole key that is held)."""
+    if type(key_id) is not bytes:
         return None
-    rec = mesh.record(key)
-    if rec is None or not rec.chain or _chain_ref(rec.chain) != ref:
+    if len(key_id) == KEY_ID_LEN:
+        return mesh.key_by_prefix(key_id)
+    return key_id if len(key_id) == 32 and key_id in mesh else None
+
+
+def _signer(mesh: MeshState, key_id: object, ref: object) -> NodeRecord | None:
+    """The held record of ``key_id`` if its sign key and chain are the ones named ``ref``."""
+    key = _key(mesh, key_id)
+    rec = mesh.record(key) if key is not None else None
+    if rec is None or not rec.chain or type(ref) is not bytes:
         return None
-    return rec.chain
+    return rec if _chain_ref(rec.sign_key, rec.chain) == ref else None
 
 
 def _news(mesh: MeshState, e: Elided) -> bool:
     """Whether ``e`` could change the state (cheap checks on its raw fields)."""
     f = e.fields
     if e.kind == ITEM_RECORD:
-        key, version = f[1], f[3]
-        if type(key) is not bytes or type(version) is not int:
-            return True  # malformed: let the decoder say why
+        key, version = _key(mesh, f[_KEY]), f[3]
+        if key is None or type(version) is not int:
+            return True  # not held, or malformed: let expansion say which
         held = mesh.record(key)
         return held is None or version > held.version
-    target, version = f[_TARGET], f[2]
-    if type(target) is not bytes or type(version) is not int:
+    target, version = _key(mesh, f[_TARGET]), f[2]
+    if target is None or type(version) is not int:
         return True
     held = mesh.record(target)
     if held is not None and held.version > version:
@@ -149,41 +174,61 @@ def _news(mesh: MeshState, e: Elided) -> bool:
     return pr is None or version >= pr.target_version
 
 
+def _left_out(f: Sequence[Any], *indexes: int) -> None:
+    """Raises unless the fields an elided item leaves out are left out."""
+    if any(f[i] is not None for i in indexes):
+        raise RecordError("item", "an elided item carries a part it leaves out")
+
+
+def _expand_record(mesh: MeshState, f: list[Any]) -> Item | None:
+    _left_out(f, _MESH, _SIGN, _ADDRESS)
+    if type(f[_CHAIN]) is not bytes or type(f[_KEY]) is not bytes:
+        raise RecordError("item", "an elided record names its chain and its key by reference")
+    held = _signer(mesh, f[_KEY], f[_CHAIN])
+    if held is None:
+        return None
+    f[_MESH], f[_KEY], f[_SIGN] = mesh.mesh_id, held.wg_key, held.sign_key
+    f[_ADDRESS] = str(overlay_address(mesh.mesh_id, held.wg_key))
+    f[_CHAIN] = []
+    return replace(record_from_obj(f), chain=held.chain)
+
+
+def _expand_prune(mesh: MeshState, f: list[Any]) -> Item | None:
+    _left_out(f, _MESH)
+    f[_MESH] = mesh.mesh_id
+    parts: dict[str, Any] = {}
+    if type(f[_TARGET_RECORD]) is bytes:
+        target = _key(mesh, f[_TARGET])
+        held = mesh.record(target) if target is not None else None
+        if held is None or held.version != f[2] or _record_ref(held) != f[_TARGET_RECORD]:
+            return None
+        parts["target_record"] = held
+        f[_TARGET], f[_TARGET_RECORD] = held.wg_key, None
+    if type(f[_BY_CHAIN]) is bytes:
+        _left_out(f, _BY_SIGN)
+        by = _signer(mesh, f[_BY], f[_BY_CHAIN])
+        if by is None:
+            return None
+        parts["by_chain"] = by.chain
+        f[_BY], f[_BY_SIGN], f[_BY_CHAIN] = by.wg_key, by.sign_key, []
+    if not parts:
+        raise RecordError("item", "an elided prune names no part by reference")
+    return replace(prune_from_obj(f), **parts)
+
+
 def _expand_one(mesh: MeshState, e: Elided) -> Item | None:
     """The whole item (None: a reference this state cannot resolve); raises RecordError.
 
     The parts put back are the held objects themselves (shared, not decoded
     again: a held target record is known to be signed), in place of an empty
-    part the decoder checks as ever.
+    part the decoder checks as ever; the mesh id is this state's, the address
+    derived from it and the key, as the checks of a whole item require.
     """
-    f = list(e.fields)
     if e.kind == ITEM_RECORD:
-        chain = None
-        if type(f[_CHAIN]) is bytes:
-            chain = _chain_of(mesh, f[1], f[_CHAIN])
-            if chain is None:
-                return None
-            f[_CHAIN] = []
-        rec = record_from_obj(f)
-        return rec if chain is None else replace(rec, chain=chain)
-    if e.kind != ITEM_PRUNE:
-        raise RecordError("item", "unknown elided kind")
-    parts: dict[str, Any] = {}
-    if type(f[_TARGET_RECORD]) is bytes:
-        target = f[_TARGET]
-        held = mesh.record(target) if type(target) is bytes else None
-        if held is None or held.version != f[2] or _record_ref(held) != f[_TARGET_RECORD]:
-            return None
-        parts["target_record"] = held
-        f[_TARGET_RECORD] = None
-    if type(f[_BY_CHAIN]) is bytes:
-        chain = _chain_of(mesh, f[_BY], f[_BY_CHAIN])
-        if chain is None:
-            return None
-        parts["by_chain"] = chain
-        f[_BY_CHAIN] = []
-    prune = prune_from_obj(f)
-    return replace(prune, **parts) if parts else prune
+        return _expand_record(mesh, list(e.fields))
+    if e.kind == ITEM_PRUNE:
+        return _expand_prune(mesh, list(e.fields))
+    raise RecordError("item", "unknown elided kind")
 
 
 def expand(mesh: MeshState, items: Iterable[Item | Elided]) -> Expanded:

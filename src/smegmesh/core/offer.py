@@ -30,8 +30,8 @@ The offering side keeps nothing between the two calls but the call's context
 (the offered keys): it sends the *current* items of the wanted keys it
 offered, and ignores any other key a Want names (:func:`wanted_parts`). A key
 wanted by id comes whole (record and prune); one wanted by its full key, what
-changed (B holds the record and lacks only the prune: under churn, most
-wants).
+changed (B holds the record and lacks only the prune, or, in a founded
+mesh, holds an older record and A no prune: under churn, most wants).
 """
 
 from __future__ import annotations
@@ -142,7 +142,13 @@ def wanted(state: MeshState, entries: Iterable[OfferEntry]) -> tuple[bytes, ...]
     A wanted key is named as offered (by id: send the whole entry), except
     when only the prune is newer and the record held is at least as new as
     the one offered: then by the full key, which says "what changed will do"
-    (the prune alone, ~200 bytes, not the record again; :func:`wanted_parts`).
+    (the prune alone, ~200 bytes, not the record again; :func:`wanted_parts`);
+    and, in a founded mesh, when the offered record is newer than one held and
+    the offerer holds no prune (a restart's record): by the full key too, and
+    the record comes as news, by reference (``core.elide``), not whole with
+    its admission chain; and, in a founded mesh, equal versions of a pruned
+    entry with another hash (two members' prunes of one crash): by the full
+    key, the offerer's prune by reference.
     A prune of an older record than ours is not wanted (it would be dropped
     on arrival, and wanted again at every offer).
     Under churn most wanted entries are such prunes. An offerer of an older
@@ -160,13 +166,21 @@ def wanted(state: MeshState, entries: Iterable[OfferEntry]) -> tuple[bytes, ...]
             continue
         mine_rv, mine_pv = state.versions_of(held)
         if rv > mine_rv:
-            out.append(key)
+            # a newer record of a key whose record we hold, not pruned at the
+            # offerer (a restart's), in a founded mesh: what changed will do,
+            # the record by reference (without admission the whole entry is
+            # that record: the id is shorter); else the whole entry
+            out.append(held if state.admission and mine_rv and not pv else key)
         elif pv > mine_pv and pv >= mine_rv:
             out.append(held)  # the prune alone will do (pv < mine_rv: moot, not wanted)
         elif rv == mine_rv and pv == mine_pv:
             mine_h = state.entry_hash_of(held).to_bytes(32, "big")[:OFFER_HASH_LEN]
             if mine_h != h:
-                out.append(key)
+                # In a founded mesh, equal versions of a pruned entry are most
+                # often two members' prunes of one crash: the offerer's prune
+                # will do (by reference; its target record, carried inside,
+                # settles a conflict of records too, or is pulled by sync)
+                out.append(held if state.admission and pv else key)
     return tuple(out)
 
 
