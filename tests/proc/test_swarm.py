@@ -104,3 +104,29 @@ def test_with_datagrams_the_default_descriptors_stay_flat(tmp_path: Path) -> Non
     for n in SIZES:
         assert max(channels[n]) <= CAP, (n, channels[n])
     assert min(fds[40]) <= max(fds[20]) + 6, fds
+
+
+def test_two_swarm_processes_take_each_others_datagrams(tmp_path: Path) -> None:
+    """Twenty-first session: the members of one swarm process send their
+    datagrams to another process from one address, so the swarm raises the
+    server's per-address budget. It did so by changing a module constant the
+    server had stopped reading (its buckets took their budget as arguments):
+    at 300 members in two processes, 3,400 datagrams were refused "rate
+    limited" in 30 s, calls failed and members suspected each other (224 of
+    300 live in the first member's view), and one smegd in that mesh moved
+    15 KB/s idle, its calls falling back to new TLS connections."""
+    from smegmesh.testbed.swarm import read_stats
+
+    d = tmp_path / "swarm"
+    n = 300
+    procs = start_swarm(d, n, 2, free_port_run(2, "0.0.0.0"))
+    try:
+        wait_until((d / "token").exists, 120, 0.2, "the swarm to start")
+        time.sleep(12)  # every member probes and pushes across the processes for a while
+        stats = read_stats(d)
+        assert len(stats) == 2
+        refused = [s.get("datagram_refused", {}).get("rate limited", 0) for s in stats]
+        assert refused == [0, 0], stats
+        assert all(s["live_seen_by_first"] == n for s in stats), stats
+    finally:
+        stop_swarm(procs)

@@ -205,6 +205,7 @@ class DatagramServer(asyncio.DatagramProtocol):
         self.replays = ReplayCache(CLOCK_SKEW_MS)
         self.reassembly = dw.Reassembly()
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self._per_address = (BUCKET_RATE, BUCKET_BURST)
         self._derive = _Bucket(time.monotonic(), DERIVE_RATE, DERIVE_BURST)
         self._transport: asyncio.DatagramTransport | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -213,6 +214,14 @@ class DatagramServer(asyncio.DatagramProtocol):
         """X25519 for pairs not cached: ``rate`` a second, ``burst`` at once (see
         :data:`DERIVE_RATE`; a test swarm hosting thousands of identities needs more)."""
         self._derive = _Bucket(time.monotonic(), rate, burst)
+
+    def set_address_budget(self, rate: float, burst: float) -> None:
+        """Datagrams from one address: ``rate`` a second, ``burst`` at once (see
+        :data:`BUCKET_RATE`; a test swarm sends every member's from one address).
+
+        Buckets made before keep their budget: set it before any traffic.
+        """
+        self._per_address = (rate, burst)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
@@ -243,7 +252,7 @@ class DatagramServer(asyncio.DatagramProtocol):
         if b is None:
             if len(self._buckets) >= MAX_BUCKETS:
                 self._buckets.popitem(last=False)
-            b = self._buckets[ip] = _Bucket(now)
+            b = self._buckets[ip] = _Bucket(now, *self._per_address)
         else:
             self._buckets.move_to_end(ip)
         return b.take(now)

@@ -20,7 +20,7 @@ from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.liveness import LivenessParams
 from smegmesh.core.meshnode import MeshNode, MeshSettings
 from smegmesh.core.record import NodeRecord, Role
-from smegmesh.daemon import rpc_dgram, rpc_dgram_client, rpc_server
+from smegmesh.daemon import rpc_dgram_client, rpc_server
 from smegmesh.daemon.engineport import DaemonPort
 from smegmesh.daemon.transport import RpcClient, TlsIdentity
 from smegmesh.sim.simulator import _prime_views
@@ -202,10 +202,6 @@ def raise_server_limits(n: int) -> None:
     processes, one connection. Per-caller limits stay as they are.
     """
     rpc_server.MAX_CALLS = max(rpc_server.MAX_CALLS, 8 * n)
-    # Every member of another swarm process sends its datagrams from that
-    # process's one address: the per-address bucket stands for n nodes.
-    rpc_dgram.BUCKET_RATE = max(rpc_dgram.BUCKET_RATE, 4.0 * n)
-    rpc_dgram.BUCKET_BURST = max(rpc_dgram.BUCKET_BURST, 8.0 * n)
     # One datagram client carries every member's calls: its bound on calls in
     # flight (past it a call goes over the stream) is per node in smegd.
     rpc_dgram_client.MAX_PENDING = max(rpc_dgram_client.MAX_PENDING, 8 * n)
