@@ -47,6 +47,15 @@ def _wire(items: list[NodeRecord | Prune | Elided], mesh_id: str) -> Push:
     return push
 
 
+def _state_and_short(k: int) -> tuple[MeshState, Elided]:
+    """A settled mesh's state, and the next version of member ``k``'s record, elided."""
+    m, recs = _mesh()
+    now = m.t + LATER
+    short = elide(recs[k].evolve(ident(k + 2), now), now)
+    assert type(short) is Elided
+    return _state(m, recs, now), short
+
+
 def _pushed(outs: list[Out]) -> list[object]:
     """The items of the pushes among ``outs``."""
     return [i for o in outs if isinstance(o, Call) and isinstance(o.msg, Push) for i in o.msg.items]
@@ -149,11 +158,7 @@ def test_any_garbage_in_an_elided_item_is_a_counted_refusal_never_an_exception()
     from hypothesis import given, settings
     from hypothesis import strategies as hs
 
-    m, recs = _mesh()
-    now = m.t + LATER
-    st = _state(m, recs, now)
-    good = elide(recs[4].evolve(ident(6), now), now)
-    assert type(good) is Elided
+    st, good = _state_and_short(4)
     atoms = hs.one_of(
         hs.none(), hs.booleans(), hs.integers(), hs.binary(max_size=40), hs.text(max_size=8)
     )
@@ -245,12 +250,11 @@ def test_a_settled_item_leaves_out_what_its_receiver_holds_or_derives() -> None:
 
 
 def test_an_elided_item_carrying_a_part_it_leaves_out_is_refused() -> None:
-    m, recs = _mesh()
-    now = m.t + LATER
-    st = _state(m, recs, now)
-    short = elide(recs[9].evolve(ident(11), now), now)
-    assert type(short) is Elided
-    for i, v in ((0, m.mesh_id), (2, recs[9].sign_key), (9, recs[9].address)):
+    st, short = _state_and_short(9)
+    key = st.key_by_prefix(short.fields[1])
+    rec = st.record(key) if key is not None else None
+    assert rec is not None
+    for i, v in ((0, st.mesh_id), (2, rec.sign_key), (9, rec.address)):
         f = list(short.fields)
         f[i] = v
         got = expand(st, [Elided(1, tuple(f))])
