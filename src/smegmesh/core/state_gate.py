@@ -10,6 +10,7 @@ and the purge of items an eviction made invalid.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 
 from smegmesh.core.authority import Authority
 from smegmesh.core.cert import (
@@ -105,7 +106,9 @@ class AdmissionGate(StateStore):
     prune_budget: PruneBudget | None
     _horizon: int | None
     _auth_count: int
-    _good_certs: set[bytes]
+    #: verified admission statements by key: the signatures checked once, and
+    #: the one object of each certificate every held chain points at
+    _good_certs: dict[bytes, AuthItem]
     _purged: set[bytes]
 
     # ------------------------------------------------------------------ updates
@@ -176,13 +179,43 @@ class AdmissionGate(StateStore):
         rec = None if e is None else e.record
         pr = None if e is None else e.prune
         if isinstance(item, NodeRecord):
-            self._install(item.wg_key, item, pr)
+            self._install(item.wg_key, self._shared(item), pr)
         elif isinstance(item, Prune):
-            self._install(item.target, rec, item)
+            self._install(item.target, rec, self._shared_prune(item, rec))
         else:
             self._install(item.key, None, None, item)
             self._auth_count += 1
             self._on_statement(item)
+
+    def _share_chain(self, chain: tuple[Cert, ...]) -> tuple[Cert, ...]:
+        """``chain`` with the held object of each certificate (``chain`` itself if it has them).
+
+        A member's chain is its admitter's and one certificate more: objects
+        shared, 3,000 chains hold ~3,000 certificates, not one per level of
+        each (a daemon decodes every record from its own bytes).
+        """
+        good = self._good_certs
+        shared = tuple(h if type(h := good.get(c.key)) is Cert else c for c in chain)
+        if all(a is b for a, b in zip(shared, chain, strict=True)):
+            return chain
+        return shared
+
+    def _shared(self, rec: NodeRecord) -> NodeRecord:
+        """``rec`` pointing at the held certificates (equal by value: same signature)."""
+        chain = self._share_chain(rec.chain)
+        return rec if chain is rec.chain else replace(rec, chain=chain)
+
+    def _shared_prune(self, prune: Prune, held: NodeRecord | None) -> Prune:
+        """``prune`` pointing at the held record it carries and the held certificates."""
+        tr = prune.target_record
+        if tr is not None and held is not None and held.signature == tr.signature:
+            tr = held  # signatures equal: the same signed record
+        elif tr is not None:
+            tr = self._shared(tr)
+        by = self._share_chain(prune.by_chain)
+        if tr is prune.target_record and by is prune.by_chain:
+            return prune
+        return replace(prune, target_record=tr, by_chain=by)
 
     # -- admission (admission mode) -----------------------------------------------
 
@@ -263,7 +296,7 @@ class AdmissionGate(StateStore):
             )
         if len(self._good_certs) > 4 * MAX_AUTH_ITEMS:
             self._good_certs.clear()
-        self._good_certs.update(c.key for c in todo)
+        self._good_certs.update((c.key, c) for c in todo)
 
     def _preverify_certs(self, batch: Sequence[Item], now_ms: int) -> None:
         """Verify the unknown admission certs of a batch's records in one verifier call.
@@ -299,7 +332,7 @@ class AdmissionGate(StateStore):
         oks = self._verifier([(c.signer, c.signed_payload(), c.signature) for c in certs])
         if len(self._good_certs) > 4 * MAX_AUTH_ITEMS:
             self._good_certs.clear()
-        self._good_certs.update(c.key for c, ok in zip(certs, oks, strict=True) if ok)
+        self._good_certs.update((c.key, c) for c, ok in zip(certs, oks, strict=True) if ok)
 
     def _check_proofs(self, rec: NodeRecord) -> None:
         for p in rec.proofs:
