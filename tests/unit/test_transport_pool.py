@@ -111,10 +111,19 @@ def test_calls_past_the_cap_wait_for_a_free_connection_and_the_cap_holds() -> No
         client = RpcClient(NodeIdentity.generate(os.urandom), timeout=20, max_channels=cap)
         seen: list[int] = []
         stop = asyncio.Event()
+        over_s = [0.0]  # the longest stretch with more connections than the cap
 
         async def sample() -> None:
+            since = None
             while not stop.is_set():
                 seen.append(client_connections(ports))
+                now = time.monotonic()
+                if seen[-1] <= cap:
+                    since = None
+                elif since is None:
+                    since = now
+                else:
+                    over_s[0] = max(over_s[0], now - since)
                 await asyncio.sleep(0.01)
 
         try:
@@ -138,7 +147,13 @@ def test_calls_past_the_cap_wait_for_a_free_connection_and_the_cap_holds() -> No
             assert replies == [b"%d" % i for i in range(n)]
             stop.set()
             await sampler
-            assert max(seen) <= cap, max(seen)
+            # A channel closed to make room has its socket closed by gRPC's own
+            # thread a moment after close() returns: under load a sampler saw
+            # cap + 1 or + 2 for one sample at the end (one run in ten). What
+            # the cap forbids is a connection per waiting call held while the
+            # calls last (the bug this test was written for: 0.3 s and more).
+            assert over_s[0] < 0.1, " ".join(map(str, seen))
+            assert max(seen) <= cap + 2, " ".join(map(str, seen))
             assert client.connections <= cap
         finally:
             await client.close()

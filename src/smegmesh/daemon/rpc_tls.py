@@ -107,3 +107,7 @@ async def fetch_certificate(
         # and waiting for it stalls every first call to a node for asyncio's
         # ssl_shutdown_timeout (30 s). We only wanted the certificate.
         writer.transport.abort()
+        # The socket is closed on the loop's next turn: let it, so that the
+        # channel opened next does not overlap it (the pool's cap counts the
+        # fetch as the connection it becomes; under load a sampler saw cap + 1)
+        await asyncio.sleep(0)
