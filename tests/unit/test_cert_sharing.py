@@ -12,9 +12,15 @@ ones it caches anyway), and every record and prune it holds points at it.
 
 from __future__ import annotations
 
+from smegmesh.core.cert import Cert
+from smegmesh.core.codec import Elided
+from smegmesh.core.elide import elide, expand
+from smegmesh.core.identity import verify_many
 from smegmesh.core.record import NodeRecord, Prune
+from smegmesh.core.state import MeshState
 from smegmesh.core.sync import Push
 from smegmesh.core.wire import decode, encode
+from test_authority import Mesh
 from test_elide import LATER, _mesh, _prune, _state
 
 
@@ -26,6 +32,12 @@ def _decoded(items: list[NodeRecord | Prune], mesh_id: str) -> list[NodeRecord |
         assert isinstance(push, Push)
         out.extend(push.items)  # type: ignore[arg-type]
     return out
+
+
+def _decoded_items(items: list[object], mesh_id: str) -> list[object]:
+    push = decode(encode(Push(mesh_id, tuple(items))))  # type: ignore[arg-type]
+    assert isinstance(push, Push)
+    return list(push.items)
 
 
 def test_the_chains_held_share_one_object_per_certificate() -> None:
@@ -55,3 +67,60 @@ def test_a_prune_shares_the_held_record_and_the_pruners_chain() -> None:
     assert pruner is not None and all(
         a is b for a, b in zip(pr.by_chain, pruner.chain, strict=True)
     )
+
+
+def _counting_state(m: Mesh, recs: list[NodeRecord], now: int) -> tuple[MeshState, list[object]]:
+    """A founded state holding ``recs`` (decoded), and the signature checks it makes."""
+    jobs: list[object] = []
+
+    def counting(js: list[tuple[bytes, bytes, bytes]]) -> list[bool]:
+        jobs.extend(js)
+        return verify_many(js)
+
+    st = MeshState(m.mesh_id, admission=True, verifier=counting)
+    assert st.apply(m.founding, now)
+    changed, errors = st.apply_many(_decoded(recs, m.mesh_id), now)
+    assert not errors and len(changed) == len(recs)
+    return st, jobs
+
+
+def test_a_held_record_keeps_what_the_memo_knew_of_it() -> None:
+    """Review (same session): the record put in the state in place of the
+    decoded one lost its memo facts, so a held record that came back inside a
+    prune by reference was checked and verified again: two signature checks
+    per prune, and a push of forged elided prunes cost two per prune where
+    the forgery stop promises one for the message."""
+    m, recs = _mesh(40)
+    now = m.t + LATER
+    st, jobs = _counting_state(m, recs, now)
+    held = [st.record(r.wg_key) for r in recs]
+    assert all(h is not None and st.memo.sig_ok(h) for h in held)
+    assert all(st.memo.checked_for(h) == m.mesh_id for h in held)
+    jobs.clear()
+    short = elide(_prune(m, 3, recs[7], now), now)
+    got = expand(st, _decoded_items([short], m.mesh_id))
+    changed, errors = st.apply_many(got.items, now)
+    assert changed and not errors and len(jobs) == 1  # the prune's signature alone
+    forged = []
+    for t in recs[8:]:
+        p = elide(_prune(m, 3, t, now), now)
+        assert type(p) is Elided
+        forged.append(Elided(p.kind, (*p.fields[:-1], b"\xff" * 64)))
+    got = expand(st, _decoded_items(forged, m.mesh_id))
+    jobs.clear()
+    changed, errors = st.apply_many(got.items, now)
+    assert not changed and len(errors) == len(forged) and len(jobs) == 1
+
+
+def test_other_meshes_statements_are_remembered_by_key_only() -> None:
+    """Review: the verified-statement cache kept every object, also the
+    foundings of other meshes a member's membership proofs carry (847 B each
+    kept, to 262,144 entries: ~212 MiB); only this mesh's certificates are
+    kept whole (chains point at them)."""
+    m, recs = _mesh(12)
+    now = m.t + LATER
+    st, _jobs = _counting_state(m, recs, now)
+    st._note_good([m.founding])  # a statement that is not one of this mesh's certificates
+    kept = [v for v in st._good_certs.values() if v is not None]
+    assert kept and all(type(v) is Cert and v.mesh_id == m.mesh_id for v in kept)
+    assert st._good_certs[m.founding.key] is None

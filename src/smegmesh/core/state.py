@@ -55,7 +55,7 @@ from collections.abc import Iterable
 
 from smegmesh.core.addressing import validate_mesh_id
 from smegmesh.core.authority import Authority
-from smegmesh.core.cert import AuthItem, Cert, Founding
+from smegmesh.core.cert import Cert, Founding
 from smegmesh.core.forgery import NOT_CHECKED, ForgeryStop
 from smegmesh.core.identity import verify_many
 from smegmesh.core.memo import DEFAULT_MEMO_ITEMS, ItemMemo
@@ -130,7 +130,7 @@ class MeshState(AdmissionGate):
         self.admission = admission
         self._authority = Authority(self.mesh_id)
         self._auth_count = 0
-        self._good_certs: dict[bytes, AuthItem] = {}
+        self._good_certs: dict[bytes, Cert | None] = {}
         self._purged: set[bytes] = set()
         #: bounds on what the state holds (records; their signed bytes in total)
         self.max_members = max_members

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
+from typing import TypeVar
 
 from smegmesh.core.authority import Authority
 from smegmesh.core.cert import (
@@ -66,6 +67,7 @@ BYTES_PER_MEMBER = 8 * 1024
 #: Authority statements one replica keeps at most (token ledgers are collected
 #: when their token has expired; evictions and admin changes are few).
 MAX_AUTH_ITEMS = 65_536
+_T = TypeVar("_T", NodeRecord, Prune)
 Verifier = Callable[[Sequence[tuple[bytes, bytes, bytes]]], list[bool]]
 #: Why a valid prune is refused for its pruner's budget (core.prune_budget).
 OVER_PRUNE_BUDGET = "over its pruner's budget of prunes (it comes again later)"
@@ -108,7 +110,7 @@ class AdmissionGate(StateStore):
     _auth_count: int
     #: verified admission statements by key: the signatures checked once, and
     #: the one object of each certificate every held chain points at
-    _good_certs: dict[bytes, AuthItem]
+    _good_certs: dict[bytes, Cert | None]
     _purged: set[bytes]
 
     # ------------------------------------------------------------------ updates
@@ -203,19 +205,36 @@ class AdmissionGate(StateStore):
     def _shared(self, rec: NodeRecord) -> NodeRecord:
         """``rec`` pointing at the held certificates (equal by value: same signature)."""
         chain = self._share_chain(rec.chain)
-        return rec if chain is rec.chain else replace(rec, chain=chain)
+        return rec if chain is rec.chain else self._replaced(rec, replace(rec, chain=chain))
+
+    def _replaced(self, old: _T, new: _T) -> _T:
+        """``new`` (equal to ``old``) with what the memo knows of ``old``: checked, verified.
+
+        Lost, every held record was checked and verified again when it came
+        back inside a prune by reference (review, twenty-first session: a push
+        of forged elided prunes cost two checks per prune, not one in all).
+        """
+        memo = self.memo
+        if memo.sig_ok(old):
+            memo.note_sig_ok(new)
+        mesh = memo.checked_for(old)
+        if mesh is not None:
+            memo.note_checked(new, mesh)
+        return new
 
     def _shared_prune(self, prune: Prune, held: NodeRecord | None) -> Prune:
         """``prune`` pointing at the held record it carries and the held certificates."""
         tr = prune.target_record
         if tr is not None and held is not None and held.signature == tr.signature:
+            if self.memo.sig_ok(tr) and not self.memo.sig_ok(held):
+                self.memo.note_sig_ok(held)
             tr = held  # signatures equal: the same signed record
         elif tr is not None:
             tr = self._shared(tr)
         by = self._share_chain(prune.by_chain)
         if tr is prune.target_record and by is prune.by_chain:
             return prune
-        return replace(prune, target_record=tr, by_chain=by)
+        return self._replaced(prune, replace(prune, target_record=tr, by_chain=by))
 
     # -- admission (admission mode) -----------------------------------------------
 
@@ -294,9 +313,20 @@ class AdmissionGate(StateStore):
             raise RecordError(
                 field, self._sig_reason(bad.signature, "invalid admission certificate signature")
             )
-        if len(self._good_certs) > 4 * MAX_AUTH_ITEMS:
-            self._good_certs.clear()
-        self._good_certs.update((c.key, c) for c in todo)
+        self._note_good(todo)
+
+    def _note_good(self, verified: Sequence[AuthItem]) -> None:
+        """Remember statements whose signatures verified.
+
+        The object of this mesh's certificates is kept (the one every held
+        chain points at), the key alone of the rest (other meshes' proofs: a
+        member can send many; review, twenty-first session).
+        """
+        good = self._good_certs
+        if len(good) > 4 * MAX_AUTH_ITEMS:
+            good.clear()
+        for c in verified:
+            good[c.key] = c if type(c) is Cert and c.mesh_id == self.mesh_id else None
 
     def _preverify_certs(self, batch: Sequence[Item], now_ms: int) -> None:
         """Verify the unknown admission certs of a batch's records in one verifier call.
@@ -330,9 +360,7 @@ class AdmissionGate(StateStore):
             return
         certs = list(todo.values())
         oks = self._verifier([(c.signer, c.signed_payload(), c.signature) for c in certs])
-        if len(self._good_certs) > 4 * MAX_AUTH_ITEMS:
-            self._good_certs.clear()
-        self._good_certs.update((c.key, c) for c, ok in zip(certs, oks, strict=True) if ok)
+        self._note_good([c for c, ok in zip(certs, oks, strict=True) if ok])
 
     def _check_proofs(self, rec: NodeRecord) -> None:
         for p in rec.proofs:
