@@ -12,6 +12,7 @@ from smegmesh.core.codec import Elided
 from smegmesh.core.elide import MAX_EXPANDED, SETTLED_MS, elide, expand
 from smegmesh.core.engine import Call, Out
 from smegmesh.core.identity import verify_many
+from smegmesh.core.meshnode import MeshNode
 from smegmesh.core.messages import Ping
 from smegmesh.core.record import NodeRecord, Prune
 from smegmesh.core.state import MeshState
@@ -319,3 +320,62 @@ def test_two_prunes_of_one_crash_meet_by_reference() -> None:
     mine.apply_many(got.items, now)
     node_a.mesh.apply(px, now)
     assert mine.get_prune(target.wg_key) == node_a.mesh.get_prune(target.wg_key)
+
+
+def _offer_rounds(na: MeshNode, nb: MeshNode, key: bytes, now: int, rounds: int) -> int:
+    """``na`` offers ``key`` to ``nb`` (and back) every 1.5 s, through the nodes'
+    own handlers; the round after which both hold the same entry (-1: never)."""
+    from smegmesh.core.engine import OfferCtx, ReplyReceived
+    from smegmesh.core.offer import Offer, Want, offer_entries
+
+    def offer(src: MeshNode, dst: MeshNode, t: int) -> None:
+        msg = Offer(src.mesh_id, tuple(offer_entries(src.mesh, [key])))
+        want, _ = dst.handle_request(src.key, decode(encode(msg)), t)
+        if not isinstance(want, Want) or not want.keys:
+            return
+        call = Call(dst.key, msg, OfferCtx(frozenset({key})))
+        for o in src.step(ReplyReceived(call, want, t)):
+            if isinstance(o, Call) and isinstance(o.msg, Push):
+                dst.handle_request(src.key, decode(encode(o.msg)), t)
+
+    for i in range(rounds):
+        t = now + 1_500 * i
+        offer(na, nb, t)
+        offer(nb, na, t)
+        if na.mesh.entry_hash_of(key) == nb.mesh.entry_hash_of(key):
+            return i
+    return -1
+
+
+def test_what_changed_that_does_not_settle_a_key_is_followed_by_the_whole_entry() -> None:
+    """Review (same session): in a founded mesh a key is wanted in full ("what
+    changed will do") and what changed comes by reference; when that cannot
+    settle it, the key was wanted in full at every offer, never converging by
+    offers: a member admitted again (its new chain not held: the reference
+    does not resolve), or a member that signed two records of one version
+    (the prune sent alone leaves the records apart). Offered again unchanged,
+    it is now wanted by id and comes whole."""
+    # a member admitted again: the new chain is unknown to the wanter
+    m, recs = _mesh()
+    n = ident(9)
+    m.admit(n, by=ident(2))
+    now = m.t + LATER
+    newer = recs[7].evolve(n, now, chain=m.chains[n.wg_public_key])
+    na = _node(ident(4), m.mesh_id, _state(m, recs, now))
+    nb = _node(ident(6), m.mesh_id, _state(m, recs, now))
+    assert na.mesh.apply(newer, now)
+    assert _offer_rounds(na, nb, newer.wg_key, now, 4) in (1, 2)
+    assert nb.mesh.record(newer.wg_key) == newer
+    # two records of one version, each replica holding one and its prune
+    for age in (1_000, 30_000):  # the records fresh (carried whole) and settled
+        m, recs = _mesh()
+        now = m.t + LATER
+        r1 = recs[7].evolve(n, now - age, alias="one")
+        r2 = recs[7].evolve(n, now - age, alias="two")
+        assert r1.version == r2.version
+        na = _node(ident(4), m.mesh_id, _state(m, recs, now))
+        nb = _node(ident(6), m.mesh_id, _state(m, recs, now))
+        assert na.mesh.apply(r1, now) and nb.mesh.apply(r2, now)
+        assert na.mesh.apply(_prune(m, 3, r1, now), now)
+        assert nb.mesh.apply(_prune(m, 5, r2, now), now)
+        assert _offer_rounds(na, nb, r1.wg_key, now, 4) in (1, 2), age

@@ -451,3 +451,18 @@ def test_a_change_on_its_first_hops_is_never_held_for_a_batch() -> None:
     _b, nc, _t, second = _b_pushed_a_change(0)
     sent = [o for o in _calls(second) if isinstance(o.msg, Push)]
     assert sent and all(nc in o.msg.items for o in sent)
+
+
+def test_keys_wanted_in_full_are_remembered_bounded_and_asked_whole_on_a_late_repeat() -> None:
+    from smegmesh.core.offer import ASK_AGAIN_MS, MAX_ASKED, AskedInFull
+
+    asked = AskedInFull()
+    k, entry = b"k" * 32, (b"k" * 8, 5, 6, b"hash")
+    assert asked.in_full(k, entry, 1_000)
+    assert asked.in_full(k, entry, 1_000 + ASK_AGAIN_MS - 1)  # several offerers at once
+    assert not asked.in_full(k, entry, 1_000 + ASK_AGAIN_MS)  # unchanged since: whole
+    assert asked.in_full(k, entry, 1_000 + ASK_AGAIN_MS + 1)  # then in full again
+    assert asked.in_full(k, (b"k" * 8, 7, 6, b"new!"), 10_000)  # another entry: in full
+    for i in range(MAX_ASKED + 10):
+        asked.in_full(i.to_bytes(32, "big"), entry, 20_000)
+    assert len(asked) == MAX_ASKED

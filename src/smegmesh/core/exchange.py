@@ -34,7 +34,16 @@ from smegmesh.core.engine import (
 from smegmesh.core.gossip import GossipParams, GossipScheduler
 from smegmesh.core.liveness import FailureDetector, LivenessParams
 from smegmesh.core.messages import Ack, JoinRequest, Ping, PingReq, Refusal
-from smegmesh.core.offer import MAX_HOPS, Offer, Want, offer_entries, offers, wanted, wanted_parts
+from smegmesh.core.offer import (
+    MAX_HOPS,
+    AskedInFull,
+    Offer,
+    Want,
+    offer_entries,
+    offers,
+    wanted,
+    wanted_parts,
+)
 from smegmesh.core.paging import PAGE_BYTES, pages
 from smegmesh.core.record import NodeRecord, Prune, RecordError, Role
 from smegmesh.core.refuted import RefutedPrunes, pruners_of
@@ -69,6 +78,7 @@ class ExchangeMixin:
     gossip: GossipParams
     heal_sessions: int
     by_reference: dict[str, int]
+    _asked: AskedInFull
     _fd: FailureDetector
     _sched: GossipScheduler
     _responders: dict[tuple[bytes, int], SyncSession]
@@ -278,7 +288,7 @@ class ExchangeMixin:
             return ack, pre + out + self._heard_from_pruned(src, now_ms)
         if isinstance(msg, Offer):
             # Keys and versions only: we ask for what we lack (core.offer).
-            want = Want(self.mesh_id, wanted(self.mesh, msg.entries))
+            want = Want(self.mesh_id, wanted(self.mesh, msg.entries, self._asked, now_ms))
             return want, self._heard_from_pruned(src, now_ms)
         if isinstance(msg, SyncStart | SyncStep | SyncEnd):
             down = pruners_of(self.mesh, msg.items) if isinstance(msg, SyncStep) else {}

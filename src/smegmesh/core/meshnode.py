@@ -68,7 +68,7 @@ from smegmesh.core.liveness import (
 )
 from smegmesh.core.messages import Ping, PingReq
 from smegmesh.core.nodeviews import Views, is_pruned_member, share_views, views_of
-from smegmesh.core.offer import MAX_HOPS
+from smegmesh.core.offer import MAX_HOPS, AskedInFull
 from smegmesh.core.prune_budget import PruneBudget
 from smegmesh.core.record import (
     NodeRecord,
@@ -126,6 +126,8 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
     #: pushed items taken by reference (core.elide): made whole, and not resolved
     by_reference: dict[str, int] = field(default_factory=lambda: {"resolved": 0, "unresolved": 0})
     refuted: RefutedPrunes = field(default_factory=RefutedPrunes)  # by pruner (core.refuted)
+    #: keys we wanted in full lately: a repeat of the same offer is wanted whole
+    _asked: AskedInFull = field(default_factory=AskedInFull)
     _view_cache: Views | None = None
     _pending: NodeRecord | None = None  # a joiner's own record until a member admits it
     #: pruned members we started a heal session with: key -> not again before (ms)

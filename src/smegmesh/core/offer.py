@@ -130,7 +130,52 @@ def offers(mesh_id: str, entries: list[OfferEntry]) -> list[Offer]:
     ]
 
 
-def wanted(state: MeshState, entries: Iterable[OfferEntry]) -> tuple[bytes, ...]:
+#: A key wanted in full ("what changed will do") and offered again unchanged
+#: this long after is wanted by id, whole: what changed did not settle it.
+ASK_AGAIN_MS = 1_000
+#: Keys wanted in full that are remembered (the oldest forgotten first).
+MAX_ASKED = 4_096
+
+
+class AskedInFull:
+    """The entries a node wanted in full lately, so that a repeat is wanted whole.
+
+    What changed, sent by reference in a founded mesh, may not settle an
+    entry: a reference the wanter cannot resolve (a member admitted again,
+    its new chain unknown), or two records of one version (a member that
+    signed two: the prune sent alone leaves the records apart). Wanted in
+    full again and again, such a key never converged by offers (review,
+    twenty-first session); offered again unchanged at least
+    :data:`ASK_AGAIN_MS` later, it is wanted by id and comes whole.
+    """
+
+    def __init__(self) -> None:
+        self._asked: dict[bytes, tuple[int, int, bytes, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._asked)
+
+    def in_full(self, key: bytes, entry: OfferEntry, now_ms: int) -> bool:
+        """Whether ``key`` (offered as ``entry``) may be wanted in full now; noted if so."""
+        _id, rv, pv, h = entry
+        prev = self._asked.pop(key, None)
+        if prev is not None and prev[:3] == (rv, pv, h) and now_ms - prev[3] >= ASK_AGAIN_MS:
+            return False  # the same entry again: what changed did not settle it
+        if prev is not None and prev[:3] == (rv, pv, h):
+            self._asked[key] = prev  # a repeat in flight (several offerers at once)
+            return True
+        if len(self._asked) >= MAX_ASKED:
+            del self._asked[next(iter(self._asked))]
+        self._asked[key] = (rv, pv, h, now_ms)
+        return True
+
+
+def wanted(
+    state: MeshState,
+    entries: Iterable[OfferEntry],
+    asked: AskedInFull | None = None,
+    now_ms: int = 0,
+) -> tuple[bytes, ...]:
     """Keys of ``entries`` whose items ``state`` lacks or holds older.
 
     Newer on either part (the record's version or the version the prune
@@ -149,6 +194,8 @@ def wanted(state: MeshState, entries: Iterable[OfferEntry]) -> tuple[bytes, ...]
     its admission chain; and, in a founded mesh, equal versions of a pruned
     entry with another hash (two members' prunes of one crash): by the full
     key, the offerer's prune by reference.
+    With ``asked``, a key wanted in full that is offered again unchanged
+    (:class:`AskedInFull`) is wanted by id.
     A prune of an older record than ours is not wanted (it would be dropped
     on arrival, and wanted again at every offer).
     Under churn most wanted entries are such prunes. An offerer of an older
@@ -156,7 +203,8 @@ def wanted(state: MeshState, entries: Iterable[OfferEntry]) -> tuple[bytes, ...]
     """
     out: list[bytes] = []
     seen: set[bytes] = set()
-    for key, rv, pv, h in entries:
+    for entry in entries:
+        key, rv, pv, h = entry
         if key in seen:
             continue
         seen.add(key)
@@ -164,13 +212,17 @@ def wanted(state: MeshState, entries: Iterable[OfferEntry]) -> tuple[bytes, ...]
         if held is None:
             out.append(key)
             continue
+
+        def in_full(held: bytes = held, entry: OfferEntry = entry) -> bool:
+            return asked is None or asked.in_full(held, entry, now_ms)
+
         mine_rv, mine_pv = state.versions_of(held)
         if rv > mine_rv:
             # a newer record of a key whose record we hold, not pruned at the
             # offerer (a restart's), in a founded mesh: what changed will do,
             # the record by reference (without admission the whole entry is
             # that record: the id is shorter); else the whole entry
-            out.append(held if state.admission and mine_rv and not pv else key)
+            out.append(held if state.admission and mine_rv and not pv and in_full() else key)
         elif pv > mine_pv and pv >= mine_rv:
             out.append(held)  # the prune alone will do (pv < mine_rv: moot, not wanted)
         elif rv == mine_rv and pv == mine_pv:
@@ -180,7 +232,7 @@ def wanted(state: MeshState, entries: Iterable[OfferEntry]) -> tuple[bytes, ...]
                 # often two members' prunes of one crash: the offerer's prune
                 # will do (by reference; its target record, carried inside,
                 # settles a conflict of records too, or is pulled by sync)
-                out.append(held if state.admission and pv else key)
+                out.append(held if state.admission and pv and in_full() else key)
     return tuple(out)
 
 
