@@ -160,18 +160,23 @@ def test_any_garbage_in_an_elided_item_is_a_counted_refusal_never_an_exception()
     from hypothesis import strategies as hs
 
     st, good = _state_and_short(4)
+    m, recs = _mesh()
+    now = m.t + LATER
+    prune = elide(_prune(m, 3, recs[7], now), now)  # a prune too (review)
+    assert type(prune) is Elided
     atoms = hs.one_of(
         hs.none(), hs.booleans(), hs.integers(), hs.binary(max_size=40), hs.text(max_size=8)
     )
     values = hs.recursive(atoms, lambda c: hs.lists(c, max_size=4), max_leaves=8)
 
     @settings(max_examples=300, deadline=None)
-    @given(hs.integers(0, 20), values)
-    def run(i: int, v: object) -> None:
-        fields = list(good.fields)
-        fields[i] = v
-        got = expand(st, [Elided(1, tuple(fields))])
+    @given(hs.sampled_from([good, prune]), hs.integers(0, 20), values)
+    def run(item: Elided, i: int, v: object) -> None:
+        fields = list(item.fields)
+        fields[i % len(fields)] = v
+        got = expand(st, [Elided(item.kind, tuple(fields))])
         assert len(got.items) + len(got.errors) + got.unresolved <= 1
+        st.apply_many(got.items, now)  # what expands is checked as ever: no exception
 
     run()
 
@@ -317,7 +322,8 @@ def test_two_prunes_of_one_crash_meet_by_reference() -> None:
     assert len(items) == 1 and type(items[0]) is Elided
     got = expand(mine, _wire(items, m.mesh_id).items)
     assert got.items == [py] and not got.errors
-    mine.apply_many(got.items, now)
+    _changed, errors = mine.apply_many(got.items, now)
+    assert not errors
     node_a.mesh.apply(px, now)
     assert mine.get_prune(target.wg_key) == node_a.mesh.get_prune(target.wg_key)
 
