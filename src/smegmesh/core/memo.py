@@ -81,6 +81,17 @@ class ItemMemo:
         if self._facts.get(key) is ref:
             del self._facts[key]
 
+    def carry(self, old: object, new: object) -> None:
+        """``new`` equals ``old`` (a copy sharing its parts): it takes what is known of it."""
+        f = self._get(old)
+        if f is None or old is new:
+            return
+        g = self._entry(new)
+        g.checked_for = g.checked_for or f.checked_for
+        g.sig_ok = g.sig_ok or f.sig_ok
+        g.size = f.size if g.size is None else g.size
+        g.encoded = f.encoded if g.encoded is None else g.encoded
+
     def checked_for(self, obj: object) -> str | None:
         """The mesh id ``obj`` passed its field checks for, if known."""
         f = self._get(obj)

@@ -159,15 +159,19 @@ class AskedInFull:
         """Whether ``key`` (offered as ``entry``) may be wanted in full now; noted if so."""
         _id, rv, pv, h = entry
         prev = self._asked.pop(key, None)
-        if prev is not None and prev[:3] == (rv, pv, h) and now_ms - prev[3] >= ASK_AGAIN_MS:
-            return False  # the same entry again: what changed did not settle it
         if prev is not None and prev[:3] == (rv, pv, h):
+            if now_ms - prev[3] >= ASK_AGAIN_MS:
+                return False  # the same entry again: what changed did not settle it
             self._asked[key] = prev  # a repeat in flight (several offerers at once)
             return True
         if len(self._asked) >= MAX_ASKED:
             del self._asked[next(iter(self._asked))]
         self._asked[key] = (rv, pv, h, now_ms)
         return True
+
+
+def _in_full(asked: AskedInFull | None, held: bytes, entry: OfferEntry, now_ms: int) -> bool:
+    return asked is None or asked.in_full(held, entry, now_ms)
 
 
 def wanted(
@@ -213,16 +217,14 @@ def wanted(
             out.append(key)
             continue
 
-        def in_full(held: bytes = held, entry: OfferEntry = entry) -> bool:
-            return asked is None or asked.in_full(held, entry, now_ms)
-
         mine_rv, mine_pv = state.versions_of(held)
         if rv > mine_rv:
             # a newer record of a key whose record we hold, not pruned at the
             # offerer (a restart's), in a founded mesh: what changed will do,
             # the record by reference (without admission the whole entry is
             # that record: the id is shorter); else the whole entry
-            out.append(held if state.admission and mine_rv and not pv and in_full() else key)
+            full = state.admission and mine_rv > 0 and pv == 0
+            out.append(held if full and _in_full(asked, held, entry, now_ms) else key)
         elif pv > mine_pv and pv >= mine_rv:
             out.append(held)  # the prune alone will do (pv < mine_rv: moot, not wanted)
         elif rv == mine_rv and pv == mine_pv:
@@ -232,7 +234,8 @@ def wanted(
                 # often two members' prunes of one crash: the offerer's prune
                 # will do (by reference; its target record, carried inside,
                 # settles a conflict of records too, or is pulled by sync)
-                out.append(held if state.admission and pv and in_full() else key)
+                full = state.admission and pv > 0
+                out.append(held if full and _in_full(asked, held, entry, now_ms) else key)
     return tuple(out)
 
 

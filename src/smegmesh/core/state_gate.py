@@ -214,20 +214,14 @@ class AdmissionGate(StateStore):
         back inside a prune by reference (review, twenty-first session: a push
         of forged elided prunes cost two checks per prune, not one in all).
         """
-        memo = self.memo
-        if memo.sig_ok(old):
-            memo.note_sig_ok(new)
-        mesh = memo.checked_for(old)
-        if mesh is not None:
-            memo.note_checked(new, mesh)
+        self.memo.carry(old, new)
         return new
 
     def _shared_prune(self, prune: Prune, held: NodeRecord | None) -> Prune:
         """``prune`` pointing at the held record it carries and the held certificates."""
         tr = prune.target_record
         if tr is not None and held is not None and held.signature == tr.signature:
-            if self.memo.sig_ok(tr) and not self.memo.sig_ok(held):
-                self.memo.note_sig_ok(held)
+            self.memo.carry(tr, held)
             tr = held  # signatures equal: the same signed record
         elif tr is not None:
             tr = self._shared(tr)
