@@ -11,7 +11,7 @@ from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.invite import Bootstrap
 from smegmesh.core.liveness import LivenessParams
 from smegmesh.core.meshnode import Call, MeshNode, MeshSettings
-from smegmesh.core.messages import Ack, JoinReply, JoinRequest, Refusal
+from smegmesh.core.messages import IN_REPLY, Ack, JoinReply, JoinRequest, Refusal
 from smegmesh.core.record import Role
 from smegmesh.core.state import MeshState
 from smegmesh.core.wire import decode, encode
@@ -400,8 +400,8 @@ def test_pingreq_is_relayed_by_the_engine() -> None:
     assert isinstance(relay, Call) and relay.to == c.key and relay.msg == Ping(MESH, 7)
     assert relay.timeout_ms == LIVE.probe_timeout_ms
     assert not [o for o in outs if isinstance(o, Respond)]
-    assert b.step(ReplyReceived(relay, Ack(MESH, 7), net.now)) == [Respond(42, Ack(MESH, 7))]
-    lost = [Respond(42, Ack(MESH, 7, False))]
+    assert b.step(ReplyReceived(relay, Ack(MESH, 7), net.now)) == [Respond(42, Ack(IN_REPLY, 7))]
+    lost = [Respond(42, Ack(IN_REPLY, 7, False))]
     assert b.step(CallFailed(relay, net.now)) == lost
     assert b.step(ReplyReceived(relay, Refusal(MESH), net.now)) == lost
 
@@ -416,15 +416,15 @@ def test_pingreq_for_ourselves_or_a_non_member_is_answered_without_a_call() -> N
     net, nodes = mesh_of(3)
     a, b, c = nodes
     outs = b.step(RequestReceived(a.key, PingReq(MESH, b.key, 7), net.now, request_id=1))
-    assert outs[-1] == Respond(1, Ack(MESH, 7)) and not [o for o in outs if isinstance(o, Call)]
+    assert outs[-1] == Respond(1, Ack(IN_REPLY, 7)) and not [o for o in outs if isinstance(o, Call)]
     outs = b.step(RequestReceived(a.key, PingReq(MESH, bytes(32), 8), net.now, request_id=2))
-    assert outs[-1] == Respond(2, Ack(MESH, 8, False))
+    assert outs[-1] == Respond(2, Ack(IN_REPLY, 8, False))
     assert not [o for o in outs if isinstance(o, Call)]
     c_left = c.mesh.record(c.key)
     assert c_left is not None
     b.mesh.apply(c_left.evolve(c.identity, net.now + 1, left=True), net.now + 1)
     outs = b.step(RequestReceived(a.key, PingReq(MESH, c.key, 9), net.now, request_id=3))
-    assert outs[-1] == Respond(3, Ack(MESH, 9, False))
+    assert outs[-1] == Respond(3, Ack(IN_REPLY, 9, False))
 
 
 def test_indirect_probe_through_the_driver_reaches_the_prober() -> None:
@@ -448,4 +448,4 @@ def test_indirect_probe_through_the_driver_reaches_the_prober() -> None:
     a.step = spy  # type: ignore[method-assign]
     net.handle_outs(a, [Call(b.key, PingReq(MESH, c.key, 99), ProbeCtx(c.key, 99))])
     net.run_until(net.now + 100)
-    assert got == [Ack(MESH, 99, True)]
+    assert got == [Ack(IN_REPLY, 99, True)]

@@ -33,7 +33,7 @@ from smegmesh.core.engine import (
 )
 from smegmesh.core.gossip import GossipParams, GossipScheduler
 from smegmesh.core.liveness import FailureDetector, LivenessParams
-from smegmesh.core.messages import Ack, JoinRequest, Ping, PingReq, Refusal
+from smegmesh.core.messages import IN_REPLY, Ack, JoinRequest, Ping, PingReq, Refusal
 from smegmesh.core.offer import (
     MAX_HOPS,
     AskedInFull,
@@ -275,20 +275,20 @@ class ExchangeMixin:
                 return Refusal(self.mesh_id), []
         self._fd.heard_from(src, now_ms)
         if isinstance(msg, Ping):
-            return Ack(self.mesh_id, msg.probe_id), self._heard_from_pruned(src, now_ms)
+            return Ack(IN_REPLY, msg.probe_id), self._heard_from_pruned(src, now_ms)
         if isinstance(msg, PingReq):
             heal = self._heard_from_pruned(src, now_ms)
             if msg.target == self.key or not self.is_member(msg.target):
                 # no call to ourselves, nor to a key that is no member (a departed
                 # member's old endpoint may be someone else's now)
-                return Ack(self.mesh_id, msg.probe_id, msg.target == self.key), heal
+                return Ack(IN_REPLY, msg.probe_id, msg.target == self.key), heal
             return None, heal
         if isinstance(msg, Push):
             ack, out = self._on_push(src, msg, now_ms)
             return ack, pre + out + self._heard_from_pruned(src, now_ms)
         if isinstance(msg, Offer):
             # Keys and versions only: we ask for what we lack (core.offer).
-            want = Want(self.mesh_id, wanted(self.mesh, msg.entries, self._asked, now_ms))
+            want = Want(IN_REPLY, wanted(self.mesh, msg.entries, self._asked, now_ms))
             return want, self._heard_from_pruned(src, now_ms)
         if isinstance(msg, SyncStart | SyncStep | SyncEnd):
             down = pruners_of(self.mesh, msg.items) if isinstance(msg, SyncStep) else {}
@@ -311,7 +311,7 @@ class ExchangeMixin:
             out += self._sync_with(src, now_ms, "unresolved")
         # ok: something in it was news to us (the pusher's feedback, see handle_reply)
         news = bool(got.unresolved) or any(isinstance(o, Changed) for o in out)
-        return Ack(self.mesh_id, 0, news), out
+        return Ack(IN_REPLY, 0, news), out
 
     def _heard_from_pruned(self, key: bytes, now_ms: int) -> list[Out]:
         """``key`` answered or called us (authenticated) while we hold it as pruned.
@@ -391,7 +391,7 @@ class ExchangeMixin:
         """The reply ``reply`` of member ``to`` to our call with context ``ctx``."""
         if isinstance(ctx, RelayCtx):  # a relayed ping: answer the PingReq
             ok = isinstance(reply, Ack) and reply.ok
-            return [Respond(ctx.request_id, Ack(self.mesh_id, ctx.probe_id, ok))]
+            return [Respond(ctx.request_id, Ack(IN_REPLY, ctx.probe_id, ok))]
         if isinstance(reply, Refusal):
             if isinstance(ctx, PeerPingCtx):
                 # Our peer no longer serves us in this mesh (it left it, or lost us): a
@@ -454,7 +454,7 @@ class ExchangeMixin:
     def handle_failure(self, to: bytes, ctx: CallCtx, now_ms: int) -> list[Out]:
         """Our call to ``to`` with context ``ctx`` failed (no answer)."""
         if isinstance(ctx, RelayCtx):
-            return [Respond(ctx.request_id, Ack(self.mesh_id, ctx.probe_id, False))]
+            return [Respond(ctx.request_id, Ack(IN_REPLY, ctx.probe_id, False))]
         if isinstance(ctx, PeerPingCtx):
             self._peer_ping_inflight = False
             self._peer_ping_failures += 1
