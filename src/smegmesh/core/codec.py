@@ -208,6 +208,11 @@ class Elided:
     kind: int
     fields: tuple[Any, ...]
 
+    def __hash__(self) -> int:
+        # its fields hold lists (a record's endpoints): hashed as sent (a sync
+        # responder hashes each step it answers, core.sync)
+        return hash(msgpack.packb([self.kind, self.fields], use_bin_type=True))
+
 
 _AUTH_TYPES = (
     Founding,

@@ -58,6 +58,7 @@ __all__ = [
     "SETTLED_MS",
     "Expanded",
     "elide",
+    "elided_record_key",
     "expand",
 ]
 
@@ -133,6 +134,8 @@ class Expanded:
     resolved: int = 0
     #: references this state could not resolve (pulled by a sync session)
     unresolved: int = 0
+    #: the held keys of those (an item naming a key not held has none)
+    missing: list[bytes] = field(default_factory=list)
     #: elided items that are malformed (the sender's fault)
     errors: list[RecordError] = field(default_factory=list)
 
@@ -144,6 +147,13 @@ def _key(mesh: MeshState, key_id: object) -> bytes | None:
     if len(key_id) == KEY_ID_LEN:
         return mesh.key_by_prefix(key_id)
     return key_id if len(key_id) == 32 and key_id in mesh else None
+
+
+def elided_record_key(mesh: MeshState, item: object) -> bytes | None:
+    """The held key an elided record names (None: not an elided record, or not held)."""
+    if type(item) is not Elided or item.kind != ITEM_RECORD:
+        return None
+    return _key(mesh, item.fields[_KEY])
 
 
 def _signer(mesh: MeshState, key_id: object, ref: object) -> NodeRecord | None:
@@ -259,6 +269,9 @@ def expand(mesh: MeshState, items: Iterable[Item | Elided]) -> Expanded:
             continue
         if whole is None:
             out.unresolved += 1
+            key = _key(mesh, it.fields[_KEY if it.kind == ITEM_RECORD else _TARGET])
+            if key is not None:
+                out.missing.append(key)
         else:
             out.resolved += 1
             out.items.append(whole)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from smegmesh.core.elide import elided_record_key
 from smegmesh.core.record import NodeRecord
 from smegmesh.core.state import MeshState
 
@@ -30,15 +31,17 @@ REFUTED_WITHIN_MS = 30_000
 def pruners_of(mesh: MeshState, items: Iterable[object]) -> dict[bytes, tuple[bytes, int]]:
     """Member key -> (its pruner, the prune's time), for records of members held as pruned.
 
-    O(1) per item; taken before the batch is merged (see :meth:`RefutedPrunes.note`).
+    Records by reference (a sync step's, ``core.elide``) count by the key they
+    name. O(1) per item; taken before the batch is merged (see :meth:`RefutedPrunes.note`).
     """
     out: dict[bytes, tuple[bytes, int]] = {}
     for it in items:
-        if type(it) is not NodeRecord or mesh.live_record(it.wg_key) is not None:
+        key = it.wg_key if type(it) is NodeRecord else elided_record_key(mesh, it)
+        if key is None or mesh.live_record(key) is not None:
             continue
-        prune = mesh.get_prune(it.wg_key)
+        prune = mesh.get_prune(key)
         if prune is not None:
-            out[it.wg_key] = (prune.by_wg_key, prune.timestamp_ms)
+            out[key] = (prune.by_wg_key, prune.timestamp_ms)
     return out
 
 

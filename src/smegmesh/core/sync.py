@@ -40,8 +40,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from smegmesh.core.codec import Registry
-from smegmesh.core.offer import Push
+from smegmesh.core.codec import Elided, Registry
+from smegmesh.core.offer import KEY_ID_LEN, Push
 from smegmesh.core.paging import page
 from smegmesh.core.record import RecordError
 from smegmesh.core.state import DEPTH, FANOUT, Item, MeshState
@@ -59,11 +59,30 @@ from smegmesh.core.sync_messages import (
     SyncStart,
     SyncStep,
 )
+from smegmesh.core.sync_refs import (
+    RESPONDER_TAKES_REFS,
+    TAKES_REFS,
+    by_reference,
+    made_whole,
+    note_wants,
+)
+from smegmesh.core.sync_table import (
+    MAX_DONE_SESSIONS,
+    MAX_RESPONDER_SESSIONS,
+    MAX_SESSIONS_PER_INITIATOR,
+    SESSION_TIMEOUT_MS,
+    expire,
+    forget_done,
+    make_room,
+)
 
 __all__ = [
     "CODECS",
     "HASH_LEN",
     "LEAF_MAX",
+    "MAX_DONE_SESSIONS",
+    "MAX_RESPONDER_SESSIONS",
+    "MAX_SESSIONS_PER_INITIATOR",
     "SESSION_TIMEOUT_MS",
     "Push",
     "SyncEnd",
@@ -73,16 +92,6 @@ __all__ = [
 ]
 
 LEAF_MAX = 4
-SESSION_TIMEOUT_MS = 30_000
-#: Sessions a responder holds open at once, in all and per initiator. A new
-#: ``SyncStart`` past either bound ends the oldest such session (its initiator
-#: gets ``SyncEnd`` on its next step and pulls again later): a member opening
-#: sessions without end holds at most two of them, and every message costs the
-#: responder O(1) bookkeeping, not a sweep of every session it holds.
-MAX_RESPONDER_SESSIONS = 64
-MAX_SESSIONS_PER_INITIATOR = 2
-#: Of those, sessions over kept to answer their last step again (the latest).
-MAX_DONE_SESSIONS = 8
 MAX_STEP_NODES = 4096
 #: Steps a session takes, on either side. An honest session descends the
 #: tree, one level a round trip: about DEPTH + 2 of them (items past a page
@@ -146,6 +155,8 @@ class SyncSession:
     count_bytes: bool = True
     #: This side left items out of a step (more than a page): another session is due.
     truncated: bool = False
+    #: The other side takes items by reference (see :data:`TAKES_REFS`).
+    peer_takes_refs: bool = False
     #: Responder: the hash of the last ``SyncStep`` received and the reply it
     #: got. The same step again (a datagram resent, or a reply too big for a
     #: datagram, which makes the caller repeat the call over the stream) gets
@@ -170,7 +181,7 @@ class SyncSession:
         count_bytes: bool = True,
     ) -> SyncSession:
         """A session we start; ``rng`` draws its id and salt (the engine's, passed in)."""
-        sid, salt = rng.getrandbits(32), rng.randbytes(SALT_LEN)
+        sid, salt = rng.getrandbits(32) | TAKES_REFS, rng.randbytes(SALT_LEN)
         return cls(state, sid, salt, True, now_ms, count_bytes=count_bytes)
 
     def take_errors(self) -> list[RecordError]:
@@ -201,12 +212,13 @@ class SyncSession:
         :data:`SESSION_TIMEOUT_MS`; at most :data:`MAX_RESPONDER_SESSIONS` are
         held, :data:`MAX_SESSIONS_PER_INITIATOR` per initiator.
         """
-        _expire(sessions, now_ms)
+        expire(sessions, now_ms)
         slot = (src, msg.session_id)
         if isinstance(msg, SyncStart):
             session = cls(state, msg.session_id, msg.salt, False, now_ms, count_bytes=count_bytes)
+            session.peer_takes_refs = bool(msg.session_id & TAKES_REFS)
             sessions.pop(slot, None)
-            _make_room(sessions, src)
+            make_room(sessions, src)
         else:
             found = sessions.pop(slot, None)
             # hashed only for a session of ours that answered a step (a stranger's
@@ -236,7 +248,7 @@ class SyncSession:
             # over after a step stays (done) to answer that step again
             sessions[slot] = session
             if session.done:
-                _forget_done(sessions, slot)
+                forget_done(sessions, slot)
         return reply, session, merged
 
     @staticmethod
@@ -266,7 +278,12 @@ class SyncSession:
         """
         self.now_ms = now_ms
         self._count_in(msg)
-        if msg.mesh_id != self.state.mesh_id or msg.session_id != self.session_id:
+        if self.is_initiator and msg.session_id == self.session_id | RESPONDER_TAKES_REFS:
+            self.peer_takes_refs = True
+        elif msg.session_id != self.session_id:
+            self.done = True
+            return (None if self.is_initiator else self._end()), set()
+        if msg.mesh_id != self.state.mesh_id:
             self.done = True
             return (None if self.is_initiator else self._end()), set()
         if isinstance(msg, SyncEnd):
@@ -295,9 +312,15 @@ class SyncSession:
     # ------------------------------------------------------------------ protocol
 
     def _end(self) -> SyncEnd:
-        m = SyncEnd(self.state.mesh_id, self.session_id)
+        m = SyncEnd(self.state.mesh_id, self._out_id())
         self._count_out(m)
         return m
+
+    def _out_id(self) -> int:
+        """The session id our messages carry (a responder's says whether it takes references)."""
+        if not self.is_initiator and self.session_id & TAKES_REFS:
+            return self.session_id | RESPONDER_TAKES_REFS
+        return self.session_id
 
     def _on_start(self, msg: SyncStart) -> SyncStep | None:
         if msg.digest == self.state.digest()[:DIGEST_LEN]:
@@ -340,18 +363,11 @@ class SyncSession:
 
     def _on_step(self, msg: SyncStep) -> tuple[SyncStep | None, set[bytes]]:
         st = self.state
-        merged: set[bytes] = set()
-        if msg.items:
-            changed, errors = st.apply_many(msg.items, self.now_ms)
-            merged |= changed
-            self.merged |= changed
-            faults = senders_faults(errors)
-            self.rejected += len(faults)
-            self.step_errors = (self.step_errors + faults)[-8:]
+        merged, wants = self._take(msg.items)
         nodes: list[NodeHashes] = []
         leaves: list[Leaf] = []
-        wants: list[bytes] = []
         sent: set[bytes] = set()
+        held: dict[bytes, int] = {}  # key sent in answer to a leaf -> their record version + 1
         # Each (depth, prefix) is answered once: a step repeating one (a few
         # bytes each) would otherwise cost a walk of that subtree per copy.
         # Distinct ones at every level cover the state at most DEPTH + 1 times.
@@ -376,7 +392,7 @@ class SyncSession:
                     sent.add(k)
             for k, trv, tpv, th in theirs_map.values():
                 if k not in st:
-                    wants.append(k)
+                    wants.append(k)  # whole: we hold nothing of it
                     continue
                 if th == _entry_h(self.salt, st.entry_hash_of(k)):
                     continue
@@ -384,13 +400,38 @@ class SyncSession:
                 tie = rv == trv and pv == tpv
                 if rv > trv or pv > tpv or tie:
                     sent.add(k)
+                    held[k] = trv
                 if trv > rv or tpv > pv or tie:
-                    wants.append(k)
-        sent.update(msg.wants)
-        return self._step(nodes, leaves, st.items_for(sorted(sent)), wants), merged
+                    # by id: we hold a record of it, so references will do
+                    wants.append(k[:KEY_ID_LEN] if rv and self.peer_takes_refs else k)
+        note_wants(st, msg.wants, sent, held)
+        wants = list(dict.fromkeys(wants))  # a key unresolved and behind in a leaf: once
+        out: list[Item | Elided] = list(st.items_for(sorted(sent)))
+        if self.peer_takes_refs:
+            out = by_reference(out, held, self.now_ms)
+        return self._step(nodes, leaves, out, wants), merged
+
+    def _take(self, items: tuple[Item | Elided, ...]) -> tuple[set[bytes], list[bytes]]:
+        """Merge a step's items: the keys changed, and those to want whole.
+
+        Items by reference are made whole from our state (``core.sync_refs``);
+        one it cannot resolve (we hold another chain or record than the sender
+        thought) is wanted by its whole key, which gets the whole item.
+        """
+        got = made_whole(self.state, items)
+        changed, errors = self.state.apply_many(got.items, self.now_ms)
+        self.merged |= changed
+        faults = senders_faults(got.errors + errors)
+        self.rejected += len(faults)
+        self.step_errors = (self.step_errors + faults)[-8:]
+        return set(changed), got.missing
 
     def _step(
-        self, nodes: list[NodeHashes], leaves: list[Leaf], items: list[Item], wants: list[bytes]
+        self,
+        nodes: list[NodeHashes],
+        leaves: list[Leaf],
+        items: list[Item | Elided] | list[Item],
+        wants: list[bytes],
     ) -> SyncStep | None:
         if not (nodes or leaves or items or wants):
             return None
@@ -412,7 +453,7 @@ class SyncSession:
             self.truncated = True
         return SyncStep(
             self.state.mesh_id,
-            self.session_id,
+            self._out_id(),
             tuple(nodes[:n_nodes]),
             tuple(leaves[:n_leaves]),
             tuple(paged),
@@ -431,44 +472,3 @@ class SyncSession:
 
 #: The sync messages alone: their encoded sizes (a session counts its bytes).
 _SYNC_CODECS = Registry(CODECS)
-
-
-def _expire(sessions: dict[tuple[bytes, int], SyncSession], now_ms: int) -> None:
-    """Drop sessions idle for :data:`SESSION_TIMEOUT_MS`, least recently active first.
-
-    ``respond`` keeps the dict in that order: O(1) per message, amortised.
-    """
-    while sessions:
-        k = next(iter(sessions))
-        if now_ms - sessions[k].now_ms <= SESSION_TIMEOUT_MS:
-            return
-        del sessions[k]
-
-
-def _forget_done(sessions: dict[tuple[bytes, int], SyncSession], slot: tuple[bytes, int]) -> None:
-    """Keep at most :data:`MAX_DONE_SESSIONS` sessions that are over: the latest.
-
-    One per initiator: ``slot``'s, just over, replaces its initiator's older
-    one, so a member finishing sessions quickly cannot push the others' out.
-
-    What a session over keeps is its last reply: up to a page of items (held
-    by the state anyway) and 256 KiB of questions. O(sessions), at most 64.
-    """
-    for k in [k for k, v in sessions.items() if v.done and k[0] == slot[0] and k != slot]:
-        del sessions[k]
-    done = [k for k, v in sessions.items() if v.done]
-    for k in done[: max(0, len(done) - MAX_DONE_SESSIONS)]:
-        del sessions[k]
-
-
-def _make_room(sessions: dict[tuple[bytes, int], SyncSession], src: bytes) -> None:
-    """Make room before ``src`` opens a session (O(sessions), on a ``SyncStart`` only).
-
-    Ends its oldest session past the per-initiator bound, and the least
-    recently active of all past the total.
-    """
-    own = [k for k in sessions if k[0] == src]
-    if len(own) >= MAX_SESSIONS_PER_INITIATOR:
-        del sessions[own[0]]
-    while len(sessions) >= MAX_RESPONDER_SESSIONS:
-        del sessions[next(iter(sessions))]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from smegmesh.core.codec import Codec, WireError, decode_item, encode_item
+from smegmesh.core.codec import Codec, Elided, WireError, decode_pushed_item, encode_item
 from smegmesh.core.state import DEPTH, FANOUT, Item
 
 __all__ = [
@@ -55,7 +55,8 @@ class SyncStep:
     session_id: int
     nodes: tuple[NodeHashes, ...] = ()
     leaves: tuple[Leaf, ...] = ()
-    items: tuple[Item, ...] = ()
+    #: whole, or by reference (``core.elide``) to a side that takes them (``core.sync``)
+    items: tuple[Item | Elided, ...] = ()
     wants: tuple[bytes, ...] = ()
 
     def has_questions(self) -> bool:
@@ -98,8 +99,15 @@ def _arr(v: object, n: int | None = None) -> list[Any]:
     return v
 
 
-def _items(v: object) -> tuple[Item, ...]:
-    return tuple(decode_item(x) for x in _arr(v))
+def _items(v: object) -> tuple[Item | Elided, ...]:
+    return tuple(decode_pushed_item(x) for x in _arr(v))
+
+
+def _want(v: object) -> bytes:
+    """A wanted key: whole (32 bytes), or its id (8: references will do; ``core.sync``)."""
+    if type(v) is not bytes or len(v) not in (8, 32):
+        raise WireError("expected a key or a key id")
+    return v
 
 
 def _node_ref(depth: object, prefix: object) -> tuple[int, int]:
@@ -143,7 +151,7 @@ def _dec_step(b: Any) -> SyncStep:
                 (_bin(e[0], 32), _int(e[1], 2**63 + 1), _int(e[2], 2**63 + 1), _bin(e[3], HASH_LEN))
             )
         leaves.append((d, p, tuple(es)))
-    wants = tuple(_bin(k, 32) for k in _arr(o[5]))
+    wants = tuple(_want(k) for k in _arr(o[5]))
     return SyncStep(_str(o[0]), _int(o[1]), tuple(nodes), tuple(leaves), _items(o[4]), wants)
 
 

@@ -1,0 +1,157 @@
+"""Anti-entropy steps by reference (core/sync_refs.py), through the real codec.
+
+Twenty-second session: a sync step carried its items whole, admission chains
+and all (2.1 KB a record at 300 members), where the other side held those
+parts: 8 % of a founded mesh's churn bytes at 300 simulated nodes, 16 % at
+1,000. Two nodes that both take references now send them where the other
+side's leaf or want shows it holds the parts; older nodes get whole items.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+from smegmesh.core import wire
+from smegmesh.core.codec import Elided, decode_item, encode_item
+from smegmesh.core.record import NodeRecord, Prune
+from smegmesh.core.state import MeshState
+from smegmesh.core.sync import SyncSession, SyncStep
+from smegmesh.core.sync_refs import RESPONDER_TAKES_REFS, TAKES_REFS
+from smegmesh.core.sync_table import MAX_RESPONDER_SESSIONS
+from test_authority import ident
+from test_elide import LATER, _mesh, _prune, _state
+
+SRC = b"\x07" * 32
+
+
+def _session(a: MeshState, b: MeshState, now: int, *, old: str = "") -> tuple[int, list[object]]:
+    """A session a -> b through the codec: bytes both ways, and every message.
+
+    ``old``: "initiator" or "responder" plays a node of before references (an
+    id without :data:`TAKES_REFS` / a reply without :data:`RESPONDER_TAKES_REFS`).
+    """
+    sess = SyncSession.initiator(a, now, rng=random.Random(3))
+    if old == "initiator":
+        sess.session_id &= ~TAKES_REFS
+    responders: dict[tuple[bytes, int], SyncSession] = {}
+    msg: object = sess.start()
+    sent, seen = 0, []
+    for _ in range(50):
+        if msg is None:
+            break
+        data = wire.encode(msg)
+        sent += len(data)
+        req = wire.decode(data)
+        if old == "responder":  # it never saw the bit: answers as an older node
+            req = replace(req, session_id=req.session_id & ~TAKES_REFS)
+        reply, _, _ = SyncSession.respond(b, responders, SRC, req, now)
+        data = wire.encode(reply)
+        sent += len(data)
+        back = wire.decode(data)
+        if old == "responder":
+            back = replace(back, session_id=sess.session_id)
+        seen += [req, back]
+        msg, _ = sess.receive(back, now)
+    assert msg is None and sess.done
+    return sent, seen
+
+
+def _apart() -> tuple[MeshState, MeshState, list[NodeRecord | Prune]]:
+    """Two replicas of a settled founded mesh; the first holds 3 restarts and 2 prunes more."""
+    m, recs = _mesh()
+    now = m.t + LATER
+    a, b = _state(m, recs, now), _state(m, recs, now)
+    news: list[NodeRecord | Prune] = [recs[k].evolve(ident(k + 2), now) for k in (3, 5, 8)]
+    news += [_prune(m, 2, recs[k], now) for k in (6, 10)]
+    changed, errors = a.apply_many(news, now)
+    assert not errors and len(changed) == 5
+    return a, b, news
+
+
+def _items(msgs: list[object]) -> list[object]:
+    return [i for m in msgs if isinstance(m, SyncStep) for i in m.items]
+
+
+def test_a_step_sends_what_the_other_side_holds_by_reference_both_ways() -> None:
+    for pull in (False, True):  # the newer side initiates, or answers
+        a, b, news = _apart()
+        now = max(i.timestamp_ms for i in news)
+        new_bytes, msgs = _session(a, b, now) if not pull else _session(b, a, now)
+        assert a.digest() == b.digest()
+        items = _items(msgs)  # a prune goes with the record it prunes
+        assert len(items) == len(news) + 2 and all(type(i) is Elided for i in items)
+        a, b, _ = _apart()
+        old_bytes, msgs = (
+            _session(a, b, now, old="initiator")
+            if not pull
+            else (_session(b, a, now, old="initiator"))
+        )
+        assert a.digest() == b.digest()
+        assert not [i for i in _items(msgs) if type(i) is Elided]
+        assert new_bytes < 0.3 * old_bytes, (pull, new_bytes, old_bytes)
+
+
+def test_an_older_side_gets_whole_items_and_whole_keys() -> None:
+    """An older initiator sets no bit, an older responder echoes none: each gets
+    what its decoder takes (whole items, wants of 32 bytes), and both converge."""
+    for old in ("initiator", "responder"):
+        for pull in (False, True):
+            a, b, _news = _apart()
+            now = a.record(ident(5).wg_public_key).timestamp_ms  # type: ignore[union-attr]
+            _, msgs = _session(b, a, now, old=old) if pull else _session(a, b, now, old=old)
+            assert a.digest() == b.digest(), (old, pull)
+            for m in msgs:
+                if isinstance(m, SyncStep):
+                    assert all(len(w) == 32 for w in m.wants)
+                    for i in m.items:  # what an older node's strict decoder reads
+                        assert decode_item(encode_item(i)) == i
+
+
+def test_a_reference_the_other_side_cannot_resolve_is_wanted_whole_in_the_same_session() -> None:
+    """A member admitted again: its new record names a chain the other side
+    does not hold. The step names it by reference (the other side holds a
+    record of the key); the reference does not resolve, the key is wanted by
+    its whole key, and the same session brings it whole."""
+    m, recs = _mesh()
+    n = ident(9)
+    m.admit(n, by=ident(2))
+    now = m.t + LATER
+    a, b = _state(m, recs, now), _state(m, recs, now)
+    newer = recs[7].evolve(n, now, chain=m.chains[n.wg_public_key])
+    assert a.apply(newer, now)
+    _, msgs = _session(a, b, now)
+    assert b.record(newer.wg_key) == newer and a.digest() == b.digest()
+    wants = [w for x in msgs if isinstance(x, SyncStep) for w in x.wants]
+    assert newer.wg_key in wants  # whole key: send it whole
+    items = _items(msgs)
+    assert [type(i) for i in items] == [Elided, NodeRecord]
+
+
+def test_bits_of_the_session_id_stay_within_what_every_node_decodes() -> None:
+    sess = SyncSession.initiator(MeshState("x"), 0, rng=random.Random(1))
+    assert sess.session_id & TAKES_REFS and sess.session_id | RESPONDER_TAKES_REFS < 2**63
+    assert MAX_RESPONDER_SESSIONS == 64
+
+
+def test_a_step_of_garbage_or_too_many_references_costs_bounded_work_and_is_counted() -> None:
+    """A member's step with forged references: each a counted refusal, never an
+    exception; past MAX_EXPANDED a step the rest is not even expanded."""
+    from smegmesh.core.elide import MAX_EXPANDED, elide
+
+    a, b, news = _apart()
+    now = max(i.timestamp_ms for i in news)
+    short = elide(news[0], now)
+    assert type(short) is Elided
+    forged = Elided(short.kind, (*short.fields[:-1], b"\x00" * 64))  # signature
+    junk = Elided(short.kind, tuple(b"\xff" if f is None else f for f in short.fields))
+    sess = SyncSession.initiator(a, now, rng=random.Random(5))
+    responders: dict[tuple[bytes, int], SyncSession] = {}
+    SyncSession.respond(b, responders, SRC, sess.start(), now)  # b lacks news[0]
+    step = SyncStep(a.mesh_id, sess.session_id, items=(forged, junk) * (MAX_EXPANDED + 10))
+    before = b.digest()
+    _reply, session, merged = SyncSession.respond(
+        b, responders, SRC, wire.decode(wire.encode(step)), now
+    )
+    assert merged == set() and b.digest() == before
+    assert 1 <= session.rejected <= 2 * MAX_EXPANDED
