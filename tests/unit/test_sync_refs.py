@@ -155,3 +155,26 @@ def test_a_step_of_garbage_or_too_many_references_costs_bounded_work_and_is_coun
     )
     assert merged == set() and b.digest() == before
     assert 1 <= session.rejected <= 2 * MAX_EXPANDED
+
+
+def test_what_the_initiator_cannot_resolve_is_answered_whole_in_the_same_session() -> None:
+    """Review (same session): a responder whose answer carried references and no
+    question ended its session, so the initiator's wants of what it could not
+    resolve met a session over, again at every pull: a member admitted again
+    (its new chain), or a prune of a record version the initiator lacks. A
+    responder whose answer carries references now stays to answer them."""
+    m, recs = _mesh()
+    n = ident(9)
+    m.admit(n, by=ident(2))
+    now = m.t + LATER
+    a, b = _state(m, recs, now), _state(m, recs, now)
+    assert a.apply(recs[7].evolve(n, now, chain=m.chains[n.wg_public_key]), now)
+    _session(b, a, now)  # b (the old chain) pulls from a
+    assert a.digest() == b.digest()
+    m, recs = _mesh(20)
+    now = m.t + LATER
+    a, b = _state(m, recs, now), _state(m, recs, now)
+    v2 = recs[5].evolve(ident(7), now - 20_000)  # settled: its prune names it by reference
+    assert b.apply(_prune(m, 3, v2, now), now)  # b holds the prune of v2, a holds v1
+    _session(a, b, now)
+    assert a.digest() == b.digest()

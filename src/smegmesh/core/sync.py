@@ -19,7 +19,8 @@ A :class:`SyncStep` carries, for the subtrees where the two sides differ:
   (at most :data:`LEAF_MAX` keys, or the deepest level). The receiver answers
   with the items the sender lacks or holds older (``items``) and asks for the
   ones it lacks or holds older (``wants``);
-* ``items``: records/prunes for the other side to merge;
+* ``items``: records/prunes for the other side to merge (by reference where
+  it holds their parts, when both sides take references: ``core.sync_refs``);
 * ``wants``: keys whose items the sender asks for.
 
 Child and entry hashes are truncated to :data:`HASH_LEN` bytes, salted with a
@@ -304,8 +305,10 @@ class SyncSession:
         if reply is None or not (reply.has_questions() or reply.items):
             self.done = True
             return (None if self.is_initiator else self._end()), merged
-        if not reply.has_questions() and not self.is_initiator:
-            self.done = True  # our answer needs no answer
+        if not (reply.has_questions() or self.is_initiator or _by_ref(reply)):
+            # our answer needs no answer (one with references may: what the
+            # other side cannot resolve it wants whole in its next step)
+            self.done = True
         self._count_out(reply)
         return reply, merged
 
@@ -406,6 +409,8 @@ class SyncSession:
                     wants.append(k[:KEY_ID_LEN] if rv and self.peer_takes_refs else k)
         note_wants(st, msg.wants, sent, held)
         wants = list(dict.fromkeys(wants))  # a key unresolved and behind in a leaf: once
+        whole = {w for w in wants if len(w) == 32}
+        wants = [w for w in wants if len(w) == 32 or not any(k[:KEY_ID_LEN] == w for k in whole)]
         out: list[Item | Elided] = list(st.items_for(sorted(sent)))
         if self.peer_takes_refs:
             out = by_reference(out, held, self.now_ms)
@@ -420,6 +425,10 @@ class SyncSession:
         """
         got = made_whole(self.state, items)
         changed, errors = self.state.apply_many(got.items, self.now_ms)
+        if got.missing:  # a prune of the record the same step brought resolves now
+            again = made_whole(self.state, [i for i in items if type(i) is Elided])
+            more, errors_again = self.state.apply_many(again.items, self.now_ms)
+            changed, errors, got.missing = changed | more, errors + errors_again, again.missing
         self.merged |= changed
         faults = senders_faults(got.errors + errors)
         self.rejected += len(faults)
@@ -472,3 +481,7 @@ class SyncSession:
 
 #: The sync messages alone: their encoded sizes (a session counts its bytes).
 _SYNC_CODECS = Registry(CODECS)
+
+
+def _by_ref(step: SyncStep) -> bool:
+    return any(type(i) is Elided for i in step.items)

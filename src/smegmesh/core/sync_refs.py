@@ -58,15 +58,18 @@ def note_wants(
     A key wanted whole is sent whole; one wanted by id (a key we hold whose
     id names exactly one key) by reference where settled.
     """
+    whole: set[bytes] = set()
     for w in wants:
         key = w if len(w) == 32 else state.key_by_prefix(w)
         if key is None:
             continue
         sent.add(key)
         if len(w) == 32:
-            held.pop(key, None)
-        else:
+            whole.add(key)
+        elif key not in whole:
             held[key] = HOLDS_A_RECORD
+    for key in whole:  # whole wins over an id in the same step
+        held.pop(key, None)
 
 
 def made_whole(state: MeshState, items: Iterable[Item | Elided]) -> Expanded:
