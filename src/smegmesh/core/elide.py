@@ -32,9 +32,10 @@ cannot change what is signed. A reference it cannot resolve (it lacks that
 record, or holds another) leaves the item out, and the node pulls what it
 lacks with a sync session (``ExchangeMixin``). Only what would change the
 state is expanded, at most :data:`MAX_EXPANDED` items a message: a member
-cannot make us decode much more than it sent. Join replies, sync sessions,
-the answers to a ``Want`` naming a key by id, and pushes to a member about
-itself or to a member that does not know us carry whole items.
+cannot make us decode much more than it sent. Sync steps use references
+only where the other side showed it holds the parts (``core.sync_refs``).
+Join replies, the answers to a ``Want`` naming a key by id, and pushes to a
+member about itself or to a member that does not know us carry whole items.
 """
 
 from __future__ import annotations
