@@ -62,7 +62,7 @@ class EngineDriver:
         port = self.port
         for o in outs:
             if isinstance(o, Call):
-                port.send(o)
+                port.send(self.node.named(o))
             elif isinstance(o, Respond):
                 port.respond(o.request_id, o.msg)
             elif isinstance(o, Changed):

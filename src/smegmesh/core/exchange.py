@@ -33,6 +33,7 @@ from smegmesh.core.engine import (
 )
 from smegmesh.core.gossip import GossipParams, GossipScheduler
 from smegmesh.core.liveness import FailureDetector, LivenessParams
+from smegmesh.core.meshtag import MeshTags
 from smegmesh.core.messages import IN_REPLY, Ack, JoinRequest, Ping, PingReq, Refusal
 from smegmesh.core.offer import (
     MAX_HOPS,
@@ -79,6 +80,7 @@ class ExchangeMixin:
     heal_sessions: int
     by_reference: dict[str, int]
     _asked: AskedInFull
+    tags: MeshTags
     _fd: FailureDetector
     _sched: GossipScheduler
     _responders: dict[tuple[bytes, int], SyncSession]
@@ -245,7 +247,8 @@ class ExchangeMixin:
         Non-members get a ``Refusal`` for everything but a ``JoinRequest``
         with a valid token.
         """
-        src, msg, now_ms = req.src, req.msg, req.now_ms
+        src, now_ms = req.src, req.now_ms
+        msg = self.tags.untagged(req.msg)  # core.meshtag
         reply, outs = self._answer(src, msg, now_ms)
         if reply is None:
             assert isinstance(msg, PingReq)
@@ -389,6 +392,8 @@ class ExchangeMixin:
     # -- replies to our requests -------------------------------------------------------------
     def handle_reply(self, to: bytes, ctx: CallCtx, reply: Message, now_ms: int) -> list[Out]:
         """The reply ``reply`` of member ``to`` to our call with context ``ctx``."""
+        rec = self.mesh.record(to)
+        self.tags.note_reply(to, reply, None if rec is None else rec.version)
         if isinstance(ctx, RelayCtx):  # a relayed ping: answer the PingReq
             ok = isinstance(reply, Ack) and reply.ok
             return [Respond(ctx.request_id, Ack(IN_REPLY, ctx.probe_id, ok))]

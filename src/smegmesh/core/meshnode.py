@@ -66,6 +66,7 @@ from smegmesh.core.liveness import (
 from smegmesh.core.liveness import (
     PingReq as ProbePingReq,
 )
+from smegmesh.core.meshtag import MeshTags
 from smegmesh.core.messages import Ping, PingReq
 from smegmesh.core.nodeviews import Views, is_pruned_member, share_views, views_of
 from smegmesh.core.offer import MAX_HOPS, AskedInFull
@@ -128,6 +129,8 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
     refuted: RefutedPrunes = field(default_factory=RefutedPrunes)  # by pruner (core.refuted)
     #: keys we wanted in full lately: a repeat of the same offer is wanted whole
     _asked: AskedInFull = field(default_factory=AskedInFull)
+    #: this mesh's tag, and the members whose requests may name it (core.meshtag)
+    tags: MeshTags = field(init=False)
     _view_cache: Views | None = None
     _pending: NodeRecord | None = None  # a joiner's own record until a member admits it
     #: pruned members we started a heal session with: key -> not again before (ms)
@@ -141,6 +144,7 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         self.state.prune_budget = PruneBudget.probing(self.key, self.liveness.probe_interval_ms)
         self._sched = GossipScheduler(self.key, self.gossip, self.rng)
         self._fd = FailureDetector(self.key, self.liveness, self.rng)
+        self.tags = MeshTags(self.mesh_id)
 
     # -- views ------------------------------------------------------------------
     @property
@@ -442,6 +446,11 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         return self.mesh.member_by_id(key_id)
 
     # -- the engine boundary ---------------------------------------------------------------
+    def named(self, call: Call) -> Call:
+        """``call`` as it goes out: the mesh named by tag to a member that takes one."""
+        rec = self.mesh.record(call.to)
+        return self.tags.named(call, None if rec is None else rec.version)
+
     def step(self, inp: Input) -> list[Out]:
         """Take one input; return what to do, in order (see :mod:`smegmesh.core.engine`)."""
         if isinstance(inp, TimerFired):

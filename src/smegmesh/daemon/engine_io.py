@@ -19,6 +19,7 @@ import time
 from smegmesh.core.endpoint import split_host_port
 from smegmesh.core.identity import key_to_text
 from smegmesh.core.meshnode import Call, Out
+from smegmesh.core.meshtag import TAG_PREFIX
 from smegmesh.core.messages import JoinReply, Observed, Refusal, WhereAmI, WhoAmI
 from smegmesh.core.wire import WireError, decode, encode
 from smegmesh.daemon.base import DaemonBase
@@ -124,6 +125,11 @@ class EngineIO(DaemonBase):
                 return key
         return None
 
+    def _mesh_by_tag(self, tag: str) -> MeshRuntime | None:
+        """The one mesh of ours ``tag`` names (core.meshtag); None for none or two."""
+        found = [rt for rt in self.meshes.values() if rt.node.tags.tag == tag]
+        return found[0] if len(found) == 1 else None
+
     def _clear_backoff(self, rt: MeshRuntime, src: bytes) -> None:
         """An authenticated call from ``src`` from the address of its control
         endpoint: that endpoint answers again, stop backing off from it.
@@ -188,6 +194,8 @@ class EngineIO(DaemonBase):
         if isinstance(msg, DEVICE_REQUESTS):  # sponsored devices (issue 18)
             return encode(await self.device_rpc(src, msg))
         rt = self.meshes.get(mesh_id) if isinstance(mesh_id, str) else None
+        if rt is None and isinstance(mesh_id, str) and mesh_id.startswith(TAG_PREFIX):
+            rt = self._mesh_by_tag(mesh_id)
         if rt is None:
             return encode(Refusal(mesh_id if isinstance(mesh_id, str) else "x"))
         counts = rt.node.rejected, rt.node.refuted.total

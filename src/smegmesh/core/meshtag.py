@@ -1,0 +1,86 @@
+"""Requests name their mesh by a short tag, to members that take one. Pure.
+
+Every request names its mesh (a node may share several meshes with a
+member): the mesh id, 17-33 bytes (a mesh ``smegctl new-mesh`` makes is three
+words and 13 characters of its founding hash), in every probe, push, offer
+and sync step; a probe's whole body is little more. A request to a member
+that takes tags names the mesh by :func:`mesh_tag` instead: ``~`` and 6
+base32 characters of a hash of the id (mesh ids are lowercase letters,
+digits and hyphens, so a tag is never an id). The receiver finds its mesh
+by the tag; two of its meshes with one tag (2^-30 a pair) make it refuse
+the call, and a refusal makes the caller name the mesh in full again.
+
+Which members take tags: those whose ``Ack`` or ``Want`` came with an empty
+mesh id (``core.messages.IN_REPLY``, twenty-second session on; older nodes
+always name the mesh in their replies, and refuse a request naming an
+unknown mesh). A member's word holds for the record version it had when it
+gave it: a restart publishes a new version, and so a member that went back
+to an older version of the software is called with the mesh id in full
+until it answers again.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass, field, replace
+
+from smegmesh.core.engine import Call, Message
+from smegmesh.core.messages import IN_REPLY, Ack, JoinRequest, Refusal
+from smegmesh.core.offer import Want
+
+__all__ = ["MAX_TAKERS", "TAG_PREFIX", "MeshTags", "mesh_tag"]
+
+TAG_PREFIX = "~"
+#: base32 characters of the hash in a tag (30 bits)
+TAG_LEN = 6
+#: Members remembered as taking tags (past it the oldest word is forgotten:
+#: that member is called with the mesh id in full until it answers again).
+MAX_TAKERS = 65_536
+
+
+def mesh_tag(mesh_id: str) -> str:
+    """The short name of ``mesh_id`` in requests to members that take it."""
+    digest = hashlib.sha256(b"smegmesh/mesh-tag/v1\0" + mesh_id.encode()).digest()
+    return TAG_PREFIX + base64.b32encode(digest).decode("ascii").lower()[:TAG_LEN]
+
+
+@dataclass(slots=True)
+class MeshTags:
+    """One node's tags in one mesh: its own, and the members that take one."""
+
+    mesh_id: str
+    tag: str = ""
+    #: member -> its record version when its reply said it takes tags
+    _takers: dict[bytes, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.tag = mesh_tag(self.mesh_id)
+
+    def note_reply(self, member: bytes, reply: Message, version: int | None) -> None:
+        """``member`` (at record ``version``) answered a call of ours with ``reply``."""
+        if isinstance(reply, Ack | Want) and reply.mesh_id == IN_REPLY and version is not None:
+            if member not in self._takers and len(self._takers) >= MAX_TAKERS:
+                del self._takers[next(iter(self._takers))]
+            self._takers[member] = version
+        elif isinstance(reply, Refusal):
+            self._takers.pop(member, None)  # it may not know the tag: in full again
+
+    def named(self, call: Call, version: int | None) -> Call:
+        """``call`` with the mesh named by tag, if its target (at ``version``) takes one."""
+        msg = call.msg
+        if (
+            version is None
+            or len(self.mesh_id) <= len(self.tag)  # a short id (a test's) is sent as it is
+            or self._takers.get(call.to) != version
+            or isinstance(msg, JoinRequest)
+            or getattr(msg, "mesh_id", None) != self.mesh_id
+        ):
+            return call
+        return replace(call, msg=replace(msg, mesh_id=self.tag))
+
+    def untagged(self, msg: Message) -> Message:
+        """A request as if it named the mesh in full (the engine checks ids)."""
+        if getattr(msg, "mesh_id", None) == self.tag:
+            return replace(msg, mesh_id=self.mesh_id)
+        return msg

@@ -1,0 +1,134 @@
+"""Requests name their mesh by a short tag to members that take one (core/meshtag.py).
+
+Twenty-second session: every request carried the mesh id, 17-33 bytes (a
+probe's whole body is little more). Through the real codec and driver.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from smegmesh.core.addressing import validate_mesh_id
+from smegmesh.core.engine import Call, Message, OfferCtx, Out, Respond
+from smegmesh.core.meshtag import MAX_TAKERS, MeshTags, mesh_tag
+from smegmesh.core.messages import IN_REPLY, Ack, JoinRequest, Ping, PingReq, Refusal
+from smegmesh.core.offer import Offer, Push, Want
+from smegmesh.core.wire import decode
+from smegmesh.daemon.engine_io import EngineIO
+from test_meshnode import MESH, converged, mesh_of
+
+KEY = b"\x05" * 32
+
+
+def _sent(wire: list[bytes]) -> list[object]:
+    return [decode(d) for d in wire]
+
+
+def test_a_tag_is_short_and_never_a_mesh_id() -> None:
+    tag = mesh_tag(MESH)
+    assert tag.startswith("~") and len(tag) == 7 and tag != mesh_tag(MESH + "x")
+    with pytest.raises(ValueError):
+        validate_mesh_id(tag)
+
+
+def test_members_of_this_version_name_the_mesh_by_tag_and_converge() -> None:
+    net, nodes = mesh_of(4)
+    net.wire.clear()
+    net.run_until(net.now + 6000)
+    assert converged(nodes)
+    requests = [m for m in _sent(net.wire) if isinstance(m, Ping | PingReq | Push | Offer)]
+    tagged = [m for m in requests if m.mesh_id == mesh_tag(MESH)]
+    assert {type(m).__name__ for m in tagged} >= {"Ping", "Offer"}
+    assert len(tagged) >= 0.9 * len(requests)  # the rest: before a member's first answer
+    replies = [m for m in _sent(net.wire) if isinstance(m, Ack | Want)]
+    assert replies and all(m.mesh_id == IN_REPLY for m in replies)
+
+
+def test_a_member_that_names_the_mesh_in_its_replies_is_called_in_full() -> None:
+    """A node of before this session names the mesh in every reply (and would
+    refuse a tag): it is never sent one."""
+    net, nodes = mesh_of(3)
+    old = nodes[2]
+    real = old.step
+
+    def older(inp: object) -> list[Out]:
+        outs = real(inp)  # type: ignore[arg-type]
+        return [
+            Respond(o.request_id, type(o.msg)(MESH, *_rest(o.msg)))
+            if isinstance(o, Respond) and isinstance(o.msg, Ack | Want)
+            else o
+            for o in outs
+        ]
+
+    old.step = older  # type: ignore[method-assign]
+    for n in nodes:  # what they heard from it while it joined, as a newer node
+        n.tags._takers.clear()
+    net.wire.clear()
+    sent: list[tuple[bytes, Message]] = []
+    for n in nodes[:2]:
+        named = n.named
+
+        def spy(call: Call, named: object = named) -> Call:
+            out = named(call)  # type: ignore[operator]
+            sent.append((out.to, out.msg))
+            return out
+
+        n.named = spy  # type: ignore[method-assign]
+    net.run_until(net.now + 6000)
+    assert converged(nodes)
+    to_old = [m for to, m in sent if to == old.key]
+    to_new = [m for to, m in sent if to != old.key]
+    assert to_old and all(getattr(m, "mesh_id", MESH) == MESH for m in to_old)
+    assert any(getattr(m, "mesh_id", None) == mesh_tag(MESH) for m in to_new)
+
+
+def _rest(msg: Ack | Want) -> tuple[object, ...]:
+    return (msg.probe_id, msg.ok) if isinstance(msg, Ack) else (msg.keys,)
+
+
+def test_a_refusal_or_a_new_record_version_calls_in_full_again_and_the_memory_is_bounded() -> None:
+    tags = MeshTags(MESH)
+    call = Call(KEY, Ping(MESH, 1), None)  # type: ignore[arg-type]
+    assert tags.named(call, 5) is call  # not known to take tags
+    tags.note_reply(KEY, Ack(MESH, 1), 5)  # an older node's reply
+    assert tags.named(call, 5) is call
+    tags.note_reply(KEY, Ack(IN_REPLY, 1), 5)
+    assert tags.named(call, 5).msg == Ping(tags.tag, 1)
+    assert tags.named(call, 6) is call  # restarted since: in full until it answers
+    join = Call(KEY, JoinRequest(MESH, bytes(16), None), None)  # type: ignore[arg-type]
+    assert tags.named(join, 5) is join
+    tags.note_reply(KEY, Refusal(MESH), 5)
+    assert tags.named(call, 5) is call
+    assert tags.untagged(Ping(tags.tag, 3)) == Ping(MESH, 3)
+    assert tags.untagged(Ping("other-mesh-id-xxxx", 3)) == Ping("other-mesh-id-xxxx", 3)
+    for i in range(MAX_TAKERS + 10):
+        tags.note_reply(i.to_bytes(32, "big"), Want(IN_REPLY, ()), 1)
+    assert len(tags._takers) == MAX_TAKERS
+    short = MeshTags("sim")  # an id no longer than a tag goes as it is
+    short.note_reply(KEY, Ack(IN_REPLY, 1), 5)
+    c = Call(KEY, Offer("sim", ()), OfferCtx(frozenset()))
+    assert short.named(c, 5) is c
+
+
+def test_the_daemon_finds_its_mesh_by_tag_and_refuses_an_ambiguous_one() -> None:
+    def rt(mesh_id: str) -> SimpleNamespace:
+        return SimpleNamespace(node=SimpleNamespace(tags=MeshTags(mesh_id)))
+
+    a, b = rt(MESH), rt("other-mesh-name-k7q2")
+    d = SimpleNamespace(meshes={MESH: a, "other-mesh-name-k7q2": b})
+    assert EngineIO._mesh_by_tag(d, mesh_tag(MESH)) is a  # type: ignore[arg-type]
+    assert EngineIO._mesh_by_tag(d, "~zzzzzz") is None  # type: ignore[arg-type]
+    twin = SimpleNamespace(node=SimpleNamespace(tags=MeshTags(MESH)))
+    d.meshes["twin"] = twin
+    assert EngineIO._mesh_by_tag(d, mesh_tag(MESH)) is None  # type: ignore[arg-type]
+
+
+def test_a_node_answers_a_tagged_request_as_one_naming_the_mesh() -> None:
+    net, nodes = mesh_of(3)
+    net.run_until(net.now + 3000)
+    a, b = nodes[0], nodes[1]
+    full, _ = b.handle_request(a.key, Ping(MESH, 9), net.now)
+    tagged, _ = b.handle_request(a.key, Ping(mesh_tag(MESH), 9), net.now)
+    assert full == tagged == Ack(IN_REPLY, 9)
