@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from smegmesh.core.addressing import validate_mesh_id
-from smegmesh.core.engine import Call, Message, OfferCtx, Out, Respond
+from smegmesh.core.engine import Call, Message, OfferCtx, Out, RequestReceived, Respond
 from smegmesh.core.meshtag import MAX_TAKERS, MeshTags, mesh_tag
 from smegmesh.core.messages import IN_REPLY, Ack, JoinRequest, Ping, PingReq, Refusal
 from smegmesh.core.offer import Offer, Push, Want
@@ -28,7 +28,7 @@ def _sent(wire: list[bytes]) -> list[object]:
 
 def test_a_tag_is_short_and_never_a_mesh_id() -> None:
     tag = mesh_tag(MESH)
-    assert tag.startswith("~") and len(tag) == 7 and tag != mesh_tag(MESH + "x")
+    assert tag.startswith("~") and len(tag) == 9 and tag != mesh_tag(MESH + "x")
     with pytest.raises(ValueError):
         validate_mesh_id(tag)
 
@@ -101,6 +101,12 @@ def test_a_refusal_or_a_new_record_version_calls_in_full_again_and_the_memory_is
     assert tags.named(join, 5) is join
     tags.note_reply(KEY, Refusal(MESH), 5)
     assert tags.named(call, 5) is call
+    tags.note_reply(KEY, Ack(IN_REPLY, 1), 5)  # refused once: in full for this version
+    assert tags.named(call, 5) is call
+    tags.note_reply(KEY, Ack(IN_REPLY, 1), 6)  # restarted: its word counts again
+    assert tags.named(call, 6).msg == Ping(tags.tag, 1)
+    tags.note_reply(KEY, Ack("", 1), 7)  # an empty reply mesh id says nothing
+    assert tags.named(call, 7) is call
     assert tags.untagged(Ping(tags.tag, 3)) == Ping(MESH, 3)
     assert tags.untagged(Ping("other-mesh-id-xxxx", 3)) == Ping("other-mesh-id-xxxx", 3)
     for i in range(MAX_TAKERS + 10):
@@ -112,17 +118,19 @@ def test_a_refusal_or_a_new_record_version_calls_in_full_again_and_the_memory_is
     assert short.named(c, 5) is c
 
 
-def test_the_daemon_finds_its_mesh_by_tag_and_refuses_an_ambiguous_one() -> None:
-    def rt(mesh_id: str) -> SimpleNamespace:
-        return SimpleNamespace(node=SimpleNamespace(tags=MeshTags(mesh_id)))
+def test_the_daemon_finds_its_mesh_by_tag_among_the_callers_and_refuses_an_ambiguous_one() -> None:
+    def rt(mesh_id: str, members: set[bytes]) -> SimpleNamespace:
+        node = SimpleNamespace(tags=MeshTags(mesh_id), is_member=members.__contains__)
+        return SimpleNamespace(node=node)
 
-    a, b = rt(MESH), rt("other-mesh-name-k7q2")
+    a, b = rt(MESH, {KEY}), rt("other-mesh-name-k7q2", {KEY})
     d = SimpleNamespace(meshes={MESH: a, "other-mesh-name-k7q2": b})
-    assert EngineIO._mesh_by_tag(d, mesh_tag(MESH)) is a  # type: ignore[arg-type]
-    assert EngineIO._mesh_by_tag(d, "~zzzzzz") is None  # type: ignore[arg-type]
-    twin = SimpleNamespace(node=SimpleNamespace(tags=MeshTags(MESH)))
-    d.meshes["twin"] = twin
-    assert EngineIO._mesh_by_tag(d, mesh_tag(MESH)) is None  # type: ignore[arg-type]
+    assert EngineIO._mesh_by_tag(d, mesh_tag(MESH), KEY) is a  # type: ignore[arg-type]
+    assert EngineIO._mesh_by_tag(d, "~zzzzzzzz", KEY) is None  # type: ignore[arg-type]
+    d.meshes["twin"] = rt(MESH, set())  # a mesh with the same tag the caller is not in
+    assert EngineIO._mesh_by_tag(d, mesh_tag(MESH), KEY) is a  # type: ignore[arg-type]
+    d.meshes["twin"] = rt(MESH, {KEY})  # and one it is in: refused
+    assert EngineIO._mesh_by_tag(d, mesh_tag(MESH), KEY) is None  # type: ignore[arg-type]
 
 
 def test_a_node_answers_a_tagged_request_as_one_naming_the_mesh() -> None:
@@ -132,3 +140,59 @@ def test_a_node_answers_a_tagged_request_as_one_naming_the_mesh() -> None:
     full, _ = b.handle_request(a.key, Ping(MESH, 9), net.now)
     tagged, _ = b.handle_request(a.key, Ping(mesh_tag(MESH), 9), net.now)
     assert full == tagged == Ack(IN_REPLY, 9)
+
+
+def test_a_member_that_refuses_tags_is_refused_once_per_record_version() -> None:
+    """Review (same session): a member that answers with ``~`` but refuses a
+    tagged request (a collision of tags in its meshes) was marked again by its
+    next answer and refused again, about every other call, for ever."""
+    net, nodes = mesh_of(4)
+    mid = nodes[3]
+    real = mid.step
+    refused: list[str] = []
+
+    def refusing(inp: object) -> list[Out]:
+        msg = getattr(inp, "msg", None)
+        if isinstance(inp, RequestReceived) and getattr(msg, "mesh_id", "").startswith("~"):
+            refused.append(type(msg).__name__)
+            return [Respond(inp.request_id, Refusal(msg.mesh_id))]  # type: ignore[union-attr]
+        return real(inp)  # type: ignore[arg-type]
+
+    mid.step = refusing  # type: ignore[method-assign]
+    for n in nodes:
+        n.tags._takers.clear()
+    net.run_until(net.now + 30_000)
+    assert len(refused) <= 3  # one per caller
+    assert all(mid.key in {r.wg_key for r in n.live_records()} for n in nodes[:3])
+
+
+def test_a_swarm_member_serves_a_request_naming_its_mesh_by_tag() -> None:
+    """Review (same session): the swarm refused a request whose mesh id was not
+    its own before the engine saw it, so founded swarms refused tags."""
+    import asyncio
+
+    from smegmesh.core.wire import encode
+    from smegmesh.testbed.swarm_worker import Worker
+
+    async def answered() -> Message:
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(Ack(IN_REPLY, 1))
+        return await fut
+
+    calls: list[object] = []
+    port = SimpleNamespace(request=lambda *a: calls.append(a) or asyncio.ensure_future(answered()))
+    worker = SimpleNamespace(
+        stats=SimpleNamespace(served=0),
+        plan=SimpleNamespace(mesh_id=MESH),
+        _drv=lambda m: None,
+        _schedule=lambda m: None,
+    )
+    member = SimpleNamespace(port=port, node=SimpleNamespace(tags=MeshTags(MESH)))
+
+    async def serve(mesh: str) -> object:
+        body = encode(Ping(mesh, 1))
+        return decode(await Worker._serve(worker, member, KEY, body, None))  # type: ignore[arg-type]
+
+    assert asyncio.run(serve(mesh_tag(MESH))) == Ack(IN_REPLY, 1)
+    assert isinstance(asyncio.run(serve("another-mesh-id-k7q2")), Refusal)
+    assert len(calls) == 1

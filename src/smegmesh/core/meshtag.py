@@ -4,19 +4,22 @@ Every request names its mesh (a node may share several meshes with a
 member): the mesh id, 17-33 bytes (a mesh ``smegctl new-mesh`` makes is three
 words and 13 characters of its founding hash), in every probe, push, offer
 and sync step; a probe's whole body is little more. A request to a member
-that takes tags names the mesh by :func:`mesh_tag` instead: ``~`` and 6
+that takes tags names the mesh by :func:`mesh_tag` instead: ``~`` and 8
 base32 characters of a hash of the id (mesh ids are lowercase letters,
 digits and hyphens, so a tag is never an id). The receiver finds its mesh
-by the tag; two of its meshes with one tag (2^-30 a pair) make it refuse
-the call, and a refusal makes the caller name the mesh in full again.
+by the tag among the meshes the caller is a member of; two such meshes with
+one tag (2^-40 a pair) make it refuse the call, and a refusal makes the
+caller name the mesh in full again.
 
-Which members take tags: those whose ``Ack`` or ``Want`` came with an empty
-mesh id (``core.messages.IN_REPLY``, twenty-second session on; older nodes
-always name the mesh in their replies, and refuse a request naming an
+Which members take tags: those whose ``Ack`` or ``Want`` named the mesh as
+``~`` (``core.messages.IN_REPLY``, a word no mesh id can be; older nodes
+name the mesh in full in their replies, and refuse a request naming an
 unknown mesh). A member's word holds for the record version it had when it
 gave it: a restart publishes a new version, and so a member that went back
 to an older version of the software is called with the mesh id in full
-until it answers again.
+until it answers again. A member that refused a request naming the tag is
+called in full for the rest of that record version, whatever it says (one
+refused call a version at most).
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ from smegmesh.core.offer import Want
 __all__ = ["MAX_TAKERS", "TAG_PREFIX", "MeshTags", "mesh_tag"]
 
 TAG_PREFIX = "~"
-#: base32 characters of the hash in a tag (30 bits)
-TAG_LEN = 6
+#: base32 characters of the hash in a tag (40 bits: two meshes that share one,
+#: made on purpose, cost about 2^40 hashes; see :meth:`MeshTags.note_reply`)
+TAG_LEN = 8
 #: Members remembered as taking tags (past it the oldest word is forgotten:
 #: that member is called with the mesh id in full until it answers again).
 MAX_TAKERS = 65_536
@@ -53,18 +57,23 @@ class MeshTags:
     tag: str = ""
     #: member -> its record version when its reply said it takes tags
     _takers: dict[bytes, int] = field(default_factory=dict)
+    #: member -> its record version when it refused a request naming the tag
+    _refused: dict[bytes, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.tag = mesh_tag(self.mesh_id)
 
     def note_reply(self, member: bytes, reply: Message, version: int | None) -> None:
         """``member`` (at record ``version``) answered a call of ours with ``reply``."""
-        if isinstance(reply, Ack | Want) and reply.mesh_id == IN_REPLY and version is not None:
-            if member not in self._takers and len(self._takers) >= MAX_TAKERS:
-                del self._takers[next(iter(self._takers))]
-            self._takers[member] = version
-        elif isinstance(reply, Refusal):
-            self._takers.pop(member, None)  # it may not know the tag: in full again
+        if version is None:
+            return
+        if isinstance(reply, Ack | Want) and reply.mesh_id == IN_REPLY:
+            if self._refused.get(member) != version:
+                _bounded_put(self._takers, member, version)
+        elif isinstance(reply, Refusal) and member in self._takers:
+            # it may not know the tag (a collision there): in full for this version
+            del self._takers[member]
+            _bounded_put(self._refused, member, version)
 
     def named(self, call: Call, version: int | None) -> Call:
         """``call`` with the mesh named by tag, if its target (at ``version``) takes one."""
@@ -84,3 +93,10 @@ class MeshTags:
         if getattr(msg, "mesh_id", None) == self.tag:
             return replace(msg, mesh_id=self.mesh_id)
         return msg
+
+
+def _bounded_put(d: dict[bytes, int], key: bytes, value: int) -> None:
+    """``d[key] = value``, forgetting the oldest entry past :data:`MAX_TAKERS`."""
+    if key not in d and len(d) >= MAX_TAKERS:
+        del d[next(iter(d))]
+    d[key] = value

@@ -25,12 +25,14 @@ from smegmesh.core.record import MAX_ENDPOINT_LEN, NodeRecord, Prune, check_endp
 
 Item = NodeRecord | Prune | AuthItem
 
-#: The mesh id an ``Ack`` or a ``Want`` carries: none. Each answers one call,
-#: matched by its request id on the channel that call went on, so its mesh is
-#: the call's. The field stays (every node decodes any short string there and
-#: none reads it) but is empty: the id cost 18-33 bytes in about half of all
-#: messages (docs/SCALE.md, section 12).
-IN_REPLY = ""
+#: The mesh id an ``Ack`` or a ``Want`` carries: none, and a word. Each
+#: answers one call, matched by its request id on the channel that call went
+#: on, so its mesh is the call's: the field stays (every node decodes any short
+#: string there and none reads it as a mesh) but holds only ``~``, which says
+#: the replier takes requests naming the mesh by tag (``core.meshtag``; never
+#: a mesh id). The id cost 18-33 bytes in about half of all messages
+#: (docs/SCALE.md, section 12).
+IN_REPLY = "~"
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,9 +125,15 @@ class EngineIO(DaemonBase):
                 return key
         return None
 
-    def _mesh_by_tag(self, tag: str) -> MeshRuntime | None:
-        """The one mesh of ours ``tag`` names (core.meshtag); None for none or two."""
-        found = [rt for rt in self.meshes.values() if rt.node.tags.tag == tag]
+    def _mesh_by_tag(self, tag: str, src: bytes) -> MeshRuntime | None:
+        """The one mesh of ours that ``tag`` names and ``src`` is a member of (core.meshtag).
+
+        None for none or two (a collision: the caller names the mesh in full
+        after the refusal).
+        """
+        found = [
+            rt for rt in self.meshes.values() if rt.node.tags.tag == tag and rt.node.is_member(src)
+        ]
         return found[0] if len(found) == 1 else None
 
     def _clear_backoff(self, rt: MeshRuntime, src: bytes) -> None:
@@ -195,7 +201,7 @@ class EngineIO(DaemonBase):
             return encode(await self.device_rpc(src, msg))
         rt = self.meshes.get(mesh_id) if isinstance(mesh_id, str) else None
         if rt is None and isinstance(mesh_id, str) and mesh_id.startswith(TAG_PREFIX):
-            rt = self._mesh_by_tag(mesh_id)
+            rt = self._mesh_by_tag(mesh_id, src)
         if rt is None:
             return encode(Refusal(mesh_id if isinstance(mesh_id, str) else "x"))
         counts = rt.node.rejected, rt.node.refuted.total
