@@ -99,7 +99,9 @@ def test_a_refusal_or_a_new_record_version_calls_in_full_again_and_the_memory_is
     assert tags.named(call, 6) is call  # restarted since: in full until it answers
     join = Call(KEY, JoinRequest(MESH, bytes(16), None), None)  # type: ignore[arg-type]
     assert tags.named(join, 5) is join
-    tags.note_reply(KEY, Refusal(MESH), 5)
+    tags.note_reply(KEY, Refusal(MESH), 5)  # a refusal of a call naming the mesh in full
+    assert tags.named(call, 5).msg == Ping(tags.tag, 1)  # says nothing of tags
+    tags.note_reply(KEY, Refusal(tags.tag), 5)  # a refusal repeats the mesh as named
     assert tags.named(call, 5) is call
     tags.note_reply(KEY, Ack(IN_REPLY, 1), 5)  # refused once: in full for this version
     assert tags.named(call, 5) is call
@@ -111,7 +113,12 @@ def test_a_refusal_or_a_new_record_version_calls_in_full_again_and_the_memory_is
     assert tags.untagged(Ping("other-mesh-id-xxxx", 3)) == Ping("other-mesh-id-xxxx", 3)
     for i in range(MAX_TAKERS + 10):
         tags.note_reply(i.to_bytes(32, "big"), Want(IN_REPLY, ()), 1)
+        if i == 20:
+            tags.note_reply((10).to_bytes(32, "big"), Want(IN_REPLY, ()), 1)  # a fresh word
     assert len(tags._takers) == MAX_TAKERS
+    assert (10).to_bytes(32, "big") in tags._takers  # the latest word is forgotten last
+    tags.forget((10).to_bytes(32, "big"))  # gone from the mesh: nothing kept
+    assert (10).to_bytes(32, "big") not in tags._takers
     short = MeshTags("sim")  # an id no longer than a tag goes as it is
     short.note_reply(KEY, Ack(IN_REPLY, 1), 5)
     c = Call(KEY, Offer("sim", ()), OfferCtx(frozenset()))

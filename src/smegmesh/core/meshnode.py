@@ -280,6 +280,7 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         for k in changed:
             if self.mesh.live_record(k) is None:
                 self._fd.forget(k)
+                self.tags.forget(k)
         # Refute a prune of ourselves: publish a version the prune does not cover.
         if self.key in changed and self.mesh.live_record(self.key) is None:
             own = self.mesh.record(self.key)

@@ -18,8 +18,8 @@ unknown mesh). A member's word holds for the record version it had when it
 gave it: a restart publishes a new version, and so a member that went back
 to an older version of the software is called with the mesh id in full
 until it answers again. A member that refused a request naming the tag is
-called in full for the rest of that record version, whatever it says (one
-refused call a version at most).
+called in full for the rest of that record version, whatever it says (the
+calls in flight to it then are refused, no more).
 """
 
 from __future__ import annotations
@@ -70,10 +70,16 @@ class MeshTags:
         if isinstance(reply, Ack | Want) and reply.mesh_id == IN_REPLY:
             if self._refused.get(member) != version:
                 _bounded_put(self._takers, member, version)
-        elif isinstance(reply, Refusal) and member in self._takers:
-            # it may not know the tag (a collision there): in full for this version
-            del self._takers[member]
+        elif isinstance(reply, Refusal) and reply.mesh_id == self.tag:
+            # it did not take our tag (a collision there; a refusal repeats the
+            # mesh as named): in full for the rest of this version
+            self._takers.pop(member, None)
             _bounded_put(self._refused, member, version)
+
+    def forget(self, member: bytes) -> None:
+        """``member`` is gone from the mesh: nothing kept about it."""
+        self._takers.pop(member, None)
+        self._refused.pop(member, None)
 
     def named(self, call: Call, version: int | None) -> Call:
         """``call`` with the mesh named by tag, if its target (at ``version``) takes one."""
@@ -97,6 +103,7 @@ class MeshTags:
 
 def _bounded_put(d: dict[bytes, int], key: bytes, value: int) -> None:
     """``d[key] = value``, forgetting the oldest entry past :data:`MAX_TAKERS`."""
-    if key not in d and len(d) >= MAX_TAKERS:
+    d.pop(key, None)  # to the end: the latest word is forgotten last
+    if len(d) >= MAX_TAKERS:
         del d[next(iter(d))]
     d[key] = value
