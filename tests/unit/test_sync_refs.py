@@ -18,7 +18,6 @@ from smegmesh.core.record import NodeRecord, Prune
 from smegmesh.core.state import MeshState
 from smegmesh.core.sync import SyncSession, SyncStep
 from smegmesh.core.sync_refs import RESPONDER_TAKES_REFS, TAKES_REFS
-from smegmesh.core.sync_table import MAX_RESPONDER_SESSIONS
 from test_authority import ident
 from test_elide import LATER, _mesh, _prune, _state
 
@@ -128,10 +127,19 @@ def test_a_reference_the_other_side_cannot_resolve_is_wanted_whole_in_the_same_s
     assert [type(i) for i in items] == [Elided, NodeRecord]
 
 
-def test_bits_of_the_session_id_stay_within_what_every_node_decodes() -> None:
-    sess = SyncSession.initiator(MeshState("x"), 0, rng=random.Random(1))
-    assert sess.session_id & TAKES_REFS and sess.session_id | RESPONDER_TAKES_REFS < 2**63
-    assert MAX_RESPONDER_SESSIONS == 64
+def test_a_responder_says_it_takes_references_only_to_an_initiator_that_did() -> None:
+    """The bits stay within what every node decodes, and a responder echoes an
+    older initiator's id as sent (it would end a session under another id)."""
+    a, b, news = _apart()
+    now = max(i.timestamp_ms for i in news)
+    for old in (False, True):
+        sess = SyncSession.initiator(b, now, rng=random.Random(1))
+        if old:
+            sess.session_id &= ~TAKES_REFS
+        assert sess.session_id | RESPONDER_TAKES_REFS < 2**63
+        reply, _, _ = SyncSession.respond(a, {}, SRC, wire.decode(wire.encode(sess.start())), now)
+        echoed = sess.session_id if old else sess.session_id | RESPONDER_TAKES_REFS
+        assert reply.session_id == echoed
 
 
 def test_a_step_of_garbage_or_too_many_references_costs_bounded_work_and_is_counted() -> None:

@@ -33,7 +33,7 @@ from smegmesh.core.engine import (
 )
 from smegmesh.core.gossip import GossipParams, GossipScheduler
 from smegmesh.core.liveness import FailureDetector, LivenessParams
-from smegmesh.core.meshtag import MeshTags
+from smegmesh.core.meshtag import MeshTags, record_version
 from smegmesh.core.messages import IN_REPLY, Ack, JoinRequest, Ping, PingReq, Refusal
 from smegmesh.core.offer import (
     MAX_HOPS,
@@ -392,8 +392,7 @@ class ExchangeMixin:
     # -- replies to our requests -------------------------------------------------------------
     def handle_reply(self, to: bytes, ctx: CallCtx, reply: Message, now_ms: int) -> list[Out]:
         """The reply ``reply`` of member ``to`` to our call with context ``ctx``."""
-        rec = self.mesh.record(to)
-        self.tags.note_reply(to, reply, None if rec is None else rec.version)
+        self.tags.note_reply(to, reply, record_version(self.mesh, to))
         if isinstance(ctx, RelayCtx):  # a relayed ping: answer the PingReq
             ok = isinstance(reply, Ack) and reply.ok
             return [Respond(ctx.request_id, Ack(IN_REPLY, ctx.probe_id, ok))]

@@ -66,7 +66,7 @@ from smegmesh.core.liveness import (
 from smegmesh.core.liveness import (
     PingReq as ProbePingReq,
 )
-from smegmesh.core.meshtag import MeshTags
+from smegmesh.core.meshtag import MeshTags, record_version
 from smegmesh.core.messages import Ping, PingReq
 from smegmesh.core.nodeviews import Views, is_pruned_member, share_views, views_of
 from smegmesh.core.offer import MAX_HOPS, AskedInFull
@@ -449,8 +449,7 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
     # -- the engine boundary ---------------------------------------------------------------
     def named(self, call: Call) -> Call:
         """``call`` as it goes out: the mesh named by tag to a member that takes one."""
-        rec = self.mesh.record(call.to)
-        return self.tags.named(call, None if rec is None else rec.version)
+        return self.tags.named(call, record_version(self.mesh, call.to))
 
     def step(self, inp: Input) -> list[Out]:
         """Take one input; return what to do, in order (see :mod:`smegmesh.core.engine`)."""

@@ -31,8 +31,9 @@ from dataclasses import dataclass, field, replace
 from smegmesh.core.engine import Call, Message
 from smegmesh.core.messages import IN_REPLY, Ack, JoinRequest, Refusal
 from smegmesh.core.offer import Want
+from smegmesh.core.state import MeshState
 
-__all__ = ["MAX_TAKERS", "TAG_PREFIX", "MeshTags", "mesh_tag"]
+__all__ = ["MAX_TAKERS", "TAG_PREFIX", "MeshTags", "mesh_tag", "record_version"]
 
 TAG_PREFIX = "~"
 #: base32 characters of the hash in a tag (40 bits: two meshes that share one,
@@ -94,11 +95,21 @@ class MeshTags:
             return call
         return replace(call, msg=replace(msg, mesh_id=self.tag))
 
+    def names(self, mesh_id: object) -> bool:
+        """Whether a request's ``mesh_id`` names this mesh, in full or by tag."""
+        return mesh_id in (self.mesh_id, self.tag)
+
     def untagged(self, msg: Message) -> Message:
         """A request as if it named the mesh in full (the engine checks ids)."""
         if getattr(msg, "mesh_id", None) == self.tag:
             return replace(msg, mesh_id=self.mesh_id)
         return msg
+
+
+def record_version(mesh: MeshState, key: bytes) -> int | None:
+    """The version of ``key``'s record in ``mesh`` (None: none held): what a word is tied to."""
+    rec = mesh.record(key)
+    return None if rec is None else rec.version
 
 
 def _bounded_put(d: dict[bytes, int], key: bytes, value: int) -> None:

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smegmesh.core.codec import Elided, Registry
+from smegmesh.core.elide import expand
 from smegmesh.core.offer import KEY_ID_LEN, Push
 from smegmesh.core.paging import page
 from smegmesh.core.record import RecordError
@@ -64,7 +65,6 @@ from smegmesh.core.sync_refs import (
     RESPONDER_TAKES_REFS,
     TAKES_REFS,
     by_reference,
-    made_whole,
     note_wants,
 )
 from smegmesh.core.sync_table import (
@@ -409,8 +409,8 @@ class SyncSession:
                     wants.append(k[:KEY_ID_LEN] if rv and self.peer_takes_refs else k)
         note_wants(st, msg.wants, sent, held)
         wants = list(dict.fromkeys(wants))  # a key unresolved and behind in a leaf: once
-        whole = {w for w in wants if len(w) == 32}
-        wants = [w for w in wants if len(w) == 32 or not any(k[:KEY_ID_LEN] == w for k in whole)]
+        whole_ids = {w[:KEY_ID_LEN] for w in wants if len(w) == 32}  # whole wins over an id
+        wants = [w for w in wants if len(w) == 32 or w not in whole_ids]
         out: list[Item | Elided] = list(st.items_for(sorted(sent)))
         if self.peer_takes_refs:
             out = by_reference(out, held, self.now_ms)
@@ -423,10 +423,10 @@ class SyncSession:
         one it cannot resolve (we hold another chain or record than the sender
         thought) is wanted by its whole key, which gets the whole item.
         """
-        got = made_whole(self.state, items)
+        got = expand(self.state, items)
         changed, errors = self.state.apply_many(got.items, self.now_ms)
         if got.missing:  # a prune of the record the same step brought resolves now
-            again = made_whole(self.state, [i for i in items if type(i) is Elided])
+            again = expand(self.state, [i for i in items if type(i) is Elided])
             more, errors_again = self.state.apply_many(again.items, self.now_ms)
             changed, errors, got.missing = changed | more, errors + errors_again, again.missing
         self.merged |= changed

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from smegmesh.core.codec import Elided
-from smegmesh.core.elide import MAX_EXPANDED, Expanded, elide, expand
+from smegmesh.core.elide import MAX_EXPANDED, elide
 from smegmesh.core.record import NodeRecord, Prune
 from smegmesh.core.state import Item, MeshState
 
@@ -31,7 +31,6 @@ __all__ = [
     "RESPONDER_TAKES_REFS",
     "TAKES_REFS",
     "by_reference",
-    "made_whole",
     "note_wants",
 ]
 
@@ -70,14 +69,6 @@ def note_wants(
             held[key] = HOLDS_A_RECORD
     for key in whole:  # whole wins over an id in the same step
         held.pop(key, None)
-
-
-def made_whole(state: MeshState, items: Iterable[Item | Elided]) -> Expanded:
-    """A step's items made whole from ``state``; ``missing``: the keys to want whole."""
-    items = tuple(items)
-    if not any(type(i) is Elided for i in items):
-        return Expanded(items=list(items))  # type: ignore[arg-type]
-    return expand(state, items)
 
 
 def by_reference(

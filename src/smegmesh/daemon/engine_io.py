@@ -132,7 +132,7 @@ class EngineIO(DaemonBase):
         after the refusal).
         """
         found = [
-            rt for rt in self.meshes.values() if rt.node.tags.tag == tag and rt.node.is_member(src)
+            rt for rt in self.meshes.values() if rt.node.tags.names(tag) and rt.node.is_member(src)
         ]
         return found[0] if len(found) == 1 else None
 

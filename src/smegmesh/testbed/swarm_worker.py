@@ -298,7 +298,7 @@ class Worker:
             raise Refused("malformed message") from None
         if isinstance(msg, WhoAmI):
             return answer_who_am_i(msg, addr)
-        if getattr(msg, "mesh_id", None) not in (self.plan.mesh_id, m.node.tags.tag):
+        if not m.node.tags.names(getattr(msg, "mesh_id", None)):
             return encode(Refusal(str(getattr(msg, "mesh_id", "x"))))
         assert m.port is not None
         pending = m.port.request(self._drv(m), src, msg, now_ms())  # the engine answers now...
