@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from smegmesh.core.codec import WireError
+from smegmesh.core.codec import ITEM_DELTA, Elided, WireError
 from smegmesh.core.engine import Call, Message, OfferCtx, Out, PushCtx, ReplyReceived
 from smegmesh.core.gossip import full_hops
 from smegmesh.core.identity import NodeIdentity
@@ -250,6 +250,20 @@ def _calls(outs: list[Out]) -> list[Call]:
     return [o for o in outs if isinstance(o, Call)]
 
 
+def _carries(push: Push, rec: NodeRecord) -> bool:
+    """Whether ``push`` carries ``rec``: whole, or as a delta (core.delta)."""
+    return any(
+        i == rec
+        or (
+            isinstance(i, Elided)
+            and i.kind == ITEM_DELTA
+            and i.fields[0] == rec.wg_key[:8]
+            and i.fields[2] == rec.version
+        )
+        for i in push.items
+    )
+
+
 def test_received_items_go_in_full_to_one_target_and_as_offers_to_the_others() -> None:
     """Late in a change's spread (many hops) a node pushes it in full to
     ``full_push`` targets (2 of 3 by default) and offers its key to the rest; an
@@ -331,7 +345,8 @@ def test_a_want_gets_a_push_of_the_offered_keys_it_names_only() -> None:
     pushes = [o for o in _calls(outs) if isinstance(o.msg, Push)]
     assert len(pushes) == 1 and pushes[0].to == b.key
     assert isinstance(pushes[0].ctx, PushCtx) and pushes[0].ctx.keys == {a.key}
-    assert {i.wg_key for i in pushes[0].msg.items if isinstance(i, NodeRecord)} == {a.key}
+    own = a.mesh.record(a.key)
+    assert own is not None and len(pushes[0].msg.items) == 1 and _carries(pushes[0].msg, own)
     assert pushes[0].msg.hops == MAX_HOPS
     # an empty Want: held already, nothing sent, and the item loses push rounds
     a._sched.note_fresh({a.key})
@@ -442,7 +457,7 @@ def test_a_storm_of_received_changes_goes_out_in_batches() -> None:
     assert due is not None and due <= t + b.gossip.batch_ms
     batch = _calls(b.tick(t + b.gossip.batch_ms))
     sent = [o for o in batch if isinstance(o.msg, Push)]
-    assert sent and all(nc in o.msg.items for o in sent)
+    assert sent and all(_carries(o.msg, nc) for o in sent)
 
 
 def test_a_change_on_its_first_hops_is_never_held_for_a_batch() -> None:
@@ -450,7 +465,7 @@ def test_a_change_on_its_first_hops_is_never_held_for_a_batch() -> None:
     (and so a partition's heal, where every item is new) goes out at once."""
     _b, nc, _t, second = _b_pushed_a_change(0)
     sent = [o for o in _calls(second) if isinstance(o.msg, Push)]
-    assert sent and all(nc in o.msg.items for o in sent)
+    assert sent and all(_carries(o.msg, nc) for o in sent)
 
 
 def test_keys_wanted_in_full_are_remembered_bounded_and_asked_whole_on_a_late_repeat() -> None:

@@ -39,6 +39,7 @@ from smegmesh.core.record import NodeRecord, Prune, prune_from_obj, record_from_
 __all__ = [
     "DEFAULT_MAX_SIZE",
     "ITEM_CODECS",
+    "ITEM_DELTA",
     "ITEM_ELIDED",
     "WIRE_VERSION",
     "Codec",
@@ -191,8 +192,11 @@ ITEM_AUTH = 3
 #: A record or prune with references in place of parts its receiver holds
 #: (:mod:`smegmesh.core.elide`); only in a ``Push``.
 ITEM_ELIDED = 4
-#: Wire fields of an elided record (21, or 22 with extensions) and prune (9).
-_ELIDED_LENGTHS = {ITEM_RECORD: (21, 22), ITEM_PRUNE: (9,)}
+#: The kind of an elided item that is a record as a delta from the version
+#: its receiver holds (:mod:`smegmesh.core.delta`); only to members that take it.
+ITEM_DELTA = 5
+#: Wire fields of an elided record (21, or 22 with extensions), prune (9) and delta (6).
+_ELIDED_LENGTHS = {ITEM_RECORD: (21, 22), ITEM_PRUNE: (9,), ITEM_DELTA: (6,)}
 
 
 @dataclass(frozen=True)

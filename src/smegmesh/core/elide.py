@@ -47,7 +47,8 @@ from typing import Any
 
 from smegmesh.core.addressing import overlay_address
 from smegmesh.core.cert import Cert
-from smegmesh.core.codec import ITEM_PRUNE, ITEM_RECORD, Elided
+from smegmesh.core.codec import ITEM_DELTA, ITEM_PRUNE, ITEM_RECORD, Elided
+from smegmesh.core.delta import expand_delta
 from smegmesh.core.offer import KEY_ID_LEN
 from smegmesh.core.record import NodeRecord, Prune, RecordError, prune_from_obj, record_from_obj
 from smegmesh.core.state import Item, MeshState
@@ -152,9 +153,9 @@ def _key(mesh: MeshState, key_id: object) -> bytes | None:
 
 def elided_record_key(mesh: MeshState, item: object) -> bytes | None:
     """The held key an elided record names (None: not an elided record, or not held)."""
-    if type(item) is not Elided or item.kind != ITEM_RECORD:
+    if type(item) is not Elided or item.kind not in (ITEM_RECORD, ITEM_DELTA):
         return None
-    return _key(mesh, item.fields[_KEY])
+    return _key(mesh, item.fields[_key_index(item.kind)])
 
 
 def _signer(mesh: MeshState, key_id: object, ref: object) -> NodeRecord | None:
@@ -169,6 +170,12 @@ def _signer(mesh: MeshState, key_id: object, ref: object) -> NodeRecord | None:
 def _news(mesh: MeshState, e: Elided) -> bool:
     """Whether ``e`` could change the state (cheap checks on its raw fields)."""
     f = e.fields
+    if e.kind == ITEM_DELTA:
+        key, version = _key(mesh, f[0]), f[2]
+        if key is None or type(version) is not int:
+            return True
+        held = mesh.record(key)
+        return held is None or version > held.version
     if e.kind == ITEM_RECORD:
         key, version = _key(mesh, f[_KEY]), f[3]
         if key is None or type(version) is not int:
@@ -227,6 +234,11 @@ def _expand_prune(mesh: MeshState, f: list[Any]) -> Item | None:
     return replace(prune_from_obj(f), **parts)
 
 
+def _key_index(kind: int) -> int:
+    """Where an elided item of ``kind`` names its key (a delta: first)."""
+    return {ITEM_RECORD: _KEY, ITEM_DELTA: 0}.get(kind, _TARGET)
+
+
 def _expand_one(mesh: MeshState, e: Elided) -> Item | None:
     """The whole item (None: a reference this state cannot resolve); raises RecordError.
 
@@ -239,6 +251,9 @@ def _expand_one(mesh: MeshState, e: Elided) -> Item | None:
         return _expand_record(mesh, list(e.fields))
     if e.kind == ITEM_PRUNE:
         return _expand_prune(mesh, list(e.fields))
+    if e.kind == ITEM_DELTA:
+        key = _key(mesh, e.fields[0])
+        return expand_delta(mesh.record(key) if key is not None else None, e.fields)
     raise RecordError("item", "unknown elided kind")
 
 
@@ -270,7 +285,7 @@ def expand(mesh: MeshState, items: Iterable[Item | Elided]) -> Expanded:
             continue
         if whole is None:
             out.unresolved += 1
-            key = _key(mesh, it.fields[_KEY if it.kind == ITEM_RECORD else _TARGET])
+            key = _key(mesh, it.fields[_key_index(it.kind)])
             if key is not None:
                 out.missing.append(key)
         else:

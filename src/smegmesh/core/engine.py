@@ -101,9 +101,10 @@ class MeshSettings:
 # Reply contexts: what the engine needs back with a reply ------------------------------
 @dataclass(frozen=True, slots=True)
 class PushCtx:
-    """A push of ``keys`` (the reply is an ``Ack``)."""
+    """A push of ``keys`` (the reply is an ``Ack``); ``deltas``: records in it as deltas."""
 
     keys: frozenset[bytes]
+    deltas: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from smegmesh.core.cert import AuthItem
+from smegmesh.core.delta import TAKES_DELTAS, as_deltas
 from smegmesh.core.elide import elide, expand
 from smegmesh.core.engine import (
     Call,
@@ -155,14 +156,35 @@ class ExchangeMixin:
         if not targets or not keys:
             return []
         news: list[Any] = self.mesh.news_for(keys - whole)
+        sent = news
         if now_ms is not None and self.mesh.admission:
-            news = [elide(i, now_ms) for i in news]
-        items = self.mesh.items_for(keys & whole) + news
-        if not items:
+            sent = [elide(i, now_ms) for i in news]
+        whole_items: list[Any] = self.mesh.items_for(keys & whole)
+        if not whole_items and not sent:
             return []
-        pushed = pages(items, memo=self.mesh.memo)  # bounded messages
-        msgs = [Push(self.mesh_id, tuple(p), hops) for p in pushed]
-        return [Call(t, msg, PushCtx(keys)) for t in targets for msg in msgs]
+        ctx = PushCtx(keys)
+        plain = self._pushes(whole_items + sent, hops)
+        if now_ms is None:
+            return [Call(t, msg, ctx) for t in targets for msg in plain]
+        # Members that take deltas get a new version of a record they hold as
+        # what changed (core.delta); the others the record as it is.
+        deltas = as_deltas(news, sent, self.mesh.bases)
+        if deltas is None:
+            return [Call(t, msg, ctx) for t in targets for msg in plain]
+        takers = self.tags.takes_deltas
+        out: list[Out] = []
+        short: list[Push] | None = None
+        dctx = PushCtx(keys, deltas=True)
+        for t in targets:
+            if takers(t, record_version(self.mesh, t)):
+                short = short or self._pushes(whole_items + deltas, hops)
+                out.extend(Call(t, msg, dctx) for msg in short)
+            else:
+                out.extend(Call(t, msg, ctx) for msg in plain)
+        return out
+
+    def _pushes(self, items: list[Any], hops: int) -> list[Push]:  # of bounded size
+        return [Push(self.mesh_id, tuple(p), hops) for p in pages(items, memo=self.mesh.memo)]
 
     def _ingest(
         self, items: Iterable[Item], now_ms: int, src: bytes | None, hops: int | None = None
@@ -314,7 +336,7 @@ class ExchangeMixin:
             out += self._sync_with(src, now_ms, "unresolved")
         # ok: something in it was news to us (the pusher's feedback, see handle_reply)
         news = bool(got.unresolved) or any(isinstance(o, Changed) for o in out)
-        return Ack(IN_REPLY, 0, news), out
+        return Ack(IN_REPLY, TAKES_DELTAS, news), out
 
     def _heard_from_pruned(self, key: bytes, now_ms: int) -> list[Out]:
         """``key`` answered or called us (authenticated) while we hold it as pruned.
@@ -442,9 +464,11 @@ class ExchangeMixin:
         (their current items; a key we did not offer is ignored), and the
         others count as held.
         """
-        if isinstance(ctx, PushCtx) and isinstance(reply, Ack) and not reply.ok:
-            # fewer push rounds for these items (rumour mongering with feedback)
-            self._sched.lose_interest(ctx.keys)
+        if isinstance(ctx, PushCtx) and isinstance(reply, Ack):
+            self.tags.note_push_ack(to, reply)
+            if not reply.ok:
+                # fewer push rounds for these items (rumour mongering with feedback)
+                self._sched.lose_interest(ctx.keys)
         elif isinstance(ctx, OfferCtx) and isinstance(reply, Want):
             whole, news = wanted_parts(ctx.keys, reply)
             held = ctx.keys - whole - news
@@ -459,6 +483,10 @@ class ExchangeMixin:
         """Our call to ``to`` with context ``ctx`` failed (no answer)."""
         if isinstance(ctx, RelayCtx):
             return [Respond(ctx.request_id, Ack(IN_REPLY, ctx.probe_id, False))]
+        if isinstance(ctx, PushCtx) and ctx.deltas:
+            # an older node refuses a push it cannot decode: whole records to
+            # it, until an ack of a push says it takes deltas (core.delta)
+            self.tags.note_delta_failed(to, record_version(self.mesh, to))
         if isinstance(ctx, PeerPingCtx):
             self._peer_ping_inflight = False
             self._peer_ping_failures += 1

@@ -28,6 +28,7 @@ import base64
 import hashlib
 from dataclasses import dataclass, field, replace
 
+from smegmesh.core.delta import TAKES_DELTAS
 from smegmesh.core.engine import Call, Message
 from smegmesh.core.messages import IN_REPLY, Ack, JoinRequest, Refusal
 from smegmesh.core.offer import Want
@@ -60,6 +61,9 @@ class MeshTags:
     _takers: dict[bytes, int] = field(default_factory=dict)
     #: member -> its record version when it refused a request naming the tag
     _refused: dict[bytes, int] = field(default_factory=dict)
+    #: member -> its record version when a push of records as deltas to it
+    #: failed (core.delta): an older node refuses what it cannot decode
+    _no_deltas: dict[bytes, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.tag = mesh_tag(self.mesh_id)
@@ -77,10 +81,30 @@ class MeshTags:
             self._takers.pop(member, None)
             _bounded_put(self._refused, member, version)
 
+    def note_push_ack(self, member: bytes, ack: Ack) -> None:
+        """``member`` acknowledged a push of ours with ``ack``: it may say it takes deltas."""
+        if ack.probe_id & TAKES_DELTAS:
+            self._no_deltas.pop(member, None)
+
+    def note_delta_failed(self, member: bytes, version: int | None) -> None:
+        """A push of deltas to ``member`` (at record ``version``) failed."""
+        if version is not None:
+            _bounded_put(self._no_deltas, member, version)
+
+    def takes_deltas(self, member: bytes, version: int | None) -> bool:
+        """Whether to send ``member`` (at record ``version``) records as deltas.
+
+        Yes, unless a push of deltas to it failed at this record version and no
+        ack of a push said since that it takes them (an older node refuses a
+        push it cannot decode; a newer one says so in every ack).
+        """
+        return version is not None and self._no_deltas.get(member) != version
+
     def forget(self, member: bytes) -> None:
         """``member`` is gone from the mesh: nothing kept about it."""
         self._takers.pop(member, None)
         self._refused.pop(member, None)
+        self._no_deltas.pop(member, None)
 
     def named(self, call: Call, version: int | None) -> Call:
         """``call`` with the mesh named by tag, if its target (at ``version``) takes one."""

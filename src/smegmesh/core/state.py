@@ -56,6 +56,7 @@ from collections.abc import Iterable
 from smegmesh.core.addressing import validate_mesh_id
 from smegmesh.core.authority import Authority
 from smegmesh.core.cert import Cert, Founding
+from smegmesh.core.delta import RecordBases
 from smegmesh.core.forgery import NOT_CHECKED, ForgeryStop
 from smegmesh.core.identity import verify_many
 from smegmesh.core.memo import DEFAULT_MEMO_ITEMS, ItemMemo
@@ -145,6 +146,7 @@ class MeshState(AdmissionGate):
         self._changes: list[bytes] = []  # keys installed at versions _changes_base+1...
         self._changes_base = 0
         self._refuted: dict[bytes, None] = {}
+        self.bases = RecordBases()
 
     # -- merging ------------------------------------------------------------------
 

@@ -181,6 +181,8 @@ class AdmissionGate(StateStore):
         rec = None if e is None else e.record
         pr = None if e is None else e.prune
         if isinstance(item, NodeRecord):
+            if rec is not None:
+                self.bases.note(rec, item)  # a base for deltas (core.delta)
             self._install(item.wg_key, self._shared(item), pr)
         elif isinstance(item, Prune):
             self._install(item.target, rec, self._shared_prune(item, rec))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from smegmesh.core.authority import Authority
 from smegmesh.core.cert import AuthItem, Cert
+from smegmesh.core.delta import RecordBases
 from smegmesh.core.record import NodeRecord, Prune
 
 __all__ = ["DEPTH", "FANOUT", "Item", "StateStore", "entry_hash"]
@@ -94,6 +95,8 @@ class StateStore:
     _changes_base: int
     #: keys whose prune a newer record made moot (bounded; see :meth:`was_refuted`)
     _refuted: dict[bytes, None]
+    #: records replaced by newer versions, for a while (bases of deltas, core.delta)
+    bases: RecordBases
 
     # ------------------------------------------------------------------ queries
 

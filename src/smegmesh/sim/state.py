@@ -34,6 +34,7 @@ from typing import Any
 
 from smegmesh.core.authority import copy_authority
 from smegmesh.core.cert import AuthItem, Cert, Founding
+from smegmesh.core.delta import RecordBases
 from smegmesh.core.identity import NodeIdentity, verify_many
 from smegmesh.core.memo import DEFAULT_MEMO_ITEMS, ItemMemo
 from smegmesh.core.record import NodeRecord, Prune, Role
@@ -256,6 +257,7 @@ def clone_state(base: MeshState, *, share: bool = True) -> MeshState:
     sh._changes = []
     sh._changes_base = 0
     sh._refuted = {}
+    sh.bases = RecordBases()
     return sh
 
 

@@ -1,0 +1,190 @@
+"""A record sent as what changed since the version its receiver holds. Pure.
+
+Under churn most records gossiped are new versions of records every member
+holds: a restart (the node re-signs its record, same key, endpoints, TLS pin
+and admission chain), a refresh, a change of alias or routes. A whole record
+is 200-300 bytes even with its chain by reference (``core.elide``); what
+differs from the version before is its version, time and signature (~90
+bytes) and, rarely, a field or two. So a push to a member that takes them
+sends such a record as a *delta* (:class:`~smegmesh.core.codec.Elided` of kind
+:data:`~smegmesh.core.codec.ITEM_DELTA`, fields :data:`DELTA_FIELDS`)::
+
+    [key id (8), base ref (4), version, timestamp, signature,
+     [[wire index, value], ...]]
+
+The *base* is the record the sender held before this one (kept by the state
+for a while, :class:`RecordBases`) and is named by :data:`BASE_REF_LEN`
+bytes of a hash of its signature; the changes are the wire fields
+(``NodeRecord.to_obj``) that differ from it, never the key, sign key, mesh id
+or address (a record cannot change those). The receiver rebuilds the record
+from the base if it holds that very record (:func:`expand_delta`), and checks
+it as any other: the signature covers every field, so a delta against
+another base, or a lying one, is a record whose signature fails. A receiver
+that holds another version names nothing it can rebuild from: the delta is
+*unresolved*, and a sync session with the pusher brings the record whole
+(``ExchangeMixin._on_push``), as for an unresolved reference.
+
+Which members take deltas: every member, until a push of deltas to it fails
+at its current record version (a node older than deltas refuses a push it
+cannot decode, ``ExchangeMixin.handle_failure``); then it gets whole records
+until an ``Ack`` of a push says it takes deltas (:data:`TAKES_DELTAS` in the
+ack's ``probe_id``, which older nodes set to 0 and never read in a push's
+ack) or it publishes a new record version (``core.meshtag.MeshTags``). A
+newer member's one failed push (a lost datagram) costs whole records until
+its next ack; an older member loses one push from each member that tries,
+which gossip brings it again (its rounds, offers and pulls).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from smegmesh.core.codec import ITEM_DELTA, Elided
+from smegmesh.core.record import NodeRecord, RecordError, record_from_obj
+
+__all__ = [
+    "BASE_KEEP_MS",
+    "BASE_REF_LEN",
+    "DELTA_FIELDS",
+    "MAX_BASES",
+    "MAX_CHANGES",
+    "TAKES_DELTAS",
+    "RecordBases",
+    "as_deltas",
+    "base_ref",
+    "delta_of",
+    "expand_delta",
+]
+
+#: The bit of a push ``Ack``'s ``probe_id`` that says "send me deltas".
+TAKES_DELTAS = 1
+#: Bytes of the hash of its signature that name a delta's base.
+BASE_REF_LEN = 4
+#: Fields of a delta on the wire.
+DELTA_FIELDS = 6
+#: Changed fields one delta may carry (a record's wire form has 21 or 22).
+MAX_CHANGES = 16
+#: Bases kept per state, and for how long (a change spreads in seconds; its
+#: late answers to wants within a minute).
+MAX_BASES = 1024
+BASE_KEEP_MS = 60_000
+#: Indexes in a record's wire form (``NodeRecord.to_obj``).
+_MESH, _KEY, _SIGN, _VERSION, _TIME, _ADDRESS, _CHAIN, _SIG = 0, 1, 2, 3, 4, 9, 18, 20
+#: What a delta never changes (the record's identity) or carries in its own fields.
+_FIXED = frozenset({_MESH, _KEY, _SIGN, _VERSION, _TIME, _ADDRESS, _SIG})
+_KEY_ID_LEN = 8
+
+
+def base_ref(rec: NodeRecord) -> bytes:
+    """The name a delta gives its base: a hash of its signature, cut short."""
+    return hashlib.sha256(rec.signature).digest()[:BASE_REF_LEN]
+
+
+@dataclass(slots=True)
+class RecordBases:
+    """Records replaced by a newer version of the same key, for a while: deltas' bases.
+
+    At most :data:`MAX_BASES`, each for :data:`BASE_KEEP_MS` after it was
+    replaced (the oldest go first); a base is good only for the version that
+    replaced it.
+    """
+
+    #: key -> [the record replaced, the version that replaced it, when, its delta
+    #: to that version (made at the first push; None: not yet, or none)]
+    _bases: OrderedDict[bytes, list[Any]] = field(default_factory=OrderedDict)
+
+    def __len__(self) -> int:
+        return len(self._bases)
+
+    def note(self, old: NodeRecord, new: NodeRecord) -> None:
+        """``new`` replaced ``old`` (same key, newer version), at ``new``'s time."""
+        if new.wg_key != old.wg_key or new.version <= old.version:
+            return
+        now_ms = new.timestamp_ms
+        b = self._bases
+        b.pop(old.wg_key, None)
+        while b:
+            first = next(iter(b.values()))
+            if len(b) < MAX_BASES and first[2] > now_ms - BASE_KEEP_MS:
+                break
+            b.popitem(last=False)
+        b[old.wg_key] = [old, new.version, now_ms, None]
+
+    def delta_for(self, rec: NodeRecord) -> Elided | None:
+        """``rec`` as a delta from the record it replaced here (None: none kept, or none)."""
+        got = self._bases.get(rec.wg_key)
+        if got is None or got[1] != rec.version:
+            return None
+        if got[3] is None:
+            got[3] = delta_of(rec, got[0]) or False
+        return got[3] or None
+
+
+def delta_of(rec: NodeRecord, base: NodeRecord) -> Elided | None:
+    """``rec`` as a delta from ``base`` (None: not worth one, or not one)."""
+    if rec.wg_key != base.wg_key or rec.version <= base.version:
+        return None
+    new, old = rec.to_obj(), base.to_obj()
+    if len(new) != len(old):
+        return None  # an extension came or went: rare, sent whole
+    changes = [
+        [i, v] for i, (v, w) in enumerate(zip(new, old, strict=True)) if i not in _FIXED and v != w
+    ]
+    if len(changes) > MAX_CHANGES or any(new[i] != old[i] for i in (_MESH, _SIGN, _ADDRESS)):
+        return None
+    return Elided(
+        ITEM_DELTA,
+        (
+            rec.wg_key[:_KEY_ID_LEN],
+            base_ref(base),
+            rec.version,
+            rec.timestamp_ms,
+            rec.signature,
+            changes,
+        ),
+    )
+
+
+def as_deltas(news: Sequence[Any], sent: Sequence[Any], bases: RecordBases) -> list[Any] | None:
+    """``sent`` (``news`` as pushed) with records as deltas where ``bases`` has one (None: none)."""
+    out = [
+        (bases.delta_for(n) or s) if type(n) is NodeRecord else s
+        for n, s in zip(news, sent, strict=True)
+    ]
+    return None if all(d is s for d, s in zip(out, sent, strict=True)) else out
+
+
+def expand_delta(held: NodeRecord | None, fields: tuple[Any, ...]) -> NodeRecord | None:
+    """The record a delta makes of ``held`` (None: ``held`` is not its base); raises RecordError.
+
+    Shapes are checked here, the record as any other by the state (its
+    signature covers what the delta set).
+    """
+    _kid, ref, version, ts, sig, changes = fields
+    if type(ref) is not bytes or type(version) is not int or type(ts) is not int:
+        raise RecordError("item", "a delta names its base, version and time")
+    if type(sig) is not bytes or type(changes) is not list or len(changes) > MAX_CHANGES:
+        raise RecordError("item", "a delta carries a signature and at most 16 changes")
+    if held is None or base_ref(held) != ref or version <= held.version:
+        return None
+    obj = held.to_obj()
+    obj[_VERSION], obj[_TIME], obj[_SIG] = version, ts, sig
+    chain_changed = False
+    seen: set[int] = set()
+    for ch in changes:
+        if type(ch) is not list or len(ch) != 2 or type(ch[0]) is not int:
+            raise RecordError("item", "a delta's change is [index, value]")
+        i, v = ch
+        if i in _FIXED or not 0 <= i < len(obj) or i in seen:
+            raise RecordError("item", f"a delta cannot change field {i}")
+        seen.add(i)
+        obj[i] = v
+        chain_changed |= i == _CHAIN
+    if chain_changed:
+        return record_from_obj(obj)
+    obj[_CHAIN] = []  # the held chain's objects, not decoded again
+    return replace(record_from_obj(obj), chain=held.chain)

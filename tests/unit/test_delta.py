@@ -1,0 +1,193 @@
+"""Records pushed as deltas of the version their receiver holds (core.delta)."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from smegmesh.core.codec import ITEM_DELTA, Elided, encode_item
+from smegmesh.core.delta import (
+    BASE_KEEP_MS,
+    MAX_BASES,
+    MAX_CHANGES,
+    TAKES_DELTAS,
+    RecordBases,
+    delta_of,
+)
+from smegmesh.core.elide import elide, expand
+from smegmesh.core.engine import Call, CallFailed, PushCtx, ReplyReceived
+from smegmesh.core.identity import NodeIdentity
+from smegmesh.core.messages import Ack
+from smegmesh.core.record import NodeRecord
+from smegmesh.core.sync import Push
+from smegmesh.core.wire import decode
+from test_authority import ident
+from test_elide import LATER, _mesh, _state, _wire
+from test_meshnode import mesh_of
+
+
+def _size(item: object) -> int:
+    return len(msgpack.packb(encode_item(item), use_bin_type=True))  # type: ignore[arg-type]
+
+
+def _delta(base: NodeRecord, new: NodeRecord) -> Elided:
+    bases = RecordBases()
+    bases.note(base, new)
+    d = bases.delta_for(new)
+    assert d is not None and d.kind == ITEM_DELTA
+    return d
+
+
+def test_a_restart_goes_as_a_delta_of_a_half_the_size_and_comes_back_whole() -> None:
+    m, recs = _mesh()
+    now = m.t + LATER
+    st = _state(m, recs, now)
+    new = recs[5].evolve(ident(7), now)
+    d = _delta(recs[5], new)
+    assert d.fields[5] == []  # nothing changed but version, time and signature
+    assert _size(d) <= 110 and _size(d) < 0.6 * _size(elide(new, now))
+    got = expand(st, _wire([d], m.mesh_id).items)
+    assert got.items == [new] and got.resolved == 1 and not got.errors
+    changed, errors = st.apply_many(got.items, now)
+    assert changed == {new.wg_key} and not errors
+
+
+def test_a_delta_carries_what_changed_even_a_new_admission_chain() -> None:
+    m, recs = _mesh()
+    n = ident(9)
+    m.admit(n, by=ident(2))  # admitted again: a new chain
+    now = m.t + LATER
+    for new in (
+        recs[7].evolve(n, now, alias="renamed", description="moved"),
+        recs[7].evolve(n, now, chain=m.chains[n.wg_public_key]),
+    ):
+        st = _state(m, recs, now)
+        d = _delta(recs[7], new)
+        assert 1 <= len(d.fields[5]) <= 2
+        got = expand(st, _wire([d], m.mesh_id).items)
+        assert got.items == [new]
+        assert st.apply_many(got.items, now) == ({new.wg_key}, [])
+
+
+def test_a_delta_of_another_base_is_unresolved_and_a_lying_one_fails_its_signature() -> None:
+    m, recs = _mesh()
+    now = m.t + LATER
+    st = _state(m, recs, now)
+    mid = recs[4].evolve(ident(6), now)
+    new = mid.evolve(ident(6), now + 1)
+    d = _delta(mid, new)  # st holds recs[4], not mid: cannot rebuild
+    got = expand(st, [d])
+    assert got.items == [] and got.unresolved == 1 and got.missing == [recs[4].wg_key]
+    # a member that alters what changed: the rebuilt record's signature fails
+    d = _delta(recs[4], recs[4].evolve(ident(6), now, alias="a"))
+    lie = Elided(ITEM_DELTA, (*d.fields[:5], [[d.fields[5][0][0], "b"]]))
+    got = expand(st, [lie])
+    assert len(got.items) == 1
+    changed, errors = st.apply_many(got.items, now)
+    assert not changed and [e.field for e in errors] == ["signature"]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        [[1, b"k" * 32]],  # the key
+        [[2, b"s" * 32]],  # the sign key
+        [[0, "other-mesh"]],  # the mesh
+        [[9, "fd00::1"]],  # the address
+        [[3, 5]],  # the version (a field of its own)
+        [[20, b"x" * 64]],  # the signature (a field of its own)
+        [[99, 1]],  # no such field
+        [[-1, 1]],
+        [[10, "a"], [10, "b"]],  # twice
+        [[10, "a"]] * (MAX_CHANGES + 1),
+        [["10", "a"]],
+        [[10]],
+        "not a list",
+    ],
+)
+def test_a_hostile_delta_is_an_error_never_a_crash(changes: object) -> None:
+    m, recs = _mesh()
+    now = m.t + LATER
+    st = _state(m, recs, now)
+    d = _delta(recs[2], recs[2].evolve(ident(4), now))
+    got = expand(st, [Elided(ITEM_DELTA, (*d.fields[:5], changes))])
+    assert got.items == [] and len(got.errors) == 1
+
+
+def test_bases_are_bounded_kept_a_while_and_good_only_for_the_version_that_replaced_them() -> None:
+    t = 1_700_000_000_000
+    ids = [NodeIdentity.from_seed(i.to_bytes(32, "big")) for i in range(MAX_BASES + 5)]
+    recs = [NodeRecord.create(i, "m", version=t, now_ms=t) for i in ids]
+    bases = RecordBases()
+    new = recs[0].evolve(ids[0], t + 1)
+    bases.note(new, recs[0])  # not a replacement: ignored
+    assert len(bases) == 0
+    bases.note(recs[0], new)
+    assert bases.delta_for(new) is not None
+    assert bases.delta_for(new.evolve(ids[0], t + 2)) is None  # another version
+    for i, r in enumerate(recs[1:], start=1):  # many members replaced: the oldest go
+        bases.note(r, r.evolve(ids[i], t + 1))
+    assert len(bases) == MAX_BASES and bases.delta_for(new) is None
+    last = recs[-1].evolve(ids[-1], t + 1)
+    assert bases.delta_for(last) is not None
+    # and every base older than BASE_KEEP_MS goes with the next one kept
+    again = recs[1].evolve(ids[1], t + BASE_KEEP_MS + 10)
+    bases.note(recs[1].evolve(ids[1], t + 1), again)
+    assert len(bases) == 1 and bases.delta_for(again) is not None
+
+
+def test_no_delta_where_an_extension_comes_or_goes_or_the_key_differs() -> None:
+    m, recs = _mesh(3)
+    now = m.t + LATER
+    rec = recs[0]
+    assert delta_of(rec.evolve(ident(2), now, nat_endpoint="192.0.2.1:51820"), rec) is None
+    assert delta_of(recs[1].evolve(ident(3), now), rec) is None
+    assert delta_of(rec, rec) is None  # not newer
+
+
+def test_deltas_go_to_members_until_a_push_of_them_fails_and_again_once_an_ack_says_so() -> None:
+    net, nodes = mesh_of(4)
+    net.run_until(net.now + 5000)
+    a, b = nodes[0], nodes[1]
+    t = net.now + 1
+
+    def push_to_b(t: int) -> Call:
+        own_now = a.mesh.record(a.key)
+        assert own_now is not None
+        new = own_now.evolve(a.identity, t)
+        assert a.mesh.apply(new, t)
+        calls = a._push_calls([b.key], frozenset({a.key}), now_ms=t)
+        assert len(calls) == 1 and isinstance(calls[0], Call)
+        return calls[0]
+
+    first = push_to_b(t)
+    assert isinstance(first.ctx, PushCtx) and first.ctx.deltas
+    assert isinstance(first.msg, Push) and isinstance(first.msg.items[0], Elided)
+    a.step(CallFailed(first, t + 5))  # an older node refuses what it cannot decode
+    plain = push_to_b(t + 10)
+    assert isinstance(plain.ctx, PushCtx) and not plain.ctx.deltas
+    assert isinstance(plain.msg, Push) and isinstance(plain.msg.items[0], NodeRecord)
+    a.step(ReplyReceived(plain, Ack("~", 0, True), t + 15))  # an older node's ack
+    assert not push_to_b(t + 20).ctx.deltas  # type: ignore[union-attr]
+    # a newer node says so in its ack of any push
+    reply, _ = b.handle_request(a.key, plain.msg, t + 21)
+    assert isinstance(reply, Ack) and reply.probe_id & TAKES_DELTAS
+    a.step(ReplyReceived(plain, reply, t + 22))
+    assert push_to_b(t + 30).ctx.deltas  # type: ignore[union-attr]
+
+
+def test_a_restart_reaches_every_member_as_deltas_over_the_wire() -> None:
+    net, nodes = mesh_of(8)
+    net.run_until(net.now + 5000)
+    a = nodes[0]
+    own = a.mesh.record(a.key)
+    assert own is not None
+    before = len(net.wire)
+    new = own.evolve(a.identity, net.now, alias="back")
+    net.handle_outs(a, a._publish(new, net.now))
+    net.run_until(net.now + 3000)
+    assert all(n.mesh.record(a.key) == new for n in nodes)
+    msgs = [decode(w) for w in net.wire[before:]]
+    items = [i for m in msgs if isinstance(m, Push) for i in m.items]
+    deltas = [i for i in items if isinstance(i, Elided) and i.kind == ITEM_DELTA]
+    assert deltas and len(deltas) == len(items)  # every push of it: a delta
