@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import ipaddress
+import time
+
 import msgpack
 import pytest
 
 from smegmesh.core.codec import ITEM_DELTA, Elided, encode_item
 from smegmesh.core.delta import (
     BASE_KEEP_MS,
+    MAX_BASE_BYTES,
     MAX_BASES,
     MAX_CHANGES,
     TAKES_DELTAS,
     RecordBases,
+    base_ref,
     delta_of,
 )
-from smegmesh.core.elide import elide, expand
+from smegmesh.core.elide import DELTA_BASES_PER_MESSAGE, MAX_EXPANDED, elide, expand
 from smegmesh.core.engine import Call, CallFailed, PushCtx, ReplyReceived
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.messages import Ack
-from smegmesh.core.record import NodeRecord
+from smegmesh.core.record import NodeRecord, RouteAdv
+from smegmesh.core.state_gate import MAX_CLOCK_SKEW_MS
 from smegmesh.core.sync import Push
 from smegmesh.core.wire import decode
 from test_authority import ident
@@ -32,7 +38,7 @@ def _size(item: object) -> int:
 
 def _delta(base: NodeRecord, new: NodeRecord) -> Elided:
     bases = RecordBases()
-    bases.note(base, new)
+    bases.note(base, new, new.timestamp_ms)
     d = bases.delta_for(new)
     assert d is not None and d.kind == ITEM_DELTA
     return d
@@ -114,26 +120,106 @@ def test_a_hostile_delta_is_an_error_never_a_crash(changes: object) -> None:
     assert got.items == [] and len(got.errors) == 1
 
 
-def test_bases_are_bounded_kept_a_while_and_good_only_for_the_version_that_replaced_them() -> None:
+def test_bases_are_bounded_kept_a_while_and_good_only_for_the_record_that_replaced_them() -> None:
     t = 1_700_000_000_000
     ids = [NodeIdentity.from_seed(i.to_bytes(32, "big")) for i in range(MAX_BASES + 5)]
     recs = [NodeRecord.create(i, "m", version=t, now_ms=t) for i in ids]
     bases = RecordBases()
     new = recs[0].evolve(ids[0], t + 1)
-    bases.note(new, recs[0])  # not a replacement: ignored
+    bases.note(new, recs[0], t)  # not a replacement: ignored
     assert len(bases) == 0
-    bases.note(recs[0], new)
+    bases.note(recs[0], new, t)
     assert bases.delta_for(new) is not None
     assert bases.delta_for(new.evolve(ids[0], t + 2)) is None  # another version
     for i, r in enumerate(recs[1:], start=1):  # many members replaced: the oldest go
-        bases.note(r, r.evolve(ids[i], t + 1))
+        bases.note(r, r.evolve(ids[i], t + 1), t)
     assert len(bases) == MAX_BASES and bases.delta_for(new) is None
     last = recs[-1].evolve(ids[-1], t + 1)
     assert bases.delta_for(last) is not None
-    # and every base older than BASE_KEEP_MS goes with the next one kept
-    again = recs[1].evolve(ids[1], t + BASE_KEEP_MS + 10)
-    bases.note(recs[1].evolve(ids[1], t + 1), again)
+    # every base older than BASE_KEEP_MS (by this node's clock) goes with the next one
+    again = recs[1].evolve(ids[1], t + 10)
+    bases.note(recs[1].evolve(ids[1], t + 1), again, t + BASE_KEEP_MS + 1)
     assert len(bases) == 1 and bases.delta_for(again) is not None
+
+
+def test_bases_expire_by_the_nodes_clock_not_by_a_records_time() -> None:
+    """Review: a record stamped minutes ahead (within the clock skew a state
+    takes) flushed every base, turning deltas off for every member."""
+    m, recs = _mesh()
+    now = m.t + LATER
+    st = _state(m, recs, now)
+    for k in range(1, 8):
+        assert st.apply(recs[k].evolve(ident(k + 2), now), now)
+    assert len(st.bases) == 7
+    assert st.apply(recs[0].evolve(ident(2), now + MAX_CLOCK_SKEW_MS // 2), now)
+    assert len(st.bases) == 8
+
+
+def test_of_two_records_of_one_version_the_winner_gets_no_stale_delta() -> None:
+    """Review: an owner that signs two records of one version; the state keeps
+    the higher signature, and the delta made for the first rebuilt the loser."""
+    m, recs = _mesh()
+    now = m.t + LATER
+    base, who = recs[3], ident(5)
+    two = [
+        NodeRecord.create(
+            who,
+            m.mesh_id,
+            version=base.version + 1,
+            now_ms=now,
+            alias=alias,
+            chain=base.chain,
+            control_endpoint=base.control_endpoint,
+            tls_fp=base.tls_fp,
+        )
+        for alias in ("aaa", "bbb")
+    ]
+    lo, hi = sorted(two, key=lambda r: r.signature)
+    st = _state(m, recs, now)
+    assert st.apply(lo, now) and st.bases.delta_for(lo) is not None
+    assert st.apply(hi, now) and st.record(base.wg_key) is hi
+    assert st.bases.delta_for(hi) is None and st.bases.delta_for(lo) is None
+
+
+def test_deltas_against_a_large_held_record_cost_bounded_work() -> None:
+    """Review: rebuilding costs work by the record held, not by the delta: 256
+    copies of a 106-byte delta against a 74 KB record (a bridge's routes) took
+    1.6 s of one step. A key is now expanded once a message, a delta of a
+    record over MAX_BASE_BYTES is refused (never sent), and deltas rebuild at
+    most DELTA_BASES_PER_MESSAGE bytes a message."""
+    m, recs = _mesh()
+    now = m.t + LATER
+    path = tuple(f"mesh-{j:02d}-abcdefghij" for j in range(16))
+    routes = [
+        RouteAdv(str(ipaddress.IPv6Network(f"fd{j // 256:02x}:{j % 256:x}::/64")), path)
+        for j in range(230)
+    ]
+    big = recs[3].evolve(ident(5), now, routes=routes)
+    assert len(big.signed_payload()) > MAX_BASE_BYTES
+    assert delta_of(big.evolve(ident(5), now + 1), big) is None  # never sent
+    st = _state(m, recs, now)
+    assert st.apply(big, now)
+    fake = Elided(ITEM_DELTA, (big.wg_key[:8], base_ref(big), big.version + 1, now, bytes(64), []))
+    t0 = time.perf_counter()
+    got = expand(st, _wire([fake] * MAX_EXPANDED, m.mesh_id).items)
+    st.apply_many(got.items, now)
+    assert time.perf_counter() - t0 < 0.05
+    assert len(got.errors) == 1 and not got.items  # once, and refused
+    # many keys, each a delta of a record under the cap (~6.9 KB): at most the budget
+    m, recs = _mesh(48)
+    mid = [r.evolve(ident(k + 2), now, routes=routes[:20]) for k, r in enumerate(recs)]
+    assert sum(len(r.signed_payload()) for r in mid) > DELTA_BASES_PER_MESSAGE
+    st = _state(m, recs, now)
+    assert all(st.apply(r, now) for r in mid)
+    each = len(mid[0].signed_payload())
+    deltas = [
+        Elided(ITEM_DELTA, (r.wg_key[:8], base_ref(r), r.version + 1, now, bytes(64), []))
+        for r in mid
+    ]
+    got = expand(st, deltas * 3)
+    rebuilt = len(got.items) + len(got.errors)
+    assert 0 < rebuilt * each <= DELTA_BASES_PER_MESSAGE
+    assert got.unresolved == len(mid) - rebuilt  # the rest: pulled by a sync session
 
 
 def test_no_delta_where_an_extension_comes_or_goes_or_the_key_differs() -> None:

@@ -51,11 +51,14 @@ __all__ = [
     "BASE_REF_LEN",
     "DELTA_FIELDS",
     "MAX_BASES",
+    "MAX_BASES_BYTES",
+    "MAX_BASE_BYTES",
     "MAX_CHANGES",
     "TAKES_DELTAS",
     "RecordBases",
     "as_deltas",
     "base_ref",
+    "base_size",
     "delta_of",
     "expand_delta",
 ]
@@ -68,10 +71,15 @@ BASE_REF_LEN = 4
 DELTA_FIELDS = 6
 #: Changed fields one delta may carry (a record's wire form has 21 or 22).
 MAX_CHANGES = 16
-#: Bases kept per state, and for how long (a change spreads in seconds; its
-#: late answers to wants within a minute).
+#: Bases kept per state, their bytes in all, and for how long (a change
+#: spreads in seconds; its late answers to wants within a minute).
 MAX_BASES = 1024
+MAX_BASES_BYTES = 2 * 1024 * 1024
 BASE_KEEP_MS = 60_000
+#: Largest base (signed bytes): a delta of a larger record is never sent, and
+#: refused (rebuilding one costs work by the size of the record held, not of
+#: the delta: a bridge's record of many routes is tens of KB).
+MAX_BASE_BYTES = 8 * 1024
 #: Indexes in a record's wire form (``NodeRecord.to_obj``).
 _MESH, _KEY, _SIGN, _VERSION, _TIME, _ADDRESS, _CHAIN, _SIG = 0, 1, 2, 3, 4, 9, 18, 20
 #: What a delta never changes (the record's identity) or carries in its own fields.
@@ -84,40 +92,60 @@ def base_ref(rec: NodeRecord) -> bytes:
     return hashlib.sha256(rec.signature).digest()[:BASE_REF_LEN]
 
 
+def base_size(rec: NodeRecord) -> int:
+    """The bytes a record counts as a base (its signed bytes, cached on the record)."""
+    return len(rec.signed_payload())
+
+
 @dataclass(slots=True)
 class RecordBases:
     """Records replaced by a newer version of the same key, for a while: deltas' bases.
 
-    At most :data:`MAX_BASES`, each for :data:`BASE_KEEP_MS` after it was
-    replaced (the oldest go first); a base is good only for the version that
-    replaced it.
+    At most :data:`MAX_BASES` of at most :data:`MAX_BASE_BYTES` each and
+    :data:`MAX_BASES_BYTES` in all, each for :data:`BASE_KEEP_MS` after it was
+    replaced by the node's clock (the oldest go first); a base is good only for
+    the very record that replaced it.
     """
 
-    #: key -> [the record replaced, the version that replaced it, when, its delta
-    #: to that version (made at the first push; None: not yet, or none)]
+    #: key -> [the record replaced, the signature of the record that replaced
+    #: it, when, its delta to that record (made at its first push; None: not
+    #: yet; False: none)]
     _bases: OrderedDict[bytes, list[Any]] = field(default_factory=OrderedDict)
+    _bytes: int = 0
 
     def __len__(self) -> int:
         return len(self._bases)
 
-    def note(self, old: NodeRecord, new: NodeRecord) -> None:
-        """``new`` replaced ``old`` (same key, newer version), at ``new``'s time."""
+    def note(self, old: NodeRecord, new: NodeRecord, now_ms: int) -> None:
+        """``new`` replaced ``old`` (the same key) at ``now_ms`` (this node's clock)."""
+        self._drop(old.wg_key)
         if new.wg_key != old.wg_key or new.version <= old.version:
+            return  # (one of two records of a version won: no base for it)
+        size = base_size(old)
+        if size > MAX_BASE_BYTES:
             return
-        now_ms = new.timestamp_ms
         b = self._bases
-        b.pop(old.wg_key, None)
         while b:
             first = next(iter(b.values()))
-            if len(b) < MAX_BASES and first[2] > now_ms - BASE_KEEP_MS:
+            if (
+                len(b) < MAX_BASES
+                and self._bytes + size <= MAX_BASES_BYTES
+                and first[2] > now_ms - BASE_KEEP_MS
+            ):
                 break
-            b.popitem(last=False)
-        b[old.wg_key] = [old, new.version, now_ms, None]
+            self._drop(next(iter(b)))
+        b[old.wg_key] = [old, new.signature, now_ms, None]
+        self._bytes += size
+
+    def _drop(self, key: bytes) -> None:
+        got = self._bases.pop(key, None)
+        if got is not None:
+            self._bytes -= base_size(got[0])
 
     def delta_for(self, rec: NodeRecord) -> Elided | None:
         """``rec`` as a delta from the record it replaced here (None: none kept, or none)."""
         got = self._bases.get(rec.wg_key)
-        if got is None or got[1] != rec.version:
+        if got is None or got[1] != rec.signature:
             return None
         if got[3] is None:
             got[3] = delta_of(rec, got[0]) or False
@@ -126,7 +154,7 @@ class RecordBases:
 
 def delta_of(rec: NodeRecord, base: NodeRecord) -> Elided | None:
     """``rec`` as a delta from ``base`` (None: not worth one, or not one)."""
-    if rec.wg_key != base.wg_key or rec.version <= base.version:
+    if rec.wg_key != base.wg_key or rec.version <= base.version or base_size(base) > MAX_BASE_BYTES:
         return None
     new, old = rec.to_obj(), base.to_obj()
     if len(new) != len(old):
@@ -171,6 +199,8 @@ def expand_delta(held: NodeRecord | None, fields: tuple[Any, ...]) -> NodeRecord
         raise RecordError("item", "a delta carries a signature and at most 16 changes")
     if held is None or base_ref(held) != ref or version <= held.version:
         return None
+    if base_size(held) > MAX_BASE_BYTES:
+        raise RecordError("item", "a delta of a record too large for one")  # never sent
     obj = held.to_obj()
     obj[_VERSION], obj[_TIME], obj[_SIG] = version, ts, sig
     chain_changed = False

@@ -48,12 +48,13 @@ from typing import Any
 from smegmesh.core.addressing import overlay_address
 from smegmesh.core.cert import Cert
 from smegmesh.core.codec import ITEM_DELTA, ITEM_PRUNE, ITEM_RECORD, Elided
-from smegmesh.core.delta import expand_delta
+from smegmesh.core.delta import base_size, expand_delta
 from smegmesh.core.offer import KEY_ID_LEN
 from smegmesh.core.record import NodeRecord, Prune, RecordError, prune_from_obj, record_from_obj
 from smegmesh.core.state import Item, MeshState
 
 __all__ = [
+    "DELTA_BASES_PER_MESSAGE",
     "MAX_EXPANDED",
     "RECORD_SETTLED_MS",
     "REF_LEN",
@@ -75,6 +76,10 @@ RECORD_SETTLED_MS = 10_000
 REF_LEN = 16
 #: Elided items expanded at most per message (the rest is pulled by sync).
 MAX_EXPANDED = 256
+#: Bytes of held records that deltas (core.delta) may rebuild per message:
+#: ~100 founded records of a few KB; an honest push of deltas names each
+#: key once, a page of them at most ~2,500 (PAGE_BYTES / ~106 B).
+DELTA_BASES_PER_MESSAGE = 256 * 1024
 
 # indexes in a record's wire form, and in a prune's
 _MESH, _KEY, _SIGN, _ADDRESS, _CHAIN = 0, 1, 2, 9, 18
@@ -261,17 +266,26 @@ def expand(mesh: MeshState, items: Iterable[Item | Elided]) -> Expanded:
     """A pushed message's items made whole from ``mesh`` (see the module docstring).
 
     Elided items that would not change the state are dropped unexpanded (as
-    :meth:`MeshState.apply_many` drops whole ones unchecked).
+    :meth:`MeshState.apply_many` drops whole ones unchecked), and so is a
+    second elided record (or prune) of a key in one message: expanding costs
+    work by what is held, and one message names a key once. Deltas rebuild at
+    most :data:`DELTA_BASES_PER_MESSAGE` bytes of held records a message.
     """
     out = Expanded()
-    budget = MAX_EXPANDED
+    budget, bases = MAX_EXPANDED, DELTA_BASES_PER_MESSAGE
+    seen: set[tuple[bool, bytes]] = set()
     for it in items:
         if not isinstance(it, Elided):
             out.items.append(it)
             continue
-        if not _news(mesh, it):
+        key = _key(mesh, it.fields[_key_index(it.kind)])
+        slot = (it.kind == ITEM_PRUNE, key or b"")
+        if not _news(mesh, it) or (key is not None and slot in seen):
             continue
-        if budget <= 0:
+        seen.add(slot)
+        held = mesh.record(key) if key is not None and it.kind == ITEM_DELTA else None
+        bases -= 0 if held is None else base_size(held)
+        if budget <= 0 or bases < 0:
             out.unresolved += 1
             continue
         budget -= 1
@@ -285,7 +299,6 @@ def expand(mesh: MeshState, items: Iterable[Item | Elided]) -> Expanded:
             continue
         if whole is None:
             out.unresolved += 1
-            key = _key(mesh, it.fields[_key_index(it.kind)])
             if key is not None:
                 out.missing.append(key)
         else:

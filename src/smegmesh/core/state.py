@@ -166,7 +166,7 @@ class MeshState(AdmissionGate):
             if not self._verifier([_job(item)])[0]:
                 raise RecordError("signature", self._sig_reason(item.signature))
             self.memo.note_sig_ok(item)
-        self._put(item)
+        self._put(item, now_ms)
         return True
 
     def apply_many(
@@ -252,7 +252,7 @@ class MeshState(AdmissionGate):
                 if ok:
                     memo.note_sig_ok(c)
                 if ok and (type(c) is not Prune or self._prune_allowed(c, now_ms)):
-                    self._put(c)
+                    self._put(c, now_ms)
                     changed.add(c.key)
                     continue
                 if ok:

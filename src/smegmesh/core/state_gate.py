@@ -176,13 +176,13 @@ class AdmissionGate(StateStore):
             return _prune_wins(item, None if e is None else e.prune)
         return e is None
 
-    def _put(self, item: Item) -> None:
+    def _put(self, item: Item, now_ms: int | None = None) -> None:
         e = self._entries.get(item.key)
         rec = None if e is None else e.record
         pr = None if e is None else e.prune
         if isinstance(item, NodeRecord):
-            if rec is not None:
-                self.bases.note(rec, item)  # a base for deltas (core.delta)
+            if rec is not None and now_ms is not None:
+                self.bases.note(rec, item, now_ms)  # a base for deltas (core.delta)
             self._install(item.wg_key, self._shared(item), pr)
         elif isinstance(item, Prune):
             self._install(item.target, rec, self._shared_prune(item, rec))
