@@ -9,20 +9,21 @@ bytes) and, rarely, a field or two. So a push to a member that takes them
 sends such a record as a *delta* (:class:`~smegmesh.core.codec.Elided` of kind
 :data:`~smegmesh.core.codec.ITEM_DELTA`, fields :data:`DELTA_FIELDS`)::
 
-    [key id (8), base ref (4), version, timestamp, signature,
+    [key id (8), base ref (16), version, timestamp, signature,
      [[wire index, value], ...]]
 
 The *base* is the record the sender held before this one (kept by the state
 for a while, :class:`RecordBases`) and is named by :data:`BASE_REF_LEN`
-bytes of a hash of its signature; the changes are the wire fields
-(``NodeRecord.to_obj``) that differ from it, never the key, sign key, mesh id
-or address (a record cannot change those). The receiver rebuilds the record
-from the base if it holds that very record (:func:`expand_delta`), and checks
-it as any other: the signature covers every field, so a delta against
-another base, or a lying one, is a record whose signature fails. A receiver
-that holds another version names nothing it can rebuild from: the delta is
-*unresolved*, and a sync session with the pusher brings the record whole
-(``ExchangeMixin._on_push``), as for an unresolved reference.
+bytes of a hash of its signature (as a prune names its target record); the
+changes are the wire fields (``NodeRecord.to_obj``) that differ from it,
+never the key, sign key, mesh id or address (a record cannot change those).
+The receiver rebuilds the record from the base if it holds that very record
+(:func:`expand_delta`), and checks it as any other: the signature covers
+every field, so a delta against another base, or a lying one, is a record
+whose signature fails. A receiver that holds another version names nothing
+it can rebuild from: the delta is *unresolved*, and a sync session with the
+pusher brings the record whole (``ExchangeMixin._on_push``), as for an
+unresolved reference.
 
 Which members take deltas: every member, until a push of deltas to it fails
 at its current record version (a node older than deltas refuses a push it
@@ -65,8 +66,11 @@ __all__ = [
 
 #: The bit of a push ``Ack``'s ``probe_id`` that says "send me deltas".
 TAKES_DELTAS = 1
-#: Bytes of the hash of its signature that name a delta's base.
-BASE_REF_LEN = 4
+#: Bytes of the hash of its signature that name a record: a delta's base (and
+#: a prune's target record, ``core.elide``). Not fewer: an owner that signs
+#: two records of one version whose names collide (2^(4 x this) signatures
+#: for a pair) would make honest relays' deltas fail their signatures.
+BASE_REF_LEN = 16
 #: Fields of a delta on the wire.
 DELTA_FIELDS = 6
 #: Changed fields one delta may carry (a record's wire form has 21 or 22).

@@ -48,7 +48,7 @@ from typing import Any
 from smegmesh.core.addressing import overlay_address
 from smegmesh.core.cert import Cert
 from smegmesh.core.codec import ITEM_DELTA, ITEM_PRUNE, ITEM_RECORD, Elided
-from smegmesh.core.delta import base_size, expand_delta
+from smegmesh.core.delta import base_ref, base_size, expand_delta
 from smegmesh.core.offer import KEY_ID_LEN
 from smegmesh.core.record import NodeRecord, Prune, RecordError, prune_from_obj, record_from_obj
 from smegmesh.core.state import Item, MeshState
@@ -86,10 +86,6 @@ _MESH, _KEY, _SIGN, _ADDRESS, _CHAIN = 0, 1, 2, 9, 18
 _TARGET, _BY, _BY_SIGN, _TARGET_RECORD, _BY_CHAIN = 1, 3, 4, 6, 7
 
 
-def _record_ref(rec: NodeRecord) -> bytes:
-    return hashlib.sha256(rec.signature).digest()[:REF_LEN]
-
-
 def _chain_ref(sign_key: bytes, chain: Sequence[Cert]) -> bytes:
     """A signer's name: its sign key and all its chain's certificates' keys, hashed.
 
@@ -122,7 +118,7 @@ def elide(item: Item, now_ms: int) -> Item | Elided:
         fields[_MESH] = None
         if short_tr:
             assert tr is not None
-            fields[_TARGET_RECORD] = _record_ref(tr)
+            fields[_TARGET_RECORD] = base_ref(tr)
             fields[_TARGET] = item.target[:KEY_ID_LEN]
         if short_chain:
             fields[_BY_CHAIN] = _chain_ref(item.by_sign_key, item.by_chain)
@@ -223,7 +219,7 @@ def _expand_prune(mesh: MeshState, f: list[Any]) -> Item | None:
     if type(f[_TARGET_RECORD]) is bytes:
         target = _key(mesh, f[_TARGET])
         held = mesh.record(target) if target is not None else None
-        if held is None or held.version != f[2] or _record_ref(held) != f[_TARGET_RECORD]:
+        if held is None or held.version != f[2] or base_ref(held) != f[_TARGET_RECORD]:
             return None
         parts["target_record"] = held
         f[_TARGET], f[_TARGET_RECORD] = held.wg_key, None
