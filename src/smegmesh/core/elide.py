@@ -77,8 +77,8 @@ REF_LEN = 16
 #: Elided items expanded at most per message (the rest is pulled by sync).
 MAX_EXPANDED = 256
 #: Bytes of held records that deltas (core.delta) may rebuild per message:
-#: ~100 founded records of a few KB; an honest push of deltas names each
-#: key once, a page of them at most ~2,500 (PAGE_BYTES / ~106 B).
+#: ~100 founded records of a few KB (an honest push carries a batch of a few;
+#: past it the rest is pulled by sync, as past MAX_EXPANDED).
 DELTA_BASES_PER_MESSAGE = 256 * 1024
 
 # indexes in a record's wire form, and in a prune's
