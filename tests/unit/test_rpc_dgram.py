@@ -367,3 +367,49 @@ def test_datagram_sockets_get_a_receive_buffer_for_a_starved_second() -> None:
             await server.stop(0)
 
     _run(main())
+
+
+def test_a_quiet_offer_that_wants_nothing_is_answered_by_silence_not_a_datagram() -> None:
+    """core.wire.QUIET_REQUESTS: an Offer to an endpoint that answers datagrams
+    goes quiet; a receiver that wants nothing sends no datagram back (four offers
+    in five under churn), the caller takes silence for it after QUIET_WAIT_MS,
+    without resending and without the stream; one that wants something answers."""
+    from smegmesh.core.offer import Offer, Want
+    from smegmesh.core.wire import NOTHING_WANTED, QUIET_WAIT_MS
+    from smegmesh.daemon.rpc_common import QuietSilence
+
+    offer = encode(Offer("mesh", ((b"k" * 8, 2, 0, b"hash"),)))
+    wants = encode(Want("~", (b"k" * 8,)))
+    answers = {"want": NOTHING_WANTED}
+
+    async def handler(_src: bytes, body: bytes) -> bytes:
+        return ACK if body == PING else answers["want"]
+
+    async def main() -> None:
+        server, client, ep = await _pair(handler)
+        try:
+            # not yet known to speak datagrams: not quiet, answered as ever
+            assert await client.call(ep, server._fp, offer, to=SRV.wg_public_key) == NOTHING_WANTED
+            assert await client.call(ep, server._fp, PING, to=SRV.wg_public_key) == ACK
+            st = client.datagrams.stats  # type: ignore[union-attr]
+            sent = st.datagrams["out", "Offer"]
+            t0 = time.monotonic()
+            with pytest.raises(QuietSilence):
+                await client.call(ep, server._fp, offer, to=SRV.wg_public_key)
+            waited = time.monotonic() - t0
+            assert QUIET_WAIT_MS / 1000 - 0.05 <= waited < QUIET_WAIT_MS / 1000 + 0.5
+            assert st.datagrams["out", "Offer"] == sent + 1  # sent once, not resent
+            assert st.fallbacks["quiet: nothing answered"] == 1
+            assert server.datagrams is not None
+            assert server.datagrams.stats.fallbacks["quiet: nothing to answer"] == 1
+            assert ("in", "Offer", "stream") not in server.transport_calls
+            assert client.open_channels == 0
+            answers["want"] = wants  # it wants a key: answered at once
+            t0 = time.monotonic()
+            assert await client.call(ep, server._fp, offer, to=SRV.wg_public_key) == wants
+            assert time.monotonic() - t0 < 0.5
+        finally:
+            await client.close()
+            await server.stop(0)
+
+    _run(main())

@@ -35,6 +35,7 @@ from prometheus_client.registry import Collector
 
 from smegmesh.core.wire import message_name
 from smegmesh.daemon.defaults import VERSION
+from smegmesh.daemon.rpc_common import QuietSilence
 from smegmesh.daemon.transport import Refused, RpcClient, RpcError
 from smegmesh.daemon.wirestats import WireStats, run_sampler
 
@@ -209,6 +210,9 @@ class MeteredRpcClient(RpcClient):
         m.child(m.rpc_bytes, "out", kind).inc(len(body))
         try:
             reply = await super().call(endpoint, fp, body, timeout, to=to, identity=identity)
+        except QuietSilence:  # a quiet offer's target wanted nothing (core.wire)
+            m.child(m.rpc_sent, kind, "nothing").inc()
+            raise
         except RpcError:
             m.child(m.rpc_sent, kind, "error").inc()
             raise
