@@ -477,15 +477,15 @@ class ExchangeMixin:
             return self._push_calls([to], whole | news, MAX_HOPS, whole=whole, now_ms=now_ms)
         return []
 
-    def handle_failure(self, to: bytes, ctx: CallCtx, now_ms: int) -> list[Out]:
-        """Our call to ``to`` with context ``ctx`` failed (no answer)."""
+    def handle_failure(
+        self, to: bytes, ctx: CallCtx, now_ms: int, silent: bool = False
+    ) -> list[Out]:
+        """Our call to ``to`` with context ``ctx`` failed (no answer; see ``CallFailed``)."""
         if isinstance(ctx, RelayCtx):
             return [Respond(ctx.request_id, Ack(IN_REPLY, ctx.probe_id, False))]
-        if isinstance(ctx, OfferCtx):  # its target held all (wire.QUIET_REQUESTS), or is down
+        if isinstance(ctx, OfferCtx) and silent:  # a quiet offer: held all (wire.QUIET_REQUESTS)
             self._sched.lose_interest(ctx.keys)
-        elif isinstance(ctx, PushCtx) and ctx.deltas:
-            # an older node refuses a push it cannot decode: whole records to
-            # it, until an ack of a push says it takes deltas (core.delta)
+        elif isinstance(ctx, PushCtx) and ctx.deltas:  # an older node refuses them (core.delta)
             self.tags.note_delta_failed(to, record_version(self.mesh, to))
         if isinstance(ctx, PeerPingCtx):
             self._peer_ping_inflight = False

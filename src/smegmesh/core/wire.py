@@ -30,7 +30,6 @@ __all__ = [
     "NOTHING_WANTED",
     "PROTOCOL",
     "QUIET_REQUESTS",
-    "QUIET_WAIT_MS",
     "WIRE_VERSION",
     "Registry",
     "WireError",
@@ -60,16 +59,15 @@ DATAGRAM_REPLIES = PROTOCOL.datagram_names(replies=True)
 #: Requests a caller may send *quiet*: their receiver leaves unsent an answer
 #: that says nothing (:data:`NOTHING_WANTED`, to an ``Offer`` whose keys it
 #: holds all: four offers in five under churn, 11 % of a node's bytes at 300
-#: simulated members), and the caller takes silence for it after
-#: :data:`QUIET_WAIT_MS`: the call fails, and the engine counts the offered
-#: keys as held (``ExchangeMixin.handle_failure``). Only by datagram (a stream
-#: call is always answered), only to members that answered a datagram lately;
-#: an older receiver ignores the flag and answers as ever.
+#: simulated members). The caller waits as long as for any answer, without
+#: resending, and takes silence for it: the call fails ``silent``
+#: (``engine.CallFailed``) and the engine counts the offered keys as held, as
+#: an empty ``Want`` (``ExchangeMixin.handle_failure``). Only by one datagram
+#: (a stream call is always answered) and only to members that answered a
+#: datagram lately; an older receiver ignores the flag and answers as ever.
 QUIET_REQUESTS = frozenset({"Offer"})
 #: The answer a quiet request's receiver leaves unsent, as encoded.
 NOTHING_WANTED = PROTOCOL.encode(offer.Want(messages.IN_REPLY, ()))
-#: How long a quiet caller waits for an answer that says something.
-QUIET_WAIT_MS = 1_000
 
 
 def encode(msg: object) -> bytes:

@@ -210,8 +210,8 @@ class MeteredRpcClient(RpcClient):
         m.child(m.rpc_bytes, "out", kind).inc(len(body))
         try:
             reply = await super().call(endpoint, fp, body, timeout, to=to, identity=identity)
-        except QuietSilence:  # a quiet offer's target wanted nothing (core.wire)
-            m.child(m.rpc_sent, kind, "nothing").inc()
+        except QuietSilence:  # a quiet call unanswered: its answer said nothing (core.wire)
+            m.child(m.rpc_sent, kind, "quiet").inc()
             raise
         except RpcError:
             m.child(m.rpc_sent, kind, "error").inc()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from smegmesh.core.endpoint import split_host_port
-from smegmesh.core.wire import DATAGRAM_REQUESTS, QUIET_REQUESTS, QUIET_WAIT_MS, message_name
+from smegmesh.core.wire import DATAGRAM_REQUESTS, QUIET_REQUESTS, message_name
 from smegmesh.daemon import dgram_wire as dw
 from smegmesh.daemon.engineport import answer_shows_caller_known
 from smegmesh.daemon.rpc_common import CLOCK_SKEW_MS, QuietSilence, RpcError
@@ -154,8 +154,15 @@ class DatagramClient(asyncio.DatagramProtocol):
             return await stream(timeout)
         known = self._speaks_datagrams(endpoint)
         kind = message_name(body) or "unknown"
-        # quiet (core.wire.QUIET_REQUESTS): only to an endpoint that answers datagrams
-        quiet = known and kind in QUIET_REQUESTS and len(body) <= dw.MAX_BODY
+        # quiet (core.wire.QUIET_REQUESTS): only to an endpoint that answers
+        # datagrams, and while half the pending slots are free (a quiet call
+        # holds one as long as a failed call does)
+        quiet = (
+            known
+            and kind in QUIET_REQUESTS
+            and len(body) <= dw.MAX_BODY
+            and len(self._pending) < MAX_PENDING // 2
+        )
         status, reply = await self._exchange(sock, target, to, body, timeout, me, kind, quiet)
         remaining = max(0.001, t0 + timeout - time.monotonic())
         if status is None and quiet:
@@ -202,8 +209,8 @@ class DatagramClient(asyncio.DatagramProtocol):
         kind: str,
         quiet: bool = False,
     ) -> tuple[int | None, bytes]:
-        """Send (and resend once; quiet: once, for :data:`QUIET_WAIT_MS` at most);
-        ``(status, body)`` of the answer, ``(None, b"")`` if none."""
+        """Send (and resend once; quiet: once, no resend); ``(status, body)`` of the
+        answer, ``(None, b"")`` if none by :data:`FALLBACK_AT` of ``timeout``."""
         t0 = time.monotonic()
         rid = int.from_bytes(os.urandom(4), "big")
         while rid in self._pending:
@@ -219,10 +226,8 @@ class DatagramClient(asyncio.DatagramProtocol):
             dg_kind, bodies = dw.REQUEST_PART, dw.split_request(body)
         else:
             dg_kind, bodies = dw.REQUEST, [body]
-        if quiet:
-            waits = [min(QUIET_WAIT_MS / 1000, timeout * FALLBACK_AT)]
-        else:
-            waits = [timeout * RESEND_AT, timeout * FALLBACK_AT]
+        # a quiet call is not resent: its silence is the common answer
+        waits = [timeout * FALLBACK_AT] if quiet else [timeout * RESEND_AT, timeout * FALLBACK_AT]
         flags = dw.QUIET if quiet else 0
         try:
             for wait in waits:

@@ -32,9 +32,10 @@ from typing import Any, Protocol
 from smegmesh.core.driver import EngineDriver
 from smegmesh.core.engine import Call, Message
 from smegmesh.core.meshnode import MeshNode, Out
-from smegmesh.core.wire import QUIET_REQUESTS, QUIET_WAIT_MS, decode, encode
+from smegmesh.core.wire import QUIET_REQUESTS, decode, encode
 from smegmesh.sim.overhead import (
     CONNECT_BYTES,
+    DGRAM_MAX_BODY,
     ChannelPool,
     model_of,
     reply_bytes,
@@ -71,7 +72,6 @@ class _Pending:
     call: Any  # the engine's Call (or a subclass's marker, e.g. a join)
     dgram: bool = False  # wire overhead, datagram model: the request went as a datagram
     size: int = 0  # the request's payload bytes (wire overhead of a stream fallback)
-    at: int = 0  # when it was called
 
 
 @dataclass
@@ -366,7 +366,7 @@ class Driver:
         """Call ``to`` (-1: unknown address, the call fails at the timeout)."""
         self._next_call += 1
         cid = self._next_call
-        self._calls[cid] = _Pending(caller, self._epoch(caller), to, msg, call, at=self.now)
+        self._calls[cid] = _Pending(caller, self._epoch(caller), to, msg, call)
         timeout = self.net.rpc_timeout_ms if timeout_ms is None else timeout_ms
         self._push(self.now + timeout, _TIMEOUT, cid)
         if to >= 0:
@@ -389,21 +389,19 @@ class Driver:
         c = self._calls.get(cid)
         if c is None:
             return
-        if self._quiet(c, msg):
-            # left unsent (core.wire.QUIET_REQUESTS): the caller fails at its wait
-            self._push(max(self.now, c.at + QUIET_WAIT_MS), _TIMEOUT, cid)
-            return
+        if self._quiet(c) and type(msg).__name__ == "Want" and not getattr(msg, "keys", True):
+            return  # left unsent (core.wire.QUIET_REQUESTS): the caller fails, silent
         self._send(e, c.caller, _REP, (cid, msg), msg)
 
-    def _quiet(self, c: _Pending, reply: Message) -> bool:
-        """Whether the answer ``reply`` to ``c`` stays unsent: a quiet datagram
-        call's answer that says nothing (in a run of the datagram model)."""
+    def _quiet(self, c: _Pending) -> bool:
+        """Whether ``c`` went quiet: a request of ``QUIET_REQUESTS`` in one
+        datagram (in a run of the datagram model; the daemon's members have
+        all answered a datagram lately, as the daemon requires)."""
         return (
             self._model == "datagram"
             and c.dgram
+            and c.size <= DGRAM_MAX_BODY
             and type(c.msg).__name__ in QUIET_REQUESTS
-            and type(reply).__name__ == "Want"
-            and not getattr(reply, "keys", True)
         )
 
     def _caller_gone(self, c: _Pending) -> bool:
@@ -426,7 +424,7 @@ class Driver:
         self._failed(c)
 
     def _failed(self, c: _Pending) -> None:
-        self._driver(c.caller).failure(c.call, self.now)
+        self._driver(c.caller).failure(c.call, self.now, self._quiet(c))
         self._reschedule(c.caller)
 
 
