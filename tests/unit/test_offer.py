@@ -505,26 +505,3 @@ def test_acks_and_wants_name_no_mesh_and_a_reply_naming_it_is_taken_alike() -> N
     older = replace(want, mesh_id=MESH)
     got = [_calls(a.step(ReplyReceived(call, w, net.now))) for w in (want, older)]
     assert got[0] == got[1] and len(got[0]) == 1 and isinstance(got[0][0].msg, Push)
-
-
-def test_a_quiet_offer_left_unanswered_counts_as_held_as_an_empty_want_does() -> None:
-    """A quiet offer's target that holds every key sends nothing back
-    (core.wire.QUIET_REQUESTS): its silence (a call failed ``silent``) costs the
-    offered keys a round as an empty Want does (rumour mongering with
-    feedback); any other failure (a member down, a refusal) teaches nothing."""
-    from smegmesh.core.engine import CallFailed
-    from smegmesh.core.gossip import LOSE_INTEREST_AFTER
-
-    for answer in ("want", "silence", "failure"):
-        _net, nodes = mesh_of(4)
-        a, b = nodes[0], nodes[1]
-        k = nodes[2].key
-        a._sched.note_fresh({k})
-        rounds = a._sched._fresh[k]
-        call = Call(b.key, Offer(MESH, ()), OfferCtx(frozenset({k})))
-        for _ in range(LOSE_INTEREST_AFTER):
-            if answer == "want":
-                a.step(ReplyReceived(call, Want(IN_REPLY, ()), 0))
-            else:
-                a.step(CallFailed(call, 0, silent=answer == "silence"))
-        assert a._sched._fresh.get(k, 0) == rounds - (answer != "failure"), answer

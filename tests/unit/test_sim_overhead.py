@@ -109,28 +109,3 @@ def test_the_mesh_id_length_is_charged_on_every_message() -> None:
         sim.run_until(T0 + 6_000)
     count, payload = short.traffic.by_type["Ping"]
     assert long.traffic.by_type["Ping"] == [count, payload + count * 20]
-
-
-def test_the_datagram_model_leaves_an_offers_empty_want_unsent_as_the_transport_does() -> None:
-    """core.wire.QUIET_REQUESTS: by datagram, an Offer whose target wants nothing
-    gets no answer (the caller fails at QUIET_WAIT_MS and counts the keys held);
-    the stream model, whose calls are always answered, sends every Want."""
-    from smegmesh.sim.simulator import Simulator as Sim
-
-    def changed(model: str) -> Sim:
-        sim = Sim.steady(30, seed=3, net=NetParams(loss=0.0, wire_overhead=model))
-        sim.run_until(T0 + 3_000)
-        for i in range(6):  # crashes and restarts, so there are offers
-            sim.crash(i)
-        sim.run_until(T0 + 8_000)
-        for i in range(6):
-            sim.restart(i)
-        sim.run_until(T0 + 12_000)
-        return sim
-
-    stream, dgram = changed("stream"), changed("datagram")
-    offers = stream.traffic.by_type["Offer"][0]
-    # (offers to members down are unanswered in both)
-    assert offers > 0 and stream.traffic.by_type["Want"][0] >= 0.9 * offers
-    assert dgram.traffic.by_type["Offer"][0] > 0
-    assert dgram.traffic.by_type.get("Want", [0])[0] < dgram.traffic.by_type["Offer"][0] / 2

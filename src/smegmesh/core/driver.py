@@ -80,9 +80,9 @@ class EngineDriver:
         """The reply to ``call``."""
         self.dispatch(self.node.step(ReplyReceived(call, msg, now_ms)))
 
-    def failure(self, call: Call, now_ms: int, silent: bool = False) -> None:
+    def failure(self, call: Call, now_ms: int) -> None:
         """``call`` got no reply."""
-        self.dispatch(self.node.step(CallFailed(call, now_ms, silent)))
+        self.dispatch(self.node.step(CallFailed(call, now_ms)))
 
     def next_wakeup(self, now_ms: int) -> int | None:
         """When to call :meth:`timer` next (None: only on new input).

@@ -227,16 +227,10 @@ class ReplyReceived:
 
 @dataclass(frozen=True, slots=True)
 class CallFailed:
-    """``call`` got no reply (unreachable, timeout, malformed answer).
-
-    ``silent``: the call went quiet (``core.wire.QUIET_REQUESTS``) and got no
-    answer in time: most often its receiver had nothing to say, and left it
-    unsent (or the request was lost, or its receiver is down).
-    """
+    """``call`` got no reply (unreachable, timeout, malformed answer)."""
 
     call: Call
     now_ms: int
-    silent: bool = False
 
 
 @dataclass(frozen=True, slots=True)

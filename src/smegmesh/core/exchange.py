@@ -166,15 +166,17 @@ class ExchangeMixin:
         plain = self._pushes(whole_items + sent, hops)
         if now_ms is None:
             return [Call(t, msg, ctx) for t in targets for msg in plain]
-        # new versions of records as what changed (core.delta), to those that take it
+        # Members that take deltas get a new version of a record they hold as
+        # what changed (core.delta); the others the record as it is.
         deltas = as_deltas(news, sent, self.mesh.bases)
         if deltas is None:
             return [Call(t, msg, ctx) for t in targets for msg in plain]
+        takers = self.tags.takes_deltas
         out: list[Out] = []
         short: list[Push] | None = None
         dctx = PushCtx(keys, deltas=True)
         for t in targets:
-            if self.tags.takes_deltas(t, record_version(self.mesh, t)):
+            if takers(t, record_version(self.mesh, t)):
                 short = short or self._pushes(whole_items + deltas, hops)
                 out.extend(Call(t, msg, dctx) for msg in short)
             else:
@@ -477,15 +479,13 @@ class ExchangeMixin:
             return self._push_calls([to], whole | news, MAX_HOPS, whole=whole, now_ms=now_ms)
         return []
 
-    def handle_failure(
-        self, to: bytes, ctx: CallCtx, now_ms: int, silent: bool = False
-    ) -> list[Out]:
-        """Our call to ``to`` with context ``ctx`` failed (no answer; see ``CallFailed``)."""
+    def handle_failure(self, to: bytes, ctx: CallCtx, now_ms: int) -> list[Out]:
+        """Our call to ``to`` with context ``ctx`` failed (no answer)."""
         if isinstance(ctx, RelayCtx):
             return [Respond(ctx.request_id, Ack(IN_REPLY, ctx.probe_id, False))]
-        if isinstance(ctx, OfferCtx) and silent:  # a quiet offer: held all (wire.QUIET_REQUESTS)
-            self._sched.lose_interest(ctx.keys)
-        elif isinstance(ctx, PushCtx) and ctx.deltas:  # an older node refuses them (core.delta)
+        if isinstance(ctx, PushCtx) and ctx.deltas:
+            # an older node refuses a push it cannot decode: whole records to
+            # it, until an ack of a push says it takes deltas (core.delta)
             self.tags.note_delta_failed(to, record_version(self.mesh, to))
         if isinstance(ctx, PeerPingCtx):
             self._peer_ping_inflight = False

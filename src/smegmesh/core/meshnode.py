@@ -460,7 +460,7 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         if isinstance(inp, ReplyReceived):
             return self.handle_reply(inp.call.to, inp.call.ctx, inp.msg, inp.now_ms)
         if isinstance(inp, CallFailed):
-            return self.handle_failure(inp.call.to, inp.call.ctx, inp.now_ms, inp.silent)
+            return self.handle_failure(inp.call.to, inp.call.ctx, inp.now_ms)
         if isinstance(inp, Start):
             return self.start(inp.now_ms)
         if isinstance(inp, UpdateSelf):

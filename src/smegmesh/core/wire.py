@@ -27,9 +27,7 @@ __all__ = [
     "DATAGRAM_REPLIES",
     "DATAGRAM_REQUESTS",
     "DEFAULT_MAX_SIZE",
-    "NOTHING_WANTED",
     "PROTOCOL",
-    "QUIET_REQUESTS",
     "WIRE_VERSION",
     "Registry",
     "WireError",
@@ -56,18 +54,6 @@ PROTOCOL = Registry(
 DATAGRAM_REQUESTS = PROTOCOL.datagram_names()
 #: Replies a datagram may carry (the ``dgram_reply`` flag); others: "use the stream".
 DATAGRAM_REPLIES = PROTOCOL.datagram_names(replies=True)
-#: Requests a caller may send *quiet*: their receiver leaves unsent an answer
-#: that says nothing (:data:`NOTHING_WANTED`, to an ``Offer`` whose keys it
-#: holds all: four offers in five under churn, 11 % of a node's bytes at 300
-#: simulated members). The caller waits as long as for any answer, without
-#: resending, and takes silence for it: the call fails ``silent``
-#: (``engine.CallFailed``) and the engine counts the offered keys as held, as
-#: an empty ``Want`` (``ExchangeMixin.handle_failure``). Only by one datagram
-#: (a stream call is always answered) and only to members that answered a
-#: datagram lately; an older receiver ignores the flag and answers as ever.
-QUIET_REQUESTS = frozenset({"Offer"})
-#: The answer a quiet request's receiver leaves unsent, as encoded.
-NOTHING_WANTED = PROTOCOL.encode(offer.Want(messages.IN_REPLY, ()))
 
 
 def encode(msg: object) -> bytes:

@@ -65,9 +65,6 @@ REPLY = 2
 REQUEST_PART = 4
 #: reply status: 0 ok, 1 "use the stream" (repeat the call over gRPC), 2 refused
 OK, USE_STREAM, REFUSED = 0, 1, 2
-#: request status flag: "quiet", leave unsent an answer that says nothing
-#: (``core.wire.QUIET_REQUESTS``); a server before it ignores a request's status
-QUIET = 1
 INFO = b"smegmesh datagram v2"
 KEY_LEN = 32
 #: Bytes of a WireGuard public key that name it in a header.

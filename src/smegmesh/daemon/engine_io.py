@@ -25,7 +25,6 @@ from smegmesh.core.wire import WireError, decode, encode
 from smegmesh.daemon.base import DaemonBase
 from smegmesh.daemon.devices_ops import DEVICE_REQUESTS
 from smegmesh.daemon.engineport import answer_who_am_i, reply_of
-from smegmesh.daemon.rpc_common import QuietSilence
 from smegmesh.daemon.runtime import MeshRuntime, now_ms
 from smegmesh.daemon.transport import Refused, RpcError, caller_address, caller_address_verified
 
@@ -101,8 +100,6 @@ class EngineIO(DaemonBase):
                 rec.control_endpoint, rec.tls_fp, encode(call.msg), timeout=timeout, to=call.to
             )
             reply = decode(data)
-        except QuietSilence:  # a quiet offer's target wanted nothing (core.wire)
-            rt.driver.failure(call, now_ms(), silent=True)
         except (RpcError, WireError) as e:
             log.debug(
                 "mesh %s: %s to %s failed: %s",

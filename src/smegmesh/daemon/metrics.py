@@ -35,7 +35,6 @@ from prometheus_client.registry import Collector
 
 from smegmesh.core.wire import message_name
 from smegmesh.daemon.defaults import VERSION
-from smegmesh.daemon.rpc_common import QuietSilence
 from smegmesh.daemon.transport import Refused, RpcClient, RpcError
 from smegmesh.daemon.wirestats import WireStats, run_sampler
 
@@ -210,9 +209,6 @@ class MeteredRpcClient(RpcClient):
         m.child(m.rpc_bytes, "out", kind).inc(len(body))
         try:
             reply = await super().call(endpoint, fp, body, timeout, to=to, identity=identity)
-        except QuietSilence:  # a quiet call unanswered: its answer said nothing (core.wire)
-            m.child(m.rpc_sent, kind, "quiet").inc()
-            raise
         except RpcError:
             m.child(m.rpc_sent, kind, "error").inc()
             raise

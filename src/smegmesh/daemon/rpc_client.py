@@ -21,14 +21,7 @@ from smegmesh.core.endpoint import join_host_port, split_host_port
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.wire import message_name
 from smegmesh.daemon.ratelog import RateLog
-from smegmesh.daemon.rpc_common import (
-    FULL_METHOD,
-    MAX_MESSAGE,
-    TLS_NAME,
-    QuietSilence,
-    RpcError,
-    _signed_digest,
-)
+from smegmesh.daemon.rpc_common import FULL_METHOD, MAX_MESSAGE, TLS_NAME, RpcError, _signed_digest
 from smegmesh.daemon.rpc_dgram_client import DatagramClient
 from smegmesh.daemon.rpc_tls import fetch_certificate
 
@@ -401,11 +394,7 @@ class RpcClient:
             used[0] = "stream"
             return self._stream_call(endpoint, fp, body, left, to=to, identity=identity)
 
-        try:
-            reply = await dg.call(target, endpoint, to, body, t, identity or self._identity, stream)
-        except QuietSilence:  # sent by datagram, and nothing came back: as it should
-            self.transport_calls["out", kind, "datagram"] += 1
-            raise
+        reply = await dg.call(target, endpoint, to, body, t, identity or self._identity, stream)
         if used[0] == "datagram":  # answered by datagram (the stream counts its own)
             self.transport_calls["out", kind, "datagram"] += 1
             self.backoff.ok((endpoint, fp))

@@ -25,10 +25,6 @@ class RpcError(Exception):
     """A node-to-node call failed (unreachable, timed out, refused, bad pin)."""
 
 
-class QuietSilence(RpcError):
-    """A quiet call went unanswered: its answer said nothing (``core.wire.QUIET_REQUESTS``)."""
-
-
 class Refused(Exception):
     """Raised by a request handler to refuse a call (mapped to PERMISSION_DENIED)."""
 

@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from smegmesh.core.wire import DATAGRAM_REPLIES, DATAGRAM_REQUESTS, NOTHING_WANTED, message_name
+from smegmesh.core.wire import DATAGRAM_REPLIES, DATAGRAM_REQUESTS, message_name
 from smegmesh.daemon import dgram_wire as dw
 from smegmesh.daemon.dgram_replay import ReplayCache
 from smegmesh.daemon.member_budget import OVER_CALL_BUDGET
@@ -365,9 +365,6 @@ class DatagramServer(asyncio.DatagramProtocol):
             return
         finally:
             self._server._leave(sender, ip, True)
-        if o.status & dw.QUIET and reply == NOTHING_WANTED:
-            self.stats.fallbacks["quiet: nothing to answer"] += 1
-            return  # the caller takes silence for it (core.wire.QUIET_REQUESTS)
         if len(reply) > dw.MAX_BODY or message_name(reply) not in DATAGRAM_REPLIES:
             self._reply(o, priv, addr, ip, dw.USE_STREAM, b"")
         else:

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from smegmesh.core.endpoint import split_host_port
-from smegmesh.core.wire import DATAGRAM_REQUESTS, QUIET_REQUESTS, message_name
+from smegmesh.core.wire import DATAGRAM_REQUESTS, message_name
 from smegmesh.daemon import dgram_wire as dw
 from smegmesh.daemon.engineport import answer_shows_caller_known
-from smegmesh.daemon.rpc_common import CLOCK_SKEW_MS, QuietSilence, RpcError
+from smegmesh.daemon.rpc_common import CLOCK_SKEW_MS, RpcError
 from smegmesh.daemon.rpc_dgram import (
     DatagramStats,
     _ip,
@@ -154,20 +154,8 @@ class DatagramClient(asyncio.DatagramProtocol):
             return await stream(timeout)
         known = self._speaks_datagrams(endpoint)
         kind = message_name(body) or "unknown"
-        # quiet (core.wire.QUIET_REQUESTS): only to an endpoint that answers
-        # datagrams, and while half the pending slots are free (a quiet call
-        # holds one as long as a failed call does)
-        quiet = (
-            known
-            and kind in QUIET_REQUESTS
-            and len(body) <= dw.MAX_BODY
-            and len(self._pending) < MAX_PENDING // 2
-        )
-        status, reply = await self._exchange(sock, target, to, body, timeout, me, kind, quiet)
+        status, reply = await self._exchange(sock, target, to, body, timeout, me, kind)
         remaining = max(0.001, t0 + timeout - time.monotonic())
-        if status is None and quiet:
-            self.stats.fallbacks["quiet: nothing answered"] += 1
-            raise QuietSilence(f"{endpoint}: nothing to answer (quiet {kind})")
         if status is None:
             if known and len(body) <= dw.MAX_BODY:
                 # (A request in parts may meet a node that takes only single
@@ -207,10 +195,8 @@ class DatagramClient(asyncio.DatagramProtocol):
         timeout: float,
         me: NodeIdentity,
         kind: str,
-        quiet: bool = False,
     ) -> tuple[int | None, bytes]:
-        """Send (and resend once; quiet: once, no resend); ``(status, body)`` of the
-        answer, ``(None, b"")`` if none by :data:`FALLBACK_AT` of ``timeout``."""
+        """Send (and resend once); ``(status, body)`` of the answer, ``(None, b"")`` if none."""
         t0 = time.monotonic()
         rid = int.from_bytes(os.urandom(4), "big")
         while rid in self._pending:
@@ -226,29 +212,17 @@ class DatagramClient(asyncio.DatagramProtocol):
             dg_kind, bodies = dw.REQUEST_PART, dw.split_request(body)
         else:
             dg_kind, bodies = dw.REQUEST, [body]
-        # a quiet call is not resent: its silence is the common answer
-        waits = [timeout * FALLBACK_AT] if quiet else [timeout * RESEND_AT, timeout * FALLBACK_AT]
-        flags = dw.QUIET if quiet else 0
         try:
-            for wait in waits:
+            for share in (RESEND_AT, FALLBACK_AT):
                 for part in bodies:
                     data = dw.seal(
-                        self.keys,
-                        dg_kind,
-                        slot[0],
-                        mine,
-                        to,
-                        rid,
-                        _wall_ms(),
-                        flags,
-                        part,
-                        os.urandom,
+                        self.keys, dg_kind, slot[0], mine, to, rid, _wall_ms(), 0, part, os.urandom
                     )
                     nonces.append(dw.request_nonce(data))
                     self._by_nonce[nonces[-1]] = rid
                     self.stats.count("out", kind, len(data), target[0])
                     sock.sendto(data, target[:2])
-                left = t0 + wait - time.monotonic()
+                left = t0 + timeout * share - time.monotonic()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(fut), max(0.0, left))
                 if fut.done():

@@ -32,10 +32,9 @@ from typing import Any, Protocol
 from smegmesh.core.driver import EngineDriver
 from smegmesh.core.engine import Call, Message
 from smegmesh.core.meshnode import MeshNode, Out
-from smegmesh.core.wire import QUIET_REQUESTS, decode, encode
+from smegmesh.core.wire import decode, encode
 from smegmesh.sim.overhead import (
     CONNECT_BYTES,
-    DGRAM_MAX_BODY,
     ChannelPool,
     model_of,
     reply_bytes,
@@ -387,22 +386,8 @@ class Driver:
     def _respond(self, e: int, cid: int, msg: Message) -> None:
         """Endpoint ``e`` answers the request ``cid`` (gone already: dropped)."""
         c = self._calls.get(cid)
-        if c is None:
-            return
-        if self._quiet(c) and type(msg).__name__ == "Want" and not getattr(msg, "keys", True):
-            return  # left unsent (core.wire.QUIET_REQUESTS): the caller fails, silent
-        self._send(e, c.caller, _REP, (cid, msg), msg)
-
-    def _quiet(self, c: _Pending) -> bool:
-        """Whether ``c`` went quiet: a request of ``QUIET_REQUESTS`` in one
-        datagram (in a run of the datagram model; the daemon's members have
-        all answered a datagram lately, as the daemon requires)."""
-        return (
-            self._model == "datagram"
-            and c.dgram
-            and c.size <= DGRAM_MAX_BODY
-            and type(c.msg).__name__ in QUIET_REQUESTS
-        )
+        if c is not None:
+            self._send(e, c.caller, _REP, (cid, msg), msg)
 
     def _caller_gone(self, c: _Pending) -> bool:
         return not self._alive(c.caller) or self._epoch(c.caller) != c.epoch
@@ -424,7 +409,7 @@ class Driver:
         self._failed(c)
 
     def _failed(self, c: _Pending) -> None:
-        self._driver(c.caller).failure(c.call, self.now, self._quiet(c))
+        self._driver(c.caller).failure(c.call, self.now)
         self._reschedule(c.caller)
 
 

@@ -30,7 +30,6 @@ from smegmesh.core.meshnode import Call, Out
 from smegmesh.core.messages import Refusal, WhoAmI
 from smegmesh.core.wire import WireError, decode, encode
 from smegmesh.daemon.engineport import DaemonPort, answer_who_am_i, reply_of
-from smegmesh.daemon.rpc_common import QuietSilence
 from smegmesh.daemon.rpc_dgram import BUCKET_BURST, BUCKET_RATE, DERIVE_BURST, DERIVE_RATE, KeyIds
 from smegmesh.daemon.rpc_dgram_client import DatagramClient
 from smegmesh.daemon.runtime import now_ms
@@ -274,9 +273,6 @@ class Worker:
         epoch = m.epoch
         try:
             reply = decode(await self.call_as(m, call.to, encode(call.msg), timeout))
-        except QuietSilence:  # a quiet offer's target wanted nothing (core.wire)
-            if m.epoch == epoch:
-                self._drv(m).failure(call, now_ms(), silent=True)
         except (RpcError, WireError) as e:
             self.stats.failures += 1
             self.stats.extra["last_failure"] = str(e)[:200]
