@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
-import time
 
-import msgpack
 import pytest
 
-from smegmesh.core.codec import ITEM_DELTA, Elided, encode_item
+from smegmesh.core.codec import ITEM_DELTA, Elided
 from smegmesh.core.delta import (
     BASE_KEEP_MS,
     MAX_BASE_BYTES,
@@ -22,7 +20,8 @@ from smegmesh.core.delta import (
 from smegmesh.core.elide import DELTA_BASES_PER_MESSAGE, MAX_EXPANDED, elide, expand
 from smegmesh.core.engine import Call, CallFailed, PushCtx, ReplyReceived
 from smegmesh.core.identity import NodeIdentity
-from smegmesh.core.messages import Ack
+from smegmesh.core.messages import IN_REPLY, Ack
+from smegmesh.core.paging import item_size
 from smegmesh.core.record import NodeRecord, RouteAdv
 from smegmesh.core.state_gate import MAX_CLOCK_SKEW_MS
 from smegmesh.core.sync import Push
@@ -33,7 +32,7 @@ from test_meshnode import mesh_of
 
 
 def _size(item: object) -> int:
-    return len(msgpack.packb(encode_item(item), use_bin_type=True))  # type: ignore[arg-type]
+    return item_size(item)  # type: ignore[arg-type]
 
 
 def _delta(base: NodeRecord, new: NodeRecord) -> Elided:
@@ -118,6 +117,8 @@ def test_a_hostile_delta_is_an_error_never_a_crash(changes: object) -> None:
     d = _delta(recs[2], recs[2].evolve(ident(4), now))
     got = expand(st, [Elided(ITEM_DELTA, (*d.fields[:5], changes))])
     assert got.items == [] and len(got.errors) == 1
+    if changes == [[10, "a"]] * (MAX_CHANGES + 1):  # refused for the count, before the rest
+        assert "at most" in str(got.errors[0])
 
 
 def test_bases_are_bounded_kept_a_while_and_good_only_for_the_record_that_replaced_them() -> None:
@@ -200,11 +201,8 @@ def test_deltas_against_a_large_held_record_cost_bounded_work() -> None:
     st = _state(m, recs, now)
     assert st.apply(big, now)
     fake = Elided(ITEM_DELTA, (big.wg_key[:8], base_ref(big), big.version + 1, now, bytes(64), []))
-    t0 = time.perf_counter()
     got = expand(st, _wire([fake] * MAX_EXPANDED, m.mesh_id).items)
-    st.apply_many(got.items, now)
-    assert time.perf_counter() - t0 < 0.05
-    assert len(got.errors) == 1 and not got.items  # once, and refused
+    assert len(got.errors) == 1 and not got.items  # once, and refused (not 256 rebuilds)
     # many keys, each a delta of a record under the cap (~6.9 KB): at most the budget
     m, recs = _mesh(48)
     mid = [r.evolve(ident(k + 2), now, routes=routes[:20]) for k, r in enumerate(recs)]
@@ -253,7 +251,7 @@ def test_deltas_go_to_members_until_a_push_of_them_fails_and_again_once_an_ack_s
     plain = push_to_b(t + 10)
     assert isinstance(plain.ctx, PushCtx) and not plain.ctx.deltas
     assert isinstance(plain.msg, Push) and isinstance(plain.msg.items[0], NodeRecord)
-    a.step(ReplyReceived(plain, Ack("~", 0, True), t + 15))  # an older node's ack
+    a.step(ReplyReceived(plain, Ack(IN_REPLY, 0, True), t + 15))  # an older node's ack
     assert not push_to_b(t + 20).ctx.deltas  # type: ignore[union-attr]
     # a newer node says so in its ack of any push
     reply, _ = b.handle_request(a.key, plain.msg, t + 21)

@@ -12,7 +12,7 @@ import pytest
 
 from smegmesh.core.addressing import validate_mesh_id
 from smegmesh.core.engine import Call, Message, OfferCtx, Out, RequestReceived, Respond
-from smegmesh.core.meshtag import MAX_TAKERS, MeshTags, mesh_tag
+from smegmesh.core.meshtag import MeshTags, mesh_tag
 from smegmesh.core.messages import IN_REPLY, Ack, JoinRequest, Ping, PingReq, Refusal
 from smegmesh.core.offer import Offer, Push, Want
 from smegmesh.core.wire import decode
@@ -111,13 +111,37 @@ def test_a_refusal_or_a_new_record_version_calls_in_full_again_and_the_memory_is
     assert tags.named(call, 7) is call
     assert tags.untagged(Ping(tags.tag, 3)) == Ping(MESH, 3)
     assert tags.untagged(Ping("other-mesh-id-xxxx", 3)) == Ping("other-mesh-id-xxxx", 3)
-    for i in range(MAX_TAKERS + 10):
-        tags.note_reply(i.to_bytes(32, "big"), Want(IN_REPLY, ()), 1)
-        if i == 20:
-            tags.note_reply((10).to_bytes(32, "big"), Want(IN_REPLY, ()), 1)  # a fresh word
-    assert len(tags._takers) == MAX_TAKERS
-    assert (10).to_bytes(32, "big") in tags._takers  # the latest word is forgotten last
-    tags.forget((10).to_bytes(32, "big"))  # gone from the mesh: nothing kept
+    tags.forget(KEY)  # gone from the mesh: nothing kept
+    assert KEY not in tags._takers and KEY not in tags._refused
+
+
+def test_words_are_bounded_and_the_latest_is_forgotten_last(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review: the bound was checked with keys pushed out in order only, so a
+    refreshed word being forgotten first went unseen."""
+    monkeypatch.setattr("smegmesh.core.meshtag.MAX_TAKERS", 16)
+    tags = MeshTags(MESH)
+
+    def k(i: int) -> bytes:
+        return i.to_bytes(32, "big")
+
+    for i in range(15):
+        tags.note_reply(k(i), Want(IN_REPLY, ()), 1)
+    tags.note_reply(k(0), Want(IN_REPLY, ()), 1)  # a fresh word of the oldest
+    tags.note_reply(k(15), Want(IN_REPLY, ()), 1)
+    tags.note_reply(k(16), Want(IN_REPLY, ()), 1)  # past the bound: the oldest word goes
+    assert len(tags._takers) == 16 and k(0) in tags._takers and k(1) not in tags._takers
+
+
+def test_a_member_gets_deltas_again_at_its_next_record_version_or_after_it_left() -> None:
+    """Review: the record version of a failed push of deltas, and forget, were
+    not covered (dropping either passed the unit suite)."""
+    tags = MeshTags(MESH)
+    tags.note_delta_failed(KEY, 5)
+    assert not tags.takes_deltas(KEY, 5) and tags.takes_deltas(KEY, 6)
+    tags.forget(KEY)
+    assert tags.takes_deltas(KEY, 5)
     assert (10).to_bytes(32, "big") not in tags._takers
     short = MeshTags("sim")  # an id no longer than a tag goes as it is
     short.note_reply(KEY, Ack(IN_REPLY, 1), 5)
@@ -169,7 +193,7 @@ def test_a_member_that_refuses_tags_is_refused_once_per_record_version() -> None
     for n in nodes:
         n.tags._takers.clear()
     net.run_until(net.now + 30_000)
-    assert len(refused) <= 3  # one per caller
+    assert 1 <= len(refused) <= 3  # one per caller (review: 0 passed too)
     assert all(mid.key in {r.wg_key for r in n.live_records()} for n in nodes[:3])
 
 

@@ -41,6 +41,7 @@ __all__ = [
     "ITEM_CODECS",
     "ITEM_DELTA",
     "ITEM_ELIDED",
+    "KEY_ID_LEN",
     "WIRE_VERSION",
     "Codec",
     "Elided",
@@ -192,6 +193,9 @@ ITEM_AUTH = 3
 #: A record or prune with references in place of parts its receiver holds
 #: (:mod:`smegmesh.core.elide`); only in a ``Push``.
 ITEM_ELIDED = 4
+#: Bytes of a key that name it in place of the key (offers, wants, elided
+#: items and deltas; the receiver looks it up among the keys it holds).
+KEY_ID_LEN = 8
 #: The kind of an elided item that is a record as a delta from the version
 #: its receiver holds (:mod:`smegmesh.core.delta`); only to members that take it.
 ITEM_DELTA = 5

@@ -7,7 +7,7 @@ is 200-300 bytes even with its chain by reference (``core.elide``); what
 differs from the version before is its version, time and signature (~90
 bytes) and, rarely, a field or two. So a push to a member that takes them
 sends such a record as a *delta* (:class:`~smegmesh.core.codec.Elided` of kind
-:data:`~smegmesh.core.codec.ITEM_DELTA`, fields :data:`DELTA_FIELDS`)::
+:data:`~smegmesh.core.codec.ITEM_DELTA`, six fields)::
 
     [key id (8), base ref (16), version, timestamp, signature,
      [[wire index, value], ...]]
@@ -44,13 +44,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from smegmesh.core.codec import ITEM_DELTA, Elided
+from smegmesh.core.codec import ITEM_DELTA, KEY_ID_LEN, Elided
 from smegmesh.core.record import NodeRecord, RecordError, record_from_obj
+from smegmesh.core.record_model import (
+    WIRE_ADDRESS,
+    WIRE_CHAIN,
+    WIRE_KEY,
+    WIRE_MESH,
+    WIRE_SIGN_KEY,
+    WIRE_SIGNATURE,
+    WIRE_TIME,
+    WIRE_VERSION,
+)
 
 __all__ = [
     "BASE_KEEP_MS",
     "BASE_REF_LEN",
-    "DELTA_FIELDS",
     "MAX_BASES",
     "MAX_BASES_BYTES",
     "MAX_BASE_BYTES",
@@ -71,8 +80,6 @@ TAKES_DELTAS = 1
 #: two records of one version whose names collide (2^(4 x this) signatures
 #: for a pair) would make honest relays' deltas fail their signatures.
 BASE_REF_LEN = 16
-#: Fields of a delta on the wire.
-DELTA_FIELDS = 6
 #: Changed fields one delta may carry (a record's wire form has 21 or 22).
 MAX_CHANGES = 16
 #: Bases kept per state, their bytes in all, and for how long (a change
@@ -84,11 +91,10 @@ BASE_KEEP_MS = 60_000
 #: refused (rebuilding one costs work by the size of the record held, not of
 #: the delta: a bridge's record of many routes is tens of KB).
 MAX_BASE_BYTES = 8 * 1024
-#: Indexes in a record's wire form (``NodeRecord.to_obj``).
-_MESH, _KEY, _SIGN, _VERSION, _TIME, _ADDRESS, _CHAIN, _SIG = 0, 1, 2, 3, 4, 9, 18, 20
-#: What a delta never changes (the record's identity) or carries in its own fields.
-_FIXED = frozenset({_MESH, _KEY, _SIGN, _VERSION, _TIME, _ADDRESS, _SIG})
-_KEY_ID_LEN = 8
+_VERSION, _TIME, _CHAIN, _SIG = WIRE_VERSION, WIRE_TIME, WIRE_CHAIN, WIRE_SIGNATURE
+#: What a delta never changes (the record's identity, derived by the receiver
+#: from the key it holds) or carries in its own fields.
+_FIXED = frozenset({WIRE_MESH, WIRE_KEY, WIRE_SIGN_KEY, _VERSION, _TIME, WIRE_ADDRESS, _SIG})
 
 
 def base_ref(rec: NodeRecord) -> bytes:
@@ -166,12 +172,12 @@ def delta_of(rec: NodeRecord, base: NodeRecord) -> Elided | None:
     changes = [
         [i, v] for i, (v, w) in enumerate(zip(new, old, strict=True)) if i not in _FIXED and v != w
     ]
-    if len(changes) > MAX_CHANGES or any(new[i] != old[i] for i in (_MESH, _SIGN, _ADDRESS)):
+    if len(changes) > MAX_CHANGES:
         return None
     return Elided(
         ITEM_DELTA,
         (
-            rec.wg_key[:_KEY_ID_LEN],
+            rec.wg_key[:KEY_ID_LEN],
             base_ref(base),
             rec.version,
             rec.timestamp_ms,

@@ -51,6 +51,13 @@ from smegmesh.core.codec import ITEM_DELTA, ITEM_PRUNE, ITEM_RECORD, Elided
 from smegmesh.core.delta import base_ref, base_size, expand_delta
 from smegmesh.core.offer import KEY_ID_LEN
 from smegmesh.core.record import NodeRecord, Prune, RecordError, prune_from_obj, record_from_obj
+from smegmesh.core.record_model import (
+    WIRE_ADDRESS,
+    WIRE_CHAIN,
+    WIRE_KEY,
+    WIRE_MESH,
+    WIRE_SIGN_KEY,
+)
 from smegmesh.core.state import Item, MeshState
 
 __all__ = [
@@ -81,8 +88,8 @@ MAX_EXPANDED = 256
 #: past it the rest is pulled by sync, as past MAX_EXPANDED).
 DELTA_BASES_PER_MESSAGE = 256 * 1024
 
-# indexes in a record's wire form, and in a prune's
-_MESH, _KEY, _SIGN, _ADDRESS, _CHAIN = 0, 1, 2, 9, 18
+# indexes in a record's wire form (record_model), and in a prune's
+_MESH, _KEY, _SIGN, _ADDRESS, _CHAIN = WIRE_MESH, WIRE_KEY, WIRE_SIGN_KEY, WIRE_ADDRESS, WIRE_CHAIN
 _TARGET, _BY, _BY_SIGN, _TARGET_RECORD, _BY_CHAIN = 1, 3, 4, 6, 7
 
 
@@ -156,7 +163,7 @@ def elided_record_key(mesh: MeshState, item: object) -> bytes | None:
     """The held key an elided record names (None: not an elided record, or not held)."""
     if type(item) is not Elided or item.kind not in (ITEM_RECORD, ITEM_DELTA):
         return None
-    return _key(mesh, item.fields[_key_index(item.kind)])
+    return _key(mesh, item.fields[_where(item.kind)[0]])
 
 
 def _signer(mesh: MeshState, key_id: object, ref: object) -> NodeRecord | None:
@@ -168,28 +175,17 @@ def _signer(mesh: MeshState, key_id: object, ref: object) -> NodeRecord | None:
     return rec if _chain_ref(rec.sign_key, rec.chain) == ref else None
 
 
-def _news(mesh: MeshState, e: Elided) -> bool:
-    """Whether ``e`` could change the state (cheap checks on its raw fields)."""
-    f = e.fields
-    if e.kind == ITEM_DELTA:
-        key, version = _key(mesh, f[0]), f[2]
-        if key is None or type(version) is not int:
-            return True
-        held = mesh.record(key)
+def _news(mesh: MeshState, e: Elided, key: bytes | None) -> bool:
+    """Whether ``e`` (naming the held ``key``) could change the state (cheap checks)."""
+    version = e.fields[_where(e.kind)[1]]
+    if key is None or type(version) is not int:
+        return True  # not held, or malformed: let expansion say which
+    held = mesh.record(key)
+    if e.kind != ITEM_PRUNE:
         return held is None or version > held.version
-    if e.kind == ITEM_RECORD:
-        key, version = _key(mesh, f[_KEY]), f[3]
-        if key is None or type(version) is not int:
-            return True  # not held, or malformed: let expansion say which
-        held = mesh.record(key)
-        return held is None or version > held.version
-    target, version = _key(mesh, f[_TARGET]), f[2]
-    if target is None or type(version) is not int:
-        return True
-    held = mesh.record(target)
     if held is not None and held.version > version:
         return False  # moot: a newer record is held
-    pr = mesh.get_prune(target)
+    pr = mesh.get_prune(key)
     return pr is None or version >= pr.target_version
 
 
@@ -235,12 +231,15 @@ def _expand_prune(mesh: MeshState, f: list[Any]) -> Item | None:
     return replace(prune_from_obj(f), **parts)
 
 
-def _key_index(kind: int) -> int:
-    """Where an elided item of ``kind`` names its key (a delta: first)."""
-    return {ITEM_RECORD: _KEY, ITEM_DELTA: 0}.get(kind, _TARGET)
+#: Where an elided item of each kind names its key, and the version it is about.
+_WHERE = {ITEM_RECORD: (_KEY, 3), ITEM_DELTA: (0, 2), ITEM_PRUNE: (_TARGET, 2)}
 
 
-def _expand_one(mesh: MeshState, e: Elided) -> Item | None:
+def _where(kind: int) -> tuple[int, int]:
+    return _WHERE.get(kind, _WHERE[ITEM_PRUNE])
+
+
+def _expand_one(mesh: MeshState, e: Elided, key: bytes | None) -> Item | None:
     """The whole item (None: a reference this state cannot resolve); raises RecordError.
 
     The parts put back are the held objects themselves (shared, not decoded
@@ -253,7 +252,6 @@ def _expand_one(mesh: MeshState, e: Elided) -> Item | None:
     if e.kind == ITEM_PRUNE:
         return _expand_prune(mesh, list(e.fields))
     if e.kind == ITEM_DELTA:
-        key = _key(mesh, e.fields[0])
         return expand_delta(mesh.record(key) if key is not None else None, e.fields)
     raise RecordError("item", "unknown elided kind")
 
@@ -274,9 +272,9 @@ def expand(mesh: MeshState, items: Iterable[Item | Elided]) -> Expanded:
         if not isinstance(it, Elided):
             out.items.append(it)
             continue
-        key = _key(mesh, it.fields[_key_index(it.kind)])
+        key = _key(mesh, it.fields[_where(it.kind)[0]])
         slot = (it.kind == ITEM_PRUNE, key or b"")
-        if not _news(mesh, it) or (key is not None and slot in seen):
+        if not _news(mesh, it, key) or (key is not None and slot in seen):
             continue
         seen.add(slot)
         held = mesh.record(key) if key is not None and it.kind == ITEM_DELTA else None
@@ -286,7 +284,7 @@ def expand(mesh: MeshState, items: Iterable[Item | Elided]) -> Expanded:
             continue
         budget -= 1
         try:
-            whole = _expand_one(mesh, it)
+            whole = _expand_one(mesh, it, key)
         except RecordError as err:
             out.errors.append(err)
             continue

@@ -20,6 +20,11 @@ to an older version of the software is called with the mesh id in full
 until it answers again. A member that refused a request naming the tag is
 called in full for the rest of that record version, whatever it says (the
 calls in flight to it then are refused, no more).
+
+The same memory holds a second word: which members are sent records as
+deltas (``core.delta``). Every member is, until a push of deltas to it
+fails at its record version (an older node refuses what it cannot decode);
+an ``Ack`` of a push carrying ``delta.TAKES_DELTAS`` undoes that.
 """
 
 from __future__ import annotations
@@ -40,8 +45,9 @@ TAG_PREFIX = "~"
 #: base32 characters of the hash in a tag (40 bits: two meshes that share one,
 #: made on purpose, cost about 2^40 hashes; see :meth:`MeshTags.note_reply`)
 TAG_LEN = 8
-#: Members remembered as taking tags (past it the oldest word is forgotten:
-#: that member is called with the mesh id in full until it answers again).
+#: Members remembered per word (taking tags, refusing them, refusing deltas;
+#: past it the oldest word is forgotten: for tags, that member is called with
+#: the mesh id in full until it answers again; for deltas, it gets them again).
 MAX_TAKERS = 65_536
 
 
@@ -53,10 +59,10 @@ def mesh_tag(mesh_id: str) -> str:
 
 @dataclass(slots=True)
 class MeshTags:
-    """One node's tags in one mesh: its own, and the members that take one."""
+    """One node's words in one mesh: its tag, who takes tags, who refused deltas."""
 
     mesh_id: str
-    tag: str = ""
+    tag: str = field(init=False)
     #: member -> its record version when its reply said it takes tags
     _takers: dict[bytes, int] = field(default_factory=dict)
     #: member -> its record version when it refused a request naming the tag

@@ -40,7 +40,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from smegmesh.core.codec import Codec, Elided, WireError, decode_pushed_item, encode_item
+from smegmesh.core.codec import (
+    KEY_ID_LEN,
+    Codec,
+    Elided,
+    WireError,
+    decode_pushed_item,
+    encode_item,
+)
 from smegmesh.core.state import Item, MeshState
 
 __all__ = [
@@ -61,8 +68,6 @@ __all__ = [
 
 #: Entries of one ``Offer`` (and keys of one ``Want``): 1,024 x 27 B ~ 28 KB.
 MAX_OFFER_ENTRIES = 1024
-#: Bytes of a key an offer and a want name it by.
-KEY_ID_LEN = 8
 _KEY_LENS = (KEY_ID_LEN, 32)
 #: Bytes of the entry hash in an offer entry (tells apart equal versions).
 OFFER_HASH_LEN = 4

@@ -62,6 +62,12 @@ __all__ = [
 ]
 
 
+#: Indexes of fields in a record's wire form (:meth:`NodeRecord.to_obj`), for
+#: the forms that leave some out or send only some (``core.elide``, ``core.delta``).
+WIRE_MESH, WIRE_KEY, WIRE_SIGN_KEY, WIRE_VERSION, WIRE_TIME = 0, 1, 2, 3, 4
+WIRE_ADDRESS, WIRE_CHAIN, WIRE_SIGNATURE = 9, 18, 20
+
+
 @dataclass(frozen=True)
 class NodeRecord(Signed):
     """What a node publishes about itself in one mesh. Build with :meth:`create`."""

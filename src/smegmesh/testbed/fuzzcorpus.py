@@ -127,6 +127,7 @@ def _sync_exchange(member: Any, now: int) -> list[bytes]:
 
 def _by_type() -> dict[str, list[bytes]]:
     """Encoded messages of the corpus, grouped by message class name."""
+    from smegmesh.core.codec import Elided
     from smegmesh.core.wire import decode, encode
 
     out: dict[str, list[bytes]] = {}
@@ -135,7 +136,7 @@ def _by_type() -> dict[str, list[bytes]]:
         msg = decode(data)
         out.setdefault(type(msg).__name__, []).append(data)
         for item in getattr(msg, "items", ()) or ():
-            if type(item).__name__ != "Elided":  # a push's form of an item (in Push seeds)
+            if not isinstance(item, Elided):  # a push's form of an item (in Push seeds)
                 out.setdefault(type(item).__name__, []).append(encode(item))
         rec = getattr(msg, "record", None)
         if rec is not None:
