@@ -12,11 +12,14 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
+import pytest
+
 from smegmesh.core import wire
 from smegmesh.core.codec import Elided, decode_item, encode_item
+from smegmesh.core.elide import elide
 from smegmesh.core.record import NodeRecord, Prune
-from smegmesh.core.state import MeshState
-from smegmesh.core.sync import SyncSession, SyncStep
+from smegmesh.core.state import DEPTH, MeshState
+from smegmesh.core.sync import HASH_LEN, SyncSession, SyncStep
 from smegmesh.core.sync_refs import RESPONDER_TAKES_REFS, TAKES_REFS
 from test_authority import ident
 from test_elide import LATER, _mesh, _prune, _state
@@ -145,7 +148,7 @@ def test_a_responder_says_it_takes_references_only_to_an_initiator_that_did() ->
 def test_a_step_of_garbage_or_too_many_references_costs_bounded_work_and_is_counted() -> None:
     """A member's step with forged references: each a counted refusal, never an
     exception; past MAX_EXPANDED a step the rest is not even expanded."""
-    from smegmesh.core.elide import MAX_EXPANDED, elide
+    from smegmesh.core.elide import MAX_EXPANDED
 
     a, b, news = _apart()
     now = max(i.timestamp_ms for i in news)
@@ -186,3 +189,71 @@ def test_what_the_initiator_cannot_resolve_is_answered_whole_in_the_same_session
     assert b.apply(_prune(m, 3, v2, now), now)  # b holds the prune of v2, a holds v1
     _session(a, b, now)
     assert a.digest() == b.digest()
+
+
+def _step_to(
+    b: MeshState, a: MeshState, now: int, *, refs: bool = True, **parts: object
+) -> tuple[object, set[bytes]]:
+    """A session of a's opened at b, then a step of ``parts`` through the codec.
+
+    Returns b's reply and what it merged. ``refs`` False: the session is an
+    older initiator's (no :data:`TAKES_REFS`)."""
+    sess = SyncSession.initiator(a, now, rng=random.Random(11))
+    if not refs:
+        sess.session_id &= ~TAKES_REFS
+    responders: dict[tuple[bytes, int], SyncSession] = {}
+    SyncSession.respond(b, responders, SRC, sess.start(), now)
+    step = SyncStep(a.mesh_id, sess.session_id, **parts)  # type: ignore[arg-type]
+    reply, _session, merged = SyncSession.respond(
+        b, responders, SRC, wire.decode(wire.encode(step)), now
+    )
+    return reply, merged
+
+
+def test_a_prune_of_the_record_its_own_step_brings_is_taken_in_that_step() -> None:
+    """Review of the twenty-second session (uncovered): a step carrying a new
+    record version and, by reference, the prune of that very version. The
+    prune's reference names a record the receiver holds only once the same
+    step's record is merged, so the step is expanded a second time after the
+    merge: both are taken at once, and nothing is wanted back."""
+
+    m, recs = _mesh(20)
+    now = m.t + LATER
+    a, b = _state(m, recs, now), _state(m, recs, now)
+    v2 = recs[5].evolve(ident(7), now - 20_000)  # settled: both go by reference
+    prune = _prune(m, 3, v2, now)
+    changed, errors = a.apply_many([v2, prune], now)
+    assert not errors and changed == {v2.wg_key}
+    items = (elide(v2, now), elide(prune, now))
+    assert all(type(i) is Elided for i in items)
+    reply, merged = _step_to(b, a, now, items=items)
+    assert merged == {v2.wg_key}
+    assert b.versions_of(v2.wg_key) == a.versions_of(v2.wg_key) == (v2.version + 1, v2.version + 1)
+    assert not (isinstance(reply, SyncStep) and reply.wants)  # nothing asked again
+
+
+@pytest.mark.parametrize("refs", [True, False])
+def test_a_key_wanted_whole_is_wanted_once_and_not_also_by_its_id(refs: bool) -> None:
+    """Review of the twenty-second session (uncovered): a key whose item in a
+    step does not resolve (a member admitted again: a chain the receiver
+    lacks) and which a leaf of the same step lists newer is wanted once, by
+    its whole key: an id want (to a side that takes references) would bring
+    the reference that does not resolve again, a second whole want (to one
+    that does not, and still sent a reference: a hostile or buggy member) the
+    item twice."""
+
+    m, recs = _mesh()
+    n = ident(9)
+    m.admit(n, by=ident(2))
+    now = m.t + LATER
+    a, b = _state(m, recs, now), _state(m, recs, now)
+    newer = recs[7].evolve(n, now, chain=m.chains[n.wg_public_key])
+    assert a.apply(newer, now)
+    short = elide(newer, now)
+    assert type(short) is Elided
+    k = newer.wg_key
+    rv, pv = a.versions_of(k)
+    leaf = (DEPTH, int.from_bytes(k[: DEPTH // 2], "big"), ((k, rv, pv, bytes(HASH_LEN)),))
+    reply, _merged = _step_to(b, a, now, refs=refs, items=(short,), leaves=(leaf,))
+    assert isinstance(reply, SyncStep)
+    assert [w for w in reply.wants if w[:8] == k[:8]] == [k]
