@@ -12,7 +12,7 @@ import functools
 import random
 from typing import Any
 
-__all__ = ["MESH", "_by_type", "_dedup", "_mesh_corpus", "_sync_exchange"]
+__all__ = ["MESH", "_by_type", "_dedup", "_founded_corpus", "_mesh_corpus", "_sync_exchange"]
 
 
 MESH = "amber-falcon-river-k7q2"
@@ -142,6 +142,88 @@ def _by_type() -> dict[str, list[bytes]]:
         if rec is not None:
             out.setdefault(type(rec).__name__, []).append(encode(rec))
     return out
+
+
+@functools.cache
+def _founded_corpus() -> tuple[tuple[bytes, ...], Any, bytes, int]:
+    """Pushes to a member of a founded mesh, their items by reference and as deltas.
+
+    Every mesh ``smegctl create`` makes is founded, and its pushes name what
+    the receiver holds by reference (``core.elide``) and send a new version of
+    a held record as a delta (``core.delta``); the small mesh of
+    :func:`_mesh_corpus` is not founded, so nothing there reaches those
+    decoders. Each seed is about its own member, so running one does not
+    spoil another: a new version elided, a delta (valid, and with a signature
+    that fails, so that it and its mutations are rebuilt on every run, never
+    applied), a prune by reference, and an elided record whose signature fails.
+
+    Returns (encoded pushes, the handler node, the sender's key, the time).
+    """
+    from smegmesh.core.cert import Cert, Founding, Policy
+    from smegmesh.core.delta import delta_of
+    from smegmesh.core.elide import SETTLED_MS, elide
+    from smegmesh.core.gossip import GossipParams
+    from smegmesh.core.identity import NodeIdentity, verify_many
+    from smegmesh.core.liveness import LivenessParams
+    from smegmesh.core.meshnode import MeshNode, MeshSettings
+    from smegmesh.core.offer import Push
+    from smegmesh.core.record import NodeRecord, Prune, Role
+    from smegmesh.core.record_model import WIRE_SIGNATURE
+    from smegmesh.core.state import MeshState
+    from smegmesh.core.wire import encode
+
+    t = 1_700_000_000_000
+    ids = [NodeIdentity.from_seed(bytes([0x21 + i]) * 32) for i in range(8)]
+    founding = Founding.create(ids[0], "fuzz-founded", now_ms=t, policy=Policy.PEERS)
+    mesh_id = founding.mesh_id
+    chains: dict[bytes, tuple[Cert, ...]] = {ids[0].wg_public_key: ()}
+    for i, who in enumerate(ids[1:], start=1):
+        by = ids[(i - 1) // 2]  # chains of a few levels
+        t += 1000
+        cert = Cert.create(by, mesh_id, subject=who.wg_public_key, may_admit=True, now_ms=t)
+        chains[who.wg_public_key] = (*chains[by.wg_public_key], cert)
+    recs = [
+        NodeRecord.create(
+            who,
+            mesh_id,
+            version=t + 1,
+            now_ms=t + 1,
+            chain=chains[who.wg_public_key],
+            control_endpoint=f"[2001:db8::{i + 1:x}]:4000",
+            tls_fp=bytes(32),
+        )
+        for i, who in enumerate(ids)
+    ]
+    now = t + SETTLED_MS + 60_000  # the certificates are settled: chains go by reference
+    state = MeshState(mesh_id, admission=True, verifier=verify_many)
+    state.apply(founding, now)
+    state.apply_many(recs, now)
+    settings = MeshSettings(Role.PEER, "[2001:db8::1]:51820", "[2001:db8::1]:4000", bytes(32))
+    node = MeshNode(
+        ids[1], mesh_id, settings, GossipParams(), LivenessParams(), random.Random(1), state
+    )
+    node.start(now)
+
+    def later(k: int) -> NodeRecord:
+        return recs[k].evolve(ids[k], now, alias=f"n{k}")
+
+    def forged(item: Any, at: int) -> Any:  # the signature field replaced
+        fields = list(item.fields)
+        fields[at] = bytes(64)
+        return type(item)(item.kind, tuple(fields))
+
+    prune = Prune.create(
+        ids[2], mesh_id, now_ms=now, target_record=recs[6], by_chain=chains[ids[2].wg_public_key]
+    )
+    items = [
+        elide(later(3), now),
+        delta_of(later(4), recs[4]),
+        forged(delta_of(later(5), recs[5]), 4),  # key id, base, version, time, sig
+        elide(prune, now),
+        forged(elide(later(7), now), WIRE_SIGNATURE),
+    ]
+    wire = tuple(encode(Push(mesh_id, (item,))) for item in items)
+    return (*wire, encode(Push(mesh_id, tuple(items)))), node, ids[2].wg_public_key, now
 
 
 def _dedup(seeds: list[bytes], limit: int = 40) -> list[bytes]:
