@@ -4,11 +4,12 @@
 
 The targets (:mod:`smegmesh.testbed.fuzztargets`): the wire decoder, one target
 per message type (records, prunes, liveness, join, sync), the join and member
-request handlers behind it, the invitation token parser, the DNS query handler
-and the config loader. Each runs in its own process, instrumented by atheris
-(smegmesh, plus dnspython for ``dns`` and PyYAML for ``config``), seeded with
-real messages of a small mesh, for ``--runs`` cases (three times as many for
-the join request, which strangers can send). A *crash* is any exception
+request handlers behind it (on a founded mesh too), the invitation token
+parser, the DNS query handler and the config loader. Each runs in its own
+process, instrumented by atheris (smegmesh, plus dnspython for ``dns`` and
+PyYAML for ``config``), seeded with real messages of a small mesh, for
+``--runs`` cases (three times as many for the join request, which strangers
+can send). A *crash* is any exception
 outside the target's allowed error types, or a broken invariant (round trip,
 answer id, size). Inputs that crash are kept under ``OUT/<target>/crashes``.
 

@@ -95,23 +95,31 @@ def test_config_unhashable_key_is_a_config_error(text: str, tmp_path: Any) -> No
 
 def test_the_founded_targets_seeds_reach_references_and_deltas() -> None:
     """Twenty-third session's review: the fuzz corpus's mesh is not founded, so
-    no seed carried an item by reference or a delta, and the member target
-    never expanded one (core.elide at 51 % line coverage, the delta rebuild
-    never run). The founded target's seeds: a record by reference, a delta and
-    a prune by reference are taken; a delta and an elided record whose
-    signatures fail are rebuilt, checked and refused (so they and their
-    mutations reach the rebuild on every run, never changing the state)."""
+    no seed carried an item by reference, and its deltas were of versions the
+    handler held (dropped before any rebuild): the member target never
+    expanded a reference (core.elide at 51 % line coverage) nor rebuilt a
+    delta. The founded target's seeds: a record by reference, a delta and a
+    prune by reference are resolved and taken (each changes its member's
+    entry); a delta and a record by reference whose signatures fail are
+    rebuilt, reach the signature check and are refused, again on a second run
+    (they never change the state, so the rebuild stays reachable)."""
     from smegmesh.core.codec import Elided
     from smegmesh.core.messages import Ack
     from smegmesh.testbed.fuzzcorpus import _founded_corpus
 
     seeds, node, src, now = _founded_corpus.__wrapped__()  # a node of its own
-    oks = []
-    for i, data in enumerate(seeds[:5]):
-        msg = decode(data)
-        assert all(type(item) is Elided for item in msg.items)  # type: ignore[attr-defined]
-        rejected = node.rejected
-        reply, _outs = node.handle_request(src, msg, now + i + 1)
-        assert isinstance(reply, Ack)
-        oks.append((reply.ok, node.rejected - rejected))
-    assert oks == [(True, 0), (True, 0), (False, 1), (True, 0), (False, 1)]
+    st = node.mesh
+    for run in (0, 1):
+        for i, data in enumerate(seeds[:5]):
+            msg = decode(data)
+            items = msg.items  # type: ignore[attr-defined]
+            assert len(items) == 1 and type(items[0]) is Elided
+            before = st.digest()
+            node.last_rejects = []
+            reply, _outs = node.handle_request(src, msg, now + 10 * run + i + 1)
+            assert isinstance(reply, Ack)
+            if i in (2, 4):  # forged: rebuilt whole, then the signature fails
+                assert node.last_rejects == ["signature: invalid signature"], (run, i)
+                assert st.digest() == before
+            elif run == 0:  # taken: the member's entry changed
+                assert not node.last_rejects and st.digest() != before, i

@@ -193,10 +193,10 @@ def test_what_the_initiator_cannot_resolve_is_answered_whole_in_the_same_session
 
 def _step_to(
     b: MeshState, a: MeshState, now: int, *, refs: bool = True, **parts: object
-) -> tuple[object, set[bytes]]:
+) -> tuple[object, SyncSession, set[bytes]]:
     """A session of a's opened at b, then a step of ``parts`` through the codec.
 
-    Returns b's reply and what it merged. ``refs`` False: the session is an
+    Returns b's reply, its session and what it merged. ``refs`` False: the session is an
     older initiator's (no :data:`TAKES_REFS`)."""
     sess = SyncSession.initiator(a, now, rng=random.Random(11))
     if not refs:
@@ -204,10 +204,10 @@ def _step_to(
     responders: dict[tuple[bytes, int], SyncSession] = {}
     SyncSession.respond(b, responders, SRC, sess.start(), now)
     step = SyncStep(a.mesh_id, sess.session_id, **parts)  # type: ignore[arg-type]
-    reply, _session, merged = SyncSession.respond(
+    reply, session, merged = SyncSession.respond(
         b, responders, SRC, wire.decode(wire.encode(step)), now
     )
-    return reply, merged
+    return reply, session, merged
 
 
 def test_a_prune_of_the_record_its_own_step_brings_is_taken_in_that_step() -> None:
@@ -226,7 +226,7 @@ def test_a_prune_of_the_record_its_own_step_brings_is_taken_in_that_step() -> No
     assert not errors and changed == {v2.wg_key}
     items = (elide(v2, now), elide(prune, now))
     assert all(type(i) is Elided for i in items)
-    reply, merged = _step_to(b, a, now, items=items)
+    reply, _, merged = _step_to(b, a, now, items=items)
     assert merged == {v2.wg_key}
     assert b.versions_of(v2.wg_key) == a.versions_of(v2.wg_key) == (v2.version + 1, v2.version + 1)
     assert not (isinstance(reply, SyncStep) and reply.wants)  # nothing asked again
@@ -254,6 +254,33 @@ def test_a_key_wanted_whole_is_wanted_once_and_not_also_by_its_id(refs: bool) ->
     k = newer.wg_key
     rv, pv = a.versions_of(k)
     leaf = (DEPTH, int.from_bytes(k[: DEPTH // 2], "big"), ((k, rv, pv, bytes(HASH_LEN)),))
-    reply, _merged = _step_to(b, a, now, refs=refs, items=(short,), leaves=(leaf,))
+    reply, _, _ = _step_to(b, a, now, refs=refs, items=(short,), leaves=(leaf,))
     assert isinstance(reply, SyncStep)
     assert [w for w in reply.wants if w[:8] == k[:8]] == [k]
+
+
+@pytest.mark.parametrize("forged", [False, True])
+def test_a_prune_resolved_by_its_steps_record_counts_as_merged_or_refused(forged: bool) -> None:
+    """Review (this session): the second expansion pass's merge and refusals
+    were unchecked (the prune of the test above is of the record's own key).
+    A member admitted again prunes another: the prune names its new chain by
+    reference, which resolves only once the same step's record (sent whole)
+    is merged. The pruned key is among the keys merged (the node tells the
+    others of them), and a forged prune found on that pass is counted."""
+    m, recs = _mesh()
+    n = ident(9)
+    m.admit(n, by=ident(2))
+    now = m.t + LATER
+    a, b = _state(m, recs, now), _state(m, recs, now)
+    newer = recs[7].evolve(n, now, chain=m.chains[n.wg_public_key])
+    prune = _prune(m, 9, recs[9], now)
+    changed, errors = a.apply_many([newer, prune], now)  # a session is open: a differs
+    assert not errors and len(changed) == 2
+    short = elide(prune, now)
+    assert type(short) is Elided
+    if forged:
+        short = Elided(short.kind, (*short.fields[:-1], bytes(64)))
+    _reply, session, merged = _step_to(b, a, now, items=(newer, short))
+    assert newer.wg_key in merged
+    assert (recs[9].wg_key in merged) is not forged
+    assert session.rejected == (1 if forged else 0)

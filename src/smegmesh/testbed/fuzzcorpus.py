@@ -144,33 +144,11 @@ def _by_type() -> dict[str, list[bytes]]:
     return out
 
 
-@functools.cache
-def _founded_corpus() -> tuple[tuple[bytes, ...], Any, bytes, int]:
-    """Pushes to a member of a founded mesh, their items by reference and as deltas.
-
-    Every mesh ``smegctl create`` makes is founded, and its pushes name what
-    the receiver holds by reference (``core.elide``) and send a new version of
-    a held record as a delta (``core.delta``); the small mesh of
-    :func:`_mesh_corpus` is not founded, so nothing there reaches those
-    decoders. Each seed is about its own member, so running one does not
-    spoil another: a new version elided, a delta (valid, and with a signature
-    that fails, so that it and its mutations are rebuilt on every run, never
-    applied), a prune by reference, and an elided record whose signature fails.
-
-    Returns (encoded pushes, the handler node, the sender's key, the time).
-    """
+def _founded_mesh() -> tuple[list[Any], Any, dict[bytes, Any], list[Any], int]:
+    """A founded mesh of 8: identities, founding record, chains, records, the time."""
     from smegmesh.core.cert import Cert, Founding, Policy
-    from smegmesh.core.delta import delta_of
-    from smegmesh.core.elide import SETTLED_MS, elide
-    from smegmesh.core.gossip import GossipParams
-    from smegmesh.core.identity import NodeIdentity, verify_many
-    from smegmesh.core.liveness import LivenessParams
-    from smegmesh.core.meshnode import MeshNode, MeshSettings
-    from smegmesh.core.offer import Push
-    from smegmesh.core.record import NodeRecord, Prune, Role
-    from smegmesh.core.record_model import WIRE_SIGNATURE
-    from smegmesh.core.state import MeshState
-    from smegmesh.core.wire import encode
+    from smegmesh.core.identity import NodeIdentity
+    from smegmesh.core.record import NodeRecord
 
     t = 1_700_000_000_000
     ids = [NodeIdentity.from_seed(bytes([0x21 + i]) * 32) for i in range(8)]
@@ -194,6 +172,42 @@ def _founded_corpus() -> tuple[tuple[bytes, ...], Any, bytes, int]:
         )
         for i, who in enumerate(ids)
     ]
+    return ids, founding, chains, recs, t
+
+
+@functools.cache
+def _founded_corpus() -> tuple[tuple[bytes, ...], Any, bytes, int]:
+    """Pushes to a member of a founded mesh, their items by reference and as deltas.
+
+    Every mesh ``smegctl create`` makes is founded, and its pushes name what
+    the receiver holds by reference (``core.elide``) and send a new version of
+    a held record as a delta (``core.delta``). The small mesh of
+    :func:`_mesh_corpus` is not founded, so none of its pushes carries a
+    reference, and its deltas are of versions the handler already holds
+    (dropped before any rebuild). The first five seeds are each about a member
+    of its own, so running one does not spoil another: a new version by
+    reference, a delta (both taken), a delta whose signature fails (rebuilt
+    from the held record and refused on every run, never changing the state),
+    a prune by reference (taken), and a record by reference whose signature
+    fails (rebuilt and refused on every run). The sixth carries the five
+    together.
+
+    Returns (encoded pushes, the handler node, the sender's key, the time).
+    """
+    from smegmesh.core.delta import delta_of
+    from smegmesh.core.elide import SETTLED_MS, elide
+    from smegmesh.core.gossip import GossipParams
+    from smegmesh.core.identity import verify_many
+    from smegmesh.core.liveness import LivenessParams
+    from smegmesh.core.meshnode import MeshNode, MeshSettings
+    from smegmesh.core.offer import Push
+    from smegmesh.core.record import NodeRecord, Prune, Role
+    from smegmesh.core.record_model import WIRE_SIGNATURE
+    from smegmesh.core.state import MeshState
+    from smegmesh.core.wire import encode
+
+    ids, founding, chains, recs, t = _founded_mesh()
+    mesh_id = founding.mesh_id
     now = t + SETTLED_MS + 60_000  # the certificates are settled: chains go by reference
     state = MeshState(mesh_id, admission=True, verifier=verify_many)
     state.apply(founding, now)
@@ -205,7 +219,8 @@ def _founded_corpus() -> tuple[tuple[bytes, ...], Any, bytes, int]:
     node.start(now)
 
     def later(k: int) -> NodeRecord:
-        return recs[k].evolve(ids[k], now, alias=f"n{k}")
+        rec: NodeRecord = recs[k].evolve(ids[k], now, alias=f"n{k}")
+        return rec
 
     def forged(item: Any, at: int) -> Any:  # the signature field replaced
         fields = list(item.fields)

@@ -18,6 +18,8 @@ Targets:
   :meth:`MeshNode.handle_request` from a non-member (the join request path:
   admission check, record validation), which must never raise.
 * ``member`` - the same from a member (ping, ping-req, push, sync sessions).
+* ``founded`` - the same on a member of a founded mesh: pushes with items by
+  reference and deltas (:mod:`smegmesh.core.elide`, :mod:`smegmesh.core.delta`).
 * ``token`` - :func:`smegmesh.core.invite.parse_token`, on text and on the
   msgpack body inside a well-formed prefix (allowed: ``TokenError``).
 * ``dns`` - :meth:`DnsServer.answer` (UDP and TCP sizes), which never raises;
