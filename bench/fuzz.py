@@ -33,7 +33,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-HEAVY = {"join": 3, "wire:JoinRequest": 3}  # the join request: strangers send it
+HEAVY = {"join": 3, "founded-join": 3, "wire:JoinRequest": 3}  # strangers send joins
 # dnspython is instrumented for the DNS target (the slow path parses with it);
 # PyYAML is not (it would cut the config target to about 100 cases a second).
 EXTRA_INSTRUMENT = {"dns": ["dns"]}

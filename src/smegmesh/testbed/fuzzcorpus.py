@@ -12,7 +12,15 @@ import functools
 import random
 from typing import Any
 
-__all__ = ["MESH", "_by_type", "_dedup", "_founded_corpus", "_mesh_corpus", "_sync_exchange"]
+__all__ = [
+    "MESH",
+    "_by_type",
+    "_dedup",
+    "_founded_corpus",
+    "_founded_join_corpus",
+    "_mesh_corpus",
+    "_sync_exchange",
+]
 
 
 MESH = "amber-falcon-river-k7q2"
@@ -175,6 +183,60 @@ def _founded_mesh() -> tuple[list[Any], Any, dict[bytes, Any], list[Any], int]:
     return ids, founding, chains, recs, t
 
 
+def _founded_member(who: Any, founding: Any, recs: list[Any], now: int) -> Any:
+    """A started MeshNode of ``who`` holding the founded mesh's ``recs`` (none: a joiner)."""
+    from smegmesh.core.gossip import GossipParams
+    from smegmesh.core.identity import verify_many
+    from smegmesh.core.liveness import LivenessParams
+    from smegmesh.core.meshnode import MeshNode, MeshSettings
+    from smegmesh.core.record import Role
+    from smegmesh.core.state import MeshState
+
+    state = MeshState(founding.mesh_id, admission=True, verifier=verify_many)
+    state.apply(founding, now)
+    state.apply_many(recs, now)
+    settings = MeshSettings(Role.PEER, "[2001:db8::1]:51820", "[2001:db8::1]:4000", bytes(32))
+    node = MeshNode(
+        who, founding.mesh_id, settings, GossipParams(), LivenessParams(), random.Random(1), state
+    )
+    if recs:
+        node.start(now)
+    return node
+
+
+@functools.cache
+def _founded_join_corpus() -> tuple[tuple[bytes, ...], Any, bytes, int]:
+    """A stranger's requests to a member of a founded mesh: joins, a sync.
+
+    Every mesh ``smegctl create`` makes is founded: a join there is checked
+    against the token's grant and admitted with a certificate (the token
+    ledger), which the unfounded mesh of :func:`_mesh_corpus` never runs.
+    Seeds: a join with the token's secret (admitted; the token has 5 uses,
+    so the fuzzer's joins are refused after them), one with another secret
+    (refused), and a sync start. Returns (encoded requests, the handler node,
+    the stranger's key, the time).
+    """
+    from smegmesh.core.elide import SETTLED_MS
+    from smegmesh.core.identity import NodeIdentity
+    from smegmesh.core.invite import Bootstrap
+    from smegmesh.core.sync import SyncSession
+    from smegmesh.core.wire import encode
+
+    ids, founding, _chains, recs, t = _founded_mesh()
+    now = t + SETTLED_MS + 60_000
+    node = _founded_member(ids[1], founding, recs, now)
+    boot = [Bootstrap("[2001:db8::2]:4000", bytes(32), ids[1].wg_public_key)]
+    token, _outs = node.invite(now, ttl_ms=10**12, uses=5, bootstrap=boot, secret=b"\x33" * 16)
+    stranger = NodeIdentity.from_seed(b"\x77" * 32)
+    joiner = _founded_member(stranger, founding, [], now)
+    seeds = (
+        encode(joiner.join_request(token.secret, now)),
+        encode(joiner.join_request(b"\x34" * 16, now)),
+        encode(SyncSession.initiator(joiner.mesh, now, rng=random.Random(2)).start()),
+    )
+    return seeds, node, stranger.wg_public_key, now
+
+
 @functools.cache
 def _founded_corpus() -> tuple[tuple[bytes, ...], Any, bytes, int]:
     """Pushes to a member of a founded mesh, their items by reference and as deltas.
@@ -196,27 +258,15 @@ def _founded_corpus() -> tuple[tuple[bytes, ...], Any, bytes, int]:
     """
     from smegmesh.core.delta import delta_of
     from smegmesh.core.elide import SETTLED_MS, elide
-    from smegmesh.core.gossip import GossipParams
-    from smegmesh.core.identity import verify_many
-    from smegmesh.core.liveness import LivenessParams
-    from smegmesh.core.meshnode import MeshNode, MeshSettings
     from smegmesh.core.offer import Push
-    from smegmesh.core.record import NodeRecord, Prune, Role
+    from smegmesh.core.record import NodeRecord, Prune
     from smegmesh.core.record_model import WIRE_SIGNATURE
-    from smegmesh.core.state import MeshState
     from smegmesh.core.wire import encode
 
     ids, founding, chains, recs, t = _founded_mesh()
     mesh_id = founding.mesh_id
     now = t + SETTLED_MS + 60_000  # the certificates are settled: chains go by reference
-    state = MeshState(mesh_id, admission=True, verifier=verify_many)
-    state.apply(founding, now)
-    state.apply_many(recs, now)
-    settings = MeshSettings(Role.PEER, "[2001:db8::1]:51820", "[2001:db8::1]:4000", bytes(32))
-    node = MeshNode(
-        ids[1], mesh_id, settings, GossipParams(), LivenessParams(), random.Random(1), state
-    )
-    node.start(now)
+    node = _founded_member(ids[1], founding, recs, now)
 
     def later(k: int) -> NodeRecord:
         rec: NodeRecord = recs[k].evolve(ids[k], now, alias=f"n{k}")

@@ -20,6 +20,8 @@ Targets:
 * ``member`` - the same from a member (ping, ping-req, push, sync sessions).
 * ``founded`` - the same on a member of a founded mesh: pushes with items by
   reference and deltas (:mod:`smegmesh.core.elide`, :mod:`smegmesh.core.delta`).
+* ``founded-join`` - a stranger's requests to a member of a founded mesh:
+  joins checked against the token's grant and admitted with a certificate.
 * ``token`` - :func:`smegmesh.core.invite.parse_token`, on text and on the
   msgpack body inside a well-formed prefix (allowed: ``TokenError``).
 * ``dns`` - :meth:`DnsServer.answer` (UDP and TCP sizes), which never raises;
@@ -159,22 +161,22 @@ def _handle(data: bytes, *, member: bool) -> None:
     node.handle_request(src, msg, _mesh_corpus()[4] + next(_TICKS))
 
 
-def _founded(data: bytes) -> None:
+def _founded(data: bytes, *, member: bool) -> None:
     from smegmesh.core.wire import WireError, decode
-    from smegmesh.testbed.fuzzcorpus import _founded_corpus
+    from smegmesh.testbed.fuzzcorpus import _founded_corpus, _founded_join_corpus
 
-    _seeds, node, member_key, now = _founded_corpus()
+    _seeds, node, src, now = _founded_corpus() if member else _founded_join_corpus()
     try:
         msg = decode(data)
     except WireError:
         return
-    node.handle_request(member_key, msg, now + next(_TICKS))
+    node.handle_request(src, msg, now + next(_TICKS))
 
 
-def _founded_seeds() -> list[bytes]:
-    from smegmesh.testbed.fuzzcorpus import _founded_corpus
+def _founded_seeds(*, member: bool) -> list[bytes]:
+    from smegmesh.testbed.fuzzcorpus import _founded_corpus, _founded_join_corpus
 
-    return list(_founded_corpus()[0])
+    return list((_founded_corpus() if member else _founded_join_corpus())[0])
 
 
 def _join_seeds() -> list[bytes]:
@@ -370,10 +372,18 @@ def targets() -> dict[str, Target]:
             doc="decode + MeshNode.handle_request from a member",
         ),
         Target(
-            "founded",
-            _founded,
+            "founded-join",
+            functools.partial(_founded, member=False),
             (),
-            _founded_seeds,
+            functools.partial(_founded_seeds, member=False),
+            (*_HANDLER_MODS, "smegmesh.core.admission", "smegmesh.core.cert"),
+            doc="decode + MeshNode.handle_request, a stranger to a founded mesh (joins)",
+        ),
+        Target(
+            "founded",
+            functools.partial(_founded, member=True),
+            (),
+            functools.partial(_founded_seeds, member=True),
             (*_HANDLER_MODS, "smegmesh.core.elide", "smegmesh.core.delta", "smegmesh.core.cert"),
             doc="decode + MeshNode.handle_request, a founded mesh's member (references, deltas)",
         ),
