@@ -21,7 +21,7 @@ from smegmesh.core.record import NodeRecord, Prune
 from smegmesh.core.state import DEPTH, MeshState
 from smegmesh.core.sync import HASH_LEN, SyncSession, SyncStep
 from smegmesh.core.sync_refs import RESPONDER_TAKES_REFS, TAKES_REFS
-from test_authority import ident
+from test_authority import Mesh, ident
 from test_elide import LATER, _mesh, _prune, _state
 
 SRC = b"\x07" * 32
@@ -71,6 +71,17 @@ def _apart() -> tuple[MeshState, MeshState, list[NodeRecord | Prune]]:
     return a, b, news
 
 
+def _readmitted() -> tuple[Mesh, list[NodeRecord], int, MeshState, MeshState, NodeRecord]:
+    """Two replicas of a settled founded mesh, and the record of its member
+    ``ident(9)`` admitted again (a new chain neither replica holds yet)."""
+    m, recs = _mesh()
+    n = ident(9)
+    m.admit(n, by=ident(2))
+    now = m.t + LATER
+    a, b = _state(m, recs, now), _state(m, recs, now)
+    return m, recs, now, a, b, recs[7].evolve(n, now, chain=m.chains[n.wg_public_key])
+
+
 def _items(msgs: list[object]) -> list[object]:
     return [i for m in msgs if isinstance(m, SyncStep) for i in m.items]
 
@@ -115,12 +126,7 @@ def test_a_reference_the_other_side_cannot_resolve_is_wanted_whole_in_the_same_s
     does not hold. The step names it by reference (the other side holds a
     record of the key); the reference does not resolve, the key is wanted by
     its whole key, and the same session brings it whole."""
-    m, recs = _mesh()
-    n = ident(9)
-    m.admit(n, by=ident(2))
-    now = m.t + LATER
-    a, b = _state(m, recs, now), _state(m, recs, now)
-    newer = recs[7].evolve(n, now, chain=m.chains[n.wg_public_key])
+    _m, _recs, now, a, b, newer = _readmitted()
     assert a.apply(newer, now)
     _, msgs = _session(a, b, now)
     assert b.record(newer.wg_key) == newer and a.digest() == b.digest()
@@ -241,13 +247,7 @@ def test_a_key_wanted_whole_is_wanted_once_and_not_also_by_its_id(refs: bool) ->
     the reference that does not resolve again, a second whole want (to one
     that does not, and still sent a reference: a hostile or buggy member) the
     item twice."""
-
-    m, recs = _mesh()
-    n = ident(9)
-    m.admit(n, by=ident(2))
-    now = m.t + LATER
-    a, b = _state(m, recs, now), _state(m, recs, now)
-    newer = recs[7].evolve(n, now, chain=m.chains[n.wg_public_key])
+    _m, _recs, now, a, b, newer = _readmitted()
     assert a.apply(newer, now)
     short = elide(newer, now)
     assert type(short) is Elided
@@ -267,12 +267,7 @@ def test_a_prune_resolved_by_its_steps_record_counts_as_merged_or_refused(forged
     reference, which resolves only once the same step's record (sent whole)
     is merged. The pruned key is among the keys merged (the node tells the
     others of them), and a forged prune found on that pass is counted."""
-    m, recs = _mesh()
-    n = ident(9)
-    m.admit(n, by=ident(2))
-    now = m.t + LATER
-    a, b = _state(m, recs, now), _state(m, recs, now)
-    newer = recs[7].evolve(n, now, chain=m.chains[n.wg_public_key])
+    m, recs, now, a, b, newer = _readmitted()
     prune = _prune(m, 9, recs[9], now)
     changed, errors = a.apply_many([newer, prune], now)  # a session is open: a differs
     assert not errors and len(changed) == 2
