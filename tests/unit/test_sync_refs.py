@@ -279,3 +279,22 @@ def test_a_prune_resolved_by_its_steps_record_counts_as_merged_or_refused(forged
     assert newer.wg_key in merged
     assert (recs[9].wg_key in merged) is not forged
     assert session.rejected == (1 if forged else 0)
+
+
+def test_a_key_held_only_as_a_prune_is_wanted_whole() -> None:
+    """Review (this session; uncovered): a replica holding a prune of a key
+    but no record of it (the prune came first) cannot resolve a record sent
+    by reference: it wants the key whole, not by id (which would bring a
+    reference, then a second round trip for the whole record)."""
+    m, recs = _mesh()
+    now = m.t + LATER
+    a, b = _state(m, recs, now), _state(m, recs[:5] + recs[6:], now)
+    k = recs[5].wg_key
+    assert b.apply(_prune(m, 3, recs[5], now), now)
+    assert b.versions_of(k)[0] == 0 and b.versions_of(k)[1] > 0  # a prune alone
+    assert a.apply(recs[5].evolve(ident(7), now), now)  # newer: refutes the prune
+    rv, pv = a.versions_of(k)
+    leaf = (DEPTH, int.from_bytes(k[: DEPTH // 2], "big"), ((k, rv, pv, bytes(HASH_LEN)),))
+    reply, _, _ = _step_to(b, a, now, leaves=(leaf,))
+    assert isinstance(reply, SyncStep)
+    assert [w for w in reply.wants if w[:8] == k[:8]] == [k]
