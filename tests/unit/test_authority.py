@@ -514,3 +514,28 @@ def test_a_joiner_whose_announcement_was_lost_is_known_after_its_first_refusal()
     # at most once per member per interval
     again = joiner.handle_reply(ping.to, ping.ctx, refused, NOW + 5_004)
     assert not [o for o in again if isinstance(o, Call)]
+
+
+def test_a_join_sent_again_gets_the_same_certificate_and_adds_nothing() -> None:
+    """Review (twenty-fourth session, founded-join fuzz target): a joiner's
+    record reaches its admitter only after the join, so a join sent again (its
+    reply lost, or replayed by whoever holds the secret) was admitted with a
+    new certificate each time, every one stored and gossiped: 10,000 replays
+    held 10,000 certificates and a join cost 28 ms (0.74 at 100). The admitter
+    now answers a join again with the certificate it issued for that token and
+    that key, and adds nothing to the mesh's state."""
+    m, founder, _boot, tok = _founded_with_token()
+    a = _node(ident(2), m.mesh_id, MeshState(m.mesh_id, admission=True))
+    req = decode(encode(a.join_request(tok.secret, NOW + 1)))
+    first, outs = founder.handle_request(a.key, req, NOW + 1)
+    assert isinstance(first, JoinReply) and outs
+    held = len(founder.mesh.auth_items())
+    for i in range(2, 12):
+        again, outs = founder.handle_request(a.key, req, NOW + i)
+        assert isinstance(again, JoinReply) and again.chain == first.chain
+        assert not [o for o in outs if isinstance(o, Call)]  # nothing new to gossip
+    assert len(founder.mesh.auth_items()) == held
+    # the joiner's record has not come: a second key with the one-use token is refused
+    b = _node(ident(3), m.mesh_id, MeshState(m.mesh_id, admission=True))
+    refused, _ = founder.handle_request(b.key, b.join_request(tok.secret, NOW + 20), NOW + 20)
+    assert isinstance(refused, Refusal)

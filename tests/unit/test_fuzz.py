@@ -125,18 +125,21 @@ def test_the_founded_targets_seeds_reach_references_and_deltas() -> None:
                 assert not node.last_rejects and st.digest() != before, i
 
 
-def test_the_founded_join_targets_seeds_admit_refuse_and_use_up_the_token() -> None:
+def test_the_founded_join_targets_seeds_admit_once_and_refuse() -> None:
     """A stranger's path on a founded mesh (every mesh ``smegctl create`` makes):
     the unfounded seeds' join never checked a grant nor wrote a certificate.
     The seeds: a join with the token's secret is admitted (a certificate, the
     token's ledger entry), one with another secret is refused, and so is a
-    stranger's sync; the token's 5 uses bound what the fuzzer's joins admit."""
+    stranger's sync. The same join again gets the same certificate and adds
+    nothing: replayed by the fuzzer (or anyone holding the secret), each used
+    to store and gossip a new one (review, this session)."""
     from smegmesh.core.messages import JoinReply, Refusal
     from smegmesh.testbed.fuzzcorpus import _founded_join_corpus
 
     seeds, node, src, now = _founded_join_corpus.__wrapped__()
     replies = [type(node.handle_request(src, decode(d), now + i)[0]) for i, d in enumerate(seeds)]
     assert replies == [JoinReply, Refusal, Refusal]
-    reply, _ = node.handle_request(src, decode(seeds[0]), now + 10)  # again: one subject
+    held = len(node.mesh.auth_items())
+    reply, _ = node.handle_request(src, decode(seeds[0]), now + 10)
     assert isinstance(reply, JoinReply) and reply.chain[-1].subject == src
-    assert sum(len(v) for v in node.mesh.authority.token_subjects.values()) == 1
+    assert len(node.mesh.auth_items()) == held

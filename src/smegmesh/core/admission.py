@@ -255,6 +255,8 @@ class AdmissionMixin:
             current = st.record(src)
             if current is not None and st.admission_error(src, current.chain) is None:
                 chain = current.chain  # a retry, or a restart: same admission
+            elif (issued := self._issued_before(src, grant.token_hash)) is not None:
+                chain = issued  # a join again, before its record came: the same certificate
             else:
                 cert = Cert.create(
                     self.identity,
@@ -283,6 +285,19 @@ class AdmissionMixin:
                 out.extend(self.update_self(now_ms, admitted=(*rec.admitted, adm)[-64:]))
         self._fd.heard_from(src, now_ms)
         return JoinReply(self.mesh_id, self._join_page(src), chain), out
+
+    def _issued_before(self, src: bytes, token_hash_: bytes) -> tuple[Cert, ...] | None:
+        """Our chain and the certificate we gave ``src`` with this token, if it still admits it.
+
+        A joiner's record reaches us only after its join, so a join sent again
+        (its reply lost, or replayed by whoever holds the secret) would
+        otherwise get a new certificate each time, every one stored and gossiped.
+        """
+        cert = self.mesh.authority.token_certs.get((token_hash_, src, self.key))
+        if cert is None:
+            return None
+        chain = (*self.chain, cert)
+        return chain if self.mesh.admission_error(src, chain) is None else None
 
     def _join_page(self, joiner: bytes) -> tuple[Item, ...]:
         """One page of the state for a joiner.

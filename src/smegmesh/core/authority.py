@@ -67,6 +67,9 @@ class Authority:
     reservations: dict[str, bytes] = field(default_factory=dict)
     #: invite policy changes by admins after the founding: (issued_ms, policy), in order
     policy_changes: list[tuple[int, Policy]] = field(default_factory=list)
+    #: (token hash, subject, issuer) -> the latest certificate that issuer gave
+    #: that subject with that token: a join sent again gets it back, not a new one
+    token_certs: dict[tuple[bytes, bytes, bytes], Cert] = field(default_factory=dict)
 
     @classmethod
     def build(cls, mesh_id: str, items: Iterable[AuthItem]) -> Authority:
@@ -77,8 +80,7 @@ class Authority:
                 if it.mesh_id == mesh_id:
                     a.founding = it
             elif isinstance(it, Cert):
-                if it.token_hash:
-                    a.token_subjects.setdefault(it.token_hash, set()).add(it.subject)
+                note_token_cert(a, it)
             elif isinstance(it, InviteRevoke):
                 a.invite_revokes.setdefault(it.token_hash, []).append(it)
             else:
@@ -247,4 +249,16 @@ def copy_authority(a: Authority) -> Authority:
         {k: list(v) for k, v in a.invite_revokes.items()},
         dict(a.reservations),
         list(a.policy_changes),
+        dict(a.token_certs),
     )
+
+
+def note_token_cert(a: Authority, cert: Cert) -> None:
+    """The token ledger: ``cert``'s subject was admitted with its token (if any)."""
+    if not cert.token_hash:
+        return
+    a.token_subjects.setdefault(cert.token_hash, set()).add(cert.subject)
+    slot = (cert.token_hash, cert.subject, cert.issuer)
+    held = a.token_certs.get(slot)
+    if held is None or cert.issued_ms > held.issued_ms:
+        a.token_certs[slot] = cert

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import TypeVar
 
-from smegmesh.core.authority import Authority
+from smegmesh.core.authority import Authority, note_token_cert
 from smegmesh.core.cert import (
     AdminChange,
     AliasReserve,
@@ -369,8 +369,7 @@ class AdmissionGate(StateStore):
     def _on_statement(self, item: AuthItem) -> None:
         a = self._authority
         if isinstance(item, Cert):
-            if item.token_hash:
-                a.token_subjects.setdefault(item.token_hash, set()).add(item.subject)
+            note_token_cert(a, item)
             return
         if isinstance(item, InviteRevoke):
             a.invite_revokes.setdefault(item.token_hash, []).append(item)

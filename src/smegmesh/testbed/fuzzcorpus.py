@@ -211,8 +211,8 @@ def _founded_join_corpus() -> tuple[tuple[bytes, ...], Any, bytes, int]:
     Every mesh ``smegctl create`` makes is founded: a join there is checked
     against the token's grant and admitted with a certificate (the token
     ledger), which the unfounded mesh of :func:`_mesh_corpus` never runs.
-    Seeds: a join with the token's secret (admitted; the token has 5 uses,
-    so the fuzzer's joins are refused after them), one with another secret
+    Seeds: a join with the token's secret (admitted once: the same join again
+    gets the same certificate), one with another secret
     (refused), and a sync start. Returns (encoded requests, the handler node,
     the stranger's key, the time).
     """
