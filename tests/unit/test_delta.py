@@ -31,10 +31,6 @@ from test_elide import LATER, _mesh, _state, _wire
 from test_meshnode import mesh_of
 
 
-def _size(item: object) -> int:
-    return item_size(item)  # type: ignore[arg-type]
-
-
 def _delta(base: NodeRecord, new: NodeRecord) -> Elided:
     bases = RecordBases()
     bases.note(base, new, new.timestamp_ms)
@@ -50,7 +46,7 @@ def test_a_restart_goes_as_a_delta_of_a_half_the_size_and_comes_back_whole() -> 
     new = recs[5].evolve(ident(7), now)
     d = _delta(recs[5], new)
     assert d.fields[5] == []  # nothing changed but version, time and signature
-    assert _size(d) <= 120 and _size(d) < 0.65 * _size(elide(new, now))
+    assert item_size(d) <= 120 and item_size(d) < 0.65 * item_size(elide(new, now))
     got = expand(st, _wire([d], m.mesh_id).items)
     assert got.items == [new] and got.resolved == 1 and not got.errors
     changed, errors = st.apply_many(got.items, now)

@@ -143,3 +143,22 @@ def test_the_founded_join_targets_seeds_admit_once_and_refuse() -> None:
     reply, _ = node.handle_request(src, decode(seeds[0]), now + 10)
     assert isinstance(reply, JoinReply) and reply.chain[-1].subject == src
     assert len(node.mesh.auth_items()) == held
+
+
+def test_the_founded_targets_sixth_seed_stops_at_its_first_forgery() -> None:
+    """The sixth seed carries the five items of the others in one push (review:
+    never run by a test). On a node of its own the two before the first forged
+    item (the record by reference, the delta) are taken; the forged delta is
+    refused, and the items after it are refused unchecked, as in any message
+    with a forged signature (a forger's message costs no more checks)."""
+    from smegmesh.testbed.fuzzcorpus import _founded_corpus
+
+    seeds, node, src, now = _founded_corpus.__wrapped__()
+    before = {k: node.mesh.versions_of(k) for k in node.mesh.keys_under(0, 0)}
+    rejected = node.rejected
+    node.handle_request(src, decode(seeds[5]), now + 1)
+    after = {k: node.mesh.versions_of(k) for k in node.mesh.keys_under(0, 0)}
+    assert len([k for k in after if after[k] != before.get(k)]) == 2
+    assert node.rejected - rejected == 3
+    assert node.last_rejects[0] == "signature: invalid signature"
+    assert all("not checked" in r for r in node.last_rejects[1:])

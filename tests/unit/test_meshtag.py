@@ -142,8 +142,10 @@ def test_a_member_gets_deltas_again_at_its_next_record_version_or_after_it_left(
     assert not tags.takes_deltas(KEY, 5) and tags.takes_deltas(KEY, 6)
     tags.forget(KEY)
     assert tags.takes_deltas(KEY, 5)
-    assert (10).to_bytes(32, "big") not in tags._takers
-    short = MeshTags("sim")  # an id no longer than a tag goes as it is
+
+
+def test_a_mesh_id_no_longer_than_a_tag_goes_as_it_is() -> None:
+    short = MeshTags("sim")
     short.note_reply(KEY, Ack(IN_REPLY, 1), 5)
     c = Call(KEY, Offer("sim", ()), OfferCtx(frozenset()))
     assert short.named(c, 5) is c

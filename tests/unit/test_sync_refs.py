@@ -71,6 +71,12 @@ def _apart() -> tuple[MeshState, MeshState, list[NodeRecord | Prune]]:
     return a, b, news
 
 
+def _leaf(st: MeshState, k: bytes) -> tuple[int, int, tuple[tuple[bytes, int, int, bytes], ...]]:
+    """A step's leaf listing ``k`` at its versions in ``st`` (with a hash that matches nothing)."""
+    rv, pv = st.versions_of(k)
+    return (DEPTH, int.from_bytes(k[: DEPTH // 2], "big"), ((k, rv, pv, bytes(HASH_LEN)),))
+
+
 def _readmitted() -> tuple[Mesh, list[NodeRecord], int, MeshState, MeshState, NodeRecord]:
     """Two replicas of a settled founded mesh, and the record of its member
     ``ident(9)`` admitted again (a new chain neither replica holds yet)."""
@@ -252,8 +258,7 @@ def test_a_key_wanted_whole_is_wanted_once_and_not_also_by_its_id(refs: bool) ->
     short = elide(newer, now)
     assert type(short) is Elided
     k = newer.wg_key
-    rv, pv = a.versions_of(k)
-    leaf = (DEPTH, int.from_bytes(k[: DEPTH // 2], "big"), ((k, rv, pv, bytes(HASH_LEN)),))
+    leaf = _leaf(a, k)
     reply, _, _ = _step_to(b, a, now, refs=refs, items=(short,), leaves=(leaf,))
     assert isinstance(reply, SyncStep)
     assert [w for w in reply.wants if w[:8] == k[:8]] == [k]
@@ -293,8 +298,7 @@ def test_a_key_held_only_as_a_prune_is_wanted_whole() -> None:
     assert b.apply(_prune(m, 3, recs[5], now), now)
     assert b.versions_of(k)[0] == 0 and b.versions_of(k)[1] > 0  # a prune alone
     assert a.apply(recs[5].evolve(ident(7), now), now)  # newer: refutes the prune
-    rv, pv = a.versions_of(k)
-    leaf = (DEPTH, int.from_bytes(k[: DEPTH // 2], "big"), ((k, rv, pv, bytes(HASH_LEN)),))
+    leaf = _leaf(a, k)
     reply, _, _ = _step_to(b, a, now, leaves=(leaf,))
     assert isinstance(reply, SyncStep)
     assert [w for w in reply.wants if w[:8] == k[:8]] == [k]

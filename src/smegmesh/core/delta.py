@@ -91,10 +91,11 @@ BASE_KEEP_MS = 60_000
 #: refused (rebuilding one costs work by the size of the record held, not of
 #: the delta: a bridge's record of many routes is tens of KB).
 MAX_BASE_BYTES = 8 * 1024
-_VERSION, _TIME, _CHAIN, _SIG = WIRE_VERSION, WIRE_TIME, WIRE_CHAIN, WIRE_SIGNATURE
 #: What a delta never changes (the record's identity, derived by the receiver
 #: from the key it holds) or carries in its own fields.
-_FIXED = frozenset({WIRE_MESH, WIRE_KEY, WIRE_SIGN_KEY, _VERSION, _TIME, WIRE_ADDRESS, _SIG})
+_FIXED = frozenset(
+    {WIRE_MESH, WIRE_KEY, WIRE_SIGN_KEY, WIRE_VERSION, WIRE_TIME, WIRE_ADDRESS, WIRE_SIGNATURE}
+)
 
 
 def base_ref(rec: NodeRecord) -> bytes:
@@ -212,7 +213,7 @@ def expand_delta(held: NodeRecord | None, fields: tuple[Any, ...]) -> NodeRecord
     if base_size(held) > MAX_BASE_BYTES:
         raise RecordError("item", "a delta of a record too large for one")  # never sent
     obj = held.to_obj()
-    obj[_VERSION], obj[_TIME], obj[_SIG] = version, ts, sig
+    obj[WIRE_VERSION], obj[WIRE_TIME], obj[WIRE_SIGNATURE] = version, ts, sig
     chain_changed = False
     seen: set[int] = set()
     for ch in changes:
@@ -223,8 +224,8 @@ def expand_delta(held: NodeRecord | None, fields: tuple[Any, ...]) -> NodeRecord
             raise RecordError("item", f"a delta cannot change field {i}")
         seen.add(i)
         obj[i] = v
-        chain_changed |= i == _CHAIN
+        chain_changed |= i == WIRE_CHAIN
     if chain_changed:
         return record_from_obj(obj)
-    obj[_CHAIN] = []  # the held chain's objects, not decoded again
+    obj[WIRE_CHAIN] = []  # the held chain's objects, not decoded again
     return replace(record_from_obj(obj), chain=held.chain)

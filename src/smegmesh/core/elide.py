@@ -47,9 +47,8 @@ from typing import Any
 
 from smegmesh.core.addressing import overlay_address
 from smegmesh.core.cert import Cert
-from smegmesh.core.codec import ITEM_DELTA, ITEM_PRUNE, ITEM_RECORD, Elided
+from smegmesh.core.codec import ITEM_DELTA, ITEM_PRUNE, ITEM_RECORD, KEY_ID_LEN, Elided
 from smegmesh.core.delta import base_ref, base_size, expand_delta
-from smegmesh.core.offer import KEY_ID_LEN
 from smegmesh.core.record import NodeRecord, Prune, RecordError, prune_from_obj, record_from_obj
 from smegmesh.core.record_model import (
     WIRE_ADDRESS,
@@ -57,6 +56,7 @@ from smegmesh.core.record_model import (
     WIRE_KEY,
     WIRE_MESH,
     WIRE_SIGN_KEY,
+    WIRE_VERSION,
 )
 from smegmesh.core.state import Item, MeshState
 
@@ -232,7 +232,7 @@ def _expand_prune(mesh: MeshState, f: list[Any]) -> Item | None:
 
 
 #: Where an elided item of each kind names its key, and the version it is about.
-_WHERE = {ITEM_RECORD: (_KEY, 3), ITEM_DELTA: (0, 2), ITEM_PRUNE: (_TARGET, 2)}
+_WHERE = {ITEM_RECORD: (_KEY, WIRE_VERSION), ITEM_DELTA: (0, 2), ITEM_PRUNE: (_TARGET, 2)}
 
 
 def _where(kind: int) -> tuple[int, int]:

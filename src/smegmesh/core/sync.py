@@ -41,9 +41,9 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from smegmesh.core.codec import Elided, Registry
+from smegmesh.core.codec import KEY_ID_LEN, Elided, Registry
 from smegmesh.core.elide import expand
-from smegmesh.core.offer import KEY_ID_LEN, Push
+from smegmesh.core.offer import Push
 from smegmesh.core.paging import page
 from smegmesh.core.record import RecordError
 from smegmesh.core.state import DEPTH, FANOUT, Item, MeshState

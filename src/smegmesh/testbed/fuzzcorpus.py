@@ -14,6 +14,7 @@ from typing import Any
 
 __all__ = [
     "MESH",
+    "STRANGER_SEED",
     "_by_type",
     "_dedup",
     "_founded_corpus",
@@ -24,6 +25,8 @@ __all__ = [
 
 
 MESH = "amber-falcon-river-k7q2"
+#: The identity seed of the stranger the join targets' requests come from.
+STRANGER_SEED = b"\x77" * 32
 
 
 def _capture_net() -> Any:
@@ -153,8 +156,10 @@ def _by_type() -> dict[str, list[bytes]]:
 
 
 def _founded_mesh() -> tuple[list[Any], Any, dict[bytes, Any], list[Any], int]:
-    """A founded mesh of 8: identities, founding record, chains, records, the time."""
+    """A founded mesh of 8: identities, founding record, chains, records, and a
+    time at which its certificates are settled (chains then go by reference)."""
     from smegmesh.core.cert import Cert, Founding, Policy
+    from smegmesh.core.elide import SETTLED_MS
     from smegmesh.core.identity import NodeIdentity
     from smegmesh.core.record import NodeRecord
 
@@ -180,7 +185,7 @@ def _founded_mesh() -> tuple[list[Any], Any, dict[bytes, Any], list[Any], int]:
         )
         for i, who in enumerate(ids)
     ]
-    return ids, founding, chains, recs, t
+    return ids, founding, chains, recs, t + SETTLED_MS + 60_000
 
 
 def _founded_member(who: Any, founding: Any, recs: list[Any], now: int) -> Any:
@@ -193,8 +198,8 @@ def _founded_member(who: Any, founding: Any, recs: list[Any], now: int) -> Any:
     from smegmesh.core.state import MeshState
 
     state = MeshState(founding.mesh_id, admission=True, verifier=verify_many)
-    state.apply(founding, now)
-    state.apply_many(recs, now)
+    changed, errors = state.apply_many([founding, *recs], now)
+    assert not errors and len(changed) == 1 + len(recs), errors  # else the seeds do nothing
     settings = MeshSettings(Role.PEER, "[2001:db8::1]:51820", "[2001:db8::1]:4000", bytes(32))
     node = MeshNode(
         who, founding.mesh_id, settings, GossipParams(), LivenessParams(), random.Random(1), state
@@ -216,18 +221,16 @@ def _founded_join_corpus() -> tuple[tuple[bytes, ...], Any, bytes, int]:
     (refused), and a sync start. Returns (encoded requests, the handler node,
     the stranger's key, the time).
     """
-    from smegmesh.core.elide import SETTLED_MS
     from smegmesh.core.identity import NodeIdentity
     from smegmesh.core.invite import Bootstrap
     from smegmesh.core.sync import SyncSession
     from smegmesh.core.wire import encode
 
-    ids, founding, _chains, recs, t = _founded_mesh()
-    now = t + SETTLED_MS + 60_000
+    ids, founding, _chains, recs, now = _founded_mesh()
     node = _founded_member(ids[1], founding, recs, now)
     boot = [Bootstrap("[2001:db8::2]:4000", bytes(32), ids[1].wg_public_key)]
     token, _outs = node.invite(now, ttl_ms=10**12, uses=5, bootstrap=boot, secret=b"\x33" * 16)
-    stranger = NodeIdentity.from_seed(b"\x77" * 32)
+    stranger = NodeIdentity.from_seed(STRANGER_SEED)
     joiner = _founded_member(stranger, founding, [], now)
     seeds = (
         encode(joiner.join_request(token.secret, now)),
@@ -252,20 +255,19 @@ def _founded_corpus() -> tuple[tuple[bytes, ...], Any, bytes, int]:
     from the held record and refused on every run, never changing the state),
     a prune by reference (taken), and a record by reference whose signature
     fails (rebuilt and refused on every run). The sixth carries the five
-    together.
+    together (the items after its first forgery are refused unchecked).
 
     Returns (encoded pushes, the handler node, the sender's key, the time).
     """
     from smegmesh.core.delta import delta_of
-    from smegmesh.core.elide import SETTLED_MS, elide
+    from smegmesh.core.elide import elide
     from smegmesh.core.offer import Push
     from smegmesh.core.record import NodeRecord, Prune
     from smegmesh.core.record_model import WIRE_SIGNATURE
     from smegmesh.core.wire import encode
 
-    ids, founding, chains, recs, t = _founded_mesh()
+    ids, founding, chains, recs, now = _founded_mesh()
     mesh_id = founding.mesh_id
-    now = t + SETTLED_MS + 60_000  # the certificates are settled: chains go by reference
     node = _founded_member(ids[1], founding, recs, now)
 
     def later(k: int) -> NodeRecord:

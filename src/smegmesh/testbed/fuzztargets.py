@@ -46,7 +46,7 @@ from typing import Any
 
 import msgpack
 
-from smegmesh.testbed.fuzzcorpus import MESH, _by_type, _dedup, _mesh_corpus
+from smegmesh.testbed.fuzzcorpus import MESH, STRANGER_SEED, _by_type, _dedup, _mesh_corpus
 
 __all__ = ["Target", "check", "mutate", "targets"]
 
@@ -141,7 +141,7 @@ def _handler_node() -> tuple[Any, bytes, bytes]:
     from smegmesh.core.identity import NodeIdentity
 
     _, first, member, _secret, _now = _mesh_corpus()
-    stranger = NodeIdentity.from_seed(b"\x77" * 32).wg_public_key
+    stranger = NodeIdentity.from_seed(STRANGER_SEED).wg_public_key
     return first, member, stranger
 
 
@@ -149,23 +149,10 @@ def _handler_node() -> tuple[Any, bytes, bytes]:
 _TICKS = itertools.count(1)
 
 
-def _handle(data: bytes, *, member: bool) -> None:
+def _request(node: Any, src: bytes, now: int, data: bytes) -> None:
+    """Decode ``data`` and hand it to ``node`` as a request from ``src``, a tick after ``now``."""
     from smegmesh.core.wire import WireError, decode
 
-    node, member_key, stranger = _handler_node()
-    try:
-        msg = decode(data)
-    except WireError:
-        return
-    src = member_key if member else stranger
-    node.handle_request(src, msg, _mesh_corpus()[4] + next(_TICKS))
-
-
-def _founded(data: bytes, *, member: bool) -> None:
-    from smegmesh.core.wire import WireError, decode
-    from smegmesh.testbed.fuzzcorpus import _founded_corpus, _founded_join_corpus
-
-    _seeds, node, src, now = _founded_corpus() if member else _founded_join_corpus()
     try:
         msg = decode(data)
     except WireError:
@@ -173,10 +160,25 @@ def _founded(data: bytes, *, member: bool) -> None:
     node.handle_request(src, msg, now + next(_TICKS))
 
 
-def _founded_seeds(*, member: bool) -> list[bytes]:
+def _handle(data: bytes, *, member: bool) -> None:
+    node, member_key, stranger = _handler_node()
+    _request(node, member_key if member else stranger, _mesh_corpus()[4], data)
+
+
+def _founded_of(member: bool) -> tuple[tuple[bytes, ...], Any, bytes, int]:
+    """The founded mesh's corpus: a member's pushes, or a stranger's joins."""
     from smegmesh.testbed.fuzzcorpus import _founded_corpus, _founded_join_corpus
 
-    return list((_founded_corpus() if member else _founded_join_corpus())[0])
+    return _founded_corpus() if member else _founded_join_corpus()
+
+
+def _founded(data: bytes, *, member: bool) -> None:
+    _seeds, node, src, now = _founded_of(member)
+    _request(node, src, now, data)
+
+
+def _founded_seeds(*, member: bool) -> list[bytes]:
+    return list(_founded_of(member)[0])
 
 
 def _join_seeds() -> list[bytes]:
@@ -322,25 +324,20 @@ def _config_seeds() -> list[bytes]:
 
 
 #: modules measured for line coverage
-_WIRE_MODS = (
-    "smegmesh.core.wire",
-    "smegmesh.core.messages",
-    "smegmesh.core.sync",
+_RECORD_MODS = (
     "smegmesh.core.record",
     "smegmesh.core.record_fields",
     "smegmesh.core.record_model",
     "smegmesh.core.record_decode",
 )
+_WIRE_MODS = ("smegmesh.core.wire", "smegmesh.core.messages", "smegmesh.core.sync", *_RECORD_MODS)
 _HANDLER_MODS = (
     "smegmesh.core.meshnode",
     "smegmesh.core.invite",
     "smegmesh.core.state",
     "smegmesh.core.state_store",
     "smegmesh.core.state_gate",
-    "smegmesh.core.record",
-    "smegmesh.core.record_fields",
-    "smegmesh.core.record_model",
-    "smegmesh.core.record_decode",
+    *_RECORD_MODS,
     "smegmesh.core.sync",
 )
 
