@@ -8,7 +8,6 @@ behaved before).
 
 from __future__ import annotations
 
-import random
 import secrets
 
 import pytest
@@ -25,11 +24,8 @@ from smegmesh.core.cert import (
 )
 from smegmesh.core.certwire import auth_from_obj, auth_to_obj
 from smegmesh.core.engine import Call
-from smegmesh.core.gossip import GossipParams
-from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.invite import Bootstrap, Token
-from smegmesh.core.liveness import LivenessParams
-from smegmesh.core.meshnode import MeshNode, MeshSettings, NotAllowed
+from smegmesh.core.meshnode import MeshNode, NotAllowed
 from smegmesh.core.messages import JoinReply, Refusal
 from smegmesh.core.record import (
     MembershipProof,
@@ -43,51 +39,7 @@ from smegmesh.core.routing import compute_routes
 from smegmesh.core.state import MAX_CLOCK_SKEW_MS, MeshState
 from smegmesh.core.sync import Push
 from smegmesh.core.wire import decode, encode
-
-NOW = 1_700_000_000_000
-
-
-def ident(i: int) -> NodeIdentity:
-    return NodeIdentity.from_seed(bytes([i]) * 32)
-
-
-class Mesh:
-    """A founder and helpers to admit nodes with real certificates."""
-
-    def __init__(self, policy: Policy = Policy.PEERS, name: str = "amber-fox-ash") -> None:
-        self.founder = ident(1)
-        self.founding = Founding.create(self.founder, name, now_ms=NOW, policy=policy)
-        self.mesh_id = self.founding.mesh_id
-        self.chains: dict[bytes, tuple[Cert, ...]] = {self.founder.wg_public_key: ()}
-        self.t = NOW
-
-    def state(self) -> MeshState:
-        st = MeshState(self.mesh_id, admission=True)
-        assert st.apply(self.founding, NOW)
-        return st
-
-    def admit(
-        self, who: NodeIdentity, by: NodeIdentity | None = None, *, may_admit: bool = True
-    ) -> tuple[Cert, ...]:
-        by = by or self.founder
-        self.t += 1000
-        cert = Cert.create(
-            by, self.mesh_id, subject=who.wg_public_key, may_admit=may_admit, now_ms=self.t
-        )
-        chain = (*self.chains[by.wg_public_key], cert)
-        self.chains[who.wg_public_key] = chain
-        return chain
-
-    def record(self, who: NodeIdentity, version: int | None = None, **kw: object) -> NodeRecord:
-        v = version if version is not None else self.t + 1
-        return NodeRecord.create(
-            who,
-            self.mesh_id,
-            version=v,
-            now_ms=min(v, NOW + 10**9),
-            chain=self.chains.get(who.wg_public_key, ()),
-            **kw,  # type: ignore[arg-type]
-        )
+from smegmesh.testbed.founded import NOW, Mesh, ident, member_node
 
 
 def test_mesh_id_is_self_certifying() -> None:
@@ -308,18 +260,6 @@ def test_route_to_another_mesh_needs_membership_proof() -> None:
 # --------------------------------------------------------------------------- finding 5
 
 
-def _node(identity: NodeIdentity, mesh_id: str, st: MeshState) -> MeshNode:
-    return MeshNode(
-        identity,
-        mesh_id,
-        MeshSettings(Role.PEER, "[2001:db8::1]:51820", "[2001:db8::1]:4000", bytes(32)),
-        GossipParams(),
-        LivenessParams(),
-        random.Random(1),
-        st,
-    )
-
-
 def _join(member: MeshNode, joiner: MeshNode, secret: bytes, now: int) -> bool:
     req = joiner.join_request(secret, now)
     reply, _outs = member.handle_request(joiner.key, req, now)
@@ -336,7 +276,7 @@ def _join(member: MeshNode, joiner: MeshNode, secret: bytes, now: int) -> bool:
 def _founded_with_token() -> tuple[Mesh, MeshNode, list[Bootstrap], Token]:
     """A members-admit mesh, its started founder, its bootstrap and a one-use token."""
     m = Mesh(Policy.MEMBERS)
-    founder = _node(m.founder, m.mesh_id, m.state())
+    founder = member_node(m.founder, m.mesh_id, m.state())
     founder.start(NOW)
     boot = [Bootstrap("[2001:db8::1]:4000", bytes(32), m.founder.wg_public_key)]
     tok, _ = founder.invite(
@@ -348,11 +288,11 @@ def _founded_with_token() -> tuple[Mesh, MeshNode, list[Bootstrap], Token]:
 def test_token_uses_are_counted_over_every_admission_ever() -> None:
     """Finding 5: a --uses 1 token admitted again after 64 admissions or after its admitter left."""
     m, founder, boot, tok = _founded_with_token()
-    a = _node(ident(2), m.mesh_id, MeshState(m.mesh_id, admission=True))
+    a = member_node(ident(2), m.mesh_id, MeshState(m.mesh_id, admission=True))
     assert _join(founder, a, tok.secret, NOW + 1)
     assert a.record is not None and a.record.chain[-1].token_hash == tok.token_hash
     # A second member (admitted with a token of its own) replicates the ledger...
-    helper = _node(ident(3), m.mesh_id, MeshState(m.mesh_id, admission=True))
+    helper = member_node(ident(3), m.mesh_id, MeshState(m.mesh_id, admission=True))
     tok2, _ = founder.invite(
         NOW + 2, ttl_ms=3_600_000, uses=1, bootstrap=boot, secret=secrets.token_bytes(16)
     )
@@ -363,20 +303,20 @@ def test_token_uses_are_counted_over_every_admission_ever() -> None:
     helper.absorb(a.mesh.items_for([a.key]), NOW + 6)
     helper.mesh.gc(NOW + 10**8, 1000)  # its left record is collected
     assert a.key not in helper.mesh or not helper.mesh.is_member(a.key)
-    b = _node(ident(4), m.mesh_id, MeshState(m.mesh_id, admission=True))
+    b = member_node(ident(4), m.mesh_id, MeshState(m.mesh_id, admission=True))
     assert not _join(helper, b, tok.secret, NOW + 10**8 // 2)
     assert not _join(founder, b, tok.secret, NOW + 7)
 
 
 def test_strict_token_only_admitted_by_its_issuer() -> None:
     m = Mesh(Policy.MEMBERS)
-    founder = _node(m.founder, m.mesh_id, m.state())
+    founder = member_node(m.founder, m.mesh_id, m.state())
     founder.start(NOW)
     boot = [Bootstrap("[2001:db8::1]:4000", bytes(32), m.founder.wg_public_key)]
     plain, _ = founder.invite(
         NOW, ttl_ms=3_600_000, uses=1, bootstrap=boot, secret=secrets.token_bytes(16)
     )
-    other = _node(ident(2), m.mesh_id, MeshState(m.mesh_id, admission=True))
+    other = member_node(ident(2), m.mesh_id, MeshState(m.mesh_id, admission=True))
     assert _join(founder, other, plain.secret, NOW + 1)
     strict, _ = founder.invite(
         NOW + 2,
@@ -387,7 +327,7 @@ def test_strict_token_only_admitted_by_its_issuer() -> None:
         strict=True,
     )
     other.absorb(founder.mesh.all_items(), NOW + 3)
-    joiner = _node(ident(3), m.mesh_id, MeshState(m.mesh_id, admission=True))
+    joiner = member_node(ident(3), m.mesh_id, MeshState(m.mesh_id, admission=True))
     assert not _join(other, joiner, strict.secret, NOW + 4)
     assert _join(founder, joiner, strict.secret, NOW + 5)
 
@@ -402,12 +342,12 @@ def test_eviction_removes_and_keeps_out() -> None:
     m.admit(bad)
     m.admit(child, by=bad)
     st = m.state()
-    admin = _node(m.founder, m.mesh_id, st)
+    admin = member_node(m.founder, m.mesh_id, st)
     admin.start(NOW)
     for n in (bad, child):
         assert st.apply(m.record(n), NOW)
     # A member that is not an admin cannot evict.
-    peer = _node(bad, m.mesh_id, MeshState(m.mesh_id, admission=True))
+    peer = member_node(bad, m.mesh_id, MeshState(m.mesh_id, admission=True))
     peer.absorb(st.all_items(), NOW)
     with pytest.raises(NotAllowed):
         peer.evict(NOW, child.wg_public_key)
@@ -436,14 +376,14 @@ def test_eviction_cascade_and_admins() -> None:
         m.admit(n)
     m.admit(child, by=bad)
     st = m.state()
-    admin = _node(m.founder, m.mesh_id, st)
+    admin = member_node(m.founder, m.mesh_id, st)
     admin.start(NOW)
     for n in (second, bad, child):
         assert st.apply(m.record(n), NOW)
     admin.set_admin(NOW + 1000, second.wg_public_key, True)
     assert st.authority.is_admin(second.wg_public_key)
     # The second admin evicts with --cascade: the child goes too.
-    other = _node(second, m.mesh_id, MeshState(m.mesh_id, admission=True))
+    other = member_node(second, m.mesh_id, MeshState(m.mesh_id, admission=True))
     other.absorb(st.all_items(), NOW + 2000)
     other.evict(NOW + 3000, bad.wg_public_key, cascade=True)
     assert not other.mesh.is_member(child.wg_public_key)
@@ -467,7 +407,7 @@ def test_admin_changes_the_invite_policy_for_later_admissions() -> None:
     client = ident(2)
     m.admit(client, may_admit=False)
     st = m.state()
-    admin = _node(m.founder, m.mesh_id, st)
+    admin = member_node(m.founder, m.mesh_id, st)
     admin.start(NOW)
     assert st.apply(m.record(client), NOW)
     assert st.authority.policy == Policy.PEERS
@@ -477,7 +417,7 @@ def test_admin_changes_the_invite_policy_for_later_admissions() -> None:
     st.apply(PolicyChange.create(client, m.mesh_id, policy=Policy.MEMBERS, now_ms=NOW + 1), NOW)
     assert st.authority.policy == Policy.PEERS
     with pytest.raises(NotAllowed):
-        _node(client, m.mesh_id, st).set_policy(NOW + 2, Policy.MEMBERS)
+        member_node(client, m.mesh_id, st).set_policy(NOW + 2, Policy.MEMBERS)
     admin.set_policy(NOW + 3, Policy.MEMBERS)
     assert st.authority.policy == Policy.MEMBERS
     assert st.authority.may_admit_by_policy(False)
@@ -493,7 +433,7 @@ def test_a_joiner_whose_announcement_was_lost_is_known_after_its_first_refusal()
     good (it pruned the whole mesh one by one). A refused call now shows the
     refusing member our record (at most once per member per heal interval)."""
     m, founder, _boot, tok = _founded_with_token()
-    joiner = _node(ident(5), m.mesh_id, MeshState(m.mesh_id, admission=True))
+    joiner = member_node(ident(5), m.mesh_id, MeshState(m.mesh_id, admission=True))
     reply, _ = founder.handle_request(joiner.key, joiner.join_request(tok.secret, NOW + 1), NOW + 1)
     assert isinstance(reply, JoinReply)
     reply = decode(encode(reply))
@@ -525,7 +465,7 @@ def test_a_join_sent_again_gets_the_same_certificate_and_adds_nothing() -> None:
     now answers a join again with the certificate it issued for that token and
     that key, and adds nothing to the mesh's state."""
     m, founder, _boot, tok = _founded_with_token()
-    a = _node(ident(2), m.mesh_id, MeshState(m.mesh_id, admission=True))
+    a = member_node(ident(2), m.mesh_id, MeshState(m.mesh_id, admission=True))
     req = decode(encode(a.join_request(tok.secret, NOW + 1)))
     first, outs = founder.handle_request(a.key, req, NOW + 1)
     assert isinstance(first, JoinReply) and outs
@@ -536,6 +476,6 @@ def test_a_join_sent_again_gets_the_same_certificate_and_adds_nothing() -> None:
         assert not [o for o in outs if isinstance(o, Call)]  # nothing new to gossip
     assert len(founder.mesh.auth_items()) == held
     # the joiner's record has not come: a second key with the one-use token is refused
-    b = _node(ident(3), m.mesh_id, MeshState(m.mesh_id, admission=True))
+    b = member_node(ident(3), m.mesh_id, MeshState(m.mesh_id, admission=True))
     refused, _ = founder.handle_request(b.key, b.join_request(tok.secret, NOW + 20), NOW + 20)
     assert isinstance(refused, Refusal)

@@ -20,7 +20,7 @@ from smegmesh.core.record import NodeRecord, Prune
 from smegmesh.core.state import MeshState
 from smegmesh.core.sync import Push
 from smegmesh.core.wire import decode, encode
-from test_authority import Mesh
+from smegmesh.testbed.founded import Mesh
 from test_elide import LATER, _mesh, _prune, _state
 
 

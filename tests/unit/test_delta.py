@@ -26,7 +26,7 @@ from smegmesh.core.record import NodeRecord, RouteAdv
 from smegmesh.core.state_gate import MAX_CLOCK_SKEW_MS
 from smegmesh.core.sync import Push
 from smegmesh.core.wire import decode
-from test_authority import ident
+from smegmesh.testbed.founded import ident
 from test_elide import LATER, _mesh, _state, _wire
 from test_meshnode import mesh_of
 

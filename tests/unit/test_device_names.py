@@ -17,7 +17,7 @@ from smegmesh.core.devices import live_devices, sponsor_device
 from smegmesh.core.state import MeshState
 from smegmesh.daemon.dns_wiring import DnsOps
 from smegmesh.dns.names import AAAA, NameView, resolve
-from test_authority import Mesh, ident
+from smegmesh.testbed.founded import Mesh, ident
 
 
 def _names(st: MeshState, mesh_id: str) -> NameView:

@@ -21,7 +21,7 @@ from smegmesh.core.record import (
 )
 from smegmesh.core.state import MeshState
 from smegmesh.core.wire import decode_item, encode_item
-from test_authority import Mesh, ident
+from smegmesh.testbed.founded import Mesh, ident
 
 DEV = bytes(range(32))  # a device key (no smegd identity behind it)
 

@@ -21,7 +21,7 @@ from smegmesh.core.record import NodeRecord, Prune
 from smegmesh.core.state import MeshState
 from smegmesh.core.sync import Push, SyncStart
 from smegmesh.core.wire import decode, encode
-from test_authority import Mesh, _node, ident
+from smegmesh.testbed.founded import Mesh, ident, member_node
 
 LATER = SETTLED_MS + 60_000  # the certificates are settled by then
 
@@ -110,7 +110,7 @@ def test_a_reference_the_receiver_cannot_resolve_is_pulled_by_a_sync_session() -
     m, recs = _mesh()
     now = m.t + LATER
     pruner, me = ident(3), ident(4)
-    node = _node(me, m.mesh_id, _state(m, recs[:-1], now))  # lacks the last member
+    node = member_node(me, m.mesh_id, _state(m, recs[:-1], now))  # lacks the last member
     newer_last = recs[-1].evolve(ident(13), now)
     other = recs[6].evolve(ident(8), now - 30_000)  # a version it does not hold
     prune = _prune(m, 3, other, now)
@@ -149,7 +149,7 @@ def test_pushes_to_a_member_about_itself_or_to_one_that_does_not_know_us_go_whol
     m, recs = _mesh()
     now = m.t + LATER
     me = ident(4)
-    node = _node(me, m.mesh_id, _state(m, recs, now))
+    node = member_node(me, m.mesh_id, _state(m, recs, now))
     target = recs[7]
     node.handle_request(ident(3).wg_public_key, Push(m.mesh_id, (_prune(m, 3, target, now),)), now)
     # target calls us while we hold it pruned: we push it its prune, whole
@@ -218,7 +218,7 @@ def test_bogus_references_do_not_take_the_session_of_a_heal() -> None:
     m, recs = _mesh()
     now = m.t + LATER
     me, bad = ident(4), ident(3)
-    node = _node(me, m.mesh_id, _state(m, recs, now))
+    node = member_node(me, m.mesh_id, _state(m, recs, now))
     target = recs[7]
     node.handle_request(bad.wg_public_key, Push(m.mesh_id, (_prune(m, 3, target, now),)), now)
     bogus = elide(recs[5].evolve(ident(7), now), now)
@@ -285,7 +285,7 @@ def test_a_restarts_record_wanted_after_an_offer_comes_by_reference() -> None:
     m, recs = _mesh()
     now = m.t + LATER
     a, b = ident(4), ident(5)
-    node_a = _node(a, m.mesh_id, _state(m, recs, now))
+    node_a = member_node(a, m.mesh_id, _state(m, recs, now))
     newer = recs[9].evolve(ident(11), now)
     assert node_a.mesh.apply(newer, now)
     entries = offer_entries(node_a.mesh, [newer.wg_key])
@@ -317,7 +317,7 @@ def test_two_prunes_of_one_crash_meet_by_reference() -> None:
     target = recs[7]
     px, py = _prune(m, 3, target, now), _prune(m, 5, target, now + 1)
     a, b = ident(4), ident(6)
-    node_a = _node(a, m.mesh_id, _state(m, recs, now))
+    node_a = member_node(a, m.mesh_id, _state(m, recs, now))
     mine = _state(m, recs, now)
     assert node_a.mesh.apply(py, now) and mine.apply(px, now)
     entries = offer_entries(node_a.mesh, [target.wg_key])
@@ -375,8 +375,8 @@ def test_what_changed_that_does_not_settle_a_key_is_followed_by_the_whole_entry(
     m.admit(n, by=ident(2))
     now = m.t + LATER
     newer = recs[7].evolve(n, now, chain=m.chains[n.wg_public_key])
-    na = _node(ident(4), m.mesh_id, _state(m, recs, now))
-    nb = _node(ident(6), m.mesh_id, _state(m, recs, now))
+    na = member_node(ident(4), m.mesh_id, _state(m, recs, now))
+    nb = member_node(ident(6), m.mesh_id, _state(m, recs, now))
     assert na.mesh.apply(newer, now)
     # (a delta from the version before would carry the new chain and settle it
     # at once, test_delta.py: here the offerer kept no base, as after a while)
@@ -390,8 +390,8 @@ def test_what_changed_that_does_not_settle_a_key_is_followed_by_the_whole_entry(
         r1 = recs[7].evolve(n, now - age, alias="one")
         r2 = recs[7].evolve(n, now - age, alias="two")
         assert r1.version == r2.version
-        na = _node(ident(4), m.mesh_id, _state(m, recs, now))
-        nb = _node(ident(6), m.mesh_id, _state(m, recs, now))
+        na = member_node(ident(4), m.mesh_id, _state(m, recs, now))
+        nb = member_node(ident(6), m.mesh_id, _state(m, recs, now))
         assert na.mesh.apply(r1, now) and nb.mesh.apply(r2, now)
         assert na.mesh.apply(_prune(m, 3, r1, now), now)
         assert nb.mesh.apply(_prune(m, 5, r2, now), now)

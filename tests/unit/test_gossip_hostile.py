@@ -15,7 +15,7 @@ from smegmesh.core.state import MeshState
 from smegmesh.core.state_gate import OVER_PRUNE_BUDGET
 from smegmesh.core.sync import Push
 from smegmesh.sim.simulator import Simulator
-from test_authority import Mesh, ident
+from smegmesh.testbed.founded import Mesh, ident, member_node
 
 
 class CountingVerifier:
@@ -263,11 +263,10 @@ def test_a_member_pruned_by_a_pruner_over_its_budget_is_told_at_once() -> None:
     have told it refused the prune), so it refutes at once. An honest pruner's
     prunes are not pushed so (their members are mostly dead)."""
     from smegmesh.core.engine import Call
-    from test_authority import _node
 
     m, recs, now = _members(30)
     me, pruner = ident(3), ident(2)
-    node = _node(me, m.mesh_id, _state(m, recs, now, CountingVerifier()))
+    node = member_node(me, m.mesh_id, _state(m, recs, now, CountingVerifier()))
     others = [r for r in recs if r.wg_key not in (me.wg_public_key, pruner.wg_public_key)]
 
     def pushes_to_victims(outs: list[object], victims: set[bytes]) -> set[bytes]:
@@ -290,13 +289,12 @@ def test_a_member_pruned_by_a_pruner_over_its_budget_is_told_at_once() -> None:
 def test_a_bulk_transfer_takes_a_long_lived_pruners_history_at_once() -> None:
     """A join reply (or restore) holds prunes made over hours, many by one
     long-lived peer: absorbed whole, not within the pruner's budget."""
-    from test_authority import _node
 
     m, recs, now = _members(30)
     pruner = ident(2)
     st = MeshState(m.mesh_id, admission=True)
     assert st.apply(m.founding, now)
-    joiner = _node(ident(90), m.mesh_id, st)
+    joiner = member_node(ident(90), m.mesh_id, st)
     gone = [r for r in recs if r.wg_key != pruner.wg_public_key][: BURST + 8]
     joiner.absorb([*recs, *(_prune_by(m, pruner, r, now) for r in gone)], now)
     assert all(st.get_prune(r.wg_key) is not None for r in gone)
@@ -316,7 +314,6 @@ def _pruned_then_back(after_ms: int) -> tuple[int, int]:
     """Member 4 pruned by member 2 at a node, back ``after_ms`` later: (refuted
     prunes the node counted, pushes of the refutation it sent on at once)."""
     from smegmesh.core.engine import Call
-    from test_authority import _node
 
     m = Mesh()
     ids = [ident(i) for i in range(2, 22)]
@@ -328,7 +325,7 @@ def _pruned_then_back(after_ms: int) -> tuple[int, int]:
     ]
     now = m.t + 10_000
     pruner, me, x = ident(2), ident(3), ident(4)
-    node = _node(me, m.mesh_id, _state(m, recs, now, CountingVerifier()))
+    node = member_node(me, m.mesh_id, _state(m, recs, now, CountingVerifier()))
     xrec = next(r for r in recs if r.wg_key == x.wg_public_key)
     pushed = 0
     t = now
@@ -380,11 +377,10 @@ def test_a_refutation_that_comes_in_a_sync_session_is_counted_against_its_pruner
     merged skipped the bookkeeping of a push's (refuted prunes counted per
     pruner, a member back alive pushed on at once, a suspect pruner's prunes
     told to their members). A healed partition brings most refutations so."""
-    from test_authority import _node
 
     m, recs, now = _members(20)
     pruner, me, x, relay = ident(2), ident(3), ident(4), ident(5)
-    node = _node(me, m.mesh_id, _state(m, recs, now, CountingVerifier()))
+    node = member_node(me, m.mesh_id, _state(m, recs, now, CountingVerifier()))
     xrec = next(r for r in recs if r.wg_key == x.wg_public_key)
     node.handle_request(
         pruner.wg_public_key, Push(m.mesh_id, (_prune_by(m, pruner, xrec, now),)), now
@@ -425,11 +421,10 @@ def test_forgeries_that_come_in_a_sync_session_are_counted_as_a_pushs_are() -> N
     """Review (twentieth session): a session counted its refused items in the
     session only, which nothing read: a member could feed forgeries through
     sync steps and never appear in the node's count and log of refused items."""
-    from test_authority import _node
 
     m, recs, now = _members(10)
     me, bad = ident(3), ident(5)
-    node = _node(me, m.mesh_id, _state(m, recs, now, CountingVerifier()))
+    node = member_node(me, m.mesh_id, _state(m, recs, now, CountingVerifier()))
     theirs = MeshState(m.mesh_id, admission=True, verifier=lambda jobs: [True] * len(jobs))
     assert theirs.apply(m.founding, now)
     forged = _forged(recs[4])

@@ -21,7 +21,7 @@ from smegmesh.core.record import NodeRecord, Prune
 from smegmesh.core.state import DEPTH, MeshState
 from smegmesh.core.sync import HASH_LEN, SyncSession, SyncStep
 from smegmesh.core.sync_refs import RESPONDER_TAKES_REFS, TAKES_REFS
-from test_authority import Mesh, ident
+from smegmesh.testbed.founded import Mesh, ident
 from test_elide import LATER, _mesh, _prune, _state
 
 SRC = b"\x07" * 32

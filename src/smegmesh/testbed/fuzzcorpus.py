@@ -158,52 +158,31 @@ def _by_type() -> dict[str, list[bytes]]:
 def _founded_mesh() -> tuple[list[Any], Any, dict[bytes, Any], list[Any], int]:
     """A founded mesh of 8: identities, founding record, chains, records, and a
     time at which its certificates are settled (chains then go by reference)."""
-    from smegmesh.core.cert import Cert, Founding, Policy
     from smegmesh.core.elide import SETTLED_MS
     from smegmesh.core.identity import NodeIdentity
-    from smegmesh.core.record import NodeRecord
+    from smegmesh.testbed.founded import NOW, Mesh
 
-    t = 1_700_000_000_000
     ids = [NodeIdentity.from_seed(bytes([0x21 + i]) * 32) for i in range(8)]
-    founding = Founding.create(ids[0], "fuzz-founded", now_ms=t, policy=Policy.PEERS)
-    mesh_id = founding.mesh_id
-    chains: dict[bytes, tuple[Cert, ...]] = {ids[0].wg_public_key: ()}
+    m = Mesh(name="fuzz-founded", founder=ids[0], now=NOW)
     for i, who in enumerate(ids[1:], start=1):
-        by = ids[(i - 1) // 2]  # chains of a few levels
-        t += 1000
-        cert = Cert.create(by, mesh_id, subject=who.wg_public_key, may_admit=True, now_ms=t)
-        chains[who.wg_public_key] = (*chains[by.wg_public_key], cert)
+        m.admit(who, ids[(i - 1) // 2])  # chains of a few levels
     recs = [
-        NodeRecord.create(
-            who,
-            mesh_id,
-            version=t + 1,
-            now_ms=t + 1,
-            chain=chains[who.wg_public_key],
-            control_endpoint=f"[2001:db8::{i + 1:x}]:4000",
-            tls_fp=bytes(32),
-        )
+        m.record(who, m.t + 1, control_endpoint=f"[2001:db8::{i + 1:x}]:4000", tls_fp=bytes(32))
         for i, who in enumerate(ids)
     ]
-    return ids, founding, chains, recs, t + SETTLED_MS + 60_000
+    return ids, m.founding, m.chains, recs, m.t + SETTLED_MS + 60_000
 
 
 def _founded_member(who: Any, founding: Any, recs: list[Any], now: int) -> Any:
     """A started MeshNode of ``who`` holding the founded mesh's ``recs`` (none: a joiner)."""
-    from smegmesh.core.gossip import GossipParams
     from smegmesh.core.identity import verify_many
-    from smegmesh.core.liveness import LivenessParams
-    from smegmesh.core.meshnode import MeshNode, MeshSettings
-    from smegmesh.core.record import Role
     from smegmesh.core.state import MeshState
+    from smegmesh.testbed.founded import member_node
 
     state = MeshState(founding.mesh_id, admission=True, verifier=verify_many)
     changed, errors = state.apply_many([founding, *recs], now)
     assert not errors and len(changed) == 1 + len(recs), errors  # else the seeds do nothing
-    settings = MeshSettings(Role.PEER, "[2001:db8::1]:51820", "[2001:db8::1]:4000", bytes(32))
-    node = MeshNode(
-        who, founding.mesh_id, settings, GossipParams(), LivenessParams(), random.Random(1), state
-    )
+    node = member_node(who, founding.mesh_id, state)
     if recs:
         node.start(now)
     return node

@@ -1,0 +1,91 @@
+"""A founded mesh in memory, for tests and the fuzz corpus.
+
+:class:`Mesh` holds a founder's founding record and admits nodes with real
+certificates (chains of any depth); :func:`member_node` makes a
+:class:`~smegmesh.core.meshnode.MeshNode` of one identity over a given state.
+Nothing here talks to a network: the records and nodes are the core's own.
+"""
+
+from __future__ import annotations
+
+import random
+
+from smegmesh.core.cert import Cert, Founding, Policy
+from smegmesh.core.gossip import GossipParams
+from smegmesh.core.identity import NodeIdentity
+from smegmesh.core.liveness import LivenessParams
+from smegmesh.core.meshnode import MeshNode, MeshSettings
+from smegmesh.core.record import NodeRecord, Role
+from smegmesh.core.state import MeshState
+
+__all__ = ["NOW", "Mesh", "ident", "member_node"]
+
+#: The time (ms) a :class:`Mesh` is founded at unless told otherwise.
+NOW = 1_700_000_000_000
+
+
+def ident(i: int) -> NodeIdentity:
+    """The identity of seed byte ``i`` (the same keys on every run)."""
+    return NodeIdentity.from_seed(bytes([i]) * 32)
+
+
+class Mesh:
+    """A founder and helpers to admit nodes with real certificates."""
+
+    def __init__(
+        self,
+        policy: Policy = Policy.PEERS,
+        name: str = "amber-fox-ash",
+        *,
+        founder: NodeIdentity | None = None,
+        now: int = NOW,
+    ) -> None:
+        self.founder = founder or ident(1)
+        self.founding = Founding.create(self.founder, name, now_ms=now, policy=policy)
+        self.mesh_id = self.founding.mesh_id
+        self.chains: dict[bytes, tuple[Cert, ...]] = {self.founder.wg_public_key: ()}
+        self.t = now
+
+    def state(self) -> MeshState:
+        """A state holding the founding record alone (admission on)."""
+        st = MeshState(self.mesh_id, admission=True)
+        assert st.apply(self.founding, NOW)
+        return st
+
+    def admit(
+        self, who: NodeIdentity, by: NodeIdentity | None = None, *, may_admit: bool = True
+    ) -> tuple[Cert, ...]:
+        """``who``'s chain, certified by ``by`` (the founder by default) a second later."""
+        by = by or self.founder
+        self.t += 1000
+        cert = Cert.create(
+            by, self.mesh_id, subject=who.wg_public_key, may_admit=may_admit, now_ms=self.t
+        )
+        chain = (*self.chains[by.wg_public_key], cert)
+        self.chains[who.wg_public_key] = chain
+        return chain
+
+    def record(self, who: NodeIdentity, version: int | None = None, **kw: object) -> NodeRecord:
+        """``who``'s record with its chain (version: a ms after the last admission)."""
+        v = version if version is not None else self.t + 1
+        return NodeRecord.create(
+            who,
+            self.mesh_id,
+            version=v,
+            now_ms=min(v, NOW + 10**9),
+            chain=self.chains.get(who.wg_public_key, ()),
+            **kw,  # type: ignore[arg-type]
+        )
+
+
+def member_node(identity: NodeIdentity, mesh_id: str, st: MeshState) -> MeshNode:
+    """A peer ``MeshNode`` of ``identity`` over ``st``, default parameters, seed 1."""
+    return MeshNode(
+        identity,
+        mesh_id,
+        MeshSettings(Role.PEER, "[2001:db8::1]:51820", "[2001:db8::1]:4000", bytes(32)),
+        GossipParams(),
+        LivenessParams(),
+        random.Random(1),
+        st,
+    )
