@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from smegmesh.core.codec import Codec, WireError
+from smegmesh.core.endpoint import no_scope
 from smegmesh.core.record import ALIAS_RE
 
 __all__ = [
@@ -95,7 +96,7 @@ def _network(v: object) -> str:
     if type(v) is not str or not 0 < len(v) <= 64:
         raise WireError("expected a network")
     try:
-        return str(ipaddress.ip_network(v, strict=True))
+        return str(ipaddress.ip_network(no_scope(v), strict=True))
     except ValueError:
         raise WireError("expected a network") from None
 
@@ -112,13 +113,13 @@ def _dec_query(b: Any) -> DeviceQuery:
 
 def _dec_settings(b: Any) -> DeviceSettings:
     m, err, dns, allowed = _arr(b, 4)
-    if type(err) is not str or len(err) > MAX_ERROR_LEN:
-        raise WireError("expected an error text")
+    if type(err) is not str or len(err) > MAX_ERROR_LEN or not err.isprintable():
+        raise WireError("expected an error text (one printable line)")
     if dns is not None:
         if type(dns) is not str or len(dns) > 64:
             raise WireError("expected a DNS address")
         try:
-            dns = str(ipaddress.ip_address(dns))
+            dns = str(ipaddress.ip_address(no_scope(dns)))
         except ValueError:
             raise WireError("expected a DNS address") from None
     if type(allowed) is not list or len(allowed) > MAX_DEVICE_ROUTES:

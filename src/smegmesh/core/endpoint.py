@@ -48,6 +48,22 @@ def split_host_port(value: str, default_port: int | None = None) -> tuple[str, i
     return host, int(port_s)
 
 
+def no_scope(text: str) -> str:
+    """``text`` if it carries no IPv6 scope id (``%...``); else ``ValueError``.
+
+    ``ipaddress`` takes anything after a ``%`` in an IPv6 address or network
+    as its scope id, newlines and spaces included, and ``str()`` gives it back
+    as it came: a scoped address checked by ``ipaddress`` alone can carry
+    lines of its own into a WireGuard UAPI request or a wg-quick file. A scope
+    names an interface of one host, so it means nothing in what nodes tell
+    each other: addresses, networks and endpoints from the wire go through
+    this before ``ipaddress``.
+    """
+    if "%" in text:
+        raise ValueError("an IPv6 scope id (%...) means nothing to another host")
+    return text
+
+
 def join_host_port(host: str, port: int) -> str:
     """``[v6]:port`` for IPv6 hosts, ``host:port`` otherwise."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

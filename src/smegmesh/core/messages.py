@@ -21,6 +21,7 @@ from typing import Any
 from smegmesh.core.cert import MAX_CHAIN, AuthItem, Cert
 from smegmesh.core.certwire import auth_from_obj, auth_to_obj
 from smegmesh.core.codec import Codec, WireError, decode_item, encode_item
+from smegmesh.core.endpoint import no_scope
 from smegmesh.core.record import MAX_ENDPOINT_LEN, NodeRecord, Prune, check_endpoint
 
 Item = NodeRecord | Prune | AuthItem
@@ -165,7 +166,7 @@ def _dec_youare(b: Any) -> YouAre:
     if type(a) is not str or not 0 < len(a) <= 64:
         raise WireError("expected an address")
     try:
-        ipaddress.ip_address(a)
+        ipaddress.ip_address(no_scope(a))
     except ValueError:
         raise WireError("expected an IP address") from None
     return YouAre(_str(m), a)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from smegmesh.core.addressing import InvalidMeshId, validate_mesh_id
 from smegmesh.core.cert import MAX_CHAIN, Cert, CertError, Founding, check_auth_fields
+from smegmesh.core.endpoint import no_scope
 
 if TYPE_CHECKING:
     from smegmesh.core.record_model import NodeRecord
@@ -201,9 +202,10 @@ def check_endpoint(s: object) -> str:
         if not sep:
             raise ValueError("IPv6 endpoint must look like '[addr]:port'")
         try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"invalid IPv6 address {host!r}") from None
+            ipaddress.IPv6Address(no_scope(host))
+        except ValueError as e:
+            why = f": {e}" if "%" in host else ""
+            raise ValueError(f"invalid IPv6 address {host!r}{why}") from None
     else:
         host, sep, port = s.rpartition(":")
         if not sep or not host:
@@ -233,7 +235,7 @@ def _check_route(i: int, r: object) -> None:
     if type(r.prefix) is not str:
         raise _fail(name, "prefix must be a string")
     try:
-        net = ipaddress.IPv6Network(r.prefix, strict=True)
+        net = ipaddress.IPv6Network(no_scope(r.prefix), strict=True)
     except ValueError as e:
         raise _fail(name, f"invalid IPv6 prefix: {e}") from None
     if str(net) != r.prefix:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from smegmesh.core.addressing import mesh_prefix, node_id_prefix
@@ -27,6 +28,7 @@ from smegmesh.core.record import NodeRecord, Role
 from smegmesh.core.wire import WireError, decode, encode
 from smegmesh.daemon import service as svc
 from smegmesh.daemon.api_models import MeshDetail, NodeInfo
+from smegmesh.daemon.devices_wgquick import DEFAULT_ROUTES
 from smegmesh.daemon.ratelog import RateLog
 from smegmesh.daemon.resolve import describe, resolve_node
 from smegmesh.daemon.transport import RpcError
@@ -155,7 +157,9 @@ class DeviceRemoteOps:
             raise svc.ServiceError("sponsor_error", f"{name} answered something else", 502)
         if reply.error:
             raise svc.ServiceError("sponsor_refused", f"{name} refused: {reply.error}", 409)
-        return reply
+        # Default routes are the device owner's to add (docs/DEVICES.md), whatever it says.
+        routes = tuple(n for n in reply.allowed_ips if n not in DEFAULT_ROUTES)
+        return replace(reply, allowed_ips=routes)
 
     async def device_rpc(self, src: bytes, msg: SponsorRequest | DeviceQuery) -> Any:
         """Answer a device request from ``src`` (authenticated by the transport)."""
@@ -164,7 +168,8 @@ class DeviceRemoteOps:
             return Refusal(msg.mesh_id)
 
         def fail(text: str) -> DeviceSettings:
-            return DeviceSettings(msg.mesh_id, text[:MAX_ERROR_LEN], None, ())
+            line = "".join(c if c.isprintable() else " " for c in text)  # as decode takes it
+            return DeviceSettings(msg.mesh_id, line[:MAX_ERROR_LEN], None, ())
 
         if isinstance(msg, SponsorRequest):
             mesh = rt.node.mesh

@@ -37,7 +37,15 @@ def render_wg_quick(
     allowed_ips: list[str],
     comment: str,
 ) -> str:
-    """A standard ``wg-quick`` file (``[Interface]`` + one ``[Peer]``)."""
+    """A standard ``wg-quick`` file (``[Interface]`` + one ``[Peer]``).
+
+    Raises ``ValueError`` if a value would not stay on its own line: wg-quick
+    runs ``PreUp``/``PostUp`` lines as root, and the endpoint, DNS server and
+    routes come from the sponsor (checked on the wire; this is the last line).
+    """
+    values = [private_key or "", address, prefix, dns or "", sponsor_key, endpoint, comment]
+    if not all(v.isprintable() for v in [*values, *allowed_ips]):
+        raise ValueError("a device config value is not one printable line")
     lines = [f"# {comment}", "[Interface]"]
     lines.append(
         f"PrivateKey = {private_key}"

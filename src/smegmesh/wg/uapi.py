@@ -97,6 +97,9 @@ def format_set(ops: Sequence[WgOp], resolve: ResolveFn | None = None) -> list[st
             cur.extend(_peer_lines(op, res))
     if cur:
         requests.append(cur)
+    if not all(line.isprintable() for req in requests for line in req):
+        # one key=value a line: a value with a newline would set keys of its own
+        raise WgError("refusing a UAPI value that is not one printable line")
     return ["set=1\n" + "".join(line + "\n" for line in req) + "\n" for req in requests]
 
 
