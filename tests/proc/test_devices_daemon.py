@@ -116,9 +116,13 @@ def test_add_device_config_mesh_dns_evict_and_remove(trio: Cluster, tmp_path: Pa
         ({"name": "x", "public_key": "nope"}, "public_key"),
         ({"name": "x", "via": b.self_key(mesh)}, "only an admin"),
         ({"name": "x", "public_key": b.self_key(mesh)}, "member"),
+        ({"name": "alpha"}, "own alias"),  # else the name stays the sponsor's, silently
     ):
         msg = _refused(a, "POST", url, json=body)[2]
         assert words in msg.lower(), (body, msg)
+    # another peer cannot list the phone too (a key listed twice is live for neither)
+    code, _c, msg = _refused(b, "POST", url, json={"name": "phone2", "public_key": dev_key})
+    assert code == 409 and "another peer" in msg, msg
 
     # --keep-key: stored 0600 in the state directory, deleted with the device
     kept = a.api("POST", url, json={"name": "tablet", "keep_key": True})

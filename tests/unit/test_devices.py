@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from smegmesh.core.addressing import overlay_address
 from smegmesh.core.cert import Cert, Policy, Revocation
 from smegmesh.core.desired import desired_config
-from smegmesh.core.devices import live_devices, sponsor_device
+from smegmesh.core.devices import LiveDevice, contested_devices, live_devices, sponsor_device
 from smegmesh.core.record import (
     MAX_DEVICES,
     NodeRecord,
@@ -198,18 +199,49 @@ def test_a_member_key_is_never_a_device() -> None:
     assert iface.peers[b.wg_public_key].allowed_ips == {f"{b_addr}/128"}
 
 
-def test_a_key_listed_by_two_sponsors_belongs_to_the_first() -> None:
+def test_a_key_listed_by_two_sponsors_is_live_for_neither() -> None:
+    """A member admitted before the rightful sponsor lists the device's key with a
+    cert dated at its own admission (a sponsor dates its certs itself): the key
+    was given to the earliest date, so every member routed the device's traffic
+    to it and the rightful sponsor dropped the device. Nothing orders two
+    claims, so a contested key is live for neither: cut off, never taken."""
     m = Mesh()
     st = m.state()
-    a, b = ident(2), ident(3)
-    m.admit(a)
-    m.admit(b)
-    first = _device(m, a)
-    second = _device(m, b)
-    _peer(m, st, b, devices=(second,))
-    _peer(m, st, a, devices=(first,))
-    (d,) = live_devices(m.mesh_id, st.live_records(), st.authority)
-    assert d.sponsor == a.wg_public_key
+    thief, sponsor = ident(2), ident(3)
+    thief_chain = m.admit(thief)  # admitted first
+    m.admit(sponsor)
+    _peer(m, st, sponsor, devices=(_device(m, sponsor),))
+    assert [d.sponsor for d in live_devices(m.mesh_id, st.live_records(), st.authority)] == [
+        sponsor.wg_public_key
+    ]
+    backdated = Cert.create(
+        thief, m.mesh_id, subject=DEV, may_admit=False, now_ms=thief_chain[-1].issued_ms
+    )
+    _peer(m, st, thief, devices=(SponsoredDevice(DEV, "phone", backdated),))
+    assert _live(st) == []
+    assert contested_devices(st.live_records(), st.authority) == {
+        DEV: tuple(sorted((thief.wg_public_key, sponsor.wg_public_key)))
+    }
+    iface, _ = desired_config(
+        mesh_id=m.mesh_id,
+        self_key=m.founder.wg_public_key,
+        private_key=m.founder.wg_private_key,
+        role=Role.PEER,
+        listen_port=51820,
+        records=st.live_records(),
+        ifname="smegtest",
+        devices=[(d.wg_key, d.address, d.sponsor) for d in _live_devices(st)],
+    )
+    dev_net = f"{overlay_address(m.mesh_id, DEV)}/128"
+    assert dev_net not in iface.peers[thief.wg_public_key].allowed_ips
+    # the member at fault drops it (or is evicted): the rightful sponsor has it again
+    _peer(m, st, thief, devices=())
+    assert [d.sponsor for d in _live_devices(st)] == [sponsor.wg_public_key]
+    assert contested_devices(st.live_records(), st.authority) == {}
+
+
+def _live_devices(st: MeshState) -> list[LiveDevice]:
+    return live_devices(st.mesh_id, st.live_records(), st.authority)
 
 
 def test_every_member_reaches_the_device_through_its_sponsor() -> None:
@@ -383,3 +415,40 @@ def test_smegctl_device_config_and_via_reach_the_api() -> None:
         assert r.exit_code == 1 and svc.calls[-1] == ("device_config", (mesh, "ab/c+d="))
         assert r.stderr.startswith("smegctl: ") and len(r.stderr.splitlines()) == 1, r.stderr
         assert "no device" in r.stderr
+
+
+def test_add_device_output_that_cannot_be_written_is_refused_before_the_device_is_added(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The generated private key is shown once: a mistyped --output directory made
+    smegctl fail after the daemon had added the device, the key neither written nor
+    printed (a traceback: FileNotFoundError)."""
+    from typer.testing import CliRunner
+
+    from api_fake import served_unix
+    from smegmesh.cli import devices as cli_devices
+    from smegmesh.cli.main import app
+
+    runner = CliRunner()
+    with served_unix() as (path, svc):
+        sock = ["--socket", str(path)]
+        mesh = runner.invoke(app, [*sock, "new-mesh"]).stdout.strip()
+        for out in (tmp_path / "no-such-dir" / "phone.conf", tmp_path):
+            r = runner.invoke(
+                app, [*sock, "add-device", "-m", mesh, "--name", "p", "--output", str(out)]
+            )
+            assert r.exit_code == 1 and r.stderr.startswith("smegctl: --output"), r.stderr
+            assert len(r.stderr.splitlines()) == 1, r.stderr
+            assert not any(c[0] == "add_device" for c in svc.calls)
+
+        # a write that fails anyway, after the device is added: the config is printed
+        def fail(*_a: object) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(cli_devices, "write_private_file", fail)
+        out = tmp_path / "phone.conf"
+        r = runner.invoke(
+            app, [*sock, "add-device", "-m", mesh, "--name", "p", "--output", str(out)]
+        )
+        assert r.exit_code == 1 and "[Interface]" in r.stdout, (r.stdout, r.stderr)
+        assert "No space left" in r.stderr and "printed above" in r.stderr, r.stderr

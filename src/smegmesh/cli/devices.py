@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from smegmesh.cli.app import JsonOpt, OptMeshIdOpt, _client, _meshid, _run, _seg, app, mesh_call
+from smegmesh.cli.client import ClientError
 from smegmesh.cli.output import _console, _print_json
 from smegmesh.daemon.api_models import DeviceInfo
 
@@ -38,6 +39,28 @@ def write_private_file(path: Path, text: str) -> None:
         os.write(fd, text.encode())
     finally:
         os.close(fd)
+
+
+def check_writable(path: Path) -> None:
+    """``ClientError`` now if ``path`` cannot be written, before the daemon does anything."""
+    where = path if path.exists() else path.parent
+    if path.is_dir():
+        raise ClientError(f"--output {path}: is a directory")
+    if not where.is_dir():
+        raise ClientError(f"--output {path}: no directory {where}")
+    if not os.access(where, os.W_OK):
+        raise ClientError(f"--output {path}: not writable")
+
+
+def save_config(path: Path, text: str, *, added: bool) -> None:
+    """Write the config to ``path``; if that fails, print it rather than lose its key."""
+    try:
+        write_private_file(path, text)
+    except OSError as e:
+        if added:  # the device is sponsored now: its generated key is in ``text`` alone
+            typer.echo(text, nl=False)
+        done = "the device is added; its config is printed above" if added else "nothing written"
+        raise ClientError(f"--output {path}: {e.strerror or e}; {done}") from None
 
 
 def qr_text(text: str) -> str:
@@ -122,6 +145,8 @@ def add_device(
 
     def go() -> None:
         mid = _meshid(ctx, meshid)
+        if output is not None:
+            check_writable(output)
         res = _client(ctx).json(
             "POST",
             f"/v1/meshes/{_seg(mid)}/devices",
@@ -133,7 +158,7 @@ def add_device(
             },
         )
         if output is not None:
-            write_private_file(output, res["config"])
+            save_config(output, res["config"], added=True)
         if as_json:
             _print_json(res)
             return
@@ -167,7 +192,7 @@ def device_config(
         res = _client(ctx).json("GET", f"/v1/meshes/{_seg(mid)}/devices/{_seg(device)}/config")
         cfg = res["config"]
         if output is not None:
-            write_private_file(output, cfg)
+            save_config(output, cfg, added=False)
         if as_json:
             _print_json(res)
             return

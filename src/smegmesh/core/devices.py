@@ -15,7 +15,12 @@ Rules (every member derives the same view from the same records):
   eviction of the device key (``smegctl evict``) or of the sponsor removes it;
 * a key that is a member's own (a node holding a record) is never a device,
   so no member can publish a device in another member's place; a key listed
-  by two sponsors belongs to the one that admitted it first (ties: key);
+  by two or more sponsors is *contested* and live for none of them. Nothing
+  can order their claims: the date of a sponsor's cert is its own word (a
+  member admitted before the rightful sponsor could date its cert earlier),
+  and a device signs nothing. So a member turned bad can cut a device off by
+  listing its public key, but never take its traffic; the daemon logs the
+  sponsors (:func:`contested_devices`), and an admin evicts the one at fault;
 * its overlay address is derived from its key like any node's; every member
   reaches it through its sponsor, exactly like a client through its peer.
 """
@@ -31,7 +36,7 @@ from smegmesh.core.cert import Cert
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.record import NodeRecord, Role, SponsoredDevice
 
-__all__ = ["LiveDevice", "live_devices", "sponsor_device"]
+__all__ = ["LiveDevice", "contested_devices", "live_devices", "sponsor_device"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +69,24 @@ def sponsor_device(
     return SponsoredDevice(device_key, alias, cert)
 
 
+def _listings(
+    records: list[NodeRecord], authority: Authority | None
+) -> dict[bytes, dict[bytes, SponsoredDevice]]:
+    """Device key -> {sponsor key: its entry}, for the entries that pass the rules."""
+    members = {r.wg_key for r in records}
+    out: dict[bytes, dict[bytes, SponsoredDevice]] = {}
+    for r in records:
+        if r.left or r.role != Role.PEER or not r.devices:
+            continue
+        for d in r.devices:
+            if d.wg_key in members:
+                continue
+            if authority is not None and authority.check_chain(d.wg_key, (*r.chain, d.cert)):
+                continue
+            out.setdefault(d.wg_key, {})[r.wg_key] = d
+    return out
+
+
 def live_devices(
     mesh_id: str, records: Iterable[NodeRecord], authority: Authority | None
 ) -> list[LiveDevice]:
@@ -72,21 +95,6 @@ def live_devices(
     ``records``: the live records; ``authority``: the mesh's authority when it
     enforces admission (None for meshes of older versions: no chain check).
     """
-    recs = list(records)
-    members = {r.wg_key for r in recs}
-    best: dict[bytes, tuple[int, bytes, SponsoredDevice]] = {}
-    for r in recs:
-        if r.left or r.role != Role.PEER or not r.devices:
-            continue
-        for d in r.devices:
-            if d.wg_key in members:
-                continue
-            if authority is not None and authority.check_chain(d.wg_key, (*r.chain, d.cert)):
-                continue
-            cur = best.get(d.wg_key)
-            cand = (d.cert.issued_ms, r.wg_key, d)
-            if cur is None or cand[:2] < cur[:2]:
-                best[d.wg_key] = cand
     out = [
         LiveDevice(
             wg_key=k,
@@ -95,6 +103,17 @@ def live_devices(
             sponsor=sponsor,
             cert=d.cert,
         )
-        for k, (_ms, sponsor, d) in best.items()
+        for k, by in _listings(list(records), authority).items()
+        if len(by) == 1
+        for sponsor, d in by.items()
     ]
     return sorted(out, key=lambda x: x.wg_key)
+
+
+def contested_devices(
+    records: Iterable[NodeRecord], authority: Authority | None
+) -> dict[bytes, tuple[bytes, ...]]:
+    """Device keys listed by more than one sponsor -> those sponsors' keys (sorted)."""
+    return {
+        k: tuple(sorted(by)) for k, by in _listings(list(records), authority).items() if len(by) > 1
+    }

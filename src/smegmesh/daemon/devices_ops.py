@@ -15,13 +15,14 @@ re-exported here).
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from smegmesh.core.addressing import mesh_prefix, node_id_prefix, overlay_address
 from smegmesh.core.device_messages import DeviceQuery, SponsorRequest
-from smegmesh.core.devices import LiveDevice, live_devices, sponsor_device
+from smegmesh.core.devices import LiveDevice, contested_devices, live_devices, sponsor_device
 from smegmesh.core.identity import key_to_text
 from smegmesh.core.record import MAX_DEVICES, NodeRecord, RecordError, Role
 from smegmesh.daemon import service as svc
@@ -39,6 +40,7 @@ from smegmesh.daemon.devices_wgquick import (
     same_ip,
 )
 from smegmesh.daemon.persist import atomic_write
+from smegmesh.daemon.ratelog import RateLog
 from smegmesh.daemon.resolve import resolve_node
 from smegmesh.daemon.runtime import now_ms
 
@@ -83,8 +85,33 @@ class DeviceOps(DeviceRemoteOps):
     def _devices(self, rt: MeshRuntime) -> list[LiveDevice]:
         """The mesh's live sponsored devices (every member computes the same)."""
         mesh = rt.node.mesh
+        self._contested(rt)  # logs a device cut off by a second sponsor
         return live_devices(
             rt.mesh_id, rt.node.live_records(), mesh.authority if mesh.admission else None
+        )
+
+    def _contested(self, rt: MeshRuntime) -> dict[bytes, tuple[bytes, ...]]:
+        """Device keys listed by several sponsors (live for none), logged as found."""
+        mesh = rt.node.mesh
+        found = contested_devices(
+            rt.node.live_records(), mesh.authority if mesh.admission else None
+        )
+        for k, by in found.items():
+            self._device_contests.note(
+                f"{rt.mesh_id}/{key_to_text(k)[:12]}",
+                "listed by sponsors " + ", ".join(key_to_text(s)[:12] for s in by),
+            )
+        return found
+
+    @functools.cached_property
+    def _device_contests(self) -> RateLog:
+        return RateLog(
+            log,
+            "device",
+            unit="listings",
+            prep="contested (live for neither sponsor):",
+            level=logging.WARNING,
+            interval_s=600.0,
         )
 
     def _device_key_path(self, mesh_id: str, key: bytes) -> Path:
@@ -154,6 +181,17 @@ class DeviceOps(DeviceRemoteOps):
             raise svc.ServiceError("forbidden", "that key was evicted from the mesh", 403)
         if mesh.record(dkey) is not None or dkey == self.identity.wg_public_key:
             raise svc.ServiceError("conflict", "that key is a member's own key", 409)
+        me = self.identity.wg_public_key
+        listed = {d.sponsor for d in self._devices(rt) if d.wg_key == dkey}
+        listed.update(*(by for k, by in self._contested(rt).items() if k == dkey))
+        if listed - {me}:
+            others = ", ".join(sorted(key_to_text(k)[:8] for k in listed - {me}))
+            raise svc.ServiceError(
+                "conflict",
+                f"another peer ({others}) sponsors that device: remove it there first "
+                "(a key listed by two sponsors is live for neither)",
+                409,
+            )
 
     def _publish_device(self, rt: MeshRuntime, dkey: bytes, alias: str) -> int:
         """List ``dkey`` in this peer's record (after the checks); the time of its cert."""
@@ -171,6 +209,8 @@ class DeviceOps(DeviceRemoteOps):
             raise svc.ServiceError(
                 "too_many_devices", f"a peer sponsors at most {MAX_DEVICES} devices", 409
             )
+        if me.alias and alias.lower() == me.alias.lower():
+            raise svc.ServiceError("conflict", f"{alias!r} is this node's own alias", 409)
         views.check_alias_free(
             rt.node.live_records(),
             my_key,
