@@ -114,6 +114,10 @@ def test_endpoint_prefers_local_behind_the_same_nat() -> None:
     assert endpoint_for(a, b) == "192.168.1.11:51820"
     assert endpoint_for(a, c) == "198.51.100.9:1234"
     assert endpoint_for(c, a) == "203.0.113.7:40001"
+    # a name is never a direct endpoint (each attempt would wait on the member's DNS)
+    named = client(3, "attacker-ns.example:51820", ("lan.example:51820",))
+    assert endpoint_for(a, named) is None
+    assert endpoint_for(a, client(4, None, ("lan.example:51820",))) is None
 
 
 # --------------------------------------------------------------------------- sessions

@@ -123,11 +123,17 @@ def _host(endpoint: str | None) -> str | None:
 
 
 def endpoint_for(me: NodeRecord, other: NodeRecord) -> str | None:
-    """Where ``me`` sends to ``other``: its local endpoint behind one NAT, else its public one."""
+    """Where ``me`` sends to ``other``: its local endpoint behind one NAT, else its public one.
+
+    None unless an IP literal: both are addresses a node saw, never names (a
+    name would have every direct attempt wait on the other member's DNS).
+    """
     mine, theirs = _host(me.nat_endpoint), _host(other.nat_endpoint)
     if other.local_endpoints and ((mine is not None and mine == theirs) or not other.nat_endpoint):
-        return other.local_endpoints[0]
-    return other.nat_endpoint
+        chosen: str | None = other.local_endpoints[0]
+    else:
+        chosen = other.nat_endpoint
+    return chosen if _host(chosen) is not None else None
 
 
 def backoff_period_ms(failures: int, base_ms: int = BACKOFF_BASE_MS) -> int:

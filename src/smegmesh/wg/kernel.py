@@ -28,15 +28,19 @@ from smegmesh.core.wgdiff import (
     public_key_of,
 )
 from smegmesh.wg.base import BackendUnavailable, InterfaceNotFound, WgError
-from smegmesh.wg.uapi import resolve_endpoint
+from smegmesh.wg.resolver import EndpointResolver, literal_only
+from smegmesh.wg.uapi import ResolveFn
 
 
 def _b64(key: bytes) -> str:
     return base64.b64encode(key).decode()
 
 
-def _split_endpoint(endpoint: str) -> tuple[str, int]:
-    return split_host_port(resolve_endpoint(endpoint))
+def _set_endpoint(d: dict[str, Any], endpoint: str, resolve: ResolveFn) -> None:
+    """``endpoint_addr``/``endpoint_port`` of ``d``; left out if it does not resolve now."""
+    ep = resolve(endpoint)
+    if ep is not None:
+        d["endpoint_addr"], d["endpoint_port"] = split_host_port(ep)
 
 
 @dataclass
@@ -58,7 +62,9 @@ class SetRequest:
         return out
 
 
-def peer_dict(op: AddPeer | UpdatePeer | RemovePeer) -> dict[str, Any]:
+def peer_dict(
+    op: AddPeer | UpdatePeer | RemovePeer, resolve: ResolveFn = literal_only
+) -> dict[str, Any]:
     """The pyroute2 peer structure for one peer operation."""
     if isinstance(op, RemovePeer):
         return {"public_key": _b64(op.public_key), "remove": True}
@@ -66,14 +72,14 @@ def peer_dict(op: AddPeer | UpdatePeer | RemovePeer) -> dict[str, Any]:
         p = op.peer
         d: dict[str, Any] = {"public_key": _b64(p.public_key)}
         if p.endpoint is not None:
-            d["endpoint_addr"], d["endpoint_port"] = _split_endpoint(p.endpoint)
+            _set_endpoint(d, p.endpoint, resolve)
         d["persistent_keepalive"] = p.keepalive
         d["replace_allowed_ips"] = True
         d["allowed_ips"] = sorted(p.allowed_ips)
         return d
     d = {"public_key": _b64(op.public_key), "update_only": True}
     if op.endpoint is not None:
-        d["endpoint_addr"], d["endpoint_port"] = _split_endpoint(op.endpoint)
+        _set_endpoint(d, op.endpoint, resolve)
     if op.keepalive is not None:
         d["persistent_keepalive"] = op.keepalive
     if op.allowed_ips is not None:
@@ -82,7 +88,7 @@ def peer_dict(op: AddPeer | UpdatePeer | RemovePeer) -> dict[str, Any]:
     return d
 
 
-def build_set_requests(ops: Sequence[WgOp]) -> list[SetRequest]:
+def build_set_requests(ops: Sequence[WgOp], resolve: ResolveFn = literal_only) -> list[SetRequest]:
     """One request for the device settings (if any), then one per peer op, in order."""
     out: list[SetRequest] = []
     dev = SetRequest()
@@ -95,7 +101,7 @@ def build_set_requests(ops: Sequence[WgOp]) -> list[SetRequest]:
             if dev.private_key is not None or dev.listen_port is not None:
                 out.append(dev)
                 dev = SetRequest()
-            out.append(SetRequest(peer=peer_dict(op)))
+            out.append(SetRequest(peer=peer_dict(op, resolve)))
     if dev.private_key is not None or dev.listen_port is not None:
         out.append(dev)
     return out
@@ -190,6 +196,7 @@ class KernelBackend:
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
         self._lock = threading.RLock()
+        self._resolve = EndpointResolver()
         try:
             from pyroute2 import IPRoute, WireGuard
         except ImportError as exc:  # pragma: no cover - pyroute2 is a dependency
@@ -229,7 +236,7 @@ class KernelBackend:
 
     def apply(self, name: str, ops: Sequence[WgOp]) -> None:
         with self._lock:
-            for req in build_set_requests(ops):
+            for req in build_set_requests(ops, self._resolve):
                 try:
                     self._wg.set(name, **req.kwargs())
                 except Exception as exc:
@@ -250,6 +257,7 @@ class KernelBackend:
                     self._ipr.link("del", ifname=name)
 
     def close(self) -> None:
+        self._resolve.close()
         with self._lock:
             for obj in (self._wg, self._ipr):
                 with contextlib.suppress(Exception):

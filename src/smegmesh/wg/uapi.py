@@ -20,8 +20,11 @@ from smegmesh.core.wgdiff import (
     WgOp,
 )
 from smegmesh.wg.base import InterfaceNotFound, WgError
+from smegmesh.wg.resolver import literal_only
 
-ResolveFn = Callable[[str], str]
+#: An endpoint to ``host:port`` with an IP literal, or None: leave the endpoint
+#: out (``wg.resolver.EndpointResolver``; WireGuard learns it from handshakes).
+ResolveFn = Callable[[str], str | None]
 
 
 class UapiError(WgError):
@@ -38,15 +41,17 @@ def _peer_lines(op: AddPeer | UpdatePeer | RemovePeer, resolve: ResolveFn) -> li
     if isinstance(op, AddPeer):
         p = op.peer
         lines = [f"public_key={p.public_key.hex()}"]
-        if p.endpoint is not None:
-            lines.append(f"endpoint={resolve(p.endpoint)}")
+        ep = resolve(p.endpoint) if p.endpoint is not None else None
+        if ep is not None:
+            lines.append(f"endpoint={ep}")
         lines.append(f"persistent_keepalive_interval={p.keepalive}")
         lines.append("replace_allowed_ips=true")
         lines.extend(f"allowed_ip={ip}" for ip in sorted(p.allowed_ips))
         return lines
     lines = [f"public_key={op.public_key.hex()}", "update_only=true"]
-    if op.endpoint is not None:
-        lines.append(f"endpoint={resolve(op.endpoint)}")
+    ep = resolve(op.endpoint) if op.endpoint is not None else None
+    if ep is not None:
+        lines.append(f"endpoint={ep}")
     if op.keepalive is not None:
         lines.append(f"persistent_keepalive_interval={op.keepalive}")
     if op.allowed_ips is not None:
@@ -55,31 +60,13 @@ def _peer_lines(op: AddPeer | UpdatePeer | RemovePeer, resolve: ResolveFn) -> li
     return lines
 
 
-def resolve_endpoint(endpoint: str) -> str:
-    """``host:port`` with an IP literal (UAPI needs one); resolves a hostname once."""
-    host, _, port = endpoint.rpartition(":")
-    bare = host.strip("[]")
-    try:
-        socket.inet_pton(socket.AF_INET6 if ":" in bare else socket.AF_INET, bare)
-        return endpoint
-    except OSError:
-        pass
-    try:
-        infos = socket.getaddrinfo(bare, int(port), type=socket.SOCK_DGRAM)
-    except (OSError, ValueError) as exc:
-        raise WgError(f"cannot resolve endpoint {endpoint!r}: {exc}") from exc
-    family, _, _, _, addr = infos[0]
-    ip = str(addr[0])
-    return f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}"
-
-
 def format_set(ops: Sequence[WgOp], resolve: ResolveFn | None = None) -> list[str]:
     """``set=1`` requests (full text, each ending in a blank line) for ``ops``.
 
     Device-level keys must precede peer sections in one request, so a device
     op that follows a peer op starts a new request.
     """
-    res = resolve or resolve_endpoint
+    res = resolve or literal_only
     requests: list[list[str]] = []
     cur: list[str] = []
     in_peers = False

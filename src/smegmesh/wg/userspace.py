@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from smegmesh.core.wgconfig import InterfaceConfig, InterfaceStatus, empty_status, peer_config_of
 from smegmesh.core.wgdiff import WgOp, apply_ops, diff_interface
 from smegmesh.wg.base import BackendUnavailable, InterfaceNotFound, WgError
+from smegmesh.wg.resolver import EndpointResolver
 from smegmesh.wg.uapi import UapiClient, format_set
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ class UserspaceBackend:
         self.start_timeout = start_timeout
         self._devices: dict[str, _Device] = {}
         self._lock = threading.RLock()
+        self._resolve = EndpointResolver()
 
     # ------------------------------------------------------------------ paths
 
@@ -222,7 +224,7 @@ class UserspaceBackend:
             return
         with self._lock:
             dev = self._devices.get(name)
-            self._client(name).set(format_set(ops))
+            self._client(name).set(format_set(ops, self._resolve))
             if dev is not None:
                 dev.known = apply_ops(dev.known, ops) if dev.known is not None else None
 
@@ -268,6 +270,7 @@ class UserspaceBackend:
                     os.unlink(self.socket_path(name))
 
     def close(self) -> None:
+        self._resolve.close()
         with self._lock:
             for name in list(self._devices):
                 self.remove_interface(name)

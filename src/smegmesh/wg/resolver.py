@@ -1,0 +1,134 @@
+"""Host names in peer endpoints, to the IP literals WireGuard takes.
+
+A member may publish its endpoint as a DNS name (a dynamic address). The name
+is a member's word, and its nameserver may be slow, gone or the member's own:
+one peer's name must never hold up the configuration of the others. So an
+:class:`EndpointResolver` looks a name up at most once per ``ttl_s`` (a
+failure again after ``retry_s``), in a small pool of its own, and waits for an
+answer at most ``timeout_s``; a name it cannot resolve now gives ``None``, and
+the backends configure that peer without an endpoint (WireGuard learns it
+from the peer's handshakes) until the name resolves. A lookup that outlives
+its wait goes on in the pool and its answer is kept for the next apply.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["EndpointResolver", "literal_only", "lookup_endpoint"]
+
+log = logging.getLogger("smegmesh.wg")
+
+#: getaddrinfo's signature, replaceable in tests.
+Lookup = Callable[..., list[tuple[Any, ...]]]
+
+
+def _literal(host: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    except OSError:
+        return False
+    return True
+
+
+def literal_only(endpoint: str) -> str | None:
+    """``endpoint`` if its host is an IP literal, else None (no lookup)."""
+    return endpoint if _literal(endpoint.rpartition(":")[0].strip("[]")) else None
+
+
+def lookup_endpoint(endpoint: str, lookup: Lookup = socket.getaddrinfo) -> str:
+    """``host:port`` with an IP literal; resolves a host name (blocking). ``OSError``/
+    ``ValueError`` if it cannot."""
+    host, _, port = endpoint.rpartition(":")
+    bare = host.strip("[]")
+    if _literal(bare):
+        return endpoint
+    family, _, _, _, addr = lookup(bare, int(port), type=socket.SOCK_DGRAM)[0]
+    ip = str(addr[0])
+    return f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}"
+
+
+class EndpointResolver:
+    """Endpoints to IP literals, never waiting long on one name (module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        timeout_s: float = 1.0,
+        ttl_s: float = 60.0,
+        retry_s: float = 30.0,
+        max_names: int = 1024,
+        workers: int = 2,
+        clock: Callable[[], float] = time.monotonic,
+        lookup: Lookup = socket.getaddrinfo,
+    ) -> None:
+        self.timeout_s = timeout_s
+        self.ttl_s = ttl_s
+        self.retry_s = retry_s
+        self.max_names = max_names
+        self._workers = workers
+        self._clock = clock
+        self._lookup = lookup
+        self._lock = threading.RLock()  # a done callback may run inside _start
+        #: endpoint -> (answer or None, when it may be looked up again)
+        self._known: dict[str, tuple[str | None, float]] = {}
+        self._pending: dict[str, concurrent.futures.Future[str]] = {}
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        #: lookups made (a test and a metric can see names are not looked up per apply)
+        self.lookups = 0
+
+    def __call__(self, endpoint: str) -> str | None:
+        """``endpoint`` with an IP literal, or None when its name does not resolve now."""
+        if literal_only(endpoint) is not None:
+            return endpoint
+        now = self._clock()
+        with self._lock:
+            known = self._known.get(endpoint)
+            if known is not None and now < known[1]:
+                return known[0]
+            if endpoint in self._pending or len(self._pending) >= self._workers * 4:
+                # a lookup that outlived its wait is still out, or the pool is busy: not now
+                return known[0] if known else None
+            fut = self._start(endpoint)
+        try:
+            answer: str | None = fut.result(timeout=self.timeout_s)
+        except concurrent.futures.TimeoutError:
+            log.warning("endpoint %s: no answer from DNS within %g s", endpoint, self.timeout_s)
+            return known[0] if known else None
+        except (OSError, ValueError, UnicodeError) as exc:
+            answer = None
+            log.warning("endpoint %s does not resolve (%s); peer left without it", endpoint, exc)
+        return answer
+
+    def _start(self, endpoint: str) -> concurrent.futures.Future[str]:
+        """Begin a lookup of ``endpoint`` in the pool (called with the lock held)."""
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                self._workers, thread_name_prefix="smeg-resolve"
+            )
+        self.lookups += 1
+        fut = self._pool.submit(lookup_endpoint, endpoint, self._lookup)
+        self._pending[endpoint] = fut
+        fut.add_done_callback(lambda f: self._done(endpoint, f))
+        return fut
+
+    def _done(self, endpoint: str, fut: concurrent.futures.Future[str]) -> None:
+        exc = fut.exception()
+        answer = None if exc is not None else fut.result()
+        until = self._clock() + (self.retry_s if answer is None else self.ttl_s)
+        with self._lock:
+            self._pending.pop(endpoint, None)
+            if endpoint not in self._known and len(self._known) >= self.max_names:
+                self._known.pop(next(iter(self._known)))  # the oldest name
+            self._known[endpoint] = (answer, until)
+
+    def close(self) -> None:
+        """Stop the pool (lookups in flight are left to finish on their own)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
