@@ -491,20 +491,31 @@ def test_exposure_warning(host: str, warn: bool) -> None:
 
 
 def test_idle_connections_cannot_lock_the_tcp_api_out(monkeypatch: pytest.MonkeyPatch) -> None:
-    """More silent (or trickling) connections than the API serves at once: closed in time."""
+    """More silent (or trickling) connections than the API serves at once: closed in time.
+
+    Also those that send a whole request head, no token, and never the body it
+    announces: the timeout covered the head alone, and ``/v1/health`` (open)
+    and ``/ui/login`` waited for the body for ever (found by a review)."""
     import time
 
     from smegmesh.daemon import api_serve as api_mod
 
+    stalls = (
+        b"",  # silent
+        b"GET /v1/health HTTP/1.1\r\nHost: x\r\n",  # a head never finished
+        b"GET /v1/health HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n",
+        b"POST /ui/login HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n\r\n",
+    )
     monkeypatch.setattr(api_mod, "HEADER_TIMEOUT_S", 0.5)
     with served_tcp(TOKEN) as (base, _):
         host, port = base.removeprefix("http://").split(":")
         idle = []
         for i in range(api_mod.TCP_CONCURRENCY + 6):
             s = socket.create_connection((host, int(port)), timeout=10)
-            if i % 2:
-                s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n")  # never finished
+            s.sendall(stalls[i % len(stalls)])
             idle.append(s)
+            time.sleep(0.01)  # each taken in before the next
         try:
             deadline = time.monotonic() + 20
             with httpx.Client(base_url=base, timeout=10) as c:

@@ -56,7 +56,7 @@ class _Server(uvicorn.Server):
                 await asyncio.wait_for(self._exit.wait(), 1.0)
 
 
-#: Seconds a TCP connection may take to send a request's headers (or idle between requests).
+#: Seconds a TCP connection may take to send a request (head and body), or idle between them.
 HEADER_TIMEOUT_S = 10.0
 
 
@@ -64,10 +64,13 @@ class _H11(H11Protocol):
     """uvicorn's HTTP/1.1 protocol, closing connections that send no request in time.
 
     uvicorn only times out idle keep-alive connections: one that never sends
-    a complete request head (or trickles it) would hold one of the
-    :data:`TCP_CONCURRENCY` places forever, and that many would lock every
-    client out. Every :data:`HEADER_TIMEOUT_S` such a connection is closed
-    if no request was answered on it meanwhile.
+    a complete request head (or trickles it), or sends a head and never the
+    body it announces, would hold one of the :data:`TCP_CONCURRENCY` places
+    forever, and that many would lock every client out (no token is needed:
+    ``/v1/health`` and the dashboard's login read a body before any check).
+    Every :data:`HEADER_TIMEOUT_S` a connection that still owes part of a
+    request is closed if no request was answered on it meanwhile; one whose
+    request is all in (an event stream, a slow answer) is left alone.
     """
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -83,8 +86,9 @@ class _H11(H11Protocol):
     def _check_progress(self) -> None:
         if self.transport.is_closing():
             return
-        if self.conn.their_state is h11.IDLE and self._answered == self._seen:
-            self.transport.close()  # no request head within the timeout
+        owes = self.conn.their_state in (h11.IDLE, h11.SEND_BODY)  # a head, or a body
+        if owes and self._answered == self._seen:
+            self.transport.close()  # no whole request within the timeout
             return
         self._seen = self._answered
         self._watch = self.loop.call_later(HEADER_TIMEOUT_S, self._check_progress)
