@@ -541,3 +541,26 @@ def test_handshakes_are_polled_only_while_someone_listens(tmp_path: Any) -> None
         assert asyncio.run(go()) == ["handshake.up"]
     finally:
         d._wg_pool.shutdown(wait=False)
+
+
+def test_a_members_text_cannot_forge_a_log_line_or_drive_a_terminal() -> None:
+    """A description or service may hold any text: its event line is one line, escaped
+    (a newline forged whole log lines; an escape reached ``smegctl watch``'s terminal)."""
+    from smegmesh.daemon.event_text import describe
+
+    evil = "rack 3\n2026-01-01 12:00:00 WARNING smegd: admin token rotated\x1b]0;pwned\x07"
+    line = describe(
+        {
+            "type": "member.changed",
+            "mesh": "m1",
+            "alias": "bravo",
+            "detail": {
+                "description": {"old": "rack 3", "new": evil},
+                "services": {"old": {}, "new": {"web": "80\r\x1b[1A"}},
+            },
+        }
+    )
+    assert line.isprintable() and len(line.splitlines()) == 1, line
+    assert "\\n2026-01-01" in line and "\\x1b]0;pwned\\x07" in line and "80\\r\\x1b[1A" in line
+    plain = {"type": "member.changed", "alias": "a", "detail": {"alias": {"old": "a", "new": "b"}}}
+    assert describe(plain) == "member a changed alias a → b"  # printable text is untouched

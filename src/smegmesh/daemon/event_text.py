@@ -117,4 +117,13 @@ def describe(ev: Mapping[str, Any]) -> str:
     """One human line for an event (the JSON form): the log line and ``smegctl watch``."""
     body = _describe_body(ev)
     mesh = ev.get("mesh")
-    return f"mesh {mesh}: {body}" if mesh else body
+    return _one_line(f"mesh {mesh}: {body}" if mesh else body)
+
+
+def _one_line(text: str) -> str:
+    """``text`` with what is not printable escaped (``\\n``, ``\\x1b``): a member's
+    description or service may hold any text, and the line goes to the log and a
+    terminal (a newline forged log lines; an escape drove the operator's terminal)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
