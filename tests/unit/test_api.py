@@ -534,3 +534,39 @@ def test_idle_connections_cannot_lock_the_tcp_api_out(monkeypatch: pytest.Monkey
         finally:
             for s in idle:
                 s.close()
+
+
+def test_a_client_that_leaves_mid_form_leaves_no_traceback_in_the_log() -> None:
+    """ClientDisconnect from the login form reached the catch-all: an ERROR with a whole
+    traceback per request, from any client without the token (found by a review)."""
+    import logging
+    import time
+
+    records: list[logging.LogRecord] = []
+
+    class Grab(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("smegmesh.daemon.api")
+    grab, level = Grab(logging.DEBUG), logger.level
+    logger.addHandler(grab)
+    logger.setLevel(logging.DEBUG)
+    try:
+        with served_tcp(TOKEN) as (base, _):
+            host, port = base.removeprefix("http://").split(":")
+            for _ in range(3):
+                with socket.create_connection((host, int(port)), timeout=5) as s:
+                    s.sendall(
+                        b"POST /ui/login HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+                        b"Content-Type: application/x-www-form-urlencoded\r\n\r\ntoken=abc"
+                    )
+            deadline = time.monotonic() + 10
+            while sum("client left" in r.getMessage() for r in records) < 3:
+                bad = [r for r in records if r.levelno >= logging.ERROR]
+                assert not bad and time.monotonic() < deadline, [r.getMessage() for r in bad]
+                time.sleep(0.02)
+    finally:
+        logger.removeHandler(grab)
+        logger.setLevel(level)
+    assert not [r for r in records if r.levelno >= logging.WARNING or r.exc_info]

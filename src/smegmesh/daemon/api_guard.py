@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from smegmesh.daemon.config.errors import request_error
@@ -61,6 +62,8 @@ class _CatchAll:
 
         try:
             await self.app(scope, receive, _send)
+        except ClientDisconnect:  # the client left mid-body: nobody to answer, nothing wrong
+            log.debug("API: client left during %s %s", scope.get("method"), scope.get("path"))
         except Exception:
             log.exception("API: unhandled error in %s %s", scope.get("method"), scope.get("path"))
             if not started:
