@@ -58,10 +58,10 @@ def _login(h: httpx.Client, token: str = API_TOKEN) -> httpx.Response:
     return h.post("/ui/login", data={"token": token})
 
 
-def _csrf(h: httpx.Client) -> str:
-    r = h.get("/ui/")
+def _key(r: httpx.Response) -> str:
+    """The session's key from the answer to a login (the only place it is given)."""
     assert r.status_code == 200, r.text
-    m = re.search(r'name="smeg-csrf" content="([^"]+)"', r.text)
+    m = re.search(r'name="smeg-session" content="([^"]+)"', r.text)
     assert m, r.text
     return m.group(1)
 
@@ -93,15 +93,22 @@ def test_ui_session_cookie_authenticates_the_api_and_writes_need_csrf(one: Clust
     d = one.daemons[0]
     with httpx.Client(base_url=_base(d), timeout=30) as h:
         r = _login(h)
-        assert r.status_code == 303 and r.headers["location"] == "./"
+        assert 'src="static/signin.js"' in r.text and r.headers["cache-control"] == "no-store"
         cookie = r.headers["set-cookie"]
         assert cookie.startswith("smeg_ui=")
         low = cookie.lower()
         assert "httponly" in low and "samesite=strict" in low and "path=/" in low
         assert "secure" not in low  # plain HTTP here; Secure is set over TLS
-        csrf = _csrf(h)
-        mesh_id = h.post("/v1/meshes", headers={"X-Smeg-CSRF": csrf}).json()["mesh_id"]
-        assert mesh_id in {m["mesh_id"] for m in h.get("/v1/meshes").json()}
+        csrf = _key(r)
+        key = {"X-Smeg-CSRF": csrf}
+        mesh_id = h.post("/v1/meshes", headers=key).json()["mesh_id"]
+        assert mesh_id in {m["mesh_id"] for m in h.get("/v1/meshes", headers=key).json()}
+        # the cookie alone gets nothing, not even a read: a browser sends it to every
+        # port of the host, so another local user's server on another port got it
+        assert h.get("/v1/meshes").status_code == 401
+        assert h.get("/v1/meshes", params={"session": csrf}).status_code == 401  # stream only
+        page = h.get("/ui/")
+        assert page.status_code == 200 and csrf not in page.text  # the page holds no key
         url = f"/v1/meshes/{mesh_id}/alias"
         # a write with the cookie but without (or with a wrong) CSRF header is refused
         assert h.put(url, json={"alias": "web1"}).status_code == 401
@@ -116,7 +123,7 @@ def test_ui_session_cookie_authenticates_the_api_and_writes_need_csrf(one: Clust
         # sign out: the cookie is dead
         assert h.post("/ui/logout", headers={"X-Smeg-CSRF": csrf}).status_code == 303
         h.cookies.set("smeg_ui", cookie.split(";")[0].split("=", 1)[1])
-        assert h.get("/v1/meshes").status_code == 401
+        assert h.get("/v1/meshes", headers=key).status_code == 401
         assert h.get("/ui/").status_code == 303
 
 
@@ -126,6 +133,7 @@ def test_ui_assets_come_from_the_package(one: Cluster) -> None:
         for name, kind in (
             ("cytoscape.min.js", "javascript"),
             ("app.js", "javascript"),
+            ("signin.js", "javascript"),
             ("ui.css", "css"),
         ):
             r = h.get(f"/ui/static/{name}")
@@ -135,8 +143,8 @@ def test_ui_assets_come_from_the_package(one: Cluster) -> None:
         for bad in ("../ui.py", "..%2Fui.py", "nope.js", "VENDORED.md"):
             assert h.get(f"/ui/static/{bad}").status_code == 404, bad
         # no reference to anything outside the daemon
-        _login(h)
-        page = h.get("/ui/").text + h.get("/ui/static/app.js").text
+        page = _login(h).text + h.get("/ui/").text + h.get("/ui/static/app.js").text
+        page += h.get("/ui/static/signin.js").text
         assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)
 
 
@@ -171,19 +179,20 @@ def test_smegctl_ui_forwards_to_the_socket_after_a_one_time_login(one: Cluster) 
             assert h.get("/v1/meshes").status_code == 401  # no session yet
             assert h.get("/ui/").status_code == 303
             r = h.get(url)
-            assert r.status_code == 303, r.text
+            csrf = _key(r)
             assert "samesite=strict" in r.headers["set-cookie"].lower()
             # the link was good once
             with httpx.Client(base_url=base, timeout=30) as other:
                 r2 = other.get(url)
                 assert r2.status_code == 401 and "not valid" in r2.text
                 assert other.get("/v1/meshes").status_code == 401
-            csrf = _csrf(h)
-            mesh_id = h.post("/v1/meshes", headers={"X-Smeg-CSRF": csrf}).json()["mesh_id"]
-            got: Any = h.get(f"/v1/meshes/{mesh_id}").json()
+            key = {"X-Smeg-CSRF": csrf}
+            mesh_id = h.post("/v1/meshes", headers=key).json()["mesh_id"]
+            assert h.get(f"/v1/meshes/{mesh_id}").status_code == 401  # the cookie alone
+            got: Any = h.get(f"/v1/meshes/{mesh_id}", headers=key).json()
             assert got["mesh_id"] == mesh_id and got["nodes"][0]["is_self"]
             r = h.put(f"/v1/meshes/{mesh_id}/alias", json={"alias": "viaproxy"})
-            assert r.status_code == 401  # CSRF header missing
+            assert r.status_code == 401  # the key missing
             r = h.put(
                 f"/v1/meshes/{mesh_id}/alias",
                 json={"alias": "viaproxy"},
@@ -192,7 +201,7 @@ def test_smegctl_ui_forwards_to_the_socket_after_a_one_time_login(one: Cluster) 
             assert r.status_code == 200, r.text
             assert d.mesh(mesh_id)["nodes"][0]["alias"] == "viaproxy"
             # the daemon's errors pass through
-            r = h.get("/v1/meshes/no-such-mesh")
+            r = h.get("/v1/meshes/no-such-mesh", headers=key)
             assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_mesh"
             r = h.put(
                 f"/v1/meshes/{mesh_id}/description",
@@ -200,9 +209,10 @@ def test_smegctl_ui_forwards_to_the_socket_after_a_one_time_login(one: Cluster) 
                 headers={"X-Smeg-CSRF": csrf, "Content-Type": "application/json"},
             )
             assert r.status_code == 413
-            assert h.get("/openapi.json").json()["info"]["title"] == "smegd"
+            assert h.get("/openapi.json", headers=key).json()["info"]["title"] == "smegd"
             # DNS rebinding: a page served under another name gets nothing
-            assert h.get("/v1/meshes", headers={"Host": "evil.example"}).status_code == 400
+            bad_host = {**key, "Host": "evil.example"}
+            assert h.get("/v1/meshes", headers=bad_host).status_code == 400
     finally:
         p.terminate()
         p.wait(10)
@@ -214,10 +224,12 @@ def test_smegctl_ui_forwards_the_event_stream_and_closes_it(one: Cluster) -> Non
     try:
         base = url.split("/ui/")[0]
         with httpx.Client(base_url=base, timeout=30) as h:
-            assert h.get(url).status_code == 303
-            csrf = _csrf(h)
+            csrf = _key(h.get(url))
             mesh_id = h.post("/v1/meshes", headers={"X-Smeg-CSRF": csrf}).json()["mesh_id"]
             with h.stream("GET", "/v1/events", params={"meshid": mesh_id}) as r:
+                assert r.status_code == 401  # the cookie alone
+            stream = {"meshid": mesh_id, "session": csrf}  # as EventSource sends it
+            with h.stream("GET", "/v1/events", params=stream) as r:
                 assert r.status_code == 200
                 assert r.headers["content-type"].startswith("text/event-stream")
                 h2 = httpx.Client(base_url=base, cookies=h.cookies, timeout=30)
@@ -237,11 +249,11 @@ def test_smegctl_ui_forwards_the_event_stream_and_closes_it(one: Cluster) -> Non
             # every stream the browser closes is closed upstream too: more than the
             # daemon's limit of concurrent streams, one after the other, all open
             for _ in range(40):
-                with h.stream("GET", "/v1/events") as r:
+                with h.stream("GET", "/v1/events", params={"session": csrf}) as r:
                     assert r.status_code == 200, r.read()
                     next(r.iter_lines())
             # Ctrl-C (SIGINT) stops it even while a page holds a stream open
-            with h.stream("GET", "/v1/events") as r:
+            with h.stream("GET", "/v1/events", headers={"X-Smeg-CSRF": csrf}) as r:
                 next(r.iter_lines())
                 p.send_signal(signal.SIGINT)
                 assert p.wait(20) is not None
@@ -264,7 +276,7 @@ def test_session_cookie_is_secure_over_tls() -> None:
             return await h.post("/login", data={"token": "right"})
 
     r = asyncio.run(login())
-    assert r.status_code == 303
+    assert r.status_code == 200
     low = r.headers["set-cookie"].lower()
     assert "secure" in low and "httponly" in low and "samesite=strict" in low
     assert len(store) == 1

@@ -7,6 +7,7 @@ admin actions through the page, each behind its confirmation step.
 
 from __future__ import annotations
 
+import http.server
 import os
 import re
 from collections.abc import Iterator
@@ -203,3 +204,69 @@ def test_evict_is_offered_once_the_api_has_the_route(
     url, body, csrf = posted[0]
     assert url.endswith(f"/v1/meshes/{m1}/evict")
     assert body == {"node": b.self_key(m1)} and csrf
+
+
+class _OtherPort(http.server.BaseHTTPRequestHandler):
+    """Another local user's web server, on another port of 127.0.0.1."""
+
+    cookies: list[str] = []
+
+    def do_GET(self) -> None:
+        _OtherPort.cookies.append(self.headers.get("Cookie", ""))
+        body = b"<!doctype html><title>elsewhere</title>hello"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_a: object) -> None:
+        pass
+
+
+def test_the_cookie_another_port_gets_opens_nothing(page: Any) -> None:
+    """A browser sends a cookie to every port of its host: a page of another local
+    user's server on 127.0.0.1 got ``smegctl ui``'s session cookie, and with it alone
+    the dashboard page (whose HTML held the session's key) and so the whole API,
+    the root-only socket included (found by a review). The key is now given only
+    in the answer to the login and kept in the origin's storage."""
+    import asyncio
+    import threading
+
+    import uvicorn
+
+    from api_fake import LoopThread, served_unix
+    from smegmesh.cli.ui import OneTimeToken, create_proxy_app, loopback_socket
+
+    with served_unix() as (sock_path, _svc):
+        uds = httpx.HTTPTransport(uds=str(sock_path))
+        with httpx.Client(transport=uds, base_url="http://smegd") as ctl:
+            mesh = ctl.post("/v1/meshes").json()["mesh_id"]
+        token, lsock = OneTimeToken(), loopback_socket()
+        base = f"http://127.0.0.1:{lsock.getsockname()[1]}"
+        server = uvicorn.Server(
+            uvicorn.Config(create_proxy_app(str(sock_path), token), log_level="warning")
+        )
+        lt = LoopThread()
+        fut = asyncio.run_coroutine_threadsafe(server.serve(sockets=[lsock]), lt.loop)
+        other = http.server.HTTPServer(("127.0.0.1", 0), _OtherPort)
+        threading.Thread(target=other.serve_forever, daemon=True).start()
+        try:
+            page.goto(f"{base}/ui/login?token={token.value}")
+            page.wait_for_selector(f'section.mesh[data-mesh="{mesh}"]')  # signed in, live
+            page.goto(f"http://127.0.0.1:{other.server_address[1]}/")
+            stolen = [c for c in _OtherPort.cookies if "smeg_ui=" in c]
+            assert stolen, "the browser no longer sends the cookie: this test shows nothing"
+            sid = re.search(r"smeg_ui=([^;]+)", stolen[0]).group(1)  # type: ignore[union-attr]
+            with httpx.Client(base_url=base, cookies={"smeg_ui": sid}, timeout=30) as c:
+                shell = c.get("/ui/")
+                assert shell.status_code == 200 and "smeg-session" not in shell.text
+                assert c.get("/v1/meshes").status_code == 401
+                assert c.get("/v1/events").status_code == 401
+                r = c.put(f"/v1/meshes/{mesh}/alias", json={"alias": "owned"})
+                assert r.status_code == 401
+        finally:
+            other.shutdown()
+            server.should_exit = True
+            fut.result(10)
+            lt.close()

@@ -9,9 +9,10 @@ Access: a loopback TCP port can be reached by every user of the machine, while
 the socket is reserved to its owner (mode 0600/0660). So the page is not open:
 ``smegctl ui`` prints a URL with a random one-time login token; opening it
 exchanges the token for a session cookie (``HttpOnly``, ``SameSite=Strict``),
-and the token is void from then on. Writes need the session's CSRF header, as
-on the daemon's own ``/ui/``. Requests whose ``Host`` is not a loopback name
-are refused (DNS rebinding).
+and the token is void from then on. Every request needs the session's key as
+well as the cookie, as on the daemon's own ``/ui/`` (a browser sends the cookie
+to every port of 127.0.0.1: see :mod:`smegmesh.daemon.ui`). Requests whose
+``Host`` is not a loopback name are refused (DNS rebinding).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 
-from smegmesh.daemon.ui import SessionStore, create_ui_app, session_allows
+from smegmesh.daemon.ui import SESSION_PARAM, SessionStore, create_ui_app, session_allows
 
 __all__ = ["MAX_BODY_BYTES", "OneTimeToken", "create_proxy_app", "loopback_socket"]
 
@@ -94,7 +95,7 @@ def create_proxy_app(
         req = client.build_request(
             request.method,
             request.url.path,
-            params=request.url.query or None,
+            params=[(k, v) for k, v in request.query_params.multi_items() if k != SESSION_PARAM],
             content=body or None,
             headers=headers,
             **({"timeout": timeout} if timeout else {}),

@@ -8,10 +8,18 @@ talks to the ordinary ``/v1`` API with a session cookie.
 Sessions: ``POST /ui/login`` with the API token (a form field) creates a random
 session id held here, sent as an ``HttpOnly``, ``SameSite=Strict`` cookie
 (``Secure`` over TLS), valid for :data:`SESSION_TTL_S`; at most
-:data:`MAX_SESSIONS` exist (the oldest is dropped). The API accepts the cookie
-in place of the bearer token (:func:`authorized`); a state-changing request
-(anything but GET/HEAD/OPTIONS) must also carry the session's CSRF value in the
-``X-Smeg-CSRF`` header, which the page reads from its own HTML.
+:data:`MAX_SESSIONS` exist (the oldest is dropped). The API accepts a session
+in place of the bearer token (:func:`authorized`) only with both halves: the
+cookie and the session's key in the ``X-Smeg-CSRF`` header, on every request
+(the event stream, which ``EventSource`` opens without headers, may carry the
+key as ``?session=``). The key is given once, in the answer to the login
+itself, and the page keeps it in its origin's ``localStorage``.
+
+Why both: a browser sends a cookie to every port of a host, so a page of
+another local user's server on another port of ``127.0.0.1`` got the cookie
+of ``smegctl ui`` (and of a loopback ``apiListen``), and with it alone the
+dashboard page, whose HTML held the key, and so the whole API. Storage is kept
+per origin (scheme, host and port): the other port never sees the key.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ __all__ = [
     "CSRF_HEADER",
     "MAX_SESSIONS",
     "SESSION_COOKIE",
+    "SESSION_PARAM",
     "SESSION_TTL_S",
     "SessionStore",
     "authorized",
@@ -44,14 +53,17 @@ __all__ = [
 ]
 
 SESSION_COOKIE = "smeg_ui"
+#: The header with the session's key (named for its first use: CSRF).
 CSRF_HEADER = "x-smeg-csrf"
+#: The query parameter with the session's key, on the event stream only.
+SESSION_PARAM = "session"
+EVENTS_PATH = "/v1/events"
 #: Sessions held at once; logging in beyond this drops the oldest.
 MAX_SESSIONS = 64
 #: Lifetime of a session (seconds).
 SESSION_TTL_S = 12 * 3600
 #: Largest login form accepted (bytes); the token is well under this.
 MAX_FORM_BYTES = 4096
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 STATIC_DIR = Path(__file__).parent / "static" / "ui"
 _MEDIA = {
     ".js": "text/javascript; charset=utf-8",
@@ -135,14 +147,14 @@ def session_of(request: Request, store: SessionStore | None) -> Session | None:
 
 
 def session_allows(request: Request, store: SessionStore | None) -> bool:
-    """A valid session cookie, plus its CSRF header on a state-changing request."""
+    """A valid session cookie and the session's key, on every request (module docstring)."""
     s = session_of(request, store)
     if s is None:
         return False
-    if request.method in SAFE_METHODS:
-        return True
-    got = request.headers.get(CSRF_HEADER, "")
-    return hmac.compare_digest(got.encode(), s.csrf.encode())
+    got = request.headers.get(CSRF_HEADER)
+    if got is None and request.method == "GET" and request.url.path == EVENTS_PATH:
+        got = request.query_params.get(SESSION_PARAM)
+    return got is not None and hmac.compare_digest(got.encode(), s.csrf.encode())
 
 
 def authorized(request: Request) -> bool:
@@ -186,6 +198,18 @@ _LOGIN = """<!doctype html>
 """
 
 
+#: The answer to a login: the session's key, kept by ``static/signin.js`` in this
+#: origin's storage before the dashboard opens (never in a page a cookie gets).
+_SIGNED_IN = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>smegmesh · signed in</title>
+<link rel="icon" href="data:,">
+<meta name="smeg-session" content="{key}">
+<script src="static/signin.js"></script></head>
+<body class="login-page"><p>Signed in: <a href="./">open the dashboard</a>.</p></body></html>
+"""
+
+
 def _login_page(message: str = "", status: int = 200) -> Response:
     msg = f'<p class="error" id="login-error" role="alert">{html.escape(message)}</p>'
     body = _LOGIN.format(message=msg if message else "")
@@ -226,7 +250,8 @@ def create_ui_app(
 
     def _start_session(request: Request) -> Response:
         s = store.create()
-        resp = RedirectResponse("./", status_code=303)
+        page = _SIGNED_IN.format(key=html.escape(s.csrf))
+        resp = HTMLResponse(page, headers={"Cache-Control": "no-store"})
         resp.set_cookie(
             SESSION_COOKIE,
             s.sid,
@@ -242,8 +267,7 @@ def create_ui_app(
         s = session_of(request, store)
         if s is None:
             return _headers(RedirectResponse("login", status_code=303))
-        page = index_html.replace("{{CSRF}}", html.escape(s.csrf))
-        return _headers(HTMLResponse(page))
+        return _headers(HTMLResponse(index_html))  # no secret in it (module docstring)
 
     async def login(request: Request) -> Response:
         if request.method == "GET":

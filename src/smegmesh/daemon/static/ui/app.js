@@ -1,12 +1,15 @@
 /* smegmesh dashboard: plain JS, no build step. Data comes from the /v1 API of
- * smegd (session cookie; X-Smeg-CSRF on writes); live updates from the SSE
+ * smegd (session cookie, and the session's key in X-Smeg-CSRF on every request:
+ * signin.js kept it in this origin's storage); live updates from the SSE
  * stream /v1/events (any event for a mesh re-fetches that mesh, debounced);
  * while the stream is unavailable the page polls. Every string from the mesh is
  * put into the page with textContent (never as HTML): aliases, descriptions and
  * services come from other nodes. */
 "use strict";
 
-const CSRF = document.querySelector('meta[name="smeg-csrf"]').content;
+const SESSION_KEY = "smeg-session";
+const CSRF = (() => { try { return localStorage.getItem(SESSION_KEY) || ""; } catch (e) { return ""; } })();
+if (!CSRF) window.location.replace("login");
 const POLL_MS = 4000;
 /* Traffic counters and handshake ages change without events: re-read them this
  * often even while the stream is live. */
@@ -97,8 +100,7 @@ function banner(msg) {
 
 // ------------------------------------------------------------------ API
 async function api(method, path, body) {
-  const opts = { method, credentials: "same-origin", headers: {} };
-  if (method !== "GET") opts.headers["X-Smeg-CSRF"] = CSRF;
+  const opts = { method, credentials: "same-origin", headers: { "X-Smeg-CSRF": CSRF } };
   if (body !== undefined) {
     opts.headers["Content-Type"] = "application/json";
     opts.body = JSON.stringify(body);
@@ -169,7 +171,7 @@ function scheduleRefresh(meshId) {
 
 async function findEvictRoute() {
   try {
-    const doc = await fetch("/openapi.json", { credentials: "same-origin" }).then((r) => r.json());
+    const doc = await fetch("/openapi.json", { credentials: "same-origin", headers: { "X-Smeg-CSRF": CSRF } }).then((r) => r.json());
     for (const [path, ops] of Object.entries(doc.paths || {})) {
       if (/^\/v1\/meshes\/\{[^}]+\}\/evict$/.test(path) && ops.post) {
         let field = "node";
@@ -208,7 +210,7 @@ function stopPolling() {
 
 function connectEvents() {
   if (!window.EventSource) { setLive(false, "polling"); startPolling(); return; }
-  source = new EventSource("/v1/events");
+  source = new EventSource(`/v1/events?session=${encodeURIComponent(CSRF)}`);
   source.onopen = () => {
     setLive(true, "live");
     stopPolling();
@@ -688,7 +690,10 @@ $("#search").addEventListener("input", (e) => {
 $("#panel-close").addEventListener("click", () => { state.selected = null; render(); });
 $("#logout").addEventListener("click", async () => {
   try { await fetch("logout", { method: "POST", headers: { "X-Smeg-CSRF": CSRF }, credentials: "same-origin" }); }
-  finally { window.location.href = "login"; }
+  finally {
+    try { localStorage.removeItem(SESSION_KEY); } catch (e) { /* nothing kept */ }
+    window.location.href = "login";
+  }
 });
 
 (async () => {
