@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -452,3 +453,43 @@ def test_add_device_output_that_cannot_be_written_is_refused_before_the_device_i
         )
         assert r.exit_code == 1 and "[Interface]" in r.stdout, (r.stdout, r.stderr)
         assert "No space left" in r.stderr and "printed above" in r.stderr, r.stderr
+
+
+def test_a_pruned_members_key_is_never_a_device() -> None:
+    """A member pruned for a while (asleep, cut off, or pruned by the one listing it)
+    keeps its record; its key listed as another peer's device took its overlay
+    address (derived from the key) and so its traffic, until it came back. Every key
+    the mesh holds a record or prune for is out (found by a review of routing)."""
+    from smegmesh.core.record import Prune
+
+    m = Mesh()
+    st = m.state()
+    observer, victim, thief = ident(40), ident(41), ident(42)
+    for n in (observer, victim, thief):
+        m.admit(n)
+    _peer(m, st, observer)
+    vrec = _peer(m, st, victim)
+    prune = Prune.create(
+        observer,
+        m.mesh_id,
+        now_ms=m.t,
+        target_record=vrec,
+        by_chain=m.chains[observer.wg_public_key],
+    )
+    assert st.apply(prune, m.t) and st.record(victim.wg_public_key) is not None
+    _peer(m, st, thief, devices=(_device(m, thief, key=victim.wg_public_key, alias="victim"),))
+    nodes = frozenset(st.node_keys())
+    assert live_devices(m.mesh_id, st.live_records(), st.authority, nodes=nodes) == []
+    assert contested_devices(st.live_records(), st.authority, nodes=nodes) == {}
+    # without the held keys (the code before the fix) the thief had it
+    assert [d.wg_key for d in _live_devices(st)] == [victim.wg_public_key]
+    # and the daemon passes them: its view of the mesh's devices
+    from types import SimpleNamespace
+
+    from smegmesh.daemon.devices_ops import DeviceOps
+
+    ops: Any = DeviceOps.__new__(DeviceOps)
+    rt: Any = SimpleNamespace(
+        mesh_id=m.mesh_id, node=SimpleNamespace(mesh=st, live_records=st.live_records)
+    )
+    assert ops._devices(rt) == []

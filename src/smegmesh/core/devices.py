@@ -13,7 +13,8 @@ Rules (every member derives the same view from the same records):
 * its admission chain is the sponsor's chain followed by the device's cert:
   the sponsor must be allowed to admit under the mesh's invite policy, and an
   eviction of the device key (``smegctl evict``) or of the sponsor removes it;
-* a key that is a member's own (a node holding a record) is never a device,
+* a key that is a node's own (one the mesh holds a record or prune for, live
+  or not) is never a device,
   so no member can publish a device in another member's place; a key listed
   by two or more sponsors is *contested* and live for none of them. Nothing
   can order their claims: the date of a sponsor's cert is its own word (a
@@ -27,7 +28,7 @@ Rules (every member derives the same view from the same records):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from smegmesh.core.addressing import overlay_address
@@ -70,10 +71,10 @@ def sponsor_device(
 
 
 def _listings(
-    records: list[NodeRecord], authority: Authority | None
+    records: list[NodeRecord], authority: Authority | None, nodes: Collection[bytes]
 ) -> dict[bytes, dict[bytes, SponsoredDevice]]:
     """Device key -> {sponsor key: its entry}, for the entries that pass the rules."""
-    members = {r.wg_key for r in records}
+    members = {r.wg_key for r in records}.union(nodes)
     out: dict[bytes, dict[bytes, SponsoredDevice]] = {}
     for r in records:
         if r.left or r.role != Role.PEER or not r.devices:
@@ -88,12 +89,20 @@ def _listings(
 
 
 def live_devices(
-    mesh_id: str, records: Iterable[NodeRecord], authority: Authority | None
+    mesh_id: str,
+    records: Iterable[NodeRecord],
+    authority: Authority | None,
+    *,
+    nodes: Collection[bytes] = frozenset(),
 ) -> list[LiveDevice]:
     """The devices live in a mesh, from its live records (see the module rules).
 
     ``records``: the live records; ``authority``: the mesh's authority when it
-    enforces admission (None for meshes of older versions: no chain check).
+    enforces admission (None for meshes of older versions: no chain check);
+    ``nodes``: the key of every node the mesh holds a record or prune for, live
+    or not (``MeshState.node_keys``). None of them is ever a device: a pruned
+    member's key listed as a device took its address (derived from the key)
+    and its traffic until it came back.
     """
     out = [
         LiveDevice(
@@ -103,7 +112,7 @@ def live_devices(
             sponsor=sponsor,
             cert=d.cert,
         )
-        for k, by in _listings(list(records), authority).items()
+        for k, by in _listings(list(records), authority, nodes).items()
         if len(by) == 1
         for sponsor, d in by.items()
     ]
@@ -111,9 +120,11 @@ def live_devices(
 
 
 def contested_devices(
-    records: Iterable[NodeRecord], authority: Authority | None
+    records: Iterable[NodeRecord],
+    authority: Authority | None,
+    *,
+    nodes: Collection[bytes] = frozenset(),
 ) -> dict[bytes, tuple[bytes, ...]]:
     """Device keys listed by more than one sponsor -> those sponsors' keys (sorted)."""
-    return {
-        k: tuple(sorted(by)) for k, by in _listings(list(records), authority).items() if len(by) > 1
-    }
+    listed = _listings(list(records), authority, nodes)
+    return {k: tuple(sorted(by)) for k, by in listed.items() if len(by) > 1}

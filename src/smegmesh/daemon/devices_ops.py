@@ -87,14 +87,19 @@ class DeviceOps(DeviceRemoteOps):
         mesh = rt.node.mesh
         self._contested(rt)  # logs a device cut off by a second sponsor
         return live_devices(
-            rt.mesh_id, rt.node.live_records(), mesh.authority if mesh.admission else None
+            rt.mesh_id,
+            rt.node.live_records(),
+            mesh.authority if mesh.admission else None,
+            nodes=frozenset(mesh.node_keys()),
         )
 
     def _contested(self, rt: MeshRuntime) -> dict[bytes, tuple[bytes, ...]]:
         """Device keys listed by several sponsors (live for none), logged as found."""
         mesh = rt.node.mesh
         found = contested_devices(
-            rt.node.live_records(), mesh.authority if mesh.admission else None
+            rt.node.live_records(),
+            mesh.authority if mesh.admission else None,
+            nodes=frozenset(mesh.node_keys()),
         )
         for k, by in found.items():
             self._device_contests.note(
