@@ -137,6 +137,7 @@ class TcpClients:
                     abort = False
                 conn.busy = False
                 conn.last = time.monotonic()
+                await asyncio.sleep(0)  # pipelined messages: the others' turn between them
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
             pass
         except asyncio.CancelledError:
