@@ -47,7 +47,7 @@ def test_unchanged_meta_is_not_rewritten(tmp_path: Path, monkeypatch: Any) -> No
     write_mesh(tmp_path, "m", meta, [])
     write_mesh(tmp_path, "m", meta, [])
     write_mesh(tmp_path, "m", {**meta, "listen_port": 51821}, [])
-    assert wrote == ["m.json", "m.state", "m.state", "m.json", "m.state"]
+    assert wrote == ["m.state", "m.json", "m.state", "m.state", "m.json"]
     assert json.loads((tmp_path / "m.json").read_text())["listen_port"] == 51821
 
 

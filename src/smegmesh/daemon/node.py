@@ -41,6 +41,7 @@ from smegmesh.daemon.localapi import LocalApiOps
 from smegmesh.daemon.malloc import release_free_memory
 from smegmesh.daemon.membership import MembershipOps
 from smegmesh.daemon.metrics import MeteredRpcClient, Metrics, serve_metrics
+from smegmesh.daemon.persist import remove_stale_temps
 from smegmesh.daemon.ratelog import RateLog
 from smegmesh.daemon.rpc_dgram import DatagramStats, KeyIds
 from smegmesh.daemon.rpc_dgram_client import DatagramClient
@@ -128,6 +129,7 @@ class Daemon(
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.state_dir, 0o700)
         self.state_lock.acquire()  # one daemon per state directory (StateDirLocked)
+        remove_stale_temps(self.state_dir)  # of writes a crash interrupted
         self.identity = self._load_identity()
         self.tls = TlsIdentity.load_or_create(self.state_dir)
         dgram = DatagramStats() if cfg.datagrams else None  # UDP beside gRPC (rpc_dgram.py)

@@ -63,15 +63,20 @@ def write_mesh(
 
 
 def write_mesh_files(d: Path, mesh_id: str, meta: dict[str, Any], state: bytes) -> None:
-    """:func:`write_mesh` with the items already encoded (``paging.encode_items``)."""
+    """:func:`write_mesh` with the items already encoded (``paging.encode_items``).
+
+    The state first: a mesh is restored from its ``.json``, and a crash between
+    a new mesh's two first writes must not leave one without its state (no
+    founding record, no admission). A ``.state`` alone is not loaded.
+    """
     meta_path, meta_bytes = d / f"{mesh_id}.json", json.dumps(meta).encode()
     try:
         same = meta_path.read_bytes() == meta_bytes  # small; it rarely changes
     except OSError:
         same = False
+    atomic_write(d / f"{mesh_id}.state", state)
     if not same:
         atomic_write(meta_path, meta_bytes)
-    atomic_write(d / f"{mesh_id}.state", state)
 
 
 def remove_mesh_files(d: Path, mesh_id: str) -> None:
