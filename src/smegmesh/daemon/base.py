@@ -70,6 +70,7 @@ class DaemonBase:
         _bridge_nat_error: frozenset[str] | None
         dropped_items: RateLog
         refuted_prunes: RateLog
+        save_failures: RateLog
         state_lock: StateLock
         metrics: Metrics
         metrics_server: Any

@@ -15,6 +15,7 @@ re-exported here).
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import logging
 from pathlib import Path
@@ -39,7 +40,7 @@ from smegmesh.daemon.devices_wgquick import (
     render_wg_quick,
     same_ip,
 )
-from smegmesh.daemon.persist import atomic_write
+from smegmesh.daemon.persist import PersistError, atomic_write
 from smegmesh.daemon.ratelog import RateLog
 from smegmesh.daemon.resolve import resolve_node
 from smegmesh.daemon.runtime import now_ms
@@ -277,7 +278,8 @@ class DeviceOps(DeviceRemoteOps):
         dkey, private = device_key(public_key, keep_key)
         if remote is None:
             now = self._publish_device(rt, dkey, alias)
-            await self._save_mesh_off_loop(rt)  # on disk before the command answers
+            with contextlib.suppress(PersistError):  # logged; written again by the persist loop
+                await self._save_mesh_off_loop(rt)  # on disk before the command answers
             dns, routes = self._device_settings(rt)
         else:
             self._check_device_key(rt, dkey)

@@ -9,6 +9,7 @@ asks a device's sponsor for its current settings (``device-config``, a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from dataclasses import replace
@@ -29,6 +30,7 @@ from smegmesh.core.wire import WireError, decode, encode
 from smegmesh.daemon import service as svc
 from smegmesh.daemon.api_models import MeshDetail, NodeInfo
 from smegmesh.daemon.devices_wgquick import DEFAULT_ROUTES
+from smegmesh.daemon.persist import PersistError
 from smegmesh.daemon.ratelog import RateLog
 from smegmesh.daemon.resolve import describe, resolve_node
 from smegmesh.daemon.transport import RpcError
@@ -181,7 +183,8 @@ class DeviceRemoteOps:
                 self._publish_device(rt, msg.device_key, msg.alias)
             except svc.ServiceError as e:
                 return fail(e.message)
-            await self._save_mesh_off_loop(rt)  # on disk before the admin hears of it
+            with contextlib.suppress(PersistError):  # logged; written again by the persist loop
+                await self._save_mesh_off_loop(rt)  # on disk before the admin hears of it
             log.info(
                 "mesh %s: device %s added at the request of admin %s",
                 msg.mesh_id,

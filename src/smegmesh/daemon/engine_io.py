@@ -25,6 +25,7 @@ from smegmesh.core.wire import WireError, decode, encode
 from smegmesh.daemon.base import DaemonBase
 from smegmesh.daemon.devices_ops import DEVICE_REQUESTS
 from smegmesh.daemon.engineport import answer_who_am_i, reply_of
+from smegmesh.daemon.persist import PersistError
 from smegmesh.daemon.runtime import MeshRuntime, now_ms
 from smegmesh.daemon.transport import Refused, RpcError, caller_address, caller_address_verified
 
@@ -69,7 +70,8 @@ class EngineIO(DaemonBase):
         change (the persist tick wrote a command's change within a second).
         """
         self._emit(rt, outs)
-        await self._save_mesh_off_loop(rt)
+        with contextlib.suppress(PersistError):  # logged; written again by the persist loop
+            await self._save_mesh_off_loop(rt)
 
     def _start_call(self, rt: MeshRuntime, call: Call) -> None:
         """The port's ``send``: the call runs as a task of the mesh."""
@@ -217,5 +219,6 @@ class EngineIO(DaemonBase):
             # before the joiner hears of it: after a crash, a one-use token
             # must not admit again.
             rt.dirty_disk = True
-            await self._save_mesh_off_loop(rt)
+            with contextlib.suppress(PersistError):  # logged; written again by the persist loop
+                await self._save_mesh_off_loop(rt)
         return encode(reply)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -20,6 +21,7 @@ from smegmesh.daemon.base import DaemonBase
 from smegmesh.daemon.config import MeshOptions, resolve_mesh_settings
 from smegmesh.daemon.joinretry import JOIN_DEADLINE_TIMEOUTS, unreachable_message
 from smegmesh.daemon.joinretry import attempts as join_attempts
+from smegmesh.daemon.persist import PersistError
 from smegmesh.daemon.runtime import now_ms
 from smegmesh.daemon.store import remove_mesh_files
 from smegmesh.daemon.transport import RpcError
@@ -50,7 +52,8 @@ class MembershipOps(DaemonBase):
             )
         self._emit(rt, rt.node.start(now_ms()))
         self.member_events.track(mesh_id, rt.node.mesh, "created")
-        self._save_mesh(rt)
+        with contextlib.suppress(PersistError):  # logged; written again by the persist loop
+            self._save_mesh(rt)
         log.info("created mesh %s (invite policy %s)", mesh_id, founding.policy)
         return mesh_id
 
@@ -176,7 +179,8 @@ class MembershipOps(DaemonBase):
                 self.member_events.track(tok.mesh_id, node.mesh, "joined")
                 # The reply holds one page of the state; the rest by anti-entropy, now.
                 self._emit(rt, node.pull_from(b.wg_key, now_ms()))
-                self._save_mesh(rt)
+                with contextlib.suppress(PersistError):  # logged; written by the persist loop
+                    self._save_mesh(rt)
                 log.info(
                     "joined mesh %s through %s (%d nodes)",
                     tok.mesh_id,

@@ -41,7 +41,7 @@ from smegmesh.daemon.localapi import LocalApiOps
 from smegmesh.daemon.malloc import release_free_memory
 from smegmesh.daemon.membership import MembershipOps
 from smegmesh.daemon.metrics import MeteredRpcClient, Metrics, serve_metrics
-from smegmesh.daemon.persist import remove_stale_temps
+from smegmesh.daemon.persist import PersistError, remove_stale_temps
 from smegmesh.daemon.ratelog import RateLog
 from smegmesh.daemon.rpc_dgram import DatagramStats, KeyIds
 from smegmesh.daemon.rpc_dgram_client import DatagramClient
@@ -109,6 +109,11 @@ class Daemon(
         #: live members, for an admin to evict if it goes on
         self.refuted_prunes = RateLog(
             log, "refuted", unit="prunes", prep="by member", level=logging.WARNING
+        )
+        #: writes of a mesh's state that failed (a full or read-only disk): one
+        #: line at once, then one summary per mesh per minute
+        self.save_failures = RateLog(
+            log, "failed", unit="writes", prep="of mesh", level=logging.ERROR
         )
         self.state_lock = StateLock(self.state_dir)
         self.metrics = Metrics(self)
@@ -191,7 +196,12 @@ class Daemon(
                 rt.task.cancel()
             async with rt.save_lock:  # a write in a thread finishes first, not after ours
                 if rt.dirty_disk and not rt.joining:
-                    self._save_mesh(rt)
+                    try:
+                        self._save_mesh(rt)
+                    except PersistError as e:
+                        log.error(
+                            "mesh %s: changes since its last write lost: %s", rt.mesh_id, e.strerror
+                        )
         for t in self._tasks:
             t.cancel()
         self.events.close()  # ends the event streams: the API servers stop at once

@@ -55,6 +55,8 @@ class MeshRuntime:
     #: held while the state is encoded and written: writes land in the order
     #: they were taken (an older snapshot never overwrites a newer one)
     save_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: why the last write failed (None: it did not); retried by the persist loop
+    save_error: str | None = None
     calls: set[asyncio.Task[None]] = field(default_factory=set)
     hooks: dict[str, list[str]] = field(default_factory=dict)
     up: bool = False

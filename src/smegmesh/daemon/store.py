@@ -37,6 +37,9 @@ log = logging.getLogger("smegd")
 #: of a forming daemon's CPU (encoding, and four fsyncs per write).
 LEARNED_SAVE_INTERVAL_S = 5.0
 
+#: The persist loop's period: GC, and the writes that are due (a failed one again).
+PERSIST_TICK_S = 1.0
+
 
 def save_due(rt: MeshRuntime, now_s: float) -> bool:
     """Whether the persist tick writes ``rt`` now (``now_s``: a monotonic clock)."""
@@ -105,13 +108,30 @@ class StoreOps(DaemonBase):
         return self.state_dir / "meshes"
 
     def _save_mesh(self, rt: MeshRuntime) -> None:
+        """Write ``rt`` now, on the loop (a new mesh, a join, the last write at stop).
+
+        Raises :class:`PersistError` (logged; the mesh stays to be written).
+        """
+        mesh = rt.node.mesh
         try:
-            mesh = rt.node.mesh
             write_mesh(self._mesh_dir(), rt.mesh_id, mesh_meta(rt), mesh.all_items(), mesh.memo)
-            rt.dirty_disk = rt.save_soon = False
-            rt.saved_at = time.monotonic()
         except PersistError as e:
-            log.error("%s (state kept in memory; will retry)", e)
+            rt.dirty_disk = True
+            self._save_failed(rt, e)
+            raise
+        rt.dirty_disk = rt.save_soon = False
+        rt.saved_at = time.monotonic()
+        self._save_ok(rt)
+
+    def _save_failed(self, rt: MeshRuntime, e: PersistError) -> None:
+        """A write of ``rt`` failed: logged once, then summarised once a minute."""
+        rt.save_error = e.strerror or str(e)
+        self.save_failures.note(rt.mesh_id, f"{rt.save_error} (kept in memory; retried)")
+
+    def _save_ok(self, rt: MeshRuntime) -> None:
+        if rt.save_error is not None:
+            log.warning("mesh %s: saved again (after: %s)", rt.mesh_id, rt.save_error)
+            rt.save_error = None
 
     def _load_meshes(self) -> list[tuple[dict[str, Any], list[Any]]]:
         out: list[tuple[dict[str, Any], list[Any]]] = []
@@ -145,17 +165,29 @@ class StoreOps(DaemonBase):
             log.info("rejoined mesh %s (%d nodes known)", rt.mesh_id, len(state.live_records()))
 
     async def _persist_loop(self) -> None:
-        horizon = int(self.config.gc_horizon * 1000)
+        """Every second: GC, and the writes that are due. A pass that fails is
+        logged and the next one runs: the loop never ends (a full disk made it
+        end for good, and nothing was written again once the disk was freed)."""
         while True:
-            await asyncio.sleep(1.0)
-            for rl in (self.dropped_items, self.refuted_prunes):
-                if len(rl):  # its summary, once per interval
-                    rl.note_tick()
-            for rt in list(self.meshes.values()):
-                if rt.node.mesh.gc(now_ms(), horizon):
-                    rt.dirty_disk = True
-                    self.member_events.sweep(rt.mesh_id, rt.node.mesh)
-                if save_due(rt, time.monotonic()):
+            await asyncio.sleep(PERSIST_TICK_S)
+            try:
+                await self._persist_pass()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("persist pass failed (continuing)")
+
+    async def _persist_pass(self) -> None:
+        horizon = int(self.config.gc_horizon * 1000)
+        for rl in (self.dropped_items, self.refuted_prunes, self.save_failures):
+            if len(rl):  # its summary, once per interval
+                rl.note_tick()
+        for rt in list(self.meshes.values()):
+            if rt.node.mesh.gc(now_ms(), horizon):
+                rt.dirty_disk = True
+                self.member_events.sweep(rt.mesh_id, rt.node.mesh)
+            if save_due(rt, time.monotonic()):
+                with contextlib.suppress(PersistError):  # logged; retried at a next pass
                     await self._save_mesh_off_loop(rt)
 
     async def _save_mesh_off_loop(self, rt: MeshRuntime) -> None:
@@ -169,17 +201,25 @@ class StoreOps(DaemonBase):
             await self._save_locked(rt)
 
     async def _save_locked(self, rt: MeshRuntime) -> None:
+        """Raises :class:`PersistError` (logged): the mesh stays to be written."""
         meta = mesh_meta(rt)
         mesh = rt.node.mesh
         state = encode_items(list(mesh.all_items()), mesh.memo)
         soon = rt.save_soon
+        # Cleared before the write (a change while it is under way marks the mesh
+        # again), set again unless the write succeeded.
         rt.dirty_disk = rt.save_soon = False
         rt.saved_at = time.monotonic()
         d = self._mesh_dir()
         try:
             await asyncio.to_thread(write_mesh_files, d, rt.mesh_id, meta, state)
-        except PersistError as e:
-            rt.dirty_disk, rt.save_soon = True, soon  # a command's change: retried in a second
-            log.error("%s (state kept in memory; will retry)", e)
-        if rt.mesh_id not in self.meshes:  # left while we wrote: leave nothing behind
-            remove_mesh_files(d, rt.mesh_id)
+        except BaseException as e:
+            rt.dirty_disk, rt.save_soon = True, rt.save_soon or soon  # a command's: in a second
+            if isinstance(e, PersistError):
+                self._save_failed(rt, e)
+            raise
+        else:
+            self._save_ok(rt)
+        finally:
+            if rt.mesh_id not in self.meshes:  # left while we wrote: leave nothing behind
+                remove_mesh_files(d, rt.mesh_id)
