@@ -68,10 +68,10 @@ class EngineIO(DaemonBase):
 
         smegctl said "service web set", and a crash in the next second lost the
         change (the persist tick wrote a command's change within a second).
+        A write that fails is the command's answer (``not_saved``, 503).
         """
         self._emit(rt, outs)
-        with contextlib.suppress(PersistError):  # logged; written again by the persist loop
-            await self._save_mesh_off_loop(rt)
+        await self._save_for_command(rt)
 
     def _start_call(self, rt: MeshRuntime, call: Call) -> None:
         """The port's ``send``: the call runs as a task of the mesh."""
@@ -217,8 +217,11 @@ class EngineIO(DaemonBase):
         if isinstance(reply, JoinReply):
             # The admission (a use of its token, in the token ledger) is on disk
             # before the joiner hears of it: after a crash, a one-use token
-            # must not admit again.
+            # must not admit again. Not on disk: not answered; the joiner tries
+            # again (an admission is per joiner) and hears once it is written.
             rt.dirty_disk = True
-            with contextlib.suppress(PersistError):  # logged; written again by the persist loop
+            try:
                 await self._save_mesh_off_loop(rt)
+            except PersistError:
+                raise Refused("the admission could not be saved; try again later") from None
         return encode(reply)

@@ -22,6 +22,7 @@ from smegmesh.core.memo import ItemMemo
 from smegmesh.core.paging import encode_items
 from smegmesh.core.record import RecordError
 from smegmesh.core.wire import WireError, decode_item
+from smegmesh.daemon import service as svc
 from smegmesh.daemon.base import DaemonBase
 from smegmesh.daemon.config import MeshOptions
 from smegmesh.daemon.persist import PersistError, atomic_write
@@ -189,6 +190,16 @@ class StoreOps(DaemonBase):
             if save_due(rt, time.monotonic()):
                 with contextlib.suppress(PersistError):  # logged; retried at a next pass
                     await self._save_mesh_off_loop(rt)
+
+    async def _save_for_command(self, rt: MeshRuntime) -> None:
+        """A command's change on disk before it answers; else ``not_saved`` (503).
+
+        The change stays in effect and the persist loop writes it again.
+        """
+        try:
+            await self._save_mesh_off_loop(rt)
+        except PersistError as e:
+            raise svc.not_saved(e.strerror or str(e)) from None
 
     async def _save_mesh_off_loop(self, rt: MeshRuntime) -> None:
         """:meth:`_save_mesh`, writing in a thread (the state may be megabytes).
