@@ -141,6 +141,9 @@ class MembershipOps(DaemonBase):
             raise svc.invalid_argument(str(e)) from None
         if tok.mesh_id in self.meshes:
             raise svc.conflict(f"already a member of mesh {tok.mesh_id}")
+        not_running = self._unrestored_error(tok.mesh_id)
+        if not_running is not None:  # its saved state is kept: not joined over it
+            raise not_running
         if tok.expiry_ms <= now_ms():
             raise svc.refused("the invitation has expired")
         opts = await self._discover_public(tok, opts)

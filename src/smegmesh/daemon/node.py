@@ -27,6 +27,7 @@ from smegmesh.core.identity import key_to_text
 from smegmesh.core.liveness import LivenessParams
 from smegmesh.core.routing import RoutingResult
 from smegmesh.daemon import service as svc
+from smegmesh.daemon.api_models import NotRestored
 from smegmesh.daemon.apply import ApplyOps
 from smegmesh.daemon.authority_ops import AuthorityOps
 from smegmesh.daemon.bridge_nat import BridgeNatOps
@@ -43,6 +44,7 @@ from smegmesh.daemon.membership import MembershipOps
 from smegmesh.daemon.metrics import MeteredRpcClient, Metrics, serve_metrics
 from smegmesh.daemon.persist import PersistError, remove_stale_temps
 from smegmesh.daemon.ratelog import RateLog
+from smegmesh.daemon.restore import RestoreOps
 from smegmesh.daemon.rpc_dgram import DatagramStats, KeyIds
 from smegmesh.daemon.rpc_dgram_client import DatagramClient
 from smegmesh.daemon.runtime import MeshRuntime, RuntimeOps, now_ms
@@ -61,6 +63,7 @@ class Daemon(
     AuthorityOps,
     DeviceOps,
     StoreOps,
+    RestoreOps,
     EngineIO,
     ApplyOps,
     DnsOps,
@@ -74,6 +77,7 @@ class Daemon(
         self.config = config
         self.state_dir = Path(config.state_dir)
         self.meshes: dict[str, MeshRuntime] = {}
+        self.unrestored: dict[str, NotRestored] = {}
         self._stop = asyncio.Event()
         self._wg_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wg")
         self._reconcile_wake = asyncio.Event()

@@ -27,6 +27,10 @@ from smegmesh.net.discovery import outgoing_address
 log = logging.getLogger("smegd")
 
 
+class NoAddress(svc.ServiceError):
+    """A peer's address to publish is not known (no ``publicEndpoint``, no route yet)."""
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -111,9 +115,11 @@ class RuntimeOps(DaemonBase):
         )
         host = self._endpoint_host(s)
         if role == Role.PEER and host is None:
-            raise svc.unavailable(
+            raise NoAddress(
+                "unavailable",
                 "cannot find this node's address: "
-                "set baseConfiguration.publicEndpoint or --endpoint"
+                "set baseConfiguration.publicEndpoint or --endpoint",
+                503,
             )
         host_only = host
         if host:
@@ -173,5 +179,14 @@ class RuntimeOps(DaemonBase):
     def _get(self, mesh_id: str) -> MeshRuntime:
         rt = self.meshes.get(mesh_id)
         if rt is None:
-            raise svc.unknown_mesh(mesh_id)
+            raise self._unrestored_error(mesh_id) or svc.unknown_mesh(mesh_id)
         return rt
+
+    def _unrestored_error(self, mesh_id: str) -> svc.ServiceError | None:
+        """The error for a command on a saved mesh that did not start (None: none)."""
+        u = self.unrestored.get(mesh_id)
+        if u is None:
+            return None
+        return svc.ServiceError(
+            "not_restored", f"mesh {mesh_id} is saved here but not running: {u.reason}", 503
+        )

@@ -14,17 +14,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import msgpack
-
-from smegmesh.core.addressing import validate_mesh_id
 from smegmesh.core.identity import NodeIdentity, key_to_text
 from smegmesh.core.memo import ItemMemo
 from smegmesh.core.paging import encode_items
-from smegmesh.core.record import RecordError
-from smegmesh.core.wire import WireError, decode_item
 from smegmesh.daemon import service as svc
 from smegmesh.daemon.base import DaemonBase
-from smegmesh.daemon.config import MeshOptions
 from smegmesh.daemon.persist import PersistError, atomic_write
 from smegmesh.daemon.runtime import MeshRuntime, now_ms
 
@@ -133,37 +127,6 @@ class StoreOps(DaemonBase):
         if rt.save_error is not None:
             log.warning("mesh %s: saved again (after: %s)", rt.mesh_id, rt.save_error)
             rt.save_error = None
-
-    def _load_meshes(self) -> list[tuple[dict[str, Any], list[Any]]]:
-        out: list[tuple[dict[str, Any], list[Any]]] = []
-        d = self._mesh_dir()
-        if not d.is_dir():
-            return out
-        for meta_path in sorted(d.glob("*.json")):
-            try:
-                meta = json.loads(meta_path.read_text())
-                validate_mesh_id(meta["mesh_id"])
-                state_path = meta_path.with_suffix(".state")
-                raw = state_path.read_bytes() if state_path.exists() else msgpack.packb([])
-                items = []
-                for obj in msgpack.unpackb(raw, raw=False, strict_map_key=True):
-                    with contextlib.suppress(WireError, RecordError):
-                        items.append(decode_item(obj))
-                out.append((meta, items))
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                log.error("ignoring unreadable mesh state %s: %s", meta_path, e)
-        return out
-
-    def _restore_meshes(self) -> None:
-        """Start the meshes saved on disk (at start-up), from their last-known state."""
-        for meta, items in self._load_meshes():
-            opts = MeshOptions(**meta.get("opts", {}))
-            state = self._new_state(meta["mesh_id"])
-            state.apply_many(items, now_ms())
-            rt = self._add_runtime(meta["mesh_id"], opts, state, meta.get("listen_port"))
-            self._emit(rt, rt.node.start(now_ms()))
-            self.member_events.track(rt.mesh_id, state, "restored")
-            log.info("rejoined mesh %s (%d nodes known)", rt.mesh_id, len(state.live_records()))
 
     async def _persist_loop(self) -> None:
         """Every second: GC, and the writes that are due. A pass that fails is
