@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from smegmesh.daemon import store
+from smegmesh.daemon.ratelog import RateLog
 from smegmesh.daemon.store import LEARNED_SAVE_INTERVAL_S, save_due, write_mesh
 
 
 def rt(**kw: Any) -> Any:
-    base = {"dirty_disk": True, "joining": False, "save_soon": False, "saved_at": 100.0}
+    base = {
+        "dirty_disk": True,
+        "joining": False,
+        "save_soon": False,
+        "saved_at": 100.0,
+        "save_error": None,
+    }
     return SimpleNamespace(**{**base, **kw})
 
 
@@ -47,7 +62,7 @@ def test_unchanged_meta_is_not_rewritten(tmp_path: Path, monkeypatch: Any) -> No
     write_mesh(tmp_path, "m", meta, [])
     write_mesh(tmp_path, "m", meta, [])
     write_mesh(tmp_path, "m", {**meta, "listen_port": 51821}, [])
-    assert wrote == ["m.json", "m.state", "m.state", "m.json", "m.state"]
+    assert wrote == ["m.state", "m.json", "m.state", "m.state", "m.json"]
     assert json.loads((tmp_path / "m.json").read_text())["listen_port"] == 51821
 
 
@@ -133,3 +148,114 @@ def test_a_write_never_overtakes_a_later_one(tmp_path: Path, monkeypatch: Any) -
     monkeypatch.setattr(store, "encode_items", lambda its, memo: json.dumps(its).encode())
     asyncio.run(main())
     assert (tmp_path / "meshes" / "m.state").read_bytes() == json.dumps(items).encode()
+
+
+async def until(cond: Callable[[], object], timeout: float = 20.0) -> None:
+    """Await ``cond()`` (polled) until a deadline."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {cond}"
+        await asyncio.sleep(0.01)
+
+
+def store_ops(state_dir: Path, meshes: dict[str, Any]) -> Any:
+    """A ``StoreOps`` with what its persist loop needs of the daemon."""
+    ops = store.StoreOps.__new__(store.StoreOps)
+    ops.state_dir = state_dir  # type: ignore[attr-defined]
+    ops.meshes = meshes  # type: ignore[attr-defined]
+    ops.config = SimpleNamespace(gc_horizon=86400)  # type: ignore[attr-defined]
+    smegd = logging.getLogger("smegd")
+    ops.dropped_items = RateLog(smegd, "dropped")  # type: ignore[attr-defined]
+    ops.refuted_prunes = RateLog(smegd, "refuted")  # type: ignore[attr-defined]
+    ops.save_failures = RateLog(  # type: ignore[attr-defined]
+        smegd, "failed", unit="writes", prep="of mesh", level=logging.ERROR
+    )
+    ops.member_events = SimpleNamespace(sweep=lambda *a: None)  # type: ignore[attr-defined]
+    return ops
+
+
+def test_the_persist_loop_outlives_a_full_disk_and_writes_once_it_is_freed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full disk (ENOSPC on the temporary file) ended the persist loop for good:
+    nothing was written again once the disk was freed, and the change it failed
+    to write counted as written (its flags were cleared before the write)."""
+    monkeypatch.setattr(store, "PERSIST_TICK_S", 0.01, raising=False)
+    real, tries, disk = tempfile.mkstemp, [], {"full": True}
+
+    def mkstemp(*a: Any, **kw: Any) -> Any:
+        tries.append(1)
+        if disk["full"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    mesh = SimpleNamespace(all_items=lambda: [], memo=None, gc=lambda now, horizon: False)
+    r = rt(
+        mesh_id="m",
+        opts={},
+        listen_port=1,
+        node=SimpleNamespace(mesh=mesh),
+        save_lock=asyncio.Lock(),
+        save_soon=True,
+        saved_at=None,
+    )
+    ops = store_ops(tmp_path, {"m": r})
+    saved = tmp_path / "meshes" / "m.json"  # the second of the two files
+
+    async def main() -> None:
+        task = asyncio.create_task(ops._persist_loop())
+        try:
+            await until(lambda: len(tries) >= 3 or task.done())
+            assert not task.done(), f"the persist loop ended: {task.exception()!r}"
+            assert r.dirty_disk and r.save_soon, "a change not written counts as written"
+            disk["full"] = False
+            await until(lambda: (saved.exists() and r.save_error is None) or task.done())
+            assert not task.done(), f"the persist loop ended: {task.exception()!r}"
+            assert not r.dirty_disk
+        finally:
+            task.cancel()
+
+    with caplog.at_level(logging.INFO, "smegd"):
+        asyncio.run(main())
+    errors = [x.getMessage() for x in caplog.records if x.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors  # then summarised once a minute, not once a second
+    assert "m.state: No space left on device" in errors[0]
+    assert any("mesh m: saved again" in x.getMessage() for x in caplog.records)
+
+
+def test_a_pass_that_fails_does_not_end_the_persist_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Any error in a pass (here the GC's) ended the loop: nothing was written again."""
+    monkeypatch.setattr(store, "PERSIST_TICK_S", 0.01, raising=False)
+    passes: list[int] = []
+
+    def gc(now: int, horizon: int) -> bool:
+        passes.append(1)
+        if len(passes) == 1:
+            raise RuntimeError("a bug")
+        return False
+
+    mesh = SimpleNamespace(all_items=lambda: [], memo=None, gc=gc)
+    r = rt(
+        mesh_id="m",
+        opts={},
+        listen_port=1,
+        node=SimpleNamespace(mesh=mesh),
+        save_lock=asyncio.Lock(),
+        save_soon=True,
+    )
+    ops = store_ops(tmp_path, {"m": r})
+
+    async def main() -> None:
+        task = asyncio.create_task(ops._persist_loop())
+        try:
+            await until(lambda: (tmp_path / "meshes" / "m.json").exists() or task.done())
+            assert not task.done(), f"the persist loop ended: {task.exception()!r}"
+        finally:
+            task.cancel()
+
+    with caplog.at_level(logging.INFO, "smegd"):
+        asyncio.run(main())
+    assert any("persist pass failed" in x.getMessage() for x in caplog.records)

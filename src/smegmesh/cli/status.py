@@ -84,6 +84,9 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         )
         if st.dns_listen:
             con.print(f"DNS on {st.dns_listen} (smeg. names; smegctl dns-help)")
+        for u in st.not_restored:  # the reason is the file's text: no markup
+            then = "tried again" if u.retrying else f"{u.file} kept; fix or move it, restart smegd"
+            con.print(f"mesh {u.mesh_id} NOT RUNNING: {u.reason} ({then})", markup=False)
         if not st.meshes:
             con.print("not in any mesh (create one with: smegctl new-mesh)")
             return

@@ -37,6 +37,7 @@ __all__ = [
     "MeshStatus",
     "MeshSummary",
     "NodeInfo",
+    "NotRestored",
     "OkResponse",
     "PathInfo",
     "PathKind",
@@ -417,6 +418,15 @@ class MeshStatus(_Model):
     routes: list[SelectedRoute] = Field(default_factory=list)
 
 
+class NotRestored(_Model):
+    """A saved mesh that did not start: its file (kept) and why."""
+
+    mesh_id: str
+    file: str
+    reason: str
+    retrying: bool = Field(description="Tried again (no address yet); else fix the file")
+
+
 class StatusResponse(_Model):
     """``GET /v1/status``: the whole node on one screen (``smegctl status``)."""
 
@@ -426,6 +436,7 @@ class StatusResponse(_Model):
     dns_listen: str | None = Field(
         default=None, description="Where smegd's DNS server listens (dnsListen); null: no DNS"
     )
+    not_restored: list[NotRestored] = Field(default_factory=list)
 
 
 class PingRequest(_Request):

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from smegmesh.core.meshnode import Call, Out
     from smegmesh.core.routing import RoutingResult
     from smegmesh.core.state import MeshState
+    from smegmesh.daemon import service as svc
+    from smegmesh.daemon.api_models import NotRestored
     from smegmesh.daemon.config import Config, MeshOptions
     from smegmesh.daemon.direct import DirectManager
     from smegmesh.daemon.events import EventBus, HandshakeEvents, MemberEvents
@@ -44,6 +46,8 @@ class DaemonBase:
         config: Config
         state_dir: Path
         meshes: dict[str, MeshRuntime]
+        #: saved meshes that did not start (daemon/restore.py), by mesh id
+        unrestored: dict[str, NotRestored]
         identity: NodeIdentity
         tls: TlsIdentity
         rpc: MeteredRpcClient
@@ -70,6 +74,7 @@ class DaemonBase:
         _bridge_nat_error: frozenset[str] | None
         dropped_items: RateLog
         refuted_prunes: RateLog
+        save_failures: RateLog
         state_lock: StateLock
         metrics: Metrics
         metrics_server: Any
@@ -85,6 +90,7 @@ class DaemonBase:
             self, mesh_id: str, opts: MeshOptions, state: MeshState, listen_port: int | None
         ) -> MeshRuntime: ...
         def _get(self, mesh_id: str) -> MeshRuntime: ...
+        def _unrestored_error(self, mesh_id: str) -> svc.ServiceError | None: ...
 
         # engine_io.py
         async def _mesh_loop(self, rt: MeshRuntime) -> None: ...
@@ -97,6 +103,7 @@ class DaemonBase:
         def _mesh_dir(self) -> Path: ...
         def _save_mesh(self, rt: MeshRuntime) -> None: ...
         async def _save_mesh_off_loop(self, rt: MeshRuntime) -> None: ...
+        async def _save_for_command(self, rt: MeshRuntime) -> None: ...
         def _restore_meshes(self) -> None: ...
 
         # apply.py

@@ -39,7 +39,7 @@ from smegmesh.daemon.devices_wgquick import (
     render_wg_quick,
     same_ip,
 )
-from smegmesh.daemon.persist import atomic_write
+from smegmesh.daemon.persist import PersistError, atomic_write
 from smegmesh.daemon.ratelog import RateLog
 from smegmesh.daemon.resolve import resolve_node
 from smegmesh.daemon.runtime import now_ms
@@ -78,6 +78,7 @@ class DeviceOps(DeviceRemoteOps):
 
         def _get(self, mesh_id: str) -> MeshRuntime: ...
         def _emit(self, rt: MeshRuntime, outs: list[Any]) -> None: ...
+        async def _save_mesh_off_loop(self, rt: MeshRuntime) -> None: ...
         async def _commit(self, rt: MeshRuntime, outs: list[Any]) -> None: ...
 
     # ------------------------------------------------------------------ views
@@ -233,6 +234,22 @@ class DeviceOps(DeviceRemoteOps):
         log.info("mesh %s: sponsoring device %s (%s)", rt.mesh_id, alias, key_to_text(dkey)[:8])
         return now
 
+    async def _save_device(self, rt: MeshRuntime, dkey: bytes) -> None:
+        """The device just published on disk; else withdrawn and ``not_saved`` (503).
+
+        Withdrawn, not left in effect: its config (with the private key made
+        here) is in the answer only, and a crash would drop the device anyway.
+        """
+        try:
+            await self._save_mesh_off_loop(rt)
+        except PersistError as e:
+            me = rt.node.record
+            if me is not None and any(d.wg_key == dkey for d in me.devices):
+                kept = tuple(d for d in me.devices if d.wg_key != dkey)
+                self._emit(rt, rt.node.update_self(now_ms(), devices=kept))
+            log.info("mesh %s: device %s withdrawn (not saved)", rt.mesh_id, key_to_text(dkey)[:8])
+            raise svc.not_saved(e.strerror or str(e), "the device was not added") from None
+
     def _device_settings(self, rt: MeshRuntime) -> tuple[str | None, list[str]]:
         """(DNS server, routed destinations) this sponsor offers its devices now."""
         return self._dns_for_device(rt), device_routes(rt.mesh_id, self.routing)
@@ -282,7 +299,7 @@ class DeviceOps(DeviceRemoteOps):
         dkey, private = device_key(public_key, keep_key)
         if remote is None:
             now = self._publish_device(rt, dkey, alias)
-            await self._save_mesh_off_loop(rt)  # on disk before the command answers
+            await self._save_device(rt, dkey)  # on disk before the command answers
             dns, routes = self._device_settings(rt)
         else:
             self._check_device_key(rt, dkey)

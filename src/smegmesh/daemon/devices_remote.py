@@ -53,9 +53,7 @@ class DeviceRemoteOps:
         # devices_ops.py
         def _publish_device(self, rt: MeshRuntime, dkey: bytes, alias: str) -> int: ...
         def _device_settings(self, rt: MeshRuntime) -> tuple[str | None, list[str]]: ...
-
-        # store.py
-        async def _save_mesh_off_loop(self, rt: MeshRuntime) -> None: ...
+        async def _save_device(self, rt: MeshRuntime, dkey: bytes) -> None: ...
 
     @functools.cached_property
     def _device_refusals(self) -> RateLog:
@@ -181,7 +179,10 @@ class DeviceRemoteOps:
                 self._publish_device(rt, msg.device_key, msg.alias)
             except svc.ServiceError as e:
                 return fail(e.message)
-            await self._save_mesh_off_loop(rt)  # on disk before the admin hears of it
+            try:
+                await self._save_device(rt, msg.device_key)  # on disk before the admin hears
+            except svc.ServiceError:  # logged here; withdrawn
+                return fail("the sponsor could not save the device (its disk): not added")
             log.info(
                 "mesh %s: device %s added at the request of admin %s",
                 msg.mesh_id,

@@ -25,6 +25,7 @@ from smegmesh.core.wire import WireError, decode, encode
 from smegmesh.daemon.base import DaemonBase
 from smegmesh.daemon.devices_ops import DEVICE_REQUESTS
 from smegmesh.daemon.engineport import answer_who_am_i, reply_of
+from smegmesh.daemon.persist import PersistError
 from smegmesh.daemon.runtime import MeshRuntime, now_ms
 from smegmesh.daemon.transport import Refused, RpcError, caller_address, caller_address_verified
 
@@ -67,9 +68,10 @@ class EngineIO(DaemonBase):
 
         smegctl said "service web set", and a crash in the next second lost the
         change (the persist tick wrote a command's change within a second).
+        A write that fails is the command's answer (``not_saved``, 503).
         """
         self._emit(rt, outs)
-        await self._save_mesh_off_loop(rt)
+        await self._save_for_command(rt)
 
     def _start_call(self, rt: MeshRuntime, call: Call) -> None:
         """The port's ``send``: the call runs as a task of the mesh."""
@@ -215,7 +217,11 @@ class EngineIO(DaemonBase):
         if isinstance(reply, JoinReply):
             # The admission (a use of its token, in the token ledger) is on disk
             # before the joiner hears of it: after a crash, a one-use token
-            # must not admit again.
+            # must not admit again. Not on disk: not answered; the joiner tries
+            # again (an admission is per joiner) and hears once it is written.
             rt.dirty_disk = True
-            await self._save_mesh_off_loop(rt)
+            try:
+                await self._save_mesh_off_loop(rt)
+            except PersistError:
+                raise Refused("the admission could not be saved; try again later") from None
         return encode(reply)

@@ -148,7 +148,13 @@ class LocalApiOps(DaemonBase):
         from smegmesh.daemon.status import build_status
 
         key = key_to_text(self.identity.wg_public_key)
-        return build_status(VERSION, key, await self._details(), self.config.dns_listen)
+        return build_status(
+            VERSION,
+            key,
+            await self._details(),
+            self.config.dns_listen,
+            list(self.unrestored.values()),
+        )
 
     async def ping(
         self, node: str, mesh_id: str | None, count: int, timeout_s: int

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -20,7 +21,8 @@ from smegmesh.daemon.base import DaemonBase
 from smegmesh.daemon.config import MeshOptions, resolve_mesh_settings
 from smegmesh.daemon.joinretry import JOIN_DEADLINE_TIMEOUTS, unreachable_message
 from smegmesh.daemon.joinretry import attempts as join_attempts
-from smegmesh.daemon.runtime import now_ms
+from smegmesh.daemon.persist import PersistError
+from smegmesh.daemon.runtime import MeshRuntime, now_ms
 from smegmesh.daemon.store import remove_mesh_files
 from smegmesh.daemon.transport import RpcError
 
@@ -49,8 +51,16 @@ class MembershipOps(DaemonBase):
                 "a mesh is created by a peer (role client cannot create one)"
             )
         self._emit(rt, rt.node.start(now_ms()))
+        try:
+            self._save_mesh(rt)
+        except PersistError as e:  # nobody knows of the mesh yet: not created
+            del self.meshes[mesh_id]
+            if rt.task:
+                rt.task.cancel()
+            with contextlib.suppress(OSError):
+                remove_mesh_files(self._mesh_dir(), mesh_id)
+            raise svc.not_saved(e.strerror or str(e), "the mesh was not created") from None
         self.member_events.track(mesh_id, rt.node.mesh, "created")
-        self._save_mesh(rt)
         log.info("created mesh %s (invite policy %s)", mesh_id, founding.policy)
         return mesh_id
 
@@ -131,6 +141,9 @@ class MembershipOps(DaemonBase):
             raise svc.invalid_argument(str(e)) from None
         if tok.mesh_id in self.meshes:
             raise svc.conflict(f"already a member of mesh {tok.mesh_id}")
+        not_running = self._unrestored_error(tok.mesh_id)
+        if not_running is not None:  # its saved state is kept: not joined over it
+            raise not_running
         if tok.expiry_ms <= now_ms():
             raise svc.refused("the invitation has expired")
         opts = await self._discover_public(tok, opts)
@@ -170,19 +183,7 @@ class MembershipOps(DaemonBase):
                     # founding record) or our admission: do not join on its word.
                     errors.append((b.control_endpoint, "reply without a valid admission"))
                     continue
-                rt.joining = False
-                rt.dirty_wg = True
-                self._emit(rt, outs)
-                self.member_events.track(tok.mesh_id, node.mesh, "joined")
-                # The reply holds one page of the state; the rest by anti-entropy, now.
-                self._emit(rt, node.pull_from(b.wg_key, now_ms()))
-                self._save_mesh(rt)
-                log.info(
-                    "joined mesh %s through %s (%d nodes)",
-                    tok.mesh_id,
-                    b.control_endpoint,
-                    len(node.live_records()),
-                )
+                self._joined(rt, outs, b)
                 return tok.mesh_id
             errors.append((b.control_endpoint, "refused"))
             if b == tok.bootstrap[0]:
@@ -203,6 +204,29 @@ class MembershipOps(DaemonBase):
             )
         raise svc.unavailable(unreachable_message(errors, time.monotonic() - started))
 
+    def _joined(self, rt: MeshRuntime, outs: list[Any], via: Any) -> None:
+        """A member admitted us (its reply absorbed: ``outs``): the mesh is ours, on disk."""
+        rt.joining = False
+        rt.dirty_wg = True
+        node = rt.node
+        self._emit(rt, outs)
+        self.member_events.track(rt.mesh_id, node.mesh, "joined")
+        # The reply holds one page of the state; the rest by anti-entropy, now.
+        self._emit(rt, node.pull_from(via.wg_key, now_ms()))
+        log.info(
+            "joined mesh %s through %s (%d nodes)",
+            rt.mesh_id,
+            via.control_endpoint,
+            len(node.live_records()),
+        )
+        try:  # the mesh is joined (the members know): it stays, written again
+            self._save_mesh(rt)
+        except PersistError as e:
+            raise svc.not_saved(
+                e.strerror or str(e),
+                f"mesh {rt.mesh_id} is joined but lost if smegd stops first; retried each second",
+            ) from None
+
     async def leave_mesh(self, mesh_id: str) -> None:
         rt = self._get(mesh_id)
         self._emit(rt, rt.node.leave(now_ms()))
@@ -220,6 +244,12 @@ class MembershipOps(DaemonBase):
         except Exception as e:
             log.warning("mesh %s: removing %s: %s", mesh_id, rt.ifname, e)
         await self._run_hooks(rt, "postDown")
-        remove_mesh_files(self._mesh_dir(), mesh_id)
+        try:
+            remove_mesh_files(self._mesh_dir(), mesh_id)
+        except OSError as e:  # a read-only disk: it would be restored at the next start
+            raise svc.not_saved(
+                f"cannot remove the saved mesh: {e}",
+                f"left, but smegd restores it at its next start: remove {mesh_id}.* by hand",
+            ) from None
         self._update_dns()
         log.info("left mesh %s", mesh_id)

@@ -27,6 +27,7 @@ from smegmesh.core.identity import key_to_text
 from smegmesh.core.liveness import LivenessParams
 from smegmesh.core.routing import RoutingResult
 from smegmesh.daemon import service as svc
+from smegmesh.daemon.api_models import NotRestored
 from smegmesh.daemon.apply import ApplyOps
 from smegmesh.daemon.authority_ops import AuthorityOps
 from smegmesh.daemon.bridge_nat import BridgeNatOps
@@ -41,7 +42,9 @@ from smegmesh.daemon.localapi import LocalApiOps
 from smegmesh.daemon.malloc import release_free_memory
 from smegmesh.daemon.membership import MembershipOps
 from smegmesh.daemon.metrics import MeteredRpcClient, Metrics, serve_metrics
+from smegmesh.daemon.persist import PersistError, remove_stale_temps
 from smegmesh.daemon.ratelog import RateLog
+from smegmesh.daemon.restore import RestoreOps
 from smegmesh.daemon.rpc_dgram import DatagramStats, KeyIds
 from smegmesh.daemon.rpc_dgram_client import DatagramClient
 from smegmesh.daemon.runtime import MeshRuntime, RuntimeOps, now_ms
@@ -60,6 +63,7 @@ class Daemon(
     AuthorityOps,
     DeviceOps,
     StoreOps,
+    RestoreOps,
     EngineIO,
     ApplyOps,
     DnsOps,
@@ -73,6 +77,7 @@ class Daemon(
         self.config = config
         self.state_dir = Path(config.state_dir)
         self.meshes: dict[str, MeshRuntime] = {}
+        self.unrestored: dict[str, NotRestored] = {}
         self._stop = asyncio.Event()
         self._wg_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wg")
         self._reconcile_wake = asyncio.Event()
@@ -109,6 +114,11 @@ class Daemon(
         self.refuted_prunes = RateLog(
             log, "refuted", unit="prunes", prep="by member", level=logging.WARNING
         )
+        #: writes of a mesh's state that failed (a full or read-only disk): one
+        #: line at once, then one summary per mesh per minute
+        self.save_failures = RateLog(
+            log, "failed", unit="writes", prep="of mesh", level=logging.ERROR
+        )
         self.state_lock = StateLock(self.state_dir)
         self.metrics = Metrics(self)
         self.metrics_server: Any = None
@@ -128,6 +138,7 @@ class Daemon(
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.state_dir, 0o700)
         self.state_lock.acquire()  # one daemon per state directory (StateDirLocked)
+        remove_stale_temps(self.state_dir)  # of writes a crash interrupted
         self.identity = self._load_identity()
         self.tls = TlsIdentity.load_or_create(self.state_dir)
         dgram = DatagramStats() if cfg.datagrams else None  # UDP beside gRPC (rpc_dgram.py)
@@ -189,7 +200,12 @@ class Daemon(
                 rt.task.cancel()
             async with rt.save_lock:  # a write in a thread finishes first, not after ours
                 if rt.dirty_disk and not rt.joining:
-                    self._save_mesh(rt)
+                    try:
+                        self._save_mesh(rt)
+                    except PersistError as e:
+                        log.error(
+                            "mesh %s: changes since its last write lost: %s", rt.mesh_id, e.strerror
+                        )
         for t in self._tasks:
             t.cancel()
         self.events.close()  # ends the event streams: the API servers stop at once

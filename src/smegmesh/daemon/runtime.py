@@ -27,6 +27,10 @@ from smegmesh.net.discovery import outgoing_address
 log = logging.getLogger("smegd")
 
 
+class NoAddress(svc.ServiceError):
+    """A peer's address to publish is not known (no ``publicEndpoint``, no route yet)."""
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -55,6 +59,8 @@ class MeshRuntime:
     #: held while the state is encoded and written: writes land in the order
     #: they were taken (an older snapshot never overwrites a newer one)
     save_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: why the last write failed (None: it did not); retried by the persist loop
+    save_error: str | None = None
     calls: set[asyncio.Task[None]] = field(default_factory=set)
     hooks: dict[str, list[str]] = field(default_factory=dict)
     up: bool = False
@@ -109,9 +115,11 @@ class RuntimeOps(DaemonBase):
         )
         host = self._endpoint_host(s)
         if role == Role.PEER and host is None:
-            raise svc.unavailable(
+            raise NoAddress(
+                "unavailable",
                 "cannot find this node's address: "
-                "set baseConfiguration.publicEndpoint or --endpoint"
+                "set baseConfiguration.publicEndpoint or --endpoint",
+                503,
             )
         host_only = host
         if host:
@@ -171,5 +179,14 @@ class RuntimeOps(DaemonBase):
     def _get(self, mesh_id: str) -> MeshRuntime:
         rt = self.meshes.get(mesh_id)
         if rt is None:
-            raise svc.unknown_mesh(mesh_id)
+            raise self._unrestored_error(mesh_id) or svc.unknown_mesh(mesh_id)
         return rt
+
+    def _unrestored_error(self, mesh_id: str) -> svc.ServiceError | None:
+        """The error for a command on a saved mesh that did not start (None: none)."""
+        u = self.unrestored.get(mesh_id)
+        if u is None:
+            return None
+        return svc.ServiceError(
+            "not_restored", f"mesh {mesh_id} is saved here but not running: {u.reason}", 503
+        )

@@ -35,6 +35,7 @@ __all__ = [
     "ServiceError",
     "conflict",
     "invalid_argument",
+    "not_saved",
     "refused",
     "unavailable",
     "unknown_mesh",
@@ -84,6 +85,18 @@ def conflict(message: str) -> ServiceError:
 def unavailable(message: str) -> ServiceError:
     """503: e.g. no member reachable to join through, graphviz missing."""
     return ServiceError("unavailable", message, 503)
+
+
+def not_saved(reason: str, outcome: str = "") -> ServiceError:
+    """503: a change that could not be written to disk (a full or read-only disk).
+
+    ``outcome``: what became of the change; by default it is in effect, and
+    smegd writes it again every second.
+    """
+    outcome = (
+        outcome or "the change is in effect but lost if smegd stops first; retried each second"
+    )
+    return ServiceError("not_saved", f"not saved: {reason} ({outcome})", 503)
 
 
 @runtime_checkable

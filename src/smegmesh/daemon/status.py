@@ -30,6 +30,7 @@ from smegmesh.daemon.api_models import (
     MeshDetail,
     MeshStatus,
     NodeInfo,
+    NotRestored,
     PathInfo,
     PathKind,
     PingResponse,
@@ -170,6 +171,7 @@ def build_status(
     self_key: str | None,
     meshes: Sequence[MeshDetail],
     dns_listen: str | None = None,
+    not_restored: Sequence[NotRestored] = (),
 ) -> StatusResponse:
     """The whole node: every mesh, its members with their paths, and the routes in use."""
     out = []
@@ -188,7 +190,13 @@ def build_status(
                 routes=list(m.routes),
             )
         )
-    return StatusResponse(version=version, public_key=self_key, meshes=out, dns_listen=dns_listen)
+    return StatusResponse(
+        version=version,
+        public_key=self_key,
+        meshes=out,
+        dns_listen=dns_listen,
+        not_restored=sorted(not_restored, key=lambda u: u.mesh_id),
+    )
 
 
 # --------------------------------------------------------------------------- ping

@@ -14,16 +14,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import msgpack
-
-from smegmesh.core.addressing import validate_mesh_id
 from smegmesh.core.identity import NodeIdentity, key_to_text
 from smegmesh.core.memo import ItemMemo
 from smegmesh.core.paging import encode_items
-from smegmesh.core.record import RecordError
-from smegmesh.core.wire import WireError, decode_item
+from smegmesh.daemon import service as svc
 from smegmesh.daemon.base import DaemonBase
-from smegmesh.daemon.config import MeshOptions
 from smegmesh.daemon.persist import PersistError, atomic_write
 from smegmesh.daemon.runtime import MeshRuntime, now_ms
 
@@ -36,6 +31,9 @@ log = logging.getLogger("smegd")
 #: brings it back). At 100 daemons on 2 cores, writing every second took 15 %
 #: of a forming daemon's CPU (encoding, and four fsyncs per write).
 LEARNED_SAVE_INTERVAL_S = 5.0
+
+#: The persist loop's period: GC, and the writes that are due (a failed one again).
+PERSIST_TICK_S = 1.0
 
 
 def save_due(rt: MeshRuntime, now_s: float) -> bool:
@@ -63,15 +61,20 @@ def write_mesh(
 
 
 def write_mesh_files(d: Path, mesh_id: str, meta: dict[str, Any], state: bytes) -> None:
-    """:func:`write_mesh` with the items already encoded (``paging.encode_items``)."""
+    """:func:`write_mesh` with the items already encoded (``paging.encode_items``).
+
+    The state first: a mesh is restored from its ``.json``, and a crash between
+    a new mesh's two first writes must not leave one without its state (no
+    founding record, no admission). A ``.state`` alone is not loaded.
+    """
     meta_path, meta_bytes = d / f"{mesh_id}.json", json.dumps(meta).encode()
     try:
         same = meta_path.read_bytes() == meta_bytes  # small; it rarely changes
     except OSError:
         same = False
+    atomic_write(d / f"{mesh_id}.state", state)
     if not same:
         atomic_write(meta_path, meta_bytes)
-    atomic_write(d / f"{mesh_id}.state", state)
 
 
 def remove_mesh_files(d: Path, mesh_id: str) -> None:
@@ -100,58 +103,66 @@ class StoreOps(DaemonBase):
         return self.state_dir / "meshes"
 
     def _save_mesh(self, rt: MeshRuntime) -> None:
+        """Write ``rt`` now, on the loop (a new mesh, a join, the last write at stop).
+
+        Raises :class:`PersistError` (logged; the mesh stays to be written).
+        """
+        mesh = rt.node.mesh
         try:
-            mesh = rt.node.mesh
             write_mesh(self._mesh_dir(), rt.mesh_id, mesh_meta(rt), mesh.all_items(), mesh.memo)
-            rt.dirty_disk = rt.save_soon = False
-            rt.saved_at = time.monotonic()
         except PersistError as e:
-            log.error("%s (state kept in memory; will retry)", e)
+            rt.dirty_disk = True
+            self._save_failed(rt, e)
+            raise
+        rt.dirty_disk = rt.save_soon = False
+        rt.saved_at = time.monotonic()
+        self._save_ok(rt)
 
-    def _load_meshes(self) -> list[tuple[dict[str, Any], list[Any]]]:
-        out: list[tuple[dict[str, Any], list[Any]]] = []
-        d = self._mesh_dir()
-        if not d.is_dir():
-            return out
-        for meta_path in sorted(d.glob("*.json")):
-            try:
-                meta = json.loads(meta_path.read_text())
-                validate_mesh_id(meta["mesh_id"])
-                state_path = meta_path.with_suffix(".state")
-                raw = state_path.read_bytes() if state_path.exists() else msgpack.packb([])
-                items = []
-                for obj in msgpack.unpackb(raw, raw=False, strict_map_key=True):
-                    with contextlib.suppress(WireError, RecordError):
-                        items.append(decode_item(obj))
-                out.append((meta, items))
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                log.error("ignoring unreadable mesh state %s: %s", meta_path, e)
-        return out
+    def _save_failed(self, rt: MeshRuntime, e: PersistError) -> None:
+        """A write of ``rt`` failed: logged once, then summarised once a minute."""
+        rt.save_error = e.strerror or str(e)
+        self.save_failures.note(rt.mesh_id, f"{rt.save_error} (kept in memory; retried)")
 
-    def _restore_meshes(self) -> None:
-        """Start the meshes saved on disk (at start-up), from their last-known state."""
-        for meta, items in self._load_meshes():
-            opts = MeshOptions(**meta.get("opts", {}))
-            state = self._new_state(meta["mesh_id"])
-            state.apply_many(items, now_ms())
-            rt = self._add_runtime(meta["mesh_id"], opts, state, meta.get("listen_port"))
-            self._emit(rt, rt.node.start(now_ms()))
-            self.member_events.track(rt.mesh_id, state, "restored")
-            log.info("rejoined mesh %s (%d nodes known)", rt.mesh_id, len(state.live_records()))
+    def _save_ok(self, rt: MeshRuntime) -> None:
+        if rt.save_error is not None:
+            log.warning("mesh %s: saved again (after: %s)", rt.mesh_id, rt.save_error)
+            rt.save_error = None
 
     async def _persist_loop(self) -> None:
-        horizon = int(self.config.gc_horizon * 1000)
+        """Every second: GC, and the writes that are due. A pass that fails is
+        logged and the next one runs: the loop never ends (a full disk made it
+        end for good, and nothing was written again once the disk was freed)."""
         while True:
-            await asyncio.sleep(1.0)
-            for rl in (self.dropped_items, self.refuted_prunes):
-                if len(rl):  # its summary, once per interval
-                    rl.note_tick()
-            for rt in list(self.meshes.values()):
-                if rt.node.mesh.gc(now_ms(), horizon):
-                    rt.dirty_disk = True
-                    self.member_events.sweep(rt.mesh_id, rt.node.mesh)
-                if save_due(rt, time.monotonic()):
+            await asyncio.sleep(PERSIST_TICK_S)
+            try:
+                await self._persist_pass()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("persist pass failed (continuing)")
+
+    async def _persist_pass(self) -> None:
+        horizon = int(self.config.gc_horizon * 1000)
+        for rl in (self.dropped_items, self.refuted_prunes, self.save_failures):
+            if len(rl):  # its summary, once per interval
+                rl.note_tick()
+        for rt in list(self.meshes.values()):
+            if rt.node.mesh.gc(now_ms(), horizon):
+                rt.dirty_disk = True
+                self.member_events.sweep(rt.mesh_id, rt.node.mesh)
+            if save_due(rt, time.monotonic()):
+                with contextlib.suppress(PersistError):  # logged; retried at a next pass
                     await self._save_mesh_off_loop(rt)
+
+    async def _save_for_command(self, rt: MeshRuntime) -> None:
+        """A command's change on disk before it answers; else ``not_saved`` (503).
+
+        The change stays in effect and the persist loop writes it again.
+        """
+        try:
+            await self._save_mesh_off_loop(rt)
+        except PersistError as e:
+            raise svc.not_saved(e.strerror or str(e)) from None
 
     async def _save_mesh_off_loop(self, rt: MeshRuntime) -> None:
         """:meth:`_save_mesh`, writing in a thread (the state may be megabytes).
@@ -164,17 +175,25 @@ class StoreOps(DaemonBase):
             await self._save_locked(rt)
 
     async def _save_locked(self, rt: MeshRuntime) -> None:
+        """Raises :class:`PersistError` (logged): the mesh stays to be written."""
         meta = mesh_meta(rt)
         mesh = rt.node.mesh
         state = encode_items(list(mesh.all_items()), mesh.memo)
         soon = rt.save_soon
+        # Cleared before the write (a change while it is under way marks the mesh
+        # again), set again unless the write succeeded.
         rt.dirty_disk = rt.save_soon = False
         rt.saved_at = time.monotonic()
         d = self._mesh_dir()
         try:
             await asyncio.to_thread(write_mesh_files, d, rt.mesh_id, meta, state)
-        except PersistError as e:
-            rt.dirty_disk, rt.save_soon = True, soon  # a command's change: retried in a second
-            log.error("%s (state kept in memory; will retry)", e)
-        if rt.mesh_id not in self.meshes:  # left while we wrote: leave nothing behind
-            remove_mesh_files(d, rt.mesh_id)
+        except BaseException as e:
+            rt.dirty_disk, rt.save_soon = True, rt.save_soon or soon  # a command's: in a second
+            if isinstance(e, PersistError):
+                self._save_failed(rt, e)
+            raise
+        else:
+            self._save_ok(rt)
+        finally:
+            if rt.mesh_id not in self.meshes:  # left while we wrote: leave nothing behind
+                remove_mesh_files(d, rt.mesh_id)

@@ -1,0 +1,42 @@
+"""A real :class:`~smegmesh.daemon.node.Daemon` in the test's own event loop.
+
+Memory WireGuard backend, bound to ``::1``, on a short state directory: no
+process, no root. For what a unit test needs of a whole daemon (start-up from
+a prepared state directory, a command's answer when the disk fails).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from smegmesh.daemon.config import parse_config
+from smegmesh.daemon.node import Daemon
+from smegmesh.testbed.ports import free_port
+
+
+def daemon_config(root: Path, **extra: Any) -> Any:
+    """A daemon's configuration with ``root/state`` as its state directory."""
+    cfg: dict[str, Any] = {
+        "stubWg": True,
+        "stateDir": str(root / "state"),
+        "controlSocket": str(root / "s.sock"),
+        "gRPCPort": free_port(),
+        "bindAddress": "::1",
+        "baseConfiguration": {"publicEndpoint": "::1"},
+    }
+    cfg.update(extra)
+    return parse_config(cfg)
+
+
+@contextlib.asynccontextmanager
+async def running_daemon(root: Path, **extra: Any) -> AsyncIterator[Daemon]:
+    """A started daemon on ``root`` (keep ``root`` short: a unix socket lives there)."""
+    d = Daemon(daemon_config(root, **extra))
+    try:
+        await d.start()
+        yield d
+    finally:
+        await d.stop()
