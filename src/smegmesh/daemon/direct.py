@@ -116,8 +116,9 @@ class DirectManager:
         #: per mesh: when discovery and slow probes are due, the port move
         self.schedules: dict[str, DirectSchedule] = {}
         self._targets: dict[str, tuple[int, dict[bytes, str]]] = {}
-        #: WireGuard status read to answer WhereAmI, per mesh: (monotonic time, status)
-        self._status_cache: dict[str, tuple[float, Any]] = {}
+        #: WireGuard status read to answer WhereAmI, per mesh: the read in
+        #: flight or done (dropped STATUS_CACHE_S after it finished)
+        self._status_cache: dict[str, asyncio.Future[Any]] = {}
         self.prober = Prober()
         #: per mesh: key -> overlay address of the nodes probed
         self.probed: dict[str, dict[bytes, str]] = {}
@@ -131,16 +132,36 @@ class DirectManager:
         self.backoff_base_ms = int(getattr(cfg, "direct_backoff", 5.0) * 1000)
 
     async def observed(self, rt: Any, key: bytes) -> str | None:
-        """Answer ``WhereAmI`` from ``key`` (one status read per mesh per ``STATUS_CACHE_S``)."""
-        cached = self._status_cache.get(rt.mesh_id)
-        if cached is None or time.monotonic() - cached[0] > STATUS_CACHE_S:
-            status = None
-            with contextlib.suppress(Exception):
-                status = await asyncio.get_running_loop().run_in_executor(
-                    self.node._wg_pool, self.node.backend.read, rt.ifname
-                )
-            cached = self._status_cache[rt.mesh_id] = (time.monotonic(), status)
-        return observed_endpoint(cached[1], key)
+        """Answer ``WhereAmI`` from ``key`` (one status read per mesh per ``STATUS_CACHE_S``).
+
+        Single flight: the first call while there is no read of the mesh
+        starts one, every other call awaits that same read (it was written to
+        the cache only once finished: each call meanwhile read the whole
+        interface again on the one WireGuard thread). The read is dropped
+        ``STATUS_CACHE_S`` after it finished, call or not (a mesh left keeps
+        nothing, and without ``directPeers`` no loop runs to clean up).
+        """
+        read = self._status_cache.get(rt.mesh_id)
+        if read is None:
+            read = asyncio.ensure_future(self._read_status(rt.ifname))
+            self._status_cache[rt.mesh_id] = read
+            read.add_done_callback(lambda done: self._expire_status(rt.mesh_id, done))
+        # a caller that gives up (its connection closed) leaves the read to the others
+        return observed_endpoint(await asyncio.shield(read), key)
+
+    async def _read_status(self, ifname: str) -> Any:
+        with contextlib.suppress(Exception):
+            return await asyncio.get_running_loop().run_in_executor(
+                self.node._wg_pool, self.node.backend.read, ifname
+            )
+        return None
+
+    def _expire_status(self, mesh_id: str, read: asyncio.Future[Any]) -> None:
+        def drop() -> None:
+            if self._status_cache.get(mesh_id) is read:
+                del self._status_cache[mesh_id]
+
+        asyncio.get_running_loop().call_later(STATUS_CACHE_S, drop)
 
     def plan(self, mesh_id: str) -> Mapping[bytes, DirectPeer]:
         return self.plans.get(mesh_id, {})
