@@ -94,3 +94,231 @@ def test_whereami_status_is_read_again_after_the_cache_time_and_then_forgotten(
         await _until(lambda: not m._status_cache)
 
     asyncio.run(go())
+
+
+# --------------------------------------------------------------------------- one mesh stalls
+MESH_B = "amber-falcon-lake-k7q3"
+SLOW_S = 1.5  # a WhereAmI or status read this slow; echoes go unanswered after 0.4 s here
+
+
+class _Echoes:
+    """A prober whose echoes are answered 10 ms later (a healthy direct path)."""
+
+    usable = True
+
+    def __init__(self) -> None:
+        self.last: dict[str, int] = {}
+
+    def send(self, addr: str) -> None:
+        def answer() -> None:
+            self.last[addr] = int(time.time() * 1000)
+
+        asyncio.get_running_loop().call_later(0.01, answer)
+
+    def reply_ms(self, addr: str) -> int:
+        return self.last.get(addr, 0)
+
+    def keep(self, addrs: object) -> None:
+        pass
+
+    def rtt_ms(self, addr: str) -> None:
+        return None
+
+
+def _mesh(mesh_id: str, me: Any, records: list[Any], ifname: str) -> Any:
+    rt = SimpleNamespace(
+        mesh_id=mesh_id,
+        listen_port=51820,
+        opts={},
+        ifname=ifname,
+        up=True,
+        joining=False,
+        dirty_wg=False,
+        dirty_disk=False,
+    )
+    rt.node = SimpleNamespace(
+        record=me,
+        mesh=SimpleNamespace(version=1),
+        live_records=lambda: records,
+        gossip=SimpleNamespace(pull_interval_ms=3000),
+    )
+    return rt
+
+
+def _two_meshes(
+    monkeypatch: pytest.MonkeyPatch, read: Any, call: Any, a_chooses: bool
+) -> tuple[DirectManager, Any]:
+    """Mesh A (its discovery or status read is ``call`` / ``read``) and mesh B,
+    where a direct session with client 1 is up and healthy."""
+    from smegmesh.core.direct import DirectPeer, DirectTable, _Session
+    from smegmesh.core.direct_plan import DirectSchedule
+    from smegmesh.core.identity import NodeIdentity
+    from smegmesh.core.record import NodeRecord, Role
+
+    monkeypatch.setattr(ddirect, "TICK_S", 0.05)
+
+    def rec(i: int, mesh: str, role: Role = Role.CLIENT, **kw: Any) -> NodeRecord:
+        ident: NodeIdentity = IDS[i]
+        if role == Role.PEER:
+            kw.update(control_endpoint=f"198.51.100.{i}:7000", tls_fp=bytes(32))
+            kw["wg_endpoint"] = f"198.51.100.{i}:51820"
+        return NodeRecord.create(ident, mesh, version=1, now_ms=1, role=role, **kw)
+
+    nat = {"nat_endpoint": "203.0.113.1:51820"} if a_chooses else {}
+    me_a = rec(0, MESH, **nat)
+    a_recs = [me_a, rec(5, MESH, Role.PEER)]
+    if a_chooses:  # a partner in mesh A too: its tick reads mesh A's status
+        a_recs.append(rec(2, MESH, nat_endpoint="198.51.100.88:51820"))
+    me_b = rec(0, MESH_B, nat_endpoint="203.0.113.1:51820")
+    mate = rec(1, MESH_B, nat_endpoint="198.51.100.77:51820")
+    rt_a = _mesh(MESH, me_a, a_recs, "smegA")
+    rt_b = _mesh(MESH_B, me_b, [me_b, mate, rec(6, MESH_B, Role.PEER)], "smegB")
+    node = SimpleNamespace(
+        meshes={MESH: rt_a, MESH_B: rt_b},
+        identity=IDS[0],
+        config=None,
+        _reconcile_wake=asyncio.Event(),
+        _wg_pool=concurrent.futures.ThreadPoolExecutor(1),
+        backend=SimpleNamespace(read=read),
+        rpc=SimpleNamespace(call=call),
+        _emit=lambda *a: None,
+    )
+    m = DirectManager(node, 8)
+    m.prober = _Echoes()  # type: ignore[assignment]
+    now, mono = int(time.time() * 1000), ddirect._now_ms()
+    for mesh_id in (MESH, MESH_B) if a_chooses else (MESH_B,):  # no discovery due
+        m.schedules[mesh_id] = DirectSchedule(discovered_ms=mono, first_discovery_ms=mono)
+    k = IDS[1].wg_public_key
+    table = m.tables[MESH_B] = DirectTable(me=IDS[0].wg_public_key, probe_stale_ms=400)
+    table.sessions[k] = _Session("198.51.100.77:51820", now - 5000, 0, now, True, now)
+    m.plans[MESH_B] = {k: DirectPeer("198.51.100.77:51820", True)}
+    m.probed[MESH_B] = {k: mate.address}  # as the ticks before left it
+    return m, rt_b
+
+
+def _wg_status(keys: list[bytes]) -> Any:
+    """Handshakes a second ago and more bytes at every read (keepalives arrive)."""
+    rx = {"n": 1000}
+
+    def status() -> Any:
+        rx["n"] += 148
+        p = SimpleNamespace(last_handshake=time.time() - 1, rx_bytes=rx["n"], endpoint=None)
+        return SimpleNamespace(peers={k: p for k in keys})
+
+    return status
+
+
+def _run_until(m: DirectManager, cond: Any) -> None:
+    async def go() -> None:
+        task = asyncio.create_task(m._run())
+        try:
+            await _until(cond)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(go())
+
+
+def test_a_slow_discovery_in_one_mesh_does_not_drop_direct_sessions_of_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The loop awaited each mesh's tick in turn, and a tick awaited its
+    WhereAmI: while a slow (or hostile) assigned peer of mesh A took its time
+    (up to the 5 s call timeout, at every discovery), no echo went over any
+    session of mesh B, and after PROBE_STALE_MS they all went down and backed off."""
+    status = _wg_status([IDS[1].wg_public_key])
+    b_reads = 0
+    at_call: int | None = None
+    at_answer: int | None = None
+
+    def read(ifname: str) -> Any:
+        nonlocal b_reads
+        b_reads += ifname == "smegB"
+        return status()
+
+    async def call(endpoint: str, fp: bytes, body: bytes, *a: Any, **k: Any) -> bytes:
+        from smegmesh.core.messages import Observed
+        from smegmesh.core.wire import encode
+
+        nonlocal at_call, at_answer
+        at_call = b_reads
+        await asyncio.sleep(SLOW_S)
+        at_answer = b_reads
+        return encode(Observed(MESH, None))
+
+    m, _ = _two_meshes(monkeypatch, read, call, a_chooses=False)
+    _run_until(m, lambda: at_answer is not None and b_reads > at_answer + 3)
+    assert m.tables[MESH_B].state(IDS[1].wg_public_key) == "up"
+    assert at_call is not None and at_answer is not None
+    assert at_answer - at_call > 3  # mesh B ticked while mesh A's answer was awaited
+
+
+def test_one_discovery_per_mesh_in_flight_and_a_mesh_left_cancels_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Discovery runs beside the tick: never two of one mesh at once (an
+    assigned peer that never answers holds one call, not one per period), and
+    leaving the mesh ends it."""
+    from smegmesh.core import direct_plan
+
+    monkeypatch.setattr(direct_plan, "DISCOVER_RETRY_MS", 10)
+    calls: list[bytes] = []
+    cancelled = asyncio.Event()
+
+    async def call(endpoint: str, fp: bytes, body: bytes, *a: Any, **k: Any) -> bytes:
+        calls.append(body)
+        try:
+            await asyncio.Event().wait()  # never answers
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        raise AssertionError("unreachable")
+
+    status = _wg_status([IDS[1].wg_public_key])
+    ticks = {"b": 0}
+
+    def read(ifname: str) -> Any:
+        ticks["b"] += 1
+        return status()
+
+    m, _ = _two_meshes(monkeypatch, read, call, a_chooses=False)
+
+    async def go() -> None:
+        task = asyncio.create_task(m._run())
+        try:
+            await _until(lambda: ticks["b"] > 10)
+            assert len(calls) == 1 and MESH in m._discovering
+            del m.node.meshes[MESH]  # mesh A left
+            await _until(cancelled.is_set)
+            await _until(lambda: MESH not in m._discovering)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(go())
+
+
+def test_a_slow_status_read_of_one_mesh_does_not_stop_the_echoes_of_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The echoes went from the tick: a tick waiting for the one WireGuard
+    worker (mesh A's read slow, or the worker busy applying a big mesh) sent
+    none over mesh B's sessions, whose next tick then found them stale."""
+    status = _wg_status([IDS[1].wg_public_key, IDS[2].wg_public_key])
+    seen = {"slow_done": False, "b_after": 0}
+
+    def read(ifname: str) -> Any:
+        if ifname == "smegA" and not seen["slow_done"]:
+            time.sleep(SLOW_S)
+            seen["slow_done"] = True
+        elif ifname == "smegB" and seen["slow_done"]:
+            seen["b_after"] += 1
+        return status()
+
+    async def call(*a: Any, **k: Any) -> bytes:
+        raise AssertionError("no discovery is due")
+
+    m, _ = _two_meshes(monkeypatch, read, call, a_chooses=True)
+    _run_until(m, lambda: seen["b_after"] > 3)
+    assert m.tables[MESH_B].state(IDS[1].wg_public_key) == "up"

@@ -4,14 +4,18 @@ Only with ``directPeers > 0`` and only on client meshes. Every ``TICK_S``:
 
 * every ``DISCOVER_S``, ask the assigned peer (``WhereAmI``) which endpoint it
   sees our WireGuard packets come from, and publish it with our local
-  endpoints in our record (only when it changed);
+  endpoints in our record (only when it changed); in a task of its own, one
+  per mesh at a time (a slow or hostile assigned peer holds no tick);
 * read our WireGuard status, advance the :class:`~smegmesh.core.direct.DirectTable`
   with the clients :func:`~smegmesh.core.direct.choose_direct` picks, and
   re-apply the WireGuard configuration when the sessions changed;
-* send an ICMPv6 echo (:class:`~smegmesh.daemon.probe.Prober`) over every up
-  session each tick (liveness both ways, round trip), and every ``SLOW_PROBE_S``
+* every ``SLOW_PROBE_S``, send an ICMPv6 echo (:class:`~smegmesh.daemon.probe.Prober`)
   to the chosen clients not (yet) direct and to the assigned peer (the round
   trip through the relay), shown by ``get-mesh`` / ``smegctl status``.
+
+Apart from the ticks, every ``TICK_S``, an echo goes over every up session of
+every mesh (liveness both ways, round trip): a tick waiting for the WireGuard
+worker must not let the sessions of every mesh go stale.
 
 Several clients behind one NAT on the same WireGuard port (the default port
 is the same for every node of a mesh): the NAT can give that port to only one
@@ -122,6 +126,8 @@ class DirectManager:
         self.prober = Prober()
         #: per mesh: key -> overlay address of the nodes probed
         self.probed: dict[str, dict[bytes, str]] = {}
+        #: per mesh: the discovery in flight (one at a time, not awaited by the tick)
+        self._discovering: dict[str, asyncio.Task[None]] = {}
         #: a tick that raised, and a discovery without an answer: the first of
         #: each per mesh at once, then one summary a minute (a client whose
         #: direct sessions never start says why)
@@ -188,26 +194,55 @@ class DirectManager:
             self.prober.close()
 
     async def _run(self) -> None:
+        """Tick every mesh in turn; echoes and discoveries go in tasks of their own.
+
+        A tick waits for the one WireGuard worker (its status read), which a
+        big mesh's apply or a slow read may hold: the echoes over the up
+        sessions of every mesh must not wait with it (unanswered for
+        ``PROBE_STALE_MS``, a session is dropped), nor for a slow ``WhereAmI``.
+        """
+        echoes = asyncio.create_task(self._echo_loop())
+        try:
+            while True:
+                await asyncio.sleep(TICK_S)
+                self._forget_left()
+                self.errors.note_tick()
+                self.discovery.note_tick()
+                for rt in list(self.node.meshes.values()):
+                    try:
+                        await self._tick(rt)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as e:
+                        self.errors.note(rt.mesh_id, f"{type(e).__name__}: {e}")
+        finally:
+            tasks = [echoes, *self._discovering.values()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _forget_left(self) -> None:
+        maps: tuple[dict[str, Any], ...] = (self.tables, self.plans, self._targets, self.probed)
+        for d in maps:
+            for mesh_id in [m for m in d if m not in self.node.meshes]:
+                del d[mesh_id]  # meshes left
+        for mesh_id in [m for m in self.schedules if m not in self.node.meshes]:
+            # a mesh left: its timing and its port moves go (a rejoin starts
+            # on the default port again, and may have to move off it)
+            del self.schedules[mesh_id]
+        for mesh_id in [m for m in self._discovering if m not in self.node.meshes]:
+            self._discovering.pop(mesh_id).cancel()
+        self.prober.keep([a for p in self.probed.values() for a in p.values()])
+
+    async def _echo_loop(self) -> None:
+        """An echo over every up session of every mesh each ``TICK_S`` (liveness both ways)."""
         while True:
             await asyncio.sleep(TICK_S)
-            maps: tuple[dict[str, Any], ...] = (self.tables, self.plans, self._targets, self.probed)
-            for d in maps:
-                for mesh_id in [m for m in d if m not in self.node.meshes]:
-                    del d[mesh_id]  # meshes left
-            for mesh_id in [m for m in self.schedules if m not in self.node.meshes]:
-                # a mesh left: its timing and its port moves go (a rejoin starts
-                # on the default port again, and may have to move off it)
-                del self.schedules[mesh_id]
-            self.prober.keep([a for p in self.probed.values() for a in p.values()])
-            self.errors.note_tick()
-            self.discovery.note_tick()
-            for rt in list(self.node.meshes.values()):
-                try:
-                    await self._tick(rt)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as e:
-                    self.errors.note(rt.mesh_id, f"{type(e).__name__}: {e}")
+            for mesh_id, plan in list(self.plans.items()):
+                addrs = self.probed.get(mesh_id, {})
+                for k, p in plan.items():
+                    if p.routed and k in addrs:
+                        self.prober.send(addrs[k])
 
     async def _tick(self, rt: Any) -> None:
         me = rt.node.record
@@ -219,9 +254,10 @@ class DirectManager:
             if sch is not None:
                 sch.paused()
             return
-        if self._schedule(rt.mesh_id).discovery_due(_now_ms(), bool(me.nat_endpoint)):
-            await self._discover(rt, me)
-            me = rt.node.record
+        if rt.mesh_id not in self._discovering and self._schedule(rt.mesh_id).discovery_due(
+            _now_ms(), bool(me.nat_endpoint)
+        ):
+            self._start_discovery(rt, me)
         targets = self._sessions_with(rt, me)
         self._probe_slow(rt.mesh_id)
         table = self.tables.setdefault(
@@ -246,9 +282,6 @@ class DirectManager:
             else None
         )
         plan = table.update(int(time.time() * 1000), targets, wg, replies)
-        for k, p in plan.items():  # liveness both ways over every up session
-            if p.routed and k in addrs:
-                self.prober.send(addrs[k])
         for k in targets:
             after = table.state(k)
             if after != before[k]:
@@ -342,6 +375,32 @@ class DirectManager:
         self.node._reconcile_wake.set()
         return True
 
+    def _still_client(self, rt: Any) -> Any:
+        """Our record in ``rt`` if direct sessions still apply to it (after an await)."""
+        me = rt.node.record
+        if self.node.meshes.get(rt.mesh_id) is not rt or not rt.up or rt.joining:
+            return None  # left, down or rejoining meanwhile
+        return me if me is not None and me.role == Role.CLIENT else None
+
+    def _start_discovery(self, rt: Any, me: Any) -> None:
+        """Ask in a task of its own: the tick (and every other mesh's) goes on meanwhile."""
+        mesh_id = rt.mesh_id
+
+        async def discover() -> None:
+            try:
+                await self._discover(rt, me)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self.discovery.note(mesh_id, f"{type(e).__name__}: {e}")
+
+        def done(task: asyncio.Task[None]) -> None:
+            if self._discovering.get(mesh_id) is task:
+                del self._discovering[mesh_id]
+
+        task = self._discovering[mesh_id] = asyncio.create_task(discover())
+        task.add_done_callback(done)
+
     async def _discover(self, rt: Any, me: Any) -> None:
         peers = {r.wg_key: r for r in rt.node.live_records() if r.role == Role.PEER}
         via = assigned_peer(me, peers)
@@ -358,6 +417,12 @@ class DirectManager:
         except (WireError, Exception) as e:
             self.discovery.note(rt.mesh_id, f"{type(e).__name__}: {e}")
             return
+        me = self._still_client(rt)  # as it is now: the answer took its time
+        if me is not None:
+            await self._answered(rt, me, reply, peers)
+
+    async def _answered(self, rt: Any, me: Any, reply: Any, peers: dict[bytes, Any]) -> None:
+        """Act on the assigned peer's answer to ``WhereAmI``: move, wait, or publish."""
         if not isinstance(reply, Observed):
             self.discovery.note(rt.mesh_id, f"answered {type(reply).__name__}")
             return
@@ -380,6 +445,9 @@ class DirectManager:
         from smegmesh.net.discovery import outgoing_address
 
         addr = await asyncio.to_thread(outgoing_address)
+        me = self._still_client(rt)
+        if me is None:
+            return
         local = local_endpoints(rt.listen_port, [addr] if addr else [])
         if (me.nat_endpoint, me.local_endpoints) != (reply.endpoint, local):
             log.info(
