@@ -13,6 +13,7 @@ import pytest
 
 from nat_nodes import IDS, MESH
 from smegmesh.daemon import direct as ddirect
+from smegmesh.daemon import whereami
 from smegmesh.daemon.direct import DirectManager
 
 
@@ -74,7 +75,7 @@ def test_whereami_status_is_read_again_after_the_cache_time_and_then_forgotten(
     not another call comes (it was kept for every mesh ever asked about, a mesh
     left included, and only the direct loop, which does not run without
     ``directPeers``, would have cleaned it)."""
-    monkeypatch.setattr(ddirect, "STATUS_CACHE_S", 0.2)
+    monkeypatch.setattr(whereami, "STATUS_CACHE_S", 0.2)
     reads: list[str] = []
 
     def read(ifname: str) -> Any:
@@ -88,10 +89,10 @@ def test_whereami_status_is_read_again_after_the_cache_time_and_then_forgotten(
         assert await m.observed(rt, IDS[1].wg_public_key) is None
         assert await m.observed(rt, IDS[2].wg_public_key) is None
         assert reads == ["smeg0"]  # within the cache time: one read
-        await _until(lambda: MESH not in m._status_cache)
+        await _until(lambda: MESH not in m.status_reads._reads)
         assert await m.observed(rt, IDS[1].wg_public_key) is None
         assert reads == ["smeg0", "smeg0"]
-        await _until(lambda: not m._status_cache)
+        await _until(lambda: not m.status_reads._reads)
 
     asyncio.run(go())
 

@@ -35,7 +35,7 @@ Derived ports that collide clash again: one more move, to the next salt's
 port (:func:`port_clash`, ``DirectSchedule.may_move``). See docs/NAT.md.
 
 The peer side answers ``WhereAmI`` from its WireGuard status
-(:func:`observed_endpoint`): the caller is authenticated by the transport, so a
+(:mod:`smegmesh.daemon.whereami`): the caller is authenticated by the transport, so a
 member learns only its own endpoint.
 
 The decisions (targets, port moves, when to discover and probe) are pure, in
@@ -46,7 +46,6 @@ does their I/O and reads the clock.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -65,33 +64,22 @@ from smegmesh.core.direct_plan import (
 )
 from smegmesh.core.identity import key_to_text
 from smegmesh.core.messages import Observed, WhereAmI
-from smegmesh.core.record import Role, check_endpoint
+from smegmesh.core.record import Role
 from smegmesh.core.wire import WireError, decode, encode
 from smegmesh.daemon.probe import Prober
 from smegmesh.daemon.ratelog import RateLog
+from smegmesh.daemon.whereami import StatusReads, observed_endpoint
+
+__all__ = ["DirectManager", "annotate", "observed_endpoint"]
 
 log = logging.getLogger(__name__)
 
 TICK_S = 0.5
-STATUS_CACHE_S = 2.0
 
 
 def _now_ms() -> int:
     """The monotonic clock the schedules run on (ms)."""
     return int(time.monotonic() * 1000)
-
-
-def observed_endpoint(status: Any, key: bytes) -> str | None:
-    """The endpoint WireGuard last saw ``key``'s packets from (None: no handshake)."""
-    if status is None:
-        return None
-    p = status.peers.get(key)
-    if p is None or p.last_handshake is None or not p.endpoint:
-        return None
-    try:
-        return check_endpoint(p.endpoint)
-    except ValueError:
-        return None
 
 
 def annotate(detail: Any, rtts: Mapping[str, float]) -> Any:
@@ -120,9 +108,8 @@ class DirectManager:
         #: per mesh: when discovery and slow probes are due, the port move
         self.schedules: dict[str, DirectSchedule] = {}
         self._targets: dict[str, tuple[int, dict[bytes, str]]] = {}
-        #: WireGuard status read to answer WhereAmI, per mesh: the read in
-        #: flight or done (dropped STATUS_CACHE_S after it finished)
-        self._status_cache: dict[str, asyncio.Future[Any]] = {}
+        #: WireGuard status reads that answer WhereAmI (shared by the callers)
+        self.status_reads = StatusReads(node)
         self.prober = Prober()
         #: per mesh: key -> overlay address of the nodes probed
         self.probed: dict[str, dict[bytes, str]] = {}
@@ -138,36 +125,8 @@ class DirectManager:
         self.backoff_base_ms = int(getattr(cfg, "direct_backoff", 5.0) * 1000)
 
     async def observed(self, rt: Any, key: bytes) -> str | None:
-        """Answer ``WhereAmI`` from ``key`` (one status read per mesh per ``STATUS_CACHE_S``).
-
-        Single flight: the first call while there is no read of the mesh
-        starts one, every other call awaits that same read (it was written to
-        the cache only once finished: each call meanwhile read the whole
-        interface again on the one WireGuard thread). The read is dropped
-        ``STATUS_CACHE_S`` after it finished, call or not (a mesh left keeps
-        nothing, and without ``directPeers`` no loop runs to clean up).
-        """
-        read = self._status_cache.get(rt.mesh_id)
-        if read is None:
-            read = asyncio.ensure_future(self._read_status(rt.ifname))
-            self._status_cache[rt.mesh_id] = read
-            read.add_done_callback(lambda done: self._expire_status(rt.mesh_id, done))
-        # a caller that gives up (its connection closed) leaves the read to the others
-        return observed_endpoint(await asyncio.shield(read), key)
-
-    async def _read_status(self, ifname: str) -> Any:
-        with contextlib.suppress(Exception):
-            return await asyncio.get_running_loop().run_in_executor(
-                self.node._wg_pool, self.node.backend.read, ifname
-            )
-        return None
-
-    def _expire_status(self, mesh_id: str, read: asyncio.Future[Any]) -> None:
-        def drop() -> None:
-            if self._status_cache.get(mesh_id) is read:
-                del self._status_cache[mesh_id]
-
-        asyncio.get_running_loop().call_later(STATUS_CACHE_S, drop)
+        """Answer ``WhereAmI`` from ``key`` (:meth:`StatusReads.observed`)."""
+        return await self.status_reads.observed(rt, key)
 
     def plan(self, mesh_id: str) -> Mapping[bytes, DirectPeer]:
         return self.plans.get(mesh_id, {})
