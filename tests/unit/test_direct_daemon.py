@@ -323,3 +323,106 @@ def test_a_slow_status_read_of_one_mesh_does_not_stop_the_echoes_of_another(
     m, _ = _two_meshes(monkeypatch, read, call, a_chooses=True)
     _run_until(m, lambda: seen["b_after"] > 3)
     assert m.tables[MESH_B].state(IDS[1].wg_public_key) == "up"
+
+
+# --------------------------------------------------------------------------- the choice's cost
+BIG, BIG_LIMIT = 3000, 64  # clients, directPeers (its maximum)
+
+
+@pytest.fixture(scope="module")
+def big_mesh() -> list[Any]:
+    """3,000 clients publishing endpoints (one mesh's live records)."""
+    from smegmesh.core.identity import NodeIdentity
+    from smegmesh.core.record import NodeRecord, Role
+
+    ids = [NodeIdentity.from_seed(i.to_bytes(32, "big")) for i in range(1, BIG + 1)]
+    return [
+        NodeRecord.create(
+            ids[i],
+            MESH,
+            version=1,
+            now_ms=1,
+            role=Role.CLIENT,
+            nat_endpoint=f"203.0.{i // 250}.{i % 250}:51820",
+        )
+        for i in range(BIG)
+    ], ids
+
+
+def _big_manager(records: list[Any], ident: Any) -> tuple[DirectManager, Any]:
+    recs = list(records)
+    rt = SimpleNamespace(mesh_id=MESH, listen_port=51820, opts={})
+    rt.node = SimpleNamespace(
+        mesh=SimpleNamespace(version=1),
+        live_records=lambda: recs,
+        gossip=SimpleNamespace(pull_interval_ms=3000),
+        record=recs[0],
+    )
+    node = SimpleNamespace(
+        meshes={MESH: rt}, identity=ident, config=None, _reconcile_wake=asyncio.Event()
+    )
+    return DirectManager(node, BIG_LIMIT), rt
+
+
+def test_a_records_new_version_does_not_compute_the_choice_again(big_mesh: Any) -> None:
+    """Any record's new version (a member may re-sign its own at will, and at
+    10,000 members some record changes every tick) made the tick compute the
+    mutual choice from scratch on the event loop: (directPeers + 1) x N keyed
+    hashes, ~0.3 s for 3,000 clients and directPeers 64. Now a re-signed record
+    costs a pass over the records, and a member dropping its endpoints and
+    publishing them again a few lists at most."""
+    from smegmesh.core.direct import pair_score
+
+    records, ids = big_mesh
+    m, rt = _big_manager(records, ids[0])
+    me = records[0]
+    t0 = time.perf_counter()
+    first = m._choose(rt, me)  # no running loop: computed here
+    full = time.perf_counter() - t0
+    assert len(first) == BIG_LIMIT
+    # one member re-signs its record (same endpoints): the state's version moves on
+    recs = rt.node.live_records()
+    recs[5] = recs[5].evolve(ids[5], 2, alias="x")
+    rt.node.mesh.version = 2
+    t0 = time.perf_counter()
+    assert m._choose(rt, me) == first
+    resigned = time.perf_counter() - t0
+    # the member of our best with the lowest score drops its endpoints, then comes back
+    k = min(first, key=lambda o: pair_score(me.wg_key, o))
+    i = next(i for i, r in enumerate(recs) if r.wg_key == k)
+    t0 = time.perf_counter()
+    recs[i] = recs[i].evolve(ids[i], 3, nat_endpoint=None)
+    rt.node.mesh.version = 3
+    assert k not in m._choose(rt, me)
+    recs[i] = recs[i].evolve(ids[i], 4, nat_endpoint="203.0.113.99:51820")
+    rt.node.mesh.version = 4
+    assert m._choose(rt, me).keys() == first.keys()
+    toggled = (time.perf_counter() - t0) / 2
+    assert resigned < full / 10, (
+        f"a re-signed record: {resigned * 1000:.0f} ms, {full * 1000:.0f} ms from scratch"
+    )
+    assert toggled < full / 4, (
+        f"a toggle: {toggled * 1000:.0f} ms, {full * 1000:.0f} ms from scratch"
+    )
+
+
+def test_a_big_mesh_computes_its_choice_off_the_event_loop(big_mesh: Any) -> None:
+    """The first choice of a big mesh (and any after many changes) costs
+    (directPeers + 1) x N hashes: in a worker thread, the tick carries on
+    with the choice it had (none at first) until it is done."""
+    records, ids = big_mesh
+    m, rt = _big_manager(records, ids[0])
+    me = records[0]
+    expected, _ = _big_manager(records, ids[0])
+    want = expected._choose(rt, me)  # the same, computed inline
+
+    async def go() -> dict[bytes, str]:
+        t0 = time.perf_counter()
+        assert m._choose(rt, me) == {}  # not done yet: nothing chosen so far
+        took = time.perf_counter() - t0
+        assert MESH in m._choosing and took < 0.05, f"{took * 1000:.0f} ms in the tick"
+        await _until(lambda: m._choosing[MESH][1].done())
+        return m._choose(rt, me)
+
+    assert asyncio.run(go()) == want and MESH not in m._choosing
+    assert m.probed[MESH].keys() == want.keys()

@@ -40,11 +40,11 @@ clients that both publish endpoints may hold a *direct* session:
 from __future__ import annotations
 
 import hashlib
-import heapq
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from smegmesh.core.direct_choice import DirectChoice
 from smegmesh.core.endpoint import split_host_port
 from smegmesh.core.record import NodeRecord, Role
 
@@ -61,6 +61,7 @@ __all__ = [
     "DirectPeer",
     "DirectTable",
     "backoff_period_ms",
+    "candidates",
     "choose_direct",
     "endpoint_for",
     "pair_score",
@@ -98,7 +99,8 @@ def pair_score(a: bytes, b: bytes) -> bytes:
     return hashlib.blake2b(lo + hi, digest_size=8, person=b"smeg-direct").digest()
 
 
-def _candidates(records: Iterable[NodeRecord]) -> dict[bytes, NodeRecord]:
+def candidates(records: Iterable[NodeRecord]) -> dict[bytes, NodeRecord]:
+    """The clients a direct session may be held with: live, publishing an endpoint."""
     return {
         r.wg_key: r
         for r in records
@@ -106,22 +108,13 @@ def _candidates(records: Iterable[NodeRecord]) -> dict[bytes, NodeRecord]:
     }
 
 
-def _best(key: bytes, others: Iterable[bytes], limit: int) -> set[bytes]:
-    return set(
-        heapq.nlargest(limit, (o for o in others if o != key), key=lambda o: pair_score(key, o))
-    )
-
-
 def choose_direct(self_key: bytes, records: Iterable[NodeRecord], limit: int) -> set[bytes]:
-    """The clients this client holds a direct session with (mutual best ``limit``)."""
-    if limit <= 0:
-        return set()
-    cands = _candidates(records)
-    if self_key not in cands:
-        return set()
-    keys = list(cands)
-    mine = _best(self_key, keys, limit)
-    return {o for o in mine if self_key in _best(o, keys, limit)}
+    """The clients this client holds a direct session with (mutual best ``limit``).
+
+    From scratch; :class:`~smegmesh.core.direct_choice.DirectChoice` keeps it
+    up to date as the candidates change.
+    """
+    return set(DirectChoice(self_key, limit).update(candidates(records).keys()))
 
 
 def _host(endpoint: str | None) -> str | None:
