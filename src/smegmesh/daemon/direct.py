@@ -7,7 +7,7 @@ Only with ``directPeers > 0`` and only on client meshes. Every ``TICK_S``:
   endpoints in our record (only when it changed); in a task of its own, one
   per mesh at a time (a slow or hostile assigned peer holds no tick);
 * read our WireGuard status, advance the :class:`~smegmesh.core.direct.DirectTable`
-  with the clients :func:`~smegmesh.core.direct.choose_direct` picks, and
+  with the clients :class:`~smegmesh.core.direct_choice.DirectChoice` picks, and
   re-apply the WireGuard configuration when the sessions changed;
 * every ``SLOW_PROBE_S``, send an ICMPv6 echo (:class:`~smegmesh.daemon.probe.Prober`)
   to the chosen clients not (yet) direct and to the assigned peer (the round
