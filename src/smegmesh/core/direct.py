@@ -25,7 +25,10 @@ clients that both publish endpoints may hold a *direct* session:
   not cause a flood of handshakes. The retries start in slots both ends of the
   pair share (the wall clock, the pair's score), so they send at the same
   moments: a hole through two NATs needs both. A changed endpoint restarts the
-  attempt at once.
+  attempt at once, once per backoff period (a member changing its endpoint at
+  will gets no more attempts than that); the failures are kept across the
+  change, across the partner leaving the choice for a while, and until a
+  session has stayed up ``UP_RESET_MS``.
 * **Both directions** (``replies``): while a session is up, the daemon sends an
   ICMPv6 echo over it every ``PROBE_MS``; a session whose echoes go unanswered
   for ``PROBE_STALE_MS`` is stale too. Received bytes alone only show that the
@@ -37,11 +40,11 @@ clients that both publish endpoints may hold a *direct* session:
 from __future__ import annotations
 
 import hashlib
-import heapq
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from smegmesh.core.direct_choice import DirectChoice
 from smegmesh.core.endpoint import split_host_port
 from smegmesh.core.record import NodeRecord, Role
 
@@ -54,9 +57,11 @@ __all__ = [
     "PROBE_MS",
     "PROBE_STALE_MS",
     "STALE_MS",
+    "UP_RESET_MS",
     "DirectPeer",
     "DirectTable",
     "backoff_period_ms",
+    "candidates",
     "choose_direct",
     "endpoint_for",
     "pair_score",
@@ -79,6 +84,13 @@ BACKOFF_MAX_MS = 320_000  # 5 s x 2^6: the retry slots nest (retry_slot_ms)
 #: Echo requests over an up session this often; unanswered for PROBE_STALE_MS = stale.
 PROBE_MS = 500
 PROBE_STALE_MS = 2_000
+#: A session's failures are forgotten once it has stayed up this long: one
+#: that comes up and breaks again (the partner answers handshakes, not
+#: echoes) backs off like one that never comes up.
+UP_RESET_MS = 60_000
+#: Backoffs kept for keys no longer chosen (a partner that drops out of the
+#: choice and comes back keeps its failures), at most this many.
+MAX_KEPT_BACKOFFS = 1024
 
 
 def pair_score(a: bytes, b: bytes) -> bytes:
@@ -87,7 +99,8 @@ def pair_score(a: bytes, b: bytes) -> bytes:
     return hashlib.blake2b(lo + hi, digest_size=8, person=b"smeg-direct").digest()
 
 
-def _candidates(records: Iterable[NodeRecord]) -> dict[bytes, NodeRecord]:
+def candidates(records: Iterable[NodeRecord]) -> dict[bytes, NodeRecord]:
+    """The clients a direct session may be held with: live, publishing an endpoint."""
     return {
         r.wg_key: r
         for r in records
@@ -95,22 +108,13 @@ def _candidates(records: Iterable[NodeRecord]) -> dict[bytes, NodeRecord]:
     }
 
 
-def _best(key: bytes, others: Iterable[bytes], limit: int) -> set[bytes]:
-    return set(
-        heapq.nlargest(limit, (o for o in others if o != key), key=lambda o: pair_score(key, o))
-    )
-
-
 def choose_direct(self_key: bytes, records: Iterable[NodeRecord], limit: int) -> set[bytes]:
-    """The clients this client holds a direct session with (mutual best ``limit``)."""
-    if limit <= 0:
-        return set()
-    cands = _candidates(records)
-    if self_key not in cands:
-        return set()
-    keys = list(cands)
-    mine = _best(self_key, keys, limit)
-    return {o for o in mine if self_key in _best(o, keys, limit)}
+    """The clients this client holds a direct session with (mutual best ``limit``).
+
+    From scratch; :class:`~smegmesh.core.direct_choice.DirectChoice` keeps it
+    up to date as the candidates change.
+    """
+    return set(DirectChoice(self_key, limit).update(candidates(records).keys()))
 
 
 def _host(endpoint: str | None) -> str | None:
@@ -219,6 +223,8 @@ class DirectTable:
     probe_stale_ms: int = PROBE_STALE_MS
     sessions: dict[bytes, _Session] = field(default_factory=dict)
     backoff: dict[bytes, _Backoff] = field(default_factory=dict)
+    #: when an endpoint change last started an attempt before its slot
+    early: dict[bytes, int] = field(default_factory=dict)
 
     def _fail(self, key: bytes, endpoint: str, now_ms: int) -> None:
         prev = self.backoff.get(key)
@@ -243,18 +249,13 @@ class DirectTable:
         """
         for key in [k for k in self.sessions if k not in targets]:
             del self.sessions[key]
-        for key in [k for k in self.backoff if k not in targets]:
-            del self.backoff[key]
+        self._forget(now_ms, targets)
         for key, ep in targets.items():
             s = self.sessions.get(key)
-            if s is not None and s.endpoint != ep:
-                s = None  # the endpoint changed: start over at once
-                self.sessions.pop(key, None)
-                self.backoff.pop(key, None)
             b = self.backoff.get(key)
-            if b is not None and b.endpoint != ep:
-                self.backoff.pop(key, None)
-                b = None
+            if (s.endpoint if s is not None else b.endpoint if b is not None else ep) != ep:
+                self._moved(key, ep, now_ms)
+                s, b = None, self.backoff.get(key)
             hs, rx = status.get(key, (None, 0))
             if s is None:
                 if b is not None and now_ms < b.retry_ms:
@@ -282,13 +283,52 @@ class DirectTable:
                 fresh = now_ms - last <= self.probe_stale_ms
             if s.up and not fresh:
                 self._fail(key, ep, now_ms)  # went stale: back to the relay, retry later
+            elif s.up and now_ms - s.up_at_ms >= UP_RESET_MS:
+                self.backoff.pop(key, None)  # it works: its failures are forgotten
+                self.early.pop(key, None)
             elif not s.up and fresh:
                 s.up = True
                 s.up_at_ms = now_ms
-                self.backoff.pop(key, None)
             elif not s.up and now_ms - s.started_ms > self.attempt_ms:
                 self._fail(key, ep, now_ms)
         return {k: DirectPeer(s.endpoint, s.up) for k, s in self.sessions.items()}
+
+    def _moved(self, key: bytes, endpoint: str, now_ms: int) -> None:
+        """``key``'s endpoint changed: a new attempt at once, at most once per backoff period.
+
+        The failures stay, and an attempt cut short counts as failed: the
+        next failure waits longer. A change used to drop the backoff and
+        restart the attempt every time: a member that changed its endpoint
+        after each failure, or during each attempt, was tried without pause.
+        """
+        s = self.sessions.pop(key, None)
+        if s is not None and not s.up:
+            self._fail(key, endpoint, now_ms)
+        b = self.backoff.get(key)
+        period = backoff_period_ms(max(1, b.failures if b is not None else 0), self.backoff_base_ms)
+        last = self.early.get(key)
+        if last is None or now_ms - last >= period:
+            self.early[key] = now_ms
+            if b is not None:
+                b.retry_ms, b.endpoint = now_ms, endpoint
+        elif s is not None and s.up:
+            self._fail(key, endpoint, now_ms)  # the next attempt in its slot
+        elif b is not None:
+            b.endpoint = endpoint  # waits for its slot
+
+    def _forget(self, now_ms: int, targets: Mapping[bytes, str]) -> None:
+        """Drop what is kept for keys no longer chosen once it no longer bounds anything."""
+        for key in [k for k, t in self.early.items() if now_ms - t >= BACKOFF_MAX_MS]:
+            del self.early[key]
+        gone = [k for k in self.backoff if k not in targets]
+        for key in gone:
+            if now_ms - self.backoff[key].retry_ms >= BACKOFF_MAX_MS:
+                del self.backoff[key]
+        gone = [k for k in gone if k in self.backoff]
+        if len(gone) > MAX_KEPT_BACKOFFS:  # the oldest go first
+            gone.sort(key=lambda k: self.backoff[k].retry_ms)
+            for key in gone[: len(gone) - MAX_KEPT_BACKOFFS]:
+                del self.backoff[key]
 
     def state(self, key: bytes) -> str:
         """``up``, ``trying``, ``backoff`` or ``none`` (for status views)."""

@@ -28,7 +28,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from smegmesh.core.desired import assigned_peer
-from smegmesh.core.direct import choose_direct, endpoint_for
+from smegmesh.core.direct import candidates, endpoint_for
+from smegmesh.core.direct_choice import DirectChoice
 from smegmesh.core.endpoint import join_host_port, split_host_port
 from smegmesh.core.record import MAX_LOCAL_ENDPOINTS, NodeRecord, Role, check_endpoint
 
@@ -168,9 +169,16 @@ def port_clash(
     the same derived port clash again (``DirectSchedule.may_move``: once more).
     """
     host = endpoint_host(me.nat_endpoint)
-    if host is None:
+    if host is None or me.nat_endpoint is None:
         return None
+    # a record's endpoints are checked (check_endpoint): the same host has the
+    # same text before the last ':', a test that costs no parse per record
+    # (this runs at every new state version, over every record)
+    ours = me.nat_endpoint.rpartition(":")[0]
     for r in records:
+        nat = r.nat_endpoint
+        if not nat or not r.local_endpoints or nat.rpartition(":")[0] != ours:
+            continue
         if (
             r.wg_key != me.wg_key
             and r.role == Role.CLIENT
@@ -191,23 +199,34 @@ class DirectTargets:
     probed: dict[bytes, str]
 
 
-def direct_targets(me: NodeRecord, records: Iterable[NodeRecord], limit: int) -> DirectTargets:
+def direct_targets(
+    me: NodeRecord,
+    records: Iterable[NodeRecord],
+    limit: int,
+    choice: DirectChoice | None = None,
+) -> DirectTargets:
     """The clients ``me`` holds direct sessions with, and whom it probes.
 
     ``records``: the mesh's live records. Probed: the chosen clients and the
-    assigned peer (the round trip through the relay).
+    assigned peer (the round trip through the relay). ``choice``: the mesh's
+    :class:`DirectChoice` (of ``me.wg_key`` and ``limit``), brought up to date
+    here: the mutual choice is computed again only for what changed (without
+    it, from scratch). Linear in the records otherwise (no hash per record).
     """
     recs = list(records)
-    by_key = {r.wg_key: r for r in recs}
+    cands = candidates(recs)
+    if choice is None:
+        choice = DirectChoice(me.wg_key, limit)
     chosen: dict[bytes, str] = {}
-    for k in choose_direct(me.wg_key, recs, limit):
-        ep = endpoint_for(me, by_key[k])
+    for k in sorted(choice.update(cands.keys())):
+        ep = endpoint_for(me, cands[k])
         if ep is not None:
             chosen[k] = ep
-    probed = {k: by_key[k].address for k in chosen}
-    via = assigned_peer(me, {r.wg_key: r for r in recs if r.role == Role.PEER})
+    probed = {k: cands[k].address for k in chosen}
+    peers = {r.wg_key: r for r in recs if r.role is Role.PEER}
+    via = assigned_peer(me, peers)
     if via is not None:
-        probed[via] = by_key[via].address
+        probed[via] = peers[via].address
     return DirectTargets(chosen, probed)
 
 

@@ -4,14 +4,18 @@ Only with ``directPeers > 0`` and only on client meshes. Every ``TICK_S``:
 
 * every ``DISCOVER_S``, ask the assigned peer (``WhereAmI``) which endpoint it
   sees our WireGuard packets come from, and publish it with our local
-  endpoints in our record (only when it changed);
+  endpoints in our record (only when it changed); in a task of its own, one
+  per mesh at a time (a slow or hostile assigned peer holds no tick);
 * read our WireGuard status, advance the :class:`~smegmesh.core.direct.DirectTable`
-  with the clients :func:`~smegmesh.core.direct.choose_direct` picks, and
+  with the clients :class:`~smegmesh.core.direct_choice.DirectChoice` picks, and
   re-apply the WireGuard configuration when the sessions changed;
-* send an ICMPv6 echo (:class:`~smegmesh.daemon.probe.Prober`) over every up
-  session each tick (liveness both ways, round trip), and every ``SLOW_PROBE_S``
+* every ``SLOW_PROBE_S``, send an ICMPv6 echo (:class:`~smegmesh.daemon.probe.Prober`)
   to the chosen clients not (yet) direct and to the assigned peer (the round
   trip through the relay), shown by ``get-mesh`` / ``smegctl status``.
+
+Apart from the ticks, every ``TICK_S``, an echo goes over every up session of
+every mesh (liveness both ways, round trip): a tick waiting for the WireGuard
+worker must not let the sessions of every mesh go stale.
 
 Several clients behind one NAT on the same WireGuard port (the default port
 is the same for every node of a mesh): the NAT can give that port to only one
@@ -31,7 +35,7 @@ Derived ports that collide clash again: one more move, to the next salt's
 port (:func:`port_clash`, ``DirectSchedule.may_move``). See docs/NAT.md.
 
 The peer side answers ``WhereAmI`` from its WireGuard status
-(:func:`observed_endpoint`): the caller is authenticated by the transport, so a
+(:mod:`smegmesh.daemon.whereami`): the caller is authenticated by the transport, so a
 member learns only its own endpoint.
 
 The decisions (targets, port moves, when to discover and probe) are pure, in
@@ -42,7 +46,7 @@ does their I/O and reads the clock.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 import time
 from collections.abc import Mapping
@@ -50,8 +54,10 @@ from typing import Any
 
 from smegmesh.core.desired import assigned_peer
 from smegmesh.core.direct import DirectPeer, DirectTable
+from smegmesh.core.direct_choice import DirectChoice
 from smegmesh.core.direct_plan import (
     DirectSchedule,
+    DirectTargets,
     clash_move_delay_ms,
     direct_targets,
     local_endpoints,
@@ -61,15 +67,21 @@ from smegmesh.core.direct_plan import (
 )
 from smegmesh.core.identity import key_to_text
 from smegmesh.core.messages import Observed, WhereAmI
-from smegmesh.core.record import Role, check_endpoint
+from smegmesh.core.record import Role
 from smegmesh.core.wire import WireError, decode, encode
 from smegmesh.daemon.probe import Prober
 from smegmesh.daemon.ratelog import RateLog
+from smegmesh.daemon.whereami import StatusReads, observed_endpoint
+
+__all__ = ["DirectManager", "annotate", "observed_endpoint"]
 
 log = logging.getLogger(__name__)
 
 TICK_S = 0.5
-STATUS_CACHE_S = 2.0
+#: A mesh whose choice from scratch costs more keyed hashes than this
+#: (records x (directPeers + 1)) has its choice brought up to date in a worker
+#: thread: about 10 ms of CPU here, 3,000 clients with directPeers 64 ~0.1 s.
+INLINE_HASHES = 20_000
 
 
 def _now_ms() -> int:
@@ -77,17 +89,12 @@ def _now_ms() -> int:
     return int(time.monotonic() * 1000)
 
 
-def observed_endpoint(status: Any, key: bytes) -> str | None:
-    """The endpoint WireGuard last saw ``key``'s packets from (None: no handshake)."""
-    if status is None:
-        return None
-    p = status.peers.get(key)
-    if p is None or p.last_handshake is None or not p.endpoint:
-        return None
+def _loop_running() -> bool:
     try:
-        return check_endpoint(p.endpoint)
-    except ValueError:
-        return None
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def annotate(detail: Any, rtts: Mapping[str, float]) -> Any:
@@ -115,12 +122,19 @@ class DirectManager:
         self.plans: dict[str, dict[bytes, DirectPeer]] = {}
         #: per mesh: when discovery and slow probes are due, the port move
         self.schedules: dict[str, DirectSchedule] = {}
+        #: per mesh: (state version, chosen client -> endpoint) taken into account
         self._targets: dict[str, tuple[int, dict[bytes, str]]] = {}
-        #: WireGuard status read to answer WhereAmI, per mesh: (monotonic time, status)
-        self._status_cache: dict[str, tuple[float, Any]] = {}
+        #: per mesh: the mutual choice, kept up to date (core.direct_choice)
+        self._choices: dict[str, DirectChoice] = {}
+        #: per mesh: (state version, the choice being brought up to date in a thread)
+        self._choosing: dict[str, tuple[int, asyncio.Future[DirectTargets]]] = {}
+        #: WireGuard status reads that answer WhereAmI (shared by the callers)
+        self.status_reads = StatusReads(node)
         self.prober = Prober()
         #: per mesh: key -> overlay address of the nodes probed
         self.probed: dict[str, dict[bytes, str]] = {}
+        #: per mesh: the discovery in flight (one at a time, not awaited by the tick)
+        self._discovering: dict[str, asyncio.Task[None]] = {}
         #: a tick that raised, and a discovery without an answer: the first of
         #: each per mesh at once, then one summary a minute (a client whose
         #: direct sessions never start says why)
@@ -131,16 +145,8 @@ class DirectManager:
         self.backoff_base_ms = int(getattr(cfg, "direct_backoff", 5.0) * 1000)
 
     async def observed(self, rt: Any, key: bytes) -> str | None:
-        """Answer ``WhereAmI`` from ``key`` (one status read per mesh per ``STATUS_CACHE_S``)."""
-        cached = self._status_cache.get(rt.mesh_id)
-        if cached is None or time.monotonic() - cached[0] > STATUS_CACHE_S:
-            status = None
-            with contextlib.suppress(Exception):
-                status = await asyncio.get_running_loop().run_in_executor(
-                    self.node._wg_pool, self.node.backend.read, rt.ifname
-                )
-            cached = self._status_cache[rt.mesh_id] = (time.monotonic(), status)
-        return observed_endpoint(cached[1], key)
+        """Answer ``WhereAmI`` from ``key`` (:meth:`StatusReads.observed`)."""
+        return await self.status_reads.observed(rt, key)
 
     def plan(self, mesh_id: str) -> Mapping[bytes, DirectPeer]:
         return self.plans.get(mesh_id, {})
@@ -167,26 +173,62 @@ class DirectManager:
             self.prober.close()
 
     async def _run(self) -> None:
+        """Tick every mesh in turn; echoes and discoveries go in tasks of their own.
+
+        A tick waits for the one WireGuard worker (its status read), which a
+        big mesh's apply or a slow read may hold: the echoes over the up
+        sessions of every mesh must not wait with it (unanswered for
+        ``PROBE_STALE_MS``, a session is dropped), nor for a slow ``WhereAmI``.
+        """
+        echoes = asyncio.create_task(self._echo_loop())
+        try:
+            while True:
+                await asyncio.sleep(TICK_S)
+                self._forget_left()
+                self.errors.note_tick()
+                self.discovery.note_tick()
+                for rt in list(self.node.meshes.values()):
+                    try:
+                        await self._tick(rt)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as e:
+                        self.errors.note(rt.mesh_id, f"{type(e).__name__}: {e}")
+        finally:
+            tasks = [echoes, *self._discovering.values()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _forget_left(self) -> None:
+        maps: tuple[dict[str, Any], ...] = (
+            self.tables,
+            self.plans,
+            self._targets,
+            self.probed,
+            self._choices,
+            self._choosing,
+        )
+        for d in maps:
+            for mesh_id in [m for m in d if m not in self.node.meshes]:
+                del d[mesh_id]  # meshes left
+        for mesh_id in [m for m in self.schedules if m not in self.node.meshes]:
+            # a mesh left: its timing and its port moves go (a rejoin starts
+            # on the default port again, and may have to move off it)
+            del self.schedules[mesh_id]
+        for mesh_id in [m for m in self._discovering if m not in self.node.meshes]:
+            self._discovering.pop(mesh_id).cancel()
+        self.prober.keep([a for p in self.probed.values() for a in p.values()])
+
+    async def _echo_loop(self) -> None:
+        """An echo over every up session of every mesh each ``TICK_S`` (liveness both ways)."""
         while True:
             await asyncio.sleep(TICK_S)
-            maps: tuple[dict[str, Any], ...] = (self.tables, self.plans, self._targets, self.probed)
-            for d in maps:
-                for mesh_id in [m for m in d if m not in self.node.meshes]:
-                    del d[mesh_id]  # meshes left
-            for mesh_id in [m for m in self.schedules if m not in self.node.meshes]:
-                # a mesh left: its timing and its port moves go (a rejoin starts
-                # on the default port again, and may have to move off it)
-                del self.schedules[mesh_id]
-            self.prober.keep([a for p in self.probed.values() for a in p.values()])
-            self.errors.note_tick()
-            self.discovery.note_tick()
-            for rt in list(self.node.meshes.values()):
-                try:
-                    await self._tick(rt)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as e:
-                    self.errors.note(rt.mesh_id, f"{type(e).__name__}: {e}")
+            for mesh_id, plan in list(self.plans.items()):
+                addrs = self.probed.get(mesh_id, {})
+                for k, p in plan.items():
+                    if p.routed and k in addrs:
+                        self.prober.send(addrs[k])
 
     async def _tick(self, rt: Any) -> None:
         me = rt.node.record
@@ -198,9 +240,10 @@ class DirectManager:
             if sch is not None:
                 sch.paused()
             return
-        if self._schedule(rt.mesh_id).discovery_due(_now_ms(), bool(me.nat_endpoint)):
-            await self._discover(rt, me)
-            me = rt.node.record
+        if rt.mesh_id not in self._discovering and self._schedule(rt.mesh_id).discovery_due(
+            _now_ms(), bool(me.nat_endpoint)
+        ):
+            self._start_discovery(rt, me)
         targets = self._sessions_with(rt, me)
         self._probe_slow(rt.mesh_id)
         table = self.tables.setdefault(
@@ -225,9 +268,6 @@ class DirectManager:
             else None
         )
         plan = table.update(int(time.time() * 1000), targets, wg, replies)
-        for k, p in plan.items():  # liveness both ways over every up session
-            if p.routed and k in addrs:
-                self.prober.send(addrs[k])
         for k in targets:
             after = table.state(k)
             if after != before[k]:
@@ -252,17 +292,49 @@ class DirectManager:
         return targets if sch.sessions_allowed else {}
 
     def _choose(self, rt: Any, me: Any, now_ms: int | None = None) -> dict[bytes, str]:
-        """The chosen clients and their endpoints (recomputed when the mesh state changed)."""
-        # the choice is recomputed only when the mesh state changed
-        version = rt.node.mesh.version
-        cached = self._targets.get(rt.mesh_id)
-        if cached is None or cached[0] != version:
-            records = rt.node.live_records()
-            targets = direct_targets(me, records, self.limit)
-            cached = self._targets[rt.mesh_id] = (version, targets.chosen)
-            self.probed[rt.mesh_id] = targets.probed
-            self._shared_port(rt, me, records, now_ms)
-        return cached[1]
+        """The chosen clients and their endpoints, as of the last mesh state taken into account.
+
+        A new state version (any record changed: a member may re-sign its own
+        at will) reads the candidates again, linear and without a hash; the
+        mutual choice (:class:`DirectChoice`) is computed again only for the
+        candidates that came or went. It was computed from scratch each time
+        on the event loop: ``(directPeers + 1) x N`` keyed hashes (3,000
+        clients, directPeers 64: ~0.3 s). In a big mesh (``INLINE_HASHES``)
+        that runs in a worker thread, one at a time, and the choice before it
+        holds until it is done.
+        """
+        mesh_id, version = rt.mesh_id, rt.node.mesh.version
+        cached = self._targets.get(mesh_id)
+        job = self._choosing.get(mesh_id)
+        if job is not None:
+            if not job[1].done():
+                return cached[1] if cached is not None else {}
+            del self._choosing[mesh_id]
+            try:
+                cached = self._took(mesh_id, job[0], job[1].result())
+            except Exception:
+                self._choices.pop(mesh_id, None)  # half updated: start over
+                raise
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        records = rt.node.live_records()
+        self._shared_port(rt, me, records, now_ms)
+        choice = self._choices.get(mesh_id)
+        if choice is None or choice.limit != self.limit:
+            choice = self._choices[mesh_id] = DirectChoice(me.wg_key, self.limit)
+        work = functools.partial(direct_targets, me, records, self.limit, choice)
+        if len(records) * (self.limit + 1) > INLINE_HASHES and _loop_running():
+            future = asyncio.get_running_loop().run_in_executor(None, work)
+            self._choosing[mesh_id] = (version, future)
+            return cached[1] if cached is not None else {}
+        return self._took(mesh_id, version, work())[1]
+
+    def _took(
+        self, mesh_id: str, version: int, targets: DirectTargets
+    ) -> tuple[int, dict[bytes, str]]:
+        self.probed[mesh_id] = targets.probed
+        cached = self._targets[mesh_id] = (version, targets.chosen)
+        return cached
 
     def _schedule(self, mesh_id: str) -> DirectSchedule:
         return self.schedules.setdefault(mesh_id, DirectSchedule())
@@ -321,6 +393,32 @@ class DirectManager:
         self.node._reconcile_wake.set()
         return True
 
+    def _still_client(self, rt: Any) -> Any:
+        """Our record in ``rt`` if direct sessions still apply to it (after an await)."""
+        me = rt.node.record
+        if self.node.meshes.get(rt.mesh_id) is not rt or not rt.up or rt.joining:
+            return None  # left, down or rejoining meanwhile
+        return me if me is not None and me.role == Role.CLIENT else None
+
+    def _start_discovery(self, rt: Any, me: Any) -> None:
+        """Ask in a task of its own: the tick (and every other mesh's) goes on meanwhile."""
+        mesh_id = rt.mesh_id
+
+        async def discover() -> None:
+            try:
+                await self._discover(rt, me)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self.discovery.note(mesh_id, f"{type(e).__name__}: {e}")
+
+        def done(task: asyncio.Task[None]) -> None:
+            if self._discovering.get(mesh_id) is task:
+                del self._discovering[mesh_id]
+
+        task = self._discovering[mesh_id] = asyncio.create_task(discover())
+        task.add_done_callback(done)
+
     async def _discover(self, rt: Any, me: Any) -> None:
         peers = {r.wg_key: r for r in rt.node.live_records() if r.role == Role.PEER}
         via = assigned_peer(me, peers)
@@ -337,6 +435,12 @@ class DirectManager:
         except (WireError, Exception) as e:
             self.discovery.note(rt.mesh_id, f"{type(e).__name__}: {e}")
             return
+        me = self._still_client(rt)  # as it is now: the answer took its time
+        if me is not None:
+            await self._answered(rt, me, reply, peers)
+
+    async def _answered(self, rt: Any, me: Any, reply: Any, peers: dict[bytes, Any]) -> None:
+        """Act on the assigned peer's answer to ``WhereAmI``: move, wait, or publish."""
         if not isinstance(reply, Observed):
             self.discovery.note(rt.mesh_id, f"answered {type(reply).__name__}")
             return
@@ -359,6 +463,9 @@ class DirectManager:
         from smegmesh.net.discovery import outgoing_address
 
         addr = await asyncio.to_thread(outgoing_address)
+        me = self._still_client(rt)
+        if me is None:
+            return
         local = local_endpoints(rt.listen_port, [addr] if addr else [])
         if (me.nat_endpoint, me.local_endpoints) != (reply.endpoint, local):
             log.info(
