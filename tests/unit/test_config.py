@@ -296,3 +296,34 @@ def test_bad_public_endpoint_named_at_load(bad: str) -> None:
 )
 def test_public_endpoint_forms(good: str) -> None:
     assert parse_config({"baseConfiguration": {"publicEndpoint": good}}).base_configuration
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"syncInterval": 0.0004},
+        {"pullInterval": 0.0001},
+        {"heartbeatInterval": 0.0009},
+        {"gcHorizon": 0.0004, "heartbeatInterval": 0.001},
+        {"directAttempt": 0.0002},
+        {"directBackoff": 0.0005},
+    ],
+)
+def test_durations_below_a_millisecond_are_refused(data: dict[str, float]) -> None:
+    """smegd counts these in whole milliseconds: below 1 ms a value became 0, which
+    `--check` accepted and the gossip engine refused at start with a traceback."""
+    msg = _err(data)
+    key = next(iter(data))
+    assert f"{key}: " in msg and "0.001" in msg, msg
+
+
+def test_check_refuses_an_interval_the_daemon_cannot_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from smegmesh.daemon.main import EXIT_CONFIG, main
+
+    f = tmp_path / "c.yaml"
+    f.write_text("stubWg: true\nsyncInterval: 0.0004\n")
+    assert main(["--check", str(f)]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert err.startswith(f"smegd: {f}: syncInterval: ") and err.count("\n") == 1, err

@@ -22,9 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from smegmesh.core.gossip import GossipParams
 from smegmesh.core.identity import key_to_text
-from smegmesh.core.liveness import LivenessParams
 from smegmesh.core.routing import RoutingResult
 from smegmesh.daemon import service as svc
 from smegmesh.daemon.apply import ApplyOps
@@ -42,6 +40,7 @@ from smegmesh.daemon.malloc import release_free_memory
 from smegmesh.daemon.membership import MembershipOps
 from smegmesh.daemon.metrics import MeteredRpcClient, Metrics, serve_metrics
 from smegmesh.daemon.ratelog import RateLog
+from smegmesh.daemon.reload import gossip_params, liveness_params
 from smegmesh.daemon.rpc_dgram import DatagramStats, KeyIds
 from smegmesh.daemon.rpc_dgram_client import DatagramClient
 from smegmesh.daemon.runtime import MeshRuntime, RuntimeOps, now_ms
@@ -78,15 +77,8 @@ class Daemon(
         self._reconcile_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.rng = random.Random()
-        self.gossip = GossipParams(
-            sync_interval_ms=int(config.sync_interval * 1000),
-            pull_interval_ms=int(config.pull_interval * 1000),
-            cluster_size=config.cluster_size,
-            inter_cluster_chance=config.inter_cluster_chance,
-            branch=config.branch,
-            infection_count=config.infection_count,
-        )
-        self.liveness = LivenessParams.from_heartbeat(int(config.heartbeat_interval * 1000))
+        self.gossip = gossip_params(config)  # as a reload makes them (daemon/reload.py)
+        self.liveness = liveness_params(config)
         self.dns: Any = None
         self._dns_serial = int(time.time())
         self._dns_key: tuple[tuple[str, int], ...] | None = None  # meshes+versions served

@@ -68,16 +68,23 @@ def changed_keys(old: Config, new: Config) -> list[str]:
     return [name for name in Config.model_fields if getattr(old, name) != getattr(new, name)]
 
 
+def _refuse(problem: str) -> bool:
+    log.error("configuration not reloaded, keeping the running one: %s", problem)
+    return False
+
+
 def reload_config(daemon: Any, path: str | Path, log_format: str | None = None) -> bool:
     """Re-read ``path`` and apply it to the running ``daemon``; False if it did not load.
 
     ``log_format`` is the ``--log-format`` flag, which keeps overriding the file.
+    Nothing changes unless all of it can: the merged configuration and the
+    engine's parameters are made before the running ones are replaced.
     """
     try:
         new = load_config(path)
     except ConfigError as e:
         for problem in e.problems:
-            log.error("configuration not reloaded, keeping the running one: %s", problem)
+            _refuse(problem)
         return False
     if log_format is not None:
         new = new.model_copy(update={"log_format": log_format})
@@ -85,16 +92,28 @@ def reload_config(daemon: Any, path: str | Path, log_format: str | None = None) 
     changed = changed_keys(old, new)
     live = [n for n in changed if n in LIVE_KEYS]
     restart = [n for n in changed if n not in LIVE_KEYS]
+    cfg = old
     if live:
-        merged = old.model_copy(update={n: getattr(new, n) for n in live})
-        merged._warnings = new.warnings
-        daemon.config = merged
+        cfg = old.model_copy(update={n: getattr(new, n) for n in live})
+        cfg._warnings = new.warnings
+    retune = bool(set(_GOSSIP_FIELDS) & set(live) or "heartbeat_interval" in live)
+    try:
+        params = (gossip_params(cfg), liveness_params(cfg)) if retune else None
+    except ValueError as e:  # the engine's own checks: refused before anything changed
+        return _refuse(str(e))
+    daemon.config = cfg
+    _apply_live(daemon, live, params)
+    _report(daemon, path, old, new, live, restart)
+    return True
+
+
+def _apply_live(daemon: Any, live: list[str], params: tuple[Any, Any] | None) -> None:
+    """Make the running daemon follow the live keys that changed (``daemon.config`` is new)."""
     cfg: Config = daemon.config
     if {"log_level", "log_format"} & set(live):
         configure_logging(cfg.log_level, cfg.log_format)
-    if set(_GOSSIP_FIELDS) & set(live) or "heartbeat_interval" in live:
-        daemon.gossip = gossip_params(cfg)
-        daemon.liveness = liveness_params(cfg)
+    if params is not None:
+        daemon.gossip, daemon.liveness = params
         now = int(time.time() * 1000)
         for rt in list(daemon.meshes.values()):
             rt.node.retune(daemon.gossip, daemon.liveness, now)
@@ -105,6 +124,12 @@ def reload_config(daemon: Any, path: str | Path, log_format: str | None = None) 
         wake = getattr(daemon, "_reconcile_wake", None)
         if wake is not None:
             wake.set()
+
+
+def _report(
+    daemon: Any, path: str | Path, old: Config, new: Config, live: list[str], restart: list[str]
+) -> None:
+    """The log lines (and the ``config.reloaded`` event) of a reload that was applied."""
     if restart:
         log.warning(
             "configuration: %s changed but need%s a restart of smegd to take effect "
@@ -129,4 +154,3 @@ def reload_config(daemon: Any, path: str | Path, log_format: str | None = None) 
     else:
         names = ", ".join(_key(n) for n in live) if live else "nothing that applies live"
         log.info("configuration reloaded from %s (changed: %s)", path, names)
-    return True

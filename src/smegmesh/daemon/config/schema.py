@@ -365,6 +365,21 @@ class Config(_Model):
             raise ValueError("must be a finite number of seconds")
         return v
 
+    @field_validator(
+        "sync_interval",
+        "pull_interval",
+        "heartbeat_interval",
+        "gc_horizon",
+        "direct_attempt",
+        "direct_backoff",
+    )
+    @classmethod
+    def _whole_ms(cls, v: float) -> float:
+        # The engine counts these in whole milliseconds: less would be 0, which it refuses.
+        if v < 0.001:
+            raise ValueError("must be at least 0.001 (1 ms: smegd counts it in ms)")
+        return v
+
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
         problems = []  # all of them at once, one per line
