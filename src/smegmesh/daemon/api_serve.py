@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import grp
 import logging
 import os
 import socket
@@ -18,6 +17,8 @@ import h11
 import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from smegmesh.daemon.config.files import group_id
 
 __all__ = ["TCP_CONCURRENCY", "ApiServer", "serve_tcp", "serve_unix"]
 
@@ -175,12 +176,17 @@ async def serve_unix(
     inode's mode is also set before ``bind()`` so the file never appears wider.
     A stale socket left by a dead daemon is replaced; a live one is an error.
     """
+    gid = -1
+    if group is not None:  # checked with the configuration; gone since: one line, no traceback
+        try:
+            gid = group_id(group)
+        except ValueError as e:
+            raise OSError(f"controlSocketGroup: {e}") from None
+        if mode == 0o600:
+            mode = 0o660
     p = FsPath(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     _clear_stale_socket(p)
-    if group is not None and mode == 0o600:
-        mode = 0o660
-    gid = grp.getgrnam(group).gr_gid if group is not None else -1
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         with contextlib.suppress(OSError):

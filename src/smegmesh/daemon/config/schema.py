@@ -17,7 +17,7 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from smegmesh.core.endpoint import join_host_port, split_host_port
 from smegmesh.core.record import check_endpoint
-from smegmesh.daemon.config.files import read_api_token
+from smegmesh.daemon.config.files import group_id, read_api_token
 from smegmesh.daemon.config.mesh import base_fields
 from smegmesh.daemon.config.model import _host_port, _Model, _str_list
 from smegmesh.daemon.defaults import DEFAULT_CONTROL_SOCKET, DEFAULT_STATE_DIR
@@ -206,7 +206,8 @@ class Config(_Model):
     control_socket_group: str | None = Field(
         default=None,
         alias="controlSocketGroup",
-        description="If set, the control socket is owned by this group with mode 0660.",
+        description="If set, the control socket is owned by this group (one this host has) "
+        "with mode 0660.",
     )
     bind_address: str = Field(
         default="::",
@@ -354,6 +355,13 @@ class Config(_Model):
             raise ValueError(
                 f"must be an IP address such as '::' or '0.0.0.0' (got {v!r})"
             ) from None
+        return v
+
+    @field_validator("control_socket_group")
+    @classmethod
+    def _group(cls, v: str | None) -> str | None:
+        if v is not None:
+            group_id(v)  # at --check, not once every other listener is up
         return v
 
     @field_validator(
