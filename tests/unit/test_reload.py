@@ -52,3 +52,23 @@ def test_engine_parameters_are_built_before_the_configuration_is_replaced(
         assert reload_config(daemon, f) is False
     assert daemon.config is old
     assert "gossip intervals must be positive" in caplog.text
+
+
+def test_a_reload_that_would_break_a_rule_between_keys_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """heartbeatInterval applies live, gcHorizon at the next start: merging the new
+    heartbeat over the running gcHorizon made a configuration the loader refuses
+    (gcHorizon > 3 x heartbeatInterval: tombstones collected before a silent
+    member is pruned), though the file is valid by itself."""
+    f = tmp_path / "c.yaml"
+    f.write_text("stubWg: true\nheartbeatInterval: 2\ngcHorizon: 60\n")
+    daemon = _daemon(f)
+    old = daemon.config
+    f.write_text("stubWg: true\nheartbeatInterval: 30\ngcHorizon: 120\n")
+    with caplog.at_level(logging.ERROR, logger="smegd"):
+        assert reload_config(daemon, f) is False
+    assert daemon.config is old
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "not reloaded" in line and "gcHorizon: must be greater than 3 x" in line, line
+    assert "restart" in line and "\n" not in line, line

@@ -8,7 +8,9 @@ the daemon reads each time it uses them (``acceptDefaults``,
 joined from now on). Every other key (ports, listeners, paths, backend...)
 needs a restart: a change is logged naming the keys, and the running values
 stay. A file that does not load keeps the whole running configuration, and the
-log says why.
+log says why; so does one whose live values break a rule between keys with the
+running value of a restart key (``Config.check_rules``), or that the engine
+refuses.
 """
 
 from __future__ import annotations
@@ -96,6 +98,14 @@ def reload_config(daemon: Any, path: str | Path, log_format: str | None = None) 
     if live:
         cfg = old.model_copy(update={n: getattr(new, n) for n in live})
         cfg._warnings = new.warnings
+        try:  # each value is valid; the running ones of restart keys may not go with them
+            cfg.check_rules()
+        except ValueError as e:
+            keep = ", ".join(_key(n) for n in restart)
+            why = f" (with the running {keep}, which a restart would change)" if keep else ""
+            for problem in str(e).splitlines():
+                _refuse(problem + why)
+            return False
     retune = bool(set(_GOSSIP_FIELDS) & set(live) or "heartbeat_interval" in live)
     try:
         params = (gossip_params(cfg), liveness_params(cfg)) if retune else None

@@ -388,9 +388,9 @@ class Config(_Model):
             raise ValueError("must be at least 0.001 (1 ms: smegd counts it in ms)")
         return v
 
-    @model_validator(mode="after")
-    def _cross_checks(self) -> Config:
-        problems = []  # all of them at once, one per line
+    def _rule_problems(self) -> list[str]:
+        """What breaks a rule between keys: all of it, one problem per line."""
+        problems = []
         if self.api_token is not None and self.api_token_file is not None:
             problems.append("apiTokenFile: set apiToken or apiTokenFile, not both")
         if self.api_listen is not None and not self.api_token and self.api_token_file is None:
@@ -400,13 +400,6 @@ class Config(_Model):
             )
         if (self.api_tls_certificate is None) != (self.api_tls_key is None):
             problems.append("apiTlsKey: apiTlsCertificate and apiTlsKey go together")
-        if self.api_listen is not None:
-            from smegmesh.daemon.tcp_api import tcp_api_exposure_warning
-
-            host = split_host_port(self.api_listen)[0]
-            exposed = tcp_api_exposure_warning(host, tls=self.api_tls_certificate is not None)
-            if exposed:
-                self._warnings.append(f"apiListen: {exposed}")
         if self.stub_wg and "wg_backend" in self.model_fields_set and self.wg_backend != "memory":
             problems.append(
                 f"wgBackend: {self.wg_backend!r} contradicts stubWg: true "
@@ -419,13 +412,31 @@ class Config(_Model):
             )
         if (self.certificate_path is None) != (self.private_key_path is None):
             problems.append("privateKeyPath: certificatePath and privateKeyPath go together")
+        return problems
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        problems = self._rule_problems()
         if problems:
             raise ValueError("\n".join(problems))
+        if self.api_listen is not None:
+            from smegmesh.daemon.tcp_api import tcp_api_exposure_warning
+
+            host = split_host_port(self.api_listen)[0]
+            exposed = tcp_api_exposure_warning(host, tls=self.api_tls_certificate is not None)
+            if exposed:
+                self._warnings.append(f"apiListen: {exposed}")
         if self.skip_cert_verification:
             self._warnings.append(SKIP_CERT_WARNING)
         if self.certificate_path or self.ca_certificate_path:
             self._warnings.append(CA_TLS_WARNING)
         return self
+
+    def check_rules(self) -> None:
+        """The rules between keys, again (a reload merges two files); ValueError if broken."""
+        problems = self._rule_problems()
+        if problems:
+            raise ValueError("\n".join(problems))
 
     # --- derived values -----------------------------------------------------
     @property
