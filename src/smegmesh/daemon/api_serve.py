@@ -8,6 +8,7 @@ import errno
 import logging
 import os
 import socket
+import ssl
 import stat
 from collections.abc import Generator
 from pathlib import Path as FsPath
@@ -110,6 +111,25 @@ class ApiServer:
     @property
     def running(self) -> bool:
         return not self._task.done()
+
+    @property
+    def tls(self) -> bool:
+        """Whether it serves HTTPS."""
+        return self._server.config.ssl is not None
+
+    def reload_tls(self, certificate: str | os.PathLike[str], key: str | os.PathLike[str]) -> None:
+        """Serve this certificate and key from the next connection on (a renewal).
+
+        The running context loads them in place (OpenSSL hands each new
+        connection the context's current pair), once a context of their own
+        took them: a pair that does not load (``ssl.SSLError``, an ``OSError``)
+        leaves the old one, not half of each.
+        """
+        ctx = self._server.config.ssl
+        if ctx is None:
+            raise ValueError("the TCP API serves plain HTTP")
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(certificate, key)
+        ctx.load_cert_chain(certificate, key)
 
     async def stop(self) -> None:
         self._server.request_exit()

@@ -86,6 +86,10 @@ class Daemon(
         #: (mesh, key) -> (record or device, alias shown, its NodeName): reused while unchanged
         self._dns_names: dict[tuple[str, bytes], tuple[object, str, Any]] = {}
         self.api_servers: list[Any] = []
+        #: the TCP API's app and server, once it serves (a reload hands them a new
+        #: token or certificate: daemon/reload.py)
+        self.tcp_app: Any = None
+        self.tcp_server: Any = None
         self.rpc_server: RpcServer | None = None
         self.backend: Any = None
         self.reconciler: Any = None
@@ -212,6 +216,7 @@ class Daemon(
             app, h, p, tls_certificate=cfg.api_tls_certificate, tls_key=cfg.api_tls_key
         )
         self.api_servers.append(server)
+        self.tcp_app, self.tcp_server = app, server
         tls = cfg.api_tls_certificate is not None
         log.info(
             "TCP API on %s (%s, bearer token required)", cfg.api_listen, "HTTPS" if tls else "HTTP"

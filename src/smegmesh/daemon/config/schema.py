@@ -243,13 +243,14 @@ class Config(_Model):
         alias="apiTokenFile",
         description="File holding the TCP API's bearer token (instead of apiToken, so the "
         "token stays out of this file; surrounding whitespace is ignored; at least 16 "
-        "characters). Keep it mode 0600.",
+        "characters). Keep it mode 0600. A reload (SIGHUP) takes a new token at once.",
     )
     api_tls_certificate: Path | None = Field(
         default=None,
         alias="apiTlsCertificate",
         description="PEM certificate (chain) of the TCP API: with apiTlsKey it serves "
-        "HTTPS. Without TLS, an apiListen beyond loopback logs a warning at start.",
+        "HTTPS; a reload (SIGHUP) serves a renewed pair. Without TLS, an apiListen beyond "
+        "loopback logs a warning at start.",
     )
     api_tls_key: Path | None = Field(
         default=None,
@@ -337,6 +338,8 @@ class Config(_Model):
 
     _warnings: list[str] = PrivateAttr(default_factory=list)
     _file_token: str | None = PrivateAttr(default=None)
+    #: SHA-256 of the API's certificate and key files as loaded (a reload compares them)
+    _tls_digest: bytes | None = PrivateAttr(default=None)
 
     _hp = field_validator("api_listen", "dns_listen", "dns_forwarder", "metrics_listen")(_host_port)
 
