@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -221,5 +222,18 @@ class MembershipOps(DaemonBase):
             log.warning("mesh %s: removing %s: %s", mesh_id, rt.ifname, e)
         await self._run_hooks(rt, "postDown")
         remove_mesh_files(self._mesh_dir(), mesh_id)
+        self._remove_device_keys(mesh_id)
         self._update_dns()
         log.info("left mesh %s", mesh_id)
+
+    def _remove_device_keys(self, mesh_id: str) -> None:
+        """Delete the device private keys kept for the mesh (``--keep-key``): left,
+        nothing could reach them any more (remove-device needs the mesh)."""
+        d = self.state_dir / "devices" / mesh_id
+        try:
+            for p in d.glob("*.key"):
+                p.unlink(missing_ok=True)
+        except OSError as e:
+            log.warning("mesh %s: cannot delete the device keys kept in %s: %s", mesh_id, d, e)
+        with contextlib.suppress(OSError):  # absent, or holding what is not ours
+            d.rmdir()
