@@ -296,3 +296,59 @@ def test_bad_public_endpoint_named_at_load(bad: str) -> None:
 )
 def test_public_endpoint_forms(good: str) -> None:
     assert parse_config({"baseConfiguration": {"publicEndpoint": good}}).base_configuration
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"syncInterval": 0.0004},
+        {"pullInterval": 0.0001},
+        {"heartbeatInterval": 0.0009},
+        {"gcHorizon": 0.0004, "heartbeatInterval": 0.001},
+        {"directAttempt": 0.0002},
+        {"directBackoff": 0.0005},
+    ],
+)
+def test_durations_below_a_millisecond_are_refused(data: dict[str, float]) -> None:
+    """smegd counts these in whole milliseconds: below 1 ms a value became 0, which
+    `--check` accepted and the gossip engine refused at start with a traceback."""
+    msg = _err(data)
+    key = next(iter(data))
+    assert f"{key}: " in msg and "0.001" in msg, msg
+
+
+def test_check_refuses_an_interval_the_daemon_cannot_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from smegmesh.daemon.main import EXIT_CONFIG, main
+
+    f = tmp_path / "c.yaml"
+    f.write_text("stubWg: true\nsyncInterval: 0.0004\n")
+    assert main(["--check", str(f)]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert err.startswith(f"smegd: {f}: syncInterval: ") and err.count("\n") == 1, err
+
+
+def test_an_unknown_control_socket_group_is_a_config_error() -> None:
+    """It was a free string: --check said OK, and at start the control socket's
+    grp.getgrnam raised KeyError, a traceback after every other listener was up."""
+    msg = _err({"controlSocketGroup": "smeg-admins-typo"})
+    assert msg.startswith("config: controlSocketGroup: ") and "no group" in msg, msg
+
+
+def test_an_existing_control_socket_group_is_accepted(tmp_path: Path) -> None:
+    import grp
+    import os
+
+    name = grp.getgrgid(os.getgid()).gr_name
+    assert parse_config({"controlSocketGroup": name}).control_socket_group == name
+
+
+def test_a_group_gone_since_the_check_is_a_one_line_error(tmp_path: Path) -> None:
+    import asyncio
+
+    from smegmesh.daemon.api_serve import serve_unix
+
+    with pytest.raises(OSError, match="controlSocketGroup: no group 'smeg-admins-typo'"):
+        asyncio.run(serve_unix(None, tmp_path / "s.sock", group="smeg-admins-typo"))  # type: ignore[arg-type]
+    assert not (tmp_path / "s.sock").exists()

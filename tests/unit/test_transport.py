@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 
 import grpc
 import pytest
@@ -20,6 +21,7 @@ from smegmesh.daemon.transport import (
     RpcError,
     RpcServer,
     TlsIdentity,
+    TlsIdentityError,
     caller_address,
     parse_grpc_peer,
 )
@@ -98,3 +100,73 @@ def test_authenticated_call_pinned_tls_and_refusals() -> None:
             await server.stop()
 
     asyncio.run(main())
+
+
+def _damage(d: Path, case: str) -> None:
+    TlsIdentity.load_or_create(d)
+    if case == "empty key":
+        (d / "tls.key").write_bytes(b"")
+    elif case == "empty certificate":
+        (d / "tls.crt").write_bytes(b"")
+    elif case == "truncated key":
+        (d / "tls.key").write_bytes((d / "tls.key").read_bytes()[:60])
+    else:  # a pair mixed from two backups
+        (d / "tls.crt").write_bytes(TlsIdentity.generate().cert_pem)
+
+
+@pytest.mark.parametrize(
+    ("case", "named"),
+    [
+        ("empty key", "tls.key"),
+        ("truncated key", "tls.key"),
+        ("empty certificate", "tls.crt"),
+        ("mixed pair", "tls.crt"),
+    ],
+)
+def test_a_damaged_tls_identity_is_named_and_left_alone(
+    tmp_path: Path, case: str, named: str
+) -> None:
+    """tls.key and tls.crt were read without a check: grpc refused the pair, and the
+    daemon said "cannot listen on ... (gRPCPort): address already in use"."""
+    _damage(tmp_path, case)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(TlsIdentityError) as ei:
+        TlsIdentity.load_or_create(tmp_path)
+    msg = str(ei.value)
+    assert str(tmp_path / named) in msg and "\n" not in msg, msg
+    assert "tls.key and tls.crt" in msg  # what to do about it
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_smegd_with_a_damaged_tls_key_says_which_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import shutil
+    import tempfile
+
+    from smegmesh.daemon.config import parse_config
+    from smegmesh.daemon.process import _amain
+    from smegmesh.testbed.ports import free_port
+
+    root = Path(tempfile.mkdtemp(prefix="tl-", dir="/tmp"))  # a short socket path
+    try:
+        state = root / "state"
+        state.mkdir(mode=0o700)
+        (state / "tls.key").write_bytes(b"")
+        (state / "tls.crt").write_bytes(b"")
+        cfg = parse_config(
+            {
+                "stubWg": True,
+                "stateDir": str(state),
+                "controlSocket": str(root / "s.sock"),
+                "gRPCPort": free_port(),
+                "bindAddress": "::1",
+            }
+        )
+        with caplog.at_level(logging.ERROR, logger="smegd"):
+            assert asyncio.run(_amain(cfg)) == 1
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert f"{state / 'tls.key'}: " in line and "already in use" not in line, line

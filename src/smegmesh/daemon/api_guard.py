@@ -171,6 +171,14 @@ class _App(FastAPI):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._guard(scope, receive, send)
 
+    def set_token(self, token: str) -> None:
+        """A new bearer token (a reload), at once: the old one opens nothing any more,
+        nor does a dashboard session opened with it (they all end)."""
+        self.smeg_token = token
+        self._guard.expected = f"Bearer {token}".encode()
+        if self._guard.ui_sessions is not None:
+            self._guard.ui_sessions.clear()
+
 
 def add_error_handlers(app: FastAPI) -> None:
     """Every error as JSON: service errors with their status, 422 naming the field, 404/405."""

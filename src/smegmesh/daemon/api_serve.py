@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import grp
 import logging
 import os
 import socket
+import ssl
 import stat
 from collections.abc import Generator
 from pathlib import Path as FsPath
@@ -18,6 +18,8 @@ import h11
 import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from smegmesh.daemon.config.files import group_id
 
 __all__ = ["TCP_CONCURRENCY", "ApiServer", "serve_tcp", "serve_unix"]
 
@@ -110,6 +112,25 @@ class ApiServer:
     def running(self) -> bool:
         return not self._task.done()
 
+    @property
+    def tls(self) -> bool:
+        """Whether it serves HTTPS."""
+        return self._server.config.ssl is not None
+
+    def reload_tls(self, certificate: str | os.PathLike[str], key: str | os.PathLike[str]) -> None:
+        """Serve this certificate and key from the next connection on (a renewal).
+
+        The running context loads them in place (OpenSSL hands each new
+        connection the context's current pair), once a context of their own
+        took them: a pair that does not load (``ssl.SSLError``, an ``OSError``)
+        leaves the old one, not half of each.
+        """
+        ctx = self._server.config.ssl
+        if ctx is None:
+            raise ValueError("the TCP API serves plain HTTP")
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(certificate, key)
+        ctx.load_cert_chain(certificate, key)
+
     async def stop(self) -> None:
         self._server.request_exit()
         with contextlib.suppress(asyncio.CancelledError):
@@ -175,12 +196,17 @@ async def serve_unix(
     inode's mode is also set before ``bind()`` so the file never appears wider.
     A stale socket left by a dead daemon is replaced; a live one is an error.
     """
+    gid = -1
+    if group is not None:  # checked with the configuration; gone since: one line, no traceback
+        try:
+            gid = group_id(group)
+        except ValueError as e:
+            raise OSError(f"controlSocketGroup: {e}") from None
+        if mode == 0o600:
+            mode = 0o660
     p = FsPath(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     _clear_stale_socket(p)
-    if group is not None and mode == 0o600:
-        mode = 0o660
-    gid = grp.getgrnam(group).gr_gid if group is not None else -1
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         with contextlib.suppress(OSError):

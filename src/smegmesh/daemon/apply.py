@@ -87,13 +87,19 @@ class ApplyOps(DaemonBase):
     async def _apply_mesh(self, rt: MeshRuntime) -> None:
         """One mesh's desired configuration through the reconciler, with what follows."""
         iface, host = self._desired(rt)
-        if not rt.up:
-            await self._run_hooks(rt, "preUp")
-        res = await asyncio.get_running_loop().run_in_executor(
-            self._wg_pool, self.reconciler.apply, iface, host
-        )
-        if not rt.up:
-            rt.up = True
+        loop = asyncio.get_running_loop()
+        if not rt.up and not rt.creating:
+            # Up hooks go with the creation of the interface, not with an apply:
+            # none at a restart that finds it up (stop runs no down hooks), one
+            # preUp however often a failing apply is retried.
+            exists = await loop.run_in_executor(self._wg_pool, self.reconciler.exists, rt.ifname)
+            if not exists:
+                rt.creating = True
+                await self._run_hooks(rt, "preUp")
+        res = await loop.run_in_executor(self._wg_pool, self.reconciler.apply, iface, host)
+        rt.up = True
+        if rt.creating:  # created now, or by an attempt that failed after
+            rt.creating = False
             await self._run_hooks(rt, "postUp")
         if not res.created:
             self._nudge_new_peers(rt, res.wg_ops)

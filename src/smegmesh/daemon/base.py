@@ -66,6 +66,8 @@ class DaemonBase:
         _dns_table: Any
         _dns_names: dict[tuple[str, bytes], tuple[object, str, Any]]
         api_servers: list[Any]
+        tcp_app: Any
+        tcp_server: Any
         backend: Any
         reconciler: Any
         wg_status: dict[str, Any]

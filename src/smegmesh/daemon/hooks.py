@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import subprocess
+import tempfile
 
 from smegmesh.daemon.base import DaemonBase
 from smegmesh.daemon.runtime import MeshRuntime
@@ -13,18 +14,44 @@ from smegmesh.daemon.runtime import MeshRuntime
 log = logging.getLogger("smegd")
 
 
+#: Seconds a hook's shell may run; a command it puts in the background is not waited for.
+HOOK_TIMEOUT_S = 30
+
+#: Bytes of a failing hook's error output that go to the log.
+HOOK_OUTPUT_LOGGED = 200
+
+
+def _one_line(text: str) -> str:
+    """Output as one printable log line: lines joined by spaces, escapes escaped."""
+    text = " ".join(text.split())
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 def run_hooks(stage: str, commands: list[str], ifname: str, mesh_id: str) -> None:
-    """Run wg-quick style hook commands; ``%i`` and ``$IFNAME`` name the interface."""
+    """Run wg-quick style hook commands; ``%i`` and ``$IFNAME`` name the interface.
+
+    Each command's error output goes to a temporary file, not a pipe: a command
+    the hook puts in the background (``agent &``) inherits it, and reading a pipe
+    to its end would wait for that command too, holding the WireGuard worker.
+    """
     for cmd in commands:
         line = cmd.replace("%i", ifname)
         env = {**os.environ, "IFNAME": ifname, "SMEG_MESH_ID": mesh_id}
-        try:
-            res = subprocess.run(
-                ["/bin/sh", "-c", line], env=env, capture_output=True, text=True, timeout=30
-            )
-        except (OSError, subprocess.TimeoutExpired) as e:
-            log.error("mesh %s: %s hook %r failed: %s", mesh_id, stage, line, e)
-            continue
+        with tempfile.TemporaryFile() as err:
+            try:
+                res = subprocess.run(
+                    ["/bin/sh", "-c", line],
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                    timeout=HOOK_TIMEOUT_S,
+                )
+            except (OSError, subprocess.TimeoutExpired) as e:
+                log.error("mesh %s: %s hook %r failed: %s", mesh_id, stage, line, e)
+                continue
+            err.seek(0)
+            output = err.read(4 * HOOK_OUTPUT_LOGGED).decode("utf-8", "replace")
         if res.returncode != 0:
             log.error(
                 "mesh %s: %s hook %r exited %d: %s",
@@ -32,7 +59,7 @@ def run_hooks(stage: str, commands: list[str], ifname: str, mesh_id: str) -> Non
                 stage,
                 line,
                 res.returncode,
-                res.stderr.strip()[:200],
+                _one_line(output)[:HOOK_OUTPUT_LOGGED],
             )
         else:
             log.info("mesh %s: ran %s hook %r", mesh_id, stage, line)

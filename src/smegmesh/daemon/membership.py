@@ -244,6 +244,7 @@ class MembershipOps(DaemonBase):
         except Exception as e:
             log.warning("mesh %s: removing %s: %s", mesh_id, rt.ifname, e)
         await self._run_hooks(rt, "postDown")
+        self._remove_device_keys(mesh_id)
         try:
             remove_mesh_files(self._mesh_dir(), mesh_id)
         except OSError as e:  # a read-only disk: it would be restored at the next start
@@ -253,3 +254,15 @@ class MembershipOps(DaemonBase):
             ) from None
         self._update_dns()
         log.info("left mesh %s", mesh_id)
+
+    def _remove_device_keys(self, mesh_id: str) -> None:
+        """Delete the device private keys kept for the mesh (``--keep-key``): left,
+        nothing could reach them any more (remove-device needs the mesh)."""
+        d = self.state_dir / "devices" / mesh_id
+        try:
+            for p in d.glob("*.key"):
+                p.unlink(missing_ok=True)
+        except OSError as e:
+            log.warning("mesh %s: cannot delete the device keys kept in %s: %s", mesh_id, d, e)
+        with contextlib.suppress(OSError):  # absent, or holding what is not ours
+            d.rmdir()

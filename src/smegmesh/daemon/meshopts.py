@@ -226,18 +226,27 @@ MESH_OPTIONS: tuple[MeshOpt, ...] = (
     _hook(
         "pre_up",
         "preUp",
-        "Shell commands run before a mesh interface is brought up "
-        "($IFNAME / %i is the interface name).",
+        "Shell commands run before smegd creates a mesh's interface ($IFNAME / %i is the "
+        "interface name): once per creation, however often a failing apply is retried; "
+        "not when smegd (re)starts and finds the interface up.",
     ),
-    _hook("post_up", "postUp", "Shell commands run after a mesh interface is up and configured."),
     _hook(
-        "pre_down", "preDown", "Shell commands run before a mesh interface is removed (leave-mesh)."
+        "post_up",
+        "postUp",
+        "Shell commands run after the interface smegd created is up and configured (once).",
+    ),
+    _hook(
+        "pre_down",
+        "preDown",
+        "Shell commands run before a mesh interface is removed (leave-mesh). Stopping "
+        "smegd keeps the interfaces up and runs no down hooks.",
     ),
     _hook(
         "post_down",
         "postDown",
-        "Shell commands run after a mesh interface is removed. A failing hook "
-        "of any kind is logged and does not stop the daemon.",
+        "Shell commands run after a mesh interface is removed (leave-mesh). A failing hook "
+        "of any kind is logged and does not stop the daemon; a command a hook puts in "
+        "the background (cmd &) is not waited for.",
     ),
 )
 

@@ -22,9 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from smegmesh.core.gossip import GossipParams
 from smegmesh.core.identity import key_to_text
-from smegmesh.core.liveness import LivenessParams
 from smegmesh.core.routing import RoutingResult
 from smegmesh.daemon import service as svc
 from smegmesh.daemon.api_models import NotRestored
@@ -44,6 +42,7 @@ from smegmesh.daemon.membership import MembershipOps
 from smegmesh.daemon.metrics import MeteredRpcClient, Metrics, serve_metrics
 from smegmesh.daemon.persist import PersistError, remove_stale_temps
 from smegmesh.daemon.ratelog import RateLog
+from smegmesh.daemon.reload import gossip_params, liveness_params
 from smegmesh.daemon.restore import RestoreOps
 from smegmesh.daemon.rpc_dgram import DatagramStats, KeyIds
 from smegmesh.daemon.rpc_dgram_client import DatagramClient
@@ -83,15 +82,8 @@ class Daemon(
         self._reconcile_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.rng = random.Random()
-        self.gossip = GossipParams(
-            sync_interval_ms=int(config.sync_interval * 1000),
-            pull_interval_ms=int(config.pull_interval * 1000),
-            cluster_size=config.cluster_size,
-            inter_cluster_chance=config.inter_cluster_chance,
-            branch=config.branch,
-            infection_count=config.infection_count,
-        )
-        self.liveness = LivenessParams.from_heartbeat(int(config.heartbeat_interval * 1000))
+        self.gossip = gossip_params(config)  # as a reload makes them (daemon/reload.py)
+        self.liveness = liveness_params(config)
         self.dns: Any = None
         self._dns_serial = int(time.time())
         self._dns_key: tuple[tuple[str, int], ...] | None = None  # meshes+versions served
@@ -99,6 +91,10 @@ class Daemon(
         #: (mesh, key) -> (record or device, alias shown, its NodeName): reused while unchanged
         self._dns_names: dict[tuple[str, bytes], tuple[object, str, Any]] = {}
         self.api_servers: list[Any] = []
+        #: the TCP API's app and server, once it serves (a reload hands them a new
+        #: token or certificate: daemon/reload.py)
+        self.tcp_app: Any = None
+        self.tcp_server: Any = None
         self.rpc_server: RpcServer | None = None
         self.backend: Any = None
         self.reconciler: Any = None
@@ -236,6 +232,7 @@ class Daemon(
             app, h, p, tls_certificate=cfg.api_tls_certificate, tls_key=cfg.api_tls_key
         )
         self.api_servers.append(server)
+        self.tcp_app, self.tcp_server = app, server
         tls = cfg.api_tls_certificate is not None
         log.info(
             "TCP API on %s (%s, bearer token required)", cfg.api_listen, "HTTPS" if tls else "HTTP"

@@ -12,11 +12,38 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from smegmesh.daemon.rpc_common import TLS_NAME, RpcError
+
+#: What to do about a damaged pair (see ``TlsIdentity.load_or_create``).
+_RENEW = (
+    "move tls.key and tls.crt away to make a new pair at the next start (the node's "
+    "record then carries the new fingerprint; invitations this node issued before "
+    "name the old one and fail through it)"
+)
+
+
+class TlsIdentityError(OSError):
+    """``tls.key`` or ``tls.crt`` in the state directory cannot be used (the message names it)."""
+
+
+def check_pair(key_path: Path, key_pem: bytes, cert_path: Path, cert_pem: bytes) -> None:
+    """Both parse, and the certificate is the key's: else :class:`TlsIdentityError`."""
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise TlsIdentityError(f"{key_path}: not a PEM private key (damaged?); {_RENEW}") from None
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        raise TlsIdentityError(f"{cert_path}: not a PEM certificate (damaged?); {_RENEW}") from None
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if cert.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
+        raise TlsIdentityError(f"{cert_path}: not the certificate of {key_path.name}; {_RENEW}")
 
 
 @dataclass(frozen=True)
@@ -54,9 +81,17 @@ class TlsIdentity:
 
     @classmethod
     def load_or_create(cls, directory: Path) -> TlsIdentity:
+        """The pair in ``directory``, checked, or a new one if either file is missing.
+
+        A damaged pair is not replaced: its fingerprint is pinned by other
+        nodes and named in the invitations this node issued, so a new one is
+        the operator's choice (:class:`TlsIdentityError` says how).
+        """
         key_path, cert_path = directory / "tls.key", directory / "tls.crt"
         if key_path.exists() and cert_path.exists():
-            return cls(key_pem=key_path.read_bytes(), cert_pem=cert_path.read_bytes())
+            key_pem, cert_pem = key_path.read_bytes(), cert_path.read_bytes()
+            check_pair(key_path, key_pem, cert_path, cert_pem)
+            return cls(key_pem=key_pem, cert_pem=cert_pem)
         ident = cls.generate()
         from smegmesh.daemon.persist import atomic_write
 

@@ -63,7 +63,11 @@ class MeshRuntime:
     save_error: str | None = None
     calls: set[asyncio.Task[None]] = field(default_factory=set)
     hooks: dict[str, list[str]] = field(default_factory=dict)
+    #: the interface was applied by this process (``daemon/apply.py``)
     up: bool = False
+    #: preUp ran for an interface not yet configured: postUp follows the first apply
+    #: that succeeds (a failing apply is retried without preUp again)
+    creating: bool = False
     #: ``join-mesh`` in progress: no WireGuard interface until a member admits us
     #: (a refused join must leave nothing behind).
     joining: bool = False

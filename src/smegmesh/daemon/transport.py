@@ -100,7 +100,12 @@ from smegmesh.daemon.rpc_server import (
     caller_address_verified,
     parse_grpc_peer,
 )
-from smegmesh.daemon.rpc_tls import TlsIdentity, cert_fingerprint, fetch_certificate
+from smegmesh.daemon.rpc_tls import (
+    TlsIdentity,
+    TlsIdentityError,
+    cert_fingerprint,
+    fetch_certificate,
+)
 
 __all__ = [
     "BACKOFF_BASE_S",
@@ -137,6 +142,7 @@ __all__ = [
     "RpcError",
     "RpcServer",
     "TlsIdentity",
+    "TlsIdentityError",
     "_signed_blob",
     "_signed_digest",
     "callee_key",

@@ -111,6 +111,10 @@ class SessionStore:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def clear(self) -> None:
+        """End every session (the API token changed: sessions opened with the old one)."""
+        self._sessions.clear()
+
     def _expire(self) -> None:
         now = self.clock()
         for sid in [s.sid for s in self._sessions.values() if s.expires <= now]:
@@ -315,12 +319,13 @@ def create_ui_app(
 
 
 def mount_ui(app: Any, token: str) -> SessionStore:
-    """Serve the dashboard at ``/ui/`` of the TCP API ``app``, logging in with ``token``."""
+    """Serve the dashboard at ``/ui/`` of the TCP API ``app``, logging in with ``token``
+    (the app's ``smeg_token`` when it has one: a reload may change it)."""
     store = SessionStore()
-    expected = token.encode()
 
     def check(candidate: str) -> bool:
-        return hmac.compare_digest(candidate.encode(), expected)
+        expected = getattr(app, "smeg_token", None) or token
+        return hmac.compare_digest(candidate.encode(), expected.encode())
 
     app.state.ui_sessions = store
     app.mount("/ui", create_ui_app(store, check), name="ui")

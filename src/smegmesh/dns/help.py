@@ -29,7 +29,8 @@ use the mesh's WireGuard interface, or any interface that stays up):
   (`~` makes `smeg` a routing-only domain: only names under it go there;
   `default-route false` keeps other names away from this server. The
   setting is lost when the link goes away; set it again from a `postUp`
-  hook, e.g. `resolvectl dns "$IFACE" ...`.)
+  hook, e.g. `resolvectl dns "$IFNAME" ...` ($IFNAME or %i is the
+  mesh's interface).)
 
 systemd-resolved, globally (a drop-in, survives reboots):
 

@@ -26,7 +26,7 @@ from smegmesh.core.wgdiff import (
     diff_interface,
 )
 from smegmesh.net.host import HostBackend
-from smegmesh.wg.base import WgBackend
+from smegmesh.wg.base import InterfaceNotFound, WgBackend
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,15 @@ class Reconciler:
                     c.read_at = float("-inf")
             elif name in self._cache:
                 self._cache[name].read_at = float("-inf")
+
+    def exists(self, name: str) -> bool:
+        """Whether the device is there (one read; any error but its absence is raised)."""
+        with self._lock:
+            try:
+                self.backend.read(name)
+            except InterfaceNotFound:
+                return False
+            return True
 
     def apply(self, desired_if: InterfaceConfig, desired_host: HostConfig) -> ReconcileResult:
         """Make the interface and its host state match; only the diff is applied."""

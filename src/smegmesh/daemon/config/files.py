@@ -1,13 +1,14 @@
-"""Files the config names and the daemon reads at start: the API token, the API's TLS pair."""
+"""What the config names outside itself: the API token, the API's TLS pair, a group."""
 
 from __future__ import annotations
 
+import grp
 import ssl
 from pathlib import Path
 
 from smegmesh.daemon.config.errors import ConfigError
 
-__all__ = ["MAX_TOKEN_FILE_BYTES", "check_api_tls", "read_api_token"]
+__all__ = ["MAX_TOKEN_FILE_BYTES", "check_api_tls", "group_id", "read_api_token"]
 
 
 #: Largest token file read (a token is a line, not a document).
@@ -62,3 +63,11 @@ def check_api_tls(cert: Path, key: Path, source: str = "config") -> None:
         raise ConfigError(
             f"{source}: apiTlsCertificate/apiTlsKey: cannot load {cert} with key {key}: {reason}"
         ) from None
+
+
+def group_id(name: str) -> int:
+    """The id of the group ``name`` (``controlSocketGroup``); ValueError if there is none."""
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ValueError(f"no group {name!r} on this host (getent group lists them)") from None

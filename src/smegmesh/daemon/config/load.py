@@ -6,6 +6,7 @@ already parsed. Every problem is reported at once (:class:`ConfigError`).
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -76,22 +77,30 @@ def _api_files(
     source: str,
     updates: dict[str, Path],
     problems: list[str],
-) -> str | None:
-    """Resolve the API's files into ``updates``; read the token file, load the TLS pair."""
+) -> tuple[str | None, bytes | None]:
+    """Resolve the API's files into ``updates``; read the token file, load the TLS pair.
+
+    Returns the token and the SHA-256 of the TLS pair's files (a reload that finds
+    the same paths compares the contents).
+    """
     for attr in ("api_token_file", "api_tls_certificate", "api_tls_key"):
         p = getattr(cfg, attr)
         if p is not None:
             p = p.expanduser()
             updates[attr] = p if p.is_absolute() or base_dir is None else base_dir / p
-    file_token = None
+    file_token = digest = None
     try:
         if "api_token_file" in updates:
             file_token = read_api_token(updates["api_token_file"], source)
         if "api_tls_certificate" in updates:
-            check_api_tls(updates["api_tls_certificate"], updates["api_tls_key"], source)
+            pair = (updates["api_tls_certificate"], updates["api_tls_key"])
+            check_api_tls(*pair, source)
+            digest = hashlib.sha256(b"".join(p.read_bytes() for p in pair)).digest()
     except ConfigError as e:
         problems.extend(m.removeprefix(f"{source}: ") for m in e.problems)
-    return file_token
+    except OSError as e:  # gone since check_api_tls loaded it
+        problems.append(f"apiTlsCertificate/apiTlsKey: cannot read {e.filename}: {e.strerror}")
+    return file_token, digest
 
 
 def parse_config(data: Any, base_dir: Path | None = None, source: str = "config") -> Config:
@@ -114,9 +123,9 @@ def parse_config(data: Any, base_dir: Path | None = None, source: str = "config"
 
     # Certificate files are checked even when other keys are bad: every problem at once.
     updates = _cert_paths(data, base_dir, problems)
-    file_token = None
+    file_token = digest = None
     if cfg is not None:
-        file_token = _api_files(cfg, base_dir, source, updates, problems)
+        file_token, digest = _api_files(cfg, base_dir, source, updates, problems)
     if problems:
         lines = [f"{source}: {m}" for m in problems]
         extra = f" (and {len(lines) - 1} more problem(s))" if len(lines) > 1 else ""
@@ -127,6 +136,7 @@ def parse_config(data: Any, base_dir: Path | None = None, source: str = "config"
         cfg = cfg.model_copy(update=updates)
         cfg._warnings = warnings
     cfg._file_token = file_token
+    cfg._tls_digest = digest
     return cfg
 
 

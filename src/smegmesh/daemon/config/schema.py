@@ -17,7 +17,7 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from smegmesh.core.endpoint import join_host_port, split_host_port
 from smegmesh.core.record import check_endpoint
-from smegmesh.daemon.config.files import read_api_token
+from smegmesh.daemon.config.files import group_id, read_api_token
 from smegmesh.daemon.config.mesh import base_fields
 from smegmesh.daemon.config.model import _host_port, _Model, _str_list
 from smegmesh.daemon.defaults import DEFAULT_CONTROL_SOCKET, DEFAULT_STATE_DIR
@@ -206,7 +206,8 @@ class Config(_Model):
     control_socket_group: str | None = Field(
         default=None,
         alias="controlSocketGroup",
-        description="If set, the control socket is owned by this group with mode 0660.",
+        description="If set, the control socket is owned by this group (one this host has) "
+        "with mode 0660.",
     )
     bind_address: str = Field(
         default="::",
@@ -242,13 +243,14 @@ class Config(_Model):
         alias="apiTokenFile",
         description="File holding the TCP API's bearer token (instead of apiToken, so the "
         "token stays out of this file; surrounding whitespace is ignored; at least 16 "
-        "characters). Keep it mode 0600.",
+        "characters). Keep it mode 0600. A reload (SIGHUP) takes a new token at once.",
     )
     api_tls_certificate: Path | None = Field(
         default=None,
         alias="apiTlsCertificate",
         description="PEM certificate (chain) of the TCP API: with apiTlsKey it serves "
-        "HTTPS. Without TLS, an apiListen beyond loopback logs a warning at start.",
+        "HTTPS; a reload (SIGHUP) serves a renewed pair. Without TLS, an apiListen beyond "
+        "loopback logs a warning at start.",
     )
     api_tls_key: Path | None = Field(
         default=None,
@@ -336,6 +338,8 @@ class Config(_Model):
 
     _warnings: list[str] = PrivateAttr(default_factory=list)
     _file_token: str | None = PrivateAttr(default=None)
+    #: SHA-256 of the API's certificate and key files as loaded (a reload compares them)
+    _tls_digest: bytes | None = PrivateAttr(default=None)
 
     _hp = field_validator("api_listen", "dns_listen", "dns_forwarder", "metrics_listen")(_host_port)
 
@@ -356,6 +360,13 @@ class Config(_Model):
             ) from None
         return v
 
+    @field_validator("control_socket_group")
+    @classmethod
+    def _group(cls, v: str | None) -> str | None:
+        if v is not None:
+            group_id(v)  # at --check, not once every other listener is up
+        return v
+
     @field_validator(
         "timeout", "sync_interval", "pull_interval", "heartbeat_interval", "gc_horizon"
     )
@@ -365,9 +376,24 @@ class Config(_Model):
             raise ValueError("must be a finite number of seconds")
         return v
 
-    @model_validator(mode="after")
-    def _cross_checks(self) -> Config:
-        problems = []  # all of them at once, one per line
+    @field_validator(
+        "sync_interval",
+        "pull_interval",
+        "heartbeat_interval",
+        "gc_horizon",
+        "direct_attempt",
+        "direct_backoff",
+    )
+    @classmethod
+    def _whole_ms(cls, v: float) -> float:
+        # The engine counts these in whole milliseconds: less would be 0, which it refuses.
+        if v < 0.001:
+            raise ValueError("must be at least 0.001 (1 ms: smegd counts it in ms)")
+        return v
+
+    def _rule_problems(self) -> list[str]:
+        """What breaks a rule between keys: all of it, one problem per line."""
+        problems = []
         if self.api_token is not None and self.api_token_file is not None:
             problems.append("apiTokenFile: set apiToken or apiTokenFile, not both")
         if self.api_listen is not None and not self.api_token and self.api_token_file is None:
@@ -377,13 +403,6 @@ class Config(_Model):
             )
         if (self.api_tls_certificate is None) != (self.api_tls_key is None):
             problems.append("apiTlsKey: apiTlsCertificate and apiTlsKey go together")
-        if self.api_listen is not None:
-            from smegmesh.daemon.tcp_api import tcp_api_exposure_warning
-
-            host = split_host_port(self.api_listen)[0]
-            exposed = tcp_api_exposure_warning(host, tls=self.api_tls_certificate is not None)
-            if exposed:
-                self._warnings.append(f"apiListen: {exposed}")
         if self.stub_wg and "wg_backend" in self.model_fields_set and self.wg_backend != "memory":
             problems.append(
                 f"wgBackend: {self.wg_backend!r} contradicts stubWg: true "
@@ -396,13 +415,31 @@ class Config(_Model):
             )
         if (self.certificate_path is None) != (self.private_key_path is None):
             problems.append("privateKeyPath: certificatePath and privateKeyPath go together")
+        return problems
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        problems = self._rule_problems()
         if problems:
             raise ValueError("\n".join(problems))
+        if self.api_listen is not None:
+            from smegmesh.daemon.tcp_api import tcp_api_exposure_warning
+
+            host = split_host_port(self.api_listen)[0]
+            exposed = tcp_api_exposure_warning(host, tls=self.api_tls_certificate is not None)
+            if exposed:
+                self._warnings.append(f"apiListen: {exposed}")
         if self.skip_cert_verification:
             self._warnings.append(SKIP_CERT_WARNING)
         if self.certificate_path or self.ca_certificate_path:
             self._warnings.append(CA_TLS_WARNING)
         return self
+
+    def check_rules(self) -> None:
+        """The rules between keys, again (a reload merges two files); ValueError if broken."""
+        problems = self._rule_problems()
+        if problems:
+            raise ValueError("\n".join(problems))
 
     # --- derived values -----------------------------------------------------
     @property

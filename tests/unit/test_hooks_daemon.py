@@ -1,0 +1,148 @@
+"""When smegd runs a mesh's hooks: up hooks once per interface it creates, down
+hooks when leave-mesh removes it (docs/CONFIG.md, preUp ... postDown).
+
+The reconcile loop is replaced by explicit passes (``_reconcile_pass``): what a
+pass does is the same, and the test decides when one happens."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from smegmesh.daemon.config import MeshOptions, parse_config
+from smegmesh.daemon.node import Daemon
+from smegmesh.testbed.ports import free_port
+from smegmesh.wg import factory
+from smegmesh.wg.memory import MemoryBackend
+
+
+@pytest.fixture
+def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A short directory: the control socket's path is limited to 108 bytes."""
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="hk-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def kept(monkeypatch: pytest.MonkeyPatch) -> MemoryBackend:
+    """One WireGuard 'kernel' for every daemon of a test: interfaces outlive a daemon."""
+    backend = MemoryBackend()
+    monkeypatch.setattr(factory, "create_backend", lambda *a, **kw: backend)
+    return backend
+
+
+def _daemon(root: Path) -> Daemon:
+    log = root / "hooks.log"
+    cfg = parse_config(
+        {
+            "stubWg": True,
+            "stateDir": str(root / "state"),
+            "controlSocket": str(root / "s.sock"),
+            "gRPCPort": free_port(),
+            "bindAddress": "::1",
+            "baseConfiguration": {
+                "publicEndpoint": "::1",
+                **{s: [f"echo {s} >> {log}"] for s in ("preUp", "postUp", "preDown", "postDown")},
+            },
+        }
+    )
+    d = Daemon(cfg)
+
+    async def no_loop() -> None:  # passes are the test's
+        await asyncio.Event().wait()
+
+    d._reconcile_loop = no_loop  # type: ignore[method-assign]
+    return d
+
+
+def _ran(root: Path) -> list[str]:
+    log = root / "hooks.log"
+    return log.read_text().split() if log.exists() else []
+
+
+def test_pre_up_runs_once_while_the_apply_keeps_failing(root: Path, kept: MemoryBackend) -> None:
+    """A failing apply is retried every pass (at most 2 s apart): preUp ran before
+    each attempt, and a non-idempotent hook (iptables -A) piled up a rule each."""
+
+    async def main() -> None:
+        d = _daemon(root)
+        await d.start()
+        try:
+            real = d.reconciler.apply
+            tries: list[int] = []
+
+            def half_created(iface: Any, host: Any) -> Any:  # the interface, then a failure
+                tries.append(1)
+                kept.ensure_interface(iface.name)
+                raise OSError("cannot apply: RTNETLINK answers: Address already in use")
+
+            d.reconciler.apply = half_created  # type: ignore[method-assign]
+            mesh = await d.new_mesh(MeshOptions())
+            for _ in range(3):
+                await d._reconcile_pass()
+            assert len(tries) == 3 and d.meshes[mesh].dirty_wg
+            assert _ran(root) == ["preUp"]
+            d.reconciler.apply = real  # type: ignore[method-assign]
+            await d._reconcile_pass()
+            # created by the failing attempt: postUp still follows once it is configured
+            assert _ran(root) == ["preUp", "postUp"]
+            await d._reconcile_pass()
+            assert _ran(root) == ["preUp", "postUp"]
+        finally:
+            await d.stop()
+
+    asyncio.run(main())
+
+
+def test_a_restart_does_not_rerun_up_hooks_and_leave_runs_down_hooks(
+    root: Path, kept: MemoryBackend
+) -> None:
+    """Interfaces stay up across a restart (smegd stop runs no down hooks): the
+    restarted daemon ran preUp and postUp again on the interface that stayed up."""
+
+    async def run(step: str) -> None:
+        d = _daemon(root)
+        await d.start()
+        try:
+            if step == "create":
+                await d.new_mesh(MeshOptions())
+            await d._reconcile_pass()
+            assert all(rt.up for rt in d.meshes.values()) and d.meshes
+            if step == "leave":
+                await d.leave_mesh(next(iter(d.meshes)))
+        finally:
+            await d.stop()
+
+    asyncio.run(run("create"))
+    assert _ran(root) == ["preUp", "postUp"] and kept.devices
+    asyncio.run(run("restart"))
+    assert _ran(root) == ["preUp", "postUp"], "up hooks ran again on an interface that stayed up"
+    asyncio.run(run("leave"))
+    assert _ran(root) == ["preUp", "postUp", "preDown", "postDown"] and not kept.devices
+
+
+def test_a_start_that_finds_no_interface_runs_the_up_hooks(root: Path, kept: MemoryBackend) -> None:
+    """After a reboot the interface is gone: the restored mesh's is created, with its hooks."""
+
+    async def run(create: bool) -> None:
+        d = _daemon(root)
+        await d.start()
+        try:
+            if create:
+                await d.new_mesh(MeshOptions())
+            await d._reconcile_pass()
+        finally:
+            await d.stop()
+
+    asyncio.run(run(True))
+    kept.devices.clear()  # a reboot
+    asyncio.run(run(False))
+    assert _ran(root) == ["preUp", "postUp", "preUp", "postUp"]

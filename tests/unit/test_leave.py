@@ -1,0 +1,53 @@
+"""leave-mesh forgets the mesh on disk: its state, and the device keys kept for it."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from pathlib import Path
+
+from smegmesh.daemon.config import MeshOptions, parse_config
+from smegmesh.daemon.node import Daemon
+from smegmesh.testbed.ports import free_port
+
+
+def test_leaving_a_mesh_deletes_its_kept_device_keys() -> None:
+    """docs/DEVICES.md: a key kept with --keep-key lives in STATE/devices/MESH/
+    until remove-device deletes it. leave-mesh removed the mesh's state only: the
+    private keys stayed on disk for ever, and no command could reach them (the
+    mesh is gone)."""
+    root = Path(tempfile.mkdtemp(prefix="lv-", dir="/tmp"))  # a short socket path
+    cfg = parse_config(
+        {
+            "stubWg": True,
+            "stateDir": str(root / "state"),
+            "controlSocket": str(root / "s.sock"),
+            "gRPCPort": free_port(),
+            "bindAddress": "::1",
+            "baseConfiguration": {"publicEndpoint": "::1"},
+        }
+    )
+
+    async def main() -> None:
+        d = Daemon(cfg)
+        await d.start()
+        try:
+            mesh = await d.new_mesh(MeshOptions())
+            other = await d.new_mesh(MeshOptions())
+            for m in (mesh, other):
+                await d.add_device(m, "phone", keep_key=True)
+            keys = d.state_dir / "devices" / mesh
+            assert len(list(keys.glob("*.key"))) == 1
+            await d.leave_mesh(mesh)
+            assert not (d.state_dir / "meshes" / f"{mesh}.json").exists()
+            assert not keys.exists(), f"left behind: {list(keys.iterdir())}"
+            # the other mesh's key is its own
+            assert len(list((d.state_dir / "devices" / other).glob("*.key"))) == 1
+        finally:
+            await d.stop()
+
+    try:
+        asyncio.run(main())
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
