@@ -142,12 +142,14 @@ def test_a_new_token_ends_the_dashboard_sessions_opened_with_the_old_one() -> No
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
             r = await c.post("/ui/login", data={"token": OLD})
-            assert r.status_code == 303
+            assert r.status_code == 200 and "smeg-session" in r.text  # signed in: the key
+            key = {"X-Smeg-CSRF": r.text.split('name="smeg-session" content="')[1].split('"')[0]}
             assert (await c.get("/ui/")).status_code == 200  # the session's cookie opens it
+            assert (await c.get("/v1/meshes", headers=key)).status_code != 401
             app.set_token(NEW)
             assert (await c.get("/ui/")).status_code == 303  # back to the login form
-            assert (await c.get("/v1/meshes")).status_code == 401
+            assert (await c.get("/v1/meshes", headers=key)).status_code == 401
             assert (await c.post("/ui/login", data={"token": OLD})).status_code == 401
-            assert (await c.post("/ui/login", data={"token": NEW})).status_code == 303
+            assert (await c.post("/ui/login", data={"token": NEW})).status_code == 200
 
     asyncio.run(main())
