@@ -87,21 +87,30 @@ def test_many_forged_copies_of_few_records_cost_linear_time() -> None:
     """Each forgery that lost sent its slot round again, and every round compared
     each pending item with each candidate: a 1 MiB message of forged versions of
     a few records cost time quadratic in its items (2,000 copies of 4 records:
-    0.73 s on the old code, 2,300 fit in 1 MiB; now ~0.04 s)."""
+    0.73 s on the old code, 2,300 fit in 1 MiB; now ~0.04 s). Four times the
+    copies must cost about four times the time, not sixteen (the best of three
+    runs each: a ratio, so a loaded machine does not fail it)."""
     m, recs, now = _members(4)
-    v = CountingVerifier()
-    st = _state(m, recs, now, v)
-    copies = [
-        dataclasses.replace(r, version=r.version + j, timestamp_ms=r.timestamp_ms + j)
-        for j in range(1, 501)
-        for r in recs
-    ]
-    v.checked = 0
-    t0 = time.perf_counter()
-    changed, errors = st.apply_many(copies, now)
-    took = time.perf_counter() - t0
-    assert took < 0.25, f"{took * 1000:.0f} ms"  # a third of the old code's, on a slow machine
-    assert not changed and len(errors) == len(copies) and v.checked == 1
+
+    def best_of_three(n: int) -> float:
+        copies = [
+            dataclasses.replace(r, version=r.version + j, timestamp_ms=r.timestamp_ms + j)
+            for j in range(1, n + 1)
+            for r in recs
+        ]
+        times = []
+        for _ in range(3):
+            v = CountingVerifier()
+            st = _state(m, recs, now, v)
+            v.checked = 0
+            t0 = time.perf_counter()
+            changed, errors = st.apply_many(copies, now)
+            times.append(time.perf_counter() - t0)
+            assert not changed and len(errors) == len(copies) and v.checked == 1
+        return min(times)
+
+    small, large = best_of_three(125), best_of_three(500)
+    assert large < 8 * small, f"125 copies: {small * 1000:.1f} ms, 500: {large * 1000:.1f} ms"
 
 
 def _honest_kb_per_s(n: int, period_ms: int, seconds: int = 5) -> float:
