@@ -148,10 +148,12 @@ class LocalApiOps(DaemonBase):
         from smegmesh.daemon.status import build_status
 
         key = key_to_text(self.identity.wg_public_key)
-        return build_status(
+        details = await self._details()
+        return await asyncio.to_thread(  # linear, but thousands of members: off the loop
+            build_status,
             VERSION,
             key,
-            await self._details(),
+            details,
             self.config.dns_listen,
             list(self.unrestored.values()),
         )

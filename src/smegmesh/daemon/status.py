@@ -146,9 +146,26 @@ def member_paths(m: MeshDetail) -> dict[str, PathInfo]:
     return out
 
 
-def _member(m: MeshDetail, n: NodeInfo) -> MemberStatus:
-    path = path_to(n.overlay_address, [m])
-    hop = next((x for x in m.nodes if path.via is not None and x.public_key == path.via), None)
+def _members(m: MeshDetail) -> list[MemberStatus]:
+    """Every member of ``m`` with its path, linear in members.
+
+    A path is the one ``member_paths`` put on the node when the view was built
+    (``direct.annotate``), else computed here once for the whole mesh: a
+    longest-prefix search per member over every member's AllowedIPs, and a
+    search for its hop, cost 30 s of the event loop at 1,000 members.
+    """
+    paths = member_paths(m) if any(n.path is None for n in m.nodes) else {}
+    by_key = {n.public_key: n for n in m.nodes}
+    none = PathInfo(kind="none")
+    out = []
+    for n in m.nodes:
+        path = n.path or paths.get(n.public_key, none)
+        hop = by_key.get(path.via) if path.via is not None else None
+        out.append(_member(n, path, hop))
+    return out
+
+
+def _member(n: NodeInfo, path: PathInfo, hop: NodeInfo | None) -> MemberStatus:
     return MemberStatus(
         public_key=n.public_key,
         alias=n.alias,
@@ -186,7 +203,7 @@ def build_status(
                 overlay_address=me.overlay_address if me is not None else None,
                 members_online=sum(1 for n in m.nodes if n.status == "live"),
                 members_total=len(m.nodes),
-                members=[_member(m, n) for n in m.nodes],
+                members=_members(m),
                 routes=list(m.routes),
             )
         )
