@@ -37,8 +37,12 @@ Rules (see docs/ROUTING.md):
   path's last mesh (nothing else can be routed; per-node routes never are);
 * ``::/0`` is accepted only with ``accept_defaults`` and never by a node that
   offers defaults itself (two exits would otherwise point at each other);
-* per destination the shortest path wins; the tie among the gateways at that
-  length, *in all the node's peer meshes together*, is broken by rendezvous
+* per destination the shortest path wins; at equal length a path whose first
+  mesh has an old-style id (no authority, so nothing proves the gateway is in
+  it) ranks below one whose first mesh is proven (or that is empty): a member
+  proving nothing gets no more than with a mesh it founds itself as first hop;
+  the tie among the gateways at that rank,
+  *in all the node's peer meshes together*, is broken by rendezvous
   hashing of the node's own key over ``gateway key + mesh id`` — traffic
   spreads, and only the nodes using a gateway move when it dies;
 * on a mesh where the node is a client, all gateways are one candidate: the
@@ -88,7 +92,7 @@ class RouteEntry:
     mesh_id: str  # the mesh (interface) the traffic leaves this node through
     gateway: bytes  # the next hop in ``mesh_id`` (a client's: its assigned peer)
     path: tuple[str, ...]  # meshes crossed after leaving ``mesh_id``
-    alternatives: int  # other gateways offering the same path length (any mesh)
+    alternatives: int  # other gateways offering the same rank (length, proof; any mesh)
 
     @property
     def length(self) -> int:
@@ -114,7 +118,7 @@ class RoutingResult:
 
 @dataclass(slots=True)
 class _Best:
-    length: int
+    rank: tuple[int, bool]  # (path length, first hop unprovable): smallest wins
     # (candidate id, mesh, gateway, path); candidate id = gateway key + mesh id
     cands: list[tuple[bytes, str, bytes, tuple[str, ...]]]
     advertisers: set[tuple[str, bytes]]
@@ -242,11 +246,14 @@ def _add_candidate(
     ``client_gw``: on a client mesh, the assigned peer (else ``None``).
     """
     dest, path = adv.prefix, adv.path
+    # a first hop with an old-style id (no authority) proves nothing: at equal
+    # length such a route ranks below one whose first hop is proven (or empty)
+    rank = (len(path), bool(path) and founding_name(path[0]) is None)
     b = best.get(dest)
-    if b is not None and len(path) > b.length:
+    if b is not None and rank > b.rank:
         return
-    if b is None or len(path) < b.length:
-        b = best[dest] = _Best(len(path), [], set(), {})
+    if b is None or rank < b.rank:
+        b = best[dest] = _Best(rank, [], set(), {})
     if (m, gw_key) in b.advertisers:
         return  # duplicate advert of the same route by one gateway
     b.advertisers.add((m, gw_key))
