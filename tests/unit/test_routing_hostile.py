@@ -80,3 +80,108 @@ def test_an_unprovable_first_hop_is_still_used_when_it_is_shortest() -> None:
     here, st, dest, _real, fake = _unproven_liar(3)
     got = _routes(ident(40).wg_public_key, {here.mesh_id: st})
     assert got[dest][0] == fake.wg_key and len(got[dest][1]) == 2
+
+
+# --------------------------------------------------------------------------- finding 2
+
+
+def _advertiser(
+    mesh: Mesh, who: int, first: Mesh, dests: list[str], *, sort_before: str = ""
+) -> NodeRecord:
+    """``who``'s record in ``mesh``: ``first``'s prefix and ``(first, y)`` for each y."""
+    routes = [RouteAdv(pfx(first.mesh_id), (first.mesh_id,))]
+    routes += [RouteAdv(pfx(y), (first.mesh_id, y)) for y in dests]
+    return mesh.record(
+        ident(who),
+        role=Role.PEER,
+        wg_endpoint=f"192.0.2.{who}:51820",
+        routes=tuple(routes),
+        proofs=(MembershipProof(first.founding, ()),),
+    )
+
+
+def _invented(n: int, tag: str, below: str = "g") -> list[str]:
+    """``n`` made-up mesh ids whose prefixes sort before ``below`` (a few tries each)."""
+    out: list[str] = []
+    i = 0
+    while len(out) < n:
+        y = f"{tag}{i}"
+        i += 1
+        if pfx(y) < below:
+            out.append(y)
+    return out
+
+
+def _bridge_adverts(into: Mesh, learned: dict[str, list[NodeRecord]]) -> tuple[RouteAdv, ...]:
+    """What the bridge ident(10), in ``into`` and the meshes of ``learned``, advertises into it."""
+    meshes: dict[str, list[NodeRecord]] = {into.mesh_id: [], **learned}
+    res = compute_routes(
+        ident(10).wg_public_key,
+        meshes,
+        advertise_routes=True,
+        advertise_defaults=False,
+        accept_defaults=False,
+    )
+    return res.adverts[into.mesh_id]
+
+
+def _state(mesh: Mesh, *recs: NodeRecord) -> list[NodeRecord]:
+    st = mesh.state()
+    for r in recs:
+        assert st.apply(r, NOW)  # the record gate takes them: every advert is well-formed
+    return st.live_records()
+
+
+def test_one_members_invented_routes_do_not_crowd_a_real_route_out() -> None:
+    """The review's case: 511 inventions of H and C's one route beyond P, all at length 3."""
+    n, m = Mesh(name="north-mesh-n"), Mesh(name="middle-mesh-m")
+    for who in (10, 11, 12):
+        n.admit(ident(who))
+    p = Mesh(name="pine-mesh-p", founder=ident(11))  # C (11) bridges N and P
+    f = Mesh(name="fake-mesh-f", founder=ident(12))  # H's (12) own mesh: a free, valid proof
+    q = Mesh(name="quay-mesh-q", founder=ident(14))
+    c = _advertiser(n, 11, p, [q.mesh_id])
+    h = _advertiser(n, 12, f, _invented(510, "y", below=pfx(q.mesh_id)))
+    advs = _bridge_adverts(m, {n.mesh_id: _state(n, c, h)})
+    assert RouteAdv(pfx(q.mesh_id), (n.mesh_id, p.mesh_id, q.mesh_id)) in advs, (
+        f"{len(advs)} adverts, {sum(1 for a in advs if f.mesh_id in a.path)} of them H's"
+    )
+
+
+def test_an_honest_gateway_keeps_its_fair_share_against_a_flood() -> None:
+    """C offers 300 destinations, H 511 inventions: C keeps half of the slots."""
+    n, m = Mesh(name="north-mesh-n"), Mesh(name="middle-mesh-m")
+    for who in (10, 11, 12):
+        n.admit(ident(who))
+    p = Mesh(name="pine-mesh-p", founder=ident(11))
+    f = Mesh(name="fake-mesh-f", founder=ident(12))
+    real = _invented(299, "real", below="g")  # stands for 299 meshes beyond P
+    c = _advertiser(n, 11, p, real)
+    h = _advertiser(n, 12, f, _invented(510, "y"))  # (sorting first would change nothing)
+    advs = _bridge_adverts(m, {n.mesh_id: _state(n, c, h)})
+    kept = sum(1 for a in advs if p.mesh_id in a.path)
+    junk = sum(1 for a in advs if f.mesh_id in a.path)
+    assert len(advs) == 512 and advs[0] == RouteAdv(pfx(n.mesh_id), (n.mesh_id,))
+    # 511 slots after the bridge's own prefix of N, shared by the two gateways
+    assert (kept, junk) == (255, 256)
+    # each keeps its shortest: its own first mesh (length 2) is in
+    assert RouteAdv(pfx(p.mesh_id), (n.mesh_id, p.mesh_id)) in advs
+
+
+def test_a_flooded_mesh_does_not_crowd_out_routes_learned_through_another() -> None:
+    """Two flooders in N (sock puppets): the routes learned through K all stay."""
+    n, k, m = Mesh(name="north-mesh-n"), Mesh(name="kelp-mesh-k"), Mesh(name="middle-mesh-m")
+    for who in (10, 12, 13):
+        n.admit(ident(who))
+    for who in (10, 11):
+        k.admit(ident(who))
+    p = Mesh(name="pine-mesh-p", founder=ident(11))
+    f = Mesh(name="fake-mesh-f", founder=ident(12))
+    g = Mesh(name="gulf-mesh-g", founder=ident(13))
+    real = _invented(199, "real", below="g")
+    h1 = _advertiser(n, 12, f, _invented(510, "y"))
+    h2 = _advertiser(n, 13, g, _invented(510, "z"))
+    c = _advertiser(k, 11, p, real)
+    advs = _bridge_adverts(m, {n.mesh_id: _state(n, h1, h2), k.mesh_id: _state(k, c)})
+    assert len(advs) == 512
+    assert sum(1 for a in advs if a.path[0] == k.mesh_id) == 1 + 200  # K itself and all of C's

@@ -56,7 +56,13 @@ Rules (see docs/ROUTING.md):
   route it selected through another peer mesh ``N`` (path ``(N, *learned)``);
   never a route whose path contains ``M`` (split horizon) nor one longer than
   :data:`~smegmesh.core.record.MAX_ROUTE_PATH`; at most
-  :data:`~smegmesh.core.record.MAX_ROUTES` adverts, shortest first;
+  :data:`~smegmesh.core.record.MAX_ROUTES` adverts: its own (the prefixes of
+  its meshes, its ``::/0``) first, then the learned routes in max-min fair
+  shares of the slots left, first per mesh they were selected through, then
+  per gateway within it, each share with its gateway's shortest routes (ties
+  by prefix, path) — a member inventing destinations (free: proven first hop
+  a mesh it founds) fills only its own gateway's share, not the bridge's
+  record;
 * with ``advertise_defaults``, ``::/0`` with path ``()`` into each peer mesh.
 
 Cost: one pass over every advert of every live record, then one rendezvous
@@ -67,6 +73,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from smegmesh.core.addressing import mesh_prefix
 from smegmesh.core.cert import founding_name
@@ -82,6 +89,8 @@ __all__ = [
 ]
 
 DEFAULT_ROUTE = "::/0"
+
+_K = TypeVar("_K", str, bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,20 +314,59 @@ def _adverts(
     """What to advertise into each mesh (nothing into client meshes)."""
     adverts: dict[str, tuple[RouteAdv, ...]] = {m: () for m in mesh_ids}
     for m in peer_meshes:
-        out: set[RouteAdv] = set()
+        own: list[RouteAdv] = []
+        # learned routes by the mesh and the gateway they were selected through
+        learned: dict[str, dict[bytes, list[RouteAdv]]] = {}
         if advertise_defaults:
-            out.add(RouteAdv(DEFAULT_ROUTE, ()))
+            own.append(RouteAdv(DEFAULT_ROUTE, ()))
         if advertise_routes:
-            for n in peer_meshes:
-                if n != m:
-                    out.add(RouteAdv(pfx(n), (n,)))
+            own += (RouteAdv(pfx(n), (n,)) for n in peer_meshes if n != m)
             for e in table:
                 if e.mesh_id == m or role[e.mesh_id] != Role.PEER:
                     continue
                 path = (e.mesh_id, *e.path)
                 if m in path or len(path) > MAX_ROUTE_PATH:
                     continue
-                out.add(RouteAdv(e.destination, path))
-        ordered = sorted(out, key=lambda a: (len(a.path), a.prefix, a.path))
-        adverts[m] = tuple(ordered[:MAX_ROUTES])
+                by_gw = learned.setdefault(e.mesh_id, {})
+                by_gw.setdefault(e.gateway, []).append(RouteAdv(e.destination, path))
+        out = sorted(own, key=_advert_order)[:MAX_ROUTES]
+        out += _fair_fill(learned, MAX_ROUTES - len(out))
+        adverts[m] = tuple(sorted(out, key=_advert_order))
     return adverts
+
+
+def _advert_order(a: RouteAdv) -> tuple[int, str, tuple[str, ...]]:
+    return (len(a.path), a.prefix, a.path)
+
+
+def _fair_fill(learned: dict[str, dict[bytes, list[RouteAdv]]], room: int) -> list[RouteAdv]:
+    """At most ``room`` of the learned adverts, shared fairly (see module doc).
+
+    Max-min fair shares, first among the meshes the routes were selected
+    through, then within each mesh among its gateways; a share takes its
+    gateway's shortest routes. No one gateway (nor one mesh, with all the sock
+    puppets it admits) takes more than its share of the slots.
+    """
+    out: list[RouteAdv] = []
+    mesh_room = _shares(room, {n: sum(map(len, g.values())) for n, g in learned.items()})
+    for n, by_gw in learned.items():
+        gw_room = _shares(mesh_room[n], {gw: len(advs) for gw, advs in by_gw.items()})
+        for gw, advs in by_gw.items():
+            if gw_room[gw] < len(advs):
+                advs = sorted(advs, key=_advert_order)[: gw_room[gw]]
+            out += advs
+    return out
+
+
+def _shares(room: int, demand: Mapping[_K, int]) -> dict[_K, int]:
+    """Max-min fair integer shares of ``room`` (water filling, deterministic).
+
+    Smallest demands are served first; each gets at most an equal part of what
+    is left, so the largest demand (ties: the largest key) gets the remainder.
+    """
+    shares: dict[_K, int] = {}
+    order = sorted(demand, key=lambda k: (demand[k], k))
+    for i, k in enumerate(order):
+        shares[k] = min(demand[k], room // (len(order) - i))
+        room -= shares[k]
+    return shares
