@@ -8,11 +8,21 @@ MAX_PROOFS + 1 meshes published adverts its receivers dropped (finding 5).
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
+import pytest
+
 from smegmesh.core.addressing import mesh_prefix
-from smegmesh.core.record import MembershipProof, NodeRecord, Role, RouteAdv
-from smegmesh.core.routing import compute_routes
+from smegmesh.core.multimesh import MeshRouting, route_meshes
+from smegmesh.core.record import MAX_PROOFS, MembershipProof, NodeRecord, Role, RouteAdv
+from smegmesh.core.routing import RoutingResult, compute_routes
 from smegmesh.core.state import MeshState
-from smegmesh.testbed.founded import NOW, Mesh, ident
+from smegmesh.daemon.config import parse_config
+from smegmesh.daemon.node import Daemon
+from smegmesh.testbed.founded import NOW, Mesh, ident, member_node
+
+T = NOW + 100_000
 
 
 def pfx(m: str) -> str:
@@ -185,3 +195,53 @@ def test_a_flooded_mesh_does_not_crowd_out_routes_learned_through_another() -> N
     advs = _bridge_adverts(m, {n.mesh_id: _state(n, h1, h2), k.mesh_id: _state(k, c)})
     assert len(advs) == 512
     assert sum(1 for a in advs if a.path[0] == k.mesh_id) == 1 + 200  # K itself and all of C's
+
+
+# --------------------------------------------------------------------------- finding 5
+
+
+def test_a_bridge_in_many_meshes_publishes_only_what_it_proves() -> None:
+    """A bridge in MAX_PROOFS + 2 meshes: 16 proofs fit; the 17th mesh's adverts went unproven."""
+    bridge = ident(30)
+    count = MAX_PROOFS + 2
+    meshes = [Mesh(name=f"bridge-mesh-{chr(97 + i)}", founder=bridge) for i in range(count)]
+    nodes = {}
+    for m in meshes:
+        node = member_node(bridge, m.mesh_id, m.state())
+        node.start(T)
+        nodes[m.mesh_id] = node
+    opts = {m: MeshRouting(advertise_routes=True) for m in nodes}
+    result, _ = route_meshes(nodes, opts, accept_defaults=False, now_ms=T + 1000)
+    assert result is not None
+    by_id = sorted(nodes)
+    for mesh_id in by_id:
+        rec = nodes[mesh_id].record
+        assert rec is not None
+        proven = {p.founding.mesh_id for p in rec.proofs}
+        firsts = {a.path[0] for a in rec.routes if a.path}
+        assert firsts == proven and len(proven) == MAX_PROOFS
+        # the meshes left out are the last by id, and they are reported
+        others = [m for m in by_id if m != mesh_id]
+        assert result.unprovable[mesh_id] == tuple(others[MAX_PROOFS:])
+        # another member of the mesh installs every advert of the record
+        res = compute_routes(
+            ident(31).wg_public_key,
+            {mesh_id: [rec]},
+            advertise_routes=False,
+            advertise_defaults=False,
+            accept_defaults=False,
+        )
+        assert len(res.table) == len(rec.routes) == MAX_PROOFS
+
+
+def test_the_daemon_says_once_which_meshes_it_cannot_prove(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    d = Daemon(parse_config({"stateDir": str(tmp_path), "stubWg": True}))
+    some = RoutingResult({}, {}, {}, (), unprovable={"mesh-a": ("mesh-x", "mesh-y")})
+    with caplog.at_level(logging.WARNING, logger="smegd"):
+        d._report_unprovable(None, some)
+        d._report_unprovable(some, RoutingResult({}, {}, {}, (), unprovable=dict(some.unprovable)))
+        d._report_unprovable(some, RoutingResult({}, {}, {}, ()))
+    [line] = [r.getMessage() for r in caplog.records]
+    assert "mesh mesh-a: no routes advertised through mesh-x, mesh-y" in line

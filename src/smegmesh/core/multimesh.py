@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from smegmesh.core.cert import founding_name
 from smegmesh.core.meshnode import MeshNode, Out
 from smegmesh.core.record import MAX_PROOFS, MembershipProof, RouteAdv
 from smegmesh.core.routing import DEFAULT_ROUTE, RoutingResult, compute_routes
@@ -65,6 +66,15 @@ def route_meshes(
         o = opts[mesh_id]
         adverts = tuple(a for a in result.adverts.get(mesh_id, ()) if o.allows(a))
         proofs = _proofs(nodes, {a.path[0] for a in adverts if a.path})
+        # nothing a receiver would drop (compute_routes already keeps the
+        # first meshes that need a proof to MAX_PROOFS; this is the founding
+        # record missing here)
+        proven = {p.founding.mesh_id for p in proofs}
+        adverts = tuple(
+            a
+            for a in adverts
+            if not a.path or a.path[0] in proven or founding_name(a.path[0]) is None
+        )
         rec = node.record
         if (
             rec is not None

@@ -55,7 +55,9 @@ Rules (see docs/ROUTING.md):
   advertises the /64 of each of its other peer meshes (path ``(N,)``) and each
   route it selected through another peer mesh ``N`` (path ``(N, *learned)``);
   never a route whose path contains ``M`` (split horizon) nor one longer than
-  :data:`~smegmesh.core.record.MAX_ROUTE_PATH`; at most
+  :data:`~smegmesh.core.record.MAX_ROUTE_PATH`; through its first
+  :data:`~smegmesh.core.record.MAX_PROOFS` self-certifying meshes (by id)
+  only, a record proving no more (the rest: ``RoutingResult.unprovable``); at most
   :data:`~smegmesh.core.record.MAX_ROUTES` adverts: its own (the prefixes of
   its meshes, its ``::/0``) first, then the learned routes in max-min fair
   shares of the slots left, first per mesh they were selected through, then
@@ -72,14 +74,21 @@ choice per destination — linear in records x routes.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from smegmesh.core.addressing import mesh_prefix
 from smegmesh.core.cert import founding_name
 from smegmesh.core.desired import GatewayRoute, assigned_peer
 from smegmesh.core.hashing import choose, score
-from smegmesh.core.record import MAX_ROUTE_PATH, MAX_ROUTES, NodeRecord, Role, RouteAdv
+from smegmesh.core.record import (
+    MAX_PROOFS,
+    MAX_ROUTE_PATH,
+    MAX_ROUTES,
+    NodeRecord,
+    Role,
+    RouteAdv,
+)
 
 __all__ = [
     "DEFAULT_ROUTE",
@@ -123,6 +132,10 @@ class RoutingResult:
     client_destinations: Mapping[str, tuple[str, ...]]
     #: every selected route, sorted by destination
     table: tuple[RouteEntry, ...]
+    #: per mesh where the node's adverts would need more than ``MAX_PROOFS``
+    #: membership proofs: the first meshes (self-certifying, last by id) whose
+    #: adverts were left out (receivers would drop them); absent elsewhere
+    unprovable: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -185,8 +198,8 @@ def compute_routes(
     table, gw_routes, client_dests = _choose(self_key, best, mesh_ids, role)
 
     # 3. What to advertise into each mesh.
-    adverts = _adverts(
-        mesh_ids, peer_meshes, table, role, pfx, advertise_routes, advertise_defaults
+    adverts, unprovable = _adverts(
+        mesh_ids, peer_meshes, table, pfx, advertise_routes, advertise_defaults
     )
 
     return RoutingResult(
@@ -194,6 +207,7 @@ def compute_routes(
         gateway_routes={m: tuple(v) for m, v in gw_routes.items()},
         client_destinations={m: tuple(v) for m, v in client_dests.items()},
         table=tuple(table),
+        unprovable=unprovable,
     )
 
 
@@ -306,13 +320,16 @@ def _adverts(
     mesh_ids: list[str],
     peer_meshes: list[str],
     table: list[RouteEntry],
-    role: Mapping[str, Role],
     pfx: Callable[[str], str],
     advertise_routes: bool,
     advertise_defaults: bool,
-) -> dict[str, tuple[RouteAdv, ...]]:
-    """What to advertise into each mesh (nothing into client meshes)."""
+) -> tuple[dict[str, tuple[RouteAdv, ...]], dict[str, tuple[str, ...]]]:
+    """What to advertise into each mesh (nothing into client meshes).
+
+    Also, per mesh, the first meshes left out for want of room for their proof.
+    """
     adverts: dict[str, tuple[RouteAdv, ...]] = {m: () for m in mesh_ids}
+    unprovable: dict[str, tuple[str, ...]] = {}
     for m in peer_meshes:
         own: list[RouteAdv] = []
         # learned routes by the mesh and the gateway they were selected through
@@ -320,9 +337,16 @@ def _adverts(
         if advertise_defaults:
             own.append(RouteAdv(DEFAULT_ROUTE, ()))
         if advertise_routes:
-            own += (RouteAdv(pfx(n), (n,)) for n in peer_meshes if n != m)
+            # a receiver drops an advert whose self-certifying first mesh the
+            # record does not prove: the first MAX_PROOFS of those by id only
+            needs = [n for n in peer_meshes if n != m and founding_name(n) is not None]
+            if len(needs) > MAX_PROOFS:
+                unprovable[m] = tuple(needs[MAX_PROOFS:])
+            firsts = [n for n in peer_meshes if n != m and n not in unprovable.get(m, ())]
+            own += (RouteAdv(pfx(n), (n,)) for n in firsts)
+            firsts_set = set(firsts)
             for e in table:
-                if e.mesh_id == m or role[e.mesh_id] != Role.PEER:
+                if e.mesh_id not in firsts_set:  # m itself (split horizon), client meshes
                     continue
                 path = (e.mesh_id, *e.path)
                 if m in path or len(path) > MAX_ROUTE_PATH:
@@ -332,7 +356,7 @@ def _adverts(
         out = sorted(own, key=_advert_order)[:MAX_ROUTES]
         out += _fair_fill(learned, MAX_ROUTES - len(out))
         adverts[m] = tuple(sorted(out, key=_advert_order))
-    return adverts
+    return adverts, unprovable
 
 
 def _advert_order(a: RouteAdv) -> tuple[int, str, tuple[str, ...]]:
