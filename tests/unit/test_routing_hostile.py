@@ -8,16 +8,31 @@ MAX_PROOFS + 1 meshes published adverts its receivers dropped (finding 5).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from smegmesh.core.addressing import mesh_prefix
+from smegmesh.core.advert_share import advert_bytes
 from smegmesh.core.multimesh import MeshRouting, route_meshes
-from smegmesh.core.record import MAX_PROOFS, MembershipProof, NodeRecord, Role, RouteAdv
+from smegmesh.core.record import (
+    MAX_PROOFS,
+    MAX_RECORD_BYTES,
+    MAX_ROUTE_PATH,
+    MAX_ROUTES,
+    MembershipProof,
+    NodeRecord,
+    RecordError,
+    Role,
+    RouteAdv,
+)
 from smegmesh.core.routing import RoutingResult, compute_routes
 from smegmesh.core.state import MeshState
+from smegmesh.daemon import apply
 from smegmesh.daemon.config import parse_config
 from smegmesh.daemon.node import Daemon
 from smegmesh.testbed.founded import NOW, Mesh, ident, member_node
@@ -245,3 +260,92 @@ def test_the_daemon_says_once_which_meshes_it_cannot_prove(
         d._report_unprovable(some, RoutingResult({}, {}, {}, ()))
     [line] = [r.getMessage() for r in caplog.records]
     assert "mesh mesh-a: no routes advertised through mesh-x, mesh-y" in line
+
+
+# --------------------------------------------------------------------------- record size
+
+
+def _longest_record(mesh: Mesh, who: int, first: Mesh) -> NodeRecord:
+    """``who``'s largest valid record: as many routes of 15 meshes of 63 characters as fit."""
+    tail = [f"{who}-" + "a" * 55 + f"-{j:04}" for j in range(14 * 200)]
+    count = 120
+    while True:
+        routes = tuple(
+            RouteAdv(pfx(tail[14 * i + 13]), (first.mesh_id, *tail[14 * i : 14 * i + 14]))
+            for i in range(count)
+        )
+        try:
+            return mesh.record(
+                ident(who),
+                role=Role.PEER,
+                wg_endpoint=f"192.0.2.{who}:51820",
+                routes=routes,
+                proofs=(MembershipProof(first.founding, ()),),
+            )
+        except RecordError:
+            count -= 1
+
+
+def test_a_members_longest_routes_do_not_make_a_bridges_record_too_large() -> None:
+    """One valid record of long paths: re-advertised one mesh longer, the bridge's own
+    record passed MAX_RECORD_BYTES, route_meshes raised and smegd's reconcile loop ended."""
+    b = ident(10)
+    n = Mesh(name="north-mesh-n", founder=b)
+    m = Mesh(name="middle-mesh-m", founder=b)
+    n.admit(ident(11))
+    n.admit(ident(12))
+    p = Mesh(name="pine-mesh-p", founder=ident(11))
+    f = Mesh(name="fake-mesh-f", founder=ident(12))
+    h = _longest_record(n, 12, f)
+    assert len(h.routes) < MAX_ROUTES // 4
+    st = n.state()
+    assert st.apply(_advertiser(n, 11, p, ["quay-mesh"]), NOW)
+    assert st.apply(h, NOW)
+    nodes = {
+        n.mesh_id: member_node(b, n.mesh_id, st),
+        m.mesh_id: member_node(b, m.mesh_id, m.state()),
+    }
+    for node in nodes.values():
+        node.start(T)
+    opts = {k: MeshRouting(advertise_routes=True) for k in nodes}
+    route_meshes(nodes, opts, accept_defaults=False, now_ms=T + 1000)
+    rec = nodes[m.mesh_id].record
+    assert rec is not None and len(rec.signed_payload()) <= MAX_RECORD_BYTES
+    assert RouteAdv(pfx("quay-mesh"), (n.mesh_id, p.mesh_id, "quay-mesh")) in rec.routes
+    assert sum(1 for a in rec.routes if f.mesh_id in a.path) > len(h.routes) // 3
+
+
+def test_advert_bytes_is_the_size_in_the_signed_record() -> None:
+    rnd = random.Random(1)
+    for _ in range(500):
+        path = tuple("a" * rnd.randint(1, 63) for _ in range(rnd.randint(0, MAX_ROUTE_PATH)))
+        adv = RouteAdv(rnd.choice(["::/0", pfx(str(rnd.random()))]), path)
+        assert advert_bytes(adv) == len(msgpack.packb([adv.prefix, list(path)], use_bin_type=True))
+
+
+def test_a_failed_route_computation_does_not_end_the_reconcile_loop(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """route_meshes raising (the too-large record above) ended smegd's reconcile task:
+    no WireGuard, DNS or route change was applied after it, until a restart."""
+    d = Daemon(parse_config({"stateDir": str(tmp_path), "stubWg": True}))
+    calls: list[int] = []
+
+    def broken(*_a: object, **_k: object) -> None:
+        calls.append(1)
+        raise RecordError("record", "larger than 98304 bytes")
+
+    async def nothing() -> None:
+        return None
+
+    monkeypatch.setattr(apply, "route_meshes", broken)
+    d._update_dns = lambda: calls.append(2)  # type: ignore[method-assign]
+    d._report_alias_clashes = lambda: None  # type: ignore[method-assign]
+    d._apply_bridge_nat = nothing  # type: ignore[method-assign]
+    with caplog.at_level(logging.ERROR, logger="smegd"):
+        for _ in range(3):
+            asyncio.run(d._reconcile_pass())
+    assert calls == [1, 2] * 3  # every pass went on past the routes
+    assert [r.getMessage() for r in caplog.records] == [
+        "cannot compute routes (kept the last ones)"
+    ]

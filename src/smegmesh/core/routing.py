@@ -60,7 +60,8 @@ Rules (see docs/ROUTING.md):
   only, a record proving no more (the rest: ``RoutingResult.unprovable``); at most
   :data:`~smegmesh.core.record.MAX_ROUTES` adverts: its own (the prefixes of
   its meshes, its ``::/0``) first, then the learned routes in max-min fair
-  shares of the slots left, first per mesh they were selected through, then
+  shares of the slots left, then of the bytes left (``route_bytes``;
+  ``core.advert_share``), first per mesh they were selected through, then
   per gateway within it, each share with its gateway's shortest routes (ties
   by prefix, path) — a member inventing destinations (free: proven first hop
   a mesh it founds) fills only its own gateway's share, not the bridge's
@@ -75,9 +76,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 from smegmesh.core.addressing import mesh_prefix
+from smegmesh.core.advert_share import advert_bytes, advert_order, fair_fill
 from smegmesh.core.cert import founding_name
 from smegmesh.core.desired import GatewayRoute, assigned_peer
 from smegmesh.core.hashing import choose, score
@@ -98,8 +99,6 @@ __all__ = [
 ]
 
 DEFAULT_ROUTE = "::/0"
-
-_K = TypeVar("_K", str, bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +154,7 @@ def compute_routes(
     advertise_defaults: bool,
     accept_defaults: bool,
     roles: Mapping[str, Role] | None = None,
+    route_bytes: Mapping[str, int] | None = None,
 ) -> RoutingResult:
     """One routing computation for the node ``self_key``.
 
@@ -162,7 +162,9 @@ def compute_routes(
     (records with ``left`` set are ignored; this node's own record may be
     included and is skipped as a gateway). ``roles`` gives this node's role
     per mesh; a mesh missing there takes the role of the node's own record in
-    it, else :attr:`Role.PEER`.
+    it, else :attr:`Role.PEER`. ``route_bytes`` bounds, per mesh, the size of
+    the adverts in the record's signed form (what the rest of the node's record
+    leaves of ``MAX_RECORD_BYTES``; see ``core.multimesh``); none if missing.
     """
     mesh_ids = sorted(my_meshes)
     mine = set(mesh_ids)
@@ -199,7 +201,7 @@ def compute_routes(
 
     # 3. What to advertise into each mesh.
     adverts, unprovable = _adverts(
-        mesh_ids, peer_meshes, table, pfx, advertise_routes, advertise_defaults
+        mesh_ids, peer_meshes, table, pfx, advertise_routes, advertise_defaults, route_bytes
     )
 
     return RoutingResult(
@@ -323,6 +325,7 @@ def _adverts(
     pfx: Callable[[str], str],
     advertise_routes: bool,
     advertise_defaults: bool,
+    route_bytes: Mapping[str, int] | None,
 ) -> tuple[dict[str, tuple[RouteAdv, ...]], dict[str, tuple[str, ...]]]:
     """What to advertise into each mesh (nothing into client meshes).
 
@@ -353,44 +356,18 @@ def _adverts(
                     continue
                 by_gw = learned.setdefault(e.mesh_id, {})
                 by_gw.setdefault(e.gateway, []).append(RouteAdv(e.destination, path))
-        out = sorted(own, key=_advert_order)[:MAX_ROUTES]
-        out += _fair_fill(learned, MAX_ROUTES - len(out))
-        adverts[m] = tuple(sorted(out, key=_advert_order))
+        budget = route_bytes.get(m) if route_bytes is not None else None
+        out = _own_fit(sorted(own, key=advert_order), budget)
+        room_bytes = None if budget is None else budget - sum(map(advert_bytes, out))
+        out += fair_fill(learned, MAX_ROUTES - len(out), room_bytes)
+        adverts[m] = tuple(sorted(out, key=advert_order))
     return adverts, unprovable
 
 
-def _advert_order(a: RouteAdv) -> tuple[int, str, tuple[str, ...]]:
-    return (len(a.path), a.prefix, a.path)
-
-
-def _fair_fill(learned: dict[str, dict[bytes, list[RouteAdv]]], room: int) -> list[RouteAdv]:
-    """At most ``room`` of the learned adverts, shared fairly (see module doc).
-
-    Max-min fair shares, first among the meshes the routes were selected
-    through, then within each mesh among its gateways; a share takes its
-    gateway's shortest routes. No one gateway (nor one mesh, with all the sock
-    puppets it admits) takes more than its share of the slots.
-    """
-    out: list[RouteAdv] = []
-    mesh_room = _shares(room, {n: sum(map(len, g.values())) for n, g in learned.items()})
-    for n, by_gw in learned.items():
-        gw_room = _shares(mesh_room[n], {gw: len(advs) for gw, advs in by_gw.items()})
-        for gw, advs in by_gw.items():
-            if gw_room[gw] < len(advs):
-                advs = sorted(advs, key=_advert_order)[: gw_room[gw]]
-            out += advs
+def _own_fit(own: list[RouteAdv], budget: int | None) -> list[RouteAdv]:
+    """The node's own adverts (shortest first) within the slots and ``budget`` bytes."""
+    out = own[:MAX_ROUTES]
+    if budget is not None:
+        while out and sum(map(advert_bytes, out)) > budget:
+            out.pop()
     return out
-
-
-def _shares(room: int, demand: Mapping[_K, int]) -> dict[_K, int]:
-    """Max-min fair integer shares of ``room`` (water filling, deterministic).
-
-    Smallest demands are served first; each gets at most an equal part of what
-    is left, so the largest demand (ties: the largest key) gets the remainder.
-    """
-    shares: dict[_K, int] = {}
-    order = sorted(demand, key=lambda k: (demand[k], k))
-    for i, k in enumerate(order):
-        shares[k] = min(demand[k], room // (len(order) - i))
-        room -= shares[k]
-    return shares

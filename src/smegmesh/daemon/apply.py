@@ -31,6 +31,9 @@ log = logging.getLogger("smegd")
 class ApplyOps(DaemonBase):
     """Mixin of the daemon: the reconcile loop."""
 
+    #: the last error of computing routes, logged once (None: the last pass did)
+    _route_error: str | None = None
+
     def _start_wireguard(self) -> None:
         """The WireGuard backend (``wgBackend``) and the reconciler over it and the host."""
         from smegmesh.net.host import HostNetwork, MemoryHost
@@ -69,7 +72,13 @@ class ApplyOps(DaemonBase):
 
     async def _reconcile_pass(self) -> None:
         """Routes, every changed mesh's WireGuard configuration, DNS, aliases, bridge NAT."""
-        self._recompute_routes()
+        try:
+            self._recompute_routes()
+            self._route_error = None
+        except Exception as e:  # the rest of the pass, and the loop, go on
+            if repr(e) != self._route_error:
+                log.exception("cannot compute routes (kept the last ones)")
+            self._route_error = repr(e)
         for rt in list(self.meshes.values()):
             # Skip a mesh left (or a join abandoned) while this pass awaited
             # another mesh's apply: applying it would re-create its interface
