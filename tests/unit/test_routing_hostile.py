@@ -9,6 +9,7 @@ MAX_PROOFS + 1 meshes published adverts its receivers dropped (finding 5).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import random
 from pathlib import Path
@@ -30,7 +31,7 @@ from smegmesh.core.record import (
     Role,
     RouteAdv,
 )
-from smegmesh.core.routing import RoutingResult, compute_routes
+from smegmesh.core.routing import RoutingResult, compute_routes, hextets_text, prefix_text
 from smegmesh.core.state import MeshState
 from smegmesh.daemon import apply
 from smegmesh.daemon.config import parse_config
@@ -349,3 +350,16 @@ def test_a_failed_route_computation_does_not_end_the_reconcile_loop(
     assert [r.getMessage() for r in caplog.records] == [
         "cannot compute routes (kept the last ones)"
     ]
+
+
+# --------------------------------------------------------------------------- cost
+
+
+def test_prefix_text_is_the_prefixes_text() -> None:
+    rnd = random.Random(2)
+    for i in range(3000):
+        assert prefix_text(f"m{i}") == pfx(f"m{i}")
+    for _ in range(3000):  # zero hextets and zero bytes, where text forms differ
+        h = bytes(rnd.choice([0, 0, 1, 0x10, 0xFF, rnd.randrange(256)]) for _ in range(6))
+        raw = b"\xfd" + h + b"\x01" + bytes(8)
+        assert hextets_text(h) == str(ipaddress.IPv6Network((raw, 64)))
