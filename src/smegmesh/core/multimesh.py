@@ -10,11 +10,16 @@ daemon and the simulator both call :func:`route_meshes` after a state change.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from smegmesh.core.cert import founding_name
 from smegmesh.core.meshnode import MeshNode, Out
-from smegmesh.core.record import MAX_PROOFS, MembershipProof, RouteAdv
+from smegmesh.core.record import MAX_PROOFS, MAX_RECORD_BYTES, MembershipProof, RouteAdv
 from smegmesh.core.routing import DEFAULT_ROUTE, RoutingResult, compute_routes
+
+#: what a record may grow by between the route budget and its publication:
+#: the headers of the routes and proofs lists (msgpack: up to 3 bytes each)
+_SLACK_BYTES = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,12 +64,22 @@ def route_meshes(
         advertise_routes=any(o.advertise_routes for o in opts.values()),
         advertise_defaults=any(o.advertise_defaults for o in opts.values()),
         accept_defaults=accept_defaults,
+        route_bytes=_route_bytes(nodes),
     )
     outs: dict[str, list[Out]] = {}
     for mesh_id, node in nodes.items():
         o = opts[mesh_id]
         adverts = tuple(a for a in result.adverts.get(mesh_id, ()) if o.allows(a))
         proofs = _proofs(nodes, {a.path[0] for a in adverts if a.path})
+        # nothing a receiver would drop (compute_routes already keeps the
+        # first meshes that need a proof to MAX_PROOFS; this is the founding
+        # record missing here)
+        proven = {p.founding.mesh_id for p in proofs}
+        adverts = tuple(
+            a
+            for a in adverts
+            if not a.path or a.path[0] in proven or founding_name(a.path[0]) is None
+        )
         rec = node.record
         if (
             rec is not None
@@ -75,13 +90,43 @@ def route_meshes(
     return result, outs
 
 
+def _proof(node: MeshNode | None) -> MembershipProof | None:
+    """Our membership proof of ``node``'s mesh (None: an old-style mesh)."""
+    if node is None or not node.mesh.admission:
+        return None
+    founding = node.mesh.authority.founding
+    return MembershipProof(founding, node.chain) if founding is not None else None
+
+
 def _proofs(nodes: Mapping[str, MeshNode], meshes: set[str]) -> tuple[MembershipProof, ...]:
     """Our membership proofs of the meshes our adverts cross first (sorted, bounded)."""
-    out = []
-    for m in sorted(meshes):
-        n = nodes.get(m)
-        founding = n.mesh.authority.founding if n is not None and n.mesh.admission else None
-        if founding is not None:
-            assert n is not None
-            out.append(MembershipProof(founding, n.chain))
+    out = [p for m in sorted(meshes) if (p := _proof(nodes.get(m))) is not None]
     return tuple(out[:MAX_PROOFS])
+
+
+def _route_bytes(nodes: Mapping[str, MeshNode]) -> dict[str, int]:
+    """Per mesh, the bytes our record there leaves for routes under MAX_RECORD_BYTES.
+
+    What the record holds but routes and proofs, and the MAX_PROOFS largest
+    proofs it may carry, are taken out, and a little slack (list headers):
+    adverts a member made as long as its own record allows, re-advertised one
+    mesh longer, made a bridge's record too large to publish (route_meshes
+    raised, and with it smegd's reconcile loop).
+    """
+    proofs = {m: p for m, n in nodes.items() if (p := _proof(n)) is not None}
+    out: dict[str, int] = {}
+    size: dict[str, int] | None = None
+    for m, node in nodes.items():
+        rec = node.record
+        if rec is None or rec.left:
+            continue
+        bare = replace(rec, routes=(), proofs=())
+        base = len(bare.signed_payload())
+        if size is None:  # a proof's size does not depend on the record it is in
+            size = {
+                k: len(replace(bare, proofs=(p,)).signed_payload()) - base
+                for k, p in proofs.items()
+            }
+        largest = sorted((v for k, v in size.items() if k != m), reverse=True)[:MAX_PROOFS]
+        out[m] = MAX_RECORD_BYTES - base - sum(largest) - _SLACK_BYTES
+    return out

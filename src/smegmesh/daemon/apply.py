@@ -17,6 +17,8 @@ from typing import Any
 
 from smegmesh.core.desired import desired_config
 from smegmesh.core.multimesh import MeshRouting, route_meshes
+from smegmesh.core.record import MAX_PROOFS
+from smegmesh.core.routing import RoutingResult
 from smegmesh.core.wgdiff import AddPeer
 from smegmesh.daemon.base import DaemonBase
 from smegmesh.daemon.events import WG_PEER_EVENTS_MAX, route_events, wg_peer_events
@@ -28,6 +30,9 @@ log = logging.getLogger("smegd")
 
 class ApplyOps(DaemonBase):
     """Mixin of the daemon: the reconcile loop."""
+
+    #: the last error of computing routes, logged once (None: the last pass did)
+    _route_error: str | None = None
 
     def _start_wireguard(self) -> None:
         """The WireGuard backend (``wgBackend``) and the reconciler over it and the host."""
@@ -67,7 +72,13 @@ class ApplyOps(DaemonBase):
 
     async def _reconcile_pass(self) -> None:
         """Routes, every changed mesh's WireGuard configuration, DNS, aliases, bridge NAT."""
-        self._recompute_routes()
+        try:
+            self._recompute_routes()
+            self._route_error = None
+        except Exception as e:  # the rest of the pass, and the loop, go on
+            if repr(e) != self._route_error:
+                log.exception("cannot compute routes (kept the last ones)")
+            self._route_error = repr(e)
         for rt in list(self.meshes.values()):
             # Skip a mesh left (or a join abandoned) while this pass awaited
             # another mesh's apply: applying it would re-create its interface
@@ -209,6 +220,7 @@ class ApplyOps(DaemonBase):
         )
         old = self.routing
         self.routing = result
+        self._report_unprovable(old, result)
         if old is not result:
             for kind, mesh, gw, detail in route_events(old, result, self.member_events.alias_of):
                 self.events.publish(kind, mesh=mesh, node=gw, detail=detail)
@@ -219,6 +231,26 @@ class ApplyOps(DaemonBase):
             after = result.gateway_routes.get(rt.mesh_id) if result else None
             if before != after:
                 rt.dirty_wg = True
+
+    @staticmethod
+    def _report_unprovable(old: RoutingResult | None, new: RoutingResult | None) -> None:
+        """One warning per mesh when the meshes left out of its adverts change.
+
+        A record carries at most MAX_PROOFS membership proofs, and receivers
+        drop an advert whose first mesh it does not prove: a bridge in more
+        meshes advertises nothing through the ones left out (core.routing).
+        """
+        before = old.unprovable if old is not None else {}
+        after = new.unprovable if new is not None else {}
+        for mesh_id, left_out in sorted(after.items()):
+            if before.get(mesh_id) != left_out:
+                log.warning(
+                    "mesh %s: no routes advertised through %s: a record proves at most "
+                    "%d meshes (the first by id are kept)",
+                    mesh_id,
+                    ", ".join(left_out),
+                    MAX_PROOFS,
+                )
 
     def _desired(self, rt: MeshRuntime) -> Any:
         gw = self.routing.gateway_routes.get(rt.mesh_id, ()) if self.routing else ()
