@@ -9,7 +9,8 @@ daemon and the simulator both call :func:`route_meshes` after a state change.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 from smegmesh.core.cert import founding_name
@@ -52,23 +53,59 @@ def route_meshes(
     """Recompute routes over ``nodes`` (mesh id -> engine of this node in it).
 
     Returns the routing result and, per mesh, the engine outputs of publishing
-    changed adverts (to be handled like any other engine output).
+    changed adverts (to be handled like any other engine output). The three
+    steps, for a caller that runs the computation elsewhere (smegd: off its
+    event loop): :func:`routing_job`, call it, :func:`publish_adverts`.
+    """
+    job = routing_job(nodes, options, accept_defaults=accept_defaults)
+    if job is None:
+        return None, {}
+    result = job()
+    return result, publish_adverts(nodes, options, result, now_ms=now_ms)
+
+
+def routing_job(
+    nodes: Mapping[str, MeshNode],
+    options: Mapping[str, MeshRouting],
+    *,
+    accept_defaults: bool,
+) -> Callable[[], RoutingResult] | None:
+    """The route computation over what ``nodes`` hold now, as a call (None: no mesh).
+
+    The call touches nothing of theirs (records are immutable): it may run in
+    another thread.
     """
     if not nodes:
-        return None, {}
+        return None
     self_key = next(iter(nodes.values())).key
-    opts = {m: options.get(m, MeshRouting()) for m in nodes}
-    result = compute_routes(
+    opts = [options.get(m, MeshRouting()) for m in nodes]
+    records = {m: n.live_records() for m, n in nodes.items()}
+    route_bytes = _route_bytes(nodes)
+    return functools.partial(
+        compute_routes,
         self_key,
-        {m: n.live_records() for m, n in nodes.items()},
-        advertise_routes=any(o.advertise_routes for o in opts.values()),
-        advertise_defaults=any(o.advertise_defaults for o in opts.values()),
+        records,
+        advertise_routes=any(o.advertise_routes for o in opts),
+        advertise_defaults=any(o.advertise_defaults for o in opts),
         accept_defaults=accept_defaults,
-        route_bytes=_route_bytes(nodes),
+        route_bytes=route_bytes,
     )
+
+
+def publish_adverts(
+    nodes: Mapping[str, MeshNode],
+    options: Mapping[str, MeshRouting],
+    result: RoutingResult,
+    *,
+    now_ms: int,
+) -> dict[str, list[Out]]:
+    """Per mesh of ``nodes``: the outputs of publishing ``result``'s adverts.
+
+    Only where they changed, with the membership proofs they need.
+    """
     outs: dict[str, list[Out]] = {}
     for mesh_id, node in nodes.items():
-        o = opts[mesh_id]
+        o = options.get(mesh_id, MeshRouting())
         adverts = tuple(a for a in result.adverts.get(mesh_id, ()) if o.allows(a))
         proofs = _proofs(nodes, {a.path[0] for a in adverts if a.path})
         # nothing a receiver would drop (compute_routes already keeps the
@@ -87,7 +124,7 @@ def route_meshes(
             and (tuple(rec.routes) != tuple(adverts) or rec.proofs != proofs)
         ):
             outs[mesh_id] = node.update_self(now_ms, routes=tuple(adverts), proofs=proofs)
-    return result, outs
+    return outs
 
 
 def _proof(node: MeshNode | None) -> MembershipProof | None:
