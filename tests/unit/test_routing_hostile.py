@@ -12,8 +12,8 @@ import asyncio
 import ipaddress
 import logging
 import random
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
