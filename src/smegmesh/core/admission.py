@@ -9,7 +9,7 @@ revocation).
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +35,7 @@ from smegmesh.core.engine import (
 )
 from smegmesh.core.gossip import GossipParams
 from smegmesh.core.identity import NodeIdentity
-from smegmesh.core.invite import Bootstrap, Token, check_admission, new_token, token_hash
+from smegmesh.core.invite import Bootstrap, Token, check_admission, new_token
 from smegmesh.core.liveness import FailureDetector
 from smegmesh.core.messages import JoinReply, JoinRequest, Refusal
 from smegmesh.core.paging import page
@@ -180,9 +180,19 @@ class AdmissionMixin:
         )
 
     def revoke_invite(self, now_ms: int, token_hash_: bytes) -> list[Out]:
-        """Revoke a token: its issuer or an admin."""
-        issuer = self.token_issuer(token_hash_)
-        if issuer != self.key and not self.is_admin():
+        """Revoke a token: its issuer or an admin.
+
+        The issuer speaks in its own record: its grant's uses become 0, which
+        every version of smegmesh takes as used up. An admin revoking another
+        member's token publishes an :class:`InviteRevoke` statement.
+        """
+        rec = self.mesh.record(self.key)
+        if rec is not None and any(g.token_hash == token_hash_ for g in rec.invites):
+            grants = tuple(
+                replace(g, uses=0) if g.token_hash == token_hash_ else g for g in rec.invites
+            )
+            return self.update_self(now_ms, invites=grants)
+        if not self.is_admin():
             raise NotAllowed("only the token's issuer or an admin can revoke it")
         return self._statement(
             InviteRevoke.create(self.identity, self.mesh_id, token_hash=token_hash_, now_ms=now_ms),
@@ -190,11 +200,26 @@ class AdmissionMixin:
         )
 
     def token_issuer(self, token_hash_: bytes) -> bytes | None:
-        """The live member that issued the token with this hash, if known."""
+        """The live member that issued the token with this hash, if known (we first)."""
+        rec = self.mesh.record(self.key)
+        if rec is not None and any(g.token_hash == token_hash_ for g in rec.invites):
+            return self.key
         for r in self.live_records():
             if any(g.token_hash == token_hash_ for g in r.invites):
                 return r.wg_key
         return None
+
+    def _may_issue(self, now_ms: int) -> Callable[[NodeRecord], bool] | None:
+        """Whether a member's grants count: it may invite now (None: no authority, all may)."""
+        if not self.mesh.admission:
+            return None
+        auth = self.mesh.authority
+
+        def ok(r: NodeRecord) -> bool:
+            flag = bool(r.chain) and r.chain[-1].may_admit
+            return auth.issuer_may_admit(r.wg_key, flag, now_ms)
+
+        return ok
 
     def invite(
         self,
@@ -219,6 +244,7 @@ class AdmissionMixin:
             uses=uses,
             bootstrap=bootstrap,
             secret=secret,
+            issuer=self.key if self.mesh.admission else None,
         )
         rec = self.mesh.record(self.key)
         assert rec is not None, "start() first"
@@ -240,6 +266,7 @@ class AdmissionMixin:
             ledger=auth.token_subjects,
             self_key=self.key,
             revoked=auth.token_revoked,
+            may_issue=self._may_issue(now_ms),
         )
         if grant is None or req.record.wg_key != src or not self.may_admit(now_ms):
             return Refusal(self.mesh_id), []
@@ -280,7 +307,7 @@ class AdmissionMixin:
                 return Refusal(self.mesh_id), []
             rec = st.record(self.key)
             assert rec is not None
-            adm = Admission(token_hash(req.secret), src)
+            adm = Admission(grant.token_hash, src)
             if adm not in rec.admitted:
                 out.extend(self.update_self(now_ms, admitted=(*rec.admitted, adm)[-64:]))
         self._fd.heard_from(src, now_ms)

@@ -182,7 +182,8 @@ class AuthorityOps:
                         uses=g.uses,
                         used=len(used),
                         strict=g.strict,
-                        revoked=auth.token_revoked(g.token_hash, r.wg_key),
+                        # its issuer revokes it in its own record (uses 0), an admin by a statement
+                        revoked=g.uses == 0 or auth.token_revoked(g.token_hash, r.wg_key),
                         expired=g.expiry_ms <= now,
                     )
                 )
