@@ -28,6 +28,12 @@ Rules
   nodes whose cert says ``may_admit`` (set from their role when admitted).
 * Admission order (for aliases): the issue time of the node's last cert; the
   founder's is the mesh's creation. Ties: by key.
+* ``named``: the founder and every node an admin change by a named node made
+  an admin, whenever dated and whether or not it took effect. It only grows
+  as statements are added, so a state can keep a statement by its issuer
+  being named (:mod:`smegmesh.core.state_auth`) and every replica keeps the
+  same ones whatever the order they came in; the replay above decides what
+  each one does.
 """
 
 from __future__ import annotations
@@ -70,11 +76,14 @@ class Authority:
     #: (token hash, subject, issuer) -> the latest certificate that issuer gave
     #: that subject with that token: a join sent again gets it back, not a new one
     token_certs: dict[tuple[bytes, bytes, bytes], Cert] = field(default_factory=dict)
+    #: the founder and the subjects of admin changes by named nodes (see the module docstring)
+    named: set[bytes] = field(default_factory=set)
 
     @classmethod
     def build(cls, mesh_id: str, items: Iterable[AuthItem]) -> Authority:
         a = cls(mesh_id)
         timeline: list[AdminChange | Revocation | AliasReserve | PolicyChange] = []
+        promotions: list[AdminChange] = []
         for it in items:
             if isinstance(it, Founding):
                 if it.mesh_id == mesh_id:
@@ -85,8 +94,11 @@ class Authority:
                 a.invite_revokes.setdefault(it.token_hash, []).append(it)
             else:
                 timeline.append(it)
+                if isinstance(it, AdminChange) and it.admin:
+                    promotions.append(it)
         if a.founding is None:
             return a
+        a.named = _named(a.founding.founder, promotions)
         a.admins = {a.founding.founder}
         a.ever_admins = set(a.admins)
         timeline.sort(key=lambda s: (s.issued_ms, s.key))
@@ -200,6 +212,20 @@ class Authority:
         )
 
 
+def _named(founder: bytes, promotions: Sequence[AdminChange]) -> set[bytes]:
+    """The founder and, transitively, whom admin changes by named nodes made admins."""
+    by_issuer: dict[bytes, list[bytes]] = {}
+    for p in promotions:
+        by_issuer.setdefault(p.issuer, []).append(p.subject)
+    named, todo = {founder}, [founder]
+    while todo:
+        for subject in by_issuer.get(todo.pop(), ()):
+            if subject not in named:
+                named.add(subject)
+                todo.append(subject)
+    return named
+
+
 def alias_owners(
     claims: Iterable[tuple[bytes, str, Sequence[Cert]]], authority: Authority | None
 ) -> dict[str, bytes]:
@@ -250,6 +276,7 @@ def copy_authority(a: Authority) -> Authority:
         dict(a.reservations),
         list(a.policy_changes),
         dict(a.token_certs),
+        set(a.named),
     )
 
 

@@ -55,12 +55,13 @@ from collections.abc import Iterable
 
 from smegmesh.core.addressing import validate_mesh_id
 from smegmesh.core.authority import Authority
-from smegmesh.core.cert import Cert, Founding
+from smegmesh.core.cert import AuthItem, Cert, InviteRevoke
 from smegmesh.core.delta import RecordBases
 from smegmesh.core.forgery import NOT_CHECKED, ForgeryStop
 from smegmesh.core.identity import verify_many
 from smegmesh.core.memo import DEFAULT_MEMO_ITEMS, ItemMemo
 from smegmesh.core.record import NodeRecord, Prune, RecordError
+from smegmesh.core.state_auth import HeldBack, revoke_moot, statements_in_order
 from smegmesh.core.state_gate import (
     _AUTH_TYPES,
     BYTES_PER_MEMBER,
@@ -131,6 +132,10 @@ class MeshState(AdmissionGate):
         self.admission = admission
         self._authority = Authority(self.mesh_id)
         self._auth_count = 0
+        self._issuer_counts: dict[bytes, int] = {}
+        self._pending_auth: dict[bytes, AuthItem] = {}
+        self._defer_rebuild = False
+        self._rebuild_due = False
         self._good_certs: dict[bytes, Cert | None] = {}
         self._purged: set[bytes] = set()
         #: bounds on what the state holds (records; their signed bytes in total)
@@ -190,6 +195,8 @@ class MeshState(AdmissionGate):
             self._apply_statements(batch, now_ms, changed, errors)
             pending = self._admissible(batch, now_ms, errors)
             self._install_winners(pending, changed, errors, now_ms)
+            if self._pending_auth and changed:
+                changed |= self._take_held_back()
         finally:
             self._verifier = inner
         changed |= self.pop_purged()
@@ -198,16 +205,26 @@ class MeshState(AdmissionGate):
     def _apply_statements(
         self, batch: list[Item], now_ms: int, changed: set[bytes], errors: list[RecordError]
     ) -> None:
-        """Apply a batch's authority statements: founding first, then in time order."""
-        statements = [it for it in batch if isinstance(it, _AUTH_TYPES)]
-        # Founding first, then the rest in time order (admins before their acts).
-        statements.sort(key=lambda a: (not isinstance(a, Founding), a.timestamp_ms))
-        for st in statements:
-            try:
-                if self.apply(st, now_ms):
-                    changed.add(st.key)
-            except RecordError as e:
-                errors.append(e)
+        """Apply a batch's authority statements: founding first, then in time order.
+
+        The authority is rebuilt once, after the statements that change it,
+        and before the certificates, which it judges.
+        """
+        statements = statements_in_order([it for it in batch if isinstance(it, _AUTH_TYPES)])
+        self._defer_rebuild = True
+        try:
+            for st in statements:
+                if isinstance(st, Cert) and self._rebuild_due:
+                    self._rebuild_authority()
+                try:
+                    if self.apply(st, now_ms):
+                        changed.add(st.key)
+                except RecordError as e:
+                    errors.append(e)
+        finally:
+            self._defer_rebuild = False
+            if self._rebuild_due:
+                self._rebuild_authority()
 
     def _admissible(self, batch: list[Item], now_ms: int, errors: list[RecordError]) -> list[Item]:
         """The batch's records and prunes that pass the checks and the gate and would win."""
@@ -281,11 +298,7 @@ class MeshState(AdmissionGate):
         """
         if other.mesh_id != self.mesh_id:
             raise ValueError(f"cannot merge mesh {other.mesh_id!r} into {self.mesh_id!r}")
-        changed: set[bytes] = set()
-        for key, oe in other._entries.items():
-            if oe.auth is not None and key not in self._entries:
-                self._put(oe.auth)
-                changed.add(key)
+        changed = self._merge_statements(other)
         for key, oe in other._entries.items():
             if oe.auth is not None:
                 continue
@@ -318,16 +331,40 @@ class MeshState(AdmissionGate):
             if new_rec is not rec or new_pr is not pr:
                 self._install(key, new_rec, new_pr)
                 changed.add(key)
+        if self._pending_auth:
+            changed |= self._take_held_back()
         return changed | self.pop_purged()
+
+    def _merge_statements(self, other: MeshState) -> set[bytes]:
+        """Take ``other``'s statements we lack that pass our gate (no signature checks)."""
+        theirs = [e.auth for k, e in other._entries.items() if e.auth is not None]
+        changed: set[bytes] = set()
+        self._defer_rebuild = True
+        try:
+            for st in statements_in_order([a for a in theirs if a.key not in self._entries]):
+                if isinstance(st, Cert) and self._rebuild_due:
+                    self._rebuild_authority()
+                try:
+                    self._gate_statement(st)
+                except (HeldBack, RecordError):
+                    continue
+                self._put(st)
+                changed.add(st.key)
+        finally:
+            self._defer_rebuild = False
+            if self._rebuild_due:
+                self._rebuild_authority()
+        return changed
 
     def gc(self, now_ms: int, horizon_ms: int) -> int:
         """Drop tombstones older than ``now_ms - horizon_ms``; returns items dropped.
 
-        Drops ``left`` records and prunes, with the records the prunes kill, and
-        the token ledger entries (admission certificates) of tokens that expired
-        before the horizon. Evictions, admin changes and founding records are
-        never dropped. Remembers the horizon for :meth:`apply` (see the module
-        docstring).
+        Drops ``left`` records and prunes, with the records the prunes kill, the
+        token ledger entries (admission certificates) of tokens that expired
+        before the horizon, and invitation revocations once every token they
+        can revoke has (a token lives at most a year). Evictions, admin changes
+        and founding records are never dropped. Remembers the horizon for
+        :meth:`apply` (see the module docstring).
         """
         if horizon_ms < 0:
             raise ValueError("horizon must be >= 0")
@@ -338,9 +375,10 @@ class MeshState(AdmissionGate):
         for key, e in list(self._entries.items()):
             if e.auth is not None:
                 a = e.auth
-                if isinstance(a, Cert) and 0 < a.token_expiry_ms < cutoff:
-                    self._install(key, None, None, None)
-                    self._auth_count -= 1
+                if (isinstance(a, Cert) and 0 < a.token_expiry_ms < cutoff) or (
+                    isinstance(a, InviteRevoke) and revoke_moot(a, cutoff)
+                ):
+                    self._drop_statement(key, a)
                     dropped += 1
                     ledger_dropped = True
                 continue
