@@ -198,6 +198,20 @@ class Authority:
             return "admission proof is for another node"
         return None
 
+    def chain_facts(self) -> tuple[object, ...]:
+        """Everything :meth:`check_chain` depends on: equal facts, equal verdicts.
+
+        The founding record, every eviction (a second one of an evicted node,
+        with ``cascade``, changes the verdict on the nodes the first kept), who
+        was ever an admin, and the policy changes.
+        """
+        return (
+            self.founding,
+            {k: tuple(v) for k, v in self.revoked.items()},
+            frozenset(self.ever_admins),
+            tuple(self.policy_changes),
+        )
+
     def admission_ms(self, key: bytes, chain: Sequence[Cert]) -> int:
         """When ``key`` was admitted (for "first admitted keeps the alias")."""
         if chain:

@@ -199,13 +199,18 @@ class StatementGate(StateStore):
         self._rebuild_authority()
 
     def _rebuild_authority(self) -> None:
-        """The authority from every statement held; purge what it no longer admits."""
+        """The authority from every statement held; purge what it no longer admits.
+
+        Whenever anything a chain's verdict depends on changed (review of the
+        authority: only a new founding record or a new evicted key purged, so
+        after a policy change, a second eviction with ``cascade`` or a voided
+        promotion, replicas that held the records kept them and replicas that
+        got the statement first refused them, for good).
+        """
         self._rebuild_due = False
-        a = self._authority
-        before = (a.founding, frozenset(a.revoked))
+        before = self._authority.chain_facts()
         self._authority = Authority.build(self.mesh_id, self._iter_auth())
-        after = (self._authority.founding, frozenset(self._authority.revoked))
-        if before != after:
+        if self._authority.chain_facts() != before:
             self._purge()
 
     def _iter_auth(self) -> Iterator[AuthItem]:
@@ -214,7 +219,7 @@ class StatementGate(StateStore):
                 yield e.auth
 
     def _purge(self) -> None:
-        """Drop records and prunes that evictions made invalid (a grow-only verdict)."""
+        """Drop records and prunes the authority no longer admits (evictions, policy, admins)."""
         if not self.admission:
             return
         a = self._authority
@@ -231,7 +236,7 @@ class StatementGate(StateStore):
                 self._purged.add(key)
 
     def pop_purged(self) -> set[bytes]:
-        """Keys whose items an eviction removed since the last call."""
+        """Keys whose items the authority stopped admitting (an eviction...) since the last call."""
         out, self._purged = self._purged, set()
         return out
 
