@@ -11,7 +11,9 @@ Rules
 * The founder (creator) of the mesh is an admin from the start. Admin
   changes, evictions and alias reservations are replayed in ``(issued_ms,
   key)`` order; each takes effect only if its issuer is an admin at that
-  point. An evicted admin stops being one.
+  point. An evicted admin stops being one. An invitation revocation
+  counts if its issuer issued the token, or was an admin at the time the
+  revocation carries (:meth:`Authority.was_admin_at`).
 * A node is a member only with an admission *chain*: certs
   ``founder -> n1 -> ... -> node``, each signed by the previous link's subject
   (the first by the founder). A link's issuer must be allowed to admit: the
@@ -78,6 +80,8 @@ class Authority:
     token_certs: dict[tuple[bytes, bytes, bytes], Cert] = field(default_factory=dict)
     #: the founder and the subjects of admin changes by named nodes (see the module docstring)
     named: set[bytes] = field(default_factory=set)
+    #: when each node was an admin: [start, end) spans from the replay
+    admin_spans: dict[bytes, list[tuple[int, int]]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, mesh_id: str, items: Iterable[AuthItem]) -> Authority:
@@ -101,18 +105,23 @@ class Authority:
         a.named = _named(a.founding.founder, promotions)
         a.admins = {a.founding.founder}
         a.ever_admins = set(a.admins)
+        spans = _Spans(a.founding.founder, a.founding.created_ms)
         timeline.sort(key=lambda s: (s.issued_ms, s.key))
         for s in timeline:
             if s.issuer not in a.admins:
                 continue
             if isinstance(s, AdminChange):
                 if s.admin and s.subject not in a.revoked:
+                    if s.subject not in a.admins:
+                        spans.open(s.subject, s.issued_ms)
                     a.admins.add(s.subject)
                     a.ever_admins.add(s.subject)
                 elif not s.admin:
+                    spans.close(s.subject, s.issued_ms)
                     a.admins.discard(s.subject)
             elif isinstance(s, Revocation):
                 a.revoked.setdefault(s.target, []).append(s)
+                spans.close(s.target, s.issued_ms)
                 a.admins.discard(s.target)
             elif isinstance(s, PolicyChange):
                 a.policy_changes.append((s.issued_ms, s.policy))
@@ -120,6 +129,7 @@ class Authority:
                 a.reservations.pop(s.alias, None)
             else:
                 a.reservations[s.alias] = s.holder
+        a.admin_spans = spans.done()
         return a
 
     # ------------------------------------------------------------------ queries
@@ -218,12 +228,42 @@ class Authority:
             return chain[-1].issued_ms
         return self.founding.created_ms if self.founding is not None else 0
 
+    def was_admin_at(self, key: bytes, t_ms: int) -> bool:
+        """Was ``key`` an admin at ``t_ms`` (not yet dropped or evicted)?"""
+        return any(start <= t_ms < end for start, end in self.admin_spans.get(key, ()))
+
     def token_revoked(self, token_hash: bytes, issuer: bytes | None) -> bool:
-        """Revoked by its issuer or by anyone who was ever an admin."""
+        """Revoked by its issuer, or by an admin that was one when it revoked.
+
+        An admin dropped or evicted (its key stolen, say) revokes nothing
+        after that (review of the authority: any revocation of anyone who was
+        ever an admin counted, whenever dated).
+        """
         return any(
-            r.issuer == issuer or r.issuer in self.ever_admins
+            r.issuer == issuer or self.was_admin_at(r.issuer, r.issued_ms)
             for r in self.invite_revokes.get(token_hash, ())
         )
+
+
+_FOREVER = 2**63
+
+
+class _Spans:
+    """The [start, end) spans in which each node is an admin, built in replay order."""
+
+    def __init__(self, founder: bytes, created_ms: int) -> None:
+        self._spans: dict[bytes, list[list[int]]] = {founder: [[created_ms, _FOREVER]]}
+
+    def open(self, key: bytes, t_ms: int) -> None:
+        self._spans.setdefault(key, []).append([t_ms, _FOREVER])
+
+    def close(self, key: bytes, t_ms: int) -> None:
+        spans = self._spans.get(key)
+        if spans and spans[-1][1] == _FOREVER:
+            spans[-1][1] = t_ms
+
+    def done(self) -> dict[bytes, list[tuple[int, int]]]:
+        return {k: [(a, b) for a, b in v] for k, v in self._spans.items()}
 
 
 def _named(founder: bytes, promotions: Sequence[AdminChange]) -> set[bytes]:
@@ -291,6 +331,7 @@ def copy_authority(a: Authority) -> Authority:
         list(a.policy_changes),
         dict(a.token_certs),
         set(a.named),
+        {k: list(v) for k, v in a.admin_spans.items()},
     )
 
 
