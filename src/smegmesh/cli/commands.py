@@ -90,6 +90,9 @@ def invite(
     racing at different members at the same moment may over-admit by the
     number of members racing; --strict makes this node the only admitter (the
     count is then exact, and the token names only this node).
+
+    A node has at most 16 invitations outstanding (neither used up, revoked
+    nor expired); a 17th is refused until one is (revoke-invite).
     """
     ttl_s = parse_duration(ttl, most_s=MAX_INVITE_TTL_S)
 

@@ -32,6 +32,7 @@ from smegmesh.core.engine import (
     OnChanged,
     Out,
     SyncCtx,
+    TooManyInvites,
 )
 from smegmesh.core.gossip import GossipParams
 from smegmesh.core.identity import NodeIdentity
@@ -40,7 +41,9 @@ from smegmesh.core.liveness import FailureDetector
 from smegmesh.core.messages import JoinReply, JoinRequest, Refusal
 from smegmesh.core.paging import page
 from smegmesh.core.record import (
+    MAX_INVITES,
     Admission,
+    InviteGrant,
     NodeRecord,
     Prune,
     RecordError,
@@ -248,12 +251,41 @@ class AdmissionMixin:
         )
         rec = self.mesh.record(self.key)
         assert rec is not None, "start() first"
-        grants = [g for g in rec.invites if g.expiry_ms > now_ms][-15:]
+        grants = self._outstanding(rec.invites, now_ms)
+        if len(grants) >= MAX_INVITES:
+            raise TooManyInvites(
+                f"{MAX_INVITES} invitations outstanding: revoke one (list-invites, "
+                "revoke-invite) or wait until one is used or expires"
+            )
         grant = token.grant()
         if strict:
             grant = replace(grant, strict=True)
         grants.append(grant)
         return token, self.update_self(now_ms, invites=tuple(grants))
+
+    def _outstanding(self, grants: Sequence[InviteGrant], now_ms: int) -> list[InviteGrant]:
+        """Our grants that may still admit: not expired, revoked or used up.
+
+        A record holds at most ``MAX_INVITES``; the rest make room for a new one
+        (review of the authority: the 17th invitation silently dropped the
+        first, still valid and unused, and kept the spent and revoked ones).
+        """
+        auth = self.mesh.authority
+        used: dict[bytes, set[bytes]] = {
+            g.token_hash: set(auth.token_subjects.get(g.token_hash, ())) for g in grants
+        }
+        for r in self.live_records():
+            for a in r.admitted:
+                if a.token_hash in used:
+                    used[a.token_hash].add(a.joiner)
+        return [
+            g
+            for g in grants
+            if g.expiry_ms > now_ms
+            and g.uses > 0
+            and len(used[g.token_hash]) < g.uses
+            and not auth.token_revoked(g.token_hash, self.key)
+        ]
 
     def _admit(self, src: bytes, req: JoinRequest, now_ms: int) -> tuple[Message, list[Out]]:
         st = self.mesh
