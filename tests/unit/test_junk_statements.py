@@ -176,3 +176,19 @@ def test_a_members_revocation_counts_only_for_a_hash_of_its_own_record() -> None
     # collected once every token it can revoke has expired
     founder.mesh.gc(NOW + YEAR + 2 * HOUR, HOUR)
     assert revoke.key not in founder.mesh
+
+
+def test_a_saved_state_keeps_every_ledger_entry_whatever_its_order() -> None:
+    """More entries than can be held back: certificates are applied after a batch's records."""
+    m = Mesh(Policy.MEMBERS)
+    peer = ident(2)
+    m.admit(peer)
+    certs = [
+        _cert(peer, m.mesh_id, secrets.token_bytes(16), 5000 + i, NOW + HOUR)
+        for i in range(state_auth.PENDING_AUTH + 44)
+    ]
+    st = MeshState(m.mesh_id, admission=True)
+    _changed, errors = st.apply_many([m.founding, *certs, m.record(peer)], NOW + 10_000)
+    assert not errors and all(c.key in st for c in certs)
+    again = MeshState(m.mesh_id, admission=True)
+    assert again.merge(st) and again == st

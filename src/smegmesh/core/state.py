@@ -167,7 +167,7 @@ class MeshState(AdmissionGate):
         if not self._wins(item) or self._too_old(item, now_ms):
             return False
         self._gate(item)
-        if not self.memo.sig_ok(item):
+        if not self._sig_known(item):
             if not self._verifier([_job(item)])[0]:
                 raise RecordError("signature", self._sig_reason(item.signature))
             self.memo.note_sig_ok(item)
@@ -181,8 +181,10 @@ class MeshState(AdmissionGate):
 
         Invalid items are skipped and returned as errors; returns the set of
         changed keys (including keys an eviction in the batch purged).
-        Statements are applied first (a founding record or an admission must be
-        known before the records that depend on it). The first forged signature
+        Statements are applied first (a founding record or an eviction must be
+        known before the records that depend on it), but certificates (token
+        ledger entries) last: they are judged by the records of their issuers
+        and subjects (core.state_auth). The first forged signature
         ends the checks: the rest of the batch is refused unchecked
         (:mod:`~smegmesh.core.forgery`; what was installed before it stays).
         """
@@ -191,10 +193,16 @@ class MeshState(AdmissionGate):
         changed: set[bytes] = set()
         inner = self._verifier
         self._verifier = ForgeryStop(inner)
+        statements = [it for it in batch if isinstance(it, _AUTH_TYPES)]
         try:
-            self._apply_statements(batch, now_ms, changed, errors)
+            self._apply_statements(
+                [s for s in statements if type(s) is not Cert], now_ms, changed, errors
+            )
             pending = self._admissible(batch, now_ms, errors)
             self._install_winners(pending, changed, errors, now_ms)
+            self._apply_statements(
+                [s for s in statements if type(s) is Cert], now_ms, changed, errors
+            )
             if self._pending_auth and changed:
                 changed |= self._take_held_back()
         finally:
@@ -203,19 +211,17 @@ class MeshState(AdmissionGate):
         return changed, errors
 
     def _apply_statements(
-        self, batch: list[Item], now_ms: int, changed: set[bytes], errors: list[RecordError]
+        self, batch: list[AuthItem], now_ms: int, changed: set[bytes], errors: list[RecordError]
     ) -> None:
-        """Apply a batch's authority statements: founding first, then in time order.
+        """Apply authority statements: founding first, then in time order.
 
-        The authority is rebuilt once, after the statements that change it,
-        and before the certificates, which it judges.
+        The authority is rebuilt once, after them all.
         """
-        statements = statements_in_order([it for it in batch if isinstance(it, _AUTH_TYPES)])
+        if not batch:
+            return
         self._defer_rebuild = True
         try:
-            for st in statements:
-                if isinstance(st, Cert) and self._rebuild_due:
-                    self._rebuild_authority()
+            for st in statements_in_order(batch):
                 try:
                     if self.apply(st, now_ms):
                         changed.add(st.key)
@@ -298,7 +304,7 @@ class MeshState(AdmissionGate):
         """
         if other.mesh_id != self.mesh_id:
             raise ValueError(f"cannot merge mesh {other.mesh_id!r} into {self.mesh_id!r}")
-        changed = self._merge_statements(other)
+        changed = self._merge_statements(other, certs=False)
         for key, oe in other._entries.items():
             if oe.auth is not None:
                 continue
@@ -331,19 +337,25 @@ class MeshState(AdmissionGate):
             if new_rec is not rec or new_pr is not pr:
                 self._install(key, new_rec, new_pr)
                 changed.add(key)
+        changed |= self._merge_statements(other, certs=True)
         if self._pending_auth:
             changed |= self._take_held_back()
         return changed | self.pop_purged()
 
-    def _merge_statements(self, other: MeshState) -> set[bytes]:
-        """Take ``other``'s statements we lack that pass our gate (no signature checks)."""
-        theirs = [e.auth for k, e in other._entries.items() if e.auth is not None]
+    def _merge_statements(self, other: MeshState, *, certs: bool) -> set[bytes]:
+        """Take ``other``'s statements we lack that pass our gate (no signature checks).
+
+        ``certs``: the certificates (after the records), else the rest (before).
+        """
+        theirs = [
+            e.auth
+            for k, e in other._entries.items()
+            if e.auth is not None and (type(e.auth) is Cert) == certs and k not in self._entries
+        ]
         changed: set[bytes] = set()
         self._defer_rebuild = True
         try:
-            for st in statements_in_order([a for a in theirs if a.key not in self._entries]):
-                if isinstance(st, Cert) and self._rebuild_due:
-                    self._rebuild_authority()
+            for st in statements_in_order(theirs):
                 try:
                     self._gate_statement(st)
                 except (HeldBack, RecordError):

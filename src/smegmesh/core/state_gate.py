@@ -361,9 +361,19 @@ class AdmissionGate(StatementGate):
                 raise RecordError("proofs", f"mesh {p.founding.mesh_id}: {reason}")
             self._verify_certs((p.founding, *p.chain), "proofs")
 
+    def _sig_known(self, item: Item) -> bool:
+        """Whether ``item``'s signature is known good: the memo, or a chain's verified cert.
+
+        A certificate's key is a hash of its signed form and signature: a
+        ledger entry whose certificate a held chain carries is not verified again.
+        """
+        if self.memo.sig_ok(item):
+            return True
+        return type(item) is Cert and type(self._good_certs.get(item.key)) is Cert
+
     def _verify_statement(self, item: AuthItem) -> bool:
         """Whether ``item``'s signature verifies (noted in the memo)."""
-        if self.memo.sig_ok(item):
+        if self._sig_known(item):
             return True
         if not self._verifier([_job(item)])[0]:
             return False
