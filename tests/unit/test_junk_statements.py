@@ -192,3 +192,32 @@ def test_a_saved_state_keeps_every_ledger_entry_whatever_its_order() -> None:
     assert not errors and all(c.key in st for c in certs)
     again = MeshState(m.mesh_id, admission=True)
     assert again.merge(st) and again == st
+
+
+def test_entries_no_record_vouches_for_are_dropped_as_a_later_replica_refuses_them() -> None:
+    """After an eviction with --cascade, or once the records are collected: states stay equal."""
+    m = Mesh(Policy.MEMBERS)
+    peer, child = ident(2), ident(3)
+    m.admit(peer)
+    m.admit(child, by=peer)
+    cert = _cert(peer, m.mesh_id, secrets.token_bytes(16), 5000, NOW + YEAR)
+    st = m.state()
+    admin = member_node(m.founder, m.mesh_id, st)
+    admin.start(NOW)
+    st.apply_many([m.record(peer), m.record(child), cert], NOW + 10_000)
+    assert cert.key in st
+    admin.evict(NOW + 20_000, peer.wg_public_key, cascade=True)
+    assert cert.key not in st and not st.is_member(child.wg_public_key)
+    later = MeshState(m.mesh_id, admission=True)
+    later.apply_many(st.all_items(), NOW + 30_000)
+    assert later == st
+    # collected: the admitter and the node it admitted left long ago
+    m2 = Mesh(Policy.MEMBERS)
+    m2.admit(peer)
+    cert = _cert(peer, m2.mesh_id, secrets.token_bytes(16), 5000, NOW + YEAR)
+    st = m2.state()
+    gone = m2.record(peer).evolve(peer, NOW + 6000, left=True)
+    st.apply_many([gone, cert], NOW + 10_000)
+    assert cert.key in st
+    st.gc(NOW + 10 * HOUR, HOUR)
+    assert st.get(peer.wg_public_key) is None and cert.key not in st

@@ -374,7 +374,9 @@ class MeshState(AdmissionGate):
         Drops ``left`` records and prunes, with the records the prunes kill, the
         token ledger entries (admission certificates) of tokens that expired
         before the horizon, and invitation revocations once every token they
-        can revoke has (a token lives at most a year). Evictions, admin changes
+        can revoke has (a token lives at most a year); then the ledger entries
+        and revocations of members that no held record vouches for any more
+        (core.state_auth). Evictions, admin changes
         and founding records are never dropped. Remembers the horizon for
         :meth:`apply` (see the module docstring).
         """
@@ -383,7 +385,7 @@ class MeshState(AdmissionGate):
         self._horizon = horizon_ms
         cutoff = now_ms - horizon_ms
         dropped = 0
-        ledger_dropped = False
+        ledger_dropped = records_dropped = False
         for key, e in list(self._entries.items()):
             if e.auth is not None:
                 a = e.auth
@@ -406,7 +408,10 @@ class MeshState(AdmissionGate):
                 dropped += 1
             if rec is not e.record or pr is not e.prune:
                 self._install(key, rec, pr)
-        if ledger_dropped:
+                records_dropped = True
+        if records_dropped:  # the records that vouched for some ledger entries
+            dropped += self._drop_unvouched()
+        elif ledger_dropped:
             self._authority = Authority.build(self.mesh_id, self._iter_auth())
         return dropped
 

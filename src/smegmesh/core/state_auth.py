@@ -21,10 +21,14 @@ admitted again, and void admin statements, each kept for ever):
   in its own held record (a node of an earlier version revoking its own
   token; this version does that in its record).
 
-A statement whose issuer is not (yet) known to qualify is *held back* (not
-the sender's fault: an admin's statement may come before the statement that
-names it, a certificate before its admitter's record) in a bounded buffer and
-taken as soon as it qualifies; the rest comes again by anti-entropy.
+A member's ledger entries and revocations are dropped when no held record
+vouches for them any more (its record and its subject's purged or
+collected), so a replica that comes later, which would not take them, holds
+the same. A statement whose issuer is not (yet) known to qualify is *held
+back* (not the sender's fault: an admin's statement may come before the
+statement that names it, a certificate before its admitter's record) in a
+bounded buffer and taken as soon as it qualifies; the rest comes again by
+anti-entropy.
 Every statement counts toward :data:`MAX_AUTH_ITEMS`, and an issuer that is
 not an admin holds at most a sixteenth of them.
 """
@@ -212,6 +216,7 @@ class StatementGate(StateStore):
         self._authority = Authority.build(self.mesh_id, self._iter_auth())
         if self._authority.chain_facts() != before:
             self._purge()
+            self._drop_unvouched()
 
     def _iter_auth(self) -> Iterator[AuthItem]:
         for e in self._entries.values():
@@ -234,6 +239,30 @@ class StatementGate(StateStore):
             if rec is not e.record or pr is not e.prune:
                 self._install(key, rec, pr)
                 self._purged.add(key)
+
+    def _drop_unvouched(self) -> int:
+        """Drop the ledger entries and revocations of members no held record vouches for.
+
+        Their issuer's record was purged (an eviction, a policy change) or
+        collected, and so was their subject's: a replica that comes later
+        would not take them, so none keeps them (the states stay equal).
+        Returns how many were dropped; the authority is rebuilt if any was.
+        """
+        if not self.admission:
+            return 0
+        named = self._authority.named
+        gone = [
+            (key, e.auth)
+            for key, e in self._entries.items()
+            if isinstance(e.auth, (Cert, InviteRevoke))
+            and e.auth.issuer not in named
+            and not self._vouched(e.auth)
+        ]
+        for key, item in gone:
+            self._drop_statement(key, item)
+        if gone:
+            self._authority = Authority.build(self.mesh_id, self._iter_auth())
+        return len(gone)
 
     def pop_purged(self) -> set[bytes]:
         """Keys whose items the authority stopped admitting (an eviction...) since the last call."""
