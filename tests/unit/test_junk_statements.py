@@ -221,3 +221,30 @@ def test_entries_no_record_vouches_for_are_dropped_as_a_later_replica_refuses_th
     assert cert.key in st
     st.gc(NOW + 10 * HOUR, HOUR)
     assert st.get(peer.wg_public_key) is None and cert.key not in st
+
+
+def test_a_later_replica_takes_every_statement_of_an_admin_dropped_since(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An admin is held to no share: a replica coming after its demotion takes all its acts."""
+    monkeypatch.setattr(state_auth, "MAX_AUTH_ITEMS", 64)  # a share of 4
+    m = Mesh(Policy.MEMBERS)
+    second = ident(2)
+    m.admit(second)
+    targets = [ident(10 + i) for i in range(6)]
+    for t in targets:
+        m.admit(t)
+    st = m.state()
+    admin = member_node(m.founder, m.mesh_id, st)
+    admin.start(NOW)
+    st.apply_many([m.record(n) for n in (second, *targets)], NOW + 10_000)
+    admin.set_admin(NOW + 20_000, second.wg_public_key, True)
+    other = member_node(second, m.mesh_id, MeshState(m.mesh_id, admission=True))
+    other.absorb(st.all_items(), NOW + 21_000)
+    for i, t in enumerate(targets):
+        other.evict(NOW + 22_000 + i, t.wg_public_key)
+    st.apply_many(other.mesh.all_items(), NOW + 30_000)
+    admin.set_admin(NOW + 40_000, second.wg_public_key, False)
+    later = MeshState(m.mesh_id, admission=True)
+    later.apply_many(st.all_items(), NOW + 50_000)
+    assert later == st and not any(later.is_member(t.wg_public_key) for t in targets)

@@ -30,7 +30,9 @@ statement that names it, a certificate before its admitter's record) in a
 bounded buffer and taken as soon as it qualifies; the rest comes again by
 anti-entropy.
 Every statement counts toward :data:`MAX_AUTH_ITEMS`, and an issuer that is
-not an admin holds at most a sixteenth of them.
+not named holds at most a sixteenth of them (a named one has no share: an
+admin that evicted many nodes and was dropped later must not find its
+evictions refused by a replica that comes later).
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ class StatementGate(StateStore):
 
     admission: bool
     _auth_count: int
-    #: statements held per issuer key (for the share of an issuer not an admin)
+    #: statements held per issuer key (for the share of an issuer not named)
     _issuer_counts: dict[bytes, int]
     #: statements held back until their issuer qualifies (bounded, oldest first out)
     _pending_auth: dict[bytes, AuthItem]
@@ -109,13 +111,12 @@ class StatementGate(StateStore):
                 raise RecordError("token_hash", "a certificate without a token is no ledger entry")
             if not token_expiry_ok(item.token_expiry_ms, item.issued_ms):
                 raise RecordError("token_expiry_ms", "an invitation lives at most a year")
-        if not (item.issuer in a.named or self._vouched(item)):
+        if item.issuer in a.named:
+            return  # no share: named only grows, so every replica takes the same
+        if not self._vouched(item):
             self._hold_back(item)
             raise HeldBack()
-        if (
-            item.issuer not in a.admins
-            and self._issuer_counts.get(item.issuer, 0) >= MAX_AUTH_ITEMS // ISSUER_SHARE_DIVISOR
-        ):
+        if self._issuer_counts.get(item.issuer, 0) >= MAX_AUTH_ITEMS // ISSUER_SHARE_DIVISOR:
             raise RecordError("issuer", "holds its share of the mesh's authority statements")
 
     def _vouched(self, item: AuthItem) -> bool:
