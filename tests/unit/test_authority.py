@@ -37,6 +37,7 @@ from smegmesh.core.record import (
 )
 from smegmesh.core.routing import compute_routes
 from smegmesh.core.state import MAX_CLOCK_SKEW_MS, MeshState
+from smegmesh.core.state_auth import HeldBack
 from smegmesh.core.sync import Push
 from smegmesh.core.wire import decode, encode
 from smegmesh.testbed.founded import NOW, Mesh, ident, member_node
@@ -387,12 +388,13 @@ def test_eviction_cascade_and_admins() -> None:
     other.absorb(st.all_items(), NOW + 2000)
     other.evict(NOW + 3000, bad.wg_public_key, cascade=True)
     assert not other.mesh.is_member(child.wg_public_key)
-    # An admin change by a non-admin has no effect.
+    # An admin change by a node never made an admin is not even kept (core.state_auth).
     bogus = AdminChange.create(
         child, m.mesh_id, subject=child.wg_public_key, admin=True, now_ms=NOW + 4000
     )
-    st.apply(bogus, NOW + 4000)
-    assert not st.authority.is_admin(child.wg_public_key)
+    with pytest.raises(HeldBack):
+        st.apply(bogus, NOW + 4000)
+    assert not st.authority.is_admin(child.wg_public_key) and bogus.key not in st
     # Revocations are evaluated in time order: one by a dropped admin after it was dropped is void.
     admin.set_admin(NOW + 5000, second.wg_public_key, False)
     late = Revocation.create(
@@ -414,7 +416,8 @@ def test_admin_changes_the_invite_policy_for_later_admissions() -> None:
     # A member's policy change is void; an admin's applies from then on.
     from smegmesh.core.cert import PolicyChange
 
-    st.apply(PolicyChange.create(client, m.mesh_id, policy=Policy.MEMBERS, now_ms=NOW + 1), NOW)
+    with pytest.raises(HeldBack):
+        st.apply(PolicyChange.create(client, m.mesh_id, policy=Policy.MEMBERS, now_ms=NOW + 1), NOW)
     assert st.authority.policy == Policy.PEERS
     with pytest.raises(NotAllowed):
         member_node(client, m.mesh_id, st).set_policy(NOW + 2, Policy.MEMBERS)

@@ -213,3 +213,23 @@ def test_dns_help_uses_the_running_daemons_dns_listen(daemon: tuple[Path, FakeNo
     r = runner.invoke(app, ["--socket", str(short_tmpdir() / "none.sock"), "dns-help"])
     assert r.exit_code == 0 and "-p 5353 " in r.stdout
     assert "cannot reach smegd" in r.stderr and "assuming dnsListen 127.0.0.1:5353" in r.stderr
+
+
+def test_join_mesh_takes_the_token_from_stdin_or_a_file(
+    daemon: tuple[Path, FakeNodeService], tmp_path: Path
+) -> None:
+    """A token in argv is in the process list for the whole join (up to 2 minutes)."""
+    sock, svc = daemon
+    tok = svc.add_remote_mesh("quiet-fox-hill-0005")
+    r = runner.invoke(app, ["--socket", str(sock), "join-mesh", "--token", "-"], input=tok + "\n")
+    assert r.exit_code == 0 and r.stdout.strip() == "quiet-fox-hill-0005", r.stdout
+    assert svc.calls[-1][1][0] == tok
+    tok = svc.add_remote_mesh("quiet-fox-hill-0006")
+    f = tmp_path / "token"
+    f.write_text(tok + "\n")
+    joined = ctl(sock, "join-mesh", "--token-file", str(f))
+    assert joined.stdout.strip() == "quiet-fox-hill-0006"
+    r = ctl(sock, "join-mesh", code=1)
+    assert r.stderr.startswith("smegctl: give the invitation as --token TOKEN")
+    r = ctl(sock, "join-mesh", "--token-file", str(tmp_path / "none"), code=1)
+    assert r.stderr.startswith("smegctl: --token-file: cannot read")

@@ -75,7 +75,8 @@ def evict(
 
     def human(res: EvictResponse, mid: str) -> None:
         name = res.alias or res.evicted[0][:12] + "…"
-        extra = f" (and {len(res.evicted) - 1} it admitted)" if len(res.evicted) > 1 else ""
+        n = len(res.evicted) - 1  # the nodes admitted through it that went with it
+        extra = f" (and {n} node{'s' if n > 1 else ''} admitted through it)" if n else ""
         typer.echo(f"evicted {name} from {mid}{extra}")
 
     body = {"node": node, "cascade": cascade}

@@ -67,18 +67,18 @@ def error_of(resp: httpx.Response) -> tuple[str, dict[str, Any] | None]:
         return f"smegd answered HTTP {resp.status_code}: {text or resp.reason_phrase}", None
 
 
-def read_token_file(path: Path) -> str:
-    """The token in ``path`` (surrounding white space removed)."""
+def read_token_file(path: Path, flag: str = "--api-token-file") -> str:
+    """The token in ``path`` (surrounding white space removed); ``flag`` names it in errors."""
     try:
         with open(path, "rb") as f:
             raw = f.read(MAX_TOKEN_FILE_BYTES + 1)
     except OSError as e:
-        raise ClientError(f"--api-token-file: cannot read {path}: {e.strerror or e}") from None
+        raise ClientError(f"{flag}: cannot read {path}: {e.strerror or e}") from None
     if len(raw) > MAX_TOKEN_FILE_BYTES:
-        raise ClientError(f"--api-token-file: {path} is larger than {MAX_TOKEN_FILE_BYTES} bytes")
+        raise ClientError(f"{flag}: {path} is larger than {MAX_TOKEN_FILE_BYTES} bytes")
     token = raw.decode("utf-8", "replace").strip()
     if not token or any(c.isspace() for c in token):
-        raise ClientError(f"--api-token-file: {path} must hold one token on one line")
+        raise ClientError(f"{flag}: {path} must hold one token on one line")
     return token
 
 

@@ -20,10 +20,11 @@ from smegmesh.cli.app import (
     app,
     choices,
 )
-from smegmesh.cli.client import check_mesh_id
+from smegmesh.cli.client import ClientError, check_mesh_id, read_token_file
 from smegmesh.cli.meshflags import with_mesh_flags
 from smegmesh.cli.output import _console, _print_json, parse_duration
 from smegmesh.cli.tables import mesh_tables, meshes_table
+from smegmesh.core.invite import MAX_TOKEN_CHARS
 from smegmesh.daemon.api_models import (
     MAX_INVITE_TTL_S,
     MAX_INVITE_USES,
@@ -90,6 +91,9 @@ def invite(
     racing at different members at the same moment may over-admit by the
     number of members racing; --strict makes this node the only admitter (the
     count is then exact, and the token names only this node).
+
+    A node has at most 16 invitations outstanding (neither used up, revoked
+    nor expired); a 17th is refused until one is (revoke-invite).
     """
     ttl_s = parse_duration(ttl, most_s=MAX_INVITE_TTL_S)
 
@@ -101,24 +105,57 @@ def invite(
     _run(as_json, go)
 
 
-@app.command("join-mesh", epilog="Example: smegctl join-mesh --token TOKEN --role client")
+@app.command(
+    "join-mesh",
+    epilog="Examples: smegctl join-mesh --token TOKEN --role client;  "
+    "smegctl join-mesh --token-file FILE;  echo TOKEN | smegctl join-mesh --token -",
+)
 @with_mesh_flags("join-mesh")
 def join_mesh(
     ctx: typer.Context,
-    token: Annotated[
-        str,
-        typer.Option("--token", "-t", help="Invitation token (smegctl invite on a member)."),
-    ],
     opts: dict[str, Any],
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            "-t",
+            help="Invitation token (smegctl invite on a member); '-' reads it from standard "
+            "input, out of the process list.",
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option("--token-file", help="Read the invitation token from this file."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Join a mesh with an invitation token and print the mesh id."""
+    """Join a mesh with an invitation token and print the mesh id.
+
+    A token given as --token TOKEN is in the process list, readable by every
+    local user, while the join runs (up to 2 minutes): --token - or
+    --token-file keep it out.
+    """
 
     def go() -> None:
-        res = _smegd(ctx, timeout=120).join_mesh(JoinRequest.model_construct(**opts, token=token))
+        tok = _join_token(token, token_file)
+        res = _smegd(ctx, timeout=120).join_mesh(JoinRequest.model_construct(**opts, token=tok))
         _print_json(res.raw) if as_json else typer.echo(res.data.mesh_id)
 
     _run(as_json, go)
+
+
+def _join_token(token: str | None, token_file: Path | None) -> str:
+    """The invitation token from --token, --token - (standard input) or --token-file."""
+    if (token is None) == (token_file is None):
+        raise ClientError("give the invitation as --token TOKEN, --token - or --token-file FILE")
+    if token_file is not None:
+        return read_token_file(token_file, "--token-file")
+    if token != "-":
+        return str(token)
+    line = sys.stdin.readline(MAX_TOKEN_CHARS + 1).strip()
+    if not line or len(line) > MAX_TOKEN_CHARS:
+        raise ClientError("--token -: standard input must hold the token on its first line")
+    return line
 
 
 @app.command("leave-mesh", epilog="Example: smegctl leave-mesh --meshid MESH")

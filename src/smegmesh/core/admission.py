@@ -9,7 +9,7 @@ revocation).
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -32,15 +32,18 @@ from smegmesh.core.engine import (
     OnChanged,
     Out,
     SyncCtx,
+    TooManyInvites,
 )
 from smegmesh.core.gossip import GossipParams
 from smegmesh.core.identity import NodeIdentity
-from smegmesh.core.invite import Bootstrap, Token, check_admission, new_token, token_hash
+from smegmesh.core.invite import Bootstrap, Token, check_admission, new_token
 from smegmesh.core.liveness import FailureDetector
 from smegmesh.core.messages import JoinReply, JoinRequest, Refusal
 from smegmesh.core.paging import page
 from smegmesh.core.record import (
+    MAX_INVITES,
     Admission,
+    InviteGrant,
     NodeRecord,
     Prune,
     RecordError,
@@ -180,9 +183,19 @@ class AdmissionMixin:
         )
 
     def revoke_invite(self, now_ms: int, token_hash_: bytes) -> list[Out]:
-        """Revoke a token: its issuer or an admin."""
-        issuer = self.token_issuer(token_hash_)
-        if issuer != self.key and not self.is_admin():
+        """Revoke a token: its issuer or an admin.
+
+        The issuer speaks in its own record: its grant's uses become 0, which
+        every version of smegmesh takes as used up. An admin revoking another
+        member's token publishes an :class:`InviteRevoke` statement.
+        """
+        rec = self.mesh.record(self.key)
+        if rec is not None and any(g.token_hash == token_hash_ for g in rec.invites):
+            grants = tuple(
+                replace(g, uses=0) if g.token_hash == token_hash_ else g for g in rec.invites
+            )
+            return self.update_self(now_ms, invites=grants)
+        if not self.is_admin():
             raise NotAllowed("only the token's issuer or an admin can revoke it")
         return self._statement(
             InviteRevoke.create(self.identity, self.mesh_id, token_hash=token_hash_, now_ms=now_ms),
@@ -190,11 +203,26 @@ class AdmissionMixin:
         )
 
     def token_issuer(self, token_hash_: bytes) -> bytes | None:
-        """The live member that issued the token with this hash, if known."""
+        """The live member that issued the token with this hash, if known (we first)."""
+        rec = self.mesh.record(self.key)
+        if rec is not None and any(g.token_hash == token_hash_ for g in rec.invites):
+            return self.key
         for r in self.live_records():
             if any(g.token_hash == token_hash_ for g in r.invites):
                 return r.wg_key
         return None
+
+    def _may_issue(self, now_ms: int) -> Callable[[NodeRecord], bool] | None:
+        """Whether a member's grants count: it may invite now (None: no authority, all may)."""
+        if not self.mesh.admission:
+            return None
+        auth = self.mesh.authority
+
+        def ok(r: NodeRecord) -> bool:
+            flag = bool(r.chain) and r.chain[-1].may_admit
+            return auth.issuer_may_admit(r.wg_key, flag, now_ms)
+
+        return ok
 
     def invite(
         self,
@@ -219,15 +247,45 @@ class AdmissionMixin:
             uses=uses,
             bootstrap=bootstrap,
             secret=secret,
+            issuer=self.key if self.mesh.admission else None,
         )
         rec = self.mesh.record(self.key)
         assert rec is not None, "start() first"
-        grants = [g for g in rec.invites if g.expiry_ms > now_ms][-15:]
+        grants = self._outstanding(rec.invites, now_ms)
+        if len(grants) >= MAX_INVITES:
+            raise TooManyInvites(
+                f"{MAX_INVITES} invitations outstanding: revoke one (list-invites, "
+                "revoke-invite) or wait until one is used or expires"
+            )
         grant = token.grant()
         if strict:
             grant = replace(grant, strict=True)
         grants.append(grant)
         return token, self.update_self(now_ms, invites=tuple(grants))
+
+    def _outstanding(self, grants: Sequence[InviteGrant], now_ms: int) -> list[InviteGrant]:
+        """Our grants that may still admit: not expired, revoked or used up.
+
+        A record holds at most ``MAX_INVITES``; the rest make room for a new one
+        (review of the authority: the 17th invitation silently dropped the
+        first, still valid and unused, and kept the spent and revoked ones).
+        """
+        auth = self.mesh.authority
+        used: dict[bytes, set[bytes]] = {
+            g.token_hash: set(auth.token_subjects.get(g.token_hash, ())) for g in grants
+        }
+        for r in self.live_records():
+            for a in r.admitted:
+                if a.token_hash in used:
+                    used[a.token_hash].add(a.joiner)
+        return [
+            g
+            for g in grants
+            if g.expiry_ms > now_ms
+            and g.uses > 0
+            and len(used[g.token_hash]) < g.uses
+            and not auth.token_revoked(g.token_hash, self.key)
+        ]
 
     def _admit(self, src: bytes, req: JoinRequest, now_ms: int) -> tuple[Message, list[Out]]:
         st = self.mesh
@@ -240,6 +298,7 @@ class AdmissionMixin:
             ledger=auth.token_subjects,
             self_key=self.key,
             revoked=auth.token_revoked,
+            may_issue=self._may_issue(now_ms),
         )
         if grant is None or req.record.wg_key != src or not self.may_admit(now_ms):
             return Refusal(self.mesh_id), []
@@ -280,7 +339,7 @@ class AdmissionMixin:
                 return Refusal(self.mesh_id), []
             rec = st.record(self.key)
             assert rec is not None
-            adm = Admission(token_hash(req.secret), src)
+            adm = Admission(grant.token_hash, src)
             if adm not in rec.admitted:
                 out.extend(self.update_self(now_ms, admitted=(*rec.admitted, adm)[-64:]))
         self._fd.heard_from(src, now_ms)

@@ -11,7 +11,9 @@ Rules
 * The founder (creator) of the mesh is an admin from the start. Admin
   changes, evictions and alias reservations are replayed in ``(issued_ms,
   key)`` order; each takes effect only if its issuer is an admin at that
-  point. An evicted admin stops being one.
+  point. An evicted admin stops being one. An invitation revocation
+  counts if its issuer issued the token, or was an admin at the time the
+  revocation carries (:meth:`Authority.was_admin_at`).
 * A node is a member only with an admission *chain*: certs
   ``founder -> n1 -> ... -> node``, each signed by the previous link's subject
   (the first by the founder). A link's issuer must be allowed to admit: the
@@ -28,6 +30,12 @@ Rules
   nodes whose cert says ``may_admit`` (set from their role when admitted).
 * Admission order (for aliases): the issue time of the node's last cert; the
   founder's is the mesh's creation. Ties: by key.
+* ``named``: the founder and every node an admin change by a named node made
+  an admin, whenever dated and whether or not it took effect. It only grows
+  as statements are added, so a state can keep a statement by its issuer
+  being named (:mod:`smegmesh.core.state_auth`) and every replica keeps the
+  same ones whatever the order they came in; the replay above decides what
+  each one does.
 """
 
 from __future__ import annotations
@@ -70,11 +78,16 @@ class Authority:
     #: (token hash, subject, issuer) -> the latest certificate that issuer gave
     #: that subject with that token: a join sent again gets it back, not a new one
     token_certs: dict[tuple[bytes, bytes, bytes], Cert] = field(default_factory=dict)
+    #: the founder and the subjects of admin changes by named nodes (see the module docstring)
+    named: set[bytes] = field(default_factory=set)
+    #: when each node was an admin: [start, end) spans from the replay
+    admin_spans: dict[bytes, list[tuple[int, int]]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, mesh_id: str, items: Iterable[AuthItem]) -> Authority:
         a = cls(mesh_id)
         timeline: list[AdminChange | Revocation | AliasReserve | PolicyChange] = []
+        promotions: list[AdminChange] = []
         for it in items:
             if isinstance(it, Founding):
                 if it.mesh_id == mesh_id:
@@ -85,22 +98,30 @@ class Authority:
                 a.invite_revokes.setdefault(it.token_hash, []).append(it)
             else:
                 timeline.append(it)
+                if isinstance(it, AdminChange) and it.admin:
+                    promotions.append(it)
         if a.founding is None:
             return a
+        a.named = _named(a.founding.founder, promotions)
         a.admins = {a.founding.founder}
         a.ever_admins = set(a.admins)
+        spans = _Spans(a.founding.founder, a.founding.created_ms)
         timeline.sort(key=lambda s: (s.issued_ms, s.key))
         for s in timeline:
             if s.issuer not in a.admins:
                 continue
             if isinstance(s, AdminChange):
                 if s.admin and s.subject not in a.revoked:
+                    if s.subject not in a.admins:
+                        spans.open(s.subject, s.issued_ms)
                     a.admins.add(s.subject)
                     a.ever_admins.add(s.subject)
                 elif not s.admin:
+                    spans.close(s.subject, s.issued_ms)
                     a.admins.discard(s.subject)
             elif isinstance(s, Revocation):
                 a.revoked.setdefault(s.target, []).append(s)
+                spans.close(s.target, s.issued_ms)
                 a.admins.discard(s.target)
             elif isinstance(s, PolicyChange):
                 a.policy_changes.append((s.issued_ms, s.policy))
@@ -108,6 +129,7 @@ class Authority:
                 a.reservations.pop(s.alias, None)
             else:
                 a.reservations[s.alias] = s.holder
+        a.admin_spans = spans.done()
         return a
 
     # ------------------------------------------------------------------ queries
@@ -186,18 +208,76 @@ class Authority:
             return "admission proof is for another node"
         return None
 
+    def chain_facts(self) -> tuple[object, ...]:
+        """Everything :meth:`check_chain` depends on: equal facts, equal verdicts.
+
+        The founding record, every eviction (a second one of an evicted node,
+        with ``cascade``, changes the verdict on the nodes the first kept), who
+        was ever an admin, and the policy changes.
+        """
+        return (
+            self.founding,
+            {k: tuple(v) for k, v in self.revoked.items()},
+            frozenset(self.ever_admins),
+            tuple(self.policy_changes),
+        )
+
     def admission_ms(self, key: bytes, chain: Sequence[Cert]) -> int:
         """When ``key`` was admitted (for "first admitted keeps the alias")."""
         if chain:
             return chain[-1].issued_ms
         return self.founding.created_ms if self.founding is not None else 0
 
+    def was_admin_at(self, key: bytes, t_ms: int) -> bool:
+        """Was ``key`` an admin at ``t_ms`` (not yet dropped or evicted)?"""
+        return any(start <= t_ms < end for start, end in self.admin_spans.get(key, ()))
+
     def token_revoked(self, token_hash: bytes, issuer: bytes | None) -> bool:
-        """Revoked by its issuer or by anyone who was ever an admin."""
+        """Revoked by its issuer, or by an admin that was one when it revoked.
+
+        An admin dropped or evicted (its key stolen, say) revokes nothing
+        after that (review of the authority: any revocation of anyone who was
+        ever an admin counted, whenever dated).
+        """
         return any(
-            r.issuer == issuer or r.issuer in self.ever_admins
+            r.issuer == issuer or self.was_admin_at(r.issuer, r.issued_ms)
             for r in self.invite_revokes.get(token_hash, ())
         )
+
+
+_FOREVER = 2**63
+
+
+class _Spans:
+    """The [start, end) spans in which each node is an admin, built in replay order."""
+
+    def __init__(self, founder: bytes, created_ms: int) -> None:
+        self._spans: dict[bytes, list[list[int]]] = {founder: [[created_ms, _FOREVER]]}
+
+    def open(self, key: bytes, t_ms: int) -> None:
+        self._spans.setdefault(key, []).append([t_ms, _FOREVER])
+
+    def close(self, key: bytes, t_ms: int) -> None:
+        spans = self._spans.get(key)
+        if spans and spans[-1][1] == _FOREVER:
+            spans[-1][1] = t_ms
+
+    def done(self) -> dict[bytes, list[tuple[int, int]]]:
+        return {k: [(a, b) for a, b in v] for k, v in self._spans.items()}
+
+
+def _named(founder: bytes, promotions: Sequence[AdminChange]) -> set[bytes]:
+    """The founder and, transitively, whom admin changes by named nodes made admins."""
+    by_issuer: dict[bytes, list[bytes]] = {}
+    for p in promotions:
+        by_issuer.setdefault(p.issuer, []).append(p.subject)
+    named, todo = {founder}, [founder]
+    while todo:
+        for subject in by_issuer.get(todo.pop(), ()):
+            if subject not in named:
+                named.add(subject)
+                todo.append(subject)
+    return named
 
 
 def alias_owners(
@@ -250,6 +330,8 @@ def copy_authority(a: Authority) -> Authority:
         dict(a.reservations),
         list(a.policy_changes),
         dict(a.token_certs),
+        set(a.named),
+        {k: list(v) for k, v in a.admin_spans.items()},
     )
 
 

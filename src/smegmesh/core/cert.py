@@ -42,6 +42,7 @@ __all__ = [
     "AUTH_TYPES",
     "MAX_CHAIN",
     "MAX_KEEP",
+    "MAX_TOKEN_TTL_MS",
     "SUFFIX_LEN",
     "AdminChange",
     "AliasReserve",
@@ -57,12 +58,18 @@ __all__ = [
     "check_auth_fields",
     "founding_name",
     "mesh_id_for",
+    "token_expiry_ok",
     "verify_auth",
 ]
 
 SUFFIX_LEN = 13  # base32 characters of the founding hash in the mesh id (65 bits)
 MAX_CHAIN = 32  # admission depth (founder -> ... -> node)
 MAX_KEEP = 4096  # nodes admitted by an evicted node that a revocation keeps
+#: An invitation lives at most a year (``smegctl invite --ttl``): a token
+#: ledger entry (a cert with a token) says when its token expires, no later
+#: than this after it was issued, so every entry is collected in time
+MAX_TOKEN_TTL_MS = 365 * 86_400_000
+_TOKEN_SLACK_MS = 10 * 60 * 1000  # the clocks of issuer and admitter may differ
 _MAX_U63 = 2**63
 _ZERO_KEY = bytes(32)
 _NAME_MAX = 63 - 1 - SUFFIX_LEN
@@ -363,6 +370,11 @@ AUTH_TYPES: tuple[type, ...] = (
     AliasReserve,
     PolicyChange,
 )
+
+
+def token_expiry_ok(expiry_ms: int, at_ms: int) -> bool:
+    """Does a token expiring at ``expiry_ms`` live at most a year after ``at_ms``?"""
+    return expiry_ms <= at_ms + MAX_TOKEN_TTL_MS + _TOKEN_SLACK_MS
 
 
 # --------------------------------------------------------------------------- checks

@@ -60,6 +60,7 @@ __all__ = [
     "Start",
     "SyncCtx",
     "TimerFired",
+    "TooManyInvites",
     "UpdateSelf",
 ]
 
@@ -86,6 +87,10 @@ Message = (
 
 class NotAllowed(Exception):
     """A local command refused: this node may not do that in this mesh (not an admin, policy)."""
+
+
+class TooManyInvites(NotAllowed):
+    """``invite`` refused: the record holds as many outstanding invitations as it may."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,9 +7,16 @@ A token is what ``smegctl invite`` prints and ``join-mesh --token`` takes::
 ``secret`` is 16 random bytes. Only its hash (``token_hash``) is published, in
 the issuing member's signed record as an ``InviteGrant`` (hash, expiry, uses),
 so *every* member can check a token presented to it, and no member's state
-leaks a usable token. A member that admits a joiner adds an ``Admission``
-(hash, joiner key) to its own record; a token is spent when the admissions
-for it, across all records, reach ``uses``. Admissions are gossiped like any
+leaks a usable token. In a founded mesh the hash is bound to its issuer
+(``token_hash(secret, issuer)``): a grant counts only in the record of the
+member whose key the hash was made with, so another member copying a public
+hash into its own record, with laxer terms, matches no secret. Grants of nodes
+of earlier versions (hash of the secret alone) are still honoured, unless two
+members list the same one (see :func:`check_admission`). An issuer revokes
+its token in its own record (the grant's uses become 0). A member that admits
+a joiner signs a certificate naming the token (the token ledger; meshes
+without an authority: an ``Admission`` in its own record); a token is spent
+when the admissions for it reach ``uses``. Admissions are gossiped like any
 other change, so two members admitting concurrently with the last use of a
 token can over-admit by the number of racing members: bounded, logged, and
 the price of having no central server.
@@ -30,6 +37,7 @@ from dataclasses import dataclass
 import msgpack
 
 from smegmesh.core.addressing import validate_mesh_id
+from smegmesh.core.cert import MAX_TOKEN_TTL_MS, token_expiry_ok
 from smegmesh.core.record import Admission, InviteGrant, NodeRecord, check_endpoint
 
 PREFIX = "smeg1."
@@ -54,10 +62,13 @@ class Token:
     expiry_ms: int
     uses: int
     bootstrap: tuple[Bootstrap, ...]
+    #: the issuing member's key when the hash is bound to it (not encoded: only
+    #: the issuer publishes the hash; a joiner needs the secret alone)
+    issuer: bytes | None = None
 
     @property
     def token_hash(self) -> bytes:
-        return token_hash(self.secret)
+        return token_hash(self.secret, self.issuer)
 
     def grant(self) -> InviteGrant:
         return InviteGrant(token_hash=self.token_hash, expiry_ms=self.expiry_ms, uses=self.uses)
@@ -76,8 +87,15 @@ class Token:
         return PREFIX + base64.urlsafe_b64encode(body).decode().rstrip("=")
 
 
-def token_hash(secret: bytes) -> bytes:
-    return hashlib.sha256(b"smegmesh/invite/v1\0" + secret).digest()[:16]
+def token_hash(secret: bytes, issuer: bytes | None = None) -> bytes:
+    """The published hash of a token's ``secret``: bound to ``issuer``'s key if given.
+
+    Without an issuer: the hash of earlier versions (and of meshes without
+    an authority), the same in every member's record that lists it.
+    """
+    if issuer is None:
+        return hashlib.sha256(b"smegmesh/invite/v1\0" + secret).digest()[:16]
+    return hashlib.sha256(b"smegmesh/invite/v2\0" + issuer + secret).digest()[:16]
 
 
 def new_token(
@@ -88,14 +106,16 @@ def new_token(
     uses: int,
     bootstrap: Iterable[Bootstrap],
     secret: bytes,
+    issuer: bytes | None = None,
 ) -> Token:
     """A token for ``mesh_id``.
 
     ``secret``: 16 random bytes from the caller's cryptographic source (the
     daemon's ``secrets``; a simulation derives them from its seed).
+    ``issuer``: the issuing member's key, to bind the hash to (founded meshes).
     """
-    if ttl_ms <= 0:
-        raise TokenError("ttl must be positive")
+    if not 0 < ttl_ms <= MAX_TOKEN_TTL_MS:
+        raise TokenError("ttl must be positive and at most 365 days")
     if not 1 <= uses <= 1_000_000:
         raise TokenError("uses must be between 1 and 1000000")
     boots = tuple(bootstrap)
@@ -107,6 +127,7 @@ def new_token(
         expiry_ms=now_ms + ttl_ms,
         uses=uses,
         bootstrap=boots[:4],
+        issuer=issuer,
     )
 
 
@@ -168,42 +189,78 @@ def check_admission(
     ledger: Mapping[bytes, Set[bytes]] | None = None,
     self_key: bytes | None = None,
     revoked: Callable[[bytes, bytes | None], bool] | None = None,
+    may_issue: Callable[[NodeRecord], bool] | None = None,
 ) -> tuple[InviteGrant | None, str]:
     """May a joiner presenting ``secret`` be admitted? Returns (grant, reason).
 
-    Uses are counted over every admission ever recorded for the token: the
-    mesh's token ledger (``ledger``: token hash -> admitted keys, from the
-    admission certificates every admitter publishes, kept until the token
-    expires) plus the admissions listed in records. A ``strict`` token is
-    honoured only by its issuer (``self_key``), whose own count is exact.
-    ``grant`` is None when refused; ``reason`` says why (for our logs only: the
-    joiner is told nothing beyond "refused").
+    The grant is looked up in the records of members that may invite
+    (``may_issue``; None: all): the hash bound to the record's owner, or the
+    hash of earlier versions. A member's record speaks for that member alone:
+    a hash bound to another key in it matches nothing, and an earlier
+    version's hash listed by two members is refused (one copied the other's,
+    perhaps with laxer terms). Uses are counted over every admission ever
+    recorded for the token: the mesh's token ledger (``ledger``: token hash ->
+    admitted keys, from the admission certificates every admitter publishes,
+    kept until the token expires) plus the admissions listed in records. A
+    ``strict`` token is honoured only by its issuer (``self_key``), whose own
+    count is exact. ``grant`` is None when refused; ``reason`` says why (for
+    our logs only: the joiner is told nothing beyond "refused").
     """
-    h = token_hash(secret)
-    grant: InviteGrant | None = None
-    issuer: bytes | None = None
+    recs = list(records)
+    found = _grants_for(recs, secret, may_issue)
+    if not found:
+        return None, "unknown token (or issued by a member that may not invite)"
+    if len({k for _, k in found}) > 1:
+        return None, "token listed by several members"
+    issuer = found[0][1]
+    grant = _strictest([g for g, _ in found])
+    h = grant.token_hash
     joiners: set[bytes] = set(ledger.get(h, ())) if ledger is not None else set()
-    for r in records:
-        for g in r.invites:
-            if g.token_hash == h:
-                grant, issuer = g, r.wg_key
-        for a in r.admitted:
-            if a.token_hash == h:
-                joiners.add(a.joiner)
-    used = len(joiners)
-    if grant is None:
-        return None, "unknown token"
-    if revoked is not None and revoked(h, issuer):
+    for r in recs:
+        joiners.update(a.joiner for a in r.admitted if a.token_hash == h)
+    if grant.uses == 0 or (revoked is not None and revoked(h, issuer)):
         return None, "token revoked"
     if now_ms >= grant.expiry_ms:
         return None, "token expired"
+    if not token_expiry_ok(grant.expiry_ms, now_ms):
+        return None, "token lives longer than an invitation may"
     if grant.strict and self_key is not None and issuer != self_key:
         return None, "strict token: only its issuer admits"
     if joiner in joiners:
         return grant, "ok (already admitted: a retry)"
-    if used >= grant.uses:
+    if len(joiners) >= grant.uses:
         return None, "token used up"
     return grant, "ok"
+
+
+def _grants_for(
+    records: Iterable[NodeRecord],
+    secret: bytes,
+    may_issue: Callable[[NodeRecord], bool] | None,
+) -> list[tuple[InviteGrant, bytes]]:
+    """(grant, issuer) of each grant of ``secret`` in a record of a member that may invite."""
+    legacy = token_hash(secret)
+    out: list[tuple[InviteGrant, bytes]] = []
+    for r in records:
+        if not r.invites:
+            continue
+        hashes = (token_hash(secret, r.wg_key), legacy)
+        mine = [g for g in r.invites if g.token_hash in hashes]
+        if mine and (may_issue is None or may_issue(r)):
+            out.extend((g, r.wg_key) for g in mine)
+    return out
+
+
+def _strictest(grants: list[InviteGrant]) -> InviteGrant:
+    """One grant of the terms of all (a record listing a hash twice gets the strictest)."""
+    if len(grants) == 1:
+        return grants[0]
+    return InviteGrant(
+        token_hash=grants[0].token_hash,
+        expiry_ms=min(g.expiry_ms for g in grants),
+        uses=min(g.uses for g in grants),
+        strict=any(g.strict for g in grants),
+    )
 
 
 def admission(secret: bytes, joiner: bytes) -> Admission:

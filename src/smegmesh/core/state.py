@@ -55,12 +55,13 @@ from collections.abc import Iterable
 
 from smegmesh.core.addressing import validate_mesh_id
 from smegmesh.core.authority import Authority
-from smegmesh.core.cert import Cert, Founding
+from smegmesh.core.cert import AuthItem, Cert, InviteRevoke
 from smegmesh.core.delta import RecordBases
 from smegmesh.core.forgery import NOT_CHECKED, ForgeryStop
 from smegmesh.core.identity import verify_many
 from smegmesh.core.memo import DEFAULT_MEMO_ITEMS, ItemMemo
 from smegmesh.core.record import NodeRecord, Prune, RecordError
+from smegmesh.core.state_auth import HeldBack, revoke_moot, statements_in_order
 from smegmesh.core.state_gate import (
     _AUTH_TYPES,
     BYTES_PER_MEMBER,
@@ -131,6 +132,10 @@ class MeshState(AdmissionGate):
         self.admission = admission
         self._authority = Authority(self.mesh_id)
         self._auth_count = 0
+        self._issuer_counts: dict[bytes, int] = {}
+        self._pending_auth: dict[bytes, AuthItem] = {}
+        self._defer_rebuild = False
+        self._rebuild_due = False
         self._good_certs: dict[bytes, Cert | None] = {}
         self._purged: set[bytes] = set()
         #: bounds on what the state holds (records; their signed bytes in total)
@@ -162,7 +167,7 @@ class MeshState(AdmissionGate):
         if not self._wins(item) or self._too_old(item, now_ms):
             return False
         self._gate(item)
-        if not self.memo.sig_ok(item):
+        if not self._sig_known(item):
             if not self._verifier([_job(item)])[0]:
                 raise RecordError("signature", self._sig_reason(item.signature))
             self.memo.note_sig_ok(item)
@@ -176,8 +181,10 @@ class MeshState(AdmissionGate):
 
         Invalid items are skipped and returned as errors; returns the set of
         changed keys (including keys an eviction in the batch purged).
-        Statements are applied first (a founding record or an admission must be
-        known before the records that depend on it). The first forged signature
+        Statements are applied first (a founding record or an eviction must be
+        known before the records that depend on it), but certificates (token
+        ledger entries) last: they are judged by the records of their issuers
+        and subjects (core.state_auth). The first forged signature
         ends the checks: the rest of the batch is refused unchecked
         (:mod:`~smegmesh.core.forgery`; what was installed before it stays).
         """
@@ -186,28 +193,44 @@ class MeshState(AdmissionGate):
         changed: set[bytes] = set()
         inner = self._verifier
         self._verifier = ForgeryStop(inner)
+        statements = [it for it in batch if isinstance(it, _AUTH_TYPES)]
         try:
-            self._apply_statements(batch, now_ms, changed, errors)
+            self._apply_statements(
+                [s for s in statements if type(s) is not Cert], now_ms, changed, errors
+            )
             pending = self._admissible(batch, now_ms, errors)
             self._install_winners(pending, changed, errors, now_ms)
+            self._apply_statements(
+                [s for s in statements if type(s) is Cert], now_ms, changed, errors
+            )
+            if self._pending_auth and changed:
+                changed |= self._take_held_back()
         finally:
             self._verifier = inner
         changed |= self.pop_purged()
         return changed, errors
 
     def _apply_statements(
-        self, batch: list[Item], now_ms: int, changed: set[bytes], errors: list[RecordError]
+        self, batch: list[AuthItem], now_ms: int, changed: set[bytes], errors: list[RecordError]
     ) -> None:
-        """Apply a batch's authority statements: founding first, then in time order."""
-        statements = [it for it in batch if isinstance(it, _AUTH_TYPES)]
-        # Founding first, then the rest in time order (admins before their acts).
-        statements.sort(key=lambda a: (not isinstance(a, Founding), a.timestamp_ms))
-        for st in statements:
-            try:
-                if self.apply(st, now_ms):
-                    changed.add(st.key)
-            except RecordError as e:
-                errors.append(e)
+        """Apply authority statements: founding first, then in time order.
+
+        The authority is rebuilt once, after them all.
+        """
+        if not batch:
+            return
+        self._defer_rebuild = True
+        try:
+            for st in statements_in_order(batch):
+                try:
+                    if self.apply(st, now_ms):
+                        changed.add(st.key)
+                except RecordError as e:
+                    errors.append(e)
+        finally:
+            self._defer_rebuild = False
+            if self._rebuild_due:
+                self._rebuild_authority()
 
     def _admissible(self, batch: list[Item], now_ms: int, errors: list[RecordError]) -> list[Item]:
         """The batch's records and prunes that pass the checks and the gate and would win."""
@@ -281,11 +304,7 @@ class MeshState(AdmissionGate):
         """
         if other.mesh_id != self.mesh_id:
             raise ValueError(f"cannot merge mesh {other.mesh_id!r} into {self.mesh_id!r}")
-        changed: set[bytes] = set()
-        for key, oe in other._entries.items():
-            if oe.auth is not None and key not in self._entries:
-                self._put(oe.auth)
-                changed.add(key)
+        changed = self._merge_statements(other, certs=False)
         for key, oe in other._entries.items():
             if oe.auth is not None:
                 continue
@@ -318,29 +337,62 @@ class MeshState(AdmissionGate):
             if new_rec is not rec or new_pr is not pr:
                 self._install(key, new_rec, new_pr)
                 changed.add(key)
+        changed |= self._merge_statements(other, certs=True)
+        if self._pending_auth:
+            changed |= self._take_held_back()
         return changed | self.pop_purged()
+
+    def _merge_statements(self, other: MeshState, *, certs: bool) -> set[bytes]:
+        """Take ``other``'s statements we lack that pass our gate (no signature checks).
+
+        ``certs``: the certificates (after the records), else the rest (before).
+        """
+        theirs = [
+            e.auth
+            for k, e in other._entries.items()
+            if e.auth is not None and (type(e.auth) is Cert) == certs and k not in self._entries
+        ]
+        changed: set[bytes] = set()
+        self._defer_rebuild = True
+        try:
+            for st in statements_in_order(theirs):
+                try:
+                    self._gate_statement(st)
+                except (HeldBack, RecordError):
+                    continue
+                self._put(st)
+                changed.add(st.key)
+        finally:
+            self._defer_rebuild = False
+            if self._rebuild_due:
+                self._rebuild_authority()
+        return changed
 
     def gc(self, now_ms: int, horizon_ms: int) -> int:
         """Drop tombstones older than ``now_ms - horizon_ms``; returns items dropped.
 
-        Drops ``left`` records and prunes, with the records the prunes kill, and
-        the token ledger entries (admission certificates) of tokens that expired
-        before the horizon. Evictions, admin changes and founding records are
-        never dropped. Remembers the horizon for :meth:`apply` (see the module
-        docstring).
+        Drops ``left`` records and prunes, with the records the prunes kill, the
+        token ledger entries (admission certificates) of tokens that expired
+        before the horizon, and invitation revocations once every token they
+        can revoke has (a token lives at most a year); then the ledger entries
+        and revocations of members that no held record vouches for any more
+        (core.state_auth). Evictions, admin changes
+        and founding records are never dropped. Remembers the horizon for
+        :meth:`apply` (see the module docstring).
         """
         if horizon_ms < 0:
             raise ValueError("horizon must be >= 0")
         self._horizon = horizon_ms
         cutoff = now_ms - horizon_ms
         dropped = 0
-        ledger_dropped = False
+        ledger_dropped = records_dropped = False
         for key, e in list(self._entries.items()):
             if e.auth is not None:
                 a = e.auth
-                if isinstance(a, Cert) and 0 < a.token_expiry_ms < cutoff:
-                    self._install(key, None, None, None)
-                    self._auth_count -= 1
+                if (isinstance(a, Cert) and 0 < a.token_expiry_ms < cutoff) or (
+                    isinstance(a, InviteRevoke) and revoke_moot(a, cutoff)
+                ):
+                    self._drop_statement(key, a)
                     dropped += 1
                     ledger_dropped = True
                 continue
@@ -356,7 +408,10 @@ class MeshState(AdmissionGate):
                 dropped += 1
             if rec is not e.record or pr is not e.prune:
                 self._install(key, rec, pr)
-        if ledger_dropped:
+                records_dropped = True
+        if records_dropped:  # the records that vouched for some ledger entries
+            dropped += self._drop_unvouched()
+        elif ledger_dropped:
             self._authority = Authority.build(self.mesh_id, self._iter_auth())
         return dropped
 

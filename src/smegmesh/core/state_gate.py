@@ -9,11 +9,11 @@ and the purge of items an eviction made invalid.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import TypeVar
 
-from smegmesh.core.authority import Authority, note_token_cert
+from smegmesh.core.authority import Authority
 from smegmesh.core.cert import (
     AdminChange,
     AliasReserve,
@@ -36,7 +36,8 @@ from smegmesh.core.record import (
     check_prune_fields,
     check_record_fields,
 )
-from smegmesh.core.state_store import Item, StateStore, _prune_wins, _rec_wins, _size
+from smegmesh.core.state_auth import MAX_AUTH_ITEMS, HeldBack, StatementGate, revoke_moot
+from smegmesh.core.state_store import Item, _prune_wins, _rec_wins, _size
 
 __all__ = [
     "BYTES_PER_MEMBER",
@@ -45,6 +46,7 @@ __all__ = [
     "MAX_CLOCK_SKEW_MS",
     "OVER_PRUNE_BUDGET",
     "AdmissionGate",
+    "HeldBack",
     "OverPruneBudget",
     "Verifier",
     "senders_faults",
@@ -64,9 +66,6 @@ DEFAULT_MAX_MEMBERS = 10_000
 #: Default share of the total record bytes per member (records are at most
 #: ``MAX_RECORD_BYTES``; a few bridges with long route lists fit in the total).
 BYTES_PER_MEMBER = 8 * 1024
-#: Authority statements one replica keeps at most (token ledgers are collected
-#: when their token has expired; evictions and admin changes are few).
-MAX_AUTH_ITEMS = 65_536
 _T = TypeVar("_T", NodeRecord, Prune)
 Verifier = Callable[[Sequence[tuple[bytes, bytes, bytes]]], list[bool]]
 #: Why a valid prune is refused for its pruner's budget (core.prune_budget).
@@ -84,16 +83,17 @@ def senders_faults(errors: Iterable[RecordError]) -> list[RecordError]:
     """The refusals that are the sending member's fault (garbage, forgeries, ...).
 
     A prune held back by its pruner's budget is not: an honest member relays
-    the prunes it took, and they come again once the budget allows.
+    the prunes it took, and they come again once the budget allows. Nor is a
+    statement held back until its issuer is known to qualify (core.state_auth).
     """
-    return [e for e in errors if not isinstance(e, OverPruneBudget)]
+    return [e for e in errors if not isinstance(e, (OverPruneBudget, HeldBack))]
 
 
 #: Items stamped (or versioned) further ahead of our clock than this are refused.
 MAX_CLOCK_SKEW_MS = 10 * 60 * 1000
 
 
-class AdmissionGate(StateStore):
+class AdmissionGate(StatementGate):
     """Checks and admission rules of a mesh state, over its :class:`StateStore`."""
 
     admission: bool
@@ -107,11 +107,9 @@ class AdmissionGate(StateStore):
     #: state no node owns); the node owning the state sets it
     prune_budget: PruneBudget | None
     _horizon: int | None
-    _auth_count: int
     #: verified admission statements by key: the signatures checked once, and
     #: the one object of each certificate every held chain points at
     _good_certs: dict[bytes, Cert | None]
-    _purged: set[bytes]
 
     # ------------------------------------------------------------------ updates
 
@@ -120,6 +118,8 @@ class AdmissionGate(StateStore):
             return False
         if isinstance(item, Cert):  # a token ledger entry matters until its token expires
             return 0 < item.token_expiry_ms < now_ms - self._horizon
+        if isinstance(item, InviteRevoke):
+            return revoke_moot(item, now_ms - self._horizon)
         if isinstance(item, _AUTH_TYPES):
             return False
         if item.timestamp_ms >= now_ms - self._horizon:
@@ -157,12 +157,6 @@ class AdmissionGate(StateStore):
                 check_auth_fields(item, self.mesh_id)
             except CertError as e:
                 raise RecordError(e.field, e.message) from None
-            if (
-                type(item) is Cert
-                and self._auth_count >= MAX_AUTH_ITEMS
-                and item.key not in self._entries
-            ):
-                raise RecordError("auth", "too many authority statements")
             return item.key
         raise RecordError("item", f"not a NodeRecord, Prune or statement: {type(item).__name__}")
 
@@ -187,9 +181,7 @@ class AdmissionGate(StateStore):
         elif isinstance(item, Prune):
             self._install(item.target, rec, self._shared_prune(item, rec))
         else:
-            self._install(item.key, None, None, item)
-            self._auth_count += 1
-            self._on_statement(item)
+            self._put_statement(item)
 
     def _share_chain(self, chain: tuple[Cert, ...]) -> tuple[Cert, ...]:
         """``chain`` with the held object of each certificate (``chain`` itself if it has them).
@@ -255,7 +247,10 @@ class AdmissionGate(StateStore):
         """
         if isinstance(item, NodeRecord):
             self._check_capacity(item)
-        if not self.admission or isinstance(item, _AUTH_TYPES):
+        if isinstance(item, _AUTH_TYPES):
+            self._gate_statement(item)
+            return
+        if not self.admission:
             return
         if isinstance(item, NodeRecord):
             self._check_member(item.wg_key, item.chain, "chain")
@@ -366,44 +361,24 @@ class AdmissionGate(StateStore):
                 raise RecordError("proofs", f"mesh {p.founding.mesh_id}: {reason}")
             self._verify_certs((p.founding, *p.chain), "proofs")
 
-    def _on_statement(self, item: AuthItem) -> None:
-        a = self._authority
-        if isinstance(item, Cert):
-            note_token_cert(a, item)
-            return
-        if isinstance(item, InviteRevoke):
-            a.invite_revokes.setdefault(item.token_hash, []).append(item)
-            return
-        before = (a.founding, frozenset(a.revoked))
-        self._authority = Authority.build(self.mesh_id, self._iter_auth())
-        after = (self._authority.founding, frozenset(self._authority.revoked))
-        if self.admission and before != after:
-            self._purge()
+    def _sig_known(self, item: Item) -> bool:
+        """Whether ``item``'s signature is known good: the memo, or a chain's verified cert.
 
-    def _iter_auth(self) -> Iterator[AuthItem]:
-        for e in self._entries.values():
-            if e.auth is not None:
-                yield e.auth
+        A certificate's key is a hash of its signed form and signature: a
+        ledger entry whose certificate a held chain carries is not verified again.
+        """
+        if self.memo.sig_ok(item):
+            return True
+        return type(item) is Cert and type(self._good_certs.get(item.key)) is Cert
 
-    def _purge(self) -> None:
-        """Drop records and prunes that evictions made invalid (a grow-only verdict)."""
-        a = self._authority
-        for key, e in list(self._entries.items()):
-            rec, pr = e.record, e.prune
-            if rec is not None and a.check_chain(rec.wg_key, rec.chain) is not None:
-                rec = None
-            if pr is not None and (
-                a.check_chain(pr.by_wg_key, pr.by_chain) is not None or a.is_revoked(pr.target)
-            ):
-                pr = None
-            if rec is not e.record or pr is not e.prune:
-                self._install(key, rec, pr)
-                self._purged.add(key)
-
-    def pop_purged(self) -> set[bytes]:
-        """Keys whose items an eviction removed since the last call."""
-        out, self._purged = self._purged, set()
-        return out
+    def _verify_statement(self, item: AuthItem) -> bool:
+        """Whether ``item``'s signature verifies (noted in the memo)."""
+        if self._sig_known(item):
+            return True
+        if not self._verifier([_job(item)])[0]:
+            return False
+        self.memo.note_sig_ok(item)
+        return True
 
 
 def _job(item: Item) -> tuple[bytes, bytes, bytes]:

@@ -320,7 +320,9 @@ class EvictRequest(_Request):
 
 
 class EvictResponse(_Model):
-    evicted: list[str] = Field(description="Public keys evicted")
+    evicted: list[str] = Field(
+        description="Public keys evicted: the node, then those this eviction removed with it"
+    )
     alias: str = ""
     kept: int = Field(default=0, description="Nodes it admitted that stay (without cascade)")
 

@@ -94,20 +94,21 @@ class AuthorityOps:
                 "this mesh was created by an older smegmesh and has no admins: create a new mesh"
             )
         kept = 0 if cascade else len(rt.node._admitted_by(key))
+        held = {r.wg_key for r in rt.node.mesh.records()}
         try:
             outs = rt.node.evict(now_ms(), key, cascade=cascade)
         except NotAllowed as e:
             raise forbidden(e) from None
+        # the nodes this eviction removed (not every node ever evicted: review of the authority)
+        gone = held - {r.wg_key for r in rt.node.mesh.records()} - {key}
         await self._commit(rt, outs)
         log.info(
             "mesh %s: evicted %s%s",
             mesh_id,
             name,
-            " and the nodes it admitted" if cascade else "",
+            f" and {len(gone)} nodes it admitted" if gone else "",
         )
-        evicted = [
-            key_to_text(k) for k in sorted(rt.node.mesh.authority.revoked) if k == key or cascade
-        ]
+        evicted = [key_to_text(key), *sorted(key_to_text(k) for k in gone)]
         return EvictResponse(evicted=evicted, alias=alias, kept=kept)
 
     async def set_admin(self, mesh_id: str, node: str, admin: bool) -> AdminResponse:
@@ -182,7 +183,8 @@ class AuthorityOps:
                         uses=g.uses,
                         used=len(used),
                         strict=g.strict,
-                        revoked=auth.token_revoked(g.token_hash, r.wg_key),
+                        # its issuer revokes it in its own record (uses 0), an admin by a statement
+                        revoked=g.uses == 0 or auth.token_revoked(g.token_hash, r.wg_key),
                         expired=g.expiry_ms <= now,
                     )
                 )

@@ -11,6 +11,7 @@ from typing import Any
 
 from smegmesh.core.addressing import generate_mesh_id
 from smegmesh.core.cert import Founding, Policy
+from smegmesh.core.engine import TooManyInvites
 from smegmesh.core.invite import Bootstrap, TokenError, parse_token
 from smegmesh.core.meshnode import NotAllowed
 from smegmesh.core.messages import JoinReply, WhoAmI, YouAre
@@ -88,6 +89,8 @@ class MembershipOps(DaemonBase):
                 secret=secrets.token_bytes(16),
                 strict=strict,
             )
+        except TooManyInvites as e:
+            raise svc.ServiceError("too_many_invites", str(e), 409) from None
         except NotAllowed as e:
             raise svc.ServiceError("forbidden", str(e), 403) from None
         except (ValueError, RecordError) as e:

@@ -208,7 +208,8 @@ def _founded_join_corpus() -> tuple[tuple[bytes, ...], Any, bytes, int]:
     ids, founding, _chains, recs, now = _founded_mesh()
     node = _founded_member(ids[1], founding, recs, now)
     boot = [Bootstrap("[2001:db8::2]:4000", bytes(32), ids[1].wg_public_key)]
-    token, _outs = node.invite(now, ttl_ms=10**12, uses=5, bootstrap=boot, secret=b"\x33" * 16)
+    ttl = 365 * 86_400_000  # the longest an invitation lives
+    token, _outs = node.invite(now, ttl_ms=ttl, uses=5, bootstrap=boot, secret=b"\x33" * 16)
     stranger = NodeIdentity.from_seed(STRANGER_SEED)
     joiner = _founded_member(stranger, founding, [], now)
     seeds = (
