@@ -230,6 +230,23 @@ def test_systemd_unit_leaves_up_what_a_stop_of_smegd_leaves_up() -> None:
     assert float(keys["TimeoutStopSec"].removesuffix("s")) > HOOK_TIMEOUT_S + 5
 
 
+def test_systemd_unit_does_not_restart_a_bad_configuration(tmp_path: Path) -> None:
+    """smegd exits 2 on a bad configuration, at once: with ``Restart=on-failure``
+    and nothing else, systemd restarted it every 2 s for ever (4 starts in 10 s,
+    under the default start limit of 5), the same error in the journal each time.
+    Exit 1 (a runtime failure: a port in use, the state directory locked...) may
+    pass at a later start: restarted."""
+    from smegmesh.daemon.main import EXIT_CONFIG
+
+    bad = tmp_path / "smegd.yaml"
+    bad.write_text("timeout: -1\n")
+    r = _run([sys.executable, "-m", "smegmesh.daemon.main", str(bad)])
+    assert r.returncode == EXIT_CONFIG == 2, r.stderr
+    keys = _unit_keys()
+    assert keys["Restart"] == "on-failure"
+    assert keys.get("RestartPreventExitStatus", "").split() == [str(EXIT_CONFIG)]
+
+
 def test_example_config_is_valid_and_uses_the_standard_paths(tmp_path: Path) -> None:
     text = example_config()
     p = tmp_path / "smegd.yaml"
