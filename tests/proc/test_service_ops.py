@@ -161,6 +161,28 @@ def test_listener_clash_is_one_line_naming_the_key(key: str) -> None:
     assert len(errors) == 1 and errors[0].endswith(want), p.stderr
 
 
+def test_missing_wireguard_backend_is_one_line_without_traceback() -> None:
+    """wgBackend: userspace on a machine without wireguard-go (or kernel without
+    the module) was a traceback at start: now the one line saying what to install."""
+    d = Smegd(short_tmpdir(), "x", extra={"stubWg": False, "wgBackend": "userspace"})
+    d.config_path.write_text(json.dumps(d.config()))
+    env = {**os.environ, "PATH": str(d.dir)}  # no wireguard-go there
+    p = subprocess.run(
+        [sys.executable, "-m", "smegmesh.daemon.main", str(d.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert p.returncode == 1, p.stderr
+    assert "Traceback" not in p.stderr, p.stderr
+    errors = [line for line in p.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and errors[0].endswith(
+        "cannot start: no wireguard-go available; install: "
+        "apt-get install --no-install-recommends wireguard-go wireguard-tools"
+    ), p.stderr
+
+
 # --------------------------------------------------------------------------- signals
 
 
