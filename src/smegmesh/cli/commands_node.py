@@ -17,6 +17,7 @@ from smegmesh.cli.app import (
     OptMeshIdOpt,
     State,
     _client,
+    _client_or_fail,
     _meshid,
     _ok_mesh,
     _run,
@@ -27,6 +28,7 @@ from smegmesh.cli.app import (
 )
 from smegmesh.cli.client import ClientError, SocketClient, error_of
 from smegmesh.cli.output import EXIT_ERROR, _fail, _print_json
+from smegmesh.cli.smegd import Smegd
 from smegmesh.daemon.api_models import StatusResponse
 from smegmesh.daemon.defaults import DEFAULT_CONTROL_SOCKET
 from smegmesh.dns.help import DEFAULT_DNS_LISTEN
@@ -152,7 +154,7 @@ def watch(
     state = ctx.find_object(State)
     sock = state.socket if state else DEFAULT_CONTROL_SOCKET
     if meshid:  # a typo would otherwise wait for ever in silence
-        _run(as_json, _client(ctx).request, "GET", f"/v1/meshes/{_seg(meshid)}")
+        _run(as_json, lambda: _client(ctx).request("GET", f"/v1/meshes/{_seg(meshid)}"))
     try:
         w.follow(
             w.unix_stream(sock),
@@ -217,8 +219,9 @@ def _daemon_dns_listen(ctx: typer.Context, as_json: bool) -> str:
     eighteenth session). A daemon with no DNS is an error; one that cannot be
     reached gives the default, with a note on stderr.
     """
+    smegd = Smegd(_client_or_fail(ctx, as_json, timeout=5.0))  # a bad --api is an error
     try:
-        st = _smegd(ctx, timeout=5.0).call(StatusResponse, "GET", "/v1/status").data
+        st = smegd.call(StatusResponse, "GET", "/v1/status").data
     except ClientError as e:
         sys.stderr.write(
             f"smegctl: note: {e.message}; assuming dnsListen {DEFAULT_DNS_LISTEN} (give --listen)\n"
@@ -250,7 +253,7 @@ def ui(
     """The web dashboard on 127.0.0.1, forwarding to smegd's socket (one-time login URL)."""
     from smegmesh.cli.ui import OneTimeToken, loopback_socket, serve
 
-    c = _client(ctx, timeout=10.0)
+    c = _client_or_fail(ctx, as_json, timeout=10.0)
     if not isinstance(c, SocketClient):  # --api: that daemon serves its own dashboard
         _fail(f"with --api, open the daemon's own dashboard: {c.url.rstrip('/')}/ui/", as_json)
     _run(as_json, c.json, "GET", "/v1/health")

@@ -1,0 +1,64 @@
+"""``smegctl --api URL``: its errors with ``--json``, and ``watch`` over it.
+
+Real HTTP: the fake service of ``api_fake`` served by uvicorn on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+from typer.testing import CliRunner
+
+from smegmesh.cli.main import app
+
+runner = CliRunner()
+
+TOKEN = "0123456789abcdef0123456789abcdef"
+
+
+def _dead_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+# --------------------------------------------------------------------------- --json errors
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--api", "ftp://x", "list-meshes"], {}, "--api: 'ftp://x' is not an http"),
+        (["list-meshes"], {"SMEG_API": "http://h/v1"}, "--api: 'http://h/v1': give only"),
+        (
+            ["--api", "DEAD", "--api-token-file", "/nonexistent/token", "status"],
+            {},
+            "--api-token-file: cannot read /nonexistent/token: ",
+        ),
+        (["--api", "ftp://x", "ui"], {}, "--api: 'ftp://x' is not an http"),
+        (["--api", "ftp://x", "dns-help"], {}, "--api: 'ftp://x' is not an http"),
+    ],
+)
+def test_a_bad_api_option_is_a_json_error_with_json(
+    args: list[str], env: dict[str, str], message: str
+) -> None:
+    """--api and its token were checked as the global options were parsed, before
+    the command's --json: a bad one printed nothing on stdout, and a script's
+    ``json.loads(stdout)`` failed. Now the error is JSON on stdout as for any
+    other (and one line on stderr, as without --json)."""
+    args = [_dead_url() if a == "DEAD" else a for a in args]
+    env = {"SMEG_API": "", "SMEG_API_TOKEN": "", **env}
+    r = runner.invoke(app, [*args, "--json"], env=env)
+    assert r.exit_code == 1, (r.stdout, r.stderr)
+    doc = json.loads(r.stdout)
+    assert doc["error"]["message"].startswith(message), doc
+    assert r.stderr == f"smegctl: {doc['error']['message']}\n"
+    r = runner.invoke(app, args, env=env)
+    assert (r.exit_code, r.stdout) == (1, "") and r.stderr.startswith(f"smegctl: {message}")
+
+
+def test_a_bad_api_option_does_not_matter_to_a_command_that_does_not_use_it() -> None:
+    r = runner.invoke(app, ["--api", "ftp://x", "dns-help", "--listen", "127.0.0.1:53"])
+    assert r.exit_code == 0 and "127.0.0.1" in r.stdout, r.stderr
