@@ -1,7 +1,5 @@
-"""``smegctl --api URL``: its errors with ``--json``, and ``watch`` over it.
-
-Real HTTP: the fake service of ``api_fake`` served by uvicorn on loopback.
-"""
+"""``smegctl --api URL``: a bad one (or a bad token file) is an error like any
+other, JSON on stdout with ``--json``. ``watch`` over it: tests/proc/test_watch_api.py."""
 
 from __future__ import annotations
 
@@ -37,6 +35,7 @@ def _dead_url() -> str:
             {},
             "--api-token-file: cannot read /nonexistent/token: ",
         ),
+        (["--api", "ftp://x", "watch"], {}, "--api: 'ftp://x' is not an http"),
         (["--api", "ftp://x", "ui"], {}, "--api: 'ftp://x' is not an http"),
         (["--api", "ftp://x", "dns-help"], {}, "--api: 'ftp://x' is not an http"),
     ],
