@@ -1,5 +1,9 @@
-"""``smegctl --api URL``: a bad one (or a bad token file) is an error like any
-other, JSON on stdout with ``--json``. ``watch`` over it: tests/proc/test_watch_api.py."""
+"""smegctl's own checks of its options and arguments, made before it talks to smegd.
+
+A bad ``--api`` (or token file) is an error like any other, JSON on stdout with
+``--json``; arguments that do not go together are a usage error (exit 2).
+``watch`` over ``--api``: tests/proc/test_watch_api.py.
+"""
 
 from __future__ import annotations
 
@@ -61,3 +65,17 @@ def test_a_bad_api_option_is_a_json_error_with_json(
 def test_a_bad_api_option_does_not_matter_to_a_command_that_does_not_use_it() -> None:
     r = runner.invoke(app, ["--api", "ftp://x", "dns-help", "--listen", "127.0.0.1:53"])
     assert r.exit_code == 0 and "127.0.0.1" in r.stdout, r.stderr
+
+
+# --------------------------------------------------------------------------- usage errors
+
+
+@pytest.mark.parametrize("args", [["db1"], ["db1", "node-key", "--release"]])
+def test_reserve_alias_without_node_or_release_is_a_usage_error(args: list[str]) -> None:
+    """NODE or --release, not both nor neither: a usage error, exit 2 as for any
+    other (cli/output.py: EXIT_USAGE), not 1, which says the daemon failed."""
+    r = runner.invoke(app, ["reserve-alias", "--meshid", "m", *args])
+    assert (r.exit_code, r.stdout) == (2, ""), r.stderr
+    assert r.stderr == "smegctl: give NODE to reserve the alias, or --release to release it\n"
+    r = runner.invoke(app, ["reserve-alias", "--meshid", "m", *args, "--json"])
+    assert r.exit_code == 2 and "NODE" in json.loads(r.stdout)["error"]["message"]
