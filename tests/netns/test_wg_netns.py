@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -161,3 +164,44 @@ def test_killed_wireguard_go_is_detected_and_repaired(wgnodes: list[WgNode]) -> 
     assert len(a.backend.read(a.name).peers) == 2
     wait_until(lambda: a.node.ping(b.overlay), 15, what="ping after repair")
     assert not a.apply([m.peer() for m in wgnodes if m is not a]).changed
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_wireguard_go_outlives_the_daemon_that_started_it_and_is_adopted(
+    testbed: Testbed,
+) -> None:
+    """What ``KillMode=process`` in packaging/systemd/smegd.service relies on: a
+    daemon that exits without closing its backend (``Daemon.stop``) leaves its
+    wireguard-go running (its log goes to /dev/null, not to the daemon's pipe,
+    which is gone), and the next daemon's backend adopts it instead of starting
+    another; removing the adopted interface ends it."""
+    (node,) = testbed.add_nodes(1)
+    sock_dir, name = os.path.join(node.tmpdir, "wg"), node.wg_name()
+    script = (
+        "import os\n"
+        "from smegmesh.wg.userspace import UserspaceBackend\n"
+        f"b = UserspaceBackend(socket_dir={sock_dir!r}, netns={node.ns!r})\n"
+        f"b.ensure_interface({name!r})\n"
+        f"print(b.pid({name!r}), flush=True)\n"
+        "os._exit(0)\n"  # as smegd exits: no close()
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    pid = int(r.stdout)
+    backend = UserspaceBackend(socket_dir=sock_dir, netns=node.ns)
+    try:
+        time.sleep(0.5)
+        assert _running(pid)
+        assert backend.ensure_interface(name) is False  # adopted, not started anew
+        assert backend.pid(name) is None and backend.read(name).name == name
+        assert backend.check(name) is False
+    finally:
+        backend.remove_interface(name)
+    wait_until(lambda: not _running(pid), 10, what="the adopted wireguard-go to exit")

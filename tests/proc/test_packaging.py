@@ -181,13 +181,17 @@ def test_systemd_unit_verifies_without_a_warning(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr
 
 
-def test_systemd_unit_is_a_hardened_notify_service() -> None:
-    lines = {
+def _unit_keys() -> dict[str, str]:
+    return {
         k: v
         for k, _, v in (
             ln.partition("=") for ln in UNIT.read_text().splitlines() if "=" in ln and ln[0] != "#"
         )
     }
+
+
+def test_systemd_unit_is_a_hardened_notify_service() -> None:
+    lines = _unit_keys()
     assert lines["Type"] == "notify"
     assert lines["WatchdogSec"]
     assert lines["Restart"] == "on-failure"
@@ -199,6 +203,48 @@ def test_systemd_unit_is_a_hardened_notify_service() -> None:
     for opt in ("ProtectSystem", "ProtectHome", "PrivateTmp", "NoNewPrivileges"):
         assert lines[opt] in ("yes", "strict"), opt
     assert lines["DeviceAllow"].startswith("/dev/net/tun")
+
+
+def test_systemd_unit_leaves_up_what_a_stop_of_smegd_leaves_up() -> None:
+    """Stopping smegd keeps its WireGuard interfaces up for the next start
+    (docs/OPERATIONS.md; ``Daemon.stop`` closes no backend, tests/unit/
+    test_hooks_daemon.py): the unit must not undo that. It killed them:
+
+    * ``RuntimeDirectory=... wireguard`` without ``RuntimeDirectoryPreserve=yes``
+      had systemd delete /run/wireguard at every stop or restart; wireguard-go
+      exits when its socket goes, so every userspace interface on the host
+      (other programs' too: the directory is wireguard-go's, host-wide) died;
+    * ``KillMode=mixed`` SIGKILLed the rest of the cgroup, wireguard-go
+      included, once smegd had exited (the comment said smegd stops them itself).
+    """
+    from smegmesh.daemon.hooks import HOOK_TIMEOUT_S
+
+    keys = _unit_keys()
+    if "wireguard" in keys["RuntimeDirectory"].split():
+        assert keys.get("RuntimeDirectoryPreserve") == "yes"
+    assert "/run/wireguard" in keys["ReadWritePaths"].split()
+    # SIGTERM and the final SIGKILL to smegd only; its children are left alone.
+    assert keys.get("KillMode") == "process"
+    # smegd's exit waits for a running hook, which it ends after HOOK_TIMEOUT_S:
+    # systemd's SIGKILL must not come first and orphan the hook unbounded.
+    assert float(keys["TimeoutStopSec"].removesuffix("s")) > HOOK_TIMEOUT_S + 5
+
+
+def test_systemd_unit_does_not_restart_a_bad_configuration(tmp_path: Path) -> None:
+    """smegd exits 2 on a bad configuration, at once: with ``Restart=on-failure``
+    and nothing else, systemd restarted it every 2 s for ever (4 starts in 10 s,
+    under the default start limit of 5), the same error in the journal each time.
+    Exit 1 (a runtime failure: a port in use, the state directory locked...) may
+    pass at a later start: restarted."""
+    from smegmesh.daemon.main import EXIT_CONFIG
+
+    bad = tmp_path / "smegd.yaml"
+    bad.write_text("timeout: -1\n")
+    r = _run([sys.executable, "-m", "smegmesh.daemon.main", str(bad)])
+    assert r.returncode == EXIT_CONFIG == 2, r.stderr
+    keys = _unit_keys()
+    assert keys["Restart"] == "on-failure"
+    assert keys.get("RestartPreventExitStatus", "").split() == [str(EXIT_CONFIG)]
 
 
 def test_example_config_is_valid_and_uses_the_standard_paths(tmp_path: Path) -> None:

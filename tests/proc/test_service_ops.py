@@ -5,6 +5,7 @@ Real ``smegd`` processes on loopback (memory WireGuard backend).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -132,6 +133,54 @@ def test_grpc_port_clash_is_one_line_without_raw_grpc_output(cl: Cluster) -> Non
     assert "add_port.cc" not in p.stderr and "GRPC_VERBOSITY" not in p.stderr
     errors = [line for line in p.stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and f"{a.grpc_port} (gRPCPort)" in errors[0], p.stderr
+
+
+@pytest.mark.parametrize("key", ["metricsListen", "apiListen", "dnsListen"])
+def test_listener_clash_is_one_line_naming_the_key(key: str) -> None:
+    """A port clash on metricsListen, apiListen or dnsListen was "cannot start:
+    [Errno 98] Address already in use": which of them? Named as gRPCPort's is."""
+    with (
+        socket.socket() as tcp,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp,
+    ):
+        tcp.bind(("127.0.0.1", 0))
+        tcp.listen()
+        port = tcp.getsockname()[1]
+        with contextlib.suppress(OSError):  # DNS binds UDP too
+            udp.bind(("127.0.0.1", port))
+        extra: dict[str, Any] = {key: f"127.0.0.1:{port}"}
+        if key == "apiListen":
+            extra["apiToken"] = "0123456789abcdef0123456789abcdef"
+        d = Smegd(short_tmpdir(), "x", extra=extra)
+        d.config_path.write_text(json.dumps(d.config()))
+        p = _run_smegd(d.config_path)
+    assert p.returncode == 1, p.stderr
+    assert "Traceback" not in p.stderr, p.stderr
+    errors = [line for line in p.stderr.splitlines() if "ERROR" in line]
+    want = f"cannot listen on 127.0.0.1:{port} ({key}): address already in use"
+    assert len(errors) == 1 and errors[0].endswith(want), p.stderr
+
+
+def test_missing_wireguard_backend_is_one_line_without_traceback() -> None:
+    """wgBackend: userspace on a machine without wireguard-go (or kernel without
+    the module) was a traceback at start: now the one line saying what to install."""
+    d = Smegd(short_tmpdir(), "x", extra={"stubWg": False, "wgBackend": "userspace"})
+    d.config_path.write_text(json.dumps(d.config()))
+    env = {**os.environ, "PATH": str(d.dir)}  # no wireguard-go there
+    p = subprocess.run(
+        [sys.executable, "-m", "smegmesh.daemon.main", str(d.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert p.returncode == 1, p.stderr
+    assert "Traceback" not in p.stderr, p.stderr
+    errors = [line for line in p.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and errors[0].endswith(
+        "cannot start: no wireguard-go available; install: "
+        "apt-get install --no-install-recommends wireguard-go wireguard-tools"
+    ), p.stderr
 
 
 # --------------------------------------------------------------------------- signals

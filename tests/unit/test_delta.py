@@ -117,6 +117,24 @@ def test_a_hostile_delta_is_an_error_never_a_crash(changes: object) -> None:
         assert "at most" in str(got.errors[0])
 
 
+def test_a_hostile_deltas_reason_is_one_text_whatever_field_it_names() -> None:
+    """The reason named the sender's field index ("cannot change field 12345"):
+    the daemon counts dropped items per distinct reason (daemon/ratelog.py), so
+    a member sending deltas with ever new indices made ever new reasons."""
+    m, recs = _mesh()
+    now = m.t + LATER
+    st = _state(m, recs, now)
+    d = _delta(recs[2], recs[2].evolve(ident(4), now))
+    reasons = set()
+    for i in (-1, 0, 2, 3, 99, 12345, 2**40):
+        got = expand(st, [Elided(ITEM_DELTA, (*d.fields[:5], [[i, 1]]))])
+        assert got.items == [] and len(got.errors) == 1
+        reasons.add(str(got.errors[0]))
+    got = expand(st, [Elided(ITEM_DELTA, (*d.fields[:5], [[10, "a"], [10, "b"]]))])
+    reasons.add(str(got.errors[0]))
+    assert len(reasons) == 1 and not any(c.isdigit() for c in reasons.pop())
+
+
 def test_bases_are_bounded_kept_a_while_and_good_only_for_the_record_that_replaced_them() -> None:
     t = 1_700_000_000_000
     ids = [NodeIdentity.from_seed(i.to_bytes(32, "big")) for i in range(MAX_BASES + 5)]

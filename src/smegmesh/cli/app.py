@@ -73,26 +73,49 @@ def choices(name: str, literal: Any) -> type[StrEnum]:
 
 
 class State:
-    """The global options, as ``ctx.obj`` of every command."""
+    """The global options, as ``ctx.obj`` of every command.
+
+    ``--api`` and its token are checked when a command first talks to the
+    daemon (:func:`_client`), not as they are parsed: the command's ``--json``
+    is known then, so their errors are JSON on stdout too.
+    """
 
     def __init__(
         self,
         socket: str,
         api: str | None = None,
-        api_token: str | None = None,
+        api_token_file: Path | None = None,
         api_ca: Path | None = None,
     ) -> None:
         self.socket = socket
         self.api = api
-        self.api_token = api_token
+        self.api_token_file = api_token_file
         self.api_ca = api_ca
+        self._token: tuple[str | None] | None = None
+
+    def api_token(self) -> str | None:
+        """The token for ``--api``: ``--api-token-file``, else ``$SMEG_API_TOKEN`` (read once)."""
+        if self._token is None:
+            f = self.api_token_file
+            self._token = (read_token_file(f) if f else token_from_env(),)
+        return self._token[0]
 
 
 def _client(ctx: typer.Context, timeout: float = 30.0) -> Transport:
+    """How to reach the daemon the global options name; ``ClientError`` if they are bad."""
     state = ctx.find_object(State)
     if state is not None and state.api:  # --api URL: the daemon's TCP API
-        return RemoteClient(state.api, state.api_token, state.api_ca, timeout)
+        url = check_api_url(state.api)
+        return RemoteClient(url, state.api_token(), state.api_ca, timeout)
     return SocketClient(state.socket if state else DEFAULT_CONTROL_SOCKET, timeout=timeout)
+
+
+def _client_or_fail(ctx: typer.Context, as_json: bool, timeout: float = 30.0) -> Transport:
+    """:func:`_client` for a command that uses it outside :func:`_run`."""
+    try:
+        return _client(ctx, timeout)
+    except ClientError as e:
+        _fail(e.message, as_json, e.payload)
 
 
 def _smegd(ctx: typer.Context, timeout: float = 30.0) -> Smegd:
@@ -187,14 +210,7 @@ def _root(
     if ctx.resilient_parsing:  # shell completion: no files, no errors
         ctx.obj = State(socket)
         return
-    token = None
-    if api:
-        try:
-            check_api_url(api)
-            token = read_token_file(api_token_file) if api_token_file else token_from_env()
-        except ClientError as e:
-            _fail(e.message)
-    ctx.obj = State(socket, api or None, token, api_ca)
+    ctx.obj = State(socket, api or None, api_token_file, api_ca)
 
 
 def _run(as_json: bool, fn: Any, *args: Any) -> None:

@@ -17,7 +17,7 @@ from smegmesh.cli.app import (
     choices,
     mesh_call,
 )
-from smegmesh.cli.output import _console, _fail
+from smegmesh.cli.output import EXIT_USAGE, _console, _fail
 from smegmesh.daemon.api_models import (
     AdminResponse,
     AliasReservation,
@@ -158,7 +158,8 @@ def reserve_alias(
     A reserved alias belongs to its holder in DNS whoever else claims it.
     """
     if (node is None) != release:
-        _fail("give NODE to reserve the alias, or --release to release it", as_json)
+        msg = "give NODE to reserve the alias, or --release to release it"
+        _fail(msg, as_json, code=EXIT_USAGE)  # a usage error, as click's own
 
     def human(res: AliasReservation, mid: str) -> None:
         if res.node:

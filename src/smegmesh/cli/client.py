@@ -104,6 +104,20 @@ class SocketClient:
         self.socket = socket
         self.timeout = timeout
 
+    @property
+    def where(self) -> str:
+        """The daemon, as error messages name it."""
+        return self.socket
+
+    def http(self, timeout: httpx.Timeout) -> httpx.Client:
+        """An ``httpx.Client`` to the daemon (for a stream: ``smegctl watch``)."""
+        transport = httpx.HTTPTransport(uds=self.socket)
+        return httpx.Client(transport=transport, base_url="http://smegd", timeout=timeout)
+
+    def answer_error(self, resp: httpx.Response) -> str:
+        """The one-line message of an error answer."""
+        return error_of(resp)[0]
+
     def request(
         self,
         method: str,
@@ -113,10 +127,9 @@ class SocketClient:
         params: dict[str, str] | None = None,
         timeout: float | None = None,
     ) -> httpx.Response:
-        transport = httpx.HTTPTransport(uds=self.socket)
         t = httpx.Timeout(timeout or self.timeout, connect=5.0)
         try:
-            with httpx.Client(transport=transport, base_url="http://smegd", timeout=t) as c:
+            with self.http(t) as c:
                 resp = c.request(method, url, json=json_body, params=params)
         except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError) as e:
             if isinstance(e.__cause__ or e.__context__, PermissionError) or "ermission" in str(e):
@@ -165,6 +178,30 @@ class RemoteClient:
     def _fail(self, message: str, payload: dict[str, Any] | None = None) -> ClientError:
         return ClientError(message, payload)
 
+    @property
+    def where(self) -> str:
+        """The daemon, as error messages name it."""
+        return self.url
+
+    def http(self, timeout: httpx.Timeout) -> httpx.Client:
+        """An ``httpx.Client`` to the daemon: its URL, the token, TLS checked against
+        ``--api-ca`` (``ClientError`` if that file is unusable)."""
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        return httpx.Client(
+            base_url=self.url, timeout=timeout, verify=self._verify(), headers=headers
+        )
+
+    def answer_error(self, resp: httpx.Response) -> str:
+        """The one-line message of an error answer (401: what was wrong with the token)."""
+        if resp.status_code == 401:
+            how = (
+                "the token was refused"
+                if self.token
+                else f"no token given (set {TOKEN_ENV} or --api-token-file FILE)"
+            )
+            return f"smegd at {self.url} answered 401 Unauthorized: {how}"
+        return error_of(resp)[0]
+
     def _verify(self) -> ssl.SSLContext | bool:
         if not self.url.startswith("https:"):
             return True
@@ -186,12 +223,9 @@ class RemoteClient:
         params: dict[str, str] | None = None,
         timeout: float | None = None,
     ) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         t = httpx.Timeout(timeout or self.timeout, connect=10.0)
         try:
-            with httpx.Client(
-                base_url=self.url, timeout=t, verify=self._verify(), headers=headers
-            ) as c:
+            with self.http(t) as c:
                 resp = c.request(method, url, json=json_body, params=params)
         except httpx.ConnectError as e:
             if isinstance(e.__cause__ or e.__context__, ssl.SSLError) or "CERTIFICATE" in str(e):
@@ -205,12 +239,7 @@ class RemoteClient:
         except httpx.HTTPError as e:
             raise self._fail(f"talking to smegd at {self.url} failed: {_short(e)}") from None
         if resp.status_code == 401:
-            how = (
-                "the token was refused"
-                if self.token
-                else f"no token given (set {TOKEN_ENV} or --api-token-file FILE)"
-            )
-            raise self._fail(f"smegd at {self.url} answered 401 Unauthorized: {how}")
+            raise self._fail(self.answer_error(resp))
         if resp.status_code >= 400:
             raise self._fail(*error_of(resp))
         return resp

@@ -15,8 +15,7 @@ import typer
 from smegmesh.cli.app import (
     JsonOpt,
     OptMeshIdOpt,
-    State,
-    _client,
+    _client_or_fail,
     _meshid,
     _ok_mesh,
     _run,
@@ -25,10 +24,10 @@ from smegmesh.cli.app import (
     _smegd,
     app,
 )
-from smegmesh.cli.client import ClientError, SocketClient, error_of
+from smegmesh.cli.client import ClientError, SocketClient
 from smegmesh.cli.output import EXIT_ERROR, _fail, _print_json
+from smegmesh.cli.smegd import Smegd
 from smegmesh.daemon.api_models import StatusResponse
-from smegmesh.daemon.defaults import DEFAULT_CONTROL_SOCKET
 from smegmesh.dns.help import DEFAULT_DNS_LISTEN
 
 __all__ = ["dns_help", "put_alias", "ui", "watch"]
@@ -149,17 +148,16 @@ def watch(
     """
     from smegmesh.cli import watch as w
 
-    state = ctx.find_object(State)
-    sock = state.socket if state else DEFAULT_CONTROL_SOCKET
+    c = _client_or_fail(ctx, as_json)  # the socket, or --api's URL, token and CA
     if meshid:  # a typo would otherwise wait for ever in silence
-        _run(as_json, _client(ctx).request, "GET", f"/v1/meshes/{_seg(meshid)}")
+        _run(as_json, c.request, "GET", f"/v1/meshes/{_seg(meshid)}")
     try:
         w.follow(
-            w.unix_stream(sock),
+            w.client_stream(c.http),
             meshid=meshid,
             as_json=as_json,
-            error_of=lambda r: error_of(r)[0],
-            where=sock,
+            error_of=c.answer_error,
+            where=c.where,
         )
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
@@ -169,12 +167,14 @@ def watch(
         raise typer.Exit(0) from None
     except w.StreamError as e:
         _fail(str(e), as_json)
+    except ClientError as e:  # --api-ca unusable
+        _fail(e.message, as_json)
     except (httpx.TransportError, OSError):
-        try:
-            SocketClient(sock).request("GET", "/v1/health", timeout=5)
+        try:  # the one-line reason: no daemon, permissions, a TLS certificate...
+            c.request("GET", "/v1/health", timeout=5)
         except ClientError as e:
             _fail(e.message, as_json)
-        _fail(f"cannot open the event stream of smegd at {sock}", as_json)
+        _fail(f"cannot open the event stream of smegd at {c.where}", as_json)
 
 
 @app.command(
@@ -217,8 +217,9 @@ def _daemon_dns_listen(ctx: typer.Context, as_json: bool) -> str:
     eighteenth session). A daemon with no DNS is an error; one that cannot be
     reached gives the default, with a note on stderr.
     """
+    smegd = Smegd(_client_or_fail(ctx, as_json, timeout=5.0))  # a bad --api is an error
     try:
-        st = _smegd(ctx, timeout=5.0).call(StatusResponse, "GET", "/v1/status").data
+        st = smegd.call(StatusResponse, "GET", "/v1/status").data
     except ClientError as e:
         sys.stderr.write(
             f"smegctl: note: {e.message}; assuming dnsListen {DEFAULT_DNS_LISTEN} (give --listen)\n"
@@ -250,7 +251,7 @@ def ui(
     """The web dashboard on 127.0.0.1, forwarding to smegd's socket (one-time login URL)."""
     from smegmesh.cli.ui import OneTimeToken, loopback_socket, serve
 
-    c = _client(ctx, timeout=10.0)
+    c = _client_or_fail(ctx, as_json, timeout=10.0)
     if not isinstance(c, SocketClient):  # --api: that daemon serves its own dashboard
         _fail(f"with --api, open the daemon's own dashboard: {c.url.rstrip('/')}/ui/", as_json)
     _run(as_json, c.json, "GET", "/v1/health")

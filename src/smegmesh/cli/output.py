@@ -12,6 +12,7 @@ from rich.console import Console
 
 __all__ = [
     "EXIT_ERROR",
+    "EXIT_USAGE",
     "_ago",
     "_bytes",
     "_console",
@@ -23,6 +24,7 @@ __all__ = [
 
 #: Exit statuses: 1 = the daemon refused or failed, or is unreachable; 2 = usage error.
 EXIT_ERROR = 1
+EXIT_USAGE = 2
 
 
 def _console() -> Console:
@@ -37,12 +39,18 @@ def _print_json(data: Any) -> None:
     sys.stdout.flush()
 
 
-def _fail(message: str, as_json: bool = False, payload: dict[str, Any] | None = None) -> NoReturn:
+def _fail(
+    message: str,
+    as_json: bool = False,
+    payload: dict[str, Any] | None = None,
+    *,
+    code: int = EXIT_ERROR,
+) -> NoReturn:
     if as_json:
         _print_json(payload or {"error": {"code": "client", "message": message}})
     sys.stderr.write(f"smegctl: {message}\n")
     sys.stderr.flush()
-    raise typer.Exit(EXIT_ERROR)
+    raise typer.Exit(code)
 
 
 def _ago(ts: float | None, now: float) -> str:

@@ -141,15 +141,15 @@ def follow(
         failures += 1
 
 
-def unix_stream(socket_path: str) -> OpenStream:
-    """``open_stream`` over the daemon's unix socket."""
+def client_stream(http: Callable[[httpx.Timeout], httpx.Client]) -> OpenStream:
+    """``open_stream`` over ``http(timeout)``: the ``http`` of smegctl's transport, the
+    daemon's unix socket or, with ``--api``, its TCP API (URL, token, CA)."""
 
     @contextlib.contextmanager
     def open_stream(params: dict[str, str], headers: dict[str, str]) -> Iterator[httpx.Response]:
-        transport = httpx.HTTPTransport(uds=socket_path)
-        timeout = httpx.Timeout(READ_TIMEOUT_S, connect=5.0)
+        timeout = httpx.Timeout(READ_TIMEOUT_S, connect=10.0)
         with (
-            httpx.Client(transport=transport, base_url="http://smegd", timeout=timeout) as c,
+            http(timeout) as c,
             c.stream("GET", "/v1/events", params=params, headers=headers) as resp,
         ):
             yield resp

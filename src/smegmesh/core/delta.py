@@ -221,7 +221,9 @@ def expand_delta(held: NodeRecord | None, fields: tuple[Any, ...]) -> NodeRecord
             raise RecordError("item", "a delta's change is [index, value]")
         i, v = ch
         if i in _FIXED or not 0 <= i < len(obj) or i in seen:
-            raise RecordError("item", f"a delta cannot change field {i}")
+            # One fixed reason, not the sender's index: the reason is counted per
+            # distinct text in the daemon's rate-limited log (daemon/ratelog.py).
+            raise RecordError("item", "a delta changes a fixed, unknown or repeated field")
         seen.add(i)
         obj[i] = v
         chain_changed |= i == WIRE_CHAIN

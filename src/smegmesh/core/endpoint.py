@@ -67,3 +67,14 @@ def no_scope(text: str) -> str:
 def join_host_port(host: str, port: int) -> str:
     """``[v6]:port`` for IPv6 hosts, ``host:port`` otherwise."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def listen_error(key: str | None, host: str, port: int, exc: OSError) -> OSError:
+    """The one-line error of a listener that cannot bind, naming its config key.
+
+    ``cannot listen on 127.0.0.1:9100 (metricsListen): address already in use``
+    """
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    reason = reason[:1].lower() + reason[1:]
+    named = f" ({key})" if key else ""
+    return OSError(f"cannot listen on {join_host_port(host, port)}{named}: {reason}")

@@ -19,6 +19,7 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from smegmesh.core.endpoint import listen_error
 from smegmesh.daemon.config.files import group_id
 
 __all__ = ["TCP_CONCURRENCY", "ApiServer", "serve_tcp", "serve_unix"]
@@ -232,17 +233,28 @@ async def serve_tcp(
     *,
     tls_certificate: str | os.PathLike[str] | None = None,
     tls_key: str | os.PathLike[str] | None = None,
+    key: str | None = None,
 ) -> ApiServer:
     """Serve ``app`` on TCP ``host:port`` (pass a token to :func:`create_app`!).
 
     With ``tls_certificate`` and ``tls_key`` (PEM files) it serves HTTPS.
     At most :data:`TCP_CONCURRENCY` requests are served at once (more: 503).
+    A bind that fails is an ``OSError`` naming ``key``, the configuration key
+    of the address (``cannot listen on HOST:PORT (apiListen): …``).
     """
     if (tls_certificate is None) != (tls_key is None):
         raise ValueError("apiTlsCertificate and apiTlsKey go together")
     options: dict[str, Any] = {"limit_concurrency": TCP_CONCURRENCY, "http": _H11}
     if tls_certificate is not None:
         options.update(ssl_certfile=tls_certificate, ssl_keyfile=tls_key)
+    try:
+        sock = await _bound_tcp(host, port)
+    except OSError as e:
+        raise listen_error(key, host, port, e) from None
+    return await _start(app, sock, None, **options)
+
+
+async def _bound_tcp(host: str, port: int) -> socket.socket:
     infos = await asyncio.get_running_loop().getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )
@@ -258,4 +270,4 @@ async def serve_tcp(
     except BaseException:
         sock.close()
         raise
-    return await _start(app, sock, None, **options)
+    return sock

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from smegmesh.core.endpoint import listen_error
 from smegmesh.daemon import views
 from smegmesh.daemon.base import DaemonBase
 
@@ -24,7 +25,10 @@ class DnsOps(DaemonBase):
         cfg = self.config
         self.dns = DnsServer(NameView(), ttl=cfg.dns_ttl, forwarder=cfg.dns_forwarder)
         dh, dp = cfg.dns_listen_addr  # type: ignore[misc]
-        await self.dns.start(dh, dp)
+        try:
+            await self.dns.start(dh, dp)
+        except OSError as e:
+            raise listen_error("dnsListen", dh, dp, e) from None
         log.info("DNS on %s", cfg.dns_listen)
 
     def _report_alias_clashes(self) -> None:

@@ -427,7 +427,8 @@ async def serve_metrics(metrics: Metrics, host: str, port: int) -> Any:
     async def root() -> Response:
         return PlainTextResponse("smegd metrics: GET /metrics\n")
 
-    return _MetricsServer(await serve_tcp(app, host, port), metrics.wire)
+    server = await serve_tcp(app, host, port, key="metricsListen")
+    return _MetricsServer(server, metrics.wire)
 
 
 class _MetricsServer:

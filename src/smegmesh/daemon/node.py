@@ -229,7 +229,12 @@ class Daemon(
             raise svc.ServiceError("config", str(e), 500) from None
         app = create_app(self, token=token)
         server = await serve_tcp(
-            app, h, p, tls_certificate=cfg.api_tls_certificate, tls_key=cfg.api_tls_key
+            app,
+            h,
+            p,
+            tls_certificate=cfg.api_tls_certificate,
+            tls_key=cfg.api_tls_key,
+            key="apiListen",
         )
         self.api_servers.append(server)
         self.tcp_app, self.tcp_server = app, server

@@ -13,6 +13,7 @@ from smegmesh.daemon.malloc import limit_malloc_arenas
 from smegmesh.daemon.node import Daemon
 from smegmesh.daemon.sdnotify_glue import Notifier
 from smegmesh.daemon.statelock import StateDirLocked
+from smegmesh.wg.base import WgError
 
 log = logging.getLogger("smegd")
 
@@ -45,7 +46,7 @@ async def _amain(
     except svc.ServiceError as e:
         log.error("%s", e.message)
         return 1
-    except OSError as e:
+    except (OSError, WgError) as e:  # a listener's port, no WireGuard backend...
         log.error("cannot start: %s", e)
         await daemon.stop()
         return 1

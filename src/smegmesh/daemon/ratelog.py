@@ -10,7 +10,12 @@ interval::
     refused 1234 calls from 192.0.2.7 in the last 60 s: bad signature x1200, not a member x34
 
 Memory is bounded: at most ``max_sources`` sources are tracked per interval;
-events from further sources are counted together under "other sources".
+events from further sources are counted together under "other sources". A
+reason may carry text the source chose (a value its record had wrong, an
+error a remote server sent): each is cut to :data:`MAX_REASON_CHARS`, and at
+most ``max_reasons`` distinct ones are counted per source and interval, the
+rest under "other reasons", so neither memory nor a summary line grows with
+what a source makes up.
 Summaries are written by the next :meth:`RateLog.note` after the interval,
 or by :meth:`RateLog.flush` (which a daemon calls periodically).
 """
@@ -25,6 +30,9 @@ from collections.abc import Callable
 __all__ = ["RateLog"]
 
 OTHER = "other sources"
+OTHER_REASONS = "other reasons"
+#: A reason longer than this is cut (with "…").
+MAX_REASON_CHARS = 240
 
 
 class RateLog:
@@ -39,6 +47,7 @@ class RateLog:
         prep: str = "from",
         interval_s: float = 60.0,
         max_sources: int = 256,
+        max_reasons: int = 8,
         level: int = logging.INFO,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -49,6 +58,7 @@ class RateLog:
         self._interval = interval_s
         self.interval_s = interval_s
         self._max_sources = max_sources
+        self._max_reasons = max_reasons
         self._level = level
         self._clock = clock
         self._start = clock()
@@ -60,6 +70,8 @@ class RateLog:
     def note(self, source: str, reason: str) -> None:
         """One event from ``source`` (an address, an endpoint) for ``reason``."""
         self.total += 1
+        if len(reason) > MAX_REASON_CHARS:
+            reason = reason[: MAX_REASON_CHARS - 1] + "…"
         now = self._clock()
         if now - self._start >= self._interval:
             self.flush(now)
@@ -81,7 +93,10 @@ class RateLog:
             )
             self._counts.setdefault(source, Counter())
             return
-        self._counts.setdefault(source, Counter())[reason] += 1
+        reasons = self._counts.setdefault(source, Counter())
+        if reason not in reasons and len(reasons) >= self._max_reasons:
+            reason = OTHER_REASONS
+        reasons[reason] += 1
 
     def note_tick(self) -> None:
         """Flush when the interval is over (call it now and then: summaries are

@@ -1,0 +1,81 @@
+"""smegctl's own checks of its options and arguments, made before it talks to smegd.
+
+A bad ``--api`` (or token file) is an error like any other, JSON on stdout with
+``--json``; arguments that do not go together are a usage error (exit 2).
+``watch`` over ``--api``: tests/proc/test_watch_api.py.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+from typer.testing import CliRunner
+
+from smegmesh.cli.main import app
+
+runner = CliRunner()
+
+TOKEN = "0123456789abcdef0123456789abcdef"
+
+
+def _dead_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+# --------------------------------------------------------------------------- --json errors
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--api", "ftp://x", "list-meshes"], {}, "--api: 'ftp://x' is not an http"),
+        (["list-meshes"], {"SMEG_API": "http://h/v1"}, "--api: 'http://h/v1': give only"),
+        (
+            ["--api", "DEAD", "--api-token-file", "/nonexistent/token", "status"],
+            {},
+            "--api-token-file: cannot read /nonexistent/token: ",
+        ),
+        (["--api", "ftp://x", "watch"], {}, "--api: 'ftp://x' is not an http"),
+        (["--api", "ftp://x", "ui"], {}, "--api: 'ftp://x' is not an http"),
+        (["--api", "ftp://x", "dns-help"], {}, "--api: 'ftp://x' is not an http"),
+    ],
+)
+def test_a_bad_api_option_is_a_json_error_with_json(
+    args: list[str], env: dict[str, str], message: str
+) -> None:
+    """--api and its token were checked as the global options were parsed, before
+    the command's --json: a bad one printed nothing on stdout, and a script's
+    ``json.loads(stdout)`` failed. Now the error is JSON on stdout as for any
+    other (and one line on stderr, as without --json)."""
+    args = [_dead_url() if a == "DEAD" else a for a in args]
+    env = {"SMEG_API": "", "SMEG_API_TOKEN": "", **env}
+    r = runner.invoke(app, [*args, "--json"], env=env)
+    assert r.exit_code == 1, (r.stdout, r.stderr)
+    doc = json.loads(r.stdout)
+    assert doc["error"]["message"].startswith(message), doc
+    assert r.stderr == f"smegctl: {doc['error']['message']}\n"
+    r = runner.invoke(app, args, env=env)
+    assert (r.exit_code, r.stdout) == (1, "") and r.stderr.startswith(f"smegctl: {message}")
+
+
+def test_a_bad_api_option_does_not_matter_to_a_command_that_does_not_use_it() -> None:
+    r = runner.invoke(app, ["--api", "ftp://x", "dns-help", "--listen", "127.0.0.1:53"])
+    assert r.exit_code == 0 and "127.0.0.1" in r.stdout, r.stderr
+
+
+# --------------------------------------------------------------------------- usage errors
+
+
+@pytest.mark.parametrize("args", [["db1"], ["db1", "node-key", "--release"]])
+def test_reserve_alias_without_node_or_release_is_a_usage_error(args: list[str]) -> None:
+    """NODE or --release, not both nor neither: a usage error, exit 2 as for any
+    other (cli/output.py: EXIT_USAGE), not 1, which says the daemon failed."""
+    r = runner.invoke(app, ["reserve-alias", "--meshid", "m", *args])
+    assert (r.exit_code, r.stdout) == (2, ""), r.stderr
+    assert r.stderr == "smegctl: give NODE to reserve the alias, or --release to release it\n"
+    r = runner.invoke(app, ["reserve-alias", "--meshid", "m", *args, "--json"])
+    assert r.exit_code == 2 and "NODE" in json.loads(r.stdout)["error"]["message"]
