@@ -281,6 +281,7 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
             if self.mesh.live_record(k) is None:
                 self._fd.forget(k)
                 self.tags.forget(k)
+                self.refuted.took(self.mesh, k, now_ms)  # a prune: when we took it
         # Refute a prune of ourselves: publish a version the prune does not cover.
         if self.key in changed and self.mesh.live_record(self.key) is None:
             own = self.mesh.record(self.key)
