@@ -87,6 +87,10 @@ class RefutedPrunes:
                 break
             del t[first]
 
+    def clock_stepped(self, delta_ms: int) -> None:
+        """The wall clock was stepped by ``delta_ms``: the times taken move with it."""
+        self._taken = {k: (p, v, at + delta_ms) for k, (p, v, at) in self._taken.items()}
+
     def note(
         self,
         mesh: MeshState,
