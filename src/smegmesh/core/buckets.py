@@ -10,8 +10,16 @@ starts full again).
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import TypeVar
 
-__all__ = ["KeyedBuckets"]
+__all__ = ["KeyedBuckets", "shifted"]
+
+K = TypeVar("K")
+
+
+def shifted(times: dict[K, int], delta: int) -> dict[K, int]:
+    """``times`` moved by ``delta`` (a step of the wall clock: ``engine.ClockStepped``)."""
+    return {k: t + delta for k, t in times.items()}
 
 
 class KeyedBuckets:
@@ -25,6 +33,12 @@ class KeyedBuckets:
 
     def __len__(self) -> int:
         return len(self._buckets)
+
+    def clock_stepped(self, delta: float) -> None:
+        """The clock was stepped by ``delta``: the buckets' times move with it (order kept)."""
+        self._buckets = OrderedDict(
+            (k, (tok, at + delta)) for k, (tok, at) in self._buckets.items()
+        )
 
     def tokens(self, key: bytes, now: float) -> float:
         """``key``'s tokens at ``now`` (a key not seen: ``burst``); takes nothing."""

@@ -148,6 +148,11 @@ class RecordBases:
         b[old.wg_key] = [old, new.signature, now_ms, None]
         self._bytes += size
 
+    def clock_stepped(self, delta_ms: int) -> None:
+        """The wall clock was stepped by ``delta_ms``: when each was replaced moves with it."""
+        for b in self._bases.values():
+            b[2] += delta_ms
+
     def _drop(self, key: bytes) -> None:
         got = self._bases.pop(key, None)
         if got is not None:

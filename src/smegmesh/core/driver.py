@@ -19,6 +19,7 @@ from smegmesh.core.engine import (
     Call,
     CallFailed,
     Changed,
+    ClockStepped,
     Message,
     Out,
     ReplyReceived,
@@ -71,6 +72,10 @@ class EngineDriver:
     def timer(self, now_ms: int, late_ms: int = 0) -> None:
         """The engine's deadline passed (``late_ms`` ago: see ``TimerFired``)."""
         self.dispatch(self.node.step(TimerFired(now_ms, late_ms)))
+
+    def clock_stepped(self, delta_ms: int) -> None:
+        """The wall clock was stepped by ``delta_ms`` (see ``ClockStepped``)."""
+        self.dispatch(self.node.step(ClockStepped(delta_ms)))
 
     def request(self, src: bytes, msg: Message, now_ms: int, request_id: int) -> None:
         """A request from ``src``; its reply goes to ``port.respond(request_id, ...)``."""

@@ -43,6 +43,7 @@ __all__ = [
     "CallCtx",
     "CallFailed",
     "Changed",
+    "ClockStepped",
     "Input",
     "Leave",
     "MeshSettings",
@@ -239,6 +240,22 @@ class CallFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class ClockStepped:
+    """The wall clock was stepped by ``delta_ms`` (forward: > 0) since the last input.
+
+    Inputs carry the wall clock: what is signed (records, prunes, statements)
+    and what is compared with other nodes' times must stay on it. The
+    engine's own timers (probe schedule, probe in flight, suspicions,
+    silences, gossip rounds, windows and budgets) measure time as it passes:
+    they move by the step, so a clock set back an hour does not hold them
+    an hour and one set forward does not end them at once. The adapter finds
+    a step where the wall clock and a monotonic clock part (``daemon.runtime``).
+    """
+
+    delta_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class Start:
     """Local command: publish (or re-publish after a restart) our record."""
 
@@ -260,4 +277,13 @@ class Leave:
     now_ms: int
 
 
-Input = TimerFired | RequestReceived | ReplyReceived | CallFailed | Start | UpdateSelf | Leave
+Input = (
+    TimerFired
+    | RequestReceived
+    | ReplyReceived
+    | CallFailed
+    | ClockStepped
+    | Start
+    | UpdateSelf
+    | Leave
+)

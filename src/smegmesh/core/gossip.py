@@ -251,6 +251,23 @@ class GossipScheduler:
         if self._next_pull_ms is not None:
             self._next_pull_ms = min(self._next_pull_ms, now_ms + params.pull_interval_ms)
 
+    def clock_stepped(self, delta_ms: int) -> None:
+        """The wall clock was stepped by ``delta_ms``: the rounds' times move with it.
+
+        Set back an hour, no round, push or pull was due for an hour.
+        """
+        d = delta_ms
+        if self._next_sync_ms is not None:
+            self._next_sync_ms += d
+        if self._next_pull_ms is not None:
+            self._next_pull_ms += d
+        self._pull_due_ms += d
+        if self._last_trigger_ms is not None:
+            self._last_trigger_ms += d
+        if self._held_due is not None:
+            self._held_due += d
+        self._triggers = {k: (start + d, n) for k, (start, n) in self._triggers.items()}
+
     # -- target selection ---------------------------------------------------
     def targets(
         self,

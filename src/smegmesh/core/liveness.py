@@ -232,6 +232,26 @@ class FailureDetector:
             heard = max(self._last_heard.get(c, start), start)
             self._watch_since[c] = max(heard + late_ms, floor - client_timeout)
 
+    def clock_stepped(self, delta_ms: int) -> None:
+        """The wall clock was stepped by ``delta_ms``: every time held moves with it.
+
+        The probe schedule, the probe in flight, the suspicions and the silences
+        go on measuring time as it passed (see ``engine.ClockStepped``): set
+        back an hour, the next probe was an hour away; set forward 10 s, the
+        member being probed was suspect from before the step, dead at the next
+        tick, and every watched client silent too long.
+        """
+        d = delta_ms
+        if self._next_probe_ms is not None:
+            self._next_probe_ms += d
+        if self._probe is not None:
+            self._probe.started_ms += d
+        if self._last_stall_ms is not None:
+            self._last_stall_ms += d
+        for times in (self._suspect_since, self._last_heard, self._watch_since):
+            for k in times:
+                times[k] += d
+
     def probe_interval_ms(self) -> int:
         """The probe period, scaled by local health.
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smegmesh.core.admission import AdmissionMixin
+from smegmesh.core.buckets import shifted
 from smegmesh.core.cert import (
     AuthItem,
 )
@@ -38,6 +39,7 @@ from smegmesh.core.engine import (
     Call,
     CallFailed,
     Changed,
+    ClockStepped,
     Input,
     MeshSettings,
     NotAllowed,
@@ -281,6 +283,7 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
             if self.mesh.live_record(k) is None:
                 self._fd.forget(k)
                 self.tags.forget(k)
+                self.refuted.took(self.mesh, k, now_ms)  # a prune: when we took it
         # Refute a prune of ourselves: publish a version the prune does not cover.
         if self.key in changed and self.mesh.live_record(self.key) is None:
             own = self.mesh.record(self.key)
@@ -409,6 +412,26 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
                     out.extend(self._declare_dead(a.target, now_ms))
         return out
 
+    def clock_stepped(self, delta_ms: int) -> list[Out]:
+        """The wall clock was stepped by ``delta_ms``: every timer of ours moves with it.
+
+        See :class:`~smegmesh.core.engine.ClockStepped`; what is signed stays
+        on the wall clock. Nothing to send.
+        """
+        d = delta_ms
+        self._fd.clock_stepped(d)
+        self._sched.clock_stepped(d)
+        self.refuted.clock_stepped(d)
+        self._asked.clock_stepped(d)
+        self.mesh.clock_stepped(d)  # its prune budget and delta bases
+        self._peer_ping_due += d
+        self._avoid = shifted(self._avoid, d)
+        self._heal_due = shifted(self._heal_due, d)
+        self._sync_due = shifted(self._sync_due, d)
+        for session in self._responders.values():  # idle since
+            session.now_ms += d
+        return []
+
     def _declare_dead(self, target: bytes, now_ms: int) -> list[Out]:
         rec = self.mesh.record(target)
         if rec is None or target == self.key:
@@ -461,6 +484,8 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
             return self.handle_reply(inp.call.to, inp.call.ctx, inp.msg, inp.now_ms)
         if isinstance(inp, CallFailed):
             return self.handle_failure(inp.call.to, inp.call.ctx, inp.now_ms)
+        if isinstance(inp, ClockStepped):
+            return self.clock_stepped(inp.delta_ms)
         if isinstance(inp, Start):
             return self.start(inp.now_ms)
         if isinstance(inp, UpdateSelf):

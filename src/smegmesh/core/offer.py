@@ -160,6 +160,10 @@ class AskedInFull:
     def __len__(self) -> int:
         return len(self._asked)
 
+    def clock_stepped(self, delta_ms: int) -> None:
+        """The wall clock was stepped by ``delta_ms``: the times asked move with it."""
+        self._asked = {k: (*v[:3], v[3] + delta_ms) for k, v in self._asked.items()}
+
     def in_full(self, key: bytes, entry: OfferEntry, now_ms: int) -> bool:
         """Whether ``key`` (offered as ``entry``) may be wanted in full now; noted if so."""
         _id, rv, pv, h = entry

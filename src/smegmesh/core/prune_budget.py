@@ -80,6 +80,11 @@ class PruneBudget:
                 del self._refused_at[next(iter(self._refused_at))]
         return ok
 
+    def clock_stepped(self, delta_ms: int) -> None:
+        """The wall clock was stepped by ``delta_ms``: the buckets' times move with it."""
+        self._buckets.clock_stepped(delta_ms)
+        self._refused_at = {k: t + delta_ms for k, t in self._refused_at.items()}
+
     def suspect(self, pruner: bytes, now_ms: int) -> bool:
         """Whether ``pruner`` went over its budget in the last :data:`SUSPECT_MS`.
 

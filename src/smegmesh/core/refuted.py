@@ -8,6 +8,15 @@ a node holds a member as pruned it drops its WireGuard peer (docs/SECURITY.md,
 per pruner, the members it held as pruned that a record then showed alive,
 so an operator can see who prunes live members (a member starved of CPU
 does it now and then; a hostile one by the dozen) and evict it.
+
+"Within 30 s of the prune" is by this node's clock: from when it took the
+prune (:meth:`RefutedPrunes.took`), not from the prune's ``timestamp_ms``.
+The pruner signs that time and may date it back as far as the GC horizon:
+dated 31 s back, its prunes of live members were never counted nor named
+(review of the liveness code). So a prune that reached this node late
+counts as well (when a partition longer than 30 s heals, the other side's
+prunes of this side's members): from here it is not told apart from a
+back-dated one.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ REFUTED_WITHIN_MS = 30_000
 
 
 def pruners_of(mesh: MeshState, items: Iterable[object]) -> dict[bytes, tuple[bytes, int]]:
-    """Member key -> (its pruner, the prune's time), for records of members held as pruned.
+    """Member key -> its prune (pruner, target version), for records of members held as pruned.
 
     Records by reference (a sync step's, ``core.elide``) count by the key they
     name. O(1) per item; taken before the batch is merged (see :meth:`RefutedPrunes.note`).
@@ -41,7 +50,7 @@ def pruners_of(mesh: MeshState, items: Iterable[object]) -> dict[bytes, tuple[by
             continue
         prune = mesh.get_prune(key)
         if prune is not None:
-            out[key] = (prune.by_wg_key, prune.timestamp_ms)
+            out[key] = (prune.by_wg_key, prune.target_version)
     return out
 
 
@@ -53,6 +62,34 @@ class RefutedPrunes:
     by_pruner: dict[bytes, int] = field(default_factory=dict)
     #: the latest refutations, (pruner, member), for the adapter's log
     last: list[tuple[bytes, bytes]] = field(default_factory=list)
+    #: member -> (its prune: pruner, target version; when this node took it,
+    #: by its own clock), oldest first, kept :data:`REFUTED_WITHIN_MS`
+    _taken: dict[bytes, tuple[bytes, int, int]] = field(default_factory=dict)
+
+    def took(self, mesh: MeshState, key: bytes, now_ms: int) -> None:
+        """``key`` changed and is not live: note when its prune (if any) was taken.
+
+        The same prune again (its record came later, say) keeps its first time.
+        """
+        prune = mesh.get_prune(key)
+        if prune is None:
+            return
+        t = self._taken
+        got = t.pop(key, None)
+        if got is not None and got[:2] == (prune.by_wg_key, prune.target_version):
+            at = got[2]
+        else:
+            at = now_ms
+        t[key] = (prune.by_wg_key, prune.target_version, at)
+        while t:  # forget those past the window: they count for nothing
+            first = next(iter(t))
+            if now_ms - t[first][2] < REFUTED_WITHIN_MS:
+                break
+            del t[first]
+
+    def clock_stepped(self, delta_ms: int) -> None:
+        """The wall clock was stepped by ``delta_ms``: the times taken move with it."""
+        self._taken = {k: (p, v, at + delta_ms) for k, (p, v, at) in self._taken.items()}
 
     def note(
         self,
@@ -63,13 +100,18 @@ class RefutedPrunes:
     ) -> None:
         """Count the members of ``down`` (:func:`pruners_of`) that ``changed`` made live.
 
-        Only within :data:`REFUTED_WITHIN_MS` of their prune: a member back
-        from a crash, a suspend or a partition minutes later was rightly pruned.
+        Only within :data:`REFUTED_WITHIN_MS` of taking their prune (:meth:`took`):
+        a member back from a crash or a suspend minutes later was rightly
+        pruned. A prune not taken here lately (restored from disk, brought by a
+        join) counts for nothing.
         """
         last: list[tuple[bytes, bytes]] = []
         for key in changed:
-            pruner, at = down.get(key, (b"", 0))
-            if not pruner or now_ms - at >= REFUTED_WITHIN_MS or mesh.live_record(key) is None:
+            pruner, version = down.get(key, (b"", 0))
+            got = self._taken.get(key)
+            if not pruner or got is None or got[:2] != (pruner, version):
+                continue
+            if now_ms - got[2] >= REFUTED_WITHIN_MS or mesh.live_record(key) is None:
                 continue
             self.total += 1
             if pruner in self.by_pruner or len(self.by_pruner) < MAX_PRUNERS:

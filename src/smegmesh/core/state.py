@@ -368,6 +368,16 @@ class MeshState(AdmissionGate):
                 self._rebuild_authority()
         return changed
 
+    def clock_stepped(self, delta_ms: int) -> None:
+        """The wall clock was stepped by ``delta_ms``: the node's own times move with it.
+
+        The prune budget's and the delta bases' (``engine.ClockStepped``); the
+        items' signed times stay as they are.
+        """
+        if self.prune_budget is not None:
+            self.prune_budget.clock_stepped(delta_ms)
+        self.bases.clock_stepped(delta_ms)
+
     def gc(self, now_ms: int, horizon_ms: int) -> int:
         """Drop tombstones older than ``now_ms - horizon_ms``; returns items dropped.
 

@@ -19,6 +19,7 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ from smegmesh.daemon.reload import gossip_params, liveness_params
 from smegmesh.daemon.restore import RestoreOps
 from smegmesh.daemon.rpc_dgram import DatagramStats, KeyIds
 from smegmesh.daemon.rpc_dgram_client import DatagramClient
-from smegmesh.daemon.runtime import MeshRuntime, RuntimeOps, now_ms
+from smegmesh.daemon.runtime import CLOCK, MeshRuntime, RuntimeOps, now_ms
 from smegmesh.daemon.statelock import StateLock
 from smegmesh.daemon.store import StoreOps
 from smegmesh.daemon.transport import RpcServer, TlsIdentity
@@ -126,6 +127,8 @@ class Daemon(
         self._handshakes_polled = 0.0
         #: NAT traversal (docs/NAT.md): direct client-to-client sessions
         self.direct = DirectManager(self, config.direct_peers)
+        #: steps of the wall clock reach our engines (runtime.WallClock) until stop()
+        self._clock_unsubscribe: Callable[[], None] | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -172,6 +175,7 @@ class Daemon(
             self.metrics_server = await serve_metrics(self.metrics, mh, mp)
             log.info("Prometheus metrics on http://%s/metrics", cfg.metrics_listen)
 
+        self._clock_unsubscribe = CLOCK.subscribe(self._clock_stepped)
         self._restore_meshes()
         self._tasks.append(asyncio.create_task(self._reconcile_loop()))
         self._tasks.append(asyncio.create_task(self._persist_loop()))
@@ -191,6 +195,9 @@ class Daemon(
         return KeyIds([(me.wg_public_key, me.wg_private_key)], self._member_anywhere_by_id)
 
     async def stop(self) -> None:
+        if self._clock_unsubscribe is not None:
+            self._clock_unsubscribe()
+            self._clock_unsubscribe = None
         for rt in list(self.meshes.values()):
             if rt.task:
                 rt.task.cancel()

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,8 +32,54 @@ class NoAddress(svc.ServiceError):
     """A peer's address to publish is not known (no ``publicEndpoint``, no route yet)."""
 
 
+#: Between two readings, the wall clock moving this much (ms) more or less than
+#: the monotonic clock is a step of it (ntpd steps from 128 ms, timesyncd from
+#: 400 ms, chrony's makestep from 1 s; a slew is at most 83 ms a second and
+#: the meshes' loops read the clock every second at least).
+STEP_MS = 100
+
+
+class WallClock:
+    """The wall clock in ms, as the engines take it, and its steps.
+
+    The engines' inputs carry the wall clock: records, prunes and statements
+    are signed with it and compared with other nodes' times. Their own timers
+    must not jump with it (``engine.ClockStepped``): a step (chrony makestep,
+    ``date -s``, a VM resumed, fake-hwclock corrected at boot, a suspend,
+    which the monotonic clock does not count) is found where, between two
+    readings, the wall clock moved :data:`STEP_MS` or more away from the
+    monotonic clock, and each subscriber is told before the reading that found
+    it is returned: an engine given that reading has moved its timers already.
+    Read on the event loop's thread only.
+    """
+
+    def __init__(self) -> None:
+        self._last: tuple[float, float] | None = None  # wall, monotonic (s)
+        self._subscribers: list[Callable[[int], None]] = []
+
+    def now_ms(self) -> int:
+        wall, mono = time.time(), time.monotonic()
+        last, self._last = self._last, (wall, mono)
+        if last is not None:
+            step = round((wall - last[0] - (mono - last[1])) * 1000)
+            if abs(step) >= STEP_MS:
+                for on_step in list(self._subscribers):
+                    on_step(step)
+        return int(wall * 1000)
+
+    def subscribe(self, on_step: Callable[[int], None]) -> Callable[[], None]:
+        """Call ``on_step(delta_ms)`` at each step from now on; returns the unsubscribe."""
+        self._subscribers.append(on_step)
+        return lambda: self._subscribers.remove(on_step) if on_step in self._subscribers else None
+
+
+#: The process's one clock: every reading may find a step (see :class:`WallClock`).
+CLOCK = WallClock()
+
+
 def now_ms() -> int:
-    return int(time.time() * 1000)
+    """The wall clock in ms; a step found is told to the engines first (:class:`WallClock`)."""
+    return CLOCK.now_ms()
 
 
 @dataclass
@@ -179,6 +226,14 @@ class RuntimeOps(DaemonBase):
         self.meshes[mesh_id] = rt
         rt.task = asyncio.create_task(self._mesh_loop(rt))
         return rt
+
+    def _clock_stepped(self, delta_ms: int) -> None:
+        """The wall clock was stepped (:class:`WallClock`): every engine's timers move with it."""
+        level = logging.WARNING if abs(delta_ms) >= 1000 else logging.DEBUG
+        log.log(level, "wall clock stepped by %+.3f s: mesh timers moved with it", delta_ms / 1000)
+        for rt in self.meshes.values():
+            rt.driver.clock_stepped(delta_ms)
+            rt.wake.set()
 
     def _get(self, mesh_id: str) -> MeshRuntime:
         rt = self.meshes.get(mesh_id)
