@@ -35,6 +35,7 @@ from smegmesh.daemon.rpc_dgram import (
     DatagramStats,
     start_datagram_server,
 )
+from smegmesh.daemon.rpc_slots import UNBOUNDED, BodyWaits, Slots
 from smegmesh.daemon.rpc_tls import TlsIdentity
 
 log = logging.getLogger("smegmesh.daemon.transport")  # one logger for the transport
@@ -43,17 +44,38 @@ log = logging.getLogger("smegmesh.daemon.transport")  # one logger for the trans
 #: Largest message a non-member may send: a join request (its own fresh record)
 #: or a ``WhoAmI``.
 MAX_STRANGER_MESSAGE = 64 * 1024
+#: Members' calls being handled (their body read), in all and per key; the last
+#: RESERVED_CALLS only for a key with fewer than FEW_CALLS there (rpc_slots.Slots).
 MAX_CALLS = 128
 MAX_CALLS_PER_KEY = 16
+RESERVED_CALLS = 32
+FEW_CALLS = 2
+#: Members' calls waiting for their body, in all (a full pool gives way to a
+#: caller holding fewer: rpc_slots.BodyWaits).
+MAX_AWAITING = 128
+#: Datagram calls being handled: a pool of their own, so that no stream call
+#: keeps a probe out (the last RESERVED_DATAGRAM_CALLS as above).
+MAX_DATAGRAM_CALLS = 256
+RESERVED_DATAGRAM_CALLS = 64
 MAX_STRANGER_CALLS = 8
 MAX_STRANGER_CALLS_PER_ADDRESS = 2
 MAX_CONNECTIONS = 1024
 MAX_STREAMS_PER_CONNECTION = 32
 IDLE_CONNECTION_MS = 5 * 60 * 1000
 HANDSHAKE_TIMEOUT_MS = 10_000
-#: Seconds a caller has to send its (announced) body once its call is admitted.
+#: Seconds a caller has to send its (announced) body once its call is admitted:
+#: BODY_BASE_S and one more per BODY_RATE bytes announced, at most READ_TIMEOUT_S
+#: (members) or STRANGER_READ_TIMEOUT_S (:func:`body_deadline`).
+BODY_BASE_S = 2.0
+BODY_RATE = 64 * 1024
 READ_TIMEOUT_S = 30.0
 STRANGER_READ_TIMEOUT_S = 5.0
+
+
+def body_deadline(length: int, member: bool) -> float:
+    """Seconds to wait for a body of ``length`` bytes (2 s for a small one, 18 s for 1 MiB)."""
+    cap = READ_TIMEOUT_S if member else STRANGER_READ_TIMEOUT_S
+    return min(cap, BODY_BASE_S + length / BODY_RATE)
 
 
 _SERVER_OPTIONS = [
@@ -146,10 +168,16 @@ class RpcServer:
         self._flusher: asyncio.Task[None] | None = None
         self.port: int | None = None
         self.refusals = refusals or RateLog(log, "refused")
-        self._calls = 0
-        self._per_key: dict[bytes, int] = {}
-        self._strangers = 0
-        self._strangers_per_addr: dict[str, int] = {}
+        #: the slots of calls in flight (``daemon/rpc_slots.py``): per key, any
+        #: phase; members' calls waiting for their body, then being handled;
+        #: non-members' (by source address); datagram calls
+        self._keys = Slots(UNBOUNDED, MAX_CALLS_PER_KEY)
+        self._waits = BodyWaits(MAX_AWAITING, MAX_CALLS_PER_KEY)
+        self._handling = Slots(MAX_CALLS, MAX_CALLS_PER_KEY, RESERVED_CALLS, FEW_CALLS)
+        self._strangers = Slots(MAX_STRANGER_CALLS, MAX_STRANGER_CALLS_PER_ADDRESS)
+        self.datagram_calls = Slots(
+            MAX_DATAGRAM_CALLS, MAX_CALLS_PER_KEY, RESERVED_DATAGRAM_CALLS, FEW_CALLS
+        )
         #: bytes and calls a member may send us (``daemon/member_budget.py``)
         self.budget = MemberBudget()
         #: the datagram path (``daemon/rpc_dgram.py``): who key ids name (None:
@@ -162,7 +190,8 @@ class RpcServer:
 
     @property
     def calls_in_flight(self) -> int:
-        return self._calls
+        """Calls held, stream (any phase) and datagram."""
+        return self._keys.n + self.datagram_calls.n
 
     async def start(self, host: str, port: int) -> int:
         # No SO_REUSEPORT (gRPC's default): a second smegd on the same port must
@@ -237,34 +266,68 @@ class RpcServer:
             raise _Reject(grpc.StatusCode.UNAUTHENTICATED, "bad signature")
         return wg_key, digest, length
 
-    def _check_limits(self, wg_key: bytes, addr: str, member: bool, length: int) -> None:
-        """The per-caller limits, before the body is read (raises ``_Reject``)."""
-        if self._per_key.get(wg_key, 0) >= MAX_CALLS_PER_KEY:
+    def _admit(self, wg_key: bytes, addr: str, member: bool, length: int) -> None:
+        """The per-caller limits before the body is read (raises ``_Reject``);
+        the call holds its key's slot (and a non-member's) when it returns."""
+        if not self._keys.room(wg_key):
             raise _Reject(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls from one key")
         if not member:
             if length > MAX_STRANGER_MESSAGE:
                 raise _Reject(grpc.StatusCode.PERMISSION_DENIED, "not a member: too large")
-            if (
-                self._strangers >= MAX_STRANGER_CALLS
-                or self._strangers_per_addr.get(addr, 0) >= MAX_STRANGER_CALLS_PER_ADDRESS
-            ):
+            if not self._strangers.room(addr):
                 raise _Reject(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls (not a member)")
+            self._strangers.enter(addr)
+        elif not self._handling.room(wg_key):
+            raise _Reject(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls in total")
+        self._keys.enter(wg_key)
+
+    def _release(self, wg_key: bytes, addr: str, member: bool) -> None:
+        self._keys.leave(wg_key)
+        if not member:
+            self._strangers.leave(addr)
 
     async def _read_body(
-        self, context: grpc.aio.ServicerContext, member: bool, digest: bytes, length: int
+        self, context: grpc.aio.ServicerContext, wg_key: bytes, member: bool, length: int
     ) -> bytes:
-        """The one request message, within the read deadline, of the announced length and hash."""
-        try:  # a caller that never sends its body does not hold a slot for long
-            body = await asyncio.wait_for(
-                context.read(), READ_TIMEOUT_S if member else STRANGER_READ_TIMEOUT_S
+        """The one request message, within :func:`body_deadline`; a member's call
+        waits in :class:`BodyWaits` meanwhile, and may have to give way."""
+        give_way = self._waits.admit(wg_key) if member else None
+        if member and give_way is None:
+            raise _Reject(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls awaiting a body")
+        read = asyncio.ensure_future(context.read())
+        try:
+            await asyncio.wait(
+                (read, give_way) if give_way is not None else (read,),
+                timeout=body_deadline(length, member),
+                return_when=asyncio.FIRST_COMPLETED,
             )
-        except TimeoutError:
-            raise _Reject(grpc.StatusCode.DEADLINE_EXCEEDED, "body not sent in time") from None
+        finally:
+            if give_way is not None:
+                self._waits.leave(wg_key, give_way)
+            if not read.done():  # a caller that never sends its body holds no slot for long
+                read.cancel()
+        if not read.done() or read.cancelled():
+            if give_way is not None and give_way.done() and not give_way.cancelled():
+                raise _Reject(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, "gave way (calls awaiting a body)"
+                )
+            raise _Reject(grpc.StatusCode.DEADLINE_EXCEEDED, "body not sent in time")
+        body = read.result()
         if type(body) is not bytes or len(body) != length:
             raise _Reject(grpc.StatusCode.INVALID_ARGUMENT, "body length mismatch")
-        if hashlib.sha256(body).digest() != digest:
-            raise _Reject(grpc.StatusCode.UNAUTHENTICATED, "body hash mismatch")
         return body
+
+    async def _handle(self, wg_key: bytes, member: bool, body: bytes) -> bytes:
+        """Run the handler, a member's call in a slot of :attr:`_handling`."""
+        if not member:
+            return await self._handler(wg_key, body)
+        if not self._handling.room(wg_key):
+            raise _Reject(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls in total")
+        self._handling.enter(wg_key)
+        try:
+            return await self._handler(wg_key, body)
+        finally:
+            self._handling.leave(wg_key)
 
     async def _call(self, requests: object, context: grpc.aio.ServicerContext) -> bytes:
         peer = context.peer()
@@ -274,27 +337,26 @@ class RpcServer:
         wg_key = b""
         admitted = False
         try:
-            if self._calls >= MAX_CALLS:
-                raise _Reject(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls in total")
             md = {k: v for k, v in (context.invocation_metadata() or ())}
             wg_key, digest, length = self._authenticate(md)
             member = self._is_member(wg_key)
-            self._check_limits(wg_key, addr, member, length)
-            self._enter(wg_key, addr, member)
+            self._admit(wg_key, addr, member, length)
             admitted = True
             over = self.budget.charge(wg_key, length) if member else None
             if over is not None:
-                # held a while in one of its slots first: refused at once, a member
-                # sending without end made 11,666 calls in 12 s, each costing us
+                # held a while in one of its key's slots first: refused at once, a
+                # member sending without end made 11,666 calls in 12 s, each costing us
                 await asyncio.sleep(OVER_BUDGET_DELAY_S)
                 raise _Reject(grpc.StatusCode.RESOURCE_EXHAUSTED, over)
-            body = await self._read_body(context, member, digest, length)
+            body = await self._read_body(context, wg_key, member, length)
+            if hashlib.sha256(body).digest() != digest:
+                raise _Reject(grpc.StatusCode.UNAUTHENTICATED, "body hash mismatch")
             self.transport_calls["in", message_name(body) or "malformed", "stream"] += 1
             caller_address.set(parsed)
             caller_address_verified.set(True)
             callee_key.set(_callee(md))
             try:
-                return await self._handler(wg_key, body)
+                return await self._handle(wg_key, member, body)
             except Refused as e:
                 raise _Reject(grpc.StatusCode.PERMISSION_DENIED, str(e) or "refused") from None
         except _Reject as r:
@@ -309,12 +371,8 @@ class RpcServer:
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
         finally:
             if admitted:
-                self._leave(wg_key, addr, member)
+                self._release(wg_key, addr, member)
         raise AssertionError("unreachable")
-
-    def _has_room(self, key: bytes) -> bool:
-        """The in-flight limits (a member's call; the datagram path asks before any crypto)."""
-        return self._calls < MAX_CALLS and self._per_key.get(key, 0) < MAX_CALLS_PER_KEY
 
     @staticmethod
     def _set_context(address: str | None, callee: bytes | None) -> None:
@@ -325,25 +383,3 @@ class RpcServer:
         caller_address.set(address)
         caller_address_verified.set(False)
         callee_key.set(callee)
-
-    def _enter(self, key: bytes, addr: str, member: bool) -> None:
-        self._calls += 1
-        self._per_key[key] = self._per_key.get(key, 0) + 1
-        if not member:
-            self._strangers += 1
-            self._strangers_per_addr[addr] = self._strangers_per_addr.get(addr, 0) + 1
-
-    def _leave(self, key: bytes, addr: str, member: bool) -> None:
-        self._calls -= 1
-        n = self._per_key[key] - 1
-        if n:
-            self._per_key[key] = n
-        else:
-            del self._per_key[key]
-        if not member:
-            self._strangers -= 1
-            n = self._strangers_per_addr[addr] - 1
-            if n:
-                self._strangers_per_addr[addr] = n
-            else:
-                del self._strangers_per_addr[addr]

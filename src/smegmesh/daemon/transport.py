@@ -19,15 +19,22 @@
   the metadata, so the server authenticates a call *before reading its body*
   (the method is served as a client-streaming one: the handler decides whether
   to read the one request message at all). Then, still before the read: at
-  most :data:`MAX_CALLS` calls in flight in total and :data:`MAX_CALLS_PER_KEY`
-  per caller; a caller that is no member of any of our meshes (``is_member``)
-  may declare at most :data:`MAX_STRANGER_MESSAGE` bytes (a join request) and
-  has :data:`MAX_STRANGER_CALLS` slots in total, :data:`MAX_STRANGER_CALLS_PER_ADDRESS`
-  per source address. Members' messages are capped at :data:`MAX_MESSAGE` (the
-  protocol pages anything larger: join replies, sync steps, pushes). Over a
-  limit the call is rejected at once with ``RESOURCE_EXHAUSTED``, never queued.
-  The body must arrive within :data:`STRANGER_READ_TIMEOUT_S` (strangers) or
-  :data:`READ_TIMEOUT_S` and match the declared length and hash. Refusals are logged
+  most :data:`MAX_CALLS_PER_KEY` calls in flight per caller; a caller that is
+  no member of any of our meshes (``is_member``) may declare at most
+  :data:`MAX_STRANGER_MESSAGE` bytes (a join request) and has
+  :data:`MAX_STRANGER_CALLS` slots in total, :data:`MAX_STRANGER_CALLS_PER_ADDRESS`
+  per source address. A member's call waits for its body in a pool of
+  :data:`MAX_AWAITING` (when full, a newcomer takes the place of a waiting call
+  of the caller holding the most, if it holds two more) and is handled in one
+  of :data:`MAX_CALLS` slots (the last :data:`RESERVED_CALLS` only for a
+  caller with fewer than :data:`FEW_CALLS` there); datagram calls have a pool
+  of their own (``daemon/rpc_slots.py``). Members' messages are capped at
+  :data:`MAX_MESSAGE` (the protocol pages anything larger: join replies, sync
+  steps, pushes). Over a limit the call is rejected at once with
+  ``RESOURCE_EXHAUSTED``, never queued. The body must arrive within
+  :func:`body_deadline` (2 s and 1 s per 64 KiB declared, at most
+  :data:`STRANGER_READ_TIMEOUT_S` for strangers or :data:`READ_TIMEOUT_S`)
+  and match the declared length and hash. Refusals are logged
   as one summary line per source per minute (:mod:`smegmesh.daemon.ratelog`).
   Connections: at most :data:`MAX_CONNECTIONS`, :data:`MAX_STREAMS_PER_CONNECTION`
   streams each, closed after :data:`IDLE_CONNECTION_MS` without calls, and
@@ -82,8 +89,10 @@ from smegmesh.daemon.rpc_common import (
 )
 from smegmesh.daemon.rpc_server import (
     _SERVER_OPTIONS,
+    FEW_CALLS,
     HANDSHAKE_TIMEOUT_MS,
     IDLE_CONNECTION_MS,
+    MAX_AWAITING,
     MAX_CALLS,
     MAX_CALLS_PER_KEY,
     MAX_CONNECTIONS,
@@ -92,9 +101,11 @@ from smegmesh.daemon.rpc_server import (
     MAX_STRANGER_MESSAGE,
     MAX_STREAMS_PER_CONNECTION,
     READ_TIMEOUT_S,
+    RESERVED_CALLS,
     STRANGER_READ_TIMEOUT_S,
     Handler,
     RpcServer,
+    body_deadline,
     callee_key,
     caller_address,
     caller_address_verified,
@@ -112,9 +123,11 @@ __all__ = [
     "BACKOFF_CAP_S",
     "CHANNEL_IDLE_S",
     "CLOCK_SKEW_MS",
+    "FEW_CALLS",
     "FULL_METHOD",
     "HANDSHAKE_TIMEOUT_MS",
     "IDLE_CONNECTION_MS",
+    "MAX_AWAITING",
     "MAX_BACKOFF_ENTRIES",
     "MAX_CACHED_CERTIFICATES",
     "MAX_CALLS",
@@ -128,6 +141,7 @@ __all__ = [
     "MAX_STREAMS_PER_CONNECTION",
     "METHOD",
     "READ_TIMEOUT_S",
+    "RESERVED_CALLS",
     "SERVICE",
     "STRANGER_READ_TIMEOUT_S",
     "TLS_NAME",
@@ -145,6 +159,7 @@ __all__ = [
     "TlsIdentityError",
     "_signed_blob",
     "_signed_digest",
+    "body_deadline",
     "callee_key",
     "caller_address",
     "caller_address_verified",
