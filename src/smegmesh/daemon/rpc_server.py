@@ -102,9 +102,13 @@ caller_address_verified: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "caller_address_verified", default=False
 )
 #: The WireGuard key the caller meant to reach (``x-smeg-to``), set while a handler
-#: runs; ``None`` if it did not say. A routing hint for servers that host several
-#: identities (the test swarm, ``smegmesh.testbed.swarm``), not authenticated:
-#: the signature names the server's TLS fingerprint, which such a server shares.
+#: runs; ``None`` if it did not say. A server given ``is_ours`` refuses a call
+#: meant for a key not its own (two records may name one endpoint and TLS
+#: fingerprint: a dead member's calls were answered by the node it named); for
+#: servers that host several identities (the test swarm,
+#: ``smegmesh.testbed.swarm``), it routes the call. Not in the signature, which
+#: names the server's TLS fingerprint (shared by such a server); the header
+#: travels inside TLS to the pinned server, so no one else can change it.
 callee_key: contextvars.ContextVar[bytes | None] = contextvars.ContextVar(
     "callee_key", default=None
 )
@@ -148,6 +152,9 @@ class RpcServer:
 
     ``is_member(key)`` tells whether an authenticated caller is a member of one
     of our meshes (default: everyone is); non-members get the stranger limits.
+    ``is_ours(key)``: whether we are that key; a call whose ``x-smeg-to`` names
+    another key (or is malformed) is refused (default: no check; a caller
+    that does not say is served).
     """
 
     def __init__(
@@ -157,6 +164,7 @@ class RpcServer:
         is_member: Callable[[bytes], bool] | None = None,
         refusals: RateLog | None = None,
         *,
+        is_ours: Callable[[bytes], bool] | None = None,
         datagram_keys: DatagramKeys | None = None,
         datagram_stats: DatagramStats | None = None,
     ) -> None:
@@ -164,6 +172,7 @@ class RpcServer:
         self._fp = tls.fingerprint
         self._handler = handler
         self._is_member = is_member or (lambda _k: True)
+        self._is_ours = is_ours
         self._server: grpc.aio.Server | None = None
         self._flusher: asyncio.Task[None] | None = None
         self.port: int | None = None
@@ -266,6 +275,14 @@ class RpcServer:
             raise _Reject(grpc.StatusCode.UNAUTHENTICATED, "bad signature")
         return wg_key, digest, length
 
+    def _check_callee(self, md: dict[str, str | bytes]) -> None:
+        """A call meant for another node (``x-smeg-to``) is refused, before any crypto."""
+        if self._is_ours is None or "x-smeg-to" not in md:
+            return
+        to = _callee(md)
+        if to is None or not self._is_ours(to):
+            raise _Reject(grpc.StatusCode.PERMISSION_DENIED, "meant for another node (x-smeg-to)")
+
     def _admit(self, wg_key: bytes, addr: str, member: bool, length: int) -> None:
         """The per-caller limits before the body is read (raises ``_Reject``);
         the call holds its key's slot (and a non-member's) when it returns."""
@@ -338,6 +355,7 @@ class RpcServer:
         admitted = False
         try:
             md = {k: v for k, v in (context.invocation_metadata() or ())}
+            self._check_callee(md)
             wg_key, digest, length = self._authenticate(md)
             member = self._is_member(wg_key)
             self._admit(wg_key, addr, member, length)
