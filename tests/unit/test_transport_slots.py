@@ -246,3 +246,84 @@ def test_how_many_callers_it_takes_to_fill_each_pool() -> None:
         assert one_each.admit("b") is None  # nobody holds two more than "b"
 
     _run(waits())
+
+
+class FakeSources:
+    """Gives each new connection the source address set last (loopback stands for
+    the outsider's addresses: Python's gRPC cannot bind a source address)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.now = "2001:db8::1"
+        self._by_port: dict[str, str] = {}
+        monkeypatch.setattr(rpc_server, "parse_grpc_peer", self._parse)
+
+    def _parse(self, peer: str) -> str:
+        return self._by_port.setdefault(peer.rpartition(":")[2], self.now)
+
+
+async def _outsider_then_joiner(
+    monkeypatch: pytest.MonkeyPatch, sources: list[str], calls_each: int
+) -> tuple[bytes | None, str | None, int]:
+    """Bodyless calls of fresh keys from each of ``sources``, then a joiner's call:
+    ``(its reply, its error, calls the outsider held)``."""
+    fake = FakeSources(monkeypatch)
+
+    async def handler(_src: bytes, body: bytes) -> bytes:
+        return b"welcome"
+
+    server, tls, ep = await _serve(handler, is_member=lambda _k: False)
+    bad = Attacker(tls, ep)
+    joiner = RpcClient(NodeIdentity.generate(os.urandom), timeout=3)
+    try:
+        for src in sources:
+            fake.now, ch = src, bad.channel()
+            for _ in range(calls_each):
+                bad.call(ch, NodeIdentity.generate(os.urandom))  # any fresh key will do
+            await bad.settled(server, len(bad.calls))
+        held = server.calls_in_flight
+        fake.now = "2001:db8:ffff:1::1"
+        try:
+            return await joiner.call(ep, tls.fingerprint, b"join"), None, held
+        except RpcError as e:
+            return None, str(e), held
+    finally:
+        await joiner.close()
+        await bad.close()
+        await server.stop(0)
+
+
+def test_an_outsider_in_one_network_cannot_hold_every_stranger_slot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The review's attack: 4 addresses of one IPv6 /64, 2 calls each, held every
+    non-member slot (8), and every joiner was refused. Now a /64 holds 2, and a
+    /48 4 (8 /64s of one site, 2 calls each)."""
+    one_64 = [f"2001:db8:0:1::{i:x}" for i in range(1, 5)]
+    reply, err, held = _run(_outsider_then_joiner(monkeypatch, one_64, 2))
+    assert reply == b"welcome", f"joiner refused: {err}"
+    assert held == 2
+    one_48 = [f"2001:db8:0:{i:x}::1" for i in range(1, 9)]
+    reply, err, held = _run(_outsider_then_joiner(monkeypatch, one_48, 2))
+    assert reply == b"welcome", f"joiner refused: {err}"
+    assert held == 4
+
+
+def test_an_outsider_holding_every_stranger_slot_gives_way_to_a_joiner(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """16 sites, 2 bodyless calls each, hold all 32 places: a joiner from a
+    network holding none takes the place of one of them."""
+    sites = [f"2001:db8:{i:x}::1" for i in range(1, 17)]
+    reply, err, held = _run(_outsider_then_joiner(monkeypatch, sites, 2))
+    assert held == 32
+    assert reply == b"welcome", f"joiner refused: {err}"
+
+
+def test_source_networks() -> None:
+    from smegmesh.daemon.rpc_slots import source_networks
+
+    assert source_networks("2001:db8:1:2:3:4:5:6") == ("2001:db8:1:2::/64", "2001:db8:1::/48")
+    assert source_networks("::ffff:192.0.2.7") == ("192.0.2.7", "192.0.2.7")
+    assert source_networks("192.0.2.7") == ("192.0.2.7", "192.0.2.7")
+    assert source_networks("fe80::1%eth0")[0] == "fe80::/64"
+    assert source_networks("unix:/x") == ("unix:/x", "unix:/x")

@@ -11,7 +11,8 @@ import logging
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
 
 import grpc
 
@@ -35,7 +36,7 @@ from smegmesh.daemon.rpc_dgram import (
     DatagramStats,
     start_datagram_server,
 )
-from smegmesh.daemon.rpc_slots import UNBOUNDED, BodyWaits, Slots
+from smegmesh.daemon.rpc_slots import UNBOUNDED, BodyWaits, Slots, source_networks
 from smegmesh.daemon.rpc_tls import TlsIdentity
 
 log = logging.getLogger("smegmesh.daemon.transport")  # one logger for the transport
@@ -57,8 +58,14 @@ MAX_AWAITING = 128
 #: keeps a probe out (the last RESERVED_DATAGRAM_CALLS as above).
 MAX_DATAGRAM_CALLS = 256
 RESERVED_DATAGRAM_CALLS = 64
-MAX_STRANGER_CALLS = 8
+#: Non-members' calls (keys are free, addresses are not: counted by source
+#: network, an IPv6 /64 or an IPv4 address): waiting for a body (a full pool gives
+#: way as members' does) and being handled, each at most MAX_STRANGER_CALLS in
+#: all and MAX_STRANGER_CALLS_PER_ADDRESS per network; an IPv6 /48 (a site) has
+#: at most MAX_STRANGER_CALLS_PER_SITE in flight.
+MAX_STRANGER_CALLS = 32
 MAX_STRANGER_CALLS_PER_ADDRESS = 2
+MAX_STRANGER_CALLS_PER_SITE = 4
 MAX_CONNECTIONS = 1024
 MAX_STREAMS_PER_CONNECTION = 32
 IDLE_CONNECTION_MS = 5 * 60 * 1000
@@ -147,6 +154,24 @@ class _Reject(Exception):
         self.reason = reason
 
 
+@dataclass(frozen=True, slots=True)
+class _Caller:
+    """An authenticated caller: its key, whether a member, and whom its calls
+    count against: the key (a member), or its /64 and /48 (a non-member)."""
+
+    key: bytes
+    member: bool
+    owner: Hashable
+    site: str
+
+    @classmethod
+    def of(cls, key: bytes, member: bool, addr: str) -> _Caller:
+        if member:
+            return cls(key, True, key, "")
+        net, site = source_networks(addr)
+        return cls(key, False, net, site)
+
+
 class RpcServer:
     """Serves the node-to-node method on ``host:port`` with TLS.
 
@@ -179,11 +204,14 @@ class RpcServer:
         self.refusals = refusals or RateLog(log, "refused")
         #: the slots of calls in flight (``daemon/rpc_slots.py``): per key, any
         #: phase; members' calls waiting for their body, then being handled;
-        #: non-members' (by source address); datagram calls
+        #: non-members' likewise, by source network (/64; their calls in flight
+        #: by /48 too: rpc_slots.source_networks); datagram calls
         self._keys = Slots(UNBOUNDED, MAX_CALLS_PER_KEY)
         self._waits = BodyWaits(MAX_AWAITING, MAX_CALLS_PER_KEY)
         self._handling = Slots(MAX_CALLS, MAX_CALLS_PER_KEY, RESERVED_CALLS, FEW_CALLS)
+        self._stranger_waits = BodyWaits(MAX_STRANGER_CALLS, MAX_STRANGER_CALLS_PER_ADDRESS)
         self._strangers = Slots(MAX_STRANGER_CALLS, MAX_STRANGER_CALLS_PER_ADDRESS)
+        self._sites = Slots(UNBOUNDED, MAX_STRANGER_CALLS_PER_SITE)
         self.datagram_calls = Slots(
             MAX_DATAGRAM_CALLS, MAX_CALLS_PER_KEY, RESERVED_DATAGRAM_CALLS, FEW_CALLS
         )
@@ -283,48 +311,46 @@ class RpcServer:
         if to is None or not self._is_ours(to):
             raise _Reject(grpc.StatusCode.PERMISSION_DENIED, "meant for another node (x-smeg-to)")
 
-    def _admit(self, wg_key: bytes, addr: str, member: bool, length: int) -> None:
+    def _admit(self, c: _Caller, length: int) -> None:
         """The per-caller limits before the body is read (raises ``_Reject``);
-        the call holds its key's slot (and a non-member's) when it returns."""
-        if not self._keys.room(wg_key):
+        the call holds its key's slot (and a non-member's, its site's) when it returns."""
+        if not self._keys.room(c.key):
             raise _Reject(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls from one key")
-        if not member:
+        if not c.member:
             if length > MAX_STRANGER_MESSAGE:
                 raise _Reject(grpc.StatusCode.PERMISSION_DENIED, "not a member: too large")
-            if not self._strangers.room(addr):
+            if not self._sites.room(c.site) or not self._strangers.room(c.owner):
                 raise _Reject(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls (not a member)")
-            self._strangers.enter(addr)
-        elif not self._handling.room(wg_key):
+            self._sites.enter(c.site)
+        elif not self._handling.room(c.key):
             raise _Reject(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls in total")
-        self._keys.enter(wg_key)
+        self._keys.enter(c.key)
 
-    def _release(self, wg_key: bytes, addr: str, member: bool) -> None:
-        self._keys.leave(wg_key)
-        if not member:
-            self._strangers.leave(addr)
+    def _release(self, c: _Caller) -> None:
+        self._keys.leave(c.key)
+        if not c.member:
+            self._sites.leave(c.site)
 
-    async def _read_body(
-        self, context: grpc.aio.ServicerContext, wg_key: bytes, member: bool, length: int
-    ) -> bytes:
-        """The one request message, within :func:`body_deadline`; a member's call
-        waits in :class:`BodyWaits` meanwhile, and may have to give way."""
-        give_way = self._waits.admit(wg_key) if member else None
-        if member and give_way is None:
+    async def _read_body(self, context: grpc.aio.ServicerContext, c: _Caller, length: int) -> bytes:
+        """The one request message, within :func:`body_deadline`; the call waits
+        in a :class:`BodyWaits` meanwhile, and may have to give way."""
+        waits = self._waits if c.member else self._stranger_waits
+        give_way = waits.admit(c.owner)
+        if give_way is None:
             raise _Reject(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls awaiting a body")
         read = asyncio.ensure_future(context.read())
         try:
             await asyncio.wait(
-                (read, give_way) if give_way is not None else (read,),
-                timeout=body_deadline(length, member),
+                (read, give_way),
+                timeout=body_deadline(length, c.member),
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
-            if give_way is not None:
-                self._waits.leave(wg_key, give_way)
+            waits.leave(c.owner, give_way)
             if not read.done():  # a caller that never sends its body holds no slot for long
                 read.cancel()
         if not read.done() or read.cancelled():
-            if give_way is not None and give_way.done() and not give_way.cancelled():
+            if give_way.done() and not give_way.cancelled():
                 raise _Reject(
                     grpc.StatusCode.RESOURCE_EXHAUSTED, "gave way (calls awaiting a body)"
                 )
@@ -334,39 +360,36 @@ class RpcServer:
             raise _Reject(grpc.StatusCode.INVALID_ARGUMENT, "body length mismatch")
         return body
 
-    async def _handle(self, wg_key: bytes, member: bool, body: bytes) -> bytes:
-        """Run the handler, a member's call in a slot of :attr:`_handling`."""
-        if not member:
-            return await self._handler(wg_key, body)
-        if not self._handling.room(wg_key):
+    async def _handle(self, c: _Caller, body: bytes) -> bytes:
+        """Run the handler in a slot of :attr:`_handling` (non-members: :attr:`_strangers`)."""
+        slots = self._handling if c.member else self._strangers
+        if not slots.room(c.owner):
             raise _Reject(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls in total")
-        self._handling.enter(wg_key)
+        slots.enter(c.owner)
         try:
-            return await self._handler(wg_key, body)
+            return await self._handler(c.key, body)
         finally:
-            self._handling.leave(wg_key)
+            slots.leave(c.owner)
 
     async def _call(self, requests: object, context: grpc.aio.ServicerContext) -> bytes:
         peer = context.peer()
         parsed = parse_grpc_peer(peer)
         addr = parsed or peer
-        member = False
-        wg_key = b""
-        admitted = False
+        caller: _Caller | None = None
         try:
             md = {k: v for k, v in (context.invocation_metadata() or ())}
             self._check_callee(md)
             wg_key, digest, length = self._authenticate(md)
-            member = self._is_member(wg_key)
-            self._admit(wg_key, addr, member, length)
-            admitted = True
-            over = self.budget.charge(wg_key, length) if member else None
+            c = _Caller.of(wg_key, self._is_member(wg_key), addr)
+            self._admit(c, length)
+            caller = c
+            over = self.budget.charge(wg_key, length) if c.member else None
             if over is not None:
                 # held a while in one of its key's slots first: refused at once, a
                 # member sending without end made 11,666 calls in 12 s, each costing us
                 await asyncio.sleep(OVER_BUDGET_DELAY_S)
                 raise _Reject(grpc.StatusCode.RESOURCE_EXHAUSTED, over)
-            body = await self._read_body(context, wg_key, member, length)
+            body = await self._read_body(context, c, length)
             if hashlib.sha256(body).digest() != digest:
                 raise _Reject(grpc.StatusCode.UNAUTHENTICATED, "body hash mismatch")
             self.transport_calls["in", message_name(body) or "malformed", "stream"] += 1
@@ -374,7 +397,7 @@ class RpcServer:
             caller_address_verified.set(True)
             callee_key.set(_callee(md))
             try:
-                return await self._handle(wg_key, member, body)
+                return await self._handle(c, body)
             except Refused as e:
                 raise _Reject(grpc.StatusCode.PERMISSION_DENIED, str(e) or "refused") from None
         except _Reject as r:
@@ -388,8 +411,8 @@ class RpcServer:
             log.exception("internal error handling rpc from %s", peer)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
         finally:
-            if admitted:
-                self._release(wg_key, addr, member)
+            if caller is not None:
+                self._release(caller)
         raise AssertionError("unreachable")
 
     @staticmethod

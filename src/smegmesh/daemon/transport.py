@@ -21,13 +21,15 @@
   to read the one request message at all). Then, still before the read: at
   most :data:`MAX_CALLS_PER_KEY` calls in flight per caller; a caller that is
   no member of any of our meshes (``is_member``) may declare at most
-  :data:`MAX_STRANGER_MESSAGE` bytes (a join request) and has
-  :data:`MAX_STRANGER_CALLS` slots in total, :data:`MAX_STRANGER_CALLS_PER_ADDRESS`
-  per source address. A member's call waits for its body in a pool of
-  :data:`MAX_AWAITING` (when full, a newcomer takes the place of a waiting call
-  of the caller holding the most, if it holds two more) and is handled in one
-  of :data:`MAX_CALLS` slots (the last :data:`RESERVED_CALLS` only for a
-  caller with fewer than :data:`FEW_CALLS` there); datagram calls have a pool
+  :data:`MAX_STRANGER_MESSAGE` bytes (a join request), and non-members' calls
+  count by source network (an IPv6 /64, an IPv4 address), not by key. A call
+  waits for its body in a pool (members: :data:`MAX_AWAITING`; non-members:
+  :data:`MAX_STRANGER_CALLS`, :data:`MAX_STRANGER_CALLS_PER_ADDRESS` per
+  network): when full, a newcomer takes the place of a waiting call of the
+  caller holding the most, if it holds two more. It is then handled in one of
+  :data:`MAX_CALLS` slots (the last :data:`RESERVED_CALLS` only for a caller
+  with fewer than :data:`FEW_CALLS` there; non-members: as many as wait, and
+  :data:`MAX_STRANGER_CALLS_PER_SITE` in flight per IPv6 /48); datagram calls have a pool
   of their own (``daemon/rpc_slots.py``). Members' messages are capped at
   :data:`MAX_MESSAGE` (the protocol pages anything larger: join replies, sync
   steps, pushes). Over a limit the call is rejected at once with
@@ -98,6 +100,7 @@ from smegmesh.daemon.rpc_server import (
     MAX_CONNECTIONS,
     MAX_STRANGER_CALLS,
     MAX_STRANGER_CALLS_PER_ADDRESS,
+    MAX_STRANGER_CALLS_PER_SITE,
     MAX_STRANGER_MESSAGE,
     MAX_STREAMS_PER_CONNECTION,
     READ_TIMEOUT_S,
@@ -137,6 +140,7 @@ __all__ = [
     "MAX_MESSAGE",
     "MAX_STRANGER_CALLS",
     "MAX_STRANGER_CALLS_PER_ADDRESS",
+    "MAX_STRANGER_CALLS_PER_SITE",
     "MAX_STRANGER_MESSAGE",
     "MAX_STREAMS_PER_CONNECTION",
     "METHOD",
