@@ -64,16 +64,18 @@ by the node, from the authenticated caller key this layer hands it.
 
 from __future__ import annotations
 
-from smegmesh.daemon.rpc_client import (
-    _GRPC_OPTIONS,
+from smegmesh.daemon.rpc_backoff import (
     BACKOFF_BASE_S,
     BACKOFF_CAP_S,
-    CHANNEL_IDLE_S,
     MAX_BACKOFF_ENTRIES,
-    MAX_CACHED_CERTIFICATES,
-    MAX_CHANNELS,
     EndpointBackoff,
     EndpointKey,
+)
+from smegmesh.daemon.rpc_client import (
+    _GRPC_OPTIONS,
+    CHANNEL_IDLE_S,
+    MAX_CACHED_CERTIFICATES,
+    MAX_CHANNELS,
     RpcClient,
 )
 from smegmesh.daemon.rpc_common import (
