@@ -313,7 +313,7 @@ class RpcClient:
         # bulk transfer still close.
         self.sweep()
         dg = self.datagrams
-        target = dg.target(endpoint, body) if dg is not None and to is not None else None
+        target = dg.target(endpoint, to, body) if dg is not None and to is not None else None
         if dg is None or target is None or to is None:
             return await self._stream_call(endpoint, fp, body, timeout, to=to, identity=identity)
         wait = self.backoff.wait((endpoint, fp))  # no datagrams to an endpoint backed off
