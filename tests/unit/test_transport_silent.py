@@ -131,3 +131,70 @@ def test_an_endpoint_that_answers_datagrams_is_not_backed_off_for_a_lost_one() -
             await server.stop(0)
 
     _run(main())
+
+
+def test_a_short_call_to_a_silent_endpoint_ends_within_its_own_timeout() -> None:
+    """Three 0.4 s calls to an endpoint that accepts TCP and never speaks TLS
+    end in ~0.4 s (5 s before: the certificate fetch took the client's timeout,
+    and the others waited for the endpoint's lock with none). One connection
+    attempt goes on with the client's timeout, and its failure is backed off."""
+
+    async def main() -> None:
+        held: list[asyncio.StreamWriter] = []
+
+        async def silent(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            held.append(w)  # accept, never speak TLS
+
+        srv = await asyncio.start_server(silent, "127.0.0.1", 0)
+        ep = f"127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+        client = RpcClient(ME, timeout=1.5)
+        try:
+            t0 = time.monotonic()
+            calls = [client.call(ep, bytes(32), b"ping", timeout=0.4) for _ in range(3)]
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            took = time.monotonic() - t0
+            assert all(isinstance(r, RpcError) for r in results), results
+            assert took < 1.0, f"0.4 s calls took {took:.1f} s"
+            assert client.attempts == 1
+            deadline = time.monotonic() + 10
+            while not client.backoff.wait((ep, bytes(32))):
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            assert client.connections == 0  # the attempt's place under the cap is free
+            with pytest.raises(RpcError, match="backing off"):
+                await client.call(ep, bytes(32), b"ping", timeout=0.4)
+        finally:
+            for w in held:
+                w.close()
+            srv.close()
+            await client.close()
+
+    _run(main())
+
+
+def test_a_call_whose_connection_outlasts_it_leaves_the_channel_to_the_next() -> None:
+    """The connection a timed-out call started is made all the same (the
+    client's timeout): the next call to that node finds it open."""
+
+    async def handler(_src: bytes, body: bytes) -> bytes:
+        return body[::-1]
+
+    async def main() -> None:
+        tls = TlsIdentity.generate()
+        server = RpcServer(tls, handler)
+        ep = f"127.0.0.1:{await server.start('127.0.0.1', 0)}"
+        client = RpcClient(ME, timeout=5)
+        try:
+            with pytest.raises(RpcError, match="not connected"):
+                await client.call(ep, tls.fingerprint, b"ab", timeout=0.001)
+            deadline = time.monotonic() + 10
+            while client.open_channels == 0:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            assert await client.call(ep, tls.fingerprint, b"ab", timeout=1) == b"ba"
+            assert client.attempts == 1
+        finally:
+            await client.close()
+            await server.stop(0)
+
+    _run(main())

@@ -63,6 +63,21 @@ MAX_CACHED_CERTIFICATES = 4096
 
 
 @dataclass
+class _Connecting:
+    """A channel being opened: the task, the calls waiting for it, the channel once made."""
+
+    task: asyncio.Task[None] | None = None
+    waiting: int = 0
+    pooled: _Pooled | None = None
+
+
+def _retrieved(task: asyncio.Task[None]) -> None:
+    """A connection attempt's failure is its callers' (or nobody's, if they gave up)."""
+    if not task.cancelled():
+        task.exception()
+
+
+@dataclass
 class _Pooled:
     channel: grpc.aio.Channel
     used: float
@@ -103,8 +118,9 @@ class RpcClient:
         self._clock = clock
         #: Least recently used first.
         self._channels: OrderedDict[tuple[str, bytes], _Pooled] = OrderedDict()
-        #: Per key being connected: the lock and how many callers hold or wait for it.
-        self._locks: dict[tuple[str, bytes], tuple[asyncio.Lock, list[int]]] = {}
+        #: Per key being connected: the one task connecting it (its callers wait
+        #: for it within their own time; it goes on with the client's timeout)
+        self._connects: dict[tuple[str, bytes], _Connecting] = {}
         self._closing: set[asyncio.Task[None]] = set()
         #: connections being opened (a slot reserved: certificate fetch, channel setup)
         self._connecting = 0
@@ -187,50 +203,85 @@ class RpcClient:
                     f"(maxChannels) for {timeout:g} s"
                 )
 
-    async def _channel(self, endpoint: str, fp: bytes, timeout: float) -> _Pooled:
-        """The pooled channel for the key, with one call counted on it."""
+    async def _channel(self, endpoint: str, fp: bytes, deadline: float) -> _Pooled:
+        """The pooled channel for the key, with one call counted on it, by
+        ``deadline`` (``time.monotonic()``): waiting for room under the cap and
+        for the connection count against the call's own time.
+
+        One task connects a key (:meth:`_connect`), with the client's timeout:
+        a call that gives up first leaves it to go on, so that its outcome (a
+        channel, or a failure backed off) is not lost (a relayed probe has 0.4
+        s; a fetch bounded by that would fail and back off a slow node).
+        """
         key = (endpoint, fp)
-        p = self._take(key)
-        if p is not None:
-            return p
-        entry = self._locks.get(key)
-        if entry is None:
-            entry = self._locks[key] = (asyncio.Lock(), [0])
-        lock, users = entry
-        users[0] += 1
-        try:
-            async with lock:
-                p = self._take(key)
-                if p is not None:
-                    return p
+        while True:
+            p = self._take(key)
+            if p is not None:
+                return p
+            c = self._connects.get(key)
+            if c is None:
                 wait = self.backoff.wait(key)
-                if wait > 0:  # another call failed while we waited for the lock
+                if wait > 0:  # a connection failed meanwhile
                     raise RpcError(
                         f"{endpoint}: backing off ({wait:.0f} s) after failed connections"
                     )
                 host, port = split_host_port(endpoint)
-                await self._reserve(endpoint, timeout)
-                try:
-                    der = self._certs.get(fp)
-                    if der is not None:
-                        # Known by its hash: it stays the only root, so a server
-                        # presenting another certificate still fails the handshake.
-                        self._certs.move_to_end(fp)
-                    else:
-                        der = await self._fetch(endpoint, host, port, fp)
-                    pem = ssl.DER_cert_to_PEM_cert(der).encode()
-                    creds = grpc.ssl_channel_credentials(root_certificates=pem)
-                    target = join_host_port(host, port)
-                    ch = grpc.aio.secure_channel(target, creds, options=_GRPC_OPTIONS)
-                    p = self._channels[key] = _Pooled(ch, self._clock(), calls=1)
-                    return p
-                finally:
+                await self._reserve(endpoint, max(0.0, deadline - time.monotonic()))
+                if key in self._channels or key in self._connects:  # made while we waited
                     self._connecting -= 1
                     self._wake()
+                    continue
+                c = self._connects[key] = _Connecting()
+                c.task = asyncio.create_task(self._connect(key, host, port, c))
+                c.task.add_done_callback(_retrieved)
+            return await self._await_connection(endpoint, c, deadline)
+
+    async def _await_connection(self, endpoint: str, c: _Connecting, deadline: float) -> _Pooled:
+        """The channel ``c`` makes, with this call counted on it, by ``deadline``."""
+        assert c.task is not None
+        c.waiting += 1
+        try:
+            await asyncio.wait_for(asyncio.shield(c.task), max(0.0, deadline - time.monotonic()))
+        except BaseException as e:
+            if c.pooled is not None:  # made, with this call counted on it
+                self._release(c.pooled)
+            else:
+                c.waiting -= 1
+            if isinstance(e, TimeoutError):
+                raise RpcError(f"{endpoint}: not connected in the call's time") from None
+            raise
+        assert c.pooled is not None
+        return c.pooled
+
+    async def _connect(self, key: tuple[str, bytes], host: str, port: int, c: _Connecting) -> None:
+        """Open the channel for ``key`` (its place under the cap reserved), with a
+        call counted on it for each caller still waiting (idle if none is)."""
+        endpoint, fp = key
+        try:
+            der = self._certs.get(fp)
+            if der is not None:
+                # Known by its hash: it stays the only root, so a server
+                # presenting another certificate still fails the handshake.
+                self._certs.move_to_end(fp)
+            else:
+                der = await self._fetch(endpoint, host, port, fp)
+            pem = ssl.DER_cert_to_PEM_cert(der).encode()
+            creds = grpc.ssl_channel_credentials(root_certificates=pem)
+            target = join_host_port(host, port)
+            ch = grpc.aio.secure_channel(target, creds, options=_GRPC_OPTIONS)
+            c.pooled = self._channels[key] = _Pooled(ch, self._clock(), calls=c.waiting)
         finally:
-            users[0] -= 1
-            if not users[0] and self._locks.get(key) is entry:
-                del self._locks[key]
+            self._connecting -= 1
+            self._wake()
+            if self._connects.get(key) is c:
+                del self._connects[key]
+
+    def _release(self, p: _Pooled) -> None:
+        """A call on ``p`` ended."""
+        p.calls -= 1
+        p.used = self._clock()
+        if not p.calls and self._waiters:
+            self._wake()
 
     async def _fetch(self, endpoint: str, host: str, port: int, fp: bytes) -> bytes:
         """The server's certificate, checked against the pin and remembered by it."""
@@ -348,7 +399,8 @@ class RpcClient:
         wait = self.backoff.wait((endpoint, fp))
         if wait > 0:
             raise RpcError(f"{endpoint}: backing off ({wait:.0f} s) after failed connections")
-        pooled = await self._channel(endpoint, fp, timeout or self._timeout)
+        deadline = time.monotonic() + (timeout or self._timeout)
+        pooled = await self._channel(endpoint, fp, deadline)
         ts = int(time.time() * 1000)
         digest = hashlib.sha256(body).digest()
         me = identity or self._identity
@@ -365,7 +417,7 @@ class RpcClient:
             md = (("x-smeg-to", to.hex()), *md)
         try:
             reply: bytes = await pooled.channel.unary_unary(FULL_METHOD)(
-                body, metadata=md, timeout=timeout or self._timeout
+                body, metadata=md, timeout=max(0.001, deadline - time.monotonic())
             )
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.UNAVAILABLE:
@@ -373,10 +425,7 @@ class RpcClient:
                 self._failed(endpoint, fp, "unavailable")
             raise RpcError(f"{endpoint}: {e.code().name}: {e.details()}") from e
         finally:
-            pooled.calls -= 1
-            pooled.used = self._clock()
-            if not pooled.calls and self._waiters:
-                self._wake()
+            self._release(pooled)
         self.backoff.ok((endpoint, fp))
         return reply
 
@@ -390,6 +439,10 @@ class RpcClient:
     async def close(self) -> None:
         if self.datagrams is not None:
             self.datagrams.close()
+        connects = [c.task for c in self._connects.values() if c.task is not None]
+        for t in connects:
+            t.cancel()
+        await asyncio.gather(*connects, return_exceptions=True)
         for key in list(self._channels):
             await self._drop(key)
         if self._closing:

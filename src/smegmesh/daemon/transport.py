@@ -47,7 +47,10 @@
   to make room, a busy one never: a call that needs a new connection while
   all are busy waits for one within its timeout) and closes a channel idle
   for :data:`CHANNEL_IDLE_S`: a node's connections do not grow with the size
-  of the mesh (issue 14). A pinned certificate, once fetched, is kept
+  of the mesh (issue 14). A call's timeout covers its connection: the wait
+  for room and for the one attempt at connecting that endpoint, which goes on
+  with the client's timeout when a call gives up first (its channel kept, its
+  failure backed off). A pinned certificate, once fetched, is kept
   by its fingerprint (at most :data:`MAX_CACHED_CERTIFICATES`): reopening a
   channel needs no second handshake to fetch it.
 
