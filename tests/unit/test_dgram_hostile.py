@@ -30,7 +30,7 @@ from smegmesh.daemon import dgram_replay as dr
 from smegmesh.daemon import dgram_wire as dw
 from smegmesh.daemon.engine_io import EngineIO
 from smegmesh.daemon.member_budget import OVER_BUDGET_DELAY_S, OVER_CALL_BUDGET, MemberBudget
-from smegmesh.daemon.rpc_client import BACKOFF_HINT_S
+from smegmesh.daemon.rpc_backoff import BACKOFF_HINT_S
 from smegmesh.daemon.rpc_common import CLOCK_SKEW_MS
 from smegmesh.daemon.rpc_dgram import DERIVE_BURST, DERIVE_RATE, DatagramServer, KeyIds
 from smegmesh.daemon.rpc_dgram_client import DatagramClient

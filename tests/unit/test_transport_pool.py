@@ -285,7 +285,7 @@ def test_reconnect_reuses_the_pinned_certificate_and_the_pin_still_holds() -> No
 class _AnsweringDatagrams:
     """Stands in for a ``DatagramClient`` whose every call is answered by datagram."""
 
-    def target(self, _endpoint: str, _body: bytes) -> tuple[str, int, int]:
+    def target(self, _endpoint: str, _to: bytes, _body: bytes) -> tuple[str, int, int]:
         return ("::1", 9, 10)
 
     async def call(self, *_args: object) -> bytes:

@@ -152,6 +152,7 @@ class Daemon(
             self.tls,
             self.metrics.handler(self._on_rpc),
             is_member=self._is_member_anywhere,
+            is_ours=lambda key: key == self.identity.wg_public_key,
             datagram_keys=self._datagram_keys() if dgram is not None else None,
             datagram_stats=dgram,
         )

@@ -21,6 +21,7 @@ from smegmesh.core.endpoint import join_host_port, split_host_port
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.wire import message_name
 from smegmesh.daemon.ratelog import RateLog
+from smegmesh.daemon.rpc_backoff import EndpointBackoff
 from smegmesh.daemon.rpc_common import FULL_METHOD, MAX_MESSAGE, TLS_NAME, RpcError, _signed_digest
 from smegmesh.daemon.rpc_dgram_client import DatagramClient
 from smegmesh.daemon.rpc_tls import fetch_certificate
@@ -34,74 +35,6 @@ _GRPC_OPTIONS = [
     ("grpc.ssl_target_name_override", TLS_NAME),
     ("grpc.keepalive_time_ms", 30_000),
 ]
-
-
-BACKOFF_BASE_S = 1.0
-BACKOFF_CAP_S = 300.0
-#: A hint that a backed-off endpoint is back (a datagram from its address,
-#: which could be forged) brings its next try this close, never closer.
-BACKOFF_HINT_S = 5.0
-MAX_BACKOFF_ENTRIES = 4096
-
-EndpointKey = tuple[str, bytes]
-
-
-class EndpointBackoff:
-    """Exponential back-off per ``(endpoint, pinned fingerprint)``, for the whole node.
-
-    Any member may write any ``host:port`` into its record; without this, every
-    mesh we share with it would make us connect there again and again (a
-    reflector). A key that fails (refused, timed out, TLS failed, not the
-    certificate its record pins) is not tried again for 1, 2, 4, ... s up to
-    :data:`BACKOFF_CAP_S`; a success, or an authenticated call from the node
-    that owns the endpoint, clears it. Keyed with the fingerprint, so a record
-    that names another node's endpoint with a false pin does not back off the
-    real node.
-    """
-
-    def __init__(
-        self,
-        base_s: float = BACKOFF_BASE_S,
-        cap_s: float = BACKOFF_CAP_S,
-        *,
-        max_entries: int = MAX_BACKOFF_ENTRIES,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._base = base_s
-        self._cap = cap_s
-        self._max = max_entries
-        self._clock = clock
-        self._state: dict[EndpointKey, tuple[int, float]] = {}  # failures, retry at
-
-    def __len__(self) -> int:
-        return len(self._state)
-
-    def wait(self, key: EndpointKey) -> float:
-        """Seconds before ``key`` may be tried again (0: now)."""
-        st = self._state.get(key)
-        return 0.0 if st is None else max(0.0, st[1] - self._clock())
-
-    def failed(self, key: EndpointKey) -> float:
-        n = self._state.pop(key, (0, 0.0))[0] + 1
-        delay = min(self._cap, self._base * 2.0 ** min(n - 1, 30))
-        if len(self._state) >= self._max:
-            del self._state[next(iter(self._state))]  # the oldest entry
-        self._state[key] = (n, self._clock() + delay)
-        return delay
-
-    def ok(self, key: EndpointKey) -> None:
-        self._state.pop(key, None)
-
-    def hint(self, key: EndpointKey) -> None:
-        """The endpoint's owner called us from its address, unverified (a datagram,
-        whose source anyone can forge): try again within :data:`BACKOFF_HINT_S`,
-        keeping the count of failures. A node back after a long outage is
-        called again in seconds, not minutes; forged hints make us try a foreign
-        address at most once per :data:`BACKOFF_HINT_S`, each failure counted.
-        """
-        st = self._state.get(key)
-        if st is not None and st[1] - self._clock() > BACKOFF_HINT_S:
-            self._state[key] = (st[0], self._clock() + BACKOFF_HINT_S)
 
 
 def _failure_reason(e: BaseException) -> str:
@@ -127,6 +60,21 @@ CHANNEL_IDLE_S = 60.0
 #: needs no second TLS handshake to fetch the certificate again (issue 14: at
 #: scale nearly every probe opens a channel; the fetch was half its wire bytes).
 MAX_CACHED_CERTIFICATES = 4096
+
+
+@dataclass
+class _Connecting:
+    """A channel being opened: the task, the calls waiting for it, the channel once made."""
+
+    task: asyncio.Task[None] | None = None
+    waiting: int = 0
+    pooled: _Pooled | None = None
+
+
+def _retrieved(task: asyncio.Task[None]) -> None:
+    """A connection attempt's failure is its callers' (or nobody's, if they gave up)."""
+    if not task.cancelled():
+        task.exception()
 
 
 @dataclass
@@ -170,8 +118,9 @@ class RpcClient:
         self._clock = clock
         #: Least recently used first.
         self._channels: OrderedDict[tuple[str, bytes], _Pooled] = OrderedDict()
-        #: Per key being connected: the lock and how many callers hold or wait for it.
-        self._locks: dict[tuple[str, bytes], tuple[asyncio.Lock, list[int]]] = {}
+        #: Per key being connected: the one task connecting it (its callers wait
+        #: for it within their own time; it goes on with the client's timeout)
+        self._connects: dict[tuple[str, bytes], _Connecting] = {}
         self._closing: set[asyncio.Task[None]] = set()
         #: connections being opened (a slot reserved: certificate fetch, channel setup)
         self._connecting = 0
@@ -254,50 +203,85 @@ class RpcClient:
                     f"(maxChannels) for {timeout:g} s"
                 )
 
-    async def _channel(self, endpoint: str, fp: bytes, timeout: float) -> _Pooled:
-        """The pooled channel for the key, with one call counted on it."""
+    async def _channel(self, endpoint: str, fp: bytes, deadline: float) -> _Pooled:
+        """The pooled channel for the key, with one call counted on it, by
+        ``deadline`` (``time.monotonic()``): waiting for room under the cap and
+        for the connection count against the call's own time.
+
+        One task connects a key (:meth:`_connect`), with the client's timeout:
+        a call that gives up first leaves it to go on, so that its outcome (a
+        channel, or a failure backed off) is not lost (a relayed probe has 0.4
+        s; a fetch bounded by that would fail and back off a slow node).
+        """
         key = (endpoint, fp)
-        p = self._take(key)
-        if p is not None:
-            return p
-        entry = self._locks.get(key)
-        if entry is None:
-            entry = self._locks[key] = (asyncio.Lock(), [0])
-        lock, users = entry
-        users[0] += 1
-        try:
-            async with lock:
-                p = self._take(key)
-                if p is not None:
-                    return p
+        while True:
+            p = self._take(key)
+            if p is not None:
+                return p
+            c = self._connects.get(key)
+            if c is None:
                 wait = self.backoff.wait(key)
-                if wait > 0:  # another call failed while we waited for the lock
+                if wait > 0:  # a connection failed meanwhile
                     raise RpcError(
                         f"{endpoint}: backing off ({wait:.0f} s) after failed connections"
                     )
                 host, port = split_host_port(endpoint)
-                await self._reserve(endpoint, timeout)
-                try:
-                    der = self._certs.get(fp)
-                    if der is not None:
-                        # Known by its hash: it stays the only root, so a server
-                        # presenting another certificate still fails the handshake.
-                        self._certs.move_to_end(fp)
-                    else:
-                        der = await self._fetch(endpoint, host, port, fp)
-                    pem = ssl.DER_cert_to_PEM_cert(der).encode()
-                    creds = grpc.ssl_channel_credentials(root_certificates=pem)
-                    target = join_host_port(host, port)
-                    ch = grpc.aio.secure_channel(target, creds, options=_GRPC_OPTIONS)
-                    p = self._channels[key] = _Pooled(ch, self._clock(), calls=1)
-                    return p
-                finally:
+                await self._reserve(endpoint, max(0.0, deadline - time.monotonic()))
+                if key in self._channels or key in self._connects:  # made while we waited
                     self._connecting -= 1
                     self._wake()
+                    continue
+                c = self._connects[key] = _Connecting()
+                c.task = asyncio.create_task(self._connect(key, host, port, c))
+                c.task.add_done_callback(_retrieved)
+            return await self._await_connection(endpoint, c, deadline)
+
+    async def _await_connection(self, endpoint: str, c: _Connecting, deadline: float) -> _Pooled:
+        """The channel ``c`` makes, with this call counted on it, by ``deadline``."""
+        assert c.task is not None
+        c.waiting += 1
+        try:
+            await asyncio.wait_for(asyncio.shield(c.task), max(0.0, deadline - time.monotonic()))
+        except BaseException as e:
+            if c.pooled is not None:  # made, with this call counted on it
+                self._release(c.pooled)
+            else:
+                c.waiting -= 1
+            if isinstance(e, TimeoutError):
+                raise RpcError(f"{endpoint}: not connected in the call's time") from None
+            raise
+        assert c.pooled is not None
+        return c.pooled
+
+    async def _connect(self, key: tuple[str, bytes], host: str, port: int, c: _Connecting) -> None:
+        """Open the channel for ``key`` (its place under the cap reserved), with a
+        call counted on it for each caller still waiting (idle if none is)."""
+        endpoint, fp = key
+        try:
+            der = self._certs.get(fp)
+            if der is not None:
+                # Known by its hash: it stays the only root, so a server
+                # presenting another certificate still fails the handshake.
+                self._certs.move_to_end(fp)
+            else:
+                der = await self._fetch(endpoint, host, port, fp)
+            pem = ssl.DER_cert_to_PEM_cert(der).encode()
+            creds = grpc.ssl_channel_credentials(root_certificates=pem)
+            target = join_host_port(host, port)
+            ch = grpc.aio.secure_channel(target, creds, options=_GRPC_OPTIONS)
+            c.pooled = self._channels[key] = _Pooled(ch, self._clock(), calls=c.waiting)
         finally:
-            users[0] -= 1
-            if not users[0] and self._locks.get(key) is entry:
-                del self._locks[key]
+            self._connecting -= 1
+            self._wake()
+            if self._connects.get(key) is c:
+                del self._connects[key]
+
+    def _release(self, p: _Pooled) -> None:
+        """A call on ``p`` ended."""
+        p.calls -= 1
+        p.used = self._clock()
+        if not p.calls and self._waiters:
+            self._wake()
 
     async def _fetch(self, endpoint: str, host: str, port: int, fp: bytes) -> bytes:
         """The server's certificate, checked against the pin and remembered by it."""
@@ -380,7 +364,7 @@ class RpcClient:
         # bulk transfer still close.
         self.sweep()
         dg = self.datagrams
-        target = dg.target(endpoint, body) if dg is not None and to is not None else None
+        target = dg.target(endpoint, to, body) if dg is not None and to is not None else None
         if dg is None or target is None or to is None:
             return await self._stream_call(endpoint, fp, body, timeout, to=to, identity=identity)
         wait = self.backoff.wait((endpoint, fp))  # no datagrams to an endpoint backed off
@@ -415,7 +399,8 @@ class RpcClient:
         wait = self.backoff.wait((endpoint, fp))
         if wait > 0:
             raise RpcError(f"{endpoint}: backing off ({wait:.0f} s) after failed connections")
-        pooled = await self._channel(endpoint, fp, timeout or self._timeout)
+        deadline = time.monotonic() + (timeout or self._timeout)
+        pooled = await self._channel(endpoint, fp, deadline)
         ts = int(time.time() * 1000)
         digest = hashlib.sha256(body).digest()
         me = identity or self._identity
@@ -432,7 +417,7 @@ class RpcClient:
             md = (("x-smeg-to", to.hex()), *md)
         try:
             reply: bytes = await pooled.channel.unary_unary(FULL_METHOD)(
-                body, metadata=md, timeout=timeout or self._timeout
+                body, metadata=md, timeout=max(0.001, deadline - time.monotonic())
             )
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.UNAVAILABLE:
@@ -440,10 +425,7 @@ class RpcClient:
                 self._failed(endpoint, fp, "unavailable")
             raise RpcError(f"{endpoint}: {e.code().name}: {e.details()}") from e
         finally:
-            pooled.calls -= 1
-            pooled.used = self._clock()
-            if not pooled.calls and self._waiters:
-                self._wake()
+            self._release(pooled)
         self.backoff.ok((endpoint, fp))
         return reply
 
@@ -457,6 +439,10 @@ class RpcClient:
     async def close(self) -> None:
         if self.datagrams is not None:
             self.datagrams.close()
+        connects = [c.task for c in self._connects.values() if c.task is not None]
+        for t in connects:
+            t.cancel()
+        await asyncio.gather(*connects, return_exceptions=True)
         for key in list(self._channels):
             await self._drop(key)
         if self._closing:

@@ -14,7 +14,8 @@ docs/SECURITY.md the threat model.
   decryption: the length, magic and kind; the receiver id names one of our
   keys; the sender is not the receiver and its id names a member (strangers
   never use datagrams: they get a "use the stream" notice);
-  a token bucket per source address; the server's in-flight limits. Then the
+  a token bucket per source address; the server's in-flight limits for
+  datagram calls (a pool of their own: no stream call keeps a probe out). Then the
   key, the AEAD, the clock window, the replay cache, the request type. The
   handler runs as a task; one reply goes back to the source address, sealed
   the other way. A reply too large or of another type: status "use the
@@ -287,7 +288,7 @@ class DatagramServer(asyncio.DatagramProtocol):
             self._notify(dw.notice(h.nonce), ip, addr)
         elif not self._allow(ip):
             reason = "rate limited"
-        elif not self._server._has_room(sender):
+        elif not self._server.datagram_calls.room(sender):
             reason = "too many calls"
         elif self._server.budget.out_of_calls(sender):
             # Before the crypto: a member past its call budget costs a lookup and
@@ -341,7 +342,7 @@ class DatagramServer(asyncio.DatagramProtocol):
             self._refuse(ip, over)
             self._reply(o, priv, addr, ip, dw.REFUSED, b"")
             return
-        self._server._enter(sender, ip, True)
+        self._server.datagram_calls.enter(sender)
         self._server.transport_calls["in", kind, "datagram"] += 1
         ctx = contextvars.copy_context()
         ctx.run(self._server._set_context, ip, mine)
@@ -364,7 +365,7 @@ class DatagramServer(asyncio.DatagramProtocol):
             self._reply(o, priv, addr, ip, dw.REFUSED, b"")
             return
         finally:
-            self._server._leave(sender, ip, True)
+            self._server.datagram_calls.leave(sender)
         if len(reply) > dw.MAX_BODY or message_name(reply) not in DATAGRAM_REPLIES:
             self._reply(o, priv, addr, ip, dw.USE_STREAM, b"")
         else:

@@ -19,6 +19,7 @@ from smegmesh.core.endpoint import split_host_port
 from smegmesh.core.wire import DATAGRAM_REQUESTS, message_name
 from smegmesh.daemon import dgram_wire as dw
 from smegmesh.daemon.engineport import answer_shows_caller_known
+from smegmesh.daemon.rpc_backoff import EndpointBackoff
 from smegmesh.daemon.rpc_common import CLOCK_SKEW_MS, RpcError
 from smegmesh.daemon.rpc_dgram import (
     DatagramStats,
@@ -83,11 +84,21 @@ class DatagramClient(asyncio.DatagramProtocol):
         self._stream_only: OrderedDict[str, float] = OrderedDict()
         self._answered: OrderedDict[str, float] = OrderedDict()  # endpoint -> last answer
         self._by_nonce: dict[bytes, int] = {}  # nonce of a request in flight -> its id
+        #: (endpoint, callee key) whose datagrams went unanswered (not known to
+        #: speak them) on a call with no time left for the stream: its calls go
+        #: over the stream for 1, 2, 4 ... s (up to 5 min).
+        #: A record may name any address (a third party's), and every node
+        #: relays pings to it on request: before this, ~80 datagrams a second
+        #: from each node, never backed off. Per callee key: a record naming
+        #: another node's address backs off only itself.
+        self.silent = EndpointBackoff()
 
     # -- which calls ---------------------------------------------------------------
-    def target(self, endpoint: str, body: bytes) -> tuple[str, int, int] | None:
-        """``(ip, port, family)`` if this call goes by datagram, else None."""
+    def target(self, endpoint: str, to: bytes, body: bytes) -> tuple[str, int, int] | None:
+        """``(ip, port, family)`` if this call to ``to`` goes by datagram, else None."""
         if len(body) > dw.MAX_REQUEST or len(self._pending) >= MAX_PENDING:
+            return None
+        if self.silent.wait((endpoint, to)) > 0:
             return None
         if message_name(body) not in DATAGRAM_REQUESTS:
             return None
@@ -160,9 +171,13 @@ class DatagramClient(asyncio.DatagramProtocol):
             if known and len(body) <= dw.MAX_BODY:
                 # (A request in parts may meet a node that takes only single
                 # datagrams: it falls back below, like one to a new endpoint.)
+                # A live node that missed one (busy) is not backed off.
                 self.stats.fallbacks["unanswered (speaks datagrams)"] += 1
                 raise RpcError(f"{endpoint}: no answer by datagram in {timeout:g} s")
             if remaining < MIN_STREAM_FALLBACK_S:
+                # backed off: no datagrams at this address for a while (the
+                # stream, when there is time for it, has a back-off of its own)
+                self.silent.failed((endpoint, to))
                 self.stats.fallbacks["unanswered (no time for the stream)"] += 1
                 raise RpcError(f"{endpoint}: no answer by datagram in {timeout:g} s")
             self.stats.fallbacks["unanswered"] += 1
@@ -178,6 +193,7 @@ class DatagramClient(asyncio.DatagramProtocol):
             self.stats.fallbacks["unknown to them"] += 1
             return await stream(remaining)
         self._answered_now(endpoint)
+        self.silent.ok((endpoint, to))
         if status == dw.USE_STREAM:
             self.stats.fallbacks["use the stream"] += 1
             return await stream(remaining)

@@ -11,7 +11,8 @@ import logging
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
 
 import grpc
 
@@ -35,6 +36,7 @@ from smegmesh.daemon.rpc_dgram import (
     DatagramStats,
     start_datagram_server,
 )
+from smegmesh.daemon.rpc_slots import UNBOUNDED, BodyWaits, Slots, source_networks
 from smegmesh.daemon.rpc_tls import TlsIdentity
 
 log = logging.getLogger("smegmesh.daemon.transport")  # one logger for the transport
@@ -43,17 +45,44 @@ log = logging.getLogger("smegmesh.daemon.transport")  # one logger for the trans
 #: Largest message a non-member may send: a join request (its own fresh record)
 #: or a ``WhoAmI``.
 MAX_STRANGER_MESSAGE = 64 * 1024
+#: Members' calls being handled (their body read), in all and per key; the last
+#: RESERVED_CALLS only for a key with fewer than FEW_CALLS there (rpc_slots.Slots).
 MAX_CALLS = 128
 MAX_CALLS_PER_KEY = 16
-MAX_STRANGER_CALLS = 8
+RESERVED_CALLS = 32
+FEW_CALLS = 2
+#: Members' calls waiting for their body, in all (a full pool gives way to a
+#: caller holding fewer: rpc_slots.BodyWaits).
+MAX_AWAITING = 128
+#: Datagram calls being handled: a pool of their own, so that no stream call
+#: keeps a probe out (the last RESERVED_DATAGRAM_CALLS as above).
+MAX_DATAGRAM_CALLS = 256
+RESERVED_DATAGRAM_CALLS = 64
+#: Non-members' calls (keys are free, addresses are not: counted by source
+#: network, an IPv6 /64 or an IPv4 address): waiting for a body (a full pool gives
+#: way as members' does) and being handled, each at most MAX_STRANGER_CALLS in
+#: all and MAX_STRANGER_CALLS_PER_ADDRESS per network; an IPv6 /48 (a site) has
+#: at most MAX_STRANGER_CALLS_PER_SITE in flight.
+MAX_STRANGER_CALLS = 32
 MAX_STRANGER_CALLS_PER_ADDRESS = 2
+MAX_STRANGER_CALLS_PER_SITE = 4
 MAX_CONNECTIONS = 1024
 MAX_STREAMS_PER_CONNECTION = 32
 IDLE_CONNECTION_MS = 5 * 60 * 1000
 HANDSHAKE_TIMEOUT_MS = 10_000
-#: Seconds a caller has to send its (announced) body once its call is admitted.
+#: Seconds a caller has to send its (announced) body once its call is admitted:
+#: BODY_BASE_S and one more per BODY_RATE bytes announced, at most READ_TIMEOUT_S
+#: (members) or STRANGER_READ_TIMEOUT_S (:func:`body_deadline`).
+BODY_BASE_S = 2.0
+BODY_RATE = 64 * 1024
 READ_TIMEOUT_S = 30.0
 STRANGER_READ_TIMEOUT_S = 5.0
+
+
+def body_deadline(length: int, member: bool) -> float:
+    """Seconds to wait for a body of ``length`` bytes (2 s for a small one, 18 s for 1 MiB)."""
+    cap = READ_TIMEOUT_S if member else STRANGER_READ_TIMEOUT_S
+    return min(cap, BODY_BASE_S + length / BODY_RATE)
 
 
 _SERVER_OPTIONS = [
@@ -80,9 +109,13 @@ caller_address_verified: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "caller_address_verified", default=False
 )
 #: The WireGuard key the caller meant to reach (``x-smeg-to``), set while a handler
-#: runs; ``None`` if it did not say. A routing hint for servers that host several
-#: identities (the test swarm, ``smegmesh.testbed.swarm``), not authenticated:
-#: the signature names the server's TLS fingerprint, which such a server shares.
+#: runs; ``None`` if it did not say. A server given ``is_ours`` refuses a call
+#: meant for a key not its own (two records may name one endpoint and TLS
+#: fingerprint: a dead member's calls were answered by the node it named); for
+#: servers that host several identities (the test swarm,
+#: ``smegmesh.testbed.swarm``), it routes the call. Not in the signature, which
+#: names the server's TLS fingerprint (shared by such a server); the header
+#: travels inside TLS to the pinned server, so no one else can change it.
 callee_key: contextvars.ContextVar[bytes | None] = contextvars.ContextVar(
     "callee_key", default=None
 )
@@ -121,11 +154,32 @@ class _Reject(Exception):
         self.reason = reason
 
 
+@dataclass(frozen=True, slots=True)
+class _Caller:
+    """An authenticated caller: its key, whether a member, and whom its calls
+    count against: the key (a member), or its /64 and /48 (a non-member)."""
+
+    key: bytes
+    member: bool
+    owner: Hashable
+    site: str
+
+    @classmethod
+    def of(cls, key: bytes, member: bool, addr: str) -> _Caller:
+        if member:
+            return cls(key, True, key, "")
+        net, site = source_networks(addr)
+        return cls(key, False, net, site)
+
+
 class RpcServer:
     """Serves the node-to-node method on ``host:port`` with TLS.
 
     ``is_member(key)`` tells whether an authenticated caller is a member of one
     of our meshes (default: everyone is); non-members get the stranger limits.
+    ``is_ours(key)``: whether we are that key; a call whose ``x-smeg-to`` names
+    another key (or is malformed) is refused (default: no check; a caller
+    that does not say is served).
     """
 
     def __init__(
@@ -135,6 +189,7 @@ class RpcServer:
         is_member: Callable[[bytes], bool] | None = None,
         refusals: RateLog | None = None,
         *,
+        is_ours: Callable[[bytes], bool] | None = None,
         datagram_keys: DatagramKeys | None = None,
         datagram_stats: DatagramStats | None = None,
     ) -> None:
@@ -142,14 +197,24 @@ class RpcServer:
         self._fp = tls.fingerprint
         self._handler = handler
         self._is_member = is_member or (lambda _k: True)
+        self._is_ours = is_ours
         self._server: grpc.aio.Server | None = None
         self._flusher: asyncio.Task[None] | None = None
         self.port: int | None = None
         self.refusals = refusals or RateLog(log, "refused")
-        self._calls = 0
-        self._per_key: dict[bytes, int] = {}
-        self._strangers = 0
-        self._strangers_per_addr: dict[str, int] = {}
+        #: the slots of calls in flight (``daemon/rpc_slots.py``): per key, any
+        #: phase; members' calls waiting for their body, then being handled;
+        #: non-members' likewise, by source network (/64; their calls in flight
+        #: by /48 too: rpc_slots.source_networks); datagram calls
+        self._keys = Slots(UNBOUNDED, MAX_CALLS_PER_KEY)
+        self._waits = BodyWaits(MAX_AWAITING, MAX_CALLS_PER_KEY)
+        self._handling = Slots(MAX_CALLS, MAX_CALLS_PER_KEY, RESERVED_CALLS, FEW_CALLS)
+        self._stranger_waits = BodyWaits(MAX_STRANGER_CALLS, MAX_STRANGER_CALLS_PER_ADDRESS)
+        self._strangers = Slots(MAX_STRANGER_CALLS, MAX_STRANGER_CALLS_PER_ADDRESS)
+        self._sites = Slots(UNBOUNDED, MAX_STRANGER_CALLS_PER_SITE)
+        self.datagram_calls = Slots(
+            MAX_DATAGRAM_CALLS, MAX_CALLS_PER_KEY, RESERVED_DATAGRAM_CALLS, FEW_CALLS
+        )
         #: bytes and calls a member may send us (``daemon/member_budget.py``)
         self.budget = MemberBudget()
         #: the datagram path (``daemon/rpc_dgram.py``): who key ids name (None:
@@ -162,7 +227,8 @@ class RpcServer:
 
     @property
     def calls_in_flight(self) -> int:
-        return self._calls
+        """Calls held, stream (any phase) and datagram."""
+        return self._keys.n + self.datagram_calls.n
 
     async def start(self, host: str, port: int) -> int:
         # No SO_REUSEPORT (gRPC's default): a second smegd on the same port must
@@ -237,64 +303,101 @@ class RpcServer:
             raise _Reject(grpc.StatusCode.UNAUTHENTICATED, "bad signature")
         return wg_key, digest, length
 
-    def _check_limits(self, wg_key: bytes, addr: str, member: bool, length: int) -> None:
-        """The per-caller limits, before the body is read (raises ``_Reject``)."""
-        if self._per_key.get(wg_key, 0) >= MAX_CALLS_PER_KEY:
+    def _check_callee(self, md: dict[str, str | bytes]) -> None:
+        """A call meant for another node (``x-smeg-to``) is refused, before any crypto."""
+        if self._is_ours is None or "x-smeg-to" not in md:
+            return
+        to = _callee(md)
+        if to is None or not self._is_ours(to):
+            raise _Reject(grpc.StatusCode.PERMISSION_DENIED, "meant for another node (x-smeg-to)")
+
+    def _admit(self, c: _Caller, length: int) -> None:
+        """The per-caller limits before the body is read (raises ``_Reject``);
+        the call holds its key's slot (and a non-member's, its site's) when it returns."""
+        if not self._keys.room(c.key):
             raise _Reject(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls from one key")
-        if not member:
+        if not c.member:
             if length > MAX_STRANGER_MESSAGE:
                 raise _Reject(grpc.StatusCode.PERMISSION_DENIED, "not a member: too large")
-            if (
-                self._strangers >= MAX_STRANGER_CALLS
-                or self._strangers_per_addr.get(addr, 0) >= MAX_STRANGER_CALLS_PER_ADDRESS
-            ):
+            if not self._sites.room(c.site) or not self._strangers.room(c.owner):
                 raise _Reject(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls (not a member)")
+            self._sites.enter(c.site)
+        elif not self._handling.room(c.key):
+            raise _Reject(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls in total")
+        self._keys.enter(c.key)
 
-    async def _read_body(
-        self, context: grpc.aio.ServicerContext, member: bool, digest: bytes, length: int
-    ) -> bytes:
-        """The one request message, within the read deadline, of the announced length and hash."""
-        try:  # a caller that never sends its body does not hold a slot for long
-            body = await asyncio.wait_for(
-                context.read(), READ_TIMEOUT_S if member else STRANGER_READ_TIMEOUT_S
+    def _release(self, c: _Caller) -> None:
+        self._keys.leave(c.key)
+        if not c.member:
+            self._sites.leave(c.site)
+
+    async def _read_body(self, context: grpc.aio.ServicerContext, c: _Caller, length: int) -> bytes:
+        """The one request message, within :func:`body_deadline`; the call waits
+        in a :class:`BodyWaits` meanwhile, and may have to give way."""
+        waits = self._waits if c.member else self._stranger_waits
+        give_way = waits.admit(c.owner)
+        if give_way is None:
+            raise _Reject(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls awaiting a body")
+        read = asyncio.ensure_future(context.read())
+        try:
+            await asyncio.wait(
+                (read, give_way),
+                timeout=body_deadline(length, c.member),
+                return_when=asyncio.FIRST_COMPLETED,
             )
-        except TimeoutError:
-            raise _Reject(grpc.StatusCode.DEADLINE_EXCEEDED, "body not sent in time") from None
+        finally:
+            waits.leave(c.owner, give_way)
+            if not read.done():  # a caller that never sends its body holds no slot for long
+                read.cancel()
+        if not read.done() or read.cancelled():
+            if give_way.done() and not give_way.cancelled():
+                raise _Reject(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, "gave way (calls awaiting a body)"
+                )
+            raise _Reject(grpc.StatusCode.DEADLINE_EXCEEDED, "body not sent in time")
+        body = read.result()
         if type(body) is not bytes or len(body) != length:
             raise _Reject(grpc.StatusCode.INVALID_ARGUMENT, "body length mismatch")
-        if hashlib.sha256(body).digest() != digest:
-            raise _Reject(grpc.StatusCode.UNAUTHENTICATED, "body hash mismatch")
         return body
+
+    async def _handle(self, c: _Caller, body: bytes) -> bytes:
+        """Run the handler in a slot of :attr:`_handling` (non-members: :attr:`_strangers`)."""
+        slots = self._handling if c.member else self._strangers
+        if not slots.room(c.owner):
+            raise _Reject(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls in total")
+        slots.enter(c.owner)
+        try:
+            return await self._handler(c.key, body)
+        finally:
+            slots.leave(c.owner)
 
     async def _call(self, requests: object, context: grpc.aio.ServicerContext) -> bytes:
         peer = context.peer()
         parsed = parse_grpc_peer(peer)
         addr = parsed or peer
-        member = False
-        wg_key = b""
-        admitted = False
+        caller: _Caller | None = None
         try:
-            if self._calls >= MAX_CALLS:
-                raise _Reject(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many calls in total")
             md = {k: v for k, v in (context.invocation_metadata() or ())}
+            self._check_callee(md)
             wg_key, digest, length = self._authenticate(md)
-            member = self._is_member(wg_key)
-            self._check_limits(wg_key, addr, member, length)
-            self._enter(wg_key, addr, member)
-            admitted = True
-            over = self.budget.charge(wg_key, length) if member else None
+            c = _Caller.of(wg_key, self._is_member(wg_key), addr)
+            self._admit(c, length)
+            caller = c
+            over = self.budget.charge(wg_key, length) if c.member else None
             if over is not None:
-                # held a while in one of its slots first: refused at once, a member
-                # sending without end made 11,666 calls in 12 s, each costing us
+                # held a while in one of its key's slots first: refused at once, a
+                # member sending without end made 11,666 calls in 12 s, each costing us
                 await asyncio.sleep(OVER_BUDGET_DELAY_S)
                 raise _Reject(grpc.StatusCode.RESOURCE_EXHAUSTED, over)
-            body = await self._read_body(context, member, digest, length)
+            body = await self._read_body(context, c, length)
+            if hashlib.sha256(body).digest() != digest:
+                raise _Reject(grpc.StatusCode.UNAUTHENTICATED, "body hash mismatch")
             self.transport_calls["in", message_name(body) or "malformed", "stream"] += 1
             caller_address.set(parsed)
             caller_address_verified.set(True)
             callee_key.set(_callee(md))
             try:
-                return await self._handler(wg_key, body)
+                return await self._handle(c, body)
             except Refused as e:
                 raise _Reject(grpc.StatusCode.PERMISSION_DENIED, str(e) or "refused") from None
         except _Reject as r:
@@ -308,13 +411,9 @@ class RpcServer:
             log.exception("internal error handling rpc from %s", peer)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
         finally:
-            if admitted:
-                self._leave(wg_key, addr, member)
+            if caller is not None:
+                self._release(caller)
         raise AssertionError("unreachable")
-
-    def _has_room(self, key: bytes) -> bool:
-        """The in-flight limits (a member's call; the datagram path asks before any crypto)."""
-        return self._calls < MAX_CALLS and self._per_key.get(key, 0) < MAX_CALLS_PER_KEY
 
     @staticmethod
     def _set_context(address: str | None, callee: bytes | None) -> None:
@@ -325,25 +424,3 @@ class RpcServer:
         caller_address.set(address)
         caller_address_verified.set(False)
         callee_key.set(callee)
-
-    def _enter(self, key: bytes, addr: str, member: bool) -> None:
-        self._calls += 1
-        self._per_key[key] = self._per_key.get(key, 0) + 1
-        if not member:
-            self._strangers += 1
-            self._strangers_per_addr[addr] = self._strangers_per_addr.get(addr, 0) + 1
-
-    def _leave(self, key: bytes, addr: str, member: bool) -> None:
-        self._calls -= 1
-        n = self._per_key[key] - 1
-        if n:
-            self._per_key[key] = n
-        else:
-            del self._per_key[key]
-        if not member:
-            self._strangers -= 1
-            n = self._strangers_per_addr[addr] - 1
-            if n:
-                self._strangers_per_addr[addr] = n
-            else:
-                del self._strangers_per_addr[addr]

@@ -199,9 +199,12 @@ def raise_server_limits(n: int) -> None:
 
     smegd's limits (calls in flight, streams per connection) are per node;
     here every member's share goes through one server and, between swarm
-    processes, one connection. Per-caller limits stay as they are.
+    processes, one connection. Per-caller limits stay as they are. Call it
+    before the server is made (its pools are sized then).
     """
     rpc_server.MAX_CALLS = max(rpc_server.MAX_CALLS, 8 * n)
+    rpc_server.MAX_AWAITING = max(rpc_server.MAX_AWAITING, 8 * n)
+    rpc_server.MAX_DATAGRAM_CALLS = max(rpc_server.MAX_DATAGRAM_CALLS, 16 * n)
     # One datagram client carries every member's calls: its bound on calls in
     # flight (past it a call goes over the stream) is per node in smegd.
     rpc_dgram_client.MAX_PENDING = max(rpc_dgram_client.MAX_PENDING, 8 * n)

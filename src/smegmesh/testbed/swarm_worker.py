@@ -98,6 +98,7 @@ class Worker:
         # Certificates the members have fetched, shared: in a settled mesh every
         # node has met every other before, so reopening a channel fetches nothing.
         self.certificates: OrderedDict[bytes, bytes] = OrderedDict()
+        raise_server_limits(len(members))
         self.server = RpcServer(
             self.tls,
             self._on_rpc,
@@ -400,7 +401,6 @@ class Worker:
                     await asyncio.sleep(0.2)
 
     async def run(self) -> None:
-        raise_server_limits(len(self.members))
         await self.server.start("0.0.0.0", self.plan.base_port + self.proc)
         if self.server.datagrams is not None:
             # One server speaks for every member of the process: the pairs of
