@@ -249,7 +249,8 @@ def test_the_cookie_another_port_gets_opens_nothing(page: Any) -> None:
         )
         lt = LoopThread()
         fut = asyncio.run_coroutine_threadsafe(server.serve(sockets=[lsock]), lt.loop)
-        other = http.server.HTTPServer(("127.0.0.1", 0), _OtherPort)
+        other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OtherPort)
+        other.daemon_threads = True  # a preconnect that sends nothing holds no one up
         threading.Thread(target=other.serve_forever, daemon=True).start()
         try:
             page.goto(f"{base}/ui/login?token={token.value}")
