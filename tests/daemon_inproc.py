@@ -7,8 +7,10 @@ a prepared state directory, a command's answer when the disk fails).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,3 +42,11 @@ async def running_daemon(root: Path, **extra: Any) -> AsyncIterator[Daemon]:
         yield d
     finally:
         await d.stop()
+
+
+async def until(cond: Callable[[], object], timeout: float = 20.0) -> None:
+    """Until ``cond()`` is true; fails the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {cond}"
+        await asyncio.sleep(0.02)

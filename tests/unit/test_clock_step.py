@@ -20,24 +20,13 @@ from smegmesh.core.messages import Ack, Ping, PingReq
 from smegmesh.core.record import Role
 from smegmesh.core.state import MeshState
 from smegmesh.core.sync import SyncStart
-from smegmesh.testbed.founded import Mesh, ident, member_node
+from smegmesh.testbed.founded import Mesh, ident, member_node, settled
 
 HOUR = 3_600_000
 
 
 def _state() -> tuple[Mesh, MeshState, int]:
-    m = Mesh()
-    ids = [ident(i) for i in range(2, 12)]
-    for i in ids:
-        m.admit(i)
-    recs = [
-        m.record(i, control_endpoint=f"[2001:db8::{n + 2:x}]:4000", tls_fp=bytes(32))
-        for n, i in enumerate(ids)
-    ]
-    now = m.t + 10_000
-    st = MeshState(m.mesh_id, admission=True)
-    assert st.apply(m.founding, now)
-    assert not st.apply_many(recs, now)[1]
+    m, st, _recs, now = settled()
     return m, st, now
 
 

@@ -37,6 +37,21 @@ def _live(st: MeshState) -> list[bytes]:
     return [d.wg_key for d in live_devices(st.mesh_id, st.live_records(), st.authority)]
 
 
+def _config(m: Mesh, st: MeshState, who, role: Role = Role.PEER) -> Any:  # type: ignore[no-untyped-def]
+    """``who``'s desired WireGuard interface over ``st`` with the mesh's live devices."""
+    iface, _ = desired_config(
+        mesh_id=m.mesh_id,
+        self_key=who.wg_public_key,
+        private_key=who.wg_private_key,
+        role=role,
+        listen_port=51820,
+        records=st.live_records(),
+        ifname="smegtest",
+        devices=[(d.wg_key, d.address, d.sponsor) for d in _live_devices(st)],
+    )
+    return iface
+
+
 def _peer(m: Mesh, st: MeshState, who, **kw) -> NodeRecord:  # type: ignore[no-untyped-def]
     rec = m.record(who, wg_endpoint="192.0.2.1:51820", **kw)
     assert st.apply(rec, rec.timestamp_ms)
@@ -180,19 +195,7 @@ def test_a_member_key_is_never_a_device() -> None:
     # a lists b's key as its device: b stays b, and nothing routes b through a
     _peer(m, st, a, devices=(_device(m, a, key=b.wg_public_key, alias="hijack"),))
     assert _live(st) == []
-    iface, _ = desired_config(
-        mesh_id=m.mesh_id,
-        self_key=m.founder.wg_public_key,
-        private_key=m.founder.wg_private_key,
-        role=Role.PEER,
-        listen_port=51820,
-        records=st.live_records(),
-        ifname="smegtest",
-        devices=[
-            (d.wg_key, d.address, d.sponsor)
-            for d in live_devices(m.mesh_id, st.live_records(), st.authority)
-        ],
-    )
+    iface = _config(m, st, m.founder)
     b_addr = str(overlay_address(m.mesh_id, b.wg_public_key))
     assert iface.peers[a.wg_public_key].allowed_ips == {
         f"{overlay_address(m.mesh_id, a.wg_public_key)}/128"
@@ -223,16 +226,7 @@ def test_a_key_listed_by_two_sponsors_is_live_for_neither() -> None:
     assert contested_devices(st.live_records(), st.authority) == {
         DEV: tuple(sorted((thief.wg_public_key, sponsor.wg_public_key)))
     }
-    iface, _ = desired_config(
-        mesh_id=m.mesh_id,
-        self_key=m.founder.wg_public_key,
-        private_key=m.founder.wg_private_key,
-        role=Role.PEER,
-        listen_port=51820,
-        records=st.live_records(),
-        ifname="smegtest",
-        devices=[(d.wg_key, d.address, d.sponsor) for d in _live_devices(st)],
-    )
+    iface = _config(m, st, m.founder)
     dev_net = f"{overlay_address(m.mesh_id, DEV)}/128"
     assert dev_net not in iface.peers[thief.wg_public_key].allowed_ips
     # the member at fault drops it (or is evicted): the rightful sponsor has it again
@@ -253,24 +247,10 @@ def test_every_member_reaches_the_device_through_its_sponsor() -> None:
     m.admit(b)
     _peer(m, st, a, devices=(_device(m, a),))
     _peer(m, st, b)
-    devs = [
-        (d.wg_key, d.address, d.sponsor)
-        for d in live_devices(m.mesh_id, st.live_records(), st.authority)
-    ]
     dev_net = f"{overlay_address(m.mesh_id, DEV)}/128"
 
     def cfg(who, role=Role.PEER):  # type: ignore[no-untyped-def]
-        iface, _ = desired_config(
-            mesh_id=m.mesh_id,
-            self_key=who.wg_public_key,
-            private_key=who.wg_private_key,
-            role=role,
-            listen_port=51820,
-            records=st.live_records(),
-            ifname="smegtest",
-            devices=devs,
-        )
-        return iface
+        return _config(m, st, who, role)
 
     on_sponsor = cfg(a).peers[DEV]
     assert on_sponsor.allowed_ips == {dev_net} and on_sponsor.endpoint is None

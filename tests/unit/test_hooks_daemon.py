@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from smegmesh.daemon.config import MeshOptions, parse_config
+from daemon_inproc import daemon_config
+from smegmesh.daemon.config import MeshOptions
 from smegmesh.daemon.node import Daemon
-from smegmesh.testbed.ports import free_port
 from smegmesh.wg import factory
 from smegmesh.wg.memory import MemoryBackend
 
@@ -41,19 +41,8 @@ def kept(monkeypatch: pytest.MonkeyPatch) -> MemoryBackend:
 
 def _daemon(root: Path) -> Daemon:
     log = root / "hooks.log"
-    cfg = parse_config(
-        {
-            "stubWg": True,
-            "stateDir": str(root / "state"),
-            "controlSocket": str(root / "s.sock"),
-            "gRPCPort": free_port(),
-            "bindAddress": "::1",
-            "baseConfiguration": {
-                "publicEndpoint": "::1",
-                **{s: [f"echo {s} >> {log}"] for s in ("preUp", "postUp", "preDown", "postDown")},
-            },
-        }
-    )
+    hooks = {s: [f"echo {s} >> {log}"] for s in ("preUp", "postUp", "preDown", "postDown")}
+    cfg = daemon_config(root, baseConfiguration={"publicEndpoint": "::1", **hooks})
     d = Daemon(cfg)
 
     async def no_loop() -> None:  # passes are the test's

@@ -7,9 +7,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from smegmesh.daemon.config import MeshOptions, parse_config
+from daemon_inproc import daemon_config
+from smegmesh.daemon.config import MeshOptions
 from smegmesh.daemon.node import Daemon
-from smegmesh.testbed.ports import free_port
 
 
 def test_leaving_a_mesh_deletes_its_kept_device_keys() -> None:
@@ -18,16 +18,7 @@ def test_leaving_a_mesh_deletes_its_kept_device_keys() -> None:
     private keys stayed on disk for ever, and no command could reach them (the
     mesh is gone)."""
     root = Path(tempfile.mkdtemp(prefix="lv-", dir="/tmp"))  # a short socket path
-    cfg = parse_config(
-        {
-            "stubWg": True,
-            "stateDir": str(root / "state"),
-            "controlSocket": str(root / "s.sock"),
-            "gRPCPort": free_port(),
-            "bindAddress": "::1",
-            "baseConfiguration": {"publicEndpoint": "::1"},
-        }
-    )
+    cfg = daemon_config(root)
 
     async def main() -> None:
         d = Daemon(cfg)

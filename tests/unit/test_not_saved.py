@@ -13,14 +13,13 @@ import asyncio
 import errno
 import shutil
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from daemon_inproc import running_daemon
+from daemon_inproc import running_daemon, until
 from smegmesh.daemon.config import MeshOptions
 from smegmesh.daemon.service import ServiceError
 from smegmesh.testbed.loopback import short_tmpdir
@@ -51,13 +50,6 @@ def root() -> Iterator[Path]:
     d = short_tmpdir("sns")
     yield d
     shutil.rmtree(d, ignore_errors=True)
-
-
-async def until(cond: Callable[[], object], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {cond}"
-        await asyncio.sleep(0.02)
 
 
 async def refused(coro: Any) -> ServiceError:

@@ -6,9 +6,8 @@ from __future__ import annotations
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.record import NodeRecord, Prune
 from smegmesh.core.refuted import REFUTED_WITHIN_MS
-from smegmesh.core.state import MeshState
 from smegmesh.core.sync import Push
-from smegmesh.testbed.founded import Mesh, ident, member_node
+from smegmesh.testbed.founded import Mesh, ident, member_node, settled
 
 
 def _prune(m: Mesh, by: NodeIdentity, target: NodeRecord, ts: int) -> Prune:
@@ -26,18 +25,7 @@ def _prune(m: Mesh, by: NodeIdentity, target: NodeRecord, ts: int) -> Prune:
 def _refuted_after(backdate_ms: int, refuted_after_ms: int = 200) -> dict[bytes, int]:
     """Member 4 pruned by member 2 at member 3, its prune dated ``backdate_ms``
     back; member 4 refutes ``refuted_after_ms`` later: the pruners counted."""
-    m = Mesh()
-    ids = [ident(i) for i in range(2, 12)]
-    for i in ids:
-        m.admit(i)
-    recs = [
-        m.record(i, control_endpoint=f"[2001:db8::{n + 2:x}]:4000", tls_fp=bytes(32))
-        for n, i in enumerate(ids)
-    ]
-    now = m.t + 60_000
-    st = MeshState(m.mesh_id, admission=True)
-    assert st.apply(m.founding, now)
-    assert not st.apply_many(recs, now)[1]
+    m, st, recs, now = settled(after_ms=60_000)
     pruner, me, victim = ident(2), ident(3), ident(4)
     node = member_node(me, m.mesh_id, st)
     vrec = next(r for r in recs if r.wg_key == victim.wg_public_key)

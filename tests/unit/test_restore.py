@@ -14,15 +14,14 @@ import asyncio
 import json
 import logging
 import shutil
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
 
-from daemon_inproc import running_daemon
+from daemon_inproc import running_daemon, until
 from smegmesh.daemon import restore, runtime
 from smegmesh.daemon.config import MeshOptions
 from smegmesh.daemon.restore import SavedMeshError, read_saved_mesh
@@ -100,13 +99,6 @@ def root() -> Iterator[Path]:
     d = short_tmpdir("srs")
     yield d
     shutil.rmtree(d, ignore_errors=True)
-
-
-async def until(cond: Callable[[], object], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {cond}"
-        await asyncio.sleep(0.02)
 
 
 async def make_mesh(root: Path, **extra: Any) -> str:

@@ -18,7 +18,7 @@ from smegmesh.core.meshnode import MeshNode, MeshSettings
 from smegmesh.core.record import NodeRecord, Role
 from smegmesh.core.state import MeshState
 
-__all__ = ["NOW", "Mesh", "ident", "member_node"]
+__all__ = ["NOW", "Mesh", "ident", "member_node", "settled"]
 
 #: The time (ms) a :class:`Mesh` is founded at unless told otherwise.
 NOW = 1_700_000_000_000
@@ -89,3 +89,24 @@ def member_node(identity: NodeIdentity, mesh_id: str, st: MeshState) -> MeshNode
         random.Random(1),
         st,
     )
+
+
+def settled(
+    seeds: range = range(2, 12), *, after_ms: int = 10_000
+) -> tuple[Mesh, MeshState, list[NodeRecord], int]:
+    """A founded mesh whose members (identities of ``seeds``) all hold records
+    with control endpoints, a state holding them, and a time ``after_ms`` past
+    the last admission."""
+    m = Mesh()
+    ids = [ident(i) for i in seeds]
+    for i in ids:
+        m.admit(i)
+    recs = [
+        m.record(i, control_endpoint=f"[2001:db8::{n + 2:x}]:4000", tls_fp=bytes(32))
+        for n, i in enumerate(ids)
+    ]
+    now = m.t + after_ms
+    st = MeshState(m.mesh_id, admission=True)
+    assert st.apply(m.founding, now)
+    assert not st.apply_many(recs, now)[1]
+    return m, st, recs, now
