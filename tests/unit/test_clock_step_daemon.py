@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from daemon_inproc import running_daemon
+from daemon_inproc import running_daemon, until
 from smegmesh.core.cert import Cert
 from smegmesh.core.record import NodeRecord
 from smegmesh.core.sync import Push
@@ -48,13 +48,6 @@ def wall(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     # the process's clock forgets the fake readings afterwards (no step for later tests)
     monkeypatch.setattr(runtime.CLOCK, "_last", None)
     return offset
-
-
-async def _until(cond: Callable[[], object], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
 
 
 def _add_silent_member(d: Daemon, mesh_id: str, signed_at: int) -> bytes:
@@ -92,7 +85,7 @@ async def _suspected(root: Path, step_s: float, wall: list[float], then: float) 
         mesh_id = await d.new_mesh(MeshOptions())
         rt = d.meshes[mesh_id]
         key = _add_silent_member(d, mesh_id, runtime.now_ms() + int(min(0, step_s) * 1000))
-        await _until(lambda: key in rt.node.suspects)
+        await until(lambda: key in rt.node.suspects)
         wall[0] += step_s
         deadline = time.monotonic() + then
         while time.monotonic() < deadline and rt.node.mesh.live_record(key) is not None:

@@ -16,10 +16,10 @@ EP = "198.51.100.9:51820"
 HOUR_HALF = 30 * 60_000
 
 
-def _attempts(rotate: bool, minutes: int = 30) -> int:
+def _attempts(rotate: bool, minutes: int = 30) -> tuple[int, int]:
     """Attempts started in ``minutes`` at a victim address nothing answers from;
     ``rotate``: the member re-signs its record with the other address after
-    each failure."""
+    each failure. Returns (attempts, endpoint changes)."""
     t = DirectTable(me=ME)
     eps = ("192.0.2.1:53", "192.0.2.2:53")
     started, n, last_failed = 0, 0, False
@@ -31,7 +31,7 @@ def _attempts(rotate: bool, minutes: int = 30) -> int:
         t.update(now, {K: eps[n % 2]}, {})
         if t.state(K) == "trying" and state != "trying":
             started += 1
-    return started
+    return started, n
 
 
 def test_a_member_changing_its_endpoint_does_not_escape_the_backoff() -> None:
@@ -40,8 +40,9 @@ def test_a_member_changing_its_endpoint_does_not_escape_the_backoff() -> None:
     endpoint dropped the backoff: alternating between two addresses after
     each failure kept every partner attempting without pause (113 attempts in
     30 min against 10)."""
-    steady = _attempts(rotate=False)
-    rotating = _attempts(rotate=True)
+    steady, _ = _attempts(rotate=False)
+    rotating, changes = _attempts(rotate=True)
+    assert steady >= 1 and changes >= 2, (steady, changes)  # it did try, and rotate
     assert rotating <= 2 * steady, (rotating, steady)
 
 
@@ -53,7 +54,7 @@ def test_an_endpoint_changing_during_every_attempt_does_not_extend_it() -> None:
     for i, now in enumerate(range(NOW, NOW + HOUR_HALF, 500)):
         t.update(now, {K: f"192.0.2.{1 + (i // 20) % 2}:53"}, {})
         trying_ms += 500 * (t.state(K) == "trying")
-    assert trying_ms <= HOUR_HALF // 10, f"trying {trying_ms / 60_000:.0f} of 30 min"
+    assert 0 < trying_ms <= HOUR_HALF // 10, f"trying {trying_ms / 60_000:.0f} of 30 min"
 
 
 def test_a_session_that_keeps_breaking_after_coming_up_is_backed_off() -> None:

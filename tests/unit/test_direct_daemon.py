@@ -11,18 +11,11 @@ from typing import Any
 
 import pytest
 
+from daemon_inproc import until
 from nat_nodes import IDS, MESH
 from smegmesh.daemon import direct as ddirect
 from smegmesh.daemon import whereami
 from smegmesh.daemon.direct import DirectManager
-
-
-async def _until(cond: Any, deadline_s: float = 10.0) -> None:
-    """Wait until ``cond()`` holds (fails the test after ``deadline_s``)."""
-    end = asyncio.get_running_loop().time() + deadline_s
-    while not cond():
-        assert asyncio.get_running_loop().time() < end, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 def _peer_node(read: Any) -> Any:
@@ -89,10 +82,10 @@ def test_whereami_status_is_read_again_after_the_cache_time_and_then_forgotten(
         assert await m.observed(rt, IDS[1].wg_public_key) is None
         assert await m.observed(rt, IDS[2].wg_public_key) is None
         assert reads == ["smeg0"]  # within the cache time: one read
-        await _until(lambda: MESH not in m.status_reads._reads)
+        await until(lambda: MESH not in m.status_reads._reads)
         assert await m.observed(rt, IDS[1].wg_public_key) is None
         assert reads == ["smeg0", "smeg0"]
-        await _until(lambda: not m.status_reads._reads)
+        await until(lambda: not m.status_reads._reads)
 
     asyncio.run(go())
 
@@ -213,7 +206,7 @@ def _run_until(m: DirectManager, cond: Any) -> None:
     async def go() -> None:
         task = asyncio.create_task(m._run())
         try:
-            await _until(cond)
+            await until(cond)
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -288,11 +281,11 @@ def test_one_discovery_per_mesh_in_flight_and_a_mesh_left_cancels_it(
     async def go() -> None:
         task = asyncio.create_task(m._run())
         try:
-            await _until(lambda: ticks["b"] > 10)
+            await until(lambda: ticks["b"] > 10)
             assert len(calls) == 1 and MESH in m._discovering
             del m.node.meshes[MESH]  # mesh A left
-            await _until(cancelled.is_set)
-            await _until(lambda: MESH not in m._discovering)
+            await until(cancelled.is_set)
+            await until(lambda: MESH not in m._discovering)
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -421,7 +414,7 @@ def test_a_big_mesh_computes_its_choice_off_the_event_loop(big_mesh: Any) -> Non
         assert m._choose(rt, me) == {}  # not done yet: nothing chosen so far
         took = time.perf_counter() - t0
         assert MESH in m._choosing and took < 0.05, f"{took * 1000:.0f} ms in the tick"
-        await _until(lambda: m._choosing[MESH][1].done())
+        await until(lambda: m._choosing[MESH][1].done())
         return m._choose(rt, me)
 
     assert asyncio.run(go()) == want and MESH not in m._choosing

@@ -8,9 +8,9 @@ import random
 import time
 from collections.abc import Sequence
 
-from smegmesh.core.identity import NodeIdentity, verify_many
+from smegmesh.core.identity import verify_many
 from smegmesh.core.prune_budget import BURST, PruneBudget
-from smegmesh.core.record import NodeRecord, Prune, Role
+from smegmesh.core.record import NodeRecord, Role
 from smegmesh.core.state import MeshState
 from smegmesh.core.state_gate import OVER_PRUNE_BUDGET
 from smegmesh.core.sync import Push
@@ -211,18 +211,6 @@ def test_a_member_pruning_every_live_member_is_refuted_everywhere_and_bounded() 
     assert r["pairs_down"] < 0.7 * unbounded["pairs_down"], (r, unbounded)
 
 
-def _prune_by(m: Mesh, by: NodeIdentity, target: NodeRecord, now: int) -> Prune:
-    return Prune.create(
-        by,
-        m.mesh_id,
-        now_ms=now,
-        target_record=target,
-        target=target.wg_key,
-        target_version=target.version,
-        by_chain=m.chains[by.wg_public_key],
-    )
-
-
 def test_a_pruner_gets_a_budget_of_prunes_at_each_node() -> None:
     """core.prune_budget: a node takes BURST prunes by one other pruner at once,
     then RATE_PER_S a second; its own prunes, prunes of itself and a peer's
@@ -237,8 +225,8 @@ def test_a_pruner_gets_a_budget_of_prunes_at_each_node() -> None:
     others = [r for r in recs if r.wg_key not in (pruner.wg_public_key, me.wg_public_key)]
     # forgeries first: they fail their signature and are not charged
     for r in others[:20]:
-        st.apply_many([dataclasses.replace(_prune_by(m, pruner, r, now), signature=bytes(64))], now)
-    prunes = [_prune_by(m, pruner, r, now) for r in others[:20]]
+        st.apply_many([dataclasses.replace(m.prune(pruner, r, now), signature=bytes(64))], now)
+    prunes = [m.prune(pruner, r, now) for r in others[:20]]
     changed, errors = st.apply_many(prunes, now)
     assert len(changed) == BURST and len(errors) == 20 - BURST
     assert all(e.message == OVER_PRUNE_BUDGET for e in errors)
@@ -246,10 +234,10 @@ def test_a_pruner_gets_a_budget_of_prunes_at_each_node() -> None:
     changed, errors = st.apply_many(prunes[BURST:], now + 1_000)
     assert len(changed) == 1 and len(errors) == 3
     # our own prunes are not counted, nor are prunes of ourselves (we refute them)
-    mine = [_prune_by(m, me, r, now) for r in others[20:37]]
+    mine = [m.prune(me, r, now) for r in others[20:37]]
     changed, errors = st.apply_many(mine, now + 1_000)
     assert not errors and len(changed) == len(mine) == 17
-    of_me = _prune_by(m, pruner, next(r for r in recs if r.wg_key == me.wg_public_key), now)
+    of_me = m.prune(pruner, next(r for r in recs if r.wg_key == me.wg_public_key), now)
     changed, errors = st.apply_many([of_me], now + 1_000)
     assert not errors and changed == {me.wg_public_key}
 
@@ -262,7 +250,7 @@ def test_a_peers_prunes_of_its_own_clients_are_not_counted() -> None:
     ]
     st = _state(m, [recs[0], *clients], now, CountingVerifier())
     st.prune_budget = PruneBudget()
-    changed, errors = st.apply_many([_prune_by(m, peer, c, now) for c in clients], now)
+    changed, errors = st.apply_many([m.prune(peer, c, now) for c in clients], now)
     assert not errors and len(changed) == len(clients)
 
 
@@ -285,12 +273,12 @@ def test_a_member_pruned_by_a_pruner_over_its_budget_is_told_at_once() -> None:
             if isinstance(o, Call) and isinstance(o.msg, Push) and o.to in victims
         }
 
-    first = [_prune_by(m, pruner, r, now) for r in others[:BURST]]
+    first = [m.prune(pruner, r, now) for r in others[:BURST]]
     outs = node.handle_request(pruner.wg_public_key, Push(m.mesh_id, tuple(first)), now)[1]
     assert not pushes_to_victims(outs, {r.wg_key for r in others[:BURST]})  # within budget
-    over = _prune_by(m, pruner, others[BURST], now)
+    over = m.prune(pruner, others[BURST], now)
     node.handle_request(pruner.wg_public_key, Push(m.mesh_id, (over,)), now)  # refused
-    late = _prune_by(m, pruner, others[BURST + 1], now)
+    late = m.prune(pruner, others[BURST + 1], now)
     outs = node.handle_request(pruner.wg_public_key, Push(m.mesh_id, (late,)), now + 1_000)[1]
     assert pushes_to_victims(outs, {others[BURST + 1].wg_key}) == {others[BURST + 1].wg_key}
 
@@ -305,7 +293,7 @@ def test_a_bulk_transfer_takes_a_long_lived_pruners_history_at_once() -> None:
     assert st.apply(m.founding, now)
     joiner = member_node(ident(90), m.mesh_id, st)
     gone = [r for r in recs if r.wg_key != pruner.wg_public_key][: BURST + 8]
-    joiner.absorb([*recs, *(_prune_by(m, pruner, r, now) for r in gone)], now)
+    joiner.absorb([*recs, *(m.prune(pruner, r, now) for r in gone)], now)
     assert all(st.get_prune(r.wg_key) is not None for r in gone)
     assert st.prune_budget is not None  # and the budget is back for what follows
 
@@ -339,9 +327,7 @@ def _pruned_then_back(after_ms: int) -> tuple[int, int]:
     pushed = 0
     t = now
     for _ in range(3):  # prune, refutation; again and again within a throttle window
-        node.handle_request(
-            pruner.wg_public_key, Push(m.mesh_id, (_prune_by(m, pruner, xrec, t),)), t
-        )
+        node.handle_request(pruner.wg_public_key, Push(m.mesh_id, (m.prune(pruner, xrec, t),)), t)
         t += after_ms
         xrec = xrec.evolve(x, t)
         outs = node.handle_request(ident(5).wg_public_key, Push(m.mesh_id, (xrec,), 1), t)[1]
@@ -391,9 +377,7 @@ def test_a_refutation_that_comes_in_a_sync_session_is_counted_against_its_pruner
     pruner, me, x, relay = ident(2), ident(3), ident(4), ident(5)
     node = member_node(me, m.mesh_id, _state(m, recs, now, CountingVerifier()))
     xrec = next(r for r in recs if r.wg_key == x.wg_public_key)
-    node.handle_request(
-        pruner.wg_public_key, Push(m.mesh_id, (_prune_by(m, pruner, xrec, now),)), now
-    )
+    node.handle_request(pruner.wg_public_key, Push(m.mesh_id, (m.prune(pruner, xrec, now),)), now)
     assert node.mesh.live_record(x.wg_public_key) is None
     back = xrec.evolve(x, now + 200)
     other = _state(m, [back if r is xrec else r for r in recs], now, CountingVerifier())
@@ -414,7 +398,7 @@ def test_a_sync_session_does_not_count_prunes_held_back_by_the_budget_as_garbage
     st = _state(m, recs, now, CountingVerifier())
     st.prune_budget = PruneBudget()
     theirs = _state(m, recs, now, CountingVerifier())
-    prunes = [_prune_by(m, pruner, r, now) for r in others[: BURST + 5]]
+    prunes = [m.prune(pruner, r, now) for r in others[: BURST + 5]]
     assert len(theirs.apply_many(prunes, now)[0]) == BURST + 5
     session = SyncSession.initiator(theirs, now, rng=random.Random(1))
     sessions: dict[tuple[bytes, int], SyncSession] = {}

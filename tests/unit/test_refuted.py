@@ -3,23 +3,9 @@ prune (``core.refuted``), not by the time the pruner signed into it."""
 
 from __future__ import annotations
 
-from smegmesh.core.identity import NodeIdentity
-from smegmesh.core.record import NodeRecord, Prune
 from smegmesh.core.refuted import REFUTED_WITHIN_MS
 from smegmesh.core.sync import Push
-from smegmesh.testbed.founded import Mesh, ident, member_node, settled
-
-
-def _prune(m: Mesh, by: NodeIdentity, target: NodeRecord, ts: int) -> Prune:
-    return Prune.create(
-        by,
-        m.mesh_id,
-        now_ms=ts,
-        target_record=target,
-        target=target.wg_key,
-        target_version=target.version,
-        by_chain=m.chains[by.wg_public_key],
-    )
+from smegmesh.testbed.founded import ident, member_node, settled
 
 
 def _refuted_after(backdate_ms: int, refuted_after_ms: int = 200) -> dict[bytes, int]:
@@ -29,7 +15,7 @@ def _refuted_after(backdate_ms: int, refuted_after_ms: int = 200) -> dict[bytes,
     pruner, me, victim = ident(2), ident(3), ident(4)
     node = member_node(me, m.mesh_id, st)
     vrec = next(r for r in recs if r.wg_key == victim.wg_public_key)
-    p = _prune(m, pruner, vrec, now - backdate_ms)
+    p = m.prune(pruner, vrec, now - backdate_ms)
     node.handle_request(pruner.wg_public_key, Push(m.mesh_id, (p,)), now)
     assert st.live_record(victim.wg_public_key) is None  # the live victim is pruned here
     t = now + refuted_after_ms

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,18 +19,15 @@ import pytest
 
 from daemon_inproc import running_daemon
 from smegmesh.core.engine import ProbeCtx
-from smegmesh.core.gossip import GossipParams
 from smegmesh.core.identity import NodeIdentity
-from smegmesh.core.liveness import LivenessParams
-from smegmesh.core.meshnode import MeshNode, MeshSettings
+from smegmesh.core.meshnode import MeshNode
 from smegmesh.core.messages import Ack, Ping, WhoAmI, YouAre
-from smegmesh.core.record import Role
 from smegmesh.core.state import MeshState
 from smegmesh.core.wire import decode, encode
 from smegmesh.daemon.rpc_dgram import DatagramStats
 from smegmesh.daemon.rpc_dgram_client import DatagramClient
 from smegmesh.daemon.transport import RpcClient, RpcError, RpcServer, TlsIdentity
-from smegmesh.testbed.founded import Mesh, ident
+from smegmesh.testbed.founded import Mesh, ident, member_node
 from smegmesh.testbed.loopback import short_tmpdir
 
 
@@ -62,15 +58,7 @@ def test_a_daemon_answers_no_call_meant_for_another_key(root: Path) -> None:
 
 
 def _node(who: NodeIdentity, mesh_id: str, st: MeshState) -> MeshNode:
-    return MeshNode(
-        who,
-        mesh_id,
-        MeshSettings(Role.PEER, "[2001:db8::1]:51820", "[::1]:4000", bytes(32)),
-        GossipParams(),
-        LivenessParams(),
-        random.Random(1),
-        st,
-    )
+    return member_node(who, mesh_id, st, control_endpoint="[::1]:4000")
 
 
 def test_a_probe_of_a_dead_member_is_not_answered_by_another_node() -> None:

@@ -15,7 +15,7 @@ from smegmesh.core.gossip import GossipParams
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.liveness import LivenessParams
 from smegmesh.core.meshnode import MeshNode, MeshSettings
-from smegmesh.core.record import NodeRecord, Role
+from smegmesh.core.record import NodeRecord, Prune, Role
 from smegmesh.core.state import MeshState
 
 __all__ = ["NOW", "Mesh", "ident", "member_node", "settled"]
@@ -77,13 +77,31 @@ class Mesh:
             **kw,  # type: ignore[arg-type]
         )
 
+    def prune(self, by: NodeIdentity, target: NodeRecord, now: int) -> Prune:
+        """``by``'s prune of ``target`` (that very record), with ``by``'s chain."""
+        return Prune.create(
+            by,
+            self.mesh_id,
+            now_ms=now,
+            target_record=target,
+            target=target.wg_key,
+            target_version=target.version,
+            by_chain=self.chains[by.wg_public_key],
+        )
 
-def member_node(identity: NodeIdentity, mesh_id: str, st: MeshState) -> MeshNode:
+
+def member_node(
+    identity: NodeIdentity,
+    mesh_id: str,
+    st: MeshState,
+    *,
+    control_endpoint: str = "[2001:db8::1]:4000",
+) -> MeshNode:
     """A peer ``MeshNode`` of ``identity`` over ``st``, default parameters, seed 1."""
     return MeshNode(
         identity,
         mesh_id,
-        MeshSettings(Role.PEER, "[2001:db8::1]:51820", "[2001:db8::1]:4000", bytes(32)),
+        MeshSettings(Role.PEER, "[2001:db8::1]:51820", control_endpoint, bytes(32)),
         GossipParams(),
         LivenessParams(),
         random.Random(1),
