@@ -248,3 +248,23 @@ def test_a_later_replica_takes_every_statement_of_an_admin_dropped_since(
     later = MeshState(m.mesh_id, admission=True)
     later.apply_many(st.all_items(), NOW + 50_000)
     assert later == st and not any(later.is_member(t.wg_public_key) for t in targets)
+
+
+def test_gc_of_an_expired_ledger_entry_leaves_no_trace_in_the_authority() -> None:
+    """Second read, finding 1: gc dropped an expired certificate and, when it also
+    collected a record, rebuilt the authority only if some entry went unvouched,
+    so ``token_subjects``/``token_certs`` kept the certificate it had dropped."""
+    m = Mesh(Policy.MEMBERS)
+    peer, leaver = ident(2), ident(3)
+    m.admit(peer)
+    m.admit(leaver)
+    token = secrets.token_bytes(16)
+    cert = _cert(peer, m.mesh_id, token, 5000, NOW + HOUR)
+    st = m.state()
+    gone = m.record(leaver).evolve(leaver, NOW + 6000, left=True)
+    st.apply_many([m.record(peer), gone, cert], NOW + 10_000)
+    assert token in st.authority.token_subjects
+    st.gc(NOW + 10 * HOUR, HOUR)
+    assert cert.key not in st and st.get(leaver.wg_public_key) is None
+    assert token not in st.authority.token_subjects
+    assert not any(slot[0] == token for slot in st.authority.token_certs)

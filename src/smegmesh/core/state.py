@@ -419,11 +419,11 @@ class MeshState(AdmissionGate):
             if rec is not e.record or pr is not e.prune:
                 self._install(key, rec, pr)
                 records_dropped = True
-        if records_dropped:  # the records that vouched for some ledger entries
-            dropped += self._drop_unvouched()
-        elif ledger_dropped:
+        # the records that vouched for some ledger entries; rebuilds if it drops any
+        unvouched = self._drop_unvouched() if records_dropped else 0
+        if ledger_dropped and not unvouched:
             self._authority = Authority.build(self.mesh_id, self._iter_auth())
-        return dropped
+        return dropped + unvouched
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, MeshState):
