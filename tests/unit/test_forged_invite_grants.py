@@ -128,3 +128,32 @@ def test_a_grant_that_lives_longer_than_a_year_is_refused() -> None:
     a.update_self(NOW + 4, invites=(InviteGrant(token_hash(secret), NOW + 2 * year, 3),))
     founder.mesh.apply_many(a.mesh.items_for([a.key]), NOW + 5)
     assert not _join(founder, _node(50, m), secret, NOW + 6)
+
+
+def test_a_join_refused_for_its_sender_does_no_token_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Second read, finding 2: the token lookup (a hash per record listing
+    invitations, and a pass over the records) ran before the cheap refusals
+    (a record not the sender's, an evicted sender), for anyone who sent a join."""
+    from smegmesh.core import admission
+
+    m, founder, a, _b = _two_members(Policy.MEMBERS)
+    tok, _ = founder.invite(NOW + 1, ttl_ms=HOUR, uses=5, bootstrap=BOOT, secret=b"\x05" * 16)
+    calls: list[bytes] = []
+    real = admission.check_admission
+
+    def counting(*args: object, **kw: object) -> object:
+        calls.append(args[2])  # type: ignore[arg-type]
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(admission, "check_admission", counting)
+    joiner = _node(9, m)
+    req = decode(encode(joiner.join_request(tok.secret, NOW + 2)))
+    reply, _ = founder.handle_request(ident(10).wg_public_key, req, NOW + 2)  # not its record
+    assert isinstance(reply, Refusal) and calls == []
+    founder.evict(NOW + 3, a.key)
+    req = decode(encode(a.join_request(tok.secret, NOW + 4)))
+    reply, _ = founder.handle_request(a.key, req, NOW + 4)  # evicted
+    assert isinstance(reply, Refusal) and calls == []
+    req = decode(encode(joiner.join_request(tok.secret, NOW + 5)))
+    reply, _ = founder.handle_request(joiner.key, req, NOW + 5)
+    assert isinstance(reply, JoinReply) and calls == [joiner.key]

@@ -290,6 +290,9 @@ class AdmissionMixin:
     def _admit(self, src: bytes, req: JoinRequest, now_ms: int) -> tuple[Message, list[Out]]:
         st = self.mesh
         auth = st.authority
+        # the cheap refusals first: the token lookup hashes per record
+        if req.record.wg_key != src or not self.may_admit(now_ms) or auth.is_revoked(src):
+            return Refusal(self.mesh_id), []
         grant, _reason = check_admission(
             self.live_records(),
             req.secret,
@@ -300,9 +303,7 @@ class AdmissionMixin:
             revoked=auth.token_revoked,
             may_issue=self._may_issue(now_ms),
         )
-        if grant is None or req.record.wg_key != src or not self.may_admit(now_ms):
-            return Refusal(self.mesh_id), []
-        if auth.is_revoked(src):
+        if grant is None:
             return Refusal(self.mesh_id), []
         try:
             check_record_fields(req.record, self.mesh_id, memo=st.memo)
