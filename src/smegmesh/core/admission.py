@@ -36,7 +36,7 @@ from smegmesh.core.engine import (
 )
 from smegmesh.core.gossip import GossipParams
 from smegmesh.core.identity import NodeIdentity
-from smegmesh.core.invite import Bootstrap, Token, check_admission, new_token
+from smegmesh.core.invite import Bootstrap, Token, check_admission, new_token, tokens_used
 from smegmesh.core.liveness import FailureDetector
 from smegmesh.core.messages import JoinReply, JoinRequest, Refusal
 from smegmesh.core.paging import page
@@ -108,9 +108,7 @@ class AdmissionMixin:
         """May this node admit new nodes (policy, or admin) at ``now_ms``?"""
         if not self.mesh.admission:
             return True
-        chain = self.chain
-        flag = bool(chain) and chain[-1].may_admit
-        return self.mesh.authority.issuer_may_admit(self.key, flag, now_ms)
+        return self.mesh.authority.member_may_admit(self.key, self.chain, now_ms)
 
     def _require_admin(self) -> None:
         if not self.is_admin():
@@ -217,12 +215,7 @@ class AdmissionMixin:
         if not self.mesh.admission:
             return None
         auth = self.mesh.authority
-
-        def ok(r: NodeRecord) -> bool:
-            flag = bool(r.chain) and r.chain[-1].may_admit
-            return auth.issuer_may_admit(r.wg_key, flag, now_ms)
-
-        return ok
+        return lambda r: auth.member_may_admit(r.wg_key, r.chain, now_ms)
 
     def invite(
         self,
@@ -271,13 +264,7 @@ class AdmissionMixin:
         first, still valid and unused, and kept the spent and revoked ones).
         """
         auth = self.mesh.authority
-        used: dict[bytes, set[bytes]] = {
-            g.token_hash: set(auth.token_subjects.get(g.token_hash, ())) for g in grants
-        }
-        for r in self.live_records():
-            for a in r.admitted:
-                if a.token_hash in used:
-                    used[a.token_hash].add(a.joiner)
+        used = tokens_used(self.live_records(), auth.token_subjects, (g.token_hash for g in grants))
         return [
             g
             for g in grants

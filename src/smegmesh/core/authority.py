@@ -40,7 +40,7 @@ Rules
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, KeysView, Sequence
 from dataclasses import dataclass, field
 
 from smegmesh.core.cert import (
@@ -68,8 +68,8 @@ class Authority:
     mesh_id: str
     founding: Founding | None = None
     admins: set[bytes] = field(default_factory=set)
-    ever_admins: set[bytes] = field(default_factory=set)
     revoked: dict[bytes, list[Revocation]] = field(default_factory=dict)
+    #: token hash -> the subjects of ``token_certs`` with it (an index of it, by hash)
     token_subjects: dict[bytes, set[bytes]] = field(default_factory=dict)
     invite_revokes: dict[bytes, list[InviteRevoke]] = field(default_factory=dict)
     reservations: dict[str, bytes] = field(default_factory=dict)
@@ -104,7 +104,6 @@ class Authority:
             return a
         a.named = _named(a.founding.founder, promotions)
         a.admins = {a.founding.founder}
-        a.ever_admins = set(a.admins)
         spans = _Spans(a.founding.founder, a.founding.created_ms)
         timeline.sort(key=lambda s: (s.issued_ms, s.key))
         for s in timeline:
@@ -115,7 +114,6 @@ class Authority:
                     if s.subject not in a.admins:
                         spans.open(s.subject, s.issued_ms)
                     a.admins.add(s.subject)
-                    a.ever_admins.add(s.subject)
                 elif not s.admin:
                     spans.close(s.subject, s.issued_ms)
                     a.admins.discard(s.subject)
@@ -135,6 +133,11 @@ class Authority:
     # ------------------------------------------------------------------ queries
 
     @property
+    def ever_admins(self) -> KeysView[bytes]:
+        """Every node that was ever an admin (the founder included)."""
+        return self.admin_spans.keys()
+
+    @property
     def policy(self) -> Policy:
         if self.policy_changes:
             return self.policy_changes[-1][1]
@@ -149,6 +152,10 @@ class Authority:
             p = policy
         return p
 
+    def member_may_admit(self, key: bytes, chain: Sequence[Cert], t_ms: int) -> bool:
+        """May the member ``key`` with admission ``chain`` admit (and invite) at ``t_ms``?"""
+        return self.issuer_may_admit(key, bool(chain) and chain[-1].may_admit, t_ms)
+
     def issuer_may_admit(self, issuer: bytes, flag: bool, t_ms: int) -> bool:
         """May ``issuer`` (whose own cert says ``flag``) admit at ``t_ms``?
 
@@ -156,7 +163,7 @@ class Authority:
         ``members``: anyone; ``admins``: no one else; ``peers``: the flag its
         admitter set from its role (a peer's cert says it may admit).
         """
-        if issuer in self.ever_admins or (self.founding and issuer == self.founding.founder):
+        if issuer in self.ever_admins:  # the founder's span opens at the founding
             return True
         p = self.policy_at(t_ms)
         return p == Policy.MEMBERS or (p == Policy.PEERS and flag)
@@ -323,7 +330,6 @@ def copy_authority(a: Authority) -> Authority:
         a.mesh_id,
         a.founding,
         set(a.admins),
-        set(a.ever_admins),
         {k: list(v) for k, v in a.revoked.items()},
         {k: set(v) for k, v in a.token_subjects.items()},
         {k: list(v) for k, v in a.invite_revokes.items()},

@@ -38,7 +38,7 @@ import msgpack
 
 from smegmesh.core.addressing import validate_mesh_id
 from smegmesh.core.cert import MAX_TOKEN_TTL_MS, token_expiry_ok
-from smegmesh.core.record import Admission, InviteGrant, NodeRecord, check_endpoint
+from smegmesh.core.record import InviteGrant, NodeRecord, check_endpoint
 
 PREFIX = "smeg1."
 MAX_TOKEN_CHARS = 2048
@@ -215,9 +215,7 @@ def check_admission(
     issuer = found[0][1]
     grant = _strictest([g for g, _ in found])
     h = grant.token_hash
-    joiners: set[bytes] = set(ledger.get(h, ())) if ledger is not None else set()
-    for r in recs:
-        joiners.update(a.joiner for a in r.admitted if a.token_hash == h)
+    joiners = tokens_used(recs, ledger or {}, (h,))[h]
     if grant.uses == 0 or (revoked is not None and revoked(h, issuer)):
         return None, "token revoked"
     if now_ms >= grant.expiry_ms:
@@ -231,6 +229,23 @@ def check_admission(
     if len(joiners) >= grant.uses:
         return None, "token used up"
     return grant, "ok"
+
+
+def tokens_used(
+    records: Iterable[NodeRecord], ledger: Mapping[bytes, Set[bytes]], hashes: Iterable[bytes]
+) -> dict[bytes, set[bytes]]:
+    """Whom each token of ``hashes`` ever admitted.
+
+    The token ledger (hash -> subjects of the admission certificates) and the
+    admissions listed in ``records`` (by members of earlier versions). One
+    pass over the records.
+    """
+    used = {h: set(ledger.get(h, ())) for h in hashes}
+    for r in records:
+        for a in r.admitted:
+            if a.token_hash in used:
+                used[a.token_hash].add(a.joiner)
+    return used
 
 
 def _grants_for(
@@ -261,7 +276,3 @@ def _strictest(grants: list[InviteGrant]) -> InviteGrant:
         uses=min(g.uses for g in grants),
         strict=any(g.strict for g in grants),
     )
-
-
-def admission(secret: bytes, joiner: bytes) -> Admission:
-    return Admission(token_hash=token_hash(secret), joiner=joiner)

@@ -219,18 +219,13 @@ class MeshState(AdmissionGate):
         """
         if not batch:
             return
-        self._defer_rebuild = True
-        try:
+        with self._rebuild_once():
             for st in statements_in_order(batch):
                 try:
                     if self.apply(st, now_ms):
                         changed.add(st.key)
                 except RecordError as e:
                     errors.append(e)
-        finally:
-            self._defer_rebuild = False
-            if self._rebuild_due:
-                self._rebuild_authority()
 
     def _admissible(self, batch: list[Item], now_ms: int, errors: list[RecordError]) -> list[Item]:
         """The batch's records and prunes that pass the checks and the gate and would win."""
@@ -353,8 +348,7 @@ class MeshState(AdmissionGate):
             if e.auth is not None and (type(e.auth) is Cert) == certs and k not in self._entries
         ]
         changed: set[bytes] = set()
-        self._defer_rebuild = True
-        try:
+        with self._rebuild_once():
             for st in statements_in_order(theirs):
                 try:
                     self._gate_statement(st)
@@ -362,10 +356,6 @@ class MeshState(AdmissionGate):
                     continue
                 self._put(st)
                 changed.add(st.key)
-        finally:
-            self._defer_rebuild = False
-            if self._rebuild_due:
-                self._rebuild_authority()
         return changed
 
     def clock_stepped(self, delta_ms: int) -> None:

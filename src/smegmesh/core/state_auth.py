@@ -38,6 +38,7 @@ evictions refused by a replica that comes later).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from smegmesh.core.authority import Authority, note_token_cert
@@ -123,10 +124,10 @@ class StatementGate(StateStore):
         """A statement of an issuer not named: a member's certificate or own revocation."""
         if isinstance(item, Cert):
             rec = self.get(item.issuer)
-            if rec is not None:
-                flag = bool(rec.chain) and rec.chain[-1].may_admit
-                if self._authority.issuer_may_admit(item.issuer, flag, item.issued_ms):
-                    return True
+            if rec is not None and self._authority.member_may_admit(
+                item.issuer, rec.chain, item.issued_ms
+            ):
+                return True
             sub = self.get(item.subject)
             return sub is not None and bool(sub.chain) and sub.chain[-1].key == item.key
         if isinstance(item, InviteRevoke):
@@ -150,23 +151,35 @@ class StatementGate(StateStore):
         progress = True
         while progress and self._pending_auth:
             progress = False
-            for key, item in list(self._pending_auth.items()):
-                if key in self._entries:
+            with self._rebuild_once():  # each pass judges by the authority the last one left
+                for key, item in list(self._pending_auth.items()):
+                    if key in self._entries:
+                        self._pending_auth.pop(key, None)
+                        continue
+                    try:
+                        self._gate_statement(item)
+                    except HeldBack:
+                        continue
+                    except RecordError:
+                        self._pending_auth.pop(key, None)
+                        continue
                     self._pending_auth.pop(key, None)
-                    continue
-                try:
-                    self._gate_statement(item)
-                except HeldBack:
-                    continue
-                except RecordError:
-                    self._pending_auth.pop(key, None)
-                    continue
-                self._pending_auth.pop(key, None)
-                if self._verify_statement(item):
-                    self._put_statement(item)
-                    taken.add(key)
-                    progress = True
+                    if self._verify_statement(item):
+                        self._put_statement(item)
+                        taken.add(key)
+                        progress = True
         return taken
+
+    @contextmanager
+    def _rebuild_once(self) -> Iterator[None]:
+        """Statements put inside rebuild the authority once, at the end (a founding at once)."""
+        self._defer_rebuild = True
+        try:
+            yield
+        finally:
+            self._defer_rebuild = False
+            if self._rebuild_due:
+                self._rebuild_authority()
 
     # -- holding and the authority ---------------------------------------------------
 

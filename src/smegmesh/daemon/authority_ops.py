@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from smegmesh.core.addressing import mesh_prefix, node_id_prefix
 from smegmesh.core.cert import Policy
 from smegmesh.core.identity import key_from_text, key_to_text
+from smegmesh.core.invite import tokens_used
 from smegmesh.core.meshnode import NotAllowed
 from smegmesh.daemon import service as svc
 from smegmesh.daemon.api_models import (
@@ -162,18 +163,13 @@ class AuthorityOps:
         auth = rt.node.mesh.authority
         now = now_ms()
         records = rt.node.live_records()
-        # admissions listed in records (older members), per token: one pass, not
-        # one pass per invitation (O(N) rather than O(N^2) at 10,000 members)
-        listed: dict[bytes, set[bytes]] = {}
-        for rr in records:
-            for adm in rr.admitted:
-                listed.setdefault(adm.token_hash, set()).add(adm.joiner)
+        # one pass over the records for every invitation (O(N), not O(N^2))
+        hashes = [g.token_hash for r in records for g in r.invites]
+        used_by = tokens_used(records, auth.token_subjects, hashes)
         out = []
         for r in records:
             for g in r.invites:
-                used = auth.token_subjects.get(g.token_hash, set()) | listed.get(
-                    g.token_hash, set()
-                )
+                used = used_by[g.token_hash]
                 out.append(
                     InviteInfo(
                         token_id=g.token_hash.hex(),
