@@ -71,6 +71,8 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from smegmesh.core.buckets import shifted
+
 #: Upper bound of the local health multiplier (Lifeguard's S = 8).
 MAX_HEALTH_MULTIPLIER = 8
 #: First probes whose outcome (direct ack in time or not) make up local health.
@@ -248,9 +250,9 @@ class FailureDetector:
             self._probe.started_ms += d
         if self._last_stall_ms is not None:
             self._last_stall_ms += d
-        for times in (self._suspect_since, self._last_heard, self._watch_since):
-            for k in times:
-                times[k] += d
+        self._suspect_since = shifted(self._suspect_since, d)
+        self._last_heard = shifted(self._last_heard, d)
+        self._watch_since = shifted(self._watch_since, d)
 
     def probe_interval_ms(self) -> int:
         """The probe period, scaled by local health.

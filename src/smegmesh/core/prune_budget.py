@@ -24,7 +24,7 @@ went over its budget lately is told at once (:meth:`PruneBudget.suspect`).
 
 from __future__ import annotations
 
-from smegmesh.core.buckets import KeyedBuckets
+from smegmesh.core.buckets import KeyedBuckets, shifted
 
 __all__ = ["BURST", "MAX_PRUNERS", "RATE_PER_S", "SUSPECT_MS", "PruneBudget"]
 
@@ -83,7 +83,7 @@ class PruneBudget:
     def clock_stepped(self, delta_ms: int) -> None:
         """The wall clock was stepped by ``delta_ms``: the buckets' times move with it."""
         self._buckets.clock_stepped(delta_ms)
-        self._refused_at = {k: t + delta_ms for k, t in self._refused_at.items()}
+        self._refused_at = shifted(self._refused_at, delta_ms)
 
     def suspect(self, pruner: bytes, now_ms: int) -> bool:
         """Whether ``pruner`` went over its budget in the last :data:`SUSPECT_MS`.
