@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from smegmesh.core.endpoint import join_host_port, split_host_port
+
 __all__ = ["EndpointResolver", "literal_only", "lookup_endpoint"]
 
 log = logging.getLogger("smegmesh.wg")
@@ -39,19 +41,21 @@ def _literal(host: str) -> bool:
 
 def literal_only(endpoint: str) -> str | None:
     """``endpoint`` if its host is an IP literal, else None (no lookup)."""
-    return endpoint if _literal(endpoint.rpartition(":")[0].strip("[]")) else None
+    try:
+        host, _port = split_host_port(endpoint)
+    except ValueError:
+        return None
+    return endpoint if _literal(host) else None
 
 
 def lookup_endpoint(endpoint: str, lookup: Lookup = socket.getaddrinfo) -> str:
     """``host:port`` with an IP literal; resolves a host name (blocking). ``OSError``/
     ``ValueError`` if it cannot."""
-    host, _, port = endpoint.rpartition(":")
-    bare = host.strip("[]")
-    if _literal(bare):
+    host, port = split_host_port(endpoint)
+    if _literal(host):
         return endpoint
-    family, _, _, _, addr = lookup(bare, int(port), type=socket.SOCK_DGRAM)[0]
-    ip = str(addr[0])
-    return f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}"
+    _family, _, _, _, addr = lookup(host, port, type=socket.SOCK_DGRAM)[0]
+    return join_host_port(str(addr[0]), port)
 
 
 class EndpointResolver:
