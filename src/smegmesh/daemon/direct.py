@@ -201,23 +201,26 @@ class DirectManager:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def _forget_left(self) -> None:
-        maps: tuple[dict[str, Any], ...] = (
+        """Drop what is held for meshes left.
+
+        ``schedules`` too: a rejoin starts on the default port again, and may
+        have to move off it.
+        """
+        held: tuple[dict[str, Any], ...] = (
             self.tables,
             self.plans,
             self._targets,
             self.probed,
             self._choices,
             self._choosing,
+            self.schedules,
+            self._discovering,
         )
-        for d in maps:
+        for d in held:
             for mesh_id in [m for m in d if m not in self.node.meshes]:
-                del d[mesh_id]  # meshes left
-        for mesh_id in [m for m in self.schedules if m not in self.node.meshes]:
-            # a mesh left: its timing and its port moves go (a rejoin starts
-            # on the default port again, and may have to move off it)
-            del self.schedules[mesh_id]
-        for mesh_id in [m for m in self._discovering if m not in self.node.meshes]:
-            self._discovering.pop(mesh_id).cancel()
+                held_for = d.pop(mesh_id)
+                if d is self._discovering:
+                    held_for.cancel()  # its discovery task
         self.prober.keep([a for p in self.probed.values() for a in p.values()])
 
     async def _echo_loop(self) -> None:

@@ -45,9 +45,7 @@ class MembershipOps(DaemonBase):
         state.apply(founding, now_ms())
         rt = self._add_runtime(mesh_id, opts, state, None)
         if rt.node.settings.role != Role.PEER:
-            del self.meshes[mesh_id]
-            if rt.task:
-                rt.task.cancel()
+            self._discard_runtime(rt)
             raise svc.invalid_argument(
                 "a mesh is created by a peer (role client cannot create one)"
             )
@@ -55,9 +53,7 @@ class MembershipOps(DaemonBase):
         try:
             self._save_mesh(rt)
         except PersistError as e:  # nobody knows of the mesh yet: not created
-            del self.meshes[mesh_id]
-            if rt.task:
-                rt.task.cancel()
+            self._discard_runtime(rt)
             with contextlib.suppress(OSError):
                 remove_mesh_files(self._mesh_dir(), mesh_id)
             raise svc.not_saved(e.strerror or str(e), "the mesh was not created") from None
@@ -132,9 +128,7 @@ class MembershipOps(DaemonBase):
         except BaseException:
             for mesh_id, rt in list(self.meshes.items()):
                 if rt.joining and before.get(mesh_id) is not rt:
-                    del self.meshes[mesh_id]
-                    if rt.task:
-                        rt.task.cancel()
+                    self._discard_runtime(rt)
             raise
 
     async def _join_mesh(self, token: str, opts: MeshOptions) -> str:
@@ -198,9 +192,7 @@ class MembershipOps(DaemonBase):
                 "join through %s refused (it may not know the invitation yet; will retry)",
                 b.control_endpoint,
             )
-        del self.meshes[tok.mesh_id]
-        if rt.task:
-            rt.task.cancel()
+        self._discard_runtime(rt)
         if refused:
             raise svc.refused(
                 "the invitation was refused (expired, used up, or not valid for this mesh)"
@@ -235,9 +227,7 @@ class MembershipOps(DaemonBase):
         self._emit(rt, rt.node.leave(now_ms()))
         if rt.calls:
             await asyncio.wait(list(rt.calls), timeout=3)
-        if rt.task:
-            rt.task.cancel()
-        del self.meshes[mesh_id]
+        self._discard_runtime(rt)
         self.member_events.forget(mesh_id)
         self.handshakes.forget(mesh_id)
         loop = asyncio.get_running_loop()

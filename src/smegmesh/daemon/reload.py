@@ -89,8 +89,10 @@ def _api_secrets(daemon: Any, old: Config, new: Config, changed: list[str]) -> l
     return keys
 
 
-def _refuse(problem: str) -> bool:
-    log.error("configuration not reloaded, keeping the running one: %s", problem)
+def _refuse(*problems: str) -> bool:
+    """Log each problem; False (not reloaded)."""
+    for problem in problems:
+        log.error("configuration not reloaded, keeping the running one: %s", problem)
     return False
 
 
@@ -104,9 +106,7 @@ def reload_config(daemon: Any, path: str | Path, log_format: str | None = None) 
     try:
         new = load_config(path)
     except ConfigError as e:
-        for problem in e.problems:
-            _refuse(problem)
-        return False
+        return _refuse(*e.problems)
     if log_format is not None:
         new = new.model_copy(update={"log_format": log_format})
     old: Config = daemon.config
@@ -127,9 +127,7 @@ def reload_config(daemon: Any, path: str | Path, log_format: str | None = None) 
         except ValueError as e:
             keep = ", ".join(_key(n) for n in restart)
             why = f" (with the running {keep}, which a restart would change)" if keep else ""
-            for problem in str(e).splitlines():
-                _refuse(problem + why)
-            return False
+            return _refuse(*(problem + why for problem in str(e).splitlines()))
     retune = bool(set(_GOSSIP_FIELDS) & set(live) or "heartbeat_interval" in live)
     try:
         params = (gossip_params(cfg), liveness_params(cfg)) if retune else None

@@ -140,9 +140,7 @@ class RestoreOps(DaemonBase):
             self._emit(rt, rt.node.start(now_ms()))
         except Exception as e:
             if rt is not None:  # registered, not started: not half a mesh
-                self.meshes.pop(mesh_id, None)
-                if rt.task:
-                    rt.task.cancel()
+                self._discard_runtime(rt)
             self._not_restored(mesh_id, meta_path, e)
             return
         if self.unrestored.pop(mesh_id, None) is not None:

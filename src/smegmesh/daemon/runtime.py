@@ -227,6 +227,13 @@ class RuntimeOps(DaemonBase):
         rt.task = asyncio.create_task(self._mesh_loop(rt))
         return rt
 
+    def _discard_runtime(self, rt: MeshRuntime) -> None:
+        """Unregister ``rt`` and stop its loop: a mesh not created, joined or restored, or left."""
+        if self.meshes.get(rt.mesh_id) is rt:
+            del self.meshes[rt.mesh_id]
+        if rt.task:
+            rt.task.cancel()
+
     def _clock_stepped(self, delta_ms: int) -> None:
         """The wall clock was stepped (:class:`WallClock`): every engine's timers move with it."""
         level = logging.WARNING if abs(delta_ms) >= 1000 else logging.DEBUG
