@@ -6,6 +6,7 @@ when the machine cannot run them (not root, no netns, no wireguard-go).
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,19 @@ import pytest
 
 import hypo
 from envcheck import missing
+from smegmesh.testbed.loopback import short_tmpdir
 from smegmesh.testbed.netns import Testbed, environment_problem
 
 _netns_problem: list[str | None] = []
+
+
+@pytest.fixture
+def root() -> Iterator[Path]:
+    """A daemon's directory under /tmp, short: a unix socket's path is limited to 107 bytes."""
+    d = short_tmpdir("smt")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
 
 #: Hypothesis: ``ci`` (today's counts) when ``CI=true``, else the fast ``dev`` profile.
 HYPOTHESIS_PROFILE = hypo.load()

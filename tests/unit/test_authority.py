@@ -40,7 +40,7 @@ from smegmesh.core.state import MAX_CLOCK_SKEW_MS, MeshState
 from smegmesh.core.state_auth import HeldBack
 from smegmesh.core.sync import Push
 from smegmesh.core.wire import decode, encode
-from smegmesh.testbed.founded import NOW, Mesh, ident, member_node
+from smegmesh.testbed.founded import NOW, Mesh, ident, join, member_node
 
 
 def test_mesh_id_is_self_certifying() -> None:
@@ -261,19 +261,6 @@ def test_route_to_another_mesh_needs_membership_proof() -> None:
 # --------------------------------------------------------------------------- finding 5
 
 
-def _join(member: MeshNode, joiner: MeshNode, secret: bytes, now: int) -> bool:
-    req = joiner.join_request(secret, now)
-    reply, _outs = member.handle_request(joiner.key, req, now)
-    if isinstance(reply, Refusal):
-        return False
-    assert isinstance(reply, JoinReply)
-    reply = decode(encode(reply))  # as on the wire
-    joiner.absorb(reply.items, now, reply.chain)
-    push = Push(member.mesh_id, tuple(joiner.mesh.items_for([joiner.key])))
-    member.handle_request(joiner.key, push, now)
-    return True
-
-
 def _founded_with_token() -> tuple[Mesh, MeshNode, list[Bootstrap], Token]:
     """A members-admit mesh, its started founder, its bootstrap and a one-use token."""
     m = Mesh(Policy.MEMBERS)
@@ -290,14 +277,14 @@ def test_token_uses_are_counted_over_every_admission_ever() -> None:
     """Finding 5: a --uses 1 token admitted again after 64 admissions or after its admitter left."""
     m, founder, boot, tok = _founded_with_token()
     a = member_node(ident(2), m.mesh_id, MeshState(m.mesh_id, admission=True))
-    assert _join(founder, a, tok.secret, NOW + 1)
+    assert join(founder, a, tok.secret, NOW + 1)
     assert a.record is not None and a.record.chain[-1].token_hash == tok.token_hash
     # A second member (admitted with a token of its own) replicates the ledger...
     helper = member_node(ident(3), m.mesh_id, MeshState(m.mesh_id, admission=True))
     tok2, _ = founder.invite(
         NOW + 2, ttl_ms=3_600_000, uses=1, bootstrap=boot, secret=secrets.token_bytes(16)
     )
-    assert _join(founder, helper, tok2.secret, NOW + 3)
+    assert join(founder, helper, tok2.secret, NOW + 3)
     helper.absorb(founder.mesh.all_items(), NOW + 4)
     # ...and the admitted node leaves: the use still counts.
     a.leave(NOW + 5)
@@ -305,8 +292,8 @@ def test_token_uses_are_counted_over_every_admission_ever() -> None:
     helper.mesh.gc(NOW + 10**8, 1000)  # its left record is collected
     assert a.key not in helper.mesh or not helper.mesh.is_member(a.key)
     b = member_node(ident(4), m.mesh_id, MeshState(m.mesh_id, admission=True))
-    assert not _join(helper, b, tok.secret, NOW + 10**8 // 2)
-    assert not _join(founder, b, tok.secret, NOW + 7)
+    assert not join(helper, b, tok.secret, NOW + 10**8 // 2)
+    assert not join(founder, b, tok.secret, NOW + 7)
 
 
 def test_strict_token_only_admitted_by_its_issuer() -> None:
@@ -318,7 +305,7 @@ def test_strict_token_only_admitted_by_its_issuer() -> None:
         NOW, ttl_ms=3_600_000, uses=1, bootstrap=boot, secret=secrets.token_bytes(16)
     )
     other = member_node(ident(2), m.mesh_id, MeshState(m.mesh_id, admission=True))
-    assert _join(founder, other, plain.secret, NOW + 1)
+    assert join(founder, other, plain.secret, NOW + 1)
     strict, _ = founder.invite(
         NOW + 2,
         ttl_ms=3_600_000,
@@ -329,8 +316,8 @@ def test_strict_token_only_admitted_by_its_issuer() -> None:
     )
     other.absorb(founder.mesh.all_items(), NOW + 3)
     joiner = member_node(ident(3), m.mesh_id, MeshState(m.mesh_id, admission=True))
-    assert not _join(other, joiner, strict.secret, NOW + 4)
-    assert _join(founder, joiner, strict.secret, NOW + 5)
+    assert not join(other, joiner, strict.secret, NOW + 4)
+    assert join(founder, joiner, strict.secret, NOW + 5)
 
 
 # --------------------------------------------------------------------------- finding 6

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -27,16 +26,6 @@ from smegmesh.daemon import runtime
 from smegmesh.daemon.config import MeshOptions
 from smegmesh.daemon.node import Daemon
 from smegmesh.testbed.founded import ident
-from smegmesh.testbed.loopback import short_tmpdir
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    import shutil
-
-    d = short_tmpdir("clk")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

@@ -20,25 +20,11 @@ from smegmesh.core.meshnode import MeshNode, NotAllowed
 from smegmesh.core.messages import JoinReply, Refusal
 from smegmesh.core.record import InviteGrant
 from smegmesh.core.state import MeshState
-from smegmesh.core.sync import Push
 from smegmesh.core.wire import decode, encode
-from smegmesh.testbed.founded import NOW, Mesh, ident, member_node
+from smegmesh.testbed.founded import NOW, Mesh, ident, join, member_node
 
 BOOT = [Bootstrap("[2001:db8::1]:4000", bytes(32), ident(1).wg_public_key)]
 HOUR = 3_600_000
-
-
-def _join(member: MeshNode, joiner: MeshNode, secret: bytes, now: int) -> bool:
-    req = decode(encode(joiner.join_request(secret, now)))
-    reply, _ = member.handle_request(joiner.key, req, now)
-    if isinstance(reply, Refusal):
-        return False
-    assert isinstance(reply, JoinReply)
-    reply = decode(encode(reply))
-    joiner.absorb(reply.items, now, reply.chain)
-    own = tuple(joiner.mesh.items_for([joiner.key]))
-    member.handle_request(joiner.key, Push(member.mesh_id, own), now)
-    return True
 
 
 def _node(i: int, m: Mesh) -> MeshNode:
@@ -55,7 +41,7 @@ def _two_members(policy: Policy) -> tuple[Mesh, MeshNode, MeshNode, MeshNode]:
         tok, _ = founder.invite(
             t, ttl_ms=HOUR, uses=1, bootstrap=BOOT, secret=secrets.token_bytes(16)
         )
-        assert _join(founder, n, tok.secret, t)
+        assert join(founder, n, tok.secret, t)
     for n in (a, b):
         n.mesh.apply_many(founder.mesh.all_items(), NOW + 3)
     return m, founder, a, b
@@ -78,7 +64,7 @@ def test_a_client_that_may_not_invite_mints_no_token_an_honest_peer_honours() ->
     client.update_self(NOW + 3, invites=(grant,))
     founder.mesh.apply_many(client.mesh.items_for([client.key]), NOW + 4)
     assert founder.mesh.record(client.key).invites == (grant,)  # type: ignore[union-attr]
-    assert not _join(founder, _node(9, m), secret, NOW + 5), "a client's own token admitted"
+    assert not join(founder, _node(9, m), secret, NOW + 5), "a client's own token admitted"
 
 
 def test_a_member_cannot_lift_the_strict_flag_uses_or_expiry_of_anothers_token() -> None:
@@ -89,10 +75,10 @@ def test_a_member_cannot_lift_the_strict_flag_uses_or_expiry_of_anothers_token()
     a.mesh.apply_many(founder.mesh.all_items(), NOW + 5)
     # the hash is public (in the founder's record): 'a' publishes it again, lax
     a.update_self(NOW + 6, invites=(InviteGrant(strict.token_hash, NOW + HOUR, 10**6),))
-    admitted = sum(_join(a, _node(10 + i, m), strict.secret, NOW + 10 + i) for i in range(3))
-    admitted += _join(a, _node(20, m), strict.secret, NOW + 10 * 60_000)  # after its expiry
+    admitted = sum(join(a, _node(10 + i, m), strict.secret, NOW + 10 + i) for i in range(3))
+    admitted += join(a, _node(20, m), strict.secret, NOW + 10 * 60_000)  # after its expiry
     assert admitted == 0, f"a strict, one-use, 60 s token admitted {admitted} nodes"
-    assert _join(founder, _node(21, m), strict.secret, NOW + 20)  # its issuer still admits
+    assert join(founder, _node(21, m), strict.secret, NOW + 20)  # its issuer still admits
 
 
 def test_an_issuers_revocation_is_not_undone_by_another_member_republishing_the_hash() -> None:
@@ -100,11 +86,11 @@ def test_an_issuers_revocation_is_not_undone_by_another_member_republishing_the_
     tok, _ = a.invite(NOW + 4, ttl_ms=HOUR, uses=5, bootstrap=BOOT, secret=secrets.token_bytes(16))
     a.revoke_invite(NOW + 5, tok.token_hash)  # a (not an admin) revokes its own token
     founder.mesh.apply_many(a.mesh.all_items(), NOW + 6)
-    assert not _join(founder, _node(29, m), tok.secret, NOW + 7)
+    assert not join(founder, _node(29, m), tok.secret, NOW + 7)
     b.mesh.apply_many(founder.mesh.all_items(), NOW + 7)
     b.update_self(NOW + 8, invites=(InviteGrant(tok.token_hash, NOW + HOUR, 5),))
     founder.mesh.apply_many(b.mesh.items_for([b.key]), NOW + 9)
-    assert not _join(founder, _node(30, m), tok.secret, NOW + 10), "a revoked token admitted"
+    assert not join(founder, _node(30, m), tok.secret, NOW + 10), "a revoked token admitted"
 
 
 def test_a_grant_of_an_earlier_version_counts_unless_another_member_lists_it_too() -> None:
@@ -113,11 +99,11 @@ def test_a_grant_of_an_earlier_version_counts_unless_another_member_lists_it_too
     secret = secrets.token_bytes(16)
     a.update_self(NOW + 4, invites=(InviteGrant(token_hash(secret), NOW + HOUR, 3),))
     founder.mesh.apply_many(a.mesh.items_for([a.key]), NOW + 5)
-    assert _join(founder, _node(40, m), secret, NOW + 6)
+    assert join(founder, _node(40, m), secret, NOW + 6)
     # another member copies the public hash with other terms: neither counts any more
     b.update_self(NOW + 7, invites=(InviteGrant(token_hash(secret), NOW + HOUR, 10**6),))
     founder.mesh.apply_many(b.mesh.items_for([b.key]), NOW + 8)
-    assert not _join(founder, _node(41, m), secret, NOW + 9)
+    assert not join(founder, _node(41, m), secret, NOW + 9)
 
 
 def test_a_grant_that_lives_longer_than_a_year_is_refused() -> None:
@@ -127,7 +113,7 @@ def test_a_grant_that_lives_longer_than_a_year_is_refused() -> None:
     year = 365 * 86_400_000
     a.update_self(NOW + 4, invites=(InviteGrant(token_hash(secret), NOW + 2 * year, 3),))
     founder.mesh.apply_many(a.mesh.items_for([a.key]), NOW + 5)
-    assert not _join(founder, _node(50, m), secret, NOW + 6)
+    assert not join(founder, _node(50, m), secret, NOW + 6)
 
 
 def test_a_join_refused_for_its_sender_does_no_token_work(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,7 +7,6 @@ pass does is the same, and the test decides when one happens."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +17,6 @@ from smegmesh.daemon.config import MeshOptions
 from smegmesh.daemon.node import Daemon
 from smegmesh.wg import factory
 from smegmesh.wg.memory import MemoryBackend
-
-
-@pytest.fixture
-def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A short directory: the control socket's path is limited to 108 bytes."""
-    import shutil
-    import tempfile
-
-    d = Path(tempfile.mkdtemp(prefix="hk-", dir="/tmp"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

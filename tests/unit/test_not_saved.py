@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,6 @@ import pytest
 from daemon_inproc import running_daemon, until
 from smegmesh.daemon.config import MeshOptions
 from smegmesh.daemon.service import ServiceError
-from smegmesh.testbed.loopback import short_tmpdir
 
 
 class Disk:
@@ -43,13 +40,6 @@ class Disk:
 @pytest.fixture
 def disk(monkeypatch: pytest.MonkeyPatch) -> Disk:
     return Disk(monkeypatch)
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    d = short_tmpdir("sns")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 async def refused(coro: Any) -> ServiceError:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,6 @@ from daemon_inproc import running_daemon
 from smegmesh.daemon import persist, store
 from smegmesh.daemon.persist import PersistError, atomic_write, remove_stale_temps
 from smegmesh.daemon.restore import saved_mesh_files
-from smegmesh.testbed.loopback import short_tmpdir
 
 
 def _fail(err: int) -> Any:
@@ -80,13 +77,6 @@ def test_stale_temporary_files_are_removed_and_nothing_else(tmp_path: Path) -> N
     assert remove_stale_temps(tmp_path) == 2
     assert not any(p.exists() for p in stale)
     assert all(p.exists() for p in kept)
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    d = short_tmpdir("smp")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def test_the_daemon_removes_stale_temporary_files_at_start(root: Path) -> None:

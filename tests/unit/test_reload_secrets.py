@@ -11,8 +11,6 @@ import asyncio
 import logging
 import shutil
 import ssl
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +25,6 @@ from tls_helpers import self_signed
 
 OLD = "old-token-0123456789"
 NEW = "new-token-9876543210"
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))  # a short unix socket path
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def _config(root: Path, tls: bool) -> tuple[Path, int]:

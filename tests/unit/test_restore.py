@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,6 @@ from smegmesh.daemon import restore, runtime
 from smegmesh.daemon.config import MeshOptions
 from smegmesh.daemon.restore import SavedMeshError, read_saved_mesh
 from smegmesh.daemon.service import ServiceError
-from smegmesh.testbed.loopback import short_tmpdir
 
 MESH = "amber-falcon-river-k7q2"
 
@@ -92,13 +89,6 @@ def test_broken_json_is_one_line(tmp_path: Path) -> None:
     path.write_text('{"mesh_id": ')
     with pytest.raises(SavedMeshError, match="unreadable: Expecting value"):
         read_saved_mesh(path)
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    d = short_tmpdir("srs")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 async def make_mesh(root: Path, **extra: Any) -> str:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,14 +26,6 @@ from smegmesh.daemon.rpc_dgram import DatagramStats
 from smegmesh.daemon.rpc_dgram_client import DatagramClient
 from smegmesh.daemon.transport import RpcClient, RpcError, RpcServer, TlsIdentity
 from smegmesh.testbed.founded import Mesh, ident, member_node
-from smegmesh.testbed.loopback import short_tmpdir
-
-
-@pytest.fixture
-def root() -> Iterator[Path]:
-    d = short_tmpdir("stc")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def test_a_daemon_answers_no_call_meant_for_another_key(root: Path) -> None:

@@ -15,8 +15,11 @@ from smegmesh.core.gossip import GossipParams
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.liveness import LivenessParams
 from smegmesh.core.meshnode import MeshNode, MeshSettings
+from smegmesh.core.messages import JoinReply, Refusal
 from smegmesh.core.record import NodeRecord, Prune, Role
 from smegmesh.core.state import MeshState
+from smegmesh.core.sync import Push
+from smegmesh.core.wire import decode, encode
 
 __all__ = ["NOW", "Mesh", "ident", "member_node", "settled"]
 
@@ -107,6 +110,21 @@ def member_node(
         random.Random(1),
         st,
     )
+
+
+def join(member: MeshNode, joiner: MeshNode, secret: bytes, now: int) -> bool:
+    """``joiner`` joins through ``member`` with ``secret``, every message through
+    the wire codec; once admitted, it pushes its record back. False if refused."""
+    req = decode(encode(joiner.join_request(secret, now)))
+    reply, _outs = member.handle_request(joiner.key, req, now)
+    if isinstance(reply, Refusal):
+        return False
+    assert isinstance(reply, JoinReply)
+    reply = decode(encode(reply))
+    joiner.absorb(reply.items, now, reply.chain)
+    own = tuple(joiner.mesh.items_for([joiner.key]))
+    member.handle_request(joiner.key, Push(member.mesh_id, own), now)
+    return True
 
 
 def settled(
