@@ -123,3 +123,32 @@ def test_a_start_that_finds_no_interface_runs_the_up_hooks(root: Path, kept: Mem
     kept.devices.clear()  # a reboot
     asyncio.run(run(False))
     assert _ran(root) == ["preUp", "postUp", "preUp", "postUp"]
+
+
+def test_an_interface_the_health_check_creates_again_gets_its_post_up_hooks(
+    root: Path, kept: MemoryBackend
+) -> None:
+    """A lost interface (wireguard-go died, ``ip link del``) is created again by the
+    health check, configured, but what postUp set up on it (firewall rules,
+    routes, qdiscs) went with it, and no hook ran again (second read of the
+    twenty-fifth session). postUp runs again; preUp does not (the backend
+    created the interface before smegd hears of the loss)."""
+
+    async def main() -> None:
+        d = _daemon(root)
+        await d.start()
+        try:
+            mesh = await d.new_mesh(MeshOptions())
+            await d._reconcile_pass()
+            assert _ran(root) == ["preUp", "postUp"]
+            kept.lose(d.meshes[mesh].ifname)
+            await d._health_check()
+            assert d.meshes[mesh].ifname in kept.devices
+            assert _ran(root) == ["preUp", "postUp", "postUp"]
+            await d._health_check()  # healthy: nothing more
+            await d._reconcile_pass()
+            assert _ran(root) == ["preUp", "postUp", "postUp"]
+        finally:
+            await d.stop()
+
+    asyncio.run(main())

@@ -127,17 +127,32 @@ class ApplyOps(DaemonBase):
             )
 
     async def _health_check(self) -> None:
-        """Repair WireGuard interfaces changed behind our back (``Reconciler.check``)."""
+        """Repair WireGuard interfaces changed behind our back (``Reconciler.check``).
+
+        An interface lost and created again by the backend is configured again
+        here, and its mesh's postUp hooks run again: what they set up on it
+        went with it. Not preUp: the interface exists before we hear of the loss.
+        """
         try:
             fixed = await asyncio.get_running_loop().run_in_executor(
                 self._wg_pool, self.reconciler.check
             )
-            for r in fixed:
-                log.warning("repaired WireGuard interface (%d ops)", len(r.wg_ops))
-            # (No periodic status read: get-mesh reads handshakes and
-            # counters when asked, so an idle daemon does not poll.)
         except Exception as e:
             log.warning("WireGuard health check failed: %s", e)
+            return
+        # (No periodic status read: get-mesh reads handshakes and
+        # counters when asked, so an idle daemon does not poll.)
+        by_ifname = {rt.ifname: rt for rt in self.meshes.values()}
+        for r in fixed:
+            rt = by_ifname.get(r.interface)
+            log.warning(
+                "WireGuard interface %s was lost: created and configured again (%d ops)%s",
+                r.interface,
+                len(r.wg_ops),
+                "; running its postUp hooks" if rt is not None and rt.hooks.get("postUp") else "",
+            )
+            if rt is not None:
+                await self._run_hooks(rt, "postUp")
 
     #: Handshake state is read this often, only while an event stream is open.
     HANDSHAKE_POLL_S = 10.0
