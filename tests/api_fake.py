@@ -24,19 +24,21 @@ import jmespath.exceptions
 from smegmesh.daemon.api import ApiServer, create_app, serve_tcp, serve_unix
 from smegmesh.daemon.api_models import (
     AddDeviceResponse,
-    AdminResponse,
-    AliasReservation,
     DeviceInfo,
-    EvictResponse,
-    InviteInfo,
     MeshDetail,
     MeshSummary,
     NodeInfo,
     PingResponse,
-    PolicyResponse,
     RouteInfo,
     SelectedRoute,
     StatusResponse,
+)
+from smegmesh.daemon.api_models_authority import (
+    AdminResponse,
+    AliasReservation,
+    EvictResponse,
+    InviteInfo,
+    PolicyResponse,
 )
 from smegmesh.daemon.config import MeshOptions
 from smegmesh.daemon.events import EventBus

@@ -18,12 +18,12 @@ from smegmesh.cli.app import (
     mesh_call,
 )
 from smegmesh.cli.output import EXIT_USAGE, _console, _fail
-from smegmesh.daemon.api_models import (
+from smegmesh.daemon.api_models import InvitePolicy
+from smegmesh.daemon.api_models_authority import (
     AdminResponse,
     AliasReservation,
     EvictResponse,
     InviteInfo,
-    InvitePolicy,
     PolicyResponse,
 )
 

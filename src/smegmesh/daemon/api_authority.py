@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from smegmesh.daemon.api_models import (
+from smegmesh.daemon.api_models_authority import (
     AdminRequest,
     AdminResponse,
     AliasReservation,

@@ -17,13 +17,12 @@ from smegmesh.core.identity import key_from_text, key_to_text
 from smegmesh.core.invite import tokens_used
 from smegmesh.core.meshnode import NotAllowed
 from smegmesh.daemon import service as svc
-from smegmesh.daemon.api_models import (
+from smegmesh.daemon.api_models import MeshDetail, NodeInfo
+from smegmesh.daemon.api_models_authority import (
     AdminResponse,
     AliasReservation,
     EvictResponse,
     InviteInfo,
-    MeshDetail,
-    NodeInfo,
     PolicyResponse,
 )
 from smegmesh.daemon.resolve import describe, resolve_node

@@ -12,17 +12,19 @@ from typing import Any, Protocol, runtime_checkable
 
 from smegmesh.daemon.api_models import (
     AddDeviceResponse,
-    AdminResponse,
-    AliasReservation,
     DeviceInfo,
-    EvictResponse,
     GraphFormat,
-    InviteInfo,
     MeshDetail,
     MeshSummary,
     PingResponse,
-    PolicyResponse,
     StatusResponse,
+)
+from smegmesh.daemon.api_models_authority import (
+    AdminResponse,
+    AliasReservation,
+    EvictResponse,
+    InviteInfo,
+    PolicyResponse,
 )
 from smegmesh.daemon.config import MeshOptions
 
