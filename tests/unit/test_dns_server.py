@@ -525,21 +525,10 @@ def test_a_crafted_message_is_refused_from_its_header_unparsed(
     """10,000 questions or records in 64 KiB cost dnspython 0.25-0.8 s of the daemon's
     event loop (DNS, gossip and the API share it), for a FORMERR (found by a review)."""
     from smegmesh.dns import answer as answer_mod
+    from smegmesh.testbed.hostile_dns import QUESTION, RECORD, crafted_messages
 
-    q = b"\x01a\x04smeg\x00" + struct.pack("!HH", 28, 1)
-    extra = b"\xc0\x0c" + struct.pack("!HH", 28, 1)
-    rr = b"\xc0\x0c" + struct.pack("!HHIH", 16, 1, 0, 1) + b"\x00"
-    n = 5000
-    crafted = {
-        "questions": struct.pack("!HHHHHH", 7, 0x0100, n + 1, 0, 0, 0) + q + extra * n,
-        "answers": struct.pack("!HHHHHH", 8, 0x0100, 1, n, 0, 0) + q + rr * n,
-        "additional": struct.pack("!HHHHHH", 9, 0x0100, 1, 0, 0, n) + q + rr * n,
-        "one big OPT": struct.pack("!HHHHHH", 10, 0x0100, 1, 0, 0, 1)
-        + q
-        + b"\x00"
-        + struct.pack("!HHIH", 41, 1232, 0, 4 * n)
-        + struct.pack("!HH", 65001, 0) * n,
-    }
+    crafted = crafted_messages(5000)
+    n, q, rr = 5000, QUESTION, RECORD
 
     def never(*_a: object, **_k: object) -> Any:
         raise AssertionError("parsed")
