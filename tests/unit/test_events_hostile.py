@@ -1,0 +1,71 @@
+"""What a member turned bad can make of this node's events and their log lines.
+
+A review of observability under a hostile peer (docs/SECURITY.md, "Events,
+logs and metrics under a hostile member"): each test failed on the code
+before its fix.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+import pytest
+
+from smegmesh.core.routing import RouteEntry, RoutingResult
+from smegmesh.daemon.events import EventBus, describe, route_events
+
+MESH = "amber-falcon-river-k7q2"
+BAD = b"\x0b" * 32
+#: route changes of one pass shown one by one (docs/EVENTS.md); more: one summary
+ROUTE_EVENTS_MAX = 32
+
+
+def _routing(*entries: RouteEntry) -> RoutingResult:
+    return RoutingResult(adverts={}, gateway_routes={}, client_destinations={}, table=entries)
+
+
+def _invented(n: int, gateway: bytes = BAD) -> list[RouteEntry]:
+    """``n`` destinations a member made up, through its own mesh (length 2)."""
+    base = ipaddress.IPv6Network("fd77::/48")
+    subnets = base.subnets(new_prefix=64)
+    return [RouteEntry(str(next(subnets)), MESH, gateway, ("its-own-mesh",), 0) for _ in range(n)]
+
+
+def test_a_member_flipping_its_invented_routes_makes_a_bounded_number_of_events(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """512 invented destinations (a record's most), published and withdrawn: one
+    event per destination made 512 events and 512 INFO lines per flip (the ring of
+    1,024 turned over by two flips, journald's 10,000 lines in 30 s by 20)."""
+    real = RouteEntry("fd99::/64", MESH, b"\x01" * 32, (), 0)
+    exit_ = RouteEntry("::/0", MESH, b"\x01" * 32, (), 0)
+    quiet = _routing(real, exit_)
+    flooded = _routing(real, exit_, *_invented(512))
+    evs = route_events(quiet, flooded)
+    assert len(evs) <= ROUTE_EVENTS_MAX + 1, len(evs)
+    (summary,) = [e for e in evs if "count" in e[3]]
+    assert summary[:3] == ("route.changed", MESH, None)
+    assert summary[3]["count"] == 512
+    back = route_events(flooded, quiet)
+    assert len(back) <= ROUTE_EVENTS_MAX + 1 and back[0][3]["count"] == 512
+    bus = EventBus()
+    caplog.set_level(logging.INFO, logger="smegd.events")
+    for kind, mesh, gw, detail in evs + back:
+        bus.publish(kind, mesh=mesh, node=gw, detail=detail)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [f"mesh {MESH}: 512 routes changed"] * 2
+    # a few changes are still one event each, and an exit change always is
+    few = route_events(quiet, _routing(exit_, *_invented(3)))
+    assert sorted(e[3]["destination"] for e in few) == sorted(
+        ["fd77::/64", "fd77:0:0:1::/64", "fd77:0:0:2::/64", "fd99::/64"]
+    )
+    moved = RouteEntry("::/0", MESH, b"\x02" * 32, (), 0)
+    many = route_events(flooded, _routing(real, moved))
+    assert [e[0] for e in many] == ["exit.changed", "route.changed"]
+    assert many[0][3]["destination"] == "::/0" and many[1][3]["count"] == 512
+
+
+def test_a_route_summary_reads_as_one_line() -> None:
+    ev = {"type": "route.changed", "mesh": MESH, "detail": {"count": 40}}
+    assert describe(ev) == f"mesh {MESH}: 40 routes changed"
