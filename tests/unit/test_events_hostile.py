@@ -69,3 +69,55 @@ def test_a_member_flipping_its_invented_routes_makes_a_bounded_number_of_events(
 def test_a_route_summary_reads_as_one_line() -> None:
     ev = {"type": "route.changed", "mesh": MESH, "detail": {"count": 40}}
     assert describe(ev) == f"mesh {MESH}: 40 routes changed"
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_a_member_changing_its_record_without_end_gets_a_bounded_number_of_log_lines(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A member may publish versions as often as its call budget allows (100 a
+    second), each with a new description or services: one INFO line each (~12 KB
+    with 16 services), enough with a few keys for journald to drop every smegd
+    line. Its events still all go to the stream; its lines are capped per node."""
+    clock = _Clock()
+    bus = EventBus(monotonic=clock)
+    sub = bus.subscribe()
+    caplog.set_level(logging.INFO, logger="smegd.events")
+    for i in range(1000):
+        bus.publish(
+            "member.changed",
+            mesh=MESH,
+            node=BAD,
+            alias="bad",
+            detail={"description": {"old": f"v{i}", "new": f"v{i + 1}"}},
+        )
+    bus.publish("member.joined", mesh=MESH, node=b"\x01" * 32, alias="good")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) <= 31, len(lines)
+    assert lines[-1] == f"mesh {MESH}: member good joined"  # another node is not held back
+    assert len(sub) == 256 and sub.missed == 1001 - 256  # the stream is as before
+    caplog.clear()
+    clock.t += 61
+    bus.tick()
+    (summary,) = [r.getMessage() for r in caplog.records]
+    assert summary.startswith("member events of Cws") and "970 not logged in the last 61 s" in (
+        summary
+    ), summary
+    caplog.clear()
+    bus.publish("member.left", mesh=MESH, node=BAD, alias="bad")  # a new minute: logged
+    assert [r.getMessage() for r in caplog.records] == [f"mesh {MESH}: member bad left"]
+
+
+def test_the_nodes_whose_log_lines_are_counted_are_bounded() -> None:
+    """Keys a member makes up (devices, throwaway admissions) cannot grow the counts."""
+    bus = EventBus(monotonic=_Clock())
+    for i in range(10_000):
+        bus.publish("wg.peer_added", mesh=MESH, node=i.to_bytes(32, "big"))
+    assert len(bus._lines) <= 4097
