@@ -121,3 +121,31 @@ def test_the_nodes_whose_log_lines_are_counted_are_bounded() -> None:
     for i in range(10_000):
         bus.publish("wg.peer_added", mesh=MESH, node=i.to_bytes(32, "big"))
     assert len(bus._lines) <= 4097
+
+
+def test_get_mesh_shows_a_members_ipv6_endpoint_as_it_is() -> None:
+    """``smegctl get-mesh`` put a member's endpoint into a rich table as markup:
+    ``[fd00::1]:51820`` (any IPv6 endpoint starting with a-f) was taken for a style
+    tag and shown as ``:51820``. A member's text in a table is now plain text."""
+    import io
+
+    from rich.console import Console
+
+    from smegmesh.cli.tables import mesh_tables
+    from smegmesh.core.addressing import mesh_prefix, overlay_address
+    from smegmesh.daemon.api_models import MeshDetail, NodeInfo
+
+    key = b"\x07" * 32
+    node = NodeInfo(
+        public_key="BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=",
+        role="peer",
+        overlay_address=str(overlay_address(MESH, key)),
+        wg_endpoint="[fd00:ab::1]:51820",
+        alias="bravo",
+    )
+    d = MeshDetail(mesh_id=MESH, prefix=str(mesh_prefix(MESH)), self_key="x", nodes=[node])
+    out = io.StringIO()
+    con = Console(file=out, width=400, color_system=None)
+    for part in mesh_tables(d):
+        con.print(part)
+    assert "[fd00:ab::1]:51820" in out.getvalue(), out.getvalue()
