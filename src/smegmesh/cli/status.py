@@ -17,6 +17,7 @@ from rich.table import Table
 from smegmesh.cli.app import JsonOpt, _run, _smegd, app
 from smegmesh.cli.client import check_mesh_id
 from smegmesh.cli.output import _ago, _bytes, _console, _dur, _print_json
+from smegmesh.cli.tables import plain
 from smegmesh.daemon.api_models import (
     MemberStatus,
     MeshStatus,
@@ -146,7 +147,7 @@ def _print_mesh(con: Console, m: MeshStatus, now: float) -> None:
     for col in _MEMBER_COLUMNS:
         t.add_column(col, overflow="fold", min_width=min(len(col), 9) or 1)
     for n in m.members:
-        t.add_row(*_member_row(n, now))
+        t.add_row(*plain(*_member_row(n, now)))
     con.print(t)
     for r in m.routes:
         hop = r.gateway_alias or _short_key(r.gateway)

@@ -7,11 +7,12 @@ from collections.abc import Iterator, Sequence
 
 from rich.console import RenderableType
 from rich.table import Table
+from rich.text import Text
 
 from smegmesh.cli.output import _ago, _bytes, _dur
 from smegmesh.daemon.api_models import MeshDetail, MeshSummary, NodeInfo
 
-__all__ = ["mesh_tables", "meshes_table"]
+__all__ = ["mesh_tables", "meshes_table", "plain"]
 
 _NODE_COLUMNS = (
     "",
@@ -24,6 +25,12 @@ _NODE_COLUMNS = (
     "RX / TX",
     "KEY",
 )
+
+
+def plain(*cells: str) -> tuple[Text, ...]:
+    """Cells shown as they are: a string cell is rich markup, and a member's
+    ``[fd00::1]:51820`` endpoint was taken for a style tag (shown ``:51820``)."""
+    return tuple(Text(c) for c in cells)
 
 
 def meshes_table(meshes: Sequence[MeshSummary]) -> Table:
@@ -75,7 +82,7 @@ def mesh_tables(d: MeshDetail, *, show_all: bool = False) -> Iterator[Renderable
     for col in _NODE_COLUMNS:
         t.add_column(col, overflow="fold", min_width=min(len(col), 9) or 1)
     for n in d.nodes:
-        t.add_row(*_node_row(n, now))
+        t.add_row(*plain(*_node_row(n, now)))
     yield t
     me = next((n for n in d.nodes if n.is_self), None)
     if me is not None and me.alias_conflict:
@@ -89,11 +96,13 @@ def mesh_tables(d: MeshDetail, *, show_all: bool = False) -> Iterator[Renderable
             et.add_column(col, overflow="fold")
         for e in d.evicted:
             et.add_row(
-                e.public_key[:12] + "…",
-                e.overlay_address,
-                e.by[:12] + "…",
-                _ago(e.time, now),
-                "yes" if e.cascade else "no",
+                *plain(
+                    e.public_key[:12] + "…",
+                    e.overlay_address,
+                    e.by[:12] + "…",
+                    _ago(e.time, now),
+                    "yes" if e.cascade else "no",
+                )
             )
         yield et
     if d.routes:
@@ -102,10 +111,12 @@ def mesh_tables(d: MeshDetail, *, show_all: bool = False) -> Iterator[Renderable
             rt.add_column(col, overflow="fold")
         for r in d.routes:
             rt.add_row(
-                r.destination,
-                r.gateway_alias or r.gateway[:12] + "…",
-                " → ".join(r.path) or "-",
-                str(r.path_length),
-                str(len(r.alternatives)),
+                *plain(
+                    r.destination,
+                    r.gateway_alias or r.gateway[:12] + "…",
+                    " → ".join(r.path) or "-",
+                    str(r.path_length),
+                    str(len(r.alternatives)),
+                )
             )
         yield rt

@@ -28,6 +28,11 @@ QUEUE_SIZE = 256
 MAX_SUBSCRIBERS = 32
 #: Seconds between ``: keepalive`` comments on an idle stream.
 KEEPALIVE_S = 15.0
+#: Log lines of one node's events per :data:`LOG_WINDOW_S`; the rest are counted.
+LOG_LINES_PER_NODE = 30
+LOG_WINDOW_S = 60.0
+#: Nodes whose lines are counted per window (the rest share one count).
+LOG_MAX_NODES = 4096
 
 
 #: Every event type, with the level its log line is written at.
@@ -77,6 +82,53 @@ class Event:
         """The event as one Server-Sent Events message."""
         data = json.dumps(self.to_json(), separators=(",", ":"))
         return f"id: {self.seq}\nevent: {self.type}\ndata: {data}\n\n".encode()
+
+
+class _LineBudget:
+    """Log lines per node and window: at most ``per_node``, the rest counted and
+    summarised once the window is over. A member may change its record as often
+    as its call budget allows, each change an event; its events all go to the
+    streams, but one INFO line each (a few KB with its services) let it fill the
+    log, and past journald's rate limit the journal drops every smegd line."""
+
+    OTHER = "other nodes"
+
+    def __init__(self, per_node: int, window_s: float, max_nodes: int, clock: Callable[[], float]):
+        self.per_node = per_node
+        self.window_s = window_s
+        self.max_nodes = max_nodes
+        self._clock = clock
+        self._start = clock()
+        self._counts: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+    def take(self, node: str) -> bool:
+        """One line of ``node``'s: may it be logged?"""
+        self.tick()
+        if node not in self._counts and len(self._counts) >= self.max_nodes:
+            node = self.OTHER
+        n = self._counts[node] = self._counts.get(node, 0) + 1
+        return n <= self.per_node
+
+    def tick(self) -> None:
+        """Summarise the window once it is over (called by :meth:`take` and now and then)."""
+        now = self._clock()
+        if now - self._start < self.window_s:
+            return
+        for node, n in self._counts.items():
+            if n > self.per_node:
+                log.info(
+                    "member events of %s: %d not logged in the last %.0f s "
+                    "(at most %d lines a node; the event stream had them all)",
+                    node if node == self.OTHER else f"{node[:8]}…",
+                    n - self.per_node,
+                    now - self._start,
+                    self.per_node,
+                )
+        self._counts = {}
+        self._start = now
 
 
 class TooManySubscribers(Exception):
@@ -160,10 +212,12 @@ class EventBus:
         max_subscribers: int = MAX_SUBSCRIBERS,
         clock: Callable[[], float] = time.time,
         first_seq: int = 1,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """``first_seq``: the daemon passes its start time in ms, so the numbers of a
         restarted daemon are above those of the one before (a client resuming
-        across the restart is told, instead of silently skipping events)."""
+        across the restart is told, instead of silently skipping events).
+        ``monotonic``: the clock of the log lines' budget per node."""
         self._ring: collections.deque[Event] = collections.deque(maxlen=ring_size)
         self._first = first_seq
         self._seq = first_seq - 1
@@ -171,6 +225,7 @@ class EventBus:
         self.queue_size = queue_size
         self.max_subscribers = max_subscribers
         self._clock = clock
+        self._lines = _LineBudget(LOG_LINES_PER_NODE, LOG_WINDOW_S, LOG_MAX_NODES, monotonic)
         self.closed = False
 
     @property
@@ -207,12 +262,16 @@ class EventBus:
         )
         self._ring.append(ev)
         level = EVENT_TYPES.get(type, logging.INFO)
-        if log.isEnabledFor(level):
+        if log.isEnabledFor(level) and (ev.node is None or self._lines.take(ev.node)):
             log.log(level, "%s", describe(ev.to_json()))
         for sub in self._subs:
             if sub.wants(ev):
                 sub._offer(ev)
         return ev
+
+    def tick(self) -> None:
+        """Write the summary of log lines left out, once their window is over."""
+        self._lines.tick()
 
     def dropped_notice(self, last_missed: int, missed: int, reason: str) -> Event:
         """A ``stream.dropped`` event (not buffered; its seq is the last one missed)."""

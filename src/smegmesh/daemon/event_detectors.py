@@ -21,6 +21,11 @@ from smegmesh.daemon.event_text import key_text
 HANDSHAKE_FRESH_S = 180.0
 #: More WireGuard peers than this added (removed) at once make one summary event.
 WG_PEER_EVENTS_MAX = 32
+#: More route changes than this in one mesh at once make one summary event: a
+#: member can invent 512 destinations and withdraw them with each version of its
+#: record, and one event (one INFO line) per destination let it flood the log
+#: and turn over the event buffer at will (docs/SECURITY.md).
+ROUTE_EVENTS_MAX = 32
 
 
 #: Member states other than "live", tested in this order (first match wins);
@@ -245,7 +250,9 @@ def route_events(
     """(type, mesh, gateway, detail) per destination whose route changed. Pure.
 
     The default route (``::/0``) is ``exit.changed``; others ``route.changed``.
-    ``old`` None is the first computation: nothing to compare, no events.
+    ``old`` None is the first computation: nothing to compare, no events. More
+    than :data:`ROUTE_EVENTS_MAX` ``route.changed`` of one mesh are one event
+    of that mesh, ``{"count": n}`` with no gateway.
     """
     if old is None:
         return []
@@ -282,6 +289,30 @@ def route_events(
                 },
             )
         )
+    return _summarised(out)
+
+
+def _summarised(
+    evs: list[tuple[str, str | None, bytes | None, dict[str, Any]]],
+) -> list[tuple[str, str | None, bytes | None, dict[str, Any]]]:
+    """``evs`` with the ``route.changed`` of a mesh that has more than
+    :data:`ROUTE_EVENTS_MAX` replaced by one summary (in the place of the first)."""
+    counts: dict[str | None, int] = {}
+    for kind, mesh, _, _ in evs:
+        if kind == "route.changed":
+            counts[mesh] = counts.get(mesh, 0) + 1
+    if all(n <= ROUTE_EVENTS_MAX for n in counts.values()):
+        return evs
+    out: list[tuple[str, str | None, bytes | None, dict[str, Any]]] = []
+    summarised: set[str | None] = set()
+    for ev in evs:
+        kind, mesh = ev[0], ev[1]
+        n = counts.get(mesh, 0) if kind == "route.changed" else 0
+        if n <= ROUTE_EVENTS_MAX:
+            out.append(ev)
+        elif mesh not in summarised:  # the first of this mesh: its summary, not the rest
+            summarised.add(mesh)
+            out.append((kind, mesh, None, {"count": n}))
     return out
 
 

@@ -80,6 +80,8 @@ def _describe_body(ev: Mapping[str, Any]) -> str:
     member = _describe_member(t, ev, d)
     if member is not None:
         return member
+    if t == "route.changed" and "count" in d and "destination" not in d:
+        return f"{d['count']} routes changed"
     if t in ("route.changed", "exit.changed"):
         what = "exit" if t == "exit.changed" else f"route to {d.get('destination')}"
         return f"{what}: {_route(d.get('old'))} → {_route(d.get('new'))}"

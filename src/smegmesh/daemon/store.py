@@ -146,6 +146,7 @@ class StoreOps(DaemonBase):
         for rl in (self.dropped_items, self.refuted_prunes, self.save_failures):
             if len(rl):  # its summary, once per interval
                 rl.note_tick()
+        self.events.tick()  # lines of events left out of the log, likewise
         for rt in list(self.meshes.values()):
             if rt.node.mesh.gc(now_ms(), horizon):
                 rt.dirty_disk = True
