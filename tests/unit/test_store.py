@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from smegmesh.daemon import store
+from smegmesh.daemon.event_bus import EventBus
 from smegmesh.daemon.ratelog import RateLog
 from smegmesh.daemon.store import LEARNED_SAVE_INTERVAL_S, save_due, write_mesh
 
@@ -171,6 +172,7 @@ def store_ops(state_dir: Path, meshes: dict[str, Any]) -> Any:
         smegd, "failed", unit="writes", prep="of mesh", level=logging.ERROR
     )
     ops.member_events = SimpleNamespace(sweep=lambda *a: None)  # type: ignore[attr-defined]
+    ops.events = EventBus()  # type: ignore[attr-defined]
     return ops
 
 

@@ -233,7 +233,11 @@ MESH_OPTIONS: tuple[MeshOpt, ...] = (
     _hook(
         "post_up",
         "postUp",
-        "Shell commands run after the interface smegd created is up and configured (once).",
+        "Shell commands run after the interface smegd created is up and configured (once); "
+        "again when the health check (every 5 s) finds the interface lost (wireguard-go died, "
+        "`ip link del`) and creates and configures it again, since what postUp set up on it "
+        "went with it (preUp is not run then: the interface exists again before smegd hears "
+        "of the loss).",
     ),
     _hook(
         "pre_down",
