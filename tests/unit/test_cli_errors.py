@@ -7,6 +7,9 @@ wrong; the message on stderr names the flag that was wrong.
 
 from __future__ import annotations
 
+import json
+
+import pytest
 from typer.testing import CliRunner
 
 from smegmesh.cli.main import app
@@ -17,8 +20,44 @@ runner = CliRunner()
 NO_SOCKET = "/nonexistent/smegd.sock"
 
 
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["invite", "--meshid", "m", "--ttl", "soon"], "--ttl"),
+        (["invite", "--meshid", "m", "--ttl", "0"], "--ttl"),
+        (["invite", "--meshid", "m", "--uses", "0"], "--uses"),
+        (["new-mesh", "--wgport", "70000"], "--wgport"),
+        (["new-mesh", "--role", "admin"], "--role"),
+        (["admin", "promote", "node"], "action"),
+        (["get-mesh", "--bogus"], "--bogus"),
+        (["put-alias", "--meshid", "m"], "--alias"),
+    ],
+)
+def test_a_usage_error_with_json_is_json_on_stdout(args: list[str], flag: str) -> None:
+    """Before, stdout was empty (click's box on stderr only): a script with --json
+    had nothing to parse."""
+    r = runner.invoke(app, ["--socket", NO_SOCKET, *args, "--json"])
+    assert r.exit_code == 2, (r.stdout, r.stderr)
+    err = json.loads(r.stdout)["error"]
+    assert err["code"] == "usage" and flag in err["message"], err
+    # without --json: nothing on stdout, the usual message on stderr
+    r = runner.invoke(app, ["--socket", NO_SOCKET, *args])
+    assert (r.exit_code, r.stdout) == (2, "") and flag in r.stderr
+
+
 def test_a_bad_ttl_names_the_flag() -> None:
     """It said "Invalid value: must be longer than 0 seconds", naming no flag."""
     for ttl, why in (("0", "longer than 0 seconds"), ("1y", "not a duration")):
         r = runner.invoke(app, ["--socket", NO_SOCKET, "invite", "-m", "m", "--ttl", ttl])
         assert r.exit_code == 2 and "'--ttl'" in r.stderr and why in r.stderr, r.stderr
+
+
+def test_dns_help_bad_listen_with_json() -> None:
+    """It wrote the error on stderr only, whatever --json said."""
+    args = ["--socket", NO_SOCKET, "dns-help", "--listen", "[::1]:99999", "--json"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2, (r.stdout, r.stderr)
+    err = json.loads(r.stdout)["error"]
+    assert err["code"] == "usage", err
+    assert err["message"].startswith("--listen: port must be an integer"), err
+    assert r.stderr == f"smegctl: {err['message']}\n"

@@ -47,7 +47,8 @@ def _fail(
     code: int = EXIT_ERROR,
 ) -> NoReturn:
     if as_json:
-        _print_json(payload or {"error": {"code": "client", "message": message}})
+        kind = "usage" if code == EXIT_USAGE else "client"
+        _print_json(payload or {"error": {"code": kind, "message": message}})
     sys.stderr.write(f"smegctl: {message}\n")
     sys.stderr.flush()
     raise typer.Exit(code)
