@@ -61,3 +61,12 @@ def test_dns_help_bad_listen_with_json() -> None:
     assert err["code"] == "usage", err
     assert err["message"].startswith("--listen: port must be an integer"), err
     assert r.stderr == f"smegctl: {err['message']}\n"
+
+
+def test_revoke_invite_with_an_empty_id_is_a_usage_error() -> None:
+    """An empty TOKEN-ID made the URL .../invites/, which smegd redirects (307):
+    smegctl said "smegd sent an answer that is not JSON"."""
+    r = runner.invoke(app, ["--socket", NO_SOCKET, "revoke-invite", "-m", "m", "", "--json"])
+    assert r.exit_code == 2, (r.stdout, r.stderr)
+    err = json.loads(r.stdout)["error"]
+    assert err["code"] == "usage" and "TOKEN-ID" in err["message"], err
