@@ -206,6 +206,28 @@ def test_malformed_json_body(api: tuple[httpx.Client, FakeNodeService, Path]) ->
     assert _err(r)["code"] == "invalid_request" and "UTF-8" in _err(r)["message"]
 
 
+@pytest.mark.parametrize(
+    ("url", "ctype"),
+    [
+        ("/v1/join", "text/plain"),
+        ("/v1/meshes", "application/x-www-form-urlencoded"),  # curl -d's default
+        ("/api/v1/mesh/create", "text/yaml"),
+    ],
+)
+def test_a_body_sent_as_another_type_than_json_says_so(
+    api: tuple[httpx.Client, FakeNodeService, Path], url: str, ctype: str
+) -> None:
+    """A JSON body labelled text/plain was refused with "body: Input should be a
+    valid dictionary or object to extract fields from", which names no cause."""
+    c, svc, _ = api
+    r = c.post(url, content=b'{"token": "x"}', headers={"content-type": ctype})
+    assert r.status_code == 422, r.text
+    e = _err(r)
+    assert e["code"] == "invalid_request", e
+    assert "Content-Type: application/json" in e["message"] and ctype in e["message"], e
+    assert not svc.meshes
+
+
 def test_bad_query_expression_is_400(api: tuple[httpx.Client, FakeNodeService, Path]) -> None:
     c, _svc, _ = api
     mesh_id = c.post("/v1/meshes").json()["mesh_id"]

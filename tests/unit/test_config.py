@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
 
@@ -315,6 +316,43 @@ def test_durations_below_a_millisecond_are_refused(data: dict[str, float]) -> No
     msg = _err(data)
     key = next(iter(data))
     assert f"{key}: " in msg and "0.001" in msg, msg
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"syncInterval": 1e308},
+        {"pullInterval": 1e306},
+        {"heartbeatInterval": 86401, "gcHorizon": 1e6},
+        {"gcHorizon": 1e308},
+        {"timeout": 1e308},
+    ],
+)
+def test_durations_too_long_are_refused(data: dict[str, float]) -> None:
+    """`--check` passed syncInterval: 1e308 and smegd then died with a traceback
+    (OverflowError: cannot convert float infinity to integer, counting it in ms)."""
+    msg = _err(data)
+    key = next(iter(data))
+    assert f"{key}: " in msg and "less than or equal to" in msg, msg
+
+
+def test_the_longest_durations_allowed_run(root: Path) -> None:
+    """The bounds themselves: a daemon starts and creates a mesh with them."""
+    from daemon_inproc import running_daemon
+
+    longest = {
+        "syncInterval": 86400,
+        "pullInterval": 86400,
+        "heartbeatInterval": 86400,
+        "gcHorizon": 315_360_000,
+        "timeout": 3600,
+    }
+
+    async def run() -> None:
+        async with running_daemon(root, **longest) as d:
+            assert await d.new_mesh(MeshOptions())
+
+    asyncio.run(run())
 
 
 def test_check_refuses_an_interval_the_daemon_cannot_run(

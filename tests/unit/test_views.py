@@ -709,3 +709,18 @@ def test_documented_queries_run() -> None:
     assert run_query(doc, exprs[0]) == 6
     assert run_query(doc, "routes[?destination=='::/0'] | [0].gateway_alias") == "p3"
     assert run_query(doc, "nodes[?routes[?destination=='::/0']].alias") == ["p3"]
+
+
+def test_dot_has_no_control_characters_from_a_description() -> None:
+    """A member's description is any text it published, NUL and ESC included: the
+    graph of its mesh still draws (Graphviz stopped at a NUL: "syntax error", so
+    get-graph --format png/svg failed on every node), and the DOT printed on a
+    terminal carries no escape sequence."""
+    meshes, self_key = two_meshes()
+    weird = rec(IDS[40], MESH_A, description="a\x00b\x1b[31mred\x07\r\tend")
+    meshes[0] = GraphMesh(MESH_A, [*meshes[0].records, weird], suspects=meshes[0].suspects)
+    dot = graph_dot(meshes, self_key=self_key)
+    assert not [c for c in dot if c != "\n" and (ord(c) < 0x20 or ord(c) == 0x7F)]
+    assert "a b [31mred" in dot
+    if shutil.which("dot"):
+        subprocess.run(["dot", "-Tcanon"], input=dot.encode(), check=True, capture_output=True)

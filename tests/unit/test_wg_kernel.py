@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import shutil
@@ -194,3 +195,14 @@ def test_auto_prefers_userspace_without_module() -> None:
     finally:
         backend.close()
         shutil.rmtree("/tmp/smgauto-unused", ignore_errors=True)
+
+
+def test_kernel_probe_from_the_event_loop() -> None:
+    """smegd chooses its backend (wgBackend: auto, the default) in its event loop, where
+    pyroute2's sync IPRoute() raised "This event loop is already running": smegd
+    with an empty config died with a traceback instead of falling back to userspace."""
+
+    async def probe() -> bool:
+        return kernel_wireguard_available()
+
+    assert asyncio.run(probe()) == kernel_wireguard_available()

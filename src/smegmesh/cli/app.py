@@ -3,8 +3,9 @@
 Commands live in their own modules (:mod:`.commands`, :mod:`.commands_node`,
 :mod:`.status`, :mod:`.authority`, :mod:`.devices`) and register on
 :data:`app` when :mod:`smegmesh.cli.main` imports them. Every command has
-``--json`` for machine output on stdout; errors are one line on stderr
-(``smegctl: ...``) and a non-zero exit status, never a traceback.
+``--json`` for machine output on stdout, errors too (``{"error": {"code",
+"message"}}``, usage errors with code ``usage`` and exit 2); errors are one line on
+stderr (``smegctl: ...``) and a non-zero exit status, never a traceback.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Annotated, Any, get_args
 
 import typer
+from typer._click import ClickException, Context  # typer's own click (it vendors one)
+from typer.core import TyperGroup
 
 from smegmesh.cli.client import (
     SOCKET_ENV,
@@ -30,7 +33,7 @@ from smegmesh.cli.client import (
     seg,
     token_from_env,
 )
-from smegmesh.cli.output import _fail, _print_json
+from smegmesh.cli.output import EXIT_USAGE, _fail, _print_json
 from smegmesh.cli.smegd import Smegd
 from smegmesh.daemon.defaults import DEFAULT_CONTROL_SOCKET, VERSION
 
@@ -49,8 +52,42 @@ API_ENV = "SMEG_API"
 #: The old name of the one error type of smegctl (see :class:`ClientError`).
 CtlError = ClientError
 
+_ARGV = "smegctl.argv"
+
+
+class _Group(TyperGroup):
+    """smegctl's click group: a usage error (a bad or missing flag or value, click's or a
+    command's ``typer.BadParameter``) is also JSON on stdout when the command line has
+    ``--json``, in the shape of every other error (code ``usage``, exit 2)."""
+
+    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
+        ctx.meta[_ARGV] = list(args)
+        try:
+            return super().parse_args(ctx, args)
+        except ClickException as e:
+            _usage_json(ctx, e)
+            raise
+
+    def invoke(self, ctx: Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ClickException as e:
+            _usage_json(ctx, e)
+            raise
+
+
+def _usage_json(ctx: Context, e: ClickException) -> None:
+    """``e`` as JSON on stdout if ``--json`` was given (before any ``--``); click then
+    writes its own message on stderr and exits with ``e.exit_code``."""
+    argv: list[str] = ctx.meta.get(_ARGV, [])
+    if "--json" in argv[: argv.index("--") if "--" in argv else len(argv)]:
+        code = "usage" if e.exit_code == EXIT_USAGE else "client"
+        _print_json({"error": {"code": code, "message": e.format_message()}})
+
+
 app = typer.Typer(
     name="smegctl",
+    cls=_Group,
     help="Control the local smegmesh daemon (smegd): create, join and inspect WireGuard "
     "meshes.\n\n"
     f"smegctl talks to smegd over its unix socket: --socket PATH, else ${SOCKET_ENV}, "

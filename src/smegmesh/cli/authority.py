@@ -226,5 +226,7 @@ def revoke_invite(
     def human(res: InviteInfo, mid: str) -> None:
         typer.echo(f"revoked invitation {res.token_id[:12]}")
 
+    if not token_id.strip():
+        _fail("TOKEN-ID is empty: give the id list-invites shows", as_json, code=EXIT_USAGE)
     sub = f"invites/{_seg(token_id)}"
     mesh_call(ctx, meshid, as_json, "DELETE", sub, human, answer=InviteInfo)

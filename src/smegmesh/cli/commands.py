@@ -95,7 +95,7 @@ def invite(
     A node has at most 16 invitations outstanding (neither used up, revoked
     nor expired); a 17th is refused until one is (revoke-invite).
     """
-    ttl_s = parse_duration(ttl, most_s=MAX_INVITE_TTL_S)
+    ttl_s = parse_duration(ttl, most_s=MAX_INVITE_TTL_S, flag="--ttl")
 
     def go() -> None:
         mid = _meshid(ctx, meshid)

@@ -25,7 +25,7 @@ from smegmesh.cli.app import (
     app,
 )
 from smegmesh.cli.client import ClientError, SocketClient
-from smegmesh.cli.output import EXIT_ERROR, _fail, _print_json
+from smegmesh.cli.output import EXIT_USAGE, _fail, _print_json
 from smegmesh.cli.smegd import Smegd
 from smegmesh.daemon.api_models import StatusResponse
 from smegmesh.dns.help import DEFAULT_DNS_LISTEN
@@ -206,8 +206,7 @@ def dns_help(
         else:
             typer.echo(resolver_help(listen))
     except ValueError as e:
-        sys.stderr.write(f"smegctl: --listen: {e}\n")
-        raise typer.Exit(EXIT_ERROR) from None
+        _fail(f"--listen: {e}", as_json, code=EXIT_USAGE)
 
 
 def _daemon_dns_listen(ctx: typer.Context, as_json: bool) -> str:

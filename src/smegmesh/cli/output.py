@@ -47,7 +47,8 @@ def _fail(
     code: int = EXIT_ERROR,
 ) -> NoReturn:
     if as_json:
-        _print_json(payload or {"error": {"code": "client", "message": message}})
+        kind = "usage" if code == EXIT_USAGE else "client"
+        _print_json(payload or {"error": {"code": kind, "message": message}})
     sys.stderr.write(f"smegctl: {message}\n")
     sys.stderr.flush()
     raise typer.Exit(code)
@@ -87,9 +88,10 @@ _DURATION_RE = re.compile(r"(\d+)\s*([smhdw])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-def parse_duration(text: str, most_s: int | None = None) -> int:
+def parse_duration(text: str, most_s: int | None = None, flag: str | None = None) -> int:
     """``"90"`` / ``"90s"`` / ``"30m"`` / ``"2h"`` / ``"1d"`` / ``"1h30m"`` -> seconds (> 0,
-    and at most ``most_s`` when given)."""
+    and at most ``most_s`` when given); errors name ``flag`` (e.g. ``--ttl``) when given."""
+    hint = f"'{flag}'" if flag else None
     t = text.strip().lower()
     if t.isdigit():
         secs = int(t)
@@ -102,12 +104,14 @@ def parse_duration(text: str, most_s: int | None = None) -> int:
             pos = m.end()
         if pos != len(t) or not t:
             raise typer.BadParameter(
-                f"{text!r} is not a duration; use e.g. 90s, 30m, 2h, 1d or 1h30m"
+                f"{text!r} is not a duration; use e.g. 90s, 30m, 2h, 1d or 1h30m", param_hint=hint
             )
     if secs <= 0:
-        raise typer.BadParameter("must be longer than 0 seconds")
+        raise typer.BadParameter("must be longer than 0 seconds", param_hint=hint)
     if most_s is not None and secs > most_s:
-        raise typer.BadParameter(f"{text!r} is longer than the most allowed, {_span(most_s)}")
+        raise typer.BadParameter(
+            f"{text!r} is longer than the most allowed, {_span(most_s)}", param_hint=hint
+        )
     return secs
 
 

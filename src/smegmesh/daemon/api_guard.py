@@ -38,6 +38,15 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     )
 
 
+def _json_type(ctype: str) -> bool:
+    """Whether FastAPI takes a body of this Content-Type as JSON (``application/json``,
+    ``application/*+json``)."""
+    main = ctype.split(";", 1)[0].strip().lower()
+    return main == "application/json" or (
+        main.startswith("application/") and main.endswith("+json")
+    )
+
+
 def _validation_message(exc: RequestValidationError) -> str:
     return request_error(exc.errors())
 
@@ -192,6 +201,13 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        ctype = request.headers.get("content-type", "")
+        if ctype and not _json_type(ctype) and any(e["loc"][:1] == ("body",) for e in exc.errors()):
+            # FastAPI reads a body of another type as no object at all ("body: Input
+            # should be a valid dictionary..."): say what to send instead
+            shown = " ".join(ctype.split())[:100]
+            msg = "invalid request: body: send JSON with Content-Type: application/json"
+            return _error(422, "invalid_request", f"{msg} (got {shown})")
         return _error(422, "invalid_request", _validation_message(exc))
 
     @app.exception_handler(StarletteHTTPException)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import shutil
@@ -14,7 +15,16 @@ KINDS = ("auto", "kernel", "userspace", "memory")
 
 
 def kernel_wireguard_available(netns: str | None = None) -> bool:
-    """True if ``ip link add ... type wireguard`` works (creates and deletes a probe link)."""
+    """True if ``ip link add ... type wireguard`` works (creates and deletes a probe link).
+
+    Probed in a thread of its own: pyroute2's sync API runs an event loop, which it
+    cannot in the thread of a running one (smegd's, which chooses its backend).
+    """
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(_kernel_probe, netns).result()
+
+
+def _kernel_probe(netns: str | None) -> bool:
     try:
         from pyroute2 import IPRoute
     except ImportError:  # pragma: no cover

@@ -98,6 +98,7 @@ class Config(_Model):
     timeout: float = Field(
         default=5,
         gt=0,
+        le=3600,
         description="Seconds without an answer before a node-to-node call fails.",
     )
     max_channels: int = Field(
@@ -135,12 +136,14 @@ class Config(_Model):
         default=1,  # docs/SCALE.md: 100 % of 1,000 nodes in 1.75 s instead of 2.5 s, same bytes
         alias="syncInterval",
         gt=0,
+        le=86400,
         description="Seconds between gossip rounds while there are fresh changes.",
     )
     pull_interval: float = Field(
         default=3,  # docs/SCALE.md: bounds a node every push missed to ~3 s, +32 B/s per node
         alias="pullInterval",
         gt=0,
+        le=86400,
         description="Seconds between background anti-entropy pulls when idle.",
     )
     cluster_size: int = Field(
@@ -171,6 +174,7 @@ class Config(_Model):
         default=2,  # docs/SCALE.md: crash pruned by 99 % of 3,000 nodes in 3.0 s, 84 B/s/node
         alias="heartbeatInterval",
         gt=0,
+        le=86400,
         description="Failure-detection period: each node probes one member every half "
         "of it, a silent member is suspected and pruned after one more period; clients "
         "unheard of for 3x this are pruned (docs/ARCHITECTURE.md, Liveness).",
@@ -294,6 +298,7 @@ class Config(_Model):
         default=86400,
         alias="gcHorizon",
         gt=0,
+        le=315_360_000,
         description="Seconds the record of a departed or pruned node (tombstone) is kept "
         "before it is garbage-collected; must exceed 3 x heartbeatInterval.",
     )

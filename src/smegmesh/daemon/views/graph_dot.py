@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import itertools
+import re
 from collections.abc import Sequence
 
 from smegmesh.core.addressing import mesh_prefix
@@ -37,8 +38,14 @@ _ROUTE = "#dc2626"
 _REMOTE_LINE = "#6b7280"
 
 
+#: Control characters but the newline: a NUL ends Graphviz's input ("syntax error"), and
+#: escape sequences would reach a terminal the DOT is printed on.
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
 def _q(s: str) -> str:
-    """A DOT double-quoted string."""
+    """A DOT double-quoted string (control characters made spaces)."""
+    s = _CONTROL.sub(" ", s)
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 

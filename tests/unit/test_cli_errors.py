@@ -1,0 +1,72 @@
+"""smegctl's answers to a user's mistakes, checked before it talks to smegd.
+
+With ``--json`` every error is JSON on stdout, ``{"error": {"code", "message"}}``,
+usage errors included (exit 2), so that a script reads one shape whatever went
+wrong; the message on stderr names the flag that was wrong.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from smegmesh.cli.main import app
+
+runner = CliRunner()
+
+#: No daemon answers here: a usage error must come before any call.
+NO_SOCKET = "/nonexistent/smegd.sock"
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["invite", "--meshid", "m", "--ttl", "soon"], "--ttl"),
+        (["invite", "--meshid", "m", "--ttl", "0"], "--ttl"),
+        (["invite", "--meshid", "m", "--uses", "0"], "--uses"),
+        (["new-mesh", "--wgport", "70000"], "--wgport"),
+        (["new-mesh", "--role", "admin"], "--role"),
+        (["admin", "promote", "node"], "action"),
+        (["get-mesh", "--bogus"], "--bogus"),
+        (["put-alias", "--meshid", "m"], "--alias"),
+    ],
+)
+def test_a_usage_error_with_json_is_json_on_stdout(args: list[str], flag: str) -> None:
+    """Before, stdout was empty (click's box on stderr only): a script with --json
+    had nothing to parse."""
+    r = runner.invoke(app, ["--socket", NO_SOCKET, *args, "--json"])
+    assert r.exit_code == 2, (r.stdout, r.stderr)
+    err = json.loads(r.stdout)["error"]
+    assert err["code"] == "usage" and flag in err["message"], err
+    # without --json: nothing on stdout, the usual message on stderr
+    r = runner.invoke(app, ["--socket", NO_SOCKET, *args])
+    assert (r.exit_code, r.stdout) == (2, "") and flag in r.stderr
+
+
+def test_a_bad_ttl_names_the_flag() -> None:
+    """It said "Invalid value: must be longer than 0 seconds", naming no flag."""
+    for ttl, why in (("0", "longer than 0 seconds"), ("1y", "not a duration")):
+        r = runner.invoke(app, ["--socket", NO_SOCKET, "invite", "-m", "m", "--ttl", ttl])
+        assert r.exit_code == 2 and "'--ttl'" in r.stderr and why in r.stderr, r.stderr
+
+
+def test_dns_help_bad_listen_with_json() -> None:
+    """It wrote the error on stderr only, whatever --json said."""
+    args = ["--socket", NO_SOCKET, "dns-help", "--listen", "[::1]:99999", "--json"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2, (r.stdout, r.stderr)
+    err = json.loads(r.stdout)["error"]
+    assert err["code"] == "usage", err
+    assert err["message"].startswith("--listen: port must be an integer"), err
+    assert r.stderr == f"smegctl: {err['message']}\n"
+
+
+def test_revoke_invite_with_an_empty_id_is_a_usage_error() -> None:
+    """An empty TOKEN-ID made the URL .../invites/, which smegd redirects (307):
+    smegctl said "smegd sent an answer that is not JSON"."""
+    r = runner.invoke(app, ["--socket", NO_SOCKET, "revoke-invite", "-m", "m", "", "--json"])
+    assert r.exit_code == 2, (r.stdout, r.stderr)
+    err = json.loads(r.stdout)["error"]
+    assert err["code"] == "usage" and "TOKEN-ID" in err["message"], err
