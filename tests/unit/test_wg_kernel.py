@@ -206,3 +206,30 @@ def test_kernel_probe_from_the_event_loop() -> None:
         return kernel_wireguard_available()
 
     assert asyncio.run(probe()) == kernel_wireguard_available()
+
+
+def test_the_kernel_backend_is_made_and_used_from_any_thread() -> None:
+    """smegd makes its backend in its event loop and uses it in its WireGuard worker
+    thread. pyroute2's sync sockets run an event loop of their own: made in the
+    thread of a running loop they raised 'This event loop is already running',
+    so ``wgBackend: kernel`` (or ``auto`` where the module is loaded) died at start
+    (found beside the CLI review's probe fix). Here without the module: it is
+    BackendUnavailable, never another error; with it, the worker thread reads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from smegmesh.wg.kernel import KernelBackend
+
+    async def main() -> None:
+        try:
+            backend = KernelBackend()
+        except BackendUnavailable:
+            if kernel_wireguard_available():
+                raise
+            return
+        try:
+            with ThreadPoolExecutor(1) as pool:
+                assert pool.submit(backend._exists, "smegnone0").result() is False
+        finally:
+            backend.close()
+
+    asyncio.run(main())

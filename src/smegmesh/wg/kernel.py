@@ -10,6 +10,7 @@ continued in the next message: :func:`parse_dump` merges by public key.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import contextlib
 import threading
 from collections.abc import Iterable, Sequence
@@ -197,19 +198,54 @@ class KernelBackend:
         self.netns = netns
         self._lock = threading.RLock()
         self._resolve = EndpointResolver()
+        #: (thread, IPRoute, WireGuard): pyroute2's sync sockets run an event
+        #: loop of their own, so each is used in the thread that made it (smegd
+        #: makes the backend in its event loop, where making one raised "This
+        #: event loop is already running", and uses it in its WireGuard worker)
+        self._socks: tuple[int, Any, Any] | None = None
+        self._known: set[str] = set()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # BackendUnavailable if not
+            pool.submit(self._probe).result()
+
+    def _probe(self) -> None:
+        self._open()
+        self._close_socks()
+
+    def _open(self) -> tuple[Any, Any]:
+        """This thread's (IPRoute, WireGuard) sockets, made on first use in it."""
+        me = threading.get_ident()
+        if self._socks is not None and self._socks[0] == me:
+            return self._socks[1], self._socks[2]
+        self._close_socks()
         try:
             from pyroute2 import IPRoute, WireGuard
         except ImportError as exc:  # pragma: no cover - pyroute2 is a dependency
             raise BackendUnavailable(f"pyroute2 missing: {exc}") from exc
-        self._ipr: Any = IPRoute(netns=netns) if netns else IPRoute()
+        ipr = IPRoute(netns=self.netns) if self.netns else IPRoute()
         try:
-            self._wg: Any = WireGuard(netns=netns) if netns else WireGuard()
+            wg = WireGuard(netns=self.netns) if self.netns else WireGuard()
         except Exception as exc:
-            self._ipr.close()
+            ipr.close()
             raise BackendUnavailable(
                 f"kernel WireGuard unavailable ({exc}); load the wireguard module"
             ) from exc
-        self._known: set[str] = set()
+        self._socks = (me, ipr, wg)
+        return ipr, wg
+
+    def _close_socks(self) -> None:
+        socks, self._socks = self._socks, None
+        if socks is not None:
+            for obj in socks[1:]:
+                with contextlib.suppress(Exception):
+                    obj.close()
+
+    @property
+    def _ipr(self) -> Any:
+        return self._open()[0]
+
+    @property
+    def _wg(self) -> Any:
+        return self._open()[1]
 
     def _exists(self, name: str) -> bool:
         return bool(self._ipr.link_lookup(ifname=name))
@@ -259,6 +295,4 @@ class KernelBackend:
     def close(self) -> None:
         self._resolve.close()
         with self._lock:
-            for obj in (self._wg, self._ipr):
-                with contextlib.suppress(Exception):
-                    obj.close()
+            self._close_socks()
