@@ -140,3 +140,21 @@ def test_ping_and_status_through_a_bridge(cluster: Cluster) -> None:
     except BaseException:
         sys.stderr.write(cluster.logs() + "\n")
         raise
+
+
+def test_two_daemons_with_the_default_backend_form_a_mesh(cluster: Cluster) -> None:
+    """``wgBackend`` left out (``auto``), as a user's config leaves it: the kernel
+    probe ran pyroute2's sync API in smegd's event loop and smegd died at start
+    with a traceback (found by the CLI review); the test-bed's daemons all named
+    ``userspace``. Here there is no kernel module: wireguard-go, and the log says so."""
+    a = cluster.add("peer", start=False)
+    b = cluster.add("peer", start=False)
+    for d in (a, b):
+        d.edit_config(wgBackend=None)
+        d.start()
+    mesh_id = cluster.new_mesh(a)
+    cluster.join(b, cluster.invite(a, mesh_id))
+    cluster.wait_full_connectivity(mesh_id, [a, b], timeout=40)
+    for d in (a, b):
+        assert "WireGuard backend: userspace" in d.log_text(), d.log_tail()
+        assert d.wg_show(mesh_id) is not None
