@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
+from smegmesh.core.record import NodeRecord
 from smegmesh.core.routing import RouteEntry, RoutingResult
+from smegmesh.daemon.dns_wiring import DnsOps
 from smegmesh.daemon.events import EventBus, describe, route_events
+from smegmesh.daemon.runtime import MeshRuntime
+from smegmesh.daemon.views import alias_conflict
+from smegmesh.testbed.founded import ident
 
 MESH = "amber-falcon-river-k7q2"
 BAD = b"\x0b" * 32
+NOW = 1_700_000_000_000
 #: route changes of one pass shown one by one (docs/EVENTS.md); more: one summary
 ROUTE_EVENTS_MAX = 32
 
@@ -149,3 +157,47 @@ def test_get_mesh_shows_a_members_ipv6_endpoint_as_it_is() -> None:
     for part in mesh_tables(d):
         con.print(part)
     assert "[fd00:ab::1]:51820" in out.getvalue(), out.getvalue()
+
+
+def _clash_reporter(me: NodeRecord, rival: int) -> tuple[Any, Any]:
+    """The daemon's alias-clash report over a mesh of ``me`` and ``ident(rival)``."""
+    mesh = SimpleNamespace(version=0, admission=None)  # no authority: no reservations
+    records = [me, me]
+    rt = MeshRuntime.__new__(MeshRuntime)
+    rt.mesh_id, rt.alias_clash, rt.alias_checked = MESH, None, -1
+    rt.node = SimpleNamespace(mesh=mesh, live_records=lambda: records)  # type: ignore[assignment]
+    ops = DnsOps.__new__(DnsOps)
+    ops.meshes = {MESH: rt}  # type: ignore[attr-defined]
+    ops.identity = SimpleNamespace(wg_public_key=me.wg_key)  # type: ignore[attr-defined]
+
+    def switch(alias: str) -> None:  # the rival publishes a version with ``alias``
+        records[1] = NodeRecord.create(
+            ident(rival), MESH, version=mesh.version + 2, now_ms=NOW, alias=alias
+        )
+        mesh.version += 1
+        ops._report_alias_clashes()
+
+    return switch, rt
+
+
+def test_a_member_switching_its_alias_to_ours_and_back_gets_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A member that owns an alias before us (admitted earlier, or ranked first)
+    can switch its alias to ours and back with each version of its record: each
+    switch was one WARNING (and one INFO "resolved"), as many as reconcile passes."""
+    one, two = (
+        NodeRecord.create(ident(i), MESH, version=1, now_ms=NOW, alias="web") for i in (1, 2)
+    )
+    ours = 1 if alias_conflict([one, two], one.wg_key) else 2  # the one the ranking puts second
+    switch, rt = _clash_reporter(one if ours == 1 else two, 3 - ours)
+    with caplog.at_level(logging.DEBUG, logger="smegd"):
+        for _ in range(50):
+            switch("web")
+            switch("other")
+    above_debug = [r for r in caplog.records if r.levelno > logging.DEBUG]
+    assert [r.levelno for r in above_debug] == [logging.WARNING, logging.INFO], [
+        r.getMessage() for r in above_debug
+    ]  # was 50 WARNING and 50 INFO
+    switch("web")
+    assert rt.alias_clash  # the clash is still tracked (and shown by status)

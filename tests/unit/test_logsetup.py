@@ -100,3 +100,48 @@ def test_debug_level_leaves_grpcs_per_call_lines_out() -> None:
             root.addHandler(h)
         root.setLevel(saved[0])
         logging.getLogger("grpc").setLevel(logging.NOTSET)
+
+
+#: what a member may put in text we log (an endpoint name, an error its server sent):
+#: a new line, a terminal escape, NUL, NEL and CSI (C1), Unicode's line separator
+HOSTILE = "gone.example\nINFO smegd: all good\x1b[2J\x00\x85\x9b6n\u2028end"
+
+
+@pytest.mark.parametrize("journald", [False, True])
+def test_text_escapes_control_characters_in_the_message(journald: bool) -> None:
+    """Found by a review of logs under a hostile member (docs/SECURITY.md): the text
+    format wrote a message as it was, so a member's text could start a line of its
+    own (a forged one) or send escape sequences to the terminal reading the log."""
+    rec = logging.LogRecord("smegd", logging.WARNING, __file__, 1, "endpoint %s", (HOSTILE,), None)
+    text = TextFormatter(journald=journald).format(rec)
+    assert len(text.splitlines()) == 1, text
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u2029" for c in text)
+    assert text.endswith(
+        r"endpoint gone.example\nINFO smegd: all good\x1b[2J\x00\x85\x9b6n\u2028end"
+    )
+
+
+def test_text_keeps_normal_messages_and_tracebacks_as_they_were() -> None:
+    msg = "mesh m: alias 'web' is also claimed by node GxtY3VDq… (fd00::1), [x] 100 %"
+    text = TextFormatter(journald=True).format(_record(logging.WARNING, msg))
+    assert text == f"<4>WARNING smegd: {msg}"
+    try:
+        raise ValueError("boom\x1b[31m")
+    except ValueError:
+        rec = logging.LogRecord("smegd", logging.ERROR, __file__, 1, "x\ny", (), sys.exc_info())
+    lines = TextFormatter().format(rec).splitlines()
+    assert (
+        lines[0].endswith(r"ERROR smegd: x\ny") and lines[1] == "Traceback (most recent call last):"
+    )
+    assert lines[-1] == r"ValueError: boom\x1b[31m"  # a traceback keeps its lines, not escapes
+
+
+def test_json_lines_carry_no_control_character_raw() -> None:
+    """json.dumps escapes C0 (newline, ESC, NUL) but, with ensure_ascii off, wrote
+    DEL, C1 (NEL, CSI) and Unicode's line separators raw."""
+    line = JsonFormatter(journald=True).format(_record(logging.WARNING, HOSTILE, peer=HOSTILE))
+    assert len(line.splitlines()) == 1
+    assert not any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u2029" for c in line)
+    obj = json.loads(line[3:])
+    assert obj["message"] == obj["peer"] == HOSTILE
+    assert "…" in JsonFormatter().format(_record(logging.INFO, "GxtY3VDq…"))  # not \u2026

@@ -10,9 +10,11 @@ WireGuard worker thread of every mesh.
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,9 +23,12 @@ from smegmesh.core.desired import desired_config
 from smegmesh.core.record import NodeRecord, Role
 from smegmesh.core.wgconfig import PeerConfig
 from smegmesh.core.wgdiff import AddPeer, UpdatePeer, WgOp
+from smegmesh.daemon.config import parse_config
+from smegmesh.daemon.node import Daemon
 from smegmesh.net.host import MemoryHost
 from smegmesh.testbed.founded import ident
-from smegmesh.wg.kernel import build_set_requests
+from smegmesh.wg import factory
+from smegmesh.wg.kernel import KernelBackend, build_set_requests
 from smegmesh.wg.memory import MemoryBackend
 from smegmesh.wg.reconcile import Reconciler
 from smegmesh.wg.resolver import EndpointResolver
@@ -141,3 +146,49 @@ def test_names_held_are_bounded() -> None:
 @pytest.mark.parametrize("bad", ["gone.example:x", "gone.example"])
 def test_a_malformed_port_is_none_not_an_exception(bad: str) -> None:
     assert EndpointResolver(lookup=_answer("192.0.2.1"))(bad) is None
+
+
+def test_failed_lookups_go_to_the_report_given() -> None:
+    """A failure and a timeout each reach ``report`` (endpoint, why), not a line of their own."""
+    seen: list[tuple[str, str]] = []
+    release = threading.Event()
+
+    def lookup(host: str, *_a: object, **_k: object) -> Any:
+        if host == "slow.example":
+            release.wait(10)
+        return _nxdomain()
+
+    resolve = EndpointResolver(
+        lookup=lookup, timeout_s=0.05, report=lambda e, why: seen.append((e, why))
+    )
+    assert resolve("gone.example:51820") is None
+    assert resolve("slow.example:51820") is None
+    release.set()
+    resolve.close()
+    assert [e for e, _ in seen] == ["gone.example:51820", "slow.example:51820"]
+    assert "not known" in seen[0][1] and "no answer" in seen[1][1]
+
+
+def test_a_member_publishing_a_new_name_per_version_gets_one_warning_not_one_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by a review of logs under a hostile member (docs/SECURITY.md): each
+    failed lookup logged a WARNING, and a member can publish a new name that does
+    not resolve with each version of its record, one WARNING per reconcile pass.
+    smegd rate-limits them (daemon/ratelog.py): the first at once, then a summary."""
+    monkeypatch.setattr(factory, "kernel_wireguard_available", lambda netns=None: True)
+    monkeypatch.setattr(KernelBackend, "_probe", lambda self: None)
+    d = Daemon(parse_config({"stateDir": str(tmp_path), "wgBackend": "kernel"}))
+    try:
+        d._start_wireguard()
+        resolve = d.backend._resolve
+        resolve._lookup = _nxdomain
+        with caplog.at_level(logging.WARNING):
+            for version in range(50):
+                assert resolve(f"v{version}.gone.example:51820") is None
+        resolve.close()
+    finally:
+        d._wg_pool.shutdown(wait=False)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings  # was 50
+    assert "v0.gone.example:51820" in warnings[0]

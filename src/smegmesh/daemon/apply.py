@@ -23,6 +23,7 @@ from smegmesh.core.wgdiff import AddPeer
 from smegmesh.daemon.base import DaemonBase
 from smegmesh.daemon.events import WG_PEER_EVENTS_MAX, route_events, wg_peer_events
 from smegmesh.daemon.pacing import PassPacer
+from smegmesh.daemon.ratelog import RateLog
 from smegmesh.daemon.runtime import MeshRuntime, now_ms
 
 log = logging.getLogger("smegd")
@@ -42,7 +43,18 @@ class ApplyOps(DaemonBase):
 
         cfg = self.config
         kind = cfg.effective_wg_backend
-        self.backend = create_backend(kind, socket_dir=str(cfg.effective_wg_socket_dir))
+        # Endpoint names of members that do not resolve: a member can publish a
+        # new one with each version of its record, one failed lookup (and so a
+        # WARNING) per reconcile pass. The first at once, then a summary a minute;
+        # noted in the WireGuard worker only (its summary comes with a next one).
+        unresolved = RateLog(
+            log, "unresolved", unit="endpoint names", prep="in", level=logging.WARNING
+        )
+        self.backend = create_backend(
+            kind,
+            socket_dir=str(cfg.effective_wg_socket_dir),
+            report=lambda endpoint, why: unresolved.note("member records", f"{endpoint}: {why}"),
+        )
         host = MemoryHost() if kind == "memory" else HostNetwork()
         self.reconciler = Reconciler(self.backend, host)
         if not cfg.bridge_masquerade:

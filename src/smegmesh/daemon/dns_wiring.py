@@ -44,10 +44,17 @@ class DnsOps(DaemonBase):
                 rt.alias_authority,
             )
             if msg != rt.alias_clash:
+                # A member that owns our alias can switch its own to it and back
+                # with each version of its record: one WARNING (and one "resolved")
+                # per clash, not per switch; status still shows it (alias_conflict).
+                again = (msg or rt.alias_clash) == rt.alias_clash_told
                 if msg:
-                    log.warning("mesh %s: %s", rt.mesh_id, msg)
+                    level = logging.DEBUG if again else logging.WARNING
+                    log.log(level, "mesh %s: %s", rt.mesh_id, msg)
                 elif rt.alias_clash:
-                    log.info("mesh %s: alias clash resolved", rt.mesh_id)
+                    level = logging.DEBUG if again else logging.INFO
+                    log.log(level, "mesh %s: alias clash resolved", rt.mesh_id)
+                    rt.alias_clash_told = rt.alias_clash
                 rt.alias_clash = msg
 
     def _update_dns(self) -> None:

@@ -3,6 +3,8 @@
 * ``text`` (default): ``TIME LEVEL LOGGER: message``.
 * ``json``: one object per line with ``time``, ``level``, ``logger``,
   ``message`` and any extra fields passed with ``log.info(..., extra={...})``.
+* Neither writes a control character raw (a newline, ESC, NUL...): a message
+  may hold a member's text, which must not forge a line nor steer a terminal.
 * Under systemd's journal (``JOURNAL_STREAM`` names our stderr) the journal
   stamps every line itself: no timestamp of our own in text lines, and each
   line starts with the sd-daemon priority prefix ``<N>`` (``<3>`` error,
@@ -50,6 +52,19 @@ _STANDARD_ATTRS = frozenset(
 
 _HANDLER_NAME = "smegd"
 
+#: Characters no log line carries raw, each escaped as Python writes it (``\n``,
+#: ``\x1b``, ``\u2028``): C0 controls (newline, ESC, NUL...), DEL, C1 controls
+#: (NEL, CSI) and Unicode's line separators. A message may hold a member's text
+#: (an endpoint name, an error its server sent): raw, that could start a forged
+#: line (``str.splitlines``, which the journald prefix below uses, splits on NEL
+#: and U+2028 too) or steer the terminal reading the log. Printable text is kept.
+_UNSAFE = (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)
+_ESCAPES = {c: ascii(chr(c))[1:-1] for c in _UNSAFE}
+#: The same but newline, for a traceback (its lines are its own).
+_ESCAPES_BUT_NEWLINE = {c: e for c, e in _ESCAPES.items() if c != ord("\n")}
+#: JSON already escapes C0; with ``ensure_ascii`` off the others go out raw.
+_JSON_ESCAPES = {c: f"\\u{c:04x}" for c in _UNSAFE if c >= 0x7F}
+
 
 def quiet_grpc() -> None:
     """Silence gRPC's native logging; call before ``import grpc`` (later calls do nothing)."""
@@ -91,8 +106,14 @@ class TextFormatter(logging.Formatter):
         super().__init__(fmt if journald else "%(asctime)s " + fmt)
         self.journald = journald
 
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        """The line without its traceback, control characters escaped (``_UNSAFE``)."""
+        return super().formatMessage(record).translate(_ESCAPES)
+
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        # a traceback (cached on the record by whichever formatter came first)
+        # keeps its lines, not an escape sequence an exception's text carried
+        text = super().format(record).translate(_ESCAPES_BUT_NEWLINE)
         if self.journald:
             # A traceback spans lines: the journal takes a prefix on each line.
             prefix = f"<{_priority(record.levelno)}>"
@@ -121,7 +142,7 @@ class JsonFormatter(logging.Formatter):
                 obj[k] = v
         if record.exc_info:
             obj["exception"] = self.formatException(record.exc_info)
-        line = json.dumps(obj, default=str, ensure_ascii=False)
+        line = json.dumps(obj, default=str, ensure_ascii=False).translate(_JSON_ESCAPES)
         return f"<{_priority(record.levelno)}>{line}" if self.journald else line
 
 

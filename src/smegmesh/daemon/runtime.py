@@ -121,6 +121,9 @@ class MeshRuntime:
     #: the alias-clash message last reported, and the state version it was computed at
     alias_clash: str | None = None
     alias_checked: int = -1
+    #: the clash last logged and then resolved: its coming back (and going again)
+    #: is logged at DEBUG only, until another clash (daemon/dns_wiring.py)
+    alias_clash_told: str | None = None
     #: the engine's driver (core/driver.py) and its port (set by ``_add_runtime``)
     driver: EngineDriver = field(init=False)
     port: DaemonPort = field(init=False)

@@ -9,6 +9,7 @@ import shutil
 from typing import Any
 
 from smegmesh.wg.base import BackendUnavailable, WgBackend
+from smegmesh.wg.resolver import Report
 
 INSTALL_HINT = "apt-get install --no-install-recommends wireguard-go wireguard-tools"
 KINDS = ("auto", "kernel", "userspace", "memory")
@@ -49,8 +50,11 @@ def create_backend(
     socket_dir: str | None = None,
     netns: str | None = None,
     wireguard_go: str = "wireguard-go",
+    report: Report | None = None,
 ) -> WgBackend:
     """The backend for ``kind``; ``auto`` = kernel if it works, else userspace.
+
+    ``report`` is told of peer endpoint names that do not resolve (wg/resolver.py).
 
     Raises :class:`BackendUnavailable` naming what to install.
     """
@@ -63,7 +67,7 @@ def create_backend(
     if kind in ("auto", "kernel") and kernel_wireguard_available(netns):
         from smegmesh.wg.kernel import KernelBackend
 
-        return KernelBackend(netns=netns)
+        return KernelBackend(netns=netns, report=report)
     if kind == "kernel":
         raise BackendUnavailable(
             "kernel WireGuard is not available (`ip link add ... type wireguard` fails); "
@@ -74,4 +78,6 @@ def create_backend(
         raise BackendUnavailable(f"{what} available; install: {INSTALL_HINT}")
     from smegmesh.wg.userspace import UserspaceBackend
 
-    return UserspaceBackend(socket_dir=socket_dir, netns=netns, wireguard_go=wireguard_go)
+    return UserspaceBackend(
+        socket_dir=socket_dir, netns=netns, wireguard_go=wireguard_go, report=report
+    )

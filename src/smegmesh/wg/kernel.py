@@ -29,7 +29,7 @@ from smegmesh.core.wgdiff import (
     public_key_of,
 )
 from smegmesh.wg.base import BackendUnavailable, InterfaceNotFound, WgError
-from smegmesh.wg.resolver import EndpointResolver, literal_only
+from smegmesh.wg.resolver import EndpointResolver, Report, literal_only
 from smegmesh.wg.uapi import ResolveFn
 
 
@@ -194,10 +194,10 @@ class KernelBackend:
 
     kind = "kernel"
 
-    def __init__(self, netns: str | None = None) -> None:
+    def __init__(self, netns: str | None = None, *, report: Report | None = None) -> None:
         self.netns = netns
         self._lock = threading.RLock()
-        self._resolve = EndpointResolver()
+        self._resolve = EndpointResolver(report=report)
         #: (thread, IPRoute, WireGuard): pyroute2's sync sockets run an event
         #: loop of their own, so each is used in the thread that made it (smegd
         #: makes the backend in its event loop, where making one raised "This

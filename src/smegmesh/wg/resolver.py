@@ -9,6 +9,10 @@ answer at most ``timeout_s``; a name it cannot resolve now gives ``None``, and
 the backends configure that peer without an endpoint (WireGuard learns it
 from the peer's handshakes) until the name resolves. A lookup that outlives
 its wait goes on in the pool and its answer is kept for the next apply.
+
+A failed lookup goes to ``report``: a member can publish a new name that does
+not resolve with each version of its record, so smegd passes a rate-limited
+one (daemon/ratelog.py); without one, each failure is a WARNING here.
 """
 
 from __future__ import annotations
@@ -23,12 +27,18 @@ from typing import Any
 
 from smegmesh.core.endpoint import join_host_port, split_host_port
 
-__all__ = ["EndpointResolver", "literal_only", "lookup_endpoint"]
+__all__ = ["EndpointResolver", "Report", "literal_only", "lookup_endpoint"]
 
 log = logging.getLogger("smegmesh.wg")
 
 #: getaddrinfo's signature, replaceable in tests.
 Lookup = Callable[..., list[tuple[Any, ...]]]
+#: Told of a failed lookup: ``(endpoint, why)``.
+Report = Callable[[str, str], None]
+
+
+def _warn(endpoint: str, why: str) -> None:
+    log.warning("endpoint %s: %s; peer left without it", endpoint, why)
 
 
 def _literal(host: str) -> bool:
@@ -71,6 +81,7 @@ class EndpointResolver:
         workers: int = 2,
         clock: Callable[[], float] = time.monotonic,
         lookup: Lookup = socket.getaddrinfo,
+        report: Report | None = None,
     ) -> None:
         self.timeout_s = timeout_s
         self.ttl_s = ttl_s
@@ -79,6 +90,7 @@ class EndpointResolver:
         self._workers = workers
         self._clock = clock
         self._lookup = lookup
+        self._report = report or _warn
         self._lock = threading.RLock()  # a done callback may run inside _start
         #: endpoint -> (answer or None, when it may be looked up again)
         self._known: dict[str, tuple[str | None, float]] = {}
@@ -103,11 +115,11 @@ class EndpointResolver:
         try:
             answer: str | None = fut.result(timeout=self.timeout_s)
         except concurrent.futures.TimeoutError:
-            log.warning("endpoint %s: no answer from DNS within %g s", endpoint, self.timeout_s)
+            self._report(endpoint, f"no answer from DNS within {self.timeout_s:g} s")
             return known[0] if known else None
         except (OSError, ValueError, UnicodeError) as exc:
             answer = None
-            log.warning("endpoint %s does not resolve (%s); peer left without it", endpoint, exc)
+            self._report(endpoint, f"does not resolve ({exc})")
         return answer
 
     def _start(self, endpoint: str) -> concurrent.futures.Future[str]:

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from smegmesh.core.wgconfig import InterfaceConfig, InterfaceStatus, empty_status, peer_config_of
 from smegmesh.core.wgdiff import WgOp, apply_ops, diff_interface
 from smegmesh.wg.base import BackendUnavailable, InterfaceNotFound, WgError
-from smegmesh.wg.resolver import EndpointResolver
+from smegmesh.wg.resolver import EndpointResolver, Report
 from smegmesh.wg.uapi import UapiClient, format_set
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ class UserspaceBackend:
         wireguard_go: str = "wireguard-go",
         log_level: str = "error",
         start_timeout: float = 5.0,
+        report: Report | None = None,
     ) -> None:
         exe = shutil.which(wireguard_go)
         if exe is None:
@@ -111,7 +112,7 @@ class UserspaceBackend:
         self.start_timeout = start_timeout
         self._devices: dict[str, _Device] = {}
         self._lock = threading.RLock()
-        self._resolve = EndpointResolver()
+        self._resolve = EndpointResolver(report=report)
 
     # ------------------------------------------------------------------ paths
 
