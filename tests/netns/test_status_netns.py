@@ -9,6 +9,7 @@ must say exactly that, and ping must get replies over those paths.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -158,3 +159,31 @@ def test_two_daemons_with_the_default_backend_form_a_mesh(cluster: Cluster) -> N
     for d in (a, b):
         assert "WireGuard backend: userspace" in d.log_text(), d.log_tail()
         assert d.wg_show(mesh_id) is not None
+
+
+def test_wireguard_go_killed_the_interface_returns_with_its_post_up_hooks(
+    cluster: Cluster,
+) -> None:
+    """wireguard-go dies (OOM killer, a crash): the health check starts it again and
+    configures it, and the mesh's postUp hooks run again, since what they set up
+    on the interface went with it (they ran only at creation before)."""
+    a = cluster.add("peer", start=False)
+    ran = os.path.join(a.node.tmpdir, "postup.log")
+    a.edit_config(base={"postUp": [f"echo $IFNAME >> {ran}"]})
+    a.start()
+    mesh_id = cluster.new_mesh(a)
+
+    def lines() -> list[str]:
+        try:
+            with open(ran) as f:
+                return f.read().split()
+        except FileNotFoundError:
+            return []
+
+    wait_until(lambda: len(lines()) == 1, timeout=20, interval=0.2, what="postUp at creation")
+    before = a.wg_show(mesh_id)
+    assert before is not None and a.kill_wireguard()
+    wait_until(lambda: len(lines()) == 2, timeout=30, interval=0.2, what="postUp once re-created")
+    after = a.wg_show(mesh_id)
+    assert after is not None and after.private_key == before.private_key
+    assert "was lost: created and configured again" in a.log_text(), a.log_tail()
