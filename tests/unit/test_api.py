@@ -244,6 +244,32 @@ def test_unknown_route_and_method(api: tuple[httpx.Client, FakeNodeService, Path
     assert r.status_code == 405 and _err(r)["code"] == "method_not_allowed"
 
 
+def test_a_trailing_slash_is_a_404_not_a_redirect(
+    api: tuple[httpx.Client, FakeNodeService, Path],
+) -> None:
+    """FastAPI answered DELETE .../invites/ (an empty id) with a 307 to .../invites,
+    which smegctl took for success and then said "smegd sent an answer that is not JSON"."""
+    c, _, _ = api
+    mesh_id = c.post("/v1/meshes").json()["mesh_id"]
+    for method, url in [
+        ("DELETE", f"/v1/meshes/{mesh_id}/invites/"),
+        ("GET", f"/v1/meshes/{mesh_id}/"),
+        ("PUT", f"/v1/meshes/{mesh_id}/services/"),
+        ("GET", "/v1/meshes/"),
+    ]:
+        r = c.request(method, url)
+        assert r.status_code == 404, (method, url, r.status_code, r.headers)
+        assert _err(r)["code"] == "not_found", r.text
+    # the prototype's own route with its slash still answers
+    assert c.get("/api/v1/meshes/").status_code == 200
+    # and the dashboard's /ui still leads to /ui/ (a browser's page, not the API)
+    with served_tcp(TOKEN) as (base, _), httpx.Client(base_url=base, timeout=10) as h:
+        r = h.get("/ui")
+        assert r.status_code == 307 and r.headers["location"] == "/ui/", r.headers
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        assert h.get("/v1/meshes/", headers=auth).status_code == 404
+
+
 def test_internal_error_is_json_without_traceback(
     api: tuple[httpx.Client, FakeNodeService, Path],
 ) -> None:
