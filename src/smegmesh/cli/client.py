@@ -5,7 +5,7 @@ The token comes from ``--api-token-file FILE`` or else ``$SMEG_API_TOKEN``;
 TLS (``https://``) is verified against the system trust store, or against
 ``--api-ca FILE`` for a self-signed certificate. Every failure is one line a
 person can act on: a wrong token (401), a host that does not answer, a
-certificate that does not verify.
+certificate that does not verify, a redirect (which smegd never sends).
 
 Also here: :func:`mesh_id_of`, which lets ``--meshid`` be left out when the
 node is in exactly one mesh, and the checks of ids before they go into a URL.
@@ -40,6 +40,7 @@ __all__ = [
     "error_of",
     "mesh_id_of",
     "read_token_file",
+    "redirect_error",
     "seg",
     "token_from_env",
 ]
@@ -65,6 +66,17 @@ def error_of(resp: httpx.Response) -> tuple[str, dict[str, Any] | None]:
     except (ValueError, KeyError, TypeError):
         text = " ".join(resp.text.split())[:200]
         return f"smegd answered HTTP {resp.status_code}: {text or resp.reason_phrase}", None
+
+
+def redirect_error(resp: httpx.Response, where: str) -> str:
+    """The error for a 3xx answer: smegd never redirects (a proxy, or not smegd), and
+    smegctl follows no redirect."""
+    to = resp.headers.get("location")
+    to_s = f" to {shown(to, 200)}" if to else ""
+    return (
+        f"{where} answered HTTP {resp.status_code}, a redirect{to_s}: smegd never redirects "
+        "and smegctl follows none (is this smegd's address?)"
+    )
 
 
 def read_token_file(path: Path, flag: str = "--api-token-file") -> str:
@@ -149,6 +161,8 @@ class SocketClient:
             raise ClientError(f"talking to smegd at {self.socket} failed: {e}") from None
         if resp.status_code >= 400:
             raise ClientError(*error_of(resp))
+        if resp.status_code >= 300:
+            raise ClientError(redirect_error(resp, self.socket))
         return resp
 
     def json(self, method: str, url: str, **kw: Any) -> Any:
@@ -242,6 +256,8 @@ class RemoteClient:
             raise self._fail(self.answer_error(resp))
         if resp.status_code >= 400:
             raise self._fail(*error_of(resp))
+        if resp.status_code >= 300:
+            raise self._fail(redirect_error(resp, self.url))
         return resp
 
     def json(self, method: str, url: str, **kw: Any) -> Any:
