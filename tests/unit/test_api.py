@@ -192,6 +192,40 @@ def test_bad_requests_are_422_naming_the_field(
     assert field in e["message"]
 
 
+@pytest.mark.parametrize(
+    ("url", "field"), [("description", "description"), ("services/http", "value")]
+)
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("a\x00b", "U+0000"),
+        ("\x1b[31mred", "U+001B"),
+        ("two\nlines", "U+000A"),
+        ("tab\there", "U+0009"),
+        ("\x7f", "U+007F"),
+        ("\x9b", "U+009B"),
+    ],
+)
+def test_control_characters_in_a_description_or_service_are_refused(
+    api: tuple[httpx.Client, FakeNodeService, Path], url: str, field: str, text: str, named: str
+) -> None:
+    """NUL, ESC and the like were published as they were, into every member's
+    tables and terminals."""
+    c, svc, _ = api
+    mesh_id = c.post("/v1/meshes").json()["mesh_id"]
+    r = c.put(f"/v1/meshes/{mesh_id}/{url}", json={field: text})
+    assert r.status_code == 422, r.text
+    e = _err(r)
+    assert e["code"] == "invalid_request", e
+    assert field in e["message"] and "control character" in e["message"], e
+    assert named in e["message"], e
+    me = next(iter(svc.meshes[mesh_id].nodes.values()))
+    assert (me.description, me.services) == ("", {})  # nothing reached the service
+    # text that only looks unusual is fine
+    r = c.put(f"/v1/meshes/{mesh_id}/{url}", json={field: "rack 3, eu-west ✓ über"})
+    assert r.status_code == 200, r.text
+
+
 def test_malformed_json_body(api: tuple[httpx.Client, FakeNodeService, Path]) -> None:
     c, _, _ = api
     r = c.post("/v1/join", content=b"{not json", headers={"content-type": "application/json"})
