@@ -229,7 +229,7 @@ def test_join_mesh_takes_the_token_from_stdin_or_a_file(
     f.write_text(tok + "\n")
     joined = ctl(sock, "join-mesh", "--token-file", str(f))
     assert joined.stdout.strip() == "quiet-fox-hill-0006"
-    r = ctl(sock, "join-mesh", code=1)
+    r = ctl(sock, "join-mesh", code=2)  # a usage error
     assert r.stderr.startswith("smegctl: give the invitation as --token TOKEN")
     r = ctl(sock, "join-mesh", "--token-file", str(tmp_path / "none"), code=1)
     assert r.stderr.startswith("smegctl: --token-file: cannot read")

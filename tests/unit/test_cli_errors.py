@@ -70,3 +70,23 @@ def test_revoke_invite_with_an_empty_id_is_a_usage_error() -> None:
     assert r.exit_code == 2, (r.stdout, r.stderr)
     err = json.loads(r.stdout)["error"]
     assert err["code"] == "usage" and "TOKEN-ID" in err["message"], err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--token", ""], "--token: the invitation token is empty"),
+        (["--token", "  "], "--token: the invitation token is empty"),
+        (["-t", "x", "--token-file", "/dev/null"], "give only one of --token and --token-file"),
+        ([], "give the invitation as --token TOKEN, --token - or --token-file FILE"),
+    ],
+)
+def test_join_mesh_token_flags_are_usage_errors(args: list[str], message: str) -> None:
+    """--token '' went to smegd, which said "token: String should have at least 1
+    character"; --token with --token-file said to give one of the three ways."""
+    r = runner.invoke(app, ["--socket", NO_SOCKET, "join-mesh", *args, "--json"])
+    assert r.exit_code == 2, (r.stdout, r.stderr)
+    err = json.loads(r.stdout)["error"]
+    assert err == {"code": "usage", "message": message}, err
+    r = runner.invoke(app, ["--socket", NO_SOCKET, "join-mesh", *args])
+    assert (r.exit_code, r.stdout, r.stderr) == (2, "", f"smegctl: {message}\n")
