@@ -8,6 +8,7 @@ wrong; the message on stderr names the flag that was wrong.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -90,3 +91,27 @@ def test_join_mesh_token_flags_are_usage_errors(args: list[str], message: str) -
     assert err == {"code": "usage", "message": message}, err
     r = runner.invoke(app, ["--socket", NO_SOCKET, "join-mesh", *args])
     assert (r.exit_code, r.stdout, r.stderr) == (2, "", f"smegctl: {message}\n")
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        ("", "the path of smegd's control socket is empty (--socket or $SMEG_SOCKET)"),
+        ("file", "{p} is a regular file, not a unix socket (give smegd's controlSocket)"),
+        ("dir", "{p} is a directory, not a unix socket (give smegd's controlSocket)"),
+    ],
+)
+def test_a_socket_path_that_cannot_be_a_socket_says_so(
+    tmp_path: Path, make: str, message: str
+) -> None:
+    """An empty --socket, or one naming a regular file, was "cannot reach smegd at
+    ... (is it running?...)": starting smegd would not have helped."""
+    p = tmp_path / "smegd.sock"
+    if make == "file":
+        p.write_text("not a socket")
+    elif make == "dir":
+        p.mkdir()
+    sock = str(p) if make else ""
+    r = runner.invoke(app, ["--socket", sock, "list-meshes", "--json"])
+    assert r.exit_code == 1, (r.stdout, r.stderr)
+    assert json.loads(r.stdout)["error"]["message"] == message.format(p=p), r.stdout

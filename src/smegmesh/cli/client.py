@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import stat
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -109,6 +110,26 @@ def check_api_url(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+def _not_a_socket(path: str) -> str | None:
+    """What is wrong with ``path`` when it cannot be a socket at all (not just absent)."""
+    if not path:
+        return f"the path of smegd's control socket is empty (--socket or ${SOCKET_ENV})"
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISSOCK(mode):
+        return None
+    kind = (
+        "a directory"
+        if stat.S_ISDIR(mode)
+        else "a regular file"
+        if stat.S_ISREG(mode)
+        else "a special file"
+    )
+    return f"{path} is {kind}, not a unix socket (give smegd's controlSocket)"
+
+
 class SocketClient:
     """HTTP over the daemon's unix socket."""
 
@@ -150,7 +171,8 @@ class SocketClient:
                     "the socket's group)"
                 ) from None
             raise ClientError(
-                f"cannot reach smegd at {self.socket} (is it running? start it with: "
+                _not_a_socket(self.socket)
+                or f"cannot reach smegd at {self.socket} (is it running? start it with: "
                 f"smegd {DEFAULT_CONFIG_PATH})"
             ) from None
         except PermissionError:
