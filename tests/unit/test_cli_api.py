@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from typer.testing import CliRunner
 
+from api_fake import served_tcp
 from smegmesh.cli.main import app
 from smegmesh.testbed.loopback import short_tmpdir
 
@@ -145,3 +146,16 @@ def test_a_redirect_is_an_error_not_an_answer(
     msg = json.loads(r.stdout)["error"]["message"]
     assert "HTTP 307" in msg and "https://elsewhere.example/v1/meshes" in msg, msg
     assert "not JSON" not in msg
+
+
+def test_https_to_a_plain_http_api_says_to_use_http() -> None:
+    """It said "cannot reach smegd at https://...: [SSL: WRONG_VERSION_NUMBER] wrong
+    version number (_ssl.c:1006)"."""
+    with served_tcp(TOKEN) as (base, _):
+        url = base.replace("http://", "https://")
+        r = runner.invoke(
+            app, ["--api", url, "list-meshes", "--json"], env={"SMEG_API_TOKEN": TOKEN}
+        )
+    assert r.exit_code == 1, (r.stdout, r.stderr)
+    msg = json.loads(r.stdout)["error"]["message"]
+    assert msg == f"{url} does not speak TLS (an API without apiTlsCertificate?): try {base}"

@@ -195,6 +195,10 @@ class SocketClient:
             raise ClientError("smegd sent an answer that is not JSON") from None
 
 
+#: OpenSSL's words for a server that answers a TLS handshake in plain text (by version).
+_PLAIN_TEXT_TLS = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG")
+
+
 class RemoteClient:
     """HTTP(S) to a daemon's ``apiListen``, with its bearer token. Same interface as
     :class:`SocketClient`."""
@@ -264,6 +268,12 @@ class RemoteClient:
             with self.http(t) as c:
                 resp = c.request(method, url, json=json_body, params=params)
         except httpx.ConnectError as e:
+            if self.url.startswith("https:") and any(m in str(e) for m in _PLAIN_TEXT_TLS):
+                plain = "http:" + self.url.removeprefix("https:")
+                raise self._fail(
+                    f"{self.url} does not speak TLS (an API without apiTlsCertificate?): "
+                    f"try {plain}"
+                ) from None
             if isinstance(e.__cause__ or e.__context__, ssl.SSLError) or "CERTIFICATE" in str(e):
                 raise self._fail(
                     f"TLS certificate of {self.url} does not verify ({_short(e)}); "
