@@ -64,6 +64,21 @@ def test_dns_help_bad_listen_with_json() -> None:
     assert r.stderr == f"smegctl: {err['message']}\n"
 
 
+@pytest.mark.parametrize("listen", ["bogus", "bogus:53", "localhost:5353"])
+def test_dns_help_listen_must_be_an_address(listen: str) -> None:
+    """--listen bogus gave resolvectl, dnsmasq and unbound lines with host "bogus",
+    port 53, which none of them takes: they need the address DNS listens on."""
+    r = runner.invoke(app, ["--socket", NO_SOCKET, "dns-help", "--listen", listen, "--json"])
+    assert r.exit_code == 2, (r.stdout, r.stderr)
+    err = json.loads(r.stdout)["error"]
+    host = listen.split(":")[0]
+    assert err["code"] == "usage", err
+    assert err["message"].startswith(f"--listen: {host!r} is not an IP address"), err
+    for ok in ("127.0.0.1:5353", "[::1]:5300", "::1", "[fe80::1%eth0]:53", "0.0.0.0:53"):
+        r = runner.invoke(app, ["--socket", NO_SOCKET, "dns-help", "--listen", ok])
+        assert r.exit_code == 0, (ok, r.stderr)
+
+
 def test_revoke_invite_with_an_empty_id_is_a_usage_error() -> None:
     """An empty TOKEN-ID made the URL .../invites/, which smegd redirects (307):
     smegctl said "smegd sent an answer that is not JSON"."""

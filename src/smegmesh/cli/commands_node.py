@@ -187,8 +187,8 @@ def dns_help(
         str | None,
         typer.Option(
             "--listen",
-            help="The daemon's dnsListen address (host:port). Default: the running smegd's, "
-            f"or {DEFAULT_DNS_LISTEN} when it cannot be reached.",
+            help="The daemon's dnsListen address (IP:PORT or [IPv6]:PORT). Default: the "
+            f"running smegd's, or {DEFAULT_DNS_LISTEN} when it cannot be reached.",
         ),
     ] = None,
     as_json: Annotated[
@@ -198,6 +198,7 @@ def dns_help(
     """How to point systemd-resolved, dnsmasq or resolv.conf at smegd's DNS for `smeg.`."""
     from smegmesh.dns.help import resolver_help, resolver_settings
 
+    given = listen is not None
     if listen is None:
         listen = _daemon_dns_listen(ctx, as_json)
     try:
@@ -206,6 +207,8 @@ def dns_help(
         else:
             typer.echo(resolver_help(listen))
     except ValueError as e:
+        if not given:  # e.g. a host name in smegd's own dnsListen
+            _fail(f"smegd's dnsListen {listen!r}: {e}; give --listen ADDRESS:PORT", as_json)
         _fail(f"--listen: {e}", as_json, code=EXIT_USAGE)
 
 
