@@ -130,3 +130,13 @@ def test_a_socket_path_that_cannot_be_a_socket_says_so(
     r = runner.invoke(app, ["--socket", sock, "list-meshes", "--json"])
     assert r.exit_code == 1, (r.stdout, r.stderr)
     assert json.loads(r.stdout)["error"]["message"] == message.format(p=p), r.stdout
+
+
+@pytest.mark.parametrize("command", ["set-service", "delete-service"])
+def test_service_help_gives_the_allowed_characters(command: str) -> None:
+    """--service's help said "Service name." only; a wrong one was refused after the fact."""
+    r = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200", "TERM": "dumb"})
+    assert r.exit_code == 0, r.stderr
+    assert "1-64 characters of letters, digits and . _ -" in r.stdout, r.stdout
+    if command == "set-service":  # what smegd refuses in a value
+        assert "no control characters" in r.stdout, r.stdout

@@ -29,6 +29,7 @@ from smegmesh.daemon.defaults import DEFAULT_CONFIG_PATH
 
 __all__ = [
     "MAX_TOKEN_FILE_BYTES",
+    "SERVICE_KEY_RULE",
     "SOCKET_ENV",
     "TOKEN_ENV",
     "ClientError",
@@ -316,11 +317,13 @@ def check_mesh_id(mesh_id: str) -> str:
         raise ClientError(str(e)) from None
 
 
+#: What SERVICE_KEY_RE allows, in words (the error below, and --service's help).
+SERVICE_KEY_RULE = "1-64 characters of letters, digits and . _ -"
+
+
 def check_service_key(key: str) -> str:
     if SERVICE_KEY_RE.fullmatch(key) is None:
-        raise ClientError(
-            f"invalid service name {shown(key)}: 1-64 characters of letters, digits and . _ -"
-        )
+        raise ClientError(f"invalid service name {shown(key)}: {SERVICE_KEY_RULE}")
     return key
 
 

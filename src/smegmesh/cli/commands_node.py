@@ -24,13 +24,17 @@ from smegmesh.cli.app import (
     _smegd,
     app,
 )
-from smegmesh.cli.client import ClientError, SocketClient
+from smegmesh.cli.client import SERVICE_KEY_RULE, ClientError, SocketClient
 from smegmesh.cli.output import EXIT_USAGE, _fail, _print_json
 from smegmesh.cli.smegd import Smegd
 from smegmesh.daemon.api_models import StatusResponse
 from smegmesh.dns.help import DEFAULT_DNS_LISTEN
 
 __all__ = ["dns_help", "put_alias", "ui", "watch"]
+
+ServiceOpt = Annotated[
+    str, typer.Option("--service", help=f"Service name: {SERVICE_KEY_RULE} (e.g. http).")
+]
 
 
 @app.command("put-alias", epilog="Example: smegctl put-alias --meshid MESH --alias web1")
@@ -68,7 +72,9 @@ def put_alias(
 )
 def put_description(
     ctx: typer.Context,
-    description: Annotated[str, typer.Option("--description", help="Free text.")],
+    description: Annotated[
+        str, typer.Option("--description", help="Free text, no control characters.")
+    ],
     meshid: OptMeshIdOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -89,8 +95,10 @@ def put_description(
 )
 def set_service(
     ctx: typer.Context,
-    service: Annotated[str, typer.Option("--service", help="Service name.")],
-    value: Annotated[str, typer.Option("--value", help="Service value.")],
+    service: ServiceOpt,
+    value: Annotated[
+        str, typer.Option("--value", help="Service value: text, no control characters.")
+    ],
     meshid: OptMeshIdOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -111,7 +119,7 @@ def set_service(
 )
 def delete_service(
     ctx: typer.Context,
-    service: Annotated[str, typer.Option("--service", help="Service name.")],
+    service: ServiceOpt,
     meshid: OptMeshIdOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
