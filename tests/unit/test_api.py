@@ -192,6 +192,40 @@ def test_bad_requests_are_422_naming_the_field(
     assert field in e["message"]
 
 
+@pytest.mark.parametrize(
+    ("url", "field"), [("description", "description"), ("services/http", "value")]
+)
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("a\x00b", "U+0000"),
+        ("\x1b[31mred", "U+001B"),
+        ("two\nlines", "U+000A"),
+        ("tab\there", "U+0009"),
+        ("\x7f", "U+007F"),
+        ("\x9b", "U+009B"),
+    ],
+)
+def test_control_characters_in_a_description_or_service_are_refused(
+    api: tuple[httpx.Client, FakeNodeService, Path], url: str, field: str, text: str, named: str
+) -> None:
+    """NUL, ESC and the like were published as they were, into every member's
+    tables and terminals."""
+    c, svc, _ = api
+    mesh_id = c.post("/v1/meshes").json()["mesh_id"]
+    r = c.put(f"/v1/meshes/{mesh_id}/{url}", json={field: text})
+    assert r.status_code == 422, r.text
+    e = _err(r)
+    assert e["code"] == "invalid_request", e
+    assert field in e["message"] and "control character" in e["message"], e
+    assert named in e["message"], e
+    me = next(iter(svc.meshes[mesh_id].nodes.values()))
+    assert (me.description, me.services) == ("", {})  # nothing reached the service
+    # text that only looks unusual is fine
+    r = c.put(f"/v1/meshes/{mesh_id}/{url}", json={field: "rack 3, eu-west ✓ über"})
+    assert r.status_code == 200, r.text
+
+
 def test_malformed_json_body(api: tuple[httpx.Client, FakeNodeService, Path]) -> None:
     c, _, _ = api
     r = c.post("/v1/join", content=b"{not json", headers={"content-type": "application/json"})
@@ -242,6 +276,32 @@ def test_unknown_route_and_method(api: tuple[httpx.Client, FakeNodeService, Path
     assert r.status_code == 404 and _err(r)["code"] == "not_found"
     r = c.patch("/v1/meshes")
     assert r.status_code == 405 and _err(r)["code"] == "method_not_allowed"
+
+
+def test_a_trailing_slash_is_a_404_not_a_redirect(
+    api: tuple[httpx.Client, FakeNodeService, Path],
+) -> None:
+    """FastAPI answered DELETE .../invites/ (an empty id) with a 307 to .../invites,
+    which smegctl took for success and then said "smegd sent an answer that is not JSON"."""
+    c, _, _ = api
+    mesh_id = c.post("/v1/meshes").json()["mesh_id"]
+    for method, url in [
+        ("DELETE", f"/v1/meshes/{mesh_id}/invites/"),
+        ("GET", f"/v1/meshes/{mesh_id}/"),
+        ("PUT", f"/v1/meshes/{mesh_id}/services/"),
+        ("GET", "/v1/meshes/"),
+    ]:
+        r = c.request(method, url)
+        assert r.status_code == 404, (method, url, r.status_code, r.headers)
+        assert _err(r)["code"] == "not_found", r.text
+    # the prototype's own route with its slash still answers
+    assert c.get("/api/v1/meshes/").status_code == 200
+    # and the dashboard's /ui still leads to /ui/ (a browser's page, not the API)
+    with served_tcp(TOKEN) as (base, _), httpx.Client(base_url=base, timeout=10) as h:
+        r = h.get("/ui")
+        assert r.status_code == 307 and r.headers["location"] == "/ui/", r.headers
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        assert h.get("/v1/meshes/", headers=auth).status_code == 404
 
 
 def test_internal_error_is_json_without_traceback(

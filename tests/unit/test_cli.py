@@ -208,6 +208,10 @@ def test_dns_help_uses_the_running_daemons_dns_listen(daemon: tuple[Path, FakeNo
     assert "dig @127.0.0.1 -p 47053 " in ctl(sock, "dns-help").stdout
     assert "DNS on 127.0.0.1:47053" in ctl(sock, "status").stdout
     assert ctl_json(sock, "status")["dns_listen"] == "127.0.0.1:47053"
+    svc.dns_listen = "localhost:47053"  # a name: no resolver set-up takes it
+    r = ctl(sock, "dns-help", code=1)
+    assert r.stderr.startswith("smegctl: smegd's dnsListen 'localhost:47053': 'localhost' is not")
+    assert r.stderr.rstrip().endswith("give --listen ADDRESS:PORT"), r.stderr
     # --listen wins; a daemon out of reach gives the default, with a note
     assert "-p 5300 " in ctl(sock, "dns-help", "--listen", "127.0.0.1:5300").stdout
     r = runner.invoke(app, ["--socket", str(short_tmpdir() / "none.sock"), "dns-help"])
@@ -229,7 +233,7 @@ def test_join_mesh_takes_the_token_from_stdin_or_a_file(
     f.write_text(tok + "\n")
     joined = ctl(sock, "join-mesh", "--token-file", str(f))
     assert joined.stdout.strip() == "quiet-fox-hill-0006"
-    r = ctl(sock, "join-mesh", code=1)
+    r = ctl(sock, "join-mesh", code=2)  # a usage error
     assert r.stderr.startswith("smegctl: give the invitation as --token TOKEN")
     r = ctl(sock, "join-mesh", "--token-file", str(tmp_path / "none"), code=1)
     assert r.stderr.startswith("smegctl: --token-file: cannot read")

@@ -7,13 +7,20 @@ A bad ``--api`` (or token file) is an error like any other, JSON on stdout with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import socketserver
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from typer.testing import CliRunner
 
+from api_fake import served_tcp
 from smegmesh.cli.main import app
+from smegmesh.testbed.loopback import short_tmpdir
 
 runner = CliRunner()
 
@@ -79,3 +86,76 @@ def test_reserve_alias_without_node_or_release_is_a_usage_error(args: list[str])
     assert r.stderr == "smegctl: give NODE to reserve the alias, or --release to release it\n"
     r = runner.invoke(app, ["reserve-alias", "--meshid", "m", *args, "--json"])
     assert r.exit_code == 2 and "NODE" in json.loads(r.stdout)["error"]["message"]
+
+
+# --------------------------------------------------------------------------- odd answers
+
+
+class _Redirect(BaseHTTPRequestHandler):
+    """Answers every request 307 (as a proxy, or FastAPI's slash redirect, would)."""
+
+    def do_GET(self) -> None:
+        self.send_response(307)
+        self.send_header("Location", "https://elsewhere.example/v1/meshes")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+class _UnixHTTPServer(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+
+
+@contextlib.contextmanager
+def _serving(server: socketserver.BaseServer) -> Iterator[None]:
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("command", ["list-meshes", "watch"])
+@pytest.mark.parametrize("via", ["socket", "api"])
+def test_a_redirect_is_an_error_not_an_answer(
+    via: str, command: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any status below 400 was taken for success: a 307 came out as "smegd sent
+    an answer that is not JSON", and watch took it for an empty stream and
+    reconnected for ever."""
+    from smegmesh.cli import watch
+
+    def no_retry(_: float) -> None:
+        raise AssertionError("watch retried a redirect")
+
+    monkeypatch.setattr(watch.time, "sleep", no_retry)
+    if via == "api":
+        server: socketserver.BaseServer = ThreadingHTTPServer(("127.0.0.1", 0), _Redirect)
+        where = ["--api", f"http://127.0.0.1:{server.server_address[1]}"]
+    else:
+        path = short_tmpdir() / "s.sock"
+        server = _UnixHTTPServer(str(path), _Redirect)
+        where = ["--socket", str(path)]
+    with _serving(server):
+        r = runner.invoke(app, [*where, command, "--json"], env={"SMEG_API_TOKEN": ""})
+    assert r.exit_code == 1, (r.stdout, r.stderr, r.exception)
+    msg = json.loads(r.stdout)["error"]["message"]
+    assert "HTTP 307" in msg and "https://elsewhere.example/v1/meshes" in msg, msg
+    assert "not JSON" not in msg
+
+
+def test_https_to_a_plain_http_api_says_to_use_http() -> None:
+    """It said "cannot reach smegd at https://...: [SSL: WRONG_VERSION_NUMBER] wrong
+    version number (_ssl.c:1006)"."""
+    with served_tcp(TOKEN) as (base, _):
+        url = base.replace("http://", "https://")
+        r = runner.invoke(
+            app, ["--api", url, "list-meshes", "--json"], env={"SMEG_API_TOKEN": TOKEN}
+        )
+    assert r.exit_code == 1, (r.stdout, r.stderr)
+    msg = json.loads(r.stdout)["error"]["message"]
+    assert msg == f"{url} does not speak TLS (an API without apiTlsCertificate?): try {base}"

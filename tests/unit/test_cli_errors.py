@@ -8,6 +8,7 @@ wrong; the message on stderr names the flag that was wrong.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -63,6 +64,21 @@ def test_dns_help_bad_listen_with_json() -> None:
     assert r.stderr == f"smegctl: {err['message']}\n"
 
 
+@pytest.mark.parametrize("listen", ["bogus", "bogus:53", "localhost:5353"])
+def test_dns_help_listen_must_be_an_address(listen: str) -> None:
+    """--listen bogus gave resolvectl, dnsmasq and unbound lines with host "bogus",
+    port 53, which none of them takes: they need the address DNS listens on."""
+    r = runner.invoke(app, ["--socket", NO_SOCKET, "dns-help", "--listen", listen, "--json"])
+    assert r.exit_code == 2, (r.stdout, r.stderr)
+    err = json.loads(r.stdout)["error"]
+    host = listen.split(":")[0]
+    assert err["code"] == "usage", err
+    assert err["message"].startswith(f"--listen: {host!r} is not an IP address"), err
+    for ok in ("127.0.0.1:5353", "[::1]:5300", "::1", "[fe80::1%eth0]:53", "0.0.0.0:53"):
+        r = runner.invoke(app, ["--socket", NO_SOCKET, "dns-help", "--listen", ok])
+        assert r.exit_code == 0, (ok, r.stderr)
+
+
 def test_revoke_invite_with_an_empty_id_is_a_usage_error() -> None:
     """An empty TOKEN-ID made the URL .../invites/, which smegd redirects (307):
     smegctl said "smegd sent an answer that is not JSON"."""
@@ -70,3 +86,57 @@ def test_revoke_invite_with_an_empty_id_is_a_usage_error() -> None:
     assert r.exit_code == 2, (r.stdout, r.stderr)
     err = json.loads(r.stdout)["error"]
     assert err["code"] == "usage" and "TOKEN-ID" in err["message"], err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--token", ""], "--token: the invitation token is empty"),
+        (["--token", "  "], "--token: the invitation token is empty"),
+        (["-t", "x", "--token-file", "/dev/null"], "give only one of --token and --token-file"),
+        ([], "give the invitation as --token TOKEN, --token - or --token-file FILE"),
+    ],
+)
+def test_join_mesh_token_flags_are_usage_errors(args: list[str], message: str) -> None:
+    """--token '' went to smegd, which said "token: String should have at least 1
+    character"; --token with --token-file said to give one of the three ways."""
+    r = runner.invoke(app, ["--socket", NO_SOCKET, "join-mesh", *args, "--json"])
+    assert r.exit_code == 2, (r.stdout, r.stderr)
+    err = json.loads(r.stdout)["error"]
+    assert err == {"code": "usage", "message": message}, err
+    r = runner.invoke(app, ["--socket", NO_SOCKET, "join-mesh", *args])
+    assert (r.exit_code, r.stdout, r.stderr) == (2, "", f"smegctl: {message}\n")
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        ("", "the path of smegd's control socket is empty (--socket or $SMEG_SOCKET)"),
+        ("file", "{p} is a regular file, not a unix socket (give smegd's controlSocket)"),
+        ("dir", "{p} is a directory, not a unix socket (give smegd's controlSocket)"),
+    ],
+)
+def test_a_socket_path_that_cannot_be_a_socket_says_so(
+    tmp_path: Path, make: str, message: str
+) -> None:
+    """An empty --socket, or one naming a regular file, was "cannot reach smegd at
+    ... (is it running?...)": starting smegd would not have helped."""
+    p = tmp_path / "smegd.sock"
+    if make == "file":
+        p.write_text("not a socket")
+    elif make == "dir":
+        p.mkdir()
+    sock = str(p) if make else ""
+    r = runner.invoke(app, ["--socket", sock, "list-meshes", "--json"])
+    assert r.exit_code == 1, (r.stdout, r.stderr)
+    assert json.loads(r.stdout)["error"]["message"] == message.format(p=p), r.stdout
+
+
+@pytest.mark.parametrize("command", ["set-service", "delete-service"])
+def test_service_help_gives_the_allowed_characters(command: str) -> None:
+    """--service's help said "Service name." only; a wrong one was refused after the fact."""
+    r = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200", "TERM": "dumb"})
+    assert r.exit_code == 0, r.stderr
+    assert "1-64 characters of letters, digits and . _ -" in r.stdout, r.stdout
+    if command == "set-service":  # what smegd refuses in a value
+        assert "no control characters" in r.stdout, r.stdout

@@ -5,7 +5,7 @@ The token comes from ``--api-token-file FILE`` or else ``$SMEG_API_TOKEN``;
 TLS (``https://``) is verified against the system trust store, or against
 ``--api-ca FILE`` for a self-signed certificate. Every failure is one line a
 person can act on: a wrong token (401), a host that does not answer, a
-certificate that does not verify.
+certificate that does not verify, a redirect (which smegd never sends).
 
 Also here: :func:`mesh_id_of`, which lets ``--meshid`` be left out when the
 node is in exactly one mesh, and the checks of ids before they go into a URL.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import stat
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -28,6 +29,7 @@ from smegmesh.daemon.defaults import DEFAULT_CONFIG_PATH
 
 __all__ = [
     "MAX_TOKEN_FILE_BYTES",
+    "SERVICE_KEY_RULE",
     "SOCKET_ENV",
     "TOKEN_ENV",
     "ClientError",
@@ -40,6 +42,7 @@ __all__ = [
     "error_of",
     "mesh_id_of",
     "read_token_file",
+    "redirect_error",
     "seg",
     "token_from_env",
 ]
@@ -65,6 +68,17 @@ def error_of(resp: httpx.Response) -> tuple[str, dict[str, Any] | None]:
     except (ValueError, KeyError, TypeError):
         text = " ".join(resp.text.split())[:200]
         return f"smegd answered HTTP {resp.status_code}: {text or resp.reason_phrase}", None
+
+
+def redirect_error(resp: httpx.Response, where: str) -> str:
+    """The error for a 3xx answer: smegd never redirects (a proxy, or not smegd), and
+    smegctl follows no redirect."""
+    to = resp.headers.get("location")
+    to_s = f" to {shown(to, 200)}" if to else ""
+    return (
+        f"{where} answered HTTP {resp.status_code}, a redirect{to_s}: smegd never redirects "
+        "and smegctl follows none (is this smegd's address?)"
+    )
 
 
 def read_token_file(path: Path, flag: str = "--api-token-file") -> str:
@@ -95,6 +109,26 @@ def check_api_url(url: str) -> str:
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ClientError(f"--api: {url!r}: give only scheme, host and port")
     return f"{parts.scheme}://{parts.netloc}"
+
+
+def _not_a_socket(path: str) -> str | None:
+    """What is wrong with ``path`` when it cannot be a socket at all (not just absent)."""
+    if not path:
+        return f"the path of smegd's control socket is empty (--socket or ${SOCKET_ENV})"
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISSOCK(mode):
+        return None
+    kind = (
+        "a directory"
+        if stat.S_ISDIR(mode)
+        else "a regular file"
+        if stat.S_ISREG(mode)
+        else "a special file"
+    )
+    return f"{path} is {kind}, not a unix socket (give smegd's controlSocket)"
 
 
 class SocketClient:
@@ -138,7 +172,8 @@ class SocketClient:
                     "the socket's group)"
                 ) from None
             raise ClientError(
-                f"cannot reach smegd at {self.socket} (is it running? start it with: "
+                _not_a_socket(self.socket)
+                or f"cannot reach smegd at {self.socket} (is it running? start it with: "
                 f"smegd {DEFAULT_CONFIG_PATH})"
             ) from None
         except PermissionError:
@@ -149,6 +184,8 @@ class SocketClient:
             raise ClientError(f"talking to smegd at {self.socket} failed: {e}") from None
         if resp.status_code >= 400:
             raise ClientError(*error_of(resp))
+        if resp.status_code >= 300:
+            raise ClientError(redirect_error(resp, self.socket))
         return resp
 
     def json(self, method: str, url: str, **kw: Any) -> Any:
@@ -157,6 +194,10 @@ class SocketClient:
             return resp.json()
         except ValueError:
             raise ClientError("smegd sent an answer that is not JSON") from None
+
+
+#: OpenSSL's words for a server that answers a TLS handshake in plain text (by version).
+_PLAIN_TEXT_TLS = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG")
 
 
 class RemoteClient:
@@ -228,6 +269,12 @@ class RemoteClient:
             with self.http(t) as c:
                 resp = c.request(method, url, json=json_body, params=params)
         except httpx.ConnectError as e:
+            if self.url.startswith("https:") and any(m in str(e) for m in _PLAIN_TEXT_TLS):
+                plain = "http:" + self.url.removeprefix("https:")
+                raise self._fail(
+                    f"{self.url} does not speak TLS (an API without apiTlsCertificate?): "
+                    f"try {plain}"
+                ) from None
             if isinstance(e.__cause__ or e.__context__, ssl.SSLError) or "CERTIFICATE" in str(e):
                 raise self._fail(
                     f"TLS certificate of {self.url} does not verify ({_short(e)}); "
@@ -242,6 +289,8 @@ class RemoteClient:
             raise self._fail(self.answer_error(resp))
         if resp.status_code >= 400:
             raise self._fail(*error_of(resp))
+        if resp.status_code >= 300:
+            raise self._fail(redirect_error(resp, self.url))
         return resp
 
     def json(self, method: str, url: str, **kw: Any) -> Any:
@@ -268,11 +317,13 @@ def check_mesh_id(mesh_id: str) -> str:
         raise ClientError(str(e)) from None
 
 
+#: What SERVICE_KEY_RE allows, in words (the error below, and --service's help).
+SERVICE_KEY_RULE = "1-64 characters of letters, digits and . _ -"
+
+
 def check_service_key(key: str) -> str:
     if SERVICE_KEY_RE.fullmatch(key) is None:
-        raise ClientError(
-            f"invalid service name {shown(key)}: 1-64 characters of letters, digits and . _ -"
-        )
+        raise ClientError(f"invalid service name {shown(key)}: {SERVICE_KEY_RULE}")
     return key
 
 

@@ -22,7 +22,7 @@ from smegmesh.cli.app import (
 )
 from smegmesh.cli.client import ClientError, check_mesh_id, read_token_file
 from smegmesh.cli.meshflags import with_mesh_flags
-from smegmesh.cli.output import _console, _print_json, parse_duration
+from smegmesh.cli.output import EXIT_USAGE, _console, _fail, _print_json, parse_duration
 from smegmesh.cli.tables import mesh_tables, meshes_table
 from smegmesh.core.invite import MAX_TOKEN_CHARS
 from smegmesh.daemon.api_models import (
@@ -136,6 +136,14 @@ def join_mesh(
     --token-file keep it out.
     """
 
+    if token is not None and token_file is not None:
+        _fail("give only one of --token and --token-file", as_json, code=EXIT_USAGE)
+    if token is None and token_file is None:
+        msg = "give the invitation as --token TOKEN, --token - or --token-file FILE"
+        _fail(msg, as_json, code=EXIT_USAGE)
+    if token is not None and not token.strip():
+        _fail("--token: the invitation token is empty", as_json, code=EXIT_USAGE)
+
     def go() -> None:
         tok = _join_token(token, token_file)
         res = _smegd(ctx, timeout=120).join_mesh(JoinRequest.model_construct(**opts, token=tok))
@@ -145,9 +153,8 @@ def join_mesh(
 
 
 def _join_token(token: str | None, token_file: Path | None) -> str:
-    """The invitation token from --token, --token - (standard input) or --token-file."""
-    if (token is None) == (token_file is None):
-        raise ClientError("give the invitation as --token TOKEN, --token - or --token-file FILE")
+    """The invitation token from --token, --token - (standard input) or --token-file
+    (exactly one of them: join_mesh checked)."""
     if token_file is not None:
         return read_token_file(token_file, "--token-file")
     if token != "-":

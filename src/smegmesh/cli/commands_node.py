@@ -24,13 +24,17 @@ from smegmesh.cli.app import (
     _smegd,
     app,
 )
-from smegmesh.cli.client import ClientError, SocketClient
+from smegmesh.cli.client import SERVICE_KEY_RULE, ClientError, SocketClient
 from smegmesh.cli.output import EXIT_USAGE, _fail, _print_json
 from smegmesh.cli.smegd import Smegd
 from smegmesh.daemon.api_models import StatusResponse
 from smegmesh.dns.help import DEFAULT_DNS_LISTEN
 
 __all__ = ["dns_help", "put_alias", "ui", "watch"]
+
+ServiceOpt = Annotated[
+    str, typer.Option("--service", help=f"Service name: {SERVICE_KEY_RULE} (e.g. http).")
+]
 
 
 @app.command("put-alias", epilog="Example: smegctl put-alias --meshid MESH --alias web1")
@@ -68,7 +72,9 @@ def put_alias(
 )
 def put_description(
     ctx: typer.Context,
-    description: Annotated[str, typer.Option("--description", help="Free text.")],
+    description: Annotated[
+        str, typer.Option("--description", help="Free text, no control characters.")
+    ],
     meshid: OptMeshIdOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -89,8 +95,10 @@ def put_description(
 )
 def set_service(
     ctx: typer.Context,
-    service: Annotated[str, typer.Option("--service", help="Service name.")],
-    value: Annotated[str, typer.Option("--value", help="Service value.")],
+    service: ServiceOpt,
+    value: Annotated[
+        str, typer.Option("--value", help="Service value: text, no control characters.")
+    ],
     meshid: OptMeshIdOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -111,7 +119,7 @@ def set_service(
 )
 def delete_service(
     ctx: typer.Context,
-    service: Annotated[str, typer.Option("--service", help="Service name.")],
+    service: ServiceOpt,
     meshid: OptMeshIdOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -187,8 +195,8 @@ def dns_help(
         str | None,
         typer.Option(
             "--listen",
-            help="The daemon's dnsListen address (host:port). Default: the running smegd's, "
-            f"or {DEFAULT_DNS_LISTEN} when it cannot be reached.",
+            help="The daemon's dnsListen address (IP:PORT or [IPv6]:PORT). Default: the "
+            f"running smegd's, or {DEFAULT_DNS_LISTEN} when it cannot be reached.",
         ),
     ] = None,
     as_json: Annotated[
@@ -198,6 +206,7 @@ def dns_help(
     """How to point systemd-resolved, dnsmasq or resolv.conf at smegd's DNS for `smeg.`."""
     from smegmesh.dns.help import resolver_help, resolver_settings
 
+    given = listen is not None
     if listen is None:
         listen = _daemon_dns_listen(ctx, as_json)
     try:
@@ -206,6 +215,8 @@ def dns_help(
         else:
             typer.echo(resolver_help(listen))
     except ValueError as e:
+        if not given:  # e.g. a host name in smegd's own dnsListen
+            _fail(f"smegd's dnsListen {listen!r}: {e}; give --listen ADDRESS:PORT", as_json)
         _fail(f"--listen: {e}", as_json, code=EXIT_USAGE)
 
 

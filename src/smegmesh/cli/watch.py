@@ -17,6 +17,8 @@ from typing import Any
 
 import httpx
 
+from smegmesh.cli.client import redirect_error
+
 __all__ = ["SseParser", "follow"]
 
 #: An event's data larger than this is a broken stream, not an event.
@@ -121,6 +123,8 @@ def follow(
                 if resp.status_code >= 400:
                     resp.read()
                     raise StreamError(error_of(resp))
+                if resp.status_code >= 300:  # no stream to follow there, ever
+                    raise StreamError(redirect_error(resp, where))
                 if connected_once and failures:
                     sys.stderr.write(f"smegctl: reconnected to smegd at {where}\n")
                     sys.stderr.flush()

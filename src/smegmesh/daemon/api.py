@@ -12,8 +12,9 @@ refused 413 (from its ``Content-Length`` at once, or as soon as a chunked body
 passes the limit), so no request can make the daemon buffer more than that.
 
 Every error is JSON ``{"error": {"code": ..., "message": ...}}``: service errors
-with their status, validation errors 422 naming the field, unknown routes 404,
-and anything unexpected 500 with code ``internal`` (logged, no traceback sent).
+with their status, validation errors 422 naming the field, unknown routes 404 (a
+trailing slash too: the API never redirects), and anything unexpected 500 with
+code ``internal`` (logged, no traceback sent).
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ def create_app(
         summary="Local API of the smegmesh daemon",
         version=VERSION,
         responses=_ERRORS,
+        # .../invites/ (an empty id) is a 404 in JSON, not a 307 a client takes for success
+        redirect_slashes=False,
     )
     app.add_middleware(_CatchAll)
     if token:

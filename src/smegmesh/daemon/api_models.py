@@ -8,6 +8,7 @@ use the ``Proto*`` models of :mod:`.api_models_proto`, in the prototype's camelC
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -256,12 +257,26 @@ class AliasRequest(_Request):
         return v
 
 
+def no_control(v: str) -> str:
+    """``v`` if it holds no control character (C0, DEL, C1: NUL, ESC, newline, tab...),
+    which would land in every member's tables and terminals. Only for what a user
+    sets here: records from other nodes are taken as the wire allows."""
+    bad = next((c for c in v if unicodedata.category(c) == "Cc"), None)
+    if bad is not None:
+        raise ValueError(f"must not contain control characters (found U+{ord(bad):04X})")
+    return v
+
+
 class DescriptionRequest(_Request):
-    description: str = Field(max_length=1024)
+    description: str = Field(max_length=1024, description="Free text on one line")
+
+    _text = field_validator("description")(no_control)
 
 
 class ServiceValueRequest(_Request):
-    value: str = Field(max_length=1024)
+    value: str = Field(max_length=1024, description="Free text on one line")
+
+    _text = field_validator("value")(no_control)
 
 
 def check_service_key(key: str) -> str:

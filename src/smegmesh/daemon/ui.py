@@ -329,4 +329,6 @@ def mount_ui(app: Any, token: str) -> SessionStore:
 
     app.state.ui_sessions = store
     app.mount("/ui", create_ui_app(store, check), name="ui")
+    # the API does not redirect slashes (create_app): the dashboard's /ui does
+    app.add_route("/ui", lambda _: RedirectResponse("/ui/", 307), include_in_schema=False)
     return store

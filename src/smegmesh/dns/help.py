@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 __all__ = ["DEFAULT_DNS_LISTEN", "resolver_help", "resolver_settings"]
 
 #: The address the docs and the example configuration suggest for ``dnsListen``.
@@ -70,6 +72,13 @@ def _addresses(listen: str) -> dict[str, str]:
     from smegmesh.dns.server import parse_hostport
 
     host, port = parse_hostport(listen, default_port=53)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:  # resolvectl, dnsmasq and unbound take addresses, not names
+        raise ValueError(
+            f"{host!r} is not an IP address (resolvectl, dnsmasq and unbound need the "
+            "address smegd's DNS listens on, e.g. 127.0.0.1:5353)"
+        ) from None
     if host in ("0.0.0.0", ""):
         host = "127.0.0.1"
     elif host == "::":
