@@ -9,7 +9,7 @@ stands seconds where a peer's is refuted in milliseconds.
 from __future__ import annotations
 
 from smegmesh.core.meshnode import MeshNode
-from smegmesh.core.prune_budget import CLIENT_PRUNE_GAP_MS, PruneBudget
+from smegmesh.core.prune_budget import BURST, CLIENT_PRUNE_GAP_MS, PruneBudget
 from smegmesh.core.record import Role
 from smegmesh.core.state_gate import OVER_PRUNE_BUDGET
 from smegmesh.testbed.founded import ident
@@ -70,3 +70,20 @@ def test_a_pruners_prunes_of_one_client_are_taken_once_a_gap() -> None:
     changed, errors = st.apply_many([again, m.prune(peer, c2, now + 20)], now + 20)
     assert changed == {c2.wg_key} and [e.message for e in errors] == [OVER_PRUNE_BUDGET]
     assert st.apply_many([again], now + CLIENT_PRUNE_GAP_MS)[0] == {c1.wg_key}
+
+
+def test_only_a_clients_record_makes_its_pruner_exempt_from_the_budget() -> None:
+    """A peer's prunes of its own clients are not counted: it is their judge.
+    The exemption looked at ``assigned_peer`` alone, which a peer's record may
+    still carry (a node that was a client and is now a peer kept it), so the
+    peer it names could prune that live peer without any budget."""
+    m, recs, now = _members(3)
+    judge, p = ident(2), ident(3)
+    st = _state(m, recs, now, CountingVerifier())
+    st.prune_budget = PruneBudget()
+    taken = 0
+    for i in range(BURST + 8):  # prune, refute, prune again
+        rec = m.record(p, m.t + 1 + i, role=Role.PEER, assigned_peer=judge.wg_public_key)
+        st.apply_many([rec], now + i)
+        taken += len(st.apply_many([m.prune(judge, rec, now + i)], now + i)[0])
+    assert taken == BURST

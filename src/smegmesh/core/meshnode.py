@@ -231,8 +231,8 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
             "tls_fp": s.tls_fp,
             "left": False,
         }
-        if s.role == Role.CLIENT:
-            fields["assigned_peer"] = self._choose_peer(now_ms)
+        # a peer names none (it was a client before: it would still name its old peer)
+        fields["assigned_peer"] = self._choose_peer(now_ms) if s.role == Role.CLIENT else None
         if current is None:
             rec = NodeRecord.create(
                 self.identity, self.mesh_id, version=now_ms, now_ms=now_ms, **fields

@@ -282,7 +282,8 @@ class AdmissionGate(StatementGate):
             return True
         target = prune.target_record or self.record(prune.target)
         client = target is not None and target.role == Role.CLIENT
-        judge = target is not None and target.assigned_peer == prune.by_wg_key
+        # a client's record only: a peer's may still name the peer it had as a client
+        judge = client and target is not None and target.assigned_peer == prune.by_wg_key
         return budget.take(prune.by_wg_key, prune.target, now_ms, client=client, judge=judge)
 
     def _sig_reason(self, signature: bytes, checked: str = "invalid signature") -> str:
