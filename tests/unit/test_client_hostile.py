@@ -87,3 +87,35 @@ def test_only_a_clients_record_makes_its_pruner_exempt_from_the_budget() -> None
         st.apply_many([rec], now + i)
         taken += len(st.apply_many([m.prune(judge, rec, now + i)], now + i)[0])
     assert taken == BURST
+
+
+def test_a_client_leaves_a_peer_that_prunes_it_while_answering_its_pings() -> None:
+    """A client moved on only when its peer stopped answering its pings: a peer
+    that answered them and pruned the client kept it (and pruned it again
+    each CLIENT_PRUNE_GAP_MS). Pruned by its peer while that peer acked every
+    ping since the pruned version was signed (it cannot have found the client
+    silent), the client now avoids it and moves to the next peer."""
+    net, nodes = mesh_of(4, 1)
+    client = nodes[-1]
+    net.run_until(net.now + 3000)
+    bad = net.nodes[client.my_peer() or b""]
+    _, pinned = _prune_whenever_live(net, bad, client, 60)
+    assert not pinned
+    rec = next(n for n in nodes if n is not bad and n is not client).mesh.live_record(client.key)
+    assert rec is not None and rec.assigned_peer not in (None, bad.key)
+
+
+def test_a_client_pruned_by_its_peer_for_a_real_silence_stays_with_it() -> None:
+    """The honest case: the client was unreachable (its pings were lost) and its
+    peer rightly pruned it; back, it refutes and keeps its peer."""
+    net, nodes = mesh_of(4, 1)
+    client = nodes[-1]
+    net.run_until(net.now + 3000)
+    peer = client.my_peer()
+    net.down.add(client.key)
+    net.run_until(net.now + 10_000)
+    assert net.nodes[peer or b""].mesh.live_record(client.key) is None
+    net.down.discard(client.key)
+    net.run_until(net.now + 20_000)
+    assert client.my_peer() == peer
+    assert all(n.mesh.live_record(client.key) is not None for n in nodes)
