@@ -2,7 +2,8 @@
 
 A client talks to one assigned peer (rendezvous hashing over the reachable
 peers, avoiding those that stopped answering), pings it every probe period
-(that peer watches it) and moves to the next one when it is silent.
+(that peer watches it) and moves to the next one when it is silent, or when
+it prunes the client while answering its pings.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class ClientMixin:
     _peer_ping_due: int
     _peer_ping_inflight: bool
     _peer_ping_failures: int
+    #: our peer's unbroken run of acks to our pings: (peer, since, last ack), ms
+    _acked: tuple[bytes, int, int] | None
     #: (state, the reachable list's version, the list in our rendezvous order)
     _ranking: tuple[MeshState, int, RankedSet] | None
 
@@ -138,3 +141,32 @@ class ClientMixin:
             return []
         self._peer_ping_failures = 0
         return self.update_self(now_ms, assigned_peer=best)
+
+    def _peer_acked(self, peer: bytes, now_ms: int) -> list[Out]:
+        """Our peer answered a ping: extend its run of answers (gaps under client_timeout / 2)."""
+        self._peer_ping_inflight = False
+        self._peer_ping_failures = 0
+        a = self._acked
+        gap = self.liveness.client_timeout_ms // 2
+        since = a[1] if a is not None and a[0] == peer and now_ms - a[2] < gap else now_ms
+        self._acked = (peer, since, now_ms)
+        return []
+
+    def _pruned_by_own_peer(self, now_ms: int) -> None:
+        """We are pruned: if our own peer did it while answering our pings, avoid it.
+
+        Our peer watches us by our pings. If it acked every one (no gap of half
+        a client timeout) from before we signed the version it pruned until
+        now, it cannot have found us silent for a client timeout: it lied, and
+        it would keep us (we moved on only from a silent peer) and prune us
+        again. The next peer takes us (``_maybe_reassign``, after the
+        refutation), and the old one's prunes of us count against its budget.
+        A peer that rightly pruned us (our pings were lost) is kept.
+        """
+        own, prune, a = self.mesh.record(self.key), self.mesh.get_prune(self.key), self._acked
+        if own is None or prune is None or a is None or own.role != Role.CLIENT:
+            return
+        peer, since, last = a
+        run = since <= own.timestamp_ms and now_ms - last < self.liveness.client_timeout_ms // 2
+        if run and prune.by_wg_key == peer == own.assigned_peer:
+            self._avoid[peer] = now_ms + 3 * self.liveness.suspicion_ms

@@ -109,6 +109,7 @@ class ExchangeMixin:
             self, src: bytes, req: JoinRequest, now_ms: int
         ) -> tuple[Message, list[Out]]: ...
         def _maybe_reassign(self, now_ms: int) -> list[Out]: ...
+        def _peer_acked(self, peer: bytes, now_ms: int) -> list[Out]: ...
 
     def _gossip_calls(
         self,
@@ -432,9 +433,7 @@ class ExchangeMixin:
                 self._fd.on_ack(ctx.target, ctx.probe_id, now_ms)
             return self._heard_from_pruned(to, now_ms)
         if isinstance(ctx, PeerPingCtx):
-            self._peer_ping_inflight = False
-            self._peer_ping_failures = 0
-            return []
+            return self._peer_acked(ctx.peer, now_ms)
         if isinstance(ctx, SyncCtx):
             if not isinstance(reply, SyncStart | SyncStep | SyncEnd):
                 return []

@@ -121,6 +121,7 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
     _peer_ping_due: int = 0
     _peer_ping_inflight: bool = False
     _peer_ping_failures: int = 0
+    _acked: tuple[bytes, int, int] | None = None  # client: see ClientMixin._peer_acked
     _ranking: tuple[MeshState, int, RankedSet] | None = None
     _responders: dict[tuple[bytes, int], SyncSession] = field(default_factory=dict)
     rejected: int = 0
@@ -231,8 +232,8 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
             "tls_fp": s.tls_fp,
             "left": False,
         }
-        if s.role == Role.CLIENT:
-            fields["assigned_peer"] = self._choose_peer(now_ms)
+        # a peer names none (it was a client before: it would still name its old peer)
+        fields["assigned_peer"] = self._choose_peer(now_ms) if s.role == Role.CLIENT else None
         if current is None:
             rec = NodeRecord.create(
                 self.identity, self.mesh_id, version=now_ms, now_ms=now_ms, **fields
@@ -289,6 +290,7 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
             own = self.mesh.record(self.key)
             if own is not None and not own.left:
                 self._fd.refuted()
+                self._pruned_by_own_peer(now_ms)  # a client's: did its peer lie?
                 out.extend(self._publish(own.evolve(self.identity, now_ms), now_ms))
                 if src is not None and src != self.key:
                     # The member that showed us our prune holds it: it gets the
@@ -426,6 +428,7 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         self.mesh.clock_stepped(d)  # its prune budget and delta bases
         self._peer_ping_due += d
         self._avoid = shifted(self._avoid, d)
+        self._acked = None  # a run of acks measured across the step: start again
         self._heal_due = shifted(self._heal_due, d)
         self._sync_due = shifted(self._sync_due, d)
         for session in self._responders.values():  # idle since

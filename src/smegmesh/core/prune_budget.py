@@ -20,13 +20,31 @@ and is taken once the budget allows, or is moot by then, refuted. Charged
 only for verified prunes that would change the state, so nobody can spend
 an honest pruner's budget with forgeries. A member pruned by a pruner that
 went over its budget lately is told at once (:meth:`PruneBudget.suspect`).
+
+**A pruner's prunes of one client: one a gap.** A client cannot be called
+(it has no control endpoint): it learns of its prune only from its own
+pulls, one every ``pullInterval`` (3 s), so one prune of a live client keeps
+it pruned for seconds, where a peer refutes in milliseconds. Pruning it again
+after each refutation, well within the budget, a member (its own peer or any
+other) kept a live client pruned 97 % of the time (review of the client role,
+``tests/unit/test_client_hostile.py``). Only one peer watches a client, and a
+client refutes only what was wrong, so an honest pruner has no second prune
+of the same client soon after a first: it is taken at most once a
+:data:`CLIENT_PRUNE_GAP_MS`, whoever makes it.
 """
 
 from __future__ import annotations
 
 from smegmesh.core.buckets import KeyedBuckets, shifted
 
-__all__ = ["BURST", "MAX_PRUNERS", "RATE_PER_S", "SUSPECT_MS", "PruneBudget"]
+__all__ = [
+    "BURST",
+    "CLIENT_PRUNE_GAP_MS",
+    "MAX_PRUNERS",
+    "RATE_PER_S",
+    "SUSPECT_MS",
+    "PruneBudget",
+]
 
 #: Prunes a pruner may have taken at once (a few suspicion windows' worth).
 BURST = 16
@@ -36,12 +54,14 @@ RATE_PER_S = 1.0
 MAX_PRUNERS = 4096
 #: A pruner refused this lately is suspect (see :meth:`PruneBudget.suspect`).
 SUSPECT_MS = 30_000
+#: One prune of a client by one pruner is taken per this many ms (see the docstring).
+CLIENT_PRUNE_GAP_MS = 30_000
 
 
 class PruneBudget:
     """Token buckets of prunes per pruner; ``exempt``: our own key."""
 
-    __slots__ = ("_buckets", "_refused_at", "exempt", "max_pruners", "refused")
+    __slots__ = ("_buckets", "_client_prunes", "_refused_at", "exempt", "max_pruners", "refused")
 
     def __init__(
         self,
@@ -57,33 +77,58 @@ class PruneBudget:
         self.refused = 0
         #: pruners refused lately -> when (the latest max_pruners); see suspect
         self._refused_at: dict[bytes, int] = {}
+        #: (pruner, client) -> when we took its last prune of that client, oldest first
+        self._client_prunes: dict[tuple[bytes, bytes], int] = {}
 
     @classmethod
     def probing(cls, exempt: bytes, probe_interval_ms: int) -> PruneBudget:
         """A node's budget: a prune a probe interval, one a second at least."""
         return cls(exempt, rate_per_s=max(RATE_PER_S, 1000 / max(1, probe_interval_ms)))
 
-    def take(self, pruner: bytes, target: bytes, now_ms: int) -> bool:
+    def take(
+        self,
+        pruner: bytes,
+        target: bytes,
+        now_ms: int,
+        *,
+        client: bool = False,
+        judge: bool = False,
+    ) -> bool:
         """One prune of ``target`` by ``pruner`` at ``now_ms``; False: refuse it.
 
         Not counted: our own prunes, and prunes of ourselves (we refute them:
-        refused, the others that took it would wait for the budget to refill).
+        refused, the others that took it would wait for the budget to refill);
+        nor, against the budget, a ``judge``'s (a peer's of its own client).
+        A ``client`` target: at most one prune by ``pruner`` a
+        :data:`CLIENT_PRUNE_GAP_MS`, its judge's too.
         """
         if self.exempt in (pruner, target):
             return True
-        ok = self._buckets.take(pruner, now_ms, 1.0, 1.0)
+        pair = (pruner, target)
+        last = self._client_prunes.get(pair) if client else None
+        ok = last is None or now_ms - last >= CLIENT_PRUNE_GAP_MS
+        ok = ok and (judge or self._buckets.take(pruner, now_ms, 1.0, 1.0))
         if not ok:
-            self.refused += 1
-            self._refused_at.pop(pruner, None)  # oldest first: the least recent goes
-            self._refused_at[pruner] = now_ms
-            if len(self._refused_at) > self.max_pruners:
-                del self._refused_at[next(iter(self._refused_at))]
+            self._refuse(pruner, now_ms)
+        elif client:
+            self._client_prunes.pop(pair, None)  # oldest first: the least recent goes
+            self._client_prunes[pair] = now_ms
+            if len(self._client_prunes) > self.max_pruners:
+                del self._client_prunes[next(iter(self._client_prunes))]
         return ok
+
+    def _refuse(self, pruner: bytes, now_ms: int) -> None:
+        self.refused += 1
+        self._refused_at.pop(pruner, None)  # oldest first: the least recent goes
+        self._refused_at[pruner] = now_ms
+        if len(self._refused_at) > self.max_pruners:
+            del self._refused_at[next(iter(self._refused_at))]
 
     def clock_stepped(self, delta_ms: int) -> None:
         """The wall clock was stepped by ``delta_ms``: the buckets' times move with it."""
         self._buckets.clock_stepped(delta_ms)
         self._refused_at = shifted(self._refused_at, delta_ms)
+        self._client_prunes = shifted(self._client_prunes, delta_ms)
 
     def suspect(self, pruner: bytes, now_ms: int) -> bool:
         """Whether ``pruner`` went over its budget in the last :data:`SUSPECT_MS`.

@@ -33,6 +33,7 @@ from smegmesh.core.record import (
     NodeRecord,
     Prune,
     RecordError,
+    Role,
     check_prune_fields,
     check_record_fields,
 )
@@ -273,15 +274,17 @@ class AdmissionGate(StatementGate):
         """Whether a verified ``prune`` is within its pruner's budget (core.prune_budget).
 
         A peer's prunes of its own clients are not counted (it is their judge,
-        and may lose many at once).
+        and may lose many at once); any pruner's prunes of a client are taken
+        at most once a gap (a client refutes slowly: it cannot be called).
         """
         budget = self.prune_budget
         if budget is None:
             return True
         target = prune.target_record or self.record(prune.target)
-        if target is not None and target.assigned_peer == prune.by_wg_key:
-            return True
-        return budget.take(prune.by_wg_key, prune.target, now_ms)
+        client = target is not None and target.role == Role.CLIENT
+        # a client's record only: a peer's may still name the peer it had as a client
+        judge = client and target is not None and target.assigned_peer == prune.by_wg_key
+        return budget.take(prune.by_wg_key, prune.target, now_ms, client=client, judge=judge)
 
     def _sig_reason(self, signature: bytes, checked: str = "invalid signature") -> str:
         """Why an item whose ``signature`` failed is refused (see :mod:`core.forgery`)."""

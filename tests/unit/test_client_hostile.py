@@ -1,0 +1,121 @@
+"""A client's peer or another member turned bad (review of the client role).
+
+Each finding was reproduced first as a test that failed. A client cannot be
+called (it has no control endpoint): it learns that it was pruned only from
+its own pulls, one every ``pullInterval`` (3 s), so a prune of a live client
+stands seconds where a peer's is refuted in milliseconds.
+"""
+
+from __future__ import annotations
+
+from smegmesh.core.meshnode import MeshNode
+from smegmesh.core.prune_budget import BURST, CLIENT_PRUNE_GAP_MS, PruneBudget
+from smegmesh.core.record import Role
+from smegmesh.core.state_gate import OVER_PRUNE_BUDGET
+from smegmesh.testbed.founded import ident
+from test_gossip_hostile import CountingVerifier, _members, _state
+from test_meshnode import Net, mesh_of
+
+
+def _prune_whenever_live(
+    net: Net, bad: MeshNode, client: MeshNode, seconds: int
+) -> tuple[float, bool]:
+    """``bad`` prunes ``client`` whenever it holds it live, for ``seconds``.
+
+    Returns the share of (honest peer, 100 ms) samples that held the client
+    pruned, and whether the client ended up assigned to ``bad``.
+    """
+    honest = [n for n in net.nodes.values() if n.key not in (bad.key, client.key)]
+    t0, down, samples = net.now, 0, 0
+    while net.now < t0 + seconds * 1000:
+        if bad.mesh.live_record(client.key) is not None:
+            net.handle_outs(bad, bad._declare_dead(client.key, net.now))
+        net.run_until(net.now + 100)
+        samples += len(honest)
+        down += sum(1 for h in honest if h.mesh.live_record(client.key) is None)
+    return down / samples, client.my_peer() == bad.key
+
+
+def test_a_member_cannot_keep_a_live_client_pruned() -> None:
+    """Any member pruned a live client again as soon as it refuted: within the
+    prune budget (one a second) that kept the client pruned at every other
+    peer 97 % of the time (it refutes only after its next pull). A pruner's
+    prunes of one client are now taken at most once in CLIENT_PRUNE_GAP_MS."""
+    net, nodes = mesh_of(4, 1)
+    client = nodes[-1]
+    net.run_until(net.now + 3000)
+    bad = next(n for n in nodes[:-1] if n.key != client.my_peer())
+    share, _ = _prune_whenever_live(net, bad, client, 60)
+    assert share < 0.2
+
+
+def test_a_pruners_prunes_of_one_client_are_taken_once_a_gap() -> None:
+    """Whoever prunes a client (its own peer too, exempt from the budget) gets
+    one prune of it taken per CLIENT_PRUNE_GAP_MS; other clients and peers are
+    not held back by it."""
+    m, recs, now = _members(6)  # ident(2) to ident(7)
+    peer = ident(2)
+    c1, c2 = (
+        m.record(ident(i), role=Role.CLIENT, assigned_peer=peer.wg_public_key) for i in (6, 7)
+    )
+    st = _state(m, [*recs[:4], c1, c2], now, CountingVerifier())
+    st.prune_budget = PruneBudget()
+    changed, errors = st.apply_many([m.prune(peer, c1, now)], now)
+    assert changed == {c1.wg_key} and not errors
+    c1b = m.record(  # it refutes
+        ident(6), c1.version + 5, role=Role.CLIENT, assigned_peer=peer.wg_public_key
+    )
+    assert st.apply_many([c1b], now + 10)[0] == {c1.wg_key}
+    again = m.prune(peer, c1b, now + 20)
+    changed, errors = st.apply_many([again, m.prune(peer, c2, now + 20)], now + 20)
+    assert changed == {c2.wg_key} and [e.message for e in errors] == [OVER_PRUNE_BUDGET]
+    assert st.apply_many([again], now + CLIENT_PRUNE_GAP_MS)[0] == {c1.wg_key}
+
+
+def test_only_a_clients_record_makes_its_pruner_exempt_from_the_budget() -> None:
+    """A peer's prunes of its own clients are not counted: it is their judge.
+    The exemption looked at ``assigned_peer`` alone, which a peer's record may
+    still carry (a node that was a client and is now a peer kept it), so the
+    peer it names could prune that live peer without any budget."""
+    m, recs, now = _members(3)
+    judge, p = ident(2), ident(3)
+    st = _state(m, recs, now, CountingVerifier())
+    st.prune_budget = PruneBudget()
+    taken = 0
+    for i in range(BURST + 8):  # prune, refute, prune again
+        rec = m.record(p, m.t + 1 + i, role=Role.PEER, assigned_peer=judge.wg_public_key)
+        st.apply_many([rec], now + i)
+        taken += len(st.apply_many([m.prune(judge, rec, now + i)], now + i)[0])
+    assert taken == BURST
+
+
+def test_a_client_leaves_a_peer_that_prunes_it_while_answering_its_pings() -> None:
+    """A client moved on only when its peer stopped answering its pings: a peer
+    that answered them and pruned the client kept it (and pruned it again
+    each CLIENT_PRUNE_GAP_MS). Pruned by its peer while that peer acked every
+    ping since the pruned version was signed (it cannot have found the client
+    silent), the client now avoids it and moves to the next peer."""
+    net, nodes = mesh_of(4, 1)
+    client = nodes[-1]
+    net.run_until(net.now + 3000)
+    bad = net.nodes[client.my_peer() or b""]
+    _, pinned = _prune_whenever_live(net, bad, client, 60)
+    assert not pinned
+    rec = next(n for n in nodes if n is not bad and n is not client).mesh.live_record(client.key)
+    assert rec is not None and rec.assigned_peer not in (None, bad.key)
+
+
+def test_a_client_pruned_by_its_peer_for_a_real_silence_stays_with_it() -> None:
+    """The honest case: the client was unreachable (its pings were lost) and its
+    peer rightly pruned it; back, it refutes and keeps its peer."""
+    net, nodes = mesh_of(4, 1)
+    client = nodes[-1]
+    net.run_until(net.now + 3000)
+    peer = client.my_peer()
+    net.down.add(client.key)
+    net.run_until(net.now + 10_000)
+    assert net.nodes[peer or b""].mesh.live_record(client.key) is None
+    net.down.discard(client.key)
+    net.run_until(net.now + 20_000)
+    assert client.my_peer() == peer
+    assert all(n.mesh.live_record(client.key) is not None for n in nodes)
