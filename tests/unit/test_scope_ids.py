@@ -96,7 +96,8 @@ def test_a_remote_sponsor_cannot_give_a_device_default_routes() -> None:
     sponsor = m.record(
         m.founder, control_endpoint="[2001:db8::2]:4000", tls_fp=bytes(32), alias="gw"
     )
-    routes = ("::/0", "0.0.0.0/0", "fd01::/64")
+    bridged = str(mesh_prefix("far-mesh-abcd"))  # a mesh /64 the sponsor routes
+    routes = ("::/0", "0.0.0.0/0", bridged)
     reply = encode(DeviceSettings(m.mesh_id, "", None, routes))
 
     class Rpc:
@@ -107,5 +108,5 @@ def test_a_remote_sponsor_cannot_give_a_device_default_routes() -> None:
     ops.rpc = Rpc()
     rt: Any = SimpleNamespace(mesh_id=m.mesh_id)
     got = asyncio.run(ops._device_call(rt, sponsor, DeviceQuery(m.mesh_id, bytes(32))))
-    assert got.allowed_ips == ("fd01::/64",)
+    assert got.allowed_ips == (bridged,)
     assert str(mesh_prefix(m.mesh_id)) not in got.allowed_ips

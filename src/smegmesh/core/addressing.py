@@ -101,6 +101,21 @@ def mesh_prefix(mesh_id: str) -> ipaddress.IPv6Network:
     return ipaddress.IPv6Network((raw, 64))
 
 
+def has_mesh_prefix_form(network: str) -> bool:
+    """Whether ``network`` is a /64 of the form of a mesh prefix (``fd``, 6 bytes, ``01``).
+
+    Mesh /64s (and ``::/0``) are all that routing ever sends between meshes
+    (``core.routing``): what a member offers a device beyond them (the halves
+    of a default route, IPv4 or LAN ranges) would take the device's traffic.
+    """
+    try:
+        net = ipaddress.IPv6Network(network, strict=True)
+    except ValueError:
+        return False
+    raw = net.network_address.packed
+    return net.prefixlen == 64 and raw[0] == 0xFD and raw[7] == 0x01
+
+
 def interface_id(wg_pub: bytes) -> bytes:
     """64-bit interface id of a node, from its raw 32-byte WireGuard public key."""
     if not isinstance(wg_pub, bytes) or len(wg_pub) != 32:

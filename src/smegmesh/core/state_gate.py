@@ -252,6 +252,11 @@ class AdmissionGate(StatementGate):
             self._gate_statement(item)
             return
         if not self.admission:
+            # a proof is about another mesh, whose authority this one's lack
+            # does not waive: routing takes its first hop on it (a member of an
+            # old-style mesh copied a bridge's proof and took its traffic)
+            if isinstance(item, NodeRecord):
+                self._check_proofs(item)
             return
         if isinstance(item, NodeRecord):
             self._check_member(item.wg_key, item.chain, "chain")

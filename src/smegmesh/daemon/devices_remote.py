@@ -14,7 +14,7 @@ import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from smegmesh.core.addressing import mesh_prefix, node_id_prefix
+from smegmesh.core.addressing import has_mesh_prefix_form, mesh_prefix, node_id_prefix
 from smegmesh.core.device_messages import (
     MAX_DEVICE_ROUTES,
     MAX_ERROR_LEN,
@@ -28,7 +28,7 @@ from smegmesh.core.record import NodeRecord, Role
 from smegmesh.core.wire import WireError, decode, encode
 from smegmesh.daemon import service as svc
 from smegmesh.daemon.api_models import MeshDetail, NodeInfo
-from smegmesh.daemon.devices_wgquick import DEFAULT_ROUTES
+from smegmesh.daemon.devices_wgquick import same_ip
 from smegmesh.daemon.ratelog import RateLog
 from smegmesh.daemon.resolve import describe, resolve_node
 from smegmesh.daemon.transport import RpcError
@@ -155,9 +155,13 @@ class DeviceRemoteOps:
             raise svc.ServiceError("sponsor_error", f"{name} answered something else", 502)
         if reply.error:
             raise svc.ServiceError("sponsor_refused", f"{name} refused: {reply.error}", 409)
-        # Default routes are the device owner's to add (docs/DEVICES.md), whatever it says.
-        routes = tuple(n for n in reply.allowed_ips if n not in DEFAULT_ROUTES)
-        return replace(reply, allowed_ips=routes)
+        # Default routes are the device owner's to add (docs/DEVICES.md), whatever it
+        # says, and so is anything else but mesh /64s: the halves of a default route,
+        # IPv4 or LAN ranges took the device's traffic. Its DNS server is its own
+        # overlay address or none (another was asked outside the tunnel).
+        routes = tuple(n for n in reply.allowed_ips if has_mesh_prefix_form(n))
+        dns = reply.dns if reply.dns is not None and same_ip(reply.dns, sponsor.address) else None
+        return replace(reply, dns=dns, allowed_ips=routes)
 
     async def device_rpc(self, src: bytes, msg: SponsorRequest | DeviceQuery) -> Any:
         """Answer a device request from ``src`` (authenticated by the transport)."""
