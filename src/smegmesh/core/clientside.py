@@ -4,6 +4,11 @@ A client talks to one assigned peer (rendezvous hashing over the reachable
 peers, avoiding those that stopped answering), pings it every probe period
 (that peer watches it) and moves to the next one when it is silent, or when
 it prunes the client while answering its pings.
+
+A client cannot be called, so its peer tells it that it holds it as pruned
+in the ack of its ping (``Ack.ok`` False, see :meth:`ClientMixin._ping_ack`);
+the client then pulls from that peer at once, gets the signed prune and
+refutes it, instead of waiting up to a ``pullInterval`` for its next pull.
 """
 
 from __future__ import annotations
@@ -17,12 +22,13 @@ from smegmesh.core.cert import (
 from smegmesh.core.engine import (
     Call,
     MeshSettings,
+    Message,
     Out,
     PeerPingCtx,
 )
 from smegmesh.core.hashing import RankedSet
 from smegmesh.core.liveness import LivenessParams
-from smegmesh.core.messages import Ping
+from smegmesh.core.messages import IN_REPLY, Ack, Ping
 from smegmesh.core.nodeviews import Views, update_pays
 from smegmesh.core.record import (
     NodeRecord,
@@ -60,6 +66,7 @@ class ClientMixin:
         def record(self) -> NodeRecord | None: ...  # noqa: D102
         def _views(self) -> Views: ...
         def update_self(self, now_ms: int, **changes: Any) -> list[Out]: ...  # noqa: D102
+        def _sync_with(self, key: bytes, now_ms: int, slot: str = "heal") -> list[Out]: ...
         @property
         def settings(self) -> MeshSettings: ...  # noqa: D102
 
@@ -142,15 +149,40 @@ class ClientMixin:
         self._peer_ping_failures = 0
         return self.update_self(now_ms, assigned_peer=best)
 
-    def _peer_acked(self, peer: bytes, now_ms: int) -> list[Out]:
-        """Our peer answered a ping: extend its run of answers (gaps under client_timeout / 2)."""
+    def _peer_acked(self, peer: bytes, now_ms: int, reply: Message) -> list[Out]:
+        """Our peer answered a ping: extend its run of answers (gaps under client_timeout / 2).
+
+        An ``Ack`` with ``ok`` False says the peer holds our record as pruned:
+        we pull from it at once (the signed prune comes with the session, and
+        :meth:`_on_changed` refutes it). Only a genuine prune makes us publish
+        anything, and at most one such pull a ``HEAL_INTERVAL_MS`` (the
+        ``told`` slot), so a peer that says so to every ping costs us at most
+        one pull more per 3 s, as many as our own pulls.
+        """
         self._peer_ping_inflight = False
         self._peer_ping_failures = 0
         a = self._acked
         gap = self.liveness.client_timeout_ms // 2
         since = a[1] if a is not None and a[0] == peer and now_ms - a[2] < gap else now_ms
         self._acked = (peer, since, now_ms)
+        if isinstance(reply, Ack) and not reply.ok:
+            return self._sync_with(peer, now_ms, "told")
         return []
+
+    def _ping_ack(self, src: bytes, ping: Ping) -> Ack:
+        """A peer's ack of a ping: ``ok`` False to a pruned client's (see the module docstring).
+
+        Said to a ping with ``probe_id`` 0 (a client's) from a caller we hold
+        as pruned. O(1) and nothing sent: a client pinging often costs no more than
+        before. A prober's ping (ids from 1) is always acked ``ok``: for a
+        prober ``ok`` False means no answer. Mixed versions: ``ok`` is in every
+        node's ``Ack`` (``messages.Ack``, three fields, no new kind); an older
+        peer acks ``ok`` (its client waits for its pull, as before) and an
+        older client takes any ack of its ping as an answer, whatever ``ok``.
+        """
+        rec = self.mesh.record(src) if ping.probe_id == 0 else None
+        pruned = rec is not None and not rec.left and not self.mesh.is_live(src)
+        return Ack(IN_REPLY, ping.probe_id, not pruned)
 
     def _pruned_by_own_peer(self, now_ms: int) -> None:
         """We are pruned: if our own peer did it while answering our pings, avoid it.

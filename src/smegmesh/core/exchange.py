@@ -109,7 +109,8 @@ class ExchangeMixin:
             self, src: bytes, req: JoinRequest, now_ms: int
         ) -> tuple[Message, list[Out]]: ...
         def _maybe_reassign(self, now_ms: int) -> list[Out]: ...
-        def _peer_acked(self, peer: bytes, now_ms: int) -> list[Out]: ...
+        def _peer_acked(self, peer: bytes, now_ms: int, reply: Message) -> list[Out]: ...
+        def _ping_ack(self, src: bytes, ping: Ping) -> Ack: ...
 
     def _gossip_calls(
         self,
@@ -301,7 +302,7 @@ class ExchangeMixin:
                 return Refusal(self.mesh_id), []
         self._fd.heard_from(src, now_ms)
         if isinstance(msg, Ping):
-            return Ack(IN_REPLY, msg.probe_id), self._heard_from_pruned(src, now_ms)
+            return self._ping_ack(src, msg), self._heard_from_pruned(src, now_ms)
         if isinstance(msg, PingReq):
             heal = self._heard_from_pruned(src, now_ms)
             if msg.target == self.key or not self.is_member(msg.target):
@@ -433,7 +434,7 @@ class ExchangeMixin:
                 self._fd.on_ack(ctx.target, ctx.probe_id, now_ms)
             return self._heard_from_pruned(to, now_ms)
         if isinstance(ctx, PeerPingCtx):
-            return self._peer_acked(ctx.peer, now_ms)
+            return self._peer_acked(ctx.peer, now_ms, reply)
         if isinstance(ctx, SyncCtx):
             if not isinstance(reply, SyncStart | SyncStep | SyncEnd):
                 return []
