@@ -4,6 +4,8 @@ Every message names its mesh: one control port serves all of a node's meshes.
 Request -> reply pairs:
 
 * ``Ping`` -> ``Ack``            direct liveness probe (SWIM)
+  (a client's ping, id 0, is acked ``ok`` False by a peer that holds the
+  client as pruned: ``core.clientside``)
 * ``PingReq`` -> ``Ack``         indirect probe: the receiver pings ``target`` for us
 * ``Push`` -> ``Ack``            fresh items (gossip push), see ``core.offer``
 * ``JoinRequest`` -> ``JoinReply``  a new node presents its token and record
