@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 import secrets
 
+import pytest
+
 from smegmesh.core.engine import Input, Out, ReplyReceived, RequestReceived, Respond
 from smegmesh.core.gossip import GossipParams
 from smegmesh.core.identity import NodeIdentity
@@ -449,3 +451,28 @@ def test_indirect_probe_through_the_driver_reaches_the_prober() -> None:
     net.handle_outs(a, [Call(b.key, PingReq(MESH, c.key, 99), ProbeCtx(c.key, 99))])
     net.run_until(net.now + 100)
     assert got == [Ack(IN_REPLY, 99, True)]
+
+
+def test_the_loop_network_calls_no_client_as_the_real_one_cannot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client has no control endpoint: nobody can call it (behind NAT). The
+    loop network delivered such calls all the same, so a test could pass on
+    answers a real client never gives (found by the client-refutation work)."""
+    from smegmesh.core.driver import EngineDriver
+    from smegmesh.core.engine import Call, PeerPingCtx
+    from smegmesh.core.messages import Ping
+
+    net, nodes = mesh_of(2, 1)
+    peer, client = nodes[0], nodes[2]
+    got: list[str] = []
+    call = Call(client.key, Ping(MESH, 0), PeerPingCtx(client.key), timeout_ms=500)
+    monkeypatch.setattr(
+        EngineDriver, "reply", lambda self, c, *a: got.append("reply") if c is call else None
+    )
+    monkeypatch.setattr(
+        EngineDriver, "failure", lambda self, c, *a: got.append("failed") if c is call else None
+    )
+    net.handle_outs(peer, [call])
+    net.run_until(net.now + 1_000)
+    assert got == ["failed"]

@@ -92,7 +92,11 @@ class LoopNet:
             self.drivers[ev.caller].reply(ev.call, decode(ev.data), self.now)
         elif ev.kind == "fail":
             self.drivers[ev.caller].failure(ev.call, self.now)
-        elif ev.call.to in self.down or ev.call.to not in self.nodes:
+        elif (
+            ev.call.to in self.down
+            or ev.call.to not in self.nodes
+            or not self.nodes[ev.call.to].settings.control_endpoint  # a client: not callable
+        ):
             timeout = ev.call.timeout_ms or self.rpc_timeout_ms
             self._push(max(0, timeout - self.latency_ms), "fail", ev.caller, ev.call)
         else:
