@@ -6,6 +6,8 @@ import subprocess
 
 import pytest
 
+from smegmesh.core.desired import forward_guard
+from smegmesh.core.record import Role
 from smegmesh.net.host import HostNetwork
 from smegmesh.testbed.netns import Testbed
 
@@ -35,3 +37,20 @@ def test_host_network_owns_only_its_table(testbed: Testbed) -> None:
     host.set_bridge_nat(frozenset())
     text = ruleset()
     assert "smegmesh" not in text and "table ip6 other" in text
+
+
+@pytest.mark.netns
+def test_the_forwarding_guard_loads_and_goes(testbed: Testbed) -> None:
+    """The guard's chains are valid nftables, in the same table as the NAT (docs/ROUTING.md)."""
+    node = testbed.add_node()
+    host = HostNetwork(netns=node.ns)
+    guard = forward_guard(
+        [("smega", "m1-aaaa", Role.PEER, False), ("smegb", "m2-bbbb", Role.PEER, True)]
+    )
+    host.set_rules(frozenset({"smega", "smegb"}), guard)
+    text = node.run(["nft", "list", "table", "ip6", "smegmesh"]).stdout
+    for chain in ("bridge-nat", "mesh-sources", "mesh-forward"):
+        assert f"chain {chain} " in text, text
+    assert 'iifname "smega" oifname != { "smega", "smegb" }' in text, text
+    host.set_rules(frozenset(), forward_guard([]))
+    assert "smegmesh" not in node.run(["nft", "list", "ruleset"]).stdout

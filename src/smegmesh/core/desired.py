@@ -208,3 +208,70 @@ def _assign_clients(
             )
         elif via is not None and via in allowed_by_peer:
             allowed_by_peer[via].add(f"{c.address}/128")
+
+
+@dataclass(frozen=True, slots=True)
+class GuardedMesh:
+    """One mesh interface of this node, as its forwarding guard sees it."""
+
+    interface: str
+    #: the mesh /64: a packet arriving on another mesh's interface with a
+    #: source in it is dropped (only this interface's peers may use it)
+    prefix: str
+    #: this node is an exit of the mesh (a peer there with advertiseDefaults):
+    #: what arrives on the interface may leave the overlay
+    exit: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardGuard:
+    """What this node forwards from its mesh interfaces (docs/ROUTING.md, Forwarding guard).
+
+    * Traffic that arrives on a mesh interface leaves by a mesh interface (the
+      mesh routes this node carries as a peer or bridge, and a default it
+      accepts, which goes on to its exit) or, only where this node is an exit,
+      by any interface. A peer that is no exit forwarded a client's default
+      traffic out of its own uplink (a client sends ``::/0`` to its assigned
+      peer whenever any member offers one).
+    * A packet arriving on a mesh interface whose source is in the prefix of
+      another of this node's meshes is dropped: an exit's ``::/0`` AllowedIPs
+      accept any source, and Linux does no IPv6 reverse-path check.
+    """
+
+    meshes: frozenset[GuardedMesh] = frozenset()
+    #: IPv6 forwarding is on (this node is a peer in some mesh)
+    forwarding: bool = False
+
+    @property
+    def interfaces(self) -> frozenset[str]:
+        """Every mesh interface of this node."""
+        return frozenset(m.interface for m in self.meshes)
+
+    def non_exits(self) -> frozenset[str]:
+        """Interfaces whose traffic may not leave the overlay (empty: no forward rule)."""
+        if not self.forwarding:
+            return frozenset()
+        return frozenset(m.interface for m in self.meshes if not m.exit)
+
+    def foreign_sources(self) -> dict[str, frozenset[str]]:
+        """Per interface, the prefixes of this node's other meshes (no entry: nothing to drop)."""
+        out: dict[str, frozenset[str]] = {}
+        for m in self.meshes:
+            others = frozenset(o.prefix for o in self.meshes if o.prefix != m.prefix)
+            if others:
+                out[m.interface] = others
+        return out
+
+
+def forward_guard(meshes: Iterable[tuple[str, str, Role, bool]]) -> ForwardGuard:
+    """The guard of a node in ``meshes``: ``(interface, mesh id, role, advertise defaults)``.
+
+    A node is an exit of a mesh where it is a peer with ``advertiseDefaults``
+    (it advertises ``::/0`` there: core.routing); a client advertises nothing.
+    """
+    given = list(meshes)
+    guarded = frozenset(
+        GuardedMesh(ifname, str(mesh_prefix(mesh_id)), role == Role.PEER and defaults)
+        for ifname, mesh_id, role, defaults in given
+    )
+    return ForwardGuard(guarded, any(role == Role.PEER for _, _, role, _ in given))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from smegmesh.core.desired import ForwardGuard
     from smegmesh.core.devices import LiveDevice
     from smegmesh.core.gossip import GossipParams
     from smegmesh.core.identity import NodeIdentity
@@ -72,8 +73,8 @@ class DaemonBase:
         reconciler: Any
         wg_status: dict[str, Any]
         routing: RoutingResult | None
-        _bridge_nat: frozenset[str] | None
-        _bridge_nat_error: frozenset[str] | None
+        _bridge_nat: tuple[frozenset[str], ForwardGuard] | None
+        _bridge_nat_error: tuple[frozenset[str], ForwardGuard] | None
         dropped_items: RateLog
         refuted_prunes: RateLog
         save_failures: RateLog

@@ -1,5 +1,6 @@
-"""Bridge masquerading (docs/ROUTING.md): the overlay interfaces between which
-this node translates forwarded traffic, applied through ``net.host``.
+"""Bridge masquerading and the forwarding guard (docs/ROUTING.md): the overlay
+interfaces between which this node translates forwarded traffic, and what it
+forwards from them, applied through ``net.host`` as one nftables table.
 """
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from smegmesh.core.desired import ForwardGuard, forward_guard
 from smegmesh.core.record import Role
 from smegmesh.daemon.base import DaemonBase
 
@@ -33,20 +35,52 @@ class BridgeNatOps(DaemonBase):
         )
         return names if len(names) >= 2 else frozenset()
 
+    def _forward_guard(self) -> ForwardGuard:
+        """What this node forwards from its mesh interfaces (``core.desired.ForwardGuard``)."""
+        return forward_guard(
+            (rt.ifname, rt.mesh_id, rt.role, rt.advertise_defaults) for rt in self.meshes.values()
+        )
+
     async def _apply_bridge_nat(self) -> None:
-        want = self._bridge_nat_interfaces()
+        nat, guard = self._bridge_nat_interfaces(), self._forward_guard()
+        want = (nat, guard)
         if want == self._bridge_nat or self.reconciler is None:
             return
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._wg_pool, self.reconciler.host.set_bridge_nat, want)
+            await loop.run_in_executor(self._wg_pool, self.reconciler.host.set_rules, nat, guard)
         except Exception as e:
             if self._bridge_nat_error != want:
-                log.error("cannot set up bridge masquerading: %s (will retry)", e)
+                log.error(
+                    "cannot set up bridge masquerading and the forwarding guard: %s (will retry)", e
+                )
             self._bridge_nat_error = want
             return
+        old = self._bridge_nat
         self._bridge_nat, self._bridge_nat_error = want, None
-        if want:
-            log.info("bridge: masquerading traffic forwarded between %s", ", ".join(sorted(want)))
-        else:
-            log.debug("bridge masquerading off")
+        if old is None or old[0] != nat:
+            if nat:
+                log.info(
+                    "bridge: masquerading traffic forwarded between %s", ", ".join(sorted(nat))
+                )
+            else:
+                log.debug("bridge masquerading off")
+        if old is None or old[1] != guard:
+            _log_guard(guard)
+
+
+def _log_guard(guard: ForwardGuard) -> None:
+    non_exits = guard.non_exits()
+    if non_exits:
+        log.info(
+            "forwarding guard: traffic from %s leaves only into this node's meshes "
+            "(not an exit there: advertiseDefaults is off); drops are counted in nftables "
+            "table ip6 smegmesh and logged by the kernel",
+            ", ".join(sorted(non_exits)),
+        )
+    if guard.foreign_sources():
+        log.info(
+            "forwarding guard: a packet from a mesh interface with a source in another "
+            "of this node's meshes is dropped (%s)",
+            ", ".join(sorted(guard.interfaces)),
+        )

@@ -206,7 +206,9 @@ MESH_OPTIONS: tuple[MeshOpt, ...] = (
         base_type=bool,
         base={
             "default": False,
-            "description": "Offer a default route (::/0) to the meshes of this node.",
+            "description": "Offer a default route (::/0) to the meshes of this node (as a peer): "
+            "only then does this node forward what arrives from a mesh out of the overlay "
+            "(the forwarding guard, docs/ROUTING.md; needs nft).",
         },
         resolved="advertise_defaults",
     ),

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from smegmesh.core.desired import ForwardGuard
 from smegmesh.core.identity import key_to_text
 from smegmesh.core.routing import RoutingResult
 from smegmesh.daemon import service as svc
@@ -101,8 +102,9 @@ class Daemon(
         self.reconciler: Any = None
         self.wg_status: dict[str, Any] = {}
         self.routing: RoutingResult | None = None
-        self._bridge_nat: frozenset[str] | None = None  # applied (None: not yet)
-        self._bridge_nat_error: frozenset[str] | None = None  # last set that failed
+        #: bridge NAT interfaces and forwarding guard applied (None: not yet)
+        self._bridge_nat: tuple[frozenset[str], ForwardGuard] | None = None
+        self._bridge_nat_error: tuple[frozenset[str], ForwardGuard] | None = None  # last failed
         #: items members sent that the mesh's rules refused (no admission proof,
         #: forged or non-member prunes...): one summary per sender per minute
         self.dropped_items = RateLog(log, "dropped", unit="items", prep="from member")

@@ -9,10 +9,11 @@ network namespace). Ownership rules, so nothing we did not create is touched:
   exactly those.
 - Addresses, MTU and link state: only on the overlay interface, which the
   daemon itself created. Link-local addresses are ignored.
-- Bridge masquerading (:meth:`HostNetwork.set_bridge_nat`): one nftables
-  table, ``ip6 smegmesh``, that the daemon owns whole; it is replaced
-  atomically (one ``nft -f`` transaction) and deleted when no longer needed.
-  Nothing outside that table is touched.
+- Bridge masquerading and the forwarding guard
+  (:meth:`HostNetwork.set_rules`): one nftables table, ``ip6 smegmesh``, that
+  the daemon owns whole; it is replaced atomically (one ``nft -f``
+  transaction) and deleted when no longer needed. Nothing outside that table
+  is touched.
 - IPv6 forwarding (``net.ipv6.conf.all.forwarding``, per network namespace):
   interfaces *claim* it; we switch it on if it was off, and switch it back off
   only when the last claim goes and it was us who switched it on. Note that
@@ -34,6 +35,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from smegmesh.core.desired import ForwardGuard
 from smegmesh.core.wgconfig import HostStatus, Route
 from smegmesh.core.wgdiff import (
     AddAddress,
@@ -50,7 +52,11 @@ from smegmesh.core.wgdiff import (
 log = logging.getLogger(__name__)
 
 ROUTE_PROTO = 0x5E  # rtm_protocol of routes smegmesh installs
-NFT_TABLE = "smegmesh"  # the ``ip6`` nftables table smegd owns (bridge masquerading)
+NFT_TABLE = "smegmesh"  # the ``ip6`` nftables table smegd owns (bridge NAT, forwarding guard)
+#: kernel log lines of the guard's drops: at most this many a minute per rule
+GUARD_LOG_RATE = "limit rate 10/minute burst 5 packets"
+GUARD_LOG_NOT_EXIT = "smegmesh: dropped, not an exit: "
+GUARD_LOG_SOURCE = "smegmesh: dropped, source of another mesh: "
 IFA_F_NODAD = 0x02
 MAIN_TABLE = 254
 _FWD = "/proc/sys/net/ipv6/conf/all/forwarding"
@@ -73,10 +79,26 @@ class HostBackend(Protocol):
         """Masquerade traffic forwarded between any two of ``interfaces`` (empty: none)."""
         ...
 
+    def set_rules(self, nat: frozenset[str], guard: ForwardGuard) -> None:
+        """Bridge NAT between ``nat`` and the forwarding ``guard``, in one transaction."""
+        ...
+
     def close(self) -> None: ...
 
 
-def bridge_nat_ruleset(interfaces: frozenset[str], table: str = NFT_TABLE) -> str:
+def _check_name(name: str) -> str:
+    if not name or len(name) > 15 or not all(c.isalnum() or c in "._-" for c in name):
+        raise ValueError(f"bad interface name {name!r}")
+    return f'"{name}"'
+
+
+def _names(names: frozenset[str]) -> str:
+    return "{ " + ", ".join(_check_name(n) for n in sorted(names)) + " }"
+
+
+def bridge_nat_ruleset(
+    interfaces: frozenset[str], table: str = NFT_TABLE, guard: ForwardGuard | None = None
+) -> str:
     """The ``nft -f`` input that makes table ``ip6 <table>`` masquerade between ``interfaces``.
 
     Traffic that arrives on one overlay interface and leaves by another gets
@@ -85,25 +107,66 @@ def bridge_nat_ruleset(interfaces: frozenset[str], table: str = NFT_TABLE) -> st
     the destination uses back (docs/ROUTING.md). Locally originated traffic and
     traffic staying in one mesh are not touched. The transaction first creates
     the table (so the delete cannot fail), deletes it, and recreates it: the
-    replacement is atomic. With fewer than two interfaces the table is just
-    removed.
+    replacement is atomic. With fewer than two interfaces and nothing to
+    guard the table is just removed.
+
+    ``guard`` (:class:`ForwardGuard`) adds two filter chains: ``mesh-forward``
+    drops what arrives on a mesh interface where this node is no exit and
+    would leave by an interface that is none of its meshes';
+    ``mesh-sources`` drops what arrives on a mesh interface with a source in
+    another of this node's mesh prefixes (before routing: forwarded or for
+    this node). Each drop is counted, and logged by the kernel at most
+    :data:`GUARD_LOG_RATE` (prefix :data:`GUARD_LOG_NOT_EXIT` or
+    :data:`GUARD_LOG_SOURCE`).
     """
     for name in interfaces:
-        if not name or len(name) > 15 or not all(c.isalnum() or c in "._-" for c in name):
-            raise ValueError(f"bad interface name {name!r}")
+        _check_name(name)
     lines = [f"add table ip6 {table}", f"delete table ip6 {table}"]
-    names = sorted(interfaces)
-    if len(names) >= 2:
-        lines += [
-            f"table ip6 {table} {{",
-            "  chain bridge-nat {",
-            "    type nat hook postrouting priority srcnat; policy accept;",
-        ]
-        for out in names:
-            ins = ", ".join(f'"{n}"' for n in names if n != out)
-            lines.append(f'    iifname {{ {ins} }} oifname "{out}" masquerade')
-        lines += ["  }", "}"]
+    body = _nat_chain(interfaces) + _guard_chains(guard or ForwardGuard())
+    if body:
+        lines += [f"table ip6 {table} {{", *body, "}"]
     return "\n".join(lines) + "\n"
+
+
+def _nat_chain(interfaces: frozenset[str]) -> list[str]:
+    names = sorted(interfaces)
+    if len(names) < 2:
+        return []
+    lines = [
+        "  chain bridge-nat {",
+        "    type nat hook postrouting priority srcnat; policy accept;",
+    ]
+    for out in names:
+        ins = ", ".join(f'"{n}"' for n in names if n != out)
+        lines.append(f'    iifname {{ {ins} }} oifname "{out}" masquerade')
+    return [*lines, "  }"]
+
+
+def _guard_chains(guard: ForwardGuard) -> list[str]:
+    lines: list[str] = []
+    sources = guard.foreign_sources()
+    if sources:
+        lines += [
+            "  chain mesh-sources {",
+            "    type filter hook prerouting priority filter; policy accept;",
+        ]
+        for ifname in sorted(sources):
+            nets = ", ".join(str(ipaddress.IPv6Network(p)) for p in sorted(sources[ifname]))
+            match = f"iifname {_check_name(ifname)} ip6 saddr {{ {nets} }}"
+            lines.append(f'    {match} {GUARD_LOG_RATE} log prefix "{GUARD_LOG_SOURCE}" level warn')
+            lines.append(f"    {match} counter drop")
+        lines.append("  }")
+    non_exits = guard.non_exits()
+    if non_exits:
+        match = f"iifname {_names(non_exits)} oifname != {_names(guard.interfaces)}"
+        lines += [
+            "  chain mesh-forward {",
+            "    type filter hook forward priority filter; policy accept;",
+            f'    {match} {GUARD_LOG_RATE} log prefix "{GUARD_LOG_NOT_EXIT}" level warn',
+            f"    {match} counter drop",
+            "  }",
+        ]
+    return lines
 
 
 class MemoryHost:
@@ -114,6 +177,7 @@ class MemoryHost:
         self.reads = 0
         self.applied: list[tuple[str, tuple[HostOp, ...]]] = []
         self.bridge_nat: frozenset[str] = frozenset()
+        self.guard = ForwardGuard()
 
     def read(self, interface: str) -> HostStatus:
         self.reads += 1
@@ -127,8 +191,12 @@ class MemoryHost:
         self.state.pop(interface, None)
 
     def set_bridge_nat(self, interfaces: frozenset[str]) -> None:
-        bridge_nat_ruleset(interfaces)  # same validation as the real thing
-        self.bridge_nat = interfaces if len(interfaces) >= 2 else frozenset()
+        self.set_rules(interfaces, ForwardGuard())
+
+    def set_rules(self, nat: frozenset[str], guard: ForwardGuard) -> None:
+        bridge_nat_ruleset(nat, guard=guard)  # same validation as the real thing
+        self.bridge_nat = nat if len(nat) >= 2 else frozenset()
+        self.guard = guard
 
     def close(self) -> None:
         self.state.clear()
@@ -324,18 +392,23 @@ class HostNetwork:
     # ------------------------------------------------------------ bridge NAT
 
     def set_bridge_nat(self, interfaces: frozenset[str]) -> None:
+        """Replace our nftables table (no guard); see :func:`bridge_nat_ruleset`."""
+        self.set_rules(interfaces, ForwardGuard())
+
+    def set_rules(self, nat: frozenset[str], guard: ForwardGuard) -> None:
         """Replace our nftables table; see :func:`bridge_nat_ruleset`."""
-        ruleset = bridge_nat_ruleset(interfaces)
+        ruleset = bridge_nat_ruleset(nat, guard=guard)
+        needed = "{" in ruleset  # more than the removal of the table
         argv = ["nft", "-f", "-"]
         if self.netns is not None:
             argv = ["ip", "netns", "exec", self.netns, *argv]
         try:
             proc = subprocess.run(argv, input=ruleset, capture_output=True, text=True, timeout=30)
         except (OSError, subprocess.TimeoutExpired) as exc:
-            if len(interfaces) < 2:
+            if not needed:
                 return  # nothing to remove when nft is not even installed
             raise HostError(f"nft: {exc}") from exc
-        if proc.returncode != 0 and len(interfaces) >= 2:
+        if proc.returncode != 0 and needed:
             raise HostError(f"nft: {proc.stderr.strip()[:300]}")
 
     # ---------------------------------------------------------------- cleanup

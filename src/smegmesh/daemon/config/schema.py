@@ -285,7 +285,10 @@ class Config(_Model):
         default=False,
         alias="acceptDefaults",
         description="Route unmatched traffic (::/0) to a mesh member offering advertiseDefaults. "
-        "Off by default: it replaces this host's IPv6 default route.",
+        "Off by default: it replaces this host's IPv6 default route. A peer passes its "
+        "clients' default traffic on to its exit only with it; without an exit that "
+        "traffic is dropped, not sent out of this host's uplink (docs/ROUTING.md, "
+        "Forwarding guard).",
     )
     bridge_masquerade: bool = Field(
         default=True,

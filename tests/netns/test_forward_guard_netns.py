@@ -1,0 +1,170 @@
+"""The forwarding guard with real daemons (docs/ROUTING.md, Forwarding guard).
+
+Mesh m: an exit E (``advertiseDefaults``), a peer P with no flags, a peer M
+with ``acceptDefaults``, and a client V with ``acceptDefaults`` whose assigned
+peer is P. V routes ``::/0`` to P (on a client mesh every gateway is the
+assigned peer) because E offers one. E and P each have an "uplink" ``out0``
+(a veth holding 2001:db8:ffff::1/64): a datagram to 2001:db8:ffff::2 that a
+node forwards out of the overlay is counted by a table of the test's own.
+
+* P, no exit, does not forward V's datagrams out of the overlay (it did: an
+  exit it never agreed to be); its nftables counter shows the drops;
+* the real exit still works: M's datagrams leave through E's ``out0``;
+* mesh traffic through P still works: V pings E's overlay address (V -> P -> E).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from envcheck import missing
+from smegmesh.testbed.cluster import Cluster, Daemon, Timings
+from smegmesh.testbed.netns import Testbed, environment_problem, wait_until
+
+pytestmark = pytest.mark.netns
+
+TIMINGS = Timings(sync_interval=1, heartbeat_interval=2, pull_interval=5, timeout=2)
+OUTSIDE = "2001:db8:ffff::2"
+_SEND = """
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+for _ in range(int(sys.argv[2])):
+    s.sendto(b"out", (sys.argv[1], 9999))
+"""
+
+
+@pytest.fixture(scope="module")
+def bed() -> Iterator[Testbed]:
+    problem = environment_problem()
+    if problem is not None:
+        missing(problem)
+    with Testbed() as tb:
+        yield tb
+
+
+def _uplink(d: Daemon) -> None:
+    """``out0`` (one end of a veth pair), a neighbour for OUTSIDE, and a counter of what leaves."""
+    for argv in (
+        ["ip", "link", "add", "out0", "type", "veth", "peer", "name", "out0p"],
+        ["ip", "link", "set", "out0", "up"],
+        ["ip", "link", "set", "out0p", "up"],
+        ["ip", "-6", "addr", "add", "2001:db8:ffff::1/64", "dev", "out0", "nodad"],
+        ["ip", "-6", "neigh", "replace", OUTSIDE, "lladdr", "02:00:00:00:ff:02", "dev", "out0"],
+    ):
+        d.node.run(argv)
+    subprocess.run(
+        ["ip", "netns", "exec", d.node.ns, "nft", "-f", "-"], input=_PROBE, check=True, text=True
+    )
+
+
+#: a table of the test's own: counts the packets to OUTSIDE that leave by out0
+_PROBE = f"""table ip6 probe {{
+  chain out {{
+    type filter hook postrouting priority 0; policy accept;
+    oifname "out0" ip6 daddr {OUTSIDE} counter
+  }}
+}}
+"""
+
+
+def _tx(d: Daemon) -> int:
+    out = d.node.run(["nft", "-j", "list", "chain", "ip6", "probe", "out"]).stdout
+    for item in json.loads(out)["nftables"]:
+        for expr in item.get("rule", {}).get("expr", []):
+            if "counter" in expr:
+                return int(expr["counter"]["packets"])
+    raise AssertionError(out)
+
+
+def _send(d: Daemon, n: int = 5) -> None:
+    d.node.run([sys.executable, "-c", _SEND, OUTSIDE, str(n)])
+
+
+def _default_gateway(d: Daemon, mesh_id: str) -> str | None:
+    got = d.get_mesh(mesh_id)
+    if got is None:
+        return None
+    r = next((r for r in got.get("routes", []) if r["destination"] == "::/0"), None)
+    return None if r is None else str(r["gateway"])
+
+
+def _client(cluster: Cluster) -> Daemon:
+    """A client on the peers' own network (no NAT), so its ::/0 never takes its endpoint's route."""
+    d = cluster.daemon_type(cluster.bed.add_node(nat=False), "client", cluster.timings)
+    cluster.daemons.append(d)
+    d.edit_config(acceptDefaults=True)
+    d.start()
+    return d
+
+
+def _wait(cluster: Cluster, pred: object, timeout: float, what: str) -> None:
+    try:
+        wait_until(pred, timeout=timeout, interval=0.3, what=what)  # type: ignore[arg-type]
+    except TimeoutError as e:
+        pytest.fail(f"{e}\n--- daemon logs ---\n{cluster.logs()}")
+
+
+def test_a_peer_that_is_no_exit_does_not_forward_a_clients_default(bed: Testbed) -> None:
+    with Cluster(bed, TIMINGS) as cluster:
+        try:
+            e, p, m = (cluster.add("peer", start=False) for _ in range(3))
+            e.name, p.name, m.name = "E", "P", "M"
+            e.edit_config(base={"advertiseDefaults": True})
+            m.edit_config(acceptDefaults=True)
+            for d in (e, p, m):
+                d.start(wait=False)
+            cluster.map(lambda d: d.wait_ready(60.0), [e, p, m])
+            mesh_id = cluster.new_mesh(e)
+            token = cluster.invite(e, mesh_id, uses=12)
+            cluster.map(lambda d: cluster.join(d, token), [p, m])
+            ekey, pkey = str(e.public_key()), str(p.public_key())
+            for d in (e, p):
+                _uplink(d)
+
+            v = None
+            for _ in range(8):  # a client whose assigned peer is P (rendezvous: 1/2 each)
+                c = _client(cluster)
+                cluster.join(c, token)
+                _wait(cluster, lambda c=c: _default_gateway(c, mesh_id) is not None, 40, "::/0")
+                if _default_gateway(c, mesh_id) == pkey:
+                    v = c
+                    break
+            assert v is not None, "no client was assigned to P"
+            v.name = "V"
+            _wait(cluster, lambda: _default_gateway(m, mesh_id) == ekey, 40, "M's ::/0 via E")
+
+            # mesh traffic through P still flows: V -> P -> E
+            e_addr = str(e.overlay_address(mesh_id))
+            _wait(cluster, lambda: v.ping(e_addr), 40, "V pings E through P")
+
+            # the real exit forwards M's datagrams out of its uplink
+            before_e = _tx(e)
+            _wait(
+                cluster,
+                lambda: _send(m) is None and _tx(e) >= before_e + 5,
+                30,
+                "M's datagrams leave through E",
+            )
+
+            # P, no exit, does not forward V's
+            before_p = _tx(p)
+            for _ in range(4):
+                _send(v)
+                assert v.ping(e_addr)  # V's tunnel to P is up all along
+            assert _tx(p) == before_p, "P forwarded V's default traffic out of its uplink"
+            table = p.node.run(["nft", "list", "table", "ip6", "smegmesh"]).stdout
+            dropped = re.search(r"oifname != .* counter packets (\d+) ", table)
+            assert dropped is not None and int(dropped.group(1)) >= 20, table
+            assert "forwarding guard" in p.log_text()
+            # E forwards from its exit mesh: no forward rule there
+            etable = e.node.run(["nft", "list", "table", "ip6", "smegmesh"], check=False)
+            assert "mesh-forward" not in etable.stdout
+        except BaseException:
+            sys.stderr.write(cluster.logs() + "\n")
+            raise
