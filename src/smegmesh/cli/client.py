@@ -283,6 +283,14 @@ class RemoteClient:
             raise self._fail(f"cannot reach smegd at {self.url}: {_short(e)}") from None
         except httpx.TimeoutException:
             raise self._fail(f"smegd at {self.url} did not answer within {t.read:g}s") from None
+        except httpx.RemoteProtocolError as e:
+            if self.url.startswith("http:"):  # a TLS server closes a plain-text request
+                tls = "https:" + self.url.removeprefix("http:")
+                raise self._fail(
+                    f"smegd at {self.url} closed the connection without an answer "
+                    f"({_short(e)}); if its API serves TLS (apiTlsCertificate), try {tls}"
+                ) from None
+            raise self._fail(f"talking to smegd at {self.url} failed: {_short(e)}") from None
         except httpx.HTTPError as e:
             raise self._fail(f"talking to smegd at {self.url} failed: {_short(e)}") from None
         if resp.status_code == 401:
