@@ -399,8 +399,13 @@ def served_unix(
 
 @contextmanager
 def served_tcp(
-    token: str, service: FakeNodeService | None = None
+    token: str,
+    service: FakeNodeService | None = None,
+    *,
+    tls: tuple[Path, Path] | None = None,
 ) -> Iterator[tuple[str, FakeNodeService]]:
+    """The API on a free TCP port of 127.0.0.1: its base URL (``https://`` with
+    ``tls``, a (certificate, key) pair of PEM files) and the service behind it."""
     service = service or FakeNodeService()
     lt = LoopThread()
     try:
@@ -409,9 +414,18 @@ def served_tcp(
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        server: ApiServer = lt.run(serve_tcp(create_app(service, token=token), "127.0.0.1", port))
+        cert, key = tls if tls is not None else (None, None)
+        server: ApiServer = lt.run(
+            serve_tcp(
+                create_app(service, token=token),
+                "127.0.0.1",
+                port,
+                tls_certificate=cert,
+                tls_key=key,
+            )
+        )
         try:
-            yield f"http://127.0.0.1:{port}", service
+            yield f"{'https' if tls else 'http'}://127.0.0.1:{port}", service
         finally:
             lt.run(server.stop())
     finally:

@@ -54,6 +54,16 @@ def testbed(netns_env: None) -> Iterator[Testbed]:
         yield bed
 
 
+@pytest.fixture(scope="module")
+def bed() -> Iterator[Testbed]:
+    """One :class:`Testbed` for a whole module: its tests share it, each with daemons of its own."""
+    problem = _problem()
+    if problem is not None:
+        missing(problem)
+    with Testbed() as tb:
+        yield tb
+
+
 # --------------------------------------------------------------------------- markers by kind
 
 #: Directory under ``tests/`` -> the marker every test in it carries.

@@ -34,10 +34,9 @@ from typing import Any
 
 import pytest
 
-from envcheck import missing
 from smegmesh.core.addressing import mesh_prefix
 from smegmesh.testbed.cluster import Cluster, CtlError, Daemon, Timings
-from smegmesh.testbed.netns import Testbed, environment_problem, wait_until
+from smegmesh.testbed.netns import Testbed, wait_until
 
 pytestmark = pytest.mark.netns
 
@@ -69,18 +68,11 @@ def _daemons(cluster: Cluster, names: Sequence[str], bridges: set[str]) -> dict[
     return out
 
 
-def _route(d: Daemon, mesh_id: str, dest: str) -> dict[str, Any] | None:
-    got = d.get_mesh(mesh_id)
-    if got is None:
-        return None
-    return next((r for r in got.get("routes", []) if r["destination"] == dest), None)
-
-
 def _routes_to(d: Daemon, meshes: Sequence[str], dest: str) -> list[tuple[str, dict[str, Any]]]:
     """Every (mesh, route) ``d`` uses towards ``dest`` (exactly one when converged)."""
     out = []
     for m in meshes:
-        r = _route(d, m, dest)
+        r = d.route(m, dest)
         if r is not None:
             out.append((m, r))
     return out
@@ -118,15 +110,6 @@ def _fail(cluster: Cluster, msg: str) -> None:
     pytest.fail(f"{msg}\n--- daemon logs ---\n{cluster.logs()}")
 
 
-def _wait(cluster: Cluster, pred: Any, timeout: float, what: str) -> float:
-    t0 = time.monotonic()
-    try:
-        wait_until(pred, timeout=timeout, interval=0.2, what=what)
-    except TimeoutError as e:
-        _fail(cluster, str(e))
-    return time.monotonic() - t0
-
-
 def _join(cluster: Cluster, d: Daemon, token: str) -> None:
     """``join-mesh``, retried when the bootstrap member did not answer in time (loaded CI)."""
     for attempt in range(3):
@@ -149,15 +132,6 @@ def _form(cluster: Cluster, members: Sequence[Daemon]) -> str:
 
 
 # ----------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def bed() -> Iterator[Testbed]:
-    problem = environment_problem()
-    if problem is not None:
-        missing(problem)
-    with Testbed() as tb:
-        yield tb
 
 
 @dataclass
@@ -199,11 +173,11 @@ def test_one_bridge(chain: Topo) -> None:
     a, x = t.d["A"], t.d["X"]
 
     def routed() -> bool:
-        ra = _route(a, t.m1, _pfx(t.m2))
-        rx = _route(x, t.m2, _pfx(t.m1))
+        ra = a.route(t.m1, _pfx(t.m2))
+        rx = x.route(t.m2, _pfx(t.m1))
         return bool(ra and ra["gateway"] == t.keys["B12"] and rx and rx["gateway"] == t.keys["B12"])
 
-    took = _wait(c, routed, 30, "A and X route through B12")
+    took = c.wait_for(routed, 30, "A and X route through B12")
 
     # B12 masquerades between its two overlay interfaces; A (one mesh) does not.
     # The table is installed by B12's apply loop, which may run after its route
@@ -212,7 +186,7 @@ def test_one_bridge(chain: Topo) -> None:
         proc = t.d["B12"].node.run(["nft", "list", "table", "ip6", "smegmesh"], check=False)
         return proc.stdout if proc.returncode == 0 else ""
 
-    _wait(c, lambda: nat_rules().count("masquerade") == 2, 15, "B12's masquerade table")
+    c.wait_for(lambda: nat_rules().count("masquerade") == 2, 15, "B12's masquerade table")
     # A, a peer, has the table too, for its forwarding guard only (docs/ROUTING.md)
     a_table = a.node.run(["nft", "list", "table", "ip6", "smegmesh"]).stdout
     assert "masquerade" not in a_table and "chain mesh-forward" in a_table
@@ -230,8 +204,8 @@ def test_chain_of_three_meshes(chain: Topo) -> None:
     a, cc = t.d["A"], t.d["C"]
 
     def routed() -> bool:
-        ra = _route(a, t.m1, _pfx(t.m3))
-        rc = _route(cc, t.m3, _pfx(t.m1))
+        ra = a.route(t.m1, _pfx(t.m3))
+        rc = cc.route(t.m3, _pfx(t.m1))
         return bool(
             ra
             and ra["path_length"] == 2
@@ -241,7 +215,7 @@ def test_chain_of_three_meshes(chain: Topo) -> None:
             and rc["gateway"] == t.keys["B23"]
         )
 
-    _wait(c, routed, 30, "A and C route at length 2")
+    c.wait_for(routed, 30, "A and C route at length 2")
     detail = cc.ctl("get-mesh", "--meshid", t.m3)
     (r,) = [r for r in detail["routes"] if r["destination"] == _pfx(t.m1)]
     assert r["path"] == [t.m2, t.m1] and r["path_length"] == 2
@@ -273,7 +247,7 @@ def test_client_reaches_across_a_bridge(chain: Topo) -> None:
         )
         return len(wide) == 1
 
-    _wait(c, one_peer, 30, "the client's one WireGuard peer (its assigned peer)")
+    c.wait_for(one_peer, 30, "the client's one WireGuard peer (its assigned peer)")
     _wait_pings(c, [(cl, t.addr("A", t.m1)), (a, cl_addr)], 40, "client in m2 <-> A in m1")
 
 
@@ -309,8 +283,8 @@ def test_ring_shortest_paths_no_loop(chain: Topo) -> None:
     except TimeoutError as e:
         _fail(c, f"{e}: {bad}")
     # The direct bridge is the one chosen where there is only one at length 1.
-    assert _route(t.d["A"], t.m1, _pfx(t.m3))["gateway"] == t.keys["B31"]  # type: ignore[index]
-    assert _route(t.d["C"], t.m3, _pfx(t.m1))["gateway"] == t.keys["B31"]  # type: ignore[index]
+    assert t.d["A"].route(t.m1, _pfx(t.m3))["gateway"] == t.keys["B31"]  # type: ignore[index]
+    assert t.d["C"].route(t.m3, _pfx(t.m1))["gateway"] == t.keys["B31"]  # type: ignore[index]
     pairs = [
         (t.d["A"], t.addr("C", t.m3)),
         (t.d["C"], t.addr("A", t.m1)),
@@ -338,8 +312,8 @@ def test_ring_bridge_dies_long_way_round(chain: Topo) -> None:
     t0 = time.monotonic()
 
     def rerouted() -> bool:
-        ra = _route(a, t.m1, _pfx(t.m2))
-        rx = _route(x, t.m2, _pfx(t.m1))
+        ra = a.route(t.m1, _pfx(t.m2))
+        rx = x.route(t.m2, _pfx(t.m1))
         return bool(
             ra
             and ra["gateway"] == t.keys["B31"]
@@ -349,7 +323,7 @@ def test_ring_bridge_dies_long_way_round(chain: Topo) -> None:
             and rx["path"] == [t.m3, t.m1]
         )
 
-    _wait(c, rerouted, ROUTE_MOVE_BOUND_S + 15, "A and X route the long way round")
+    c.wait_for(rerouted, ROUTE_MOVE_BOUND_S + 15, "A and X route the long way round")
     move_s = time.monotonic() - t0
     _wait_pings(c, [(a, t.addr("X", t.m2)), (x, t.addr("A", t.m1))], 20, "A <-> X via m3")
     sys.stderr.write(
@@ -380,7 +354,7 @@ def _choices(p: Pair) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for names, own, far in ((p.left, p.m1, p.m2), (p.right, p.m2, p.m1)):
         for n in names:
-            r = _route(p.d[n], own, _pfx(far))
+            r = p.d[n].route(own, _pfx(far))
             out[n] = r["gateway"] if r is not None else None
     return out
 
@@ -427,7 +401,7 @@ def test_redundant_bridges_split_then_failover(pair: Pair) -> None:
         # list the alternative yet.
         for names, own, far in ((p.left, p.m1, p.m2), (p.right, p.m2, p.m1)):
             for n in names:
-                r = _route(p.d[n], own, _pfx(far))
+                r = p.d[n].route(own, _pfx(far))
                 if r is None or r["gateway"] not in bridge_keys:
                     return False
                 if set(r["alternatives"]) != bridge_keys - {r["gateway"]}:
@@ -438,7 +412,7 @@ def test_redundant_bridges_split_then_failover(pair: Pair) -> None:
     # chance that all 8 members pick the same bridge is 1/128; then form two
     # new meshes (new ids, new hashing) rather than skip.
     for attempt in range(4):
-        took = _wait(c, converged, 40, "every member routes through a bridge, knowing both")
+        took = c.wait_for(converged, 40, "every member routes through a bridge, knowing both")
         chosen = _choices(p)
         by_bridge = {k: sorted(n for n in members if chosen[n] == k) for k in bridge_keys}
         sys.stderr.write(f"\nredundant bridges: routes after {took:.1f}s; split {by_bridge}\n")
@@ -527,8 +501,7 @@ def test_masquerade_can_be_turned_off(pair: Pair) -> None:
         p.d[n].kill()
         p.d[n].kill_wireguard()
     members = [*p.left, *p.right]
-    _wait(
-        c,
+    c.wait_for(
         lambda: all(ch == p.keys[bridge.name] for ch in _choices(p).values()),
         ROUTE_MOVE_BOUND_S + 15,
         f"every member routes through {bridge.name}",
@@ -538,10 +511,10 @@ def test_masquerade_can_be_turned_off(pair: Pair) -> None:
         proc = bridge.node.run(["nft", "list", "table", "ip6", "smegmesh"], check=False)
         return proc.returncode == 0 and "masquerade" in proc.stdout
 
-    _wait(c, nat_table, 15, f"{bridge.name}'s masquerade table (the default)")
+    c.wait_for(nat_table, 15, f"{bridge.name}'s masquerade table (the default)")
     bridge.edit_config(bridgeMasquerade=False)
     bridge.restart(timeout=60)
-    _wait(c, lambda: not nat_table(), 15, f"{bridge.name}'s masquerade table removed")
+    c.wait_for(lambda: not nat_table(), 15, f"{bridge.name}'s masquerade table removed")
     assert "bridgeMasquerade is off" in bridge.log_text()
 
     addrs = {n: p.d[n].overlay_address(p.m1 if n in p.left else p.m2) for n in members}
@@ -556,8 +529,7 @@ def test_masquerade_can_be_turned_off(pair: Pair) -> None:
         text=True,
     )
     sender = [sys.executable, "-c", _UDP_SEND_SCRIPT, str(addrs[dst.name])]
-    _wait(
-        c,
+    c.wait_for(
         lambda: src.node.run(sender, check=False) is not None and listener.poll() is not None,
         20,
         "a datagram across the bridge",
@@ -600,14 +572,14 @@ def test_default_route_through_an_exit(bed: Testbed) -> None:
             ekey = str(e.public_key())
 
             def m_uses_exit() -> bool:
-                r = _route(m, mesh_id, "::/0")
+                r = m.route(mesh_id, "::/0")
                 return r is not None and r["gateway"] == ekey
 
-            _wait(cluster, m_uses_exit, 30, "M routes ::/0 through E")
+            cluster.wait_for(m_uses_exit, 30, "M routes ::/0 through E")
             default = m.node.run(["ip", "-6", "route", "show", "default"]).stdout
             assert "smeg" in default, default
             _wait_pings(cluster, [(m, "2001:db8:ee::1")], 30, "M -> E's off-overlay address")
-            assert _route(n, mesh_id, "::/0") is None
+            assert n.route(mesh_id, "::/0") is None
             assert "smeg" not in n.node.run(["ip", "-6", "route", "show", "default"]).stdout
             assert not _ping(n, "2001:db8:ee::1")[0], "N has no route there"
         except BaseException:

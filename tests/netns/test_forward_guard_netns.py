@@ -19,13 +19,11 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 
-from envcheck import missing
 from smegmesh.testbed.cluster import Cluster, Daemon, Timings
-from smegmesh.testbed.netns import Testbed, environment_problem, wait_until
+from smegmesh.testbed.netns import Testbed
 
 pytestmark = pytest.mark.netns
 
@@ -37,15 +35,6 @@ s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
 for _ in range(int(sys.argv[2])):
     s.sendto(b"out", (sys.argv[1], 9999))
 """
-
-
-@pytest.fixture(scope="module")
-def bed() -> Iterator[Testbed]:
-    problem = environment_problem()
-    if problem is not None:
-        missing(problem)
-    with Testbed() as tb:
-        yield tb
 
 
 def _uplink(d: Daemon) -> None:
@@ -86,14 +75,6 @@ def _send(d: Daemon, n: int = 5) -> None:
     d.node.run([sys.executable, "-c", _SEND, OUTSIDE, str(n)])
 
 
-def _default_gateway(d: Daemon, mesh_id: str) -> str | None:
-    got = d.get_mesh(mesh_id)
-    if got is None:
-        return None
-    r = next((r for r in got.get("routes", []) if r["destination"] == "::/0"), None)
-    return None if r is None else str(r["gateway"])
-
-
 def _client(cluster: Cluster) -> Daemon:
     """A client on the peers' own network (no NAT), so its ::/0 never takes its endpoint's route."""
     d = cluster.daemon_type(cluster.bed.add_node(nat=False), "client", cluster.timings)
@@ -101,13 +82,6 @@ def _client(cluster: Cluster) -> Daemon:
     d.edit_config(acceptDefaults=True)
     d.start()
     return d
-
-
-def _wait(cluster: Cluster, pred: object, timeout: float, what: str) -> None:
-    try:
-        wait_until(pred, timeout=timeout, interval=0.3, what=what)  # type: ignore[arg-type]
-    except TimeoutError as e:
-        pytest.fail(f"{e}\n--- daemon logs ---\n{cluster.logs()}")
 
 
 def test_a_peer_that_is_no_exit_does_not_forward_a_clients_default(bed: Testbed) -> None:
@@ -131,22 +105,21 @@ def test_a_peer_that_is_no_exit_does_not_forward_a_clients_default(bed: Testbed)
             for _ in range(8):  # a client whose assigned peer is P (rendezvous: 1/2 each)
                 c = _client(cluster)
                 cluster.join(c, token)
-                _wait(cluster, lambda c=c: _default_gateway(c, mesh_id) is not None, 40, "::/0")
-                if _default_gateway(c, mesh_id) == pkey:
+                cluster.wait_for(lambda c=c: c.gateway(mesh_id, "::/0") is not None, 40, "::/0")
+                if c.gateway(mesh_id, "::/0") == pkey:
                     v = c
                     break
             assert v is not None, "no client was assigned to P"
             v.name = "V"
-            _wait(cluster, lambda: _default_gateway(m, mesh_id) == ekey, 40, "M's ::/0 via E")
+            cluster.wait_for(lambda: m.gateway(mesh_id, "::/0") == ekey, 40, "M's ::/0 via E")
 
             # mesh traffic through P still flows: V -> P -> E
             e_addr = str(e.overlay_address(mesh_id))
-            _wait(cluster, lambda: v.ping(e_addr), 40, "V pings E through P")
+            cluster.wait_for(lambda: v.ping(e_addr), 40, "V pings E through P")
 
             # the real exit forwards M's datagrams out of its uplink
             before_e = _tx(e)
-            _wait(
-                cluster,
+            cluster.wait_for(
                 lambda: _send(m) is None and _tx(e) >= before_e + 5,
                 30,
                 "M's datagrams leave through E",

@@ -513,42 +513,22 @@ def test_unix_socket_caps_the_body(api: tuple[httpx.Client, FakeNodeService, Pat
 def test_tcp_api_over_tls(tmp_path: Path) -> None:
     import ssl
 
-    from api_fake import LoopThread as _LT
-    from smegmesh.daemon.api import serve_tcp
     from tls_helpers import self_signed
 
     cert, key = self_signed(tmp_path)
-    lt = _LT()
-    try:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        server = lt.run(
-            serve_tcp(
-                create_app(FakeNodeService(), token=TOKEN),
-                "127.0.0.1",
-                port,
-                tls_certificate=cert,
-                tls_key=key,
-            )
-        )
-        try:
-            ctx = ssl.create_default_context(cafile=str(cert))
-            with httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=ctx, timeout=10) as c:
-                assert c.get("/v1/health").json() == {"ok": True}
-                r = c.get("/v1/meshes", headers={"Authorization": f"Bearer {TOKEN}"})
-                assert r.status_code == 200
-                assert c.get("/v1/meshes").status_code == 401
-            # plain HTTP on the TLS port gets nothing useful
-            with (
-                httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as c,
-                pytest.raises(httpx.HTTPError),
-            ):
-                c.get("/v1/health").json()
-        finally:
-            lt.run(server.stop())
-    finally:
-        lt.close()
+    with served_tcp(TOKEN, tls=(cert, key)) as (base, _):
+        ctx = ssl.create_default_context(cafile=str(cert))
+        with httpx.Client(base_url=base, verify=ctx, timeout=10) as c:
+            assert c.get("/v1/health").json() == {"ok": True}
+            r = c.get("/v1/meshes", headers={"Authorization": f"Bearer {TOKEN}"})
+            assert r.status_code == 200
+            assert c.get("/v1/meshes").status_code == 401
+        # plain HTTP on the TLS port gets nothing useful
+        with (
+            httpx.Client(base_url=base.replace("https://", "http://"), timeout=10) as c,
+            pytest.raises(httpx.HTTPError),
+        ):
+            c.get("/v1/health").json()
 
 
 @pytest.mark.parametrize(

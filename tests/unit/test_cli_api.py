@@ -166,34 +166,13 @@ def test_http_to_a_tls_api_says_to_try_https(tmp_path: Path) -> None:
     """It said "talking to smegd at http://...: Server disconnected without sending
     a response." (the TLS server closes a plain-text request), naming nothing a
     user could act on."""
-    from api_fake import FakeNodeService, LoopThread
-    from smegmesh.daemon.api import create_app, serve_tcp
     from tls_helpers import self_signed
 
-    cert, key = self_signed(tmp_path)
-    lt = LoopThread()
-    try:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        server = lt.run(
-            serve_tcp(
-                create_app(FakeNodeService(), token=TOKEN),
-                "127.0.0.1",
-                port,
-                tls_certificate=cert,
-                tls_key=key,
-            )
+    with served_tcp(TOKEN, tls=self_signed(tmp_path)) as (base, _):
+        url = base.replace("https://", "http://")
+        r = runner.invoke(
+            app, ["--api", url, "list-meshes", "--json"], env={"SMEG_API_TOKEN": TOKEN}
         )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            r = runner.invoke(
-                app, ["--api", url, "list-meshes", "--json"], env={"SMEG_API_TOKEN": TOKEN}
-            )
-        finally:
-            lt.run(server.stop())
-    finally:
-        lt.close()
     assert r.exit_code == 1, (r.stdout, r.stderr)
     msg = json.loads(r.stdout)["error"]["message"]
-    assert msg.endswith(f"try https://127.0.0.1:{port}"), msg
+    assert msg.endswith(f"try {base}"), msg

@@ -203,6 +203,18 @@ class Cluster:
     def logs(self) -> str:
         return "\n".join(d.log_tail(60) for d in self.daemons)
 
+    def wait_for(
+        self, predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2
+    ) -> float:
+        """``wait_until`` ``predicate``; the seconds it took. On a timeout the
+        ``TimeoutError`` carries every daemon's last log lines."""
+        t0 = time.monotonic()
+        try:
+            wait_until(predicate, timeout=timeout, interval=interval, what=what)
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}\n--- daemon logs ---\n{self.logs()}") from None
+        return time.monotonic() - t0
+
     # --------------------------------------------------------------- teardown
     def teardown(self) -> None:
         """Stop every daemon (SIGTERM, then SIGKILL); the test bed removes the rest."""

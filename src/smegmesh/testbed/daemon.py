@@ -255,6 +255,17 @@ class Daemon:
         res = self.api("GET", f"/v1/meshes/{mesh_id}")
         return res if isinstance(res, dict) else None
 
+    def route(self, mesh_id: str, destination: str) -> dict[str, Any] | None:
+        """The route ``get-mesh`` shows towards ``destination`` (``::/0``, a mesh /64), if any."""
+        got = self.get_mesh(mesh_id)
+        routes = got.get("routes", []) if got is not None else []
+        return next((r for r in routes if r["destination"] == destination), None)
+
+    def gateway(self, mesh_id: str, destination: str) -> str | None:
+        """The key of the gateway of :meth:`route`, None without one."""
+        r = self.route(mesh_id, destination)
+        return None if r is None else str(r["gateway"])
+
     def list_meshes(self) -> list[dict[str, Any]]:
         res = self.api("GET", "/v1/meshes")
         return res if isinstance(res, list) else []
