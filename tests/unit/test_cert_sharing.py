@@ -20,8 +20,8 @@ from smegmesh.core.record import NodeRecord, Prune
 from smegmesh.core.state import MeshState
 from smegmesh.core.sync import Push
 from smegmesh.core.wire import decode, encode
-from smegmesh.testbed.founded import Mesh
-from test_elide import LATER, _mesh, _prune, _state
+from smegmesh.testbed.founded import Mesh, ident
+from test_elide import LATER, _mesh, _state
 
 
 def _decoded(items: list[NodeRecord | Prune], mesh_id: str) -> list[NodeRecord | Prune]:
@@ -58,7 +58,7 @@ def test_a_prune_shares_the_held_record_and_the_pruners_chain() -> None:
     m, recs = _mesh(12)
     now = m.t + LATER
     st = _state(m, _decoded(recs, m.mesh_id), now)
-    (prune,) = _decoded([_prune(m, 3, recs[7], now)], m.mesh_id)
+    (prune,) = _decoded([m.prune(ident(3), recs[7], now)], m.mesh_id)
     assert isinstance(prune, Prune)
     assert st.apply(prune, now)
     pr = st.get_prune(recs[7].wg_key)
@@ -97,13 +97,13 @@ def test_a_held_record_keeps_what_the_memo_knew_of_it() -> None:
     assert all(h is not None and st.memo.sig_ok(h) for h in held)
     assert all(st.memo.checked_for(h) == m.mesh_id for h in held)
     jobs.clear()
-    short = elide(_prune(m, 3, recs[7], now), now)
+    short = elide(m.prune(ident(3), recs[7], now), now)
     got = expand(st, _decoded_items([short], m.mesh_id))
     changed, errors = st.apply_many(got.items, now)
     assert changed and not errors and len(jobs) == 1  # the prune's signature alone
     forged = []
     for t in recs[8:]:
-        p = elide(_prune(m, 3, t, now), now)
+        p = elide(m.prune(ident(3), t, now), now)
         assert type(p) is Elided
         forged.append(Elided(p.kind, (*p.fields[:-1], b"\xff" * 64)))
     got = expand(st, _decoded_items(forged, m.mesh_id))

@@ -65,23 +65,12 @@ def _pushed(outs: list[Out]) -> list[object]:
     return [i for o in outs if isinstance(o, Call) and isinstance(o.msg, Push) for i in o.msg.items]
 
 
-def _prune(m: Mesh, by: int, target: NodeRecord, now: int) -> Prune:
-    who = ident(by)
-    return Prune.create(
-        who,
-        m.mesh_id,
-        now_ms=now,
-        target_record=target,
-        by_chain=m.chains[who.wg_public_key],
-    )
-
-
 def test_a_settled_record_and_prune_go_short_and_come_back_whole() -> None:
     m, recs = _mesh()
     now = m.t + LATER
     st = _state(m, recs, now)
     newer = recs[9].evolve(ident(11), now)
-    prune = _prune(m, 3, recs[7], now)
+    prune = m.prune(ident(3), recs[7], now)
     items = [newer, prune]
     short = [elide(i, now) for i in items]
     assert all(type(s) is Elided for s in short)
@@ -99,7 +88,7 @@ def test_fresh_parts_go_whole() -> None:
     m, recs = _mesh()
     now = m.t + 5_000
     assert elide(recs[9].evolve(ident(11), now), now) == recs[9].evolve(ident(11), now)
-    prune = _prune(m, 3, recs[7], now)
+    prune = m.prune(ident(3), recs[7], now)
     assert elide(prune, now) is prune
     founder = m.record(m.founder, version=m.t + 2)  # no chain: nothing to leave out
     assert not founder.chain and elide(founder, m.t + LATER) is founder
@@ -113,7 +102,7 @@ def test_a_reference_the_receiver_cannot_resolve_is_pulled_by_a_sync_session() -
     node = member_node(me, m.mesh_id, _state(m, recs[:-1], now))  # lacks the last member
     newer_last = recs[-1].evolve(ident(13), now)
     other = recs[6].evolve(ident(8), now - 30_000)  # a version it does not hold
-    prune = _prune(m, 3, other, now)
+    prune = m.prune(ident(3), other, now)
     push = _wire([elide(newer_last, now), elide(prune, now)], m.mesh_id)
     reply, outs = node.handle_request(pruner.wg_public_key, push, now)
     assert node.rejected == 0
@@ -151,7 +140,9 @@ def test_pushes_to_a_member_about_itself_or_to_one_that_does_not_know_us_go_whol
     me = ident(4)
     node = member_node(me, m.mesh_id, _state(m, recs, now))
     target = recs[7]
-    node.handle_request(ident(3).wg_public_key, Push(m.mesh_id, (_prune(m, 3, target, now),)), now)
+    node.handle_request(
+        ident(3).wg_public_key, Push(m.mesh_id, (m.prune(ident(3), target, now),)), now
+    )
     # target calls us while we hold it pruned: we push it its prune, whole
     outs = node.handle_request(target.wg_key, Ping(m.mesh_id, 1), now + 100)[1]
     pushed = [
@@ -170,7 +161,7 @@ def test_any_garbage_in_an_elided_item_is_a_counted_refusal_never_an_exception()
     st, good = _state_and_short(4)
     m, recs = _mesh()
     now = m.t + LATER
-    prune = elide(_prune(m, 3, recs[7], now), now)  # a prune too (review)
+    prune = elide(m.prune(ident(3), recs[7], now), now)  # a prune too (review)
     assert type(prune) is Elided
     atoms = hs.one_of(
         hs.none(), hs.booleans(), hs.integers(), hs.binary(max_size=40), hs.text(max_size=8)
@@ -220,7 +211,8 @@ def test_bogus_references_do_not_take_the_session_of_a_heal() -> None:
     me, bad = ident(4), ident(3)
     node = member_node(me, m.mesh_id, _state(m, recs, now))
     target = recs[7]
-    node.handle_request(bad.wg_public_key, Push(m.mesh_id, (_prune(m, 3, target, now),)), now)
+    pushed = Push(m.mesh_id, (m.prune(ident(3), target, now),))
+    node.handle_request(bad.wg_public_key, pushed, now)
     bogus = elide(recs[5].evolve(ident(7), now), now)
     assert type(bogus) is Elided
     fields = list(bogus.fields)
@@ -251,7 +243,7 @@ def test_a_settled_item_leaves_out_what_its_receiver_holds_or_derives() -> None:
     f = short.fields
     assert f[0] is None and f[2] is None and f[9] is None  # mesh id, sign key, address
     assert f[1] == newer.wg_key[:8]
-    prune = _prune(m, 3, recs[7], now)
+    prune = m.prune(ident(3), recs[7], now)
     p = elide(prune, now)
     assert type(p) is Elided
     assert p.fields[0] is None and p.fields[4] is None  # mesh id, pruner's sign key
@@ -315,7 +307,7 @@ def test_two_prunes_of_one_crash_meet_by_reference() -> None:
     m, recs = _mesh()
     now = m.t + LATER
     target = recs[7]
-    px, py = _prune(m, 3, target, now), _prune(m, 5, target, now + 1)
+    px, py = m.prune(ident(3), target, now), m.prune(ident(5), target, now + 1)
     a, b = ident(4), ident(6)
     node_a = member_node(a, m.mesh_id, _state(m, recs, now))
     mine = _state(m, recs, now)
@@ -393,6 +385,6 @@ def test_what_changed_that_does_not_settle_a_key_is_followed_by_the_whole_entry(
         na = member_node(ident(4), m.mesh_id, _state(m, recs, now))
         nb = member_node(ident(6), m.mesh_id, _state(m, recs, now))
         assert na.mesh.apply(r1, now) and nb.mesh.apply(r2, now)
-        assert na.mesh.apply(_prune(m, 3, r1, now), now)
-        assert nb.mesh.apply(_prune(m, 5, r2, now), now)
+        assert na.mesh.apply(m.prune(ident(3), r1, now), now)
+        assert nb.mesh.apply(m.prune(ident(5), r2, now), now)
         assert _offer_rounds(na, nb, r1.wg_key, now, 4) in (1, 2), age

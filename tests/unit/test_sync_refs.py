@@ -22,7 +22,7 @@ from smegmesh.core.state import DEPTH, MeshState
 from smegmesh.core.sync import HASH_LEN, SyncSession, SyncStep
 from smegmesh.core.sync_refs import RESPONDER_TAKES_REFS, TAKES_REFS
 from smegmesh.testbed.founded import Mesh, ident
-from test_elide import LATER, _mesh, _prune, _state
+from test_elide import LATER, _mesh, _state
 
 SRC = b"\x07" * 32
 
@@ -65,7 +65,7 @@ def _apart() -> tuple[MeshState, MeshState, list[NodeRecord | Prune]]:
     now = m.t + LATER
     a, b = _state(m, recs, now), _state(m, recs, now)
     news: list[NodeRecord | Prune] = [recs[k].evolve(ident(k + 2), now) for k in (3, 5, 8)]
-    news += [_prune(m, 2, recs[k], now) for k in (6, 10)]
+    news += [m.prune(ident(2), recs[k], now) for k in (6, 10)]
     changed, errors = a.apply_many(news, now)
     assert not errors and len(changed) == 5
     return a, b, news
@@ -198,7 +198,7 @@ def test_what_the_initiator_cannot_resolve_is_answered_whole_in_the_same_session
     now = m.t + LATER
     a, b = _state(m, recs, now), _state(m, recs, now)
     v2 = recs[5].evolve(ident(7), now - 20_000)  # settled: its prune names it by reference
-    assert b.apply(_prune(m, 3, v2, now), now)  # b holds the prune of v2, a holds v1
+    assert b.apply(m.prune(ident(3), v2, now), now)  # b holds the prune of v2, a holds v1
     _session(a, b, now)
     assert a.digest() == b.digest()
 
@@ -233,7 +233,7 @@ def test_a_prune_of_the_record_its_own_step_brings_is_taken_in_that_step() -> No
     now = m.t + LATER
     a, b = _state(m, recs, now), _state(m, recs, now)
     v2 = recs[5].evolve(ident(7), now - 20_000)  # settled: both go by reference
-    prune = _prune(m, 3, v2, now)
+    prune = m.prune(ident(3), v2, now)
     changed, errors = a.apply_many([v2, prune], now)
     assert not errors and changed == {v2.wg_key}
     items = (elide(v2, now), elide(prune, now))
@@ -273,7 +273,7 @@ def test_a_prune_resolved_by_its_steps_record_counts_as_merged_or_refused(forged
     is merged. The pruned key is among the keys merged (the node tells the
     others of them), and a forged prune found on that pass is counted."""
     m, recs, now, a, b, newer = _readmitted()
-    prune = _prune(m, 9, recs[9], now)
+    prune = m.prune(ident(9), recs[9], now)
     changed, errors = a.apply_many([newer, prune], now)  # a session is open: a differs
     assert not errors and len(changed) == 2
     short = elide(prune, now)
@@ -295,7 +295,7 @@ def test_a_key_held_only_as_a_prune_is_wanted_whole() -> None:
     now = m.t + LATER
     a, b = _state(m, recs, now), _state(m, recs[:5] + recs[6:], now)
     k = recs[5].wg_key
-    assert b.apply(_prune(m, 3, recs[5], now), now)
+    assert b.apply(m.prune(ident(3), recs[5], now), now)
     assert b.versions_of(k)[0] == 0 and b.versions_of(k)[1] > 0  # a prune alone
     assert a.apply(recs[5].evolve(ident(7), now), now)  # newer: refutes the prune
     leaf = _leaf(a, k)

@@ -29,7 +29,7 @@ from smegmesh.core.engine import (
 from smegmesh.core.hashing import RankedSet
 from smegmesh.core.liveness import LivenessParams
 from smegmesh.core.messages import IN_REPLY, Ack, Ping
-from smegmesh.core.nodeviews import Views, update_pays
+from smegmesh.core.nodeviews import Views, is_pruned, update_pays
 from smegmesh.core.record import (
     NodeRecord,
     Prune,
@@ -162,8 +162,9 @@ class ClientMixin:
         self._peer_ping_inflight = False
         self._peer_ping_failures = 0
         a = self._acked
-        gap = self.liveness.client_timeout_ms // 2
-        since = a[1] if a is not None and a[0] == peer and now_ms - a[2] < gap else now_ms
+        since = (
+            a[1] if a is not None and a[0] == peer and now_ms - a[2] < self._ack_gap_ms else now_ms
+        )
         self._acked = (peer, since, now_ms)
         if isinstance(reply, Ack) and not reply.ok:
             return self._sync_with(peer, now_ms, "told")
@@ -180,8 +181,7 @@ class ClientMixin:
         peer acks ``ok`` (its client waits for its pull, as before) and an
         older client takes any ack of its ping as an answer, whatever ``ok``.
         """
-        rec = self.mesh.record(src) if ping.probe_id == 0 else None
-        pruned = rec is not None and not rec.left and not self.mesh.is_live(src)
+        pruned = ping.probe_id == 0 and is_pruned(self.mesh, src)
         return Ack(IN_REPLY, ping.probe_id, not pruned)
 
     def _pruned_by_own_peer(self, now_ms: int) -> None:
@@ -199,6 +199,15 @@ class ClientMixin:
         if own is None or prune is None or a is None or own.role != Role.CLIENT:
             return
         peer, since, last = a
-        run = since <= own.timestamp_ms and now_ms - last < self.liveness.client_timeout_ms // 2
+        run = since <= own.timestamp_ms and now_ms - last < self._ack_gap_ms
         if run and prune.by_wg_key == peer == own.assigned_peer:
-            self._avoid[peer] = now_ms + 3 * self.liveness.suspicion_ms
+            self._avoid_peer(peer, now_ms)
+
+    @property
+    def _ack_gap_ms(self) -> int:
+        """The longest gap between our peer's acks that keeps their run unbroken."""
+        return self.liveness.client_timeout_ms // 2
+
+    def _avoid_peer(self, peer: bytes, now_ms: int) -> None:
+        """Pass over ``peer`` when choosing ours, for three suspicion windows."""
+        self._avoid[peer] = now_ms + 3 * self.liveness.suspicion_ms

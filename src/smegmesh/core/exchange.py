@@ -111,6 +111,7 @@ class ExchangeMixin:
         def _maybe_reassign(self, now_ms: int) -> list[Out]: ...
         def _peer_acked(self, peer: bytes, now_ms: int, reply: Message) -> list[Out]: ...
         def _ping_ack(self, src: bytes, ping: Ping) -> Ack: ...
+        def _avoid_peer(self, peer: bytes, now_ms: int) -> None: ...
 
     def _gossip_calls(
         self,
@@ -368,9 +369,9 @@ class ExchangeMixin:
     def _sync_with(self, key: bytes, now_ms: int, slot: str = "heal") -> list[Out]:
         """A sync session with ``key``, unless one of ``slot`` started in the last interval.
 
-        Slots: ``heal`` (a pruned member heard from), ``unresolved`` (a push
-        named parts we lack, core.elide): apart, so a member pushing bogus
-        references cannot take the heals' session (review, twentieth session).
+        Slots: ``heal`` (a pruned member heard from), ``unresolved`` (a push named
+        parts we lack, core.elide), ``told`` (our peer holds us pruned, core.clientside):
+        apart, so bogus references cannot take the heals' session (twentieth session).
         """
         if now_ms < self._sync_due.get(slot, 0):
             return []
@@ -490,11 +491,8 @@ class ExchangeMixin:
         if isinstance(ctx, PeerPingCtx):
             self._peer_ping_inflight = False
             self._peer_ping_failures += 1
-            if (
-                self._peer_ping_failures * self.liveness.probe_interval_ms
-                >= self.liveness.suspicion_ms
-            ):
-                # Our peer is silent: avoid it for a while and move to the next one.
-                self._avoid[ctx.peer] = now_ms + 3 * self.liveness.suspicion_ms
+            failing_ms = self._peer_ping_failures * self.liveness.probe_interval_ms
+            if failing_ms >= self.liveness.suspicion_ms:  # silent: move to the next one
+                self._avoid_peer(ctx.peer, now_ms)
                 return self._maybe_reassign(now_ms)
         return []

@@ -215,7 +215,6 @@ def check_admission(
     issuer = found[0][1]
     grant = _strictest([g for g, _ in found])
     h = grant.token_hash
-    joiners = tokens_used(recs, ledger or {}, (h,))[h]
     if grant.uses == 0 or (revoked is not None and revoked(h, issuer)):
         return None, "token revoked"
     if now_ms >= grant.expiry_ms:
@@ -224,6 +223,7 @@ def check_admission(
         return None, "token lives longer than an invitation may"
     if grant.strict and self_key is not None and issuer != self_key:
         return None, "strict token: only its issuer admits"
+    joiners = tokens_used(recs, ledger or {}, (h,))[h]  # a pass over the records: last
     if joiner in joiners:
         return grant, "ok (already admitted: a retry)"
     if len(joiners) >= grant.uses:

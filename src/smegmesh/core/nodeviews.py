@@ -30,7 +30,7 @@ from smegmesh.core.desired import assigned_peer
 from smegmesh.core.record import NodeRecord, Role
 from smegmesh.core.state import MeshState
 
-__all__ = ["Views", "is_pruned_member", "share_views", "update_pays", "views_of"]
+__all__ = ["Views", "is_pruned", "is_pruned_member", "share_views", "update_pays", "views_of"]
 
 
 @dataclass(slots=True)
@@ -68,16 +68,16 @@ def _record_key(r: NodeRecord) -> bytes:
     return r.wg_key
 
 
+def is_pruned(st: MeshState, key: bytes) -> bool:
+    """``key`` has a record, has not left, and is not live: pruned."""
+    r = st.record(key)
+    return r is not None and not r.left and not st.is_live(key)
+
+
 def is_pruned_member(st: MeshState, me: bytes, key: bytes) -> bool:
     """A pruned (not departed) member we could try to reach again."""
     r = st.record(key)
-    return (
-        r is not None
-        and not r.left
-        and key != me
-        and r.control_endpoint is not None
-        and not st.is_live(key)
-    )
+    return key != me and r is not None and r.control_endpoint is not None and is_pruned(st, key)
 
 
 def _reachable_of(peers: dict[bytes, NodeRecord], me: bytes) -> list[bytes]:

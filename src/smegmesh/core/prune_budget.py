@@ -29,8 +29,8 @@ after each refutation, well within the budget, a member (its own peer or any
 other) kept a live client pruned 97 % of the time (review of the client role,
 ``tests/unit/test_client_hostile.py``). Only one peer watches a client, and a
 client refutes only what was wrong, so an honest pruner has no second prune
-of the same client soon after a first: it is taken at most once a
-:data:`CLIENT_PRUNE_GAP_MS`, whoever makes it.
+of the same client soon after a first: one pruner's prunes of one client are
+taken at most once a :data:`CLIENT_PRUNE_GAP_MS`, whoever the pruner.
 """
 
 from __future__ import annotations
@@ -111,10 +111,15 @@ class PruneBudget:
         if not ok:
             self._refuse(pruner, now_ms)
         elif client:
-            self._client_prunes.pop(pair, None)  # oldest first: the least recent goes
-            self._client_prunes[pair] = now_ms
-            if len(self._client_prunes) > self.max_pruners:
-                del self._client_prunes[next(iter(self._client_prunes))]
+            held = self._client_prunes
+            held.pop(pair, None)  # oldest first
+            held[pair] = now_ms
+            if len(held) > self.max_pruners:  # those past their gap go first, then the oldest
+                self._client_prunes = held = {
+                    k: t for k, t in held.items() if now_ms - t < CLIENT_PRUNE_GAP_MS
+                }
+                while len(held) > self.max_pruners:
+                    del held[next(iter(held))]
         return ok
 
     def _refuse(self, pruner: bytes, now_ms: int) -> None:

@@ -172,13 +172,17 @@ class StatementGate(StateStore):
 
     @contextmanager
     def _rebuild_once(self) -> Iterator[None]:
-        """Statements put inside rebuild the authority once, at the end (a founding at once)."""
+        """Statements put inside rebuild the authority once, at the end (a founding at once).
+
+        Nested, the outermost rebuilds.
+        """
+        outer = self._defer_rebuild
         self._defer_rebuild = True
         try:
             yield
         finally:
-            self._defer_rebuild = False
-            if self._rebuild_due:
+            self._defer_rebuild = outer
+            if not outer and self._rebuild_due:
                 self._rebuild_authority()
 
     # -- holding and the authority ---------------------------------------------------

@@ -21,7 +21,7 @@ from smegmesh.core.state import MeshState
 from smegmesh.core.sync import Push
 from smegmesh.core.wire import decode, encode
 
-__all__ = ["NOW", "Mesh", "ident", "member_node", "settled"]
+__all__ = ["NOW", "Mesh", "ident", "join", "member_node", "settled"]
 
 #: The time (ms) a :class:`Mesh` is founded at unless told otherwise.
 NOW = 1_700_000_000_000
@@ -87,8 +87,6 @@ class Mesh:
             self.mesh_id,
             now_ms=now,
             target_record=target,
-            target=target.wg_key,
-            target_version=target.version,
             by_chain=self.chains[by.wg_public_key],
         )
 
@@ -127,14 +125,12 @@ def join(member: MeshNode, joiner: MeshNode, secret: bytes, now: int) -> bool:
     return True
 
 
-def settled(
-    seeds: range = range(2, 12), *, after_ms: int = 10_000
-) -> tuple[Mesh, MeshState, list[NodeRecord], int]:
-    """A founded mesh whose members (identities of ``seeds``) all hold records
+def settled(*, after_ms: int = 10_000) -> tuple[Mesh, MeshState, list[NodeRecord], int]:
+    """A founded mesh whose ten members (identities 2-11) all hold records
     with control endpoints, a state holding them, and a time ``after_ms`` past
     the last admission."""
     m = Mesh()
-    ids = [ident(i) for i in seeds]
+    ids = [ident(i) for i in range(2, 12)]
     for i in ids:
         m.admit(i)
     recs = [

@@ -92,13 +92,12 @@ class LoopNet:
             self.drivers[ev.caller].reply(ev.call, decode(ev.data), self.now)
         elif ev.kind == "fail":
             self.drivers[ev.caller].failure(ev.call, self.now)
-        elif (
-            ev.call.to in self.down
-            or ev.call.to not in self.nodes
-            or not self.nodes[ev.call.to].settings.control_endpoint  # a client: not callable
-        ):
+        elif ev.call.to in self.down or ev.call.to not in self.nodes:
             timeout = ev.call.timeout_ms or self.rpc_timeout_ms
             self._push(max(0, timeout - self.latency_ms), "fail", ev.caller, ev.call)
+        elif not self.nodes[ev.call.to].settings.control_endpoint:
+            # a client: nothing to call (behind NAT); the daemon fails the call at once
+            self._push(0, "fail", ev.caller, ev.call)
         else:
             self._seq += 1
             self._requests[self._seq] = (ev.caller, ev.call)
