@@ -200,6 +200,7 @@ def test_wireguard_go_outlives_the_daemon_that_started_it_and_is_adopted(
         assert backend.ensure_interface(name) is False  # adopted, not started anew
         assert backend.pid(name) is None and backend.read(name).name == name
         assert backend.check(name) is False
+        assert _running(pid)  # still, after being adopted and checked
     finally:
         backend.remove_interface(name)
     wait_until(lambda: not _running(pid), 10, what="the adopted wireguard-go to exit")

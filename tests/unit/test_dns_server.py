@@ -522,8 +522,8 @@ def test_zone_transfer_refused(srv: ServerThread) -> None:
 def test_a_crafted_message_is_refused_from_its_header_unparsed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """10,918 questions or 5,038 records in 64 KiB held the daemon's event loop (DNS,
-    gossip and the API share it) 178-313 ms in dnspython, for a FORMERR (found by a
+    """10,919 questions or 5,039 records in 64 KiB held the daemon's event loop (DNS,
+    gossip and the API share it) 150-220 ms in dnspython, for a FORMERR (found by a
     review; bench/hostile_input_bench.py)."""
     from smegmesh.dns import answer as answer_mod
     from smegmesh.testbed.hostile_dns import QUESTION, RECORD, crafted_messages

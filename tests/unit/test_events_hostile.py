@@ -17,7 +17,8 @@ import pytest
 from smegmesh.core.record import NodeRecord
 from smegmesh.core.routing import RouteEntry, RoutingResult
 from smegmesh.daemon.dns_wiring import DnsOps
-from smegmesh.daemon.events import EventBus, describe, route_events
+from smegmesh.daemon.event_bus import LOG_LINES_PER_NODE, LOG_MAX_NODES
+from smegmesh.daemon.events import ROUTE_EVENTS_MAX, EventBus, describe, route_events
 from smegmesh.daemon.runtime import MeshRuntime
 from smegmesh.daemon.views import alias_conflict
 from smegmesh.testbed.founded import ident
@@ -26,7 +27,6 @@ MESH = "amber-falcon-river-k7q2"
 BAD = b"\x0b" * 32
 NOW = 1_700_000_000_000
 #: route changes of one pass shown one by one (docs/EVENTS.md); more: one summary
-ROUTE_EVENTS_MAX = 32
 
 
 def _routing(*entries: RouteEntry) -> RoutingResult:
@@ -91,8 +91,8 @@ def test_a_member_changing_its_record_without_end_gets_a_bounded_number_of_log_l
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A member may publish versions as often as its call budget allows (100 a
-    second), each with a new description or services: one INFO line each (~12 KB
-    with 16 services), enough with a few keys for journald to drop every smegd
+    second), each with a new description or services: one INFO line each (~6 KB
+    with 16 services, docs/SECURITY.md), enough with a few keys for journald to drop every smegd
     line. Its events still all go to the stream; its lines are capped per node."""
     clock = _Clock()
     bus = EventBus(monotonic=clock)
@@ -108,7 +108,7 @@ def test_a_member_changing_its_record_without_end_gets_a_bounded_number_of_log_l
         )
     bus.publish("member.joined", mesh=MESH, node=b"\x01" * 32, alias="good")
     lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) <= 31, len(lines)
+    assert len(lines) <= LOG_LINES_PER_NODE + 1, len(lines)
     assert lines[-1] == f"mesh {MESH}: member good joined"  # another node is not held back
     assert len(sub) == 256 and sub.missed == 1001 - 256  # the stream is as before
     caplog.clear()
@@ -128,7 +128,7 @@ def test_the_nodes_whose_log_lines_are_counted_are_bounded() -> None:
     bus = EventBus(monotonic=_Clock())
     for i in range(10_000):
         bus.publish("wg.peer_added", mesh=MESH, node=i.to_bytes(32, "big"))
-    assert len(bus._lines) <= 4097
+    assert len(bus._lines) <= LOG_MAX_NODES + 1
 
 
 def test_get_mesh_shows_a_members_ipv6_endpoint_as_it_is() -> None:

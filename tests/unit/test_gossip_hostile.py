@@ -207,7 +207,7 @@ def test_a_member_pruning_every_live_member_is_refuted_everywhere_and_bounded() 
     r = prune_storm(60, seconds=10)
     assert r["pairs_down"] > 0 and r["down_at_end"] == 0, r
     # The run depends on the hash seed (set and dict order). Over 160 seeds
-    # (PYTHONHASHSEED 0-159, 2-core machine, twenty-sixth session) the
+    # (PYTHONHASHSEED 0-159, simulated time, twenty-sixth session) the
     # longest pair was down 0.7-3.9 s, the median pair 107-113 ms; one CI
     # worker saw 5.3 s against a 5 s bound.
     assert r["down_p50_ms"] < 500, r

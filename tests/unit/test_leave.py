@@ -3,27 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 from pathlib import Path
 
-from daemon_inproc import daemon_config
+from daemon_inproc import running_daemon
 from smegmesh.daemon.config import MeshOptions
-from smegmesh.daemon.node import Daemon
 
 
-def test_leaving_a_mesh_deletes_its_kept_device_keys() -> None:
+def test_leaving_a_mesh_deletes_its_kept_device_keys(root: Path) -> None:
     """docs/DEVICES.md: a key kept with --keep-key lives in STATE/devices/MESH/
     until remove-device deletes it. leave-mesh removed the mesh's state only: the
     private keys stayed on disk for ever, and no command could reach them (the
     mesh is gone)."""
-    root = Path(tempfile.mkdtemp(prefix="lv-", dir="/tmp"))  # a short socket path
-    cfg = daemon_config(root)
 
     async def main() -> None:
-        d = Daemon(cfg)
-        await d.start()
-        try:
+        async with running_daemon(root) as d:
             mesh = await d.new_mesh(MeshOptions())
             other = await d.new_mesh(MeshOptions())
             for m in (mesh, other):
@@ -35,10 +28,5 @@ def test_leaving_a_mesh_deletes_its_kept_device_keys() -> None:
             assert not keys.exists(), f"left behind: {list(keys.iterdir())}"
             # the other mesh's key is its own
             assert len(list((d.state_dir / "devices" / other).glob("*.key"))) == 1
-        finally:
-            await d.stop()
 
-    try:
-        asyncio.run(main())
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    asyncio.run(main())

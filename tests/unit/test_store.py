@@ -7,14 +7,13 @@ import errno
 import json
 import logging
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from daemon_inproc import until
 from smegmesh.daemon import store
 from smegmesh.daemon.event_bus import EventBus
 from smegmesh.daemon.ratelog import RateLog
@@ -149,14 +148,6 @@ def test_a_write_never_overtakes_a_later_one(tmp_path: Path, monkeypatch: Any) -
     monkeypatch.setattr(store, "encode_items", lambda its, memo: json.dumps(its).encode())
     asyncio.run(main())
     assert (tmp_path / "meshes" / "m.state").read_bytes() == json.dumps(items).encode()
-
-
-async def until(cond: Callable[[], object], timeout: float = 20.0) -> None:
-    """Await ``cond()`` (polled) until a deadline."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {cond}"
-        await asyncio.sleep(0.01)
 
 
 def store_ops(state_dir: Path, meshes: dict[str, Any]) -> Any:

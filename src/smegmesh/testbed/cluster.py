@@ -52,8 +52,9 @@ class Cluster:
     #: The daemon wrapper ``add`` creates (a subclass may change the config it writes).
     daemon_type: type[Daemon] = Daemon
 
-    def add(self, role: str = "peer", start: bool = True) -> Daemon:
-        node = self.bed.add_node(nat=role == "client")
+    def add(self, role: str = "peer", start: bool = True, nat: bool | None = None) -> Daemon:
+        """A daemon of ``role`` on a node of its own, behind a NAT if ``nat`` (default: clients)."""
+        node = self.bed.add_node(nat=role == "client" if nat is None else nat)
         d = self.daemon_type(node, role, self.timings)
         self.daemons.append(d)
         if start:
