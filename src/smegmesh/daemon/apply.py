@@ -142,8 +142,9 @@ class ApplyOps(DaemonBase):
         """Repair WireGuard interfaces changed behind our back (``Reconciler.check``).
 
         An interface lost and created again by the backend is configured again
-        here, and its mesh's postUp hooks run again: what they set up on it
-        went with it. Not preUp: the interface exists before we hear of the loss.
+        there, and its mesh's postUp hooks run again with the next apply that
+        succeeds (``_apply_mesh``, ``rt.creating``): what they set up on it went
+        with it. Not preUp: the interface exists before we hear of the loss.
         """
         try:
             fixed = await asyncio.get_running_loop().run_in_executor(
@@ -161,10 +162,12 @@ class ApplyOps(DaemonBase):
                 "WireGuard interface %s was lost: created and configured again (%d ops)%s",
                 r.interface,
                 len(r.wg_ops),
-                "; running its postUp hooks" if rt is not None and rt.hooks.get("postUp") else "",
+                "; its postUp hooks run again" if rt is not None and rt.hooks.get("postUp") else "",
             )
             if rt is not None:
-                await self._run_hooks(rt, "postUp")
+                rt.creating = True
+                rt.dirty_wg = True
+                self._reconcile_wake.set()
 
     #: Handshake state is read this often, only while an event stream is open.
     HANDSHAKE_POLL_S = 10.0
