@@ -33,6 +33,7 @@ import socket
 import subprocess
 import threading
 from collections.abc import Sequence
+from operator import methodcaller
 from typing import Any, Protocol
 
 from smegmesh.core.desired import ForwardGuard
@@ -48,6 +49,7 @@ from smegmesh.core.wgdiff import (
     SetMtu,
     apply_host_ops,
 )
+from smegmesh.net.netlink import PerThread
 
 log = logging.getLogger(__name__)
 
@@ -209,25 +211,20 @@ class HostNetwork:
         self.netns = netns
         self.route_proto = route_proto
         self._lock = threading.RLock()
-        self._ipr: Any = None
-        self._ipr_thread: int | None = None
+        #: pyroute2's sync API runs its own event loop: one socket per thread
+        self._ipr: PerThread[Any] = PerThread(self._make_ipr, methodcaller("close"))
         self._fwd_claims: set[str] = set()
         self._fwd_original: bool | None = None  # value before our first claim
 
     # ---------------------------------------------------------------- helpers
 
     def _ip(self) -> Any:
-        # pyroute2's sync API runs its own event loop; keep one socket per thread.
-        me = threading.get_ident()
-        if self._ipr is None or self._ipr_thread != me:
-            if self._ipr is not None:
-                with contextlib.suppress(Exception):
-                    self._ipr.close()
-            from pyroute2 import IPRoute
+        return self._ipr.get()
 
-            self._ipr = IPRoute(netns=self.netns) if self.netns else IPRoute()
-            self._ipr_thread = me
-        return self._ipr
+    def _make_ipr(self) -> Any:
+        from pyroute2 import IPRoute
+
+        return IPRoute(netns=self.netns) if self.netns else IPRoute()
 
     def _index(self, interface: str) -> int | None:
         found = self._ip().link_lookup(ifname=interface)
@@ -429,7 +426,4 @@ class HostNetwork:
         with self._lock:
             for interface in list(self._fwd_claims):
                 self._set_forwarding(interface, False)
-            if self._ipr is not None:
-                with contextlib.suppress(Exception):
-                    self._ipr.close()
-                self._ipr = None
+            self._ipr.close()
