@@ -77,10 +77,6 @@ class HostBackend(Protocol):
         """Undo what we did for ``interface`` (routes, forwarding claim)."""
         ...
 
-    def set_bridge_nat(self, interfaces: frozenset[str]) -> None:
-        """Masquerade traffic forwarded between any two of ``interfaces`` (empty: none)."""
-        ...
-
     def set_rules(self, nat: frozenset[str], guard: ForwardGuard) -> None:
         """Bridge NAT between ``nat`` and the forwarding ``guard``, in one transaction."""
         ...
@@ -124,23 +120,27 @@ def bridge_nat_ruleset(
     for name in interfaces:
         _check_name(name)
     lines = [f"add table ip6 {table}", f"delete table ip6 {table}"]
-    body = _nat_chain(interfaces) + _guard_chains(guard or ForwardGuard())
+    body = _rules(interfaces, guard or ForwardGuard())
     if body:
         lines += [f"table ip6 {table} {{", *body, "}"]
     return "\n".join(lines) + "\n"
 
 
+def _rules(nat: frozenset[str], guard: ForwardGuard) -> list[str]:
+    """The chains of the table (none: the table is only removed)."""
+    return _nat_chain(nat) + _guard_chains(guard)
+
+
 def _nat_chain(interfaces: frozenset[str]) -> list[str]:
-    names = sorted(interfaces)
-    if len(names) < 2:
+    if len(interfaces) < 2:
         return []
     lines = [
         "  chain bridge-nat {",
         "    type nat hook postrouting priority srcnat; policy accept;",
     ]
-    for out in names:
-        ins = ", ".join(f'"{n}"' for n in names if n != out)
-        lines.append(f'    iifname {{ {ins} }} oifname "{out}" masquerade')
+    for out in sorted(interfaces):
+        ins = _names(interfaces - {out})
+        lines.append(f"    iifname {ins} oifname {_check_name(out)} masquerade")
     return [*lines, "  }"]
 
 
@@ -193,6 +193,7 @@ class MemoryHost:
         self.state.pop(interface, None)
 
     def set_bridge_nat(self, interfaces: frozenset[str]) -> None:
+        """:meth:`set_rules` without a guard (tests' shorthand; smegd sets both)."""
         self.set_rules(interfaces, ForwardGuard())
 
     def set_rules(self, nat: frozenset[str], guard: ForwardGuard) -> None:
@@ -389,13 +390,13 @@ class HostNetwork:
     # ------------------------------------------------------------ bridge NAT
 
     def set_bridge_nat(self, interfaces: frozenset[str]) -> None:
-        """Replace our nftables table (no guard); see :func:`bridge_nat_ruleset`."""
+        """Replace our nftables table, no guard (tests' shorthand; smegd calls set_rules)."""
         self.set_rules(interfaces, ForwardGuard())
 
     def set_rules(self, nat: frozenset[str], guard: ForwardGuard) -> None:
         """Replace our nftables table; see :func:`bridge_nat_ruleset`."""
         ruleset = bridge_nat_ruleset(nat, guard=guard)
-        needed = "{" in ruleset  # more than the removal of the table
+        needed = bool(_rules(nat, guard))  # more than the removal of the table
         argv = ["nft", "-f", "-"]
         if self.netns is not None:
             argv = ["ip", "netns", "exec", self.netns, *argv]
