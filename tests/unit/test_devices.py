@@ -473,3 +473,19 @@ def test_a_pruned_members_key_is_never_a_device() -> None:
         mesh_id=m.mesh_id, node=SimpleNamespace(mesh=st, live_records=st.live_records)
     )
     assert ops._devices(rt) == []
+
+
+def test_a_remote_sponsors_settings_keep_mesh_prefixes_and_its_own_dns_only() -> None:
+    """The trust rule on a sponsor's DeviceSettings, pure (core.device_messages)."""
+    from smegmesh.core.device_messages import DeviceSettings, from_remote_sponsor
+
+    mesh64 = "fd12:3456:789a:bc01::/64"
+    sponsor = "fd12:3456:789a:bc01::5"
+    reply = DeviceSettings(
+        "m", "", "FD12:3456:789A:BC01:0::5", (mesh64, "::/1", "8000::/1", "10.0.0.0/8")
+    )
+    kept = from_remote_sponsor(reply, sponsor)
+    assert kept == DeviceSettings("m", "", reply.dns, (mesh64,))
+    assert from_remote_sponsor(replace(reply, dns="fd12:3456:789a:bc01::6"), sponsor).dns is None
+    assert from_remote_sponsor(replace(reply, dns="192.0.2.1"), sponsor).dns is None
+    assert from_remote_sponsor(replace(reply, dns=None), sponsor).dns is None

@@ -144,10 +144,81 @@ def test_an_interface_the_health_check_creates_again_gets_its_post_up_hooks(
             kept.lose(d.meshes[mesh].ifname)
             await d._health_check()
             assert d.meshes[mesh].ifname in kept.devices
+            await d._reconcile_pass()  # the hooks run with the loop's next apply
             assert _ran(root) == ["preUp", "postUp", "postUp"]
             await d._health_check()  # healthy: nothing more
             await d._reconcile_pass()
             assert _ran(root) == ["preUp", "postUp", "postUp"]
+        finally:
+            await d.stop()
+
+    asyncio.run(main())
+
+
+def test_a_failing_health_check_of_an_intact_interface_does_not_rerun_post_up(
+    root: Path, kept: MemoryBackend
+) -> None:
+    """A transient error of the backend's check (a netlink hiccup, a slow
+    wireguard-go socket) says nothing of a loss: the interface and what postUp
+    set up on it are still there, and postUp does not run again."""
+
+    async def main() -> None:
+        d = _daemon(root)
+        await d.start()
+        try:
+            await d.new_mesh(MeshOptions())
+            await d._reconcile_pass()
+            assert _ran(root) == ["preUp", "postUp"]
+
+            def flaky(name: str) -> bool:
+                raise OSError("cannot read: Resource temporarily unavailable")
+
+            kept.check = flaky  # type: ignore[method-assign]
+            await d._health_check()
+            await d._reconcile_pass()
+            assert _ran(root) == ["preUp", "postUp"]
+        finally:
+            await d.stop()
+
+    asyncio.run(main())
+
+
+def test_a_failing_re_apply_in_the_health_check_does_not_cost_another_interface_its_post_up(
+    root: Path, kept: MemoryBackend
+) -> None:
+    """Two interfaces lost at once (wireguard-go killed): the second one's
+    configuration fails. The first, created and configured again, still gets
+    its postUp, and the second gets its own once an apply succeeds."""
+
+    async def main() -> None:
+        d = _daemon(root)
+        await d.start()
+        try:
+            first = await d.new_mesh(MeshOptions())
+            second = await d.new_mesh(MeshOptions())
+            await d._reconcile_pass()
+            assert _ran(root) == ["preUp", "postUp"] * 2
+            ifnames = [d.meshes[m].ifname for m in (first, second)]
+            assert d.reconciler.interfaces() == ifnames
+            for name in ifnames:
+                kept.lose(name)
+            real = d.reconciler.apply
+
+            def failing_second(iface: Any, host: Any) -> Any:
+                if iface.name == ifnames[1]:
+                    raise OSError("cannot apply: RTNETLINK answers: Device or resource busy")
+                return real(iface, host)
+
+            d.reconciler.apply = failing_second  # type: ignore[method-assign]
+            await d._health_check()
+            await d._reconcile_pass()  # the second still fails
+            assert _ran(root) == ["preUp", "postUp"] * 2 + ["postUp"]
+            d.reconciler.apply = real  # type: ignore[method-assign]
+            await d._reconcile_pass()
+            assert _ran(root) == ["preUp", "postUp"] * 2 + ["postUp"] * 2
+            await d._health_check()  # healthy: nothing more
+            await d._reconcile_pass()
+            assert _ran(root) == ["preUp", "postUp"] * 2 + ["postUp"] * 2
         finally:
             await d.stop()
 

@@ -192,3 +192,30 @@ def test_a_member_publishing_a_new_name_per_version_gets_one_warning_not_one_eac
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1, warnings  # was 50
     assert "v0.gone.example:51820" in warnings[0]
+
+
+def test_the_summary_of_names_that_do_not_resolve_comes_with_the_health_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The summary was written only by the next failed lookup after the minute:
+    a member that stopped publishing bad names left its last count unlogged. The
+    health check, every 5 s in the WireGuard worker that notes them, writes it."""
+    monkeypatch.setattr(factory, "kernel_wireguard_available", lambda netns=None: True)
+    monkeypatch.setattr(KernelBackend, "_probe", lambda self: None)
+    d = Daemon(parse_config({"stateDir": str(tmp_path), "wgBackend": "kernel"}))
+    try:
+        d._start_wireguard()
+        resolve = d.backend._resolve
+        resolve._lookup = _nxdomain
+        with caplog.at_level(logging.WARNING):
+            for version in range(5):
+                assert resolve(f"v{version}.gone.example:51820") is None
+            later = time.monotonic() + 61
+            d._unresolved._clock = lambda: later
+            assert d._wg_pool.submit(d._wg_health_check).result() == []
+        resolve.close()
+    finally:
+        d._wg_pool.shutdown(wait=False)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 2, warnings
+    assert warnings[1].startswith("unresolved 4 endpoint names in member records"), warnings

@@ -33,7 +33,7 @@ from smegmesh.cli.client import (
     seg,
     token_from_env,
 )
-from smegmesh.cli.output import EXIT_USAGE, _fail, _print_json
+from smegmesh.cli.output import _fail, _print_json, error_json
 from smegmesh.cli.smegd import Smegd
 from smegmesh.daemon.defaults import DEFAULT_CONTROL_SOCKET, VERSION
 
@@ -81,8 +81,7 @@ def _usage_json(ctx: Context, e: ClickException) -> None:
     writes its own message on stderr and exits with ``e.exit_code``."""
     argv: list[str] = ctx.meta.get(_ARGV, [])
     if "--json" in argv[: argv.index("--") if "--" in argv else len(argv)]:
-        code = "usage" if e.exit_code == EXIT_USAGE else "client"
-        _print_json({"error": {"code": code, "message": e.format_message()}})
+        _print_json(error_json(e.format_message(), e.exit_code))
 
 
 app = typer.Typer(

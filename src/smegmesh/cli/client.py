@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import ssl
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -79,6 +80,22 @@ def redirect_error(resp: httpx.Response, where: str) -> str:
         f"{where} answered HTTP {resp.status_code}, a redirect{to_s}: smegd never redirects "
         "and smegctl follows none (is this smegd's address?)"
     )
+
+
+def failure_of(
+    resp: httpx.Response,
+    where: str,
+    error: Callable[[httpx.Response], tuple[str, dict[str, Any] | None]] = error_of,
+) -> tuple[str, dict[str, Any] | None] | None:
+    """Why an answer is no success, as ``error_of`` says it: ``error(resp)`` for
+    4xx and 5xx (the body read first, a streamed answer's too), the redirect's
+    error for 3xx (smegd never redirects); None for a success."""
+    if resp.status_code >= 400:
+        resp.read()
+        return error(resp)
+    if resp.status_code >= 300:
+        return redirect_error(resp, where), None
+    return None
 
 
 def read_token_file(path: Path, flag: str = "--api-token-file") -> str:
@@ -182,10 +199,9 @@ class SocketClient:
             raise ClientError(f"smegd at {self.socket} did not answer within {t.read:g}s") from None
         except httpx.HTTPError as e:
             raise ClientError(f"talking to smegd at {self.socket} failed: {e}") from None
-        if resp.status_code >= 400:
-            raise ClientError(*error_of(resp))
-        if resp.status_code >= 300:
-            raise ClientError(redirect_error(resp, self.socket))
+        failed = failure_of(resp, self.socket)
+        if failed is not None:
+            raise ClientError(*failed)
         return resp
 
     def json(self, method: str, url: str, **kw: Any) -> Any:
@@ -243,6 +259,10 @@ class RemoteClient:
             return f"smegd at {self.url} answered 401 Unauthorized: {how}"
         return error_of(resp)[0]
 
+    def _error_of(self, resp: httpx.Response) -> tuple[str, dict[str, Any] | None]:
+        """``error_of``, but a 401 says what was wrong with the token (no body)."""
+        return (self.answer_error(resp), None) if resp.status_code == 401 else error_of(resp)
+
     def _verify(self) -> ssl.SSLContext | bool:
         if not self.url.startswith("https:"):
             return True
@@ -293,12 +313,9 @@ class RemoteClient:
             raise self._fail(f"talking to smegd at {self.url} failed: {_short(e)}") from None
         except httpx.HTTPError as e:
             raise self._fail(f"talking to smegd at {self.url} failed: {_short(e)}") from None
-        if resp.status_code == 401:
-            raise self._fail(self.answer_error(resp))
-        if resp.status_code >= 400:
-            raise self._fail(*error_of(resp))
-        if resp.status_code >= 300:
-            raise self._fail(redirect_error(resp, self.url))
+        failed = failure_of(resp, self.url, self._error_of)
+        if failed is not None:
+            raise self._fail(*failed)
         return resp
 
     def json(self, method: str, url: str, **kw: Any) -> Any:

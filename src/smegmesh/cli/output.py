@@ -39,6 +39,12 @@ def _print_json(data: Any) -> None:
     sys.stdout.flush()
 
 
+def error_json(message: str, exit_code: int) -> dict[str, Any]:
+    """``--json``'s error object for an error of smegctl's own (not the daemon's answer)."""
+    kind = "usage" if exit_code == EXIT_USAGE else "client"
+    return {"error": {"code": kind, "message": message}}
+
+
 def _fail(
     message: str,
     as_json: bool = False,
@@ -47,8 +53,7 @@ def _fail(
     code: int = EXIT_ERROR,
 ) -> NoReturn:
     if as_json:
-        kind = "usage" if code == EXIT_USAGE else "client"
-        _print_json(payload or {"error": {"code": kind, "message": message}})
+        _print_json(payload or error_json(message, code))
     sys.stderr.write(f"smegctl: {message}\n")
     sys.stderr.flush()
     raise typer.Exit(code)

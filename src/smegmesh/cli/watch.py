@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from smegmesh.cli.client import redirect_error
+from smegmesh.cli.client import failure_of
 
 __all__ = ["SseParser", "follow"]
 
@@ -120,11 +120,10 @@ def follow(
             headers["Last-Event-ID"] = str(last)
         try:
             with open_stream(params, headers) as resp:
-                if resp.status_code >= 400:
-                    resp.read()
-                    raise StreamError(error_of(resp))
-                if resp.status_code >= 300:  # no stream to follow there, ever
-                    raise StreamError(redirect_error(resp, where))
+                # an error, or a redirect (no stream to follow there, ever)
+                failed = failure_of(resp, where, lambda r: (error_of(r), None))
+                if failed is not None:
+                    raise StreamError(failed[0])
                 if connected_once and failures:
                     sys.stderr.write(f"smegctl: reconnected to smegd at {where}\n")
                     sys.stderr.flush()

@@ -20,9 +20,10 @@ Every field is bounded.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from smegmesh.core.addressing import has_mesh_prefix_form
 from smegmesh.core.codec import Codec, WireError
 from smegmesh.core.endpoint import no_scope
 from smegmesh.core.record import ALIAS_RE
@@ -33,6 +34,7 @@ __all__ = [
     "DeviceQuery",
     "DeviceSettings",
     "SponsorRequest",
+    "from_remote_sponsor",
 ]
 
 #: destinations a sponsor may return for one device (AllowedIPs besides the prefix)
@@ -125,6 +127,30 @@ def _dec_settings(b: Any) -> DeviceSettings:
     if type(allowed) is not list or len(allowed) > MAX_DEVICE_ROUTES:
         raise WireError(f"expected at most {MAX_DEVICE_ROUTES} networks")
     return DeviceSettings(_mesh(m), err, dns, tuple(_network(n) for n in allowed))
+
+
+def from_remote_sponsor(reply: DeviceSettings, sponsor_address: str) -> DeviceSettings:
+    """What a device takes of a remote sponsor's ``reply`` (sponsor at ``sponsor_address``).
+
+    Default routes are the device owner's to add (docs/DEVICES.md), whatever the
+    sponsor says, and so is anything else but mesh /64s: the halves of a default
+    route, IPv4 or LAN ranges took the device's traffic. Its DNS server is the
+    sponsor's own overlay address or none (another was asked outside the tunnel).
+    """
+    routes = tuple(n for n in reply.allowed_ips if has_mesh_prefix_form(n))
+    dns = reply.dns if reply.dns is not None and _same_ip(reply.dns, sponsor_address) else None
+    return replace(reply, dns=dns, allowed_ips=routes)
+
+
+def _same_ip(a: str, b: str) -> bool:
+    try:
+        return _ip6(a) == _ip6(b)
+    except ValueError:
+        return False
+
+
+def _ip6(text: str) -> ipaddress.IPv6Address:
+    return ipaddress.IPv6Address(text.strip().removeprefix("[").removesuffix("]"))
 
 
 #: The device messages' codecs (in :data:`smegmesh.core.wire.PROTOCOL`).

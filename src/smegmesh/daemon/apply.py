@@ -34,6 +34,8 @@ class ApplyOps(DaemonBase):
 
     #: the last error of computing routes, logged once (None: the last pass did)
     _route_error: str | None = None
+    #: endpoint names that did not resolve (written in the WireGuard worker only)
+    _unresolved: RateLog
 
     def _start_wireguard(self) -> None:
         """The WireGuard backend (``wgBackend``) and the reconciler over it and the host."""
@@ -46,8 +48,8 @@ class ApplyOps(DaemonBase):
         # Endpoint names of members that do not resolve: a member can publish a
         # new one with each version of its record, one failed lookup (and so a
         # WARNING) per reconcile pass. The first at once, then a summary a minute;
-        # noted in the WireGuard worker only (its summary comes with a next one).
-        unresolved = RateLog(
+        # noted and flushed in the WireGuard worker only (_wg_health_check).
+        self._unresolved = unresolved = RateLog(
             log, "unresolved", unit="endpoint names", prep="in", level=logging.WARNING
         )
         self.backend = create_backend(
@@ -142,12 +144,13 @@ class ApplyOps(DaemonBase):
         """Repair WireGuard interfaces changed behind our back (``Reconciler.check``).
 
         An interface lost and created again by the backend is configured again
-        here, and its mesh's postUp hooks run again: what they set up on it
-        went with it. Not preUp: the interface exists before we hear of the loss.
+        there, and its mesh's postUp hooks run again with the next apply that
+        succeeds (``_apply_mesh``, ``rt.creating``): what they set up on it went
+        with it. Not preUp: the interface exists before we hear of the loss.
         """
         try:
             fixed = await asyncio.get_running_loop().run_in_executor(
-                self._wg_pool, self.reconciler.check
+                self._wg_pool, self._wg_health_check
             )
         except Exception as e:
             log.warning("WireGuard health check failed: %s", e)
@@ -161,10 +164,19 @@ class ApplyOps(DaemonBase):
                 "WireGuard interface %s was lost: created and configured again (%d ops)%s",
                 r.interface,
                 len(r.wg_ops),
-                "; running its postUp hooks" if rt is not None and rt.hooks.get("postUp") else "",
+                "; its postUp hooks run again" if rt is not None and rt.hooks.get("postUp") else "",
             )
             if rt is not None:
-                await self._run_hooks(rt, "postUp")
+                rt.creating = True
+                rt.dirty_wg = True
+                self._reconcile_wake.set()
+
+    def _wg_health_check(self) -> list[Any]:
+        """The health check's part in the WireGuard worker thread, every 5 s:
+        also the summary of unresolved endpoint names, in the thread that notes them."""
+        self._unresolved.note_tick()
+        fixed: list[Any] = self.reconciler.check()
+        return fixed
 
     #: Handshake state is read this often, only while an event stream is open.
     HANDSHAKE_POLL_S = 10.0

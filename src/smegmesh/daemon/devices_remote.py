@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from smegmesh.core.addressing import has_mesh_prefix_form, mesh_prefix, node_id_prefix
+from smegmesh.core.addressing import mesh_prefix, node_id_prefix
 from smegmesh.core.device_messages import (
     MAX_DEVICE_ROUTES,
     MAX_ERROR_LEN,
     DeviceQuery,
     DeviceSettings,
     SponsorRequest,
+    from_remote_sponsor,
 )
 from smegmesh.core.identity import key_from_text, key_to_text
 from smegmesh.core.messages import Refusal
@@ -28,7 +28,6 @@ from smegmesh.core.record import NodeRecord, Role
 from smegmesh.core.wire import WireError, decode, encode
 from smegmesh.daemon import service as svc
 from smegmesh.daemon.api_models import MeshDetail, NodeInfo
-from smegmesh.daemon.devices_wgquick import same_ip
 from smegmesh.daemon.ratelog import RateLog
 from smegmesh.daemon.resolve import describe, resolve_node
 from smegmesh.daemon.transport import RpcError
@@ -155,13 +154,7 @@ class DeviceRemoteOps:
             raise svc.ServiceError("sponsor_error", f"{name} answered something else", 502)
         if reply.error:
             raise svc.ServiceError("sponsor_refused", f"{name} refused: {reply.error}", 409)
-        # Default routes are the device owner's to add (docs/DEVICES.md), whatever it
-        # says, and so is anything else but mesh /64s: the halves of a default route,
-        # IPv4 or LAN ranges took the device's traffic. Its DNS server is its own
-        # overlay address or none (another was asked outside the tunnel).
-        routes = tuple(n for n in reply.allowed_ips if has_mesh_prefix_form(n))
-        dns = reply.dns if reply.dns is not None and same_ip(reply.dns, sponsor.address) else None
-        return replace(reply, dns=dns, allowed_ips=routes)
+        return from_remote_sponsor(reply, sponsor.address)  # mesh /64s, its own DNS
 
     async def device_rpc(self, src: bytes, msg: SponsorRequest | DeviceQuery) -> Any:
         """Answer a device request from ``src`` (authenticated by the transport)."""

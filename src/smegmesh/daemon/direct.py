@@ -214,13 +214,12 @@ class DirectManager:
             self._choices,
             self._choosing,
             self.schedules,
-            self._discovering,
         )
         for d in held:
             for mesh_id in [m for m in d if m not in self.node.meshes]:
-                held_for = d.pop(mesh_id)
-                if d is self._discovering:
-                    held_for.cancel()  # its discovery task
+                del d[mesh_id]
+        for mesh_id in [m for m in self._discovering if m not in self.node.meshes]:
+            self._discovering.pop(mesh_id).cancel()  # its discovery task
         self.prober.keep([a for p in self.probed.values() for a in p.values()])
 
     async def _echo_loop(self) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 
+from smegmesh.core.endpoint import join_host_port
+
 __all__ = ["DEFAULT_DNS_LISTEN", "resolver_help", "resolver_settings"]
 
 #: The address the docs and the example configuration suggest for ``dnsListen``.
@@ -79,17 +81,15 @@ def _addresses(listen: str) -> dict[str, str]:
             f"{host!r} is not an IP address (resolvectl, dnsmasq and unbound need the "
             "address smegd's DNS listens on, e.g. 127.0.0.1:5353)"
         ) from None
-    if host in ("0.0.0.0", ""):
+    if host == "0.0.0.0":
         host = "127.0.0.1"
     elif host == "::":
         host = "::1"
-    v6 = ":" in host
-    bracketed = f"[{host}]" if v6 else host
     return {
         "listen": listen,
         "dig_host": host,
         "port": str(port),
-        "resolved_addr": f"{bracketed}:{port}",
+        "resolved_addr": join_host_port(host, port),
         "dnsmasq_addr": f"{host}#{port}",
         "unbound_addr": f"{host}@{port}",
     }

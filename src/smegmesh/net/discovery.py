@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import ipaddress
 import logging
 import socket
+
+from smegmesh.net.netlink import off_loop
 
 log = logging.getLogger("smegd")
 
@@ -39,12 +40,11 @@ def outgoing_address() -> str | None:
 def _first_global_address() -> str | None:
     # pyroute2's synchronous API runs an event loop of its own, which cannot
     # nest in the daemon's: ask from a short-lived thread (a rare path).
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        try:
-            return pool.submit(_list_first_global_address).result(timeout=10)
-        except Exception as e:
-            log.debug("cannot list addresses: %s", e)
-            return None
+    try:
+        return off_loop(_list_first_global_address, timeout=10)
+    except Exception as e:
+        log.debug("cannot list addresses: %s", e)
+        return None
 
 
 def _list_first_global_address() -> str | None:

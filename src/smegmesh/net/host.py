@@ -33,6 +33,7 @@ import socket
 import subprocess
 import threading
 from collections.abc import Sequence
+from operator import methodcaller
 from typing import Any, Protocol
 
 from smegmesh.core.desired import ForwardGuard
@@ -48,6 +49,7 @@ from smegmesh.core.wgdiff import (
     SetMtu,
     apply_host_ops,
 )
+from smegmesh.net.netlink import PerThread
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +75,6 @@ class HostBackend(Protocol):
 
     def remove(self, interface: str) -> None:
         """Undo what we did for ``interface`` (routes, forwarding claim)."""
-        ...
-
-    def set_bridge_nat(self, interfaces: frozenset[str]) -> None:
-        """Masquerade traffic forwarded between any two of ``interfaces`` (empty: none)."""
         ...
 
     def set_rules(self, nat: frozenset[str], guard: ForwardGuard) -> None:
@@ -122,23 +120,27 @@ def bridge_nat_ruleset(
     for name in interfaces:
         _check_name(name)
     lines = [f"add table ip6 {table}", f"delete table ip6 {table}"]
-    body = _nat_chain(interfaces) + _guard_chains(guard or ForwardGuard())
+    body = _rules(interfaces, guard or ForwardGuard())
     if body:
         lines += [f"table ip6 {table} {{", *body, "}"]
     return "\n".join(lines) + "\n"
 
 
+def _rules(nat: frozenset[str], guard: ForwardGuard) -> list[str]:
+    """The chains of the table (none: the table is only removed)."""
+    return _nat_chain(nat) + _guard_chains(guard)
+
+
 def _nat_chain(interfaces: frozenset[str]) -> list[str]:
-    names = sorted(interfaces)
-    if len(names) < 2:
+    if len(interfaces) < 2:
         return []
     lines = [
         "  chain bridge-nat {",
         "    type nat hook postrouting priority srcnat; policy accept;",
     ]
-    for out in names:
-        ins = ", ".join(f'"{n}"' for n in names if n != out)
-        lines.append(f'    iifname {{ {ins} }} oifname "{out}" masquerade')
+    for out in sorted(interfaces):
+        ins = _names(interfaces - {out})
+        lines.append(f"    iifname {ins} oifname {_check_name(out)} masquerade")
     return [*lines, "  }"]
 
 
@@ -191,6 +193,7 @@ class MemoryHost:
         self.state.pop(interface, None)
 
     def set_bridge_nat(self, interfaces: frozenset[str]) -> None:
+        """:meth:`set_rules` without a guard (tests' shorthand; smegd sets both)."""
         self.set_rules(interfaces, ForwardGuard())
 
     def set_rules(self, nat: frozenset[str], guard: ForwardGuard) -> None:
@@ -209,25 +212,20 @@ class HostNetwork:
         self.netns = netns
         self.route_proto = route_proto
         self._lock = threading.RLock()
-        self._ipr: Any = None
-        self._ipr_thread: int | None = None
+        #: pyroute2's sync API runs its own event loop: one socket per thread
+        self._ipr: PerThread[Any] = PerThread(self._make_ipr, methodcaller("close"))
         self._fwd_claims: set[str] = set()
         self._fwd_original: bool | None = None  # value before our first claim
 
     # ---------------------------------------------------------------- helpers
 
     def _ip(self) -> Any:
-        # pyroute2's sync API runs its own event loop; keep one socket per thread.
-        me = threading.get_ident()
-        if self._ipr is None or self._ipr_thread != me:
-            if self._ipr is not None:
-                with contextlib.suppress(Exception):
-                    self._ipr.close()
-            from pyroute2 import IPRoute
+        return self._ipr.get()
 
-            self._ipr = IPRoute(netns=self.netns) if self.netns else IPRoute()
-            self._ipr_thread = me
-        return self._ipr
+    def _make_ipr(self) -> Any:
+        from pyroute2 import IPRoute
+
+        return IPRoute(netns=self.netns) if self.netns else IPRoute()
 
     def _index(self, interface: str) -> int | None:
         found = self._ip().link_lookup(ifname=interface)
@@ -392,13 +390,13 @@ class HostNetwork:
     # ------------------------------------------------------------ bridge NAT
 
     def set_bridge_nat(self, interfaces: frozenset[str]) -> None:
-        """Replace our nftables table (no guard); see :func:`bridge_nat_ruleset`."""
+        """Replace our nftables table, no guard (tests' shorthand; smegd calls set_rules)."""
         self.set_rules(interfaces, ForwardGuard())
 
     def set_rules(self, nat: frozenset[str], guard: ForwardGuard) -> None:
         """Replace our nftables table; see :func:`bridge_nat_ruleset`."""
         ruleset = bridge_nat_ruleset(nat, guard=guard)
-        needed = "{" in ruleset  # more than the removal of the table
+        needed = bool(_rules(nat, guard))  # more than the removal of the table
         argv = ["nft", "-f", "-"]
         if self.netns is not None:
             argv = ["ip", "netns", "exec", self.netns, *argv]
@@ -429,7 +427,4 @@ class HostNetwork:
         with self._lock:
             for interface in list(self._fwd_claims):
                 self._set_forwarding(interface, False)
-            if self._ipr is not None:
-                with contextlib.suppress(Exception):
-                    self._ipr.close()
-                self._ipr = None
+            self._ipr.close()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import os
 import shutil
 from typing import Any
 
+from smegmesh.net.netlink import off_loop
 from smegmesh.wg.base import BackendUnavailable, WgBackend
 from smegmesh.wg.resolver import Report
 
@@ -21,8 +21,7 @@ def kernel_wireguard_available(netns: str | None = None) -> bool:
     Probed in a thread of its own: pyroute2's sync API runs an event loop, which it
     cannot in the thread of a running one (smegd's, which chooses its backend).
     """
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(_kernel_probe, netns).result()
+    return off_loop(_kernel_probe, netns, timeout=None)
 
 
 def _kernel_probe(netns: str | None) -> bool:

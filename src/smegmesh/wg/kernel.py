@@ -10,7 +10,6 @@ continued in the next message: :func:`parse_dump` merges by public key.
 from __future__ import annotations
 
 import base64
-import concurrent.futures
 import contextlib
 import threading
 from collections.abc import Iterable, Sequence
@@ -28,6 +27,7 @@ from smegmesh.core.wgdiff import (
     WgOp,
     public_key_of,
 )
+from smegmesh.net.netlink import PerThread, off_loop
 from smegmesh.wg.base import BackendUnavailable, InterfaceNotFound, WgError
 from smegmesh.wg.resolver import EndpointResolver, Report, literal_only
 from smegmesh.wg.uapi import ResolveFn
@@ -189,6 +189,12 @@ def parse_dump(name: str, messages: Iterable[Any]) -> InterfaceStatus:
     )
 
 
+def _close_socks(socks: tuple[Any, Any]) -> None:
+    for obj in socks:
+        with contextlib.suppress(Exception):
+            obj.close()
+
+
 class KernelBackend:
     """WireGuard devices in the kernel (needs the ``wireguard`` module)."""
 
@@ -198,25 +204,20 @@ class KernelBackend:
         self.netns = netns
         self._lock = threading.RLock()
         self._resolve = EndpointResolver(report=report)
-        #: (thread, IPRoute, WireGuard): pyroute2's sync sockets run an event
-        #: loop of their own, so each is used in the thread that made it (smegd
-        #: makes the backend in its event loop, where making one raised "This
-        #: event loop is already running", and uses it in its WireGuard worker)
-        self._socks: tuple[int, Any, Any] | None = None
+        #: (IPRoute, WireGuard): pyroute2's sync sockets run an event loop of
+        #: their own, so each is used in the thread that made it (smegd makes
+        #: the backend in its event loop, where making one raised "This event
+        #: loop is already running", and uses it in its WireGuard worker)
+        self._socks: PerThread[tuple[Any, Any]] = PerThread(self._make_socks, _close_socks)
         self._known: set[str] = set()
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # BackendUnavailable if not
-            pool.submit(self._probe).result()
+        off_loop(self._probe, timeout=None)  # BackendUnavailable if not
 
     def _probe(self) -> None:
-        self._open()
-        self._close_socks()
+        self._socks.get()
+        self._socks.close()
 
-    def _open(self) -> tuple[Any, Any]:
-        """This thread's (IPRoute, WireGuard) sockets, made on first use in it."""
-        me = threading.get_ident()
-        if self._socks is not None and self._socks[0] == me:
-            return self._socks[1], self._socks[2]
-        self._close_socks()
+    def _make_socks(self) -> tuple[Any, Any]:
+        """This thread's (IPRoute, WireGuard) sockets."""
         try:
             from pyroute2 import IPRoute, WireGuard
         except ImportError as exc:  # pragma: no cover - pyroute2 is a dependency
@@ -229,23 +230,15 @@ class KernelBackend:
             raise BackendUnavailable(
                 f"kernel WireGuard unavailable ({exc}); load the wireguard module"
             ) from exc
-        self._socks = (me, ipr, wg)
         return ipr, wg
-
-    def _close_socks(self) -> None:
-        socks, self._socks = self._socks, None
-        if socks is not None:
-            for obj in socks[1:]:
-                with contextlib.suppress(Exception):
-                    obj.close()
 
     @property
     def _ipr(self) -> Any:
-        return self._open()[0]
+        return self._socks.get()[0]
 
     @property
     def _wg(self) -> Any:
-        return self._open()[1]
+        return self._socks.get()[1]
 
     def _exists(self, name: str) -> bool:
         return bool(self._ipr.link_lookup(ifname=name))
@@ -295,4 +288,4 @@ class KernelBackend:
     def close(self) -> None:
         self._resolve.close()
         with self._lock:
-            self._close_socks()
+            self._socks.close()

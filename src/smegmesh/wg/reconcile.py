@@ -158,7 +158,12 @@ class Reconciler:
 
     def check(self) -> list[ReconcileResult]:
         """Health check of every interface (cheap when healthy): a device the
-        backend had to recreate gets its full desired state re-applied."""
+        backend had to recreate gets its full desired state re-applied.
+
+        Returns the interfaces (re)created, ``created`` set, also those whose
+        re-apply failed (logged; the next apply redoes it from a full read).
+        A check that fails says nothing of a loss: that interface's state is
+        re-read and re-applied, and it is not reported as created."""
         with self._lock:
             out = []
             for n, cache in list(self._cache.items()):
@@ -166,14 +171,22 @@ class Reconciler:
                     lost = self.backend.check(n)
                 except Exception as exc:
                     log.warning("health check of %s failed: %s", n, exc)
-                    lost = True
+                    lost = None
+                if lost is False:
+                    continue
                 if lost:
-                    log.warning("interface %s was lost; re-applying its configuration", n)
-                    cache.read_at = float("-inf")
-                    if cache.desired_if is not None and cache.desired_host is not None:
-                        res = self.apply(cache.desired_if, cache.desired_host)
-                        res.created = True
-                        out.append(res)
+                    log.debug("interface %s was lost; re-applying its configuration", n)
+                cache.read_at = float("-inf")
+                if cache.desired_if is None or cache.desired_host is None:
+                    continue
+                try:
+                    res = self.apply(cache.desired_if, cache.desired_host)
+                except Exception as exc:
+                    log.warning("cannot configure %s again: %s", n, exc)
+                    res = ReconcileResult(n)
+                res.created = res.created or bool(lost)
+                if res.created:
+                    out.append(res)
             return out
 
     def remove(self, name: str) -> None:
