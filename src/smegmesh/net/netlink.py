@@ -22,8 +22,11 @@ T = TypeVar("T")
 def off_loop(fn: Callable[..., T], *args: object, timeout: float | None = 10.0) -> T:
     """``fn(*args)`` in a thread of its own; its exception, or TimeoutError
     after ``timeout`` seconds (None: no limit), is raised here."""
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
         return pool.submit(fn, *args).result(timeout=timeout)
+    finally:  # not `with`: its exit waits for the call, however long the timeout
+        pool.shutdown(wait=False)
 
 
 class PerThread(Generic[T]):
