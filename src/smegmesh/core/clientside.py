@@ -36,6 +36,7 @@ from smegmesh.core.record import (
     Role,
 )
 from smegmesh.core.state import MeshState
+from smegmesh.core.tunnel import AVOID_MS, TunnelMove, TunnelWatch
 
 Item = NodeRecord | Prune | AuthItem
 
@@ -55,6 +56,7 @@ class ClientMixin:
     _acked: tuple[bytes, int, int] | None
     #: (state, the reachable list's version, the list in our rendezvous order)
     _ranking: tuple[MeshState, int, RankedSet] | None
+    _tunnel: TunnelWatch
 
     if TYPE_CHECKING:
 
@@ -207,6 +209,32 @@ class ClientMixin:
     def _ack_gap_ms(self) -> int:
         """The longest gap between our peer's acks that keeps their run unbroken."""
         return self.liveness.client_timeout_ms // 2
+
+    def tunnel_seen(
+        self, now_ms: int, peer: bytes, handshake_ms: int | None, keepalive_s: int
+    ) -> TunnelMove | None:
+        """WireGuard's latest handshake with ``peer`` (None: never), read by the adapter.
+
+        When ``peer`` is still ours and its tunnel is dead (``core.tunnel``),
+        pass it over for :data:`~smegmesh.core.tunnel.AVOID_MS` and move to the
+        next peer; the move says what to log and what to send. Only with
+        persistent keepalives (``keepalive_s`` > 0): without them an idle tunnel
+        makes no handshake and proves nothing.
+        """
+        if keepalive_s <= 0 or peer != self.my_peer():
+            return None
+        silent = self._tunnel.seen(peer, handshake_ms, keepalive_s, now_ms)
+        if silent is None:
+            return None
+        self._avoid[peer] = max(self._avoid.get(peer, 0), now_ms + AVOID_MS)
+        self._tunnel.moved(now_ms)
+        outs = self._maybe_reassign(now_ms)
+        return TunnelMove(peer, self.my_peer(), silent, outs)
+
+    def tunnel_absent(self, peer: bytes) -> None:
+        """WireGuard has no ``peer`` configured (yet): its tunnel's watch starts again."""
+        if peer == self.my_peer():
+            self._tunnel.absent()
 
     def _avoid_peer(self, peer: bytes, now_ms: int) -> None:
         """Pass over ``peer`` when choosing ours, for three suspicion windows."""

@@ -81,6 +81,7 @@ from smegmesh.core.record import (
 from smegmesh.core.refuted import RefutedPrunes
 from smegmesh.core.state import MeshState
 from smegmesh.core.sync import SyncSession
+from smegmesh.core.tunnel import TunnelWatch
 
 __all__ = [
     "Call",
@@ -122,6 +123,7 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
     _peer_ping_inflight: bool = False
     _peer_ping_failures: int = 0
     _acked: tuple[bytes, int, int] | None = None  # client: see ClientMixin._peer_acked
+    _tunnel: TunnelWatch = field(default_factory=TunnelWatch)  # client: ClientMixin.tunnel_seen
     _ranking: tuple[MeshState, int, RankedSet] | None = None
     _responders: dict[tuple[bytes, int], SyncSession] = field(default_factory=dict)
     rejected: int = 0
@@ -429,6 +431,7 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         self._peer_ping_due += d
         self._avoid = shifted(self._avoid, d)
         self._acked = None  # a run of acks measured across the step: start again
+        self._tunnel.clock_stepped(d)
         self._heal_due = shifted(self._heal_due, d)
         self._sync_due = shifted(self._sync_due, d)
         for session in self._responders.values():  # idle since

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from smegmesh.core.desired import desired_config
+from smegmesh.core.identity import key_to_text
 from smegmesh.core.multimesh import MeshRouting, publish_adverts, routing_job
 from smegmesh.core.record import MAX_PROOFS
 from smegmesh.core.routing import RoutingResult
@@ -27,6 +28,9 @@ from smegmesh.daemon.ratelog import RateLog
 from smegmesh.daemon.runtime import MeshRuntime, now_ms
 
 log = logging.getLogger("smegd")
+
+#: The longest wait for a status read of the tunnel watch (the worker may be busy).
+TUNNEL_READ_TIMEOUT_S = 2.0
 
 
 class ApplyOps(DaemonBase):
@@ -83,6 +87,7 @@ class ApplyOps(DaemonBase):
                 last_check = time.monotonic()
                 await self._health_check()
                 await self._poll_handshakes()
+                await self._watch_tunnels()
 
     async def _reconcile_pass(self) -> None:
         """Routes, every changed mesh's WireGuard configuration, DNS, aliases, bridge NAT."""
@@ -177,6 +182,50 @@ class ApplyOps(DaemonBase):
         self._unresolved.note_tick()
         fixed: list[Any] = self.reconciler.check()
         return fixed
+
+    async def _watch_tunnels(self) -> None:
+        """A client's tunnel to its peer, every 5 s: a dead one moves it (``core.tunnel``).
+
+        Only client meshes with persistent keepalives, on a backend with a data
+        plane: the memory backend makes no handshakes.
+        """
+        if getattr(self.backend, "kind", "memory") == "memory":
+            return
+        loop = asyncio.get_running_loop()
+        for rt in list(self.meshes.values()):
+            peer = rt.node.my_peer()
+            if peer is None or rt.keepalive <= 0 or not rt.up or rt.joining:
+                continue
+            try:
+                status = await asyncio.wait_for(
+                    loop.run_in_executor(self._wg_pool, self.backend.read, rt.ifname),
+                    TUNNEL_READ_TIMEOUT_S,
+                )
+            except Exception as e:
+                log.debug("mesh %s: cannot read WireGuard status: %s", rt.mesh_id, e)
+                continue
+            if self.meshes.get(rt.mesh_id) is not rt:
+                continue
+            p = status.peers.get(peer)
+            if p is None:
+                rt.node.tunnel_absent(peer)
+                continue
+            hs = None if p.last_handshake is None else int(p.last_handshake * 1000)
+            move = rt.node.tunnel_seen(now_ms(), peer, hs, rt.keepalive)
+            if move is None:
+                continue
+            old, new = self.member_events.alias_of(rt.mesh_id, move.old), None
+            if move.new is not None and move.new != move.old:
+                new = self.member_events.alias_of(rt.mesh_id, move.new) or key_to_text(move.new)
+            log.warning(
+                "mesh %s: no WireGuard handshake with our peer %s for %.0f s "
+                "(is its WireGuard port reachable over UDP?): %s",
+                rt.mesh_id,
+                old or key_to_text(move.old),
+                move.silent_ms / 1000,
+                f"moved to {new}" if new else "no other peer to move to",
+            )
+            self._emit(rt, move.outs)
 
     #: Handshake state is read this often, only while an event stream is open.
     HANDSHAKE_POLL_S = 10.0

@@ -1,0 +1,123 @@
+"""Whether a client's WireGuard tunnel to its assigned peer carries anything. Pure.
+
+A client pings its assigned peer over the control transport, and moves on
+when that peer stops answering. But the control port answering says nothing
+of the WireGuard port: a firewall that lets one through and not the other, a
+WireGuard interface taken down beside a running smegd, or a peer that
+answers pings and never completes a handshake left the client with no data
+path at all, for good. A client sends persistent keepalives (25 s by
+default), so WireGuard keeps a session with its peer whether or not anything
+else is sent: a handshake within seconds of the first keepalive, and a new
+one at least every ``REJECT_AFTER_MS`` plus a keepalive interval after that.
+
+:class:`TunnelWatch` takes the peer's latest handshake as the daemon reads it
+from WireGuard, every few seconds, and says when the tunnel is dead:
+
+* no handshake at all :data:`FIRST_HANDSHAKE_MS` (30 s: six of WireGuard's
+  5 s handshake retries) after the peer became ours, or after its WireGuard
+  peer was (re)configured;
+* the latest handshake older than :data:`REJECT_AFTER_MS` (WireGuard's
+  limit, after which a session carries no data) plus a keepalive interval
+  plus :data:`FIRST_HANDSHAKE_MS`, counted from the handshake or from when
+  the watch began, whichever is later (a daemon restarted beside a live
+  interface finds a handshake made before it started).
+
+A dead tunnel moves the client to the next peer, at most once a backoff:
+:data:`FIRST_HANDSHAKE_MS`, doubling with each move that no handshake with
+any peer followed, up to :data:`MOVE_BACKOFF_MAX_MS` (a client whose own
+network drops WireGuard's packets would otherwise re-sign its record, and
+the mesh gossip it, every 30 s for as long as that lasts). Any handshake
+resets it.
+
+What this does not catch: a peer that completes handshakes and then drops
+the packets it should forward (docs/SECURITY.md, "The client role").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "AVOID_MS",
+    "FIRST_HANDSHAKE_MS",
+    "MOVE_BACKOFF_MAX_MS",
+    "REJECT_AFTER_MS",
+    "TunnelMove",
+    "TunnelWatch",
+]
+
+#: WireGuard's REJECT_AFTER_TIME: a session this old carries no data.
+REJECT_AFTER_MS = 180_000
+#: No handshake this long after the peer became ours: the tunnel is dead.
+FIRST_HANDSHAKE_MS = 30_000
+#: The longest wait between two moves for a dead tunnel.
+MOVE_BACKOFF_MAX_MS = 30 * 60_000
+#: A peer whose tunnel was dead is passed over this long when choosing ours.
+AVOID_MS = 10 * 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class TunnelMove:
+    """A client left ``old`` for its dead tunnel (``new``: its peer now, maybe ``old``)."""
+
+    old: bytes
+    new: bytes | None
+    silent_ms: int
+    outs: list[Any]
+
+
+@dataclass(slots=True)
+class TunnelWatch:
+    """One client mesh's watch of the tunnel to its assigned peer (see the module docstring)."""
+
+    #: the peer watched, and since when (ms; reset when WireGuard lost the peer)
+    peer: bytes | None = None
+    since_ms: int = 0
+    #: moves for a dead tunnel with no handshake since; the last one; the earliest next
+    moves: int = 0
+    moved_ms: int = 0
+    next_move_ms: int = 0
+    #: whether the watched peer has had a handshake (a later "never" means it was re-added)
+    handshaken: bool = False
+
+    def seen(
+        self, peer: bytes, handshake_ms: int | None, keepalive_s: int, now_ms: int
+    ) -> int | None:
+        """The peer's latest handshake (None: never) as WireGuard has it now.
+
+        Returns how long the tunnel has been silent (ms) when it is dead and a
+        move is allowed now, else None. The caller moves and calls :meth:`moved`.
+        """
+        if peer != self.peer or (handshake_ms is None and self.handshaken):
+            self.peer, self.since_ms, self.handshaken = peer, now_ms, False
+        if handshake_ms is not None:
+            if handshake_ms >= self.moved_ms:
+                self.moves = self.next_move_ms = 0  # a tunnel works since: no backoff
+            self.handshaken = True
+            last = max(self.since_ms, handshake_ms)
+            limit = REJECT_AFTER_MS + max(0, keepalive_s) * 1000 + FIRST_HANDSHAKE_MS
+        else:
+            last, limit = self.since_ms, FIRST_HANDSHAKE_MS
+        silent = now_ms - last
+        if silent < limit or now_ms < self.next_move_ms:
+            return None
+        return silent
+
+    def absent(self) -> None:
+        """WireGuard has no such peer configured (yet): nothing to judge, start again."""
+        self.peer = None
+
+    def moved(self, now_ms: int) -> None:
+        """We left the peer for its dead tunnel: the next such move waits longer."""
+        self.moves += 1
+        self.moved_ms = now_ms
+        wait = FIRST_HANDSHAKE_MS << min(self.moves - 1, 16)
+        self.next_move_ms = now_ms + min(wait, MOVE_BACKOFF_MAX_MS)
+        self.peer = None
+
+    def clock_stepped(self, delta_ms: int) -> None:
+        """Handshake times are on the wall clock of before the step: watch again."""
+        self.peer = None
+        self.moved_ms += delta_ms
+        self.next_move_ms += delta_ms
