@@ -2,19 +2,25 @@
 
 The fake keeps meshes in dicts and implements the NodeService contract
 (errors included) without networking or WireGuard. End-to-end tests with the
-real daemon replace it later.
+real daemon replace it later. For an answer the real API never gives (a
+redirect, a canned body) :func:`stub_http` serves a stdlib request handler.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import secrets
+import socket
+import socketserver
+import ssl
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -409,11 +415,7 @@ def served_tcp(
     service = service or FakeNodeService()
     lt = LoopThread()
     try:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         cert, key = tls if tls is not None else (None, None)
         server: ApiServer = lt.run(
             serve_tcp(
@@ -430,3 +432,63 @@ def served_tcp(
             lt.run(server.stop())
     finally:
         lt.close()
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listened on a moment ago (to serve on,
+    or to be an API nobody answers at)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --------------------------------------------------------------------------- stub servers
+
+
+class StubHandler(BaseHTTPRequestHandler):
+    """A request handler for :func:`stub_http` that logs nothing; :meth:`send_json` answers."""
+
+    def send_json(self, status: int, body: Any) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+class _UnixHTTPServer(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+
+
+@contextmanager
+def stub_http(
+    handler: type[BaseHTTPRequestHandler],
+    *,
+    unix: Path | None = None,
+    tls: tuple[Path, Path] | None = None,
+) -> Iterator[str]:
+    """``handler`` served in a thread until the block ends: on the unix socket
+    ``unix`` (its path is yielded), else on a free port of 127.0.0.1 (its base
+    URL, ``https://`` with ``tls``, a (certificate, key) pair of PEM files)."""
+    server: socketserver.BaseServer
+    if unix is not None:
+        server = _UnixHTTPServer(str(unix), handler)
+        where = str(unix)
+    else:
+        server = tcp = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        if tls is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            tcp.socket = ctx.wrap_socket(tcp.socket, server_side=True)
+        where = f"{'https' if tls else 'http'}://127.0.0.1:{tcp.server_address[1]}"
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield where
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -107,7 +107,8 @@ def _wait_pings(
 
 
 def _fail(cluster: Cluster, msg: str) -> None:
-    pytest.fail(f"{msg}\n--- daemon logs ---\n{cluster.logs()}")
+    with cluster.logs_on_failure():
+        pytest.fail(msg)
 
 
 def _join(cluster: Cluster, d: Daemon, token: str) -> None:
@@ -151,18 +152,14 @@ class Topo:
 
 @pytest.fixture(scope="module")
 def chain(bed: Testbed) -> Iterator[Topo]:
-    with Cluster(bed, TIMINGS) as cluster:
-        try:
-            d = _daemons(cluster, ["A", "B12", "X", "B23", "C", "B31"], {"B12", "B23", "B31"})
-            m1, m2, m3 = cluster.map(
-                lambda ms: _form(cluster, [d[n] for n in ms]),
-                [["A", "B12"], ["X", "B12", "B23"], ["C", "B23"]],
-            )
-            keys = {n: str(dm.public_key()) for n, dm in d.items() if n != "B31"}
-            yield Topo(cluster, d, m1, m2, m3, keys)
-        except BaseException:
-            sys.stderr.write(cluster.logs() + "\n")
-            raise
+    with Cluster(bed, TIMINGS) as cluster, cluster.logs_on_failure():
+        d = _daemons(cluster, ["A", "B12", "X", "B23", "C", "B31"], {"B12", "B23", "B31"})
+        m1, m2, m3 = cluster.map(
+            lambda ms: _form(cluster, [d[n] for n in ms]),
+            [["A", "B12"], ["X", "B12", "B23"], ["C", "B23"]],
+        )
+        keys = {n: str(dm.public_key()) for n, dm in d.items() if n != "B31"}
+        yield Topo(cluster, d, m1, m2, m3, keys)
 
 
 # ----------------------------------------------------------------------------- chain / ring
@@ -378,15 +375,11 @@ def _reform(p: Pair) -> None:
 def pair(bed: Testbed) -> Iterator[Pair]:
     left = [f"L{i}" for i in range(4)]
     right = [f"R{i}" for i in range(4)]
-    with Cluster(bed, TIMINGS) as cluster:
-        try:
-            d = _daemons(cluster, ["BA", "BB", *left, *right], {"BA", "BB"})
-            m1, m2 = _form_pair(cluster, d, left, right)
-            keys = {n: str(dm.public_key()) for n, dm in d.items()}
-            yield Pair(cluster, d, m1, m2, keys, left, right)
-        except BaseException:
-            sys.stderr.write(cluster.logs() + "\n")
-            raise
+    with Cluster(bed, TIMINGS) as cluster, cluster.logs_on_failure():
+        d = _daemons(cluster, ["BA", "BB", *left, *right], {"BA", "BB"})
+        m1, m2 = _form_pair(cluster, d, left, right)
+        keys = {n: str(dm.public_key()) for n, dm in d.items()}
+        yield Pair(cluster, d, m1, m2, keys, left, right)
 
 
 def test_redundant_bridges_split_then_failover(pair: Pair) -> None:
@@ -559,29 +552,25 @@ def test_default_route_through_an_exit(bed: Testbed) -> None:
     to: M reaches it only through its ``::/0`` over the overlay to E. A peer
     without ``acceptDefaults`` (N) gets no default route from the mesh.
     """
-    with Cluster(bed, TIMINGS) as cluster:
-        try:
-            e, m, n = (cluster.add("peer", start=False) for _ in range(3))
-            e.edit_config(base={"advertiseDefaults": True})
-            m.edit_config(acceptDefaults=True)
-            for d in (e, m, n):
-                d.start(wait=False)
-            cluster.map(lambda d: d.wait_ready(60.0), [e, m, n])
-            e.node.run(["ip", "-6", "addr", "add", "2001:db8:ee::1/128", "dev", "lo"])
-            mesh_id = _form(cluster, [e, m, n])
-            ekey = str(e.public_key())
+    with Cluster(bed, TIMINGS) as cluster, cluster.logs_on_failure():
+        e, m, n = (cluster.add("peer", start=False) for _ in range(3))
+        e.edit_config(base={"advertiseDefaults": True})
+        m.edit_config(acceptDefaults=True)
+        for d in (e, m, n):
+            d.start(wait=False)
+        cluster.map(lambda d: d.wait_ready(60.0), [e, m, n])
+        e.node.run(["ip", "-6", "addr", "add", "2001:db8:ee::1/128", "dev", "lo"])
+        mesh_id = _form(cluster, [e, m, n])
+        ekey = str(e.public_key())
 
-            def m_uses_exit() -> bool:
-                r = m.route(mesh_id, "::/0")
-                return r is not None and r["gateway"] == ekey
+        def m_uses_exit() -> bool:
+            r = m.route(mesh_id, "::/0")
+            return r is not None and r["gateway"] == ekey
 
-            cluster.wait_for(m_uses_exit, 30, "M routes ::/0 through E")
-            default = m.node.run(["ip", "-6", "route", "show", "default"]).stdout
-            assert "smeg" in default, default
-            _wait_pings(cluster, [(m, "2001:db8:ee::1")], 30, "M -> E's off-overlay address")
-            assert n.route(mesh_id, "::/0") is None
-            assert "smeg" not in n.node.run(["ip", "-6", "route", "show", "default"]).stdout
-            assert not _ping(n, "2001:db8:ee::1")[0], "N has no route there"
-        except BaseException:
-            sys.stderr.write(cluster.logs() + "\n")
-            raise
+        cluster.wait_for(m_uses_exit, 30, "M routes ::/0 through E")
+        default = m.node.run(["ip", "-6", "route", "show", "default"]).stdout
+        assert "smeg" in default, default
+        _wait_pings(cluster, [(m, "2001:db8:ee::1")], 30, "M -> E's off-overlay address")
+        assert n.route(mesh_id, "::/0") is None
+        assert "smeg" not in n.node.run(["ip", "-6", "route", "show", "default"]).stdout
+        assert not _ping(n, "2001:db8:ee::1")[0], "N has no route there"

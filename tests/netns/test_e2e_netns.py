@@ -65,7 +65,7 @@ def mesh() -> Iterator[Mesh]:
         peers = cluster.add_many(4, "peer")
         clients = cluster.add_many(2, "client")
         intruder = cluster.add("peer")
-        try:
+        with cluster.logs_on_failure():
             first = peers[0]
             mesh_id = cluster.new_mesh(first)
             peer_token = cluster.invite(first, mesh_id, uses=3)
@@ -75,13 +75,11 @@ def mesh() -> Iterator[Mesh]:
             m = Mesh(cluster, mesh_id, peers, clients, intruder)
             m.tokens = {"peer": peer_token, "client": client_token}  # type: ignore[attr-defined]
             yield m
-        except BaseException:
-            sys.stderr.write(cluster.logs() + "\n")
-            raise
 
 
 def _fail_with_logs(m: Mesh, msg: str) -> None:
-    pytest.fail(f"{msg}\n--- daemon logs ---\n{m.cluster.logs()}")
+    with m.cluster.logs_on_failure():
+        pytest.fail(msg)
 
 
 # ------------------------------------------------------------------------- formation

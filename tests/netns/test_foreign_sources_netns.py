@@ -75,64 +75,54 @@ def _guarded(n: Daemon, interfaces: set[str]) -> bool:
 
 
 def test_an_exit_cannot_send_from_another_meshs_addresses(bed: Testbed) -> None:
-    with Cluster(bed, TIMINGS) as cluster:
-        try:
-            x, n, y = (cluster.add("peer", start=False) for _ in range(3))
-            x.name, n.name, y.name = "X", "N", "Y"
-            x.edit_config(base={"advertiseDefaults": True})
-            n.edit_config(acceptDefaults=True)
-            for d in (x, n, y):
-                d.start(wait=False)
-            cluster.map(lambda d: d.wait_ready(60.0), [x, n, y])
-            mesh_a, mesh_b = cluster.new_mesh(x), cluster.new_mesh(y)
-            cluster.join(n, cluster.invite(x, mesh_a))
-            cluster.join(n, cluster.invite(y, mesh_b))
-            if_a, if_b = interface_name(mesh_a), interface_name(mesh_b)
-            x_a, n_a = str(x.overlay_address(mesh_a)), str(n.overlay_address(mesh_a))
-            y_b, n_b = str(y.overlay_address(mesh_b)), str(n.overlay_address(mesh_b))
+    with Cluster(bed, TIMINGS) as cluster, cluster.logs_on_failure():
+        x, n, y = (cluster.add("peer", start=False) for _ in range(3))
+        x.name, n.name, y.name = "X", "N", "Y"
+        x.edit_config(base={"advertiseDefaults": True})
+        n.edit_config(acceptDefaults=True)
+        for d in (x, n, y):
+            d.start(wait=False)
+        cluster.map(lambda d: d.wait_ready(60.0), [x, n, y])
+        mesh_a, mesh_b = cluster.new_mesh(x), cluster.new_mesh(y)
+        cluster.join(n, cluster.invite(x, mesh_a))
+        cluster.join(n, cluster.invite(y, mesh_b))
+        if_a, if_b = interface_name(mesh_a), interface_name(mesh_b)
+        x_a, n_a = str(x.overlay_address(mesh_a)), str(n.overlay_address(mesh_a))
+        y_b, n_b = str(y.overlay_address(mesh_b)), str(n.overlay_address(mesh_b))
 
-            # X is N's exit (::/0 in X's AllowedIPs on N) and the guard covers A
-            xkey = str(x.public_key())
-            cluster.wait_for(lambda: n.gateway(mesh_a, "::/0") == xkey, 40, "N's ::/0 via X")
-            # N's guard covers both meshes (set in one transaction with mesh-sources;
-            # waiting for mesh-forward leaves the spoofing check the first to fail)
-            cluster.wait_for(
-                lambda: _guarded(n, {if_a, if_b}), 20, "N's forwarding guard over A and B"
-            )
+        # X is N's exit (::/0 in X's AllowedIPs on N) and the guard covers A
+        xkey = str(x.public_key())
+        cluster.wait_for(lambda: n.gateway(mesh_a, "::/0") == xkey, 40, "N's ::/0 via X")
+        # N's guard covers both meshes (set in one transaction with mesh-sources;
+        # waiting for mesh-forward leaves the spoofing check the first to fail)
+        cluster.wait_for(lambda: _guarded(n, {if_a, if_b}), 20, "N's forwarding guard over A and B")
 
-            log = Path(n.node.tmpdir) / "udp.log"
-            with open(log, "w") as out:
-                n.node.spawn([sys.executable, "-u", "-c", _LISTEN], stdout=out)
+        log = Path(n.node.tmpdir) / "udp.log"
+        with open(log, "w") as out:
+            n.node.spawn([sys.executable, "-u", "-c", _LISTEN], stdout=out)
 
-            # honest traffic arrives: X in A, Y in B
-            cluster.wait_for(
-                lambda: (
-                    _send(x, x_a, n_a, "x-before") is None and (x_a, "x-before") in _received(log)
-                ),
-                30,
-                "N receives X's datagram",
-            )
-            cluster.wait_for(
-                lambda: _send(y, y_b, n_b, "y") is None and (y_b, "y") in _received(log),
-                30,
-                "N receives Y's datagram",
-            )
+        # honest traffic arrives: X in A, Y in B
+        cluster.wait_for(
+            lambda: _send(x, x_a, n_a, "x-before") is None and (x_a, "x-before") in _received(log),
+            30,
+            "N receives X's datagram",
+        )
+        cluster.wait_for(
+            lambda: _send(y, y_b, n_b, "y") is None and (y_b, "y") in _received(log),
+            30,
+            "N receives Y's datagram",
+        )
 
-            # X sends from Y's address in B through the A tunnel
-            x.node.run(["ip", "-6", "addr", "add", f"{y_b}/128", "dev", if_a, "nodad"])
-            _send(x, y_b, n_a, "spoofed", n=5)
-            cluster.wait_for(
-                lambda: (
-                    _send(x, x_a, n_a, "x-after") is None and (x_a, "x-after") in _received(log)
-                ),
-                15,
-                "N receives X's datagram after the spoofed ones",
-            )
-            got = _received(log)
-            assert (y_b, "spoofed") not in got, f"N received datagrams from X as {y_b}: {got}"
-            table = n.node.run(["nft", "list", "table", "ip6", "smegmesh"]).stdout
-            assert _dropped(n, if_a) >= 5, table
-            assert "with a source in another of this node's meshes" in n.log_text()
-        except BaseException:
-            sys.stderr.write(cluster.logs() + "\n")
-            raise
+        # X sends from Y's address in B through the A tunnel
+        x.node.run(["ip", "-6", "addr", "add", f"{y_b}/128", "dev", if_a, "nodad"])
+        _send(x, y_b, n_a, "spoofed", n=5)
+        cluster.wait_for(
+            lambda: _send(x, x_a, n_a, "x-after") is None and (x_a, "x-after") in _received(log),
+            15,
+            "N receives X's datagram after the spoofed ones",
+        )
+        got = _received(log)
+        assert (y_b, "spoofed") not in got, f"N received datagrams from X as {y_b}: {got}"
+        table = n.node.run(["nft", "list", "table", "ip6", "smegmesh"]).stdout
+        assert _dropped(n, if_a) >= 5, table
+        assert "with a source in another of this node's meshes" in n.log_text()

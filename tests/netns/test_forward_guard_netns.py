@@ -84,61 +84,57 @@ def _client(cluster: Cluster) -> Daemon:
 
 
 def test_a_peer_that_is_no_exit_does_not_forward_a_clients_default(bed: Testbed) -> None:
-    with Cluster(bed, TIMINGS) as cluster:
-        try:
-            e, p, m = (cluster.add("peer", start=False) for _ in range(3))
-            e.name, p.name, m.name = "E", "P", "M"
-            e.edit_config(base={"advertiseDefaults": True})
-            m.edit_config(acceptDefaults=True)
-            for d in (e, p, m):
-                d.start(wait=False)
-            cluster.map(lambda d: d.wait_ready(60.0), [e, p, m])
-            mesh_id = cluster.new_mesh(e)
-            token = cluster.invite(e, mesh_id, uses=20)
-            cluster.map(lambda d: cluster.join(d, token), [p, m])
-            ekey, pkey = str(e.public_key()), str(p.public_key())
-            for d in (e, p):
-                _uplink(d)
+    with Cluster(bed, TIMINGS) as cluster, cluster.logs_on_failure():
+        e, p, m = (cluster.add("peer", start=False) for _ in range(3))
+        e.name, p.name, m.name = "E", "P", "M"
+        e.edit_config(base={"advertiseDefaults": True})
+        m.edit_config(acceptDefaults=True)
+        for d in (e, p, m):
+            d.start(wait=False)
+        cluster.map(lambda d: d.wait_ready(60.0), [e, p, m])
+        mesh_id = cluster.new_mesh(e)
+        token = cluster.invite(e, mesh_id, uses=20)
+        cluster.map(lambda d: cluster.join(d, token), [p, m])
+        ekey, pkey = str(e.public_key()), str(p.public_key())
+        for d in (e, p):
+            _uplink(d)
 
-            v = None
-            # a client whose assigned peer is P (rendezvous over E, P and M: 1/3 each;
-            # none in 16 tries: 0.15 %)
-            for _ in range(16):
-                c = _client(cluster)
-                cluster.join(c, token)
-                cluster.wait_for(lambda c=c: c.gateway(mesh_id, "::/0") is not None, 40, "::/0")
-                if c.gateway(mesh_id, "::/0") == pkey:
-                    v = c
-                    break
-            assert v is not None, "no client was assigned to P"
-            v.name = "V"
-            cluster.wait_for(lambda: m.gateway(mesh_id, "::/0") == ekey, 40, "M's ::/0 via E")
+        v = None
+        # a client whose assigned peer is P (rendezvous over E, P and M: 1/3 each;
+        # none in 16 tries: 0.15 %)
+        for _ in range(16):
+            c = _client(cluster)
+            cluster.join(c, token)
+            cluster.wait_for(lambda c=c: c.gateway(mesh_id, "::/0") is not None, 40, "::/0")
+            if c.gateway(mesh_id, "::/0") == pkey:
+                v = c
+                break
+        assert v is not None, "no client was assigned to P"
+        v.name = "V"
+        cluster.wait_for(lambda: m.gateway(mesh_id, "::/0") == ekey, 40, "M's ::/0 via E")
 
-            # mesh traffic through P still flows: V -> P -> E
-            e_addr = str(e.overlay_address(mesh_id))
-            cluster.wait_for(lambda: v.ping(e_addr), 40, "V pings E through P")
+        # mesh traffic through P still flows: V -> P -> E
+        e_addr = str(e.overlay_address(mesh_id))
+        cluster.wait_for(lambda: v.ping(e_addr), 40, "V pings E through P")
 
-            # the real exit forwards M's datagrams out of its uplink
-            before_e = _tx(e)
-            cluster.wait_for(
-                lambda: _send(m) is None and _tx(e) >= before_e + 5,
-                30,
-                "M's datagrams leave through E",
-            )
+        # the real exit forwards M's datagrams out of its uplink
+        before_e = _tx(e)
+        cluster.wait_for(
+            lambda: _send(m) is None and _tx(e) >= before_e + 5,
+            30,
+            "M's datagrams leave through E",
+        )
 
-            # P, no exit, does not forward V's
-            before_p = _tx(p)
-            for _ in range(4):
-                _send(v)
-                assert v.ping(e_addr)  # V's tunnel to P is up all along
-            assert _tx(p) == before_p, "P forwarded V's default traffic out of its uplink"
-            table = p.node.run(["nft", "list", "table", "ip6", "smegmesh"]).stdout
-            dropped = re.search(r"oifname != .* counter packets (\d+) ", table)
-            assert dropped is not None and int(dropped.group(1)) >= 20, table
-            assert "forwarding guard" in p.log_text()
-            # E forwards from its exit mesh: no forward rule there
-            etable = e.node.run(["nft", "list", "table", "ip6", "smegmesh"], check=False)
-            assert "mesh-forward" not in etable.stdout
-        except BaseException:
-            sys.stderr.write(cluster.logs() + "\n")
-            raise
+        # P, no exit, does not forward V's
+        before_p = _tx(p)
+        for _ in range(4):
+            _send(v)
+            assert v.ping(e_addr)  # V's tunnel to P is up all along
+        assert _tx(p) == before_p, "P forwarded V's default traffic out of its uplink"
+        table = p.node.run(["nft", "list", "table", "ip6", "smegmesh"]).stdout
+        dropped = re.search(r"oifname != .* counter packets (\d+) ", table)
+        assert dropped is not None and int(dropped.group(1)) >= 20, table
+        assert "forwarding guard" in p.log_text()
+        # E forwards from its exit mesh: no forward rule there
+        etable = e.node.run(["nft", "list", "table", "ip6", "smegmesh"], check=False)
+        assert "mesh-forward" not in etable.stdout

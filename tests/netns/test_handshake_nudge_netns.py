@@ -11,7 +11,6 @@ nudge B sends when it adds C.
 from __future__ import annotations
 
 import base64
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -32,7 +31,7 @@ def cluster(testbed: Testbed) -> Iterator[Cluster]:
 
 def test_member_initiates_handshake_with_a_new_peer(cluster: Cluster) -> None:
     a, b, c = cluster.add_many(3, "peer")
-    try:
+    with cluster.logs_on_failure():
         mesh_id = cluster.new_mesh(a)
         cluster.join(b, cluster.invite(a, mesh_id))
         cluster.wait_members(mesh_id, [a, b], set(cluster.keys(mesh_id, [a, b]).values()))
@@ -47,6 +46,3 @@ def test_member_initiates_handshake_with_a_new_peer(cluster: Cluster) -> None:
         # The nudge follows B learning of C by gossip (about a second); a
         # handshake from WireGuard's own retry would need overlay traffic.
         wait_until(b_shook_hands_with_c, timeout=15, interval=0.2, what="B-C handshake")
-    except BaseException:
-        sys.stderr.write(cluster.logs() + "\n")
-        raise

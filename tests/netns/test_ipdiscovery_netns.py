@@ -127,7 +127,8 @@ def _record(viewer: Daemon, mesh_id: str, key: str) -> dict[str, Any] | None:
 
 
 def _fail(cluster: Cluster, msg: str) -> None:
-    pytest.fail(f"{msg}\n--- daemon logs ---\n{cluster.logs()}")
+    with cluster.logs_on_failure():
+        pytest.fail(msg)
 
 
 # ----------------------------------------------------------------------------- fixture
@@ -151,37 +152,33 @@ def world() -> Iterator[World]:
     problem = environment_problem()
     if problem is not None:
         missing(problem)
-    with Testbed() as bed, Cluster(bed, TIMINGS) as cluster:
-        try:
-            a = _discovering(cluster.add("peer", start=False), "outgoing")
-            a.name = "A"
-            c = _discovering(cluster.add("peer", start=False), "outgoing")
-            c.name = "C"
-            n = _discovering(_nat_peer(cluster, "N"), "public")
-            _forward_ports(bed, n.node)  # the router exists now (N is behind it)
+    with Testbed() as bed, Cluster(bed, TIMINGS) as cluster, cluster.logs_on_failure():
+        a = _discovering(cluster.add("peer", start=False), "outgoing")
+        a.name = "A"
+        c = _discovering(cluster.add("peer", start=False), "outgoing")
+        c.name = "C"
+        n = _discovering(_nat_peer(cluster, "N"), "public")
+        _forward_ports(bed, n.node)  # the router exists now (N is behind it)
 
-            a_routes_before = _default_routes(a.node)
-            a.node.run(["ip", "-6", "addr", "add", f"{DECOY}/128", "dev", "lo"])
-            a.node.run(
-                ["ip", "-6", "route", "add", "default", "via", _router_public(bed), "dev", "eth0"]
-            )
-            c_routes = _default_routes(c.node)
+        a_routes_before = _default_routes(a.node)
+        a.node.run(["ip", "-6", "addr", "add", f"{DECOY}/128", "dev", "lo"])
+        a.node.run(
+            ["ip", "-6", "route", "add", "default", "via", _router_public(bed), "dev", "eth0"]
+        )
+        c_routes = _default_routes(c.node)
 
-            for d in (a, c, n):
-                d.start(wait=False)
-            cluster.map(lambda d: d.wait_ready(60.0), [a, c, n])
+        for d in (a, c, n):
+            d.start(wait=False)
+        cluster.map(lambda d: d.wait_ready(60.0), [a, c, n])
 
-            mesh_id = cluster.new_mesh(a)
-            token = cluster.invite(a, mesh_id, uses=6)  # 2 joiners + retries
-            cluster.map(
-                lambda jd: _join(cluster, *jd),
-                [(c, token), (n, token, "--wgport", str(NAT_WG_PORT))],
-            )
-            keys = cluster.keys(mesh_id, [a, c, n])
-            yield World(bed, cluster, mesh_id, a, c, n, keys, a_routes_before, c_routes)
-        except BaseException:
-            sys.stderr.write(cluster.logs() + "\n")
-            raise
+        mesh_id = cluster.new_mesh(a)
+        token = cluster.invite(a, mesh_id, uses=6)  # 2 joiners + retries
+        cluster.map(
+            lambda jd: _join(cluster, *jd),
+            [(c, token), (n, token, "--wgport", str(NAT_WG_PORT))],
+        )
+        keys = cluster.keys(mesh_id, [a, c, n])
+        yield World(bed, cluster, mesh_id, a, c, n, keys, a_routes_before, c_routes)
 
 
 def _wait_endpoint(w: World, viewer: Daemon, subject: Daemon, expect: str) -> dict[str, Any]:

@@ -41,7 +41,7 @@ def _members(d: Daemon, mesh_id: str) -> dict[str, dict[str, Any]]:
 def test_status_and_ping_name_the_path(cluster: Cluster) -> None:
     a, b = cluster.add_many(2, "peer")
     (c,) = cluster.add_many(1, "client")
-    try:
+    with cluster.logs_on_failure():
         mesh_id = cluster.new_mesh(a)
         tok = cluster.invite(a, mesh_id, uses=2)
         cluster.join(b, tok)
@@ -97,9 +97,6 @@ def test_status_and_ping_name_the_path(cluster: Cluster) -> None:
         row = next(ln for ln in screen.splitlines() if "charlie" in ln)
         assert f"via {aliases[hub.name]}" in row and "client" in row
         assert f"{mesh_id}  peer" in screen and "3/3 online" in screen
-    except BaseException:
-        sys.stderr.write(cluster.logs() + "\n")
-        raise
 
 
 def test_ping_and_status_through_a_bridge(cluster: Cluster) -> None:
@@ -109,7 +106,7 @@ def test_ping_and_status_through_a_bridge(cluster: Cluster) -> None:
     for d in (a, b, x):
         d.start(wait=False)
     cluster.map(lambda d: d.wait_ready(60.0), [a, b, x])
-    try:
+    with cluster.logs_on_failure():
         m1 = cluster.new_mesh(b)
         m2 = cluster.new_mesh(b)
         cluster.join(a, cluster.invite(b, m1))
@@ -139,9 +136,6 @@ def test_ping_and_status_through_a_bridge(cluster: Cluster) -> None:
         with pytest.raises(CtlError) as e:
             b.ctl("get-mesh")
         assert "this node is in 2 meshes; choose one with --meshid: " in e.value.stderr
-    except BaseException:
-        sys.stderr.write(cluster.logs() + "\n")
-        raise
 
 
 def test_two_daemons_with_the_default_backend_form_a_mesh(cluster: Cluster) -> None:

@@ -7,31 +7,19 @@ A bad ``--api`` (or token file) is an error like any other, JSON on stdout with
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
-import socketserver
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from api_fake import served_tcp
+from api_fake import StubHandler, free_port, served_tcp, stub_http
 from smegmesh.cli.main import app
 from smegmesh.testbed.loopback import short_tmpdir
 
 runner = CliRunner()
 
 TOKEN = "0123456789abcdef0123456789abcdef"
-
-
-def _dead_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 # --------------------------------------------------------------------------- --json errors
@@ -59,7 +47,7 @@ def test_a_bad_api_option_is_a_json_error_with_json(
     the command's --json: a bad one printed nothing on stdout, and a script's
     ``json.loads(stdout)`` failed. Now the error is JSON on stdout as for any
     other (and one line on stderr, as without --json)."""
-    args = [_dead_url() if a == "DEAD" else a for a in args]
+    args = [f"http://127.0.0.1:{free_port()}" if a == "DEAD" else a for a in args]
     env = {"SMEG_API": "", "SMEG_API_TOKEN": "", **env}
     r = runner.invoke(app, [*args, "--json"], env=env)
     assert r.exit_code == 1, (r.stdout, r.stderr)
@@ -92,7 +80,7 @@ def test_reserve_alias_without_node_or_release_is_a_usage_error(args: list[str])
 # --------------------------------------------------------------------------- odd answers
 
 
-class _Redirect(BaseHTTPRequestHandler):
+class _Redirect(StubHandler):
     """Answers every request 307 (as a proxy, or FastAPI's slash redirect, would)."""
 
     def do_GET(self) -> None:
@@ -100,24 +88,6 @@ class _Redirect(BaseHTTPRequestHandler):
         self.send_header("Location", "https://elsewhere.example/v1/meshes")
         self.send_header("Content-Length", "0")
         self.end_headers()
-
-    def log_message(self, *_: object) -> None:
-        pass
-
-
-class _UnixHTTPServer(socketserver.ThreadingUnixStreamServer):
-    daemon_threads = True
-
-
-@contextlib.contextmanager
-def _serving(server: socketserver.BaseServer) -> Iterator[None]:
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.mark.parametrize("command", ["list-meshes", "watch"])
@@ -134,15 +104,10 @@ def test_a_redirect_is_an_error_not_an_answer(
         raise AssertionError("watch retried a redirect")
 
     monkeypatch.setattr(watch.time, "sleep", no_retry)
-    if via == "api":
-        server: socketserver.BaseServer = ThreadingHTTPServer(("127.0.0.1", 0), _Redirect)
-        where = ["--api", f"http://127.0.0.1:{server.server_address[1]}"]
-    else:
-        path = short_tmpdir() / "s.sock"
-        server = _UnixHTTPServer(str(path), _Redirect)
-        where = ["--socket", str(path)]
-    with _serving(server):
-        r = runner.invoke(app, [*where, command, "--json"], env={"SMEG_API_TOKEN": ""})
+    unix = short_tmpdir() / "s.sock" if via == "socket" else None
+    with stub_http(_Redirect, unix=unix) as where:
+        option = "--api" if unix is None else "--socket"
+        r = runner.invoke(app, [option, where, command, "--json"], env={"SMEG_API_TOKEN": ""})
     assert r.exit_code == 1, (r.stdout, r.stderr, r.exception)
     msg = json.loads(r.stdout)["error"]["message"]
     assert "HTTP 307" in msg and "https://elsewhere.example/v1/meshes" in msg, msg

@@ -11,7 +11,6 @@ import base64
 import ipaddress
 import json
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,16 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from api_fake import SELF_KEY, FakeNodeService, _addr, served_tcp, served_unix
+from api_fake import (
+    SELF_KEY,
+    FakeNodeService,
+    StubHandler,
+    _addr,
+    free_port,
+    served_tcp,
+    served_unix,
+    stub_http,
+)
 from envcheck import IN_CI
 from smegmesh.cli.main import app
 from smegmesh.daemon.api_models import MeshDetail, NodeInfo
@@ -227,12 +235,6 @@ def test_shell_completion_is_on() -> None:
 # --------------------------------------------------------------------------- --api
 
 
-def _dead_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_remote_api_with_token(tmp_path: Path) -> None:
     with served_tcp(TOKEN) as (url, svc):
         env = {"SMEG_API_TOKEN": TOKEN, "SMEG_SOCKET": "/nonexistent/s.sock"}
@@ -263,7 +265,7 @@ def test_remote_api_with_token(tmp_path: Path) -> None:
             and "no token given (set SMEG_API_TOKEN or --api-token-file" in r.stderr
         )
 
-    dead = f"http://127.0.0.1:{_dead_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     r = runner.invoke(app, ["--api", dead, "status"], env={"SMEG_API_TOKEN": TOKEN})
     assert r.exit_code == 1 and r.stderr.startswith(f"smegctl: cannot reach smegd at {dead}: ")
     assert r.stderr.count("\n") == 1
@@ -354,41 +356,19 @@ def test_parse_ping_output() -> None:
 @pytest.fixture
 def https_api(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A TLS server with a self-signed certificate answering ``GET /v1/status`` (token checked)."""
-    import ssl
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     cert, key = self_signed(tmp_path)
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(StubHandler):
         def do_GET(self) -> None:
-            ok = self.headers.get("Authorization") == f"Bearer {TOKEN}"
-            body = (
-                {"version": "9.9", "public_key": None, "meshes": []}
-                if ok
-                else {"error": {"code": "unauthorized", "message": "missing or wrong token"}}
-            )
-            data = json.dumps(body).encode()
-            self.send_response(200 if ok else 401)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            if self.headers.get("Authorization") == f"Bearer {TOKEN}":
+                self.send_json(200, {"version": "9.9", "public_key": None, "meshes": []})
+            else:
+                self.send_json(
+                    401, {"error": {"code": "unauthorized", "message": "missing or wrong token"}}
+                )
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert, key)
-    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield f"https://127.0.0.1:{srv.server_address[1]}", cert
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    with stub_http(Handler, tls=(cert, key)) as url:
+        yield url, cert
 
 
 def test_remote_api_https_verifies_the_certificate(https_api: tuple[str, Path]) -> None:

@@ -8,7 +8,6 @@ use the ``Proto*`` models of :mod:`.api_models_proto`, in the prototype's camelC
 from __future__ import annotations
 
 import re
-import unicodedata
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -16,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from smegmesh.core import record
 from smegmesh.daemon.config import MeshOptions, Role
 from smegmesh.daemon.meshopts import InvitePolicy
+from smegmesh.daemon.textsafe import first_control
 
 __all__ = [
     "ALIAS_RE",
@@ -261,7 +261,7 @@ def no_control(v: str) -> str:
     """``v`` if it holds no control character (C0, DEL, C1: NUL, ESC, newline, tab...),
     which would land in every member's tables and terminals. Only for what a user
     sets here: records from other nodes are taken as the wire allows."""
-    bad = next((c for c in v if unicodedata.category(c) == "Cc"), None)
+    bad = first_control(v)
     if bad is not None:
         raise ValueError(f"must not contain control characters (found U+{ord(bad):04X})")
     return v

@@ -30,6 +30,7 @@ from smegmesh.daemon import service as svc
 from smegmesh.daemon.api_models import MeshDetail, NodeInfo
 from smegmesh.daemon.ratelog import RateLog
 from smegmesh.daemon.resolve import describe, resolve_node
+from smegmesh.daemon.textsafe import printable
 from smegmesh.daemon.transport import RpcError
 
 if TYPE_CHECKING:
@@ -163,7 +164,7 @@ class DeviceRemoteOps:
             return Refusal(msg.mesh_id)
 
         def fail(text: str) -> DeviceSettings:
-            line = "".join(c if c.isprintable() else " " for c in text)  # as decode takes it
+            line = printable(text, " ")  # as decode takes it
             return DeviceSettings(msg.mesh_id, line[:MAX_ERROR_LEN], None, ())
 
         if isinstance(msg, SponsorRequest):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     pass
 from smegmesh.daemon.event_text import describe, key_text
+from smegmesh.daemon.ratelog import SourceWindow
 
 log = logging.getLogger("smegd.events")
 
@@ -84,51 +85,39 @@ class Event:
         return f"id: {self.seq}\nevent: {self.type}\ndata: {data}\n\n".encode()
 
 
-class _LineBudget:
+class _LineBudget(SourceWindow[int]):
     """Log lines per node and window: at most ``per_node``, the rest counted and
     summarised once the window is over. A member may change its record as often
     as its call budget allows, each change an event; its events all go to the
     streams, but one INFO line each (a few KB with its services) let it fill the
-    log, and past journald's rate limit the journal drops every smegd line."""
+    log, and past journald's rate limit the journal drops every smegd line.
+    (The window and the bound on nodes are ``ratelog.SourceWindow``'s, as for
+    the daemon's other rate-limited lines; unlike ``RateLog`` it lets
+    ``per_node`` lines a window through, which the caller writes itself.)"""
 
-    OTHER = "other nodes"
+    other = "other nodes"
 
     def __init__(self, per_node: int, window_s: float, max_nodes: int, clock: Callable[[], float]):
+        super().__init__(interval_s=window_s, max_sources=max_nodes, clock=clock)
         self.per_node = per_node
-        self.window_s = window_s
-        self.max_nodes = max_nodes
-        self._clock = clock
-        self._start = clock()
-        self._counts: dict[str, int] = {}
-
-    def __len__(self) -> int:
-        return len(self._counts)
 
     def take(self, node: str) -> bool:
         """One line of ``node``'s: may it be logged?"""
-        self.tick()
-        if node not in self._counts and len(self._counts) >= self.max_nodes:
-            node = self.OTHER
+        node = self._source(node)
         n = self._counts[node] = self._counts.get(node, 0) + 1
         return n <= self.per_node
 
-    def tick(self) -> None:
-        """Summarise the window once it is over (called by :meth:`take` and now and then)."""
-        now = self._clock()
-        if now - self._start < self.window_s:
-            return
+    def _summarise(self, elapsed: float) -> None:
         for node, n in self._counts.items():
             if n > self.per_node:
                 log.info(
                     "member events of %s: %d not logged in the last %.0f s "
                     "(at most %d lines a node; the event stream had them all)",
-                    node if node == self.OTHER else f"{node[:8]}…",
+                    node if node == self.other else f"{node[:8]}…",
                     n - self.per_node,
-                    now - self._start,
+                    elapsed,
                     self.per_node,
                 )
-        self._counts = {}
-        self._start = now
 
 
 class TooManySubscribers(Exception):
@@ -271,7 +260,7 @@ class EventBus:
 
     def tick(self) -> None:
         """Write the summary of log lines left out, once their window is over."""
-        self._lines.tick()
+        self._lines.note_tick()
 
     def dropped_notice(self, last_missed: int, missed: int, reason: str) -> Event:
         """A ``stream.dropped`` event (not buffered; its seq is the last one missed)."""

@@ -10,6 +10,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from smegmesh.daemon.textsafe import printable
+
 if TYPE_CHECKING:
     pass
 
@@ -126,6 +128,4 @@ def _one_line(text: str) -> str:
     """``text`` with what is not printable escaped (``\\n``, ``\\x1b``): a member's
     description or service may hold any text, and the line goes to the log and a
     terminal (a newline forged log lines; an escape drove the operator's terminal)."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+    return printable(text)

@@ -10,6 +10,7 @@ import tempfile
 
 from smegmesh.daemon.base import DaemonBase
 from smegmesh.daemon.runtime import MeshRuntime
+from smegmesh.daemon.textsafe import printable
 
 log = logging.getLogger("smegd")
 
@@ -23,8 +24,7 @@ HOOK_OUTPUT_LOGGED = 200
 
 def _one_line(text: str) -> str:
     """Output as one printable log line: lines joined by spaces, escapes escaped."""
-    text = " ".join(text.split())
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+    return printable(" ".join(text.split()))
 
 
 def run_hooks(stage: str, commands: list[str], ifname: str, mesh_id: str) -> None:

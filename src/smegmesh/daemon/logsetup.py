@@ -24,6 +24,8 @@ import os
 import sys
 from typing import Any, Literal, TextIO
 
+from smegmesh.daemon.textsafe import control_chars
+
 __all__ = [
     "JsonFormatter",
     "LogFormat",
@@ -58,10 +60,10 @@ _HANDLER_NAME = "smegd"
 #: (an endpoint name, an error its server sent): raw, that could start a forged
 #: line (``str.splitlines``, which the journald prefix below uses, splits on NEL
 #: and U+2028 too) or steer the terminal reading the log. Printable text is kept.
-_UNSAFE = (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)
+_UNSAFE = control_chars(line_separators=True)
 _ESCAPES = {c: ascii(chr(c))[1:-1] for c in _UNSAFE}
 #: The same but newline, for a traceback (its lines are its own).
-_ESCAPES_BUT_NEWLINE = {c: e for c, e in _ESCAPES.items() if c != ord("\n")}
+_ESCAPES_BUT_NEWLINE = {c: _ESCAPES[c] for c in control_chars(but="\n", line_separators=True)}
 #: JSON already escapes C0; with ``ensure_ascii`` off the others go out raw.
 _JSON_ESCAPES = {c: f"\\u{c:04x}" for c in _UNSAFE if c >= 0x7F}
 

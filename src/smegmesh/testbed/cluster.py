@@ -21,12 +21,12 @@ import contextlib
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 # the daemon wrapper lives in .daemon; re-exported here, where the tests import it
-from smegmesh.testbed.daemon import GRPC_PORT, CtlError, Daemon, Timings
+from smegmesh.testbed.daemon import GRPC_PORT, CtlError, Daemon, Timings, with_logs
 from smegmesh.testbed.netns import Node, Testbed
 from smegmesh.testbed.wait import wait_until
 
@@ -204,6 +204,17 @@ class Cluster:
     def logs(self) -> str:
         return "\n".join(d.log_tail(60) for d in self.daemons)
 
+    @contextlib.contextmanager
+    def logs_on_failure(self) -> Iterator[None]:
+        """An error leaving the block carries every daemon's last log lines
+        (:func:`~smegmesh.testbed.daemon.with_logs`: those it carries already
+        are not added again, as after :meth:`wait_for`)."""
+        try:
+            yield
+        except BaseException as e:
+            with_logs(e, self.daemons)
+            raise
+
     def wait_for(
         self, predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2
     ) -> float:
@@ -213,7 +224,7 @@ class Cluster:
         try:
             wait_until(predicate, timeout=timeout, interval=interval, what=what)
         except TimeoutError as e:
-            raise TimeoutError(f"{e}\n--- daemon logs ---\n{self.logs()}") from None
+            raise with_logs(TimeoutError(str(e)), self.daemons) from None
         return time.monotonic() - t0
 
     # --------------------------------------------------------------- teardown

@@ -14,9 +14,9 @@ import json
 import os
 import signal
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import yaml
@@ -28,7 +28,7 @@ from smegmesh.testbed.smegctl import SMEGD, run_smegctl, unix_api
 from smegmesh.testbed.wait import DaemonExited, wait_until
 from smegmesh.wg.uapi import UapiClient
 
-__all__ = ["GRPC_PORT", "CtlError", "Daemon", "Timings"]
+__all__ = ["GRPC_PORT", "CtlError", "Daemon", "Timings", "with_logs"]
 
 GRPC_PORT = 4000
 
@@ -52,6 +52,26 @@ class Timings:
     pull_interval: float = 5
     timeout: float = 2
     log_level: str = "info"
+
+
+#: The attribute of an exception holding the daemons (their ids) whose log lines it carries.
+_LOGS_SHOWN = "smegmesh_logs_shown"
+_E = TypeVar("_E", bound=BaseException)
+
+
+def with_logs(exc: _E, daemons: Iterable[Daemon], lines: int = 60) -> _E:
+    """``exc`` with a note of the last ``lines`` log lines of each of ``daemons``
+    it does not carry already: a failed wait shows a daemon's log once, however
+    many helpers its error passes on its way out (the wait's own, a test's
+    :meth:`Cluster.logs_on_failure` block). The note shows under the error (in
+    pytest's report, a traceback), not in ``str(exc)``.
+    """
+    shown: frozenset[int] = getattr(exc, _LOGS_SHOWN, frozenset())
+    new = [d for d in daemons if id(d) not in shown]
+    if new:
+        exc.add_note("--- daemon logs ---\n" + "\n".join(d.log_tail(lines) for d in new))
+        setattr(exc, _LOGS_SHOWN, shown | {id(d) for d in new})
+    return exc
 
 
 @dataclass
@@ -148,9 +168,8 @@ class Daemon:
     def wait_ready(self, timeout: float = 30.0) -> None:
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
-                raise DaemonExited(
-                    f"{self.name}: smegd exited with {self.proc.returncode}:\n{self.log_tail()}"
-                )
+                exited = DaemonExited(f"{self.name}: smegd exited with {self.proc.returncode}")
+                raise with_logs(exited, [self], 40)
             if not os.path.exists(self.socket):
                 return False
             return self.api("GET", "/v1/health", timeout=2.0) is not None
@@ -158,7 +177,7 @@ class Daemon:
         try:
             wait_until(ready, timeout=timeout, interval=0.05, what=f"{self.name}: smegd ready")
         except TimeoutError as e:
-            raise TimeoutError(f"{e}\n{self.log_tail()}") from None
+            raise with_logs(TimeoutError(str(e)), [self], 40) from None
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to the daemon (SIGKILL: a crash) and reap it.

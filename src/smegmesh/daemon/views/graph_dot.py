@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import html
 import itertools
-import re
 from collections.abc import Sequence
 
 from smegmesh.core.addressing import mesh_prefix
 from smegmesh.core.identity import key_to_text
 from smegmesh.core.record import NodeRecord, Role
+from smegmesh.daemon.textsafe import control_chars
 from smegmesh.daemon.views.common import RouteUse, _first_paths, _present, _short
 from smegmesh.daemon.views.graph_plan import (
     _CLIENT_COLS,
@@ -38,14 +38,15 @@ _ROUTE = "#dc2626"
 _REMOTE_LINE = "#6b7280"
 
 
-#: Control characters but the newline: a NUL ends Graphviz's input ("syntax error"), and
-#: escape sequences would reach a terminal the DOT is printed on.
-_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+#: Control characters but the newline (which :func:`_q` writes as DOT's ``\n``), each
+#: made a space: a NUL ends Graphviz's input ("syntax error"), and escape sequences
+#: would reach a terminal the DOT is printed on.
+_CONTROL = dict.fromkeys(control_chars(but="\n"), " ")
 
 
 def _q(s: str) -> str:
     """A DOT double-quoted string (control characters made spaces)."""
-    s = _CONTROL.sub(" ", s)
+    s = s.translate(_CONTROL)
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
