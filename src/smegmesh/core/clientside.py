@@ -105,10 +105,17 @@ class ClientMixin:
         return order
 
     def _choose_peer(self, now_ms: int) -> bytes | None:
-        """The first peer of our order that we do not avoid (else the first)."""
+        """The first peer of our order that we do not avoid, else the one avoided shortest.
+
+        When we avoid them all, a peer that missed a ping comes before one whose
+        tunnel was dead (``tunnel_seen``); ties go to the first in our order.
+        """
         order = self._ranked_peers()
         avoid = self._avoid
-        return next((k for k in order if avoid.get(k, 0) <= now_ms), order.first())
+        first = next((k for k in order if avoid.get(k, 0) <= now_ms), None)
+        if first is not None or not avoid:
+            return first if first is not None else order.first()
+        return min(order, key=lambda k: avoid.get(k, 0), default=None)
 
     def _client_targets(self, now_ms: int) -> list[bytes]:
         if self.settings.role != Role.CLIENT:

@@ -16,11 +16,13 @@ from WireGuard, every few seconds, and says when the tunnel is dead:
 * no handshake at all :data:`FIRST_HANDSHAKE_MS` (30 s: six of WireGuard's
   5 s handshake retries) after the peer became ours, or after its WireGuard
   peer was (re)configured;
-* the latest handshake older than :data:`REJECT_AFTER_MS` (WireGuard's
-  limit, after which a session carries no data) plus a keepalive interval
-  plus :data:`FIRST_HANDSHAKE_MS`, counted from the handshake or from when
-  the watch began, whichever is later (a daemon restarted beside a live
-  interface finds a handshake made before it started).
+* no new handshake for :data:`REJECT_AFTER_MS` (WireGuard's limit, after
+  which a session carries no data) plus a keepalive interval plus
+  :data:`FIRST_HANDSHAKE_MS`. WireGuard's handshake time is only read as a
+  sign that a handshake was made (its value changed): the silence is
+  measured on our own clock from the read that saw it, so a clock step, or
+  a daemon restarted beside a live interface (its last handshake made before
+  the daemon started), neither moves a client early nor keeps it late.
 
 A dead tunnel moves the client to the next peer, at most once a backoff:
 :data:`FIRST_HANDSHAKE_MS`, doubling with each move that no handshake with
@@ -69,17 +71,24 @@ class TunnelMove:
 
 @dataclass(slots=True)
 class TunnelWatch:
-    """One client mesh's watch of the tunnel to its assigned peer (see the module docstring)."""
+    """One client mesh's watch of the tunnel to its assigned peer (see the module docstring).
 
-    #: the peer watched, and since when (ms; reset when WireGuard lost the peer)
+    WireGuard's handshake time is on the wall clock of when it was made: it
+    tells only *that* a handshake was made (the value changed). Silence is
+    measured on the caller's clock, from the read that first saw the value,
+    so neither a clock step nor a handshake made before the watch began
+    moves a client early or keeps it late.
+    """
+
+    #: the peer watched, and since when (ms; again when WireGuard lost the peer)
     peer: bytes | None = None
     since_ms: int = 0
-    #: moves for a dead tunnel with no handshake since; the last one; the earliest next
+    #: the peer's latest handshake as last read (None: never), and when we read it first
+    handshake: int | None = None
+    heard_ms: int = 0
+    #: moves for a dead tunnel with no handshake since; the earliest next one
     moves: int = 0
-    moved_ms: int = 0
     next_move_ms: int = 0
-    #: whether the watched peer has had a handshake (a later "never" means it was re-added)
-    handshaken: bool = False
 
     def seen(
         self, peer: bytes, handshake_ms: int | None, keepalive_s: int, now_ms: int
@@ -89,35 +98,37 @@ class TunnelWatch:
         Returns how long the tunnel has been silent (ms) when it is dead and a
         move is allowed now, else None. The caller moves and calls :meth:`moved`.
         """
-        if peer != self.peer or (handshake_ms is None and self.handshaken):
-            self.peer, self.since_ms, self.handshaken = peer, now_ms, False
-        if handshake_ms is not None:
-            if handshake_ms >= self.moved_ms:
-                self.moves = self.next_move_ms = 0  # a tunnel works since: no backoff
-            self.handshaken = True
-            last = max(self.since_ms, handshake_ms)
+        if peer != self.peer or (handshake_ms is None and self.handshake is not None):
+            # another peer, or this one configured again (its handshake went with it)
+            self.peer, self.since_ms, self.handshake = peer, now_ms, None
+        if handshake_ms is not None and handshake_ms != self.handshake:
+            self.handshake, self.heard_ms = handshake_ms, now_ms
+            self.moves = self.next_move_ms = 0  # a tunnel works: no backoff
+        if self.handshake is not None:
+            silent = now_ms - self.heard_ms
             limit = REJECT_AFTER_MS + max(0, keepalive_s) * 1000 + FIRST_HANDSHAKE_MS
         else:
-            last, limit = self.since_ms, FIRST_HANDSHAKE_MS
-        silent = now_ms - last
+            silent, limit = now_ms - self.since_ms, FIRST_HANDSHAKE_MS
         if silent < limit or now_ms < self.next_move_ms:
             return None
         return silent
 
     def absent(self) -> None:
-        """WireGuard has no such peer configured (yet): nothing to judge, start again."""
+        """WireGuard has no such peer configured (yet), or no endpoint for it: start again."""
         self.peer = None
 
     def moved(self, now_ms: int) -> None:
-        """We left the peer for its dead tunnel: the next such move waits longer."""
+        """We left the peer for its dead tunnel (or had none to go to): the next move waits longer.
+
+        The watch goes on: a new peer starts it again, and the same one (no
+        other to go to) keeps its handshake, so the backoff grows.
+        """
         self.moves += 1
-        self.moved_ms = now_ms
         wait = FIRST_HANDSHAKE_MS << min(self.moves - 1, 16)
         self.next_move_ms = now_ms + min(wait, MOVE_BACKOFF_MAX_MS)
-        self.peer = None
 
     def clock_stepped(self, delta_ms: int) -> None:
-        """Handshake times are on the wall clock of before the step: watch again."""
-        self.peer = None
-        self.moved_ms += delta_ms
+        """The caller's clock was stepped: our times move with it (WireGuard's are not used)."""
+        self.since_ms += delta_ms
+        self.heard_ms += delta_ms
         self.next_move_ms += delta_ms

@@ -33,6 +33,19 @@ log = logging.getLogger("smegd")
 TUNNEL_READ_TIMEOUT_S = 2.0
 
 
+def tunnel_of(status: Any, peer: bytes) -> tuple[bool, int | None]:
+    """(judged, latest handshake in ms or None) of ``peer`` in a WireGuard status read.
+
+    Not judged without a peer entry (not configured yet) or without an
+    endpoint (its name did not resolve in time): no handshake can start, and
+    that is no fault of the peer's.
+    """
+    p = status.peers.get(peer)
+    if p is None or not p.endpoint:
+        return False, None
+    return True, None if p.last_handshake is None else int(p.last_handshake * 1000)
+
+
 class ApplyOps(DaemonBase):
     """Mixin of the daemon: the reconcile loop."""
 
@@ -206,26 +219,30 @@ class ApplyOps(DaemonBase):
                 continue
             if self.meshes.get(rt.mesh_id) is not rt:
                 continue
-            p = status.peers.get(peer)
-            if p is None:
+            usable, hs = tunnel_of(status, peer)
+            if not usable:
                 rt.node.tunnel_absent(peer)
                 continue
-            hs = None if p.last_handshake is None else int(p.last_handshake * 1000)
             move = rt.node.tunnel_seen(now_ms(), peer, hs, rt.keepalive)
             if move is None:
                 continue
-            old, new = self.member_events.alias_of(rt.mesh_id, move.old), None
+            new = None
             if move.new is not None and move.new != move.old:
-                new = self.member_events.alias_of(rt.mesh_id, move.new) or key_to_text(move.new)
+                new = self._peer_text(rt, move.new)
             log.warning(
                 "mesh %s: no WireGuard handshake with our peer %s for %.0f s "
                 "(is its WireGuard port reachable over UDP?): %s",
                 rt.mesh_id,
-                old or key_to_text(move.old),
+                self._peer_text(rt, move.old),
                 move.silent_ms / 1000,
                 f"moved to {new}" if new else "no other peer to move to",
             )
             self._emit(rt, move.outs)
+
+    def _peer_text(self, rt: MeshRuntime, key: bytes) -> str:
+        """A member as a log line names it: alias (not unique) and key."""
+        alias = self.member_events.alias_of(rt.mesh_id, key)
+        return f"{alias} ({key_to_text(key)})" if alias else key_to_text(key)
 
     #: Handshake state is read this often, only while an event stream is open.
     HANDSHAKE_POLL_S = 10.0
