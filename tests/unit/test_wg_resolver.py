@@ -31,7 +31,7 @@ from smegmesh.wg import factory
 from smegmesh.wg.kernel import KernelBackend, build_set_requests
 from smegmesh.wg.memory import MemoryBackend
 from smegmesh.wg.reconcile import Reconciler
-from smegmesh.wg.resolver import EndpointResolver
+from smegmesh.wg.resolver import EndpointResolver, resolve_ops
 from smegmesh.wg.uapi import format_set
 
 MESH = "amber-falcon-river-k7q2"
@@ -50,16 +50,17 @@ def _answer(ip: str) -> Any:
 
 
 class UapiBackend(MemoryBackend):
-    """The memory backend, each apply formatted as the userspace backend does."""
+    """The memory backend, each apply resolved and formatted as the userspace backend does."""
 
     def __init__(self, resolve: EndpointResolver) -> None:
         super().__init__()
         self.resolve = resolve
         self.sent: list[str] = []
 
-    def apply(self, name: str, ops: Any) -> None:
-        self.sent += format_set(ops, self.resolve)
-        super().apply(name, ops)
+    def apply(self, name: str, ops: Any) -> list[WgOp]:
+        send, applied = resolve_ops(ops, self.resolve)
+        self.sent += format_set(send)
+        return super().apply(name, applied)
 
 
 def _peer(i: int, endpoint: str) -> NodeRecord:

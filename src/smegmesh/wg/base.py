@@ -41,8 +41,13 @@ class WgBackend(Protocol):
         """Full live state (one complete dump); raises InterfaceNotFound."""
         ...
 
-    def apply(self, name: str, ops: Sequence[WgOp]) -> None:
-        """Apply operations in order (one batch where the transport allows)."""
+    def apply(self, name: str, ops: Sequence[WgOp]) -> list[WgOp]:
+        """Apply operations in order (one batch where the transport allows).
+
+        Returns them as applied: an endpoint left out (a name that does not
+        resolve now, ``wg.resolver.resolve_ops``) is None there, and an update
+        left with nothing else to change is not there. The reconciler's cache
+        of live state is built from them, so the next diff sends it again."""
         ...
 
     def check(self, name: str) -> bool:

@@ -29,8 +29,7 @@ from smegmesh.core.wgdiff import (
 )
 from smegmesh.net.netlink import PerThread, off_loop
 from smegmesh.wg.base import BackendUnavailable, InterfaceNotFound, WgError
-from smegmesh.wg.resolver import EndpointResolver, Report, literal_only
-from smegmesh.wg.uapi import ResolveFn
+from smegmesh.wg.resolver import EndpointResolver, Report, ResolveFn, literal_only, resolve_ops
 
 
 def _b64(key: bytes) -> str:
@@ -263,13 +262,15 @@ class KernelBackend:
                     raise InterfaceNotFound(name) from exc
                 raise WgError(f"{name}: {exc}") from exc
 
-    def apply(self, name: str, ops: Sequence[WgOp]) -> None:
+    def apply(self, name: str, ops: Sequence[WgOp]) -> list[WgOp]:
         with self._lock:
-            for req in build_set_requests(ops, self._resolve):
+            send, applied = resolve_ops(ops, self._resolve)
+            for req in build_set_requests(send):
                 try:
                     self._wg.set(name, **req.kwargs())
                 except Exception as exc:
                     raise WgError(f"{name}: set {req}: {exc}") from exc
+            return applied
 
     def check(self, name: str) -> bool:
         with self._lock:

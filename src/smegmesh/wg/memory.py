@@ -43,7 +43,8 @@ class MemoryBackend:
             except KeyError:
                 raise InterfaceNotFound(name) from None
 
-    def apply(self, name: str, ops: Sequence[WgOp]) -> None:
+    def apply(self, name: str, ops: Sequence[WgOp]) -> list[WgOp]:
+        """Applies ``ops`` as they are (names too: nothing is resolved here)."""
         with self._lock:
             if self.fail_next_apply is not None:
                 exc, self.fail_next_apply = self.fail_next_apply, None
@@ -52,6 +53,7 @@ class MemoryBackend:
                 raise InterfaceNotFound(name)
             self.devices[name] = apply_ops(self.devices[name], ops)
             self.applied.append((name, tuple(ops)))
+            return list(ops)
 
     def lose(self, name: str) -> None:
         """Simulate a crash of the device: it vanishes."""

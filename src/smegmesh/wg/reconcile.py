@@ -6,6 +6,12 @@ applies only the difference, so a one-peer change costs one peer operation
 and no full ``get=1`` dump. The cache is dropped and the live state re-read in
 full on any error, when the backend reports a lost device (``check``) and at
 least every ``verify_interval`` seconds (``verify`` forces it).
+
+The cache holds what the backend says it applied: a peer endpoint it left out
+(a name that does not resolve now, wg/resolver.py) is not in it, so the next
+diff sends it again, and ``check`` (smegd's health check, every 5 s) applies
+again from the cache while one is left out: a late answer is set within one
+check, not at the next full read.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ class ReconcileResult:
     host_ops: list[HostOp] = field(default_factory=list)
     created: bool = False  # the device was (re)created
     full_read: bool = False  # live state was read from the system
+    left_out: bool = False  # the backend left an endpoint out (its name did not resolve now)
     retried: bool = False  # the first attempt failed and was redone from a full read
     seconds: float = 0.0
 
@@ -53,6 +60,8 @@ class _Cache:
     read_at: float
     desired_if: InterfaceConfig | None = None
     desired_host: HostConfig | None = None
+    #: the last apply left an endpoint out: ``check`` applies again
+    left_out: bool = False
 
 
 class Reconciler:
@@ -126,14 +135,18 @@ class Reconciler:
             self._cache[name] = cache
             res.full_read = True
         cache.desired_if, cache.desired_host = want_if, want_host
-        res.wg_ops = diff_interface(want_if, cache.wg)
-        if res.wg_ops:
+        ops = diff_interface(want_if, cache.wg)
+        cache.left_out = False
+        if ops:
             # If applying fails the live state is unknown: a full read comes next time.
             saved = cache.read_at
             cache.read_at = float("-inf")
-            self.backend.apply(name, res.wg_ops)
+            # As applied: without the endpoints left out (resolve_ops), so the
+            # cache holds what WireGuard has and they are sent again next time.
+            res.wg_ops = list(self.backend.apply(name, ops))
             cache.wg = apply_ops(cache.wg, res.wg_ops)
             cache.read_at = saved
+            cache.left_out = res.left_out = res.wg_ops != ops
         res.host_ops = diff_host(want_host, cache.host)
         if res.host_ops:
             saved = cache.read_at
@@ -158,7 +171,10 @@ class Reconciler:
 
     def check(self) -> list[ReconcileResult]:
         """Health check of every interface (cheap when healthy): a device the
-        backend had to recreate gets its full desired state re-applied.
+        backend had to recreate gets its full desired state re-applied, and one
+        whose last apply left an endpoint out is applied again from the cache
+        (no full read; the resolver answers from what it holds, so a name that
+        never resolves costs a diff and a lookup in the background now and then).
 
         Returns the interfaces (re)created, ``created`` set, also those whose
         re-apply failed (logged; the next apply redoes it from a full read).
@@ -173,6 +189,8 @@ class Reconciler:
                     log.warning("health check of %s failed: %s", n, exc)
                     lost = None
                 if lost is False:
+                    if cache.left_out:
+                        self._apply_again(cache)
                     continue
                 if lost:
                     log.debug("interface %s was lost; re-applying its configuration", n)
@@ -188,6 +206,15 @@ class Reconciler:
                 if res.created:
                     out.append(res)
             return out
+
+    def _apply_again(self, cache: _Cache) -> None:
+        """The last desired state once more, from the cache (an endpoint was left out)."""
+        if cache.desired_if is None or cache.desired_host is None:
+            return
+        try:
+            self.apply(cache.desired_if, cache.desired_host)
+        except Exception as exc:
+            log.warning("cannot configure %s again: %s", cache.desired_if.name, exc)
 
     def remove(self, name: str) -> None:
         """Remove the interface and everything we added for it."""

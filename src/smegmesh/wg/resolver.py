@@ -5,14 +5,20 @@ is a member's word, and its nameserver may be slow, gone or the member's own:
 one peer's name must never hold up the configuration of the others. So an
 :class:`EndpointResolver` looks a name up at most once per ``ttl_s`` (a
 failure again after ``retry_s``), in a small pool of its own, and waits for an
-answer at most ``timeout_s``; a name it cannot resolve now gives ``None``, and
+answer at most ``timeout_s``, and only for a name it has no answer for yet:
+a name looked up again (its answer too old, or its failure) keeps its last
+answer, or None, meanwhile. A name it cannot resolve now gives ``None``, and
 the backends configure that peer without an endpoint (WireGuard learns it
-from the peer's handshakes) until the name resolves. A lookup that outlives
-its wait goes on in the pool and its answer is kept for the next apply.
+from the peer's handshakes) and say so (:func:`resolve_ops`): the reconciler
+applies it again from its next health check (every 5 s in smegd) until the
+name resolves. A lookup that outlives its wait goes on in the pool and its
+answer is kept for that next apply.
 
-A failed lookup goes to ``report``: a member can publish a new name that does
-not resolve with each version of its record, so smegd passes a rate-limited
-one (daemon/ratelog.py); without one, each failure is a WARNING here.
+A failed lookup goes to ``report`` (from the call that waited for it, else
+from the next call that reads its failure: in the caller's thread). A member
+can publish a new name that does not resolve with each version of its record,
+so smegd passes a rate-limited one (daemon/ratelog.py); without one, each
+failure is a WARNING here.
 """
 
 from __future__ import annotations
@@ -22,12 +28,21 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from smegmesh.core.endpoint import join_host_port, split_host_port
+from smegmesh.core.wgdiff import AddPeer, UpdatePeer, WgOp
 
-__all__ = ["EndpointResolver", "Report", "literal_only", "lookup_endpoint"]
+__all__ = [
+    "EndpointResolver",
+    "Report",
+    "ResolveFn",
+    "literal_only",
+    "lookup_endpoint",
+    "resolve_ops",
+]
 
 log = logging.getLogger("smegmesh.wg")
 
@@ -35,6 +50,9 @@ log = logging.getLogger("smegmesh.wg")
 Lookup = Callable[..., list[tuple[Any, ...]]]
 #: Told of a failed lookup: ``(endpoint, why)``.
 Report = Callable[[str, str], None]
+#: An endpoint to ``host:port`` with an IP literal, or None: leave the endpoint
+#: out (:class:`EndpointResolver`; WireGuard learns it from handshakes).
+ResolveFn = Callable[[str], str | None]
 
 
 def _warn(endpoint: str, why: str) -> None:
@@ -68,6 +86,40 @@ def lookup_endpoint(endpoint: str, lookup: Lookup = socket.getaddrinfo) -> str:
     return join_host_port(str(addr[0]), port)
 
 
+def resolve_ops(ops: Sequence[WgOp], resolve: ResolveFn) -> tuple[list[WgOp], list[WgOp]]:
+    """``(to send, as applied)`` of ``ops`` for a backend that resolves endpoints.
+
+    To send: each endpoint as an IP literal, or left out when it does not
+    resolve now (an update left with nothing to change is dropped). As applied:
+    the same with the endpoints as given, or None where left out: what the
+    backend's ``apply`` returns, so that a cache of live state built from it
+    holds what WireGuard has, and the next diff sends the endpoint again.
+    """
+    send: list[WgOp] = []
+    applied: list[WgOp] = []
+    for op in ops:
+        if isinstance(op, AddPeer) and op.peer.endpoint is not None:
+            ep = resolve(op.peer.endpoint)
+            if ep is None:
+                op = replace(op, peer=replace(op.peer, endpoint=None))
+                send.append(op)
+            else:
+                send.append(replace(op, peer=replace(op.peer, endpoint=ep)))
+        elif isinstance(op, UpdatePeer) and op.endpoint is not None:
+            ep = resolve(op.endpoint)
+            if ep is None:
+                op = replace(op, endpoint=None)
+                if op.allowed_ips is None and op.keepalive is None:
+                    continue
+                send.append(op)
+            else:
+                send.append(replace(op, endpoint=ep))
+        else:
+            send.append(op)
+        applied.append(op)
+    return send, applied
+
+
 class EndpointResolver:
     """Endpoints to IP literals, never waiting long on one name (module docstring)."""
 
@@ -92,8 +144,9 @@ class EndpointResolver:
         self._lookup = lookup
         self._report = report or _warn
         self._lock = threading.RLock()  # a done callback may run inside _start
-        #: endpoint -> (answer or None, when it may be looked up again)
-        self._known: dict[str, tuple[str | None, float]] = {}
+        #: endpoint -> (answer or None, when it may be looked up again, a failure
+        #: of a lookup in the background not reported yet)
+        self._known: dict[str, tuple[str | None, float, str | None]] = {}
         self._pending: dict[str, concurrent.futures.Future[str]] = {}
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         #: lookups made (a test and a metric can see names are not looked up per apply)
@@ -106,24 +159,39 @@ class EndpointResolver:
         now = self._clock()
         with self._lock:
             known = self._known.get(endpoint)
-            if known is not None and now < known[1]:
-                return known[0]
-            if endpoint in self._pending or len(self._pending) >= self._workers * 4:
+            busy = endpoint in self._pending or len(self._pending) >= self._workers * 4
+            if known is not None:
+                answer, until, why = known
+                if why is not None:
+                    self._known[endpoint] = (answer, until, None)
+                if now >= until and not busy:
+                    # Again in the background, the last answer meanwhile: only a
+                    # new name is waited for, so a name that never resolves,
+                    # applied again every health check, never holds the caller.
+                    self._start(endpoint, waited=False)
+            elif busy:
                 # a lookup that outlived its wait is still out, or the pool is busy: not now
-                return known[0] if known else None
-            fut = self._start(endpoint)
+                return None
+            else:
+                fut = self._start(endpoint, waited=True)
+        if known is not None:
+            if why is not None:
+                self._report(endpoint, why)
+            return answer
         try:
-            answer: str | None = fut.result(timeout=self.timeout_s)
+            result: str | None = fut.result(timeout=self.timeout_s)
         except concurrent.futures.TimeoutError:
             self._report(endpoint, f"no answer from DNS within {self.timeout_s:g} s")
-            return known[0] if known else None
+            return None
         except (OSError, ValueError, UnicodeError) as exc:
-            answer = None
+            result = None
             self._report(endpoint, f"does not resolve ({exc})")
-        return answer
+        return result
 
-    def _start(self, endpoint: str) -> concurrent.futures.Future[str]:
-        """Begin a lookup of ``endpoint`` in the pool (called with the lock held)."""
+    def _start(self, endpoint: str, *, waited: bool) -> concurrent.futures.Future[str]:
+        """Begin a lookup of ``endpoint`` in the pool (called with the lock held).
+        Its failure is reported by the caller that ``waited`` for it, else by the
+        next call that reads it."""
         if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(
                 self._workers, thread_name_prefix="smeg-resolve"
@@ -131,18 +199,23 @@ class EndpointResolver:
         self.lookups += 1
         fut = self._pool.submit(lookup_endpoint, endpoint, self._lookup)
         self._pending[endpoint] = fut
-        fut.add_done_callback(lambda f: self._done(endpoint, f))
+        fut.add_done_callback(lambda f: self._done(endpoint, f, waited))
         return fut
 
-    def _done(self, endpoint: str, fut: concurrent.futures.Future[str]) -> None:
+    def _done(self, endpoint: str, fut: concurrent.futures.Future[str], waited: bool) -> None:
+        if fut.cancelled():  # closed
+            with self._lock:
+                self._pending.pop(endpoint, None)
+            return
         exc = fut.exception()
         answer = None if exc is not None else fut.result()
+        why = None if waited or answer is not None else f"does not resolve ({exc})"
         until = self._clock() + (self.retry_s if answer is None else self.ttl_s)
         with self._lock:
             self._pending.pop(endpoint, None)
             if endpoint not in self._known and len(self._known) >= self.max_names:
                 self._known.pop(next(iter(self._known)))  # the oldest name
-            self._known[endpoint] = (answer, until)
+            self._known[endpoint] = (answer, until, why)
 
     def close(self) -> None:
         """Stop the pool (lookups in flight are left to finish on their own)."""

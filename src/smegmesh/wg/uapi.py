@@ -8,7 +8,7 @@ wireguard-go; see https://www.wireguard.com/xplatform/.
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from smegmesh.core.wgconfig import InterfaceStatus, PeerStatus
 from smegmesh.core.wgdiff import (
@@ -20,11 +20,9 @@ from smegmesh.core.wgdiff import (
     WgOp,
 )
 from smegmesh.wg.base import InterfaceNotFound, WgError
-from smegmesh.wg.resolver import literal_only
+from smegmesh.wg.resolver import ResolveFn, literal_only
 
-#: An endpoint to ``host:port`` with an IP literal, or None: leave the endpoint
-#: out (``wg.resolver.EndpointResolver``; WireGuard learns it from handshakes).
-ResolveFn = Callable[[str], str | None]
+__all__ = ["ResolveFn", "UapiClient", "UapiError", "format_set", "parse_get"]
 
 
 class UapiError(WgError):

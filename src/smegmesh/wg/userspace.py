@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from smegmesh.core.wgconfig import InterfaceConfig, InterfaceStatus, empty_status, peer_config_of
 from smegmesh.core.wgdiff import WgOp, apply_ops, diff_interface
 from smegmesh.wg.base import BackendUnavailable, InterfaceNotFound, WgError
-from smegmesh.wg.resolver import EndpointResolver, Report
+from smegmesh.wg.resolver import EndpointResolver, Report, resolve_ops
 from smegmesh.wg.uapi import UapiClient, format_set
 
 log = logging.getLogger(__name__)
@@ -220,14 +220,16 @@ class UserspaceBackend:
                 dev.known = status
         return status
 
-    def apply(self, name: str, ops: Sequence[WgOp]) -> None:
-        if not ops:
-            return
+    def apply(self, name: str, ops: Sequence[WgOp]) -> list[WgOp]:
         with self._lock:
+            send, applied = resolve_ops(ops, self._resolve)
+            if not send:
+                return applied
             dev = self._devices.get(name)
-            self._client(name).set(format_set(ops, self._resolve))
+            self._client(name).set(format_set(send))
             if dev is not None:
-                dev.known = apply_ops(dev.known, ops) if dev.known is not None else None
+                dev.known = apply_ops(dev.known, applied) if dev.known is not None else None
+            return applied
 
     def check(self, name: str) -> bool:
         with self._lock:
