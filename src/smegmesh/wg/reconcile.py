@@ -146,7 +146,7 @@ class Reconciler:
             res.wg_ops = list(self.backend.apply(name, ops))
             cache.wg = apply_ops(cache.wg, res.wg_ops)
             cache.read_at = saved
-            cache.left_out = res.left_out = res.wg_ops != ops
+            res.left_out = res.wg_ops != ops
         res.host_ops = diff_host(want_host, cache.host)
         if res.host_ops:
             saved = cache.read_at
@@ -154,6 +154,8 @@ class Reconciler:
             self.host.apply(name, res.host_ops)
             cache.host = apply_host_ops(cache.host, res.host_ops)
             cache.read_at = saved
+        # only once all applied: an apply that fails is retried by its caller, not by check
+        cache.left_out = res.left_out
         return res
 
     def verify(self, name: str | None = None) -> list[ReconcileResult]:
@@ -208,13 +210,29 @@ class Reconciler:
             return out
 
     def _apply_again(self, cache: _Cache) -> None:
-        """The last desired state once more, from the cache (an endpoint was left out)."""
-        if cache.desired_if is None or cache.desired_host is None:
+        """The last desired state once more, from the cache (an endpoint was left out).
+
+        A failure ends the retries (the next apply of the daemon's, or the full
+        read, tries again): an apply that fails each time would otherwise cost
+        two full reads and two warnings every health check.
+        """
+        want_if, want_host = cache.desired_if, cache.desired_host
+        if want_if is None or want_host is None:
             return
         try:
-            self.apply(cache.desired_if, cache.desired_host)
+            res = self.apply(want_if, want_host)
         except Exception as exc:
-            log.warning("cannot configure %s again: %s", cache.desired_if.name, exc)
+            now = self._cache.get(want_if.name)
+            if now is not None:
+                now.left_out = False
+            log.warning("cannot configure %s again: %s", want_if.name, exc)
+            return
+        if res.wg_ops:
+            log.info(
+                "%s: %d WireGuard ops applied again (endpoint names resolved late)",
+                want_if.name,
+                len(res.wg_ops),
+            )
 
     def remove(self, name: str) -> None:
         """Remove the interface and everything we added for it."""

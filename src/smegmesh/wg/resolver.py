@@ -5,9 +5,10 @@ is a member's word, and its nameserver may be slow, gone or the member's own:
 one peer's name must never hold up the configuration of the others. So an
 :class:`EndpointResolver` looks a name up at most once per ``ttl_s`` (a
 failure again after ``retry_s``), in a small pool of its own, and waits for an
-answer at most ``timeout_s``, and only for a name it has no answer for yet:
-a name looked up again (its answer too old, or its failure) keeps its last
-answer, or None, meanwhile. A name it cannot resolve now gives ``None``, and
+answer at most ``timeout_s``, for a new name or one whose answer grew old (so
+a changed address is sent as soon as it is asked for), but not for a name
+whose last lookup failed: that one is looked up again in the background and
+gives None meanwhile. A name it cannot resolve now gives ``None``, and
 the backends configure that peer without an endpoint (WireGuard learns it
 from the peer's handshakes) and say so (:func:`resolve_ops`): the reconciler
 applies it again from its next health check (every 5 s in smegd) until the
@@ -164,17 +165,23 @@ class EndpointResolver:
                 answer, until, why = known
                 if why is not None:
                     self._known[endpoint] = (answer, until, None)
-                if now >= until and not busy:
-                    # Again in the background, the last answer meanwhile: only a
-                    # new name is waited for, so a name that never resolves,
-                    # applied again every health check, never holds the caller.
-                    self._start(endpoint, waited=False)
+                if now < until or busy or answer is None:
+                    if now >= until and not busy:
+                        # A failure, looked up again in the background: a name that
+                        # never resolves, applied again every health check, never
+                        # holds the caller.
+                        self._start(endpoint, waited=False)
+                    fut = None
+                else:
+                    # An answer grown old: waited for again (at most timeout_s), so
+                    # a name whose address changed is sent with its new one.
+                    fut = self._start(endpoint, waited=True)
             elif busy:
                 # a lookup that outlived its wait is still out, or the pool is busy: not now
                 return None
             else:
                 fut = self._start(endpoint, waited=True)
-        if known is not None:
+        if fut is None:
             if why is not None:
                 self._report(endpoint, why)
             return answer
@@ -182,7 +189,7 @@ class EndpointResolver:
             result: str | None = fut.result(timeout=self.timeout_s)
         except concurrent.futures.TimeoutError:
             self._report(endpoint, f"no answer from DNS within {self.timeout_s:g} s")
-            return None
+            return known[0] if known is not None else None
         except (OSError, ValueError, UnicodeError) as exc:
             result = None
             self._report(endpoint, f"does not resolve ({exc})")
@@ -213,8 +220,9 @@ class EndpointResolver:
         until = self._clock() + (self.retry_s if answer is None else self.ttl_s)
         with self._lock:
             self._pending.pop(endpoint, None)
-            if endpoint not in self._known and len(self._known) >= self.max_names:
-                self._known.pop(next(iter(self._known)))  # the oldest name
+            # looked up again: to the end, so eviction takes the name refreshed longest ago
+            if self._known.pop(endpoint, None) is None and len(self._known) >= self.max_names:
+                self._known.pop(next(iter(self._known)))
             self._known[endpoint] = (answer, until, why)
 
     def close(self) -> None:
