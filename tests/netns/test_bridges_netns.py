@@ -62,9 +62,7 @@ def _daemons(cluster: Cluster, names: Sequence[str], bridges: set[str]) -> dict[
         if name in bridges:
             d.edit_config(base={"advertiseRoute": True})
         out[name] = d
-    for d in out.values():
-        d.start(wait=False)
-    cluster.map(lambda d: d.wait_ready(60.0), out.values())
+    cluster.start(*out.values())
     return out
 
 
@@ -553,12 +551,10 @@ def test_default_route_through_an_exit(bed: Testbed) -> None:
     without ``acceptDefaults`` (N) gets no default route from the mesh.
     """
     with Cluster(bed, TIMINGS) as cluster, cluster.logs_on_failure():
-        e, m, n = (cluster.add("peer", start=False) for _ in range(3))
+        e, m, n = cluster.add_named("E M N")
         e.edit_config(base={"advertiseDefaults": True})
         m.edit_config(acceptDefaults=True)
-        for d in (e, m, n):
-            d.start(wait=False)
-        cluster.map(lambda d: d.wait_ready(60.0), [e, m, n])
+        cluster.start(e, m, n)
         e.node.run(["ip", "-6", "addr", "add", "2001:db8:ee::1/128", "dev", "lo"])
         mesh_id = _form(cluster, [e, m, n])
         ekey = str(e.public_key())

@@ -49,11 +49,8 @@ def _block_wireguard(d: Daemon, mesh_id: str) -> None:
 
 def test_a_client_leaves_a_peer_whose_wireguard_port_is_blocked(bed: Testbed) -> None:
     with Cluster(bed, TIMINGS) as cluster:
-        a, b = cluster.add("peer", start=False), cluster.add("peer", start=False)
-        a.name, b.name = "A", "B"
-        for d in (a, b):
-            d.start(wait=False)
-        cluster.map(lambda d: d.wait_ready(60.0), [a, b])
+        a, b = cluster.add_named("A B")
+        cluster.start(a, b)
         mesh_id = cluster.new_mesh(a)
         token = cluster.invite(a, mesh_id, uses=5)
         cluster.join(b, token)

@@ -97,9 +97,7 @@ def test_device_from_printed_config_reaches_the_mesh(testbed: Testbed) -> None:
         a, b, x = (c.add("peer", start=False) for _ in range(3))
         b.edit_config(dnsListen="[::]:53")
         members = [a, b, x]
-        for d in members:
-            d.start(wait=False)
-        c.map(lambda d: d.wait_ready(60.0), members)
+        c.start(*members)
         phase("daemons ready")
         mesh_id = _form_mesh(c, members)
         keys = c.keys(mesh_id, members)

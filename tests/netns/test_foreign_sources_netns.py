@@ -76,13 +76,10 @@ def _guarded(n: Daemon, interfaces: set[str]) -> bool:
 
 def test_an_exit_cannot_send_from_another_meshs_addresses(bed: Testbed) -> None:
     with Cluster(bed, TIMINGS) as cluster, cluster.logs_on_failure():
-        x, n, y = (cluster.add("peer", start=False) for _ in range(3))
-        x.name, n.name, y.name = "X", "N", "Y"
+        x, n, y = cluster.add_named("X N Y")
         x.edit_config(base={"advertiseDefaults": True})
         n.edit_config(acceptDefaults=True)
-        for d in (x, n, y):
-            d.start(wait=False)
-        cluster.map(lambda d: d.wait_ready(60.0), [x, n, y])
+        cluster.start(x, n, y)
         mesh_a, mesh_b = cluster.new_mesh(x), cluster.new_mesh(y)
         cluster.join(n, cluster.invite(x, mesh_a))
         cluster.join(n, cluster.invite(y, mesh_b))

@@ -85,13 +85,10 @@ def _client(cluster: Cluster) -> Daemon:
 
 def test_a_peer_that_is_no_exit_does_not_forward_a_clients_default(bed: Testbed) -> None:
     with Cluster(bed, TIMINGS) as cluster, cluster.logs_on_failure():
-        e, p, m = (cluster.add("peer", start=False) for _ in range(3))
-        e.name, p.name, m.name = "E", "P", "M"
+        e, p, m = cluster.add_named("E P M")
         e.edit_config(base={"advertiseDefaults": True})
         m.edit_config(acceptDefaults=True)
-        for d in (e, p, m):
-            d.start(wait=False)
-        cluster.map(lambda d: d.wait_ready(60.0), [e, p, m])
+        cluster.start(e, p, m)
         mesh_id = cluster.new_mesh(e)
         token = cluster.invite(e, mesh_id, uses=20)
         cluster.map(lambda d: cluster.join(d, token), [p, m])

@@ -167,9 +167,7 @@ def world() -> Iterator[World]:
         )
         c_routes = _default_routes(c.node)
 
-        for d in (a, c, n):
-            d.start(wait=False)
-        cluster.map(lambda d: d.wait_ready(60.0), [a, c, n])
+        cluster.start(a, c, n)
 
         mesh_id = cluster.new_mesh(a)
         token = cluster.invite(a, mesh_id, uses=6)  # 2 joiners + retries

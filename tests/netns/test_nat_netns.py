@@ -144,9 +144,8 @@ def _clients(cluster: Cluster, nodes: list[Any]) -> list[Daemon]:
         d = Daemon(node, "client", cluster.timings)
         cluster.daemons.append(d)
         d.edit_config(**DIRECT)
-        d.start(wait=False)
         out.append(d)
-    cluster.map(lambda d: d.wait_ready(60.0), out)
+    cluster.start(*out)
     return out
 
 

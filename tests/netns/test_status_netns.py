@@ -101,11 +101,9 @@ def test_status_and_ping_name_the_path(cluster: Cluster) -> None:
 
 def test_ping_and_status_through_a_bridge(cluster: Cluster) -> None:
     """A (m1) — B (m1, m2; advertiseRoute) — X (m2): A reaches X through bridge B."""
-    a, b, x = (cluster.add("peer", start=False) for _ in range(3))
+    a, b, x = cluster.add_named("A B X")
     b.edit_config(base={"advertiseRoute": True})
-    for d in (a, b, x):
-        d.start(wait=False)
-    cluster.map(lambda d: d.wait_ready(60.0), [a, b, x])
+    cluster.start(a, b, x)
     with cluster.logs_on_failure():
         m1 = cluster.new_mesh(b)
         m2 = cluster.new_mesh(b)

@@ -64,10 +64,22 @@ class Cluster:
     def add_many(self, n: int, role: str = "peer") -> list[Daemon]:
         """``n`` daemons, started in parallel."""
         ds = [self.add(role, start=False) for _ in range(n)]
-        for d in ds:
-            d.start(wait=False)
-        self.map(lambda d: d.wait_ready(60.0), ds)
+        self.start(*ds)
         return ds
+
+    def add_named(self, names: str, role: str = "peer") -> list[Daemon]:
+        """A daemon of ``role`` for each of the space-separated ``names``, not started
+        (configure them, then :meth:`start` them together)."""
+        ds = [self.add(role, start=False) for _ in names.split()]
+        for d, name in zip(ds, names.split(), strict=True):
+            d.name = name
+        return ds
+
+    def start(self, *daemons: Daemon, timeout: float = 60.0) -> None:
+        """Start ``daemons`` at once and wait until each is ready."""
+        for d in daemons:
+            d.start(wait=False)
+        self.map(lambda d: d.wait_ready(timeout), daemons)
 
     @property
     def peers(self) -> list[Daemon]:
