@@ -485,6 +485,15 @@ def test_describe_lines() -> None:
     )
     assert line == f"mesh {MESH}: client laptop re-assigned from p1 to {k[:8]}…"
     assert describe({"type": "stream.dropped", "detail": {"missed": 3}}) == "3 events dropped"
+    dead = {"type": "tunnel.dead", "mesh": MESH, "alias": "gw-2", "node": k}
+    assert describe({**dead, "detail": {"silent_s": 30, "new": k, "new_alias": "gw-3"}}) == (
+        f"mesh {MESH}: no WireGuard handshake with our peer gw-2 for 30 s "
+        "(is its WireGuard port reachable over UDP?): moved to gw-3"
+    )
+    assert describe({**dead, "alias": None, "detail": {"silent_s": 235, "new": None}}) == (
+        f"mesh {MESH}: no WireGuard handshake with our peer {k[:8]}… for 235 s "
+        "(is its WireGuard port reachable over UDP?): no other peer to move to"
+    )
     assert describe({"type": "wg.peer_added", "mesh": MESH, "detail": {"count": 40}}) == (
         f"mesh {MESH}: 40 WireGuard peers added"
     )

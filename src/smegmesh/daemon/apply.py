@@ -226,23 +226,19 @@ class ApplyOps(DaemonBase):
             move = rt.node.tunnel_seen(now_ms(), peer, hs, rt.keepalive)
             if move is None:
                 continue
-            new = None
-            if move.new is not None and move.new != move.old:
-                new = self._peer_text(rt, move.new)
-            log.warning(
-                "mesh %s: no WireGuard handshake with our peer %s for %.0f s "
-                "(is its WireGuard port reachable over UDP?): %s",
-                rt.mesh_id,
-                self._peer_text(rt, move.old),
-                move.silent_ms / 1000,
-                f"moved to {new}" if new else "no other peer to move to",
+            new = move.new if move.new is not None and move.new != move.old else None
+            self.events.publish(  # its line is the WARNING in the log
+                "tunnel.dead",
+                mesh=rt.mesh_id,
+                node=move.old,
+                alias=self.member_events.alias_of(rt.mesh_id, move.old),
+                detail={
+                    "silent_s": round(move.silent_ms / 1000),
+                    "new": key_to_text(new) if new is not None else None,
+                    "new_alias": self.member_events.alias_of(rt.mesh_id, new) if new else None,
+                },
             )
             self._emit(rt, move.outs)
-
-    def _peer_text(self, rt: MeshRuntime, key: bytes) -> str:
-        """A member as a log line names it: alias (not unique) and key."""
-        alias = self.member_events.alias_of(rt.mesh_id, key)
-        return f"{alias} ({key_to_text(key)})" if alias else key_to_text(key)
 
     #: Handshake state is read this often, only while an event stream is open.
     HANDSHAKE_POLL_S = 10.0

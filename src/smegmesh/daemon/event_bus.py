@@ -47,6 +47,7 @@ EVENT_TYPES: dict[str, int] = {
     "route.changed": logging.INFO,
     "exit.changed": logging.INFO,
     "client.reassigned": logging.INFO,
+    "tunnel.dead": logging.WARNING,
     "handshake.up": logging.DEBUG,
     "handshake.down": logging.DEBUG,
     "wg.peer_added": logging.INFO,

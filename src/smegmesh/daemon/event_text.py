@@ -54,7 +54,8 @@ _MEMBER_VERBS = {
 
 
 def _describe_member(t: str, ev: Mapping[str, Any], d: Mapping[str, Any]) -> str | None:
-    """The line of a member event (``member.*``, ``client.reassigned``); None: not one."""
+    """The line of a member event (``member.*``, ``client.reassigned``, ``tunnel.dead``);
+    None: not one."""
     if t in _MEMBER_VERBS:
         return f"{_name(ev)} {_MEMBER_VERBS[t]}"
     if t == "member.returned":
@@ -73,6 +74,13 @@ def _describe_member(t: str, ev: Mapping[str, Any], d: Mapping[str, Any]) -> str
         old = _peer(d.get("old_alias"), d.get("old"))
         new = _peer(d.get("new_alias"), d.get("new"))
         return f"{_name(ev, 'client')} re-assigned from {old} to {new}"
+    if t == "tunnel.dead":
+        new = _peer(d.get("new_alias"), d.get("new")) if d.get("new") else None
+        return (
+            f"no WireGuard handshake with {_name(ev, 'our peer')} for {d.get('silent_s', '?')} s "
+            "(is its WireGuard port reachable over UDP?): "
+            + (f"moved to {new}" if new else "no other peer to move to")
+        )
     return None
 
 
