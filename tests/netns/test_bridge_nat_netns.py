@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from smegmesh.core.desired import forward_guard
+from smegmesh.core.desired import ForwardGuard, forward_guard
 from smegmesh.core.record import Role
 from smegmesh.net.host import HostNetwork
 from smegmesh.testbed.netns import Testbed
@@ -27,14 +27,14 @@ def test_host_network_owns_only_its_table(testbed: Testbed) -> None:
         text=True,
     )
     host = HostNetwork(netns=node.ns)
-    host.set_bridge_nat(frozenset())  # nothing to remove: fine
-    host.set_bridge_nat(frozenset({"smega", "smegb", "smegc"}))
+    host.set_rules(frozenset(), ForwardGuard())  # nothing to remove: fine
+    host.set_rules(frozenset({"smega", "smegb", "smegc"}), ForwardGuard())
     text = ruleset()
     assert "table ip6 smegmesh" in text and text.count("masquerade") == 3
-    host.set_bridge_nat(frozenset({"smega", "smegb"}))  # replaced, not appended
+    host.set_rules(frozenset({"smega", "smegb"}), ForwardGuard())  # replaced, not appended
     text = ruleset()
     assert text.count("masquerade") == 2 and "smegc" not in text
-    host.set_bridge_nat(frozenset())
+    host.set_rules(frozenset(), ForwardGuard())
     text = ruleset()
     assert "smegmesh" not in text and "table ip6 other" in text
 

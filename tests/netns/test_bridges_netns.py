@@ -55,13 +55,9 @@ def _pfx(mesh_id: str) -> str:
 
 def _daemons(cluster: Cluster, names: Sequence[str], bridges: set[str]) -> dict[str, Daemon]:
     """Peers named ``names``, those in ``bridges`` with ``advertiseRoute: true``; parallel start."""
-    out: dict[str, Daemon] = {}
-    for name in names:
-        d = cluster.add("peer", start=False)
-        d.name = name
-        if name in bridges:
-            d.edit_config(base={"advertiseRoute": True})
-        out[name] = d
+    out = dict(zip(names, cluster.add_named(" ".join(names)), strict=True))
+    for name in bridges:
+        out[name].edit_config(base={"advertiseRoute": True})
     cluster.start(*out.values())
     return out
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from smegmesh.core.desired import ForwardGuard
 from smegmesh.net.host import MemoryHost, bridge_nat_ruleset
 
 
@@ -33,12 +34,12 @@ def test_ruleset_rejects_bad_interface_names(bad: str) -> None:
     with pytest.raises(ValueError):
         bridge_nat_ruleset(frozenset({bad, "smega"}))
     with pytest.raises(ValueError):
-        MemoryHost().set_bridge_nat(frozenset({bad, "smega"}))
+        MemoryHost().set_rules(frozenset({bad, "smega"}), ForwardGuard())
 
 
 def test_memory_host_records_the_set() -> None:
     h = MemoryHost()
-    h.set_bridge_nat(frozenset({"a", "b"}))
+    h.set_rules(frozenset({"a", "b"}), ForwardGuard())
     assert h.bridge_nat == {"a", "b"}
-    h.set_bridge_nat(frozenset({"a"}))
+    h.set_rules(frozenset({"a"}), ForwardGuard())
     assert h.bridge_nat == frozenset()

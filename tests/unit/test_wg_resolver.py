@@ -10,10 +10,12 @@ WireGuard worker thread of every mesh.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +146,20 @@ def test_names_held_are_bounded() -> None:
     assert len(resolve._known) <= 8
 
 
+def test_a_name_looked_up_again_is_evicted_last() -> None:
+    """A name in use is looked up again each ``ttl_s``: that moves it to the end
+    of the eviction order, so names a member publishes once go before it."""
+    now = [0.0]
+    resolve = EndpointResolver(lookup=_answer("192.0.2.7"), clock=lambda: now[0], max_names=4)
+    names = [f"n{i}.example:51820" for i in range(4)]
+    for name in names:
+        assert resolve(name) == "192.0.2.7:51820"
+    now[0] = resolve.ttl_s + 1
+    assert resolve(names[0]) == "192.0.2.7:51820"  # looked up again
+    assert resolve("new.example:51820") == "192.0.2.7:51820"  # one name must go
+    assert names[0] in resolve._known and names[1] not in resolve._known
+
+
 @pytest.mark.parametrize("bad", ["gone.example:x", "gone.example"])
 def test_a_malformed_port_is_none_not_an_exception(bad: str) -> None:
     assert EndpointResolver(lookup=_answer("192.0.2.1"))(bad) is None
@@ -170,13 +186,11 @@ def test_failed_lookups_go_to_the_report_given() -> None:
     assert "not known" in seen[0][1] and "no answer" in seen[1][1]
 
 
-def test_a_member_publishing_a_new_name_per_version_gets_one_warning_not_one_each(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Found by a review of logs under a hostile member (docs/SECURITY.md): each
-    failed lookup logged a WARNING, and a member can publish a new name that does
-    not resolve with each version of its record, one WARNING per reconcile pass.
-    smegd rate-limits them (daemon/ratelog.py): the first at once, then a summary."""
+@contextlib.contextmanager
+def _kernel_daemon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Daemon, EndpointResolver]]:
+    """A daemon on the kernel backend (probed as present) whose resolver finds no name."""
     monkeypatch.setattr(factory, "kernel_wireguard_available", lambda netns=None: True)
     monkeypatch.setattr(KernelBackend, "_probe", lambda self: None)
     d = Daemon(parse_config({"stateDir": str(tmp_path), "wgBackend": "kernel"}))
@@ -184,12 +198,24 @@ def test_a_member_publishing_a_new_name_per_version_gets_one_warning_not_one_eac
         d._start_wireguard()
         resolve = d.backend._resolve
         resolve._lookup = _nxdomain
-        with caplog.at_level(logging.WARNING):
-            for version in range(50):
-                assert resolve(f"v{version}.gone.example:51820") is None
-        resolve.close()
+        try:
+            yield d, resolve
+        finally:
+            resolve.close()
     finally:
         d._wg_pool.shutdown(wait=False)
+
+
+def test_a_member_publishing_a_new_name_per_version_gets_one_warning_not_one_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by a review of logs under a hostile member (docs/SECURITY.md): each
+    failed lookup logged a WARNING, and a member can publish a new name that does
+    not resolve with each version of its record, one WARNING per reconcile pass.
+    smegd rate-limits them (daemon/ratelog.py): the first at once, then a summary."""
+    with _kernel_daemon(tmp_path, monkeypatch) as (_, resolve), caplog.at_level(logging.WARNING):
+        for version in range(50):
+            assert resolve(f"v{version}.gone.example:51820") is None
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1, warnings  # was 50
     assert "v0.gone.example:51820" in warnings[0]
@@ -201,22 +227,12 @@ def test_the_summary_of_names_that_do_not_resolve_comes_with_the_health_check(
     """The summary was written only by the next failed lookup after the minute:
     a member that stopped publishing bad names left its last count unlogged. The
     health check, every 5 s in the WireGuard worker that notes them, writes it."""
-    monkeypatch.setattr(factory, "kernel_wireguard_available", lambda netns=None: True)
-    monkeypatch.setattr(KernelBackend, "_probe", lambda self: None)
-    d = Daemon(parse_config({"stateDir": str(tmp_path), "wgBackend": "kernel"}))
-    try:
-        d._start_wireguard()
-        resolve = d.backend._resolve
-        resolve._lookup = _nxdomain
-        with caplog.at_level(logging.WARNING):
-            for version in range(5):
-                assert resolve(f"v{version}.gone.example:51820") is None
-            later = time.monotonic() + 61
-            d._unresolved._clock = lambda: later
-            assert d._wg_pool.submit(d._wg_health_check).result() == []
-        resolve.close()
-    finally:
-        d._wg_pool.shutdown(wait=False)
+    with _kernel_daemon(tmp_path, monkeypatch) as (d, resolve), caplog.at_level(logging.WARNING):
+        for version in range(5):
+            assert resolve(f"v{version}.gone.example:51820") is None
+        later = time.monotonic() + 61
+        d._unresolved._clock = lambda: later
+        assert d._wg_pool.submit(d._wg_health_check).result() == []
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 2, warnings
     assert warnings[1].startswith("unresolved 4 endpoint names in member records"), warnings

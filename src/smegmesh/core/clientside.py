@@ -36,7 +36,8 @@ from smegmesh.core.record import (
     Role,
 )
 from smegmesh.core.state import MeshState
-from smegmesh.core.tunnel import AVOID_MS, TunnelMove, TunnelWatch
+from smegmesh.core.tunnel import AVOID_MS, TunnelMove, TunnelWatch, tunnel_of
+from smegmesh.core.wgconfig import InterfaceStatus
 
 Item = NodeRecord | Prune | AuthItem
 
@@ -105,17 +106,15 @@ class ClientMixin:
         return order
 
     def _choose_peer(self, now_ms: int) -> bytes | None:
-        """The first peer of our order that we do not avoid, else the one avoided shortest.
+        """The first peer of our order that we do not avoid, else the one whose avoid ends first.
 
-        When we avoid them all, a peer that missed a ping comes before one whose
-        tunnel was dead (``tunnel_seen``); ties go to the first in our order.
+        So a peer that missed a ping comes before one whose tunnel was dead
+        (``tunnel_seen``); ties go to the first in our order.
         """
         order = self._ranked_peers()
         avoid = self._avoid
         first = next((k for k in order if avoid.get(k, 0) <= now_ms), None)
-        if first is not None or not avoid:
-            return first if first is not None else order.first()
-        return min(order, key=lambda k: avoid.get(k, 0), default=None)
+        return first if first is not None else min(order, key=avoid.__getitem__, default=None)
 
     def _client_targets(self, now_ms: int) -> list[bytes]:
         if self.settings.role != Role.CLIENT:
@@ -217,32 +216,51 @@ class ClientMixin:
         """The longest gap between our peer's acks that keeps their run unbroken."""
         return self.liveness.client_timeout_ms // 2
 
+    def tunnel_watched(self, keepalive_s: int) -> bool:
+        """Whether :meth:`tunnel_read` judges anything (the adapter reads WireGuard only then).
+
+        A client with a peer and persistent keepalives: without them an idle
+        tunnel makes no handshake and proves nothing.
+        """
+        return keepalive_s > 0 and self.my_peer() is not None
+
+    def tunnel_read(
+        self, now_ms: int, status: InterfaceStatus, keepalive_s: int
+    ) -> TunnelMove | None:
+        """A WireGuard status read of our interface, by the adapter (``core.tunnel``)."""
+        peer = self.my_peer()
+        if peer is None or not self.tunnel_watched(keepalive_s):
+            return None
+        judged, handshake_ms = tunnel_of(status, peer)
+        if not judged:
+            self._tunnel.absent()  # not configured yet, or no endpoint: start again
+            return None
+        return self.tunnel_seen(now_ms, peer, handshake_ms, keepalive_s)
+
     def tunnel_seen(
         self, now_ms: int, peer: bytes, handshake_ms: int | None, keepalive_s: int
     ) -> TunnelMove | None:
-        """WireGuard's latest handshake with ``peer`` (None: never), read by the adapter.
+        """WireGuard's latest handshake with ``peer`` (None: never).
 
         When ``peer`` is still ours and its tunnel is dead (``core.tunnel``),
         pass it over for :data:`~smegmesh.core.tunnel.AVOID_MS` and move to the
-        next peer; the move says what to log and what to send. Only with
-        persistent keepalives (``keepalive_s`` > 0): without them an idle tunnel
-        makes no handshake and proves nothing.
+        next peer; the move says what to log and what to send.
         """
-        if keepalive_s <= 0 or peer != self.my_peer():
+        if peer != self.my_peer() or not self.tunnel_watched(keepalive_s):
             return None
         silent = self._tunnel.seen(peer, handshake_ms, keepalive_s, now_ms)
         if silent is None:
             return None
-        self._avoid[peer] = max(self._avoid.get(peer, 0), now_ms + AVOID_MS)
+        self._avoid_peer(peer, now_ms, AVOID_MS)
         self._tunnel.moved(now_ms)
         outs = self._maybe_reassign(now_ms)
-        return TunnelMove(peer, self.my_peer(), silent, outs)
+        new = self.my_peer()
+        return TunnelMove(peer, new if new != peer else None, silent, outs)
 
-    def tunnel_absent(self, peer: bytes) -> None:
-        """WireGuard has no ``peer`` configured (yet): its tunnel's watch starts again."""
-        if peer == self.my_peer():
-            self._tunnel.absent()
+    def _avoid_peer(self, peer: bytes, now_ms: int, for_ms: int | None = None) -> None:
+        """Pass over ``peer`` when choosing ours, for ``for_ms`` (three suspicion windows).
 
-    def _avoid_peer(self, peer: bytes, now_ms: int) -> None:
-        """Pass over ``peer`` when choosing ours, for three suspicion windows."""
-        self._avoid[peer] = now_ms + 3 * self.liveness.suspicion_ms
+        A longer avoid it has already stays.
+        """
+        until = now_ms + (3 * self.liveness.suspicion_ms if for_ms is None else for_ms)
+        self._avoid[peer] = max(self._avoid.get(peer, 0), until)

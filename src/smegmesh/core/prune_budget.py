@@ -111,15 +111,13 @@ class PruneBudget:
         if not ok:
             self._refuse(pruner, now_ms)
         elif client:
-            held = self._client_prunes
-            held.pop(pair, None)  # oldest first
-            held[pair] = now_ms
-            if len(held) > self.max_pruners:  # those past their gap go first, then the oldest
-                self._client_prunes = held = {
-                    k: t for k, t in held.items() if now_ms - t < CLIENT_PRUNE_GAP_MS
-                }
-                while len(held) > self.max_pruners:
-                    del held[next(iter(held))]
+            # in time order (moved to the end with each prune, shifted together on a
+            # clock step): the oldest goes, and a pair past its gap, the oldest if
+            # any, counts the same as one not held
+            self._client_prunes.pop(pair, None)
+            self._client_prunes[pair] = now_ms
+            if len(self._client_prunes) > self.max_pruners:
+                del self._client_prunes[next(iter(self._client_prunes))]
         return ok
 
     def _refuse(self, pruner: bytes, now_ms: int) -> None:

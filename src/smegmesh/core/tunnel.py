@@ -40,6 +40,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from smegmesh.core.wgconfig import InterfaceStatus
+
 __all__ = [
     "AVOID_MS",
     "FIRST_HANDSHAKE_MS",
@@ -47,6 +49,7 @@ __all__ = [
     "REJECT_AFTER_MS",
     "TunnelMove",
     "TunnelWatch",
+    "tunnel_of",
 ]
 
 #: WireGuard's REJECT_AFTER_TIME: a session this old carries no data.
@@ -61,12 +64,25 @@ AVOID_MS = 10 * 60_000
 
 @dataclass(frozen=True, slots=True)
 class TunnelMove:
-    """A client left ``old`` for its dead tunnel (``new``: its peer now, maybe ``old``)."""
+    """A client left ``old`` for its dead tunnel (``new``: its peer now; None: no other)."""
 
     old: bytes
     new: bytes | None
     silent_ms: int
-    outs: list[Any]
+    outs: list[Any]  # core.engine.Out (engine imports this module's users)
+
+
+def tunnel_of(status: InterfaceStatus, peer: bytes) -> tuple[bool, int | None]:
+    """(judged, latest handshake in ms or None) of ``peer`` in a WireGuard status read.
+
+    Not judged without a peer entry (not configured yet) or without an
+    endpoint (its name did not resolve in time): no handshake can start, and
+    that is no fault of the peer's.
+    """
+    p = status.peers.get(peer)
+    if p is None or not p.endpoint:
+        return False, None
+    return True, None if p.last_handshake is None else int(p.last_handshake * 1000)
 
 
 @dataclass(slots=True)
@@ -106,7 +122,7 @@ class TunnelWatch:
             self.moves = self.next_move_ms = 0  # a tunnel works: no backoff
         if self.handshake is not None:
             silent = now_ms - self.heard_ms
-            limit = REJECT_AFTER_MS + max(0, keepalive_s) * 1000 + FIRST_HANDSHAKE_MS
+            limit = REJECT_AFTER_MS + keepalive_s * 1000 + FIRST_HANDSHAKE_MS
         else:
             silent, limit = now_ms - self.since_ms, FIRST_HANDSHAKE_MS
         if silent < limit or now_ms < self.next_move_ms:

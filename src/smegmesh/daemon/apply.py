@@ -23,27 +23,12 @@ from smegmesh.core.routing import RoutingResult
 from smegmesh.core.wgdiff import AddPeer
 from smegmesh.daemon.base import DaemonBase
 from smegmesh.daemon.events import WG_PEER_EVENTS_MAX, route_events, wg_peer_events
+from smegmesh.daemon.metrics import WG_READ_TIMEOUT_S
 from smegmesh.daemon.pacing import PassPacer
 from smegmesh.daemon.ratelog import RateLog
 from smegmesh.daemon.runtime import MeshRuntime, now_ms
 
 log = logging.getLogger("smegd")
-
-#: The longest wait for a status read of the tunnel watch (the worker may be busy).
-TUNNEL_READ_TIMEOUT_S = 2.0
-
-
-def tunnel_of(status: Any, peer: bytes) -> tuple[bool, int | None]:
-    """(judged, latest handshake in ms or None) of ``peer`` in a WireGuard status read.
-
-    Not judged without a peer entry (not configured yet) or without an
-    endpoint (its name did not resolve in time): no handshake can start, and
-    that is no fault of the peer's.
-    """
-    p = status.peers.get(peer)
-    if p is None or not p.endpoint:
-        return False, None
-    return True, None if p.last_handshake is None else int(p.last_handshake * 1000)
 
 
 class ApplyOps(DaemonBase):
@@ -196,37 +181,39 @@ class ApplyOps(DaemonBase):
         fixed: list[Any] = self.reconciler.check()
         return fixed
 
+    async def _read_status(self, rt: MeshRuntime) -> Any | None:
+        """One WireGuard status read of ``rt``'s interface, kept in ``wg_status``
+        (None: it failed, took over ``WG_READ_TIMEOUT_S``, or the mesh went meanwhile)."""
+        try:
+            status = await asyncio.wait_for(
+                asyncio.get_running_loop().run_in_executor(
+                    self._wg_pool, self.backend.read, rt.ifname
+                ),
+                WG_READ_TIMEOUT_S,
+            )
+        except Exception as e:
+            log.debug("mesh %s: cannot read WireGuard status: %s", rt.mesh_id, e)
+            return None
+        if self.meshes.get(rt.mesh_id) is not rt:
+            return None
+        self.wg_status[rt.mesh_id] = status
+        return status
+
     async def _watch_tunnels(self) -> None:
         """A client's tunnel to its peer, every 5 s: a dead one moves it (``core.tunnel``).
 
-        Only client meshes with persistent keepalives, on a backend with a data
-        plane: the memory backend makes no handshakes.
+        A status read where the core watches a tunnel, on a backend with a data
+        plane (the memory backend makes no handshakes); the core decides.
         """
-        if getattr(self.backend, "kind", "memory") == "memory":
+        if self.backend.kind == "memory":
             return
-        loop = asyncio.get_running_loop()
         for rt in list(self.meshes.values()):
-            peer = rt.node.my_peer()
-            if peer is None or rt.keepalive <= 0 or not rt.up or rt.joining:
+            if not rt.up or rt.joining or not rt.node.tunnel_watched(rt.keepalive):
                 continue
-            try:
-                status = await asyncio.wait_for(
-                    loop.run_in_executor(self._wg_pool, self.backend.read, rt.ifname),
-                    TUNNEL_READ_TIMEOUT_S,
-                )
-            except Exception as e:
-                log.debug("mesh %s: cannot read WireGuard status: %s", rt.mesh_id, e)
-                continue
-            if self.meshes.get(rt.mesh_id) is not rt:
-                continue
-            usable, hs = tunnel_of(status, peer)
-            if not usable:
-                rt.node.tunnel_absent(peer)
-                continue
-            move = rt.node.tunnel_seen(now_ms(), peer, hs, rt.keepalive)
+            status = await self._read_status(rt)
+            move = None if status is None else rt.node.tunnel_read(now_ms(), status, rt.keepalive)
             if move is None:
                 continue
-            new = move.new if move.new is not None and move.new != move.old else None
             self.events.publish(  # its line is the WARNING in the log
                 "tunnel.dead",
                 mesh=rt.mesh_id,
@@ -234,8 +221,10 @@ class ApplyOps(DaemonBase):
                 alias=self.member_events.alias_of(rt.mesh_id, move.old),
                 detail={
                     "silent_s": round(move.silent_ms / 1000),
-                    "new": key_to_text(new) if new is not None else None,
-                    "new_alias": self.member_events.alias_of(rt.mesh_id, new) if new else None,
+                    "new": key_to_text(move.new) if move.new else None,
+                    "new_alias": self.member_events.alias_of(rt.mesh_id, move.new)
+                    if move.new
+                    else None,
                 },
             )
             self._emit(rt, move.outs)
@@ -250,17 +239,12 @@ class ApplyOps(DaemonBase):
         if time.monotonic() - self._handshakes_polled < self.HANDSHAKE_POLL_S:
             return
         self._handshakes_polled = time.monotonic()
-        loop = asyncio.get_running_loop()
         for rt in list(self.meshes.values()):
             if not rt.up or self.meshes.get(rt.mesh_id) is not rt:
                 continue
-            try:
-                status = await loop.run_in_executor(self._wg_pool, self.backend.read, rt.ifname)
-            except Exception as e:
-                log.debug("mesh %s: cannot read WireGuard status: %s", rt.mesh_id, e)
-                continue
-            self.wg_status[rt.mesh_id] = status
-            self.handshakes.status(rt.mesh_id, status, time.time(), self.member_events)
+            status = await self._read_status(rt)
+            if status is not None:
+                self.handshakes.status(rt.mesh_id, status, time.time(), self.member_events)
 
     def _wg_peer_events(self, rt: MeshRuntime, wg_ops: list[Any]) -> None:
         """wg.peer_added / wg.peer_removed for what the reconciler applied."""

@@ -192,10 +192,6 @@ class MemoryHost:
     def remove(self, interface: str) -> None:
         self.state.pop(interface, None)
 
-    def set_bridge_nat(self, interfaces: frozenset[str]) -> None:
-        """:meth:`set_rules` without a guard (tests' shorthand; smegd sets both)."""
-        self.set_rules(interfaces, ForwardGuard())
-
     def set_rules(self, nat: frozenset[str], guard: ForwardGuard) -> None:
         bridge_nat_ruleset(nat, guard=guard)  # same validation as the real thing
         self.bridge_nat = nat if len(nat) >= 2 else frozenset()
@@ -388,10 +384,6 @@ class HostNetwork:
                 self._fwd_original = None
 
     # ------------------------------------------------------------ bridge NAT
-
-    def set_bridge_nat(self, interfaces: frozenset[str]) -> None:
-        """Replace our nftables table, no guard (tests' shorthand; smegd calls set_rules)."""
-        self.set_rules(interfaces, ForwardGuard())
 
     def set_rules(self, nat: frozenset[str], guard: ForwardGuard) -> None:
         """Replace our nftables table; see :func:`bridge_nat_ruleset`."""

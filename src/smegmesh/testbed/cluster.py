@@ -70,9 +70,11 @@ class Cluster:
     def add_named(self, names: str, role: str = "peer") -> list[Daemon]:
         """A daemon of ``role`` for each of the space-separated ``names``, not started
         (configure them, then :meth:`start` them together)."""
-        ds = [self.add(role, start=False) for _ in names.split()]
-        for d, name in zip(ds, names.split(), strict=True):
+        ds = []
+        for name in names.split():
+            d = self.add(role, start=False)
             d.name = name
+            ds.append(d)
         return ds
 
     def start(self, *daemons: Daemon, timeout: float = 60.0) -> None:
