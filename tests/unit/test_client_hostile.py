@@ -14,7 +14,7 @@ from smegmesh.core.record import Role
 from smegmesh.core.state_gate import OVER_PRUNE_BUDGET
 from smegmesh.testbed.founded import ident
 from test_gossip_hostile import CountingVerifier, _members, _state
-from test_meshnode import Net, mesh_of
+from test_meshnode import Net, settled_client
 
 
 def _prune_whenever_live(
@@ -41,10 +41,8 @@ def test_a_member_cannot_keep_a_live_client_pruned() -> None:
     prune budget (one a second) that kept the client pruned at every other
     peer 97 % of the time (it refutes only after its next pull). A pruner's
     prunes of one client are now taken at most once in CLIENT_PRUNE_GAP_MS."""
-    net, nodes = mesh_of(4, 1)
-    client = nodes[-1]
-    net.run_until(net.now + 3000)
-    bad = next(n for n in nodes[:-1] if n.key != client.my_peer())
+    net, nodes, client, peer = settled_client()
+    bad = next(n for n in nodes[:-1] if n.key != peer)
     share, _ = _prune_whenever_live(net, bad, client, 60)
     assert share < 0.2
 
@@ -95,10 +93,8 @@ def test_a_client_leaves_a_peer_that_prunes_it_while_answering_its_pings() -> No
     each CLIENT_PRUNE_GAP_MS). Pruned by its peer while that peer acked every
     ping since the pruned version was signed (it cannot have found the client
     silent), the client now avoids it and moves to the next peer."""
-    net, nodes = mesh_of(4, 1)
-    client = nodes[-1]
-    net.run_until(net.now + 3000)
-    bad = net.nodes[client.my_peer() or b""]
+    net, nodes, client, peer = settled_client()
+    bad = net.nodes[peer]
     _, pinned = _prune_whenever_live(net, bad, client, 60)
     assert not pinned
     rec = next(n for n in nodes if n is not bad and n is not client).mesh.live_record(client.key)
@@ -108,10 +104,7 @@ def test_a_client_leaves_a_peer_that_prunes_it_while_answering_its_pings() -> No
 def test_a_client_pruned_by_its_peer_for_a_real_silence_stays_with_it() -> None:
     """The honest case: the client was unreachable (its pings were lost) and its
     peer rightly pruned it; back, it refutes and keeps its peer."""
-    net, nodes = mesh_of(4, 1)
-    client = nodes[-1]
-    net.run_until(net.now + 3000)
-    peer = client.my_peer()
+    net, nodes, client, peer = settled_client()
     net.down.add(client.key)
     net.run_until(net.now + 10_000)
     assert net.nodes[peer or b""].mesh.live_record(client.key) is None

@@ -19,7 +19,7 @@ from smegmesh.core.meshnode import MeshNode
 from smegmesh.core.messages import IN_REPLY, Ack, Ping
 from smegmesh.core.sync import SyncStart
 from smegmesh.core.wire import decode, encode
-from test_meshnode import GOSSIP, LIVE, MESH, Net, mesh_of
+from test_meshnode import GOSSIP, LIVE, MESH, Net, settled_client
 
 #: Phases of a prune against the client's ping and pull timers (ms apart).
 OFFSETS = (0, 137, 411, 777, 1290, 1911, 2500, 2873)
@@ -44,9 +44,7 @@ def refute_times(
 
     ``old(client, peer)`` makes one of them act as a node from before the change.
     """
-    net, nodes = mesh_of(4, 1)
-    client = nodes[-1]
-    net.run_until(net.now + 3000)
+    net, nodes, client, _ = settled_client(4)
     if old is not None:
         for n in nodes[:-1]:
             old(client, n)
@@ -99,10 +97,8 @@ def test_a_peer_tells_a_pruned_client_in_the_ack_of_its_ping_and_sends_nothing()
     """``ok`` False only to a ping (id 0) of a caller held as pruned; O(1) and
     no call per ping, however many; the ack is the three fields every version
     decodes."""
-    net, nodes = mesh_of(3, 1)
-    client = nodes[-1]
-    net.run_until(net.now + 3000)
-    peer = net.nodes[client.my_peer() or b""]
+    net, nodes, client, peer_key = settled_client(3)
+    peer = net.nodes[peer_key]
     other = next(n for n in nodes[:-1] if n is not peer)
     ping = Ping(MESH, 0)
     assert peer.handle_request(client.key, ping, net.now) == (Ack(IN_REPLY, 0, True), [])
@@ -136,10 +132,8 @@ class _Spy:
 def _pulls_and_versions(lie: bool, seconds: int = 30) -> tuple[int, int]:
     """Sync sessions the client starts with its peer in ``seconds``, and its
     records signed meanwhile, its peer acking every ping ``ok`` False if ``lie``."""
-    net, nodes = mesh_of(3, 1)
-    client = nodes[-1]
-    net.run_until(net.now + 3000)
-    peer = net.nodes[client.my_peer() or b""]
+    net, _, client, peer_key = settled_client(3)
+    peer = net.nodes[peer_key]
     if lie:
         peer._ping_ack = lambda src, ping: Ack(IN_REPLY, ping.probe_id, False)  # type: ignore[method-assign]
     driver = net.drivers[client.key]

@@ -19,7 +19,7 @@ from smegmesh.core.tunnel import (
     tunnel_of,
 )
 from smegmesh.core.wgconfig import InterfaceStatus, PeerStatus
-from test_meshnode import mesh_of
+from test_meshnode import settled_client
 
 P, Q = b"p" * 32, b"q" * 32
 KA = 25  # the client default, seconds
@@ -124,16 +124,6 @@ def test_with_no_other_peer_the_same_handshake_does_not_reset_the_backoff() -> N
     assert w.seen(P, t, KA, t + 1_000) is None and w.moves == 0
 
 
-def _settled(peers: int = 4) -> tuple[Any, list[MeshNode], MeshNode, bytes]:
-    """A mesh of ``peers`` and a client, 3 s on: (net, nodes, client, its peer)."""
-    net, nodes = mesh_of(peers, 1)
-    client = nodes[-1]
-    net.run_until(net.now + 3_000)
-    peer = client.my_peer()
-    assert peer is not None
-    return net, nodes, client, peer
-
-
 def _dead_tunnel(net: Any, client: MeshNode, peer: bytes) -> TunnelMove:
     """Report no handshake with ``peer`` every 5 s until the client moves."""
     t0 = net.now
@@ -148,7 +138,7 @@ def _dead_tunnel(net: Any, client: MeshNode, peer: bytes) -> TunnelMove:
 
 def test_a_client_leaves_a_peer_whose_tunnel_never_handshakes() -> None:
     """Its peer answers every ping; WireGuard never completes a handshake."""
-    net, nodes, client, bad = _settled()
+    net, nodes, client, bad = settled_client()
     moved = _dead_tunnel(net, client, bad)
     assert moved.old == bad and moved.new not in (None, bad)
     assert moved.silent_ms >= FIRST_HANDSHAKE_MS
@@ -159,7 +149,7 @@ def test_a_client_leaves_a_peer_whose_tunnel_never_handshakes() -> None:
 
 
 def test_a_client_keeps_a_peer_whose_tunnel_works() -> None:
-    net, _, client, peer = _settled()
+    net, _, client, peer = settled_client()
     for _ in range(60):
         net.run_until(net.now + 5_000)
         assert client.tunnel_seen(net.now, peer, net.now - 1_000, KA) is None
@@ -168,7 +158,7 @@ def test_a_client_keeps_a_peer_whose_tunnel_works() -> None:
 
 def test_without_keepalives_nothing_is_judged() -> None:
     """An idle tunnel without persistent keepalives makes no handshake: never a move."""
-    net, _, client, peer = _settled()
+    net, _, client, peer = settled_client()
     assert not client.tunnel_watched(0)
     for _ in range(60):
         net.run_until(net.now + 5_000)
@@ -177,7 +167,7 @@ def test_without_keepalives_nothing_is_judged() -> None:
 
 
 def test_a_report_of_a_peer_no_longer_ours_is_ignored() -> None:
-    net, nodes, client, peer = _settled()
+    net, nodes, client, peer = settled_client()
     other = next(n.key for n in nodes[:-1] if n.key != peer)
     for _ in range(20):
         net.run_until(net.now + 5_000)
@@ -190,7 +180,7 @@ def test_a_peer_with_a_dead_tunnel_is_not_taken_back_for_a_missed_ping() -> None
     in its order, X (declared dead seconds before), and returned to Y when
     Y's short avoid ended: two moves for a hiccup. It now stays with the peer
     avoided the shortest, Y."""
-    net, _, client, x = _settled(peers=2)
+    net, _, client, x = settled_client(2)
     moved = _dead_tunnel(net, client, x)
     y = moved.new
     assert y is not None and y != x

@@ -79,6 +79,16 @@ def mesh_of(n_peers: int, n_clients: int = 0) -> tuple[Net, list[MeshNode]]:
     return net, nodes
 
 
+def settled_client(n_peers: int = 4) -> tuple[Net, list[MeshNode], MeshNode, bytes]:
+    """``mesh_of(n_peers, 1)`` 3 s on: (net, nodes, the client, its peer's key)."""
+    net, nodes = mesh_of(n_peers, 1)
+    client = nodes[-1]
+    net.run_until(net.now + 3000)
+    peer = client.my_peer()
+    assert peer is not None
+    return net, nodes, client, peer
+
+
 def converged(nodes: list[MeshNode]) -> bool:
     return len({n.mesh.digest() for n in nodes}) == 1
 

@@ -22,7 +22,7 @@ from smegmesh.net.host import MemoryHost
 from smegmesh.wg.memory import MemoryBackend
 from smegmesh.wg.reconcile import Reconciler
 from smegmesh.wg.resolver import EndpointResolver, resolve_ops
-from smegmesh.wg.uapi import format_set
+from test_wg_resolver import UapiBackend
 
 P = b"p" * 32
 NAME = "gw-3.example.net:51820"
@@ -41,7 +41,16 @@ class _SlowDnsBackend(MemoryBackend):
         return super().apply(name, applied)
 
 
-def _want() -> tuple[InterfaceConfig, HostConfig]:
+def settle(resolve: EndpointResolver) -> None:
+    """Wait (5 s at most) until the lookups ``resolve`` started in the background are done."""
+    deadline = time.monotonic() + 5
+    while resolve._pending:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+
+
+def wanted() -> tuple[InterfaceConfig, HostConfig]:
+    """A client's interface with one peer, whose endpoint is the name ``NAME``."""
     peer = PeerConfig(P, NAME, frozenset({"fd00::/64"}), keepalive=25)
     return (
         InterfaceConfig("wgc0", b"\x22" * 32, 51820, {P: peer}),
@@ -52,7 +61,7 @@ def _want() -> tuple[InterfaceConfig, HostConfig]:
 def test_an_endpoint_name_that_resolved_late_is_set_by_the_next_health_check() -> None:
     wg, host = _SlowDnsBackend(), MemoryHost()
     rec = Reconciler(wg, host)
-    want, host_cfg = _want()
+    want, host_cfg = wanted()
     rec.apply(want, host_cfg)
     assert wg.devices["wgc0"].peers[P].endpoint is None
     wg.dns_ok = True
@@ -65,7 +74,7 @@ def test_an_endpoint_name_that_resolved_late_is_set_by_the_next_health_check() -
 def test_an_apply_pass_sends_a_left_out_endpoint_again_and_reports_no_change() -> None:
     wg = _SlowDnsBackend()
     rec = Reconciler(wg, MemoryHost())
-    want, host_cfg = _want()
+    want, host_cfg = wanted()
     first = rec.apply(want, host_cfg)
     assert first.left_out and first.wg_ops[-1] == AddPeer(replace(want.peers[P], endpoint=None))
     again = rec.apply(want, host_cfg)  # still no answer: sent again, nothing changed
@@ -77,22 +86,8 @@ def test_an_apply_pass_sends_a_left_out_endpoint_again_and_reports_no_change() -
     assert wg.applied[-1][1] == (UpdatePeer(P, NAME, None, None),)
 
 
-class _UapiLike(MemoryBackend):
-    """The memory backend resolving as the userspace and kernel backends do."""
-
-    def __init__(self, resolve: EndpointResolver) -> None:
-        super().__init__()
-        self.resolve = resolve
-        self.sent: list[str] = []
-
-    def apply(self, name: str, ops: Sequence[WgOp]) -> list[WgOp]:
-        send, applied = resolve_ops(ops, self.resolve)
-        if send:
-            self.sent += format_set(send)
-        return super().apply(name, applied)
-
-
-def _answer(ip: str) -> list[tuple[Any, ...]]:
+def _records(ip: str) -> list[tuple[Any, ...]]:
+    """What ``getaddrinfo`` answers for ``ip``."""
     return [(socket.AF_INET, socket.SOCK_DGRAM, 0, "", (ip, 51820))]
 
 
@@ -101,19 +96,16 @@ def test_the_answer_of_a_slow_nameserver_is_set_by_the_next_check() -> None:
 
     def slow(*_a: object, **_k: object) -> list[tuple[Any, ...]]:
         release.wait(10)
-        return _answer("192.0.2.9")
+        return _records("192.0.2.9")
 
     resolve = EndpointResolver(lookup=slow, timeout_s=0.05)
-    wg = _UapiLike(resolve)
+    wg = UapiBackend(resolve)
     rec = Reconciler(wg, MemoryHost())
-    rec.apply(*_want())
+    rec.apply(*wanted())
     assert wg.devices["wgc0"].peers[P].endpoint is None
     assert rec.check() == [] and wg.devices["wgc0"].peers[P].endpoint is None  # still out
     release.set()
-    deadline = time.monotonic() + 5
-    while resolve._pending:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    settle(resolve)
     reads = wg.reads
     assert rec.check() == []
     assert wg.devices["wgc0"].peers[P].endpoint == NAME
@@ -140,9 +132,9 @@ def test_a_name_that_never_resolves_costs_no_read_no_wait_and_few_lookups() -> N
     resolve = EndpointResolver(
         lookup=lookup, clock=lambda: now[0], report=lambda e, why: seen.append(why)
     )
-    wg = _UapiLike(resolve)
+    wg = UapiBackend(resolve)
     rec = Reconciler(wg, MemoryHost(), clock=lambda: now[0], verify_interval=1e9)
-    rec.apply(*_want())
+    rec.apply(*wanted())
     sent, reads = len(wg.sent), wg.reads
     t0 = time.monotonic()
     for i in range(720):
@@ -163,7 +155,7 @@ def test_a_name_that_never_resolves_costs_no_read_no_wait_and_few_lookups() -> N
 def test_a_failure_looked_up_in_the_background_is_reported_once_by_the_next_call() -> None:
     now = [0.0]
     seen: list[tuple[str, str]] = []
-    answers = iter([_answer("192.0.2.7")])
+    answers = iter([_records("192.0.2.7")])
 
     def lookup(*_a: object, **_k: object) -> list[tuple[Any, ...]]:
         try:
@@ -180,10 +172,7 @@ def test_a_failure_looked_up_in_the_background_is_reported_once_by_the_next_call
     assert [e for e, _ in seen] == [NAME] and "not known" in seen[0][1]
     now[0] = 100.0  # past retry_s: again in the background, None meanwhile
     assert resolve(NAME) is None
-    deadline = time.monotonic() + 5
-    while resolve._pending:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    settle(resolve)
     assert resolve(NAME) is None and resolve(NAME) is None
     assert [e for e, _ in seen] == [NAME, NAME] and "not known" in seen[1][1]
     resolve.close()

@@ -12,21 +12,17 @@ from __future__ import annotations
 
 import logging
 import socket
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
-from smegmesh.core.wgconfig import HostConfig, InterfaceConfig, PeerConfig
 from smegmesh.core.wgdiff import WgOp
 from smegmesh.net.host import MemoryHost
 from smegmesh.wg.memory import MemoryBackend
 from smegmesh.wg.reconcile import Reconciler
 from smegmesh.wg.resolver import EndpointResolver, resolve_ops
-
-P = b"p" * 32
-NAME = "gw-3.example.net:51820"
+from test_wg_late_endpoint import P, settle, wanted
 
 
 class _Wg(MemoryBackend):
@@ -42,21 +38,6 @@ class _Wg(MemoryBackend):
         return applied
 
 
-def _want() -> tuple[InterfaceConfig, HostConfig]:
-    peer = PeerConfig(P, NAME, frozenset({"fd00::/64"}), keepalive=25)
-    return (
-        InterfaceConfig("wgc0", b"\x22" * 32, 51820, {P: peer}),
-        HostConfig("wgc0", addresses=frozenset({"fd00::9/64"})),
-    )
-
-
-def _settle(r: EndpointResolver) -> None:
-    deadline = time.monotonic() + 5
-    while r._pending:
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
-
-
 def test_a_changed_address_reaches_wireguard_at_the_full_read() -> None:
     now = [0.0]
     ip = ["192.0.2.1"]
@@ -67,12 +48,12 @@ def test_a_changed_address_reaches_wireguard_at_the_full_read() -> None:
     resolve = EndpointResolver(lookup=lookup, clock=lambda: now[0])
     wg = _Wg(resolve)
     rec = Reconciler(wg, MemoryHost(), clock=lambda: now[0])  # verify_interval 300
-    rec.apply(*_want())
+    rec.apply(*wanted())
     assert wg.devices["wgc0"].peers[P].endpoint == "192.0.2.1:51820"
     ip[0] = "192.0.2.2"  # the member's gateway moved
     now[0] = 300.0  # full read: live IP != desired name -> UpdatePeer(name)
-    rec.apply(*_want())
-    _settle(resolve)
+    rec.apply(*wanted())
+    settle(resolve)
     for _ in range(10):  # a minute of health checks
         now[0] += 5
         rec.check()
@@ -92,7 +73,7 @@ def test_a_failing_host_apply_with_a_left_out_name_does_not_reread_every_check(
     wg = _Wg(lambda ep: None if ep[0].isalpha() else ep)  # the name never resolves
     rec = Reconciler(wg, _BrokenHost(), clock=lambda: now[0])
     with pytest.raises(OSError):
-        rec.apply(*_want())
+        rec.apply(*wanted())
     reads = wg.reads
     caplog.clear()
     with caplog.at_level(logging.WARNING):
