@@ -201,7 +201,7 @@ def test_client_order_of_peers_follows_membership_a_peer_at_a_time() -> None:
 
     def check() -> None:
         reach = client._reachable_peers()
-        assert list(client._ranked_peers()) == ranked(client.key, reach)
+        assert list(client._ranked_peers()) == ranked(client.identity.rank_key, reach)
 
     check()
     peers = [n.key for n in nodes[:-1]]

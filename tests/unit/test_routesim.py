@@ -40,7 +40,7 @@ def test_final_tables_equal_fresh_offline_computation() -> None:
     topo = make_topology(6, 5, seed=2, redundant=0.5)
     sim = RouteSim(topo, seed=2)
     victim = topo.bridges[0]
-    _, target, _ = offline_routes(topo, sim.base_records, dead=[victim])
+    _, target, _ = offline_routes(topo, sim.base_records, dead=[victim], rank_keys=sim.rank_keys)
     sim.run_for(2_000)
     sim.kill(victim, target)
     sim.run_for(20_000)

@@ -27,6 +27,7 @@ from smegmesh.core.engine import (
     PeerPingCtx,
 )
 from smegmesh.core.hashing import RankedSet
+from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.liveness import LivenessParams
 from smegmesh.core.messages import IN_REPLY, Ack, Ping
 from smegmesh.core.nodeviews import Views, is_pruned, update_pays
@@ -58,6 +59,7 @@ class ClientMixin:
     #: (state, the reachable list's version, the list in our rendezvous order)
     _ranking: tuple[MeshState, int, RankedSet] | None
     _tunnel: TunnelWatch
+    identity: NodeIdentity
 
     if TYPE_CHECKING:
 
@@ -93,7 +95,7 @@ class ClientMixin:
             return r[2]
         keys = None if r is None or r[0] is not v.state else v.state.changed_since(r[1])
         if r is None or keys is None or not update_pays(len(keys), len(v.reachable)):
-            order = RankedSet(self.key, v.reachable)
+            order = RankedSet(self.identity.rank_key, v.reachable)
         else:
             order, reach = r[2], v.reachable
             for k in keys:

@@ -19,6 +19,12 @@
 
 Ties (equal 32-byte scores) are impossible in practice; they are broken by the
 candidate bytes so the result never depends on iteration order.
+
+``key`` is what must not be predictable to whom: a node's *own* choices (its
+gateways and exits, a client's peer) rank with its secret
+``NodeIdentity.rank_key``, so nobody can make a candidate key that wins them;
+a choice other nodes must make alike (the peer of a client whose published
+peer is not live, ``core.desired.assigned_peer``) ranks with the public key.
 """
 
 from __future__ import annotations

@@ -92,6 +92,18 @@ class NodeIdentity:
         """Raw X25519 private key (unclamped ``sha512(seed)[:32]``; X25519 clamps)."""
         return hashlib.sha512(self.seed).digest()[:32]
 
+    @property
+    def rank_key(self) -> bytes:
+        """The secret this node ranks candidates with (``core.hashing``; 32 bytes).
+
+        A rendezvous choice that only this node makes (the gateway of a route,
+        an exit, a client's peer) hashes each candidate with this secret, not
+        with the public key: a node that knows our key cannot make keys
+        offline until one wins our choice before it is admitted. Derived from
+        the seed, so it survives a restart and choices stay where they were.
+        """
+        return hashlib.sha256(b"smegmesh rendezvous rank key\x00" + self.seed).digest()
+
     def sign(self, msg: bytes) -> bytes:
         return self._sign_key.sign(msg)
 

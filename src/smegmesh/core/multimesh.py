@@ -77,7 +77,8 @@ def routing_job(
     """
     if not nodes:
         return None
-    self_key = next(iter(nodes.values())).key
+    first = next(iter(nodes.values()))
+    self_key = first.key
     opts = [options.get(m, MeshRouting()) for m in nodes]
     records = {m: n.live_records() for m, n in nodes.items()}
     route_bytes = _route_bytes(nodes)
@@ -89,6 +90,7 @@ def routing_job(
         advertise_defaults=any(o.advertise_defaults for o in opts),
         accept_defaults=accept_defaults,
         route_bytes=route_bytes,
+        rank_key=first.identity.rank_key,
     )
 
 

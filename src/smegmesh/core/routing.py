@@ -43,8 +43,10 @@ Rules (see docs/ROUTING.md):
   proving nothing gets no more than with a mesh it founds itself as first hop;
   the tie among the gateways at that rank,
   *in all the node's peer meshes together*, is broken by rendezvous
-  hashing of the node's own key over ``gateway key + mesh id`` — traffic
-  spreads, and only the nodes using a gateway move when it dies;
+  hashing of the node's secret rank key (``NodeIdentity.rank_key``) over
+  ``gateway key + mesh id`` — traffic spreads, only the nodes using a gateway
+  move when it dies, and nobody can make a key that wins a given node's choice
+  (its ranking is unknown to others);
 * on a mesh where the node is a client, all gateways are one candidate: the
   assigned peer (a client's only WireGuard peer), which forwards by its own
   choice. Client meshes are used only when no peer mesh offers the shortest
@@ -173,6 +175,7 @@ def compute_routes(
     accept_defaults: bool,
     roles: Mapping[str, Role] | None = None,
     route_bytes: Mapping[str, int] | None = None,
+    rank_key: bytes | None = None,
 ) -> RoutingResult:
     """One routing computation for the node ``self_key``.
 
@@ -183,6 +186,9 @@ def compute_routes(
     it, else :attr:`Role.PEER`. ``route_bytes`` bounds, per mesh, the size of
     the adverts in the record's signed form (what the rest of the node's record
     leaves of ``MAX_RECORD_BYTES``; see ``core.multimesh``); none if missing.
+    ``rank_key`` ranks gateways (``NodeIdentity.rank_key``, a secret: what the
+    daemon passes); None ranks with ``self_key``, which anyone can predict
+    (tests and the simulator's offline routing only).
     """
     mesh_ids = sorted(my_meshes)
     mine = set(mesh_ids)
@@ -195,7 +201,8 @@ def compute_routes(
         return p
 
     own_prefixes = {pfx(m) for m in mesh_ids}
-    role, via_peer = _my_roles(self_key, my_meshes, mesh_ids, roles)
+    rank = self_key if rank_key is None else rank_key
+    role, via_peer = _my_roles(self_key, rank, my_meshes, mesh_ids, roles)
     peer_meshes = [m for m in mesh_ids if role[m] == Role.PEER]
 
     # 1. Candidate routes, keeping only the shortest per destination.
@@ -215,7 +222,7 @@ def compute_routes(
                 _add_candidate(best, adv, m, rec.wg_key, via_peer[m] if client_mesh else None)
 
     # 2. One rendezvous choice per destination.
-    table, gw_routes, client_dests = _choose(self_key, best, mesh_ids, role)
+    table, gw_routes, client_dests = _choose(rank, best, mesh_ids, role)
 
     # 3. What to advertise into each mesh.
     adverts, unprovable = _adverts(
@@ -233,6 +240,7 @@ def compute_routes(
 
 def _my_roles(
     self_key: bytes,
+    rank_key: bytes,
     my_meshes: Mapping[str, Sequence[NodeRecord]],
     mesh_ids: list[str],
     roles: Mapping[str, Role] | None,
@@ -248,7 +256,7 @@ def _my_roles(
         if role[m] == Role.CLIENT:
             peers = {r.wg_key: r for r in live if r.role == Role.PEER and r.wg_key != self_key}
             via_peer[m] = (
-                assigned_peer(me, peers) if me is not None else choose(self_key, peers.keys())
+                assigned_peer(me, peers) if me is not None else choose(rank_key, peers.keys())
             )
     return role, via_peer
 
@@ -315,7 +323,7 @@ def _add_candidate(
 
 
 def _choose(
-    self_key: bytes, best: Mapping[str, _Best], mesh_ids: list[str], role: Mapping[str, Role]
+    rank_key: bytes, best: Mapping[str, _Best], mesh_ids: list[str], role: Mapping[str, Role]
 ) -> tuple[list[RouteEntry], dict[str, list[GatewayRoute]], dict[str, list[str]]]:
     """One rendezvous choice per destination: the table, routes and client destinations."""
     table: list[RouteEntry] = []
@@ -327,7 +335,7 @@ def _choose(
         # then the highest score; ties (impossible in practice) by id, then path
         _, m, gw, path = max(
             b.cands,
-            key=lambda c: (role[c[1]] == Role.PEER, score(self_key, c[0]), c[0], c[3]),
+            key=lambda c: (role[c[1]] == Role.PEER, score(rank_key, c[0]), c[0], c[3]),
         )
         table.append(RouteEntry(dest, m, gw, path, len(b.advertisers) - 1))
         gw_routes[m].append(GatewayRoute(dest, gw))

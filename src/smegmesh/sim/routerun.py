@@ -155,7 +155,9 @@ def run_bridge_failure(cfg: RouteSimConfig, *, progress: bool = False) -> dict[s
     sim = RouteSim(topo, seed=cfg.seed, net=NetParams(loss=cfg.loss))
     w1 = time.perf_counter()
     victim = _pick_victim(topo, cfg)
-    _, target, post_rounds = offline_routes(topo, sim.base_records, dead=[victim])
+    _, target, post_rounds = offline_routes(
+        topo, sim.base_records, dead=[victim], rank_keys=sim.rank_keys
+    )
     affected = [i for i in range(topo.nodes) if i != victim and target[i] != sim.pre_tables[i]]
     w2 = time.perf_counter()
 

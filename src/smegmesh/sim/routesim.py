@@ -110,6 +110,8 @@ class RouteSim(Driver):
         n = topo.nodes
         self.identities = [NodeIdentity.from_seed(_node_seed(seed, i)) for i in range(n)]
         self.keys = [ident.wg_public_key for ident in self.identities]
+        #: each node's secret rendezvous key, as its engine ranks gateways
+        self.rank_keys = [ident.rank_key for ident in self.identities]
         self.latency_base = [
             self.net.latency_ms * math.exp(self.rng.gauss(0.0, self.net.node_sigma))
             for _ in range(n)
@@ -166,7 +168,7 @@ class RouteSim(Driver):
         base_recs = {(i, m): record(i, m) for i, ms in enumerate(topo.node_meshes) for m in ms}
         self.base_records = base_recs
         t2 = time.perf_counter()
-        adverts, tables, rounds = offline_routes(topo, base_recs)
+        adverts, tables, rounds = offline_routes(topo, base_recs, rank_keys=self.rank_keys)
         self.offline_rounds = rounds
         t3 = time.perf_counter()
         # Settled records: bridges publish their converged adverts.

@@ -135,12 +135,15 @@ def offline_routes(
     dead: Iterable[int] = (),
     *,
     max_rounds: int | None = None,
+    rank_keys: Sequence[bytes] | None = None,
 ) -> tuple[dict[tuple[int, int], tuple[RouteAdv, ...]], list[Table | None], int]:
     """Converge routes offline: ``compute_routes`` over the bridges until nothing changes.
 
     ``records[(node, mesh)]`` are the base records (their ``routes`` are
     ignored). Returns the bridges' adverts per (node, mesh), every live
     node's table (None for dead nodes) and the number of rounds.
+    ``rank_keys[i]``: node ``i``'s rendezvous secret (``NodeIdentity.rank_key``),
+    as its engine ranks gateways; None: the public keys.
     """
     gone = set(dead)
     cur = {k: replace(r, routes=()) for k, r in records.items() if k[0] not in gone}
@@ -159,6 +162,7 @@ def offline_routes(
             advertise_routes=adv,
             advertise_defaults=False,
             accept_defaults=False,
+            rank_key=None if rank_keys is None else rank_keys[i],
         )
 
     bridges = [b for b in topo.bridges if b not in gone]
