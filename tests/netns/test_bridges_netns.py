@@ -395,7 +395,7 @@ def test_redundant_bridges_split_then_failover(pair: Pair) -> None:
                     return False
         return True
 
-    # Rendezvous hashing of each member's key over (bridge key + mesh id): the
+    # Rendezvous hashing of each member's rank key over (bridge key + mesh id): the
     # chance that all 8 members pick the same bridge is 1/128; then form two
     # new meshes (new ids, new hashing) rather than skip.
     for attempt in range(4):
