@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -117,6 +118,36 @@ def test_a_redirect_is_an_error_not_an_answer(
 def test_https_to_a_plain_http_api_says_to_use_http() -> None:
     """It said "cannot reach smegd at https://...: [SSL: WRONG_VERSION_NUMBER] wrong
     version number (_ssl.c:1006)"."""
+    with served_tcp(TOKEN) as (base, _):
+        url = base.replace("http://", "https://")
+        r = runner.invoke(
+            app, ["--api", url, "list-meshes", "--json"], env={"SMEG_API_TOKEN": TOKEN}
+        )
+    assert r.exit_code == 1, (r.stdout, r.stderr)
+    msg = json.loads(r.stdout)["error"]["message"]
+    assert msg == f"{url} does not speak TLS (an API without apiTlsCertificate?): try {base}"
+
+
+def test_https_to_a_plain_http_api_says_so_whatever_openssl_calls_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The hint looked for OpenSSL's words for a plain-text answer, which change
+    from version to version: with other words, the user was told the
+    certificate did not verify and to pass --api-ca. The server is asked now."""
+    import ssl
+
+    real = httpx.HTTPTransport.handle_request
+
+    def other_words(self: httpx.HTTPTransport, request: httpx.Request) -> httpx.Response:
+        try:
+            return real(self, request)
+        except httpx.ConnectError:
+            if request.url.scheme != "https":
+                raise
+            cause = ssl.SSLError(1, "[SSL] some new name for it (_ssl.c:1000)")
+            raise httpx.ConnectError(str(cause), request=request) from cause
+
+    monkeypatch.setattr(httpx.HTTPTransport, "handle_request", other_words)
     with served_tcp(TOKEN) as (base, _):
         url = base.replace("http://", "https://")
         r = runner.invoke(

@@ -212,8 +212,25 @@ class SocketClient:
             raise ClientError("smegd sent an answer that is not JSON") from None
 
 
-#: OpenSSL's words for a server that answers a TLS handshake in plain text (by version).
-_PLAIN_TEXT_TLS = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG")
+def _cert_failure(e: httpx.ConnectError) -> bool:
+    """Whether the TLS handshake failed on the server's certificate."""
+    cause = e.__cause__ or e.__context__
+    return isinstance(cause, ssl.SSLCertVerificationError) or "CERTIFICATE" in str(e)
+
+
+def _speaks_plain_http(url: str) -> bool:
+    """Whether ``url``'s server answers a plain HTTP request (2 s at most).
+
+    Asked after a TLS handshake failed other than on a certificate: OpenSSL
+    names a plain-text answer differently from version to version
+    (``WRONG_VERSION_NUMBER``, ``RECORD_LAYER_FAILURE``, ...).
+    """
+    try:
+        with httpx.Client(timeout=2.0) as c:
+            c.get(url.rstrip("/") + "/")
+    except httpx.HTTPError:
+        return False
+    return True
 
 
 class RemoteClient:
@@ -275,6 +292,25 @@ class RemoteClient:
                 f"--api-ca: cannot use {self.ca_file}: {getattr(e, 'strerror', None) or e}"
             ) from None
 
+    def _connect_failure(self, e: httpx.ConnectError) -> ClientError:
+        """What a failed connection means: a certificate, plain HTTP behind https://, or none."""
+        if _cert_failure(e):
+            return self._fail(
+                f"TLS certificate of {self.url} does not verify ({_short(e)}); "
+                "for a self-signed certificate pass --api-ca FILE"
+            )
+        if self.url.startswith("https:") and (
+            isinstance(e.__cause__ or e.__context__, ssl.SSLError) or "SSL" in str(e)
+        ):
+            plain = "http:" + self.url.removeprefix("https:")
+            if _speaks_plain_http(plain):  # asked: OpenSSL's words for it vary
+                return self._fail(
+                    f"{self.url} does not speak TLS (an API without apiTlsCertificate?): "
+                    f"try {plain}"
+                )
+            return self._fail(f"TLS handshake with {self.url} failed: {_short(e)}")
+        return self._fail(f"cannot reach smegd at {self.url}: {_short(e)}")
+
     def request(
         self,
         method: str,
@@ -289,18 +325,7 @@ class RemoteClient:
             with self.http(t) as c:
                 resp = c.request(method, url, json=json_body, params=params)
         except httpx.ConnectError as e:
-            if self.url.startswith("https:") and any(m in str(e) for m in _PLAIN_TEXT_TLS):
-                plain = "http:" + self.url.removeprefix("https:")
-                raise self._fail(
-                    f"{self.url} does not speak TLS (an API without apiTlsCertificate?): "
-                    f"try {plain}"
-                ) from None
-            if isinstance(e.__cause__ or e.__context__, ssl.SSLError) or "CERTIFICATE" in str(e):
-                raise self._fail(
-                    f"TLS certificate of {self.url} does not verify ({_short(e)}); "
-                    "for a self-signed certificate pass --api-ca FILE"
-                ) from None
-            raise self._fail(f"cannot reach smegd at {self.url}: {_short(e)}") from None
+            raise self._connect_failure(e) from None
         except httpx.TimeoutException:
             raise self._fail(f"smegd at {self.url} did not answer within {t.read:g}s") from None
         except httpx.RemoteProtocolError as e:
