@@ -165,6 +165,22 @@ def test_killed_wireguard_go_is_detected_and_repaired(wgnodes: list[WgNode]) -> 
     assert not a.apply([m.peer() for m in wgnodes if m is not a]).changed
 
 
+def test_an_interface_set_down_by_hand_is_brought_up_by_the_health_check(
+    wgnodes: list[WgNode],
+) -> None:
+    """``ip link set`` down: the kernel drops the link's addresses and routes, and
+    smegd put them back only at its full read, every 300 s."""
+    a, b, _ = wgnodes
+    full_mesh(wgnodes)
+    wait_until(lambda: a.node.ping(b.overlay), 15)
+    a.node.run(["ip", "link", "set", a.name, "down"])
+    assert f"{a.overlay}/64" not in a.host.read(a.name).addresses  # what the kernel did
+    assert a.rec.check() == []
+    live = a.host.read(a.name)
+    assert live.up and live.addresses == frozenset({f"{a.overlay}/64"})
+    wait_until(lambda: a.node.ping(b.overlay), 15, what="ping after the link came up")
+
+
 def _running(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:

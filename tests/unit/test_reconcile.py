@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+from dataclasses import replace
+from typing import Any
+
 from smegmesh.core.wgconfig import HostConfig, InterfaceConfig, PeerConfig, Route
 from smegmesh.core.wgdiff import AddPeer, UpdatePeer
 from smegmesh.net.host import MemoryHost
@@ -77,6 +81,42 @@ def test_check_reapplies_lost_device() -> None:
     assert res.created and len(res.wg_ops) == 5
     assert len(wg.devices["wgr0"].peers) == 3
     assert host.state["wgr0"].addresses == HOST.addresses
+
+
+def test_check_brings_up_an_interface_set_down_outside_smegd(caplog: Any) -> None:
+    """``ip link set wgX down`` by hand: the kernel drops the link's addresses and
+    routes, and nothing was put back before the full read (every 300 s), while
+    every tunnel of the mesh was dead and a client blamed its peer (after 235 s)."""
+    wg, host = MemoryBackend(), MemoryHost()
+    rec = Reconciler(wg, host)
+    rec.apply(iface(3), HOST)
+    assert rec.check() == []
+    reads = host.reads
+    assert host.is_up("wgr0") is True and host.reads == reads  # a cheap read
+    # what the kernel does to an IPv6 link set down
+    host.state["wgr0"] = replace(
+        host.state["wgr0"], up=False, addresses=frozenset(), routes=frozenset()
+    )
+    with caplog.at_level(logging.WARNING, logger="smegmesh.wg.reconcile"):
+        assert rec.check() == []  # not reported as created: the device stayed
+    st = host.state["wgr0"]
+    assert st.up and st.addresses == HOST.addresses and st.routes == HOST.routes
+    assert "wgr0 was set down outside smegd" in caplog.text
+    assert len(wg.devices["wgr0"].peers) == 3
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="smegmesh.wg.reconcile"):
+        assert rec.check() == []
+    assert caplog.text == ""  # once per time it is set down
+    assert host.is_up("nope") is None
+
+
+def test_check_leaves_down_an_interface_wanted_down() -> None:
+    wg, host = MemoryBackend(), MemoryHost()
+    rec = Reconciler(wg, host)
+    rec.apply(iface(3), replace(HOST, up=False))
+    assert host.state["wgr0"].up is False
+    applied = len(host.applied)
+    assert rec.check() == [] and len(host.applied) == applied
 
 
 def test_verify_interval_triggers_full_read() -> None:

@@ -71,6 +71,10 @@ class HostError(Exception):
 class HostBackend(Protocol):
     def read(self, interface: str) -> HostStatus: ...
 
+    def is_up(self, interface: str) -> bool | None:
+        """Whether the link is administratively up (None: no such link). One cheap read."""
+        ...
+
     def apply(self, interface: str, ops: Sequence[HostOp]) -> None: ...
 
     def remove(self, interface: str) -> None:
@@ -184,6 +188,10 @@ class MemoryHost:
     def read(self, interface: str) -> HostStatus:
         self.reads += 1
         return self.state.get(interface, HostStatus(interface))
+
+    def is_up(self, interface: str) -> bool | None:
+        st = self.state.get(interface)
+        return None if st is None or not st.exists else st.up
 
     def apply(self, interface: str, ops: Sequence[HostOp]) -> None:
         self.state[interface] = apply_host_ops(self.read(interface), ops)
@@ -300,6 +308,14 @@ class HostNetwork:
                 routes=frozenset(routes),
                 forwarding=fwd,
             )
+
+    def is_up(self, interface: str) -> bool | None:
+        with self._lock:
+            idx = self._index(interface)
+            if idx is None:
+                return None
+            (link,) = self._ip().get_links(idx)
+            return bool(link["flags"] & 1)  # IFF_UP
 
     # ------------------------------------------------------------------ apply
 

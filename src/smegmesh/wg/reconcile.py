@@ -176,7 +176,8 @@ class Reconciler:
         backend had to recreate gets its full desired state re-applied, and one
         whose last apply left an endpoint out is applied again from the cache
         (no full read; the resolver answers from what it holds, so a name that
-        never resolves costs a diff and a lookup in the background now and then).
+        never resolves costs a diff and a lookup in the background now and then);
+        one set down outside smegd is brought up again from a full read.
 
         Returns the interfaces (re)created, ``created`` set, also those whose
         re-apply failed (logged; the next apply redoes it from a full read).
@@ -190,7 +191,7 @@ class Reconciler:
                 except Exception as exc:
                     log.warning("health check of %s failed: %s", n, exc)
                     lost = None
-                if lost is False:
+                if lost is False and not self._set_down(n, cache):
                     if cache.left_out:
                         self._apply_again(cache)
                     continue
@@ -208,6 +209,30 @@ class Reconciler:
                 if res.created:
                     out.append(res)
             return out
+
+    def _set_down(self, name: str, cache: _Cache) -> bool:
+        """Whether ``name`` was set down outside smegd while we want it up (logged).
+
+        The kernel drops a down link's IPv6 addresses and routes with it, and
+        WireGuard sends nothing: every tunnel of the mesh is dead until the
+        full read (every ``verify_interval``) would put it back, and a client
+        would blame its peer for the silence meanwhile. A full read and apply
+        follow at once.
+        """
+        if cache.desired_host is None or not cache.desired_host.up:
+            return False
+        try:
+            down = self.host.is_up(name) is False
+        except Exception as exc:
+            log.debug("cannot read the link state of %s: %s", name, exc)
+            return False
+        if down:
+            log.warning(
+                "%s was set down outside smegd (its addresses and routes went with it): "
+                "bringing it up again (smegd keeps its mesh interfaces up while in the mesh)",
+                name,
+            )
+        return down
 
     def _apply_again(self, cache: _Cache) -> None:
         """The last desired state once more, from the cache (an endpoint was left out).
