@@ -176,3 +176,16 @@ def test_a_failure_looked_up_in_the_background_is_reported_once_by_the_next_call
     assert resolve(NAME) is None and resolve(NAME) is None
     assert [e for e, _ in seen] == [NAME, NAME] and "not known" in seen[1][1]
     resolve.close()
+
+
+def test_the_ops_the_health_check_applied_again_are_handed_on_once() -> None:
+    """What follows an apply (a handshake nudge) follows the health check's too."""
+    wg = _SlowDnsBackend()
+    rec = Reconciler(wg, MemoryHost())
+    rec.apply(*wanted())
+    assert rec.check() == [] and rec.take_applied_again() == {}  # still no answer
+    wg.dns_ok = True
+    rec.check()
+    assert rec.take_applied_again() == {"wgc0": [UpdatePeer(P, NAME, None, None)]}
+    rec.check()
+    assert rec.take_applied_again() == {}

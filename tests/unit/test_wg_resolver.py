@@ -232,7 +232,7 @@ def test_the_summary_of_names_that_do_not_resolve_comes_with_the_health_check(
             assert resolve(f"v{version}.gone.example:51820") is None
         later = time.monotonic() + 61
         d._unresolved._clock = lambda: later
-        assert d._wg_pool.submit(d._wg_health_check).result() == []
+        assert d._wg_pool.submit(d._wg_health_check).result() == ([], {})
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 2, warnings
     assert warnings[1].startswith("unresolved 4 endpoint names in member records"), warnings

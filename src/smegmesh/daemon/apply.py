@@ -20,7 +20,7 @@ from smegmesh.core.identity import key_to_text
 from smegmesh.core.multimesh import MeshRouting, publish_adverts, routing_job
 from smegmesh.core.record import MAX_PROOFS
 from smegmesh.core.routing import RoutingResult
-from smegmesh.core.wgdiff import AddPeer
+from smegmesh.core.wgdiff import AddPeer, UpdatePeer
 from smegmesh.daemon.base import DaemonBase
 from smegmesh.daemon.events import WG_PEER_EVENTS_MAX, route_events, wg_peer_events
 from smegmesh.daemon.metrics import WG_READ_TIMEOUT_S
@@ -152,7 +152,7 @@ class ApplyOps(DaemonBase):
         with it. Not preUp: the interface exists before we hear of the loss.
         """
         try:
-            fixed = await asyncio.get_running_loop().run_in_executor(
+            fixed, again = await asyncio.get_running_loop().run_in_executor(
                 self._wg_pool, self._wg_health_check
             )
         except Exception as e:
@@ -161,6 +161,9 @@ class ApplyOps(DaemonBase):
         # (No periodic status read: get-mesh reads handshakes and
         # counters when asked, so an idle daemon does not poll.)
         by_ifname = {rt.ifname: rt for rt in self.meshes.values()}
+        for ifname, ops in again.items():  # endpoints resolved late: as after an apply
+            if (rt := by_ifname.get(ifname)) is not None:
+                self._nudge_new_peers(rt, ops)
         for r in fixed:
             rt = by_ifname.get(r.interface)
             log.warning(
@@ -174,12 +177,13 @@ class ApplyOps(DaemonBase):
                 rt.dirty_wg = True
                 self._reconcile_wake.set()
 
-    def _wg_health_check(self) -> list[Any]:
+    def _wg_health_check(self) -> tuple[list[Any], dict[str, list[Any]]]:
         """The health check's part in the WireGuard worker thread, every 5 s:
-        also the summary of unresolved endpoint names, in the thread that notes them."""
+        also the summary of unresolved endpoint names, in the thread that notes them.
+        (Interfaces created again, ops applied again per interface.)"""
         self._unresolved.note_tick()
         fixed: list[Any] = self.reconciler.check()
-        return fixed
+        return fixed, self.reconciler.take_applied_again()
 
     async def _read_status(self, rt: MeshRuntime) -> Any | None:
         """One WireGuard status read of ``rt``'s interface, kept in ``wg_status``
@@ -266,7 +270,7 @@ class ApplyOps(DaemonBase):
     NUDGE_MAX = 8
 
     def _nudge_new_peers(self, rt: MeshRuntime, wg_ops: list[Any]) -> None:
-        """Start the WireGuard handshake with peers just added, from this side.
+        """Start the WireGuard handshake with peers just added, or whose endpoint was just set.
 
         A joiner configures every member at once and its first packets make its
         WireGuard send handshake initiations; a member that has not heard of the
@@ -276,21 +280,24 @@ class ApplyOps(DaemonBase):
         reachable within the gossip delay. Peers with an endpoint only (a NATed
         client is unreachable until it calls in); never with the memory backend
         (no interface: the datagram would leave by the host's default route).
+
+        An endpoint set later (its name resolved late, or it changed) gets the
+        same: WireGuard would start the handshake at its next retry or
+        keepalive, up to 5 s later (wireguard-go, an endpoint set 100 s after
+        its peer entry: 4.0 s).
         """
         if getattr(self.backend, "kind", "memory") == "memory":
             return
         added = [
-            op.peer.public_key for op in wg_ops if isinstance(op, AddPeer) and op.peer.endpoint
+            op.peer.public_key if isinstance(op, AddPeer) else op.public_key
+            for op in wg_ops
+            if (isinstance(op, AddPeer) and op.peer.endpoint)
+            or (isinstance(op, UpdatePeer) and op.endpoint)
         ]
         if not added or len(added) > self.NUDGE_MAX:
             return
-        with contextlib.suppress(OSError), socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.setblocking(False)
-            for key in added:
-                rec = rt.node.mesh.record(key)
-                if rec is not None:
-                    with contextlib.suppress(OSError):
-                        s.sendto(b"", (rec.address, 9))
+        records = (rt.node.mesh.record(key) for key in added)
+        send_nudges([rec.address for rec in records if rec is not None])
 
     async def _recompute_routes(self) -> None:
         """Path-vector routing over all our meshes (core.multimesh); publish our adverts.
@@ -358,3 +365,12 @@ class ApplyOps(DaemonBase):
             devices=[(d.wg_key, d.address, d.sponsor) for d in self._devices(rt)],
             direct=self.direct.plan(rt.mesh_id),
         )
+
+
+def send_nudges(addresses: list[str]) -> None:
+    """One empty datagram to each overlay address's discard port (failures ignored)."""
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+        s.setblocking(False)
+        for address in addresses:
+            with contextlib.suppress(OSError):
+                s.sendto(b"", (address, 9))

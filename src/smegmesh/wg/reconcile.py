@@ -84,6 +84,9 @@ class Reconciler:
         self.clock = clock
         self._cache: dict[str, _Cache] = {}
         self._lock = threading.RLock()
+        #: ops the health check applied again (endpoints resolved late), per
+        #: interface, until :meth:`take_applied_again`
+        self._again: dict[str, list[WgOp]] = {}
 
     def interfaces(self) -> list[str]:
         return list(self._cache)
@@ -253,16 +256,28 @@ class Reconciler:
             log.warning("cannot configure %s again: %s", want_if.name, exc)
             return
         if res.wg_ops:
+            self._again.setdefault(want_if.name, []).extend(res.wg_ops)
             log.info(
                 "%s: %d WireGuard ops applied again (endpoint names resolved late)",
                 want_if.name,
                 len(res.wg_ops),
             )
 
+    def take_applied_again(self) -> dict[str, list[WgOp]]:
+        """The WireGuard ops :meth:`check` applied again since the last call, per interface.
+
+        What a caller does after an apply (start handshakes with peers whose
+        endpoint was just set) it does with these too.
+        """
+        with self._lock:
+            again, self._again = self._again, {}
+            return again
+
     def remove(self, name: str) -> None:
         """Remove the interface and everything we added for it."""
         with self._lock:
             self._cache.pop(name, None)
+            self._again.pop(name, None)
             try:
                 self.host.remove(name)
             finally:
