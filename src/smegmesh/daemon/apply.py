@@ -291,9 +291,9 @@ class ApplyOps(DaemonBase):
         (no interface: the datagram would leave by the host's default route).
 
         An endpoint set later (its name resolved late, or it changed) gets the
-        same: WireGuard would start the handshake at its next retry or
-        keepalive, up to 5 s later (wireguard-go, an endpoint set 100 s after
-        its peer entry: 4.0 s).
+        same: otherwise WireGuard starts the handshake only at its next retry
+        or keepalive, and between peers with no keepalive and nothing to send
+        never (tests/netns/test_late_name_netns.py).
         """
         if getattr(self.backend, "kind", "memory") == "memory":
             return
