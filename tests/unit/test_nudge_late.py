@@ -4,9 +4,10 @@ The nudge (``ApplyOps._nudge_new_peers``: one empty datagram to the peer's
 overlay address, so this side's WireGuard starts a handshake at once) went
 only to peers just added with an endpoint. A peer entry made while its name
 did not resolve has none; when the health check (or an apply) set it later,
-the handshake waited for WireGuard's next retry or keepalive: 4.0 s with
-wireguard-go for an endpoint set 100 s after the entry (a probe of this
-session's, not kept: it takes two minutes), against 0.4 s 20 s after it.
+the handshake waited for WireGuard's next retry or keepalive (wireguard-go
+with a keepalive: 4.0 s for an endpoint set 100 s after the entry, a probe
+not kept), and between peers with no keepalive and nothing to send it never
+came (tests/netns/test_late_name_netns.py).
 """
 
 from __future__ import annotations
