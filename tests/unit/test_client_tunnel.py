@@ -208,3 +208,44 @@ def test_a_peer_without_an_endpoint_is_not_judged() -> None:
     assert tunnel_of(status(None, None), P) == (False, None)
     assert tunnel_of(status("192.0.2.1:51820", None), P) == (True, None)
     assert tunnel_of(status("192.0.2.1:51820", 1_700_000_000.25), P) == (True, 1_700_000_000_250)
+
+
+def _status(peer: bytes, handshake_ms: int | None) -> InterfaceStatus:
+    hs = None if handshake_ms is None else handshake_ms / 1000
+    p = PeerStatus(peer, "192.0.2.1:51820", frozenset(), KA, hs, 0, 0)
+    return InterfaceStatus("wg0", None, 51820, {peer: p})
+
+
+def test_our_own_interface_set_down_is_not_blamed_on_our_peer() -> None:
+    """``ip link set wg0 down`` beside smegd: WireGuard keeps its last handshake
+    time and sends nothing. The read that found our link down was ignored:
+    the client went on counting the silence from that handshake, and moved
+    from an honest peer (avoided for 10 minutes) as soon as the link was up
+    again without a new handshake yet (the health check brings it up just
+    before). A read of a down link starts the watch again; a peer silent for
+    the whole limit after that is still left."""
+    net, _, client, peer = settled_client()
+    hs = net.now  # a handshake, then silence (the link is about to go down)
+    assert client.tunnel_read(net.now, _status(peer, hs), KA) is None
+    t_down = hs + LIMIT - 5_000
+    net.run_until(t_down)
+    assert client.tunnel_read(net.now, _status(peer, hs), KA, link_up=False) is None
+    net.run_until(net.now + 5_000)  # up again, the new handshake not made yet
+    assert client.tunnel_read(net.now, _status(peer, hs), KA) is None
+    assert client.my_peer() == peer and client._avoid.get(peer, 0) <= net.now
+    # and no handshake for the whole limit after that: the peer is left
+    t_up, moved = net.now, None
+    while moved is None and net.now < t_up + LIMIT + 10_000:
+        net.run_until(net.now + 5_000)
+        moved = client.tunnel_read(net.now, _status(peer, hs), KA)
+    assert moved is not None and moved.old == peer and net.now >= t_up + LIMIT
+
+
+def test_a_link_that_stays_down_never_blames_the_peer() -> None:
+    """Down for an hour (smegd cannot bring it up): no move, however silent."""
+    net, _, client, peer = settled_client()
+    assert client.tunnel_read(net.now, _status(peer, net.now), KA) is None
+    for _ in range(720):
+        net.run_until(net.now + 5_000)
+        assert client.tunnel_read(net.now, _status(peer, None), KA, link_up=False) is None
+    assert client.my_peer() == peer

@@ -136,3 +136,30 @@ def test_remove() -> None:
     rec.apply(iface(2), HOST)
     rec.remove("wgr0")
     assert "wgr0" not in wg.devices and "wgr0" not in host.state
+
+
+def test_an_interface_that_cannot_be_brought_up_is_warned_of_once(caplog: Any) -> None:
+    """A bring-up that fails (or a link set down again at once) is retried at
+    every check: the WARNING that it was set down came every 5 s with it."""
+
+    class Stubborn(MemoryHost):
+        def apply(self, interface: str, ops: Any) -> None:
+            if self.state.get(interface) is not None and not self.state[interface].up:
+                raise OSError("Operation not permitted")
+            super().apply(interface, ops)
+
+    wg, host = MemoryBackend(), Stubborn()
+    rec = Reconciler(wg, host)
+    rec.apply(iface(3), HOST)
+    host.state["wgr0"] = replace(host.state["wgr0"], up=False)
+    with caplog.at_level(logging.WARNING, logger="smegmesh.wg.reconcile"):
+        for _ in range(5):
+            rec.check()
+    assert caplog.text.count("was set down outside smegd") == 1
+    host.state["wgr0"] = replace(host.state["wgr0"], up=True)
+    rec.check()
+    host.state["wgr0"] = replace(host.state["wgr0"], up=False)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="smegmesh.wg.reconcile"):
+        rec.check()
+    assert caplog.text.count("was set down outside smegd") == 1  # a new occurrence

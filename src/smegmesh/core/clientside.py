@@ -315,15 +315,22 @@ class ClientMixin:
         return keepalive_s > 0 and self.my_peer() is not None
 
     def tunnel_read(
-        self, now_ms: int, status: InterfaceStatus, keepalive_s: int
+        self, now_ms: int, status: InterfaceStatus, keepalive_s: int, link_up: bool = True
     ) -> TunnelMove | None:
-        """A WireGuard status read of our interface, by the adapter (``core.tunnel``)."""
+        """A WireGuard status read of our interface, by the adapter (``core.tunnel``).
+
+        ``link_up`` False: our own interface is down (set down outside smegd,
+        read from the host before the health check brings it up again). A down
+        link sends nothing, and WireGuard keeps the time of its last handshake:
+        the silence that follows is ours, not our peer's. The watch starts
+        again, as for a peer not configured yet (``TunnelWatch.absent``).
+        """
         peer = self.my_peer()
         if peer is None or not self.tunnel_watched(keepalive_s):
             return None
         judged, handshake_ms = tunnel_of(status, peer)
-        if not judged:
-            self._tunnel.absent()  # not configured yet, or no endpoint: start again
+        if not judged or not link_up:
+            self._tunnel.absent()  # not configured yet, no endpoint, or we are down: again
             return None
         return self.tunnel_seen(now_ms, peer, handshake_ms, keepalive_s)
 

@@ -2,13 +2,15 @@
 
 A client pings its assigned peer over the control transport, and moves on
 when that peer stops answering. But the control port answering says nothing
-of the WireGuard port: a firewall that lets one through and not the other, a
-WireGuard interface taken down beside a running smegd, or a peer that
-answers pings and never completes a handshake left the client with no data
-path at all, for good. A client sends persistent keepalives (25 s by
-default), so WireGuard keeps a session with its peer whether or not anything
-else is sent: a handshake within seconds of the first keepalive, and a new
-one at least every ``REJECT_AFTER_MS`` plus a keepalive interval after that.
+of the WireGuard port: a firewall that lets one through and not the other, or a
+peer that answers pings and never completes a handshake left the client with
+no data path at all, for good. (Our own interface set down beside a running
+smegd is no fault of the peer's: a read that finds it down starts the watch
+again, ``ClientMixin.tunnel_read``, and the health check brings it up.)
+A client sends persistent keepalives (25 s by default), so WireGuard keeps
+a session with its peer whether or not anything else is sent: a handshake
+within seconds of the first keepalive, and a new one at least every
+``REJECT_AFTER_MS`` plus a keepalive interval after that.
 
 :class:`TunnelWatch` takes the peer's latest handshake as the daemon reads it
 from WireGuard, every few seconds, and says when the tunnel is dead:

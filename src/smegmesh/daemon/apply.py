@@ -83,9 +83,14 @@ class ApplyOps(DaemonBase):
             pacer.done(time.monotonic(), time.thread_time() - cpu)
             if time.monotonic() - last_check > 5:
                 last_check = time.monotonic()
-                await self._health_check()
-                await self._poll_handshakes()
-                await self._watch_tunnels()
+                await self._every_5s()
+
+    async def _every_5s(self) -> None:
+        """The periodic checks. The tunnel watch reads our links before the health
+        check brings one set down outside smegd up again: so it sees it was down."""
+        await self._watch_tunnels()
+        await self._health_check()
+        await self._poll_handshakes()
 
     async def _reconcile_pass(self) -> None:
         """Routes, every changed mesh's WireGuard configuration, DNS, aliases, bridge NAT."""
@@ -203,11 +208,22 @@ class ApplyOps(DaemonBase):
         self.wg_status[rt.mesh_id] = status
         return status
 
+    async def _link_up(self, rt: MeshRuntime) -> bool | None:
+        """Whether ``rt``'s interface is up (None: no such link, or the read failed)."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._wg_pool, self.reconciler.host.is_up, rt.ifname
+            )
+        except Exception as e:
+            log.debug("mesh %s: cannot read the link state: %s", rt.mesh_id, e)
+            return None
+
     async def _watch_tunnels(self) -> None:
         """A client's tunnel to its peer, every 5 s: a dead one moves it (``core.tunnel``).
 
         A status read where the core watches a tunnel, on a backend with a data
-        plane (the memory backend makes no handshakes); the core decides.
+        plane (the memory backend makes no handshakes), and the link's state (a
+        link set down outside smegd is no fault of the peer's); the core decides.
         """
         if self.backend.kind == "memory":
             return
@@ -218,7 +234,12 @@ class ApplyOps(DaemonBase):
             if not rt.up or rt.joining or not rt.node.tunnel_watched(rt.keepalive):
                 continue
             status = await self._read_status(rt)
-            move = None if status is None else rt.node.tunnel_read(now_ms(), status, rt.keepalive)
+            up = await self._link_up(rt)
+            move = (
+                None
+                if status is None
+                else rt.node.tunnel_read(now_ms(), status, rt.keepalive, link_up=up is not False)
+            )
             if move is not None:
                 self._tunnel_dead(rt, move)
                 self._emit(rt, move.outs)

@@ -87,6 +87,8 @@ class Reconciler:
         #: ops the health check applied again (endpoints resolved late), per
         #: interface, until :meth:`take_applied_again`
         self._again: dict[str, list[WgOp]] = {}
+        #: interfaces found set down outside smegd and not found up since (told once)
+        self._told_down: set[str] = set()
 
     def interfaces(self) -> list[str]:
         return list(self._cache)
@@ -214,7 +216,8 @@ class Reconciler:
             return out
 
     def _set_down(self, name: str, cache: _Cache) -> bool:
-        """Whether ``name`` was set down outside smegd while we want it up (logged).
+        """Whether ``name`` was set down outside smegd while we want it up (logged
+        once until it is found up: a bring-up that fails is retried every check).
 
         The kernel drops a down link's IPv6 addresses and routes with it, and
         WireGuard sends nothing: every tunnel of the mesh is dead until the
@@ -229,12 +232,16 @@ class Reconciler:
         except Exception as exc:
             log.debug("cannot read the link state of %s: %s", name, exc)
             return False
-        if down:
+        if down and name not in self._told_down:  # once while it stays down
+            self._told_down.add(name)
             log.warning(
                 "%s was set down outside smegd (its addresses and routes went with it): "
-                "bringing it up again (smegd keeps its mesh interfaces up while in the mesh)",
+                "bringing it up again (smegd keeps its mesh interfaces up while in the mesh; "
+                "a client does not blame its peer for the silence)",
                 name,
             )
+        elif not down:
+            self._told_down.discard(name)
         return down
 
     def _apply_again(self, cache: _Cache) -> None:
@@ -278,6 +285,7 @@ class Reconciler:
         with self._lock:
             self._cache.pop(name, None)
             self._again.pop(name, None)
+            self._told_down.discard(name)
             try:
                 self.host.remove(name)
             finally:
