@@ -33,6 +33,17 @@ def daemon_config(root: Path, **extra: Any) -> Any:
     return parse_config(cfg)
 
 
+def by_hand(d: Daemon) -> Daemon:
+    """``d`` with a reconcile loop that does nothing: the test runs the passes
+    (``_reconcile_pass``, ``_health_check``, ...) when it chooses."""
+
+    async def no_loop() -> None:
+        await asyncio.Event().wait()
+
+    d._reconcile_loop = no_loop  # type: ignore[method-assign]
+    return d
+
+
 @contextlib.asynccontextmanager
 async def running_daemon(root: Path, **extra: Any) -> AsyncIterator[Daemon]:
     """A started daemon on ``root`` (keep ``root`` short: a unix socket lives there)."""

@@ -32,6 +32,22 @@ def _assigned(c: Daemon, mesh_id: str) -> str | None:
     return None if me is None else me.get("assigned_peer")
 
 
+def _client_of_two_peers(cluster: Cluster) -> tuple[str, Daemon, Daemon, Daemon]:
+    """Peers A and B, and a client C with a peer: (mesh, C, C's peer X, the other Y)."""
+    a, b = cluster.add_named("A B")
+    cluster.start(a, b)
+    mesh_id = cluster.new_mesh(a)
+    token = cluster.invite(a, mesh_id, uses=5)
+    cluster.join(b, token)
+    c = cluster.add("client", nat=False)
+    c.name = "C"
+    cluster.join(c, token)
+    keys = {str(a.public_key()): a, str(b.public_key()): b}
+    cluster.wait_for(lambda: _assigned(c, mesh_id) in keys, 40, "C has a peer")
+    x = keys[str(_assigned(c, mesh_id))]
+    return mesh_id, c, x, b if x is a else a
+
+
 def _block_wireguard(d: Daemon, mesh_id: str) -> None:
     """Drop every datagram to ``d``'s WireGuard port (its control plane's port still answers)."""
     st = d.wg_show(mesh_id)
@@ -50,18 +66,7 @@ def _block_wireguard(d: Daemon, mesh_id: str) -> None:
 
 def test_a_client_leaves_a_peer_whose_wireguard_port_is_blocked(bed: Testbed) -> None:
     with Cluster(bed, TIMINGS) as cluster:
-        a, b = cluster.add_named("A B")
-        cluster.start(a, b)
-        mesh_id = cluster.new_mesh(a)
-        token = cluster.invite(a, mesh_id, uses=5)
-        cluster.join(b, token)
-        c = cluster.add("client", nat=False)
-        c.name = "C"
-        cluster.join(c, token)
-        keys = {str(a.public_key()): a, str(b.public_key()): b}
-        cluster.wait_for(lambda: _assigned(c, mesh_id) in keys, 40, "C has a peer")
-        x = keys[str(_assigned(c, mesh_id))]
-        y = b if x is a else a
+        mesh_id, c, x, y = _client_of_two_peers(cluster)
         x_addr, y_addr = (str(d.overlay_address(mesh_id)) for d in (x, y))
         cluster.wait_for(lambda: c.ping(x_addr), 40, "C reaches its peer")
 
@@ -96,18 +101,7 @@ def test_a_client_leaves_a_peer_that_forwards_nothing(bed: Testbed) -> None:
     """X answers C's pings and handshakes with it, and drops what it should forward:
     before, C kept X for good with no way to the rest of the mesh (core.datapath)."""
     with Cluster(bed, TIMINGS) as cluster:
-        a, b = cluster.add_named("A B")
-        cluster.start(a, b)
-        mesh_id = cluster.new_mesh(a)
-        token = cluster.invite(a, mesh_id, uses=5)
-        cluster.join(b, token)
-        c = cluster.add("client", nat=False)
-        c.name = "C"
-        cluster.join(c, token)
-        keys = {str(a.public_key()): a, str(b.public_key()): b}
-        cluster.wait_for(lambda: _assigned(c, mesh_id) in keys, 40, "C has a peer")
-        x = keys[str(_assigned(c, mesh_id))]
-        y = b if x is a else a
+        mesh_id, c, x, y = _client_of_two_peers(cluster)
         x_addr, y_addr = (str(d.overlay_address(mesh_id)) for d in (x, y))
         cluster.wait_for(lambda: c.ping(y_addr), 40, "C reaches Y through X")
         # C's probes through X are answered: it stays (a wrong move would come within 25 s)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from daemon_inproc import daemon_config
+from daemon_inproc import by_hand, daemon_config
 from smegmesh.daemon.config import MeshOptions
 from smegmesh.daemon.node import Daemon
 from smegmesh.wg import factory
@@ -31,13 +31,7 @@ def _daemon(root: Path) -> Daemon:
     log = root / "hooks.log"
     hooks = {s: [f"echo {s} >> {log}"] for s in ("preUp", "postUp", "preDown", "postDown")}
     cfg = daemon_config(root, baseConfiguration={"publicEndpoint": "::1", **hooks})
-    d = Daemon(cfg)
-
-    async def no_loop() -> None:  # passes are the test's
-        await asyncio.Event().wait()
-
-    d._reconcile_loop = no_loop  # type: ignore[method-assign]
-    return d
+    return by_hand(Daemon(cfg))
 
 
 def _ran(root: Path) -> list[str]:

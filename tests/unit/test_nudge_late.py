@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from daemon_inproc import daemon_config
+from daemon_inproc import by_hand, daemon_config
 from smegmesh.core.wgconfig import PeerConfig
 from smegmesh.core.wgdiff import AddPeer, RemovePeer, UpdatePeer
 from smegmesh.daemon import apply
@@ -43,12 +43,7 @@ def test_a_peer_whose_endpoint_the_health_check_set_is_nudged(
     root: Path, sent: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def main() -> None:
-        d = Daemon(daemon_config(root, baseConfiguration={"publicEndpoint": "::1"}))
-
-        async def no_loop() -> None:  # passes are the test's
-            await asyncio.Event().wait()
-
-        d._reconcile_loop = no_loop  # type: ignore[method-assign]
+        d = by_hand(Daemon(daemon_config(root, baseConfiguration={"publicEndpoint": "::1"})))
         await d.start()
         try:
             rt = d.meshes[await d.new_mesh(MeshOptions())]

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from daemon_inproc import daemon_config
+from daemon_inproc import by_hand, daemon_config
 from smegmesh.core.wgconfig import InterfaceStatus
 from smegmesh.daemon.config import MeshOptions
 from smegmesh.daemon.node import Daemon
@@ -32,12 +32,7 @@ def test_the_watch_sees_a_link_set_down_that_the_health_check_brings_up(
     monkeypatch.setattr(factory, "create_backend", lambda *a, **kw: backend)
 
     async def main() -> None:
-        d = Daemon(daemon_config(root))
-
-        async def no_loop() -> None:  # passes are the test's
-            await asyncio.Event().wait()
-
-        d._reconcile_loop = no_loop  # type: ignore[method-assign]
+        d = by_hand(Daemon(daemon_config(root)))
         await d.start()
         try:
             rt = d.meshes[await d.new_mesh(MeshOptions())]
