@@ -17,6 +17,9 @@ Peers send no keepalive and nothing crosses the overlay (gossip runs on the
 underlay), so nothing but the daemon starts a handshake between B and C once
 the endpoints are set: the nudge a peer gets when its endpoint arrives late
 (``ApplyOps._nudge_new_peers``). Without it there is none, ever.
+
+A client D whose only peer B publishes a late name keeps B: its tunnel watch
+waits for the endpoint before it expects a handshake. About 56 s.
 """
 
 from __future__ import annotations
@@ -120,3 +123,58 @@ def test_late_names_get_their_endpoints_and_a_handshake(cluster: Cluster) -> Non
         addr = cluster.addresses(mesh_id, [b, c])
         wait_until(lambda: b.node.ping(addr["C"]), timeout=10, what="B -> C over the overlay")
         wait_until(lambda: c.node.ping(addr["B"]), timeout=10, what="C -> B over the overlay")
+
+
+def test_a_client_whose_peer_has_a_late_name_keeps_it(cluster: Cluster) -> None:
+    """A client's only peer publishes a name the client cannot resolve at first.
+
+    The client's tunnel watch does not judge a peer entry without an endpoint
+    (core/tunnel.py), and starts its 30 s for a first handshake when the
+    endpoint is set: the handshake starts at once (the nudge), so the peer is
+    not blamed. (A watch that judged the entry without an endpoint as one
+    with no handshake blamed it: "no WireGuard handshake with our peer" in
+    D's log. The late nudge is not what keeps it here: without it the
+    client's keepalive has wireguard-go try again within seconds.)
+    """
+    a, b = cluster.add_named("A B")
+    d = cluster.add("client", start=False)
+    d.name = "D"
+    b.edit_config(base={"publicEndpoint": NAMES["B"]})
+    with _resolver_files(a, b, d), cluster.logs_on_failure():
+        _write_hosts(a, {NAMES["B"]: b.node.address})
+        cluster.start(a, b, d)
+        mesh_id = cluster.new_mesh(a)
+        cluster.join(b, cluster.invite(a, mesh_id))
+        keys = {n: base64.b64decode(k) for n, k in cluster.keys(mesh_id, [a, b]).items()}
+        cluster.join(d, cluster.invite(a, mesh_id))
+        cluster.wait_members(mesh_id, [d], set(cluster.keys(mesh_id, [a, b, d]).values()))
+        a.kill()  # D joined through A; B is the peer left to it
+
+        def at_d() -> tuple[set[bytes], str | None, bool]:
+            """(D's WireGuard peers, B's endpoint there, a handshake with B made)."""
+            st = d.wg_show(mesh_id)
+            if st is None:
+                return set(), None, False
+            peer = st.peers.get(keys["B"])
+            if peer is None:
+                return set(st.peers), None, False
+            return set(st.peers), peer.endpoint, peer.last_handshake is not None
+
+        wait_until(lambda: at_d()[0] == {keys["B"]}, timeout=20, what="D moved to B")
+        assert at_d() == ({keys["B"]}, None, False)  # B's name does not resolve at D
+
+        t0 = time.monotonic()
+        _write_hosts(d, {NAMES["B"]: b.node.address})
+        wait_until(lambda: at_d()[1], timeout=ENDPOINT_BOUND_S, interval=0.5, what="B's endpoint")
+        set_after = time.monotonic() - t0
+        assert (at_d()[1] or "").startswith(f"[{b.node.address}]:")
+        wait_until(
+            lambda: at_d()[2],
+            timeout=8,
+            interval=0.2,
+            what=f"D-B handshake (endpoint set {set_after:.1f} s after the name resolved)",
+        )
+        addr = cluster.addresses(mesh_id, [b])
+        wait_until(lambda: d.node.ping(addr["B"]), timeout=10, what="D -> B over the overlay")
+        assert "no WireGuard handshake" not in d.log_text()
+        assert at_d()[0] == {keys["B"]}  # still B's client
