@@ -16,7 +16,8 @@ test takes about 52 s.
 Peers send no keepalive and nothing crosses the overlay (gossip runs on the
 underlay), so nothing but the daemon starts a handshake between B and C once
 the endpoints are set: the nudge a peer gets when its endpoint arrives late
-(``ApplyOps._nudge_new_peers``). Without it there is none, ever.
+(``ApplyOps._nudge_new_peers``). Without it there is none until something
+is sent over the tunnel (the test waits 8 s for it, then pings).
 
 A client D whose only peer B publishes a late name keeps B: its tunnel watch
 waits for the endpoint before it expects a handshake. About 56 s.

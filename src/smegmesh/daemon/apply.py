@@ -313,8 +313,8 @@ class ApplyOps(DaemonBase):
 
         An endpoint set later (its name resolved late, or it changed) gets the
         same: otherwise WireGuard starts the handshake only at its next retry
-        or keepalive, and between peers with no keepalive and nothing to send
-        never (tests/netns/test_late_name_netns.py).
+        or keepalive, and between peers with no keepalive not before something
+        is sent (tests/netns/test_late_name_netns.py).
         """
         if getattr(self.backend, "kind", "memory") == "memory":
             return
