@@ -6,8 +6,8 @@ only to peers just added with an endpoint. A peer entry made while its name
 did not resolve has none; when the health check (or an apply) set it later,
 the handshake waited for WireGuard's next retry or keepalive (wireguard-go
 with a keepalive: 4.0 s for an endpoint set 100 s after the entry, a probe
-not kept), and between peers with no keepalive and nothing to send it never
-came (tests/netns/test_late_name_netns.py).
+not kept), and between peers with no keepalive not before the first packet
+sent (tests/netns/test_late_name_netns.py: none within 8 s without the nudge).
 """
 
 from __future__ import annotations
