@@ -52,6 +52,7 @@ from smegmesh.daemon.runtime import CLOCK, MeshRuntime, RuntimeOps, now_ms
 from smegmesh.daemon.statelock import StateLock
 from smegmesh.daemon.store import StoreOps
 from smegmesh.daemon.transport import RpcServer, TlsIdentity
+from smegmesh.wg.resolver import EndpointResolver
 
 log = logging.getLogger("smegd")
 
@@ -143,12 +144,15 @@ class Daemon(
         self.identity = self._load_identity()
         self.tls = TlsIdentity.load_or_create(self.state_dir)
         dgram = DatagramStats() if cfg.datagrams else None  # UDP beside gRPC (rpc_dgram.py)
+        # members' control endpoint names, looked up in threads of their own
+        self.control_names = EndpointResolver(report=_name_failed)
         self.rpc = MeteredRpcClient(
             self.metrics,
             self.identity,
             timeout=float(cfg.timeout),
             max_channels=cfg.max_channels,
             datagrams=DatagramClient(dgram) if dgram is not None else None,
+            resolve=self.control_names.resolve_async,
         )
         self.rpc_server = RpcServer(
             self.tls,
@@ -224,6 +228,7 @@ class Daemon(
             await self.rpc_server.stop()
         if hasattr(self, "rpc"):  # absent when start() failed early (state lock, state dir)
             await self.rpc.close()
+            self.control_names.close()
         # WireGuard interfaces stay up across a daemon restart (traffic keeps
         # flowing); `leave-mesh` removes them.
         self._wg_pool.shutdown(wait=False, cancel_futures=True)
@@ -252,3 +257,8 @@ class Daemon(
         log.info(
             "TCP API on %s (%s, bearer token required)", cfg.api_listen, "HTTPS" if tls else "HTTP"
         )
+
+
+def _name_failed(endpoint: str, why: str) -> None:
+    """A member's control endpoint name that did not resolve (the call's failure says more)."""
+    log.debug("control endpoint %s: %s", endpoint, why)

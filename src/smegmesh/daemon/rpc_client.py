@@ -11,7 +11,7 @@ import logging
 import ssl
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,7 @@ from smegmesh.daemon.rpc_backoff import EndpointBackoff
 from smegmesh.daemon.rpc_common import FULL_METHOD, MAX_MESSAGE, TLS_NAME, RpcError, _signed_digest
 from smegmesh.daemon.rpc_dgram_client import DatagramClient
 from smegmesh.daemon.rpc_tls import fetch_certificate
+from smegmesh.wg.resolver import literal_only
 
 log = logging.getLogger("smegmesh.daemon.transport")  # one logger for the transport
 
@@ -108,11 +109,16 @@ class RpcClient:
         clock: Callable[[], float] = time.monotonic,
         certificates: OrderedDict[bytes, bytes] | None = None,
         datagrams: DatagramClient | None = None,
+        resolve: Callable[[str], Awaitable[str | None]] | None = None,
     ) -> None:
         if max_channels < 1:
             raise ValueError("max_channels must be at least 1")
         self._identity = identity
         self._timeout = timeout
+        #: a member's endpoint name to an address, in the resolver's own threads
+        #: (``EndpointResolver.resolve_async``); None: the event loop's default
+        #: pool resolves it while connecting, a thread held for as long as DNS takes
+        self._resolve = resolve
         self._max_channels = max_channels
         self._idle_s = channel_idle_s
         self._clock = clock
@@ -258,6 +264,7 @@ class RpcClient:
         call counted on it for each caller still waiting (idle if none is)."""
         endpoint, fp = key
         try:
+            host, port = await self._address(endpoint, fp, host, port)
             der = self._certs.get(fp)
             if der is not None:
                 # Known by its hash: it stays the only root, so a server
@@ -275,6 +282,20 @@ class RpcClient:
             self._wake()
             if self._connects.get(key) is c:
                 del self._connects[key]
+
+    async def _address(self, endpoint: str, fp: bytes, host: str, port: int) -> tuple[str, int]:
+        """``host``, ``port`` with the host an address (a name resolved by ``resolve``).
+
+        A member chooses its endpoint's name, and its nameserver how long a lookup
+        takes: that wait holds none of the threads the daemon shares.
+        """
+        if self._resolve is None or literal_only(endpoint) is not None:
+            return host, port
+        literal = await self._resolve(endpoint)
+        if literal is None:
+            self._failed(endpoint, fp, "its name does not resolve")
+            raise RpcError(f"cannot reach {endpoint}: its name does not resolve")
+        return split_host_port(literal)
 
     def _release(self, p: _Pooled) -> None:
         """A call on ``p`` ended."""
