@@ -61,8 +61,8 @@ def join(net: Net, joiner: MeshNode, via: MeshNode) -> None:
     net.handle_outs(joiner, joiner.absorb(reply.items, net.now))
 
 
-def mesh_of(n_peers: int, n_clients: int = 0, net: Net | None = None) -> tuple[Net, list[MeshNode]]:
-    net = net if net is not None else Net()
+def mesh_of(n_peers: int, n_clients: int = 0) -> tuple[Net, list[MeshNode]]:
+    net = Net()
     first = net.add(1)
     net.handle_outs(first, first.start(0))
     nodes = [first]

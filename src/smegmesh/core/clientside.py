@@ -14,7 +14,6 @@ refutes it, instead of waiting up to a ``pullInterval`` for its next pull.
 from __future__ import annotations
 
 import bisect
-import random
 from typing import TYPE_CHECKING, Any
 
 from smegmesh.core.cert import (
@@ -29,8 +28,8 @@ from smegmesh.core.engine import (
 )
 from smegmesh.core.hashing import RankedSet
 from smegmesh.core.identity import NodeIdentity
-from smegmesh.core.liveness import FailureDetector, LivenessParams
-from smegmesh.core.messages import IN_REPLY, Ack, Ping, Refusal
+from smegmesh.core.liveness import LivenessParams
+from smegmesh.core.messages import IN_REPLY, Ack, Ping
 from smegmesh.core.nodeviews import Views, is_pruned, update_pays
 from smegmesh.core.record import (
     NodeRecord,
@@ -51,8 +50,6 @@ class ClientMixin:
 
     mesh_id: str
     liveness: LivenessParams
-    rng: random.Random
-    _fd: FailureDetector
     _avoid: dict[bytes, int]
     _peer_ping_due: int
     _peer_ping_inflight: bool
@@ -146,92 +143,7 @@ class ClientMixin:
         self._peer_ping_due = now_ms + self.liveness.probe_interval_ms
         self._peer_ping_inflight = True
         out.append(Call(peer, Ping(self.mesh_id, 0), PeerPingCtx(peer)))
-        out.extend(self._probe_path(peer, now_ms))
         return out
-
-    def _peer_replied(self, to: bytes, ctx: PeerPingCtx, reply: Message, now_ms: int) -> list[Out]:
-        """The answer to a ping of ours: of our peer, or of another member through it."""
-        if ctx.through:  # any answer: the path works, or (of the peer) its forwarding fails
-            return self._path_answered(to, ctx, now_ms)
-        if isinstance(reply, Refusal):
-            # Our peer no longer serves us in this mesh (it left it, or lost us): a
-            # failure, not an answer; otherwise the ping stays in flight forever and
-            # the client never moves (nor pulls from anyone else).
-            return self._peer_ping_failed(to, ctx, now_ms)
-        self._fd.heard_from(to, now_ms)
-        return self._peer_acked(ctx.peer, now_ms, reply)
-
-    def _peer_ping_failed(self, to: bytes, ctx: PeerPingCtx, now_ms: int) -> list[Out]:
-        """A ping of ours got no answer.
-
-        Of our peer: we move once it is silent; of another member through it:
-        ``core.datapath``.
-        """
-        if ctx.through:
-            return self._path_unanswered(to, ctx, now_ms)
-        self._peer_ping_inflight = False
-        self._peer_ping_failures += 1
-        failing_ms = self._peer_ping_failures * self.liveness.probe_interval_ms
-        if failing_ms >= self.liveness.suspicion_ms:  # silent: move to the next one
-            self._avoid_peer(ctx.peer, now_ms)
-            return self._maybe_reassign(now_ms)
-        return []
-
-    def _path_works(self, peer: bytes, now_ms: int) -> bool:
-        """Whether what a probe through ``peer`` shows is the peer's doing.
-
-        Its tunnel has made a handshake and it answers our pings (``core.datapath``).
-        """
-        t, a = self._tunnel, self._acked
-        tunnel_up = t.peer == peer and t.handshake is not None
-        return tunnel_up and a is not None and a[0] == peer and now_ms - a[2] < self._ack_gap_ms
-
-    def _probe_path(self, peer: bytes, now_ms: int) -> list[Out]:
-        """A ping through our peer's tunnel, of another member or of the peer, when due."""
-        path = self._tunnel.path
-        if not self._path_works(peer, now_ms):
-            path.forget()
-            return []
-        if not path.due(peer, now_ms):
-            return []
-        target = path.target([k for k in self._ranked_peers() if k != peer], self.rng.randrange)
-        if target is None:
-            return []
-        path.sent()
-        return [Call(target, Ping(self.mesh_id, 0), PeerPingCtx(peer, True), overlay=True)]
-
-    def _path_answered(self, to: bytes, ctx: PeerPingCtx, now_ms: int) -> list[Out]:
-        """A probe through our peer was answered: its own, after others were not, moves us."""
-        path = self._tunnel.path
-        if not path.answered(ctx.peer, to, now_ms) or ctx.peer != self.my_peer():
-            return []
-        if not self._path_works(ctx.peer, now_ms):
-            path.forget()
-            return []
-        probes = len(set(path.failed))
-        self._avoid_peer(ctx.peer, now_ms, AVOID_MS)
-        path.moved(now_ms)
-        outs = self._maybe_reassign(now_ms)
-        new = self.my_peer()
-        self._tunnel.path_move = TunnelMove(
-            ctx.peer, new if new != ctx.peer else None, 0, [], probes
-        )
-        return outs
-
-    def _path_unanswered(self, to: bytes, ctx: PeerPingCtx, now_ms: int) -> list[Out]:
-        """A probe through our peer got no answer (``core.datapath``)."""
-        path = self._tunnel.path
-        if not self._path_works(ctx.peer, now_ms) or ctx.peer != self.my_peer():
-            path.forget()  # the tunnel or the peer is down: that explains it
-            return []
-        others = sum(1 for k in self._ranked_peers() if k != ctx.peer)
-        path.unanswered(ctx.peer, to, others, now_ms)
-        return []
-
-    def take_path_move(self) -> TunnelMove | None:
-        """A move for a peer that did not forward, once (for the adapter to report)."""
-        move, self._tunnel.path_move = self._tunnel.path_move, None
-        return move
 
     def _maybe_reassign(self, now_ms: int) -> list[Out]:
         rec = self.mesh.record(self.key)

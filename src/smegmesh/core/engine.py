@@ -130,14 +130,9 @@ class ProbeCtx:
 
 @dataclass(frozen=True, slots=True)
 class PeerPingCtx:
-    """A client's ping of its assigned peer.
-
-    ``through``: of another member, through the peer's tunnel, to see that it
-    forwards (``core.datapath``).
-    """
+    """A client's ping of its assigned peer."""
 
     peer: bytes
-    through: bool = False
 
 
 @dataclass(slots=True)
@@ -165,15 +160,12 @@ class Call:
     """Send ``msg`` to member ``to``; feed the reply or the failure back with this ``Call``.
 
     ``timeout_ms``: fail the call after this long (None: the driver's RPC timeout).
-    ``overlay``: call ``to`` at its overlay address (through our WireGuard
-    tunnel) rather than at its control endpoint.
     """
 
     to: bytes
     msg: Message
     ctx: CallCtx
     timeout_ms: int | None = None
-    overlay: bool = False
 
 
 @dataclass(frozen=True, slots=True)

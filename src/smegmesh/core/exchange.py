@@ -108,11 +108,10 @@ class ExchangeMixin:
         def _admit(
             self, src: bytes, req: JoinRequest, now_ms: int
         ) -> tuple[Message, list[Out]]: ...
-        def _peer_replied(
-            self, to: bytes, ctx: PeerPingCtx, reply: Message, now_ms: int
-        ) -> list[Out]: ...
-        def _peer_ping_failed(self, to: bytes, ctx: PeerPingCtx, now_ms: int) -> list[Out]: ...
+        def _maybe_reassign(self, now_ms: int) -> list[Out]: ...
+        def _peer_acked(self, peer: bytes, now_ms: int, reply: Message) -> list[Out]: ...
         def _ping_ack(self, src: bytes, ping: Ping) -> Ack: ...
+        def _avoid_peer(self, peer: bytes, now_ms: int, for_ms: int | None = None) -> None: ...
 
     def _gossip_calls(
         self,
@@ -419,12 +418,15 @@ class ExchangeMixin:
     def handle_reply(self, to: bytes, ctx: CallCtx, reply: Message, now_ms: int) -> list[Out]:
         """The reply ``reply`` of member ``to`` to our call with context ``ctx``."""
         self.tags.note_reply(to, reply, record_version(self.mesh, to))
-        if isinstance(ctx, PeerPingCtx):  # a client's (core.clientside)
-            return self._peer_replied(to, ctx, reply, now_ms)
         if isinstance(ctx, RelayCtx):  # a relayed ping: answer the PingReq
             ok = isinstance(reply, Ack) and reply.ok
             return [Respond(ctx.request_id, Ack(IN_REPLY, ctx.probe_id, ok))]
         if isinstance(reply, Refusal):
+            if isinstance(ctx, PeerPingCtx):
+                # Our peer no longer serves us in this mesh (it left it, or lost us): a
+                # failure, not an answer; otherwise the ping stays in flight forever and
+                # the client never moves (nor pulls from anyone else).
+                return self.handle_failure(to, ctx, now_ms)
             return self._announce_to(to, now_ms)
         if not isinstance(ctx, ProbeCtx):
             self._fd.heard_from(to, now_ms)
@@ -432,6 +434,8 @@ class ExchangeMixin:
             if isinstance(reply, Ack) and reply.ok:
                 self._fd.on_ack(ctx.target, ctx.probe_id, now_ms)
             return self._heard_from_pruned(to, now_ms)
+        if isinstance(ctx, PeerPingCtx):
+            return self._peer_acked(ctx.peer, now_ms, reply)
         if isinstance(ctx, SyncCtx):
             if not isinstance(reply, SyncStart | SyncStep | SyncEnd):
                 return []
@@ -485,5 +489,10 @@ class ExchangeMixin:
             # it, until an ack of a push says it takes deltas (core.delta)
             self.tags.note_delta_failed(to, record_version(self.mesh, to))
         if isinstance(ctx, PeerPingCtx):
-            return self._peer_ping_failed(to, ctx, now_ms)
+            self._peer_ping_inflight = False
+            self._peer_ping_failures += 1
+            failing_ms = self._peer_ping_failures * self.liveness.probe_interval_ms
+            if failing_ms >= self.liveness.suspicion_ms:  # silent: move to the next one
+                self._avoid_peer(ctx.peer, now_ms)
+                return self._maybe_reassign(now_ms)
         return []

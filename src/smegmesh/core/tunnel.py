@@ -33,16 +33,15 @@ network drops WireGuard's packets would otherwise re-sign its record, and
 the mesh gossip it, every 30 s for as long as that lasts). Any handshake
 resets it.
 
-A peer that completes handshakes and then drops the packets it should
-forward is found by probes through the tunnel (``core.datapath``).
+What this does not catch: a peer that completes handshakes and then drops
+the packets it should forward (docs/SECURITY.md, "The client role").
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from smegmesh.core.datapath import MOVE_BACKOFF_MAX_MS, DataPathWatch, move_backoff_ms
 from smegmesh.core.wgconfig import InterfaceStatus
 
 __all__ = [
@@ -59,23 +58,20 @@ __all__ = [
 REJECT_AFTER_MS = 180_000
 #: No handshake this long after the peer became ours: the tunnel is dead.
 FIRST_HANDSHAKE_MS = 30_000
+#: The longest wait between two moves for a dead tunnel.
+MOVE_BACKOFF_MAX_MS = 30 * 60_000
 #: A peer whose tunnel was dead is passed over this long when choosing ours.
 AVOID_MS = 10 * 60_000
 
 
 @dataclass(frozen=True, slots=True)
 class TunnelMove:
-    """A client left ``old`` for its dead tunnel (``new``: its peer now; None: no other).
-
-    ``probes``: for a peer that did not forward (``core.datapath``), the
-    members our probes through it did not reach; 0 for a dead tunnel.
-    """
+    """A client left ``old`` for its dead tunnel (``new``: its peer now; None: no other)."""
 
     old: bytes
     new: bytes | None
     silent_ms: int
     outs: list[Any]  # core.engine.Out (engine imports this module's users)
-    probes: int = 0
 
 
 def tunnel_of(status: InterfaceStatus, peer: bytes) -> tuple[bool, int | None]:
@@ -111,10 +107,6 @@ class TunnelWatch:
     #: moves for a dead tunnel with no handshake since; the earliest next one
     moves: int = 0
     next_move_ms: int = 0
-    #: probes through the tunnel: does the peer forward (``core.datapath``)
-    path: DataPathWatch = field(default_factory=DataPathWatch)
-    #: a move for a dead path the adapter has not taken yet (``take_path_move``)
-    path_move: TunnelMove | None = None
 
     def seen(
         self, peer: bytes, handshake_ms: int | None, keepalive_s: int, now_ms: int
@@ -150,11 +142,11 @@ class TunnelWatch:
         other to go to) keeps its handshake, so the backoff grows.
         """
         self.moves += 1
-        self.next_move_ms = now_ms + move_backoff_ms(self.moves)
+        wait = FIRST_HANDSHAKE_MS << min(self.moves - 1, 16)
+        self.next_move_ms = now_ms + min(wait, MOVE_BACKOFF_MAX_MS)
 
     def clock_stepped(self, delta_ms: int) -> None:
         """The caller's clock was stepped: our times move with it (WireGuard's are not used)."""
         self.since_ms += delta_ms
         self.heard_ms += delta_ms
         self.next_move_ms += delta_ms
-        self.path.clock_stepped(delta_ms)

@@ -228,9 +228,6 @@ class ApplyOps(DaemonBase):
         if self.backend.kind == "memory":
             return
         for rt in list(self.meshes.values()):
-            path_move = rt.node.take_path_move()  # a peer that did not forward (core.datapath)
-            if path_move is not None:
-                self._tunnel_dead(rt, path_move)
             if not rt.up or rt.joining or not rt.node.tunnel_watched(rt.keepalive):
                 continue
             status = await self._read_status(rt)
@@ -240,28 +237,22 @@ class ApplyOps(DaemonBase):
                 if status is None
                 else rt.node.tunnel_read(now_ms(), status, rt.keepalive, link_up=up is not False)
             )
-            if move is not None:
-                self._tunnel_dead(rt, move)
-                self._emit(rt, move.outs)
-
-    def _tunnel_dead(self, rt: MeshRuntime, move: Any) -> None:
-        """The ``tunnel.dead`` event of a client's move (its line is the WARNING in the log)."""
-        alias = self.member_events.alias_of
-        detail: dict[str, Any] = {
-            "reason": "forwarding" if move.probes else "handshake",
-            "silent_s": round(move.silent_ms / 1000),
-            "new": key_to_text(move.new) if move.new else None,
-            "new_alias": alias(rt.mesh_id, move.new) if move.new else None,
-        }
-        if move.probes:
-            detail["probes"] = move.probes
-        self.events.publish(
-            "tunnel.dead",
-            mesh=rt.mesh_id,
-            node=move.old,
-            alias=alias(rt.mesh_id, move.old),
-            detail=detail,
-        )
+            if move is None:
+                continue
+            self.events.publish(  # its line is the WARNING in the log
+                "tunnel.dead",
+                mesh=rt.mesh_id,
+                node=move.old,
+                alias=self.member_events.alias_of(rt.mesh_id, move.old),
+                detail={
+                    "silent_s": round(move.silent_ms / 1000),
+                    "new": key_to_text(move.new) if move.new else None,
+                    "new_alias": self.member_events.alias_of(rt.mesh_id, move.new)
+                    if move.new
+                    else None,
+                },
+            )
+            self._emit(rt, move.outs)
 
     #: Handshake state is read this often, only while an event stream is open.
     HANDSHAKE_POLL_S = 10.0

@@ -16,7 +16,7 @@ import ipaddress
 import logging
 import time
 
-from smegmesh.core.endpoint import join_host_port, split_host_port
+from smegmesh.core.endpoint import split_host_port
 from smegmesh.core.identity import key_to_text
 from smegmesh.core.meshnode import Call, Out
 from smegmesh.core.meshtag import TAG_PREFIX
@@ -97,12 +97,9 @@ class EngineIO(DaemonBase):
             rt.wake.set()
             return
         timeout = call.timeout_ms / 1000 if call.timeout_ms is not None else None
-        where = rec.control_endpoint
-        if call.overlay:  # through our WireGuard tunnel: its overlay address, same port
-            where = join_host_port(rec.address, split_host_port(where)[1])
         try:
             data = await self.rpc.call(
-                where, rec.tls_fp, encode(call.msg), timeout=timeout, to=call.to
+                rec.control_endpoint, rec.tls_fp, encode(call.msg), timeout=timeout, to=call.to
             )
             reply = decode(data)
         except (RpcError, WireError) as e:

@@ -76,17 +76,10 @@ def _describe_member(t: str, ev: Mapping[str, Any], d: Mapping[str, Any]) -> str
         return f"{_name(ev, 'client')} re-assigned from {old} to {new}"
     if t == "tunnel.dead":
         new = _peer(d.get("new_alias"), d.get("new")) if d.get("new") else None
-        moved = f"moved to {new}" if new else "no other peer to move to"
-        if d.get("reason") == "forwarding":
-            return (
-                f"{_name(ev, 'our peer')} answers pings and makes WireGuard handshakes but "
-                f"forwarded nothing: pings of {d.get('probes', '?')} other members through "
-                "its tunnel went unanswered (is forwarding on there, and its firewall's "
-                f"forward chain open?): {moved}"
-            )
         return (
             f"no WireGuard handshake with {_name(ev, 'our peer')} for {d.get('silent_s', '?')} s "
-            "(is its WireGuard port reachable over UDP?): " + moved
+            "(is its WireGuard port reachable over UDP?): "
+            + (f"moved to {new}" if new else "no other peer to move to")
         )
     return None
 
