@@ -14,6 +14,7 @@ refutes it, instead of waiting up to a ``pullInterval`` for its next pull.
 from __future__ import annotations
 
 import bisect
+import random
 from typing import TYPE_CHECKING, Any
 
 from smegmesh.core.cert import (
@@ -26,6 +27,7 @@ from smegmesh.core.engine import (
     Out,
     PeerPingCtx,
 )
+from smegmesh.core.forwardwatch import ForwardMove
 from smegmesh.core.hashing import RankedSet
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.liveness import LivenessParams
@@ -60,6 +62,7 @@ class ClientMixin:
     _ranking: tuple[MeshState, int, RankedSet] | None
     _tunnel: TunnelWatch
     identity: NodeIdentity
+    rng: random.Random
 
     if TYPE_CHECKING:
 
@@ -273,3 +276,54 @@ class ClientMixin:
         """
         until = now_ms + (3 * self.liveness.suspicion_ms if for_ms is None else for_ms)
         self._avoid[peer] = max(self._avoid.get(peer, 0), until)
+
+    def forward_probe(self, now_ms: int, keepalive_s: int) -> bytes | None:
+        """A member to probe through our peer now (``core.forwardwatch``), or None.
+
+        The adapter sends a ``Ping`` to its overlay address at its control
+        port and one to its control endpoint, and says what answered
+        (:meth:`forward_result`). Only while the tunnel handshakes and our peer
+        answers our pings: otherwise those watches judge it.
+        """
+        peer = self.my_peer()
+        if peer is None or not self._forwarding_judged(peer, now_ms, keepalive_s):
+            return None
+        others = [k for k in self._views().reachable if k != peer]
+        return self._tunnel.fwd.probe(now_ms, peer, others, self.rng)
+
+    def forward_result(
+        self, now_ms: int, target: bytes, overlay: bool, underlay: bool, keepalive_s: int
+    ) -> ForwardMove | None:
+        """What answered the probe of ``target``: ``overlay`` (through our peer), ``underlay``.
+
+        When the probes blame our peer (``ForwardWatch.result``) while it still
+        answers our pings and the tunnel handshakes, pass it over for
+        :data:`~smegmesh.core.tunnel.AVOID_MS` and move to the next peer.
+        """
+        peer = self.my_peer()
+        if peer is None:
+            return None
+        fw = self._tunnel.fwd
+        n = sum(1 for k in self._views().reachable if k != peer)
+        if not fw.result(now_ms, peer, target, overlay, underlay, n, self.rng):
+            return None
+        if not self._forwarding_judged(peer, now_ms, keepalive_s):
+            return None
+        members = tuple(fw.failed)
+        self._avoid_peer(peer, now_ms, AVOID_MS)
+        fw.moved(now_ms)
+        outs = self._maybe_reassign(now_ms)
+        new = self.my_peer()
+        return ForwardMove(peer, new if new != peer else None, members, outs)
+
+    def _forwarding_judged(self, peer: bytes, now_ms: int, keepalive_s: int) -> bool:
+        """Whether the tunnel to ``peer`` handshakes and it answers our pings (then: forwarding)."""
+        t, a = self._tunnel, self._acked
+        return (
+            self.tunnel_watched(keepalive_s)
+            and t.peer == peer
+            and t.handshake is not None
+            and a is not None
+            and a[0] == peer
+            and now_ms - a[2] < self._ack_gap_ms
+        )

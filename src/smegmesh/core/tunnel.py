@@ -34,14 +34,16 @@ the mesh gossip it, every 30 s for as long as that lasts). Any handshake
 resets it.
 
 What this does not catch: a peer that completes handshakes and then drops
-the packets it should forward (docs/SECURITY.md, "The client role").
+the packets it should forward; its probes through the peer do
+(``core.forwardwatch``, kept here as ``TunnelWatch.fwd``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from smegmesh.core.forwardwatch import ForwardWatch
 from smegmesh.core.wgconfig import InterfaceStatus
 
 __all__ = [
@@ -107,6 +109,8 @@ class TunnelWatch:
     #: moves for a dead tunnel with no handshake since; the earliest next one
     moves: int = 0
     next_move_ms: int = 0
+    #: the probes through the peer (``core.forwardwatch``)
+    fwd: ForwardWatch = field(default_factory=ForwardWatch)
 
     def seen(
         self, peer: bytes, handshake_ms: int | None, keepalive_s: int, now_ms: int
@@ -150,3 +154,4 @@ class TunnelWatch:
         self.since_ms += delta_ms
         self.heard_ms += delta_ms
         self.next_move_ms += delta_ms
+        self.fwd.clock_stepped(delta_ms)
