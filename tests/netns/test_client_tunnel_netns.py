@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -80,3 +81,52 @@ def test_a_client_leaves_a_peer_whose_wireguard_port_is_blocked(bed: Testbed) ->
         x.node.run(["nft", "delete", "table", "inet", "blockwg"])  # X's port open again
         cluster.wait_for(lambda: c.ping(x_addr), 40, "C reaches X through its new peer")
         assert _assigned(c, mesh_id) == str(y.public_key())  # and stays there
+
+
+def _drop_forwarded(d: Daemon) -> None:
+    """``d`` forwards nothing (its own control plane and WireGuard still answer)."""
+    rules = """table inet blackhole {
+  chain f {
+    type filter hook forward priority -10; policy accept;
+    counter drop
+  }
+}
+"""
+    subprocess.run(
+        ["ip", "netns", "exec", d.node.ns, "nft", "-f", "-"], input=rules, check=True, text=True
+    )
+
+
+def test_a_client_leaves_a_peer_that_forwards_nothing(bed: Testbed) -> None:
+    """C's peer X keeps answering C's pings and handshaking, and drops every
+    packet it should forward. Before, C kept X for good, with no path into the
+    mesh; now C's probes through X to Y (Y's overlay address, control port)
+    go unanswered while Y answers directly, and C moves to Y."""
+    with Cluster(bed, replace(TIMINGS, log_level="debug")) as cluster:
+        a, b = cluster.add_named("A B")
+        cluster.start(a, b)
+        mesh_id = cluster.new_mesh(a)
+        token = cluster.invite(a, mesh_id, uses=5)
+        cluster.join(b, token)
+        c = cluster.add("client", nat=False)
+        c.name = "C"
+        cluster.join(c, token)
+        keys = {str(a.public_key()): a, str(b.public_key()): b}
+        cluster.wait_for(lambda: _assigned(c, mesh_id) in keys, 40, "C has a peer")
+        x = keys[str(_assigned(c, mesh_id))]
+        y = b if x is a else a
+        x_addr, y_addr = (str(d.overlay_address(mesh_id)) for d in (x, y))
+        cluster.wait_for(lambda: c.ping(y_addr), 40, "C reaches the mesh through its peer")
+        answered = "through our peer answered, directly answered"
+        cluster.wait_for(lambda: answered in c.log_text(), 60, "a probe through X answered")
+
+        _drop_forwarded(x)
+        assert not c.ping(y_addr)
+        t0 = time.monotonic()
+        cluster.wait_for(lambda: _assigned(c, mesh_id) == str(y.public_key()), 120, "C moves")
+        moved_after = time.monotonic() - t0
+        assert "forwarded none of our probes" in c.log_text()
+        assert moved_after < 90, moved_after
+        cluster.wait_for(lambda: c.ping(y_addr), 40, "C reaches the mesh through its new peer")
+        assert c.ping(x_addr)  # X itself, through Y (it forwards nothing, it answers)
+        print(f"moved after {moved_after:.1f} s")

@@ -494,6 +494,12 @@ def test_describe_lines() -> None:
         f"mesh {MESH}: no WireGuard handshake with our peer {k[:8]}… for 235 s "
         "(is its WireGuard port reachable over UDP?): no other peer to move to"
     )
+    hole = {"type": "tunnel.blackhole", "mesh": MESH, "alias": "gw-2", "node": k}
+    probed = {"members": [k, k, k], "member_aliases": ["a", None, "c"]}
+    assert describe({**hole, "detail": {**probed, "new": k, "new_alias": "gw-3"}}) == (
+        f"mesh {MESH}: our peer gw-2 answers our pings and handshakes but forwarded none "
+        f"of our probes to 3 members that answer directly (a, {k[:8]}…, c): moved to gw-3"
+    )
     assert describe({"type": "wg.peer_added", "mesh": MESH, "detail": {"count": 40}}) == (
         f"mesh {MESH}: 40 WireGuard peers added"
     )

@@ -22,7 +22,8 @@ member's WireGuard key as in `get-mesh`; `mesh`, `node` and `alias` may be
 null). Types: `member.joined`, `member.left`, `member.pruned`,
 `member.evicted`, `member.returned`, `member.changed` (detail: which of
 alias, description, services, role changed, old and new),
-`client.reassigned`, `tunnel.dead`, `route.changed`, `exit.changed`, `handshake.up`,
+`client.reassigned`, `tunnel.dead`, `tunnel.blackhole`, `route.changed`, `exit.changed`,
+`handshake.up`,
 `handshake.down`, `wg.peer_added`, `wg.peer_removed`, `mesh.joined`,
 `mesh.left`, `config.reloaded`, and `stream.dropped` (`detail.missed`:
 events this stream did not get, because the client resumed with a

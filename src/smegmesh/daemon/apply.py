@@ -21,8 +21,8 @@ from smegmesh.core.multimesh import MeshRouting, publish_adverts, routing_job
 from smegmesh.core.record import MAX_PROOFS
 from smegmesh.core.routing import RoutingResult
 from smegmesh.core.wgdiff import AddPeer, UpdatePeer
-from smegmesh.daemon.base import DaemonBase
 from smegmesh.daemon.events import WG_PEER_EVENTS_MAX, route_events, wg_peer_events
+from smegmesh.daemon.forward_probe import ForwardProbeOps
 from smegmesh.daemon.metrics import WG_READ_TIMEOUT_S
 from smegmesh.daemon.pacing import PassPacer
 from smegmesh.daemon.ratelog import RateLog
@@ -31,7 +31,7 @@ from smegmesh.daemon.runtime import MeshRuntime, now_ms
 log = logging.getLogger("smegd")
 
 
-class ApplyOps(DaemonBase):
+class ApplyOps(ForwardProbeOps):
     """Mixin of the daemon: the reconcile loop."""
 
     #: the last error of computing routes, logged once (None: the last pass did)
@@ -224,6 +224,7 @@ class ApplyOps(DaemonBase):
         A status read where the core watches a tunnel, on a backend with a data
         plane (the memory backend makes no handshakes), and the link's state (a
         link set down outside smegd is no fault of the peer's); the core decides.
+        Then the probe through the peer the core asks for, if any (``forward_probe``).
         """
         if self.backend.kind == "memory":
             return
@@ -238,6 +239,7 @@ class ApplyOps(DaemonBase):
                 else rt.node.tunnel_read(now_ms(), status, rt.keepalive, link_up=up is not False)
             )
             if move is None:
+                self._probe_forwarding(rt)  # and through it (core.forwardwatch)
                 continue
             self.events.publish(  # its line is the WARNING in the log
                 "tunnel.dead",

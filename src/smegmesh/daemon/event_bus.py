@@ -48,6 +48,7 @@ EVENT_TYPES: dict[str, int] = {
     "exit.changed": logging.INFO,
     "client.reassigned": logging.INFO,
     "tunnel.dead": logging.WARNING,
+    "tunnel.blackhole": logging.WARNING,
     "handshake.up": logging.DEBUG,
     "handshake.down": logging.DEBUG,
     "wg.peer_added": logging.INFO,

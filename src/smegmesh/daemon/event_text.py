@@ -54,7 +54,7 @@ _MEMBER_VERBS = {
 
 
 def _describe_member(t: str, ev: Mapping[str, Any], d: Mapping[str, Any]) -> str | None:
-    """The line of a member event (``member.*``, ``client.reassigned``, ``tunnel.dead``);
+    """The line of a member event (``member.*``, ``client.reassigned``, ``tunnel.*``);
     None: not one."""
     if t in _MEMBER_VERBS:
         return f"{_name(ev)} {_MEMBER_VERBS[t]}"
@@ -79,6 +79,15 @@ def _describe_member(t: str, ev: Mapping[str, Any], d: Mapping[str, Any]) -> str
         return (
             f"no WireGuard handshake with {_name(ev, 'our peer')} for {d.get('silent_s', '?')} s "
             "(is its WireGuard port reachable over UDP?): "
+            + (f"moved to {new}" if new else "no other peer to move to")
+        )
+    if t == "tunnel.blackhole":
+        new = _peer(d.get("new_alias"), d.get("new")) if d.get("new") else None
+        keys, aliases = list(d.get("members") or [])[:8], list(d.get("member_aliases") or [])
+        names = [_peer(aliases[i] if i < len(aliases) else None, k) for i, k in enumerate(keys)]
+        return (
+            f"{_name(ev, 'our peer')} answers our pings and handshakes but forwarded none of "
+            f"our probes to {len(keys)} members that answer directly ({', '.join(names)}): "
             + (f"moved to {new}" if new else "no other peer to move to")
         )
     return None

@@ -202,6 +202,32 @@ class DatagramClient(asyncio.DatagramProtocol):
         self.stats.fallbacks["answered"] += 1
         return reply
 
+    async def probe(
+        self, ip: str, port: int, to: bytes, body: bytes, timeout: float, me: NodeIdentity
+    ) -> bytes | None:
+        """One datagram call to ``ip``:``port`` (an IP literal), nothing learnt and no
+        fallback: the reply body, or None (unanswered, refused, or not sent).
+
+        A client's probe through its peer (``core.forwardwatch``): the same
+        member by its overlay address and by its control endpoint, so neither
+        may take the stream, nor be skipped for a back-off the other earned.
+        """
+        try:
+            a = ipaddress.ip_address(ip)
+        except ValueError:
+            return None
+        if len(self._pending) >= MAX_PENDING or len(body) > dw.MAX_BODY:
+            return None
+        fam = 10 if a.version == 6 else 2
+        try:
+            sock = await self._socket(fam)
+            self.keys.aead(me.wg_private_key, to, me.wg_public_key, to)
+        except (OSError, dw.DatagramError):
+            return None
+        kind = message_name(body) or "unknown"
+        status, reply = await self._exchange(sock, (str(a), port, fam), to, body, timeout, me, kind)
+        return reply if status == dw.OK else None
+
     async def _exchange(
         self,
         sock: asyncio.DatagramTransport,

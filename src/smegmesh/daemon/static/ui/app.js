@@ -17,7 +17,8 @@ const REFRESH_MS = 15000;
 const DEBOUNCE_MS = 250;
 const EVENT_TYPES = [
   "member.joined", "member.left", "member.pruned", "member.evicted", "member.returned",
-  "member.changed", "route.changed", "exit.changed", "client.reassigned", "tunnel.dead", "handshake.up",
+  "member.changed", "route.changed", "exit.changed", "client.reassigned", "tunnel.dead", "tunnel.blackhole",
+  "handshake.up",
   "handshake.down", "wg.peer_added", "wg.peer_removed", "mesh.joined", "mesh.left",
   "stream.dropped", "config.reloaded", "message",
 ];
