@@ -103,18 +103,7 @@ def test_a_client_leaves_a_peer_that_forwards_nothing(bed: Testbed) -> None:
     mesh; now C's probes through X to Y (Y's overlay address, control port)
     go unanswered while Y answers directly, and C moves to Y."""
     with Cluster(bed, replace(TIMINGS, log_level="debug")) as cluster:
-        a, b = cluster.add_named("A B")
-        cluster.start(a, b)
-        mesh_id = cluster.new_mesh(a)
-        token = cluster.invite(a, mesh_id, uses=5)
-        cluster.join(b, token)
-        c = cluster.add("client", nat=False)
-        c.name = "C"
-        cluster.join(c, token)
-        keys = {str(a.public_key()): a, str(b.public_key()): b}
-        cluster.wait_for(lambda: _assigned(c, mesh_id) in keys, 40, "C has a peer")
-        x = keys[str(_assigned(c, mesh_id))]
-        y = b if x is a else a
+        mesh_id, c, x, y = _client_of_two_peers(cluster)
         x_addr, y_addr = (str(d.overlay_address(mesh_id)) for d in (x, y))
         cluster.wait_for(lambda: c.ping(y_addr), 40, "C reaches the mesh through its peer")
         answered = "through our peer answered, directly answered"

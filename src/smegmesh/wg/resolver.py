@@ -156,58 +156,58 @@ class EndpointResolver:
 
     def __call__(self, endpoint: str) -> str | None:
         """``endpoint`` with an IP literal, or None when its name does not resolve now."""
-        if literal_only(endpoint) is not None:
-            return endpoint
-        fut, answer, why = self._begin(endpoint)
+        fut, answer = self._begin(endpoint)
         if fut is None:
-            if why is not None:
-                self._report(endpoint, why)
             return answer
         try:
-            result: str | None = fut.result(timeout=self.timeout_s)
+            return fut.result(timeout=self.timeout_s)
         except concurrent.futures.TimeoutError:
-            self._report(endpoint, f"no answer from DNS within {self.timeout_s:g} s")
-            return answer
+            return self._no_answer(endpoint, answer)
         except (OSError, ValueError, UnicodeError) as exc:
-            result = None
-            self._report(endpoint, f"does not resolve ({exc})")
-        return result
+            return self._no_answer(endpoint, None, exc)
 
     async def resolve_async(self, endpoint: str) -> str | None:
         """As a call, but the wait is the event loop's: no thread of the caller's is held
         while the name is looked up (in this resolver's own few threads)."""
-        if literal_only(endpoint) is not None:
-            return endpoint
-        fut, answer, why = self._begin(endpoint)
+        fut, answer = self._begin(endpoint)
         if fut is None:
-            if why is not None:
-                self._report(endpoint, why)
             return answer
         try:
             return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(fut)), self.timeout_s)
         except TimeoutError:
-            self._report(endpoint, f"no answer from DNS within {self.timeout_s:g} s")
-            return answer
+            return self._no_answer(endpoint, answer)
         except (OSError, ValueError, UnicodeError) as exc:
-            self._report(endpoint, f"does not resolve ({exc})")
-            return None
+            return self._no_answer(endpoint, None, exc)
 
-    def _begin(
-        self, endpoint: str
-    ) -> tuple[concurrent.futures.Future[str] | None, str | None, str | None]:
-        """(a lookup to wait for, else None; the answer held, if any; a failure to report).
+    def _no_answer(
+        self, endpoint: str, answer: str | None, exc: Exception | None = None
+    ) -> str | None:
+        """A lookup waited for failed (``exc``) or took too long: reported, ``answer`` given."""
+        why = (
+            f"does not resolve ({exc})"
+            if exc
+            else f"no answer from DNS within {self.timeout_s:g} s"
+        )
+        self._report(endpoint, why)
+        return answer
 
-        A name held and fresh, or failed and looked up again in the background,
-        is answered from what is held; a new name, or an answer grown old, is
-        looked up and waited for (at most ``timeout_s``, by the caller).
+    def _begin(self, endpoint: str) -> tuple[concurrent.futures.Future[str] | None, str | None]:
+        """(a lookup to wait for, else None; the answer held, final when there is none to wait).
+
+        A literal is its own answer; a name held and fresh, or failed and looked
+        up again in the background, is answered from what is held (a failure
+        of the background's reported now); a new name, or an answer grown old,
+        is looked up and waited for (at most ``timeout_s``, by the caller).
         """
+        if literal_only(endpoint) is not None:
+            return None, endpoint
         now = self._clock()
         with self._lock:
             known = self._known.get(endpoint)
             busy = endpoint in self._pending or len(self._pending) >= self._workers * 4
             if known is None:
                 # a lookup that outlived its wait is still out, or the pool is busy: not now
-                return (None if busy else self._start(endpoint, waited=True)), None, None
+                return (None if busy else self._start(endpoint, waited=True)), None
             answer, until, why = known
             if why is not None:
                 self._known[endpoint] = (answer, until, None)
@@ -217,10 +217,13 @@ class EndpointResolver:
                     # never resolves, applied again every health check, never
                     # holds the caller.
                     self._start(endpoint, waited=False)
-                return None, answer, why
-            # An answer grown old: waited for again (at most timeout_s), so a
-            # name whose address changed is sent with its new one.
-            return self._start(endpoint, waited=True), answer, None
+            else:
+                # An answer grown old: waited for again (at most timeout_s), so a
+                # name whose address changed is sent with its new one.
+                return self._start(endpoint, waited=True), answer
+        if why is not None:
+            self._report(endpoint, why)
+        return None, answer
 
     def _start(self, endpoint: str, *, waited: bool) -> concurrent.futures.Future[str]:
         """Begin a lookup of ``endpoint`` in the pool (called with the lock held).
