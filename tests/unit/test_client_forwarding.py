@@ -167,3 +167,44 @@ def test_with_one_other_peer_its_failures_alone_blame_ours() -> None:
     moves, probed = _run(net, client, lambda p, m: (p != bad, True), 300_000)
     assert len(moves) == 1 and moves[0].old == bad and moves[0].new is not None
     assert len(probed) >= FAILS_TO_BLAME
+
+
+def test_the_direct_half_of_a_probe_reaches_a_member_known_by_name() -> None:
+    """The direct probe took the control endpoint's host as an address: a member
+    published by name was never answered directly, so its probes counted for
+    nothing. The name is resolved as the control plane resolves it."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from smegmesh.daemon.forward_probe import ForwardProbeOps
+
+    sent: list[tuple[str, int]] = []
+    results: list[tuple[bool, bool]] = []
+
+    class Dg:
+        async def probe(self, ip: str, port: int, *_a: object) -> bytes | None:
+            sent.append((ip, port))
+            return b"ack"
+
+    async def resolve(endpoint: str) -> str | None:
+        return "[2001:db8::9]:4000" if endpoint == "m.example.net:4000" else None
+
+    rec = SimpleNamespace(control_endpoint="m.example.net:4000", address="fd00::9")
+
+    def result(_now: int, _target: bytes, overlay: bool, underlay: bool, _ka: int) -> None:
+        results.append((overlay, underlay))
+
+    rt: Any = SimpleNamespace(
+        mesh_id="m",
+        keepalive=25,
+        node=SimpleNamespace(mesh=SimpleNamespace(record=lambda _k: rec), forward_result=result),
+    )
+    me: Any = SimpleNamespace(
+        rpc=SimpleNamespace(datagrams=Dg()),
+        control_names=SimpleNamespace(resolve_async=resolve),
+        identity=None,
+        meshes={"m": rt},
+    )
+    asyncio.run(ForwardProbeOps._forward_probe(me, rt, b"t" * 32))
+    assert sorted(sent) == [("2001:db8::9", 4000), ("fd00::9", 4000)]
+    assert results == [(True, True)]

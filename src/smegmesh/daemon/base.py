@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from smegmesh.daemon.runtime import MeshRuntime
     from smegmesh.daemon.statelock import StateLock
     from smegmesh.daemon.transport import RpcServer, TlsIdentity
+    from smegmesh.wg.resolver import EndpointResolver
 
 __all__ = ["DaemonBase"]
 
@@ -52,6 +53,8 @@ class DaemonBase:
         identity: NodeIdentity
         tls: TlsIdentity
         rpc: MeteredRpcClient
+        #: members' control endpoint names to addresses (threads of its own)
+        control_names: EndpointResolver
         rpc_server: RpcServer | None
         _rpc_port: int
         _stop: asyncio.Event

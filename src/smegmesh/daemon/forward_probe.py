@@ -43,8 +43,10 @@ class ForwardProbeOps(DaemonBase):
         rec = rt.node.mesh.record(target)
         dg = self.rpc.datagrams
         if dg is not None and rec is not None and rec.control_endpoint:
+            # a name, as the control plane resolves it (no shared thread held)
+            where = await self.control_names.resolve_async(rec.control_endpoint)
             try:
-                host, port = split_host_port(rec.control_endpoint)
+                host, port = split_host_port(where or rec.control_endpoint)
             except ValueError:
                 host, port = "", 0
             body = encode(Ping(rt.mesh_id, 0))
