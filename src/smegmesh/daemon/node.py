@@ -144,8 +144,10 @@ class Daemon(
         self.identity = self._load_identity()
         self.tls = TlsIdentity.load_or_create(self.state_dir)
         dgram = DatagramStats() if cfg.datagrams else None  # UDP beside gRPC (rpc_dgram.py)
-        # members' control endpoint names, looked up in threads of their own
-        self.control_names = EndpointResolver(report=_name_failed)
+        # members' control endpoint names, looked up in threads of their own; a
+        # name that failed is tried again after 5 s (a call to it fails at once
+        # meanwhile), so a name that starts to resolve is used within seconds
+        self.control_names = EndpointResolver(retry_s=5.0, report=_name_failed)
         self.rpc = MeteredRpcClient(
             self.metrics,
             self.identity,
