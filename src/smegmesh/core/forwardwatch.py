@@ -63,6 +63,14 @@ FORWARD_BACKOFF_MS = 30_000
 FORWARD_BACKOFF_MAX_MS = 30 * 60_000
 
 
+def move_backoff_ms(moves: int) -> int:
+    """The wait after a client's ``moves``-th move in a row (from 1) that nothing proved right.
+
+    30 s doubling to 30 min: this module's moves and ``core.tunnel``'s.
+    """
+    return min(FORWARD_BACKOFF_MS << min(moves - 1, 16), FORWARD_BACKOFF_MAX_MS)
+
+
 @dataclass(frozen=True, slots=True)
 class ForwardMove:
     """A client left ``old``, which forwarded none of its probes (``new``: None, no other)."""
@@ -151,8 +159,7 @@ class ForwardWatch:
     def moved(self, now_ms: int) -> None:
         """We left the peer (or had none to go to): a new run, and a longer wait for the next."""
         self.moves += 1
-        wait = FORWARD_BACKOFF_MS << min(self.moves - 1, 16)
-        self.next_move_ms = now_ms + min(wait, FORWARD_BACKOFF_MAX_MS)
+        self.next_move_ms = now_ms + move_backoff_ms(self.moves)
         self.fails, self.failed, self.peer = 0, [], None
 
     def clock_stepped(self, delta_ms: int) -> None:

@@ -43,7 +43,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from smegmesh.core.forwardwatch import ForwardWatch
+from smegmesh.core.forwardwatch import FORWARD_BACKOFF_MAX_MS, ForwardWatch, move_backoff_ms
 from smegmesh.core.wgconfig import InterfaceStatus
 
 __all__ = [
@@ -61,7 +61,7 @@ REJECT_AFTER_MS = 180_000
 #: No handshake this long after the peer became ours: the tunnel is dead.
 FIRST_HANDSHAKE_MS = 30_000
 #: The longest wait between two moves for a dead tunnel.
-MOVE_BACKOFF_MAX_MS = 30 * 60_000
+MOVE_BACKOFF_MAX_MS = FORWARD_BACKOFF_MAX_MS
 #: A peer whose tunnel was dead is passed over this long when choosing ours.
 AVOID_MS = 10 * 60_000
 
@@ -146,8 +146,7 @@ class TunnelWatch:
         other to go to) keeps its handshake, so the backoff grows.
         """
         self.moves += 1
-        wait = FIRST_HANDSHAKE_MS << min(self.moves - 1, 16)
-        self.next_move_ms = now_ms + min(wait, MOVE_BACKOFF_MAX_MS)
+        self.next_move_ms = now_ms + move_backoff_ms(self.moves)
 
     def clock_stepped(self, delta_ms: int) -> None:
         """The caller's clock was stepped: our times move with it (WireGuard's are not used)."""
