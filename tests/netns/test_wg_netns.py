@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 
@@ -179,6 +180,34 @@ def test_an_interface_set_down_by_hand_is_brought_up_by_the_health_check(
     live = a.host.read(a.name)
     assert live.up and live.addresses == frozenset({f"{a.overlay}/64"})
     wait_until(lambda: a.node.ping(b.overlay), 15, what="ping after the link came up")
+
+
+def test_a_named_endpoint_whose_address_moves_is_followed_by_the_health_check(
+    wgnodes: list[WgNode],
+) -> None:
+    """A peer's endpoint name that resolves to a new address: WireGuard kept the
+    old one until the full read (300 s in smegd); the health check sends it now
+    (``Reconciler._names_moved``), about a name's TTL after the change."""
+    a, b, c = wgnodes
+    answer = [c.node.address]  # the name's old address: nobody there for A
+
+    def lookup(host: str, port: object, **_k: object) -> list[tuple[object, ...]]:
+        return [(socket.AF_INET6, socket.SOCK_DGRAM, 0, "", (answer[0], int(str(port)), 0, 0))]
+
+    resolver = a.backend._resolve  # the backend's own, as smegd has it; a short TTL
+    resolver._lookup, resolver.ttl_s = lookup, 0.5
+    a.apply([replace(b.peer(), endpoint=f"b-dyn.example:{PORT}")])
+    b.apply([a.peer()])  # B sends nothing first: A must find it
+    assert a.backend.read(a.name).peers[b.public_key].endpoint == f"[{c.node.address}]:{PORT}"
+    assert not a.node.ping(b.overlay, count=1, timeout=2)
+    answer[0] = b.node.address  # the member's address changed
+
+    def followed() -> bool:
+        a.rec.check()
+        return a.backend.read(a.name).peers[b.public_key].endpoint == f"[{b.node.address}]:{PORT}"
+
+    wait_until(followed, 10, what="the new address in WireGuard")
+    wait_until(lambda: a.node.ping(b.overlay), 15, what="A->B at its new address")
 
 
 def _running(pid: int) -> bool:

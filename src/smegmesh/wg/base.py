@@ -57,6 +57,12 @@ class WgBackend(Protocol):
         applied; host state (addresses, routes) is the caller's to re-apply."""
         ...
 
+    def moved_endpoints(self, name: str) -> list[bytes]:
+        """Peers whose endpoint name resolves to another address than the one
+        WireGuard was given (never waits for DNS; ``wg.resolver.SentNames``).
+        The reconciler sends them again from its health check."""
+        ...
+
     def remove_interface(self, name: str) -> None:
         """Delete the device; no error if it does not exist."""
         ...

@@ -29,7 +29,14 @@ from smegmesh.core.wgdiff import (
 )
 from smegmesh.net.netlink import PerThread, off_loop
 from smegmesh.wg.base import BackendUnavailable, InterfaceNotFound, WgError
-from smegmesh.wg.resolver import EndpointResolver, Report, ResolveFn, literal_only, resolve_ops
+from smegmesh.wg.resolver import (
+    EndpointResolver,
+    Report,
+    ResolveFn,
+    SentNames,
+    literal_only,
+    resolve_ops,
+)
 
 
 def _b64(key: bytes) -> str:
@@ -203,6 +210,7 @@ class KernelBackend:
         self.netns = netns
         self._lock = threading.RLock()
         self._resolve = EndpointResolver(report=report)
+        self._names = SentNames(self._resolve)
         #: (IPRoute, WireGuard): pyroute2's sync sockets run an event loop of
         #: their own, so each is used in the thread that made it (smegd makes
         #: the backend in its event loop, where making one raised "This event
@@ -270,6 +278,7 @@ class KernelBackend:
                     self._wg.set(name, **req.kwargs())
                 except Exception as exc:
                     raise WgError(f"{name}: set {req}: {exc}") from exc
+            self._names.note(name, send, applied)
             return applied
 
     def check(self, name: str) -> bool:
@@ -279,8 +288,13 @@ class KernelBackend:
             self.ensure_interface(name)
             return True
 
+    def moved_endpoints(self, name: str) -> list[bytes]:
+        with self._lock:
+            return self._names.moved(name)
+
     def remove_interface(self, name: str) -> None:
         with self._lock:
+            self._names.forget(name)
             self._known.discard(name)
             if self._exists(name):
                 with contextlib.suppress(Exception):

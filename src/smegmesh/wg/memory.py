@@ -70,6 +70,9 @@ class MemoryBackend:
             self.devices[name] = empty_status(name)
             return True
 
+    def moved_endpoints(self, name: str) -> list[bytes]:
+        return []  # endpoints are kept as given: no names resolved
+
     def remove_interface(self, name: str) -> None:
         with self._lock:
             self.devices.pop(name, None)

@@ -11,7 +11,9 @@ The cache holds what the backend says it applied: a peer endpoint it left out
 (a name that does not resolve now, wg/resolver.py) is not in it, so the next
 diff sends it again, and ``check`` (smegd's health check, every 5 s) applies
 again from the cache while one is left out: a late answer is set within one
-check, not at the next full read.
+check, not at the next full read. It also sends again the endpoints whose
+names resolve to a new address now (``WgBackend.moved_endpoints``): a moved
+address is set within a name's TTL (60 s) and a check.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from smegmesh.core.wgconfig import HostConfig, HostStatus, InterfaceConfig, InterfaceStatus
 from smegmesh.core.wgdiff import (
@@ -197,7 +199,7 @@ class Reconciler:
                     log.warning("health check of %s failed: %s", n, exc)
                     lost = None
                 if lost is False and not self._set_down(n, cache):
-                    if cache.left_out:
+                    if cache.left_out or self._names_moved(n, cache):
                         self._apply_again(cache)
                     continue
                 if lost:
@@ -244,6 +246,36 @@ class Reconciler:
             self._told_down.discard(name)
         return down
 
+    def _names_moved(self, name: str, cache: _Cache) -> bool:
+        """Whether endpoint names of ``name``'s peers resolve to new addresses now;
+        those peers' endpoints are dropped from the cache, so the next diff sends
+        them again (and the backend resolves them to the new address).
+
+        The cache holds a named endpoint as given, so without this the diff saw
+        nothing to do and WireGuard kept the old address until the full read
+        (``verify_interval``, 300 s in smegd): a member on a dynamic address was
+        unreachable from a client behind NAT for up to five minutes after its
+        address changed. The backend never waits for DNS here (``SentNames``).
+        """
+        try:
+            moved = self.backend.moved_endpoints(name)
+        except Exception as exc:
+            log.debug("cannot compare endpoint names of %s: %s", name, exc)
+            return False
+        peers = dict(cache.wg.peers)
+        moved = [key for key in moved if key in peers]
+        if not moved:
+            return False
+        for key in moved:
+            peers[key] = replace(peers[key], endpoint=None)
+        cache.wg = replace(cache.wg, peers=peers)
+        log.info(
+            "%s: %d peer endpoint name(s) resolve to a new address; giving it to WireGuard",
+            name,
+            len(moved),
+        )
+        return True
+
     def _apply_again(self, cache: _Cache) -> None:
         """The last desired state once more, from the cache (an endpoint was left out).
 
@@ -265,7 +297,7 @@ class Reconciler:
         if res.wg_ops:
             self._again.setdefault(want_if.name, []).extend(res.wg_ops)
             log.info(
-                "%s: %d WireGuard ops applied again (endpoint names resolved late)",
+                "%s: %d WireGuard ops applied again (endpoint names resolved late or moved)",
                 want_if.name,
                 len(res.wg_ops),
             )

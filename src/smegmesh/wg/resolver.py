@@ -35,12 +35,13 @@ from dataclasses import replace
 from typing import Any
 
 from smegmesh.core.endpoint import join_host_port, split_host_port
-from smegmesh.core.wgdiff import AddPeer, UpdatePeer, WgOp
+from smegmesh.core.wgdiff import AddPeer, RemovePeer, UpdatePeer, WgOp
 
 __all__ = [
     "EndpointResolver",
     "Report",
     "ResolveFn",
+    "SentNames",
     "literal_only",
     "lookup_endpoint",
     "resolve_ops",
@@ -179,6 +180,13 @@ class EndpointResolver:
         except (OSError, ValueError, UnicodeError) as exc:
             return self._no_answer(endpoint, None, exc)
 
+    def peek(self, endpoint: str) -> str | None:
+        """The answer held for ``endpoint``, never waiting: a name whose answer
+        grew old (or a new one) is looked up in the background, and its new
+        answer is held for the next call."""
+        _fut, answer = self._begin(endpoint)
+        return answer
+
     def _no_answer(
         self, endpoint: str, answer: str | None, exc: Exception | None = None
     ) -> str | None:
@@ -259,3 +267,60 @@ class EndpointResolver:
         """Stop the pool (lookups in flight are left to finish on their own)."""
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class SentNames:
+    """The address each named peer endpoint was sent to WireGuard as, per interface.
+
+    A member may publish its endpoint as a name because its address changes.
+    The reconciler's cache holds the name as applied, so its diff sees nothing
+    to do when the name's address moves: WireGuard kept the old address until
+    the full read (every 300 s), and a client behind NAT, which only WireGuard
+    on its side can reach the peer from, had no data path meanwhile (a peer
+    that roams is followed by WireGuard only once it sends us a packet).
+
+    :meth:`moved` compares what was sent with what the resolver holds now,
+    without waiting (``EndpointResolver.peek``: an answer older than its TTL is
+    looked up again in the background), so smegd's health check (every 5 s)
+    sees a new address within about a TTL (60 s) and a check. Bounded by the
+    peers applied: one entry per peer with a named endpoint that resolved.
+    """
+
+    def __init__(self, resolver: EndpointResolver) -> None:
+        self._resolver = resolver
+        #: interface -> peer key -> (endpoint as given, the literal sent for it)
+        self._sent: dict[str, dict[bytes, tuple[str, str]]] = {}
+
+    def note(self, interface: str, send: Sequence[WgOp], applied: Sequence[WgOp]) -> None:
+        """Record a batch of ``resolve_ops``' output as sent to ``interface``."""
+        sent = self._sent.setdefault(interface, {})
+        for out, op in zip(send, applied, strict=True):
+            if isinstance(op, RemovePeer):
+                sent.pop(op.public_key, None)
+                continue
+            if isinstance(op, AddPeer) and isinstance(out, AddPeer):
+                key, given, literal = op.peer.public_key, op.peer.endpoint, out.peer.endpoint
+            elif isinstance(op, UpdatePeer) and isinstance(out, UpdatePeer):
+                if out.endpoint is None and op.endpoint is None:
+                    continue  # the endpoint was not touched (or left out: see resolve_ops)
+                key, given, literal = op.public_key, op.endpoint, out.endpoint
+            else:
+                continue
+            if given is None or literal is None or given == literal:
+                sent.pop(key, None)  # none, left out (applied again by the reconciler), or an IP
+            else:
+                sent[key] = (given, literal)
+        if not sent:
+            self._sent.pop(interface, None)
+
+    def moved(self, interface: str) -> list[bytes]:
+        """Peers of ``interface`` whose endpoint name resolves to another address now."""
+        out = []
+        for key, (given, literal) in self._sent.get(interface, {}).items():
+            now = self._resolver.peek(given)
+            if now is not None and now != literal:
+                out.append(key)
+        return out
+
+    def forget(self, interface: str) -> None:
+        self._sent.pop(interface, None)

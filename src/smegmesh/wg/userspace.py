@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from smegmesh.core.wgconfig import InterfaceConfig, InterfaceStatus, empty_status, peer_config_of
 from smegmesh.core.wgdiff import WgOp, apply_ops, diff_interface
 from smegmesh.wg.base import BackendUnavailable, InterfaceNotFound, WgError
-from smegmesh.wg.resolver import EndpointResolver, Report, resolve_ops
+from smegmesh.wg.resolver import EndpointResolver, Report, SentNames, resolve_ops
 from smegmesh.wg.uapi import UapiClient, format_set
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,7 @@ class UserspaceBackend:
         self._devices: dict[str, _Device] = {}
         self._lock = threading.RLock()
         self._resolve = EndpointResolver(report=report)
+        self._names = SentNames(self._resolve)
 
     # ------------------------------------------------------------------ paths
 
@@ -227,6 +228,7 @@ class UserspaceBackend:
                 return applied
             dev = self._devices.get(name)
             self._client(name).set(format_set(send))
+            self._names.note(name, send, applied)
             if dev is not None:
                 dev.known = apply_ops(dev.known, applied) if dev.known is not None else None
             return applied
@@ -262,8 +264,13 @@ class UserspaceBackend:
         dev = self._devices.get(name)
         return dev.restarts if dev else 0
 
+    def moved_endpoints(self, name: str) -> list[bytes]:
+        with self._lock:
+            return self._names.moved(name)
+
     def remove_interface(self, name: str) -> None:
         with self._lock:
+            self._names.forget(name)
             dev = self._devices.pop(name, None)
             if dev is not None and dev.proc is not None:
                 self._kill(dev.proc)

@@ -1,0 +1,121 @@
+"""A peer endpoint name whose address changes reaches WireGuard within a TTL.
+
+Left by earlier sessions (docs/SECURITY.md, endpoint names): the reconciler's
+cache holds a named endpoint as given, so once it was set, a new address of
+the name changed nothing in the diff, and WireGuard kept the old address until
+the full read (``verify_interval``, 300 s in smegd). A member on a dynamic
+address was unreachable for that long from a client behind NAT (WireGuard
+follows a roaming peer only once the peer sends it something).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+from smegmesh.core.wgdiff import RemovePeer, UpdatePeer, WgOp
+from smegmesh.net.host import MemoryHost
+from smegmesh.wg.memory import MemoryBackend
+from smegmesh.wg.reconcile import Reconciler
+from smegmesh.wg.resolver import EndpointResolver, SentNames, resolve_ops
+from test_wg_late_endpoint import NAME, P, settle, wanted
+
+
+class _Wg(MemoryBackend):
+    """Resolves and keeps what it sent as the kernel and userspace backends do:
+    WireGuard holds the IP literals."""
+
+    def __init__(self, resolve: EndpointResolver) -> None:
+        super().__init__()
+        self.resolve = resolve
+        self.names = SentNames(resolve)
+        self.applies = 0
+
+    def apply(self, name: str, ops: Sequence[WgOp]) -> list[WgOp]:
+        self.applies += 1
+        send, applied = resolve_ops(ops, self.resolve)
+        super().apply(name, send)
+        self.names.note(name, send, applied)
+        return applied
+
+    def moved_endpoints(self, name: str) -> list[bytes]:
+        return self.names.moved(name)
+
+
+def _dns(ip: list[str | None]) -> Any:
+    def lookup(*_a: object, **_k: object) -> list[tuple[Any, ...]]:
+        if ip[0] is None:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET, socket.SOCK_DGRAM, 0, "", (ip[0], 51820))]
+
+    return lookup
+
+
+def _checks(rec: Reconciler, resolve: EndpointResolver, now: list[float], seconds: int) -> None:
+    """smegd's health check every 5 s for ``seconds`` (background lookups let finish)."""
+    for _ in range(seconds // 5):
+        now[0] += 5
+        rec.check()
+        settle(resolve)
+
+
+def test_a_moved_address_is_set_within_a_ttl_without_a_full_read() -> None:
+    now, ip = [0.0], ["192.0.2.1"]
+    resolve = EndpointResolver(lookup=_dns(ip), clock=lambda: now[0])  # TTL 60 s
+    wg = _Wg(resolve)
+    rec = Reconciler(wg, MemoryHost(), clock=lambda: now[0])  # full read every 300 s
+    rec.apply(*wanted())
+    assert wg.devices["wgc0"].peers[P].endpoint == "192.0.2.1:51820"
+    reads = wg.reads
+    ip[0] = "192.0.2.2"  # the member's dynamic address changed
+    _checks(rec, resolve, now, 70)  # a TTL and two checks
+    assert wg.devices["wgc0"].peers[P].endpoint == "192.0.2.2:51820"
+    assert wg.reads == reads  # no full read
+    # the caller starts a handshake with it, as with any endpoint set by a check
+    assert rec.take_applied_again() == {"wgc0": [UpdatePeer(P, endpoint=NAME)]}
+    resolve.close()
+
+
+def test_a_name_that_keeps_its_address_costs_no_apply_and_a_lookup_a_ttl() -> None:
+    now, ip = [0.0], ["192.0.2.1"]
+    resolve = EndpointResolver(lookup=_dns(ip), clock=lambda: now[0])
+    wg = _Wg(resolve)
+    rec = Reconciler(wg, MemoryHost(), clock=lambda: now[0], verify_interval=10_000)
+    rec.apply(*wanted())
+    lookups, applies = resolve.lookups, wg.applies
+    _checks(rec, resolve, now, 600)  # ten minutes
+    assert wg.applies == applies
+    assert resolve.lookups - lookups <= 10  # one a minute, in the background
+    assert rec.take_applied_again() == {}
+    resolve.close()
+
+
+def test_a_name_that_stops_resolving_keeps_the_address_wireguard_has() -> None:
+    now, ip = [0.0], ["192.0.2.1"]
+    resolve = EndpointResolver(lookup=_dns(ip), clock=lambda: now[0])
+    wg = _Wg(resolve)
+    rec = Reconciler(wg, MemoryHost(), clock=lambda: now[0], verify_interval=10_000)
+    rec.apply(*wanted())
+    ip[0] = None  # its nameserver is gone: the last address may still work
+    _checks(rec, resolve, now, 120)
+    assert wg.devices["wgc0"].peers[P].endpoint == "192.0.2.1:51820"
+    ip[0] = "192.0.2.3"
+    _checks(rec, resolve, now, 70)
+    assert wg.devices["wgc0"].peers[P].endpoint == "192.0.2.3:51820"
+    resolve.close()
+
+
+def test_sent_names_forget_removed_peers_and_literals() -> None:
+    resolve = EndpointResolver(lookup=_dns(["192.0.2.1"]))
+    names = SentNames(resolve)
+
+    send, applied = resolve_ops([UpdatePeer(P, endpoint=NAME)], resolve)
+    names.note("wgc0", send, applied)
+    assert names._sent == {"wgc0": {P: (NAME, "192.0.2.1:51820")}}
+    names.note("wgc0", *resolve_ops([UpdatePeer(P, endpoint="192.0.2.9:1")], resolve))
+    assert names._sent == {}
+    names.note("wgc0", send, applied)
+    names.note("wgc0", [RemovePeer(P)], [RemovePeer(P)])
+    assert names._sent == {}
+    resolve.close()
