@@ -32,15 +32,22 @@ def _assigned(c: Daemon, mesh_id: str) -> str | None:
     return None if me is None else me.get("assigned_peer")
 
 
-def _client_of_two_peers(cluster: Cluster) -> tuple[str, Daemon, Daemon, Daemon]:
-    """Peers A and B, and a client C with a peer: (mesh, C, C's peer X, the other Y)."""
+def _client_of_two_peers(
+    cluster: Cluster, *, datagrams: bool = True
+) -> tuple[str, Daemon, Daemon, Daemon]:
+    """Peers A and B, and a client C with a peer: (mesh, C, C's peer X, the other Y).
+
+    ``datagrams``: C's ``datagrams`` setting (every call of C's on the stream if False)."""
     a, b = cluster.add_named("A B")
     cluster.start(a, b)
     mesh_id = cluster.new_mesh(a)
     token = cluster.invite(a, mesh_id, uses=5)
     cluster.join(b, token)
-    c = cluster.add("client", nat=False)
+    c = cluster.add("client", start=False, nat=False)
     c.name = "C"
+    if not datagrams:
+        c.edit_config(datagrams=False)
+    cluster.start(c)
     cluster.join(c, token)
     keys = {str(a.public_key()): a, str(b.public_key()): b}
     cluster.wait_for(lambda: _assigned(c, mesh_id) in keys, 40, "C has a peer")
@@ -97,13 +104,16 @@ def _drop_forwarded(d: Daemon) -> None:
     )
 
 
-def test_a_client_leaves_a_peer_that_forwards_nothing(bed: Testbed) -> None:
+@pytest.mark.parametrize("datagrams", [True, False], ids=["datagrams", "stream"])
+def test_a_client_leaves_a_peer_that_forwards_nothing(bed: Testbed, datagrams: bool) -> None:
     """C's peer X keeps answering C's pings and handshaking, and drops every
     packet it should forward. Before, C kept X for good, with no path into the
     mesh; now C's probes through X to Y (Y's overlay address, control port)
-    go unanswered while Y answers directly, and C moves to Y."""
+    go unanswered while Y answers directly, and C moves to Y. With C's
+    ``datagrams: false`` the probes go over TLS (``RpcClient.probe``); before,
+    such a client sent none and kept X."""
     with Cluster(bed, replace(TIMINGS, log_level="debug")) as cluster:
-        mesh_id, c, x, y = _client_of_two_peers(cluster)
+        mesh_id, c, x, y = _client_of_two_peers(cluster, datagrams=datagrams)
         x_addr, y_addr = (str(d.overlay_address(mesh_id)) for d in (x, y))
         cluster.wait_for(lambda: c.ping(y_addr), 40, "C reaches the mesh through its peer")
         answered = "through our peer answered, directly answered"

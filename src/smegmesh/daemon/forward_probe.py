@@ -4,7 +4,8 @@ Every 5 s (with the tunnel watch) the core may name a member to probe; the
 daemon sends the authenticated ``Ping`` to that member's overlay address at
 its control port (crossing the peer's forwarding) and to its control
 endpoint (the underlay), one datagram exchange each and no fallback to the
-stream, and gives the core what answered. The core decides; a move for a
+stream (with ``datagrams: false``, one TLS connection each, opened for the
+probe: ``RpcClient.probe``), and gives the core what answered. The core decides; a move for a
 peer that forwards nothing is the event ``tunnel.blackhole``.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from smegmesh.core.endpoint import split_host_port
+from smegmesh.core.endpoint import join_host_port, split_host_port
 from smegmesh.core.forwardwatch import PROBE_TIMEOUT_MS, ForwardMove
 from smegmesh.core.identity import key_to_text
 from smegmesh.core.messages import Ping
@@ -29,8 +30,6 @@ class ForwardProbeOps(DaemonBase):
 
     def _probe_forwarding(self, rt: MeshRuntime) -> None:
         """Start the probe the core asks for now, if any (a task of the mesh)."""
-        if self.rpc.datagrams is None:
-            return  # datagrams off here: no probe can be sent without the stream
         target = rt.node.forward_probe(now_ms(), rt.keepalive)
         if target is None:
             return
@@ -42,7 +41,7 @@ class ForwardProbeOps(DaemonBase):
         overlay = underlay = False
         rec = rt.node.mesh.record(target)
         dg = self.rpc.datagrams
-        if dg is not None and rec is not None and rec.control_endpoint:
+        if rec is not None and rec.control_endpoint:
             # a name, as the control plane resolves it (no shared thread held)
             where = await self.control_names.resolve_async(rec.control_endpoint)
             try:
@@ -51,10 +50,20 @@ class ForwardProbeOps(DaemonBase):
                 host, port = "", 0
             body = encode(Ping(rt.mesh_id, 0))
             wait = PROBE_TIMEOUT_MS / 1000
-            through, direct = await asyncio.gather(
-                dg.probe(rec.address, port, target, body, wait, self.identity),
-                dg.probe(host, port, target, body, wait, self.identity),
-            )
+            if dg is not None:
+                through, direct = await asyncio.gather(
+                    dg.probe(rec.address, port, target, body, wait, self.identity),
+                    dg.probe(host, port, target, body, wait, self.identity),
+                )
+            elif rec.tls_fp is not None and host:
+                # datagrams off here: a TLS connection each way, opened for the probe
+                fp = rec.tls_fp
+                through, direct = await asyncio.gather(
+                    self.rpc.probe(join_host_port(rec.address, port), fp, body, wait, target),
+                    self.rpc.probe(join_host_port(host, port), fp, body, wait, target),
+                )
+            else:
+                through = direct = None
             overlay, underlay = through is not None, direct is not None
         log.debug(
             "mesh %s: probe of %s: through our peer %s, directly %s",

@@ -22,7 +22,14 @@ from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.wire import message_name
 from smegmesh.daemon.ratelog import RateLog
 from smegmesh.daemon.rpc_backoff import EndpointBackoff
-from smegmesh.daemon.rpc_common import FULL_METHOD, MAX_MESSAGE, TLS_NAME, RpcError, _signed_digest
+from smegmesh.daemon.rpc_common import (
+    FULL_METHOD,
+    MAX_MESSAGE,
+    TLS_NAME,
+    RpcError,
+    call_metadata,
+    failure_reason,
+)
 from smegmesh.daemon.rpc_dgram_client import DatagramClient
 from smegmesh.daemon.rpc_tls import fetch_certificate
 from smegmesh.wg.resolver import literal_only
@@ -36,20 +43,6 @@ _GRPC_OPTIONS = [
     ("grpc.ssl_target_name_override", TLS_NAME),
     ("grpc.keepalive_time_ms", 30_000),
 ]
-
-
-def _failure_reason(e: BaseException) -> str:
-    if isinstance(e, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(e, TimeoutError):
-        return "timed out"
-    if isinstance(e, ssl.SSLError):
-        return "TLS failed"
-    if isinstance(e, ConnectionResetError):
-        return "connection reset"
-    if isinstance(e, OSError):
-        return e.strerror or type(e).__name__
-    return type(e).__name__
 
 
 #: Most pinned channels (each one TLS connection) a client keeps open at once;
@@ -310,7 +303,7 @@ class RpcClient:
         try:
             der = await fetch_certificate(host, port, self._timeout, self.fetch_wire)
         except (OSError, TimeoutError, ssl.SSLError, RpcError) as e:
-            self._failed(endpoint, fp, _failure_reason(e))
+            self._failed(endpoint, fp, failure_reason(e))
             raise RpcError(f"cannot reach {endpoint}: {e or type(e).__name__}") from e
         if hashlib.sha256(der).digest() != fp:
             self._failed(endpoint, fp, "not the certificate its record pins")
@@ -422,20 +415,7 @@ class RpcClient:
             raise RpcError(f"{endpoint}: backing off ({wait:.0f} s) after failed connections")
         deadline = time.monotonic() + (timeout or self._timeout)
         pooled = await self._channel(endpoint, fp, deadline)
-        ts = int(time.time() * 1000)
-        digest = hashlib.sha256(body).digest()
-        me = identity or self._identity
-        sig = me.sign(_signed_digest(fp, ts, digest))
-        md: tuple[tuple[str, str], ...] = (
-            ("x-smeg-key", me.wg_public_key.hex()),
-            ("x-smeg-sign", me.sign_public_key.hex()),
-            ("x-smeg-ts", str(ts)),
-            ("x-smeg-hash", digest.hex()),
-            ("x-smeg-len", str(len(body))),
-            ("x-smeg-sig", sig.hex()),
-        )
-        if to is not None:
-            md = (("x-smeg-to", to.hex()), *md)
+        md = call_metadata(identity or self._identity, fp, body, to)
         try:
             reply: bytes = await pooled.channel.unary_unary(FULL_METHOD)(
                 body, metadata=md, timeout=max(0.001, deadline - time.monotonic())
@@ -449,6 +429,51 @@ class RpcClient:
             self._release(pooled)
         self.backoff.ok((endpoint, fp))
         return reply
+
+    async def probe(
+        self, endpoint: str, fp: bytes, body: bytes, timeout: float, to: bytes
+    ) -> bytes | None:
+        """One stream call on a connection of its own, nothing learnt: the reply or None.
+
+        A client's probe through its peer with ``datagrams: false``
+        (``daemon/forward_probe.py``): neither pooled nor backed off, and no
+        back-off learnt, so a probe is always sent (one skipped for a back-off
+        another path earned would count against the peer) and its failure says
+        nothing of the member's endpoint. The pin is checked as ever; the
+        connection counts against the cap while it is open.
+        """
+        deadline = time.monotonic() + timeout
+        try:
+            host, port = split_host_port(endpoint)
+            await self._reserve(endpoint, timeout)
+        except (ValueError, RpcError):
+            return None
+        ch: grpc.aio.Channel | None = None
+        try:
+            der = self._certs.get(fp)
+            if der is None:
+                der = await asyncio.wait_for(
+                    fetch_certificate(host, port, timeout, self.fetch_wire), timeout
+                )
+                if hashlib.sha256(der).digest() != fp:
+                    return None
+                self._certs[fp] = der
+                if len(self._certs) > MAX_CACHED_CERTIFICATES:
+                    self._certs.popitem(last=False)
+            pem = ssl.DER_cert_to_PEM_cert(der).encode()
+            creds = grpc.ssl_channel_credentials(root_certificates=pem)
+            ch = grpc.aio.secure_channel(join_host_port(host, port), creds, options=_GRPC_OPTIONS)
+            md = call_metadata(self._identity, fp, body, to)
+            left = max(0.001, deadline - time.monotonic())
+            reply: bytes = await ch.unary_unary(FULL_METHOD)(body, metadata=md, timeout=left)
+            return reply
+        except (OSError, TimeoutError, ssl.SSLError, RpcError, grpc.aio.AioRpcError):
+            return None
+        finally:
+            if ch is not None:
+                await ch.close(None)
+            self._connecting -= 1
+            self._wake()
 
     async def _drop(self, key: tuple[str, bytes], pooled: _Pooled | None = None) -> None:
         p = self._channels.get(key)

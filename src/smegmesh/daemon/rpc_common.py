@@ -5,7 +5,13 @@ the call signature (``daemon/transport.py`` describes the design), the errors.
 from __future__ import annotations
 
 import hashlib
+import ssl
 import struct
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from smegmesh.core.identity import NodeIdentity
 
 SERVICE = "smegmesh.Node"
 METHOD = "Call"
@@ -39,3 +45,37 @@ def _signed_digest(server_fp: bytes, ts_ms: int, body_sha256: bytes) -> bytes:
 
 def _b(s: str | bytes) -> bytes:
     return bytes.fromhex(s if isinstance(s, str) else s.decode())
+
+
+def call_metadata(
+    me: NodeIdentity, server_fp: bytes, body: bytes, to: bytes | None
+) -> tuple[tuple[str, str], ...]:
+    """A stream call's metadata: ``me``'s keys and signature over the server's
+    pin, the time and the body's hash (checked before the body is read)."""
+    ts = int(time.time() * 1000)
+    digest = hashlib.sha256(body).digest()
+    sig = me.sign(_signed_digest(server_fp, ts, digest))
+    md: tuple[tuple[str, str], ...] = (
+        ("x-smeg-key", me.wg_public_key.hex()),
+        ("x-smeg-sign", me.sign_public_key.hex()),
+        ("x-smeg-ts", str(ts)),
+        ("x-smeg-hash", digest.hex()),
+        ("x-smeg-len", str(len(body))),
+        ("x-smeg-sig", sig.hex()),
+    )
+    return md if to is None else (("x-smeg-to", to.hex()), *md)
+
+
+def failure_reason(e: BaseException) -> str:
+    """A failed connection's cause in a few words (for the log)."""
+    if isinstance(e, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(e, TimeoutError):
+        return "timed out"
+    if isinstance(e, ssl.SSLError):
+        return "TLS failed"
+    if isinstance(e, ConnectionResetError):
+        return "connection reset"
+    if isinstance(e, OSError):
+        return e.strerror or type(e).__name__
+    return type(e).__name__

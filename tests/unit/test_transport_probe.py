@@ -1,0 +1,83 @@
+"""``RpcClient.probe``: a client's forwarding probe over the stream (``datagrams: false``).
+
+Before, a client with datagrams off sent no probe through its peer at all, so
+a peer that forwarded nothing kept it for good (docs/SECURITY.md). A probe is
+one call on a connection of its own: pinned as ever, always sent (a back-off
+earned elsewhere does not skip it), teaching no back-off, and closed after.
+Real gRPC servers on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+from smegmesh.core.identity import NodeIdentity
+from smegmesh.daemon.transport import RpcClient, RpcServer, TlsIdentity
+from test_transport_pool import client_connections, wait_for
+
+TO = b"t" * 32
+
+
+async def _handler(_src: bytes, body: bytes) -> bytes:
+    return body[::-1]
+
+
+def _closed_port() -> int:
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+        s.bind(("::1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_probe_is_answered_pinned_and_leaves_no_connection_nor_back_off() -> None:
+    async def main() -> None:
+        tls = TlsIdentity.generate()
+        server = RpcServer(tls, _handler)
+        port = await server.start("::1", 0)
+        ep, fp = f"[::1]:{port}", tls.fingerprint
+        client = RpcClient(NodeIdentity.generate(os.urandom), timeout=5)
+        try:
+            assert await client.probe(ep, fp, b"abc", 3.0, TO) == b"cba"
+            assert client.open_channels == 0 and client.connections == 0
+            assert await wait_for(lambda: client_connections({port}) == 0, 10)
+            # the wrong pin: no answer, and nothing learnt
+            assert await client.probe(ep, b"\x00" * 32, b"abc", 3.0, TO) is None
+            assert client.backoff.wait((ep, b"\x00" * 32)) == 0
+            # nobody there: None within the probe's time, no back-off learnt
+            dead = f"[::1]:{_closed_port()}"
+            assert await client.probe(dead, fp, b"abc", 1.0, TO) is None
+            assert client.backoff.wait((dead, fp)) == 0
+            # a back-off earned by ordinary calls does not skip a probe
+            client.backoff.failed((ep, fp))
+            assert client.backoff.wait((ep, fp)) > 0
+            assert await client.probe(ep, fp, b"xy", 3.0, TO) == b"yx"
+            assert client.connections == 0
+        finally:
+            await client.close()
+            await server.stop(0)
+
+    asyncio.run(main())
+
+
+def test_a_probe_to_a_silent_address_gives_up_in_its_time() -> None:
+    """A peer that drops what it forwards: the connection never opens."""
+
+    async def main() -> None:
+        # a listening socket that never accepts or answers TLS: the handshake hangs
+        srv = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        srv.bind(("::1", 0))
+        srv.listen(1)
+        ep = f"[::1]:{srv.getsockname()[1]}"
+        client = RpcClient(NodeIdentity.generate(os.urandom), timeout=5)
+        loop = asyncio.get_running_loop()
+        try:
+            t0 = loop.time()
+            assert await client.probe(ep, b"\x01" * 32, b"abc", 1.0, TO) is None
+            assert loop.time() - t0 < 2.5
+            assert client.connections == 0
+        finally:
+            await client.close()
+            srv.close()
+
+    asyncio.run(main())
