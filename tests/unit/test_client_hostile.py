@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from smegmesh.core.meshnode import MeshNode
 from smegmesh.core.prune_budget import BURST, CLIENT_PRUNE_GAP_MS, PruneBudget
-from smegmesh.core.record import Role
+from smegmesh.core.record import NodeRecord, Role
 from smegmesh.core.state_gate import OVER_PRUNE_BUDGET
 from smegmesh.testbed.founded import ident
 from test_gossip_hostile import CountingVerifier, _members, _state
-from test_meshnode import Net, settled_client
+from test_meshnode import Net, join, settled_client
 
 
 def _prune_whenever_live(
@@ -47,6 +47,53 @@ def test_a_member_cannot_keep_a_live_client_pruned() -> None:
     assert share < 0.2
 
 
+def _prune_in_turn(
+    net: Net, bad: MeshNode, keys: list[MeshNode], client: MeshNode, seconds: int
+) -> tuple[float, int]:
+    """Whenever ``bad`` holds ``client`` live, the next of ``keys`` that does prunes it.
+
+    Returns the share of (honest peer, 100 ms) samples that held the client
+    pruned, and the distinct prunes of it an honest peer held.
+    """
+    honest = [n for n in net.nodes.values() if n is not client and n is not bad]
+    honest = [n for n in honest if n not in keys]
+    t0, down, samples, turn, seen = net.now, 0, 0, 0, set()
+    while net.now < t0 + seconds * 1000:
+        if bad.mesh.live_record(client.key) is not None:
+            for _ in keys:
+                k, turn = keys[turn % len(keys)], turn + 1
+                if k.mesh.live_record(client.key) is not None:
+                    net.handle_outs(k, k._declare_dead(client.key, net.now))
+                    break
+        net.run_until(net.now + 100)
+        samples += len(honest)
+        down += sum(1 for h in honest if h.mesh.live_record(client.key) is None)
+        pr = honest[0].mesh.get_prune(client.key)
+        if pr is not None:
+            seen.add((pr.by_wg_key, pr.target_version))
+    return down / samples, len(seen)
+
+
+def test_throwaway_keys_cannot_keep_a_live_client_pruned() -> None:
+    """The gap above was per pruner: a member allowed to admit (policy ``peers``)
+    admitted 10 throwaway keys and pruned a live client with each in turn,
+    each once a CLIENT_PRUNE_GAP_MS, keeping it pruned at the other peers
+    42 % of the time (60 s; an honest peer took 20 prunes of it). Prunes of one client
+    by members other than its judge are now taken at most once a gap in all,
+    whoever the pruner."""
+    net, nodes, client, peer = settled_client()
+    bad = next(n for n in nodes[:-1] if n.key != peer)
+    keys = []
+    for i in range(10):
+        keys.append(net.add(30 + i))
+        join(net, keys[-1], bad)
+        net.run_until(net.now + 200)
+    net.run_until(net.now + 3000)
+    share, taken = _prune_in_turn(net, bad, keys, client, 60)
+    assert client.my_peer() == peer  # its judge stayed the same honest peer
+    assert share < 0.1 and taken <= 2
+
+
 def test_a_pruners_prunes_of_one_client_are_taken_once_a_gap() -> None:
     """Whoever prunes a client (its own peer too, exempt from the budget) gets
     one prune of it taken per CLIENT_PRUNE_GAP_MS; other clients and peers are
@@ -68,6 +115,40 @@ def test_a_pruners_prunes_of_one_client_are_taken_once_a_gap() -> None:
     changed, errors = st.apply_many([again, m.prune(peer, c2, now + 20)], now + 20)
     assert changed == {c2.wg_key} and [e.message for e in errors] == [OVER_PRUNE_BUDGET]
     assert st.apply_many([again], now + CLIENT_PRUNE_GAP_MS)[0] == {c1.wg_key}
+
+
+def test_prunes_of_one_client_by_others_than_its_judge_are_taken_once_a_gap_in_all() -> None:
+    """Members other than a client's judge (the peer its record names) share one
+    prune of it a CLIENT_PRUNE_GAP_MS, whoever prunes; the judge's own prune
+    never waits for theirs, and other clients are not held back."""
+    m, recs, now = _members(7)  # ident(2) to ident(8)
+    judge = ident(2)
+    c1, c2 = (
+        m.record(ident(i), role=Role.CLIENT, assigned_peer=judge.wg_public_key) for i in (7, 8)
+    )
+    st = _state(m, [*recs[:5], c1, c2], now, CountingVerifier())
+    st.prune_budget = PruneBudget()
+    assert st.apply_many([m.prune(ident(3), c1, now)], now)[0] == {c1.wg_key}
+    gap, v = CLIENT_PRUNE_GAP_MS, c1.version
+
+    def refute(t: int) -> NodeRecord:
+        nonlocal v
+        v += 5
+        rec = m.record(ident(7), v, role=Role.CLIENT, assigned_peer=judge.wg_public_key)
+        assert st.apply_many([rec], t)[0] == {c1.wg_key}
+        return rec
+
+    rec = refute(now + 10)
+    changed, errors = st.apply_many(
+        [m.prune(ident(4), rec, now + 10), m.prune(ident(4), c2, now + 10)], now + 10
+    )
+    assert changed == {c2.wg_key} and [e.message for e in errors] == [OVER_PRUNE_BUDGET]
+    for pruner, t in ((ident(5), now + 1000), (ident(6), now + gap - 1)):
+        changed, errors = st.apply_many([m.prune(pruner, rec, t)], t)
+        assert not changed and [e.message for e in errors] == [OVER_PRUNE_BUDGET]
+    assert st.apply_many([m.prune(judge, rec, now + gap - 1)], now + gap - 1)[0] == {c1.wg_key}
+    rec = refute(now + gap)
+    assert st.apply_many([m.prune(ident(6), rec, now + gap)], now + gap)[0] == {c1.wg_key}
 
 
 def test_only_a_clients_record_makes_its_pruner_exempt_from_the_budget() -> None:

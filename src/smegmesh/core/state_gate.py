@@ -280,7 +280,8 @@ class AdmissionGate(StatementGate):
 
         A peer's prunes of its own clients are not counted (it is their judge,
         and may lose many at once); any pruner's prunes of a client are taken
-        at most once a gap (a client refutes slowly: it cannot be called).
+        at most once a gap (a client refutes slowly: it cannot be called), and
+        those of all the members other than its judge once a gap together.
         """
         budget = self.prune_budget
         if budget is None:
