@@ -119,3 +119,21 @@ def test_sent_names_forget_removed_peers_and_literals() -> None:
     names.note("wgc0", [RemovePeer(P)], [RemovePeer(P)])
     assert names._sent == {}
     resolve.close()
+
+
+def test_a_failed_lookup_in_the_background_of_a_peek_is_reported() -> None:
+    """``peek`` starts a lookup it does not wait for: its failure is told by the
+    next call that reads it (a waited lookup's would be told by its waiter,
+    which here there is none of)."""
+    now, ip = [0.0], ["192.0.2.1"]
+    told: list[str] = []
+    resolve = EndpointResolver(
+        lookup=_dns(ip), clock=lambda: now[0], report=lambda ep, why: told.append(why)
+    )
+    assert resolve(NAME) == "192.0.2.1:51820"
+    ip[0] = None
+    now[0] = 61.0
+    assert resolve.peek(NAME) == "192.0.2.1:51820"  # held; looked up again behind
+    settle(resolve)
+    assert resolve.peek(NAME) is None and len(told) == 1 and "does not resolve" in told[0]
+    resolve.close()

@@ -184,7 +184,7 @@ class EndpointResolver:
         """The answer held for ``endpoint``, never waiting: a name whose answer
         grew old (or a new one) is looked up in the background, and its new
         answer is held for the next call."""
-        _fut, answer = self._begin(endpoint)
+        _fut, answer = self._begin(endpoint, wait=False)
         return answer
 
     def _no_answer(
@@ -199,13 +199,17 @@ class EndpointResolver:
         self._report(endpoint, why)
         return answer
 
-    def _begin(self, endpoint: str) -> tuple[concurrent.futures.Future[str] | None, str | None]:
+    def _begin(
+        self, endpoint: str, *, wait: bool = True
+    ) -> tuple[concurrent.futures.Future[str] | None, str | None]:
         """(a lookup to wait for, else None; the answer held, final when there is none to wait).
 
         A literal is its own answer; a name held and fresh, or failed and looked
         up again in the background, is answered from what is held (a failure
         of the background's reported now); a new name, or an answer grown old,
-        is looked up and waited for (at most ``timeout_s``, by the caller).
+        is looked up and waited for (at most ``timeout_s``, by the caller), or
+        with ``wait`` False looked up in the background (its failure reported
+        by the next call that reads it).
         """
         if literal_only(endpoint) is not None:
             return None, endpoint
@@ -215,7 +219,10 @@ class EndpointResolver:
             busy = endpoint in self._pending or len(self._pending) >= self._workers * 4
             if known is None:
                 # a lookup that outlived its wait is still out, or the pool is busy: not now
-                return (None if busy else self._start(endpoint, waited=True)), None
+                if busy:
+                    return None, None
+                fut = self._start(endpoint, waited=wait)
+                return (fut if wait else None), None
             answer, until, why = known
             if why is not None:
                 self._known[endpoint] = (answer, until, None)
@@ -228,7 +235,8 @@ class EndpointResolver:
             else:
                 # An answer grown old: waited for again (at most timeout_s), so a
                 # name whose address changed is sent with its new one.
-                return self._start(endpoint, waited=True), answer
+                fut = self._start(endpoint, waited=wait)
+                return (fut if wait else None), answer
         if why is not None:
             self._report(endpoint, why)
         return None, answer
