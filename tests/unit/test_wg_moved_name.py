@@ -119,3 +119,30 @@ def test_sent_names_forget_removed_peers_and_literals() -> None:
     names.note("wgc0", [RemovePeer(P)], [RemovePeer(P)])
     assert names._sent == {}
     resolve.close()
+
+
+def test_a_name_the_member_no_longer_publishes_is_not_applied_again_each_check(
+    caplog: Any,
+) -> None:
+    """Found by review: a member that stops publishing its endpoint name (its
+    record's endpoint goes to None: learn it from handshakes) left its entry in
+    ``SentNames``; once that name moved, every health check (5 s) dropped the
+    endpoint from the cache, applied again with nothing to send and logged at
+    INFO that it gave WireGuard a new address, forever."""
+    import logging
+    from dataclasses import replace
+
+    now, ip = [0.0], ["192.0.2.1"]
+    resolve = EndpointResolver(lookup=_dns(ip), clock=lambda: now[0])
+    wg = _Wg(resolve)
+    rec = Reconciler(wg, MemoryHost(), clock=lambda: now[0], verify_interval=10_000)
+    want, host = wanted()
+    rec.apply(want, host)
+    no_name = replace(want, peers={P: replace(want.peers[P], endpoint=None)})
+    rec.apply(no_name, host)  # the member's record has no endpoint now
+    ip[0] = "192.0.2.2"
+    with caplog.at_level(logging.INFO, logger="smegmesh.wg.reconcile"):
+        _checks(rec, resolve, now, 120)
+    assert [r for r in caplog.records if "new address" in r.getMessage()] == []
+    assert wg.devices["wgc0"].peers[P].endpoint == "192.0.2.1:51820"  # WireGuard's, untouched
+    resolve.close()

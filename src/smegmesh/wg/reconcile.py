@@ -263,7 +263,13 @@ class Reconciler:
             log.debug("cannot compare endpoint names of %s: %s", name, exc)
             return False
         peers = dict(cache.wg.peers)
-        moved = [key for key in moved if key in peers]
+        # only peers whose desired endpoint is set: one the member no longer
+        # publishes (None, learnt from handshakes) is not sent again by the
+        # diff, and was found moved again every check, forever
+        want = cache.desired_if.peers if cache.desired_if is not None else {}
+        moved = [
+            key for key in moved if key in peers and key in want and want[key].endpoint is not None
+        ]
         if not moved:
             return False
         for key in moved:
