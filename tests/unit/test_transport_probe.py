@@ -175,3 +175,32 @@ def test_a_probe_cancelled_while_it_closes_gives_its_slot_back(monkeypatch: Any)
             await server.stop(0)
 
     asyncio.run(main())
+
+
+def test_a_probe_to_a_name_holds_no_shared_thread_for_dns(monkeypatch: Any) -> None:
+    """Found by review: the datagram probe takes IP literals only, but the TLS
+    one passed on a control endpoint whose name did not resolve in the daemon's
+    own resolver (``control_names``), so its connection looked the name up in
+    the event loop's default pool: a thread held for as long as the member's
+    nameserver likes (docs/SECURITY.md, "A member's endpoint name held the
+    daemon's shared threads")."""
+    looked_up: list[str] = []
+    real = socket.getaddrinfo
+
+    def lookup(host: Any, *a: Any, **k: Any) -> Any:
+        looked_up.append(str(host))
+        return real(host, *a, **k)
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+
+    async def main() -> None:
+        client = RpcClient(NodeIdentity.generate(os.urandom), timeout=5)
+        try:
+            ep = "slow-dns.invalid:7000"
+            assert await client.probe(ep, b"\x01" * 32, b"abc", 1.0, TO) is None
+            assert client.connections == 0
+        finally:
+            await client.close()
+
+    asyncio.run(main())
+    assert "slow-dns.invalid" not in looked_up

@@ -440,9 +440,14 @@ class RpcClient:
         back-off learnt, so a probe is always sent (one skipped for a back-off
         another path earned would count against the peer) and its failure says
         nothing of the member's endpoint. The pin is checked as ever; the
-        connection counts against the cap while it is open.
+        connection counts against the cap while it is open. An IP literal
+        only, as the datagram probe: a name gives None (no lookup here).
         """
         deadline = time.monotonic() + timeout
+        if literal_only(endpoint) is None:
+            # a name the caller could not resolve (in its own threads): connecting
+            # would look it up in the loop's shared pool, for as long as DNS takes
+            return None
         try:
             host, port = split_host_port(endpoint)
             await self._reserve(endpoint, timeout)
