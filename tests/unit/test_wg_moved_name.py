@@ -146,3 +146,35 @@ def test_a_name_the_member_no_longer_publishes_is_not_applied_again_each_check(
     assert [r for r in caplog.records if "new address" in r.getMessage()] == []
     assert wg.devices["wgc0"].peers[P].endpoint == "192.0.2.1:51820"  # WireGuard's, untouched
     resolve.close()
+
+
+def test_a_name_that_never_resolves_does_not_hide_another_ones_move() -> None:
+    """Found by review: the check looked for moved names only when no endpoint
+    was left out, so one member publishing a name that never resolves (its
+    peer left out at each check) kept every other member's new address from
+    WireGuard until the full read, as before the fix."""
+    from dataclasses import replace
+
+    from smegmesh.core.wgconfig import PeerConfig
+
+    q, bad = b"q" * 32, "never.invalid:51820"
+    now, ip = [0.0], ["192.0.2.1"]
+
+    def lookup(host: str, *a: object, **k: object) -> list[tuple[Any, ...]]:
+        if host == "never.invalid":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return _dns(ip)(host, *a, **k)
+
+    resolve = EndpointResolver(lookup=lookup, clock=lambda: now[0])
+    wg = _Wg(resolve)
+    rec = Reconciler(wg, MemoryHost(), clock=lambda: now[0], verify_interval=10_000)
+    want, host = wanted()
+    other = PeerConfig(q, bad, frozenset({"fd00::2/128"}), keepalive=25)
+    want = replace(want, peers={**want.peers, q: other})
+    rec.apply(want, host)
+    assert wg.devices["wgc0"].peers[P].endpoint == "192.0.2.1:51820"
+    ip[0] = "192.0.2.2"
+    _checks(rec, resolve, now, 70)
+    assert wg.devices["wgc0"].peers[P].endpoint == "192.0.2.2:51820"
+    assert wg.devices["wgc0"].peers[q].endpoint is None
+    resolve.close()

@@ -199,7 +199,10 @@ class Reconciler:
                     log.warning("health check of %s failed: %s", n, exc)
                     lost = None
                 if lost is False and not self._set_down(n, cache):
-                    if cache.left_out or self._names_moved(n, cache):
+                    # moved names looked for even while an endpoint is left out:
+                    # a member's name that never resolves must not hide the others'
+                    moved = self._names_moved(n, cache)
+                    if cache.left_out or moved:
                         self._apply_again(cache)
                     continue
                 if lost:
