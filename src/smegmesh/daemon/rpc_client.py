@@ -439,15 +439,12 @@ class RpcClient:
         (``daemon/forward_probe.py``): neither pooled nor backed off, and no
         back-off learnt, so a probe is always sent (one skipped for a back-off
         another path earned would count against the peer) and its failure says
-        nothing of the member's endpoint. The pin is checked as ever; the
-        connection counts against the cap while it is open. An IP literal
-        only, as the datagram probe: a name gives None (no lookup here).
+        nothing of the member's endpoint. The pin is checked as ever; the connection
+        counts against the cap while it is open. IP literals only (a name: None).
         """
         deadline = time.monotonic() + timeout
         if literal_only(endpoint) is None:
-            # a name the caller could not resolve (in its own threads): connecting
-            # would look it up in the loop's shared pool, for as long as DNS takes
-            return None
+            return None  # a name: connecting would resolve it in the loop's shared pool
         try:
             host, port = split_host_port(endpoint)
             await self._reserve(endpoint, timeout)
@@ -457,11 +454,9 @@ class RpcClient:
         try:
             der = self._certs.get(fp)
             if der is None:
-                # within what is left of the probe's time (a wait for a slot took some)
-                left = max(0.001, deadline - time.monotonic())
-                der = await asyncio.wait_for(
-                    fetch_certificate(host, port, left, self.fetch_wire), left
-                )
+                left = max(0.001, deadline - time.monotonic())  # a slot's wait took some
+                fetch = fetch_certificate(host, port, left, self.fetch_wire)
+                der = await asyncio.wait_for(fetch, left)
                 if hashlib.sha256(der).digest() != fp:
                     return None
                 self._certs[fp] = der
@@ -477,8 +472,7 @@ class RpcClient:
         except (OSError, TimeoutError, ssl.SSLError, RpcError, grpc.aio.AioRpcError):
             return None
         finally:
-            # closed in a task of its own, counted against the cap until closed:
-            # a cancel landing during the close cannot keep the slot for good
+            # closed in a task counted under the cap: a cancel cannot keep the slot
             closing = self._close_later(ch) if ch is not None else None
             self._connecting -= 1
             self._wake()
