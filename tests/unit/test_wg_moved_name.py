@@ -136,4 +136,62 @@ def test_a_failed_lookup_in_the_background_of_a_peek_is_reported() -> None:
     assert resolve.peek(NAME) == "192.0.2.1:51820"  # held; looked up again behind
     settle(resolve)
     assert resolve.peek(NAME) is None and len(told) == 1 and "does not resolve" in told[0]
+
+
+def test_a_name_the_member_no_longer_publishes_is_not_applied_again_each_check(
+    caplog: Any,
+) -> None:
+    """Found by review: a member that stops publishing its endpoint name (its
+    record's endpoint goes to None: learn it from handshakes) left its entry in
+    ``SentNames``; once that name moved, every health check (5 s) dropped the
+    endpoint from the cache, applied again with nothing to send and logged at
+    INFO that it gave WireGuard a new address, forever."""
+    import logging
+    from dataclasses import replace
+
+    now, ip = [0.0], ["192.0.2.1"]
+    resolve = EndpointResolver(lookup=_dns(ip), clock=lambda: now[0])
+    wg = _Wg(resolve)
+    rec = Reconciler(wg, MemoryHost(), clock=lambda: now[0], verify_interval=10_000)
+    want, host = wanted()
+    rec.apply(want, host)
+    no_name = replace(want, peers={P: replace(want.peers[P], endpoint=None)})
+    rec.apply(no_name, host)  # the member's record has no endpoint now
+    ip[0] = "192.0.2.2"
+    with caplog.at_level(logging.INFO, logger="smegmesh.wg.reconcile"):
+        _checks(rec, resolve, now, 120)
+    assert [r for r in caplog.records if "new address" in r.getMessage()] == []
+    assert wg.devices["wgc0"].peers[P].endpoint == "192.0.2.1:51820"  # WireGuard's, untouched
+    resolve.close()
+
+
+def test_a_name_that_never_resolves_does_not_hide_another_ones_move() -> None:
+    """Found by review: the check looked for moved names only when no endpoint
+    was left out, so one member publishing a name that never resolves (its
+    peer left out at each check) kept every other member's new address from
+    WireGuard until the full read, as before the fix."""
+    from dataclasses import replace
+
+    from smegmesh.core.wgconfig import PeerConfig
+
+    q, bad = b"q" * 32, "never.invalid:51820"
+    now, ip = [0.0], ["192.0.2.1"]
+
+    def lookup(host: str, *a: object, **k: object) -> list[tuple[Any, ...]]:
+        if host == "never.invalid":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return _dns(ip)(host, *a, **k)
+
+    resolve = EndpointResolver(lookup=lookup, clock=lambda: now[0])
+    wg = _Wg(resolve)
+    rec = Reconciler(wg, MemoryHost(), clock=lambda: now[0], verify_interval=10_000)
+    want, host = wanted()
+    other = PeerConfig(q, bad, frozenset({"fd00::2/128"}), keepalive=25)
+    want = replace(want, peers={**want.peers, q: other})
+    rec.apply(want, host)
+    assert wg.devices["wgc0"].peers[P].endpoint == "192.0.2.1:51820"
+    ip[0] = "192.0.2.2"
+    _checks(rec, resolve, now, 70)
+    assert wg.devices["wgc0"].peers[P].endpoint == "192.0.2.2:51820"
+    assert wg.devices["wgc0"].peers[q].endpoint is None
     resolve.close()

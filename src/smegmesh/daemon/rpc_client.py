@@ -313,9 +313,9 @@ class RpcClient:
             self._certs.popitem(last=False)
         return der
 
-    def _close_later(self, p: _Pooled) -> asyncio.Task[None]:
-        """Close ``p``'s channel; its connection counts against the cap until closed."""
-        task = asyncio.create_task(p.channel.close(None))
+    def _close_later(self, channel: grpc.aio.Channel) -> asyncio.Task[None]:
+        """Close ``channel``; its connection counts against the cap until closed."""
+        task = asyncio.create_task(channel.close(None))
         self._closing.add(task)
 
         def done(t: asyncio.Task[None]) -> None:
@@ -328,7 +328,7 @@ class RpcClient:
     def _evict(self, key: tuple[str, bytes]) -> None:
         p = self._channels.pop(key)
         self.evictions += 1
-        self._close_later(p)
+        self._close_later(p.channel)
 
     def _make_room(self, limit: int) -> None:
         """Close least recently used idle channels until at most ``limit`` are open.
@@ -439,10 +439,12 @@ class RpcClient:
         (``daemon/forward_probe.py``): neither pooled nor backed off, and no
         back-off learnt, so a probe is always sent (one skipped for a back-off
         another path earned would count against the peer) and its failure says
-        nothing of the member's endpoint. The pin is checked as ever; the
-        connection counts against the cap while it is open.
+        nothing of the member's endpoint. The pin is checked as ever; the connection
+        counts against the cap while it is open. IP literals only (a name: None).
         """
         deadline = time.monotonic() + timeout
+        if literal_only(endpoint) is None:
+            return None  # a name: connecting would resolve it in the loop's shared pool
         try:
             host, port = split_host_port(endpoint)
             await self._reserve(endpoint, timeout)
@@ -452,9 +454,9 @@ class RpcClient:
         try:
             der = self._certs.get(fp)
             if der is None:
-                der = await asyncio.wait_for(
-                    fetch_certificate(host, port, timeout, self.fetch_wire), timeout
-                )
+                left = max(0.001, deadline - time.monotonic())  # a slot's wait took some
+                fetch = fetch_certificate(host, port, left, self.fetch_wire)
+                der = await asyncio.wait_for(fetch, left)
                 if hashlib.sha256(der).digest() != fp:
                     return None
                 self._certs[fp] = der
@@ -470,17 +472,20 @@ class RpcClient:
         except (OSError, TimeoutError, ssl.SSLError, RpcError, grpc.aio.AioRpcError):
             return None
         finally:
-            if ch is not None:
-                await ch.close(None)
+            # closed in a task counted under the cap: a cancel cannot keep the slot
+            closing = self._close_later(ch) if ch is not None else None
             self._connecting -= 1
             self._wake()
+            if closing is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(closing)
 
     async def _drop(self, key: tuple[str, bytes], pooled: _Pooled | None = None) -> None:
         p = self._channels.get(key)
         if p is None or (pooled is not None and p is not pooled):
             return  # already replaced by a fresh channel: keep that one
         del self._channels[key]
-        await self._close_later(p)
+        await self._close_later(p.channel)
 
     async def close(self) -> None:
         if self.datagrams is not None:

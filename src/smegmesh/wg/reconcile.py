@@ -199,7 +199,10 @@ class Reconciler:
                     log.warning("health check of %s failed: %s", n, exc)
                     lost = None
                 if lost is False and not self._set_down(n, cache):
-                    if cache.left_out or self._names_moved(n, cache):
+                    # moved names looked for even while an endpoint is left out:
+                    # a member's name that never resolves must not hide the others'
+                    moved = self._names_moved(n, cache)
+                    if cache.left_out or moved:
                         self._apply_again(cache)
                     continue
                 if lost:
@@ -263,7 +266,13 @@ class Reconciler:
             log.debug("cannot compare endpoint names of %s: %s", name, exc)
             return False
         peers = dict(cache.wg.peers)
-        moved = [key for key in moved if key in peers]
+        # only peers whose desired endpoint is set: one the member no longer
+        # publishes (None, learnt from handshakes) is not sent again by the
+        # diff, and was found moved again every check, forever
+        want = cache.desired_if.peers if cache.desired_if is not None else {}
+        moved = [
+            key for key in moved if key in peers and key in want and want[key].endpoint is not None
+        ]
         if not moved:
             return False
         for key in moved:
