@@ -140,3 +140,14 @@ def test_service_help_gives_the_allowed_characters(command: str) -> None:
     assert "1-64 characters of letters, digits and . _ -" in r.stdout, r.stdout
     if command == "set-service":  # what smegd refuses in a value
         assert "no control characters" in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("meshid", ["../x", "a/b", "BAD", ""])
+def test_watch_checks_its_mesh_id_like_every_command(meshid: str) -> None:
+    """``watch --meshid ../x`` said "not found: the request names no resource smegd
+    knows" (the id was put in a URL unchecked), and ``--meshid ''`` watched every mesh."""
+    r = runner.invoke(app, ["--socket", NO_SOCKET, "watch", "--meshid", meshid])
+    assert r.exit_code == 1, (r.stdout, r.stderr)
+    assert r.stderr.startswith(f"smegctl: invalid mesh id '{meshid}': "), r.stderr
+    r = runner.invoke(app, ["--socket", NO_SOCKET, "watch", "--meshid", meshid, "--json"])
+    assert json.loads(r.stdout)["error"]["message"].startswith("invalid mesh id"), r.stdout
