@@ -172,3 +172,30 @@ def test_http_to_a_tls_api_says_to_try_https(tmp_path: Path) -> None:
     assert r.exit_code == 1, (r.stdout, r.stderr)
     msg = json.loads(r.stdout)["error"]["message"]
     assert msg.endswith(f"try {base}"), msg
+
+
+class _WebPage(StubHandler):
+    """Another web server on the port given: an HTML error page (as python -m http.server)."""
+
+    def do_GET(self) -> None:
+        page = b"<!DOCTYPE HTML>\n<html><head><title>Error response</title></head>" + b" " * 300
+        self.send_response(404)
+        self.send_header("Content-Type", "text/html;charset=utf-8")
+        self.send_header("Content-Length", str(len(page)))
+        self.end_headers()
+        self.wfile.write(page)
+
+
+@pytest.mark.parametrize("via", ["socket", "api"])
+def test_an_html_page_is_not_read_out_as_smegds_error(via: str) -> None:
+    """It said "smegd answered HTTP 404: <!DOCTYPE HTML> <html lang=...": the page's
+    markup, as if smegd had said it, with no hint that the address is wrong."""
+    unix = short_tmpdir() / "s.sock" if via == "socket" else None
+    with stub_http(_WebPage, unix=unix) as where:
+        option = "--api" if unix is None else "--socket"
+        r = runner.invoke(app, [option, where, "list-meshes"], env={"SMEG_API_TOKEN": "x" * 16})
+    assert r.exit_code == 1, (r.stdout, r.stderr, r.exception)
+    assert r.stderr == (
+        f"smegctl: {where} answered HTTP 404 Not Found with a web page (text/html), "
+        "not as smegd answers: is this smegd's address?\n"
+    ), r.stderr
