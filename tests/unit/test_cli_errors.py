@@ -151,3 +151,27 @@ def test_watch_checks_its_mesh_id_like_every_command(meshid: str) -> None:
     assert r.stderr.startswith(f"smegctl: invalid mesh id '{meshid}': "), r.stderr
     r = runner.invoke(app, ["--socket", NO_SOCKET, "watch", "--meshid", meshid, "--json"])
     assert json.loads(r.stdout)["error"]["message"].startswith("invalid mesh id"), r.stdout
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_text_that_is_not_utf8_is_named(
+    as_json: bool, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Latin-1 'café' (byte 0xe9; Python hands it on as '\\udce9') said "unexpected
+    error: UnicodeEncodeError: 'utf-8' codec can't encode character '\\udce9' in
+    position 3: surrogates not allowed"."""
+    from smegmesh.cli.main import main
+
+    cafe = b"caf\xe9".decode("utf-8", "surrogateescape")
+    args = ["put-description", "-m", "m", "--description", cafe] + ["--json"] * as_json
+    monkeypatch.setattr("sys.argv", ["smegctl", "--socket", NO_SOCKET, *args])
+    with pytest.raises(SystemExit) as ei:
+        main()
+    assert ei.value.code == 2
+    out, err = capsys.readouterr()
+    msg = "'caf\\xe9' is not UTF-8 text (byte 0xe9): smegctl and smegd take UTF-8 only"
+    assert err == f"smegctl: {msg}\n"
+    if as_json:
+        assert json.loads(out) == {"error": {"code": "usage", "message": msg}}
+    else:
+        assert out == ""
