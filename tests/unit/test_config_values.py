@@ -56,3 +56,14 @@ def test_a_problem_says_what_it_got_once() -> None:
     assert msg.count("(got ") == 1, msg
     msg = _err('apiListen: "[::1]:0"\napiToken: "0123456789abcdef"')
     assert msg.count("(got ") == 1, msg
+
+
+def test_a_control_socket_path_too_long_for_a_unix_socket() -> None:
+    """It passed smegd --check, then smegd said "cannot start: AF_UNIX path too long"."""
+    path = "/run/" + "d" * 100 + "/smegd.sock"
+    msg = _err(f"controlSocket: {path}")
+    assert msg.startswith("config: controlSocket: 116 bytes long"), msg
+    assert msg.count(path) == 1, msg
+    assert "at most 107" in msg, msg
+    ok = "/run/" + "d" * 91 + "/smegd.sock"  # 107 bytes: the longest that binds
+    assert str(parse_config({"controlSocket": ok}).control_socket) == ok

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import types
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin
@@ -18,6 +19,18 @@ def _host_port(value: str | None) -> str | None:
         return None
     split_host_port(value)
     return value.strip()
+
+
+#: The longest path a unix socket can be bound to (sun_path: 108 bytes with its NUL).
+MAX_SOCKET_PATH = 107
+
+
+def _socket_path(value: Path) -> Path:
+    """A unix socket path that fits, or the error saying how long it is."""
+    n = len(os.fsencode(value))
+    if n > MAX_SOCKET_PATH:
+        raise ValueError(f"{n} bytes long; a unix socket path can have at most {MAX_SOCKET_PATH}")
+    return value
 
 
 def _str_list(value: Any) -> Any:
