@@ -1,0 +1,64 @@
+"""smegd's paths that cannot be used: one line naming the key and the path, no errno.
+
+A regular file where controlSocket should go said "cannot start: [Errno 17]
+/x/file.sock exists and is not a socket"; a stateDir that is a file said
+"cannot start: [Errno 17] File exists: '/x/file'": neither said which key.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from smegmesh.testbed.loopback import Smegd, short_tmpdir
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _start(d: Smegd) -> str:
+    """Run ``d`` until it exits (it must not start); its one ERROR line."""
+    d.config_path.write_text(json.dumps(d.config()))
+    p = subprocess.run(
+        [sys.executable, "-m", "smegmesh.daemon.main", str(d.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 1, p.stderr
+    assert "Traceback" not in p.stderr and "[Errno" not in p.stderr, p.stderr
+    errors = [line for line in p.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1, p.stderr
+    return errors[0]
+
+
+def test_a_file_where_the_control_socket_goes() -> None:
+    d = Smegd(short_tmpdir(), "x")
+    d.sock.write_text("not a socket\n")
+    line = _start(d)
+    assert line.endswith(
+        f"cannot start: controlSocket {d.sock}: exists and is not a socket "
+        "(remove it, or give another path)"
+    ), line
+
+
+def test_a_control_socket_someone_listens_on() -> None:
+    d = Smegd(short_tmpdir(), "x")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(d.sock))
+        s.listen()
+        line = _start(d)
+    assert line.endswith(
+        f"cannot start: controlSocket {d.sock}: in use (another smegd is running?)"
+    ), line
+
+
+def test_a_state_dir_that_is_a_file(tmp_path: Path) -> None:
+    d = Smegd(short_tmpdir(), "x", extra={"stateDir": str(tmp_path / "file")})
+    (tmp_path / "file").write_text("")
+    line = _start(d)
+    assert line.endswith(f"cannot start: stateDir {tmp_path / 'file'}: not a directory"), line
