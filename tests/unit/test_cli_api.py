@@ -199,3 +199,22 @@ def test_an_html_page_is_not_read_out_as_smegds_error(via: str) -> None:
         f"smegctl: {where} answered HTTP 404 Not Found with a web page (text/html), "
         "not as smegd answers: is this smegd's address?\n"
     ), r.stderr
+
+
+def test_socket_on_the_command_line_beats_smeg_api_in_the_environment() -> None:
+    """With SMEG_API exported, `smegctl --socket OTHER status` talked to SMEG_API's
+    daemon: a flag given on the command line lost to an environment variable."""
+    from api_fake import served_unix
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    with served_unix() as (sock, svc):
+        svc.meshes.clear()
+        env = {"SMEG_API": dead, "SMEG_API_TOKEN": "x" * 16}
+        r = runner.invoke(app, ["--socket", str(sock), "list-meshes", "--json"], env=env)
+        assert (r.exit_code, json.loads(r.stdout)) == (0, []), (r.stdout, r.stderr)
+        # without --socket, SMEG_API is used (and here nobody answers there)
+        r = runner.invoke(app, ["list-meshes"], env=env)
+        assert r.exit_code == 1 and f"cannot reach smegd at {dead}" in r.stderr, r.stderr
+        # --api given on the command line wins over --socket, as it always did
+        r = runner.invoke(app, ["--socket", str(sock), "--api", dead, "list-meshes"], env=env)
+        assert r.exit_code == 1 and dead in r.stderr, r.stderr
