@@ -228,7 +228,15 @@ def get_graph(
         str | None,
         typer.Option("--meshid", "-m", help="Only this mesh (default: all, linked by bridges)."),
     ] = None,
-    fmt: Annotated[GraphChoice, typer.Option("--format", "-f", help="Output format.")] = DOT,
+    fmt: Annotated[
+        GraphChoice | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="Output format. Default: the extension of -o FILE (.svg, .png), else dot.",
+            show_default=False,
+        ),
+    ] = None,
     output: Annotated[
         Path | None,
         typer.Option("--output", "-o", help="Write to FILE instead of stdout.", dir_okay=False),
@@ -236,6 +244,10 @@ def get_graph(
     as_json: JsonOpt = False,
 ) -> None:
     """Draw the mesh (nodes, roles, clients under their peers, bridges, routes)."""
+
+    if fmt is None:  # -o mesh.png: a PNG, not DOT text under that name
+        ext = output.suffix.lower().lstrip(".") if output is not None else ""
+        fmt = GraphChoice(ext) if ext in ("svg", "png") else DOT
 
     def go() -> None:
         params = {"format": str(fmt)}
