@@ -175,3 +175,24 @@ def test_text_that_is_not_utf8_is_named(
         assert json.loads(out) == {"error": {"code": "usage", "message": msg}}
     else:
         assert out == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "want"),
+    [
+        (["new-mesh", "--role", "admin"], "'admin' is not one of 'peer', 'client'."),
+        (["admin", "promote", "node"], "'promote' is not one of 'add', 'remove'."),
+        (
+            ["set-invite-policy", "everyone"],
+            "'everyone' is not one of 'admins', 'peers', 'members'.",
+        ),
+    ],
+)
+def test_a_bad_choice_says_so_without_pydantics_words(args: list[str], want: str) -> None:
+    """It said "Invalid value for '--role': Value error, 'admin' is not one of ...":
+    the words of the validation library under the CLI, not smegctl's."""
+    r = runner.invoke(app, ["--socket", NO_SOCKET, *args, "--json"])
+    assert r.exit_code == 2, (r.stdout, r.stderr)
+    msg = json.loads(r.stdout)["error"]["message"]
+    assert msg.endswith(": " + want) and "Value error" not in msg, msg
+    assert "Value error" not in r.stderr, r.stderr

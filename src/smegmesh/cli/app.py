@@ -79,7 +79,9 @@ class _Group(TyperGroup):
 
 def _usage_json(ctx: Context, e: ClickException) -> None:
     """``e`` as JSON on stdout if ``--json`` was given (before any ``--``); click then
-    writes its own message on stderr and exits with ``e.exit_code``."""
+    writes its own message on stderr and exits with ``e.exit_code``. Typer checks
+    values with pydantic, whose "Value error, " no user needs to read: it goes."""
+    e.message = e.message.replace("Value error, ", "")
     argv: list[str] = ctx.meta.get(_ARGV, [])
     if "--json" in argv[: argv.index("--") if "--" in argv else len(argv)]:
         _print_json(error_json(e.format_message(), e.exit_code))
