@@ -85,3 +85,18 @@ def test_evicting_an_evicted_node_again_says_it_was_evicted() -> None:
     with pytest.raises(ServiceError) as ei:  # a name that was never there: as before
         asyncio.run(ops.evict(m.mesh_id, "nobody", False))
     assert ei.value.code == "unknown_node"
+
+
+def test_a_bad_alias_to_reserve_names_the_field_once() -> None:
+    """It said "alias: alias: must be a DNS label (1-63 of [a-z0-9-])"."""
+    import pytest
+
+    from smegmesh.daemon.service import ServiceError
+
+    m = Mesh(Policy.MEMBERS)
+    node = member_node(m.founder, m.mesh_id, m.state())
+    node.start(NOW)
+    ops = Ops(m.founder, SimpleNamespace(node=node, mesh_id=m.mesh_id))
+    with pytest.raises(ServiceError) as ei:
+        asyncio.run(ops.reserve_alias(m.mesh_id, "bad label", None))
+    assert ei.value.message == "alias: must be a DNS label (1-63 of [a-z0-9-])"

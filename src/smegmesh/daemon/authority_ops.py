@@ -179,8 +179,9 @@ class AuthorityOps:
             outs = rt.node.reserve_alias(now_ms(), alias, key)
         except NotAllowed as e:
             raise forbidden(e) from None
-        except ValueError as e:
-            raise svc.invalid_argument(f"alias: {e}") from None
+        except ValueError as e:  # a CertError says "alias: ..." itself
+            msg = str(e) if str(e).startswith("alias:") else f"alias: {e}"
+            raise svc.invalid_argument(msg) from None
         await self._commit(rt, outs)
         log.info(
             "mesh %s: alias %r %s", mesh_id, alias, f"reserved for {node}" if node else "released"
