@@ -62,3 +62,29 @@ def test_a_state_dir_that_is_a_file(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     line = _start(d)
     assert line.endswith(f"cannot start: stateDir {tmp_path / 'file'}: not a directory"), line
+
+
+def test_list_meshes_names_saved_meshes_that_did_not_start() -> None:
+    """A saved mesh whose file was damaged is not running after a restart, and
+    list-meshes said "not in any mesh (create one with: smegctl new-mesh)", exit 0:
+    as if the mesh were gone, inviting a new one. smegctl status said why."""
+    d = Smegd(short_tmpdir(), "x").start().wait_ready()
+    try:
+        mesh = d.ctl_json("new-mesh")["mesh_id"]
+        d.stop()
+        (d.dir / "state" / "meshes" / f"{mesh}.json").write_text("{garbage")
+        d.restart()
+        r = d.ctl("list-meshes")
+        assert "create one" not in r.stdout, r.stdout
+        assert r.stdout == (
+            f"no mesh running; saved but not running: {mesh} (smegctl status says why)\n"
+        ), r.stdout
+        assert d.ctl_json("list-meshes") == []  # the JSON stays the list of running meshes
+        other = d.ctl_json("new-mesh")["mesh_id"]
+        r = d.ctl("list-meshes")
+        assert other in r.stdout and mesh not in r.stdout, r.stdout
+        assert r.stderr == (
+            f"smegctl: saved but not running: {mesh} (smegctl status says why)\n"
+        ), r.stderr
+    finally:
+        d.stop()

@@ -186,10 +186,21 @@ def list_meshes(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         if as_json:
             _print_json(res.raw)
             return
+        # saved meshes that did not start are in no list: without them named, a
+        # damaged file looked like a mesh gone ("create one with: smegctl new-mesh")
+        health = _client(ctx).json("GET", "/v1/health")
+        stopped = ", ".join(str(m) for m in health.get("not_restored", ()))
+        note = f"saved but not running: {stopped} (smegctl status says why)"
         if not res.data:
-            typer.echo("not in any mesh (create one with: smegctl new-mesh)")
+            typer.echo(
+                f"no mesh running; {note}"
+                if stopped
+                else "not in any mesh (create one with: smegctl new-mesh)"
+            )
             return
         _console().print(meshes_table(res.data))
+        if stopped:
+            sys.stderr.write(f"smegctl: {note}\n")
 
     _run(as_json, go)
 
