@@ -80,6 +80,8 @@ def test_list_meshes_names_saved_meshes_that_did_not_start() -> None:
             f"no mesh running; saved but not running: {mesh} (smegctl status says why)\n"
         ), r.stdout
         assert d.ctl_json("list-meshes") == []  # the JSON stays the list of running meshes
+        st = d.ctl("status").stdout
+        assert f"mesh {mesh} NOT RUNNING" in st and "create one" not in st, st
         other = d.ctl_json("new-mesh")["mesh_id"]
         r = d.ctl("list-meshes")
         assert other in r.stdout and mesh not in r.stdout, r.stdout
