@@ -73,7 +73,10 @@ def put_alias(
 def put_description(
     ctx: typer.Context,
     description: Annotated[
-        str, typer.Option("--description", help="Free text, no control characters.")
+        str,
+        typer.Option(
+            "--description", help="Free text, no control characters, at most 256 bytes of UTF-8."
+        ),
     ],
     meshid: OptMeshIdOpt = None,
     as_json: JsonOpt = False,
@@ -97,7 +100,10 @@ def set_service(
     ctx: typer.Context,
     service: ServiceOpt,
     value: Annotated[
-        str, typer.Option("--value", help="Service value: text, no control characters.")
+        str,
+        typer.Option(
+            "--value", help="Service value: text, no control characters, at most 256 bytes."
+        ),
     ],
     meshid: OptMeshIdOpt = None,
     as_json: JsonOpt = False,
