@@ -224,6 +224,13 @@ def test_admin_adds_a_device_via_a_remote_peer(trio: Cluster, tmp_path: Path) ->
     )
     assert b.api("GET", f"{url}/phone/config")["config"] == text  # any member
     assert _refused(owner, "GET", f"{url}/nosuch/config")[:2] == (404, "unknown_device")
+    # remove-device on a member that is not the sponsor said "this peer sponsors no
+    # device 'phone'", which list-devices there contradicts: it says where to run it
+    r = owner.ctl("remove-device", "--meshid", mesh, "phone", code=1)
+    assert r.stderr == (
+        "smegctl: device phone is sponsored by alpha: run remove-device there "
+        "(an admin can also evict it)\n"
+    ), r.stderr
 
     # a non-admin cannot make a peer sponsor a device: not through its daemon...
     _one_line(

@@ -419,7 +419,7 @@ def test_tcp_requires_bearer_token() -> None:
             assert c.get(page, headers=auth).status_code == 200, page
         # the health check answers without it, with the status alone
         assert c.get("/v1/health").json() == {"ok": True}
-        assert set(c.get("/v1/health", headers=auth).json()) == {"ok", "version"}
+        assert set(c.get("/v1/health", headers=auth).json()) == {"ok", "version", "not_restored"}
 
 
 def test_unix_app_needs_no_token(api: tuple[httpx.Client, FakeNodeService, Path]) -> None:

@@ -237,3 +237,20 @@ def test_join_mesh_takes_the_token_from_stdin_or_a_file(
     assert r.stderr.startswith("smegctl: give the invitation as --token TOKEN")
     r = ctl(sock, "join-mesh", "--token-file", str(tmp_path / "none"), code=1)
     assert r.stderr.startswith("smegctl: --token-file: cannot read")
+
+
+def test_get_graph_output_file_extension_chooses_the_format(
+    daemon: tuple[Path, FakeNodeService], tmp_path: Path
+) -> None:
+    """`get-graph -o mesh.png` wrote DOT text into mesh.png (the format stayed dot)."""
+    sock, _ = daemon
+    ctl(sock, "new-mesh")
+    for name, start in (("m.png", PNG_MAGIC), ("m.SVG", b"<svg"), ("m.dot", b"graph")):
+        out = ctl_json(sock, "get-graph", "-o", str(tmp_path / name))
+        assert (tmp_path / name).read_bytes().startswith(start), name
+        assert out["format"] == name.rsplit(".", 1)[1].lower()
+    # an explicit --format is what is written, whatever the name says
+    ctl(sock, "get-graph", "--format", "dot", "-o", str(tmp_path / "g.svg"))
+    assert (tmp_path / "g.svg").read_bytes().startswith(b"graph")
+    ctl(sock, "get-graph", "-o", str(tmp_path / "g.txt"))  # no known extension: dot
+    assert (tmp_path / "g.txt").read_bytes().startswith(b"graph")

@@ -172,3 +172,49 @@ def test_http_to_a_tls_api_says_to_try_https(tmp_path: Path) -> None:
     assert r.exit_code == 1, (r.stdout, r.stderr)
     msg = json.loads(r.stdout)["error"]["message"]
     assert msg.endswith(f"try {base}"), msg
+
+
+class _WebPage(StubHandler):
+    """Another web server on the port given: an HTML error page (as python -m http.server)."""
+
+    def do_GET(self) -> None:
+        page = b"<!DOCTYPE HTML>\n<html><head><title>Error response</title></head>" + b" " * 300
+        self.send_response(404)
+        self.send_header("Content-Type", "text/html;charset=utf-8")
+        self.send_header("Content-Length", str(len(page)))
+        self.end_headers()
+        self.wfile.write(page)
+
+
+@pytest.mark.parametrize("via", ["socket", "api"])
+def test_an_html_page_is_not_read_out_as_smegds_error(via: str) -> None:
+    """It said "smegd answered HTTP 404: <!DOCTYPE HTML> <html lang=...": the page's
+    markup, as if smegd had said it, with no hint that the address is wrong."""
+    unix = short_tmpdir() / "s.sock" if via == "socket" else None
+    with stub_http(_WebPage, unix=unix) as where:
+        option = "--api" if unix is None else "--socket"
+        r = runner.invoke(app, [option, where, "list-meshes"], env={"SMEG_API_TOKEN": "x" * 16})
+    assert r.exit_code == 1, (r.stdout, r.stderr, r.exception)
+    assert r.stderr == (
+        f"smegctl: {where} answered HTTP 404 Not Found with a web page (text/html), "
+        "not as smegd answers: is this smegd's address?\n"
+    ), r.stderr
+
+
+def test_socket_on_the_command_line_beats_smeg_api_in_the_environment() -> None:
+    """With SMEG_API exported, `smegctl --socket OTHER status` talked to SMEG_API's
+    daemon: a flag given on the command line lost to an environment variable."""
+    from api_fake import served_unix
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    with served_unix() as (sock, svc):
+        svc.meshes.clear()
+        env = {"SMEG_API": dead, "SMEG_API_TOKEN": "x" * 16}
+        r = runner.invoke(app, ["--socket", str(sock), "list-meshes", "--json"], env=env)
+        assert (r.exit_code, json.loads(r.stdout)) == (0, []), (r.stdout, r.stderr)
+        # without --socket, SMEG_API is used (and here nobody answers there)
+        r = runner.invoke(app, ["list-meshes"], env=env)
+        assert r.exit_code == 1 and f"cannot reach smegd at {dead}" in r.stderr, r.stderr
+        # --api given on the command line wins over --socket, as it always did
+        r = runner.invoke(app, ["--socket", str(sock), "--api", dead, "list-meshes"], env=env)
+        assert r.exit_code == 1 and dead in r.stderr, r.stderr

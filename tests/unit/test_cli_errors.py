@@ -140,3 +140,59 @@ def test_service_help_gives_the_allowed_characters(command: str) -> None:
     assert "1-64 characters of letters, digits and . _ -" in r.stdout, r.stdout
     if command == "set-service":  # what smegd refuses in a value
         assert "no control characters" in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("meshid", ["../x", "a/b", "BAD", ""])
+def test_watch_checks_its_mesh_id_like_every_command(meshid: str) -> None:
+    """``watch --meshid ../x`` said "not found: the request names no resource smegd
+    knows" (the id was put in a URL unchecked), and ``--meshid ''`` watched every mesh."""
+    r = runner.invoke(app, ["--socket", NO_SOCKET, "watch", "--meshid", meshid])
+    assert r.exit_code == 1, (r.stdout, r.stderr)
+    assert r.stderr.startswith(f"smegctl: invalid mesh id '{meshid}': "), r.stderr
+    r = runner.invoke(app, ["--socket", NO_SOCKET, "watch", "--meshid", meshid, "--json"])
+    assert json.loads(r.stdout)["error"]["message"].startswith("invalid mesh id"), r.stdout
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_text_that_is_not_utf8_is_named(
+    as_json: bool, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Latin-1 'café' (byte 0xe9; Python hands it on as '\\udce9') said "unexpected
+    error: UnicodeEncodeError: 'utf-8' codec can't encode character '\\udce9' in
+    position 3: surrogates not allowed"."""
+    from smegmesh.cli.main import main
+
+    cafe = b"caf\xe9".decode("utf-8", "surrogateescape")
+    args = ["put-description", "-m", "m", "--description", cafe] + ["--json"] * as_json
+    monkeypatch.setattr("sys.argv", ["smegctl", "--socket", NO_SOCKET, *args])
+    with pytest.raises(SystemExit) as ei:
+        main()
+    assert ei.value.code == 2
+    out, err = capsys.readouterr()
+    msg = "'caf\\xe9' is not UTF-8 text (byte 0xe9): smegctl and smegd take UTF-8 only"
+    assert err == f"smegctl: {msg}\n"
+    if as_json:
+        assert json.loads(out) == {"error": {"code": "usage", "message": msg}}
+    else:
+        assert out == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "want"),
+    [
+        (["new-mesh", "--role", "admin"], "'admin' is not one of 'peer', 'client'."),
+        (["admin", "promote", "node"], "'promote' is not one of 'add', 'remove'."),
+        (
+            ["set-invite-policy", "everyone"],
+            "'everyone' is not one of 'admins', 'peers', 'members'.",
+        ),
+    ],
+)
+def test_a_bad_choice_says_so_without_pydantics_words(args: list[str], want: str) -> None:
+    """It said "Invalid value for '--role': Value error, 'admin' is not one of ...":
+    the words of the validation library under the CLI, not smegctl's."""
+    r = runner.invoke(app, ["--socket", NO_SOCKET, *args, "--json"])
+    assert r.exit_code == 2, (r.stdout, r.stderr)
+    msg = json.loads(r.stdout)["error"]["message"]
+    assert msg.endswith(": " + want) and "Value error" not in msg, msg
+    assert "Value error" not in r.stderr, r.stderr

@@ -56,3 +56,47 @@ def test_evict_reports_what_this_eviction_removed() -> None:
     assert not st.is_member(child.wg_public_key)
     assert res.evicted[0] == _text(3)
     assert sorted(res.evicted[1:]) == sorted([_text(4), _text(5)]), res.evicted
+
+
+def test_evicting_an_evicted_node_again_says_it_was_evicted() -> None:
+    """It said "no node in mesh M matches 'KEY'": as if the key were mistyped."""
+    import pytest
+
+    from smegmesh.daemon.service import ServiceError
+
+    m = Mesh(Policy.MEMBERS)
+    bad = ident(3)
+    m.admit(bad)
+    st = m.state()
+    node = member_node(m.founder, m.mesh_id, st)
+    node.start(NOW)
+    assert st.apply(m.record(bad, alias="bad"), NOW)
+    ops = Ops(m.founder, SimpleNamespace(node=node, mesh_id=m.mesh_id))
+    asyncio.run(ops.evict(m.mesh_id, "bad", False))
+    for query in (_text(3), _text(3)[:8]):
+        for call in (ops.evict(m.mesh_id, query, False), ops.set_admin(m.mesh_id, query, True)):
+            with pytest.raises(ServiceError) as ei:
+                asyncio.run(call)
+            assert (ei.value.code, ei.value.status) == ("evicted", 409), ei.value
+            assert ei.value.message == (
+                f"{_text(3)[:12]}… was evicted from mesh {m.mesh_id} already "
+                "(get-mesh --all lists evicted nodes)"
+            )
+    with pytest.raises(ServiceError) as ei:  # a name that was never there: as before
+        asyncio.run(ops.evict(m.mesh_id, "nobody", False))
+    assert ei.value.code == "unknown_node"
+
+
+def test_a_bad_alias_to_reserve_names_the_field_once() -> None:
+    """It said "alias: alias: must be a DNS label (1-63 of [a-z0-9-])"."""
+    import pytest
+
+    from smegmesh.daemon.service import ServiceError
+
+    m = Mesh(Policy.MEMBERS)
+    node = member_node(m.founder, m.mesh_id, m.state())
+    node.start(NOW)
+    ops = Ops(m.founder, SimpleNamespace(node=node, mesh_id=m.mesh_id))
+    with pytest.raises(ServiceError) as ei:
+        asyncio.run(ops.reserve_alias(m.mesh_id, "bad label", None))
+    assert ei.value.message == "alias: must be a DNS label (1-63 of [a-z0-9-])"

@@ -17,6 +17,7 @@ from typing import Annotated, Any, get_args
 
 import typer
 from typer._click import ClickException, Context  # typer's own click (it vendors one)
+from typer._click.core import ParameterSource
 from typer.core import TyperGroup
 
 from smegmesh.cli.client import (
@@ -78,7 +79,9 @@ class _Group(TyperGroup):
 
 def _usage_json(ctx: Context, e: ClickException) -> None:
     """``e`` as JSON on stdout if ``--json`` was given (before any ``--``); click then
-    writes its own message on stderr and exits with ``e.exit_code``."""
+    writes its own message on stderr and exits with ``e.exit_code``. Typer checks
+    values with pydantic, whose "Value error, " no user needs to read: it goes."""
+    e.message = e.message.replace("Value error, ", "")
     argv: list[str] = ctx.meta.get(_ARGV, [])
     if "--json" in argv[: argv.index("--") if "--" in argv else len(argv)]:
         _print_json(error_json(e.format_message(), e.exit_code))
@@ -212,7 +215,7 @@ def _root(
             envvar=API_ENV,
             help="Talk to a daemon's TCP API (its apiListen) instead of the socket: "
             "http://HOST:PORT or https://HOST:PORT. The token comes from --api-token-file "
-            f"or ${TOKEN_ENV}.",
+            f"or ${TOKEN_ENV}. A --socket on the command line overrides ${API_ENV}.",
             show_envvar=True,
             show_default=False,
         ),
@@ -246,6 +249,10 @@ def _root(
     if ctx.resilient_parsing:  # shell completion: no files, no errors
         ctx.obj = State(socket)
         return
+    if ctx.get_parameter_source("api") is ParameterSource.ENVIRONMENT and (
+        ctx.get_parameter_source("socket") is ParameterSource.COMMANDLINE
+    ):
+        api = None  # --socket given on the command line beats $SMEG_API
     ctx.obj = State(socket, api or None, api_token_file, api_ca)
 
 

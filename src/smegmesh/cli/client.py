@@ -82,6 +82,18 @@ def redirect_error(resp: httpx.Response, where: str) -> str:
     )
 
 
+def web_page_error(resp: httpx.Response, where: str) -> str | None:
+    """The error for an HTML page (another web server at that address): smegd's errors
+    are JSON, and a page's markup read out as smegd's message helps no one."""
+    kind = resp.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind not in ("text/html", "application/xhtml+xml"):
+        return None
+    return (
+        f"{where} answered HTTP {resp.status_code} {resp.reason_phrase} with a web page "
+        f"({kind}), not as smegd answers: is this smegd's address?"
+    )
+
+
 def failure_of(
     resp: httpx.Response,
     where: str,
@@ -92,7 +104,8 @@ def failure_of(
     error for 3xx (smegd never redirects); None for a success."""
     if resp.status_code >= 400:
         resp.read()
-        return error(resp)
+        page = web_page_error(resp, where)
+        return (page, None) if page is not None else error(resp)
     if resp.status_code >= 300:
         return redirect_error(resp, where), None
     return None

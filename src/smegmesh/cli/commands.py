@@ -186,10 +186,21 @@ def list_meshes(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         if as_json:
             _print_json(res.raw)
             return
+        # saved meshes that did not start are in no list: without them named, a
+        # damaged file looked like a mesh gone ("create one with: smegctl new-mesh")
+        health = _client(ctx).json("GET", "/v1/health")
+        stopped = ", ".join(str(m) for m in health.get("not_restored", ()))
+        note = f"saved but not running: {stopped} (smegctl status says why)"
         if not res.data:
-            typer.echo("not in any mesh (create one with: smegctl new-mesh)")
+            typer.echo(
+                f"no mesh running; {note}"
+                if stopped
+                else "not in any mesh (create one with: smegctl new-mesh)"
+            )
             return
         _console().print(meshes_table(res.data))
+        if stopped:
+            sys.stderr.write(f"smegctl: {note}\n")
 
     _run(as_json, go)
 
@@ -228,7 +239,15 @@ def get_graph(
         str | None,
         typer.Option("--meshid", "-m", help="Only this mesh (default: all, linked by bridges)."),
     ] = None,
-    fmt: Annotated[GraphChoice, typer.Option("--format", "-f", help="Output format.")] = DOT,
+    fmt: Annotated[
+        GraphChoice | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="Output format. Default: the extension of -o FILE (.svg, .png), else dot.",
+            show_default=False,
+        ),
+    ] = None,
     output: Annotated[
         Path | None,
         typer.Option("--output", "-o", help="Write to FILE instead of stdout.", dir_okay=False),
@@ -236,6 +255,10 @@ def get_graph(
     as_json: JsonOpt = False,
 ) -> None:
     """Draw the mesh (nodes, roles, clients under their peers, bridges, routes)."""
+
+    if fmt is None:  # -o mesh.png: a PNG, not DOT text under that name
+        ext = output.suffix.lower().lstrip(".") if output is not None else ""
+        fmt = GraphChoice(ext) if ext in ("svg", "png") else DOT
 
     def go() -> None:
         params = {"format": str(fmt)}

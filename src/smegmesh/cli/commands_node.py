@@ -24,7 +24,7 @@ from smegmesh.cli.app import (
     _smegd,
     app,
 )
-from smegmesh.cli.client import SERVICE_KEY_RULE, ClientError, SocketClient
+from smegmesh.cli.client import SERVICE_KEY_RULE, ClientError, SocketClient, check_mesh_id
 from smegmesh.cli.output import EXIT_USAGE, _fail, _print_json
 from smegmesh.cli.smegd import Smegd
 from smegmesh.daemon.api_models import StatusResponse
@@ -73,7 +73,10 @@ def put_alias(
 def put_description(
     ctx: typer.Context,
     description: Annotated[
-        str, typer.Option("--description", help="Free text, no control characters.")
+        str,
+        typer.Option(
+            "--description", help="Free text, no control characters, at most 256 bytes of UTF-8."
+        ),
     ],
     meshid: OptMeshIdOpt = None,
     as_json: JsonOpt = False,
@@ -97,7 +100,10 @@ def set_service(
     ctx: typer.Context,
     service: ServiceOpt,
     value: Annotated[
-        str, typer.Option("--value", help="Service value: text, no control characters.")
+        str,
+        typer.Option(
+            "--value", help="Service value: text, no control characters, at most 256 bytes."
+        ),
     ],
     meshid: OptMeshIdOpt = None,
     as_json: JsonOpt = False,
@@ -156,6 +162,8 @@ def watch(
     """
     from smegmesh.cli import watch as w
 
+    if meshid is not None:  # checked as every command does, before it goes in a URL
+        _run(as_json, check_mesh_id, meshid)
     c = _client_or_fail(ctx, as_json)  # the socket, or --api's URL, token and CA
     if meshid:  # a typo would otherwise wait for ever in silence
         _run(as_json, c.request, "GET", f"/v1/meshes/{_seg(meshid)}")

@@ -24,7 +24,7 @@ from smegmesh.cli import commands_node as _commands_node
 from smegmesh.cli import devices as _devices
 from smegmesh.cli import status as _status
 from smegmesh.cli.app import app
-from smegmesh.cli.output import EXIT_ERROR, parse_duration
+from smegmesh.cli.output import EXIT_ERROR, EXIT_USAGE, _print_json, error_json, parse_duration
 
 __all__ = ["app", "main", "parse_duration"]
 
@@ -44,9 +44,33 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("smegctl: interrupted\n")
         sys.exit(130)
+    except UnicodeEncodeError as e:
+        message = _not_utf8(e)
+        if message is None:
+            sys.stderr.write(f"smegctl: unexpected error: {type(e).__name__}: {e}\n")
+            sys.exit(EXIT_ERROR)
+        if "--json" in sys.argv[1:]:
+            _print_json(error_json(message, EXIT_USAGE))
+        sys.stderr.write(f"smegctl: {message}\n")
+        sys.exit(EXIT_USAGE)
     except Exception as e:  # last resort: never show a traceback
         sys.stderr.write(f"smegctl: unexpected error: {type(e).__name__}: {e}\n")
         sys.exit(EXIT_ERROR)
+
+
+def _not_utf8(e: UnicodeEncodeError) -> str | None:
+    """What to say when text given on the command line was not UTF-8: Python passes its
+    bytes on as lone surrogates (U+DC80-U+DCFF), which no request can carry."""
+    bad = e.object[e.start : e.end] if isinstance(e.object, str) else ""
+    if not bad or not all("\udc80" <= c <= "\udcff" for c in bad):
+        return None
+    byte = ord(bad[0]) - 0xDC00
+    arg = next((a for a in sys.argv[1:] if bad[0] in a), None)
+    shown = (
+        arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") if arg else ""
+    )
+    what = f"'{shown[:60]}'" if arg else "text given"
+    return f"{what} is not UTF-8 text (byte 0x{byte:02x}): smegctl and smegd take UTF-8 only"
 
 
 if __name__ == "__main__":

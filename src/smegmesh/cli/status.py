@@ -88,8 +88,12 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         for u in st.not_restored:  # the reason is the file's text: no markup
             then = "tried again" if u.retrying else f"{u.file} kept; fix or move it, restart smegd"
             con.print(f"mesh {u.mesh_id} NOT RUNNING: {u.reason} ({then})", markup=False)
-        if not st.meshes:
-            con.print("not in any mesh (create one with: smegctl new-mesh)")
+        if not st.meshes:  # with meshes NOT RUNNING above, not an invitation to make one
+            con.print(
+                "no mesh running"
+                if st.not_restored
+                else "not in any mesh (create one with: smegctl new-mesh)"
+            )
             return
         now = time.time()
         for m in st.meshes:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 from smegmesh.core import record
 from smegmesh.daemon.config import MeshOptions, Role
@@ -267,16 +267,43 @@ def no_control(v: str) -> str:
     return v
 
 
+def _utf8_bytes(most: int) -> Any:
+    """A validator: text of at most ``most`` bytes of UTF-8, the record's limit (a
+    request's body is bounded, so the text is too before this counts it)."""
+
+    def check(v: str) -> str:
+        n = len(v.encode("utf-8", "surrogatepass"))
+        if n > most:
+            raise ValueError(f"at most {most} bytes of UTF-8 (got {n})")
+        return v
+
+    return check
+
+
+#: The schema's maxLength: the bytes, an upper bound of the characters too.
+_DESCRIPTION_LEN: dict[str, JsonValue] = {"maxLength": record.MAX_DESCRIPTION_BYTES}
+_VALUE_LEN: dict[str, JsonValue] = {"maxLength": record.MAX_SERVICE_VALUE_BYTES}
+
+
 class DescriptionRequest(_Request):
-    description: str = Field(max_length=1024, description="Free text on one line")
+    description: str = Field(
+        description=f"Free text on one line, at most {record.MAX_DESCRIPTION_BYTES} bytes of UTF-8",
+        json_schema_extra=_DESCRIPTION_LEN,
+    )
 
     _text = field_validator("description")(no_control)
+    _bytes = field_validator("description")(_utf8_bytes(record.MAX_DESCRIPTION_BYTES))
 
 
 class ServiceValueRequest(_Request):
-    value: str = Field(max_length=1024, description="Free text on one line")
+    value: str = Field(
+        description=f"Free text on one line, at most {record.MAX_SERVICE_VALUE_BYTES} bytes "
+        "of UTF-8",
+        json_schema_extra=_VALUE_LEN,
+    )
 
     _text = field_validator("value")(no_control)
+    _bytes = field_validator("value")(_utf8_bytes(record.MAX_SERVICE_VALUE_BYTES))
 
 
 def check_service_key(key: str) -> str:

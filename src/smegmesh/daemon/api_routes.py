@@ -74,7 +74,9 @@ def add_mesh_routes(app: FastAPI, service: NodeService) -> None:
         # without the token (TCP): the status alone
         if not request.scope.get("state", {}).get("authenticated", True):
             return {"ok": True}
-        return {"ok": True, "version": VERSION}
+        # saved meshes that did not start (smegctl status says why): list-meshes names them
+        unrestored = sorted(getattr(service, "unrestored", None) or ())
+        return {"ok": True, "version": VERSION, "not_restored": unrestored}
 
     @app.post("/v1/meshes", status_code=201, tags=["v1"], summary="Create a mesh")
     async def new_mesh(opts: Annotated[MeshOptions | None, Body()] = None) -> MeshIdResponse:

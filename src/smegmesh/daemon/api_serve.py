@@ -175,14 +175,14 @@ def _clear_stale_socket(path: FsPath) -> None:
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(st.st_mode):
-        raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
+        raise OSError(errno.EEXIST, "exists and is not a socket (remove it, or give another path)")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(str(path))
     except OSError:
         os.unlink(path)  # nobody listening: stale socket of a dead daemon
     else:
-        raise OSError(errno.EADDRINUSE, f"{path} is in use: another smegd is running")
+        raise OSError(errno.EADDRINUSE, "in use (another smegd is running?)")
     finally:
         probe.close()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from smegmesh.core.addressing import mesh_prefix, node_id_prefix
+from smegmesh.core.addressing import mesh_prefix, node_id_prefix, overlay_address
 from smegmesh.core.cert import Policy
 from smegmesh.core.identity import key_from_text, key_to_text
 from smegmesh.core.invite import tokens_used
@@ -78,13 +78,43 @@ class AuthorityOps:
             self_key=key_to_text(self.identity.wg_public_key),
             nodes=nodes,
         )
-        found = resolve_node(node, [view], rt.mesh_id)
+        try:
+            found = resolve_node(node, [view], rt.mesh_id)
+        except svc.ServiceError as e:
+            if e.code == "unknown_node":
+                self._already_evicted(rt, node)
+            raise
         if found.node is None:
             raise svc.ServiceError(
                 "unknown_node", f"no node of mesh {rt.mesh_id} has address {found.address}", 404
             )
         n = found.node
         return key_from_text(n.public_key), n.alias, describe(rt.mesh_id, n)
+
+    def _already_evicted(self, rt: MeshRuntime, node: str) -> None:
+        """A clear error if ``node`` names a node evicted from the mesh (its record is
+        gone, so :meth:`_target` found nothing): not "no node matches", as for a typo."""
+        nodes = [
+            NodeInfo(
+                public_key=key_to_text(k),
+                role="peer",
+                overlay_address=str(overlay_address(rt.mesh_id, k)),
+                node_id=node_id_prefix(k),
+            )
+            for k in rt.node.mesh.authority.revoked
+        ]
+        view = MeshDetail(mesh_id=rt.mesh_id, prefix="", self_key="", nodes=nodes)
+        try:
+            n = resolve_node(node, [view], rt.mesh_id).node
+        except svc.ServiceError:
+            return
+        if n is not None:
+            raise svc.ServiceError(
+                "evicted",
+                f"{n.public_key[:12]}… was evicted from mesh {rt.mesh_id} already "
+                "(get-mesh --all lists evicted nodes)",
+                409,
+            )
 
     async def evict(self, mesh_id: str, node: str, cascade: bool) -> EvictResponse:
         rt = self._get(mesh_id)
@@ -149,8 +179,9 @@ class AuthorityOps:
             outs = rt.node.reserve_alias(now_ms(), alias, key)
         except NotAllowed as e:
             raise forbidden(e) from None
-        except ValueError as e:
-            raise svc.invalid_argument(f"alias: {e}") from None
+        except ValueError as e:  # a CertError says "alias: ..." itself
+            msg = str(e) if str(e).startswith("alias:") else f"alias: {e}"
+            raise svc.invalid_argument(msg) from None
         await self._commit(rt, outs)
         log.info(
             "mesh %s: alias %r %s", mesh_id, alias, f"reserved for {node}" if node else "released"

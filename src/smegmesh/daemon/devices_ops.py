@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from smegmesh.core.addressing import mesh_prefix, node_id_prefix, overlay_address
 from smegmesh.core.device_messages import DeviceQuery, SponsorRequest
 from smegmesh.core.devices import LiveDevice, contested_devices, live_devices, sponsor_device
-from smegmesh.core.identity import key_to_text
+from smegmesh.core.identity import key_from_text, key_to_text
 from smegmesh.core.record import MAX_DEVICES, NodeRecord, RecordError, Role
 from smegmesh.daemon import service as svc
 from smegmesh.daemon import views
@@ -387,13 +387,25 @@ class DeviceOps(DeviceRemoteOps):
         me = rt.node.record
         mine = list(me.devices) if me is not None else []
         q = device.strip()
-        found = [
-            d
-            for d in mine
-            if d.alias == q.lower()
-            or key_to_text(d.wg_key) == q
-            or (parse_ip(q) is not None and parse_ip(q) == overlay_address(mesh_id, d.wg_key))
+
+        def named(alias: str, key: bytes) -> bool:
+            ip = parse_ip(q)
+            return (
+                alias == q.lower() or key_to_text(key) == q or ip == overlay_address(mesh_id, key)
+            )
+
+        found = [d for d in mine if named(d.alias, d.wg_key)]
+        elsewhere = [
+            d for d in self.device_infos(rt) if named(d.alias, key_from_text(d.public_key))
         ]
+        if not found and elsewhere:  # listed by list-devices here: say where it lives
+            d = elsewhere[0]
+            raise svc.ServiceError(
+                "not_sponsor",
+                f"device {d.alias} is sponsored by {d.sponsor_alias or d.sponsor[:12] + '…'}: "
+                "run remove-device there (an admin can also evict it)",
+                409,
+            )
         if not found:
             raise svc.ServiceError(
                 "unknown_device", f"this peer sponsors no device {device!r} (see list-devices)", 404

@@ -11,7 +11,7 @@ import base64
 import ipaddress
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from smegmesh.core.addressing import mesh_prefix
@@ -85,6 +85,15 @@ def device_routes(mesh_id: str, routing: Any) -> list[str]:
     return sorted((gw | own) - skip)[:MAX_DEVICE_ROUTES]
 
 
+def _low_order(public: bytes) -> bool:
+    """Whether Diffie-Hellman with ``public`` gives all zeros (WireGuard refuses it)."""
+    try:
+        shared = X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(public))
+    except ValueError:  # cryptography refuses an all-zero result
+        return True
+    return not any(shared)
+
+
 def device_key(public_key: str | None, keep_key: bool) -> tuple[bytes, str | None]:
     """(device public key, generated private key in base64 or None)."""
     if public_key is not None:
@@ -92,6 +101,11 @@ def device_key(public_key: str | None, keep_key: bool) -> tuple[bytes, str | Non
             dkey = key_from_text(public_key.strip())
         except InvalidKey as e:
             raise svc.invalid_argument(f"public_key: {e}") from None
+        if _low_order(dkey):
+            raise svc.invalid_argument(
+                "public_key: not a usable WireGuard key (a point of small order: "
+                "no handshake with it can succeed); give the key `wg pubkey` prints"
+            )
         if keep_key:
             raise svc.invalid_argument("keep_key: there is no private key to keep")
         return dkey, None

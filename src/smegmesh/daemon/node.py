@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,8 +138,11 @@ class Daemon(
         cfg = self.config
         for w in cfg.warnings:
             log.warning("%s", w)
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.state_dir, 0o700)
+        with _naming("stateDir", self.state_dir):
+            if self.state_dir.exists() and not self.state_dir.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory")
+            self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(self.state_dir, 0o700)
         self.state_lock.acquire()  # one daemon per state directory (StateDirLocked)
         remove_stale_temps(self.state_dir)  # of writes a crash interrupted
         self.identity = self._load_identity()
@@ -192,9 +196,11 @@ class Daemon(
             self._tasks.append(asyncio.create_task(self.direct.run()))
         # The control socket comes last: once `/v1/health` answers on it, every
         # other listener is bound and the saved meshes are restored.
-        self.api_servers.append(
-            await serve_unix(create_app(self), cfg.control_socket, group=cfg.control_socket_group)
-        )
+        with _naming("controlSocket", cfg.control_socket):
+            api = await serve_unix(
+                create_app(self), cfg.control_socket, group=cfg.control_socket_group
+            )
+        self.api_servers.append(api)
         log.info("local API on %s", cfg.control_socket)
         release_free_memory()
 
@@ -264,3 +270,14 @@ class Daemon(
 def _name_failed(endpoint: str, why: str) -> None:
     """A member's control endpoint name that did not resolve (the call's failure says more)."""
     log.debug("control endpoint %s: %s", endpoint, why)
+
+
+@contextlib.contextmanager
+def _naming(key: str, path: Path) -> Iterator[None]:
+    """An OSError on the path of config ``key`` as one line naming both, no errno:
+    "[Errno 17] File exists: '/x'" told no one which key to fix."""
+    try:
+        yield
+    except OSError as e:
+        why = e.strerror[:1].lower() + e.strerror[1:] if e.strerror else str(e)
+        raise OSError(f"{key} {path}: {why}") from None

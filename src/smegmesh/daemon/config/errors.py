@@ -95,10 +95,11 @@ def describe(err: ErrorDetails, root: type[BaseModel]) -> str:
     if typ == "value_error" and not loc:
         # model-level check: the message starts with the key it is about
         return str(ctx.get("error", err["msg"]))
+    problem = _problem(err, typ, ctx)
     got = f" (got {inp!r})" if not isinstance(inp, dict | list) else ""
-    if any(part in SECRET_KEYS for part in loc):
-        got = ""  # a secret, even a bad one, is never echoed
-    return f"{loc_str(loc)}: {_problem(err, typ, ctx)}{got}"
+    if any(part in SECRET_KEYS for part in loc) or "(got " in problem:
+        got = ""  # a secret, even a bad one, is never echoed; nor twice what a check said
+    return f"{loc_str(loc)}: {problem}{got}"
 
 
 _PROBLEMS = {

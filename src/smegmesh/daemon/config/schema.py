@@ -19,7 +19,7 @@ from smegmesh.core.endpoint import join_host_port, split_host_port
 from smegmesh.core.record import check_endpoint
 from smegmesh.daemon.config.files import group_id, read_api_token
 from smegmesh.daemon.config.mesh import base_fields
-from smegmesh.daemon.config.model import _host_port, _Model, _str_list
+from smegmesh.daemon.config.model import _host_port, _Model, _socket_path, _str_list
 from smegmesh.daemon.defaults import DEFAULT_CONTROL_SOCKET, DEFAULT_STATE_DIR
 from smegmesh.daemon.meshopts import DEFAULT_CLIENT_KEEPALIVE, IpDiscovery, Role
 
@@ -350,6 +350,7 @@ class Config(_Model):
     _tls_digest: bytes | None = PrivateAttr(default=None)
 
     _hp = field_validator("api_listen", "dns_listen", "dns_forwarder", "metrics_listen")(_host_port)
+    _sock = field_validator("control_socket")(_socket_path)
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
