@@ -17,7 +17,7 @@ from rich.table import Table
 from smegmesh.cli.app import JsonOpt, _run, _smegd, app
 from smegmesh.cli.client import check_mesh_id
 from smegmesh.cli.output import _ago, _bytes, _console, _dur, _print_json
-from smegmesh.cli.tables import plain
+from smegmesh.cli.tables import evicted_line, plain
 from smegmesh.daemon.api_models import (
     MemberStatus,
     MeshStatus,
@@ -147,6 +147,8 @@ def _print_mesh(con: Console, m: MeshStatus, now: float) -> None:
     if m.interface:
         head += f"  interface {m.interface}"
     con.print(head)
+    if m.evicted_self is not None:
+        con.print(evicted_line(m.mesh_id, m.evicted_self))
     t = Table(box=None, pad_edge=False, header_style="bold")
     for col in _MEMBER_COLUMNS:
         t.add_column(col, overflow="fold", min_width=min(len(col), 9) or 1)

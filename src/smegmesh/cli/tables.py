@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from smegmesh.cli.output import _ago, _bytes, _dur
-from smegmesh.daemon.api_models import MeshDetail, MeshSummary, NodeInfo
+from smegmesh.daemon.api_models import EvictedNode, MeshDetail, MeshSummary, NodeInfo
 
 __all__ = ["mesh_tables", "meshes_table", "plain"]
 
@@ -84,6 +84,8 @@ def mesh_tables(d: MeshDetail, *, show_all: bool = False) -> Iterator[Renderable
     for n in d.nodes:
         t.add_row(*plain(*_node_row(n, now)))
     yield t
+    if d.evicted_self is not None:
+        yield evicted_line(d.mesh_id, d.evicted_self)
     me = next((n for n in d.nodes if n.is_self), None)
     if me is not None and me.alias_conflict:
         yield (
@@ -120,3 +122,12 @@ def mesh_tables(d: MeshDetail, *, show_all: bool = False) -> Iterator[Renderable
                 )
             )
         yield rt
+
+
+def evicted_line(mesh_id: str, e: EvictedNode) -> str:
+    """The warning under a mesh this node was evicted from (``get-mesh``, ``status``)."""
+    return (
+        f"[bold red]this node was evicted from {mesh_id}[/bold red] by the admin "
+        f"{e.by[:12]}… {_ago(e.time, time.time())}: no member takes anything from it; "
+        f"leave the mesh with: smegctl leave-mesh --meshid {mesh_id}"
+    )

@@ -69,6 +69,7 @@ class AdmissionMixin:
     rejected: int
     _fd: FailureDetector
     _pending: NodeRecord | None
+    evicted: Revocation | None  # an eviction of us a member showed us (core.evicted)
 
     if TYPE_CHECKING:
 
@@ -108,11 +109,22 @@ class AdmissionMixin:
         """May this node admit new nodes (policy, or admin) at ``now_ms``?"""
         if not self.mesh.admission:
             return True
+        if self.evicted is not None:
+            return False
         return self.mesh.authority.member_may_admit(self.key, self.chain, now_ms)
 
     def _require_admin(self) -> None:
+        self._require_not_evicted()
         if not self.is_admin():
             raise NotAllowed("only an admin of this mesh can do that")
+
+    def _require_not_evicted(self) -> None:
+        """A node a member showed its eviction (core.evicted) does nothing only a member does."""
+        if self.evicted is not None:
+            raise NotAllowed(
+                "this node was evicted from this mesh by an admin: no member takes "
+                "anything from it any more (leave the mesh: smegctl leave-mesh)"
+            )
 
     def _statement(self, st: AuthItem, now_ms: int) -> list[Out]:
         changed, errors = self.mesh.apply_many([st], now_ms)
@@ -228,6 +240,7 @@ class AdmissionMixin:
         strict: bool = False,
     ) -> tuple[Token, list[Out]]:
         """Issue a token with ``secret`` (16 bytes from the caller's cryptographic source)."""
+        self._require_not_evicted()
         if not self.may_admit(now_ms):
             raise NotAllowed(
                 f"this mesh's invite policy is '{self.mesh.authority.policy}': "

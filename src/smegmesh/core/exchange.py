@@ -12,7 +12,7 @@ import random
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from smegmesh.core.cert import AuthItem
+from smegmesh.core.cert import AuthItem, Revocation
 from smegmesh.core.delta import TAKES_DELTAS, as_deltas
 from smegmesh.core.elide import elide, expand
 from smegmesh.core.engine import (
@@ -32,6 +32,7 @@ from smegmesh.core.engine import (
     Respond,
     SyncCtx,
 )
+from smegmesh.core.evicted import eviction_of, eviction_reply
 from smegmesh.core.gossip import GossipParams, GossipScheduler
 from smegmesh.core.liveness import FailureDetector, LivenessParams
 from smegmesh.core.meshtag import MeshTags, record_version
@@ -93,6 +94,7 @@ class ExchangeMixin:
     rejected: int
     last_rejects: list[str]
     refuted: RefutedPrunes
+    evicted: Revocation | None = None  # an eviction of us, shown by a member (core.evicted)
 
     if TYPE_CHECKING:
 
@@ -296,11 +298,11 @@ class ExchangeMixin:
             # A node just admitted elsewhere announces itself with a push of its
             # own record, whose admission chain is its credential.
             if not isinstance(msg, Push) or not self.mesh.admission:
-                return Refusal(self.mesh_id), []
+                return eviction_reply(self.mesh, src) or Refusal(self.mesh_id), []
             own = [i for i in msg.items if isinstance(i, NodeRecord) and i.wg_key == src][:1]
             pre = self._ingest(own, now_ms, src)
             if not self.is_member(src):
-                return Refusal(self.mesh_id), []
+                return eviction_reply(self.mesh, src) or Refusal(self.mesh_id), []
         self._fd.heard_from(src, now_ms)
         if isinstance(msg, Ping):
             return self._ping_ack(src, msg), self._heard_from_pruned(src, now_ms)
@@ -398,16 +400,14 @@ class ExchangeMixin:
     def _announce_to(self, key: bytes, now_ms: int) -> list[Out]:
         """Member ``key`` refused our call: it does not know us.
 
-        A joiner announces itself by pushing its own record (its admission chain
-        is its credential, see :meth:`_answer`); when those pushes all failed (at
-        100 daemons on 2 cores a joiner's announcement pushes timed out, and
-        every member then refused it for good: its periodic pushes of its record
-        had ended), nobody ever learnt of it. So a refusal is answered with our
-        record, at most once per member per :data:`HEAL_INTERVAL_MS`, while we
-        are a member that has not left. An evicted node is refused again.
+        A joiner announces itself by pushing its own record (its chain is its
+        credential, :meth:`_answer`); when those pushes all failed (100 daemons
+        on 2 cores), every member refused it for good. So a refusal is answered
+        with our record, at most once per member per :data:`HEAL_INTERVAL_MS`,
+        while we are a member that has not left. An evicted node is refused again.
         """
         own = self.mesh.record(self.key)
-        if not self.mesh.admission or own is None or own.left:
+        if not self.mesh.admission or own is None or own.left or self.evicted:
             return []
         if not self._heal_slot(key, now_ms):
             return []
@@ -421,11 +421,11 @@ class ExchangeMixin:
         if isinstance(ctx, RelayCtx):  # a relayed ping: answer the PingReq
             ok = isinstance(reply, Ack) and reply.ok
             return [Respond(ctx.request_id, Ack(IN_REPLY, ctx.probe_id, ok))]
-        if isinstance(reply, Refusal):
+        if isinstance(reply, Refusal | Push):  # a Push shows us evicted (core.evicted)
+            self.evicted = self.evicted or eviction_of(self.mesh, self.key, reply)
+            # Our peer no longer serves us (it left, or lost us): a failure, or the
+            # ping stays in flight forever and the client never moves nor pulls.
             if isinstance(ctx, PeerPingCtx):
-                # Our peer no longer serves us in this mesh (it left it, or lost us): a
-                # failure, not an answer; otherwise the ping stays in flight forever and
-                # the client never moves (nor pulls from anyone else).
                 return self.handle_failure(to, ctx, now_ms)
             return self._announce_to(to, now_ms)
         if not isinstance(ctx, ProbeCtx):

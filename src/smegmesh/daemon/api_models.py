@@ -217,6 +217,11 @@ class MeshDetail(_Model):
     evicted: list[EvictedNode] = Field(
         default_factory=list, description="Nodes evicted from the mesh"
     )
+    evicted_self: EvictedNode | None = Field(
+        default=None,
+        description="This node's own eviction, shown to it by a member that refused it: "
+        "it is no member of the mesh any more (leave it with leave-mesh)",
+    )
     routes: list[SelectedRoute] = Field(
         default_factory=list, description="Routed destinations this node uses, with their exit"
     )
@@ -397,6 +402,9 @@ class MeshStatus(_Model):
     members_total: int
     members: list[MemberStatus]
     routes: list[SelectedRoute] = Field(default_factory=list)
+    evicted_self: EvictedNode | None = Field(
+        default=None, description="This node's own eviction (as in get-mesh): no member now"
+    )
 
 
 class NotRestored(_Model):

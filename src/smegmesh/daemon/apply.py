@@ -91,6 +91,22 @@ class ApplyOps(ForwardProbeOps):
         await self._watch_tunnels()
         await self._health_check()
         await self._poll_handshakes()
+        self._tell_evicted()
+
+    def _tell_evicted(self) -> None:
+        """Once per mesh: a member showed us our eviction (``core.evicted``), a WARNING."""
+        for rt in list(self.meshes.values()):
+            rev = rt.node.evicted
+            if rev is None or rt.evicted_told:
+                continue
+            rt.evicted_told = True
+            self.events.publish(
+                "mesh.evicted",
+                mesh=rt.mesh_id,
+                node=key_to_text(rev.issuer),
+                alias=self.member_events.alias_of(rt.mesh_id, rev.issuer),
+                detail={"time": rev.issued_ms / 1000, "cascade": rev.cascade},
+            )
 
     async def _reconcile_pass(self) -> None:
         """Routes, every changed mesh's WireGuard configuration, DNS, aliases, bridge NAT."""

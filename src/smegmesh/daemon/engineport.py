@@ -85,9 +85,10 @@ async def reply_of(fut: asyncio.Future[Message]) -> Message | None:
 def answer_shows_caller_known(request: str | None, reply: str | None) -> bool:
     """Whether the engine's ``reply`` to ``request`` (message names) shows it knows the caller.
 
-    Every other request of a caller it does not know is answered with a ``Refusal``.
+    Every other request of a caller it does not know is answered with a ``Refusal``,
+    or, if it holds the caller as evicted, a ``Push`` of its evictions (``core.evicted``).
     """
-    return request not in ANSWERED_FOR_STRANGERS and reply != "Refusal"
+    return request not in ANSWERED_FOR_STRANGERS and reply not in ("Refusal", "Push")
 
 
 def answer_who_am_i(msg: WhoAmI, seen: str | None) -> bytes:

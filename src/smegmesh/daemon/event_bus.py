@@ -55,6 +55,7 @@ EVENT_TYPES: dict[str, int] = {
     "wg.peer_removed": logging.INFO,
     "mesh.joined": logging.DEBUG,  # node.py logs "created/joined/rejoined mesh" itself
     "mesh.left": logging.DEBUG,
+    "mesh.evicted": logging.WARNING,
     "config.reloaded": logging.INFO,
     "stream.dropped": logging.DEBUG,
 }

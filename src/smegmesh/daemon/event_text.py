@@ -112,10 +112,8 @@ def _describe_body(ev: Mapping[str, Any]) -> str:
     if t in ("handshake.up", "handshake.down"):
         state = "established" if t == "handshake.up" else "lost"
         return f"handshake with {_name(ev, '').strip()} {state}"
-    if t == "mesh.joined":
-        return f"mesh {d.get('how', 'joined')} ({d.get('nodes', '?')} nodes)"
-    if t == "mesh.left":
-        return "left the mesh"
+    if t.startswith("mesh."):
+        return _describe_mesh(t, ev, d)
     if t == "config.reloaded":
         changed = d.get("changed")
         where = f" from {d['path']}" if d.get("path") else ""
@@ -125,6 +123,19 @@ def _describe_body(ev: Mapping[str, Any]) -> str:
     if t == "stream.dropped":
         reason = f" ({d['reason']})" if d.get("reason") else ""
         return f"{d.get('missed', '?')} events dropped{reason}"
+    return f"{t} {json.dumps(dict(d), sort_keys=True)}"
+
+
+def _describe_mesh(t: str, ev: Mapping[str, Any], d: Mapping[str, Any]) -> str:
+    if t == "mesh.joined":
+        return f"mesh {d.get('how', 'joined')} ({d.get('nodes', '?')} nodes)"
+    if t == "mesh.left":
+        return "left the mesh"
+    if t == "mesh.evicted":
+        return (
+            f"this node was evicted from the mesh by {_name(ev, 'admin')}: no member takes "
+            f"anything from it (leave it: smegctl leave-mesh --meshid {ev.get('mesh')})"
+        )
     return f"{t} {json.dumps(dict(d), sort_keys=True)}"
 
 

@@ -88,7 +88,11 @@ class LocalApiOps(DaemonBase):
         )
         # each member's path and round trip (NAT traversal, daemon/direct.py)
         detail = await asyncio.to_thread(annotate_paths, detail, self.direct.rtts(mesh_id))
-        return detail.model_copy(update={"devices": self.device_infos(rt)})
+        told = rt.node.evicted  # a member showed us our eviction (core.evicted)
+        evicted_self = views.evicted_node(rt.mesh_id, [told]) if told is not None else None
+        return detail.model_copy(
+            update={"devices": self.device_infos(rt), "evicted_self": evicted_self}
+        )
 
     async def _update(self, mesh_id: str, **changes: Any) -> None:
         rt = self._get(mesh_id)

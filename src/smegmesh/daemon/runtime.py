@@ -124,6 +124,8 @@ class MeshRuntime:
     #: the clash last logged and then resolved: its coming back (and going again)
     #: is logged at DEBUG only, until another clash (daemon/dns_wiring.py)
     alias_clash_told: str | None = None
+    #: the event ``mesh.evicted`` was published (a member showed us our eviction)
+    evicted_told: bool = False
     #: the engine's driver (core/driver.py) and its port (set by ``_add_runtime``)
     driver: EngineDriver = field(init=False)
     port: DaemonPort = field(init=False)

@@ -205,6 +205,7 @@ def build_status(
                 members_total=len(m.nodes),
                 members=_members(m),
                 routes=list(m.routes),
+                evicted_self=m.evicted_self,
             )
         )
     return StatusResponse(

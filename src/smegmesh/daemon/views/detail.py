@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from smegmesh.core.addressing import mesh_prefix, node_id_prefix, overlay_address
 from smegmesh.core.aliases import alias_owners
 from smegmesh.core.authority import Authority
+from smegmesh.core.cert import Revocation
 from smegmesh.core.identity import key_to_text
 from smegmesh.core.record import NodeRecord, Role
 from smegmesh.core.wgconfig import PeerStatus
@@ -28,7 +29,7 @@ from smegmesh.daemon.api_models import (
 )
 from smegmesh.daemon.views.common import _assignments, _first_paths, _present
 
-__all__ = ["mesh_detail", "model_json", "model_json_bytes"]
+__all__ = ["evicted_node", "mesh_detail", "model_json", "model_json_bytes"]
 
 
 def _leader(nodes: Mapping[bytes, NodeRecord], suspects: set[bytes]) -> bytes | None:
@@ -176,20 +177,21 @@ def mesh_detail(
 
 
 def _evicted(authority: Authority) -> list[EvictedNode]:
-    out = []
-    for key, revs in sorted(authority.revoked.items()):
-        first = min(revs, key=lambda r: r.issued_ms)
-        out.append(
-            EvictedNode(
-                public_key=key_to_text(key),
-                node_id=node_id_prefix(key),
-                overlay_address=str(overlay_address(authority.mesh_id, key)),
-                by=key_to_text(first.issuer),
-                time=first.issued_ms / 1000,
-                cascade=any(r.cascade for r in revs),
-            )
-        )
-    return out
+    return [evicted_node(authority.mesh_id, revs) for _k, revs in sorted(authority.revoked.items())]
+
+
+def evicted_node(mesh_id: str, revs: Sequence[Revocation]) -> EvictedNode:
+    """The node ``revs`` (one or more evictions of one node, the first first) evicted."""
+    first = min(revs, key=lambda r: r.issued_ms)
+    key = first.target
+    return EvictedNode(
+        public_key=key_to_text(key),
+        node_id=node_id_prefix(key),
+        overlay_address=str(overlay_address(mesh_id, key)),
+        by=key_to_text(first.issuer),
+        time=first.issued_ms / 1000,
+        cascade=any(r.cascade for r in revs),
+    )
 
 
 # --------------------------------------------------------------------------- serialising

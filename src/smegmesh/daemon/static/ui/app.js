@@ -19,7 +19,7 @@ const EVENT_TYPES = [
   "member.joined", "member.left", "member.pruned", "member.evicted", "member.returned",
   "member.changed", "route.changed", "exit.changed", "client.reassigned", "tunnel.dead", "tunnel.blackhole",
   "handshake.up",
-  "handshake.down", "wg.peer_added", "wg.peer_removed", "mesh.joined", "mesh.left",
+  "handshake.down", "wg.peer_added", "wg.peer_removed", "mesh.joined", "mesh.left", "mesh.evicted",
   "stream.dropped", "config.reloaded", "message",
 ];
 
