@@ -189,7 +189,7 @@ class FakeNodeService:
         self.meshes[mesh_id] = m
         return mesh_id
 
-    async def leave_mesh(self, mesh_id: str) -> None:
+    async def leave_mesh(self, mesh_id: str, *, force: bool = False) -> None:
         self.calls.append(("leave_mesh", (mesh_id,)))
         self._mesh(mesh_id)
         del self.meshes[mesh_id]

@@ -361,7 +361,7 @@ def _form_pair(cluster: Cluster, d: dict[str, Daemon], left: list[str], right: l
 def _reform(p: Pair) -> None:
     """Everybody leaves both meshes and forms two new ones (new ids: new hashing)."""
     todo = [(n, p.m1) for n in ["BA", "BB", *p.left]] + [(n, p.m2) for n in ["BA", "BB", *p.right]]
-    p.cluster.map(lambda nm: p.d[nm[0]].ctl("leave-mesh", "--meshid", nm[1]), todo)
+    p.cluster.map(lambda nm: p.d[nm[0]].ctl("leave-mesh", "--meshid", nm[1], "--force"), todo)
     p.m1, p.m2 = _form_pair(p.cluster, p.d, p.left, p.right)
 
 

@@ -166,12 +166,24 @@ def _join_token(token: str | None, token_file: Path | None) -> str:
 
 
 @app.command("leave-mesh", epilog="Example: smegctl leave-mesh --meshid MESH")
-def leave_mesh(ctx: typer.Context, meshid: OptMeshIdOpt = None, as_json: JsonOpt = False) -> None:
+def leave_mesh(
+    ctx: typer.Context,
+    meshid: OptMeshIdOpt = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Leave even as the last admin of a mesh that has other members "
+            "(refused without it: nobody could evict a node or name an admin after).",
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
     """Leave a mesh: tell the other members and remove its WireGuard interface."""
 
     def go() -> None:
         mid = _meshid(ctx, meshid)
-        res = _smegd(ctx, timeout=60).leave_mesh(mid)
+        res = _smegd(ctx, timeout=60).leave_mesh(mid, force=force)
         _print_json({**res.raw, "mesh_id": mid}) if as_json else typer.echo(f"left {mid}")
 
     _run(as_json, go)

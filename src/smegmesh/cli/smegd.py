@@ -84,8 +84,9 @@ class Smegd:
     def join_mesh(self, req: JoinRequest) -> Answer[MeshIdResponse]:
         return self.call(MeshIdResponse, "POST", "/v1/join", body=req)
 
-    def leave_mesh(self, mesh_id: str) -> Answer[OkResponse]:
-        return self.call(OkResponse, "DELETE", f"/v1/meshes/{seg(mesh_id)}")
+    def leave_mesh(self, mesh_id: str, *, force: bool = False) -> Answer[OkResponse]:
+        params = {"force": "true"} if force else None
+        return self.call(OkResponse, "DELETE", f"/v1/meshes/{seg(mesh_id)}", params=params)
 
     def list_meshes(self) -> Answer[list[MeshSummary]]:
         return self.call(list[MeshSummary], "GET", "/v1/meshes")

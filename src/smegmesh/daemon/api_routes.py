@@ -97,8 +97,14 @@ def add_mesh_routes(app: FastAPI, service: NodeService) -> None:
         return await _json_off_loop(await service.get_mesh(mesh_id))
 
     @app.delete("/v1/meshes/{mesh_id}", tags=["v1"], summary="Leave a mesh")
-    async def leave_mesh(mesh_id: MeshId) -> OkResponse:
-        await service.leave_mesh(mesh_id)
+    async def leave_mesh(
+        mesh_id: MeshId,
+        force: Annotated[
+            bool,
+            Query(description="Leave even as the last admin of a mesh with other members"),
+        ] = False,
+    ) -> OkResponse:
+        await service.leave_mesh(mesh_id, force=force)
         return OkResponse()
 
     @app.post(

@@ -222,8 +222,10 @@ class MembershipOps(DaemonBase):
                 f"mesh {rt.mesh_id} is joined but lost if smegd stops first; retried each second",
             ) from None
 
-    async def leave_mesh(self, mesh_id: str) -> None:
+    async def leave_mesh(self, mesh_id: str, *, force: bool = False) -> None:
         rt = self._get(mesh_id)
+        if not force:
+            self._refuse_last_admin(rt)
         self._emit(rt, rt.node.leave(now_ms()))
         if rt.calls:
             await asyncio.wait(list(rt.calls), timeout=3)
@@ -247,6 +249,23 @@ class MembershipOps(DaemonBase):
             ) from None
         self._update_dns()
         log.info("left mesh %s", mesh_id)
+
+    def _refuse_last_admin(self, rt: MeshRuntime) -> None:
+        """The last admin of a mesh with other members does not leave it unless forced:
+        nobody could evict a node or name an admin after (there is no way back)."""
+        st, me = rt.node.mesh, self.identity.wg_public_key
+        if not st.admission or rt.node.evicted is not None or st.authority.admins != {me}:
+            return
+        others = sum(1 for r in rt.node.live_records() if r.wg_key != me)
+        if others:
+            raise svc.ServiceError(
+                "last_admin",
+                f"this node is the last admin of mesh {rt.mesh_id}, which has {others} other "
+                "live members: once it leaves nobody can evict a node or name an admin. "
+                f"Make another admin first (smegctl admin add --meshid {rt.mesh_id} NODE), "
+                "or leave anyway with --force",
+                409,
+            )
 
     def _remove_device_keys(self, mesh_id: str) -> None:
         """Delete the device private keys kept for the mesh (``--keep-key``): left,

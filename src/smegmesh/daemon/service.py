@@ -120,8 +120,11 @@ class NodeService(Protocol):
         """Join the mesh the token admits to; return its id."""
         ...
 
-    async def leave_mesh(self, mesh_id: str) -> None:
-        """Leave ``mesh_id``: tell the others, remove the interface and state."""
+    async def leave_mesh(self, mesh_id: str, *, force: bool = False) -> None:
+        """Leave ``mesh_id``: tell the others, remove the interface and state.
+
+        Refused (409 ``last_admin``) for the last admin of a mesh with other
+        members unless ``force``: nobody could evict a node or name an admin after."""
         ...
 
     async def list_meshes(self) -> list[MeshSummary]: ...

@@ -1,0 +1,37 @@
+"""The last admin of a mesh with other members does not leave it by mistake.
+
+Found by a user's sweep of the CLI: ``leave-mesh`` on the founder (the only
+admin) of a mesh with members left it with nobody able to evict a node or
+name an admin, for good (there is no way to recover an admin). It is refused
+now, naming the way out (make another admin first) and ``--force``.
+"""
+
+from __future__ import annotations
+
+import json
+
+from smegmesh.testbed.loopback import Cluster, create_mesh
+
+
+def test_the_last_admin_leaves_only_with_force() -> None:
+    c = Cluster()
+    try:
+        c.add(3, wait=False)
+        c.wait_ready()
+        owner, a, b = c.daemons
+        mesh = create_mesh(owner, [a, b])
+        a.ctl("leave-mesh", "--meshid", mesh)  # a member that is no admin leaves
+        r = owner.ctl("leave-mesh", "--meshid", mesh, code=None)
+        assert r.code == 1 and len(r.stderr.splitlines()) == 1, r
+        assert "last admin" in r.stderr and "--force" in r.stderr and "admin add" in r.stderr
+        assert mesh in owner.mesh_ids()  # nothing done
+        rj = owner.ctl("leave-mesh", "--meshid", mesh, "--json", code=None)
+        assert rj.code == 1 and json.loads(rj.stdout)["error"]["code"] == "last_admin", rj
+        owner.ctl("leave-mesh", "--meshid", mesh, "--force")
+        assert mesh not in owner.mesh_ids()
+        # the last member of a mesh leaves it without --force: nobody is left behind
+        solo = owner.ctl("new-mesh").stdout.strip()
+        owner.ctl("leave-mesh", "--meshid", solo)
+        assert not c.tracebacks(), "tracebacks in smegd logs"
+    finally:
+        c.close()
