@@ -67,3 +67,10 @@ def test_a_control_socket_path_too_long_for_a_unix_socket() -> None:
     assert "at most 107" in msg, msg
     ok = "/run/" + "d" * 91 + "/smegd.sock"  # 107 bytes: the longest that binds
     assert str(parse_config({"controlSocket": ok}).control_socket) == ok
+
+
+@pytest.mark.parametrize("text", ["syncInterval: .nan", "timeout: .inf", "pullInterval: -.inf"])
+def test_nan_and_infinity_are_not_numbers_here(text: str) -> None:
+    """YAML's .nan and .inf: 'must be a finite number', not 'must be <= 86400' (got nan)."""
+    msg = _err(text)
+    assert "finite number" in msg, msg

@@ -53,6 +53,7 @@ class _Model(BaseModel):
         populate_by_name=True,
         frozen=True,
         str_strip_whitespace=True,
+        allow_inf_nan=False,  # YAML's .nan and .inf: "a finite number", not "<= 86400"
     )
 
     @field_validator("*", mode="before")
