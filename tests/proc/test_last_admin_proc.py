@@ -20,6 +20,11 @@ def test_the_last_admin_leaves_only_with_force() -> None:
         c.wait_ready()
         owner, a, b = c.daemons
         mesh = create_mesh(owner, [a, b])
+        # making an admin of an admin: said so, and nothing published
+        r = owner.ctl("admin", "add", "--meshid", mesh, owner.self_key(mesh))
+        assert "was already an admin of" in r.stdout, r
+        r = a.ctl("admin", "add", "--meshid", mesh, owner.self_key(mesh), code=None)
+        assert r.code == 1 and "admin" in r.stderr, r  # a member that may not: told so
         a.ctl("leave-mesh", "--meshid", mesh)  # a member that is no admin leaves
         r = owner.ctl("leave-mesh", "--meshid", mesh, code=None)
         assert r.code == 1 and len(r.stderr.splitlines()) == 1, r

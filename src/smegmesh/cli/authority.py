@@ -101,7 +101,10 @@ def admin(
     """
 
     def human(res: AdminResponse, mid: str) -> None:
-        verb = "is now an admin of" if res.admin else "is no longer an admin of"
+        if not res.changed:
+            verb = "was already an admin of" if res.admin else "was not an admin of"
+        else:
+            verb = "is now an admin of" if res.admin else "is no longer an admin of"
         typer.echo(f"{node} {verb} {mid} ({len(res.admins)} admins)")
 
     body = {"node": node, "admin": action == AdminAction.add}

@@ -46,6 +46,10 @@ class AdminResponse(_Model):
     node: str
     admin: bool
     admins: list[str]
+    changed: bool = Field(
+        default=True,
+        description="False: the node already was (or was not) an admin; nothing was published",
+    )
 
 
 class PolicyRequest(_Request):

@@ -144,21 +144,28 @@ class AuthorityOps:
     async def set_admin(self, mesh_id: str, node: str, admin: bool) -> AdminResponse:
         rt = self._get(mesh_id)
         key, _alias, name = self._target(rt, node)
+        # already so: nothing to publish (a statement more, gossiped to every member)
+        changed = (key in rt.node.mesh.authority.admins) != admin
         try:
-            outs = rt.node.set_admin(now_ms(), key, admin)
+            # (a node that may not do it is told so, changed or not)
+            outs = (
+                rt.node.set_admin(now_ms(), key, admin) if changed or not rt.node.is_admin() else []
+            )
         except NotAllowed as e:
             raise forbidden(e) from None
-        await self._commit(rt, outs)
-        log.info(
-            "mesh %s: %s %s",
-            mesh_id,
-            "made admin:" if admin else "no longer admin:",
-            name,
-        )
+        if changed:
+            await self._commit(rt, outs)
+            log.info(
+                "mesh %s: %s %s",
+                mesh_id,
+                "made admin:" if admin else "no longer admin:",
+                name,
+            )
         return AdminResponse(
             node=key_to_text(key),
             admin=admin,
             admins=sorted(key_to_text(k) for k in rt.node.mesh.authority.admins),
+            changed=changed,
         )
 
     async def set_policy(self, mesh_id: str, policy: str) -> PolicyResponse:
