@@ -11,11 +11,11 @@ from dataclasses import replace
 
 import pytest
 
-from smegmesh.core.cert import Revocation
+from smegmesh.core.cert import AdminChange, Revocation
 from smegmesh.core.engine import Call
-from smegmesh.core.evicted import eviction_of, eviction_reply
+from smegmesh.core.evicted import TELL_INTERVAL_MS, eviction_of, eviction_reply
 from smegmesh.core.meshnode import MeshNode, NotAllowed
-from smegmesh.core.messages import Refusal
+from smegmesh.core.messages import Ping, Refusal
 from smegmesh.core.state import MeshState
 from smegmesh.core.sync import Push
 from smegmesh.core.wire import decode, encode
@@ -101,3 +101,42 @@ def test_only_an_evicted_caller_is_shown_evictions() -> None:
     told = eviction_reply(admin.mesh, b.key)
     assert told is not None and [r.target for r in told.items] == [b.key]
     assert eviction_reply(MeshState(m.mesh_id), b.key) is None  # no authority: nothing
+
+
+# Review: an eviction by an admin evicted before is void in the mesh; the node
+# believed it for good, though it learnt the admin's eviction a moment later.
+def test_an_eviction_by_an_admin_evicted_before_is_dropped_once_the_node_knows() -> None:
+    m, admin, x, b = _mesh()
+    made = AdminChange.create(m.founder, m.mesh_id, subject=x.key, admin=True, now_ms=NOW + 1_000)
+    for n in (admin, x, b):
+        n.mesh.apply_many([made], NOW + 1_000)
+    assert b.mesh.authority.is_admin(x.key)
+    admin.evict(NOW + 2_000, x.key)  # b does not know yet
+    fake = Revocation.create(
+        x.identity, m.mesh_id, target=b.key, cascade=False, keep=(), now_ms=NOW + 3_000
+    )  # void: x was no admin at its time
+    b.evicted = eviction_of(b.mesh, b.key, Push(m.mesh_id, (fake,)))
+    assert b.evicted == fake  # by b's view, as any statement of x it holds
+    assert not b.may_admit(NOW + 3_001)
+    # b learns of x's eviction (gossip): x's later statements are void
+    b.mesh.apply_many(admin.mesh.authority.revoked[x.key], NOW + 4_000)
+    assert not b.mesh.authority.was_admin_at(x.key, fake.issued_ms)
+    assert b.evicted is None
+    assert b.may_admit(NOW + 4_001)
+
+
+# Review: the Push is not bounded in bytes (a revocation keeps up to 4,096 keys):
+# every call of the evicted node (a probe, ~50 B) got up to ~0.5 MB. Now once per
+# caller per TELL_INTERVAL_MS (a Refusal between), the smallest first.
+def test_the_push_to_an_evicted_caller_is_bounded_per_caller() -> None:
+    _m, admin, _a, b = _mesh()
+    admin.evict(NOW + 5_000, b.key)
+    t = NOW + 6_000
+    first, _ = admin.handle_request(b.key, Ping(admin.mesh_id, 1), t)
+    assert isinstance(first, Push)
+    again, _ = admin.handle_request(b.key, Ping(admin.mesh_id, 2), t + 100)
+    assert isinstance(again, Refusal)  # not a Push to each of its calls
+    later, _ = admin.handle_request(b.key, Ping(admin.mesh_id, 3), t + TELL_INTERVAL_MS)
+    assert isinstance(later, Push)
+    stranger = ident(9).wg_public_key
+    assert isinstance(admin.handle_request(stranger, Ping(admin.mesh_id, 4), t)[0], Refusal)

@@ -16,21 +16,75 @@ taken, and the eviction is not merged into the state (it would purge the
 node's own record, on which all its work stands): the node keeps it beside
 (``MeshNode.evicted``), and smegd says so and refuses what only a member can
 do. A member cannot make another node believe it was evicted: the statement
-must be an admin's. An older node ignores the answer (a ``Push`` where it
-waited for another reply counts as a refusal there too).
+must be an admin's, and it stops counting once the node learns its issuer was
+no admin at its time (:class:`EvictedMixin`). An older node takes the answer
+as an answer of no kind it waited for (not as a refusal): it is no member.
 """
 
 from __future__ import annotations
 
-from smegmesh.core.cert import CertError, Revocation, verify_auth
+from typing import TYPE_CHECKING
+
+from smegmesh.core.cert import MAX_KEEP, CertError, Revocation, verify_auth
+from smegmesh.core.messages import Refusal
 from smegmesh.core.state import MeshState
 from smegmesh.core.sync import Push
 
-__all__ = ["MAX_TOLD", "eviction_of", "eviction_reply"]
+__all__ = ["MAX_TOLD", "TELL_INTERVAL_MS", "EvictedMixin", "eviction_of", "eviction_reply"]
 
 #: Evictions of one node sent, and looked at, in one answer (an evicted node
 #: has one, or two where a second eviction cascaded).
 MAX_TOLD = 4
+#: An evicted caller is shown its evictions once per this interval (ms), a
+#: ``Refusal`` between (it calls each member every probe period or so, and a
+#: revocation keeps up to :data:`MAX_KEEP` keys: ~130 kB); callers remembered.
+TELL_INTERVAL_MS = 3_000
+MAX_TOLD_CALLERS = 4096
+
+
+class EvictedMixin:
+    """Our eviction a member showed us, and the answer to an evicted caller (MeshNode).
+
+    The eviction is checked against our state at each use, not once: taken by
+    our view of who was an admin when, it is void once we learn its issuer
+    was evicted or dropped before it (an admin change we did not know of: the
+    members do not honour it, and we must not believe it for good).
+    """
+
+    if TYPE_CHECKING:
+
+        @property
+        def mesh(self) -> MeshState: ...  # noqa: D102
+
+    _evicted: Revocation | None = None
+    _tell_due: dict[bytes, int] | None = None
+
+    @property
+    def evicted(self) -> Revocation | None:
+        """The eviction of us a member showed us, while it holds by our state."""
+        rev = self._evicted
+        if rev is None or not self.mesh.admission:
+            return None
+        return rev if self.mesh.authority.was_admin_at(rev.issuer, rev.issued_ms) else None
+
+    @evicted.setter
+    def evicted(self, rev: Revocation | None) -> None:
+        self._evicted = rev
+
+    def _refuse(self, caller: bytes, now_ms: int) -> Push | Refusal:
+        """A ``Refusal``, or a ``Push`` of its evictions to an evicted caller once an interval."""
+        due = self._tell_due if self._tell_due is not None else {}
+        self._tell_due = due
+        if due.get(caller, 0) <= now_ms:
+            told = eviction_reply(self.mesh, caller)
+            if told is not None:
+                if len(due) >= MAX_TOLD_CALLERS:
+                    for k in [k for k, t in due.items() if t <= now_ms] or list(due)[:1]:
+                        del due[k]
+                due.pop(caller, None)
+                due[caller] = now_ms + TELL_INTERVAL_MS
+                return told
+        return Refusal(self.mesh.mesh_id)
 
 
 def eviction_reply(mesh: MeshState, caller: bytes) -> Push | None:
@@ -40,7 +94,12 @@ def eviction_reply(mesh: MeshState, caller: bytes) -> Push | None:
     revs = mesh.authority.revoked.get(caller)
     if not revs:
         return None
-    return Push(mesh.mesh_id, tuple(revs[:MAX_TOLD]))
+    told: list[Revocation] = []  # the smallest first (``keep``), and at most MAX_KEEP keys
+    for r in sorted(revs, key=lambda r: (len(r.keep), r.issued_ms))[:MAX_TOLD]:
+        if told and sum(len(t.keep) for t in told) + len(r.keep) > MAX_KEEP:
+            break
+        told.append(r)
+    return Push(mesh.mesh_id, tuple(told))
 
 
 def eviction_of(mesh: MeshState, key: bytes, reply: object) -> Revocation | None:

@@ -12,7 +12,7 @@ import random
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from smegmesh.core.cert import AuthItem, Revocation
+from smegmesh.core.cert import AuthItem
 from smegmesh.core.delta import TAKES_DELTAS, as_deltas
 from smegmesh.core.elide import elide, expand
 from smegmesh.core.engine import (
@@ -32,7 +32,7 @@ from smegmesh.core.engine import (
     Respond,
     SyncCtx,
 )
-from smegmesh.core.evicted import eviction_of, eviction_reply
+from smegmesh.core.evicted import EvictedMixin, eviction_of
 from smegmesh.core.gossip import GossipParams, GossipScheduler
 from smegmesh.core.liveness import FailureDetector, LivenessParams
 from smegmesh.core.meshtag import MeshTags, record_version
@@ -71,7 +71,7 @@ MAX_HEAL_ENTRIES = 4096
 MAX_FOLLOW_SESSIONS = 256
 
 
-class ExchangeMixin:
+class ExchangeMixin(EvictedMixin):
     """See the module docstring; ``MeshNode`` provides the state and outputs."""
 
     mesh_id: str
@@ -94,7 +94,6 @@ class ExchangeMixin:
     rejected: int
     last_rejects: list[str]
     refuted: RefutedPrunes
-    evicted: Revocation | None = None  # an eviction of us, shown by a member (core.evicted)
 
     if TYPE_CHECKING:
 
@@ -298,11 +297,11 @@ class ExchangeMixin:
             # A node just admitted elsewhere announces itself with a push of its
             # own record, whose admission chain is its credential.
             if not isinstance(msg, Push) or not self.mesh.admission:
-                return eviction_reply(self.mesh, src) or Refusal(self.mesh_id), []
+                return self._refuse(src, now_ms), []
             own = [i for i in msg.items if isinstance(i, NodeRecord) and i.wg_key == src][:1]
             pre = self._ingest(own, now_ms, src)
             if not self.is_member(src):
-                return eviction_reply(self.mesh, src) or Refusal(self.mesh_id), []
+                return self._refuse(src, now_ms), []
         self._fd.heard_from(src, now_ms)
         if isinstance(msg, Ping):
             return self._ping_ack(src, msg), self._heard_from_pruned(src, now_ms)
