@@ -1,0 +1,64 @@
+"""leave-mesh's guard of the last admin (daemon/membership.py ``_refuse_last_admin``).
+
+Review: the guard counted every admin of the authority, and leaving does not
+drop a node's admin right: with a second admin that had left the mesh, the
+last admin still in it left unasked, and nobody could evict or name an admin
+after.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from smegmesh.core.cert import AdminChange
+from smegmesh.core.meshnode import MeshNode
+from smegmesh.daemon import service as svc
+from smegmesh.daemon.membership import MembershipOps
+from smegmesh.testbed.founded import NOW, Mesh, ident, member_node
+
+
+def _nodes() -> tuple[Mesh, MeshNode, MeshNode, MeshNode]:
+    """The founder (admin), X made an admin, and a member B: one state of all three."""
+    m = Mesh()
+    x, b = ident(2), ident(3)
+    m.admit(x)
+    m.admit(b)
+    out = []
+    for who in (m.founder, x, b):
+        st = m.state()
+        for r in (m.founder, x, b):
+            st.apply(m.record(r), NOW)
+        made = AdminChange.create(
+            m.founder, m.mesh_id, subject=x.wg_public_key, admin=True, now_ms=NOW + 1
+        )
+        st.apply_many([made], NOW + 1)
+        n = member_node(who, m.mesh_id, st)
+        n.start(NOW + 2)
+        out.append(n)
+    return m, out[0], out[1], out[2]
+
+
+def _guard(node: MeshNode) -> None:
+    me = SimpleNamespace(identity=node.identity)
+    MembershipOps._refuse_last_admin(me, SimpleNamespace(node=node, mesh_id=node.mesh_id))  # type: ignore[arg-type]
+
+
+def test_an_admin_among_several_leaves_freely() -> None:
+    _m, founder, _x, _b = _nodes()
+    _guard(founder)
+
+
+def test_the_last_admin_still_in_the_mesh_is_refused() -> None:
+    _m, founder, x, _b = _nodes()
+    x.leave(NOW + 10)  # the other admin left: its right stays in the authority
+    founder.mesh.apply(x.mesh.record(x.key), NOW + 11)  # type: ignore[arg-type]
+    assert x.key in founder.mesh.authority.admins
+    with pytest.raises(svc.ServiceError, match="last admin"):
+        _guard(founder)
+
+
+def test_a_member_that_is_no_admin_leaves_freely() -> None:
+    _m, _founder, _x, b = _nodes()
+    _guard(b)
