@@ -62,3 +62,32 @@ def test_the_last_admin_still_in_the_mesh_is_refused() -> None:
 def test_a_member_that_is_no_admin_leaves_freely() -> None:
     _m, _founder, _x, b = _nodes()
     _guard(b)
+
+
+def test_an_evicted_admin_told_so_is_refused_admin_acts_that_change_nothing() -> None:
+    """Review of 447db3d: ``admin add`` of a node that already is an admin skipped
+    the engine's checks when this node is an admin by its own view, so an admin
+    evicted (and told so, core.evicted) heard 'was already an admin', not 403."""
+    import asyncio
+
+    from smegmesh.core.evicted import eviction_of
+    from smegmesh.core.sync import Push
+    from smegmesh.daemon.authority_ops import AuthorityOps
+
+    _m, founder, x, _b = _nodes()
+    founder.evict(NOW + 10, x.key)
+    told = Push(founder.mesh_id, tuple(founder.mesh.authority.revoked[x.key]))
+    x.evicted = eviction_of(x.mesh, x.key, told)
+    assert x.evicted is not None and x.is_admin()  # its own state does not hold the eviction
+    rt = SimpleNamespace(node=x, mesh_id=x.mesh_id)
+
+    async def commit(_rt: object, _outs: object) -> None:
+        raise AssertionError("nothing to publish")
+
+    ops = SimpleNamespace(
+        _get=lambda _mid: rt,
+        _target=lambda _rt, _n: (founder.key, None, "founder"),
+        _commit=commit,
+    )
+    with pytest.raises(svc.ServiceError, match="evicted"):
+        asyncio.run(AuthorityOps.set_admin(ops, x.mesh_id, "founder", True))  # type: ignore[arg-type]

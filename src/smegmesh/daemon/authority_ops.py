@@ -147,10 +147,9 @@ class AuthorityOps:
         # already so: nothing to publish (a statement more, gossiped to every member)
         changed = (key in rt.node.mesh.authority.admins) != admin
         try:
-            # (a node that may not do it is told so, changed or not)
-            outs = (
-                rt.node.set_admin(now_ms(), key, admin) if changed or not rt.node.is_admin() else []
-            )
+            # (a node that may not do it, or evicted, is told so, changed or not)
+            may = rt.node.is_admin() and rt.node.evicted is None
+            outs = rt.node.set_admin(now_ms(), key, admin) if changed or not may else []
         except NotAllowed as e:
             raise forbidden(e) from None
         if changed:
