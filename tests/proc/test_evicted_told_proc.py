@@ -13,16 +13,12 @@ from __future__ import annotations
 
 import time
 
-from smegmesh.testbed.loopback import Cluster, create_mesh, wait_until
+from smegmesh.testbed.loopback import one_mesh, wait_until
 
 
 def test_an_evicted_daemon_is_told_shows_it_and_invites_nobody() -> None:
-    c = Cluster()
-    try:
-        c.add(3, wait=False)
-        c.wait_ready()
+    with one_mesh(3) as (c, mesh):
         owner, a, b = c.daemons
-        mesh = create_mesh(owner, [a, b])
         key_b, key_owner = b.self_key(mesh), owner.self_key(mesh)
         t0 = time.monotonic()
         owner.ctl_json("evict", "--meshid", mesh, key_b)
@@ -38,5 +34,3 @@ def test_an_evicted_daemon_is_told_shows_it_and_invites_nobody() -> None:
         # the members that refused it are not told anything new: it stays out
         assert key_b not in a.mesh_keys(mesh) and key_b not in owner.mesh_keys(mesh)
         assert not c.tracebacks(), "tracebacks in smegd logs"
-    finally:
-        c.close()

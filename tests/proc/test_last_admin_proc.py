@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import json
 
-from smegmesh.testbed.loopback import Cluster, create_mesh
+from smegmesh.testbed.loopback import one_mesh
 
 
 def test_the_last_admin_leaves_only_with_force() -> None:
-    c = Cluster()
-    try:
-        c.add(3, wait=False)
-        c.wait_ready()
-        owner, a, b = c.daemons
-        mesh = create_mesh(owner, [a, b])
+    with one_mesh(3) as (c, mesh):
+        owner, a, _b = c.daemons
         # making an admin of an admin: said so, and nothing published
         r = owner.ctl("admin", "add", "--meshid", mesh, owner.self_key(mesh))
         assert "was already an admin of" in r.stdout, r
@@ -38,5 +34,3 @@ def test_the_last_admin_leaves_only_with_force() -> None:
         solo = owner.ctl("new-mesh").stdout.strip()
         owner.ctl("leave-mesh", "--meshid", solo)
         assert not c.tracebacks(), "tracebacks in smegd logs"
-    finally:
-        c.close()

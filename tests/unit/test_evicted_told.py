@@ -19,25 +19,14 @@ from smegmesh.core.messages import Ping, Refusal
 from smegmesh.core.state import MeshState
 from smegmesh.core.sync import Push
 from smegmesh.core.wire import decode, encode
-from smegmesh.testbed.founded import NOW, Mesh, ident, member_node
+from smegmesh.testbed.founded import NOW, Mesh, each_over_own_state, ident
 
 
 def _mesh() -> tuple[Mesh, MeshNode, MeshNode, MeshNode]:
     """A founder (the admin), a member A and a member B, each with a state of all three."""
     m = Mesh()
-    a, b = ident(2), ident(3)
-    m.admit(a)
-    m.admit(b)
-    nodes = []
-    for who in (m.founder, a, b):
-        st = m.state()
-        for n, r in enumerate((m.founder, a, b)):
-            ep = f"[2001:db8::{n + 1}]:4000"
-            st.apply(m.record(r, control_endpoint=ep, tls_fp=bytes(32)), NOW)
-        n = member_node(who, m.mesh_id, st)
-        n.start(NOW)
-        nodes.append(n)
-    return m, nodes[0], nodes[1], nodes[2]
+    admin, a, b = each_over_own_state(m, [ident(2), ident(3)])
+    return m, admin, a, b
 
 
 def _a_call(n: MeshNode, to: bytes, t0: int) -> Call:

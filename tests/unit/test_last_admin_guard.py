@@ -16,28 +16,18 @@ from smegmesh.core.cert import AdminChange
 from smegmesh.core.meshnode import MeshNode
 from smegmesh.daemon import service as svc
 from smegmesh.daemon.membership import MembershipOps
-from smegmesh.testbed.founded import NOW, Mesh, ident, member_node
+from smegmesh.testbed.founded import NOW, Mesh, each_over_own_state, ident
 
 
 def _nodes() -> tuple[Mesh, MeshNode, MeshNode, MeshNode]:
     """The founder (admin), X made an admin, and a member B: one state of all three."""
     m = Mesh()
     x, b = ident(2), ident(3)
-    m.admit(x)
-    m.admit(b)
-    out = []
-    for who in (m.founder, x, b):
-        st = m.state()
-        for r in (m.founder, x, b):
-            st.apply(m.record(r), NOW)
-        made = AdminChange.create(
-            m.founder, m.mesh_id, subject=x.wg_public_key, admin=True, now_ms=NOW + 1
-        )
-        st.apply_many([made], NOW + 1)
-        n = member_node(who, m.mesh_id, st)
-        n.start(NOW + 2)
-        out.append(n)
-    return m, out[0], out[1], out[2]
+    made = AdminChange.create(
+        m.founder, m.mesh_id, subject=x.wg_public_key, admin=True, now_ms=NOW + 1
+    )
+    founder, nx, nb = each_over_own_state(m, [x, b], (made,), NOW + 2)
+    return m, founder, nx, nb
 
 
 def _guard(node: MeshNode) -> None:

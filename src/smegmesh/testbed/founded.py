@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 
-from smegmesh.core.cert import Cert, Founding, Policy
+from smegmesh.core.cert import AuthItem, Cert, Founding, Policy
 from smegmesh.core.gossip import GossipParams
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.liveness import LivenessParams
@@ -21,7 +21,7 @@ from smegmesh.core.state import MeshState
 from smegmesh.core.sync import Push
 from smegmesh.core.wire import decode, encode
 
-__all__ = ["NOW", "Mesh", "ident", "join", "member_node", "settled"]
+__all__ = ["NOW", "Mesh", "each_over_own_state", "ident", "join", "member_node", "settled"]
 
 #: The time (ms) a :class:`Mesh` is founded at unless told otherwise.
 NOW = 1_700_000_000_000
@@ -142,3 +142,26 @@ def settled(*, after_ms: int = 10_000) -> tuple[Mesh, MeshState, list[NodeRecord
     assert st.apply(m.founding, now)
     assert not st.apply_many(recs, now)[1]
     return m, st, recs, now
+
+
+def each_over_own_state(
+    m: Mesh, members: list[NodeIdentity], statements: tuple[AuthItem, ...] = (), now: int = NOW
+) -> list[MeshNode]:
+    """The founder and ``members`` (admitted by the founder here), each a started
+    ``MeshNode`` over a state of its own holding all their records (with control
+    endpoints) and ``statements``: nodes that can call each other."""
+    for who in members:
+        m.admit(who)
+    everyone = [m.founder, *members]
+    recs = [
+        m.record(who, control_endpoint=f"[2001:db8::{n + 1:x}]:4000", tls_fp=bytes(32))
+        for n, who in enumerate(everyone)
+    ]
+    out = []
+    for who in everyone:
+        st = m.state()
+        assert not st.apply_many([*recs, *statements], now)[1]
+        node = member_node(who, m.mesh_id, st)
+        node.start(now)
+        out.append(node)
+    return out

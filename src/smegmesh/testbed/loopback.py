@@ -40,6 +40,7 @@ __all__ = [
     "create_mesh",
     "free_port",
     "free_udp_tcp_port",
+    "one_mesh",
     "short_tmpdir",
     "wait_converged",
     "wait_until",
@@ -267,6 +268,15 @@ def cluster(n: int, **kw: Any) -> Iterator[Cluster]:
         yield c
     finally:
         c.close()
+
+
+@contextlib.contextmanager
+def one_mesh(n: int) -> Iterator[tuple[Cluster, str]]:
+    """``n`` daemons started at once, the first the founder of a mesh the others
+    joined (converged); the cluster and the mesh id."""
+    with cluster(n, wait=False) as c:
+        c.wait_ready()
+        yield c, create_mesh(c.daemons[0], c.daemons[1:])
 
 
 def create_mesh(owner: Smegd, joiners: list[Smegd], **opts: Any) -> str:
