@@ -129,3 +129,16 @@ def test_the_push_to_an_evicted_caller_is_bounded_per_caller() -> None:
     assert isinstance(later, Push)
     stranger = ident(9).wg_public_key
     assert isinstance(admin.handle_request(stranger, Ping(admin.mesh_id, 4), t)[0], Refusal)
+
+
+def test_a_clock_stepped_back_does_not_hold_an_evicted_callers_answer_back() -> None:
+    """The wall clock set back an hour: the next Push to an evicted caller is due a
+    TELL_INTERVAL_MS after the last, on the new clock (not an hour later)."""
+    _m, admin, _a, b = _mesh()
+    admin.evict(NOW + 5_000, b.key)
+    t = NOW + 6_000
+    assert isinstance(admin.handle_request(b.key, Ping(admin.mesh_id, 1), t)[0], Push)
+    admin.clock_stepped(-3_600_000)
+    t -= 3_600_000
+    later, _ = admin.handle_request(b.key, Ping(admin.mesh_id, 2), t + TELL_INTERVAL_MS)
+    assert isinstance(later, Push)

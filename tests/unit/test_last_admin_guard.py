@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from smegmesh.core.cert import AdminChange
-from smegmesh.core.meshnode import MeshNode
+from smegmesh.core.meshnode import MeshNode, NotAllowed
 from smegmesh.daemon import service as svc
 from smegmesh.daemon.membership import MembershipOps
 from smegmesh.testbed.founded import NOW, Mesh, each_over_own_state, ident
@@ -81,3 +81,11 @@ def test_an_evicted_admin_told_so_is_refused_admin_acts_that_change_nothing() ->
     )
     with pytest.raises(svc.ServiceError, match="evicted"):
         asyncio.run(AuthorityOps.set_admin(ops, x.mesh_id, "founder", True))  # type: ignore[arg-type]
+
+
+def test_making_an_admin_of_an_admin_publishes_nothing_but_a_member_is_refused() -> None:
+    _m, founder, x, b = _nodes()
+    assert founder.set_admin(NOW + 5, x.key, True) == []  # already: no statement
+    assert founder.set_admin(NOW + 5, b.key, False) == []  # already not
+    with pytest.raises(NotAllowed):
+        b.set_admin(NOW + 5, x.key, True)  # who may not is told so, change or not

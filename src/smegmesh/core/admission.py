@@ -158,8 +158,14 @@ class AdmissionMixin:
         return tuple(sorted(out))
 
     def set_admin(self, now_ms: int, subject: bytes, admin: bool) -> list[Out]:
-        """Make ``subject`` an admin, or drop it (admins only)."""
+        """Make ``subject`` an admin, or drop it (admins only).
+
+        Nothing if it already is (or is not) one: a statement more would be gossiped
+        to every member.
+        """
         self._require_admin()
+        if (subject in self.mesh.authority.admins) == admin:
+            return []
         if not admin and subject == self.key and len(self.mesh.authority.admins) <= 1:
             raise NotAllowed("this is the mesh's last admin: make another admin first")
         if admin and not self.mesh.is_member(subject):
@@ -170,6 +176,22 @@ class AdmissionMixin:
             ),
             now_ms,
         )
+
+    def left_without_admin(self) -> int:
+        """How many other live members our leaving now would leave with no admin.
+
+        0: none, or another admin is still in the mesh, or we are no admin.
+        Nobody could evict a node or name an admin after, and there is no way back.
+        Leaving keeps a node's admin right in the authority: an admin that left
+        counts for nothing here; evicted (and told so), we are no admin to lose.
+        """
+        st, me = self.mesh, self.key
+        if not st.admission or self.evicted is not None or me not in st.authority.admins:
+            return 0
+        others = (st.record(k) for k in st.authority.admins if k != me)
+        if any(r is not None and not r.left for r in others):
+            return 0
+        return sum(1 for r in self.live_records() if r.wg_key != me)
 
     def reserve_alias(self, now_ms: int, alias: str, holder: bytes | None) -> list[Out]:
         """Reserve ``alias`` for ``holder`` (None: release it; admins only)."""

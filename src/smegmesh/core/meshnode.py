@@ -434,6 +434,7 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         self._tunnel.clock_stepped(d)
         self._heal_due = shifted(self._heal_due, d)
         self._sync_due = shifted(self._sync_due, d)
+        self._tell_due = shifted(self._tell_due or {}, d)  # core.evicted
         for session in self._responders.values():  # idle since
             session.now_ms += d
         return []

@@ -144,12 +144,10 @@ class AuthorityOps:
     async def set_admin(self, mesh_id: str, node: str, admin: bool) -> AdminResponse:
         rt = self._get(mesh_id)
         key, _alias, name = self._target(rt, node)
-        # already so: nothing to publish (a statement more, gossiped to every member)
+        # already so: the engine publishes nothing (after its checks of who may)
         changed = (key in rt.node.mesh.authority.admins) != admin
         try:
-            # (a node that may not do it, or evicted, is told so, changed or not)
-            may = rt.node.is_admin() and rt.node.evicted is None
-            outs = rt.node.set_admin(now_ms(), key, admin) if changed or not may else []
+            outs = rt.node.set_admin(now_ms(), key, admin)
         except NotAllowed as e:
             raise forbidden(e) from None
         if changed:

@@ -251,16 +251,9 @@ class MembershipOps(DaemonBase):
         log.info("left mesh %s", mesh_id)
 
     def _refuse_last_admin(self, rt: MeshRuntime) -> None:
-        """The last admin of a mesh with other members does not leave it unless forced:
-        nobody could evict a node or name an admin after (there is no way back)."""
-        st, me = rt.node.mesh, rt.node.key
-        if not st.admission or rt.node.evicted is not None or me not in st.authority.admins:
-            return
-        # Leaving keeps a node's admin right: an admin that left is no admin in the mesh.
-        recs = (st.record(k) for k in st.authority.admins if k != me)
-        if any(r is not None and not r.left for r in recs):
-            return
-        others = sum(1 for r in rt.node.live_records() if r.wg_key != me)
+        """The last admin of a mesh with other members does not leave it unless forced
+        (``AdmissionMixin.left_without_admin``)."""
+        others = rt.node.left_without_admin()
         if others:
             raise svc.ServiceError(
                 "last_admin",
