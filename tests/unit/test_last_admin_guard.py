@@ -89,3 +89,28 @@ def test_making_an_admin_of_an_admin_publishes_nothing_but_a_member_is_refused()
     assert founder.set_admin(NOW + 5, b.key, False) == []  # already not
     with pytest.raises(NotAllowed):
         b.set_admin(NOW + 5, x.key, True)  # who may not is told so, change or not
+
+
+def test_an_admin_cannot_drop_its_right_when_the_only_other_admin_left() -> None:
+    """Review: ``set_admin``'s own guard counted every admin of the authority, and
+    leaving keeps a node's admin right there: with the only other admin gone, the
+    last admin in the mesh dropped its right and the mesh had none left in it."""
+    _m, founder, x, _b = _nodes()
+    x.leave(NOW + 10)
+    founder.mesh.apply(x.mesh.record(x.key), NOW + 11)  # type: ignore[arg-type]
+    with pytest.raises(NotAllowed, match="last admin"):
+        founder.set_admin(NOW + 12, founder.key, False)
+    assert founder.is_admin()
+
+
+def test_an_admin_drops_its_right_while_another_admin_is_in_the_mesh() -> None:
+    _m, founder, x, _b = _nodes()
+    assert founder.set_admin(NOW + 12, founder.key, False)
+    assert not founder.is_admin() and x.key in founder.mesh.authority.admins
+
+
+def test_the_only_admin_alone_in_its_mesh_keeps_its_right() -> None:
+    m = Mesh()
+    (founder,) = each_over_own_state(m, [], (), NOW + 2)
+    with pytest.raises(NotAllowed, match="last admin"):
+        founder.set_admin(NOW + 3, founder.key, False)

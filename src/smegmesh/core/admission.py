@@ -166,8 +166,8 @@ class AdmissionMixin:
         self._require_admin()
         if (subject in self.mesh.authority.admins) == admin:
             return []
-        if not admin and subject == self.key and len(self.mesh.authority.admins) <= 1:
-            raise NotAllowed("this is the mesh's last admin: make another admin first")
+        if not admin and subject == self.key and not self._other_admin_in_mesh():
+            raise NotAllowed("this is the last admin still in the mesh: make another admin first")
         if admin and not self.mesh.is_member(subject):
             raise NotAllowed("only a member of the mesh can be made an admin")
         return self._statement(
@@ -188,10 +188,20 @@ class AdmissionMixin:
         st, me = self.mesh, self.key
         if not st.admission or self.evicted is not None or me not in st.authority.admins:
             return 0
-        others = (st.record(k) for k in st.authority.admins if k != me)
-        if any(r is not None and not r.left for r in others):
+        if self._other_admin_in_mesh():
             return 0
         return sum(1 for r in self.live_records() if r.wg_key != me)
+
+    def _other_admin_in_mesh(self) -> bool:
+        """Is an admin other than us still in the mesh (its record known, not left)?
+
+        Leaving keeps a node's admin right in the authority, so the authority's
+        admins alone do not say who could still evict a node or name an admin:
+        the rule of both ``left_without_admin`` and ``set_admin``'s last-admin guard.
+        """
+        st, me = self.mesh, self.key
+        others = (st.record(k) for k in st.authority.admins if k != me)
+        return any(r is not None and not r.left for r in others)
 
     def reserve_alias(self, now_ms: int, alias: str, holder: bytes | None) -> list[Out]:
         """Reserve ``alias`` for ``holder`` (None: release it; admins only)."""
