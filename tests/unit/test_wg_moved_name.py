@@ -11,7 +11,7 @@ follows a roaming peer only once the peer sends it something).
 from __future__ import annotations
 
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from smegmesh.core.wgdiff import RemovePeer, UpdatePeer, WgOp
@@ -39,8 +39,8 @@ class _Wg(MemoryBackend):
         self.names.note(name, send, applied)
         return applied
 
-    def moved_endpoints(self, name: str) -> list[bytes]:
-        return self.names.moved(name)
+    def moved_endpoints(self, name: str, wanted: Mapping[bytes, str]) -> list[bytes]:
+        return self.names.moved(name, wanted)
 
 
 def _dns(ip: list[str | None]) -> Any:
@@ -195,3 +195,49 @@ def test_a_name_that_never_resolves_does_not_hide_another_ones_move() -> None:
     assert wg.devices["wgc0"].peers[P].endpoint == "192.0.2.2:51820"
     assert wg.devices["wgc0"].peers[q].endpoint is None
     resolve.close()
+
+
+def _lookups_after_the_member_changes_its_endpoint(
+    endpoint: str | None, *, full_read: bool = False
+) -> tuple[Any, int]:
+    """A peer whose endpoint was the name ``NAME``, then ``endpoint`` (after a full
+    read of WireGuard, with ``full_read``): what ``SentNames`` holds and the lookups
+    ten minutes of health checks make."""
+    from dataclasses import replace
+
+    now, ip = [0.0], ["192.0.2.1"]
+    resolve = EndpointResolver(lookup=_dns(ip), clock=lambda: now[0])
+    wg = _Wg(resolve)
+    rec = Reconciler(wg, MemoryHost(), clock=lambda: now[0], verify_interval=10_000)
+    want, host = wanted()
+    rec.apply(want, host)
+    assert wg.names._sent == {"wgc0": {P: (NAME, "192.0.2.1:51820")}}
+    if full_read:  # the cache holds the address WireGuard has, not the name
+        rec.invalidate("wgc0")
+    rec.apply(replace(want, peers={P: replace(want.peers[P], endpoint=endpoint)}), host)
+    lookups = resolve.lookups
+    _checks(rec, resolve, now, 600)
+    resolve.close()
+    return wg.names._sent, resolve.lookups - lookups
+
+
+def test_a_name_the_member_replaced_by_an_address_is_not_looked_up_again() -> None:
+    """Found by review: a member that stops publishing a name as its endpoint but
+    stays a peer kept its entry in ``SentNames``, and the health check looked the
+    name up once a minute for nothing."""
+    for endpoint in ("192.0.2.1:51820", "192.0.2.7:51820", "[2001:db8::7]:51820"):
+        assert _lookups_after_the_member_changes_its_endpoint(endpoint) == ({}, 0), endpoint
+
+
+def test_a_name_replaced_by_its_own_address_after_a_full_read_is_not_looked_up_again() -> None:
+    """The diff sends nothing then (WireGuard has that address already), so only
+    what the peer's endpoint is wanted as now tells ``SentNames`` the name is gone."""
+    assert _lookups_after_the_member_changes_its_endpoint("192.0.2.1:51820", full_read=True) == (
+        {},
+        0,
+    )
+
+
+def test_a_name_the_member_no_longer_publishes_is_not_looked_up_again() -> None:
+    """As above, for a record whose endpoint goes to None (learn it from handshakes)."""
+    assert _lookups_after_the_member_changes_its_endpoint(None) == ({}, 0)

@@ -8,7 +8,7 @@ applies exactly the minimal change the reconciler computed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from smegmesh.core.wgconfig import InterfaceStatus
@@ -57,10 +57,12 @@ class WgBackend(Protocol):
         applied; host state (addresses, routes) is the caller's to re-apply."""
         ...
 
-    def moved_endpoints(self, name: str) -> list[bytes]:
+    def moved_endpoints(self, name: str, wanted: Mapping[bytes, str]) -> list[bytes]:
         """Peers whose endpoint name resolves to another address than the one
         WireGuard was given (never waits for DNS; ``wg.resolver.SentNames``).
-        The reconciler sends them again from its health check."""
+        ``wanted``: the peers' endpoints as wanted now (none: left out); a name
+        no longer wanted is forgotten. The reconciler sends the peers again
+        from its health check."""
         ...
 
     def remove_interface(self, name: str) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -288,9 +288,9 @@ class KernelBackend:
             self.ensure_interface(name)
             return True
 
-    def moved_endpoints(self, name: str) -> list[bytes]:
+    def moved_endpoints(self, name: str, wanted: Mapping[bytes, str]) -> list[bytes]:
         with self._lock:
-            return self._names.moved(name)
+            return self._names.moved(name, wanted)
 
     def remove_interface(self, name: str) -> None:
         with self._lock:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from smegmesh.core.wgconfig import InterfaceStatus, empty_status
 from smegmesh.core.wgdiff import WgOp, apply_ops
@@ -70,7 +70,7 @@ class MemoryBackend:
             self.devices[name] = empty_status(name)
             return True
 
-    def moved_endpoints(self, name: str) -> list[bytes]:
+    def moved_endpoints(self, name: str, wanted: Mapping[bytes, str]) -> list[bytes]:
         return []  # endpoints are kept as given: no names resolved
 
     def remove_interface(self, name: str) -> None:

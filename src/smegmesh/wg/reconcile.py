@@ -260,19 +260,19 @@ class Reconciler:
         unreachable from a client behind NAT for up to five minutes after its
         address changed. The backend never waits for DNS here (``SentNames``).
         """
+        # only peers whose desired endpoint is that name: one the member no
+        # longer publishes (None, learnt from handshakes) is not sent again by
+        # the diff, and was found moved again every check, forever; the backend
+        # forgets it (no lookup a TTL for it either)
+        want = cache.desired_if.peers if cache.desired_if is not None else {}
+        wanted = {k: p.endpoint for k, p in want.items() if p.endpoint is not None}
         try:
-            moved = self.backend.moved_endpoints(name)
+            moved = self.backend.moved_endpoints(name, wanted)
         except Exception as exc:
             log.debug("cannot compare endpoint names of %s: %s", name, exc)
             return False
         peers = dict(cache.wg.peers)
-        # only peers whose desired endpoint is set: one the member no longer
-        # publishes (None, learnt from handshakes) is not sent again by the
-        # diff, and was found moved again every check, forever
-        want = cache.desired_if.peers if cache.desired_if is not None else {}
-        moved = [
-            key for key in moved if key in peers and key in want and want[key].endpoint is not None
-        ]
+        moved = [key for key in moved if key in peers and key in wanted]
         if not moved:
             return False
         for key in moved:

@@ -30,7 +30,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -292,6 +292,11 @@ class SentNames:
     looked up again in the background), so smegd's health check (every 5 s)
     sees a new address within about a TTL (60 s) and a check. Bounded by the
     peers applied: one entry per peer with a named endpoint that resolved.
+    An entry goes with its peer's removal, a literal (or no endpoint) applied
+    for it, or, at :meth:`moved`, once the peer's endpoint is no longer wanted as
+    that name: a member that stops publishing its name sends the diff no op
+    when its endpoint goes to None (learnt from handshakes), or to the address
+    WireGuard has already, and its name was looked up once a TTL for nothing.
     """
 
     def __init__(self, resolver: EndpointResolver) -> None:
@@ -321,10 +326,19 @@ class SentNames:
         if not sent:
             self._sent.pop(interface, None)
 
-    def moved(self, interface: str) -> list[bytes]:
-        """Peers of ``interface`` whose endpoint name resolves to another address now."""
+    def moved(self, interface: str, wanted: Mapping[bytes, str]) -> list[bytes]:
+        """Peers of ``interface`` whose endpoint name resolves to another address now.
+
+        ``wanted``: each peer's endpoint as wanted now (a peer with none left
+        out). A peer's name no longer wanted is forgotten, not looked up.
+        """
+        sent = self._sent.get(interface, {})
+        for key in [k for k, (given, _) in sent.items() if wanted.get(k) != given]:
+            del sent[key]
+        if not sent:
+            self._sent.pop(interface, None)
         out = []
-        for key, (given, literal) in self._sent.get(interface, {}).items():
+        for key, (given, literal) in sent.items():
             now = self._resolver.peek(given)
             if now is not None and now != literal:
                 out.append(key)

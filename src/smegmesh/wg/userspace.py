@@ -44,7 +44,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from smegmesh.core.wgconfig import InterfaceConfig, InterfaceStatus, empty_status, peer_config_of
@@ -264,9 +264,9 @@ class UserspaceBackend:
         dev = self._devices.get(name)
         return dev.restarts if dev else 0
 
-    def moved_endpoints(self, name: str) -> list[bytes]:
+    def moved_endpoints(self, name: str, wanted: Mapping[bytes, str]) -> list[bytes]:
         with self._lock:
-            return self._names.moved(name)
+            return self._names.moved(name, wanted)
 
     def remove_interface(self, name: str) -> None:
         with self._lock:
