@@ -34,7 +34,7 @@ from smegmesh.cli.client import (
     seg,
     token_from_env,
 )
-from smegmesh.cli.output import _fail, _print_json, error_json
+from smegmesh.cli.output import _fail, _print_json, die_of_sigpipe, error_json
 from smegmesh.cli.smegd import Smegd
 from smegmesh.daemon.defaults import DEFAULT_CONTROL_SOCKET, VERSION
 
@@ -59,7 +59,13 @@ _ARGV = "smegctl.argv"
 class _Group(TyperGroup):
     """smegctl's click group: a usage error (a bad or missing flag or value, click's or a
     command's ``typer.BadParameter``) is also JSON on stdout when the command line has
-    ``--json``, in the shape of every other error (code ``usage``, exit 2)."""
+    ``--json``, in the shape of every other error (code ``usage``, exit 2).
+
+    Output to a pipe whose reader went away ends smegctl as SIGPIPE
+    (:func:`~smegmesh.cli.output.die_of_sigpipe`), here where it is written
+    (the help and ``--version`` while parsing, a command's output while
+    invoking): typer would take it for a failure (status 1).
+    """
 
     def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
         ctx.meta[_ARGV] = list(args)
@@ -68,6 +74,8 @@ class _Group(TyperGroup):
         except ClickException as e:
             _usage_json(ctx, e)
             raise
+        except BrokenPipeError:
+            die_of_sigpipe()
 
     def invoke(self, ctx: Context) -> Any:
         try:
@@ -75,6 +83,8 @@ class _Group(TyperGroup):
         except ClickException as e:
             _usage_json(ctx, e)
             raise
+        except BrokenPipeError:
+            die_of_sigpipe()
 
 
 def _usage_json(ctx: Context, e: ClickException) -> None:

@@ -3,9 +3,7 @@ around the daemon: the event stream, DNS set-up help, the dashboard."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import sys
 from typing import Annotated
 
@@ -25,7 +23,7 @@ from smegmesh.cli.app import (
     app,
 )
 from smegmesh.cli.client import SERVICE_KEY_RULE, ClientError, SocketClient, check_mesh_id
-from smegmesh.cli.output import EXIT_USAGE, _fail, _print_json
+from smegmesh.cli.output import EXIT_USAGE, _fail, _print_json, die_of_sigpipe
 from smegmesh.cli.smegd import Smegd
 from smegmesh.daemon.api_models import StatusResponse
 from smegmesh.dns.help import DEFAULT_DNS_LISTEN
@@ -177,10 +175,8 @@ def watch(
         )
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
-    except BrokenPipeError:  # e.g. | head: no flush error at exit
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise typer.Exit(0) from None
+    except BrokenPipeError:  # e.g. | head: as every command, killed by SIGPIPE (an OSError)
+        die_of_sigpipe()
     except w.StreamError as e:
         _fail(str(e), as_json)
     except ClientError as e:  # --api-ca unusable

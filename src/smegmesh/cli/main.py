@@ -18,13 +18,22 @@ from __future__ import annotations
 
 import sys
 
+from rich.console import Console
+
 from smegmesh.cli import authority as _authority
 from smegmesh.cli import commands as _commands
 from smegmesh.cli import commands_node as _commands_node
 from smegmesh.cli import devices as _devices
 from smegmesh.cli import status as _status
 from smegmesh.cli.app import app
-from smegmesh.cli.output import EXIT_ERROR, EXIT_USAGE, _print_json, error_json, parse_duration
+from smegmesh.cli.output import (
+    EXIT_ERROR,
+    EXIT_USAGE,
+    _print_json,
+    die_of_sigpipe,
+    error_json,
+    parse_duration,
+)
 
 __all__ = ["app", "main", "parse_duration"]
 
@@ -36,10 +45,29 @@ app.registered_commands.sort(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. Output to a pipe whose reader went away ends it
+    as SIGPIPE ends ``git`` or ``ip`` (``die_of_sigpipe``; also in the app's group)."""
+    # rich (our tables, typer's help) ends a write to a closed pipe with
+    # SystemExit(1) of its own: its documented hook, for every console of smegctl
+    Console.on_broken_pipe = _on_broken_pipe  # type: ignore[method-assign,assignment]
+    try:
+        _main()
+    except BrokenPipeError:  # an error's JSON below, or what was left buffered
+        die_of_sigpipe()
+
+
+def _on_broken_pipe(_console: Console) -> None:
+    die_of_sigpipe()
+
+
+def _main() -> None:
     try:
         app()
     except SystemExit:
+        if sys.stdout is not None:
+            sys.stdout.flush()  # what is still buffered: a reader gone is told here
+        raise
+    except BrokenPipeError:
         raise
     except KeyboardInterrupt:
         sys.stderr.write("smegctl: interrupted\n")

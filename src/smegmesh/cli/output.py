@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import sys
 from typing import Any, NoReturn
 
@@ -19,6 +21,7 @@ __all__ = [
     "_dur",
     "_fail",
     "_print_json",
+    "die_of_sigpipe",
     "parse_duration",
 ]
 
@@ -37,6 +40,27 @@ def _console() -> Console:
 def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
     sys.stdout.flush()
+
+
+def die_of_sigpipe() -> NoReturn:
+    """End as ``git``, ``ip`` and ``wg`` do when the reader of their output went
+    away (``smegctl status | head -1``): killed by SIGPIPE, nothing said (status
+    141 in a shell with ``pipefail``).
+
+    Python ignores SIGPIPE so that a write to a closed socket raises instead
+    (smegctl's requests to smegd must not kill it): the signal's default
+    action is put back only here, once stdout's reader is known gone. Stdout
+    goes to /dev/null first (Python's recipe), so that were the signal not to
+    end the process, what is still buffered fails no more at exit.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no stdout to redirect
+        pass
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGPIPE)
+    raise SystemExit(128 + signal.SIGPIPE)  # pragma: no cover (the signal ended us)
 
 
 def error_json(message: str, exit_code: int) -> dict[str, Any]:
