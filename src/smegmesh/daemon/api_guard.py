@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from smegmesh.daemon.api_head import HeadAsGet
 from smegmesh.daemon.config.errors import request_error
 from smegmesh.daemon.service import ServiceError
 from smegmesh.daemon.ui import SessionStore, session_allows
@@ -170,15 +171,17 @@ class _Guard:
 
 
 class _App(FastAPI):
-    """FastAPI behind a :class:`_Guard` (see the module's docstring)."""
+    """FastAPI behind a :class:`_Guard` (see the module's docstring), HEAD taken as
+    GET outside both (``api_head.HeadAsGet``: a HEAD is guarded as its GET)."""
 
     def __init__(self, *, token: str | None, max_body: int, **kw: Any) -> None:
         super().__init__(**kw)
         self.smeg_token = token
         self._guard = _Guard(super().__call__, token, max_body)
+        self._outer = HeadAsGet(self._guard)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._guard(scope, receive, send)
+        await self._outer(scope, receive, send)
 
     def set_token(self, token: str) -> None:
         """A new bearer token (a reload), at once: the old one opens nothing any more,

@@ -413,6 +413,7 @@ async def serve_metrics(metrics: Metrics, host: str, port: int) -> Any:
     from fastapi.responses import PlainTextResponse, Response
 
     from smegmesh.daemon.api import serve_tcp
+    from smegmesh.daemon.api_head import HeadAsGet
 
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     cfg = getattr(metrics.daemon, "config", None)
@@ -427,7 +428,7 @@ async def serve_metrics(metrics: Metrics, host: str, port: int) -> Any:
     async def root() -> Response:
         return PlainTextResponse("smegd metrics: GET /metrics\n")
 
-    server = await serve_tcp(app, host, port, key="metricsListen")
+    server = await serve_tcp(HeadAsGet(app), host, port, key="metricsListen")  # type: ignore[arg-type]
     return _MetricsServer(server, metrics.wire)
 
 
