@@ -129,3 +129,30 @@ def test_remote_api_every_kind_of_command(mesh: tuple[list[Smegd], str]) -> None
     assert "no token given" in remote(r, "status", token=None, code=1).stderr
     bad = remote(r, "get-mesh", "-m", "../../etc", code=1)
     assert bad.stderr.startswith("smegctl: invalid mesh id '../../etc': ")
+
+
+def test_a_clients_only_peer_that_left_is_not_online_in_its_status() -> None:
+    """Found by review: the client showed its only peer online for ever after that
+    peer ran leave-mesh (no tombstone reaches a client; unit tests:
+    tests/unit/test_client_departed_peer.py)."""
+    c = Cluster()
+    try:
+        a, b = c.add(2)
+        mesh_id = create_mesh(a, [])
+        tok = a.api("POST", f"/v1/meshes/{mesh_id}/invites", json={"ttl_s": 600, "uses": 1})
+        b.api("POST", "/v1/join", json={"token": tok["token"], "role": "client"})
+
+        def online() -> int:
+            st = b.ctl_json("status")["meshes"][0]
+            assert st["mesh_id"] == mesh_id and st["role"] == "client"
+            return int(st["members_online"])
+
+        wait_until(lambda: online() == 2, 30, 0.2, "the client sees its peer")
+        a.ctl("leave-mesh", "--meshid", mesh_id, "--force")  # the last admin: forced
+        wait_until(lambda: online() == 1, 30, 0.2, "the client sees its peer gone")
+        (peer,) = [m for m in b.ctl_json("status")["meshes"][0]["members"] if not m["is_self"]]
+        assert peer["status"] == "suspect"
+        assert b.ctl("status").stdout.count("1/2 online") == 1
+        assert not c.tracebacks(), [d.log()[-3000:] for d in c.daemons]
+    finally:
+        c.close()

@@ -5,6 +5,14 @@ peers, avoiding those that stopped answering), pings it every probe period
 (that peer watches it) and moves to the next one when it is silent, or when
 it prunes the client while answering its pings.
 
+A client's pings are also its word on its peer: one that refused them (its
+daemon left the mesh: the leaver's tombstone never reaches a client, which
+cannot be called and pulls from that very peer) or left them unanswered for
+a suspicion window is :attr:`~smegmesh.core.meshnode.MeshNode.suspects` in the
+client's view (``status``, ``get-mesh``), until it answers one again or, once
+the client moved off it, for as long as the client passes it over. A client's
+failure detector watches no peer.
+
 A client cannot be called, so its peer tells it that it holds it as pruned
 in the ack of its ping (``Ack.ok`` False, see :meth:`ClientMixin._ping_ack`);
 the client then pulls from that peer at once, gets the signed prune and
@@ -17,6 +25,7 @@ import bisect
 import random
 from typing import TYPE_CHECKING, Any
 
+from smegmesh.core.buckets import shifted
 from smegmesh.core.cert import (
     AuthItem,
 )
@@ -53,6 +62,9 @@ class ClientMixin:
     mesh_id: str
     liveness: LivenessParams
     _avoid: dict[bytes, int]
+    #: peers that refused or left our pings unanswered for a suspicion window:
+    #: suspect in our view until then (ms; see the module docstring)
+    _unanswered: dict[bytes, int]
     _peer_ping_due: int
     _peer_ping_inflight: bool
     _peer_ping_failures: int
@@ -136,6 +148,8 @@ class ClientMixin:
 
     def _client_tick(self, now_ms: int) -> list[Out]:
         """Clients ping their peer every probe period (it watches them) and move on failure."""
+        if self._unanswered:
+            self._unanswered = {k: t for k, t in self._unanswered.items() if t > now_ms}
         out = self._maybe_reassign(now_ms)
         peer = self.my_peer()
         if self._peer_ping_inflight or now_ms < self._peer_ping_due:
@@ -174,6 +188,7 @@ class ClientMixin:
         """
         self._peer_ping_inflight = False
         self._peer_ping_failures = 0
+        self._unanswered.pop(peer, None)
         a = self._acked
         since = (
             a[1] if a is not None and a[0] == peer and now_ms - a[2] < self._ack_gap_ms else now_ms
@@ -268,6 +283,28 @@ class ClientMixin:
         outs = self._maybe_reassign(now_ms)
         new = self.my_peer()
         return TunnelMove(peer, new if new != peer else None, silent, outs)
+
+    def _peer_ping_failed(self, peer: bytes, now_ms: int) -> list[Out]:
+        """Our ping of ``peer`` was refused or not answered.
+
+        After a suspicion window of such pings it is suspect in our view (see
+        the module docstring) and we move to the next peer, if there is one.
+        """
+        self._peer_ping_inflight = False
+        self._peer_ping_failures += 1
+        if self._peer_ping_failures * self.liveness.probe_interval_ms < self.liveness.suspicion_ms:
+            return []
+        self._avoid_peer(peer, now_ms)
+        self._unanswered[peer] = self._avoid[peer]
+        return self._maybe_reassign(now_ms)
+
+    def _client_clock_stepped(self, d: int) -> None:
+        """The wall clock was stepped by ``d`` ms: the client's timers move with it."""
+        self._peer_ping_due += d
+        self._avoid = shifted(self._avoid, d)
+        self._unanswered = shifted(self._unanswered, d)
+        self._acked = None  # a run of acks measured across the step: start again
+        self._tunnel.clock_stepped(d)
 
     def _avoid_peer(self, peer: bytes, now_ms: int, for_ms: int | None = None) -> None:
         """Pass over ``peer`` when choosing ours, for ``for_ms`` (three suspicion windows).

@@ -89,8 +89,6 @@ class ExchangeMixin(EvictedMixin):
     _heal_due: dict[bytes, int]
     _sync_due: dict[str, int]
     _avoid: dict[bytes, int]
-    _peer_ping_inflight: bool
-    _peer_ping_failures: int
     rejected: int
     last_rejects: list[str]
     refuted: RefutedPrunes
@@ -109,10 +107,9 @@ class ExchangeMixin(EvictedMixin):
         def _admit(
             self, src: bytes, req: JoinRequest, now_ms: int
         ) -> tuple[Message, list[Out]]: ...
-        def _maybe_reassign(self, now_ms: int) -> list[Out]: ...
         def _peer_acked(self, peer: bytes, now_ms: int, reply: Message) -> list[Out]: ...
         def _ping_ack(self, src: bytes, ping: Ping) -> Ack: ...
-        def _avoid_peer(self, peer: bytes, now_ms: int, for_ms: int | None = None) -> None: ...
+        def _peer_ping_failed(self, peer: bytes, now_ms: int) -> list[Out]: ...
 
     def _gossip_calls(
         self,
@@ -488,10 +485,5 @@ class ExchangeMixin(EvictedMixin):
             # it, until an ack of a push says it takes deltas (core.delta)
             self.tags.note_delta_failed(to, record_version(self.mesh, to))
         if isinstance(ctx, PeerPingCtx):
-            self._peer_ping_inflight = False
-            self._peer_ping_failures += 1
-            failing_ms = self._peer_ping_failures * self.liveness.probe_interval_ms
-            if failing_ms >= self.liveness.suspicion_ms:  # silent: move to the next one
-                self._avoid_peer(ctx.peer, now_ms)
-                return self._maybe_reassign(now_ms)
+            return self._peer_ping_failed(ctx.peer, now_ms)
         return []

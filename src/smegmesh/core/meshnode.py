@@ -119,6 +119,7 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
     _sched: GossipScheduler = field(init=False)
     _fd: FailureDetector = field(init=False)
     _avoid: dict[bytes, int] = field(default_factory=dict)  # client: peers not answering
+    _unanswered: dict[bytes, int] = field(default_factory=dict)  # client: suspect in our view
     _peer_ping_due: int = 0
     _peer_ping_inflight: bool = False
     _peer_ping_failures: int = 0
@@ -217,7 +218,8 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
 
     @property
     def suspects(self) -> frozenset[bytes]:
-        return self._fd.suspects
+        """Members we suspect: by our failure detector, or a client's peers (clientside)."""
+        return self._fd.suspects.union(self._unanswered) if self._unanswered else self._fd.suspects
 
     def last_heard(self, key: bytes) -> int | None:
         return self._fd.last_heard(key)
@@ -428,10 +430,7 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         self.refuted.clock_stepped(d)
         self._asked.clock_stepped(d)
         self.mesh.clock_stepped(d)  # its prune budget and delta bases
-        self._peer_ping_due += d
-        self._avoid = shifted(self._avoid, d)
-        self._acked = None  # a run of acks measured across the step: start again
-        self._tunnel.clock_stepped(d)
+        self._client_clock_stepped(d)
         self._heal_due = shifted(self._heal_due, d)
         self._sync_due = shifted(self._sync_due, d)
         self._tell_due = shifted(self._tell_due or {}, d)  # core.evicted
