@@ -188,14 +188,17 @@ def test_dns_answers_by_rcode(cl: Cluster) -> None:
     )
     d.api("POST", "/v1/meshes")
 
-    def ask(name: str, tcp: bool = False) -> str:
-        q = dns.message.make_query(name, "AAAA")
+    def ask(name: str, tcp: bool = False, edns: int = -1) -> str:
+        q = dns.message.make_query(name, "AAAA", use_edns=edns)
         send = dns.query.tcp if tcp else dns.query.udp
         return dns.rcode.to_text(send(q, d.dns_host, timeout=5, port=d.dns_port).rcode())
 
     assert ask("nobody.smeg.") == "NXDOMAIN"
     assert ask("nobody.smeg.", tcp=True) == "NXDOMAIN"
     assert ask("example.com.") == "REFUSED"  # no forwarder
+    assert ask("nobody.smeg.", edns=1) == "BADVERS"  # header RCODE 0, extended 1
     s = scrape(d)
     assert value(s, "smegd_dns_answers_total", rcode="NXDOMAIN") == 2
     assert value(s, "smegd_dns_answers_total", rcode="REFUSED") == 1
+    assert value(s, "smegd_dns_answers_total", rcode="BADVERS") == 1
+    assert value(s, "smegd_dns_answers_total", rcode="NOERROR") == 0
