@@ -178,6 +178,27 @@ def test_choose_wg_port_unit() -> None:
     assert ei.value.status == 503
 
 
+def test_counters_of_known_results_are_there_from_the_start(cl: Cluster) -> None:
+    """A counter with a known set of label values shows every one at 0 from the start:
+    a series that first appears at 1 makes no ``increase()``, so an alert on the first
+    failed reload, refused join or SERVFAIL since the daemon started never fired."""
+    (d,) = cl.add(
+        1, dns_listen=True, extra={"metricsListen": f"127.0.0.1:{free_port('127.0.0.1')}"}
+    )
+    s = scrape(d)
+    for name, label, values in [
+        ("smegd_config_reloads_total", "result", ("ok", "failed")),
+        ("smegd_admissions_total", "result", ("admitted", "refused")),
+        (
+            "smegd_dns_answers_total",
+            "rcode",
+            ("NOERROR", "NXDOMAIN", "REFUSED", "SERVFAIL", "FORMERR", "NOTIMP", "BADVERS"),
+        ),
+    ]:
+        for v in values:
+            assert s.get((name, ((label, v),))) == 0, (name, v)
+
+
 def test_dns_answers_by_rcode(cl: Cluster) -> None:
     import dns.message
     import dns.query

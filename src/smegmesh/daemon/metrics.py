@@ -51,6 +51,19 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 _RECONCILE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 #: WireGuard re-keys every 2 minutes: a handshake older than 180 s means no session
 _HANDSHAKE_BUCKETS = (5.0, 30.0, 60.0, 120.0, 180.0, 300.0, 600.0, 1800.0, 3600.0)
+#: the response codes the DNS server sends: shown from 0 (others once sent, by a forwarder)
+_DNS_RCODES = frozenset(
+    int(c)
+    for c in (
+        dns.rcode.NOERROR,
+        dns.rcode.FORMERR,
+        dns.rcode.SERVFAIL,
+        dns.rcode.NXDOMAIN,
+        dns.rcode.NOTIMP,
+        dns.rcode.REFUSED,
+        dns.rcode.BADVERS,
+    )
+)
 
 
 class Metrics:
@@ -109,6 +122,12 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        # every known label value from 0: a series that first appears at 1 makes no
+        # increase(), and an alert on the first failure since the start would not fire
+        for result in ("admitted", "refused"):
+            self.admissions.labels(result)
+        for result in ("ok", "failed"):
+            self.reloads.labels(result)
         r.register(_StateCollector(daemon))
         #: bytes on the node's sockets (TLS, HTTP/2, gRPC framing), see daemon/wirestats.py
         self.wire = WireStats()
@@ -296,7 +315,7 @@ class _StateCollector(Collector):
                 labels=["rcode"],
             )
             for code, n in enumerate(d.dns.stats.rcodes):
-                if n:
+                if n or code in _DNS_RCODES:
                     queries.add_metric([dns.rcode.to_text(dns.rcode.Rcode(code))], n)
             yield queries
             dropped = CounterMetricFamily(
