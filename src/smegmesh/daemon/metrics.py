@@ -36,6 +36,7 @@ from prometheus_client.registry import Collector
 from smegmesh.core.wire import message_name
 from smegmesh.daemon.defaults import VERSION
 from smegmesh.daemon.transport import Refused, RpcClient, RpcError
+from smegmesh.daemon.wgtraffic import TrafficTotals
 from smegmesh.daemon.wirestats import WireStats, run_sampler
 
 __all__ = ["SCRAPE_CACHE_S", "MeteredRpcClient", "Metrics", "serve_metrics"]
@@ -242,6 +243,7 @@ class _StateCollector(Collector):
 
     def __init__(self, daemon: Any) -> None:
         self.daemon = daemon
+        self.traffic = TrafficTotals()
 
     def collect(self) -> Iterable[Metric]:
         d = self.daemon
@@ -305,24 +307,29 @@ class _StateCollector(Collector):
             buckets = [(str(b), float(sum(1 for a in seen if a <= b))) for b in _HANDSHAKE_BUCKETS]
             buckets.append(("+Inf", float(len(seen))))
             ages.add_metric([mid], buckets, gsum_value=float(sum(seen)))
-            traffic.add_metric([mid, "in"], float(sum(p.rx_bytes for p in ps)))
-            traffic.add_metric([mid, "out"], float(sum(p.tx_bytes for p in ps)))
+            rx, tx = self.traffic.read(mid, ps)
+            traffic.add_metric([mid, "in"], float(rx))
+            traffic.add_metric([mid, "out"], float(tx))
+        self.traffic.keep_only(d.meshes)
         yield from (members, refuted, by_ref, peers, never, ages, traffic)
         if d.dns is not None:
-            queries = CounterMetricFamily(
-                "smegd_dns_answers",
-                "DNS answers sent, by response code (NOERROR, NXDOMAIN, REFUSED...)",
-                labels=["rcode"],
-            )
-            for code, n in enumerate(d.dns.stats.rcodes):
-                if n or code in _DNS_RCODES:
-                    queries.add_metric([dns.rcode.to_text(dns.rcode.Rcode(code))], n)
-            yield queries
-            dropped = CounterMetricFamily(
-                "smegd_dns_dropped", "DNS messages dropped without an answer"
-            )
-            dropped.add_metric([], d.dns.stats.dropped)
-            yield dropped
+            yield from _dns_metrics(d.dns.stats)
+
+
+def _dns_metrics(stats: Any) -> Iterable[Metric]:
+    """Answers by response code and messages dropped, of the DNS server (``dnsListen``)."""
+    queries = CounterMetricFamily(
+        "smegd_dns_answers",
+        "DNS answers sent, by response code (NOERROR, NXDOMAIN, REFUSED...)",
+        labels=["rcode"],
+    )
+    for code, n in enumerate(stats.rcodes):
+        if n or code in _DNS_RCODES:
+            queries.add_metric([dns.rcode.to_text(dns.rcode.Rcode(code))], n)
+    yield queries
+    dropped = CounterMetricFamily("smegd_dns_dropped", "DNS messages dropped without an answer")
+    dropped.add_metric([], stats.dropped)
+    yield dropped
 
 
 class _WireCollector(Collector):
