@@ -178,6 +178,27 @@ def test_choose_wg_port_unit() -> None:
     assert ei.value.status == 503
 
 
+def test_counters_of_known_results_are_there_from_the_start(cl: Cluster) -> None:
+    """A counter with a known set of label values shows every one at 0 from the start:
+    a series that first appears at 1 makes no ``increase()``, so an alert on the first
+    failed reload, refused join or SERVFAIL since the daemon started never fired."""
+    (d,) = cl.add(
+        1, dns_listen=True, extra={"metricsListen": f"127.0.0.1:{free_port('127.0.0.1')}"}
+    )
+    s = scrape(d)
+    for name, label, values in [
+        ("smegd_config_reloads_total", "result", ("ok", "failed")),
+        ("smegd_admissions_total", "result", ("admitted", "refused")),
+        (
+            "smegd_dns_answers_total",
+            "rcode",
+            ("NOERROR", "NXDOMAIN", "REFUSED", "SERVFAIL", "FORMERR", "NOTIMP", "BADVERS"),
+        ),
+    ]:
+        for v in values:
+            assert s.get((name, ((label, v),))) == 0, (name, v)
+
+
 def test_dns_answers_by_rcode(cl: Cluster) -> None:
     import dns.message
     import dns.query
@@ -188,14 +209,17 @@ def test_dns_answers_by_rcode(cl: Cluster) -> None:
     )
     d.api("POST", "/v1/meshes")
 
-    def ask(name: str, tcp: bool = False) -> str:
-        q = dns.message.make_query(name, "AAAA")
+    def ask(name: str, tcp: bool = False, edns: int = -1) -> str:
+        q = dns.message.make_query(name, "AAAA", use_edns=edns)
         send = dns.query.tcp if tcp else dns.query.udp
         return dns.rcode.to_text(send(q, d.dns_host, timeout=5, port=d.dns_port).rcode())
 
     assert ask("nobody.smeg.") == "NXDOMAIN"
     assert ask("nobody.smeg.", tcp=True) == "NXDOMAIN"
     assert ask("example.com.") == "REFUSED"  # no forwarder
+    assert ask("nobody.smeg.", edns=1) == "BADVERS"  # header RCODE 0, extended 1
     s = scrape(d)
     assert value(s, "smegd_dns_answers_total", rcode="NXDOMAIN") == 2
     assert value(s, "smegd_dns_answers_total", rcode="REFUSED") == 1
+    assert value(s, "smegd_dns_answers_total", rcode="BADVERS") == 1
+    assert value(s, "smegd_dns_answers_total", rcode="NOERROR") == 0

@@ -79,6 +79,29 @@ def test_ready_after_control_socket_then_periodic_watchdog(
         shutil.rmtree(root, ignore_errors=True)
 
 
+def test_status_follows_the_meshes(
+    notify_sock: tuple[socket.socket, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``systemctl status smegd`` shows the daemon's STATUS= line: it follows the
+    meshes. It was sent once with READY=1 and said "serving 0 mesh(es)" for good."""
+    s, path = notify_sock
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    root = short_tmpdir("sdd")
+    d = Smegd(root, "n1")
+    d.start()
+    try:
+        seen: list[str] = []
+        _recv_until(s, "READY=1", 60, seen)
+        assert "STATUS=serving 0 mesh(es)" in seen[-1].splitlines()
+        d.api("POST", "/v1/meshes")
+        _recv_until(s, "STATUS=serving 1 mesh(es)", 20, seen)
+        assert d.stop() == 0
+    finally:
+        d.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def test_no_watchdog_pings_unless_asked(
     notify_sock: tuple[socket.socket, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

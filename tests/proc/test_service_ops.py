@@ -233,6 +233,21 @@ def test_json_log_format(cl: Cluster) -> None:
     assert created["level"] == "info" and created["logger"] == "smegd"
 
 
+def test_a_configuration_warning_is_one_log_line_in_the_log_format(cl: Cluster) -> None:
+    """A warning about the configuration is logged once, as a line of the log's format
+    (JSON here). It was written twice: first as a bare ``smegd: warning: ...`` line on
+    stderr (not JSON, which a log shipper reading JSON lines fails on; no journald
+    priority), then logged."""
+    (d,) = cl.add(1, extra={"logFormat": "json", "skipCertVerification": True})
+    d.api("POST", "/v1/meshes")
+    wait_until(lambda: "created mesh" in d.log(), 20, what="created mesh")
+    lines = [line for line in d.log().splitlines() if line.strip()]
+    for line in lines:
+        assert line.startswith("{"), line  # every line is one JSON object
+    warned = [o for o in map(json.loads, lines) if "skipCertVerification" in o["message"]]
+    assert [o["level"] for o in warned] == ["warning"]
+
+
 def test_journald_lines_carry_priorities_and_no_timestamps() -> None:
     root = short_tmpdir()
     d = Smegd(root, "j")

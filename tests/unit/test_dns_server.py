@@ -394,6 +394,23 @@ def test_edns_version_1_is_badvers(srv: ServerThread) -> None:
     assert r.rcode() == dns.rcode.BADVERS
 
 
+def test_badvers_is_counted_as_badvers_not_noerror() -> None:
+    """BADVERS (16) travels as header RCODE 0 plus the OPT record's extended RCODE:
+    the answers-by-rcode count (``smegd_dns_answers_total``) read the header alone
+    and counted it as NOERROR."""
+    srv = ServerThread(DnsServer(NameView(NODES), ttl=5))
+    try:
+        q = dns.message.make_query("db.smeg.", "AAAA", use_edns=1)
+        assert dns.query.udp(q, srv.host, port=srv.port, timeout=3).rcode() == dns.rcode.BADVERS
+        assert dns.query.tcp(q, srv.host, port=srv.port, timeout=3).rcode() == dns.rcode.BADVERS
+        probe_ok(srv)  # one NOERROR
+        rcodes = srv.call(lambda: list(srv.server.stats.rcodes))
+        counts = {code: n for code, n in enumerate(rcodes) if n}
+        assert counts == {dns.rcode.NOERROR: 1, dns.rcode.BADVERS: 2}
+    finally:
+        srv.stop()
+
+
 def test_tcp_garbage_then_valid_on_same_connection(srv: ServerThread) -> None:
     good = dns.message.make_query("db.happy-fox-1a.smeg.", "AAAA")
     with socket.create_connection((srv.host, srv.port), timeout=3) as s:

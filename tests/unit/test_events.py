@@ -231,6 +231,38 @@ def test_one_info_line_per_lifecycle_event(caplog: pytest.LogCaptureFixture) -> 
     ]
 
 
+def test_an_event_line_in_json_carries_the_events_fields(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With ``logFormat: json`` an event's line is the event's fields, not a sentence
+    alone: ``jq 'select(.event == "member.pruned")'`` finds them (they had
+    time, level, logger and message only)."""
+    import json
+
+    from smegmesh.daemon.logsetup import JsonFormatter
+
+    bus = EventBus()
+    caplog.set_level(logging.INFO, logger="smegd.events")
+    ev = bus.publish(
+        "member.joined",
+        mesh=MESH,
+        node=b"\x02" * 32,
+        alias="db1",
+        detail={"address": "fd12::1", "role": "peer"},
+    )
+    (rec,) = caplog.records
+    line = json.loads(JsonFormatter().format(rec))
+    assert line["message"] == f"mesh {MESH}: member db1 (fd12::1) joined"
+    assert {k: line.get(k) for k in ("event", "seq", "mesh", "node", "alias", "detail")} == {
+        "event": "member.joined",
+        "seq": ev.seq,
+        "mesh": MESH,
+        "node": key_text(b"\x02" * 32),
+        "alias": "db1",
+        "detail": {"address": "fd12::1", "role": "peer"},
+    }
+
+
 # --------------------------------------------------------------------------- members
 
 

@@ -255,7 +255,10 @@ class EventBus:
         self._ring.append(ev)
         level = EVENT_TYPES.get(type, logging.INFO)
         if log.isEnabledFor(level) and (ev.node is None or self._lines.take(ev.node)):
-            log.log(level, "%s", describe(ev.to_json()))
+            data = ev.to_json()
+            # logFormat json: the event's fields beside the sentence (text lines ignore them)
+            fields = {k: data[k] for k in ("seq", "mesh", "node", "alias", "detail")}
+            log.log(level, "%s", describe(data), extra={"event": ev.type, **fields})
         for sub in self._subs:
             if sub.wants(ev):
                 sub._offer(ev)

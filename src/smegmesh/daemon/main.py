@@ -79,11 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in e.problems:  # every problem, one line each
             _err(problem)
         return EXIT_CONFIG
-    for w in config.warnings:
-        _err(f"warning: {w}")
     if args.check:
+        for w in config.warnings:
+            _err(f"warning: {w}")
         sys.stdout.write(f"{args.config}: configuration OK\n")
         return 0
+    # running, the daemon logs each warning once, as a line of its log's format
     if args.log_format is not None:
         config = config.model_copy(update={"log_format": args.log_format})
     return _run(config, args.config, args.log_format)

@@ -36,6 +36,7 @@ from prometheus_client.registry import Collector
 from smegmesh.core.wire import message_name
 from smegmesh.daemon.defaults import VERSION
 from smegmesh.daemon.transport import Refused, RpcClient, RpcError
+from smegmesh.daemon.wgtraffic import TrafficTotals
 from smegmesh.daemon.wirestats import WireStats, run_sampler
 
 __all__ = ["SCRAPE_CACHE_S", "MeteredRpcClient", "Metrics", "serve_metrics"]
@@ -51,6 +52,19 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 _RECONCILE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 #: WireGuard re-keys every 2 minutes: a handshake older than 180 s means no session
 _HANDSHAKE_BUCKETS = (5.0, 30.0, 60.0, 120.0, 180.0, 300.0, 600.0, 1800.0, 3600.0)
+#: the response codes the DNS server sends: shown from 0 (others once sent, by a forwarder)
+_DNS_RCODES = frozenset(
+    int(c)
+    for c in (
+        dns.rcode.NOERROR,
+        dns.rcode.FORMERR,
+        dns.rcode.SERVFAIL,
+        dns.rcode.NXDOMAIN,
+        dns.rcode.NOTIMP,
+        dns.rcode.REFUSED,
+        dns.rcode.BADVERS,
+    )
+)
 
 
 class Metrics:
@@ -109,6 +123,12 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        # every known label value from 0: a series that first appears at 1 makes no
+        # increase(), and an alert on the first failure since the start would not fire
+        for result in ("admitted", "refused"):
+            self.admissions.labels(result)
+        for result in ("ok", "failed"):
+            self.reloads.labels(result)
         r.register(_StateCollector(daemon))
         #: bytes on the node's sockets (TLS, HTTP/2, gRPC framing), see daemon/wirestats.py
         self.wire = WireStats()
@@ -223,6 +243,7 @@ class _StateCollector(Collector):
 
     def __init__(self, daemon: Any) -> None:
         self.daemon = daemon
+        self.traffic = TrafficTotals()
 
     def collect(self) -> Iterable[Metric]:
         d = self.daemon
@@ -286,24 +307,29 @@ class _StateCollector(Collector):
             buckets = [(str(b), float(sum(1 for a in seen if a <= b))) for b in _HANDSHAKE_BUCKETS]
             buckets.append(("+Inf", float(len(seen))))
             ages.add_metric([mid], buckets, gsum_value=float(sum(seen)))
-            traffic.add_metric([mid, "in"], float(sum(p.rx_bytes for p in ps)))
-            traffic.add_metric([mid, "out"], float(sum(p.tx_bytes for p in ps)))
+            rx, tx = self.traffic.read(mid, ps)
+            traffic.add_metric([mid, "in"], float(rx))
+            traffic.add_metric([mid, "out"], float(tx))
+        self.traffic.keep_only(d.meshes)
         yield from (members, refuted, by_ref, peers, never, ages, traffic)
         if d.dns is not None:
-            queries = CounterMetricFamily(
-                "smegd_dns_answers",
-                "DNS answers sent, by response code (NOERROR, NXDOMAIN, REFUSED...)",
-                labels=["rcode"],
-            )
-            for code, n in enumerate(d.dns.stats.rcodes):
-                if n:
-                    queries.add_metric([dns.rcode.to_text(dns.rcode.Rcode(code))], n)
-            yield queries
-            dropped = CounterMetricFamily(
-                "smegd_dns_dropped", "DNS messages dropped without an answer"
-            )
-            dropped.add_metric([], d.dns.stats.dropped)
-            yield dropped
+            yield from _dns_metrics(d.dns.stats)
+
+
+def _dns_metrics(stats: Any) -> Iterable[Metric]:
+    """Answers by response code and messages dropped, of the DNS server (``dnsListen``)."""
+    queries = CounterMetricFamily(
+        "smegd_dns_answers",
+        "DNS answers sent, by response code (NOERROR, NXDOMAIN, REFUSED...)",
+        labels=["rcode"],
+    )
+    for code, n in enumerate(stats.rcodes):
+        if n or code in _DNS_RCODES:
+            queries.add_metric([dns.rcode.to_text(dns.rcode.Rcode(code))], n)
+    yield queries
+    dropped = CounterMetricFamily("smegd_dns_dropped", "DNS messages dropped without an answer")
+    dropped.add_metric([], stats.dropped)
+    yield dropped
 
 
 class _WireCollector(Collector):

@@ -51,12 +51,20 @@ async def _amain(
         await daemon.stop()
         return 1
     systemd = Notifier()  # no-op unless run by systemd (NOTIFY_SOCKET)
-    systemd.ready(f"serving {len(daemon.meshes)} mesh(es)")
+    systemd.ready(lambda: _status_line(daemon))
     await stop.wait()
     log.info("shutting down")
     systemd.stopping()
     await daemon.stop()
     return 0
+
+
+def _status_line(daemon: Daemon) -> str:
+    """The one line ``systemctl status smegd`` shows (systemd's ``STATUS=``)."""
+    line = f"serving {len(daemon.meshes)} mesh(es)"
+    if daemon.unrestored:
+        line += f"; {len(daemon.unrestored)} saved mesh(es) not running (smegctl status)"
+    return line
 
 
 def run(config: Config, config_path: str | None = None, log_format: str | None = None) -> int:

@@ -37,6 +37,7 @@ __all__ = [
     "Answerer",
     "DnsStats",
     "Forward",
+    "answer_rcode",
     "formerr",
     "to_wire",
 ]
@@ -89,8 +90,32 @@ class DnsStats:
     forward_failed: int = 0
     truncated: int = 0
     send_failed: int = 0
-    #: answers sent, by response code (index = RCODE, 0..15): one list bump per answer
-    rcodes: list[int] = field(default_factory=lambda: [0] * 16)
+    #: answers sent, by response code (index = the 12-bit RCODE: BADVERS is 16): one
+    #: list bump per answer
+    rcodes: list[int] = field(default_factory=lambda: [0] * 4096)
+
+    def count_answer(self, data: bytes) -> None:
+        """Count answer ``data`` under its response code (:func:`answer_rcode`)."""
+        if len(data) >= _HDR.size:
+            self.rcodes[answer_rcode(data)] += 1
+
+
+def answer_rcode(data: bytes) -> int:
+    """The full RCODE of answer ``data`` (at least a header): the header's 4 bits and,
+    when the last record is an OPT record without options (as ours are), its 8
+    extended bits. BADVERS (16) is header RCODE 0 with extended bits 1: read from
+    the header alone it is NOERROR.
+    """
+    code = data[3] & 0x0F
+    if (
+        len(data) >= _HDR.size + 11
+        and (data[10] or data[11])  # ARCOUNT
+        and data[-11] == 0  # the root name
+        and data[-10:-8] == b"\x00\x29"  # type OPT
+        and data[-2:] == b"\x00\x00"  # no options
+    ):
+        code |= data[-6] << 4
+    return code
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,8 +75,7 @@ class _UdpListener:
     def send(self, data: bytes, addr: Any) -> None:
         if self.sock.fileno() == -1:
             return
-        if len(data) > 3:
-            self.server.stats.rcodes[data[3] & 0x0F] += 1
+        self.server.stats.count_answer(data)
         try:
             self.sock.sendto(data, addr)
         except OSError as exc:

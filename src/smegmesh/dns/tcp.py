@@ -128,8 +128,7 @@ class TcpClients:
                 if isinstance(out, Forward):
                     out = await self.forward(out.data, tcp=True)
                 if out is not None:
-                    if len(out) > 3:
-                        self.stats.rcodes[out[3] & 0x0F] += 1
+                    self.stats.count_answer(out)
                     writer.write(_U16.pack(len(out)) + out)
                     abort = True
                     async with asyncio.timeout(self.idle_timeout):

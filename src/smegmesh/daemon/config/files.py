@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import grp
 import ssl
+import stat
 from pathlib import Path
 
 from smegmesh.daemon.config.errors import ConfigError
 
-__all__ = ["MAX_TOKEN_FILE_BYTES", "check_api_tls", "group_id", "read_api_token"]
+__all__ = [
+    "MAX_TOKEN_FILE_BYTES",
+    "check_api_tls",
+    "group_id",
+    "read_api_token",
+    "secrets_readable_by_all",
+]
 
 
 #: Largest token file read (a token is a line, not a document).
@@ -71,3 +78,29 @@ def group_id(name: str) -> int:
         return grp.getgrnam(name).gr_gid
     except KeyError:
         raise ValueError(f"no group {name!r} on this host (getent group lists them)") from None
+
+
+def secrets_readable_by_all(
+    config_path: Path, has_token: bool, token_file: Path | None, tls_key: Path | None
+) -> list[str]:
+    """Warnings for files holding a secret that every user of the host may read
+    (as ``wg-quick``'s "is world accessible"): the configuration when it holds
+    ``apiToken``, ``apiTokenFile``, ``apiTlsKey``."""
+    out = []
+    token = "who can then use the TCP API as root does"
+    for key, path, risk in (
+        ("apiToken", config_path if has_token else None, token),
+        ("apiTokenFile", token_file, token),
+        ("apiTlsKey", tls_key, "who can then pose as this TCP API"),
+    ):
+        if path is None:
+            continue
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            continue  # a file that cannot be read is reported where it is read
+        if mode & stat.S_IROTH:
+            out.append(
+                f"{key}: {path} is readable by every user of this host, {risk}; chmod 600 {path}"
+            )
+    return out

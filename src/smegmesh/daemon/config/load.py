@@ -14,7 +14,11 @@ import yaml
 from pydantic import ValidationError
 
 from smegmesh.daemon.config.errors import ConfigError, describe
-from smegmesh.daemon.config.files import check_api_tls, read_api_token
+from smegmesh.daemon.config.files import (
+    check_api_tls,
+    read_api_token,
+    secrets_readable_by_all,
+)
 from smegmesh.daemon.config.schema import Config
 
 __all__ = ["load_config", "parse_config"]
@@ -163,4 +167,10 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: YAML syntax error: {' '.join(str(e).split())}") from None
-    return parse_config(data, base_dir=path.resolve().parent, source=str(path))
+    cfg = parse_config(data, base_dir=path.resolve().parent, source=str(path))
+    cfg._warnings.extend(
+        secrets_readable_by_all(
+            path, cfg.api_token is not None, cfg.api_token_file, cfg.api_tls_key
+        )
+    )
+    return cfg
