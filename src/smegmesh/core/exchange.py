@@ -301,7 +301,7 @@ class ExchangeMixin(EvictedMixin):
             own = [i for i in msg.items if isinstance(i, NodeRecord) and i.wg_key == src][:1]
             pre = self._ingest(own, now_ms, src)
             if not self.is_member(src):
-                return self._refuse(src, now_ms), []
+                return self._refuse(src, now_ms, own), []
         self._fd.heard_from(src, now_ms)
         if isinstance(msg, Ping):
             return self._ping_ack(src, msg), self._heard_from_pruned(src, now_ms)
