@@ -17,9 +17,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 from smegmesh.cli.tables import evicted_line
-from smegmesh.core.cert import Cert, Revocation
+from smegmesh.core.cert import AdminChange, Cert, Revocation
 from smegmesh.core.engine import Call, CallCtx
-from smegmesh.core.identity import key_to_text
+from smegmesh.core.evicted import eviction_reply
+from smegmesh.core.identity import NodeIdentity, key_to_text
 from smegmesh.core.meshnode import MeshNode
 from smegmesh.core.messages import Refusal
 from smegmesh.core.record import NodeRecord
@@ -115,6 +116,68 @@ def test_a_cascade_stops_counting_once_the_node_is_admitted_again() -> None:
     chain = m.admit(c.identity)
     c.absorb([], NOW + 20_000, chain)
     assert c.evicted is None
+
+
+def test_a_node_evicted_by_an_admin_it_never_heard_of_is_told() -> None:
+    m = Mesh()
+    admin, a, b = each_over_own_state(m, [ident(2), ident(3)])
+    x = ident(5)
+    y = ident(6)
+    # the founder makes Y an admin, Y makes X one, X evicts B: B, cut off, knew none of it
+    made_y = AdminChange.create(
+        m.founder, m.mesh_id, subject=y.wg_public_key, admin=True, now_ms=NOW + 1_000
+    )
+    made_x = AdminChange.create(
+        y, m.mesh_id, subject=x.wg_public_key, admin=True, now_ms=NOW + 2_000
+    )
+    rev = Revocation.create(x, m.mesh_id, target=b.key, cascade=False, keep=(), now_ms=NOW + 3_000)
+    for n in (admin, a):
+        assert not n.mesh.apply_many([made_y, made_x, rev], NOW + 3_000)[1]
+        assert not n.mesh.is_member(b.key)
+    assert not b.mesh.authority.is_admin(x.wg_public_key)
+    drive(b, [admin, a], NOW + 6_000, NOW + 16_000)
+    assert b.evicted == rev  # before: None (X unknown to B)
+    assert b.mesh.authority.was_admin_at(x.wg_public_key, rev.issued_ms)
+
+
+def test_admin_changes_no_admin_signed_do_not_make_a_node_believe() -> None:
+    m = Mesh()
+    _admin, a, b = each_over_own_state(m, [ident(2), ident(3)])
+    # member A makes itself an admin and evicts B: no admin's statement
+    made = AdminChange.create(a.identity, m.mesh_id, subject=a.key, admin=True, now_ms=NOW + 1_000)
+    rev = Revocation.create(
+        a.identity, m.mesh_id, target=b.key, cascade=False, keep=(), now_ms=NOW + 2_000
+    )
+    b.handle_reply(a.key, _ctx(b, a), Push(m.mesh_id, (rev, made)), NOW + 6_000)
+    assert b.evicted is None
+    assert not b.mesh.authority.is_admin(a.key)
+
+
+def test_the_admin_proof_is_the_changes_that_made_the_issuer_an_admin_then() -> None:
+    m = Mesh()
+    admin, _a, b = each_over_own_state(m, [ident(2), ident(3)])
+    x, y = ident(5), ident(6)
+    xk = x.wg_public_key
+
+    def change(by: NodeIdentity, who: bytes, on: bool, t: int) -> AdminChange:
+        return AdminChange.create(by, m.mesh_id, subject=who, admin=on, now_ms=NOW + t)
+
+    made_y = change(m.founder, y.wg_public_key, True, 1_000)
+    made_x = change(y, xk, True, 2_000)
+    dropped = change(m.founder, xk, False, 3_000)
+    again = change(m.founder, xk, True, 4_000)
+    assert not admin.mesh.apply_many([made_y, made_x, dropped, again], NOW + 4_000)[1]
+    auth = admin.mesh.authority
+    assert auth.admin_proof(xk, NOW + 2_500) == [made_y, made_x]
+    assert auth.admin_proof(xk, NOW + 3_500) == []  # no admin then
+    assert auth.admin_proof(xk, NOW + 5_000) == [again]
+    assert auth.admin_proof(m.founder.wg_public_key, NOW + 5_000) == []  # needs none
+    # the answer to an evicted node: the eviction first (where an older node looks),
+    # then the changes, founder's first
+    rev = Revocation.create(x, m.mesh_id, target=b.key, cascade=False, keep=(), now_ms=NOW + 2_500)
+    assert not admin.mesh.apply_many([rev], NOW + 5_000)[1]
+    told = eviction_reply(admin.mesh, b.key)
+    assert told is not None and list(told.items) == [rev, made_y, made_x]
 
 
 def _ctx(n: MeshNode, to: MeshNode) -> CallCtx:

@@ -15,8 +15,13 @@ admin at its time by the node's own state. Of itself, or by cascade: of a
 node in its own admission chain, voiding the link to the next (an admin ran
 ``evict --cascade`` on its admitter, or evicted it keeping others). A node so
 evicted is in no list of evictions; it shows itself by the push of its own
-record that follows a refusal, whose chain (real, ending with it) shows the
-member which evictions to send (:func:`_cascade`). Nothing else in the answer is
+record that follows a refusal, whose chain (real, ending with it) tells the
+member which evictions to send (:func:`_cascade`).
+
+The answer carries too the admin changes that made each eviction's issuer an
+admin (``Authority.admin_proof``), for a node that lost contact before that
+admin was made: the node takes them into its state through its gate, as
+gossip would (:meth:`EvictedMixin._told`). Nothing else in the answer is
 taken, and the eviction is not merged into the state (it would purge the
 node's own record, on which all its work stands): the node keeps it beside
 (``MeshNode.evicted``), and smegd says so and refuses what only a member can
@@ -31,17 +36,38 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from smegmesh.core.cert import MAX_CHAIN, MAX_KEEP, Cert, CertError, Revocation, verify_auth
+from smegmesh.core.cert import (
+    MAX_CHAIN,
+    MAX_KEEP,
+    AdminChange,
+    Cert,
+    CertError,
+    Revocation,
+    verify_auth,
+)
+from smegmesh.core.engine import Changed, Message, Out
 from smegmesh.core.messages import Refusal
 from smegmesh.core.record import NodeRecord
 from smegmesh.core.state import MeshState
 from smegmesh.core.sync import Push
 
-__all__ = ["MAX_TOLD", "TELL_INTERVAL_MS", "EvictedMixin", "eviction_of", "eviction_reply"]
+__all__ = [
+    "MAX_TOLD",
+    "MAX_TOLD_ITEMS",
+    "TELL_INTERVAL_MS",
+    "EvictedMixin",
+    "concerns",
+    "eviction_of",
+    "eviction_reply",
+    "voids",
+]
 
 #: Evictions of one node sent, and looked at, in one answer (an evicted node
 #: has one, or two where a second eviction cascaded).
 MAX_TOLD = 4
+#: Items of an answer looked at: the evictions first, then the admin changes that
+#: made their issuers admins, back to the founder (at most ``MAX_CHAIN`` each).
+MAX_TOLD_ITEMS = MAX_TOLD * (1 + MAX_CHAIN)
 #: An evicted caller is shown its evictions once per this interval (ms), a
 #: ``Refusal`` between (it calls each member every probe period or so, and a
 #: revocation keeps up to :data:`MAX_KEEP` keys: ~130 kB); callers remembered.
@@ -79,6 +105,27 @@ class EvictedMixin:
     @evicted.setter
     def evicted(self, rev: Revocation | None) -> None:
         self._evicted = rev
+
+    def _told(self, reply: Message, now_ms: int) -> list[Out]:
+        """A member refused our call: take our eviction if its answer shows one.
+
+        The admin changes it carries (how the evicting admin came to be one:
+        an admin made after we lost contact) go into our state first, as
+        gossip would bring them: through the state's gate (signed, by a node
+        the state names as made an admin by an admin; else held back), so a
+        member can make no admin with them. Then :func:`eviction_of`.
+        """
+        st = self.mesh
+        if self.evicted is not None or not isinstance(reply, Push) or not st.admission:
+            return []
+        if reply.mesh_id != st.mesh_id:
+            return []
+        items = reply.items[:MAX_TOLD_ITEMS]
+        if not any(type(i) is Revocation and concerns(st, self.key, i) for i in items[:MAX_TOLD]):
+            return []
+        changed, _faults = st.apply_many([i for i in items if type(i) is AdminChange], now_ms)
+        self.evicted = eviction_of(st, self.key, reply)
+        return [Changed(frozenset(changed))] if changed else []
 
     def _refuse(
         self, caller: bytes, now_ms: int, claimed: Sequence[NodeRecord] = ()
@@ -121,7 +168,12 @@ def eviction_reply(
         if told and sum(len(t.keep) for t in told) + len(r.keep) > MAX_KEEP:
             break
         told.append(r)
-    return Push(mesh.mesh_id, tuple(told))
+    # how each issuer came to be an admin: the node may not know (made after it lost contact)
+    proof: dict[bytes, AdminChange] = {}
+    for r in told:
+        for p in mesh.authority.admin_proof(r.issuer, r.issued_ms):
+            proof.setdefault(p.key, p)
+    return Push(mesh.mesh_id, (*told, *proof.values()))
 
 
 def _cascade(mesh: MeshState, caller: bytes, claimed: Sequence[NodeRecord]) -> list[Revocation]:
