@@ -36,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from smegmesh.core.buckets import shifted
 from smegmesh.core.cert import (
     MAX_CHAIN,
     MAX_KEEP,
@@ -45,13 +46,20 @@ from smegmesh.core.cert import (
     Revocation,
     verify_auth,
 )
-from smegmesh.core.engine import Changed, Message, Out
+from smegmesh.core.engine import Call, Changed, Message, Out, SyncCtx
 from smegmesh.core.messages import Refusal
 from smegmesh.core.record import NodeRecord
 from smegmesh.core.state import MeshState
-from smegmesh.core.sync import Push
+from smegmesh.core.sync import Push, SyncSession
+
+if TYPE_CHECKING:
+    import random
+
+    from smegmesh.core.liveness import FailureDetector
+    from smegmesh.core.nodeviews import Views
 
 __all__ = [
+    "EVICTED_CHECK_MS",
     "MAX_TOLD",
     "MAX_TOLD_ITEMS",
     "TELL_INTERVAL_MS",
@@ -73,6 +81,9 @@ MAX_TOLD_ITEMS = MAX_TOLD * (1 + MAX_CHAIN)
 #: revocation keeps up to :data:`MAX_KEEP` keys: ~130 kB); callers remembered.
 TELL_INTERVAL_MS = 3_000
 MAX_TOLD_CALLERS = 4096
+#: A node that knows it was evicted calls one member, at random, this often (ms):
+#: a pull, to see whether the eviction turned out void; nothing else.
+EVICTED_CHECK_MS = 300_000
 
 
 class EvictedMixin:
@@ -90,9 +101,17 @@ class EvictedMixin:
         def mesh(self) -> MeshState: ...  # noqa: D102
         @property
         def key(self) -> bytes: ...  # noqa: D102
+        def _reachable_peers(self) -> list[bytes]: ...
+        def _views(self) -> Views: ...
+
+        _fd: FailureDetector
+        rng: random.Random
 
     _evicted: Revocation | None = None
     _tell_due: dict[bytes, int] | None = None
+    #: since when we have known we were evicted (None: we do not), our next check
+    _quiet_since: int | None = None
+    _check_due: int = 0
 
     @property
     def evicted(self) -> Revocation | None:
@@ -105,6 +124,45 @@ class EvictedMixin:
     @evicted.setter
     def evicted(self, rev: Revocation | None) -> None:
         self._evicted = rev
+
+    def _evicted_tick(self, now_ms: int) -> list[Out] | None:
+        """The clock while we know we were evicted; None: we do not (tick as ever).
+
+        No gossip, no probes (every member refuses them, at its cost, and a
+        peer pruned the members in turn until it showed itself alone): once
+        each :data:`EVICTED_CHECK_MS`, a pull from one member at random. One
+        that holds us evicted answers with our eviction again; one that does
+        not (it is void: its issuer was no admin then) with its state, which
+        shows us that. Back, the time we were quiet counts as a stall of
+        the failure detector: the members are not suspected for our silence.
+        """
+        if self.evicted is None:
+            since, self._quiet_since = self._quiet_since, None
+            if since is not None:
+                self._fd.stalled(now_ms - since, now_ms)
+            return None
+        if self._quiet_since is None:
+            self._quiet_since = now_ms
+            self._check_due = now_ms + EVICTED_CHECK_MS
+        if now_ms < self._check_due:
+            return []
+        self._check_due = now_ms + EVICTED_CHECK_MS
+        members = self._reachable_peers() or list(self._views().pruned)
+        if not members:
+            return []
+        session = SyncSession.initiator(self.mesh, now_ms, rng=self.rng)
+        return [Call(self.rng.choice(members), session.start(), SyncCtx(session))]
+
+    def _evicted_deadline(self) -> int:
+        """Our next deadline while we know we were evicted: the next check (0: now)."""
+        return self._check_due if self._quiet_since is not None else 0
+
+    def _evicted_clock_stepped(self, delta_ms: int) -> None:
+        """The wall clock was stepped: our times move with it (``MeshNode.clock_stepped``)."""
+        self._tell_due = shifted(self._tell_due or {}, delta_ms)
+        self._check_due += delta_ms
+        if self._quiet_since is not None:
+            self._quiet_since += delta_ms
 
     def _told(self, reply: Message, now_ms: int) -> list[Out]:
         """A member refused our call: take our eviction if its answer shows one.
