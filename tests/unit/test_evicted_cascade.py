@@ -59,6 +59,18 @@ def test_a_node_evicted_by_cascade_is_told_and_believes_it() -> None:
     assert not c.may_admit(NOW + 16_000)
 
 
+def test_a_node_two_links_below_the_evicted_one_is_told() -> None:
+    """D, admitted by C, admitted by B: B evicted with --cascade, D goes too."""
+    m = Mesh()
+    b, c = ident(3), ident(4)
+    admin, a, _b, _c, d = each_over_own_state(m, [ident(2), b, c, ident(5)], by=[None, None, b, c])
+    admin.evict(NOW + 5_000, b.wg_public_key, cascade=True)
+    _members_know(admin, a)
+    assert not a.mesh.is_member(d.key)
+    drive(d, [admin, a], NOW + 6_000, NOW + 16_000)
+    assert d.evicted is not None and d.evicted.target == b.wg_public_key
+
+
 def test_a_node_left_out_of_its_admitters_eviction_is_told() -> None:
     """Not ``--cascade``, but ``keep`` lacks it (the admin did not know it yet)."""
     m, admin, a, b, c = _chained()

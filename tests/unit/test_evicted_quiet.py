@@ -89,3 +89,14 @@ def test_the_rare_check_is_a_pull_and_sees_a_void_eviction() -> None:
     back = drive(b, [admin, a], NOW + MINUTE * 7, NOW + MINUTE * 8)
     assert len(back) > 20  # back to its gossip and probes
     assert len(b.live_records()) == 3  # and the members that answer are not pruned
+
+
+def test_a_clock_stepped_back_does_not_hold_the_check_back() -> None:
+    """Set back an hour, the next check is still due EVICTED_CHECK_MS after the last."""
+    b, members = _evicted()
+    drive(b, members, NOW + 5_001, NOW + 6_000)
+    assert b.evicted is not None and drive(b, members, NOW + 6_000, NOW + 7_000) == []
+    b.clock_stepped(-3_600_000)
+    t = NOW + 7_000 - 3_600_000
+    calls = drive(b, members, t, t + EVICTED_CHECK_MS)
+    assert len(calls) == 1 and isinstance(calls[0].msg, SyncStart)
