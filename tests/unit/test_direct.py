@@ -450,7 +450,10 @@ def _client_manager(
     rt.dirty_wg = rt.dirty_disk = False
     recs = records or []
     rt.node = SimpleNamespace(
-        gossip=GossipParams(), mesh=SimpleNamespace(version=1), live_records=lambda: recs
+        gossip=GossipParams(),
+        mesh=SimpleNamespace(version=1),
+        live_records=lambda: recs,
+        evicted=None,
     )
     node = SimpleNamespace(
         meshes={MESH: rt}, identity=IDS[i], _reconcile_wake=asyncio.Event(), config=None

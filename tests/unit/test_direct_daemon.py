@@ -132,6 +132,7 @@ def _mesh(mesh_id: str, me: Any, records: list[Any], ifname: str) -> Any:
     )
     rt.node = SimpleNamespace(
         record=me,
+        evicted=None,
         mesh=SimpleNamespace(version=1),
         live_records=lambda: records,
         gossip=SimpleNamespace(pull_interval_ms=3000),
@@ -248,6 +249,29 @@ def test_a_slow_discovery_in_one_mesh_does_not_drop_direct_sessions_of_another(
     assert at_answer - at_call > 3  # mesh B ticked while mesh A's answer was awaited
 
 
+def test_a_client_told_it_was_evicted_discovers_nothing_and_drops_its_direct_sessions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No member answers it (core.evicted): its WhereAmI calls and echoes were for nothing."""
+    from smegmesh.core import direct_plan
+
+    monkeypatch.setattr(direct_plan, "DISCOVER_RETRY_MS", 0)
+    calls: list[bytes] = []
+
+    async def call(endpoint: str, fp: bytes, body: bytes, *a: Any, **k: Any) -> bytes:
+        calls.append(body)
+        raise AssertionError("no call")
+
+    status = _wg_status([IDS[1].wg_public_key])
+    m, rt_b = _two_meshes(monkeypatch, lambda ifname: status(), call, a_chooses=False)
+    rt_a = m.node.meshes[MESH]
+    assert MESH_B in m.plans
+    for rt in (rt_a, rt_b):
+        rt.node.evicted = object()  # told, and it holds
+        asyncio.run(m._tick(rt))
+    assert MESH_B not in m.plans and not m._discovering and not calls
+
+
 def test_one_discovery_per_mesh_in_flight_and_a_mesh_left_cancels_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -350,6 +374,7 @@ def _big_manager(records: list[Any], ident: Any) -> tuple[DirectManager, Any]:
         live_records=lambda: recs,
         gossip=SimpleNamespace(pull_interval_ms=3000),
         record=recs[0],
+        evicted=None,
     )
     node = SimpleNamespace(
         meshes={MESH: rt}, identity=ident, config=None, _reconcile_wake=asyncio.Event()

@@ -126,8 +126,10 @@ def mesh_tables(d: MeshDetail, *, show_all: bool = False) -> Iterator[Renderable
 
 def evicted_line(mesh_id: str, e: EvictedNode) -> str:
     """The warning under a mesh this node was evicted from (``get-mesh``, ``status``)."""
+    # by cascade: the admin evicted a node it was admitted through, and it with it
+    through = f" with {e.through[:12]}…, through which it was admitted," if e.through else ""
     return (
         f"[bold red]this node was evicted from {mesh_id}[/bold red] by the admin "
-        f"{e.by[:12]}… {_ago(e.time, time.time())}: no member takes anything from it; "
-        f"leave the mesh with: smegctl leave-mesh --meshid {mesh_id}"
+        f"{e.by[:12]}…{through} {_ago(e.time, time.time())}: no member takes anything from "
+        f"it; leave the mesh with: smegctl leave-mesh --meshid {mesh_id}"
     )

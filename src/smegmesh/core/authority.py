@@ -82,6 +82,8 @@ class Authority:
     named: set[bytes] = field(default_factory=set)
     #: when each node was an admin: [start, end) spans from the replay
     admin_spans: dict[bytes, list[tuple[int, int]]] = field(default_factory=dict)
+    #: (subject, start) -> the admin change that opened that span (not the founder's first)
+    openers: dict[tuple[bytes, int], AdminChange] = field(default_factory=dict)
 
     @classmethod
     def build(cls, mesh_id: str, items: Iterable[AuthItem]) -> Authority:
@@ -113,6 +115,7 @@ class Authority:
                 if s.admin and s.subject not in a.revoked:
                     if s.subject not in a.admins:
                         spans.open(s.subject, s.issued_ms)
+                        a.openers[(s.subject, s.issued_ms)] = s
                     a.admins.add(s.subject)
                 elif not s.admin:
                     spans.close(s.subject, s.issued_ms)
@@ -239,6 +242,24 @@ class Authority:
         """Was ``key`` an admin at ``t_ms`` (not yet dropped or evicted)?"""
         return any(start <= t_ms < end for start, end in self.admin_spans.get(key, ()))
 
+    def admin_proof(self, key: bytes, t_ms: int) -> list[AdminChange]:
+        """The admin changes that made ``key`` an admin at ``t_ms``, from the founder's on.
+
+        Each one's issuer was an admin when it was issued by the one before
+        (the first's: the founder). Empty if ``key`` is the founder in its
+        founding span, or was no admin then. At most :data:`MAX_CHAIN` (an
+        evicted node is shown them: ``core.evicted``).
+        """
+        out: list[AdminChange] = []
+        while len(out) < MAX_CHAIN:
+            span = next((s for s, e in self.admin_spans.get(key, ()) if s <= t_ms < e), None)
+            opener = self.openers.get((key, span)) if span is not None else None
+            if opener is None or opener in out:
+                break
+            out.append(opener)
+            key, t_ms = opener.issuer, opener.issued_ms
+        return out[::-1]
+
     def token_revoked(self, token_hash: bytes, issuer: bytes | None) -> bool:
         """Revoked by its issuer, or by an admin that was one when it revoked.
 
@@ -338,6 +359,7 @@ def copy_authority(a: Authority) -> Authority:
         dict(a.token_certs),
         set(a.named),
         {k: list(v) for k, v in a.admin_spans.items()},
+        dict(a.openers),
     )
 
 

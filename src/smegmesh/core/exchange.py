@@ -32,7 +32,7 @@ from smegmesh.core.engine import (
     Respond,
     SyncCtx,
 )
-from smegmesh.core.evicted import EvictedMixin, eviction_of
+from smegmesh.core.evicted import EvictedMixin
 from smegmesh.core.gossip import GossipParams, GossipScheduler
 from smegmesh.core.liveness import FailureDetector, LivenessParams
 from smegmesh.core.meshtag import MeshTags, record_version
@@ -298,7 +298,7 @@ class ExchangeMixin(EvictedMixin):
             own = [i for i in msg.items if isinstance(i, NodeRecord) and i.wg_key == src][:1]
             pre = self._ingest(own, now_ms, src)
             if not self.is_member(src):
-                return self._refuse(src, now_ms), []
+                return self._refuse(src, now_ms, own), []
         self._fd.heard_from(src, now_ms)
         if isinstance(msg, Ping):
             return self._ping_ack(src, msg), self._heard_from_pruned(src, now_ms)
@@ -418,12 +418,12 @@ class ExchangeMixin(EvictedMixin):
             ok = isinstance(reply, Ack) and reply.ok
             return [Respond(ctx.request_id, Ack(IN_REPLY, ctx.probe_id, ok))]
         if isinstance(reply, Refusal | Push):  # a Push shows us evicted (core.evicted)
-            self.evicted = self.evicted or eviction_of(self.mesh, self.key, reply)
+            told = self._told(reply, now_ms)
             # Our peer no longer serves us (it left, or lost us): a failure, or the
             # ping stays in flight forever and the client never moves nor pulls.
             if isinstance(ctx, PeerPingCtx):
-                return self.handle_failure(to, ctx, now_ms)
-            return self._announce_to(to, now_ms)
+                return told + self.handle_failure(to, ctx, now_ms)
+            return told + self._announce_to(to, now_ms)
         if not isinstance(ctx, ProbeCtx):
             self._fd.heard_from(to, now_ms)
         if isinstance(ctx, ProbeCtx):

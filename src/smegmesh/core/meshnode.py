@@ -31,9 +31,7 @@ from typing import Any
 
 from smegmesh.core.admission import AdmissionMixin
 from smegmesh.core.buckets import shifted
-from smegmesh.core.cert import (
-    AuthItem,
-)
+from smegmesh.core.cert import AuthItem
 from smegmesh.core.clientside import ClientMixin
 from smegmesh.core.engine import (
     Call,
@@ -57,11 +55,7 @@ from smegmesh.core.exchange import ExchangeMixin
 from smegmesh.core.gossip import GossipParams, GossipScheduler, full_hops, pull_pruned_chance
 from smegmesh.core.hashing import RankedSet
 from smegmesh.core.identity import NodeIdentity
-from smegmesh.core.liveness import (
-    Dead,
-    FailureDetector,
-    LivenessParams,
-)
+from smegmesh.core.liveness import Dead, FailureDetector, LivenessParams
 from smegmesh.core.liveness import (
     Ping as ProbePing,
 )
@@ -73,11 +67,7 @@ from smegmesh.core.messages import Ping, PingReq
 from smegmesh.core.nodeviews import Views, is_pruned_member, share_views, views_of
 from smegmesh.core.offer import MAX_HOPS, AskedInFull
 from smegmesh.core.prune_budget import PruneBudget
-from smegmesh.core.record import (
-    NodeRecord,
-    Prune,
-    Role,
-)
+from smegmesh.core.record import NodeRecord, Prune, Role
 from smegmesh.core.refuted import RefutedPrunes
 from smegmesh.core.state import MeshState
 from smegmesh.core.sync import SyncSession
@@ -332,6 +322,8 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         it, ``batched``). Hops past ``MAX_HOPS``: it answers our ``Want``; while
         others spread (``busy``) prunes wait for the rounds (docs/SCALE.md, 6).
         """
+        if self.evicted is not None:  # no member takes it (core.evicted)
+            return []
         if full is None and not batched:
             keys = self._sched.throttle(keys, now_ms, revived)
             if not keys:
@@ -363,6 +355,8 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
     # -- clock ------------------------------------------------------------------------
     def tick(self, now_ms: int, late_ms: int = 0) -> list[Out]:
         """The clock: refresh, gossip rounds, probes. ``late_ms``: see ``TimerFired``."""
+        if (quiet := self._evicted_tick(now_ms)) is not None:  # we know we were evicted
+            return quiet
         out: list[Out] = []
         self._fd.stalled(late_ms, now_ms)
         own = self.mesh.record(self.key)
@@ -433,7 +427,7 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         self._client_clock_stepped(d)
         self._heal_due = shifted(self._heal_due, d)
         self._sync_due = shifted(self._sync_due, d)
-        self._tell_due = shifted(self._tell_due or {}, d)  # core.evicted
+        self._evicted_clock_stepped(d)  # core.evicted
         for session in self._responders.values():  # idle since
             session.now_ms += d
         return []
@@ -454,6 +448,8 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         return self._ingest([prune], now_ms, None)
 
     def next_deadline(self) -> int | None:
+        if self.evicted is not None:  # a check in a while, nothing else (core.evicted)
+            return self._evicted_deadline()
         if self._sched.next_deadline() is None:
             return 0  # never ticked: tick as soon as possible
         times = [

@@ -303,6 +303,14 @@ class AdmissionGate(StatementGate):
             raise RecordError(field, reason)
         self._verify_certs(chain, field)
 
+    def certs_ok(self, certs: Sequence[Cert]) -> bool:
+        """Whether each of ``certs`` is signed by its issuer (those verified before: cached)."""
+        try:
+            self._verify_certs(certs, "chain")
+        except RecordError:
+            return False
+        return True
+
     def _verify_certs(self, certs: Sequence[AuthItem], field: str) -> None:
         todo = [c for c in certs if c.key not in self._good_certs]
         if not todo:

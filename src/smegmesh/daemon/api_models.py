@@ -161,6 +161,11 @@ class EvictedNode(_Model):
     by: str = Field(description="Public key of the admin who evicted it")
     time: float = Field(description="When (Unix seconds, the admin's clock)")
     cascade: bool = Field(description="The nodes it admitted were evicted with it")
+    through: str | None = Field(
+        default=None,
+        description="evicted_self only: the public key of the node that admitted this one "
+        "(or one before it), whose eviction removed this node with it (by cascade)",
+    )
 
 
 class SelectedRoute(_Model):

@@ -15,6 +15,7 @@ import socket
 import time
 from typing import Any
 
+from smegmesh.core.cert import Revocation
 from smegmesh.core.desired import desired_config
 from smegmesh.core.identity import key_to_text
 from smegmesh.core.multimesh import MeshRouting, publish_adverts, routing_job
@@ -105,7 +106,7 @@ class ApplyOps(ForwardProbeOps):
                 mesh=rt.mesh_id,
                 node=key_to_text(rev.issuer),
                 alias=self.member_events.alias_of(rt.mesh_id, rev.issuer),
-                detail={"time": rev.issued_ms / 1000, "cascade": rev.cascade},
+                detail=_evicted_detail(rt.node.key, rev),
             )
 
     async def _reconcile_pass(self) -> None:
@@ -413,3 +414,10 @@ def send_nudges(addresses: list[str]) -> None:
         for address in addresses:
             with contextlib.suppress(OSError):
                 s.sendto(b"", (address, 9))
+
+
+def _evicted_detail(key: bytes, rev: Revocation) -> dict[str, object]:
+    """The event ``mesh.evicted``'s detail: when, and (by cascade) through which admitter."""
+    if rev.target == key:
+        return {"time": rev.issued_ms / 1000, "cascade": rev.cascade}
+    return {"time": rev.issued_ms / 1000, "cascade": True, "through": key_to_text(rev.target)}

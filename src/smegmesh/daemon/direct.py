@@ -234,7 +234,9 @@ class DirectManager:
 
     async def _tick(self, rt: Any) -> None:
         me = rt.node.record
-        if me is None or me.role != Role.CLIENT or not rt.up or rt.joining:
+        # evicted, and told so: no member answers our discovery (core.evicted)
+        quiet = rt.node.evicted is not None
+        if me is None or me.role != Role.CLIENT or not rt.up or rt.joining or quiet:
             if self.plans.pop(rt.mesh_id, None):
                 rt.dirty_wg = True
                 self.node._reconcile_wake.set()

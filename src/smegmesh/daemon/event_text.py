@@ -132,9 +132,11 @@ def _describe_mesh(t: str, ev: Mapping[str, Any], d: Mapping[str, Any]) -> str:
     if t == "mesh.left":
         return "left the mesh"
     if t == "mesh.evicted":
+        via = d.get("through")  # by cascade: with a node it was admitted through
+        through = f" with {str(via)[:8]}…, through which it was admitted," if via else ""
         return (
-            f"this node was evicted from the mesh by {_name(ev, 'admin')}: no member takes "
-            f"anything from it (leave it: smegctl leave-mesh --meshid {ev.get('mesh')})"
+            f"this node was evicted from the mesh by {_name(ev, 'admin')}{through}: no member "
+            f"takes anything from it (leave it: smegctl leave-mesh --meshid {ev.get('mesh')})"
         )
     return f"{t} {json.dumps(dict(d), sort_keys=True)}"
 

@@ -89,7 +89,7 @@ class LocalApiOps(DaemonBase):
         # each member's path and round trip (NAT traversal, daemon/direct.py)
         detail = await asyncio.to_thread(annotate_paths, detail, self.direct.rtts(mesh_id))
         told = rt.node.evicted  # a member showed us our eviction (core.evicted)
-        evicted_self = views.evicted_node(rt.mesh_id, [told]) if told is not None else None
+        evicted_self = None if told is None else views.evicted_self(rt.mesh_id, rt.node.key, told)
         return detail.model_copy(
             update={"devices": self.device_infos(rt), "evicted_self": evicted_self}
         )

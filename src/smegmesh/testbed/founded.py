@@ -9,8 +9,10 @@ Nothing here talks to a network: the records and nodes are the core's own.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable, Sequence
 
 from smegmesh.core.cert import AuthItem, Cert, Founding, Policy
+from smegmesh.core.engine import Call
 from smegmesh.core.gossip import GossipParams
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.liveness import LivenessParams
@@ -21,7 +23,16 @@ from smegmesh.core.state import MeshState
 from smegmesh.core.sync import Push
 from smegmesh.core.wire import decode, encode
 
-__all__ = ["NOW", "Mesh", "each_over_own_state", "ident", "join", "member_node", "settled"]
+__all__ = [
+    "NOW",
+    "Mesh",
+    "drive",
+    "each_over_own_state",
+    "ident",
+    "join",
+    "member_node",
+    "settled",
+]
 
 #: The time (ms) a :class:`Mesh` is founded at unless told otherwise.
 NOW = 1_700_000_000_000
@@ -145,13 +156,19 @@ def settled(*, after_ms: int = 10_000) -> tuple[Mesh, MeshState, list[NodeRecord
 
 
 def each_over_own_state(
-    m: Mesh, members: list[NodeIdentity], statements: tuple[AuthItem, ...] = (), now: int = NOW
+    m: Mesh,
+    members: list[NodeIdentity],
+    statements: tuple[AuthItem, ...] = (),
+    now: int = NOW,
+    *,
+    by: Sequence[NodeIdentity | None] = (),
 ) -> list[MeshNode]:
-    """The founder and ``members`` (admitted by the founder here), each a started
-    ``MeshNode`` over a state of its own holding all their records (with control
-    endpoints) and ``statements``: nodes that can call each other."""
-    for who in members:
-        m.admit(who)
+    """The founder and ``members`` (admitted here by ``by``, one each, the founder
+    for None or past its end), each a started ``MeshNode`` over a state of its own
+    holding all their records (with control endpoints) and ``statements``: nodes
+    that can call each other."""
+    for i, who in enumerate(members):
+        m.admit(who, by[i] if i < len(by) else None)
     everyone = [m.founder, *members]
     recs = [
         m.record(who, control_endpoint=f"[2001:db8::{n + 1:x}]:4000", tls_fp=bytes(32))
@@ -165,3 +182,31 @@ def each_over_own_state(
         node.start(now)
         out.append(node)
     return out
+
+
+def drive(node: MeshNode, others: Iterable[MeshNode], t0: int, t1: int) -> list[Call]:
+    """``node`` run from ``t0`` to ``t1`` (ms, simulated) at its own deadlines, each of
+    its calls answered at once by the one of ``others`` it names, every message
+    through the wire codec (a call to another key, or one relayed on, fails).
+    Returns the calls it made, in order. The others are not run."""
+    by_key = {o.key: o for o in others}
+    sent: list[Call] = []
+    t = t0
+    while t < t1:
+        todo = list(node.tick(t))
+        while todo:
+            o = todo.pop(0)
+            if not isinstance(o, Call):
+                continue
+            sent.append(o)
+            peer = by_key.get(o.to)
+            reply = None
+            if peer is not None:
+                reply, _ = peer.handle_request(node.key, decode(encode(o.msg)), t)
+            if reply is None:
+                todo.extend(node.handle_failure(o.to, o.ctx, t))
+            else:
+                todo.extend(node.handle_reply(o.to, o.ctx, decode(encode(reply)), t))
+        due = node.next_deadline()
+        t = max(t + 1, due if due is not None else t + 1_000)
+    return sent

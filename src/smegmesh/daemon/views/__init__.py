@@ -19,7 +19,13 @@ The daemon gathers the inputs and calls these. One module per concern:
 from __future__ import annotations
 
 from smegmesh.daemon.views.common import RouteUse
-from smegmesh.daemon.views.detail import evicted_node, mesh_detail, model_json, model_json_bytes
+from smegmesh.daemon.views.detail import (
+    evicted_node,
+    evicted_self,
+    mesh_detail,
+    model_json,
+    model_json_bytes,
+)
 from smegmesh.daemon.views.graph_dot import graph_dot
 from smegmesh.daemon.views.graph_plan import GraphMesh
 from smegmesh.daemon.views.graph_render import (
@@ -48,6 +54,7 @@ __all__ = [
     "alias_owners",
     "check_alias_free",
     "evicted_node",
+    "evicted_self",
     "graph_dot",
     "mesh_detail",
     "model_json",

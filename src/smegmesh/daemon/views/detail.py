@@ -29,7 +29,7 @@ from smegmesh.daemon.api_models import (
 )
 from smegmesh.daemon.views.common import _assignments, _first_paths, _present
 
-__all__ = ["evicted_node", "mesh_detail", "model_json", "model_json_bytes"]
+__all__ = ["evicted_node", "evicted_self", "mesh_detail", "model_json", "model_json_bytes"]
 
 
 def _leader(nodes: Mapping[bytes, NodeRecord], suspects: set[bytes]) -> bytes | None:
@@ -191,6 +191,20 @@ def evicted_node(mesh_id: str, revs: Sequence[Revocation]) -> EvictedNode:
         by=key_to_text(first.issuer),
         time=first.issued_ms / 1000,
         cascade=any(r.cascade for r in revs),
+    )
+
+
+def evicted_self(mesh_id: str, key: bytes, rev: Revocation) -> EvictedNode:
+    """This node (``key``), evicted by ``rev``: of it, or of an admitter in its chain."""
+    through = rev.target != key  # by cascade: so are the nodes it admitted
+    return EvictedNode(
+        public_key=key_to_text(key),
+        node_id=node_id_prefix(key),
+        overlay_address=str(overlay_address(mesh_id, key)),
+        by=key_to_text(rev.issuer),
+        time=rev.issued_ms / 1000,
+        cascade=rev.cascade or through,
+        through=key_to_text(rev.target) if through else None,
     )
 
 
