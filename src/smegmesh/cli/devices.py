@@ -27,7 +27,10 @@ OutputOpt = Annotated[
 ]
 DeviceArg = Annotated[
     str,
-    typer.Argument(metavar="NAME|KEY", help="The device's name, public key or overlay address."),
+    typer.Argument(
+        metavar="NAME|KEY",
+        help="The device's name, public key, overlay address, or a unique prefix of one.",
+    ),
 ]
 
 
