@@ -65,6 +65,10 @@ def _node_row(n: NodeInfo, now: float) -> tuple[str, ...]:
         alias += " (clash)"
     if n.admin:
         role += " ADMIN"
+    if n.role == "peer" and any(r.destination == "::/0" and not r.path for r in n.routes):
+        role += " EXIT"  # offers ::/0 (advertiseDefaults)
+    if n.role == "peer" and any(r.path for r in n.routes):
+        role += " BRIDGE"  # passes other meshes' routes on (advertiseRoute)
     return (
         "*" if n.is_self else "",
         alias,
