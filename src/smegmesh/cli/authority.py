@@ -17,7 +17,7 @@ from smegmesh.cli.app import (
     choices,
     mesh_call,
 )
-from smegmesh.cli.output import EXIT_USAGE, _console, _fail
+from smegmesh.cli.output import EXIT_USAGE, _console, _dur, _fail
 from smegmesh.daemon.api_models import InvitePolicy
 from smegmesh.daemon.api_models_authority import (
     AdminResponse,
@@ -175,6 +175,12 @@ def reserve_alias(
     mesh_call(ctx, meshid, as_json, "POST", sub, human, answer=AliasReservation, body=body)
 
 
+def expires_text(expires: float, now: float) -> str:
+    """``in 1m30s`` / ``in 100d00h``, or ``5m00s ago`` once past (list-invites' EXPIRES)."""
+    left = expires - now
+    return f"in {_dur(left)}" if left > 0 else f"{_dur(-left)} ago"
+
+
 @app.command("list-invites", epilog="Example: smegctl list-invites --meshid MESH")
 def list_invites(ctx: typer.Context, meshid: OptMeshIdOpt = None, as_json: JsonOpt = False) -> None:
     """List a mesh's invitations: id, issuer, uses (mesh-wide), expiry. Never the secrets."""
@@ -199,12 +205,11 @@ def list_invites(ctx: typer.Context, meshid: OptMeshIdOpt = None, as_json: JsonO
             )
             if i.strict:
                 state += " (strict)"
-            left = i.expires - now
             t.add_row(
                 i.token_id[:12],
                 i.issuer_alias or i.issuer[:12] + "…",
                 f"{i.used}/{i.uses}",
-                f"in {int(left // 60)} min" if left > 0 else "-",
+                expires_text(i.expires, now),
                 state,
             )
         _console().print(t)

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from smegmesh.cli.app import JsonOpt, OptMeshIdOpt, _client, _meshid, _run, _seg, app, mesh_call
 from smegmesh.cli.client import ClientError
 from smegmesh.cli.output import _console, _print_json
+from smegmesh.cli.tables import devices_table
 from smegmesh.daemon.api_models import DeviceInfo
 
 #: Options and argument shared by the device commands.
@@ -27,7 +27,10 @@ OutputOpt = Annotated[
 ]
 DeviceArg = Annotated[
     str,
-    typer.Argument(metavar="NAME|KEY", help="The device's name, public key or overlay address."),
+    typer.Argument(
+        metavar="NAME|KEY",
+        help="The device's name, public key, overlay address, or a unique prefix of one.",
+    ),
 ]
 
 
@@ -218,16 +221,7 @@ def list_devices(ctx: typer.Context, meshid: OptMeshIdOpt = None, as_json: JsonO
         if not res:
             typer.echo(f"no devices in {mid}")
             return
-        t = Table(box=None, pad_edge=False, header_style="bold")
-        for col in ("NAME", "ADDRESS", "SPONSOR", "PUBLIC KEY"):
-            t.add_column(col)
-        for d in res:
-            t.add_row(
-                d.alias or "-",
-                d.overlay_address,
-                d.sponsor_alias or d.sponsor[:12] + "…",
-                d.public_key,
-            )
+        t = devices_table(res)
         _console().print(t)
 
     mesh_call(ctx, meshid, as_json, "GET", "devices", human, answer=list[DeviceInfo])

@@ -26,7 +26,7 @@ from smegmesh.daemon.api_models import (
     StatusResponse,
 )
 
-__all__ = ["path_text", "ping", "status"]
+__all__ = ["path_text", "ping", "print_status", "status"]
 
 
 def _short_key(key: str | None) -> str:
@@ -77,30 +77,42 @@ def status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         if as_json:
             _print_json(res.raw)
             return
-        st: StatusResponse = res.data
-        con = _console()
-        con.print(
-            f"[bold]smegd {st.version}[/bold]  node {_short_key(st.public_key)}"
-            + (f"  ({st.public_key})" if st.public_key else "")
-        )
-        if st.dns_listen:
-            con.print(f"DNS on {st.dns_listen} (smeg. names; smegctl dns-help)")
-        for u in st.not_restored:  # the reason is the file's text: no markup
-            then = "tried again" if u.retrying else f"{u.file} kept; fix or move it, restart smegd"
-            con.print(f"mesh {u.mesh_id} NOT RUNNING: {u.reason} ({then})", markup=False)
-        if not st.meshes:  # with meshes NOT RUNNING above, not an invitation to make one
-            con.print(
-                "no mesh running"
-                if st.not_restored
-                else "not in any mesh (create one with: smegctl new-mesh)"
-            )
-            return
-        now = time.time()
-        for m in st.meshes:
-            con.print()
-            _print_mesh(con, m, now)
+        print_status(_console(), res.data)
 
     _run(as_json, go)
+
+
+def print_status(con: Console, st: StatusResponse) -> None:
+    """The text of ``status``."""
+    con.print(
+        f"[bold]smegd {st.version}[/bold]  node {_short_key(st.public_key)}"
+        + (f"  ({st.public_key})" if st.public_key else "")
+    )
+    if st.dns_listen:
+        con.print(f"DNS on {st.dns_listen} (smeg. names; smegctl dns-help)")
+    for u in st.not_restored:  # the reason is the file's text: no markup
+        then = "tried again" if u.retrying else f"{u.file} kept; fix or move it, restart smegd"
+        con.print(f"mesh {u.mesh_id} NOT RUNNING: {u.reason} ({then})", markup=False)
+    if not st.meshes:  # with meshes NOT RUNNING above, not an invitation to make one
+        con.print(
+            "no mesh running"
+            if st.not_restored
+            else "not in any mesh (create one with: smegctl new-mesh)"
+        )
+        return
+    now = time.time()
+    for m in st.meshes:
+        con.print()
+        _print_mesh(con, m, now, st.accept_defaults)
+    if st.accept_defaults and not any(m.exits or _uses_exit(m) for m in st.meshes):
+        con.print(
+            "\nacceptDefaults is on, but no member of any mesh offers an exit (::/0): "
+            "this host keeps its own default route"
+        )
+
+
+def _uses_exit(m: MeshStatus) -> bool:
+    return any(r.destination == "::/0" for r in m.routes)
 
 
 _MEMBER_COLUMNS = (
@@ -137,7 +149,7 @@ def _member_row(n: MemberStatus, now: float) -> tuple[str, ...]:
     )
 
 
-def _print_mesh(con: Console, m: MeshStatus, now: float) -> None:
+def _print_mesh(con: Console, m: MeshStatus, now: float, accept: bool | None = None) -> None:
     """One mesh of ``status``: its line, its members, the routes and exits in use."""
     head = (
         f"[bold]{m.mesh_id}[/bold]  {m.role or '-'}"
@@ -164,6 +176,18 @@ def _print_mesh(con: Console, m: MeshStatus, now: float) -> None:
             f"  {exit_} {r.destination} via {hop}"
             + (f" (across {path})" if path else "")
             + (f", {alts} alternative(s)" if alts else "")
+        )
+    me = next((n for n in m.members if n.is_self), None)
+    self_exit = me is not None and me.public_key in m.exits
+    if self_exit:  # an exit never sends its own default traffic into the mesh
+        con.print("  this node is an exit of this mesh (advertiseDefaults): it offers ::/0")
+    names = {n.public_key: n.alias or _short_key(n.public_key) for n in m.members}
+    offered = [names.get(k, _short_key(k)) for k in m.exits if me is None or k != me.public_key]
+    if offered and accept is False and not self_exit:
+        con.print(
+            f"  exit offered by {', '.join(offered)}: not used "
+            "(acceptDefaults is off in smegd's config)",
+            markup=False,
         )
 
 

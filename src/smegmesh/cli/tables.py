@@ -10,9 +10,15 @@ from rich.table import Table
 from rich.text import Text
 
 from smegmesh.cli.output import _ago, _bytes, _dur
-from smegmesh.daemon.api_models import EvictedNode, MeshDetail, MeshSummary, NodeInfo
+from smegmesh.daemon.api_models import (
+    DeviceInfo,
+    EvictedNode,
+    MeshDetail,
+    MeshSummary,
+    NodeInfo,
+)
 
-__all__ = ["mesh_tables", "meshes_table", "plain"]
+__all__ = ["devices_table", "mesh_tables", "meshes_table", "plain"]
 
 _NODE_COLUMNS = (
     "",
@@ -59,6 +65,10 @@ def _node_row(n: NodeInfo, now: float) -> tuple[str, ...]:
         alias += " (clash)"
     if n.admin:
         role += " ADMIN"
+    if n.role == "peer" and any(r.destination == "::/0" and not r.path for r in n.routes):
+        role += " EXIT"  # offers ::/0 (advertiseDefaults)
+    if n.role == "peer" and any(r.path for r in n.routes):
+        role += " BRIDGE"  # passes other meshes' routes on (advertiseRoute)
     return (
         "*" if n.is_self else "",
         alias,
@@ -84,6 +94,8 @@ def mesh_tables(d: MeshDetail, *, show_all: bool = False) -> Iterator[Renderable
     for n in d.nodes:
         t.add_row(*plain(*_node_row(n, now)))
     yield t
+    if d.devices:
+        yield devices_table(d.devices, title="devices (no smegd: reached through their sponsor)")
     if d.evicted_self is not None:
         yield evicted_line(d.mesh_id, d.evicted_self)
     me = next((n for n in d.nodes if n.is_self), None)
@@ -122,6 +134,17 @@ def mesh_tables(d: MeshDetail, *, show_all: bool = False) -> Iterator[Renderable
                 )
             )
         yield rt
+
+
+def devices_table(devices: Sequence[DeviceInfo], *, title: str | None = None) -> Table:
+    """Sponsored devices: ``list-devices``, and under the nodes in ``get-mesh``."""
+    t = Table(title=title, box=None, pad_edge=False, header_style="bold")
+    for col in ("NAME", "ADDRESS", "SPONSOR", "PUBLIC KEY"):
+        t.add_column(col, overflow="fold")
+    for x in devices:
+        sponsor = x.sponsor_alias or x.sponsor[:12] + "…"
+        t.add_row(*plain(x.alias or "-", x.overlay_address, sponsor, x.public_key))
+    return t
 
 
 def evicted_line(mesh_id: str, e: EvictedNode) -> str:

@@ -407,6 +407,9 @@ class MeshStatus(_Model):
     members_total: int
     members: list[MemberStatus]
     routes: list[SelectedRoute] = Field(default_factory=list)
+    exits: list[str] = Field(
+        default_factory=list, description="Keys of the members offering an exit (::/0) here"
+    )
     evicted_self: EvictedNode | None = Field(
         default=None, description="This node's own eviction (as in get-mesh): no member now"
     )
@@ -431,6 +434,7 @@ class StatusResponse(_Model):
         default=None, description="Where smegd's DNS server listens (dnsListen); null: no DNS"
     )
     not_restored: list[NotRestored] = Field(default_factory=list)
+    accept_defaults: bool | None = Field(default=None, description="acceptDefaults of the config")
 
 
 class PingRequest(_Request):

@@ -34,7 +34,6 @@ from smegmesh.daemon.devices_wgquick import (
     DEVICE_KEEPALIVE,
     device_key,
     device_routes,
-    parse_ip,
     parse_wg_quick,
     render_wg_quick,
     same_ip,
@@ -328,37 +327,46 @@ class DeviceOps(DeviceRemoteOps):
         )
         return AddDeviceResponse(device=info, config=cfg, has_private_key=private is not None)
 
-    # ------------------------------------------------------------------ device-config
-
-    async def device_config(self, mesh_id: str, device: str) -> AddDeviceResponse:
-        rt = self._get(mesh_id)
-        devices = self._devices(rt)
+    def _find_device(
+        self, rt: MeshRuntime, devices: list[tuple[bytes, str]], query: str
+    ) -> bytes | None:
+        """The key of the device (key, name) ``query`` names as a NODE is named: its
+        name, key, overlay address or a unique prefix of one (``ambiguous_node`` if
+        several); None if none."""
         view = MeshDetail(
             mesh_id=rt.mesh_id,
             prefix=str(mesh_prefix(rt.mesh_id)),
             self_key=key_to_text(self.identity.wg_public_key),
             nodes=[
                 NodeInfo(
-                    public_key=key_to_text(d.wg_key),
-                    alias=d.alias,
+                    public_key=key_to_text(k),
+                    alias=alias,
                     role="client",
-                    overlay_address=d.address,
-                    node_id=node_id_prefix(d.wg_key),
+                    overlay_address=str(overlay_address(rt.mesh_id, k)),
+                    node_id=node_id_prefix(k),
                 )
-                for d in devices
+                for k, alias in devices
             ],
         )
         try:
-            found = resolve_node(device, [view], mesh_id).node
+            found = resolve_node(query, [view], rt.mesh_id).node
         except svc.ServiceError as e:
             if e.code != "unknown_node":
                 raise
-            found = None
-        if found is None:
+            return None
+        return key_from_text(found.public_key) if found is not None else None
+
+    # ------------------------------------------------------------------ device-config
+
+    async def device_config(self, mesh_id: str, device: str) -> AddDeviceResponse:
+        rt = self._get(mesh_id)
+        devices = self._devices(rt)
+        key = self._find_device(rt, [(d.wg_key, d.alias) for d in devices], device)
+        if key is None:
             raise svc.ServiceError(
                 "unknown_device", f"no device {device!r} in mesh {mesh_id} (see list-devices)", 404
             )
-        d = next(x for x in devices if key_to_text(x.wg_key) == found.public_key)
+        d = next(x for x in devices if x.wg_key == key)
         sponsor = rt.node.mesh.live_record(d.sponsor)
         if sponsor is None:
             raise svc.ServiceError("unknown_device", "the device's sponsor is gone", 404)
@@ -386,31 +394,25 @@ class DeviceOps(DeviceRemoteOps):
         rt = self._get(mesh_id)
         me = rt.node.record
         mine = list(me.devices) if me is not None else []
-        q = device.strip()
-
-        def named(alias: str, key: bytes) -> bool:
-            ip = parse_ip(q)
-            return (
-                alias == q.lower() or key_to_text(key) == q or ip == overlay_address(mesh_id, key)
-            )
-
-        found = [d for d in mine if named(d.alias, d.wg_key)]
-        elsewhere = [
-            d for d in self.device_infos(rt) if named(d.alias, key_from_text(d.public_key))
-        ]
-        if not found and elsewhere:  # listed by list-devices here: say where it lives
-            d = elsewhere[0]
+        infos = {key_from_text(d.public_key): d for d in self.device_infos(rt)}
+        # one lookup over every device seen here: an exact name elsewhere is not
+        # taken as the prefix of one of ours (removed in its place)
+        named = {k: d.alias for k, d in infos.items()} | {d.wg_key: d.alias for d in mine}
+        key = self._find_device(rt, list(named.items()), device)
+        elsewhere = infos.get(key) if key is not None else None
+        if elsewhere is not None and all(d.wg_key != key for d in mine):
+            d = elsewhere  # listed by list-devices here: say where it lives
             raise svc.ServiceError(
                 "not_sponsor",
                 f"device {d.alias} is sponsored by {d.sponsor_alias or d.sponsor[:12] + '…'}: "
                 "run remove-device there (an admin can also evict it)",
                 409,
             )
-        if not found:
+        if key is None:
             raise svc.ServiceError(
                 "unknown_device", f"this peer sponsors no device {device!r} (see list-devices)", 404
             )
-        gone = found[0]
+        gone = next(d for d in mine if d.wg_key == key)
         now = now_ms()
         outs = rt.node.update_self(now, devices=tuple(d for d in mine if d is not gone))
         await self._commit(rt, outs)

@@ -160,6 +160,7 @@ class LocalApiOps(DaemonBase):
             details,
             self.config.dns_listen,
             list(self.unrestored.values()),
+            accept_defaults=self.config.accept_defaults,
         )
 
     async def ping(

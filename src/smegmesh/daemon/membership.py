@@ -194,8 +194,10 @@ class MembershipOps(DaemonBase):
             )
         self._discard_runtime(rt)
         if refused:
-            raise svc.refused(
-                "the invitation was refused (expired, used up, or not valid for this mesh)"
+            raise svc.refused(  # the Refusal says no more; the expiry was checked above
+                "the invitation was refused by its issuer: it is used up or revoked, or its "
+                "issuer may no longer invite; or this node was evicted from the mesh (then no "
+                "invitation lets it back in)"
             )
         raise svc.unavailable(unreachable_message(errors, time.monotonic() - started))
 

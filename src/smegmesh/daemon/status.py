@@ -189,6 +189,8 @@ def build_status(
     meshes: Sequence[MeshDetail],
     dns_listen: str | None = None,
     not_restored: Sequence[NotRestored] = (),
+    *,
+    accept_defaults: bool | None = None,
 ) -> StatusResponse:
     """The whole node: every mesh, its members with their paths, and the routes in use."""
     out = []
@@ -205,6 +207,7 @@ def build_status(
                 members_total=len(m.nodes),
                 members=_members(m),
                 routes=list(m.routes),
+                exits=[n.public_key for n in m.nodes if n.status == "live" and _is_exit(n)],
                 evicted_self=m.evicted_self,
             )
         )
@@ -214,7 +217,13 @@ def build_status(
         meshes=out,
         dns_listen=dns_listen,
         not_restored=sorted(not_restored, key=lambda u: u.mesh_id),
+        accept_defaults=accept_defaults,
     )
+
+
+def _is_exit(n: NodeInfo) -> bool:
+    """``n`` offers an exit of its own (advertiseDefaults), not one passed on by a bridge."""
+    return n.role == "peer" and any(r.destination == "::/0" and not r.path for r in n.routes)
 
 
 # --------------------------------------------------------------------------- ping
