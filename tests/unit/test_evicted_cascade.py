@@ -14,13 +14,14 @@ no admin signed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 from smegmesh.cli.tables import evicted_line
 from smegmesh.core.cert import AdminChange, Cert, Revocation
 from smegmesh.core.engine import Call, CallCtx
 from smegmesh.core.evicted import eviction_reply
-from smegmesh.core.identity import NodeIdentity, key_to_text
+from smegmesh.core.identity import NodeIdentity, key_to_text, verify_many
 from smegmesh.core.meshnode import MeshNode
 from smegmesh.core.messages import Refusal
 from smegmesh.core.record import NodeRecord
@@ -222,3 +223,36 @@ def test_status_and_the_event_name_the_node_a_cascade_went_through() -> None:
         "detail": {"time": 1.0, "cascade": True, "through": key_to_text(b.key)},
     }
     assert "through which it was admitted" in describe(ev)
+
+
+def test_a_forged_chain_through_an_evicted_admitter_costs_one_signature_check() -> None:
+    """A refused push's chain is checked as gossip checks one: the first forged
+    certificate ends the checks (core.forgery). Before: every certificate of the
+    chain not held was checked, in one batch, at each push (up to 31 checks a
+    push, answered with a Refusal and nothing remembered), for any caller key."""
+    m, admin, _a, b, _c = _chained()
+    admin.evict(NOW + 5_000, b.key, cascade=True)
+    links = [ident(20 + i) for i in range(21)]
+    chain = list(b.chain)
+    prev = b.identity
+    for who in links:  # B -> L0 -> L1 -> ...: each signed by a key that is not its issuer's
+        by_t = Cert.create(
+            ident(99), m.mesh_id, subject=who.wg_public_key, may_admit=True, now_ms=NOW + 1_000
+        )
+        chain.append(replace(by_t, issuer=prev.wg_public_key, issuer_sign=prev.sign_public_key))
+        prev = who
+    s = links[-1]
+    rec = NodeRecord.create(s, m.mesh_id, version=NOW + 6_000, now_ms=NOW + 6_000, chain=chain)
+    checked: list[int] = []
+
+    def counting(jobs: Sequence[tuple[bytes, bytes, bytes]]) -> list[bool]:
+        checked.append(len(jobs))
+        return verify_many(jobs)
+
+    admin.mesh.set_verifier(counting)
+    for i in range(3):
+        reply, _ = admin.handle_request(
+            s.wg_public_key, Push(m.mesh_id, (rec,)), NOW + 6_000 + i * 10
+        )
+        assert isinstance(reply, Refusal)
+    assert sum(checked) <= 3, checked

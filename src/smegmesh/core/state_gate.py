@@ -304,11 +304,21 @@ class AdmissionGate(StatementGate):
         self._verify_certs(chain, field)
 
     def certs_ok(self, certs: Sequence[Cert]) -> bool:
-        """Whether each of ``certs`` is signed by its issuer (those verified before: cached)."""
+        """Whether each of ``certs`` is signed by its issuer (those verified before: cached).
+
+        Outside ``apply_many``, so checked as it checks a message: the first
+        forged signature ends the checks (core.forgery), or a forged chain cost
+        a check per certificate, at each refused push (``core.evicted``).
+        """
+        inner = self._verifier
+        if not isinstance(inner, ForgeryStop):
+            self._verifier = ForgeryStop(inner)
         try:
             self._verify_certs(certs, "chain")
         except RecordError:
             return False
+        finally:
+            self._verifier = inner
         return True
 
     def _verify_certs(self, certs: Sequence[AuthItem], field: str) -> None:

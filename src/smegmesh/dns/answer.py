@@ -49,6 +49,7 @@ _TCP_SNDBUF = 65536 + 2
 _HDR = struct.Struct("!HHHHHH")
 _U16 = struct.Struct("!H")
 _QTAIL = struct.Struct("!HH")
+_COUNTS = struct.Struct("!HHHH")  # question, answer, authority, additional
 _OPT = struct.Struct("!HHIH")  # type, payload size, ttl (ext-rcode, version, flags), rdlen
 
 _QR = 0x8000
@@ -101,21 +102,41 @@ class DnsStats:
 
 
 def answer_rcode(data: bytes) -> int:
-    """The full RCODE of answer ``data`` (at least a header): the header's 4 bits and,
-    when the last record is an OPT record without options (as ours are), its 8
-    extended bits. BADVERS (16) is header RCODE 0 with extended bits 1: read from
-    the header alone it is NOERROR.
+    """The full RCODE of answer ``data`` (at least a header): the header's 4 bits and
+    the 8 extended bits of its OPT record, if it has one. BADVERS (16) is header
+    RCODE 0 with extended bits 1: read from the header alone it is NOERROR.
+
+    An extended code is read from an OPT record found by walking the records
+    (bounded by the answer's length): a forwarded answer's last bytes may be a
+    record's data that only look like one. Ours end with an OPT record of no
+    options and extended code 0 (all but BADVERS): those bytes say 0 at once.
     """
     code = data[3] & 0x0F
-    if (
-        len(data) >= _HDR.size + 11
-        and (data[10] or data[11])  # ARCOUNT
-        and data[-11] == 0  # the root name
-        and data[-10:-8] == b"\x00\x29"  # type OPT
-        and data[-2:] == b"\x00\x00"  # no options
-    ):
-        code |= data[-6] << 4
+    qd, an, ns, ar = _COUNTS.unpack_from(data, 4)
+    if not ar or (data[-11:-8] == b"\x00\x00\x29" and data[-6] == 0 and data[-2:] == b"\0\0"):
+        return code
+    try:
+        i = 12
+        for _ in range(qd):
+            i = _past_name(data, i) + 4
+        for n in range(an + ns + ar):
+            i = _past_name(data, i)
+            rtype, _cls, ttl, rdlen = _OPT.unpack_from(data, i)
+            if rtype == 41 and n >= an + ns:
+                return code | int(ttl >> 24) << 4
+            i += 10 + rdlen
+    except (IndexError, struct.error):
+        pass  # cut short: the header's code
     return code
+
+
+def _past_name(data: bytes, i: int) -> int:
+    """Where the (wire, maybe compressed) name at ``i`` of ``data`` ends."""
+    while (ln := data[i]) != 0:
+        if ln >= 0xC0:
+            return i + 2
+        i += ln + 1
+    return i + 1
 
 
 @dataclass(frozen=True, slots=True)

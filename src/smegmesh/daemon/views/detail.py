@@ -183,28 +183,28 @@ def _evicted(authority: Authority) -> list[EvictedNode]:
 def evicted_node(mesh_id: str, revs: Sequence[Revocation]) -> EvictedNode:
     """The node ``revs`` (one or more evictions of one node, the first first) evicted."""
     first = min(revs, key=lambda r: r.issued_ms)
-    key = first.target
-    return EvictedNode(
-        public_key=key_to_text(key),
-        node_id=node_id_prefix(key),
-        overlay_address=str(overlay_address(mesh_id, key)),
-        by=key_to_text(first.issuer),
-        time=first.issued_ms / 1000,
-        cascade=any(r.cascade for r in revs),
-    )
+    return _evicted_entry(mesh_id, first.target, first, any(r.cascade for r in revs))
 
 
 def evicted_self(mesh_id: str, key: bytes, rev: Revocation) -> EvictedNode:
     """This node (``key``), evicted by ``rev``: of it, or of an admitter in its chain."""
     through = rev.target != key  # by cascade: so are the nodes it admitted
+    return _evicted_entry(
+        mesh_id, key, rev, rev.cascade or through, key_to_text(rev.target) if through else None
+    )
+
+
+def _evicted_entry(
+    mesh_id: str, key: bytes, rev: Revocation, cascade: bool, through: str | None = None
+) -> EvictedNode:
     return EvictedNode(
         public_key=key_to_text(key),
         node_id=node_id_prefix(key),
         overlay_address=str(overlay_address(mesh_id, key)),
         by=key_to_text(rev.issuer),
         time=rev.issued_ms / 1000,
-        cascade=rev.cascade or through,
-        through=key_to_text(rev.target) if through else None,
+        cascade=cascade,
+        through=through,
     )
 
 
