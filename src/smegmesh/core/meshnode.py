@@ -31,9 +31,7 @@ from typing import Any
 
 from smegmesh.core.admission import AdmissionMixin
 from smegmesh.core.buckets import shifted
-from smegmesh.core.cert import (
-    AuthItem,
-)
+from smegmesh.core.cert import AuthItem
 from smegmesh.core.clientside import ClientMixin
 from smegmesh.core.engine import (
     Call,
@@ -57,17 +55,9 @@ from smegmesh.core.exchange import ExchangeMixin
 from smegmesh.core.gossip import GossipParams, GossipScheduler, full_hops, pull_pruned_chance
 from smegmesh.core.hashing import RankedSet
 from smegmesh.core.identity import NodeIdentity
-from smegmesh.core.liveness import (
-    Dead,
-    FailureDetector,
-    LivenessParams,
-)
-from smegmesh.core.liveness import (
-    Ping as ProbePing,
-)
-from smegmesh.core.liveness import (
-    PingReq as ProbePingReq,
-)
+from smegmesh.core.liveness import Dead, FailureDetector, LivenessParams
+from smegmesh.core.liveness import Ping as ProbePing
+from smegmesh.core.liveness import PingReq as ProbePingReq
 from smegmesh.core.meshtag import MeshTags, record_version
 from smegmesh.core.messages import Ping, PingReq
 from smegmesh.core.nodeviews import Views, is_pruned_member, share_views, views_of
@@ -330,6 +320,8 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         it, ``batched``). Hops past ``MAX_HOPS``: it answers our ``Want``; while
         others spread (``busy``) prunes wait for the rounds (docs/SCALE.md, 6).
         """
+        if self.gossip.dissemination == "tree" and self.settings.role != Role.CLIENT:
+            return self._tree_push(keys, exclude, now_ms, full is not None, hops, batched, revived)
         if full is None and not batched:
             keys = self._sched.throttle(keys, now_ms, revived)
             if not keys:
