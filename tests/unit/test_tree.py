@@ -243,3 +243,19 @@ def test_a_failed_tree_push_goes_to_the_replacement_and_is_tried_once_more() -> 
     assert instead == set(me.tree_targets(net.now)) - set(targets)
     # the retry failing too changes nothing more
     assert me.handle_failure(gone, retry[0].ctx, net.now) == []
+
+
+def test_the_simulator_silences_the_top_of_the_tree() -> None:
+    """``--silent-forwarders``: the root and its children, breadth first; nothing forwarded."""
+    from smegmesh.sim.silent import silence, tree_top
+
+    keys = rand_keys(200)
+    top = tree_top(keys, 4, 5)
+    root = keys[0]
+    assert top[0] == root and set(top[1:]) == set(tree_neighbours(root, keys, root, 4)[1])
+    net, nodes = tree_mesh(6)
+    quiet = nodes[2]
+    silence(quiet)
+    assert quiet._push_now({nodes[0].key}, (nodes[0].key,), net.now) == []  # a forward
+    own = quiet._push_now({quiet.key}, (), net.now, full=2)  # its own change still goes
+    assert own and all(isinstance(o, Call) for o in own)
