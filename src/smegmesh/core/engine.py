@@ -107,10 +107,15 @@ class MeshSettings:
 # Reply contexts: what the engine needs back with a reply ------------------------------
 @dataclass(frozen=True, slots=True)
 class PushCtx:
-    """A push of ``keys`` (the reply is an ``Ack``); ``deltas``: records in it as deltas."""
+    """A push of ``keys`` (the reply is an ``Ack``); ``deltas``: records in it as deltas.
+
+    ``tree``: a forward along the dissemination tree (1; ``core.treecast``), or
+    its one retry after a failure (2); 0: not a tree push.
+    """
 
     keys: frozenset[bytes]
     deltas: bool = False
+    tree: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,7 @@ from smegmesh.core.refuted import RefutedPrunes, pruners_of
 from smegmesh.core.state import MeshState
 from smegmesh.core.state_gate import senders_faults
 from smegmesh.core.sync import Push, SyncEnd, SyncSession, SyncStart, SyncStep
+from smegmesh.core.treecast import TreecastMixin
 
 Item = NodeRecord | Prune | AuthItem
 
@@ -71,7 +72,7 @@ MAX_HEAL_ENTRIES = 4096
 MAX_FOLLOW_SESSIONS = 256
 
 
-class ExchangeMixin(EvictedMixin):
+class ExchangeMixin(EvictedMixin, TreecastMixin):
     """See the module docstring; ``MeshNode`` provides the state and outputs."""
 
     mesh_id: str
@@ -484,6 +485,8 @@ class ExchangeMixin(EvictedMixin):
             # an older node refuses a push it cannot decode: whole records to
             # it, until an ack of a push says it takes deltas (core.delta)
             self.tags.note_delta_failed(to, record_version(self.mesh, to))
+        if isinstance(ctx, PushCtx) and ctx.tree:
+            return self._tree_failed(to, ctx, now_ms)
         if isinstance(ctx, PeerPingCtx):
             return self._peer_ping_failed(ctx.peer, now_ms)
         return []

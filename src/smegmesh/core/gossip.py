@@ -55,6 +55,13 @@ class GossipParams:
     #: storm of changes costs one message per target per ``batch_ms``, a lone
     #: change goes at once). 0: push each at once.
     batch_ms: int = 100
+    #: How received items are forwarded: ``gossip`` (to random members, as
+    #: above) or ``tree`` (to the node's parent and children in a spanning tree
+    #: of the key space, ``core.tree``; the periodic rounds stay, as the lazy
+    #: repair path). An option, off by default (docs/SCALE.md, section 15).
+    dissemination: str = "gossip"
+    #: Children per member in the tree (``dissemination == "tree"``).
+    tree_fanout: int = 4
 
     def __post_init__(self) -> None:
         if self.sync_interval_ms <= 0 or self.pull_interval_ms <= 0:
@@ -65,6 +72,8 @@ class GossipParams:
             raise ValueError("full_push and batch_ms must be >= 0")
         if self.round_fanout is not None and self.round_fanout < 1:
             raise ValueError("round_fanout must be >= 1")
+        if self.dissemination not in ("gossip", "tree") or self.tree_fanout < 1:
+            raise ValueError("dissemination must be gossip or tree, tree_fanout >= 1")
         if not 0.0 <= self.inter_cluster_chance <= 1.0:
             raise ValueError("interClusterChance must be within [0, 1]")
 

@@ -56,12 +56,8 @@ from smegmesh.core.gossip import GossipParams, GossipScheduler, full_hops, pull_
 from smegmesh.core.hashing import RankedSet
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.liveness import Dead, FailureDetector, LivenessParams
-from smegmesh.core.liveness import (
-    Ping as ProbePing,
-)
-from smegmesh.core.liveness import (
-    PingReq as ProbePingReq,
-)
+from smegmesh.core.liveness import Ping as ProbePing
+from smegmesh.core.liveness import PingReq as ProbePingReq
 from smegmesh.core.meshtag import MeshTags, record_version
 from smegmesh.core.messages import Ping, PingReq
 from smegmesh.core.nodeviews import Views, is_pruned_member, share_views, views_of
@@ -324,6 +320,8 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         """
         if self.evicted is not None:  # no member takes it (core.evicted)
             return []
+        if self.gossip.dissemination == "tree" and self.settings.role != Role.CLIENT:
+            return self._tree_push(keys, exclude, now_ms, full is not None, hops, batched, revived)
         if full is None and not batched:
             keys = self._sched.throttle(keys, now_ms, revived)
             if not keys:

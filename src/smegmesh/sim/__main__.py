@@ -66,6 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="targets of a periodic gossip round's offer (GossipParams.round_fanout; "
         "default: --branch)",
     )
+    _dissemination_args(p)
     _scenario_args(p)
     p.add_argument("--byte-sample", type=int, default=1, help="encode 1 message in k per type")
     p.add_argument(
@@ -97,6 +98,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _dissemination_args(p: argparse.ArgumentParser) -> None:
+    """Flags of the lazy rounds and of tree dissemination."""
+    p.add_argument(
+        "--infection-count",
+        type=int,
+        default=None,
+        help="periodic rounds that offer a fresh item after its push (GossipParams)",
+    )
+    p.add_argument(
+        "--dissemination",
+        choices=("gossip", "tree"),
+        default=None,
+        help="forward received items to random members (gossip, the default) or along a "
+        "spanning tree of the key space (tree: core/treecast.py; docs/SCALE.md, section 15)",
+    )
+    p.add_argument("--tree-fanout", type=int, default=None, help="children per tree member")
+
+
 def _scenario_args(p: argparse.ArgumentParser) -> None:
     """Flags of one scenario each: churn and partition."""
     p.add_argument("--churn-per-min", type=float, default=0.05)
@@ -108,6 +127,13 @@ def _scenario_args(p: argparse.ArgumentParser) -> None:
         "with the churn and its first 10 s hold no restarts; 10 or more: steady churn)",
     )
     p.add_argument("--partition-seconds", type=float, default=10.0)
+    p.add_argument(
+        "--silent-forwarders",
+        type=int,
+        default=0,
+        help="hostile members that forward nothing they receive: the top of the tree "
+        "(sim/silent.py)",
+    )
 
 
 def config_from_args(a: argparse.Namespace) -> ScenarioConfig:
@@ -122,6 +148,9 @@ def config_from_args(a: argparse.Namespace) -> ScenarioConfig:
             ("full_push", a.full_push),
             ("batch_ms", a.batch_ms),
             ("round_fanout", a.round_fanout),
+            ("infection_count", a.infection_count),
+            ("dissemination", a.dissemination),
+            ("tree_fanout", a.tree_fanout),
         )
         if v is not None
     }
@@ -152,6 +181,7 @@ def config_from_args(a: argparse.Namespace) -> ScenarioConfig:
         verify_sample=a.verify_sample,
         mesh_id=a.mesh_id,
         kinds=a.kinds,
+        silent_forwarders=a.silent_forwarders,
     )
 
 

@@ -15,6 +15,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from msgpack import packb
+
+from smegmesh.core.codec import ITEM_DELTA, ITEM_PRUNE, ITEM_RECORD, Elided, encode_item
 from smegmesh.core.meshnode import SYNCED_HOPS
 from smegmesh.core.messages import Ack
 from smegmesh.core.offer import MAX_HOPS, Offer, Push, Want
@@ -25,6 +28,7 @@ __all__ = ["HOP_BUCKETS", "tally"]
 #: ones share a bucket up to ``SYNCED_HOPS`` (items a sync session brought
 #: forward from there: their own bucket).
 HOP_BUCKETS = 9
+_ELIDED_NAMES = {ITEM_RECORD: "record", ITEM_PRUNE: "prune", ITEM_DELTA: "delta"}
 
 
 def _push_kind(push: Push, fine: bool = True) -> str:
@@ -53,7 +57,13 @@ def tally(kinds: Counter[str], msg: Any, request: Any = None) -> None:
         kinds[f"push: {_push_kind(msg)}"] += 1
         kinds["push: items"] += len(msg.items)
         for item in msg.items:
-            kinds[f"push: item {type(item).__name__}"] += 1
+            name = type(item).__name__
+            if isinstance(item, Elided):
+                name = f"{name} {_ELIDED_NAMES.get(item.kind, item.kind)}"
+            kinds[f"push: item {name}"] += 1
+            kinds[f"push: bytes of items {name}"] += len(
+                packb(encode_item(item), use_bin_type=True)
+            )
     elif isinstance(msg, Ack):
         if isinstance(request, Push):
             news = "news" if msg.ok else "nothing new"

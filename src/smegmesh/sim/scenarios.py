@@ -17,6 +17,7 @@ from smegmesh.core.gossip import GossipParams
 from smegmesh.core.liveness import LivenessParams
 from smegmesh.core.state import MeshState
 from smegmesh.sim.metrics import FalsePrunes, Spread, holds_version, percentiles, traffic_rates
+from smegmesh.sim.silent import silence, tree_top
 from smegmesh.sim.simulator import T0, NetParams, Simulator
 
 __all__ = ["SCENARIOS", "ScenarioConfig", "run_scenario"]
@@ -54,6 +55,8 @@ class ScenarioConfig:
     mesh_id: str = "sim"
     #: count gossip messages by kind (``sim.kinds``): result key "kinds"
     kinds: bool = False
+    #: members that forward nothing they receive, the top of the tree (``sim.silent``)
+    silent_forwarders: int = 0
 
 
 def _attach(sim: Simulator, spreads: list[Spread], fp: FalsePrunes | None) -> None:
@@ -100,6 +103,8 @@ def run_scenario(name: str, cfg: ScenarioConfig) -> dict[str, Any]:
     wall0 = time.perf_counter()
     authority = cfg.authority or name == "evict"
     sim = _build(name, cfg, authority)
+    if cfg.silent_forwarders:
+        _silence(sim, cfg)
     if cfg.kinds:  # from the start, like the traffic by message type
         sim.traffic.kinds = Counter()
     pop = sim.population
@@ -159,6 +164,15 @@ def run_scenario(name: str, cfg: ScenarioConfig) -> dict[str, Any]:
         res["kinds"] = dict(sorted(sim.traffic.kinds.items()))
     res["_sim"] = sim
     return res
+
+
+def _silence(sim: Simulator, cfg: ScenarioConfig) -> None:
+    """Make the top ``cfg.silent_forwarders`` members of the tree hostile (``sim.silent``)."""
+    top = set(tree_top([sn.key for sn in sim.nodes], cfg.gossip.tree_fanout, cfg.silent_forwarders))
+    sim.silent = frozenset(sn.pop_index for sn in sim.nodes if sn.key in top)
+    for sn in sim.nodes:
+        if sn.pop_index in sim.silent:
+            silence(sn.node)
 
 
 def _build(name: str, cfg: ScenarioConfig, authority: bool) -> Simulator:

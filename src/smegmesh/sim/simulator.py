@@ -48,6 +48,7 @@ from smegmesh.core.record import Role
 from smegmesh.core.state import MeshState
 from smegmesh.sim.driver import T0, Driver, NetParams, TrafficBase, _Pending
 from smegmesh.sim.kinds import tally
+from smegmesh.sim.silent import silence
 from smegmesh.sim.state import (
     SIM_MAX_MEMBERS,
     Population,
@@ -110,6 +111,8 @@ class Simulator(Driver):
         #: the mesh has a founding record (node 0 founded it) and admission is
         #: enforced: every record carries its chain (see ``sim.state``)
         self.authority = authority
+        #: population indices of members that forward nothing received (sim.silent)
+        self.silent: frozenset[int] = frozenset()
 
     # ------------------------------------------------------------------ building
 
@@ -127,6 +130,12 @@ class Simulator(Driver):
         return sn
 
     def _make_node(self, index: int, state: MeshState | None, incarnation: int = 0) -> MeshNode:
+        node = self._new_node(index, state, incarnation)
+        if index in self.silent:  # a hostile member: forwards nothing (sim.silent)
+            silence(node)
+        return node
+
+    def _new_node(self, index: int, state: MeshState | None, incarnation: int) -> MeshNode:
         assert self.population is not None
         return MeshNode(
             identity=self.population.identities[index],

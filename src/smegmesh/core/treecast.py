@@ -1,0 +1,173 @@
+"""Tree-shaped dissemination: forwards along a spanning tree (a mixin of ``MeshNode``). Pure.
+
+An option (``GossipParams.dissemination == "tree"``; docs/SCALE.md, section
+15). Push gossip forwards every received change to ``branch`` random
+members, so each node receives each change about twice in full and three or
+four times in offers. Here a node forwards it, in full, to its *tree
+neighbours* (``core.tree``: its parent and children in a spanning tree of the
+key space every member computes from its own view), less the member it came
+from: with views that agree, each node receives each change once, the eager
+path of Plumtree (Leitão et al. 2007) over a tree no message builds.
+
+Everything else stays: records are signed and verified as ever (a forward
+is a ``Push``), received items are held for ``batch_ms`` after a push and go
+together (Nagle's rule; each held key remembers the member it came from, who
+is not sent it back), and the periodic rounds offer fresh keys to random
+members (``round_fanout`` of them for ``infection_count`` rounds): the lazy
+path that repairs what the tree missed (views that disagree, a lost push, a
+member that drops what it should forward), with the background pull behind it.
+
+A push along the tree that fails (no answer at the RPC timeout) marks its
+target *down* in this node's tree for :data:`DOWN_MS`, or until the target
+is heard from: the next member of its part takes its place, and gets the
+failed push's keys at once; the target gets them once more (a lost datagram,
+not a crash: that retry's answer clears the mark). A crashed member's
+neighbours thus route around it one timeout after their first push to it,
+long before its prune arrives. Clients forward as in push gossip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+from smegmesh.core.engine import Call, Out, PushCtx
+from smegmesh.core.gossip import GossipParams, GossipScheduler
+from smegmesh.core.liveness import FailureDetector
+from smegmesh.core.nodeviews import Views
+from smegmesh.core.offer import MAX_HOPS
+from smegmesh.core.tree import tree_neighbours
+
+__all__ = ["DOWN_MS", "TreecastMixin"]
+
+#: A tree neighbour whose push failed is routed around this long, unless heard from.
+DOWN_MS = 10_000
+
+
+@dataclass(slots=True)
+class _TreeState:
+    #: member -> when a push along the tree to it failed
+    down: dict[bytes, int] = field(default_factory=dict)
+    #: held (batched) key -> the member it came from (None: our own, or a sync's)
+    came_from: dict[bytes, bytes | None] = field(default_factory=dict)
+    #: the last neighbours computed, and of what (views' reach version, down)
+    cached: tuple[tuple[int, int, frozenset[bytes]], list[bytes]] | None = None
+
+
+class TreecastMixin:
+    """See the module docstring; ``MeshNode`` provides the state and outputs."""
+
+    gossip: GossipParams
+    _sched: GossipScheduler
+    _fd: FailureDetector
+    _treecast: _TreeState
+
+    if TYPE_CHECKING:
+
+        @property
+        def key(self) -> bytes: ...  # noqa: D102
+        def _reachable_peers(self) -> list[bytes]: ...
+        def _views(self) -> Views: ...
+        def _push_calls(
+            self,
+            to: Iterable[bytes],
+            keys: frozenset[bytes],
+            hops: int = 0,
+            whole: frozenset[bytes] = frozenset(),
+            now_ms: int | None = None,
+        ) -> list[Out]: ...
+
+    def _tree(self) -> _TreeState:
+        t: _TreeState | None = getattr(self, "_treecast", None)
+        if t is None:
+            t = _TreeState()
+            self._treecast = t
+        return t
+
+    def _tree_down(self, now_ms: int) -> set[bytes]:
+        """The members routed around now (see :data:`DOWN_MS`); expired marks dropped."""
+        t = self._tree()
+        if not t.down:
+            return set()
+        out: set[bytes] = set()
+        for k, at in list(t.down.items()):
+            heard = self._fd.last_heard(k)
+            if now_ms - at >= DOWN_MS or (heard is not None and heard > at):
+                del t.down[k]
+            else:
+                out.add(k)
+        return out
+
+    def tree_targets(self, now_ms: int, down: Iterable[bytes] | None = None) -> list[bytes]:
+        """This node's tree neighbours now: its parent and children (``core.tree``)."""
+        dn = frozenset(self._tree_down(now_ms) if down is None else down)
+        peers = self._reachable_peers()
+        t = self._tree()
+        of = (self._views().reach_version, len(peers), dn)
+        if t.cached is not None and t.cached[0] == of:
+            return list(t.cached[1])
+        parent, children = tree_neighbours(self.key, peers, self.key, self.gossip.tree_fanout, dn)
+        out = [parent, *children] if parent is not None else list(children)
+        t.cached = (of, out)
+        return list(out)
+
+    def _tree_push(
+        self,
+        keys: Iterable[bytes],
+        exclude: Sequence[bytes],
+        now_ms: int,
+        own: bool,
+        hops: int = 0,
+        batched: bool = False,
+        revived: frozenset[bytes] = frozenset(),
+    ) -> list[Out]:
+        """``MeshNode._push_now`` along the tree: ``own`` changes at once, received ones batched."""
+        t = self._tree()
+        src = exclude[0] if exclude else None
+        ks = list(keys)
+        if batched:
+            came = {k: t.came_from.pop(k, None) for k in ks}
+        else:
+            if not own:
+                ks = self._sched.throttle(ks, now_ms, revived)
+                if ks and self._sched.hold(ks, hops, now_ms):
+                    for k in ks:
+                        t.came_from.setdefault(k, src)
+                    return []
+            came = dict.fromkeys(ks, src)
+        if not ks:
+            return []
+        self._sched.note_fresh(ks)  # the lazy path: offers in the periodic rounds
+        groups: dict[frozenset[bytes], list[bytes]] = {}
+        for to in self.tree_targets(now_ms):
+            sent = frozenset(k for k in ks if came[k] != to)
+            if sent:
+                groups.setdefault(sent, []).append(to)
+        out: list[Out] = []
+        for sent, tos in groups.items():
+            out.extend(self._tree_calls(tos, sent, min(hops, MAX_HOPS), now_ms, 1))
+        return out
+
+    def _tree_calls(
+        self, to: Sequence[bytes], keys: frozenset[bytes], hops: int, now_ms: int, tree: int
+    ) -> list[Out]:
+        out = self._push_calls(to, keys, hops, now_ms=now_ms)
+        return [
+            replace(c, ctx=replace(c.ctx, tree=tree))
+            if isinstance(c, Call) and isinstance(c.ctx, PushCtx)
+            else c
+            for c in out
+        ]
+
+    def _tree_failed(self, to: bytes, ctx: PushCtx, now_ms: int) -> list[Out]:
+        """A push along the tree to ``to`` failed: route around it, and try it once more."""
+        if ctx.tree != 1 or self.gossip.dissemination != "tree":
+            return []
+        down = self._tree_down(now_ms)
+        before = set(self.tree_targets(now_ms, down - {to}))
+        self._tree().down[to] = now_ms
+        instead = [k for k in self.tree_targets(now_ms, down | {to}) if k not in before]
+        return self._tree_calls(instead, ctx.keys, 1, now_ms, 1) + self._tree_calls(
+            [to], ctx.keys, 1, now_ms, 2
+        )

@@ -1,0 +1,261 @@
+"""Tree-shaped dissemination (an option): the tree's target choice, and the engine using it."""
+
+from __future__ import annotations
+
+import math
+import random
+import secrets
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from smegmesh.core.engine import Call, PushCtx
+from smegmesh.core.gossip import GossipParams
+from smegmesh.core.identity import NodeIdentity
+from smegmesh.core.invite import Bootstrap
+from smegmesh.core.liveness import LivenessParams
+from smegmesh.core.meshnode import MeshNode, MeshSettings
+from smegmesh.core.messages import JoinReply
+from smegmesh.core.sync import Push
+from smegmesh.core.tree import tree_neighbours
+from smegmesh.core.wire import decode, encode
+from smegmesh.testbed.loopnet import LoopNet
+
+
+def rand_keys(n: int, seed: int = 1) -> list[bytes]:
+    rng = random.Random(seed)
+    return sorted({rng.randbytes(32) for _ in range(n)})
+
+
+def tree_of(
+    keys: list[bytes], fanout: int, down: frozenset[bytes] = frozenset()
+) -> dict[bytes, tuple[bytes | None, tuple[bytes, ...]]]:
+    """Every member's own view of its neighbours (its peers: the others)."""
+    out = {}
+    for me in keys:
+        if me in down:
+            continue
+        peers = [k for k in keys if k != me]
+        out[me] = tree_neighbours(me, peers, me, fanout, down)
+    return out
+
+
+def check_spanning(tree: dict[bytes, tuple[bytes | None, tuple[bytes, ...]]], fanout: int) -> int:
+    """Asserts the members' views make one tree reaching each member once; its depth."""
+    roots = [k for k, (p, _) in tree.items() if p is None]
+    assert len(roots) == 1
+    for k, (_p, children) in tree.items():
+        assert len(children) <= fanout
+        assert k not in children
+        for c in children:
+            assert tree[c][0] == k  # the child agrees on its parent
+    seen: Counter[bytes] = Counter()
+    depth, level = 0, [roots[0]]
+    while level:
+        seen.update(level)
+        nxt = [c for k in level for c in tree[k][1]]
+        if nxt:
+            depth += 1
+        level = nxt
+    assert set(seen) == set(tree) and max(seen.values()) == 1
+    return depth
+
+
+@pytest.mark.parametrize(("n", "fanout"), [(1, 3), (2, 2), (3, 1), (50, 2), (300, 4), (1000, 8)])
+def test_every_member_is_reached_once_when_views_agree(n: int, fanout: int) -> None:
+    keys = rand_keys(n)
+    depth = check_spanning(tree_of(keys, fanout), fanout)
+    if n >= 50 and fanout > 1:  # keys are uniform: about log N / log fanout levels
+        assert depth <= 2 * math.log(n) / math.log(fanout) + 3
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 120), st.integers(1, 6), st.integers(0, 10**6))
+def test_any_member_set_and_fanout_give_one_spanning_tree(n: int, fanout: int, seed: int) -> None:
+    check_spanning(tree_of(rand_keys(n, seed), fanout), fanout)
+
+
+def test_the_choice_is_deterministic_and_the_same_from_any_member() -> None:
+    keys = rand_keys(200)
+    a, b, c = keys[10], keys[20], keys[150]
+    peers_of = {k: [x for x in keys if x != k] for k in (a, b, c)}
+    mine = tree_neighbours(a, peers_of[a], a, 4)
+    assert mine == tree_neighbours(a, list(peers_of[a]), a, 4)  # no randomness
+    # b and c compute a's neighbours as a does
+    assert tree_neighbours(a, peers_of[b], b, 4) == mine
+    assert tree_neighbours(a, peers_of[c], c, 4) == mine
+
+
+def test_per_node_load_is_bounded() -> None:
+    keys = rand_keys(1000)
+    tree = tree_of(keys, 4)
+    degrees = [len(ch) + (p is not None) for p, ch in tree.values()]
+    assert max(degrees) <= 5  # a parent and at most fanout children
+    # every change crosses each of the N - 1 edges once: 2 (N - 1) ends
+    assert sum(degrees) == 2 * (len(keys) - 1)
+
+
+def test_a_member_more_or_less_changes_only_the_edges_next_to_it() -> None:
+    """Views that differ by one member give trees that differ by a few edges, not everywhere."""
+    keys = rand_keys(500)
+    full = tree_of(keys, 4)
+    for gone in (keys[0], keys[7], keys[250], keys[499]):
+        less = tree_of([k for k in keys if k != gone], 4)
+        moved = [
+            k
+            for k in less
+            if set(filter(None, (less[k][0], *less[k][1])))
+            != set(filter(None, (full[k][0], *full[k][1])))
+        ]
+        assert len(moved) <= 4 * 10, (gone, len(moved))  # fanout * depth, not N
+
+
+def test_down_members_are_routed_around() -> None:
+    keys = rand_keys(300)
+    full = tree_of(keys, 3)
+    inner = [k for k, (p, ch) in full.items() if p is not None and len(ch) == 3]
+    down = frozenset([*inner[:5], next(k for k, (p, _) in full.items() if p is None)])
+    check_spanning(tree_of(keys, 3, down), 3)  # the others still form one tree
+
+
+def test_a_node_outside_the_view_gets_a_place() -> None:
+    keys = rand_keys(100)
+    me, other = keys[0], keys[50]
+    peers = [k for k in keys if k not in (me, other)]  # we do not know ``other``
+    parent, children = tree_neighbours(other, peers, me, 4)
+    assert parent is not None and other not in children
+
+
+def test_fanout_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="fanout"):
+        tree_neighbours(b"\0" * 32, [], b"\0" * 32, 0)
+    with pytest.raises(ValueError, match="dissemination"):
+        GossipParams(dissemination="flood")
+
+
+# -- the engine with dissemination "tree" ----------------------------------------------
+MESH = "amber-falcon-river-k7q2"
+TREE = GossipParams(
+    sync_interval_ms=500,
+    pull_interval_ms=3000,
+    dissemination="tree",
+    tree_fanout=2,
+    round_fanout=1,
+    infection_count=1,
+)
+
+
+class Net(LoopNet):
+    def add(self, seed: int) -> MeshNode:
+        node = MeshNode(
+            NodeIdentity.from_seed(bytes([seed]) * 32),
+            MESH,
+            MeshSettings(
+                wg_endpoint=f"192.0.2.{seed}:51820",
+                control_endpoint=f"192.0.2.{seed}:4000",
+                tls_fp=bytes(32),
+            ),
+            TREE,
+            LivenessParams.from_heartbeat(2000),
+            random.Random(seed),
+        )
+        return self.attach(node)
+
+
+def tree_mesh(n: int) -> tuple[Net, list[MeshNode]]:
+    net = Net()
+    nodes = [net.add(1)]
+    net.handle_outs(nodes[0], nodes[0].start(0))
+    for i in range(2, n + 1):
+        joiner, via = net.add(i), nodes[-1]
+        token, outs = via.invite(
+            net.now,
+            ttl_ms=60_000,
+            uses=1,
+            bootstrap=[Bootstrap("x:1", bytes(32), via.key)],
+            secret=secrets.token_bytes(16),
+        )
+        net.handle_outs(via, outs)
+        req = joiner.join_request(token.secret, net.now)
+        reply, outs = via.handle_request(joiner.key, decode(encode(req)), net.now)
+        net.handle_outs(via, outs)
+        assert isinstance(reply, JoinReply)
+        net.handle_outs(joiner, joiner.absorb(reply.items, net.now))
+        nodes.append(joiner)
+        net.run_until(net.now + 200)
+    net.run_until(net.now + 5000)
+    return net, nodes
+
+
+def pushes_of(net: LoopNet, since: int) -> int:
+    """Pushes on the wire since message ``since``."""
+    return sum(1 for data in net.wire[since:] if isinstance(decode(data), Push))
+
+
+def test_a_change_reaches_every_member_along_the_tree() -> None:
+    net, nodes = tree_mesh(10)
+    assert len({n.mesh.digest() for n in nodes}) == 1
+    # every member computes the same tree from its view
+    views = {n.key: set(n.tree_targets(net.now)) for n in nodes}
+    for k, neighbours in views.items():
+        for m in neighbours:
+            assert k in views[m]
+    t0, mark = net.now, len(net.wire)
+    author = nodes[3]
+    net.handle_outs(author, author.update_self(t0, alias="bob"))
+    net.run_until(t0 + 300)  # before any periodic round: the tree alone
+    for n in nodes:
+        rec = n.mesh.live_record(author.key)
+        assert rec is not None and rec.alias == "bob"
+    # each member got it about once: N - 1 pushes (the tree's edges)
+    assert pushes_of(net, mark) == len(nodes) - 1
+
+
+def test_a_crashed_tree_neighbour_is_routed_around() -> None:
+    net, nodes = tree_mesh(12)
+    author = nodes[0]
+    inner = [n for n in nodes if n is not author and len(n.tree_targets(net.now)) >= 3]
+    victim = inner[0]
+    net.down.add(victim.key)
+    t0 = net.now
+    net.handle_outs(author, author.update_self(t0, alias="carol"))
+    net.run_until(t0 + 2500)  # a timeout (1 s) and the bypass, before any prune
+    for n in nodes:
+        if n is not victim:
+            rec = n.mesh.live_record(author.key)
+            assert rec is not None and rec.alias == "carol"
+
+
+def test_a_failed_tree_push_goes_to_the_replacement_and_is_tried_once_more() -> None:
+    net, nodes = tree_mesh(12)
+    me = nodes[0]
+    targets = me.tree_targets(net.now)
+    gone = targets[-1]
+    call = Call(gone, Push(MESH, ()), PushCtx(frozenset({me.key}), tree=1))
+    outs = me.handle_failure(gone, call.ctx, net.now)
+    sent = [o for o in outs if isinstance(o, Call) and isinstance(o.ctx, PushCtx)]
+    retry = [o for o in sent if o.to == gone]
+    assert len(retry) == 1 and isinstance(retry[0].ctx, PushCtx) and retry[0].ctx.tree == 2
+    assert gone not in me.tree_targets(net.now)
+    instead = {o.to for o in sent if o.to != gone}
+    assert instead == set(me.tree_targets(net.now)) - set(targets)
+    # the retry failing too changes nothing more
+    assert me.handle_failure(gone, retry[0].ctx, net.now) == []
+
+
+def test_the_simulator_silences_the_top_of_the_tree() -> None:
+    """``--silent-forwarders``: the root and its children, breadth first; nothing forwarded."""
+    from smegmesh.sim.silent import silence, tree_top
+
+    keys = rand_keys(200)
+    top = tree_top(keys, 4, 5)
+    root = keys[0]
+    assert top[0] == root and set(top[1:]) == set(tree_neighbours(root, keys, root, 4)[1])
+    net, nodes = tree_mesh(6)
+    quiet = nodes[2]
+    silence(quiet)
+    assert quiet._push_now({nodes[0].key}, (nodes[0].key,), net.now) == []  # a forward
+    own = quiet._push_now({quiet.key}, (), net.now, full=2)  # its own change still goes
+    assert own and all(isinstance(o, Call) for o in own)
