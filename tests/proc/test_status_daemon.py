@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -156,3 +157,53 @@ def test_a_clients_only_peer_that_left_is_not_online_in_its_status() -> None:
         assert not c.tracebacks(), [d.log()[-3000:] for d in c.daemons]
     finally:
         c.close()
+
+
+def test_last_seen_of_a_client_and_its_peer_on_real_daemons() -> None:
+    """Found by a user sweep: a client showed its live peer as last seen "never", and
+    a member not its peer showed the client "44s ago" while online (unit tests:
+    tests/unit/test_last_seen.py). The client's peer is a fresh age on the client;
+    elsewhere LAST SEEN names the peer the client's liveness is known through."""
+    c = Cluster()
+    try:
+        a, x, b = c.add(3)
+        mesh_id = create_mesh(a, [x])
+        tok = a.api("POST", f"/v1/meshes/{mesh_id}/invites", json={"ttl_s": 600, "uses": 1})
+        b.api("POST", "/v1/join", json={"token": tok["token"], "role": "client"})
+        wait_until(
+            lambda: b.ctl_json("status")["meshes"][0]["members_online"] == 3, 30, 0.2, "3 online"
+        )
+        me = b.ctl_json("get-mesh", "--meshid", mesh_id)
+        (own,) = [n for n in me["nodes"] if n["is_self"]]
+        peer = own["assigned_peer"]
+        assert peer is not None
+        other, owner = (x, a) if key_of(a, mesh_id) == peer else (a, x)
+        assert key_of(owner, mesh_id) == peer
+        for _ in range(3):  # well past the join: ages of the join would show
+            time.sleep(3)
+            row = node_row(b, mesh_id, peer)
+            assert row["seen_via"] is None and time.time() - row["last_seen"] < 5
+            row = node_row(owner, mesh_id, own["public_key"])
+            assert row["seen_via"] is None and time.time() - row["last_seen"] < 5
+            row = node_row(other, mesh_id, own["public_key"])
+            assert row["status"] == "live" and row["seen_via"] == peer
+        line = [
+            ln
+            for ln in other.ctl("get-mesh", "--meshid", mesh_id).stdout.splitlines()
+            if own["public_key"][:12] in ln
+        ]
+        assert len(line) == 1 and f"via {peer[:8]}" in line[0], line
+        assert not c.tracebacks(), [d.log()[-3000:] for d in c.daemons]
+    finally:
+        c.close()
+
+
+def key_of(d: Smegd, mesh_id: str) -> str:
+    return str(d.self_key(mesh_id))
+
+
+def node_row(d: Smegd, mesh_id: str, key: str) -> dict[str, object]:
+    (n,) = [
+        n for n in d.ctl_json("get-mesh", "--meshid", mesh_id)["nodes"] if n["public_key"] == key
+    ]
+    return dict(n)

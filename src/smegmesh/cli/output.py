@@ -83,7 +83,10 @@ def _fail(
     raise typer.Exit(code)
 
 
-def _ago(ts: float | None, now: float) -> str:
+def _ago(ts: float | None, now: float, via: str | None = None) -> str:
+    """LAST SEEN: an age, or the peer a node's liveness is known through (``seen_via``)."""
+    if via is not None:
+        return f"via {via[:8]}…"
     if ts is None:
         return "never"
     return _dur(max(0.0, now - ts)) + " ago"

@@ -144,7 +144,7 @@ def _member_row(n: MemberStatus, now: float) -> tuple[str, ...]:
         f"{n.rtt_ms:.2f} ms" if n.rtt_ms is not None else "-",
         "-" if n.is_self else ("never" if hs is None else _dur(hs) + " ago"),
         f"{_bytes(n.rx_bytes)} / {_bytes(n.tx_bytes)}" if direct else "-",
-        "-" if n.is_self else _ago(n.last_seen, now),
+        "-" if n.is_self else _ago(n.last_seen, now, n.seen_via),
         _short_key(n.public_key),
     )
 

@@ -75,7 +75,7 @@ def _node_row(n: NodeInfo, now: float) -> tuple[str, ...]:
         role,
         n.overlay_address,
         n.wg_endpoint or "-",
-        _ago(n.last_seen, now),
+        _ago(n.last_seen, now, n.seen_via),
         _dur(n.handshake_age_s),
         f"{_bytes(n.rx_bytes)} / {_bytes(n.tx_bytes)}" if n.wg_peer else "-",
         n.public_key[:12] + "…",

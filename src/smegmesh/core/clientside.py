@@ -11,7 +11,9 @@ cannot be called and pulls from that very peer) or left them unanswered for
 a suspicion window is :attr:`~smegmesh.core.meshnode.MeshNode.suspects` in the
 client's view (``status``, ``get-mesh``), until it answers one again or, once
 the client moved off it, for as long as the client passes it over. A client's
-failure detector watches no peer.
+failure detector watches no peer; it records when the client last heard from
+one (every ack of a ping, every pull: ``MeshNode.last_heard``, LAST SEEN in
+``get-mesh``; tests/unit/test_last_seen.py).
 
 A client cannot be called, so its peer tells it that it holds it as pruned
 in the ack of its ping (``Ack.ok`` False, see :meth:`ClientMixin._ping_ack`);

@@ -98,6 +98,9 @@ class NodeInfo(_Model):
     last_seen: float | None = Field(
         default=None, description="Unix time the node was last heard of"
     )
+    seen_via: str | None = Field(
+        default=None, description="Key of the peer its liveness is known through (docs/QUERY.md)"
+    )
     handshake_age_s: float | None = Field(
         default=None,
         description="Seconds since the last WireGuard handshake (None: never/not a wg peer)",
@@ -391,6 +394,7 @@ class MemberStatus(_Model):
     rx_bytes: int = Field(default=0, description="Bytes received from this WireGuard peer")
     tx_bytes: int = Field(default=0, description="Bytes sent to this WireGuard peer")
     last_seen: float | None = None
+    seen_via: str | None = Field(default=None, description="As in NodeInfo")
     path: PathInfo
     rtt_ms: float | None = Field(
         default=None, description="Measured round trip over the path in use (ms; see NodeInfo)"

@@ -178,6 +178,7 @@ def _member(n: NodeInfo, path: PathInfo, hop: NodeInfo | None) -> MemberStatus:
         rx_bytes=n.rx_bytes if path.kind == "direct" else 0,
         tx_bytes=n.tx_bytes if path.kind == "direct" else 0,
         last_seen=n.last_seen,
+        seen_via=n.seen_via,
         path=path,
         rtt_ms=n.rtt_ms,
     )

@@ -8,7 +8,7 @@ counters, failure-detector state and the clock; :func:`model_json_bytes` /
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel
@@ -124,6 +124,7 @@ def mesh_detail(
     owners = alias_owners(nodes.values(), authority)
     selected, gateway_for = _selected_routes(mesh_id, nodes, routes)
     now_s = now_ms / 1000
+    vouch = _seen_via(nodes, assignment, self_key)
 
     def info(r: NodeRecord) -> NodeInfo:
         k = r.wg_key
@@ -139,6 +140,7 @@ def mesh_detail(
             wg_endpoint=r.wg_endpoint,
             control_endpoint=r.control_endpoint,
             last_seen=heard / 1000 if heard is not None else None,
+            seen_via=key_to_text(v) if (v := vouch(k)) is not None else None,
             **_wg_fields(wg, now_s),
             assigned_peer=key_to_text(via) if via is not None else None,
             routes=[RouteInfo(destination=a.prefix, path=list(a.path)) for a in r.routes],
@@ -174,6 +176,28 @@ def mesh_detail(
         admins=sorted(key_to_text(k) for k in authority.admins) if authority is not None else [],
         evicted=_evicted(authority) if authority is not None else [],
     )
+
+
+def _seen_via(
+    nodes: Mapping[bytes, NodeRecord], assignment: Mapping[bytes, bytes | None], self_key: bytes
+) -> Callable[[bytes], bytes | None]:
+    """The peer through which this node knows ``k`` alive (None: it hears from ``k`` itself).
+
+    Members do not probe clients: a client's assigned peer hears its pings and
+    prunes it after a ``clientTimeout`` of silence; the other members know it
+    alive only because that peer keeps it. A client hears from its own peer
+    only: the rest of the mesh's liveness comes to it from that peer.
+    """
+    me = nodes.get(self_key)
+    if me is not None and me.role == Role.CLIENT:
+        mine = assignment.get(self_key)
+        return lambda k: mine if k not in (self_key, mine) else None
+
+    def via(k: bytes) -> bytes | None:
+        p = assignment.get(k)
+        return p if p != self_key else None
+
+    return via
 
 
 def _evicted(authority: Authority) -> list[EvictedNode]:
