@@ -60,6 +60,8 @@ def gossip_params(config: Config) -> GossipParams:
         inter_cluster_chance=config.inter_cluster_chance,
         branch=config.branch,
         infection_count=config.infection_count,
+        dissemination=config.dissemination,
+        tree_fanout=config.tree_fanout,
     )
 
 

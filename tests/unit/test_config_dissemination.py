@@ -1,0 +1,53 @@
+"""smegd's ``dissemination`` and ``treeFanout`` keys: parsed, checked, and passed to the core."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from smegmesh.core.gossip import GossipParams
+from smegmesh.daemon.config import Config, ConfigError, parse_config
+from smegmesh.daemon.reload import LIVE_KEYS, gossip_params
+
+
+def _err(text: str) -> str:
+    with pytest.raises(ConfigError) as ei:
+        parse_config(yaml.safe_load(text))
+    msg = str(ei.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_defaults_are_the_cores() -> None:
+    c = parse_config({})
+    assert (c.dissemination, c.tree_fanout) == ("gossip", GossipParams().tree_fanout)
+    g = gossip_params(c)
+    assert (g.dissemination, g.tree_fanout) == ("gossip", GossipParams().tree_fanout)
+
+
+def test_tree_reaches_gossip_params() -> None:
+    c = parse_config(yaml.safe_load("dissemination: Tree\ntreeFanout: 6\nbranch: 2"))
+    g = gossip_params(c)
+    assert (g.dissemination, g.tree_fanout, g.branch) == ("tree", 6, 2)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "says"),
+    [
+        ("dissemination: flood", "dissemination", "'gossip' or 'tree'"),
+        ("dissemination: 3", "dissemination", "'gossip' or 'tree'"),
+        ("treeFanout: 1", "treeFanout", "greater than or equal to 2"),
+        ("treeFanout: 65", "treeFanout", "less than or equal to 64"),
+        ("treeFanout: true", "treeFanout", "true or false"),
+    ],
+)
+def test_bad_values_name_the_key(text: str, key: str, says: str) -> None:
+    msg = _err(text)
+    assert msg.startswith(f"config: {key}: "), msg
+    assert says in msg, msg
+
+
+def test_a_restart_key() -> None:
+    """The tree's cached neighbours assume one setting for the process's life."""
+    assert not {"dissemination", "tree_fanout"} & LIVE_KEYS
+    assert Config.model_fields["tree_fanout"].alias == "treeFanout"
