@@ -106,9 +106,11 @@ def measure(
     datagrams: bool = True,
     churn: float = 0.0,
     authority: bool = False,
+    dissemination: str = "gossip",
 ) -> dict[str, Any]:
     base_port = 47100 + (size % 97) * procs + (0 if datagrams else 50) + (20 if authority else 0)
     tag = f"{size}-{'dgram' if datagrams else 'stream'}{'-founded' if authority else ''}"
+    tag += "-tree" if dissemination == "tree" else ""
     sdir = root / f"swarm-{tag}"
     workers = start_swarm(
         sdir,
@@ -118,14 +120,17 @@ def measure(
         datagrams=datagrams,
         churn_per_min=churn,
         authority=authority,
+        dissemination=dissemination,
     )
-    smegd = MeasuredSmegd(root / f"smegd-{tag}", extra={"datagrams": datagrams})
+    extra = {"datagrams": datagrams, "dissemination": dissemination}
+    smegd = MeasuredSmegd(root / f"smegd-{tag}", extra=extra)
     row: dict[str, Any] = {
         "members": size,
         "procs": procs,
         "datagrams": datagrams,
         "churn_per_min": churn,
         "authority": authority,
+        "dissemination": dissemination,
     }
     try:
         t0 = time.monotonic()
@@ -456,6 +461,12 @@ def main(argv: list[str] | None = None) -> int:
         help="a founded swarm mesh, as smegctl create makes (records carry admission "
         "chains); both: off then on at each size",
     )
+    ap.add_argument(
+        "--dissemination",
+        choices=("gossip", "tree"),
+        default="gossip",
+        help="smegd's (and the swarm members') dissemination key (docs/SCALE.md, 15)",
+    )
     ap.add_argument("--replot", default=None, help="a JSON file of an earlier run")
     ap.add_argument("--out", default=str(OUT))
     a = ap.parse_args(argv)
@@ -489,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
                             datagrams=dg,
                             churn=a.churn_per_min,
                             authority=au,
+                            dissemination=a.dissemination,
                         )
                     except Exception as e:  # a size that could not be measured: said, not fatal
                         print(f"-- {size} members: not measured: {str(e)[:300]}", flush=True)
