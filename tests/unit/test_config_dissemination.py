@@ -29,6 +29,15 @@ def test_tree_reaches_gossip_params() -> None:
     c = parse_config(yaml.safe_load("dissemination: Tree\ntreeFanout: 6\nbranch: 2"))
     g = gossip_params(c)
     assert (g.dissemination, g.tree_fanout, g.branch) == ("tree", 6, 2)
+    # the measured tree: lazy rounds to one member, one round (docs/SCALE.md, 15)
+    assert (g.round_fanout, g.infection_count) == (1, 1)
+
+
+def test_tree_keeps_an_explicit_infection_count() -> None:
+    g = gossip_params(parse_config({"dissemination": "tree", "infectionCount": 3}))
+    assert (g.round_fanout, g.infection_count) == (1, 3)
+    g = gossip_params(parse_config({"infectionCount": 2}))
+    assert (g.dissemination, g.round_fanout, g.infection_count) == ("gossip", None, 2)
 
 
 @pytest.mark.parametrize(
