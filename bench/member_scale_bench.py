@@ -58,8 +58,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from join_bench import library_floor_mb
+from smegmesh.core.identity import NodeIdentity, key_from_text
+from smegmesh.core.tree import tree_neighbours
 from smegmesh.testbed.measured import MeasuredSmegd
 from smegmesh.testbed.swarm import read_stats, start_swarm
+from smegmesh.testbed.swarm_plan import node_seed
 from smegmesh.testbed.wait import wait_until
 
 TARGETS = {"rss_mb": 150.0, "fds": 256, "threads": 16, "cpu_pct": 2.0, "wire_kbs": 10.0}
@@ -94,6 +97,18 @@ def _by_type(m: dict[str, float], prefix: str, label: str = "type") -> dict[str,
 
 
 CHURN_LEAD_S = 10.0  # the swarm's downtime: the window sees restarts from its start
+
+
+def tree_degree(smegd: MeasuredSmegd, mesh_id: str, size: int, fanout: int = 4) -> int | None:
+    """The smegd's neighbours (parent and children) in the tree of all members, all live:
+    where it sits decides what the tree costs it (a leaf: each change once, in and out)."""
+    try:
+        me = key_from_text(smegd.api("GET", f"/v1/meshes/{mesh_id}")["self_key"])
+    except Exception:
+        return None
+    peers = sorted(NodeIdentity.from_seed(node_seed(1, i)).wg_public_key for i in range(size))
+    parent, children = tree_neighbours(me, peers, me, fanout)
+    return (parent is not None) + len(children)
 
 
 def measure(
@@ -156,6 +171,7 @@ def measure(
             row["all_live_s"] = round(time.monotonic() - t0, 1)
         except TimeoutError:
             row["all_live_s"] = None
+        row["tree_degree"] = tree_degree(smegd, mesh_id, size)
         time.sleep(settle)
         _start_churn(sdir, churn)
         m0, p0, st0 = smegd.metrics(), smegd.sample(), read_stats(sdir)
