@@ -175,9 +175,9 @@ class Config(_Model):
     dissemination: Dissemination = Field(
         default="gossip",
         description="How a node forwards changes it received: 'gossip' (to random members) or "
-        "'tree' (along a spanning tree of the members; the periodic rounds then offer to one "
-        "member, for one round unless infectionCount is set): about half the bytes under churn "
-        "(docs/SCALE.md, 15). Use it on every member; a mixed mesh works. Needs a restart.",
+        "'tree' (along a spanning tree; the periodic rounds then offer to one member, one round "
+        "unless infectionCount is set): about half the bytes under churn (docs/SCALE.md, 15). "
+        "Use it on every member (a mixed mesh works: same messages). Needs a restart.",
     )
     tree_fanout: int = Field(
         default=4, alias="treeFanout", ge=2, le=64, description="Children per member in the tree."
