@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -60,3 +62,14 @@ def test_a_restart_key() -> None:
     """The tree's cached neighbours assume one setting for the process's life."""
     assert not {"dissemination", "tree_fanout"} & LIVE_KEYS
     assert Config.model_fields["tree_fanout"].alias == "treeFanout"
+
+
+@pytest.mark.parametrize("how", ["gossip", "tree"])
+def test_swarm_members_use_the_same_parameters_as_smegd(tmp_path: Path, how: str) -> None:
+    """The test-bed's members get what smegd's key gives (bench/member_scale_bench.py)."""
+    from smegmesh.testbed.swarm_plan import Plan, build_members
+
+    plan = Plan(4, 1, 47000, 1, 1_800_000_000_000, tmp_path, dissemination=how)
+    members, _ = build_members(plan, 0)
+    want = gossip_params(parse_config({"dissemination": how}))
+    assert {m.node.gossip for m in members} == {want}
