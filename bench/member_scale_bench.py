@@ -58,8 +58,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from join_bench import library_floor_mb
+from smegmesh.core.identity import NodeIdentity, key_from_text
+from smegmesh.core.tree import tree_neighbours
 from smegmesh.testbed.measured import MeasuredSmegd
 from smegmesh.testbed.swarm import read_stats, start_swarm
+from smegmesh.testbed.swarm_plan import node_seed
 from smegmesh.testbed.wait import wait_until
 
 TARGETS = {"rss_mb": 150.0, "fds": 256, "threads": 16, "cpu_pct": 2.0, "wire_kbs": 10.0}
@@ -96,6 +99,18 @@ def _by_type(m: dict[str, float], prefix: str, label: str = "type") -> dict[str,
 CHURN_LEAD_S = 10.0  # the swarm's downtime: the window sees restarts from its start
 
 
+def tree_degree(smegd: MeasuredSmegd, mesh_id: str, size: int, fanout: int = 4) -> int | None:
+    """The smegd's neighbours (parent and children) in the tree of all members, all live:
+    where it sits decides what the tree costs it (a leaf: each change once, in and out)."""
+    try:
+        me = key_from_text(smegd.api("GET", f"/v1/meshes/{mesh_id}")["self_key"])
+    except Exception:
+        return None
+    peers = sorted(NodeIdentity.from_seed(node_seed(1, i)).wg_public_key for i in range(size))
+    parent, children = tree_neighbours(me, peers, me, fanout)
+    return (parent is not None) + len(children)
+
+
 def measure(
     size: int,
     procs: int,
@@ -106,9 +121,11 @@ def measure(
     datagrams: bool = True,
     churn: float = 0.0,
     authority: bool = False,
+    dissemination: str = "gossip",
 ) -> dict[str, Any]:
     base_port = 47100 + (size % 97) * procs + (0 if datagrams else 50) + (20 if authority else 0)
     tag = f"{size}-{'dgram' if datagrams else 'stream'}{'-founded' if authority else ''}"
+    tag += "-tree" if dissemination == "tree" else ""
     sdir = root / f"swarm-{tag}"
     workers = start_swarm(
         sdir,
@@ -118,14 +135,17 @@ def measure(
         datagrams=datagrams,
         churn_per_min=churn,
         authority=authority,
+        dissemination=dissemination,
     )
-    smegd = MeasuredSmegd(root / f"smegd-{tag}", extra={"datagrams": datagrams})
+    extra = {"datagrams": datagrams, "dissemination": dissemination}
+    smegd = MeasuredSmegd(root / f"smegd-{tag}", extra=extra)
     row: dict[str, Any] = {
         "members": size,
         "procs": procs,
         "datagrams": datagrams,
         "churn_per_min": churn,
         "authority": authority,
+        "dissemination": dissemination,
     }
     try:
         t0 = time.monotonic()
@@ -151,6 +171,7 @@ def measure(
             row["all_live_s"] = round(time.monotonic() - t0, 1)
         except TimeoutError:
             row["all_live_s"] = None
+        row["tree_degree"] = tree_degree(smegd, mesh_id, size)
         time.sleep(settle)
         _start_churn(sdir, churn)
         m0, p0, st0 = smegd.metrics(), smegd.sample(), read_stats(sdir)
@@ -456,6 +477,12 @@ def main(argv: list[str] | None = None) -> int:
         help="a founded swarm mesh, as smegctl create makes (records carry admission "
         "chains); both: off then on at each size",
     )
+    ap.add_argument(
+        "--dissemination",
+        choices=("gossip", "tree"),
+        default="gossip",
+        help="smegd's (and the swarm members') dissemination key (docs/SCALE.md, 15)",
+    )
     ap.add_argument("--replot", default=None, help="a JSON file of an earlier run")
     ap.add_argument("--out", default=str(OUT))
     a = ap.parse_args(argv)
@@ -489,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
                             datagrams=dg,
                             churn=a.churn_per_min,
                             authority=au,
+                            dissemination=a.dissemination,
                         )
                     except Exception as e:  # a size that could not be measured: said, not fatal
                         print(f"-- {size} members: not measured: {str(e)[:300]}", flush=True)

@@ -79,6 +79,7 @@ def start_swarm(
     churn_per_min: float = 0.0,
     churn_downtime_s: float = 10.0,
     authority: bool = False,
+    dissemination: str = "gossip",
 ) -> list[subprocess.Popen[bytes]]:
     """Start the worker processes (returns at once; ``DIR/token`` appears when ready).
 
@@ -119,6 +120,8 @@ def start_swarm(
         str(churn_downtime_s),
         *([] if datagrams else ["--no-datagrams"]),
         *(["--authority"] if authority else []),
+        "--dissemination",
+        dissemination,
     ]
     return [
         subprocess.Popen([*common, "--worker", str(p)], start_new_session=True)
@@ -180,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         "admitted by random earlier members, records carrying their admission chains); "
         "its id, swarm-SUFFIX, is written to DIR/mesh_id",
     )
+    ap.add_argument("--dissemination", choices=("gossip", "tree"), default="gossip")
     ap.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--t0", type=int, default=0, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -202,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         churn_per_min=a.churn_per_min,
         churn_downtime_s=a.churn_downtime,
         authority=a.authority,
+        dissemination=a.dissemination,
     )
     stop = False
 

@@ -84,6 +84,8 @@ class Plan:
     #: admitted by a random earlier one (the simulator's ``--authority``
     #: admission tree), and every record carries its admission chain
     authority: bool = False
+    #: the members' ``GossipParams.dissemination`` (smegd's ``dissemination`` key)
+    dissemination: str = "gossip"
 
     @cached_property
     def founding(self) -> Founding | None:
@@ -170,7 +172,13 @@ def build_members(plan: Plan, proc: int) -> tuple[list[Member], dict[bytes, int]
         for i, ident in enumerate(ids)
     ]
     base = steady_state(mesh_id, founding, recs, plan.t0)
-    gossip, liveness = GossipParams(), LivenessParams.from_heartbeat(2000)
+    tree = plan.dissemination == "tree"  # as smegd's dissemination: tree (daemon.reload)
+    gossip = GossipParams(
+        infection_count=1 if tree else 3,
+        round_fanout=1 if tree else None,
+        dissemination=plan.dissemination,
+    )
+    liveness = LivenessParams.from_heartbeat(2000)
     members: list[Member] = []
     for i in range(proc, plan.members, plan.procs):
         node = MeshNode(

@@ -476,6 +476,7 @@ def worker_main(a: argparse.Namespace) -> int:
         a.churn_per_min,
         a.churn_downtime,
         a.authority,
+        getattr(a, "dissemination", "gossip"),
     )
     worker = Worker(plan, a.worker, datagrams=not getattr(a, "no_datagrams", False))
     loop = asyncio.new_event_loop()

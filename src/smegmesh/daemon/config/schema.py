@@ -29,6 +29,7 @@ __all__ = [
     "SKIP_CERT_WARNING",
     "BaseConfiguration",
     "Config",
+    "Dissemination",
     "IpDiscovery",
     "LogFormat",
     "LogLevel",
@@ -39,6 +40,7 @@ __all__ = [
 WgBackend = Literal["auto", "kernel", "userspace", "memory"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["text", "json"]
+Dissemination = Literal["gossip", "tree"]
 
 SKIP_CERT_WARNING = "node-to-node TLS is always verified; skipCertVerification is ignored"
 CA_TLS_WARNING = (
@@ -169,6 +171,16 @@ class Config(_Model):
             " that already held it cost the item one round). Late rounds announce keys"
             " and versions; a target pulls what it lacks (docs/SCALE.md, Offers)."
         ),
+    )
+    dissemination: Dissemination = Field(
+        default="gossip",
+        description="How a node forwards changes it received: 'gossip' (to random members) or "
+        "'tree' (along a spanning tree; the periodic rounds then offer to one member, one round "
+        "unless infectionCount is set): about half the bytes under churn (docs/SCALE.md, 15). "
+        "Use it on every member (a mixed mesh works: same messages). Needs a restart.",
+    )
+    tree_fanout: int = Field(
+        default=4, alias="treeFanout", ge=2, le=64, description="Children per member in the tree."
     )
     heartbeat_interval: float = Field(
         default=2,  # docs/SCALE.md: crash pruned by 99 % of 3,000 nodes in 3.0 s, 84 B/s/node
@@ -352,7 +364,7 @@ class Config(_Model):
     _hp = field_validator("api_listen", "dns_listen", "dns_forwarder", "metrics_listen")(_host_port)
     _sock = field_validator("control_socket")(_socket_path)
 
-    @field_validator("log_level", "log_format", mode="before")
+    @field_validator("log_level", "log_format", "dissemination", mode="before")
     @classmethod
     def _lower(cls, v: Any) -> Any:
         return v.lower() if isinstance(v, str) else v
