@@ -19,7 +19,7 @@ from __future__ import annotations
 import bisect
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import overload
 
 #: Pushes of an item that found their target holding it, per push round the
@@ -76,6 +76,21 @@ class GossipParams:
             raise ValueError("dissemination must be gossip or tree, tree_fanout >= 1")
         if not 0.0 <= self.inter_cluster_chance <= 1.0:
             raise ValueError("interClusterChance must be within [0, 1]")
+
+    def lazy_tree(self, *, keep_infection_count: bool = False) -> GossipParams:
+        """These parameters with ``tree`` dissemination as measured (docs/SCALE.md, 15).
+
+        The periodic rounds are then the lazy repair path only: one random
+        member each (``round_fanout`` 1), for one round unless
+        ``keep_infection_count`` (a user set it). smegd's ``dissemination:
+        tree`` and the swarm's members take this one rule.
+        """
+        return replace(
+            self,
+            dissemination="tree",
+            round_fanout=1,
+            infection_count=self.infection_count if keep_infection_count else 1,
+        )
 
 
 def full_hops(members: int, branch: int) -> int:

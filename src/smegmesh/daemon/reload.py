@@ -53,22 +53,19 @@ LIVE_KEYS = frozenset(
 
 
 def gossip_params(config: Config) -> GossipParams:
-    """The core's parameters. With ``dissemination: tree`` the periodic rounds are
-    the lazy repair path only: one random member each (``round_fanout`` 1) and one
-    round unless ``infectionCount`` is set, as measured (docs/SCALE.md, 15)."""
-    tree = config.dissemination == "tree"
-    lazy_one = tree and "infection_count" not in config.model_fields_set
-    return GossipParams(
+    """The core's parameters; ``dissemination: tree`` as ``GossipParams.lazy_tree``."""
+    params = GossipParams(
         sync_interval_ms=int(config.sync_interval * 1000),
         pull_interval_ms=int(config.pull_interval * 1000),
         cluster_size=config.cluster_size,
         inter_cluster_chance=config.inter_cluster_chance,
         branch=config.branch,
-        infection_count=1 if lazy_one else config.infection_count,
-        round_fanout=1 if tree else None,
-        dissemination=config.dissemination,
+        infection_count=config.infection_count,
         tree_fanout=config.tree_fanout,
     )
+    if config.dissemination != "tree":
+        return params
+    return params.lazy_tree(keep_infection_count="infection_count" in config.model_fields_set)
 
 
 def liveness_params(config: Config) -> LivenessParams:

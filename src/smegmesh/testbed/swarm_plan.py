@@ -172,12 +172,9 @@ def build_members(plan: Plan, proc: int) -> tuple[list[Member], dict[bytes, int]
         for i, ident in enumerate(ids)
     ]
     base = steady_state(mesh_id, founding, recs, plan.t0)
-    tree = plan.dissemination == "tree"  # as smegd's dissemination: tree (daemon.reload)
-    gossip = GossipParams(
-        infection_count=1 if tree else 3,
-        round_fanout=1 if tree else None,
-        dissemination=plan.dissemination,
-    )
+    gossip = GossipParams()  # as smegd's defaults, or its dissemination: tree
+    if plan.dissemination == "tree":
+        gossip = gossip.lazy_tree()
     liveness = LivenessParams.from_heartbeat(2000)
     members: list[Member] = []
     for i in range(proc, plan.members, plan.procs):
