@@ -177,8 +177,7 @@ class Config(_Model):
         description="How a node forwards changes it received: 'gossip' (to random members) or "
         "'tree' (along a spanning tree; the periodic rounds then offer to one member, one round "
         "unless infectionCount is set): about half the bytes under churn (docs/SCALE.md, 15). "
-        "Use it on every member (a mixed mesh exchanges the same messages; not yet tested). "
-        "Needs a restart.",
+        "Use it on every member (a mixed mesh is not yet tested). Needs a restart.",
     )
     tree_fanout: int = Field(
         default=4, alias="treeFanout", ge=2, le=64, description="Children per member in the tree."
