@@ -518,7 +518,9 @@ function renderPanel() {
     ["Public key", el("span", { class: "mono" }, n.public_key)],
     ["Mesh", el("span", { class: "mono" }, s.mesh)],
     ["Status", n.status || "live"],
-    ["Last seen", n.last_seen ? fmtAge(Date.now() / 1000 - n.last_seen) : "—"],
+    ["Last seen", n.seen_via
+      ? `via ${nodeName(byKey.get(n.seen_via) || { public_key: n.seen_via })}`
+      : (n.last_seen ? fmtAge(Date.now() / 1000 - n.last_seen) : "—")],
     ["Handshake", n.is_self ? "— (this node)" : (n.wg_peer ? fmtAge(n.handshake_age_s) : "no direct WireGuard peer")],
     ["Traffic", n.is_self ? "—" : `received ${fmtBytes(n.rx_bytes)}, sent ${fmtBytes(n.tx_bytes)}`],
     ["Endpoint", n.wg_endpoint || "—"],
