@@ -16,7 +16,6 @@ from smegmesh.core.meshnode import Call, MeshNode, MeshSettings
 from smegmesh.core.messages import IN_REPLY, Ack, JoinReply, JoinRequest, Refusal
 from smegmesh.core.record import Role
 from smegmesh.core.state import MeshState
-from smegmesh.core.wire import decode, encode
 from smegmesh.testbed.loopnet import LoopNet
 
 MESH = "amber-falcon-river-k7q2"
@@ -46,19 +45,7 @@ class Net(LoopNet):
 
 
 def join(net: Net, joiner: MeshNode, via: MeshNode) -> None:
-    token, outs = via.invite(
-        net.now,
-        ttl_ms=60_000,
-        uses=1,
-        bootstrap=[Bootstrap("x:1", bytes(32), via.key)],
-        secret=secrets.token_bytes(16),
-    )
-    net.handle_outs(via, outs)
-    req = joiner.join_request(token.secret, net.now)
-    reply, outs = via.handle_request(joiner.key, decode(encode(req)), net.now)
-    net.handle_outs(via, outs)
-    assert isinstance(reply, JoinReply)
-    net.handle_outs(joiner, joiner.absorb(reply.items, net.now))
+    net.join(joiner, via)
 
 
 def mesh_of(n_peers: int, n_clients: int = 0) -> tuple[Net, list[MeshNode]]:

@@ -11,11 +11,14 @@ relays ``PingReq`` itself).
 from __future__ import annotations
 
 import heapq
+import secrets
 from dataclasses import dataclass, field
 
 from smegmesh.core.driver import EngineDriver
 from smegmesh.core.engine import Call, Message, Out
+from smegmesh.core.invite import Bootstrap
 from smegmesh.core.meshnode import MeshNode
+from smegmesh.core.messages import JoinReply
 from smegmesh.core.wire import decode, encode
 
 __all__ = ["LoopNet"]
@@ -71,6 +74,22 @@ class LoopNet:
         self.nodes[node.key] = node
         self.drivers[node.key] = EngineDriver(node, _LoopPort(self, node.key))
         return node
+
+    def join(self, joiner: MeshNode, via: MeshNode) -> None:
+        """``joiner`` joins through ``via`` by a one-use invitation, its reply absorbed."""
+        token, outs = via.invite(
+            self.now,
+            ttl_ms=60_000,
+            uses=1,
+            bootstrap=[Bootstrap("x:1", bytes(32), via.key)],
+            secret=secrets.token_bytes(16),
+        )
+        self.handle_outs(via, outs)
+        req = joiner.join_request(token.secret, self.now)
+        reply, outs = via.handle_request(joiner.key, decode(encode(req)), self.now)
+        self.handle_outs(via, outs)
+        assert isinstance(reply, JoinReply), reply
+        self.handle_outs(joiner, joiner.absorb(reply.items, self.now))
 
     def handle_outs(self, node: MeshNode, outs: list[Out]) -> None:
         """Carry out the outputs of a local command of ``node``."""
