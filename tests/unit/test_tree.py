@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import random
-import secrets
 from collections import Counter
 
 import pytest
@@ -14,13 +13,12 @@ from hypothesis import strategies as st
 from smegmesh.core.engine import Call, PushCtx
 from smegmesh.core.gossip import GossipParams
 from smegmesh.core.identity import NodeIdentity
-from smegmesh.core.invite import Bootstrap
 from smegmesh.core.liveness import LivenessParams
 from smegmesh.core.meshnode import MeshNode, MeshSettings
-from smegmesh.core.messages import JoinReply
 from smegmesh.core.sync import Push
 from smegmesh.core.tree import tree_neighbours
-from smegmesh.core.wire import decode, encode
+from smegmesh.core.treecast import DOWN_MS
+from smegmesh.core.wire import decode
 from smegmesh.testbed.loopnet import LoopNet
 
 
@@ -170,19 +168,7 @@ def tree_mesh(n: int) -> tuple[Net, list[MeshNode]]:
     net.handle_outs(nodes[0], nodes[0].start(0))
     for i in range(2, n + 1):
         joiner, via = net.add(i), nodes[-1]
-        token, outs = via.invite(
-            net.now,
-            ttl_ms=60_000,
-            uses=1,
-            bootstrap=[Bootstrap("x:1", bytes(32), via.key)],
-            secret=secrets.token_bytes(16),
-        )
-        net.handle_outs(via, outs)
-        req = joiner.join_request(token.secret, net.now)
-        reply, outs = via.handle_request(joiner.key, decode(encode(req)), net.now)
-        net.handle_outs(via, outs)
-        assert isinstance(reply, JoinReply)
-        net.handle_outs(joiner, joiner.absorb(reply.items, net.now))
+        net.join(joiner, via)
         nodes.append(joiner)
         net.run_until(net.now + 200)
     net.run_until(net.now + 5000)
@@ -259,3 +245,16 @@ def test_the_simulator_silences_the_top_of_the_tree() -> None:
     assert quiet._push_now({nodes[0].key}, (nodes[0].key,), net.now) == []  # a forward
     own = quiet._push_now({quiet.key}, (), net.now, full=2)  # its own change still goes
     assert own and all(isinstance(o, Call) for o in own)
+
+
+def test_a_clock_stepped_back_does_not_keep_a_neighbour_routed_around() -> None:
+    """The tree's *down* marks move with a clock step, as every other time table does."""
+    net, nodes = tree_mesh(12)
+    me = nodes[0]
+    gone = me.tree_targets(net.now)[-1]
+    me.handle_failure(gone, PushCtx(frozenset({me.key}), tree=1), net.now)
+    assert gone not in me.tree_targets(net.now)
+    hour = 3_600_000
+    me.clock_stepped(-hour)  # the wall clock set back an hour
+    later = net.now - hour + DOWN_MS  # the mark's time has passed on the new clock
+    assert gone in me.tree_targets(later)

@@ -426,6 +426,7 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         self._heal_due = shifted(self._heal_due, d)
         self._sync_due = shifted(self._sync_due, d)
         self._evicted_clock_stepped(d)  # core.evicted
+        self._tree_clock_stepped(d)  # core.treecast
         for session in self._responders.values():  # idle since
             session.now_ms += d
         return []

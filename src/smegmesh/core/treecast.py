@@ -32,6 +32,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from smegmesh.core.buckets import shifted
 from smegmesh.core.engine import Call, Out, PushCtx
 from smegmesh.core.gossip import GossipParams, GossipScheduler
 from smegmesh.core.liveness import FailureDetector
@@ -84,6 +85,11 @@ class TreecastMixin:
             t = _TreeState()
             self._treecast = t
         return t
+
+    def _tree_clock_stepped(self, delta_ms: int) -> None:
+        """The wall clock was stepped: the *down* marks move with it (``clock_stepped``)."""
+        t = self._tree()
+        t.down = shifted(t.down, delta_ms)
 
     def _tree_down(self, now_ms: int) -> set[bytes]:
         """The members routed around now (see :data:`DOWN_MS`); expired marks dropped."""
