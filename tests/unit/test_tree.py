@@ -258,3 +258,18 @@ def test_a_clock_stepped_back_does_not_keep_a_neighbour_routed_around() -> None:
     me.clock_stepped(-hour)  # the wall clock set back an hour
     later = net.now - hour + DOWN_MS  # the mark's time has passed on the new clock
     assert gone in me.tree_targets(later)
+
+
+def test_the_simulators_tree_is_smegds() -> None:
+    """``--dissemination tree`` takes smegd's rule (``GossipParams.lazy_tree``); flags win."""
+    from smegmesh.daemon.config import parse_config
+    from smegmesh.daemon.reload import gossip_params
+    from smegmesh.sim.__main__ import config_from_args, parse_args
+
+    sim = config_from_args(parse_args(["--dissemination", "tree"])).gossip
+    daemon = gossip_params(parse_config({"dissemination": "tree"}))
+    assert (sim.round_fanout, sim.infection_count) == (daemon.round_fanout, daemon.infection_count)
+    assert (sim.round_fanout, sim.infection_count) == (1, 1)
+    args = ["--dissemination", "tree", "--round-fanout", "2", "--infection-count", "3"]
+    mine = config_from_args(parse_args(args)).gossip
+    assert (mine.round_fanout, mine.infection_count) == (2, 3)

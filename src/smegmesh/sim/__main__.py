@@ -111,7 +111,9 @@ def _dissemination_args(p: argparse.ArgumentParser) -> None:
         choices=("gossip", "tree"),
         default=None,
         help="forward received items to random members (gossip, the default) or along a "
-        "spanning tree of the key space (tree: core/treecast.py; docs/SCALE.md, section 15)",
+        "spanning tree of the key space (tree: core/treecast.py; docs/SCALE.md, section 15; "
+        "as smegd's key, it makes the periodic rounds 1 target for 1 round unless "
+        "--round-fanout or --infection-count say otherwise)",
     )
     p.add_argument("--tree-fanout", type=int, default=None, help="children per tree member")
 
@@ -154,6 +156,8 @@ def config_from_args(a: argparse.Namespace) -> ScenarioConfig:
         )
         if v is not None
     }
+    if a.dissemination == "tree":  # as smegd's dissemination: tree; explicit flags win
+        g = g.lazy_tree()
     g = replace(g, **changes)
     lv = (
         LivenessParams.from_heartbeat(a.heartbeat_ms, timeout_ms=None)
