@@ -414,15 +414,37 @@ def test_verify_sample_delivers_decoded_bytes_with_the_same_metrics() -> None:
     assert wired == plain
 
 
+def test_kinds_split_a_sync_step_into_its_parts() -> None:
+    """A background pull's step is counted by part (tree nodes, leaves,
+    wants, items), each part's bytes as encoded on the wire."""
+    from collections import Counter
+
+    from smegmesh.core.sync_messages import SyncStep
+    from smegmesh.sim.kinds import tally
+
+    kinds: Counter[str] = Counter()
+    step = SyncStep("m", 1, nodes=((1, 2, bytes(64)),), wants=(bytes(32), bytes(8)))
+    tally(kinds, step)
+    assert kinds["sync step: steps"] == 1
+    assert kinds["sync step: nodes"] == 1
+    # the list, the node (depth, prefix as 1-byte ints), the 64 hashes as bin 8
+    assert kinds["sync step: bytes of nodes"] == 1 + 1 + 1 + 1 + 2 + 64
+    assert kinds["sync step: wants"] == 2
+    assert kinds["sync step: bytes of wants"] == 1 + 34 + 10
+    assert kinds["sync step: leaf entries"] == 0
+
+
 def test_kinds_split_the_gossip_types_without_changing_the_run() -> None:
     """``--kinds`` (docs/SCALE.md section 6 was measured with these counts):
-    every push, want and push ack is counted once in its kind, and asking
-    for the counts changes nothing else in the run."""
+    every push, want, sync step and push ack of the measured window is
+    counted once in its kind, and asking for the counts changes nothing
+    else in the run."""
     cfg = ScenarioConfig(nodes=40, seconds=6.0, churn_per_min=0.3, kinds=True)
     res = run_scenario("churn", cfg)
-    sim = res.pop("_sim")
+    res.pop("_sim")
     kinds = res.pop("kinds")
-    by_type = sim.traffic.by_type
+    by_type = {t: [row["msgs"]] for t, row in res["window_by_type"].items()}
+    assert kinds.get("sync step: steps", 0) == by_type.get("SyncStep", [0])[0]
     pushes = sum(v for k, v in kinds.items() if k.startswith("push: hop "))
     pushes += kinds.get("push: late (answers a want, or forwards such an answer)", 0)
     assert pushes == by_type["Push"][0] > 0

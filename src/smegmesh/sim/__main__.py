@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     kinds = res.get("kinds") if not a.json else None
     if kinds is not None:
         del res["kinds"]
+    window_types = res.pop("window_by_type", {}) if not a.json else {}
     if a.json:
         json.dump(res, sys.stdout, indent=2)
         print()
@@ -210,6 +211,14 @@ def main(argv: list[str] | None = None) -> int:
                 f" {m}={tm[(name, m)]}" for m in ("payload", *MODELS) if (name, m) in tm
             )
             print(f"  {name:<12} {cnt:>10} {size:>14}{models}")
+        if window_types:
+            print("in the measured window, sent per node per second (messages, bytes, payload):")
+            for name, row in window_types.items():
+                pay = row.get("bps_payload", row["bps"])
+                print(
+                    f"  {name:<12} {row['msgs'] / max(res['virtual_s'] * a.nodes, 1):>10.3f}"
+                    f" {row['bps']:>10.1f} {pay:>10.1f}"
+                )
         if kinds is not None:
             print("gossip messages by kind (count):")
             for name, cnt in kinds.items():

@@ -21,6 +21,7 @@ from smegmesh.core.codec import ITEM_DELTA, ITEM_PRUNE, ITEM_RECORD, Elided, enc
 from smegmesh.core.meshnode import SYNCED_HOPS
 from smegmesh.core.messages import Ack
 from smegmesh.core.offer import MAX_HOPS, Offer, Push, Want
+from smegmesh.core.sync_messages import SyncStep
 
 __all__ = ["HOP_BUCKETS", "tally"]
 
@@ -47,6 +48,29 @@ def _push_kind(push: Push, fine: bool = True) -> str:
     return "hop from a sync"
 
 
+def _packed(obj: Any) -> int:
+    return len(packb(obj, use_bin_type=True))
+
+
+def _tally_step(kinds: Counter[str], step: SyncStep) -> None:
+    """A background sync step's parts: tree nodes, leaves, items (by kind), wants; their bytes."""
+    kinds["sync step: steps"] += 1
+    kinds["sync step: nodes"] += len(step.nodes)
+    kinds["sync step: bytes of nodes"] += _packed([[d, p, h] for d, p, h in step.nodes])
+    kinds["sync step: leaf entries"] += sum(len(es) for _, _, es in step.leaves)
+    kinds["sync step: bytes of leaves"] += _packed(
+        [[d, p, [list(e) for e in es]] for d, p, es in step.leaves]
+    )
+    kinds["sync step: wants"] += len(step.wants)
+    kinds["sync step: bytes of wants"] += _packed(list(step.wants))
+    for item in step.items:
+        name = type(item).__name__
+        if isinstance(item, Elided):
+            name = f"{name} {_ELIDED_NAMES.get(item.kind, item.kind)}"
+        kinds[f"sync step: item {name}"] += 1
+        kinds[f"sync step: bytes of items {name}"] += _packed(encode_item(item))
+
+
 def tally(kinds: Counter[str], msg: Any, request: Any = None) -> None:
     """Add ``msg``'s kinds to ``kinds`` (other message types add nothing).
 
@@ -69,6 +93,8 @@ def tally(kinds: Counter[str], msg: Any, request: Any = None) -> None:
             news = "news" if msg.ok else "nothing new"
             kinds[f"ack of a push: {news}"] += 1
             kinds[f"ack of a push ({_push_kind(request, fine=False)}): {news}"] += 1
+    elif isinstance(msg, SyncStep):
+        _tally_step(kinds, msg)
     elif isinstance(msg, Offer):
         kinds["offer: entries"] += len(msg.entries)
     elif isinstance(msg, Want):

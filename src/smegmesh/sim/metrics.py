@@ -5,10 +5,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from smegmesh.core.state import MeshState
 
-__all__ = ["FalsePrunes", "Spread", "holds_version", "percentiles", "traffic_rates"]
+__all__ = [
+    "FalsePrunes",
+    "Spread",
+    "holds_version",
+    "percentiles",
+    "traffic_rates",
+    "window_by_type",
+]
 
 
 @dataclass
@@ -89,3 +97,31 @@ def traffic_rates(
         "total_mean": sum(tot) / len(tot),
         "total_max": max(tot),
     }
+
+
+class _TypeCounts(Protocol):
+    by_type: dict[str, list[int]]  # message type -> [count, bytes as charged]
+    type_models: dict[tuple[str, str], int]  # (type, model) -> bytes
+
+
+def window_by_type(
+    now: _TypeCounts, nodes: int, window_ms: int, base: _TypeCounts
+) -> dict[str, dict[str, float]]:
+    """Messages by type since ``base``, ``window_ms`` ago: count, bytes a node sends a second.
+
+    ``bps``: as charged (payload, plus the chosen wire overhead model's bytes);
+    with a model, ``bps_payload`` beside it. Each message counted once (sent).
+    """
+    secs = window_ms / 1000
+    per = secs * nodes if secs > 0 and nodes else 1.0
+    out: dict[str, dict[str, float]] = {}
+    for name, (cnt, size) in sorted(now.by_type.items()):
+        cnt0, size0 = base.by_type.get(name, [0, 0])
+        row: dict[str, float] = {"msgs": cnt - cnt0, "bps": round((size - size0) / per, 1)}
+        key = (name, "payload")
+        if key in now.type_models:
+            paid = now.type_models[key] - base.type_models.get(key, 0)
+            row["bps_payload"] = round(paid / per, 1)
+        if row["msgs"]:
+            out[name] = row
+    return out

@@ -16,7 +16,14 @@ from typing import Any
 from smegmesh.core.gossip import GossipParams
 from smegmesh.core.liveness import LivenessParams
 from smegmesh.core.state import MeshState
-from smegmesh.sim.metrics import FalsePrunes, Spread, holds_version, percentiles, traffic_rates
+from smegmesh.sim.metrics import (
+    FalsePrunes,
+    Spread,
+    holds_version,
+    percentiles,
+    traffic_rates,
+    window_by_type,
+)
 from smegmesh.sim.silent import silence, tree_top
 from smegmesh.sim.simulator import T0, NetParams, Simulator
 
@@ -41,8 +48,9 @@ class ScenarioConfig:
     #: with the churn, and its first ``churn_downtime`` seconds hold crashes but
     #: no restarts (fewer changes than steady churn brings); ``churn_downtime``
     #: or more: the window sees steady churn. Traffic, changes, crashes and
-    #: restarts count in the window; false prunes, messages, events and kinds
-    #: count from the start (warm-up and lead included)
+    #: restarts count in the window, and so do kinds (``--kinds``) and
+    #: the traffic by type (``window_by_type``); false prunes, messages and
+    #: events count from the start (warm-up and lead included)
     churn_lead: float = 0.0
     partition_seconds: float = 10.0
     share_state: bool = True  # copy-on-write states (False: a full copy per node)
@@ -105,7 +113,7 @@ def run_scenario(name: str, cfg: ScenarioConfig) -> dict[str, Any]:
     sim = _build(name, cfg, authority)
     if cfg.silent_forwarders:
         _silence(sim, cfg)
-    if cfg.kinds:  # from the start, like the traffic by message type
+    if cfg.kinds:  # from the start of the measured window, as window_by_type
         sim.traffic.kinds = Counter()
     pop = sim.population
     assert pop is not None
@@ -136,6 +144,7 @@ def run_scenario(name: str, cfg: ScenarioConfig) -> dict[str, Any]:
         res["churn_lead_s"] = cfg.churn_lead
     _add_traffic(res, sim, cfg, window, base.tx, base.rx)
     _add_model_traffic(res, sim, cfg, window, base.models)
+    res["window_by_type"] = window_by_type(sim.traffic, cfg.nodes, sim.now - window, base)
     if res.get("changes"):
         # churn: what one change costs a node, a figure that does not grow with
         # N (the change rate does: 20 %/min of N nodes); bytes sent (tx) per node
@@ -221,16 +230,22 @@ class _Counters:
     tx: list[int]
     rx: list[int]
     models: dict[str, list[int]]
+    by_type: dict[str, list[int]]
+    type_models: dict[tuple[str, str], int]
 
     @classmethod
     def take(cls, sim: Simulator) -> _Counters:
-        c = cls([], [], {})
+        c = cls([], [], {}, {}, {})
         c.retake(sim)
         return c
 
     def retake(self, sim: Simulator) -> None:
+        if sim.traffic.kinds is not None:  # --kinds: counted in the window too
+            sim.traffic.kinds = Counter()
         self.tx, self.rx = list(sim.traffic.tx), list(sim.traffic.rx)
         self.models = {m: list(v) for m, v in sim.traffic.models.items()}
+        self.by_type = {t: list(v) for t, v in sim.traffic.by_type.items()}
+        self.type_models = dict(sim.traffic.type_models)
 
 
 @dataclass
