@@ -474,3 +474,45 @@ def test_a_step_delivered_late_does_not_replace_the_kept_reply_nor_end_the_sessi
         again, _, _ = SyncSession.respond(theirs, responders, SRC, _asking(9, i), T0)
         assert again == reply and session.rounds == i  # the latest again: not run again
     assert SyncSession.open_count(responders) == 1
+
+
+def _steps_items(a: MeshState, b: MeshState) -> list[object]:
+    """Every item either side sends in one session a -> b (through the codec)."""
+    sess = SyncSession.initiator(a, T0, rng=random.Random(7))
+    responders: dict[tuple[bytes, int], SyncSession] = {}
+    msg: object = sess.start()
+    items: list[object] = []
+    for _ in range(100):
+        if msg is None:
+            break
+        req = wire.decode(wire.encode(msg))
+        items += getattr(req, "items", ())
+        reply, _, _ = SyncSession.respond(b, responders, SRC, req, T0)
+        reply = wire.decode(wire.encode(reply))
+        items += getattr(reply, "items", ())
+        msg, _ = sess.receive(reply, T0)
+    return items
+
+
+@pytest.mark.parametrize("stale_side_initiates", [True, False])
+def test_a_prune_of_an_older_version_is_not_sent_to_a_side_holding_a_newer_record(
+    stale_side_initiates: bool,
+) -> None:
+    """Under churn a member restarts (a new record) while a replica still
+    holds the prune of its last life. Both sides' leaves say so (record and
+    prune versions), and the prune is moot where the newer record is held:
+    the session sent it anyway (a whole prune, its target's record inside:
+    3.4 KB in a founded mesh; 380 in 30 s at 300 simulated nodes, 60 %/min),
+    for the other side to drop it."""
+    ident = IDS[0]
+    old = NodeRecord.create(ident, MESH, version=1, now_ms=T0)
+    newer = NodeRecord.create(ident, MESH, version=2, now_ms=T0 + 1)
+    prune = Prune.create(IDS[1], MESH, target=ident.wg_public_key, target_version=1, now_ms=T0 + 1)
+    others = [NodeRecord.create(i, MESH, version=1, now_ms=T0) for i in IDS[1:]]
+    stale, fresh, want = two_states([*others, old, prune], [*others, old, newer])
+    assert stale.versions_of(ident.wg_public_key)[1] and fresh.record(ident.wg_public_key) == newer
+    a, b = (stale, fresh) if stale_side_initiates else (fresh, stale)
+    items = _steps_items(a, b)
+    assert stale == fresh == want  # the newer record reached the stale side
+    assert not [it for it in items if isinstance(it, Prune)]
+    assert [it for it in items if isinstance(it, NodeRecord)] == [newer]

@@ -15,7 +15,7 @@ from dataclasses import replace
 import pytest
 
 from smegmesh.core import wire
-from smegmesh.core.codec import Elided, decode_item, encode_item
+from smegmesh.core.codec import ITEM_PRUNE, Elided, decode_item, encode_item
 from smegmesh.core.elide import elide
 from smegmesh.core.record import NodeRecord, Prune
 from smegmesh.core.state import DEPTH, MeshState
@@ -98,8 +98,10 @@ def test_a_step_sends_what_the_other_side_holds_by_reference_both_ways() -> None
         now = max(i.timestamp_ms for i in news)
         new_bytes, msgs = _session(a, b, now) if not pull else _session(b, a, now)
         assert a.digest() == b.digest()
-        items = _items(msgs)  # a prune goes with the record it prunes
-        assert len(items) == len(news) + 2 and all(type(i) is Elided for i in items)
+        # a prune goes alone where the other side's leaf showed it holds the
+        # record pruned, with it where it was wanted by id
+        items = _items(msgs)
+        assert len(news) <= len(items) <= len(news) + 2 and all(type(i) is Elided for i in items)
         a, b, _ = _apart()
         old_bytes, msgs = (
             _session(a, b, now, old="initiator")
@@ -302,3 +304,24 @@ def test_a_key_held_only_as_a_prune_is_wanted_whole() -> None:
     reply, _, _ = _step_to(b, a, now, leaves=(leaf,))
     assert isinstance(reply, SyncStep)
     assert [w for w in reply.wants if w[:8] == k[:8]] == [k]
+
+
+def test_a_prune_of_a_young_record_the_other_side_holds_goes_by_reference() -> None:
+    """The other side's leaf says it holds the very record pruned: the prune
+    names it by reference however young (a restart soon crashed), not whole
+    with that record and its admission chain inside."""
+    m, recs = _mesh()
+    now = m.t + LATER
+    young = recs[7].evolve(ident(9), now - 2_000)  # restarted 2 s ago
+    prune = m.prune(ident(2), young, now)
+    for pull in (False, True):
+        x, y = (_state(m, recs, now), _state(m, recs, now))
+        for st in (x, y):
+            st.apply(young, now)
+        x.apply(prune, now)
+        _, msgs = _session(x, y, now) if not pull else _session(y, x, now)
+        assert x.digest() == y.digest()
+        items = _items(msgs)  # the prune; the record too where it was wanted by id
+        assert all(type(i) is Elided for i in items) and 1 <= len(items) <= 2, items
+        prunes = [i for i in items if i.kind == ITEM_PRUNE]  # type: ignore[union-attr]
+        assert len(prunes) == 1 and type(prunes[0].fields[6]) is bytes  # target record named

@@ -68,8 +68,10 @@ __all__ = [
     "SETTLED_MS",
     "Expanded",
     "elide",
+    "elide_news",
     "elided_record_key",
     "expand",
+    "expand_prunes_again",
 ]
 
 #: A certificate issued this long ago is in every member's state (with the
@@ -105,8 +107,38 @@ def _settled_chain(chain: Sequence[Any], now_ms: int) -> bool:
     return bool(chain) and chain[-1].issued_ms <= now_ms - SETTLED_MS
 
 
-def elide(item: Item, now_ms: int) -> Item | Elided:
-    """``item`` as a push sends it: with references for the parts every member holds."""
+def elide_news(news: Sequence[Item], now_ms: int) -> tuple[list[Item], list[Item | Elided]]:
+    """What changed (``news``) as a push sends it: ``(items, the same elided)``.
+
+    A prune of a record published less than :data:`RECORD_SETTLED_MS` ago (a
+    member that crashed soon after a restart: 1 % of prunes a second at 20 %
+    churn a minute) carried that record whole, admission chain and all
+    (~2.3 KB in a founded mesh of 1,000). It now names the record by
+    reference like any prune, and the record goes in front of it (a delta or
+    an elided record, ~120-220 B): a receiver that holds it (almost every
+    one, as it spread seconds before) drops that copy unexpanded, one that
+    does not takes it and then resolves the prune (``expand_again``).
+    """
+    items: list[Item] = []
+    sent: list[Item | Elided] = []
+    for it in news:
+        tr = it.target_record if type(it) is Prune else None
+        if tr is not None and tr.timestamp_ms > now_ms - RECORD_SETTLED_MS and tr.chain:
+            items.append(tr)
+            sent.append(elide(tr, now_ms))
+            sent.append(elide(it, now_ms, target_by_ref=True))
+        else:
+            sent.append(elide(it, now_ms))
+        items.append(it)
+    return items, sent
+
+
+def elide(item: Item, now_ms: int, *, target_by_ref: bool = False) -> Item | Elided:
+    """``item`` as a push sends it: with references for the parts every member holds.
+
+    ``target_by_ref``: a prune names its target record by reference however
+    young (its receiver holds that record, or gets it in the same message).
+    """
     if type(item) is NodeRecord:
         if not _settled_chain(item.chain, now_ms):
             return item
@@ -117,7 +149,9 @@ def elide(item: Item, now_ms: int) -> Item | Elided:
         return Elided(ITEM_RECORD, tuple(fields))
     if type(item) is Prune:
         tr = item.target_record
-        short_tr = tr is not None and tr.timestamp_ms <= now_ms - RECORD_SETTLED_MS
+        short_tr = tr is not None and (
+            target_by_ref or tr.timestamp_ms <= now_ms - RECORD_SETTLED_MS
+        )
         short_chain = _settled_chain(item.by_chain, now_ms)
         if not (short_tr or short_chain):
             return item
@@ -299,3 +333,19 @@ def expand(mesh: MeshState, items: Iterable[Item | Elided]) -> Expanded:
             out.resolved += 1
             out.items.append(whole)
     return out
+
+
+def expand_prunes_again(
+    mesh: MeshState, items: Sequence[Item | Elided], got: Expanded
+) -> list[Item]:
+    """The elided prunes of ``items`` that ``got`` left unresolved, made whole now.
+
+    For after ``got.items`` were applied: a prune names by reference the
+    record that came in front of it in the same message (:func:`elide_news`).
+    ``got``'s counts move to what stays unresolved.
+    """
+    again = expand(mesh, [i for i in items if type(i) is Elided and i.kind == ITEM_PRUNE])
+    got.resolved += again.resolved
+    got.unresolved -= again.resolved
+    got.missing = again.missing
+    return again.items

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from smegmesh.core.cert import AuthItem
 from smegmesh.core.delta import TAKES_DELTAS, as_deltas
-from smegmesh.core.elide import elide, expand
+from smegmesh.core.elide import elide_news, expand, expand_prunes_again
 from smegmesh.core.engine import (
     Call,
     CallCtx,
@@ -160,7 +160,7 @@ class ExchangeMixin(EvictedMixin, TreecastMixin):
         news: list[Any] = self.mesh.news_for(keys - whole)
         sent = news
         if now_ms is not None and self.mesh.admission:
-            sent = [elide(i, now_ms) for i in news]
+            news, sent = elide_news(news, now_ms)
         whole_items: list[Any] = self.mesh.items_for(keys & whole)
         if not whole_items and not sent:
             return []
@@ -330,10 +330,14 @@ class ExchangeMixin(EvictedMixin, TreecastMixin):
     def _on_push(self, src: bytes, msg: Push, now_ms: int) -> tuple[Ack, list[Out]]:
         """A member's push: its elided parts put back (core.elide), merged, acknowledged."""
         got = expand(self.mesh, msg.items)
-        self.by_reference["resolved"] += got.resolved
-        self.by_reference["unresolved"] += got.unresolved
         self._count_rejects(got.errors)
         out = self._ingest(got.items, now_ms, src, msg.hops)
+        if got.missing:  # a prune of the record this push brought resolves now
+            out += self._ingest(
+                expand_prunes_again(self.mesh, msg.items, got), now_ms, src, msg.hops
+            )
+        self.by_reference["resolved"] += got.resolved
+        self.by_reference["unresolved"] += got.unresolved
         if got.unresolved:  # it holds what we lack: a sync session brings it whole
             out += self._sync_with(src, now_ms, "unresolved")
         # ok: something in it was news to us (the pusher's feedback, see handle_reply)

@@ -76,6 +76,7 @@ from smegmesh.core.sync_table import (
     forget_done,
     make_room,
 )
+from smegmesh.core.sync_versions import held_records_left_out, newer
 
 __all__ = [
     "CODECS",
@@ -371,6 +372,7 @@ class SyncSession:
         leaves: list[Leaf] = []
         sent: set[bytes] = set()
         held: dict[bytes, int] = {}  # key sent in answer to a leaf -> their record version + 1
+        same_record: set[bytes] = set()  # sent for the prune: they hold our record
         # Each (depth, prefix) is answered once: a step repeating one (a few
         # bytes each) would otherwise cost a walk of that subtree per copy.
         # Distinct ones at every level cover the state at most DEPTH + 1 times.
@@ -401,17 +403,19 @@ class SyncSession:
                     continue
                 rv, pv = st.versions_of(k)
                 tie = rv == trv and pv == tpv
-                if rv > trv or pv > tpv or tie:
+                if tie or newer(rv, pv, trv, tpv):
                     sent.add(k)
                     held[k] = trv
-                if trv > rv or tpv > pv or tie:
+                    if rv == trv and not tie:
+                        same_record.add(k)
+                if tie or newer(trv, tpv, rv, pv):
                     # by id: we hold a record of it, so references will do
                     wants.append(k[:KEY_ID_LEN] if rv and self.peer_takes_refs else k)
         note_wants(st, msg.wants, sent, held)
         wants = list(dict.fromkeys(wants))  # a key unresolved and behind in a leaf: once
         whole_ids = {w[:KEY_ID_LEN] for w in wants if len(w) == 32}  # whole wins over an id
         wants = [w for w in wants if len(w) == 32 or w not in whole_ids]
-        out: list[Item | Elided] = list(st.items_for(sorted(sent)))
+        out: list[Item | Elided] = held_records_left_out(st.items_for(sorted(sent)), same_record)
         if self.peer_takes_refs:
             out = by_reference(out, held, self.now_ms)
         return self._step(nodes, leaves, out, wants), merged

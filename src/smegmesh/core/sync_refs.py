@@ -87,6 +87,7 @@ def by_reference(
     """
     out: list[Item | Elided] = []
     budget = MAX_EXPANDED
+    records = {(i.wg_key, i.version) for i in items if type(i) is NodeRecord}
     for it in items:
         if budget > 0 and (
             (type(it) is NodeRecord and held.get(it.wg_key, 0) != 0)
@@ -94,7 +95,13 @@ def by_reference(
                 type(it) is Prune and held.get(it.target) in (it.target_version + 1, HOLDS_A_RECORD)
             )
         ):
-            e = elide(it, now_ms)
+            # a prune of the very record the other side holds, or that goes in
+            # front of it, names it however young
+            exact = type(it) is Prune and (
+                held.get(it.target) == it.target_version + 1
+                or (it.target, it.target_version) in records
+            )
+            e = elide(it, now_ms, target_by_ref=exact)
             if e is not it:
                 budget -= 1
             it = e
