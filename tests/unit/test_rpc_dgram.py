@@ -15,7 +15,7 @@ import pytest
 from dgram_helpers import key_ids
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.messages import Ack, Ping, Refusal
-from smegmesh.core.sync import SyncEnd, SyncStart
+from smegmesh.core.sync import Push, SyncEnd, SyncStart
 from smegmesh.core.wire import encode
 from smegmesh.daemon import dgram_wire as dw
 from smegmesh.daemon.rpc_dgram_client import MISSES_FOR_STREAM_ONLY, DatagramClient
@@ -362,6 +362,53 @@ def test_datagram_sockets_get_a_receive_buffer_for_a_starved_second() -> None:
             for t in (server.datagrams._transport, *client_socks):
                 sock = t.get_extra_info("socket")
                 assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= RCVBUF
+        finally:
+            await client.close()
+            await server.stop(0)
+
+    _run(main())
+
+
+def test_a_push_that_asks_for_no_answer_is_run_and_nothing_comes_back() -> None:
+    """A push along the tree (``Call.unanswered``): one datagram, its handler
+    runs, no reply is sealed or sent. Only to an endpoint that answered a
+    datagram lately, only a push, and a stranger gets no notice for one."""
+    seen: list[bytes] = []
+    got = asyncio.Event()
+    push = encode(Push("mesh", ()))
+
+    async def handler(src: bytes, body: bytes) -> bytes:
+        seen.append(body)
+        if body == push:
+            got.set()
+        return ACK
+
+    async def main() -> None:
+        server, client, ep = await _pair(handler)
+        dg, dgs = client.datagrams, server.datagrams
+        assert dg is not None and dgs is not None
+        try:
+            # not known to answer datagrams yet: the caller makes an ordinary call
+            assert not await dg.send_unanswered(ep, SRV.wg_public_key, push, ME)
+            assert await client.call(ep, server._fp, PING, to=SRV.wg_public_key) == ACK
+            assert not await dg.send_unanswered(ep, SRV.wg_public_key, PING, ME)  # not a push
+            big = encode(Push("m" * (dw.MAX_BODY + 10), ()))
+            assert not await dg.send_unanswered(ep, SRV.wg_public_key, big, ME)
+            replies_before = dgs.stats.datagrams["out", "Ack"]
+            assert await dg.send_unanswered(ep, SRV.wg_public_key, push, ME)
+            await asyncio.wait_for(got.wait(), 5)
+            await asyncio.sleep(0.2)  # a reply would be on its way by now
+            assert seen == [PING, push]
+            assert server.transport_calls[("in", "Push", "unanswered")] == 1
+            assert dgs.stats.datagrams["out", "Ack"] == replies_before
+            assert dg.stats.fallbacks["sent unanswered"] == 1
+            # a stranger's unanswered request: refused, and no notice sent back
+            stranger = NodeIdentity.from_seed(b"x" * 32)
+            notices = dgs.stats.datagrams["out", "notice"]
+            assert await dg.send_unanswered(ep, SRV.wg_public_key, push, stranger)
+            await asyncio.sleep(0.2)
+            assert dgs.stats.datagrams["out", "notice"] == notices
+            assert seen == [PING, push]
         finally:
             await client.close()
             await server.stop(0)

@@ -467,3 +467,29 @@ def test_kinds_split_the_gossip_types_without_changing_the_run() -> None:
     assert {k: v for k, v in res.items() if not k.startswith(drop)} == {
         k: v for k, v in plain.items() if not k.startswith(drop)
     }
+
+
+def test_the_simulators_tree_pushes_go_unanswered_as_smegds() -> None:
+    """Pushes along the tree that ask for no answer (``Call.unanswered``) get
+    none in the simulator either: no ``Ack`` on the wire, nothing fed back.
+    Gossip's pushes are all answered (but those to a crashed member)."""
+
+    def push_acks(gossip: GossipParams) -> tuple[int, int]:
+        cfg = ScenarioConfig(
+            nodes=40,
+            seconds=8.0,
+            churn_per_min=0.5,
+            churn_lead=10.0,
+            gossip=gossip,
+            net=NetParams(wire_overhead="datagram", loss=0.0),
+        )
+        res = run_scenario("churn", cfg)
+        res.pop("_sim")
+        w = {t: row["msgs"] for t, row in res["window_by_type"].items()}
+        acks = w.get("Ack", 0) - w.get("Ping", 0) - w.get("PingReq", 0)  # those of pushes
+        return acks, w["Push"]
+
+    acks, pushes = push_acks(GossipParams())
+    assert pushes > 0 and acks > 0.85 * pushes, (acks, pushes)
+    acks, pushes = push_acks(GossipParams().lazy_tree())
+    assert pushes > 0 and acks < 0.6 * pushes, (acks, pushes)

@@ -165,12 +165,17 @@ class Call:
     """Send ``msg`` to member ``to``; feed the reply or the failure back with this ``Call``.
 
     ``timeout_ms``: fail the call after this long (None: the driver's RPC timeout).
+    ``unanswered``: the engine needs no answer (a push along the tree,
+    ``core.treecast``): a driver that can may send it as one datagram that
+    asks for none, and then feeds back nothing, neither a reply nor a
+    failure; one that cannot makes it an ordinary call.
     """
 
     to: bytes
     msg: Message
     ctx: CallCtx
     timeout_ms: int | None = None
+    unanswered: bool = False
 
 
 @dataclass(frozen=True, slots=True)

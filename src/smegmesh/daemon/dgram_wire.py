@@ -6,7 +6,8 @@ push) travel as single UDP datagrams instead of gRPC calls over TLS; see
 
 Layout, version 2 (all integers big-endian)::
 
-    header  = magic u8 (0xD2) | kind u8 (1 request, 2 reply, 4 request part)
+    header  = magic u8 (0xD2) | kind u8 (1 request, 2 reply, 4 request part,
+              5 request that asks for no answer)
               | sender key id (8) | receiver key id (8) | nonce (12)      -- 30 bytes
     nonce   = send time, ms since the epoch u48 | random (6)
     sealed  = ChaCha20-Poly1305(key, nonce, inner, associated data = header)
@@ -40,6 +41,13 @@ be turned into a reply; the direction is in the key, so a datagram cannot be
 reflected to its sender. Replays are refused by :class:`~smegmesh.daemon.dgram_replay.ReplayCache`
 (``(sender, nonce)`` within the clock window, bounded, with a floor).
 
+A request of kind 5 (:data:`UNANSWERED`) is a push along the dissemination
+tree (``core.treecast``) that asks for no answer: the receiver runs it and
+sends nothing back, not even a notice. It goes only to a member that said
+in an answer that it takes them (``treecast.TAKES_UNANSWERED``) and whose
+endpoint answered a datagram lately; a node older than this kind drops it
+as not a smegmesh datagram, and the lazy path of the tree repairs the loss.
+
 A version 1 request (magic ``SMD``, from a node not yet upgraded) is answered
 with a version 1 "use the stream" notice (:func:`v1_notice_for`), so mixed
 versions talk over the stream until both ends speak version 2.
@@ -63,6 +71,9 @@ MAGIC = 0xD2
 REQUEST = 1
 REPLY = 2
 REQUEST_PART = 4
+UNANSWERED = 5
+#: Requests that may ask for no answer (``UNANSWERED``): pushes, one datagram each.
+UNANSWERED_REQUESTS = frozenset({"Push"})
 #: reply status: 0 ok, 1 "use the stream" (repeat the call over gRPC), 2 refused
 OK, USE_STREAM, REFUSED = 0, 1, 2
 INFO = b"smegmesh datagram v2"
@@ -194,7 +205,7 @@ def parse_header(data: bytes) -> Header:
     if not OVERHEAD <= len(data) <= MAX_DATAGRAM:
         raise DatagramError("bad length")
     magic, kind, sender, receiver, nonce = HEADER.unpack_from(data)
-    if magic != MAGIC or kind not in (REQUEST, REPLY, REQUEST_PART):
+    if magic != MAGIC or kind not in (REQUEST, REPLY, REQUEST_PART, UNANSWERED):
         raise DatagramError("not a smegmesh datagram")
     if hmac.compare_digest(sender, receiver):
         raise DatagramError("sender is the receiver")

@@ -96,6 +96,15 @@ class EngineIO(DaemonBase):
             rt.driver.failure(call, now_ms())
             rt.wake.set()
             return
+        dg = self.rpc.datagrams
+        if (
+            call.unanswered
+            and dg is not None
+            and await dg.send_unanswered(
+                rec.control_endpoint, call.to, encode(call.msg), self.identity
+            )
+        ):
+            return  # it asks for no answer: nothing goes back to the engine
         timeout = call.timeout_ms / 1000 if call.timeout_ms is not None else None
         try:
             data = await self.rpc.call(

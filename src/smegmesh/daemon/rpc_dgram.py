@@ -274,18 +274,24 @@ class DatagramServer(asyncio.DatagramProtocol):
                 self._notify(old, ip, addr)
             self._refuse(ip, "version 1" if old is not None else str(e), len(data))
             return None
-        if h.kind not in (dw.REQUEST, dw.REQUEST_PART):
+        if h.kind not in (dw.REQUEST, dw.REQUEST_PART, dw.UNANSWERED):
             self._refuse(ip, "not a request", len(data))
             return None
         ours = self._ids.ours(h.receiver_id)
         sender = self._ids.member(h.sender_id) if ours is not None else None
+
+        # nobody waits for an answer to an unanswered request: no notice either
+        def notify() -> None:
+            if h.kind != dw.UNANSWERED:
+                self._notify(dw.notice(h.nonce), ip, addr)
+
         if ours is None:
             reason = "not for us"
         elif sender is None:
             reason = NOT_A_MEMBER  # strangers never use datagrams
             # A node just admitted elsewhere: tell it at once to use the
             # stream instead of letting it wait for the fallback.
-            self._notify(dw.notice(h.nonce), ip, addr)
+            notify()
         elif not self._allow(ip):
             reason = "rate limited"
         elif not self._server.datagram_calls.room(sender):
@@ -295,12 +301,12 @@ class DatagramServer(asyncio.DatagramProtocol):
             # a 14-byte notice, not an opening and a sealed refusal; over the
             # stream its call is held 0.5 s in one of its slots, then refused.
             reason = OVER_CALL_BUDGET
-            self._notify(dw.notice(h.nonce), ip, addr)
+            notify()
         elif not self.keys.has(ours[1], sender, ours[0]) and not self._derive.take(
             time.monotonic()
         ):
             reason = "key derivations limited"
-            self._notify(dw.notice(h.nonce), ip, addr)  # this call: over the stream
+            notify()  # this call: over the stream
         else:
             return h, sender, ours
         self._refuse(ip, reason, len(data))
@@ -334,38 +340,51 @@ class DatagramServer(asyncio.DatagramProtocol):
         else:
             kind = message_name(o.body) or "malformed"
             self.stats.count("in", kind, len(data), ip)
-        if kind not in DATAGRAM_REQUESTS:
-            self._reply(o, priv, addr, ip, dw.USE_STREAM, b"")
+        answered = h.kind != dw.UNANSWERED
+        if kind not in (DATAGRAM_REQUESTS if answered else dw.UNANSWERED_REQUESTS):
+            if answered:
+                self._reply(o, priv, addr, ip, dw.USE_STREAM, b"")
+            else:
+                self._refuse(ip, "may not go unanswered", len(data))
             return
         over = self._server.budget.charge(sender, len(o.body))
         if over is not None:
             self._refuse(ip, over)
-            self._reply(o, priv, addr, ip, dw.REFUSED, b"")
+            if answered:
+                self._reply(o, priv, addr, ip, dw.REFUSED, b"")
             return
         self._server.datagram_calls.enter(sender)
-        self._server.transport_calls["in", kind, "datagram"] += 1
+        self._server.transport_calls["in", kind, "datagram" if answered else "unanswered"] += 1
         ctx = contextvars.copy_context()
         ctx.run(self._server._set_context, ip, mine)
-        task = asyncio.get_running_loop().create_task(self._handle(o, priv, addr, ip), context=ctx)
+        task = asyncio.get_running_loop().create_task(
+            self._handle(o, priv, addr, ip, answered), context=ctx
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _handle(self, o: dw.Opened, priv: bytes, addr: Any, ip: str) -> None:
+    async def _handle(
+        self, o: dw.Opened, priv: bytes, addr: Any, ip: str, answered: bool = True
+    ) -> None:
         sender = o.sender
         try:
             reply = await self._server._handler(sender, o.body)
         except Refused as e:
             self._refuse(ip, str(e) or "refused")
-            self._reply(o, priv, addr, ip, dw.REFUSED, b"")
+            if answered:
+                self._reply(o, priv, addr, ip, dw.REFUSED, b"")
             return
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("internal error handling a datagram from %s", ip)
-            self._reply(o, priv, addr, ip, dw.REFUSED, b"")
+            if answered:
+                self._reply(o, priv, addr, ip, dw.REFUSED, b"")
             return
         finally:
             self._server.datagram_calls.leave(sender)
+        if not answered:
+            return  # it asked for none (a push along the tree)
         if len(reply) > dw.MAX_BODY or message_name(reply) not in DATAGRAM_REPLIES:
             self._reply(o, priv, addr, ip, dw.USE_STREAM, b"")
         else:

@@ -202,6 +202,46 @@ class DatagramClient(asyncio.DatagramProtocol):
         self.stats.fallbacks["answered"] += 1
         return reply
 
+    async def send_unanswered(
+        self, endpoint: str, to: bytes, body: bytes, me: NodeIdentity
+    ) -> bool:
+        """Send ``body`` as one datagram that asks for no answer; False if it cannot go so.
+
+        Only to an endpoint that answered a datagram within :data:`ANSWERED_TTL_S`
+        (one that does not speak them would drop it unseen) and is not backed
+        off, and only a body of one datagram of a type that may go unanswered
+        (``dw.UNANSWERED_REQUESTS``): the caller makes an ordinary call instead.
+        """
+        if len(body) > dw.MAX_BODY or message_name(body) not in dw.UNANSWERED_REQUESTS:
+            return False
+        target = self.target(endpoint, to, body)
+        if target is None or not self._speaks_datagrams(endpoint):
+            return False
+        try:
+            sock = await self._socket(target[2])
+            data = dw.seal(
+                self.keys,
+                dw.UNANSWERED,
+                me.wg_private_key,
+                me.wg_public_key,
+                to,
+                0,
+                _wall_ms(),
+                0,
+                body,
+                os.urandom,
+            )
+        except (OSError, dw.DatagramError):
+            return False
+        self.stats.count("out", message_name(body) or "unknown", len(data), target[0])
+        try:
+            sock.sendto(data, target[:2])
+        except OSError as e:
+            note_send_error(self.stats, e)
+            return False
+        self.stats.fallbacks["sent unanswered"] += 1  # how the datagram calls ended
+        return True
+
     async def probe(
         self, ip: str, port: int, to: bytes, body: bytes, timeout: float, me: NodeIdentity
     ) -> bytes | None:

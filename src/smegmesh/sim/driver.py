@@ -35,6 +35,7 @@ from smegmesh.core.meshnode import MeshNode, Out
 from smegmesh.core.wire import decode, encode
 from smegmesh.sim.overhead import (
     CONNECT_BYTES,
+    DGRAM_MAX_BODY,
     ChannelPool,
     model_of,
     reply_bytes,
@@ -71,6 +72,9 @@ class _Pending:
     call: Any  # the engine's Call (or a subclass's marker, e.g. a join)
     dgram: bool = False  # wire overhead, datagram model: the request went as a datagram
     size: int = 0  # the request's payload bytes (wire overhead of a stream fallback)
+    #: sent as one datagram that asks for no answer (``Call.unanswered``): the
+    #: reply is not sent, and neither it nor a timeout goes back to the caller
+    unanswered: bool = False
 
 
 @dataclass
@@ -365,7 +369,10 @@ class Driver:
         """Call ``to`` (-1: unknown address, the call fails at the timeout)."""
         self._next_call += 1
         cid = self._next_call
-        self._calls[cid] = _Pending(caller, self._epoch(caller), to, msg, call)
+        pending = self._calls[cid] = _Pending(caller, self._epoch(caller), to, msg, call)
+        # as the daemon's transport: unanswered only if it is one datagram
+        if getattr(call, "unanswered", False) and self._size(msg) <= DGRAM_MAX_BODY:
+            pending.unanswered = True
         timeout = self.net.rpc_timeout_ms if timeout_ms is None else timeout_ms
         self._push(self.now + timeout, _TIMEOUT, cid)
         if to >= 0:
@@ -386,7 +393,9 @@ class Driver:
     def _respond(self, e: int, cid: int, msg: Message) -> None:
         """Endpoint ``e`` answers the request ``cid`` (gone already: dropped)."""
         c = self._calls.get(cid)
-        if c is not None:
+        if c is not None and c.unanswered:
+            del self._calls[cid]  # it asked for none
+        elif c is not None:
             self._send(e, c.caller, _REP, (cid, msg), msg)
 
     def _caller_gone(self, c: _Pending) -> bool:
@@ -404,7 +413,7 @@ class Driver:
 
     def _timeout(self, cid: int) -> None:
         c = self._calls.pop(cid, None)
-        if c is None or self._caller_gone(c):
+        if c is None or self._caller_gone(c) or c.unanswered:
             return
         self._failed(c)
 

@@ -21,12 +21,10 @@ import signal
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
 
 from smegmesh.core.driver import EngineDriver
-from smegmesh.core.endpoint import split_host_port
 from smegmesh.core.invite import Bootstrap
-from smegmesh.core.meshnode import Call, Out
+from smegmesh.core.meshnode import Out
 from smegmesh.core.messages import Refusal, WhoAmI
 from smegmesh.core.wire import WireError, decode, encode
 from smegmesh.daemon.engineport import DaemonPort, answer_who_am_i, reply_of
@@ -42,6 +40,7 @@ from smegmesh.daemon.transport import (
     callee_key,
     caller_address,
 )
+from smegmesh.testbed.swarm_calls import CallsMixin
 from smegmesh.testbed.swarm_churn import Churn
 from smegmesh.testbed.swarm_plan import (
     CALL_TIMEOUT_S,
@@ -67,7 +66,7 @@ GC_REFREEZE_FIRST_S = 15.0
 GC_REFREEZE_EVERY_S = 30.0
 
 
-class Worker:
+class Worker(CallsMixin):
     """One swarm process: its members, one TLS server, one timer heap."""
 
     def __init__(self, plan: Plan, proc: int, *, datagrams: bool = True) -> None:
@@ -184,104 +183,6 @@ class Worker:
     def _emit(self, m: Member, outs: list[Out]) -> None:
         """Outputs of a local command (start, invite): through the member's driver."""
         self._drv(m).dispatch(outs)
-        self._schedule(m)
-
-    def _send(self, m: Member, call: Call) -> None:
-        """The port's ``send``: a call to a member of this process or over the network."""
-        if call.to in self.local:  # no task: delivered on the next loop turn
-            asyncio.get_running_loop().call_soon(self._local_call, m, call, m.epoch)
-        else:
-            self._spawn(self._do_call(m, call))
-
-    def _local_call(self, m: Member, call: Call, epoch: int) -> None:
-        """A call between two members of this process, encoded and decoded as on the wire."""
-        self.stats.local_calls += 1
-        self.stats.served += 1
-        target = self.local[call.to]
-        if m.epoch != epoch:
-            return  # the caller crashed since
-        try:
-            if target.down:  # nothing listens: refused at once
-                raise WireError("member down")
-            msg = decode(encode(call.msg))
-        except WireError:
-            self._drv(m).failure(call, now_ms())
-            self._schedule(m)
-            return
-        assert target.port is not None
-        pending = target.port.request(self._drv(target), m.identity.wg_public_key, msg, now_ms())
-        self._schedule(target)
-        if pending.done():  # answered at once (nearly always): no task, next loop turn
-            asyncio.get_running_loop().call_soon(self._reply, m, call, pending.result(), epoch)
-        else:  # a relayed ping: the answer comes later, or never
-            self._spawn(self._deliver(m, call, pending, epoch))
-
-    def _reply(self, m: Member, call: Call, reply: Any, epoch: int) -> None:
-        """A local call's reply, as it would come off the wire (dropped if ``m`` crashed)."""
-        if m.epoch == epoch:
-            self._drv(m).reply(call, decode(encode(reply)), now_ms())
-            self._schedule(m)
-
-    async def _deliver(self, m: Member, call: Call, pending: Any, epoch: int) -> None:
-        """The reply of a local call, when the target's engine gives it (a relay: later)."""
-        reply = await reply_of(pending)
-        if reply is None and m.epoch == epoch:
-            self._drv(m).failure(call, now_ms())
-            self._schedule(m)
-        elif reply is not None:
-            self._reply(m, call, reply, epoch)
-
-    def _spawn(self, coro: Any) -> None:
-        t = asyncio.create_task(coro)
-        self._tasks.add(t)
-        t.add_done_callback(self._tasks.discard)
-
-    # ------------------------------------------------------------------ calls
-    async def call_as(
-        self, m: Member, to: bytes, body: bytes, timeout: float | None = None
-    ) -> bytes:
-        """Send ``body`` from member ``m`` to node ``to``; raises RpcError."""
-        target = self.local.get(to)
-        if target is not None:
-            if target.down:
-                raise RpcError("member down")
-            self.stats.local_calls += 1
-            await asyncio.sleep(0)  # as a socket would: the reply comes later
-            return await self._serve(target, m.identity.wg_public_key, body, None)
-        rec = m.node.mesh.record(to)
-        if rec is None or rec.control_endpoint is None or rec.tls_fp is None:
-            raise RpcError("no endpoint")
-        proc = self.fps.get(rec.tls_fp)
-        if proc is not None and to in self.keys:  # another swarm process: its shared channel
-            self.stats.cross_calls += 1
-            port = split_host_port(rec.control_endpoint)[1]
-            return await self.peer_client.call(
-                f"127.0.0.1:{port}", rec.tls_fp, body, timeout, to=to, identity=m.identity
-            )
-        self.stats.external_calls += 1
-        if m.client is None:
-            m.client = RpcClient(
-                m.identity,
-                timeout=CALL_TIMEOUT_S,
-                channel_idle_s=self.plan.channel_idle_s,
-                certificates=self.certificates,
-                datagrams=self.datagrams,
-            )
-        return await m.client.call(rec.control_endpoint, rec.tls_fp, body, timeout, to=to)
-
-    async def _do_call(self, m: Member, call: Call) -> None:
-        timeout = call.timeout_ms / 1000 if call.timeout_ms is not None else None
-        epoch = m.epoch
-        try:
-            reply = decode(await self.call_as(m, call.to, encode(call.msg), timeout))
-        except (RpcError, WireError) as e:
-            self.stats.failures += 1
-            self.stats.extra["last_failure"] = str(e)[:200]
-            if m.epoch == epoch:
-                self._drv(m).failure(call, now_ms())
-        else:
-            if m.epoch == epoch:
-                self._drv(m).reply(call, reply, now_ms())
         self._schedule(m)
 
     async def _on_rpc(self, src: bytes, body: bytes) -> bytes:
