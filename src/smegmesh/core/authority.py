@@ -56,9 +56,18 @@ from smegmesh.core.cert import (
     Revocation,
 )
 
-__all__ = ["Authority", "alias_owners", "copy_authority"]
+__all__ = ["Authority", "alias_owners", "copy_authority", "voids"]
 
 _ZERO = bytes(32)
+
+
+def voids(rev: Revocation, link: Cert) -> bool:
+    """Does ``rev`` void ``link`` of a chain (see :meth:`Authority.check_chain`)?
+
+    It evicted the link's issuer, and with it the nodes that issuer admitted
+    (``cascade``), or all but those it kept (``keep``).
+    """
+    return rev.target == link.issuer and (rev.cascade or link.subject not in rev.keep)
 
 
 @dataclass
@@ -211,7 +220,7 @@ class Authority:
             if c.issued_ms < prev_ms:
                 return "admission predates its admitter's"
             revs = self.revoked.get(c.issuer)
-            if revs and any(r.cascade or c.subject not in r.keep for r in revs):
+            if revs and any(voids(r, c) for r in revs):
                 return "admitted by an evicted node"
             prev, prev_may, prev_ms = c.subject, c.may_admit, c.issued_ms
         if prev != key:

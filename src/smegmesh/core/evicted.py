@@ -36,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from smegmesh.core.authority import voids
 from smegmesh.core.buckets import shifted
 from smegmesh.core.cert import (
     MAX_CHAIN,
@@ -67,7 +68,6 @@ __all__ = [
     "concerns",
     "eviction_of",
     "eviction_reply",
-    "voids",
 ]
 
 #: Evictions of one node sent, and looked at, in one answer (an evicted node
@@ -265,15 +265,6 @@ def _whole(mesh: MeshState, key: bytes, chain: Sequence[Cert]) -> bool:
             return False
         prev = c.subject
     return prev == key
-
-
-def voids(rev: Revocation, link: Cert) -> bool:
-    """Does ``rev`` void ``link`` of a chain (see ``Authority.check_chain``)?
-
-    It evicted the link's issuer, and with it the nodes that issuer admitted
-    (``cascade``), or all but those it kept (``keep``).
-    """
-    return rev.target == link.issuer and (rev.cascade or link.subject not in rev.keep)
 
 
 def concerns(mesh: MeshState, key: bytes, rev: Revocation) -> bool:
