@@ -67,6 +67,7 @@ from smegmesh.core.record import NodeRecord, Prune, Role
 from smegmesh.core.refuted import RefutedPrunes
 from smegmesh.core.state import MeshState
 from smegmesh.core.sync import SyncSession
+from smegmesh.core.treecast import TreeState
 from smegmesh.core.tunnel import TunnelWatch
 
 __all__ = [
@@ -103,6 +104,7 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
     #: tombstone GC horizon (receivers refuse records older than that)
     refresh_ms: int = 3_600_000
     _sched: GossipScheduler = field(init=False)
+    _treecast: TreeState = field(default_factory=TreeState)  # core.treecast
     _fd: FailureDetector = field(init=False)
     _avoid: dict[bytes, int] = field(default_factory=dict)  # client: peers not answering
     _unanswered: dict[bytes, int] = field(default_factory=dict)  # client: suspect in our view

@@ -50,7 +50,7 @@ from smegmesh.core.nodeviews import Views
 from smegmesh.core.offer import MAX_HOPS
 from smegmesh.core.tree import tree_neighbours
 
-__all__ = ["ANSWERED_EVERY_MS", "DOWN_MS", "TAKES_UNANSWERED", "TreecastMixin"]
+__all__ = ["ANSWERED_EVERY_MS", "DOWN_MS", "TAKES_UNANSWERED", "TreeState", "TreecastMixin"]
 
 #: A tree neighbour whose push failed is routed around this long, unless heard from.
 DOWN_MS = 10_000
@@ -64,7 +64,9 @@ MAX_UNANSWERED_KEYS = 512
 
 
 @dataclass(slots=True)
-class _TreeState:
+class TreeState:
+    """One node's memory of its tree (a field of ``MeshNode``)."""
+
     #: member -> when a push along the tree to it failed
     down: dict[bytes, int] = field(default_factory=dict)
     #: held (batched) key -> the member it came from (None: our own, or a sync's)
@@ -83,7 +85,7 @@ class TreecastMixin:
     gossip: GossipParams
     _sched: GossipScheduler
     _fd: FailureDetector
-    _treecast: _TreeState
+    _treecast: TreeState
 
     if TYPE_CHECKING:
 
@@ -100,22 +102,15 @@ class TreecastMixin:
             now_ms: int | None = None,
         ) -> list[Out]: ...
 
-    def _tree(self) -> _TreeState:
-        t: _TreeState | None = getattr(self, "_treecast", None)
-        if t is None:
-            t = _TreeState()
-            self._treecast = t
-        return t
-
     def _tree_clock_stepped(self, delta_ms: int) -> None:
         """The wall clock was stepped: the *down* marks move with it (``clock_stepped``)."""
-        t = self._tree()
+        t = self._treecast
         t.down = shifted(t.down, delta_ms)
         t.answered = shifted(t.answered, delta_ms)
 
     def _tree_down(self, now_ms: int) -> set[bytes]:
         """The members routed around now (see :data:`DOWN_MS`); expired marks dropped."""
-        t = self._tree()
+        t = self._treecast
         if not t.down:
             return set()
         out: set[bytes] = set()
@@ -131,7 +126,7 @@ class TreecastMixin:
         """This node's tree neighbours now: its parent and children (``core.tree``)."""
         dn = frozenset(self._tree_down(now_ms) if down is None else down)
         peers = self._reachable_peers()
-        t = self._tree()
+        t = self._treecast
         of = (self._views().reach_version, len(peers), dn)
         if t.cached is not None and t.cached[0] == of:
             return list(t.cached[1])
@@ -151,7 +146,7 @@ class TreecastMixin:
         revived: frozenset[bytes] = frozenset(),
     ) -> list[Out]:
         """``MeshNode._push_now`` along the tree: ``own`` changes at once, received ones batched."""
-        t = self._tree()
+        t = self._treecast
         src = exclude[0] if exclude else None
         ks = list(keys)
         if batched:
@@ -181,7 +176,7 @@ class TreecastMixin:
         self, to: Sequence[bytes], keys: frozenset[bytes], hops: int, now_ms: int, tree: int
     ) -> list[Out]:
         out = self._push_calls(to, keys, hops, now_ms=now_ms)
-        t = self._tree()
+        t = self._treecast
         if len(t.answered) > 64:  # neighbours come and go: forget the stale ones
             for k in [k for k, at in t.answered.items() if now_ms - at >= ANSWERED_EVERY_MS]:
                 del t.answered[k]
@@ -204,7 +199,7 @@ class TreecastMixin:
         """``to`` acknowledged a push of ours along the tree (``probe_id``: the ack's words)."""
         if not ctx.tree:
             return
-        t = self._tree()
+        t = self._treecast
         t.unanswered.pop(to, None)
         if probe_id & TAKES_UNANSWERED:
             t.answered[to] = now_ms
@@ -217,7 +212,7 @@ class TreecastMixin:
             return []
         down = self._tree_down(now_ms)
         before = set(self.tree_targets(now_ms, down - {to}))
-        t = self._tree()
+        t = self._treecast
         t.down[to] = now_ms
         t.answered.pop(to, None)
         keys = ctx.keys | t.unanswered.pop(to, set())  # what it may have missed since
