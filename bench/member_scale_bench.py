@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import shutil
@@ -122,6 +123,7 @@ def measure(
     churn: float = 0.0,
     authority: bool = False,
     dissemination: str = "gossip",
+    smegd_seed: int | None = None,
 ) -> dict[str, Any]:
     base_port = 47100 + (size % 97) * procs + (0 if datagrams else 50) + (20 if authority else 0)
     tag = f"{size}-{'dgram' if datagrams else 'stream'}{'-founded' if authority else ''}"
@@ -139,6 +141,12 @@ def measure(
     )
     extra = {"datagrams": datagrams, "dissemination": dissemination}
     smegd = MeasuredSmegd(root / f"smegd-{tag}", extra=extra)
+    if smegd_seed is not None:  # a fixed identity: the same place in the tree every run
+        state = smegd.dir / "state"
+        state.mkdir(parents=True, exist_ok=True)
+        fd = os.open(state / "identity.key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(hashlib.sha256(f"smegd-{smegd_seed}".encode()).digest())
     row: dict[str, Any] = {
         "members": size,
         "procs": procs,
@@ -483,6 +491,13 @@ def main(argv: list[str] | None = None) -> int:
         default="gossip",
         help="smegd's (and the swarm members') dissemination key (docs/SCALE.md, 15)",
     )
+    ap.add_argument(
+        "--smegd-seed",
+        type=int,
+        default=None,
+        help="the smegd's identity from this seed (its place in the tree the same every run; "
+        "default: a new identity each run)",
+    )
     ap.add_argument("--replot", default=None, help="a JSON file of an earlier run")
     ap.add_argument("--out", default=str(OUT))
     a = ap.parse_args(argv)
@@ -517,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
                             churn=a.churn_per_min,
                             authority=au,
                             dissemination=a.dissemination,
+                            smegd_seed=a.smegd_seed,
                         )
                     except Exception as e:  # a size that could not be measured: said, not fatal
                         print(f"-- {size} members: not measured: {str(e)[:300]}", flush=True)
