@@ -176,8 +176,8 @@ class Config(_Model):
         default="gossip",
         description="How a node forwards changes it received: 'gossip' (to random members) or "
         "'tree' (along a spanning tree; the periodic rounds then offer to one member, one round "
-        "unless infectionCount is set): about half the bytes under churn (docs/SCALE.md, 15). "
-        "Use it on every member (a mixed mesh is not yet tested). Needs a restart.",
+        "unless infectionCount is set; its pushes ask for an answer once a second): a third "
+        "of gossip's bytes under churn (docs/SCALE.md, 15, 16). Set it on every member; restart.",
     )
     tree_fanout: int = Field(
         default=4, alias="treeFanout", ge=2, le=64, description="Children per member in the tree."
