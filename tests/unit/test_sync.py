@@ -44,8 +44,13 @@ for _i, _ident in enumerate(IDS):
         )
 
 
-def full_exchange(a: MeshState, b: MeshState, seed: int = 0) -> SyncSession:
-    """Run one session a -> b through the wire codec with no loss."""
+def full_exchange(
+    a: MeshState, b: MeshState, seed: int = 0, items: list[object] | None = None
+) -> SyncSession:
+    """Run one session a -> b through the wire codec with no loss.
+
+    ``items``: every item either side sends is added to it.
+    """
     sess = SyncSession.initiator(a, T0, rng=random.Random(seed))
     responders: dict[tuple[bytes, int], SyncSession] = {}
     msg: object = sess.start()
@@ -54,7 +59,10 @@ def full_exchange(a: MeshState, b: MeshState, seed: int = 0) -> SyncSession:
             break
         req = wire.decode(wire.encode(msg))
         reply, _, _ = SyncSession.respond(b, responders, SRC, req, T0)
-        msg, _ = sess.receive(wire.decode(wire.encode(reply)), T0)
+        back = wire.decode(wire.encode(reply))
+        if items is not None:
+            items += [*getattr(req, "items", ()), *getattr(back, "items", ())]
+        msg, _ = sess.receive(back, T0)
     assert msg is None and sess.done
     # over; one kept (done) only to answer its last step again
     assert SyncSession.open_count(responders) == 0 and len(responders) <= 1
@@ -476,24 +484,6 @@ def test_a_step_delivered_late_does_not_replace_the_kept_reply_nor_end_the_sessi
     assert SyncSession.open_count(responders) == 1
 
 
-def _steps_items(a: MeshState, b: MeshState) -> list[object]:
-    """Every item either side sends in one session a -> b (through the codec)."""
-    sess = SyncSession.initiator(a, T0, rng=random.Random(7))
-    responders: dict[tuple[bytes, int], SyncSession] = {}
-    msg: object = sess.start()
-    items: list[object] = []
-    for _ in range(100):
-        if msg is None:
-            break
-        req = wire.decode(wire.encode(msg))
-        items += getattr(req, "items", ())
-        reply, _, _ = SyncSession.respond(b, responders, SRC, req, T0)
-        reply = wire.decode(wire.encode(reply))
-        items += getattr(reply, "items", ())
-        msg, _ = sess.receive(reply, T0)
-    return items
-
-
 @pytest.mark.parametrize("stale_side_initiates", [True, False])
 def test_a_prune_of_an_older_version_is_not_sent_to_a_side_holding_a_newer_record(
     stale_side_initiates: bool,
@@ -512,7 +502,8 @@ def test_a_prune_of_an_older_version_is_not_sent_to_a_side_holding_a_newer_recor
     stale, fresh, want = two_states([*others, old, prune], [*others, old, newer])
     assert stale.versions_of(ident.wg_public_key)[1] and fresh.record(ident.wg_public_key) == newer
     a, b = (stale, fresh) if stale_side_initiates else (fresh, stale)
-    items = _steps_items(a, b)
+    items: list[object] = []
+    full_exchange(a, b, 7, items)
     assert stale == fresh == want  # the newer record reached the stale side
     assert not [it for it in items if isinstance(it, Prune)]
     assert [it for it in items if isinstance(it, NodeRecord)] == [newer]
