@@ -91,8 +91,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--kinds",
         action="store_true",
-        help="also count gossip messages by kind: pushes by hop and what they carried, "
-        "push acks saying news or nothing new, empty wants, offered and wanted keys",
+        help="also count gossip messages by kind, in the measured window: pushes by hop and "
+        "what they carried, push acks saying news or nothing new, empty wants, offered and "
+        "wanted keys, sync steps by part (tree nodes, leaves, wants, items)",
     )
     p.add_argument("--json", action="store_true")
     return p.parse_args(argv)
