@@ -370,8 +370,13 @@ class Driver:
         self._next_call += 1
         cid = self._next_call
         pending = self._calls[cid] = _Pending(caller, self._epoch(caller), to, msg, call)
-        # as the daemon's transport: unanswered only if it is one datagram
-        if getattr(call, "unanswered", False) and self._size(msg) <= DGRAM_MAX_BODY:
+        # as the daemon's transport: unanswered only if it is one datagram (a
+        # stream, --wire-overhead stream, sends every request with its answer)
+        if (
+            getattr(call, "unanswered", False)
+            and self._model != "stream"
+            and self._size(msg) <= DGRAM_MAX_BODY
+        ):
             pending.unanswered = True
         timeout = self.net.rpc_timeout_ms if timeout_ms is None else timeout_ms
         self._push(self.now + timeout, _TIMEOUT, cid)
