@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from smegmesh.core.cert import AuthItem
 from smegmesh.core.delta import TAKES_DELTAS, as_deltas
-from smegmesh.core.elide import elide_news, expand, expand_prunes_again
+from smegmesh.core.elide import elide_news, expand, expand_again
 from smegmesh.core.engine import (
     Call,
     CallCtx,
@@ -333,9 +333,7 @@ class ExchangeMixin(EvictedMixin, TreecastMixin):
         self._count_rejects(got.errors)
         out = self._ingest(got.items, now_ms, src, msg.hops)
         if got.missing:  # a prune of the record this push brought resolves now
-            out += self._ingest(
-                expand_prunes_again(self.mesh, msg.items, got), now_ms, src, msg.hops
-            )
+            out += self._ingest(expand_again(self.mesh, msg.items, got), now_ms, src, msg.hops)
         self.by_reference["resolved"] += got.resolved
         self.by_reference["unresolved"] += got.unresolved
         if got.unresolved:  # it holds what we lack: a sync session brings it whole

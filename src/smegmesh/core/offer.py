@@ -49,6 +49,7 @@ from smegmesh.core.codec import (
     encode_item,
 )
 from smegmesh.core.state import Item, MeshState
+from smegmesh.core.sync_versions import prune_is_news
 
 __all__ = [
     "CODECS",
@@ -234,7 +235,7 @@ def wanted(
             # that record: the id is shorter); else the whole entry
             full = state.admission and mine_rv > 0 and pv == 0
             out.append(held if full and _in_full(asked, held, entry, now_ms) else key)
-        elif pv > mine_pv and pv >= mine_rv:
+        elif prune_is_news(pv, mine_pv, mine_rv):
             out.append(held)  # the prune alone will do (pv < mine_rv: moot, not wanted)
         elif rv == mine_rv and pv == mine_pv:
             mine_h = state.entry_hash_of(held).to_bytes(32, "big")[:OFFER_HASH_LEN]

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smegmesh.core.codec import KEY_ID_LEN, Elided, Registry
-from smegmesh.core.elide import expand
+from smegmesh.core.elide import expand, expand_again
 from smegmesh.core.offer import Push
 from smegmesh.core.paging import page
 from smegmesh.core.record import RecordError
@@ -430,9 +430,9 @@ class SyncSession:
         got = expand(self.state, items)
         changed, errors = self.state.apply_many(got.items, self.now_ms)
         if got.missing:  # a prune of the record the same step brought resolves now
-            again = expand(self.state, [i for i in items if type(i) is Elided])
-            more, errors_again = self.state.apply_many(again.items, self.now_ms)
-            changed, errors, got.missing = changed | more, errors + errors_again, again.missing
+            again = expand_again(self.state, items, got)
+            more, errors_again = self.state.apply_many(again, self.now_ms)
+            changed, errors = changed | more, errors + errors_again
         self.merged |= changed
         faults = senders_faults(got.errors + errors)
         self.rejected += len(faults)

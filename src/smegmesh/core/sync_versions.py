@@ -14,21 +14,29 @@ from smegmesh.core.codec import Elided
 from smegmesh.core.record import NodeRecord
 from smegmesh.core.state import Item
 
-__all__ = ["held_records_left_out", "newer"]
+__all__ = ["held_records_left_out", "newer", "prune_is_news"]
+
+
+def prune_is_news(pv: int, tpv: int, trv: int) -> bool:
+    """Whether a prune covering version ``pv`` (+1) changes a side holding ``trv``, ``tpv``.
+
+    Newer than its prune and not moot: a newer record held there drops it
+    (the state never keeps a prune its record outlives, ``StateStore._install``).
+    """
+    return pv > tpv and pv >= trv
 
 
 def newer(rv: int, pv: int, trv: int, tpv: int) -> bool:
     """Whether one side has an item that changes the other, by their versions.
 
     One side holds record and prune versions ``rv``, ``pv`` (+1; 0: none),
-    the other ``trv``, ``tpv``. A record changes it if newer than its record (one its prune kills is
-    kept too); a prune if newer than its prune and not moot (a newer record
-    held there drops it: the state never keeps a prune its record outlives).
+    the other ``trv``, ``tpv``. A record changes it if newer than its record
+    (one its prune kills is kept too); a prune as :func:`prune_is_news` says.
     Under churn one side may hold the prune of a member's last life and the
     other its new record: that prune is no news to the other side (a session
     sent it, whole, 3.4 KB in a founded mesh, for the other side to drop).
     """
-    return rv > trv or (pv > tpv and pv >= trv)
+    return rv > trv or prune_is_news(pv, tpv, trv)
 
 
 def held_records_left_out(items: Iterable[Item], same_record: set[bytes]) -> list[Item | Elided]:

@@ -184,9 +184,8 @@ class TreecastMixin:
         calls: list[Out] = []
         for c in out:
             if isinstance(c, Call) and isinstance(c.ctx, PushCtx):
-                quiet = tree == 1 and now_ms - t.answered.get(c.to, now_ms - ANSWERED_EVERY_MS) < (
-                    ANSWERED_EVERY_MS
-                )
+                at = t.answered.get(c.to)
+                quiet = tree == 1 and at is not None and now_ms - at < ANSWERED_EVERY_MS
                 if quiet:
                     held = t.unanswered.setdefault(c.to, set())
                     if len(held) + len(c.ctx.keys) <= MAX_UNANSWERED_KEYS:

@@ -61,10 +61,15 @@ class CallsMixin:
         target = self.local[call.to]
         if m.epoch != epoch:
             return  # the caller crashed since
+        body = encode(call.msg)
+        # as one datagram that asks for no answer (daemon/rpc_dgram.py): nothing comes back
+        quiet = call.unanswered and len(body) <= DGRAM_MAX_BODY
         try:
-            if target.down:  # nothing listens: refused at once
+            if target.down:  # nothing listens: refused at once (a quiet one: lost)
+                if quiet:
+                    return
                 raise WireError("member down")
-            msg = decode(encode(call.msg))
+            msg = decode(body)
         except WireError:
             self._drv(m).failure(call, now_ms())
             self._schedule(m)
@@ -72,8 +77,8 @@ class CallsMixin:
         assert target.port is not None
         pending = target.port.request(self._drv(target), m.identity.wg_public_key, msg, now_ms())
         self._schedule(target)
-        if call.unanswered and len(encode(call.msg)) <= DGRAM_MAX_BODY:
-            return  # as one datagram that asks for no answer (daemon/rpc_dgram.py)
+        if quiet:
+            return
         if pending.done():  # answered at once (nearly always): no task, next loop turn
             asyncio.get_running_loop().call_soon(self._reply, m, call, pending.result(), epoch)
         else:  # a relayed ping: the answer comes later, or never
