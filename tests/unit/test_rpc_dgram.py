@@ -174,6 +174,46 @@ def test_udp_port_taken_means_stream_only_with_one_warning(
     assert len(warnings) == 1 and "stream only" in warnings[0].getMessage()
 
 
+def test_any_port_is_one_free_for_both_tcp_and_udp(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Asked for port 0, gRPC gets a free TCP port whose UDP twin may be taken
+    (CI saw it: a test's server came up without datagrams). Another port is tried."""
+    from smegmesh.daemon import rpc_dgram
+
+    real, taken = rpc_dgram.open_udp, []
+
+    async def first_taken(factory: Any, addr: tuple[str, int]) -> Any:
+        if not taken:
+            taken.append(addr[1])
+            raise OSError(98, "Address already in use")
+        return await real(factory, addr)
+
+    monkeypatch.setattr(rpc_dgram, "open_udp", first_taken)
+
+    async def handler(_src: bytes, _body: bytes) -> bytes:
+        return ACK
+
+    async def main() -> None:
+        tls = TlsIdentity.generate()
+        server = RpcServer(tls, handler, datagram_keys=key_ids(SRV, ME))
+        try:
+            port = await server.start("::1", 0)
+            assert server.datagrams is not None and port != taken[0]
+            client = RpcClient(ME, timeout=2.0, datagrams=DatagramClient())
+            try:
+                await client.call(f"[::1]:{port}", tls.fingerprint, PING, to=SRV.wg_public_key)
+                assert client.transport_calls["out", "Ping", "datagram"] == 1
+            finally:
+                await client.close()
+        finally:
+            await server.stop(0)
+
+    with caplog.at_level(logging.WARNING, "smegmesh.daemon.transport"):
+        _run(main())
+    assert not [r for r in caplog.records if "datagrams" in r.getMessage()]
+
+
 def test_a_node_that_answered_datagrams_and_falls_silent_is_a_failed_call() -> None:
     """No stream fallback for an endpoint known to speak datagrams: under load a
     fallback would open a TLS connection to a node already too slow to answer."""

@@ -416,13 +416,15 @@ async def start_datagram_server(
     port: int,
     keys: DatagramKeys,
     stats: DatagramStats | None = None,
+    quiet: bool = False,
 ) -> DatagramServer | None:
-    """Bind UDP ``host:port`` beside the gRPC server; None (and one warning) if it cannot."""
+    """Bind UDP ``host:port`` beside the gRPC server; None (and one warning,
+    unless ``quiet``: the caller will try another port) if it cannot."""
     proto = DatagramServer(server, keys, stats)
     try:
         transport, _ = await open_udp(lambda: proto, (host or "::", port))
     except OSError as e:
-        log.warning(
+        (log.debug if quiet else log.warning)(
             "cannot bind UDP %s port %d for datagrams (%s): node-to-node calls use the gRPC "
             "stream only",
             host,

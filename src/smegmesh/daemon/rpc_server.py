@@ -45,6 +45,8 @@ log = logging.getLogger("smegmesh.daemon.transport")  # one logger for the trans
 #: Largest message a non-member may send: a join request (its own fresh record)
 #: or a ``WhoAmI``.
 MAX_STRANGER_MESSAGE = 64 * 1024
+#: Ports tried when asked for any port (0), whose UDP twin may be taken.
+ANY_PORT_TRIES = 8
 #: Members' calls being handled (their body read), in all and per key; the last
 #: RESERVED_CALLS only for a key with fewer than FEW_CALLS there (rpc_slots.Slots).
 MAX_CALLS = 128
@@ -231,6 +233,38 @@ class RpcServer:
         return self._keys.n + self.datagram_calls.n
 
     async def start(self, host: str, port: int) -> int:
+        """Listen on ``host:port`` (TCP for gRPC, UDP on the same number for
+        datagrams). With port 0 ("any"), a port whose UDP twin is taken is given
+        back and another is tried, so that "any port" means one where both work."""
+        for _ in range(ANY_PORT_TRIES if port == 0 else 1):
+            server, bound = await self._listen(host, port)
+            self._server, self.port = server, bound
+            if self._datagram_keys is None:
+                break
+            self.datagrams = await start_datagram_server(
+                self,
+                host,
+                bound,
+                self._datagram_keys,
+                self._datagram_stats,
+                quiet=port == 0,
+            )
+            if self.datagrams is not None or port != 0:
+                break
+            await server.stop(0)
+            self._server = None
+        else:  # every "any" port tried had its UDP twin taken: gRPC alone, as warned
+            self._server, bound = await self._listen(host, port)
+            self.port = bound
+            log.warning(
+                "no port free for both TCP and UDP on %s: node-to-node calls use the gRPC "
+                "stream only",
+                host,
+            )
+        self._flusher = asyncio.create_task(self._flush_loop())
+        return bound
+
+    async def _listen(self, host: str, port: int) -> tuple[grpc.aio.Server, int]:
         # No SO_REUSEPORT (gRPC's default): a second smegd on the same port must
         # fail to start, not silently share the port and half of the traffic.
         server = grpc.aio.server(options=_SERVER_OPTIONS)
@@ -243,21 +277,15 @@ class RpcServer:
         creds = grpc.ssl_server_credentials([(self._tls.key_pem, self._tls.cert_pem)])
         bind = join_host_port(host, port)
         try:
-            self.port = server.add_secure_port(bind, creds)
+            bound = server.add_secure_port(bind, creds)
         except RuntimeError:  # grpc's "Failed to bind": no errno to pass on
-            self.port = 0
-        if not self.port:
+            bound = 0
+        if not bound:
             raise OSError(
                 f"cannot listen on {bind} (gRPCPort): address already in use or not available"
             )
         await server.start()
-        self._server = server
-        if self._datagram_keys is not None:  # UDP on the same port number
-            self.datagrams = await start_datagram_server(
-                self, host, self.port, self._datagram_keys, self._datagram_stats
-            )
-        self._flusher = asyncio.create_task(self._flush_loop())
-        return self.port
+        return server, bound
 
     async def _flush_loop(self) -> None:
         while True:
