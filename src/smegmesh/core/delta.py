@@ -9,7 +9,7 @@ bytes) and, rarely, a field or two. So a push to a member that takes them
 sends such a record as a *delta* (:class:`~smegmesh.core.codec.Elided` of kind
 :data:`~smegmesh.core.codec.ITEM_DELTA`, six fields)::
 
-    [key id (8), base ref (16), version, timestamp, signature,
+    [key id (8), base ref (8), version, timestamp, signature,
      [[wire index, value], ...]]
 
 The *base* is the record the sender held before this one (kept by the state
@@ -71,15 +71,23 @@ __all__ = [
     "base_size",
     "delta_of",
     "expand_delta",
+    "names_record",
 ]
 
 #: The bit of a push ``Ack``'s ``probe_id`` that says "send me deltas".
 TAKES_DELTAS = 1
 #: Bytes of the hash of its signature that name a record: a delta's base (and
-#: a prune's target record, ``core.elide``). Not fewer: an owner that signs
-#: two records of one version whose names collide (2^(4 x this) signatures
-#: for a pair) would make honest relays' deltas fail their signatures.
-BASE_REF_LEN = 16
+#: a prune's target record, ``core.elide``). Only the record's owner can make
+#: two of its records whose names collide (2^32 signatures for a pair of one
+#: version; naming another's record takes 2^64), and all it buys is that
+#: deltas and referenced prunes of its own records fail their signatures at
+#: the members holding the other one, who then get them whole by sync: no
+#: worse than an owner that signs two records of one version already does.
+#: 16 until the thirty-second session; a name of 16 bytes from a node of
+#: before is still resolved (:func:`names_record`).
+BASE_REF_LEN = 8
+#: The lengths of a name :func:`names_record` takes.
+_REF_LENS = (BASE_REF_LEN, 16)
 #: Changed fields one delta may carry (a record's wire form has 21 or 22).
 MAX_CHANGES = 16
 #: Bases kept per state, their bytes in all, and for how long (a change
@@ -101,6 +109,18 @@ _FIXED = frozenset(
 def base_ref(rec: NodeRecord) -> bytes:
     """The name a delta gives its base: a hash of its signature, cut short."""
     return hashlib.sha256(rec.signature).digest()[:BASE_REF_LEN]
+
+
+def names_record(ref: object, rec: NodeRecord) -> bool:
+    """Whether ``ref`` (a delta's base, a prune's target record) names ``rec``.
+
+    It does if it is :func:`base_ref`, or the 16-byte name a node of before gave it.
+    """
+    return (
+        type(ref) is bytes
+        and len(ref) in _REF_LENS
+        and hashlib.sha256(rec.signature).digest()[: len(ref)] == ref
+    )
 
 
 def base_size(rec: NodeRecord) -> int:
@@ -213,7 +233,7 @@ def expand_delta(held: NodeRecord | None, fields: tuple[Any, ...]) -> NodeRecord
         raise RecordError("item", "a delta names its base, version and time")
     if type(sig) is not bytes or type(changes) is not list or len(changes) > MAX_CHANGES:
         raise RecordError("item", "a delta carries a signature and at most 16 changes")
-    if held is None or base_ref(held) != ref or version <= held.version:
+    if held is None or not names_record(ref, held) or version <= held.version:
         return None
     if base_size(held) > MAX_BASE_BYTES:
         raise RecordError("item", "a delta of a record too large for one")  # never sent

@@ -48,7 +48,7 @@ from typing import Any
 from smegmesh.core.addressing import overlay_address
 from smegmesh.core.cert import Cert
 from smegmesh.core.codec import ITEM_DELTA, ITEM_PRUNE, ITEM_RECORD, KEY_ID_LEN, Elided
-from smegmesh.core.delta import base_ref, base_size, expand_delta
+from smegmesh.core.delta import base_ref, base_size, expand_delta, names_record
 from smegmesh.core.record import NodeRecord, Prune, RecordError, prune_from_obj, record_from_obj
 from smegmesh.core.record_model import (
     WIRE_ADDRESS,
@@ -249,7 +249,7 @@ def _expand_prune(mesh: MeshState, f: list[Any]) -> Item | None:
     if type(f[_TARGET_RECORD]) is bytes:
         target = _key(mesh, f[_TARGET])
         held = mesh.record(target) if target is not None else None
-        if held is None or held.version != f[2] or base_ref(held) != f[_TARGET_RECORD]:
+        if held is None or held.version != f[2] or not names_record(f[_TARGET_RECORD], held):
             return None
         parts["target_record"] = held
         f[_TARGET], f[_TARGET_RECORD] = held.wg_key, None
