@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.daemon import dgram_wire as dw
 from smegmesh.daemon.rpc_dgram import KeyIds
@@ -10,8 +12,10 @@ from smegmesh.daemon.rpc_dgram import KeyIds
 def key_ids(own: NodeIdentity, *members: NodeIdentity | bytes) -> KeyIds:
     """A :class:`KeyIds` for ``own`` that knows ``members`` (identities or public keys)."""
     keys = [m if isinstance(m, bytes) else m.wg_public_key for m in members]
-    by_id = {dw.key_id(k): k for k in keys}
-    return KeyIds([(own.wg_public_key, own.wg_private_key)], by_id.get)
+    by_id: dict[bytes, list[bytes]] = {}
+    for k in keys:
+        by_id.setdefault(dw.key_id(k), []).append(k)
+    return KeyIds([(own.wg_public_key, own.wg_private_key)], lambda i: by_id.get(i, []))
 
 
 class SentDatagrams:
@@ -25,3 +29,8 @@ class SentDatagrams:
 
     def is_closing(self) -> bool:
         return False
+
+
+def counter() -> dw.NonceCounter:
+    """A nonce counter from a random start, as a datagram client or server has."""
+    return dw.NonceCounter(int.from_bytes(os.urandom(4), "big"))

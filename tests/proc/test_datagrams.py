@@ -87,7 +87,7 @@ def _garbage(member_key: bytes, our_key: bytes, i: int) -> bytes:
     if i % 2:
         return os.urandom(40 + i * 7 % 1300)
     head = dw.HEADER.pack(
-        dw.MAGIC, dw.REQUEST, dw.key_id(member_key), dw.key_id(our_key), os.urandom(12)
+        dw.MAGIC, dw.REQUEST, dw.key_id(member_key), dw.key_id(our_key), os.urandom(dw.NONCE_LEN)
     )
     return head + os.urandom(60)
 

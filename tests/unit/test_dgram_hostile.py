@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from dgram_helpers import SentDatagrams, key_ids
+from dgram_helpers import SentDatagrams, counter, key_ids
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.messages import Ack, Ping
 from smegmesh.core.wire import encode
@@ -66,7 +66,7 @@ def _seal(
         ts,
         0,
         body,
-        os.urandom,
+        counter(),
     )
 
 
@@ -310,7 +310,10 @@ def test_forged_member_ids_cost_no_more_x25519_than_the_budget() -> None:
         members[dw.key_id(k)] = k
     srv = DatagramServer(
         RpcServer(TlsIdentity.generate(), lambda _s, _b: None),  # type: ignore[arg-type,return-value]
-        KeyIds([(SRV.wg_public_key, SRV.wg_private_key)], members.get),
+        KeyIds(
+            [(SRV.wg_public_key, SRV.wg_private_key)],
+            lambda i: [members[i]] if i in members else [],
+        ),
     )
     srv.connection_made(SentDatagrams())  # type: ignore[arg-type]
     ids = list(members)
@@ -319,7 +322,7 @@ def test_forged_member_ids_cost_no_more_x25519_than_the_budget() -> None:
     for _round in range(2):
         for mid in ids:
             header = dw.HEADER.pack(
-                dw.MAGIC, dw.REQUEST, mid, SRV.wg_public_key[:8], os.urandom(12)
+                dw.MAGIC, dw.REQUEST, mid, dw.key_id(SRV.wg_public_key), os.urandom(dw.NONCE_LEN)
             )
             # 90 an address: a notice takes a token of the address's bucket too
             srv.datagram_received(header + os.urandom(40), (f"2001:db8::{i // 90:x}", 9))
@@ -331,7 +334,7 @@ def test_forged_member_ids_cost_no_more_x25519_than_the_budget() -> None:
     assert srv.keys.derivations <= budget, (srv.keys.derivations, 2 * n, took)
     limited = srv.stats.refused["key derivations limited"]
     assert limited > n and limited + srv.stats.refused["forged or corrupt"] == 2 * n
-    # each refused one was told "use the stream" (14 bytes, within the address's bucket)
+    # each refused one was told "use the stream" (10 bytes, within the address's bucket)
     assert srv.stats.datagrams["out", "notice"] == limited
 
 
@@ -376,14 +379,20 @@ def test_a_datagram_from_a_node_just_admitted_elsewhere_is_counted_not_logged(
     logged at DEBUG only; other refusals are still logged as before."""
     srv = DatagramServer(
         RpcServer(TlsIdentity.generate(), lambda _s, _b: None),  # type: ignore[arg-type,return-value]
-        KeyIds([(SRV.wg_public_key, SRV.wg_private_key)], {}.get),
+        KeyIds([(SRV.wg_public_key, SRV.wg_private_key)], lambda _i: []),
     )
     sent = SentDatagrams()
     srv.connection_made(sent)  # type: ignore[arg-type]
     newcomer = dw.HEADER.pack(
-        dw.MAGIC, dw.REQUEST, dw.key_id(HONEST.wg_public_key), SRV.wg_public_key[:8], os.urandom(12)
+        dw.MAGIC,
+        dw.REQUEST,
+        dw.key_id(HONEST.wg_public_key),
+        dw.key_id(SRV.wg_public_key),
+        os.urandom(dw.NONCE_LEN),
     )
-    stray = dw.HEADER.pack(dw.MAGIC, dw.REQUEST, os.urandom(8), os.urandom(8), os.urandom(12))
+    stray = dw.HEADER.pack(
+        dw.MAGIC, dw.REQUEST, os.urandom(4), os.urandom(4), os.urandom(dw.NONCE_LEN)
+    )
     with caplog.at_level(logging.INFO, "smegmesh.daemon.transport"):
         srv.datagram_received(newcomer + os.urandom(40), ("127.0.0.1", 9))
         assert srv.stats.refused["not a member"] == 1
@@ -424,6 +433,57 @@ def test_a_members_datagram_calls_past_its_call_budget_are_refused() -> None:
             assert srv is not None and srv.stats.refused[OVER_CALL_BUDGET] == 1
             assert srv.stats.datagrams["in", "Ping"] == 3  # the fourth was never opened
             assert len(seen) == 3
+        finally:
+            await client.close()
+            await server.stop(0)
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_a_member_that_shares_anothers_key_id_takes_nothing_from_it() -> None:
+    """Thirty-second session: header key ids are 4 bytes (version 3), so a
+    member can make a key whose id is another member's (2^32 work). Both keys
+    are tried, each within its own limits: the other member's datagrams are
+    opened and answered whether the look-alike comes first or has spent its
+    call budget, and its own forged ones are refused."""
+    seen: list[bytes] = []
+
+    async def handler(src: bytes, _body: bytes) -> bytes:
+        seen.append(src)
+        return ACK
+
+    twins = [EVIL.wg_public_key, HONEST.wg_public_key]  # EVIL "made" HONEST's id
+
+    def members(key_id: bytes) -> list[bytes]:  # as if both keys had both ids
+        return (
+            twins
+            if key_id in (dw.key_id(HONEST.wg_public_key), dw.key_id(EVIL.wg_public_key))
+            else []
+        )
+
+    async def main() -> None:
+        keys = KeyIds([(SRV.wg_public_key, SRV.wg_private_key)], members)
+        server = RpcServer(TlsIdentity.generate(), handler, datagram_keys=keys)
+        port = await server.start("::1", 0)
+        client = RpcClient(HONEST, timeout=2.0, datagrams=DatagramClient())
+        ep = f"[::1]:{port}"
+        try:
+            assert await client.call(ep, server._fp, PING, 2.0, to=SRV.wg_public_key) == ACK
+            srv = server.datagrams
+            assert srv is not None and srv.stats.datagrams["in", "Ping"] == 1
+            # the look-alike spends its whole call budget: the other is not held to it
+            for _ in range(1000):
+                server.budget.charge(EVIL.wg_public_key, 10)
+            assert server.budget.out_of_calls(EVIL.wg_public_key)
+            assert await client.call(ep, server._fp, PING, 2.0, to=SRV.wg_public_key) == ACK
+            assert srv.stats.datagrams["in", "Ping"] == 2 and seen == [HONEST.wg_public_key] * 2
+            assert srv.stats.refused[OVER_CALL_BUDGET] == 0
+            twins.reverse()  # whichever comes first
+            # EVIL's own: its budget is spent, and the other's key does not open it
+            srv.datagram_received(_seal(EVIL, SRV, PING, _now(), rid=7), ("2001:db8::7", 9))
+            assert srv.stats.refused["forged or corrupt"] == 1
+            assert await client.call(ep, server._fp, PING, 2.0, to=SRV.wg_public_key) == ACK
+            assert seen == [HONEST.wg_public_key] * 3
         finally:
             await client.close()
             await server.stop(0)

@@ -5,13 +5,12 @@ carries exactly those, and the simulator's overhead model charges exactly those.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 
 import msgpack
 import pytest
 
-from dgram_helpers import key_ids
+from dgram_helpers import counter, key_ids
 from smegmesh.core.codec import Codec
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.wire import DATAGRAM_REPLIES, DATAGRAM_REQUESTS, PROTOCOL, WIRE_VERSION
@@ -66,13 +65,13 @@ def _exchange(request: bytes, reply: bytes) -> tuple[bool, int, bytes]:
             int(time.time() * 1000),
             0,
             request,
-            os.urandom,
+            counter(),
         )
         srv.datagram_received(data, ("192.0.2.9", 5000))
         while srv._tasks:
             await asyncio.gather(*srv._tasks)
         (sent,) = out.sent
-        h = dw.parse_header(sent)
+        h = dw.parse_header(sent, int(time.time() * 1000))
         o = dw.open_sealed(
             dw.KeyCache(), sent, h, A.wg_private_key, B.wg_public_key, A.wg_public_key
         )

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dgram_helpers import SentDatagrams, key_ids
+from dgram_helpers import SentDatagrams, counter, key_ids
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.messages import Ack, Ping, WhoAmI
 from smegmesh.core.wire import encode
@@ -32,6 +32,10 @@ def _now() -> int:
     return int(time.time() * 1000)
 
 
+#: One counter for the requests this test module seals, as a client has one.
+_COUNTER = counter()
+
+
 def _req(
     keys: dw.KeyCache, frm: NodeIdentity = A, to: NodeIdentity = B, body: bytes = BODY, ts: int = 0
 ) -> bytes:
@@ -45,7 +49,7 @@ def _req(
         ts or _now(),
         0,
         body,
-        os.urandom,
+        _COUNTER,
     )
 
 
@@ -53,7 +57,7 @@ _BY_ID = {dw.key_id(i.wg_public_key): i.wg_public_key for i in (A, B, C)}
 
 
 def _open(keys: dw.KeyCache, data: bytes, me: NodeIdentity = B) -> dw.Opened:
-    h = dw.parse_header(data)
+    h = dw.parse_header(data, int(time.time() * 1000))
     if h.sender_id not in _BY_ID:
         raise dw.DatagramError("unknown sender id")
     return dw.open_sealed(keys, data, h, me.wg_private_key, _BY_ID[h.sender_id], me.wg_public_key)
@@ -62,10 +66,10 @@ def _open(keys: dw.KeyCache, data: bytes, me: NodeIdentity = B) -> dw.Opened:
 def test_round_trip_both_ways_and_overhead() -> None:
     ka, kb = dw.KeyCache(), dw.KeyCache()
     data = _req(ka)
-    assert len(data) == len(BODY) + dw.OVERHEAD == len(BODY) + 51
-    # the keys go by their first 8 bytes; the time rides in the nonce
-    h = dw.parse_header(data)
-    assert (h.sender_id, h.receiver_id) == (A.wg_public_key[:8], B.wg_public_key[:8])
+    assert len(data) == len(BODY) + dw.OVERHEAD == len(BODY) + 39
+    # the keys go by their first 4 bytes; the time rides in the nonce
+    h = dw.parse_header(data, int(time.time() * 1000))
+    assert (h.sender_id, h.receiver_id) == (A.wg_public_key[:4], B.wg_public_key[:4])
     assert abs(h.ts_ms - _now()) < 5000
     o = _open(kb, data)
     assert (o.request_id, o.status, o.body, o.sender) == (42, 0, BODY, A.wg_public_key)
@@ -79,7 +83,7 @@ def test_round_trip_both_ways_and_overhead() -> None:
         _now(),
         0,
         b"ok",
-        os.urandom,
+        counter(),
     )
     back = _open(ka, reply, A)
     assert (back.header.kind, back.body) == (dw.REPLY, b"ok")
@@ -88,7 +92,7 @@ def test_round_trip_both_ways_and_overhead() -> None:
     assert kb.derivations == 1 and ka.derivations == 1
 
 
-@pytest.mark.parametrize("where", [0, 1, 5, 15, 20, 29, 33, -1])
+@pytest.mark.parametrize("where", [0, 1, 3, 7, 10, 14, 17, 20, -1])
 def test_tampered_header_or_ciphertext_is_refused(where: int) -> None:
     data = bytearray(_req(dw.KeyCache()))
     data[where] ^= 1
@@ -102,7 +106,7 @@ def test_wrong_receiver_key_cannot_open() -> None:
         dw.open_sealed(
             dw.KeyCache(),
             data,
-            dw.parse_header(data),
+            dw.parse_header(data, int(time.time() * 1000)),
             C.wg_private_key,
             A.wg_public_key,
             C.wg_public_key,
@@ -116,8 +120,8 @@ def test_request_reflected_as_reply_or_to_its_sender_is_refused() -> None:
     with pytest.raises(dw.DatagramError):
         _open(dw.KeyCache(), bytes(as_reply))
     # Reflected to A (its sender), sender/receiver swapped: the direction is in the key.
-    h = dw.parse_header(data)
-    swapped = data[:2] + h.receiver_id + h.sender_id + data[18:]
+    h = dw.parse_header(data, int(time.time() * 1000))
+    swapped = data[:2] + h.receiver_id + h.sender_id + data[10:]
     with pytest.raises(dw.DatagramError):
         _open(dw.KeyCache(), swapped, A)
     # As it is, to A: not for A.
@@ -164,11 +168,11 @@ def test_oversize_and_malformed_are_refused_before_crypto() -> None:
     assert len(_req(dw.KeyCache(), body=encode(Ping("m" * 60, 1)))) <= dw.MAX_DATAGRAM
     for bad in (b"", b"SMD", _req(dw.KeyCache()) + b"x" * dw.MAX_DATAGRAM, b"XYZ" + bytes(120)):
         with pytest.raises(dw.DatagramError):
-            dw.parse_header(bad)
+            dw.parse_header(bad, int(time.time() * 1000))
     same = bytearray(_req(dw.KeyCache()))
-    same[10:18] = same[2:10]
+    same[6:10] = same[2:6]
     with pytest.raises(dw.DatagramError, match="sender is the receiver"):
-        dw.parse_header(bytes(same))
+        dw.parse_header(bytes(same), int(time.time() * 1000))
 
 
 def test_a_version_1_request_gets_a_version_1_notice_and_costs_no_crypto() -> None:
@@ -182,13 +186,58 @@ def test_a_version_1_request_gets_a_version_1_notice_and_costs_no_crypto() -> No
     v1 = b"SMD\x01" + A.wg_public_key + B.wg_public_key + nonce + os.urandom(60)
     srv.datagram_received(v1, ("192.0.2.11", 4000))
     assert out.sent == [(b"SMD\x03" + nonce, ("192.0.2.11", 4000))]
-    assert srv.stats.refused["version 1"] == 1 and srv.keys.derivations == 0
+    assert srv.stats.refused["older version"] == 1 and srv.keys.derivations == 0
     # a reply-kind or short v1 datagram gets nothing
     for other in (b"SMD\x02" + v1[4:], v1[:100]):
         srv.datagram_received(other, ("192.0.2.11", 4000))
     assert len(out.sent) == 1
     # and the notice is never larger than what it answers (no amplification)
     assert len(out.sent[0][0]) < len(v1) and dw.NOTICE_FMT.size < dw.OVERHEAD
+
+
+def test_a_version_2_request_gets_a_version_2_notice_and_costs_no_crypto() -> None:
+    """Thirty-second session: version 3 (18-byte header) replaced version 2
+    (30 bytes: 8-byte key ids, 12-byte nonce). A node of version 2 is told in
+    its own format (magic 0xD2, kind 3, its 12-byte nonce) to use the stream."""
+    srv = _server({A.wg_public_key})
+    out = SentDatagrams()
+    srv.connection_made(out)  # type: ignore[arg-type]
+    nonce = os.urandom(12)
+    v2 = b"\xd2\x01" + A.wg_public_key[:8] + B.wg_public_key[:8] + nonce + os.urandom(40)
+    srv.datagram_received(v2, ("192.0.2.12", 4000))
+    assert out.sent == [(b"\xd2\x03" + nonce, ("192.0.2.12", 4000))]
+    assert srv.stats.refused["older version"] == 1 and srv.keys.derivations == 0
+    for other in (b"\xd2\x02" + v2[2:], v2[:50]):  # a reply, or shorter than any request
+        srv.datagram_received(other, ("192.0.2.12", 4000))
+    assert len(out.sent) == 1 and len(out.sent[0][0]) < len(v2)
+
+
+def test_the_nonce_carries_32_bits_of_time_made_whole_by_the_receivers_clock() -> None:
+    """The 32-bit time wraps every 49.7 days: the receiver takes the time nearest
+    its own clock, so a datagram sent just before a wrap opens just after it,
+    and one sent outside the clock window is still known to be so."""
+    wrap = (1 << 32) * 400  # a time whose low 32 bits are 0 (in 2024)
+    for sent, now in ((wrap - 3, wrap + 2), (wrap + 2, wrap - 3), (_now(), _now() + 1)):
+        assert dw.full_time(sent % (1 << 32), now) == sent
+    data = _req(dw.KeyCache(), ts=wrap - 3)
+    h = dw.parse_header(data, wrap + 2)
+    assert h.ts_ms == wrap - 3
+    o = dw.open_sealed(dw.KeyCache(), data, h, B.wg_private_key, A.wg_public_key, B.wg_public_key)
+    assert o.body == BODY
+    far = dw.parse_header(_req(dw.KeyCache(), ts=wrap - 3 * CLOCK_SKEW_MS), wrap)
+    assert far.ts_ms == wrap - 3 * CLOCK_SKEW_MS  # the replay cache refuses it by time
+
+
+def test_nonces_one_process_seals_never_repeat_and_replies_have_their_own() -> None:
+    """Requests and replies between two nodes are sealed with one key: the
+    counter's top bit keeps them apart, and within a millisecond it counts."""
+    c = dw.NonceCounter((1 << 32) - 2)  # a random start near the end: it wraps
+    got = [c.next(dw.REQUEST) for _ in range(5)] + [c.next(dw.REPLY) for _ in range(5)]
+    assert len(set(got)) == 10
+    assert all(n < dw.REPLY_BIT for n in got[:5]) and all(n >= dw.REPLY_BIT for n in got[5:])
+    ka = dw.KeyCache()
+    same_ms = [_req(ka, ts=1_700_000_000_000) for _ in range(1000)]
+    assert len({dw.request_nonce(d) for d in same_ms}) == 1000
 
 
 def test_low_order_public_key_is_refused() -> None:
@@ -291,9 +340,11 @@ def test_server_says_use_the_stream_for_other_types_without_running_them() -> No
     head=st.sampled_from(
         [
             b"",
-            b"\xd2\x01",
-            b"\xd2\x02",
-            b"\xd2\x04" + A.wg_public_key[:8],
+            b"\xd3\x01",
+            b"\xd3\x02",
+            b"\xd3\x04" + A.wg_public_key[:4],
+            b"\xd3\x01" + A.wg_public_key[:4] + B.wg_public_key[:4],
+            b"\xd3\x05" + A.wg_public_key[:4] + B.wg_public_key[:4],
             b"\xd2\x01" + A.wg_public_key[:8] + B.wg_public_key[:8],
             b"SMD\x01" + A.wg_public_key,
         ]
@@ -305,7 +356,7 @@ def test_any_bytes_are_dropped_without_an_exception(junk: bytes, head: bytes) ->
     srv.datagram_received(data, ("192.0.2.10", 4000))  # never raises, never answers
     assert sum(srv.stats.refused.values()) == 1
     with contextlib.suppress(dw.DatagramError):  # only ever this error
-        dw.parse_header(data)
+        dw.parse_header(data, int(time.time() * 1000))
 
 
 # -- requests in parts -----------------------------------------------------------

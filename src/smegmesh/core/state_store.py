@@ -225,10 +225,21 @@ class StateStore:
                 found = k
         return found
 
-    def member_by_id(self, key_id: bytes) -> bytes | None:
-        """The member whose key the id ``key_id`` names (see :meth:`key_by_prefix`), or None."""
-        key = self.key_by_prefix(key_id)
-        return key if key is not None and self.is_member(key) else None
+    def members_by_id(self, key_id: bytes, limit: int = 4) -> list[bytes]:
+        """The members whose keys begin with ``key_id``, at most ``limit``.
+
+        ``key_id`` is a datagram header's 4-byte sender id; O(1) as
+        :meth:`key_by_prefix`.
+
+        Usually one; two or more share an id by chance (about one pair in a
+        mesh of 3,000) or because a member made its key to (2^32 work): the
+        caller tries each, so no member can take another's id away.
+        """
+        if len(key_id) < 4:
+            return []
+        bucket = int.from_bytes(key_id[:4], "big") >> (32 - 4 * DEPTH)
+        found = [k for k in self._buckets.get(bucket, ()) if k.startswith(key_id)]
+        return sorted(k for k in found if self.is_member(k))[:limit]
 
     def all_items(self) -> list[Item]:
         """Everything held, in key order (see :meth:`items_for`)."""

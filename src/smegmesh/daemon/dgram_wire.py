@@ -4,28 +4,37 @@ Small idempotent calls (a probe and its ack, an in-sync digest pull, a small
 push) travel as single UDP datagrams instead of gRPC calls over TLS; see
 ``daemon/rpc_dgram.py`` for the sockets and docs/TRANSPORT.md for why.
 
-Layout, version 2 (all integers big-endian)::
+Layout, version 3 (all integers big-endian)::
 
-    header  = magic u8 (0xD2) | kind u8 (1 request, 2 reply, 4 request part,
+    header  = magic u8 (0xD3) | kind u8 (1 request, 2 reply, 4 request part,
               5 request that asks for no answer)
-              | sender key id (8) | receiver key id (8) | nonce (12)      -- 30 bytes
-    nonce   = send time, ms since the epoch u48 | random (6)
-    sealed  = ChaCha20-Poly1305(key, nonce, inner, associated data = header)
+              | sender key id (4) | receiver key id (4) | nonce (8)       -- 18 bytes
+    nonce   = send time, ms since the epoch mod 2^32, u32 | counter u32
+    sealed  = ChaCha20-Poly1305(key, aead nonce, inner, associated data = header)
+    aead nonce = send time u48 (the receiver's clock fills in the upper bits:
+              the nearest time to its own) | counter u32 | 0 u16
     inner   = request id u32 | status u8 | body                           -- 5 bytes
     part    = body of a request part: index u8 | count u8 | chunk
 
-51 bytes of overhead a datagram (version 1 had 113: both WireGuard keys in
-full, a random nonce, a 64-bit request id and time). A *key id* is the first
-8 bytes of a WireGuard public key: the receiver finds the sender's full key
-among its meshes' members (:meth:`StateStore.member_by_id`, an O(1) look-up
-in the digest tree's buckets) and its own among its keys; the AEAD key is
-derived from the full keys, so an id only *names* a key and proves nothing.
-Two members whose keys share 8 bytes (2^64 work to make one on purpose) are
-both unknown by id and use the stream. The time in the nonce is authenticated
-(the header is the associated data) and serves the clock window and replay
-cache; with 48 random bits beside the millisecond a nonce never repeats
-under one key in practice (2^24 datagrams in the same millisecond for an
-even chance).
+39 bytes of overhead a datagram (version 2 had 51: 8-byte key ids and a
+12-byte nonce of the full time and 48 random bits; version 1 had 113). A *key
+id* is the first 4 bytes of a WireGuard public key: the receiver finds the
+sender's full key among its meshes' members (:meth:`StateStore.members_by_id`,
+an O(1) look-up in the digest tree's buckets) and its own among its keys; the
+AEAD key is derived from the full keys, so an id only *names* a key and proves
+nothing. Two members whose keys share 4 bytes (one pair in a mesh of about
+3,000 by chance; 2^32 work to make on purpose) are both tried, up to
+:data:`MAX_ID_CANDIDATES`, each within its own limits: one that made its key
+to share a member's id costs that member nothing but a second opening.
+
+The time in the nonce is authenticated (the header is the associated data)
+and serves the clock window and replay cache; 32 bits of milliseconds wrap
+every 49.7 days, far beyond the clock window, so the receiver knows the full
+time. The counter is the sender's (:class:`NonceCounter`): one per process,
+from a random start, its top bit set in replies, so two datagrams one key
+seals never share a nonce unless 2^31 go in one millisecond, or the clock
+steps back and a fresh random start meets the old one in the same millisecond
+(2^-31 a datagram then).
 
 A request body too large for one datagram (a record with a deep admission
 chain, a prune: 1.2-4.7 KB) goes as up to :data:`MAX_PARTS` request parts, each
@@ -48,9 +57,12 @@ in an answer that it takes them (``treecast.TAKES_UNANSWERED``) and whose
 endpoint answered a datagram lately; a node older than this kind drops it
 as not a smegmesh datagram, and the lazy path of the tree repairs the loss.
 
-A version 1 request (magic ``SMD``, from a node not yet upgraded) is answered
-with a version 1 "use the stream" notice (:func:`v1_notice_for`), so mixed
-versions talk over the stream until both ends speak version 2.
+A version 1 or 2 request (from a node not yet upgraded) is answered with a
+"use the stream" notice of its version (:func:`old_notice_for`), so mixed
+versions talk over the stream until both ends speak version 3 (a version 3
+request to a node of version 2 is dropped unseen there: the call falls back
+to the stream after its datagram timeout, and the endpoint is then reached
+over the stream, ``rpc_dgram_client``).
 """
 
 from __future__ import annotations
@@ -58,7 +70,6 @@ from __future__ import annotations
 import hmac
 import struct
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -67,7 +78,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-MAGIC = 0xD2
+MAGIC = 0xD3
 REQUEST = 1
 REPLY = 2
 REQUEST_PART = 4
@@ -76,26 +87,32 @@ UNANSWERED = 5
 UNANSWERED_REQUESTS = frozenset({"Push"})
 #: reply status: 0 ok, 1 "use the stream" (repeat the call over gRPC), 2 refused
 OK, USE_STREAM, REFUSED = 0, 1, 2
-INFO = b"smegmesh datagram v2"
+INFO = b"smegmesh datagram v3"
 KEY_LEN = 32
 #: Bytes of a WireGuard public key that name it in a header.
-KEY_ID_LEN = 8
-NONCE_LEN = 12
-#: Bytes of the nonce that hold the send time (ms since the epoch); the rest is random.
-NONCE_TIME_LEN = 6
+KEY_ID_LEN = 4
+#: Keys one id may name that are tried (members by the sender id, ours by the receiver id).
+MAX_ID_CANDIDATES = 4
+NONCE_LEN = 8
+#: Bytes of the nonce that hold the send time (ms since the epoch, mod 2^32);
+#: the rest is the sender's counter.
+NONCE_TIME_LEN = 4
+#: The counter's bit that is set in replies (requests and replies between two
+#: nodes are sealed with one key: their counters never meet).
+REPLY_BIT = 1 << 31
 TAG_LEN = 16
-HEADER = struct.Struct(">BB8s8s12s")  # 30 bytes
+HEADER = struct.Struct(">BB4s4s8s")  # 18 bytes
 INNER = struct.Struct(">IB")  # 5 bytes
 #: Largest datagram: the IPv6 minimum MTU (1280) minus IPv6 (40) and UDP (8) headers.
 MAX_DATAGRAM = 1232
-#: Bytes of a datagram besides the body (header, inner header, AEAD tag): 51.
+#: Bytes of a datagram besides the body (header, inner header, AEAD tag): 39.
 OVERHEAD = HEADER.size + INNER.size + TAG_LEN
-#: Largest body one datagram carries: 1,181 bytes.
+#: Largest body one datagram carries: 1,193 bytes.
 MAX_BODY = MAX_DATAGRAM - OVERHEAD
 PART = struct.Struct(">BB")  # index, count
-#: Request bytes per part: 1,179.
+#: Request bytes per part: 1,191.
 PART_CHUNK = MAX_BODY - PART.size
-#: Most parts of one request, so the largest request body is 4,716 bytes.
+#: Most parts of one request, so the largest request body is 4,764 bytes.
 MAX_PARTS = 4
 MAX_REQUEST = MAX_PARTS * PART_CHUNK
 #: Requests being reassembled, in all and per sender (memory: at most
@@ -127,17 +144,25 @@ def key_id(key: bytes) -> bytes:
     return key[:KEY_ID_LEN]
 
 
+def full_time(ts32: int, now_ms: int) -> int:
+    """The time (ms since the epoch) nearest ``now_ms`` whose low 32 bits are ``ts32``."""
+    return now_ms + ((ts32 - now_ms + (1 << 31)) % (1 << 32)) - (1 << 31)
+
+
 @dataclass(frozen=True, slots=True)
 class Header:
     kind: int
     sender_id: bytes
     receiver_id: bytes
     nonce: bytes
+    #: the send time the nonce carries, made whole by the receiver's clock
+    #: (ms since the epoch; authenticated once opened)
+    ts_ms: int
 
     @property
-    def ts_ms(self) -> int:
-        """The send time the nonce carries (ms since the epoch; authenticated once opened)."""
-        return int.from_bytes(self.nonce[:NONCE_TIME_LEN], "big")
+    def aead_nonce(self) -> bytes:
+        """The 12-byte ChaCha20-Poly1305 nonce: the full time, the counter, two zero bytes."""
+        return self.ts_ms.to_bytes(6, "big") + self.nonce[NONCE_TIME_LEN:] + b"\0\0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,21 +179,44 @@ class Opened:
         return self.header.ts_ms
 
 
-#: A clear, unauthenticated notice (magic, kind 3, the request's nonce: 14 bytes)
+class NonceCounter:
+    """The counter half of the nonces one process seals (see the module doc).
+
+    ``start``: a random 32-bit value (``os.urandom``), so a restarted node
+    does not begin where it began before.
+    """
+
+    def __init__(self, start: int) -> None:
+        self._n = start % REPLY_BIT
+
+    def next(self, kind: int) -> int:
+        """The next counter value for a datagram of ``kind`` (replies have :data:`REPLY_BIT`)."""
+        self._n = (self._n + 1) % REPLY_BIT
+        return self._n | (REPLY_BIT if kind == REPLY else 0)
+
+
+#: A clear, unauthenticated notice (magic, kind 3, the request's nonce: 10 bytes)
 #: a server sends instead of a reply when the sender is not one of its members
 #: yet: "I cannot check you: use the stream". Smaller than any request (no
 #: amplification), sent within the per-address token bucket; forging it needs
-#: the request's random nonce, and all it can do is send the call to the
-#: stream, which authenticates the same way.
+#: the request's nonce (its time and the sender's counter: guessable by one
+#: who sees a node's traffic, a stranger elsewhere has to guess 64 bits), and
+#: all it can do is send the call to the stream, which authenticates the same way.
 NOTICE = 3
-NOTICE_FMT = struct.Struct(">BB12s")
+NOTICE_FMT = struct.Struct(">BB8s")
 
-#: Version 1 (magic ``SMD``, 80-byte header with both keys in full): a request
-#: from a node not upgraded yet is answered by a version 1 notice, nothing else.
+#: Versions 1 (magic ``SMD``, 80-byte header with both keys in full) and 2
+#: (magic 0xD2, 30-byte header of 8-byte key ids and a 12-byte nonce): a
+#: request from a node not upgraded yet is answered by a notice of its own
+#: version, nothing else.
 V1_MAGIC = b"SMD"
 _V1_HEADER_LEN = 80
 _V1_OVERHEAD = 113
 _V1_NOTICE = struct.Struct(">3sB12s")
+V2_MAGIC = 0xD2
+_V2_HEADER_LEN = 30
+_V2_OVERHEAD = 51
+_V2_NOTICE = struct.Struct(">BB12s")
 
 
 def notice(nonce: bytes) -> bytes:
@@ -184,15 +232,16 @@ def parse_notice(data: bytes) -> bytes | None:
     return nonce if magic == MAGIC and kind == NOTICE else None
 
 
-def v1_notice_for(data: bytes) -> bytes | None:
-    """The version 1 notice answering ``data`` if it is a version 1 request, else None."""
-    if (
-        not _V1_OVERHEAD <= len(data) <= MAX_DATAGRAM
-        or data[:3] != V1_MAGIC
-        or data[3] not in (REQUEST, REQUEST_PART)
-    ):
+def old_notice_for(data: bytes) -> bytes | None:
+    """The notice of its version answering ``data`` if it is a request of
+    version 1 or 2, else None."""
+    if not len(data) <= MAX_DATAGRAM or len(data) < 4:
         return None
-    return _V1_NOTICE.pack(V1_MAGIC, NOTICE, data[_V1_HEADER_LEN - NONCE_LEN : _V1_HEADER_LEN])
+    if data[:3] == V1_MAGIC and len(data) >= _V1_OVERHEAD and data[3] in (REQUEST, REQUEST_PART):
+        return _V1_NOTICE.pack(V1_MAGIC, NOTICE, data[_V1_HEADER_LEN - 12 : _V1_HEADER_LEN])
+    if data[0] == V2_MAGIC and len(data) >= _V2_OVERHEAD and data[1] in (REQUEST, REQUEST_PART):
+        return _V2_NOTICE.pack(V2_MAGIC, NOTICE, data[_V2_HEADER_LEN - 12 : _V2_HEADER_LEN])
+    return None
 
 
 def request_nonce(data: bytes) -> bytes:
@@ -200,8 +249,12 @@ def request_nonce(data: bytes) -> bytes:
     return data[HEADER.size - NONCE_LEN : HEADER.size]
 
 
-def parse_header(data: bytes) -> Header:
-    """The clear header, bounds checked (no crypto): raises :class:`DatagramError`."""
+def parse_header(data: bytes, now_ms: int) -> Header:
+    """The clear header, bounds checked (no crypto): raises :class:`DatagramError`.
+
+    ``now_ms``: the receiver's clock (ms since the epoch), which makes the
+    nonce's 32-bit time whole.
+    """
     if not OVERHEAD <= len(data) <= MAX_DATAGRAM:
         raise DatagramError("bad length")
     magic, kind, sender, receiver, nonce = HEADER.unpack_from(data)
@@ -209,7 +262,8 @@ def parse_header(data: bytes) -> Header:
         raise DatagramError("not a smegmesh datagram")
     if hmac.compare_digest(sender, receiver):
         raise DatagramError("sender is the receiver")
-    return Header(kind, sender, receiver, nonce)
+    ts = full_time(int.from_bytes(nonce[:NONCE_TIME_LEN], "big"), now_ms)
+    return Header(kind, sender, receiver, nonce, ts)
 
 
 class KeyCache:
@@ -283,16 +337,18 @@ def seal(
     ts_ms: int,
     status: int,
     body: bytes,
-    random: Callable[[int], bytes],
+    counter: NonceCounter,
 ) -> bytes:
     """One datagram from ``sender`` (us, ``my_private``) to ``receiver`` (full keys)."""
     if len(body) > MAX_BODY:
         raise DatagramError("body too large for a datagram")
-    nonce = ts_ms.to_bytes(NONCE_TIME_LEN, "big") + random(NONCE_LEN - NONCE_TIME_LEN)
+    count = counter.next(kind).to_bytes(NONCE_LEN - NONCE_TIME_LEN, "big")
+    nonce = (ts_ms % (1 << 32)).to_bytes(NONCE_TIME_LEN, "big") + count
     header = HEADER.pack(MAGIC, kind, key_id(sender), key_id(receiver), nonce)
     aead = keys.aead(my_private, receiver, sender, receiver)
     inner = INNER.pack(request_id, status) + body
-    return header + aead.encrypt(nonce, inner, header)
+    aead_nonce = Header(kind, b"", b"", nonce, ts_ms).aead_nonce
+    return header + aead.encrypt(aead_nonce, inner, header)
 
 
 def open_sealed(
@@ -303,7 +359,7 @@ def open_sealed(
     member key of its sender id); raises :class:`DatagramError`."""
     aead = keys.aead(my_private, sender, sender, receiver)
     try:
-        inner = aead.decrypt(header.nonce, data[HEADER.size :], data[: HEADER.size])
+        inner = aead.decrypt(header.aead_nonce, data[HEADER.size :], data[: HEADER.size])
     except InvalidTag:
         raise DatagramError("forged or corrupt") from None
     if len(inner) < INNER.size:

@@ -207,7 +207,7 @@ class Daemon(
     def _datagram_keys(self) -> KeyIds:
         """Who datagram headers' key ids name: our one key, the members of our meshes."""
         me = self.identity
-        return KeyIds([(me.wg_public_key, me.wg_private_key)], self._member_anywhere_by_id)
+        return KeyIds([(me.wg_public_key, me.wg_private_key)], self._members_anywhere_by_id)
 
     async def stop(self) -> None:
         if self._clock_unsubscribe is not None:

@@ -166,28 +166,51 @@ class _Bucket:
 Keys = tuple[bytes, bytes]
 
 
+#: A sender's full key and our keys, as a header's ids may name them.
+_Pair = tuple[bytes, Keys]
+DERIVE_LIMITED = "key derivations limited"
+#: Refusals before any crypto that tell the sender to use the stream at once.
+_NOTIFIED = frozenset({NOT_A_MEMBER, OVER_CALL_BUDGET, DERIVE_LIMITED})
+
+
+def _open_any(
+    keys: dw.KeyCache, data: bytes, h: dw.Header, pairs: list[_Pair]
+) -> tuple[bytes, Keys, dw.Opened]:
+    """The datagram opened with the first pair whose key opens it; raises ``DatagramError``."""
+    err = dw.DatagramError("forged or corrupt")
+    for sender, (mine, priv) in pairs:
+        try:
+            return sender, (mine, priv), dw.open_sealed(keys, data, h, priv, sender, mine)
+        except dw.DatagramError as e:
+            err = e
+    raise err
+
+
 class DatagramKeys(Protocol):
     """Who a header's key ids name (:func:`smegmesh.daemon.dgram_wire.key_id`)."""
 
-    def ours(self, key_id: bytes) -> Keys | None:
-        """Our keys whose public key has this id, or None."""
+    def ours(self, key_id: bytes) -> list[Keys]:
+        """Our keys whose public keys have this id (usually one, or none)."""
 
-    def member(self, key_id: bytes) -> bytes | None:
-        """The full key of the one member (of any of our meshes) with this id, or None."""
+    def members(self, key_id: bytes) -> list[bytes]:
+        """The full keys of the members (of any of our meshes) with this id
+        (usually one; at most ``dw.MAX_ID_CANDIDATES`` are looked at)."""
 
 
 class KeyIds:
     """:class:`DatagramKeys` over a fixed set of our keys and a member look-up by id."""
 
-    def __init__(self, own: Iterable[Keys], member_by_id: Callable[[bytes], bytes | None]) -> None:
-        self._own = {dw.key_id(pub): (pub, priv) for pub, priv in own}
-        self._member_by_id = member_by_id
+    def __init__(self, own: Iterable[Keys], members_by_id: Callable[[bytes], list[bytes]]) -> None:
+        self._own: dict[bytes, list[Keys]] = {}
+        for pub, priv in own:
+            self._own.setdefault(dw.key_id(pub), []).append((pub, priv))
+        self._members_by_id = members_by_id
 
-    def ours(self, key_id: bytes) -> Keys | None:
-        return self._own.get(key_id)
+    def ours(self, key_id: bytes) -> list[Keys]:
+        return self._own.get(key_id, [])
 
-    def member(self, key_id: bytes) -> bytes | None:
-        return self._member_by_id(key_id)
+    def members(self, key_id: bytes) -> list[bytes]:
+        return self._members_by_id(key_id)
 
 
 class DatagramServer(asyncio.DatagramProtocol):
@@ -203,6 +226,7 @@ class DatagramServer(asyncio.DatagramProtocol):
         self._ids = keys
         self.stats = stats or DatagramStats()
         self.keys = dw.KeyCache()
+        self.counter = dw.NonceCounter(int.from_bytes(os.urandom(4), "big"))
         self.replays = ReplayCache(CLOCK_SKEW_MS)
         self.reassembly = dw.Reassembly()
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
@@ -264,62 +288,73 @@ class DatagramServer(asyncio.DatagramProtocol):
             self._transport.sendto(note, addr)
             self.stats.count("out", "notice", len(note), ip)
 
-    def _admit(self, data: bytes, ip: str, addr: Any) -> tuple[dw.Header, bytes, Keys] | None:
-        """The checks before any crypto; ``(header, sender's key, our keys)`` or None (refused)."""
+    def _admit(self, data: bytes, ip: str, addr: Any) -> tuple[dw.Header, list[_Pair]] | None:
+        """The checks before any crypto: the header and the ``(sender's key, our
+        keys)`` its ids may name that passed them (usually one), or None (refused)."""
         try:
-            h = dw.parse_header(data)
+            h = dw.parse_header(data, _wall_ms())
         except dw.DatagramError as e:
-            old = dw.v1_notice_for(data)
+            old = dw.old_notice_for(data)
             if old is not None:  # a node not upgraded yet: use the stream with us
                 self._notify(old, ip, addr)
-            self._refuse(ip, "version 1" if old is not None else str(e), len(data))
+            self._refuse(ip, "older version" if old is not None else str(e), len(data))
             return None
         if h.kind not in (dw.REQUEST, dw.REQUEST_PART, dw.UNANSWERED):
             self._refuse(ip, "not a request", len(data))
             return None
-        ours = self._ids.ours(h.receiver_id)
-        sender = self._ids.member(h.sender_id) if ours is not None else None
-
-        # nobody waits for an answer to an unanswered request: no notice either
-        def notify() -> None:
-            if h.kind != dw.UNANSWERED:
-                self._notify(dw.notice(h.nonce), ip, addr)
-
-        if ours is None:
+        ours = self._ids.ours(h.receiver_id)[: dw.MAX_ID_CANDIDATES]
+        senders = self._ids.members(h.sender_id)[: dw.MAX_ID_CANDIDATES] if ours else []
+        pairs: list[_Pair] = []
+        if not ours:
             reason = "not for us"
-        elif sender is None:
+        elif not senders:
             reason = NOT_A_MEMBER  # strangers never use datagrams
-            # A node just admitted elsewhere: tell it at once to use the
-            # stream instead of letting it wait for the fallback.
-            notify()
         elif not self._allow(ip):
             reason = "rate limited"
-        elif not self._server.datagram_calls.room(sender):
-            reason = "too many calls"
-        elif self._server.budget.out_of_calls(sender):
-            # Before the crypto: a member past its call budget costs a lookup and
-            # a 14-byte notice, not an opening and a sealed refusal; over the
-            # stream its call is held 0.5 s in one of its slots, then refused.
-            reason = OVER_CALL_BUDGET
-            notify()
-        elif not self.keys.has(ours[1], sender, ours[0]) and not self._derive.take(
-            time.monotonic()
-        ):
-            reason = "key derivations limited"
-            notify()  # this call: over the stream
         else:
-            return h, sender, ours
+            # Each member the id may name within its own limits: one that made
+            # its key to share another's id spends its own, not the other's.
+            reason, pairs = self._within_limits(senders, ours)
+        if pairs:
+            return h, pairs
+        # A node just admitted elsewhere (not a member here yet), one past its
+        # call budget (a lookup and a 10-byte notice, not an opening and a
+        # sealed refusal; over the stream its call is held 0.5 s in one of its
+        # slots, then refused), a pair with no key derivation left: this call
+        # over the stream. Nobody waits for an unanswered request: no notice.
+        if reason in _NOTIFIED and h.kind != dw.UNANSWERED:
+            self._notify(dw.notice(h.nonce), ip, addr)
         self._refuse(ip, reason, len(data))
         return None
+
+    def _within_limits(self, senders: list[bytes], ours: list[Keys]) -> tuple[str, list[_Pair]]:
+        """The pairs of a sender and our keys within the limits, and the first refusal."""
+        reason, pairs = "", list[_Pair]()
+        now = time.monotonic()
+        for sender in senders:
+            if not self._server.datagram_calls.room(sender):
+                reason = reason or "too many calls"
+                continue
+            if self._server.budget.out_of_calls(sender):
+                reason = reason or OVER_CALL_BUDGET
+                continue
+            for mine in ours:
+                if len(pairs) < dw.MAX_ID_CANDIDATES and (
+                    self.keys.has(mine[1], sender, mine[0]) or self._derive.take(now)
+                ):
+                    pairs.append((sender, mine))
+                else:
+                    reason = reason or DERIVE_LIMITED
+        return reason, pairs
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         ip = _ip(addr)
         admitted = self._admit(data, ip, addr)
         if admitted is None:
             return
-        h, sender, (mine, priv) = admitted
+        h, pairs = admitted
         try:
-            o = dw.open_sealed(self.keys, data, h, priv, sender, mine)
+            sender, (mine, priv), o = _open_any(self.keys, data, h, pairs)
             self.replays.check(sender, h.nonce, o.ts_ms, _wall_ms())
         except dw.DatagramError as e:
             self._refuse(ip, str(e), len(data))
@@ -403,7 +438,7 @@ class DatagramServer(asyncio.DatagramProtocol):
             _wall_ms(),
             status,
             body,
-            os.urandom,
+            self.counter,
         )
         self.stats.count("out", message_name(body) or "status", len(data), ip)
         if self._transport is not None and not self._transport.is_closing():

@@ -75,9 +75,11 @@ class DatagramClient(asyncio.DatagramProtocol):
         self.stats = stats or DatagramStats()
         self.keys = dw.KeyCache()
         self._pending: dict[int, _Pending] = {}
-        #: (our key id, theirs) -> [our private key, our key, theirs, calls pending]:
-        #: a reply names both ends by id; these are the keys that open it
-        self._pairs: dict[tuple[bytes, bytes], list[Any]] = {}
+        #: (our key id, theirs) -> {(our key, theirs): [our private key, our key,
+        #: theirs, calls pending]}: a reply names both ends by id; these are the
+        #: keys that may open it (two pairs share ids by chance in a swarm process)
+        self._pairs: dict[tuple[bytes, bytes], dict[tuple[bytes, bytes], list[Any]]] = {}
+        self.counter = dw.NonceCounter(int.from_bytes(os.urandom(4), "big"))
         self._sockets: dict[int, asyncio.DatagramTransport] = {}
         self._opening: dict[int, asyncio.Lock] = {}
         self._misses: OrderedDict[str, int] = OrderedDict()
@@ -229,7 +231,7 @@ class DatagramClient(asyncio.DatagramProtocol):
                 _wall_ms(),
                 0,
                 body,
-                os.urandom,
+                self.counter,
             )
         except (OSError, dw.DatagramError):
             return False
@@ -287,7 +289,8 @@ class DatagramClient(asyncio.DatagramProtocol):
         mine = me.wg_public_key
         self._pending[rid] = _Pending(fut, mine, to)
         pair = (dw.key_id(mine), dw.key_id(to))
-        slot = self._pairs.setdefault(pair, [me.wg_private_key, mine, to, 0])
+        slots = self._pairs.setdefault(pair, {})
+        slot = slots.setdefault((mine, to), [me.wg_private_key, mine, to, 0])
         slot[3] += 1
         nonces: list[bytes] = []
         if len(body) > dw.MAX_BODY:
@@ -298,7 +301,16 @@ class DatagramClient(asyncio.DatagramProtocol):
             for share in (RESEND_AT, FALLBACK_AT):
                 for part in bodies:
                     data = dw.seal(
-                        self.keys, dg_kind, slot[0], mine, to, rid, _wall_ms(), 0, part, os.urandom
+                        self.keys,
+                        dg_kind,
+                        slot[0],
+                        mine,
+                        to,
+                        rid,
+                        _wall_ms(),
+                        0,
+                        part,
+                        self.counter,
                     )
                     nonces.append(dw.request_nonce(data))
                     self._by_nonce[nonces[-1]] = rid
@@ -315,7 +327,9 @@ class DatagramClient(asyncio.DatagramProtocol):
                 self._by_nonce.pop(n, None)
             slot[3] -= 1
             if not slot[3]:
-                del self._pairs[pair]
+                del slots[(mine, to)]
+                if not slots:
+                    del self._pairs[pair]
         if not fut.done():
             fut.cancel()
             return None, b""
@@ -346,18 +360,23 @@ class DatagramClient(asyncio.DatagramProtocol):
                 p.future.set_result((_UNKNOWN_SENDER, b""))
             return
         try:
-            h = dw.parse_header(data)
+            h = dw.parse_header(data, _wall_ms())
         except dw.DatagramError as e:
             self.stats.refused[str(e)] += 1
             return
-        slot = self._pairs.get((h.receiver_id, h.sender_id))
-        if h.kind != dw.REPLY or slot is None:
+        slots = self._pairs.get((h.receiver_id, h.sender_id))
+        if h.kind != dw.REPLY or slots is None:
             self.stats.refused["not awaited"] += 1  # no crypto for what we did not ask
             return
-        try:
-            o = dw.open_sealed(self.keys, data, h, slot[0], slot[2], slot[1])
-        except dw.DatagramError as e:
-            self.stats.refused[str(e)] += 1
+        err = dw.DatagramError("forged or corrupt")
+        for slot in list(slots.values())[: dw.MAX_ID_CANDIDATES]:
+            try:
+                o = dw.open_sealed(self.keys, data, h, slot[0], slot[2], slot[1])
+                break
+            except dw.DatagramError as e:
+                err = e
+        else:
+            self.stats.refused[str(err)] += 1
             return
         p = self._pending.get(o.request_id)
         if p is None or p.to != o.sender or p.me != o.receiver or p.future.done():

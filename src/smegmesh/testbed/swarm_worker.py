@@ -104,7 +104,7 @@ class Worker(CallsMixin):
             is_member=members[0].node.is_member,
             datagram_keys=KeyIds(
                 [(m.identity.wg_public_key, m.identity.wg_private_key) for m in members],
-                members[0].node.member_by_id,
+                members[0].node.members_by_id,
             )
             if datagrams
             else None,
