@@ -420,3 +420,36 @@ def test_a_prune_of_a_young_record_names_it_and_brings_it_along() -> None:
     assert behind.mesh.get_prune(young.wg_key) == prune
     assert behind.mesh.record(young.wg_key) == young
     assert not [o for o in outs if isinstance(o, Call) and isinstance(o.msg, SyncStart)]
+
+
+def test_a_chain_is_named_by_8_bytes_and_a_16_byte_name_of_before_still_resolves() -> None:
+    """Thirty-second session: an elided record's chain and an elided prune's
+    pruner chain are named by 8 bytes of their hash, not 16. A node of before
+    names them by 16, and a node of now resolves both; any other length, or
+    another chain's name, does not."""
+    import hashlib
+
+    from smegmesh.core.elide import REF_LEN
+
+    m, recs = _mesh()
+    now = m.t + LATER
+    rec = elide(recs[9].evolve(ident(11), now), now)
+    prune = elide(m.prune(ident(3), recs[7], now), now)
+    assert type(rec) is Elided and type(prune) is Elided
+    for item, signer in ((rec, recs[9]), (prune, recs[1])):
+        whole = hashlib.sha256(signer.sign_key + b"".join(c.key for c in signer.chain)).digest()
+        at = item.fields.index(whole[:REF_LEN])
+        assert REF_LEN == 8
+        other = recs[4]
+        for ref, resolves in (
+            (whole[:8], True),
+            (whole[:16], True),  # from a node of before
+            (whole[:12], False),
+            (
+                hashlib.sha256(other.sign_key + b"".join(c.key for c in other.chain)).digest()[:8],
+                False,
+            ),
+        ):
+            named = Elided(item.kind, (*item.fields[:at], ref, *item.fields[at + 1 :]))
+            got = expand(_state(m, recs, now), _wire([named], m.mesh_id).items)
+            assert (len(got.items) == 1) is resolves and not got.errors, (item.kind, len(ref))

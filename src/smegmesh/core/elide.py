@@ -19,7 +19,7 @@ receiver holds (:class:`~smegmesh.core.codec.Elided`):
   leaves out its sign key (bound to the key, whose X25519 form it is, and
   named by the reference as well) and what the receiver derives: the mesh id
   (the message's) and the overlay address (of the mesh id and the key);
-* a prune's target record: :data:`REF_LEN` bytes of the hash of its
+* a prune's target record: ``delta.BASE_REF_LEN`` bytes of the hash of its
   signature, when the record was published :data:`RECORD_SETTLED_MS` ago or
   more; the target is then named by id;
 * a prune's pruner chain: as a record's chain (the receiver holds the
@@ -80,9 +80,16 @@ SETTLED_MS = 5 * 60 * 1000
 #: A record published this long ago has reached every member (a change reaches
 #: all of 3,000 in ~2.5 s at p99.9 in the simulator).
 RECORD_SETTLED_MS = 10_000
-#: Bytes of a hash that name a record (of its signature) or a chain (of its
-#: certificates' keys) in place of it.
-REF_LEN = 16
+#: Bytes of a hash that name a chain (of its sign key and its certificates'
+#: keys) in place of it (a record is named by ``delta.BASE_REF_LEN``). 16 until
+#: the thirty-second session, and a name of 16 bytes from a node of before is
+#: still taken. Only a holder of two chains for one sign key could make their
+#: names meet (2^32 certificates), and all it would buy is that its own
+#: elided items fail their signatures where the other chain is held, and come
+#: whole by sync.
+REF_LEN = 8
+#: The lengths of a chain's name that are taken.
+_CHAIN_REF_LENS = (REF_LEN, 16)
 #: Elided items expanded at most per message (the rest is pulled by sync).
 MAX_EXPANDED = 256
 #: Bytes of held records that deltas (core.delta) may rebuild per message:
@@ -100,7 +107,11 @@ def _chain_ref(sign_key: bytes, chain: Sequence[Cert]) -> bytes:
 
     Any change, another name.
     """
-    return hashlib.sha256(sign_key + b"".join(c.key for c in chain)).digest()[:REF_LEN]
+    return _chain_hash(sign_key, chain)[:REF_LEN]
+
+
+def _chain_hash(sign_key: bytes, chain: Sequence[Cert]) -> bytes:
+    return hashlib.sha256(sign_key + b"".join(c.key for c in chain)).digest()
 
 
 def _settled_chain(chain: Sequence[Any], now_ms: int) -> bool:
@@ -204,9 +215,9 @@ def _signer(mesh: MeshState, key_id: object, ref: object) -> NodeRecord | None:
     """The held record of ``key_id`` if its sign key and chain are the ones named ``ref``."""
     key = _key(mesh, key_id)
     rec = mesh.record(key) if key is not None else None
-    if rec is None or not rec.chain or type(ref) is not bytes:
+    if rec is None or not rec.chain or type(ref) is not bytes or len(ref) not in _CHAIN_REF_LENS:
         return None
-    return rec if _chain_ref(rec.sign_key, rec.chain) == ref else None
+    return rec if _chain_hash(rec.sign_key, rec.chain)[: len(ref)] == ref else None
 
 
 def _news(mesh: MeshState, e: Elided, key: bytes | None) -> bool:
