@@ -66,7 +66,7 @@ def _open(keys: dw.KeyCache, data: bytes, me: NodeIdentity = B) -> dw.Opened:
 def test_round_trip_both_ways_and_overhead() -> None:
     ka, kb = dw.KeyCache(), dw.KeyCache()
     data = _req(ka)
-    assert len(data) == len(BODY) + dw.OVERHEAD == len(BODY) + 39
+    assert len(data) == len(BODY) + dw.OVERHEAD == len(BODY) + 38
     # the keys go by their first 4 bytes; the time rides in the nonce
     h = dw.parse_header(data, int(time.time() * 1000))
     assert (h.sender_id, h.receiver_id) == (A.wg_public_key[:4], B.wg_public_key[:4])
@@ -419,3 +419,29 @@ def test_reassembly_is_bounded_per_sender_in_all_and_in_time() -> None:
     assert r.add(B.wg_public_key, 1, dw.split_request(os.urandom(2 * dw.PART_CHUNK))[1], 900)
     r.add(A.wg_public_key, 50, first, 1500)  # everything older than 1 s has expired
     assert len(r) == 1
+
+
+def test_a_replys_status_is_its_kind_and_an_unanswered_request_has_no_inner_header() -> None:
+    """Version 3: a reply's status rides in the kind byte (2 ok, 6 use the
+    stream, 7 refused), authenticated as the header is; a request that asks
+    for no answer carries no request id: 38 and 34 bytes of overhead."""
+    ka, kb = dw.KeyCache(), dw.KeyCache()
+    for status, kind in ((dw.OK, 2), (dw.USE_STREAM, 6), (dw.REFUSED, 7)):
+        reply = dw.seal(
+            kb, dw.REPLY, B.wg_private_key, B.wg_public_key, A.wg_public_key, 9,
+            _now(), status, b"r", _COUNTER,
+        )  # fmt: skip
+        assert reply[1] == kind and len(reply) == 1 + dw.OVERHEAD
+        o = _open(ka, reply, A)
+        assert (o.header.kind, o.status, o.request_id, o.body) == (dw.REPLY, status, 9, b"r")
+        forged = bytearray(reply)
+        forged[1] = 2 if kind != 2 else 7  # another status: the tag fails
+        with pytest.raises(dw.DatagramError):
+            _open(ka, bytes(forged), A)
+    push = dw.seal(
+        ka, dw.UNANSWERED, A.wg_private_key, A.wg_public_key, B.wg_public_key, 0,
+        _now(), dw.OK, BODY, _COUNTER,
+    )  # fmt: skip
+    assert len(push) == len(BODY) + dw.OVERHEAD - dw.INNER.size == len(BODY) + 34
+    o = _open(kb, push)
+    assert (o.header.kind, o.request_id, o.body) == (dw.UNANSWERED, 0, BODY)

@@ -12,6 +12,7 @@ def test_the_datagram_model_matches_the_datagram_wire_format() -> None:
     assert overhead.DGRAM_PART_CHUNK == dgram_wire.PART_CHUNK
     assert overhead.DGRAM_MAX_REQUEST == dgram_wire.MAX_REQUEST
     assert dgram_wire.PART.size == 2
+    assert dgram_wire.INNER.size == overhead.DGRAM_UNANSWERED_SAVES
 
 
 def test_the_channel_pool_model_matches_the_client_pool() -> None:

@@ -6,18 +6,20 @@ push) travel as single UDP datagrams instead of gRPC calls over TLS; see
 
 Layout, version 3 (all integers big-endian)::
 
-    header  = magic u8 (0xD3) | kind u8 (1 request, 2 reply, 4 request part,
-              5 request that asks for no answer)
-              | sender key id (4) | receiver key id (4) | nonce (8)       -- 18 bytes
+    header  = magic u8 (0xD3) | kind u8 (1 request, 4 request part, 5 request
+              that asks for no answer; replies: 2 ok, 6 "use the stream",
+              7 refused) | sender key id (4) | receiver key id (4)
+              | nonce (8)                                               -- 18 bytes
     nonce   = send time, ms since the epoch mod 2^32, u32 | counter u32
     sealed  = ChaCha20-Poly1305(key, aead nonce, inner, associated data = header)
     aead nonce = send time u48 (the receiver's clock fills in the upper bits:
               the nearest time to its own) | counter u32 | 0 u16
-    inner   = request id u32 | status u8 | body                           -- 5 bytes
+    inner   = request id u32 | body                    -- 4 bytes; kind 5: body
     part    = body of a request part: index u8 | count u8 | chunk
 
-39 bytes of overhead a datagram (version 2 had 51: 8-byte key ids and a
-12-byte nonce of the full time and 48 random bits; version 1 had 113). A *key
+38 bytes of overhead a datagram, 34 for a request that asks for no answer
+(version 2 had 51: 8-byte key ids, a 12-byte nonce of the full time and 48
+random bits, and the reply status in a byte of its own; version 1 had 113). A *key
 id* is the first 4 bytes of a WireGuard public key: the receiver finds the
 sender's full key among its meshes' members (:meth:`StateStore.members_by_id`,
 an O(1) look-up in the digest tree's buckets) and its own among its keys; the
@@ -87,6 +89,10 @@ UNANSWERED = 5
 UNANSWERED_REQUESTS = frozenset({"Push"})
 #: reply status: 0 ok, 1 "use the stream" (repeat the call over gRPC), 2 refused
 OK, USE_STREAM, REFUSED = 0, 1, 2
+#: The kind a reply of each status goes as (:data:`REPLY` for "ok"), and back.
+REPLY_KINDS = {OK: REPLY, USE_STREAM: 6, REFUSED: 7}
+_STATUS_OF = {k: s for s, k in REPLY_KINDS.items()}
+_REQUEST_KINDS = (REQUEST, REQUEST_PART, UNANSWERED)
 INFO = b"smegmesh datagram v3"
 KEY_LEN = 32
 #: Bytes of a WireGuard public key that name it in a header.
@@ -102,17 +108,17 @@ NONCE_TIME_LEN = 4
 REPLY_BIT = 1 << 31
 TAG_LEN = 16
 HEADER = struct.Struct(">BB4s4s8s")  # 18 bytes
-INNER = struct.Struct(">IB")  # 5 bytes
+INNER = struct.Struct(">I")  # 4 bytes; none in a request that asks for no answer
 #: Largest datagram: the IPv6 minimum MTU (1280) minus IPv6 (40) and UDP (8) headers.
 MAX_DATAGRAM = 1232
-#: Bytes of a datagram besides the body (header, inner header, AEAD tag): 39.
+#: Bytes of a datagram besides the body (header, inner header, AEAD tag): 38.
 OVERHEAD = HEADER.size + INNER.size + TAG_LEN
-#: Largest body one datagram carries: 1,193 bytes.
+#: Largest body one datagram carries: 1,194 bytes.
 MAX_BODY = MAX_DATAGRAM - OVERHEAD
 PART = struct.Struct(">BB")  # index, count
-#: Request bytes per part: 1,191.
+#: Request bytes per part: 1,192.
 PART_CHUNK = MAX_BODY - PART.size
-#: Most parts of one request, so the largest request body is 4,764 bytes.
+#: Most parts of one request, so the largest request body is 4,768 bytes.
 MAX_PARTS = 4
 MAX_REQUEST = MAX_PARTS * PART_CHUNK
 #: Requests being reassembled, in all and per sender (memory: at most
@@ -151,13 +157,15 @@ def full_time(ts32: int, now_ms: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Header:
-    kind: int
+    kind: int  # REPLY for a reply of any status
     sender_id: bytes
     receiver_id: bytes
     nonce: bytes
     #: the send time the nonce carries, made whole by the receiver's clock
     #: (ms since the epoch; authenticated once opened)
     ts_ms: int
+    #: a reply's status (its kind on the wire); OK for a request
+    status: int = OK
 
     @property
     def aead_nonce(self) -> bytes:
@@ -258,11 +266,13 @@ def parse_header(data: bytes, now_ms: int) -> Header:
     if not OVERHEAD <= len(data) <= MAX_DATAGRAM:
         raise DatagramError("bad length")
     magic, kind, sender, receiver, nonce = HEADER.unpack_from(data)
-    if magic != MAGIC or kind not in (REQUEST, REPLY, REQUEST_PART, UNANSWERED):
+    if magic != MAGIC or not (kind in _REQUEST_KINDS or kind in _STATUS_OF):
         raise DatagramError("not a smegmesh datagram")
     if hmac.compare_digest(sender, receiver):
         raise DatagramError("sender is the receiver")
     ts = full_time(int.from_bytes(nonce[:NONCE_TIME_LEN], "big"), now_ms)
+    if kind in _STATUS_OF:
+        return Header(REPLY, sender, receiver, nonce, ts, _STATUS_OF[kind])
     return Header(kind, sender, receiver, nonce, ts)
 
 
@@ -344,9 +354,10 @@ def seal(
         raise DatagramError("body too large for a datagram")
     count = counter.next(kind).to_bytes(NONCE_LEN - NONCE_TIME_LEN, "big")
     nonce = (ts_ms % (1 << 32)).to_bytes(NONCE_TIME_LEN, "big") + count
-    header = HEADER.pack(MAGIC, kind, key_id(sender), key_id(receiver), nonce)
+    wire_kind = REPLY_KINDS[status] if kind == REPLY else kind
+    header = HEADER.pack(MAGIC, wire_kind, key_id(sender), key_id(receiver), nonce)
     aead = keys.aead(my_private, receiver, sender, receiver)
-    inner = INNER.pack(request_id, status) + body
+    inner = body if kind == UNANSWERED else INNER.pack(request_id) + body
     aead_nonce = Header(kind, b"", b"", nonce, ts_ms).aead_nonce
     return header + aead.encrypt(aead_nonce, inner, header)
 
@@ -362,10 +373,12 @@ def open_sealed(
         inner = aead.decrypt(header.aead_nonce, data[HEADER.size :], data[: HEADER.size])
     except InvalidTag:
         raise DatagramError("forged or corrupt") from None
+    if header.kind == UNANSWERED:
+        return Opened(header, sender, receiver, 0, OK, inner)
     if len(inner) < INNER.size:
         raise DatagramError("bad length")
-    rid, status = INNER.unpack_from(inner)
-    return Opened(header, sender, receiver, rid, status, inner[INNER.size :])
+    (rid,) = INNER.unpack_from(inner)
+    return Opened(header, sender, receiver, rid, header.status, inner[INNER.size :])
 
 
 def split_request(body: bytes) -> list[bytes]:

@@ -36,6 +36,7 @@ from smegmesh.core.wire import decode, encode
 from smegmesh.sim.overhead import (
     CONNECT_BYTES,
     DGRAM_MAX_BODY,
+    DGRAM_UNANSWERED_SAVES,
     ChannelPool,
     model_of,
     reply_bytes,
@@ -319,6 +320,7 @@ class Driver:
             c = self._calls.get(payload)
             if c is not None:
                 c.dgram, c.size = dgram, size
+                dgram_extra -= DGRAM_UNANSWERED_SAVES if c.unanswered else 0
                 stream_extra += self._connect("stream", c)
                 if not dgram:
                     dgram_extra += self._connect("datagram", c)

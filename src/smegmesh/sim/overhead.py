@@ -80,25 +80,27 @@ REPLY_OVERHEAD_BYTES = _REPLY_STREAM_BYTES + TCPIP_BYTES_PER_SEGMENT
 
 
 # -- the datagram path (branch dgram, daemon/dgram_wire.py and rpc_dgram.py) -------------
-# 39 B of overhead per datagram (version 3 of the layout, daemon/dgram_wire.py;
+# 38 B of overhead per datagram (version 3 of the layout, daemon/dgram_wire.py;
 # version 2 had 51 B, version 1 113 B, measured by the transport's own counters as a 25 B Ping
 # going as 138 B of UDP payload: bench/member_scale_bench.py, docs/TRANSPORT.md
 # "design C"), and the 28 B of IPv4 + UDP headers the counters add per
 # datagram. A test (tests/unit/test_overhead_model.py) keeps these equal to
 # dgram_wire's.
 
-#: Header 18 B (magic 1, kind 1, sender key id 4, receiver key id 4, nonce 8
-#: holding the send time) + AEAD tag 16 + inner header 5 (request id 4, status
-#: 1) = 39 B (``dgram_wire.OVERHEAD``), plus IPv4 (20) + UDP (8) headers
-#: (``dgram_wire.UDP_IPV4_HEADERS``).
-DGRAM_OVERHEAD_BYTES = 39 + 28
+#: Header 18 B (magic 1, kind 1 (a reply's status too), sender key id 4,
+#: receiver key id 4, nonce 8 holding the send time) + AEAD tag 16 + inner
+#: header 4 (the request id) = 38 B (``dgram_wire.OVERHEAD``), plus IPv4 (20)
+#: + UDP (8) headers (``dgram_wire.UDP_IPV4_HEADERS``).
+DGRAM_OVERHEAD_BYTES = 38 + 28
+#: A request that asks for no answer (kind 5) has no inner header.
+DGRAM_UNANSWERED_SAVES = 4
 #: Largest body of one datagram: 1,232 B (IPv6 minimum MTU minus IPv6/UDP
-#: headers) minus the 39 B above (``dgram_wire.MAX_BODY``).
-DGRAM_MAX_BODY = 1_193
-#: A larger request body goes as up to 4 parts of at most 1,191 bytes each (a
+#: headers) minus the 38 B above (``dgram_wire.MAX_BODY``).
+DGRAM_MAX_BODY = 1_194
+#: A larger request body goes as up to 4 parts of at most 1,192 bytes each (a
 #: 2-byte part header), each one datagram with the overhead above
 #: (``dgram_wire.PART_CHUNK``, ``MAX_REQUEST``); replies are one datagram.
-DGRAM_PART_CHUNK = 1_191
+DGRAM_PART_CHUNK = 1_192
 DGRAM_MAX_REQUEST = 4 * DGRAM_PART_CHUNK
 
 #: Transport models: ``None`` (payload only), "stream", "datagram".
