@@ -303,6 +303,55 @@ def test_deltas_go_to_members_until_a_push_of_them_fails_and_again_once_an_ack_s
     assert push_to_b(t + 30).ctx.deltas  # type: ignore[union-attr]
 
 
+def test_a_deltas_time_goes_short_to_a_member_whose_ack_said_it_takes_that() -> None:
+    """Thirty-second session: a delta's time goes as ``[time - version]``
+    (2 bytes, not 9) to a member whose ack of a push at its current record
+    version said it takes that (``TAKES_SHORT_TIMES``); to a node of before
+    (its ack has no such bit) and to one that restarted since, in full."""
+    from smegmesh.core.delta import TAKES_SHORT_TIMES, short_time
+
+    m, recs = _mesh()
+    now = m.t + LATER
+    new = recs[5].evolve(ident(7), now)
+    d = _delta(recs[5], new)
+    short = short_time(d)
+    assert short.fields[3] == [new.timestamp_ms - new.version]
+    assert item_size(short) <= item_size(d) - 7
+    got = expand(_state(m, recs, now), _wire([short], m.mesh_id).items)
+    assert got.items == [new] and not got.errors  # the signature checks out
+    lie = Elided(ITEM_DELTA, (*short.fields[:3], [short.fields[3][0] + 1], *short.fields[4:]))
+    st = _state(m, recs, now)
+    assert st.apply_many(expand(st, [lie]).items, now)[1]  # another time: refused
+
+    net, nodes = mesh_of(4)
+    net.run_until(net.now + 5000)
+    a, b = nodes[0], nodes[1]
+    t = net.now + 1
+
+    def pushed_time(t: int) -> object:
+        own = a.mesh.record(a.key)
+        assert own is not None and a.mesh.apply(own.evolve(a.identity, t), t)
+        (call,) = a._push_calls([b.key], frozenset({a.key}), now_ms=t)
+        assert isinstance(call, Call) and isinstance(call.msg, Push)
+        item = call.msg.items[0]
+        assert isinstance(item, Elided) and item.kind == ITEM_DELTA
+        return item.fields[3]
+
+    assert pushed_time(t) == [0]  # b's acks of the pushes so far said it takes them
+    own_b = b.mesh.record(b.key)
+    assert own_b is not None
+    a.mesh.apply(own_b.evolve(b.identity, t + 1), t + 1)  # b restarted: maybe older now
+    assert type(pushed_time(t + 10)) is int
+    call = a._push_calls([b.key], frozenset({a.key}), now_ms=t + 11)[0]
+    assert isinstance(call, Call) and isinstance(call.msg, Push)
+    a.step(ReplyReceived(call, Ack(IN_REPLY, TAKES_DELTAS, True), t + 12))  # of before
+    assert type(pushed_time(t + 20)) is int
+    reply, _ = b.handle_request(a.key, call.msg, t + 21)
+    assert isinstance(reply, Ack) and reply.probe_id & TAKES_SHORT_TIMES
+    a.step(ReplyReceived(call, reply, t + 22))
+    assert pushed_time(t + 30) == [0]
+
+
 def test_a_restart_reaches_every_member_as_deltas_over_the_wire() -> None:
     net, nodes = mesh_of(8)
     net.run_until(net.now + 5000)

@@ -12,6 +12,11 @@ sends such a record as a *delta* (:class:`~smegmesh.core.codec.Elided` of kind
     [key id (8), base ref (8), version, timestamp, signature,
      [[wire index, value], ...]]
 
+To a member that says it takes them (:data:`TAKES_SHORT_TIMES`), the
+timestamp goes as ``[timestamp - version]`` (:func:`short_time`): a record's
+version is its time, or one more than its last (``NodeRecord.evolve``), so
+that is 2 bytes, not 9.
+
 The *base* is the record the sender held before this one (kept by the state
 for a while, :class:`RecordBases`) and is named by :data:`BASE_REF_LEN`
 bytes of a hash of its signature (as a prune names its target record); the
@@ -65,6 +70,7 @@ __all__ = [
     "MAX_BASE_BYTES",
     "MAX_CHANGES",
     "TAKES_DELTAS",
+    "TAKES_SHORT_TIMES",
     "RecordBases",
     "as_deltas",
     "base_ref",
@@ -72,10 +78,15 @@ __all__ = [
     "delta_of",
     "expand_delta",
     "names_record",
+    "short_time",
 ]
 
 #: The bit of a push ``Ack``'s ``probe_id`` that says "send me deltas".
 TAKES_DELTAS = 1
+#: The bit of a push ``Ack``'s ``probe_id`` that says "a delta's time may go
+#: as its offset from the version" (thirty-second session; ``treecast``
+#: uses 2).
+TAKES_SHORT_TIMES = 4
 #: Bytes of the hash of its signature that name a record: a delta's base (and
 #: a prune's target record, ``core.elide``). Only the record's owner can make
 #: two of its records whose names collide (2^32 signatures for a pair of one
@@ -222,6 +233,17 @@ def as_deltas(news: Sequence[Any], sent: Sequence[Any], bases: RecordBases) -> l
     return None if all(d is s for d, s in zip(out, sent, strict=True)) else out
 
 
+def short_time(item: Any) -> Any:
+    """``item`` with a delta's time as its offset from the version (``[offset]``).
+
+    Anything else as it is. Only for a member that takes them.
+    """
+    if type(item) is not Elided or item.kind != ITEM_DELTA:
+        return item
+    kid, ref, version, ts, sig, changes = item.fields
+    return Elided(ITEM_DELTA, (kid, ref, version, [ts - version], sig, changes))
+
+
 def expand_delta(held: NodeRecord | None, fields: tuple[Any, ...]) -> NodeRecord | None:
     """The record a delta makes of ``held`` (None: ``held`` is not its base); raises RecordError.
 
@@ -229,6 +251,8 @@ def expand_delta(held: NodeRecord | None, fields: tuple[Any, ...]) -> NodeRecord
     signature covers what the delta set).
     """
     _kid, ref, version, ts, sig, changes = fields
+    if type(ts) is list and len(ts) == 1 and type(ts[0]) is int and type(version) is int:
+        ts = version + ts[0]  # a short time (:func:`short_time`)
     if type(ref) is not bytes or type(version) is not int or type(ts) is not int:
         raise RecordError("item", "a delta names its base, version and time")
     if type(sig) is not bytes or type(changes) is not list or len(changes) > MAX_CHANGES:

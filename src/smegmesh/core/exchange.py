@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from smegmesh.core.cert import AuthItem
-from smegmesh.core.delta import TAKES_DELTAS, as_deltas
+from smegmesh.core.delta import TAKES_DELTAS, TAKES_SHORT_TIMES, as_deltas, short_time
 from smegmesh.core.elide import elide_news, expand, expand_again
 from smegmesh.core.engine import (
     Call,
@@ -173,16 +173,18 @@ class ExchangeMixin(EvictedMixin, TreecastMixin):
         deltas = as_deltas(news, sent, self.mesh.bases)
         if deltas is None:
             return [Call(t, msg, ctx) for t in targets for msg in plain]
-        takers = self.tags.takes_deltas
-        out: list[Out] = []
-        short: list[Push] | None = None
-        dctx = PushCtx(keys, deltas=True)
+        tags, out, dctx = self.tags, list[Out](), PushCtx(keys, deltas=True)
+        forms: dict[bool, list[Push]] = {}  # with deltas, their times short or not
         for t in targets:
-            if takers(t, record_version(self.mesh, t)):
-                short = short or self._pushes(whole_items + deltas, hops)
-                out.extend(Call(t, msg, dctx) for msg in short)
-            else:
+            v = record_version(self.mesh, t)
+            if not tags.takes_deltas(t, v):
                 out.extend(Call(t, msg, ctx) for msg in plain)
+                continue
+            st = tags.takes_short_times(t, v)
+            if st not in forms:
+                items = [short_time(d) for d in deltas] if st else deltas
+                forms[st] = self._pushes(whole_items + items, hops)
+            out.extend(Call(t, msg, dctx) for msg in forms[st])
         return out
 
     def _pushes(self, items: list[Any], hops: int) -> list[Push]:  # of bounded size
@@ -340,7 +342,7 @@ class ExchangeMixin(EvictedMixin, TreecastMixin):
             out += self._sync_with(src, now_ms, "unresolved")
         # ok: something in it was news to us (the pusher's feedback, see handle_reply)
         news = bool(got.unresolved) or any(isinstance(o, Changed) for o in out)
-        return Ack(IN_REPLY, TAKES_DELTAS | TAKES_UNANSWERED, news), out
+        return Ack(IN_REPLY, TAKES_DELTAS | TAKES_UNANSWERED | TAKES_SHORT_TIMES, news), out
 
     def _heard_from_pruned(self, key: bytes, now_ms: int) -> list[Out]:
         """``key`` answered or called us (authenticated) while we hold it as pruned.
@@ -465,7 +467,7 @@ class ExchangeMixin(EvictedMixin, TreecastMixin):
         others count as held.
         """
         if isinstance(ctx, PushCtx) and isinstance(reply, Ack):
-            self.tags.note_push_ack(to, reply)
+            self.tags.note_push_ack(to, reply, record_version(self.mesh, to))
             self._tree_answered(to, ctx, reply.probe_id, now_ms)
             if not reply.ok:
                 # fewer push rounds for these items (rumour mongering with feedback)
