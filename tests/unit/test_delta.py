@@ -20,6 +20,7 @@ from smegmesh.core.delta import (
 from smegmesh.core.elide import DELTA_BASES_PER_MESSAGE, MAX_EXPANDED, elide, expand
 from smegmesh.core.engine import Call, CallFailed, PushCtx, ReplyReceived
 from smegmesh.core.identity import NodeIdentity
+from smegmesh.core.meshnode import MeshNode
 from smegmesh.core.messages import IN_REPLY, Ack
 from smegmesh.core.paging import item_size
 from smegmesh.core.record import NodeRecord, RouteAdv
@@ -272,11 +273,15 @@ def test_no_delta_where_an_extension_comes_or_goes_or_the_key_differs() -> None:
     assert delta_of(rec, rec) is None  # not newer
 
 
-def test_deltas_go_to_members_until_a_push_of_them_fails_and_again_once_an_ack_says_so() -> None:
+def _settled_pair() -> tuple[MeshNode, MeshNode, int]:
+    """Two nodes of a mesh of four after 5 s of gossip, and a time just after."""
     net, nodes = mesh_of(4)
     net.run_until(net.now + 5000)
-    a, b = nodes[0], nodes[1]
-    t = net.now + 1
+    return nodes[0], nodes[1], net.now + 1
+
+
+def test_deltas_go_to_members_until_a_push_of_them_fails_and_again_once_an_ack_says_so() -> None:
+    a, b, t = _settled_pair()
 
     def push_to_b(t: int) -> Call:
         own_now = a.mesh.record(a.key)
@@ -323,10 +328,7 @@ def test_a_deltas_time_goes_short_to_a_member_whose_ack_said_it_takes_that() -> 
     st = _state(m, recs, now)
     assert st.apply_many(expand(st, [lie]).items, now)[1]  # another time: refused
 
-    net, nodes = mesh_of(4)
-    net.run_until(net.now + 5000)
-    a, b = nodes[0], nodes[1]
-    t = net.now + 1
+    a, b, t = _settled_pair()
 
     def pushed_time(t: int) -> object:
         own = a.mesh.record(a.key)
