@@ -89,14 +89,12 @@ def test_a_delta_of_another_base_is_unresolved_and_a_lying_one_fails_its_signatu
     assert not changed and [e.field for e in errors] == ["signature"]
 
 
-def test_a_record_is_named_by_8_bytes_and_a_16_byte_name_of_before_still_resolves() -> None:
-    """Thirty-second session: a delta's base and a prune's target record are
-    named by 8 bytes of the hash of the signature, not 16 (~5 % of the churn
-    bytes at 3,000 nodes). A node of before names them by 16, and a node of
-    now resolves both; any other length, or a name of another record, does not."""
-    import hashlib
-
-    from smegmesh.core.elide import elide
+def test_a_record_named_by_8_bytes_in_a_short_push_resolves_as_by_16() -> None:
+    """Thirty-second session: a push to a member that takes short names names
+    a delta's base and a prune's target record by 8 bytes of the hash of the
+    signature, not 16 (``elide.shortened``). A node of now resolves both
+    lengths; any other, or a name of another record, does not."""
+    from smegmesh.core.elide import elide, shortened
 
     m, recs = _mesh()
     now = m.t + LATER
@@ -105,13 +103,12 @@ def test_a_record_is_named_by_8_bytes_and_a_16_byte_name_of_before_still_resolve
     assert isinstance(prune, Elided)
     for item, rec in ((d, recs[5]), (prune, recs[7])):
         at = item.fields.index(base_ref(rec))
-        assert len(item.fields[at]) == 8
-        sixteen = hashlib.sha256(rec.signature).digest()[:16]
+        assert len(base_ref(rec)) == 16 and shortened(item).fields[at] == base_ref(rec)[:8]
         for ref, resolves in (
             (base_ref(rec), True),
-            (sixteen, True),  # from a node of before
-            (sixteen[:12], False),
-            (base_ref(recs[2]), False),
+            (base_ref(rec)[:8], True),
+            (base_ref(rec)[:12], False),
+            (base_ref(recs[2])[:8], False),
         ):
             named = Elided(item.kind, (*item.fields[:at], ref, *item.fields[at + 1 :]))
             got = expand(_state(m, recs, now), [named])
@@ -308,20 +305,23 @@ def test_deltas_go_to_members_until_a_push_of_them_fails_and_again_once_an_ack_s
     assert push_to_b(t + 30).ctx.deltas  # type: ignore[union-attr]
 
 
-def test_a_deltas_time_goes_short_to_a_member_whose_ack_said_it_takes_that() -> None:
-    """Thirty-second session: a delta's time goes as ``[time - version]``
-    (2 bytes, not 9) to a member whose ack of a push at its current record
-    version said it takes that (``TAKES_SHORT_TIMES``); to a node of before
-    (its ack has no such bit) and to one that restarted since, in full."""
-    from smegmesh.core.delta import TAKES_SHORT_TIMES, short_time
+def test_short_names_and_times_go_to_a_member_whose_ack_said_it_takes_them() -> None:
+    """Thirty-second session: a delta goes with an 8-byte base name and its
+    time as ``[time - version]`` (2 bytes, not 9) to a member whose ack of a
+    push at its current record version said it takes them (``TAKES_SHORT``);
+    to a node of before (its ack has no such bit; found in review: the 8-byte
+    names first went to every member, and a node of before resolves none) and
+    to one that restarted since, in full."""
+    from smegmesh.core.delta import TAKES_SHORT
+    from smegmesh.core.elide import shortened
 
     m, recs = _mesh()
     now = m.t + LATER
     new = recs[5].evolve(ident(7), now)
     d = _delta(recs[5], new)
-    short = short_time(d)
+    short = shortened(d)
     assert short.fields[3] == [new.timestamp_ms - new.version]
-    assert item_size(short) <= item_size(d) - 7
+    assert item_size(short) <= item_size(d) - 15
     got = expand(_state(m, recs, now), _wire([short], m.mesh_id).items)
     assert got.items == [new] and not got.errors  # the signature checks out
     lie = Elided(ITEM_DELTA, (*short.fields[:3], [short.fields[3][0] + 1], *short.fields[4:]))
@@ -330,28 +330,30 @@ def test_a_deltas_time_goes_short_to_a_member_whose_ack_said_it_takes_that() -> 
 
     a, b, t = _settled_pair()
 
-    def pushed_time(t: int) -> object:
+    def pushed(t: int) -> tuple[int, object]:
+        """The base name's length and the time of a delta a pushes to b."""
         own = a.mesh.record(a.key)
         assert own is not None and a.mesh.apply(own.evolve(a.identity, t), t)
         (call,) = a._push_calls([b.key], frozenset({a.key}), now_ms=t)
         assert isinstance(call, Call) and isinstance(call.msg, Push)
         item = call.msg.items[0]
         assert isinstance(item, Elided) and item.kind == ITEM_DELTA
-        return item.fields[3]
+        return len(item.fields[1]), item.fields[3]
 
-    assert pushed_time(t) == [0]  # b's acks of the pushes so far said it takes them
+    assert pushed(t) == (8, [0])  # b's acks of the pushes so far said it takes them
     own_b = b.mesh.record(b.key)
     assert own_b is not None
     a.mesh.apply(own_b.evolve(b.identity, t + 1), t + 1)  # b restarted: maybe older now
-    assert type(pushed_time(t + 10)) is int
+    assert pushed(t + 10)[0] == 16
     call = a._push_calls([b.key], frozenset({a.key}), now_ms=t + 11)[0]
     assert isinstance(call, Call) and isinstance(call.msg, Push)
-    a.step(ReplyReceived(call, Ack(IN_REPLY, TAKES_DELTAS, True), t + 12))  # of before
-    assert type(pushed_time(t + 20)) is int
-    reply, _ = b.handle_request(a.key, call.msg, t + 21)
-    assert isinstance(reply, Ack) and reply.probe_id & TAKES_SHORT_TIMES
-    a.step(ReplyReceived(call, reply, t + 22))
-    assert pushed_time(t + 30) == [0]
+    reply, _ = b.handle_request(a.key, call.msg, t + 12)
+    assert isinstance(reply, Ack) and reply.probe_id & TAKES_SHORT
+    a.step(ReplyReceived(call, reply, t + 13))
+    assert pushed(t + 20) == (8, [0])
+    a.step(ReplyReceived(call, Ack(IN_REPLY, TAKES_DELTAS, True), t + 21))  # of before
+    length, ts = pushed(t + 30)
+    assert length == 16 and type(ts) is int
 
 
 def test_a_restart_reaches_every_member_as_deltas_over_the_wire() -> None:

@@ -489,3 +489,43 @@ def test_a_member_that_shares_anothers_key_id_takes_nothing_from_it() -> None:
             await server.stop(0)
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_a_notice_from_another_address_than_the_requests_is_not_taken() -> None:
+    """Found in review: version 3's nonce is a time and a counter, so a member
+    that got one request of ours can guess the nonces of the next, to anyone,
+    and could move our calls to the stream with forged notices from anywhere.
+    A notice is taken only from the address its request went to."""
+    from smegmesh.daemon.rpc_dgram_client import _Pending
+
+    async def main() -> None:
+        dgc = DatagramClient()
+        fut: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
+        dgc._pending[7] = _Pending(fut, HONEST.wg_public_key, SRV.wg_public_key)
+        nonce = bytes(range(8))
+        dgc._by_nonce[nonce] = (7, "2001:db8::1", 4000)
+        for forger in (("2001:db8::66", 4000, 0, 0), ("2001:db8::1", 4001, 0, 0)):
+            dgc.datagram_received(dw.notice(nonce), forger)
+        assert not fut.done() and dgc.stats.refused["not awaited"] == 2
+        dgc.datagram_received(dw.notice(nonce), ("2001:db8::1", 4000, 0, 0))
+        assert fut.done()
+
+    asyncio.run(asyncio.wait_for(main(), 10))
+
+
+def test_an_id_that_names_more_members_than_are_tried_is_sent_to_the_stream() -> None:
+    """Found in review: four members made to share a fifth's 4-byte key id and
+    sorting before it would have pushed it out of the candidates, its datagrams
+    lost until the fallback. An id naming more than are tried gets a notice:
+    that call goes over the stream at once, no crypto spent."""
+    crowd = [*sorted(os.urandom(32) for _ in range(dw.MAX_ID_CANDIDATES)), HONEST.wg_public_key]
+    srv = DatagramServer(
+        RpcServer(TlsIdentity.generate(), lambda _s, _b: None),  # type: ignore[arg-type,return-value]
+        KeyIds([(SRV.wg_public_key, SRV.wg_private_key)], lambda _i: crowd),
+    )
+    sent = SentDatagrams()
+    srv.connection_made(sent)  # type: ignore[arg-type]
+    srv.datagram_received(_seal(HONEST, SRV, PING, _now()), ("2001:db8::5", 9))
+    assert srv.stats.refused["key id names too many members"] == 1
+    assert srv.keys.derivations == 0 and len(sent.sent) == 1
+    assert dw.parse_notice(sent.sent[0][0]) is not None

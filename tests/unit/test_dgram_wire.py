@@ -169,10 +169,30 @@ def test_oversize_and_malformed_are_refused_before_crypto() -> None:
     for bad in (b"", b"SMD", _req(dw.KeyCache()) + b"x" * dw.MAX_DATAGRAM, b"XYZ" + bytes(120)):
         with pytest.raises(dw.DatagramError):
             dw.parse_header(bad, int(time.time() * 1000))
-    same = bytearray(_req(dw.KeyCache()))
-    same[6:10] = same[2:6]
-    with pytest.raises(dw.DatagramError, match="sender is the receiver"):
-        dw.parse_header(bytes(same), int(time.time() * 1000))
+
+
+def test_a_clock_near_the_epoch_refuses_a_datagram_and_raises_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found in review: on a node whose clock is near the epoch (no RTC, before
+    NTP), a 32-bit time made whole came out negative, and building the AEAD
+    nonce raised OverflowError out of ``datagram_received``. It is refused."""
+    from smegmesh.daemon import rpc_dgram
+
+    with pytest.raises(dw.DatagramError, match="clock window"):
+        dw.parse_header(_req(dw.KeyCache(), ts=(1 << 32) - 16), 5)
+    monkeypatch.setattr(rpc_dgram, "_wall_ms", lambda: 5)
+    srv = _server({A.wg_public_key})
+    srv.datagram_received(_req(dw.KeyCache(), ts=(1 << 32) - 16), ("192.0.2.9", 9))
+    assert srv.stats.refused["outside the clock window"] == 1
+
+
+def test_a_datagram_from_our_own_key_is_refused_on_the_full_keys() -> None:
+    """The sender is never the receiver, checked once the ids are resolved to
+    full keys (version 3: two keys that share a 4-byte id are not one)."""
+    srv = _server({A.wg_public_key, B.wg_public_key})
+    srv.datagram_received(_req(dw.KeyCache(), frm=B, to=B), ("192.0.2.9", 9))
+    assert srv.stats.refused["sender is the receiver"] == 1 and srv.keys.derivations == 0
 
 
 def test_a_version_1_request_gets_a_version_1_notice_and_costs_no_crypto() -> None:

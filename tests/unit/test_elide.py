@@ -422,14 +422,17 @@ def test_a_prune_of_a_young_record_names_it_and_brings_it_along() -> None:
     assert not [o for o in outs if isinstance(o, Call) and isinstance(o.msg, SyncStart)]
 
 
-def test_a_chain_is_named_by_8_bytes_and_a_16_byte_name_of_before_still_resolves() -> None:
-    """Thirty-second session: an elided record's chain and an elided prune's
-    pruner chain are named by 8 bytes of their hash, not 16. A node of before
-    names them by 16, and a node of now resolves both; any other length, or
-    another chain's name, does not."""
+def test_a_chain_named_by_8_bytes_in_a_short_push_resolves_as_by_16() -> None:
+    """Thirty-second session: a push to a member that takes short names names
+    an elided record's chain and an elided prune's pruner chain by 8 bytes of
+    their hash, not 16 (``shortened``). A node of now resolves both lengths;
+    any other, or another chain's name, does not."""
     import hashlib
 
-    from smegmesh.core.elide import REF_LEN
+    from smegmesh.core.elide import REF_LEN, SHORT_REF_LEN, shortened
+
+    def name(r: NodeRecord) -> bytes:
+        return hashlib.sha256(r.sign_key + b"".join(c.key for c in r.chain)).digest()
 
     m, recs = _mesh()
     now = m.t + LATER
@@ -437,18 +440,13 @@ def test_a_chain_is_named_by_8_bytes_and_a_16_byte_name_of_before_still_resolves
     prune = elide(m.prune(ident(3), recs[7], now), now)
     assert type(rec) is Elided and type(prune) is Elided
     for item, signer in ((rec, recs[9]), (prune, recs[1])):
-        whole = hashlib.sha256(signer.sign_key + b"".join(c.key for c in signer.chain)).digest()
-        at = item.fields.index(whole[:REF_LEN])
-        assert REF_LEN == 8
-        other = recs[4]
+        at = item.fields.index(name(signer)[:REF_LEN])
+        assert shortened(item).fields[at] == name(signer)[:SHORT_REF_LEN] == name(signer)[:8]
         for ref, resolves in (
-            (whole[:8], True),
-            (whole[:16], True),  # from a node of before
-            (whole[:12], False),
-            (
-                hashlib.sha256(other.sign_key + b"".join(c.key for c in other.chain)).digest()[:8],
-                False,
-            ),
+            (name(signer)[:8], True),
+            (name(signer)[:16], True),
+            (name(signer)[:12], False),
+            (name(recs[4])[:8], False),
         ):
             named = Elided(item.kind, (*item.fields[:at], ref, *item.fields[at + 1 :]))
             got = expand(_state(m, recs, now), _wire([named], m.mesh_id).items)

@@ -9,13 +9,13 @@ bytes) and, rarely, a field or two. So a push to a member that takes them
 sends such a record as a *delta* (:class:`~smegmesh.core.codec.Elided` of kind
 :data:`~smegmesh.core.codec.ITEM_DELTA`, six fields)::
 
-    [key id (8), base ref (8), version, timestamp, signature,
+    [key id (8), base ref (16), version, timestamp, signature,
      [[wire index, value], ...]]
 
-To a member that says it takes them (:data:`TAKES_SHORT_TIMES`), the
-timestamp goes as ``[timestamp - version]`` (:func:`short_time`): a record's
-version is its time, or one more than its last (``NodeRecord.evolve``), so
-that is 2 bytes, not 9.
+To a member that says it takes them (:data:`TAKES_SHORT`), the base ref
+goes as 8 bytes and the timestamp as ``[timestamp - version]``
+(``elide.shortened``, :func:`short_time`): a record's version is its time,
+or one more than its last (``NodeRecord.evolve``), so that is 2 bytes, not 9.
 
 The *base* is the record the sender held before this one (kept by the state
 for a while, :class:`RecordBases`) and is named by :data:`BASE_REF_LEN`
@@ -70,7 +70,7 @@ __all__ = [
     "MAX_BASE_BYTES",
     "MAX_CHANGES",
     "TAKES_DELTAS",
-    "TAKES_SHORT_TIMES",
+    "TAKES_SHORT",
     "RecordBases",
     "as_deltas",
     "base_ref",
@@ -83,22 +83,19 @@ __all__ = [
 
 #: The bit of a push ``Ack``'s ``probe_id`` that says "send me deltas".
 TAKES_DELTAS = 1
-#: The bit of a push ``Ack``'s ``probe_id`` that says "a delta's time may go
-#: as its offset from the version" (thirty-second session; ``treecast``
-#: uses 2).
-TAKES_SHORT_TIMES = 4
+#: The bit of a push ``Ack``'s ``probe_id`` that says "names of 8 bytes, and
+#: a delta's time as its offset from the version, will do" (``elide.shortened``;
+#: thirty-second session; ``treecast`` uses 2).
+TAKES_SHORT = 4
 #: Bytes of the hash of its signature that name a record: a delta's base (and
-#: a prune's target record, ``core.elide``). Only the record's owner can make
-#: two of its records whose names collide (2^32 signatures for a pair of one
-#: version; naming another's record takes 2^64), and all it buys is that
-#: deltas and referenced prunes of its own records fail their signatures at
-#: the members holding the other one, who then get them whole by sync: no
-#: worse than an owner that signs two records of one version already does.
-#: 16 until the thirty-second session; a name of 16 bytes from a node of
-#: before is still resolved (:func:`names_record`).
-BASE_REF_LEN = 8
-#: The lengths of a name :func:`names_record` takes.
-_REF_LENS = (BASE_REF_LEN, 16)
+#: a prune's target record, ``core.elide``). Not fewer in what every member
+#: reads: an owner that signs two records of one version whose names collide
+#: (2^(4 x this) signatures for a pair) would make honest relays' deltas fail
+#: their signatures. A push to a member that takes them cuts them to 8 bytes
+#: (``elide.shortened``), and such a member takes either (:func:`names_record`).
+BASE_REF_LEN = 16
+#: The lengths of a name :func:`names_record` takes (``elide.SHORT_REF_LEN``, this).
+_REF_LENS = (8, BASE_REF_LEN)
 #: Changed fields one delta may carry (a record's wire form has 21 or 22).
 MAX_CHANGES = 16
 #: Bases kept per state, their bytes in all, and for how long (a change
@@ -125,7 +122,7 @@ def base_ref(rec: NodeRecord) -> bytes:
 def names_record(ref: object, rec: NodeRecord) -> bool:
     """Whether ``ref`` (a delta's base, a prune's target record) names ``rec``.
 
-    It does if it is :func:`base_ref`, or the 16-byte name a node of before gave it.
+    It does if it is :func:`base_ref`, or its first 8 bytes (``elide.shortened``).
     """
     return (
         type(ref) is bytes

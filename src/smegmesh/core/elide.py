@@ -19,7 +19,7 @@ receiver holds (:class:`~smegmesh.core.codec.Elided`):
   leaves out its sign key (bound to the key, whose X25519 form it is, and
   named by the reference as well) and what the receiver derives: the mesh id
   (the message's) and the overlay address (of the mesh id and the key);
-* a prune's target record: ``delta.BASE_REF_LEN`` bytes of the hash of its
+* a prune's target record: :data:`REF_LEN` bytes of the hash of its
   signature, when the record was published :data:`RECORD_SETTLED_MS` ago or
   more; the target is then named by id;
 * a prune's pruner chain: as a record's chain (the receiver holds the
@@ -48,7 +48,7 @@ from typing import Any
 from smegmesh.core.addressing import overlay_address
 from smegmesh.core.cert import Cert
 from smegmesh.core.codec import ITEM_DELTA, ITEM_PRUNE, ITEM_RECORD, KEY_ID_LEN, Elided
-from smegmesh.core.delta import base_ref, base_size, expand_delta, names_record
+from smegmesh.core.delta import base_ref, base_size, expand_delta, names_record, short_time
 from smegmesh.core.record import NodeRecord, Prune, RecordError, prune_from_obj, record_from_obj
 from smegmesh.core.record_model import (
     WIRE_ADDRESS,
@@ -80,16 +80,19 @@ SETTLED_MS = 5 * 60 * 1000
 #: A record published this long ago has reached every member (a change reaches
 #: all of 3,000 in ~2.5 s at p99.9 in the simulator).
 RECORD_SETTLED_MS = 10_000
-#: Bytes of a hash that name a chain (of its sign key and its certificates'
-#: keys) in place of it (a record is named by ``delta.BASE_REF_LEN``). 16 until
-#: the thirty-second session, and a name of 16 bytes from a node of before is
-#: still taken. Only a holder of two chains for one sign key could make their
-#: names meet (2^32 certificates), and all it would buy is that its own
-#: elided items fail their signatures where the other chain is held, and come
-#: whole by sync.
-REF_LEN = 8
-#: The lengths of a chain's name that are taken.
-_CHAIN_REF_LENS = (REF_LEN, 16)
+#: Bytes of a hash that name a record (of its signature) or a chain (of its
+#: sign key and its certificates' keys) in place of it. A push to a member
+#: that takes them names both by :data:`SHORT_REF_LEN` (:func:`shortened`).
+REF_LEN = 16
+#: Bytes of such a name in a push to a member that said it takes short names
+#: (``delta.TAKES_SHORT``; thirty-second session: ~2 % of the churn bytes at
+#: 1,000 nodes). Only a holder of two chains for one sign key, or the owner of
+#: two records of one version, could make their names meet (2^32 certificates
+#: or signatures), and all it would buy is that its own elided items fail
+#: their signatures where the other is held, and come whole by sync.
+SHORT_REF_LEN = 8
+#: The lengths of a name that are taken.
+_REF_LENS = (SHORT_REF_LEN, REF_LEN)
 #: Elided items expanded at most per message (the rest is pulled by sync).
 MAX_EXPANDED = 256
 #: Bytes of held records that deltas (core.delta) may rebuild per message:
@@ -180,6 +183,26 @@ def elide(item: Item, now_ms: int, *, target_by_ref: bool = False) -> Item | Eli
     return item
 
 
+def shortened(item: Any) -> Any:
+    """``item`` as a push sends it to a member that takes short names and times.
+
+    An elided item's names (a record's chain, a prune's target record and
+    pruner chain, a delta's base) are cut to :data:`SHORT_REF_LEN` bytes and a
+    delta's time goes as its offset from the version (``delta.short_time``);
+    anything else goes as it is. A node of before takes neither, so only a
+    member whose ack said so (``delta.TAKES_SHORT``) gets them.
+    """
+    if type(item) is not Elided:
+        return item
+    f = list(item.fields)
+    if item.kind == ITEM_DELTA:
+        return short_time(Elided(ITEM_DELTA, (f[0], f[1][:SHORT_REF_LEN], *f[2:])))
+    for i in (_CHAIN,) if item.kind == ITEM_RECORD else (_TARGET_RECORD, _BY_CHAIN):
+        if type(f[i]) is bytes:
+            f[i] = f[i][:SHORT_REF_LEN]
+    return Elided(item.kind, tuple(f))
+
+
 @dataclass(slots=True)
 class Expanded:
     """What :func:`expand` made of a message's items."""
@@ -215,7 +238,7 @@ def _signer(mesh: MeshState, key_id: object, ref: object) -> NodeRecord | None:
     """The held record of ``key_id`` if its sign key and chain are the ones named ``ref``."""
     key = _key(mesh, key_id)
     rec = mesh.record(key) if key is not None else None
-    if rec is None or not rec.chain or type(ref) is not bytes or len(ref) not in _CHAIN_REF_LENS:
+    if rec is None or not rec.chain or type(ref) is not bytes or len(ref) not in _REF_LENS:
         return None
     return rec if _chain_hash(rec.sign_key, rec.chain)[: len(ref)] == ref else None
 

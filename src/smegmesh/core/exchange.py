@@ -13,8 +13,8 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from smegmesh.core.cert import AuthItem
-from smegmesh.core.delta import TAKES_DELTAS, TAKES_SHORT_TIMES, as_deltas, short_time
-from smegmesh.core.elide import elide_news, expand, expand_again
+from smegmesh.core.delta import TAKES_DELTAS, TAKES_SHORT, as_deltas
+from smegmesh.core.elide import elide_news, expand, expand_again, shortened
 from smegmesh.core.engine import (
     Call,
     CallCtx,
@@ -174,15 +174,15 @@ class ExchangeMixin(EvictedMixin, TreecastMixin):
         if deltas is None:
             return [Call(t, msg, ctx) for t in targets for msg in plain]
         tags, out, dctx = self.tags, list[Out](), PushCtx(keys, deltas=True)
-        forms: dict[bool, list[Push]] = {}  # with deltas, their times short or not
+        forms: dict[bool, list[Push]] = {}  # with deltas, short names and times or not
         for t in targets:
             v = record_version(self.mesh, t)
             if not tags.takes_deltas(t, v):
                 out.extend(Call(t, msg, ctx) for msg in plain)
                 continue
-            st = tags.takes_short_times(t, v)
+            st = tags.takes_short(t, v)
             if st not in forms:
-                items = [short_time(d) for d in deltas] if st else deltas
+                items = [shortened(d) for d in deltas] if st else deltas
                 forms[st] = self._pushes(whole_items + items, hops)
             out.extend(Call(t, msg, dctx) for msg in forms[st])
         return out
@@ -342,7 +342,7 @@ class ExchangeMixin(EvictedMixin, TreecastMixin):
             out += self._sync_with(src, now_ms, "unresolved")
         # ok: something in it was news to us (the pusher's feedback, see handle_reply)
         news = bool(got.unresolved) or any(isinstance(o, Changed) for o in out)
-        return Ack(IN_REPLY, TAKES_DELTAS | TAKES_UNANSWERED | TAKES_SHORT_TIMES, news), out
+        return Ack(IN_REPLY, TAKES_DELTAS | TAKES_UNANSWERED | TAKES_SHORT, news), out
 
     def _heard_from_pruned(self, key: bytes, now_ms: int) -> list[Out]:
         """``key`` answered or called us (authenticated) while we hold it as pruned.

@@ -33,7 +33,7 @@ import base64
 import hashlib
 from dataclasses import dataclass, field, replace
 
-from smegmesh.core.delta import TAKES_DELTAS, TAKES_SHORT_TIMES
+from smegmesh.core.delta import TAKES_DELTAS, TAKES_SHORT
 from smegmesh.core.engine import Call, Message
 from smegmesh.core.messages import IN_REPLY, Ack, JoinRequest, Refusal
 from smegmesh.core.offer import Want
@@ -70,9 +70,9 @@ class MeshTags:
     #: member -> its record version when a push of records as deltas to it
     #: failed (core.delta): an older node refuses what it cannot decode
     _no_deltas: dict[bytes, int] = field(default_factory=dict)
-    #: member -> its record version when an ack of a push said it takes a
-    #: delta's time short (``delta.TAKES_SHORT_TIMES``)
-    _short_times: dict[bytes, int] = field(default_factory=dict)
+    #: member -> its record version when an ack of a push said it takes short
+    #: names and times (``delta.TAKES_SHORT``)
+    _short: dict[bytes, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.tag = mesh_tag(self.mesh_id)
@@ -93,27 +93,30 @@ class MeshTags:
     def note_push_ack(self, member: bytes, ack: Ack, version: int | None = None) -> None:
         """``member`` (at record ``version``) acknowledged a push of ours with ``ack``.
 
-        The ack may say it takes deltas, and their times short.
+        The ack may say it takes deltas, and short names and times; one that
+        does not (a node of before, or one that restarted as one) ends the latter.
         """
         if ack.probe_id & TAKES_DELTAS:
             self._no_deltas.pop(member, None)
-        if ack.probe_id & TAKES_SHORT_TIMES and version is not None:
-            _bounded_put(self._short_times, member, version)
+        if ack.probe_id & TAKES_SHORT and version is not None:
+            _bounded_put(self._short, member, version)
+        else:
+            self._short.pop(member, None)
 
     def note_delta_failed(self, member: bytes, version: int | None) -> None:
         """A push of deltas to ``member`` (at record ``version``) failed."""
-        self._short_times.pop(member, None)
+        self._short.pop(member, None)
         if version is not None:
             _bounded_put(self._no_deltas, member, version)
 
-    def takes_short_times(self, member: bytes, version: int | None) -> bool:
-        """Whether ``member`` (at record ``version``) said it takes a delta's time short.
+    def takes_short(self, member: bytes, version: int | None) -> bool:
+        """Whether ``member`` (at record ``version``) said it takes short names and times.
 
         It did if an ack of a push at this record version said so (a node of
         before neither says it nor could read one; after a restart, the next
         ack says it again).
         """
-        return version is not None and self._short_times.get(member) == version
+        return version is not None and self._short.get(member) == version
 
     def takes_deltas(self, member: bytes, version: int | None) -> bool:
         """Whether to send ``member`` (at record ``version``) records as deltas.
@@ -129,7 +132,7 @@ class MeshTags:
         self._takers.pop(member, None)
         self._refused.pop(member, None)
         self._no_deltas.pop(member, None)
-        self._short_times.pop(member, None)
+        self._short.pop(member, None)
 
     def named(self, call: Call, version: int | None) -> Call:
         """``call`` with the mesh named by tag, if its target (at ``version``) takes one."""

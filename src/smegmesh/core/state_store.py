@@ -210,7 +210,7 @@ class StateStore:
         """The key of the one entry whose key begins with ``prefix``, or None.
 
         None also when ``prefix`` is shorter than 4 bytes or two keys begin
-        with it: a prefix (a datagram header's or an offer's 8-byte key id)
+        with it: a prefix (an offer's 8-byte key id)
         must name one key. O(1): the digest tree's bucket of the first 24 bits
         holds the keys that could match (about one in a mesh of thousands).
         """
@@ -225,15 +225,15 @@ class StateStore:
                 found = k
         return found
 
-    def members_by_id(self, key_id: bytes, limit: int = 4) -> list[bytes]:
+    def members_by_id(self, key_id: bytes, limit: int = 5) -> list[bytes]:
         """The members whose keys begin with ``key_id``, at most ``limit``.
 
         ``key_id`` is a datagram header's 4-byte sender id; O(1) as
-        :meth:`key_by_prefix`.
-
-        Usually one; two or more share an id by chance (about one pair in a
-        mesh of 3,000) or because a member made its key to (2^32 work): the
-        caller tries each, so no member can take another's id away.
+        :meth:`key_by_prefix`. Usually one; two or more share an id by chance
+        (one pair in a mesh of ~93,000) or because a member made its key to
+        (2^32 work): the caller tries each, so no member can take another's id
+        away. The default limit is one more than a datagram tries
+        (``dgram_wire.MAX_ID_CANDIDATES``), so the caller knows there are more.
         """
         if len(key_id) < 4:
             return []

@@ -2,8 +2,8 @@
 
 Small idempotent calls (``core/wire.DATAGRAM_REQUESTS``, flagged in the
 protocol's codec table: a probe, an indirect probe, the steps of a sync session, a
-push of at most 4,716 bytes) go as one sealed datagram each way (a request of
-more than 1,181 bytes as up to four parts, joined by ``dw.Reassembly``)
+push of at most 4,768 bytes) go as one sealed datagram each way (a request of
+more than 1,194 bytes as up to four parts, joined by ``dw.Reassembly``)
 (:mod:`smegmesh.daemon.dgram_wire`) to the same host and port number as the
 gRPC server; everything else, and any call the datagrams do not answer in
 time, goes over the stream. docs/TRANSPORT.md has the measurements,
@@ -169,8 +169,9 @@ Keys = tuple[bytes, bytes]
 #: A sender's full key and our keys, as a header's ids may name them.
 _Pair = tuple[bytes, Keys]
 DERIVE_LIMITED = "key derivations limited"
+AMBIGUOUS = "key id names too many members"
 #: Refusals before any crypto that tell the sender to use the stream at once.
-_NOTIFIED = frozenset({NOT_A_MEMBER, OVER_CALL_BUDGET, DERIVE_LIMITED})
+_NOTIFIED = frozenset({NOT_A_MEMBER, OVER_CALL_BUDGET, DERIVE_LIMITED, AMBIGUOUS})
 
 
 def _open_any(
@@ -194,7 +195,7 @@ class DatagramKeys(Protocol):
 
     def members(self, key_id: bytes) -> list[bytes]:
         """The full keys of the members (of any of our meshes) with this id
-        (usually one; at most ``dw.MAX_ID_CANDIDATES`` are looked at)."""
+        (usually one; more than ``dw.MAX_ID_CANDIDATES``: none is tried)."""
 
 
 class KeyIds:
@@ -303,12 +304,14 @@ class DatagramServer(asyncio.DatagramProtocol):
             self._refuse(ip, "not a request", len(data))
             return None
         ours = self._ids.ours(h.receiver_id)[: dw.MAX_ID_CANDIDATES]
-        senders = self._ids.members(h.sender_id)[: dw.MAX_ID_CANDIDATES] if ours else []
+        senders = self._ids.members(h.sender_id) if ours else []
         pairs: list[_Pair] = []
         if not ours:
             reason = "not for us"
         elif not senders:
             reason = NOT_A_MEMBER  # strangers never use datagrams
+        elif len(senders) > dw.MAX_ID_CANDIDATES:
+            reason = AMBIGUOUS  # members made to share it: this call over the stream
         elif not self._allow(ip):
             reason = "rate limited"
         else:
@@ -328,24 +331,28 @@ class DatagramServer(asyncio.DatagramProtocol):
         return None
 
     def _within_limits(self, senders: list[bytes], ours: list[Keys]) -> tuple[str, list[_Pair]]:
-        """The pairs of a sender and our keys within the limits, and the first refusal."""
-        reason, pairs = "", list[_Pair]()
+        """The pairs of a sender and our keys within the limits, and why the
+        others were refused (one that tells the sender to use the stream first)."""
+        reasons, pairs = list[str](), list[_Pair]()
         now = time.monotonic()
         for sender in senders:
             if not self._server.datagram_calls.room(sender):
-                reason = reason or "too many calls"
+                reasons.append("too many calls")
                 continue
             if self._server.budget.out_of_calls(sender):
-                reason = reason or OVER_CALL_BUDGET
+                reasons.append(OVER_CALL_BUDGET)
                 continue
             for mine in ours:
-                if len(pairs) < dw.MAX_ID_CANDIDATES and (
+                if sender == mine[0]:
+                    reasons.append("sender is the receiver")
+                elif len(pairs) < dw.MAX_ID_CANDIDATES and (
                     self.keys.has(mine[1], sender, mine[0]) or self._derive.take(now)
                 ):
                     pairs.append((sender, mine))
                 else:
-                    reason = reason or DERIVE_LIMITED
-        return reason, pairs
+                    reasons.append(DERIVE_LIMITED)
+        notified = [r for r in reasons if r in _NOTIFIED]
+        return (notified or reasons or [""])[0], pairs
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         ip = _ip(addr)

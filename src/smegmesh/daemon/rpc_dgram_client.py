@@ -85,7 +85,8 @@ class DatagramClient(asyncio.DatagramProtocol):
         self._misses: OrderedDict[str, int] = OrderedDict()
         self._stream_only: OrderedDict[str, float] = OrderedDict()
         self._answered: OrderedDict[str, float] = OrderedDict()  # endpoint -> last answer
-        self._by_nonce: dict[bytes, int] = {}  # nonce of a request in flight -> its id
+        #: nonce of a request in flight -> (its id, the address it went to)
+        self._by_nonce: dict[bytes, tuple[int, str, int]] = {}
         #: (endpoint, callee key) whose datagrams went unanswered (not known to
         #: speak them) on a call with no time left for the stream: its calls go
         #: over the stream for 1, 2, 4 ... s (up to 5 min).
@@ -313,7 +314,7 @@ class DatagramClient(asyncio.DatagramProtocol):
                         self.counter,
                     )
                     nonces.append(dw.request_nonce(data))
-                    self._by_nonce[nonces[-1]] = rid
+                    self._by_nonce[nonces[-1]] = (rid, target[0], target[1])
                     self.stats.count("out", kind, len(data), target[0])
                     sock.sendto(data, target[:2])
                 left = t0 + timeout * share - time.monotonic()
@@ -351,9 +352,13 @@ class DatagramClient(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         ip = _ip(addr)
         nonce = dw.parse_notice(data)
-        if nonce is not None:  # "unknown sender": matched by our request's random nonce
-            p = self._pending.get(self._by_nonce.get(nonce, -1))
-            if p is None or p.future.done():
+        if nonce is not None:
+            # "unknown sender": matched by our request's nonce and the address
+            # it went to (the nonce's counter is guessable by a member that got
+            # one of our requests: from elsewhere, a notice is not taken)
+            rid, to_ip, to_port = self._by_nonce.get(nonce, (-1, "", 0))
+            p = self._pending.get(rid)
+            if p is None or p.future.done() or (ip, addr[1]) != (_ip((to_ip,)), to_port):
                 self.stats.refused["not awaited"] += 1
             else:
                 self.stats.count("in", "notice", len(data), ip)
