@@ -356,6 +356,37 @@ def test_short_names_and_times_go_to_a_member_whose_ack_said_it_takes_them() -> 
     assert length == 16 and type(ts) is int
 
 
+def test_a_push_without_deltas_goes_with_short_names_too() -> None:
+    """Found measuring at 3,000 nodes: a push whose items held no record to send
+    as a delta (a batch of prunes, most of the churn bytes) went in full to
+    every member, short names or not. It goes short to those that take them."""
+    from smegmesh.core.codec import ITEM_PRUNE
+    from smegmesh.core.delta import TAKES_SHORT
+    from smegmesh.testbed.founded import member_node
+
+    m, recs = _mesh()
+    now = m.t + LATER
+    target, b = recs[7], recs[2]
+    node = member_node(ident(4), m.mesh_id, _state(m, recs, now))
+    prune = m.prune(ident(4), target, now)
+    assert node.mesh.apply(prune, now)
+
+    def pushed() -> Elided:
+        (call,) = node._push_calls([b.wg_key], frozenset({target.wg_key}), now_ms=now)
+        assert isinstance(call, Call) and isinstance(call.msg, Push)
+        assert isinstance(call.ctx, PushCtx) and not call.ctx.deltas
+        (item,) = call.msg.items
+        assert isinstance(item, Elided) and item.kind == ITEM_PRUNE
+        return item
+
+    assert pushed().fields[6] == base_ref(target)  # b said nothing yet: 16 bytes
+    node.tags.note_push_ack(b.wg_key, Ack(IN_REPLY, TAKES_DELTAS | TAKES_SHORT, True), b.version)
+    short = pushed()
+    assert short.fields[6] == base_ref(target)[:8]
+    got = expand(_state(m, recs, now), _wire([short], m.mesh_id).items)
+    assert got.items == [prune] and not got.errors
+
+
 def test_a_restart_reaches_every_member_as_deltas_over_the_wire() -> None:
     net, nodes = mesh_of(8)
     net.run_until(net.now + 5000)

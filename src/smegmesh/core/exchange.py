@@ -164,27 +164,26 @@ class ExchangeMixin(EvictedMixin, TreecastMixin):
         whole_items: list[Any] = self.mesh.items_for(keys & whole)
         if not whole_items and not sent:
             return []
-        ctx = PushCtx(keys)
-        plain = self._pushes(whole_items + sent, hops)
         if now_ms is None:
-            return [Call(t, msg, ctx) for t in targets for msg in plain]
+            ctx = PushCtx(keys)
+            return [
+                Call(t, m, ctx) for t in targets for m in self._pushes(whole_items + sent, hops)
+            ]
         # Members that take deltas get a new version of a record they hold as
-        # what changed (core.delta); the others the record as it is.
+        # what changed (core.delta), those that said so short names and times
+        # (elide.shortened, with deltas or without); the others items as they are.
         deltas = as_deltas(news, sent, self.mesh.bases)
-        if deltas is None:
-            return [Call(t, msg, ctx) for t in targets for msg in plain]
-        tags, out, dctx = self.tags, list[Out](), PushCtx(keys, deltas=True)
-        forms: dict[bool, list[Push]] = {}  # with deltas, short names and times or not
+        tags, out = self.tags, list[Out]()
+        forms: dict[tuple[bool, bool], tuple[PushCtx, list[Push]]] = {}
         for t in targets:
             v = record_version(self.mesh, t)
-            if not tags.takes_deltas(t, v):
-                out.extend(Call(t, msg, ctx) for msg in plain)
-                continue
-            st = tags.takes_short(t, v)
-            if st not in forms:
-                items = [shortened(d) for d in deltas] if st else deltas
-                forms[st] = self._pushes(whole_items + items, hops)
-            out.extend(Call(t, msg, dctx) for msg in forms[st])
+            form = (deltas is not None and tags.takes_deltas(t, v), tags.takes_short(t, v))
+            if form not in forms:
+                items = deltas if form[0] and deltas is not None else sent
+                items = [shortened(i) for i in items] if form[1] else items
+                forms[form] = PushCtx(keys, deltas=form[0]), self._pushes(whole_items + items, hops)
+            c, msgs = forms[form]
+            out.extend(Call(t, m, c) for m in msgs)
         return out
 
     def _pushes(self, items: list[Any], hops: int) -> list[Push]:  # of bounded size
