@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 from smegmesh.core.identity import NodeIdentity
 from smegmesh.daemon import dgram_wire as dw
-from smegmesh.daemon.rpc_dgram import KeyIds
+from smegmesh.daemon.rpc_dgram import KeyIds, fresh_counter
 
 
 def key_ids(own: NodeIdentity, *members: NodeIdentity | bytes) -> KeyIds:
@@ -15,7 +13,7 @@ def key_ids(own: NodeIdentity, *members: NodeIdentity | bytes) -> KeyIds:
     by_id: dict[bytes, list[bytes]] = {}
     for k in keys:
         by_id.setdefault(dw.key_id(k), []).append(k)
-    return KeyIds([(own.wg_public_key, own.wg_private_key)], lambda i: by_id.get(i, []))
+    return KeyIds([(own.wg_public_key, own.wg_private_key)], lambda i, _n: by_id.get(i, []))
 
 
 class SentDatagrams:
@@ -33,4 +31,4 @@ class SentDatagrams:
 
 def counter() -> dw.NonceCounter:
     """A nonce counter from a random start, as a datagram client or server has."""
-    return dw.NonceCounter(int.from_bytes(os.urandom(4), "big"))
+    return fresh_counter()

@@ -14,9 +14,11 @@ Each test failed on the code before its fix; none uses the network beyond loopba
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -68,6 +70,22 @@ def _seal(
         body,
         counter(),
     )
+
+
+@contextlib.asynccontextmanager
+async def _honest_caller(
+    server: RpcServer,
+) -> AsyncIterator[tuple[RpcClient, DatagramClient, str]]:
+    """``server`` started on loopback, and HONEST's client with datagrams: ``(client,
+    its datagram client, the server's endpoint)``; both closed after."""
+    port = await server.start("::1", 0)
+    dgc = DatagramClient()
+    client = RpcClient(HONEST, timeout=2.0, datagrams=dgc)
+    try:
+        yield client, dgc, f"[::1]:{port}"
+    finally:
+        await client.close()
+        await server.stop(0)
 
 
 # -- 1. the replay floor is global and follows a future-dated timestamp ---------------
@@ -215,10 +233,7 @@ def test_a_member_flooding_future_stamped_datagrams_does_not_silence_the_node() 
         server = RpcServer(
             TlsIdentity.generate(), handler, datagram_keys=key_ids(SRV, HONEST, EVIL)
         )
-        port = await server.start("::1", 0)
-        client = RpcClient(HONEST, timeout=2.0, datagrams=DatagramClient())
-        ep = f"[::1]:{port}"
-        try:
+        async with _honest_caller(server) as (client, _dgc, ep):
             assert await client.call(ep, server._fp, PING, 1.0, to=SRV.wg_public_key) == ACK
             srv = server.datagrams
             assert srv is not None
@@ -240,9 +255,6 @@ def test_a_member_flooding_future_stamped_datagrams_does_not_silence_the_node() 
             assert srv.stats.refused["below the replay floor"] > 0
             assert srv.replays.floor_of(HONEST.wg_public_key) == 0
             assert len(srv.replays) <= dr.MAX_REPLAY_PER_SENDER + 8  # + the honest calls
-        finally:
-            await client.close()
-            await server.stop(0)
 
     asyncio.run(asyncio.wait_for(main(), 60))
 
@@ -312,7 +324,7 @@ def test_forged_member_ids_cost_no_more_x25519_than_the_budget() -> None:
         RpcServer(TlsIdentity.generate(), lambda _s, _b: None),  # type: ignore[arg-type,return-value]
         KeyIds(
             [(SRV.wg_public_key, SRV.wg_private_key)],
-            lambda i: [members[i]] if i in members else [],
+            lambda i, _n: [members[i]] if i in members else [],
         ),
     )
     srv.connection_made(SentDatagrams())  # type: ignore[arg-type]
@@ -349,11 +361,7 @@ def test_a_caller_past_the_derivation_budget_is_told_to_use_the_stream() -> None
 
     async def main() -> None:
         server = RpcServer(TlsIdentity.generate(), handler, datagram_keys=key_ids(SRV, HONEST))
-        port = await server.start("::1", 0)
-        dgc = DatagramClient()
-        client = RpcClient(HONEST, timeout=2.0, datagrams=dgc)
-        ep = f"[::1]:{port}"
-        try:
+        async with _honest_caller(server) as (client, dgc, ep):
             srv = server.datagrams
             assert srv is not None
             srv.set_derive_budget(0.0, 0.0)  # no key derivation for a new pair
@@ -362,9 +370,6 @@ def test_a_caller_past_the_derivation_budget_is_told_to_use_the_stream() -> None
             assert time.monotonic() - t0 < 0.6  # at once, not after the resend (0.8 s)
             assert srv.stats.refused["key derivations limited"] == 1
             assert dgc.stats.fallbacks["unknown to them"] == 1
-        finally:
-            await client.close()
-            await server.stop(0)
 
     asyncio.run(asyncio.wait_for(main(), 30))
 
@@ -379,7 +384,7 @@ def test_a_datagram_from_a_node_just_admitted_elsewhere_is_counted_not_logged(
     logged at DEBUG only; other refusals are still logged as before."""
     srv = DatagramServer(
         RpcServer(TlsIdentity.generate(), lambda _s, _b: None),  # type: ignore[arg-type,return-value]
-        KeyIds([(SRV.wg_public_key, SRV.wg_private_key)], lambda _i: []),
+        KeyIds([(SRV.wg_public_key, SRV.wg_private_key)], lambda _i, _n: []),
     )
     sent = SentDatagrams()
     srv.connection_made(sent)  # type: ignore[arg-type]
@@ -419,10 +424,7 @@ def test_a_members_datagram_calls_past_its_call_budget_are_refused() -> None:
     async def main() -> None:
         server = RpcServer(TlsIdentity.generate(), handler, datagram_keys=key_ids(SRV, HONEST))
         server.budget = MemberBudget(call_rate=0.001, call_burst=3.0)
-        port = await server.start("::1", 0)
-        client = RpcClient(HONEST, timeout=2.0, datagrams=DatagramClient())
-        ep = f"[::1]:{port}"
-        try:
+        async with _honest_caller(server) as (client, _dgc, ep):
             for _ in range(3):
                 assert await client.call(ep, server._fp, PING, 2.0, to=SRV.wg_public_key) == ACK
             t0 = time.monotonic()
@@ -433,9 +435,6 @@ def test_a_members_datagram_calls_past_its_call_budget_are_refused() -> None:
             assert srv is not None and srv.stats.refused[OVER_CALL_BUDGET] == 1
             assert srv.stats.datagrams["in", "Ping"] == 3  # the fourth was never opened
             assert len(seen) == 3
-        finally:
-            await client.close()
-            await server.stop(0)
 
     asyncio.run(asyncio.wait_for(main(), 30))
 
@@ -454,7 +453,7 @@ def test_a_member_that_shares_anothers_key_id_takes_nothing_from_it() -> None:
 
     twins = [EVIL.wg_public_key, HONEST.wg_public_key]  # EVIL "made" HONEST's id
 
-    def members(key_id: bytes) -> list[bytes]:  # as if both keys had both ids
+    def members(key_id: bytes, _limit: int) -> list[bytes]:  # as if both keys had both ids
         return (
             twins
             if key_id in (dw.key_id(HONEST.wg_public_key), dw.key_id(EVIL.wg_public_key))
@@ -464,10 +463,7 @@ def test_a_member_that_shares_anothers_key_id_takes_nothing_from_it() -> None:
     async def main() -> None:
         keys = KeyIds([(SRV.wg_public_key, SRV.wg_private_key)], members)
         server = RpcServer(TlsIdentity.generate(), handler, datagram_keys=keys)
-        port = await server.start("::1", 0)
-        client = RpcClient(HONEST, timeout=2.0, datagrams=DatagramClient())
-        ep = f"[::1]:{port}"
-        try:
+        async with _honest_caller(server) as (client, _dgc, ep):
             assert await client.call(ep, server._fp, PING, 2.0, to=SRV.wg_public_key) == ACK
             srv = server.datagrams
             assert srv is not None and srv.stats.datagrams["in", "Ping"] == 1
@@ -484,9 +480,6 @@ def test_a_member_that_shares_anothers_key_id_takes_nothing_from_it() -> None:
             assert srv.stats.refused["forged or corrupt"] == 1
             assert await client.call(ep, server._fp, PING, 2.0, to=SRV.wg_public_key) == ACK
             assert seen == [HONEST.wg_public_key] * 3
-        finally:
-            await client.close()
-            await server.stop(0)
 
     asyncio.run(asyncio.wait_for(main(), 30))
 
@@ -503,7 +496,7 @@ def test_a_notice_from_another_address_than_the_requests_is_not_taken() -> None:
         fut: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
         dgc._pending[7] = _Pending(fut, HONEST.wg_public_key, SRV.wg_public_key)
         nonce = bytes(range(8))
-        dgc._by_nonce[nonce] = (7, "2001:db8::1", 4000)
+        dgc._by_nonce[nonce] = (7, ("2001:db8::1", 4000))
         for forger in (("2001:db8::66", 4000, 0, 0), ("2001:db8::1", 4001, 0, 0)):
             dgc.datagram_received(dw.notice(nonce), forger)
         assert not fut.done() and dgc.stats.refused["not awaited"] == 2
@@ -521,7 +514,7 @@ def test_an_id_that_names_more_members_than_are_tried_is_sent_to_the_stream() ->
     crowd = [*sorted(os.urandom(32) for _ in range(dw.MAX_ID_CANDIDATES)), HONEST.wg_public_key]
     srv = DatagramServer(
         RpcServer(TlsIdentity.generate(), lambda _s, _b: None),  # type: ignore[arg-type,return-value]
-        KeyIds([(SRV.wg_public_key, SRV.wg_private_key)], lambda _i: crowd),
+        KeyIds([(SRV.wg_public_key, SRV.wg_private_key)], lambda _i, _n: crowd),
     )
     sent = SentDatagrams()
     srv.connection_made(sent)  # type: ignore[arg-type]

@@ -429,7 +429,8 @@ def test_a_chain_named_by_8_bytes_in_a_short_push_resolves_as_by_16() -> None:
     any other, or another chain's name, does not."""
     import hashlib
 
-    from smegmesh.core.elide import REF_LEN, SHORT_REF_LEN, shortened
+    from smegmesh.core.delta import SHORT_REF_LEN
+    from smegmesh.core.elide import REF_LEN, shortened
 
     def name(r: NodeRecord) -> bytes:
         return hashlib.sha256(r.sign_key + b"".join(c.key for c in r.chain)).digest()

@@ -292,13 +292,13 @@ def test_members_by_id_names_the_members_whose_keys_begin_so() -> None:
         s.apply(_rec(i, 1), T0)
     s.apply(_rec(3, 4, left=True), T0)
     keys = [IDS[i].wg_public_key for i in range(4)]
-    assert [s.members_by_id(k[:4]) for k in keys[:3]] == [[k] for k in keys[:3]]
-    assert s.members_by_id(keys[3][:4]) == []  # left: no member
-    assert s.members_by_id(IDS[5].wg_public_key[:4]) == []  # never here
-    assert s.members_by_id(keys[0][:3]) == []  # too short to name a key
+    assert [s.members_by_id(k[:4], 5) for k in keys[:3]] == [[k] for k in keys[:3]]
+    assert s.members_by_id(keys[3][:4], 5) == []  # left: no member
+    assert s.members_by_id(IDS[5].wg_public_key[:4], 5) == []  # never here
+    assert s.members_by_id(keys[0][:3], 5) == []  # too short to name a key
     # a pruned member may still refute: it is still found
     s.apply(_prune(1, 0, 1), T0)
-    assert s.members_by_id(keys[0][:4]) == [keys[0]]
+    assert s.members_by_id(keys[0][:4], 5) == [keys[0]]
     # keys with the same first 4 bytes: all of them, up to the limit
     s.apply(_rec(2, 2), T0)
     bucket = int.from_bytes(keys[1][:4], "big") >> 8
@@ -306,5 +306,5 @@ def test_members_by_id_names_the_members_whose_keys_begin_so() -> None:
     for twin in twins:
         s._buckets[bucket].add(twin)
         s._entries[twin] = s._entries[keys[1]]
-    assert s.members_by_id(keys[1][:4]) == sorted([keys[1], *twins])[:5]
+    assert s.members_by_id(keys[1][:4], 5) == sorted([keys[1], *twins])[:5]
     assert len(s.members_by_id(keys[1][:4], limit=8)) == 6

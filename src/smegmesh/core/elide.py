@@ -48,7 +48,15 @@ from typing import Any
 from smegmesh.core.addressing import overlay_address
 from smegmesh.core.cert import Cert
 from smegmesh.core.codec import ITEM_DELTA, ITEM_PRUNE, ITEM_RECORD, KEY_ID_LEN, Elided
-from smegmesh.core.delta import base_ref, base_size, expand_delta, names_record, short_time
+from smegmesh.core.delta import (
+    SHORT_REF_LEN,
+    base_ref,
+    base_size,
+    expand_delta,
+    names,
+    names_record,
+    short_time,
+)
 from smegmesh.core.record import NodeRecord, Prune, RecordError, prune_from_obj, record_from_obj
 from smegmesh.core.record_model import (
     WIRE_ADDRESS,
@@ -72,6 +80,7 @@ __all__ = [
     "elided_record_key",
     "expand",
     "expand_again",
+    "shortened",
 ]
 
 #: A certificate issued this long ago is in every member's state (with the
@@ -82,17 +91,8 @@ SETTLED_MS = 5 * 60 * 1000
 RECORD_SETTLED_MS = 10_000
 #: Bytes of a hash that name a record (of its signature) or a chain (of its
 #: sign key and its certificates' keys) in place of it. A push to a member
-#: that takes them names both by :data:`SHORT_REF_LEN` (:func:`shortened`).
+#: that takes them names both by ``delta.SHORT_REF_LEN`` (:func:`shortened`).
 REF_LEN = 16
-#: Bytes of such a name in a push to a member that said it takes short names
-#: (``delta.TAKES_SHORT``; thirty-second session: ~2 % of the churn bytes at
-#: 1,000 nodes). Only a holder of two chains for one sign key, or the owner of
-#: two records of one version, could make their names meet (2^32 certificates
-#: or signatures), and all it would buy is that its own elided items fail
-#: their signatures where the other is held, and come whole by sync.
-SHORT_REF_LEN = 8
-#: The lengths of a name that are taken.
-_REF_LENS = (SHORT_REF_LEN, REF_LEN)
 #: Elided items expanded at most per message (the rest is pulled by sync).
 MAX_EXPANDED = 256
 #: Bytes of held records that deltas (core.delta) may rebuild per message:
@@ -187,7 +187,7 @@ def shortened(item: Any) -> Any:
     """``item`` as a push sends it to a member that takes short names and times.
 
     An elided item's names (a record's chain, a prune's target record and
-    pruner chain, a delta's base) are cut to :data:`SHORT_REF_LEN` bytes and a
+    pruner chain, a delta's base) are cut to ``delta.SHORT_REF_LEN`` bytes and a
     delta's time goes as its offset from the version (``delta.short_time``);
     anything else goes as it is. A node of before takes neither, so only a
     member whose ack said so (``delta.TAKES_SHORT``) gets them.
@@ -238,9 +238,9 @@ def _signer(mesh: MeshState, key_id: object, ref: object) -> NodeRecord | None:
     """The held record of ``key_id`` if its sign key and chain are the ones named ``ref``."""
     key = _key(mesh, key_id)
     rec = mesh.record(key) if key is not None else None
-    if rec is None or not rec.chain or type(ref) is not bytes or len(ref) not in _REF_LENS:
+    if rec is None or not rec.chain:
         return None
-    return rec if _chain_hash(rec.sign_key, rec.chain)[: len(ref)] == ref else None
+    return rec if names(ref, _chain_hash(rec.sign_key, rec.chain)) else None
 
 
 def _news(mesh: MeshState, e: Elided, key: bytes | None) -> bool:

@@ -468,9 +468,9 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         """An admitted node that has not left (a pruned one may still refute)."""
         return self.mesh.is_member(key)
 
-    def members_by_id(self, key_id: bytes) -> list[bytes]:
+    def members_by_id(self, key_id: bytes, limit: int) -> list[bytes]:
         """The members whose keys begin with ``key_id`` (see ``StateStore.members_by_id``)."""
-        return self.mesh.members_by_id(key_id)
+        return self.mesh.members_by_id(key_id, limit)
 
     # -- the engine boundary ---------------------------------------------------------------
     def named(self, call: Call) -> Call:

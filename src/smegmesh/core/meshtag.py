@@ -90,7 +90,7 @@ class MeshTags:
             self._takers.pop(member, None)
             _bounded_put(self._refused, member, version)
 
-    def note_push_ack(self, member: bytes, ack: Ack, version: int | None = None) -> None:
+    def note_push_ack(self, member: bytes, ack: Ack, version: int | None) -> None:
         """``member`` (at record ``version``) acknowledged a push of ours with ``ack``.
 
         The ack may say it takes deltas, and short names and times; one that

@@ -225,15 +225,14 @@ class StateStore:
                 found = k
         return found
 
-    def members_by_id(self, key_id: bytes, limit: int = 5) -> list[bytes]:
+    def members_by_id(self, key_id: bytes, limit: int) -> list[bytes]:
         """The members whose keys begin with ``key_id``, at most ``limit``.
 
         ``key_id`` is a datagram header's 4-byte sender id; O(1) as
         :meth:`key_by_prefix`. Usually one; two or more share an id by chance
         (one pair in a mesh of ~93,000) or because a member made its key to
         (2^32 work): the caller tries each, so no member can take another's id
-        away. The default limit is one more than a datagram tries
-        (``dgram_wire.MAX_ID_CANDIDATES``), so the caller knows there are more.
+        away.
         """
         if len(key_id) < 4:
             return []

@@ -63,7 +63,7 @@ endpoint answered a datagram lately; a node older than this kind drops it
 as not a smegmesh datagram, and the lazy path of the tree repairs the loss.
 
 A version 1 or 2 request (from a node not yet upgraded) is answered with a
-"use the stream" notice of its version (:func:`old_notice_for`), so mixed
+"use the stream" notice of its version (``dgram_old.old_notice_for``), so mixed
 versions talk over the stream until both ends speak version 3 (a version 3
 request to a node of version 2 is dropped unseen there: the call falls back
 to the stream after its datagram timeout, and the endpoint is then reached
@@ -171,8 +171,12 @@ class Header:
 
     @property
     def aead_nonce(self) -> bytes:
-        """The 12-byte ChaCha20-Poly1305 nonce: the full time, the counter, two zero bytes."""
-        return self.ts_ms.to_bytes(6, "big") + self.nonce[NONCE_TIME_LEN:] + b"\0\0"
+        return _aead_nonce(self.ts_ms, self.nonce)
+
+
+def _aead_nonce(ts_ms: int, nonce: bytes) -> bytes:
+    """The 12-byte ChaCha20-Poly1305 nonce: the full time, the counter, two zero bytes."""
+    return ts_ms.to_bytes(6, "big") + nonce[NONCE_TIME_LEN:] + b"\0\0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,19 +220,6 @@ class NonceCounter:
 NOTICE = 3
 NOTICE_FMT = struct.Struct(">BB8s")
 
-#: Versions 1 (magic ``SMD``, 80-byte header with both keys in full) and 2
-#: (magic 0xD2, 30-byte header of 8-byte key ids and a 12-byte nonce): a
-#: request from a node not upgraded yet is answered by a notice of its own
-#: version, nothing else.
-V1_MAGIC = b"SMD"
-_V1_HEADER_LEN = 80
-_V1_OVERHEAD = 113
-_V1_NOTICE = struct.Struct(">3sB12s")
-V2_MAGIC = 0xD2
-_V2_HEADER_LEN = 30
-_V2_OVERHEAD = 51
-_V2_NOTICE = struct.Struct(">BB12s")
-
 
 def notice(nonce: bytes) -> bytes:
     """The "unknown sender: use the stream" notice answering a request with ``nonce``."""
@@ -241,18 +232,6 @@ def parse_notice(data: bytes) -> bytes | None:
         return None
     magic, kind, nonce = NOTICE_FMT.unpack(data)
     return nonce if magic == MAGIC and kind == NOTICE else None
-
-
-def old_notice_for(data: bytes) -> bytes | None:
-    """The notice of its version answering ``data`` if it is a request of
-    version 1 or 2, else None."""
-    if not len(data) <= MAX_DATAGRAM or len(data) < 4:
-        return None
-    if data[:3] == V1_MAGIC and len(data) >= _V1_OVERHEAD and data[3] in (REQUEST, REQUEST_PART):
-        return _V1_NOTICE.pack(V1_MAGIC, NOTICE, data[_V1_HEADER_LEN - 12 : _V1_HEADER_LEN])
-    if data[0] == V2_MAGIC and len(data) >= _V2_OVERHEAD and data[1] in (REQUEST, REQUEST_PART):
-        return _V2_NOTICE.pack(V2_MAGIC, NOTICE, data[_V2_HEADER_LEN - 12 : _V2_HEADER_LEN])
-    return None
 
 
 def request_nonce(data: bytes) -> bytes:
@@ -361,8 +340,7 @@ def seal(
     header = HEADER.pack(MAGIC, wire_kind, key_id(sender), key_id(receiver), nonce)
     aead = keys.aead(my_private, receiver, sender, receiver)
     inner = body if kind == UNANSWERED else INNER.pack(request_id) + body
-    aead_nonce = Header(kind, b"", b"", nonce, ts_ms).aead_nonce
-    return header + aead.encrypt(aead_nonce, inner, header)
+    return header + aead.encrypt(_aead_nonce(ts_ms, nonce), inner, header)
 
 
 def open_sealed(
@@ -382,6 +360,27 @@ def open_sealed(
         raise DatagramError("bad length")
     (rid,) = INNER.unpack_from(inner)
     return Opened(header, sender, receiver, rid, header.status, inner[INNER.size :])
+
+
+#: Who may have sealed a datagram whose ids name several keys: ``(their full
+#: key, our key, our private key)``, at most :data:`MAX_ID_CANDIDATES` tried.
+Candidate = tuple[bytes, bytes, bytes]
+
+
+def open_any(
+    keys: KeyCache, data: bytes, header: Header, candidates: list[Candidate]
+) -> tuple[Opened, Candidate]:
+    """The datagram opened by the first candidate whose key opens it, and that
+    candidate (at most :data:`MAX_ID_CANDIDATES` AEAD openings); raises
+    :class:`DatagramError`."""
+    err = DatagramError("forged or corrupt")
+    for c in candidates[:MAX_ID_CANDIDATES]:
+        theirs, mine, my_private = c
+        try:
+            return open_sealed(keys, data, header, my_private, theirs, mine), c
+        except DatagramError as e:
+            err = e
+    raise err
 
 
 def split_request(body: bytes) -> list[bytes]:

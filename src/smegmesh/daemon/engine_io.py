@@ -128,12 +128,13 @@ class EngineIO(DaemonBase):
         """The transport's member test: a caller known in any of our meshes."""
         return any(rt.node.is_member(key) for rt in self.meshes.values())
 
-    def _members_anywhere_by_id(self, key_id: bytes) -> list[bytes]:
-        """The datagram server's member look-up: the keys a key id names in any of our meshes."""
+    def _members_anywhere_by_id(self, key_id: bytes, limit: int) -> list[bytes]:
+        """The datagram server's member look-up: the keys a key id names in any
+        of our meshes, at most ``limit``."""
         found: list[bytes] = []
         for rt in self.meshes.values():
-            found.extend(k for k in rt.node.members_by_id(key_id) if k not in found)
-        return found
+            found.extend(k for k in rt.node.members_by_id(key_id, limit) if k not in found)
+        return found[:limit]
 
     def _mesh_by_tag(self, tag: str, src: bytes) -> MeshRuntime | None:
         """The one mesh of ours that ``tag`` names and ``src`` is a member of (core.meshtag).

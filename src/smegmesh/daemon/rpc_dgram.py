@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from smegmesh.core.wire import DATAGRAM_REPLIES, DATAGRAM_REQUESTS, message_name
 from smegmesh.daemon import dgram_wire as dw
+from smegmesh.daemon.dgram_old import old_notice_for
 from smegmesh.daemon.dgram_replay import ReplayCache
 from smegmesh.daemon.member_budget import OVER_CALL_BUDGET
 from smegmesh.daemon.rpc_common import CLOCK_SKEW_MS, Refused
@@ -166,25 +167,15 @@ class _Bucket:
 Keys = tuple[bytes, bytes]
 
 
-#: A sender's full key and our keys, as a header's ids may name them.
-_Pair = tuple[bytes, Keys]
 DERIVE_LIMITED = "key derivations limited"
 AMBIGUOUS = "key id names too many members"
 #: Refusals before any crypto that tell the sender to use the stream at once.
 _NOTIFIED = frozenset({NOT_A_MEMBER, OVER_CALL_BUDGET, DERIVE_LIMITED, AMBIGUOUS})
 
 
-def _open_any(
-    keys: dw.KeyCache, data: bytes, h: dw.Header, pairs: list[_Pair]
-) -> tuple[bytes, Keys, dw.Opened]:
-    """The datagram opened with the first pair whose key opens it; raises ``DatagramError``."""
-    err = dw.DatagramError("forged or corrupt")
-    for sender, (mine, priv) in pairs:
-        try:
-            return sender, (mine, priv), dw.open_sealed(keys, data, h, priv, sender, mine)
-        except dw.DatagramError as e:
-            err = e
-    raise err
+def fresh_counter() -> dw.NonceCounter:
+    """A nonce counter from a random start (a datagram client's or server's)."""
+    return dw.NonceCounter(int.from_bytes(os.urandom(4), "big"))
 
 
 class DatagramKeys(Protocol):
@@ -201,7 +192,9 @@ class DatagramKeys(Protocol):
 class KeyIds:
     """:class:`DatagramKeys` over a fixed set of our keys and a member look-up by id."""
 
-    def __init__(self, own: Iterable[Keys], members_by_id: Callable[[bytes], list[bytes]]) -> None:
+    def __init__(
+        self, own: Iterable[Keys], members_by_id: Callable[[bytes, int], list[bytes]]
+    ) -> None:
         self._own: dict[bytes, list[Keys]] = {}
         for pub, priv in own:
             self._own.setdefault(dw.key_id(pub), []).append((pub, priv))
@@ -211,7 +204,8 @@ class KeyIds:
         return self._own.get(key_id, [])
 
     def members(self, key_id: bytes) -> list[bytes]:
-        return self._members_by_id(key_id)
+        # one more than are tried, to know when an id names too many
+        return self._members_by_id(key_id, dw.MAX_ID_CANDIDATES + 1)
 
 
 class DatagramServer(asyncio.DatagramProtocol):
@@ -227,7 +221,7 @@ class DatagramServer(asyncio.DatagramProtocol):
         self._ids = keys
         self.stats = stats or DatagramStats()
         self.keys = dw.KeyCache()
-        self.counter = dw.NonceCounter(int.from_bytes(os.urandom(4), "big"))
+        self.counter = fresh_counter()
         self.replays = ReplayCache(CLOCK_SKEW_MS)
         self.reassembly = dw.Reassembly()
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
@@ -289,13 +283,16 @@ class DatagramServer(asyncio.DatagramProtocol):
             self._transport.sendto(note, addr)
             self.stats.count("out", "notice", len(note), ip)
 
-    def _admit(self, data: bytes, ip: str, addr: Any) -> tuple[dw.Header, list[_Pair]] | None:
+    def _admit(
+        self, data: bytes, ip: str, addr: Any
+    ) -> tuple[dw.Header, list[dw.Candidate]] | None:
         """The checks before any crypto: the header and the ``(sender's key, our
-        keys)`` its ids may name that passed them (usually one), or None (refused)."""
+        key, our private key)`` its ids may name that passed them (usually one),
+        or None (refused)."""
         try:
             h = dw.parse_header(data, _wall_ms())
         except dw.DatagramError as e:
-            old = dw.old_notice_for(data)
+            old = old_notice_for(data)
             if old is not None:  # a node not upgraded yet: use the stream with us
                 self._notify(old, ip, addr)
             self._refuse(ip, "older version" if old is not None else str(e), len(data))
@@ -305,7 +302,7 @@ class DatagramServer(asyncio.DatagramProtocol):
             return None
         ours = self._ids.ours(h.receiver_id)[: dw.MAX_ID_CANDIDATES]
         senders = self._ids.members(h.sender_id) if ours else []
-        pairs: list[_Pair] = []
+        pairs: list[dw.Candidate] = []
         if not ours:
             reason = "not for us"
         elif not senders:
@@ -330,10 +327,12 @@ class DatagramServer(asyncio.DatagramProtocol):
         self._refuse(ip, reason, len(data))
         return None
 
-    def _within_limits(self, senders: list[bytes], ours: list[Keys]) -> tuple[str, list[_Pair]]:
+    def _within_limits(
+        self, senders: list[bytes], ours: list[Keys]
+    ) -> tuple[str, list[dw.Candidate]]:
         """The pairs of a sender and our keys within the limits, and why the
         others were refused (one that tells the sender to use the stream first)."""
-        reasons, pairs = list[str](), list[_Pair]()
+        reasons, pairs = list[str](), list[dw.Candidate]()
         now = time.monotonic()
         for sender in senders:
             if not self._server.datagram_calls.room(sender):
@@ -342,13 +341,13 @@ class DatagramServer(asyncio.DatagramProtocol):
             if self._server.budget.out_of_calls(sender):
                 reasons.append(OVER_CALL_BUDGET)
                 continue
-            for mine in ours:
-                if sender == mine[0]:
+            for mine, priv in ours:
+                if sender == mine:
                     reasons.append("sender is the receiver")
                 elif len(pairs) < dw.MAX_ID_CANDIDATES and (
-                    self.keys.has(mine[1], sender, mine[0]) or self._derive.take(now)
+                    self.keys.has(priv, sender, mine) or self._derive.take(now)
                 ):
-                    pairs.append((sender, mine))
+                    pairs.append((sender, mine, priv))
                 else:
                     reasons.append(DERIVE_LIMITED)
         notified = [r for r in reasons if r in _NOTIFIED]
@@ -361,7 +360,7 @@ class DatagramServer(asyncio.DatagramProtocol):
             return
         h, pairs = admitted
         try:
-            sender, (mine, priv), o = _open_any(self.keys, data, h, pairs)
+            o, (sender, mine, priv) = dw.open_any(self.keys, data, h, pairs)
             self.replays.check(sender, h.nonce, o.ts_ms, _wall_ms())
         except dw.DatagramError as e:
             self._refuse(ip, str(e), len(data))

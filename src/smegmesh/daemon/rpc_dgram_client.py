@@ -25,6 +25,7 @@ from smegmesh.daemon.rpc_dgram import (
     DatagramStats,
     _ip,
     _wall_ms,
+    fresh_counter,
     grow_receive_buffer,
     note_send_error,
 )
@@ -79,14 +80,14 @@ class DatagramClient(asyncio.DatagramProtocol):
         #: theirs, calls pending]}: a reply names both ends by id; these are the
         #: keys that may open it (two pairs share ids by chance in a swarm process)
         self._pairs: dict[tuple[bytes, bytes], dict[tuple[bytes, bytes], list[Any]]] = {}
-        self.counter = dw.NonceCounter(int.from_bytes(os.urandom(4), "big"))
+        self.counter = fresh_counter()
         self._sockets: dict[int, asyncio.DatagramTransport] = {}
         self._opening: dict[int, asyncio.Lock] = {}
         self._misses: OrderedDict[str, int] = OrderedDict()
         self._stream_only: OrderedDict[str, float] = OrderedDict()
         self._answered: OrderedDict[str, float] = OrderedDict()  # endpoint -> last answer
-        #: nonce of a request in flight -> (its id, the address it went to)
-        self._by_nonce: dict[bytes, tuple[int, str, int]] = {}
+        #: nonce of a request in flight -> (its id, the (ip, port) it went to)
+        self._by_nonce: dict[bytes, tuple[int, tuple[str, int]]] = {}
         #: (endpoint, callee key) whose datagrams went unanswered (not known to
         #: speak them) on a call with no time left for the stream: its calls go
         #: over the stream for 1, 2, 4 ... s (up to 5 min).
@@ -314,7 +315,7 @@ class DatagramClient(asyncio.DatagramProtocol):
                         self.counter,
                     )
                     nonces.append(dw.request_nonce(data))
-                    self._by_nonce[nonces[-1]] = (rid, target[0], target[1])
+                    self._by_nonce[nonces[-1]] = (rid, (_ip(target), target[1]))
                     self.stats.count("out", kind, len(data), target[0])
                     sock.sendto(data, target[:2])
                 left = t0 + timeout * share - time.monotonic()
@@ -356,9 +357,9 @@ class DatagramClient(asyncio.DatagramProtocol):
             # "unknown sender": matched by our request's nonce and the address
             # it went to (the nonce's counter is guessable by a member that got
             # one of our requests: from elsewhere, a notice is not taken)
-            rid, to_ip, to_port = self._by_nonce.get(nonce, (-1, "", 0))
+            rid, to = self._by_nonce.get(nonce, (-1, ("", 0)))
             p = self._pending.get(rid)
-            if p is None or p.future.done() or (ip, addr[1]) != (_ip((to_ip,)), to_port):
+            if p is None or p.future.done() or (ip, addr[1]) != to:
                 self.stats.refused["not awaited"] += 1
             else:
                 self.stats.count("in", "notice", len(data), ip)
@@ -373,15 +374,10 @@ class DatagramClient(asyncio.DatagramProtocol):
         if h.kind != dw.REPLY or slots is None:
             self.stats.refused["not awaited"] += 1  # no crypto for what we did not ask
             return
-        err = dw.DatagramError("forged or corrupt")
-        for slot in list(slots.values())[: dw.MAX_ID_CANDIDATES]:
-            try:
-                o = dw.open_sealed(self.keys, data, h, slot[0], slot[2], slot[1])
-                break
-            except dw.DatagramError as e:
-                err = e
-        else:
-            self.stats.refused[str(err)] += 1
+        try:
+            o, _ = dw.open_any(self.keys, data, h, [(s[2], s[1], s[0]) for s in slots.values()])
+        except dw.DatagramError as e:
+            self.stats.refused[str(e)] += 1
             return
         p = self._pending.get(o.request_id)
         if p is None or p.to != o.sender or p.me != o.receiver or p.future.done():
