@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -17,9 +18,16 @@ from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.liveness import LivenessParams
 from smegmesh.core.meshnode import MeshNode, MeshSettings
 from smegmesh.core.messages import IN_REPLY, Ack
+from smegmesh.core.record import Role
 from smegmesh.core.sync import Push
 from smegmesh.core.tree import tree_neighbours
-from smegmesh.core.treecast import ANSWERED_EVERY_MS, DOWN_MS, TAKES_UNANSWERED
+from smegmesh.core.treecast import (
+    ANSWERED_EVERY_MS,
+    DOWN_MS,
+    FORWARDS_TREE,
+    PLAIN_MS,
+    TAKES_UNANSWERED,
+)
 from smegmesh.core.wire import decode
 from smegmesh.testbed.loopnet import LoopNet
 
@@ -148,7 +156,7 @@ TREE = GossipParams(
 
 
 class Net(LoopNet):
-    def add(self, seed: int) -> MeshNode:
+    def add(self, seed: int, gossip: GossipParams = TREE) -> MeshNode:
         node = MeshNode(
             NodeIdentity.from_seed(bytes([seed]) * 32),
             MESH,
@@ -157,19 +165,21 @@ class Net(LoopNet):
                 control_endpoint=f"192.0.2.{seed}:4000",
                 tls_fp=bytes(32),
             ),
-            TREE,
+            gossip,
             LivenessParams.from_heartbeat(2000),
             random.Random(seed),
         )
         return self.attach(node)
 
 
-def tree_mesh(n: int) -> tuple[Net, list[MeshNode]]:
+def tree_mesh(n: int, plain: dict[int, GossipParams] | None = None) -> tuple[Net, list[MeshNode]]:
+    """``n`` tree members joined one by one (``plain``: seed -> other parameters)."""
     net = Net()
-    nodes = [net.add(1)]
+    other = plain or {}
+    nodes = [net.add(1, other.get(1, TREE))]
     net.handle_outs(nodes[0], nodes[0].start(0))
     for i in range(2, n + 1):
-        joiner, via = net.add(i), nodes[-1]
+        joiner, via = net.add(i, other.get(i, TREE)), nodes[-1]
         net.join(joiner, via)
         nodes.append(joiner)
         net.run_until(net.now + 200)
@@ -296,7 +306,7 @@ def test_pushes_along_the_tree_ask_for_an_answer_at_most_once_a_second() -> None
     me, now = nodes[0], net.now
     first = _tree_pushes(me._tree_push({me.key}, (), now, own=True))
     assert first and not any(c.unanswered for c in first)
-    _answer(me, first, now, TAKES_DELTAS | TAKES_UNANSWERED)
+    _answer(me, first, now, TAKES_DELTAS | TAKES_UNANSWERED | FORWARDS_TREE)
     again = _tree_pushes(me._tree_push({nodes[1].key}, (), now + 100, own=True))
     assert {c.to for c in again} == {c.to for c in first}
     assert all(c.unanswered and c.ctx.tree == 1 for c in again)
@@ -313,7 +323,7 @@ def test_a_failed_tree_push_takes_along_the_keys_pushed_unanswered_since() -> No
     net, nodes = tree_mesh(12)
     me, now = nodes[0], net.now
     first = _tree_pushes(me._tree_push({me.key}, (), now, own=True))
-    _answer(me, first, now, TAKES_UNANSWERED)
+    _answer(me, first, now, TAKES_UNANSWERED | FORWARDS_TREE)
     quiet = _tree_pushes(me._tree_push({nodes[1].key}, (), now + 100, own=True))
     gone = quiet[0].to
     assert quiet[0].unanswered
@@ -328,3 +338,74 @@ def test_a_failed_tree_push_takes_along_the_keys_pushed_unanswered_since() -> No
     assert outs and all(keys <= o.ctx.keys for o in outs)  # type: ignore[union-attr]
     assert {o.to for o in outs if o.ctx.tree == 2} == {gone}  # type: ignore[union-attr]
     assert all(not o.unanswered for o in outs if o.to == gone)
+
+
+# -- a mesh mixing the two disseminations -------------------------------------------------
+def test_a_push_ack_says_whether_its_sender_forwards_along_the_tree() -> None:
+    net, nodes = tree_mesh(4, plain={4: replace(TREE, dissemination="gossip")})
+    client = nodes[1]
+    client.settings = replace(client.settings, role=Role.CLIENT)
+    push = Push(MESH, ())
+    words = {}
+    for name, n in (("tree", nodes[0]), ("gossip", nodes[3]), ("client", client)):
+        ack, _ = n.handle_request(nodes[2].key, push, net.now)
+        assert isinstance(ack, Ack)
+        words[name] = bool(ack.probe_id & FORWARDS_TREE)
+    assert words == {"tree": True, "gossip": False, "client": False}
+
+
+def test_a_neighbour_that_forwards_nothing_along_the_tree_is_routed_around_and_pushed_to() -> None:
+    """A gossip member in the tree (a mesh switched one member at a time)
+    forwards nothing along it: its ack says so, and the member that pushed
+    to it sends the push's keys at once to those who take its place, and
+    pushes to it as well from then on, until an ack says it forwards."""
+    net, nodes = tree_mesh(12)
+    me, now = nodes[0], net.now
+    first = _tree_pushes(me._tree_push({me.key}, (), now, own=True))
+    assert len(first) >= 2
+    gone = first[0].to
+    words = TAKES_DELTAS | TAKES_UNANSWERED
+    for c in first[1:]:
+        assert me.handle_reply(c.to, c.ctx, Ack(IN_REPLY, words | FORWARDS_TREE, True), now) == []
+    instead = _tree_pushes(me.handle_reply(gone, first[0].ctx, Ack(IN_REPLY, words, True), now))
+    assert instead and all(c.ctx.keys == {me.key} for c in instead)  # type: ignore[union-attr]
+    assert gone not in {c.to for c in instead}
+    assert gone not in me.tree_targets(now)
+    assert {c.to for c in instead} == set(me.tree_targets(now)) - {c.to for c in first}
+    later = _tree_pushes(me._tree_push({nodes[1].key}, (), now + 100, own=True))
+    assert {c.to for c in later} == set(me.tree_targets(now)) | {gone}
+    # an ack that says it forwards ends it; so does PLAIN_MS without another
+    _answer(me, [c for c in later if c.to == gone], now + 200, words | FORWARDS_TREE)
+    assert gone in me.tree_targets(now + 200)
+    me.handle_reply(gone, first[0].ctx, Ack(IN_REPLY, words, True), now + 300)
+    assert gone not in me.tree_targets(now + 300)
+    assert gone in me.tree_targets(now + 300 + PLAIN_MS)
+
+
+def test_a_change_goes_around_a_gossip_member_in_the_tree() -> None:
+    """The part of the tree below a gossip member hears a change as fast as the rest."""
+    _, probe = tree_mesh(12)
+    t = {n.key: n.tree_targets(0) for n in probe}
+    inner = next(n for n in probe[1:] if len(t[n.key]) == 3)  # a parent and two children
+    below: set[bytes] = set()
+    edge = [k for k in t[inner.key][1:]]
+    while edge:
+        k = edge.pop()
+        below.add(k)
+        edge += [c for c in t[k][1:] if c not in below]
+    seed = probe.index(inner) + 1
+    net, nodes = tree_mesh(12, plain={seed: replace(TREE, dissemination="gossip", branch=1)})
+    for n in nodes:  # each edge carries a push both ways: the acks are heard
+        net.handle_outs(n, n.update_self(net.now, alias=f"n{n.key[0]}"))
+        net.run_until(net.now + 200)
+    net.run_until(net.now + 2000)
+    author = next(n for n in nodes if n.key not in below and n.key != inner.key)
+    t0 = net.now
+    net.handle_outs(author, author.update_self(t0, alias="dave"))
+    net.run_until(t0 + 300)  # before any periodic round: the tree alone
+    late = [
+        n.key[0]
+        for n in nodes
+        if (r := n.mesh.live_record(author.key)) is None or r.alias != "dave"
+    ]
+    assert late == []

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from smegmesh.core.cert import AuthItem
-from smegmesh.core.delta import TAKES_DELTAS, TAKES_SHORT, as_deltas
+from smegmesh.core.delta import as_deltas
 from smegmesh.core.elide import elide_news, expand, expand_again, shortened
 from smegmesh.core.engine import (
     Call,
@@ -53,7 +53,7 @@ from smegmesh.core.refuted import RefutedPrunes, pruners_of
 from smegmesh.core.state import MeshState
 from smegmesh.core.state_gate import senders_faults
 from smegmesh.core.sync import Push, SyncEnd, SyncSession, SyncStart, SyncStep
-from smegmesh.core.treecast import TAKES_UNANSWERED, TreecastMixin
+from smegmesh.core.treecast import TreecastMixin
 
 Item = NodeRecord | Prune | AuthItem
 
@@ -341,7 +341,7 @@ class ExchangeMixin(EvictedMixin, TreecastMixin):
             out += self._sync_with(src, now_ms, "unresolved")
         # ok: something in it was news to us (the pusher's feedback, see handle_reply)
         news = bool(got.unresolved) or any(isinstance(o, Changed) for o in out)
-        return Ack(IN_REPLY, TAKES_DELTAS | TAKES_UNANSWERED | TAKES_SHORT, news), out
+        return Ack(IN_REPLY, self._push_ack_words(), news), out
 
     def _heard_from_pruned(self, key: bytes, now_ms: int) -> list[Out]:
         """``key`` answered or called us (authenticated) while we hold it as pruned.
@@ -467,10 +467,10 @@ class ExchangeMixin(EvictedMixin, TreecastMixin):
         """
         if isinstance(ctx, PushCtx) and isinstance(reply, Ack):
             self.tags.note_push_ack(to, reply, record_version(self.mesh, to))
-            self._tree_answered(to, ctx, reply.probe_id, now_ms)
             if not reply.ok:
                 # fewer push rounds for these items (rumour mongering with feedback)
                 self._sched.lose_interest(ctx.keys)
+            return self._tree_answered(to, ctx, reply.probe_id, now_ms)
         elif isinstance(ctx, OfferCtx) and isinstance(reply, Want):
             whole, news = wanted_parts(ctx.keys, reply)
             held = ctx.keys - whole - news

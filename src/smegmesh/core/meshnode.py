@@ -322,7 +322,7 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
         """
         if self.evicted is not None:  # no member takes it (core.evicted)
             return []
-        if self.gossip.dissemination == "tree" and self.settings.role != Role.CLIENT:
+        if self.forwards_tree:
             return self._tree_push(keys, exclude, now_ms, full is not None, hops, batched, revived)
         if full is None and not batched:
             keys = self._sched.throttle(keys, now_ms, revived)

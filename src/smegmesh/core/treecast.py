@@ -34,6 +34,15 @@ first after that asks for an answer again, so a neighbour that crashed is
 found at most that long later than before, and the keys pushed to it
 unanswered since its last answer go with the failed push's to the member
 that takes its place. A push lost on the way is repaired by the lazy path.
+
+A mesh may mix the two disseminations (members switched one at a time, or
+set apart by hand): a gossip member placed in the tree forwards nothing
+along it, and its part would hear a change only from the random pushes and
+the lazy path (docs/SCALE.md, section 18). A member that forwards along the
+tree says so in its push acks (:data:`FORWARDS_TREE`); a tree neighbour
+whose ack does not is *plain* for :data:`PLAIN_MS`: routed around as a down
+one is (the next member of its part takes its place), and still pushed to,
+as a member next to it in the tree, so that it hears each change too.
 """
 
 from __future__ import annotations
@@ -43,14 +52,24 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from smegmesh.core.buckets import shifted
-from smegmesh.core.engine import Call, Out, PushCtx
+from smegmesh.core.delta import TAKES_DELTAS, TAKES_SHORT
+from smegmesh.core.engine import Call, MeshSettings, Out, PushCtx
 from smegmesh.core.gossip import GossipParams, GossipScheduler
 from smegmesh.core.liveness import FailureDetector
 from smegmesh.core.nodeviews import Views
 from smegmesh.core.offer import MAX_HOPS
+from smegmesh.core.record import Role
 from smegmesh.core.tree import tree_neighbours
 
-__all__ = ["ANSWERED_EVERY_MS", "DOWN_MS", "TAKES_UNANSWERED", "TreeState", "TreecastMixin"]
+__all__ = [
+    "ANSWERED_EVERY_MS",
+    "DOWN_MS",
+    "FORWARDS_TREE",
+    "PLAIN_MS",
+    "TAKES_UNANSWERED",
+    "TreeState",
+    "TreecastMixin",
+]
 
 #: A tree neighbour whose push failed is routed around this long, unless heard from.
 DOWN_MS = 10_000
@@ -59,8 +78,16 @@ ANSWERED_EVERY_MS = 1_000
 #: In a push's ``Ack`` (``probe_id``, beside ``delta.TAKES_DELTAS``): the
 #: sender takes pushes that ask for no answer.
 TAKES_UNANSWERED = 2
+#: In a push's ``Ack`` (``probe_id``): the sender forwards what it receives
+#: along the tree (its ``dissemination`` is ``tree``, and it is no client).
+FORWARDS_TREE = 8
+#: A tree neighbour whose ack said it does not forward along the tree is
+#: routed around this long (renewed by each such ack; ended by one that does).
+PLAIN_MS = 60_000
 #: Keys remembered per neighbour as pushed unanswered since its last answer.
 MAX_UNANSWERED_KEYS = 512
+#: Members remembered as plain (not forwarding along the tree) at most.
+MAX_PLAIN = 64
 
 
 @dataclass(slots=True)
@@ -71,18 +98,23 @@ class TreeState:
     down: dict[bytes, int] = field(default_factory=dict)
     #: held (batched) key -> the member it came from (None: our own, or a sync's)
     came_from: dict[bytes, bytes | None] = field(default_factory=dict)
-    #: the last neighbours computed, and of what (views' reach version, down)
+    #: the last neighbours computed, and of what (views' reach version, peers, routed around)
     cached: tuple[tuple[int, int, frozenset[bytes]], list[bytes]] | None = None
+    #: the last plain members found next to this node (``_tree_push_targets``), and of what
+    plain_cached: tuple[tuple[int, int, frozenset[bytes]], list[bytes]] | None = None
     #: neighbour -> when it last answered a push saying it takes them unanswered
     answered: dict[bytes, int] = field(default_factory=dict)
     #: neighbour -> keys pushed to it unanswered since (at most MAX_UNANSWERED_KEYS)
     unanswered: dict[bytes, set[bytes]] = field(default_factory=dict)
+    #: neighbour -> when its ack last said it does not forward along the tree
+    plain: dict[bytes, int] = field(default_factory=dict)
 
 
 class TreecastMixin:
     """See the module docstring; ``MeshNode`` provides the state and outputs."""
 
     gossip: GossipParams
+    settings: MeshSettings
     _sched: GossipScheduler
     _fd: FailureDetector
     _treecast: TreeState
@@ -102,11 +134,29 @@ class TreecastMixin:
             now_ms: int | None = None,
         ) -> list[Out]: ...
 
+    @property
+    def forwards_tree(self) -> bool:
+        """Whether received items go along the tree here (clients forward as in gossip)."""
+        return self.gossip.dissemination == "tree" and self.settings.role != Role.CLIENT
+
     def _tree_clock_stepped(self, delta_ms: int) -> None:
         """The wall clock was stepped: the *down* marks move with it (``clock_stepped``)."""
         t = self._treecast
         t.down = shifted(t.down, delta_ms)
         t.answered = shifted(t.answered, delta_ms)
+        t.plain = shifted(t.plain, delta_ms)
+
+    def _push_ack_words(self) -> int:
+        """What a push's ``Ack`` says of this node (``probe_id``; see ``core.delta`` too)."""
+        words = TAKES_DELTAS | TAKES_UNANSWERED | TAKES_SHORT
+        return words | FORWARDS_TREE if self.forwards_tree else words
+
+    def _tree_plain(self, now_ms: int) -> set[bytes]:
+        """The neighbours routed around now as not forwarding along the tree (:data:`PLAIN_MS`)."""
+        t = self._treecast
+        for k in [k for k, at in t.plain.items() if now_ms - at >= PLAIN_MS]:
+            del t.plain[k]
+        return set(t.plain)
 
     def _tree_down(self, now_ms: int) -> set[bytes]:
         """The members routed around now (see :data:`DOWN_MS`); expired marks dropped."""
@@ -123,17 +173,50 @@ class TreecastMixin:
         return out
 
     def tree_targets(self, now_ms: int, down: Iterable[bytes] | None = None) -> list[bytes]:
-        """This node's tree neighbours now: its parent and children (``core.tree``)."""
-        dn = frozenset(self._tree_down(now_ms) if down is None else down)
+        """This node's tree neighbours now: its parent and children (``core.tree``).
+
+        Routed around: ``down``, by default the members down and plain now.
+        """
+        if down is None:
+            down = self._tree_down(now_ms) | self._tree_plain(now_ms)
+        dn = frozenset(down)
         peers = self._reachable_peers()
         t = self._treecast
         of = (self._views().reach_version, len(peers), dn)
         if t.cached is not None and t.cached[0] == of:
             return list(t.cached[1])
-        parent, children = tree_neighbours(self.key, peers, self.key, self.gossip.tree_fanout, dn)
-        out = [parent, *children] if parent is not None else list(children)
+        out = self._tree_around(peers, dn)
         t.cached = (of, out)
         return list(out)
+
+    def _tree_around(self, peers: list[bytes], down: frozenset[bytes]) -> list[bytes]:
+        parent, children = tree_neighbours(self.key, peers, self.key, self.gossip.tree_fanout, down)
+        return [parent, *children] if parent is not None else list(children)
+
+    def _tree_push_targets(self, now_ms: int) -> list[bytes]:
+        """The tree neighbours, and the plain members that would be ones.
+
+        Those that would be were nothing routed around first, then those that
+        would be were each the only plain one (so a plain member whose own
+        neighbours are plain too still hears each change from a member next
+        to it), at most as many as a member has neighbours (a node among
+        many plain ones would otherwise push to all it routed around).
+        """
+        out = self.tree_targets(now_ms)
+        plain = frozenset(self._tree_plain(now_ms))
+        if not plain:
+            return out
+        down = frozenset(self._tree_down(now_ms)) | plain
+        peers = self._reachable_peers()
+        t = self._treecast
+        of = (self._views().reach_version, len(peers), down)
+        if t.plain_cached is None or t.plain_cached[0] != of:
+            real = down - plain
+            near = [k for k in self._tree_around(peers, real) if k in plain]
+            alone = (k for k in plain - set(near) if k in self._tree_around(peers, down - {k}))
+            near += sorted(alone)
+            t.plain_cached = (of, near[: self.gossip.tree_fanout + 1])  # a neighbour's worth
+        return out + [k for k in t.plain_cached[1] if k not in out]
 
     def _tree_push(
         self,
@@ -163,7 +246,7 @@ class TreecastMixin:
             return []
         self._sched.note_fresh(ks)  # the lazy path: offers in the periodic rounds
         groups: dict[frozenset[bytes], list[bytes]] = {}
-        for to in self.tree_targets(now_ms):
+        for to in self._tree_push_targets(now_ms):
             sent = frozenset(k for k in ks if came[k] != to)
             if sent:
                 groups.setdefault(sent, []).append(to)
@@ -194,28 +277,44 @@ class TreecastMixin:
             calls.append(c)
         return calls
 
-    def _tree_answered(self, to: bytes, ctx: PushCtx, probe_id: int, now_ms: int) -> None:
-        """``to`` acknowledged a push of ours along the tree (``probe_id``: the ack's words)."""
+    def _tree_answered(self, to: bytes, ctx: PushCtx, probe_id: int, now_ms: int) -> list[Out]:
+        """``to`` acknowledged a push of ours along the tree (``probe_id``: the ack's words).
+
+        An ack that first says ``to`` does not forward along the tree makes it
+        plain: the push's keys go at once to the members that take its place.
+        """
         if not ctx.tree:
-            return
+            return []
         t = self._treecast
-        t.unanswered.pop(to, None)
+        missed = t.unanswered.pop(to, set())
         if probe_id & TAKES_UNANSWERED:
             t.answered[to] = now_ms
         else:
             t.answered.pop(to, None)
+        if probe_id & FORWARDS_TREE or not self.forwards_tree:
+            t.plain.pop(to, None)
+        elif to in t.plain:
+            t.plain[to] = now_ms
+        elif len(t.plain) < MAX_PLAIN:
+            return self._tree_reroute(to, ctx.keys | missed, now_ms, t.plain)
+        return []
 
     def _tree_failed(self, to: bytes, ctx: PushCtx, now_ms: int) -> list[Out]:
         """A push along the tree to ``to`` failed: route around it, and try it once more."""
-        if ctx.tree != 1 or self.gossip.dissemination != "tree":
+        if ctx.tree != 1 or not self.forwards_tree:
             return []
-        down = self._tree_down(now_ms)
-        before = set(self.tree_targets(now_ms, down - {to}))
         t = self._treecast
-        t.down[to] = now_ms
         t.answered.pop(to, None)
         keys = ctx.keys | t.unanswered.pop(to, set())  # what it may have missed since
-        instead = [k for k in self.tree_targets(now_ms, down | {to}) if k not in before]
-        return self._tree_calls(instead, keys, 1, now_ms, 1) + self._tree_calls(
-            [to], keys, 1, now_ms, 2
-        )
+        instead = self._tree_reroute(to, keys, now_ms, t.down)
+        return instead + self._tree_calls([to], keys, 1, now_ms, 2)
+
+    def _tree_reroute(
+        self, to: bytes, keys: frozenset[bytes], now_ms: int, mark: dict[bytes, int]
+    ) -> list[Out]:
+        """Route around ``to`` (``mark``: down or plain) and push ``keys`` to those in its place."""
+        routed = (self._tree_down(now_ms) - {to}) | self._tree_plain(now_ms)  # a plain one stays
+        before = set(self.tree_targets(now_ms, routed))
+        mark[to] = now_ms
+        instead = [k for k in self.tree_targets(now_ms, routed | {to}) if k not in before]
+        return self._tree_calls(instead, keys, 1, now_ms, 1)

@@ -117,6 +117,13 @@ def _dissemination_args(p: argparse.ArgumentParser) -> None:
         "--round-fanout or --infection-count say otherwise)",
     )
     p.add_argument("--tree-fanout", type=int, default=None, help="children per tree member")
+    p.add_argument(
+        "--mixed-share",
+        type=float,
+        default=0.0,
+        help="share of members (a draw per member) that run the other dissemination, as "
+        "smegd's other setting of the key makes it: a mesh half switched (default 0)",
+    )
 
 
 def _scenario_args(p: argparse.ArgumentParser) -> None:
@@ -140,6 +147,8 @@ def _scenario_args(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(a: argparse.Namespace) -> ScenarioConfig:
+    if not 0.0 <= a.mixed_share <= 1.0:
+        raise SystemExit("--mixed-share must be within [0, 1]")
     g = GossipParams()
     changes = {
         k: v
@@ -187,6 +196,7 @@ def config_from_args(a: argparse.Namespace) -> ScenarioConfig:
         mesh_id=a.mesh_id,
         kinds=a.kinds,
         silent_forwarders=a.silent_forwarders,
+        mixed_share=a.mixed_share,
     )
 
 

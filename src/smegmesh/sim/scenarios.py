@@ -65,6 +65,8 @@ class ScenarioConfig:
     kinds: bool = False
     #: members that forward nothing they receive, the top of the tree (``sim.silent``)
     silent_forwarders: int = 0
+    #: share of members that run the other dissemination (``sim.simulator.other_dissemination``)
+    mixed_share: float = 0.0
 
 
 def _attach(sim: Simulator, spreads: list[Spread], fp: FalsePrunes | None) -> None:
@@ -135,9 +137,7 @@ def run_scenario(name: str, cfg: ScenarioConfig) -> dict[str, Any]:
         "loss": cfg.net.loss,
         "seed": cfg.seed,
     }
-    if authority:
-        res["authority"] = True
-        res.update(depth_summary(pop.depths[: cfg.nodes] if pop.depths else []))
+    _describe(res, sim, cfg, authority)
     subject = sim.rng.randrange(cfg.nodes)
     _EVENTS[name](_Run(sim, cfg, subject, end, spreads, res, window))
     if lead:
@@ -184,6 +184,17 @@ def _silence(sim: Simulator, cfg: ScenarioConfig) -> None:
             silence(sn.node)
 
 
+def _describe(res: dict[str, Any], sim: Simulator, cfg: ScenarioConfig, authority: bool) -> None:
+    """What the run's mesh is: members of the other dissemination, admission chains."""
+    if cfg.mixed_share:
+        res["mixed_members"] = sum(sim.mixed(sn.pop_index) for sn in sim.nodes)
+    if authority:
+        pop = sim.population
+        assert pop is not None
+        res["authority"] = True
+        res.update(depth_summary(pop.depths[: cfg.nodes] if pop.depths else []))
+
+
 def _build(name: str, cfg: ScenarioConfig, authority: bool) -> Simulator:
     """The warmed-up-to-be steady mesh of ``cfg`` (one spare node for ``join``)."""
     return Simulator.steady(
@@ -198,6 +209,7 @@ def _build(name: str, cfg: ScenarioConfig, authority: bool) -> Simulator:
         authority=authority,
         verify_sample=cfg.verify_sample,
         mesh_id=cfg.mesh_id,
+        mixed_share=cfg.mixed_share,
     )
 
 

@@ -35,7 +35,7 @@ import math
 import random
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from smegmesh.core.gossip import GossipParams
@@ -60,7 +60,20 @@ from smegmesh.sim.state import (
     tls_fp,
 )
 
-__all__ = ["T0", "NetParams", "SimNode", "Simulator"]
+__all__ = ["T0", "NetParams", "SimNode", "Simulator", "other_dissemination"]
+
+
+def other_dissemination(g: GossipParams) -> GossipParams:
+    """``g`` with the other dissemination, as smegd's ``dissemination`` key would set it.
+
+    Tree becomes gossip with the default rounds (a member not yet switched);
+    gossip becomes ``GossipParams.lazy_tree`` (a member switched first).
+    """
+    if g.dissemination == "tree":
+        d = GossipParams()
+        g = replace(g, dissemination="gossip", round_fanout=d.round_fanout)
+        return replace(g, infection_count=d.infection_count)
+    return g.lazy_tree()
 
 
 @dataclass(eq=False)
@@ -96,9 +109,14 @@ class Simulator(Driver):
         byte_sample: int = 1,
         authority: bool = False,
         verify_sample: float = 0.0,
+        mixed_share: float = 0.0,
     ) -> None:
         super().__init__(seed=seed, net=net, byte_sample=byte_sample, verify_sample=verify_sample)
         self.gossip = gossip or GossipParams()
+        #: share of the members (by a draw per population index) that run the
+        #: other dissemination (``other_dissemination``): a mesh part upgraded
+        self.mixed_share = mixed_share
+        self.other_gossip = other_dissemination(self.gossip)
         self.liveness = liveness or LivenessParams()
         self.mesh_id = mesh_id
         self.nodes: list[SimNode] = []
@@ -118,6 +136,16 @@ class Simulator(Driver):
 
     def _node_rng(self, index: int, incarnation: int = 0) -> random.Random:
         return random.Random(f"node/{self.seed}/{index}/{incarnation}")
+
+    def mixed(self, index: int) -> bool:
+        """Whether the member of population ``index`` runs the other dissemination."""
+        if self.mixed_share <= 0.0:
+            return False
+        return random.Random(f"mixed/{self.seed}/{index}").random() < self.mixed_share
+
+    def gossip_of(self, index: int) -> GossipParams:
+        """The gossip parameters of the member of population ``index`` (see ``mixed``)."""
+        return self.other_gossip if self.mixed(index) else self.gossip
 
     def _add(self, key: bytes, node: MeshNode, pop_index: int) -> SimNode:
         i = len(self.nodes)
@@ -146,7 +174,7 @@ class Simulator(Driver):
                 control_endpoint=control_endpoint(index),
                 tls_fp=tls_fp(index),
             ),
-            gossip=self.gossip,
+            gossip=self.gossip_of(index),
             liveness=self.liveness,
             rng=self._node_rng(index, incarnation),
             state=state
