@@ -124,10 +124,13 @@ def measure(
     authority: bool = False,
     dissemination: str = "gossip",
     smegd_seed: int | None = None,
+    swarm_dissemination: str | None = None,
 ) -> dict[str, Any]:
     base_port = 47100 + (size % 97) * procs + (0 if datagrams else 50) + (20 if authority else 0)
     tag = f"{size}-{'dgram' if datagrams else 'stream'}{'-founded' if authority else ''}"
+    members = swarm_dissemination or dissemination  # the other: a mixed mesh
     tag += "-tree" if dissemination == "tree" else ""
+    tag += f"-swarm-{members}" if members != dissemination else ""
     sdir = root / f"swarm-{tag}"
     workers = start_swarm(
         sdir,
@@ -137,7 +140,7 @@ def measure(
         datagrams=datagrams,
         churn_per_min=churn,
         authority=authority,
-        dissemination=dissemination,
+        dissemination=members,
     )
     extra = {"datagrams": datagrams, "dissemination": dissemination}
     smegd = MeasuredSmegd(root / f"smegd-{tag}", extra=extra)
@@ -154,6 +157,7 @@ def measure(
         "churn_per_min": churn,
         "authority": authority,
         "dissemination": dissemination,
+        "swarm_dissemination": members,
     }
     try:
         t0 = time.monotonic()
@@ -492,6 +496,13 @@ def main(argv: list[str] | None = None) -> int:
         help="smegd's (and the swarm members') dissemination key (docs/SCALE.md, 15)",
     )
     ap.add_argument(
+        "--swarm-dissemination",
+        choices=("gossip", "tree"),
+        default=None,
+        help="the swarm members' dissemination when it is not the smegd's: a mixed mesh "
+        "(docs/SCALE.md, 18; default: --dissemination)",
+    )
+    ap.add_argument(
         "--smegd-seed",
         type=int,
         default=None,
@@ -533,6 +544,7 @@ def main(argv: list[str] | None = None) -> int:
                             authority=au,
                             dissemination=a.dissemination,
                             smegd_seed=a.smegd_seed,
+                            swarm_dissemination=a.swarm_dissemination,
                         )
                     except Exception as e:  # a size that could not be measured: said, not fatal
                         print(f"-- {size} members: not measured: {str(e)[:300]}", flush=True)

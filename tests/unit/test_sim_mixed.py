@@ -44,3 +44,22 @@ def test_a_share_outside_0_1_is_refused_clearly(share: str) -> None:
     with pytest.raises(SystemExit) as ei:
         config_from_args(parse_args(["--mixed-share", share]))
     assert str(ei.value) == "--mixed-share must be within [0, 1]"
+
+
+def test_members_that_forward_nothing_along_the_tree_delay_changes_but_lose_none() -> None:
+    """A member that says it forwards along the tree and does not (docs/SECURITY.md):
+    the root and its children silent, every restart still reaches every member."""
+    cfg = ScenarioConfig(
+        nodes=60,
+        seconds=10.0,
+        churn_per_min=0.3,
+        churn_lead=10.0,
+        gossip=GossipParams().lazy_tree(),
+        net=NetParams(wire_overhead="datagram", loss=0.0),
+        silent_forwarders=5,
+    )
+    res = run_scenario("churn", cfg)
+    sim = res.pop("_sim")
+    assert len(sim.silent) == 5
+    assert res["restarts_followed"] > 0
+    assert res["restart_spread_missed"] == 0

@@ -597,6 +597,31 @@ def test_dot_single_mesh_and_self_bridge() -> None:
     assert re.search(rf"{me} -> hub0", dot) and re.search(rf"{me} -> hub1", dot)
 
 
+def _tags(dot: str, k: bytes) -> str:
+    """The italic tags under node ``k``'s name ("this node", "bridge", ...)."""
+    line = next(x for x in dot.splitlines() if f'tooltip="{key_to_text(k)}' in x)
+    m = re.search(r"<i>([^<]*)</i>", line)
+    return m.group(1) if m else ""
+
+
+def test_only_a_peer_in_two_meshes_is_called_a_bridge() -> None:
+    """A node advertises nothing into a mesh where it is a client (core.routing):
+    a client in two meshes, or a peer in one and a client in the other, is
+    drawn once outside both, but carries no traffic across and is no bridge."""
+    meshes, self_key = two_meshes()
+    dot = graph_dot(meshes, self_key=self_key)
+    assert _tags(dot, key(1)) == "bridge" and ", 1 bridges" in dot
+    # node 1 a client in mesh B, then in both
+    b = [r for r in meshes[1].records if r.wg_key != key(1)]
+    half = GraphMesh(MESH_B, [*b, rec(IDS[1], MESH_B, role=Role.CLIENT, alias="bridge")])
+    dot = graph_dot([meshes[0], half], self_key=self_key)
+    assert _tags(dot, key(1)) == "in 2 meshes" and ", 0 bridges" in dot
+    a = [r for r in meshes[0].records if r.wg_key != key(1)]
+    both = GraphMesh(MESH_A, [*a, rec(IDS[1], MESH_A, role=Role.CLIENT, alias="bridge")])
+    dot = graph_dot([both, half], self_key=self_key)
+    assert _tags(dot, key(1)) == "in 2 meshes"
+
+
 def test_dot_is_valid_and_escapes_text() -> None:
     meshes, self_key = two_meshes()
     weird = rec(IDS[40], MESH_A, description='quote " back \\ <b>html</b> &amp;\nline')

@@ -175,9 +175,9 @@ class Config(_Model):
     dissemination: Dissemination = Field(
         default="gossip",
         description="How a node forwards changes it received: 'gossip' (to random members) or "
-        "'tree' (along a spanning tree; the periodic rounds then offer to one member, one round "
-        "unless infectionCount is set; its pushes ask for an answer once a second): a third "
-        "of gossip's bytes under churn (docs/SCALE.md, 15, 16). Set it on every member; restart.",
+        "'tree' (along a spanning tree; the periodic rounds offer to one member, one round unless "
+        "infectionCount is set; pushes ask for an answer once a second): a third of gossip's "
+        "bytes under churn (docs/SCALE.md, 15-18). Switch members one at a time, a restart each.",
     )
     tree_fanout: int = Field(
         default=4, alias="treeFanout", ge=2, le=64, description="Children per member in the tree."

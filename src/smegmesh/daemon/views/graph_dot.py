@@ -101,7 +101,16 @@ class _Graph:
         for i, nodes in enumerate(self.present):
             for k in nodes:
                 self.membership.setdefault(k, []).append(i)
+        # in several meshes: drawn once, outside every mesh's box
         self.bridges = {k for k, idx in self.membership.items() if len(idx) > 1}
+        # of those, the ones that carry traffic across: a peer in two meshes or
+        # more (a node advertises nothing into a mesh where it is a client, and
+        # nothing learnt through one: core.routing)
+        self.carriers = {
+            k
+            for k in self.bridges
+            if sum(self.present[i][k].role == Role.PEER for i in self.membership[k]) >= 2
+        }
         self.ids = {k: f"n{i}" for i, k in enumerate(sorted(self.membership))}
         self.suspect_any = {k for m in meshes for k in m.suspects if k != self_key}
         used = [(mi, RouteUse(*r)) for mi, m in enumerate(meshes) for r in m.routes]
@@ -126,13 +135,13 @@ class _Graph:
     # -- header and nodes
 
     def header(self) -> None:
-        meshes, bridges = self.meshes, self.bridges
+        meshes = self.meshes
         w = self.w
         w.open("digraph smegmesh")
         total = len(self.membership)
         title = (
             f"smegmesh: {len(meshes)} mesh{'es' if len(meshes) != 1 else ''}, {total} nodes"
-            f"{f', {len(bridges)} bridges' if len(meshes) > 1 else ''}"
+            f"{f', {len(self.carriers)} bridges' if len(meshes) > 1 else ''}"
         )
         legend = (
             "boxes: peers · ellipses: clients (under their peer) · amber: bridges · "
@@ -164,8 +173,10 @@ class _Graph:
         tags = []
         if k == self.self_key:
             tags.append("this node")
-        if k in self.bridges:
+        if k in self.carriers:
             tags.append("bridge")
+        elif k in self.bridges:
+            tags.append(f"in {len(self.membership[k])} meshes")
         if k in self.suspect_any:
             tags.append("suspect")
         if tags:
@@ -180,7 +191,7 @@ class _Graph:
         return "<" + "<br/>".join(lines) + ">"
 
     def node_attrs(self, k: bytes, rec: NodeRecord, addrs: list[str], role: Role) -> str:
-        bridge = k in self.bridges
+        bridge = k in self.carriers
         suspect = k in self.suspect_any
         if suspect:
             fill, line = _SUSPECT_FILL, _SUSPECT_LINE

@@ -74,9 +74,12 @@ function nodeName(n) { return n.alias || shortKey(n.public_key); }
 function isExit(n) { return (n.routes || []).some((r) => r.destination === "::/0"); }
 
 function bridges() {
-  const seen = new Map();   // key -> set of mesh ids
+  // a peer in two meshes or more: it can carry traffic across (a node advertises
+  // nothing into a mesh where it is a client: docs/ROUTING.md)
+  const seen = new Map();   // key -> set of mesh ids where it is a peer
   for (const [mid, m] of state.meshes) {
     for (const n of m.nodes) {
+      if (n.role !== "peer") continue;
       if (!seen.has(n.public_key)) seen.set(n.public_key, new Set());
       seen.get(n.public_key).add(mid);
     }
