@@ -12,7 +12,10 @@ that would fail the same way.
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
+
+import pytest
 
 from daemon_inproc import running_daemon, until
 from smegmesh.core.identity import key_to_text
@@ -50,5 +53,27 @@ def test_a_refused_join_names_revoked_and_evicted(root: Path) -> None:
             await joiner.leave_mesh(mesh, force=True)
             e = await _refused(joiner.join_mesh(await founder.invite(mesh, 600, 1), MeshOptions()))
             assert "evicted" in e.message and "used up" in e.message, e.message
+
+    asyncio.run(main())
+
+
+def test_the_refusing_member_logs_why(root: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The joiner hears only "refused"; the member that refused said nothing at
+    all, so its operator could not tell a revoked token from an evicted node."""
+
+    async def main() -> None:
+        async with (
+            running_daemon(root / "a") as founder,
+            running_daemon(root / "b", timeout=1) as joiner,
+        ):
+            mesh = await founder.new_mesh(MeshOptions())
+            token = await founder.invite(mesh, 600, 1)
+            (inv,) = await founder.list_invites(mesh)
+            await founder.revoke_invite(mesh, inv.token_id)
+            with caplog.at_level(logging.INFO, logger="smegd"):
+                await _refused(joiner.join_mesh(token, MeshOptions()))
+            who = key_to_text(joiner.identity.wg_public_key)[:12]
+            lines = [r.getMessage() for r in caplog.records if "refused join" in r.getMessage()]
+            assert any(who in m and f"mesh {mesh}: token revoked" in m for m in lines), lines
 
     asyncio.run(main())

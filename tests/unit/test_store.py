@@ -159,6 +159,7 @@ def store_ops(state_dir: Path, meshes: dict[str, Any]) -> Any:
     smegd = logging.getLogger("smegd")
     ops.dropped_items = RateLog(smegd, "dropped")  # type: ignore[attr-defined]
     ops.refuted_prunes = RateLog(smegd, "refuted")  # type: ignore[attr-defined]
+    ops.refused_joins = RateLog(smegd, "refused")  # type: ignore[attr-defined]
     ops.save_failures = RateLog(  # type: ignore[attr-defined]
         smegd, "failed", unit="writes", prep="of mesh", level=logging.ERROR
     )

@@ -70,6 +70,9 @@ class AdmissionMixin:
     _fd: FailureDetector
     _pending: NodeRecord | None
     evicted: Revocation | None  # an eviction of us a member showed us (core.evicted)
+    #: why the last join this node refused was refused (the adapter logs it;
+    #: the joiner is told only "refused": a stranger learns nothing of the mesh)
+    last_join_refusal: str = ""
 
     if TYPE_CHECKING:
 
@@ -319,13 +322,22 @@ class AdmissionMixin:
             and not auth.token_revoked(g.token_hash, self.key)
         ]
 
+    def _refuse_join(self, reason: str) -> tuple[Message, list[Out]]:
+        """A join refused: ``last_join_refusal`` says why, for the adapter's log (not the wire)."""
+        self.last_join_refusal = reason
+        return Refusal(self.mesh_id), []
+
     def _admit(self, src: bytes, req: JoinRequest, now_ms: int) -> tuple[Message, list[Out]]:
         st = self.mesh
         auth = st.authority
         # the cheap refusals first: the token lookup hashes per record
-        if req.record.wg_key != src or not self.may_admit(now_ms) or auth.is_revoked(src):
-            return Refusal(self.mesh_id), []
-        grant, _reason = check_admission(
+        if req.record.wg_key != src:
+            return self._refuse_join("its record is not of the key that called")
+        if not self.may_admit(now_ms):
+            return self._refuse_join("this node may not admit (the invite policy, or evicted)")
+        if auth.is_revoked(src):
+            return self._refuse_join("it was evicted from this mesh")
+        grant, reason = check_admission(
             self.live_records(),
             req.secret,
             src,
@@ -336,11 +348,11 @@ class AdmissionMixin:
             may_issue=self._may_issue(now_ms),
         )
         if grant is None:
-            return Refusal(self.mesh_id), []
+            return self._refuse_join(reason or "its invitation does not admit it")
         try:
             check_record_fields(req.record, self.mesh_id, memo=st.memo)
-        except RecordError:
-            return Refusal(self.mesh_id), []
+        except RecordError as e:
+            return self._refuse_join(f"its record: {e.field}: {e}")
         out: list[Out] = []
         chain: tuple[Cert, ...] = ()
         if st.admission:
@@ -368,8 +380,8 @@ class AdmissionMixin:
                     out.append(Changed(frozenset({src})))
                     # new to every member: in full to every target
                     out.extend(self._push_now({src}, (src,), now_ms, full=self.gossip.branch))
-            except RecordError:
-                return Refusal(self.mesh_id), []
+            except RecordError as e:
+                return self._refuse_join(f"its record: {e.field}: {e}")
             rec = st.record(self.key)
             assert rec is not None
             adm = Admission(grant.token_hash, src)

@@ -80,6 +80,7 @@ class DaemonBase:
         _bridge_nat_error: tuple[frozenset[str], ForwardGuard] | None
         dropped_items: RateLog
         refuted_prunes: RateLog
+        refused_joins: RateLog
         save_failures: RateLog
         state_lock: StateLock
         metrics: Metrics

@@ -20,7 +20,7 @@ from smegmesh.core.endpoint import split_host_port
 from smegmesh.core.identity import key_to_text
 from smegmesh.core.meshnode import Call, Out
 from smegmesh.core.meshtag import TAG_PREFIX
-from smegmesh.core.messages import JoinReply, Observed, Refusal, WhereAmI, WhoAmI
+from smegmesh.core.messages import JoinReply, JoinRequest, Observed, Refusal, WhereAmI, WhoAmI
 from smegmesh.core.wire import WireError, decode, encode
 from smegmesh.daemon.base import DaemonBase
 from smegmesh.daemon.devices_ops import DEVICE_REQUESTS
@@ -223,6 +223,9 @@ class EngineIO(DaemonBase):
         reply = await reply_of(pending)  # ...or after its relayed ping (a PingReq)
         if reply is None:
             raise Refused("no answer")
+        if isinstance(msg, JoinRequest) and isinstance(reply, Refusal):
+            why = f"mesh {rt.mesh_id}: {rt.node.last_join_refusal}"
+            self.refused_joins.note(key_to_text(src)[:12], why)
         if isinstance(reply, JoinReply):
             # The admission (a use of its token, in the token ledger) is on disk
             # before the joiner hears of it: after a crash, a one-use token

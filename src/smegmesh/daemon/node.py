@@ -115,6 +115,9 @@ class Daemon(
         self.refuted_prunes = RateLog(
             log, "refuted", unit="prunes", prep="by member", level=logging.WARNING
         )
+        #: joins this node refused, and why (the joiner hears only "refused"):
+        #: one line per joiner at once, then a summary per minute
+        self.refused_joins = RateLog(log, "refused", unit="joins", prep="of")
         #: writes of a mesh's state that failed (a full or read-only disk): one
         #: line at once, then one summary per mesh per minute
         self.save_failures = RateLog(

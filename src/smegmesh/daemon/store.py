@@ -143,7 +143,7 @@ class StoreOps(DaemonBase):
 
     async def _persist_pass(self) -> None:
         horizon = int(self.config.gc_horizon * 1000)
-        for rl in (self.dropped_items, self.refuted_prunes, self.save_failures):
+        for rl in (self.dropped_items, self.refuted_prunes, self.refused_joins, self.save_failures):
             if len(rl):  # its summary, once per interval
                 rl.note_tick()
         self.events.tick()  # lines of events left out of the log, likewise

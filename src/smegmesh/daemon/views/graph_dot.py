@@ -21,6 +21,7 @@ from smegmesh.daemon.views.graph_plan import (
     GraphMesh,
     _Plan,
     _plan,
+    carriers,
 )
 
 __all__ = ["graph_dot"]
@@ -101,16 +102,8 @@ class _Graph:
         for i, nodes in enumerate(self.present):
             for k in nodes:
                 self.membership.setdefault(k, []).append(i)
-        # in several meshes: drawn once, outside every mesh's box
         self.bridges = {k for k, idx in self.membership.items() if len(idx) > 1}
-        # of those, the ones that carry traffic across: a peer in two meshes or
-        # more (a node advertises nothing into a mesh where it is a client, and
-        # nothing learnt through one: core.routing)
-        self.carriers = {
-            k
-            for k in self.bridges
-            if sum(self.present[i][k].role == Role.PEER for i in self.membership[k]) >= 2
-        }
+        self.carriers = carriers(self.present, self.membership)  # the bridges so called
         self.ids = {k: f"n{i}" for i, k in enumerate(sorted(self.membership))}
         self.suspect_any = {k for m in meshes for k in m.suspects if k != self_key}
         used = [(mi, RouteUse(*r)) for mi, m in enumerate(meshes) for r in m.routes]
@@ -173,10 +166,8 @@ class _Graph:
         tags = []
         if k == self.self_key:
             tags.append("this node")
-        if k in self.carriers:
-            tags.append("bridge")
-        elif k in self.bridges:
-            tags.append(f"in {len(self.membership[k])} meshes")
+        if k in self.bridges:
+            tags.append("bridge" if k in self.carriers else f"in {len(self.membership[k])} meshes")
         if k in self.suspect_any:
             tags.append("suspect")
         if tags:

@@ -49,6 +49,19 @@ class _Plan:
     cols: int  # groups per row
 
 
+def carriers(
+    present: Sequence[Mapping[bytes, NodeRecord]], membership: Mapping[bytes, Sequence[int]]
+) -> set[bytes]:
+    """The nodes that carry traffic across meshes: a peer in two meshes or more.
+
+    A node advertises nothing into a mesh where it is a client, nor anything
+    learnt through one (``core.routing``): a client in two meshes is no bridge.
+    """
+    return {
+        k for k, idx in membership.items() if sum(present[i][k].role == Role.PEER for i in idx) >= 2
+    }
+
+
 def _plan(nodes: Mapping[bytes, NodeRecord], bridges: set[bytes], self_key: bytes) -> _Plan:
     clients_of: dict[bytes, list[bytes]] = {}
     orphans: list[bytes] = []
