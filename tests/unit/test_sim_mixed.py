@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from smegmesh.core.gossip import GossipParams
@@ -19,7 +21,8 @@ def test_the_other_members_run_what_smegds_other_setting_gives(mine: str, other:
     assert other_dissemination(ours) == theirs
 
 
-def test_a_mixed_mesh_spreads_every_restart_to_every_member() -> None:
+def _tree_churn(**kw: Any) -> dict[str, Any]:
+    """60 tree members under churn (30 % a minute), 10 s after a 10 s lead."""
     cfg = ScenarioConfig(
         nodes=60,
         seconds=10.0,
@@ -27,9 +30,13 @@ def test_a_mixed_mesh_spreads_every_restart_to_every_member() -> None:
         churn_lead=10.0,
         gossip=GossipParams().lazy_tree(),
         net=NetParams(wire_overhead="datagram", loss=0.0),
-        mixed_share=0.5,
+        **kw,
     )
-    res = run_scenario("churn", cfg)
+    return run_scenario("churn", cfg)
+
+
+def test_a_mixed_mesh_spreads_every_restart_to_every_member() -> None:
+    res = _tree_churn(mixed_share=0.5)
     sim = res.pop("_sim")
     assert 15 <= res["mixed_members"] <= 45
     kinds = {sn.node.gossip.dissemination for sn in sim.nodes}
@@ -49,16 +56,7 @@ def test_a_share_outside_0_1_is_refused_clearly(share: str) -> None:
 def test_members_that_forward_nothing_along_the_tree_delay_changes_but_lose_none() -> None:
     """A member that says it forwards along the tree and does not (docs/SECURITY.md):
     the root and its children silent, every restart still reaches every member."""
-    cfg = ScenarioConfig(
-        nodes=60,
-        seconds=10.0,
-        churn_per_min=0.3,
-        churn_lead=10.0,
-        gossip=GossipParams().lazy_tree(),
-        net=NetParams(wire_overhead="datagram", loss=0.0),
-        silent_forwarders=5,
-    )
-    res = run_scenario("churn", cfg)
+    res = _tree_churn(silent_forwarders=5)
     sim = res.pop("_sim")
     assert len(sim.silent) == 5
     assert res["restarts_followed"] > 0
