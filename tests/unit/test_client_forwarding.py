@@ -18,6 +18,7 @@ from smegmesh.core.forwardwatch import (
     FAILS_TO_BLAME,
     FORWARD_BACKOFF_MAX_MS,
     PROBE_EVERY_MS,
+    QUICK_PROBE_MS,
     ForwardMove,
     ForwardWatch,
 )
@@ -208,3 +209,25 @@ def test_the_direct_half_of_a_probe_reaches_a_member_known_by_name() -> None:
     asyncio.run(ForwardProbeOps._forward_probe(me, rt, b"t" * 32))
     assert sorted(sent) == [("2001:db8::9", 4000), ("fd00::9", 4000)]
     assert results == [(True, True)]
+
+
+def test_a_newly_assigned_peer_is_probed_within_a_quick_period() -> None:
+    """The first probe through a peer came a whole period (15-45 s) after the
+    client joined through it or moved to it: a client that moved to a peer
+    that forwards nothing either waited that long to find out."""
+    rng = random.Random(7)
+    others = [bytes([i]) * 32 for i in range(2, 6)]
+    for seed in range(20):
+        w = ForwardWatch()
+        rng.seed(seed)
+        assert w.probe(1_000, b"\x01" * 32, others, rng) is None  # scheduled
+        assert 1_000 + QUICK_PROBE_MS // 2 <= w.due_ms <= 1_000 + QUICK_PROBE_MS * 3 // 2
+        target = w.probe(w.due_ms, b"\x01" * 32, others, rng)
+        assert target is not None
+        # answered through it: the next a whole period later
+        w.result(w.due_ms, b"\x01" * 32, target, True, True, len(others), rng)
+        assert w.due_ms - w.inflight_ms >= PROBE_EVERY_MS // 2
+        # a move to another peer: checked soon again
+        now = w.due_ms
+        assert w.probe(now, b"\x09" * 32, others, rng) is None
+        assert w.due_ms <= now + QUICK_PROBE_MS * 3 // 2

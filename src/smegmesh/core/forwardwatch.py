@@ -24,7 +24,9 @@ while our peer still answers pings and the tunnel still handshakes, blame our
 peer: a single hostile or dead member cannot frame an honest one. With fewer
 other peers than that, one hostile other peer can (docs/SECURITY.md).
 
-*Bounds:* one probe in flight; one every :data:`PROBE_EVERY_MS` (jittered
+*Bounds:* one probe in flight; the first to a newly assigned peer within
+:data:`QUICK_PROBE_MS` (a client that joined through, or moved to, a peer that
+forwards nothing finds out in about 20 s); then one every :data:`PROBE_EVERY_MS` (jittered
 ±50 % with the engine's random source) and, after a failure, the next within
 :data:`QUICK_PROBE_MS` until a run is complete (at most ``FAILS_TO_BLAME - 1``
 quick ones a run); state: a few integers and at most ``FAILS_TO_BLAME`` keys.
@@ -100,8 +102,9 @@ class ForwardWatch:
     moves: int = 0
     next_move_ms: int = 0
 
-    def _schedule(self, now_ms: int, rng: random.Random) -> None:
-        base = QUICK_PROBE_MS if 0 < self.fails < FAILS_TO_BLAME else PROBE_EVERY_MS
+    def _schedule(self, now_ms: int, rng: random.Random, quick: bool = False) -> None:
+        quick = quick or 0 < self.fails < FAILS_TO_BLAME
+        base = QUICK_PROBE_MS if quick else PROBE_EVERY_MS
         self.due_ms = now_ms + base // 2 + rng.randrange(base + 1)
 
     def probe(
@@ -111,9 +114,9 @@ class ForwardWatch:
 
         ``others``: the live peers but ours and us, in a stable order.
         """
-        if peer != self.peer:
+        if peer != self.peer:  # a new peer (joined, or moved): checked soon, not in a period
             self.peer, self.fails, self.failed, self.inflight = peer, 0, [], None
-            self._schedule(now_ms, rng)
+            self._schedule(now_ms, rng, quick=True)
         if self.inflight is not None and now_ms - self.inflight_ms > 2 * PROBE_TIMEOUT_MS:
             self.inflight = None  # never answered for: forgotten
         if self.inflight is not None or now_ms < self.due_ms or not others:
