@@ -82,8 +82,7 @@ class GossipParams:
 
         The periodic rounds are then the lazy repair path only: one random
         member each (``round_fanout`` 1), for one round unless
-        ``keep_infection_count`` (a user set it). smegd's ``dissemination:
-        tree`` and the swarm's members take this one rule.
+        ``keep_infection_count`` (a user set it); see :meth:`as_dissemination`.
         """
         return replace(
             self,
@@ -91,6 +90,19 @@ class GossipParams:
             round_fanout=1,
             infection_count=self.infection_count if keep_infection_count else 1,
         )
+
+    def as_dissemination(self, how: str, *, keep_infection_count: bool = False) -> GossipParams:
+        """These parameters as smegd's ``dissemination: how`` gives them.
+
+        ``tree``: :meth:`lazy_tree`; ``gossip``: the default periodic rounds
+        (``branch`` targets, three rounds unless ``keep_infection_count``).
+        smegd, the swarm's members and the simulator (its members of either
+        setting, ``--mixed-share``) take this one rule.
+        """
+        if how == "tree":
+            return self.lazy_tree(keep_infection_count=keep_infection_count)
+        rounds = self.infection_count if keep_infection_count else GossipParams().infection_count
+        return replace(self, dissemination=how, round_fanout=None, infection_count=rounds)
 
 
 def full_hops(members: int, branch: int) -> int:

@@ -217,15 +217,16 @@ class EngineIO(DaemonBase):
             return encode(Refusal(mesh_id if isinstance(mesh_id, str) else "x"))
         counts = rt.node.rejected, rt.node.refuted.total
         pending = rt.port.request(rt.driver, src, msg, now_ms())  # the engine answers now...
+        # a join's answer is at once: its reason, before another call can run
+        refusal = rt.node.last_join_refusal if isinstance(msg, JoinRequest) else ""
         rt.wake.set()
         self._log_refused_items(rt, src, *counts)
         self._clear_backoff(rt, src)
         reply = await reply_of(pending)  # ...or after its relayed ping (a PingReq)
         if reply is None:
             raise Refused("no answer")
-        if isinstance(msg, JoinRequest) and isinstance(reply, Refusal):
-            why = f"mesh {rt.mesh_id}: {rt.node.last_join_refusal}"
-            self.refused_joins.note(key_to_text(src)[:12], why)
+        if refusal and isinstance(reply, Refusal):
+            self.refused_joins.note(key_to_text(src)[:12], f"mesh {rt.mesh_id}: {refusal}")
         if isinstance(reply, JoinReply):
             # The admission (a use of its token, in the token ledger) is on disk
             # before the joiner hears of it: after a crash, a one-use token

@@ -53,7 +53,7 @@ LIVE_KEYS = frozenset(
 
 
 def gossip_params(config: Config) -> GossipParams:
-    """The core's parameters; ``dissemination: tree`` as ``GossipParams.lazy_tree``."""
+    """The core's parameters; ``dissemination`` as ``GossipParams.as_dissemination``."""
     params = GossipParams(
         sync_interval_ms=int(config.sync_interval * 1000),
         pull_interval_ms=int(config.pull_interval * 1000),
@@ -63,9 +63,8 @@ def gossip_params(config: Config) -> GossipParams:
         infection_count=config.infection_count,
         tree_fanout=config.tree_fanout,
     )
-    if config.dissemination != "tree":
-        return params
-    return params.lazy_tree(keep_infection_count="infection_count" in config.model_fields_set)
+    kept = "infection_count" in config.model_fields_set
+    return params.as_dissemination(config.dissemination, keep_infection_count=kept)
 
 
 def liveness_params(config: Config) -> LivenessParams:

@@ -166,8 +166,8 @@ def config_from_args(a: argparse.Namespace) -> ScenarioConfig:
         )
         if v is not None
     }
-    if a.dissemination == "tree":  # as smegd's dissemination: tree; explicit flags win
-        g = g.lazy_tree()
+    if a.dissemination is not None:  # as smegd's key; explicit flags win
+        g = g.as_dissemination(a.dissemination)
     g = replace(g, **changes)
     lv = (
         LivenessParams.from_heartbeat(a.heartbeat_ms, timeout_ms=None)

@@ -35,7 +35,7 @@ import math
 import random
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from smegmesh.core.gossip import GossipParams
@@ -69,11 +69,7 @@ def other_dissemination(g: GossipParams) -> GossipParams:
     Tree becomes gossip with the default rounds (a member not yet switched);
     gossip becomes ``GossipParams.lazy_tree`` (a member switched first).
     """
-    if g.dissemination == "tree":
-        d = GossipParams()
-        g = replace(g, dissemination="gossip", round_fanout=d.round_fanout)
-        return replace(g, infection_count=d.infection_count)
-    return g.lazy_tree()
+    return g.as_dissemination("gossip" if g.dissemination == "tree" else "tree")
 
 
 @dataclass(eq=False)

@@ -172,9 +172,7 @@ def build_members(plan: Plan, proc: int) -> tuple[list[Member], dict[bytes, int]
         for i, ident in enumerate(ids)
     ]
     base = steady_state(mesh_id, founding, recs, plan.t0)
-    gossip = GossipParams()  # as smegd's defaults, or its dissemination: tree
-    if plan.dissemination == "tree":
-        gossip = gossip.lazy_tree()
+    gossip = GossipParams().as_dissemination(plan.dissemination)  # as smegd's key
     liveness = LivenessParams.from_heartbeat(2000)
     members: list[Member] = []
     for i in range(proc, plan.members, plan.procs):

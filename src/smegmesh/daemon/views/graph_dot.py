@@ -21,7 +21,7 @@ from smegmesh.daemon.views.graph_plan import (
     GraphMesh,
     _Plan,
     _plan,
-    carriers,
+    bridges_of,
 )
 
 __all__ = ["graph_dot"]
@@ -102,8 +102,8 @@ class _Graph:
         for i, nodes in enumerate(self.present):
             for k in nodes:
                 self.membership.setdefault(k, []).append(i)
-        self.bridges = {k for k, idx in self.membership.items() if len(idx) > 1}
-        self.carriers = carriers(self.present, self.membership)  # the bridges so called
+        self.shared = {k for k, idx in self.membership.items() if len(idx) > 1}
+        self.bridges = bridges_of(self.present, self.membership)  # of those, the peers in 2+
         self.ids = {k: f"n{i}" for i, k in enumerate(sorted(self.membership))}
         self.suspect_any = {k for m in meshes for k in m.suspects if k != self_key}
         used = [(mi, RouteUse(*r)) for mi, m in enumerate(meshes) for r in m.routes]
@@ -117,7 +117,7 @@ class _Graph:
         self.hubs: dict[str, str] = {}
         self.plans: list[_Plan] = []
         self.mesh_row: list[int] = []
-        self.bridge_below: dict[bytes, set[int]] = {}
+        self.shared_below: dict[bytes, set[int]] = {}
 
     def edge(self, a: str, b: str, **kv: _Attr) -> None:
         if (a, b) in self.edge_seen:
@@ -134,7 +134,7 @@ class _Graph:
         total = len(self.membership)
         title = (
             f"smegmesh: {len(meshes)} mesh{'es' if len(meshes) != 1 else ''}, {total} nodes"
-            f"{f', {len(self.carriers)} bridges' if len(meshes) > 1 else ''}"
+            f"{f', {len(self.bridges)} bridges' if len(meshes) > 1 else ''}"
         )
         legend = (
             "boxes: peers · ellipses: clients (under their peer) · amber: bridges · "
@@ -166,8 +166,8 @@ class _Graph:
         tags = []
         if k == self.self_key:
             tags.append("this node")
-        if k in self.bridges:
-            tags.append("bridge" if k in self.carriers else f"in {len(self.membership[k])} meshes")
+        if k in self.shared:
+            tags.append("bridge" if k in self.bridges else f"in {len(self.membership[k])} meshes")
         if k in self.suspect_any:
             tags.append("suspect")
         if tags:
@@ -182,7 +182,7 @@ class _Graph:
         return "<" + "<br/>".join(lines) + ">"
 
     def node_attrs(self, k: bytes, rec: NodeRecord, addrs: list[str], role: Role) -> str:
-        bridge = k in self.carriers
+        bridge = k in self.bridges
         suspect = k in self.suspect_any
         if suspect:
             fill, line = _SUSPECT_FILL, _SUSPECT_LINE
@@ -221,9 +221,9 @@ class _Graph:
     def node(self, k: bytes, nodes: dict[bytes, NodeRecord], role: Role) -> None:
         self.w.add(f"{self.ids[k]} {self.node_attrs(k, nodes[k], [nodes[k].address], role)};")
 
-    def bridge_nodes(self) -> None:
-        """Bridge nodes: once, outside every cluster."""
-        for k in sorted(self.bridges):
+    def shared_nodes(self) -> None:
+        """Nodes in several meshes (bridges among them): once, outside every cluster."""
+        for k in sorted(self.shared):
             idx = self.membership[k]
             recs = [self.present[i][k] for i in idx]
             role = Role.PEER if any(r.role == Role.PEER for r in recs) else Role.CLIENT
@@ -231,11 +231,11 @@ class _Graph:
                 f"{self.ids[k]} {self.node_attrs(k, recs[0], [r.address for r in recs], role)};"
             )
 
-    # -- layout: peer groups per mesh, meshes in rows, where bridges sit
+    # -- layout: peer groups per mesh, meshes in rows, where nodes in several meshes sit
 
     def layout(self) -> None:
         self.plans = [
-            _plan(self.present[mi], self.bridges, self.self_key) for mi in range(len(self.meshes))
+            _plan(self.present[mi], self.shared, self.self_key) for mi in range(len(self.meshes))
         ]
         row, used_cols = 0, 0
         for mi, plan in enumerate(self.plans):
@@ -246,12 +246,12 @@ class _Graph:
             used_cols += plan.cols
         # a bridge sits above the first row of meshes it is in, or, when it links
         # rows, between that row and the next: edges to that first row go up
-        for k in self.bridges:
+        for k in self.shared:
             rows = sorted({self.mesh_row[mi] for mi in self.membership[k]})
             below = {
                 mi for mi in self.membership[k] if len(rows) > 1 and self.mesh_row[mi] == rows[0]
             }
-            self.bridge_below[k] = below
+            self.shared_below[k] = below
 
     # -- one mesh: its cluster, the grid of peer groups, clients under their peer
 
@@ -283,7 +283,7 @@ class _Graph:
         w.add(f'{hub} [shape=point, style=invis, width=0.01, label=""];')
         w.add(f'foot{mi} [shape=point, style=invis, width=0.01, label=""];')
         for gi, pk in enumerate(plan.heads):
-            cl = [c for c in plan.clients_of.get(pk, []) if c not in self.bridges]
+            cl = [c for c in plan.clients_of.get(pk, []) if c not in self.shared]
             if cl:
                 w.open(f"subgraph cluster_m{mi}_g{gi}")
                 w.add('graph [label="", style="rounded,dotted", color="#94a3b8"];')
@@ -321,12 +321,12 @@ class _Graph:
 
     def client_edges(self, mi: int, m: GraphMesh) -> None:
         """Clients under their peer, rows of _CLIENT_COLS; the edge points client -> peer."""
-        ids, nodes, bridges = self.ids, self.present[mi], self.bridges
+        ids, nodes, shared = self.ids, self.present[mi], self.shared
         for pk, cl in self.plans[mi].clients_of.items():
             for j, c in enumerate(cl):
                 tip = f"{nodes[c].alias or _short(c)} is served by {nodes[pk].alias or _short(pk)}"
                 dashed = "dashed" if c in m.suspects or pk in m.suspects else None
-                if mi in self.bridge_below.get(pk, ()):
+                if mi in self.shared_below.get(pk, ()):
                     # the bridge is drawn under this mesh: its clients stay near the bottom
                     self.edge(ids[c], ids[pk], color=_CLIENT_LINE, style=dashed, tooltip=tip)
                     continue
@@ -336,10 +336,10 @@ class _Graph:
                     dir="back",
                     color=_CLIENT_LINE,
                     style=dashed,
-                    constraint="false" if j >= _CLIENT_COLS and pk not in bridges else None,
+                    constraint="false" if j >= _CLIENT_COLS and pk not in shared else None,
                     tooltip=tip,
                 )
-                if j + _CLIENT_COLS < len(cl) and pk not in bridges:
+                if j + _CLIENT_COLS < len(cl) and pk not in shared:
                     self.edge(ids[c], ids[cl[j + _CLIENT_COLS]], style="invis")
 
     def draw_meshes(self) -> None:
@@ -351,11 +351,11 @@ class _Graph:
             self.client_edges(mi, m)
 
     def row_and_bridge_edges(self) -> None:
-        """Meshes of a row hang below the row above; bridges: a bold edge to each mesh."""
+        """Meshes of a row hang below the row above; a node in several: a bold edge to each."""
         for mi, mrow in enumerate(self.mesh_row):
             for above in (i for i, ra in enumerate(self.mesh_row) if ra == mrow - 1):
                 self.edge(f"foot{above}", f"hub{mi}", style="invis")
-        for k in sorted(self.bridges):
+        for k in sorted(self.shared):
             for mi in self.membership[k]:
                 style: dict[str, _Attr] = {
                     "color": _BRIDGE_LINE,
@@ -363,7 +363,7 @@ class _Graph:
                     "arrowhead": "none",
                     "tooltip": f"member of {self.mesh_ids[mi]}",
                 }
-                if mi in self.bridge_below[k]:
+                if mi in self.shared_below[k]:
                     self.edge(f"foot{mi}", self.ids[k], ltail=f"cluster_m{mi}", **style)
                 else:
                     self.edge(self.ids[k], f"hub{mi}", lhead=f"cluster_m{mi}", **style)
@@ -490,7 +490,7 @@ def graph_dot(meshes: Sequence[GraphMesh], *, self_key: bytes) -> str:
     """
     g = _Graph(meshes, self_key)
     g.header()
-    g.bridge_nodes()
+    g.shared_nodes()
     g.layout()
     g.draw_meshes()
     g.row_and_bridge_edges()

@@ -42,14 +42,14 @@ def _sort_key(rec: NodeRecord) -> tuple[bool, tuple[tuple[int, str], ...], bytes
 class _Plan:
     """How one mesh is laid out: peer groups in a grid, loose clients."""
 
-    heads: list[bytes]  # peers heading a group (bridges are drawn outside)
+    heads: list[bytes]  # peers heading a group (nodes in several meshes are drawn outside)
     heights: list[int]  # ranks each group takes (peer + rows of clients)
     clients_of: dict[bytes, list[bytes]]  # peer -> its clients
-    loose: list[bytes]  # clients without a peer, or served by a bridge
+    loose: list[bytes]  # clients without a peer, or served by a node drawn outside
     cols: int  # groups per row
 
 
-def carriers(
+def bridges_of(
     present: Sequence[Mapping[bytes, NodeRecord]], membership: Mapping[bytes, Sequence[int]]
 ) -> set[bytes]:
     """The nodes that carry traffic across meshes: a peer in two meshes or more.
@@ -62,7 +62,7 @@ def carriers(
     }
 
 
-def _plan(nodes: Mapping[bytes, NodeRecord], bridges: set[bytes], self_key: bytes) -> _Plan:
+def _plan(nodes: Mapping[bytes, NodeRecord], shared: set[bytes], self_key: bytes) -> _Plan:
     clients_of: dict[bytes, list[bytes]] = {}
     orphans: list[bytes] = []
     assignment = _assignments(nodes)
@@ -73,15 +73,15 @@ def _plan(nodes: Mapping[bytes, NodeRecord], bridges: set[bytes], self_key: byte
         else:
             clients_of.setdefault(via, []).append(ck)
     heads = sorted(
-        (k for k, r in nodes.items() if r.role == Role.PEER and k not in bridges),
+        (k for k, r in nodes.items() if r.role == Role.PEER and k not in shared),
         key=lambda k: (k != self_key, _sort_key(nodes[k])),
     )
     heights = [
-        1 + math.ceil(sum(1 for c in clients_of.get(pk, []) if c not in bridges) / _CLIENT_COLS)
+        1 + math.ceil(sum(1 for c in clients_of.get(pk, []) if c not in shared) / _CLIENT_COLS)
         for pk in heads
     ]
-    loose = [c for c in orphans if c not in bridges]
-    loose += [c for b in sorted(bridges) for c in clients_of.get(b, []) if c not in bridges]
+    loose = [c for c in orphans if c not in shared]
+    loose += [c for b in sorted(shared) for c in clients_of.get(b, []) if c not in shared]
     # about as many rows as columns, in groups (a group is wider than high)
     cols = max(_MIN_GROUP_COLS, math.ceil(math.sqrt(len(heads) * 0.8))) if heads else 1
     return _Plan(heads, heights, clients_of, loose, cols)
