@@ -25,6 +25,15 @@ not a crash: that retry's answer clears the mark). A crashed member's
 neighbours thus route around it one timeout after their first push to it,
 long before its prune arrives. Clients forward as in push gossip.
 
+A mark is a guess from one failed push, and ends at the first sign of life:
+the member heard from, a new record it signed (a refutation, an update), or
+its answer to a push along the tree, which goes to it again every
+:data:`DOWN_RETRY_MS` while it is held live. When it answers, it is offered
+the keys pushed along the tree while it was routed around. Without these, a
+partition's failed pushes kept the members of the other side out of their
+neighbours' trees for up to ``DOWN_MS`` after the cut had healed, and they
+heard nothing along the tree until a pull (docs/SCALE.md, section 19).
+
 Most pushes along the tree ask for no answer (``Call.unanswered``): its
 ``Ack`` was a datagram for each push, 10 % of a node's bytes at 1,000
 simulated members and 60 %/min churn. A push to a neighbour that
@@ -61,9 +70,13 @@ from smegmesh.core.offer import MAX_HOPS
 from smegmesh.core.record import Role
 from smegmesh.core.tree import tree_neighbours
 
+if TYPE_CHECKING:
+    from smegmesh.core.state import MeshState
+
 __all__ = [
     "ANSWERED_EVERY_MS",
     "DOWN_MS",
+    "DOWN_RETRY_MS",
     "FORWARDS_TREE",
     "PLAIN_MS",
     "TAKES_UNANSWERED",
@@ -73,6 +86,10 @@ __all__ = [
 
 #: A tree neighbour whose push failed is routed around this long, unless heard from.
 DOWN_MS = 10_000
+#: A member routed around as down gets one of the pushes along the tree again
+#: at most this often, asking for an answer: the answer ends the mark (a cut
+#: healed; its part heard nothing along the tree until the mark's end).
+DOWN_RETRY_MS = 2_000
 #: A push along the tree asks its target for an answer at least this often.
 ANSWERED_EVERY_MS = 1_000
 #: In a push's ``Ack`` (``probe_id``, beside ``delta.TAKES_DELTAS``): the
@@ -96,6 +113,12 @@ class TreeState:
 
     #: member -> when a push along the tree to it failed
     down: dict[bytes, int] = field(default_factory=dict)
+    #: down member -> when a push last went to it again (:data:`DOWN_RETRY_MS`)
+    retried: dict[bytes, int] = field(default_factory=dict)
+    #: down member held live -> (since, keys pushed along the tree while it was
+    #: routed around): offered to it when it answers again (at most
+    #: MAX_UNANSWERED_KEYS keys each, MAX_PLAIN members)
+    missed: dict[bytes, tuple[int, set[bytes]]] = field(default_factory=dict)
     #: held (batched) key -> the member it came from (None: our own, or a sync's)
     came_from: dict[bytes, bytes | None] = field(default_factory=dict)
     #: the last neighbours computed, and of what (views' reach version, peers, routed around)
@@ -123,8 +146,18 @@ class TreecastMixin:
 
         @property
         def key(self) -> bytes: ...  # noqa: D102
+        @property
+        def mesh(self) -> MeshState: ...  # noqa: D102
         def _reachable_peers(self) -> list[bytes]: ...
         def _views(self) -> Views: ...
+        def _gossip_calls(
+            self,
+            to: Sequence[bytes],
+            keys: frozenset[bytes],
+            full: int,
+            hops: int = ...,
+            now_ms: int | None = None,
+        ) -> list[Out]: ...
         def _push_calls(
             self,
             to: Iterable[bytes],
@@ -143,6 +176,8 @@ class TreecastMixin:
         """The wall clock was stepped: the *down* marks move with it (``clock_stepped``)."""
         t = self._treecast
         t.down = shifted(t.down, delta_ms)
+        t.retried = shifted(t.retried, delta_ms)
+        t.missed = {k: (at + delta_ms, ks) for k, (at, ks) in t.missed.items()}
         t.answered = shifted(t.answered, delta_ms)
         t.plain = shifted(t.plain, delta_ms)
 
@@ -253,7 +288,38 @@ class TreecastMixin:
         out: list[Out] = []
         for sent, tos in groups.items():
             out.extend(self._tree_calls(tos, sent, min(hops, MAX_HOPS), now_ms, 1))
+        for to in self._tree_retry_due(now_ms, ks):
+            sent = frozenset(k for k in ks if came[k] != to)
+            out.extend(self._tree_calls([to], sent, min(hops, MAX_HOPS), now_ms, 2) if sent else [])
         return out
+
+    def _tree_retry_due(self, now_ms: int, keys: list[bytes]) -> list[bytes]:
+        """Down members held live that get this push again (:data:`DOWN_RETRY_MS`).
+
+        A mark is a guess from one failed push. When the cut it came from
+        heals, the member is heard from only if it calls us: its answer here
+        ends the mark, a second after the push instead of at ``DOWN_MS``.
+        Each down member is also told, when it answers, what it missed: the
+        ``keys`` of the pushes along the tree since its mark.
+        """
+        t = self._treecast
+        down = self._tree_down(now_ms)
+        for k in [k for k in t.retried if k not in down]:
+            del t.retried[k]
+        for k in [k for k, (at, _) in t.missed.items() if now_ms - at >= 2 * DOWN_MS]:
+            del t.missed[k]  # it never answered a push of ours again
+        live = sorted(k for k in down if self.mesh.live_record(k) is not None)
+        for k in live:
+            if k in t.missed or len(t.missed) < MAX_PLAIN:
+                held = t.missed.setdefault(k, (t.down[k], set()))[1]
+                if len(held) + len(keys) <= MAX_UNANSWERED_KEYS:
+                    held.update(keys)
+        due = [
+            k for k in live if now_ms - max(t.down[k], t.retried.get(k, t.down[k])) >= DOWN_RETRY_MS
+        ][: self.gossip.tree_fanout + 1]
+        for k in due:
+            t.retried[k] = now_ms
+        return due
 
     def _tree_calls(
         self, to: Sequence[bytes], keys: frozenset[bytes], hops: int, now_ms: int, tree: int
@@ -285,6 +351,12 @@ class TreecastMixin:
         """
         if not ctx.tree:
             return []
+        t = self._treecast
+        back = t.missed.pop(to, None)  # down until now: offered what went by meanwhile
+        told = self._gossip_calls([to], frozenset(back[1]), 0, now_ms=now_ms) if back else []
+        return told + self._tree_acked(to, ctx, probe_id, now_ms)
+
+    def _tree_acked(self, to: bytes, ctx: PushCtx, probe_id: int, now_ms: int) -> list[Out]:
         t = self._treecast
         missed = t.unanswered.pop(to, set())
         if probe_id & TAKES_UNANSWERED:
