@@ -41,7 +41,7 @@ from smegmesh.daemon.api_models import (
 )
 from smegmesh.daemon.api_models_authority import (
     AdminResponse,
-    AliasReservation,
+    AliasReserved,
     EvictResponse,
     InviteInfo,
     PolicyResponse,
@@ -321,9 +321,9 @@ class FakeNodeService:
         self._mesh(mesh_id)
         return PolicyResponse(mesh_id=mesh_id, invite_policy=policy)
 
-    async def reserve_alias(self, mesh_id: str, alias: str, node: str | None) -> AliasReservation:
+    async def reserve_alias(self, mesh_id: str, alias: str, node: str | None) -> AliasReserved:
         self._mesh(mesh_id)
-        return AliasReservation(alias=alias.lower(), node=node)
+        return AliasReserved(alias=alias.lower(), node=node)
 
     async def list_invites(self, mesh_id: str) -> list[InviteInfo]:
         self._mesh(mesh_id)

@@ -99,8 +99,14 @@ def test_client_cannot_invite_under_peers_policy() -> None:
         owner.ctl("set-invite-policy", "--meshid", mesh, "members")
         wait_until(lambda: client.mesh(mesh)["invite_policy"] == "members")
         assert client.ctl("invite", "--meshid", mesh).stdout.startswith("smeg1.")
-        # An admin reserves an alias for the client: the owner cannot take it.
-        owner.ctl("reserve-alias", "--meshid", mesh, "db1", client.self_key(mesh)[:12])
+        # An admin reserves an alias for the client: the owner, who had it, is
+        # named in a warning (the reservation outranks it), and cannot take it again.
+        owner.ctl("put-alias", "--meshid", mesh, "--alias", "db1")
+        r = owner.ctl("reserve-alias", "--meshid", mesh, "db1", client.self_key(mesh)[:12])
+        assert r.stdout.startswith("alias db1 of ") and "reserved for" in r.stdout, r
+        mine = owner.self_key(mesh)[:12]
+        said = "claims alias db1 too: the reservation outranks it in DNS"
+        assert r.stderr == f"smegctl: warning: node {mine}… {said}\n", r
         _one_line(owner.ctl("put-alias", "--meshid", mesh, "--alias", "db1", code=None), "reserved")
         # A mesh created with --invite-policy members lets it.
         mesh2 = owner.ctl("new-mesh", "--invite-policy", "members").stdout.strip()

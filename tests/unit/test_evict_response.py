@@ -100,3 +100,32 @@ def test_a_bad_alias_to_reserve_names_the_field_once() -> None:
     with pytest.raises(ServiceError) as ei:
         asyncio.run(ops.reserve_alias(m.mesh_id, "bad label", None))
     assert ei.value.message == "alias: must be a DNS label (1-63 of [a-z0-9-])"
+
+
+def test_reserving_an_alias_others_claim_names_them_in_warnings() -> None:
+    """The reservation outranks every other claim in DNS: a node or device that
+    answered to the name stops answering, and the admin who reserved it is told
+    which (it used to say only "reserved")."""
+    m = Mesh(Policy.MEMBERS)
+    holder, user = ident(2), ident(3)
+    m.admit(holder)
+    m.admit(user)
+    st = m.state()
+    node = member_node(m.founder, m.mesh_id, st)
+    node.start(NOW)
+    assert st.apply(m.record(holder, alias="app"), NOW)
+    assert st.apply(m.record(user, alias="db1"), NOW)
+    ops = Ops(m.founder, SimpleNamespace(node=node, mesh_id=m.mesh_id))
+    dev = SimpleNamespace(
+        public_key="Dev" + "A" * 40, alias="DB1", overlay_address="fd00::d", node_id="d"
+    )
+    ops.device_infos = lambda rt: [dev]  # type: ignore[method-assign]
+    res = asyncio.run(ops.reserve_alias(m.mesh_id, "db1", _text(2)))
+    assert res.node == _text(2)
+    assert res.warnings == [
+        f"node {_text(3)[:12]}… claims alias db1 too: the reservation outranks it in DNS",
+        f"device {'Dev' + 'A' * 9}… claims alias db1 too: the reservation outranks it in DNS",
+    ]
+    # the holder's own claim, and a release, warn of nothing
+    assert asyncio.run(ops.reserve_alias(m.mesh_id, "app", _text(2))).warnings == []
+    assert asyncio.run(ops.reserve_alias(m.mesh_id, "db1", None)).warnings == []

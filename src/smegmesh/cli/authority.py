@@ -21,7 +21,7 @@ from smegmesh.cli.output import EXIT_USAGE, _console, _dur, _fail
 from smegmesh.daemon.api_models import InvitePolicy
 from smegmesh.daemon.api_models_authority import (
     AdminResponse,
-    AliasReservation,
+    AliasReserved,
     EvictResponse,
     InviteInfo,
     PolicyResponse,
@@ -158,21 +158,24 @@ def reserve_alias(
 ) -> None:
     """Reserve an alias for one node, or release it (admins only).
 
-    A reserved alias belongs to its holder in DNS whoever else claims it.
+    A reserved alias belongs to its holder in DNS whoever else claims it;
+    each other node or device that claims it is named in a warning.
     """
     if (node is None) != release:
         msg = "give NODE to reserve the alias, or --release to release it"
         _fail(msg, as_json, code=EXIT_USAGE)  # a usage error, as click's own
 
-    def human(res: AliasReservation, mid: str) -> None:
+    def human(res: AliasReserved, mid: str) -> None:
         if res.node:
             typer.echo(f"alias {res.alias} of {mid} reserved for {res.node[:12]}…")
         else:
             typer.echo(f"alias {res.alias} of {mid} released")
+        for w in res.warnings:
+            typer.echo(f"smegctl: warning: {w}", err=True)
 
     body = {"alias": alias, "node": node}
     sub = "alias-reservations"
-    mesh_call(ctx, meshid, as_json, "POST", sub, human, answer=AliasReservation, body=body)
+    mesh_call(ctx, meshid, as_json, "POST", sub, human, answer=AliasReserved, body=body)
 
 
 def expires_text(expires: float, now: float) -> str:

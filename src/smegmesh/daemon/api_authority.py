@@ -8,6 +8,7 @@ from smegmesh.daemon.api_models_authority import (
     AdminRequest,
     AdminResponse,
     AliasReservation,
+    AliasReserved,
     EvictRequest,
     EvictResponse,
     InviteInfo,
@@ -53,7 +54,7 @@ def add_authority_routes(app: FastAPI, service: NodeService) -> None:
         tags=["v1"],
         summary="Reserve an alias for a node, or release it (admins only)",
     )
-    async def reserve_alias(mesh_id: MeshId, req: AliasReservation) -> AliasReservation:
+    async def reserve_alias(mesh_id: MeshId, req: AliasReservation) -> AliasReserved:
         return await service.reserve_alias(mesh_id, req.alias, req.node)
 
     @app.get(

@@ -72,6 +72,14 @@ class AliasReservation(_Model):
     )
 
 
+class AliasReserved(AliasReservation):
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Other nodes and devices that claim the alias: the reservation "
+        "outranks their claims in DNS",
+    )
+
+
 class InviteInfo(_Model):
     token_id: str = Field(description="Hex id of the token (not the secret)")
     issuer: str = Field(description="Public key of the member that issued it")

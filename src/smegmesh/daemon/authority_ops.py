@@ -20,7 +20,7 @@ from smegmesh.daemon import service as svc
 from smegmesh.daemon.api_models import MeshDetail, NodeInfo
 from smegmesh.daemon.api_models_authority import (
     AdminResponse,
-    AliasReservation,
+    AliasReserved,
     EvictResponse,
     InviteInfo,
     PolicyResponse,
@@ -175,10 +175,11 @@ class AuthorityOps:
         log.info("mesh %s: invite policy is now %s", mesh_id, policy)
         return PolicyResponse(mesh_id=mesh_id, invite_policy=rt.node.mesh.authority.policy.value)
 
-    async def reserve_alias(self, mesh_id: str, alias: str, node: str | None) -> AliasReservation:
+    async def reserve_alias(self, mesh_id: str, alias: str, node: str | None) -> AliasReserved:
         rt = self._get(mesh_id)
         alias = alias.lower()
         key = self._target(rt, node)[0] if node else None
+        taken = self._other_claims(rt, alias, key) if key else []
         try:
             outs = rt.node.reserve_alias(now_ms(), alias, key)
         except NotAllowed as e:
@@ -190,7 +191,21 @@ class AuthorityOps:
         log.info(
             "mesh %s: alias %r %s", mesh_id, alias, f"reserved for {node}" if node else "released"
         )
-        return AliasReservation(alias=alias, node=key_to_text(key) if key else None)
+        for w in taken:
+            log.warning("mesh %s: %s", mesh_id, w)
+        text = key_to_text(key) if key else None
+        return AliasReserved(alias=alias, node=text, warnings=taken)
+
+    def _other_claims(self, rt: MeshRuntime, alias: str, holder: bytes) -> list[str]:
+        """Each other live node or device that claims ``alias``, in words (a warning each)."""
+        mine = key_to_text(holder)
+        claims = [("node", key_to_text(r.wg_key), r.alias) for r in rt.node.live_records()]
+        claims += [("device", d.public_key, d.alias) for d in self.device_infos(rt)]
+        return [
+            f"{kind} {k[:12]}… claims alias {alias} too: the reservation outranks it in DNS"
+            for kind, k, a in claims
+            if a.lower() == alias and k != mine
+        ]
 
     async def list_invites(self, mesh_id: str) -> list[InviteInfo]:
         rt = self._get(mesh_id)

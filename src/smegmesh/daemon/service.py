@@ -21,7 +21,7 @@ from smegmesh.daemon.api_models import (
 )
 from smegmesh.daemon.api_models_authority import (
     AdminResponse,
-    AliasReservation,
+    AliasReserved,
     EvictResponse,
     InviteInfo,
     PolicyResponse,
@@ -166,7 +166,7 @@ class NodeService(Protocol):
         """Change who may admit new nodes (admins only)."""
         ...
 
-    async def reserve_alias(self, mesh_id: str, alias: str, node: str | None) -> AliasReservation:
+    async def reserve_alias(self, mesh_id: str, alias: str, node: str | None) -> AliasReserved:
         """Reserve ``alias`` for ``node`` (None: release it); admins only."""
         ...
 
