@@ -18,7 +18,7 @@ from smegmesh.core.identity import NodeIdentity
 from smegmesh.core.liveness import LivenessParams
 from smegmesh.core.meshnode import MeshNode, MeshSettings
 from smegmesh.core.messages import IN_REPLY, Ack
-from smegmesh.core.record import Role
+from smegmesh.core.record import Prune, Role
 from smegmesh.core.sync import Push
 from smegmesh.core.tree import tree_neighbours
 from smegmesh.core.treecast import (
@@ -504,3 +504,35 @@ def test_a_member_routed_around_is_offered_what_it_missed_when_it_answers_again(
         gone, nxt[0].ctx, Ack(IN_REPLY, TAKES_DELTAS | FORWARDS_TREE, True), t + 1520
     )
     assert _offers_to(told, gone) == set()
+
+
+def test_a_member_pruned_while_routed_around_is_offered_what_went_by_when_back() -> None:
+    """A cut: the failed push marks the member down, then its prune arrives.
+    What went along the tree meanwhile is offered to it once it is back and
+    answers (kept only while it was held live, the heal of 300 nodes after a
+    6 s cut took 5.35 s on average over seeds 1-10, against 4.25)."""
+    net, nodes = tree_mesh(12)
+    me = nodes[0]
+    gone_key = me.tree_targets(net.now)[-1]
+    gone = next(n for n in nodes if n.key == gone_key)
+    author = next(n for n in nodes if n.key not in (me.key, gone_key))
+    t0 = net.now
+    me.handle_failure(gone_key, PushCtx(frozenset({me.key}), tree=1), t0)
+    rec = me.mesh.live_record(gone_key)
+    assert rec is not None
+    prune = Prune.create(author.identity, MESH, now_ms=t0 + 10, target_record=rec)
+    me.handle_request(author.key, Push(MESH, (prune,), 1), t0 + 10)
+    assert me.mesh.live_record(gone_key) is None
+    author.update_self(t0 + 50, alias="meanwhile")
+    item = author.mesh.items_for([author.key])
+    me.handle_request(author.key, Push(MESH, tuple(item), 0), t0 + 100)
+    me.tick(t0 + 400)  # what was held (batched) goes along the tree, around it
+    t = t0 + 500
+    back = rec.evolve(gone.identity, t)  # its refutation, through another member
+    me.handle_request(author.key, Push(MESH, (back,), 1), t)
+    assert gone_key in me.tree_targets(t)
+    pushes = [c for c in _tree_pushes(me.update_self(t + 10, alias="b")) if c.to == gone_key]
+    assert len(pushes) == 1
+    ack = Ack(IN_REPLY, TAKES_DELTAS | FORWARDS_TREE, True)
+    told = me.handle_reply(gone_key, pushes[0].ctx, ack, t + 30)
+    assert author.key in _offers_to(told, gone_key)

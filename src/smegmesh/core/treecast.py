@@ -115,8 +115,8 @@ class TreeState:
     down: dict[bytes, int] = field(default_factory=dict)
     #: down member -> when a push last went to it again (:data:`DOWN_RETRY_MS`)
     retried: dict[bytes, int] = field(default_factory=dict)
-    #: down member held live -> (since, keys pushed along the tree while it was
-    #: routed around): offered to it when it answers again (at most
+    #: down member -> (since, keys pushed along the tree while it was routed
+    #: around): offered to it when it answers again (at most
     #: MAX_UNANSWERED_KEYS keys each, MAX_PLAIN members)
     missed: dict[bytes, tuple[int, set[bytes]]] = field(default_factory=dict)
     #: held (batched) key -> the member it came from (None: our own, or a sync's)
@@ -309,7 +309,7 @@ class TreecastMixin:
         for k in [k for k, (at, _) in t.missed.items() if now_ms - at >= 2 * DOWN_MS]:
             del t.missed[k]  # it never answered a push of ours again
         live = sorted(k for k in down if self.mesh.live_record(k) is not None)
-        for k in live:
+        for k in sorted(down):  # pruned since, too: what it missed is offered when it is back
             if k in t.missed or len(t.missed) < MAX_PLAIN:
                 held = t.missed.setdefault(k, (t.down[k], set()))[1]
                 if len(held) + len(keys) <= MAX_UNANSWERED_KEYS:
