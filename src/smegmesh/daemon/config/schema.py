@@ -177,7 +177,7 @@ class Config(_Model):
         description="How a node forwards changes it received: 'gossip' (to random members) or "
         "'tree' (along a spanning tree; the periodic rounds offer to one member, one round unless "
         "infectionCount is set; pushes ask for an answer once a second): a third of gossip's "
-        "bytes under churn (docs/SCALE.md, 15-18). Switch members one at a time, a restart each.",
+        "bytes under churn (docs/SCALE.md, 15-19). Switch members one at a time, a restart each.",
     )
     tree_fanout: int = Field(
         default=4, alias="treeFanout", ge=2, le=64, description="Children per member in the tree."
