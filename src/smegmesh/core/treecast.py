@@ -288,32 +288,40 @@ class TreecastMixin:
         out: list[Out] = []
         for sent, tos in groups.items():
             out.extend(self._tree_calls(tos, sent, min(hops, MAX_HOPS), now_ms, 1))
-        for to in self._tree_retry_due(now_ms, ks):
+        down = self._tree_down(now_ms)
+        self._tree_note_missed(down, ks, now_ms)
+        for to in self._tree_retry_due(down, now_ms):
             sent = frozenset(k for k in ks if came[k] != to)
             out.extend(self._tree_calls([to], sent, min(hops, MAX_HOPS), now_ms, 2) if sent else [])
         return out
 
-    def _tree_retry_due(self, now_ms: int, keys: list[bytes]) -> list[bytes]:
-        """Down members held live that get this push again (:data:`DOWN_RETRY_MS`).
+    def _tree_note_missed(self, down: set[bytes], keys: list[bytes], now_ms: int) -> None:
+        """``keys`` went along the tree around the ``down`` members: each is told when back.
 
-        A mark is a guess from one failed push. When the cut it came from
-        heals, the member is heard from only if it calls us: its answer here
-        ends the mark, a second after the push instead of at ``DOWN_MS``.
-        Each down member is also told, when it answers, what it missed: the
-        ``keys`` of the pushes along the tree since its mark.
+        Pruned here since its mark or not: a member of the other side of a
+        cut is marked, then pruned; back, it catches up at its first answer
+        (:meth:`_tree_answered`) instead of at its next pull.
         """
         t = self._treecast
-        down = self._tree_down(now_ms)
-        for k in [k for k in t.retried if k not in down]:
-            del t.retried[k]
         for k in [k for k, (at, _) in t.missed.items() if now_ms - at >= 2 * DOWN_MS]:
             del t.missed[k]  # it never answered a push of ours again
-        live = sorted(k for k in down if self.mesh.live_record(k) is not None)
-        for k in sorted(down):  # pruned since, too: what it missed is offered when it is back
+        for k in sorted(down):
             if k in t.missed or len(t.missed) < MAX_PLAIN:
                 held = t.missed.setdefault(k, (t.down[k], set()))[1]
                 if len(held) + len(keys) <= MAX_UNANSWERED_KEYS:
                     held.update(keys)
+
+    def _tree_retry_due(self, down: set[bytes], now_ms: int) -> list[bytes]:
+        """The ``down`` members held live that get this push again (:data:`DOWN_RETRY_MS`).
+
+        A mark is a guess from one failed push. When the cut it came from
+        heals, the member is heard from only if it calls us: its answer to
+        this push ends the mark, a second after it instead of at ``DOWN_MS``.
+        """
+        t = self._treecast
+        for k in [k for k in t.retried if k not in down]:
+            del t.retried[k]
+        live = sorted(k for k in down if self.mesh.live_record(k) is not None)
         due = [
             k for k in live if now_ms - max(t.down[k], t.retried.get(k, t.down[k])) >= DOWN_RETRY_MS
         ][: self.gossip.tree_fanout + 1]
@@ -357,6 +365,7 @@ class TreecastMixin:
         return told + self._tree_acked(to, ctx, probe_id, now_ms)
 
     def _tree_acked(self, to: bytes, ctx: PushCtx, probe_id: int, now_ms: int) -> list[Out]:
+        """What the ack's words say of ``to``: it takes pushes unanswered, it forwards."""
         t = self._treecast
         missed = t.unanswered.pop(to, set())
         if probe_id & TAKES_UNANSWERED:
