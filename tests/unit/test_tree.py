@@ -536,3 +536,23 @@ def test_a_member_pruned_while_routed_around_is_offered_what_went_by_when_back()
     ack = Ack(IN_REPLY, TAKES_DELTAS | FORWARDS_TREE, True)
     told = me.handle_reply(gone_key, pushes[0].ctx, ack, t + 30)
     assert author.key in _offers_to(told, gone_key)
+
+
+def test_what_down_members_missed_is_bounded() -> None:
+    """At most 64 members remembered, 512 keys each (docs/SECURITY.md)."""
+    from smegmesh.core.treecast import MAX_PLAIN, MAX_UNANSWERED_KEYS
+
+    net, nodes = tree_mesh(6)
+    me = nodes[0]
+    t0 = net.now
+    for k in rand_keys(100, seed=7):  # members that never answered (made up)
+        me.handle_failure(k, PushCtx(frozenset({me.key}), tree=1), t0)
+    keys = rand_keys(600, seed=8)
+    for i in range(0, 600, 50):
+        me._tree_note_missed(me._tree_down(t0 + i), keys[i : i + 50], t0 + i)
+    missed = me._treecast.missed
+    assert len(missed) == MAX_PLAIN
+    assert all(len(ks) <= MAX_UNANSWERED_KEYS for _, ks in missed.values())
+    later = t0 + 2 * DOWN_MS
+    me._tree_note_missed(set(), [], later)  # forgotten 20 s after the mark
+    assert not missed
