@@ -129,3 +129,28 @@ def test_reserving_an_alias_others_claim_names_them_in_warnings() -> None:
     # the holder's own claim, and a release, warn of nothing
     assert asyncio.run(ops.reserve_alias(m.mesh_id, "app", _text(2))).warnings == []
     assert asyncio.run(ops.reserve_alias(m.mesh_id, "db1", None)).warnings == []
+
+
+def test_the_warnings_of_a_reservation_are_bounded() -> None:
+    """Named one by one up to MAX_CLAIM_WARNINGS, the rest counted in one line."""
+    from smegmesh.daemon.authority_ops import MAX_CLAIM_WARNINGS
+
+    m = Mesh(Policy.MEMBERS)
+    holder = ident(2)
+    m.admit(holder)
+    st = m.state()
+    node = member_node(m.founder, m.mesh_id, st)
+    node.start(NOW)
+    assert st.apply(m.record(holder, alias="app"), NOW)
+    ops = Ops(m.founder, SimpleNamespace(node=node, mesh_id=m.mesh_id))
+    devs = [
+        SimpleNamespace(
+            public_key=f"D{i:02d}" + "A" * 40, alias="db1", overlay_address="fd00::d", node_id="d"
+        )
+        for i in range(MAX_CLAIM_WARNINGS + 4)
+    ]
+    ops.device_infos = lambda rt: devs  # type: ignore[method-assign]
+    res = asyncio.run(ops.reserve_alias(m.mesh_id, "db1", _text(2)))
+    assert len(res.warnings) == MAX_CLAIM_WARNINGS + 1
+    tail = "4 more nodes or devices claim alias db1 too: the reservation outranks them"
+    assert res.warnings[-1] == tail

@@ -277,8 +277,8 @@ class MeshNode(ExchangeMixin, AdmissionMixin, ClientMixin):
                 self._fd.forget(k)
                 self.tags.forget(k)
                 self.refuted.took(self.mesh, k, now_ms)  # a prune: when we took it
-            else:  # a record it signed: alive, whatever a failed push guessed
-                self._treecast.down.pop(k, None)
+            else:
+                self._tree_signed(k)  # a record it signed: alive (core.treecast)
         # Refute a prune of ourselves: publish a version the prune does not cover.
         if self.key in changed and self.mesh.live_record(self.key) is None:
             own = self.mesh.record(self.key)

@@ -207,6 +207,10 @@ class TreecastMixin:
                 out.add(k)
         return out
 
+    def _tree_signed(self, key: bytes) -> None:
+        """A new record ``key`` signed arrived: alive, whatever a failed push guessed."""
+        self._treecast.down.pop(key, None)
+
     def tree_targets(self, now_ms: int, down: Iterable[bytes] | None = None) -> list[bytes]:
         """This node's tree neighbours now: its parent and children (``core.tree``).
 

@@ -38,6 +38,10 @@ def forbidden(e: Exception) -> svc.ServiceError:
     return svc.ServiceError("forbidden", str(e), 403)
 
 
+#: Warnings named one by one in a reservation's answer (the rest counted).
+MAX_CLAIM_WARNINGS = 16
+
+
 class AuthorityOps:
     """Mixin: needs ``_get(mesh_id)``, ``_commit(rt, outs)`` and ``identity``."""
 
@@ -201,11 +205,16 @@ class AuthorityOps:
         mine = key_to_text(holder)
         claims = [("node", key_to_text(r.wg_key), r.alias) for r in rt.node.live_records()]
         claims += [("device", d.public_key, d.alias) for d in self.device_infos(rt)]
-        return [
-            f"{kind} {k[:12]}… claims alias {alias} too: the reservation outranks it in DNS"
-            for kind, k, a in claims
-            if a.lower() == alias and k != mine
+        others = [(kind, k) for kind, k, a in claims if a.lower() == alias and k != mine]
+        said = f"alias {alias} too: the reservation outranks"
+        out = [
+            f"{kind} {k[:12]}… claims {said} it in DNS" for kind, k in others[:MAX_CLAIM_WARNINGS]
         ]
+        if len(others) > MAX_CLAIM_WARNINGS:  # an answer's size does not grow with the mesh
+            out.append(
+                f"{len(others) - MAX_CLAIM_WARNINGS} more nodes or devices claim {said} them"
+            )
+        return out
 
     async def list_invites(self, mesh_id: str) -> list[InviteInfo]:
         rt = self._get(mesh_id)
