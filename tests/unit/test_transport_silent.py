@@ -169,6 +169,33 @@ def test_a_short_call_to_a_silent_endpoint_ends_within_its_own_timeout() -> None
     _run(main())
 
 
+def test_a_connection_that_times_out_says_so() -> None:
+    """A join to a busy member said "cannot reach [2001:db8:...::1]:4000: "
+    and nothing more (a timeout's message is empty; the exception is always
+    true, so ``e or type(e).__name__`` never named it)."""
+
+    async def main() -> None:
+        held: list[asyncio.StreamWriter] = []
+
+        async def silent(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            held.append(w)  # accept, never speak TLS
+
+        srv = await asyncio.start_server(silent, "127.0.0.1", 0)
+        ep = f"127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+        client = RpcClient(ME, timeout=0.3)
+        try:
+            with pytest.raises(RpcError) as err:
+                await client.call(ep, bytes(32), b"ping", timeout=5)
+            assert str(err.value) == f"cannot reach {ep}: timed out"
+        finally:
+            for w in held:
+                w.close()
+            srv.close()
+            await client.close()
+
+    _run(main())
+
+
 def test_a_call_whose_connection_outlasts_it_leaves_the_channel_to_the_next() -> None:
     """The connection a timed-out call started is made all the same (the
     client's timeout): the next call to that node finds it open."""

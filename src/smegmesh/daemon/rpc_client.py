@@ -304,7 +304,7 @@ class RpcClient:
             der = await fetch_certificate(host, port, self._timeout, self.fetch_wire)
         except (OSError, TimeoutError, ssl.SSLError, RpcError) as e:
             self._failed(endpoint, fp, failure_reason(e))
-            raise RpcError(f"cannot reach {endpoint}: {e or type(e).__name__}") from e
+            raise RpcError(f"cannot reach {endpoint}: {str(e) or failure_reason(e)}") from e
         if hashlib.sha256(der).digest() != fp:
             self._failed(endpoint, fp, "not the certificate its record pins")
             raise RpcError(f"{endpoint} presented an unexpected TLS certificate")
