@@ -12,7 +12,9 @@
 2. **Idle cost.** A mesh of ``idle-size`` peers, converged and settled; then
    RSS (``VmRSS``) and CPU time (``utime + stime`` from ``/proc/PID/stat``) of
    every ``smegd`` and every wireguard-go over ``idle-seconds``. Targets:
-   smegd RSS <= 80 MB, idle CPU <= 1 % of a core.
+   smegd RSS <= 100 MB (issue 14, which replaced issue 4's 80 MB; the RSS
+   floor of the required libraries is printed beside it, and the ratio),
+   idle CPU <= 1 % of a core.
 
 Timings are the product defaults (syncInterval 1 s, pullInterval 3 s,
 heartbeatInterval 2 s); ``--prototype`` uses the prototype's 2 / 20 / 60 s.
@@ -39,7 +41,7 @@ from smegmesh.testbed.netns import Testbed, environment_problem, netns_pids, wai
 console = Console(highlight=False)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 JOIN_TARGET_S = 3.0
-RSS_TARGET_MB = 80.0
+RSS_TARGET_MB = 100.0  # issue 14 (was 80 MB in issue 4)
 CPU_TARGET_PCT = 1.0
 
 
@@ -226,6 +228,9 @@ def bench_idle(size: int, seconds: float, timings: Timings) -> dict[str, object]
 #: The libraries smegd must use (DEVELOPERS.md, issue 4): gRPC for node-to-node
 #: RPC, FastAPI+uvicorn+pydantic for the API, cryptography for keys, pyroute2
 #: for netlink. Imported into a bare interpreter, they alone set an RSS floor.
+#: pyroute2 as smegd imports it: rtnetlink and WireGuard's generic netlink,
+#: not the package's ``__init__`` that loads all of it (smegmesh.net.netlink;
+#: the whole package costs about 5 MB more).
 REQUIRED_LIBRARIES = (
     "pydantic",
     "cryptography.hazmat.primitives.asymmetric.ed25519",
@@ -238,7 +243,11 @@ REQUIRED_LIBRARIES = (
 _FLOOR_SCRIPT = """
 import ctypes, gc, importlib, sys
 for m in sys.argv[1:]:
-    importlib.import_module(m)
+    if m == "pyroute2":
+        from smegmesh.net.netlink import iproute_class, wireguard_class
+        iproute_class(), wireguard_class()
+    else:
+        importlib.import_module(m)
 gc.collect()
 ctypes.CDLL("libc.so.6").malloc_trim(0)
 print(open("/proc/self/status").read().split("VmRSS:")[1].split()[0])
@@ -361,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
             names = sorted({m.split(".")[0] for m in REQUIRED_LIBRARIES})
             console.print(
                 f"  RSS floor of the required libraries alone (a bare interpreter "
-                f"importing {', '.join(names)}): {floor:.1f} MB"
+                f"importing {', '.join(names)}): {floor:.1f} MB; smegd's median "
+                f"RSS is {rss_m / floor:.2f}x that"
             )
         console.print(
             f"  daemons alive: {res['alive']}/{res['size']}; "

@@ -7,7 +7,7 @@ import ipaddress
 import logging
 import socket
 
-from smegmesh.net.netlink import off_loop
+from smegmesh.net.netlink import iproute_class, off_loop
 
 log = logging.getLogger("smegd")
 
@@ -49,11 +49,11 @@ def _first_global_address() -> str | None:
 
 def _list_first_global_address() -> str | None:
     try:
-        from pyroute2 import IPRoute
+        iproute = iproute_class()
     except ImportError:
         return None
     try:
-        with IPRoute() as ipr:
+        with iproute() as ipr:
             names = {link["index"]: link.get_attr("IFLA_IFNAME") or "" for link in ipr.get_links()}
             for msg in ipr.get_addr():
                 if msg["scope"] != 0:  # RT_SCOPE_UNIVERSE: global addresses only

@@ -49,7 +49,7 @@ from smegmesh.core.wgdiff import (
     SetMtu,
     apply_host_ops,
 )
-from smegmesh.net.netlink import PerThread
+from smegmesh.net.netlink import PerThread, iproute_class
 
 log = logging.getLogger(__name__)
 
@@ -227,9 +227,8 @@ class HostNetwork:
         return self._ipr.get()
 
     def _make_ipr(self) -> Any:
-        from pyroute2 import IPRoute
-
-        return IPRoute(netns=self.netns) if self.netns else IPRoute()
+        iproute = iproute_class()
+        return iproute(netns=self.netns) if self.netns else iproute()
 
     def _index(self, interface: str) -> int | None:
         found = self._ip().link_lookup(ifname=interface)

@@ -7,7 +7,7 @@ import os
 import shutil
 from typing import Any
 
-from smegmesh.net.netlink import off_loop
+from smegmesh.net.netlink import iproute_class, off_loop
 from smegmesh.wg.base import BackendUnavailable, WgBackend
 from smegmesh.wg.resolver import Report
 
@@ -26,11 +26,11 @@ def kernel_wireguard_available(netns: str | None = None) -> bool:
 
 def _kernel_probe(netns: str | None) -> bool:
     try:
-        from pyroute2 import IPRoute
+        iproute = iproute_class()
     except ImportError:  # pragma: no cover
         return False
     probe = f"smgprobe{os.getpid() % 10000}"
-    ipr: Any = IPRoute(netns=netns) if netns else IPRoute()
+    ipr: Any = iproute(netns=netns) if netns else iproute()
     try:
         ipr.link("add", ifname=probe, kind="wireguard")
     except Exception:

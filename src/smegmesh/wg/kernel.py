@@ -27,7 +27,7 @@ from smegmesh.core.wgdiff import (
     WgOp,
     public_key_of,
 )
-from smegmesh.net.netlink import PerThread, off_loop
+from smegmesh.net.netlink import PerThread, iproute_class, off_loop, wireguard_class
 from smegmesh.wg.base import BackendUnavailable, InterfaceNotFound, WgError
 from smegmesh.wg.resolver import (
     EndpointResolver,
@@ -226,12 +226,12 @@ class KernelBackend:
     def _make_socks(self) -> tuple[Any, Any]:
         """This thread's (IPRoute, WireGuard) sockets."""
         try:
-            from pyroute2 import IPRoute, WireGuard
+            iproute, wireguard = iproute_class(), wireguard_class()
         except ImportError as exc:  # pragma: no cover - pyroute2 is a dependency
             raise BackendUnavailable(f"pyroute2 missing: {exc}") from exc
-        ipr = IPRoute(netns=self.netns) if self.netns else IPRoute()
+        ipr = iproute(netns=self.netns) if self.netns else iproute()
         try:
-            wg = WireGuard(netns=self.netns) if self.netns else WireGuard()
+            wg = wireguard(netns=self.netns) if self.netns else wireguard()
         except Exception as exc:
             ipr.close()
             raise BackendUnavailable(
