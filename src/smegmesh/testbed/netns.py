@@ -25,6 +25,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,42 @@ def _sh(argv: Sequence[str], check: bool = True) -> subprocess.CompletedProcess[
     if check and proc.returncode != 0:
         raise TestbedError(f"{' '.join(argv)}: {proc.stderr.strip() or proc.returncode}")
     return proc
+
+
+#: The kernel's IPv6 neighbour table is one table for every network namespace
+#: of the host, and it refuses new entries beyond ``gc_thresh3`` (1,024 by
+#: default): 30 nodes on one bridge, each resolving the others, fill it, and
+#: then a node cannot resolve the address it calls and sends nothing ("neighbor
+#: table overflow!" in the kernel log; a join timed out connecting to the
+#: inviter). A real host holds its own neighbours only.
+NEIGH_LIMIT = "/proc/sys/net/ipv6/neigh/default/gc_thresh{}"
+#: Limits the test bed needs, for its 250 nodes on one bridge (250 x 250 entries).
+NEIGH_ROOM = ((3, 65_536), (2, 32_768))  # thresh3 first: thresh2 must not exceed it
+
+
+def ensure_neighbour_room(
+    limit: str = NEIGH_LIMIT, room: Sequence[tuple[int, int]] = NEIGH_ROOM
+) -> list[str]:
+    """Raise the host's IPv6 neighbour-table limits to at least ``room``, never lower.
+
+    Returns a line for each limit raised, or for one that could not be read or
+    written (a test bed then works up to about 30 nodes).
+    """
+    said: list[str] = []
+    for n, want in room:
+        path = limit.format(n)
+        try:
+            with open(path) as f:
+                have = int(f.read().split()[0])
+            if have >= want:
+                continue
+            with open(path, "w") as f:
+                f.write(str(want))
+        except (OSError, ValueError, IndexError) as e:
+            said.append(f"cannot raise {path} to {want}: {e}")
+            continue
+        said.append(f"raised {path} from {have} to {want}")
+    return said
 
 
 def list_netns() -> list[str]:
@@ -208,6 +245,8 @@ class Testbed:
     def setup(self) -> None:
         os.makedirs(self.tmpdir, mode=0o700, exist_ok=True)
         atexit.register(self.teardown)
+        for line in ensure_neighbour_room():
+            sys.stderr.write(f"testbed: {line}\n")
         self._add_ns(self.bridge_ns)
         for br in ("br0", "br1"):
             _sh(["ip", "-n", self.bridge_ns, "link", "add", br, "type", "bridge"])
