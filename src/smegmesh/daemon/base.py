@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from smegmesh.daemon.config import Config, MeshOptions
     from smegmesh.daemon.direct import DirectManager
     from smegmesh.daemon.events import EventBus, HandshakeEvents, MemberEvents
+    from smegmesh.daemon.malloc import HeapTrimmer
     from smegmesh.daemon.metrics import MeteredRpcClient, Metrics
     from smegmesh.daemon.ratelog import RateLog
     from smegmesh.daemon.runtime import MeshRuntime
@@ -87,6 +88,7 @@ class DaemonBase:
         metrics_server: Any
         events: EventBus
         member_events: MemberEvents
+        heap: HeapTrimmer
         handshakes: HandshakeEvents
         _handshakes_polled: float
         direct: DirectManager

@@ -40,7 +40,7 @@ from smegmesh.daemon.engine_io import EngineIO
 from smegmesh.daemon.events import EventBus, HandshakeEvents, MemberEvents
 from smegmesh.daemon.hooks import HookOps
 from smegmesh.daemon.localapi import LocalApiOps
-from smegmesh.daemon.malloc import release_free_memory
+from smegmesh.daemon.malloc import HeapTrimmer, release_free_memory
 from smegmesh.daemon.membership import MembershipOps
 from smegmesh.daemon.metrics import MeteredRpcClient, Metrics, serve_metrics
 from smegmesh.daemon.persist import PersistError, remove_stale_temps
@@ -132,6 +132,8 @@ class Daemon(
         self.member_events = MemberEvents(self.events)
         self.handshakes = HandshakeEvents(self.events)
         self._handshakes_polled = 0.0
+        #: what bursts free inside glibc's heap, given back every 30 s (persist pass)
+        self.heap = HeapTrimmer()
         #: NAT traversal (docs/NAT.md): direct client-to-client sessions
         self.direct = DirectManager(self, config.direct_peers)
         #: steps of the wall clock reach our engines (runtime.WallClock) until stop()

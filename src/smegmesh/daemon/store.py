@@ -147,6 +147,7 @@ class StoreOps(DaemonBase):
             if len(rl):  # its summary, once per interval
                 rl.note_tick()
         self.events.tick()  # lines of events left out of the log, likewise
+        self.heap.tick(time.monotonic())  # what a burst freed, back to the OS
         for rt in list(self.meshes.values()):
             if rt.node.mesh.gc(now_ms(), horizon):
                 rt.dirty_disk = True
