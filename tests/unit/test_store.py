@@ -16,6 +16,7 @@ import pytest
 from daemon_inproc import until
 from smegmesh.daemon import store
 from smegmesh.daemon.event_bus import EventBus
+from smegmesh.daemon.malloc import HeapTrimmer
 from smegmesh.daemon.ratelog import RateLog
 from smegmesh.daemon.store import LEARNED_SAVE_INTERVAL_S, save_due, write_mesh
 
@@ -165,6 +166,7 @@ def store_ops(state_dir: Path, meshes: dict[str, Any]) -> Any:
     )
     ops.member_events = SimpleNamespace(sweep=lambda *a: None)  # type: ignore[attr-defined]
     ops.events = EventBus()  # type: ignore[attr-defined]
+    ops.heap = HeapTrimmer()  # type: ignore[attr-defined]
     return ops
 
 

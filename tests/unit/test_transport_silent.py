@@ -13,8 +13,10 @@ lock with none), holding the requester's slot at the relay 12 times longer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -35,6 +37,23 @@ SRV = NodeIdentity.from_seed(b"s" * 32)
 
 def _run(coro: Any) -> Any:
     return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+@contextlib.asynccontextmanager
+async def silent_endpoint() -> AsyncIterator[str]:
+    """An endpoint that accepts TCP and never speaks TLS; yields ``host:port``."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        held.append(w)
+
+    srv = await asyncio.start_server(silent, "127.0.0.1", 0)
+    try:
+        yield f"127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+    finally:
+        for w in held:
+            w.close()
+        srv.close()
 
 
 class Sink(asyncio.DatagramProtocol):
@@ -137,13 +156,10 @@ def test_a_short_call_to_a_silent_endpoint_ends_within_its_own_timeout() -> None
     attempt goes on with the client's timeout, and its failure is backed off."""
 
     async def main() -> None:
-        held: list[asyncio.StreamWriter] = []
+        async with silent_endpoint() as ep:
+            await three_short_calls(ep)
 
-        async def silent(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            held.append(w)  # accept, never speak TLS
-
-        srv = await asyncio.start_server(silent, "127.0.0.1", 0)
-        ep = f"127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+    async def three_short_calls(ep: str) -> None:
         client = RpcClient(ME, timeout=1.5)
         try:
             t0 = time.monotonic()
@@ -161,9 +177,6 @@ def test_a_short_call_to_a_silent_endpoint_ends_within_its_own_timeout() -> None
             with pytest.raises(RpcError, match="backing off"):
                 await client.call(ep, bytes(32), b"ping", timeout=0.4)
         finally:
-            for w in held:
-                w.close()
-            srv.close()
             await client.close()
 
     _run(main())
@@ -175,23 +188,14 @@ def test_a_connection_that_times_out_says_so() -> None:
     true, so ``e or type(e).__name__`` never named it)."""
 
     async def main() -> None:
-        held: list[asyncio.StreamWriter] = []
-
-        async def silent(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            held.append(w)  # accept, never speak TLS
-
-        srv = await asyncio.start_server(silent, "127.0.0.1", 0)
-        ep = f"127.0.0.1:{srv.sockets[0].getsockname()[1]}"
-        client = RpcClient(ME, timeout=0.3)
-        try:
-            with pytest.raises(RpcError) as err:
-                await client.call(ep, bytes(32), b"ping", timeout=5)
-            assert str(err.value) == f"cannot reach {ep}: timed out"
-        finally:
-            for w in held:
-                w.close()
-            srv.close()
-            await client.close()
+        async with silent_endpoint() as ep:
+            client = RpcClient(ME, timeout=0.3)
+            try:
+                with pytest.raises(RpcError) as err:
+                    await client.call(ep, bytes(32), b"ping", timeout=5)
+                assert str(err.value) == f"cannot reach {ep}: timed out"
+            finally:
+                await client.close()
 
     _run(main())
 
