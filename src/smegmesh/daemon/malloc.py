@@ -20,8 +20,7 @@ def release_free_memory() -> None:
     """Give freed heap pages back to the OS after start-up (imports churn a lot)."""
     gc.collect()
     gc.freeze()  # start-up objects live for ever: keep the collector off them
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    glibc_trim()
 
 
 M_ARENA_MAX = -8  # glibc mallopt parameter
@@ -36,10 +35,11 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
     mesh, bench/join_bench.py). ``MALLOC_ARENA_MAX`` in the environment wins.
     Must run before those threads start.
     """
-    if "MALLOC_ARENA_MAX" in os.environ:
+    libc = _libc()
+    if "MALLOC_ARENA_MAX" in os.environ or libc is None:
         return
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, arenas)
+    with contextlib.suppress(AttributeError):
+        libc.mallopt(M_ARENA_MAX, arenas)
 
 
 class _MallInfo2(ctypes.Structure):
